@@ -1,0 +1,78 @@
+"""One KV pool for every conversation: fixed-size slots of sinks + window rows.
+
+k[layer]: [num_slots, kv_heads, capacity, head_dim], pre-RoPE keys; v likewise.
+A slot is handed to a conversation for as long as it is resident; sizes are
+fixed, so admission is a free-list pop and there is no fragmentation.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+
+from swiftinfer_core.cache.layout import StreamLayout
+
+
+class SlotAllocator:
+    """Free list of slot ids; lowest id first, so tests can assert exact ids."""
+
+    def __init__(self, num_slots: int):
+        self.num_slots = num_slots
+        self._free = deque(range(num_slots))
+        self._used: set[int] = set()
+
+    @property
+    def free(self) -> int:
+        return len(self._free)
+
+    @property
+    def used(self) -> int:
+        return len(self._used)
+
+    def allocate(self) -> int | None:
+        if not self._free:
+            return None
+        slot = self._free.popleft()
+        self._used.add(slot)
+        return slot
+
+    def release(self, slot: int) -> None:
+        if slot not in self._used:
+            raise KeyError(f"slot {slot} is not allocated")
+        self._used.remove(slot)
+        # keep the free list sorted so reuse order is deterministic
+        self._free.append(slot)
+        self._free = deque(sorted(self._free))
+
+
+class KVPool:
+    def __init__(
+        self,
+        layout: StreamLayout,
+        num_layers: int,
+        num_slots: int,
+        kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ):
+        self.layout = layout
+        self.num_slots = num_slots
+        shape = (num_slots, kv_heads, layout.capacity, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.slots = SlotAllocator(num_slots)
+
+    @staticmethod
+    def bytes_per_slot(layout: StreamLayout, num_layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+        return 2 * num_layers * kv_heads * layout.capacity * head_dim * torch.empty((), dtype=dtype).element_size()
+
+    def export_slot(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """[layers, kv_heads, capacity, head_dim] copies of one slot (for migration)."""
+        return torch.stack([k[slot] for k in self.k]).cpu(), torch.stack([v[slot] for v in self.v]).cpu()
+
+    def import_slot(self, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        for layer in range(len(self.k)):
+            self.k[layer][slot].copy_(k[layer])
+            self.v[layer][slot].copy_(v[layer])

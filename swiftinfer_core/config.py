@@ -1,0 +1,87 @@
+"""User-facing configuration: validated pydantic models with bounds.
+
+A bad value raises :class:`InvalidRequestError` (our own ``ValueError``), not
+pydantic's error type, so callers need to know one exception only.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from swiftinfer_core.errors import InvalidRequestError
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __init__(self, **data: Any):
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            msgs = "; ".join(f"{'.'.join(map(str, e['loc'])) or type(self).__name__}: {e['msg']}" for e in exc.errors())
+            raise InvalidRequestError(f"invalid {type(self).__name__}: {msgs}") from None
+
+
+class Device(str, Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class DType(str, Enum):
+    AUTO = "auto"  # bfloat16 on GPU, float32 on CPU
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+
+
+class AttentionBackend(str, Enum):
+    AUTO = "auto"  # triton on GPU, torch on CPU
+    TORCH = "torch"
+    TRITON = "triton"
+
+
+class EngineConfig(StrictModel):
+    model: str = Field("default", description="Path to a local HF Llama-family checkpoint folder, or 'default' for SmolLM2-135M-Instruct (fetched and converted once).")
+    sink_tokens: int = Field(4, ge=0, le=64, description="Attention-sink tokens kept at the start of every cache.")
+    window: int | None = Field(None, ge=1, le=1 << 20, description="Rolling window of recent tokens. Default: min(2048, trained context) - sink_tokens.")
+    max_sessions: int | None = Field(None, ge=1, le=1 << 16, description="Cache slots, i.e. conversations resident at once. Default: sized from free memory (GPU) or 16 (CPU).")
+    device: Device = Field(Device.AUTO, description="Where the model runs.")
+    dtype: DType = Field(DType.AUTO, description="Weights, activations and KV cache dtype.")
+    attention: AttentionBackend = Field(AttentionBackend.AUTO, description="Attention implementation.")
+    max_batch_tokens: int = Field(2048, ge=16, le=1 << 16, description="Token budget of one scheduler step (prefill chunks plus decodes).")
+    prefill_chunk: int = Field(512, ge=1, le=1 << 16, description="Largest prefill chunk of one conversation in one step.")
+    max_turn_tokens: int = Field(32768, ge=1, le=1 << 22, description="Longest new input accepted in one call, in tokens.")
+    cuda_graphs: bool = Field(True, description="Capture decode steps in CUDA graphs (GPU only).")
+    gpu_memory_utilization: float = Field(0.85, gt=0.05, le=0.98, description="Share of free GPU memory the KV pool may take.")
+    tp_size: int = Field(1, ge=1, le=64, description="Tensor-parallel ranks for one engine.")
+    seed: int = Field(0, ge=0, description="Default sampling seed.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "EngineConfig":
+        if self.window is not None and self.sink_tokens >= self.window:
+            raise ValueError(f"sink_tokens ({self.sink_tokens}) must be smaller than window ({self.window})")
+        return self
+
+
+class SamplingParams(StrictModel):
+    max_tokens: int = Field(256, ge=1, le=1 << 20, description="Largest number of tokens to generate.")
+    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 means greedy.")
+    top_k: int = Field(0, ge=0, le=1 << 20, description="Keep the k most likely tokens; 0 disables.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    seed: int | None = Field(None, ge=0, le=(1 << 63) - 1, description="Per-request seed; reproducible sampling.")
+    stop: list[str] = Field(default_factory=list, max_length=16, description="Stop strings; the output ends before the first match.")
+    ignore_eos: bool = Field(False, description="Keep generating past the end-of-sequence token.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SamplingParams":
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty")
+        return self
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0

@@ -1,0 +1,122 @@
+"""The engine protocol: what a Serve replica needs from any backend.
+
+The native engine (CPU or GPU) and the TensorRT-LLM adapter both implement it,
+so one deployment serves either, picked by configuration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import AsyncIterator, Protocol, runtime_checkable
+
+from swiftinfer_core.config import SamplingParams
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int  # tokens of this call's input (new turn only)
+    completion_tokens: int
+    prefilled_tokens: int  # tokens the engine actually ran for the input (includes the previous reply's closing)
+    cached_tokens: int  # tokens of the conversation reused from the cache
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class StreamChunk:
+    """One piece of a streamed reply. ``finish_reason`` and ``usage`` are set on the last."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    usage: Usage | None = None
+
+
+@dataclass
+class SessionStats:
+    session_id: str
+    tokens_seen: int  # tokens fed through the model over the conversation's life
+    cache_fill: int  # rows of the cache in use
+    capacity: int  # sinks + window
+    evictions: int  # tokens evicted from the cache
+    rounds: int
+    prefilled_tokens: int  # input tokens processed over all rounds
+    generated_tokens: int
+    recovered: bool  # rebuilt from a record (crash, idle eviction or migration by rebuild)
+    resident: bool  # holds a cache slot now
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SessionRecord:
+    """Everything needed to rebuild a conversation's cache elsewhere: the token
+    ids of the sinks and of the window tail, the tokens not yet fed, and counters.
+    Rebuilding re-runs ``sink_ids + window_ids`` as a prefill: the window's KV is
+    recomputed without the context that had already been evicted."""
+
+    session_id: str
+    sink_ids: list[int]
+    window_ids: list[int]
+    pending_ids: list[int]  # sampled or templated tokens not yet in the cache
+    tokens_seen: int
+    rounds: int
+    prefilled_tokens: int = 0
+    generated_tokens: int = 0
+    history_hash: str = ""  # digest of the messages seen so far (for id-less clients)
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SessionRecord":
+        return cls(**d)
+
+
+@dataclass
+class EngineStats:
+    active_sessions: int  # sessions known to the engine
+    resident_sessions: int  # sessions holding a slot
+    free_slots: int
+    total_slots: int
+    running_requests: int
+    waiting_requests: int
+    tokens_generated: int
+    tokens_prefilled: int
+    evictions: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@runtime_checkable
+class EngineProtocol(Protocol):
+    def chat(self, session_id: str, messages: list[dict], params: SamplingParams) -> AsyncIterator[StreamChunk]:
+        """Append ``messages`` (only the new ones) to the session, creating it if
+        needed, and stream the assistant's reply."""
+        ...
+
+    def session_stats(self, session_id: str) -> SessionStats: ...
+
+    def has_session(self, session_id: str) -> bool: ...
+
+    def close_session(self, session_id: str) -> None: ...
+
+    def session_ids(self) -> list[str]: ...
+
+    def export_session(self, session_id: str) -> SessionRecord: ...
+
+    def import_session(self, record: SessionRecord) -> None:
+        """Register a session from a record; its cache is rebuilt on the next turn."""
+        ...
+
+    def stats(self) -> EngineStats: ...
+
+    def count_tokens(self, messages: list[dict]) -> int: ...
+
+    async def shutdown(self) -> None: ...
