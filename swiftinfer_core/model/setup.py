@@ -1,0 +1,107 @@
+"""From an EngineConfig to a ready model: device, dtype, weights, KV pool, attention backend."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from swiftinfer_core.cache.layout import StreamLayout
+from swiftinfer_core.cache.pool import KVPool
+from swiftinfer_core.config import AttentionBackend, Device, DType, EngineConfig
+from swiftinfer_core.errors import InvalidRequestError
+from swiftinfer_core.kernels.attention import Attention, TorchAttention
+from swiftinfer_core.kernels.rope import inv_freq
+from swiftinfer_core.model.fetch import resolve_model
+from swiftinfer_core.model.llama import Llama, ShardPlan
+from swiftinfer_core.model.loader import ModelArgs, read_args, read_state_dict
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {DType.FLOAT32: torch.float32, DType.BFLOAT16: torch.bfloat16, DType.FLOAT16: torch.float16}
+CPU_DEFAULT_SLOTS = 16
+MAX_DEFAULT_SLOTS = 1024
+
+
+@dataclass
+class LoadedModel:
+    args: ModelArgs
+    model: Llama
+    tokenizer: object
+    layout: StreamLayout
+    pool: KVPool
+    attn: Attention
+    device: torch.device
+    dtype: torch.dtype
+    path: Path
+
+
+def resolve_device(cfg: EngineConfig) -> torch.device:
+    if cfg.device is Device.CUDA or (cfg.device is Device.AUTO and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise InvalidRequestError("device 'cuda' requested but no CUDA GPU is visible")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def resolve_dtype(cfg: EngineConfig, device: torch.device) -> torch.dtype:
+    if cfg.dtype is DType.AUTO:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[cfg.dtype]
+
+
+def resolve_layout(cfg: EngineConfig, args: ModelArgs) -> StreamLayout:
+    window = cfg.window if cfg.window is not None else min(2048, args.max_position) - cfg.sink_tokens
+    if cfg.sink_tokens >= window:
+        raise InvalidRequestError(f"sink_tokens ({cfg.sink_tokens}) must be smaller than window ({window})")
+    return StreamLayout(cfg.sink_tokens, window)
+
+
+def make_attention(cfg: EngineConfig, device: torch.device, layout: StreamLayout, args: ModelArgs) -> Attention:
+    freqs = inv_freq(args.head_dim, args.rope_theta, args.rope_scaling).to(device)
+    backend = cfg.attention
+    if backend is AttentionBackend.AUTO:
+        backend = AttentionBackend.TRITON if device.type == "cuda" else AttentionBackend.TORCH
+    if backend is AttentionBackend.TRITON:
+        from swiftinfer_core.kernels.attention import TritonAttention  # needs triton
+
+        return TritonAttention(layout, freqs, args.head_dim**-0.5)
+    return TorchAttention(layout, freqs, args.head_dim**-0.5)
+
+
+def num_slots(cfg: EngineConfig, args: ModelArgs, layout: StreamLayout, device: torch.device, dtype: torch.dtype, kv_heads: int) -> int:
+    if cfg.max_sessions is not None:
+        return cfg.max_sessions
+    if device.type != "cuda":
+        return CPU_DEFAULT_SLOTS
+    free, _ = torch.cuda.mem_get_info(device)
+    per_slot = KVPool.bytes_per_slot(layout, args.num_layers, kv_heads, args.head_dim, dtype)
+    slots = int(free * cfg.gpu_memory_utilization) // per_slot
+    if slots < 1:
+        raise InvalidRequestError(f"no GPU memory for even one cache slot ({per_slot / 2**20:.0f} MiB each)")
+    return min(slots, MAX_DEFAULT_SLOTS)
+
+
+def load_model(cfg: EngineConfig, shard: ShardPlan | None = None) -> LoadedModel:
+    from transformers import AutoTokenizer
+
+    path = resolve_model(cfg.model)
+    args = read_args(path)
+    device = resolve_device(cfg)
+    dtype = resolve_dtype(cfg, device)
+    layout = resolve_layout(cfg, args)
+    with torch.device("meta"):
+        model = Llama(args, shard)
+    model = model.to_empty(device=device).to(dtype)
+    model.load_hf_state(read_state_dict(path))
+    model.eval()
+    kv_heads = model.shard.kv_hi - model.shard.kv_lo
+    slots = num_slots(cfg, args, layout, device, dtype, kv_heads)
+    pool = KVPool(layout, args.num_layers, slots, kv_heads, args.head_dim, dtype, device)
+    log.info("model %s on %s/%s: %d cache slots of %d+%d", path.name, device, dtype, slots, layout.sinks, layout.window)
+    return LoadedModel(
+        args=args, model=model, tokenizer=AutoTokenizer.from_pretrained(path), layout=layout, pool=pool,
+        attn=make_attention(cfg, device, layout, args), device=device, dtype=dtype, path=path,
+    )
