@@ -1,0 +1,100 @@
+"""``swiftinfer eval-ppl``: perplexity of a long text under dense, window, StreamingLLM and recompute."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import sys
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval-ppl", help="next-token perplexity over a long text in the paper's four modes")
+    p.add_argument("--text", required=True, type=Path, help="a UTF-8 text file")
+    p.add_argument("--tokens", required=True, type=int, help="evaluate the first N tokens")
+    p.add_argument("--sinks", type=int, default=4)
+    p.add_argument("--window", type=int, default=1020)
+    p.add_argument("--modes", default="dense,window,streaming,recompute")
+    p.add_argument("--recompute-stride", type=int, default=1, help="score recompute on every k-th token only")
+    p.add_argument("--segment", type=int, default=None, help="tokens per reported segment (default N/10)")
+    p.add_argument("--model", default="default")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--json", type=Path, help="write results here")
+    p.add_argument("--plot", type=Path, help="write a PNG plot here")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from swiftinfer_core.config import EngineConfig
+    from swiftinfer_core.errors import InvalidRequestError
+    from swiftinfer_core.eval.ppl import Mode, evaluate
+    from swiftinfer_core.model.setup import load_model
+
+    try:
+        modes = [Mode(m.strip()) for m in args.modes.split(",") if m.strip()]
+    except ValueError as exc:
+        raise SystemExit(f"--modes: {exc}; choose from {[m.value for m in Mode]}")
+    if args.tokens < 2 or args.recompute_stride < 1:
+        raise SystemExit("--tokens must be >= 2 and --recompute-stride >= 1")
+    cfg = EngineConfig(model=args.model, sink_tokens=args.sinks, window=args.window, max_sessions=1,
+                       device=args.device, dtype=args.dtype)
+    m = load_model(cfg)
+    ids = m.tokenizer(args.text.read_text(encoding="utf-8"), add_special_tokens=False).input_ids
+    if len(ids) < args.tokens:
+        raise SystemExit(f"{args.text} has {len(ids)} tokens, fewer than --tokens {args.tokens}")
+    ids = ids[: args.tokens]
+    segment = args.segment or max(1, args.tokens // 10)
+    results = evaluate(m, cfg, ids, modes, args.sinks, args.window, args.recompute_stride)
+    rec = results.get(Mode.RECOMPUTE)
+    sampled = set(rec.targets) if rec else None
+    out = {
+        "modes": {
+            mode.value: {
+                "ppl": r.ppl(),
+                "segments": r.segments(segment),
+                **({"ppl_on_recompute_targets": r.ppl(sampled)} if sampled else {}),
+            }
+            for mode, r in results.items()
+        },
+        "tokens": args.tokens, "sinks": args.sinks, "window": args.window, "segment": segment,
+        "recompute_stride": args.recompute_stride, "model": m.path.name, "text": args.text.name,
+        "device": torch.cuda.get_device_name() if m.device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+        "dtype": str(m.dtype).replace("torch.", ""), "torch": torch.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "swiftinfer " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("swiftinfer") else " ".join(sys.argv),
+    }
+    print(f"{'mode':<10} {'ppl':>10}  segments (every {segment} tokens)")
+    for name, r in out["modes"].items():
+        print(f"{name:<10} {r['ppl']:>10.3f}  " + " ".join(f"{x:.2f}" for x in r["segments"]))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2))
+    if args.plot:
+        plot(out, args.plot)
+    return 0
+
+
+def plot(out: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    seg = out["segment"]
+    for name, r in out["modes"].items():
+        xs = [seg * (i + 1) for i in range(len(r["segments"]))]
+        ax.plot(xs, r["segments"], marker="o", label=f"{name} (ppl {r['ppl']:.2f})")
+    ax.axvline(out["sinks"] + out["window"], color="gray", ls=":", label="cache size")
+    ax.set_yscale("log")
+    ax.set_xlabel("tokens into the text")
+    ax.set_ylabel(f"perplexity per {seg}-token segment")
+    ax.set_title(f"{out['model']}: sinks {out['sinks']} + window {out['window']}, {out['tokens']} tokens")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)

@@ -1,0 +1,30 @@
+"""``swiftinfer``: chat in a terminal, evaluate streaming perplexity, fetch the default model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from swiftinfer_core.cli import chat, eval_ppl
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="swiftinfer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    chat.add_parser(sub)
+    eval_ppl.add_parser(sub)
+    fetch = sub.add_parser("fetch-model", help="fetch and convert the default model once; print its folder")
+    fetch.set_defaults(func=_fetch)
+    args = parser.parse_args(argv)
+    return args.func(args) or 0
+
+
+def _fetch(args) -> int:
+    from swiftinfer_core.model.fetch import ensure_default_model
+
+    print(ensure_default_model())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Next-token perplexity over a long text in the paper's four modes.
+
+- dense: every token attends to all before it (a cache as long as the text);
+- window: the last ``sinks + window`` tokens only, no sinks (positions in cache);
+- streaming: StreamingLLM, ``sinks`` + ``window``;
+- recompute: for each token, a fresh forward over the last ``sinks + window``
+  tokens at positions 0.. (sliding window with re-computation); optionally on
+  every ``stride``-th token only, since it costs a full window per token.
+
+Streaming, window and dense run as chunked prefill through the engine's own
+model and cache, which equals feeding one token at a time (tested).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+
+import torch
+
+from swiftinfer_core.cache.layout import StreamLayout
+from swiftinfer_core.cache.pool import KVPool
+from swiftinfer_core.config import EngineConfig
+from swiftinfer_core.engine.runner import ModelRunner
+from swiftinfer_core.model.setup import LoadedModel, make_attention
+
+
+class Mode(str, Enum):
+    DENSE = "dense"
+    WINDOW = "window"
+    STREAMING = "streaming"
+    RECOMPUTE = "recompute"
+
+
+@dataclass
+class ModeResult:
+    nll: list[float] = field(default_factory=list)  # per predicted token
+    targets: list[int] = field(default_factory=list)  # index of each predicted token
+
+    def ppl(self, only: set[int] | None = None) -> float:
+        vals = [v for v, t in zip(self.nll, self.targets) if only is None or t in only]
+        return math.exp(sum(vals) / len(vals)) if vals else float("nan")
+
+    def segments(self, size: int) -> list[float]:
+        out = []
+        for lo in range(1, max(self.targets, default=0) + 1, size):
+            seg = [v for v, t in zip(self.nll, self.targets) if lo <= t < lo + size]
+            if seg:
+                out.append(math.exp(sum(seg) / len(seg)))
+        return out
+
+
+def _runner(m: LoadedModel, cfg: EngineConfig, layout: StreamLayout, slots: int) -> ModelRunner:
+    heads = m.model.shard.kv_hi - m.model.shard.kv_lo
+    pool = KVPool(layout, m.args.num_layers, slots, heads, m.args.head_dim, m.dtype, m.device)
+    return ModelRunner(m.model, pool, make_attention(cfg, m.device, layout, m.args), m.device)
+
+
+def _nll(logits: torch.Tensor, targets: torch.Tensor) -> list[float]:
+    return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none").tolist()
+
+
+def stream_nll(m: LoadedModel, cfg: EngineConfig, ids: list[int], layout: StreamLayout, chunk: int = 512) -> ModeResult:
+    """Chunked prefill of the whole text through one cache slot; NLL of tokens 1..N-1."""
+    run = _runner(m, cfg, layout, slots=1)
+    res = ModeResult()
+    for lo in range(0, len(ids) - 1, chunk):
+        part = ids[lo : min(lo + chunk, len(ids) - 1)]
+        logits = run.forward(part, [0], [lo], [len(part)], rows=None)
+        tgt = torch.tensor(ids[lo + 1 : lo + 1 + len(part)], device=logits.device)
+        res.nll.extend(_nll(logits, tgt))
+        res.targets.extend(range(lo + 1, lo + 1 + len(part)))
+    return res
+
+
+def recompute_nll(m: LoadedModel, cfg: EngineConfig, ids: list[int], size: int, stride: int = 1, batch: int = 16) -> ModeResult:
+    """For each target t (every ``stride``-th), one fresh forward over ids[t-size:t]."""
+    layout = StreamLayout(0, size)
+    run = _runner(m, cfg, layout, slots=batch)
+    targets = list(range(1, len(ids), stride))
+    res = ModeResult()
+    for lo in range(0, len(targets), batch):
+        group = targets[lo : lo + batch]
+        windows = [ids[max(0, t - size) : t] for t in group]
+        flat = [x for w in windows for x in w]
+        lens = [len(w) for w in windows]
+        rows = [sum(lens[: i + 1]) - 1 for i in range(len(lens))]
+        logits = run.forward(flat, list(range(len(group))), [0] * len(group), lens, rows=rows)
+        res.nll.extend(_nll(logits, torch.tensor([ids[t] for t in group], device=logits.device)))
+        res.targets.extend(group)
+    return res
+
+
+def evaluate(m: LoadedModel, cfg: EngineConfig, ids: list[int], modes: list[Mode], sinks: int, window: int, stride: int = 1) -> dict[Mode, ModeResult]:
+    layouts = {
+        Mode.DENSE: StreamLayout(0, len(ids)),
+        Mode.WINDOW: StreamLayout(0, sinks + window),
+        Mode.STREAMING: StreamLayout(sinks, window),
+    }
+    out = {}
+    for mode in modes:
+        if mode is Mode.RECOMPUTE:
+            out[mode] = recompute_nll(m, cfg, ids, sinks + window, stride)
+        else:
+            out[mode] = stream_nll(m, cfg, ids, layouts[mode])
+    return out
