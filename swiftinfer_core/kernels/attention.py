@@ -1,14 +1,28 @@
-"""Attention backends behind one interface, picked by configuration.
+"""The model's one entry to streaming attention: pick a backend object by config.
 
-A backend is built once per engine with the cache layout and RoPE frequencies.
-Per step: ``plan = backend.prepare(batch)`` (index work shared by all layers),
-then per layer ``out = backend.forward(plan, q, k_new, v_new, k_cache, v_cache)``,
-which attends over sinks + window and stores the step's K/V in the ring.
+    attn = ATTENTION_BACKENDS["triton"](layout, freqs, scale)
+    plan = attn.prepare(batch)                 # once per step, shared by all layers
+    out = attn.forward(plan, q, k_new, v_new, k_cache, v_cache)   # per layer
+
+``forward`` takes q [T, Hq, D], k_new/v_new [T, Hkv, D] (pre-RoPE, may be strided
+views of a fused qkv projection, last dim contiguous) and one layer's caches
+[slots, Hkv, capacity, D]; it returns out [T, Hq, D] and leaves this step's
+tokens stored in the ring (attention first, then the write, for prefill; the
+decode kernel scores the new token from k_new and writes it itself).
+
+Triton decode is CUDA-graph friendly: ``prepare`` builds every device tensor
+(slots, starts, split-K workspace) once per step; the per-layer call does no
+host work but two kernel launches. To replay a captured graph with new
+sequences, ``plan.refresh(batch)`` copies the new slots/starts into the same
+tensors (same batch size; slot -1 marks a padding row).
+
+Importing this module does not import triton; TritonAttention does, when built.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 
@@ -17,23 +31,116 @@ from swiftinfer_core.kernels.batch import AttnBatch
 from swiftinfer_core.kernels.reference import plan_step, streaming_attention_ref, write_cache_ref
 
 
-class Attention(Protocol):
-    def prepare(self, batch: AttnBatch) -> Any: ...
-
-    def forward(self, plan: Any, q, k_new, v_new, k_cache, v_cache) -> torch.Tensor: ...
-
-
-class TorchAttention:
-    """The reference semantics in plain PyTorch (CPU engine, and the fallback)."""
+class Attention(ABC):
+    """Streaming attention for one model: layout, RoPE frequencies [D/2] and scale are fixed."""
 
     def __init__(self, layout: StreamLayout, freqs: torch.Tensor, scale: float):
-        self.layout, self.freqs, self.scale = layout, freqs, scale
+        self.layout, self.freqs, self.scale = layout, freqs.float(), float(scale)
+
+    @abstractmethod
+    def prepare(self, batch: AttnBatch):
+        """Per-step index work shared by every layer; returns an opaque plan."""
+
+    @abstractmethod
+    def forward(self, plan, q, k_new, v_new, k_cache, v_cache) -> torch.Tensor:
+        """One layer: attention output [T, Hq, D]; stores the step's K/V in the cache."""
+
+
+@dataclass
+class TorchPlan:
+    batch: AttnBatch
+    seqs: list  # reference._SeqPlan per sequence
+
+
+class TorchAttention(Attention):
+    """Plain PyTorch reference (CPU engine, and the semantics the kernels match)."""
+
+    def prepare(self, batch: AttnBatch) -> TorchPlan:
+        return TorchPlan(batch, plan_step(batch, self.layout, batch.slots.device))
+
+    def forward(self, plan: TorchPlan, q, k_new, v_new, k_cache, v_cache) -> torch.Tensor:
+        freqs = self.freqs.to(q.device)
+        out = streaming_attention_ref(q, k_new, v_new, k_cache, v_cache, plan.seqs, freqs, self.scale)
+        write_cache_ref(k_new, v_new, k_cache, v_cache, plan.batch, self.layout)
+        return out
+
+
+@dataclass
+class DecodePlan:
+    """Static-shape device state of a decode step (all sequences feed one token)."""
+
+    slots: torch.Tensor  # [B] int32, -1 = padding row
+    starts: torch.Tensor  # [B] int64, stream index of each query
+    # split-K shape (splits, keys per split) and partials [B,Hq,S,D], [B,Hq,S,2]:
+    # made by the first layer's call, reused by every later layer of the step
+    splits: tuple[int, int] | None = None
+    workspace: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def refresh(self, batch: AttnBatch) -> None:
+        """New slots/starts into the same tensors (for CUDA-graph replay)."""
+        assert batch.is_decode and batch.num_seqs == self.slots.shape[0]
+        self.slots.copy_(batch.slots, non_blocking=True)
+        self.starts.copy_(batch.starts, non_blocking=True)
+
+
+@dataclass
+class PrefillPlan:
+    batch: AttnBatch
+    tok_seq: torch.Tensor  # [T] int32: sequence of each packed row
+    max_q_len: int
+
+
+class TritonAttention(Attention):
+    """Triton kernels: decode_attention.py (write fused), prefill_attention.py + write_cache.py."""
+
+    def __init__(self, layout: StreamLayout, freqs: torch.Tensor, scale: float, *, block_n: int = 32, num_warps: int = 4, waves: int = 4):
+        super().__init__(layout, freqs, scale)
+        from swiftinfer_core.kernels import decode_attention, prefill_attention, write_cache  # needs triton
+
+        self._decode, self._prefill, self._write = decode_attention, prefill_attention, write_cache
+        self.block_n, self.num_warps, self.waves = block_n, num_warps, waves
+        self._freqs_dev: dict[torch.device, torch.Tensor] = {}
+
+    def _freqs(self, device) -> torch.Tensor:
+        if device not in self._freqs_dev:
+            self._freqs_dev[device] = self.freqs.to(device).contiguous()
+        return self._freqs_dev[device]
 
     def prepare(self, batch: AttnBatch):
-        return batch, plan_step(batch, self.layout, batch.slots.device)
+        if batch.is_decode:
+            return DecodePlan(batch.slots, batch.starts)
+        seq = [i for i, c in enumerate(batch.q_lens_list) for _ in range(c)]
+        tok_seq = torch.tensor(seq, dtype=torch.int32, device=batch.slots.device)
+        return PrefillPlan(batch, tok_seq, max(batch.q_lens_list, default=0))
+
+    def _decode_workspace(self, plan: DecodePlan, q: torch.Tensor, hkv: int) -> None:
+        B, hq, D = q.shape
+        ws = plan.workspace
+        if ws is None or ws[0].shape[1] != hq or ws[0].shape[3] != D:
+            sms = self._decode.sm_count(q.device)
+            plan.splits = self._decode.decode_splits(B, hkv, self.layout.capacity, self.block_n, sms, self.waves)
+            n = plan.splits[0]
+            plan.workspace = (
+                torch.empty((B, hq, n, D), dtype=torch.float32, device=q.device),
+                torch.empty((B, hq, n, 2), dtype=torch.float32, device=q.device),
+            )
 
     def forward(self, plan, q, k_new, v_new, k_cache, v_cache) -> torch.Tensor:
-        batch, seq_plans = plan
-        out = streaming_attention_ref(q, k_new, v_new, k_cache, v_cache, seq_plans, self.freqs, self.scale)
-        write_cache_ref(k_new, v_new, k_cache, v_cache, batch, self.layout)
+        lay, freqs = self.layout, self._freqs(q.device)
+        if isinstance(plan, DecodePlan):
+            self._decode_workspace(plan, q, k_cache.shape[1])
+            return self._decode.decode_attention(
+                q, k_new, v_new, k_cache, v_cache, plan.slots, plan.starts, freqs, self.scale,
+                lay.sinks, lay.window, fuse_write=True, block_n=self.block_n,
+                num_warps=self.num_warps, splits=plan.splits, workspace=plan.workspace,
+            )
+        b = plan.batch
+        out = self._prefill.prefill_attention(
+            q, k_new, v_new, k_cache, v_cache, b.slots, b.starts, b.cu_seqlens, plan.max_q_len,
+            freqs, self.scale, lay.sinks, lay.window,
+        )
+        self._write.write_kv(k_new, v_new, k_cache, v_cache, plan.tok_seq, b.slots, b.starts, b.cu_seqlens, lay.sinks, lay.window)
         return out
+
+
+ATTENTION_BACKENDS: dict[str, type[Attention]] = {"torch": TorchAttention, "triton": TritonAttention}

@@ -1,0 +1,263 @@
+"""Decode attention over the streaming cache, position shift fused in (flash-decoding).
+
+One new token per sequence: q [B, Hq, D] (pre-RoPE) for stream index ``t = n``
+(``n`` = tokens fed before it), cache [slots, Hkv, capacity, D] (pre-RoPE, one
+layer). The kernel walks the attended keys in *stream order*: logical index
+``j`` in ``[0, fill)``, ``fill = min(t+1, capacity)``. That index is also the
+key's cache position (layout.cache_positions), so positions inside a tile are
+consecutive and rotate with the cheap angle-addition table (rope_tl.py), and the
+query rotates at ``fill - 1`` = ``query_position(t)``. Logical index -> row:
+
+    j <  ns = min(sinks, fill):  row j                           (a sink)
+    j >= ns:                     row sinks + (base + j - ns) % window
+                                 base = (window_start(t) - sinks) % window
+
+i.e. a gather that is contiguous except at one ring wrap: each row is D
+contiguous elements, so loads stay coalesced. Nothing is re-rotated in memory.
+
+The new token's K/V: with ``fuse_write`` (default) the kernel takes k_new/v_new
+[B, Hkv, D], scores it directly (it sits at the query's own position, so its
+rotation cancels: score = q . k unrotated), and the program that owns logical
+index ``fill-1`` stores it in its ring row. That row held the token that just
+fell out of the window, which no program reads, so there is no race. Without
+``fuse_write`` the caller has written it already (write_cache.py) and it is read
+from the cache like any key.
+
+Split-K: grid (B * Hkv, splits); split ``s`` covers logical [s*L, (s+1)*L).
+``splits`` depends only on shapes (B, Hkv, capacity, SM count), so the launch is
+CUDA-graph capturable; splits past a sequence's fill run zero loop iterations
+and write m = -inf, l = 0. A second kernel combines the splits. One program
+handles all ``G = Hq/Hkv`` query heads of its KV head, so each K/V tile is read
+once per group (GQA); the group is padded to 16 rows for tl.dot.
+A slot id < 0 marks a padding row (static batch in a graph): output zeros.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from swiftinfer_core.kernels import rope_tl
+
+
+@triton.jit
+def _decode_split_kernel(
+    Q, K_NEW, V_NEW, K_CACHE, V_CACHE, SLOTS, STARTS, FREQS, ACC, ML,
+    sq_b, sq_h, sn_b, sn_h, sc_s, sc_h, sc_r,
+    scale_log2, SINKS, WINDOW, SPLIT_LEN,
+    HKV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HALF: tl.constexpr,
+    BLOCK_N: tl.constexpr, FUSE_NEW: tl.constexpr, MMA: tl.constexpr, PREC: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    nsplit = tl.num_programs(1)
+    b = pid // HKV
+    kvh = pid % HKV
+
+    slot = tl.load(SLOTS + b).to(tl.int64)
+    t = tl.load(STARTS + b).to(tl.int64)  # stream index of the query
+    cap = SINKS + WINDOW
+    fill = tl.minimum(t + 1, cap).to(tl.int32)
+    fill = tl.where(slot >= 0, fill, 0)
+    slot = tl.maximum(slot, 0)
+    ns = tl.minimum(SINKS, fill)  # sink tokens present
+    ws = tl.maximum(t - WINDOW + 1, SINKS)  # first window token in reach
+    base = ((ws - SINKS) % WINDOW).to(tl.int32)  # its ring offset
+
+    offs_g = tl.arange(0, GROUP_PAD)
+    offs_h = tl.arange(0, HALF)
+    offs_d = tl.arange(0, 2 * HALF)
+    offs_n = tl.arange(0, BLOCK_N)
+    gmask = offs_g < GROUP
+    qh = kvh * GROUP + offs_g  # query heads of this group
+
+    f = tl.load(FREQS + offs_h)
+    q_ptr = Q + b * sq_b + qh[:, None] * sq_h + offs_h[None, :]
+    q1 = tl.load(q_ptr, mask=gmask[:, None], other=0.0).to(tl.float32)  # [G_PAD, D/2]
+    q2 = tl.load(q_ptr + HALF, mask=gmask[:, None], other=0.0).to(tl.float32)
+    cq, sq = rope_tl.cos_sin((fill - 1).to(tl.float32), f)
+    qr1, qr2 = rope_tl.rotate(q1, q2, cq[None, :], sq[None, :])
+    qr1 = qr1.to(MMA)
+    qr2 = qr2.to(MMA)
+    ci, si = rope_tl.offset_table(f, BLOCK_N)  # [BLOCK_N, D/2]
+
+    m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+    l_i = tl.zeros([GROUP_PAD], tl.float32)
+    acc = tl.zeros([GROUP_PAD, 2 * HALF], tl.float32)
+
+    k_base = K_CACHE + slot * sc_s + kvh * sc_h
+    v_base = V_CACHE + slot * sc_s + kvh * sc_h
+    lo = split * SPLIT_LEN
+    if FUSE_NEW:
+        n_cached = fill - 1  # logical fill-1 is the new token, taken from k_new
+    else:
+        n_cached = fill
+    hi = tl.minimum(lo + SPLIT_LEN, n_cached)
+    for j0 in range(lo, hi, BLOCK_N):
+        j = j0 + offs_n
+        valid = j < hi
+        r = base + (j - ns)
+        r = tl.where(r >= WINDOW, r - WINDOW, r)
+        row = tl.where(j < ns, j, SINKS + r)
+        row = tl.where(valid, row, 0)
+        kp = k_base + row[:, None] * sc_r + offs_h[None, :]
+        k1 = tl.load(kp, mask=valid[:, None], other=0.0).to(tl.float32)  # [BLOCK_N, D/2]
+        k2 = tl.load(kp + HALF, mask=valid[:, None], other=0.0).to(tl.float32)
+        v = tl.load(v_base + row[:, None] * sc_r + offs_d[None, :], mask=valid[:, None], other=0.0)
+        kr1, kr2 = rope_tl.rotate_tile(k1, k2, j0, f, ci, si)
+        s = tl.dot(qr1, tl.trans(kr1.to(MMA)), input_precision=PREC)
+        s += tl.dot(qr2, tl.trans(kr2.to(MMA)), input_precision=PREC)  # [G_PAD, BLOCK_N]
+        s = tl.where(valid[None, :], s * scale_log2, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: the tile has a valid key
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(MMA), v.to(MMA), input_precision=PREC)
+        m_i = m_new
+
+    if FUSE_NEW:
+        t_log = fill - 1
+        own = (fill > 0) & (t_log >= lo) & (t_log < lo + SPLIT_LEN)
+        kn_ptr = K_NEW + b * sn_b + kvh * sn_h
+        vn_ptr = V_NEW + b * sn_b + kvh * sn_h
+        kn1 = tl.load(kn_ptr + offs_h).to(tl.float32)
+        kn2 = tl.load(kn_ptr + HALF + offs_h).to(tl.float32)
+        vn = tl.load(vn_ptr + offs_d)
+        s_new = tl.sum(q1 * kn1[None, :] + q2 * kn2[None, :], 1) * scale_log2  # [G_PAD]
+        s_new = tl.where(own, s_new, float("-inf"))
+        m_new = tl.maximum(m_i, s_new)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s_new - m_safe)
+        l_i = l_i * alpha + p
+        acc = acc * alpha[:, None] + p[:, None] * vn.to(tl.float32)[None, :]
+        m_i = m_new
+        # store the new token in its ring row (= the row of the evicted token)
+        row_t = tl.where(t < SINKS, t, SINKS + (tl.maximum(t - SINKS, 0) % WINDOW))
+        wmask = offs_d < tl.where(own, 2 * HALF, 0)
+        tl.store(k_base + row_t * sc_r + offs_d, tl.load(kn_ptr + offs_d), mask=wmask)
+        tl.store(v_base + row_t * sc_r + offs_d, vn, mask=wmask)
+
+    # partials: ACC [B, Hq, splits, D] (unnormalised), ML [B, Hq, splits, 2] (max, sum)
+    part = (b * (HKV * GROUP) + qh) * nsplit + split  # [G_PAD]
+    tl.store(ACC + part[:, None] * (2 * HALF) + offs_d[None, :], acc, mask=gmask[:, None])
+    tl.store(ML + part * 2, m_i, mask=gmask)
+    tl.store(ML + part * 2 + 1, l_i, mask=gmask)
+
+
+@triton.jit
+def _decode_combine_kernel(
+    ACC, ML, OUT, so_b, so_h, NSPLIT,
+    HQ: tl.constexpr, D: tl.constexpr, SPLIT_PAD: tl.constexpr,
+):
+    """One program per (b, query head): out = sum_s w_s acc_s / sum_s w_s l_s."""
+    pid = tl.program_id(0)
+    b = pid // HQ
+    h = pid % HQ
+    offs_s = tl.arange(0, SPLIT_PAD)
+    offs_d = tl.arange(0, D)
+    smask = offs_s < NSPLIT
+    idx = pid * NSPLIT + offs_s
+    m = tl.load(ML + idx * 2, mask=smask, other=float("-inf"))
+    l = tl.load(ML + idx * 2 + 1, mask=smask, other=0.0)
+    m_max = tl.max(m, 0)
+    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
+    w = tl.exp2(m - m_max)  # 0 for empty splits
+    den = tl.sum(w * l, 0)
+    acc = tl.load(ACC + idx[:, None] * D + offs_d[None, :], mask=smask[:, None], other=0.0)
+    o = tl.sum(w[:, None] * acc, 0) / tl.where(den > 0, den, 1.0)  # padding rows -> 0
+    tl.store(OUT + b * so_b + h * so_h + offs_d, o.to(OUT.dtype.element_ty))
+
+
+_TL = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
+LOG2E = 1.4426950408889634
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def mma_dtype(dtype: torch.dtype):
+    """Operand type for tl.dot. The CPU interpreter (triton 3.9) computes bf16
+    tl.dot wrongly, so there every dot runs in float32."""
+    return tl.float32 if interpreting() else _TL[dtype]
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """float32 caches get true float32 dots (not tf32); bf16/fp16 ignore it."""
+    return "ieee" if dtype == torch.float32 or interpreting() else "tf32"
+
+
+def sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 8
+
+
+def decode_splits(batch: int, kv_heads: int, capacity: int, block_n: int, sms: int, waves: int = 4) -> tuple[int, int]:
+    """(splits, split_len) from shapes only: about ``waves`` programs per SM."""
+    tiles = triton.cdiv(capacity, block_n)
+    want = max(1, min(tiles, triton.cdiv(waves * sms, batch * kv_heads), 128))
+    per = triton.cdiv(tiles, want)
+    return triton.cdiv(tiles, per), per * block_n
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slots: torch.Tensor,
+    starts: torch.Tensor,
+    freqs: torch.Tensor,
+    scale: float,
+    sinks: int,
+    window: int,
+    *,
+    fuse_write: bool = True,
+    out: torch.Tensor | None = None,
+    block_n: int = 32,
+    num_warps: int = 4,
+    waves: int = 4,
+    splits: tuple[int, int] | None = None,
+    workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """q [B, Hq, D], k_new/v_new [B, Hkv, D] (ignored unless fuse_write),
+    caches [slots, Hkv, cap, D]; slots [B] int32, starts [B] int64 (= n).
+    Returns out [B, Hq, D] in q's dtype. No host sync; shapes fix the grid."""
+    B, hq, D = q.shape
+    hkv, cap = k_cache.shape[1], k_cache.shape[2]
+    assert hq % hkv == 0 and D in (64, 128) and cap == sinks + window
+    assert q.stride(-1) == 1 and k_new.stride(-1) == 1 and v_new.stride(-1) == 1
+    assert k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1
+    assert k_new.stride() == v_new.stride()
+    group = hq // hkv
+    if splits is None:
+        splits = decode_splits(B, hkv, cap, block_n, sm_count(q.device), waves)
+    nsplit, split_len = splits
+    if workspace is None:
+        acc = torch.empty((B, hq, nsplit, D), dtype=torch.float32, device=q.device)
+        ml = torch.empty((B, hq, nsplit, 2), dtype=torch.float32, device=q.device)
+    else:
+        acc, ml = workspace
+    if out is None:
+        out = torch.empty((B, hq, D), dtype=q.dtype, device=q.device)
+    _decode_split_kernel[(B * hkv, nsplit)](
+        q, k_new, v_new, k_cache, v_cache, slots, starts, freqs, acc, ml,
+        q.stride(0), q.stride(1), k_new.stride(0), k_new.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        scale * LOG2E, sinks, window, split_len,
+        HKV=hkv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HALF=D // 2,
+        BLOCK_N=block_n, FUSE_NEW=fuse_write, MMA=mma_dtype(q.dtype),
+        PREC=dot_precision(q.dtype),
+        num_warps=num_warps,
+    )
+    _decode_combine_kernel[(B * hq,)](
+        acc, ml, out, out.stride(0), out.stride(1), nsplit,
+        HQ=hq, D=D, SPLIT_PAD=max(2, triton.next_power_of_2(nsplit)), num_warps=4,
+    )
+    return out

@@ -1,0 +1,212 @@
+"""Chunked-prefill attention with the streaming mask (varlen, packed queries).
+
+Shapes: q [T, Hq, D], k_new/v_new [T, Hkv, D] (this step's tokens, pre-RoPE,
+rows cu_seqlens[b]:cu_seqlens[b+1] belong to sequence b, stream indices
+n_b .. n_b+c_b-1), caches [slots, Hkv, cap, D] (pre-RoPE, still holding the
+state before the step: the ring cannot take the step's tokens before every
+query has read the old rows they replace; write_cache.py runs afterwards).
+
+Matches reference.streaming_attention_ref. Query t sees key u iff u <= t and
+(u < sinks or u >= t - window + 1). Rotation, the two-rotation trick of
+layout.py with shift = rope_shift(n + c - 1):
+
+    window key u at u - shift,   query for window keys at t - shift
+    sink key u   at u,           query for sink keys   at min(t, cap - 1)
+
+so every angle stays in [-chunk, cap). Keys come from four disjoint ranges,
+each with one query rotation and one source, walked in BLOCK_N tiles of
+consecutive stream indices (so consecutive positions: rope_tl.rotate_tile):
+
+    1. cached sinks     u in [0, min(sinks, n))                 rows u
+    2. cached window    u in [max(sinks, t0-window+1), n)       ring rows
+    3. new sinks        u in [n, min(sinks, t1+1))              k_new rows
+    4. new window       u in [max(n, sinks, t0-window+1), t1+1) k_new rows
+
+(t0, t1: first and last query of this program's BLOCK_M tile.) Grid:
+(query tiles of the longest sequence, B, Hq); a GQA head re-reads its KV tile
+per query head, which the L2 absorbs.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from swiftinfer_core.kernels import rope_tl
+from swiftinfer_core.kernels.decode_attention import LOG2E, dot_precision, mma_dtype
+
+
+@triton.jit
+def _attend(acc, m_i, l_i, q1, q2, k1, k2, v, visible, scale_log2, MMA: tl.constexpr, PREC: tl.constexpr):
+    """Online-softmax update with one key tile. q*: [BLOCK_M, D/2] (MMA dtype),
+    k*: rotated [BLOCK_N, D/2] float32, v [BLOCK_N, D], visible [BLOCK_M, BLOCK_N]."""
+    s = tl.dot(q1, tl.trans(k1.to(MMA)), input_precision=PREC)
+    s += tl.dot(q2, tl.trans(k2.to(MMA)), input_precision=PREC)
+    s = tl.where(visible, s * scale_log2, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(MMA), v.to(MMA), input_precision=PREC)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _prefill_kernel(
+    Q, K_NEW, V_NEW, K_CACHE, V_CACHE, OUT, SLOTS, STARTS, CU, FREQS,
+    sq_t, sq_h, sn_t, sn_h, sc_s, sc_h, sc_r, so_t, so_h,
+    scale_log2, SINKS, WINDOW,
+    GROUP: tl.constexpr, HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    MMA: tl.constexpr, PREC: tl.constexpr,
+):
+    mt = tl.program_id(0)
+    b = tl.program_id(1)
+    h = tl.program_id(2)
+    kvh = h // GROUP
+    slot = tl.maximum(tl.load(SLOTS + b).to(tl.int64), 0)
+    n = tl.load(STARTS + b).to(tl.int64)
+    r0 = tl.load(CU + b)
+    c = tl.load(CU + b + 1) - r0
+    cap = SINKS + WINDOW
+    shift = tl.maximum(n + c - cap, 0)  # layout.rope_shift(n + c - 1)
+
+    m0 = mt * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)  # query offsets inside the chunk
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_h = tl.arange(0, HALF)
+    offs_d = tl.arange(0, 2 * HALF)
+    qmask = offs_m < c
+    t0 = n + m0
+    t1 = n + tl.minimum(m0 + BLOCK_M, c) - 1  # may be < t0: empty tile, loops run 0 times
+
+    f = tl.load(FREQS + offs_h)
+    q_ptr = Q + (r0 + offs_m)[:, None] * sq_t + h * sq_h + offs_h[None, :]
+    q1 = tl.load(q_ptr, mask=qmask[:, None], other=0.0).to(tl.float32)
+    q2 = tl.load(q_ptr + HALF, mask=qmask[:, None], other=0.0).to(tl.float32)
+    pw = ((n - shift).to(tl.int32) + offs_m).to(tl.float32)  # t - shift
+    pk = tl.minimum(n + offs_m, cap - 1).to(tl.float32)  # min(t, cap-1)
+    cw, sw = rope_tl.cos_sin(pw[:, None], f[None, :])
+    ck, sk = rope_tl.cos_sin(pk[:, None], f[None, :])
+    qw1, qw2 = rope_tl.rotate(q1, q2, cw, sw)
+    qs1, qs2 = rope_tl.rotate(q1, q2, ck, sk)
+    qw1, qw2, qs1, qs2 = qw1.to(MMA), qw2.to(MMA), qs1.to(MMA), qs2.to(MMA)
+    ci, si = rope_tl.offset_table(f, BLOCK_N)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, 2 * HALF], tl.float32)
+    kc = K_CACHE + slot * sc_s + kvh * sc_h
+    vc = V_CACHE + slot * sc_s + kvh * sc_h
+    kn = K_NEW + r0 * sn_t + kvh * sn_h
+    vn = V_NEW + r0 * sn_t + kvh * sn_h
+
+    # 1. cached sinks: visible to every query of the step
+    n_sink = tl.minimum(n, SINKS).to(tl.int32)
+    for k0 in range(0, n_sink, BLOCK_N):
+        u = k0 + offs_n
+        valid = u < n_sink
+        kp = kc + u[:, None] * sc_r + offs_h[None, :]
+        k1 = tl.load(kp, mask=valid[:, None], other=0.0).to(tl.float32)
+        k2 = tl.load(kp + HALF, mask=valid[:, None], other=0.0).to(tl.float32)
+        v = tl.load(vc + u[:, None] * sc_r + offs_d[None, :], mask=valid[:, None], other=0.0)
+        k1, k2 = rope_tl.rotate_tile(k1, k2, k0, f, ci, si)
+        acc, m_i, l_i = _attend(acc, m_i, l_i, qs1, qs2, k1, k2, v, valid[None, :], scale_log2, MMA, PREC)
+
+    # 2. cached window tokens still in reach of this query tile
+    lo = tl.maximum(t0 - WINDOW + 1, SINKS)
+    cnt = tl.maximum(n - lo, 0).to(tl.int32)
+    ring0 = ((lo - SINKS) % WINDOW).to(tl.int32)
+    du = (lo - n).to(tl.int32)  # key offset relative to n (negative)
+    pos0 = (lo - shift).to(tl.int32)
+    for k0 in range(0, cnt, BLOCK_N):
+        i = k0 + offs_n
+        valid = i < cnt
+        r = ring0 + i
+        row = SINKS + tl.where(r >= WINDOW, r - WINDOW, r)
+        row = tl.where(valid, row, 0)
+        kp = kc + row[:, None] * sc_r + offs_h[None, :]
+        k1 = tl.load(kp, mask=valid[:, None], other=0.0).to(tl.float32)
+        k2 = tl.load(kp + HALF, mask=valid[:, None], other=0.0).to(tl.float32)
+        v = tl.load(vc + row[:, None] * sc_r + offs_d[None, :], mask=valid[:, None], other=0.0)
+        k1, k2 = rope_tl.rotate_tile(k1, k2, pos0 + k0, f, ci, si)
+        vis = valid[None, :] & ((du + i)[None, :] >= offs_m[:, None] - WINDOW + 1)
+        acc, m_i, l_i = _attend(acc, m_i, l_i, qw1, qw2, k1, k2, v, vis, scale_log2, MMA, PREC)
+
+    # 3. this step's sink tokens (only while the stream is shorter than sinks)
+    cnt = tl.maximum(tl.minimum(t1 + 1, SINKS) - n, 0).to(tl.int32)
+    for k0 in range(0, cnt, BLOCK_N):
+        i = k0 + offs_n  # offset into the chunk
+        valid = i < cnt
+        kp = kn + i[:, None] * sn_t + offs_h[None, :]
+        k1 = tl.load(kp, mask=valid[:, None], other=0.0).to(tl.float32)
+        k2 = tl.load(kp + HALF, mask=valid[:, None], other=0.0).to(tl.float32)
+        v = tl.load(vn + i[:, None] * sn_t + offs_d[None, :], mask=valid[:, None], other=0.0)
+        k1, k2 = rope_tl.rotate_tile(k1, k2, n.to(tl.int32) + k0, f, ci, si)
+        vis = valid[None, :] & (i[None, :] <= offs_m[:, None])
+        acc, m_i, l_i = _attend(acc, m_i, l_i, qs1, qs2, k1, k2, v, vis, scale_log2, MMA, PREC)
+
+    # 4. this step's window tokens, causal and within the window
+    lo = tl.maximum(tl.maximum(t0 - WINDOW + 1, SINKS), n)
+    cnt = tl.maximum(t1 + 1 - lo, 0).to(tl.int32)
+    du = (lo - n).to(tl.int32)  # >= 0
+    pos0 = (lo - shift).to(tl.int32)
+    for k0 in range(0, cnt, BLOCK_N):
+        i = k0 + offs_n
+        valid = i < cnt
+        ku = du + i
+        kp = kn + ku[:, None] * sn_t + offs_h[None, :]
+        k1 = tl.load(kp, mask=valid[:, None], other=0.0).to(tl.float32)
+        k2 = tl.load(kp + HALF, mask=valid[:, None], other=0.0).to(tl.float32)
+        v = tl.load(vn + ku[:, None] * sn_t + offs_d[None, :], mask=valid[:, None], other=0.0)
+        k1, k2 = rope_tl.rotate_tile(k1, k2, pos0 + k0, f, ci, si)
+        vis = valid[None, :] & (ku[None, :] <= offs_m[:, None]) & (ku[None, :] >= offs_m[:, None] - WINDOW + 1)
+        acc, m_i, l_i = _attend(acc, m_i, l_i, qw1, qw2, k1, k2, v, vis, scale_log2, MMA, PREC)
+
+    o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    o_ptr = OUT + (r0 + offs_m)[:, None] * so_t + h * so_h + offs_d[None, :]
+    tl.store(o_ptr, o.to(OUT.dtype.element_ty), mask=qmask[:, None])
+
+
+def prefill_attention(
+    q: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slots: torch.Tensor,
+    starts: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_q_len: int,
+    freqs: torch.Tensor,
+    scale: float,
+    sinks: int,
+    window: int,
+    *,
+    out: torch.Tensor | None = None,
+    block_m: int = 64,
+    block_n: int = 64,
+    num_warps: int = 4,
+) -> torch.Tensor:
+    """Streaming attention of a packed step over old cache + new K/V; returns
+    out [T, Hq, D]. Does not write the cache (write_cache.write_kv does)."""
+    T, hq, D = q.shape
+    hkv, cap = k_cache.shape[1], k_cache.shape[2]
+    assert hq % hkv == 0 and D in (64, 128) and cap == sinks + window
+    assert q.stride(-1) == 1 and k_new.stride() == v_new.stride() and k_new.stride(-1) == 1
+    assert k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1
+    if out is None:
+        out = torch.empty((T, hq, D), dtype=q.dtype, device=q.device)
+    B = slots.shape[0]
+    if T == 0 or B == 0:
+        return out
+    _prefill_kernel[(triton.cdiv(max_q_len, block_m), B, hq)](
+        q, k_new, v_new, k_cache, v_cache, out, slots, starts, cu_seqlens, freqs,
+        q.stride(0), q.stride(1), k_new.stride(0), k_new.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), out.stride(0), out.stride(1),
+        scale * LOG2E, sinks, window,
+        GROUP=hq // hkv, HALF=D // 2, BLOCK_M=block_m, BLOCK_N=block_n,
+        MMA=mma_dtype(q.dtype), PREC=dot_precision(q.dtype), num_warps=num_warps,
+    )
+    return out

@@ -1,0 +1,68 @@
+"""Store a step's pre-RoPE K/V in each slot's ring: the Triton twin of
+reference.write_cache_ref.
+
+Packed step: token ``i`` of sequence ``b`` (rows cu[b]..cu[b+1]) is stream index
+``u = n_b + i``. After the step the slot holds ``cached_after(n_b + c_b)``, so
+the token survives iff ``u < sinks`` or ``u >= max(sinks, n_b + c_b - window)``
+(a chunk longer than the window drops its own early tokens). A survivor goes to
+``layout.row(u)``. Survivors of one sequence have distinct rows, so the
+programs never collide: one program per token, all KV heads at once
+([Hkv, D] tile). Run it after the step's attention has read the old rows.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _write_kv_kernel(
+    K_NEW, V_NEW, K_CACHE, V_CACHE, TOK_SEQ, SLOTS, STARTS, CU,
+    sn_t, sn_h, sc_s, sc_h, sc_r, SINKS, WINDOW,
+    HKV: tl.constexpr, HKV_PAD: tl.constexpr, D: tl.constexpr,
+):
+    tok = tl.program_id(0)
+    b = tl.load(TOK_SEQ + tok)
+    slot = tl.load(SLOTS + b).to(tl.int64)
+    n = tl.load(STARTS + b).to(tl.int64)
+    r0 = tl.load(CU + b)
+    c = tl.load(CU + b + 1) - r0
+    u = n + (tok - r0)  # stream index of this token
+    keep = (u < SINKS) | (u >= tl.maximum(n + c - WINDOW, SINKS))
+    keep = keep & (slot >= 0)
+    row = tl.where(u < SINKS, u, SINKS + tl.maximum(u - SINKS, 0) % WINDOW)
+    offs_h = tl.arange(0, HKV_PAD)
+    offs_d = tl.arange(0, D)
+    mask = (offs_h[:, None] < HKV) & keep
+    src = tok * sn_t + offs_h[:, None] * sn_h + offs_d[None, :]
+    dst = tl.maximum(slot, 0) * sc_s + offs_h[:, None] * sc_h + row * sc_r + offs_d[None, :]
+    tl.store(K_CACHE + dst, tl.load(K_NEW + src, mask=mask), mask=mask)
+    tl.store(V_CACHE + dst, tl.load(V_NEW + src, mask=mask), mask=mask)
+
+
+def write_kv(
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    tok_seq: torch.Tensor,
+    slots: torch.Tensor,
+    starts: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    sinks: int,
+    window: int,
+) -> None:
+    """k_new/v_new [T, Hkv, D]; tok_seq [T] int32 (sequence of each packed row);
+    slots/starts/cu_seqlens as in AttnBatch. Writes in place, no host sync."""
+    T, hkv, D = k_new.shape
+    assert k_new.stride() == v_new.stride() and k_new.stride(-1) == 1
+    assert k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1
+    if T == 0:
+        return
+    _write_kv_kernel[(T,)](
+        k_new, v_new, k_cache, v_cache, tok_seq, slots, starts, cu_seqlens,
+        k_new.stride(0), k_new.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        sinks, window, HKV=hkv, HKV_PAD=max(2, triton.next_power_of_2(hkv)), D=D, num_warps=4,
+    )

@@ -1,0 +1,80 @@
+"""Test helpers: float64 streaming attention written straight from layout.py's
+definitions (one query at a time, keys at their cache positions), plus input
+builders that poison every cache row a kernel must not read."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from swiftinfer_core.cache.layout import StreamLayout
+
+
+def fresh_seed() -> int:
+    """A new seed every run (printed by the tests on failure)."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    torch.manual_seed(seed)
+    return seed
+
+
+def rotate64(x: torch.Tensor, pos: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """x [N, H, D] float64, pos [N]: HF rotate_half RoPE with float64 angles."""
+    ang = pos.double()[:, None] * freqs.double()[None, :]
+    cos = torch.cat([ang.cos(), ang.cos()], -1)[:, None, :]
+    sin = torch.cat([ang.sin(), ang.sin()], -1)[:, None, :]
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], -1) * sin
+
+
+def naive_attention(q, k_new, v_new, k_cache, v_cache, slots, starts, q_lens, layout: StreamLayout, freqs, scale):
+    """float64 [T, Hq, D]. Query t attends to layout.attended(t) at positions
+    layout.cache_positions(t), query at layout.query_position(t). Cached keys
+    (u < n) come from row layout.row(u) of the old cache, the rest from k_new."""
+    q, k_new, v_new = q.double().cpu(), k_new.double().cpu(), v_new.double().cpu()
+    k_cache, v_cache = k_cache.double().cpu(), v_cache.double().cpu()
+    group = q.shape[1] // k_new.shape[1]
+    out = torch.zeros_like(q)
+    r0 = 0
+    for slot, n, c in zip(slots, starts, q_lens):
+        for i in range(c):
+            t = n + i
+            keys = layout.attended(t)
+            K = torch.stack([k_new[r0 + u - n] if u >= n else k_cache[slot, :, layout.row(u)] for u in keys])
+            V = torch.stack([v_new[r0 + u - n] if u >= n else v_cache[slot, :, layout.row(u)] for u in keys])
+            K = rotate64(K, torch.tensor(layout.cache_positions(t)), freqs).repeat_interleave(group, 1)
+            V = V.repeat_interleave(group, 1)
+            qr = rotate64(q[r0 + i][None], torch.tensor([layout.query_position(t)]), freqs)[0]  # [Hq, D]
+            s = torch.einsum("hd,khd->hk", qr, K) * scale
+            out[r0 + i] = torch.einsum("hk,khd->hd", torch.softmax(s, -1), V)
+        r0 += c
+    return out
+
+
+def needed_rows(layout: StreamLayout, n: int, c: int) -> set[int]:
+    """Rows of the old cache that queries n..n+c-1 may read."""
+    return {layout.row(u) for t in range(n, n + c) for u in layout.attended(t) if u < n}
+
+
+def make_inputs(layout, slots, starts, q_lens, hq, hkv, D, dtype, dev, num_slots=None):
+    """Random q/k_new/v_new and caches; every cache row that is not needed is NaN."""
+    T = sum(q_lens)
+    num_slots = num_slots or max(slots) + 2
+    q = torch.randn(T, hq, D, dtype=torch.float32).to(dtype)
+    k_new = torch.randn(T, hkv, D).to(dtype)
+    v_new = torch.randn(T, hkv, D).to(dtype)
+    k_cache = torch.full((num_slots, hkv, layout.capacity, D), float("nan"), dtype=dtype)
+    v_cache = torch.full_like(k_cache, float("nan"))
+    for slot, n, c in zip(slots, starts, q_lens):
+        for r in needed_rows(layout, n, c):
+            k_cache[slot, :, r] = torch.randn(hkv, D).to(dtype)
+            v_cache[slot, :, r] = torch.randn(hkv, D).to(dtype)
+    return [x.to(dev) for x in (q, k_new, v_new, k_cache, v_cache)]
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.double().cpu(), ref.double().cpu()
+    return ((out - ref).norm() / ref.norm()).item()
+
+
+TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
