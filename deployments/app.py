@@ -1,0 +1,104 @@
+"""Application builder: ``build_app(args)`` -> Ingress bound to the LLM deployment.
+
+Used by ``serve_config.yaml`` (``import_path: deployments.app:build_app``) and
+by tests and benchmarks (``serve.run(build_app({...}))``). ``args`` is the dict
+form of ``AppConfig``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+from pydantic import ValidationError
+from ray import serve
+from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
+
+from deployments.autoscaling import policy_config
+from deployments.config import AppConfig, RouterKind
+from deployments.ingress import Ingress
+from deployments.replica import LLMReplica
+from swiftinfer_core.config import Device
+
+# router kind -> (request_router_class import path, kwargs builder)
+ROUTERS: dict[RouterKind, tuple[str, Any]] = {
+    RouterKind.SESSION_AFFINITY: (
+        "deployments.router.SessionAffinityRouter",
+        lambda cfg: {"directory_name": cfg.directory_name, "owner_grace_s": cfg.owner_grace_s},
+    ),
+    RouterKind.CONSISTENT_HASH: (
+        "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter",
+        lambda cfg: {"num_virtual_nodes": 100, "num_fallback_replicas": 0},  # strict: a fallback would split a session
+    ),
+    RouterKind.POWER_OF_TWO: (
+        "ray.serve._private.request_router.pow_2_router.PowerOfTwoChoicesRequestRouter",
+        lambda cfg: {},
+    ),
+}
+
+
+def resolve_device(cfg: AppConfig) -> AppConfig:
+    """``device: auto`` becomes cuda when the cluster has GPUs, else cpu, so the
+    replica's resource request and the engine agree."""
+    if cfg.engine.device != Device.AUTO:
+        return cfg
+    gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
+    engine = cfg.engine.model_copy(update={"device": Device.CUDA if gpus > 0 else Device.CPU})
+    return cfg.model_copy(update={"engine": engine})
+
+
+def llm_deployment_options(cfg: AppConfig) -> dict:
+    """Serve options of the LLM deployment: resources, router, scaling."""
+    router_path, router_kwargs = ROUTERS[cfg.router]
+    opts: dict[str, Any] = {
+        "name": "LLMReplica",
+        "max_ongoing_requests": cfg.max_ongoing_requests,
+        "max_queued_requests": cfg.max_queued_requests,
+        "graceful_shutdown_timeout_s": cfg.graceful_shutdown_timeout_s,
+        "graceful_shutdown_wait_loop_s": 0.5,
+        "request_router_config": RequestRouterConfig(
+            request_router_class=router_path,
+            request_router_kwargs=router_kwargs(cfg),
+            request_routing_stats_period_s=cfg.routing_stats_period_s,
+            request_routing_stats_timeout_s=max(10.0, 3 * cfg.routing_stats_period_s),
+        ),
+    }
+    tp = cfg.engine.tp_size
+    if cfg.uses_gpu and tp > 1:
+        # One bundle per tensor-parallel rank on one node; the replica actor takes
+        # bundle 0 and the engine places its other ranks on the rest.
+        opts["ray_actor_options"] = {"num_cpus": cfg.replica_cpus, "num_gpus": 1}
+        opts["placement_group_bundles"] = [{"CPU": cfg.replica_cpus, "GPU": 1}] + [{"GPU": 1}] * (tp - 1)
+        opts["placement_group_strategy"] = "STRICT_PACK"
+    else:
+        opts["ray_actor_options"] = {"num_cpus": cfg.replica_cpus, "num_gpus": 1 if cfg.uses_gpu else 0}
+
+    s = cfg.scaling
+    if s.fixed:
+        opts["num_replicas"] = s.min_replicas
+    else:
+        opts["autoscaling_config"] = {
+            "min_replicas": s.min_replicas,
+            "max_replicas": s.max_replicas,
+            "initial_replicas": s.initial_replicas,
+            "target_ongoing_requests": s.target_ongoing_requests,
+            "upscale_delay_s": s.upscale_delay_s,
+            "downscale_delay_s": s.downscale_delay_s,
+            "look_back_period_s": s.look_back_period_s,
+            "policy": policy_config(s.target_ongoing_requests, s.target_active_sessions, s.target_kv_use),
+        }
+    return opts
+
+
+def build_app(args: dict | None = None) -> Application:
+    try:
+        cfg = resolve_device(AppConfig.model_validate(args or {}))
+    except ValidationError as exc:
+        raise ValueError(f"invalid SwiftInfer Serve config:\n{exc}") from None
+    payload = cfg.model_dump(mode="json")
+    llm = serve.deployment(LLMReplica).options(**llm_deployment_options(cfg))
+    ingress = serve.deployment(serve.ingress()(Ingress)).options(
+        name="Ingress", num_replicas=cfg.ingress_replicas, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024
+    )
+    return ingress.bind(llm.bind(payload), payload)

@@ -1,0 +1,109 @@
+"""OpenAI response bodies and the SSE stream of one turn.
+
+A turn arrives from the replica as ``TurnStart`` followed by ``StreamChunk``s;
+``Turn`` turns that into either one ``chat.completion`` body or a stream of
+``chat.completion.chunk`` events (``data: {...}`` lines, then ``data: [DONE]``).
+Usage rides on the final chunk (with ``finish_reason``), extended with
+``prefilled_tokens`` and ``cached_tokens`` so clients see what the cache saved.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from deployments.errors import error_body
+from deployments.metrics import ServiceMetrics
+from deployments.replica import TurnStart
+from swiftinfer_core.protocol import StreamChunk, Usage
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def sse(obj: dict) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+def usage_body(u: Usage) -> dict:
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+        "prefilled_tokens": u.prefilled_tokens,
+        "cached_tokens": u.cached_tokens,
+    }
+
+
+@dataclass
+class Turn:
+    """One turn in flight: the replica's event stream after its ``TurnStart``."""
+
+    model: str
+    start: TurnStart
+    events: AsyncIterator  # remaining StreamChunks from the replica
+    metrics: ServiceMetrics
+    t0: float  # when the ingress received the request (perf_counter)
+    first_at: float  # when the TurnStart arrived, i.e. the first token exists
+    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex[:24]}")
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def _meta(self) -> dict:
+        return {"session_id": self.start.session_id, "replica_id": self.start.replica_id, "cache": self.start.cache.value}
+
+    def _chunk(self, delta: dict, finish_reason: str | None = None, usage: Usage | None = None) -> dict:
+        body = {
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        }
+        if usage is not None:
+            body["usage"] = usage_body(usage)
+            body.update(self._meta())
+        return body
+
+    def _observe(self, first_at: float, last: StreamChunk, end: float, stream: bool) -> None:
+        if last.usage is not None:
+            self.metrics.observe_turn(last.usage.to_dict(), self.start.cache.value, first_at - self.t0, end - first_at, stream)
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """SSE events. The first chunk already exists (it produced TurnStart)."""
+        first_at = prev = self.first_at
+        yield sse(self._chunk({"role": "assistant", "content": ""}))
+        try:
+            async for chunk in self.events:
+                now = time.perf_counter()
+                if chunk.token_ids:
+                    self.metrics.itl.observe((now - prev) / len(chunk.token_ids))
+                    prev = now
+                if chunk.finish_reason is None:
+                    if chunk.text:
+                        yield sse(self._chunk({"content": chunk.text}))
+                    continue
+                delta = {"content": chunk.text} if chunk.text else {}
+                yield sse(self._chunk(delta, chunk.finish_reason, chunk.usage))
+                self._observe(first_at, chunk, now, stream=True)
+        except Exception as exc:  # headers are gone: report in-band, OpenAI style
+            yield sse(error_body(exc)[1])
+        yield SSE_DONE
+
+    async def collect(self) -> dict:
+        """The whole reply as one ``chat.completion`` body."""
+        first_at, texts, last = self.first_at, [], None
+        async for chunk in self.events:
+            texts.append(chunk.text)
+            last = chunk
+        if last is None or last.finish_reason is None:
+            raise RuntimeError("the replica's stream ended without a final chunk")
+        self._observe(first_at, last, time.perf_counter(), stream=False)
+        return {
+            "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+            "choices": [{
+                "index": 0, "message": {"role": "assistant", "content": "".join(texts)},
+                "logprobs": None, "finish_reason": last.finish_reason,
+            }],
+            "usage": usage_body(last.usage),
+            **self._meta(),
+        }

@@ -1,0 +1,85 @@
+"""User-facing configuration of the Serve application (``build_app`` args).
+
+Everything a deployer can set lives here, validated with bounds; the engine's
+own knobs are the core ``EngineConfig`` nested as ``engine``. ``serve_config.yaml``
+passes a dict of these fields as the application's ``args``.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from swiftinfer_core.config import EngineConfig
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EngineBackend(str, Enum):
+    """Which implementation of ``EngineProtocol`` a replica runs."""
+
+    NATIVE = "native"  # swiftinfer_core.Engine (CPU or CUDA)
+    TRTLLM = "trtllm"  # TensorRT-LLM adapter (GPU only)
+
+
+class RouterKind(str, Enum):
+    """How the ingress picks an LLM replica for a request."""
+
+    SESSION_AFFINITY = "session_affinity"  # ours: owner from the session directory, capacity-aware placement
+    CONSISTENT_HASH = "consistent_hash"  # Ray's experimental ConsistentHashRouter (baseline)
+    POWER_OF_TWO = "power_of_two"  # Serve's default router (baseline)
+
+
+class ScalingConfig(Strict):
+    """LLM replica count. ``min_replicas == max_replicas`` disables autoscaling."""
+
+    min_replicas: int = Field(1, ge=0, le=512, description="Fewest LLM replicas.")
+    max_replicas: int = Field(1, ge=1, le=512, description="Most LLM replicas.")
+    initial_replicas: int | None = Field(None, ge=0, le=512, description="Replicas at deploy time (default: min_replicas).")
+    target_ongoing_requests: float = Field(4.0, gt=0, le=4096, description="Serve's request-based target per replica.")
+    target_active_sessions: float = Field(16.0, gt=0, le=1 << 16, description="Sessions with a turn inside `active_window_s` that one replica should hold.")
+    target_kv_use: float = Field(0.8, gt=0, le=1.0, description="Share of KV slots in use per replica the autoscaler aims for.")
+    active_window_s: float = Field(60.0, gt=0, le=86400, description="A session counts as active this long after its last turn.")
+    upscale_delay_s: float = Field(10.0, ge=0, le=3600, description="Sustained demand needed before adding replicas.")
+    downscale_delay_s: float = Field(120.0, ge=0, le=86400, description="Sustained slack needed before removing replicas.")
+    look_back_period_s: float = Field(10.0, gt=0, le=3600, description="Window the autoscaler averages metrics over.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ScalingConfig":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) < min_replicas ({self.min_replicas})")
+        if self.initial_replicas is not None and not self.min_replicas <= self.initial_replicas <= self.max_replicas:
+            raise ValueError("initial_replicas must lie within [min_replicas, max_replicas]")
+        return self
+
+    @property
+    def fixed(self) -> bool:
+        return self.min_replicas == self.max_replicas
+
+
+class AppConfig(Strict):
+    """The whole application: one ingress deployment in front of N LLM replicas."""
+
+    model_id: str = Field("smollm2-135m-instruct", min_length=1, max_length=128, description="Name clients put in `model`; listed by GET /v1/models.")
+    backend: EngineBackend = Field(EngineBackend.NATIVE, description="Engine implementation each replica runs.")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="Engine settings (model path, sinks, window, slots, device, tp_size).")
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig, description="LLM replica count and autoscaling.")
+    router: RouterKind = Field(RouterKind.SESSION_AFFINITY, description="Request router in front of the LLM replicas.")
+    replica_cpus: float = Field(1.0, ge=0, le=256, description="Logical CPUs one LLM replica reserves.")
+    cpu_threads: int = Field(1, ge=1, le=256, description="Torch threads of a CPU engine.")
+    max_ongoing_requests: int = Field(32, ge=1, le=4096, description="Turns one LLM replica runs at once (the engine batches them).")
+    max_queued_requests: int = Field(256, ge=1, le=1 << 20, description="Turns waiting at a router per deployment before answering 429.")
+    graceful_shutdown_timeout_s: float = Field(60.0, gt=0, le=3600, description="How long a stopping replica may finish turns and hand its sessions off.")
+    routing_stats_period_s: float = Field(1.0, gt=0, le=60, description="How often replicas report KV capacity to routers.")
+    owner_grace_s: float = Field(3.0, ge=0, le=120, description="How long a router waits for a session's owner it has never seen (a replica still joining) before rebuilding elsewhere.")
+    directory_name: str = Field("swiftinfer-sessions", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Named Ray actor holding session owners and records.")
+    default_max_tokens: int = Field(256, ge=1, le=1 << 20, description="max_tokens when the request gives none.")
+    ingress_replicas: int = Field(1, ge=1, le=64, description="Ingress (HTTP/OpenAI) replicas.")
+    stats_report_period_s: float = Field(2.0, gt=0, le=60, description="How often a replica pushes engine stats for /metrics and readiness.")
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.engine.device.value == "cuda"

@@ -1,0 +1,168 @@
+"""HTTP ingress: the OpenAI-compatible API in front of the LLM replicas.
+
+Routes (FastAPI, built per replica by ``__serve_build_asgi_app__``, no module
+global app):
+
+- ``POST /v1/chat/completions``: a turn. Session by ``session_id`` in the body
+  or the ``X-Session-ID`` header (the client sends only new messages); without
+  one, the conversation is found by history digest (see ``history.py``) and
+  only the unseen suffix goes to the engine. The session id travels to the
+  LLM deployment's router as ``handle.options(session_id=...)``: Serve does not
+  forward it by itself on this second hop.
+- ``GET/DELETE /v1/sessions/{id}``, ``GET /v1/models``, ``GET /healthz``,
+  ``GET /metrics``.
+
+Every chat and session response carries ``x-session-id`` and ``x-replica-id``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from deployments.completion import Turn
+from deployments.config import AppConfig
+from deployments.directory import directory_handle
+from deployments.errors import ModelNotFoundError, ServiceStartingError, error_response
+from deployments.history import HistoryView
+from deployments.metrics import ServiceMetrics
+from deployments.openai_schema import SESSION_ID_PATTERN, ChatCompletionRequest
+from swiftinfer_core.errors import InvalidRequestError, SessionNotFoundError
+
+_SESSION_ID = re.compile(SESSION_ID_PATTERN)
+NO_REPLICA = "none"
+READY_CACHE_S = 5.0  # a positive readiness answer is reused this long
+
+
+class Ingress:
+    def __init__(self, llm: DeploymentHandle, config: dict):
+        self._cfg = AppConfig.model_validate(config)
+        self._llm = llm
+        self._directory = directory_handle(self._cfg.directory_name)
+        self._metrics = ServiceMetrics()
+        self._ready_until = 0.0
+        self._created = int(time.time())
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        app = FastAPI(title="SwiftInfer Serve", docs_url=None, redoc_url=None)
+        app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"])
+        app.add_api_route("/v1/sessions/{session_id}", self.get_session, methods=["GET"])
+        app.add_api_route("/v1/sessions/{session_id}", self.delete_session, methods=["DELETE"])
+        app.add_api_route("/v1/models", self.models, methods=["GET"])
+        app.add_api_route("/healthz", self.healthz, methods=["GET"])
+        app.add_api_route("/metrics", self.metrics, methods=["GET"])
+        return app
+
+    # ---- readiness -------------------------------------------------------------------
+    async def _live_replicas(self) -> dict[str, dict]:
+        return await self._directory.replica_stats.remote(3 * self._cfg.stats_report_period_s + 1.0)
+
+    async def _ensure_ready(self) -> None:
+        """503 until some LLM replica reports in. With ``min_replicas == 0`` the
+        request must go through, since it is what makes Serve start a replica."""
+        if self._cfg.scaling.min_replicas == 0 or time.monotonic() < self._ready_until:
+            return
+        if not await self._live_replicas():
+            raise ServiceStartingError("the model is loading; no LLM replica is ready yet")
+        self._ready_until = time.monotonic() + READY_CACHE_S
+
+    # ---- chat ------------------------------------------------------------------------
+    async def _resolve_session(self, req: ChatCompletionRequest, messages: list[dict], header_sid: str | None) -> tuple[str, list[dict], str | None]:
+        """``(session id, messages for the engine, history digest base)``."""
+        if header_sid is not None and not _SESSION_ID.match(header_sid):
+            raise InvalidRequestError("X-Session-ID must be 1-128 characters of [A-Za-z0-9_.:-]")
+        if req.session_id and header_sid and req.session_id != header_sid:
+            raise InvalidRequestError("session_id in the body and X-Session-ID header differ")
+        explicit = req.session_id or header_sid
+        if explicit:
+            return explicit, messages, None
+        view = HistoryView.of(messages)
+        if view.split == len(messages):
+            raise InvalidRequestError("the last message is the assistant's: nothing to answer")
+        sid, continues = await self._directory.resolve_history.remote(view.opening, view.prefix_digest)
+        return sid, (messages[view.split :] if continues else messages), view.full_digest
+
+    async def chat_completions(self, request: Request) -> Response:
+        t0 = time.perf_counter()
+        sid, replica, gen = "", NO_REPLICA, None
+        try:
+            req = ChatCompletionRequest.parse(await request.body())
+            if req.model != self._cfg.model_id:
+                raise ModelNotFoundError(f"the model {req.model!r} does not exist; this server serves {self._cfg.model_id!r}")
+            messages = req.engine_messages()
+            params = req.sampling(self._cfg.default_max_tokens)
+            await self._ensure_ready()
+            sid, new_messages, history_base = await self._resolve_session(req, messages, request.headers.get("x-session-id"))
+            gen = self._llm.options(session_id=sid, stream=True).chat_events.remote(sid, new_messages, params, history_base)
+            start = await gen.__anext__()  # the engine's errors surface here, before any header is sent
+            replica = start.replica_id
+            turn = Turn(self._cfg.model_id, start, gen, self._metrics, t0, time.perf_counter())
+            headers = {"x-session-id": sid, "x-replica-id": replica}
+            self._metrics.requests.labels(status="200").inc()
+            if req.stream:
+                return StreamingResponse(self._guard(turn.stream(), gen), media_type="text/event-stream", headers=headers)
+            return JSONResponse(await turn.collect(), headers=headers)
+        except BaseException as exc:
+            if gen is not None:
+                gen.cancel()
+            if not isinstance(exc, Exception):  # cancellation (client gone): nothing to answer
+                raise
+            resp = error_response(exc, {"x-session-id": sid, "x-replica-id": replica})
+            self._metrics.requests.labels(status=str(resp.status_code)).inc()
+            return resp
+
+    async def _guard(self, body, gen):
+        """Count the stream as in flight; cancel the replica's turn if the client leaves."""
+        self._metrics.in_flight.inc()
+        try:
+            async for part in body:
+                yield part
+        finally:
+            self._metrics.in_flight.dec()
+            gen.cancel()
+
+    # ---- sessions --------------------------------------------------------------------
+    @staticmethod
+    def _check_sid(session_id: str) -> None:
+        if not _SESSION_ID.match(session_id):
+            raise InvalidRequestError("session id must be 1-128 characters of [A-Za-z0-9_.:-]")
+
+    async def get_session(self, session_id: str) -> Response:
+        try:
+            self._check_sid(session_id)
+            info = await self._llm.options(session_id=session_id).session_info.remote(session_id)
+        except Exception as exc:
+            return error_response(exc, {"x-session-id": session_id, "x-replica-id": NO_REPLICA})
+        info["id"] = info.pop("session_id", session_id)
+        info["object"] = "session"
+        return JSONResponse(info, headers={"x-session-id": session_id, "x-replica-id": info["replica"] or NO_REPLICA})
+
+    async def delete_session(self, session_id: str) -> Response:
+        headers = {"x-session-id": session_id, "x-replica-id": NO_REPLICA}
+        try:
+            self._check_sid(session_id)
+            if not await self._llm.options(session_id=session_id).close_session.remote(session_id):
+                raise SessionNotFoundError(f"no session {session_id!r}")
+        except Exception as exc:
+            return error_response(exc, headers)
+        return JSONResponse({"id": session_id, "object": "session.deleted", "deleted": True}, headers=headers)
+
+    # ---- service ---------------------------------------------------------------------
+    async def models(self) -> Response:
+        card = {"id": self._cfg.model_id, "object": "model", "created": self._created, "owned_by": "swiftinfer"}
+        return JSONResponse({"object": "list", "data": [card]})
+
+    async def healthz(self) -> Response:
+        live = await self._live_replicas()
+        body = {"status": "ok" if live else "starting", "replicas": len(live), "sessions": await self._directory.num_sessions.remote()}
+        return JSONResponse(body, status_code=200 if live else 503, headers={} if live else {"Retry-After": "5"})
+
+    async def metrics(self) -> Response:
+        live = await self._live_replicas()
+        self._metrics.set_pool(live, await self._directory.num_sessions.remote())
+        return Response(self._metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,155 @@
+"""OpenAI chat-completions request schema, validated the way OpenAI does.
+
+Parsed from the raw JSON body in strict mode, so wrong types are rejected
+(``"max_tokens": "8"`` is a 400, not a silent cast). Fields of the OpenAI API
+that do not change what this server computes (``user``, ``metadata``,
+penalties...) are accepted and ignored; fields asking for something we cannot
+do (``n > 1``, ``logprobs``, tools, JSON mode) are rejected with a clear 400
+rather than silently ignored. Names outside the OpenAI API are rejected like
+OpenAI does ("Unrecognized request argument"), except our extensions
+``session_id``, ``top_k`` and ``ignore_eos``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from swiftinfer_core.config import SamplingParams
+from swiftinfer_core.errors import InvalidRequestError
+
+SESSION_ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"  # what the engine accepts
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ContentPart(_Strict):
+    type: str
+    text: str | None = None
+    image_url: Any = None
+    input_audio: Any = None
+    file: Any = None
+    refusal: str | None = None
+
+
+class Message(_Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_call_id: str | None = None
+    tool_calls: list[dict] | None = None
+    refusal: str | None = None
+    function_call: dict | None = None
+    audio: dict | None = None
+
+    def to_engine(self, index: int) -> dict:
+        """``{"role", "content"}`` with text content; developer is the new name of system."""
+        if self.tool_calls or self.function_call:
+            raise InvalidRequestError(f"messages[{index}]: tool calls are not supported")
+        if isinstance(self.content, list):
+            texts = []
+            for j, part in enumerate(self.content):
+                if part.type != "text" or part.text is None:
+                    raise InvalidRequestError(f"messages[{index}].content[{j}]: only text parts are supported, got {part.type!r}")
+                texts.append(part.text)
+            content = "".join(texts)
+        else:
+            content = self.content or ""
+        if self.role != "assistant" and not content:
+            raise InvalidRequestError(f"messages[{index}].content must be a non-empty string")
+        role = "system" if self.role == "developer" else self.role
+        out = {"role": role, "content": content}
+        if self.name:
+            out["name"] = self.name
+        return out
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = True
+    include_obfuscation: bool | None = None
+
+
+class ChatCompletionRequest(_Strict):
+    model: str = Field(min_length=1, max_length=256)
+    messages: list[Message] = Field(min_length=1, max_length=4096)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, ge=0.0, le=1.0)
+    n: int | None = Field(None, ge=1, le=128)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, le=(1 << 63) - 1)
+    # accepted, no effect on this server
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    parallel_tool_calls: bool | None = None
+    # accepted only when they ask for nothing we cannot do
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[dict] | None = None
+    tool_choice: str | dict | None = None
+    response_format: dict | None = None
+    # extensions
+    session_id: str | None = Field(None, pattern=SESSION_ID_PATTERN)
+    top_k: int | None = Field(None, ge=0)
+    ignore_eos: bool | None = None
+
+    @model_validator(mode="after")
+    def _supported(self) -> "ChatCompletionRequest":
+        unsupported = {
+            "n": self.n not in (None, 1),
+            "logprobs": bool(self.logprobs) or bool(self.top_logprobs),
+            "logit_bias": bool(self.logit_bias),
+            "tools": bool(self.tools) or self.tool_choice not in (None, "none", "auto"),
+            "response_format": self.response_format not in (None, {"type": "text"}),
+        }
+        bad = [k for k, v in unsupported.items() if v]
+        if bad:
+            raise ValueError(f"unsupported by this server: {', '.join(bad)}")
+        if isinstance(self.stop, list) and len(self.stop) > 16:
+            raise ValueError("stop: at most 16 strings")
+        return self
+
+    @classmethod
+    def parse(cls, body: bytes) -> "ChatCompletionRequest":
+        try:
+            return cls.model_validate_json(body)
+        except ValidationError as exc:
+            raise InvalidRequestError(describe(exc)) from None
+
+    def engine_messages(self) -> list[dict]:
+        return [m.to_engine(i) for i, m in enumerate(self.messages)]
+
+    def sampling(self, default_max_tokens: int) -> SamplingParams:
+        """Engine sampling parameters (raises InvalidRequestError on bad bounds)."""
+        greedy = self.temperature == 0.0 or self.top_p == 0.0
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return SamplingParams(
+            max_tokens=self.max_completion_tokens or self.max_tokens or default_max_tokens,
+            temperature=0.0 if greedy else (1.0 if self.temperature is None else self.temperature),
+            top_p=1.0 if greedy or self.top_p is None else self.top_p,
+            top_k=self.top_k or 0,
+            seed=self.seed,
+            stop=stop,
+            ignore_eos=bool(self.ignore_eos),
+        )
+
+
+def describe(exc: ValidationError) -> str:
+    """One line per problem, OpenAI style: ``messages.0.role: Input should be ...``."""
+    parts = []
+    for e in exc.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "body"
+        msg = "Unrecognized request argument supplied" if e["type"] == "extra_forbidden" else e["msg"]
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)

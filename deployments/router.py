@@ -1,0 +1,126 @@
+"""Session-affinity request router (Ray Serve custom request router API).
+
+Every turn of a conversation goes to the replica holding its KV cache; a new
+conversation goes to the replica with the most free KV capacity. The owner
+comes from the session directory, not from router memory, so any router (the
+HTTP proxy's, each ingress replica's, a driver's handle) decides the same way
+and a restarted router loses nothing. Capacity (KV slots per replica) comes
+from the replicas' ``record_routing_stats``.
+
+Per request: one directory call, ``place(session, candidates, departed)``:
+
+- owner alive and known here      -> ``[[owner]]`` (strict stickiness: wait for it
+  rather than rebuild elsewhere when it is merely busy);
+- owner this router has never seen -> wait (``[]`` + backoff) up to ``owner_grace_s``:
+  it is probably a replica still joining this router's view;
+- owner gone (seen leave, died) or none -> the directory atomically picks the
+  least-loaded candidate as new owner; that replica rebuilds the cache from the
+  session record on the turn (reported as ``recovered``).
+
+Requests without a session id (``__call__``-style or health probes) go to the
+emptiest replicas.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import List, Optional
+
+import ray
+from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
+
+from deployments.directory import directory_handle
+
+logger = logging.getLogger("ray.serve")
+
+# Methods that create or advance a session: they may claim an owner.
+TURN_METHODS = frozenset({"chat", "chat_events"})
+DEPARTED_MEMORY = 4096  # replica ids remembered as gone (bounded)
+
+
+def session_of(pending_request: PendingRequest) -> str:
+    """The routing key: ``RequestMetadata.session_id`` (``handle.options(session_id=...)``
+    or the HTTP ``x-session-id`` header), else the first positional argument of a
+    session method (``handle.chat.remote(session_id, ...)``)."""
+    meta = pending_request.metadata
+    if meta.session_id:
+        return meta.session_id
+    if pending_request.args and isinstance(pending_request.args[0], str):
+        return pending_request.args[0]
+    sid = pending_request.kwargs.get("session_id")
+    return sid if isinstance(sid, str) else ""
+
+
+class SessionAffinityRouter(RequestRouter):
+    def initialize_state(self, directory_name: str = "swiftinfer-sessions", owner_grace_s: float = 3.0, **_: object) -> None:
+        self._directory_name = directory_name
+        self._owner_grace_s = float(owner_grace_s)
+        self._directory: Optional[ray.actor.ActorHandle] = None
+        self._departed: dict[str, float] = {}  # replica unique id -> when it left this router's view
+
+    # ---- replica set changes ------------------------------------------------------
+    def _mark_departed(self, unique_ids) -> None:
+        now = time.time()
+        for uid in unique_ids:
+            self._departed[uid] = now
+        while len(self._departed) > DEPARTED_MEMORY:
+            self._departed.pop(next(iter(self._departed)))
+
+    def update_replicas(self, replicas: List[RunningReplica]) -> None:
+        old = {r.unique_id for r in self._replica_id_set}
+        super().update_replicas(replicas)
+        new = {r.unique_id for r in self._replica_id_set}
+        self._mark_departed(old - new)
+        for uid in new:
+            self._departed.pop(uid, None)
+
+    def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
+        super().on_replica_actor_died(replica_id)
+        self._mark_departed([replica_id.unique_id])
+
+    # ---- routing ------------------------------------------------------------------
+    def _directory_actor(self) -> ray.actor.ActorHandle:
+        if self._directory is None:
+            self._directory = directory_handle(self._directory_name)
+        return self._directory
+
+    @staticmethod
+    def _slots(replica: RunningReplica) -> int:
+        return int((replica.routing_stats or {}).get("capacity", 1)) or 1
+
+    def _emptiest(self, candidates: List[RunningReplica]) -> List[List[RunningReplica]]:
+        def used(r: RunningReplica) -> float:
+            s = r.routing_stats or {}
+            return s.get("sessions", 0) / (s.get("capacity", 1) or 1)
+
+        ordered = sorted(candidates, key=used)
+        return [ordered[: max(2, len(ordered) // 2)]]
+
+    async def choose_replicas(
+        self, candidate_replicas: List[RunningReplica], pending_request: Optional[PendingRequest] = None
+    ) -> List[List[RunningReplica]]:
+        if not candidate_replicas:
+            return []
+        if pending_request is None:
+            return [candidate_replicas]
+        # Always back off between rounds: an empty answer means "wait for the owner".
+        pending_request.routing_context.should_backoff = True
+        sid = session_of(pending_request)
+        if not sid:
+            return self._emptiest(candidate_replicas)
+
+        by_uid = {r.replica_id.unique_id: r for r in candidate_replicas if not (r.routing_stats or {}).get("draining")}
+        if not by_uid:
+            return []
+        claim = pending_request.metadata.call_method in TURN_METHODS
+        force = time.time() - pending_request.created_at > self._owner_grace_s
+        owner = await self._directory_actor().place.remote(
+            sid, {uid: self._slots(r) for uid, r in by_uid.items()}, list(self._departed), force, claim
+        )
+        if owner is None:  # reads of an ownerless session: any replica answers from the record
+            return [list(by_uid.values())]
+        replica = by_uid.get(owner)
+        if replica is None:  # owner unknown here yet (joining): wait, then force a rebuild
+            return []
+        return [[replica]]
