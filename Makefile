@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+SERVE_CONFIG ?= serve_config.yaml
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: install model serve chat test test-fast clean-venv
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 is required ($(PYTHON) is older)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(STAMP)
+
+model: install
+	$(VENV)/bin/swiftinfer fetch-model
+
+# Starts a local Ray head (if none runs) and the Serve application; Ctrl-C stops it.
+serve: model
+	$(VENV)/bin/serve run $(SERVE_CONFIG)
+
+chat: model
+	$(VENV)/bin/swiftinfer chat
+
+test: model
+	$(PY) -m pytest -q -ra
+
+test-fast: model
+	$(PY) -m pytest -q -ra -m "not slow"
+
+clean-venv:
+	rm -rf $(VENV)

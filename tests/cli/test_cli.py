@@ -1,0 +1,51 @@
+"""The ``swiftinfer`` console script end to end on the real model."""
+
+import json
+import os
+import subprocess
+import sys
+
+from swiftinfer_core.cli.main import main
+
+
+def test_eval_ppl_end_to_end(tmp_path, shakespeare_text, model_dir):
+    text = tmp_path / "plays.txt"
+    start = shakespeare_text.find("ACT")
+    text.write_text(shakespeare_text[start : start + 3000])
+    out, png = tmp_path / "ppl.json", tmp_path / "ppl.png"
+    rc = main(["eval-ppl", "--text", str(text), "--tokens", "120", "--sinks", "4", "--window", "28",
+               "--modes", "dense,window,streaming,recompute", "--segment", "30", "--device", "cpu",
+               "--json", str(out), "--plot", str(png)])
+    assert rc == 0 and png.stat().st_size > 1000
+    res = json.loads(out.read_text())
+    assert res["tokens"] == 120 and res["sinks"] == 4 and res["window"] == 28 and res["model"]
+    modes = res["modes"]
+    assert set(modes) == {"dense", "window", "streaming", "recompute"}
+    for r in modes.values():
+        assert r["ppl"] > 1 and len(r["segments"]) == 4
+    # the first 30 targets all fit in the 32-token cache: every mode sees the same context
+    first = {name: r["segments"][0] for name, r in modes.items()}
+    assert max(first.values()) - min(first.values()) < 1e-3 * first["dense"]
+
+
+def test_eval_ppl_rejects_bad_modes(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("hello world " * 50)
+    try:
+        main(["eval-ppl", "--text", str(text), "--tokens", "50", "--modes", "dense,bogus"])
+    except SystemExit as exc:
+        assert "bogus" in str(exc)
+    else:
+        raise AssertionError("expected SystemExit")
+
+
+def test_chat_session_in_terminal(model_dir):
+    exe = os.path.join(os.path.dirname(sys.executable), "swiftinfer")
+    proc = subprocess.run(
+        [exe, "chat", "--max-tokens", "12", "--window", "60"],
+        input="What is the capital of France?\n/stats\n/quit\n",
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "bot> " in proc.stdout and "Paris" in proc.stdout
+    assert "rounds=1" in proc.stdout
