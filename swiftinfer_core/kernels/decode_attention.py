@@ -239,6 +239,7 @@ def decode_attention(
     if splits is None:
         splits = decode_splits(B, hkv, cap, block_n, sm_count(q.device), waves)
     nsplit, split_len = splits
+    assert nsplit * split_len >= cap and split_len % block_n == 0
     if workspace is None:
         acc = torch.empty((B, hq, nsplit, D), dtype=torch.float32, device=q.device)
         ml = torch.empty((B, hq, nsplit, 2), dtype=torch.float32, device=q.device)

@@ -35,7 +35,7 @@ def _write_kv_kernel(
     row = tl.where(u < SINKS, u, SINKS + tl.maximum(u - SINKS, 0) % WINDOW)
     offs_h = tl.arange(0, HKV_PAD)
     offs_d = tl.arange(0, D)
-    mask = (offs_h[:, None] < HKV) & keep
+    mask = (offs_h[:, None] < tl.where(keep, HKV, 0)) & (offs_d[None, :] < D)
     src = tok * sn_t + offs_h[:, None] * sn_h + offs_d[None, :]
     dst = tl.maximum(slot, 0) * sc_s + offs_h[:, None] * sc_h + row * sc_r + offs_d[None, :]
     tl.store(K_CACHE + dst, tl.load(K_NEW + src, mask=mask), mask=mask)
