@@ -68,11 +68,11 @@ def llm_deployment_options(cfg: AppConfig) -> dict:
     if cfg.uses_gpu and tp > 1:
         # One bundle per tensor-parallel rank on one node; the replica actor takes
         # bundle 0 and the engine places its other ranks on the rest.
-        opts["ray_actor_options"] = {"num_cpus": cfg.replica_cpus, "num_gpus": 1}
+        opts["ray_actor_options"] = {"num_cpus": cfg.replica_cpus, "num_gpus": 1, "resources": dict(cfg.replica_resources)}
         opts["placement_group_bundles"] = [{"CPU": cfg.replica_cpus, "GPU": 1}] + [{"GPU": 1}] * (tp - 1)
         opts["placement_group_strategy"] = "STRICT_PACK"
     else:
-        opts["ray_actor_options"] = {"num_cpus": cfg.replica_cpus, "num_gpus": 1 if cfg.uses_gpu else 0}
+        opts["ray_actor_options"] = {"num_cpus": cfg.replica_cpus, "num_gpus": 1 if cfg.uses_gpu else 0, "resources": dict(cfg.replica_resources)}
 
     s = cfg.scaling
     if s.fixed:

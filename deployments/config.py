@@ -69,6 +69,7 @@ class AppConfig(Strict):
     scaling: ScalingConfig = Field(default_factory=ScalingConfig, description="LLM replica count and autoscaling.")
     router: RouterKind = Field(RouterKind.SESSION_AFFINITY, description="Request router in front of the LLM replicas.")
     replica_cpus: float = Field(1.0, ge=0, le=256, description="Logical CPUs one LLM replica reserves.")
+    replica_resources: dict[str, float] = Field(default_factory=dict, description="Extra Ray resources one LLM replica needs, e.g. {'accelerator_type:H200': 0.001}.")
     cpu_threads: int = Field(1, ge=1, le=256, description="Torch threads of a CPU engine.")
     max_ongoing_requests: int = Field(32, ge=1, le=4096, description="Turns one LLM replica runs at once (the engine batches them).")
     max_queued_requests: int = Field(256, ge=1, le=1 << 20, description="Turns waiting at a router per deployment before answering 429.")

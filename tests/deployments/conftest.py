@@ -1,0 +1,38 @@
+"""One real local Ray cluster shared by all deployment tests (the apps on it run
+the real engine with the real SmolLM2-135M on CPU; see serve_helpers.py).
+
+Logical resources: 8 CPUs on a 2-core box so that 2-3 LLM replicas (1 logical
+CPU each, 1 torch thread each) plus the ingress fit.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """``(base_url)`` of Serve's HTTP proxy on a fresh local Ray cluster."""
+    # Autoscaling metrics every 0.5 s instead of 10 s, so scale-down tests take seconds.
+    os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
+    os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
+    import ray
+    from ray import serve
+
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
