@@ -25,6 +25,7 @@ from swiftinfer_core.errors import (
     SessionBusyError,
     SessionNotFoundError,
 )
+from swiftinfer_core.kernels.attention import TritonAttention
 from swiftinfer_core.model.setup import LoadedModel, load_model
 from swiftinfer_core.protocol import EngineStats, SessionRecord, SessionStats, StreamChunk, Usage
 
@@ -47,6 +48,8 @@ class EngineCore:
         self.format = ChatFormat(m.tokenizer)
         self.eos_ids = set(m.args.eos_token_ids) | {m.tokenizer.eos_token_id} - {None}
         self.runner = ModelRunner(m.model, m.pool, m.attn, m.device)
+        if cfg.cuda_graphs and m.device.type == "cuda" and isinstance(m.attn, TritonAttention):
+            self.runner.capture_decode_graphs(min(m.pool.num_slots, cfg.max_batch_tokens))
         self.scheduler = Scheduler(cfg.max_batch_tokens, cfg.prefill_chunk, self._allocate_slot)
         self.sessions: dict[str, Session] = {}
         self.rng = torch.Generator().manual_seed(cfg.seed)

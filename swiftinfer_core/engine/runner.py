@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from swiftinfer_core.cache.pool import KVPool
+from swiftinfer_core.engine.cuda_graph import DecodeGraphs
 from swiftinfer_core.engine.sampler import sample
 from swiftinfer_core.engine.scheduler import ScheduledBatch
 from swiftinfer_core.kernels.attention import Attention
@@ -15,6 +16,12 @@ from swiftinfer_core.model.llama import Llama
 class ModelRunner:
     def __init__(self, model: Llama, pool: KVPool, attn: Attention, device: torch.device):
         self.model, self.pool, self.attn, self.device = model, pool, attn, device
+        self.graphs: DecodeGraphs | None = None
+
+    def capture_decode_graphs(self, max_batch: int) -> None:
+        """Capture decode steps (GPU only); later decode batches up to max_batch replay them."""
+        self.graphs = DecodeGraphs(self.model, self.pool, self.attn, self.device, max_batch)
+        self.graphs.capture()
 
     def forward(self, ids: list[int], slots: list[int], starts: list[int], q_lens: list[int], rows: list[int] | None) -> torch.Tensor:
         """Packed forward over the cache; logits [R, vocab] for token rows ``rows`` (all if None)."""
@@ -31,13 +38,12 @@ class ModelRunner:
             if s.sample:
                 rows.append(offset - 1)
                 sampled_seqs.append(i)
-        logits = self.forward(
-            ids,
-            [s.turn.session.slot for s in batch.seqs],
-            [s.start for s in batch.seqs],
-            [len(s.token_ids) for s in batch.seqs],
-            rows,
-        )
+        slots = [s.turn.session.slot for s in batch.seqs]
+        starts = [s.start for s in batch.seqs]
+        if self.graphs is not None and batch.is_decode and self.graphs.fits(len(ids)):
+            logits = self.graphs.run(ids, slots, starts)
+        else:
+            logits = self.forward(ids, slots, starts, [len(s.token_ids) for s in batch.seqs], rows)
         out: list[int | None] = [None] * len(batch.seqs)
         if sampled_seqs:
             turns = [batch.seqs[i].turn for i in sampled_seqs]
