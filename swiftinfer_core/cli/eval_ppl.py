@@ -17,6 +17,9 @@ def add_parser(sub) -> None:
     p.add_argument("--window", type=int, default=1020)
     p.add_argument("--modes", default="dense,window,streaming,recompute")
     p.add_argument("--recompute-stride", type=int, default=1, help="score recompute on every k-th token only")
+    p.add_argument("--recompute-sample", type=int, default=None, help="score recompute on this many random tokens instead")
+    p.add_argument("--recompute-last", type=int, default=None, help="... drawn from the last N tokens of the text")
+    p.add_argument("--prefix-tokens", type=int, default=None, help="run dense and window on the first N tokens only")
     p.add_argument("--segment", type=int, default=None, help="tokens per reported segment (default N/10)")
     p.add_argument("--model", default="default")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -31,7 +34,7 @@ def run(args) -> int:
 
     from swiftinfer_core.config import EngineConfig
     from swiftinfer_core.errors import InvalidRequestError
-    from swiftinfer_core.eval.ppl import Mode, evaluate
+    from swiftinfer_core.eval.ppl import EvalPlan, Mode, evaluate
     from swiftinfer_core.model.setup import load_model
 
     try:
@@ -48,20 +51,24 @@ def run(args) -> int:
         raise SystemExit(f"{args.text} has {len(ids)} tokens, fewer than --tokens {args.tokens}")
     ids = ids[: args.tokens]
     segment = args.segment or max(1, args.tokens // 10)
-    results = evaluate(m, cfg, ids, modes, args.sinks, args.window, args.recompute_stride)
+    plan = EvalPlan(sinks=args.sinks, window=args.window, prefix_tokens=args.prefix_tokens, stride=args.recompute_stride,
+                    sample=args.recompute_sample, last=args.recompute_last)
+    results = evaluate(m, cfg, ids, modes, plan)
     rec = results.get(Mode.RECOMPUTE)
     sampled = set(rec.targets) if rec else None
     out = {
         "modes": {
             mode.value: {
                 "ppl": r.ppl(),
-                "segments": r.segments(segment),
+                "segments": [p for _, p in r.segments(segment)],
+                "segment_starts": [t for t, _ in r.segments(segment)],
                 **({"ppl_on_recompute_targets": r.ppl(sampled)} if sampled else {}),
             }
             for mode, r in results.items()
         },
         "tokens": args.tokens, "sinks": args.sinks, "window": args.window, "segment": segment,
-        "recompute_stride": args.recompute_stride, "model": m.path.name, "text": args.text.name,
+        "recompute_stride": args.recompute_stride, "recompute_sample": args.recompute_sample,
+        "recompute_last": args.recompute_last, "prefix_tokens": args.prefix_tokens, "model": m.path.name, "text": args.text.name,
         "device": torch.cuda.get_device_name() if m.device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
         "dtype": str(m.dtype).replace("torch.", ""), "torch": torch.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -87,7 +94,7 @@ def plot(out: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     seg = out["segment"]
     for name, r in out["modes"].items():
-        xs = [seg * (i + 1) for i in range(len(r["segments"]))]
+        xs = [t + seg - 1 for t in r["segment_starts"]]
         ax.plot(xs, r["segments"], marker="o", label=f"{name} (ppl {r['ppl']:.2f})")
     ax.axvline(out["sinks"] + out["window"], color="gray", ls=":", label="cache size")
     ax.set_yscale("log")

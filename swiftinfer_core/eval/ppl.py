@@ -41,13 +41,12 @@ class ModeResult:
         vals = [v for v, t in zip(self.nll, self.targets) if only is None or t in only]
         return math.exp(sum(vals) / len(vals)) if vals else float("nan")
 
-    def segments(self, size: int) -> list[float]:
-        out = []
-        for lo in range(1, max(self.targets, default=0) + 1, size):
-            seg = [v for v, t in zip(self.nll, self.targets) if lo <= t < lo + size]
-            if seg:
-                out.append(math.exp(sum(seg) / len(seg)))
-        return out
+    def segments(self, size: int) -> list[tuple[int, float]]:
+        """(first target, perplexity) of each ``size``-token segment that has scored tokens."""
+        sums: dict[int, list[float]] = {}
+        for v, t in zip(self.nll, self.targets):
+            sums.setdefault((t - 1) // size, []).append(v)
+        return [(k * size + 1, math.exp(sum(v) / len(v))) for k, v in sorted(sums.items())]
 
 
 def _runner(m: LoadedModel, cfg: EngineConfig, layout: StreamLayout, slots: int) -> ModelRunner:
@@ -72,11 +71,10 @@ def stream_nll(m: LoadedModel, cfg: EngineConfig, ids: list[int], layout: Stream
     return res
 
 
-def recompute_nll(m: LoadedModel, cfg: EngineConfig, ids: list[int], size: int, stride: int = 1, batch: int = 16) -> ModeResult:
-    """For each target t (every ``stride``-th), one fresh forward over ids[t-size:t]."""
+def recompute_nll(m: LoadedModel, cfg: EngineConfig, ids: list[int], size: int, targets: list[int], batch: int = 16) -> ModeResult:
+    """For each target t, one fresh forward over ids[t-size:t]."""
     layout = StreamLayout(0, size)
     run = _runner(m, cfg, layout, slots=batch)
-    targets = list(range(1, len(ids), stride))
     res = ModeResult()
     for lo in range(0, len(targets), batch):
         group = targets[lo : lo + batch]
@@ -90,16 +88,36 @@ def recompute_nll(m: LoadedModel, cfg: EngineConfig, ids: list[int], size: int, 
     return res
 
 
-def evaluate(m: LoadedModel, cfg: EngineConfig, ids: list[int], modes: list[Mode], sinks: int, window: int, stride: int = 1) -> dict[Mode, ModeResult]:
-    layouts = {
-        Mode.DENSE: StreamLayout(0, len(ids)),
-        Mode.WINDOW: StreamLayout(0, sinks + window),
-        Mode.STREAMING: StreamLayout(sinks, window),
+@dataclass
+class EvalPlan:
+    """Which tokens each mode scores. Dense and window may be limited to a
+    prefix (dense costs memory linear in the text); recompute scores either
+    every ``stride``-th target, or ``sample`` random targets among the last
+    ``last`` tokens (seeded)."""
+
+    sinks: int
+    window: int
+    prefix_tokens: int | None = None  # dense and window: only the first N tokens
+    stride: int = 1
+    sample: int | None = None
+    last: int | None = None
+    seed: int = 0
+
+    def recompute_targets(self, n: int) -> list[int]:
+        if self.sample is None:
+            return list(range(1, n, self.stride))
+        lo = max(1, n - (self.last or n))
+        g = torch.Generator().manual_seed(self.seed)
+        pick = torch.randperm(n - lo, generator=g)[: self.sample] + lo
+        return sorted(pick.tolist())
+
+
+def evaluate(m: LoadedModel, cfg: EngineConfig, ids: list[int], modes: list[Mode], plan: EvalPlan) -> dict[Mode, ModeResult]:
+    short = ids[: plan.prefix_tokens] if plan.prefix_tokens else ids
+    runs = {
+        Mode.DENSE: lambda: stream_nll(m, cfg, short, StreamLayout(0, len(short))),
+        Mode.WINDOW: lambda: stream_nll(m, cfg, short, StreamLayout(0, plan.sinks + plan.window)),
+        Mode.STREAMING: lambda: stream_nll(m, cfg, ids, StreamLayout(plan.sinks, plan.window)),
+        Mode.RECOMPUTE: lambda: recompute_nll(m, cfg, ids, plan.sinks + plan.window, plan.recompute_targets(len(ids))),
     }
-    out = {}
-    for mode in modes:
-        if mode is Mode.RECOMPUTE:
-            out[mode] = recompute_nll(m, cfg, ids, sinks + window, stride)
-        else:
-            out[mode] = stream_nll(m, cfg, ids, layouts[mode])
-    return out
+    return {mode: runs[mode]() for mode in modes}
