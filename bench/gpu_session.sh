@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One device call that runs the real-model GPU checks and benches 3 and 4.
+# Needs, from two earlier calls (see ../shared/device/stage-smollm2.sh):
+#   /tmp/stage/part.aa parked, and carry [".carry/smol-b", ".carry/pyd", ".carry/data"].
+# Writes everything under $OUT; prints a short table last.
+set -uo pipefail
+export PYTHONUNBUFFERED=1 SWIFTINFER_HOME=/tmp/swh
+GGUF=/tmp/stage/SmolLM2-135M-Instruct.Q4_1.gguf
+[ -f /tmp/stage/part.aa ] || { echo "no /tmp/stage/part.aa: park .carry/smol-a first"; exit 3; }
+cat /tmp/stage/part.aa .carry/smol-b/part.ab > "$GGUF"
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .carry/smol-b/*.whl .carry/pyd/*.whl || exit 4
+export PYTHONPATH=/tmp/site:$PWD
+mkdir -p "$SWIFTINFER_HOME" && cp .carry/data/shakespeare.txt "$SWIFTINFER_HOME/shakespeare.txt"
+python3 -m swiftinfer_core.model.fetch "$GGUF" 2>&1 | grep -v "it/s" | tail -2
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
+step() { local name=$1 limit=$2; shift 2; echo "=== $name"; local t0=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
+  echo "$name rc=$rc $((SECONDS - t0))s" | tee -a "$OUT/summary.txt"; tail -25 "$OUT/$name.log"; }
+step gpu_tests 150 python3 -m pytest -q -x -m gpu tests/engine/test_gpu_engine.py -p no:cacheprovider
+step ppl_1m 200 python3 -m swiftinfer_core.cli.main eval-ppl --text "$SWIFTINFER_HOME/shakespeare.txt" \
+  --tokens 1000000 --sinks 4 --window 1020 --modes streaming,dense,window,recompute --prefix-tokens 20000 \
+  --recompute-sample 2000 --recompute-last 100000 --segment 100000 --device cuda --dtype float32 \
+  --json "$OUT/ppl_1m.json" --plot "$OUT/ppl_1m.png"
+step multiround 200 python3 bench/multiround.py --rounds 20 --tokens 128 --out "$OUT"
+echo; cat "$OUT/summary.txt"
