@@ -55,12 +55,12 @@ def _run_decode(layout, hq, hkv, D, dtype, dev, splits, fuse=True, block_n=16, p
     return out, ref
 
 
-CASES = [  # (sinks, window, hq, hkv, D, dtype)
-    (4, 12, 2, 2, 64, torch.float32),
-    (0, 12, 4, 2, 64, torch.bfloat16),
-    (4, 28, 8, 2, 128, torch.float16),
+CASES = [  # (sinks, window, hq, hkv, D, dtype); tiles of 16 keys (tl.dot's minimum on GPUs)
+    (4, 28, 2, 2, 64, torch.float32),
+    (0, 40, 4, 2, 64, torch.bfloat16),
+    (4, 44, 8, 2, 128, torch.float16),
     (0, 20, 6, 2, 64, torch.float32),  # group of 3 (not a power of two)
-    (4, 12, 2, 1, 128, torch.bfloat16),
+    (1, 27, 2, 1, 128, torch.bfloat16),
 ]
 
 
@@ -68,8 +68,8 @@ CASES = [  # (sinks, window, hq, hkv, D, dtype)
 def test_decode_matches_float64(sinks, window, hq, hkv, D, dtype, dev):
     seed = fresh_seed()
     layout = StreamLayout(sinks, window)
-    for splits in [None, (-(-layout.capacity // 8), 8)]:  # auto, and one tile per split
-        out, ref = _run_decode(layout, hq, hkv, D, dtype, dev, splits, block_n=16 if splits is None else 8)
+    for splits in [None, (-(-layout.capacity // 16), 16)]:  # auto, and one 16-key tile per split
+        out, ref = _run_decode(layout, hq, hkv, D, dtype, dev, splits, block_n=16)
         assert not out.isnan().any(), f"seed {seed}: unwritten/NaN output"
         err = rel_err(out, ref)
         assert err < TOL[dtype], f"seed {seed} splits {splits}: rel err {err:.2e}"
@@ -84,8 +84,8 @@ def test_decode_unfused_write_then_attend(dev):
 
 def test_decode_padding_row_is_zero_and_writes_nothing(dev):
     seed = fresh_seed()
-    layout = StreamLayout(4, 12)
-    out, ref = _run_decode(layout, 2, 2, 64, torch.float32, dev, (2, 8), block_n=8, pad_slot=True)
+    layout = StreamLayout(4, 28)
+    out, ref = _run_decode(layout, 2, 2, 64, torch.float32, dev, (2, 16), block_n=16, pad_slot=True)
     assert rel_err(out, ref) < TOL[torch.float32], f"seed {seed}"
 
 

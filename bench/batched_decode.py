@@ -1,0 +1,121 @@
+"""Issue 6, bench 2: batched decode throughput and inter-token latency.
+
+Llama-2-7B shape, random bf16 weights, B concurrent sequences with full caches
+(long conversations: every step reads the whole 4+W cache of every sequence),
+one CUDA graph per step, tokens handed to the host every step. For each B:
+aggregate tokens/s, ITL p50/p99 (wall time between consecutive steps), and the
+fraction of the roofline step time (weights once + B caches) / copy bandwidth.
+B = 1, 8, 32, 128 (where it fits) and the most sequences whose caches fit.
+
+    python3 bench/batched_decode.py [--windows 1020 2044] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+import models  # noqa: E402
+import torch  # noqa: E402
+
+from swiftinfer_core.cache.layout import StreamLayout  # noqa: E402
+
+
+def build_model(args, dev):
+    from swiftinfer_core.model.llama import Llama
+
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(dev):
+            m = Llama(args)
+    finally:
+        torch.set_default_dtype(prev)
+    return m.eval()
+
+
+def measure(model, args, layout, B, dev, fused: bool, steps: int) -> dict:
+    dec = models.OurDecoder(model, args, layout, B, dev, fused)
+    dec.capture()
+    for _ in range(3):
+        dec.step()
+    ts = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        dec.step()
+        ts.append(time.perf_counter() - t0)
+    del dec
+    torch.cuda.empty_cache()
+    ts.sort()
+    p50 = statistics.median(ts)
+    p99 = ts[min(len(ts) - 1, round(0.99 * (len(ts) - 1)))]
+    return {"itl_p50_ms": p50 * 1e3, "itl_p99_ms": p99 * 1e3, "tok_s": B / statistics.mean(ts)}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--windows", nargs="+", type=int, default=[1020, 2044])
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32, 128])
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--reserve-gib", type=float, default=8.0)
+    ap.add_argument("--variants", nargs="+", default=["engine", "fused"])
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    dev = torch.device("cuda")
+    bw = common.copy_bandwidth()
+    print(f"copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
+    args = models.model_args("llama2-7b")
+    model = build_model(args, dev)
+    w_bytes = models.weight_bytes_read(args)
+    rows = []
+    for window in a.windows:
+        layout = StreamLayout(4, window)
+        per_seq = models.kv_bytes_read(args, layout)
+        free = torch.cuda.mem_get_info()[0]
+        max_fit = int((free - a.reserve_gib * 2**30) // per_seq)
+        batches = sorted({b for b in a.batches if b <= max_fit} | {max_fit})
+        print(f"4+{window}: {per_seq / 2**30:.2f} GiB of KV per sequence, {free / 2**30:.0f} GiB free -> max {max_fit}", flush=True)
+        for B in batches:
+            roof_s = (w_bytes + B * per_seq) / bw
+            for variant in a.variants:
+                r = measure(model, args, layout, B, dev, variant == "fused", a.steps)
+                r.update(cache=f"4+{window}", B=B, variant=variant, max_fit=B == max_fit,
+                         roofline_step_ms=roof_s * 1e3, roofline_tok_s=B / roof_s, frac_roofline=roof_s * 1e3 / r["itl_p50_ms"])
+                rows.append(r)
+                print(f"  B={B:4d} {variant:6s}: {r['tok_s']:9.1f} tok/s  ITL p50 {r['itl_p50_ms']:.2f} p99 {r['itl_p99_ms']:.2f} ms  "
+                      f"{r['frac_roofline']:.2f} of roofline", flush=True)
+    common.write_results("batched_decode", {"copy_bw_Bps": bw, "model": "llama2-7b shape", "weight_bytes": w_bytes, "rows": rows}, a.out)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for window in a.windows:
+        for variant in a.variants:
+            rs = [r for r in rows if r["cache"] == f"4+{window}" and r["variant"] == variant]
+            ax1.plot([r["B"] for r in rs], [r["tok_s"] for r in rs], marker="o", label=f"4+{window} {variant}")
+            ax2.plot([r["B"] for r in rs], [r["itl_p50_ms"] for r in rs], marker="o", label=f"4+{window} {variant} p50")
+        rs = [r for r in rows if r["cache"] == f"4+{window}" and r["variant"] == a.variants[0]]
+        ax1.plot([r["B"] for r in rs], [r["roofline_tok_s"] for r in rs], ls="--", label=f"4+{window} roofline")
+    for ax in (ax1, ax2):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent sequences")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    ax1.set_ylabel("tokens/s (aggregate)")
+    ax2.set_ylabel("inter-token latency, ms")
+    ax1.set_title(f"Llama-2-7B shape, bf16, {common.device_info().get('name')}")
+    common.save_plot("batched_decode", fig, a.out)
+    print()
+    print(common.table(rows, ["cache", "B", "variant", "tok_s", "itl_p50_ms", "itl_p99_ms", "roofline_tok_s", "frac_roofline"]))
+
+
+if __name__ == "__main__":
+    main()

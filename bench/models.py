@@ -1,0 +1,251 @@
+"""Model side of the decode benches: shapes, random-weight models, our CUDA-graph
+decode step, and the two baselines.
+
+* ours: the engine's model (swiftinfer_core/model/llama.py) with TritonAttention,
+  one decode step captured in a CUDA graph (next token fed back on the GPU,
+  stream positions advanced inside the graph).
+* ours+fused: the same weights through `fused_decode_forward` below (bench-only
+  thin forward): add+RMSNorm and SiLU*up from kernels/fused.py, 9 kernels a layer.
+* baseline (a) `StreamingBaseline`: eager PyTorch on transformers' Llama modules,
+  as mit-han-lab/streaming-llm does it: pre-RoPE K/V cached, torch.cat of the
+  new token, all cached keys re-rotated at arange(len) every step, matmul +
+  softmax attention, eviction by torch.cat of sinks and recent tokens.
+* baseline (b): one full transformers forward over the last W tokens per token.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from swiftinfer_core.cache.layout import StreamLayout
+from swiftinfer_core.cache.pool import KVPool
+from swiftinfer_core.kernels.attention import TorchAttention
+from swiftinfer_core.kernels.batch import AttnBatch
+from swiftinfer_core.kernels.fused import add_rmsnorm, silu_mul
+from swiftinfer_core.kernels.rope import inv_freq
+from swiftinfer_core.model.loader import ModelArgs
+
+SHAPES = {
+    "llama2-7b": dict(vocab_size=32000, hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=32, head_dim=128,
+                      intermediate_size=11008, rope_theta=10000.0, tie_embeddings=False),
+    "smollm2-135m": dict(vocab_size=49152, hidden_size=576, num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64,
+                         intermediate_size=1536, rope_theta=100000.0, tie_embeddings=True),
+}
+
+
+def model_args(name: str) -> ModelArgs:
+    return ModelArgs(**SHAPES[name], max_position=8192, name=name)
+
+
+def hf_model(args: ModelArgs, device, dtype=torch.bfloat16):
+    """transformers LlamaForCausalLM with random weights (baselines only)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=args.vocab_size, hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
+        num_hidden_layers=args.num_layers, num_attention_heads=args.num_heads, num_key_value_heads=args.num_kv_heads,
+        head_dim=args.head_dim, max_position_embeddings=8192, rms_norm_eps=args.rms_eps,
+        rope_theta=args.rope_theta, rope_parameters={"rope_type": "default", "rope_theta": args.rope_theta},
+        tie_word_embeddings=args.tie_embeddings, attn_implementation="sdpa",
+    )
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            m = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(prev)
+    return m.to(dtype).eval()
+
+
+def our_model(args: ModelArgs, hf, device, dtype=torch.bfloat16):
+    """The engine's Llama, holding the same weights as ``hf``."""
+    from swiftinfer_core.model.llama import Llama
+
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            m = Llama(args)
+    finally:
+        torch.set_default_dtype(prev)
+    state = {k: v for k, v in hf.state_dict().items()}
+    m.load_hf_state(state)
+    return m.to(dtype).eval()
+
+
+def fill_pool(pool: KVPool) -> None:
+    """Random pre-RoPE K/V everywhere (never time on zeros)."""
+    for k, v in zip(pool.k, pool.v):
+        k.normal_()
+        v.normal_()
+
+
+@torch.inference_mode()
+def fused_decode_forward(model, ids, attn, plan, pool) -> torch.Tensor:
+    """Bench-only thin forward over the engine model's weights: ids [B] -> logits [B, V]."""
+    a = model.args
+    eps = a.rms_eps
+    x = model.embed(ids)
+    res, d = None, x
+    B = ids.shape[0]
+    for i, L in enumerate(model.layers):
+        hq, hkv, hd = L.hq, L.hkv, L.head_dim
+        n, res = add_rmsnorm(d, res, L.attn_norm.weight, eps)
+        qkv = torch.nn.functional.linear(n, L.wqkv.weight, L.wqkv.bias)
+        q, k, v = qkv.split([hq * hd, hkv * hd, hkv * hd], dim=-1)
+        o = attn.forward(plan, q.view(B, hq, hd), k.view(B, hkv, hd), v.view(B, hkv, hd), pool.k[i], pool.v[i])
+        o = torch.nn.functional.linear(o.reshape(B, hq * hd), L.wo.weight)
+        n, res = add_rmsnorm(o, res, L.mlp_norm.weight, eps)
+        d = torch.nn.functional.linear(silu_mul(torch.nn.functional.linear(n, L.w13.weight)), L.w2.weight)
+    n, _ = add_rmsnorm(d, res, model.norm.weight, eps)
+    return torch.nn.functional.linear(n, model.lm_head.weight).float()
+
+
+def weight_bytes_read(args: ModelArgs, dtype_bytes: int = 2) -> int:
+    """Bytes of weights one decode step reads (embedding: one row per token, ignored)."""
+    h, i, d = args.hidden_size, args.intermediate_size, args.head_dim
+    per_layer = h * d * (2 * args.num_heads + 2 * args.num_kv_heads) + 3 * h * i + 2 * h
+    return (per_layer * args.num_layers + args.vocab_size * h + h) * dtype_bytes
+
+
+def kv_bytes_read(args: ModelArgs, layout: StreamLayout, dtype_bytes: int = 2) -> int:
+    """K and V of a full cache, every layer, per sequence per step."""
+    return 2 * args.num_layers * args.num_kv_heads * layout.capacity * args.head_dim * dtype_bytes
+
+
+class StreamingBaseline:
+    """Baseline (a): eager StreamingLLM as in mit-han-lab/streaming-llm (pos_shift
+    attention + StartRecentKVCache), batch 1, over transformers' modules."""
+
+    def __init__(self, hf, sinks: int, window: int):
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+
+        self.hf, self.sinks, self.window = hf, sinks, window
+        self._rope, self._repeat = apply_rotary_pos_emb, repeat_kv
+        cfg = hf.config
+        self.hq, self.hkv, self.hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.k: list[torch.Tensor] = []  # per layer [1, Hkv, L, D], pre-RoPE
+        self.v: list[torch.Tensor] = []
+
+    def prefill_random(self, length: int) -> None:
+        p = next(self.hf.parameters())
+        shape = (1, self.hkv, length, self.hd)
+        self.k = [torch.randn(shape, device=p.device, dtype=p.dtype) for _ in self.hf.model.layers]
+        self.v = [torch.randn(shape, device=p.device, dtype=p.dtype) for _ in self.hf.model.layers]
+
+    @torch.inference_mode()
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        """token [1] -> logits [1, V]; then evicts so the cache holds sinks + window - 1
+        (room for the next token), like StartRecentKVCache.evict_for_space."""
+        m = self.hf.model
+        x = m.embed_tokens(token[None])  # [1, 1, H]
+        first = not self.k
+        L = (0 if first else self.k[0].shape[2]) + 1
+        pos = torch.arange(L, device=x.device)[None]
+        cos, sin = m.rotary_emb(x, pos)  # [1, L, D]
+        for i, layer in enumerate(m.layers):
+            at = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = at.q_proj(h).view(1, 1, self.hq, self.hd).transpose(1, 2)
+            k = at.k_proj(h).view(1, 1, self.hkv, self.hd).transpose(1, 2)
+            v = at.v_proj(h).view(1, 1, self.hkv, self.hd).transpose(1, 2)
+            if first:
+                self.k.append(k)
+                self.v.append(v)
+            else:
+                k = torch.cat([self.k[i], k], dim=2)
+                v = torch.cat([self.v[i], v], dim=2)
+                self.k[i], self.v[i] = k, v
+            q, _ = self._rope(q, q, cos[:, -1:], sin[:, -1:])
+            _, kr = self._rope(k, k, cos, sin)  # every cached key re-rotated, every step
+            kr, vr = self._repeat(kr, self.hq // self.hkv), self._repeat(v, self.hq // self.hkv)
+            w = torch.matmul(q, kr.transpose(2, 3)) / math.sqrt(self.hd)
+            w = torch.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)
+            o = torch.matmul(w, vr).transpose(1, 2).reshape(1, 1, self.hq * self.hd)
+            x = x + at.o_proj(o)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        logits = self.hf.lm_head(m.norm(x))[:, -1].float()
+        cap = self.sinks + self.window
+        if self.k[0].shape[2] >= cap:  # make room for the next token
+            keep = cap - 1
+            s, r = self.sinks, keep - self.sinks
+            self.k = [torch.cat([k[:, :, :s], k[:, :, k.shape[2] - r:]], dim=2) for k in self.k]
+            self.v = [torch.cat([v[:, :, :s], v[:, :, v.shape[2] - r:]], dim=2) for v in self.v]
+        return logits
+
+
+class OurDecoder:
+    """Batch-B decode with the engine model + TritonAttention, one CUDA graph per step."""
+
+    def __init__(self, model, args: ModelArgs, layout: StreamLayout, batch: int, device, fused: bool, num_slots: int | None = None):
+        from swiftinfer_core.kernels.attention import TritonAttention
+        from swiftinfer_core.kernels.batch import AttnBatch
+        from swiftinfer_core.kernels.rope import inv_freq
+
+        self.model, self.args, self.layout, self.fused = model, args, layout, fused
+        self.attn = TritonAttention(layout, inv_freq(args.head_dim, args.rope_theta).to(device), args.head_dim**-0.5)
+        self.pool = KVPool(layout, args.num_layers, num_slots or batch, args.num_kv_heads, args.head_dim, torch.bfloat16, device)
+        fill_pool(self.pool)
+        cap = layout.capacity
+        starts = [37 * cap + 11 * b for b in range(batch)]  # long conversations: every cache full
+        self.plan = self.attn.prepare(AttnBatch.build(list(range(batch)), starts, [1] * batch, device))
+        self.ids = torch.randint(0, args.vocab_size, (batch,), device=device)
+        self.graph = None
+
+    def _step(self):
+        with torch.inference_mode():
+            if self.fused:
+                logits = fused_decode_forward(self.model, self.ids, self.attn, self.plan, self.pool)
+            else:
+                logits = self.model(self.ids, self.attn, self.plan, self.pool)
+            self.ids.copy_(logits.argmax(-1))
+            self.plan.starts.add_(1)
+
+    def capture(self):
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            self._step()  # compile + allocate the split-K workspace outside the capture
+        torch.cuda.current_stream().wait_stream(s)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._step()
+        torch.cuda.synchronize()
+
+    def step(self) -> torch.Tensor:
+        """One token for every sequence; returns them on the host (a server must)."""
+        self.graph.replay()
+        return self.ids.cpu()
+
+
+@torch.inference_mode()
+def equivalence_check(hf, model, args: ModelArgs, device, attn_cls, sinks=4, window=28, prompt=40, decode=8) -> dict:
+    """Same random tokens through baseline (a) (token by token, physical eviction)
+    and through ours (one prefill chunk, then decode steps; engine forward and
+    fused forward): relative logits error per position. Cache 4+28 so the
+    stream wraps. Proves the benches time the same computation."""
+    layout = StreamLayout(sinks, window)
+    T = prompt + decode
+    ids = torch.randint(0, args.vocab_size, (T,), device=device)
+    base = StreamingBaseline(hf, sinks, window)
+    want = torch.cat([base.step(ids[t : t + 1]) for t in range(T)])  # [T, V]
+    out = {}
+    for fused in (False, True):
+        attn = attn_cls(layout, inv_freq(args.head_dim, args.rope_theta).to(device), args.head_dim**-0.5)
+        pool = KVPool(layout, args.num_layers, 2, args.num_kv_heads, args.head_dim, next(model.parameters()).dtype, device)
+        fill_pool(pool)  # garbage in unused rows must not matter
+        got = [model(ids[:prompt], attn, attn.prepare(AttnBatch.build([1], [0], [prompt], device)), pool)]
+        for t in range(prompt, T):
+            plan = attn.prepare(AttnBatch.build([1], [t], [1], device))
+            if fused:
+                got.append(fused_decode_forward(model, ids[t : t + 1], attn, plan, pool))
+            else:
+                got.append(model(ids[t : t + 1], attn, plan, pool))
+        got = torch.cat(got)
+        err = ((got - want).norm(dim=-1) / want.norm(dim=-1)).double()
+        out["fused" if fused else "engine"] = {"max_rel_err": err.max().item(), "mean_rel_err": err.mean().item(),
+                                               "argmax_agree": (got.argmax(-1) == want.argmax(-1)).float().mean().item()}
+    return out
