@@ -86,6 +86,7 @@ def llm_deployment_options(cfg: AppConfig) -> dict:
             "upscale_delay_s": s.upscale_delay_s,
             "downscale_delay_s": s.downscale_delay_s,
             "look_back_period_s": s.look_back_period_s,
+            "metrics_interval_s": s.metrics_interval_s,
             "policy": policy_config(s.target_ongoing_requests, s.target_active_sessions, s.target_kv_use),
         }
     return opts

@@ -44,8 +44,14 @@ class SessionAwarePolicy:
     def __call__(self, ctx: AutoscalingContext) -> tuple[int, dict[str, Any]]:
         if ctx.current_num_replicas == 0:  # cold start: Serve's wrapper scales up on the first request
             return ctx.target_num_replicas, {}
-        want = self.demand(ctx.current_num_replicas, ctx.total_num_requests, ctx.aggregated_metrics or {})
+        metrics = ctx.aggregated_metrics or {}
+        want = self.demand(ctx.current_num_replicas, ctx.total_num_requests, metrics)
         desired = math.ceil(max(want.values()) - 1e-9)
+        reporting = set(metrics.get("active_sessions", {}))
+        if not set(ctx.running_replicas) <= reporting:
+            # A replica's session metrics are missing (just started, or late): never
+            # shrink on partial data; conversations would be moved for nothing.
+            desired = max(desired, ctx.current_num_replicas)
         return desired, {"last_demand": want}
 
 

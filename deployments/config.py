@@ -45,12 +45,15 @@ class ScalingConfig(Strict):
     active_window_s: float = Field(60.0, gt=0, le=86400, description="A session counts as active this long after its last turn.")
     upscale_delay_s: float = Field(10.0, ge=0, le=3600, description="Sustained demand needed before adding replicas.")
     downscale_delay_s: float = Field(120.0, ge=0, le=86400, description="Sustained slack needed before removing replicas.")
-    look_back_period_s: float = Field(10.0, gt=0, le=3600, description="Window the autoscaler averages metrics over.")
+    look_back_period_s: float = Field(30.0, gt=0, le=3600, description="Window the autoscaler averages metrics over.")
+    metrics_interval_s: float = Field(10.0, gt=0, le=600, description="How often replicas push session metrics to the autoscaler (Serve 2.60 still reads this deprecated field for custom metrics).")
 
     @model_validator(mode="after")
     def _bounds(self) -> "ScalingConfig":
         if self.max_replicas < self.min_replicas:
             raise ValueError(f"max_replicas ({self.max_replicas}) < min_replicas ({self.min_replicas})")
+        if self.look_back_period_s <= self.metrics_interval_s:
+            raise ValueError("look_back_period_s must exceed metrics_interval_s, or the window holds no sample")
         if self.initial_replicas is not None and not self.min_replicas <= self.initial_replicas <= self.max_replicas:
             raise ValueError("initial_replicas must lie within [min_replicas, max_replicas]")
         return self

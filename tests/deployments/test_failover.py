@@ -1,0 +1,138 @@
+"""Failures and capacity: a killed replica, a scale-down drain, no KV capacity
+(429) and a deployment still starting (503). Each uses its own small app on
+the shared cluster."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import ray
+from ray import serve
+
+from serve_helpers import ENGINE, MODEL_ID, app_config, chat, deploy, replica_actors, wait_for
+
+
+@pytest.fixture(scope="module")
+def client(cluster):
+    with httpx.Client(base_url=cluster, timeout=180) as c:
+        yield c
+
+
+def _turn(client, prefix, sid, r) -> httpx.Response:
+    return chat(client, prefix, [{"role": "user", "content": f"{sid}, round {r}: name an animal."}], sid)
+
+
+def _round(client, prefix, sids, r) -> dict[str, httpx.Response]:
+    """One turn of every session, concurrently (they interleave on the replicas)."""
+    with ThreadPoolExecutor(max_workers=len(sids)) as pool:
+        futures = {sid: pool.submit(_turn, client, prefix, sid, r) for sid in sids}
+        return {sid: f.result() for sid, f in futures.items()}
+
+
+def _rounds(client, prefix, sids, rounds) -> dict[str, str]:
+    """Run ``rounds`` for every session; return session -> replica (must not change)."""
+    owner: dict[str, str] = {}
+    for r in rounds:
+        for sid, resp in _round(client, prefix, sids, r).items():
+            assert resp.status_code == 200, resp.text
+            assert owner.setdefault(sid, resp.headers["x-replica-id"]) == resp.headers["x-replica-id"], sid
+    return owner
+
+
+def _running_replicas(app: str) -> dict:
+    return dict(serve.status().applications[app].deployments["LLMReplica"].replica_states)
+
+
+def test_killed_replica_sessions_continue_elsewhere_recovered(client):
+    prefix = deploy("fo", app_config("fo-sessions", scaling={"min_replicas": 2, "max_replicas": 2}))
+    sids = [f"fo-{i}" for i in range(10)]
+    owner = _rounds(client, prefix, sids, rounds=(0, 1))
+    victim = owner[sids[0]]
+    moved = [s for s in sids if owner[s] == victim]
+    stayed = [s for s in sids if owner[s] != victim]
+    assert moved and stayed, owner
+
+    ray.kill(replica_actors("fo")[victim], no_restart=True)
+    for sid, resp in _round(client, prefix, sids, 2).items():  # the very next turn, no client retry
+        assert resp.status_code == 200, (sid, resp.text)
+        body, replica = resp.json(), resp.headers["x-replica-id"]
+        info = client.get(f"{prefix}/v1/sessions/{sid}").json()
+        assert info["rounds"] == 3, info  # nothing of the conversation was lost
+        if sid in moved:
+            assert replica != victim and body["cache"] == "rebuilt" and info["recovered"] is True, (sid, body, info)
+            assert body["usage"]["prefilled_tokens"] > body["usage"]["prompt_tokens"]  # the window was rebuilt
+        else:
+            assert replica == owner[sid] and body["cache"] == "warm" and info["recovered"] is False, (sid, body, info)
+    serve.delete("fo")
+
+
+def test_scale_down_drains_sessions_without_losing_any(client):
+    scaling = {
+        "min_replicas": 1, "max_replicas": 2, "initial_replicas": 2,
+        # 10 active sessions / 4 per replica keeps 2 replicas up while they talk;
+        # 6 s after the last turn nothing is active and the policy asks for 1.
+        "target_active_sessions": 4, "active_window_s": 6, "target_ongoing_requests": 8,
+        "downscale_delay_s": 8, "upscale_delay_s": 60, "look_back_period_s": 2, "metrics_interval_s": 0.5,
+    }
+    prefix = deploy("drain", app_config("drain-sessions", scaling=scaling))
+    sids = [f"dr-{i}" for i in range(10)]
+    owner = _rounds(client, prefix, sids, rounds=(0, 1))
+    assert len(set(owner.values())) == 2, owner
+    assert _running_replicas("drain") == {"RUNNING": 2}
+
+    wait_for(lambda: _running_replicas("drain") == {"RUNNING": 1}, 90, "the autoscaler to drain one replica")
+    (survivor,) = replica_actors("drain")
+    for sid, resp in _round(client, prefix, sids, 2).items():
+        assert resp.status_code == 200, (sid, resp.text)
+        body = resp.json()
+        info = client.get(f"{prefix}/v1/sessions/{sid}").json()
+        assert resp.headers["x-replica-id"] == survivor and info["rounds"] == 3, info  # no session lost
+        if owner[sid] == survivor:
+            assert body["cache"] == "warm" and info["recovered"] is False
+        else:  # handed off by the draining replica, rebuilt from its final record
+            assert body["cache"] == "rebuilt" and info["recovered"] is True
+    serve.delete("drain")
+
+
+def test_no_kv_capacity_is_429_with_retry_after(client):
+    prefix = deploy("tight", app_config("tight-sessions", engine={**ENGINE, "max_sessions": 1}))
+    started, done = threading.Event(), {}
+
+    def long_turn():
+        body = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Tell a long story."}],
+                "max_tokens": 48, "temperature": 0, "stream": True, "session_id": "hog"}
+        with client.stream("POST", f"{prefix}/v1/chat/completions", json=body) as resp:
+            for line in resp.iter_lines():
+                if line:
+                    started.set()
+            done["status"] = resp.status_code
+
+    t = threading.Thread(target=long_turn)
+    t.start()
+    assert started.wait(60)
+    resp = _turn(client, prefix, "starved", 0)
+    t.join(120)
+    assert resp.status_code == 429, resp.text
+    assert resp.json()["error"]["code"] == "no_capacity" and int(resp.headers["retry-after"]) >= 1
+    assert done["status"] == 200
+    assert _turn(client, prefix, "starved", 0).status_code == 200  # the slot is free again
+    serve.delete("tight")
+
+
+def test_starting_deployment_is_503(client):
+    # The LLM replicas need a resource no node has: the ingress is up, the model never loads.
+    prefix = deploy("starting", app_config(
+        "starting-sessions", replica_resources={"not_in_this_cluster": 1}, graceful_shutdown_timeout_s=1
+    ), wait=False)
+    health = wait_for(
+        lambda: (r := client.get(f"{prefix}/healthz")).headers.get("content-type", "").startswith("application/json") and r,
+        60, "the ingress to answer",
+    )
+    assert health.status_code == 503 and health.json()["status"] == "starting"
+    resp = _turn(client, prefix, "early", 0)
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["error"]["code"] == "starting" and int(resp.headers["retry-after"]) >= 1
+    serve.delete("starting")
