@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Start a SwiftInfer Serve cluster by hand on bare machines (same code, venv and
+# model path on every machine; see docs/cluster.md).
+#
+#   cluster/node.sh head                 # on the head machine: GCS, dashboard, Serve controller; no GPUs offered
+#   cluster/node.sh worker HEAD_IP       # on each GPU machine: offers its GPUs (and CPUs) to the cluster
+#   cluster/node.sh deploy [CONFIG]      # on the head: serve deploy CONFIG (default cluster/serve-gpu.yaml), wait until RUNNING
+#   cluster/node.sh status               # nodes and resources, then Serve application status
+#   cluster/node.sh stop                 # on any machine: stop the Ray processes of this machine
+#
+# Environment (all optional):
+#   RAY_PORT=6379 DASHBOARD_PORT=8265   ports of the head
+#   HEAD_CPUS=N                          CPUs the head offers (default: all)
+#   WORKER_RESOURCES='{"llm_slot": 1}'   custom resources of a worker (pair with replica_resources in the Serve config)
+#   RAY_AUTH_TOKEN=...                   token authentication: generate once with `ray get-auth-token --generate`
+#                                        on the head, export the same value on every machine and client
+#   DEPLOY_TIMEOUT_S=1800                how long `deploy` waits for the application to run
+set -euo pipefail
+
+RAY_PORT="${RAY_PORT:-6379}"
+DASHBOARD_PORT="${DASHBOARD_PORT:-8265}"
+DEPLOY_TIMEOUT_S="${DEPLOY_TIMEOUT_S:-1800}"
+export RAY_USAGE_STATS_ENABLED="${RAY_USAGE_STATS_ENABLED:-0}"
+if [[ -n "${RAY_AUTH_TOKEN:-}" ]]; then
+  export RAY_AUTH_MODE=token
+fi
+cd "$(dirname "$0")/.."
+
+usage() { sed -n '2,17p' "$0"; exit 2; }
+
+cmd="${1:-}"
+shift || true
+case "$cmd" in
+  head)
+    ray start --head --port="$RAY_PORT" --dashboard-host=0.0.0.0 --dashboard-port="$DASHBOARD_PORT" \
+      --num-gpus=0 ${HEAD_CPUS:+--num-cpus="$HEAD_CPUS"}
+    ;;
+  worker)
+    [[ $# -ge 1 ]] || usage
+    ray start --address="$1:$RAY_PORT" ${WORKER_RESOURCES:+--resources="$WORKER_RESOURCES"}
+    ;;
+  deploy)
+    config="${1:-cluster/serve-gpu.yaml}"
+    python cluster/validate.py "$config"
+    serve deploy "$config" --address "http://127.0.0.1:$DASHBOARD_PORT"
+    deadline=$((SECONDS + DEPLOY_TIMEOUT_S))
+    until serve status --address "http://127.0.0.1:$DASHBOARD_PORT" | grep -q "status: RUNNING"; do
+      if (( SECONDS > deadline )); then
+        serve status --address "http://127.0.0.1:$DASHBOARD_PORT"
+        echo "application not RUNNING after ${DEPLOY_TIMEOUT_S}s" >&2
+        exit 1
+      fi
+      sleep 5
+    done
+    serve status --address "http://127.0.0.1:$DASHBOARD_PORT"
+    ;;
+  status)
+    ray status --address="127.0.0.1:$RAY_PORT"
+    serve status --address "http://127.0.0.1:$DASHBOARD_PORT"
+    ;;
+  stop)
+    ray stop
+    ;;
+  *)
+    usage
+    ;;
+esac
