@@ -44,12 +44,30 @@ from swiftinfer_core.kernels import rope_tl
 
 
 @triton.jit
+def _load_tile(k_base, v_base, j0, hi, ns, base, SINKS, WINDOW, sc_r, offs_n, offs_h, offs_d, HALF: tl.constexpr):
+    """K halves [BLOCK_N, D/2] x2 and V [BLOCK_N, D] of logical keys j0 .. j0+BLOCK_N-1
+    (masked at hi: rows past it cost no memory traffic), in the cache dtype."""
+    j = j0 + offs_n
+    valid = j < hi
+    r = base + (j - ns)
+    r = tl.where(r >= WINDOW, r - WINDOW, r)
+    row = tl.where(j < ns, j, SINKS + r)
+    row = tl.where(valid, row, 0)
+    kp = k_base + row[:, None] * sc_r + offs_h[None, :]
+    k1 = tl.load(kp, mask=valid[:, None], other=0.0)
+    k2 = tl.load(kp + HALF, mask=valid[:, None], other=0.0)
+    v = tl.load(v_base + row[:, None] * sc_r + offs_d[None, :], mask=valid[:, None], other=0.0)
+    return k1, k2, v
+
+
+@triton.jit
 def _decode_split_kernel(
     Q, K_NEW, V_NEW, K_CACHE, V_CACHE, SLOTS, STARTS, FREQS, ACC, ML,
     sq_b, sq_h, sn_b, sn_h, sc_s, sc_h, sc_r,
     scale_log2, SINKS, WINDOW, SPLIT_LEN,
     HKV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HALF: tl.constexpr,
     BLOCK_N: tl.constexpr, FUSE_NEW: tl.constexpr, MMA: tl.constexpr, PREC: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
     pid = tl.program_id(0)
     split = tl.program_id(1)
@@ -96,17 +114,17 @@ def _decode_split_kernel(
     else:
         n_cached = fill
     hi = tl.minimum(lo + SPLIT_LEN, n_cached)
+    if PREFETCH:  # register double buffer: the next tile's loads fly while this one computes
+        k1n, k2n, vnx = _load_tile(k_base, v_base, lo, hi, ns, base, SINKS, WINDOW, sc_r, offs_n, offs_h, offs_d, HALF)
     for j0 in range(lo, hi, BLOCK_N):
-        j = j0 + offs_n
-        valid = j < hi
-        r = base + (j - ns)
-        r = tl.where(r >= WINDOW, r - WINDOW, r)
-        row = tl.where(j < ns, j, SINKS + r)
-        row = tl.where(valid, row, 0)
-        kp = k_base + row[:, None] * sc_r + offs_h[None, :]
-        k1 = tl.load(kp, mask=valid[:, None], other=0.0).to(tl.float32)  # [BLOCK_N, D/2]
-        k2 = tl.load(kp + HALF, mask=valid[:, None], other=0.0).to(tl.float32)
-        v = tl.load(v_base + row[:, None] * sc_r + offs_d[None, :], mask=valid[:, None], other=0.0)
+        if PREFETCH:
+            k1, k2, v = k1n, k2n, vnx
+            k1n, k2n, vnx = _load_tile(k_base, v_base, j0 + BLOCK_N, hi, ns, base, SINKS, WINDOW, sc_r, offs_n, offs_h, offs_d, HALF)
+        else:
+            k1, k2, v = _load_tile(k_base, v_base, j0, hi, ns, base, SINKS, WINDOW, sc_r, offs_n, offs_h, offs_d, HALF)
+        valid = (j0 + offs_n) < hi
+        k1 = k1.to(tl.float32)
+        k2 = k2.to(tl.float32)
         kr1, kr2 = rope_tl.rotate_tile(k1, k2, j0, f, ci, si)
         s = tl.dot(qr1, tl.trans(kr1.to(MMA)), input_precision=PREC)
         s += tl.dot(qr2, tl.trans(kr2.to(MMA)), input_precision=PREC)  # [G_PAD, BLOCK_N]
@@ -223,6 +241,7 @@ def decode_attention(
     block_n: int = 32,
     num_warps: int = 4,
     waves: int = 4,
+    prefetch: bool = True,
     splits: tuple[int, int] | None = None,
     workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
@@ -253,7 +272,7 @@ def decode_attention(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         scale * LOG2E, sinks, window, split_len,
         HKV=hkv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HALF=D // 2,
-        BLOCK_N=block_n, FUSE_NEW=fuse_write, MMA=mma_dtype(q.dtype),
+        BLOCK_N=block_n, FUSE_NEW=fuse_write, MMA=mma_dtype(q.dtype), PREFETCH=prefetch,
         PREC=dot_precision(q.dtype),
         num_warps=num_warps,
     )

@@ -27,9 +27,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-_TWO_PI_HI = 6.2831854820251465  # float32(2 pi)
-_TWO_PI_LO = -1.7484556000744883e-07  # 2 pi - float32(2 pi)
-_INV_TWO_PI = 0.15915494309189535
+_TWO_PI_HI = tl.constexpr(6.2831854820251465)  # float32(2 pi)
+_TWO_PI_LO = tl.constexpr(-1.7484556000744883e-07)  # 2 pi - float32(2 pi)
+_INV_TWO_PI = tl.constexpr(0.15915494309189535)
 
 
 @triton.jit
