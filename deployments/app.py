@@ -13,6 +13,7 @@ import ray
 from pydantic import ValidationError
 from ray import serve
 from ray.serve import Application
+from ray.serve.deployment import Deployment
 from ray.serve.config import RequestRouterConfig
 
 from deployments.autoscaling import policy_config
@@ -92,14 +93,25 @@ def llm_deployment_options(cfg: AppConfig) -> dict:
     return opts
 
 
-def build_app(args: dict | None = None) -> Application:
-    try:
-        cfg = resolve_device(AppConfig.model_validate(args or {}))
-    except ValidationError as exc:
-        raise ValueError(f"invalid SwiftInfer Serve config:\n{exc}") from None
+def build_deployments(cfg: AppConfig) -> tuple[Deployment, Deployment, dict]:
+    """``(ingress, llm, payload)`` unbound, for callers that adjust Serve options
+    (e.g. the benchmark changing ``num_replicas`` without touching init args,
+    which Serve then applies as a scale event instead of a redeploy)."""
     payload = cfg.model_dump(mode="json")
     llm = serve.deployment(LLMReplica).options(**llm_deployment_options(cfg))
     ingress = serve.deployment(serve.ingress()(Ingress)).options(
         name="Ingress", num_replicas=cfg.ingress_replicas, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024
     )
+    return ingress, llm, payload
+
+
+def parse_config(args: dict | None) -> AppConfig:
+    try:
+        return resolve_device(AppConfig.model_validate(args or {}))
+    except ValidationError as exc:
+        raise ValueError(f"invalid SwiftInfer Serve config:\n{exc}") from None
+
+
+def build_app(args: dict | None = None) -> Application:
+    ingress, llm, payload = build_deployments(parse_config(args))
     return ingress.bind(llm.bind(payload), payload)

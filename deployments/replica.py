@@ -197,6 +197,11 @@ class LLMReplica:
             "kv_use": st.resident_sessions / max(1, st.total_slots), "draining": self._draining,
         }
 
+    def record_replica_metadata(self) -> dict:
+        """Static facts routers read as ``replica.replica_metadata`` from the moment
+        the replica is ready (routing stats arrive only after the first poll)."""
+        return {"capacity": self._engine.stats().total_slots}
+
     def record_routing_stats(self) -> dict:
         return self._stats()
 

@@ -86,8 +86,11 @@ class SessionAffinityRouter(RequestRouter):
         return self._directory
 
     @staticmethod
-    def _slots(replica: RunningReplica) -> int:
-        return int((replica.routing_stats or {}).get("capacity", 1)) or 1
+    def _slots(replica: RunningReplica) -> int | None:
+        """KV slots: static metadata from ``record_replica_metadata``, else the
+        latest routing stats; None while neither has arrived."""
+        cap = (replica.replica_metadata or {}).get("capacity") or (replica.routing_stats or {}).get("capacity")
+        return int(cap) if cap else None
 
     def _emptiest(self, candidates: List[RunningReplica]) -> List[List[RunningReplica]]:
         def used(r: RunningReplica) -> float:
@@ -115,8 +118,11 @@ class SessionAffinityRouter(RequestRouter):
             return []
         claim = pending_request.metadata.call_method in TURN_METHODS
         force = time.time() - pending_request.created_at > self._owner_grace_s
+        slots = {uid: self._slots(r) for uid, r in by_uid.items()}
+        known = [c for c in slots.values() if c]
+        fallback = max(known) if known else 1  # a replica not yet reporting: assume its peers' size
         owner = await self._directory_actor().place.remote(
-            sid, {uid: self._slots(r) for uid, r in by_uid.items()}, list(self._departed), force, claim
+            sid, {uid: c or fallback for uid, c in slots.items()}, list(self._departed), force, claim
         )
         if owner is None:  # reads of an ownerless session: any replica answers from the record
             return [list(by_uid.values())]
