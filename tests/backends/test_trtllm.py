@@ -147,3 +147,14 @@ def test_trtllm_gate_reports_a_missing_module_clearly(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt_llm._tensorrt_engine", None)  # import -> ImportError
     with pytest.raises(TrtllmUnavailableError, match=r"tensorrt_llm\._tensorrt_engine:LLM cannot be loaded"):
         load_api(version_of=lambda _: "1.0.0rc1")
+
+
+def test_trtllm_engine_implements_the_protocol_and_is_wired_in_the_factory():
+    from deployments.config import EngineBackend
+    from deployments.engine_factory import ENGINE_IMPLEMENTATIONS, _load, make_engine
+    from swiftinfer_core.protocol import EngineProtocol
+
+    assert issubclass(TrtllmEngine, EngineProtocol)
+    assert _load(ENGINE_IMPLEMENTATIONS[EngineBackend.TRTLLM]) is TrtllmEngine
+    with pytest.raises(InvalidRequestError, match="CUDA GPUs only"):  # the config switch reaches the adapter
+        make_engine(EngineBackend.TRTLLM, EngineConfig(device="cpu"), cpu_threads=1)
