@@ -69,6 +69,10 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     cfg = model.config.to_dict()
     cfg.pop("quantization_config", None)
     cfg["architectures"] = ["LlamaForCausalLM"]
+    # older readers (TensorRT-LLM's converters, transformers 4.x) look for the top-level key
+    rope = cfg.get("rope_parameters") or {}
+    if "rope_theta" in rope:
+        cfg.setdefault("rope_theta", rope["rope_theta"])
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     if cfg.get("tie_word_embeddings"):
         state.pop("lm_head.weight", None)
