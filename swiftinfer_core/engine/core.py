@@ -16,7 +16,7 @@ import torch
 from swiftinfer_core.config import EngineConfig, SamplingParams
 from swiftinfer_core.engine.chat_format import ChatFormat, validate_messages
 from swiftinfer_core.engine.detok import IncrementalDetokenizer
-from swiftinfer_core.engine.runner import ModelRunner
+from swiftinfer_core.engine.make_runner import make_runner
 from swiftinfer_core.engine.scheduler import ScheduledBatch, Scheduler
 from swiftinfer_core.engine.session import Session, Turn, TurnState
 from swiftinfer_core.errors import (
@@ -26,7 +26,7 @@ from swiftinfer_core.errors import (
     SessionNotFoundError,
 )
 from swiftinfer_core.kernels.attention import TritonAttention
-from swiftinfer_core.model.setup import LoadedModel, load_model
+from swiftinfer_core.model.setup import LoadedModel
 from swiftinfer_core.protocol import EngineStats, SessionRecord, SessionStats, StreamChunk, Usage
 
 log = logging.getLogger(__name__)
@@ -42,12 +42,11 @@ class TurnEvent:
 class EngineCore:
     def __init__(self, cfg: EngineConfig, loaded: LoadedModel | None = None):
         self.cfg = cfg
-        m = loaded or load_model(cfg)
+        m, self.runner = make_runner(cfg, loaded)  # ModelRunner, or TPRunner when cfg.tp_size > 1
         self.loaded = m
         self.layout, self.pool, self.tokenizer = m.layout, m.pool, m.tokenizer
         self.format = ChatFormat(m.tokenizer)
         self.eos_ids = set(m.args.eos_token_ids) | {m.tokenizer.eos_token_id} - {None}
-        self.runner = ModelRunner(m.model, m.pool, m.attn, m.device)
         if cfg.cuda_graphs and m.device.type == "cuda" and isinstance(m.attn, TritonAttention):
             self.runner.capture_decode_graphs(min(m.pool.num_slots, cfg.max_batch_tokens))
         self.scheduler = Scheduler(cfg.max_batch_tokens, cfg.prefill_chunk, self._allocate_slot)
@@ -127,6 +126,12 @@ class EngineCore:
             tokens_generated=self.tokens_generated, tokens_prefilled=self.tokens_prefilled,
             evictions=sum(s.stats().evictions for s in self.sessions.values()),
         )
+
+    def close(self) -> None:
+        """Free what the runner holds outside this process (tensor-parallel workers)."""
+        close = getattr(self.runner, "close", None)
+        if close is not None:
+            close()
 
     # ---- the loop ----
 

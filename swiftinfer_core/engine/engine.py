@@ -150,3 +150,4 @@ class Engine:
         self._closed = True
         self._wake.set()
         self._thread.join(timeout=5)
+        self.core.close()  # stops tensor-parallel workers; a step still running fails, it does not hang

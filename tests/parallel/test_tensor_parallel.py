@@ -1,0 +1,247 @@
+"""Tensor parallelism on CPU (gloo), real SmolLM2-135M (9 query heads, 3 KV heads),
+against TP=1: same greedy tokens over a conversation longer than the window,
+logits within fp32 tolerance, invalid sizes refused, clean stop, crash = error.
+
+Every test here starts real worker processes (spawn) except the plan and
+thread-sharding tests. Torch runs one thread per rank: on a 2-core box several
+ranks with 2 OpenMP threads each spin against each other and a step takes
+seconds instead of a fraction of one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+from swiftinfer_core import Engine, EngineClosedError, InvalidRequestError, SamplingParams
+from swiftinfer_core.config import EngineConfig
+from swiftinfer_core.engine.core import EngineCore
+from swiftinfer_core.engine.make_runner import make_runner
+from swiftinfer_core.model.loader import ModelArgs
+from swiftinfer_core.parallel.groups import TPTimeouts
+from swiftinfer_core.parallel.load import EngineShard
+from swiftinfer_core.parallel.plan import shard_plans
+
+SINKS, WINDOW = 4, 40
+ROUNDS = [
+    "Tell me about the history of Paris and the river that crosses it.",
+    "What about its famous museums and the art inside them?",
+    "Summarise our whole chat in one short line, please.",
+]
+PARAMS = SamplingParams(max_tokens=16, ignore_eos=True)  # always 16: the stream outgrows the 44-row cache
+PROBE = list(range(300, 350))  # 50 tokens: one prefill chunk longer than the cache
+
+
+def tp_config(tp: int) -> EngineConfig:
+    return EngineConfig(model="default", device="cpu", sink_tokens=SINKS, window=WINDOW, max_sessions=2, tp_size=tp)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread_per_rank():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # workers copy rank 0's count
+    yield
+    torch.set_num_threads(before)
+
+
+def conversation(core: EngineCore, sid: str = "c") -> list[list[int]]:
+    outs = []
+    for msg in ROUNDS:
+        turn = core.add_turn(sid, [{"role": "user", "content": msg}], PARAMS)
+        while turn.session.turn is turn:
+            core.step()
+        outs.append(list(turn.output_ids))
+    return outs
+
+
+def probe_logits(runner) -> list[torch.Tensor]:
+    """runner.forward directly, on the spare slot 1: a 50-token prefill (all rows), then 3 decodes."""
+    out = [runner.forward(PROBE, [1], [0], [len(PROBE)], None)]
+    for i in range(3):
+        out.append(runner.forward([400 + i], [1], [len(PROBE) + i], [1], [0]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(base_model):
+    """TP=1 over the shared weights: the conversation's tokens and the probe logits."""
+    from swiftinfer_core.model.setup import relayout
+
+    cfg = tp_config(1)
+    core = EngineCore(cfg, loaded=relayout(base_model, cfg, cfg.max_sessions))
+    tokens = conversation(core)
+    assert core.session_stats("c").evictions > 0  # the conversation is longer than sinks + window
+    return tokens, probe_logits(core.runner)
+
+
+def assert_probe_close(got: list[torch.Tensor], want: list[torch.Tensor]) -> None:
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-3)  # fp32; summation order differs across ranks
+        assert torch.equal(g.argmax(-1), w.argmax(-1))
+
+
+def worker_procs(runner) -> dict:
+    return runner.driver.launcher.procs
+
+
+# ---- plans (no processes) ----
+
+
+def _args(heads: int, kv: int, inter: int = 1536, name: str = "m") -> ModelArgs:
+    return ModelArgs(vocab_size=32, hidden_size=64, num_layers=1, num_heads=heads, num_kv_heads=kv, head_dim=8, intermediate_size=inter, name=name)
+
+
+@pytest.mark.parametrize("heads,kv,tp", [(9, 3, 2), (9, 3, 3), (9, 3, 4), (9, 3, 6), (9, 3, 9), (32, 32, 2), (64, 8, 16), (64, 8, 3), (32, 8, 12)])
+def test_tensor_parallel_plans_cover_heads_and_rows_once(heads, kv, tp):
+    plans = shard_plans(_args(heads, kv), tp)
+    assert len(plans) == tp
+    g = heads // kv
+    assert [h for p in plans for h in range(p.q_lo, p.q_hi)] == list(range(heads))  # each query head once, in order
+    assert [r for p in plans for r in range(p.i_lo, p.i_hi)] == list(range(1536))
+    assert max(p.i_hi - p.i_lo for p in plans) - min(p.i_hi - p.i_lo for p in plans) <= 1
+    for p in plans:
+        hq, hkv = p.q_hi - p.q_lo, p.kv_hi - p.kv_lo
+        assert hq >= 1 and hkv >= 1 and hq % hkv == 0
+        for j in range(hq):  # the kernel's local GQA rule reads the same KV head as the full model
+            assert p.kv_lo + j // (hq // hkv) == (p.q_lo + j) // g
+    if tp > kv:  # replicated KV heads: every KV head held by tp/kv ranks (or one more)
+        holders = [sum(1 for p in plans if p.kv_lo == k) for k in range(kv)]
+        assert max(holders) - min(holders) <= 1 and sum(holders) == tp
+
+
+def test_tensor_parallel_invalid_sizes_raise_with_valid_sizes(model_dir):
+    import multiprocessing
+
+    for tp in (10, 16):
+        with pytest.raises(InvalidRequestError, match=r"1\.\.9.*balanced: 1, 3, 9"):
+            EngineCore(tp_config(tp))
+    assert not multiprocessing.active_children()  # refused before any worker started
+    with pytest.raises(InvalidRequestError, match="tp_size"):
+        EngineConfig(tp_size=0)
+
+
+# ---- shard math of every size, ranks as threads (the real gloo path is below) ----
+
+
+class _ThreadSum:
+    """all_reduce for ranks that are threads of this process: every rank gets the same sum."""
+
+    def __init__(self, n: int):
+        self.barrier, self.parts = threading.Barrier(n, timeout=120), [None] * n
+
+    def bind(self, rank: int):
+        def all_reduce(x: torch.Tensor) -> torch.Tensor:
+            self.parts[rank] = x.clone()
+            self.barrier.wait()
+            total = torch.stack(self.parts).sum(0)
+            self.barrier.wait()
+            return x.copy_(total)
+
+        return all_reduce
+
+
+@pytest.mark.parametrize("tp", [4, 6, 9])
+def test_tensor_parallel_replicated_kv_heads_match_tp1(tp, reference, model_dir):
+    """Sizes above the 3 KV heads (each KV head on 2-3 ranks, uneven query splits inside a
+    group): sliced safetensors loading + ShardPlans give TP=1's logits."""
+    from dataclasses import replace
+
+    cfg = tp_config(tp).model_copy(update={"model": str(model_dir)})
+    summer = _ThreadSum(tp)
+    runners = [EngineShard(cfg)(replace(p, all_reduce=summer.bind(r)), _Rank(r)) for r, p in enumerate(shard_plans(_read(model_dir), tp))]
+    assert [r.pool.k[0].shape[1] for r in runners] == [1] * tp  # one (replicated) KV head per rank
+    results: list = [None] * tp
+
+    def run(rank: int) -> None:
+        results[rank] = runners[rank].forward(PROBE, [1], [0], [len(PROBE)], None)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(tp)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert_probe_close([results[0]], reference[1][:1])
+
+
+class _Rank:
+    def __init__(self, rank: int):
+        self.rank = rank
+
+
+def _read(folder):
+    from swiftinfer_core.model.loader import read_args
+
+    return read_args(folder)
+
+
+# ---- real worker processes, gloo ----
+
+
+def test_tensor_parallel_tp3_greedy_and_logits_match_tp1(reference):
+    tokens, logits = reference
+    core = EngineCore(tp_config(3))
+    try:
+        assert [tuple(k.shape) for k in core.pool.k[:1]] == [(2, 1, SINKS + WINDOW, 64)]  # rank 0 holds 1 of 3 KV heads
+        assert conversation(core) == tokens
+        assert core.session_stats("c").evictions > 0
+        assert_probe_close(probe_logits(core.runner), logits)
+    finally:
+        procs = worker_procs(core.runner)
+        t0 = time.monotonic()
+        core.close()
+    assert time.monotonic() - t0 < 30
+    assert sorted(procs) == [1, 2] and all(p.exitcode == 0 for p in procs.values())  # clean STOP, not killed
+
+
+def test_tensor_parallel_tp2_uneven_groups_engine_and_crash(reference):
+    """TP=2 splits 3 KV groups 2+1 (MLP rows 768+768); the threaded Engine facade; then a
+    worker killed mid-conversation is an EngineClosedError for the caller, not a hang."""
+    tokens, logits = reference
+    engine = Engine(core=EngineCore(tp_config(2)))
+    runner = engine.core.runner
+    try:
+        assert [p.kv_hi - p.kv_lo for p in shard_plans(engine.core.loaded.args, 2)] == [2, 1]
+        got = []
+        for msg in ROUNDS:
+            chunks = list(engine.chat_sync("c", [{"role": "user", "content": msg}], PARAMS))
+            got.append([t for c in chunks for t in c.token_ids])
+        assert got == tokens
+        with engine._lock:  # the step thread is idle; probe the runner directly
+            assert_probe_close(probe_logits(runner), logits)
+
+        worker = worker_procs(runner)[1]
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.join(10)
+        t0 = time.monotonic()
+        with pytest.raises(EngineClosedError, match="tensor-parallel"):
+            list(engine.chat_sync("c", [{"role": "user", "content": "Still there?"}], PARAMS))
+        assert time.monotonic() - t0 < 60
+        with pytest.raises(EngineClosedError, match="broken"):  # later steps fail at once
+            runner.forward([1], [0], [0], [1], [0])
+    finally:
+        t0 = time.monotonic()
+        engine.close()
+    assert time.monotonic() - t0 < 30
+
+
+def test_tensor_parallel_hung_worker_times_out(model_dir):
+    """A worker that stops answering (SIGSTOP) fails the step after the collective timeout."""
+    _, runner = make_runner(tp_config(2), timeouts=TPTimeouts(collective_s=5.0))
+    worker = worker_procs(runner)[1]
+    try:
+        runner.forward([5, 6, 7], [0], [0], [3], [2])  # works while the worker runs
+        os.kill(worker.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        with pytest.raises(EngineClosedError, match="tensor-parallel step failed"):
+            runner.forward([8], [0], [3], [1], [0])
+        assert time.monotonic() - t0 < 45
+    finally:
+        runner.close()  # kills the stopped worker
+        worker.join(10)
+    assert worker.exitcode is not None
