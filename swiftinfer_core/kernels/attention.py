@@ -94,12 +94,12 @@ class TritonAttention(Attention):
     """Triton kernels: decode_attention.py (write fused), prefill_attention.py + write_cache.py."""
 
     def __init__(self, layout: StreamLayout, freqs: torch.Tensor, scale: float, *, block_n: int = 32, num_warps: int = 4,
-                 waves: int = 4, prefetch: bool = True):
+                 waves: int = 4, stages: int = 3):
         super().__init__(layout, freqs, scale)
         from swiftinfer_core.kernels import decode_attention, prefill_attention, write_cache  # needs triton
 
         self._decode, self._prefill, self._write = decode_attention, prefill_attention, write_cache
-        self.block_n, self.num_warps, self.waves, self.prefetch = block_n, num_warps, waves, prefetch
+        self.block_n, self.num_warps, self.waves, self.stages = block_n, num_warps, waves, stages
         self._freqs_dev: dict[torch.device, torch.Tensor] = {}
 
     def _freqs(self, device) -> torch.Tensor:
@@ -133,7 +133,7 @@ class TritonAttention(Attention):
             return self._decode.decode_attention(
                 q, k_new, v_new, k_cache, v_cache, plan.slots, plan.starts, freqs, self.scale,
                 lay.sinks, lay.window, fuse_write=True, block_n=self.block_n,
-                num_warps=self.num_warps, prefetch=self.prefetch, splits=plan.splits, workspace=plan.workspace,
+                num_warps=self.num_warps, stages=self.stages, splits=plan.splits, workspace=plan.workspace,
             )
         b = plan.batch
         out = self._prefill.prefill_attention(

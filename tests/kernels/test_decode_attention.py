@@ -23,7 +23,7 @@ def _starts(cap: int) -> list[int]:
     return [0, 1, 3, cap // 2, cap - 1, cap, cap + 1, 2 * cap + 3, 4321, 1_234_567]
 
 
-def _run_decode(layout, hq, hkv, D, dtype, dev, splits, fuse=True, block_n=16, pad_slot=False, prefetch=True):
+def _run_decode(layout, hq, hkv, D, dtype, dev, splits, fuse=True, block_n=16, pad_slot=False, stages=3):
     starts = _starts(layout.capacity)
     random.shuffle(starts)
     B = len(starts)
@@ -41,7 +41,7 @@ def _run_decode(layout, hq, hkv, D, dtype, dev, splits, fuse=True, block_n=16, p
         write_kv(kn, vn, kc, vc, torch.arange(B, dtype=torch.int32, device=dev), batch.slots, batch.starts, batch.cu_seqlens, layout.sinks, layout.window)
     out = torch.full_like(q, float("nan"))
     decode_attention(q, kn, vn, kc, vc, batch.slots, batch.starts, freqs, scale, layout.sinks, layout.window,
-                     fuse_write=fuse, out=out, block_n=block_n, splits=splits, prefetch=prefetch)
+                     fuse_write=fuse, out=out, block_n=block_n, splits=splits, stages=stages)
     # the cache after: exactly write_cache_ref's (the new token in its ring row, nothing else touched)
     want_k, want_v = kc0.clone(), vc0.clone()
     keep = [i for i in range(B) if run_slots[i] >= 0]
@@ -75,10 +75,10 @@ def test_decode_matches_float64(sinks, window, hq, hkv, D, dtype, dev):
         assert err < TOL[dtype], f"seed {seed} splits {splits}: rel err {err:.2e}"
 
 
-def test_decode_unfused_write_then_attend_no_prefetch(dev):
+def test_decode_unfused_write_then_attend_unpipelined(dev):
     seed = fresh_seed()
     layout = StreamLayout(4, 12)
-    out, ref = _run_decode(layout, 4, 2, 64, torch.float32, dev, None, fuse=False, prefetch=False)
+    out, ref = _run_decode(layout, 4, 2, 64, torch.float32, dev, None, fuse=False, stages=1)
     assert rel_err(out, ref) < TOL[torch.float32], f"seed {seed}"
 
 
