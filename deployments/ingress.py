@@ -89,7 +89,8 @@ class Ingress:
 
     async def chat_completions(self, request: Request) -> Response:
         t0 = time.perf_counter()
-        sid, replica, gen = "", NO_REPLICA, None
+        sid, replica, gen, streaming = "", NO_REPLICA, None, False
+        self._metrics.in_flight.inc()
         try:
             req = ChatCompletionRequest.parse(await request.body())
             if req.model != self._cfg.model_id:
@@ -105,6 +106,7 @@ class Ingress:
             headers = {"x-session-id": sid, "x-replica-id": replica}
             self._metrics.requests.labels(status="200").inc()
             if req.stream:
+                streaming = True  # from here the stream's guard owns the in-flight count
                 return StreamingResponse(self._guard(turn.stream(), gen), media_type="text/event-stream", headers=headers)
             return JSONResponse(await turn.collect(), headers=headers)
         except BaseException as exc:
@@ -115,10 +117,12 @@ class Ingress:
             resp = error_response(exc, {"x-session-id": sid, "x-replica-id": replica})
             self._metrics.requests.labels(status=str(resp.status_code)).inc()
             return resp
+        finally:
+            if not streaming:
+                self._metrics.in_flight.dec()
 
     async def _guard(self, body, gen):
-        """Count the stream as in flight; cancel the replica's turn if the client leaves."""
-        self._metrics.in_flight.inc()
+        """Ends the stream's in-flight count; cancels the replica's turn if the client leaves."""
         try:
             async for part in body:
                 yield part

@@ -78,7 +78,11 @@ class LLMReplica:
             raise EngineClosedError("replica is draining")
         if session_id in self._busy:
             raise SessionBusyError(f"session {session_id!r} already has a turn in flight")
-        self._admit(session_id)
+        try:
+            self._admit(session_id)
+        except CapacityError:
+            self._directory.abandon.remote(session_id, self._id)  # a placement for a session never started
+            raise
         self._busy.add(session_id)
         committed = False
         stream = None
@@ -126,13 +130,19 @@ class LLMReplica:
 
     def _sync(self, session_id: str, record: dict | None) -> CacheState:
         """Make the local engine agree with the directory's committed record."""
-        local = self._engine.has_session(session_id)
+        stats = self._engine.session_stats(session_id) if self._engine.has_session(session_id) else None
         if record is None:  # never committed: a new session (or one adopted after a directory restart)
-            return CacheState.WARM if local else CacheState.NEW
-        if local and self._engine.session_stats(session_id).rounds == record["rounds"]:
-            return CacheState.WARM
+            return CacheState.NEW if stats is None else self._local_state(stats)
+        if stats is not None and stats.rounds == record["rounds"]:
+            return self._local_state(stats)
         self._engine.import_session(SessionRecord.from_dict(record))  # replaces a stale local copy
         return CacheState.REBUILT
+
+    @staticmethod
+    def _local_state(stats) -> CacheState:
+        """The local copy is current; its KV is warm unless the engine lent its slot
+        to another conversation (it then rebuilds from token ids on this turn)."""
+        return CacheState.WARM if stats.resident else CacheState.REBUILT
 
     async def _commit(self, session_id: str, digest: str | None) -> None:
         record = self._engine.export_session(session_id).to_dict()
