@@ -17,7 +17,7 @@ from ray.serve.deployment import Deployment
 from ray.serve.config import RequestRouterConfig
 
 from deployments.autoscaling import policy_config
-from deployments.config import AppConfig, RouterKind
+from deployments.config import AppConfig, EngineBackend, RouterKind
 from deployments.ingress import Ingress
 from deployments.replica import LLMReplica
 from swiftinfer_core.config import Device
@@ -49,6 +49,40 @@ def resolve_device(cfg: AppConfig) -> AppConfig:
     return cfg.model_copy(update={"engine": engine})
 
 
+def _actor(cfg: AppConfig, gpus: int) -> dict:
+    return {"num_cpus": cfg.replica_cpus, "num_gpus": gpus, "resources": dict(cfg.replica_resources)}
+
+
+def _native_placement(cfg: AppConfig) -> dict:
+    """Native engine: the replica actor is rank 0 with one GPU; ranks 1..tp-1 are
+    actors the engine starts in the other bundles (swiftinfer_core/parallel)."""
+    tp = cfg.engine.tp_size
+    if tp == 1:
+        return {"ray_actor_options": _actor(cfg, gpus=1)}
+    return {
+        "ray_actor_options": _actor(cfg, gpus=1),
+        "placement_group_bundles": [{"CPU": cfg.replica_cpus, "GPU": 1, **cfg.replica_resources}] + [{"GPU": 1}] * (tp - 1),
+        "placement_group_strategy": "STRICT_PACK",  # ranks talk over localhost
+    }
+
+
+def _trtllm_placement(cfg: AppConfig) -> dict:
+    """TensorRT-LLM spawns its MPI ranks inside the replica's node and they inherit
+    its CUDA_VISIBLE_DEVICES: the replica actor itself holds all tp GPUs."""
+    tp = cfg.engine.tp_size
+    if tp == 1:
+        return {"ray_actor_options": _actor(cfg, gpus=1)}
+    return {
+        "ray_actor_options": _actor(cfg, gpus=tp),
+        "placement_group_bundles": [{"CPU": cfg.replica_cpus, "GPU": tp, **cfg.replica_resources}],
+        "placement_group_strategy": "STRICT_PACK",
+    }
+
+
+# backend -> GPU resources of one replica
+PLACEMENTS: dict[EngineBackend, Any] = {EngineBackend.NATIVE: _native_placement, EngineBackend.TRTLLM: _trtllm_placement}
+
+
 def llm_deployment_options(cfg: AppConfig) -> dict:
     """Serve options of the LLM deployment: resources, router, scaling."""
     router_path, router_kwargs = ROUTERS[cfg.router]
@@ -65,16 +99,7 @@ def llm_deployment_options(cfg: AppConfig) -> dict:
             request_routing_stats_timeout_s=max(10.0, 3 * cfg.routing_stats_period_s),
         ),
     }
-    tp = cfg.engine.tp_size
-    if cfg.uses_gpu and tp > 1:
-        # One bundle per tensor-parallel rank on one node; the replica actor takes
-        # bundle 0 and the engine places its other ranks on the rest.
-        opts["ray_actor_options"] = {"num_cpus": cfg.replica_cpus, "num_gpus": 1, "resources": dict(cfg.replica_resources)}
-        opts["placement_group_bundles"] = [{"CPU": cfg.replica_cpus, "GPU": 1}] + [{"GPU": 1}] * (tp - 1)
-        opts["placement_group_strategy"] = "STRICT_PACK"
-    else:
-        opts["ray_actor_options"] = {"num_cpus": cfg.replica_cpus, "num_gpus": 1 if cfg.uses_gpu else 0, "resources": dict(cfg.replica_resources)}
-
+    opts.update(PLACEMENTS[cfg.backend](cfg) if cfg.uses_gpu else {"ray_actor_options": _actor(cfg, gpus=0)})
     s = cfg.scaling
     if s.fixed:
         opts["num_replicas"] = s.min_replicas

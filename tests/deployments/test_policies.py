@@ -75,6 +75,9 @@ def test_gpu_replica_options_place_tensor_parallel_ranks_together():
     assert opts["ray_actor_options"]["num_gpus"] == 1
     assert opts["placement_group_bundles"] == [{"CPU": 4.0, "GPU": 1}] + [{"GPU": 1}] * 3
     assert opts["placement_group_strategy"] == "STRICT_PACK"
+    # TensorRT-LLM's MPI ranks inherit the replica's GPUs: one bundle holding all of them.
+    trt = llm_deployment_options(AppConfig.model_validate({"backend": "trtllm", "engine": {"device": "cuda", "tp_size": 4}, "replica_cpus": 4}))
+    assert trt["ray_actor_options"]["num_gpus"] == 4 and trt["placement_group_bundles"] == [{"CPU": 4.0, "GPU": 4}]
     single = llm_deployment_options(AppConfig.model_validate({"engine": {"device": "cuda"}}))
     assert single["ray_actor_options"]["num_gpus"] == 1 and "placement_group_bundles" not in single
     cpu = llm_deployment_options(AppConfig.model_validate({"engine": {"device": "cpu"}, "scaling": {"min_replicas": 1, "max_replicas": 3}}))
