@@ -2,10 +2,10 @@
 against TP=1: same greedy tokens over a conversation longer than the window,
 logits within fp32 tolerance, invalid sizes refused, clean stop, crash = error.
 
-Every test here starts real worker processes (spawn) except the plan and
-thread-sharding tests. Torch runs one thread per rank: on a 2-core box several
-ranks with 2 OpenMP threads each spin against each other and a step takes
-seconds instead of a fraction of one.
+The process tests start real worker processes (spawn) talking over gloo; the
+plan tests need none, and the replicated-KV-head test runs its ranks as threads
+(9 processes would not fit the 2-minute budget on 2 cores). Ray actors as
+ranks: test_tensor_parallel_ray.py; NCCL on 2 GPUs: test_tensor_parallel_gpu.py.
 """
 
 from __future__ import annotations
@@ -14,81 +14,20 @@ import os
 import signal
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from swiftinfer_core import Engine, EngineClosedError, InvalidRequestError, SamplingParams
+from swiftinfer_core import Engine, EngineClosedError, InvalidRequestError
 from swiftinfer_core.config import EngineConfig
 from swiftinfer_core.engine.core import EngineCore
 from swiftinfer_core.engine.make_runner import make_runner
-from swiftinfer_core.model.loader import ModelArgs
+from swiftinfer_core.model.loader import ModelArgs, read_args
 from swiftinfer_core.parallel.groups import TPTimeouts
 from swiftinfer_core.parallel.load import EngineShard
 from swiftinfer_core.parallel.plan import shard_plans
-
-SINKS, WINDOW = 4, 40
-ROUNDS = [
-    "Tell me about the history of Paris and the river that crosses it.",
-    "What about its famous museums and the art inside them?",
-    "Summarise our whole chat in one short line, please.",
-]
-PARAMS = SamplingParams(max_tokens=16, ignore_eos=True)  # always 16: the stream outgrows the 44-row cache
-PROBE = list(range(300, 350))  # 50 tokens: one prefill chunk longer than the cache
-
-
-def tp_config(tp: int) -> EngineConfig:
-    return EngineConfig(model="default", device="cpu", sink_tokens=SINKS, window=WINDOW, max_sessions=2, tp_size=tp)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread_per_rank():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # workers copy rank 0's count
-    yield
-    torch.set_num_threads(before)
-
-
-def conversation(core: EngineCore, sid: str = "c") -> list[list[int]]:
-    outs = []
-    for msg in ROUNDS:
-        turn = core.add_turn(sid, [{"role": "user", "content": msg}], PARAMS)
-        while turn.session.turn is turn:
-            core.step()
-        outs.append(list(turn.output_ids))
-    return outs
-
-
-def probe_logits(runner) -> list[torch.Tensor]:
-    """runner.forward directly, on the spare slot 1: a 50-token prefill (all rows), then 3 decodes."""
-    out = [runner.forward(PROBE, [1], [0], [len(PROBE)], None)]
-    for i in range(3):
-        out.append(runner.forward([400 + i], [1], [len(PROBE) + i], [1], [0]))
-    return out
-
-
-@pytest.fixture(scope="module")
-def reference(base_model):
-    """TP=1 over the shared weights: the conversation's tokens and the probe logits."""
-    from swiftinfer_core.model.setup import relayout
-
-    cfg = tp_config(1)
-    core = EngineCore(cfg, loaded=relayout(base_model, cfg, cfg.max_sessions))
-    tokens = conversation(core)
-    assert core.session_stats("c").evictions > 0  # the conversation is longer than sinks + window
-    return tokens, probe_logits(core.runner)
-
-
-def assert_probe_close(got: list[torch.Tensor], want: list[torch.Tensor]) -> None:
-    for g, w in zip(got, want, strict=True):
-        assert g.shape == w.shape
-        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-3)  # fp32; summation order differs across ranks
-        assert torch.equal(g.argmax(-1), w.argmax(-1))
-
-
-def worker_procs(runner) -> dict:
-    return runner.driver.launcher.procs
-
+from tp_helpers import PARAMS, PROBE, ROUNDS, SINKS, WINDOW, assert_probe_close, conversation, probe_logits, tp_config, worker_procs
 
 # ---- plans (no processes) ----
 
@@ -154,7 +93,8 @@ def test_tensor_parallel_replicated_kv_heads_match_tp1(tp, reference, model_dir)
 
     cfg = tp_config(tp).model_copy(update={"model": str(model_dir)})
     summer = _ThreadSum(tp)
-    runners = [EngineShard(cfg)(replace(p, all_reduce=summer.bind(r)), _Rank(r)) for r, p in enumerate(shard_plans(_read(model_dir), tp))]
+    plans = shard_plans(read_args(model_dir), tp)
+    runners = [EngineShard(cfg)(replace(p, all_reduce=summer.bind(r)), SimpleNamespace(rank=r)) for r, p in enumerate(plans)]
     assert [r.pool.k[0].shape[1] for r in runners] == [1] * tp  # one (replicated) KV head per rank
     results: list = [None] * tp
 
@@ -167,17 +107,6 @@ def test_tensor_parallel_replicated_kv_heads_match_tp1(tp, reference, model_dir)
     for t in threads:
         t.join()
     assert_probe_close([results[0]], reference[1][:1])
-
-
-class _Rank:
-    def __init__(self, rank: int):
-        self.rank = rank
-
-
-def _read(folder):
-    from swiftinfer_core.model.loader import read_args
-
-    return read_args(folder)
 
 
 # ---- real worker processes, gloo ----
