@@ -39,8 +39,8 @@ def build_model(args, dev):
     return m.eval()
 
 
-def measure(model, args, layout, B, dev, fused: bool, steps: int) -> dict:
-    dec = models.OurDecoder(model, args, layout, B, dev, fused)
+def measure(model, args, layout, B, dev, mode: str, steps: int) -> dict:
+    dec = models.OurDecoder(model, args, layout, B, dev, mode)
     dec.capture()
     for _ in range(3):
         dec.step()
@@ -83,7 +83,7 @@ def main():
         for B in batches:
             roof_s = (w_bytes + B * per_seq) / bw
             for variant in a.variants:
-                r = measure(model, args, layout, B, dev, variant == "fused", a.steps)
+                r = measure(model, args, layout, B, dev, variant, a.steps)
                 r.update(cache=f"4+{window}", B=B, variant=variant, max_fit=B == max_fit,
                          roofline_step_ms=roof_s * 1e3, roofline_tok_s=B / roof_s, frac_roofline=roof_s * 1e3 / r["itl_p50_ms"])
                 rows.append(r)

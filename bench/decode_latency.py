@@ -7,6 +7,8 @@ dim 64, intermediate 1536, vocab 49152), random bf16 weights on the GPU, caches
 
   ours        engine model (model/llama.py) + TritonAttention, CUDA graph per token
   ours+fused  same weights, bench thin forward with kernels/fused.py, CUDA graph
+  ours+gemv   same weights, thin forward reading every weight with kernels/gemv.py
+              (norms, SiLU*up, residual adds fused in; configs tuned at start)
   (a)         eager StreamingLLM as mit-han-lab did it (bench/models.py StreamingBaseline)
   (b)         sliding-window recompute: one transformers forward over W tokens per token
   roofline    (weight bytes + KV bytes read per token) / measured copy bandwidth
@@ -53,6 +55,10 @@ def per_token(step, n: int, warm: int = 5) -> float:
         step()
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
+
+
+GEMV_CONFIGS = [dict(block_n=bn, block_k=bk, num_warps=nw, stages=st) for bn, bk, nw, st in
+                [(4, 1024, 4, 3), (8, 512, 4, 3), (8, 1024, 8, 3), (16, 512, 8, 3), (8, 512, 4, 4), (16, 256, 4, 3)]]
 
 
 def weights_only_s(model, args: ModelArgs, dev) -> float:
@@ -109,22 +115,33 @@ def run_model(name: str, windows: list[int], bw: float, steps: int, dev) -> dict
     hf = models.hf_model(args, dev)
     ours = models.our_model(args, hf, dev)
     print(f"[{name}] models built in {time.time() - t0:.1f}s", flush=True)
-    check = models.equivalence_check(hf, ours, args, dev, TritonAttention)
-    print(f"[{name}] logits vs baseline (a): {check}", flush=True)
+    gemv_cfg, gemv_rows = models.tune_gemv(ours, lambda fn: common.time_graph(fn, reps=10), GEMV_CONFIGS)
+    for r in gemv_rows:
+        if r["impl"] == "cublas" or r.get("block_n") == gemv_cfg[r["kind"]]["block_n"] and r.get("block_k") == gemv_cfg[r["kind"]]["block_k"] \
+                and r.get("num_warps") == gemv_cfg[r["kind"]]["num_warps"] and r.get("stages") == gemv_cfg[r["kind"]]["stages"]:
+            print(f"[{name}] gemv {r['kind']:7s} {r['N']}x{r['K']} {r['impl']:6s} {r['us_each']:.1f} us {r['GBps']:.0f} GB/s", flush=True)
+    import copy
+
+    hf32 = copy.deepcopy(hf).float()
+    check = models.equivalence_check(hf, ours, args, dev, TritonAttention, hf32=hf32, gemv_cfg=gemv_cfg)
+    del hf32
+    torch.cuda.empty_cache()
+    for k, v in check.items():
+        print(f"[{name}] logits {k}: {v}", flush=True)
     w_bytes = models.weight_bytes_read(args)
     t_w = weights_only_s(ours, args, dev)
-    print(f"[{name}] weights-only graph {t_w * 1e3:.3f} ms = {w_bytes / t_w / 1e9:.0f} GB/s", flush=True)
+    print(f"[{name}] weights-only graph (cuBLAS) {t_w * 1e3:.3f} ms = {w_bytes / t_w / 1e9:.0f} GB/s", flush=True)
     rows = []
     for window in windows:
         layout = StreamLayout(4, window)
         kv = models.kv_bytes_read(args, layout)
         r = {"model": name, "cache": f"4+{window}", "weight_bytes": w_bytes, "kv_bytes": kv,
              "roofline_ms": (w_bytes + kv) / bw * 1e3}
-        for fused in (False, True):
-            dec = models.OurDecoder(ours, args, layout, 1, dev, fused)
+        for mode, key in (("engine", "ours_ms"), ("fused", "ours_fused_ms"), ("gemv", "ours_gemv_ms")):
+            dec = models.OurDecoder(ours, args, layout, 1, dev, mode, gemv_cfg=gemv_cfg)
             dec.capture()
-            r["ours_fused_ms" if fused else "ours_ms"] = per_token(dec.step, steps) * 1e3
-            if fused:
+            r[key] = per_token(dec.step, steps) * 1e3
+            if mode == "fused":
                 r["attention_only_ms"] = attention_only_s(dec, args) * 1e3
             del dec
             torch.cuda.empty_cache()
@@ -135,15 +152,16 @@ def run_model(name: str, windows: list[int], bw: float, steps: int, dev) -> dict
         del base
         torch.cuda.empty_cache()
         r["recompute_b_ms"] = recompute_s(hf, args.vocab_size, layout.capacity, dev) * 1e3
-        best = min(r["ours_ms"], r["ours_fused_ms"])
+        best = min(r["ours_ms"], r["ours_fused_ms"], r["ours_gemv_ms"])
         r.update(best_ms=best, frac_roofline=r["roofline_ms"] / best, speedup_vs_a=r["baseline_a_ms"] / best,
                  speedup_vs_b=r["recompute_b_ms"] / best, weights_only_ms=t_w * 1e3)
         rows.append(r)
-        print(f"[{name}] 4+{window}: ours {r['ours_ms']:.3f} fused {r['ours_fused_ms']:.3f} attn-only {r['attention_only_ms']:.3f} "
+        print(f"[{name}] 4+{window}: ours {r['ours_ms']:.3f} fused {r['ours_fused_ms']:.3f} gemv {r['ours_gemv_ms']:.3f} attn-only {r['attention_only_ms']:.3f} "
               f"(a) {r['baseline_a_ms']:.2f} (b) {r['recompute_b_ms']:.2f} roofline {r['roofline_ms']:.3f} ms", flush=True)
     del hf, ours
     torch.cuda.empty_cache()
-    return {"rows": rows, "logits_check": check, "weights_only_ms": t_w * 1e3, "weights_only_GBps": w_bytes / t_w / 1e9}
+    return {"rows": rows, "logits_check": check, "weights_only_cublas_ms": t_w * 1e3, "weights_only_cublas_GBps": w_bytes / t_w / 1e9,
+            "gemv_tuning": gemv_rows, "gemv_config": gemv_cfg}
 
 
 def dry_run():
@@ -156,7 +174,8 @@ def dry_run():
     hf = models.hf_model(args, "cpu", torch.float32)
     ours = models.our_model(args, hf, "cpu", torch.float32)
     for cls in (TorchAttention, TritonAttention):
-        print(cls.__name__, models.equivalence_check(hf, ours, args, "cpu", cls, prompt=12, decode=4, window=8))
+        for k, v in models.equivalence_check(hf, ours, args, "cpu", cls, prompt=12, decode=4, window=8).items():
+            print(cls.__name__, k, v)
 
 
 def main():
@@ -184,7 +203,7 @@ def main():
     axes = [axes] if len(results) == 1 else axes
     for ax, (name, res) in zip(axes, results.items()):
         xs = [int(r["cache"].split("+")[1]) + 4 for r in res["rows"]]
-        for key, lab in [("ours_ms", "ours (engine model)"), ("ours_fused_ms", "ours + fused norm/SiLU"),
+        for key, lab in [("ours_ms", "ours (engine model)"), ("ours_fused_ms", "ours + fused norm/SiLU"), ("ours_gemv_ms", "ours + fused GEMV"),
                          ("baseline_a_ms", "(a) eager StreamingLLM"), ("recompute_b_ms", "(b) window recompute"),
                          ("roofline_ms", "roofline")]:
             ax.plot(xs, [r[key] for r in res["rows"]], marker="o", label=lab, ls="--" if key == "roofline_ms" else "-")
@@ -197,7 +216,7 @@ def main():
         ax.legend(fontsize=8)
     common.save_plot("decode_latency", fig, a.out)
 
-    cols = ["model", "cache", "ours_ms", "ours_fused_ms", "attention_only_ms", "baseline_a_ms", "recompute_b_ms",
+    cols = ["model", "cache", "ours_ms", "ours_fused_ms", "ours_gemv_ms", "attention_only_ms", "baseline_a_ms", "recompute_b_ms",
             "roofline_ms", "frac_roofline", "speedup_vs_a", "speedup_vs_b"]
     print()
     print(common.table([r for res in results.values() for r in res["rows"]], cols))

@@ -29,7 +29,7 @@ from swiftinfer_core.kernels.rope import inv_freq  # noqa: E402
 SHAPES = [("MHA 32/32x128", 32, 32, 128), ("GQA 32/8x128", 32, 8, 128)]
 WINDOWS = [252, 508, 1020, 2044, 4092]
 BATCHES = [1, 8, 32, 128]
-DEFAULT = (32, 4, 4, 3)  # block_n, num_warps, waves, stages (what TritonAttention uses)
+DEFAULT = (64, 4, None, 3)  # block_n, num_warps, waves (None: auto), stages: what TritonAttention uses
 
 
 def bench_point(hq, hkv, D, sinks, window, B, configs, bw):
@@ -77,8 +77,8 @@ def main():
     print(f"copy bandwidth (read+write): {bw / 1e9:.0f} GB/s", flush=True)
     configs = [DEFAULT]
     if args.sweep:
-        kinds = [(32, 4, 1), (32, 4, 3), (32, 4, 4), (32, 8, 3), (64, 4, 3), (64, 8, 3)]
-        configs += [(bn, nw, wv, st) for bn, nw, st in kinds for wv in (1, 2, 4) if (bn, nw, wv, st) != DEFAULT]
+        kinds = [(32, 4, 1), (32, 4, 3), (64, 4, 3), (64, 4, 4), (64, 8, 3), (128, 8, 3)]
+        configs += [(bn, nw, wv, st) for bn, nw, st in kinds for wv in (1, 2, 4)]
     rows = []
     for name, hq, hkv, D in SHAPES:
         for window in WINDOWS:

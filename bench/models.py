@@ -6,6 +6,8 @@ decode step, and the two baselines.
   stream positions advanced inside the graph).
 * ours+fused: the same weights through `fused_decode_forward` below (bench-only
   thin forward): add+RMSNorm and SiLU*up from kernels/fused.py, 9 kernels a layer.
+* ours+gemv (batch 1): `gemv_decode_forward`, weights read by kernels/gemv.py
+  with RMSNorm / SiLU*up / residual fused in: 6 kernels a layer.
 * baseline (a) `StreamingBaseline`: eager PyTorch on transformers' Llama modules,
   as mit-han-lab/streaming-llm does it: pre-RoPE K/V cached, torch.cat of the
   new token, all cached keys re-rotated at arange(len) every step, matmul +
@@ -24,6 +26,7 @@ from swiftinfer_core.cache.pool import KVPool
 from swiftinfer_core.kernels.attention import TorchAttention
 from swiftinfer_core.kernels.batch import AttnBatch
 from swiftinfer_core.kernels.fused import add_rmsnorm, silu_mul
+from swiftinfer_core.kernels.gemv import gemv
 from swiftinfer_core.kernels.rope import inv_freq
 from swiftinfer_core.model.loader import ModelArgs
 
@@ -104,6 +107,76 @@ def fused_decode_forward(model, ids, attn, plan, pool) -> torch.Tensor:
     return torch.nn.functional.linear(n, model.lm_head.weight).float()
 
 
+GEMV_DEFAULT = dict(block_n=8, block_k=512, num_warps=4, stages=3)
+
+
+def weight_list(model) -> list[tuple[str, torch.Tensor]]:
+    """(kind, weight) of every matrix a decode step reads, in order."""
+    out = []
+    for L in model.layers:
+        out += [("qkv", L.wqkv.weight), ("o", L.wo.weight), ("w13", L.w13.weight), ("w2", L.w2.weight)]
+    return out + [("lm_head", model.lm_head.weight)]
+
+
+_PROLOGUE = {"qkv": "rmsnorm", "o": "none", "w13": "rmsnorm", "w2": "silu_mul", "lm_head": "rmsnorm"}
+
+
+@torch.inference_mode()
+def gemv_decode_forward(model, ids, attn, plan, pool, cfg: dict | None = None) -> torch.Tensor:
+    """Bench-only batch-1 forward: ids [1] -> logits [1, V] float32, every weight
+    read by kernels/gemv.py with the norms / SiLU*up / residual adds fused in."""
+    cfg = cfg or {}
+    eps = model.args.rms_eps
+    h = model.embed(ids)  # [1, H], updated in place by the residual epilogues
+    for i, L in enumerate(model.layers):
+        assert L.wqkv.bias is None
+        hq, hkv, hd = L.hq, L.hkv, L.head_dim
+        qkv = gemv(h, L.wqkv.weight, "rmsnorm", L.attn_norm.weight, eps, **cfg.get("qkv", GEMV_DEFAULT))
+        q, k, v = qkv.split([hq * hd, hkv * hd, hkv * hd], dim=-1)
+        o = attn.forward(plan, q.view(1, hq, hd), k.view(1, hkv, hd), v.view(1, hkv, hd), pool.k[i], pool.v[i])
+        gemv(o.view(1, hq * hd), L.wo.weight, "none", residual=h, out=h, **cfg.get("o", GEMV_DEFAULT))
+        gu = gemv(h, L.w13.weight, "rmsnorm", L.mlp_norm.weight, eps, **cfg.get("w13", GEMV_DEFAULT))
+        gemv(gu, L.w2.weight, "silu_mul", residual=h, out=h, **cfg.get("w2", GEMV_DEFAULT))
+    return gemv(h, model.lm_head.weight, "rmsnorm", model.norm.weight, eps, out_dtype=torch.float32, **cfg.get("lm_head", GEMV_DEFAULT))
+
+
+def tune_gemv(model, time_graph, configs) -> tuple[dict, list[dict]]:
+    """For each weight kind, time every layer's GEMV (distinct weights, so no L2
+    reuse) per config in a CUDA graph, and cuBLAS (F.linear) alike. Returns the
+    best config per kind and all timings."""
+    dev = model.lm_head.weight.device
+    kinds: dict[str, list[torch.Tensor]] = {}
+    for kind, w in weight_list(model):
+        kinds.setdefault(kind, []).append(w)
+    best, rows = {}, []
+    for kind, ws in kinds.items():
+        N, K = ws[0].shape
+        kx = 2 * K if _PROLOGUE[kind] == "silu_mul" else K
+        x = torch.randn(1, kx, device=dev, dtype=ws[0].dtype)
+        nw = torch.rand(K, device=dev, dtype=ws[0].dtype) + 0.5
+        xl = torch.randn(1, K, device=dev, dtype=ws[0].dtype)
+        nbytes = sum(w.numel() * w.element_size() for w in ws)
+
+        def cublas():
+            with torch.inference_mode():
+                for w in ws:
+                    torch.nn.functional.linear(xl, w)
+
+        t, g = time_graph(cublas)
+        rows.append({"kind": kind, "N": N, "K": K, "count": len(ws), "impl": "cublas", "us_each": t / len(ws) * 1e6, "GBps": nbytes / t / 1e9})
+        best_t = None
+        for c in configs:
+            def trit(c=c):
+                for w in ws:
+                    gemv(x, w, _PROLOGUE[kind], nw, **c)
+
+            t, g = time_graph(trit)
+            rows.append({"kind": kind, "N": N, "K": K, "count": len(ws), "impl": "triton", **c, "us_each": t / len(ws) * 1e6, "GBps": nbytes / t / 1e9})
+            if best_t is None or t < best_t:
+                best_t, best[kind] = t, c
+    return best, rows
+
+
 def weight_bytes_read(args: ModelArgs, dtype_bytes: int = 2) -> int:
     """Bytes of weights one decode step reads (embedding: one row per token, ignored)."""
     h, i, d = args.hidden_size, args.intermediate_size, args.head_dim
@@ -180,12 +253,14 @@ class StreamingBaseline:
 class OurDecoder:
     """Batch-B decode with the engine model + TritonAttention, one CUDA graph per step."""
 
-    def __init__(self, model, args: ModelArgs, layout: StreamLayout, batch: int, device, fused: bool, num_slots: int | None = None):
+    def __init__(self, model, args: ModelArgs, layout: StreamLayout, batch: int, device, mode: str, num_slots: int | None = None,
+                 gemv_cfg: dict | None = None):
         from swiftinfer_core.kernels.attention import TritonAttention
         from swiftinfer_core.kernels.batch import AttnBatch
         from swiftinfer_core.kernels.rope import inv_freq
 
-        self.model, self.args, self.layout, self.fused = model, args, layout, fused
+        assert mode in ("engine", "fused", "gemv") and (mode != "gemv" or batch == 1)
+        self.model, self.args, self.layout, self.mode, self.gemv_cfg = model, args, layout, mode, gemv_cfg
         self.attn = TritonAttention(layout, inv_freq(args.head_dim, args.rope_theta).to(device), args.head_dim**-0.5)
         self.pool = KVPool(layout, args.num_layers, num_slots or batch, args.num_kv_heads, args.head_dim, torch.bfloat16, device)
         fill_pool(self.pool)
@@ -197,8 +272,10 @@ class OurDecoder:
 
     def _step(self):
         with torch.inference_mode():
-            if self.fused:
+            if self.mode == "fused":
                 logits = fused_decode_forward(self.model, self.ids, self.attn, self.plan, self.pool)
+            elif self.mode == "gemv":
+                logits = gemv_decode_forward(self.model, self.ids, self.attn, self.plan, self.pool, self.gemv_cfg)
             else:
                 logits = self.model(self.ids, self.attn, self.plan, self.pool)
             self.ids.copy_(logits.argmax(-1))
@@ -222,7 +299,7 @@ class OurDecoder:
 
 
 @torch.inference_mode()
-def equivalence_check(hf, model, args: ModelArgs, device, attn_cls, sinks=4, window=28, prompt=40, decode=8) -> dict:
+def equivalence_check(hf, model, args: ModelArgs, device, attn_cls, sinks=4, window=28, prompt=40, decode=8, hf32=None, gemv_cfg=None) -> dict:
     """Same random tokens through baseline (a) (token by token, physical eviction)
     and through ours (one prefill chunk, then decode steps; engine forward and
     fused forward): relative logits error per position. Cache 4+28 so the
@@ -233,19 +310,29 @@ def equivalence_check(hf, model, args: ModelArgs, device, attn_cls, sinks=4, win
     base = StreamingBaseline(hf, sinks, window)
     want = torch.cat([base.step(ids[t : t + 1]) for t in range(T)])  # [T, V]
     out = {}
-    for fused in (False, True):
+    if hf32 is not None:  # the noise floor: the baseline itself in bf16 vs float32
+        b32 = StreamingBaseline(hf32, sinks, window)
+        want32 = torch.cat([b32.step(ids[t : t + 1]) for t in range(T)])
+        err = ((want - want32).norm(dim=-1) / want32.norm(dim=-1)).double()
+        out["baseline_bf16_vs_fp32"] = {"max_rel_err": err.max().item(), "mean_rel_err": err.mean().item(),
+                                        "argmax_agree": (want.argmax(-1) == want32.argmax(-1)).float().mean().item()}
+    for variant in ("engine", "fused", "gemv"):
         attn = attn_cls(layout, inv_freq(args.head_dim, args.rope_theta).to(device), args.head_dim**-0.5)
         pool = KVPool(layout, args.num_layers, 2, args.num_kv_heads, args.head_dim, next(model.parameters()).dtype, device)
         fill_pool(pool)  # garbage in unused rows must not matter
         got = [model(ids[:prompt], attn, attn.prepare(AttnBatch.build([1], [0], [prompt], device)), pool)]
         for t in range(prompt, T):
             plan = attn.prepare(AttnBatch.build([1], [t], [1], device))
-            if fused:
+            if variant == "fused":
                 got.append(fused_decode_forward(model, ids[t : t + 1], attn, plan, pool))
+            elif variant == "gemv":
+                got.append(gemv_decode_forward(model, ids[t : t + 1], attn, plan, pool, gemv_cfg))
             else:
                 got.append(model(ids[t : t + 1], attn, plan, pool))
         got = torch.cat(got)
-        err = ((got - want).norm(dim=-1) / want.norm(dim=-1)).double()
-        out["fused" if fused else "engine"] = {"max_rel_err": err.max().item(), "mean_rel_err": err.mean().item(),
-                                               "argmax_agree": (got.argmax(-1) == want.argmax(-1)).float().mean().item()}
+        for ref_name, ref in [("vs_baseline_bf16", want)] + ([("vs_baseline_fp32", want32)] if hf32 is not None else []):
+            err = ((got - ref).norm(dim=-1) / ref.norm(dim=-1)).double()
+            out[f"{variant}_{ref_name}"] = {"max_rel_err": err.max().item(), "mean_rel_err": err.mean().item(),
+                                            "decode_steps_max_rel_err": err[prompt:].max().item(),
+                                            "argmax_agree": (got.argmax(-1) == ref.argmax(-1)).float().mean().item()}
     return out

@@ -93,8 +93,8 @@ class PrefillPlan:
 class TritonAttention(Attention):
     """Triton kernels: decode_attention.py (write fused), prefill_attention.py + write_cache.py."""
 
-    def __init__(self, layout: StreamLayout, freqs: torch.Tensor, scale: float, *, block_n: int = 32, num_warps: int = 4,
-                 waves: int = 4, stages: int = 3):
+    def __init__(self, layout: StreamLayout, freqs: torch.Tensor, scale: float, *, block_n: int = 64, num_warps: int = 4,
+                 waves: int | None = None, stages: int = 3):
         super().__init__(layout, freqs, scale)
         from swiftinfer_core.kernels import decode_attention, prefill_attention, write_cache  # needs triton
 

@@ -212,8 +212,12 @@ def sm_count(device: torch.device) -> int:
     return 8
 
 
-def decode_splits(batch: int, kv_heads: int, capacity: int, block_n: int, sms: int, waves: int = 4) -> tuple[int, int]:
-    """(splits, split_len) from shapes only: about ``waves`` programs per SM."""
+def decode_splits(batch: int, kv_heads: int, capacity: int, block_n: int, sms: int, waves: int | None = None) -> tuple[int, int]:
+    """(splits, split_len) from shapes only: about ``waves`` programs per SM
+    (default 2 when batch * kv_heads alone cannot fill the chip, else 1: the
+    H200 sweep in bench/results/kernels_decode.json)."""
+    if waves is None:
+        waves = 2 if batch * kv_heads < sms else 1
     tiles = triton.cdiv(capacity, block_n)
     want = max(1, min(tiles, triton.cdiv(waves * sms, batch * kv_heads), 128))
     per = triton.cdiv(tiles, want)
@@ -235,9 +239,9 @@ def decode_attention(
     *,
     fuse_write: bool = True,
     out: torch.Tensor | None = None,
-    block_n: int = 32,
+    block_n: int = 64,
     num_warps: int = 4,
-    waves: int = 4,
+    waves: int | None = None,
     stages: int = 3,
     splits: tuple[int, int] | None = None,
     workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
