@@ -7,6 +7,7 @@ message.py   the step message rank 0 broadcasts before every model call
 worker.py    ranks 1..tp-1: join, build the shard, replay rank 0's steps
 launcher.py  start workers: spawn children, or (launch_ray.py) Ray actors in the replica's placement group
 driver.py    rank 0: start everything, mirror each model call, fail loudly, shut down
+watch.py     GPU: abort NCCL when a worker dies or a step overruns (graph replays have no watchdog)
 load.py      an engine rank's shard from its EngineConfig
 runner.py    TPRunner: ModelRunner's surface over the driver (EngineCore is unchanged)
 

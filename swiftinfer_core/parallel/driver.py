@@ -27,6 +27,7 @@ from swiftinfer_core.model.llama import ShardPlan
 from swiftinfer_core.parallel.groups import TPGroups, TPTimeouts
 from swiftinfer_core.parallel.launcher import WorkerLauncher, choose_launcher
 from swiftinfer_core.parallel.message import StepChannel, StepKind, StepMessage
+from swiftinfer_core.parallel.watch import StepWatch
 from swiftinfer_core.parallel.worker import ShardBuilder, WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class TPDriver:
         self.channel: StepChannel | None = None
         self.local = None  # rank 0's runner (forward / capture_decode_graphs / graphs)
         self.graphs: _MirroredGraphs | None = None
+        self.watch: StepWatch | None = None  # GPU only (see watch.py)
         self._broken: str | None = None
         self._closed = False
         self._lock = threading.Lock()  # one message (and its model call) at a time; close waits for it
@@ -75,6 +77,8 @@ class TPDriver:
             self.groups = TPGroups.connect(store, 0, size, device, timeouts)
             self.channel = StepChannel(self.groups.ctrl)
             self.local = build(replace(plans[0], all_reduce=self.groups.all_reduce), self.groups)
+            if device.type == "cuda":
+                self.watch = StepWatch(launcher, timeouts.collective_s, self._abort)
         except BaseException as exc:
             detail = self._diagnose()
             self._broken = "start-up failed"
@@ -116,11 +120,27 @@ class TPDriver:
             raise EngineClosedError("tensor-parallel engine is closed")
         with self._lock:
             try:
+                if self.watch is not None:
+                    self.watch.begin()
                 self.channel.send(msg)
-                return local_call()
+                out = local_call()
+                if self.watch is not None:
+                    torch.cuda.current_stream(self.groups.device).synchronize()  # the GPU work, incl. the all-reduces
+                    self.watch.end()
+                if self._broken is not None:  # aborted by the watch while we waited
+                    raise RuntimeError(self._broken)
+                return out
             except Exception as exc:
                 self._broken = f"{exc}{self._diagnose()}"
                 raise EngineClosedError(f"tensor-parallel step failed: {self._broken}") from exc
+
+    def _abort(self, reason: str) -> None:
+        """From the watch thread: break the engine and unblock rank 0's NCCL kernels."""
+        self._broken = reason
+        try:
+            self.groups.model.abort()
+        except Exception:  # noqa: BLE001 - already broken
+            log.exception("NCCL abort failed")
 
     # ---- the runner surface (ModelRunner's) ----
 
@@ -138,6 +158,8 @@ class TPDriver:
         if self._closed:
             return
         self._closed = True
+        if self.watch is not None:
+            self.watch.stop()
         stopped = False
         # A step still running (its thread not joined) holds the lock: then kill, which fails that step.
         if self._broken is None and self.channel is not None and self._lock.acquire(timeout=timeout_s):
