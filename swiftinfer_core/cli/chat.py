@@ -16,13 +16,14 @@ def add_parser(sub) -> None:
     p.add_argument("--max-tokens", type=int, default=512)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--system", default=None, help="system prompt for the first round")
+    p.add_argument("--tp-size", type=int, default=1, help="tensor-parallel ranks (one process and device each)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from swiftinfer_core import Engine, EngineConfig, InvalidRequestError, SamplingParams
 
-    engine = Engine(EngineConfig(model=args.model, sink_tokens=args.sinks, window=args.window, max_sessions=2))
+    engine = Engine(EngineConfig(model=args.model, sink_tokens=args.sinks, window=args.window, max_sessions=2, tp_size=args.tp_size))
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature)
     session = uuid.uuid4().hex
     first = True
