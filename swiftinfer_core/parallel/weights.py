@@ -44,7 +44,3 @@ class ShardedCheckpoint(Mapping):
 
     def __len__(self) -> int:
         return len(self._where)
-
-    def shape(self, name: str) -> list[int]:
-        return list(self._where[name].get_slice(name).get_shape())
-

@@ -65,6 +65,17 @@ def test_tensor_parallel_invalid_sizes_raise_with_valid_sizes(model_dir):
         EngineConfig(tp_size=0)
 
 
+def test_tensor_parallel_checkpoint_reads_only_the_slice(model_dir):
+    from swiftinfer_core.parallel.weights import ShardedCheckpoint
+
+    ckpt = ShardedCheckpoint(model_dir)
+    gate = ckpt["model.layers.0.mlp.gate_proj.weight"]
+    assert not isinstance(gate, torch.Tensor)  # a lazy safetensors slice, nothing read yet
+    assert gate[512:1024].shape == (512, 576) and ckpt["model.layers.0.mlp.down_proj.weight"][:, 512:1024].shape == (576, 512)
+    assert isinstance(ckpt["model.norm.weight"], torch.Tensor)  # replicated tensors come whole
+    assert "lm_head.weight" not in ckpt and len(ckpt) == 272  # tied embeddings
+
+
 # ---- shard math of every size, ranks as threads (the real gloo path is below) ----
 
 
