@@ -77,6 +77,7 @@ class TPDriver:
             self.groups = TPGroups.connect(store, 0, size, device, timeouts)
             self.channel = StepChannel(self.groups.ctrl)
             self.local = build(replace(plans[0], all_reduce=self.groups.all_reduce), self.groups)
+            self.groups.barrier()  # every shard loaded (a worker that failed to load is an error here)
             if device.type == "cuda":
                 self.watch = StepWatch(launcher, timeouts.collective_s, self._abort)
         except BaseException as exc:

@@ -83,6 +83,10 @@ class TPGroups:
         self.ctrl.allreduce([t], opts).wait()
         return int(t.item())
 
+    def barrier(self) -> None:
+        """Every rank got here (on ctrl: a dead peer fails it at once)."""
+        self.ctrl.barrier().wait()
+
     def shutdown(self) -> None:
         for pg in (self.model, self.ctrl):
             try:

@@ -77,6 +77,7 @@ def run_worker(spec: WorkerSpec) -> None:
         store.set(f"up/{spec.rank}", "1")
         groups = TPGroups.connect(store, spec.rank, spec.size, device, spec.timeouts)
         runner = spec.build(replace(spec.plan, all_reduce=groups.all_reduce), groups)
+        groups.barrier()  # "built": rank 0 returns from start() only when every shard loaded
         steps = serve_steps(runner, StepChannel(groups.ctrl))
         log.info("tensor-parallel rank %d stopped after %d steps", spec.rank, steps)
     except BaseException as exc:
