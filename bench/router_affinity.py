@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -215,7 +216,7 @@ def environment(cfg: BenchConfig) -> dict:
     return {
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "device": f"CPU only: {cpu}, {torch.get_num_threads()} torch threads here, 1 per replica",
+        "device": f"CPU only: {cpu}, {os.cpu_count()} cores shared by all replicas (1 torch thread each)",
         "versions": {"python": platform.python_version(), "ray": ray.__version__, "torch": torch.__version__, "git": commit},
         "config": json.loads(cfg.model_dump_json()),
     }
@@ -243,7 +244,9 @@ def plot(results: list[dict], meta: dict, path: Path) -> None:
     ax[1, 0].legend(fontsize=8)
     ax[1, 1].bar(x - 0.2, [r["lost_sessions"] for r in results], 0.4, label="lost sessions")
     ax[1, 1].bar(x + 0.2, [r["failed_turns"] for r in results], 0.4, label="failed turns")
-    ax[1, 1].set(title="lost sessions / failed turns", xticks=x, xticklabels=names)
+    ax[1, 1].set(title="lost sessions / failed turns", xticks=x, xticklabels=names, ylim=(0, max(1, *(r["failed_turns"] for r in results), *(r["lost_sessions"] for r in results)) * 1.2))
+    for i, r in enumerate(results):
+        ax[1, 1].text(i, 0.02, f"{r['lost_sessions']} lost / {r['failed_turns']} failed of {r['turns']} turns", ha="center", fontsize=8)
     ax[1, 1].legend()
     fig.suptitle(f"router affinity, {meta['date_utc']}\n{meta['device']}; ray {meta['versions']['ray']}", fontsize=9)
     fig.tight_layout()
@@ -257,7 +260,13 @@ def main() -> None:
             p.add_argument("--" + name.replace("_", "-"), type=int, default=field.default, help=field.description)
     p.add_argument("--routers", nargs="+", default=[k.value for k in RouterKind], choices=[k.value for k in RouterKind])
     p.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
-    cfg = BenchConfig(**{k: v for k, v in vars(p.parse_args()).items()})
+    p.add_argument("--replot", type=Path, help="only redraw the PNG from this JSON result")
+    ns = p.parse_args()
+    if ns.replot:
+        data = json.loads(ns.replot.read_text())
+        plot(data["results"], data["meta"], ns.replot.with_suffix(".png"))
+        return
+    cfg = BenchConfig(**{k: v for k, v in vars(ns).items() if k != "replot"})
 
     import ray
     from ray import serve
