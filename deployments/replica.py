@@ -78,16 +78,19 @@ class LLMReplica:
             raise EngineClosedError("replica is draining")
         if session_id in self._busy:
             raise SessionBusyError(f"session {session_id!r} already has a turn in flight")
+        self._busy.add(session_id)  # before any await: a second turn of this session gets 409
         try:
-            self._admit(session_id)
-        except CapacityError:
-            self._directory.abandon.remote(session_id, self._id)  # a placement for a session never started
+            await asyncio.to_thread(self._admit, session_id)
+        except BaseException as exc:
+            self._busy.discard(session_id)
+            if isinstance(exc, CapacityError):  # forget a placement for a session that never started
+                self._directory.abandon.remote(session_id, self._id)
             raise
-        self._busy.add(session_id)
         committed = False
         stream = None
         try:
-            cache = self._sync(session_id, await self._directory.begin_turn.remote(session_id, self._id))
+            record = await self._directory.begin_turn.remote(session_id, self._id)
+            cache = await asyncio.to_thread(self._sync, session_id, record)
             stream = self._engine.chat(session_id, messages, params)
             try:
                 chunk = await stream.__anext__()
@@ -130,7 +133,7 @@ class LLMReplica:
 
     def _sync(self, session_id: str, record: dict | None) -> CacheState:
         """Make the local engine agree with the directory's committed record."""
-        stats = self._engine.session_stats(session_id) if self._engine.has_session(session_id) else None
+        stats = self._local_stats(session_id)
         if record is None:  # never committed: a new session (or one adopted after a directory restart)
             return CacheState.NEW if stats is None else self._local_state(stats)
         if stats is not None and stats.rounds == record["rounds"]:
@@ -145,31 +148,40 @@ class LLMReplica:
         return CacheState.WARM if stats.resident else CacheState.REBUILT
 
     async def _commit(self, session_id: str, digest: str | None) -> None:
-        record = self._engine.export_session(session_id).to_dict()
+        record = (await asyncio.to_thread(self._engine.export_session, session_id)).to_dict()
         if not await self._directory.commit.remote(session_id, self._id, record, digest):
             # Deleted or taken over by another replica while this turn ran: our copy is stale.
             log.warning("session %s changed hands during a turn on %s; dropping the local copy", session_id, self._id)
-            self._close_local(session_id)
+            await asyncio.to_thread(self._close_local, session_id)
 
     async def _settle(self, session_id: str) -> None:
         try:
-            if self._engine.has_session(session_id):
+            if await asyncio.to_thread(self._engine.has_session, session_id):
                 await self._commit(session_id, None)
         except Exception:  # never mask the turn's own error; the next turn rebuilds from the directory
             log.exception("could not commit session %s after an interrupted turn", session_id)
-            self._close_local(session_id)
+            await asyncio.to_thread(self._close_local, session_id)
 
-    def _close_local(self, session_id: str) -> None:
-        if self._engine.has_session(session_id):
-            self._engine.close_session(session_id)
+    # Engine calls take the engine's lock, which a model step holds (~0.1 s on
+    # CPU): the hot path runs them in a worker thread so the event loop keeps
+    # streaming other turns' chunks meanwhile.
+    def _close_local(self, session_id: str) -> bool:
+        if not self._engine.has_session(session_id):
+            return False
+        self._engine.close_session(session_id)
+        return True
+
+    def _local_stats(self, session_id: str):
+        return self._engine.session_stats(session_id) if self._engine.has_session(session_id) else None
 
     # ---- session management ----------------------------------------------------------
     async def session_info(self, session_id: str) -> dict:
         entry = await self._directory.describe.remote(session_id)
         if entry is None or (entry["record"] is None and entry["owner"] is None):
             raise SessionNotFoundError(f"no session {session_id!r}")
-        if entry["owner"] == self._id and self._engine.has_session(session_id):
-            info = self._engine.session_stats(session_id).to_dict()
+        local = await asyncio.to_thread(self._local_stats, session_id) if entry["owner"] == self._id else None
+        if local is not None:
+            info = local.to_dict()
         else:  # no live cache anywhere (drained owner): describe the record
             rec = entry["record"] or {}
             info = {
@@ -186,8 +198,7 @@ class LLMReplica:
     async def close_session(self, session_id: str) -> bool:
         if session_id in self._busy:
             raise SessionBusyError(f"session {session_id!r} has a turn in flight")
-        local = self._engine.has_session(session_id)
-        self._close_local(session_id)
+        local = await asyncio.to_thread(self._close_local, session_id)
         self._last_turn.pop(session_id, None)
         return await self._directory.delete.remote(session_id) or local
 
@@ -195,8 +206,8 @@ class LLMReplica:
         return self._id
 
     # ---- stats for routers, the autoscaler, and /metrics -------------------------------
-    def _stats(self) -> dict:
-        st = self._engine.stats()
+    async def _stats(self) -> dict:
+        st = await asyncio.to_thread(self._engine.stats)
         now = time.time()
         active = sum(1 for t in self._last_turn.values() if now - t <= self._cfg.scaling.active_window_s)
         return {
@@ -212,15 +223,15 @@ class LLMReplica:
         the replica is ready (routing stats arrive only after the first poll)."""
         return {"capacity": self._engine.stats().total_slots}
 
-    def record_routing_stats(self) -> dict:
-        return self._stats()
+    async def record_routing_stats(self) -> dict:
+        return await self._stats()
 
-    def record_autoscaling_stats(self) -> dict:
-        s = self._stats()
+    async def record_autoscaling_stats(self) -> dict:
+        s = await self._stats()
         return {"active_sessions": float(s["active_sessions"]), "kv_use": float(s["kv_use"]), "sessions": float(s["sessions"])}
 
     async def _report(self) -> None:
-        await self._directory.report.remote(self._id, self._stats())
+        await self._directory.report.remote(self._id, await self._stats())
 
     async def _report_loop(self) -> None:
         while not self._draining:
@@ -237,7 +248,8 @@ class LLMReplica:
         still busy keeps its last committed record."""
         self._draining = True
         self._reporter.cancel()
-        records = {sid: self._engine.export_session(sid).to_dict() for sid in self._engine.session_ids() if sid not in self._busy}
+        idle = [sid for sid in await asyncio.to_thread(self._engine.session_ids) if sid not in self._busy]
+        records = {sid: (await asyncio.to_thread(self._engine.export_session, sid)).to_dict() for sid in idle}
         released = await self._directory.release.remote(self._id, records)
         log.info("replica %s drained: handed %d sessions to the directory", self._id, released)
         await self._engine.shutdown()
