@@ -7,7 +7,7 @@ head is skipped there; in a replayed CUDA graph it runs but is discarded).
 
 Wire format, int64 on the ctrl (gloo) group: a fixed first buffer of
 ``FIRST`` words = [kind, n_ids, n_seqs, arg, payload...]; a decode batch of up
-to (FIRST - 4) / 3 sequences fits, so the common step is one broadcast. A
+to (FIRST - 4) / 4 = 63 sequences fits, so the common step is one broadcast. A
 longer payload (prefill) follows in a second broadcast of exactly its length.
 payload = ids [n_ids] ++ slots [n_seqs] ++ starts [n_seqs] ++ q_lens [n_seqs].
 """

@@ -76,6 +76,39 @@ def test_tensor_parallel_checkpoint_reads_only_the_slice(model_dir):
     assert "lm_head.weight" not in ckpt and len(ckpt) == 272  # tied embeddings
 
 
+def test_tensor_parallel_step_message_over_gloo():
+    """Short (one broadcast) and long (two) step messages arrive intact; ranks as threads."""
+    import torch.distributed as dist
+
+    from swiftinfer_core.parallel.groups import TPGroups
+    from swiftinfer_core.parallel.message import FIRST, StepChannel, StepKind, StepMessage
+
+    store = dist.TCPStore("127.0.0.1", 0, 2, True, wait_for_workers=False)
+    sent = [
+        StepMessage(StepKind.GRAPH, [7, 8], [0, 1], [100, 5], [1, 1]),
+        StepMessage(StepKind.FORWARD, list(range(1000, 1000 + FIRST + 300)), [1, 0], [0, 9], [FIRST + 299, 1]),
+        StepMessage(StepKind.CAPTURE, arg=32),
+        StepMessage(StepKind.STOP),
+    ]
+    got, groups = [], [None, None]
+
+    def rank(r: int) -> None:
+        own = store if r == 0 else dist.TCPStore("127.0.0.1", store.port, 2, False)  # one client per rank
+        groups[r] = TPGroups.connect(own, r, 2, torch.device("cpu"), TPTimeouts(collective_s=30, idle_s=30))
+        ch = StepChannel(groups[r].ctrl)
+        for m in sent:
+            ch.send(m) if r == 0 else got.append(ch.recv())
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for g in groups:
+        g.shutdown()
+    assert got == sent
+
+
 # ---- shard math of every size, ranks as threads (the real gloo path is below) ----
 
 
