@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -58,8 +59,8 @@ def test_sessions_with_ids_stick_to_one_replica(api):
                 replicas[sid].add(resp.headers["x-replica-id"])
                 last[sid] = body
     assert all(len(v) == 1 for v in replicas.values()), replicas
-    used = {next(iter(v)) for v in replicas.values()}
-    assert len(used) == 2, f"sessions not spread over both replicas: {used}"
+    per_replica = Counter(next(iter(v)) for v in replicas.values())
+    assert len(per_replica) == 2 and max(per_replica.values()) - min(per_replica.values()) <= 2, per_replica  # least-loaded placement
     for sid, body in last.items():
         _assert_only_new_turn_prefilled(body)
         info = client.get(f"{prefix}/v1/sessions/{sid}").json()
@@ -87,7 +88,8 @@ def test_history_resent_without_id_continues_the_conversation(api):
     assert all(len(v) == 1 for v in seen.values()), seen
     sids = {next(iter(v))[0] for v in seen.values()}
     assert len(sids) == N_SESSIONS and all(sid.startswith("conv-") for sid in sids)
-    assert len({next(iter(v))[1] for v in seen.values()}) == 2
+    per_replica = Counter(next(iter(v))[1] for v in seen.values())
+    assert len(per_replica) == 2 and max(per_replica.values()) - min(per_replica.values()) <= 2, per_replica
     for body in bodies.values():
         _assert_only_new_turn_prefilled(body)
         assert body["usage"]["prompt_tokens"] < 40  # only the new user turn, not the resent history
