@@ -39,8 +39,9 @@ def build_model(args, dev):
     return m.eval()
 
 
-def measure(model, args, layout, B, dev, mode: str, steps: int) -> dict:
-    dec = models.OurDecoder(model, args, layout, B, dev, mode)
+def measure(model, args, layout, B, dev, variant: str, steps: int) -> dict:
+    mode, _, fc = variant.partition("+")
+    dec = models.OurDecoder(model, args, layout, B, dev, mode, fused_combine=fc == "fc")
     dec.capture()
     for _ in range(3):
         dec.step()
@@ -63,7 +64,7 @@ def main():
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32, 128])
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--reserve-gib", type=float, default=8.0)
-    ap.add_argument("--variants", nargs="+", default=["engine", "fused"])
+    ap.add_argument("--variants", nargs="+", default=["engine", "fused", "fused+fc"])
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     dev = torch.device("cuda")
@@ -87,7 +88,7 @@ def main():
                 r.update(cache=f"4+{window}", B=B, variant=variant, max_fit=B == max_fit,
                          roofline_step_ms=roof_s * 1e3, roofline_tok_s=B / roof_s, frac_roofline=roof_s * 1e3 / r["itl_p50_ms"])
                 rows.append(r)
-                print(f"  B={B:4d} {variant:6s}: {r['tok_s']:9.1f} tok/s  ITL p50 {r['itl_p50_ms']:.2f} p99 {r['itl_p99_ms']:.2f} ms  "
+                print(f"  B={B:4d} {variant:8s}: {r['tok_s']:9.1f} tok/s  ITL p50 {r['itl_p50_ms']:.2f} p99 {r['itl_p99_ms']:.2f} ms  "
                       f"{r['frac_roofline']:.2f} of roofline", flush=True)
     common.write_results("batched_decode", {"copy_bw_Bps": bw, "model": "llama2-7b shape", "weight_bytes": w_bytes, "rows": rows}, a.out)
 

@@ -9,6 +9,7 @@ dim 64, intermediate 1536, vocab 49152), random bf16 weights on the GPU, caches
   ours+fused  same weights, bench thin forward with kernels/fused.py, CUDA graph
   ours+gemv   same weights, thin forward reading every weight with kernels/gemv.py
               (norms, SiLU*up, residual adds fused in; configs tuned at start)
+  ours+gemv+fc  the same, decode attention combining its splits in-kernel (one launch)
   (a)         eager StreamingLLM as mit-han-lab did it (bench/models.py StreamingBaseline)
   (b)         sliding-window recompute: one transformers forward over W tokens per token
   roofline    (weight bytes + KV bytes read per token) / measured copy bandwidth
@@ -82,7 +83,7 @@ def weights_only_s(model, args: ModelArgs, dev) -> float:
     return t
 
 
-def attention_only_s(dec: models.OurDecoder, args: ModelArgs) -> float:
+def attention_only_s(dec: models.OurDecoder, args: ModelArgs, fused_combine: bool = False) -> float:
     """CUDA graph of the decode attention of every layer (batch as in dec)."""
     B = dec.ids.shape[0]
     dev = dec.ids.device
@@ -93,7 +94,8 @@ def attention_only_s(dec: models.OurDecoder, args: ModelArgs) -> float:
     def fn():
         for kc, vc in zip(dec.pool.k, dec.pool.v):
             decode_attention(q, k, k, kc, vc, dec.plan.slots, dec.plan.starts, freqs, args.head_dim**-0.5,
-                             lay.sinks, lay.window, splits=dec.plan.splits, workspace=dec.plan.workspace)
+                             lay.sinks, lay.window, splits=dec.plan.splits, workspace=dec.plan.workspace,
+                             fused_combine=fused_combine)
 
     t, g = common.time_graph(fn, reps=20)
     return t
@@ -137,12 +139,16 @@ def run_model(name: str, windows: list[int], bw: float, steps: int, dev) -> dict
         kv = models.kv_bytes_read(args, layout)
         r = {"model": name, "cache": f"4+{window}", "weight_bytes": w_bytes, "kv_bytes": kv,
              "roofline_ms": (w_bytes + kv) / bw * 1e3}
-        for mode, key in (("engine", "ours_ms"), ("fused", "ours_fused_ms"), ("gemv", "ours_gemv_ms")):
-            dec = models.OurDecoder(ours, args, layout, 1, dev, mode, gemv_cfg=gemv_cfg)
+        for mode, key, fc in (("engine", "ours_ms", False), ("fused", "ours_fused_ms", False), ("gemv", "ours_gemv_ms", False),
+                              ("gemv", "ours_gemv_fc_ms", True)):
+            dec = models.OurDecoder(ours, args, layout, 1, dev, mode, gemv_cfg=gemv_cfg, fused_combine=fc)
             dec.capture()
             r[key] = per_token(dec.step, steps) * 1e3
+            r[key.replace("_ms", "_device_only_ms")] = dec.device_time_per_step() * 1e3
             if mode == "fused":
                 r["attention_only_ms"] = attention_only_s(dec, args) * 1e3
+            if fc:
+                r["attention_only_fc_ms"] = attention_only_s(dec, args, fused_combine=True) * 1e3
             del dec
             torch.cuda.empty_cache()
         base = models.StreamingBaseline(hf, 4, window)
@@ -152,11 +158,12 @@ def run_model(name: str, windows: list[int], bw: float, steps: int, dev) -> dict
         del base
         torch.cuda.empty_cache()
         r["recompute_b_ms"] = recompute_s(hf, args.vocab_size, layout.capacity, dev) * 1e3
-        best = min(r["ours_ms"], r["ours_fused_ms"], r["ours_gemv_ms"])
+        best = min(r["ours_ms"], r["ours_fused_ms"], r["ours_gemv_ms"], r["ours_gemv_fc_ms"])
         r.update(best_ms=best, frac_roofline=r["roofline_ms"] / best, speedup_vs_a=r["baseline_a_ms"] / best,
                  speedup_vs_b=r["recompute_b_ms"] / best, weights_only_ms=t_w * 1e3)
         rows.append(r)
-        print(f"[{name}] 4+{window}: ours {r['ours_ms']:.3f} fused {r['ours_fused_ms']:.3f} gemv {r['ours_gemv_ms']:.3f} attn-only {r['attention_only_ms']:.3f} "
+        print(f"[{name}] 4+{window}: ours {r['ours_ms']:.3f} fused {r['ours_fused_ms']:.3f} gemv {r['ours_gemv_ms']:.3f} "
+              f"gemv+fc {r['ours_gemv_fc_ms']:.3f} (device-only {r['ours_gemv_fc_device_only_ms']:.3f}) attn-only {r['attention_only_ms']:.3f} "
               f"(a) {r['baseline_a_ms']:.2f} (b) {r['recompute_b_ms']:.2f} roofline {r['roofline_ms']:.3f} ms", flush=True)
     del hf, ours
     torch.cuda.empty_cache()
@@ -203,7 +210,7 @@ def main():
     axes = [axes] if len(results) == 1 else axes
     for ax, (name, res) in zip(axes, results.items()):
         xs = [int(r["cache"].split("+")[1]) + 4 for r in res["rows"]]
-        for key, lab in [("ours_ms", "ours (engine model)"), ("ours_fused_ms", "ours + fused norm/SiLU"), ("ours_gemv_ms", "ours + fused GEMV"),
+        for key, lab in [("ours_ms", "ours (engine model)"), ("ours_fused_ms", "ours + fused norm/SiLU"), ("ours_gemv_ms", "ours + fused GEMV"), ("ours_gemv_fc_ms", "ours + fused GEMV + in-kernel combine"),
                          ("baseline_a_ms", "(a) eager StreamingLLM"), ("recompute_b_ms", "(b) window recompute"),
                          ("roofline_ms", "roofline")]:
             ax.plot(xs, [r[key] for r in res["rows"]], marker="o", label=lab, ls="--" if key == "roofline_ms" else "-")
@@ -216,7 +223,7 @@ def main():
         ax.legend(fontsize=8)
     common.save_plot("decode_latency", fig, a.out)
 
-    cols = ["model", "cache", "ours_ms", "ours_fused_ms", "ours_gemv_ms", "attention_only_ms", "baseline_a_ms", "recompute_b_ms",
+    cols = ["model", "cache", "ours_ms", "ours_fused_ms", "ours_gemv_ms", "ours_gemv_fc_ms", "attention_only_ms", "baseline_a_ms", "recompute_b_ms",
             "roofline_ms", "frac_roofline", "speedup_vs_a", "speedup_vs_b"]
     print()
     print(common.table([r for res in results.values() for r in res["rows"]], cols))

@@ -23,13 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import torch  # noqa: E402
 
-from swiftinfer_core.kernels.decode_attention import decode_attention, decode_splits  # noqa: E402
+from swiftinfer_core.kernels.decode_attention import decode_attention, decode_splits, decode_workspace  # noqa: E402
 from swiftinfer_core.kernels.rope import inv_freq  # noqa: E402
 
 SHAPES = [("MHA 32/32x128", 32, 32, 128), ("GQA 32/8x128", 32, 8, 128)]
 WINDOWS = [252, 508, 1020, 2044, 4092]
 BATCHES = [1, 8, 32, 128]
-DEFAULT = (64, 4, None, 3)  # block_n, num_warps, waves (None: auto), stages: what TritonAttention uses
+DEFAULT = (64, 4, None, 3, False)  # block_n, num_warps, waves (None: auto), stages, fused combine: TritonAttention's
 
 
 def bench_point(hq, hkv, D, sinks, window, B, configs, bw):
@@ -47,19 +47,19 @@ def bench_point(hq, hkv, D, sinks, window, B, configs, bw):
     starts = torch.tensor([10 * cap + 7 * b for b in range(B)], dtype=torch.int64, device=dev)  # all full
     freqs = inv_freq(D, 10000.0).to(dev)
     res = []
-    for bn, nw, waves, st in configs:
+    for bn, nw, waves, st, fc in configs:
         splits = decode_splits(B, hkv, cap, bn, torch.cuda.get_device_properties(0).multi_processor_count, waves)
-        ws = (torch.empty(B, hq, splits[0], D, device=dev), torch.empty(B, hq, splits[0], 2, device=dev))
+        ws = decode_workspace(B, hq, hkv, D, splits[0], dev)
 
         def fn():
             for k, v in caches:
                 decode_attention(q, kn, vn, k, v, slots, starts, freqs, D**-0.5, sinks, window, out=out,
-                                 block_n=bn, num_warps=nw, stages=st, splits=splits, workspace=ws)
+                                 block_n=bn, num_warps=nw, stages=st, splits=splits, workspace=ws, fused_combine=fc)
 
         t, g = common.time_graph(fn, reps=7)
         del g
         per = t / L
-        res.append({"block_n": bn, "num_warps": nw, "waves": waves, "stages": st, "splits": splits[0], "layers_in_graph": L,
+        res.append({"block_n": bn, "num_warps": nw, "waves": waves, "stages": st, "fused_combine": fc, "splits": splits[0], "layers_in_graph": L,
                     "us": per * 1e6, "kv_bytes": layer_bytes, "gbps": layer_bytes / per / 1e9, "frac_copy_bw": layer_bytes / per / bw})
     del caches
     torch.cuda.empty_cache()
@@ -77,8 +77,9 @@ def main():
     print(f"copy bandwidth (read+write): {bw / 1e9:.0f} GB/s", flush=True)
     configs = [DEFAULT]
     if args.sweep:
-        kinds = [(32, 4, 1), (32, 4, 3), (64, 4, 3), (64, 4, 4), (64, 8, 3), (128, 8, 3)]
-        configs += [(bn, nw, wv, st) for bn, nw, st in kinds for wv in (1, 2, 4)]
+        configs += [(64, 4, None, 3, True)]
+        kinds = [(32, 4, 3), (64, 4, 3), (64, 4, 4), (128, 8, 3)]
+        configs += [(bn, nw, wv, st, fc) for bn, nw, st in kinds for wv in (1, 2, 4) for fc in (False, True)]
     rows = []
     for name, hq, hkv, D in SHAPES:
         for window in WINDOWS:
@@ -91,7 +92,7 @@ def main():
                 row = {"shape": name, "cache": f"4+{window}", "B": B, "default": res[0], "best": best, "all": res}
                 rows.append(row)
                 print(f"{name} 4+{window} B={B}: default {res[0]['us']:.1f} us {res[0]['frac_copy_bw']:.2f} of copy bw; "
-                      f"best {best['frac_copy_bw']:.2f} (bn {best['block_n']} w {best['num_warps']} waves {best['waves']} st {best['stages']})", flush=True)
+                      f"best {best['frac_copy_bw']:.2f} (bn {best['block_n']} w {best['num_warps']} waves {best['waves']} st {best['stages']} fc {best['fused_combine']})", flush=True)
     common.write_results("kernels_decode", {"copy_bw_Bps": bw, "default_config": DEFAULT, "rows": rows}, args.out)
 
     import matplotlib
@@ -114,11 +115,11 @@ def main():
     axes[0].legend()
     common.save_plot("kernels_decode", fig, args.out)
 
-    print("\nshape            cache     B    us(def)  frac(def)  frac(best) best(bn,w,waves,st)")
+    print("\nshape            cache     B    us(def)  frac(def)  us(def+fc)  frac(best) best(bn,w,waves,st,fc)")
     for r in rows:
         d, b = r["default"], r["best"]
-        print(f"{r['shape']:15s} {r['cache']:>8s} {r['B']:4d} {d['us']:9.1f} {d['frac_copy_bw']:9.2f} {b['frac_copy_bw']:10.2f}  "
-              f"({b['block_n']},{b['num_warps']},{b['waves']},{b['stages']})")
+        print(f"{r['shape']:15s} {r['cache']:>8s} {r['B']:4d} {d['us']:9.1f} {d['frac_copy_bw']:9.2f} {r['all'][1]['us'] if len(r['all']) > 1 else float('nan'):10.1f} "
+              f"{b['frac_copy_bw']:10.2f}  ({b['block_n']},{b['num_warps']},{b['waves']},{b['stages']},{int(b['fused_combine'])})")
 
 
 if __name__ == "__main__":

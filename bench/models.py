@@ -254,14 +254,15 @@ class OurDecoder:
     """Batch-B decode with the engine model + TritonAttention, one CUDA graph per step."""
 
     def __init__(self, model, args: ModelArgs, layout: StreamLayout, batch: int, device, mode: str, num_slots: int | None = None,
-                 gemv_cfg: dict | None = None):
+                 gemv_cfg: dict | None = None, fused_combine: bool = False):
         from swiftinfer_core.kernels.attention import TritonAttention
         from swiftinfer_core.kernels.batch import AttnBatch
         from swiftinfer_core.kernels.rope import inv_freq
 
         assert mode in ("engine", "fused", "gemv") and (mode != "gemv" or batch == 1)
         self.model, self.args, self.layout, self.mode, self.gemv_cfg = model, args, layout, mode, gemv_cfg
-        self.attn = TritonAttention(layout, inv_freq(args.head_dim, args.rope_theta).to(device), args.head_dim**-0.5)
+        self.attn = TritonAttention(layout, inv_freq(args.head_dim, args.rope_theta).to(device), args.head_dim**-0.5,
+                                    fused_combine=fused_combine)
         self.pool = KVPool(layout, args.num_layers, num_slots or batch, args.num_kv_heads, args.head_dim, torch.bfloat16, device)
         fill_pool(self.pool)
         cap = layout.capacity
@@ -297,6 +298,17 @@ class OurDecoder:
         self.graph.replay()
         return self.ids.cpu()
 
+    def device_time_per_step(self, n: int = 30) -> float:
+        """Seconds per step of n back-to-back replays (no host round trip between)."""
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        self.graph.replay()
+        s.record()
+        for _ in range(n):
+            self.graph.replay()
+        e.record()
+        e.synchronize()
+        return s.elapsed_time(e) / 1e3 / n
+
 
 @torch.inference_mode()
 def equivalence_check(hf, model, args: ModelArgs, device, attn_cls, sinks=4, window=28, prompt=40, decode=8, hf32=None, gemv_cfg=None) -> dict:
@@ -316,8 +328,11 @@ def equivalence_check(hf, model, args: ModelArgs, device, attn_cls, sinks=4, win
         err = ((want - want32).norm(dim=-1) / want32.norm(dim=-1)).double()
         out["baseline_bf16_vs_fp32"] = {"max_rel_err": err.max().item(), "mean_rel_err": err.mean().item(),
                                         "argmax_agree": (want.argmax(-1) == want32.argmax(-1)).float().mean().item()}
-    for variant in ("engine", "fused", "gemv"):
-        attn = attn_cls(layout, inv_freq(args.head_dim, args.rope_theta).to(device), args.head_dim**-0.5)
+    for variant in ("engine", "fused", "gemv", "gemv_fc"):
+        kw = {"fused_combine": True} if variant == "gemv_fc" else {}
+        if kw and attn_cls is TorchAttention:
+            continue
+        attn = attn_cls(layout, inv_freq(args.head_dim, args.rope_theta).to(device), args.head_dim**-0.5, **kw)
         pool = KVPool(layout, args.num_layers, 2, args.num_kv_heads, args.head_dim, next(model.parameters()).dtype, device)
         fill_pool(pool)  # garbage in unused rows must not matter
         got = [model(ids[:prompt], attn, attn.prepare(AttnBatch.build([1], [0], [prompt], device)), pool)]
@@ -325,7 +340,7 @@ def equivalence_check(hf, model, args: ModelArgs, device, attn_cls, sinks=4, win
             plan = attn.prepare(AttnBatch.build([1], [t], [1], device))
             if variant == "fused":
                 got.append(fused_decode_forward(model, ids[t : t + 1], attn, plan, pool))
-            elif variant == "gemv":
+            elif variant in ("gemv", "gemv_fc"):
                 got.append(gemv_decode_forward(model, ids[t : t + 1], attn, plan, pool, gemv_cfg))
             else:
                 got.append(model(ids[t : t + 1], attn, plan, pool))

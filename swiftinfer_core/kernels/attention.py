@@ -71,8 +71,9 @@ class DecodePlan:
 
     slots: torch.Tensor  # [B] int32, -1 = padding row
     starts: torch.Tensor  # [B] int64, stream index of each query
-    # split-K shape (splits, keys per split) and partials [B,Hq,S,D], [B,Hq,S,2]:
-    # made by the first layer's call, reused by every later layer of the step
+    # split-K shape (splits, keys per split), partials [B,Hq,S,D], [B,Hq,S,2] and
+    # fused-combine counters [B*Hkv]: made by the first layer's call, reused by
+    # every later layer of the step
     splits: tuple[int, int] | None = None
     workspace: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -94,12 +95,13 @@ class TritonAttention(Attention):
     """Triton kernels: decode_attention.py (write fused), prefill_attention.py + write_cache.py."""
 
     def __init__(self, layout: StreamLayout, freqs: torch.Tensor, scale: float, *, block_n: int = 64, num_warps: int = 4,
-                 waves: int | None = None, stages: int = 3):
+                 waves: int | None = None, stages: int = 3, fused_combine: bool = False):
         super().__init__(layout, freqs, scale)
         from swiftinfer_core.kernels import decode_attention, prefill_attention, write_cache  # needs triton
 
         self._decode, self._prefill, self._write = decode_attention, prefill_attention, write_cache
         self.block_n, self.num_warps, self.waves, self.stages = block_n, num_warps, waves, stages
+        self.fused_combine = fused_combine
         self._freqs_dev: dict[torch.device, torch.Tensor] = {}
 
     def _freqs(self, device) -> torch.Tensor:
@@ -120,11 +122,7 @@ class TritonAttention(Attention):
         if ws is None or ws[0].shape[1] != hq or ws[0].shape[3] != D:
             sms = self._decode.sm_count(q.device)
             plan.splits = self._decode.decode_splits(B, hkv, self.layout.capacity, self.block_n, sms, self.waves)
-            n = plan.splits[0]
-            plan.workspace = (
-                torch.empty((B, hq, n, D), dtype=torch.float32, device=q.device),
-                torch.empty((B, hq, n, 2), dtype=torch.float32, device=q.device),
-            )
+            plan.workspace = self._decode.decode_workspace(B, hq, hkv, D, plan.splits[0], q.device)
 
     def forward(self, plan, q, k_new, v_new, k_cache, v_cache) -> torch.Tensor:
         lay, freqs = self.layout, self._freqs(q.device)
@@ -134,6 +132,7 @@ class TritonAttention(Attention):
                 q, k_new, v_new, k_cache, v_cache, plan.slots, plan.starts, freqs, self.scale,
                 lay.sinks, lay.window, fuse_write=True, block_n=self.block_n,
                 num_warps=self.num_warps, stages=self.stages, splits=plan.splits, workspace=plan.workspace,
+                fused_combine=self.fused_combine,
             )
         b = plan.batch
         out = self._prefill.prefill_attention(

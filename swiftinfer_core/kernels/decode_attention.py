@@ -62,12 +62,12 @@ def _load_tile(k_base, v_base, j0, hi, ns, base, SINKS, WINDOW, sc_r, offs_n, of
 
 @triton.jit
 def _decode_split_kernel(
-    Q, K_NEW, V_NEW, K_CACHE, V_CACHE, SLOTS, STARTS, FREQS, ACC, ML,
-    sq_b, sq_h, sn_b, sn_h, sc_s, sc_h, sc_r,
+    Q, K_NEW, V_NEW, K_CACHE, V_CACHE, SLOTS, STARTS, FREQS, ACC, ML, SEM, OUT,
+    sq_b, sq_h, sn_b, sn_h, sc_s, sc_h, sc_r, so_b, so_h,
     scale_log2, SINKS, WINDOW, SPLIT_LEN,
     HKV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HALF: tl.constexpr,
     BLOCK_N: tl.constexpr, FUSE_NEW: tl.constexpr, MMA: tl.constexpr, PREC: tl.constexpr,
-    STAGES: tl.constexpr, FAST: tl.constexpr,
+    STAGES: tl.constexpr, FAST: tl.constexpr, FUSED_COMBINE: tl.constexpr, SPLIT_PAD: tl.constexpr,
 ):
     pid = tl.program_id(0)
     split = tl.program_id(1)
@@ -162,6 +162,30 @@ def _decode_split_kernel(
     tl.store(ML + part * 2, m_i, mask=gmask)
     tl.store(ML + part * 2 + 1, l_i, mask=gmask)
 
+    if FUSED_COMBINE:
+        # The last of this (b, kv head)'s split programs to finish combines, so no
+        # second launch: all threads' partial stores are ordered before one
+        # acq_rel ticket (bar.sync, then the atomic), and the winner reads the
+        # others' partials after its acquire, through L2 (.cg). It then resets
+        # the counter for the next launch (next layer / step / graph replay).
+        tl.debug_barrier()
+        ticket = tl.atomic_add(SEM + pid, 1, sem="acq_rel", scope="gpu")
+        if ticket == nsplit - 1:
+            offs_s = tl.arange(0, SPLIT_PAD)
+            smask = offs_s < nsplit
+            for g in tl.static_range(GROUP):
+                idx = (b * (HKV * GROUP) + kvh * GROUP + g) * nsplit + offs_s
+                m = tl.load(ML + idx * 2, mask=smask, other=float("-inf"), cache_modifier=".cg")
+                l = tl.load(ML + idx * 2 + 1, mask=smask, other=0.0, cache_modifier=".cg")
+                a = tl.load(ACC + idx[:, None] * (2 * HALF) + offs_d[None, :], mask=smask[:, None], other=0.0, cache_modifier=".cg")
+                m_max = tl.max(m, 0)
+                m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
+                w = tl.exp2(m - m_max)
+                den = tl.sum(w * l, 0)
+                o = tl.sum(w[:, None] * a, 0) / tl.where(den > 0, den, 1.0)
+                tl.store(OUT + b * so_b + (kvh * GROUP + g) * so_h + offs_d, o.to(OUT.dtype.element_ty))
+            tl.atomic_xchg(SEM + pid, 0, sem="relaxed", scope="gpu")
+
 
 @triton.jit
 def _decode_combine_kernel(
@@ -244,11 +268,16 @@ def decode_attention(
     waves: int | None = None,
     stages: int = 3,
     splits: tuple[int, int] | None = None,
-    workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+    workspace: tuple[torch.Tensor, ...] | None = None,
+    fused_combine: bool = False,
 ) -> torch.Tensor:
     """q [B, Hq, D], k_new/v_new [B, Hkv, D] (ignored unless fuse_write),
     caches [slots, Hkv, cap, D]; slots [B] int32, starts [B] int64 (= n).
-    Returns out [B, Hq, D] in q's dtype. No host sync; shapes fix the grid."""
+    Returns out [B, Hq, D] in q's dtype. No host sync; shapes fix the grid.
+
+    workspace: (acc [B,Hq,S,D] f32, ml [B,Hq,S,2] f32[, sem [B*Hkv] int32 zeros]).
+    fused_combine: the last split program of each group combines (one launch
+    instead of two; needs sem, which it leaves zeroed)."""
     B, hq, D = q.shape
     hkv, cap = k_cache.shape[1], k_cache.shape[2]
     assert hq % hkv == 0 and D in (64, 128) and cap == sinks + window
@@ -261,24 +290,34 @@ def decode_attention(
     nsplit, split_len = splits
     assert nsplit * split_len >= cap and split_len % block_n == 0
     if workspace is None:
-        acc = torch.empty((B, hq, nsplit, D), dtype=torch.float32, device=q.device)
-        ml = torch.empty((B, hq, nsplit, 2), dtype=torch.float32, device=q.device)
-    else:
-        acc, ml = workspace
+        workspace = decode_workspace(B, hq, hkv, D, nsplit, q.device)
+    acc, ml = workspace[0], workspace[1]
+    sem = workspace[2] if len(workspace) > 2 else None
+    assert not fused_combine or sem is not None
     if out is None:
         out = torch.empty((B, hq, D), dtype=q.dtype, device=q.device)
+    split_pad = max(2, triton.next_power_of_2(nsplit))
     _decode_split_kernel[(B * hkv, nsplit)](
-        q, k_new, v_new, k_cache, v_cache, slots, starts, freqs, acc, ml,
+        q, k_new, v_new, k_cache, v_cache, slots, starts, freqs, acc, ml, sem if sem is not None else ml, out,
         q.stride(0), q.stride(1), k_new.stride(0), k_new.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), out.stride(0), out.stride(1),
         scale * LOG2E, sinks, window, split_len,
         HKV=hkv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HALF=D // 2,
         BLOCK_N=block_n, FUSE_NEW=fuse_write, MMA=mma_dtype(q.dtype), STAGES=stages, FAST=not interpreting(),
-        PREC=dot_precision(q.dtype),
+        PREC=dot_precision(q.dtype), FUSED_COMBINE=fused_combine, SPLIT_PAD=split_pad,
         num_warps=num_warps,
     )
-    _decode_combine_kernel[(B * hq,)](
-        acc, ml, out, out.stride(0), out.stride(1), nsplit,
-        HQ=hq, D=D, SPLIT_PAD=max(2, triton.next_power_of_2(nsplit)), num_warps=4,
-    )
+    if not fused_combine:
+        _decode_combine_kernel[(B * hq,)](
+            acc, ml, out, out.stride(0), out.stride(1), nsplit, HQ=hq, D=D, SPLIT_PAD=split_pad, num_warps=4,
+        )
     return out
+
+
+def decode_workspace(B: int, hq: int, hkv: int, D: int, nsplit: int, device) -> tuple[torch.Tensor, ...]:
+    """Split partials and the fused-combine counters (zeros; kernels leave them zero)."""
+    return (
+        torch.empty((B, hq, nsplit, D), dtype=torch.float32, device=device),
+        torch.empty((B, hq, nsplit, 2), dtype=torch.float32, device=device),
+        torch.zeros((B * hkv,), dtype=torch.int32, device=device),
+    )

@@ -39,7 +39,7 @@ def test_triton_backend_matches_torch_over_a_schedule(dev):
     layout = StreamLayout(4, 12)
     hq, hkv, D = 4, 2, 64
     freqs = inv_freq(D, 10000.0).to(dev)
-    backends = [TorchAttention(layout, freqs, D**-0.5), TritonAttention(layout, freqs, D**-0.5, block_n=16)]
+    backends = [TorchAttention(layout, freqs, D**-0.5), TritonAttention(layout, freqs, D**-0.5, block_n=16, fused_combine=True)]
     caches = [[torch.full((3, hkv, layout.capacity, D), float("nan"), device=dev) for _ in range(4)] for _ in backends]
     fed = {0: 0, 1: 0, 2: 0}
     for step in SCHEDULE:
@@ -59,7 +59,8 @@ def test_triton_backend_matches_torch_over_a_schedule(dev):
 
 
 @pytest.mark.gpu
-def test_triton_decode_replays_in_a_cuda_graph():
+@pytest.mark.parametrize("fused_combine", [False, True])
+def test_triton_decode_replays_in_a_cuda_graph(fused_combine):
     """prepare once, capture one decode layer, refresh with new starts, replay:
     same as eager on the same inputs."""
     seed = fresh_seed()
@@ -67,7 +68,7 @@ def test_triton_decode_replays_in_a_cuda_graph():
     layout = StreamLayout(4, 1020)
     hq, hkv, D, B = 32, 8, 128, 4
     freqs = inv_freq(D, 10000.0).to(dev)
-    attn = TritonAttention(layout, freqs, D**-0.5)
+    attn = TritonAttention(layout, freqs, D**-0.5, fused_combine=fused_combine)
     kc = torch.randn(B, hkv, layout.capacity, D, device=dev, dtype=torch.bfloat16)
     vc = torch.randn_like(kc)
     q = torch.randn(B, hq, D, device=dev, dtype=torch.bfloat16)

@@ -12,7 +12,7 @@ import torch
 from kernels_naive import TOL, fresh_seed, make_inputs, naive_attention, rel_err
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.kernels.batch import AttnBatch
-from swiftinfer_core.kernels.decode_attention import decode_attention
+from swiftinfer_core.kernels.decode_attention import decode_attention, decode_splits, decode_workspace, sm_count
 from swiftinfer_core.kernels.reference import plan_step, streaming_attention_ref, write_cache_ref
 from swiftinfer_core.kernels.rope import inv_freq
 from swiftinfer_core.kernels.write_cache import write_kv
@@ -23,7 +23,7 @@ def _starts(cap: int) -> list[int]:
     return [0, 1, 3, cap // 2, cap - 1, cap, cap + 1, 2 * cap + 3, 4321, 1_234_567]
 
 
-def _run_decode(layout, hq, hkv, D, dtype, dev, splits, fuse=True, block_n=16, pad_slot=False, stages=3):
+def _run_decode(layout, hq, hkv, D, dtype, dev, splits, fuse=True, block_n=16, pad_slot=False, stages=3, fused_combine=False):
     starts = _starts(layout.capacity)
     random.shuffle(starts)
     B = len(starts)
@@ -40,8 +40,12 @@ def _run_decode(layout, hq, hkv, D, dtype, dev, splits, fuse=True, block_n=16, p
     if not fuse:  # write first, then every key (the new one too) comes from the cache
         write_kv(kn, vn, kc, vc, torch.arange(B, dtype=torch.int32, device=dev), batch.slots, batch.starts, batch.cu_seqlens, layout.sinks, layout.window)
     out = torch.full_like(q, float("nan"))
+    splits = splits or decode_splits(B, hkv, layout.capacity, block_n, sm_count(q.device))
+    ws = decode_workspace(B, hq, hkv, D, splits[0], q.device)
     decode_attention(q, kn, vn, kc, vc, batch.slots, batch.starts, freqs, scale, layout.sinks, layout.window,
-                     fuse_write=fuse, out=out, block_n=block_n, splits=splits, stages=stages)
+                     fuse_write=fuse, out=out, block_n=block_n, splits=splits, stages=stages, workspace=ws,
+                     fused_combine=fused_combine)
+    assert torch.all(ws[2] == 0)  # fused-combine counters are left zeroed
     # the cache after: exactly write_cache_ref's (the new token in its ring row, nothing else touched)
     want_k, want_v = kc0.clone(), vc0.clone()
     keep = [i for i in range(B) if run_slots[i] >= 0]
@@ -68,11 +72,12 @@ CASES = [  # (sinks, window, hq, hkv, D, dtype); tiles of 16 keys (tl.dot's mini
 def test_decode_matches_float64(sinks, window, hq, hkv, D, dtype, dev):
     seed = fresh_seed()
     layout = StreamLayout(sinks, window)
-    for splits in [None, (-(-layout.capacity // 16), 16)]:  # auto, and one 16-key tile per split
-        out, ref = _run_decode(layout, hq, hkv, D, dtype, dev, splits, block_n=16)
+    # auto splits, and one 16-key tile per split; second kernel or fused (last program) combine
+    for splits, fc in [(None, False), ((-(-layout.capacity // 16), 16), False), ((-(-layout.capacity // 16), 16), True)]:
+        out, ref = _run_decode(layout, hq, hkv, D, dtype, dev, splits, block_n=16, fused_combine=fc)
         assert not out.isnan().any(), f"seed {seed}: unwritten/NaN output"
         err = rel_err(out, ref)
-        assert err < TOL[dtype], f"seed {seed} splits {splits}: rel err {err:.2e}"
+        assert err < TOL[dtype], f"seed {seed} splits {splits} fused_combine {fc}: rel err {err:.2e}"
 
 
 def test_decode_unfused_write_then_attend_unpipelined(dev):
@@ -85,7 +90,7 @@ def test_decode_unfused_write_then_attend_unpipelined(dev):
 def test_decode_padding_row_is_zero_and_writes_nothing(dev):
     seed = fresh_seed()
     layout = StreamLayout(4, 28)
-    out, ref = _run_decode(layout, 2, 2, 64, torch.float32, dev, (2, 16), block_n=16, pad_slot=True)
+    out, ref = _run_decode(layout, 2, 2, 64, torch.float32, dev, (2, 16), block_n=16, pad_slot=True, fused_combine=True)
     assert rel_err(out, ref) < TOL[torch.float32], f"seed {seed}"
 
 
@@ -101,7 +106,8 @@ def _ref64(q, kn, vn, kc, vc, batch, layout, freqs, scale):
 @pytest.mark.gpu
 @pytest.mark.parametrize("window", [252, 508, 1020, 2044, 4092])
 @pytest.mark.parametrize("hkv", [32, 8])
-def test_decode_gpu_7b_shapes(window, hkv):
+@pytest.mark.parametrize("fused_combine", [False, True])
+def test_decode_gpu_7b_shapes(window, hkv, fused_combine):
     seed = fresh_seed()
     dev = torch.device("cuda")
     layout = StreamLayout(4, window)
@@ -120,8 +126,12 @@ def test_decode_gpu_7b_shapes(window, hkv):
     write_cache_ref(kn, vn, want_k, want_v, batch, layout)
     ref = _ref64(q, kn, vn, kc, vc, batch, layout, freqs, 128**-0.5)
     out = torch.full_like(q, float("nan"))
-    decode_attention(q, kn, vn, kc, vc, batch.slots, batch.starts, freqs, 128**-0.5, 4, window, out=out)
+    splits = decode_splits(B, hkv, cap, 64, sm_count(dev))
+    ws = decode_workspace(B, 32, hkv, 128, splits[0], dev)
+    decode_attention(q, kn, vn, kc, vc, batch.slots, batch.starts, freqs, 128**-0.5, 4, window, out=out,
+                     splits=splits, workspace=ws, fused_combine=fused_combine)
     torch.cuda.synchronize()
+    assert torch.all(ws[2] == 0)
     assert not out.isnan().any()
     err = rel_err(out, ref)
     assert err < 1e-2, f"seed {seed}: rel err {err:.2e}"
