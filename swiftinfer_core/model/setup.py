@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.cache.pool import KVPool
-from swiftinfer_core.config import AttentionBackend, Device, DType, EngineConfig
+from swiftinfer_core.config import AttentionBackend, Device, DType, EngineConfig, LoadFormat
 from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.kernels.attention import Attention, TorchAttention
 from swiftinfer_core.kernels.rope import inv_freq
@@ -84,6 +85,19 @@ def num_slots(cfg: EngineConfig, args: ModelArgs, layout: StreamLayout, device: 
     return min(slots, MAX_DEFAULT_SLOTS)
 
 
+def fill_weights(model: Llama, cfg: EngineConfig, checkpoint: Callable[[], dict]) -> None:
+    """The checkpoint's weights, or random ones (load_format=random) for benchmarks."""
+    if cfg.load_format is not LoadFormat.RANDOM:
+        model.load_hf_state(checkpoint())
+        return
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(cfg.seed)
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight"):
+            p.data.fill_(1.0)
+        else:
+            p.data.normal_(0.0, 0.02, generator=gen)
+
+
 def load_model(cfg: EngineConfig, shard: ShardPlan | None = None) -> LoadedModel:
     from transformers import AutoTokenizer
 
@@ -95,7 +109,7 @@ def load_model(cfg: EngineConfig, shard: ShardPlan | None = None) -> LoadedModel
     with torch.device("meta"):
         model = Llama(args, shard)
     model = model.to_empty(device=device).to(dtype)
-    model.load_hf_state(read_state_dict(path))
+    fill_weights(model, cfg, lambda: read_state_dict(path))
     model.eval()
     kv_heads = model.shard.kv_hi - model.shard.kv_lo
     slots = num_slots(cfg, args, layout, device, dtype, kv_heads)

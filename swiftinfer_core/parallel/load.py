@@ -24,7 +24,7 @@ from swiftinfer_core.engine.runner import ModelRunner
 from swiftinfer_core.model.fetch import resolve_model
 from swiftinfer_core.model.llama import Llama, ShardPlan
 from swiftinfer_core.model.loader import read_args
-from swiftinfer_core.model.setup import make_attention, num_slots, resolve_device, resolve_dtype, resolve_layout
+from swiftinfer_core.model.setup import fill_weights, make_attention, num_slots, resolve_device, resolve_dtype, resolve_layout
 from swiftinfer_core.parallel.groups import TPGroups
 from swiftinfer_core.parallel.weights import ShardedCheckpoint
 
@@ -43,7 +43,7 @@ class EngineShard:
         with torch.device("meta"):
             model = Llama(args, plan).to(dtype)  # dtype on meta: the real allocation is already bf16/fp16
         model = model.to_empty(device=device)
-        model.load_hf_state(ShardedCheckpoint(path))
+        fill_weights(model, cfg, lambda: ShardedCheckpoint(path))
         model.eval()
         kv_heads = plan.kv_hi - plan.kv_lo
         slots = cfg.max_sessions or groups.min_int(num_slots(cfg, args, layout, device, dtype, kv_heads))

@@ -35,3 +35,18 @@ def test_tiny_checkpoint_matches_transformers(tmp_path, config_cls, model_dir):
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(InvalidRequestError, match="config.json"):
         load_model(EngineConfig(model=str(tmp_path / "nope"), device="cpu"))
+
+
+def test_random_load_format_needs_only_config_and_tokenizer(tmp_path, model_dir):
+    import json
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg.update(num_hidden_layers=2)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (tmp_path / name).write_bytes((model_dir / name).read_bytes())
+    m = load_model(EngineConfig(model=str(tmp_path), device="cpu", window=28, max_sessions=1, load_format="random"))
+    w = m.model.layers[1].wqkv.weight
+    assert m.args.num_layers == 2 and 0.015 < w.std().item() < 0.025
+    with pytest.raises(FileNotFoundError):  # the same folder without load_format=random has no weights
+        load_model(EngineConfig(model=str(tmp_path), device="cpu", window=28, max_sessions=1))
