@@ -21,5 +21,5 @@ step ppl_1m 200 python3 -m swiftinfer_core.cli.main eval-ppl --text "$SWIFTINFER
   --tokens 1000000 --sinks 4 --window 1020 --modes streaming,dense,window,recompute --prefix-tokens 20000 \
   --recompute-sample 2000 --recompute-last 100000 --segment 100000 --device cuda --dtype float32 \
   --json "$OUT/ppl_1m.json" --plot "$OUT/ppl_1m.png"
-step multiround 200 python3 bench/multiround.py --rounds 20 --tokens 128 --out "$OUT"
+step multiround 200 python3 bench/multiround.py --rounds 20 --tokens 96 --out "$OUT"
 echo; cat "$OUT/summary.txt"
