@@ -7,7 +7,7 @@ so one deployment serves either, picked by configuration.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import AsyncIterator, Protocol, runtime_checkable
+from typing import Any, AsyncIterator, Protocol, runtime_checkable
 
 from swiftinfer_core.config import SamplingParams
 
@@ -69,6 +69,7 @@ class SessionRecord:
     generated_tokens: int = 0
     history_hash: str = ""  # digest of the messages seen so far (for id-less clients)
     extra: dict = field(default_factory=dict)
+    sampling_seed: int = 0  # a turn without a request seed samples with seed f(sampling_seed, rounds)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,6 +77,24 @@ class SessionRecord:
     @classmethod
     def from_dict(cls, d: dict) -> "SessionRecord":
         return cls(**d)
+
+
+@dataclass
+class KVSnapshot:
+    """A resident conversation's cache, for migration to an engine with the same
+    ``fingerprint`` (model, dtype, cache layout). ``k``/``v`` hold the slot's rows
+    in use, ``[layers, kv_heads, rows, head_dim]`` CPU tensors; ``n`` is the
+    stream index of the next token, which fixes where the ring continues."""
+
+    fingerprint: str
+    record: SessionRecord
+    n: int
+    k: Any
+    v: Any
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
 
 
 @dataclass
@@ -120,3 +139,17 @@ class EngineProtocol(Protocol):
     def count_tokens(self, messages: list[dict]) -> int: ...
 
     async def shutdown(self) -> None: ...
+
+
+@runtime_checkable
+class KVTransfer(Protocol):
+    """Optional engine capability: move a resident cache between engines."""
+
+    def export_kv(self, session_id: str) -> KVSnapshot | None:
+        """The session's cache, or None when it holds no slot (or cannot be moved)."""
+        ...
+
+    def import_kv(self, snapshot: KVSnapshot) -> bool:
+        """Install a cache exported by a matching engine; False (nothing changed)
+        when the fingerprint differs or no slot can be had: rebuild instead."""
+        ...

@@ -68,11 +68,15 @@ class KVPool:
     def bytes_per_slot(layout: StreamLayout, num_layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
         return 2 * num_layers * kv_heads * layout.capacity * head_dim * torch.empty((), dtype=dtype).element_size()
 
-    def export_slot(self, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """[layers, kv_heads, capacity, head_dim] copies of one slot (for migration)."""
-        return torch.stack([k[slot] for k in self.k]).cpu(), torch.stack([v[slot] for v in self.v]).cpu()
+    def export_slot(self, slot: int, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """[layers, kv_heads, rows, head_dim] copies of one slot's first ``rows``
+        rows (all by default), for migration."""
+        r = self.layout.capacity if rows is None else rows
+        return torch.stack([k[slot, :, :r] for k in self.k]).cpu(), torch.stack([v[slot, :, :r] for v in self.v]).cpu()
 
     def import_slot(self, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Copy exported rows back into the first ``k.shape[2]`` rows of ``slot``."""
+        rows = k.shape[2]
         for layer in range(len(self.k)):
-            self.k[layer][slot].copy_(k[layer])
-            self.v[layer][slot].copy_(v[layer])
+            self.k[layer][slot, :, :rows].copy_(k[layer])
+            self.v[layer][slot, :, :rows].copy_(v[layer])

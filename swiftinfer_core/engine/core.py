@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
@@ -27,10 +28,16 @@ from swiftinfer_core.errors import (
 )
 from swiftinfer_core.kernels.attention import TritonAttention
 from swiftinfer_core.model.setup import LoadedModel
-from swiftinfer_core.protocol import EngineStats, SessionRecord, SessionStats, StreamChunk, Usage
+from swiftinfer_core.protocol import EngineStats, KVSnapshot, SessionRecord, SessionStats, StreamChunk, Usage
 
 log = logging.getLogger(__name__)
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any parts (stable across processes and machines)."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
 @dataclass
@@ -51,7 +58,9 @@ class EngineCore:
             self.runner.capture_decode_graphs(min(m.pool.num_slots, cfg.max_batch_tokens))
         self.scheduler = Scheduler(cfg.max_batch_tokens, cfg.prefill_chunk, self._allocate_slot)
         self.sessions: dict[str, Session] = {}
-        self.rng = torch.Generator().manual_seed(cfg.seed)
+        k0 = m.pool.k[0]
+        # Caches are interchangeable between engines with the same weights, dtype and layout.
+        self.kv_fingerprint = f"{cfg.model}|{cfg.load_format.value}:{cfg.seed}|{m.args!r}|{k0.dtype}|{len(m.pool.k)}x{tuple(k0.shape[1:])}|{m.layout}"
         self.tokens_generated = 0
         self.tokens_prefilled = 0
 
@@ -72,7 +81,10 @@ class EngineCore:
             raise PromptTooLongError(f"the new messages are {len(prompt)} tokens; the limit is {self.cfg.max_turn_tokens}")
         if session is None:
             session = self.sessions[session_id] = Session(session_id, self.layout)
-        gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else self.rng
+            session.sampling_seed = derive_seed(self.cfg.seed, session_id)
+        # Sampling state is (session seed, round): a session rebuilt on any engine draws the same.
+        seed = params.seed if params.seed is not None else derive_seed(session.sampling_seed, session.rounds)
+        gen = torch.Generator().manual_seed(seed)
         turn = Turn(
             session=session, params=params, to_feed=session.pending + prompt, prompt_tokens=len(prompt),
             detok=IncrementalDetokenizer(self.tokenizer, params.stop), generator=gen,
@@ -114,6 +126,34 @@ class EngineCore:
             self.close_session(record.session_id)
         self.sessions[record.session_id] = Session.from_record(record, self.layout)
 
+    def export_kv(self, session_id: str) -> KVSnapshot | None:
+        """The rows in use of an idle resident session's slot (single-rank engines only)."""
+        s = self.session(session_id)
+        if s.slot is None or s.turn is not None or self.cfg.tp_size > 1:
+            return None
+        k, v = self.pool.export_slot(s.slot, rows=self.layout.fill(s.n))
+        return KVSnapshot(self.kv_fingerprint, s.record(), s.n, k, v)
+
+    def import_kv(self, snap: KVSnapshot) -> bool:
+        """Install a snapshot from a matching engine as the session's cache."""
+        rec = snap.record
+        rows = self.layout.fill(snap.n)
+        if snap.fingerprint != self.kv_fingerprint or self.cfg.tp_size > 1:
+            return False
+        if len(rec.sink_ids) + len(rec.window_ids) != rows or tuple(snap.k.shape[2:3]) != (rows,):
+            return False
+        old = self.sessions.get(rec.session_id)
+        if old is not None and old.turn is not None:
+            return False
+        if old is not None:
+            self.close_session(rec.session_id)
+        slot = self._take_slot(rec.session_id)
+        if slot is None:
+            return False
+        self.pool.import_slot(slot, snap.k, snap.v)
+        self.sessions[rec.session_id] = Session.from_snapshot(rec, snap.n, slot, self.layout)
+        return True
+
     def session_stats(self, session_id: str) -> SessionStats:
         return self.session(session_id).stats()
 
@@ -143,6 +183,13 @@ class EngineCore:
         return self._postprocess(batch, sampled)
 
     def _allocate_slot(self, turn: Turn) -> int | None:
+        slot = self._take_slot(turn.session.id)
+        if slot is not None:  # the waiting turn's own pending tokens are already in its to_feed
+            turn.session.slot = slot
+        return slot
+
+    def _take_slot(self, for_session: str) -> int | None:
+        """A free slot, else the least recently used idle session's (it is rebuilt from ids)."""
         slot = self.pool.slots.allocate()
         if slot is None:
             idle = [s for s in self.sessions.values() if s.slot is not None and s.turn is None]
@@ -151,9 +198,7 @@ class EngineCore:
             victim = min(idle, key=lambda s: s.last_used)
             slot = victim.slot
             victim.drop_cache()
-            # the waiting turn's own pending tokens are already in its to_feed
-            log.info("session %s gave its cache slot %d to %s; it will be rebuilt", victim.id, slot, turn.session.id)
-        turn.session.slot = slot
+            log.info("session %s gave its cache slot %d to %s; it will be rebuilt", victim.id, slot, for_session)
         return slot
 
     def _postprocess(self, batch: ScheduledBatch, sampled: list[int | None]) -> list[TurnEvent]:

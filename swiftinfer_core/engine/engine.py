@@ -17,7 +17,7 @@ from swiftinfer_core.config import EngineConfig, SamplingParams
 from swiftinfer_core.engine.core import EngineCore, TurnEvent
 from swiftinfer_core.engine.session import Turn
 from swiftinfer_core.errors import EngineClosedError
-from swiftinfer_core.protocol import EngineStats, SessionRecord, SessionStats, StreamChunk
+from swiftinfer_core.protocol import EngineStats, KVSnapshot, SessionRecord, SessionStats, StreamChunk
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,14 @@ class Engine:
     def import_session(self, record: SessionRecord) -> None:
         with self._lock:
             self.core.import_session(record)
+
+    def export_kv(self, session_id: str) -> KVSnapshot | None:
+        with self._lock:
+            return self.core.export_kv(session_id)
+
+    def import_kv(self, snapshot: KVSnapshot) -> bool:
+        with self._lock:
+            return self.core.import_kv(snapshot)
 
     def stats(self) -> EngineStats:
         with self._lock:

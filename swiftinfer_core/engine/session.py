@@ -37,6 +37,7 @@ class Session:
         self.turn: "Turn | None" = None
         self.last_used = time.monotonic()
         self.history_hash = ""
+        self.sampling_seed = 0
 
     def fed(self, ids: list[int]) -> None:
         """Record tokens that the model has just written into the cache."""
@@ -60,7 +61,7 @@ class Session:
             session_id=self.id, sink_ids=list(self.sink_ids), window_ids=list(self.window_ids),
             pending_ids=list(self.pending), tokens_seen=self.tokens_seen, rounds=self.rounds,
             prefilled_tokens=self.prefilled_tokens, generated_tokens=self.generated_tokens,
-            history_hash=self.history_hash,
+            history_hash=self.history_hash, sampling_seed=self.sampling_seed,
         )
 
     @classmethod
@@ -70,7 +71,19 @@ class Session:
         s.tokens_seen, s.rounds = rec.tokens_seen, rec.rounds
         s.prefilled_tokens, s.generated_tokens = rec.prefilled_tokens, rec.generated_tokens
         s.history_hash = rec.history_hash
+        s.sampling_seed = rec.sampling_seed
         s.recovered = True
+        return s
+
+    @classmethod
+    def from_snapshot(cls, rec: SessionRecord, n: int, slot: int, layout: StreamLayout) -> "Session":
+        """A session whose cache rows were copied into ``slot`` as they were: only
+        the record's pending tokens remain to be fed."""
+        s = cls.from_record(rec, layout)
+        s.pending = list(rec.pending_ids)
+        s.sink_ids = list(rec.sink_ids)
+        s.window_ids.extend(rec.window_ids)
+        s.n, s.slot, s.recovered = n, slot, False
         return s
 
     def stats(self) -> SessionStats:
