@@ -33,6 +33,41 @@ class RouterKind(str, Enum):
     POWER_OF_TWO = "power_of_two"  # Serve's default router (baseline)
 
 
+class LogBackend(str, Enum):
+    """Where the session log lives (deployments/session_log.py maps each to its class)."""
+
+    SQLITE = "sqlite"  # one file on the directory actor's machine (single-node default)
+    REDIS = "redis"  # a Redis server every node reaches (clusters)
+
+
+class SqliteSync(str, Enum):
+    """SQLite ``PRAGMA synchronous``: FULL survives power loss, NORMAL only process crashes."""
+
+    FULL = "FULL"
+    NORMAL = "NORMAL"
+
+
+class SessionLogConfig(Strict):
+    """The durable log of sessions and turns the directory writes through."""
+
+    backend: LogBackend = Field(LogBackend.SQLITE, description="Log implementation.")
+    path: str | None = Field(None, min_length=1, max_length=4096, description="SQLite file. Default: ~/.local/share/swiftinfer/<directory_name>.sqlite3 on the directory's node.")
+    sqlite_synchronous: SqliteSync = Field(SqliteSync.FULL, description="SQLite durability level of each batch commit.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", pattern=r"^rediss?://", max_length=4096, description="Redis server (persistence is Redis' own: use appendonly yes).")
+    max_batch: int = Field(512, ge=1, le=1 << 16, description="Most log operations written in one transaction.")
+
+
+class LimitsConfig(Strict):
+    """Per-request and per-replica limits against overload and hostile clients."""
+
+    max_body_bytes: int = Field(4 << 20, ge=1024, le=1 << 30, description="Largest request body; larger is 413 before it is buffered.")
+    body_timeout_s: float = Field(30.0, gt=0, le=3600, description="Time to receive a request body; a slower client gets 408 (slow-loris).")
+    request_timeout_s: float = Field(600.0, gt=0, le=86400, description="Longest turn, queueing included; then 504 (or an in-band error once streaming) and the turn is rolled back.")
+    max_output_tokens: int = Field(16384, ge=1, le=1 << 20, description="Largest max_tokens a request may ask for (400 above).")
+    max_sessions_per_replica: int = Field(4096, ge=1, le=1 << 20, description="Conversations a replica's engine keeps in memory; beyond, the least recently used idle ones are dropped (rebuilt from the log on their next turn).")
+    idle_ttl_s: float | None = Field(900.0, gt=0, le=1 << 24, description="A conversation idle this long leaves the replica's memory (slot released; the next turn rebuilds). None: never.")
+
+
 class ScalingConfig(Strict):
     """LLM replica count. ``min_replicas == max_replicas`` disables autoscaling."""
 
@@ -83,6 +118,9 @@ class AppConfig(Strict):
     default_max_tokens: int = Field(256, ge=1, le=1 << 20, description="max_tokens when the request gives none.")
     ingress_replicas: int = Field(1, ge=1, le=64, description="Ingress (HTTP/OpenAI) replicas.")
     stats_report_period_s: float = Field(2.0, gt=0, le=60, description="How often a replica pushes engine stats for /metrics and readiness.")
+    session_log: SessionLogConfig = Field(default_factory=SessionLogConfig, description="Durable log of sessions and turns.")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request and replica limits.")
+    kv_transfer_max_mb: float = Field(4096.0, ge=0, le=1 << 24, description="KV bytes a draining replica may hand over through the object store (engines that match import it; others rebuild). 0: always rebuild.")
 
     @property
     def uses_gpu(self) -> bool:
