@@ -66,6 +66,7 @@ class DecodeGraphs:
     def fits(self, n: int) -> bool:
         return bool(self.graphs) and n <= self.sizes[-1]
 
+    @torch.inference_mode()  # the static tensors were made under inference mode
     def run(self, ids: list[int], slots: list[int], starts: list[int]) -> torch.Tensor:
         """Logits [n, vocab] for n decoding sequences."""
         n = len(ids)

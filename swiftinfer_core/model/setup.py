@@ -109,6 +109,8 @@ def load_model(cfg: EngineConfig, shard: ShardPlan | None = None) -> LoadedModel
     with torch.device("meta"):
         model = Llama(args, shard)
     model = model.to_empty(device=device).to(dtype)
+    if cfg.lm_head_fp32:
+        model.lm_head.float()  # before loading: keep the checkpoint's own precision
     fill_weights(model, cfg, lambda: read_state_dict(path))
     model.eval()
     kv_heads = model.shard.kv_hi - model.shard.kv_lo

@@ -43,6 +43,8 @@ class EngineShard:
         with torch.device("meta"):
             model = Llama(args, plan).to(dtype)  # dtype on meta: the real allocation is already bf16/fp16
         model = model.to_empty(device=device)
+        if cfg.lm_head_fp32:
+            model.lm_head.float()  # before loading: keep the checkpoint's own precision
         fill_weights(model, cfg, lambda: ShardedCheckpoint(path))
         model.eval()
         kv_heads = plan.kv_hi - plan.kv_lo

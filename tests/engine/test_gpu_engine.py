@@ -47,4 +47,4 @@ def test_bf16_top1_agrees_with_float32(shakespeare_ids):
     f32 = _top1(load_model(EngineConfig(dtype="float32", **cfg)), ids)
     bf16 = _top1(load_model(EngineConfig(dtype="bfloat16", **cfg)), ids)
     agree = (f32 == bf16).float().mean().item()
-    assert agree >= 0.98, agree
+    assert agree >= 0.98, f"top-1 agreement {agree:.4f}"
