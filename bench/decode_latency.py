@@ -77,7 +77,7 @@ def weights_only_s(model, args: ModelArgs, dev) -> float:
                 F.linear(a, L.wo.weight)
                 F.linear(x, L.w13.weight)
                 F.linear(m, L.w2.weight)
-            F.linear(x, model.lm_head.weight)
+            F.linear(x.to(model.lm_head.weight.dtype), model.lm_head.weight)
 
     t, g = common.time_graph(fn, reps=20)
     return t

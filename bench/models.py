@@ -76,7 +76,11 @@ def our_model(args: ModelArgs, hf, device, dtype=torch.bfloat16):
         torch.set_default_dtype(prev)
     state = {k: v for k, v in hf.state_dict().items()}
     m.load_hf_state(state)
-    return m.to(dtype).eval()
+    m = m.to(dtype).eval()
+    # as the engine loads it (model/setup.py): fp32 LM head, fused-GEMV batch-1 decode on GPU
+    m.lm_head.float()
+    m.gemv_decode = torch.device(device).type == "cuda"
+    return m
 
 
 def fill_pool(pool: KVPool) -> None:
@@ -104,7 +108,7 @@ def fused_decode_forward(model, ids, attn, plan, pool) -> torch.Tensor:
         n, res = add_rmsnorm(o, res, L.mlp_norm.weight, eps)
         d = torch.nn.functional.linear(silu_mul(torch.nn.functional.linear(n, L.w13.weight)), L.w2.weight)
     n, _ = add_rmsnorm(d, res, model.norm.weight, eps)
-    return torch.nn.functional.linear(n, model.lm_head.weight).float()
+    return torch.nn.functional.linear(n.to(model.lm_head.weight.dtype), model.lm_head.weight).float()
 
 
 GEMV_DEFAULT = dict(block_n=8, block_k=512, num_warps=4, stages=3)

@@ -19,6 +19,7 @@ from torch import nn
 
 from swiftinfer_core.cache.pool import KVPool
 from swiftinfer_core.kernels.attention import Attention
+from swiftinfer_core.model.fused_decode import fused_decode
 from swiftinfer_core.model.loader import ModelArgs
 
 
@@ -88,10 +89,13 @@ class Llama(nn.Module):
         self.layers = nn.ModuleList(Block(args, self.shard) for _ in range(args.num_layers))
         self.norm = RMSNorm(args.hidden_size, args.rms_eps)
         self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        self.gemv_decode = False  # set by the loader on GPU: batch-1 steps take model/fused_decode.py
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, attn: Attention, plan, pool: KVPool, rows: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids [T] -> logits [R, vocab] (float32) for the token rows ``rows`` (all if None)."""
+        if self.gemv_decode and input_ids.shape[0] == 1:
+            return fused_decode(self, input_ids, attn, plan, pool)
         # the residual stream stays float32 even for bf16 weights: with bf16 residuals
         # and logits, top-1 agreed with float32 on only ~97% of teacher-forced tokens
         x = self.embed(input_ids).float()

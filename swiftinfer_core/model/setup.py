@@ -13,7 +13,8 @@ from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.cache.pool import KVPool
 from swiftinfer_core.config import AttentionBackend, Device, DType, EngineConfig, LoadFormat
 from swiftinfer_core.errors import InvalidRequestError
-from swiftinfer_core.kernels.attention import Attention, TorchAttention
+from swiftinfer_core.kernels.attention import Attention, TorchAttention, TritonAttention
+from swiftinfer_core.model import fused_decode
 from swiftinfer_core.kernels.rope import inv_freq
 from swiftinfer_core.model.fetch import resolve_model
 from swiftinfer_core.model.llama import Llama, ShardPlan
@@ -66,8 +67,6 @@ def make_attention(cfg: EngineConfig, device: torch.device, layout: StreamLayout
     if backend is AttentionBackend.AUTO:
         backend = AttentionBackend.TRITON if device.type == "cuda" else AttentionBackend.TORCH
     if backend is AttentionBackend.TRITON:
-        from swiftinfer_core.kernels.attention import TritonAttention  # needs triton
-
         return TritonAttention(layout, freqs, args.head_dim**-0.5)
     return TorchAttention(layout, freqs, args.head_dim**-0.5)
 
@@ -116,10 +115,12 @@ def load_model(cfg: EngineConfig, shard: ShardPlan | None = None) -> LoadedModel
     kv_heads = model.shard.kv_hi - model.shard.kv_lo
     slots = num_slots(cfg, args, layout, device, dtype, kv_heads)
     pool = KVPool(layout, args.num_layers, slots, kv_heads, args.head_dim, dtype, device)
+    attn = make_attention(cfg, device, layout, args)
+    model.gemv_decode = device.type == "cuda" and isinstance(attn, TritonAttention) and fused_decode.supports(model)
     log.info("model %s on %s/%s: %d cache slots of %d+%d", path.name, device, dtype, slots, layout.sinks, layout.window)
     return LoadedModel(
         args=args, model=model, tokenizer=AutoTokenizer.from_pretrained(path), layout=layout, pool=pool,
-        attn=make_attention(cfg, device, layout, args), device=device, dtype=dtype, path=path,
+        attn=attn, device=device, dtype=dtype, path=path,
     )
 
 
