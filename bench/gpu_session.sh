@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call that runs the real-model GPU checks and benches 3 and 4.
+# One device call that runs the real-model GPU checks and benches (STEPS picks them).
 # Needs, from two earlier calls (see ../shared/device/stage-smollm2.sh):
 #   /tmp/stage/part.aa parked, and carry [".carry/smol-b", ".carry/pyd", ".carry/data"].
 # Writes everything under $OUT; prints a short table last.
@@ -16,10 +16,12 @@ nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
 step() { local name=$1 limit=$2; shift 2; echo "=== $name"; local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
   echo "$name rc=$rc $((SECONDS - t0))s" | tee -a "$OUT/summary.txt"; tail -25 "$OUT/$name.log"; }
-step gpu_tests 150 python3 -m pytest -q -x -m gpu tests/engine/test_gpu_engine.py -p no:cacheprovider
-step ppl_1m 200 python3 -m swiftinfer_core.cli.main eval-ppl --text "$SWIFTINFER_HOME/shakespeare.txt" \
+want() { [[ " ${STEPS:-gpu_tests ppl_1m multiround} " == *" $1 "* ]]; }
+want gpu_tests && step gpu_tests 200 python3 -m pytest -q -m gpu tests/engine/test_gpu_engine.py tests/model/test_fused_decode.py -p no:cacheprovider
+want ppl_1m && step ppl_1m 200 python3 -m swiftinfer_core.cli.main eval-ppl --text "$SWIFTINFER_HOME/shakespeare.txt" \
   --tokens 1000000 --sinks 4 --window 1020 --modes streaming,dense,window,recompute --prefix-tokens 20000 \
   --recompute-sample 2000 --recompute-last 100000 --segment 100000 --device cuda --dtype float32 \
   --json "$OUT/ppl_1m.json" --plot "$OUT/ppl_1m.png"
-step multiround 200 python3 bench/multiround.py --rounds 20 --tokens 96 --out "$OUT"
+want decode_latency && step decode_latency 240 python3 bench/decode_latency.py --models llama2-7b smollm2-135m --windows 252 2044 4092 --out "$OUT"
+want multiround && step multiround 300 python3 bench/multiround.py --rounds 20 --tokens 96 --out "$OUT"
 echo; cat "$OUT/summary.txt"
