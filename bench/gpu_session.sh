@@ -22,6 +22,6 @@ want ppl_1m && step ppl_1m 200 python3 -m swiftinfer_core.cli.main eval-ppl --te
   --tokens 1000000 --sinks 4 --window 1020 --modes streaming,dense,window,recompute --prefix-tokens 20000 \
   --recompute-sample 2000 --recompute-last 100000 --segment 100000 --device cuda --dtype float32 \
   --json "$OUT/ppl_1m.json" --plot "$OUT/ppl_1m.png"
-want decode_latency && step decode_latency 240 python3 bench/decode_latency.py --models llama2-7b smollm2-135m --windows 252 2044 4092 --out "$OUT"
+want decode_latency && step decode_latency 300 python3 bench/decode_latency.py --models llama2-7b smollm2-135m --out "$OUT"
 want multiround && step multiround 300 python3 bench/multiround.py --rounds 20 --tokens 96 --out "$OUT"
 echo; cat "$OUT/summary.txt"
