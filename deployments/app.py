@@ -18,6 +18,7 @@ from ray.serve.config import RequestRouterConfig
 
 from deployments.autoscaling import policy_config
 from deployments.config import AppConfig, EngineBackend, RouterKind
+from deployments.directory import directory_spec
 from deployments.ingress import Ingress
 from deployments.replica import LLMReplica
 from swiftinfer_core.config import Device
@@ -26,7 +27,7 @@ from swiftinfer_core.config import Device
 ROUTERS: dict[RouterKind, tuple[str, Any]] = {
     RouterKind.SESSION_AFFINITY: (
         "deployments.router.SessionAffinityRouter",
-        lambda cfg: {"directory_name": cfg.directory_name, "owner_grace_s": cfg.owner_grace_s},
+        lambda cfg: {"directory": directory_spec(cfg), "owner_grace_s": cfg.owner_grace_s},
     ),
     RouterKind.CONSISTENT_HASH: (
         "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter",

@@ -1,25 +1,34 @@
 """The session directory: who owns each conversation, and the record to rebuild it.
 
-One named, detached Ray actor per application. It is the single source of truth
-that routers, replicas and ingresses share, so no router keeps state another
-could not rebuild:
+One named, detached Ray actor per application, the single source of truth that
+routers, replicas and ingresses share. It writes through the session log
+(``session_log.py``) and, when it starts or restarts, reloads every session
+from it, so a killed directory, controller or whole application loses no
+committed turn.
 
-- ``owner``: replica id (Serve ``ReplicaID.unique_id``) holding the live cache;
-  ``None`` after the owner drained.
-- ``record``: ``SessionRecord.to_dict()`` of the last committed turn (sink ids,
-  window tail, pending ids, counters). Enough to rebuild the cache on any replica.
-- ``digest``: history digest after the last turn, for id-less clients.
+Per session (``Entry``): the owner (replica holding the live cache), the record
+and ``seq`` of the last committed turn, its reply (for idempotent retries), the
+history digest (id-less clients), a lease (the replica running a turn now: a
+second turn anywhere else is refused with 409) and, after a drain, the KV
+snapshot the old owner left in the object store.
 
-The actor is synchronous (one call at a time), so every method is atomic.
-In memory for now; the reliability issue makes it durable.
+An async actor with one event loop: every method runs without interruption
+up to its first ``await``; only ``commit``, ``release``, ``delete`` and the log
+reads await, and they re-check what they change after it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
 import ray
+
+from deployments.config import AppConfig, SessionLogConfig
+from deployments.log_writer import BatchWriter
+from deployments.session_log import CommitOp, DeleteOp, LastTurn, LogConflictError, ReleaseOp, SessionState, TurnEntry, open_log
+from swiftinfer_core.errors import SessionBusyError
 
 NAMESPACE = "swiftinfer"
 
@@ -29,18 +38,49 @@ class Entry:
     owner: str | None
     record: dict | None = None
     digest: str | None = None
+    seq: int = 0  # committed turns
+    last_turn: LastTurn | None = None
+    lease: str | None = None  # replica running a turn of this session
+    lease_at: float = 0.0
+    kv: tuple[int, ray.ObjectRef] | None = None  # (seq, pickled KVSnapshot) left by a draining owner
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
     moves: int = 0  # owner changes after the first placement (rebuilds elsewhere)
 
 
+def directory_spec(cfg: AppConfig) -> dict:
+    """What every holder of a directory handle passes, so that whichever creates it
+    creates it the same way (routers get it through their kwargs)."""
+    return {
+        "name": cfg.directory_name,
+        "log": cfg.session_log.model_dump(mode="json"),
+        # a lease outlives its holder's silence this long (it reports every period)
+        "lease_stale_s": 3 * cfg.stats_report_period_s + 2.0,
+        "lease_timeout_s": cfg.limits.request_timeout_s + 30.0,
+    }
+
+
 @ray.remote(num_cpus=0, max_restarts=-1)
 class SessionDirectory:
-    def __init__(self) -> None:
+    def __init__(self, spec: dict) -> None:
+        log_cfg = SessionLogConfig.model_validate(spec["log"])
+        self._log = open_log(log_cfg, spec["name"])
+        self._writer = BatchWriter(self._log, log_cfg.max_batch)
+        self._lease_stale_s = float(spec["lease_stale_s"])
+        self._lease_timeout_s = float(spec["lease_timeout_s"])
         self._entries: dict[str, Entry] = {}
         self._by_digest: dict[str, str] = {}  # history digest -> session id
         self._owned: dict[str, set[str]] = {}  # replica id -> session ids it owns
         self._stats: dict[str, tuple[float, dict]] = {}  # replica id -> (time, stats)
+        for st in self._log.load_all():
+            entry = self._entries[st.session_id] = Entry(
+                owner=None, record=st.record, digest=st.digest, seq=st.seq, last_turn=st.last_turn,
+                created=st.created, updated=st.updated,
+            )
+            self._set_owner(st.session_id, entry, st.owner)
+            if st.digest is not None:
+                self._by_digest[st.digest] = st.session_id
+        self.loaded = len(self._entries)
 
     # ---- ownership -------------------------------------------------------------
     def _set_owner(self, sid: str, entry: Entry, owner: str | None) -> None:
@@ -63,6 +103,8 @@ class SessionDirectory:
         if entry is not None and entry.owner is not None:
             if entry.owner in capacity or (entry.owner not in departed and not force):
                 return entry.owner
+            if entry.lease == entry.owner and entry.owner in departed:
+                entry.lease = None  # its turn died with it
         if not claim or not capacity:
             return None
 
@@ -76,55 +118,97 @@ class SessionDirectory:
         self._set_owner(sid, entry, best)
         return best
 
-    def begin_turn(self, sid: str, rid: str) -> dict | None:
-        """``rid`` is about to run a turn of ``sid``: it becomes the owner. Returns
-        the last committed record (None for a session never committed)."""
+    def _lease_alive(self, entry: Entry, now: float) -> bool:
+        reported = self._stats.get(entry.lease, (0.0, None))[0]
+        return now - entry.lease_at < self._lease_timeout_s and now - max(reported, entry.lease_at) < self._lease_stale_s
+
+    def begin_turn(self, sid: str, rid: str, turn_key: str | None = None) -> dict:
+        """``rid`` is about to run a turn of ``sid``. Returns ``{"replay": ...}`` when
+        ``turn_key`` is the session's last committed turn (answer it again, run
+        nothing), else takes the lease, makes ``rid`` the owner and returns
+        ``{"seq", "record", "kv"}``: the last committed state (record None for a
+        session never committed) and, once, a KV snapshot ref left by a drain."""
+        now = time.time()
         entry = self._entries.get(sid)
         if entry is None:
             entry = self._entries[sid] = Entry(owner=None)
+        if turn_key is not None and entry.last_turn is not None and entry.last_turn.entry.turn_key == turn_key:
+            return {"replay": entry.last_turn.to_dict(), "seq": entry.seq}
+        if entry.lease not in (None, rid) and self._lease_alive(entry, now):
+            raise SessionBusyError(f"session {sid!r} has a turn in flight on another replica")
+        entry.lease, entry.lease_at = rid, now
         self._set_owner(sid, entry, rid)
-        return entry.record
+        kv, entry.kv = entry.kv, None
+        return {"seq": entry.seq, "record": entry.record, "kv": [kv[1]] if kv and kv[0] == entry.seq else None}
 
-    def commit(self, sid: str, rid: str, record: dict, digest: str | None) -> bool:
-        """Store the record after a turn. Refused (False) when ``rid`` lost the
-        session meanwhile (deleted, or taken over): its copy is then stale."""
+    async def commit(self, sid: str, rid: str, seq: int, record: dict, digest: str | None, turn: dict) -> bool:
+        """Durably append turn ``seq + 1`` (``turn``: TurnEntry fields but session,
+        seq and replica, plus ``text`` and ``usage``), then make it the session's
+        state. False when ``rid`` no longer holds the session at ``seq`` (deleted,
+        taken over, or the log refused it): its copy is stale."""
         entry = self._entries.get(sid)
-        if entry is None or entry.owner != rid:
+        if entry is None or entry.owner != rid or entry.lease != rid or entry.seq != seq:
             return False
-        entry.record = record
-        entry.updated = time.time()
-        if entry.digest is not None:
-            self._by_digest.pop(entry.digest, None)
-        entry.digest = digest
-        if digest is not None:
-            self._by_digest[digest] = sid
+        now = time.time()
+        t = TurnEntry(sid, seq + 1, turn["turn_key"], rid, turn["finish_reason"], turn["prompt_tokens"], turn["completion_tokens"], now)
+        last = LastTurn(t, turn["text"], turn["usage"])
+        try:
+            await self._writer.submit(CommitOp(SessionState(sid, seq + 1, record, rid, digest, last, entry.created, now), t))
+        except LogConflictError:
+            return False
+        finally:
+            if entry.lease == rid:
+                entry.lease = None
+        if self._entries.get(sid) is entry and entry.seq == seq:
+            entry.seq, entry.record, entry.last_turn, entry.updated = seq + 1, record, last, now
+            if entry.digest is not None:
+                self._by_digest.pop(entry.digest, None)
+            entry.digest = digest
+            if digest is not None:
+                self._by_digest[digest] = sid
         return True
 
-    def abandon(self, sid: str, rid: str) -> None:
-        """A first turn failed before anything was committed: forget the session."""
+    def end_turn(self, sid: str, rid: str) -> None:
+        """A turn of ``rid`` ended without a commit: free the lease, and forget a
+        session that never committed anything."""
         entry = self._entries.get(sid)
-        if entry is not None and entry.record is None and entry.owner == rid:
+        if entry is None:
+            return
+        if entry.lease == rid:
+            entry.lease = None
+        if entry.seq == 0 and entry.owner == rid and entry.lease is None:
             self._drop(sid, entry)
 
-    def release(self, rid: str, records: dict[str, dict]) -> int:
-        """A draining replica hands its sessions back: store their final records
-        and clear the owner, so the next turn rebuilds on the best other replica."""
-        released = 0
-        for sid, record in records.items():
-            entry = self._entries.get(sid)
-            if entry is not None and entry.owner == rid:
-                entry.record = record
-                self._set_owner(sid, entry, None)
-                released += 1
-        self._owned.pop(rid, None)
-        self._stats.pop(rid, None)
-        return released
+    def hold_kv(self, sid: str, rid: str, seq: int, blob: bytes) -> bool:
+        """A draining owner's cache of ``sid`` at turn ``seq`` (a pickled
+        KVSnapshot): put in the object store, owned by this long-lived actor, for
+        the next owner's first turn."""
+        entry = self._entries.get(sid)
+        if entry is None or entry.owner != rid or entry.seq != seq or entry.lease is not None:
+            return False
+        entry.kv = (seq, ray.put(blob))
+        return True
 
-    def delete(self, sid: str) -> bool:
+    async def release(self, rid: str) -> int:
+        """A draining replica hands its sessions back: no owner, so the next turn
+        of each goes to the best other replica (which imports the KV snapshot or
+        rebuilds from the record)."""
+        sids = [sid for sid in self._owned.pop(rid, set()) if self._entries[sid].owner == rid]
+        for sid in sids:
+            self._entries[sid].owner = None
+            self._entries[sid].moves += 1  # its next turn runs elsewhere
+        self._stats.pop(rid, None)
+        committed = [sid for sid in sids if self._entries[sid].seq > 0]
+        if committed:
+            await self._writer.submit(ReleaseOp(committed))
+        return len(sids)
+
+    async def delete(self, sid: str) -> bool:
         entry = self._entries.get(sid)
         if entry is None:
             return False
         self._drop(sid, entry)
+        await self._writer.submit(DeleteOp(sid))
         return True
 
     def _drop(self, sid: str, entry: Entry) -> None:
@@ -138,7 +222,12 @@ class SessionDirectory:
         entry = self._entries.get(sid)
         if entry is None:
             return None
-        return {"owner": entry.owner, "record": entry.record, "moves": entry.moves, "created": entry.created, "updated": entry.updated}
+        return {"owner": entry.owner, "record": entry.record, "seq": entry.seq, "moves": entry.moves,
+                "created": entry.created, "updated": entry.updated}
+
+    async def turns(self, sid: str, after_seq: int, limit: int) -> list[dict]:
+        """Committed turns of ``sid`` from the log itself (the exactly-once audit)."""
+        return [t.to_dict() for t in await asyncio.to_thread(self._log.turns, sid, after_seq, limit)]
 
     def owners(self) -> dict[str, int]:
         """Replica id -> sessions it owns (balance metrics)."""
@@ -146,6 +235,9 @@ class SessionDirectory:
 
     def num_sessions(self) -> int:
         return len(self._entries)
+
+    def log_stats(self) -> dict:
+        return {**self._writer.stats.to_dict(), "loaded_at_start": self.loaded, "sessions": len(self._entries)}
 
     # ---- id-less conversations -------------------------------------------------
     def resolve_history(self, opening: str, prefix_digest: str | None) -> tuple[str, bool]:
@@ -163,7 +255,7 @@ class SessionDirectory:
         self._entries[sid] = Entry(owner=None)
         return sid, False
 
-    # ---- replica stats (metrics and readiness) ---------------------------------
+    # ---- replica stats (metrics, readiness, leases) ----------------------------
     def report(self, rid: str, stats: dict) -> None:
         self._stats[rid] = (time.time(), stats)
 
@@ -172,7 +264,8 @@ class SessionDirectory:
         return {rid: s for rid, (t, s) in self._stats.items() if now - t <= max_age_s}
 
 
-def directory_handle(name: str) -> "ray.actor.ActorHandle":
-    """Get or create the application's directory. Detached, so it outlives any
-    replica (a killed owner must not take the records with it)."""
-    return SessionDirectory.options(name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached").remote()
+def directory_handle(spec: dict) -> "ray.actor.ActorHandle":
+    """Get or create the application's directory (``spec`` from ``directory_spec``).
+    Detached, so it outlives any replica (a killed owner must not take the
+    records with it); restarted by Ray if it dies, reloading from the log."""
+    return SessionDirectory.options(name=spec["name"], namespace=NAMESPACE, get_if_exists=True, lifetime="detached").remote(spec)

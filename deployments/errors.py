@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from fastapi.responses import JSONResponse
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+from starlette.requests import ClientDisconnect
 
 from swiftinfer_core.errors import (
     CapacityError,
@@ -32,6 +33,23 @@ class ServiceStartingError(Exception):
     """No LLM replica is up yet (503)."""
 
 
+class TurnNotCommittedError(Exception):
+    """The session changed hands or was deleted while a turn ran; the turn was
+    rolled back and is not in the log (409: retry it)."""
+
+
+class BodyTooLargeError(Exception):
+    """The request body exceeds ``limits.max_body_bytes`` (413)."""
+
+
+class BodyTimeoutError(Exception):
+    """The request body did not arrive within ``limits.body_timeout_s`` (408)."""
+
+
+class TurnTimeoutError(Exception):
+    """The turn ran past ``limits.request_timeout_s``; it was rolled back (504)."""
+
+
 @dataclass(frozen=True)
 class ErrorKind:
     status: int
@@ -43,13 +61,18 @@ class ErrorKind:
 # Most specific first: PromptTooLongError is an InvalidRequestError.
 ERROR_TABLE: tuple[tuple[type[BaseException], ErrorKind], ...] = (
     (PromptTooLongError, ErrorKind(413, "invalid_request_error", "context_length_exceeded")),
+    (BodyTooLargeError, ErrorKind(413, "invalid_request_error", "request_too_large")),
+    (BodyTimeoutError, ErrorKind(408, "invalid_request_error", "request_timeout")),
+    (ClientDisconnect, ErrorKind(400, "invalid_request_error", "client_disconnected")),  # nobody reads it; counted as 4xx
     (InvalidRequestError, ErrorKind(400, "invalid_request_error", None)),
     (ModelNotFoundError, ErrorKind(404, "invalid_request_error", "model_not_found")),
     (SessionNotFoundError, ErrorKind(404, "invalid_request_error", "session_not_found")),
     (SessionBusyError, ErrorKind(409, "invalid_request_error", "session_busy")),
+    (TurnNotCommittedError, ErrorKind(409, "invalid_request_error", "turn_not_committed")),
     (CapacityError, ErrorKind(429, "rate_limit_error", "no_capacity", retry_after_s=1)),
     (BackPressureError, ErrorKind(429, "rate_limit_error", "queue_full", retry_after_s=1)),
     (ServiceStartingError, ErrorKind(503, "service_unavailable", "starting", retry_after_s=5)),
+    (TurnTimeoutError, ErrorKind(504, "timeout", "turn_timeout")),
     (EngineClosedError, ErrorKind(503, "service_unavailable", "engine_unavailable", retry_after_s=1)),
     (DeploymentUnavailableError, ErrorKind(503, "service_unavailable", "deployment_unavailable", retry_after_s=5)),
     (ReplicaUnavailableError, ErrorKind(503, "service_unavailable", "replica_unavailable", retry_after_s=1)),

@@ -9,53 +9,68 @@ global app):
   only the unseen suffix goes to the engine. The session id travels to the
   LLM deployment's router as ``handle.options(session_id=...)``: Serve does not
   forward it by itself on this second hop.
-- ``GET/DELETE /v1/sessions/{id}``, ``GET /v1/models``, ``GET /healthz``,
-  ``GET /metrics``.
+- ``GET/DELETE /v1/sessions/{id}``, ``GET /v1/sessions/{id}/turns`` (the
+  session log's committed turns: the exactly-once audit), ``GET /v1/models``,
+  ``GET /healthz``, ``GET /metrics``; ``/openapi.json`` publishes the request
+  schema.
+
+A chat request may carry an ``Idempotency-Key`` header: a retry with the key of
+the session's last committed turn gets that turn's reply again (``"cache":
+"replayed"``) instead of a second turn. Bodies, turn times and ``max_tokens``
+are capped (``limits``, see ``request_limits.py``).
 
 Every chat and session response carries ``x-session-id`` and ``x-replica-id``.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import time
 
 from fastapi import FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.completion import Turn
 from deployments.config import AppConfig
-from deployments.directory import directory_handle
+from deployments.directory import directory_handle, directory_spec
 from deployments.errors import ModelNotFoundError, ServiceStartingError, error_response
 from deployments.history import HistoryView
 from deployments.metrics import ServiceMetrics
 from deployments.openai_schema import SESSION_ID_PATTERN, ChatCompletionRequest
+from deployments.request_limits import Deadline, read_body
 from swiftinfer_core.errors import InvalidRequestError, SessionNotFoundError
 
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
 NO_REPLICA = "none"
 READY_CACHE_S = 5.0  # a positive readiness answer is reused this long
+MAX_TURNS_PAGE = 1000
 
 
 class Ingress:
     def __init__(self, llm: DeploymentHandle, config: dict):
         self._cfg = AppConfig.model_validate(config)
         self._llm = llm
-        self._directory = directory_handle(self._cfg.directory_name)
+        self._directory = directory_handle(directory_spec(self._cfg))
         self._metrics = ServiceMetrics()
         self._ready_until = 0.0
         self._created = int(time.time())
+        self._server_info = server_info(self._cfg)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = FastAPI(title="SwiftInfer Serve", docs_url=None, redoc_url=None)
-        app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"])
+        body = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}}}
+        app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"], openapi_extra={"requestBody": body})
+        app.add_api_route("/v1/sessions/{session_id}/turns", self.session_turns, methods=["GET"])
         app.add_api_route("/v1/sessions/{session_id}", self.get_session, methods=["GET"])
         app.add_api_route("/v1/sessions/{session_id}", self.delete_session, methods=["DELETE"])
         app.add_api_route("/v1/models", self.models, methods=["GET"])
         app.add_api_route("/healthz", self.healthz, methods=["GET"])
         app.add_api_route("/metrics", self.metrics, methods=["GET"])
+        app.openapi = lambda: _openapi(app)
         return app
 
     # ---- readiness -------------------------------------------------------------------
@@ -87,22 +102,34 @@ class Ingress:
         sid, continues = await self._directory.resolve_history.remote(view.opening, view.prefix_digest)
         return sid, (messages[view.split :] if continues else messages), view.full_digest
 
+    def _turn_key(self, request: Request) -> str | None:
+        key = request.headers.get("idempotency-key")
+        if key is not None and not _SESSION_ID.match(key):
+            raise InvalidRequestError("Idempotency-Key must be 1-128 characters of [A-Za-z0-9_.:-]")
+        return key
+
     async def chat_completions(self, request: Request) -> Response:
         t0 = time.perf_counter()
+        limits = self._cfg.limits
+        deadline = time.monotonic() + limits.request_timeout_s
         sid, replica, gen, streaming = "", NO_REPLICA, None, False
         self._metrics.in_flight.inc()
         try:
-            req = ChatCompletionRequest.parse(await request.body())
+            req = ChatCompletionRequest.parse(await read_body(request, limits.max_body_bytes, limits.body_timeout_s))
             if req.model != self._cfg.model_id:
                 raise ModelNotFoundError(f"the model {req.model!r} does not exist; this server serves {self._cfg.model_id!r}")
             messages = req.engine_messages()
             params = req.sampling(self._cfg.default_max_tokens)
+            if params.max_tokens > limits.max_output_tokens:
+                raise InvalidRequestError(f"max_tokens is {params.max_tokens}; this server allows at most {limits.max_output_tokens}")
+            turn_key = self._turn_key(request)
             await self._ensure_ready()
             sid, new_messages, history_base = await self._resolve_session(req, messages, request.headers.get("x-session-id"))
-            gen = self._llm.options(session_id=sid, stream=True).chat_events.remote(sid, new_messages, params, history_base)
-            start = await gen.__anext__()  # the engine's errors surface here, before any header is sent
+            gen = self._llm.options(session_id=sid, stream=True).chat_events.remote(sid, new_messages, params, history_base, turn_key)
+            events = Deadline(gen, deadline, limits.request_timeout_s)
+            start = await events.__anext__()  # the engine's errors surface here, before any header is sent
             replica = start.replica_id
-            turn = Turn(self._cfg.model_id, start, gen, self._metrics, t0, time.perf_counter())
+            turn = Turn(self._cfg.model_id, start, events, self._metrics, t0, time.perf_counter())
             headers = {"x-session-id": sid, "x-replica-id": replica}
             self._metrics.requests.labels(status="200").inc()
             if req.stream:
@@ -146,6 +173,19 @@ class Ingress:
         info["object"] = "session"
         return JSONResponse(info, headers={"x-session-id": session_id, "x-replica-id": info["replica"] or NO_REPLICA})
 
+    async def session_turns(self, session_id: str, request: Request) -> Response:
+        """``?after=<seq>&limit=<n>``: committed turns with seq > after, from the log."""
+        headers = {"x-session-id": session_id, "x-replica-id": NO_REPLICA}
+        try:
+            self._check_sid(session_id)
+            after, limit = (_query_int(request, name, default, hi) for name, default, hi in (("after", 0, 1 << 62), ("limit", 100, MAX_TURNS_PAGE)))
+            if await self._directory.describe.remote(session_id) is None:
+                raise SessionNotFoundError(f"no session {session_id!r}")
+            turns = await self._directory.turns.remote(session_id, after, limit)
+        except Exception as exc:
+            return error_response(exc, headers)
+        return JSONResponse({"object": "list", "session_id": session_id, "data": turns}, headers=headers)
+
     async def delete_session(self, session_id: str) -> Response:
         headers = {"x-session-id": session_id, "x-replica-id": NO_REPLICA}
         try:
@@ -158,7 +198,8 @@ class Ingress:
 
     # ---- service ---------------------------------------------------------------------
     async def models(self) -> Response:
-        card = {"id": self._cfg.model_id, "object": "model", "created": self._created, "owned_by": "swiftinfer"}
+        card = {"id": self._cfg.model_id, "object": "model", "created": self._created, "owned_by": "swiftinfer",
+                "swiftinfer": self._server_info}
         return JSONResponse({"object": "list", "data": [card]})
 
     async def healthz(self) -> Response:
@@ -170,3 +211,38 @@ class Ingress:
         live = await self._live_replicas()
         self._metrics.set_pool(live, await self._directory.num_sessions.remote())
         return Response(self._metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def server_info(cfg: AppConfig) -> dict:
+    """What a benchmark records about the server it measured (GET /v1/models)."""
+    versions = {}
+    for dist in ("swiftinfer-serve", "ray", "torch"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {"backend": cfg.backend.value, "engine": cfg.engine.model_dump(mode="json"), "versions": versions,
+            "scaling": {"min_replicas": cfg.scaling.min_replicas, "max_replicas": cfg.scaling.max_replicas},
+            "session_log": cfg.session_log.backend.value}
+
+
+def _query_int(request: Request, name: str, default: int, hi: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) > hi:
+        raise InvalidRequestError(f"query parameter {name!r} must be an integer in [0, {hi}]")
+    return int(raw)
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's schema plus the chat request body (the routes read raw bodies, so
+    FastAPI cannot infer it)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version="1", routes=app.routes)
+        request = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(request.pop("$defs", {}))
+        components["ChatCompletionRequest"] = request
+        app.openapi_schema = schema
+    return app.openapi_schema

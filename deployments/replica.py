@@ -1,46 +1,49 @@
 """The LLM replica: one engine, its sessions, and their hand-off to the directory.
 
 A turn on this replica:
-1. ``directory.begin_turn`` makes this replica the owner and returns the last
-   committed record. If the local engine holds the session at that same round
-   count its cache is current (warm); otherwise the record is imported and the
-   engine rebuilds the cache (``recovered``): the session moved here after its
-   owner died, drained, or a baseline router sent it elsewhere.
-2. The engine streams the reply.
-3. Before the final chunk leaves, the new record is committed, so the client's
-   next turn (which can only start after this one ends) sees it.
+1. ``directory.begin_turn`` takes the session's lease (a turn of it anywhere
+   else is refused with 409), makes this replica the owner and returns the last
+   committed state; with an ``Idempotency-Key`` equal to the last committed
+   turn's, the stored reply is sent again instead (nothing runs, nothing is
+   logged twice).
+2. ``LocalSessions.sync`` makes the engine's copy equal the committed record
+   (warm, KV migrated from a drained replica, or rebuilt from token ids).
+3. The engine streams the reply; token chunks go out as they come.
+4. Before the final chunk leaves, the turn is committed through the directory
+   to the session log (batched with other sessions' commits). A turn that is
+   not committed (client gone, timeout, error, commit refused) is rolled back
+   to the committed record, so the log and every replica agree.
 
 On scale-down Serve waits for running turns, then calls ``__del__``: the replica
-stops taking turns and hands every session back to the directory with its final
-record; the next turn of each rebuilds it on the best remaining replica.
+stops taking turns, leaves the KV of its idle resident sessions in the object
+store (through the directory) and hands them back; the next turn of each goes
+to the best remaining replica, which imports that KV when its engine matches
+and rebuilds from the record otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass
-from enum import Enum
 from typing import AsyncIterator
 
 from ray import serve
 
 from deployments.config import AppConfig
-from deployments.directory import directory_handle
+from deployments.directory import directory_handle, directory_spec
 from deployments.engine_factory import make_engine
+from deployments.errors import TurnNotCommittedError
 from deployments.history import chain
+from deployments.local_sessions import CacheState, LocalSessions
+from deployments.session_log import LastTurn
 from swiftinfer_core.config import SamplingParams
 from swiftinfer_core.errors import CapacityError, EngineClosedError, SessionBusyError, SessionNotFoundError
-from swiftinfer_core.protocol import SessionRecord, StreamChunk
+from swiftinfer_core.protocol import StreamChunk, Usage
 
 log = logging.getLogger("ray.serve")
-
-
-class CacheState(str, Enum):
-    WARM = "warm"  # this replica's cache continued the conversation
-    REBUILT = "rebuilt"  # rebuilt here from the directory's record
-    NEW = "new"  # first turn of the conversation
 
 
 @dataclass(frozen=True)
@@ -59,45 +62,49 @@ class LLMReplica:
         self._cfg = AppConfig.model_validate(config)
         self._id = serve.get_replica_context().replica_id.unique_id
         self._engine = make_engine(self._cfg.backend, self._cfg.engine, self._cfg.cpu_threads)
-        self._directory = directory_handle(self._cfg.directory_name)
+        self._local = LocalSessions(self._engine, self._cfg.limits)
+        self._directory = directory_handle(directory_spec(self._cfg))
         self._busy: set[str] = set()  # sessions with a turn running here
-        self._last_turn: dict[str, float] = {}  # session -> time of its last turn (autoscaling)
+        self._last_turn: dict[str, float] = {}  # session -> time of its last turn (autoscaling, eviction)
+        self._counts = {**{f"turns_{c.value}": 0 for c in CacheState}, "turns_not_committed": 0}
         self._draining = False
         await self._report()
-        self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._report_loop()), loop.create_task(self._evict_loop())]
 
     # ---- turns -----------------------------------------------------------------------
     async def chat_events(
-        self, session_id: str, messages: list[dict], sampling: dict | SamplingParams, history_base: str | None = None
+        self, session_id: str, messages: list[dict], sampling: dict | SamplingParams,
+        history_base: str | None = None, turn_key: str | None = None,
     ) -> AsyncIterator[TurnStart | StreamChunk]:
         """Stream one turn: a ``TurnStart`` then ``StreamChunk``s. ``history_base``
         (digest of every message the client sent) makes the committed record
-        findable by id-less clients once extended with our reply."""
+        findable by id-less clients once extended with our reply; ``turn_key``
+        (the client's Idempotency-Key) makes a retry of a committed turn a replay."""
         params = sampling if isinstance(sampling, SamplingParams) else SamplingParams(**sampling)
         if self._draining:
             raise EngineClosedError("replica is draining")
+        await self._local.wait(session_id)
         if session_id in self._busy:
             raise SessionBusyError(f"session {session_id!r} already has a turn in flight")
-        self._busy.add(session_id)  # before any await: a second turn of this session gets 409
-        try:
-            await asyncio.to_thread(self._admit, session_id)
-        except BaseException as exc:
-            self._busy.discard(session_id)
-            if isinstance(exc, CapacityError):  # forget a placement for a session that never started
-                self._directory.abandon.remote(session_id, self._id)
-            raise
-        committed = False
+        self._busy.add(session_id)  # before any other await: a second turn of this session gets 409
+        grant: dict | None = None
+        done = False  # committed or replayed: nothing to roll back
         stream = None
         try:
-            record = await self._directory.begin_turn.remote(session_id, self._id)
-            cache = await asyncio.to_thread(self._sync, session_id, record)
+            await asyncio.to_thread(self._admit, session_id)
+            grant = await self._directory.begin_turn.remote(session_id, self._id, turn_key)
+            if "replay" in grant:
+                done = True
+                self._counts["turns_replayed"] += 1
+                last = LastTurn.from_dict(grant["replay"])
+                yield TurnStart(session_id, self._id, CacheState.REPLAYED)
+                yield StreamChunk(last.text, [], last.entry.finish_reason, Usage(**last.usage))
+                return
+            cache = await self._local.sync(session_id, grant)
+            self._counts[f"turns_{cache.value}"] += 1
             stream = self._engine.chat(session_id, messages, params)
-            try:
-                chunk = await stream.__anext__()
-            except BaseException:
-                if cache is CacheState.NEW:
-                    self._directory.abandon.remote(session_id, self._id)
-                raise
+            chunk = await stream.__anext__()
             yield TurnStart(session_id, self._id, cache)
             text: list[str] = []
             while chunk.finish_reason is None:
@@ -105,15 +112,16 @@ class LLMReplica:
                 yield chunk
                 chunk = await stream.__anext__()
             text.append(chunk.text)
-            digest = chain(history_base, {"role": "assistant", "content": "".join(text)}) if history_base else None
-            await self._commit(session_id, digest)
-            committed = True
+            reply = "".join(text)
+            digest = chain(history_base, {"role": "assistant", "content": reply}) if history_base else None
+            await self._commit(session_id, grant["seq"], digest, turn_key, reply, chunk)
+            done = True
             yield chunk
         finally:
-            if stream is not None:  # on cancel this aborts the engine turn, keeping the session consistent
+            if stream is not None:  # on cancel this aborts the engine turn
                 await stream.aclose()
-            if not committed:  # cancelled or failed mid-turn: store whatever the engine kept
-                await asyncio.shield(self._settle(session_id))
+            if not done:
+                await asyncio.shield(self._end_uncommitted(session_id, grant))
             self._busy.discard(session_id)
             self._last_turn[session_id] = time.time()
 
@@ -131,45 +139,28 @@ class LLMReplica:
         if not resident and st.running_requests + st.waiting_requests >= st.total_slots:
             raise CapacityError(f"all {st.total_slots} KV slots of replica {self._id} are busy")
 
-    def _sync(self, session_id: str, record: dict | None) -> CacheState:
-        """Make the local engine agree with the directory's committed record."""
-        stats = self._local_stats(session_id)
-        if record is None:  # never committed: a new session (or one adopted after a directory restart)
-            return CacheState.NEW if stats is None else self._local_state(stats)
-        if stats is not None and stats.rounds == record["rounds"]:
-            return self._local_state(stats)
-        self._engine.import_session(SessionRecord.from_dict(record))  # replaces a stale local copy
-        return CacheState.REBUILT
+    async def _commit(self, sid: str, seq: int, digest: str | None, turn_key: str | None, reply: str, last: StreamChunk) -> None:
+        record = (await asyncio.to_thread(self._engine.export_session, sid)).to_dict()
+        u = last.usage
+        turn = {"turn_key": turn_key, "finish_reason": last.finish_reason, "prompt_tokens": u.prompt_tokens,
+                "completion_tokens": u.completion_tokens, "text": reply, "usage": u.to_dict()}
+        if not await self._directory.commit.remote(sid, self._id, seq, record, digest, turn):
+            self._counts["turns_not_committed"] += 1
+            raise TurnNotCommittedError(f"session {sid!r} changed while this turn ran (deleted or moved); the turn was not recorded, retry it")
+        self._local.committed(sid, seq + 1)
 
-    @staticmethod
-    def _local_state(stats) -> CacheState:
-        """The local copy is current; its KV is warm unless the engine lent its slot
-        to another conversation (it then rebuilds from token ids on this turn)."""
-        return CacheState.WARM if stats.resident else CacheState.REBUILT
-
-    async def _commit(self, session_id: str, digest: str | None) -> None:
-        record = (await asyncio.to_thread(self._engine.export_session, session_id)).to_dict()
-        if not await self._directory.commit.remote(session_id, self._id, record, digest):
-            # Deleted or taken over by another replica while this turn ran: our copy is stale.
-            log.warning("session %s changed hands during a turn on %s; dropping the local copy", session_id, self._id)
-            await asyncio.to_thread(self._close_local, session_id)
-
-    async def _settle(self, session_id: str) -> None:
+    async def _end_uncommitted(self, sid: str, grant: dict | None) -> None:
+        """Roll the local copy back to the committed state and free the lease."""
         try:
-            if await asyncio.to_thread(self._engine.has_session, session_id):
-                await self._commit(session_id, None)
-        except Exception:  # never mask the turn's own error; the next turn rebuilds from the directory
-            log.exception("could not commit session %s after an interrupted turn", session_id)
-            await asyncio.to_thread(self._close_local, session_id)
-
-    # Engine calls take the engine's lock, which a model step holds (~0.1 s on
-    # CPU): the hot path runs them in a worker thread so the event loop keeps
-    # streaming other turns' chunks meanwhile.
-    def _close_local(self, session_id: str) -> bool:
-        if not self._engine.has_session(session_id):
-            return False
-        self._engine.close_session(session_id)
-        return True
+            if grant is not None:
+                await self._local.restore(sid, grant["record"])
+        except Exception:  # never mask the turn's own error; drop the copy, the next turn rebuilds
+            log.exception("could not roll back session %s", sid)
+            await self._local.close(sid)
+        try:
+            await self._directory.end_turn.remote(sid, self._id)
+        except Exception:  # a restarting directory forgets leases anyway
+            log.warning("could not end the turn of session %s at the directory", sid, exc_info=True)
 
     def _local_stats(self, session_id: str):
         return self._engine.session_stats(session_id) if self._engine.has_session(session_id) else None
@@ -193,12 +184,13 @@ class LLMReplica:
             }
         info["replica"] = entry["owner"]
         info["moves"] = entry["moves"]
+        info["seq"] = entry["seq"]  # turns committed to the log
         return info
 
     async def close_session(self, session_id: str) -> bool:
         if session_id in self._busy:
             raise SessionBusyError(f"session {session_id!r} has a turn in flight")
-        local = await asyncio.to_thread(self._close_local, session_id)
+        local = await self._local.close(session_id)
         self._last_turn.pop(session_id, None)
         return await self._directory.delete.remote(session_id) or local
 
@@ -216,6 +208,8 @@ class LLMReplica:
             "running": st.running_requests, "waiting": st.waiting_requests, "evictions": st.evictions,
             "tokens_generated": st.tokens_generated, "tokens_prefilled": st.tokens_prefilled,
             "kv_use": st.resident_sessions / max(1, st.total_slots), "draining": self._draining,
+            "pid": os.getpid(), "idle_evicted": self._local.idle_evicted, "rolled_back": self._local.rolled_back,
+            **self._counts,
         }
 
     def record_replica_metadata(self) -> dict:
@@ -241,15 +235,31 @@ class LLMReplica:
             except Exception:  # the directory restarting must not kill the replica
                 log.exception("stats report failed")
 
+    async def _evict_loop(self) -> None:
+        ttl = self._cfg.limits.idle_ttl_s
+        period = min(5.0, ttl / 4) if ttl is not None else 5.0
+        while not self._draining:
+            await asyncio.sleep(period)
+            try:
+                for sid in await self._local.evict_idle(self._last_turn, self._busy):
+                    self._last_turn.pop(sid, None)
+            except Exception:
+                log.exception("idle session eviction failed")
+
     # ---- drain on scale-down ---------------------------------------------------------
     async def __del__(self):
         """Serve calls this after running turns finished (or the grace period ran
-        out). Hand every idle session's final record to the directory; a session
-        still busy keeps its last committed record."""
+        out). Leave the KV of idle resident sessions (most recent first, within
+        ``kv_transfer_max_mb``) with the directory, then hand every session back;
+        the committed records are already in the log."""
         self._draining = True
-        self._reporter.cancel()
-        idle = [sid for sid in await asyncio.to_thread(self._engine.session_ids) if sid not in self._busy]
-        records = {sid: (await asyncio.to_thread(self._engine.export_session, sid)).to_dict() for sid in idle}
-        released = await self._directory.release.remote(self._id, records)
-        log.info("replica %s drained: handed %d sessions to the directory", self._id, released)
+        for task in self._tasks:
+            task.cancel()
+        held = await asyncio.to_thread(self._engine.session_ids)
+        idle = sorted((sid for sid in held if sid not in self._busy), key=lambda sid: -self._last_turn.get(sid, 0.0))
+        moved = 0
+        for sid, seq, blob in await self._local.snapshots(idle, self._cfg.kv_transfer_max_mb * (1 << 20)):
+            moved += bool(await self._directory.hold_kv.remote(sid, self._id, seq, blob))
+        released = await self._directory.release.remote(self._id)
+        log.info("replica %s drained: handed %d sessions back, %d with their KV", self._id, released, moved)
         await self._engine.shutdown()

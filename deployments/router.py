@@ -53,8 +53,10 @@ def session_of(pending_request: PendingRequest) -> str:
 
 
 class SessionAffinityRouter(RequestRouter):
-    def initialize_state(self, directory_name: str = "swiftinfer-sessions", owner_grace_s: float = 3.0, **_: object) -> None:
-        self._directory_name = directory_name
+    def initialize_state(self, directory: dict | None = None, owner_grace_s: float = 3.0, **_: object) -> None:
+        if directory is None:
+            raise ValueError("SessionAffinityRouter needs request_router_kwargs['directory'] (directory_spec)")
+        self._directory_spec = directory
         self._owner_grace_s = float(owner_grace_s)
         self._directory: Optional[ray.actor.ActorHandle] = None
         self._departed: dict[str, float] = {}  # replica unique id -> when it left this router's view
@@ -82,7 +84,7 @@ class SessionAffinityRouter(RequestRouter):
     # ---- routing ------------------------------------------------------------------
     def _directory_actor(self) -> ray.actor.ActorHandle:
         if self._directory is None:
-            self._directory = directory_handle(self._directory_name)
+            self._directory = directory_handle(self._directory_spec)
         return self._directory
 
     @staticmethod

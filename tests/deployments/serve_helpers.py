@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
+import uuid
+from pathlib import Path
 
 import httpx
 
@@ -11,8 +14,14 @@ MODEL_ID = "smollm2-135m-instruct"
 ENGINE = {"device": "cpu", "sink_tokens": 4, "window": 60, "max_sessions": 16, "max_turn_tokens": 256}
 
 
+def log_path(directory: str) -> str:
+    """A fresh SQLite session log per app: runs never reload each other's sessions."""
+    return str(Path(tempfile.gettempdir()) / "swiftinfer-tests" / f"{directory}-{uuid.uuid4().hex[:8]}.sqlite3")
+
+
 def app_config(directory: str, **overrides) -> dict:
-    cfg = {"model_id": MODEL_ID, "engine": dict(ENGINE), "directory_name": directory, "default_max_tokens": 8}
+    cfg = {"model_id": MODEL_ID, "engine": dict(ENGINE), "directory_name": directory, "default_max_tokens": 8,
+           "session_log": {"path": log_path(directory)}}
     cfg.update(overrides)
     return cfg
 

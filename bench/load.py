@@ -1,0 +1,206 @@
+"""Load generator: open-loop conversations against a SwiftInfer Serve URL.
+
+    python bench/load.py --url http://127.0.0.1:8000 --sessions 64 --rounds 4 --out bench/results
+    python bench/load.py --url http://127.0.0.1:8000 --sessions 64 --rounds 4 --duration-s 300 --out DIR
+
+Sessions arrive as a Poisson process at ``--rate`` per second (default
+``sessions / 10``), independent of how the server keeps up (open loop). Each
+runs ``--rounds`` turns over SSE, one after the other (a user needs the reply
+before writing the next turn), with an optional exponential think time.
+Without ``--duration-s`` exactly ``--sessions`` sessions arrive; with it,
+sessions keep arriving at the same rate until the time is up, and those
+started finish their rounds. ``--concurrency`` caps turns in flight (time
+waiting for the cap counts in ``ttft_from_due_s``, not in ``ttft_s``).
+
+Every turn carries an ``Idempotency-Key`` and is retried until acknowledged
+(see load_client.py). At the end the run is audited against the server's
+session log (GET /v1/sessions/{id} and /turns): lost and duplicated turns.
+Output: ``<out>/<name>.json`` (meta: date, command, client host and versions,
+the server's model card with its engine config; summary: TTFT/ITL p50/p99,
+tokens/s, error counts; audit) and ``<name>.png``.
+
+Only httpx, the standard library and (for the PNG) matplotlib: no torch, no
+pydantic. Importable: ``await run_load(LoadSpec(...))``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import platform
+import random
+import shlex
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx  # noqa: E402
+
+from bench.load_client import TurnResult, run_turn  # noqa: E402
+from bench.load_report import audit, summarize, write  # noqa: E402
+
+TEXT = Path(__file__).resolve().parent / "data" / "shakespeare.txt"
+
+
+@dataclass
+class LoadSpec:
+    url: str
+    sessions: int = 16
+    rounds: int = 4
+    duration_s: float | None = None
+    rate: float | None = None  # session arrivals per second; default sessions / 10
+    concurrency: int | None = None
+    max_tokens: int = 64
+    prompt_words: int = 24
+    think_s: float = 0.0
+    model: str | None = None  # default: the server's first model
+    seed: int = 0
+    retry_s: float = 180.0  # a turn is given up after retrying this long
+    timeout_s: float = 600.0  # one HTTP attempt
+    prefix: str = "load"
+    verify: bool = True
+    cleanup: bool = True
+
+
+@dataclass
+class Progress:
+    """Read from another thread while a run goes on (tests use it to time faults)."""
+
+    turns_done: int = 0
+    turns_failed: int = 0
+    attempt_errors: int = 0
+    results: list[TurnResult] = field(default_factory=list)
+
+
+class Prompts:
+    def __init__(self, words: int, rng: random.Random):
+        text = TEXT.read_text(encoding="utf-8", errors="replace").split() if TEXT.exists() else []
+        self._words = [w for w in text if w.isalpha()] or ["river", "stone", "light", "garden", "letter", "winter"]
+        self._n, self._rng = words, rng
+
+    def __call__(self, round_: int) -> str:
+        i = self._rng.randrange(max(1, len(self._words) - self._n))
+        return f"Round {round_ + 1}. " + " ".join(self._words[i : i + self._n]) + ". Reply briefly."
+
+
+def arrivals(spec: LoadSpec, rng: random.Random) -> list[float]:
+    rate = spec.rate or max(spec.sessions / 10.0, 1e-3)
+    out, t = [], 0.0
+    while True:
+        if spec.duration_s is None and len(out) >= spec.sessions:
+            return out
+        if spec.duration_s is not None and t >= spec.duration_s:
+            return out
+        out.append(t)
+        t += rng.expovariate(rate)
+
+
+async def run_load(spec: LoadSpec, progress: Progress | None = None) -> dict:
+    progress = progress or Progress()
+    rng = random.Random(spec.seed)
+    run_id = uuid.uuid4().hex[:8]
+    prompts = Prompts(spec.prompt_words, rng)
+    cap = asyncio.Semaphore(spec.concurrency) if spec.concurrency else None
+    limits = httpx.Limits(max_connections=spec.concurrency or 1024, max_keepalive_connections=spec.concurrency or 1024)
+    timeout = httpx.Timeout(spec.timeout_s, connect=10.0)
+    async with httpx.AsyncClient(base_url=spec.url.rstrip("/"), timeout=timeout, limits=limits) as client:
+        card = (await client.get("/v1/models")).json()["data"][0]
+        model = spec.model or card["id"]
+        t_start = time.perf_counter()
+
+        async def conversation(i: int, at: float) -> None:
+            await asyncio.sleep(max(0.0, t_start + at - time.perf_counter()))
+            sid = f"{spec.prefix}-{run_id}-{i}"
+            crng = random.Random(f"{spec.seed}-{i}")
+            for r in range(spec.rounds):
+                if r and spec.think_s > 0:
+                    await asyncio.sleep(crng.expovariate(1.0 / spec.think_s))
+                body = {"model": model, "session_id": sid, "stream": True, "max_tokens": spec.max_tokens, "temperature": 0,
+                        "ignore_eos": True, "messages": [{"role": "user", "content": prompts(r)}]}
+                res = TurnResult(sid, r, f"{sid}-r{r}", scheduled=time.perf_counter())
+                progress.results.append(res)
+                if cap is not None:
+                    async with cap:
+                        await run_turn(client, "/v1/chat/completions", body, res, spec.retry_s, crng)
+                else:
+                    await run_turn(client, "/v1/chat/completions", body, res, spec.retry_s, crng)
+                progress.attempt_errors += sum(res.errors.values())
+                if not res.ok:
+                    progress.turns_failed += 1
+                    return  # the conversation cannot go on without this turn
+                progress.turns_done += 1
+
+        await asyncio.gather(*(conversation(i, at) for i, at in enumerate(arrivals(spec, rng))))
+        t_end = time.perf_counter()
+        turns = progress.results
+        result = {
+            "meta": meta(spec, card, run_id),
+            "summary": summarize(turns, t_start, t_end),
+            "audit": await audit(client, turns, spec.cleanup) if spec.verify else {},
+        }
+    result["_turns"] = turns
+    result["_t_start"] = t_start
+    return result
+
+
+def meta(spec: LoadSpec, card: dict, run_id: str) -> dict:
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "run_id": run_id,
+        "spec": asdict(spec),
+        "server": card,  # model card; `swiftinfer` holds the engine config and versions
+        "client": {"host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
+                   "httpx": httpx.__version__},
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[LoadSpec, Path, str]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", required=True)
+    p.add_argument("--sessions", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--duration-s", type=float, default=None)
+    p.add_argument("--rate", type=float, default=None, help="session arrivals per second (default sessions/10)")
+    p.add_argument("--concurrency", type=int, default=None, help="most turns in flight")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--prompt-words", type=int, default=24)
+    p.add_argument("--think-s", type=float, default=0.0)
+    p.add_argument("--model", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--retry-s", type=float, default=180.0)
+    p.add_argument("--timeout-s", type=float, default=600.0)
+    p.add_argument("--prefix", default="load")
+    p.add_argument("--no-verify", action="store_true")
+    p.add_argument("--keep-sessions", action="store_true")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--name", default="load")
+    a = p.parse_args(argv)
+    for name in ("sessions", "rounds", "max_tokens", "prompt_words"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    spec = LoadSpec(a.url, a.sessions, a.rounds, a.duration_s, a.rate, a.concurrency, a.max_tokens, a.prompt_words,
+                    a.think_s, a.model, a.seed, a.retry_s, a.timeout_s, a.prefix, not a.no_verify, not a.keep_sessions)
+    return spec, Path(a.out), a.name
+
+
+def main(argv: list[str] | None = None) -> int:
+    spec, out, name = parse_args(argv)
+    result = asyncio.run(run_load(spec))
+    turns, t_start = result.pop("_turns"), result.pop("_t_start")
+    js, png = write(result, turns, out, name, t_start)
+    s, a = result["summary"], result["audit"]
+    print(f"{s['sessions']} sessions, {s['turns_ok']} turns ok, {s['turns_failed']} failed, {s['tokens_per_s']:.1f} tok/s, "
+          f"TTFT p50/p99 {s['ttft_s']['p50']}/{s['ttft_s']['p99']} s, ITL p50/p99 {s['itl_s']['p50']}/{s['itl_s']['p99']} s")
+    print(f"audit: {a}\nwrote {js} and {png}")
+    return 0 if s["turns_failed"] == 0 and not a.get("lost") and not a.get("duplicated") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

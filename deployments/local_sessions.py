@@ -1,0 +1,154 @@
+"""A replica's local copies of sessions, kept equal to what the log committed.
+
+The engine on a replica holds conversations it is serving; the directory holds
+the committed state (``seq`` and record of the last logged turn). This class
+makes the two agree at the start of every turn and again when a turn ends
+without a commit:
+
+- ``sync``: warm if the local copy is exactly the committed record; else the KV
+  snapshot a draining owner left (exact cache, "migrated") when the engines
+  match; else a rebuild from the record's token ids ("rebuilt"); or a new
+  session.
+- ``restore``: a turn that was not committed (client gone, timeout, error,
+  refused commit) is rolled back to the committed record, so a retry of it is
+  never applied twice and every replica agrees on the conversation.
+- ``evict_idle``: conversations idle past ``idle_ttl_s``, and the least recently
+  used beyond ``max_sessions_per_replica``, leave the engine (slot and ids);
+  their next turn rebuilds from the record.
+- ``snapshots``: pickled KV of idle resident sessions for a drain.
+
+Closing a local copy and a turn of the same session exclude each other
+(``guard``/``wait``): a turn never starts on a copy that is being dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import time
+from enum import Enum
+
+from deployments.config import LimitsConfig
+from swiftinfer_core.protocol import EngineProtocol, KVSnapshot, KVTransfer, SessionRecord
+
+
+class CacheState(str, Enum):
+    WARM = "warm"  # this replica's cache continued the conversation
+    MIGRATED = "migrated"  # the KV arrived from a draining replica through the object store
+    REBUILT = "rebuilt"  # rebuilt here from the committed record
+    NEW = "new"  # first turn of the conversation
+    REPLAYED = "replayed"  # a retry of the last committed turn, answered from the log
+
+
+class NoKVTransfer:
+    """For engines without ``KVTransfer``: drains always rebuild."""
+
+    def export_kv(self, session_id: str) -> KVSnapshot | None:
+        return None
+
+    def import_kv(self, snapshot: KVSnapshot) -> bool:
+        return False
+
+
+class LocalSessions:
+    def __init__(self, engine: EngineProtocol, limits: LimitsConfig):
+        self._engine = engine
+        self._kv: KVTransfer = engine if isinstance(engine, KVTransfer) else NoKVTransfer()
+        self._limits = limits
+        self._closing: dict[str, asyncio.Event] = {}
+        self.seq: dict[str, int] = {}  # committed turns of each local copy
+        self.idle_evicted = 0
+        self.rolled_back = 0
+
+    # ---- turn start / end ------------------------------------------------------
+    async def wait(self, sid: str) -> None:
+        """Return once no close of ``sid`` is in progress."""
+        while sid in self._closing:
+            await self._closing[sid].wait()
+
+    async def sync(self, sid: str, grant: dict) -> CacheState:
+        """Make the local copy equal the committed state in ``grant`` (from
+        ``SessionDirectory.begin_turn``)."""
+        record, seq = grant["record"], grant["seq"]
+        local = await asyncio.to_thread(self._local, sid)
+        self.seq[sid] = seq
+        if record is None:
+            if local is not None:  # leftovers of a session deleted or never committed
+                await asyncio.to_thread(self._engine.close_session, sid)
+            return CacheState.NEW
+        if local is not None and local[0] == record:
+            return CacheState.WARM if local[1] else CacheState.REBUILT
+        if grant["kv"]:
+            snap: KVSnapshot = pickle.loads(await grant["kv"][0])
+            if snap.record.to_dict() == record and await asyncio.to_thread(self._kv.import_kv, snap):
+                return CacheState.MIGRATED
+        await asyncio.to_thread(self._engine.import_session, SessionRecord.from_dict(record))
+        return CacheState.REBUILT
+
+    def _local(self, sid: str) -> tuple[dict, bool] | None:
+        if not self._engine.has_session(sid):
+            return None
+        return self._engine.export_session(sid).to_dict(), self._engine.session_stats(sid).resident
+
+    def committed(self, sid: str, seq: int) -> None:
+        self.seq[sid] = seq
+
+    async def restore(self, sid: str, record: dict | None) -> None:
+        """Undo an uncommitted turn: back to ``record`` (None: forget the session)."""
+        local = await asyncio.to_thread(self._local, sid)
+        if local is None or local[0] == record:
+            return  # nothing was applied
+        self.rolled_back += 1
+        if record is None:
+            await self.close(sid)
+        else:
+            await asyncio.to_thread(self._engine.import_session, SessionRecord.from_dict(record))
+
+    # ---- dropping copies -------------------------------------------------------
+    async def close(self, sid: str) -> bool:
+        """Drop the local copy (the record stays in the directory and the log)."""
+        await self.wait(sid)
+        self._closing[sid] = done = asyncio.Event()
+        try:
+            return await asyncio.to_thread(self._close, sid)
+        finally:
+            del self._closing[sid]
+            self.seq.pop(sid, None)
+            done.set()
+
+    def _close(self, sid: str) -> bool:
+        if not self._engine.has_session(sid):
+            return False
+        self._engine.close_session(sid)
+        return True
+
+    async def evict_idle(self, last_turn: dict[str, float], busy: set[str]) -> list[str]:
+        """Close copies idle past the TTL, then the least recently used while the
+        engine holds more than ``max_sessions_per_replica``. Returns their ids."""
+        now = time.time()
+        held = await asyncio.to_thread(self._engine.session_ids)
+        idle = sorted((last_turn.get(sid, 0.0), sid) for sid in held if sid not in busy)
+        excess = len(held) - self._limits.max_sessions_per_replica
+        ttl = self._limits.idle_ttl_s
+        victims = [sid for i, (t, sid) in enumerate(idle) if i < excess or (ttl is not None and now - t > ttl)]
+        evicted = []
+        for sid in victims:
+            if sid in busy:  # a turn started meanwhile: keep it
+                continue
+            if await self.close(sid):
+                evicted.append(sid)
+        self.idle_evicted += len(evicted)
+        return evicted
+
+    # ---- drain ----------------------------------------------------------------
+    async def snapshots(self, sids: list[str], budget_bytes: float) -> list[tuple[str, int, bytes]]:
+        """``(session, committed seq, pickled KVSnapshot)`` of resident idle sessions
+        in ``sids`` order, while their sizes fit ``budget_bytes``."""
+        out = []
+        for sid in sids:
+            snap = await asyncio.to_thread(self._kv.export_kv, sid)
+            if snap is None or snap.nbytes > budget_bytes or sid not in self.seq:
+                continue
+            budget_bytes -= snap.nbytes
+            out.append((sid, self.seq[sid], pickle.dumps(snap, protocol=pickle.HIGHEST_PROTOCOL)))
+        return out
