@@ -168,14 +168,14 @@ class Ingress:
             self._check_sid(session_id)
             info = await self._llm.options(session_id=session_id).session_info.remote(session_id)
         except Exception as exc:
-            return error_response(exc, {"x-session-id": session_id, "x-replica-id": NO_REPLICA})
+            return error_response(exc, {"x-session-id": _echo(session_id), "x-replica-id": NO_REPLICA})
         info["id"] = info.pop("session_id", session_id)
         info["object"] = "session"
-        return JSONResponse(info, headers={"x-session-id": session_id, "x-replica-id": info["replica"] or NO_REPLICA})
+        return JSONResponse(info, headers={"x-session-id": _echo(session_id), "x-replica-id": info["replica"] or NO_REPLICA})
 
     async def session_turns(self, session_id: str, request: Request) -> Response:
         """``?after=<seq>&limit=<n>``: committed turns with seq > after, from the log."""
-        headers = {"x-session-id": session_id, "x-replica-id": NO_REPLICA}
+        headers = {"x-session-id": _echo(session_id), "x-replica-id": NO_REPLICA}
         try:
             self._check_sid(session_id)
             after, limit = (_query_int(request, name, default, hi) for name, default, hi in (("after", 0, 1 << 62), ("limit", 100, MAX_TURNS_PAGE)))
@@ -187,7 +187,7 @@ class Ingress:
         return JSONResponse({"object": "list", "session_id": session_id, "data": turns}, headers=headers)
 
     async def delete_session(self, session_id: str) -> Response:
-        headers = {"x-session-id": session_id, "x-replica-id": NO_REPLICA}
+        headers = {"x-session-id": _echo(session_id), "x-replica-id": NO_REPLICA}
         try:
             self._check_sid(session_id)
             if not await self._llm.options(session_id=session_id).close_session.remote(session_id):
@@ -211,6 +211,12 @@ class Ingress:
         live = await self._live_replicas()
         self._metrics.set_pool(live, await self._directory.num_sessions.remote())
         return Response(self._metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _echo(session_id: str) -> str:
+    """A session id fit for a response header (an invalid one, possibly not even
+    latin-1 encodable, is not echoed)."""
+    return session_id if _SESSION_ID.match(session_id) else ""
 
 
 def server_info(cfg: AppConfig) -> dict:

@@ -25,6 +25,8 @@ def cluster():
     # Autoscaling metrics every 0.5 s instead of 10 s, so scale-down tests take seconds.
     os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
     os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
+    # Ray's proxy answers 500 to non-UTF-8 session/request-id headers; our guard makes that a 400.
+    os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "deployments.proxy_guard:proxy_middlewares")
     import ray
     from ray import serve
 
