@@ -20,6 +20,7 @@ reads await, and they re-check what they change after it.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -237,7 +238,7 @@ class SessionDirectory:
         return len(self._entries)
 
     def log_stats(self) -> dict:
-        return {**self._writer.stats.to_dict(), "loaded_at_start": self.loaded, "sessions": len(self._entries)}
+        return {**self._writer.stats.to_dict(), "loaded_at_start": self.loaded, "sessions": len(self._entries), "pid": os.getpid()}
 
     # ---- id-less conversations -------------------------------------------------
     def resolve_history(self, opening: str, prefix_digest: str | None) -> tuple[str, bool]:
