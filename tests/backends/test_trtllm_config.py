@@ -28,10 +28,15 @@ def test_trtllm_hf_checkpoint_is_read(tmp_path):
     assert ck == Checkpoint(tmp_path, False, 4096, (7, 9))
 
 
-def test_trtllm_refuses_transformers5_rope_format(model_dir):
-    # the converted default model stores rope_parameters only: TensorRT-LLM 0.15-1.0 would use theta 10000
+def test_trtllm_refuses_transformers5_rope_format(tmp_path, model_dir):
+    # a config with rope_parameters only: TensorRT-LLM 0.15-1.0 would silently use theta 10000
+    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg.pop("rope_theta", None)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(InvalidRequestError, match="rope_parameters"):
-        inspect_checkpoint(model_dir)
+        inspect_checkpoint(tmp_path)
+    # the converted default model also carries the top-level key (model/fetch.py), so it is accepted
+    inspect_checkpoint(model_dir)
 
 
 def test_trtllm_refuses_engine_built_without_streamingllm(tmp_path):
