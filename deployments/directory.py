@@ -28,10 +28,28 @@ import ray
 
 from deployments.config import AppConfig, SessionLogConfig
 from deployments.log_writer import BatchWriter
-from deployments.session_log import CommitOp, DeleteOp, LastTurn, LogConflictError, ReleaseOp, SessionState, TurnEntry, open_log
+from deployments.config import LogBackend
+from deployments.session_log import (
+    CommitOp,
+    DeleteOp,
+    LastTurn,
+    LogConflictError,
+    LogOp,
+    LogUnavailableError,
+    ReleaseOp,
+    SessionState,
+    TurnEntry,
+    open_log,
+)
 from swiftinfer_core.errors import SessionBusyError
 
 NAMESPACE = "swiftinfer"
+# Where the directory may run: a SQLite log is a file on one machine, so the
+# directory stays on the head node (a restart elsewhere would not find it).
+PLACEMENT: dict[LogBackend, dict] = {
+    LogBackend.SQLITE: {"resources": {"node:__internal_head__": 0.001}},
+    LogBackend.REDIS: {},
+}
 
 
 @dataclass
@@ -154,7 +172,7 @@ class SessionDirectory:
         t = TurnEntry(sid, seq + 1, turn["turn_key"], rid, turn["finish_reason"], turn["prompt_tokens"], turn["completion_tokens"], now)
         last = LastTurn(t, turn["text"], turn["usage"])
         try:
-            await self._writer.submit(CommitOp(SessionState(sid, seq + 1, record, rid, digest, last, entry.created, now), t))
+            await self._write(CommitOp(SessionState(sid, seq + 1, record, rid, digest, last, entry.created, now), t))
         except LogConflictError:
             return False
         finally:
@@ -201,7 +219,7 @@ class SessionDirectory:
         self._stats.pop(rid, None)
         committed = [sid for sid in sids if self._entries[sid].seq > 0]
         if committed:
-            await self._writer.submit(ReleaseOp(committed))
+            await self._write(ReleaseOp(committed))
         return len(sids)
 
     async def delete(self, sid: str) -> bool:
@@ -209,8 +227,16 @@ class SessionDirectory:
         if entry is None:
             return False
         self._drop(sid, entry)
-        await self._writer.submit(DeleteOp(sid))
+        await self._write(DeleteOp(sid))
         return True
+
+    async def _write(self, op: LogOp) -> None:
+        try:
+            await self._writer.submit(op)
+        except LogConflictError:
+            raise
+        except Exception as exc:
+            raise LogUnavailableError(f"the session log could not be written: {type(exc).__name__}: {exc}") from None
 
     def _drop(self, sid: str, entry: Entry) -> None:
         self._set_owner(sid, entry, None)
@@ -269,4 +295,7 @@ def directory_handle(spec: dict) -> "ray.actor.ActorHandle":
     """Get or create the application's directory (``spec`` from ``directory_spec``).
     Detached, so it outlives any replica (a killed owner must not take the
     records with it); restarted by Ray if it dies, reloading from the log."""
-    return SessionDirectory.options(name=spec["name"], namespace=NAMESPACE, get_if_exists=True, lifetime="detached").remote(spec)
+    placement = PLACEMENT[SessionLogConfig.model_validate(spec["log"]).backend]
+    return SessionDirectory.options(
+        name=spec["name"], namespace=NAMESPACE, get_if_exists=True, lifetime="detached", **placement
+    ).remote(spec)

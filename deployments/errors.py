@@ -15,6 +15,8 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from starlette.requests import ClientDisconnect
 
+from deployments.session_log import LogUnavailableError
+
 from swiftinfer_core.errors import (
     CapacityError,
     EngineClosedError,
@@ -73,6 +75,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], ErrorKind], ...] = (
     (BackPressureError, ErrorKind(429, "rate_limit_error", "queue_full", retry_after_s=1)),
     (ServiceStartingError, ErrorKind(503, "service_unavailable", "starting", retry_after_s=5)),
     (TurnTimeoutError, ErrorKind(504, "timeout", "turn_timeout")),
+    (LogUnavailableError, ErrorKind(503, "service_unavailable", "session_log_unavailable", retry_after_s=1)),
     (EngineClosedError, ErrorKind(503, "service_unavailable", "engine_unavailable", retry_after_s=1)),
     (DeploymentUnavailableError, ErrorKind(503, "service_unavailable", "deployment_unavailable", retry_after_s=5)),
     (ReplicaUnavailableError, ErrorKind(503, "service_unavailable", "replica_unavailable", retry_after_s=1)),

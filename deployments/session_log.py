@@ -28,6 +28,10 @@ class LogConflictError(Exception):
     """The log refused an operation: wrong sequence number or a turn key seen before."""
 
 
+class LogUnavailableError(Exception):
+    """The log could not be written (disk, Redis down): nothing was acknowledged (503)."""
+
+
 @dataclass
 class TurnEntry:
     """One committed turn (kept forever: ~100 bytes, the exactly-once audit trail)."""

@@ -80,7 +80,7 @@ def multinode(tmp_path_factory):
             print(f"killed {len(leftovers)} leftover Ray processes of this test's cluster: {leftovers}")
 
 
-def _test_config(http_port: int) -> dict:
+def _test_config(http_port: int, log_path: str) -> dict:
     """serve_config.yaml, scaled down: 2 replicas, one per llm_slot, small cache, one proxy."""
     cfg = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     cfg["proxy_location"] = "HeadOnly"  # one machine: per-node proxies would share the port
@@ -90,7 +90,8 @@ def _test_config(http_port: int) -> dict:
     args["engine"].update({"device": "cpu", "window": 60, "max_sessions": 8, "max_turn_tokens": 256})
     args["scaling"] = {"min_replicas": 2, "max_replicas": 2}
     args.update({"replica_cpus": 1, "cpu_threads": 1, "replica_resources": {"llm_slot": 1}, "default_max_tokens": 4,
-                 "directory_name": "swiftinfer-sessions-multinode"})
+                 "directory_name": "swiftinfer-sessions-multinode",
+                 "session_log": {"path": log_path}})  # a fresh session log: earlier runs' sessions must not come back
     return cfg
 
 
@@ -103,7 +104,7 @@ def test_multinode_replicas_spread_and_sessions_stick(multinode, tmp_path):
     cluster, workers = multinode
     http_port = free_port()
     config = tmp_path / "serve_multinode.yaml"
-    config.write_text(yaml.safe_dump(_test_config(http_port)))
+    config.write_text(yaml.safe_dump(_test_config(http_port, str(tmp_path / "sessions.sqlite3"))))
 
     env = {**cluster.env, "DASHBOARD_PORT": str(cluster.dashboard_port), "DEPLOY_TIMEOUT_S": "180"}
     deploy = subprocess.run(["bash", str(ROOT / "cluster" / "node.sh"), "deploy", str(config)], env=env, cwd=ROOT,

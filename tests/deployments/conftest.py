@@ -44,38 +44,10 @@ def cluster():
 def redis_url(tmp_path_factory):
     """A real ``redis-server`` on loopback at a random port (installed with apt
     when missing: CI runs as root on a clean Debian machine), stopped at the end."""
-    import shutil
-    import subprocess
-    import time
+    from redis_server import RedisServer
 
-    if shutil.which("redis-server") is None:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        if subprocess.run(["apt-get", "install", "-y", "-q", "redis-server"], env=env, capture_output=True).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, check=True, capture_output=True)
-            subprocess.run(["apt-get", "install", "-y", "-q", "redis-server"], env=env, check=True, capture_output=True)
-    import redis
-
-    port, data = _free_port(), tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--save", "",
-         "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no", "--protected-mode", "yes"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
+    server = RedisServer.start(tmp_path_factory.mktemp("redis"))
     try:
-        deadline = time.time() + 20
-        while True:
-            try:
-                redis.Redis.from_url(url).ping()
-                break
-            except redis.ConnectionError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"redis-server did not start (exit code {proc.poll()})") from None
-                time.sleep(0.1)
-        yield url
+        yield server.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.stop()

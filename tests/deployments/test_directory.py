@@ -112,3 +112,28 @@ def test_a_drained_owner_hands_its_kv_over_once(directory):
     assert ray.get(d.begin_turn.remote("m", "r2", None))["kv"] is None
     info = ray.get(d.describe.remote("m"))
     assert info["owner"] == "r2" and info["moves"] == 1
+
+
+def test_a_log_outage_refuses_the_turn_with_503_and_loses_nothing(cluster, tmp_path):
+    from deployments.errors import classify
+    from deployments.session_log import LogUnavailableError
+    from redis_server import RedisServer
+
+    server = RedisServer.start(tmp_path)
+    spec = {"name": f"dir-outage-{uuid.uuid4().hex[:6]}", "log": {"backend": "redis", "redis_url": server.url},
+            "lease_stale_s": STALE_S, "lease_timeout_s": 30.0}
+    d = directory_handle(spec)
+    try:
+        assert _commit(d, "o", "r1", "k1")
+        server.stop()
+        with pytest.raises(LogUnavailableError) as err:
+            _commit(d, "o", "r1", "k2")
+        assert classify(err.value).status == 503
+        assert ray.get(d.describe.remote("o"))["seq"] == 1  # not acknowledged, not applied
+        server = RedisServer.start(tmp_path, port=server.port)  # same data directory: the AOF comes back
+        assert _commit(d, "o", "r1", "k2")  # the lease was freed; the retry goes through
+        _restart(d)
+        assert [t["turn_key"] for t in ray.get(d.turns.remote("o", 0, 10))] == ["k1", "k2"]
+    finally:
+        ray.kill(d, no_restart=True)
+        server.stop()
