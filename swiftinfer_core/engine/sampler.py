@@ -13,11 +13,15 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
     for i, p in enumerate(params):
         if p.greedy:
             continue
-        row = logits[i] / p.temperature
+        # float64 and max-subtracted: a tiny temperature must not turn logits into inf/nan
+        row = logits[i].double()
+        row = (row - row.max()) / p.temperature
         if p.top_k:
             kth = torch.topk(row, min(p.top_k, row.numel())).values[-1]
             row = row.masked_fill(row < kth, float("-inf"))
         probs = torch.softmax(row, dim=-1)
+        if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
+            continue  # degenerate distribution (e.g. temperature ~1e-300): the argmax already chosen
         if p.top_p < 1.0:
             sorted_p, idx = torch.sort(probs, descending=True)
             # keep the smallest prefix whose mass reaches top_p (always at least one token)

@@ -134,3 +134,20 @@ def test_export_import_moves_a_session(make_core):
     assert b.session_stats("mv").recovered and b.session_stats("mv").rounds == 2
     a.close_session("mv")
     assert not a.sessions and a.pool.slots.free == a.pool.num_slots
+
+
+def test_extreme_sampling_values_do_not_fail_the_batch(make_core):
+    core = make_core()
+    ok = core.add_turn("fine", [{"role": "user", "content": "Hello"}], SamplingParams(max_tokens=4))
+    for i, p in enumerate([SamplingParams(max_tokens=4, temperature=1e-300, seed=1),
+                           SamplingParams(max_tokens=4, temperature=5.0, top_p=1e-9, seed=2),
+                           SamplingParams(max_tokens=4, temperature=1e-30, top_k=1, seed=3)]):
+        core.add_turn(f"odd{i}", [{"role": "user", "content": "0"}], p)
+    done = set()
+    for _ in range(40):
+        for ev in core.step():
+            if ev.chunk.finish_reason:
+                done.add(ev.turn.session.id)
+        if len(done) == 4:
+            break
+    assert done == {"fine", "odd0", "odd1", "odd2"} and ok.state.name == "DONE"
