@@ -11,7 +11,8 @@ redis-server, MULTI/EXEC per batch). Trials interleave the modes (in a fresh
 random order each trial) so drift on a shared machine hits them alike.
 
 Reported per mode: decode tokens/s (median and spread over trials), the
-overhead against ``none``, and the log's CPU time accounted directly (thread
+overhead against ``none`` (also paired within each trial), the share of each
+conversation's time spent waiting for its commit, and the log's CPU time accounted directly (thread
 CPU time inside ``SessionLog.write`` and inside the record export, lock waits
 excluded) as a share of the run's wall time, i.e. the share of one core the
 log took from everything else. That share is steadier than the A/B difference
@@ -67,23 +68,28 @@ async def run(engine: Engine, writer: BatchWriter | None, args, tag: str, writer
             record = engine.core.export_session(sid).to_dict()
             return record, time.thread_time() - t0
 
+    turn_s = commit_s = 0.0
+
     async def conversation(i: int) -> int:
-        nonlocal export_s
+        nonlocal export_s, turn_s, commit_s
         sid, generated = f"{tag}-{i}", 0
         for r in range(args.rounds):
             text = []
+            t_turn = time.perf_counter()
             async for chunk in engine.chat(sid, [{"role": "user", "content": f"Round {r}: tell me about rivers, {i}."}], params):
                 text.append(chunk.text)
                 last = chunk
             generated += last.usage.completion_tokens
-            if writer is None:
-                continue
-            record, cpu = await asyncio.to_thread(export, sid)
-            export_s += cpu
-            now = time.time()
-            entry = TurnEntry(sid, r + 1, f"{sid}-{r}", "bench", last.finish_reason, last.usage.prompt_tokens, last.usage.completion_tokens, now)
-            state = SessionState(sid, r + 1, record, "bench", None, LastTurn(entry, "".join(text), last.usage.to_dict()), now, now)
-            await writer.submit(CommitOp(state, entry))
+            t_commit = time.perf_counter()
+            if writer is not None:
+                record, cpu = await asyncio.to_thread(export, sid)
+                export_s += cpu
+                now = time.time()
+                entry = TurnEntry(sid, r + 1, f"{sid}-{r}", "bench", last.finish_reason, last.usage.prompt_tokens, last.usage.completion_tokens, now)
+                state = SessionState(sid, r + 1, record, "bench", None, LastTurn(entry, "".join(text), last.usage.to_dict()), now, now)
+                await writer.submit(CommitOp(state, entry))
+            commit_s += time.perf_counter() - t_commit
+            turn_s += time.perf_counter() - t_turn
         return generated
 
     t0 = time.perf_counter()
@@ -92,7 +98,10 @@ async def run(engine: Engine, writer: BatchWriter | None, args, tag: str, writer
     for sid in engine.session_ids():
         engine.close_session(sid)
     log_s = (writer_cpu[0] if writer else 0.0) + export_s
-    return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall, "log_cpu_s": log_s, "log_share": log_s / wall}
+    # log_share: share of one core the log's CPU work took; commit_share: share of each
+    # conversation's time spent waiting for its commit (a closed-loop client's next turn waits for it)
+    return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall, "log_cpu_s": log_s, "log_share": log_s / wall,
+            "commit_wait_s": commit_s, "commit_share": commit_s / turn_s}
 
 
 def start_redis() -> tuple[str | None, subprocess.Popen | None]:
@@ -146,14 +155,19 @@ def main() -> None:
     summary = {}
     for mode, rs in runs.items():
         tps = [r["tokens_per_s"] for r in rs]
+        paired = [1 - r["tokens_per_s"] / n["tokens_per_s"] for r, n in zip(rs, runs["none"])]  # same trial
         summary[mode] = {
             "tokens_per_s_median": statistics.median(tps), "tokens_per_s_min": min(tps), "tokens_per_s_max": max(tps),
             "overhead_vs_none_pct": 100 * (1 - statistics.median(tps) / base),
+            "paired_overhead_pct_mean": 100 * statistics.mean(paired),
+            "paired_overhead_pct_stdev": 100 * statistics.stdev(paired) if len(paired) > 1 else None,
             "log_cpu_share_pct": 100 * statistics.median(r["log_share"] for r in rs),
+            "commit_wait_share_pct": 100 * statistics.median(r["commit_share"] for r in rs),
             "mean_batch": statistics.mean(r["writer"]["mean_batch"] for r in rs) if mode != "none" else None,
         }
     print(common.table([{"mode": m, **s} for m, s in summary.items()],
-                       ["mode", "tokens_per_s_median", "tokens_per_s_min", "tokens_per_s_max", "overhead_vs_none_pct", "log_cpu_share_pct", "mean_batch"]))
+                       ["mode", "tokens_per_s_median", "overhead_vs_none_pct", "paired_overhead_pct_mean", "paired_overhead_pct_stdev",
+                        "log_cpu_share_pct", "commit_wait_share_pct", "mean_batch"]))
     data = {"note": "CPU (2 shared cores, SmolLM2-135M, 1 torch thread): a CPU decode step is ~100x slower than on a GPU, so the log's share here is far below what a GPU would see; see docs/reliability.md",
             "config": vars(args), "summary": summary, "runs": runs}
     common.write_results("session_log_overhead", data, args.out)
@@ -173,9 +187,12 @@ def plot(summary: dict, runs: dict, out: str | None) -> None:
     a.bar(range(len(modes)), [summary[m]["tokens_per_s_median"] for m in modes], alpha=0.3)
     a.set_xticks(range(len(modes)), modes)
     a.set_ylabel("decode tokens/s (median, trials as dots)")
-    b.bar(modes, [summary[m]["log_cpu_share_pct"] for m in modes])
+    x = range(len(modes))
+    b.bar([i - 0.2 for i in x], [summary[m]["log_cpu_share_pct"] for m in modes], width=0.4, label="log CPU (% of one core)")
+    b.bar([i + 0.2 for i in x], [summary[m]["commit_wait_share_pct"] for m in modes], width=0.4, label="commit wait (% of turn time)")
+    b.set_xticks(list(x), modes)
     b.axhline(2.0, color="r", ls="--", label="2% budget")
-    b.set_ylabel("log CPU time / run time (% of one core)")
+    b.set_ylabel("%")
     b.legend()
     fig.suptitle("Session log cost on the token path (CPU)")
     common.save_plot("session_log_overhead", fig, out)
