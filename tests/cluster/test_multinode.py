@@ -68,7 +68,7 @@ def multinode(tmp_path_factory):
         _wait(lambda: len(_alive_nodes(cluster)) == 1, 90, "the head node")
         for name, resources in WORKERS.items():
             cluster.add_worker(name, num_cpus=1, resources=resources)
-        nodes = _wait(lambda: (n := _alive_nodes(cluster)) and len(n) == 3 and n, 120, "3 alive nodes")
+        nodes = _wait(lambda: (n := _alive_nodes(cluster)) and len(n) == 3 and n, 300, "3 alive nodes")  # slow on a loaded 2-core box
         workers = {n["node_id"]: name for n in nodes for name in WORKERS if name in n["resources_total"]}
         assert len(workers) == 2, nodes
         yield cluster, workers
