@@ -120,7 +120,7 @@ class AppConfig(Strict):
     stats_report_period_s: float = Field(2.0, gt=0, le=60, description="How often a replica pushes engine stats for /metrics and readiness.")
     session_log: SessionLogConfig = Field(default_factory=SessionLogConfig, description="Durable log of sessions and turns.")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request and replica limits.")
-    kv_transfer_max_mb: float = Field(4096.0, ge=0, le=1 << 24, description="KV bytes a draining replica may hand over through the object store (engines that match import it; others rebuild). 0: always rebuild.")
+    kv_transfer_max_mb: float = Field(1024.0, ge=0, le=1 << 24, description="KV bytes a draining replica may hand over through the object store (engines that match import it; others rebuild). 0: always rebuild.")
 
     @property
     def uses_gpu(self) -> bool:

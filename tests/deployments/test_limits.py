@@ -16,7 +16,7 @@ from ray import serve
 
 from serve_helpers import ENGINE, MODEL_ID, app_config, deploy, wait_for
 
-TTL_S, CAP = 6.0, 6
+TTL_S, CAP = 8.0, 6
 LIMITS = {"request_timeout_s": 5.0, "idle_ttl_s": TTL_S, "max_sessions_per_replica": CAP, "max_output_tokens": 400}
 
 
