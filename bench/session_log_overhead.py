@@ -3,8 +3,8 @@
 The real engine (Engine: its own step thread, real model) serves ``--sessions``
 conversations at once for ``--rounds`` turns of ``--tokens`` generated tokens
 (ignore_eos). After every turn the replica's commit work runs exactly as in
-deployments/replica.py + directory.py: export the session record in a worker
-thread, then ``await BatchWriter.submit(CommitOp)`` on the real log, before the
+deployments/replica.py + directory.py: take the session record the engine put
+on the final chunk, then ``await BatchWriter.submit(CommitOp)`` on the real log, before the
 next turn of that session starts. Modes: ``none`` (no log: the baseline),
 ``sqlite`` (WAL, synchronous=FULL: one fsync per batch) and ``redis`` (a real
 redis-server, MULTI/EXEC per batch). Trials interleave the modes (in a fresh
@@ -62,11 +62,6 @@ async def run(engine: Engine, writer: BatchWriter | None, args, tag: str, writer
     params = SamplingParams(max_tokens=args.tokens, ignore_eos=True)
     export_s = 0.0
 
-    def export(sid: str) -> tuple[dict, float]:
-        with engine._lock:  # taken here so that waiting for a model step is not counted as cost
-            t0 = time.thread_time()
-            record = engine.core.export_session(sid).to_dict()
-            return record, time.thread_time() - t0
 
     turn_s = commit_s = 0.0
 
@@ -81,9 +76,10 @@ async def run(engine: Engine, writer: BatchWriter | None, args, tag: str, writer
                 last = chunk
             generated += last.usage.completion_tokens
             t_commit = time.perf_counter()
-            if writer is not None:
-                record, cpu = await asyncio.to_thread(export, sid)
-                export_s += cpu
+            if writer is not None:  # as the replica: the engine's final chunk carries the record
+                t0 = time.thread_time()
+                record = last.record.to_dict()
+                export_s += time.thread_time() - t0
                 now = time.time()
                 entry = TurnEntry(sid, r + 1, f"{sid}-{r}", "bench", last.finish_reason, last.usage.prompt_tokens, last.usage.completion_tokens, now)
                 state = SessionState(sid, r + 1, record, "bench", None, LastTurn(entry, "".join(text), last.usage.to_dict()), now, now)

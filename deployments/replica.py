@@ -27,7 +27,7 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import AsyncIterator
 
 from ray import serve
@@ -116,7 +116,7 @@ class LLMReplica:
             digest = chain(history_base, {"role": "assistant", "content": reply}) if history_base else None
             await self._commit(session_id, grant["seq"], digest, turn_key, reply, chunk)
             done = True
-            yield chunk
+            yield replace(chunk, record=None)  # the record stays here
         finally:
             if stream is not None:  # on cancel this aborts the engine turn
                 await stream.aclose()
@@ -140,7 +140,8 @@ class LLMReplica:
             raise CapacityError(f"all {st.total_slots} KV slots of replica {self._id} are busy")
 
     async def _commit(self, sid: str, seq: int, digest: str | None, turn_key: str | None, reply: str, last: StreamChunk) -> None:
-        record = (await asyncio.to_thread(self._engine.export_session, sid)).to_dict()
+        snapshot = last.record or await asyncio.to_thread(self._engine.export_session, sid)  # backends without it
+        record = snapshot.to_dict()
         u = last.usage
         turn = {"turn_key": turn_key, "finish_reason": last.finish_reason, "prompt_tokens": u.prompt_tokens,
                 "completion_tokens": u.completion_tokens, "text": reply, "usage": u.to_dict()}

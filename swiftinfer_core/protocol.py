@@ -27,12 +27,16 @@ class Usage:
 
 @dataclass
 class StreamChunk:
-    """One piece of a streamed reply. ``finish_reason`` and ``usage`` are set on the last."""
+    """One piece of a streamed reply. ``finish_reason`` and ``usage`` are set on the
+    last; the native engine also puts the session's record as of the turn's end
+    there (taken in its step thread, so a caller logging it need not wait for the
+    engine lock, which a model step holds)."""
 
     text: str
     token_ids: list[int]
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     usage: Usage | None = None
+    record: "SessionRecord | None" = None
 
 
 @dataclass

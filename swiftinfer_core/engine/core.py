@@ -256,4 +256,4 @@ class EngineCore:
             prompt_tokens=turn.prompt_tokens, completion_tokens=len(turn.output_ids),
             prefilled_tokens=turn.prefilled, cached_tokens=turn.cached_tokens,
         )
-        return TurnEvent(turn, StreamChunk(text=tail, token_ids=[], finish_reason=reason, usage=usage))
+        return TurnEvent(turn, StreamChunk(text=tail, token_ids=[], finish_reason=reason, usage=usage, record=session.record()))
