@@ -29,18 +29,8 @@ import ray
 from deployments.config import AppConfig, SessionLogConfig
 from deployments.log_writer import BatchWriter
 from deployments.config import LogBackend
-from deployments.session_log import (
-    CommitOp,
-    DeleteOp,
-    LastTurn,
-    LogConflictError,
-    LogOp,
-    LogUnavailableError,
-    ReleaseOp,
-    SessionState,
-    TurnEntry,
-    open_log,
-)
+from deployments.session_log import CommitOp, DeleteOp, LastTurn, LogConflictError, LogOp, LogUnavailableError
+from deployments.session_log import ReleaseOp, SessionState, TurnEntry, open_log
 from swiftinfer_core.errors import SessionBusyError
 
 NAMESPACE = "swiftinfer"

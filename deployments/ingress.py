@@ -31,7 +31,6 @@ import time
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
-from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.completion import Turn
