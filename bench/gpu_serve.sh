@@ -6,7 +6,7 @@ export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 NCCL_NVLS_ENABLE=0
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 4
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 cp -r .carry/r7b /tmp/r7b
-DURATION=${DURATION:-300}
+DURATION=${DURATION:-300} RATE=${RATE:-2.5} ROUNDS=${ROUNDS:-10} THINK=${THINK:-3} NAME=${NAME:-load_gpu_7b}
 T0=$SECONDS
 serve run bench/serve_gpu7b.yaml > /tmp/serve.log 2>&1 &
 SERVE=$!
@@ -14,9 +14,9 @@ for i in $(seq 1 120); do curl -sf 127.0.0.1:8000/healthz > /dev/null && break; 
 echo "healthy after $((SECONDS - T0))s: $(curl -s 127.0.0.1:8000/healthz)"
 ( while sleep 30; do echo "t=$((SECONDS - T0))s $(curl -s 127.0.0.1:8000/metrics | grep -E '^swiftinfer_(turns_total|sessions |completion_tokens_total)' | tr '\n' ' ') $(nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader)"; done ) &
 WATCH=$!
-timeout $((DURATION + 150)) python3 bench/load.py --url http://127.0.0.1:8000 --sessions 64 --rounds 5 --think-s 2 \
-  --duration-s "$DURATION" --concurrency 128 --rate 3 --max-tokens 64 --prompt-words 24 --timeout-s 120 --retry-s 60 \
-  --model llama2-7b-random --name load_gpu_7b --out "$OUT" > "$OUT/load.log" 2>&1
+timeout $((DURATION + 120)) python3 bench/load.py --url http://127.0.0.1:8000 --sessions 64 --rounds "$ROUNDS" \
+  --think-s "$THINK" --duration-s "$DURATION" --concurrency 256 --rate "$RATE" --max-tokens 64 --prompt-words 24 \
+  --timeout-s 120 --retry-s 60 --metrics-every-s 5 --model llama2-7b-random --name "$NAME" --out "$OUT" > "$OUT/load.log" 2>&1
 echo "load rc=$? at $((SECONDS - T0))s"
 kill $WATCH
 tail -300 /tmp/serve.log > "$OUT/serve_tail.log"

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import json
 import platform
 import random
 import shlex
@@ -43,7 +44,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 import httpx  # noqa: E402
 
 from bench.load_client import TurnResult, run_turn  # noqa: E402
-from bench.load_report import audit, summarize, write  # noqa: E402
+from bench.load_report import audit, dist, summarize, timeline, write  # noqa: E402
 
 TEXT = Path(__file__).resolve().parent / "data" / "shakespeare.txt"
 
@@ -66,6 +67,8 @@ class LoadSpec:
     prefix: str = "load"
     verify: bool = True
     cleanup: bool = True
+    metrics_every_s: float = 0.0  # > 0: sample the server's /metrics gauges this often
+    partial: Path | None = None  # rewritten every 30 s with the summary so far
 
 
 @dataclass
@@ -136,17 +139,72 @@ async def run_load(spec: LoadSpec, progress: Progress | None = None) -> dict:
                     return  # the conversation cannot go on without this turn
                 progress.turns_done += 1
 
-        await asyncio.gather(*(conversation(i, at) for i, at in enumerate(arrivals(spec, rng))))
+        samples: list[dict] = []
+        side = [asyncio.create_task(sample_metrics(client, spec.metrics_every_s, t_start, samples))] if spec.metrics_every_s > 0 else []
+        if spec.partial is not None:
+            side.append(asyncio.create_task(write_partial(spec, card, run_id, progress, t_start, samples)))
+        try:
+            await asyncio.gather(*(conversation(i, at) for i, at in enumerate(arrivals(spec, rng))))
+        finally:
+            for task in side:
+                task.cancel()
         t_end = time.perf_counter()
         turns = progress.results
         result = {
             "meta": meta(spec, card, run_id),
-            "summary": summarize(turns, t_start, t_end),
+            "summary": summarize(turns, t_start, t_end) | server_peaks(samples),
             "audit": await audit(client, turns, spec.cleanup) if spec.verify else {},
+            "server_samples": samples,
         }
     result["_turns"] = turns
     result["_t_start"] = t_start
     return result
+
+
+SERVER_GAUGES = ("swiftinfer_running_requests", "swiftinfer_resident_sessions", "swiftinfer_active_sessions",
+                 "swiftinfer_queue_depth", "swiftinfer_ingress_in_flight")
+
+
+async def sample_metrics(client: httpx.AsyncClient, every_s: float, t_start: float, out: list[dict]) -> None:
+    """The server's own view of concurrency: gauges summed over replicas. Replica
+    gauges are as of each replica's last stats push; one ingress replica answers."""
+    while True:
+        try:
+            text = (await client.get("/metrics", timeout=10.0)).text
+        except httpx.HTTPError:
+            text = ""
+        row = {"t_s": round(time.perf_counter() - t_start, 2)}
+        for line in text.splitlines():
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name in SERVER_GAUGES:
+                row[name] = row.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+        out.append(row)
+        await asyncio.sleep(every_s)
+
+
+def server_peaks(samples: list[dict]) -> dict:
+    if not samples:
+        return {}
+    return {"server_max": {g: max(r.get(g, 0.0) for r in samples) for g in SERVER_GAUGES}}
+
+
+async def write_partial(spec: LoadSpec, card: dict, run_id: str, progress: Progress, t_start: float, samples: list[dict]) -> None:
+    """A run cut short (a device call's time limit) still leaves its numbers."""
+    while True:
+        await asyncio.sleep(30)
+        now = time.perf_counter()
+        turns = list(progress.results)
+        ok = [t for t in turns if t.ok]
+        conc = timeline(turns, t_start, now)
+        # cheap on purpose (no per-token percentiles): this runs on the client's event loop
+        body = {"meta": meta(spec, card, run_id) | {"partial_at_s": round(now - t_start, 1)},
+                "summary": {"turns_ok": len(ok), "turns_failed": progress.turns_failed,
+                            "attempt_errors": progress.attempt_errors,
+                            "completion_tokens": sum(t.completion_tokens for t in ok),
+                            "ttft_s": dist([t.ttft_s for t in ok]),
+                            "concurrency": {k: max(v, default=0) for k, v in conc.items() if k != "t_s"}}
+                | server_peaks(samples)}
+        spec.partial.write_text(json.dumps(body, indent=2, default=str))
 
 
 def meta(spec: LoadSpec, card: dict, run_id: str) -> dict:
@@ -154,7 +212,7 @@ def meta(spec: LoadSpec, card: dict, run_id: str) -> dict:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
         "run_id": run_id,
-        "spec": asdict(spec),
+        "spec": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(spec).items()},
         "server": card,  # model card; `swiftinfer` holds the engine config and versions
         "client": {"host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
                    "httpx": httpx.__version__},
@@ -179,6 +237,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[LoadSpec, Path, str]:
     p.add_argument("--prefix", default="load")
     p.add_argument("--no-verify", action="store_true")
     p.add_argument("--keep-sessions", action="store_true")
+    p.add_argument("--metrics-every-s", type=float, default=0.0, help="sample the server's /metrics gauges (0: off)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--name", default="load")
     a = p.parse_args(argv)
@@ -186,7 +245,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[LoadSpec, Path, str]:
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     spec = LoadSpec(a.url, a.sessions, a.rounds, a.duration_s, a.rate, a.concurrency, a.max_tokens, a.prompt_words,
-                    a.think_s, a.model, a.seed, a.retry_s, a.timeout_s, a.prefix, not a.no_verify, not a.keep_sessions)
+                    a.think_s, a.model, a.seed, a.retry_s, a.timeout_s, a.prefix, not a.no_verify, not a.keep_sessions,
+                    a.metrics_every_s, Path(a.out) / f"{a.name}.partial.json")
+    Path(a.out).mkdir(parents=True, exist_ok=True)
     return spec, Path(a.out), a.name
 
 
@@ -198,7 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     s, a = result["summary"], result["audit"]
     print(f"{s['sessions']} sessions, {s['turns_ok']} turns ok, {s['turns_failed']} failed, {s['tokens_per_s']:.1f} tok/s, "
           f"TTFT p50/p99 {s['ttft_s']['p50']}/{s['ttft_s']['p99']} s, ITL p50/p99 {s['itl_s']['p50']}/{s['itl_s']['p99']} s")
+    c = s["concurrency"]
+    print(f"open sessions max/mean {c['open_sessions']['max']}/{c['open_sessions']['mean']:.1f}, turns in flight "
+          f"max/mean {c['turns_in_flight']['max']}/{c['turns_in_flight']['mean']:.1f}, server max {s.get('server_max', {})}")
     print(f"audit: {a}\nwrote {js} and {png}")
+    spec.partial.unlink(missing_ok=True)
     return 0 if s["turns_failed"] == 0 and not a.get("lost") and not a.get("duplicated") else 1
 
 

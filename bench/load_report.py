@@ -3,6 +3,8 @@ against the server's session log, and the JSON + PNG writers."""
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import json
 from collections import Counter
 from pathlib import Path
@@ -52,29 +54,62 @@ async def audit(client: httpx.AsyncClient, turns: list[TurnResult], cleanup: boo
     for t in turns:
         by_session.setdefault(t.session_id, []).append(t)
     out = Counter()
-    for sid, ts in by_session.items():
-        ts.sort(key=lambda t: t.round)
-        acked = [t.key for t in ts if t.ok]
-        sent = {t.key for t in ts}
-        keys = await _log_keys(client, sid)
-        if keys is None:
-            out["lost"] += len(acked)
-            out["sessions_missing"] += bool(acked)
-            continue
-        counts = Counter(keys)
-        out["duplicated"] += sum(c - 1 for c in counts.values()) + sum(1 for k in counts if k not in sent)
-        out["lost"] += sum(1 for k in acked if k not in counts)
-        out["out_of_order"] += [k for k in keys if k in set(acked)] != acked
-        out["unacknowledged_committed"] += sum(1 for k in counts if k in sent and k not in acked)
-        info = (await client.get(f"/v1/sessions/{sid}")).json()
-        out["rounds_mismatch"] += info.get("rounds") != len(keys) or info.get("seq") != len(keys)
-        out["sessions_recovered"] += bool(info.get("recovered")) or info.get("moves", 0) > 0
-        out["log_turns"] += len(keys)
-        if cleanup:
-            await client.delete(f"/v1/sessions/{sid}")
+    gate = asyncio.Semaphore(16)
+
+    async def check(sid: str, ts: list[TurnResult]) -> None:
+        async with gate:
+            await _check_session(client, sid, ts, cleanup, out)
+
+    await asyncio.gather(*(check(sid, ts) for sid, ts in by_session.items()))
     out["sessions_checked"] = len(by_session)
     return {k: out[k] for k in ("sessions_checked", "log_turns", "lost", "duplicated", "out_of_order",
                                 "unacknowledged_committed", "rounds_mismatch", "sessions_missing", "sessions_recovered")}
+
+
+async def _check_session(client: httpx.AsyncClient, sid: str, ts: list[TurnResult], cleanup: bool, out: Counter) -> None:
+    ts.sort(key=lambda t: t.round)
+    acked = [t.key for t in ts if t.ok]
+    sent = {t.key for t in ts}
+    keys = await _log_keys(client, sid)
+    if keys is None:
+        out["lost"] += len(acked)
+        out["sessions_missing"] += bool(acked)
+        return
+    counts = Counter(keys)
+    out["duplicated"] += sum(c - 1 for c in counts.values()) + sum(1 for k in counts if k not in sent)
+    out["lost"] += sum(1 for k in acked if k not in counts)
+    out["out_of_order"] += [k for k in keys if k in set(acked)] != acked
+    out["unacknowledged_committed"] += sum(1 for k in counts if k in sent and k not in acked)
+    info = (await client.get(f"/v1/sessions/{sid}")).json()
+    out["rounds_mismatch"] += info.get("rounds") != len(keys) or info.get("seq") != len(keys)
+    out["sessions_recovered"] += bool(info.get("recovered")) or info.get("moves", 0) > 0
+    out["log_turns"] += len(keys)
+    if cleanup:
+        await client.delete(f"/v1/sessions/{sid}")
+
+
+def timeline(turns: list[TurnResult], t_start: float, t_end: float, step_s: float = 1.0) -> dict:
+    """Open conversations (first turn due .. last reply done) and turns in flight
+    (request sent .. reply done), sampled every ``step_s`` from the client's records."""
+    spans: dict[str, tuple[float, float]] = {}
+    for t in turns:
+        end = t.done or t_end
+        a, b = spans.get(t.session_id, (t.scheduled, end))
+        spans[t.session_id] = (min(a, t.scheduled), max(b, end))
+    grid = [t_start + i * step_s for i in range(int((t_end - t_start) / step_s) + 1)]
+    return {"t_s": [round(x - t_start, 3) for x in grid],
+            "open_sessions": _active(list(spans.values()), grid),
+            "turns_in_flight": _active([(t.sent or t.scheduled, t.done or t_end) for t in turns], grid)}
+
+
+def _active(intervals: list[tuple[float, float]], grid: list[float]) -> list[int]:
+    starts, ends = sorted(a for a, _ in intervals), sorted(b for _, b in intervals)
+    return [bisect.bisect_right(starts, x) - bisect.bisect_right(ends, x) for x in grid]
+
+
+def _series(values: list[int]) -> dict:
+    return {"max": max(values, default=0), "mean": sum(values) / len(values) if values else 0.0,
+            "p50": pct(values, 50), "share_ge_64": sum(v >= 64 for v in values) / len(values) if values else 0.0}
 
 
 def summarize(turns: list[TurnResult], t_start: float, t_end: float) -> dict:
@@ -98,6 +133,7 @@ def summarize(turns: list[TurnResult], t_start: float, t_end: float) -> dict:
         "final_errors": dict(Counter(t.final_error for t in turns if not t.ok)),
         "retries": sum(t.attempts for t in turns) - len(turns),
         "cache": dict(caches),
+        "concurrency": {k: _series(v) for k, v in timeline(turns, t_start, t_end).items() if k != "t_s"},
     }
 
 
@@ -116,7 +152,7 @@ def plot(result: dict, turns: list[TurnResult], path: Path, t_start: float) -> N
     import matplotlib.pyplot as plt
 
     ok = [t for t in turns if t.ok]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.5))
     for ax, (label, values) in zip(axes[:2], (("TTFT (s)", [t.ttft_s for t in ok]), ("inter-token latency (s)", [g for t in ok for g in t.gaps]))):
         if values:
             s = sorted(values)
@@ -141,6 +177,16 @@ def plot(result: dict, turns: list[TurnResult], path: Path, t_start: float) -> N
     axes[2].set_xlabel("time (s)")
     axes[2].legend()
     axes[2].grid(alpha=0.3)
+    line = timeline(turns, t_start, t_start + result["summary"]["wall_s"])
+    axes[3].plot(line["t_s"], line["open_sessions"], label="open conversations (client)")
+    axes[3].plot(line["t_s"], line["turns_in_flight"], label="turns in flight (client)")
+    samples = result.get("server_samples") or []
+    if samples:
+        axes[3].plot([r["t_s"] for r in samples], [r.get("swiftinfer_running_requests", 0) for r in samples], ".",
+                     label="turns running in engines (server)")
+    axes[3].set_xlabel("time (s)")
+    axes[3].legend(fontsize=8)
+    axes[3].grid(alpha=0.3)
     s = result["summary"]
     fig.suptitle(f"{result['meta']['server'].get('id', '?')}: {s['sessions']} sessions, {s['turns_ok']} turns, "
                  f"{s['tokens_per_s']:.1f} tok/s, lost {result['audit'].get('lost', '-')}, duplicated {result['audit'].get('duplicated', '-')}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from dataclasses import replace
 from typing import AsyncIterator, Iterator
 
 from swiftinfer_core.config import EngineConfig, SamplingParams
@@ -45,7 +46,10 @@ class Engine:
                 item = await queue.get()
                 if isinstance(item, BaseException):
                     raise item
+                item, pending = _coalesce(item, queue)
                 yield item
+                if pending is not None:
+                    raise pending
                 if item.finish_reason is not None:
                     return
         finally:  # consumer gone (disconnect, cancel) or done: never leave the turn holding its session
@@ -95,14 +99,24 @@ class Engine:
                     log.exception("engine step failed")
                     self._fail_running(exc)
                     continue
-            for ev in events:
-                self._deliver(ev.turn, ev.chunk)
+            self._deliver_all([(ev.turn, ev.chunk) for ev in events])
 
     def _deliver(self, turn: Turn, item) -> None:
-        if turn.loop is None:
-            turn.out.put(item)
-        elif not turn.loop.is_closed():
-            turn.loop.call_soon_threadsafe(turn.out.put_nowait, item)
+        self._deliver_all([(turn, item)])
+
+    @staticmethod
+    def _deliver_all(items: list[tuple[Turn, object]]) -> None:
+        """One cross-thread wake-up per event loop per step, not one per token: at
+        batch 64 that is 64x fewer self-pipe writes into the replica's loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for turn, item in items:
+            if turn.loop is None:
+                turn.out.put(item)
+            else:
+                by_loop.setdefault(turn.loop, []).append((turn.out, item))
+        for loop, batch in by_loop.items():
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_put_all, batch)
 
     def _fail_running(self, exc: Exception) -> None:
         turns = list(self.core.scheduler.running) + list(self.core.scheduler.waiting)
@@ -159,3 +173,25 @@ class Engine:
         self._wake.set()
         self._thread.join(timeout=5)
         self.core.close()  # stops tensor-parallel workers; a step still running fails, it does not hang
+
+
+def _put_all(batch: list[tuple[asyncio.Queue, object]]) -> None:
+    for queue, item in batch:
+        queue.put_nowait(item)
+
+
+def _coalesce(item: StreamChunk, queue: asyncio.Queue) -> tuple[StreamChunk, BaseException | None]:
+    """Merge chunks already waiting behind ``item`` into one. A consumer that keeps
+    up sees one chunk per token; one that falls behind (a busy replica loop, a slow
+    stream) gets fewer, larger chunks instead of a growing backlog. Never waits."""
+    texts, ids = [item.text], list(item.token_ids)
+    while item.finish_reason is None and not queue.empty():
+        nxt = queue.get_nowait()
+        if isinstance(nxt, BaseException):
+            return replace(item, text="".join(texts), token_ids=ids), nxt
+        texts.append(nxt.text)
+        ids += nxt.token_ids
+        item = nxt
+    if len(texts) == 1:
+        return item, None
+    return replace(item, text="".join(texts), token_ids=ids), None

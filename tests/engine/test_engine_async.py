@@ -62,3 +62,28 @@ def test_many_sessions_in_parallel(engine):
 
     outs = asyncio.run(go())
     assert len(outs) == 6 and engine.stats().active_sessions == 6
+
+
+def test_coalesce_merges_only_what_is_already_queued():
+    from swiftinfer_core.engine.engine import _coalesce
+    from swiftinfer_core.protocol import StreamChunk, Usage
+
+    async def go():
+        q: asyncio.Queue = asyncio.Queue()
+        first = StreamChunk("a", [1])
+        alone = _coalesce(first, q)  # nothing behind it: returned as is
+        for c in (StreamChunk("b", [2]), StreamChunk("c", [3], "length", Usage(1, 3, 1, 0))):
+            q.put_nowait(c)
+        merged, err = _coalesce(first, q)
+        q.put_nowait(StreamChunk("d", [4]))
+        q.put_nowait(ValueError("boom"))
+        q.put_nowait(StreamChunk("never", [9]))
+        cut, pending = _coalesce(StreamChunk("x", [8]), q)
+        return alone, merged, err, cut, pending, q.qsize()
+
+    alone, merged, err, cut, pending, left = asyncio.run(go())
+    assert alone == (StreamChunk("a", [1]), None)
+    assert (merged.text, merged.token_ids, merged.finish_reason, err) == ("abc", [1, 2, 3], "length", None)
+    assert merged.usage.completion_tokens == 3
+    assert (cut.text, cut.token_ids, cut.finish_reason, str(pending)) == ("xd", [8, 4], None, "boom")
+    assert left == 1  # stops at the error: nothing after it is taken

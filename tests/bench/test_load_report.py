@@ -1,0 +1,28 @@
+"""The load report's concurrency timeline, on hand-made turn records."""
+
+from bench.load_client import TurnResult
+from bench.load_report import summarize, timeline
+
+
+def turn(sid: str, round_: int, scheduled: float, sent: float, done: float, ok: bool = True) -> TurnResult:
+    return TurnResult(sid, round_, f"{sid}-r{round_}", scheduled, ok=ok, attempts=1, sent=sent, first_token=sent + 0.1,
+                      done=done, completion_tokens=2 if ok else 0, gaps=[0.1] if ok else [])
+
+
+def test_open_sessions_span_think_time_and_turns_in_flight_do_not():
+    turns = [
+        turn("a", 0, 0.0, 0.0, 2.5), turn("a", 1, 4.0, 4.2, 6.5),  # think 2.5 .. 4.0: open, not in flight
+        turn("b", 0, 1.0, 3.0, 5.0),  # waited 1.0 .. 3.0 for a client-side slot: open, not yet in flight
+    ]
+    line = timeline(turns, 0.0, 7.0)
+    assert line["t_s"] == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert line["open_sessions"] == [1, 2, 2, 2, 2, 1, 1, 0]
+    assert line["turns_in_flight"] == [1, 1, 1, 1, 1, 1, 1, 0]
+    conc = summarize(turns, 0.0, 7.0)["concurrency"]
+    assert conc["open_sessions"]["max"] == 2 and conc["turns_in_flight"]["max"] == 1
+    assert conc["open_sessions"]["share_ge_64"] == 0
+
+
+def test_unfinished_turn_counts_until_the_end():
+    line = timeline([turn("a", 0, 0.0, 0.5, 0.0, ok=False)], 0.0, 3.0)
+    assert line["open_sessions"] == [1, 1, 1, 0] and line["turns_in_flight"] == [0, 1, 1, 0]
