@@ -8,12 +8,24 @@ export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 cp -r .carry/r7b /tmp/r7b
 DURATION=${DURATION:-300} RATE=${RATE:-2.5} ROUNDS=${ROUNDS:-10} THINK=${THINK:-3} NAME=${NAME:-load_gpu_7b}
 T0=$SECONDS
-serve run bench/serve_gpu7b.yaml > /tmp/serve.log 2>&1 &
+sed -e "s/ingress_replicas: 4/ingress_replicas: ${INGRESS:-4}/" -e "s/stream_interval_ms: 50/stream_interval_ms: ${PACE_MS:-50}/" \
+  bench/serve_gpu7b.yaml > /tmp/serve_gpu7b.yaml
+grep -E "ingress_replicas|stream_interval_ms" /tmp/serve_gpu7b.yaml
+serve run /tmp/serve_gpu7b.yaml > /tmp/serve.log 2>&1 &
 SERVE=$!
 for i in $(seq 1 120); do curl -sf 127.0.0.1:8000/healthz > /dev/null && break; sleep 2; done
 echo "healthy after $((SECONDS - T0))s: $(curl -s 127.0.0.1:8000/healthz)"
 ( while sleep 30; do echo "t=$((SECONDS - T0))s $(curl -s 127.0.0.1:8000/metrics | grep -E '^swiftinfer_(turns_total|sessions |completion_tokens_total)' | tr '\n' ' ') $(nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader)"; done ) &
 WATCH=$!
+if [ -n "${PROFILE_AT:-}" ] && ls .carry/prof/*.whl > /dev/null 2>&1; then  # py-spy on each Serve process, mid-run
+  python3 -m pip install -q --no-index --no-deps --target /tmp/spy .carry/prof/*.whl
+  ( sleep "$PROFILE_AT"; mkdir -p /tmp/prof
+    for role in LLMReplica Ingress ProxyActor SessionDirectory; do
+      for pid in $(pgrep -f "ray::.*$role" | head -2); do
+        /tmp/spy/bin/py-spy record --nonblocking --format raw -r 50 -d 20 -o /tmp/prof/$role-$pid.txt -p "$pid" > /tmp/prof/$role-$pid.log 2>&1 &
+      done
+    done; wait; tar czf "$OUT/prof.tgz" -C /tmp prof ) &
+fi
 timeout $((DURATION + 120)) python3 bench/load.py --url http://127.0.0.1:8000 --sessions 64 --rounds "$ROUNDS" \
   --think-s "$THINK" --duration-s "$DURATION" --concurrency 256 --rate "$RATE" --max-tokens 64 --prompt-words 24 \
   --timeout-s 120 --retry-s 60 --metrics-every-s 5 --model llama2-7b-random --name "$NAME" --out "$OUT" > "$OUT/load.log" 2>&1

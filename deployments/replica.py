@@ -8,7 +8,8 @@ A turn on this replica:
    logged twice).
 2. ``LocalSessions.sync`` makes the engine's copy equal the committed record
    (warm, KV migrated from a drained replica, or rebuilt from token ids).
-3. The engine streams the reply; token chunks go out as they come.
+3. The engine streams the reply; token chunks go out paced (pacing.py): the
+   first at once, then at most one per ``stream_interval_ms``.
 4. Before the final chunk leaves, the turn is committed through the directory
    to the session log (batched with other sessions' commits). A turn that is
    not committed (client gone, timeout, error, commit refused) is rolled back
@@ -38,6 +39,7 @@ from deployments.engine_factory import make_engine
 from deployments.errors import TurnNotCommittedError
 from deployments.history import chain
 from deployments.local_sessions import CacheState, LocalSessions
+from deployments.pacing import paced
 from deployments.session_log import LastTurn
 from swiftinfer_core.config import SamplingParams
 from swiftinfer_core.errors import CapacityError, EngineClosedError, SessionBusyError, SessionNotFoundError
@@ -103,7 +105,7 @@ class LLMReplica:
                 return
             cache = await self._local.sync(session_id, grant)
             self._counts[f"turns_{cache.value}"] += 1
-            stream = self._engine.chat(session_id, messages, params)
+            stream = paced(self._engine.chat(session_id, messages, params), self._cfg.stream_interval_ms / 1000)
             chunk = await stream.__anext__()
             yield TurnStart(session_id, self._id, cache)
             text: list[str] = []
