@@ -197,6 +197,13 @@ class LLMReplica:
         self._last_turn.pop(session_id, None)
         return await self._directory.delete.remote(session_id) or local
 
+    def check_health(self) -> None:
+        """Serve's periodic health check: a replica whose engine hit a device fault
+        is replaced instead of failing every turn routed to it."""
+        check = getattr(self._engine, "check_health", None)
+        if check is not None:
+            check()
+
     def ping(self) -> str:
         return self._id
 

@@ -14,6 +14,8 @@ import threading
 from dataclasses import replace
 from typing import AsyncIterator, Iterator
 
+import torch
+
 from swiftinfer_core.config import EngineConfig, SamplingParams
 from swiftinfer_core.engine.core import EngineCore, TurnEvent
 from swiftinfer_core.engine.session import Turn
@@ -31,6 +33,7 @@ class Engine:
         self._wake = threading.Event()
         self._closed = False
         self._error: BaseException | None = None
+        self._last_stats: EngineStats | None = None
         self._thread = threading.Thread(target=self._loop, name="swiftinfer-engine", daemon=True)
         self._thread.start()
 
@@ -97,6 +100,8 @@ class Engine:
                     events = self.core.step()
                 except Exception as exc:  # a model failure fails the turns in flight, not the process
                     log.exception("engine step failed")
+                    if _poisons_device(exc):  # every later step would fail too: stop taking turns
+                        self._error, self._closed = exc, True
                     self._fail_running(exc)
                     continue
             self._deliver_all([(ev.turn, ev.chunk) for ev in events])
@@ -159,8 +164,23 @@ class Engine:
             return self.core.import_kv(snapshot)
 
     def stats(self) -> EngineStats:
-        with self._lock:
-            return self.core.stats()
+        """Fresh when the engine is between steps; else the last reading (a long
+        step must not make the replica look dead to whoever polls its stats)."""
+        if self._lock.acquire(timeout=0.05):
+            try:
+                self._last_stats = self.core.stats()
+            finally:
+                self._lock.release()
+        elif self._last_stats is None:
+            with self._lock:
+                self._last_stats = self.core.stats()
+        return self._last_stats
+
+    def check_health(self) -> None:
+        """Raise EngineClosedError once a device fault has stopped the engine (Serve
+        then replaces the replica; its sessions are rebuilt from the log)."""
+        if self._error is not None or not self._thread.is_alive():
+            raise EngineClosedError(f"engine stopped: {self._error or 'step thread exited'}")
 
     def count_tokens(self, messages: list[dict]) -> int:
         return len(self.core.format.first_round(messages))
@@ -195,3 +215,9 @@ def _coalesce(item: StreamChunk, queue: asyncio.Queue) -> tuple[StreamChunk, Bas
     if len(texts) == 1:
         return item, None
     return replace(item, text="".join(texts), token_ids=ids), None
+
+
+def _poisons_device(exc: BaseException) -> bool:
+    """A CUDA fault (illegal address, device-side assert) leaves the context unusable."""
+    accel = getattr(torch, "AcceleratorError", None)
+    return (accel is not None and isinstance(exc, accel)) or "CUDA error" in str(exc) or "device-side assert" in str(exc)

@@ -87,3 +87,34 @@ def test_coalesce_merges_only_what_is_already_queued():
     assert merged.usage.completion_tokens == 3
     assert (cut.text, cut.token_ids, cut.finish_reason, str(pending)) == ("xd", [8, 4], None, "boom")
     assert left == 1  # stops at the error: nothing after it is taken
+
+
+@pytest.mark.parametrize("fault, fatal", [("CUDA error: an illegal memory access was encountered", True), ("shape mismatch", False)])
+def test_a_device_fault_stops_the_engine_and_fails_health_but_other_errors_do_not(make_core, fault, fatal):
+    from swiftinfer_core.errors import EngineClosedError
+
+    eng = Engine(core=make_core())
+    run = eng.core.runner.run
+
+    def faulty(batch):  # fault injection: the next step fails as a device fault would
+        eng.core.runner.run = run
+        raise RuntimeError(fault)
+
+    eng.core.runner.run = faulty
+
+    async def turn(sid):
+        return [c async for c in eng.chat(sid, [{"role": "user", "content": "Hi"}], SamplingParams(max_tokens=3))]
+
+    try:
+        with pytest.raises(EngineClosedError, match="engine step failed"):
+            asyncio.run(turn("a"))
+        if fatal:
+            with pytest.raises(EngineClosedError, match="illegal memory access"):
+                eng.check_health()
+            with pytest.raises(EngineClosedError, match="shut down after an error"):
+                asyncio.run(turn("b"))
+        else:
+            eng.check_health()
+            assert asyncio.run(turn("b"))[-1].finish_reason == "length"
+    finally:
+        eng.close()
