@@ -6,9 +6,9 @@ export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 NCCL_NVLS_ENABLE=0
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 4
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 cp -r .carry/r7b /tmp/r7b
-DURATION=${DURATION:-300} RATE=${RATE:-1.0} ROUNDS=${ROUNDS:-8} THINK=${THINK:-8} NAME=${NAME:-load_gpu_7b}
+DURATION=${DURATION:-300} RATE=${RATE:-1.2} ROUNDS=${ROUNDS:-8} THINK=${THINK:-8} NAME=${NAME:-load_gpu_7b}
 T0=$SECONDS
-sed -e "s/ingress_replicas: 4/ingress_replicas: ${INGRESS:-4}/" -e "s/stream_interval_ms: 50/stream_interval_ms: ${PACE_MS:-50}/" \
+sed -e "s/ingress_replicas: 4/ingress_replicas: ${INGRESS:-4}/" -e "s/gil_switch_interval_ms: 0.5/gil_switch_interval_ms: ${GIL_MS:-0.5}/" -e "s/stream_interval_ms: 50/stream_interval_ms: ${PACE_MS:-50}/" \
   bench/serve_gpu7b.yaml > /tmp/serve_gpu7b.yaml
 grep -E "ingress_replicas|stream_interval_ms" /tmp/serve_gpu7b.yaml
 serve run /tmp/serve_gpu7b.yaml > /tmp/serve.log 2>&1 &
@@ -26,7 +26,7 @@ if [ -n "${PROFILE_AT:-}" ] && ls .carry/prof/*.whl > /dev/null 2>&1; then  # py
       done
     done; wait; tar czf "$OUT/prof.tgz" -C /tmp prof ) &
 fi
-timeout $((DURATION + 100)) python3 bench/load.py --url http://127.0.0.1:8000 --sessions 64 --rounds "$ROUNDS" \
+timeout $((DURATION + 170)) python3 bench/load.py --url http://127.0.0.1:8000 --sessions 64 --rounds "$ROUNDS" \
   --think-s "$THINK" --duration-s "$DURATION" --concurrency 256 --rate "$RATE" --max-tokens 64 --prompt-words 24 \
   --timeout-s 120 --retry-s 60 --metrics-every-s 5 --model llama2-7b-random --name "$NAME" --out "$OUT" > "$OUT/load.log" 2>&1
 echo "load rc=$? at $((SECONDS - T0))s"

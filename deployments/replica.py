@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, replace
 from typing import AsyncIterator
@@ -62,6 +63,7 @@ class TurnStart:
 class LLMReplica:
     async def __init__(self, config: dict):
         self._cfg = AppConfig.model_validate(config)
+        sys.setswitchinterval(self._cfg.gil_switch_interval_ms / 1000)  # this process is the replica's own
         self._id = serve.get_replica_context().replica_id.unique_id
         self._engine = make_engine(self._cfg.backend, self._cfg.engine, self._cfg.cpu_threads)
         self._local = LocalSessions(self._engine, self._cfg.limits)
