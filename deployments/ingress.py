@@ -74,7 +74,8 @@ class Ingress:
 
     # ---- readiness -------------------------------------------------------------------
     async def _live_replicas(self) -> dict[str, dict]:
-        return await self._directory.replica_stats.remote(3 * self._cfg.stats_report_period_s + 1.0)
+        # generous: a replica busy in a long step (or a starved host) reports late, not never
+        return await self._directory.replica_stats.remote(max(10.0, 3 * self._cfg.stats_report_period_s + 1.0))
 
     async def _ensure_ready(self) -> None:
         """503 until some LLM replica reports in. With ``min_replicas == 0`` the

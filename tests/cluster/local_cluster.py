@@ -74,11 +74,12 @@ class LocalRayCluster:
             f"--ray-client-server-port={free_port()}", f"--temp-dir={self.temp_dir}",
         ])
 
-    def add_worker(self, name: str, num_cpus: int, resources: dict[str, float]) -> None:
-        self._launch(name, [
+    def add_worker(self, name: str, num_cpus: int, resources: dict[str, float]) -> subprocess.Popen:
+        self._launch(f"{name}-{len(self.launchers)}", [
             f"--address={self.address}", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--num-gpus=0",
             f"--resources={json.dumps(resources)}", f"--temp-dir={self.temp_dir}",
         ])
+        return self.launchers[-1]
 
     def run(self, *cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
         """A Ray/Serve CLI command against this cluster (same env, token included)."""

@@ -66,9 +66,15 @@ def multinode(tmp_path_factory):
     try:
         cluster.start_head(num_cpus=2)
         _wait(lambda: len(_alive_nodes(cluster)) == 1, 90, "the head node")
-        for name, resources in WORKERS.items():
-            cluster.add_worker(name, num_cpus=1, resources=resources)
-        nodes = _wait(lambda: (n := _alive_nodes(cluster)) and len(n) == 3 and n, 300, "3 alive nodes")  # slow on a loaded 2-core box
+        for expected, (name, resources) in enumerate(WORKERS.items(), start=2):
+            for _attempt in range(3):  # one at a time; `ray start` gives up when its startup RPC times out on a loaded box
+                launcher = cluster.add_worker(name, num_cpus=1, resources=resources)
+                _wait(lambda: launcher.poll() is not None or len(_alive_nodes(cluster)) >= expected, 240, f"node {name}")
+                if launcher.poll() is None:
+                    break
+            else:
+                raise AssertionError(f"worker {name} did not start in 3 attempts; logs in {logs}")
+        nodes = _wait(lambda: (n := _alive_nodes(cluster)) and len(n) == 3 and n, 120, "3 alive nodes")
         workers = {n["node_id"]: name for n in nodes for name in WORKERS if name in n["resources_total"]}
         assert len(workers) == 2, nodes
         yield cluster, workers
