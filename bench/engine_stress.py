@@ -210,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sessions", type=int, default=256)
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--max-prompt", type=int, default=600)
+    p.add_argument("--p-turn", type=float, default=0.5)
+    p.add_argument("--p-abort", type=float, default=0.01)
+    p.add_argument("--no-sync", action="store_true", help="no device sync per step (as a server runs)")
+    p.add_argument("--name", default="engine_stress")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     a = p.parse_args(argv)
@@ -218,13 +222,14 @@ def main(argv: list[str] | None = None) -> int:
                        window=a.window, max_sessions=a.slots)
     t0 = time.time()
     core = EngineCore(cfg)
-    spec = Churn(sessions=a.sessions, steps=a.steps, max_prompt=a.max_prompt, seed=a.seed)
-    rep = churn(core, spec, sync=torch.cuda.synchronize)
+    spec = Churn(sessions=a.sessions, steps=a.steps, max_prompt=a.max_prompt, p_turn=a.p_turn, p_abort=a.p_abort, seed=a.seed)
+    rep = churn(core, spec, sync=None if a.no_sync else torch.cuda.synchronize)
+    torch.cuda.synchronize()
     out = {"meta": {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv),
                     "device": torch.cuda.get_device_name(), "torch": torch.__version__, "wall_s": round(time.time() - t0, 1)},
            "spec": asdict(spec), "config": cfg.model_dump(mode="json"), "report": asdict(rep)}
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / "engine_stress.json").write_text(json.dumps(out, indent=1))
+    (Path(a.out) / f"{a.name}.json").write_text(json.dumps(out, indent=1))
     print(json.dumps(asdict(rep)))
     return 1 if rep.failure else 0
 
