@@ -193,3 +193,45 @@ def plot(result: dict, turns: list[TurnResult], path: Path, t_start: float) -> N
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_from_json(js: Path) -> Path:
+    """A PNG from a report alone (no per-turn records): latency percentiles and the
+    server's sampled gauges. For runs whose in-process PNG was not written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    result = json.loads(js.read_text())
+    s, samples = result["summary"], result.get("server_samples") or []
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    keys = ("p50", "p90", "p99")
+    for i, (label, d) in enumerate((("TTFT", s["ttft_s"]), ("inter-chunk", s["itl_s"]))):
+        axes[0].bar([x + 0.4 * i for x in range(3)], [d[k] for k in keys], width=0.4, label=label)
+    axes[0].set_xticks([x + 0.2 for x in range(3)], keys)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("seconds")
+    axes[0].legend()
+    for gauge, label in (("swiftinfer_resident_sessions", "sessions holding a KV slot"),
+                         ("swiftinfer_running_requests", "turns running in the engine"),
+                         ("swiftinfer_ingress_in_flight", "requests in flight (one ingress)")):
+        axes[1].plot([r["t_s"] for r in samples], [r.get(gauge, 0) for r in samples], label=label)
+    axes[1].set_xlabel("time (s)")
+    axes[1].legend(fontsize=8)
+    axes[1].grid(alpha=0.3)
+    c = s.get("concurrency", {}).get("open_sessions", {})
+    fig.suptitle(f"{result['meta']['server'].get('id', '?')}: {s['sessions']} sessions, {s['turns_ok']} turns ok, "
+                 f"{s['turns_failed']} failed, open conversations max {c.get('max', '?')}, lost {result['audit'].get('lost', '-')}")
+    fig.tight_layout()
+    png = js.with_suffix(".png")
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+if __name__ == "__main__":  # python -m bench.load_report REPORT.json ...
+    import sys
+
+    for arg in sys.argv[1:]:
+        print(plot_from_json(Path(arg)))
