@@ -3,7 +3,7 @@
     python bench/summary.py
 
 Reads decode_latency.json, batched_decode.json, ppl_1m.json, multiround.json and
-ppl_cpu_4k.json; copies numbers, never invents them. "engine" figures are the
+ppl_cpu_4k.json and the GPU Serve load reports; copies numbers, never invents them. "engine" figures are the
 path the server runs; "best_bench_path" ones are bench-only variants (bench/models.py).
 """
 
@@ -21,6 +21,14 @@ def load(name: str) -> dict:
 
 def row(rows: list[dict], **match) -> dict:
     return next(r for r in rows if all(r.get(k) == v for k, v in match.items()))
+
+
+def _load_row(r: dict) -> dict:
+    s, a = r["summary"], r["audit"]
+    return {"sessions": s["sessions"], "turns_ok": s["turns_ok"], "turns_failed": s["turns_failed"],
+            "attempt_errors": sum(s["attempt_errors"].values()), "lost": a["lost"], "duplicated": a["duplicated"],
+            "open_sessions_max": s["concurrency"]["open_sessions"]["max"], "ttft_p99_s": s["ttft_s"]["p99"],
+            "itl_p99_s": s["itl_s"]["p99"], "tokens_per_s": s["tokens_per_s"], "rate": r["meta"]["spec"]["rate"]}
 
 
 def main() -> None:
@@ -66,6 +74,7 @@ def main() -> None:
         },
         "multiround_20": {r["model"]: {"decode_speedup_vs_eager": r["decode_speedup"], "e2e_speedup_vs_eager": r["e2e_speedup"],
                                        "ours_decode_tok_s": r["ours_decode_tok_s"]} for r in mr},
+        "serve_load_gpu_7b": {name: _load_row(load(f"{name}.json")) for name in ("load_gpu_7b", "load_gpu_7b_r12")},
         "ppl_cpu_4k": {m: v["ppl"] for m, v in cpu.items()}
         | {"streaming_on_recompute_targets": cpu["streaming"]["ppl_on_recompute_targets"]},
     }
