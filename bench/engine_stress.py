@@ -66,6 +66,9 @@ class ChurnReport:
     max_batch_seqs: int = 0
     graph_steps: int = 0
     eager_steps: int = 0
+    step_ms: dict = field(default_factory=dict)  # path -> {n, mean, p50, p99} of step wall time (synced steps only)
+    tokens_generated: int = 0
+    tokens_prefilled: int = 0
     failure: str = ""
     failed_batch: dict = field(default_factory=dict)
 
@@ -105,7 +108,8 @@ def churn(core: EngineCore, spec: Churn, sync=None) -> ChurnReport:
     rep = ChurnReport()
     ids = [f"c{i}" for i in range(spec.sessions)]
     cap, sinks = core.layout.capacity, core.layout.sinks
-    last: dict = {}
+    last: dict = {}  # the batch of the step in progress
+    times: dict[str, list[float]] = {}
     run = core.runner.run
 
     def traced(batch):
@@ -168,9 +172,13 @@ def churn(core: EngineCore, spec: Churn, sync=None) -> ChurnReport:
                                             temperature=rng.choice([0.0, 0.8]), top_p=rng.choice([1.0, 0.9]))
                     core.add_turn(sid, [{"role": "user", "content": words}], params)
                     rep.turns_started += 1
+            t0 = time.perf_counter()
             events = core.step()
             if sync is not None:
                 sync()
+                if last:
+                    times.setdefault(last["path"], []).append((time.perf_counter() - t0) * 1e3)
+            last.clear()
             rep.turns_finished += sum(1 for e in events if e.chunk.finish_reason is not None)
             rep.steps = step + 1
             check_invariants(core)
@@ -181,6 +189,10 @@ def churn(core: EngineCore, spec: Churn, sync=None) -> ChurnReport:
     finally:
         core.runner.run = run
         core._take_slot = take
+    for path, ms in times.items():
+        ms.sort()
+        rep.step_ms[path] = {"n": len(ms), "mean": sum(ms) / len(ms), "p50": ms[len(ms) // 2], "p99": ms[int(0.99 * (len(ms) - 1))]}
+    rep.tokens_generated, rep.tokens_prefilled = core.tokens_generated, core.tokens_prefilled
     return rep
 
 
