@@ -31,6 +31,24 @@ def _load_row(r: dict) -> dict:
             "itl_p99_s": s["itl_s"]["p99"], "tokens_per_s": s["tokens_per_s"], "rate": r["meta"]["spec"]["rate"]}
 
 
+def serve_gpu_card(r: dict) -> dict:
+    """The short record of the GPU service run (issue 3): what ran and what it did."""
+    m, s, srv = r["meta"], r["summary"], r["meta"]["server"]["swiftinfer"]
+    return {
+        "what": "SwiftInfer Serve on one H200, full Serve stack, 7B-shape random bf16 weights, open-loop multi-round chat",
+        "date": m["date"], "command": "bash bench/gpu_serve.sh  (load: " + m["command"] + ")",
+        "versions": srv["versions"], "engine": srv["engine"],
+        "app": {k: v for k, v in srv.items() if k not in ("engine", "versions")}
+        | {"config_file": "bench/serve_gpu7b.yaml (ingress_replicas 4, stream_interval_ms 50, gil_switch_interval_ms 0.5, idle_ttl_s 30)"},
+        "workload": {k: m["spec"][k] for k in ("rate", "rounds", "think_s", "duration_s", "max_tokens", "prompt_words")},
+        "result": _load_row(r) | {
+            "open_sessions": s["concurrency"]["open_sessions"], "turns_in_flight_max": s["concurrency"]["turns_in_flight"]["max"],
+            "server_max": s.get("server_max", {}), "ttft_p50_s": s["ttft_s"]["p50"], "itl_p50_s": s["itl_s"]["p50"],
+            "cache": s["cache"], "wall_s": s["wall_s"]},
+        "source": "load_gpu_7b_r12.json",
+    }
+
+
 def main() -> None:
     dec = load("decode_latency.json")
     d7 = dec["models"]["llama2-7b"]["rows"]
@@ -79,6 +97,7 @@ def main() -> None:
         | {"streaming_on_recompute_targets": cpu["streaming"]["ppl_on_recompute_targets"]},
     }
     (R / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (R / "serve_gpu_h200.json").write_text(json.dumps(serve_gpu_card(load("load_gpu_7b_r12.json")), indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 
 
