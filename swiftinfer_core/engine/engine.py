@@ -33,7 +33,6 @@ class Engine:
         self._wake = threading.Event()
         self._closed = False
         self._error: BaseException | None = None
-        self._last_stats: EngineStats | None = None
         self._thread = threading.Thread(target=self._loop, name="swiftinfer-engine", daemon=True)
         self._thread.start()
 
@@ -164,17 +163,9 @@ class Engine:
             return self.core.import_kv(snapshot)
 
     def stats(self) -> EngineStats:
-        """Fresh when the engine is between steps; else the last reading (a long
-        step must not make the replica look dead to whoever polls its stats)."""
-        if self._lock.acquire(timeout=0.05):
-            try:
-                self._last_stats = self.core.stats()
-            finally:
-                self._lock.release()
-        elif self._last_stats is None:
-            with self._lock:
-                self._last_stats = self.core.stats()
-        return self._last_stats
+        """Exact (taken between steps): admission decisions are made from it."""
+        with self._lock:
+            return self.core.stats()
 
     def check_health(self) -> None:
         """Raise EngineClosedError once a device fault has stopped the engine (Serve
