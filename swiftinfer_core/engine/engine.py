@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import AsyncIterator, Iterator
 
@@ -29,7 +30,9 @@ class Engine:
     def __init__(self, config: EngineConfig | None = None, core: EngineCore | None = None):
         self.config = config or EngineConfig()
         self.core = core or EngineCore(self.config)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held by a step, or by one API call between steps
+        self._gate = threading.Condition()
+        self._callers = 0  # API calls waiting for the lock
         self._wake = threading.Event()
         self._closed = False
         self._error: BaseException | None = None
@@ -55,7 +58,7 @@ class Engine:
                 if item.finish_reason is not None:
                     return
         finally:  # consumer gone (disconnect, cancel) or done: never leave the turn holding its session
-            with self._lock:
+            with self._api():
                 self.core.abort(turn)
 
     def chat_sync(self, session_id: str, messages: list[dict], params: SamplingParams | None = None) -> Iterator[StreamChunk]:
@@ -73,17 +76,37 @@ class Engine:
                 if item.finish_reason is not None:
                     return
         finally:
-            with self._lock:
+            with self._api():
                 self.core.abort(turn)
 
     def _submit(self, session_id, messages, params, out, loop) -> Turn:
         if self._closed:
             raise EngineClosedError("the engine is shut down" + (f" after an error: {self._error}" if self._error else ""))
-        with self._lock:
+        with self._api():
             turn = self.core.add_turn(session_id, messages, params)
             turn.out, turn.loop = out, loop
         self._wake.set()
         return turn
+
+    @contextmanager
+    def _api(self):
+        """The core, between two steps. With a plain lock the step thread takes
+        it back right after each step (it does not sleep in between), so a caller
+        could wait several steps; here the step thread lets queued callers in
+        first, and a call waits for at most the step in progress."""
+        with self._gate:
+            self._callers += 1
+        try:
+            self._lock.acquire()
+        finally:
+            with self._gate:
+                self._callers -= 1
+                if not self._callers:
+                    self._gate.notify_all()
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     # ---- the loop thread ----
 
@@ -91,6 +114,8 @@ class Engine:
         while not self._closed:
             if not self._wake.wait(timeout=0.5):
                 continue
+            with self._gate:  # API callers queued behind the last step go first (bounded: 50 ms)
+                self._gate.wait_for(lambda: not self._callers, timeout=0.05)
             with self._lock:
                 if not self.core.scheduler.has_work:
                     self._wake.clear()
@@ -131,40 +156,40 @@ class Engine:
     # ---- sessions and stats ----
 
     def session_stats(self, session_id: str) -> SessionStats:
-        with self._lock:
+        with self._api():
             return self.core.session_stats(session_id)
 
     def has_session(self, session_id: str) -> bool:
-        with self._lock:
+        with self._api():
             return session_id in self.core.sessions
 
     def close_session(self, session_id: str) -> None:
-        with self._lock:
+        with self._api():
             self.core.close_session(session_id)
 
     def session_ids(self) -> list[str]:
-        with self._lock:
+        with self._api():
             return list(self.core.sessions)
 
     def export_session(self, session_id: str) -> SessionRecord:
-        with self._lock:
+        with self._api():
             return self.core.export_session(session_id)
 
     def import_session(self, record: SessionRecord) -> None:
-        with self._lock:
+        with self._api():
             self.core.import_session(record)
 
     def export_kv(self, session_id: str) -> KVSnapshot | None:
-        with self._lock:
+        with self._api():
             return self.core.export_kv(session_id)
 
     def import_kv(self, snapshot: KVSnapshot) -> bool:
-        with self._lock:
+        with self._api():
             return self.core.import_kv(snapshot)
 
     def stats(self) -> EngineStats:
         """Exact (taken between steps): admission decisions are made from it."""
-        with self._lock:
+        with self._api():
             return self.core.stats()
 
     def check_health(self) -> None:
