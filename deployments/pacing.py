@@ -19,17 +19,9 @@ With ``interval <= 0`` the stream passes through unchanged.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from typing import AsyncIterator
 
-from swiftinfer_core.protocol import StreamChunk
-
-
-def merge(chunks: list[StreamChunk]) -> StreamChunk:
-    """One chunk with the texts and ids of ``chunks``; finish/usage/record of the last."""
-    if len(chunks) == 1:
-        return chunks[0]
-    return replace(chunks[-1], text="".join(c.text for c in chunks), token_ids=[t for c in chunks for t in c.token_ids])
+from swiftinfer_core.protocol import StreamChunk, merge_chunks
 
 
 async def paced(stream: AsyncIterator[StreamChunk], interval_s: float) -> AsyncIterator[StreamChunk]:
@@ -56,12 +48,12 @@ async def paced(stream: AsyncIterator[StreamChunk], interval_s: float) -> AsyncI
                 held.append(chunk)
                 if chunk.finish_reason is None and loop.time() - last < interval_s:
                     continue  # hold it: the interval since the last chunk has not passed
-            yield merge(held)
+            yield merge_chunks(held)
             held, last = [], loop.time()
             if chunk.finish_reason is not None:
                 return
         if held:  # the stream ended without a final chunk
-            yield merge(held)
+            yield merge_chunks(held)
     finally:
         if nxt is not None and not nxt.done():
             nxt.cancel()

@@ -6,7 +6,7 @@ so one deployment serves either, picked by configuration.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, AsyncIterator, Protocol, runtime_checkable
 
 from swiftinfer_core.config import SamplingParams
@@ -37,6 +37,14 @@ class StreamChunk:
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     usage: Usage | None = None
     record: "SessionRecord | None" = None
+
+
+def merge_chunks(chunks: list[StreamChunk]) -> StreamChunk:
+    """One chunk with the texts and ids of ``chunks`` in order; the finish reason,
+    usage and record of the last."""
+    if len(chunks) == 1:
+        return chunks[0]
+    return replace(chunks[-1], text="".join(c.text for c in chunks), token_ids=[t for c in chunks for t in c.token_ids])
 
 
 @dataclass

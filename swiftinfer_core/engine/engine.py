@@ -12,7 +12,6 @@ import asyncio
 import logging
 import threading
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import AsyncIterator, Iterator
 
 import torch
@@ -21,7 +20,7 @@ from swiftinfer_core.config import EngineConfig, SamplingParams
 from swiftinfer_core.engine.core import EngineCore, TurnEvent
 from swiftinfer_core.engine.session import Turn
 from swiftinfer_core.errors import EngineClosedError
-from swiftinfer_core.protocol import EngineStats, KVSnapshot, SessionRecord, SessionStats, StreamChunk
+from swiftinfer_core.protocol import EngineStats, KVSnapshot, SessionRecord, SessionStats, StreamChunk, merge_chunks
 
 log = logging.getLogger(__name__)
 
@@ -220,20 +219,10 @@ def _coalesce(item: StreamChunk, queue: asyncio.Queue) -> tuple[StreamChunk, Bas
     """Merge chunks already waiting behind ``item`` into one. A consumer that keeps
     up sees one chunk per token; one that falls behind (a busy replica loop, a slow
     stream) gets fewer, larger chunks instead of a growing backlog. Never waits."""
-    texts, ids = [item.text], list(item.token_ids)
-    while item.finish_reason is None and not queue.empty():
+    chunks = [item]
+    while chunks[-1].finish_reason is None and not queue.empty():
         nxt = queue.get_nowait()
         if isinstance(nxt, BaseException):
-            return replace(item, text="".join(texts), token_ids=ids), nxt
-        texts.append(nxt.text)
-        ids += nxt.token_ids
-        item = nxt
-    if len(texts) == 1:
-        return item, None
-    return replace(item, text="".join(texts), token_ids=ids), None
-
-
-def _poisons_device(exc: BaseException) -> bool:
-    """A CUDA fault (illegal address, device-side assert) leaves the context unusable."""
-    accel = getattr(torch, "AcceleratorError", None)
-    return (accel is not None and isinstance(exc, accel)) or "CUDA error" in str(exc) or "device-side assert" in str(exc)
+            return merge_chunks(chunks), nxt
+        chunks.append(nxt)
+    return merge_chunks(chunks), None

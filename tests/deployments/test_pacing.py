@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from deployments.pacing import merge, paced
-from swiftinfer_core.protocol import StreamChunk, Usage
+from deployments.pacing import paced
+from swiftinfer_core.protocol import StreamChunk, Usage, merge_chunks
 
 
 async def tokens(n: int, every_s: float, closed: list | None = None, fail_at: int | None = None):
@@ -73,5 +73,5 @@ def test_engine_errors_propagate():
 
 def test_merge_keeps_the_last_chunks_finish_and_usage():
     u = Usage(1, 2, 1, 0)
-    m = merge([StreamChunk("a", [1]), StreamChunk("b", [2], "stop", u)])
+    m = merge_chunks([StreamChunk("a", [1]), StreamChunk("b", [2], "stop", u)])
     assert (m.text, m.token_ids, m.finish_reason, m.usage) == ("ab", [1, 2], "stop", u)
