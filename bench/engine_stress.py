@@ -212,6 +212,7 @@ def make_config_dir(src: Path, layers: int, dst: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
+    from bench.common import write_results  # date, command, device, versions
     from swiftinfer_core.config import EngineConfig
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-sync", action="store_true", help="no device sync per step (as a server runs)")
     p.add_argument("--name", default="engine_stress")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--out", default=None, help="default: $OUT, else bench/results")
     a = p.parse_args(argv)
     model = make_config_dir(Path(a.model), a.layers, Path("/tmp") / f"stress-{a.layers}l")
     cfg = EngineConfig(model=str(model), load_format="random", device="cuda", dtype="bfloat16",
@@ -237,11 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = Churn(sessions=a.sessions, steps=a.steps, max_prompt=a.max_prompt, p_turn=a.p_turn, p_abort=a.p_abort, seed=a.seed)
     rep = churn(core, spec, sync=None if a.no_sync else torch.cuda.synchronize)
     torch.cuda.synchronize()
-    out = {"meta": {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv),
-                    "device": torch.cuda.get_device_name(), "torch": torch.__version__, "wall_s": round(time.time() - t0, 1)},
-           "spec": asdict(spec), "config": cfg.model_dump(mode="json"), "report": asdict(rep)}
-    Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / f"{a.name}.json").write_text(json.dumps(out, indent=1))
+    write_results(a.name, {"wall_s": round(time.time() - t0, 1), "spec": asdict(spec),
+                           "config": cfg.model_dump(mode="json"), "report": asdict(rep)}, a.out)
     print(json.dumps(asdict(rep)))
     return 1 if rep.failure else 0
 
