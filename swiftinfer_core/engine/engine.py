@@ -110,6 +110,16 @@ class Engine:
     # ---- the loop thread ----
 
     def _loop(self) -> None:
+        try:
+            self._run_steps()
+        except BaseException as exc:  # a bug in the loop itself: fail every waiting caller, never strand one
+            log.exception("engine loop crashed")
+            self._error, self._closed = exc, True
+            with self._lock:
+                self._fail_running(exc)
+            raise
+
+    def _run_steps(self) -> None:
         while not self._closed:
             if not self._wake.wait(timeout=0.5):
                 continue
@@ -208,6 +218,12 @@ class Engine:
         self._wake.set()
         self._thread.join(timeout=5)
         self.core.close()  # stops tensor-parallel workers; a step still running fails, it does not hang
+
+
+def _poisons_device(exc: BaseException) -> bool:
+    """A CUDA fault (illegal address, device-side assert) leaves the context unusable."""
+    accel = getattr(torch, "AcceleratorError", None)
+    return (accel is not None and isinstance(exc, accel)) or "CUDA error" in str(exc) or "device-side assert" in str(exc)
 
 
 def _put_all(batch: list[tuple[asyncio.Queue, object]]) -> None:
