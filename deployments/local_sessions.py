@@ -86,9 +86,8 @@ class LocalSessions:
         return CacheState.REBUILT
 
     def _local(self, sid: str) -> tuple[dict, bool] | None:
-        if not self._engine.has_session(sid):
-            return None
-        return self._engine.export_session(sid).to_dict(), self._engine.session_stats(sid).resident
+        view = self._engine.view(sid)  # one engine call: each waits for the step in progress
+        return None if view.record is None else (view.record.to_dict(), view.resident)
 
     def committed(self, sid: str, seq: int) -> None:
         self.seq[sid] = seq

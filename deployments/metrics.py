@@ -44,6 +44,8 @@ class ServiceMetrics:
         self.in_flight = Gauge("swiftinfer_ingress_in_flight", "Chat requests in flight at this ingress.", registry=r)
         self.directory_sessions = Gauge("swiftinfer_sessions", "Conversations in the session directory.", registry=r)
         self.replicas = Gauge("swiftinfer_live_replicas", "LLM replicas reporting stats.", registry=r)
+        self.phases = Gauge("swiftinfer_turn_phase_seconds", "Recent per-phase turn time on a replica (deployments/turn_timing.py).",
+                            ["replica", "phase", "quantile"], registry=r)
         self._per_replica = {
             key: Gauge(name, help_, ["replica"], registry=r) for key, (name, help_) in _REPLICA_GAUGES.items()
         }
@@ -65,6 +67,12 @@ class ServiceMetrics:
             for rid, stats in replica_stats.items():
                 if key in stats:
                     gauge.labels(replica=rid).set(float(stats[key]))
+        self.phases.clear()
+        for rid, stats in replica_stats.items():
+            for key, value in stats.items():
+                if key.startswith("phase_"):  # phase_<name>_p50 / _p99
+                    phase, q = key[len("phase_"):].rsplit("_p", 1)
+                    self.phases.labels(replica=rid, phase=phase, quantile=f"0.{q}").set(float(value))
         self.replicas.set(len(replica_stats))
         self.directory_sessions.set(num_sessions)
 

@@ -42,6 +42,7 @@ from deployments.history import chain
 from deployments.local_sessions import CacheState, LocalSessions
 from deployments.pacing import paced
 from deployments.session_log import LastTurn
+from deployments.turn_timing import Stopwatch, TurnTimer
 from swiftinfer_core.config import SamplingParams
 from swiftinfer_core.errors import CapacityError, EngineClosedError, SessionBusyError, SessionNotFoundError
 from swiftinfer_core.protocol import StreamChunk, Usage
@@ -71,6 +72,7 @@ class LLMReplica:
         self._busy: set[str] = set()  # sessions with a turn running here
         self._last_turn: dict[str, float] = {}  # session -> time of its last turn (autoscaling, eviction)
         self._counts = {**{f"turns_{c.value}": 0 for c in CacheState}, "turns_not_committed": 0}
+        self._timer = TurnTimer()
         self._draining = False
         await self._report()
         loop = asyncio.get_running_loop()
@@ -95,9 +97,12 @@ class LLMReplica:
         grant: dict | None = None
         done = False  # committed or replayed: nothing to roll back
         stream = None
+        watch = Stopwatch(self._timer)
         try:
             await asyncio.to_thread(self._admit, session_id)
+            watch.lap("admit")
             grant = await self._directory.begin_turn.remote(session_id, self._id, turn_key)
+            watch.lap("lease")
             if "replay" in grant:
                 done = True
                 self._counts["turns_replayed"] += 1
@@ -106,9 +111,11 @@ class LLMReplica:
                 yield StreamChunk(last.text, [], last.entry.finish_reason, Usage(**last.usage))
                 return
             cache = await self._local.sync(session_id, grant)
+            watch.lap("sync")
             self._counts[f"turns_{cache.value}"] += 1
             stream = paced(self._engine.chat(session_id, messages, params), self._cfg.stream_interval_ms / 1000)
             chunk = await stream.__anext__()
+            watch.lap("first_token")
             yield TurnStart(session_id, self._id, cache)
             text: list[str] = []
             while chunk.finish_reason is None:
@@ -118,7 +125,9 @@ class LLMReplica:
             text.append(chunk.text)
             reply = "".join(text)
             digest = chain(history_base, {"role": "assistant", "content": reply}) if history_base else None
+            watch = Stopwatch(self._timer)
             await self._commit(session_id, grant["seq"], digest, turn_key, reply, chunk)
+            watch.lap("commit")
             done = True
             yield replace(chunk, record=None)  # the record stays here
         finally:
@@ -138,9 +147,9 @@ class LLMReplica:
     def _admit(self, session_id: str) -> None:
         """429 when every KV slot is taken by a turn in flight and this session
         has none: the engine would only queue it behind them."""
-        st = self._engine.stats()
-        resident = self._engine.has_session(session_id) and self._engine.session_stats(session_id).resident
-        if not resident and st.running_requests + st.waiting_requests >= st.total_slots:
+        view = self._engine.view(session_id)
+        st = view.engine
+        if not view.resident and st.running_requests + st.waiting_requests >= st.total_slots:
             raise CapacityError(f"all {st.total_slots} KV slots of replica {self._id} are busy")
 
     async def _commit(self, sid: str, seq: int, digest: str | None, turn_key: str | None, reply: str, last: StreamChunk) -> None:
@@ -221,7 +230,7 @@ class LLMReplica:
             "tokens_generated": st.tokens_generated, "tokens_prefilled": st.tokens_prefilled,
             "kv_use": st.resident_sessions / max(1, st.total_slots), "draining": self._draining,
             "pid": os.getpid(), "idle_evicted": self._local.idle_evicted, "rolled_back": self._local.rolled_back,
-            **self._counts,
+            **self._counts, **self._timer.summary(),
         }
 
     def record_replica_metadata(self) -> dict:

@@ -125,6 +125,16 @@ class EngineStats:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class SessionView:
+    """One consistent reading of the engine and one session, taken at once (a
+    turn's start needs all three; separate calls would each wait for a step)."""
+
+    engine: EngineStats
+    record: SessionRecord | None  # None: the engine does not hold the session
+    resident: bool  # its cache holds a slot now
+
+
 @runtime_checkable
 class EngineProtocol(Protocol):
     def chat(self, session_id: str, messages: list[dict], params: SamplingParams) -> AsyncIterator[StreamChunk]:
@@ -147,6 +157,8 @@ class EngineProtocol(Protocol):
         ...
 
     def stats(self) -> EngineStats: ...
+
+    def view(self, session_id: str) -> SessionView: ...
 
     def count_tokens(self, messages: list[dict]) -> int: ...
 

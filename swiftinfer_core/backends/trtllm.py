@@ -41,7 +41,7 @@ from swiftinfer_core.errors import (
     EngineClosedError, InvalidRequestError, PromptTooLongError, SessionBusyError, SessionNotFoundError,
 )
 from swiftinfer_core.model.fetch import resolve_model
-from swiftinfer_core.protocol import EngineStats, SessionRecord, SessionStats, StreamChunk, Usage
+from swiftinfer_core.protocol import EngineStats, SessionRecord, SessionStats, SessionView, StreamChunk, Usage
 
 log = logging.getLogger(__name__)
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")  # the native engine's rule
@@ -202,6 +202,10 @@ class TrtllmEngine:
             tokens_generated=self.tokens_generated, tokens_prefilled=self.tokens_prefilled,
             evictions=sum(s.stats().evictions for s in self.sessions.values()),
         )
+
+    def view(self, session_id: str) -> SessionView:
+        s = self.sessions.get(session_id)
+        return SessionView(self.stats(), s.record() if s is not None else None, False)
 
     def count_tokens(self, messages: list[dict]) -> int:
         return len(self.format.first_round(validate_messages(messages)))

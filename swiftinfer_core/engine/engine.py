@@ -4,6 +4,12 @@ The step loop runs in a background thread so the event loop of the caller (a
 Serve replica, the CLI) stays free; chunks reach each caller's async generator
 through its own asyncio queue. Every API call takes the same lock as a step,
 so the core is never touched by two threads at once.
+
+Starting and aborting a turn never wait for that lock: they go into an inbox
+that the step thread applies before its next step (and any locked API call
+applies before its own work, so the order callers see is the order they
+posted). A replica's event loop, which carries every stream of the replica,
+therefore never blocks behind a model step.
 """
 
 from __future__ import annotations
@@ -11,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import deque
 from contextlib import contextmanager
-from typing import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable, Iterator
 
 import torch
 
@@ -20,9 +28,21 @@ from swiftinfer_core.config import EngineConfig, SamplingParams
 from swiftinfer_core.engine.core import EngineCore, TurnEvent
 from swiftinfer_core.engine.session import Turn
 from swiftinfer_core.errors import EngineClosedError
-from swiftinfer_core.protocol import EngineStats, KVSnapshot, SessionRecord, SessionStats, StreamChunk, merge_chunks
+from swiftinfer_core.protocol import EngineStats, KVSnapshot, SessionRecord, SessionStats, SessionView, StreamChunk, merge_chunks
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Submission:
+    """A turn posted to the inbox; ``turn`` is set once the step thread added it."""
+
+    session_id: str
+    messages: list
+    params: SamplingParams
+    out: object  # asyncio.Queue (with ``loop``) or queue.Queue
+    loop: asyncio.AbstractEventLoop | None
+    turn: Turn | None = None
 
 
 class Engine:
@@ -32,6 +52,7 @@ class Engine:
         self._lock = threading.Lock()  # held by a step, or by one API call between steps
         self._gate = threading.Condition()
         self._callers = 0  # API calls waiting for the lock
+        self._inbox: deque[Callable[[], None]] = deque()  # turn starts and aborts, applied under the lock
         self._wake = threading.Event()
         self._closed = False
         self._error: BaseException | None = None
@@ -44,7 +65,7 @@ class Engine:
         """Append the new ``messages`` to the session and stream the reply."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        turn = self._submit(session_id, messages, params or SamplingParams(), queue, loop)
+        sub = self._submit(_Submission(session_id, messages, params or SamplingParams(), queue, loop))
         try:
             while True:
                 item = await queue.get()
@@ -57,15 +78,14 @@ class Engine:
                 if item.finish_reason is not None:
                     return
         finally:  # consumer gone (disconnect, cancel) or done: never leave the turn holding its session
-            with self._api():
-                self.core.abort(turn)
+            self._post(lambda: self._abort(sub))
 
     def chat_sync(self, session_id: str, messages: list[dict], params: SamplingParams | None = None) -> Iterator[StreamChunk]:
         """Blocking variant for scripts and the CLI."""
         import queue as _q
 
         box: _q.Queue = _q.Queue()
-        turn = self._submit(session_id, messages, params or SamplingParams(), box, None)
+        sub = self._submit(_Submission(session_id, messages, params or SamplingParams(), box, None))
         try:
             while True:
                 item = box.get()
@@ -75,17 +95,44 @@ class Engine:
                 if item.finish_reason is not None:
                     return
         finally:
-            with self._api():
-                self.core.abort(turn)
+            self._post(lambda: self._abort(sub))
 
-    def _submit(self, session_id, messages, params, out, loop) -> Turn:
+    def _submit(self, sub: _Submission) -> _Submission:
+        """Post the turn; errors of ``add_turn`` (bad input, busy session) arrive
+        as the first item of its queue, so the caller's first read raises them."""
+        self._raise_if_closed()
+        self._post(lambda: self._add(sub))
+        return sub
+
+    def _raise_if_closed(self) -> None:
         if self._closed:
             raise EngineClosedError("the engine is shut down" + (f" after an error: {self._error}" if self._error else ""))
-        with self._api():
-            turn = self.core.add_turn(session_id, messages, params)
-            turn.out, turn.loop = out, loop
+
+    def _post(self, command: Callable[[], None]) -> None:
+        self._inbox.append(command)  # deque.append is atomic: no lock, never blocks
         self._wake.set()
-        return turn
+        if self._closed:  # the step thread is gone or going: apply it here
+            with self._lock:
+                self._apply_inbox()
+
+    def _apply_inbox(self) -> None:
+        """Under the lock: apply posted starts and aborts in the order they came."""
+        while self._inbox:
+            self._inbox.popleft()()
+
+    def _add(self, sub: _Submission) -> None:
+        try:
+            self._raise_if_closed()
+            turn = self.core.add_turn(sub.session_id, sub.messages, sub.params)
+        except Exception as exc:  # the caller's mistake (or a closed engine): its stream raises it
+            self._deliver_all([(sub, exc)])
+            return
+        turn.out, turn.loop = sub.out, sub.loop
+        sub.turn = turn
+
+    def _abort(self, sub: _Submission) -> None:
+        if sub.turn is not None:
+            self.core.abort(sub.turn)
 
     @contextmanager
     def _api(self):
@@ -103,6 +150,7 @@ class Engine:
                 if not self._callers:
                     self._gate.notify_all()
         try:
+            self._apply_inbox()
             yield
         finally:
             self._lock.release()
@@ -116,8 +164,11 @@ class Engine:
             log.exception("engine loop crashed")
             self._error, self._closed = exc, True
             with self._lock:
-                self._fail_running(exc)
+                self._fail_running(EngineClosedError(f"engine loop crashed: {exc!r}"))
             raise
+        finally:
+            with self._lock:  # starts posted before the stop fail as closed
+                self._apply_inbox()
 
     def _run_steps(self) -> None:
         while not self._closed:
@@ -126,8 +177,11 @@ class Engine:
             with self._gate:  # API callers queued behind the last step go first (bounded: 50 ms)
                 self._gate.wait_for(lambda: not self._callers, timeout=0.05)
             with self._lock:
+                self._apply_inbox()
                 if not self.core.scheduler.has_work:
                     self._wake.clear()
+                    if self._inbox:  # posted after the drain: its _post may have set wake before our clear
+                        self._wake.set()
                     continue
                 try:
                     events = self.core.step()
@@ -135,12 +189,9 @@ class Engine:
                     log.exception("engine step failed")
                     if _poisons_device(exc):  # every later step would fail too: stop taking turns
                         self._error, self._closed = exc, True
-                    self._fail_running(exc)
+                    self._fail_running(EngineClosedError(f"engine step failed: {exc}"))
                     continue
             self._deliver_all([(ev.turn, ev.chunk) for ev in events])
-
-    def _deliver(self, turn: Turn, item) -> None:
-        self._deliver_all([(turn, item)])
 
     @staticmethod
     def _deliver_all(items: list[tuple[Turn, object]]) -> None:
@@ -156,11 +207,12 @@ class Engine:
             if not loop.is_closed():
                 loop.call_soon_threadsafe(_put_all, batch)
 
-    def _fail_running(self, exc: Exception) -> None:
+    def _fail_running(self, error: Exception) -> None:
+        """Abort every admitted or waiting turn and hand ``error`` to its stream."""
         turns = list(self.core.scheduler.running) + list(self.core.scheduler.waiting)
         for turn in turns:
             self.core.abort(turn)
-            self._deliver(turn, EngineClosedError(f"engine step failed: {exc}"))
+        self._deliver_all([(turn, error) for turn in turns])
 
     # ---- sessions and stats ----
 
@@ -201,6 +253,13 @@ class Engine:
         with self._api():
             return self.core.stats()
 
+    def view(self, session_id: str) -> SessionView:
+        with self._api():
+            core = self.core
+            session = core.sessions.get(session_id)
+            record = session.record() if session is not None else None
+            return SessionView(core.stats(), record, session is not None and session.slot is not None)
+
     def check_health(self) -> None:
         """Raise EngineClosedError once a device fault has stopped the engine (Serve
         then replaces the replica; its sessions are rebuilt from the log)."""
@@ -217,6 +276,12 @@ class Engine:
         self._closed = True
         self._wake.set()
         self._thread.join(timeout=5)
+        if self._lock.acquire(timeout=5):  # nobody may wait forever on a closed engine
+            try:
+                self._apply_inbox()
+                self._fail_running(EngineClosedError("the engine is shut down"))
+            finally:
+                self._lock.release()
         self.core.close()  # stops tensor-parallel workers; a step still running fails, it does not hang
 
 

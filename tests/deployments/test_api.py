@@ -262,3 +262,10 @@ def test_models_health_and_metrics(api):
         assert name in text, name
     ttft_count = [ln for ln in text.splitlines() if ln.startswith('swiftinfer_ttft_seconds_count{stream="false"}')]
     assert ttft_count and float(ttft_count[0].split()[-1]) > 0
+    # per-phase turn times arrive with the replicas' next stats report
+    deadline = time.monotonic() + 30
+    while 'phase="first_token",quantile="0.99"' not in text and time.monotonic() < deadline:
+        time.sleep(1)
+        text = client.get(f"{prefix}/metrics").text
+    phases = {ln.split('phase="')[1].split('"')[0] for ln in text.splitlines() if ln.startswith("swiftinfer_turn_phase_seconds{")}
+    assert {"admit", "lease", "sync", "first_token", "commit"} <= phases, phases

@@ -78,6 +78,10 @@ def test_scale_down_drains_sessions_without_losing_any(client):
         "downscale_delay_s": 8, "upscale_delay_s": 60, "look_back_period_s": 2, "metrics_interval_s": 0.5,
     }
     prefix = deploy("drain", app_config("drain-sessions", scaling=scaling))
+    # "ready" can come with min_replicas (1) running: wait until both serve and report,
+    # or every new session is rightly placed on the only replica there is
+    wait_for(lambda: _running_replicas("drain") == {"RUNNING": 2}, 180, "both replicas to run")
+    wait_for(lambda: client.get(f"{prefix}/healthz").json().get("replicas") == 2, 60, "both replicas to report")
     sids = [f"dr-{i}" for i in range(10)]
     owner = _rounds(client, prefix, sids, rounds=(0, 1))
     assert len(set(owner.values())) == 2, owner

@@ -118,3 +118,59 @@ def test_a_device_fault_stops_the_engine_and_fails_health_but_other_errors_do_no
             assert asyncio.run(turn("b"))[-1].finish_reason == "length"
     finally:
         eng.close()
+
+
+def test_starting_and_ending_turns_never_block_the_event_loop(make_core):
+    """A replica's event loop carries every stream: starting or aborting a turn
+    must not wait for the model step in progress (here each step takes 1 s)."""
+    import time
+
+    eng = Engine(core=make_core())
+    run = eng.core.runner.run
+
+    def slow(batch):
+        time.sleep(1.0)
+        return run(batch)
+
+    eng.core.runner.run = slow
+    msgs = [{"role": "user", "content": "Count to twenty."}]
+
+    async def go():
+        gaps, done = [], asyncio.Event()
+
+        async def ticker():
+            last = time.monotonic()
+            while not done.is_set():
+                await asyncio.sleep(0.005)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        tick = asyncio.create_task(ticker())
+        long = eng.chat("long", msgs, SamplingParams(max_tokens=8, ignore_eos=True))
+        await long.__anext__()  # the engine now steps without pause
+        for i in range(2):
+            g = eng.chat(f"s{i}", msgs, SamplingParams(max_tokens=4, ignore_eos=True))
+            assert (await g.__anext__()).token_ids
+            await g.aclose()  # abort mid-turn
+        await long.aclose()
+        done.set()
+        await tick
+        return max(gaps)
+
+    try:
+        worst = asyncio.run(go())
+        assert worst < 0.5, f"the event loop stalled for {worst:.2f} s behind a 1 s step"
+        assert eng.session_stats("s0").rounds == 1 and eng.session_stats("long").rounds == 1
+    finally:
+        eng.close()
+
+
+def test_view_reads_engine_and_session_at_once(engine):
+    unknown = engine.view("nobody")
+    assert unknown.record is None and not unknown.resident and unknown.engine.active_sessions == 0
+    for _ in engine.chat_sync("v", [{"role": "user", "content": "Hi"}], SamplingParams(max_tokens=3)):
+        pass
+    seen = engine.view("v")
+    assert seen.record == engine.export_session("v") and seen.resident
+    assert (seen.engine.active_sessions, seen.engine.resident_sessions) == (1, 1)
