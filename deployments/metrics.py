@@ -72,7 +72,7 @@ class ServiceMetrics:
             for key, value in stats.items():
                 if key.startswith("phase_"):  # phase_<name>_p50 / _p99
                     phase, q = key[len("phase_"):].rsplit("_p", 1)
-                    self.phases.labels(replica=rid, phase=phase, quantile=f"0.{q}").set(float(value))
+                    self.phases.labels(replica=rid, phase=phase, quantile=str(int(q) / 100)).set(float(value))
         self.replicas.set(len(replica_stats))
         self.directory_sessions.set(num_sessions)
 

@@ -22,3 +22,17 @@ def test_stopwatch_laps_are_consecutive():
         w.lap(phase)
     s = t.summary()
     assert all(s[f"phase_{p}_p50"] >= 0 for p in PHASES)
+
+
+def test_phase_quantiles_reach_metrics_per_replica():
+    from deployments.metrics import ServiceMetrics
+
+    m = ServiceMetrics()
+    m.set_pool({"r1": {"phase_first_token_p50": 0.25, "phase_first_token_p99": 1.5, "sessions": 3},
+                "r2": {"phase_commit_p99": 0.125}}, 3)
+    text = m.render().decode()
+    assert 'swiftinfer_turn_phase_seconds{phase="first_token",quantile="0.5",replica="r1"} 0.25' in text
+    assert 'swiftinfer_turn_phase_seconds{phase="first_token",quantile="0.99",replica="r1"} 1.5' in text
+    assert 'swiftinfer_turn_phase_seconds{phase="commit",quantile="0.99",replica="r2"} 0.125' in text
+    m.set_pool({"r2": {}}, 0)  # a replica gone: its phases leave with it
+    assert "turn_phase_seconds{" not in m.render().decode()
