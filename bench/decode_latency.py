@@ -41,7 +41,6 @@ import torch  # noqa: E402
 from swiftinfer_core.cache.layout import StreamLayout  # noqa: E402
 from swiftinfer_core.kernels.attention import TritonAttention  # noqa: E402
 from swiftinfer_core.kernels.decode_attention import decode_attention  # noqa: E402
-from swiftinfer_core.kernels.rope import inv_freq  # noqa: E402
 from swiftinfer_core.model.loader import ModelArgs  # noqa: E402
 
 WINDOWS = [252, 508, 1020, 2044, 4092]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import uuid
 
 HELP = "commands: /stats (cache and counters), /new (start a new conversation), /quit"

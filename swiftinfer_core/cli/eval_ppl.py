@@ -33,7 +33,6 @@ def run(args) -> int:
     import torch
 
     from swiftinfer_core.config import EngineConfig
-    from swiftinfer_core.errors import InvalidRequestError
     from swiftinfer_core.eval.ppl import EvalPlan, Mode, evaluate
     from swiftinfer_core.model.setup import load_model
 

@@ -25,7 +25,7 @@ from typing import AsyncIterator, Callable, Iterator
 import torch
 
 from swiftinfer_core.config import EngineConfig, SamplingParams
-from swiftinfer_core.engine.core import EngineCore, TurnEvent
+from swiftinfer_core.engine.core import EngineCore
 from swiftinfer_core.engine.session import Turn
 from swiftinfer_core.errors import EngineClosedError
 from swiftinfer_core.protocol import EngineStats, KVSnapshot, SessionRecord, SessionStats, SessionView, StreamChunk, merge_chunks
