@@ -31,6 +31,8 @@ timeout $((DURATION + 170)) python3 bench/load.py --url http://127.0.0.1:8000 --
   --timeout-s 120 --retry-s 60 --metrics-every-s 5 --model llama2-7b-random --name "$NAME" --out "$OUT" > "$OUT/load.log" 2>&1
 echo "load rc=$? at $((SECONDS - T0))s"
 kill $WATCH
+curl -s 127.0.0.1:8000/metrics > "$OUT/metrics_end.txt"  # per-phase turn times (swiftinfer_turn_phase_seconds) among them
+grep -E '^swiftinfer_turn_phase_seconds' "$OUT/metrics_end.txt"
 tail -300 /tmp/serve.log > "$OUT/serve_tail.log"
 kill -INT $SERVE; sleep 3; kill -9 $SERVE 2>/dev/null
 tail -25 "$OUT/load.log"

@@ -173,19 +173,35 @@ async def sample_metrics(client: httpx.AsyncClient, every_s: float, t_start: flo
             text = (await client.get("/metrics", timeout=10.0)).text
         except httpx.HTTPError:
             text = ""
-        row = {"t_s": round(time.perf_counter() - t_start, 2)}
-        for line in text.splitlines():
-            name = line.split("{", 1)[0].split(" ", 1)[0]
-            if name in SERVER_GAUGES:
-                row[name] = row.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
-        out.append(row)
+        out.append(parse_gauges(text, round(time.perf_counter() - t_start, 2)))
         await asyncio.sleep(every_s)
+
+
+def parse_gauges(text: str, t_s: float) -> dict:
+    """One sample: SERVER_GAUGES summed over replicas, and each turn phase's
+    quantiles (``phase_<name>_p50``/``_p99``, the worst replica's)."""
+    row = {"t_s": t_s}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in SERVER_GAUGES:
+            row[name] = row.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+        elif name == "swiftinfer_turn_phase_seconds":
+            labels = dict(kv.split("=", 1) for kv in line.split("{", 1)[1].split("}", 1)[0].split(","))
+            q = labels["quantile"].strip('"').split(".", 1)[1].ljust(2, "0")  # "0.5" -> "50", "0.99" -> "99"
+            key = f"phase_{labels['phase'].strip(chr(34))}_p{q}"
+            row[key] = max(row.get(key, 0.0), float(line.rsplit(" ", 1)[1]))
+    return row
 
 
 def server_peaks(samples: list[dict]) -> dict:
     if not samples:
         return {}
-    return {"server_max": {g: max(r.get(g, 0.0) for r in samples) for g in SERVER_GAUGES}}
+    phases = sorted({k for r in samples for k in r if k.startswith("phase_")})
+    return {"server_max": {g: max(r.get(g, 0.0) for r in samples) for g in SERVER_GAUGES},
+            # per-phase turn times on the replicas (deployments/turn_timing.py): the last
+            # sample covers the replicas' most recent turns; max is the worst seen in the run
+            "server_phases": {k: {"last": next(r[k] for r in reversed(samples) if k in r),
+                                  "max": max(r[k] for r in samples if k in r)} for k in phases}}
 
 
 async def write_partial(spec: LoadSpec, card: dict, run_id: str, progress: Progress, t_start: float, samples: list[dict]) -> None:
