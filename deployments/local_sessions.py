@@ -29,7 +29,7 @@ import time
 from enum import Enum
 
 from deployments.config import LimitsConfig
-from swiftinfer_core.protocol import EngineProtocol, KVSnapshot, KVTransfer, SessionRecord
+from swiftinfer_core.protocol import EngineProtocol, KVSnapshot, KVTransfer, SessionRecord, SessionView
 
 
 class CacheState(str, Enum):
@@ -66,11 +66,12 @@ class LocalSessions:
         while sid in self._closing:
             await self._closing[sid].wait()
 
-    async def sync(self, sid: str, grant: dict) -> CacheState:
+    async def sync(self, sid: str, grant: dict, view: SessionView | None = None) -> CacheState:
         """Make the local copy equal the committed state in ``grant`` (from
-        ``SessionDirectory.begin_turn``)."""
+        ``SessionDirectory.begin_turn``). ``view``: the engine's reading of ``sid``
+        taken since the session became busy here (saves an engine call)."""
         record, seq = grant["record"], grant["seq"]
-        local = await asyncio.to_thread(self._local, sid)
+        local = _as_local(view) if view is not None else await asyncio.to_thread(self._local, sid)
         self.seq[sid] = seq
         if record is None:
             if local is not None:  # leftovers of a session deleted or never committed
@@ -86,8 +87,7 @@ class LocalSessions:
         return CacheState.REBUILT
 
     def _local(self, sid: str) -> tuple[dict, bool] | None:
-        view = self._engine.view(sid)  # one engine call: each waits for the step in progress
-        return None if view.record is None else (view.record.to_dict(), view.resident)
+        return _as_local(self._engine.view(sid))  # one engine call: each waits for the step in progress
 
     def committed(self, sid: str, seq: int) -> None:
         self.seq[sid] = seq
@@ -151,3 +151,8 @@ class LocalSessions:
             budget_bytes -= snap.nbytes
             out.append((sid, self.seq[sid], pickle.dumps(snap, protocol=pickle.HIGHEST_PROTOCOL)))
         return out
+
+
+def _as_local(view: SessionView) -> tuple[dict, bool] | None:
+    """(record as a dict, resident) of the engine's copy, None when it holds none."""
+    return None if view.record is None else (view.record.to_dict(), view.resident)

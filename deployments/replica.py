@@ -45,7 +45,7 @@ from deployments.session_log import LastTurn
 from deployments.turn_timing import Stopwatch, TurnTimer
 from swiftinfer_core.config import SamplingParams
 from swiftinfer_core.errors import CapacityError, EngineClosedError, SessionBusyError, SessionNotFoundError
-from swiftinfer_core.protocol import StreamChunk, Usage
+from swiftinfer_core.protocol import SessionView, StreamChunk, Usage
 
 log = logging.getLogger("ray.serve")
 
@@ -99,7 +99,11 @@ class LLMReplica:
         stream = None
         watch = Stopwatch(self._timer)
         try:
-            await asyncio.to_thread(self._admit, session_id)
+            # one engine reading serves admission and the sync below: while the session is
+            # busy here nothing else on this replica changes its local copy (eviction and
+            # close skip or wait for busy sessions), and each engine call waits for a step
+            view = await asyncio.to_thread(self._engine.view, session_id)
+            self._admit(view)
             watch.lap("admit")
             grant = await self._directory.begin_turn.remote(session_id, self._id, turn_key)
             watch.lap("lease")
@@ -110,7 +114,7 @@ class LLMReplica:
                 yield TurnStart(session_id, self._id, CacheState.REPLAYED)
                 yield StreamChunk(last.text, [], last.entry.finish_reason, Usage(**last.usage))
                 return
-            cache = await self._local.sync(session_id, grant)
+            cache = await self._local.sync(session_id, grant, view)
             watch.lap("sync")
             self._counts[f"turns_{cache.value}"] += 1
             stream = paced(self._engine.chat(session_id, messages, params), self._cfg.stream_interval_ms / 1000)
@@ -144,10 +148,9 @@ class LLMReplica:
             if isinstance(item, StreamChunk):
                 yield item
 
-    def _admit(self, session_id: str) -> None:
+    def _admit(self, view: SessionView) -> None:
         """429 when every KV slot is taken by a turn in flight and this session
         has none: the engine would only queue it behind them."""
-        view = self._engine.view(session_id)
         st = view.engine
         if not view.resident and st.running_requests + st.waiting_requests >= st.total_slots:
             raise CapacityError(f"all {st.total_slots} KV slots of replica {self._id} are busy")
