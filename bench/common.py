@@ -108,6 +108,23 @@ def time_eager(fn, reps: int = 10, warmup: int = 2) -> float:
     return statistics.median(ts)
 
 
+def module_at(rev: str, path: str, name: str):
+    """The repo's module ``path`` as of git revision ``rev``, imported as ``name``
+    (a baseline measured side by side with the working tree's version)."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    src = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    file = Path(tempfile.mkdtemp()) / f"{name}.py"
+    file.write_text(src)
+    spec = importlib.util.spec_from_file_location(name, file)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def write_results(name: str, data: dict, out_dir: str | None = None) -> Path:
     d = Path(out_dir or os.environ.get("OUT") or RESULTS)
     d.mkdir(parents=True, exist_ok=True)

@@ -25,14 +25,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import random
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import common  # noqa: F401  (repo root on sys.path)
 import torch
@@ -41,19 +36,6 @@ from swiftinfer_core.config import EngineConfig, SamplingParams
 from swiftinfer_core.engine.core import EngineCore
 from swiftinfer_core.engine.engine import Engine
 from swiftinfer_core.model.setup import load_model, relayout
-
-
-def baseline_engine(rev: str) -> type:
-    """``Engine`` from ``swiftinfer_core/engine/engine.py`` at git revision ``rev``."""
-    src = subprocess.run(["git", "show", f"{rev}:swiftinfer_core/engine/engine.py"], cwd=common.ROOT,
-                         check=True, capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / "engine_baseline.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("engine_baseline", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["engine_baseline"] = mod
-    spec.loader.exec_module(mod)
-    return mod.Engine
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -116,7 +98,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = EngineConfig(device="cpu", window=args.window, max_sessions=args.sessions)
     base = load_model(cfg)
-    engines = {"locked": baseline_engine(args.baseline), "inbox": Engine}
+    engines = {"locked": common.module_at(args.baseline, "swiftinfer_core/engine/engine.py", "engine_baseline").Engine, "inbox": Engine}
     runs: dict[str, list[dict]] = {m: [] for m in engines}
     for trial in range(args.trials + 1):  # trial 0 warms up and is dropped
         for mode in random.Random(trial).sample(sorted(engines), len(engines)):
