@@ -118,7 +118,11 @@ class Engine:
     def _apply_inbox(self) -> None:
         """Under the lock: apply posted starts and aborts in the order they came."""
         while self._inbox:
-            self._inbox.popleft()()
+            command = self._inbox.popleft()
+            try:
+                command()
+            except Exception:  # one caller's bookkeeping must not stop the loop or fail another caller
+                log.exception("engine inbox command failed")
 
     def _add(self, sub: _Submission) -> None:
         try:
