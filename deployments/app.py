@@ -89,7 +89,7 @@ def llm_deployment_options(cfg: AppConfig) -> dict:
     router_path, router_kwargs = ROUTERS[cfg.router]
     opts: dict[str, Any] = {
         "name": "LLMReplica",
-        "max_ongoing_requests": cfg.max_ongoing_requests,
+        "max_ongoing_requests": cfg.ongoing_limit,
         "max_queued_requests": cfg.max_queued_requests,
         "graceful_shutdown_timeout_s": cfg.graceful_shutdown_timeout_s,
         "graceful_shutdown_wait_loop_s": 0.5,

@@ -231,7 +231,7 @@ def server_info(cfg: AppConfig) -> dict:
             "scaling": {"min_replicas": cfg.scaling.min_replicas, "max_replicas": cfg.scaling.max_replicas},
             "session_log": cfg.session_log.backend.value, "ingress_replicas": cfg.ingress_replicas,
             "stream_interval_ms": cfg.stream_interval_ms, "gil_switch_interval_ms": cfg.gil_switch_interval_ms,
-            "idle_ttl_s": cfg.limits.idle_ttl_s, "max_ongoing_requests": cfg.max_ongoing_requests}
+            "idle_ttl_s": cfg.limits.idle_ttl_s, "max_ongoing_requests": cfg.ongoing_limit}
 
 
 def _query_int(request: Request, name: str, default: int, hi: int) -> int:
