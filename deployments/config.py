@@ -109,7 +109,7 @@ class AppConfig(Strict):
     replica_cpus: float = Field(1.0, ge=0, le=256, description="Logical CPUs one LLM replica reserves.")
     replica_resources: dict[str, float] = Field(default_factory=dict, description="Extra Ray resources one LLM replica needs, e.g. {'accelerator_type:H200': 0.001}.")
     cpu_threads: int = Field(1, ge=1, le=256, description="Torch threads of a CPU engine.")
-    max_ongoing_requests: int | None = Field(None, ge=1, le=4096, description="Requests one LLM replica takes at once (the engine batches its turns); more wait at the router. Default: the engine's KV slots (engine.max_sessions), else 256. Fewer than the slots leaves slots idle while turns wait at the router (bench/results/serve_ongoing_cpu_*.json).")
+    max_ongoing_requests: int | None = Field(None, ge=1, le=4096, description="Requests one LLM replica takes at once (the engine batches its turns); more wait at the router, up to max_queued_requests, then 429 queue_full. Default: the engine's KV slots (engine.max_sessions), else 256. Fewer leaves slots idle while turns wait; more lets the replica answer 429 no_capacity at once, and clients' retries then cost more than the queue (bench/results/serve_ongoing_cpu_*.json). Session reads count too: on a saturated replica they wait behind turns.")
     max_queued_requests: int = Field(256, ge=1, le=1 << 20, description="Turns waiting at a router per deployment before answering 429.")
     graceful_shutdown_timeout_s: float = Field(60.0, gt=0, le=3600, description="How long a stopping replica may finish turns and hand its sessions off.")
     routing_stats_period_s: float = Field(1.0, gt=0, le=60, description="How often replicas report KV capacity to routers.")

@@ -7,7 +7,7 @@ from deployments.app import llm_deployment_options
 from deployments.config import AppConfig
 
 
-@pytest.mark.parametrize("given, slots, want", [(None, None, 256), (None, 64, 64), (10, 64, 10)])
+@pytest.mark.parametrize("given, slots, want", [(None, None, 256), (None, 64, 64), (None, 1, 1), (10, 64, 10)])
 def test_ongoing_limit_defaults_to_the_kv_slots(given, slots, want):
     cfg = AppConfig.model_validate({"engine": {"device": "cpu", "max_sessions": slots}, "max_ongoing_requests": given})
     assert cfg.ongoing_limit == want

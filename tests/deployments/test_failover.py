@@ -103,7 +103,9 @@ def test_scale_down_drains_sessions_without_losing_any(client):
 
 
 def test_no_kv_capacity_is_429_with_retry_after(client):
-    prefix = deploy("tight", app_config("tight-sessions", engine={**ENGINE, "max_sessions": 1}))
+    # more requests than KV slots reach the replica, which answers 429 itself (with the
+    # default limit of one request per slot they would wait at the router instead)
+    prefix = deploy("tight", app_config("tight-sessions", engine={**ENGINE, "max_sessions": 1}, max_ongoing_requests=8))
     started, done = threading.Event(), {}
 
     def long_turn():
