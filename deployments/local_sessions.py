@@ -66,12 +66,12 @@ class LocalSessions:
         while sid in self._closing:
             await self._closing[sid].wait()
 
-    async def sync(self, sid: str, grant: dict, view: SessionView | None = None) -> CacheState:
+    async def sync(self, sid: str, grant: dict, view: SessionView) -> CacheState:
         """Make the local copy equal the committed state in ``grant`` (from
         ``SessionDirectory.begin_turn``). ``view``: the engine's reading of ``sid``
-        taken since the session became busy here (saves an engine call)."""
+        taken since the session became busy here."""
         record, seq = grant["record"], grant["seq"]
-        local = _as_local(view) if view is not None else await asyncio.to_thread(self._local, sid)
+        local = _as_local(view)
         self.seq[sid] = seq
         if record is None:
             if local is not None:  # leftovers of a session deleted or never committed

@@ -28,7 +28,7 @@ from swiftinfer_core.errors import (
 )
 from swiftinfer_core.kernels.attention import TritonAttention
 from swiftinfer_core.model.setup import LoadedModel
-from swiftinfer_core.protocol import EngineStats, KVSnapshot, SessionRecord, SessionStats, StreamChunk, Usage
+from swiftinfer_core.protocol import EngineStats, KVSnapshot, SessionRecord, SessionStats, SessionView, StreamChunk, Usage
 
 log = logging.getLogger(__name__)
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
@@ -156,6 +156,10 @@ class EngineCore:
 
     def session_stats(self, session_id: str) -> SessionStats:
         return self.session(session_id).stats()
+
+    def view(self, session_id: str) -> SessionView:
+        s = self.sessions.get(session_id)
+        return SessionView(self.stats(), s.record() if s is not None else None, s is not None and s.slot is not None)
 
     def stats(self) -> EngineStats:
         resident = sum(1 for s in self.sessions.values() if s.slot is not None)

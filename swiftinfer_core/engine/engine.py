@@ -259,10 +259,7 @@ class Engine:
 
     def view(self, session_id: str) -> SessionView:
         with self._api():
-            core = self.core
-            session = core.sessions.get(session_id)
-            record = session.record() if session is not None else None
-            return SessionView(core.stats(), record, session is not None and session.slot is not None)
+            return self.core.view(session_id)
 
     def check_health(self) -> None:
         """Raise EngineClosedError once a device fault has stopped the engine (Serve
