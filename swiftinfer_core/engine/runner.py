@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from swiftinfer_core.cache.pool import KVPool
-from swiftinfer_core.engine.cuda_graph import DecodeGraphs
+from swiftinfer_core.engine.cuda_graph import Capture, DecodeGraphs
 from swiftinfer_core.engine.sampler import sample
 from swiftinfer_core.engine.scheduler import ScheduledBatch
 from swiftinfer_core.kernels.attention import Attention
@@ -18,9 +18,10 @@ class ModelRunner:
         self.model, self.pool, self.attn, self.device = model, pool, attn, device
         self.graphs: DecodeGraphs | None = None
 
-    def capture_decode_graphs(self, max_batch: int) -> None:
-        """Capture decode steps (GPU only); later decode batches up to max_batch replay them."""
-        self.graphs = DecodeGraphs(self.model, self.pool, self.attn, self.device, max_batch)
+    def capture_decode_graphs(self, max_batch: int, capture: Capture | None = None) -> None:
+        """Capture decode steps; later decode batches up to max_batch replay them.
+        ``capture``: CUDA graphs by default; cuda_graph.EagerCapture runs the same path on a CPU."""
+        self.graphs = DecodeGraphs(self.model, self.pool, self.attn, self.device, max_batch, capture)
         self.graphs.capture()
 
     def forward(self, ids: list[int], slots: list[int], starts: list[int], q_lens: list[int], rows: list[int] | None) -> torch.Tensor:
