@@ -63,3 +63,24 @@ def shakespeare_ids(base_model, shakespeare_text):
     # skip the Gutenberg header: start at the first play's text
     start = shakespeare_text.find("ACT")
     return base_model.tokenizer(shakespeare_text[start : start + 20000], add_special_tokens=False).input_ids
+
+
+@pytest.fixture(scope="session")
+def shape_dir(model_dir, tmp_path_factory):
+    """shape_dir(**config_overrides): a model folder with the default model's
+    tokenizer and chat template and a config.json of another shape (random weights:
+    load_format='random')."""
+    import json
+
+    def make(**overrides):
+        d = tmp_path_factory.mktemp("shape")
+        for f in model_dir.iterdir():
+            if f.suffix in (".json", ".jinja") and f.name != "config.json":
+                (d / f.name).write_bytes(f.read_bytes())
+        cfg = json.loads((model_dir / "config.json").read_text())
+        cfg.update(overrides)
+        (d / "config.json").write_text(json.dumps(cfg))
+        return d
+
+    return make
+

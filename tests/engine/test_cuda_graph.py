@@ -9,7 +9,6 @@ CUDA graphs.
 
 import gc
 import importlib
-import json
 import os
 import sys
 
@@ -76,16 +75,10 @@ def test_a_smaller_step_after_a_larger_one_leaves_no_stale_rows():
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(model_dir, tmp_path_factory):
+def tiny_dir(shape_dir):
     """The default model's tokenizer with a 2-layer, head_dim-64 GQA shape (random weights)."""
-    d = tmp_path_factory.mktemp("tiny")
-    for f in model_dir.iterdir():
-        if f.suffix in (".json", ".jinja") and f.name != "config.json":
-            (d / f.name).write_bytes(f.read_bytes())
-    cfg = json.loads((model_dir / "config.json").read_text())
-    cfg.update(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=64)
-    (d / "config.json").write_text(json.dumps(cfg))
-    return d
+    return shape_dir(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, head_dim=64)
 
 
 def _core(tiny_dir, slots: int, graphs: bool) -> EngineCore:

@@ -1,0 +1,186 @@
+"""Issue 11: the real Engine at every batch size, beside bench/batched_decode.py.
+
+For each N: N new conversations start at once and run ``--rounds`` rounds
+(each round: every conversation sends a message at once and gets
+``--tokens`` greedy tokens, EOS ignored), through ``Engine.chat`` with CUDA
+graphs on. Every turn must finish. Reported per N: turns finished/failed,
+completion tokens/s over the round (prefill included), decode tokens/s (from
+the round's first token to its last), TTFT p50/p99; and, measured earlier in
+the same process, ``batched_decode``'s bare graph step at the same batch with
+full 4+W caches. The engine's caches are fuller each round (the prompt plus the
+replies), so its decode reads less KV than the bare bench's: both are written
+down with the engine's mean cache fill.
+
+    python bench/engine_batches.py --model CFG_DIR [--sizes 1 8 32 48 49 64 96 128] [--out DIR]
+    python bench/engine_batches.py --model CFG_DIR --drop-workspaces --sizes 48 64   # the old bug, reproduced
+
+``--drop-workspaces`` frees every decode graph's split-K workspace after
+capture, as the code before the fix did; the graphs keep writing into the freed
+memory. Run it in its own process: a device fault poisons the CUDA context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
+import torch  # noqa: E402
+
+from swiftinfer_core import SamplingParams  # noqa: E402
+from swiftinfer_core.config import EngineConfig  # noqa: E402
+from swiftinfer_core.engine.engine import Engine  # noqa: E402
+
+WORDS = "river stone light garden letter winter morning castle silver harbour forest candle window music".split()
+
+
+def bare_decode(sizes: list[int], window: int, steps: int) -> dict[int, dict]:
+    """batched_decode.py's 'engine' variant (one graph per step, full caches) at each size."""
+    import batched_decode
+    import models
+
+    from swiftinfer_core.cache.layout import StreamLayout
+
+    args = models.model_args("llama2-7b")
+    model = batched_decode.build_model(args, torch.device("cuda"))
+    out = {}
+    for B in sizes:
+        try:
+            out[B] = batched_decode.measure(model, args, StreamLayout(4, window), B, torch.device("cuda"), "engine", steps)
+        except torch.OutOfMemoryError:
+            out[B] = {"error": "out of memory"}
+        print(f"bare B={B}: {out[B]}", flush=True)
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return out
+
+
+def prompt(i: int, r: int, words: int) -> str:
+    return " ".join(WORDS[(i * 7 + r * 3 + k) % len(WORDS)] for k in range(words + (i % 5)))
+
+
+async def one_round(engine: Engine, n: int, r: int, tag: str, a) -> dict:
+    params = SamplingParams(max_tokens=a.tokens, ignore_eos=True)
+    t0 = time.perf_counter()
+
+    async def turn(i: int):
+        first = last = None
+        toks = 0
+        try:
+            async for c in engine.chat(f"{tag}-{i}", [{"role": "user", "content": prompt(i, r, a.words)}], params):
+                now = time.perf_counter()
+                toks += len(c.token_ids)
+                first = first or now
+                last = now
+                if c.finish_reason:
+                    return {"ok": c.finish_reason == "length" and toks == a.tokens, "ttft": first - t0, "first": first, "last": last, "toks": toks}
+        except Exception as exc:  # noqa: BLE001 - counted and reported
+            return {"ok": False, "error": repr(exc)[:300], "toks": toks}
+        return {"ok": False, "error": "stream ended without a finish", "toks": toks}
+
+    res = await asyncio.gather(*(turn(i) for i in range(n)))
+    wall = time.perf_counter() - t0
+    ok = [x for x in res if x["ok"]]
+    row = {"N": n, "round": r, "finished": len(ok), "failed": n - len(ok), "wall_s": wall,
+           "tok_s": sum(x["toks"] for x in res) / wall}
+    if ok:
+        span = max(x["last"] for x in ok) - min(x["first"] for x in ok)
+        ttft = sorted(x["ttft"] for x in ok)
+        row.update(decode_tok_s=sum(x["toks"] - 1 for x in ok) / span if span > 0 else None,
+                   ttft_p50_s=statistics.median(ttft), ttft_p99_s=ttft[min(len(ttft) - 1, round(0.99 * (len(ttft) - 1)))])
+    errors = sorted({x["error"] for x in res if "error" in x})
+    if errors:
+        row["errors"] = errors[:3]
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True, help="config folder (config.json + tokenizer); weights are random")
+    ap.add_argument("--sizes", nargs="+", type=int, default=[1, 8, 32, 48, 49, 64, 96, 128])
+    ap.add_argument("--window", type=int, default=1020)
+    ap.add_argument("--max-sessions", type=int, default=None, help="default: sized from free memory; always run as a size too")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--words", type=int, default=120, help="words per message (+0..4)")
+    ap.add_argument("--bare-steps", type=int, default=30)
+    ap.add_argument("--no-bare", action="store_true")
+    ap.add_argument("--drop-workspaces", action="store_true", help="reproduce the pre-fix bug (see module doc)")
+    ap.add_argument("--device", default="cuda", help="cpu: a smoke run of this script (float32, no graphs)")
+    ap.add_argument("--name", default="engine_batches")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+
+    bare = {} if a.no_bare or a.drop_workspaces else bare_decode(a.sizes, a.window, a.bare_steps)
+    cfg = EngineConfig(model=a.model, load_format="random", device=a.device,
+                       dtype="bfloat16" if a.device == "cuda" else "float32", sink_tokens=4,
+                       window=a.window, max_sessions=a.max_sessions, max_turn_tokens=4096)
+    t0 = time.perf_counter()
+    engine = Engine(cfg)
+    start_s = time.perf_counter() - t0
+    slots = engine.stats().total_slots
+    graphs = engine.core.runner.graphs
+    graph_sizes = graphs.sizes if graphs is not None else []
+    print(f"engine up in {start_s:.1f}s: {slots} slots, graph sizes {graph_sizes}", flush=True)
+    if a.drop_workspaces:
+        for st in graphs.static.values():
+            st.plan.workspace = None  # the graphs still point at it: the pre-fix state
+        gc.collect()
+    sizes = sorted(set(a.sizes) | ({slots} if not a.drop_workspaces else set()))
+    sizes = [n for n in sizes if n <= slots]
+    rows = []
+    for n in sizes:
+        for r in range(a.rounds):
+            row = asyncio.run(one_round(engine, n, r, f"n{n}", a))
+            row["bare_tok_s"] = bare.get(n, {}).get("tok_s")
+            row["mean_cache_fill"] = statistics.mean(s.stats().cache_fill for s in engine.core.sessions.values() if s.id.startswith(f"n{n}-"))
+            rows.append(row)
+            print(row, flush=True)
+            if row["failed"] and a.drop_workspaces:
+                break
+        for i in range(n):  # free the slots for the next size
+            engine.close_session(f"n{n}-{i}")
+    engine.close()
+    data = {"model": "llama2-7b shape, random bf16", "cache": f"4+{a.window}", "slots": slots, "engine_start_s": start_s,
+            "graph_sizes": graph_sizes, "rounds": a.rounds, "tokens_per_turn": a.tokens, "drop_workspaces": a.drop_workspaces,
+            "bare": {str(k): v for k, v in bare.items()}, "rows": rows}
+    common.write_results(a.name, data, a.out)
+    if not a.drop_workspaces:
+        plot(rows, a)
+    last = [r for r in rows if r["round"] == a.rounds - 1]
+    print()
+    print(common.table(last, ["N", "finished", "failed", "tok_s", "decode_tok_s", "bare_tok_s", "mean_cache_fill", "ttft_p50_s", "ttft_p99_s"]))
+    return 1 if any(r["failed"] for r in rows) else 0
+
+
+def plot(rows: list[dict], a) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    last = [r for r in rows if r["round"] == a.rounds - 1]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot([r["N"] for r in last], [r.get("decode_tok_s") or 0 for r in last], marker="o", label=f"Engine.chat decode, round {a.rounds}")
+    ax.plot([r["N"] for r in last], [r["tok_s"] for r in last], marker="s", label=f"Engine.chat incl. prefill, round {a.rounds}")
+    bare = [r for r in last if r.get("bare_tok_s")]
+    ax.plot([r["N"] for r in bare], [r["bare_tok_s"] for r in bare], marker="^", ls="--", label=f"batched_decode graph, full 4+{a.window}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("conversations decoding together")
+    ax.set_ylabel("tokens/s")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    ax.set_title(f"Llama-2-7B shape, bf16, 4+{a.window}, {common.device_info().get('name')}")
+    common.save_plot(a.name, fig, a.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
