@@ -27,6 +27,7 @@ import gc
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -37,18 +38,19 @@ import torch  # noqa: E402
 from swiftinfer_core import SamplingParams  # noqa: E402
 from swiftinfer_core.config import EngineConfig  # noqa: E402
 from swiftinfer_core.engine.engine import Engine  # noqa: E402
+from swiftinfer_core.model.loader import read_args  # noqa: E402
 
 WORDS = "river stone light garden letter winter morning castle silver harbour forest candle window music".split()
 
 
-def bare_decode(sizes: list[int], window: int, steps: int) -> dict[int, dict]:
+def bare_decode(sizes: list[int], window: int, steps: int, vocab: int) -> dict[int, dict]:
     """batched_decode.py's 'engine' variant (one graph per step, full caches) at each size."""
     import batched_decode
     import models
 
     from swiftinfer_core.cache.layout import StreamLayout
 
-    args = models.model_args("llama2-7b")
+    args = replace(models.model_args("llama2-7b"), vocab_size=vocab)  # the engine's vocabulary (its tokenizer's)
     model = batched_decode.build_model(args, torch.device("cuda"))
     out = {}
     for B in sizes:
@@ -119,7 +121,7 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
 
-    bare = {} if a.no_bare or a.drop_workspaces else bare_decode(a.sizes, a.window, a.bare_steps)
+    bare = {} if a.no_bare or a.drop_workspaces else bare_decode(a.sizes, a.window, a.bare_steps, read_args(Path(a.model)).vocab_size)
     cfg = EngineConfig(model=a.model, load_format="random", device=a.device,
                        dtype="bfloat16" if a.device == "cuda" else "float32", sink_tokens=4,
                        window=a.window, max_sessions=a.max_sessions, max_turn_tokens=4096)
@@ -141,7 +143,8 @@ def main() -> int:
         for r in range(a.rounds):
             row = asyncio.run(one_round(engine, n, r, f"n{n}", a))
             row["bare_tok_s"] = bare.get(n, {}).get("tok_s")
-            row["mean_cache_fill"] = statistics.mean(s.stats().cache_fill for s in engine.core.sessions.values() if s.id.startswith(f"n{n}-"))
+            fills = [s.stats().cache_fill for s in engine.core.sessions.values() if s.id.startswith(f"n{n}-")]
+            row["mean_cache_fill"] = statistics.mean(fills) if fills else None
             rows.append(row)
             print(row, flush=True)
             if row["failed"] and a.drop_workspaces:
@@ -149,13 +152,13 @@ def main() -> int:
         for i in range(n):  # free the slots for the next size
             engine.close_session(f"n{n}-{i}")
     engine.close()
-    data = {"model": "llama2-7b shape, random bf16", "cache": f"4+{a.window}", "slots": slots, "engine_start_s": start_s,
+    data = {"model": "llama2-7b shape (vocabulary 49,152: the default tokenizer's), random bf16", "cache": f"4+{a.window}", "slots": slots, "engine_start_s": start_s,
             "graph_sizes": graph_sizes, "rounds": a.rounds, "tokens_per_turn": a.tokens, "drop_workspaces": a.drop_workspaces,
             "bare": {str(k): v for k, v in bare.items()}, "rows": rows}
     common.write_results(a.name, data, a.out)
     if not a.drop_workspaces:
         plot(rows, a)
-    last = [r for r in rows if r["round"] == a.rounds - 1]
+    last = [r for r in rows if r["round"] == a.rounds - 1] or rows
     print()
     print(common.table(last, ["N", "finished", "failed", "tok_s", "decode_tok_s", "bare_tok_s", "mean_cache_fill", "ttft_p50_s", "ttft_p99_s"]))
     return 1 if any(r["failed"] for r in rows) else 0

@@ -226,14 +226,18 @@ class EngineCore:
             text = "" if (reason == "stop" and tok in self.eos_ids) else turn.detok.add(tok)
             if turn.detok.stopped:
                 reason = "stop"
-            if reason is None:
-                if text:
-                    events.append(TurnEvent(turn, StreamChunk(text=text, token_ids=[tok])))
-                continue
             if text:
-                events.append(TurnEvent(turn, StreamChunk(text=text, token_ids=[tok])))
-            events.append(self._finish(turn, reason))
+                events.append(TurnEvent(turn, StreamChunk(text=text, token_ids=self._unsent(turn))))
+            if reason is not None:
+                events.append(self._finish(turn, reason))
         return events
+
+    def _unsent(self, turn: Turn) -> list[int]:
+        """Sampled ids not yet in a chunk: a token whose text is an incomplete UTF-8
+        sequence goes out with the chunk that completes it, so every id is sent once."""
+        ids = turn.output_ids[turn.sent :]
+        turn.sent = len(turn.output_ids)
+        return ids
 
     def _finish_reason(self, turn: Turn, tok: int) -> str | None:
         if tok in self.eos_ids and not turn.params.ignore_eos:
@@ -256,8 +260,11 @@ class EngineCore:
         session.last_used = time.monotonic()
         turn.state = TurnState.DONE
         tail = turn.detok.flush()
+        ids = self._unsent(turn)
+        if reason == "stop" and ids and ids[-1] in self.eos_ids and not turn.params.ignore_eos:
+            ids.pop()  # the end token is no output
         usage = Usage(
             prompt_tokens=turn.prompt_tokens, completion_tokens=len(turn.output_ids),
             prefilled_tokens=turn.prefilled, cached_tokens=turn.cached_tokens,
         )
-        return TurnEvent(turn, StreamChunk(text=tail, token_ids=[], finish_reason=reason, usage=usage, record=session.record()))
+        return TurnEvent(turn, StreamChunk(text=tail, token_ids=ids, finish_reason=reason, usage=usage, record=session.record()))

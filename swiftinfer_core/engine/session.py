@@ -116,6 +116,7 @@ class Turn:
     loop: asyncio.AbstractEventLoop | None = None
     state: TurnState = TurnState.WAITING
     output_ids: list[int] = field(default_factory=list)
+    sent: int = 0  # output_ids[:sent] went out in chunks (a token whose text is not complete yet waits)
     prefilled: int = 0
     cached_tokens: int = 0
     aborted: bool = False

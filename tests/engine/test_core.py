@@ -151,3 +151,23 @@ def test_extreme_sampling_values_do_not_fail_the_batch(make_core):
         if len(done) == 4:
             break
     assert done == {"fine", "odd0", "odd1", "odd2"} and ok.state.name == "DONE"
+
+
+def test_every_sampled_id_is_streamed_once_even_when_its_text_is_incomplete(shape_dir):
+    """Random weights sample byte-level tokens whose text is an incomplete UTF-8
+    sequence; their ids go out with the chunk that completes the text (they were
+    dropped before: a client counting ids saw fewer than were generated)."""
+    from swiftinfer_core.config import EngineConfig
+    from swiftinfer_core.engine.core import EngineCore
+
+    tiny = shape_dir(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                     num_key_value_heads=1, head_dim=32)
+    core = EngineCore(EngineConfig(model=str(tiny), load_format="random", device="cpu", window=60, max_sessions=2, seed=3))
+    params = SamplingParams(max_tokens=120, temperature=1.0, seed=7, ignore_eos=True)
+    turn = core.add_turn("a", [{"role": "user", "content": "hi"}], params)
+    chunks = []
+    while turn.session.turn is turn:
+        chunks += [ev.chunk for ev in core.step()]
+    ids = [t for c in chunks for t in c.token_ids]
+    assert ids == turn.output_ids and len(ids) == 120
+    assert any(len(c.token_ids) > 1 for c in chunks)  # some ids waited for their text

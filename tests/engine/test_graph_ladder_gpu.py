@@ -26,8 +26,8 @@ from swiftinfer_core.model.setup import load_model, relayout
 
 pytestmark = pytest.mark.gpu
 SLOTS = 66  # ladder 1 .. 48, 64, 66: the sizes around the old fault, and a non-rung maximum
-# Llama-2-7B: 32 layers, hidden 4096, 32 heads (MHA), MLP 11008, vocab 32000
-LLAMA2_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+# Llama-2-7B: 32 layers, hidden 4096, 32 heads (MHA), MLP 11008; the default tokenizer's 49,152-token vocabulary
+LLAMA2_7B = dict(vocab_size=49152, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                  num_key_value_heads=32, head_dim=128, tie_word_embeddings=False, rope_theta=10000.0,
                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, max_position_embeddings=4096)
 WORDS = "river stone light garden letter winter morning castle silver harbour forest candle".split()
