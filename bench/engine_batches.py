@@ -136,6 +136,7 @@ def main() -> int:
         for st in graphs.static.values():
             st.plan.workspace = None  # the graphs still point at it: the pre-fix state
         gc.collect()
+        torch.cuda.empty_cache()  # as torch.cuda.graph did on entering each later capture: the freed blocks go back to the driver
     sizes = sorted(set(a.sizes) | ({slots} if not a.drop_workspaces else set()))
     sizes = [n for n in sizes if n <= slots]
     rows = []

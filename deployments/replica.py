@@ -44,6 +44,8 @@ from deployments.pacing import paced
 from deployments.session_log import LastTurn
 from deployments.turn_timing import Stopwatch, TurnTimer
 from swiftinfer_core.config import SamplingParams
+from swiftinfer_core.engine import faults
+from swiftinfer_core.engine.engine import Engine
 from swiftinfer_core.errors import CapacityError, EngineClosedError, SessionBusyError, SessionNotFoundError
 from swiftinfer_core.protocol import SessionView, StreamChunk, Usage
 
@@ -137,10 +139,12 @@ class LLMReplica:
         finally:
             if stream is not None:  # on cancel this aborts the engine turn
                 await stream.aclose()
-            if not done:
-                await asyncio.shield(self._end_uncommitted(session_id, grant))
-            self._busy.discard(session_id)
-            self._last_turn[session_id] = time.time()
+            try:
+                if not done:
+                    await asyncio.shield(self._end_uncommitted(session_id, grant))
+            finally:  # whatever the roll-back met, the session takes turns again
+                self._busy.discard(session_id)
+                self._last_turn[session_id] = time.time()
 
     async def chat(self, session_id: str, messages: list[dict], sampling: dict | SamplingParams) -> AsyncIterator[StreamChunk]:
         """Handle API: ``handle.chat.options(stream=True).remote(session_id, messages, sampling)``."""
@@ -173,7 +177,10 @@ class LLMReplica:
                 await self._local.restore(sid, grant["record"])
         except Exception:  # never mask the turn's own error; drop the copy, the next turn rebuilds
             log.exception("could not roll back session %s", sid)
-            await self._local.close(sid)
+            try:
+                await self._local.close(sid)
+            except Exception:
+                log.exception("could not drop the local copy of session %s", sid)
         try:
             await self._directory.end_turn.remote(sid, self._id)
         except Exception:  # a restarting directory forgets leases anyway
@@ -219,6 +226,14 @@ class LLMReplica:
             check()
 
     def ping(self) -> str:
+        return self._id
+
+    def inject_device_fault(self) -> str:
+        """Test-only: the engine's next step faults on the device (engine/faults.py).
+        Refused unless this process runs with SWIFTINFER_FAULT_INJECTION=1."""
+        if not faults.enabled() or not isinstance(self._engine, Engine):
+            raise PermissionError(f"fault injection is off (set {faults.ENV}=1 in the replica's environment)")
+        faults.fault_next_step(self._engine)
         return self._id
 
     # ---- stats for routers, the autoscaler, and /metrics -------------------------------

@@ -1,0 +1,44 @@
+"""Test-only device-fault injection: the next model step runs its real kernels
+on a cache slot far outside the pool, which is an illegal memory access on a GPU.
+
+Used by benches and tests that measure recovery from a device fault (the
+replica's engine closes, its health check fails, Serve replaces it, and its
+conversations continue from the session log). Nothing in the engine's config
+reaches it: a replica exposes it only when its process environment has
+``SWIFTINFER_FAULT_INJECTION=1`` (deployments/replica.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+BAD_SLOT = 1 << 30  # * bytes per slot: far past any pool
+ENV = "SWIFTINFER_FAULT_INJECTION"
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV) == "1"
+
+
+def fault_next_step(engine) -> None:
+    """Arm ``engine`` (a native Engine): its next step points one sequence at
+    BAD_SLOT. The engine is unusable afterwards, as after a real device fault."""
+    with engine._api():  # between two steps, like every other call into the core
+        _arm(engine.core.runner)
+
+
+def _arm(runner) -> None:
+    real = runner.run
+
+    def faulty(batch):
+        runner.run = real
+        if not batch.seqs:
+            return real(batch)
+        session = batch.seqs[0].turn.session
+        slot, session.slot = session.slot, BAD_SLOT
+        try:  # on a CPU the step raises an IndexError and nothing else is touched
+            return real(batch)
+        finally:
+            session.slot = slot
+
+    runner.run = faulty
