@@ -151,7 +151,8 @@ def main() -> int:
             if row["failed"] and a.drop_workspaces:
                 break
         for i in range(n):  # free the slots for the next size
-            engine.close_session(f"n{n}-{i}")
+            if engine.has_session(f"n{n}-{i}"):
+                engine.close_session(f"n{n}-{i}")
     engine.close()
     data = {"model": "llama2-7b shape (vocabulary 49,152: the default tokenizer's), random bf16", "cache": f"4+{a.window}", "slots": slots, "engine_start_s": start_s,
             "graph_sizes": graph_sizes, "rounds": a.rounds, "tokens_per_turn": a.tokens, "drop_workspaces": a.drop_workspaces,
