@@ -63,6 +63,7 @@ class LimitsConfig(Strict):
     max_body_bytes: int = Field(4 << 20, ge=1024, le=1 << 30, description="Largest request body; larger is 413 before it is buffered.")
     body_timeout_s: float = Field(30.0, gt=0, le=3600, description="Time to receive a request body; a slower client gets 408 (slow-loris).")
     request_timeout_s: float = Field(600.0, gt=0, le=86400, description="Longest turn, queueing included; then 504 (or an in-band error once streaming) and the turn is rolled back.")
+    unavailable_retry_s: float = Field(90.0, ge=0, le=3600, description="A turn whose replica's engine is gone before its first token (device fault, replica died) is retried this long, so it waits for a healthy or replacement replica instead of failing; 0: answer 503 at once.")
     max_output_tokens: int = Field(16384, ge=1, le=1 << 20, description="Largest max_tokens a request may ask for (400 above).")
     max_sessions_per_replica: int = Field(4096, ge=1, le=1 << 20, description="Conversations a replica's engine keeps in memory; beyond, the least recently used idle ones are dropped (rebuilt from the log on their next turn).")
     idle_ttl_s: float | None = Field(900.0, gt=0, le=1 << 24, description="A conversation idle this long leaves the replica's memory (slot released; the next turn rebuilds). None: never.")

@@ -24,6 +24,7 @@ Every chat and session response carries ``x-session-id`` and ``x-replica-id``.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import re
 import time
@@ -31,6 +32,7 @@ import time
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
+from ray.exceptions import ActorDiedError, ActorUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.completion import Turn
@@ -41,12 +43,13 @@ from deployments.history import HistoryView
 from deployments.metrics import ServiceMetrics
 from deployments.openai_schema import SESSION_ID_PATTERN, ChatCompletionRequest
 from deployments.request_limits import Deadline, read_body
-from swiftinfer_core.errors import InvalidRequestError, SessionNotFoundError
+from swiftinfer_core.errors import EngineClosedError, InvalidRequestError, SessionNotFoundError
 
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
 NO_REPLICA = "none"
 READY_CACHE_S = 5.0  # a positive readiness answer is reused this long
 MAX_TURNS_PAGE = 1000
+_UNAVAILABLE = (EngineClosedError, ActorDiedError, ActorUnavailableError)  # the turn never started: safe to send again
 
 
 class Ingress:
@@ -125,9 +128,7 @@ class Ingress:
             turn_key = self._turn_key(request)
             await self._ensure_ready()
             sid, new_messages, history_base = await self._resolve_session(req, messages, request.headers.get("x-session-id"))
-            gen = self._llm.options(session_id=sid, stream=True).chat_events.remote(sid, new_messages, params, history_base, turn_key)
-            events = Deadline(gen, deadline, limits.request_timeout_s)
-            start = await events.__anext__()  # the engine's errors surface here, before any header is sent
+            gen, events, start = await self._start_turn(sid, new_messages, params, history_base, turn_key, deadline)
             replica = start.replica_id
             turn = Turn(self._cfg.model_id, start, events, self._metrics, t0, time.perf_counter())
             headers = {"x-session-id": sid, "x-replica-id": replica}
@@ -147,6 +148,27 @@ class Ingress:
         finally:
             if not streaming:
                 self._metrics.in_flight.dec()
+
+    async def _start_turn(self, sid, messages, params, history_base, turn_key, deadline):
+        """(generator, deadline-bounded events, TurnStart). Before its first token a
+        turn has sent nothing and was rolled back, so when the replica's engine is
+        gone (device fault, replica died) it is sent again, with backoff, until a
+        healthy or replacement replica takes it or ``unavailable_retry_s`` passes."""
+        limits = self._cfg.limits
+        give_up = min(deadline, time.monotonic() + limits.unavailable_retry_s)
+        pause = 0.25
+        while True:
+            gen = self._llm.options(session_id=sid, stream=True).chat_events.remote(sid, messages, params, history_base, turn_key)
+            events = Deadline(gen, deadline, limits.request_timeout_s)
+            try:
+                return gen, events, await events.__anext__()  # the engine's errors surface here, before any header is sent
+            except _UNAVAILABLE:
+                gen.cancel()
+                if time.monotonic() + pause >= give_up:
+                    raise
+                self._metrics.turn_retries.inc()
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 2.0)
 
     async def _guard(self, body, gen):
         """Ends the stream's in-flight count; cancels the replica's turn if the client leaves."""

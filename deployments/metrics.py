@@ -41,6 +41,7 @@ class ServiceMetrics:
         self.prefilled_tokens = Counter("swiftinfer_prefilled_tokens", "Tokens the engines prefilled.", registry=r)
         self.cached_tokens = Counter("swiftinfer_cached_tokens", "Conversation tokens reused from caches.", registry=r)
         self.completion_tokens = Counter("swiftinfer_completion_tokens", "Generated tokens.", registry=r)
+        self.turn_retries = Counter("swiftinfer_turn_retries", "Turns sent again because their replica's engine was gone before the first token.", registry=r)
         self.in_flight = Gauge("swiftinfer_ingress_in_flight", "Chat requests in flight at this ingress.", registry=r)
         self.directory_sessions = Gauge("swiftinfer_sessions", "Conversations in the session directory.", registry=r)
         self.replicas = Gauge("swiftinfer_live_replicas", "LLM replicas reporting stats.", registry=r)

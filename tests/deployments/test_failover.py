@@ -143,3 +143,21 @@ def test_starting_deployment_is_503(client):
     assert resp.status_code == 503, resp.text
     assert resp.json()["error"]["code"] == "starting" and int(resp.headers["retry-after"]) >= 1
     serve.delete("starting")
+
+
+def test_a_turn_whose_engine_failed_before_its_first_token_is_sent_again(client):
+    """A step that fails (here an injected fault: the step's kernels get a slot
+    far outside the pool; on a CPU that is an IndexError and the engine lives on)
+    fails the turns in it before their first token; the ingress sends such a turn
+    again instead of answering 503, and the conversation continues."""
+    prefix = deploy("faulty", app_config("faulty-sessions"))
+    assert _turn(client, prefix, "f", 0).status_code == 200
+    replica = serve.get_deployment_handle("LLMReplica", "faulty").inject_device_fault.remote().result()
+    resp = _turn(client, prefix, "f", 1)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-replica-id"] == replica
+    info = client.get(f"{prefix}/v1/sessions/f").json()
+    assert info["rounds"] == 2 and info["seq"] == 2, info
+    retries = [line for line in client.get(f"{prefix}/metrics").text.splitlines() if line.startswith("swiftinfer_turn_retries_total")]
+    assert retries and float(retries[0].split()[-1]) >= 1, retries
+    serve.delete("faulty")
