@@ -15,7 +15,7 @@ T0=$SECONDS
 step() { local name=$1 limit=$2; shift 2; echo "=== $name"; local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
   echo "$name rc=$rc $((SECONDS - t0))s" | tee -a "$OUT/summary.txt"; tail -${TAIL:-6} "$OUT/$name.log"; }
-want() { [[ " ${STEPS:-repro engine serve fault} " == *" $1 "* ]]; }
+want() { [[ " ${STEPS:-repro engine serve closed fault} " == *" $1 "* ]]; }
 want repro && step repro 100 python3 bench/engine_batches.py --model /tmp/r7b --drop-workspaces --sizes 64 \
   --rounds 2 --max-sessions 128 --no-bare --name engine_batches_repro --out "$OUT"
 want engine && step engine 200 python3 bench/engine_batches.py --model /tmp/r7b --sizes 64 128 --max-sessions 128 \
@@ -26,7 +26,7 @@ if want serve; then
   SERVE=$!
   for i in $(seq 1 120); do curl -sf 127.0.0.1:8000/healthz > /dev/null && break; sleep 2; done
   echo "healthy after $((SECONDS - T0))s: $(curl -s 127.0.0.1:8000/healthz)"
-  for n in 64 128; do
+  want closed && for n in 64 128; do
     step closed_$n 200 python3 bench/load.py --url http://127.0.0.1:8000 --sessions $n --rate 1000 --think-s 0 --rounds 4 \
       --max-tokens 64 --prompt-words 24 --timeout-s 120 --retry-s 60 --metrics-every-s 2 --model llama2-7b-random \
       --name capacity_serve_7b_$n --out "$OUT"
