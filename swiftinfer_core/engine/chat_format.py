@@ -66,8 +66,10 @@ def control_tokens(tokenizer) -> dict[str, int]:
 
 @lru_cache(maxsize=8)
 def _cut_pattern(alternation: str, a: str, b: str) -> re.Pattern:
-    # a marked spelling (captured), or a lone marker (a template string method split a pair: captured as None)
-    return re.compile(f"{a}({alternation}){b}|[{a}{b}]")
+    """A marked spelling, else a spelling next to one marker, else a lone marker.
+    Markers part only where a template cuts content (``split``, slices); a
+    spelling still touching a marker came from content all the same."""
+    return re.compile(f"{a}({alternation}){b}|{a}({alternation})|({alternation}){b}|[{a}{b}]")
 
 
 class ChatFormat:
@@ -84,6 +86,8 @@ class ChatFormat:
         self._newline = self.encode("\n")
         self._base = self._render(_PROBE_SYSTEM, gen=False)
         with_reply = self._render(_PROBE_SYSTEM + [{"role": "assistant", "content": _PROBE_REPLY}], gen=False)
+        if not with_reply.startswith(self._base) or _PROBE_REPLY not in with_reply:
+            raise ValueError("the chat template alters message content: cannot find the assistant turn's closing")
         self.closing_text = with_reply[len(self._base):].split(_PROBE_REPLY, 1)[1]
         self.closing_ids = self.encode(self.closing_text)
 
@@ -141,20 +145,22 @@ class ChatFormat:
     def _encode(self, text: str, marks: tuple[str, str] | None) -> list[int]:
         if marks is None:
             return self.encode(text)
-        # re.split with one group: [text, spelling or None, text, spelling or None, ..., text]
-        pieces = _cut_pattern(self._alternation, *marks).split(text)
-        ids = self.encode(pieces[0])
-        for i, piece in enumerate(pieces[1:], start=1):
-            if piece:
-                ids += self._mid(piece, as_text=i % 2 == 1)
-        return ids
+        ids, pos = [], 0
+        for cut in _cut_pattern(self._alternation, *marks).finditer(text):
+            ids += self._piece(text[pos:cut.start()], as_text=False, at_start=pos == 0)
+            spelling = next((g for g in cut.groups() if g is not None), "")  # "" for a lone marker: dropped
+            ids += self._piece(spelling, as_text=True, at_start=cut.start() == 0)
+            pos = cut.end()
+        return ids + self._piece(text[pos:], as_text=False, at_start=pos == 0)
 
-    def _mid(self, piece: str, as_text: bool) -> list[int]:
-        """A piece from the middle of the prompt. SentencePiece-style tokenizers
-        give a string's first word a leading space (the prompt's start is one);
-        encoding after a newline and dropping the newline's ids avoids it. If the
-        newline merges with the piece, encode the piece alone."""
+    def _piece(self, piece: str, as_text: bool, at_start: bool) -> list[int]:
+        """One piece of the cut prompt, encoded as if in place. SentencePiece-style
+        tokenizers give a string's first word a leading space, right only at the
+        prompt's start; elsewhere, encode after a newline and drop the newline's
+        ids (if the newline merges with the piece, encode the piece alone)."""
         encode = self.encode_as_text if as_text else self.encode
+        if not piece or at_start:
+            return encode(piece) if piece else []
         ids = encode("\n" + piece)
         if ids[: len(self._newline)] == self._newline:
             return ids[len(self._newline):]
