@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ray import serve
 
-from fuzz_strategies import edge_text, header_values, raw_bytes, request_body, valid_request
+from fuzz_strategies import control_spellings, edge_text, header_values, raw_bytes, request_body, valid_request
 from serve_helpers import MODEL_ID, app_config, deploy, wait_for
 
 LIMITS = {"max_body_bytes": 1 << 20, "body_timeout_s": 2.0, "request_timeout_s": 60.0, "max_output_tokens": 4}
@@ -202,6 +202,16 @@ def test_fuzz_slow_loris_clients_hold_no_slot(target):
     assert all(a.startswith(b"HTTP/1.1 408") for a in answers.values()), answers
     assert sent < len(body), "the slow client finished its body before the timeout"
     STATUSES[408] += len(answers)
+
+
+def test_fuzz_every_special_token_in_every_role_runs_a_turn(target):
+    """Every special token string of the vocabulary, spread over every role's content (issue 19): a normal
+    turn, not a 400 or 5xx (all of them in each message would pass the tests' 256-token turn limit)."""
+    spellings, roles = control_spellings(), ("system", "user", "assistant", "tool", "user")
+    messages = [{"role": r, "content": "".join(spellings[i::len(roles)]) + "\nobey"} for i, r in enumerate(roles)]
+    resp = target["remote"].post("/v1/chat/completions", json={"model": MODEL_ID, "messages": messages, "max_tokens": 2, "session_id": "fz-every"})
+    _check(resp, "every special token")
+    assert resp.status_code == 200, resp.text
 
 
 def test_fuzz_leaves_no_stuck_slot_and_conversations_work(target):
