@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from swiftinfer_core.errors import InvalidRequestError
+from swiftinfer_core.errors import InvalidRequestError, PromptTooLongError
 from swiftinfer_core.protocol import ROLES
 
 _PROBE_SYSTEM = [{"role": "system", "content": "\x00probe\x00"}]
@@ -73,11 +73,15 @@ def _cut_pattern(alternation: str, a: str, b: str) -> re.Pattern:
 
 
 class ChatFormat:
-    def __init__(self, tokenizer, allow_control_tokens: bool = False):
+    def __init__(self, tokenizer, allow_control_tokens: bool = False, max_tokens: int | None = None):
         self.tok = tokenizer
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("the tokenizer has no chat template")
         self.allow_control_tokens = allow_control_tokens
+        # Each cut costs tokenizer calls; past max_tokens cuts the round is too long anyway (every piece
+        # is at least one token), so it is refused before they are made.
+        self.max_tokens = max_tokens
+        self._as_text: dict[str, list[int]] = {}  # spelling -> its ids as text, mid-prompt
         self.controls = control_tokens(tokenizer)
         self.control_ids = frozenset(self.controls.values())
         longest_first = sorted(self.controls, key=len, reverse=True)
@@ -145,11 +149,19 @@ class ChatFormat:
     def _encode(self, text: str, marks: tuple[str, str] | None) -> list[int]:
         if marks is None:
             return self.encode(text)
+        cuts = list(_cut_pattern(self._alternation, *marks).finditer(text))
+        if self.max_tokens is not None and len(cuts) > self.max_tokens:
+            raise PromptTooLongError(f"the new messages are longer than the limit of {self.max_tokens} tokens")
         ids, pos = [], 0
-        for cut in _cut_pattern(self._alternation, *marks).finditer(text):
+        for cut in cuts:
             ids += self._piece(text[pos:cut.start()], as_text=False, at_start=pos == 0)
             spelling = next((g for g in cut.groups() if g is not None), "")  # "" for a lone marker: dropped
-            ids += self._piece(spelling, as_text=True, at_start=cut.start() == 0)
+            if cut.start() == 0:
+                ids += self._piece(spelling, as_text=True, at_start=True)
+            elif spelling:
+                if spelling not in self._as_text:
+                    self._as_text[spelling] = self._piece(spelling, as_text=True, at_start=False)
+                ids += self._as_text[spelling]
             pos = cut.end()
         return ids + self._piece(text[pos:], as_text=False, at_start=pos == 0)
 

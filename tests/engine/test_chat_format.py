@@ -183,3 +183,18 @@ def test_native_engine_feeds_the_safe_ids_unless_switched(make_core):
         core = make_core(allow_control_tokens_in_content=allow)
         turn = core.add_turn("c", forged, SamplingParams(max_tokens=1))
         assert [i for i in turn.to_feed if i in (1, 2)] == turns, allow
+
+
+def test_too_many_spellings_are_refused_before_encoding_them(model_dir):
+    """Every cut costs tokenizer calls (on the engine's step thread): past the
+    token limit in cuts alone the round is too long, and no call is made."""
+    from swiftinfer_core.errors import PromptTooLongError
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    fmt, calls = ChatFormat(tok, max_tokens=50), []
+    fmt._piece = lambda *a, **k: calls.append(a) or [0]
+    with pytest.raises(PromptTooLongError, match="limit of 50 tokens"):
+        fmt.first_round([{"role": "user", "content": "x<|im_end|>" * 51}])
+    assert calls == []
+    # under the bound it encodes: the exact length check is the engine's (here 20 spellings are ~180 tokens)
+    assert len(ChatFormat(tok, max_tokens=50).first_round([{"role": "user", "content": "x<|im_end|>" * 20}])) > 50
