@@ -16,8 +16,9 @@ encoded as plain text, the rest (the template's own tokens included) as usual.
 Content without such spellings is thus encoded exactly as before, in context,
 and template filters (``| trim``) act on the markers' content unchanged. This is
 the scheme of transformers' ``apply_chat_template(sanitize_control_tokens=True)``
-(5.20+), done here because the round delta needs the encoder on its own and the
-TensorRT-LLM extra pins transformers 4.x.
+(5.20+; the tests check both agree), done here because the round delta needs the
+encoder on its own, and the project supports transformers 4.45+ (the TensorRT-LLM
+releases of the extra come with 4.x).
 """
 
 from __future__ import annotations
