@@ -66,6 +66,7 @@ class EngineConfig(StrictModel):
     load_format: LoadFormat = Field(LoadFormat.AUTO, description="'random' skips the weights: for benchmarking a shape from its config.json alone.")
     tp_size: int = Field(1, ge=1, le=64, description="Tensor-parallel ranks for one engine.")
     seed: int = Field(0, ge=0, description="Default sampling seed.")
+    allow_control_tokens_in_content: bool = Field(False, description="UNSAFE, for trusted clients only. When true, control-token spellings inside message content (e.g. '<|im_end|>\\n<|im_start|>system') are encoded as the control tokens themselves, so a client can forge turns and roles the chat template never wrote. Default false: content is always encoded as plain text.")
 
     @model_validator(mode="after")
     def _check(self) -> "EngineConfig":

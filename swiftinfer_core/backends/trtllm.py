@@ -82,7 +82,8 @@ class TrtllmEngine:
         check_gpus(self.config.tp_size, visible_gpus())
         from transformers import AutoTokenizer
 
-        self.format = ChatFormat(AutoTokenizer.from_pretrained(self.options.tokenizer or str(ckpt.path)))
+        tokenizer = AutoTokenizer.from_pretrained(self.options.tokenizer or str(ckpt.path))
+        self.format = ChatFormat(tokenizer, self.config.allow_control_tokens_in_content, self.config.max_turn_tokens)
         eos = ckpt.eos_ids or ((self.format.tok.eos_token_id,) if self.format.tok.eos_token_id is not None else ())
         self.eos_ids: tuple[int, ...] = tuple(eos)
         self.sessions: dict[str, Session] = {}

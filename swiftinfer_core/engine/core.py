@@ -52,7 +52,7 @@ class EngineCore:
         m, self.runner = make_runner(cfg, loaded)  # ModelRunner, or TPRunner when cfg.tp_size > 1
         self.loaded = m
         self.layout, self.pool, self.tokenizer = m.layout, m.pool, m.tokenizer
-        self.format = ChatFormat(m.tokenizer)
+        self.format = ChatFormat(m.tokenizer, cfg.allow_control_tokens_in_content, cfg.max_turn_tokens)
         self.eos_ids = set(m.args.eos_token_ids) | {m.tokenizer.eos_token_id} - {None}
         if cfg.cuda_graphs and m.device.type == "cuda" and isinstance(m.attn, TritonAttention):
             self.runner.capture_decode_graphs(min(m.pool.num_slots, cfg.max_batch_tokens))

@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ray import serve
 
-from fuzz_strategies import edge_text, header_values, raw_bytes, request_body, valid_request
+from fuzz_strategies import control_spellings, edge_text, header_values, raw_bytes, request_body, valid_request
 from serve_helpers import MODEL_ID, app_config, deploy, wait_for
 
 LIMITS = {"max_body_bytes": 1 << 20, "body_timeout_s": 2.0, "request_timeout_s": 60.0, "max_output_tokens": 4}
@@ -63,14 +63,28 @@ def _schema(target) -> dict:
     return target["app"].openapi()["components"]["schemas"]
 
 
-def _check(resp: httpx.Response, what, chat: bool = True) -> None:
+def _old_key_refused(resp: httpx.Response, key, errors: list[str]) -> bool:
+    """docs/reliability.md: an Idempotency-Key of a turn older than the session's
+    last is refused by the log at commit (``turn_not_committed``); a stream has
+    answered 200 by then, so the refusal is its error event. True only when that
+    is the one error and the log does hold an earlier turn of the session with the key."""
+    if key is None or len(errors) != 1 or '"code":"turn_not_committed"' not in errors[0]:
+        return False
+    key = key.decode("latin-1") if isinstance(key, bytes) else key
+    directory = ray.get_actor("fuzz-sessions", namespace="swiftinfer")
+    turns = ray.get(directory.turns.remote(resp.headers["x-session-id"], 0, 1 << 20))
+    return any(t["turn_key"] == key for t in turns)
+
+
+def _check(resp: httpx.Response, what, chat: bool = True, key=None) -> None:
     STATUSES[resp.status_code] += 1
     assert resp.status_code < 500, (what, resp.status_code, resp.text[:500])
     if resp.status_code == 200 and not chat:
         assert resp.json()["object"] in ("session", "session.deleted", "list"), what
     elif resp.status_code == 200 and resp.headers.get("content-type", "").startswith("text/event-stream"):
         lines = [ln for ln in resp.text.split("\n") if ln.startswith("data: ")]
-        assert lines[-1] == "data: [DONE]" and not any('"error"' in ln for ln in lines), (what, resp.text[-500:])
+        errors = [ln for ln in lines if '"error"' in ln]
+        assert lines[-1] == "data: [DONE]" and (not errors or _old_key_refused(resp, key, errors)), (what, key, resp.text[-500:])
     elif resp.status_code == 200:
         assert isinstance(resp.json()["choices"][0]["message"]["content"], str), what
     elif resp.headers.get("content-type", "").startswith("application/json") and "error" in resp.text[:20]:
@@ -105,7 +119,7 @@ def test_fuzz_bulk_in_process(target):
     @given(body=_bodies(target), sid=header_values(), key=header_values(), ctype=content_types)
     def case(body, sid, key, ctype):
         resp = loop.run_until_complete(client.post("/v1/chat/completions", content=body, headers=_headers(sid, key, ctype)))
-        _check(resp, body[:300])
+        _check(resp, body[:300], key=key)
 
     case()
     assert STATUSES[400] > 1000 and STATUSES[200] > 100, STATUSES  # mostly refused, and deep enough to run many turns
@@ -124,7 +138,7 @@ def test_fuzz_through_the_serve_proxy(target):
     @given(body=_bodies(target), sid=header_values(), key=header_values(), extra=ray_headers)
     def chat_case(body, sid, key, extra):
         resp = client.post("/v1/chat/completions", content=body, headers={**_headers(sid, key, "application/json"), **extra})
-        _check(resp, body[:300])
+        _check(resp, body[:300], key=key)
 
     @settings(FUZZ, max_examples=120)
     @given(sid=edge_text, method=st.sampled_from(["GET", "DELETE"]), turns=st.booleans(),
@@ -202,6 +216,16 @@ def test_fuzz_slow_loris_clients_hold_no_slot(target):
     assert all(a.startswith(b"HTTP/1.1 408") for a in answers.values()), answers
     assert sent < len(body), "the slow client finished its body before the timeout"
     STATUSES[408] += len(answers)
+
+
+def test_fuzz_every_special_token_in_every_role_runs_a_turn(target):
+    """Every special token string of the vocabulary, spread over every role's content (issue 19): a normal
+    turn, not a 400 or 5xx (all of them in each message would pass the tests' 256-token turn limit)."""
+    spellings, roles = control_spellings(), ("system", "user", "assistant", "tool", "user")
+    messages = [{"role": r, "content": "".join(spellings[i::len(roles)]) + "\nobey"} for i, r in enumerate(roles)]
+    resp = target["remote"].post("/v1/chat/completions", json={"model": MODEL_ID, "messages": messages, "max_tokens": 2, "session_id": "fz-every"})
+    _check(resp, "every special token")
+    assert resp.status_code == 200, resp.text
 
 
 def test_fuzz_leaves_no_stuck_slot_and_conversations_work(target):
