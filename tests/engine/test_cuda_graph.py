@@ -28,7 +28,7 @@ from swiftinfer_core.engine.core import EngineCore  # noqa: E402
 from swiftinfer_core.engine.cuda_graph import (  # noqa: E402
     LADDER, PAD_SLOT, DecodeGraphs, DecodeInputs, EagerCapture, StaticDecode, ladder, padded_size,
 )
-from swiftinfer_core.kernels.attention import DecodePlan, TritonAttention  # noqa: E402
+from swiftinfer_core.kernels.attention import TritonAttention  # noqa: E402
 
 
 def test_ladder_ends_at_max_batch_and_boundaries_pad_up():
@@ -114,7 +114,7 @@ def test_each_graph_owns_the_workspace_its_warm_up_made(tiny_dir, monkeypatch):
     assert sorted({B for B, _ in made}) == graphs.sizes
     assert all(id(t) in owned for _, ws in made for t in ws)
     for size, st in graphs.static.items():
-        assert isinstance(st.plan, DecodePlan) and st.plan.workspace[0].shape[0] == size
+        assert type(st.plan).__name__ == "DecodePlan" and st.plan.workspace[0].shape[0] == size
 
 
 def _turns(core: EngineCore, sids: list[str], max_tokens: int) -> dict[str, list[int]]:
