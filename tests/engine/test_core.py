@@ -171,3 +171,18 @@ def test_every_sampled_id_is_streamed_once_even_when_its_text_is_incomplete(shap
     ids = [t for c in chunks for t in c.token_ids]
     assert ids == turn.output_ids and len(ids) == 120
     assert any(len(c.token_ids) > 1 for c in chunks)  # some ids waited for their text
+
+
+def test_token_ids_past_the_models_vocabulary_are_refused_not_run(shape_dir):
+    """A tokenizer larger than the model's embedding (a random-weight shape with a
+    smaller vocabulary) must give a clear error, not an out-of-bounds gather (a
+    device-side assert that ends the engine on a GPU)."""
+    from swiftinfer_core.config import EngineConfig
+    from swiftinfer_core.engine.core import EngineCore
+
+    small = shape_dir(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=1, head_dim=32)
+    core = EngineCore(EngineConfig(model=str(small), load_format="random", device="cpu", window=60, max_sessions=2))
+    with pytest.raises(InvalidRequestError, match="outside the model's vocabulary of 300"):
+        core.add_turn("a", [{"role": "user", "content": "Thoroughly incomprehensible"}], SamplingParams(max_tokens=2))
+    assert "a" not in core.sessions
