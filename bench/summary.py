@@ -49,6 +49,27 @@ def serve_gpu_card(r: dict) -> dict:
     }
 
 
+def engine_batches(r: dict) -> dict:
+    """Issue 11: the real Engine at each N (last round), beside the bare graph step."""
+    last = [x for x in r["rows"] if x["round"] == r["rounds"] - 1]
+    return {"cache": r["cache"], "slots": r["slots"], "failed_turns": sum(x["failed"] for x in r["rows"]),
+            "by_n": {x["N"]: {"decode_tok_s": x.get("decode_tok_s"), "bare_graph_tok_s": x.get("bare_tok_s")} for x in last},
+            "source": "engine_batches.json"}
+
+
+def closed_loop() -> dict:
+    """Engine alone vs the Serve stack, same run, same work (bench/gpu_capacity.sh)."""
+    rows = load("capacity_engine_7b.json")["rows"]
+    out = {}
+    for n in (64, 128):
+        rs = [x for x in rows if x["N"] == n]  # all 4 rounds: completion tokens over their wall time, as load.py counts
+        eng = sum(x["tok_s"] * x["wall_s"] for x in rs) / sum(x["wall_s"] for x in rs)
+        srv = load(f"capacity_serve_7b_{n}.json")
+        out[n] = {"engine_tok_s": eng, "serve_tok_s": srv["summary"]["tokens_per_s"],
+                  "ratio": srv["summary"]["tokens_per_s"] / eng, "serve": _load_row(srv)}
+    return out
+
+
 def main() -> None:
     dec = load("decode_latency.json")
     d7 = dec["models"]["llama2-7b"]["rows"]
@@ -93,6 +114,10 @@ def main() -> None:
         "multiround_20": {r["model"]: {"decode_speedup_vs_eager": r["decode_speedup"], "e2e_speedup_vs_eager": r["e2e_speedup"],
                                        "ours_decode_tok_s": r["ours_decode_tok_s"]} for r in mr},
         "serve_load_gpu_7b": {name: _load_row(load(f"{name}.json")) for name in ("load_gpu_7b", "load_gpu_7b_r12")},
+        "engine_every_batch_7b": engine_batches(load("engine_batches.json")),
+        "closed_loop_7b": closed_loop(),
+        "device_fault_recovery": {name: {k: load(f"{name}.json")[k] for k in ("first_served_s", "all_served_s", "served", "failed_attempts")}
+                                  for name in ("fault_recovery", "fault_recovery_retry")},
         "ppl_cpu_4k": {m: v["ppl"] for m, v in cpu.items()}
         | {"streaming_on_recompute_targets": cpu["streaming"]["ppl_on_recompute_targets"]},
     }
