@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 import torch  # noqa: E402
 
+from bench.load_report import pct  # noqa: E402
 from swiftinfer_core import SamplingParams  # noqa: E402
 from swiftinfer_core.config import EngineConfig  # noqa: E402
 from swiftinfer_core.engine.engine import Engine  # noqa: E402
@@ -97,7 +98,7 @@ async def one_round(engine: Engine, n: int, r: int, tag: str, a) -> dict:
         span = max(x["last"] for x in ok) - min(x["first"] for x in ok)
         ttft = sorted(x["ttft"] for x in ok)
         row.update(decode_tok_s=sum(x["toks"] - 1 for x in ok) / span if span > 0 else None,
-                   ttft_p50_s=statistics.median(ttft), ttft_p99_s=ttft[min(len(ttft) - 1, round(0.99 * (len(ttft) - 1)))])
+                   ttft_p50_s=statistics.median(ttft), ttft_p99_s=pct(ttft, 99))
     errors = sorted({x["error"] for x in res if "error" in x})
     if errors:
         row["errors"] = errors[:3]

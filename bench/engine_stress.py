@@ -196,15 +196,17 @@ def churn(core: EngineCore, spec: Churn, sync=None) -> ChurnReport:
     return rep
 
 
-def make_config_dir(src: Path, layers: int, dst: Path) -> Path:
-    """A copy of a config folder (config.json + tokenizer) with fewer layers: same
-    attention and cache shapes per layer, a fraction of the weights."""
+def make_config_dir(src: Path, dst: Path, **overrides) -> Path:
+    """A copy of a model folder's config.json, tokenizer and chat template with
+    ``overrides`` applied to the config (another shape, e.g. fewer layers: same
+    attention and cache shapes per layer, a fraction of the weights). Weights are
+    not copied: load it with load_format='random'."""
     dst.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
         if f.is_file() and f.suffix in (".json", ".jinja"):
             (dst / f.name).write_bytes(f.read_bytes())
     cfg = json.loads((src / "config.json").read_text())
-    cfg["num_hidden_layers"] = layers
+    cfg.update(overrides)
     (dst / "config.json").write_text(json.dumps(cfg, indent=1))
     return dst
 
@@ -230,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="default: $OUT, else bench/results")
     a = p.parse_args(argv)
-    model = make_config_dir(Path(a.model), a.layers, Path("/tmp") / f"stress-{a.layers}l")
+    model = make_config_dir(Path(a.model), Path("/tmp") / f"stress-{a.layers}l", num_hidden_layers=a.layers)
     cfg = EngineConfig(model=str(model), load_format="random", device="cuda", dtype="bfloat16",
                        window=a.window, max_sessions=a.slots)
     t0 = time.time()

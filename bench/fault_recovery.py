@@ -27,11 +27,9 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-MODEL = [""]  # the app's model id, read from /v1/models
 
-
-async def turn(client: httpx.AsyncClient, sid: str, text: str, max_tokens: int) -> httpx.Response:
-    body = {"model": MODEL[0], "session_id": sid, "max_tokens": max_tokens, "messages": [{"role": "user", "content": text}]}
+async def turn(client: httpx.AsyncClient, model: str, sid: str, text: str, max_tokens: int) -> httpx.Response:
+    body = {"model": model, "session_id": sid, "max_tokens": max_tokens, "messages": [{"role": "user", "content": text}]}
     return await client.post("/v1/chat/completions", json=body)
 
 
@@ -43,9 +41,9 @@ async def main_async(a) -> dict:
     handle = serve.get_deployment_handle("LLMReplica", a.app)
     sids = [f"fault-{i}" for i in range(a.sessions)]
     async with httpx.AsyncClient(base_url=a.url, timeout=a.timeout_s) as client:
-        MODEL[0] = (await client.get("/v1/models")).json()["data"][0]["id"]
+        model = (await client.get("/v1/models")).json()["data"][0]["id"]
         for r in range(a.rounds):
-            rs = await asyncio.gather(*(turn(client, sid, f"round {r} of {sid}: tell me more", a.max_tokens) for sid in sids))
+            rs = await asyncio.gather(*(turn(client, model, sid, f"round {r} of {sid}: tell me more", a.max_tokens) for sid in sids))
             bad = [x.status_code for x in rs if x.status_code != 200]
             if bad:
                 raise SystemExit(f"warm-up round {r}: statuses {bad}")
@@ -56,7 +54,7 @@ async def main_async(a) -> dict:
         async def until_served(sid: str):
             nonlocal failed
             while time.monotonic() - t_fault < a.give_up_s:
-                r = await turn(client, sid, f"after the fault, {sid}: go on", a.max_tokens)
+                r = await turn(client, model, sid, f"after the fault, {sid}: go on", a.max_tokens)
                 if r.status_code == 200:
                     served[sid] = time.monotonic() - t_fault
                     return

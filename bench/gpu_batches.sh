@@ -11,10 +11,8 @@ mkdir -p /tmp/stage && cp .carry/smol-a/* /tmp/stage/
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .carry/pyd/*.whl || exit 4
 export PYTHONPATH=/tmp/site
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
-step() { local name=$1 limit=$2; shift 2; echo "=== $name"; local t0=$SECONDS
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
-  echo "$name rc=$rc $((SECONDS - t0))s" | tee -a "$OUT/summary.txt"; tail -${TAIL:-14} "$OUT/$name.log"; }
-want() { [[ " ${STEPS:-oldcode repro batches} " == *" $1 "* ]]; }
+DEFAULT_STEPS="oldcode repro batches"
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_steps.sh"
 SMALL=(--model "$PWD/.carry/r7b" --sizes 64 --rounds 3 --max-sessions 128 --no-bare)
 if want oldcode && [ -d .carry/old ]; then
   rm -rf /tmp/old && mkdir /tmp/old && cp -r swiftinfer_core bench /tmp/old/ && cp .carry/old/*.py /tmp/old/swiftinfer_core/engine/

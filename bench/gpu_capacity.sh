@@ -12,10 +12,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 rm -rf /tmp/r7b && cp -r .carry/r7b /tmp/r7b
 T0=$SECONDS
-step() { local name=$1 limit=$2; shift 2; echo "=== $name"; local t0=$SECONDS
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
-  echo "$name rc=$rc $((SECONDS - t0))s" | tee -a "$OUT/summary.txt"; tail -${TAIL:-6} "$OUT/$name.log"; }
-want() { [[ " ${STEPS:-repro engine serve closed fault} " == *" $1 "* ]]; }
+DEFAULT_STEPS="repro engine serve closed fault" TAIL=${TAIL:-6}
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_steps.sh"
 want repro && step repro 100 python3 bench/engine_batches.py --model /tmp/r7b --drop-workspaces --sizes 64 \
   --rounds 2 --max-sessions 128 --no-bare --name engine_batches_repro --out "$OUT"
 want engine && step engine 200 python3 bench/engine_batches.py --model /tmp/r7b --sizes 64 128 --max-sessions 128 \

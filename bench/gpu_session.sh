@@ -13,10 +13,8 @@ export PYTHONPATH=/tmp/site:$PWD
 mkdir -p "$SWIFTINFER_HOME" && cp .carry/data/shakespeare.txt "$SWIFTINFER_HOME/shakespeare.txt"
 python3 -m swiftinfer_core.model.fetch "$GGUF" 2>&1 | grep -v "it/s" | tail -2
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
-step() { local name=$1 limit=$2; shift 2; echo "=== $name"; local t0=$SECONDS
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
-  echo "$name rc=$rc $((SECONDS - t0))s" | tee -a "$OUT/summary.txt"; tail -25 "$OUT/$name.log"; }
-want() { [[ " ${STEPS:-gpu_tests ppl_1m multiround} " == *" $1 "* ]]; }
+DEFAULT_STEPS="gpu_tests ppl_1m multiround" TAIL=${TAIL:-25}
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_steps.sh"
 want gpu_tests && step gpu_tests 200 python3 -m pytest -q -m gpu tests/engine/test_gpu_engine.py tests/model/test_fused_decode.py -p no:cacheprovider
 want ppl_1m && step ppl_1m 200 python3 -m swiftinfer_core.cli.main eval-ppl --text "$SWIFTINFER_HOME/shakespeare.txt" \
   --tokens 1000000 --sinks 4 --window 1020 --modes streaming,dense,window,recompute --prefix-tokens 20000 \

@@ -70,17 +70,7 @@ def shape_dir(model_dir, tmp_path_factory):
     """shape_dir(**config_overrides): a model folder with the default model's
     tokenizer and chat template and a config.json of another shape (random weights:
     load_format='random')."""
-    import json
+    from bench.engine_stress import make_config_dir
 
-    def make(**overrides):
-        d = tmp_path_factory.mktemp("shape")
-        for f in model_dir.iterdir():
-            if f.suffix in (".json", ".jinja") and f.name != "config.json":
-                (d / f.name).write_bytes(f.read_bytes())
-        cfg = json.loads((model_dir / "config.json").read_text())
-        cfg.update(overrides)
-        (d / "config.json").write_text(json.dumps(cfg))
-        return d
-
-    return make
+    return lambda **overrides: make_config_dir(model_dir, tmp_path_factory.mktemp("shape"), **overrides)
 

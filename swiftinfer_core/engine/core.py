@@ -79,8 +79,9 @@ class EngineCore:
         prompt = self.format.first_round(messages) if fresh else self.format.next_round(messages)
         if len(prompt) > self.cfg.max_turn_tokens:
             raise PromptTooLongError(f"the new messages are {len(prompt)} tokens; the limit is {self.cfg.max_turn_tokens}")
-        if prompt and max(prompt) >= self.loaded.args.vocab_size:  # a tokenizer larger than the model's embedding
-            raise InvalidRequestError(f"the messages encode to token id {max(prompt)}, outside the model's vocabulary of {self.loaded.args.vocab_size}")
+        top, vocab = max(prompt, default=-1), self.loaded.args.vocab_size
+        if top >= vocab:  # a tokenizer larger than the model's embedding
+            raise InvalidRequestError(f"the messages encode to token id {top}, outside the model's vocabulary of {vocab}")
         if session is None:
             session = self.sessions[session_id] = Session(session_id, self.layout)
             session.sampling_seed = derive_seed(self.cfg.seed, session_id)

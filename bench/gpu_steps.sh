@@ -1,0 +1,8 @@
+# Sourced by the device-call scripts (gpu_session.sh, gpu_batches.sh, gpu_capacity.sh).
+#   step NAME LIMIT CMD...  runs CMD under `timeout LIMIT` with its output in $OUT/NAME.log,
+#                           appends "NAME rc=.. Ns" to $OUT/summary.txt, shows the log's last $TAIL lines
+#   want NAME               true when NAME is among $STEPS (the caller's DEFAULT_STEPS if unset)
+step() { local name=$1 limit=$2; shift 2; echo "=== $name"; local t0=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
+  echo "$name rc=$rc $((SECONDS - t0))s" | tee -a "$OUT/summary.txt"; tail -"${TAIL:-14}" "$OUT/$name.log"; }
+want() { [[ " ${STEPS:-$DEFAULT_STEPS} " == *" $1 "* ]]; }
