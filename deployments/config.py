@@ -118,6 +118,7 @@ class AppConfig(Strict):
     directory_name: str = Field("swiftinfer-sessions", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Named Ray actor holding session owners and records.")
     default_max_tokens: int = Field(256, ge=1, le=1 << 20, description="max_tokens when the request gives none.")
     ingress_replicas: int = Field(1, ge=1, le=64, description="Ingress (HTTP/OpenAI) replicas.")
+    engine_process: bool = Field(True, description="Run the native engine's model steps in a child process of the replica (swiftinfer_core/engine/process.py). In the replica's own process the steps share one GIL with every stream's Ray work, which slowed steps 2.4x at 128 conversations on an H200 (bench/results/capacity_serve_7b_128.json). Ignored by other backends.")
     gil_switch_interval_ms: float = Field(5.0, gt=0, le=100, description="Python's thread switch interval in an LLM replica (Python's default: 5 ms). The engine's step thread and the replica's event loop (streams, Ray calls) share one GIL; a shorter interval hands the loop the GIL sooner while a step runs. Its effect on latency has not been measured in isolation.")
     stream_interval_ms: float = Field(50.0, ge=0, le=1000, description="Pacing of streamed chunks per turn: the first and last go at once, others wait at most this long and travel merged. 0: one chunk per token.")
     stats_report_period_s: float = Field(2.0, gt=0, le=60, description="How often a replica pushes engine stats for /metrics and readiness.")

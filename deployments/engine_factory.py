@@ -28,9 +28,15 @@ def _load(path: str) -> Callable[[EngineConfig], EngineProtocol]:
         raise RuntimeError(f"engine implementation {path!r} is not available: {exc}") from exc
 
 
-def make_engine(backend: EngineBackend, config: EngineConfig, cpu_threads: int) -> EngineProtocol:
+def make_engine(backend: EngineBackend, config: EngineConfig, cpu_threads: int, own_process: bool = False) -> EngineProtocol:
     """Build the engine for ``backend``. A CPU engine gets ``cpu_threads`` torch
-    threads so that replicas sharing a host do not oversubscribe its cores."""
+    threads so that replicas sharing a host do not oversubscribe its cores.
+    ``own_process`` runs the native engine's steps in a child process
+    (engine/process.py), off the caller's GIL."""
+    if backend is EngineBackend.NATIVE and own_process:
+        from swiftinfer_core.engine.process import ProcessEngine
+
+        return ProcessEngine(config, cpu_threads)
     if config.device != Device.CUDA:
         import torch
 

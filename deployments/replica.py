@@ -46,6 +46,7 @@ from deployments.turn_timing import Stopwatch, TurnTimer
 from swiftinfer_core.config import SamplingParams
 from swiftinfer_core.engine import faults
 from swiftinfer_core.engine.engine import Engine
+from swiftinfer_core.engine.process import ProcessEngine
 from swiftinfer_core.errors import CapacityError, EngineClosedError, SessionBusyError, SessionNotFoundError
 from swiftinfer_core.protocol import SessionView, StreamChunk, Usage
 
@@ -68,7 +69,7 @@ class LLMReplica:
         self._cfg = AppConfig.model_validate(config)
         sys.setswitchinterval(self._cfg.gil_switch_interval_ms / 1000)  # this process is the replica's own
         self._id = serve.get_replica_context().replica_id.unique_id
-        self._engine = make_engine(self._cfg.backend, self._cfg.engine, self._cfg.cpu_threads)
+        self._engine = make_engine(self._cfg.backend, self._cfg.engine, self._cfg.cpu_threads, self._cfg.engine_process)
         self._local = LocalSessions(self._engine, self._cfg.limits)
         self._directory = directory_handle(directory_spec(self._cfg))
         self._busy: set[str] = set()  # sessions with a turn running here
@@ -231,9 +232,9 @@ class LLMReplica:
     def inject_device_fault(self) -> str:
         """Test-only: the engine's next step faults on the device (engine/faults.py).
         Refused unless this process runs with SWIFTINFER_FAULT_INJECTION=1."""
-        if not faults.enabled() or not isinstance(self._engine, Engine):
+        if not faults.enabled() or not isinstance(self._engine, (Engine, ProcessEngine)):
             raise PermissionError(f"fault injection is off (set {faults.ENV}=1 in the replica's environment)")
-        faults.fault_next_step(self._engine)
+        self._engine.inject_device_fault()
         return self._id
 
     # ---- stats for routers, the autoscaler, and /metrics -------------------------------

@@ -67,16 +67,8 @@ class Engine:
         queue: asyncio.Queue = asyncio.Queue()
         sub = self._submit(_Submission(session_id, messages, params or SamplingParams(), queue, loop))
         try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                item, pending = _coalesce(item, queue)
-                yield item
-                if pending is not None:
-                    raise pending
-                if item.finish_reason is not None:
-                    return
+            async for chunk in read_stream(queue):
+                yield chunk
         finally:  # consumer gone (disconnect, cancel) or done: never leave the turn holding its session
             self._post(lambda: self._abort(sub))
 
@@ -209,7 +201,7 @@ class Engine:
                 by_loop.setdefault(turn.loop, []).append((turn.out, item))
         for loop, batch in by_loop.items():
             if not loop.is_closed():
-                loop.call_soon_threadsafe(_put_all, batch)
+                loop.call_soon_threadsafe(put_all, batch)
 
     def _fail_running(self, error: Exception) -> None:
         """Abort every admitted or waiting turn and hand ``error`` to its stream."""
@@ -267,6 +259,12 @@ class Engine:
         if self._error is not None or not self._thread.is_alive():
             raise EngineClosedError(f"engine stopped: {self._error or 'step thread exited'}")
 
+    def inject_device_fault(self) -> None:
+        """Test-only (engine/faults.py): the next step faults on the device."""
+        from swiftinfer_core.engine import faults
+
+        faults.fault_next_step(self)
+
     def count_tokens(self, messages: list[dict]) -> int:
         return len(self.core.format.first_round(messages))
 
@@ -292,12 +290,26 @@ def _poisons_device(exc: BaseException) -> bool:
     return (accel is not None and isinstance(exc, accel)) or "CUDA error" in str(exc) or "device-side assert" in str(exc)
 
 
-def _put_all(batch: list[tuple[asyncio.Queue, object]]) -> None:
+def put_all(batch: list[tuple[asyncio.Queue, object]]) -> None:
     for queue, item in batch:
         queue.put_nowait(item)
 
 
-def _coalesce(item: StreamChunk, queue: asyncio.Queue) -> tuple[StreamChunk, BaseException | None]:
+async def read_stream(queue: asyncio.Queue) -> AsyncIterator[StreamChunk]:
+    """A turn's chunks from its queue until the final one; an error item raises."""
+    while True:
+        item = await queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        item, pending = coalesce(item, queue)
+        yield item
+        if pending is not None:
+            raise pending
+        if item.finish_reason is not None:
+            return
+
+
+def coalesce(item: StreamChunk, queue: asyncio.Queue) -> tuple[StreamChunk, BaseException | None]:
     """Merge chunks already waiting behind ``item`` into one. A consumer that keeps
     up sees one chunk per token; one that falls behind (a busy replica loop, a slow
     stream) gets fewer, larger chunks instead of a growing backlog. Never waits."""

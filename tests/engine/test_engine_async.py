@@ -65,20 +65,20 @@ def test_many_sessions_in_parallel(engine):
 
 
 def test_coalesce_merges_only_what_is_already_queued():
-    from swiftinfer_core.engine.engine import _coalesce
+    from swiftinfer_core.engine.engine import coalesce
     from swiftinfer_core.protocol import StreamChunk, Usage
 
     async def go():
         q: asyncio.Queue = asyncio.Queue()
         first = StreamChunk("a", [1])
-        alone = _coalesce(first, q)  # nothing behind it: returned as is
+        alone = coalesce(first, q)  # nothing behind it: returned as is
         for c in (StreamChunk("b", [2]), StreamChunk("c", [3], "length", Usage(1, 3, 1, 0))):
             q.put_nowait(c)
-        merged, err = _coalesce(first, q)
+        merged, err = coalesce(first, q)
         q.put_nowait(StreamChunk("d", [4]))
         q.put_nowait(ValueError("boom"))
         q.put_nowait(StreamChunk("never", [9]))
-        cut, pending = _coalesce(StreamChunk("x", [8]), q)
+        cut, pending = coalesce(StreamChunk("x", [8]), q)
         return alone, merged, err, cut, pending, q.qsize()
 
     alone, merged, err, cut, pending, left = asyncio.run(go())

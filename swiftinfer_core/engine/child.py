@@ -1,0 +1,117 @@
+"""The engine process: an ``Engine`` whose streams go up a pipe (engine/process.py).
+
+The main thread reads commands; turn starts and aborts go straight to the
+engine's inbox, calls run on a small pool (each waits at most for the step in
+progress, as in-process calls do). The step thread sends one ``StepEvents`` per
+step. When the command pipe closes (the parent exited or was killed) the engine
+shuts down and the process ends, so it never outlives its replica.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+from swiftinfer_core.config import EngineConfig
+from swiftinfer_core.engine.engine import Engine, _Submission
+from swiftinfer_core.engine.ipc import AbortTurn, Call, EngineCall, Ready, Reply, StartTurn, StepEvents, portable
+
+log = logging.getLogger(__name__)
+CALL_THREADS = 4
+
+
+@dataclass(frozen=True)
+class _Remote:
+    """A turn's output: its id in the parent."""
+
+    turn_id: int
+
+
+class _PipeEngine(Engine):
+    def __init__(self, config: EngineConfig, events: Connection):
+        self._events = events
+        self._send_lock = threading.Lock()
+        self.turns: dict[int, _Submission] = {}
+        super().__init__(config)
+
+    def send(self, message: object) -> None:
+        with self._send_lock:
+            self._events.send(message)
+
+    def _deliver_all(self, items: list) -> None:
+        payload = []
+        for turn, item in items:
+            tid = turn.out.turn_id
+            payload.append((tid, portable(item) if isinstance(item, BaseException) else item))
+            if isinstance(item, BaseException) or item.finish_reason is not None:
+                self.turns.pop(tid, None)
+        if payload:
+            try:
+                self.send(StepEvents(payload))
+            except OSError:  # the parent is gone; nobody is left to tell
+                log.debug("dropped %d events: the parent's pipe is closed", len(payload))
+
+
+def _methods(engine: _PipeEngine) -> dict[EngineCall, object]:
+    return {
+        EngineCall.STATS: engine.stats, EngineCall.VIEW: engine.view, EngineCall.SESSION_STATS: engine.session_stats,
+        EngineCall.HAS_SESSION: engine.has_session, EngineCall.CLOSE_SESSION: engine.close_session,
+        EngineCall.SESSION_IDS: engine.session_ids, EngineCall.EXPORT_SESSION: engine.export_session,
+        EngineCall.IMPORT_SESSION: engine.import_session, EngineCall.EXPORT_KV: engine.export_kv,
+        EngineCall.IMPORT_KV: engine.import_kv, EngineCall.COUNT_TOKENS: engine.count_tokens,
+        EngineCall.CHECK_HEALTH: engine.check_health, EngineCall.INJECT_FAULT: engine.inject_device_fault,
+    }
+
+
+def run_child(config: EngineConfig, cpu_threads: int, commands: Connection, events: Connection) -> None:
+    """Process entry point (spawned)."""
+    logging.basicConfig(level=logging.INFO)
+    if config.device.value != "cuda":
+        import torch
+
+        torch.set_num_threads(cpu_threads)
+    try:
+        engine = _PipeEngine(config, events)
+    except BaseException as exc:  # bad config, model missing, out of memory: the parent raises it
+        events.send(Ready(os.getpid(), portable(exc)))
+        return
+    engine.send(Ready(os.getpid()))
+    methods = _methods(engine)
+    pool = ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="engine-call")
+
+    def answer(call: Call) -> None:
+        try:
+            reply = Reply(call.call_id, methods[call.method](*call.args))
+        except BaseException as exc:
+            reply = Reply(call.call_id, error=portable(exc))
+        try:
+            engine.send(reply)
+        except Exception as exc:  # an unpicklable value is a bug here, not the caller's: answer with it
+            engine.send(Reply(call.call_id, error=portable(RuntimeError(f"reply not sendable: {exc!r}"))))
+
+    try:
+        while True:
+            try:
+                msg = commands.recv()
+            except (EOFError, OSError):  # the parent is gone
+                break
+            if isinstance(msg, StartTurn):
+                sub = _Submission(msg.session_id, msg.messages, msg.params, _Remote(msg.turn_id), None)
+                engine.turns[msg.turn_id] = sub
+                try:
+                    engine._submit(sub)
+                except Exception as exc:  # closed engine: the stream ends with the error
+                    engine._deliver_all([(sub, exc)])
+            elif isinstance(msg, AbortTurn):
+                sub = engine.turns.pop(msg.turn_id, None)
+                if sub is not None:
+                    engine._post(lambda sub=sub: engine._abort(sub))
+            elif isinstance(msg, Call):
+                pool.submit(answer, msg)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        engine.close()
