@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Device call (issue 12): the served path against the engine, side by side in one run, one H200.
+#  1. the engine alone (bench/engine_batches.py, public Engine API) at N conversations;
+#  2. the whole Serve stack over HTTP/SSE, closed loop, the same work, with the engine's steps
+#     in a child process of the replica (engine_process: true);
+#  3. the same stack with the steps in the replica's own process (engine_process: false), the
+#     "before" column.
+# Env: MODEL (config dir under .carry, default r7b), NAME (result prefix, default served_7b),
+#      SLOTS (KV slots, default 191: the most that fit at 7B, 4+1020), WINDOW (default 1020),
+#      SIZES (default "32 64 128 191"), THREAD_SIZES (default "64 128"; empty skips step 3).
+# carry [".whl", ".carry/$MODEL"]; everything lands in $OUT/results.tgz; a short table last.
+set -uo pipefail
+export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 NCCL_NVLS_ENABLE=0
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 4
+export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
+MODEL=${MODEL:-r7b} NAME=${NAME:-served_7b} SLOTS=${SLOTS:-191} WINDOW=${WINDOW:-1020}
+SIZES=${SIZES:-32 64 128 191} THREAD_SIZES=${THREAD_SIZES-64 128}
+rm -rf /tmp/model && cp -r ".carry/$MODEL" /tmp/model
+T0=$SECONDS
+DEFAULT_STEPS="engine proc thread" TAIL=${TAIL:-4}
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_steps.sh"
+
+want engine && step engine 220 python3 bench/engine_batches.py --model /tmp/model --sizes $SIZES --max-sessions "$SLOTS" \
+  --window "$WINDOW" --rounds 4 --words 24 --no-bare --name "${NAME}_engine" --out "$OUT"
+
+serve_closed() {  # serve_closed LABEL ENGINE_PROCESS SIZES...
+  local label=$1 proc=$2; shift 2
+  sed -e "s|model: /tmp/r7b|model: /tmp/model|" -e "s/max_sessions: 128/max_sessions: $SLOTS/" -e "s/window: 1020/window: $WINDOW/" \
+      -e "s/max_ongoing_requests: 128/max_ongoing_requests: $SLOTS\n      engine_process: $proc/" bench/serve_gpu7b.yaml > /tmp/serve.yaml
+  serve run /tmp/serve.yaml > "$OUT/serve_$label.log" 2>&1 &
+  local pid=$! t=$SECONDS
+  for i in $(seq 1 150); do curl -sf 127.0.0.1:8000/healthz > /dev/null && break; sleep 2; done
+  echo "$label healthy after $((SECONDS - t))s" | tee -a "$OUT/summary.txt"
+  for n in "$@"; do
+    step "${label}_$n" 150 python3 bench/load.py --url http://127.0.0.1:8000 --sessions "$n" --rate 1000 --think-s 0 --rounds 4 \
+      --max-tokens 64 --prompt-words 24 --timeout-s 120 --retry-s 60 --metrics-every-s 2 --model llama2-7b-random \
+      --name "${NAME}_${label}_$n" --out "$OUT"
+  done
+  curl -s 127.0.0.1:8000/metrics > "$OUT/metrics_$label.txt"
+  kill -INT $pid; sleep 4; kill -9 $pid 2>/dev/null; ray stop --force > /dev/null 2>&1
+}
+want proc && serve_closed proc true $SIZES
+want thread && [ -n "$THREAD_SIZES" ] && serve_closed thread false $THREAD_SIZES
+
+python3 - "$OUT" "$NAME" <<'PY' | tee -a "$OUT/summary.txt"
+import json, pathlib, sys
+out, name = pathlib.Path(sys.argv[1]), sys.argv[2]
+eng = {}
+if (out / f"{name}_engine.json").exists():
+    for r in json.loads((out / f"{name}_engine.json").read_text())["rows"]:
+        e = eng.setdefault(r["N"], [0, 0.0]); e[0] += r["tok_s"] * r["wall_s"]; e[1] += r["wall_s"]
+print(f"{'run':>14} {'N':>4} {'tok/s':>7} {'engine':>7} {'ratio':>5} {'ttft50':>6} {'ttft99':>6} {'warm50':>6} {'warm99':>6} {'tpot50':>6} {'fail':>4}")
+for f in sorted(out.glob(f"{name}_*_*.json")):
+    s = json.loads(f.read_text())["summary"]; n = s["sessions"]
+    e = eng.get(n); et = e[0] / e[1] if e else None
+    g = lambda k, q: s[k].get(q) or float("nan")
+    print(f"{f.stem[len(name)+1:]:>14} {n:>4} {s['tokens_per_s']:>7.0f} {et or float('nan'):>7.0f} {s['tokens_per_s']/et if et else float('nan'):>5.2f} "
+          f"{g('ttft_s','p50'):>6.3f} {g('ttft_s','p99'):>6.3f} {g('ttft_warm_s','p50'):>6.3f} {g('ttft_warm_s','p99'):>6.3f} {g('tpot_s','p50')*1e3:>5.1f}m {s['turns_failed']:>4}")
+PY
+(cd "$OUT" && tar czf results.tgz --remove-files $(ls | grep -v -E '^(summary.txt|results.tgz)$'))
+echo "total $((SECONDS - T0))s"; cat "$OUT/summary.txt"
