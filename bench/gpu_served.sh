@@ -36,8 +36,25 @@ serve_closed() {  # serve_closed LABEL ENGINE_PROCESS SIZES...
       --max-tokens 64 --prompt-words 24 --timeout-s 120 --retry-s 60 --metrics-every-s 2 --model llama2-7b-random \
       --name "${NAME}_${label}_$n" --out "$OUT"
   done
+  if [ -n "${PROFILE_N:-}" ] && [ "$label" = proc ]; then profile_run "$PROFILE_N"; fi
   curl -s 127.0.0.1:8000/metrics > "$OUT/metrics_$label.txt"
   kill -INT $pid; sleep 4; kill -9 $pid 2>/dev/null; ray stop --force > /dev/null 2>&1
+}
+profile_run() {  # a longer closed loop at N with py-spy (20 s, 50 Hz) on every Serve process and top samples
+  local n=$1
+  python3 -m pip install -q --no-index --no-deps --target /tmp/spy .carry/prof/*.whl
+  python3 bench/load.py --url http://127.0.0.1:8000 --sessions "$n" --rate 1000 --think-s 0 --rounds 16 --max-tokens 64 \
+    --prompt-words 24 --timeout-s 120 --retry-s 60 --model llama2-7b-random --name "${NAME}_profile_$n" --out /tmp/prof_load > "$OUT/profile_load.log" 2>&1 &
+  local load=$!
+  sleep 8; mkdir -p "$OUT/prof"
+  top -b -d 2 -n 6 -c -w 250 > "$OUT/prof/top.txt" &
+  for role in LLMReplica Ingress ProxyActor SessionDirectory spawn_main; do
+    for pid in $(pgrep -f "$role" | head -3); do
+      /tmp/spy/bin/py-spy record --nonblocking --subprocesses --format raw -r 50 -d 15 -o "$OUT/prof/$role-$pid.txt" -p "$pid" > "$OUT/prof/$role-$pid.log" 2>&1 &
+    done
+  done
+  wait $load; wait
+  tail -4 "$OUT/profile_load.log"
 }
 want proc && serve_closed proc true $SIZES
 want thread && [ -n "$THREAD_SIZES" ] && serve_closed thread false $THREAD_SIZES

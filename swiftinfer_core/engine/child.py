@@ -1,8 +1,8 @@
 """The engine process: an ``Engine`` whose streams go up a pipe (engine/process.py).
 
-The main thread reads commands; turn starts and aborts go straight to the
-engine's inbox, calls run on a small pool (each waits at most for the step in
-progress, as in-process calls do). The step thread sends one ``StepEvents`` per
+The main thread reads commands into the engine's inbox: turn starts, aborts and
+calls alike, applied by the step thread between two steps, so a call waits at
+most for the step in progress however many arrive together. The step thread sends one ``StepEvents`` per
 step. When the command pipe closes (the parent exited or was killed) the engine
 shuts down and the process ends, so it never outlives its replica.
 """
@@ -12,16 +12,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from swiftinfer_core.config import EngineConfig
+from swiftinfer_core.engine import faults
 from swiftinfer_core.engine.engine import Engine, _Submission
 from swiftinfer_core.engine.ipc import AbortTurn, Call, EngineCall, Ready, Reply, StartTurn, StepEvents, portable
 
 log = logging.getLogger(__name__)
-CALL_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -57,14 +56,30 @@ class _PipeEngine(Engine):
 
 
 def _methods(engine: _PipeEngine) -> dict[EngineCall, object]:
+    """Each call's core method, run by the step thread between two steps (the
+    engine lock is held there); health is read without the lock."""
+    core = engine.core
     return {
-        EngineCall.STATS: engine.stats, EngineCall.VIEW: engine.view, EngineCall.SESSION_STATS: engine.session_stats,
-        EngineCall.HAS_SESSION: engine.has_session, EngineCall.CLOSE_SESSION: engine.close_session,
-        EngineCall.SESSION_IDS: engine.session_ids, EngineCall.EXPORT_SESSION: engine.export_session,
-        EngineCall.IMPORT_SESSION: engine.import_session, EngineCall.EXPORT_KV: engine.export_kv,
-        EngineCall.IMPORT_KV: engine.import_kv, EngineCall.COUNT_TOKENS: engine.count_tokens,
-        EngineCall.CHECK_HEALTH: engine.check_health, EngineCall.INJECT_FAULT: engine.inject_device_fault,
+        EngineCall.STATS: core.stats, EngineCall.VIEW: core.view, EngineCall.SESSION_STATS: core.session_stats,
+        EngineCall.HAS_SESSION: lambda sid: sid in core.sessions, EngineCall.CLOSE_SESSION: core.close_session,
+        EngineCall.SESSION_IDS: lambda: list(core.sessions), EngineCall.EXPORT_SESSION: core.export_session,
+        EngineCall.IMPORT_SESSION: core.import_session, EngineCall.EXPORT_KV: core.export_kv,
+        EngineCall.IMPORT_KV: core.import_kv, EngineCall.COUNT_TOKENS: lambda m: len(core.format.first_round(m)),
+        EngineCall.INJECT_FAULT: lambda: faults.arm(core.runner),
     }
+
+
+def _answer(engine: _PipeEngine, methods: dict, call: Call) -> None:
+    try:
+        reply = Reply(call.call_id, methods[call.method](*call.args))
+    except BaseException as exc:
+        reply = Reply(call.call_id, error=portable(exc))
+    try:
+        engine.send(reply)
+    except OSError:  # the parent is gone
+        pass
+    except Exception as exc:  # an unpicklable value is a bug here, not the caller's: answer with it
+        engine.send(Reply(call.call_id, error=portable(RuntimeError(f"reply not sendable: {exc!r}"))))
 
 
 def run_child(config: EngineConfig, cpu_threads: int, commands: Connection, events: Connection) -> None:
@@ -81,18 +96,6 @@ def run_child(config: EngineConfig, cpu_threads: int, commands: Connection, even
         return
     engine.send(Ready(os.getpid()))
     methods = _methods(engine)
-    pool = ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="engine-call")
-
-    def answer(call: Call) -> None:
-        try:
-            reply = Reply(call.call_id, methods[call.method](*call.args))
-        except BaseException as exc:
-            reply = Reply(call.call_id, error=portable(exc))
-        try:
-            engine.send(reply)
-        except Exception as exc:  # an unpicklable value is a bug here, not the caller's: answer with it
-            engine.send(Reply(call.call_id, error=portable(RuntimeError(f"reply not sendable: {exc!r}"))))
-
     try:
         while True:
             try:
@@ -110,8 +113,11 @@ def run_child(config: EngineConfig, cpu_threads: int, commands: Connection, even
                 sub = engine.turns.pop(msg.turn_id, None)
                 if sub is not None:
                     engine._post(lambda sub=sub: engine._abort(sub))
+            elif isinstance(msg, Call) and msg.method is EngineCall.CHECK_HEALTH:
+                _answer(engine, {EngineCall.CHECK_HEALTH: engine.check_health}, msg)
             elif isinstance(msg, Call):
-                pool.submit(answer, msg)
+                # into the inbox with the starts: every call waiting at a step boundary is
+                # answered there at once, in the order posted (a start before a view is seen by it)
+                engine._post(lambda msg=msg: _answer(engine, methods, msg))
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
         engine.close()

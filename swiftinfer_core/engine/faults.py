@@ -24,10 +24,11 @@ def fault_next_step(engine) -> None:
     """Arm ``engine`` (a native Engine): its next step points one sequence at
     BAD_SLOT. The engine is unusable afterwards, as after a real device fault."""
     with engine._api():  # between two steps, like every other call into the core
-        _arm(engine.core.runner)
+        arm(engine.core.runner)
 
 
-def _arm(runner) -> None:
+def arm(runner) -> None:
+    """Arm ``runner`` directly (the caller holds the engine lock)."""
     real = runner.run
 
     def faulty(batch):
