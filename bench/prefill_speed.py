@@ -20,7 +20,7 @@ one conversation per step; chunks above that are measured here as the kernels
 allow them (a chunk longer than the window drops its own early tokens).
 
     python bench/prefill_speed.py [--shapes llama2-7b llama3.1-8b] [--out DIR]
-    python bench/prefill_speed.py --shapes smollm2-135m --chunks 32 64 --windows 60 --layers 4 --device cpu   # smoke
+    python bench/prefill_speed.py --shapes smollm2-135m --chunks 32 64 --windows 60 --layers 2 --reps 2 --warmup 1 --device cpu --out /tmp/pf   # smoke
 """
 
 from __future__ import annotations
