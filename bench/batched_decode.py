@@ -26,11 +26,12 @@ import torch  # noqa: E402
 from swiftinfer_core.cache.layout import StreamLayout  # noqa: E402
 
 
-def build_model(args, dev):
+def build_model(args, dev, dtype=torch.bfloat16):
+    """The engine's Llama at ``args``' shape, random weights (the modules' own init), in ``dtype``."""
     from swiftinfer_core.model.llama import Llama
 
     prev = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
+    torch.set_default_dtype(dtype)
     try:
         with torch.device(dev):
             m = Llama(args)

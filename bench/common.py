@@ -41,6 +41,24 @@ def device_info() -> dict:
             "l2_mib": round(getattr(p, "L2_cache_size", 0) / 2**20, 1), "capability": f"{p.major}.{p.minor}"}
 
 
+# Vendor datasheet peaks by a substring of torch's device name: dense (no sparsity)
+# bf16 tensor-core FLOP/s and HBM bytes/s. The H100 SXM reports "H100 80GB HBM3".
+DEVICE_PEAKS = {
+    "H200": {"bf16_dense_flops": 989e12, "hbm_Bps": 4.8e12},
+    "H100 80GB HBM3": {"bf16_dense_flops": 989e12, "hbm_Bps": 3.35e12},
+}
+
+
+def device_peaks(name: str | None = None) -> dict:
+    """{"bf16_dense_flops", "hbm_Bps"} of the current (or the named) device; None values
+    for a device missing from DEVICE_PEAKS (and for the CPU)."""
+    name = name if name is not None else device_info()["name"]
+    for key, peaks in DEVICE_PEAKS.items():
+        if key in name:
+            return {"device": name, "matched": key, **peaks}
+    return {"device": name, "matched": None, "bf16_dense_flops": None, "hbm_Bps": None}
+
+
 def header() -> dict:
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -29,6 +29,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.shape_config import make_config_dir  # noqa: E402
 from swiftinfer_core.config import SamplingParams  # noqa: E402
 from swiftinfer_core.engine.core import EngineCore  # noqa: E402
 from swiftinfer_core.engine.session import TurnState  # noqa: E402
@@ -194,21 +195,6 @@ def churn(core: EngineCore, spec: Churn, sync=None) -> ChurnReport:
         rep.step_ms[path] = {"n": len(ms), "mean": sum(ms) / len(ms), "p50": ms[len(ms) // 2], "p99": ms[int(0.99 * (len(ms) - 1))]}
     rep.tokens_generated, rep.tokens_prefilled = core.tokens_generated, core.tokens_prefilled
     return rep
-
-
-def make_config_dir(src: Path, dst: Path, **overrides) -> Path:
-    """A copy of a model folder's config.json, tokenizer and chat template with
-    ``overrides`` applied to the config (another shape, e.g. fewer layers: same
-    attention and cache shapes per layer, a fraction of the weights). Weights are
-    not copied: load it with load_format='random'."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in src.iterdir():
-        if f.is_file() and f.suffix in (".json", ".jinja"):
-            (dst / f.name).write_bytes(f.read_bytes())
-    cfg = json.loads((src / "config.json").read_text())
-    cfg.update(overrides)
-    (dst / "config.json").write_text(json.dumps(cfg, indent=1))
-    return dst
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,11 +35,27 @@ SHAPES = {
                       intermediate_size=11008, rope_theta=10000.0, tie_embeddings=False),
     "smollm2-135m": dict(vocab_size=49152, hidden_size=576, num_layers=30, num_heads=9, num_kv_heads=3, head_dim=64,
                          intermediate_size=1536, rope_theta=100000.0, tie_embeddings=True),
+    # Llama-3.1-8B (meta-llama/Llama-3.1-8B config.json): GQA 32/8 heads, 128K context by
+    # llama3 RoPE scaling of the 8K-trained frequencies (kernels/rope.py applies it)
+    "llama3.1-8b": dict(vocab_size=128256, hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128,
+                        intermediate_size=14336, rope_theta=500000.0, tie_embeddings=False, max_position=131072,
+                        rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                          original_max_position_embeddings=8192)),
 }
 
 
 def model_args(name: str) -> ModelArgs:
-    return ModelArgs(**SHAPES[name], max_position=8192, name=name)
+    if name not in SHAPES:
+        raise ValueError(f"unknown shape {name!r} (known: {sorted(SHAPES)})")
+    shape = dict(SHAPES[name])
+    if shape.get("rope_scaling") is not None:
+        shape["rope_scaling"] = dict(shape["rope_scaling"])  # each ModelArgs its own dict
+    return ModelArgs(**{"max_position": 8192, **shape}, name=name)
+
+
+def rope_parameters(args: ModelArgs) -> dict:
+    """HF config's ``rope_parameters`` for ``args`` (theta plus its scaling, if any)."""
+    return {"rope_type": "default", "rope_theta": args.rope_theta, **(args.rope_scaling or {})}
 
 
 def hf_model(args: ModelArgs, device, dtype=torch.bfloat16):
@@ -49,8 +65,8 @@ def hf_model(args: ModelArgs, device, dtype=torch.bfloat16):
     cfg = LlamaConfig(
         vocab_size=args.vocab_size, hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
         num_hidden_layers=args.num_layers, num_attention_heads=args.num_heads, num_key_value_heads=args.num_kv_heads,
-        head_dim=args.head_dim, max_position_embeddings=8192, rms_norm_eps=args.rms_eps,
-        rope_theta=args.rope_theta, rope_parameters={"rope_type": "default", "rope_theta": args.rope_theta},
+        head_dim=args.head_dim, max_position_embeddings=args.max_position, rms_norm_eps=args.rms_eps,
+        rope_theta=args.rope_theta, rope_parameters=rope_parameters(args),
         tie_word_embeddings=args.tie_embeddings, attn_implementation="sdpa",
     )
     prev = torch.get_default_dtype()
@@ -265,7 +281,7 @@ class OurDecoder:
 
         assert mode in ("engine", "fused", "gemv") and (mode != "gemv" or batch == 1)
         self.model, self.args, self.layout, self.mode, self.gemv_cfg = model, args, layout, mode, gemv_cfg
-        self.attn = TritonAttention(layout, inv_freq(args.head_dim, args.rope_theta).to(device), args.head_dim**-0.5,
+        self.attn = TritonAttention(layout, inv_freq(args.head_dim, args.rope_theta, args.rope_scaling).to(device), args.head_dim**-0.5,
                                     fused_combine=fused_combine)
         self.pool = KVPool(layout, args.num_layers, num_slots or batch, args.num_kv_heads, args.head_dim, torch.bfloat16, device)
         fill_pool(self.pool)
@@ -336,7 +352,7 @@ def equivalence_check(hf, model, args: ModelArgs, device, attn_cls, sinks=4, win
         kw = {"fused_combine": True} if variant == "gemv_fc" else {}
         if kw and attn_cls is TorchAttention:
             continue
-        attn = attn_cls(layout, inv_freq(args.head_dim, args.rope_theta).to(device), args.head_dim**-0.5, **kw)
+        attn = attn_cls(layout, inv_freq(args.head_dim, args.rope_theta, args.rope_scaling).to(device), args.head_dim**-0.5, **kw)
         pool = KVPool(layout, args.num_layers, 2, args.num_kv_heads, args.head_dim, next(model.parameters()).dtype, device)
         fill_pool(pool)  # garbage in unused rows must not matter
         got = [model(ids[:prompt], attn, attn.prepare(AttnBatch.build([1], [0], [prompt], device)), pool)]

@@ -70,7 +70,7 @@ def shape_dir(model_dir, tmp_path_factory):
     """shape_dir(**config_overrides): a model folder with the default model's
     tokenizer and chat template and a config.json of another shape (random weights:
     load_format='random')."""
-    from bench.engine_stress import make_config_dir
+    from bench.shape_config import make_config_dir
 
     return lambda **overrides: make_config_dir(model_dir, tmp_path_factory.mktemp("shape"), **overrides)
 
