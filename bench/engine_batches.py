@@ -105,6 +105,38 @@ async def one_round(engine: Engine, n: int, r: int, tag: str, a) -> dict:
     return row
 
 
+async def closed_loop(engine: Engine, n: int, tag: str, a) -> dict:
+    """The load client's work without the service: N conversations, each sending
+    its next message as soon as its reply ended (no think time), ``--rounds`` turns."""
+    params = SamplingParams(max_tokens=a.tokens, ignore_eos=True)
+    turns: list[dict] = []
+
+    async def conversation(i: int):
+        for r in range(a.rounds):
+            sent = time.perf_counter()
+            first, toks = None, 0
+            try:
+                async for c in engine.chat(f"{tag}-{i}", [{"role": "user", "content": prompt(i, r, a.words)}], params):
+                    first = first or time.perf_counter()
+                    toks += len(c.token_ids)
+                done = time.perf_counter()
+                turns.append({"ok": toks == a.tokens, "round": r, "ttft": first - sent, "toks": toks,
+                              "tpot": (done - first) / max(1, toks - 1)})
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                turns.append({"ok": False, "round": r, "error": repr(exc)[:300], "toks": toks})
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(conversation(i) for i in range(n)))
+    wall = time.perf_counter() - t0
+    ok = [t for t in turns if t["ok"]]
+    q = lambda xs, p: pct(sorted(xs), p) if xs else None  # noqa: E731
+    new, warm = [t["ttft"] for t in ok if t["round"] == 0], [t["ttft"] for t in ok if t["round"] > 0]
+    return {"N": n, "mode": "closed_loop", "rounds": a.rounds, "finished": len(ok), "failed": len(turns) - len(ok), "wall_s": wall,
+            "tok_s": sum(t["toks"] for t in turns) / wall, "ttft_new_p50_s": q(new, 50), "ttft_new_p99_s": q(new, 99),
+            "ttft_warm_p50_s": q(warm, 50), "ttft_warm_p99_s": q(warm, 99),
+            "tpot_p50_s": q([t["tpot"] for t in ok], 50), "tpot_p99_s": q([t["tpot"] for t in ok], 99)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True, help="config folder (config.json + tokenizer); weights are random")
@@ -118,6 +150,7 @@ def main() -> int:
     ap.add_argument("--no-bare", action="store_true")
     ap.add_argument("--drop-workspaces", action="store_true", help="reproduce the pre-fix bug (see module doc)")
     ap.add_argument("--device", default="cuda", help="cpu: a smoke run of this script (float32, no graphs)")
+    ap.add_argument("--closed-loop", action="store_true", help="per N: conversations continue without waiting for each other (the load client's pattern); one row per N")
     ap.add_argument("--name", default="engine_batches")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -141,8 +174,15 @@ def main() -> int:
     sizes = sorted(set(a.sizes) | ({slots} if not a.drop_workspaces else set()))
     sizes = [n for n in sizes if n <= slots]
     rows = []
+    if not a.drop_workspaces:  # first use compiles kernels: not part of any size's numbers
+        asyncio.run(one_round(engine, min(sizes), 0, "warmup", a))
+        for i in range(min(sizes)):
+            engine.close_session(f"warmup-{i}")
     for n in sizes:
-        for r in range(a.rounds):
+        if a.closed_loop:
+            rows.append(asyncio.run(closed_loop(engine, n, f"n{n}", a)))
+            print(rows[-1], flush=True)
+        for r in range(0 if a.closed_loop else a.rounds):
             row = asyncio.run(one_round(engine, n, r, f"n{n}", a))
             row["bare_tok_s"] = bare.get(n, {}).get("tok_s")
             fills = [s.stats().cache_fill for s in engine.core.sessions.values() if s.id.startswith(f"n{n}-")]
@@ -155,10 +195,15 @@ def main() -> int:
             if engine.has_session(f"n{n}-{i}"):
                 engine.close_session(f"n{n}-{i}")
     engine.close()
-    data = {"model": "llama2-7b shape (vocabulary 49,152: the default tokenizer's), random bf16", "cache": f"4+{a.window}", "slots": slots, "engine_start_s": start_s,
+    m = read_args(Path(a.model))
+    shape = f"hidden {m.hidden_size}, {m.num_layers} layers, {m.num_heads}/{m.num_kv_heads} heads, vocab {m.vocab_size}, rope {(m.rope_scaling or {}).get('rope_type', 'default')}"
+    data = {"model": f"{Path(a.model).name}: {shape}, random bf16", "closed_loop": a.closed_loop, "cache": f"4+{a.window}", "slots": slots, "engine_start_s": start_s,
             "graph_sizes": graph_sizes, "rounds": a.rounds, "tokens_per_turn": a.tokens, "drop_workspaces": a.drop_workspaces,
             "bare": {str(k): v for k, v in bare.items()}, "rows": rows}
     common.write_results(a.name, data, a.out)
+    if a.closed_loop:
+        print(common.table(rows, ["N", "finished", "failed", "tok_s", "ttft_new_p50_s", "ttft_warm_p50_s", "ttft_warm_p99_s", "tpot_p50_s"]))
+        return 1 if any(r["failed"] for r in rows) else 0
     if not a.drop_workspaces:
         plot(rows, a)
     last = [r for r in rows if r["round"] == a.rounds - 1] or rows

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Device call (issue 12): the served path against the engine, side by side in one run, one H200.
-#  1. the engine alone (bench/engine_batches.py, public Engine API) at N conversations;
+#  1. the engine alone (bench/engine_batches.py --closed-loop, public Engine API) at N conversations;
 #  2. the whole Serve stack over HTTP/SSE, closed loop, the same work, with the engine's steps
 #     in a child process of the replica (engine_process: true);
 #  3. the same stack with the steps in the replica's own process (engine_process: false), the
@@ -21,7 +21,7 @@ DEFAULT_STEPS="engine proc thread" TAIL=${TAIL:-4}
 source "$(dirname "${BASH_SOURCE[0]}")/gpu_steps.sh"
 
 want engine && step engine 220 python3 bench/engine_batches.py --model /tmp/model --sizes $SIZES --max-sessions "$SLOTS" \
-  --window "$WINDOW" --rounds 4 --words 24 --no-bare --name "${NAME}_engine" --out "$OUT"
+  --window "$WINDOW" --rounds 4 --words 24 --no-bare --closed-loop --name "${NAME}_engine" --out "$OUT"
 
 serve_closed() {  # serve_closed LABEL ENGINE_PROCESS SIZES...
   local label=$1 proc=$2; shift 2
@@ -64,12 +64,12 @@ import json, pathlib, sys
 out, name = pathlib.Path(sys.argv[1]), sys.argv[2]
 eng = {}
 if (out / f"{name}_engine.json").exists():
-    for r in json.loads((out / f"{name}_engine.json").read_text())["rows"]:
-        e = eng.setdefault(r["N"], [0, 0.0]); e[0] += r["tok_s"] * r["wall_s"]; e[1] += r["wall_s"]
+    for r in json.loads((out / f"{name}_engine.json").read_text())["rows"]:  # closed loop: one row per N
+        eng[r["N"]] = r["tok_s"]
 print(f"{'run':>14} {'N':>4} {'tok/s':>7} {'engine':>7} {'ratio':>5} {'ttft50':>6} {'ttft99':>6} {'warm50':>6} {'warm99':>6} {'tpot50':>6} {'fail':>4}")
 for f in sorted(out.glob(f"{name}_*_*.json")):
     s = json.loads(f.read_text())["summary"]; n = s["sessions"]
-    e = eng.get(n); et = e[0] / e[1] if e else None
+    et = eng.get(n)
     g = lambda k, q: s[k].get(q) or float("nan")
     print(f"{f.stem[len(name)+1:]:>14} {n:>4} {s['tokens_per_s']:>7.0f} {et or float('nan'):>7.0f} {s['tokens_per_s']/et if et else float('nan'):>5.2f} "
           f"{g('ttft_s','p50'):>6.3f} {g('ttft_s','p99'):>6.3f} {g('ttft_warm_s','p50'):>6.3f} {g('ttft_warm_s','p99'):>6.3f} {g('tpot_s','p50')*1e3:>5.1f}m {s['turns_failed']:>4}")
