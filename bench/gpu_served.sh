@@ -47,14 +47,16 @@ profile_run() {  # a longer closed loop at N with py-spy (20 s, 50 Hz) on every 
     --prompt-words 24 --timeout-s 120 --retry-s 60 --model llama2-7b-random --name "${NAME}_profile_$n" --out /tmp/prof_load > "$OUT/profile_load.log" 2>&1 &
   local load=$!
   sleep 8; mkdir -p "$OUT/prof"
-  top -b -d 2 -n 6 -c -w 250 > "$OUT/prof/top.txt" &
+  local spies=()
+  top -b -d 2 -n 6 -c -w 250 > "$OUT/prof/top.txt" & spies+=($!)
   for role in LLMReplica Ingress ProxyActor SessionDirectory spawn_main; do
-    for pid in $(pgrep -f "$role" | head -3); do
-      /tmp/spy/bin/py-spy record --nonblocking --subprocesses --format raw -r 50 -d 15 -o "$OUT/prof/$role-$pid.txt" -p "$pid" > "$OUT/prof/$role-$pid.log" 2>&1 &
+    for pid in $(pgrep -f "$role" | head -2); do
+      timeout 40 /tmp/spy/bin/py-spy record --nonblocking --format raw -r 50 -d 15 -o "$OUT/prof/$role-$pid.txt" -p "$pid" > "$OUT/prof/$role-$pid.log" 2>&1 & spies+=($!)
     done
   done
-  wait $load; wait
+  wait "${spies[@]}"; wait $load  # not a bare wait: `serve run` is a background job too
   tail -4 "$OUT/profile_load.log"
+  tar czf "$OUT/prof.tgz" -C "$OUT" prof && rm -rf "$OUT/prof"
 }
 want proc && serve_closed proc true $SIZES
 want thread && [ -n "$THREAD_SIZES" ] && serve_closed thread false $THREAD_SIZES
