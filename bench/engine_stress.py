@@ -67,6 +67,7 @@ class ChurnReport:
     max_batch_seqs: int = 0
     graph_steps: int = 0
     eager_steps: int = 0
+    mixed_steps: int = 0  # decode rows by graph, prefill chunks eagerly
     step_ms: dict = field(default_factory=dict)  # path -> {n, mean, p50, p99} of step wall time (synced steps only)
     tokens_generated: int = 0
     tokens_prefilled: int = 0
@@ -97,8 +98,9 @@ def check_invariants(core: EngineCore) -> None:
 
 def _describe(batch, graphs) -> dict:
     seqs = batch.seqs
-    decode = batch.is_decode
-    return {"path": "graph" if decode and graphs is not None and graphs.fits(len(seqs)) else "eager",
+    decode = sum(1 for s in seqs if len(s.token_ids) == 1 and s.turn.state.name == "DECODE")
+    path = "eager" if graphs is None or not decode or not graphs.fits(decode) else "graph" if decode == len(seqs) else "graph+eager"
+    return {"path": path,
             "slots": [s.turn.session.slot for s in seqs], "starts": [s.start for s in seqs],
             "lens": [len(s.token_ids) for s in seqs], "states": [s.turn.state.name for s in seqs]}
 
@@ -130,6 +132,7 @@ def churn(core: EngineCore, spec: Churn, sync=None) -> ChurnReport:
         rep.max_batch_seqs = max(rep.max_batch_seqs, len(batch.seqs))
         rep.graph_steps += last["path"] == "graph"
         rep.eager_steps += last["path"] == "eager"
+        rep.mixed_steps += last["path"] == "graph+eager"
         return run(batch)
 
     core.runner.run = traced

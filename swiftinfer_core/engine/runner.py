@@ -7,7 +7,8 @@ import torch
 from swiftinfer_core.cache.pool import KVPool
 from swiftinfer_core.engine.cuda_graph import Capture, DecodeGraphs
 from swiftinfer_core.engine.sampler import sample
-from swiftinfer_core.engine.scheduler import ScheduledBatch
+from swiftinfer_core.engine.scheduler import ScheduledBatch, ScheduledSeq
+from swiftinfer_core.engine.session import TurnState
 from swiftinfer_core.kernels.attention import Attention
 from swiftinfer_core.kernels.batch import AttnBatch
 from swiftinfer_core.model.llama import Llama
@@ -32,23 +33,47 @@ class ModelRunner:
         return self.model(input_ids, self.attn, self.attn.prepare(batch), self.pool, row_t)
 
     def run(self, batch: ScheduledBatch) -> list[int | None]:
-        ids, rows, sampled_seqs, offset = [], [], [], 0
-        for i, s in enumerate(batch.seqs):
+        """Sampled token per sequence (None where a prefill chunk ends mid-input).
+
+        With decode graphs, the decode rows of a mixed step replay their graph and
+        only the prefill chunks run eagerly: with steady arrivals nearly every step
+        admits a turn, and one eager forward would send every decode row through
+        the prefill attention kernel without a graph."""
+        seqs = batch.seqs
+        decode = [i for i, s in enumerate(seqs) if len(s.token_ids) == 1 and s.turn.state is TurnState.DECODE]
+        if self.graphs is None or not decode or not self.graphs.fits(len(decode)):
+            parts = [self._eager(seqs, range(len(seqs)))]
+        elif len(decode) == len(seqs):
+            parts = [self._graph(seqs, decode)]
+        else:
+            rest = [i for i in range(len(seqs)) if i not in set(decode)]
+            parts = [self._graph(seqs, decode), self._eager(seqs, rest)]
+        order = [i for idx, _ in parts for i in idx]
+        out: list[int | None] = [None] * len(seqs)
+        if order:
+            logits = parts[0][1] if len(parts) == 1 else torch.cat([lg for _, lg in parts])
+            turns = [seqs[i].turn for i in order]
+            for i, tok in zip(order, sample(logits, [t.params for t in turns], [t.generator for t in turns])):
+                out[i] = tok
+        return out
+
+    def _graph(self, seqs: list[ScheduledSeq], idx: list[int]) -> tuple[list[int], torch.Tensor]:
+        """(sampled sequence indices, logits [len(idx), V]) of decode rows, by graph replay."""
+        picked = [seqs[i] for i in idx]
+        logits = self.graphs.run([s.token_ids[0] for s in picked], [s.turn.session.slot for s in picked], [s.start for s in picked])
+        return idx, logits
+
+    def _eager(self, seqs: list[ScheduledSeq], idx) -> tuple[list[int], torch.Tensor | None]:
+        """(sampled sequence indices, their logits) of ``seqs[idx]`` in one eager forward."""
+        ids, rows, sampled, offset = [], [], [], 0
+        for i in idx:
+            s = seqs[i]
             ids.extend(s.token_ids)
             offset += len(s.token_ids)
             if s.sample:
                 rows.append(offset - 1)
-                sampled_seqs.append(i)
-        slots = [s.turn.session.slot for s in batch.seqs]
-        starts = [s.start for s in batch.seqs]
-        if self.graphs is not None and batch.is_decode and self.graphs.fits(len(ids)):
-            logits = self.graphs.run(ids, slots, starts)
-        else:
-            logits = self.forward(ids, slots, starts, [len(s.token_ids) for s in batch.seqs], rows)
-        out: list[int | None] = [None] * len(batch.seqs)
-        if sampled_seqs:
-            turns = [batch.seqs[i].turn for i in sampled_seqs]
-            picks = sample(logits, [t.params for t in turns], [t.generator for t in turns])
-            for i, tok in zip(sampled_seqs, picks):
-                out[i] = tok
-        return out
+                sampled.append(i)
+        picked = [seqs[i] for i in idx]
+        logits = self.forward(ids, [s.turn.session.slot for s in picked], [s.start for s in picked],
+                              [len(s.token_ids) for s in picked], rows)
+        return sampled, logits

@@ -137,6 +137,14 @@ def test_graph_path_equals_eager_at_every_ladder_size_and_boundary(tiny_dir):
     graph_rows = []
     real_run = a.runner.graphs.run
     a.runner.graphs.run = lambda ids, slots, starts: graph_rows.append(len(ids)) or real_run(ids, slots, starts)
+    mixed_steps = [0]
+    real_eager = a.runner._eager
+
+    def eager(seqs, idx):
+        mixed_steps[0] += len(idx) < len(seqs)
+        return real_eager(seqs, idx)
+
+    a.runner._eager = eager
     rounds = [[f"s{i}" for i in range(n)] for n in (1, 3, 9, 10)] + [[f"s{i}" for i in range(10)] + ["y0", "y1"]]
     for k, sids in enumerate(rounds):
         for core in (a, b):
@@ -144,4 +152,5 @@ def test_graph_path_equals_eager_at_every_ladder_size_and_boundary(tiny_dir):
                 core.import_session(core.export_session("s0"))
         assert _turns(a, sids, max_tokens=6) == _turns(b, sids, max_tokens=6), f"round {k}: {len(sids)} conversations"
     assert max(graph_rows) == 10 and len(set(graph_rows)) >= 4, graph_rows
+    assert mixed_steps[0] > 0  # decode rows of mixed steps took their graph, prefill chunks ran eagerly
     assert a.session_stats("s0").evictions > 0  # the conversation outgrew the 4+28 cache
