@@ -69,6 +69,33 @@ class LimitsConfig(Strict):
     idle_ttl_s: float | None = Field(900.0, gt=0, le=1 << 24, description="A conversation idle this long leaves the replica's memory (slot released; the next turn rebuilds). None: never.")
 
 
+class TenantLimitsConfig(Strict):
+    """What one tenant (all its keys together) may use; past it, 429 with Retry-After.
+    Counted per ingress replica (with N ingress replicas a tenant gets up to N times these)."""
+
+    max_conversations: int | None = Field(None, ge=1, le=1 << 20, description="Turns of one tenant running at once (its concurrent conversations). None: no limit.")
+    requests_per_s: float | None = Field(None, gt=0, le=1e6, description="Token-bucket refill of chat requests per second. None: no limit.")
+    request_burst: int = Field(20, ge=1, le=1 << 20, description="Chat requests a tenant may send at once on a full bucket.")
+    tokens_per_s: float | None = Field(None, gt=0, le=1e9, description="Token-bucket refill of generated tokens per second (a turn reserves its max_tokens, the unused part is refunded). None: no limit.")
+    token_burst: int = Field(4096, ge=1, le=1 << 30, description="Generated tokens a tenant may spend at once on a full bucket; at least max_tokens of one turn.")
+
+
+class AuthConfig(Strict):
+    """Who may call the API (README "Security"). Keys come from a file of hashed
+    keys (``swiftinfer keys add``), never from this config."""
+
+    keys_file: str | None = Field(None, min_length=1, max_length=4096, description="JSON file of hashed API keys on every ingress node. None: the path in the environment variable `keys_file_env`, if set; else no keys (auth off).")
+    keys_file_env: str = Field("SWIFTINFER_KEYS_FILE", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", description="Environment variable holding the key file's path, read when the application is built.")
+    reload_period_s: float = Field(1.0, ge=0.05, le=60, description="How often an ingress looks whether the key file changed (a revoked key is refused this soon).")
+    metrics_require_key: bool = Field(False, description="GET /metrics needs a key too (it shows load and session counts, no conversation).")
+    allow_unauthenticated: bool = Field(False, description="Start without keys although Serve's HTTP proxy listens on a non-loopback address (a loud warning is logged). Only behind a network that admits trusted clients alone.")
+    tenant_limits: TenantLimitsConfig = Field(default_factory=TenantLimitsConfig, description="Per-tenant rate and concurrency limits (keyed tenants and the default tenant alike).")
+
+    @property
+    def keyed(self) -> bool:
+        return self.keys_file is not None
+
+
 class ScalingConfig(Strict):
     """LLM replica count. ``min_replicas == max_replicas`` disables autoscaling."""
 
@@ -123,6 +150,7 @@ class AppConfig(Strict):
     stats_report_period_s: float = Field(2.0, gt=0, le=60, description="How often a replica pushes engine stats for /metrics and readiness.")
     session_log: SessionLogConfig = Field(default_factory=SessionLogConfig, description="Durable log of sessions and turns.")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request and replica limits.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys, tenants and exposure rules.")
     kv_transfer_max_mb: float = Field(1024.0, ge=0, le=1 << 24, description="KV bytes a draining replica may hand over through the object store (engines that match import it; others rebuild). 0: always rebuild.")
 
     @property
