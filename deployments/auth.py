@@ -38,6 +38,13 @@ def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
     return token.decode("ascii")
 
 
+def route_path(scope) -> str:
+    """The path below the application's route prefix (Serve passes ``/sec/v1/...``
+    with ``root_path`` ``/sec``; Starlette routes on the rest)."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 def needs_key(path: str, metrics_keyed: bool) -> bool:
     return path == "/v1" or path.startswith("/v1/") or (metrics_keyed and path == "/metrics")
 
@@ -55,7 +62,7 @@ class KeyCheck:
         if scope["type"] != "http" or self.ring is None:
             return await self.app(scope, receive, send)
         tenant = None
-        if needs_key(scope.get("path", ""), self.metrics_keyed):
+        if needs_key(route_path(scope), self.metrics_keyed):
             token = bearer_token(scope.get("headers") or [])
             tenant = self.ring.tenant_of(token) if token is not None else None
             if tenant is None:
