@@ -90,6 +90,7 @@ class AuthConfig(Strict):
     metrics_require_key: bool = Field(False, description="GET /metrics needs a key too (it shows load and session counts, no conversation).")
     allow_unauthenticated: bool = Field(False, description="Start without keys although Serve's HTTP proxy listens on a non-loopback address (a loud warning is logged). Only behind a network that admits trusted clients alone.")
     tenant_limits: TenantLimitsConfig = Field(default_factory=TenantLimitsConfig, description="Per-tenant rate and concurrency limits (keyed tenants and the default tenant alike).")
+    tenant_overrides: dict[str, TenantLimitsConfig] = Field(default_factory=dict, max_length=4096, description="Limits of named tenants instead of `tenant_limits` (e.g. a larger plan); a tenant not listed gets `tenant_limits`.")
 
     @property
     def keyed(self) -> bool:

@@ -68,7 +68,7 @@ class Ingress:
         self._server_info = server_info(self._cfg)
         auth = self._cfg.auth  # keys and tenants: auth.py, tenants.py
         self._keys = KeyRing(auth.keys_file, auth.reload_period_s) if auth.keyed else None
-        self._tenant_limits = TenantLimiter(auth.tenant_limits)
+        self._tenant_limits = TenantLimiter(auth.tenant_limits, auth.tenant_overrides)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = FastAPI(title="SwiftInfer Serve", docs_url=None, redoc_url=None)

@@ -92,25 +92,25 @@ class Ticket:
 
 
 class TenantLimiter:
-    def __init__(self, cfg: TenantLimitsConfig):
-        self._cfg = cfg
+    def __init__(self, default: TenantLimitsConfig, overrides: dict[str, TenantLimitsConfig] | None = None):
+        self._default = default
+        self._overrides = dict(overrides or {})
         self._tenants: dict[str, TenantState] = {}
 
-    @property
-    def enabled(self) -> bool:
-        c = self._cfg
-        return c.max_conversations is not None or c.requests_per_s is not None or c.tokens_per_s is not None
+    def limits(self, tenant: str | None) -> TenantLimitsConfig:
+        return self._overrides.get(tenant, self._default) if tenant is not None else self._default
 
-    def _state(self, tenant: str) -> TenantState:
-        st = self._tenants.get(tenant)
+    def _state(self, tenant: str | None) -> TenantState:
+        name = tenant or DEFAULT
+        st = self._tenants.get(name)
         if st is None:
-            c = self._cfg
-            st = self._tenants[tenant] = TenantState(Bucket(c.requests_per_s, c.request_burst), Bucket(c.tokens_per_s, c.token_burst))
+            c = self.limits(tenant)
+            st = self._tenants[name] = TenantState(Bucket(c.requests_per_s, c.request_burst), Bucket(c.tokens_per_s, c.token_burst))
         return st
 
     def acquire(self, tenant: str | None, max_tokens: int) -> Ticket:
-        st = self._state(tenant or DEFAULT)
-        c, now = self._cfg, time.monotonic()
+        st = self._state(tenant)
+        c, now = self.limits(tenant), time.monotonic()
         if c.max_conversations is not None and st.running >= c.max_conversations:
             raise TenantLimitError(f"this key's tenant has {st.running} conversations running, its limit; retry when one ends", 1.0)
         st.requests.refill(now)
