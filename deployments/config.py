@@ -54,7 +54,26 @@ class SessionLogConfig(Strict):
     path: str | None = Field(None, min_length=1, max_length=4096, description="SQLite file. Default: ~/.local/share/swiftinfer/<directory_name>.sqlite3 on the directory's node.")
     sqlite_synchronous: SqliteSync = Field(SqliteSync.FULL, description="SQLite durability level of each batch commit.")
     redis_url: str = Field("redis://127.0.0.1:6379/0", pattern=r"^rediss?://", max_length=4096, description="Redis server (persistence is Redis' own: use appendonly yes).")
+    redis_username: str | None = Field(None, min_length=1, max_length=256, description="Redis ACL user (default: Redis' `default` user).")
+    redis_password_file: str | None = Field(None, min_length=1, max_length=4096, description="File holding the Redis password (first line), on the directory's node: a mounted Secret, never the password itself in this config or the URL.")
+    redis_tls_ca_file: str | None = Field(None, min_length=1, max_length=4096, description="CA bundle that signed the Redis server's certificate (`rediss://` URLs; default: the system's).")
+    redis_tls_cert_file: str | None = Field(None, min_length=1, max_length=4096, description="Client certificate for Redis servers that require one (`tls-auth-clients yes`).")
+    redis_tls_key_file: str | None = Field(None, min_length=1, max_length=4096, description="Private key of `redis_tls_cert_file`.")
+    redis_tls_verify: bool = Field(True, description="Check the Redis server's certificate and host name. false: encryption without authentication of the server (tests only).")
     max_batch: int = Field(512, ge=1, le=1 << 16, description="Most log operations written in one transaction.")
+
+    @model_validator(mode="after")
+    def _redis_secrets(self) -> "SessionLogConfig":
+        from urllib.parse import urlsplit
+
+        if urlsplit(self.redis_url).password:
+            raise ValueError("redis_url carries a password: put it in a file and set redis_password_file instead")
+        tls = (self.redis_tls_ca_file, self.redis_tls_cert_file, self.redis_tls_key_file)
+        if any(tls) and not self.redis_url.startswith("rediss://"):
+            raise ValueError("redis_tls_* options need a rediss:// URL")
+        if (self.redis_tls_cert_file is None) != (self.redis_tls_key_file is None):
+            raise ValueError("redis_tls_cert_file and redis_tls_key_file go together")
+        return self
 
 
 class LimitsConfig(Strict):
