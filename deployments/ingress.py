@@ -20,6 +20,11 @@ the session's last committed turn gets that turn's reply again (``"cache":
 are capped (``limits``, see ``request_limits.py``).
 
 Every chat and session response carries ``x-session-id`` and ``x-replica-id``.
+
+With API keys (``auth.keys_file``) every ``/v1`` route needs ``Authorization:
+Bearer <key>`` (``auth.py``); the key's tenant scopes every session id, history
+digest and idempotency key the request touches (``tenants.py``), and its limits
+apply (``tenant_limits.py``). Clients see only their own, unscoped ids.
 """
 
 from __future__ import annotations
