@@ -13,6 +13,8 @@ with 0.2 s think time) through three phases of ``--phase-s`` each:
 2. ``a_at_limit``: A sends exactly its limit (open loop, ``--a-limit`` turns/s):
    the load the shared engine must carry anyway.
 3. ``a_flood``: A sends ``--flood-x`` times its limit; the excess gets 429.
+4. ``c_flood_unlimited``: tenant C, with no limits, sends the same flood: what
+   the limits spare B (C's turns give up after ``--flood-timeout-s``).
 
 Reported: B's TTFT p50/p99 (first SSE event, which the ingress sends once the
 first token exists) per phase, A's statuses (and 429 count) per phase. The
@@ -39,7 +41,7 @@ from bench.common import save_plot, write_results  # noqa: E402
 from bench.load_report import pct  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
-PHASES = ("alone", "a_at_limit", "a_flood")
+PHASES = ("alone", "a_at_limit", "a_flood", "c_flood_unlimited")
 
 
 def _port() -> int:
@@ -67,15 +69,15 @@ async def b_client(client, key: str, n: int, stop_at: float, ttfts: list[float],
         await asyncio.sleep(0.2)
 
 
-async def a_sender(client, key: str, rate: float, stop_at: float, statuses: Counter) -> None:
-    """A's open-loop sender: ``rate`` turns per second whatever the answers."""
+async def a_sender(client, key: str, rate: float, stop_at: float, statuses: Counter, timeout_s: float) -> None:
+    """A flooder's open-loop sender: ``rate`` turns per second whatever the answers."""
     tasks, i = [], 0
 
     async def one(i: int) -> None:
         body = {"model": MODEL, "session_id": f"a-{i % 50}", "max_tokens": 8, "temperature": 0,
                 "messages": [{"role": "user", "content": f"Flood {i}: write a long poem."}]}
         try:
-            resp = await client.post("/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
+            resp = await client.post("/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}, timeout=timeout_s)
             statuses[resp.status_code] += 1
         except Exception as exc:  # noqa: BLE001 - counted, the bench goes on
             statuses[type(exc).__name__] += 1
@@ -100,9 +102,10 @@ async def run_phases(url: str, keys: dict, a: argparse.Namespace) -> dict:
             b_status: Counter = Counter()
             a_status: Counter = Counter()
             jobs = [b_client(client, keys["b"], n, stop_at, ttfts, b_status) for n in range(a.b_clients)]
-            rate = {"alone": 0.0, "a_at_limit": a.a_limit, "a_flood": a.a_limit * a.flood_x}[phase]
+            rate = {"alone": 0.0, "a_at_limit": a.a_limit, "a_flood": a.a_limit * a.flood_x, "c_flood_unlimited": a.a_limit * a.flood_x}[phase]
             if rate > 0:
-                jobs.append(a_sender(client, keys["a"], rate, stop_at, a_status))
+                flooder = keys["c"] if phase.startswith("c_") else keys["a"]
+                jobs.append(a_sender(client, flooder, rate, stop_at, a_status, a.flood_timeout_s))
             await asyncio.gather(*jobs)
             out[phase] = {
                 "a_rate_per_s": rate, "b_turns": len(ttfts),
@@ -137,8 +140,10 @@ def plot(result: dict, name: str) -> None:
     refused = [phases[p]["a_429"] for p in PHASES]
     ax2.bar(list(xs), ok, label="A 200")
     ax2.bar(list(xs), refused, bottom=ok, label="A 429")
-    ax2.set_xticks(list(xs), list(PHASES))
-    ax2.set_title(f"Tenant A's requests (limit {result['config']['a_limit_per_s']:g}/s)")
+    ax2.set_xticks(list(xs), [p.replace("_", "\n", 1) for p in PHASES])
+    other = [sum(v for k, v in phases[p]["a_statuses"].items() if k not in ("200", "429")) for p in PHASES]
+    ax2.bar(list(xs), other, bottom=[o + r for o, r in zip(ok, refused)], label="other (timeout, 503)")
+    ax2.set_title(f"Flooder's requests (A limit {result['config']['a_limit_per_s']:g}/s; C none)")
     ax2.legend()
     fig.suptitle(f"Per-tenant limits on CPU ({result['device']['name']}), {result['config']['phase_s']:g} s per phase")
     save_plot(name, fig)
@@ -150,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--b-clients", type=int, default=2)
     p.add_argument("--a-limit", type=float, default=1.0, help="A's requests_per_s limit")
     p.add_argument("--flood-x", type=float, default=10.0, help="A's flood rate as a multiple of its limit")
+    p.add_argument("--flood-timeout-s", type=float, default=20.0, help="a flood turn's client timeout")
     p.add_argument("--name", default="tenant_fairness_cpu")
     a = p.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -160,11 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     from deployments.app import build_app
 
     tmp = Path(tempfile.mkdtemp(prefix="fairness-"))
-    keys = {t: add_key(tmp / "keys.json", f"tenant-{t}", f"tenant-{t}") for t in ("a", "b")}
+    keys = {t: add_key(tmp / "keys.json", f"tenant-{t}", f"tenant-{t}") for t in ("a", "b", "c")}
     limits = {"max_conversations": 2, "requests_per_s": a.a_limit, "request_burst": 2}
     config = {"engine": {"device": "cpu", "window": 252, "max_sessions": 16, "max_turn_tokens": 1024}, "cpu_threads": 1,
               "directory_name": f"fairness-{os.getpid()}", "session_log": {"path": str(tmp / "log.sqlite3")},
-              "auth": {"keys_file": str(tmp / "keys.json"), "tenant_limits": limits, "tenant_overrides": {"tenant-b": {}}}}
+              "auth": {"keys_file": str(tmp / "keys.json"), "tenant_limits": limits, "tenant_overrides": {"tenant-b": {}, "tenant-c": {}}}}
     port = _port()
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
     try:
@@ -176,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
     result = {"phases": phases, "config": {"phase_s": a.phase_s, "b_clients": a.b_clients, "a_limit_per_s": a.a_limit,
                                            "flood_x": a.flood_x, "tenant_limits": limits, "engine": config["engine"],
-                                           "max_tokens": 8, "b_think_s": 0.2}}
+                                           "max_tokens": 8, "b_think_s": 0.2, "flood_timeout_s": a.flood_timeout_s}}
     path = write_results(a.name, result)
     import json
 
