@@ -128,24 +128,26 @@ def plot(result: dict, name: str) -> None:
     import matplotlib.pyplot as plt
 
     phases = result["phases"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    labels = [p.replace("_", "\n", 1) for p in PHASES]
     xs = range(len(PHASES))
     for q, off in (("p50", -0.2), ("p99", 0.2)):
         ax1.bar([x + off for x in xs], [phases[p]["b_ttft_ms"][q] or 0 for p in PHASES], width=0.4, label=f"B TTFT {q}")
-    ax1.set_xticks(list(xs), [f"{p}\nA {phases[p]['a_rate_per_s']:g}/s" for p in PHASES])
-    ax1.set_ylabel("ms")
+    ax1.set_xticks(list(xs), [f"{lab}\n(flood {phases[p]['a_rate_per_s']:g}/s)" for lab, p in zip(labels, PHASES)], fontsize=8)
+    ax1.set_yscale("log")
+    ax1.set_ylabel("ms (log)")
     ax1.set_title("Tenant B's time to first token")
     ax1.legend()
     ok = [phases[p]["a_statuses"].get("200", 0) for p in PHASES]
     refused = [phases[p]["a_429"] for p in PHASES]
-    ax2.bar(list(xs), ok, label="A 200")
-    ax2.bar(list(xs), refused, bottom=ok, label="A 429")
-    ax2.set_xticks(list(xs), [p.replace("_", "\n", 1) for p in PHASES])
+    ax2.bar(list(xs), ok, label="200")
+    ax2.bar(list(xs), refused, bottom=ok, label="429 (tenant limit)")
+    ax2.set_xticks(list(xs), labels, fontsize=8)
     other = [sum(v for k, v in phases[p]["a_statuses"].items() if k not in ("200", "429")) for p in PHASES]
-    ax2.bar(list(xs), other, bottom=[o + r for o, r in zip(ok, refused)], label="other (timeout, 503)")
+    ax2.bar(list(xs), other, bottom=[o + r for o, r in zip(ok, refused)], label="other (client timeout, 409 busy)")
     ax2.set_title(f"Flooder's requests (A limit {result['config']['a_limit_per_s']:g}/s; C none)")
     ax2.legend()
-    fig.suptitle(f"Per-tenant limits on CPU ({result['device']['name']}), {result['config']['phase_s']:g} s per phase")
+    fig.suptitle(f"Per-tenant limits, SmolLM2-135M on CPU, {result['config']['phase_s']:g} s per phase, {result['date'][:10]}")
     save_plot(name, fig)
 
 
@@ -157,7 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flood-x", type=float, default=10.0, help="A's flood rate as a multiple of its limit")
     p.add_argument("--flood-timeout-s", type=float, default=20.0, help="a flood turn's client timeout")
     p.add_argument("--name", default="tenant_fairness_cpu")
+    p.add_argument("--replot", action="store_true", help="only redraw the PNG from the JSON of --name")
     a = p.parse_args(argv)
+    if a.replot:
+        import json
+
+        plot(json.loads((Path(__file__).resolve().parent / "results" / f"{a.name}.json").read_text()), a.name)
+        return 0
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     from ray import serve
