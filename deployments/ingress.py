@@ -160,7 +160,7 @@ class Ingress:
                 gen.cancel()
             if not isinstance(exc, Exception):  # cancellation (client gone): nothing to answer
                 raise
-            resp = error_response(exc, {"x-session-id": sid, "x-replica-id": replica})
+            resp = error_response(_unscoped(exc, tenant, sid), {"x-session-id": sid, "x-replica-id": replica})
             self._metrics.requests.labels(status=str(resp.status_code)).inc()
             return resp
         finally:
@@ -266,6 +266,19 @@ def _as_client(exc: BaseException, session_id: str) -> BaseException:
     """A session-not-found error worded with the client's id, never the scoped one:
     another tenant's id and an unknown id get the very same body."""
     return SessionNotFoundError(f"no session {session_id!r}") if isinstance(unwrap(exc), SessionNotFoundError) else exc
+
+
+def _unscoped(exc: BaseException, tenant: str | None, sid: str) -> BaseException:
+    """The replica's error with the client's id in its message instead of the scoped
+    one (409 busy, not committed): clients never see ``<tenant>:<id>``."""
+    inner = unwrap(exc)
+    scoped_sid = scoped(tenant, sid)
+    if tenant is None or not sid or repr(scoped_sid) not in str(inner):
+        return exc
+    try:
+        return type(inner)(str(inner).replace(repr(scoped_sid), repr(sid)))
+    except Exception:  # an exception type that does not take one message: keep it as it is
+        return exc
 
 
 def _echo(session_id: str) -> str:

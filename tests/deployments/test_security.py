@@ -205,6 +205,20 @@ def test_security_cross_tenant_read_continue_delete_look_like_an_unknown_id(sec)
     assert client.get(f"/v1/sessions/{sid}", headers=_auth(keys["alice"])).json()["rounds"] == 1
 
 
+def test_security_errors_name_the_clients_id_not_the_scoped_one(sec):
+    alice = _auth(sec["keys"]["alice"])
+    body = {"model": MODEL_ID, "session_id": "busy-1", "stream": True, "max_tokens": 48, "ignore_eos": True,
+            "messages": [{"role": "user", "content": "Count slowly."}]}
+    with sec["client"].stream("POST", "/v1/chat/completions", json=body, headers=alice) as first:
+        assert first.status_code == 200
+        next(first.iter_lines())  # the turn runs now
+        second = _chat(sec, "alice", "Me too.", session_id="busy-1")
+        for _ in first.iter_lines():
+            pass
+    assert second.status_code == 409 and second.json()["error"]["code"] == "session_busy", second.text
+    assert "'busy-1'" in second.json()["error"]["message"] and "acme" not in second.text, second.text
+
+
 def test_security_handle_calls_pass_the_tenant(sec):
     from deployments.tenants import scoped
     from swiftinfer_core.config import SamplingParams
