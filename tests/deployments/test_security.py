@@ -211,9 +211,10 @@ def test_security_errors_name_the_clients_id_not_the_scoped_one(sec):
             "messages": [{"role": "user", "content": "Count slowly."}]}
     with sec["client"].stream("POST", "/v1/chat/completions", json=body, headers=alice) as first:
         assert first.status_code == 200
-        next(first.iter_lines())  # the turn runs now
+        lines = first.iter_lines()
+        next(lines)  # the turn runs now
         second = _chat(sec, "alice", "Me too.", session_id="busy-1")
-        for _ in first.iter_lines():
+        for _ in lines:
             pass
     assert second.status_code == 409 and second.json()["error"]["code"] == "session_busy", second.text
     assert "'busy-1'" in second.json()["error"]["message"] and "acme" not in second.text, second.text
