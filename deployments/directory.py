@@ -246,6 +246,16 @@ class SessionDirectory:
         """Committed turns of ``sid`` from the log itself (the exactly-once audit)."""
         return [t.to_dict() for t in await asyncio.to_thread(self._log.turns, sid, after_seq, limit)]
 
+    def unowned(self, rid: str, sids: list[str]) -> list[str]:
+        """Those of ``sids`` (copies ``rid`` holds) that are deleted or owned by
+        another replica; a session with no owner (handed back) may still come to ``rid``."""
+        out = []
+        for sid in sids:
+            entry = self._entries.get(sid)
+            if entry is None or entry.owner not in (None, rid):
+                out.append(sid)
+        return out
+
     def owners(self) -> dict[str, int]:
         """Replica id -> sessions it owns (balance metrics)."""
         return {rid: len(s) for rid, s in self._owned.items() if s}

@@ -271,6 +271,24 @@ def test_security_delete_erases_the_session_log_rows_and_the_kv(sec):
     wait_for(kv_freed, 15, "the replica to report the session's KV slot freed")
 
 
+def test_security_a_copy_the_delete_did_not_reach_leaves_its_replica(sec):
+    """DELETE closes the owner's copy; a replica holding another copy (it lost the
+    session earlier) drops it once the directory no longer gives it the session.
+    Staged here by deleting at the directory alone, behind the replica's back."""
+    sid = f"stale-{uuid.uuid4().hex[:8]}"
+    assert _chat(sec, "alice", "Keep this somewhere.", session_id=sid).status_code == 200
+    assert sec["client"].get(f"/v1/sessions/{sid}", headers=_auth(sec["keys"]["alice"])).json()["resident"] is True
+    directory = _directory()
+
+    def resident() -> int:
+        return sum(s["resident"] for s in ray.get(directory.replica_stats.remote(10.0)).values())
+
+    time.sleep(1.5)  # three stats reports: the count includes this session
+    before = resident()
+    assert ray.get(directory.delete.remote(f"acme:{sid}")) is True
+    wait_for(lambda: resident() == before - 1, 20, "the replica to drop the copy of the deleted session")
+
+
 def test_security_delete_erases_the_redis_log(redis_url):
     import redis
 
