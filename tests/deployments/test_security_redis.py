@@ -1,7 +1,7 @@
 """Redis session log with a password and TLS (issue 13), against a real
 redis-server started here with ``requirepass`` and a TLS port (self-signed
-certificate made with openssl), plus the config rules that keep secrets out of
-``serve_config.yaml``."""
+certificate made with openssl), the config rules that keep secrets out of
+``serve_config.yaml``, and erasure read back from Redis itself."""
 
 from __future__ import annotations
 
@@ -104,3 +104,19 @@ def test_security_redis_secrets_stay_out_of_the_config():
         SessionLogConfig(backend="redis", redis_url="rediss://redis:6379/0", redis_tls_cert_file="/c.pem")
     with pytest.raises(ValueError, match="Extra inputs"):
         SessionLogConfig(backend="redis", redis_password="hunter2")
+
+
+def test_security_delete_erases_the_redis_log(redis_url):
+    ns, sid = f"sec-{uuid.uuid4().hex[:6]}", "acme:erase-redis"
+    log = RedisSessionLog(SessionLogConfig(backend="redis", redis_url=redis_url), ns)
+    now = time.time()
+    for seq in (1, 2):
+        turn = TurnEntry(sid, seq, f"k{seq}", "r1", "stop", 5, 3, now)
+        state = SessionState(sid, seq, {"tokens": [1, 2, 3]}, "r1", "d" * 64, LastTurn(turn, "secret reply", {}), now, now)
+        assert log.write([CommitOp(state, turn)]) == [None]
+    r = redis.Redis.from_url(redis_url)
+    assert len(list(r.scan_iter(f"swiftinfer:{ns}:*erase-redis*"))) == 3 and r.sismember(f"swiftinfer:{ns}:ids", sid)
+    assert log.write([DeleteOp(sid)]) == [None]
+    assert list(r.scan_iter(f"swiftinfer:{ns}:*erase-redis*")) == [] and not r.sismember(f"swiftinfer:{ns}:ids", sid)
+    assert log.turns(sid, 0, 10) == [] and list(log.load_all()) == []
+    log.close()
