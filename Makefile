@@ -24,7 +24,8 @@ install: $(STAMP)
 model: install
 	$(VENV)/bin/swiftinfer fetch-model
 
-# Starts a local Ray head (if none runs) and the Serve application; Ctrl-C stops it.
+# Starts a local Ray head (if none runs) and the Serve application on 127.0.0.1:8000
+# (serve_config.yaml; a network address needs API keys: README "Security"); Ctrl-C stops it.
 serve: model
 	$(VENV)/bin/serve run $(SERVE_CONFIG)
 

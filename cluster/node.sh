@@ -10,6 +10,8 @@
 #
 # Environment (all optional):
 #   RAY_PORT=6379 DASHBOARD_PORT=8265   ports of the head
+#   DASHBOARD_HOST=127.0.0.1             the dashboard (job and Serve REST API) stays on loopback; `deploy` runs on the head.
+#                                        Open it wider only behind a firewall, with RAY_AUTH_TOKEN set
 #   HEAD_CPUS=N                          CPUs the head offers (default: all)
 #   WORKER_RESOURCES='{"llm_slot": 1}'   custom resources of a worker (pair with replica_resources in the Serve config)
 #   RAY_AUTH_TOKEN=...                   token authentication: generate once with `ray get-auth-token --generate`
@@ -32,7 +34,7 @@ cmd="${1:-}"
 shift || true
 case "$cmd" in
   head)
-    ray start --head --port="$RAY_PORT" --dashboard-host=0.0.0.0 --dashboard-port="$DASHBOARD_PORT" \
+    ray start --head --port="$RAY_PORT" --dashboard-host="${DASHBOARD_HOST:-127.0.0.1}" --dashboard-port="$DASHBOARD_PORT" \
       --num-gpus=0 ${HEAD_CPUS:+--num-cpus="$HEAD_CPUS"}
     ;;
   worker)

@@ -16,4 +16,9 @@ HTTP -> ``Ingress`` (OpenAI API) -> ``SessionAffinityRouter`` -> ``LLMReplica`` 
 - ``autoscaling.py``    policy on requests, active sessions and KV pool use.
 - ``metrics.py``        Prometheus registry of the ingress.
 - ``errors.py``         exception class -> HTTP status and OpenAI error body.
+- ``api_keys.py``       the hashed key file and the key ring an ingress reloads.
+- ``auth.py``           Bearer key check in front of /v1 (ASGI middleware).
+- ``tenants.py``        tenant-scoped session ids and history seeds.
+- ``tenant_limits.py``  per-tenant concurrency and token buckets (429).
+- ``exposure.py``       no keyless service on a network address.
 """

@@ -19,6 +19,7 @@ from ray.serve.config import RequestRouterConfig
 from deployments.autoscaling import policy_config
 from deployments.config import AppConfig, EngineBackend, RouterKind
 from deployments.directory import directory_spec
+from deployments.exposure import check_exposure, resolve_keys_file, serve_http_host
 from deployments.ingress import Ingress
 from deployments.replica import LLMReplica
 from swiftinfer_core.config import Device
@@ -133,11 +134,13 @@ def build_deployments(cfg: AppConfig) -> tuple[Deployment, Deployment, dict]:
 
 def parse_config(args: dict | None) -> AppConfig:
     try:
-        return resolve_device(AppConfig.model_validate(args or {}))
+        return resolve_keys_file(resolve_device(AppConfig.model_validate(args or {})))
     except ValidationError as exc:
         raise ValueError(f"invalid SwiftInfer Serve config:\n{exc}") from None
 
 
 def build_app(args: dict | None = None) -> Application:
-    ingress, llm, payload = build_deployments(parse_config(args))
+    cfg = parse_config(args)
+    check_exposure(cfg, serve_http_host())  # no keyless service on a network address (exposure.py)
+    ingress, llm, payload = build_deployments(cfg)
     return ingress.bind(llm.bind(payload), payload)

@@ -54,7 +54,26 @@ class SessionLogConfig(Strict):
     path: str | None = Field(None, min_length=1, max_length=4096, description="SQLite file. Default: ~/.local/share/swiftinfer/<directory_name>.sqlite3 on the directory's node.")
     sqlite_synchronous: SqliteSync = Field(SqliteSync.FULL, description="SQLite durability level of each batch commit.")
     redis_url: str = Field("redis://127.0.0.1:6379/0", pattern=r"^rediss?://", max_length=4096, description="Redis server (persistence is Redis' own: use appendonly yes).")
+    redis_username: str | None = Field(None, min_length=1, max_length=256, description="Redis ACL user (default: Redis' `default` user).")
+    redis_password_file: str | None = Field(None, min_length=1, max_length=4096, description="File holding the Redis password (first line), on the directory's node: a mounted Secret, never the password itself in this config or the URL.")
+    redis_tls_ca_file: str | None = Field(None, min_length=1, max_length=4096, description="CA bundle that signed the Redis server's certificate (`rediss://` URLs; default: the system's).")
+    redis_tls_cert_file: str | None = Field(None, min_length=1, max_length=4096, description="Client certificate for Redis servers that require one (`tls-auth-clients yes`).")
+    redis_tls_key_file: str | None = Field(None, min_length=1, max_length=4096, description="Private key of `redis_tls_cert_file`.")
+    redis_tls_verify: bool = Field(True, description="Check the Redis server's certificate and host name. false: encryption without authentication of the server (tests only).")
     max_batch: int = Field(512, ge=1, le=1 << 16, description="Most log operations written in one transaction.")
+
+    @model_validator(mode="after")
+    def _redis_secrets(self) -> "SessionLogConfig":
+        from urllib.parse import urlsplit
+
+        if urlsplit(self.redis_url).password:
+            raise ValueError("redis_url carries a password: put it in a file and set redis_password_file instead")
+        tls = (self.redis_tls_ca_file, self.redis_tls_cert_file, self.redis_tls_key_file)
+        if any(tls) and not self.redis_url.startswith("rediss://"):
+            raise ValueError("redis_tls_* options need a rediss:// URL")
+        if (self.redis_tls_cert_file is None) != (self.redis_tls_key_file is None):
+            raise ValueError("redis_tls_cert_file and redis_tls_key_file go together")
+        return self
 
 
 class LimitsConfig(Strict):
@@ -67,6 +86,34 @@ class LimitsConfig(Strict):
     max_output_tokens: int = Field(16384, ge=1, le=1 << 20, description="Largest max_tokens a request may ask for (400 above).")
     max_sessions_per_replica: int = Field(4096, ge=1, le=1 << 20, description="Conversations a replica's engine keeps in memory; beyond, the least recently used idle ones are dropped (rebuilt from the log on their next turn).")
     idle_ttl_s: float | None = Field(900.0, gt=0, le=1 << 24, description="A conversation idle this long leaves the replica's memory (slot released; the next turn rebuilds). None: never.")
+
+
+class TenantLimitsConfig(Strict):
+    """What one tenant (all its keys together) may use; past it, 429 with Retry-After.
+    Counted per ingress replica (with N ingress replicas a tenant gets up to N times these)."""
+
+    max_conversations: int | None = Field(None, ge=1, le=1 << 20, description="Turns of one tenant running at once (its concurrent conversations). None: no limit.")
+    requests_per_s: float | None = Field(None, gt=0, le=1e6, description="Token-bucket refill of chat requests per second. None: no limit.")
+    request_burst: int = Field(20, ge=1, le=1 << 20, description="Chat requests a tenant may send at once on a full bucket.")
+    tokens_per_s: float | None = Field(None, gt=0, le=1e9, description="Token-bucket refill of generated tokens per second (a turn reserves its max_tokens, the unused part is refunded). None: no limit.")
+    token_burst: int = Field(4096, ge=1, le=1 << 30, description="Generated tokens a tenant may spend at once on a full bucket; at least max_tokens of one turn.")
+
+
+class AuthConfig(Strict):
+    """Who may call the API (README "Security"). Keys come from a file of hashed
+    keys (``swiftinfer keys add``), never from this config."""
+
+    keys_file: str | None = Field(None, min_length=1, max_length=4096, description="JSON file of hashed API keys on every ingress node. None: the path in the environment variable `keys_file_env`, if set; else no keys (auth off).")
+    keys_file_env: str = Field("SWIFTINFER_KEYS_FILE", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", description="Environment variable holding the key file's path, read when the application is built.")
+    reload_period_s: float = Field(1.0, ge=0.05, le=60, description="How often an ingress looks whether the key file changed (a revoked key is refused this soon).")
+    metrics_require_key: bool = Field(False, description="GET /metrics needs a key too (it shows load and session counts, no conversation).")
+    allow_unauthenticated: bool = Field(False, description="Start without keys although Serve's HTTP proxy listens on a non-loopback address (a loud warning is logged). Only behind a network that admits trusted clients alone.")
+    tenant_limits: TenantLimitsConfig = Field(default_factory=TenantLimitsConfig, description="Per-tenant rate and concurrency limits (keyed tenants and the default tenant alike).")
+    tenant_overrides: dict[str, TenantLimitsConfig] = Field(default_factory=dict, max_length=4096, description="Limits of named tenants instead of `tenant_limits` (e.g. a larger plan); a tenant not listed gets `tenant_limits`.")
+
+    @property
+    def keyed(self) -> bool:
+        return self.keys_file is not None
 
 
 class ScalingConfig(Strict):
@@ -124,6 +171,7 @@ class AppConfig(Strict):
     stats_report_period_s: float = Field(2.0, gt=0, le=60, description="How often a replica pushes engine stats for /metrics and readiness.")
     session_log: SessionLogConfig = Field(default_factory=SessionLogConfig, description="Durable log of sessions and turns.")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request and replica limits.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys, tenants and exposure rules.")
     kv_transfer_max_mb: float = Field(1024.0, ge=0, le=1 << 24, description="KV bytes a draining replica may hand over through the object store (engines that match import it; others rebuild). 0: always rebuild.")
 
     @property

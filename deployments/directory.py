@@ -246,6 +246,16 @@ class SessionDirectory:
         """Committed turns of ``sid`` from the log itself (the exactly-once audit)."""
         return [t.to_dict() for t in await asyncio.to_thread(self._log.turns, sid, after_seq, limit)]
 
+    def unowned(self, rid: str, sids: list[str]) -> list[str]:
+        """Those of ``sids`` (copies ``rid`` holds) that are deleted or owned by
+        another replica; a session with no owner (handed back) may still come to ``rid``."""
+        out = []
+        for sid in sids:
+            entry = self._entries.get(sid)
+            if entry is None or entry.owner not in (None, rid):
+                out.append(sid)
+        return out
+
     def owners(self) -> dict[str, int]:
         """Replica id -> sessions it owns (balance metrics)."""
         return {rid: len(s) for rid, s in self._owned.items() if s}
@@ -257,18 +267,20 @@ class SessionDirectory:
         return {**self._writer.stats.to_dict(), "loaded_at_start": self.loaded, "sessions": len(self._entries), "pid": os.getpid()}
 
     # ---- id-less conversations -------------------------------------------------
-    def resolve_history(self, opening: str, prefix_digest: str | None) -> tuple[str, bool]:
+    def resolve_history(self, opening: str, prefix_digest: str | None, scope: str = "") -> tuple[str, bool]:
         """``(session id, continues)``. Continues when ``prefix_digest`` is exactly
-        what a session has seen; otherwise reserves a fresh id derived from the
-        opening messages (``conv-<opening>``, then ``-2``, ``-3``... on clashes)."""
+        what a session has seen (digests are tenant-seeded: tenants.history_seed);
+        otherwise reserves a fresh id derived from the opening messages
+        (``<scope>conv-<opening>``, then ``-2``, ``-3``... on clashes; ``scope``
+        is the tenant's id prefix, tenants.scoped(tenant, ""))."""
         if prefix_digest is not None:
             sid = self._by_digest.get(prefix_digest)
-            if sid is not None and sid in self._entries:
+            if sid is not None and sid in self._entries and sid.startswith(scope):
                 return sid, True
-        sid, n = f"conv-{opening}", 1
+        sid, n = f"{scope}conv-{opening}", 1
         while sid in self._entries:
             n += 1
-            sid = f"conv-{opening}-{n}"
+            sid = f"{scope}conv-{opening}-{n}"
         self._entries[sid] = Entry(owner=None)
         return sid, False
 

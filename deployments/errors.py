@@ -8,6 +8,7 @@ so the mapping is by class, never by message text.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from fastapi.responses import JSONResponse
@@ -52,6 +53,20 @@ class TurnTimeoutError(Exception):
     """The turn ran past ``limits.request_timeout_s``; it was rolled back (504)."""
 
 
+class AuthenticationError(Exception):
+    """No API key, or not an active one (401). One message for wrong, unknown and
+    revoked keys: the answer says nothing about which keys exist."""
+
+
+class TenantLimitError(Exception):
+    """The tenant is past its concurrency or rate limit (429); ``retry_after_s``
+    says when the bucket holds enough again."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 @dataclass(frozen=True)
 class ErrorKind:
     status: int
@@ -71,6 +86,8 @@ ERROR_TABLE: tuple[tuple[type[BaseException], ErrorKind], ...] = (
     (SessionNotFoundError, ErrorKind(404, "invalid_request_error", "session_not_found")),
     (SessionBusyError, ErrorKind(409, "invalid_request_error", "session_busy")),
     (TurnNotCommittedError, ErrorKind(409, "invalid_request_error", "turn_not_committed")),
+    (AuthenticationError, ErrorKind(401, "invalid_request_error", "invalid_api_key")),
+    (TenantLimitError, ErrorKind(429, "rate_limit_error", "rate_limit_exceeded", retry_after_s=1)),
     (CapacityError, ErrorKind(429, "rate_limit_error", "no_capacity", retry_after_s=1)),
     (BackPressureError, ErrorKind(429, "rate_limit_error", "queue_full", retry_after_s=1)),
     (ServiceStartingError, ErrorKind(503, "service_unavailable", "starting", retry_after_s=5)),
@@ -113,6 +130,6 @@ def error_body(exc: BaseException) -> tuple[ErrorKind, dict]:
 def error_response(exc: BaseException, headers: dict[str, str] | None = None) -> JSONResponse:
     kind, body = error_body(exc)
     h = dict(headers or {})
-    if kind.retry_after_s is not None:
-        h["Retry-After"] = str(kind.retry_after_s)
+    if kind.retry_after_s is not None:  # an exception may know better (a token bucket's refill time)
+        h["Retry-After"] = str(max(kind.retry_after_s, math.ceil(getattr(unwrap(exc), "retry_after_s", 0))))
     return JSONResponse(body, status_code=kind.status, headers=h)

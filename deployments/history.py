@@ -29,9 +29,10 @@ def chain(digest: str, message: dict) -> str:
 EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()
 
 
-def prefix_digests(messages: list[dict]) -> list[str]:
-    """``[d_0, d_1, ..., d_n]`` for ``n`` messages."""
-    out = [EMPTY_DIGEST]
+def prefix_digests(messages: list[dict], seed: str = EMPTY_DIGEST) -> list[str]:
+    """``[d_0, d_1, ..., d_n]`` for ``n`` messages; ``d_0 = seed`` (a tenant's own:
+    tenants.history_seed)."""
+    out = [seed]
     for m in messages:
         out.append(chain(out[-1], m))
     return out
@@ -64,8 +65,8 @@ class HistoryView:
     full_digest: str
 
     @classmethod
-    def of(cls, messages: list[dict]) -> "HistoryView":
-        digests = prefix_digests(messages)
+    def of(cls, messages: list[dict], seed: str = EMPTY_DIGEST) -> "HistoryView":
+        digests = prefix_digests(messages, seed)
         split = 0
         for i, m in enumerate(messages):
             if m["role"] == "assistant":

@@ -20,6 +20,11 @@ the session's last committed turn gets that turn's reply again (``"cache":
 are capped (``limits``, see ``request_limits.py``).
 
 Every chat and session response carries ``x-session-id`` and ``x-replica-id``.
+
+With API keys (``auth.keys_file``) every ``/v1`` route needs ``Authorization:
+Bearer <key>`` (``auth.py``); the key's tenant scopes every session id, history
+digest and idempotency key the request touches (``tenants.py``), and its limits
+apply (``tenant_limits.py``). Clients see only their own, unscoped ids.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import asyncio
 import importlib.metadata
 import re
 import time
+from dataclasses import replace
 
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
@@ -35,14 +41,18 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray.exceptions import ActorDiedError, ActorUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from deployments.api_keys import KeyRing
+from deployments.auth import KeyCheck, tenant_of
 from deployments.completion import Turn
 from deployments.config import AppConfig
 from deployments.directory import directory_handle, directory_spec
-from deployments.errors import ModelNotFoundError, ServiceStartingError, error_response
+from deployments.errors import ModelNotFoundError, ServiceStartingError, error_response, unwrap
 from deployments.history import HistoryView
 from deployments.metrics import ServiceMetrics
 from deployments.openai_schema import SESSION_ID_PATTERN, ChatCompletionRequest
 from deployments.request_limits import Deadline, read_body
+from deployments.tenant_limits import TenantLimiter
+from deployments.tenants import client_id, history_seed, scoped
 from swiftinfer_core.errors import EngineClosedError, InvalidRequestError, SessionNotFoundError
 
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
@@ -61,6 +71,9 @@ class Ingress:
         self._ready_until = 0.0
         self._created = int(time.time())
         self._server_info = server_info(self._cfg)
+        auth = self._cfg.auth  # keys and tenants: auth.py, tenants.py
+        self._keys = KeyRing(auth.keys_file, auth.reload_period_s) if auth.keyed else None
+        self._tenant_limits = TenantLimiter(auth.tenant_limits, auth.tenant_overrides)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = FastAPI(title="SwiftInfer Serve", docs_url=None, redoc_url=None)
@@ -73,6 +86,7 @@ class Ingress:
         app.add_api_route("/healthz", self.healthz, methods=["GET"])
         app.add_api_route("/metrics", self.metrics, methods=["GET"])
         app.openapi = lambda: _openapi(app)
+        app.add_middleware(KeyCheck, ring=self._keys, metrics_keyed=self._cfg.auth.metrics_require_key)
         return app
 
     # ---- readiness -------------------------------------------------------------------
@@ -90,19 +104,20 @@ class Ingress:
         self._ready_until = time.monotonic() + READY_CACHE_S
 
     # ---- chat ------------------------------------------------------------------------
-    async def _resolve_session(self, req: ChatCompletionRequest, messages: list[dict], header_sid: str | None) -> tuple[str, list[dict], str | None]:
-        """``(session id, messages for the engine, history digest base)``."""
+    async def _resolve_session(self, req: ChatCompletionRequest, messages: list[dict], header_sid: str | None,
+                               tenant: str | None) -> tuple[str, list[dict], str | None]:
+        """``(scoped session id, messages for the engine, history digest base)``, all in ``tenant``'s namespace."""
         if header_sid is not None and not _SESSION_ID.match(header_sid):
             raise InvalidRequestError("X-Session-ID must be 1-128 characters of [A-Za-z0-9_.:-]")
         if req.session_id and header_sid and req.session_id != header_sid:
             raise InvalidRequestError("session_id in the body and X-Session-ID header differ")
         explicit = req.session_id or header_sid
         if explicit:
-            return explicit, messages, None
-        view = HistoryView.of(messages)
+            return scoped(tenant, explicit), messages, None
+        view = HistoryView.of(messages, history_seed(tenant))
         if view.split == len(messages):
             raise InvalidRequestError("the last message is the assistant's: nothing to answer")
-        sid, continues = await self._directory.resolve_history.remote(view.opening, view.prefix_digest)
+        sid, continues = await self._directory.resolve_history.remote(view.opening, view.prefix_digest, scoped(tenant, ""))
         return sid, (messages[view.split :] if continues else messages), view.full_digest
 
     def _turn_key(self, request: Request) -> str | None:
@@ -115,7 +130,8 @@ class Ingress:
         t0 = time.perf_counter()
         limits = self._cfg.limits
         deadline = time.monotonic() + limits.request_timeout_s
-        sid, replica, gen, streaming = "", NO_REPLICA, None, False
+        sid, replica, gen, streaming, ticket = "", NO_REPLICA, None, False, None
+        tenant = tenant_of(request)
         self._metrics.in_flight.inc()
         try:
             req = ChatCompletionRequest.parse(await read_body(request, limits.max_body_bytes, limits.body_timeout_s))
@@ -126,28 +142,32 @@ class Ingress:
             if params.max_tokens > limits.max_output_tokens:
                 raise InvalidRequestError(f"max_tokens is {params.max_tokens}; this server allows at most {limits.max_output_tokens}")
             turn_key = self._turn_key(request)
+            ticket = self._tenant_limits.acquire(tenant, params.max_tokens)  # 429 past the tenant's limits
             await self._ensure_ready()
-            sid, new_messages, history_base = await self._resolve_session(req, messages, request.headers.get("x-session-id"))
-            gen, events, start = await self._start_turn(sid, new_messages, params, history_base, turn_key, deadline)
+            scoped_sid, new_messages, history_base = await self._resolve_session(req, messages, request.headers.get("x-session-id"), tenant)
+            sid = client_id(tenant, scoped_sid)
+            gen, events, start = await self._start_turn(scoped_sid, new_messages, params, history_base, turn_key, deadline)
             replica = start.replica_id
-            turn = Turn(self._cfg.model_id, start, events, self._metrics, t0, time.perf_counter())
+            turn = Turn(self._cfg.model_id, replace(start, session_id=sid), ticket.meter(events), self._metrics, t0, time.perf_counter())
             headers = {"x-session-id": sid, "x-replica-id": replica}
             self._metrics.requests.labels(status="200").inc()
             if req.stream:
                 streaming = True  # from here the stream's guard owns the in-flight count
-                return StreamingResponse(self._guard(turn.stream(), gen), media_type="text/event-stream", headers=headers)
+                return StreamingResponse(self._guard(turn.stream(), gen, ticket), media_type="text/event-stream", headers=headers)
             return JSONResponse(await turn.collect(), headers=headers)
         except BaseException as exc:
             if gen is not None:
                 gen.cancel()
             if not isinstance(exc, Exception):  # cancellation (client gone): nothing to answer
                 raise
-            resp = error_response(exc, {"x-session-id": sid, "x-replica-id": replica})
+            resp = error_response(_unscoped(exc, tenant, sid), {"x-session-id": sid, "x-replica-id": replica})
             self._metrics.requests.labels(status=str(resp.status_code)).inc()
             return resp
         finally:
             if not streaming:
                 self._metrics.in_flight.dec()
+                if ticket is not None:
+                    ticket.finish()
 
     async def _start_turn(self, sid, messages, params, history_base, turn_key, deadline):
         """(generator, deadline-bounded events, TurnStart). Before its first token a
@@ -170,13 +190,14 @@ class Ingress:
                 await asyncio.sleep(pause)
                 pause = min(2 * pause, 2.0)
 
-    async def _guard(self, body, gen):
-        """Ends the stream's in-flight count; cancels the replica's turn if the client leaves."""
+    async def _guard(self, body, gen, ticket):
+        """Ends the stream's in-flight count and tenant ticket; cancels the replica's turn if the client leaves."""
         try:
             async for part in body:
                 yield part
         finally:
             self._metrics.in_flight.dec()
+            ticket.finish()
             gen.cancel()
 
     # ---- sessions --------------------------------------------------------------------
@@ -185,13 +206,15 @@ class Ingress:
         if not _SESSION_ID.match(session_id):
             raise InvalidRequestError("session id must be 1-128 characters of [A-Za-z0-9_.:-]")
 
-    async def get_session(self, session_id: str) -> Response:
+    async def get_session(self, session_id: str, request: Request) -> Response:
         try:
             self._check_sid(session_id)
-            info = await self._llm.options(session_id=session_id).session_info.remote(session_id)
+            sid = scoped(tenant_of(request), session_id)
+            info = await self._llm.options(session_id=sid).session_info.remote(sid)
         except Exception as exc:
-            return error_response(exc, {"x-session-id": _echo(session_id), "x-replica-id": NO_REPLICA})
-        info["id"] = info.pop("session_id", session_id)
+            return error_response(_as_client(exc, session_id), {"x-session-id": _echo(session_id), "x-replica-id": NO_REPLICA})
+        info.pop("session_id", None)
+        info["id"] = session_id
         info["object"] = "session"
         return JSONResponse(info, headers={"x-session-id": _echo(session_id), "x-replica-id": info["replica"] or NO_REPLICA})
 
@@ -200,22 +223,26 @@ class Ingress:
         headers = {"x-session-id": _echo(session_id), "x-replica-id": NO_REPLICA}
         try:
             self._check_sid(session_id)
+            sid = scoped(tenant_of(request), session_id)
             after, limit = (_query_int(request, name, default, hi) for name, default, hi in (("after", 0, 1 << 62), ("limit", 100, MAX_TURNS_PAGE)))
-            if await self._directory.describe.remote(session_id) is None:
+            if await self._directory.describe.remote(sid) is None:
                 raise SessionNotFoundError(f"no session {session_id!r}")
-            turns = await self._directory.turns.remote(session_id, after, limit)
+            turns = await self._directory.turns.remote(sid, after, limit)
         except Exception as exc:
-            return error_response(exc, headers)
+            return error_response(_as_client(exc, session_id), headers)
+        for t in turns:
+            t["session_id"] = session_id
         return JSONResponse({"object": "list", "session_id": session_id, "data": turns}, headers=headers)
 
-    async def delete_session(self, session_id: str) -> Response:
+    async def delete_session(self, session_id: str, request: Request) -> Response:
         headers = {"x-session-id": _echo(session_id), "x-replica-id": NO_REPLICA}
         try:
             self._check_sid(session_id)
-            if not await self._llm.options(session_id=session_id).close_session.remote(session_id):
+            sid = scoped(tenant_of(request), session_id)
+            if not await self._llm.options(session_id=sid).close_session.remote(sid):
                 raise SessionNotFoundError(f"no session {session_id!r}")
         except Exception as exc:
-            return error_response(exc, headers)
+            return error_response(_as_client(exc, session_id), headers)
         return JSONResponse({"id": session_id, "object": "session.deleted", "deleted": True}, headers=headers)
 
     # ---- service ---------------------------------------------------------------------
@@ -233,6 +260,25 @@ class Ingress:
         live = await self._live_replicas()
         self._metrics.set_pool(live, await self._directory.num_sessions.remote())
         return Response(self._metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _as_client(exc: BaseException, session_id: str) -> BaseException:
+    """A session-not-found error worded with the client's id, never the scoped one:
+    another tenant's id and an unknown id get the very same body."""
+    return SessionNotFoundError(f"no session {session_id!r}") if isinstance(unwrap(exc), SessionNotFoundError) else exc
+
+
+def _unscoped(exc: BaseException, tenant: str | None, sid: str) -> BaseException:
+    """The replica's error with the client's id in its message instead of the scoped
+    one (409 busy, not committed): clients never see ``<tenant>:<id>``."""
+    inner = unwrap(exc)
+    scoped_sid = scoped(tenant, sid)
+    if tenant is None or not sid or repr(scoped_sid) not in str(inner):
+        return exc
+    try:
+        return type(inner)(str(inner).replace(repr(scoped_sid), repr(sid)))
+    except Exception:  # an exception type that does not take one message: keep it as it is
+        return exc
 
 
 def _echo(session_id: str) -> str:

@@ -16,6 +16,8 @@ without a commit:
   used beyond ``max_sessions_per_replica``, leave the engine (slot and ids);
   their next turn rebuilds from the record.
 - ``snapshots``: pickled KV of idle resident sessions for a drain.
+- ``drop_unowned``: copies of sessions deleted elsewhere or owned by another
+  replica leave the engine (erasure reaches every replica).
 
 Closing a local copy and a turn of the same session exclude each other
 (``guard``/``wait``): a turn never starts on a copy that is being dropped.
@@ -120,6 +122,18 @@ class LocalSessions:
             return False
         self._engine.close_session(sid)
         return True
+
+    async def drop_unowned(self, directory, rid: str, busy: set[str]) -> list[str]:
+        """Close copies the directory no longer gives this replica (``rid``): the
+        session was deleted (DELETE reaches only the owner; this is how every
+        other replica lets go, within one eviction period) or another replica
+        owns it now. Busy sessions stay. Returns their ids."""
+        held = [sid for sid in await asyncio.to_thread(self._engine.session_ids) if sid not in busy]
+        dropped = []
+        for sid in await directory.unowned.remote(rid, held) if held else []:
+            if sid not in busy and await self.close(sid):  # a turn started meanwhile: keep it
+                dropped.append(sid)
+        return dropped
 
     async def evict_idle(self, last_turn: dict[str, float], busy: set[str]) -> list[str]:
         """Close copies idle past the TTL, then the least recently used while the

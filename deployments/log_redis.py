@@ -7,6 +7,10 @@ sequence and turn-key checks and its writes are atomic; a batch is one
 MULTI/EXEC pipeline (one round trip), whose per-command results say which
 operations were refused. Durability is Redis' own: run it with
 ``appendonly yes`` (``appendfsync always`` to survive power loss).
+
+Credentials: an ACL user and a password file (never the password in the
+config or URL); ``rediss://`` turns on TLS, with a CA bundle and an optional
+client certificate (``connection_options``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import redis
@@ -54,9 +59,29 @@ return 1
 LOAD_CHUNK = 500
 
 
+def connection_options(config: SessionLogConfig) -> dict:
+    """Credentials and TLS settings for ``redis.Redis.from_url`` (the password is
+    read from its file here, in the directory's process, and kept nowhere else)."""
+    opts: dict = {}
+    if config.redis_username:
+        opts["username"] = config.redis_username
+    if config.redis_password_file:
+        lines = Path(config.redis_password_file).expanduser().read_text(encoding="utf-8").splitlines()
+        opts["password"] = lines[0] if lines else ""
+    if config.redis_url.startswith("rediss://"):
+        opts["ssl_cert_reqs"] = "required" if config.redis_tls_verify else "none"
+        opts["ssl_check_hostname"] = config.redis_tls_verify
+        for opt, path in (("ssl_ca_certs", config.redis_tls_ca_file), ("ssl_certfile", config.redis_tls_cert_file),
+                          ("ssl_keyfile", config.redis_tls_key_file)):
+            if path:
+                opts[opt] = str(Path(path).expanduser())
+    return opts
+
+
 class RedisSessionLog:
     def __init__(self, config: SessionLogConfig, namespace: str):
-        self._r = redis.Redis.from_url(config.redis_url, decode_responses=True, socket_timeout=30, socket_connect_timeout=10)
+        self._r = redis.Redis.from_url(config.redis_url, decode_responses=True, socket_timeout=30, socket_connect_timeout=10,
+                                       **connection_options(config))
         self._r.ping()  # fail at start-up, not at the first commit
         self._p = f"swiftinfer:{namespace}:"
         self._commit = self._r.register_script(_COMMIT)

@@ -5,6 +5,10 @@ directory runs log calls in worker threads). A batch is one ``BEGIN IMMEDIATE``
 ... ``COMMIT``, so one fsync (``synchronous=FULL``) covers every turn in it;
 each operation runs inside its own savepoint, so a refused one is rolled back
 alone.
+
+Erasure (DELETE /v1/sessions/{id}): ``secure_delete`` overwrites the freed
+pages with zeros, and a batch that deleted something ends with a truncating WAL
+checkpoint, so neither the database file nor its WAL keeps the old rows' bytes.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class SqliteSessionLog:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={config.sqlite_synchronous.value}")
+        self._db.execute("PRAGMA secure_delete=ON")  # a deleted conversation leaves no bytes in free pages
         self._db.executescript(SCHEMA)
 
     # ---- writes ----------------------------------------------------------------
@@ -78,6 +83,8 @@ class SqliteSessionLog:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            if any(isinstance(op, DeleteOp) for op in ops):  # the WAL still holds the deleted rows' old pages
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return results
 
     @functools.singledispatchmethod

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from swiftinfer_core.config import SamplingParams
 from swiftinfer_core.errors import InvalidRequestError
 
-SESSION_ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"  # what the engine accepts
+SESSION_ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"  # a client's id (the engine takes tenant-scoped ones, up to 256)
 
 
 class _Strict(BaseModel):

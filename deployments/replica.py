@@ -42,6 +42,7 @@ from deployments.history import chain
 from deployments.local_sessions import CacheState, LocalSessions
 from deployments.pacing import paced
 from deployments.session_log import LastTurn
+from deployments.tenants import check_tenant, scoped
 from deployments.turn_timing import Stopwatch, TurnTimer
 from swiftinfer_core.config import SamplingParams
 from swiftinfer_core.engine import faults
@@ -147,9 +148,13 @@ class LLMReplica:
                 self._busy.discard(session_id)
                 self._last_turn[session_id] = time.time()
 
-    async def chat(self, session_id: str, messages: list[dict], sampling: dict | SamplingParams) -> AsyncIterator[StreamChunk]:
-        """Handle API: ``handle.chat.options(stream=True).remote(session_id, messages, sampling)``."""
-        async for item in self.chat_events(session_id, messages, sampling):
+    async def chat(self, session_id: str, messages: list[dict], sampling: dict | SamplingParams,
+                   tenant: str | None = None) -> AsyncIterator[StreamChunk]:
+        """Handle API: ``handle.options(session_id=scoped(tenant, sid), stream=True).chat.remote(sid, messages,
+        sampling, tenant=tenant)``. ``tenant`` is required when the service has API keys (tenants.py);
+        the router option carries the scoped id so the owner is found."""
+        sid = scoped(check_tenant(tenant, self._cfg.auth.keyed), session_id)
+        async for item in self.chat_events(sid, messages, sampling):
             if isinstance(item, StreamChunk):
                 yield item
 
@@ -282,6 +287,8 @@ class LLMReplica:
             await asyncio.sleep(period)
             try:
                 for sid in await self._local.evict_idle(self._last_turn, self._busy):
+                    self._last_turn.pop(sid, None)
+                for sid in await self._local.drop_unowned(self._directory, self._id, self._busy):  # deleted or moved
                     self._last_turn.pop(sid, None)
                 held = set(await asyncio.to_thread(self._engine.session_ids)) | self._busy
                 horizon = time.time() - self._cfg.scaling.active_window_s

@@ -44,7 +44,7 @@ from swiftinfer_core.model.fetch import resolve_model
 from swiftinfer_core.protocol import EngineStats, SessionRecord, SessionStats, SessionView, StreamChunk, Usage
 
 log = logging.getLogger(__name__)
-SESSION_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")  # the native engine's rule
+SESSION_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,256}$")  # the native engine's rule
 
 
 def check_gpus(tp_size: int, visible: int) -> None:
@@ -107,7 +107,7 @@ class TrtllmEngine:
         if self._closed:
             raise EngineClosedError("the engine is shut down")
         if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
-            raise InvalidRequestError("session_id must be 1-128 characters of [A-Za-z0-9_.:-]")
+            raise InvalidRequestError("session_id must be 1-256 characters of [A-Za-z0-9_.:-]")
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError("params must be a SamplingParams")
         messages = validate_messages(messages)

@@ -1,11 +1,11 @@
-"""``swiftinfer``: chat in a terminal, evaluate streaming perplexity, fetch the default model."""
+"""``swiftinfer``: chat in a terminal, evaluate streaming perplexity, fetch the default model, manage API keys."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from swiftinfer_core.cli import chat, eval_ppl
+from swiftinfer_core.cli import chat, eval_ppl, keys
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,6 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     chat.add_parser(sub)
     eval_ppl.add_parser(sub)
+    keys.add_parser(sub)
     fetch = sub.add_parser("fetch-model", help="fetch and convert the default model once; print its folder")
     fetch.set_defaults(func=_fetch)
     args = parser.parse_args(argv)

@@ -31,7 +31,7 @@ from swiftinfer_core.model.setup import LoadedModel
 from swiftinfer_core.protocol import EngineStats, KVSnapshot, SessionRecord, SessionStats, SessionView, StreamChunk, Usage
 
 log = logging.getLogger(__name__)
-_SESSION_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+_SESSION_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,256}$")  # 256: room for tenant-scoped ids (deployments/tenants.py)
 
 
 def derive_seed(*parts: object) -> int:
@@ -68,7 +68,7 @@ class EngineCore:
 
     def add_turn(self, session_id: str, messages: list[dict], params: SamplingParams) -> Turn:
         if not isinstance(session_id, str) or not _SESSION_ID.match(session_id):
-            raise InvalidRequestError("session_id must be 1-128 characters of [A-Za-z0-9_.:-]")
+            raise InvalidRequestError("session_id must be 1-256 characters of [A-Za-z0-9_.:-]")
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError("params must be a SamplingParams")
         messages = validate_messages(messages)

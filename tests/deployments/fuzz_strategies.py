@@ -158,3 +158,20 @@ def valid_request(draw, model_id: str) -> dict:
     for name in draw(st.lists(st.sampled_from(sorted(optional)), unique=True, max_size=6)):
         body[name] = draw(optional[name])
     return body
+
+
+def authorization(key: str) -> st.SearchStrategy:
+    """None (the client's default header: the valid key), or hostile ``Authorization``
+    headers as a list of values: empty, other schemes, near-misses of the key, huge,
+    non-ASCII, arbitrary bytes, and many at once (the valid key among them too)."""
+    k = key.encode()
+    one = st.one_of(
+        st.sampled_from([b"", b" ", b"Bearer", b"Bearer ", b"Bearer  " + k, b"bearer " + k, b"Basic " + k, k,
+                         b"Bearer " + k + b"x", b"Bearer " + k[:-1], b"Bearer " + k + b" extra", b"Bearer\t" + k]),
+        st.integers(1 << 8, 1 << 16).map(lambda n: b"Bearer " + b"A" * n),
+        st.lists(st.integers(0x80, 0xFF), min_size=1, max_size=64).map(lambda o: b"Bearer " + bytes(o)),
+        st.lists(st.integers(0x80, 0xFF), min_size=1, max_size=64).map(lambda o: b"Bearer " + k + bytes(o)),
+        header_values().filter(bool),
+    )
+    many = st.lists(st.one_of(one, st.just(b"Bearer " + k)), min_size=2, max_size=64)
+    return st.one_of(st.none(), st.none(), st.none(), one.map(lambda v: [v]), many)

@@ -13,6 +13,11 @@
   the ingress or an engine. Meanwhile a normal conversation goes on.
 - Afterwards the engine has no running or waiting request and a conversation
   still works (warm on its second turn).
+
+The service runs with API keys (issue 13): the clients send a valid key by
+default, and about 2 in 5 requests carry hostile ``Authorization`` headers
+instead (empty, huge, non-ASCII, other schemes, near-misses, dozens at once).
+Those get 401 (or the proxy's 400 for a header it cannot parse), never a 5xx.
 """
 
 from __future__ import annotations
@@ -31,28 +36,33 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ray import serve
 
-from fuzz_strategies import control_spellings, edge_text, header_values, raw_bytes, request_body, valid_request
+from fuzz_strategies import authorization, control_spellings, edge_text, header_values, raw_bytes, request_body, valid_request
 from serve_helpers import MODEL_ID, app_config, deploy, wait_for
 
 LIMITS = {"max_body_bytes": 1 << 20, "body_timeout_s": 2.0, "request_timeout_s": 60.0, "max_output_tokens": 4}
 FUZZ = settings(deadline=None, derandomize=True, database=None, print_blob=True,
                 suppress_health_check=list(HealthCheck))
 STATUSES: Counter = Counter()
+TENANT = "fuzz"  # the key's tenant: the directory knows sessions as "fuzz:<client id>"
 
 
 @pytest.fixture(scope="module")
-def target(cluster):
+def target(cluster, tmp_path_factory):
+    from deployments.api_keys import add_key
     from deployments.app import parse_config
     from deployments.ingress import Ingress
 
-    config = app_config("fuzz-sessions", limits=LIMITS, default_max_tokens=2, stats_report_period_s=0.5)
+    keyfile = tmp_path_factory.mktemp("fuzz-keys") / "keys.json"
+    key = add_key(keyfile, "fuzzer", TENANT)
+    config = app_config("fuzz-sessions", limits=LIMITS, default_max_tokens=2, stats_report_period_s=0.5, auth={"keys_file": str(keyfile)})
     prefix = deploy("fuzz", config)
     ingress = Ingress(serve.get_deployment_handle("LLMReplica", app_name="fuzz"), parse_config(config).model_dump(mode="json"))
     app = ingress.__serve_build_asgi_app__()
     loop = asyncio.new_event_loop()
-    local = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://in-process", timeout=120)
-    with httpx.Client(base_url=f"{cluster}{prefix}", timeout=120) as remote:
-        yield {"loop": loop, "local": local, "remote": remote, "app": app, "ingress": ingress, "prefix": prefix, "url": cluster}
+    auth = {"authorization": f"Bearer {key}"}
+    local = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://in-process", timeout=120, headers=auth)
+    with httpx.Client(base_url=f"{cluster}{prefix}", timeout=120, headers=auth) as remote:
+        yield {"loop": loop, "local": local, "remote": remote, "app": app, "ingress": ingress, "prefix": prefix, "url": cluster, "key": key}
     loop.run_until_complete(local.aclose())
     loop.close()
     serve.delete("fuzz")
@@ -72,7 +82,7 @@ def _old_key_refused(resp: httpx.Response, key, errors: list[str]) -> bool:
         return False
     key = key.decode("latin-1") if isinstance(key, bytes) else key
     directory = ray.get_actor("fuzz-sessions", namespace="swiftinfer")
-    turns = ray.get(directory.turns.remote(resp.headers["x-session-id"], 0, 1 << 20))
+    turns = ray.get(directory.turns.remote(f"{TENANT}:{resp.headers['x-session-id']}", 0, 1 << 20))
     return any(t["turn_key"] == key for t in turns)
 
 
@@ -95,13 +105,14 @@ def _encode(body, ascii_only: bool) -> bytes:
     return json.dumps(body, ensure_ascii=ascii_only).encode("utf-8", errors="surrogatepass")
 
 
-def _headers(session_header, key, content_type) -> dict:
-    h = {"content-type": content_type}
+def _headers(session_header, key, content_type, auth: list[bytes] | None = None) -> list[tuple]:
+    """Header list (repeats allowed); ``auth`` replaces the client's valid key when given."""
+    h = [("content-type", content_type)]
     if session_header is not None:
-        h["x-session-id"] = session_header
+        h.append(("x-session-id", session_header))
     if key is not None:
-        h["idempotency-key"] = key
-    return h
+        h.append(("idempotency-key", key))
+    return h + [("authorization", v) for v in auth or []]
 
 
 def _bodies(target):
@@ -116,13 +127,14 @@ def test_fuzz_bulk_in_process(target):
     content_types = st.sampled_from(["application/json", "text/plain", "application/json; charset=latin-1", ""])
 
     @settings(FUZZ, max_examples=2200)
-    @given(body=_bodies(target), sid=header_values(), key=header_values(), ctype=content_types)
-    def case(body, sid, key, ctype):
-        resp = loop.run_until_complete(client.post("/v1/chat/completions", content=body, headers=_headers(sid, key, ctype)))
-        _check(resp, body[:300], key=key)
+    @given(body=_bodies(target), sid=header_values(), key=header_values(), ctype=content_types, auth=authorization(target["key"]))
+    def case(body, sid, key, ctype, auth):
+        resp = loop.run_until_complete(client.post("/v1/chat/completions", content=body, headers=_headers(sid, key, ctype, auth)))
+        _check(resp, (body[:300], auth and [a[:80] for a in auth[:4]]), key=key)
 
     case()
-    assert STATUSES[400] > 1000 and STATUSES[200] > 100, STATUSES  # mostly refused, and deep enough to run many turns
+    # mostly refused (400; 401 for hostile keys), and deep enough to run many turns
+    assert STATUSES[400] > 800 and STATUSES[401] > 300 and STATUSES[200] > 100, STATUSES
 
 
 def test_fuzz_through_the_serve_proxy(target):
@@ -135,17 +147,19 @@ def test_fuzz_through_the_serve_proxy(target):
     })
 
     @settings(FUZZ, max_examples=250)
-    @given(body=_bodies(target), sid=header_values(), key=header_values(), extra=ray_headers)
-    def chat_case(body, sid, key, extra):
-        resp = client.post("/v1/chat/completions", content=body, headers={**_headers(sid, key, "application/json"), **extra})
-        _check(resp, body[:300], key=key)
+    @given(body=_bodies(target), sid=header_values(), key=header_values(), extra=ray_headers, auth=authorization(target["key"]))
+    def chat_case(body, sid, key, extra, auth):
+        auth = auth and [v.strip() for v in auth]  # a client (h11) sends no value with blanks at its ends
+        resp = client.post("/v1/chat/completions", content=body, headers=_headers(sid, key, "application/json", auth) + list(extra.items()))
+        _check(resp, (body[:300], auth and [a[:80] for a in auth[:4]]), key=key)
 
     @settings(FUZZ, max_examples=120)
     @given(sid=edge_text, method=st.sampled_from(["GET", "DELETE"]), turns=st.booleans(),
-           query=st.dictionaries(st.sampled_from(["after", "limit", "x"]), st.sampled_from(["-1", "0", "1", "999999999999999999999", "a", ""])))
-    def session_case(sid, method, turns, query):
+           query=st.dictionaries(st.sampled_from(["after", "limit", "x"]), st.sampled_from(["-1", "0", "1", "999999999999999999999", "a", ""])),
+           auth=authorization(target["key"]))
+    def session_case(sid, method, turns, query, auth):
         path = "/v1/sessions/" + quote(sid.encode("utf-8", errors="surrogatepass"), safe="") + ("/turns" if turns else "")
-        resp = client.request("GET" if turns else method, path, params=query)
+        resp = client.request("GET" if turns else method, path, params=query, headers=[("authorization", v.strip()) for v in auth or []])
         _check(resp, (method, path, query), chat=False)
 
     chat_case()
@@ -154,6 +168,26 @@ def test_fuzz_through_the_serve_proxy(target):
     for name in ("x-session-id", "serve_multiplexed_model_id", "x-request-id"):
         resp = client.post("/v1/chat/completions", json={"model": MODEL_ID}, headers={name: b"\x80\xff"})
         assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_header", (name, resp.text)
+
+
+def test_fuzz_hostile_authorization_headers_through_the_proxy(target):
+    """The extremes, each on every keyed route, through the real proxy: 401 (or the
+    proxy's own 4xx for a header it will not parse), never a 5xx, never a turn."""
+    key = target["key"].encode()
+    hostile = {
+        "empty": [b""], "scheme only": [b"Bearer"], "huge 64 KiB": [b"Bearer " + b"A" * (1 << 16)],
+        "huge 1 MiB": [b"Bearer " + b"A" * (1 << 20)], "non-ASCII": [b"Bearer \xc3\xa9\xff\x80" + key],
+        "many wrong": [b"Bearer x"] * 100, "many with the valid key": [b"Bearer " + key] * 2 + [b"Bearer y"] * 50,
+    }
+    body = {"model": MODEL_ID, "session_id": "auth-fuzz", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+    for what, values in hostile.items():
+        headers = [("authorization", v) for v in values]
+        for method, path in (("POST", "/v1/chat/completions"), ("GET", "/v1/sessions/auth-fuzz"), ("GET", "/v1/models")):
+            resp = target["remote"].request(method, path, json=body if method == "POST" else None, headers=headers)
+            STATUSES[resp.status_code] += 1
+            assert 400 <= resp.status_code < 500, (what, path, resp.status_code, resp.text[:300])
+            if resp.status_code == 401:
+                assert resp.json()["error"]["code"] == "invalid_api_key", (what, resp.text)
 
 
 def test_fuzz_huge_bodies_are_refused_with_413_early(target):
@@ -187,7 +221,7 @@ def test_fuzz_slow_loris_clients_hold_no_slot(target):
     url, prefix, client = target["url"], target["prefix"], target["remote"]
     body = json.dumps({"model": MODEL_ID, "messages": [{"role": "user", "content": "slow " * 60}], "max_tokens": 2}).encode()
     head = (f"POST {prefix}/v1/chat/completions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\n\r\n").encode()
+            f"authorization: Bearer {target['key']}\r\ncontent-length: {len(body)}\r\n\r\n").encode()
     dribblers = [_raw(url, head) for _ in range(6)]  # headers complete, body byte by byte
     stallers = [_raw(url, head[:30]) for _ in range(6)]  # headers never complete
     t0 = time.time()
