@@ -71,6 +71,8 @@ class LLMReplica:
         sys.setswitchinterval(self._cfg.gil_switch_interval_ms / 1000)  # this process is the replica's own
         self._id = serve.get_replica_context().replica_id.unique_id
         self._engine = make_engine(self._cfg.backend, self._cfg.engine, self._cfg.cpu_threads, self._cfg.engine_process)
+        if isinstance(self._engine, Engine):  # ProcessEngine warms its child before it is ready
+            await asyncio.to_thread(self._engine.warm_up)
         self._local = LocalSessions(self._engine, self._cfg.limits)
         self._directory = directory_handle(directory_spec(self._cfg))
         self._busy: set[str] = set()  # sessions with a turn running here

@@ -91,6 +91,8 @@ def run_child(config: EngineConfig, cpu_threads: int, commands: Connection, even
         torch.set_num_threads(cpu_threads)
     try:
         engine = _PipeEngine(config, events)
+        with engine._api():  # ready means warm: no turn pays for kernel compilation
+            engine.core.warm_up()
     except BaseException as exc:  # bad config, model missing, out of memory: the parent raises it
         events.send(Ready(os.getpid(), portable(exc)))
         return

@@ -180,6 +180,27 @@ class EngineCore:
         if close is not None:
             close()
 
+    def warm_up(self) -> None:
+        """Compile every kernel the first real turns would (Triton compiles on first
+        use: seconds per kernel on a GPU) with two scratch conversations, one
+        decoding while the other prefills, so a mixed step runs too. Leaves no
+        session, slot or counter behind."""
+        params = SamplingParams(max_tokens=4, ignore_eos=True)
+        counters = self.tokens_generated, self.tokens_prefilled
+        ids = ["__warmup_a__", "__warmup_b__"]
+        try:
+            first = self.add_turn(ids[0], [{"role": "user", "content": "warm up"}], params)
+            while first.state is not TurnState.DECODE and first.session.turn is first:
+                self.step()
+            second = self.add_turn(ids[1], [{"role": "user", "content": "warm up " * 40}], params)
+            while self.scheduler.has_work and (first.session.turn is first or second.session.turn is second):
+                self.step()
+        finally:
+            for sid in ids:
+                if sid in self.sessions:
+                    self.close_session(sid)
+            self.tokens_generated, self.tokens_prefilled = counters
+
     # ---- the loop ----
 
     def step(self) -> list[TurnEvent]:

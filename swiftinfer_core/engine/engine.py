@@ -259,6 +259,11 @@ class Engine:
         if self._error is not None or not self._thread.is_alive():
             raise EngineClosedError(f"engine stopped: {self._error or 'step thread exited'}")
 
+    def warm_up(self) -> None:
+        """Compile the kernels before the first real turn (EngineCore.warm_up)."""
+        with self._api():
+            self.core.warm_up()
+
     def inject_device_fault(self) -> None:
         """Test-only (engine/faults.py): the next step faults on the device."""
         from swiftinfer_core.engine import faults

@@ -186,3 +186,16 @@ def test_token_ids_past_the_models_vocabulary_are_refused_not_run(shape_dir):
     with pytest.raises(InvalidRequestError, match="outside the model's vocabulary of 300"):
         core.add_turn("a", [{"role": "user", "content": "Thoroughly incomprehensible"}], SamplingParams(max_tokens=2))
     assert "a" not in core.sessions
+
+
+def test_warm_up_leaves_no_session_slot_or_count_behind(make_core):
+    core = make_core(max_sessions=1)  # the second scratch turn must take the first one's slot
+    before = core.stats()
+    core.warm_up()
+    after = core.stats()
+    assert core.sessions == {} and not core.scheduler.has_work
+    assert after == before and after.free_slots == after.total_slots == 1
+    out = core.add_turn("real", [{"role": "user", "content": "hi"}], SamplingParams(max_tokens=2))
+    while core.scheduler.has_work:
+        core.step()
+    assert out.output_ids and core.stats().tokens_generated == 2
