@@ -61,20 +61,6 @@ profile_run() {  # a longer closed loop at N with py-spy (20 s, 50 Hz) on every 
 want proc && serve_closed proc true $SIZES
 want thread && [ -n "$THREAD_SIZES" ] && serve_closed thread false $THREAD_SIZES
 
-python3 - "$OUT" "$NAME" <<'PY' | tee -a "$OUT/summary.txt"
-import json, pathlib, sys
-out, name = pathlib.Path(sys.argv[1]), sys.argv[2]
-eng = {}
-if (out / f"{name}_engine.json").exists():
-    for r in json.loads((out / f"{name}_engine.json").read_text())["rows"]:  # closed loop: one row per N
-        eng[r["N"]] = r["tok_s"]
-print(f"{'run':>14} {'N':>4} {'tok/s':>7} {'engine':>7} {'ratio':>5} {'ttft50':>6} {'ttft99':>6} {'warm50':>6} {'warm99':>6} {'tpot50':>6} {'fail':>4}")
-for f in sorted(out.glob(f"{name}_*_*.json")):
-    s = json.loads(f.read_text())["summary"]; n = s["sessions"]
-    et = eng.get(n)
-    g = lambda k, q: s[k].get(q) or float("nan")
-    print(f"{f.stem[len(name)+1:]:>14} {n:>4} {s['tokens_per_s']:>7.0f} {et or float('nan'):>7.0f} {s['tokens_per_s']/et if et else float('nan'):>5.2f} "
-          f"{g('ttft_s','p50'):>6.3f} {g('ttft_s','p99'):>6.3f} {g('ttft_warm_s','p50'):>6.3f} {g('ttft_warm_s','p99'):>6.3f} {g('tpot_s','p50')*1e3:>5.1f}m {s['turns_failed']:>4}")
-PY
+python3 bench/served_report.py "$OUT" "$NAME" --out "$OUT" | tail -8 | tee -a "$OUT/summary.txt"
 (cd "$OUT" && tar czf results.tgz --remove-files $(ls | grep -v -E '^(summary.txt|results.tgz)$'))
 echo "total $((SECONDS - T0))s"; cat "$OUT/summary.txt"
