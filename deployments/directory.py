@@ -85,6 +85,7 @@ class SessionDirectory:
         self._stats: dict[str, tuple[float, dict]] = {}  # replica id -> (time, stats)
         self._events: deque[dict] = deque(maxlen=MAX_EVENTS)  # recent moves and replica joins/leaves (cluster view)
         self._gone: set[str] = set()  # replicas already reported lost (one event each)
+        self._prev_tokens: dict[str, tuple[float, int]] = {}  # replica id -> (time, tokens_generated) of its report before the last
         for st in self._log.load_all():
             entry = self._entries[st.session_id] = Entry(
                 owner=None, record=st.record, digest=st.digest, seq=st.seq, last_turn=st.last_turn,
@@ -214,6 +215,7 @@ class SessionDirectory:
             self._entries[sid].owner = None
             self._entries[sid].moves += 1  # its next turn runs elsewhere
         self._stats.pop(rid, None)
+        self._prev_tokens.pop(rid, None)
         self._event("replica_drained", replica=rid, sessions=len(sids))
         committed = [sid for sid in sids if self._entries[sid].seq > 0]
         if committed:
@@ -297,6 +299,9 @@ class SessionDirectory:
         if rid not in self._stats:
             self._event("replica_joined", replica=rid)
         self._gone.discard(rid)
+        if rid in self._stats:  # the previous sample: the cluster view derives tokens/s from the two
+            t, old = self._stats[rid]
+            self._prev_tokens[rid] = (t, int(old.get("tokens_generated") or 0))
         self._stats[rid] = (time.time(), stats)
 
     def _event(self, kind: str, **fields) -> None:
@@ -304,7 +309,7 @@ class SessionDirectory:
 
     def cluster(self, max_age_s: float, scope: str = "", max_sessions: int = 200) -> dict:
         """The cluster view's data (deployments/playground.py): live replicas with
-        their report time, stats and owned sessions (ids starting with ``scope``,
+        their report time, stats, tokens/s between their last two reports, owned sessions (ids starting with ``scope``,
         the tenant's prefix; at most ``max_sessions`` each, newest first), and recent
         events. A replica silent past ``max_age_s`` is dropped and, once, logged lost."""
         now = time.time()
@@ -320,7 +325,11 @@ class SessionDirectory:
             mine.sort(key=lambda p: -p[1].updated)
             sessions = [{"id": sid, "seq": e.seq, "moves": e.moves, "busy": e.lease == rid, "updated": e.updated}
                         for sid, e in mine[:max_sessions]]
-            replicas[rid] = {"reported_at": t, "stats": stats, "owned": len(mine), "sessions": sessions}
+            rate = None
+            if rid in self._prev_tokens and t > self._prev_tokens[rid][0]:
+                t0, n0 = self._prev_tokens[rid]
+                rate = max(0.0, (int(stats.get("tokens_generated") or 0) - n0) / (t - t0))
+            replicas[rid] = {"reported_at": t, "stats": stats, "tokens_per_s": rate, "owned": len(mine), "sessions": sessions}
         events = [e for e in self._events if "session" not in e or e["session"].startswith(scope)]
         return {"now": now, "replicas": replicas, "events": events}
 

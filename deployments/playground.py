@@ -16,8 +16,8 @@ Routes (added to the ingress's FastAPI app by ``Playground.add_routes``):
 - ``GET /v1/cluster``: the cluster view's one JSON feed (under ``/v1``, so it
   needs a key when the service has keys; a tenant sees only its own
   conversations' ids). Replicas with their KV slots, use and owned
-  conversations, tokens/s derived from successive ``tokens_generated``
-  reports, and recent events: the directory's (moves, replicas joining,
+  conversations, tokens/s derived from each replica's last two
+  ``tokens_generated`` reports (by the directory), and recent events: the directory's (moves, replicas joining,
   draining, lost) and the LLM deployment's Serve status changes (autoscaling)
   this ingress replica observed.
 """
@@ -75,26 +75,6 @@ def find_plots(directory: Path = PLOTS_DIR) -> dict[str, dict]:
     return {p.name: {"path": p, "caption": _plot_caption(p.with_suffix(".json"))} for p in sorted(directory.glob(PLOT_GLOB))}
 
 
-class RateTracker:
-    """tokens/s per replica from the last two distinct ``tokens_generated`` reports."""
-
-    def __init__(self) -> None:
-        self._samples: dict[str, tuple[tuple[float, int], tuple[float, int]]] = {}
-
-    def update(self, rid: str, reported_at: float, tokens: int) -> float | None:
-        prev = self._samples.get(rid)
-        if prev is None:
-            self._samples[rid] = ((reported_at, tokens), (reported_at, tokens))
-        elif reported_at > prev[1][0]:
-            self._samples[rid] = (prev[1], (reported_at, tokens))
-        (t0, n0), (t1, n1) = self._samples[rid]
-        return max(0.0, (n1 - n0) / (t1 - t0)) if t1 > t0 else None
-
-    def forget_except(self, live: set[str]) -> None:
-        for rid in set(self._samples) - live:
-            del self._samples[rid]
-
-
 class Playground:
     def __init__(self, cfg: AppConfig, directory) -> None:
         self._cfg = cfg
@@ -102,7 +82,6 @@ class Playground:
         self._index = (STATIC_DIR / "index.html").read_bytes()
         self._files = {name: (STATIC_DIR / name).read_bytes() for name in FILES}
         self._plots = find_plots()
-        self._rates = RateTracker()
         self._events: deque[dict] = deque(maxlen=MAX_EVENTS)  # deployment status changes seen here
         self._status: tuple[float, dict | None] = (0.0, None)
         self._last_status_key: str | None = None
@@ -155,13 +134,12 @@ class Playground:
                 "slots": s.get("capacity"), "free_slots": s.get("free_slots"), "kv_use": s.get("kv_use"),
                 "resident": s.get("resident"), "sessions_in_memory": s.get("sessions"), "running": s.get("running"),
                 "waiting": s.get("waiting"), "draining": s.get("draining"), "tokens_generated": s.get("tokens_generated"),
-                "tokens_per_s": self._rates.update(rid, r["reported_at"], int(s.get("tokens_generated") or 0)),
+                "tokens_per_s": r["tokens_per_s"],
                 "turns": {k[len("turns_"):]: v for k, v in s.items() if k.startswith("turns_")},
                 "conversations_owned": r["owned"],
                 "conversations": [{"id": c["id"][len(scope):], "turns": c["seq"], "moves": c["moves"], "busy": c["busy"],
                                    "idle_s": round(view["now"] - c["updated"], 1)} for c in r["sessions"]],
             })
-        self._rates.forget_except(set(view["replicas"]))
         deployment = await self._deployment_status()
         events = [_unscope_event(e, scope) for e in view["events"]] + list(self._events)
         events.sort(key=lambda e: e["t"])

@@ -1,0 +1,292 @@
+"""The browser playground and cluster view in a real headless Chromium (Selenium)
+against the real service: one app with two LLM replicas and the default model.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` and the ``selenium`` package
+(dev extras); ``make test`` installs the first two when it runs as root. Without
+them these tests skip and say what to install. Screenshots go to docs/img/.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from ray import serve
+
+from deployments.playground import FILES
+from serve_helpers import app_config, chat, deploy, wait_for
+
+CHROMIUM, CHROMEDRIVER = "chromium", "chromedriver"
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
+APP = "play"
+# A window the first turns fit in, so the fill visibly grows; the third turn runs past it.
+ENGINE = {"device": "cpu", "sink_tokens": 4, "window": 200, "max_sessions": 8}
+TURN_TIMEOUT_S = 120
+# Absolute URLs (http://host, https://host, //host) in the page's own files: any would be an outside fetch.
+EXTERNAL_URL = re.compile(r"(?:https?:)?//[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+
+
+def _missing() -> str | None:
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (pip install -e '.[dev]')"
+    for exe, pkg in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+        if shutil.which(exe) is None:
+            return f"{exe} is not on PATH: apt-get install -y {pkg} (make test does it when run as root)"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_missing() is not None, reason=f"browser tests need a headless Chromium: {_missing()}")
+
+
+@pytest.fixture(scope="module")
+def play(cluster):
+    cfg = app_config("play-sessions", engine=ENGINE, scaling={"min_replicas": 2, "max_replicas": 2})
+    prefix = deploy(APP, cfg)
+    with httpx.Client(base_url=cluster, timeout=180) as client:
+        wait_for(lambda: client.get(f"{prefix}/healthz").json().get("replicas") == 2, 120, "both LLM replicas reporting")
+        yield client, prefix, f"{cluster}{prefix}"  # the page's URL is the last
+    serve.delete(APP)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update"):
+        opts.add_argument(arg)
+    # the driver named explicitly: Selenium Manager must not go looking for (or download) one
+    driver = webdriver.Chrome(options=opts, service=Service(executable_path=shutil.which(CHROMEDRIVER)))
+    driver.set_script_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+# ---- page helpers ------------------------------------------------------------------------
+def _until(driver, predicate, timeout_s: float, what: str):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout_s, poll_frequency=0.1).until(lambda d: predicate(d), message=f"waiting for {what}")
+
+
+def _open(driver, url: str) -> None:
+    driver.get(url)
+    _until(driver, lambda d: d.execute_script("return document.getElementById('conv-session').textContent"), 30, "the playground to start")
+
+
+def _session_id(driver) -> str:
+    return driver.execute_script("return document.getElementById('conv-session').textContent")
+
+
+def _set_number(driver, element_id: str, value) -> None:
+    driver.execute_script(
+        "const e = document.getElementById(arguments[0]); e.value = arguments[1]; e.dispatchEvent(new Event('change'));",
+        element_id, str(value))
+
+
+def _fact(driver, key: str) -> str | None:
+    return driver.execute_script(
+        "const e = document.querySelector(`#cache [data-fact='${arguments[0]}']`); return e ? e.dataset.value : null;", key)
+
+
+def _watch_reply(driver) -> None:
+    """Record every distinct text the last assistant message shows, as the page changes it."""
+    driver.execute_script("""
+        window.__seen = [];
+        const list = document.getElementById('messages');
+        new MutationObserver(() => {
+            const last = list.lastElementChild;
+            if (!last || !last.classList.contains('assistant')) return;
+            const text = last.querySelector('.text').textContent;
+            if (window.__seen[window.__seen.length - 1] !== text) window.__seen.push(text);
+        }).observe(list, {subtree: true, childList: true, characterData: true});
+    """)
+
+
+def _send(driver, text: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = driver.find_element(By.ID, "prompt")
+    box.send_keys(text)
+    box.send_keys(Keys.ENTER)
+
+
+def _last_reply_state(driver) -> str | None:
+    return driver.execute_script(
+        "const m = [...document.querySelectorAll('#messages .msg.assistant')].pop(); return m ? m.dataset.state : null;")
+
+
+def _wait_turn(driver, n_replies: int) -> str:
+    _until(driver, lambda d: d.execute_script("return document.querySelectorAll('#messages .msg.assistant').length") == n_replies,
+           10, "the reply to appear")
+    _until(driver, lambda d: _last_reply_state(d) != "streaming", TURN_TIMEOUT_S, "the turn to end")
+    state = _last_reply_state(driver)
+    if state != "done":
+        error = driver.execute_script("return document.getElementById('conv-error').textContent")
+        raise AssertionError(f"the turn ended {state!r}: {error}")
+    return driver.execute_script("return [...document.querySelectorAll('#messages .msg.assistant .text')].pop().textContent")
+
+
+def _wait_rounds(driver, rounds: int) -> None:
+    _until(driver, lambda d: _fact(d, "rounds") == str(rounds), 20, f"the cache view to show {rounds} rounds")
+
+
+def _shot(driver, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(SHOTS / name))
+
+
+def _session(client: httpx.Client, prefix: str, sid: str) -> dict:
+    resp = client.get(f"{prefix}/v1/sessions/{sid}")
+    if resp.status_code != 200:
+        raise AssertionError(f"GET session {sid}: {resp.status_code} {resp.text}")
+    return resp.json()
+
+
+# ---- tests (in order: each continues the conversation of the one before) -------------------
+def test_playground_streams_a_reply(play, browser):
+    client, prefix, base = play
+    _open(browser, f"{base}/")
+    _set_number(browser, "max-tokens", 40)
+    _set_number(browser, "temperature", 0)
+    _watch_reply(browser)
+    _send(browser, "Count from 1 to 100, separated by commas.")
+    final = _wait_turn(browser, 1)
+    seen = [t for t in browser.execute_script("return window.__seen") if t]
+    assert len(seen) >= 3, f"the reply changed only {len(seen)} times: {seen}"
+    for a, b in zip(seen, seen[1:]):
+        assert b.startswith(a) and len(b) > len(a), f"the reply did not grow: {a!r} -> {b!r}"
+    assert seen[-1] == final
+    stats = browser.execute_script("return [...document.querySelectorAll('.turn-stats')].pop().dataset")
+    assert float(stats["ttftMs"]) > 0 and float(stats["tps"]) > 0, stats
+    _wait_rounds(browser, 1)
+    assert _session(client, prefix, _session_id(browser))["rounds"] == 1
+
+
+def test_playground_second_turn_grows_the_cache_on_the_same_replica(play, browser):
+    client, prefix, base = play
+    sid = _session_id(browser)
+    fill, replica = int(_fact(browser, "cache-fill")), _fact(browser, "replica")
+    _send(browser, "Now count from 100 down to 1.")
+    _wait_turn(browser, 2)
+    _wait_rounds(browser, 2)
+    _until(browser, lambda d: int(_fact(d, "cache-fill")) > fill, 10, "the cache fill to grow")
+    assert _fact(browser, "replica") == replica
+    info = _session(client, prefix, sid)
+    assert info["rounds"] == 2 and info["cache_fill"] > fill and info["replica"] == replica, info
+
+
+def test_playground_reload_keeps_the_conversation(play, browser):
+    client, prefix, base = play
+    sid = _session_id(browser)
+    browser.refresh()  # a real reload: everything comes back from localStorage
+    _until(browser, _session_id, 30, "the playground to start again")
+    assert _session_id(browser) == sid
+    assert browser.execute_script("return document.querySelectorAll('#messages .msg').length") == 4
+    assert browser.execute_script("return document.getElementById('max-tokens').value") == "40"
+    _wait_rounds(browser, 2)
+    _send(browser, "And what comes after 100?")
+    _wait_turn(browser, 3)
+    _wait_rounds(browser, 3)
+    info = _session(client, prefix, sid)
+    assert info["rounds"] == 3, info
+    if info["evictions"] > 0:  # past the window: the page says it answers from sinks + window
+        _until(browser, lambda d: d.execute_script("return !!document.getElementById('past-window')"), 10, "the past-window note")
+    _shot(browser, "playground-chat.png")
+
+
+def test_playground_stop_mid_stream_leaves_the_session_usable(play, browser):
+    client, prefix, base = play
+    sid = _session_id(browser)
+    replica = _session(client, prefix, sid)["replica"]
+    _set_number(browser, "max-tokens", 200)
+    _send(browser, "Write a long story about a dragon who learns to count.")
+    _until(browser, lambda d: _last_reply_state(d) == "streaming" and len(
+        d.execute_script("return [...document.querySelectorAll('#messages .msg.assistant .text')].pop().textContent")) > 10,
+        TURN_TIMEOUT_S, "the reply to start streaming")
+    browser.execute_script("document.getElementById('stop').click()")
+    _until(browser, lambda d: _last_reply_state(d) == "stopped", 10, "the page to show the turn stopped")
+    # the server rolled the turn back: still 3 rounds, and the next turn is accepted
+    wait_for(lambda: _session(client, prefix, sid)["seq"] == 3, 20, "the stopped turn to be rolled back")
+
+    def next_turn():
+        resp = chat(client, prefix, [{"role": "user", "content": "Still there?"}], sid)
+        if resp.status_code == 409:  # the abort is still on its way to the replica
+            return None
+        assert resp.status_code == 200, resp.text
+        return resp
+
+    wait_for(next_turn, 20, "a turn after the stop")
+    info = _session(client, prefix, sid)
+    assert info["rounds"] == 4 and info["seq"] == 4 and info["replica"] == replica, info
+
+
+def test_playground_cluster_view_shows_both_replicas_and_their_conversations(play, browser):
+    client, prefix, base = play
+    for sid in ("cluster-a", "cluster-b"):  # the fewest-owned replica takes each new one: both get some
+        assert chat(client, prefix, [{"role": "user", "content": "Hi"}], sid, max_tokens=4).status_code == 200
+    owners: dict[str, set[str]] = {}
+    for sid in ("cluster-a", "cluster-b", _session_id(browser)):
+        owners.setdefault(_session(client, prefix, sid)["replica"], set()).add(sid)
+    assert len(owners) == 2, f"expected conversations on both replicas: {owners}"
+    browser.execute_script("document.getElementById('tab-cluster').click()")
+    assert browser.current_url.endswith("/cluster")
+
+    def shown() -> dict[str, set[str]]:
+        return browser.execute_script("""
+            const out = {};
+            for (const r of document.querySelectorAll('#replicas .replica'))
+                out[r.dataset.replica] = [...r.querySelectorAll('li[data-session]')].map(li => li.dataset.session);
+            return out;""")
+
+    def all_shown(d) -> bool:
+        view = shown()
+        return all(sids <= set(view.get(rid, ())) for rid, sids in owners.items())
+
+    _until(browser, all_shown, 20, f"the cluster view to show {owners}")
+    assert len(shown()) == 2
+    mine = browser.execute_script("return [...document.querySelectorAll('#replicas li.mine')].map(li => li.dataset.session)")
+    assert mine == [_session_id(browser)]
+    _until(browser, lambda d: d.execute_script("return document.querySelectorAll('#events li[data-kind=replica_joined]').length") >= 2,
+           10, "the replicas' join events")
+    _shot(browser, "playground-cluster.png")
+    # a reload lands on the same tab
+    browser.refresh()
+    _until(browser, lambda d: d.execute_script("return document.querySelectorAll('#replicas .replica').length") == 2, 20, "the view after reload")
+
+
+def test_playground_loads_nothing_from_outside_the_service(play, browser):
+    client, prefix, base = play
+    origin = re.match(r"https?://[^/]+", base).group(0)
+    for page in ("", "cluster", "plots"):
+        browser.get(f"{base}/{page}")
+        _until(browser, lambda d: d.execute_script("return document.readyState") == "complete", 20, f"/{page} to load")
+        time.sleep(1.0)  # the page's own fetches (config, session info, cluster feed, plots)
+        if page == "plots":
+            _until(browser, lambda d: d.execute_script(
+                "const i = [...document.querySelectorAll('#plots img')]; return i.length > 0 && i.every(x => x.complete && x.naturalWidth > 0)"),
+                20, "the perplexity plots to render")
+        urls = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert urls, f"/{page} recorded no resource at all"
+        outside = [u for u in urls if not u.startswith(origin + "/")]
+        assert not outside, f"/{page} loaded from outside the service: {outside}"
+    page = client.get(f"{prefix}/")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    files = [page.text] + [client.get(f"{prefix}/ui/{name}").text for name in FILES]
+    for text in files:
+        assert not EXTERNAL_URL.findall(text), EXTERNAL_URL.findall(text)
+    # the plots page's pictures are the allow-list only
+    assert client.get(f"{prefix}/ui/plots/..%2Fsummary.json").status_code == 404
+    assert client.get(f"{prefix}/ui/plots/summary.json").status_code == 404
