@@ -70,6 +70,7 @@ function renderConv() {
   $("temperature").value = c.temperature;
   $("max-tokens").value = c.maxTokens;
   $("messages").replaceChildren(...c.messages.map(renderMessage));
+  followEnd();
   renderInfo(c);
   const busy = running.has(c.id);
   $("send").disabled = busy;
@@ -170,7 +171,11 @@ async function send(c, text) {
 function updateStreaming(reply) {
   const node = $("messages").lastElementChild;
   if (node) node.querySelector(".text").textContent = reply.content;
+  followEnd();
 }
+
+// Keep the newest text in sight, as a chat does.
+function followEnd() { const list = $("messages"); list.scrollTop = list.scrollHeight; }
 
 // ---- wiring -----------------------------------------------------------------------------
 export async function initChat(config) {

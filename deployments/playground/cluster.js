@@ -63,7 +63,7 @@ function replicaCard(r, mine, events) {
       el("dt", {}, "reported"), el("dd", {}, `${fmt(r.reported_s_ago, 1)} s ago`)),
     el("ul", { class: "convs" }, ...r.conversations.map((c) => el("li", {
       class: mine.has(c.id) ? "mine" : "", dataset: { session: c.id } },
-      el("code", {}, c.id), ` ${c.turns} turns`,
+      el("code", {}, c.id), ` ${c.turns} turn${c.turns === 1 ? "" : "s"}`,
       c.busy ? el("span", { class: "badge" }, "streaming") : "",
       c.moves > 0 ? el("span", { class: "badge warn", title: "moved here after a drain or a lost replica" },
         landed.has(c.id) ? `landed here (moves ${c.moves})` : `moved ×${c.moves}`) : "",

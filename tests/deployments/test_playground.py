@@ -11,14 +11,16 @@ from __future__ import annotations
 import re
 import shutil
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import httpx
 import pytest
+import ray
 from ray import serve
+from serve_helpers import app_config, chat, deploy, replica_actors, wait_for
 
 from deployments.playground import FILES
-from serve_helpers import app_config, chat, deploy, wait_for
 
 CHROMIUM, CHROMEDRIVER = "chromium", "chromedriver"
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
@@ -31,17 +33,19 @@ EXTERNAL_URL = re.compile(r"(?:https?:)?//[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 
 
 def _missing() -> str | None:
+    """What is missing for the browser tests, as an instruction; None when nothing is."""
+    needs = []
     try:
         import selenium  # noqa: F401
     except ImportError:
-        return "selenium is not installed (pip install -e '.[dev]')"
-    for exe, pkg in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
-        if shutil.which(exe) is None:
-            return f"{exe} is not on PATH: apt-get install -y {pkg} (make test does it when run as root)"
-    return None
+        needs.append("the selenium package (pip install -e '.[dev]')")
+    debs = [pkg for exe, pkg in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")) if shutil.which(exe) is None]
+    if debs:
+        needs.append(f"apt-get install -y {' '.join(debs)} (make test does it when run as root)")
+    return "; ".join(needs) or None
 
 
-pytestmark = pytest.mark.skipif(_missing() is not None, reason=f"browser tests need a headless Chromium: {_missing()}")
+pytestmark = pytest.mark.skipif(_missing() is not None, reason=f"browser tests need a headless Chromium, missing: {_missing()}")
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +170,7 @@ def test_playground_streams_a_reply(play, browser):
     final = _wait_turn(browser, 1)
     seen = [t for t in browser.execute_script("return window.__seen") if t]
     assert len(seen) >= 3, f"the reply changed only {len(seen)} times: {seen}"
-    for a, b in zip(seen, seen[1:]):
+    for a, b in pairwise(seen):
         assert b.startswith(a) and len(b) > len(a), f"the reply did not grow: {a!r} -> {b!r}"
     assert seen[-1] == final
     stats = browser.execute_script("return [...document.querySelectorAll('.turn-stats')].pop().dataset")
@@ -176,7 +180,7 @@ def test_playground_streams_a_reply(play, browser):
 
 
 def test_playground_second_turn_grows_the_cache_on_the_same_replica(play, browser):
-    client, prefix, base = play
+    client, prefix, _ = play
     sid = _session_id(browser)
     fill, replica = int(_fact(browser, "cache-fill")), _fact(browser, "replica")
     _send(browser, "Now count from 100 down to 1.")
@@ -189,7 +193,7 @@ def test_playground_second_turn_grows_the_cache_on_the_same_replica(play, browse
 
 
 def test_playground_reload_keeps_the_conversation(play, browser):
-    client, prefix, base = play
+    client, prefix, _ = play
     sid = _session_id(browser)
     browser.refresh()  # a real reload: everything comes back from localStorage
     _until(browser, _session_id, 30, "the playground to start again")
@@ -208,7 +212,7 @@ def test_playground_reload_keeps_the_conversation(play, browser):
 
 
 def test_playground_stop_mid_stream_leaves_the_session_usable(play, browser):
-    client, prefix, base = play
+    client, prefix, _ = play
     sid = _session_id(browser)
     replica = _session(client, prefix, sid)["replica"]
     _set_number(browser, "max-tokens", 200)
@@ -234,7 +238,7 @@ def test_playground_stop_mid_stream_leaves_the_session_usable(play, browser):
 
 
 def test_playground_cluster_view_shows_both_replicas_and_their_conversations(play, browser):
-    client, prefix, base = play
+    client, prefix, _ = play
     for sid in ("cluster-a", "cluster-b"):  # the fewest-owned replica takes each new one: both get some
         assert chat(client, prefix, [{"role": "user", "content": "Hi"}], sid, max_tokens=4).status_code == 200
     owners: dict[str, set[str]] = {}
@@ -290,3 +294,69 @@ def test_playground_loads_nothing_from_outside_the_service(play, browser):
     # the plots page's pictures are the allow-list only
     assert client.get(f"{prefix}/ui/plots/..%2Fsummary.json").status_code == 404
     assert client.get(f"{prefix}/ui/plots/summary.json").status_code == 404
+
+
+# Answers the service gives under conditions too costly to stage on this app (a tenant past
+# its rate limit, no LLM replica ready yet) are put in place of the first matching fetch of
+# the page; what is tested is how the page shows them.
+_FAKE_ANSWERS = """
+(() => {
+  const real = window.fetch.bind(window);
+  const json = (status, body, retry) => new Response(JSON.stringify(body),
+      {status, headers: {"Content-Type": "application/json", "Retry-After": retry}});
+  let healthz = 1, chat = 1;
+  window.fetch = (input, init) => {
+    const url = String(input);
+    if (url.endsWith("/healthz") && healthz-- > 0) return Promise.resolve(json(503, {status: "starting", replicas: 0}, "1"));
+    if (url.endsWith("/v1/chat/completions") && chat-- > 0) return Promise.resolve(json(429,
+        {error: {message: "tenant is past its request rate", type: "rate_limit_error", param: null, code: "rate_limit_exceeded"}}, "2"));
+    return real(input, init);
+  };
+})();
+"""
+
+
+def test_playground_shows_service_starting_and_rate_limits_with_their_retry_time(play, browser):
+    _, _, base = play
+    script = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _FAKE_ANSWERS})
+    try:
+        browser.get(f"{base}/")
+        _until(browser, _session_id, 30, "the playground to start")
+        banner = "return document.getElementById('banner')"
+        _until(browser, lambda d: "starting" in d.execute_script(banner + ".textContent"), 10, "the starting banner")
+        _until(browser, lambda d: d.execute_script(banner + ".hidden"), 10, "the banner to go once the service is up")
+        _set_number(browser, "max-tokens", 8)
+        _send(browser, "Hello?")
+        error = "return document.getElementById('conv-error')"
+        _until(browser, lambda d: not d.execute_script(error + ".hidden"), 10, "the 429 to show")
+        text = browser.execute_script(error + ".textContent")
+        assert "Too busy" in text and "Retry in 2 s" in text, text
+        _until(browser, lambda d: d.execute_script(error + ".hidden"), 10, "the 429 note to clear after its retry time")
+        _send(browser, "Hello again?")  # the fake answered once: this one reaches the service
+        _wait_turn(browser, browser.execute_script("return document.querySelectorAll('#messages .msg.assistant').length"))
+    finally:
+        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": script["identifier"]})
+
+
+def test_playground_shows_a_lost_replica_and_the_recovered_conversation(play, browser):
+    client, prefix, base = play
+    _open(browser, f"{base}/")
+    sid = _session_id(browser)
+    before = _session(client, prefix, sid)
+    ray.kill(replica_actors(APP)[before["replica"]], no_restart=True)
+    _set_number(browser, "max-tokens", 16)
+    _send(browser, "Are you still with me?")  # the ingress sends it to the other replica, which rebuilds
+    _wait_turn(browser, browser.execute_script("return document.querySelectorAll('#messages .msg.assistant').length"))
+    _until(browser, lambda d: d.execute_script("return !!document.getElementById('move-notice')"), 20, "the moved notice")
+    notice = browser.execute_script("return document.getElementById('move-notice').textContent")
+    assert "moved" in notice and "rebuilt" in notice, notice
+    assert _fact(browser, "recovered") == "true" and _fact(browser, "replica") != before["replica"]
+    info = _session(client, prefix, sid)
+    assert info["recovered"] and info["moves"] >= 1 and info["rounds"] == before["rounds"] + 1, info
+    _shot(browser, "playground-recovered.png")
+    browser.execute_script("document.getElementById('tab-cluster').click()")
+    _until(browser, lambda d: d.execute_script(
+        "return [...document.querySelectorAll(`#replicas li[data-session='${arguments[0]}'] .badge`)].some(b => b.textContent.startsWith('landed here'))",
+        sid), 20, "the conversation marked where it landed")
+    _until(browser, lambda d: d.execute_script("return !!document.querySelector('#events li[data-kind=moved]')"), 10, "the move event")
+    _shot(browser, "playground-cluster-moved.png")
