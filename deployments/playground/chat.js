@@ -45,7 +45,12 @@ function renderList() {
     class: `${c.id === state.active ? "active" : ""} ${running.has(c.id) ? "running" : ""}`,
     dataset: { conv: c.id, session: c.sessionId },
     onclick: () => { state.active = c.id; save(); render(); },
-  }, el("span", { class: "title" }, c.title), el("small", {}, `${c.sessionId} · ${c.info ? c.info.rounds : 0} rounds`))));
+  }, el("span", { class: "title" }, c.title), el("small", {}, `${c.sessionId} · ${rounds(c)}`))));
+}
+
+function rounds(c) {
+  const n = c.info ? c.info.rounds : 0;
+  return `${n} round${n === 1 ? "" : "s"}`;
 }
 
 function turnStats(m) {
@@ -56,7 +61,7 @@ function turnStats(m) {
 }
 
 function renderMessage(m) {
-  const label = { stopped: "stopped: the server rolled this turn back", error: "failed" }[m.state];
+  const label = { stopped: "stopped: the server rolled this turn back", error: `failed: ${m.error || "no reason given"}` }[m.state];
   return el("li", { class: `msg ${m.role}`, dataset: { state: m.state || "done" } },
     el("div", { class: "text" }, m.content), label && el("div", { class: "turn-note" }, label), turnStats(m));
 }
@@ -154,6 +159,7 @@ async function send(c, text) {
       reply.state = "stopped";
     } else {
       reply.state = "error";
+      reply.error = e.message; // stays with the message; the note below the composer clears after the retry time
       c.error = e.message;
       if (e.retryAfterS) setTimeout(() => { if (c.error === e.message) { c.error = null; render(); } }, e.retryAfterS * 1000);
     }

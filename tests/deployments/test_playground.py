@@ -163,6 +163,7 @@ def _session(client: httpx.Client, prefix: str, sid: str) -> dict:
 def test_playground_streams_a_reply(play, browser):
     client, prefix, base = play
     _open(browser, f"{base}/")
+    assert not browser.execute_script("return document.getElementById('key-field').offsetParent")  # no keys here: no field
     _set_number(browser, "max-tokens", 40)
     _set_number(browser, "temperature", 0)
     _watch_reply(browser)
@@ -195,9 +196,22 @@ def test_playground_second_turn_grows_the_cache_on_the_same_replica(play, browse
 def test_playground_reload_keeps_the_conversation(play, browser):
     client, prefix, _ = play
     sid = _session_id(browser)
+    # a second conversation beside the first, with its own session
+    browser.execute_script("document.getElementById('new-conv').click()")
+    _until(browser, lambda d: _session_id(d) != sid, 5, "a new conversation")
+    other = _session_id(browser)
+    _set_number(browser, "max-tokens", 8)
+    _send(browser, "Hello from the second conversation.")
+    _wait_turn(browser, 1)
+    _wait_rounds(browser, 1)
+    browser.execute_script("document.querySelector(`#conv-list li[data-session='${arguments[0]}']`).click()", sid)
+    _until(browser, lambda d: _session_id(d) == sid, 5, "the first conversation again")
     browser.refresh()  # a real reload: everything comes back from localStorage
     _until(browser, _session_id, 30, "the playground to start again")
     assert _session_id(browser) == sid
+    listed = browser.execute_script("return [...document.querySelectorAll('#conv-list li')].map(li => li.dataset.session)")
+    assert sorted(listed) == sorted([sid, other]), listed
+    assert _session(client, prefix, other)["rounds"] == 1
     assert browser.execute_script("return document.querySelectorAll('#messages .msg').length") == 4
     assert browser.execute_script("return document.getElementById('max-tokens').value") == "40"
     _wait_rounds(browser, 2)
@@ -262,7 +276,7 @@ def test_playground_cluster_view_shows_both_replicas_and_their_conversations(pla
     _until(browser, all_shown, 20, f"the cluster view to show {owners}")
     assert len(shown()) == 2
     mine = browser.execute_script("return [...document.querySelectorAll('#replicas li.mine')].map(li => li.dataset.session)")
-    assert mine == [_session_id(browser)]
+    assert _session_id(browser) in mine and "cluster-a" not in mine and "cluster-b" not in mine, mine
     _until(browser, lambda d: d.execute_script("return document.querySelectorAll('#events li[data-kind=replica_joined]').length") >= 2,
            10, "the replicas' join events")
     _shot(browser, "playground-cluster.png")
@@ -286,6 +300,8 @@ def test_playground_loads_nothing_from_outside_the_service(play, browser):
         assert urls, f"/{page} recorded no resource at all"
         outside = [u for u in urls if not u.startswith(origin + "/")]
         assert not outside, f"/{page} loaded from outside the service: {outside}"
+    bare = client.get(prefix, follow_redirects=True)  # /play without its slash: redirected, so relative paths resolve
+    assert bare.status_code == 200 and str(bare.url).endswith(f"{prefix}/") and "ui/main.js" in bare.text, (bare.status_code, bare.url)
     page = client.get(f"{prefix}/")
     assert "default-src 'self'" in page.headers["content-security-policy"]
     files = [page.text] + [client.get(f"{prefix}/ui/{name}").text for name in FILES]
@@ -331,6 +347,8 @@ def test_playground_shows_service_starting_and_rate_limits_with_their_retry_time
         _until(browser, lambda d: not d.execute_script(error + ".hidden"), 10, "the 429 to show")
         text = browser.execute_script(error + ".textContent")
         assert "Too busy" in text and "Retry in 2 s" in text, text
+        note = "return [...document.querySelectorAll('#messages .turn-note')].pop().textContent"
+        assert "Retry in 2 s" in browser.execute_script(note)  # the failed turn keeps its reason
         _until(browser, lambda d: d.execute_script(error + ".hidden"), 10, "the 429 note to clear after its retry time")
         _send(browser, "Hello again?")  # the fake answered once: this one reaches the service
         _wait_turn(browser, browser.execute_script("return document.querySelectorAll('#messages .msg.assistant').length"))
@@ -360,3 +378,47 @@ def test_playground_shows_a_lost_replica_and_the_recovered_conversation(play, br
         sid), 20, "the conversation marked where it landed")
     _until(browser, lambda d: d.execute_script("return !!document.querySelector('#events li[data-kind=moved]')"), 10, "the move event")
     _shot(browser, "playground-cluster-moved.png")
+
+
+def test_playground_asks_for_a_key_when_the_service_requires_one(browser, tmp_path):
+    """The key field in the browser. No LLM app is needed for it: the playground's routes
+    behind the real key check, on uvicorn in a thread, with a fake directory's cluster feed."""
+    import socket
+    import threading
+
+    import uvicorn
+    from fastapi import FastAPI
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from test_playground_feed import FakeDirectory
+
+    from deployments.api_keys import KeyRing, add_key
+    from deployments.auth import KeyCheck
+    from deployments.config import AppConfig
+    from deployments.playground import Playground
+
+    path = tmp_path / "keys.json"
+    key = add_key(path, "alice", "acme")
+    app = FastAPI()
+    Playground(AppConfig(auth={"keys_file": str(path)}), FakeDirectory()).add_routes(app)
+    app.add_api_route("/healthz", lambda: {"status": "ok"}, methods=["GET"])
+    app.add_middleware(KeyCheck, ring=KeyRing(path), metrics_keyed=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, 10, "uvicorn to start", period_s=0.05)
+        browser.get(f"http://127.0.0.1:{port}/cluster")  # the page itself needs no key
+        _until(browser, lambda d: d.find_element(By.ID, "key-field").is_displayed(), 10, "the key field")
+        _until(browser, lambda d: "API key" in d.find_element(By.ID, "replicas").text, 10, "the 401 explained")
+        field = browser.find_element(By.ID, "api-key")
+        field.send_keys(key)
+        field.send_keys(Keys.TAB)  # change: the page keeps it for this tab and sends it from now on
+        _until(browser, lambda d: d.execute_script(
+            "return !!document.querySelector(`#replicas [data-replica='r1'] li[data-session='chat-1']`)"), 10, "the cluster view with the key")
+    finally:
+        server.should_exit = True
+        thread.join(10)
