@@ -371,6 +371,10 @@ def test_playground_shows_a_lost_replica_and_the_recovered_conversation(play, br
     assert _fact(browser, "recovered") == "true" and _fact(browser, "replica") != before["replica"]
     info = _session(client, prefix, sid)
     assert info["recovered"] and info["moves"] >= 1 and info["rounds"] == before["rounds"] + 1, info
+    # far past the window by now, and still answering from sinks + window: the page says so
+    assert info["tokens_seen"] > 2 * info["capacity"] and info["cache_fill"] <= info["capacity"], info
+    past = browser.execute_script("return document.getElementById('past-window').textContent")
+    assert "sink tokens" in past and "evicted" in past, past
     _shot(browser, "playground-recovered.png")
     browser.execute_script("document.getElementById('tab-cluster').click()")
     _until(browser, lambda d: d.execute_script(
