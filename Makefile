@@ -32,10 +32,13 @@ serve: model
 chat: model
 	$(VENV)/bin/swiftinfer chat
 
+# browser_deps.sh: Chromium for the playground's browser tests (installed as root, else they skip)
 test: model
+	sh tests/browser_deps.sh
 	$(PY) -m pytest -q -ra
 
 test-fast: model
+	sh tests/browser_deps.sh
 	$(PY) -m pytest -q -ra -m "not slow"
 
 clean-venv:

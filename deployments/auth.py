@@ -3,7 +3,9 @@
 Which paths need a key:
 - ``/v1`` and everything under it: always, when the service has keys.
 - ``/metrics``: when ``auth.metrics_require_key``.
-- ``/healthz`` and ``/openapi.json``: never (probes; the schema is public).
+- ``/healthz`` and ``/openapi.json``: never (probes; the schema is public);
+  nor the playground's page and files (``playground.py``), whose data come
+  from ``/v1`` routes.
 
 A request carries its key as ``Authorization: Bearer <key>``. Missing, empty,
 more than one Authorization header, another scheme, over ``MAX_KEY_CHARS``,

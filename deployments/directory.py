@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import ray
@@ -34,6 +35,7 @@ from deployments.session_log import ReleaseOp, SessionState, TurnEntry, open_log
 from swiftinfer_core.errors import SessionBusyError
 
 NAMESPACE = "swiftinfer"
+MAX_EVENTS = 200  # recent events the cluster view can show
 # Where the directory may run: a SQLite log is a file on one machine, so the
 # directory stays on the head node (a restart elsewhere would not find it).
 PLACEMENT: dict[LogBackend, dict] = {
@@ -81,6 +83,9 @@ class SessionDirectory:
         self._by_digest: dict[str, str] = {}  # history digest -> session id
         self._owned: dict[str, set[str]] = {}  # replica id -> session ids it owns
         self._stats: dict[str, tuple[float, dict]] = {}  # replica id -> (time, stats)
+        self._events: deque[dict] = deque(maxlen=MAX_EVENTS)  # recent moves and replica joins/leaves (cluster view)
+        self._gone: set[str] = set()  # replicas already reported lost (one event each)
+        self._prev_tokens: dict[str, tuple[float, int]] = {}  # replica id -> (time, tokens_generated) of its report before the last
         for st in self._log.load_all():
             entry = self._entries[st.session_id] = Entry(
                 owner=None, record=st.record, digest=st.digest, seq=st.seq, last_turn=st.last_turn,
@@ -99,6 +104,9 @@ class SessionDirectory:
             self._owned.setdefault(owner, set()).add(sid)
             if entry.owner is not None and entry.owner != owner:
                 entry.moves += 1
+                self._event("moved", session=sid, src=entry.owner, dst=owner)
+            elif entry.owner is None and entry.moves > 0 and entry.seq > 0:  # handed back by a drain, lands here
+                self._event("moved", session=sid, src=None, dst=owner)
         entry.owner = owner
 
     def place(self, sid: str, capacity: dict[str, int], departed: list[str], force: bool, claim: bool) -> str | None:
@@ -207,6 +215,8 @@ class SessionDirectory:
             self._entries[sid].owner = None
             self._entries[sid].moves += 1  # its next turn runs elsewhere
         self._stats.pop(rid, None)
+        self._prev_tokens.pop(rid, None)
+        self._event("replica_drained", replica=rid, sessions=len(sids))
         committed = [sid for sid in sids if self._entries[sid].seq > 0]
         if committed:
             await self._write(ReleaseOp(committed))
@@ -286,7 +296,42 @@ class SessionDirectory:
 
     # ---- replica stats (metrics, readiness, leases) ----------------------------
     def report(self, rid: str, stats: dict) -> None:
+        if rid not in self._stats:
+            self._event("replica_joined", replica=rid)
+        self._gone.discard(rid)
+        if rid in self._stats:  # the previous sample: the cluster view derives tokens/s from the two
+            t, old = self._stats[rid]
+            self._prev_tokens[rid] = (t, int(old.get("tokens_generated") or 0))
         self._stats[rid] = (time.time(), stats)
+
+    def _event(self, kind: str, **fields) -> None:
+        self._events.append({"t": time.time(), "kind": kind, **fields})
+
+    def cluster(self, max_age_s: float, scope: str = "", max_sessions: int = 200) -> dict:
+        """The cluster view's data (deployments/playground.py): live replicas with
+        their report time, stats, tokens/s between their last two reports, owned sessions (ids starting with ``scope``,
+        the tenant's prefix; at most ``max_sessions`` each, newest first), and recent
+        events. A replica silent past ``max_age_s`` is dropped and, once, logged lost."""
+        now = time.time()
+        for rid, (t, _) in self._stats.items():
+            if now - t > max_age_s and rid not in self._gone:
+                self._gone.add(rid)
+                self._event("replica_lost", replica=rid)
+        replicas = {}
+        for rid, (t, stats) in self._stats.items():
+            if now - t > max_age_s:
+                continue
+            mine = [(sid, self._entries[sid]) for sid in self._owned.get(rid, ()) if sid.startswith(scope) and sid in self._entries]
+            mine.sort(key=lambda p: -p[1].updated)
+            sessions = [{"id": sid, "seq": e.seq, "moves": e.moves, "busy": e.lease == rid, "updated": e.updated}
+                        for sid, e in mine[:max_sessions]]
+            rate = None
+            if rid in self._prev_tokens and t > self._prev_tokens[rid][0]:
+                t0, n0 = self._prev_tokens[rid]
+                rate = max(0.0, (int(stats.get("tokens_generated") or 0) - n0) / (t - t0))
+            replicas[rid] = {"reported_at": t, "stats": stats, "tokens_per_s": rate, "owned": len(mine), "sessions": sessions}
+        events = [e for e in self._events if "session" not in e or e["session"].startswith(scope)]
+        return {"now": now, "replicas": replicas, "events": events}
 
     def replica_stats(self, max_age_s: float) -> dict[str, dict]:
         now = time.time()

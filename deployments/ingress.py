@@ -13,6 +13,8 @@ global app):
   session log's committed turns: the exactly-once audit), ``GET /v1/models``,
   ``GET /healthz``, ``GET /metrics``; ``/openapi.json`` publishes the request
   schema.
+- ``GET /`` (the browser playground), ``/cluster``, ``/plots``, ``/ui/...`` and
+  ``GET /v1/cluster``: ``playground.py``.
 
 A chat request may carry an ``Idempotency-Key`` header: a retry with the key of
 the session's last committed turn gets that turn's reply again (``"cache":
@@ -50,6 +52,7 @@ from deployments.errors import ModelNotFoundError, ServiceStartingError, error_r
 from deployments.history import HistoryView
 from deployments.metrics import ServiceMetrics
 from deployments.openai_schema import SESSION_ID_PATTERN, ChatCompletionRequest
+from deployments.playground import Playground
 from deployments.request_limits import Deadline, read_body
 from deployments.tenant_limits import TenantLimiter
 from deployments.tenants import client_id, history_seed, scoped
@@ -74,6 +77,7 @@ class Ingress:
         auth = self._cfg.auth  # keys and tenants: auth.py, tenants.py
         self._keys = KeyRing(auth.keys_file, auth.reload_period_s) if auth.keyed else None
         self._tenant_limits = TenantLimiter(auth.tenant_limits, auth.tenant_overrides)
+        self._playground = Playground(self._cfg, self._directory)  # GET /, /cluster, /v1/cluster: playground.py
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = FastAPI(title="SwiftInfer Serve", docs_url=None, redoc_url=None)
@@ -85,6 +89,7 @@ class Ingress:
         app.add_api_route("/v1/models", self.models, methods=["GET"])
         app.add_api_route("/healthz", self.healthz, methods=["GET"])
         app.add_api_route("/metrics", self.metrics, methods=["GET"])
+        self._playground.add_routes(app)
         app.openapi = lambda: _openapi(app)
         app.add_middleware(KeyCheck, ring=self._keys, metrics_keyed=self._cfg.auth.metrics_require_key)
         return app
