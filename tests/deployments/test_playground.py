@@ -3,13 +3,16 @@ against the real service: one app with two LLM replicas and the default model.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` and the ``selenium`` package
 (dev extras); ``make test`` installs the first two when it runs as root. Without
-them these tests skip and say what to install. Screenshots go to docs/img/.
+them these tests skip and say what to install. Screenshots go to a temporary folder, or to
+$SWIFTINFER_SCREENSHOTS (docs/img for the README's).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import tempfile
 import time
 from itertools import pairwise
 from pathlib import Path
@@ -23,7 +26,9 @@ from serve_helpers import app_config, chat, deploy, replica_actors, wait_for
 from deployments.playground import FILES
 
 CHROMIUM, CHROMEDRIVER = "chromium", "chromedriver"
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
+# the README's screenshots are refreshed on request only, so a test run leaves the tree clean:
+# SWIFTINFER_SCREENSHOTS=docs/img pytest -k playground
+SHOTS = Path(os.environ.get("SWIFTINFER_SCREENSHOTS") or Path(tempfile.gettempdir()) / "swiftinfer-playground")
 APP = "play"
 # A window the first turns fit in, so the fill visibly grows; the third turn runs past it.
 ENGINE = {"device": "cpu", "sink_tokens": 4, "window": 200, "max_sessions": 8}
