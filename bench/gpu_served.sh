@@ -7,14 +7,16 @@
 #     "before" column.
 # Env: MODEL (config dir under .carry, default r7b), NAME (result prefix, default served_7b),
 #      SLOTS (KV slots, default 191: the most that fit at 7B, 4+1020), WINDOW (default 1020),
-#      SIZES (default "32 64 128 191"), THREAD_SIZES (default "64 128"; empty skips step 3).
+#      SIZES (default "32 64 128 191"), THREAD_SIZES (default "64 128"; empty skips step 3),
+#      PACE_MS (stream_interval_ms of the served runs, default 50: each stream's chunks are at most
+#      this often, so it sets the streamed objects per second through the ingress and the proxy).
 # carry [".whl", ".carry/$MODEL"]; everything lands in $OUT/results.tgz; a short table last.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 NCCL_NVLS_ENABLE=0
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 4
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 MODEL=${MODEL:-r7b} NAME=${NAME:-served_7b} SLOTS=${SLOTS:-191} WINDOW=${WINDOW:-1020}
-SIZES=${SIZES:-32 64 128 191} THREAD_SIZES=${THREAD_SIZES-64 128}
+SIZES=${SIZES:-32 64 128 191} THREAD_SIZES=${THREAD_SIZES-64 128} PACE_MS=${PACE_MS:-50}
 rm -rf /tmp/model && cp -r ".carry/$MODEL" /tmp/model
 T0=$SECONDS
 DEFAULT_STEPS="engine proc thread" TAIL=${TAIL:-4}
@@ -25,7 +27,7 @@ want engine && step engine 220 python3 bench/engine_batches.py --model /tmp/mode
 
 serve_closed() {  # serve_closed LABEL ENGINE_PROCESS SIZES...
   local label=$1 proc=$2; shift 2
-  sed -e "s|model: /tmp/r7b|model: /tmp/model|" -e "s/max_sessions: 128/max_sessions: $SLOTS/" -e "s/window: 1020/window: $WINDOW/" \
+  sed -e "s|model: /tmp/r7b|model: /tmp/model|" -e "s/max_sessions: 128/max_sessions: $SLOTS/" -e "s/window: 1020/window: $WINDOW/" -e "s/stream_interval_ms: 50/stream_interval_ms: $PACE_MS/" \
       -e "s/max_ongoing_requests: 128/max_ongoing_requests: $SLOTS\n      engine_process: $proc/" bench/serve_gpu7b.yaml > /tmp/serve.yaml
   serve run /tmp/serve.yaml > "$OUT/serve_$label.log" 2>&1 &
   local pid=$! t=$SECONDS
