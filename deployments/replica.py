@@ -48,8 +48,8 @@ from swiftinfer_core.config import SamplingParams
 from swiftinfer_core.engine import faults
 from swiftinfer_core.engine.engine import Engine
 from swiftinfer_core.engine.process import ProcessEngine
-from swiftinfer_core.errors import CapacityError, EngineClosedError, SessionBusyError, SessionNotFoundError
-from swiftinfer_core.protocol import SessionView, StreamChunk, Usage
+from swiftinfer_core.errors import CapacityError, EngineClosedError, SessionBusyError, SessionNotFoundError, StaleSessionError
+from swiftinfer_core.protocol import SessionRecord, SessionView, StreamChunk, Usage
 
 log = logging.getLogger("ray.serve")
 
@@ -74,10 +74,11 @@ class LLMReplica:
         if isinstance(self._engine, Engine):  # ProcessEngine warms its child before it is ready
             await asyncio.to_thread(self._engine.warm_up)
         self._local = LocalSessions(self._engine, self._cfg.limits)
+        self._warm_starts = isinstance(self._engine, (Engine, ProcessEngine))  # engines that check `expect`
         self._directory = directory_handle(directory_spec(self._cfg))
         self._busy: set[str] = set()  # sessions with a turn running here
         self._last_turn: dict[str, float] = {}  # session -> time of its last turn (autoscaling, eviction)
-        self._counts = {**{f"turns_{c.value}": 0 for c in CacheState}, "turns_not_committed": 0}
+        self._counts = {**{f"turns_{c.value}": 0 for c in CacheState}, "turns_not_committed": 0, "warm_starts": 0}
         self._timer = TurnTimer()
         self._draining = False
         await self._report()
@@ -105,12 +106,10 @@ class LLMReplica:
         stream = None
         watch = Stopwatch(self._timer)
         try:
-            # one engine reading serves admission and the sync below: while the session is
-            # busy here nothing else on this replica changes its local copy (eviction and
-            # close skip or wait for busy sessions), and each engine call waits for a step
-            view = await asyncio.to_thread(self._engine.view, session_id)
-            self._admit(view)
-            watch.lap("admit")
+            # a copy committed or synced here before may start warm: the engine checks it as
+            # it takes the turn, so no reading of the engine waits for a step first
+            warm = self._warm_starts and session_id in self._local.seq
+            view = None if warm else await self._read_and_admit(session_id, watch)
             grant = await self._directory.begin_turn.remote(session_id, self._id, turn_key)
             watch.lap("lease")
             if "replay" in grant:
@@ -120,12 +119,25 @@ class LLMReplica:
                 yield TurnStart(session_id, self._id, CacheState.REPLAYED)
                 yield StreamChunk(last.text, [], last.entry.finish_reason, Usage(**last.usage))
                 return
-            cache = await self._local.sync(session_id, grant, view)
-            watch.lap("sync")
-            self._counts[f"turns_{cache.value}"] += 1
-            stream = paced(self._engine.chat(session_id, messages, params), self._cfg.stream_interval_ms / 1000)
-            chunk = await stream.__anext__()
+            pace = self._cfg.stream_interval_ms / 1000
+            cache, chunk = CacheState.WARM, None
+            if warm and grant["record"] is not None and self._local.seq.get(session_id) == grant["seq"]:
+                expect = SessionRecord.from_dict(grant["record"])
+                stream = paced(self._engine.chat(session_id, messages, params, expect=expect), pace)
+                try:
+                    chunk = await stream.__anext__()
+                    self._counts["warm_starts"] += 1
+                except StaleSessionError:  # evicted, slot lent, or changed: the full path below
+                    await stream.aclose()
+                    stream = None
+            if chunk is None:
+                view = view or await self._read_and_admit(session_id, watch)
+                cache = await self._local.sync(session_id, grant, view)
+                watch.lap("sync")
+                stream = paced(self._engine.chat(session_id, messages, params), pace)
+                chunk = await stream.__anext__()
             watch.lap("first_token")
+            self._counts[f"turns_{cache.value}"] += 1
             yield TurnStart(session_id, self._id, cache)
             text: list[str] = []
             while chunk.finish_reason is None:
@@ -159,6 +171,15 @@ class LLMReplica:
         async for item in self.chat_events(sid, messages, sampling):
             if isinstance(item, StreamChunk):
                 yield item
+
+    async def _read_and_admit(self, session_id: str, watch: Stopwatch) -> SessionView:
+        """One engine reading (it waits for the step in progress) that serves
+        admission and the sync: while the session is busy here nothing else on this
+        replica changes its local copy (eviction and close skip or wait for it)."""
+        view = await asyncio.to_thread(self._engine.view, session_id)
+        self._admit(view)
+        watch.lap("admit")
+        return view
 
     def _admit(self, view: SessionView) -> None:
         """429 when every KV slot is taken by a turn in flight and this session

@@ -31,5 +31,10 @@ class CapacityError(SwiftInferError):
     """No room for another session or request right now (HTTP 429)."""
 
 
+class StaleSessionError(SwiftInferError):
+    """A turn asked to start only on an exact, resident copy of its session found
+    another (or none): the caller brings the copy up to date and starts it again."""
+
+
 class EngineClosedError(SwiftInferError):
     """The engine is shutting down or failed (HTTP 503)."""

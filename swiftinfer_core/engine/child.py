@@ -105,7 +105,7 @@ def run_child(config: EngineConfig, cpu_threads: int, commands: Connection, even
             except (EOFError, OSError):  # the parent is gone
                 break
             if isinstance(msg, StartTurn):
-                sub = _Submission(msg.session_id, msg.messages, msg.params, _Remote(msg.turn_id), None)
+                sub = _Submission(msg.session_id, msg.messages, msg.params, _Remote(msg.turn_id), None, msg.expect)
                 engine.turns[msg.turn_id] = sub
                 try:
                     engine._submit(sub)

@@ -25,6 +25,7 @@ from swiftinfer_core.errors import (
     PromptTooLongError,
     SessionBusyError,
     SessionNotFoundError,
+    StaleSessionError,
 )
 from swiftinfer_core.kernels.attention import TritonAttention
 from swiftinfer_core.model.setup import LoadedModel
@@ -66,13 +67,19 @@ class EngineCore:
 
     # ---- API (called under the engine lock) ----
 
-    def add_turn(self, session_id: str, messages: list[dict], params: SamplingParams) -> Turn:
+    def add_turn(self, session_id: str, messages: list[dict], params: SamplingParams, expect: SessionRecord | None = None) -> Turn:
+        """Queue the next turn of ``session_id``. With ``expect``, only when this
+        engine holds the session in a cache slot with exactly that record (a
+        replica's warm start: no separate reading of the engine first); else
+        StaleSessionError and nothing changes."""
         if not isinstance(session_id, str) or not _SESSION_ID.match(session_id):
             raise InvalidRequestError("session_id must be 1-256 characters of [A-Za-z0-9_.:-]")
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError("params must be a SamplingParams")
         messages = validate_messages(messages)
         session = self.sessions.get(session_id)
+        if expect is not None and (session is None or session.slot is None or session.turn is not None or session.record() != expect):
+            raise StaleSessionError(f"session {session_id!r} here is not the expected resident copy")
         if session is not None and session.turn is not None:
             raise SessionBusyError(f"session {session_id!r} already has a turn in flight")
         fresh = session is None or (session.rounds == 0 and session.n == 0 and not session.pending)

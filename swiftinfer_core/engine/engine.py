@@ -42,6 +42,7 @@ class _Submission:
     params: SamplingParams
     out: object  # asyncio.Queue (with ``loop``) or queue.Queue
     loop: asyncio.AbstractEventLoop | None
+    expect: SessionRecord | None = None  # start only on this exact resident copy (EngineCore.add_turn)
     turn: Turn | None = None
 
 
@@ -61,11 +62,14 @@ class Engine:
 
     # ---- streaming ----
 
-    async def chat(self, session_id: str, messages: list[dict], params: SamplingParams | None = None) -> AsyncIterator[StreamChunk]:
-        """Append the new ``messages`` to the session and stream the reply."""
+    async def chat(self, session_id: str, messages: list[dict], params: SamplingParams | None = None,
+                   expect: SessionRecord | None = None) -> AsyncIterator[StreamChunk]:
+        """Append the new ``messages`` to the session and stream the reply. With
+        ``expect`` the first read raises StaleSessionError unless the engine holds
+        exactly that record in a cache slot."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        sub = self._submit(_Submission(session_id, messages, params or SamplingParams(), queue, loop))
+        sub = self._submit(_Submission(session_id, messages, params or SamplingParams(), queue, loop, expect))
         try:
             async for chunk in read_stream(queue):
                 yield chunk
@@ -119,7 +123,7 @@ class Engine:
     def _add(self, sub: _Submission) -> None:
         try:
             self._raise_if_closed()
-            turn = self.core.add_turn(sub.session_id, sub.messages, sub.params)
+            turn = self.core.add_turn(sub.session_id, sub.messages, sub.params, sub.expect)
         except Exception as exc:  # the caller's mistake (or a closed engine): its stream raises it
             self._deliver_all([(sub, exc)])
             return

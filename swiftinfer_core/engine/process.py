@@ -63,13 +63,14 @@ class ProcessEngine:
 
     # ---- streaming ----
 
-    async def chat(self, session_id: str, messages: list[dict], params: SamplingParams | None = None) -> AsyncIterator[StreamChunk]:
+    async def chat(self, session_id: str, messages: list[dict], params: SamplingParams | None = None,
+                   expect: SessionRecord | None = None) -> AsyncIterator[StreamChunk]:
         """As ``Engine.chat``: errors of the turn's start raise at the first read."""
         queue: asyncio.Queue = asyncio.Queue()
         tid = next(self._ids)
         self._streams[tid] = (queue, asyncio.get_running_loop())
         try:
-            self._send(StartTurn(tid, session_id, messages, params or SamplingParams()))
+            self._send(StartTurn(tid, session_id, messages, params or SamplingParams(), expect))
             async for chunk in read_stream(queue):
                 yield chunk
         finally:  # consumer gone or done: the child drops (or aborts) the turn

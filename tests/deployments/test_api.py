@@ -313,3 +313,26 @@ def test_models_health_and_metrics(api):
         text = client.get(f"{prefix}/metrics").text
     phases = {ln.split('phase="')[1].split('"')[0] for ln in text.splitlines() if ln.startswith("swiftinfer_turn_phase_seconds{")}
     assert {"admit", "lease", "sync", "first_token", "commit"} <= phases, phases
+
+
+def test_warm_turns_start_without_reading_the_engine_first(api):
+    """A conversation's later turns on the replica that committed its last one start
+    with the committed record as the engine's condition (warm_starts), not after a
+    separate reading of the engine; a session whose copy is gone takes the full path."""
+    import ray
+
+    client, prefix = api
+    directory = ray.get_actor("api-sessions", namespace="swiftinfer")
+
+    def warm_starts() -> int:
+        time.sleep(2.5)  # replicas report every stats_report_period_s (2 s)
+        return sum(s.get("warm_starts", 0) for s in ray.get(directory.replica_stats.remote(10.0)).values())
+
+    before = warm_starts()
+    for r in range(3):
+        body = _ok(chat(client, prefix, [{"role": "user", "content": f"Warm start {r}: name a tree."}], "warm-start"))
+        assert body["cache"] == ("new" if r == 0 else "warm")
+    assert warm_starts() - before == 2
+    client.delete(f"{prefix}/v1/sessions/warm-start")
+    body = _ok(chat(client, prefix, [{"role": "user", "content": "After the delete."}], "warm-start"))
+    assert body["cache"] == "new" and warm_starts() - before == 2

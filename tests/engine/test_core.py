@@ -199,3 +199,35 @@ def test_warm_up_leaves_no_session_slot_or_count_behind(make_core):
     while core.scheduler.has_work:
         core.step()
     assert out.output_ids and core.stats().tokens_generated == 2
+
+
+def test_a_turn_with_an_expected_record_starts_only_on_that_resident_copy(make_core):
+    from swiftinfer_core.errors import StaleSessionError
+
+    core = make_core(max_sessions=1)
+    params = SamplingParams(max_tokens=3)
+
+    def run(sid, text, expect=None):
+        turn = core.add_turn(sid, [{"role": "user", "content": text}], params, expect=expect)
+        while core.scheduler.has_work:
+            core.step()
+        return turn
+
+    with pytest.raises(StaleSessionError):  # unknown here
+        run("a", "hi", expect=core.session("a").record() if "a" in core.sessions else _record("a"))
+    run("a", "Name a fruit.")
+    record = core.export_session("a")
+    stale = _record("a")
+    with pytest.raises(StaleSessionError):  # another record
+        run("a", "More.", expect=stale)
+    assert core.export_session("a") == record and not core.scheduler.has_work  # nothing changed
+    assert run("a", "And a colour?", expect=record).output_ids  # the exact resident copy: it runs
+    run("b", "Take the slot.")  # one slot: "a" gives it up (its ids stay)
+    with pytest.raises(StaleSessionError):  # same record, not resident
+        run("a", "Again.", expect=core.export_session("a"))
+
+
+def _record(sid):
+    from swiftinfer_core.protocol import SessionRecord
+
+    return SessionRecord(sid, [1], [2], [], 2, 1)

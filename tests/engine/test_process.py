@@ -119,3 +119,19 @@ def test_a_killed_child_fails_streams_calls_and_health():
 def test_a_bad_config_raises_in_the_parent(tmp_path):
     with pytest.raises(Exception, match="config|model|No such|not found|exist"):
         ProcessEngine(EngineConfig(device="cpu", model=str(tmp_path / "missing")), cpu_threads=1)
+
+
+def test_an_expected_record_reaches_the_child(child):
+    from swiftinfer_core.errors import StaleSessionError
+
+    asyncio.run(_turn(child, "x", "Name a fruit."))
+    record = child.export_session("x")
+
+    async def go(expect):
+        return [c async for c in child.chat("x", [{"role": "user", "content": "More."}], SamplingParams(max_tokens=3), expect=expect)]
+
+    stale = type(record)(**{**record.to_dict(), "rounds": record.rounds + 1})
+    with pytest.raises(StaleSessionError):
+        asyncio.run(go(stale))
+    assert child.export_session("x") == record
+    assert asyncio.run(go(record))[-1].finish_reason in ("stop", "length")
