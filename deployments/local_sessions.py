@@ -19,8 +19,10 @@ without a commit:
 - ``drop_unowned``: copies of sessions deleted elsewhere or owned by another
   replica leave the engine (erasure reaches every replica).
 
-Closing a local copy and a turn of the same session exclude each other
-(``guard``/``wait``): a turn never starts on a copy that is being dropped.
+Closing a local copy, rolling a turn back and starting a turn of the same
+session exclude each other (``hold``/``wait``): a turn never starts on a copy
+that is being dropped, and a read after a client left (session info, the next
+turn) sees the copy rolled back, not the aborted turn.
 """
 
 from __future__ import annotations
@@ -57,16 +59,29 @@ class LocalSessions:
         self._engine = engine
         self._kv: KVTransfer = engine if isinstance(engine, KVTransfer) else NoKVTransfer()
         self._limits = limits
-        self._closing: dict[str, asyncio.Event] = {}
+        self._closing: dict[str, asyncio.Event] = {}  # sessions being closed or rolled back
         self.seq: dict[str, int] = {}  # committed turns of each local copy
         self.idle_evicted = 0
         self.rolled_back = 0
 
     # ---- turn start / end ------------------------------------------------------
     async def wait(self, sid: str) -> None:
-        """Return once no close of ``sid`` is in progress."""
+        """Return once no close or roll-back of ``sid`` is in progress."""
         while sid in self._closing:
             await self._closing[sid].wait()
+
+    def hold(self, sid: str) -> asyncio.Event | None:
+        """Mark ``sid`` as changing, at once (no await): ``wait`` blocks until
+        ``release``. None when someone else holds it already."""
+        if sid in self._closing:
+            return None
+        self._closing[sid] = held = asyncio.Event()
+        return held
+
+    def release(self, sid: str, held: asyncio.Event | None) -> None:
+        if held is not None and self._closing.get(sid) is held:
+            del self._closing[sid]
+            held.set()
 
     async def sync(self, sid: str, grant: dict, view: SessionView) -> CacheState:
         """Make the local copy equal the committed state in ``grant`` (from
@@ -95,13 +110,14 @@ class LocalSessions:
         self.seq[sid] = seq
 
     async def restore(self, sid: str, record: dict | None) -> None:
-        """Undo an uncommitted turn: back to ``record`` (None: forget the session)."""
+        """Undo an uncommitted turn: back to ``record`` (None: forget the session).
+        The caller holds ``sid`` (``hold``)."""
         local = await asyncio.to_thread(self._local, sid)
         if local is None or local[0] == record:
             return  # nothing was applied
         self.rolled_back += 1
         if record is None:
-            await self.close(sid)
+            await self.drop(sid)
         else:
             await asyncio.to_thread(self._engine.import_session, SessionRecord.from_dict(record))
 
@@ -109,13 +125,18 @@ class LocalSessions:
     async def close(self, sid: str) -> bool:
         """Drop the local copy (the record stays in the directory and the log)."""
         await self.wait(sid)
-        self._closing[sid] = done = asyncio.Event()
+        held = self.hold(sid)
+        try:
+            return await self.drop(sid)
+        finally:
+            self.release(sid, held)
+
+    async def drop(self, sid: str) -> bool:
+        """``close`` for a caller that holds ``sid`` already."""
         try:
             return await asyncio.to_thread(self._close, sid)
         finally:
-            del self._closing[sid]
             self.seq.pop(sid, None)
-            done.set()
 
     def _close(self, sid: str) -> bool:
         if not self._engine.has_session(sid):

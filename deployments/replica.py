@@ -153,6 +153,7 @@ class LLMReplica:
             done = True
             yield replace(chunk, record=None)  # the record stays here
         finally:
+            held = None if done else self._local.hold(session_id)  # before any await: reads wait for the roll-back
             if stream is not None:  # on cancel this aborts the engine turn
                 await stream.aclose()
             try:
@@ -160,6 +161,7 @@ class LLMReplica:
                     await asyncio.shield(self._end_uncommitted(session_id, grant))
             finally:  # whatever the roll-back met, the session takes turns again
                 self._busy.discard(session_id)
+                self._local.release(session_id, held)
                 self._last_turn[session_id] = time.time()
 
     async def chat(self, session_id: str, messages: list[dict], sampling: dict | SamplingParams,
@@ -207,7 +209,7 @@ class LLMReplica:
         except Exception:  # never mask the turn's own error; drop the copy, the next turn rebuilds
             log.exception("could not roll back session %s", sid)
             try:
-                await self._local.close(sid)
+                await self._local.drop(sid)
             except Exception:
                 log.exception("could not drop the local copy of session %s", sid)
         try:
@@ -220,6 +222,7 @@ class LLMReplica:
 
     # ---- session management ----------------------------------------------------------
     async def session_info(self, session_id: str) -> dict:
+        await self._local.wait(session_id)  # a turn being rolled back: answer with the rolled-back copy
         entry = await self._directory.describe.remote(session_id)
         if entry is None or (entry["record"] is None and entry["owner"] is None):
             raise SessionNotFoundError(f"no session {session_id!r}")
