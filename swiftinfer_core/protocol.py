@@ -37,14 +37,17 @@ class StreamChunk:
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     usage: Usage | None = None
     record: "SessionRecord | None" = None
+    # with SamplingParams.logprobs: one engine.sampler.TokenLogprobs per id of token_ids, in order
+    logprobs: list | None = None
 
 
 def merge_chunks(chunks: list[StreamChunk]) -> StreamChunk:
-    """One chunk with the texts and ids of ``chunks`` in order; the finish reason,
-    usage and record of the last."""
+    """One chunk with the texts, ids and logprobs of ``chunks`` in order; the
+    finish reason, usage and record of the last."""
     if len(chunks) == 1:
         return chunks[0]
-    return replace(chunks[-1], text="".join(c.text for c in chunks), token_ids=[t for c in chunks for t in c.token_ids])
+    lps = None if chunks[-1].logprobs is None else [lp for c in chunks for lp in (c.logprobs or [])]
+    return replace(chunks[-1], text="".join(c.text for c in chunks), token_ids=[t for c in chunks for t in c.token_ids], logprobs=lps)
 
 
 @dataclass

@@ -18,6 +18,8 @@ from swiftinfer_core.config import EngineConfig, SamplingParams
 from swiftinfer_core.engine.chat_format import ChatFormat, validate_messages
 from swiftinfer_core.engine.detok import IncrementalDetokenizer
 from swiftinfer_core.engine.make_runner import make_runner
+from swiftinfer_core.engine.penalties import VisibleTokens, needs_counts
+from swiftinfer_core.engine.sampler import TokenLogprobs
 from swiftinfer_core.engine.scheduler import ScheduledBatch, Scheduler
 from swiftinfer_core.engine.session import Session, Turn, TurnState
 from swiftinfer_core.errors import (
@@ -82,6 +84,8 @@ class EngineCore:
         top, vocab = max(prompt, default=-1), self.loaded.args.vocab_size
         if top >= vocab:  # a tokenizer larger than the model's embedding
             raise InvalidRequestError(f"the messages encode to token id {top}, outside the model's vocabulary of {vocab}")
+        if params.logit_bias and max(params.logit_bias) >= vocab:
+            raise InvalidRequestError(f"logit_bias: token id {max(params.logit_bias)} is outside the model's vocabulary of {vocab}")
         if session is None:
             session = self.sessions[session_id] = Session(session_id, self.layout)
             session.sampling_seed = derive_seed(self.cfg.seed, session_id)
@@ -93,11 +97,21 @@ class EngineCore:
             detok=IncrementalDetokenizer(self.tokenizer, params.stop), generator=gen,
             cached_tokens=self.layout.fill(session.n),
         )
+        self._sampling_extras(turn)
         session.pending = []
         session.turn = turn
         session.last_used = time.monotonic()
         self.scheduler.add(turn)
         return turn
+
+    def _sampling_extras(self, turn: Turn) -> None:
+        """What the sampler needs besides the params (engine/penalties.py)."""
+        p = turn.params
+        if needs_counts(p):
+            turn.visible = VisibleTokens(self.layout.sinks)
+        if p.min_tokens and not p.ignore_eos:
+            turn.min_tokens_ban = sorted(self.eos_ids)
+        turn.adjusts = turn.visible is not None or bool(turn.min_tokens_ban) or bool(p.logit_bias)
 
     def abort(self, turn: Turn) -> None:
         """Stop a turn (client went away). The session stays consistent: what was fed stays fed."""
@@ -207,8 +221,8 @@ class EngineCore:
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return []
-        sampled = self.runner.run(batch)
-        return self._postprocess(batch, sampled)
+        sampled, logprobs = self.runner.run(batch)
+        return self._postprocess(batch, sampled, logprobs)
 
     def _allocate_slot(self, turn: Turn) -> int | None:
         slot = self._take_slot(turn.session.id)
@@ -229,9 +243,9 @@ class EngineCore:
             log.info("session %s gave its cache slot %d to %s; it will be rebuilt", victim.id, slot, for_session)
         return slot
 
-    def _postprocess(self, batch: ScheduledBatch, sampled: list[int | None]) -> list[TurnEvent]:
+    def _postprocess(self, batch: ScheduledBatch, sampled: list[int | None], logprobs: list[TokenLogprobs | None]) -> list[TurnEvent]:
         events = []
-        for seq, tok in zip(batch.seqs, sampled):
+        for seq, tok, lp in zip(batch.seqs, sampled, logprobs):
             turn, session = seq.turn, seq.turn.session
             session.fed(seq.token_ids)
             if turn.state is TurnState.PREFILL:
@@ -244,6 +258,8 @@ class EngineCore:
             if turn.first_token_at is None:
                 turn.first_token_at = time.monotonic()
             turn.output_ids.append(tok)
+            if lp is not None:
+                turn.output_logprobs.append(lp)
             session.generated_tokens += 1
             self.tokens_generated += 1
             reason = self._finish_reason(turn, tok)
@@ -251,17 +267,20 @@ class EngineCore:
             if turn.detok.stopped:
                 reason = "stop"
             if text:
-                events.append(TurnEvent(turn, StreamChunk(text=text, token_ids=self._unsent(turn))))
+                ids, lps = self._unsent(turn)
+                events.append(TurnEvent(turn, StreamChunk(text=text, token_ids=ids, logprobs=lps)))
             if reason is not None:
                 events.append(self._finish(turn, reason))
         return events
 
-    def _unsent(self, turn: Turn) -> list[int]:
-        """Sampled ids not yet in a chunk: a token whose text is an incomplete UTF-8
-        sequence goes out with the chunk that completes it, so every id is sent once."""
+    def _unsent(self, turn: Turn) -> tuple[list[int], list[TokenLogprobs] | None]:
+        """Sampled ids (and their logprobs, when asked) not yet in a chunk: a token
+        whose text is an incomplete UTF-8 sequence goes out with the chunk that
+        completes it, so every id is sent once."""
         ids = turn.output_ids[turn.sent :]
+        lps = turn.output_logprobs[turn.sent :] if turn.params.logprobs else None
         turn.sent = len(turn.output_ids)
-        return ids
+        return ids, lps
 
     def _finish_reason(self, turn: Turn, tok: int) -> str | None:
         if tok in self.eos_ids and not turn.params.ignore_eos:
@@ -284,11 +303,14 @@ class EngineCore:
         session.last_used = time.monotonic()
         turn.state = TurnState.DONE
         tail = turn.detok.flush()
-        ids = self._unsent(turn)
+        ids, lps = self._unsent(turn)
         if reason == "stop" and ids and ids[-1] in self.eos_ids and not turn.params.ignore_eos:
             ids.pop()  # the end token is no output
+            if lps:
+                lps.pop()
         usage = Usage(
             prompt_tokens=turn.prompt_tokens, completion_tokens=len(turn.output_ids),
             prefilled_tokens=turn.prefilled, cached_tokens=turn.cached_tokens,
         )
-        return TurnEvent(turn, StreamChunk(text=tail, token_ids=ids, finish_reason=reason, usage=usage, record=session.record()))
+        return TurnEvent(turn, StreamChunk(text=tail, token_ids=ids, finish_reason=reason, usage=usage, record=session.record(),
+                                           logprobs=lps))

@@ -13,6 +13,8 @@ import torch
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.config import SamplingParams
 from swiftinfer_core.engine.detok import IncrementalDetokenizer
+from swiftinfer_core.engine.penalties import VisibleTokens
+from swiftinfer_core.engine.sampler import TokenLogprobs
 from swiftinfer_core.protocol import SessionRecord, SessionStats
 
 
@@ -122,6 +124,11 @@ class Turn:
     aborted: bool = False
     arrival: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
+    # sampling extras (engine/penalties.py); ``adjusts`` False: the sampler skips this turn's row
+    adjusts: bool = False
+    visible: VisibleTokens | None = None  # counts of the cache's tokens, for penalties
+    min_tokens_ban: list[int] = field(default_factory=list)  # end-token ids, masked until min_tokens
+    output_logprobs: list[TokenLogprobs] = field(default_factory=list)  # parallel to output_ids when params.logprobs
 
     @property
     def next_token(self) -> int:
