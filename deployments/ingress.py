@@ -9,6 +9,9 @@ global app):
   only the unseen suffix goes to the engine. The session id travels to the
   LLM deployment's router as ``handle.options(session_id=...)``: Serve does not
   forward it by itself on this second hop.
+- ``POST /tokenize``, ``POST /detokenize`` (vLLM's shapes, tokenize_api.py),
+  with the ingress's own copy of the tokenizer (tokens.py), which also names
+  the tokens of ``logprobs``.
 - ``GET/DELETE /v1/sessions/{id}``, ``GET /v1/sessions/{id}/turns`` (the
   session log's committed turns: the exactly-once audit), ``GET /v1/models``,
   ``GET /healthz``, ``GET /metrics``; ``/openapi.json`` publishes the request
@@ -53,6 +56,8 @@ from deployments.openai_schema import SESSION_ID_PATTERN, ChatCompletionRequest
 from deployments.request_limits import Deadline, read_body
 from deployments.tenant_limits import TenantLimiter
 from deployments.tenants import client_id, history_seed, scoped
+from deployments.tokenize_api import DetokenizeRequest, TokenizeRequest, detokenize, parse, tokenize
+from deployments.tokens import CodecHolder
 from swiftinfer_core.errors import EngineClosedError, InvalidRequestError, SessionNotFoundError
 
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
@@ -74,11 +79,15 @@ class Ingress:
         auth = self._cfg.auth  # keys and tenants: auth.py, tenants.py
         self._keys = KeyRing(auth.keys_file, auth.reload_period_s) if auth.keyed else None
         self._tenant_limits = TenantLimiter(auth.tenant_limits, auth.tenant_overrides)
+        eng = self._cfg.engine
+        self._codec = CodecHolder(eng.model, eng.allow_control_tokens_in_content, eng.max_turn_tokens)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = FastAPI(title="SwiftInfer Serve", docs_url=None, redoc_url=None)
         body = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}}}
         app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"], openapi_extra={"requestBody": body})
+        app.add_api_route("/tokenize", self.tokenize, methods=["POST"])
+        app.add_api_route("/detokenize", self.detokenize, methods=["POST"])
         app.add_api_route("/v1/sessions/{session_id}/turns", self.session_turns, methods=["GET"])
         app.add_api_route("/v1/sessions/{session_id}", self.get_session, methods=["GET"])
         app.add_api_route("/v1/sessions/{session_id}", self.delete_session, methods=["DELETE"])
@@ -148,7 +157,9 @@ class Ingress:
             sid = client_id(tenant, scoped_sid)
             gen, events, start = await self._start_turn(scoped_sid, new_messages, params, history_base, turn_key, deadline)
             replica = start.replica_id
-            turn = Turn(self._cfg.model_id, replace(start, session_id=sid), ticket.meter(events), self._metrics, t0, time.perf_counter())
+            codec = await self._codec.get() if req.logprobs else None
+            turn = Turn(self._cfg.model_id, replace(start, session_id=sid), ticket.meter(events), self._metrics, t0, time.perf_counter(),
+                        codec=codec)
             headers = {"x-session-id": sid, "x-replica-id": replica}
             self._metrics.requests.labels(status="200").inc()
             if req.stream:
@@ -199,6 +210,24 @@ class Ingress:
             self._metrics.in_flight.dec()
             ticket.finish()
             gen.cancel()
+
+    # ---- tokenizer -------------------------------------------------------------------
+    async def tokenize(self, request: Request) -> Response:
+        return await self._text_route(request, TokenizeRequest, lambda codec, req: tokenize(codec, req, self._cfg.engine.max_turn_tokens))
+
+    async def detokenize(self, request: Request) -> Response:
+        return await self._text_route(request, DetokenizeRequest, detokenize)
+
+    async def _text_route(self, request: Request, cls, handler) -> Response:
+        limits = self._cfg.limits
+        try:
+            req = parse(cls, await read_body(request, limits.max_body_bytes, limits.body_timeout_s))
+            if req.model is not None and req.model != self._cfg.model_id:
+                raise ModelNotFoundError(f"the model {req.model!r} does not exist; this server serves {self._cfg.model_id!r}")
+            codec = await self._codec.get()
+            return JSONResponse(await asyncio.to_thread(handler, codec, req))
+        except Exception as exc:
+            return error_response(exc, {})
 
     # ---- sessions --------------------------------------------------------------------
     @staticmethod
