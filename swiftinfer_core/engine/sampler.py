@@ -44,16 +44,17 @@ class TokenLogprobs:
 
 
 def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
-           rows: list[RowAdjust | None] | None = None) -> list[int]:
+           extras: list[RowAdjust | None] | None = None) -> list[int]:
     """logits [R, V] float32 -> one token id per row."""
-    return sample_step(logits, params, generators, rows)[0]
+    return sample_step(logits, params, generators, extras)[0]
 
 
 def sample_step(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
-                rows: list[RowAdjust | None] | None = None) -> tuple[list[int], list[TokenLogprobs | None]]:
-    """logits [R, V] float32 -> (token id per row, its TokenLogprobs where asked, else None)."""
-    if rows is not None:
-        logits = adjust(logits, params, rows)
+                extras: list[RowAdjust | None] | None = None) -> tuple[list[int], list[TokenLogprobs | None]]:
+    """logits [R, V] float32 -> (token id per row, its TokenLogprobs where asked, else None).
+    ``extras``: per row, what penalties.adjust needs (None: no row needs anything)."""
+    if extras is not None:
+        logits = adjust(logits, params, extras)
     out = torch.argmax(logits, dim=-1)
     vocab = logits.shape[-1]
     groups: dict[int, list[int]] = {}
