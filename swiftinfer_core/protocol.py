@@ -25,6 +25,16 @@ class Usage:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class RawPrompt:
+    """A turn's input as token ids, fed verbatim (``/v1/completions``): passed
+    where chat messages go (``EngineProtocol.chat``'s ``messages``), with no
+    chat template before it and none after the reply. On a session it continues
+    the conversation's token stream as it is."""
+
+    token_ids: list[int]
+
+
 @dataclass
 class StreamChunk:
     """One piece of a streamed reply. ``finish_reason`` and ``usage`` are set on the
@@ -140,9 +150,10 @@ class SessionView:
 
 @runtime_checkable
 class EngineProtocol(Protocol):
-    def chat(self, session_id: str, messages: list[dict], params: SamplingParams) -> AsyncIterator[StreamChunk]:
+    def chat(self, session_id: str, messages: "list[dict] | RawPrompt", params: SamplingParams) -> AsyncIterator[StreamChunk]:
         """Append ``messages`` (only the new ones) to the session, creating it if
-        needed, and stream the assistant's reply."""
+        needed, and stream the assistant's reply. A backend without raw prompts
+        refuses a ``RawPrompt`` with InvalidRequestError."""
         ...
 
     def session_stats(self, session_id: str) -> SessionStats: ...

@@ -30,7 +30,7 @@ from swiftinfer_core.errors import (
 )
 from swiftinfer_core.kernels.attention import TritonAttention
 from swiftinfer_core.model.setup import LoadedModel
-from swiftinfer_core.protocol import EngineStats, KVSnapshot, SessionRecord, SessionStats, SessionView, StreamChunk, Usage
+from swiftinfer_core.protocol import EngineStats, KVSnapshot, RawPrompt, SessionRecord, SessionStats, SessionView, StreamChunk, Usage
 
 log = logging.getLogger(__name__)
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,256}$")  # 256: room for tenant-scoped ids (deployments/tenants.py)
@@ -40,6 +40,13 @@ def derive_seed(*parts: object) -> int:
     """A 63-bit seed from any parts (stable across processes and machines)."""
     digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def _raw_ids(prompt: RawPrompt) -> list[int]:
+    ids = prompt.token_ids
+    if not isinstance(ids, list) or not ids or not all(type(t) is int and t >= 0 for t in ids):
+        raise InvalidRequestError("a raw prompt must be a non-empty list of token ids >= 0")
+    return list(ids)
 
 
 @dataclass
@@ -73,12 +80,17 @@ class EngineCore:
             raise InvalidRequestError("session_id must be 1-256 characters of [A-Za-z0-9_.:-]")
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError("params must be a SamplingParams")
-        messages = validate_messages(messages)
+        raw = isinstance(messages, RawPrompt)
+        if raw:
+            prompt = _raw_ids(messages)
+        else:
+            messages = validate_messages(messages)
         session = self.sessions.get(session_id)
         if session is not None and session.turn is not None:
             raise SessionBusyError(f"session {session_id!r} already has a turn in flight")
-        fresh = session is None or (session.rounds == 0 and session.n == 0 and not session.pending)
-        prompt = self.format.first_round(messages) if fresh else self.format.next_round(messages)
+        if not raw:
+            fresh = session is None or (session.rounds == 0 and session.n == 0 and not session.pending)
+            prompt = self.format.first_round(messages) if fresh else self.format.next_round(messages)
         if len(prompt) > self.cfg.max_turn_tokens:
             raise PromptTooLongError(f"the new messages are {len(prompt)} tokens; the limit is {self.cfg.max_turn_tokens}")
         top, vocab = max(prompt, default=-1), self.loaded.args.vocab_size
@@ -95,7 +107,7 @@ class EngineCore:
         turn = Turn(
             session=session, params=params, to_feed=session.pending + prompt, prompt_tokens=len(prompt),
             detok=IncrementalDetokenizer(self.tokenizer, params.stop), generator=gen,
-            cached_tokens=self.layout.fill(session.n),
+            cached_tokens=self.layout.fill(session.n), raw=raw,
         )
         self._sampling_extras(turn)
         session.pending = []
@@ -294,7 +306,9 @@ class EngineCore:
         closing become the session's pending tokens for the next round."""
         session = turn.session
         self.scheduler.remove(turn)
-        if turn.output_ids:
+        if turn.output_ids and turn.raw:  # a raw prompt's stream goes on as sampled, end token included
+            session.pending = [turn.output_ids[-1]]
+        elif turn.output_ids:
             session.pending = self.format.after_reply(turn.output_ids[-1], self.eos_ids)
         else:  # aborted before any output: the unfed input goes back to pending
             session.pending = turn.to_feed[turn.prefilled :]

@@ -121,6 +121,7 @@ class Turn:
     sent: int = 0  # output_ids[:sent] went out in chunks (a token whose text is not complete yet waits)
     prefilled: int = 0
     cached_tokens: int = 0
+    raw: bool = False  # input given as token ids (protocol.RawPrompt): no chat template after the reply
     aborted: bool = False
     arrival: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
