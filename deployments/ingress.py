@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import logging
 import re
 import time
-from dataclasses import replace
+import uuid
+from dataclasses import dataclass, replace
 
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
@@ -47,6 +49,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.api_keys import KeyRing
 from deployments.auth import KeyCheck, tenant_of
 from deployments.completion import Turn
+from deployments.completions_schema import CompletionRequest
 from deployments.config import AppConfig
 from deployments.directory import directory_handle, directory_spec
 from deployments.errors import ModelNotFoundError, ServiceStartingError, error_response, unwrap
@@ -57,14 +60,28 @@ from deployments.request_limits import Deadline, read_body
 from deployments.tenant_limits import TenantLimiter
 from deployments.tenants import client_id, history_seed, scoped
 from deployments.tokenize_api import DetokenizeRequest, TokenizeRequest, detokenize, parse, tokenize
+from deployments.text_completion import TextTurn
 from deployments.tokens import CodecHolder
 from swiftinfer_core.errors import EngineClosedError, InvalidRequestError, SessionNotFoundError
+from swiftinfer_core.protocol import RawPrompt
 
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
 NO_REPLICA = "none"
 READY_CACHE_S = 5.0  # a positive readiness answer is reused this long
 MAX_TURNS_PAGE = 1000
 _UNAVAILABLE = (EngineClosedError, ActorDiedError, ActorUnavailableError)  # the turn never started: safe to send again
+DROP_ATTEMPTS = 5
+log = logging.getLogger("ray.serve")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Where a turn goes and what the engine gets."""
+
+    scoped_sid: str
+    engine_input: list[dict] | RawPrompt  # new chat messages, or a completion's token ids
+    history_base: str | None  # digest base for id-less chat clients
+    one_call: bool = False  # a completion without a session: deleted after the turn
 
 
 class Ingress:
@@ -81,11 +98,14 @@ class Ingress:
         self._tenant_limits = TenantLimiter(auth.tenant_limits, auth.tenant_overrides)
         eng = self._cfg.engine
         self._codec = CodecHolder(eng.model, eng.allow_control_tokens_in_content, eng.max_turn_tokens)
+        self._dropping: set[asyncio.Task] = set()  # one-call sessions being deleted
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = FastAPI(title="SwiftInfer Serve", docs_url=None, redoc_url=None)
         body = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}}}
         app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"], openapi_extra={"requestBody": body})
+        completion_body = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CompletionRequest"}}}}
+        app.add_api_route("/v1/completions", self.completions, methods=["POST"], openapi_extra={"requestBody": completion_body})
         app.add_api_route("/tokenize", self.tokenize, methods=["POST"])
         app.add_api_route("/detokenize", self.detokenize, methods=["POST"])
         app.add_api_route("/v1/sessions/{session_id}/turns", self.session_turns, methods=["GET"])
@@ -136,35 +156,63 @@ class Ingress:
         return key
 
     async def chat_completions(self, request: Request) -> Response:
+        return await self._serve_turn(request, ChatCompletionRequest, self._plan_chat, Turn)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._serve_turn(request, CompletionRequest, self._plan_completion, TextTurn)
+
+    async def _plan_chat(self, req: ChatCompletionRequest, request: Request, tenant: str | None) -> _Plan:
+        messages = req.engine_messages()
+        scoped_sid, new_messages, history_base = await self._resolve_session(req, messages, request.headers.get("x-session-id"), tenant)
+        return _Plan(scoped_sid, new_messages, history_base)
+
+    async def _plan_completion(self, req: CompletionRequest, request: Request, tenant: str | None) -> _Plan:
+        """A token-id prompt on the client's session, or on a one-call session that is deleted after the turn."""
+        header_sid = request.headers.get("x-session-id")
+        if header_sid is not None and not _SESSION_ID.match(header_sid):
+            raise InvalidRequestError("X-Session-ID must be 1-128 characters of [A-Za-z0-9_.:-]")
+        if req.session_id and header_sid and req.session_id != header_sid:
+            raise InvalidRequestError("session_id in the body and X-Session-ID header differ")
+        ids = req.prompt_ids()
+        if ids is None:
+            codec = await self._codec.get()
+            ids = await asyncio.to_thread(codec.prompt_ids, req.prompt_text())
+        explicit = req.session_id or header_sid
+        sid = scoped(tenant, explicit or f"cmpl-{uuid.uuid4().hex}")
+        return _Plan(sid, RawPrompt(ids), None, one_call=not explicit)
+
+    async def _serve_turn(self, request: Request, schema, plan, render) -> Response:
+        """One turn of either API: parse ``schema``, check limits, ``plan`` the session
+        and engine input, stream the replica's events rendered by ``render``."""
         t0 = time.perf_counter()
         limits = self._cfg.limits
         deadline = time.monotonic() + limits.request_timeout_s
-        sid, replica, gen, streaming, ticket = "", NO_REPLICA, None, False, None
+        sid, replica, gen, streaming, ticket, drop = "", NO_REPLICA, None, False, None, None
         tenant = tenant_of(request)
         self._metrics.in_flight.inc()
         try:
-            req = ChatCompletionRequest.parse(await read_body(request, limits.max_body_bytes, limits.body_timeout_s))
+            req = schema.parse(await read_body(request, limits.max_body_bytes, limits.body_timeout_s))
             if req.model != self._cfg.model_id:
                 raise ModelNotFoundError(f"the model {req.model!r} does not exist; this server serves {self._cfg.model_id!r}")
-            messages = req.engine_messages()
             params = req.sampling(self._cfg.default_max_tokens)
             if params.max_tokens > limits.max_output_tokens:
                 raise InvalidRequestError(f"max_tokens is {params.max_tokens}; this server allows at most {limits.max_output_tokens}")
             turn_key = self._turn_key(request)
             ticket = self._tenant_limits.acquire(tenant, params.max_tokens)  # 429 past the tenant's limits
             await self._ensure_ready()
-            scoped_sid, new_messages, history_base = await self._resolve_session(req, messages, request.headers.get("x-session-id"), tenant)
-            sid = client_id(tenant, scoped_sid)
-            gen, events, start = await self._start_turn(scoped_sid, new_messages, params, history_base, turn_key, deadline)
+            p = await plan(req, request, tenant)
+            sid = client_id(tenant, p.scoped_sid)
+            drop = p.scoped_sid if p.one_call else None
+            gen, events, start = await self._start_turn(p.scoped_sid, p.engine_input, params, p.history_base, turn_key, deadline)
             replica = start.replica_id
-            codec = await self._codec.get() if req.logprobs else None
-            turn = Turn(self._cfg.model_id, replace(start, session_id=sid), ticket.meter(events), self._metrics, t0, time.perf_counter(),
-                        codec=codec)
+            codec = await self._codec.get() if params.logprobs else None
+            turn = render(self._cfg.model_id, replace(start, session_id=sid), ticket.meter(events), self._metrics, t0, time.perf_counter(),
+                          codec=codec)
             headers = {"x-session-id": sid, "x-replica-id": replica}
             self._metrics.requests.labels(status="200").inc()
             if req.stream:
-                streaming = True  # from here the stream's guard owns the in-flight count
-                return StreamingResponse(self._guard(turn.stream(), gen, ticket), media_type="text/event-stream", headers=headers)
+                streaming = True  # from here the stream's guard owns the in-flight count (and the one-call session)
+                return StreamingResponse(self._guard(turn.stream(), gen, ticket, drop), media_type="text/event-stream", headers=headers)
             return JSONResponse(await turn.collect(), headers=headers)
         except BaseException as exc:
             if gen is not None:
@@ -179,6 +227,25 @@ class Ingress:
                 self._metrics.in_flight.dec()
                 if ticket is not None:
                     ticket.finish()
+                if drop is not None:
+                    self._drop_later(drop)
+
+    def _drop_later(self, scoped_sid: str) -> None:
+        """Delete a one-call session once its turn is over (committed or rolled back)."""
+        task = asyncio.get_running_loop().create_task(self._drop(scoped_sid))
+        self._dropping.add(task)
+        task.add_done_callback(self._dropping.discard)
+
+    async def _drop(self, scoped_sid: str) -> None:
+        for attempt in range(DROP_ATTEMPTS):  # a cancelled turn may still hold the session a moment
+            try:
+                await self._llm.options(session_id=scoped_sid).close_session.remote(scoped_sid)
+                return
+            except Exception:
+                if attempt == DROP_ATTEMPTS - 1:
+                    log.warning("could not delete the one-call session %s", scoped_sid, exc_info=True)
+                    return
+                await asyncio.sleep(0.5 * (attempt + 1))
 
     async def _start_turn(self, sid, messages, params, history_base, turn_key, deadline):
         """(generator, deadline-bounded events, TurnStart). Before its first token a
@@ -201,8 +268,9 @@ class Ingress:
                 await asyncio.sleep(pause)
                 pause = min(2 * pause, 2.0)
 
-    async def _guard(self, body, gen, ticket):
-        """Ends the stream's in-flight count and tenant ticket; cancels the replica's turn if the client leaves."""
+    async def _guard(self, body, gen, ticket, drop: str | None = None):
+        """Ends the stream's in-flight count and tenant ticket; cancels the replica's
+        turn if the client leaves; deletes a one-call session (``drop``)."""
         try:
             async for part in body:
                 yield part
@@ -210,6 +278,8 @@ class Ingress:
             self._metrics.in_flight.dec()
             ticket.finish()
             gen.cancel()
+            if drop is not None:
+                self._drop_later(drop)
 
     # ---- tokenizer -------------------------------------------------------------------
     async def tokenize(self, request: Request) -> Response:
@@ -341,13 +411,14 @@ def _query_int(request: Request, name: str, default: int, hi: int) -> int:
 
 
 def _openapi(app: FastAPI) -> dict:
-    """FastAPI's schema plus the chat request body (the routes read raw bodies, so
-    FastAPI cannot infer it)."""
+    """FastAPI's schema plus the chat and completion request bodies (the routes read
+    raw bodies, so FastAPI cannot infer them)."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version="1", routes=app.routes)
-        request = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components.update(request.pop("$defs", {}))
-        components["ChatCompletionRequest"] = request
+        for model in (ChatCompletionRequest, CompletionRequest):
+            request = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(request.pop("$defs", {}))
+            components[model.__name__] = request
         app.openapi_schema = schema
     return app.openapi_schema

@@ -82,13 +82,13 @@ class StreamOptions(_Strict):
     include_obfuscation: bool | None = None
 
 
-class ChatCompletionRequest(_Strict):
+class SamplingRequest(_Strict):
+    """The fields chat and text completions share, and their mapping to the engine's SamplingParams."""
+
     model: str = Field(min_length=1, max_length=256)
-    messages: list[Message] = Field(min_length=1, max_length=4096)
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, ge=0.0, le=1.0)
     n: int | None = Field(None, ge=1, le=128)
@@ -97,18 +97,7 @@ class ChatCompletionRequest(_Strict):
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = Field(None, max_length=1024)  # token id (as a string) -> [-100, 100]
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=20)
-    # describe the request only: nothing for them to change here
-    user: str | None = None
-    metadata: dict[str, str] | None = None
-    store: bool | None = None
-    service_tier: str | None = None
-    parallel_tool_calls: bool | None = None
-    # accepted only when they ask for nothing we cannot do
-    tools: list[dict] | None = None
-    tool_choice: str | dict | None = None
-    response_format: dict | None = None
+    user: str | None = None  # describes the request only: nothing for it to change here
     # extensions
     session_id: str | None = Field(None, pattern=SESSION_ID_PATTERN)
     top_k: int | None = Field(None, ge=0)
@@ -116,22 +105,26 @@ class ChatCompletionRequest(_Strict):
     repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
     min_tokens: int | None = Field(None, ge=0)
 
+    def unsupported(self) -> dict[str, bool]:
+        """Field name -> whether this request asks for it in a way this server cannot do."""
+        return {"n": self.n not in (None, 1)}
+
     @model_validator(mode="after")
-    def _supported(self) -> "ChatCompletionRequest":
-        unsupported = {
-            "n": self.n not in (None, 1),
-            "tools": bool(self.tools) or self.tool_choice not in (None, "none", "auto"),
-            "response_format": self.response_format not in (None, {"type": "text"}),
-        }
-        bad = [k for k, v in unsupported.items() if v]
+    def _supported(self) -> "SamplingRequest":
+        bad = [k for k, v in self.unsupported().items() if v]
         if bad:
             raise ValueError(f"unsupported by this server: {', '.join(bad)}")
         if isinstance(self.stop, list) and len(self.stop) > 16:
             raise ValueError("stop: at most 16 strings")
-        if self.top_logprobs and not self.logprobs:
-            raise ValueError("top_logprobs: needs logprobs set to true")
         self.bias()  # token ids and ranges checked here, so the error is a 400 at parse time
         return self
+
+    @classmethod
+    def parse(cls, body: bytes):
+        try:
+            return cls.model_validate_json(body)
+        except ValidationError as exc:
+            raise InvalidRequestError(describe(exc)) from None
 
     def bias(self) -> dict[int, float]:
         """``logit_bias`` with integer token ids (OpenAI sends them as JSON object keys)."""
@@ -144,22 +137,13 @@ class ChatCompletionRequest(_Strict):
             out[int(key)] = value
         return out
 
-    @classmethod
-    def parse(cls, body: bytes) -> "ChatCompletionRequest":
-        try:
-            return cls.model_validate_json(body)
-        except ValidationError as exc:
-            raise InvalidRequestError(describe(exc)) from None
-
-    def engine_messages(self) -> list[dict]:
-        return [m.to_engine(i) for i, m in enumerate(self.messages)]
-
-    def sampling(self, default_max_tokens: int) -> SamplingParams:
-        """Engine sampling parameters (raises InvalidRequestError on bad bounds)."""
+    def engine_params(self, max_tokens: int, top_logprobs: int | None) -> SamplingParams:
+        """Engine sampling parameters; ``top_logprobs`` None: no logprobs (raises
+        InvalidRequestError on bad bounds)."""
         greedy = self.temperature == 0.0 or self.top_p == 0.0
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return SamplingParams(
-            max_tokens=self.max_completion_tokens or self.max_tokens or default_max_tokens,
+            max_tokens=max_tokens,
             temperature=0.0 if greedy else (1.0 if self.temperature is None else self.temperature),
             top_p=1.0 if greedy or self.top_p is None else self.top_p,
             top_k=self.top_k or 0,
@@ -171,9 +155,46 @@ class ChatCompletionRequest(_Strict):
             repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
             logit_bias=self.bias(),
             min_tokens=self.min_tokens or 0,
-            logprobs=bool(self.logprobs),
-            top_logprobs=self.top_logprobs or 0,
+            logprobs=top_logprobs is not None,
+            top_logprobs=top_logprobs or 0,
         )
+
+
+class ChatCompletionRequest(SamplingRequest):
+    messages: list[Message] = Field(min_length=1, max_length=4096)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    # describe the request only: nothing for them to change here
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    parallel_tool_calls: bool | None = None
+    # accepted only when they ask for nothing we cannot do
+    tools: list[dict] | None = None
+    tool_choice: str | dict | None = None
+    response_format: dict | None = None
+
+    def unsupported(self) -> dict[str, bool]:
+        return {
+            **super().unsupported(),
+            "tools": bool(self.tools) or self.tool_choice not in (None, "none", "auto"),
+            "response_format": self.response_format not in (None, {"type": "text"}),
+        }
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> "ChatCompletionRequest":
+        if self.top_logprobs and not self.logprobs:  # as OpenAI
+            raise ValueError("top_logprobs: needs logprobs set to true")
+        return self
+
+    def engine_messages(self) -> list[dict]:
+        return [m.to_engine(i) for i, m in enumerate(self.messages)]
+
+    def sampling(self, default_max_tokens: int) -> SamplingParams:
+        """Engine sampling parameters (raises InvalidRequestError on bad bounds)."""
+        return self.engine_params(self.max_completion_tokens or self.max_tokens or default_max_tokens,
+                                  (self.top_logprobs or 0) if self.logprobs else None)
 
 
 def describe(exc: ValidationError) -> str:

@@ -59,9 +59,7 @@ def tokenize(codec: TextCodec, req: TokenizeRequest, max_model_len: int) -> dict
     if req.messages is not None:
         ids = codec.format.first_round(validate_messages([m.to_engine(i) for i, m in enumerate(req.messages)]))
     else:
-        special = codec.tok("", add_special_tokens=True).input_ids if req.add_special_tokens in (None, True) else []
-        text = codec.format.encode(req.prompt) if codec.format.allow_control_tokens else codec.format.encode_as_text(req.prompt)
-        ids = list(special) + text
+        ids = codec.prompt_ids(req.prompt, req.add_special_tokens in (None, True))
     strs = codec.tok.convert_ids_to_tokens(ids) if req.return_token_strs else None  # the vocabulary's own pieces, as vLLM
     return {"count": len(ids), "max_model_len": max_model_len, "tokens": ids, "token_strs": strs}
 

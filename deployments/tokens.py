@@ -76,6 +76,13 @@ class TextCodec:
             out.append(item)
         return out
 
+    def prompt_ids(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """A client's prompt text: the tokenizer's special prefix (BOS, if it adds
+        one), then the text encoded as plain text, as message content is."""
+        special = list(self.tok("", add_special_tokens=True).input_ids) if add_special_tokens else []
+        encode = self.format.encode if self.format.allow_control_tokens else self.format.encode_as_text
+        return special + encode(text)
+
     def detokenize(self, ids: list[int]) -> str:
         return self.tok.decode(ids)
 

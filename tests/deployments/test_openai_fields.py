@@ -1,7 +1,8 @@
 """Issue 18 on a real local Ray cluster, through the ``openai`` client: penalties,
 logit_bias, min_tokens and logprobs (streamed and not) against the model's own
-logits computed here; /tokenize and /detokenize; and a 400 naming each field
-this server still refuses."""
+logits computed here; /v1/completions (text and token-id prompts, sessions,
+logprobs, stop); /tokenize and /detokenize; and a 400 naming each field this
+server still refuses."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 from ray import serve
 
-from serve_helpers import MODEL_ID, app_config, deploy
+from serve_helpers import MODEL_ID, app_config, deploy, wait_for
 
 USER = [{"role": "user", "content": "Name three colours."}]
 
@@ -38,12 +39,13 @@ def reference(model_dir):
     return fmt, AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
 
 
-def greedy_reference(fmt, model, params, steps: int) -> list[tuple[int, torch.Tensor]]:
-    """(token, log-probabilities [V]) per step: greedy on the adjusted logits,
-    penalties counting every token so far (all of it fits in the test cache)."""
+def greedy_reference(fmt, model, params, steps: int, ids: list[int] | None = None) -> list[tuple[int, torch.Tensor]]:
+    """(token, log-probabilities [V]) per step after ``ids`` (default: the USER
+    chat turn): greedy on the adjusted logits, penalties counting every token so
+    far (all of it fits in the test cache)."""
     from swiftinfer_core.engine.penalties import RowAdjust, adjust
 
-    ids = fmt.first_round(USER)
+    ids = list(fmt.first_round(USER) if ids is None else ids)
     out = []
     with torch.no_grad():
         for _ in range(steps):
@@ -150,3 +152,61 @@ def test_tokenize_and_detokenize(app, reference):
         resp = http.post(f"{prefix}{path}", json=bad)
         assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_request_error", (path, bad, resp.text)
     assert http.post(f"{prefix}/tokenize", json={"model": "gpt-4", "prompt": "a"}).status_code == 404
+
+
+def test_completions_text_and_token_prompts_with_logprobs(app, reference):
+    from swiftinfer_core.config import SamplingParams
+
+    oai, _, _ = app
+    fmt, model = reference
+    prompt = "The three primary colours are"
+    ids = fmt.encode_as_text(prompt)
+    ref = greedy_reference(fmt, model, SamplingParams(), 6, ids)
+    got = oai.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=6, temperature=0, logprobs=2, extra_body={"ignore_eos": True})
+    choice = got.choices[0]
+    assert got.object == "text_completion" and choice.finish_reason == "length" and got.usage.completion_tokens == 6
+    assert choice.text == fmt.tok.decode([t for t, _ in ref])
+    lp = choice.logprobs
+    assert lp.tokens == [fmt.tok.decode([t]) for t, _ in ref]
+    assert all(abs(a - float(b[t])) < 2e-3 for a, (t, b) in zip(lp.token_logprobs, ref))
+    assert [len(m) for m in lp.top_logprobs] == [2] * 6 and lp.text_offset[0] == 0
+    assert lp.text_offset == [sum(len(x) for x in lp.tokens[:i]) for i in range(6)]
+    # streamed, and from token ids: the same
+    chunks = list(oai.completions.create(model=MODEL_ID, prompt=ids, max_tokens=6, temperature=0, logprobs=2, stream=True,
+                                         extra_body={"ignore_eos": True}))
+    assert "".join(c.choices[0].text for c in chunks) == choice.text
+    assert [t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.tokens] == lp.tokens
+    assert chunks[-1].choices[0].finish_reason == "length" and chunks[-1].usage.completion_tokens == 6
+    stopped = oai.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=6, temperature=0, stop=[choice.text[3:6]])
+    assert stopped.choices[0].finish_reason == "stop" and choice.text.startswith(stopped.choices[0].text)
+
+
+def test_completions_on_a_session_continue_its_token_stream(app, reference):
+    from swiftinfer_core.config import SamplingParams
+
+    oai, http, prefix = app
+    fmt, model = reference
+    a, b = fmt.encode_as_text("Once upon a time"), fmt.encode_as_text(" Then")
+    kw = dict(model=MODEL_ID, max_tokens=5, temperature=0, extra_body={"session_id": "cmpl-s1", "ignore_eos": True})
+    first = oai.completions.create(prompt=a, **kw).choices[0].text
+    second = oai.completions.create(prompt=b, **kw).choices[0].text
+    out1 = [t for t, _ in greedy_reference(fmt, model, SamplingParams(), 5, a)]
+    out2 = [t for t, _ in greedy_reference(fmt, model, SamplingParams(), 5, a + out1 + b)]
+    assert (first, second) == (fmt.tok.decode(out1), fmt.tok.decode(out2))
+    assert http.get(f"{prefix}/v1/sessions/cmpl-s1").json()["rounds"] == 2
+    # without a session the call's own session is deleted afterwards
+    resp = oai.completions.with_raw_response.create(model=MODEL_ID, prompt="Hi", max_tokens=2)
+    sid = resp.headers["x-session-id"]
+    assert sid.startswith("cmpl-")
+    wait_for(lambda: http.get(f"{prefix}/v1/sessions/{sid}").status_code == 404, 30, "the one-call session's deletion")
+
+
+def test_completions_refuse_what_they_do_not_do(app):
+    from openai import BadRequestError
+
+    oai, _, _ = app
+    for field, kw in {"echo": dict(echo=True), "best_of": dict(best_of=2), "suffix": dict(suffix="x"), "n": dict(n=2),
+                      "prompt": dict(prompt=["a", "b"]), "logprobs": dict(logprobs=21)}.items():
+        with pytest.raises(BadRequestError) as err:
+            oai.completions.create(model=MODEL_ID, **{"prompt": "hi", **kw})
+        assert field in str(err.value), (field, str(err.value))
