@@ -102,7 +102,7 @@ class SamplingRequest(_Strict):
     session_id: str | None = Field(None, pattern=SESSION_ID_PATTERN)
     top_k: int | None = Field(None, ge=0)
     ignore_eos: bool | None = None
-    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
+    repetition_penalty: float | None = Field(None, ge=0.01, le=10.0)  # a tinier one overflows float32 logits
     min_tokens: int | None = Field(None, ge=0)
 
     def unsupported(self) -> dict[str, bool]:

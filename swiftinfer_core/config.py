@@ -86,7 +86,7 @@ class SamplingParams(StrictModel):
     # Penalties and bias: see engine/penalties.py (penalties count the tokens the cache can see).
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="Subtracted from the logit of every token the cache holds.")
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="Subtracted once per occurrence of a token the cache holds.")
-    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description="Divides positive (multiplies negative) logits of tokens the cache holds; 1 disables.")
+    repetition_penalty: float = Field(1.0, ge=0.01, le=10.0, description="Divides positive (multiplies negative) logits of tokens the cache holds; 1 disables.")
     logit_bias: dict[int, float] = Field(default_factory=dict, max_length=1024, description="Token id -> bias added to its logit, in [-100, 100].")
     min_tokens: int = Field(0, ge=0, le=1 << 20, description="End tokens are masked until this many tokens were generated.")
     logprobs: bool = Field(False, description="Return the log-probability of each sampled token.")

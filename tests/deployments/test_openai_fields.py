@@ -125,7 +125,7 @@ def test_refused_fields_are_named_in_a_400(app):
         "top_logprobs": dict(top_logprobs=2),
         "logit_bias": dict(logit_bias={"x1": 3}),
         "min_tokens": dict(max_tokens=2, extra_body={"min_tokens": 3}),
-        "repetition_penalty": dict(extra_body={"repetition_penalty": 0}),
+        "repetition_penalty": dict(extra_body={"repetition_penalty": 0.001}),
         "frobnicate": dict(extra_body={"frobnicate": 1}),
     }
     for field, kw in cases.items():

@@ -133,3 +133,10 @@ def test_logprobs_are_log_softmax_of_the_adjusted_logits():
         assert [t for t, _ in lps[i].top] == want_top.indices.tolist()
         assert all(abs(v - w) < 1e-4 for (_, v), w in zip(lps[i].top, want_top.values.tolist()))
     assert ids[0] == int(logits[0].argmax()) and lps[0].top[0][0] == ids[0]
+
+
+def test_masked_tokens_have_a_finite_logprob():
+    logits = torch.randn(1, 6)
+    p = SamplingParams(logprobs=True, top_logprobs=6, min_tokens=2)
+    _, lps = sample_step(logits, [p], [None], [RowAdjust(ban=[0, 1, 2])])
+    assert sorted(v for _, v in lps[0].top)[:3] == [-9999.0] * 3 and math.isfinite(lps[0].logprob)
