@@ -91,6 +91,7 @@ class SamplingParams(StrictModel):
     min_tokens: int = Field(0, ge=0, le=1 << 20, description="End tokens are masked until this many tokens were generated.")
     logprobs: bool = Field(False, description="Return the log-probability of each sampled token.")
     top_logprobs: int = Field(0, ge=0, le=20, description="Also return this many most likely tokens per position (needs logprobs).")
+    prompt_logprobs: int | None = Field(None, ge=0, le=20, description="Score the input tokens too, with this many most likely tokens per position; None: off.")
 
     @model_validator(mode="after")
     def _check(self) -> "SamplingParams":

@@ -49,6 +49,8 @@ class StreamChunk:
     record: "SessionRecord | None" = None
     # with SamplingParams.logprobs: one engine.sampler.TokenLogprobs per id of token_ids, in order
     logprobs: list | None = None
+    # with SamplingParams.prompt_logprobs, on the turn's first chunk: one per input token (None: nothing predicts it)
+    prompt_logprobs: list | None = None
 
 
 def merge_chunks(chunks: list[StreamChunk]) -> StreamChunk:
@@ -57,7 +59,9 @@ def merge_chunks(chunks: list[StreamChunk]) -> StreamChunk:
     if len(chunks) == 1:
         return chunks[0]
     lps = None if chunks[-1].logprobs is None else [lp for c in chunks for lp in (c.logprobs or [])]
-    return replace(chunks[-1], text="".join(c.text for c in chunks), token_ids=[t for c in chunks for t in c.token_ids], logprobs=lps)
+    prompt = next((c.prompt_logprobs for c in chunks if c.prompt_logprobs is not None), None)
+    return replace(chunks[-1], text="".join(c.text for c in chunks), token_ids=[t for c in chunks for t in c.token_ids], logprobs=lps,
+                   prompt_logprobs=prompt)
 
 
 @dataclass

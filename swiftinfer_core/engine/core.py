@@ -110,6 +110,8 @@ class EngineCore:
             cached_tokens=self.layout.fill(session.n), raw=raw,
         )
         self._sampling_extras(turn)
+        if params.prompt_logprobs is not None and not session.pending:
+            turn.prompt_logprobs.append(None)  # the input starts to_feed: nothing before it is scored
         session.pending = []
         session.turn = turn
         session.last_used = time.monotonic()
@@ -233,7 +235,9 @@ class EngineCore:
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return []
-        sampled, logprobs = self.runner.run(batch)
+        sampled, logprobs, scores = self.runner.run(batch)
+        for i, items in scores.items():
+            batch.seqs[i].turn.prompt_logprobs.extend(items)
         return self._postprocess(batch, sampled, logprobs)
 
     def _allocate_slot(self, turn: Turn) -> int | None:
@@ -280,7 +284,7 @@ class EngineCore:
                 reason = "stop"
             if text:
                 ids, lps = self._unsent(turn)
-                events.append(TurnEvent(turn, StreamChunk(text=text, token_ids=ids, logprobs=lps)))
+                events.append(TurnEvent(turn, StreamChunk(text=text, token_ids=ids, logprobs=lps, prompt_logprobs=self._prompt_scores(turn))))
             if reason is not None:
                 events.append(self._finish(turn, reason))
         return events
@@ -327,4 +331,12 @@ class EngineCore:
             prefilled_tokens=turn.prefilled, cached_tokens=turn.cached_tokens,
         )
         return TurnEvent(turn, StreamChunk(text=tail, token_ids=ids, finish_reason=reason, usage=usage, record=session.record(),
-                                           logprobs=lps))
+                                           logprobs=lps, prompt_logprobs=self._prompt_scores(turn)))
+
+    @staticmethod
+    def _prompt_scores(turn: Turn) -> list | None:
+        """The input's logprobs, on the turn's first chunk only (prompt_scores.py)."""
+        if turn.params.prompt_logprobs is None or turn.prompt_scores_sent:
+            return None
+        turn.prompt_scores_sent = True
+        return turn.prompt_logprobs[-turn.prompt_tokens :] if turn.prompt_tokens else []

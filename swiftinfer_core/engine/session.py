@@ -130,6 +130,8 @@ class Turn:
     visible: VisibleTokens | None = None  # counts of the cache's tokens, for penalties
     min_tokens_ban: list[int] = field(default_factory=list)  # end-token ids, masked until min_tokens
     output_logprobs: list[TokenLogprobs] = field(default_factory=list)  # parallel to output_ids when params.logprobs
+    prompt_logprobs: list[TokenLogprobs | None] = field(default_factory=list)  # to_feed[1:] scored (to_feed[0] too when None)
+    prompt_scores_sent: bool = False
 
     @property
     def next_token(self) -> int:

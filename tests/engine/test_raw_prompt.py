@@ -36,3 +36,42 @@ def test_bad_raw_prompts_are_refused(make_core):
         with pytest.raises(InvalidRequestError):
             core.add_turn("bad", RawPrompt(bad), SamplingParams())
     assert "bad" not in core.sessions
+
+
+@pytest.fixture(scope="module")
+def hf_model(model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+
+
+def test_prompt_logprobs_over_chunks_and_rounds_equal_the_models(make_core, hf_model):
+    """Scored in chunks of 8 (so across chunk boundaries), on a fresh session and
+    on its next round (whose first input token follows the previous reply)."""
+    import torch
+
+    core = make_core(window=200, prefill_chunk=8)
+    a = core.tokenizer.encode("The quick brown fox jumps over the lazy dog, and then it runs away.")
+    b = core.tokenizer.encode(" Later that day")
+    params = SamplingParams(max_tokens=3, ignore_eos=True, prompt_logprobs=2)
+
+    def scored(sid, ids):
+        turn = core.add_turn(sid, RawPrompt(ids), params)
+        chunks = []
+        while turn.session.turn is turn:
+            chunks.extend(ev.chunk for ev in core.step() if ev.turn is turn)
+        firsts = [c.prompt_logprobs for c in chunks if c.prompt_logprobs is not None]
+        assert len(firsts) == 1 and chunks[0].prompt_logprobs is not None
+        return turn, firsts[0]
+
+    t1, s1 = scored("p", a)
+    t2, s2 = scored("p", b)
+    stream = a + t1.output_ids + b
+    with torch.no_grad():
+        ref = torch.log_softmax(hf_model(torch.tensor([stream])).logits[0].double(), -1)
+    assert len(s1) == len(a) and s1[0] is None and len(s2) == len(b)
+    for pos, lp in list(enumerate(s1))[1:] + [(len(a) + len(t1.output_ids) + j, lp) for j, lp in enumerate(s2)]:
+        assert lp.token == stream[pos]
+        assert abs(lp.logprob - float(ref[pos - 1, stream[pos]])) < 2e-3, pos
+        assert [t for t, _ in lp.top] == torch.topk(ref[pos - 1], 2).indices.tolist(), pos
