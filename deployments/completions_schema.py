@@ -8,8 +8,11 @@ template is applied. With ``session_id`` the prompt continues that session's
 token stream verbatim, and the reply stays in it for the next call.
 
 ``logprobs`` is OpenAI's legacy integer: the sampled token's logprob plus that
-many most likely tokens (0..20). Refused with a 400 naming them: ``echo``
-(prompt logprobs: not implemented), ``best_of > 1``, ``suffix``, ``n > 1``.
+many most likely tokens (0..20). ``echo`` puts the prompt before the
+completion, and with ``logprobs`` scores its tokens too (the engine's prompt
+logprobs: swiftinfer_core/engine/prompt_scores.py; a prompt longer than the
+cache is scored with the rolling cache). Refused with a 400 naming them:
+``best_of > 1``, ``suffix``, ``n > 1``.
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ class CompletionRequest(SamplingRequest):
         return {
             **super().unsupported(),
             "prompt (a batch of prompts)": batch,
-            "echo": bool(self.echo),
             "best_of": self.best_of not in (None, 1),
             "suffix": bool(self.suffix),
         }
@@ -63,4 +65,5 @@ class CompletionRequest(SamplingRequest):
         return list(p[0]) if isinstance(p[0], list) else list(p)
 
     def sampling(self, default_max_tokens: int) -> SamplingParams:
-        return self.engine_params(self.max_tokens or default_max_tokens, self.logprobs)
+        return self.engine_params(self.max_tokens or default_max_tokens, self.logprobs,
+                                  prompt_logprobs=self.logprobs if self.echo else None)

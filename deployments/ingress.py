@@ -38,7 +38,7 @@ import logging
 import re
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
@@ -82,6 +82,7 @@ class _Plan:
     engine_input: list[dict] | RawPrompt  # new chat messages, or a completion's token ids
     history_base: str | None  # digest base for id-less chat clients
     one_call: bool = False  # a completion without a session: deleted after the turn
+    render: dict = field(default_factory=dict)  # extra fields of the response renderer (a completion's echo)
 
 
 class Ingress:
@@ -179,7 +180,13 @@ class Ingress:
             ids = await asyncio.to_thread(codec.prompt_ids, req.prompt_text())
         explicit = req.session_id or header_sid
         sid = scoped(tenant, explicit or f"cmpl-{uuid.uuid4().hex}")
-        return _Plan(sid, RawPrompt(ids), None, one_call=not explicit)
+        echo = {}
+        if req.echo:  # the prompt's own text when given as text, else its decoding
+            text = req.prompt_text()
+            if text is None:
+                text = (await self._codec.get()).detokenize(ids)
+            echo = {"echo_text": text, "echo_ids": ids}
+        return _Plan(sid, RawPrompt(ids), None, one_call=not explicit, render=echo)
 
     async def _serve_turn(self, request: Request, schema, plan, render) -> Response:
         """One turn of either API: parse ``schema``, check limits, ``plan`` the session
@@ -207,7 +214,7 @@ class Ingress:
             replica = start.replica_id
             codec = await self._codec.get() if params.logprobs else None
             turn = render(self._cfg.model_id, replace(start, session_id=sid), ticket.meter(events), self._metrics, t0, time.perf_counter(),
-                          codec=codec)
+                          codec=codec, **p.render)
             headers = {"x-session-id": sid, "x-replica-id": replica}
             self._metrics.requests.labels(status="200").inc()
             if req.stream:

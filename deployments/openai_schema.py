@@ -137,8 +137,9 @@ class SamplingRequest(_Strict):
             out[int(key)] = value
         return out
 
-    def engine_params(self, max_tokens: int, top_logprobs: int | None) -> SamplingParams:
-        """Engine sampling parameters; ``top_logprobs`` None: no logprobs (raises
+    def engine_params(self, max_tokens: int, top_logprobs: int | None, prompt_logprobs: int | None = None) -> SamplingParams:
+        """Engine sampling parameters; ``top_logprobs`` None: no logprobs;
+        ``prompt_logprobs`` None: the input is not scored (raises
         InvalidRequestError on bad bounds)."""
         greedy = self.temperature == 0.0 or self.top_p == 0.0
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -157,6 +158,7 @@ class SamplingRequest(_Strict):
             min_tokens=self.min_tokens or 0,
             logprobs=top_logprobs is not None,
             top_logprobs=top_logprobs or 0,
+            prompt_logprobs=prompt_logprobs,
         )
 
 

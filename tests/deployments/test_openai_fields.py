@@ -1,7 +1,7 @@
 """Issue 18 on a real local Ray cluster, through the ``openai`` client: penalties,
 logit_bias, min_tokens and logprobs (streamed and not) against the model's own
 logits computed here; /v1/completions (text and token-id prompts, sessions,
-logprobs, stop); /tokenize and /detokenize; and a 400 naming each field this
+logprobs, echo with prompt logprobs, stop); /tokenize and /detokenize; and a 400 naming each field this
 server still refuses."""
 
 from __future__ import annotations
@@ -205,8 +205,33 @@ def test_completions_refuse_what_they_do_not_do(app):
     from openai import BadRequestError
 
     oai, _, _ = app
-    for field, kw in {"echo": dict(echo=True), "best_of": dict(best_of=2), "suffix": dict(suffix="x"), "n": dict(n=2),
+    for field, kw in {"best_of": dict(best_of=2), "suffix": dict(suffix="x"), "n": dict(n=2),
                       "prompt": dict(prompt=["a", "b"]), "logprobs": dict(logprobs=21)}.items():
         with pytest.raises(BadRequestError) as err:
             oai.completions.create(model=MODEL_ID, **{"prompt": "hi", **kw})
         assert field in str(err.value), (field, str(err.value))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_completions_echo_scores_the_prompt(app, reference, stream):
+    oai, _, _ = app
+    fmt, model = reference
+    prompt = "Paris is the capital of France, and Rome is the capital of"
+    ids = fmt.encode_as_text(prompt)
+    with torch.no_grad():
+        ref = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+    resp = oai.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=3, temperature=0, logprobs=1, echo=True, stream=stream)
+    chunks = list(resp) if stream else [resp]
+    text = "".join(c.choices[0].text for c in chunks)
+    lp = [c.choices[0].logprobs for c in chunks if c.choices[0].logprobs]
+    tokens = [t for x in lp for t in x.tokens]
+    values = [v for x in lp for v in x.token_logprobs]
+    tops = [t for x in lp for t in x.top_logprobs]
+    assert text.startswith(prompt) and len(text) > len(prompt)
+    assert tokens[: len(ids)] == [fmt.tok.decode([t]) for t in ids] and len(tokens) == len(ids) + 3
+    assert values[0] is None and tops[0] is None
+    for i in range(1, len(ids)):
+        assert abs(values[i] - float(ref[i - 1, ids[i]])) < 2e-3, i
+        assert list(tops[i]) == [fmt.tok.decode([int(ref[i - 1].argmax())])], i
+    offsets = [o for x in lp for o in x.text_offset]
+    assert offsets == [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]

@@ -90,8 +90,11 @@ def test_request_parsing_maps_sampling_fields_for_chat_and_completions():
     p = c.sampling(256)
     assert (p.max_tokens, p.logprobs, p.top_logprobs, p.presence_penalty) == (16, True, 0, 1.0)
     assert CompletionRequest.parse(b'{"model":"m","prompt":"hey"}').sampling(256).logprobs is False
-    with pytest.raises(InvalidRequestError, match="echo"):
-        CompletionRequest.parse(b'{"model":"m","prompt":"x","echo":true}')
+    echo = CompletionRequest.parse(b'{"model":"m","prompt":"x","echo":true,"logprobs":2}').sampling(256)
+    assert (echo.logprobs, echo.top_logprobs, echo.prompt_logprobs) == (True, 2, 2)
+    assert CompletionRequest.parse(b'{"model":"m","prompt":"x","echo":true}').sampling(256).prompt_logprobs is None
+    with pytest.raises(InvalidRequestError, match="suffix"):
+        CompletionRequest.parse(b'{"model":"m","prompt":"x","suffix":"y"}')
 
 
 def test_gpu_replica_options_place_tensor_parallel_ranks_together():

@@ -75,3 +75,24 @@ def test_prompt_logprobs_over_chunks_and_rounds_equal_the_models(make_core, hf_m
         assert lp.token == stream[pos]
         assert abs(lp.logprob - float(ref[pos - 1, stream[pos]])) < 2e-3, pos
         assert [t for t, _ in lp.top] == torch.topk(ref[pos - 1], 2).indices.tolist(), pos
+
+
+def test_a_prompt_longer_than_the_cache_is_scored_as_eval_ppl_streams(make_core, base_model, shakespeare_text):
+    """Window 60 + 4 sinks, a 300-token prompt in chunks of 64: the engine's prompt
+    logprobs equal eval-ppl's StreamingLLM NLLs (swiftinfer_core/eval/ppl.py)."""
+    from swiftinfer_core.cache.layout import StreamLayout
+    from swiftinfer_core.config import EngineConfig
+    from swiftinfer_core.eval.ppl import stream_nll
+
+    core = make_core(window=60, prefill_chunk=64, max_turn_tokens=400)
+    ids = core.tokenizer.encode(shakespeare_text[:4000])[:300]
+    turn = core.add_turn("long", RawPrompt(ids), SamplingParams(max_tokens=1, prompt_logprobs=0))
+    first = None
+    while turn.session.turn is turn:
+        for ev in core.step():
+            if ev.turn is turn and first is None:
+                first = ev.chunk.prompt_logprobs
+    ref = stream_nll(base_model, EngineConfig(device="cpu", window=60), ids, StreamLayout(4, 60), chunk=64)
+    assert first[0] is None and len(first) == len(ids) == len(ref.nll) + 1
+    worst = max(abs(lp.logprob + nll) for lp, nll in zip(first[1:], ref.nll))
+    assert worst < 2e-3, worst
