@@ -34,11 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
-import logging
 import re
 import time
-import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
@@ -62,27 +60,14 @@ from deployments.tenants import client_id, history_seed, scoped
 from deployments.tokenize_api import DetokenizeRequest, TokenizeRequest, detokenize, parse, tokenize
 from deployments.text_completion import TextTurn
 from deployments.tokens import CodecHolder
+from deployments.turn_plan import OneCallSessions, TurnPlan, explicit_sid, plan_completion
 from swiftinfer_core.errors import EngineClosedError, InvalidRequestError, SessionNotFoundError
-from swiftinfer_core.protocol import RawPrompt
 
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
 NO_REPLICA = "none"
 READY_CACHE_S = 5.0  # a positive readiness answer is reused this long
 MAX_TURNS_PAGE = 1000
 _UNAVAILABLE = (EngineClosedError, ActorDiedError, ActorUnavailableError)  # the turn never started: safe to send again
-DROP_ATTEMPTS = 5
-log = logging.getLogger("ray.serve")
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """Where a turn goes and what the engine gets."""
-
-    scoped_sid: str
-    engine_input: list[dict] | RawPrompt  # new chat messages, or a completion's token ids
-    history_base: str | None  # digest base for id-less chat clients
-    one_call: bool = False  # a completion without a session: deleted after the turn
-    render: dict = field(default_factory=dict)  # extra fields of the response renderer (a completion's echo)
 
 
 class Ingress:
@@ -99,7 +84,7 @@ class Ingress:
         self._tenant_limits = TenantLimiter(auth.tenant_limits, auth.tenant_overrides)
         eng = self._cfg.engine
         self._codec = CodecHolder(eng.model, eng.allow_control_tokens_in_content, eng.max_turn_tokens)
-        self._dropping: set[asyncio.Task] = set()  # one-call sessions being deleted
+        self._one_call = OneCallSessions(llm)  # completions without a session id (turn_plan.py)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = FastAPI(title="SwiftInfer Serve", docs_url=None, redoc_url=None)
@@ -137,11 +122,7 @@ class Ingress:
     async def _resolve_session(self, req: ChatCompletionRequest, messages: list[dict], header_sid: str | None,
                                tenant: str | None) -> tuple[str, list[dict], str | None]:
         """``(scoped session id, messages for the engine, history digest base)``, all in ``tenant``'s namespace."""
-        if header_sid is not None and not _SESSION_ID.match(header_sid):
-            raise InvalidRequestError("X-Session-ID must be 1-128 characters of [A-Za-z0-9_.:-]")
-        if req.session_id and header_sid and req.session_id != header_sid:
-            raise InvalidRequestError("session_id in the body and X-Session-ID header differ")
-        explicit = req.session_id or header_sid
+        explicit = explicit_sid(req.session_id, header_sid)
         if explicit:
             return scoped(tenant, explicit), messages, None
         view = HistoryView.of(messages, history_seed(tenant))
@@ -162,31 +143,13 @@ class Ingress:
     async def completions(self, request: Request) -> Response:
         return await self._serve_turn(request, CompletionRequest, self._plan_completion, TextTurn)
 
-    async def _plan_chat(self, req: ChatCompletionRequest, request: Request, tenant: str | None) -> _Plan:
+    async def _plan_chat(self, req: ChatCompletionRequest, request: Request, tenant: str | None) -> TurnPlan:
         messages = req.engine_messages()
         scoped_sid, new_messages, history_base = await self._resolve_session(req, messages, request.headers.get("x-session-id"), tenant)
-        return _Plan(scoped_sid, new_messages, history_base)
+        return TurnPlan(scoped_sid, new_messages, history_base)
 
-    async def _plan_completion(self, req: CompletionRequest, request: Request, tenant: str | None) -> _Plan:
-        """A token-id prompt on the client's session, or on a one-call session that is deleted after the turn."""
-        header_sid = request.headers.get("x-session-id")
-        if header_sid is not None and not _SESSION_ID.match(header_sid):
-            raise InvalidRequestError("X-Session-ID must be 1-128 characters of [A-Za-z0-9_.:-]")
-        if req.session_id and header_sid and req.session_id != header_sid:
-            raise InvalidRequestError("session_id in the body and X-Session-ID header differ")
-        ids = req.prompt_ids()
-        if ids is None:
-            codec = await self._codec.get()
-            ids = await asyncio.to_thread(codec.prompt_ids, req.prompt_text())
-        explicit = req.session_id or header_sid
-        sid = scoped(tenant, explicit or f"cmpl-{uuid.uuid4().hex}")
-        echo = {}
-        if req.echo:  # the prompt's own text when given as text, else its decoding
-            text = req.prompt_text()
-            if text is None:
-                text = (await self._codec.get()).detokenize(ids)
-            echo = {"echo_text": text, "echo_ids": ids}
-        return _Plan(sid, RawPrompt(ids), None, one_call=not explicit, render=echo)
+    async def _plan_completion(self, req: CompletionRequest, request: Request, tenant: str | None) -> TurnPlan:
+        return await plan_completion(req, request.headers.get("x-session-id"), tenant, self._codec)
 
     async def _serve_turn(self, request: Request, schema, plan, render) -> Response:
         """One turn of either API: parse ``schema``, check limits, ``plan`` the session
@@ -235,24 +198,7 @@ class Ingress:
                 if ticket is not None:
                     ticket.finish()
                 if drop is not None:
-                    self._drop_later(drop)
-
-    def _drop_later(self, scoped_sid: str) -> None:
-        """Delete a one-call session once its turn is over (committed or rolled back)."""
-        task = asyncio.get_running_loop().create_task(self._drop(scoped_sid))
-        self._dropping.add(task)
-        task.add_done_callback(self._dropping.discard)
-
-    async def _drop(self, scoped_sid: str) -> None:
-        for attempt in range(DROP_ATTEMPTS):  # a cancelled turn may still hold the session a moment
-            try:
-                await self._llm.options(session_id=scoped_sid).close_session.remote(scoped_sid)
-                return
-            except Exception:
-                if attempt == DROP_ATTEMPTS - 1:
-                    log.warning("could not delete the one-call session %s", scoped_sid, exc_info=True)
-                    return
-                await asyncio.sleep(0.5 * (attempt + 1))
+                    self._one_call.drop_later(drop)
 
     async def _start_turn(self, sid, messages, params, history_base, turn_key, deadline):
         """(generator, deadline-bounded events, TurnStart). Before its first token a
@@ -286,7 +232,7 @@ class Ingress:
             ticket.finish()
             gen.cancel()
             if drop is not None:
-                self._drop_later(drop)
+                self._one_call.drop_later(drop)
 
     # ---- tokenizer -------------------------------------------------------------------
     async def tokenize(self, request: Request) -> Response:
