@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from swiftinfer_core.engine.sampler import TokenLogprobs, _finite
+from swiftinfer_core.engine.sampler import TokenLogprobs, finite_logprobs
 
 
 @dataclass
@@ -50,12 +50,12 @@ def score(logits: torch.Tensor, parts: list[ScoreRows]) -> dict[int, list[TokenL
     """logits [sum of rows, V] in the order of ``parts`` -> seq index -> its TokenLogprobs."""
     targets = torch.tensor([t for p in parts for t in p.targets], dtype=torch.long, device=logits.device)
     lp = torch.log_softmax(logits.float(), dim=-1)  # [S, V]
-    chosen = _finite(lp.gather(1, targets[:, None])).flatten()
+    chosen = finite_logprobs(lp.gather(1, targets[:, None])).flatten()
     k = max(p.top for p in parts)
     packed = [chosen]
     if k:
         top_v, top_i = lp.topk(k, dim=-1)
-        packed += [_finite(top_v).flatten(), top_i.double().flatten()]
+        packed += [finite_logprobs(top_v).flatten(), top_i.double().flatten()]
     flat = torch.cat(packed).tolist()
     S = targets.shape[0]
     out: dict[int, list[TokenLogprobs]] = {}

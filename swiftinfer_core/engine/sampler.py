@@ -76,7 +76,7 @@ def sample_step(logits: torch.Tensor, params: list[SamplingParams], generators: 
     return _with_logprobs(logits, out, want, [params[i].top_logprobs for i in want])
 
 
-def _finite(lp: torch.Tensor) -> torch.Tensor:
+def finite_logprobs(lp: torch.Tensor) -> torch.Tensor:
     """-inf (a masked token) and nan as -9999.0, as vLLM: JSON has no infinities."""
     return torch.nan_to_num(lp.double(), nan=LOGPROB_FLOOR, neginf=LOGPROB_FLOOR, posinf=0.0)
 
@@ -90,10 +90,10 @@ def _with_logprobs(logits: torch.Tensor, out: torch.Tensor, want: list[int], top
     idx = torch.tensor(want, dtype=torch.long, device=logits.device)
     lp = torch.log_softmax(logits.index_select(0, idx).float(), dim=-1)  # [L, V]
     chosen = lp.gather(1, out.index_select(0, idx)[:, None])  # [L, 1]
-    parts = [out.double(), _finite(chosen).flatten()]
+    parts = [out.double(), finite_logprobs(chosen).flatten()]
     if k:
         top_v, top_i = lp.topk(k, dim=-1)  # [L, k], most likely first
-        parts += [_finite(top_v).flatten(), top_i.double().flatten()]
+        parts += [finite_logprobs(top_v).flatten(), top_i.double().flatten()]
     flat = torch.cat(parts).tolist()
     ids = [int(x) for x in flat[:R]]
     res: list[TokenLogprobs | None] = [None] * R
