@@ -1,7 +1,7 @@
 """The key check in front of the ingress's routes (pure ASGI middleware).
 
 Which paths need a key:
-- ``/v1`` and everything under it: always, when the service has keys.
+- ``/v1`` and everything under it, ``/tokenize`` and ``/detokenize``: always, when the service has keys.
 - ``/metrics``: when ``auth.metrics_require_key``.
 - ``/healthz`` and ``/openapi.json``: never (probes; the schema is public);
   nor the playground's page and files (``playground.py``), whose data come
@@ -47,8 +47,11 @@ def route_path(scope) -> str:
     return path[len(root) :] if root and path.startswith(root) else path
 
 
+TEXT_ROUTES = ("/tokenize", "/detokenize")  # vLLM's names, outside /v1, keyed like it
+
+
 def needs_key(path: str, metrics_keyed: bool) -> bool:
-    return path == "/v1" or path.startswith("/v1/") or (metrics_keyed and path == "/metrics")
+    return path == "/v1" or path.startswith("/v1/") or path in TEXT_ROUTES or (metrics_keyed and path == "/metrics")
 
 
 class KeyCheck:

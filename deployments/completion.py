@@ -5,6 +5,8 @@ A turn arrives from the replica as ``TurnStart`` followed by ``StreamChunk``s;
 ``chat.completion.chunk`` events (``data: {...}`` lines, then ``data: [DONE]``).
 Usage rides on the final chunk (with ``finish_reason``), extended with
 ``prefilled_tokens`` and ``cached_tokens`` so clients see what the cache saved.
+With ``logprobs`` each chunk carries the logprobs of its own tokens (the
+engine's per-token ``StreamChunk.logprobs``, named through ``codec``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import AsyncIterator
 from deployments.errors import error_body
 from deployments.metrics import ServiceMetrics
 from deployments.replica import TurnStart
+from deployments.tokens import TextCodec
 from swiftinfer_core.protocol import StreamChunk, Usage
 
 SSE_DONE = b"data: [DONE]\n\n"
@@ -48,16 +51,23 @@ class Turn:
     metrics: ServiceMetrics
     t0: float  # when the ingress received the request (perf_counter)
     first_at: float  # when the TurnStart arrived, i.e. the first token exists
+    codec: TextCodec | None = None  # set when the request asked for logprobs
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex[:24]}")
     created: int = field(default_factory=lambda: int(time.time()))
+
+    def _logprobs(self, chunks: list[StreamChunk]) -> dict | None:
+        if self.codec is None:
+            return None
+        return {"content": self.codec.chat_logprobs([lp for c in chunks for lp in (c.logprobs or [])]), "refusal": None}
 
     def _meta(self) -> dict:
         return {"session_id": self.start.session_id, "replica_id": self.start.replica_id, "cache": self.start.cache.value}
 
-    def _chunk(self, delta: dict, finish_reason: str | None = None, usage: Usage | None = None) -> dict:
+    def _chunk(self, delta: dict, finish_reason: str | None = None, usage: Usage | None = None,
+               logprobs: dict | None = None) -> dict:
         body = {
             "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
         }
         if usage is not None:
             body["usage"] = usage_body(usage)
@@ -79,11 +89,11 @@ class Turn:
                     self.metrics.itl.observe((now - prev) / len(chunk.token_ids))
                     prev = now
                 if chunk.finish_reason is None:
-                    if chunk.text:
-                        yield sse(self._chunk({"content": chunk.text}))
+                    if chunk.text or chunk.logprobs:
+                        yield sse(self._chunk({"content": chunk.text}, logprobs=self._logprobs([chunk])))
                     continue
                 delta = {"content": chunk.text} if chunk.text else {}
-                yield sse(self._chunk(delta, chunk.finish_reason, chunk.usage))
+                yield sse(self._chunk(delta, chunk.finish_reason, chunk.usage, self._logprobs([chunk])))
                 self._observe(first_at, chunk, now, stream=True)
         except Exception as exc:  # headers are gone: report in-band, OpenAI style
             yield sse(error_body(exc)[1])
@@ -91,9 +101,9 @@ class Turn:
 
     async def collect(self) -> dict:
         """The whole reply as one ``chat.completion`` body."""
-        first_at, texts, last = self.first_at, [], None
+        first_at, chunks, last = self.first_at, [], None
         async for chunk in self.events:
-            texts.append(chunk.text)
+            chunks.append(chunk)
             last = chunk
         if last is None or last.finish_reason is None:
             raise RuntimeError("the replica's stream ended without a final chunk")
@@ -101,8 +111,8 @@ class Turn:
         return {
             "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
             "choices": [{
-                "index": 0, "message": {"role": "assistant", "content": "".join(texts)},
-                "logprobs": None, "finish_reason": last.finish_reason,
+                "index": 0, "message": {"role": "assistant", "content": "".join(c.text for c in chunks)},
+                "logprobs": self._logprobs(chunks), "finish_reason": last.finish_reason,
             }],
             "usage": usage_body(last.usage),
             **self._meta(),

@@ -9,6 +9,9 @@ global app):
   only the unseen suffix goes to the engine. The session id travels to the
   LLM deployment's router as ``handle.options(session_id=...)``: Serve does not
   forward it by itself on this second hop.
+- ``POST /tokenize``, ``POST /detokenize`` (vLLM's shapes, tokenize_api.py),
+  with the ingress's own copy of the tokenizer (tokens.py), which also names
+  the tokens of ``logprobs``.
 - ``GET/DELETE /v1/sessions/{id}``, ``GET /v1/sessions/{id}/turns`` (the
   session log's committed turns: the exactly-once audit), ``GET /v1/models``,
   ``GET /healthz``, ``GET /metrics``; ``/openapi.json`` publishes the request
@@ -46,6 +49,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.api_keys import KeyRing
 from deployments.auth import KeyCheck, tenant_of
 from deployments.completion import Turn
+from deployments.completions_schema import CompletionRequest
 from deployments.config import AppConfig
 from deployments.directory import directory_handle, directory_spec
 from deployments.errors import ModelNotFoundError, ServiceStartingError, error_response, unwrap
@@ -56,6 +60,10 @@ from deployments.playground import Playground
 from deployments.request_limits import Deadline, read_body
 from deployments.tenant_limits import TenantLimiter
 from deployments.tenants import client_id, history_seed, scoped
+from deployments.tokenize_api import DetokenizeRequest, TokenizeRequest, detokenize, parse, tokenize
+from deployments.text_completion import TextTurn
+from deployments.tokens import CodecHolder
+from deployments.turn_plan import OneCallSessions, TurnPlan, explicit_sid, plan_completion
 from swiftinfer_core.errors import EngineClosedError, InvalidRequestError, SessionNotFoundError
 
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
@@ -78,11 +86,18 @@ class Ingress:
         self._keys = KeyRing(auth.keys_file, auth.reload_period_s) if auth.keyed else None
         self._tenant_limits = TenantLimiter(auth.tenant_limits, auth.tenant_overrides)
         self._playground = Playground(self._cfg, self._directory)  # GET /, /cluster, /v1/cluster: playground.py
+        eng = self._cfg.engine
+        self._codec = CodecHolder(eng.model, eng.allow_control_tokens_in_content, eng.max_turn_tokens)
+        self._one_call = OneCallSessions(llm)  # completions without a session id (turn_plan.py)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = FastAPI(title="SwiftInfer Serve", docs_url=None, redoc_url=None)
         body = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}}}
         app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"], openapi_extra={"requestBody": body})
+        completion_body = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CompletionRequest"}}}}
+        app.add_api_route("/v1/completions", self.completions, methods=["POST"], openapi_extra={"requestBody": completion_body})
+        app.add_api_route("/tokenize", self.tokenize, methods=["POST"])
+        app.add_api_route("/detokenize", self.detokenize, methods=["POST"])
         app.add_api_route("/v1/sessions/{session_id}/turns", self.session_turns, methods=["GET"])
         app.add_api_route("/v1/sessions/{session_id}", self.get_session, methods=["GET"])
         app.add_api_route("/v1/sessions/{session_id}", self.delete_session, methods=["DELETE"])
@@ -112,11 +127,7 @@ class Ingress:
     async def _resolve_session(self, req: ChatCompletionRequest, messages: list[dict], header_sid: str | None,
                                tenant: str | None) -> tuple[str, list[dict], str | None]:
         """``(scoped session id, messages for the engine, history digest base)``, all in ``tenant``'s namespace."""
-        if header_sid is not None and not _SESSION_ID.match(header_sid):
-            raise InvalidRequestError("X-Session-ID must be 1-128 characters of [A-Za-z0-9_.:-]")
-        if req.session_id and header_sid and req.session_id != header_sid:
-            raise InvalidRequestError("session_id in the body and X-Session-ID header differ")
-        explicit = req.session_id or header_sid
+        explicit = explicit_sid(req.session_id, header_sid)
         if explicit:
             return scoped(tenant, explicit), messages, None
         view = HistoryView.of(messages, history_seed(tenant))
@@ -132,33 +143,51 @@ class Ingress:
         return key
 
     async def chat_completions(self, request: Request) -> Response:
+        return await self._serve_turn(request, ChatCompletionRequest, self._plan_chat, Turn)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._serve_turn(request, CompletionRequest, self._plan_completion, TextTurn)
+
+    async def _plan_chat(self, req: ChatCompletionRequest, request: Request, tenant: str | None) -> TurnPlan:
+        messages = req.engine_messages()
+        scoped_sid, new_messages, history_base = await self._resolve_session(req, messages, request.headers.get("x-session-id"), tenant)
+        return TurnPlan(scoped_sid, new_messages, history_base)
+
+    async def _plan_completion(self, req: CompletionRequest, request: Request, tenant: str | None) -> TurnPlan:
+        return await plan_completion(req, request.headers.get("x-session-id"), tenant, self._codec)
+
+    async def _serve_turn(self, request: Request, schema, plan, render) -> Response:
+        """One turn of either API: parse ``schema``, check limits, ``plan`` the session
+        and engine input, stream the replica's events rendered by ``render``."""
         t0 = time.perf_counter()
         limits = self._cfg.limits
         deadline = time.monotonic() + limits.request_timeout_s
-        sid, replica, gen, streaming, ticket = "", NO_REPLICA, None, False, None
+        sid, replica, gen, streaming, ticket, drop = "", NO_REPLICA, None, False, None, None
         tenant = tenant_of(request)
         self._metrics.in_flight.inc()
         try:
-            req = ChatCompletionRequest.parse(await read_body(request, limits.max_body_bytes, limits.body_timeout_s))
+            req = schema.parse(await read_body(request, limits.max_body_bytes, limits.body_timeout_s))
             if req.model != self._cfg.model_id:
                 raise ModelNotFoundError(f"the model {req.model!r} does not exist; this server serves {self._cfg.model_id!r}")
-            messages = req.engine_messages()
             params = req.sampling(self._cfg.default_max_tokens)
             if params.max_tokens > limits.max_output_tokens:
                 raise InvalidRequestError(f"max_tokens is {params.max_tokens}; this server allows at most {limits.max_output_tokens}")
             turn_key = self._turn_key(request)
             ticket = self._tenant_limits.acquire(tenant, params.max_tokens)  # 429 past the tenant's limits
             await self._ensure_ready()
-            scoped_sid, new_messages, history_base = await self._resolve_session(req, messages, request.headers.get("x-session-id"), tenant)
-            sid = client_id(tenant, scoped_sid)
-            gen, events, start = await self._start_turn(scoped_sid, new_messages, params, history_base, turn_key, deadline)
+            p = await plan(req, request, tenant)
+            sid = client_id(tenant, p.scoped_sid)
+            drop = p.scoped_sid if p.one_call else None
+            gen, events, start = await self._start_turn(p.scoped_sid, p.engine_input, params, p.history_base, turn_key, deadline)
             replica = start.replica_id
-            turn = Turn(self._cfg.model_id, replace(start, session_id=sid), ticket.meter(events), self._metrics, t0, time.perf_counter())
+            codec = await self._codec.get() if params.logprobs else None
+            turn = render(self._cfg.model_id, replace(start, session_id=sid), ticket.meter(events), self._metrics, t0, time.perf_counter(),
+                          codec=codec, **p.render)
             headers = {"x-session-id": sid, "x-replica-id": replica}
             self._metrics.requests.labels(status="200").inc()
             if req.stream:
-                streaming = True  # from here the stream's guard owns the in-flight count
-                return StreamingResponse(self._guard(turn.stream(), gen, ticket), media_type="text/event-stream", headers=headers)
+                streaming = True  # from here the stream's guard owns the in-flight count (and the one-call session)
+                return StreamingResponse(self._guard(turn.stream(), gen, ticket, drop), media_type="text/event-stream", headers=headers)
             return JSONResponse(await turn.collect(), headers=headers)
         except BaseException as exc:
             if gen is not None:
@@ -173,6 +202,8 @@ class Ingress:
                 self._metrics.in_flight.dec()
                 if ticket is not None:
                     ticket.finish()
+                if drop is not None:
+                    self._one_call.drop_later(drop)
 
     async def _start_turn(self, sid, messages, params, history_base, turn_key, deadline):
         """(generator, deadline-bounded events, TurnStart). Before its first token a
@@ -195,8 +226,9 @@ class Ingress:
                 await asyncio.sleep(pause)
                 pause = min(2 * pause, 2.0)
 
-    async def _guard(self, body, gen, ticket):
-        """Ends the stream's in-flight count and tenant ticket; cancels the replica's turn if the client leaves."""
+    async def _guard(self, body, gen, ticket, drop: str | None = None):
+        """Ends the stream's in-flight count and tenant ticket; cancels the replica's
+        turn if the client leaves; deletes a one-call session (``drop``)."""
         try:
             async for part in body:
                 yield part
@@ -204,6 +236,26 @@ class Ingress:
             self._metrics.in_flight.dec()
             ticket.finish()
             gen.cancel()
+            if drop is not None:
+                self._one_call.drop_later(drop)
+
+    # ---- tokenizer -------------------------------------------------------------------
+    async def tokenize(self, request: Request) -> Response:
+        return await self._text_route(request, TokenizeRequest, lambda codec, req: tokenize(codec, req, self._cfg.engine.max_turn_tokens))
+
+    async def detokenize(self, request: Request) -> Response:
+        return await self._text_route(request, DetokenizeRequest, detokenize)
+
+    async def _text_route(self, request: Request, cls, handler) -> Response:
+        limits = self._cfg.limits
+        try:
+            req = parse(cls, await read_body(request, limits.max_body_bytes, limits.body_timeout_s))
+            if req.model is not None and req.model != self._cfg.model_id:
+                raise ModelNotFoundError(f"the model {req.model!r} does not exist; this server serves {self._cfg.model_id!r}")
+            codec = await self._codec.get()
+            return JSONResponse(await asyncio.to_thread(handler, codec, req))
+        except Exception as exc:
+            return error_response(exc, {})
 
     # ---- sessions --------------------------------------------------------------------
     @staticmethod
@@ -317,13 +369,14 @@ def _query_int(request: Request, name: str, default: int, hi: int) -> int:
 
 
 def _openapi(app: FastAPI) -> dict:
-    """FastAPI's schema plus the chat request body (the routes read raw bodies, so
-    FastAPI cannot infer it)."""
+    """FastAPI's schema plus the chat and completion request bodies (the routes read
+    raw bodies, so FastAPI cannot infer them)."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version="1", routes=app.routes)
-        request = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components.update(request.pop("$defs", {}))
-        components["ChatCompletionRequest"] = request
+        for model in (ChatCompletionRequest, CompletionRequest):
+            request = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(request.pop("$defs", {}))
+            components[model.__name__] = request
         app.openapi_schema = schema
     return app.openapi_schema

@@ -1,13 +1,23 @@
 """OpenAI chat-completions request schema, validated the way OpenAI does.
 
 Parsed from the raw JSON body in strict mode, so wrong types are rejected
-(``"max_tokens": "8"`` is a 400, not a silent cast). Fields of the OpenAI API
-that do not change what this server computes (``user``, ``metadata``,
-penalties...) are accepted and ignored; fields asking for something we cannot
-do (``n > 1``, ``logprobs``, tools, JSON mode) are rejected with a clear 400
-rather than silently ignored. Names outside the OpenAI API are rejected like
-OpenAI does ("Unrecognized request argument"), except our extensions
-``session_id``, ``top_k`` and ``ignore_eos``.
+(``"max_tokens": "8"`` is a 400, not a silent cast). Every field either has an
+effect or is refused:
+
+- sampling: ``temperature``, ``top_p``, ``seed``, ``stop``, ``max_tokens`` /
+  ``max_completion_tokens``, ``presence_penalty``, ``frequency_penalty``,
+  ``logit_bias`` (penalties count the tokens the conversation's cache holds:
+  see swiftinfer_core/engine/penalties.py), ``logprobs``/``top_logprobs``;
+- fields that only describe the request (``user``, ``metadata``, ``store``,
+  ``service_tier``; ``parallel_tool_calls`` and ``tool_choice: "none"/"auto"``
+  without tools) are accepted: there is nothing for them to change here;
+- fields asking for something we cannot do (``n > 1``, ``tools``, a
+  ``tool_choice`` other than none/auto, ``response_format`` other than text)
+  get a 400 naming them.
+
+Names outside the OpenAI API are rejected like OpenAI does ("Unrecognized
+request argument"), except our extensions ``session_id``, ``top_k``,
+``ignore_eos``, ``repetition_penalty`` and ``min_tokens``.
 """
 
 from __future__ import annotations
@@ -72,77 +82,121 @@ class StreamOptions(_Strict):
     include_obfuscation: bool | None = None
 
 
-class ChatCompletionRequest(_Strict):
+class SamplingRequest(_Strict):
+    """The fields chat and text completions share, and their mapping to the engine's SamplingParams."""
+
     model: str = Field(min_length=1, max_length=256)
-    messages: list[Message] = Field(min_length=1, max_length=4096)
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, ge=0.0, le=1.0)
     n: int | None = Field(None, ge=1, le=128)
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0, le=(1 << 63) - 1)
-    # accepted, no effect on this server
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    user: str | None = None
-    metadata: dict[str, str] | None = None
-    store: bool | None = None
-    service_tier: str | None = None
-    parallel_tool_calls: bool | None = None
-    # accepted only when they ask for nothing we cannot do
-    logit_bias: dict[str, float] | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=20)
-    tools: list[dict] | None = None
-    tool_choice: str | dict | None = None
-    response_format: dict | None = None
+    logit_bias: dict[str, float] | None = Field(None, max_length=1024)  # token id (as a string) -> [-100, 100]
+    user: str | None = None  # describes the request only: nothing for it to change here
     # extensions
     session_id: str | None = Field(None, pattern=SESSION_ID_PATTERN)
     top_k: int | None = Field(None, ge=0)
     ignore_eos: bool | None = None
+    repetition_penalty: float | None = Field(None, ge=0.01, le=10.0)  # a tinier one overflows float32 logits
+    min_tokens: int | None = Field(None, ge=0)
+
+    def unsupported(self) -> dict[str, bool]:
+        """Field name -> whether this request asks for it in a way this server cannot do."""
+        return {"n": self.n not in (None, 1)}
 
     @model_validator(mode="after")
-    def _supported(self) -> "ChatCompletionRequest":
-        unsupported = {
-            "n": self.n not in (None, 1),
-            "logprobs": bool(self.logprobs) or bool(self.top_logprobs),
-            "logit_bias": bool(self.logit_bias),
-            "tools": bool(self.tools) or self.tool_choice not in (None, "none", "auto"),
-            "response_format": self.response_format not in (None, {"type": "text"}),
-        }
-        bad = [k for k, v in unsupported.items() if v]
+    def _supported(self) -> "SamplingRequest":
+        bad = [k for k, v in self.unsupported().items() if v]
         if bad:
             raise ValueError(f"unsupported by this server: {', '.join(bad)}")
         if isinstance(self.stop, list) and len(self.stop) > 16:
             raise ValueError("stop: at most 16 strings")
+        self.bias()  # token ids and ranges checked here, so the error is a 400 at parse time
         return self
 
     @classmethod
-    def parse(cls, body: bytes) -> "ChatCompletionRequest":
+    def parse(cls, body: bytes):
         try:
             return cls.model_validate_json(body)
         except ValidationError as exc:
             raise InvalidRequestError(describe(exc)) from None
 
-    def engine_messages(self) -> list[dict]:
-        return [m.to_engine(i) for i, m in enumerate(self.messages)]
+    def bias(self) -> dict[int, float]:
+        """``logit_bias`` with integer token ids (OpenAI sends them as JSON object keys)."""
+        out = {}
+        for key, value in (self.logit_bias or {}).items():
+            if not (key.isascii() and key.isdigit()) or len(key) > 9:
+                raise ValueError(f"logit_bias: keys must be token ids, got {key[:32]!r}")
+            if not -100.0 <= value <= 100.0:
+                raise ValueError(f"logit_bias[{key}]: bias must be in [-100, 100], got {value}")
+            out[int(key)] = value
+        return out
 
-    def sampling(self, default_max_tokens: int) -> SamplingParams:
-        """Engine sampling parameters (raises InvalidRequestError on bad bounds)."""
+    def engine_params(self, max_tokens: int, top_logprobs: int | None, prompt_logprobs: int | None = None) -> SamplingParams:
+        """Engine sampling parameters; ``top_logprobs`` None: no logprobs;
+        ``prompt_logprobs`` None: the input is not scored (raises
+        InvalidRequestError on bad bounds)."""
         greedy = self.temperature == 0.0 or self.top_p == 0.0
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return SamplingParams(
-            max_tokens=self.max_completion_tokens or self.max_tokens or default_max_tokens,
+            max_tokens=max_tokens,
             temperature=0.0 if greedy else (1.0 if self.temperature is None else self.temperature),
             top_p=1.0 if greedy or self.top_p is None else self.top_p,
             top_k=self.top_k or 0,
             seed=self.seed,
             stop=stop,
             ignore_eos=bool(self.ignore_eos),
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
+            logit_bias=self.bias(),
+            min_tokens=self.min_tokens or 0,
+            logprobs=top_logprobs is not None,
+            top_logprobs=top_logprobs or 0,
+            prompt_logprobs=prompt_logprobs,
         )
+
+
+class ChatCompletionRequest(SamplingRequest):
+    messages: list[Message] = Field(min_length=1, max_length=4096)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    # describe the request only: nothing for them to change here
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    parallel_tool_calls: bool | None = None
+    # accepted only when they ask for nothing we cannot do
+    tools: list[dict] | None = None
+    tool_choice: str | dict | None = None
+    response_format: dict | None = None
+
+    def unsupported(self) -> dict[str, bool]:
+        return {
+            **super().unsupported(),
+            "tools": bool(self.tools) or self.tool_choice not in (None, "none", "auto"),
+            "response_format": self.response_format not in (None, {"type": "text"}),
+        }
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> "ChatCompletionRequest":
+        if self.top_logprobs and not self.logprobs:  # as OpenAI
+            raise ValueError("top_logprobs: needs logprobs set to true")
+        return self
+
+    def engine_messages(self) -> list[dict]:
+        return [m.to_engine(i) for i, m in enumerate(self.messages)]
+
+    def sampling(self, default_max_tokens: int) -> SamplingParams:
+        """Engine sampling parameters (raises InvalidRequestError on bad bounds)."""
+        return self.engine_params(self.max_completion_tokens or self.max_tokens or default_max_tokens,
+                                  (self.top_logprobs or 0) if self.logprobs else None)
 
 
 def describe(exc: ValidationError) -> str:

@@ -49,7 +49,7 @@ from swiftinfer_core.engine import faults
 from swiftinfer_core.engine.engine import Engine
 from swiftinfer_core.engine.process import ProcessEngine
 from swiftinfer_core.errors import CapacityError, EngineClosedError, SessionBusyError, SessionNotFoundError, StaleSessionError
-from swiftinfer_core.protocol import SessionRecord, SessionView, StreamChunk, Usage
+from swiftinfer_core.protocol import RawPrompt, SessionRecord, SessionView, StreamChunk, Usage
 
 log = logging.getLogger("ray.serve")
 
@@ -87,7 +87,7 @@ class LLMReplica:
 
     # ---- turns -----------------------------------------------------------------------
     async def chat_events(
-        self, session_id: str, messages: list[dict], sampling: dict | SamplingParams,
+        self, session_id: str, messages: list[dict] | RawPrompt, sampling: dict | SamplingParams,
         history_base: str | None = None, turn_key: str | None = None,
     ) -> AsyncIterator[TurnStart | StreamChunk]:
         """Stream one turn: a ``TurnStart`` then ``StreamChunk``s. ``history_base``

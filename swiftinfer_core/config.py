@@ -83,11 +83,26 @@ class SamplingParams(StrictModel):
     seed: int | None = Field(None, ge=0, le=(1 << 63) - 1, description="Per-request seed; reproducible sampling.")
     stop: list[str] = Field(default_factory=list, max_length=16, description="Stop strings; the output ends before the first match.")
     ignore_eos: bool = Field(False, description="Keep generating past the end-of-sequence token.")
+    # Penalties and bias: see engine/penalties.py (penalties count the tokens the cache can see).
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="Subtracted from the logit of every token the cache holds.")
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="Subtracted once per occurrence of a token the cache holds.")
+    repetition_penalty: float = Field(1.0, ge=0.01, le=10.0, description="Divides positive (multiplies negative) logits of tokens the cache holds; 1 disables.")
+    logit_bias: dict[int, float] = Field(default_factory=dict, max_length=1024, description="Token id -> bias added to its logit, in [-100, 100].")
+    min_tokens: int = Field(0, ge=0, le=1 << 20, description="End tokens are masked until this many tokens were generated.")
+    logprobs: bool = Field(False, description="Return the log-probability of each sampled token.")
+    top_logprobs: int = Field(0, ge=0, le=20, description="Also return this many most likely tokens per position (needs logprobs).")
+    prompt_logprobs: int | None = Field(None, ge=0, le=20, description="Score the input tokens too, with this many most likely tokens per position; None: off.")
 
     @model_validator(mode="after")
     def _check(self) -> "SamplingParams":
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
+        if any(not -100.0 <= v <= 100.0 for v in self.logit_bias.values()) or any(t < 0 for t in self.logit_bias):
+            raise ValueError("logit_bias: token ids must be >= 0 and biases in [-100, 100]")
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) exceeds max_tokens ({self.max_tokens})")
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs")
         return self
 
     @property

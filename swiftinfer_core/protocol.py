@@ -25,6 +25,16 @@ class Usage:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class RawPrompt:
+    """A turn's input as token ids, fed verbatim (``/v1/completions``): passed
+    where chat messages go (``EngineProtocol.chat``'s ``messages``), with no
+    chat template before it and none after the reply. On a session it continues
+    the conversation's token stream as it is."""
+
+    token_ids: list[int]
+
+
 @dataclass
 class StreamChunk:
     """One piece of a streamed reply. ``finish_reason`` and ``usage`` are set on the
@@ -37,14 +47,21 @@ class StreamChunk:
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     usage: Usage | None = None
     record: "SessionRecord | None" = None
+    # with SamplingParams.logprobs: one engine.sampler.TokenLogprobs per id of token_ids, in order
+    logprobs: list | None = None
+    # with SamplingParams.prompt_logprobs, on the turn's first chunk: one per input token (None: nothing predicts it)
+    prompt_logprobs: list | None = None
 
 
 def merge_chunks(chunks: list[StreamChunk]) -> StreamChunk:
-    """One chunk with the texts and ids of ``chunks`` in order; the finish reason,
-    usage and record of the last."""
+    """One chunk with the texts, ids and logprobs of ``chunks`` in order; the
+    finish reason, usage and record of the last."""
     if len(chunks) == 1:
         return chunks[0]
-    return replace(chunks[-1], text="".join(c.text for c in chunks), token_ids=[t for c in chunks for t in c.token_ids])
+    lps = None if chunks[-1].logprobs is None else [lp for c in chunks for lp in (c.logprobs or [])]
+    prompt = next((c.prompt_logprobs for c in chunks if c.prompt_logprobs is not None), None)
+    return replace(chunks[-1], text="".join(c.text for c in chunks), token_ids=[t for c in chunks for t in c.token_ids], logprobs=lps,
+                   prompt_logprobs=prompt)
 
 
 @dataclass
@@ -137,9 +154,10 @@ class SessionView:
 
 @runtime_checkable
 class EngineProtocol(Protocol):
-    def chat(self, session_id: str, messages: list[dict], params: SamplingParams) -> AsyncIterator[StreamChunk]:
+    def chat(self, session_id: str, messages: "list[dict] | RawPrompt", params: SamplingParams) -> AsyncIterator[StreamChunk]:
         """Append ``messages`` (only the new ones) to the session, creating it if
-        needed, and stream the assistant's reply."""
+        needed, and stream the assistant's reply. A backend without raw prompts
+        refuses a ``RawPrompt`` with InvalidRequestError."""
         ...
 
     def session_stats(self, session_id: str) -> SessionStats: ...

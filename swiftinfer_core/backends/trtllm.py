@@ -41,7 +41,7 @@ from swiftinfer_core.errors import (
     EngineClosedError, InvalidRequestError, PromptTooLongError, SessionBusyError, SessionNotFoundError,
 )
 from swiftinfer_core.model.fetch import resolve_model
-from swiftinfer_core.protocol import EngineStats, SessionRecord, SessionStats, SessionView, StreamChunk, Usage
+from swiftinfer_core.protocol import EngineStats, RawPrompt, SessionRecord, SessionStats, SessionView, StreamChunk, Usage
 
 log = logging.getLogger(__name__)
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,256}$")  # the native engine's rule
@@ -110,6 +110,8 @@ class TrtllmEngine:
             raise InvalidRequestError("session_id must be 1-256 characters of [A-Za-z0-9_.:-]")
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError("params must be a SamplingParams")
+        if isinstance(messages, RawPrompt):
+            raise InvalidRequestError("prompt: token-id prompts (/v1/completions) are unsupported by the TensorRT-LLM backend")
         messages = validate_messages(messages)
         if session_id in self._active:
             raise SessionBusyError(f"session {session_id!r} already has a turn in flight")

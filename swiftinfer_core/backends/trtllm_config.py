@@ -136,6 +136,13 @@ def sampling_kwargs(params: SamplingParams, max_tokens: int, eos_ids: tuple[int,
     the engine stops by itself on releases that cannot abort a request."""
     if not eos_ids:
         raise InvalidRequestError("the model declares no end-of-sequence token")
+    refused = [name for name, on in (
+        ("presence_penalty", params.presence_penalty != 0.0), ("frequency_penalty", params.frequency_penalty != 0.0),
+        ("repetition_penalty", params.repetition_penalty != 1.0), ("logit_bias", bool(params.logit_bias)),
+        ("min_tokens", params.min_tokens > 0), ("logprobs", params.logprobs), ("prompt_logprobs", params.prompt_logprobs is not None),
+    ) if on]
+    if refused:  # the adapter does not map them (yet): refused, never silently dropped
+        raise InvalidRequestError(f"unsupported by the TensorRT-LLM backend: {', '.join(refused)}")
     kw: dict = {"max_tokens": max_tokens, "end_id": eos_ids[0], "pad_id": eos_ids[0], "detokenize": False}
     kw["ignore_eos"] = params.ignore_eos
     if len(eos_ids) > 1 and not params.ignore_eos:

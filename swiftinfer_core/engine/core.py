@@ -18,6 +18,8 @@ from swiftinfer_core.config import EngineConfig, SamplingParams
 from swiftinfer_core.engine.chat_format import ChatFormat, validate_messages
 from swiftinfer_core.engine.detok import IncrementalDetokenizer
 from swiftinfer_core.engine.make_runner import make_runner
+from swiftinfer_core.engine.penalties import VisibleTokens, needs_counts
+from swiftinfer_core.engine.sampler import TokenLogprobs
 from swiftinfer_core.engine.scheduler import ScheduledBatch, Scheduler
 from swiftinfer_core.engine.session import Session, Turn, TurnState
 from swiftinfer_core.errors import (
@@ -29,7 +31,7 @@ from swiftinfer_core.errors import (
 )
 from swiftinfer_core.kernels.attention import TritonAttention
 from swiftinfer_core.model.setup import LoadedModel
-from swiftinfer_core.protocol import EngineStats, KVSnapshot, SessionRecord, SessionStats, SessionView, StreamChunk, Usage
+from swiftinfer_core.protocol import EngineStats, KVSnapshot, RawPrompt, SessionRecord, SessionStats, SessionView, StreamChunk, Usage
 
 log = logging.getLogger(__name__)
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,256}$")  # 256: room for tenant-scoped ids (deployments/tenants.py)
@@ -39,6 +41,13 @@ def derive_seed(*parts: object) -> int:
     """A 63-bit seed from any parts (stable across processes and machines)."""
     digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def _raw_ids(prompt: RawPrompt) -> list[int]:
+    ids = prompt.token_ids
+    if not isinstance(ids, list) or not ids or not all(type(t) is int and t >= 0 for t in ids):
+        raise InvalidRequestError("a raw prompt must be a non-empty list of token ids >= 0")
+    return list(ids)
 
 
 @dataclass
@@ -76,19 +85,26 @@ class EngineCore:
             raise InvalidRequestError("session_id must be 1-256 characters of [A-Za-z0-9_.:-]")
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError("params must be a SamplingParams")
-        messages = validate_messages(messages)
+        raw = isinstance(messages, RawPrompt)
+        if raw:
+            prompt = _raw_ids(messages)
+        else:
+            messages = validate_messages(messages)
         session = self.sessions.get(session_id)
         if expect is not None and (session is None or session.slot is None or session.turn is not None or session.record() != expect):
             raise StaleSessionError(f"session {session_id!r} here is not the expected resident copy")
         if session is not None and session.turn is not None:
             raise SessionBusyError(f"session {session_id!r} already has a turn in flight")
-        fresh = session is None or (session.rounds == 0 and session.n == 0 and not session.pending)
-        prompt = self.format.first_round(messages) if fresh else self.format.next_round(messages)
+        if not raw:
+            fresh = session is None or (session.rounds == 0 and session.n == 0 and not session.pending)
+            prompt = self.format.first_round(messages) if fresh else self.format.next_round(messages)
         if len(prompt) > self.cfg.max_turn_tokens:
             raise PromptTooLongError(f"the new messages are {len(prompt)} tokens; the limit is {self.cfg.max_turn_tokens}")
         top, vocab = max(prompt, default=-1), self.loaded.args.vocab_size
         if top >= vocab:  # a tokenizer larger than the model's embedding
             raise InvalidRequestError(f"the messages encode to token id {top}, outside the model's vocabulary of {vocab}")
+        if params.logit_bias and max(params.logit_bias) >= vocab:
+            raise InvalidRequestError(f"logit_bias: token id {max(params.logit_bias)} is outside the model's vocabulary of {vocab}")
         if session is None:
             session = self.sessions[session_id] = Session(session_id, self.layout)
             session.sampling_seed = derive_seed(self.cfg.seed, session_id)
@@ -98,13 +114,25 @@ class EngineCore:
         turn = Turn(
             session=session, params=params, to_feed=session.pending + prompt, prompt_tokens=len(prompt),
             detok=IncrementalDetokenizer(self.tokenizer, params.stop), generator=gen,
-            cached_tokens=self.layout.fill(session.n),
+            cached_tokens=self.layout.fill(session.n), raw=raw,
         )
+        self._sampling_extras(turn)
+        if params.prompt_logprobs is not None and not session.pending:
+            turn.prompt_logprobs.append(None)  # the input starts to_feed: nothing before it is scored
         session.pending = []
         session.turn = turn
         session.last_used = time.monotonic()
         self.scheduler.add(turn)
         return turn
+
+    def _sampling_extras(self, turn: Turn) -> None:
+        """What the sampler needs besides the params (engine/penalties.py)."""
+        p = turn.params
+        if needs_counts(p):
+            turn.visible = VisibleTokens(self.layout.sinks)
+        if p.min_tokens and not p.ignore_eos:
+            turn.min_tokens_ban = sorted(self.eos_ids)
+        turn.adjusts = turn.visible is not None or bool(turn.min_tokens_ban) or bool(p.logit_bias)
 
     def abort(self, turn: Turn) -> None:
         """Stop a turn (client went away). The session stays consistent: what was fed stays fed."""
@@ -214,8 +242,10 @@ class EngineCore:
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return []
-        sampled = self.runner.run(batch)
-        return self._postprocess(batch, sampled)
+        sampled, logprobs, scores = self.runner.run(batch)
+        for i, items in scores.items():
+            batch.seqs[i].turn.prompt_logprobs.extend(items)
+        return self._postprocess(batch, sampled, logprobs)
 
     def _allocate_slot(self, turn: Turn) -> int | None:
         slot = self._take_slot(turn.session.id)
@@ -236,9 +266,9 @@ class EngineCore:
             log.info("session %s gave its cache slot %d to %s; it will be rebuilt", victim.id, slot, for_session)
         return slot
 
-    def _postprocess(self, batch: ScheduledBatch, sampled: list[int | None]) -> list[TurnEvent]:
+    def _postprocess(self, batch: ScheduledBatch, sampled: list[int | None], logprobs: list[TokenLogprobs | None]) -> list[TurnEvent]:
         events = []
-        for seq, tok in zip(batch.seqs, sampled):
+        for seq, tok, lp in zip(batch.seqs, sampled, logprobs):
             turn, session = seq.turn, seq.turn.session
             session.fed(seq.token_ids)
             if turn.state is TurnState.PREFILL:
@@ -251,6 +281,8 @@ class EngineCore:
             if turn.first_token_at is None:
                 turn.first_token_at = time.monotonic()
             turn.output_ids.append(tok)
+            if lp is not None:
+                turn.output_logprobs.append(lp)
             session.generated_tokens += 1
             self.tokens_generated += 1
             reason = self._finish_reason(turn, tok)
@@ -258,17 +290,20 @@ class EngineCore:
             if turn.detok.stopped:
                 reason = "stop"
             if text:
-                events.append(TurnEvent(turn, StreamChunk(text=text, token_ids=self._unsent(turn))))
+                ids, lps = self._unsent(turn)
+                events.append(TurnEvent(turn, StreamChunk(text=text, token_ids=ids, logprobs=lps, prompt_logprobs=self._prompt_scores(turn))))
             if reason is not None:
                 events.append(self._finish(turn, reason))
         return events
 
-    def _unsent(self, turn: Turn) -> list[int]:
-        """Sampled ids not yet in a chunk: a token whose text is an incomplete UTF-8
-        sequence goes out with the chunk that completes it, so every id is sent once."""
+    def _unsent(self, turn: Turn) -> tuple[list[int], list[TokenLogprobs] | None]:
+        """Sampled ids (and their logprobs, when asked) not yet in a chunk: a token
+        whose text is an incomplete UTF-8 sequence goes out with the chunk that
+        completes it, so every id is sent once."""
         ids = turn.output_ids[turn.sent :]
+        lps = turn.output_logprobs[turn.sent :] if turn.params.logprobs else None
         turn.sent = len(turn.output_ids)
-        return ids
+        return ids, lps
 
     def _finish_reason(self, turn: Turn, tok: int) -> str | None:
         if tok in self.eos_ids and not turn.params.ignore_eos:
@@ -282,7 +317,9 @@ class EngineCore:
         closing become the session's pending tokens for the next round."""
         session = turn.session
         self.scheduler.remove(turn)
-        if turn.output_ids:
+        if turn.output_ids and turn.raw:  # a raw prompt's stream goes on as sampled, end token included
+            session.pending = [turn.output_ids[-1]]
+        elif turn.output_ids:
             session.pending = self.format.after_reply(turn.output_ids[-1], self.eos_ids)
         else:  # aborted before any output: the unfed input goes back to pending
             session.pending = turn.to_feed[turn.prefilled :]
@@ -291,11 +328,22 @@ class EngineCore:
         session.last_used = time.monotonic()
         turn.state = TurnState.DONE
         tail = turn.detok.flush()
-        ids = self._unsent(turn)
+        ids, lps = self._unsent(turn)
         if reason == "stop" and ids and ids[-1] in self.eos_ids and not turn.params.ignore_eos:
             ids.pop()  # the end token is no output
+            if lps:
+                lps.pop()
         usage = Usage(
             prompt_tokens=turn.prompt_tokens, completion_tokens=len(turn.output_ids),
             prefilled_tokens=turn.prefilled, cached_tokens=turn.cached_tokens,
         )
-        return TurnEvent(turn, StreamChunk(text=tail, token_ids=ids, finish_reason=reason, usage=usage, record=session.record()))
+        return TurnEvent(turn, StreamChunk(text=tail, token_ids=ids, finish_reason=reason, usage=usage, record=session.record(),
+                                           logprobs=lps, prompt_logprobs=self._prompt_scores(turn)))
+
+    @staticmethod
+    def _prompt_scores(turn: Turn) -> list | None:
+        """The input's logprobs, on the turn's first chunk only (prompt_scores.py)."""
+        if turn.params.prompt_logprobs is None or turn.prompt_scores_sent:
+            return None
+        turn.prompt_scores_sent = True
+        return turn.prompt_logprobs[-turn.prompt_tokens :] if turn.prompt_tokens else []

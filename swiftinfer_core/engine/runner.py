@@ -6,7 +6,9 @@ import torch
 
 from swiftinfer_core.cache.pool import KVPool
 from swiftinfer_core.engine.cuda_graph import Capture, DecodeGraphs
-from swiftinfer_core.engine.sampler import sample
+from swiftinfer_core.engine.penalties import RowAdjust
+from swiftinfer_core.engine.prompt_scores import rows_for, score
+from swiftinfer_core.engine.sampler import TokenLogprobs, sample_step
 from swiftinfer_core.engine.scheduler import ScheduledBatch, ScheduledSeq
 from swiftinfer_core.engine.session import TurnState
 from swiftinfer_core.kernels.attention import Attention
@@ -32,8 +34,10 @@ class ModelRunner:
         row_t = None if rows is None else torch.tensor(rows, dtype=torch.long, device=self.device)
         return self.model(input_ids, self.attn, self.attn.prepare(batch), self.pool, row_t)
 
-    def run(self, batch: ScheduledBatch) -> list[int | None]:
-        """Sampled token per sequence (None where a prefill chunk ends mid-input).
+    def run(self, batch: ScheduledBatch) -> tuple[list[int | None], list[TokenLogprobs | None], dict[int, list[TokenLogprobs]]]:
+        """Sampled token per sequence (None where a prefill chunk ends mid-input),
+        its logprobs where the turn asked for them, and the input tokens' logprobs
+        of scored prefill chunks by sequence index (prompt_scores.py).
 
         With decode graphs, the decode rows of a mixed step replay their graph and
         only the prefill chunks run eagerly: with steady arrivals nearly every step
@@ -48,32 +52,67 @@ class ModelRunner:
         else:
             rest = [i for i in range(len(seqs)) if i not in set(decode)]
             parts = [self._graph(seqs, decode), self._eager(seqs, rest)]
-        order = [i for idx, _ in parts for i in idx]
+        order = [i for idx, _, _ in parts for i in idx]
         out: list[int | None] = [None] * len(seqs)
+        lps: list[TokenLogprobs | None] = [None] * len(seqs)
         if order:
-            logits = parts[0][1] if len(parts) == 1 else torch.cat([lg for _, lg in parts])
+            logits = parts[0][1] if len(parts) == 1 else torch.cat([lg for _, lg, _ in parts])
             turns = [seqs[i].turn for i in order]
-            for i, tok in zip(order, sample(logits, [t.params for t in turns], [t.generator for t in turns])):
-                out[i] = tok
-        return out
+            rows = adjust_rows([seqs[i] for i in order])
+            toks, probs = sample_step(logits, [t.params for t in turns], [t.generator for t in turns], rows)
+            for i, tok, lp in zip(order, toks, probs):
+                out[i], lps[i] = tok, lp
+        return out, lps, {i: sc for _, _, scores in parts for i, sc in scores.items()}
 
-    def _graph(self, seqs: list[ScheduledSeq], idx: list[int]) -> tuple[list[int], torch.Tensor]:
-        """(sampled sequence indices, logits [len(idx), V]) of decode rows, by graph replay."""
+    def _graph(self, seqs: list[ScheduledSeq], idx: list[int]) -> tuple[list[int], torch.Tensor, dict]:
+        """(sampled sequence indices, logits [len(idx), V], no prompt scores) of decode rows, by graph replay."""
         picked = [seqs[i] for i in idx]
         logits = self.graphs.run([s.token_ids[0] for s in picked], [s.turn.session.slot for s in picked], [s.start for s in picked])
-        return idx, logits
+        return idx, logits, {}
 
-    def _eager(self, seqs: list[ScheduledSeq], idx) -> tuple[list[int], torch.Tensor | None]:
-        """(sampled sequence indices, their logits) of ``seqs[idx]`` in one eager forward."""
-        ids, rows, sampled, offset = [], [], [], 0
+    def _eager(self, seqs: list[ScheduledSeq], idx) -> tuple[list[int], torch.Tensor | None, dict]:
+        """(sampled sequence indices, their logits, prompt scores by sequence index)
+        of ``seqs[idx]`` in one eager forward. Scored prefill chunks (prompt_scores.py)
+        add rows after the sampled ones."""
+        ids, rows, sampled, scored, offset = [], [], [], [], 0
         for i in idx:
             s = seqs[i]
+            if s.turn.state is TurnState.PREFILL:
+                part = rows_for(i, s.turn, s.token_ids, offset, s.sample)
+                if part is not None and part.rows:
+                    scored.append(part)
             ids.extend(s.token_ids)
             offset += len(s.token_ids)
             if s.sample:
                 rows.append(offset - 1)
                 sampled.append(i)
         picked = [seqs[i] for i in idx]
+        extra = [r for p in scored for r in p.rows]
         logits = self.forward(ids, [s.turn.session.slot for s in picked], [s.start for s in picked],
-                              [len(s.token_ids) for s in picked], rows)
-        return sampled, logits
+                              [len(s.token_ids) for s in picked], rows + extra)
+        if not scored:
+            return sampled, logits, {}
+        return sampled, logits[: len(rows)], score(logits[len(rows) :], scored)
+
+
+def adjust_rows(seqs: list[ScheduledSeq]) -> list[RowAdjust | None] | None:
+    """Per sampled row, what penalties.adjust needs; None when no row needs anything
+    (the common step: no per-row work at all). A penalised turn's visible-token
+    counts advance by the tokens this step writes (``seq.token_ids``)."""
+    if not any(s.turn.adjusts for s in seqs):
+        return None
+    rows: list[RowAdjust | None] = []
+    for s in seqs:
+        t = s.turn
+        if not t.adjusts:
+            rows.append(None)
+            continue
+        row = RowAdjust()
+        if t.visible is not None:
+            sess = t.session
+            t.visible.advance(sess.sink_ids, sess.window_ids, sess.layout.window, s.token_ids)
+            row.counts = t.visible.counts
+        if len(t.output_ids) < t.params.min_tokens:
+            row.ban = t.min_tokens_ban
+        rows.append(row)
+    return rows

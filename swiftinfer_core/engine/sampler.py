@@ -12,17 +12,51 @@ A row is drawn by inverse CDF: the first candidate whose cumulative kept mass
 exceeds ``u * kept mass``. Candidates are the whole vocabulary in vocabulary
 order when nothing is truncated (temperature alone: no sort at all), else the
 ``top_k`` (or, for top-p alone, all) tokens in descending probability.
+
+Before any of that, ``penalties.adjust`` applies the rows' penalties, logit
+bias and min_tokens mask (nothing at all for a step without them), so greedy
+rows take the argmax of the adjusted logits too. Log-probabilities, for rows
+that ask, are ``log_softmax`` of those adjusted logits at temperature 1, before
+top-k/top-p: the model's distribution as the sampler shaped it with the
+request's penalties and bias, but the same at any temperature (as OpenAI's, and
+defined for greedy rows, where the sampled distribution is one-hot). They ride
+the same host copy as the token ids: still one sync per step.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from swiftinfer_core.config import SamplingParams
+from swiftinfer_core.engine.penalties import RowAdjust, adjust
+
+LOGPROB_FLOOR = -9999.0  # stands for -inf in logprobs
 
 
-def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]) -> list[int]:
+@dataclass
+class TokenLogprobs:
+    """One sampled position: the sampled token's log-probability and the
+    ``top_logprobs`` most likely tokens, most likely first."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]  # (token id, log-probability)
+
+
+def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
+           extras: list[RowAdjust | None] | None = None) -> list[int]:
     """logits [R, V] float32 -> one token id per row."""
+    return sample_step(logits, params, generators, extras)[0]
+
+
+def sample_step(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
+                extras: list[RowAdjust | None] | None = None) -> tuple[list[int], list[TokenLogprobs | None]]:
+    """logits [R, V] float32 -> (token id per row, its TokenLogprobs where asked, else None).
+    ``extras``: per row, what penalties.adjust needs (None: no row needs anything)."""
+    if extras is not None:
+        logits = adjust(logits, params, extras)
     out = torch.argmax(logits, dim=-1)
     vocab = logits.shape[-1]
     groups: dict[int, list[int]] = {}
@@ -36,7 +70,38 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
         top_p = torch.tensor([params[i].top_p for i in rows], dtype=torch.float64, device=dev)
         u = torch.tensor([_uniform(generators[i]) for i in rows], dtype=torch.float64, device=dev)
         out[idx] = draw(logits.index_select(0, idx), temp, top_p, u, count, out[idx])
-    return out.tolist()
+    want = [i for i, p in enumerate(params) if p.logprobs]
+    if not want:
+        return out.tolist(), [None] * len(params)
+    return _with_logprobs(logits, out, want, [params[i].top_logprobs for i in want])
+
+
+def finite_logprobs(lp: torch.Tensor) -> torch.Tensor:
+    """-inf (a masked token) and nan as -9999.0, as vLLM: JSON has no infinities."""
+    return torch.nan_to_num(lp.double(), nan=LOGPROB_FLOOR, neginf=LOGPROB_FLOOR, posinf=0.0)
+
+
+def _with_logprobs(logits: torch.Tensor, out: torch.Tensor, want: list[int], tops: list[int]
+                   ) -> tuple[list[int], list[TokenLogprobs | None]]:
+    """Tokens and the logprobs of rows ``want``, read back in one copy:
+    [R ids | L chosen logprobs | L*k top logprobs | L*k top ids] as float64
+    (token ids are exact in float64)."""
+    R, L, k = out.shape[0], len(want), max(tops)
+    idx = torch.tensor(want, dtype=torch.long, device=logits.device)
+    lp = torch.log_softmax(logits.index_select(0, idx).float(), dim=-1)  # [L, V]
+    chosen = lp.gather(1, out.index_select(0, idx)[:, None])  # [L, 1]
+    parts = [out.double(), finite_logprobs(chosen).flatten()]
+    if k:
+        top_v, top_i = lp.topk(k, dim=-1)  # [L, k], most likely first
+        parts += [finite_logprobs(top_v).flatten(), top_i.double().flatten()]
+    flat = torch.cat(parts).tolist()
+    ids = [int(x) for x in flat[:R]]
+    res: list[TokenLogprobs | None] = [None] * R
+    for j, i in enumerate(want):
+        base_v, base_i = R + L + j * k, R + L + L * k + j * k
+        top = [(int(flat[base_i + m]), flat[base_v + m]) for m in range(tops[j])]
+        res[i] = TokenLogprobs(ids[i], flat[R + j], top)
+    return ids, res
 
 
 def candidates(p: SamplingParams, vocab: int) -> int:

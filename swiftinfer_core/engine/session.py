@@ -13,6 +13,8 @@ import torch
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.config import SamplingParams
 from swiftinfer_core.engine.detok import IncrementalDetokenizer
+from swiftinfer_core.engine.penalties import VisibleTokens
+from swiftinfer_core.engine.sampler import TokenLogprobs
 from swiftinfer_core.protocol import SessionRecord, SessionStats
 
 
@@ -119,9 +121,17 @@ class Turn:
     sent: int = 0  # output_ids[:sent] went out in chunks (a token whose text is not complete yet waits)
     prefilled: int = 0
     cached_tokens: int = 0
+    raw: bool = False  # input given as token ids (protocol.RawPrompt): no chat template after the reply
     aborted: bool = False
     arrival: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
+    # sampling extras (engine/penalties.py); ``adjusts`` False: the sampler skips this turn's row
+    adjusts: bool = False
+    visible: VisibleTokens | None = None  # counts of the cache's tokens, for penalties
+    min_tokens_ban: list[int] = field(default_factory=list)  # end-token ids, masked until min_tokens
+    output_logprobs: list[TokenLogprobs] = field(default_factory=list)  # parallel to output_ids when params.logprobs
+    prompt_logprobs: list[TokenLogprobs | None] = field(default_factory=list)  # to_feed[1:] scored (to_feed[0] too when None)
+    prompt_scores_sent: bool = False
 
     @property
     def next_token(self) -> int:

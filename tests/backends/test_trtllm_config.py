@@ -145,3 +145,12 @@ def test_trtllm_options_are_validated():
         TrtllmOptions(max_batch_size=0)
     with pytest.raises(InvalidRequestError, match="Extra inputs"):
         TrtllmOptions(engine_dir="/x")
+
+
+def test_trtllm_refuses_the_sampling_fields_it_does_not_map():
+    from swiftinfer_core.errors import InvalidRequestError
+
+    for extra in ({"presence_penalty": 0.5}, {"repetition_penalty": 1.2}, {"logit_bias": {3: 1.0}}, {"min_tokens": 2}, {"logprobs": True}):
+        with pytest.raises(InvalidRequestError, match=next(iter(extra))):
+            sampling_kwargs(SamplingParams(**extra), 8, (2,))
+    assert sampling_kwargs(SamplingParams(presence_penalty=0.0), 8, (2,))["max_tokens"] == 8

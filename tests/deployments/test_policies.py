@@ -69,6 +69,34 @@ def test_request_parsing_maps_openai_fields():
         ChatCompletionRequest.parse(b'{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}')
 
 
+def test_request_parsing_maps_sampling_fields_for_chat_and_completions():
+    from deployments.completions_schema import CompletionRequest
+
+    req = ChatCompletionRequest.parse(
+        b'{"model":"m","messages":[{"role":"user","content":"hi"}],"presence_penalty":0.5,"frequency_penalty":-1,'
+        b'"logit_bias":{"12":-100,"7":2.5},"logprobs":true,"top_logprobs":3,"repetition_penalty":1.1,"min_tokens":2}'
+    )
+    p = req.sampling(8)
+    assert (p.presence_penalty, p.frequency_penalty, p.repetition_penalty, p.min_tokens) == (0.5, -1.0, 1.1, 2)
+    assert p.logit_bias == {12: -100.0, 7: 2.5} and (p.logprobs, p.top_logprobs) == (True, 3)
+    plain = ChatCompletionRequest.parse(b'{"model":"m","messages":[{"role":"user","content":"hi"}],"logprobs":false}').sampling(8)
+    assert (plain.logprobs, plain.presence_penalty, plain.repetition_penalty, plain.logit_bias) == (False, 0.0, 1.0, {})
+    for body, word in ((b'"logit_bias":{"a":1}', "logit_bias"), (b'"logit_bias":{"1":101}', "logit_bias"),
+                       (b'"top_logprobs":2', "top_logprobs"), (b'"response_format":{"type":"json_object"}', "response_format")):
+        with pytest.raises(InvalidRequestError, match=word):
+            ChatCompletionRequest.parse(b'{"model":"m","messages":[{"role":"user","content":"x"}],' + body + b"}")
+    c = CompletionRequest.parse(b'{"model":"m","prompt":[[5,6]],"logprobs":0,"presence_penalty":1}')
+    assert c.prompt_ids() == [5, 6] and c.prompt_text() is None
+    p = c.sampling(256)
+    assert (p.max_tokens, p.logprobs, p.top_logprobs, p.presence_penalty) == (16, True, 0, 1.0)
+    assert CompletionRequest.parse(b'{"model":"m","prompt":"hey"}').sampling(256).logprobs is False
+    echo = CompletionRequest.parse(b'{"model":"m","prompt":"x","echo":true,"logprobs":2}').sampling(256)
+    assert (echo.logprobs, echo.top_logprobs, echo.prompt_logprobs) == (True, 2, 2)
+    assert CompletionRequest.parse(b'{"model":"m","prompt":"x","echo":true}').sampling(256).prompt_logprobs is None
+    with pytest.raises(InvalidRequestError, match="suffix"):
+        CompletionRequest.parse(b'{"model":"m","prompt":"x","suffix":"y"}')
+
+
 def test_gpu_replica_options_place_tensor_parallel_ranks_together():
     cfg = AppConfig.model_validate({"engine": {"device": "cuda", "tp_size": 4}, "replica_cpus": 4})
     opts = llm_deployment_options(cfg)

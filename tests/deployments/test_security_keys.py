@@ -27,6 +27,7 @@ def test_security_keyed_paths():
     assert needs_key("/v1/chat/completions", False) and needs_key("/v1", False) and needs_key("/v1/nope", False)
     assert not needs_key("/healthz", True) and not needs_key("/openapi.json", True) and not needs_key("/v1x", False)
     assert needs_key("/metrics", True) and not needs_key("/metrics", False)
+    assert needs_key("/tokenize", False) and needs_key("/detokenize", False)  # vLLM's names, outside /v1
     assert route_path({"path": "/app/v1/models", "root_path": "/app"}) == "/v1/models"
 
 
