@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Without a GPU, Triton kernels run under its CPU interpreter. TRITON_INTERPRET is
+# read when @triton.jit decorates, so it is set here, before any test module (or a
+# bench module a test imports) imports a kernel; a kernel imported without it
+# cannot call its @triton.jit helpers under the interpreter later.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):
