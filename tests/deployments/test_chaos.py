@@ -6,7 +6,8 @@ rounds and the session log must hold every turn exactly once.
 
 The load is bench/load.py's own client (Idempotency-Key per turn, retries on
 failures), so this is also the load generator's end-to-end test. The run's
-numbers go to bench/results/chaos_cpu.json.
+numbers go to $SWIFTINFER_CHAOS_RESULTS (bench/results/chaos_cpu.json to refresh
+the committed ones), else to a temporary file, so a test run leaves the tree clean.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -93,8 +95,9 @@ def test_chaos_replica_controller_and_app_restart_lose_no_turn(cluster):
     recovered = audit["sessions_recovered"]
     report = {"meta": result["meta"], "faults": faults, "summary": summary, "audit": audit,
               "turns_by_cache": summary["cache"], "recovered_sessions": recovered, "wall_s": round(time.time() - t0, 1)}
-    (ROOT / "bench" / "results").mkdir(exist_ok=True)
-    (ROOT / "bench" / "results" / "chaos_cpu.json").write_text(json.dumps(report, indent=2, default=str))
+    out = Path(os.environ.get("SWIFTINFER_CHAOS_RESULTS") or Path(tempfile.gettempdir()) / "swiftinfer_chaos_cpu.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str))
     msg = f"chaos: {recovered} of {SESSIONS} sessions recovered; faults {faults}; summary {summary}; audit {audit}"
     print(msg)
 
