@@ -78,16 +78,30 @@ class Turn:
         if last.usage is not None:
             self.metrics.observe_turn(last.usage.to_dict(), self.start.cache.value, first_at - self.t0, end - first_at, stream)
 
+    async def _timed(self) -> AsyncIterator[tuple[StreamChunk, float]]:
+        """The remaining chunks with their arrival times; records the time per token."""
+        prev = self.first_at
+        async for chunk in self.events:
+            now = time.perf_counter()
+            if chunk.token_ids:
+                self.metrics.itl.observe((now - prev) / len(chunk.token_ids))
+                prev = now
+            yield chunk, now
+
+    async def _whole(self) -> list[StreamChunk]:
+        """Every remaining chunk, the final one last (its end is observed)."""
+        chunks = [c async for c in self.events]
+        if not chunks or chunks[-1].finish_reason is None:
+            raise RuntimeError("the replica's stream ended without a final chunk")
+        self._observe(self.first_at, chunks[-1], time.perf_counter(), stream=False)
+        return chunks
+
     async def stream(self) -> AsyncIterator[bytes]:
         """SSE events. The first chunk already exists (it produced TurnStart)."""
-        first_at = prev = self.first_at
+        first_at = self.first_at
         yield sse(self._chunk({"role": "assistant", "content": ""}))
         try:
-            async for chunk in self.events:
-                now = time.perf_counter()
-                if chunk.token_ids:
-                    self.metrics.itl.observe((now - prev) / len(chunk.token_ids))
-                    prev = now
+            async for chunk, now in self._timed():
                 if chunk.finish_reason is None:
                     if chunk.text or chunk.logprobs:
                         yield sse(self._chunk({"content": chunk.text}, logprobs=self._logprobs([chunk])))
@@ -101,13 +115,8 @@ class Turn:
 
     async def collect(self) -> dict:
         """The whole reply as one ``chat.completion`` body."""
-        first_at, chunks, last = self.first_at, [], None
-        async for chunk in self.events:
-            chunks.append(chunk)
-            last = chunk
-        if last is None or last.finish_reason is None:
-            raise RuntimeError("the replica's stream ended without a final chunk")
-        self._observe(first_at, last, time.perf_counter(), stream=False)
+        chunks = await self._whole()
+        last = chunks[-1]
         return {
             "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
             "choices": [{

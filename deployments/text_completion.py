@@ -12,7 +12,6 @@ with ``null`` logprob and top logprobs when nothing precedes it.
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import AsyncIterator
@@ -61,14 +60,10 @@ class TextTurn(Turn):
         return body
 
     async def stream(self) -> AsyncIterator[bytes]:
-        first_at = prev = self.first_at
+        first_at = self.first_at
         echo = self.echo_text or ""  # goes out with the first event
         try:
-            async for chunk in self.events:
-                now = time.perf_counter()
-                if chunk.token_ids:
-                    self.metrics.itl.observe((now - prev) / len(chunk.token_ids))
-                    prev = now
+            async for chunk, now in self._timed():
                 if chunk.finish_reason is None:
                     if chunk.text or chunk.logprobs or echo:
                         yield sse(self._body(echo + chunk.text, [chunk], None, None))
@@ -81,9 +76,6 @@ class TextTurn(Turn):
         yield SSE_DONE
 
     async def collect(self) -> dict:
-        chunks = [c async for c in self.events]
-        if not chunks or chunks[-1].finish_reason is None:
-            raise RuntimeError("the replica's stream ended without a final chunk")
+        chunks = await self._whole()
         last = chunks[-1]
-        self._observe(self.first_at, last, time.perf_counter(), stream=False)
         return self._body((self.echo_text or "") + "".join(c.text for c in chunks), chunks, last.finish_reason, last.usage)
