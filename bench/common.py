@@ -11,6 +11,7 @@ import platform
 import shlex
 import statistics
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,6 +142,21 @@ def module_at(rev: str, path: str, name: str):
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def timed(fn, reps: int, warmup: int = 1) -> float:
+    """Median wall seconds of ``fn()`` over ``reps`` calls after ``warmup`` calls; the
+    device is synced before each call, and ``fn`` must end in a host sync itself."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
 
 
 def write_results(name: str, data: dict, out_dir: str | None = None) -> Path:

@@ -19,26 +19,12 @@ whatever device torch sees first.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import common
 import torch
 
 from swiftinfer_core.config import SamplingParams
 from swiftinfer_core.engine.sampler import sample
-
-
-def timed(fn, reps: int) -> float:
-    fn()  # warm-up
-    ts = []
-    for _ in range(reps):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()  # ends in .tolist(): the host sync is inside
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def main() -> None:
@@ -62,7 +48,7 @@ def main() -> None:
             r = {"params": preset, "batch": B}
             for name, fn in (("per_row", per_row), ("batched", sample)):
                 gens = [torch.Generator().manual_seed(i) for i in range(B)]
-                r[f"{name}_ms"] = 1e3 * timed(lambda: fn(logits, [params] * B, gens), args.reps)
+                r[f"{name}_ms"] = 1e3 * common.timed(lambda: fn(logits, [params] * B, gens), args.reps)
             r["speedup"] = r["per_row_ms"] / r["batched_ms"]
             rows.append(r)
             print(common.table([r], cols).splitlines()[-1], flush=True)

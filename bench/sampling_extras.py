@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import sys
-import time
 from collections import deque
 from pathlib import Path
 
@@ -78,19 +76,6 @@ def _load(path: str):
     return mod
 
 
-def timed(fn, reps: int) -> float:
-    for _ in range(3):
-        fn()
-    ts = []
-    for _ in range(reps):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()  # ends in .tolist(): the host sync is inside
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--vocab", type=int, nargs="+", default=[32000, 128256])
@@ -109,12 +94,12 @@ def main() -> None:
         logits = torch.randn(args.batch, vocab, device=dev) * 3
         plain = [SamplingParams(temperature=1.0)] * args.batch
         gens = [torch.Generator().manual_seed(i) for i in range(args.batch)]
-        base = 1e3 * timed(lambda: before(logits, plain, gens), args.reps)
-        rows.append({"vocab": vocab, "mode": "none", "share": 0.0, "ms": 1e3 * timed(step_fn(args.batch, vocab, 0, {}, args.visible, dev), args.reps),
+        base = 1e3 * common.timed(lambda: before(logits, plain, gens), args.reps, warmup=3)
+        rows.append({"vocab": vocab, "mode": "none", "share": 0.0, "ms": 1e3 * common.timed(step_fn(args.batch, vocab, 0, {}, args.visible, dev), args.reps, warmup=3),
                      "before_ms": base})
         for mode, extra in EXTRAS.items():
             for share in (0.25, 1.0):
-                ms = 1e3 * timed(step_fn(args.batch, vocab, share, extra, args.visible, dev), args.reps)
+                ms = 1e3 * common.timed(step_fn(args.batch, vocab, share, extra, args.visible, dev), args.reps, warmup=3)
                 rows.append({"vocab": vocab, "mode": mode, "share": share, "ms": ms, "before_ms": base})
         for r in rows[-7:]:
             r["x_before"] = r["ms"] / base
