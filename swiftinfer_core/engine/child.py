@@ -61,10 +61,10 @@ def _methods(engine: _PipeEngine) -> dict[EngineCall, object]:
     core = engine.core
     return {
         EngineCall.STATS: core.stats, EngineCall.VIEW: core.view, EngineCall.SESSION_STATS: core.session_stats,
-        EngineCall.HAS_SESSION: lambda sid: sid in core.sessions, EngineCall.CLOSE_SESSION: core.close_session,
-        EngineCall.SESSION_IDS: lambda: list(core.sessions), EngineCall.EXPORT_SESSION: core.export_session,
+        EngineCall.HAS_SESSION: core.has_session, EngineCall.CLOSE_SESSION: core.close_session,
+        EngineCall.SESSION_IDS: core.session_ids, EngineCall.EXPORT_SESSION: core.export_session,
         EngineCall.IMPORT_SESSION: core.import_session, EngineCall.EXPORT_KV: core.export_kv,
-        EngineCall.IMPORT_KV: core.import_kv, EngineCall.COUNT_TOKENS: lambda m: len(core.format.first_round(m)),
+        EngineCall.IMPORT_KV: core.import_kv, EngineCall.COUNT_TOKENS: core.count_tokens,
         EngineCall.INJECT_FAULT: lambda: faults.arm(core.runner),
     }
 
@@ -91,8 +91,7 @@ def run_child(config: EngineConfig, cpu_threads: int, commands: Connection, even
         torch.set_num_threads(cpu_threads)
     try:
         engine = _PipeEngine(config, events)
-        with engine._api():  # ready means warm: no turn pays for kernel compilation
-            engine.core.warm_up()
+        engine.warm_up()  # ready means warm: no turn pays for kernel compilation
     except BaseException as exc:  # bad config, model missing, out of memory: the parent raises it
         events.send(Ready(os.getpid(), portable(exc)))
         return

@@ -192,6 +192,15 @@ class EngineCore:
         self.sessions[rec.session_id] = Session.from_snapshot(rec, snap.n, slot, self.layout)
         return True
 
+    def has_session(self, session_id: str) -> bool:
+        return session_id in self.sessions
+
+    def session_ids(self) -> list[str]:
+        return list(self.sessions)
+
+    def count_tokens(self, messages: list[dict]) -> int:
+        return len(self.format.first_round(messages))
+
     def session_stats(self, session_id: str) -> SessionStats:
         return self.session(session_id).stats()
 

@@ -197,15 +197,13 @@ class Engine:
     def _deliver_all(items: list[tuple[Turn, object]]) -> None:
         """One cross-thread wake-up per event loop per step, not one per token: at
         batch 64 that is 64x fewer self-pipe writes into the replica's loop."""
-        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        on_loops = []
         for turn, item in items:
             if turn.loop is None:
                 turn.out.put(item)
             else:
-                by_loop.setdefault(turn.loop, []).append((turn.out, item))
-        for loop, batch in by_loop.items():
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(put_all, batch)
+                on_loops.append((turn.loop, turn.out, item))
+        deliver_to_loops(on_loops)
 
     def _fail_running(self, error: Exception) -> None:
         """Abort every admitted or waiting turn and hand ``error`` to its stream."""
@@ -222,7 +220,7 @@ class Engine:
 
     def has_session(self, session_id: str) -> bool:
         with self._api():
-            return session_id in self.core.sessions
+            return self.core.has_session(session_id)
 
     def close_session(self, session_id: str) -> None:
         with self._api():
@@ -230,7 +228,7 @@ class Engine:
 
     def session_ids(self) -> list[str]:
         with self._api():
-            return list(self.core.sessions)
+            return self.core.session_ids()
 
     def export_session(self, session_id: str) -> SessionRecord:
         with self._api():
@@ -275,7 +273,7 @@ class Engine:
         faults.fault_next_step(self)
 
     def count_tokens(self, messages: list[dict]) -> int:
-        return len(self.core.format.first_round(messages))
+        return self.core.count_tokens(messages)
 
     async def shutdown(self) -> None:
         self.close()
@@ -299,7 +297,18 @@ def _poisons_device(exc: BaseException) -> bool:
     return (accel is not None and isinstance(exc, accel)) or "CUDA error" in str(exc) or "device-side assert" in str(exc)
 
 
-def put_all(batch: list[tuple[asyncio.Queue, object]]) -> None:
+def deliver_to_loops(items: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, object]]) -> None:
+    """From a non-loop thread: put each item on its queue, with one cross-thread
+    wake-up per event loop (not one per item)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+    for loop, queue, item in items:
+        by_loop.setdefault(loop, []).append((queue, item))
+    for loop, batch in by_loop.items():
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(_put_all, batch)
+
+
+def _put_all(batch: list[tuple[asyncio.Queue, object]]) -> None:
     for queue, item in batch:
         queue.put_nowait(item)
 

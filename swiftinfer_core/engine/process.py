@@ -24,7 +24,7 @@ from typing import AsyncIterator
 
 from swiftinfer_core.config import EngineConfig, SamplingParams
 from swiftinfer_core.engine.child import run_child
-from swiftinfer_core.engine.engine import put_all, read_stream
+from swiftinfer_core.engine.engine import deliver_to_loops, read_stream
 from swiftinfer_core.engine.ipc import AbortTurn, Call, EngineCall, Ready, Reply, StartTurn, StepEvents
 from swiftinfer_core.errors import EngineClosedError
 from swiftinfer_core.protocol import EngineStats, KVSnapshot, SessionRecord, SessionStats, SessionView, StreamChunk
@@ -54,7 +54,7 @@ class ProcessEngine:
         self.pid = ready.pid
         self._ids = itertools.count()
         self._send_lock = threading.Lock()
-        self._streams: dict[int, tuple[asyncio.Queue, asyncio.AbstractEventLoop]] = {}
+        self._streams: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._calls: dict[int, Future] = {}
         self._closed: BaseException | None = None
         self._reader = threading.Thread(target=self._read, name="swiftinfer-engine-reader", daemon=True)
@@ -68,7 +68,7 @@ class ProcessEngine:
         """As ``Engine.chat``: errors of the turn's start raise at the first read."""
         queue: asyncio.Queue = asyncio.Queue()
         tid = next(self._ids)
-        self._streams[tid] = (queue, asyncio.get_running_loop())
+        self._streams[tid] = (asyncio.get_running_loop(), queue)
         try:
             self._send(StartTurn(tid, session_id, messages, params or SamplingParams(), expect))
             async for chunk in read_stream(queue):
@@ -194,15 +194,10 @@ class ProcessEngine:
             self._fail_all(self._closed_error())
 
     def _deliver(self, items: list[tuple[int, object]]) -> None:
-        """One wake-up per event loop per step."""
-        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-        for tid, item in items:
-            target = self._streams.get(tid)
-            if target is not None:
-                by_loop.setdefault(target[1], []).append((target[0], item))
-        for loop, batch in by_loop.items():
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(put_all, batch)
+        """One wake-up per event loop per step. A stream may end on its loop meanwhile:
+        one lookup per item, not a check then a read."""
+        targets = [(self._streams.get(tid), item) for tid, item in items]
+        deliver_to_loops([(*t, item) for t, item in targets if t is not None])
 
     def _fail_all(self, error: EngineClosedError) -> None:
         for cid in list(self._calls):

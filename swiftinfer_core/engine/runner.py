@@ -50,7 +50,8 @@ class ModelRunner:
         elif len(decode) == len(seqs):
             parts = [self._graph(seqs, decode)]
         else:
-            rest = [i for i in range(len(seqs)) if i not in set(decode)]
+            taken = set(decode)
+            rest = [i for i in range(len(seqs)) if i not in taken]
             parts = [self._graph(seqs, decode), self._eager(seqs, rest)]
         order = [i for idx, _, _ in parts for i in idx]
         out: list[int | None] = [None] * len(seqs)
