@@ -3,11 +3,13 @@
 #  1. the engine alone (bench/engine_batches.py --closed-loop, public Engine API) at N conversations;
 #  2. the whole Serve stack over HTTP/SSE, closed loop, the same work, with the engine's steps
 #     in a child process of the replica (engine_process: true);
-#  3. the same stack with the steps in the replica's own process (engine_process: false), the
-#     "before" column.
+#  3. "before": the stack as it was before the replica-wide chunk budget and the routers' owner
+#     memory (stream_max_chunks_per_s: 0, owner_cache_s: 0), same process layout as step 2;
+#  4. the same stack with the steps in the replica's own process (engine_process: false).
 # Env: MODEL (config dir under .carry, default r7b), NAME (result prefix, default served_7b),
 #      SLOTS (KV slots, default 191: the most that fit at 7B, 4+1020), WINDOW (default 1020),
-#      SIZES (default "32 64 128 191"), THREAD_SIZES (default "64 128"; empty skips step 3),
+#      SIZES (default "32 64 128 191"), BEFORE_SIZES (default: SIZES; empty skips step 3),
+#      THREAD_SIZES (default "64 128"; empty skips step 4), ROUNDS (turns per conversation, default 8),
 #      PACE_MS (stream_interval_ms of the served runs, default 50: each stream's chunks are at most
 #      this often, so it sets the streamed objects per second through the ingress and the proxy).
 # carry [".whl", ".carry/$MODEL"]; everything lands in $OUT/results.tgz; a short table last.
@@ -17,24 +19,25 @@ python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 MODEL=${MODEL:-r7b} NAME=${NAME:-served_7b} SLOTS=${SLOTS:-191} WINDOW=${WINDOW:-1020}
 SIZES=${SIZES:-32 64 128 191} THREAD_SIZES=${THREAD_SIZES-64 128} PACE_MS=${PACE_MS:-50}
+BEFORE_SIZES=${BEFORE_SIZES-$SIZES} ROUNDS=${ROUNDS:-8}
 rm -rf /tmp/model && cp -r ".carry/$MODEL" /tmp/model
 T0=$SECONDS
-DEFAULT_STEPS="engine proc thread" TAIL=${TAIL:-4}
+DEFAULT_STEPS="engine proc before thread" TAIL=${TAIL:-4}
 source "$(dirname "${BASH_SOURCE[0]}")/gpu_steps.sh"
 
 want engine && step engine 220 python3 bench/engine_batches.py --model /tmp/model --sizes $SIZES --max-sessions "$SLOTS" \
-  --window "$WINDOW" --rounds 4 --words 24 --no-bare --closed-loop --name "${NAME}_engine" --out "$OUT"
+  --window "$WINDOW" --rounds "$ROUNDS" --words 24 --no-bare --closed-loop --name "${NAME}_engine" --out "$OUT"
 
-serve_closed() {  # serve_closed LABEL ENGINE_PROCESS SIZES...
-  local label=$1 proc=$2; shift 2
+serve_closed() {  # serve_closed LABEL ENGINE_PROCESS EXTRA_YAML SIZES...  (EXTRA_YAML: app args, "\n      "-separated)
+  local label=$1 proc=$2 extra=$3; shift 3
   sed -e "s|model: /tmp/r7b|model: /tmp/model|" -e "s/max_sessions: 128/max_sessions: $SLOTS/" -e "s/window: 1020/window: $WINDOW/" -e "s/stream_interval_ms: 50/stream_interval_ms: $PACE_MS/" \
-      -e "s/max_ongoing_requests: 128/max_ongoing_requests: $SLOTS\n      engine_process: $proc/" bench/serve_gpu7b.yaml > /tmp/serve.yaml
+      -e "s/max_ongoing_requests: 128/max_ongoing_requests: $SLOTS\n      engine_process: $proc$extra/" bench/serve_gpu7b.yaml > /tmp/serve.yaml
   serve run /tmp/serve.yaml > "$OUT/serve_$label.log" 2>&1 &
   local pid=$! t=$SECONDS
   for i in $(seq 1 150); do curl -sf 127.0.0.1:8000/healthz > /dev/null && break; sleep 2; done
   echo "$label healthy after $((SECONDS - t))s" | tee -a "$OUT/summary.txt"
   for n in "$@"; do
-    step "${label}_$n" 150 python3 bench/load.py --url http://127.0.0.1:8000 --sessions "$n" --rate 1000 --think-s 0 --rounds 4 \
+    step "${label}_$n" 150 python3 bench/load.py --url http://127.0.0.1:8000 --sessions "$n" --rate 1000 --think-s 0 --rounds "$ROUNDS" \
       --max-tokens 64 --prompt-words 24 --timeout-s 120 --retry-s 60 --metrics-every-s 2 --model llama2-7b-random \
       --name "${NAME}_${label}_$n" --out "$OUT"
   done
@@ -60,8 +63,9 @@ profile_run() {  # a longer closed loop at N with py-spy (20 s, 50 Hz) on every 
   tail -4 "$OUT/profile_load.log"
   tar czf "$OUT/prof.tgz" -C "$OUT" prof && rm -rf "$OUT/prof"
 }
-want proc && serve_closed proc true $SIZES
-want thread && [ -n "$THREAD_SIZES" ] && serve_closed thread false $THREAD_SIZES
+want proc && serve_closed proc true "" $SIZES
+want before && [ -n "$BEFORE_SIZES" ] && serve_closed before true "\n      stream_max_chunks_per_s: 0\n      owner_cache_s: 0" $BEFORE_SIZES
+want thread && [ -n "$THREAD_SIZES" ] && serve_closed thread false "" $THREAD_SIZES
 
 python3 bench/served_report.py "$OUT" "$NAME" --out "$OUT" | tail -8 | tee -a "$OUT/summary.txt"
 (cd "$OUT" && tar czf results.tgz --remove-files $(ls | grep -v -E '^(summary.txt|results.tgz)$'))

@@ -28,7 +28,7 @@ from swiftinfer_core.config import Device
 ROUTERS: dict[RouterKind, tuple[str, Any]] = {
     RouterKind.SESSION_AFFINITY: (
         "deployments.router.SessionAffinityRouter",
-        lambda cfg: {"directory": directory_spec(cfg), "owner_grace_s": cfg.owner_grace_s},
+        lambda cfg: {"directory": directory_spec(cfg), "owner_grace_s": cfg.owner_grace_s, "owner_cache_s": cfg.owner_cache_s},
     ),
     RouterKind.CONSISTENT_HASH: (
         "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter",

@@ -86,6 +86,7 @@ class SessionDirectory:
         self._events: deque[dict] = deque(maxlen=MAX_EVENTS)  # recent moves and replica joins/leaves (cluster view)
         self._gone: set[str] = set()  # replicas already reported lost (one event each)
         self._prev_tokens: dict[str, tuple[float, int]] = {}  # replica id -> (time, tokens_generated) of its report before the last
+        self._placements = 0  # place() calls: a warm turn makes none (routers remember owners)
         for st in self._log.load_all():
             entry = self._entries[st.session_id] = Entry(
                 owner=None, record=st.record, digest=st.digest, seq=st.seq, last_turn=st.last_turn,
@@ -116,6 +117,7 @@ class SessionDirectory:
         when ``claim``, the candidate with the lowest owned/slots share becomes
         the owner; without ``claim`` (reads, deletes) nothing changes and None
         means "any replica"."""
+        self._placements += 1
         entry = self._entries.get(sid)
         if entry is not None and entry.owner is not None:
             if entry.owner in capacity or (entry.owner not in departed and not force):
@@ -274,7 +276,8 @@ class SessionDirectory:
         return len(self._entries)
 
     def log_stats(self) -> dict:
-        return {**self._writer.stats.to_dict(), "loaded_at_start": self.loaded, "sessions": len(self._entries), "pid": os.getpid()}
+        return {**self._writer.stats.to_dict(), "loaded_at_start": self.loaded, "sessions": len(self._entries), "pid": os.getpid(),
+                "placements": self._placements}
 
     # ---- id-less conversations -------------------------------------------------
     def resolve_history(self, opening: str, prefix_digest: str | None, scope: str = "") -> tuple[str, bool]:

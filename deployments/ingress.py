@@ -355,7 +355,8 @@ def server_info(cfg: AppConfig) -> dict:
     return {"backend": cfg.backend.value, "engine": cfg.engine.model_dump(mode="json"), "versions": versions,
             "scaling": {"min_replicas": cfg.scaling.min_replicas, "max_replicas": cfg.scaling.max_replicas},
             "session_log": cfg.session_log.backend.value, "ingress_replicas": cfg.ingress_replicas,
-            "stream_interval_ms": cfg.stream_interval_ms, "gil_switch_interval_ms": cfg.gil_switch_interval_ms,
+            "stream_interval_ms": cfg.stream_interval_ms, "stream_max_chunks_per_s": cfg.stream_max_chunks_per_s,
+            "gil_switch_interval_ms": cfg.gil_switch_interval_ms,
             "idle_ttl_s": cfg.limits.idle_ttl_s, "max_ongoing_requests": cfg.ongoing_limit}
 
 

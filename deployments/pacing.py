@@ -1,31 +1,59 @@
-"""Paced token streams: at most one chunk per interval leaves a replica per turn.
+"""Paced token streams: a replica's chunks per second stay within a budget.
 
 Every chunk a replica yields is one Ray object on the way to the ingress, and
 one ASGI message again on the way to the HTTP proxy; each costs the same Python
-work whether it holds one token or ten. At 100 turns decoding ~70 tokens/s each
-that is 7,000 items/s per hop, more than one replica, ingress or proxy process
-keeps up with, and the backlog shows up as seconds of stall in the streams.
-Pacing caps the item rate at ``1 / interval`` per turn and keeps the latency
-that matters:
+work whether it holds one token or ten. At 128 turns decoding ~40 tokens/s each
+a fixed 50 ms pace still makes ~2,500 items/s per hop; on an H200 at 7B shape
+the replica's Ray threads and the proxy were then above one core each
+(bench/results/served_7b_profile.md), and the backlog showed up as time to
+first token and time per token. So the pace is set per replica, not per turn:
 
+- ``ChunkBudget`` spreads ``max_chunks_per_s`` over the streams open on the
+  replica: each waits ``max(floor, open_streams / max_chunks_per_s)`` between
+  chunks. A lone stream keeps the floor's pace; 128 streams under a budget of
+  1,000/s leave about 8 chunks a second each.
 - the first chunk goes out at once (TTFT is not delayed);
 - the final chunk (finish reason, usage) goes out at once, with whatever was held;
-- any other chunk waits at most ``interval`` and travels merged with the
+- any other chunk waits at most the interval and travels merged with the
   chunks that came meanwhile (text and token ids concatenated in order).
 
-With ``interval <= 0`` the stream passes through unchanged.
+With an interval of 0 the stream passes through unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from swiftinfer_core.protocol import StreamChunk, merge_chunks
 
 
-async def paced(stream: AsyncIterator[StreamChunk], interval_s: float) -> AsyncIterator[StreamChunk]:
-    if interval_s <= 0:
+class ChunkBudget:
+    """The pace of each stream on one replica: ``max(floor_s, open / max_chunks_per_s)``
+    (``max_chunks_per_s == 0``: the floor alone)."""
+
+    def __init__(self, floor_s: float, max_chunks_per_s: float = 0.0):
+        if floor_s < 0 or max_chunks_per_s < 0:
+            raise ValueError(f"pace floor {floor_s} s and budget {max_chunks_per_s}/s must be >= 0")
+        self.floor_s = floor_s
+        self.max_chunks_per_s = max_chunks_per_s
+        self.open = 0  # streams between their first and final chunk
+
+    def interval_s(self) -> float:
+        if self.max_chunks_per_s <= 0:
+            return self.floor_s
+        return max(self.floor_s, self.open / self.max_chunks_per_s)
+
+    def paced(self, stream: AsyncIterator[StreamChunk]) -> AsyncIterator[StreamChunk]:
+        return paced(stream, self.interval_s, self)
+
+
+async def paced(stream: AsyncIterator[StreamChunk], interval: float | Callable[[], float],
+                budget: ChunkBudget | None = None) -> AsyncIterator[StreamChunk]:
+    """``stream`` with its chunks at most one per ``interval`` seconds (a number or
+    a function read at every chunk); ``budget.open`` counts this stream while it runs."""
+    interval_s = interval if callable(interval) else (lambda: interval)
+    if interval_s() <= 0 and budget is None:
         async for chunk in stream:
             yield chunk
         return
@@ -33,11 +61,14 @@ async def paced(stream: AsyncIterator[StreamChunk], interval_s: float) -> AsyncI
     nxt: asyncio.Future | None = None
     held: list[StreamChunk] = []
     last = float("-inf")  # when the last chunk left
+    if budget is not None:
+        budget.open += 1
     try:
         while True:
             if nxt is None:
                 nxt = asyncio.ensure_future(stream.__anext__())
-            timeout = max(0.0, last + interval_s - loop.time()) if held else None
+            gap = interval_s()
+            timeout = max(0.0, last + gap - loop.time()) if held else None
             done, _ = await asyncio.wait({nxt}, timeout=timeout)
             if done:
                 try:
@@ -46,7 +77,7 @@ async def paced(stream: AsyncIterator[StreamChunk], interval_s: float) -> AsyncI
                     break
                 nxt = None
                 held.append(chunk)
-                if chunk.finish_reason is None and loop.time() - last < interval_s:
+                if chunk.finish_reason is None and loop.time() - last < gap:
                     continue  # hold it: the interval since the last chunk has not passed
             yield merge_chunks(held)
             held, last = [], loop.time()
@@ -55,6 +86,8 @@ async def paced(stream: AsyncIterator[StreamChunk], interval_s: float) -> AsyncI
         if held:  # the stream ended without a final chunk
             yield merge_chunks(held)
     finally:
+        if budget is not None:
+            budget.open -= 1
         if nxt is not None and not nxt.done():
             nxt.cancel()
             await asyncio.gather(nxt, return_exceptions=True)

@@ -9,7 +9,8 @@ A turn on this replica:
 2. ``LocalSessions.sync`` makes the engine's copy equal the committed record
    (warm, KV migrated from a drained replica, or rebuilt from token ids).
 3. The engine streams the reply; token chunks go out paced (pacing.py): the
-   first at once, then at most one per ``stream_interval_ms``.
+   first at once, then at most one per ``stream_interval_ms`` or per the
+   replica's chunk budget shared by its open streams, whichever is longer.
 4. Before the final chunk leaves, the turn is committed through the directory
    to the session log (batched with other sessions' commits). A turn that is
    not committed (client gone, timeout, error, commit refused) is rolled back
@@ -40,7 +41,7 @@ from deployments.engine_factory import make_engine
 from deployments.errors import TurnNotCommittedError
 from deployments.history import chain
 from deployments.local_sessions import CacheState, LocalSessions
-from deployments.pacing import paced
+from deployments.pacing import ChunkBudget
 from deployments.session_log import LastTurn
 from deployments.tenants import check_tenant, scoped
 from deployments.turn_timing import Stopwatch, TurnTimer
@@ -80,6 +81,7 @@ class LLMReplica:
         self._last_turn: dict[str, float] = {}  # session -> time of its last turn (autoscaling, eviction)
         self._counts = {**{f"turns_{c.value}": 0 for c in CacheState}, "turns_not_committed": 0, "warm_starts": 0}
         self._timer = TurnTimer()
+        self._pace = ChunkBudget(self._cfg.stream_interval_ms / 1000, self._cfg.stream_max_chunks_per_s)
         self._draining = False
         await self._report()
         loop = asyncio.get_running_loop()
@@ -119,11 +121,10 @@ class LLMReplica:
                 yield TurnStart(session_id, self._id, CacheState.REPLAYED)
                 yield StreamChunk(last.text, [], last.entry.finish_reason, Usage(**last.usage))
                 return
-            pace = self._cfg.stream_interval_ms / 1000
             cache, chunk = CacheState.WARM, None
             if warm and grant["record"] is not None and self._local.seq.get(session_id) == grant["seq"]:
                 expect = SessionRecord.from_dict(grant["record"])
-                stream = paced(self._engine.chat(session_id, messages, params, expect=expect), pace)
+                stream = self._pace.paced(self._engine.chat(session_id, messages, params, expect=expect))
                 try:
                     chunk = await stream.__anext__()
                     self._counts["warm_starts"] += 1
@@ -134,7 +135,7 @@ class LLMReplica:
                 view = view or await self._read_and_admit(session_id, watch)
                 cache = await self._local.sync(session_id, grant, view)
                 watch.lap("sync")
-                stream = paced(self._engine.chat(session_id, messages, params), pace)
+                stream = self._pace.paced(self._engine.chat(session_id, messages, params))
                 chunk = await stream.__anext__()
             watch.lap("first_token")
             self._counts[f"turns_{cache.value}"] += 1

@@ -7,7 +7,11 @@ HTTP proxy's, each ingress replica's, a driver's handle) decides the same way
 and a restarted router loses nothing. Capacity (KV slots per replica) comes
 from the replicas' ``record_routing_stats``.
 
-Per request: one directory call, ``place(session, candidates, departed)``:
+A warm turn makes no remote call here: each router remembers the owners the
+directory named (``owner_cache_s``) and sends the session's next turns straight
+to that replica while it is alive and not draining. On a miss (new session,
+owner gone or draining, memory expired) it asks the directory, one call,
+``place(session, candidates, departed)``:
 
 - owner alive and known here      -> ``[[owner]]`` (strict stickiness: wait for it
   rather than rebuild elsewhere when it is merely busy);
@@ -37,6 +41,7 @@ logger = logging.getLogger("ray.serve")
 # Methods that create or advance a session: they may claim an owner.
 TURN_METHODS = frozenset({"chat", "chat_events"})
 DEPARTED_MEMORY = 4096  # replica ids remembered as gone (bounded)
+OWNER_MEMORY = 1 << 16  # sessions whose owner a router remembers (bounded, oldest dropped first)
 
 
 def session_of(pending_request: PendingRequest) -> str:
@@ -53,11 +58,13 @@ def session_of(pending_request: PendingRequest) -> str:
 
 
 class SessionAffinityRouter(RequestRouter):
-    def initialize_state(self, directory: dict | None = None, owner_grace_s: float = 3.0, **_: object) -> None:
+    def initialize_state(self, directory: dict | None = None, owner_grace_s: float = 3.0, owner_cache_s: float = 10.0,
+                         **_: object) -> None:
         if directory is None:
             raise ValueError("SessionAffinityRouter needs request_router_kwargs['directory'] (directory_spec)")
         self._directory_spec = directory
         self._owner_grace_s = float(owner_grace_s)
+        self._owners = OwnerMemory(float(owner_cache_s))
         self._directory: Optional[ray.actor.ActorHandle] = None
         self._departed: dict[str, float] = {}  # replica unique id -> when it left this router's view
 
@@ -119,6 +126,9 @@ class SessionAffinityRouter(RequestRouter):
         if not by_uid:
             return []
         claim = pending_request.metadata.call_method in TURN_METHODS
+        known_owner = self._owners.get(sid)
+        if claim and known_owner in by_uid:  # warm turn: no directory call
+            return [[by_uid[known_owner]]]
         force = time.time() - pending_request.created_at > self._owner_grace_s
         slots = {uid: self._slots(r) for uid, r in by_uid.items()}
         known = [c for c in slots.values() if c]
@@ -131,4 +141,33 @@ class SessionAffinityRouter(RequestRouter):
         replica = by_uid.get(owner)
         if replica is None:  # owner unknown here yet (joining): wait, then force a rebuild
             return []
+        if claim:
+            self._owners.put(sid, owner)
         return [[replica]]
+
+
+class OwnerMemory:
+    """session -> the owner the directory last named to this router, for ``ttl_s``
+    seconds (0: remember nothing). Bounded: the oldest entries go first."""
+
+    def __init__(self, ttl_s: float, capacity: int = OWNER_MEMORY):
+        self._ttl_s = ttl_s
+        self._capacity = capacity
+        self._owners: dict[str, tuple[str, float]] = {}  # insertion order = age
+
+    def get(self, sid: str) -> str | None:
+        hit = self._owners.get(sid)
+        if hit is None:
+            return None
+        if time.monotonic() >= hit[1]:
+            del self._owners[sid]
+            return None
+        return hit[0]
+
+    def put(self, sid: str, owner: str) -> None:
+        if self._ttl_s <= 0:
+            return
+        self._owners.pop(sid, None)  # re-insert: newest last
+        self._owners[sid] = (owner, time.monotonic() + self._ttl_s)
+        while len(self._owners) > self._capacity:
+            self._owners.pop(next(iter(self._owners)))

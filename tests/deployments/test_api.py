@@ -69,6 +69,40 @@ def test_sessions_with_ids_stick_to_one_replica(api):
         assert info["tokens_seen"] > info["cache_fill"] > 0 and info["evictions"] > 0  # the 64-token window rolled
 
 
+def test_warm_turns_reach_their_owner_without_asking_the_directory(api):
+    """The router remembers the owner the directory named for a session's first
+    turn: the next turns go straight there (no ``place`` call), still warm."""
+    import ray
+
+    from deployments.directory import NAMESPACE
+
+    client, prefix = api
+    directory = ray.get_actor("api-sessions", namespace=NAMESPACE)
+    before = ray.get(directory.log_stats.remote())["placements"]
+    replicas = set()
+    for r in range(4):
+        resp = chat(client, prefix, [{"role": "user", "content": f"Round {r}: name a fruit."}], "owner-memory")
+        body = _ok(resp)
+        replicas.add(resp.headers["x-replica-id"])
+    assert len(replicas) == 1 and body["cache"] == "warm"
+    assert ray.get(directory.log_stats.remote())["placements"] - before == 1  # the first turn's only
+
+
+def test_owner_memory_forgets_after_its_ttl_and_drops_the_oldest_past_capacity():
+    from deployments.router import OwnerMemory
+
+    mem = OwnerMemory(ttl_s=0.2, capacity=2)
+    mem.put("a", "r1")
+    mem.put("b", "r2")
+    mem.put("c", "r1")  # over capacity: "a" (oldest) goes
+    assert (mem.get("a"), mem.get("b"), mem.get("c")) == (None, "r2", "r1")
+    time.sleep(0.25)
+    assert mem.get("b") is None and mem.get("c") is None
+    off = OwnerMemory(ttl_s=0.0)
+    off.put("a", "r1")
+    assert off.get("a") is None
+
+
 def test_history_resent_without_id_continues_the_conversation(api):
     client, prefix = api
     histories = {s: [{"role": "system", "content": "You are terse."}] for s in range(N_SESSIONS)}

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from deployments.pacing import paced
+from deployments.pacing import ChunkBudget, paced
 from swiftinfer_core.protocol import StreamChunk, Usage, merge_chunks
 
 
@@ -75,3 +75,35 @@ def test_merge_keeps_the_last_chunks_finish_and_usage():
     u = Usage(1, 2, 1, 0)
     m = merge_chunks([StreamChunk("a", [1]), StreamChunk("b", [2], "stop", u)])
     assert (m.text, m.token_ids, m.finish_reason, m.usage) == ("ab", [1, 2], "stop", u)
+
+
+def test_budget_spreads_the_replica_rate_over_open_streams():
+    budget = ChunkBudget(0.01, max_chunks_per_s=100)
+    assert budget.interval_s() == 0.01  # no stream open: the floor
+    budget.open = 5
+    assert budget.interval_s() == pytest.approx(0.05)  # 5 streams share 100 chunks/s
+    assert ChunkBudget(0.01, 0).interval_s() == 0.01  # no budget: the floor alone
+    with pytest.raises(ValueError):
+        ChunkBudget(-1.0)
+
+
+def test_streams_under_a_budget_slow_down_together_and_lose_nothing():
+    # 8 streams of 60 tokens every 2 ms under 200 chunks/s: each paces at 8/200 = 40 ms
+    budget = ChunkBudget(0.0, max_chunks_per_s=200)
+
+    async def go():
+        return await asyncio.gather(*(collect(budget.paced(tokens(60, 0.002))) for _ in range(8)))
+
+    outs = asyncio.run(go())
+    assert budget.open == 0  # every stream left the count
+    for out in outs:
+        chunks = [c for _, c in out]
+        assert [t for c in chunks for t in c.token_ids] == list(range(60))
+        assert chunks[-1].finish_reason == "length"
+    total = sum(len(out) for out in outs)
+    alone = len(asyncio.run(collect(ChunkBudget(0.0, 200).paced(tokens(60, 0.002)))))
+    # one stream alone paces at 5 ms (1/200 s) and sends far more chunks than each of 8 sharing
+    assert total / 8 < alone / 2
+    # over the whole run the 8 streams together stay near the budget (first and last chunks are free)
+    span = max(out[-1][0] for out in outs)
+    assert (total - 16) / span <= 200 * 1.3
