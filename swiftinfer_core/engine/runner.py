@@ -39,31 +39,28 @@ class ModelRunner:
         its logprobs where the turn asked for them, and the input tokens' logprobs
         of scored prefill chunks by sequence index (prompt_scores.py).
 
-        With decode graphs, the decode rows of a mixed step replay their graph and
-        only the prefill chunks run eagerly: with steady arrivals nearly every step
-        admits a turn, and one eager forward would send every decode row through
-        the prefill attention kernel without a graph."""
+        A pure decode step replays its CUDA graph. A mixed step (with steady
+        arrivals, nearly every step admits a turn) is one eager forward with the
+        decode rows first: the attention plan sends them through the decode kernel
+        and the chunks through the prefill kernel (kernels/attention.py, MixedPlan),
+        so the step reads the weights once (a graph for the decode rows plus an
+        eager pass for the chunks read them twice)."""
         seqs = batch.seqs
         decode = [i for i, s in enumerate(seqs) if len(s.token_ids) == 1 and s.turn.state is TurnState.DECODE]
-        if self.graphs is None or not decode or not self.graphs.fits(len(decode)):
-            parts = [self._eager(seqs, range(len(seqs)))]
-        elif len(decode) == len(seqs):
-            parts = [self._graph(seqs, decode)]
+        if self.graphs is not None and decode and len(decode) == len(seqs) and self.graphs.fits(len(decode)):
+            order, logits, scores = self._graph(seqs, decode)
         else:
             taken = set(decode)
-            rest = [i for i in range(len(seqs)) if i not in taken]
-            parts = [self._graph(seqs, decode), self._eager(seqs, rest)]
-        order = [i for idx, _, _ in parts for i in idx]
+            order, logits, scores = self._eager(seqs, decode + [i for i in range(len(seqs)) if i not in taken])
         out: list[int | None] = [None] * len(seqs)
         lps: list[TokenLogprobs | None] = [None] * len(seqs)
         if order:
-            logits = parts[0][1] if len(parts) == 1 else torch.cat([lg for _, lg, _ in parts])
             turns = [seqs[i].turn for i in order]
             rows = adjust_rows([seqs[i] for i in order])
             toks, probs = sample_step(logits, [t.params for t in turns], [t.generator for t in turns], rows)
             for i, tok, lp in zip(order, toks, probs):
                 out[i], lps[i] = tok, lp
-        return out, lps, {i: sc for _, _, scores in parts for i, sc in scores.items()}
+        return out, lps, scores
 
     def _graph(self, seqs: list[ScheduledSeq], idx: list[int]) -> tuple[list[int], torch.Tensor, dict]:
         """(sampled sequence indices, logits [len(idx), V], no prompt scores) of decode rows, by graph replay."""

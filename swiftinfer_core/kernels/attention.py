@@ -10,6 +10,12 @@ views of a fused qkv projection, last dim contiguous) and one layer's caches
 tokens stored in the ring (attention first, then the write, for prefill; the
 decode kernel scores the new token from k_new and writes it itself).
 
+A mixed step (sequences feeding one token first, prefill chunks after) runs as
+one forward too: ``prepare`` returns a ``MixedPlan`` and each layer sends the
+single-token rows through the decode kernel and the chunks through the prefill
+kernel, so the step reads the weights once and no decode row walks the window
+in the prefill kernel's 64-row query tiles.
+
 Triton decode is CUDA-graph friendly: ``prepare`` builds every device tensor
 (slots, starts, split-K workspace) once per step; the per-layer call does no
 host work but two kernel launches. To replay a captured graph with new
@@ -91,6 +97,16 @@ class PrefillPlan:
     max_q_len: int
 
 
+@dataclass
+class MixedPlan:
+    """A step whose first ``n_decode`` sequences feed one token each (rows ``:n_decode``,
+    decode kernel) and whose other sequences are prefill chunks (prefill kernel)."""
+
+    decode: DecodePlan
+    prefill: PrefillPlan
+    n_decode: int
+
+
 class TritonAttention(Attention):
     """Triton kernels: decode_attention.py (write fused), prefill_attention.py + write_cache.py."""
 
@@ -112,6 +128,13 @@ class TritonAttention(Attention):
     def prepare(self, batch: AttnBatch):
         if batch.is_decode:
             return DecodePlan(batch.slots, batch.starts)
+        n = batch.leading_single_rows()
+        if n:
+            return MixedPlan(DecodePlan(batch.slots[:n], batch.starts[:n]), self._prefill_plan(batch.tail(n)), n)
+        return self._prefill_plan(batch)
+
+    @staticmethod
+    def _prefill_plan(batch: AttnBatch) -> PrefillPlan:
         seq = [i for i, c in enumerate(batch.q_lens_list) for _ in range(c)]
         tok_seq = torch.tensor(seq, dtype=torch.int32, device=batch.slots.device)
         return PrefillPlan(batch, tok_seq, max(batch.q_lens_list, default=0))
@@ -125,6 +148,10 @@ class TritonAttention(Attention):
             plan.workspace = self._decode.decode_workspace(B, hq, hkv, D, plan.splits[0], q.device)
 
     def forward(self, plan, q, k_new, v_new, k_cache, v_cache) -> torch.Tensor:
+        if isinstance(plan, MixedPlan):
+            n = plan.n_decode
+            return torch.cat([self.forward(plan.decode, q[:n], k_new[:n], v_new[:n], k_cache, v_cache),
+                              self.forward(plan.prefill, q[n:], k_new[n:], v_new[n:], k_cache, v_cache)])
         lay, freqs = self.layout, self._freqs(q.device)
         if isinstance(plan, DecodePlan):
             self._decode_workspace(plan, q, k_cache.shape[1])

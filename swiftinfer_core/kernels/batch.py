@@ -51,3 +51,21 @@ class AttnBatch:
     @property
     def is_decode(self) -> bool:
         return all(n == 1 for n in self.q_lens_list)
+
+    def leading_single_rows(self) -> int:
+        """How many sequences at the front feed one token each (a mixed step's decode rows)."""
+        n = 0
+        for q in self.q_lens_list:
+            if q != 1:
+                break
+            n += 1
+        return n
+
+    def tail(self, n: int) -> "AttnBatch":
+        """Sequences ``n:`` as a batch of their own; the first ``n`` must feed one token each."""
+        if any(q != 1 for q in self.q_lens_list[:n]):
+            raise ValueError(f"tail({n}): the first {n} sequences must feed one token each")
+        return AttnBatch(
+            slots=self.slots[n:], starts=self.starts[n:], q_lens=self.q_lens[n:], cu_seqlens=self.cu_seqlens[n:] - n,
+            slots_list=self.slots_list[n:], starts_list=self.starts_list[n:], q_lens_list=self.q_lens_list[n:],
+        )

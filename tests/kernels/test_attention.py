@@ -20,6 +20,7 @@ SCHEDULE = [  # per step: (slot, q_len) pairs
     [(2, 1), (1, 17)],  # mixed: decode + chunk longer than the window
     [(2, 1), (0, 1), (1, 1)],
     [(0, 30), (2, 1)],
+    [(2, 1), (0, 1), (1, 5)],  # mixed, two decode rows first: one forward, each row through its own kernel
     [(2, 1), (0, 1), (1, 1)],
 ]
 
