@@ -5,7 +5,8 @@
 #     in a child process of the replica (engine_process: true);
 #  3. "before": the stack as it was before the replica-wide chunk budget and the routers' owner
 #     memory (stream_max_chunks_per_s: 0, owner_cache_s: 0), same process layout as step 2;
-#  4. the same stack with the steps in the replica's own process (engine_process: false).
+#  4. the same stack with the steps in the replica's own process (engine_process: false);
+#  "split" (not by default): step 2 with split_mixed_steps (a mixed step as decode graph + eager chunks).
 # Env: MODEL (config dir under .carry, default r7b), NAME (result prefix, default served_7b),
 #      SLOTS (KV slots, default 191: the most that fit at 7B, 4+1020), WINDOW (default 1020),
 #      SIZES (default "32 64 128 191"), BEFORE_SIZES (default: SIZES; empty skips step 3),
@@ -28,9 +29,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/gpu_steps.sh"
 want engine && step engine 220 python3 bench/engine_batches.py --model /tmp/model --sizes $SIZES --max-sessions "$SLOTS" \
   --window "$WINDOW" --rounds "$ROUNDS" --words 24 --no-bare --closed-loop --name "${NAME}_engine" --out "$OUT"
 
-serve_closed() {  # serve_closed LABEL ENGINE_PROCESS EXTRA_YAML SIZES...  (EXTRA_YAML: app args, "\n      "-separated)
-  local label=$1 proc=$2 extra=$3; shift 3
-  sed -e "s|model: /tmp/r7b|model: /tmp/model|" -e "s/max_sessions: 128/max_sessions: $SLOTS/" -e "s/window: 1020/window: $WINDOW/" -e "s/stream_interval_ms: 50/stream_interval_ms: $PACE_MS/" \
+serve_closed() {  # serve_closed LABEL ENGINE_PROCESS EXTRA_YAML ENGINE_YAML SIZES...  (app / engine args, "\n      "-separated)
+  local label=$1 proc=$2 extra=$3 engine_extra=$4; shift 4
+  sed -e "s|model: /tmp/r7b|model: /tmp/model|" -e "s/max_turn_tokens: 4096/max_turn_tokens: 4096$engine_extra/" -e "s/max_sessions: 128/max_sessions: $SLOTS/" -e "s/window: 1020/window: $WINDOW/" -e "s/stream_interval_ms: 50/stream_interval_ms: $PACE_MS/" \
       -e "s/max_ongoing_requests: 128/max_ongoing_requests: $SLOTS\n      engine_process: $proc$extra/" bench/serve_gpu7b.yaml > /tmp/serve.yaml
   serve run /tmp/serve.yaml > "$OUT/serve_$label.log" 2>&1 &
   local pid=$! t=$SECONDS
@@ -63,9 +64,10 @@ profile_run() {  # a longer closed loop at N with py-spy (20 s, 50 Hz) on every 
   tail -4 "$OUT/profile_load.log"
   tar czf "$OUT/prof.tgz" -C "$OUT" prof && rm -rf "$OUT/prof"
 }
-want proc && serve_closed proc true "" $SIZES
-want before && [ -n "$BEFORE_SIZES" ] && serve_closed before true "\n      stream_max_chunks_per_s: 0\n      owner_cache_s: 0" $BEFORE_SIZES
-want thread && [ -n "$THREAD_SIZES" ] && serve_closed thread false "" $THREAD_SIZES
+want proc && serve_closed proc true "" "" $SIZES
+want split && serve_closed split true "" "\n        split_mixed_steps: true" ${SPLIT_SIZES:-$SIZES}
+want before && [ -n "$BEFORE_SIZES" ] && serve_closed before true "\n      stream_max_chunks_per_s: 0\n      owner_cache_s: 0" "" $BEFORE_SIZES
+want thread && [ -n "$THREAD_SIZES" ] && serve_closed thread false "" "" $THREAD_SIZES
 
 python3 bench/served_report.py "$OUT" "$NAME" --out "$OUT" | tail -8 | tee -a "$OUT/summary.txt"
 (cd "$OUT" && tar czf results.tgz --remove-files $(ls | grep -v -E '^(summary.txt|results.tgz)$'))

@@ -14,7 +14,7 @@ def make_runner(cfg: EngineConfig, loaded: LoadedModel | None = None, **tp_optio
     """(model as the engine sees it, runner). ``tp_options``: TPDriver.start's ``launcher``/``timeouts``."""
     if cfg.tp_size == 1:
         m = loaded or load_model(cfg)
-        return m, ModelRunner(m.model, m.pool, m.attn, m.device)
+        return m, ModelRunner(m.model, m.pool, m.attn, m.device, split_mixed=cfg.split_mixed_steps)
     if loaded is not None:
         raise InvalidRequestError("a preloaded single-device model cannot be used with tp_size > 1; each rank loads its own shard")
     return _start_tp(cfg, **tp_options)

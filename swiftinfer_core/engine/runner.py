@@ -17,8 +17,9 @@ from swiftinfer_core.model.llama import Llama
 
 
 class ModelRunner:
-    def __init__(self, model: Llama, pool: KVPool, attn: Attention, device: torch.device):
+    def __init__(self, model: Llama, pool: KVPool, attn: Attention, device: torch.device, split_mixed: bool = False):
         self.model, self.pool, self.attn, self.device = model, pool, attn, device
+        self.split_mixed = split_mixed  # mixed steps: decode graph + eager chunks (EngineConfig.split_mixed_steps)
         self.graphs: DecodeGraphs | None = None
 
     def capture_decode_graphs(self, max_batch: int, capture: Capture | None = None) -> None:
@@ -44,14 +45,18 @@ class ModelRunner:
         decode rows first: the attention plan sends them through the decode kernel
         and the chunks through the prefill kernel (kernels/attention.py, MixedPlan),
         so the step reads the weights once (a graph for the decode rows plus an
-        eager pass for the chunks read them twice)."""
+        eager pass for the chunks, ``split_mixed``, read them twice)."""
         seqs = batch.seqs
         decode = [i for i, s in enumerate(seqs) if len(s.token_ids) == 1 and s.turn.state is TurnState.DECODE]
-        if self.graphs is not None and decode and len(decode) == len(seqs) and self.graphs.fits(len(decode)):
-            order, logits, scores = self._graph(seqs, decode)
+        taken = set(decode)
+        rest = [i for i in range(len(seqs)) if i not in taken]
+        if self.graphs is not None and decode and self.graphs.fits(len(decode)) and (not rest or self.split_mixed):
+            parts = [self._graph(seqs, decode)] + ([self._eager(seqs, rest)] if rest else [])
+            order = [i for idx, _, _ in parts for i in idx]
+            logits = parts[0][1] if len(parts) == 1 else torch.cat([lg for _, lg, _ in parts])
+            scores = {i: sc for _, _, part in parts for i, sc in part.items()}
         else:
-            taken = set(decode)
-            order, logits, scores = self._eager(seqs, decode + [i for i in range(len(seqs)) if i not in taken])
+            order, logits, scores = self._eager(seqs, decode + rest)
         out: list[int | None] = [None] * len(seqs)
         lps: list[TokenLogprobs | None] = [None] * len(seqs)
         if order:

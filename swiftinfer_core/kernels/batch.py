@@ -62,10 +62,14 @@ class AttnBatch:
         return n
 
     def tail(self, n: int) -> "AttnBatch":
-        """Sequences ``n:`` as a batch of their own; the first ``n`` must feed one token each."""
+        """Sequences ``n:`` as a batch of their own; the first ``n`` must feed one token each.
+        Its tensors are copies, not views: Triton specialises a kernel on each pointer's
+        16-byte alignment, and a view ``slots[n:]`` would compile new variants (seconds
+        each, mid-serving) for every n % 4."""
         if any(q != 1 for q in self.q_lens_list[:n]):
             raise ValueError(f"tail({n}): the first {n} sequences must feed one token each")
         return AttnBatch(
-            slots=self.slots[n:], starts=self.starts[n:], q_lens=self.q_lens[n:], cu_seqlens=self.cu_seqlens[n:] - n,
+            slots=self.slots[n:].clone(), starts=self.starts[n:].clone(), q_lens=self.q_lens[n:].clone(),
+            cu_seqlens=self.cu_seqlens[n:] - n,
             slots_list=self.slots_list[n:], starts_list=self.starts_list[n:], q_lens_list=self.q_lens_list[n:],
         )

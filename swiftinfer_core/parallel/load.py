@@ -52,4 +52,4 @@ class EngineShard:
         pool = KVPool(layout, args.num_layers, slots, kv_heads, args.head_dim, dtype, device)
         log.info("rank %d: heads [%d,%d) kv [%d,%d) mlp [%d,%d), %d cache slots on %s",
                  groups.rank, plan.q_lo, plan.q_hi, plan.kv_lo, plan.kv_hi, plan.i_lo, plan.i_hi, slots, device)
-        return ModelRunner(model, pool, make_attention(cfg, device, layout, args), device)
+        return ModelRunner(model, pool, make_attention(cfg, device, layout, args), device, split_mixed=cfg.split_mixed_steps)
