@@ -60,7 +60,8 @@ class ModelRunner:
             logits = parts[0][1] if len(parts) == 1 else torch.cat([lg for _, lg, _ in parts])
             turns = [seqs[i].turn for i in order]
             rows = adjust_rows([seqs[i] for i in order])
-            toks, probs = sample_step(logits, [t.params for t in turns], [t.generator for t in turns], rows)
+            grammars = [t.grammar for t in turns] if any(t.grammar is not None for t in turns) else None
+            toks, probs = sample_step(logits, [t.params for t in turns], [t.generator for t in turns], rows, grammars)
             for i, tok, lp in zip(order, toks, probs):
                 out[i], lps[i] = tok, lp
         return out, lps, {i: sc for _, _, scores in parts for i, sc in scores.items()}
