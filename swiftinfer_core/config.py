@@ -79,8 +79,7 @@ class Grammar(StrictModel):
     """Structured output: the reply must match this (engine/grammar.py)."""
 
     kind: Literal["json_object", "json_schema"] = Field(description="'json_object': any JSON object; 'json_schema': the given schema.")
-    json_schema: str | None = Field(None, max_length=1 << 20, description="The JSON schema as JSON text (kind 'json_schema' only).")
-    strict: bool = Field(True, description="As OpenAI's strict: objects take no properties beyond the schema's unless it allows them.")
+    json_schema: str | None = Field(None, max_length=1 << 20, description="The JSON schema as JSON text (kind 'json_schema' only), enforced strictly: objects take no properties the schema does not allow.")
 
     @model_validator(mode="after")
     def _check(self) -> "Grammar":

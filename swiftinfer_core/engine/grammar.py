@@ -15,6 +15,8 @@ A step with no constrained row builds nothing and copies nothing. JSON is
 compiled compact (``", "`` and ``": "`` separators, no free whitespace): a small
 model at temperature 1 cannot wander off into endless blank lines, and the
 text of a reply is fixed by its values (deployments/tool_calls.py relies on it).
+Strict mode: an object takes no property its schema does not allow, so a
+reply always validates against the schema as given.
 The grammar's end is the model's end token, so a constrained reply ends when
 its JSON is complete. ``xgrammar`` is imported on first use only.
 """
@@ -33,8 +35,7 @@ ANY_OBJECT = '{"type": "object"}'
 SEPARATORS = (", ", ": ")  # between items, between a key and its value
 
 
-def _compact(strict: bool) -> dict:
-    return {"any_whitespace": False, "separators": SEPARATORS, "strict_mode": strict}
+COMPACT = {"any_whitespace": False, "separators": SEPARATORS, "strict_mode": True}
 
 
 def _xgr():
@@ -47,12 +48,12 @@ def _schema_text(g: Grammar) -> str:
     return ANY_OBJECT if g.kind == "json_object" else g.json_schema
 
 
-def check_schema(schema_text: str, strict: bool = True) -> None:
+def check_schema(schema_text: str) -> None:
     """InvalidRequestError unless ``schema_text`` is a JSON schema the grammar
     library can enforce (no tokenizer needed: the ingress checks before a turn)."""
     try:
         json.loads(schema_text)
-        _xgr().Grammar.from_json_schema(schema_text, **_compact(strict))
+        _xgr().Grammar.from_json_schema(schema_text, **COMPACT)
     except Exception as exc:  # json's and xgrammar's errors alike (RuntimeError, InvalidJSONError)
         raise InvalidRequestError(f"unsupported JSON schema: {str(exc).splitlines()[-1][:300]}") from None
 
@@ -90,7 +91,7 @@ class Grammars:
         """A fresh matcher for one turn (InvalidRequestError for a schema it cannot compile)."""
         compiler = self._get_compiler()
         try:
-            compiled = compiler.compile_json_schema(_schema_text(g), **_compact(g.strict))
+            compiled = compiler.compile_json_schema(_schema_text(g), **COMPACT)
         except Exception as exc:
             raise InvalidRequestError(f"unsupported JSON schema: {str(exc).splitlines()[-1][:300]}") from None
         return GrammarState(_xgr().GrammarMatcher(compiled))
