@@ -7,6 +7,12 @@ Usage rides on the final chunk (with ``finish_reason``), extended with
 ``prefilled_tokens`` and ``cached_tokens`` so clients see what the cache saved.
 With ``logprobs`` each chunk carries the logprobs of its own tokens (the
 engine's per-token ``StreamChunk.logprobs``, named through ``codec``).
+
+A reply that must be a tool call (``tool_names`` set) is parsed into
+``tool_calls`` (tool_calls.py) with ``finish_reason: "tool_calls"``; streamed,
+its text is held back and the call goes out whole in one delta before the
+final chunk (a call cut short by ``max_tokens`` or a stop string goes out as
+text, with its own finish reason).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from deployments.errors import error_body
 from deployments.metrics import ServiceMetrics
 from deployments.replica import TurnStart
 from deployments.tokens import TextCodec
+from deployments.tool_calls import parse_call, tool_call
 from swiftinfer_core.protocol import StreamChunk, Usage
 
 SSE_DONE = b"data: [DONE]\n\n"
@@ -52,6 +59,7 @@ class Turn:
     t0: float  # when the ingress received the request (perf_counter)
     first_at: float  # when the TurnStart arrived, i.e. the first token exists
     codec: TextCodec | None = None  # set when the request asked for logprobs
+    tool_names: list[str] | None = None  # the reply must be a call of one of these (structured_schema.py)
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex[:24]}")
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -98,6 +106,10 @@ class Turn:
 
     async def stream(self) -> AsyncIterator[bytes]:
         """SSE events. The first chunk already exists (it produced TurnStart)."""
+        if self.tool_names:
+            async for event in self._stream_call():
+                yield event
+            return
         first_at = self.first_at
         yield sse(self._chunk({"role": "assistant", "content": ""}))
         try:
@@ -113,16 +125,40 @@ class Turn:
             yield sse(error_body(exc)[1])
         yield SSE_DONE
 
+    async def _stream_call(self) -> AsyncIterator[bytes]:
+        """A tool call's stream: the role, then (at the end) the whole call, then the finish."""
+        yield sse(self._chunk({"role": "assistant", "content": None}))
+        chunks: list[StreamChunk] = []
+        try:
+            async for chunk, now in self._timed():
+                chunks.append(chunk)
+                if chunk.finish_reason is None:
+                    continue
+                text = "".join(c.text for c in chunks)
+                call = parse_call(text, self.tool_names)
+                if call is None:
+                    delta, reason = {"content": text}, chunk.finish_reason
+                else:
+                    delta, reason = {"tool_calls": [tool_call(*call, index=0)]}, "tool_calls"
+                yield sse(self._chunk(delta, logprobs=self._logprobs(chunks)))
+                yield sse(self._chunk({}, reason, chunk.usage))
+                self._observe(self.first_at, chunk, now, stream=True)
+        except Exception as exc:  # headers are gone: report in-band, OpenAI style
+            yield sse(error_body(exc)[1])
+        yield SSE_DONE
+
     async def collect(self) -> dict:
         """The whole reply as one ``chat.completion`` body."""
         chunks = await self._whole()
         last = chunks[-1]
+        text = "".join(c.text for c in chunks)
+        message, reason = {"role": "assistant", "content": text}, last.finish_reason
+        call = parse_call(text, self.tool_names) if self.tool_names else None
+        if call is not None:
+            message, reason = {"role": "assistant", "content": None, "tool_calls": [tool_call(*call)]}, "tool_calls"
         return {
             "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-            "choices": [{
-                "index": 0, "message": {"role": "assistant", "content": "".join(c.text for c in chunks)},
-                "logprobs": self._logprobs(chunks), "finish_reason": last.finish_reason,
-            }],
+            "choices": [{"index": 0, "message": message, "logprobs": self._logprobs(chunks), "finish_reason": reason}],
             "usage": usage_body(last.usage),
             **self._meta(),
         }

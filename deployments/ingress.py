@@ -151,7 +151,8 @@ class Ingress:
     async def _plan_chat(self, req: ChatCompletionRequest, request: Request, tenant: str | None) -> TurnPlan:
         messages = req.engine_messages()
         scoped_sid, new_messages, history_base = await self._resolve_session(req, messages, request.headers.get("x-session-id"), tenant)
-        return TurnPlan(scoped_sid, new_messages, history_base)
+        calls = req.forced_calls()  # a reply that must be a call is rendered as tool_calls (completion.py)
+        return TurnPlan(scoped_sid, new_messages, history_base, render={"tool_names": [f.name for f in calls]} if calls else {})
 
     async def _plan_completion(self, req: CompletionRequest, request: Request, tenant: str | None) -> TurnPlan:
         return await plan_completion(req, request.headers.get("x-session-id"), tenant, self._codec)

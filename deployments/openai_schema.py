@@ -8,12 +8,14 @@ effect or is refused:
   ``max_completion_tokens``, ``presence_penalty``, ``frequency_penalty``,
   ``logit_bias`` (penalties count the tokens the conversation's cache holds:
   see swiftinfer_core/engine/penalties.py), ``logprobs``/``top_logprobs``;
+- structured output and tools: ``response_format``, ``tools``, ``tool_choice``
+  (structured_schema.py: what is served, and ``auto``'s 400); assistant
+  messages with ``tool_calls`` and ``tool`` messages come back as text
+  (tool_calls.py);
 - fields that only describe the request (``user``, ``metadata``, ``store``,
-  ``service_tier``; ``parallel_tool_calls`` and ``tool_choice: "none"/"auto"``
-  without tools) are accepted: there is nothing for them to change here;
-- fields asking for something we cannot do (``n > 1``, ``tools``, a
-  ``tool_choice`` other than none/auto, ``response_format`` other than text)
-  get a 400 naming them.
+  ``service_tier``, ``parallel_tool_calls``: a reply holds at most one call,
+  which either value allows) are accepted: there is nothing for them to change;
+- fields asking for something we cannot do (``n > 1``) get a 400 naming them.
 
 Names outside the OpenAI API are rejected like OpenAI does ("Unrecognized
 request argument"), except our extensions ``session_id``, ``top_k``,
@@ -26,7 +28,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from swiftinfer_core.config import SamplingParams
+from deployments.structured_schema import FunctionDef, ResponseFormat, Tool, ToolChoice, forced_tools, grammar_for
+from deployments.tool_calls import assistant_text
+from swiftinfer_core.config import Grammar, SamplingParams
 from swiftinfer_core.errors import InvalidRequestError
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"  # a client's id (the engine takes tenant-scoped ones, up to 256)
@@ -56,9 +60,12 @@ class Message(_Strict):
     audio: dict | None = None
 
     def to_engine(self, index: int) -> dict:
-        """``{"role", "content"}`` with text content; developer is the new name of system."""
-        if self.tool_calls or self.function_call:
-            raise InvalidRequestError(f"messages[{index}]: tool calls are not supported")
+        """``{"role", "content"}`` with text content; developer is the new name of system;
+        an assistant's ``tool_calls`` become the text the model wrote for them (tool_calls.py)."""
+        if self.function_call:
+            raise InvalidRequestError(f"messages[{index}].function_call: unsupported (the deprecated form); send tool_calls")
+        if self.tool_calls and self.role != "assistant":
+            raise InvalidRequestError(f"messages[{index}].tool_calls: only assistant messages carry tool calls")
         if isinstance(self.content, list):
             texts = []
             for j, part in enumerate(self.content):
@@ -68,6 +75,11 @@ class Message(_Strict):
             content = "".join(texts)
         else:
             content = self.content or ""
+        if self.tool_calls:
+            try:
+                content = assistant_text(content, self.tool_calls, f"messages[{index}]")
+            except ValueError as exc:
+                raise InvalidRequestError(str(exc)) from None
         if self.role != "assistant" and not content:
             raise InvalidRequestError(f"messages[{index}].content must be a non-empty string")
         role = "system" if self.role == "developer" else self.role
@@ -137,10 +149,11 @@ class SamplingRequest(_Strict):
             out[int(key)] = value
         return out
 
-    def engine_params(self, max_tokens: int, top_logprobs: int | None, prompt_logprobs: int | None = None) -> SamplingParams:
+    def engine_params(self, max_tokens: int, top_logprobs: int | None, prompt_logprobs: int | None = None,
+                      grammar: Grammar | None = None) -> SamplingParams:
         """Engine sampling parameters; ``top_logprobs`` None: no logprobs;
-        ``prompt_logprobs`` None: the input is not scored (raises
-        InvalidRequestError on bad bounds)."""
+        ``prompt_logprobs`` None: the input is not scored; ``grammar``: structured
+        output (raises InvalidRequestError on bad bounds)."""
         greedy = self.temperature == 0.0 or self.top_p == 0.0
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return SamplingParams(
@@ -159,6 +172,7 @@ class SamplingRequest(_Strict):
             logprobs=top_logprobs is not None,
             top_logprobs=top_logprobs or 0,
             prompt_logprobs=prompt_logprobs,
+            grammar=grammar,
         )
 
 
@@ -172,17 +186,10 @@ class ChatCompletionRequest(SamplingRequest):
     store: bool | None = None
     service_tier: str | None = None
     parallel_tool_calls: bool | None = None
-    # accepted only when they ask for nothing we cannot do
-    tools: list[dict] | None = None
-    tool_choice: str | dict | None = None
-    response_format: dict | None = None
-
-    def unsupported(self) -> dict[str, bool]:
-        return {
-            **super().unsupported(),
-            "tools": bool(self.tools) or self.tool_choice not in (None, "none", "auto"),
-            "response_format": self.response_format not in (None, {"type": "text"}),
-        }
+    # structured output and tools (structured_schema.py)
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: ToolChoice | None = None
+    response_format: ResponseFormat | None = None
 
     @model_validator(mode="after")
     def _top_needs_logprobs(self) -> "ChatCompletionRequest":
@@ -193,10 +200,15 @@ class ChatCompletionRequest(SamplingRequest):
     def engine_messages(self) -> list[dict]:
         return [m.to_engine(i) for i, m in enumerate(self.messages)]
 
+    def forced_calls(self) -> list[FunctionDef]:
+        """The functions one of which the reply must call (empty: the reply is not a call)."""
+        return forced_tools(self.tools, self.tool_choice)
+
     def sampling(self, default_max_tokens: int) -> SamplingParams:
         """Engine sampling parameters (raises InvalidRequestError on bad bounds)."""
         return self.engine_params(self.max_completion_tokens or self.max_tokens or default_max_tokens,
-                                  (self.top_logprobs or 0) if self.logprobs else None)
+                                  (self.top_logprobs or 0) if self.logprobs else None,
+                                  grammar=grammar_for(self.response_format, self.forced_calls()))
 
 
 def describe(exc: ValidationError) -> str:

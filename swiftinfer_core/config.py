@@ -7,7 +7,7 @@ pydantic's error type, so callers need to know one exception only.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -76,6 +76,19 @@ class EngineConfig(StrictModel):
         return self
 
 
+class Grammar(StrictModel):
+    """Structured output: the reply must match this (engine/grammar.py)."""
+
+    kind: Literal["json_object", "json_schema"] = Field(description="'json_object': any JSON object; 'json_schema': the given schema.")
+    json_schema: str | None = Field(None, max_length=1 << 20, description="The JSON schema as JSON text (kind 'json_schema' only), enforced strictly: objects take no properties the schema does not allow.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Grammar":
+        if (self.kind == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with kind 'json_schema' and only then")
+        return self
+
+
 class SamplingParams(StrictModel):
     max_tokens: int = Field(256, ge=1, le=1 << 20, description="Largest number of tokens to generate.")
     temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 means greedy.")
@@ -93,6 +106,7 @@ class SamplingParams(StrictModel):
     logprobs: bool = Field(False, description="Return the log-probability of each sampled token.")
     top_logprobs: int = Field(0, ge=0, le=20, description="Also return this many most likely tokens per position (needs logprobs).")
     prompt_logprobs: int | None = Field(None, ge=0, le=20, description="Score the input tokens too, with this many most likely tokens per position; None: off.")
+    grammar: Grammar | None = Field(None, description="Constrain the reply to a grammar (structured output); None: free text.")
 
     @model_validator(mode="after")
     def _check(self) -> "SamplingParams":
@@ -104,6 +118,9 @@ class SamplingParams(StrictModel):
             raise ValueError(f"min_tokens ({self.min_tokens}) exceeds max_tokens ({self.max_tokens})")
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs")
+        if self.grammar is not None and (self.min_tokens or self.ignore_eos):
+            # the grammar's end is an end token: masking it could leave no token allowed
+            raise ValueError("min_tokens and ignore_eos cannot be combined with structured output")
         return self
 
     @property

@@ -140,6 +140,7 @@ def sampling_kwargs(params: SamplingParams, max_tokens: int, eos_ids: tuple[int,
         ("presence_penalty", params.presence_penalty != 0.0), ("frequency_penalty", params.frequency_penalty != 0.0),
         ("repetition_penalty", params.repetition_penalty != 1.0), ("logit_bias", bool(params.logit_bias)),
         ("min_tokens", params.min_tokens > 0), ("logprobs", params.logprobs), ("prompt_logprobs", params.prompt_logprobs is not None),
+        ("structured output (response_format, tools)", params.grammar is not None),
     ) if on]
     if refused:  # the adapter does not map them (yet): refused, never silently dropped
         raise InvalidRequestError(f"unsupported by the TensorRT-LLM backend: {', '.join(refused)}")

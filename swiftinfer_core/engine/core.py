@@ -17,6 +17,7 @@ import torch
 from swiftinfer_core.config import EngineConfig, SamplingParams
 from swiftinfer_core.engine.chat_format import ChatFormat, validate_messages
 from swiftinfer_core.engine.detok import IncrementalDetokenizer
+from swiftinfer_core.engine.grammar import Grammars
 from swiftinfer_core.engine.make_runner import make_runner
 from swiftinfer_core.engine.penalties import VisibleTokens, needs_counts
 from swiftinfer_core.engine.sampler import TokenLogprobs
@@ -64,6 +65,7 @@ class EngineCore:
         self.layout, self.pool, self.tokenizer = m.layout, m.pool, m.tokenizer
         self.format = ChatFormat(m.tokenizer, cfg.allow_control_tokens_in_content, cfg.max_turn_tokens)
         self.eos_ids = set(m.args.eos_token_ids) | {m.tokenizer.eos_token_id} - {None}
+        self.grammars = Grammars(m.tokenizer, m.args.vocab_size, self.eos_ids)  # structured output, compiled on first use
         if cfg.cuda_graphs and m.device.type == "cuda" and isinstance(m.attn, TritonAttention):
             self.runner.capture_decode_graphs(min(m.pool.num_slots, cfg.max_batch_tokens))
         self.scheduler = Scheduler(cfg.max_batch_tokens, cfg.prefill_chunk, self._allocate_slot)
@@ -105,6 +107,7 @@ class EngineCore:
             raise InvalidRequestError(f"the messages encode to token id {top}, outside the model's vocabulary of {vocab}")
         if params.logit_bias and max(params.logit_bias) >= vocab:
             raise InvalidRequestError(f"logit_bias: token id {max(params.logit_bias)} is outside the model's vocabulary of {vocab}")
+        grammar = self.grammars.start(params.grammar) if params.grammar is not None else None  # before any state changes
         if session is None:
             session = self.sessions[session_id] = Session(session_id, self.layout)
             session.sampling_seed = derive_seed(self.cfg.seed, session_id)
@@ -114,7 +117,7 @@ class EngineCore:
         turn = Turn(
             session=session, params=params, to_feed=session.pending + prompt, prompt_tokens=len(prompt),
             detok=IncrementalDetokenizer(self.tokenizer, params.stop), generator=gen,
-            cached_tokens=self.layout.fill(session.n), raw=raw,
+            cached_tokens=self.layout.fill(session.n), raw=raw, grammar=grammar,
         )
         self._sampling_extras(turn)
         if params.prompt_logprobs is not None and not session.pending:
@@ -295,6 +298,8 @@ class EngineCore:
             session.generated_tokens += 1
             self.tokens_generated += 1
             reason = self._finish_reason(turn, tok)
+            if turn.grammar is not None and not turn.grammar.accept(tok) and reason is None:
+                reason = "stop"  # cannot happen under the mask; if it did, the reply could not go on valid
             text = "" if (reason == "stop" and tok in self.eos_ids) else turn.detok.add(tok)
             if turn.detok.stopped:
                 reason = "stop"

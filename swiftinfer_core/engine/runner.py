@@ -62,7 +62,8 @@ class ModelRunner:
         if order:
             turns = [seqs[i].turn for i in order]
             rows = adjust_rows([seqs[i] for i in order])
-            toks, probs = sample_step(logits, [t.params for t in turns], [t.generator for t in turns], rows)
+            grammars = [t.grammar for t in turns] if any(t.grammar is not None for t in turns) else None
+            toks, probs = sample_step(logits, [t.params for t in turns], [t.generator for t in turns], rows, grammars)
             for i, tok, lp in zip(order, toks, probs):
                 out[i], lps[i] = tok, lp
         return out, lps, scores

@@ -14,9 +14,10 @@ order when nothing is truncated (temperature alone: no sort at all), else the
 ``top_k`` (or, for top-p alone, all) tokens in descending probability.
 
 Before any of that, ``penalties.adjust`` applies the rows' penalties, logit
-bias and min_tokens mask (nothing at all for a step without them), so greedy
-rows take the argmax of the adjusted logits too. Log-probabilities, for rows
-that ask, are ``log_softmax`` of those adjusted logits at temperature 1, before
+bias and min_tokens mask, then ``grammar.mask_logits`` the structured-output
+rows' token masks (nothing at all for a step without them), so greedy rows
+take the argmax of the adjusted logits too. Log-probabilities, for rows
+that ask, are ``log_softmax`` of those adjusted (and masked) logits at temperature 1, before
 top-k/top-p: the model's distribution as the sampler shaped it with the
 request's penalties and bias, but the same at any temperature (as OpenAI's, and
 defined for greedy rows, where the sampled distribution is one-hot). They ride
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from swiftinfer_core.config import SamplingParams
+from swiftinfer_core.engine.grammar import GrammarState, mask_logits
 from swiftinfer_core.engine.penalties import RowAdjust, adjust
 
 LOGPROB_FLOOR = -9999.0  # stands for -inf in logprobs
@@ -52,11 +54,18 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
 
 
 def sample_step(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
-                extras: list[RowAdjust | None] | None = None) -> tuple[list[int], list[TokenLogprobs | None]]:
+                extras: list[RowAdjust | None] | None = None, grammars: list[GrammarState | None] | None = None
+                ) -> tuple[list[int], list[TokenLogprobs | None]]:
     """logits [R, V] float32 -> (token id per row, its TokenLogprobs where asked, else None).
-    ``extras``: per row, what penalties.adjust needs (None: no row needs anything)."""
+    ``extras``: per row, what penalties.adjust needs (None: no row needs anything);
+    ``grammars``: per row, its structured-output state (None: no row is constrained)."""
+    given = logits
     if extras is not None:
         logits = adjust(logits, params, extras)
+    if grammars is not None:
+        rows = [i for i, g in enumerate(grammars) if g is not None]
+        if rows:  # in place only on a tensor adjust already copied (never the caller's, maybe a graph's buffer)
+            logits = mask_logits(logits, rows, [grammars[i] for i in rows], inplace=logits is not given)
     out = torch.argmax(logits, dim=-1)
     vocab = logits.shape[-1]
     groups: dict[int, list[int]] = {}

@@ -13,6 +13,7 @@ import torch
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.config import SamplingParams
 from swiftinfer_core.engine.detok import IncrementalDetokenizer
+from swiftinfer_core.engine.grammar import GrammarState
 from swiftinfer_core.engine.penalties import VisibleTokens
 from swiftinfer_core.engine.sampler import TokenLogprobs
 from swiftinfer_core.protocol import SessionRecord, SessionStats
@@ -132,6 +133,7 @@ class Turn:
     output_logprobs: list[TokenLogprobs] = field(default_factory=list)  # parallel to output_ids when params.logprobs
     prompt_logprobs: list[TokenLogprobs | None] = field(default_factory=list)  # to_feed[1:] scored (to_feed[0] too when None)
     prompt_scores_sent: bool = False
+    grammar: GrammarState | None = None  # structured output (engine/grammar.py): this turn's matcher, dropped with it
 
     @property
     def next_token(self) -> int:

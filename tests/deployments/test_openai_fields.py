@@ -120,8 +120,8 @@ def test_refused_fields_are_named_in_a_400(app):
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
     cases = {
         "n": dict(n=2),
-        "tools": dict(tools=[tool]),
-        "response_format": dict(response_format={"type": "json_object"}),
+        "tools": dict(tools=[tool]),  # tool_choice auto, the default: this template has no tool syntax
+        "response_format": dict(response_format={"type": "json_schema"}),  # no schema
         "top_logprobs": dict(top_logprobs=2),
         "logit_bias": dict(logit_bias={"x1": 3}),
         "min_tokens": dict(max_tokens=2, extra_body={"min_tokens": 3}),

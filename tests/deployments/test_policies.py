@@ -82,7 +82,7 @@ def test_request_parsing_maps_sampling_fields_for_chat_and_completions():
     plain = ChatCompletionRequest.parse(b'{"model":"m","messages":[{"role":"user","content":"hi"}],"logprobs":false}').sampling(8)
     assert (plain.logprobs, plain.presence_penalty, plain.repetition_penalty, plain.logit_bias) == (False, 0.0, 1.0, {})
     for body, word in ((b'"logit_bias":{"a":1}', "logit_bias"), (b'"logit_bias":{"1":101}', "logit_bias"),
-                       (b'"top_logprobs":2', "top_logprobs"), (b'"response_format":{"type":"json_object"}', "response_format")):
+                       (b'"top_logprobs":2', "top_logprobs"), (b'"response_format":{"type":"xml"}', "response_format")):
         with pytest.raises(InvalidRequestError, match=word):
             ChatCompletionRequest.parse(b'{"model":"m","messages":[{"role":"user","content":"x"}],' + body + b"}")
     c = CompletionRequest.parse(b'{"model":"m","prompt":[[5,6]],"logprobs":0,"presence_penalty":1}')
