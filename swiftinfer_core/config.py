@@ -61,6 +61,7 @@ class EngineConfig(StrictModel):
     prefill_chunk: int = Field(512, ge=1, le=1 << 16, description="Largest prefill chunk of one conversation in one step.")
     max_turn_tokens: int = Field(32768, ge=1, le=1 << 22, description="Longest new input accepted in one call, in tokens.")
     cuda_graphs: bool = Field(True, description="Capture decode steps in CUDA graphs (GPU only).")
+    piecewise_graphs: bool = Field(False, description="With CUDA graphs, also capture every piece of a step between its attention calls, per token-count bucket up to 512 tokens (engine/piecewise.py), so mixed and prefill steps replay graphs instead of launching ~1,000 kernels eagerly. Off by default until measured on a GPU.")
     split_mixed_steps: bool = Field(False, description="With CUDA graphs, run a step that mixes decode rows and prefill chunks as the decode graph plus a second, eager pass for the chunks (reads the weights twice) instead of one eager forward (engine/runner.py). For side-by-side measurements.")
     gpu_memory_utilization: float = Field(0.85, gt=0.05, le=0.98, description="Share of free GPU memory the KV pool may take.")
     lm_head_fp32: bool = Field(True, description="Keep the LM head in float32 under bf16/fp16 weights: exact-er logits for sampling, at the cost of reading the head twice as many bytes per step.")

@@ -20,6 +20,7 @@ from swiftinfer_core.engine.detok import IncrementalDetokenizer
 from swiftinfer_core.engine.grammar import Grammars
 from swiftinfer_core.engine.make_runner import make_runner
 from swiftinfer_core.engine.penalties import VisibleTokens, needs_counts
+from swiftinfer_core.engine.piecewise import BUCKETS as PIECEWISE_BUCKETS
 from swiftinfer_core.engine.sampler import TokenLogprobs
 from swiftinfer_core.engine.scheduler import ScheduledBatch, Scheduler
 from swiftinfer_core.engine.session import Session, Turn, TurnState
@@ -68,6 +69,8 @@ class EngineCore:
         self.grammars = Grammars(m.tokenizer, m.args.vocab_size, self.eos_ids)  # structured output, compiled on first use
         if cfg.cuda_graphs and m.device.type == "cuda" and isinstance(m.attn, TritonAttention):
             self.runner.capture_decode_graphs(min(m.pool.num_slots, cfg.max_batch_tokens))
+            if cfg.piecewise_graphs and cfg.tp_size == 1:
+                self.runner.capture_piecewise_graphs(min(PIECEWISE_BUCKETS[-1], cfg.max_batch_tokens))
         self.scheduler = Scheduler(cfg.max_batch_tokens, cfg.prefill_chunk, self._allocate_slot)
         self.sessions: dict[str, Session] = {}
         k0 = m.pool.k[0]

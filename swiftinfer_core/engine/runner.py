@@ -7,6 +7,7 @@ import torch
 from swiftinfer_core.cache.pool import KVPool
 from swiftinfer_core.engine.cuda_graph import Capture, DecodeGraphs
 from swiftinfer_core.engine.penalties import RowAdjust
+from swiftinfer_core.engine.piecewise import PiecewiseGraphs
 from swiftinfer_core.engine.prompt_scores import rows_for, score
 from swiftinfer_core.engine.sampler import TokenLogprobs, sample_step
 from swiftinfer_core.engine.scheduler import ScheduledBatch, ScheduledSeq
@@ -21,6 +22,7 @@ class ModelRunner:
         self.model, self.pool, self.attn, self.device = model, pool, attn, device
         self.split_mixed = split_mixed  # mixed steps: decode graph + eager chunks (EngineConfig.split_mixed_steps)
         self.graphs: DecodeGraphs | None = None
+        self.piecewise: PiecewiseGraphs | None = None
 
     def capture_decode_graphs(self, max_batch: int, capture: Capture | None = None) -> None:
         """Capture decode steps; later decode batches up to max_batch replay them.
@@ -28,11 +30,19 @@ class ModelRunner:
         self.graphs = DecodeGraphs(self.model, self.pool, self.attn, self.device, max_batch, capture)
         self.graphs.capture()
 
+    def capture_piecewise_graphs(self, max_tokens: int, capture: Capture | None = None) -> None:
+        """Capture every non-attention piece of a step per token-count bucket up to
+        ``max_tokens`` (piecewise.py); later non-decode steps that fit replay them."""
+        self.piecewise = PiecewiseGraphs(self.model, self.pool, self.attn, self.device, max_tokens, capture)
+        self.piecewise.capture()
+
     def forward(self, ids: list[int], slots: list[int], starts: list[int], q_lens: list[int], rows: list[int] | None) -> torch.Tensor:
         """Packed forward over the cache; logits [R, vocab] for token rows ``rows`` (all if None)."""
         batch = AttnBatch.build(slots, starts, q_lens, self.device)
-        input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
         row_t = None if rows is None else torch.tensor(rows, dtype=torch.long, device=self.device)
+        if self.piecewise is not None and self.piecewise.fits(len(ids)):
+            return self.piecewise.forward(ids, batch, row_t)
+        input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
         return self.model(input_ids, self.attn, self.attn.prepare(batch), self.pool, row_t)
 
     def run(self, batch: ScheduledBatch) -> tuple[list[int | None], list[TokenLogprobs | None], dict[int, list[TokenLogprobs]]]:

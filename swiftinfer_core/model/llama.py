@@ -71,11 +71,24 @@ class Block(nn.Module):
 
     def forward(self, x, attn: Attention, plan, k_cache, v_cache) -> torch.Tensor:
         """x: [T, hidden] float32 residual stream; matmuls run in the weights' dtype."""
-        T, d, dt = x.shape[0], self.head_dim, self.wqkv.weight.dtype
-        qkv = self.wqkv(self.attn_norm(x).to(dt))
+        return self.post(x, self.attend(self.pre(x), attn, plan, k_cache, v_cache))
+
+    # The three phases, apart so that engine/piecewise.py can capture pre and post in CUDA graphs
+    # and run attention, whose launch shape follows the batch, between them.
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        """[T, hidden] float32 -> qkv [T, (hq + 2 hkv) d] in the weights' dtype."""
+        return self.wqkv(self.attn_norm(x).to(self.wqkv.weight.dtype))
+
+    def attend(self, qkv: torch.Tensor, attn: Attention, plan, k_cache, v_cache) -> torch.Tensor:
+        """qkv [T, ...] -> o [T, hq, d]; stores the step's K/V in the cache."""
+        T, d = qkv.shape[0], self.head_dim
         q, k, v = qkv.split([self.hq * d, self.hkv * d, self.hkv * d], dim=-1)
-        o = attn.forward(plan, q.view(T, self.hq, d), k.view(T, self.hkv, d), v.view(T, self.hkv, d), k_cache, v_cache)
-        h = x + self._reduce(self.wo(o.reshape(T, self.hq * d)))
+        return attn.forward(plan, q.view(T, self.hq, d), k.view(T, self.hkv, d), v.view(T, self.hkv, d), k_cache, v_cache)
+
+    def post(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """Residual x [T, hidden] float32 and attention o [T, hq, d] -> the next layer's x."""
+        T, dt = x.shape[0], self.wqkv.weight.dtype
+        h = x + self._reduce(self.wo(o.reshape(T, self.hq * self.head_dim)))
         gate, up = self.w13(self.mlp_norm(h).to(dt)).chunk(2, dim=-1)
         return h + self._reduce(self.w2(F.silu(gate) * up))
 
@@ -101,6 +114,10 @@ class Llama(nn.Module):
         x = self.embed(input_ids).float()
         for i, layer in enumerate(self.layers):
             x = layer(x, attn, plan, pool.k[i], pool.v[i])
+        return self.head(x, rows)
+
+    def head(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Last residual [T, hidden] -> logits [R, vocab] float32 of ``rows`` (all if None)."""
         if rows is not None:
             x = x.index_select(0, rows)
         return self.lm_head(self.norm(x).to(self.lm_head.weight.dtype)).float()

@@ -159,3 +159,29 @@ def test_graph_path_equals_eager_at_every_ladder_size_and_boundary(tiny_dir):
     assert max(graph_rows) == 10 and len(set(graph_rows)) >= 4, graph_rows
     assert mixed_steps[0] > 0  # mixed steps ran as one forward, decode rows first
     assert a.session_stats("s0").evictions > 0  # the conversation outgrew the 4+28 cache
+
+
+def test_piecewise_graphs_give_the_eager_tokens_and_pad_buckets(tiny_dir):
+    """Mixed and prefill steps through the piecewise pieces (EagerCapture: the same
+    static buffers and replay order as the CUDA graphs) give the greedy tokens of the
+    plain forward, over rounds whose token counts land on and between buckets, a
+    rebuild from the record, and a step too large for the buckets (plain forward)."""
+    from swiftinfer_core.engine.piecewise import PiecewiseGraphs
+
+    a, b = _core(tiny_dir, 10, graphs=True), _core(tiny_dir, 10, graphs=False)
+    a.runner.capture_piecewise_graphs(64, EagerCapture())
+    pw = a.runner.piecewise
+    assert pw.sizes == [16, 32, 48, 64]
+    used = []
+    real = pw.forward
+    pw.forward = lambda ids, batch, rows: used.append(len(ids)) or real(ids, batch, rows)
+    for k, n in enumerate((1, 3, 10)):
+        sids = [f"s{i}" for i in range(n)]
+        if k == 2:
+            for core in (a, b):
+                core.import_session(core.export_session("s0"))
+        assert _turns(a, sids, max_tokens=4) == _turns(b, sids, max_tokens=4), f"round {k}"
+    assert len(used) >= 2 and max(used) <= 64, used  # steps of over 64 tokens took the plain forward
+    assert a.tokens_prefilled == b.tokens_prefilled
+    with pytest.raises(ValueError):
+        PiecewiseGraphs(a.runner.model, a.runner.pool, a.runner.attn, a.runner.device, 0)

@@ -1,0 +1,104 @@
+"""Issue 12: what one engine step costs when it is not pure decode, four ways, one GPU.
+
+A served replica admits turns while others decode, so most of its steps mix B
+decode rows with a prefill chunk. Per case (random bf16 weights, one model, one
+KV pool, every path on the same inputs), median ms of ModelRunner's step paths:
+
+- ``decode``: the B decode rows alone, decode graph replay (the floor);
+- ``split``: decode graph for the B rows + an eager pass for the chunk (two weight reads);
+- ``eager``: one eager forward, decode rows first (MixedPlan);
+- ``piecewise``: the same forward with piecewise graphs (engine/piecewise.py);
+
+and for prefill alone (B = 0) eager against piecewise. The piecewise logits are
+checked against the eager ones (max abs difference of the chunk's last row).
+
+    python bench/mixed_step.py --model DIR [--decode 64 128 191] [--chunks 40 256] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+import torch  # noqa: E402
+
+from swiftinfer_core.config import EngineConfig  # noqa: E402
+from swiftinfer_core.engine.runner import ModelRunner  # noqa: E402
+from swiftinfer_core.model.setup import load_model  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--decode", nargs="+", type=int, default=[0, 64, 128, 191])
+    ap.add_argument("--chunks", nargs="+", type=int, default=[40, 256])
+    ap.add_argument("--window", type=int, default=1020)
+    ap.add_argument("--slots", type=int, default=192)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--name", default="mixed_step")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    cfg = EngineConfig(model=a.model, load_format="random", device="cuda", dtype="bfloat16", sink_tokens=4,
+                       window=a.window, max_sessions=a.slots, max_batch_tokens=1024)
+    m = load_model(cfg)
+    run = ModelRunner(m.model, m.pool, m.attn, m.device)
+    run.capture_decode_graphs(max(a.decode + [1]))
+    run.capture_piecewise_graphs(512)
+    pw, rows = run.piecewise, []
+    g = torch.Generator().manual_seed(0)
+    for B in a.decode:
+        for T in a.chunks:
+            dec_ids = torch.randint(100, 30000, (B,), generator=g).tolist()
+            chunk = torch.randint(100, 30000, (T,), generator=g).tolist()
+            slots, starts = list(range(B)), [500] * B
+            ids, all_slots, all_starts, q_lens = dec_ids + chunk, slots + [B], starts + [0], [1] * B + [T]
+            rows_ = list(range(B)) + [B + T - 1]
+
+            def eager():
+                return run.forward(ids, all_slots, all_starts, q_lens, rows_)
+
+            def split():
+                run.graphs.run(dec_ids, slots, starts)
+                return run.forward(chunk, [B], [0], [T], [T - 1])
+
+            r = {"decode_rows": B, "chunk": T}
+            run.piecewise = None
+            if B:
+                r["decode_ms"] = 1e3 * common.time_eager(lambda: run.graphs.run(dec_ids, slots, starts), reps=a.reps)
+                r["split_ms"] = 1e3 * common.time_eager(split, reps=a.reps)
+            r["eager_ms"] = 1e3 * common.time_eager(eager, reps=a.reps)
+            ref = eager()[-1].float()
+            run.piecewise = pw
+            r["piecewise_ms"] = 1e3 * common.time_eager(eager, reps=a.reps) if pw.fits(len(ids)) else None
+            r["piecewise_max_abs_diff"] = (eager()[-1].float() - ref).abs().max().item() if pw.fits(len(ids)) else None
+            rows.append(r)
+            print(r, flush=True)
+    common.write_results(a.name, {"command": " ".join(sys.argv), "model": a.model, "cache": f"4+{a.window}", "rows": rows}, a.out)
+    plot(rows, a.name, a.out)
+    print(common.table(rows, ["decode_rows", "chunk", "decode_ms", "split_ms", "eager_ms", "piecewise_ms", "piecewise_max_abs_diff"]))
+    return 0
+
+
+def plot(rows: list[dict], name: str, out: str | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    labels = [f"B={r['decode_rows']}\n+{r['chunk']}" for r in rows]
+    x = range(len(rows))
+    for k, (key, off) in enumerate((("decode_ms", -0.3), ("split_ms", -0.1), ("eager_ms", 0.1), ("piecewise_ms", 0.3))):
+        ax.bar([i + off for i in x], [r.get(key) or 0 for r in rows], width=0.2, label=key[:-3])
+    ax.set_xticks(list(x), labels)
+    ax.set_ylabel("ms per step")
+    ax.set_title("one step with B decode rows and a prefill chunk (H200, random bf16)")
+    ax.legend()
+    common.save_plot(name, fig, out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Piecewise CUDA graphs for steps that are not pure decode (mixed and prefill steps).
+
+An eager 7B/8B forward launches about a thousand kernels; on an H200 a prefill
+chunk of up to 256 tokens took a flat ~14 ms, 4-5x one read of the weights
+(bench/results/prefill_speed.json), and a step that admits a turn beside 128
+decode rows cost a third more than a decode graph replay. The launch shape of
+everything but attention depends only on the step's token count T, so per
+token-count bucket the step is recorded as L + 1 graphs (vLLM's piecewise
+graphs):
+
+    piece 0:      x = embed(ids); qkv = layer[0].pre(x)
+    piece i:      x = layer[i-1].post(x, o); qkv = layer[i].pre(x)      (0 < i < L)
+    piece L:      x = layer[L-1].post(x, o)
+
+and attention, whose grid follows the batch (slots, chunk lengths), runs
+eagerly between pieces on the first T real rows of ``qkv``, writing ``o``.
+The LM head runs eagerly on the rows to sample. Rows past T are padding
+(token 0): every piece is row-wise, so they never touch a real row, and
+attention never sees them.
+
+All pieces of all buckets write into per-bucket static buffers (``x``,
+``qkv``, ``o``) and share one graph memory pool; a step replays one bucket's
+pieces in order. Single device only (a tensor-parallel rank's all-reduce is
+not captured here). ``EagerCapture`` runs the same buffers and order on a CPU
+so tests check them against the plain forward.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+
+from swiftinfer_core.cache.pool import KVPool
+from swiftinfer_core.engine.cuda_graph import Capture, CudaCapture, padded_size
+from swiftinfer_core.kernels.attention import Attention
+from swiftinfer_core.kernels.batch import AttnBatch
+from swiftinfer_core.model.llama import Llama
+
+log = logging.getLogger(__name__)
+BUCKETS = (16, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 448, 512)
+
+
+class StaticTokens:
+    """One bucket's buffers: ids [T], residual x [T, hidden] float32, qkv [T, (hq + 2 hkv) d]
+    and attention output o [T, hq, d] in the weights' dtype."""
+
+    def __init__(self, size: int, model: Llama, device: torch.device):
+        block = model.layers[0]
+        dt = block.wqkv.weight.dtype
+        self.size = size
+        self.ids = torch.zeros(size, dtype=torch.long, device=device)
+        self.x = torch.zeros(size, model.args.hidden_size, dtype=torch.float32, device=device)
+        self.qkv = torch.zeros(size, block.wqkv.out_features, dtype=dt, device=device)
+        self.o = torch.zeros(size, block.hq, block.head_dim, dtype=dt, device=device)
+
+
+class PiecewiseGraphs:
+    def __init__(self, model: Llama, pool: KVPool, attn: Attention, device: torch.device, max_tokens: int,
+                 capture: Capture | None = None):
+        if model.shard.all_reduce is not None:
+            raise ValueError("piecewise graphs run on one device; a tensor-parallel rank's all-reduce is not captured")
+        self.model, self.pool, self.attn, self.device = model, pool, attn, device
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        self.sizes = [b for b in BUCKETS if b < max_tokens] + [max_tokens]
+        self._capture = capture
+        self.static: dict[int, StaticTokens] = {}
+        self._pieces: dict[int, list[Callable[[], torch.Tensor]]] = {}
+
+    def _steps(self, st: StaticTokens) -> list[Callable[[], torch.Tensor]]:
+        layers = self.model.layers
+
+        def first() -> torch.Tensor:
+            st.x.copy_(self.model.embed(st.ids))
+            st.qkv.copy_(layers[0].pre(st.x))
+            return st.qkv
+
+        def middle(i: int) -> Callable[[], torch.Tensor]:
+            def step() -> torch.Tensor:
+                st.x.copy_(layers[i - 1].post(st.x, st.o))
+                st.qkv.copy_(layers[i].pre(st.x))
+                return st.qkv
+            return step
+
+        def last() -> torch.Tensor:
+            st.x.copy_(layers[-1].post(st.x, st.o))
+            return st.x
+
+        return [first] + [middle(i) for i in range(1, len(layers))] + [last]
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        cap = self._capture or CudaCapture(self.device)
+        for size in reversed(self.sizes):  # largest first: smaller ones reuse the pool's blocks
+            st = StaticTokens(size, self.model, self.device)
+            self._pieces[size] = [cap.capture(step)[1] for step in self._steps(st)]
+            self.static[size] = st
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        log.info("captured piecewise graphs for %d token counts up to %d", len(self.sizes), self.sizes[-1])
+
+    def fits(self, tokens: int) -> bool:
+        return bool(self.static) and tokens <= self.sizes[-1]
+
+    @torch.inference_mode()
+    def forward(self, ids: list[int], batch: AttnBatch, rows: torch.Tensor | None) -> torch.Tensor:
+        """Logits [R, vocab] float32 of ``rows`` of the packed step ``ids`` (the same as Llama.forward)."""
+        T = len(ids)
+        st = self.static[padded_size(self.sizes, T)]
+        pin = self.device.type == "cuda"
+        st.ids[:T].copy_(torch.tensor(ids, dtype=torch.long, pin_memory=pin), non_blocking=pin)
+        st.ids[T:].zero_()
+        plan = self.attn.prepare(batch)
+        pieces = self._pieces[st.size]
+        for i, layer in enumerate(self.model.layers):
+            pieces[i]()
+            st.o[:T].copy_(layer.attend(st.qkv[:T], self.attn, plan, self.pool.k[i], self.pool.v[i]))
+        pieces[-1]()
+        return self.model.head(st.x[:T], rows)
