@@ -11,6 +11,8 @@
 #      SLOTS (KV slots, default 191: the most that fit at 7B, 4+1020), WINDOW (default 1020),
 #      SIZES (default "32 64 128 191"), BEFORE_SIZES (default: SIZES; empty skips step 3),
 #      THREAD_SIZES (default "64 128"; empty skips step 4), ROUNDS (turns per conversation, default 8),
+#      TOKEN_COUNTS (set: the load client asks for logprobs, so each chunk lists its tokens and the
+#      report has ITL per token; adds the logprob work to every served step, not to the engine's),
 #      PACE_MS (stream_interval_ms of the served runs, default 50: each stream's chunks are at most
 #      this often, so it sets the streamed objects per second through the ingress and the proxy).
 # carry [".whl", ".carry/$MODEL"]; everything lands in $OUT/results.tgz; a short table last.
@@ -40,7 +42,7 @@ serve_closed() {  # serve_closed LABEL ENGINE_PROCESS EXTRA_YAML ENGINE_YAML SIZ
   for n in "$@"; do
     step "${label}_$n" 150 python3 bench/load.py --url http://127.0.0.1:8000 --sessions "$n" --rate 1000 --think-s 0 --rounds "$ROUNDS" \
       --max-tokens 64 --prompt-words 24 --timeout-s 120 --retry-s 60 --metrics-every-s 2 --model llama2-7b-random \
-      --name "${NAME}_${label}_$n" --out "$OUT"
+      --name "${NAME}_${label}_$n" --out "$OUT" ${TOKEN_COUNTS:+--token-counts}
   done
   if [ -n "${PROFILE_N:-}" ] && [ "$label" = proc ]; then profile_run "$PROFILE_N"; fi
   curl -s 127.0.0.1:8000/metrics > "$OUT/metrics_$label.txt"

@@ -69,6 +69,7 @@ class LoadSpec:
     cleanup: bool = True
     metrics_every_s: float = 0.0  # > 0: sample the server's /metrics gauges this often
     partial: Path | None = None  # rewritten every 30 s with the summary so far
+    token_counts: bool = False  # ask for logprobs: each chunk then names its tokens, for ITL per token
 
 
 @dataclass
@@ -126,6 +127,8 @@ async def run_load(spec: LoadSpec, progress: Progress | None = None) -> dict:
                     await asyncio.sleep(crng.expovariate(1.0 / spec.think_s))
                 body = {"model": model, "session_id": sid, "stream": True, "max_tokens": spec.max_tokens, "temperature": 0,
                         "ignore_eos": True, "messages": [{"role": "user", "content": prompts(r)}]}
+                if spec.token_counts:
+                    body["logprobs"] = True
                 res = TurnResult(sid, r, f"{sid}-r{r}", scheduled=time.perf_counter())
                 progress.results.append(res)
                 if cap is not None:
@@ -256,13 +259,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[LoadSpec, Path, str]:
     p.add_argument("--metrics-every-s", type=float, default=0.0, help="sample the server's /metrics gauges (0: off)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--name", default="load")
+    p.add_argument("--token-counts", action="store_true",
+                   help="request logprobs so every chunk lists its tokens: the report gains ITL per token (itl_token_s)")
     a = p.parse_args(argv)
     for name in ("sessions", "rounds", "max_tokens", "prompt_words"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     spec = LoadSpec(a.url, a.sessions, a.rounds, a.duration_s, a.rate, a.concurrency, a.max_tokens, a.prompt_words,
                     a.think_s, a.model, a.seed, a.retry_s, a.timeout_s, a.prefix, not a.no_verify, not a.keep_sessions,
-                    a.metrics_every_s, Path(a.out) / f"{a.name}.partial.json")
+                    a.metrics_every_s, Path(a.out) / f"{a.name}.partial.json", a.token_counts)
     Path(a.out).mkdir(parents=True, exist_ok=True)
     return spec, Path(a.out), a.name
 

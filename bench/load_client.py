@@ -37,6 +37,7 @@ class TurnResult:
     first_token: float | None = None
     done: float = 0.0
     gaps: list[float] = field(default_factory=list)  # between streamed content chunks
+    token_gaps: list[float] = field(default_factory=list)  # per token after the first, when chunks list their tokens (logprobs)
     completion_tokens: int = 0
     prompt_tokens: int = 0
     cache: str = ""
@@ -82,6 +83,7 @@ async def _attempt(client: httpx.AsyncClient, url: str, body: dict, key: str, re
     sent = time.perf_counter()
     first = prev = None
     gaps: list[float] = []
+    token_gaps: list[float] = []  # a chunk of k tokens after a gap g: k entries of g / k
     final = None
     async with client.stream("POST", url, json=body, headers=headers) as resp:
         if resp.status_code != 200:
@@ -98,10 +100,15 @@ async def _attempt(client: httpx.AsyncClient, url: str, body: dict, key: str, re
             choice = event["choices"][0]
             now = time.perf_counter()
             if choice["delta"].get("content"):
+                listed = (choice.get("logprobs") or {}).get("content")
                 if first is None:
                     first = now
+                    if listed and len(listed) > 1:  # tokens that came with the first: no wait of their own
+                        token_gaps.extend([0.0] * (len(listed) - 1))
                 else:
                     gaps.append(now - prev)
+                    if listed:
+                        token_gaps.extend([(now - prev) / len(listed)] * len(listed))
                 prev = now
             if choice.get("finish_reason") is not None:
                 final = event
@@ -109,6 +116,7 @@ async def _attempt(client: httpx.AsyncClient, url: str, body: dict, key: str, re
         raise AttemptFailed("stream_incomplete", True)
     usage = final.get("usage") or {}
     res.sent, res.first_token, res.done, res.gaps = sent, first or time.perf_counter(), time.perf_counter(), gaps
+    res.token_gaps = token_gaps
     res.completion_tokens = usage.get("completion_tokens", 0)
     res.prompt_tokens = usage.get("prompt_tokens", 0)
     res.cache, res.replica = final.get("cache", ""), final.get("replica_id", "")

@@ -130,6 +130,8 @@ def summarize(turns: list[TurnResult], t_start: float, t_end: float) -> dict:
         "ttft_new_s": dist([t.ttft_s for t in ok if t.round == 0]),  # a conversation's first turn
         "ttft_warm_s": dist([t.ttft_s for t in ok if t.round > 0]),  # later turns (cache held or rebuilt)
         "itl_s": dist([g for t in ok for g in t.gaps]),  # between SSE chunks (several tokens each when paced)
+        # per token (load.py --token-counts): a chunk of k tokens after a gap g counts k gaps of g / k
+        "itl_token_s": dist([g for t in ok for g in t.token_gaps]),
         # per token: a turn's first-to-last-token time over its tokens after the first
         "tpot_s": dist([(t.done - t.first_token) / (t.completion_tokens - 1) for t in ok if t.completion_tokens > 1 and t.done > t.first_token]),
         "turn_decode_tokens_per_s": dist(decode),

@@ -26,3 +26,12 @@ def test_open_sessions_span_think_time_and_turns_in_flight_do_not():
 def test_unfinished_turn_counts_until_the_end():
     line = timeline([turn("a", 0, 0.0, 0.5, 0.0, ok=False)], 0.0, 3.0)
     assert line["open_sessions"] == [1, 1, 1, 0] and line["turns_in_flight"] == [0, 1, 1, 0]
+
+
+def test_itl_per_token_spreads_each_chunk_gap_over_its_tokens():
+    a = turn("a", 0, 0.0, 0.0, 1.0)
+    a.token_gaps = [0.0, 0.05, 0.05, 0.02]  # first chunk 2 tokens; then 2 tokens after 0.1 s; then 1 after 0.02 s
+    b = turn("b", 0, 0.0, 0.0, 1.0)  # a run without --token-counts lists none
+    s = summarize([a, b], 0.0, 1.0)
+    assert s["itl_token_s"]["n"] == 4 and s["itl_token_s"]["p50"] == 0.05
+    assert s["itl_s"]["n"] == 2  # the per-chunk gaps stay as they were
