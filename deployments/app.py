@@ -51,7 +51,7 @@ def resolve_device(cfg: AppConfig) -> AppConfig:
     return cfg.model_copy(update={"engine": engine})
 
 
-def _actor(cfg: AppConfig, gpus: int) -> dict:
+def _actor(cfg: AppConfig, gpus: float) -> dict:
     return {"num_cpus": cfg.replica_cpus, "num_gpus": gpus, "resources": dict(cfg.replica_resources)}
 
 
@@ -60,7 +60,7 @@ def _native_placement(cfg: AppConfig) -> dict:
     actors the engine starts in the other bundles (swiftinfer_core/parallel)."""
     tp = cfg.engine.tp_size
     if tp == 1:
-        return {"ray_actor_options": _actor(cfg, gpus=1)}
+        return {"ray_actor_options": _actor(cfg, gpus=cfg.gpu_share)}
     return {
         "ray_actor_options": _actor(cfg, gpus=1),
         "placement_group_bundles": [{"CPU": cfg.replica_cpus, "GPU": 1, **cfg.replica_resources}] + [{"GPU": 1}] * (tp - 1),
@@ -73,7 +73,7 @@ def _trtllm_placement(cfg: AppConfig) -> dict:
     its CUDA_VISIBLE_DEVICES: the replica actor itself holds all tp GPUs."""
     tp = cfg.engine.tp_size
     if tp == 1:
-        return {"ray_actor_options": _actor(cfg, gpus=1)}
+        return {"ray_actor_options": _actor(cfg, gpus=cfg.gpu_share)}
     return {
         "ray_actor_options": _actor(cfg, gpus=tp),
         "placement_group_bundles": [{"CPU": cfg.replica_cpus, "GPU": tp, **cfg.replica_resources}],

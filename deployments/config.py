@@ -154,6 +154,7 @@ class AppConfig(Strict):
     engine: EngineConfig = Field(default_factory=EngineConfig, description="Engine settings (model path, sinks, window, slots, device, tp_size).")
     scaling: ScalingConfig = Field(default_factory=ScalingConfig, description="LLM replica count and autoscaling.")
     router: RouterKind = Field(RouterKind.SESSION_AFFINITY, description="Request router in front of the LLM replicas.")
+    gpu_share: float = Field(1.0, gt=0, le=1, description="Share of one GPU each LLM replica takes (Ray num_gpus). Below 1 several replicas share a device (0.5: two per GPU, 0.33: three); each engine then sizes its KV pool from its share of the device's memory (EngineConfig.memory_share), so they never overcommit it. Single-GPU native replicas only.")
     replica_cpus: float = Field(1.0, ge=0, le=256, description="Logical CPUs one LLM replica reserves.")
     replica_resources: dict[str, float] = Field(default_factory=dict, description="Extra Ray resources one LLM replica needs, e.g. {'accelerator_type:H200': 0.001}.")
     cpu_threads: int = Field(1, ge=1, le=256, description="Torch threads of a CPU engine.")
@@ -184,3 +185,17 @@ class AppConfig(Strict):
     @property
     def uses_gpu(self) -> bool:
         return self.engine.device.value == "cuda"
+
+    @property
+    def replica_engine(self) -> EngineConfig:
+        """The engine config a replica runs: its memory share is the replica's GPU share."""
+        return self.engine.model_copy(update={"memory_share": self.gpu_share}) if self.gpu_share < 1 else self.engine
+
+    @model_validator(mode="after")
+    def _gpu_share(self) -> "AppConfig":
+        if self.gpu_share < 1:
+            if self.engine.tp_size > 1:
+                raise ValueError(f"gpu_share {self.gpu_share} < 1 needs tp_size 1: a tensor-parallel replica takes whole GPUs")
+            if self.backend is not EngineBackend.NATIVE:
+                raise ValueError(f"gpu_share {self.gpu_share} < 1 is for the native engine; {self.backend.value} sizes its own memory")
+        return self

@@ -71,7 +71,7 @@ class LLMReplica:
         self._cfg = AppConfig.model_validate(config)
         sys.setswitchinterval(self._cfg.gil_switch_interval_ms / 1000)  # this process is the replica's own
         self._id = serve.get_replica_context().replica_id.unique_id
-        self._engine = make_engine(self._cfg.backend, self._cfg.engine, self._cfg.cpu_threads, self._cfg.engine_process)
+        self._engine = make_engine(self._cfg.backend, self._cfg.replica_engine, self._cfg.cpu_threads, self._cfg.engine_process)
         if isinstance(self._engine, Engine):  # ProcessEngine warms its child before it is ready
             await asyncio.to_thread(self._engine.warm_up)
         self._local = LocalSessions(self._engine, self._cfg.limits)

@@ -76,12 +76,30 @@ def num_slots(cfg: EngineConfig, args: ModelArgs, layout: StreamLayout, device: 
         return cfg.max_sessions
     if device.type != "cuda":
         return CPU_DEFAULT_SLOTS
-    free, _ = torch.cuda.mem_get_info(device)
+    free, total = torch.cuda.mem_get_info(device)
     per_slot = KVPool.bytes_per_slot(layout, args.num_layers, kv_heads, args.head_dim, dtype)
-    slots = int(free * cfg.gpu_memory_utilization) // per_slot
+    if cfg.memory_share < 1:
+        budget = shared_kv_budget(free, total, torch.cuda.memory_reserved(device), cfg.memory_share, cfg.gpu_memory_utilization)
+    else:
+        budget = int(free * cfg.gpu_memory_utilization)
+    slots = budget // per_slot
     if slots < 1:
         raise InvalidRequestError(f"no GPU memory for even one cache slot ({per_slot / 2**20:.0f} MiB each)")
     return min(slots, MAX_DEFAULT_SLOTS)
+
+
+def shared_kv_budget(free: int, total: int, held: int, share: float, utilization: float) -> int:
+    """KV bytes of an engine that owns ``share`` of a device of ``total`` bytes and
+    already ``held`` some (weights): ``share * total * utilization - held``. Refused
+    when that is not free: another process on the device holds more than its share."""
+    budget = int(share * total * utilization) - held
+    if budget <= 0:
+        raise InvalidRequestError(f"this engine's share of the GPU ({share:g} x {total / 2**30:.1f} GiB x {utilization:g}) "
+                                  f"is used up by its own weights ({held / 2**30:.1f} GiB): raise the share or use fewer engines per GPU")
+    if budget > free:
+        raise InvalidRequestError(f"this engine's share of the GPU leaves {budget / 2**30:.1f} GiB for its KV cache but only "
+                                  f"{free / 2**30:.1f} GiB are free: another process on the GPU holds more than its share")
+    return budget
 
 
 def fill_weights(model: Llama, cfg: EngineConfig, checkpoint: Callable[[], dict]) -> None:

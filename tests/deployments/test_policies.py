@@ -108,6 +108,12 @@ def test_gpu_replica_options_place_tensor_parallel_ranks_together():
     assert trt["ray_actor_options"]["num_gpus"] == 4 and trt["placement_group_bundles"] == [{"CPU": 4.0, "GPU": 4}]
     single = llm_deployment_options(AppConfig.model_validate({"engine": {"device": "cuda"}}))
     assert single["ray_actor_options"]["num_gpus"] == 1 and "placement_group_bundles" not in single
+    shared = AppConfig.model_validate({"engine": {"device": "cuda"}, "gpu_share": 0.5})
+    assert llm_deployment_options(shared)["ray_actor_options"]["num_gpus"] == 0.5
+    assert shared.replica_engine.memory_share == 0.5 and shared.engine.memory_share == 1.0
+    for bad in ({"engine": {"device": "cuda", "tp_size": 2}, "gpu_share": 0.5}, {"backend": "trtllm", "engine": {"device": "cuda"}, "gpu_share": 0.5}):
+        with pytest.raises(ValueError, match="gpu_share"):
+            AppConfig.model_validate(bad)
     cpu = llm_deployment_options(AppConfig.model_validate({"engine": {"device": "cpu"}, "scaling": {"min_replicas": 1, "max_replicas": 3}}))
     assert cpu["ray_actor_options"]["num_gpus"] == 0
     assert cpu["autoscaling_config"]["policy"]["policy_function"] == "deployments.autoscaling:SessionAwarePolicy"
