@@ -15,9 +15,10 @@ from swiftinfer_core.config import AttentionBackend, Device, DType, EngineConfig
 from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.kernels.attention import Attention, TorchAttention, TritonAttention
 from swiftinfer_core.model import fused_decode
-from swiftinfer_core.kernels.rope import inv_freq
 from swiftinfer_core.model.fetch import resolve_model
-from swiftinfer_core.model.llama import Llama, ShardPlan
+from swiftinfer_core.model.families import build_model
+from swiftinfer_core.model.layers import ShardPlan, layer_specs
+from swiftinfer_core.model.llama import Llama
 from swiftinfer_core.model.loader import ModelArgs, read_args, read_state_dict
 
 log = logging.getLogger(__name__)
@@ -61,14 +62,19 @@ def resolve_layout(cfg: EngineConfig, args: ModelArgs) -> StreamLayout:
     return StreamLayout(cfg.sink_tokens, window)
 
 
-def make_attention(cfg: EngineConfig, device: torch.device, layout: StreamLayout, args: ModelArgs) -> Attention:
-    freqs = inv_freq(args.head_dim, args.rope_theta, args.rope_scaling).to(device)
+def make_attention(cfg: EngineConfig, device: torch.device, layout: StreamLayout, args: ModelArgs,
+                   shard: ShardPlan | None = None) -> Attention:
+    """The backend with every layer's spec (RoPE freqs and scale, local window, ALiBi
+    slopes of this rank's query heads, soft-cap) for this cache's capacity."""
+    shard = shard or ShardPlan.single(args)
+    specs = [replace(s, freqs=s.freqs.to(device), alibi=None if s.alibi is None else s.alibi.to(device))
+             for s in layer_specs(args, layout.capacity, shard.q_lo, shard.q_hi)]
     backend = cfg.attention
     if backend is AttentionBackend.AUTO:
         backend = AttentionBackend.TRITON if device.type == "cuda" else AttentionBackend.TORCH
     if backend is AttentionBackend.TRITON:
-        return TritonAttention(layout, freqs, args.head_dim**-0.5)
-    return TorchAttention(layout, freqs, args.head_dim**-0.5)
+        return TritonAttention(layout, specs[0].freqs, specs[0].scale, specs)
+    return TorchAttention(layout, specs[0].freqs, specs[0].scale, specs)
 
 
 def num_slots(cfg: EngineConfig, args: ModelArgs, layout: StreamLayout, device: torch.device, dtype: torch.dtype, kv_heads: int) -> int:
@@ -106,7 +112,7 @@ def load_model(cfg: EngineConfig, shard: ShardPlan | None = None) -> LoadedModel
     dtype = resolve_dtype(cfg, device)
     layout = resolve_layout(cfg, args)
     with torch.device("meta"):
-        model = Llama(args, shard)
+        model = build_model(args, shard)
     model = model.to_empty(device=device).to(dtype)
     if cfg.lm_head_fp32:
         model.lm_head.float()  # before loading: keep the checkpoint's own precision
@@ -115,7 +121,7 @@ def load_model(cfg: EngineConfig, shard: ShardPlan | None = None) -> LoadedModel
     kv_heads = model.shard.kv_hi - model.shard.kv_lo
     slots = num_slots(cfg, args, layout, device, dtype, kv_heads)
     pool = KVPool(layout, args.num_layers, slots, kv_heads, args.head_dim, dtype, device)
-    attn = make_attention(cfg, device, layout, args)
+    attn = make_attention(cfg, device, layout, args, model.shard)
     model.gemv_decode = device.type == "cuda" and isinstance(attn, TritonAttention) and fused_decode.supports(model)
     log.info("model %s on %s/%s: %d cache slots of %d+%d", path.name, device, dtype, slots, layout.sinks, layout.window)
     return LoadedModel(
@@ -129,4 +135,4 @@ def relayout(m: LoadedModel, cfg: EngineConfig, slots: int) -> LoadedModel:
     layout = resolve_layout(cfg, m.args)
     heads = m.model.shard.kv_hi - m.model.shard.kv_lo
     pool = KVPool(layout, m.args.num_layers, slots, heads, m.args.head_dim, m.dtype, m.device)
-    return replace(m, layout=layout, pool=pool, attn=make_attention(cfg, m.device, layout, m.args))
+    return replace(m, layout=layout, pool=pool, attn=make_attention(cfg, m.device, layout, m.args, m.model.shard))

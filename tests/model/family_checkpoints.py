@@ -1,0 +1,67 @@
+"""Tiny random checkpoints of every supported family, built with transformers' own
+config and model classes (no hub), saved as a local folder the engine loads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+TINY = dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256)
+LLAMA = dict(TINY, intermediate_size=96, num_key_value_heads=2, tie_word_embeddings=False)
+ROPE = {  # the rope types beside default, at sizes where every part of each formula matters
+    "linear": {"rope_type": "linear", "factor": 2.0},
+    "dynamic": {"rope_type": "dynamic", "factor": 2.0},
+    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
+    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One family's tiny checkpoint: transformers' config class name and its arguments."""
+
+    name: str
+    config: str
+    kwargs: dict = field(default_factory=dict)
+    prompt: int = 40  # logits over this many tokens (fits the 4 + 60 cache)
+
+
+def _phi3_rope(head_dim: int) -> dict:
+    g = torch.Generator().manual_seed(1)
+    factors = lambda: [round(1.0 + 3 * x, 3) for x in torch.rand(head_dim // 2, generator=g).tolist()]  # noqa: E731
+    return {"rope_type": "longrope", "short_factor": factors(), "long_factor": factors(), "original_max_position_embeddings": 32}
+
+
+CASES = [
+    Case("llama", "LlamaConfig", LLAMA),
+    *[Case(f"llama-rope-{k}", "LlamaConfig", dict(LLAMA, rope_parameters={**v, "rope_theta": 10000.0}, **(
+        {"max_position_embeddings": 32} if k == "dynamic" else {})), prompt=64) for k, v in ROPE.items()],
+    Case("qwen3", "Qwen3Config", dict(LLAMA, head_dim=32)),
+    Case("phi3", "Phi3Config", dict(LLAMA, max_position_embeddings=128, original_max_position_embeddings=32, pad_token_id=0, bos_token_id=1, eos_token_id=2, rope_parameters={**_phi3_rope(16), "rope_theta": 10000.0}), prompt=64),
+]
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> None:
+    """Norm weights and biases away from their init values, so each one matters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or "ln" in name.split(".")[-2] or name.endswith("bias"):
+                p.copy_(p + 0.3 * torch.randn(p.shape, generator=g))
+
+
+def build(case: Case, folder: Path, tokenizer_dir: Path):
+    """Save the tiny checkpoint and the default model's tokenizer files; return the HF model (float32, eval)."""
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    cfg = getattr(transformers, case.config)(**case.kwargs)
+    hf = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    randomize(hf)
+    hf.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (folder / name).write_bytes((tokenizer_dir / name).read_bytes())
+    return hf
