@@ -42,6 +42,7 @@ class ModelArgs:
     attn_softcap: float = 0.0  # tanh soft-cap of attention scores (Gemma 2); 0 = none
     final_softcap: float = 0.0  # tanh soft-cap of the logits (Gemma 2); 0 = none
     hidden_act: str = "silu"
+    parallel_residual: bool = False  # x + attn(ln1(x)) + mlp(ln2(x)) (GPT-NeoX, Falcon)
     alibi: bool = False  # ALiBi biases instead of RoPE (MPT)
     alibi_bias_max: float = 8.0
 

@@ -39,6 +39,10 @@ CASES = [
     *[Case(f"llama-rope-{k}", "LlamaConfig", dict(LLAMA, rope_parameters={**v, "rope_theta": 10000.0}, **(
         {"max_position_embeddings": 32} if k == "dynamic" else {})), prompt=64) for k, v in ROPE.items()],
     Case("qwen3", "Qwen3Config", dict(LLAMA, head_dim=32)),
+    Case("gpt-neox", "GPTNeoXConfig", dict(TINY, intermediate_size=96, tie_word_embeddings=False,
+                                           rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25})),
+    Case("gpt-neox-sequential", "GPTNeoXConfig", dict(TINY, intermediate_size=96, tie_word_embeddings=False, use_parallel_residual=False,
+                                                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})),
     Case("phi3", "Phi3Config", dict(LLAMA, max_position_embeddings=128, original_max_position_embeddings=32, pad_token_id=0, bos_token_id=1, eos_token_id=2, rope_parameters={**_phi3_rope(16), "rope_theta": 10000.0}), prompt=64),
 ]
 
