@@ -134,7 +134,7 @@ class TritonAttention(Attention):
     def _decode_workspace(self, plan: DecodePlan, q: torch.Tensor, hkv: int) -> None:
         B, hq, D = q.shape
         ws = plan.workspace
-        if ws is None or ws[0].shape[1] != hq or ws[0].shape[3] != D:
+        if ws is None or ws[0].shape[1] != hq or ws[0].shape[3] != self._decode.padded(D):
             sms = self._decode.sm_count(q.device)
             plan.splits = self._decode.decode_splits(B, hkv, self.layout.capacity, self.block_n, sms, self.waves)
             plan.workspace = self._decode.decode_workspace(B, hq, hkv, D, plan.splits[0], q.device)
@@ -148,12 +148,13 @@ class TritonAttention(Attention):
                 q, k_new, v_new, k_cache, v_cache, plan.slots, plan.starts, freqs, spec.scale,
                 lay.sinks, lay.window, fuse_write=True, block_n=self.block_n,
                 num_warps=self.num_warps, stages=self.stages, splits=plan.splits, workspace=plan.workspace,
-                fused_combine=self.fused_combine,
+                fused_combine=self.fused_combine, sliding_window=spec.sliding_window, alibi=spec.alibi, softcap=spec.softcap,
             )
         b = plan.batch
         out = self._prefill.prefill_attention(
             q, k_new, v_new, k_cache, v_cache, b.slots, b.starts, b.cu_seqlens, plan.max_q_len,
             freqs, spec.scale, lay.sinks, lay.window,
+            sliding_window=spec.sliding_window, alibi=spec.alibi, softcap=spec.softcap,
         )
         self._write.write_kv(k_new, v_new, k_cache, v_cache, plan.tok_seq, b.slots, b.starts, b.cu_seqlens, lay.sinks, lay.window)
         return out
