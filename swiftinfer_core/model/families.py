@@ -13,7 +13,7 @@ from torch import nn
 
 from swiftinfer_core.errors import InvalidRequestError
 
-from swiftinfer_core.model import gpt_neox, llama
+from swiftinfer_core.model import gemma, gpt_neox, llama
 from swiftinfer_core.model.args import ModelArgs
 from swiftinfer_core.model.layers import ShardPlan
 
@@ -32,6 +32,8 @@ FAMILIES: dict[str, Family] = {
     "qwen3": _LLAMA,
     "phi3": _LLAMA,
     "gpt_neox": Family(gpt_neox.neox_args, gpt_neox.GPTNeoX),
+    "gemma2": Family(gemma.gemma_args, gemma.Gemma),
+    "gemma3_text": Family(gemma.gemma_args, gemma.Gemma),
 }
 
 

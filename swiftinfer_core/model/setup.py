@@ -67,6 +67,9 @@ def make_attention(cfg: EngineConfig, device: torch.device, layout: StreamLayout
     """The backend with every layer's spec (RoPE freqs and scale, local window, ALiBi
     slopes of this rank's query heads, soft-cap) for this cache's capacity."""
     shard = shard or ShardPlan.single(args)
+    if args.sliding_window and layout.window < args.sliding_window:
+        log.warning("window %d is shorter than %s's own sliding window %d: its local layers see only the cached window "
+                    "(cache/layout.py, local layers)", layout.window, args.name, args.sliding_window)
     specs = [replace(s, freqs=s.freqs.to(device), alibi=None if s.alibi is None else s.alibi.to(device))
              for s in layer_specs(args, layout.capacity, shard.q_lo, shard.q_hi)]
     backend = cfg.attention

@@ -43,6 +43,13 @@ CASES = [
                                            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25})),
     Case("gpt-neox-sequential", "GPTNeoXConfig", dict(TINY, intermediate_size=96, tie_word_embeddings=False, use_parallel_residual=False,
                                                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})),
+    Case("gemma2", "Gemma2Config", dict(LLAMA, head_dim=16, query_pre_attn_scalar=24, sliding_window=6, pad_token_id=0,
+                                        layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=True,
+                                        attn_logit_softcapping=0.05, final_logit_softcapping=0.2)),  # small: the tiny scores reach them
+    Case("gemma3", "Gemma3TextConfig", dict(LLAMA, head_dim=16, query_pre_attn_scalar=24, sliding_window=6, pad_token_id=0,
+                                            layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=True,
+                                            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+                                                             "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6}})),
     Case("phi3", "Phi3Config", dict(LLAMA, max_position_embeddings=128, original_max_position_embeddings=32, pad_token_id=0, bos_token_id=1, eos_token_id=2, rope_parameters={**_phi3_rope(16), "rope_theta": 10000.0}), prompt=64),
 ]
 
