@@ -43,8 +43,13 @@ class ModelArgs:
     final_softcap: float = 0.0  # tanh soft-cap of the logits (Gemma 2); 0 = none
     hidden_act: str = "silu"
     parallel_residual: bool = False  # x + attn(ln1(x)) + mlp(ln2(x)) (GPT-NeoX, Falcon)
+    parallel_norms: int = 1  # parallel blocks: 2 = separate norms for attention and MLP (Falcon's new layout)
+    qkv_layout: str = "stacked"  # fused q/k/v rows: "stacked" [q; k; v], "per_head" [h: q, k, v],
+    #                              "grouped" [kv group: g q heads, k, v] (Falcon new), "mqa" [q heads; k; v]
     alibi: bool = False  # ALiBi biases instead of RoPE (MPT)
     alibi_bias_max: float = 8.0
+    clip_qkv: float = 0.0  # clamp the fused q/k/v activations to [-clip, clip] (MPT); 0 = none
+    qk_layernorm: bool = False  # LayerNorm over all of q and all of k, across heads (MPT qk_ln)
 
     @property
     def rotary(self) -> int:

@@ -50,6 +50,11 @@ CASES = [
                                             layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=True,
                                             rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
                                                              "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6}})),
+    Case("falcon-old-mqa", "FalconConfig", dict(TINY, multi_query=True, parallel_attn=True, bias=True, tie_word_embeddings=True)),
+    Case("falcon-old-sequential", "FalconConfig", dict(TINY, multi_query=False, parallel_attn=False, bias=False, tie_word_embeddings=False)),
+    Case("falcon-new-gqa", "FalconConfig", dict(TINY, new_decoder_architecture=True, num_kv_heads=2, bias=False, tie_word_embeddings=False)),
+    Case("falcon-new-one-norm", "FalconConfig", dict(TINY, new_decoder_architecture=True, num_kv_heads=2, num_ln_in_parallel_attn=1,
+                                                     bias=True)),
     Case("phi3", "Phi3Config", dict(LLAMA, max_position_embeddings=128, original_max_position_embeddings=32, pad_token_id=0, bos_token_id=1, eos_token_id=2, rope_parameters={**_phi3_rope(16), "rope_theta": 10000.0}), prompt=64),
 ]
 
