@@ -13,7 +13,7 @@ from torch import nn
 
 from swiftinfer_core.errors import InvalidRequestError
 
-from swiftinfer_core.model import falcon, gemma, gpt_neox, llama
+from swiftinfer_core.model import falcon, gemma, gpt_neox, llama, mpt
 from swiftinfer_core.model.args import ModelArgs
 from swiftinfer_core.model.layers import ShardPlan
 
@@ -35,6 +35,7 @@ FAMILIES: dict[str, Family] = {
     "gemma2": Family(gemma.gemma_args, gemma.Gemma),
     "gemma3_text": Family(gemma.gemma_args, gemma.Gemma),
     "falcon": Family(falcon.falcon_args, falcon.Falcon),
+    "mpt": Family(mpt.mpt_args, mpt.Mpt),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -26,6 +27,28 @@ class Case:
     config: str
     kwargs: dict = field(default_factory=dict)
     prompt: int = 40  # logits over this many tokens (fits the 4 + 60 cache)
+    patch: Callable | None = None  # (hf model, folder): what transformers' class lacks, added to both sides
+
+
+def mpt_qk_ln(hf, folder: Path) -> None:
+    """MosaicML's qk_ln (transformers' MPT ignores it): LayerNorm over all of q and
+    all of k right after Wqkv. Random weights go into the checkpoint, and the same
+    LayerNorms into the transformers model through a hook on Wqkv's output."""
+    import torch.nn.functional as F
+    from safetensors.torch import load_file, save_file
+
+    g, H, eps = torch.Generator().manual_seed(5), hf.config.d_model, hf.config.layer_norm_epsilon
+    state = load_file(str(folder / "model.safetensors"))
+    for i, block in enumerate(hf.transformer.blocks):
+        qw, kw = 1 + 0.3 * torch.randn(H, generator=g), 1 + 0.3 * torch.randn(H, generator=g)
+        state[f"transformer.blocks.{i}.attn.q_ln.weight"], state[f"transformer.blocks.{i}.attn.k_ln.weight"] = qw, kw
+
+        def hook(module, args, out, qw=qw, kw=kw):  # out [B, T, 3H]: q, k, v
+            q, k, v = out.split(H, -1)
+            return torch.cat([F.layer_norm(q, (H,), qw, None, eps), F.layer_norm(k, (H,), kw, None, eps), v], -1)
+
+        block.attn.Wqkv.register_forward_hook(hook)
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
 def _phi3_rope(head_dim: int) -> dict:
@@ -55,6 +78,10 @@ CASES = [
     Case("falcon-new-gqa", "FalconConfig", dict(TINY, new_decoder_architecture=True, num_kv_heads=2, bias=False, tie_word_embeddings=False)),
     Case("falcon-new-one-norm", "FalconConfig", dict(TINY, new_decoder_architecture=True, num_kv_heads=2, num_ln_in_parallel_attn=1,
                                                      bias=True)),
+    Case("mpt", "MptConfig", dict(d_model=64, n_heads=4, n_layers=2, vocab_size=256, max_seq_len=256, pad_token_id=0,
+                                  attn_config={"alibi": True, "alibi_bias_max": 8, "clip_qkv": 0.1})),
+    Case("mpt-qk-ln", "MptConfig", dict(d_model=64, n_heads=4, n_layers=2, vocab_size=256, max_seq_len=256, pad_token_id=0,
+                                        attn_config={"alibi": True, "qk_ln": True}), patch=mpt_qk_ln),  # transformers ignores alibi_bias_max: 8
     Case("phi3", "Phi3Config", dict(LLAMA, max_position_embeddings=128, original_max_position_embeddings=32, pad_token_id=0, bos_token_id=1, eos_token_id=2, rope_parameters={**_phi3_rope(16), "rope_theta": 10000.0}), prompt=64),
 ]
 
@@ -78,6 +105,8 @@ def build(case: Case, folder: Path, tokenizer_dir: Path):
     hf = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
     randomize(hf)
     hf.save_pretrained(folder)
+    if case.patch is not None:
+        case.patch(hf, folder)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         (folder / name).write_bytes((tokenizer_dir / name).read_bytes())
     return hf
