@@ -95,8 +95,18 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> None:
                 p.copy_(p + 0.3 * torch.randn(p.shape, generator=g))
 
 
-def build(case: Case, folder: Path, tokenizer_dir: Path):
-    """Save the tiny checkpoint and the default model's tokenizer files; return the HF model (float32, eval)."""
+def save_tokenizer(folder: Path, vocab: int = 256) -> None:
+    """A word-level tokenizer of ``vocab`` tokens "t0" .. : all the engine needs to load the folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab)}, unk_token="t0"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="t0", bos_token="t1", eos_token="t2").save_pretrained(folder)
+
+
+def build(case: Case, folder: Path):
+    """Save the tiny checkpoint and a tokenizer; return the HF model (float32, eval)."""
     import transformers
     from transformers import AutoModelForCausalLM
 
@@ -107,6 +117,5 @@ def build(case: Case, folder: Path, tokenizer_dir: Path):
     hf.save_pretrained(folder)
     if case.patch is not None:
         case.patch(hf, folder)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        (folder / name).write_bytes((tokenizer_dir / name).read_bytes())
+    save_tokenizer(folder)
     return hf

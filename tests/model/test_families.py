@@ -20,10 +20,10 @@ IDS = [c.name for c in CASES]
 
 
 @pytest.fixture(scope="module", params=CASES, ids=IDS)
-def family(request, tmp_path_factory, model_dir):
+def family(request, tmp_path_factory):
     case = request.param
     folder = tmp_path_factory.mktemp(case.name)
-    hf = build(case, folder, model_dir)
+    hf = build(case, folder)
     loaded = load_model(EngineConfig(model=str(folder), device="cpu", sink_tokens=4, window=60, max_sessions=2))
     return case, folder, hf, loaded
 
