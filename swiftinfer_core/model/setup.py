@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch import nn
 
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.cache.pool import KVPool
@@ -17,8 +18,7 @@ from swiftinfer_core.kernels.attention import Attention, TorchAttention, TritonA
 from swiftinfer_core.model import fused_decode
 from swiftinfer_core.model.fetch import resolve_model
 from swiftinfer_core.model.families import build_model
-from swiftinfer_core.model.layers import ShardPlan, layer_specs
-from swiftinfer_core.model.llama import Llama
+from swiftinfer_core.model.layers import GemmaRMSNorm, ShardPlan, layer_specs
 from swiftinfer_core.model.loader import ModelArgs, read_args, read_state_dict
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ MAX_DEFAULT_SLOTS = 1024
 @dataclass
 class LoadedModel:
     args: ModelArgs
-    model: Llama
+    model: nn.Module  # the family's model class (model/families.py)
     tokenizer: object
     layout: StreamLayout
     pool: KVPool
@@ -93,7 +93,7 @@ def num_slots(cfg: EngineConfig, args: ModelArgs, layout: StreamLayout, device: 
     return min(slots, MAX_DEFAULT_SLOTS)
 
 
-def fill_weights(model: Llama, cfg: EngineConfig, checkpoint: Callable[[], dict]) -> None:
+def fill_weights(model: nn.Module, cfg: EngineConfig, checkpoint: Callable[[], dict]) -> None:
     """The checkpoint's weights, or random ones (load_format=random) for benchmarks."""
     if cfg.load_format is not LoadFormat.RANDOM:
         model.load_hf_state(checkpoint())
@@ -104,6 +104,9 @@ def fill_weights(model: Llama, cfg: EngineConfig, checkpoint: Callable[[], dict]
             p.data.fill_(1.0)
         else:
             p.data.normal_(0.0, 0.02, generator=gen)
+    for mod in model.modules():  # Gemma's norms scale by (1 + w): the identity is w = 0
+        if isinstance(mod, GemmaRMSNorm):
+            mod.weight.data.zero_()
 
 
 def load_model(cfg: EngineConfig, shard: ShardPlan | None = None) -> LoadedModel:

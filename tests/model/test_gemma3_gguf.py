@@ -51,3 +51,28 @@ def test_gemma3_270m_chats_past_its_window(gemma3_dir):
         assert stats.evictions > 0 and "".join(c.text for c in chunks).strip()
     finally:
         engine.close()
+
+
+def test_gemma3_270m_tensor_parallel_replicates_its_kv_head(gemma3_dir):
+    """4 query heads, 1 KV head: at TP=2 each rank holds 2 query heads and the KV head (gloo)."""
+    from swiftinfer_core.engine.make_runner import make_runner
+    from swiftinfer_core.parallel.plan import shard_plans
+
+    cfg = EngineConfig(model=str(gemma3_dir), device="cpu", sink_tokens=4, window=28, max_sessions=1)
+    _, one = make_runner(cfg)
+    assert [(p.q_hi - p.q_lo, p.kv_lo, p.kv_hi) for p in shard_plans(one.model.args, 2)] == [(2, 0, 1), (2, 0, 1)]
+    ids = list(range(1000, 1040))  # 40 tokens: past the 32-row cache
+    want = [one.forward(ids, [0], [0], [40], None)] + [one.forward([2000 + i], [0], [40 + i], [1], None) for i in range(3)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _, two = make_runner(cfg.model_copy(update={"tp_size": 2}))
+        try:
+            got = [two.forward(ids, [0], [0], [40], None)] + [two.forward([2000 + i], [0], [40 + i], [1], None) for i in range(3)]
+        finally:
+            two.close()
+    finally:
+        torch.set_num_threads(before)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.cpu(), w.cpu(), rtol=1e-4, atol=2e-3)
+        assert torch.equal(g.argmax(-1).cpu(), w.argmax(-1).cpu())
