@@ -50,7 +50,7 @@ class AttentionBackend(str, Enum):
 
 
 class EngineConfig(StrictModel):
-    model: str = Field("default", description="Path to a local HF Llama-family checkpoint folder, or 'default' for SmolLM2-135M-Instruct (fetched and converted once).")
+    model: str = Field("default", description="Path to a local HF checkpoint folder of a supported family (README 'Model families'), 'default' for SmolLM2-135M-Instruct or 'gemma3-270m' (fetched and converted once).")
     sink_tokens: int = Field(4, ge=0, le=64, description="Attention-sink tokens kept at the start of every cache.")
     window: int | None = Field(None, ge=1, le=1 << 20, description="Rolling window of recent tokens. Default: min(2048, trained context) - sink_tokens.")
     max_sessions: int | None = Field(None, ge=1, le=1 << 16, description="Cache slots, i.e. conversations resident at once. Default: sized from free memory (GPU) or 16 (CPU).")

@@ -28,6 +28,27 @@ so kernels may rotate with any positions that preserve these differences:
 Both decode and chunked prefill use :func:`rope_positions` below to keep all
 rotation angles inside ``[-chunk, capacity)``, never at the raw stream index
 (which may be in the millions, where float32 angles lose their precision).
+
+Layer kinds (kernels/reference.LayerAttn; model/layers.layer_specs builds them).
+Every layer of a model shares the slot layout above; they differ only in what
+they see of it and how a key's position enters the score:
+
+- *Global* layers (every layer of most models): exactly the rules above.
+- *Local* layers (Gemma 2 / 3's ``sliding_attention``, model window ``L``)
+  attend to ``keys(t) ∩ {t-L+1 .. t}``, at the same positions as a global layer.
+  With ``window >= L`` that is exactly the model's own sliding window at true
+  distances: a window key's distance is ``t - u`` already, and a sink is inside
+  ``{t-L+1 .. t}`` only while ``t < sinks + L <= capacity``, when
+  ``query_position(t) = t``. So the streaming cache (sinks + window) changes
+  only the global layers. With ``window < L`` a local layer sees the cached
+  window, like a global one without its sinks (nothing more is stored).
+- Each layer has its own RoPE frequencies (Gemma 3: theta 10k on local
+  layers, 1M with scaling on global ones); positions are the same.
+- *ALiBi* (MPT): no rotation; the score gets ``-slope * d`` where ``d`` is the
+  same distance RoPE would see: ``query_position(t) - u`` for a sink key,
+  ``t - u`` for a window key. That is the paper's MPT setting: distances
+  inside the cache, not in the text.
+- *Soft-cap* (Gemma 2): ``cap * tanh(score / cap)`` before the mask and ALiBi.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``swiftinfer``: chat in a terminal, evaluate streaming perplexity, fetch the default model, manage API keys."""
+"""``swiftinfer``: chat in a terminal, evaluate streaming perplexity, fetch a model, manage API keys."""
 
 from __future__ import annotations
 
@@ -14,16 +14,17 @@ def main(argv: list[str] | None = None) -> int:
     chat.add_parser(sub)
     eval_ppl.add_parser(sub)
     keys.add_parser(sub)
-    fetch = sub.add_parser("fetch-model", help="fetch and convert the default model once; print its folder")
+    fetch = sub.add_parser("fetch-model", help="fetch and convert a model once (the default one, or gemma3-270m); print its folder")
+    fetch.add_argument("name", nargs="?", default="default", choices=["default", "gemma3-270m"])
     fetch.set_defaults(func=_fetch)
     args = parser.parse_args(argv)
     return args.func(args) or 0
 
 
 def _fetch(args) -> int:
-    from swiftinfer_core.model.fetch import ensure_default_model
+    from swiftinfer_core.model.fetch import resolve_model
 
-    print(ensure_default_model())
+    print(resolve_model(args.name))
     return 0
 
 

@@ -61,6 +61,8 @@ class PiecewiseGraphs:
                  capture: Capture | None = None):
         if model.shard.all_reduce is not None:
             raise ValueError("piecewise graphs run on one device; a tensor-parallel rank's all-reduce is not captured")
+        if not isinstance(model, Llama):
+            raise ValueError(f"piecewise graphs need blocks split into pre/attend/post (the Llama family); {type(model).__name__} is not")
         self.model, self.pool, self.attn, self.device = model, pool, attn, device
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -116,6 +118,6 @@ class PiecewiseGraphs:
         pieces = self._pieces[st.size]
         for i, layer in enumerate(self.model.layers):
             pieces[i]()
-            st.o[:T].copy_(layer.attend(st.qkv[:T], self.attn, plan, self.pool.k[i], self.pool.v[i]))
+            st.o[:T].copy_(layer.attend(st.qkv[:T], self.attn, plan, self.pool.k[i], self.pool.v[i], i))
         pieces[-1]()
         return self.model.head(st.x[:T], rows)

@@ -4,6 +4,11 @@
     plan = attn.prepare(batch)                 # once per step, shared by all layers
     out = attn.forward(plan, q, k_new, v_new, k_cache, v_cache)   # per layer
 
+A model whose layers attend differently (Gemma's local sliding-window layers,
+per-layer RoPE theta, ALiBi slopes, soft-capping) gives one ``LayerAttn`` per
+layer; ``forward(..., layer=i)`` uses layer ``i``'s. Without ``layers`` every
+layer uses the backend's own freqs and scale.
+
 ``forward`` takes q [T, Hq, D], k_new/v_new [T, Hkv, D] (pre-RoPE, may be strided
 views of a fused qkv projection, last dim contiguous) and one layer's caches
 [slots, Hkv, capacity, D]; it returns out [T, Hq, D] and leaves this step's
@@ -28,27 +33,33 @@ Importing this module does not import triton; TritonAttention does, when built.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.kernels.batch import AttnBatch
-from swiftinfer_core.kernels.reference import plan_step, streaming_attention_ref, write_cache_ref
+from swiftinfer_core.kernels.reference import LayerAttn, plan_step, streaming_attention_ref, write_cache_ref
 
 
 class Attention(ABC):
-    """Streaming attention for one model: layout, RoPE frequencies [D/2] and scale are fixed."""
+    """Streaming attention for one model: layout, RoPE frequencies [D/2] and scale are fixed
+    (per layer when ``layers`` is given)."""
 
-    def __init__(self, layout: StreamLayout, freqs: torch.Tensor, scale: float):
+    def __init__(self, layout: StreamLayout, freqs: torch.Tensor, scale: float, layers: list[LayerAttn] | None = None):
         self.layout, self.freqs, self.scale = layout, freqs.float(), float(scale)
+        self.layers = list(layers) if layers else None
+        self.base = LayerAttn(self.freqs, self.scale)
+
+    def spec(self, layer: int | None) -> LayerAttn:
+        return self.base if layer is None or self.layers is None else self.layers[layer]
 
     @abstractmethod
     def prepare(self, batch: AttnBatch):
         """Per-step index work shared by every layer; returns an opaque plan."""
 
     @abstractmethod
-    def forward(self, plan, q, k_new, v_new, k_cache, v_cache) -> torch.Tensor:
+    def forward(self, plan, q, k_new, v_new, k_cache, v_cache, layer: int | None = None) -> torch.Tensor:
         """One layer: attention output [T, Hq, D]; stores the step's K/V in the cache."""
 
 
@@ -64,9 +75,9 @@ class TorchAttention(Attention):
     def prepare(self, batch: AttnBatch) -> TorchPlan:
         return TorchPlan(batch, plan_step(batch, self.layout, batch.slots.device))
 
-    def forward(self, plan: TorchPlan, q, k_new, v_new, k_cache, v_cache) -> torch.Tensor:
-        freqs = self.freqs.to(q.device)
-        out = streaming_attention_ref(q, k_new, v_new, k_cache, v_cache, plan.seqs, freqs, self.scale)
+    def forward(self, plan: TorchPlan, q, k_new, v_new, k_cache, v_cache, layer: int | None = None) -> torch.Tensor:
+        spec = self.spec(layer)
+        out = streaming_attention_ref(q, k_new, v_new, k_cache, v_cache, plan.seqs, spec.freqs.to(q.device), spec.scale, spec)
         write_cache_ref(k_new, v_new, k_cache, v_cache, plan.batch, self.layout)
         return out
 
@@ -110,20 +121,24 @@ class MixedPlan:
 class TritonAttention(Attention):
     """Triton kernels: decode_attention.py (write fused), prefill_attention.py + write_cache.py."""
 
-    def __init__(self, layout: StreamLayout, freqs: torch.Tensor, scale: float, *, block_n: int = 64, num_warps: int = 4,
-                 waves: int | None = None, stages: int = 3, fused_combine: bool = False):
-        super().__init__(layout, freqs, scale)
+    def __init__(self, layout: StreamLayout, freqs: torch.Tensor, scale: float, layers: list[LayerAttn] | None = None, *,
+                 block_n: int = 64, num_warps: int = 4, waves: int | None = None, stages: int = 3, fused_combine: bool = False):
+        super().__init__(layout, freqs, scale, layers)
         from swiftinfer_core.kernels import decode_attention, prefill_attention, write_cache  # needs triton
 
         self._decode, self._prefill, self._write = decode_attention, prefill_attention, write_cache
         self.block_n, self.num_warps, self.waves, self.stages = block_n, num_warps, waves, stages
         self.fused_combine = fused_combine
-        self._freqs_dev: dict[torch.device, torch.Tensor] = {}
+        self._dev: dict[tuple[int | None, torch.device], LayerAttn] = {}
 
-    def _freqs(self, device) -> torch.Tensor:
-        if device not in self._freqs_dev:
-            self._freqs_dev[device] = self.freqs.to(device).contiguous()
-        return self._freqs_dev[device]
+    def _spec(self, layer: int | None, device) -> LayerAttn:
+        """The layer's spec with its tensors on ``device`` (moved once, then cached)."""
+        key = (None if self.layers is None else layer, device)
+        if key not in self._dev:
+            s = self.spec(layer)
+            alibi = None if s.alibi is None else s.alibi.float().to(device).contiguous()
+            self._dev[key] = replace(s, freqs=s.freqs.float().to(device).contiguous(), alibi=alibi)
+        return self._dev[key]
 
     def prepare(self, batch: AttnBatch):
         if batch.is_decode:
@@ -142,29 +157,31 @@ class TritonAttention(Attention):
     def _decode_workspace(self, plan: DecodePlan, q: torch.Tensor, hkv: int) -> None:
         B, hq, D = q.shape
         ws = plan.workspace
-        if ws is None or ws[0].shape[1] != hq or ws[0].shape[3] != D:
+        if ws is None or ws[0].shape[1] != hq or ws[0].shape[3] != self._decode.padded(D):
             sms = self._decode.sm_count(q.device)
             plan.splits = self._decode.decode_splits(B, hkv, self.layout.capacity, self.block_n, sms, self.waves)
             plan.workspace = self._decode.decode_workspace(B, hq, hkv, D, plan.splits[0], q.device)
 
-    def forward(self, plan, q, k_new, v_new, k_cache, v_cache) -> torch.Tensor:
+    def forward(self, plan, q, k_new, v_new, k_cache, v_cache, layer: int | None = None) -> torch.Tensor:
         if isinstance(plan, MixedPlan):
             n = plan.n_decode
-            return torch.cat([self.forward(plan.decode, q[:n], k_new[:n], v_new[:n], k_cache, v_cache),
-                              self.forward(plan.prefill, q[n:], k_new[n:], v_new[n:], k_cache, v_cache)])
-        lay, freqs = self.layout, self._freqs(q.device)
+            return torch.cat([self.forward(plan.decode, q[:n], k_new[:n], v_new[:n], k_cache, v_cache, layer),
+                              self.forward(plan.prefill, q[n:], k_new[n:], v_new[n:], k_cache, v_cache, layer)])
+        lay, spec = self.layout, self._spec(layer, q.device)
+        freqs = spec.freqs
         if isinstance(plan, DecodePlan):
             self._decode_workspace(plan, q, k_cache.shape[1])
             return self._decode.decode_attention(
-                q, k_new, v_new, k_cache, v_cache, plan.slots, plan.starts, freqs, self.scale,
+                q, k_new, v_new, k_cache, v_cache, plan.slots, plan.starts, freqs, spec.scale,
                 lay.sinks, lay.window, fuse_write=True, block_n=self.block_n,
                 num_warps=self.num_warps, stages=self.stages, splits=plan.splits, workspace=plan.workspace,
-                fused_combine=self.fused_combine,
+                fused_combine=self.fused_combine, sliding_window=spec.sliding_window, alibi=spec.alibi, softcap=spec.softcap,
             )
         b = plan.batch
         out = self._prefill.prefill_attention(
             q, k_new, v_new, k_cache, v_cache, b.slots, b.starts, b.cu_seqlens, plan.max_q_len,
-            freqs, self.scale, lay.sinks, lay.window,
+            freqs, spec.scale, lay.sinks, lay.window,
+            sliding_window=spec.sliding_window, alibi=spec.alibi, softcap=spec.softcap,
         )
         self._write.write_kv(k_new, v_new, k_cache, v_cache, plan.tok_seq, b.slots, b.starts, b.cu_seqlens, lay.sinks, lay.window)
         return out

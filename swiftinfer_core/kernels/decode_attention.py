@@ -44,28 +44,42 @@ from swiftinfer_core.kernels import rope_tl
 
 
 @triton.jit
-def _load_tile(k_base, v_base, j0, hi, ns, base, SINKS, WINDOW, sc_r, offs_n, offs_h, offs_d, HALF: tl.constexpr):
-    """K halves [BLOCK_N, D/2] x2 and V [BLOCK_N, D] of logical keys j0 .. j0+BLOCK_N-1
-    (masked at hi: rows past it cost no memory traffic), in the cache dtype."""
+def _load_tile(k_base, v_base, j0, hi, ns, base, SINKS, WINDOW, sc_r, offs_n, offs_h, offs_d, HALF: tl.constexpr, D: tl.constexpr):
+    """K halves [BLOCK_N, HALF_PAD] x2 and V [BLOCK_N, D_PAD] of logical keys j0 ..
+    j0+BLOCK_N-1 (masked at hi: rows past it cost no memory traffic; padded head
+    dims read as 0), in the cache dtype."""
     j = j0 + offs_n
     valid = j < hi
     r = base + (j - ns)
     r = tl.where(r >= WINDOW, r - WINDOW, r)
     row = tl.where(j < ns, j, SINKS + r)
     row = tl.where(valid, row, 0)
+    kmask = valid[:, None] & (offs_h < HALF)[None, :]
     kp = k_base + row[:, None] * sc_r + offs_h[None, :]
-    k1 = tl.load(kp, mask=valid[:, None], other=0.0)
-    k2 = tl.load(kp + HALF, mask=valid[:, None], other=0.0)
-    v = tl.load(v_base + row[:, None] * sc_r + offs_d[None, :], mask=valid[:, None], other=0.0)
+    k1 = tl.load(kp, mask=kmask, other=0.0)
+    k2 = tl.load(kp + HALF, mask=kmask, other=0.0)
+    v = tl.load(v_base + row[:, None] * sc_r + offs_d[None, :], mask=valid[:, None] & (offs_d < D)[None, :], other=0.0)
     return k1, k2, v
 
 
 @triton.jit
+def score(dot, scale_log2, SCALE_CAP, CAP_LOG2, HAS_CAP: tl.constexpr):
+    """Raw q.k -> log2-domain score; with HAS_CAP the soft-cap
+    cap * tanh(scale * q.k / cap) (tanh from exp: any backend, the interpreter too)."""
+    if HAS_CAP:
+        e = tl.exp(2.0 * dot * SCALE_CAP)
+        return CAP_LOG2 * (1.0 - 2.0 / (e + 1.0))
+    else:
+        return dot * scale_log2
+
+
+@triton.jit
 def _decode_split_kernel(
-    Q, K_NEW, V_NEW, K_CACHE, V_CACHE, SLOTS, STARTS, FREQS, ACC, ML, SEM, OUT,
+    Q, K_NEW, V_NEW, K_CACHE, V_CACHE, SLOTS, STARTS, FREQS, SLOPES, ACC, ML, SEM, OUT,
     sq_b, sq_h, sn_b, sn_h, sc_s, sc_h, sc_r, so_b, so_h,
-    scale_log2, SINKS, WINDOW, SPLIT_LEN,
+    scale_log2, SINKS, WINDOW, SPLIT_LEN, SLIDING, SCALE_CAP, CAP_LOG2,
     HKV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HALF: tl.constexpr,
+    HALF_PAD: tl.constexpr, D_PAD: tl.constexpr, HAS_CAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
     BLOCK_N: tl.constexpr, FUSE_NEW: tl.constexpr, MMA: tl.constexpr, PREC: tl.constexpr,
     STAGES: tl.constexpr, FAST: tl.constexpr, FUSED_COMBINE: tl.constexpr, SPLIT_PAD: tl.constexpr,
 ):
@@ -86,16 +100,20 @@ def _decode_split_kernel(
     base = ((ws - SINKS) % WINDOW).to(tl.int32)  # its ring offset
 
     offs_g = tl.arange(0, GROUP_PAD)
-    offs_h = tl.arange(0, HALF)
-    offs_d = tl.arange(0, 2 * HALF)
+    offs_h = tl.arange(0, HALF_PAD)  # head dims padded to powers of two (80, 96 -> 128)
+    offs_d = tl.arange(0, D_PAD)
     offs_n = tl.arange(0, BLOCK_N)
     gmask = offs_g < GROUP
+    hmask = offs_h < HALF
     qh = kvh * GROUP + offs_g  # query heads of this group
 
-    f = tl.load(FREQS + offs_h)
+    f = tl.load(FREQS + offs_h, mask=hmask, other=0.0)
     q_ptr = Q + b * sq_b + qh[:, None] * sq_h + offs_h[None, :]
-    q1 = tl.load(q_ptr, mask=gmask[:, None], other=0.0).to(tl.float32)  # [G_PAD, D/2]
-    q2 = tl.load(q_ptr + HALF, mask=gmask[:, None], other=0.0).to(tl.float32)
+    qmask = gmask[:, None] & hmask[None, :]
+    q1 = tl.load(q_ptr, mask=qmask, other=0.0).to(tl.float32)  # [G_PAD, HALF_PAD]
+    q2 = tl.load(q_ptr + HALF, mask=qmask, other=0.0).to(tl.float32)
+    if HAS_ALIBI:  # slope * log2(e) of each query head: score -= slope * (query pos - key pos)
+        slope = tl.load(SLOPES + qh, mask=gmask, other=0.0) * 1.4426950408889634
     cq, sq = rope_tl.cos_sin((fill - 1).to(tl.float32), f, FAST)
     qr1, qr2 = rope_tl.rotate(q1, q2, cq[None, :], sq[None, :])
     qr1 = qr1.to(MMA)
@@ -104,7 +122,7 @@ def _decode_split_kernel(
 
     m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([GROUP_PAD], tl.float32)
-    acc = tl.zeros([GROUP_PAD, 2 * HALF], tl.float32)
+    acc = tl.zeros([GROUP_PAD, D_PAD], tl.float32)
 
     k_base = K_CACHE + slot * sc_s + kvh * sc_h
     v_base = V_CACHE + slot * sc_s + kvh * sc_h
@@ -118,17 +136,24 @@ def _decode_split_kernel(
     # STAGES-1 tiles in flight while one computes). Without it each program waits
     # a full memory latency per tile and decode reaches only ~45% of bandwidth.
     for j0 in tl.range(lo, hi, BLOCK_N, num_stages=STAGES):
-        k1, k2, v = _load_tile(k_base, v_base, j0, hi, ns, base, SINKS, WINDOW, sc_r, offs_n, offs_h, offs_d, HALF)
-        valid = (j0 + offs_n) < hi
+        k1, k2, v = _load_tile(k_base, v_base, j0, hi, ns, base, SINKS, WINDOW, sc_r, offs_n, offs_h, offs_d, HALF, 2 * HALF)
+        j = j0 + offs_n
+        u = tl.where(j < ns, j, ws + (j - ns))  # stream index of logical key j
+        # a local (sliding-window) layer sees key u only while t - u < SLIDING (else 2**62)
+        valid = (j < hi) & (t - u < SLIDING)
         k1 = k1.to(tl.float32)
         k2 = k2.to(tl.float32)
         kr1, kr2 = rope_tl.rotate_tile(k1, k2, j0, f, ci, si, FAST)
         s = tl.dot(qr1, tl.trans(kr1.to(MMA)), input_precision=PREC)
         s += tl.dot(qr2, tl.trans(kr2.to(MMA)), input_precision=PREC)  # [G_PAD, BLOCK_N]
-        s = tl.where(valid[None, :], s * scale_log2, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: the tile has a valid key
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
+        s = score(s, scale_log2, SCALE_CAP, CAP_LOG2, HAS_CAP)
+        if HAS_ALIBI:  # query at cache position fill-1, key j at j
+            s -= slope[:, None] * (fill - 1 - j).to(tl.float32)[None, :]
+        s = tl.where(valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a local layer's tile may see nothing
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(MMA), v.to(MMA), input_precision=PREC)
         m_i = m_new
@@ -138,10 +163,11 @@ def _decode_split_kernel(
         own = (fill > 0) & (t_log >= lo) & (t_log < lo + SPLIT_LEN)
         kn_ptr = K_NEW + b * sn_b + kvh * sn_h
         vn_ptr = V_NEW + b * sn_b + kvh * sn_h
-        kn1 = tl.load(kn_ptr + offs_h).to(tl.float32)
-        kn2 = tl.load(kn_ptr + HALF + offs_h).to(tl.float32)
-        vn = tl.load(vn_ptr + offs_d)
-        s_new = tl.sum(q1 * kn1[None, :] + q2 * kn2[None, :], 1) * scale_log2  # [G_PAD]
+        kn1 = tl.load(kn_ptr + offs_h, mask=hmask, other=0.0).to(tl.float32)
+        kn2 = tl.load(kn_ptr + HALF + offs_h, mask=hmask, other=0.0).to(tl.float32)
+        dmask = offs_d < 2 * HALF
+        vn = tl.load(vn_ptr + offs_d, mask=dmask, other=0.0)
+        s_new = score(tl.sum(q1 * kn1[None, :] + q2 * kn2[None, :], 1), scale_log2, SCALE_CAP, CAP_LOG2, HAS_CAP)  # [G_PAD]
         s_new = tl.where(own, s_new, float("-inf"))
         m_new = tl.maximum(m_i, s_new)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -153,12 +179,12 @@ def _decode_split_kernel(
         # store the new token in its ring row (= the row of the evicted token)
         row_t = tl.where(t < SINKS, t, SINKS + (tl.maximum(t - SINKS, 0) % WINDOW))
         wmask = offs_d < tl.where(own, 2 * HALF, 0)
-        tl.store(k_base + row_t * sc_r + offs_d, tl.load(kn_ptr + offs_d), mask=wmask)
+        tl.store(k_base + row_t * sc_r + offs_d, tl.load(kn_ptr + offs_d, mask=dmask), mask=wmask)
         tl.store(v_base + row_t * sc_r + offs_d, vn, mask=wmask)
 
     # partials: ACC [B, Hq, splits, D] (unnormalised), ML [B, Hq, splits, 2] (max, sum)
     part = (b * (HKV * GROUP) + qh) * nsplit + split  # [G_PAD]
-    tl.store(ACC + part[:, None] * (2 * HALF) + offs_d[None, :], acc, mask=gmask[:, None])
+    tl.store(ACC + part[:, None] * D_PAD + offs_d[None, :], acc, mask=gmask[:, None])
     tl.store(ML + part * 2, m_i, mask=gmask)
     tl.store(ML + part * 2 + 1, l_i, mask=gmask)
 
@@ -177,27 +203,27 @@ def _decode_split_kernel(
                 idx = (b * (HKV * GROUP) + kvh * GROUP + g) * nsplit + offs_s
                 m = tl.load(ML + idx * 2, mask=smask, other=float("-inf"), cache_modifier=".cg")
                 l = tl.load(ML + idx * 2 + 1, mask=smask, other=0.0, cache_modifier=".cg")
-                a = tl.load(ACC + idx[:, None] * (2 * HALF) + offs_d[None, :], mask=smask[:, None], other=0.0, cache_modifier=".cg")
+                a = tl.load(ACC + idx[:, None] * D_PAD + offs_d[None, :], mask=smask[:, None], other=0.0, cache_modifier=".cg")
                 m_max = tl.max(m, 0)
                 m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
                 w = tl.exp2(m - m_max)
                 den = tl.sum(w * l, 0)
                 o = tl.sum(w[:, None] * a, 0) / tl.where(den > 0, den, 1.0)
-                tl.store(OUT + b * so_b + (kvh * GROUP + g) * so_h + offs_d, o.to(OUT.dtype.element_ty))
+                tl.store(OUT + b * so_b + (kvh * GROUP + g) * so_h + offs_d, o.to(OUT.dtype.element_ty), mask=offs_d < 2 * HALF)
             tl.atomic_xchg(SEM + pid, 0, sem="relaxed", scope="gpu")
 
 
 @triton.jit
 def _decode_combine_kernel(
     ACC, ML, OUT, so_b, so_h, NSPLIT,
-    HQ: tl.constexpr, D: tl.constexpr, SPLIT_PAD: tl.constexpr,
+    HQ: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, SPLIT_PAD: tl.constexpr,
 ):
     """One program per (b, query head): out = sum_s w_s acc_s / sum_s w_s l_s."""
     pid = tl.program_id(0)
     b = pid // HQ
     h = pid % HQ
     offs_s = tl.arange(0, SPLIT_PAD)
-    offs_d = tl.arange(0, D)
+    offs_d = tl.arange(0, D_PAD)  # ACC rows are D_PAD wide
     smask = offs_s < NSPLIT
     idx = pid * NSPLIT + offs_s
     m = tl.load(ML + idx * 2, mask=smask, other=float("-inf"))
@@ -206,9 +232,9 @@ def _decode_combine_kernel(
     m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
     w = tl.exp2(m - m_max)  # 0 for empty splits
     den = tl.sum(w * l, 0)
-    acc = tl.load(ACC + idx[:, None] * D + offs_d[None, :], mask=smask[:, None], other=0.0)
+    acc = tl.load(ACC + idx[:, None] * D_PAD + offs_d[None, :], mask=smask[:, None], other=0.0)
     o = tl.sum(w[:, None] * acc, 0) / tl.where(den > 0, den, 1.0)  # padding rows -> 0
-    tl.store(OUT + b * so_b + h * so_h + offs_d, o.to(OUT.dtype.element_ty))
+    tl.store(OUT + b * so_b + h * so_h + offs_d, o.to(OUT.dtype.element_ty), mask=offs_d < D)
 
 
 _TL = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
@@ -270,6 +296,9 @@ def decode_attention(
     splits: tuple[int, int] | None = None,
     workspace: tuple[torch.Tensor, ...] | None = None,
     fused_combine: bool = False,
+    sliding_window: int = 0,
+    alibi: torch.Tensor | None = None,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """q [B, Hq, D], k_new/v_new [B, Hkv, D] (ignored unless fuse_write),
     caches [slots, Hkv, cap, D]; slots [B] int32, starts [B] int64 (= n).
@@ -277,10 +306,13 @@ def decode_attention(
 
     workspace: (acc [B,Hq,S,D] f32, ml [B,Hq,S,2] f32[, sem [B*Hkv] int32 zeros]).
     fused_combine: the last split program of each group combines (one launch
-    instead of two; needs sem, which it leaves zeroed)."""
+    instead of two; needs sem, which it leaves zeroed).
+    sliding_window > 0: a local layer (key u seen only while t - u < it);
+    alibi [Hq] float32 slopes (score -= slope * cache distance); softcap > 0:
+    score = softcap * tanh(score / softcap). See reference.LayerAttn."""
     B, hq, D = q.shape
     hkv, cap = k_cache.shape[1], k_cache.shape[2]
-    assert hq % hkv == 0 and D in (64, 128) and cap == sinks + window
+    assert hq % hkv == 0 and D % 2 == 0 and D <= 256 and cap == sinks + window
     assert q.stride(-1) == 1 and k_new.stride(-1) == 1 and v_new.stride(-1) == 1
     assert k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1
     assert k_new.stride() == v_new.stride()
@@ -297,27 +329,35 @@ def decode_attention(
     if out is None:
         out = torch.empty((B, hq, D), dtype=q.dtype, device=q.device)
     split_pad = max(2, triton.next_power_of_2(nsplit))
+    assert acc.shape[-1] == padded(D)
     _decode_split_kernel[(B * hkv, nsplit)](
-        q, k_new, v_new, k_cache, v_cache, slots, starts, freqs, acc, ml, sem if sem is not None else ml, out,
+        q, k_new, v_new, k_cache, v_cache, slots, starts, freqs, alibi if alibi is not None else freqs,
+        acc, ml, sem if sem is not None else ml, out,
         q.stride(0), q.stride(1), k_new.stride(0), k_new.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), out.stride(0), out.stride(1),
-        scale * LOG2E, sinks, window, split_len,
+        scale * LOG2E, sinks, window, split_len, sliding_window or 1 << 62, scale / softcap if softcap > 0 else 0.0, softcap * LOG2E,
         HKV=hkv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HALF=D // 2,
+        HALF_PAD=padded(D) // 2, D_PAD=padded(D), HAS_CAP=softcap > 0, HAS_ALIBI=alibi is not None,
         BLOCK_N=block_n, FUSE_NEW=fuse_write, MMA=mma_dtype(q.dtype), STAGES=stages, FAST=not interpreting(),
         PREC=dot_precision(q.dtype), FUSED_COMBINE=fused_combine, SPLIT_PAD=split_pad,
         num_warps=num_warps,
     )
     if not fused_combine:
         _decode_combine_kernel[(B * hq,)](
-            acc, ml, out, out.stride(0), out.stride(1), nsplit, HQ=hq, D=D, SPLIT_PAD=split_pad, num_warps=4,
+            acc, ml, out, out.stride(0), out.stride(1), nsplit, HQ=hq, D=D, D_PAD=padded(D), SPLIT_PAD=split_pad, num_warps=4,
         )
     return out
 
 
+def padded(D: int) -> int:
+    """Head dim as the kernels tile it: the next power of two (80, 96 -> 128), at least 32."""
+    return max(32, triton.next_power_of_2(D))
+
+
 def decode_workspace(B: int, hq: int, hkv: int, D: int, nsplit: int, device) -> tuple[torch.Tensor, ...]:
-    """Split partials and the fused-combine counters (zeros; kernels leave them zero)."""
+    """Split partials (head dim padded) and the fused-combine counters (zeros; kernels leave them zero)."""
     return (
-        torch.empty((B, hq, nsplit, D), dtype=torch.float32, device=device),
+        torch.empty((B, hq, nsplit, padded(D)), dtype=torch.float32, device=device),
         torch.empty((B, hq, nsplit, 2), dtype=torch.float32, device=device),
         torch.zeros((B * hkv,), dtype=torch.int32, device=device),
     )

@@ -34,16 +34,21 @@ import triton
 import triton.language as tl
 
 from swiftinfer_core.kernels import rope_tl
-from swiftinfer_core.kernels.decode_attention import LOG2E, dot_precision, mma_dtype
+from swiftinfer_core.kernels.decode_attention import LOG2E, dot_precision, mma_dtype, padded, score
 
 
 @triton.jit
-def _attend(acc, m_i, l_i, q1, q2, k1, k2, v, visible, scale_log2, MMA: tl.constexpr, PREC: tl.constexpr):
-    """Online-softmax update with one key tile. q*: [BLOCK_M, D/2] (MMA dtype),
-    k*: rotated [BLOCK_N, D/2] float32, v [BLOCK_N, D], visible [BLOCK_M, BLOCK_N]."""
+def _attend(acc, m_i, l_i, q1, q2, k1, k2, v, visible, dist, slope, scale_log2, SCALE_CAP, CAP_LOG2,
+            HAS_CAP: tl.constexpr, HAS_ALIBI: tl.constexpr, MMA: tl.constexpr, PREC: tl.constexpr):
+    """Online-softmax update with one key tile. q*: [BLOCK_M, HALF_PAD] (MMA dtype),
+    k*: rotated [BLOCK_N, HALF_PAD] float32, v [BLOCK_N, D_PAD], visible [BLOCK_M, BLOCK_N],
+    dist [BLOCK_M, BLOCK_N] query pos - key pos (ALiBi), slope * log2(e) of this head."""
     s = tl.dot(q1, tl.trans(k1.to(MMA)), input_precision=PREC)
     s += tl.dot(q2, tl.trans(k2.to(MMA)), input_precision=PREC)
-    s = tl.where(visible, s * scale_log2, float("-inf"))
+    s = score(s, scale_log2, SCALE_CAP, CAP_LOG2, HAS_CAP)
+    if HAS_ALIBI:
+        s -= slope * dist.to(tl.float32)
+    s = tl.where(visible, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
     alpha = tl.exp2(m_i - m_safe)
@@ -55,11 +60,12 @@ def _attend(acc, m_i, l_i, q1, q2, k1, k2, v, visible, scale_log2, MMA: tl.const
 
 @triton.jit
 def _prefill_kernel(
-    Q, K_NEW, V_NEW, K_CACHE, V_CACHE, OUT, SLOTS, STARTS, CU, FREQS,
+    Q, K_NEW, V_NEW, K_CACHE, V_CACHE, OUT, SLOTS, STARTS, CU, FREQS, SLOPES,
     sq_t, sq_h, sn_t, sn_h, sc_s, sc_h, sc_r, so_t, so_h,
-    scale_log2, SINKS, WINDOW,
-    GROUP: tl.constexpr, HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    MMA: tl.constexpr, PREC: tl.constexpr,
+    scale_log2, SINKS, WINDOW, SLIDING, SCALE_CAP, CAP_LOG2,
+    GROUP: tl.constexpr, HALF: tl.constexpr, HALF_PAD: tl.constexpr, D_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_CAP: tl.constexpr, HAS_ALIBI: tl.constexpr, MMA: tl.constexpr, PREC: tl.constexpr,
 ):
     mt = tl.program_id(0)
     b = tl.program_id(1)
@@ -75,16 +81,21 @@ def _prefill_kernel(
     m0 = mt * BLOCK_M
     offs_m = m0 + tl.arange(0, BLOCK_M)  # query offsets inside the chunk
     offs_n = tl.arange(0, BLOCK_N)
-    offs_h = tl.arange(0, HALF)
-    offs_d = tl.arange(0, 2 * HALF)
+    offs_h = tl.arange(0, HALF_PAD)  # head dims padded to powers of two (80, 96 -> 128)
+    offs_d = tl.arange(0, D_PAD)
+    hmask = (offs_h < HALF)[None, :]
+    dmask = (offs_d < 2 * HALF)[None, :]
     qmask = offs_m < c
     t0 = n + m0
     t1 = n + tl.minimum(m0 + BLOCK_M, c) - 1  # may be < t0: empty tile, loops run 0 times
 
-    f = tl.load(FREQS + offs_h)
+    f = tl.load(FREQS + offs_h, mask=offs_h < HALF, other=0.0)
     q_ptr = Q + (r0 + offs_m)[:, None] * sq_t + h * sq_h + offs_h[None, :]
-    q1 = tl.load(q_ptr, mask=qmask[:, None], other=0.0).to(tl.float32)
-    q2 = tl.load(q_ptr + HALF, mask=qmask[:, None], other=0.0).to(tl.float32)
+    q1 = tl.load(q_ptr, mask=qmask[:, None] & hmask, other=0.0).to(tl.float32)
+    q2 = tl.load(q_ptr + HALF, mask=qmask[:, None] & hmask, other=0.0).to(tl.float32)
+    slope = tl.load(SLOPES + h) * 1.4426950408889634 if HAS_ALIBI else 0.0
+    t = n + offs_m  # stream index of each query
+    reach = SLIDING  # a local (sliding-window) layer sees key u only while t - u < it (else 2**62)
     pw = ((n - shift).to(tl.int32) + offs_m).to(tl.float32)  # t - shift
     pk = tl.minimum(n + offs_m, cap - 1).to(tl.float32)  # min(t, cap-1)
     cw, sw = rope_tl.cos_sin(pw[:, None], f[None, :])
@@ -96,7 +107,7 @@ def _prefill_kernel(
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, 2 * HALF], tl.float32)
+    acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)
     kc = K_CACHE + slot * sc_s + kvh * sc_h
     vc = V_CACHE + slot * sc_s + kvh * sc_h
     kn = K_NEW + r0 * sn_t + kvh * sn_h
@@ -108,11 +119,14 @@ def _prefill_kernel(
         u = k0 + offs_n
         valid = u < n_sink
         kp = kc + u[:, None] * sc_r + offs_h[None, :]
-        k1 = tl.load(kp, mask=valid[:, None], other=0.0).to(tl.float32)
-        k2 = tl.load(kp + HALF, mask=valid[:, None], other=0.0).to(tl.float32)
-        v = tl.load(vc + u[:, None] * sc_r + offs_d[None, :], mask=valid[:, None], other=0.0)
+        k1 = tl.load(kp, mask=valid[:, None] & hmask, other=0.0).to(tl.float32)
+        k2 = tl.load(kp + HALF, mask=valid[:, None] & hmask, other=0.0).to(tl.float32)
+        v = tl.load(vc + u[:, None] * sc_r + offs_d[None, :], mask=valid[:, None] & dmask, other=0.0)
         k1, k2 = rope_tl.rotate_tile(k1, k2, k0, f, ci, si)
-        acc, m_i, l_i = _attend(acc, m_i, l_i, qs1, qs2, k1, k2, v, valid[None, :], scale_log2, MMA, PREC)
+        vis = valid[None, :] & (t[:, None] - u[None, :] < reach)
+        dist = pk[:, None] - u.to(tl.float32)[None, :]
+        acc, m_i, l_i = _attend(acc, m_i, l_i, qs1, qs2, k1, k2, v, vis, dist, slope, scale_log2, SCALE_CAP, CAP_LOG2,
+                                HAS_CAP, HAS_ALIBI, MMA, PREC)
 
     # 2. cached window tokens still in reach of this query tile
     lo = tl.maximum(t0 - WINDOW + 1, SINKS)
@@ -127,12 +141,16 @@ def _prefill_kernel(
         row = SINKS + tl.where(r >= WINDOW, r - WINDOW, r)
         row = tl.where(valid, row, 0)
         kp = kc + row[:, None] * sc_r + offs_h[None, :]
-        k1 = tl.load(kp, mask=valid[:, None], other=0.0).to(tl.float32)
-        k2 = tl.load(kp + HALF, mask=valid[:, None], other=0.0).to(tl.float32)
-        v = tl.load(vc + row[:, None] * sc_r + offs_d[None, :], mask=valid[:, None], other=0.0)
+        k1 = tl.load(kp, mask=valid[:, None] & hmask, other=0.0).to(tl.float32)
+        k2 = tl.load(kp + HALF, mask=valid[:, None] & hmask, other=0.0).to(tl.float32)
+        v = tl.load(vc + row[:, None] * sc_r + offs_d[None, :], mask=valid[:, None] & dmask, other=0.0)
         k1, k2 = rope_tl.rotate_tile(k1, k2, pos0 + k0, f, ci, si)
+        # key u = n + du + i; query t = n + offs_m: distances need no stream index
         vis = valid[None, :] & ((du + i)[None, :] >= offs_m[:, None] - WINDOW + 1)
-        acc, m_i, l_i = _attend(acc, m_i, l_i, qw1, qw2, k1, k2, v, vis, scale_log2, MMA, PREC)
+        vis = vis & (offs_m[:, None] - (du + i)[None, :] < reach)
+        dist = (offs_m[:, None] - (du + i)[None, :]).to(tl.float32)
+        acc, m_i, l_i = _attend(acc, m_i, l_i, qw1, qw2, k1, k2, v, vis, dist, slope, scale_log2, SCALE_CAP, CAP_LOG2,
+                                HAS_CAP, HAS_ALIBI, MMA, PREC)
 
     # 3. this step's sink tokens (only while the stream is shorter than sinks)
     cnt = tl.maximum(tl.minimum(t1 + 1, SINKS) - n, 0).to(tl.int32)
@@ -140,12 +158,14 @@ def _prefill_kernel(
         i = k0 + offs_n  # offset into the chunk
         valid = i < cnt
         kp = kn + i[:, None] * sn_t + offs_h[None, :]
-        k1 = tl.load(kp, mask=valid[:, None], other=0.0).to(tl.float32)
-        k2 = tl.load(kp + HALF, mask=valid[:, None], other=0.0).to(tl.float32)
-        v = tl.load(vn + i[:, None] * sn_t + offs_d[None, :], mask=valid[:, None], other=0.0)
+        k1 = tl.load(kp, mask=valid[:, None] & hmask, other=0.0).to(tl.float32)
+        k2 = tl.load(kp + HALF, mask=valid[:, None] & hmask, other=0.0).to(tl.float32)
+        v = tl.load(vn + i[:, None] * sn_t + offs_d[None, :], mask=valid[:, None] & dmask, other=0.0)
         k1, k2 = rope_tl.rotate_tile(k1, k2, n.to(tl.int32) + k0, f, ci, si)
-        vis = valid[None, :] & (i[None, :] <= offs_m[:, None])
-        acc, m_i, l_i = _attend(acc, m_i, l_i, qs1, qs2, k1, k2, v, vis, scale_log2, MMA, PREC)
+        vis = valid[None, :] & (i[None, :] <= offs_m[:, None]) & (offs_m[:, None] - i[None, :] < reach)
+        dist = pk[:, None] - (n + i).to(tl.float32)[None, :]
+        acc, m_i, l_i = _attend(acc, m_i, l_i, qs1, qs2, k1, k2, v, vis, dist, slope, scale_log2, SCALE_CAP, CAP_LOG2,
+                                HAS_CAP, HAS_ALIBI, MMA, PREC)
 
     # 4. this step's window tokens, causal and within the window
     lo = tl.maximum(tl.maximum(t0 - WINDOW + 1, SINKS), n)
@@ -157,16 +177,19 @@ def _prefill_kernel(
         valid = i < cnt
         ku = du + i
         kp = kn + ku[:, None] * sn_t + offs_h[None, :]
-        k1 = tl.load(kp, mask=valid[:, None], other=0.0).to(tl.float32)
-        k2 = tl.load(kp + HALF, mask=valid[:, None], other=0.0).to(tl.float32)
-        v = tl.load(vn + ku[:, None] * sn_t + offs_d[None, :], mask=valid[:, None], other=0.0)
+        k1 = tl.load(kp, mask=valid[:, None] & hmask, other=0.0).to(tl.float32)
+        k2 = tl.load(kp + HALF, mask=valid[:, None] & hmask, other=0.0).to(tl.float32)
+        v = tl.load(vn + ku[:, None] * sn_t + offs_d[None, :], mask=valid[:, None] & dmask, other=0.0)
         k1, k2 = rope_tl.rotate_tile(k1, k2, pos0 + k0, f, ci, si)
         vis = valid[None, :] & (ku[None, :] <= offs_m[:, None]) & (ku[None, :] >= offs_m[:, None] - WINDOW + 1)
-        acc, m_i, l_i = _attend(acc, m_i, l_i, qw1, qw2, k1, k2, v, vis, scale_log2, MMA, PREC)
+        vis = vis & (offs_m[:, None] - ku[None, :] < reach)
+        dist = (offs_m[:, None] - ku[None, :]).to(tl.float32)
+        acc, m_i, l_i = _attend(acc, m_i, l_i, qw1, qw2, k1, k2, v, vis, dist, slope, scale_log2, SCALE_CAP, CAP_LOG2,
+                                HAS_CAP, HAS_ALIBI, MMA, PREC)
 
     o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     o_ptr = OUT + (r0 + offs_m)[:, None] * so_t + h * so_h + offs_d[None, :]
-    tl.store(o_ptr, o.to(OUT.dtype.element_ty), mask=qmask[:, None])
+    tl.store(o_ptr, o.to(OUT.dtype.element_ty), mask=qmask[:, None] & dmask)
 
 
 def prefill_attention(
@@ -188,12 +211,16 @@ def prefill_attention(
     block_m: int = 64,
     block_n: int = 64,
     num_warps: int = 8,  # 4 warps spill at 64x64 tiles, head_dim 128 (cuobjdump -res-usage)
+    sliding_window: int = 0,
+    alibi: torch.Tensor | None = None,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """Streaming attention of a packed step over old cache + new K/V; returns
-    out [T, Hq, D]. Does not write the cache (write_cache.write_kv does)."""
+    out [T, Hq, D]. Does not write the cache (write_cache.write_kv does).
+    sliding_window / alibi [Hq] / softcap: as decode_attention (reference.LayerAttn)."""
     T, hq, D = q.shape
     hkv, cap = k_cache.shape[1], k_cache.shape[2]
-    assert hq % hkv == 0 and D in (64, 128) and cap == sinks + window
+    assert hq % hkv == 0 and D % 2 == 0 and D <= 256 and cap == sinks + window
     assert q.stride(-1) == 1 and k_new.stride() == v_new.stride() and k_new.stride(-1) == 1
     assert k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1
     if out is None:
@@ -202,11 +229,12 @@ def prefill_attention(
     if T == 0 or B == 0:
         return out
     _prefill_kernel[(triton.cdiv(max_q_len, block_m), B, hq)](
-        q, k_new, v_new, k_cache, v_cache, out, slots, starts, cu_seqlens, freqs,
+        q, k_new, v_new, k_cache, v_cache, out, slots, starts, cu_seqlens, freqs, alibi if alibi is not None else freqs,
         q.stride(0), q.stride(1), k_new.stride(0), k_new.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), out.stride(0), out.stride(1),
-        scale * LOG2E, sinks, window,
-        GROUP=hq // hkv, HALF=D // 2, BLOCK_M=block_m, BLOCK_N=block_n,
+        scale * LOG2E, sinks, window, sliding_window or 1 << 62, scale / softcap if softcap > 0 else 0.0, softcap * LOG2E,
+        GROUP=hq // hkv, HALF=D // 2, HALF_PAD=padded(D) // 2, D_PAD=padded(D), BLOCK_M=block_m, BLOCK_N=block_n,
+        HAS_CAP=softcap > 0, HAS_ALIBI=alibi is not None,
         MMA=mma_dtype(q.dtype), PREC=dot_precision(q.dtype), num_warps=num_warps,
     )
     return out

@@ -16,11 +16,25 @@ from swiftinfer_core.kernels.batch import AttnBatch
 from swiftinfer_core.kernels.rope import rotate
 
 
+@dataclass(frozen=True)
+class LayerAttn:
+    """How one layer attends over the shared streaming cache (see cache/layout.py);
+    built once per model, read on every call."""
+
+    freqs: torch.Tensor  # [D/2] float32; a 0 leaves that pair of dims unrotated (partial rotary, ALiBi)
+    scale: float
+    sliding_window: int = 0  # > 0: key u is also visible only if t - u < sliding_window (local layers)
+    alibi: torch.Tensor | None = None  # [Hq] float32 slopes: score -= slope * (query pos - key pos)
+    softcap: float = 0.0  # > 0: score = softcap * tanh(score / softcap), before masking and ALiBi
+
+
 @dataclass
 class _SeqPlan:
     slot: int
     r0: int
     c: int
+    u: torch.Tensor  # [K] stream index of each key
+    t: torch.Tensor  # [C] stream index of each query
     rows: torch.Tensor  # [K_old] cache rows to gather
     k_pos: torch.Tensor  # [K] rotation position of each key
     q_win_pos: torch.Tensor  # [C]
@@ -42,7 +56,7 @@ def plan_step(batch: AttnBatch, layout: StreamLayout, device) -> list[_SeqPlan]:
         visible = (u[None, :] <= t[:, None]) & (is_sink[None, :] | (u[None, :] >= t[:, None] - layout.window + 1))
         plans.append(
             _SeqPlan(
-                slot=slot, r0=r0, c=c,
+                slot=slot, r0=r0, c=c, u=u, t=t,
                 rows=torch.tensor([layout.row(x) for x in old], dtype=torch.long, device=device),
                 k_pos=torch.where(is_sink, u, u - shift),
                 q_win_pos=t - shift,
@@ -64,9 +78,12 @@ def streaming_attention_ref(
     plans: list[_SeqPlan],
     freqs: torch.Tensor,
     scale: float,
+    spec: LayerAttn | None = None,
 ) -> torch.Tensor:
     """Attention of this step's queries over sinks + window, before the step's
-    K/V are written to the cache (see :func:`write_cache_ref`). Computes in float32."""
+    K/V are written to the cache (see :func:`write_cache_ref`). Computes in float32
+    (float64 inputs stay float64). ``spec`` adds a layer's sliding window, ALiBi
+    slopes and soft-cap (its freqs and scale are not used: pass them as the others)."""
     out = torch.empty_like(q)
     group = q.shape[1] // k_new.shape[1]
     for p in plans:
@@ -79,8 +96,17 @@ def streaming_attention_ref(
         q_sink = rotate(q[sl], p.q_sink_pos, freqs).float()
         s_win = torch.einsum("chd,khd->hck", q_win, k_rot)
         s_sink = torch.einsum("chd,khd->hck", q_sink, k_rot)
-        scores = torch.where(p.is_sink[None, None, :], s_sink, s_win) * scale
-        scores = scores.masked_fill(~p.visible[None], float("-inf"))
+        scores = torch.where(p.is_sink[None, None, :], s_sink, s_win) * scale  # [Hq, C, K]
+        visible = p.visible
+        if spec is not None and spec.softcap > 0:
+            scores = spec.softcap * torch.tanh(scores / spec.softcap)
+        if spec is not None and spec.alibi is not None:
+            # distance inside the cache, by the same rule as the rotations (layout.py)
+            dist = torch.where(p.is_sink[None, :], p.q_sink_pos[:, None] - p.u[None, :], p.q_win_pos[:, None] - p.k_pos[None, :])
+            scores = scores - spec.alibi.to(scores)[:, None, None] * dist[None].to(scores)
+        if spec is not None and spec.sliding_window > 0:
+            visible = visible & (p.t[:, None] - p.u[None, :] < spec.sliding_window)
+        scores = scores.masked_fill(~visible[None], float("-inf"))
         out[sl] = torch.einsum("hck,khd->chd", torch.softmax(scores, dim=-1), v).to(q.dtype)
     return out
 

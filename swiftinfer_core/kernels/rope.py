@@ -3,26 +3,15 @@ on the fly so that any, even negative, position is exact in float32."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 
-def inv_freq(head_dim: int, theta: float, scaling: dict | None = None) -> torch.Tensor:
-    """[head_dim/2] float32 inverse frequencies, with Llama-3 style scaling if given."""
-    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
-    if scaling and scaling.get("rope_type", scaling.get("type")) == "llama3":
-        factor = scaling["factor"]
-        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
-        old_ctx = scaling["original_max_position_embeddings"]
-        wavelen = 2 * math.pi / freqs
-        smooth = (old_ctx / wavelen - low) / (high - low)
-        scaled = torch.where(wavelen > old_ctx / low, freqs / factor, freqs)
-        mid = (wavelen <= old_ctx / low) & (wavelen >= old_ctx / high)
-        freqs = torch.where(mid, (1 - smooth) * freqs / factor + smooth * freqs, scaled)
-    elif scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
-        raise NotImplementedError(f"rope scaling {scaling} is not supported")
-    return freqs.float()
+def inv_freq(head_dim: int, theta: float, scaling: dict | None = None, max_position: int = 4096, capacity: int = 0) -> torch.Tensor:
+    """[head_dim/2] float32 inverse frequencies of a full rotary (model/rope_scaling.py
+    has every rope type; their attention factor is not applied here)."""
+    from swiftinfer_core.model.rope_scaling import RopeParams, rope_frequencies
+
+    return rope_frequencies(RopeParams.from_hf(scaling, theta), head_dim, max_position, capacity)[0]
 
 
 def rotate(x: torch.Tensor, pos: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:

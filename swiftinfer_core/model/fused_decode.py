@@ -15,7 +15,8 @@ import torch
 
 
 def supports(model) -> bool:
-    return model.shard.all_reduce is None and not model.args.qkv_bias
+    # the gemv chain is Llama's block exactly: no QKV bias, no QK-norm, nothing else
+    return getattr(model, "GEMV_DECODE", False) and model.shard.all_reduce is None and not model.args.qkv_bias and not model.args.qk_norm
 
 
 @torch.inference_mode()
@@ -29,7 +30,7 @@ def fused_decode(model, ids: torch.Tensor, attn, plan, pool) -> torch.Tensor:
         hq, hkv, d, dt = layer.hq, layer.hkv, layer.head_dim, layer.wqkv.weight.dtype
         qkv = gemv(h, layer.wqkv.weight, "rmsnorm", layer.attn_norm.weight, eps, out_dtype=dt)
         q, k, v = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
-        o = attn.forward(plan, q.view(1, hq, d), k.view(1, hkv, d), v.view(1, hkv, d), pool.k[i], pool.v[i])
+        o = attn.forward(plan, q.view(1, hq, d), k.view(1, hkv, d), v.view(1, hkv, d), pool.k[i], pool.v[i], i)
         gemv(o.reshape(1, hq * d).contiguous(), layer.wo.weight, "none", residual=h, out=h)
         gate_up = gemv(h, layer.w13.weight, "rmsnorm", layer.mlp_norm.weight, eps, out_dtype=dt)
         gemv(gate_up, layer.w2.weight, "silu_mul", residual=h, out=h)

@@ -1,17 +1,12 @@
-"""Llama-family decoder that runs on the streaming cache.
+"""Llama-family decoder that runs on the streaming cache: Llama, Mistral, Qwen2,
+Qwen3 (QK-norm) and Phi-3 (fused qkv and gate_up in the checkpoint).
 
 Reads as single-device code. Tensor parallelism enters only through the
 ``ShardPlan`` (which heads/rows this rank holds) and one all-reduce after the
 row-parallel O and down projections.
-
-Activations are packed: T tokens of several conversations in one [T, hidden]
-tensor; the attention backend knows which rows belong to which cache slot.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -19,36 +14,16 @@ from torch import nn
 
 from swiftinfer_core.cache.pool import KVPool
 from swiftinfer_core.kernels.attention import Attention
+from swiftinfer_core.model.args import ModelArgs, common_args
 from swiftinfer_core.model.fused_decode import fused_decode
-from swiftinfer_core.model.loader import ModelArgs
+from swiftinfer_core.model.layers import RMSNorm, ShardPlan, Weights, permute_heads, rotary_perm
+
+__all__ = ["Block", "Llama", "ShardPlan", "llama_args"]
 
 
-@dataclass(frozen=True)
-class ShardPlan:
-    """This rank's share: heads [q_lo, q_hi), kv heads [kv_lo, kv_hi), MLP rows [i_lo, i_hi)."""
-
-    q_lo: int
-    q_hi: int
-    kv_lo: int
-    kv_hi: int
-    i_lo: int
-    i_hi: int
-    all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
-
-    @classmethod
-    def single(cls, args: ModelArgs) -> "ShardPlan":
-        return cls(0, args.num_heads, 0, args.num_kv_heads, 0, args.intermediate_size)
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+def llama_args(cfg: dict, name: str) -> ModelArgs:
+    kind = cfg.get("model_type", "llama")
+    return common_args(cfg, name, qkv_bias=bool(cfg.get("attention_bias", kind == "qwen2")), qk_norm=kind == "qwen3")
 
 
 class Block(nn.Module):
@@ -60,18 +35,17 @@ class Block(nn.Module):
         self.shard = shard
         self.attn_norm = RMSNorm(args.hidden_size, args.rms_eps)
         self.wqkv = nn.Linear(args.hidden_size, (self.hq + 2 * self.hkv) * d, bias=args.qkv_bias)
+        self.q_norm = RMSNorm(d, args.rms_eps) if args.qk_norm else None  # Qwen3: per head, before RoPE
+        self.k_norm = RMSNorm(d, args.rms_eps) if args.qk_norm else None
         self.wo = nn.Linear(self.hq * d, args.hidden_size, bias=False)
         self.mlp_norm = RMSNorm(args.hidden_size, args.rms_eps)
         inter = shard.i_hi - shard.i_lo
         self.w13 = nn.Linear(args.hidden_size, 2 * inter, bias=False)  # gate and up, fused
         self.w2 = nn.Linear(inter, args.hidden_size, bias=False)
 
-    def _reduce(self, x: torch.Tensor) -> torch.Tensor:
-        return self.shard.all_reduce(x) if self.shard.all_reduce else x
-
-    def forward(self, x, attn: Attention, plan, k_cache, v_cache) -> torch.Tensor:
+    def forward(self, x, attn: Attention, plan, k_cache, v_cache, layer: int) -> torch.Tensor:
         """x: [T, hidden] float32 residual stream; matmuls run in the weights' dtype."""
-        return self.post(x, self.attend(self.pre(x), attn, plan, k_cache, v_cache))
+        return self.post(x, self.attend(self.pre(x), attn, plan, k_cache, v_cache, layer))
 
     # The three phases, apart so that engine/piecewise.py can capture pre and post in CUDA graphs
     # and run attention, whose launch shape follows the batch, between them.
@@ -79,21 +53,26 @@ class Block(nn.Module):
         """[T, hidden] float32 -> qkv [T, (hq + 2 hkv) d] in the weights' dtype."""
         return self.wqkv(self.attn_norm(x).to(self.wqkv.weight.dtype))
 
-    def attend(self, qkv: torch.Tensor, attn: Attention, plan, k_cache, v_cache) -> torch.Tensor:
+    def attend(self, qkv: torch.Tensor, attn: Attention, plan, k_cache, v_cache, layer: int) -> torch.Tensor:
         """qkv [T, ...] -> o [T, hq, d]; stores the step's K/V in the cache."""
         T, d = qkv.shape[0], self.head_dim
         q, k, v = qkv.split([self.hq * d, self.hkv * d, self.hkv * d], dim=-1)
-        return attn.forward(plan, q.view(T, self.hq, d), k.view(T, self.hkv, d), v.view(T, self.hkv, d), k_cache, v_cache)
+        q, k, v = q.view(T, self.hq, d), k.view(T, self.hkv, d), v.view(T, self.hkv, d)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return attn.forward(plan, q, k, v, k_cache, v_cache, layer)
 
     def post(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         """Residual x [T, hidden] float32 and attention o [T, hq, d] -> the next layer's x."""
         T, dt = x.shape[0], self.wqkv.weight.dtype
-        h = x + self._reduce(self.wo(o.reshape(T, self.hq * self.head_dim)))
+        h = x + self.shard.reduce(self.wo(o.reshape(T, self.hq * self.head_dim)))
         gate, up = self.w13(self.mlp_norm(h).to(dt)).chunk(2, dim=-1)
-        return h + self._reduce(self.w2(F.silu(gate) * up))
+        return h + self.shard.reduce(self.w2(F.silu(gate) * up))
 
 
 class Llama(nn.Module):
+    GEMV_DECODE = True  # model/fused_decode.py can run its batch-1 steps
+
     def __init__(self, args: ModelArgs, shard: ShardPlan | None = None):
         super().__init__()
         self.args = args
@@ -113,7 +92,7 @@ class Llama(nn.Module):
         # and logits, top-1 agreed with float32 on only ~97% of teacher-forced tokens
         x = self.embed(input_ids).float()
         for i, layer in enumerate(self.layers):
-            x = layer(x, attn, plan, pool.k[i], pool.v[i])
+            x = layer(x, attn, plan, pool.k[i], pool.v[i], i)
         return self.head(x, rows)
 
     def head(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -122,34 +101,43 @@ class Llama(nn.Module):
             x = x.index_select(0, rows)
         return self.lm_head(self.norm(x).to(self.lm_head.weight.dtype)).float()
 
-    def load_hf_state(self, state: dict[str, torch.Tensor]) -> None:
+    def load_hf_state(self, state) -> None:
         """Copy HF-named weights in, slicing this rank's shard and fusing qkv / gate-up."""
-        a, s, d = self.args, self.shard, self.args.head_dim
-
-        def get(name: str) -> torch.Tensor:
-            if name not in state:
-                raise KeyError(f"checkpoint lacks {name}")
-            return state[name]
-
-        self.embed.weight.data.copy_(get("model.embed_tokens.weight"))
-        self.norm.weight.data.copy_(get("model.norm.weight"))
-        head = state.get("lm_head.weight") if not a.tie_embeddings else None
-        self.lm_head.weight.data.copy_(head if head is not None else get("model.embed_tokens.weight"))
+        a, s, d, w = self.args, self.shard, self.args.head_dim, Weights(state)
+        perm = rotary_perm(d, a.rotary)  # identity unless the rotary is partial (Phi-4-mini)
+        self.embed.weight.data.copy_(w.get("model.embed_tokens.weight"))
+        self.norm.weight.data.copy_(w.get("model.norm.weight"))
+        head = "lm_head.weight" if not a.tie_embeddings and "lm_head.weight" in w else "model.embed_tokens.weight"
+        self.lm_head.weight.data.copy_(w.get(head))
+        q_rows, kv_rows = (s.q_lo * d, s.q_hi * d), (s.kv_lo * d, s.kv_hi * d)
         for i, layer in enumerate(self.layers):
             p = f"model.layers.{i}."
-            q = get(p + "self_attn.q_proj.weight")[s.q_lo * d : s.q_hi * d]
-            k = get(p + "self_attn.k_proj.weight")[s.kv_lo * d : s.kv_hi * d]
-            v = get(p + "self_attn.v_proj.weight")[s.kv_lo * d : s.kv_hi * d]
-            layer.wqkv.weight.data.copy_(torch.cat([q, k, v]))
+            if p + "self_attn.qkv_proj.weight" in w:  # Phi-3: q, k, v stacked in one matrix
+                fused, nq, nk = p + "self_attn.qkv_proj.weight", a.num_heads * d, a.num_kv_heads * d
+                q = w.rows(fused, *q_rows)
+                k = w.rows(fused, nq + kv_rows[0], nq + kv_rows[1])
+                v = w.rows(fused, nq + nk + kv_rows[0], nq + nk + kv_rows[1])
+            else:
+                q = w.rows(p + "self_attn.q_proj.weight", *q_rows)
+                k = w.rows(p + "self_attn.k_proj.weight", *kv_rows)
+                v = w.rows(p + "self_attn.v_proj.weight", *kv_rows)
+            layer.wqkv.weight.data.copy_(torch.cat([permute_heads(q, d, perm), permute_heads(k, d, perm), v]))
             if a.qkv_bias:
-                qb = get(p + "self_attn.q_proj.bias")[s.q_lo * d : s.q_hi * d]
-                kb = get(p + "self_attn.k_proj.bias")[s.kv_lo * d : s.kv_hi * d]
-                vb = get(p + "self_attn.v_proj.bias")[s.kv_lo * d : s.kv_hi * d]
-                layer.wqkv.bias.data.copy_(torch.cat([qb, kb, vb]))
-            layer.wo.weight.data.copy_(get(p + "self_attn.o_proj.weight")[:, s.q_lo * d : s.q_hi * d])
-            gate = get(p + "mlp.gate_proj.weight")[s.i_lo : s.i_hi]
-            up = get(p + "mlp.up_proj.weight")[s.i_lo : s.i_hi]
+                qb = w.rows(p + "self_attn.q_proj.bias", *q_rows)
+                kb = w.rows(p + "self_attn.k_proj.bias", *kv_rows)
+                vb = w.rows(p + "self_attn.v_proj.bias", *kv_rows)
+                layer.wqkv.bias.data.copy_(torch.cat([permute_heads(qb, d, perm), permute_heads(kb, d, perm), vb]))
+            if a.qk_norm:
+                layer.q_norm.weight.data.copy_(w.get(p + "self_attn.q_norm.weight")[perm])
+                layer.k_norm.weight.data.copy_(w.get(p + "self_attn.k_norm.weight")[perm])
+            layer.wo.weight.data.copy_(w.cols(p + "self_attn.o_proj.weight", *q_rows))
+            if p + "mlp.gate_up_proj.weight" in w:  # Phi-3: gate rows then up rows
+                fused, inter = p + "mlp.gate_up_proj.weight", a.intermediate_size
+                gate, up = w.rows(fused, s.i_lo, s.i_hi), w.rows(fused, inter + s.i_lo, inter + s.i_hi)
+            else:
+                gate = w.rows(p + "mlp.gate_proj.weight", s.i_lo, s.i_hi)
+                up = w.rows(p + "mlp.up_proj.weight", s.i_lo, s.i_hi)
             layer.w13.weight.data.copy_(torch.cat([gate, up]))
-            layer.w2.weight.data.copy_(get(p + "mlp.down_proj.weight")[:, s.i_lo : s.i_hi])
-            layer.attn_norm.weight.data.copy_(get(p + "input_layernorm.weight"))
-            layer.mlp_norm.weight.data.copy_(get(p + "post_attention_layernorm.weight"))
+            layer.w2.weight.data.copy_(w.cols(p + "mlp.down_proj.weight", s.i_lo, s.i_hi))
+            layer.attn_norm.weight.data.copy_(w.get(p + "input_layernorm.weight"))
+            layer.mlp_norm.weight.data.copy_(w.get(p + "post_attention_layernorm.weight"))

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch import nn
 
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.cache.pool import KVPool
@@ -15,9 +16,9 @@ from swiftinfer_core.config import AttentionBackend, Device, DType, EngineConfig
 from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.kernels.attention import Attention, TorchAttention, TritonAttention
 from swiftinfer_core.model import fused_decode
-from swiftinfer_core.kernels.rope import inv_freq
 from swiftinfer_core.model.fetch import resolve_model
-from swiftinfer_core.model.llama import Llama, ShardPlan
+from swiftinfer_core.model.families import build_model
+from swiftinfer_core.model.layers import GemmaRMSNorm, ShardPlan, layer_specs
 from swiftinfer_core.model.loader import ModelArgs, read_args, read_state_dict
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ MAX_DEFAULT_SLOTS = 1024
 @dataclass
 class LoadedModel:
     args: ModelArgs
-    model: Llama
+    model: nn.Module  # the family's model class (model/families.py)
     tokenizer: object
     layout: StreamLayout
     pool: KVPool
@@ -61,14 +62,22 @@ def resolve_layout(cfg: EngineConfig, args: ModelArgs) -> StreamLayout:
     return StreamLayout(cfg.sink_tokens, window)
 
 
-def make_attention(cfg: EngineConfig, device: torch.device, layout: StreamLayout, args: ModelArgs) -> Attention:
-    freqs = inv_freq(args.head_dim, args.rope_theta, args.rope_scaling).to(device)
+def make_attention(cfg: EngineConfig, device: torch.device, layout: StreamLayout, args: ModelArgs,
+                   shard: ShardPlan | None = None) -> Attention:
+    """The backend with every layer's spec (RoPE freqs and scale, local window, ALiBi
+    slopes of this rank's query heads, soft-cap) for this cache's capacity."""
+    shard = shard or ShardPlan.single(args)
+    if args.sliding_window and layout.window < args.sliding_window:
+        log.warning("window %d is shorter than %s's own sliding window %d: its local layers see only the cached window "
+                    "(cache/layout.py, local layers)", layout.window, args.name, args.sliding_window)
+    specs = [replace(s, freqs=s.freqs.to(device), alibi=None if s.alibi is None else s.alibi.to(device))
+             for s in layer_specs(args, layout.capacity, shard.q_lo, shard.q_hi)]
     backend = cfg.attention
     if backend is AttentionBackend.AUTO:
         backend = AttentionBackend.TRITON if device.type == "cuda" else AttentionBackend.TORCH
     if backend is AttentionBackend.TRITON:
-        return TritonAttention(layout, freqs, args.head_dim**-0.5)
-    return TorchAttention(layout, freqs, args.head_dim**-0.5)
+        return TritonAttention(layout, specs[0].freqs, specs[0].scale, specs)
+    return TorchAttention(layout, specs[0].freqs, specs[0].scale, specs)
 
 
 def num_slots(cfg: EngineConfig, args: ModelArgs, layout: StreamLayout, device: torch.device, dtype: torch.dtype, kv_heads: int) -> int:
@@ -102,7 +111,7 @@ def shared_kv_budget(free: int, total: int, held: int, share: float, utilization
     return budget
 
 
-def fill_weights(model: Llama, cfg: EngineConfig, checkpoint: Callable[[], dict]) -> None:
+def fill_weights(model: nn.Module, cfg: EngineConfig, checkpoint: Callable[[], dict]) -> None:
     """The checkpoint's weights, or random ones (load_format=random) for benchmarks."""
     if cfg.load_format is not LoadFormat.RANDOM:
         model.load_hf_state(checkpoint())
@@ -113,6 +122,9 @@ def fill_weights(model: Llama, cfg: EngineConfig, checkpoint: Callable[[], dict]
             p.data.fill_(1.0)
         else:
             p.data.normal_(0.0, 0.02, generator=gen)
+    for mod in model.modules():  # Gemma's norms scale by (1 + w): the identity is w = 0
+        if isinstance(mod, GemmaRMSNorm):
+            mod.weight.data.zero_()
 
 
 def load_model(cfg: EngineConfig, shard: ShardPlan | None = None) -> LoadedModel:
@@ -124,7 +136,7 @@ def load_model(cfg: EngineConfig, shard: ShardPlan | None = None) -> LoadedModel
     dtype = resolve_dtype(cfg, device)
     layout = resolve_layout(cfg, args)
     with torch.device("meta"):
-        model = Llama(args, shard)
+        model = build_model(args, shard)
     model = model.to_empty(device=device).to(dtype)
     if cfg.lm_head_fp32:
         model.lm_head.float()  # before loading: keep the checkpoint's own precision
@@ -133,7 +145,7 @@ def load_model(cfg: EngineConfig, shard: ShardPlan | None = None) -> LoadedModel
     kv_heads = model.shard.kv_hi - model.shard.kv_lo
     slots = num_slots(cfg, args, layout, device, dtype, kv_heads)
     pool = KVPool(layout, args.num_layers, slots, kv_heads, args.head_dim, dtype, device)
-    attn = make_attention(cfg, device, layout, args)
+    attn = make_attention(cfg, device, layout, args, model.shard)
     model.gemv_decode = device.type == "cuda" and isinstance(attn, TritonAttention) and fused_decode.supports(model)
     log.info("model %s on %s/%s: %d cache slots of %d+%d", path.name, device, dtype, slots, layout.sinks, layout.window)
     return LoadedModel(
@@ -147,4 +159,4 @@ def relayout(m: LoadedModel, cfg: EngineConfig, slots: int) -> LoadedModel:
     layout = resolve_layout(cfg, m.args)
     heads = m.model.shard.kv_hi - m.model.shard.kv_lo
     pool = KVPool(layout, m.args.num_layers, slots, heads, m.args.head_dim, m.dtype, m.device)
-    return replace(m, layout=layout, pool=pool, attn=make_attention(cfg, m.device, layout, m.args))
+    return replace(m, layout=layout, pool=pool, attn=make_attention(cfg, m.device, layout, m.args, m.model.shard))

@@ -22,7 +22,8 @@ from swiftinfer_core.cache.pool import KVPool
 from swiftinfer_core.config import EngineConfig
 from swiftinfer_core.engine.runner import ModelRunner
 from swiftinfer_core.model.fetch import resolve_model
-from swiftinfer_core.model.llama import Llama, ShardPlan
+from swiftinfer_core.model.families import build_model
+from swiftinfer_core.model.layers import ShardPlan
 from swiftinfer_core.model.loader import read_args
 from swiftinfer_core.model.setup import fill_weights, make_attention, num_slots, resolve_device, resolve_dtype, resolve_layout
 from swiftinfer_core.parallel.groups import TPGroups
@@ -41,7 +42,7 @@ class EngineShard:
         device, layout = resolve_device(cfg), resolve_layout(cfg, args)
         dtype = resolve_dtype(cfg, device)
         with torch.device("meta"):
-            model = Llama(args, plan).to(dtype)  # dtype on meta: the real allocation is already bf16/fp16
+            model = build_model(args, plan).to(dtype)  # dtype on meta: the real allocation is already bf16/fp16
         model = model.to_empty(device=device)
         if cfg.lm_head_fp32:
             model.lm_head.float()  # before loading: keep the checkpoint's own precision
@@ -52,4 +53,4 @@ class EngineShard:
         pool = KVPool(layout, args.num_layers, slots, kv_heads, args.head_dim, dtype, device)
         log.info("rank %d: heads [%d,%d) kv [%d,%d) mlp [%d,%d), %d cache slots on %s",
                  groups.rank, plan.q_lo, plan.q_hi, plan.kv_lo, plan.kv_hi, plan.i_lo, plan.i_hi, slots, device)
-        return ModelRunner(model, pool, make_attention(cfg, device, layout, args), device, split_mixed=cfg.split_mixed_steps)
+        return ModelRunner(model, pool, make_attention(cfg, device, layout, args, plan), device, split_mixed=cfg.split_mixed_steps)

@@ -49,3 +49,15 @@ def test_chat_session_in_terminal(model_dir):
     assert proc.returncode == 0, proc.stderr
     assert "bot> " in proc.stdout and "Paris" in proc.stdout
     assert "rounds=1" in proc.stdout
+
+
+def test_fetch_model_names_gemma3(capsys):
+    """``swiftinfer fetch-model gemma3-270m`` prepares the second real model (once) and prints its folder."""
+    from pathlib import Path
+
+    from swiftinfer_core.model.gemma3_gguf import ensure_gemma3
+
+    assert main(["fetch-model", "gemma3-270m"]) == 0
+    folder = Path(capsys.readouterr().out.strip())
+    assert folder == ensure_gemma3() and json.loads((folder / "config.json").read_text())["model_type"] == "gemma3_text"
+    assert "sha256=" in (folder / "SOURCE").read_text()

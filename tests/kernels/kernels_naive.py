@@ -27,10 +27,22 @@ def rotate64(x: torch.Tensor, pos: torch.Tensor, freqs: torch.Tensor) -> torch.T
     return x * cos + torch.cat([-x[..., half:], x[..., :half]], -1) * sin
 
 
-def naive_attention(q, k_new, v_new, k_cache, v_cache, slots, starts, q_lens, layout: StreamLayout, freqs, scale):
+def rotate_partial64(x: torch.Tensor, pos: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """transformers' partial rotary: rotate-half over the first 2 * len(freqs) dims, the rest passed through."""
+    r = 2 * freqs.shape[0]
+    return torch.cat([rotate64(x[..., :r], pos, freqs), x[..., r:]], -1)
+
+
+def naive_attention(q, k_new, v_new, k_cache, v_cache, slots, starts, q_lens, layout: StreamLayout, freqs, scale,
+                    sliding: int = 0, slopes=None, softcap: float = 0.0):
     """float64 [T, Hq, D]. Query t attends to layout.attended(t) at positions
     layout.cache_positions(t), query at layout.query_position(t). Cached keys
-    (u < n) come from row layout.row(u) of the old cache, the rest from k_new."""
+    (u < n) come from row layout.row(u) of the old cache, the rest from k_new.
+    ``freqs`` shorter than D/2: a partial rotary over the first 2 * len(freqs)
+    dims (transformers' layout). ``sliding``: key u only while t - u < sliding;
+    ``slopes`` [Hq]: ALiBi, score -= slope * (query position - key position);
+    ``softcap``: score = softcap * tanh(score / softcap)."""
+    rot = rotate64 if 2 * freqs.shape[0] == q.shape[-1] else rotate_partial64
     q, k_new, v_new = q.double().cpu(), k_new.double().cpu(), v_new.double().cpu()
     k_cache, v_cache = k_cache.double().cpu(), v_cache.double().cpu()
     group = q.shape[1] // k_new.shape[1]
@@ -42,10 +54,18 @@ def naive_attention(q, k_new, v_new, k_cache, v_cache, slots, starts, q_lens, la
             keys = layout.attended(t)
             K = torch.stack([k_new[r0 + u - n] if u >= n else k_cache[slot, :, layout.row(u)] for u in keys])
             V = torch.stack([v_new[r0 + u - n] if u >= n else v_cache[slot, :, layout.row(u)] for u in keys])
-            K = rotate64(K, torch.tensor(layout.cache_positions(t)), freqs).repeat_interleave(group, 1)
+            pos = torch.tensor(layout.cache_positions(t))
+            K = rot(K, pos, freqs).repeat_interleave(group, 1)
             V = V.repeat_interleave(group, 1)
-            qr = rotate64(q[r0 + i][None], torch.tensor([layout.query_position(t)]), freqs)[0]  # [Hq, D]
+            qpos = layout.query_position(t)
+            qr = rot(q[r0 + i][None], torch.tensor([qpos]), freqs)[0]  # [Hq, D]
             s = torch.einsum("hd,khd->hk", qr, K) * scale
+            if softcap > 0:
+                s = softcap * torch.tanh(s / softcap)
+            if slopes is not None:
+                s = s - slopes.double().cpu()[:, None] * (qpos - pos).double()[None, :]
+            if sliding > 0:
+                s = s.masked_fill((t - torch.tensor(keys) >= sliding)[None, :], float("-inf"))
             out[r0 + i] = torch.einsum("hk,khd->hd", torch.softmax(s, -1), V)
         r0 += c
     return out
