@@ -38,6 +38,11 @@ class DType(str, Enum):
     FLOAT16 = "float16"
 
 
+class Quantization(str, Enum):
+    NONE = "none"  # the weights in ``dtype``
+    INT8 = "int8"  # weight-only int8, per output channel (CPU only): model/cpu_weights.py
+
+
 class LoadFormat(str, Enum):
     AUTO = "auto"  # the checkpoint's safetensors
     RANDOM = "random"  # random weights from config.json (speed benchmarks at any shape; output is noise)
@@ -64,6 +69,8 @@ class EngineConfig(StrictModel):
     split_mixed_steps: bool = Field(False, description="With CUDA graphs, run a step that mixes decode rows and prefill chunks as the decode graph plus a second, eager pass for the chunks (reads the weights twice) instead of one eager forward (engine/runner.py). For side-by-side measurements.")
     gpu_memory_utilization: float = Field(0.85, gt=0.05, le=0.98, description="Share of free GPU memory the KV pool may take.")
     lm_head_fp32: bool = Field(True, description="Keep the LM head in float32 under bf16/fp16 weights: exact-er logits for sampling, at the cost of reading the head twice as many bytes per step.")
+    cpu_fast_path: bool = Field(True, description="On the CPU: keep linear weights transposed in memory ([in, out] storage, the same [out, in] tensor to the model; MKL's matrix-vector product reads it ~1.4x faster) and decode one-token steps through kernels/torch_decode.py instead of the reference attention. False runs the plain reference path (side-by-side benchmarks, numerics checks). No effect on a GPU.")
+    quantization: Quantization = Field(Quantization.NONE, description="Weight format. 'int8': symmetric per-output-channel int8 weights for every linear layer (the LM head too unless lm_head_fp32), multiplied by torch's _weight_int8pack_mm with bfloat16 activations and a float32 residual stream. CPU only, tp_size 1; embeddings and norms stay in dtype.")
     load_format: LoadFormat = Field(LoadFormat.AUTO, description="'random' skips the weights: for benchmarking a shape from its config.json alone.")
     tp_size: int = Field(1, ge=1, le=64, description="Tensor-parallel ranks for one engine.")
     seed: int = Field(0, ge=0, description="Default sampling seed.")
@@ -73,6 +80,8 @@ class EngineConfig(StrictModel):
     def _check(self) -> "EngineConfig":
         if self.window is not None and self.sink_tokens >= self.window:
             raise ValueError(f"sink_tokens ({self.sink_tokens}) must be smaller than window ({self.window})")
+        if self.quantization is not Quantization.NONE and (self.device is Device.CUDA or self.tp_size > 1):
+            raise ValueError(f"quantization '{self.quantization.value}' runs on the CPU with tp_size 1 only")
         return self
 
 

@@ -40,6 +40,11 @@ class ShardPlan:
         return cls(0, args.num_heads, 0, args.num_kv_heads, 0, args.intermediate_size)
 
 
+def in_dtype(linear: nn.Module) -> torch.dtype:
+    """The dtype a linear layer takes: its weight's, or its own ``in_dtype`` (model/cpu_weights.Int8Linear)."""
+    return getattr(linear, "in_dtype", None) or linear.weight.dtype
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -71,7 +76,7 @@ class Block(nn.Module):
 
     def forward(self, x, attn: Attention, plan, k_cache, v_cache) -> torch.Tensor:
         """x: [T, hidden] float32 residual stream; matmuls run in the weights' dtype."""
-        T, d, dt = x.shape[0], self.head_dim, self.wqkv.weight.dtype
+        T, d, dt = x.shape[0], self.head_dim, in_dtype(self.wqkv)
         qkv = self.wqkv(self.attn_norm(x).to(dt))
         q, k, v = qkv.split([self.hq * d, self.hkv * d, self.hkv * d], dim=-1)
         o = attn.forward(plan, q.view(T, self.hq, d), k.view(T, self.hkv, d), v.view(T, self.hkv, d), k_cache, v_cache)
@@ -103,7 +108,7 @@ class Llama(nn.Module):
             x = layer(x, attn, plan, pool.k[i], pool.v[i])
         if rows is not None:
             x = x.index_select(0, rows)
-        return self.lm_head(self.norm(x).to(self.lm_head.weight.dtype)).float()
+        return self.lm_head(self.norm(x).to(in_dtype(self.lm_head))).float()
 
     def load_hf_state(self, state: dict[str, torch.Tensor]) -> None:
         """Copy HF-named weights in, slicing this rank's shard and fusing qkv / gate-up."""

@@ -11,11 +11,13 @@ import torch
 
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.cache.pool import KVPool
-from swiftinfer_core.config import AttentionBackend, Device, DType, EngineConfig, LoadFormat
+from swiftinfer_core.config import AttentionBackend, Device, DType, EngineConfig, LoadFormat, Quantization
 from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.kernels.attention import Attention, TorchAttention, TritonAttention
 from swiftinfer_core.model import fused_decode
 from swiftinfer_core.kernels.rope import inv_freq
+from swiftinfer_core.kernels.torch_decode import CpuAttention
+from swiftinfer_core.model.cpu_weights import quantize_int8, transpose_linears
 from swiftinfer_core.model.fetch import resolve_model
 from swiftinfer_core.model.llama import Llama, ShardPlan
 from swiftinfer_core.model.loader import ModelArgs, read_args, read_state_dict
@@ -68,6 +70,8 @@ def make_attention(cfg: EngineConfig, device: torch.device, layout: StreamLayout
         backend = AttentionBackend.TRITON if device.type == "cuda" else AttentionBackend.TORCH
     if backend is AttentionBackend.TRITON:
         return TritonAttention(layout, freqs, args.head_dim**-0.5)
+    if device.type == "cpu" and cfg.cpu_fast_path:
+        return CpuAttention(layout, freqs, args.head_dim**-0.5)  # reference semantics, lean one-token decode
     return TorchAttention(layout, freqs, args.head_dim**-0.5)
 
 
@@ -97,6 +101,16 @@ def fill_weights(model: Llama, cfg: EngineConfig, checkpoint: Callable[[], dict]
             p.data.normal_(0.0, 0.02, generator=gen)
 
 
+def cpu_weight_format(model: Llama, cfg: EngineConfig, device: torch.device) -> None:
+    """int8 weights (cfg.quantization), or float weights in the CPU's faster layout (model/cpu_weights.py)."""
+    if cfg.quantization is Quantization.INT8:
+        if device.type != "cpu":
+            raise InvalidRequestError(f"quantization 'int8' runs on the CPU only, not on {device}")
+        quantize_int8(model, head=not cfg.lm_head_fp32)
+    if device.type == "cpu" and cfg.cpu_fast_path:
+        transpose_linears(model)  # what int8 left in float: the head under lm_head_fp32
+
+
 def load_model(cfg: EngineConfig, shard: ShardPlan | None = None) -> LoadedModel:
     from transformers import AutoTokenizer
 
@@ -111,6 +125,7 @@ def load_model(cfg: EngineConfig, shard: ShardPlan | None = None) -> LoadedModel
     if cfg.lm_head_fp32:
         model.lm_head.float()  # before loading: keep the checkpoint's own precision
     fill_weights(model, cfg, lambda: read_state_dict(path))
+    cpu_weight_format(model, cfg, device)
     model.eval()
     kv_heads = model.shard.kv_hi - model.shard.kv_lo
     slots = num_slots(cfg, args, layout, device, dtype, kv_heads)
