@@ -40,9 +40,9 @@ class _DecodeSeq:
     slot: int
     row: int  # cache row the new token is written to
     fill: int  # rows attended once it is written (1 .. capacity)
-    cos: torch.Tensor  # [fill, D/2] float32, per cache row
-    sin: torch.Tensor  # [fill, D/2]
-    q_cos: torch.Tensor  # [D/2] at the query position fill-1
+    cos: torch.Tensor  # [fill, D] float32 per cache row: (c, c)
+    sin: torch.Tensor  # [fill, D]: (-s, s), the sign of rotate_half folded in
+    q_cos: torch.Tensor  # [D] at the query position fill-1
     q_sin: torch.Tensor
 
 
@@ -58,7 +58,8 @@ class CpuAttention(TorchAttention):
         super().__init__(layout, freqs, scale)
         # [capacity, D/2]: angles as rope.rotate forms them (float32 position * float32 freq)
         ang = torch.arange(layout.capacity, dtype=torch.float32)[:, None] * self.freqs.cpu()[None, :]
-        self._cos, self._sin = ang.cos(), ang.sin()
+        self._cos = torch.cat([ang.cos(), ang.cos()], dim=-1)  # [capacity, D]
+        self._sin = torch.cat([-ang.sin(), ang.sin()], dim=-1)
 
     def row_positions(self, t: int) -> torch.Tensor:
         """[fill] long: cache position of the key in each row 0..fill-1 once token t is written."""
@@ -86,7 +87,7 @@ class CpuAttention(TorchAttention):
             return super().forward(plan, q, k_new, v_new, k_cache, v_cache)
         # q [B, Hq, D]; k_new/v_new [B, Hkv, D]; caches [slots, Hkv, cap, D]
         B, hq, D = q.shape
-        hkv, h = k_new.shape[1], D // 2
+        hkv, h = k_new.shape[1], D // 2  # h: rotate_half's shift
         out = torch.empty_like(q)
         for i, s in enumerate(plan.seqs):
             if s.slot < 0:  # a padding row (engine/cuda_graph.py): no cache, zero output
@@ -105,7 +106,7 @@ class CpuAttention(TorchAttention):
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, h: int) -> torch.Tensor:
-    """rope.rotate's arithmetic on halves: x [..., N, D] (or [..., D] with cos [D/2]),
-    cos/sin [N, D/2]: (x1*c - x2*s, x2*c + x1*s)."""
-    x1, x2 = x[..., :h], x[..., h:]
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    """rope.rotate's arithmetic in 4 ops: x [..., N, D] (or [..., D] with cos [D]),
+    cos (c, c) and sin (-s, s) [N, D]: x*cos + roll(x, h)*sin = (x1*c - x2*s, x2*c + x1*s),
+    the same products and sums as rope.rotate's x*cos + rotate_half(x)*sin."""
+    return x * cos + torch.roll(x, h, dims=-1) * sin

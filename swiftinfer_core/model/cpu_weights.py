@@ -68,12 +68,12 @@ class Int8Linear(nn.Module):
         return self.qweight.float() * self.scales.float()[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)  # [N, in]
+        flat = x.dim() != 2  # the model's activations are [T, in] already: no reshape op per call
+        x2 = (x.reshape(-1, self.in_features) if flat else x).to(torch.bfloat16)  # [N, in]
         y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scales).float()  # [N, out]
         if self.bias is not None:
             y = y + self.bias
-        return y.view(*lead, self.out_features)
+        return y.view(*x.shape[:-1], self.out_features) if flat else y
 
 
 def quantize_int8(model: nn.Module, head: bool) -> int:

@@ -75,3 +75,17 @@ def test_padding_rows_touch_no_cache():
     torch.testing.assert_close(out[:1], want, rtol=1e-5, atol=1e-5)
     assert torch.equal(out[1], torch.zeros_like(out[1]))
     assert torch.equal(kc, kc_ref) and torch.equal(vc, vc_ref)
+
+
+def test_rotation_table_is_rope_rotate_bit_for_bit():
+    """The per-row cos/sin table and the 4-op rotation give rope.rotate's exact values."""
+    from swiftinfer_core.kernels.rope import rotate
+    from swiftinfer_core.kernels.torch_decode import _rotate
+
+    layout = StreamLayout(4, 60)
+    freqs = inv_freq(D, 10000.0)
+    attn = CpuAttention(layout, freqs, 1.0)
+    pos = attn.row_positions(200)
+    x = torch.randn(HKV, pos.numel(), D)
+    want = rotate(x.transpose(0, 1), pos, freqs).transpose(0, 1)  # rotate takes [N, H, D]
+    assert torch.equal(_rotate(x, attn._cos[pos], attn._sin[pos], D // 2), want)
