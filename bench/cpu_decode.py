@@ -86,6 +86,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--llama-python", default=None, help="python of a venv with llama-cpp-python: also run llama.cpp (bench/llamacpp_decode.py)")
+    ap.add_argument("--gguf", default=None, help="the GGUF file for --llama-python (the default model's source, see its SOURCE file)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None)
     a = ap.parse_args()
@@ -101,17 +103,32 @@ def main() -> None:
                 print(f"round {r} {v:26s} {t} thr: {res['tok_s']:6.1f} tok/s  ttft {1e3 * res['ttft_s']:6.0f} ms", flush=True)
     for eng in engines.values():
         eng.close()
+    llama = [_llama_cpp(a, t) for t in a.threads] if a.llama_python else []
     out = {**header(), "cpu": _cpu_name(), "tokens": a.tokens, "rounds": a.rounds,
            "load_avg_start_end": [load0, _loadavg()], "results": [
         {"variant": v, "config": VARIANTS[v], "threads": t,
          "tok_s_median": statistics.median(x["tok_s"] for x in kept),
          "ttft_s_median": statistics.median(x["ttft_s"] for x in kept), "rounds": kept}
-        for (v, t), kept in runs.items()]}
+        for (v, t), kept in runs.items()] + llama}
     print(json.dumps([{k: r[k] for k in ("variant", "threads", "tok_s_median", "ttft_s_median")} for r in out["results"]], indent=1))
     if a.json:
         a.json.write_text(json.dumps(out, indent=1) + "\n")
     if a.plot:
         plot(out, a.plot)
+
+
+def _llama_cpp(a, threads: int) -> dict:
+    """llama.cpp on the same prompt in its own venv, after the engines are closed (its
+    rounds are not interleaved with theirs)."""
+    import subprocess
+
+    if not a.gguf:
+        raise SystemExit("--llama-python needs --gguf")
+    cmd = [a.llama_python, str(Path(__file__).with_name("llamacpp_decode.py")), "--gguf", a.gguf, "--prompt", PROMPT,
+           "--tokens", str(a.tokens), "--rounds", str(a.rounds), "--threads", str(threads)]
+    res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    print(f"llama.cpp {threads} thr: {res['tok_s_median']:6.1f} tok/s  ttft {1e3 * res['ttft_s_median']:6.0f} ms", flush=True)
+    return {"variant": f"llama.cpp {Path(a.gguf).name}", "config": {"llama_cpp_python": res["llama_cpp_python"]}, **res}
 
 
 def _cpu_name() -> str:
