@@ -102,11 +102,14 @@ def fill_weights(model: Llama, cfg: EngineConfig, checkpoint: Callable[[], dict]
 
 
 def cpu_weight_format(model: Llama, cfg: EngineConfig, device: torch.device) -> None:
-    """int8 weights (cfg.quantization), or float weights in the CPU's faster layout (model/cpu_weights.py)."""
+    """int8 weights (cfg.quantization), float weights in the CPU's faster layout
+    (model/cpu_weights.py), and the CPU thread count."""
     if cfg.quantization is Quantization.INT8:
         if device.type != "cpu":
             raise InvalidRequestError(f"quantization 'int8' runs on the CPU only, not on {device}")
         quantize_int8(model, head=not cfg.lm_head_fp32)
+    if device.type == "cpu" and cfg.cpu_threads is not None:
+        torch.set_num_threads(cfg.cpu_threads)  # process-wide, the engine's step thread included
     if device.type == "cpu" and cfg.cpu_fast_path:
         transpose_linears(model)  # what int8 left in float: the head under lm_head_fp32
 

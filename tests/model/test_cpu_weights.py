@@ -98,3 +98,24 @@ def test_int8_real_model_top1_and_perplexity_near_float32(base_model, shakespear
     ppl_ratio = torch.exp(q_nll.mean() - f_nll.mean()).item()
     assert agree >= 0.93, f"top-1 agreement {agree:.4f}"
     assert abs(ppl_ratio - 1) < 0.02, f"perplexity ratio {ppl_ratio:.4f}"
+
+
+def test_cpu_weight_format_sets_threads_layout_and_int8():
+    from swiftinfer_core.model.setup import cpu_weight_format
+
+    with pytest.raises(InvalidRequestError):
+        EngineConfig(cpu_threads=0)
+    before = torch.get_num_threads()
+    net = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4))
+    try:
+        cpu_weight_format(net, EngineConfig(device="cpu", cpu_threads=1), torch.device("cpu"))
+        assert torch.get_num_threads() == 1
+        assert net[0].weight.t().is_contiguous() and not net[0].weight.is_contiguous()
+    finally:
+        torch.set_num_threads(before)
+    plain = nn.Sequential(nn.Linear(8, 8))
+    cpu_weight_format(plain, EngineConfig(device="cpu", cpu_fast_path=False), torch.device("cpu"))
+    assert plain[0].weight.is_contiguous()  # the reference path keeps [out, in] storage
+    q = nn.Sequential(nn.Linear(8, 8))
+    cpu_weight_format(q, EngineConfig(device="cpu", quantization="int8"), torch.device("cpu"))
+    assert isinstance(q[0], Int8Linear)
