@@ -38,6 +38,11 @@ class DType(str, Enum):
     FLOAT16 = "float16"
 
 
+class Quantization(str, Enum):
+    NONE = "none"  # the weights in ``dtype``
+    INT8 = "int8"  # weight-only int8, per output channel (CPU only): model/cpu_weights.py
+
+
 class LoadFormat(str, Enum):
     AUTO = "auto"  # the checkpoint's safetensors
     RANDOM = "random"  # random weights from config.json (speed benchmarks at any shape; output is noise)
@@ -66,6 +71,9 @@ class EngineConfig(StrictModel):
     gpu_memory_utilization: float = Field(0.85, gt=0.05, le=0.98, description="Share of free GPU memory the KV pool may take (with memory_share < 1: of this engine's share of the device's total memory, weights included).")
     memory_share: float = Field(1.0, gt=0, le=1, description="This engine's share of its GPU when several engines share one (Serve: AppConfig.gpu_share). Below 1 the KV pool is sized from memory_share x total memory x gpu_memory_utilization minus what this process already holds (weights), not from free memory, so engines started one after another never take each other's share; an engine whose share is not free at start is refused.")
     lm_head_fp32: bool = Field(True, description="Keep the LM head in float32 under bf16/fp16 weights: exact-er logits for sampling, at the cost of reading the head twice as many bytes per step.")
+    cpu_fast_path: bool = Field(True, description="On the CPU: keep linear weights transposed in memory ([in, out] storage, the same [out, in] tensor to the model; MKL's matrix-vector product reads it ~1.4x faster) and decode one-token steps through kernels/torch_decode.py instead of the reference attention. False runs the plain reference path (side-by-side benchmarks, numerics checks). No effect on a GPU.")
+    cpu_threads: int | None = Field(None, ge=1, le=1024, description="Torch intra-op threads when the model runs on the CPU (process-wide: torch.set_num_threads at load). None: torch's default, one per core. On a box shared with other busy processes one thread decoded 4-6x faster than two (bench/results/cpu_decode_profile.md).")
+    quantization: Quantization = Field(Quantization.NONE, description="Weight format. 'int8': symmetric per-output-channel int8 weights for every linear layer (the LM head too unless lm_head_fp32), multiplied by torch's _weight_int8pack_mm with bfloat16 activations and a float32 residual stream. CPU only, tp_size 1; embeddings and norms stay in dtype.")
     load_format: LoadFormat = Field(LoadFormat.AUTO, description="'random' skips the weights: for benchmarking a shape from its config.json alone.")
     tp_size: int = Field(1, ge=1, le=64, description="Tensor-parallel ranks for one engine.")
     seed: int = Field(0, ge=0, description="Default sampling seed.")
@@ -75,6 +83,8 @@ class EngineConfig(StrictModel):
     def _check(self) -> "EngineConfig":
         if self.window is not None and self.sink_tokens >= self.window:
             raise ValueError(f"sink_tokens ({self.sink_tokens}) must be smaller than window ({self.window})")
+        if self.quantization is not Quantization.NONE and (self.device is Device.CUDA or self.tp_size > 1):
+            raise ValueError(f"quantization '{self.quantization.value}' runs on the CPU with tp_size 1 only")
         return self
 
 

@@ -26,6 +26,11 @@ def llama_args(cfg: dict, name: str) -> ModelArgs:
     return common_args(cfg, name, qkv_bias=bool(cfg.get("attention_bias", kind == "qwen2")), qk_norm=kind == "qwen3")
 
 
+def in_dtype(linear: nn.Module) -> torch.dtype:
+    """The dtype a linear layer takes: its weight's, or its own ``in_dtype`` (model/cpu_weights.Int8Linear)."""
+    return getattr(linear, "in_dtype", None) or linear.weight.dtype
+
+
 class Block(nn.Module):
     def __init__(self, args: ModelArgs, shard: ShardPlan):
         super().__init__()
@@ -51,7 +56,7 @@ class Block(nn.Module):
     # and run attention, whose launch shape follows the batch, between them.
     def pre(self, x: torch.Tensor) -> torch.Tensor:
         """[T, hidden] float32 -> qkv [T, (hq + 2 hkv) d] in the weights' dtype."""
-        return self.wqkv(self.attn_norm(x).to(self.wqkv.weight.dtype))
+        return self.wqkv(self.attn_norm(x).to(in_dtype(self.wqkv)))
 
     def attend(self, qkv: torch.Tensor, attn: Attention, plan, k_cache, v_cache, layer: int) -> torch.Tensor:
         """qkv [T, ...] -> o [T, hq, d]; stores the step's K/V in the cache."""
@@ -64,7 +69,7 @@ class Block(nn.Module):
 
     def post(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         """Residual x [T, hidden] float32 and attention o [T, hq, d] -> the next layer's x."""
-        T, dt = x.shape[0], self.wqkv.weight.dtype
+        T, dt = x.shape[0], in_dtype(self.wqkv)
         h = x + self.shard.reduce(self.wo(o.reshape(T, self.hq * self.head_dim)))
         gate, up = self.w13(self.mlp_norm(h).to(dt)).chunk(2, dim=-1)
         return h + self.shard.reduce(self.w2(F.silu(gate) * up))
@@ -99,7 +104,7 @@ class Llama(nn.Module):
         """Last residual [T, hidden] -> logits [R, vocab] float32 of ``rows`` (all if None)."""
         if rows is not None:
             x = x.index_select(0, rows)
-        return self.lm_head(self.norm(x).to(self.lm_head.weight.dtype)).float()
+        return self.lm_head(self.norm(x).to(in_dtype(self.lm_head))).float()
 
     def load_hf_state(self, state) -> None:
         """Copy HF-named weights in, slicing this rank's shard and fusing qkv / gate-up."""

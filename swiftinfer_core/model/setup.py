@@ -12,12 +12,15 @@ from torch import nn
 
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.cache.pool import KVPool
-from swiftinfer_core.config import AttentionBackend, Device, DType, EngineConfig, LoadFormat
+from swiftinfer_core.config import AttentionBackend, Device, DType, EngineConfig, LoadFormat, Quantization
 from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.kernels.attention import Attention, TorchAttention, TritonAttention
 from swiftinfer_core.model import fused_decode
+from swiftinfer_core.kernels.torch_decode import CpuAttention
+from swiftinfer_core.model.cpu_weights import quantize_int8, transpose_linears
 from swiftinfer_core.model.fetch import resolve_model
 from swiftinfer_core.model.families import build_model
+from swiftinfer_core.model.llama import Llama
 from swiftinfer_core.model.layers import GemmaRMSNorm, ShardPlan, layer_specs
 from swiftinfer_core.model.loader import ModelArgs, read_args, read_state_dict
 
@@ -77,7 +80,17 @@ def make_attention(cfg: EngineConfig, device: torch.device, layout: StreamLayout
         backend = AttentionBackend.TRITON if device.type == "cuda" else AttentionBackend.TORCH
     if backend is AttentionBackend.TRITON:
         return TritonAttention(layout, specs[0].freqs, specs[0].scale, specs)
+    if device.type == "cpu" and cfg.cpu_fast_path and plain_attention(specs):
+        return CpuAttention(layout, specs[0].freqs, specs[0].scale)  # reference semantics, lean one-token decode
     return TorchAttention(layout, specs[0].freqs, specs[0].scale, specs)
+
+
+def plain_attention(specs: list) -> bool:
+    """Every layer attends the same plain way (one RoPE, one scale; no local window,
+    ALiBi or soft-cap): what CpuAttention's one-token path computes."""
+    first = specs[0]
+    return all(s.sliding_window == 0 and s.alibi is None and s.softcap == 0 and s.scale == first.scale
+               and torch.equal(s.freqs, first.freqs) for s in specs)
 
 
 def num_slots(cfg: EngineConfig, args: ModelArgs, layout: StreamLayout, device: torch.device, dtype: torch.dtype, kv_heads: int) -> int:
@@ -127,6 +140,21 @@ def fill_weights(model: nn.Module, cfg: EngineConfig, checkpoint: Callable[[], d
             mod.weight.data.zero_()
 
 
+def cpu_weight_format(model: nn.Module, cfg: EngineConfig, device: torch.device) -> None:
+    """int8 weights (cfg.quantization), float weights in the CPU's faster layout
+    (model/cpu_weights.py), and the CPU thread count."""
+    if cfg.quantization is Quantization.INT8:
+        if device.type != "cpu":
+            raise InvalidRequestError(f"quantization 'int8' runs on the CPU only, not on {device}")
+        if not isinstance(model, Llama):
+            raise InvalidRequestError(f"quantization 'int8' serves the Llama family only, not {type(model).__name__}")
+        quantize_int8(model, head=not cfg.lm_head_fp32)
+    if device.type == "cpu" and cfg.cpu_threads is not None:
+        torch.set_num_threads(cfg.cpu_threads)  # process-wide, the engine's step thread included
+    if device.type == "cpu" and cfg.cpu_fast_path:
+        transpose_linears(model)  # what int8 left in float: the head under lm_head_fp32
+
+
 def load_model(cfg: EngineConfig, shard: ShardPlan | None = None) -> LoadedModel:
     from transformers import AutoTokenizer
 
@@ -141,6 +169,7 @@ def load_model(cfg: EngineConfig, shard: ShardPlan | None = None) -> LoadedModel
     if cfg.lm_head_fp32:
         model.lm_head.float()  # before loading: keep the checkpoint's own precision
     fill_weights(model, cfg, lambda: read_state_dict(path))
+    cpu_weight_format(model, cfg, device)
     model.eval()
     kv_heads = model.shard.kv_hi - model.shard.kv_lo
     slots = num_slots(cfg, args, layout, device, dtype, kv_heads)

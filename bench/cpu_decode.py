@@ -1,0 +1,152 @@
+"""CPU decode speed of the default model through ``Engine.chat_sync``, before and
+after the CPU fast path, side by side in one run.
+
+    python bench/cpu_decode.py --tokens 100 --rounds 3 --json bench/results/cpu_decode.json \
+        --plot bench/results/cpu_decode.png
+
+Variants (each its own Engine, loaded once): the reference path as it was
+(``cpu_fast_path=False``: TorchAttention, [out, in] weights), the fast path in
+float32, and int8 weights with the LM head in float32 and in int8; each at the
+thread counts given. Rounds alternate between variants so that load from other
+processes on a shared machine falls on all of them alike; the medians are
+reported, with every round kept in the JSON.
+
+Per measured turn: a fresh session, one user message of ~50 tokens (plus the
+chat template), ``max_tokens`` generated with ``ignore_eos``. TTFT is from the
+call to the first chunk with a token; tokens/s counts tokens after the first
+over the time after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from bench.common import header  # noqa: E402
+from swiftinfer_core.config import EngineConfig, SamplingParams  # noqa: E402
+from swiftinfer_core.engine.engine import Engine  # noqa: E402
+
+VARIANTS = {  # name -> EngineConfig overrides
+    "reference (before)": {"cpu_fast_path": False},
+    "fast float32": {},
+    "fast int8, head float32": {"quantization": "int8", "lm_head_fp32": True},
+    "fast int8, head int8": {"quantization": "int8", "lm_head_fp32": False},
+}
+PROMPT = ("Write a short story about a lighthouse keeper who finds a message in a bottle on a stormy night. "
+          "Describe the sea, the light, the keeper's old dog, and what the message says, in plain simple words.")
+
+
+def one_turn(eng: Engine, sid: str, tokens: int) -> dict:
+    params = SamplingParams(max_tokens=tokens, ignore_eos=True)
+    t0 = time.perf_counter()
+    first, n = None, 0
+    for chunk in eng.chat_sync(sid, [{"role": "user", "content": PROMPT}], params):
+        if first is None and chunk.token_ids:
+            first = time.perf_counter()
+        n += len(chunk.token_ids)
+    end = time.perf_counter()
+    prompt_tokens = chunk.usage.prompt_tokens if chunk.usage else None
+    return {"ttft_s": first - t0, "tok_s": (n - 1) / (end - first), "tokens": n, "prompt_tokens": prompt_tokens}
+
+
+def plot(out: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = out["results"]
+    names = [f"{r['variant']}\n{r['threads']} thr" for r in rows]
+    fig, ax = plt.subplots(1, 2, figsize=(13, 4.8))
+    ax[0].barh(names, [r["tok_s_median"] for r in rows], color="tab:blue")
+    ax[0].set_xlabel("decode tokens/s (median of rounds)")
+    ax[1].barh(names, [1e3 * r["ttft_s_median"] for r in rows], color="tab:orange")
+    ax[1].set_xlabel("first-token latency, ms")
+    for a in ax:
+        a.invert_yaxis()
+        a.grid(axis="x", alpha=0.3)
+    ax[1].set_yticklabels([])
+    fig.suptitle(f"SmolLM2-135M, Engine.chat_sync on CPU ({out['cpu']}), {out['tokens']} tokens, batch 1")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--llama-python", default=None, help="python of a venv with llama-cpp-python: also run llama.cpp (bench/llamacpp_decode.py)")
+    ap.add_argument("--gguf", default=None, help="the GGUF file for --llama-python (the default model's source, see its SOURCE file)")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--plot", type=Path, default=None)
+    a = ap.parse_args()
+    load0 = _loadavg()  # other processes on a shared machine: 1-minute load before and after
+    engines = {v: Engine(EngineConfig(device="cpu", **VARIANTS[v])) for v in a.variants}
+    runs: dict[tuple[str, int], list[dict]] = {(v, t): [] for v in a.variants for t in a.threads}
+    for r in range(a.rounds + 1):  # round 0 warms each engine up and is not kept
+        for (v, t), kept in runs.items():
+            torch.set_num_threads(t)  # process-wide: the engine's step thread too
+            res = one_turn(engines[v], f"v{a.variants.index(v)}-{t}-{r}", a.tokens if r else 8)
+            if r:
+                kept.append(res)
+                print(f"round {r} {v:26s} {t} thr: {res['tok_s']:6.1f} tok/s  ttft {1e3 * res['ttft_s']:6.0f} ms", flush=True)
+    for eng in engines.values():
+        eng.close()
+    llama = [_llama_cpp(a, t) for t in a.threads] if a.llama_python else []
+    out = {**header(), "cpu": _cpu_name(), "tokens": a.tokens, "rounds": a.rounds,
+           "load_avg_start_end": [load0, _loadavg()], "results": [
+        {"variant": v, "config": VARIANTS[v], "threads": t,
+         "tok_s_median": statistics.median(x["tok_s"] for x in kept),
+         "ttft_s_median": statistics.median(x["ttft_s"] for x in kept), "rounds": kept}
+        for (v, t), kept in runs.items()] + llama}
+    print(json.dumps([{k: r[k] for k in ("variant", "threads", "tok_s_median", "ttft_s_median")} for r in out["results"]], indent=1))
+    if a.json:
+        a.json.write_text(json.dumps(out, indent=1) + "\n")
+    if a.plot:
+        plot(out, a.plot)
+
+
+def _llama_cpp(a, threads: int) -> dict:
+    """llama.cpp on the same prompt in its own venv, after the engines are closed (its
+    rounds are not interleaved with theirs)."""
+    import subprocess
+
+    if not a.gguf:
+        raise SystemExit("--llama-python needs --gguf")
+    cmd = [a.llama_python, str(Path(__file__).with_name("llamacpp_decode.py")), "--gguf", a.gguf, "--prompt", PROMPT,
+           "--tokens", str(a.tokens), "--rounds", str(a.rounds), "--threads", str(threads)]
+    res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    print(f"llama.cpp {threads} thr: {res['tok_s_median']:6.1f} tok/s  ttft {1e3 * res['ttft_s_median']:6.0f} ms", flush=True)
+    return {"variant": f"llama.cpp {Path(a.gguf).name}", "config": {"llama_cpp_python": res["llama_cpp_python"]}, **res}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return None
+
+
+if __name__ == "__main__":
+    main()
