@@ -116,6 +116,7 @@ def test_cpu_weight_format_sets_threads_layout_and_int8():
     plain = nn.Sequential(nn.Linear(8, 8))
     cpu_weight_format(plain, EngineConfig(device="cpu", cpu_fast_path=False), torch.device("cpu"))
     assert plain[0].weight.is_contiguous()  # the reference path keeps [out, in] storage
-    q = nn.Sequential(nn.Linear(8, 8))
-    cpu_weight_format(q, EngineConfig(device="cpu", quantization="int8"), torch.device("cpu"))
-    assert isinstance(q[0], Int8Linear)
+    q = nn.Sequential(nn.Linear(8, 8))  # not a Llama-family model: other families' blocks cast to weight.dtype
+    with pytest.raises(InvalidRequestError, match="Llama family"):
+        cpu_weight_format(q, EngineConfig(device="cpu", quantization="int8"), torch.device("cpu"))
+    assert not isinstance(q[0], Int8Linear)
