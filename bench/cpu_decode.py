@@ -14,7 +14,8 @@ reported, with every round kept in the JSON.
 Per measured turn: a fresh session, one user message of ~50 tokens (plus the
 chat template), ``max_tokens`` generated with ``ignore_eos``. TTFT is from the
 call to the first chunk with a token; tokens/s counts tokens after the first
-over the time after it.
+over the time after it. ``--fill N`` first feeds N raw tokens to each session
+(unmeasured), so the turn decodes over a deep cache (full once N >= sinks + window).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch  # noqa: E402
 from bench.common import header  # noqa: E402
 from swiftinfer_core.config import EngineConfig, SamplingParams  # noqa: E402
 from swiftinfer_core.engine.engine import Engine  # noqa: E402
+from swiftinfer_core.protocol import RawPrompt  # noqa: E402
 
 VARIANTS = {  # name -> EngineConfig overrides
     "reference (before)": {"cpu_fast_path": False},
@@ -45,7 +47,14 @@ PROMPT = ("Write a short story about a lighthouse keeper who finds a message in 
           "Describe the sea, the light, the keeper's old dog, and what the message says, in plain simple words.")
 
 
-def one_turn(eng: Engine, sid: str, tokens: int) -> dict:
+def one_turn(eng: Engine, sid: str, tokens: int, fill: int = 0) -> dict:
+    """One measured chat turn on a fresh session; with ``fill``, the session first
+    takes ``fill`` raw tokens (one unmeasured turn), so the turn decodes over a
+    cache that many tokens deep (a full window once fill >= sinks + window)."""
+    if fill:
+        ids = [100 + (i * 7919) % 40000 for i in range(fill)]  # arbitrary ordinary token ids
+        for _ in eng.chat_sync(sid, RawPrompt(token_ids=ids), SamplingParams(max_tokens=1, ignore_eos=True)):
+            pass
     params = SamplingParams(max_tokens=tokens, ignore_eos=True)
     t0 = time.perf_counter()
     first, n = None, 0
@@ -75,7 +84,8 @@ def plot(out: dict, path: Path) -> None:
         a.invert_yaxis()
         a.grid(axis="x", alpha=0.3)
     ax[1].set_yticklabels([])
-    fig.suptitle(f"SmolLM2-135M, Engine.chat_sync on CPU ({out['cpu']}), {out['tokens']} tokens, batch 1")
+    deep = f", after {out['fill']} tokens of context" if out.get("fill") else ""
+    fig.suptitle(f"SmolLM2-135M, Engine.chat_sync on CPU ({out['cpu']}), {out['tokens']} tokens, batch 1{deep}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -84,6 +94,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--fill", type=int, default=0, help="raw tokens fed to each session before the measured turn")
     ap.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--llama-python", default=None, help="python of a venv with llama-cpp-python: also run llama.cpp (bench/llamacpp_decode.py)")
@@ -97,14 +108,14 @@ def main() -> None:
     for r in range(a.rounds + 1):  # round 0 warms each engine up and is not kept
         for (v, t), kept in runs.items():
             torch.set_num_threads(t)  # process-wide: the engine's step thread too
-            res = one_turn(engines[v], f"v{a.variants.index(v)}-{t}-{r}", a.tokens if r else 8)
+            res = one_turn(engines[v], f"v{a.variants.index(v)}-{t}-{r}", a.tokens if r else 8, a.fill)
             if r:
                 kept.append(res)
                 print(f"round {r} {v:26s} {t} thr: {res['tok_s']:6.1f} tok/s  ttft {1e3 * res['ttft_s']:6.0f} ms", flush=True)
     for eng in engines.values():
         eng.close()
     llama = [_llama_cpp(a, t) for t in a.threads] if a.llama_python else []
-    out = {**header(), "cpu": _cpu_name(), "tokens": a.tokens, "rounds": a.rounds,
+    out = {**header(), "cpu": _cpu_name(), "tokens": a.tokens, "rounds": a.rounds, "fill": a.fill,
            "load_avg_start_end": [load0, _loadavg()], "results": [
         {"variant": v, "config": VARIANTS[v], "threads": t,
          "tok_s_median": statistics.median(x["tok_s"] for x in kept),
