@@ -23,7 +23,7 @@ With an interval of 0 the stream passes through unchanged.
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator
 
 from swiftinfer_core.protocol import StreamChunk, merge_chunks
 
@@ -45,15 +45,14 @@ class ChunkBudget:
         return max(self.floor_s, self.open / self.max_chunks_per_s)
 
     def paced(self, stream: AsyncIterator[StreamChunk]) -> AsyncIterator[StreamChunk]:
-        return paced(stream, self.interval_s, self)
+        return paced(stream, self)
 
 
-async def paced(stream: AsyncIterator[StreamChunk], interval: float | Callable[[], float],
-                budget: ChunkBudget | None = None) -> AsyncIterator[StreamChunk]:
-    """``stream`` with its chunks at most one per ``interval`` seconds (a number or
-    a function read at every chunk); ``budget.open`` counts this stream while it runs."""
-    interval_s = interval if callable(interval) else (lambda: interval)
-    if interval_s() <= 0 and budget is None:
+async def paced(stream: AsyncIterator[StreamChunk], pace: float | ChunkBudget) -> AsyncIterator[StreamChunk]:
+    """``stream`` with its chunks at most one per interval: a fixed number of seconds,
+    or a replica's budget read at every chunk (``budget.open`` counts this stream while it runs)."""
+    budget = pace if isinstance(pace, ChunkBudget) else ChunkBudget(pace)
+    if budget.floor_s <= 0 and budget.max_chunks_per_s <= 0:
         async for chunk in stream:
             yield chunk
         return
@@ -61,13 +60,12 @@ async def paced(stream: AsyncIterator[StreamChunk], interval: float | Callable[[
     nxt: asyncio.Future | None = None
     held: list[StreamChunk] = []
     last = float("-inf")  # when the last chunk left
-    if budget is not None:
-        budget.open += 1
+    budget.open += 1
     try:
         while True:
             if nxt is None:
                 nxt = asyncio.ensure_future(stream.__anext__())
-            gap = interval_s()
+            gap = budget.interval_s()
             timeout = max(0.0, last + gap - loop.time()) if held else None
             done, _ = await asyncio.wait({nxt}, timeout=timeout)
             if done:
@@ -86,8 +84,7 @@ async def paced(stream: AsyncIterator[StreamChunk], interval: float | Callable[[
         if held:  # the stream ended without a final chunk
             yield merge_chunks(held)
     finally:
-        if budget is not None:
-            budget.open -= 1
+        budget.open -= 1
         if nxt is not None and not nxt.done():
             nxt.cancel()
             await asyncio.gather(nxt, return_exceptions=True)

@@ -39,11 +39,11 @@ LADDER = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 PAD_ID, PAD_SLOT, PAD_START = 0, -1, 0
 
 
-def ladder(max_batch: int) -> list[int]:
-    """Captured batch sizes: the ladder up to ``max_batch``, which is always the last."""
+def ladder(max_batch: int, rungs: tuple[int, ...] = LADDER) -> list[int]:
+    """Captured sizes: ``rungs`` up to ``max_batch``, which is always the last."""
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-    sizes = [s for s in LADDER if s < max_batch]
+    sizes = [s for s in rungs if s < max_batch]
     return sizes + [max_batch]
 
 

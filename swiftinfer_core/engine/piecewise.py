@@ -33,7 +33,7 @@ from typing import Callable
 import torch
 
 from swiftinfer_core.cache.pool import KVPool
-from swiftinfer_core.engine.cuda_graph import Capture, CudaCapture, padded_size
+from swiftinfer_core.engine.cuda_graph import Capture, CudaCapture, ladder, padded_size
 from swiftinfer_core.kernels.attention import Attention
 from swiftinfer_core.kernels.batch import AttnBatch
 from swiftinfer_core.model.llama import Llama
@@ -64,9 +64,7 @@ class PiecewiseGraphs:
         if not isinstance(model, Llama):
             raise ValueError(f"piecewise graphs need blocks split into pre/attend/post (the Llama family); {type(model).__name__} is not")
         self.model, self.pool, self.attn, self.device = model, pool, attn, device
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-        self.sizes = [b for b in BUCKETS if b < max_tokens] + [max_tokens]
+        self.sizes = ladder(max_tokens, BUCKETS)
         self._capture = capture
         self.static: dict[int, StaticTokens] = {}
         self._pieces: dict[int, list[Callable[[], torch.Tensor]]] = {}

@@ -62,11 +62,11 @@ class ModelRunner:
         rest = [i for i in range(len(seqs)) if i not in taken]
         if self.graphs is not None and decode and self.graphs.fits(len(decode)) and (not rest or self.split_mixed):
             parts = [self._graph(seqs, decode)] + ([self._eager(seqs, rest)] if rest else [])
-            order = [i for idx, _, _ in parts for i in idx]
-            logits = parts[0][1] if len(parts) == 1 else torch.cat([lg for _, lg, _ in parts])
-            scores = {i: sc for _, _, part in parts for i, sc in part.items()}
         else:
-            order, logits, scores = self._eager(seqs, decode + rest)
+            parts = [self._eager(seqs, decode + rest)]
+        order = [i for idx, _, _ in parts for i in idx]
+        logits = parts[0][1] if len(parts) == 1 else torch.cat([lg for _, lg, _ in parts])
+        scores = {i: sc for _, _, part in parts for i, sc in part.items()}
         out: list[int | None] = [None] * len(seqs)
         lps: list[TokenLogprobs | None] = [None] * len(seqs)
         if order:

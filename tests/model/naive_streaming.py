@@ -15,15 +15,7 @@ import torch
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.kernels.attention import Attention
 from swiftinfer_core.kernels.batch import AttnBatch
-
-
-def rotate64(x: torch.Tensor, pos: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """x [N, H, D], pos [N]: rotate-half RoPE over the whole head with float64 angles."""
-    ang = pos.double()[:, None] * freqs.double()[None, :]
-    cos = torch.cat([ang.cos(), ang.cos()], -1)[:, None, :]
-    sin = torch.cat([ang.sin(), ang.sin()], -1)[:, None, :]
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat([-x[..., half:], x[..., :half]], -1) * sin
+from tests.kernels.kernels_naive import rotate64  # rotate-half RoPE with float64 angles
 
 
 class NaiveStreamingAttention(Attention):
