@@ -150,6 +150,7 @@ def main() -> int:
     ap.add_argument("--no-bare", action="store_true")
     ap.add_argument("--drop-workspaces", action="store_true", help="reproduce the pre-fix bug (see module doc)")
     ap.add_argument("--device", default="cuda", help="cpu: a smoke run of this script (float32, no graphs)")
+    ap.add_argument("--piecewise", action="store_true", help="piecewise CUDA graphs: mixed steps keep graphs around attention")
     ap.add_argument("--closed-loop", action="store_true", help="per N: conversations continue without waiting for each other (the load client's pattern); one row per N")
     ap.add_argument("--name", default="engine_batches")
     ap.add_argument("--out", default=None)
@@ -158,7 +159,8 @@ def main() -> int:
     bare = {} if a.no_bare or a.drop_workspaces else bare_decode(a.sizes, a.window, a.bare_steps, read_args(Path(a.model)).vocab_size)
     cfg = EngineConfig(model=a.model, load_format="random", device=a.device,
                        dtype="bfloat16" if a.device == "cuda" else "float32", sink_tokens=4,
-                       window=a.window, max_sessions=a.max_sessions, max_turn_tokens=4096)
+                       window=a.window, max_sessions=a.max_sessions, max_turn_tokens=4096,
+                       piecewise_graphs=a.piecewise)
     t0 = time.perf_counter()
     engine = Engine(cfg)
     start_s = time.perf_counter() - t0
