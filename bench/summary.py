@@ -116,7 +116,7 @@ def main() -> None:
         "serve_load_gpu_7b": {name: _load_row(load(f"{name}.json")) for name in ("load_gpu_7b", "load_gpu_7b_r12")},
         "engine_every_batch_7b": engine_batches(load("engine_batches.json")),
         "closed_loop_7b": closed_loop(),
-        "served_vs_engine_7b": {name: load(f"{name}.json")["rows"] for name in ("served_7b", "served_7b_r3", "served_7b_r5")},
+        "served_vs_engine_7b": {name: load(f"{name}.json")["rows"] for name in ("served_7b", "served_7b_r3", "served_7b_r5", "served_7b_r7", "served_7b_r8")},
         "device_fault_recovery": {name: {k: load(f"{name}.json")[k] for k in ("first_served_s", "all_served_s", "served", "failed_attempts")}
                                   for name in ("fault_recovery", "fault_recovery_retry")},
         "ppl_cpu_4k": {m: v["ppl"] for m, v in cpu.items()}
