@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from swiftinfer_core.config import SamplingParams
-from swiftinfer_core.engine.detok import IncrementalDetokenizer
+from swiftinfer_core.conversation.detokenizer import IncrementalDetokenizer
 from swiftinfer_core.protocol import StreamChunk, Usage
 
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import torch
 
 from swiftinfer_core.config import EngineConfig, SamplingParams
-from swiftinfer_core.engine.chat_format import ChatFormat, validate_messages
-from swiftinfer_core.engine.detok import IncrementalDetokenizer
+from swiftinfer_core.engine.batch_runner import BatchRunner
+from swiftinfer_core.conversation.chat_format import ChatFormat, validate_messages
+from swiftinfer_core.conversation.detokenizer import IncrementalDetokenizer
+from swiftinfer_core.engine.engine_model import EngineModel, engine_runner
 from swiftinfer_core.engine.grammar import Grammars
-from swiftinfer_core.engine.make_runner import make_runner
 from swiftinfer_core.engine.penalties import VisibleTokens, needs_counts
-from swiftinfer_core.engine.piecewise import BUCKETS as PIECEWISE_BUCKETS
 from swiftinfer_core.engine.sampler import TokenLogprobs
 from swiftinfer_core.engine.scheduler import ScheduledBatch, Scheduler
 from swiftinfer_core.engine.session import Session, Turn, TurnState
@@ -32,8 +32,8 @@ from swiftinfer_core.errors import (
     StaleSessionError,
 )
 from swiftinfer_core.kernels.attention import TritonAttention
-from swiftinfer_core.model.setup import LoadedModel
 from swiftinfer_core.protocol import EngineStats, KVSnapshot, RawPrompt, SessionRecord, SessionStats, SessionView, StreamChunk, Usage
+from swiftinfer_core.runner.piecewise import BUCKETS as PIECEWISE_BUCKETS
 
 log = logging.getLogger(__name__)
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,256}$")  # 256: room for tenant-scoped ids (deployments/tenants.py)
@@ -59,9 +59,10 @@ class TurnEvent:
 
 
 class EngineCore:
-    def __init__(self, cfg: EngineConfig, loaded: LoadedModel | None = None):
+    def __init__(self, cfg: EngineConfig, loaded: EngineModel | None = None):
         self.cfg = cfg
-        m, self.runner = make_runner(cfg, loaded)  # ModelRunner, or TPRunner when cfg.tp_size > 1
+        m, self.runner = engine_runner(cfg, loaded)  # ModelRunner, or TPRunner when cfg.tp_size > 1
+        self.batches = BatchRunner(self.runner)
         self.loaded = m
         self.layout, self.pool, self.tokenizer = m.layout, m.pool, m.tokenizer
         self.format = ChatFormat(m.tokenizer, cfg.allow_control_tokens_in_content, cfg.max_turn_tokens)
@@ -101,7 +102,7 @@ class EngineCore:
         if session is not None and session.turn is not None:
             raise SessionBusyError(f"session {session_id!r} already has a turn in flight")
         if not raw:
-            fresh = session is None or (session.rounds == 0 and session.n == 0 and not session.pending)
+            fresh = session is None or session.fresh
             prompt = self.format.first_round(messages) if fresh else self.format.next_round(messages)
         if len(prompt) > self.cfg.max_turn_tokens:
             raise PromptTooLongError(f"the new messages are {len(prompt)} tokens; the limit is {self.cfg.max_turn_tokens}")
@@ -257,7 +258,7 @@ class EngineCore:
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return []
-        sampled, logprobs, scores = self.runner.run(batch)
+        sampled, logprobs, scores = self.batches.run(batch)
         for i, items in scores.items():
             batch.seqs[i].turn.prompt_logprobs.extend(items)
         return self._postprocess(batch, sampled, logprobs)
