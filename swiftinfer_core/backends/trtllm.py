@@ -210,9 +210,6 @@ class TrtllmEngine:
         s = self.sessions.get(session_id)
         return SessionView(self.stats(), s.record() if s is not None else None, False)
 
-    def count_tokens(self, messages: list[dict]) -> int:
-        return len(self.format.first_round(validate_messages(messages)))
-
     async def shutdown(self) -> None:
         self._closed = True
         for request in list(self._active.values()):

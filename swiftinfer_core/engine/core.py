@@ -205,9 +205,6 @@ class EngineCore:
     def session_ids(self) -> list[str]:
         return list(self.sessions)
 
-    def count_tokens(self, messages: list[dict]) -> int:
-        return len(self.format.first_round(messages))
-
     def session_stats(self, session_id: str) -> SessionStats:
         return self.session(session_id).stats()
 

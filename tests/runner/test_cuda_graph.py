@@ -66,13 +66,13 @@ def test_a_smaller_step_after_a_larger_one_leaves_no_stale_rows():
 
     attn = TritonAttention(StreamLayout(4, 60), inv_freq(64, 10000.0), 0.125)
     st = StaticDecode(8, attn, torch.device("cpu"))
-    st.load(DecodeInputs.pad(list(range(1, 9)), list(range(8)), list(range(10, 18)), 8))
-    st.load(DecodeInputs.pad([42, 43], [5, 6], [70, 71], 8))
+    st.copy_in(DecodeInputs.pad(list(range(1, 9)), list(range(8)), list(range(10, 18)), 8))
+    st.copy_in(DecodeInputs.pad([42, 43], [5, 6], [70, 71], 8))
     assert st.ids.tolist() == [42, 43] + [0] * 6
     assert st.slots.tolist() == [5, 6] + [PAD_SLOT] * 6
     assert st.starts.tolist() == [70, 71] + [0] * 6
     with pytest.raises(ValueError):
-        st.load(DecodeInputs.pad([1], [0], [0], 4))
+        st.copy_in(DecodeInputs.pad([1], [0], [0], 4))
 
 
 @pytest.fixture(scope="module")
