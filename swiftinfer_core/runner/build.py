@@ -27,6 +27,7 @@ from swiftinfer_core.cache.pool import KVPool
 from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.kernels.attention import Attention, TorchAttention, TritonAttention
 from swiftinfer_core.kernels.torch_decode import CpuAttention
+from swiftinfer_core.kernels.triton_shapes import check_triton_heads
 from swiftinfer_core.model import fused_decode
 from swiftinfer_core.model.cpu_weights import quantize_int8, transpose_linears
 from swiftinfer_core.model.families import build_model
@@ -105,6 +106,10 @@ def make_attention(cfg: RankConfig, device: torch.device, plan: ShardPlan | None
     specs = [replace(s, freqs=s.freqs.to(device), alibi=None if s.alibi is None else s.alibi.to(device))
              for s in layer_specs(args, layout.capacity, plan.q_lo, plan.q_hi)]
     if cfg.attention == "triton":
+        try:  # checked here, at start-up, not at the first step's kernel call
+            check_triton_heads(args.head_dim, plan.q_hi - plan.q_lo, plan.kv_hi - plan.kv_lo)
+        except ValueError as exc:
+            raise InvalidRequestError(f"{args.name}: {exc}; use attention 'torch'") from None
         return TritonAttention(layout, specs[0].freqs, specs[0].scale, specs)
     if device.type == "cpu" and cfg.cpu_fast_path and plain_attention(specs):
         return CpuAttention(layout, specs[0].freqs, specs[0].scale)  # reference semantics, lean one-token decode
