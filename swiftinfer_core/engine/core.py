@@ -31,6 +31,7 @@ from swiftinfer_core.errors import (
     SessionNotFoundError,
     StaleSessionError,
 )
+from swiftinfer_core.finish_reason import FinishReason
 from swiftinfer_core.kernels.attention import TritonAttention
 from swiftinfer_core.protocol import EngineStats, KVSnapshot, RawPrompt, SessionRecord, SessionStats, SessionView, StreamChunk, Usage
 from swiftinfer_core.runner.piecewise import BUCKETS as PIECEWISE_BUCKETS
@@ -147,7 +148,7 @@ class EngineCore:
             return
         turn.aborted = True
         self.scheduler.remove(turn)
-        self._finish(turn, "abort")
+        self._finish(turn, FinishReason.ABORT)
 
     def session(self, session_id: str) -> Session:
         s = self.sessions.get(session_id)
@@ -300,10 +301,10 @@ class EngineCore:
             self.tokens_generated += 1
             reason = self._finish_reason(turn, tok)
             if turn.grammar is not None and not turn.grammar.accept(tok) and reason is None:
-                reason = "stop"  # cannot happen under the mask; if it did, the reply could not go on valid
-            text = "" if (reason == "stop" and tok in self.eos_ids) else turn.detok.add(tok)
+                reason = FinishReason.STOP  # cannot happen under the mask; if it did, the reply could not go on valid
+            text = "" if (reason is FinishReason.STOP and tok in self.eos_ids) else turn.detok.add(tok)
             if turn.detok.stopped:
-                reason = "stop"
+                reason = FinishReason.STOP
             if text:
                 ids, lps = self._unsent(turn)
                 events.append(TurnEvent(turn, StreamChunk(text=text, token_ids=ids, logprobs=lps, prompt_logprobs=self._prompt_scores(turn))))
@@ -320,14 +321,14 @@ class EngineCore:
         turn.sent = len(turn.output_ids)
         return ids, lps
 
-    def _finish_reason(self, turn: Turn, tok: int) -> str | None:
+    def _finish_reason(self, turn: Turn, tok: int) -> FinishReason | None:
         if tok in self.eos_ids and not turn.params.ignore_eos:
-            return "stop"
+            return FinishReason.STOP
         if len(turn.output_ids) >= turn.params.max_tokens:
-            return "length"
+            return FinishReason.LENGTH
         return None
 
-    def _finish(self, turn: Turn, reason: str) -> TurnEvent:
+    def _finish(self, turn: Turn, reason: FinishReason) -> TurnEvent:
         """Close the turn: the last sampled token (never fed) and the template's
         closing become the session's pending tokens for the next round."""
         session = turn.session
@@ -344,7 +345,7 @@ class EngineCore:
         turn.state = TurnState.DONE
         tail = turn.detok.flush()
         ids, lps = self._unsent(turn)
-        if reason == "stop" and ids and ids[-1] in self.eos_ids and not turn.params.ignore_eos:
+        if reason is FinishReason.STOP and ids and ids[-1] in self.eos_ids and not turn.params.ignore_eos:
             ids.pop()  # the end token is no output
             if lps:
                 lps.pop()
