@@ -24,9 +24,9 @@ import torch  # noqa: E402
 from bench.common import header  # noqa: E402
 from bench.shakespeare import build_corpus  # noqa: E402
 from swiftinfer_core.config import EngineConfig  # noqa: E402
-from swiftinfer_core.engine.runner import ModelRunner  # noqa: E402
+from swiftinfer_core.runner.model_runner import ModelRunner  # noqa: E402
 from swiftinfer_core.model.fetch import models_home  # noqa: E402
-from swiftinfer_core.model.setup import load_model  # noqa: E402
+from swiftinfer_core.engine.engine_model import build_engine_model  # noqa: E402
 
 FORMATS = {  # name -> EngineConfig overrides
     "float32": {},
@@ -58,7 +58,7 @@ def main() -> None:
     ref = None
     out = {**header(), "tokens": a.tokens, "cache": f"4+{a.window}", "formats": {}}
     for name, over in FORMATS.items():
-        m = load_model(EngineConfig(**cfg, **over))
+        m = build_engine_model(EngineConfig(**cfg, **over))
         ids = m.tokenizer(text[: a.tokens * 8], add_special_tokens=False).input_ids[: a.tokens + 1]
         lg = logits_over(m, ids[:-1], a.chunk)
         nll = -torch.log_softmax(lg, dim=-1).gather(1, torch.tensor(ids[1:])[:, None]).squeeze(1)

@@ -35,7 +35,7 @@ import torch
 from swiftinfer_core.config import EngineConfig, SamplingParams
 from swiftinfer_core.engine.core import EngineCore
 from swiftinfer_core.engine.engine import Engine
-from swiftinfer_core.model.setup import load_model, relayout
+from swiftinfer_core.engine.engine_model import build_engine_model, relayout
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -97,7 +97,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cfg = EngineConfig(device="cpu", window=args.window, max_sessions=args.sessions)
-    base = load_model(cfg)
+    base = build_engine_model(cfg)
     engines = {"locked": common.module_at(args.baseline, "swiftinfer_core/engine/engine.py", "engine_baseline").Engine, "inbox": Engine}
     runs: dict[str, list[dict]] = {m: [] for m in engines}
     for trial in range(args.trials + 1):  # trial 0 warms up and is dropped

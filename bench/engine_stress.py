@@ -113,7 +113,7 @@ def churn(core: EngineCore, spec: Churn, sync=None) -> ChurnReport:
     cap, sinks = core.layout.capacity, core.layout.sinks
     last: dict = {}  # the batch of the step in progress
     times: dict[str, list[float]] = {}
-    run = core.runner.run
+    run = core.batches.run
 
     def traced(batch):
         last.clear()
@@ -135,7 +135,7 @@ def churn(core: EngineCore, spec: Churn, sync=None) -> ChurnReport:
         rep.mixed_steps += last["path"] == "graph+eager"
         return run(batch)
 
-    core.runner.run = traced
+    core.batches.run = traced
     take = core._take_slot
 
     def counted(for_session):
@@ -191,7 +191,7 @@ def churn(core: EngineCore, spec: Churn, sync=None) -> ChurnReport:
         rep.failed_batch = dict(last)
         traceback.print_exc()
     finally:
-        core.runner.run = run
+        core.batches.run = run
         core._take_slot = take
     for path, ms in times.items():
         ms.sort()

@@ -7,7 +7,7 @@ nothing of this project, prints one JSON object:
     VENV/bin/python bench/llamacpp_decode.py --gguf FILE.gguf --prompt TEXT --tokens 100 --rounds 3 --threads 2
 
 The prompt is wrapped in SmolLM2's chat template with the same system line as
-the engine's (engine/chat_format.py), so both prefill the same text; each round
+the engine's (conversation/chat_format.py), so both prefill the same text; each round
 starts from an empty KV cache. Greedy, end token ignored (``Llama.generate``
 does not stop on it; the loop stops after ``tokens``). TTFT is from the call to
 the first sampled token, tokens/s counts tokens after the first.

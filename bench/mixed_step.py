@@ -7,7 +7,7 @@ KV pool, every path on the same inputs), median ms of ModelRunner's step paths:
 - ``decode``: the B decode rows alone, decode graph replay (the floor);
 - ``split``: decode graph for the B rows + an eager pass for the chunk (two weight reads);
 - ``eager``: one eager forward, decode rows first (MixedPlan);
-- ``piecewise``: the same forward with piecewise graphs (engine/piecewise.py);
+- ``piecewise``: the same forward with piecewise graphs (runner/piecewise.py);
 
 and for prefill alone (B = 0) eager against piecewise. The piecewise logits are
 checked against the eager ones (max abs difference of the chunk's last row).
@@ -26,8 +26,8 @@ import common  # noqa: E402
 import torch  # noqa: E402
 
 from swiftinfer_core.config import EngineConfig  # noqa: E402
-from swiftinfer_core.engine.runner import ModelRunner  # noqa: E402
-from swiftinfer_core.model.setup import load_model  # noqa: E402
+from swiftinfer_core.runner.model_runner import ModelRunner  # noqa: E402
+from swiftinfer_core.engine.engine_model import build_engine_model  # noqa: E402
 
 
 def main() -> int:
@@ -43,7 +43,7 @@ def main() -> int:
     a = ap.parse_args()
     cfg = EngineConfig(model=a.model, load_format="random", device="cuda", dtype="bfloat16", sink_tokens=4,
                        window=a.window, max_sessions=a.slots, max_batch_tokens=1024)
-    m = load_model(cfg)
+    m = build_engine_model(cfg)
     run = ModelRunner(m.model, m.pool, m.attn, m.device)
     run.capture_decode_graphs(max(a.decode + [1]))
     run.capture_piecewise_graphs(512)

@@ -33,7 +33,7 @@ from swiftinfer_core.kernels.rope import inv_freq
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.cache.pool import KVPool
 from swiftinfer_core.model.fetch import ensure_default_model
-from swiftinfer_core.model.setup import LoadedModel
+from swiftinfer_core.engine.engine_model import EngineModel
 
 PROMPTS = [
     "Compose an engaging travel blog post about a recent trip to Hawaii, highlighting cultural experiences.",
@@ -75,7 +75,7 @@ def engine_for(name: str, sinks: int, window: int, dev) -> tuple[EngineCore, obj
     layout = StreamLayout(sinks, window)
     pool = KVPool(layout, args.num_layers, 2, args.num_kv_heads, args.head_dim, torch.bfloat16, dev)
     attn = TritonAttention(layout, inv_freq(args.head_dim, args.rope_theta, args.rope_scaling).to(dev), args.head_dim**-0.5)
-    loaded = LoadedModel(args=args, model=model, tokenizer=tok, layout=layout, pool=pool, attn=attn,
+    loaded = EngineModel(args=args, model=model, tokenizer=tok, layout=layout, pool=pool, attn=attn,
                          device=dev, dtype=torch.bfloat16, path=folder)
     cfg = EngineConfig(device="cuda", sink_tokens=sinks, window=window, max_sessions=2, dtype="bfloat16")
     return EngineCore(cfg, loaded=loaded), hf

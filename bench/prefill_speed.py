@@ -12,8 +12,7 @@ The timed call is what ModelRunner.forward runs for a prefill step: the
 AttnBatch built on the host, the attention plan prepared, Llama.forward with
 logits for the chunk's last row only (the engine samples one token after a
 turn's last chunk), LM head in float32 as the engine loads it. The runner
-itself is not imported: engine/runner.py pulls in swiftinfer_core.config,
-i.e. pydantic, which the GPU image lacks.
+(runner/model_runner.py) is not called: the timing covers exactly these calls.
 
 The engine feeds at most EngineConfig.prefill_chunk tokens (default 512) of
 one conversation per step; chunks above that are measured here as the kernels

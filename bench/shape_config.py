@@ -37,7 +37,7 @@ def make_config_dir(src: Path, dst: Path, **overrides) -> Path:
 
 
 def hf_config(shape: str) -> dict:
-    """config.json fields of bench/models.py's ``shape`` (what ModelArgs.from_hf reads)."""
+    """config.json fields of bench/models.py's ``shape`` (what model/loader.py read_args reads)."""
     from bench.models import model_args, rope_parameters
 
     a = model_args(shape)

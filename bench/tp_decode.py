@@ -45,11 +45,12 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from bench.tp_random import SHAPES, RandomShard  # noqa: E402
-from swiftinfer_core.model.llama import ShardPlan  # noqa: E402
+from bench.tp_random import SHAPES, random_rank  # noqa: E402
 from swiftinfer_core.parallel.driver import TPDriver  # noqa: E402
 from swiftinfer_core.parallel.launcher import ProcessLauncher  # noqa: E402
 from swiftinfer_core.parallel.plan import shard_plans  # noqa: E402
+from swiftinfer_core.runner.build import build_rank  # noqa: E402
+from swiftinfer_core.runner.rank_config import RankConfig  # noqa: E402
 
 DEFAULT_CONFIGS = "7b:1,7b:2,13b:1,13b:2,70b:2"
 TINY = replace(SHAPES["7b"], num_layers=2, hidden_size=256, num_heads=8, num_kv_heads=4, head_dim=32, intermediate_size=512, vocab_size=1000, name="tiny")
@@ -70,14 +71,14 @@ def environment() -> dict:
     return env
 
 
-def open_runner(build: RandomShard, tp: int, device: torch.device):
-    """TP=1: the shard runner itself; TP>1: a TPDriver (same forward / graphs surface)."""
+def open_runner(build: RankConfig, tp: int):
+    """TP=1: the rank's runner itself; TP>1: a TPDriver (same forward / graphs surface)."""
     if tp == 1:
-        return build(ShardPlan.single(build.args))
-    return TPDriver.start(shard_plans(build.args, tp), build, device, launcher=ProcessLauncher())
+        return build_rank(build)
+    return TPDriver.start(shard_plans(build.args, tp), build, launcher=ProcessLauncher())
 
 
-def prefill(runner, build: RandomShard, context: int, chunk: int = 2048) -> None:
+def prefill(runner, build: RankConfig, context: int, chunk: int = 2048) -> None:
     gen = torch.Generator().manual_seed(0)
     for slot in range(build.slots):
         ids = torch.randint(0, build.args.vocab_size, (context,), generator=gen).tolist()
@@ -94,7 +95,7 @@ def decode_step(runner, toks: list[int], slots: list[int], starts: list[int]) ->
     return logits.argmax(-1).tolist()  # host read-back, as the sampler does
 
 
-def measure(runner, build: RandomShard, context: int, steps: int) -> dict:
+def measure(runner, build: RankConfig, context: int, steps: int) -> dict:
     sync = torch.cuda.synchronize if torch.cuda.is_available() and build.device_type == "cuda" else (lambda: None)
     toks, times = [1], []
     for i in range(steps + 5):  # batch 1, slot 0; 5 warm-up steps
@@ -119,10 +120,9 @@ def measure(runner, build: RandomShard, context: int, steps: int) -> dict:
 def run_config(shape: str, tp: int, a: argparse.Namespace) -> dict:
     args = TINY if a.device == "cpu" else SHAPES[shape]
     dtype = torch.float32 if a.device == "cpu" else torch.bfloat16
-    build = RandomShard(args, a.sinks, a.window, a.sessions, dtype, device_type=a.device, triton=a.device == "cuda")
-    device = torch.device("cuda", 0) if a.device == "cuda" else torch.device("cpu")
-    t0 = time.perf_counter()
-    runner = open_runner(build, tp, device)
+    build = random_rank(args, a.sinks, a.window, a.sessions, dtype, device_type=a.device, triton=a.device == "cuda")
+    t0 = time.perf_counter()  # rank 0 on the current GPU (0)
+    runner = open_runner(build, tp)
     try:
         load_s = time.perf_counter() - t0
         context = a.context or a.sinks + a.window

@@ -18,7 +18,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from deployments.openai_schema import Message, _Strict, describe
 from deployments.tokens import TextCodec
-from swiftinfer_core.engine.chat_format import validate_messages
+from swiftinfer_core.conversation.chat_format import validate_messages
 from swiftinfer_core.errors import InvalidRequestError
 
 MAX_TOKENS_IN = 1 << 20

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from functools import lru_cache
 
-from swiftinfer_core.engine.chat_format import ChatFormat
+from swiftinfer_core.conversation.chat_format import ChatFormat
 
 
 def _byte_alphabet() -> dict[str, int]:
@@ -52,7 +52,7 @@ class TextCodec:
     def load(cls, model: str, allow_control_tokens: bool = False, max_tokens: int | None = None) -> "TextCodec":
         from transformers import AutoTokenizer
 
-        from swiftinfer_core.model.fetch import resolve_model
+        from swiftinfer_core.model.catalog import resolve_model
 
         return cls(AutoTokenizer.from_pretrained(resolve_model(model)), allow_control_tokens, max_tokens)
 

@@ -13,14 +13,15 @@ from swiftinfer_core.errors import (
 # Lazy: config needs pydantic and the engine pulls in everything; kernels,
 # cache layout and benches import submodules without them (the GPU image has no
 # pydantic). ``from swiftinfer_core import EngineConfig`` still works.
-_LAZY = {"EngineConfig": "swiftinfer_core.config", "SamplingParams": "swiftinfer_core.config", "Engine": "swiftinfer_core.engine.engine"}
-
-
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+    if name in ("EngineConfig", "SamplingParams"):
+        from swiftinfer_core import config
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return getattr(config, name)
+    if name == "Engine":
+        from swiftinfer_core.engine.engine import Engine
+
+        return Engine
     raise AttributeError(f"module 'swiftinfer_core' has no attribute {name!r}")
 
 

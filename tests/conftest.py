@@ -35,9 +35,9 @@ def model_dir():
 def base_model(model_dir):
     """SmolLM2-135M-Instruct on CPU, float32; tests re-layout it as they need."""
     from swiftinfer_core.config import EngineConfig
-    from swiftinfer_core.model.setup import load_model
+    from swiftinfer_core.engine.engine_model import build_engine_model
 
-    return load_model(EngineConfig(window=60, max_sessions=1, device="cpu"))
+    return build_engine_model(EngineConfig(window=60, max_sessions=1, device="cpu"))
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def make_core(base_model):
     """EngineCore over the shared weights with its own cache layout and pool."""
     from swiftinfer_core.config import EngineConfig
     from swiftinfer_core.engine.core import EngineCore
-    from swiftinfer_core.model.setup import relayout
+    from swiftinfer_core.engine.engine_model import relayout
 
     def make(**overrides):
         cfg = EngineConfig(**{"device": "cpu", "window": 60, "max_sessions": 4, **overrides})

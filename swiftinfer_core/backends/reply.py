@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from swiftinfer_core.config import SamplingParams
-from swiftinfer_core.engine.detok import IncrementalDetokenizer
+from swiftinfer_core.conversation.detokenizer import IncrementalDetokenizer
+from swiftinfer_core.finish_reason import FinishReason
 from swiftinfer_core.protocol import StreamChunk, Usage
 
 
@@ -23,7 +24,7 @@ class ReplyAssembler:
         self.max_tokens = min(max_tokens, params.max_tokens)
         self.detok = IncrementalDetokenizer(tokenizer, params.stop)
         self.output_ids: list[int] = []
-        self.reason: str | None = None  # set once the reply is complete on our side
+        self.reason: FinishReason | None = None  # set once the reply is complete on our side
 
     @property
     def done(self) -> bool:
@@ -37,25 +38,25 @@ class ReplyAssembler:
                 break
             self.output_ids.append(tok)
             if tok in self.eos_ids and not self.params.ignore_eos:
-                self.reason = "stop"
+                self.reason = FinishReason.STOP
                 continue  # the end token has no text
             text = self.detok.add(tok)
             if self.detok.stopped:
-                self.reason = "stop"
+                self.reason = FinishReason.STOP
             elif len(self.output_ids) >= self.max_tokens:
-                self.reason = "length"
+                self.reason = FinishReason.LENGTH
             if text:
                 chunks.append(StreamChunk(text=text, token_ids=[tok]))
         return chunks
 
-    def end_reason(self, engine_finished: bool) -> str:
+    def end_reason(self, engine_finished: bool) -> FinishReason:
         """Why the reply ended: ours if we decided, else the engine's end (which,
         short of our limits, is a stop token or string it matched), else abort."""
         if self.reason is not None:
             return self.reason
         if len(self.output_ids) >= self.max_tokens:
-            return "length"
-        return "stop" if engine_finished else "abort"
+            return FinishReason.LENGTH
+        return FinishReason.STOP if engine_finished else FinishReason.ABORT
 
-    def final(self, reason: str, usage: Usage) -> StreamChunk:
+    def final(self, reason: FinishReason, usage: Usage) -> StreamChunk:
         return StreamChunk(text=self.detok.flush(), token_ids=[], finish_reason=reason, usage=usage)

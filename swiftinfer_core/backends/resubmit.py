@@ -7,7 +7,7 @@ is off with the cyclic StreamingLLM cache, and a rolling window changes the
 prefix of every round anyway.
 
 So the adapter keeps the conversation's own token stream exactly as the native
-engine's cache would hold it (a ``Session``: the first ``sinks`` tokens plus a
+engine's cache would hold it (a ``Conversation``, conversation/stream.py: the first ``sinks`` tokens plus a
 ring of the ``window`` most recent ones, and the ``pending`` tokens not yet
 fed: the last sampled token and the template's closing). Each round submits
 
@@ -28,20 +28,20 @@ from __future__ import annotations
 from collections import deque
 from typing import Callable
 
-from swiftinfer_core.engine.session import Session
+from swiftinfer_core.conversation.stream import Conversation
 
 
-def round_prompt(session: Session, new_ids: list[int]) -> list[int]:
+def round_prompt(session: Conversation, new_ids: list[int]) -> list[int]:
     """Token ids to submit for a round: the cache after feeding ``pending``, then ``new_ids``."""
-    probe = Session(session.id, session.layout)
+    probe = Conversation(session.id, session.layout)
     probe.n = session.n
     probe.sink_ids = list(session.sink_ids)
     probe.window_ids = deque(session.window_ids, maxlen=session.layout.window)
     probe.fed(session.pending)
-    return probe.sink_ids + list(probe.window_ids) + list(new_ids)
+    return probe.cached_ids() + list(new_ids)
 
 
-def close_round(session: Session, new_ids: list[int], output_ids: list[int], after_reply: Callable[[int], list[int]]) -> None:
+def close_round(session: Conversation, new_ids: list[int], output_ids: list[int], after_reply: Callable[[int], list[int]]) -> None:
     """Advance the stream after a round (finished, stopped or aborted).
 
     With output, the pending tokens, the new turn and every sampled token but

@@ -35,12 +35,12 @@ from swiftinfer_core.backends.trtllm_config import (
 )
 from swiftinfer_core.backends.trtllm_versions import TrtllmApi, TrtllmUnavailableError, load_api
 from swiftinfer_core.config import Device, EngineConfig, SamplingParams
-from swiftinfer_core.engine.chat_format import ChatFormat, validate_messages
-from swiftinfer_core.engine.session import Session
+from swiftinfer_core.conversation.chat_format import ChatFormat, validate_messages
+from swiftinfer_core.conversation.stream import Conversation
 from swiftinfer_core.errors import (
     EngineClosedError, InvalidRequestError, PromptTooLongError, SessionBusyError, SessionNotFoundError,
 )
-from swiftinfer_core.model.fetch import resolve_model
+from swiftinfer_core.model.catalog import resolve_model
 from swiftinfer_core.protocol import EngineStats, RawPrompt, SessionRecord, SessionStats, SessionView, StreamChunk, Usage
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class TrtllmEngine:
         self.format = ChatFormat(tokenizer, self.config.allow_control_tokens_in_content, self.config.max_turn_tokens)
         eos = ckpt.eos_ids or ((self.format.tok.eos_token_id,) if self.format.tok.eos_token_id is not None else ())
         self.eos_ids: tuple[int, ...] = tuple(eos)
-        self.sessions: dict[str, Session] = {}
+        self.sessions: dict[str, Conversation] = {}
         self._active: dict[str, object] = {}  # session id -> TensorRT-LLM request in flight
         self._closed = False
         self.tokens_generated = 0
@@ -103,7 +103,7 @@ class TrtllmEngine:
 
     # ---- streaming ----
 
-    def _begin(self, session_id: str, messages: list[dict], params: SamplingParams) -> tuple[Session, list[int]]:
+    def _begin(self, session_id: str, messages: list[dict], params: SamplingParams) -> tuple[Conversation, list[int]]:
         if self._closed:
             raise EngineClosedError("the engine is shut down")
         if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
@@ -116,12 +116,12 @@ class TrtllmEngine:
         if session_id in self._active:
             raise SessionBusyError(f"session {session_id!r} already has a turn in flight")
         session = self.sessions.get(session_id)
-        fresh = session is None or (session.rounds == 0 and session.n == 0 and not session.pending)
+        fresh = session is None or session.fresh
         new_ids = self.format.first_round(messages) if fresh else self.format.next_round(messages)
         if len(new_ids) > self.config.max_turn_tokens:
             raise PromptTooLongError(f"the new messages are {len(new_ids)} tokens; the limit is {self.config.max_turn_tokens}")
         if session is None:
-            session = self.sessions[session_id] = Session(session_id, self.layout)
+            session = self.sessions[session_id] = Conversation(session_id, self.layout)
         return session, new_ids
 
     def _sampling(self, params: SamplingParams, max_tokens: int):
@@ -157,7 +157,7 @@ class TrtllmEngine:
             if not closed:
                 self._settle(session, new_ids, reply, request, engine_finished)
 
-    def _settle(self, session: Session, new_ids: list[int], reply: ReplyAssembler, request, engine_finished: bool) -> None:
+    def _settle(self, session: Conversation, new_ids: list[int], reply: ReplyAssembler, request, engine_finished: bool) -> None:
         if not engine_finished and self.api.generation.can_abort:
             request.abort()  # 0.19+: free the engine's slot now (older releases run to their own stop)
         close_round(session, new_ids, reply.output_ids, self._after_reply)
@@ -166,7 +166,7 @@ class TrtllmEngine:
 
     # ---- sessions and stats ----
 
-    def _session(self, session_id: str) -> Session:
+    def _session(self, session_id: str) -> Conversation:
         s = self.sessions.get(session_id)
         if s is None:
             raise SessionNotFoundError(f"no session {session_id!r}")
@@ -194,7 +194,7 @@ class TrtllmEngine:
     def import_session(self, record: SessionRecord) -> None:
         if record.session_id in self.sessions:
             self.close_session(record.session_id)
-        self.sessions[record.session_id] = Session.from_record(record, self.layout)
+        self.sessions[record.session_id] = Conversation.from_record(record, self.layout)
 
     def stats(self) -> EngineStats:
         running = len(self._active)
@@ -209,9 +209,6 @@ class TrtllmEngine:
     def view(self, session_id: str) -> SessionView:
         s = self.sessions.get(session_id)
         return SessionView(self.stats(), s.record() if s is not None else None, False)
-
-    def count_tokens(self, messages: list[dict]) -> int:
-        return len(self.format.first_round(validate_messages(messages)))
 
     async def shutdown(self) -> None:
         self._closed = True

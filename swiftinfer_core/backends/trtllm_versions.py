@@ -29,7 +29,6 @@ collapses once a conversation outgrows the window).
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
 from dataclasses import dataclass
 from typing import Callable
@@ -49,44 +48,48 @@ class TrtllmUnavailableError(SwiftInferError, RuntimeError):
     """TensorRT-LLM is missing, unsupported, or cannot serve StreamingLLM here."""
 
 
+def llmapi_llm() -> type:
+    """The TensorRT-engine LLM before 1.0: ``tensorrt_llm.llmapi.LLM``."""
+    from tensorrt_llm.llmapi import LLM
+
+    return LLM
+
+
+def tensorrt_engine_llm() -> type:
+    """The TensorRT-engine LLM from 1.0 on (``tensorrt_llm.LLM`` is the PyTorch backend there)."""
+    from tensorrt_llm._tensorrt_engine import LLM
+
+    return LLM
+
+
+def llmapi_configs() -> tuple[type, type, type]:
+    """(KvCacheConfig, BuildConfig, SamplingParams): ``tensorrt_llm.llmapi`` in every supported release."""
+    from tensorrt_llm.llmapi import BuildConfig, KvCacheConfig, SamplingParams
+
+    return KvCacheConfig, BuildConfig, SamplingParams
+
+
 @dataclass(frozen=True)
 class ApiGeneration:
     """A range of releases ``[first, end)`` sharing one shape of the LLM API.
 
-    Import paths are ``"module:attribute"``; the LLM class is always the
-    TensorRT-engine one (never the PyTorch backend, which ignores sinks)."""
+    ``llm`` imports its LLM class, always the TensorRT-engine one (never the
+    PyTorch backend, which ignores sinks)."""
 
     label: str
     first: Version
     end: Version
-    llm: str
-    kv_cache_config: str
-    build_config: str
-    sampling_params: str
+    llm: Callable[[], type]
     can_abort: bool
 
     def covers(self, version: Version) -> bool:
         return self.first <= version < self.end
 
 
-_LLMAPI = "tensorrt_llm.llmapi"
-
 SUPPORTED: tuple[ApiGeneration, ...] = (
-    ApiGeneration(
-        "0.15.0-0.18.x", Version("0.15.0"), Version("0.19.0.dev0"),
-        llm=f"{_LLMAPI}:LLM", kv_cache_config=f"{_LLMAPI}:KvCacheConfig",
-        build_config=f"{_LLMAPI}:BuildConfig", sampling_params=f"{_LLMAPI}:SamplingParams", can_abort=False,
-    ),
-    ApiGeneration(
-        "0.19.0-0.21.x", Version("0.19.0.dev0"), Version("1.0.0.dev0"),
-        llm=f"{_LLMAPI}:LLM", kv_cache_config=f"{_LLMAPI}:KvCacheConfig",
-        build_config=f"{_LLMAPI}:BuildConfig", sampling_params=f"{_LLMAPI}:SamplingParams", can_abort=True,
-    ),
-    ApiGeneration(
-        "1.0.0rc0-1.0.0rc4", Version("1.0.0.dev0"), Version("1.0.0rc5"),
-        llm="tensorrt_llm._tensorrt_engine:LLM", kv_cache_config=f"{_LLMAPI}:KvCacheConfig",
-        build_config=f"{_LLMAPI}:BuildConfig", sampling_params=f"{_LLMAPI}:SamplingParams", can_abort=True,
-    ),
+    ApiGeneration("0.15.0-0.18.x", Version("0.15.0"), Version("0.19.0.dev0"), llm=llmapi_llm, can_abort=False),
+    ApiGeneration("0.19.0-0.21.x", Version("0.19.0.dev0"), Version("1.0.0.dev0"), llm=llmapi_llm, can_abort=True),
+    ApiGeneration("1.0.0rc0-1.0.0rc4", Version("1.0.0.dev0"), Version("1.0.0rc5"), llm=tensorrt_engine_llm, can_abort=True),
 )
 
 SUPPORTED_TEXT = ", ".join(g.label for g in SUPPORTED)
@@ -138,13 +141,12 @@ class TrtllmApi:
     SamplingParams: type
 
 
-def _import(path: str, version: str):
-    module_name, _, attr = path.partition(":")
+def _load(what: str, load: Callable[[], object], version: str):
     try:
-        return getattr(importlib.import_module(module_name), attr)
+        return load()
     except (ImportError, AttributeError) as exc:
         raise TrtllmUnavailableError(
-            f"TensorRT-LLM {version} is installed but {path} cannot be loaded ({type(exc).__name__}: {exc}); "
+            f"TensorRT-LLM {version} is installed but its {what} cannot be loaded ({type(exc).__name__}: {exc}); "
             f"a CUDA machine with the matching TensorRT is needed. Supported releases: {SUPPORTED_TEXT}"
         ) from exc
 
@@ -153,10 +155,9 @@ def load_api(version_of: Callable[[str], str] = importlib.metadata.version) -> T
     """Gate on the installed version, then import its LLM API classes."""
     version = installed_version(version_of)
     generation = check_version(version)
+    llm = _load("LLM class", generation.llm, version)
+    kv_cache_config, build_config, sampling_params = _load("LLM API configs", llmapi_configs, version)
     return TrtllmApi(
-        version=version, generation=generation,
-        LLM=_import(generation.llm, version),
-        KvCacheConfig=_import(generation.kv_cache_config, version),
-        BuildConfig=_import(generation.build_config, version),
-        SamplingParams=_import(generation.sampling_params, version),
+        version=version, generation=generation, LLM=llm,
+        KvCacheConfig=kv_cache_config, BuildConfig=build_config, SamplingParams=sampling_params,
     )

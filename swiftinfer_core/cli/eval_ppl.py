@@ -34,7 +34,7 @@ def run(args) -> int:
 
     from swiftinfer_core.config import EngineConfig
     from swiftinfer_core.eval.ppl import EvalPlan, Mode, evaluate
-    from swiftinfer_core.model.setup import load_model
+    from swiftinfer_core.engine.engine_model import build_engine_model
 
     try:
         modes = [Mode(m.strip()) for m in args.modes.split(",") if m.strip()]
@@ -44,7 +44,7 @@ def run(args) -> int:
         raise SystemExit("--tokens must be >= 2 and --recompute-stride >= 1")
     cfg = EngineConfig(model=args.model, sink_tokens=args.sinks, window=args.window, max_sessions=1,
                        device=args.device, dtype=args.dtype)
-    m = load_model(cfg)
+    m = build_engine_model(cfg)
     ids = m.tokenizer(args.text.read_text(encoding="utf-8"), add_special_tokens=False).input_ids
     if len(ids) < args.tokens:
         raise SystemExit(f"{args.text} has {len(ids)} tokens, fewer than --tokens {args.tokens}")

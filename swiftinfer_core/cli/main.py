@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fetch(args) -> int:
-    from swiftinfer_core.model.fetch import resolve_model
+    from swiftinfer_core.model.catalog import resolve_model
 
     print(resolve_model(args.name))
     return 0

@@ -64,8 +64,8 @@ def _methods(engine: _PipeEngine) -> dict[EngineCall, object]:
         EngineCall.HAS_SESSION: core.has_session, EngineCall.CLOSE_SESSION: core.close_session,
         EngineCall.SESSION_IDS: core.session_ids, EngineCall.EXPORT_SESSION: core.export_session,
         EngineCall.IMPORT_SESSION: core.import_session, EngineCall.EXPORT_KV: core.export_kv,
-        EngineCall.IMPORT_KV: core.import_kv, EngineCall.COUNT_TOKENS: core.count_tokens,
-        EngineCall.INJECT_FAULT: lambda: faults.arm(core.runner),
+        EngineCall.IMPORT_KV: core.import_kv,
+        EngineCall.INJECT_FAULT: lambda: faults.arm(core.batches),
     }
 
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import torch
 
 from swiftinfer_core.config import EngineConfig, SamplingParams
-from swiftinfer_core.engine.chat_format import ChatFormat, validate_messages
-from swiftinfer_core.engine.detok import IncrementalDetokenizer
+from swiftinfer_core.engine.batch_runner import BatchRunner
+from swiftinfer_core.conversation.chat_format import ChatFormat, validate_messages
+from swiftinfer_core.conversation.detokenizer import IncrementalDetokenizer
+from swiftinfer_core.engine.engine_model import EngineModel, engine_runner
 from swiftinfer_core.engine.grammar import Grammars
-from swiftinfer_core.engine.make_runner import make_runner
 from swiftinfer_core.engine.penalties import VisibleTokens, needs_counts
-from swiftinfer_core.engine.piecewise import BUCKETS as PIECEWISE_BUCKETS
 from swiftinfer_core.engine.sampler import TokenLogprobs
 from swiftinfer_core.engine.scheduler import ScheduledBatch, Scheduler
 from swiftinfer_core.engine.session import Session, Turn, TurnState
@@ -31,9 +31,10 @@ from swiftinfer_core.errors import (
     SessionNotFoundError,
     StaleSessionError,
 )
+from swiftinfer_core.finish_reason import FinishReason
 from swiftinfer_core.kernels.attention import TritonAttention
-from swiftinfer_core.model.setup import LoadedModel
 from swiftinfer_core.protocol import EngineStats, KVSnapshot, RawPrompt, SessionRecord, SessionStats, SessionView, StreamChunk, Usage
+from swiftinfer_core.runner.piecewise import BUCKETS as PIECEWISE_BUCKETS
 
 log = logging.getLogger(__name__)
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,256}$")  # 256: room for tenant-scoped ids (deployments/tenants.py)
@@ -59,9 +60,10 @@ class TurnEvent:
 
 
 class EngineCore:
-    def __init__(self, cfg: EngineConfig, loaded: LoadedModel | None = None):
+    def __init__(self, cfg: EngineConfig, loaded: EngineModel | None = None):
         self.cfg = cfg
-        m, self.runner = make_runner(cfg, loaded)  # ModelRunner, or TPRunner when cfg.tp_size > 1
+        m, self.runner = engine_runner(cfg, loaded)  # ModelRunner, or TPRunner when cfg.tp_size > 1
+        self.batches = BatchRunner(self.runner)
         self.loaded = m
         self.layout, self.pool, self.tokenizer = m.layout, m.pool, m.tokenizer
         self.format = ChatFormat(m.tokenizer, cfg.allow_control_tokens_in_content, cfg.max_turn_tokens)
@@ -101,7 +103,7 @@ class EngineCore:
         if session is not None and session.turn is not None:
             raise SessionBusyError(f"session {session_id!r} already has a turn in flight")
         if not raw:
-            fresh = session is None or (session.rounds == 0 and session.n == 0 and not session.pending)
+            fresh = session is None or session.fresh
             prompt = self.format.first_round(messages) if fresh else self.format.next_round(messages)
         if len(prompt) > self.cfg.max_turn_tokens:
             raise PromptTooLongError(f"the new messages are {len(prompt)} tokens; the limit is {self.cfg.max_turn_tokens}")
@@ -146,7 +148,7 @@ class EngineCore:
             return
         turn.aborted = True
         self.scheduler.remove(turn)
-        self._finish(turn, "abort")
+        self._finish(turn, FinishReason.ABORT)
 
     def session(self, session_id: str) -> Session:
         s = self.sessions.get(session_id)
@@ -204,9 +206,6 @@ class EngineCore:
     def session_ids(self) -> list[str]:
         return list(self.sessions)
 
-    def count_tokens(self, messages: list[dict]) -> int:
-        return len(self.format.first_round(messages))
-
     def session_stats(self, session_id: str) -> SessionStats:
         return self.session(session_id).stats()
 
@@ -257,7 +256,7 @@ class EngineCore:
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return []
-        sampled, logprobs, scores = self.runner.run(batch)
+        sampled, logprobs, scores = self.batches.run(batch)
         for i, items in scores.items():
             batch.seqs[i].turn.prompt_logprobs.extend(items)
         return self._postprocess(batch, sampled, logprobs)
@@ -302,10 +301,10 @@ class EngineCore:
             self.tokens_generated += 1
             reason = self._finish_reason(turn, tok)
             if turn.grammar is not None and not turn.grammar.accept(tok) and reason is None:
-                reason = "stop"  # cannot happen under the mask; if it did, the reply could not go on valid
-            text = "" if (reason == "stop" and tok in self.eos_ids) else turn.detok.add(tok)
+                reason = FinishReason.STOP  # cannot happen under the mask; if it did, the reply could not go on valid
+            text = "" if (reason is FinishReason.STOP and tok in self.eos_ids) else turn.detok.add(tok)
             if turn.detok.stopped:
-                reason = "stop"
+                reason = FinishReason.STOP
             if text:
                 ids, lps = self._unsent(turn)
                 events.append(TurnEvent(turn, StreamChunk(text=text, token_ids=ids, logprobs=lps, prompt_logprobs=self._prompt_scores(turn))))
@@ -322,14 +321,14 @@ class EngineCore:
         turn.sent = len(turn.output_ids)
         return ids, lps
 
-    def _finish_reason(self, turn: Turn, tok: int) -> str | None:
+    def _finish_reason(self, turn: Turn, tok: int) -> FinishReason | None:
         if tok in self.eos_ids and not turn.params.ignore_eos:
-            return "stop"
+            return FinishReason.STOP
         if len(turn.output_ids) >= turn.params.max_tokens:
-            return "length"
+            return FinishReason.LENGTH
         return None
 
-    def _finish(self, turn: Turn, reason: str) -> TurnEvent:
+    def _finish(self, turn: Turn, reason: FinishReason) -> TurnEvent:
         """Close the turn: the last sampled token (never fed) and the template's
         closing become the session's pending tokens for the next round."""
         session = turn.session
@@ -346,7 +345,7 @@ class EngineCore:
         turn.state = TurnState.DONE
         tail = turn.detok.flush()
         ids, lps = self._unsent(turn)
-        if reason == "stop" and ids and ids[-1] in self.eos_ids and not turn.params.ignore_eos:
+        if reason is FinishReason.STOP and ids and ids[-1] in self.eos_ids and not turn.params.ignore_eos:
             ids.pop()  # the end token is no output
             if lps:
                 lps.pop()

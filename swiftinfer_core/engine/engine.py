@@ -272,9 +272,6 @@ class Engine:
 
         faults.fault_next_step(self)
 
-    def count_tokens(self, messages: list[dict]) -> int:
-        return self.core.count_tokens(messages)
-
     async def shutdown(self) -> None:
         self.close()
 

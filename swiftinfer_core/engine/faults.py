@@ -24,15 +24,15 @@ def fault_next_step(engine) -> None:
     """Arm ``engine`` (a native Engine): its next step points one sequence at
     BAD_SLOT. The engine is unusable afterwards, as after a real device fault."""
     with engine._api():  # between two steps, like every other call into the core
-        arm(engine.core.runner)
+        arm(engine.core.batches)
 
 
-def arm(runner) -> None:
-    """Arm ``runner`` directly (the caller holds the engine lock)."""
-    real = runner.run
+def arm(batches) -> None:
+    """Arm an EngineCore's ``batches`` (engine/batch_runner.py) directly (the caller holds the engine lock)."""
+    real = batches.run
 
     def faulty(batch):
-        runner.run = real
+        batches.run = real
         if not batch.seqs:
             return real(batch)
         session = batch.seqs[0].turn.session
@@ -42,4 +42,4 @@ def arm(runner) -> None:
         finally:
             session.slot = slot
 
-    runner.run = faulty
+    batches.run = faulty

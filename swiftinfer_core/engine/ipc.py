@@ -30,7 +30,6 @@ class EngineCall(Enum):
     IMPORT_SESSION = "import_session"
     EXPORT_KV = "export_kv"
     IMPORT_KV = "import_kv"
-    COUNT_TOKENS = "count_tokens"
     CHECK_HEALTH = "check_health"
     INJECT_FAULT = "inject_fault"  # test-only (engine/faults.py); the parent gates it
 

@@ -127,9 +127,6 @@ class ProcessEngine:
     def import_kv(self, snapshot: KVSnapshot) -> bool:
         return self._call(EngineCall.IMPORT_KV, snapshot)
 
-    def count_tokens(self, messages: list[dict]) -> int:
-        return self._call(EngineCall.COUNT_TOKENS, messages)
-
     def check_health(self, timeout: float = 60.0) -> None:
         """Raise EngineClosedError when the child is gone or its engine stopped."""
         if self._closed is not None or not self._proc.is_alive():

@@ -21,8 +21,8 @@ import torch
 
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.config import EngineConfig
-from swiftinfer_core.engine.runner import ModelRunner
-from swiftinfer_core.model.setup import LoadedModel, relayout
+from swiftinfer_core.runner.model_runner import ModelRunner
+from swiftinfer_core.engine.engine_model import EngineModel, relayout
 
 
 class Mode(str, Enum):
@@ -49,7 +49,7 @@ class ModeResult:
         return [(k * size + 1, math.exp(sum(v) / len(v))) for k, v in sorted(sums.items())]
 
 
-def _runner(m: LoadedModel, cfg: EngineConfig, layout: StreamLayout, slots: int) -> ModelRunner:
+def _runner(m: EngineModel, cfg: EngineConfig, layout: StreamLayout, slots: int) -> ModelRunner:
     r = relayout(m, cfg.model_copy(update={"sink_tokens": layout.sinks, "window": layout.window}), slots)
     return ModelRunner(r.model, r.pool, r.attn, r.device)
 
@@ -58,7 +58,7 @@ def _nll(logits: torch.Tensor, targets: torch.Tensor) -> list[float]:
     return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none").tolist()
 
 
-def stream_nll(m: LoadedModel, cfg: EngineConfig, ids: list[int], layout: StreamLayout, chunk: int = 512) -> ModeResult:
+def stream_nll(m: EngineModel, cfg: EngineConfig, ids: list[int], layout: StreamLayout, chunk: int = 512) -> ModeResult:
     """Chunked prefill of the whole text through one cache slot; NLL of tokens 1..N-1."""
     run = _runner(m, cfg, layout, slots=1)
     res = ModeResult()
@@ -71,7 +71,7 @@ def stream_nll(m: LoadedModel, cfg: EngineConfig, ids: list[int], layout: Stream
     return res
 
 
-def recompute_nll(m: LoadedModel, cfg: EngineConfig, ids: list[int], size: int, targets: list[int], batch: int = 16) -> ModeResult:
+def recompute_nll(m: EngineModel, cfg: EngineConfig, ids: list[int], size: int, targets: list[int], batch: int = 16) -> ModeResult:
     """For each target t, one fresh forward over ids[t-size:t]."""
     layout = StreamLayout(0, size)
     run = _runner(m, cfg, layout, slots=batch)
@@ -112,7 +112,7 @@ class EvalPlan:
         return sorted(pick.tolist())
 
 
-def evaluate(m: LoadedModel, cfg: EngineConfig, ids: list[int], modes: list[Mode], plan: EvalPlan) -> dict[Mode, ModeResult]:
+def evaluate(m: EngineModel, cfg: EngineConfig, ids: list[int], modes: list[Mode], plan: EvalPlan) -> dict[Mode, ModeResult]:
     short = ids[: plan.prefix_tokens] if plan.prefix_tokens else ids
     runs = {
         Mode.DENSE: lambda: stream_nll(m, cfg, short, StreamLayout(0, len(short))),

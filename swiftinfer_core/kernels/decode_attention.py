@@ -41,6 +41,7 @@ import triton
 import triton.language as tl
 
 from swiftinfer_core.kernels import rope_tl
+from swiftinfer_core.kernels.triton_shapes import check_triton_heads
 
 
 @triton.jit
@@ -312,7 +313,8 @@ def decode_attention(
     score = softcap * tanh(score / softcap). See reference.LayerAttn."""
     B, hq, D = q.shape
     hkv, cap = k_cache.shape[1], k_cache.shape[2]
-    assert hq % hkv == 0 and D % 2 == 0 and D <= 256 and cap == sinks + window
+    check_triton_heads(D, hq, hkv)
+    assert cap == sinks + window  # the caller's cache and layout agree (invariant, not input)
     assert q.stride(-1) == 1 and k_new.stride(-1) == 1 and v_new.stride(-1) == 1
     assert k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1
     assert k_new.stride() == v_new.stride()

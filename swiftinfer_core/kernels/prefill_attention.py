@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 
 from swiftinfer_core.kernels import rope_tl
+from swiftinfer_core.kernels.triton_shapes import check_triton_heads
 from swiftinfer_core.kernels.decode_attention import LOG2E, dot_precision, mma_dtype, padded, score
 
 
@@ -220,7 +221,8 @@ def prefill_attention(
     sliding_window / alibi [Hq] / softcap: as decode_attention (reference.LayerAttn)."""
     T, hq, D = q.shape
     hkv, cap = k_cache.shape[1], k_cache.shape[2]
-    assert hq % hkv == 0 and D % 2 == 0 and D <= 256 and cap == sinks + window
+    check_triton_heads(D, hq, hkv)
+    assert cap == sinks + window  # the caller's cache and layout agree (invariant, not input)
     assert q.stride(-1) == 1 and k_new.stride() == v_new.stride() and k_new.stride(-1) == 1
     assert k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1
     if out is None:

@@ -83,7 +83,7 @@ class CpuAttention(TorchAttention):
         return CpuDecodePlan(seqs)
 
     def forward(self, plan, q, k_new, v_new, k_cache, v_cache, layer: int | None = None) -> torch.Tensor:
-        """``layer`` is accepted for the protocol: every layer attends alike here (model/setup.py plain_attention)."""
+        """``layer`` is accepted for the protocol: every layer attends alike here (runner/build.py plain_attention)."""
         if not isinstance(plan, CpuDecodePlan):
             return super().forward(plan, q, k_new, v_new, k_cache, v_cache, layer)
         # q [B, Hq, D]; k_new/v_new [B, Hkv, D]; caches [slots, Hkv, cap, D]
@@ -91,7 +91,7 @@ class CpuAttention(TorchAttention):
         hkv, h = k_new.shape[1], D // 2  # h: rotate_half's shift
         out = torch.empty_like(q)
         for i, s in enumerate(plan.seqs):
-            if s.slot < 0:  # a padding row (engine/cuda_graph.py): no cache, zero output
+            if s.slot < 0:  # a padding row (runner/cuda_graph.py): no cache, zero output
                 out[i] = 0
                 continue
             k_cache[s.slot, :, s.row] = k_new[i]

@@ -63,12 +63,6 @@ class ModelArgs:
     def is_local(self, layer: int) -> bool:
         return bool(self.layer_types) and self.layer_types[layer] == "sliding_attention"
 
-    @classmethod
-    def from_hf(cls, cfg: dict, name: str = "") -> "ModelArgs":
-        from swiftinfer_core.model.families import args_from_hf  # families import this module
-
-        return args_from_hf(cfg, name)
-
     def weight_bytes(self, dtype: torch.dtype) -> int:
         h, i, d = self.hidden_size, self.intermediate_size, self.head_dim
         per_layer = h * d * (self.num_heads * 2 + self.num_kv_heads * 2) + 3 * h * i + 2 * h

@@ -112,21 +112,5 @@ def ensure_default_model(gguf: Path | None = None) -> Path:
     return folder
 
 
-def resolve_model(name: str) -> Path:
-    """'default' / 'gemma3-270m' -> the converted model; anything else must be a local folder."""
-    from swiftinfer_core.model import gemma3_gguf
-
-    if name == "default":
-        return ensure_default_model()
-    if name == gemma3_gguf.NAME:
-        return gemma3_gguf.ensure_gemma3()
-    path = Path(name).expanduser()
-    if not (path / "config.json").exists():
-        from swiftinfer_core.errors import InvalidRequestError
-
-        raise InvalidRequestError(f"model {name!r}: not 'default', not {gemma3_gguf.NAME!r} and not a folder with config.json (no model hub is used)")
-    return path
-
-
 if __name__ == "__main__":
     print(ensure_default_model(Path(sys.argv[1]) if len(sys.argv) > 1 else None))

@@ -52,7 +52,7 @@ class Block(nn.Module):
         """x: [T, hidden] float32 residual stream; matmuls run in the weights' dtype."""
         return self.post(x, self.attend(self.pre(x), attn, plan, k_cache, v_cache, layer))
 
-    # The three phases, apart so that engine/piecewise.py can capture pre and post in CUDA graphs
+    # The three phases, apart so that runner/piecewise.py can capture pre and post in CUDA graphs
     # and run attention, whose launch shape follows the batch, between them.
     def pre(self, x: torch.Tensor) -> torch.Tensor:
         """[T, hidden] float32 -> qkv [T, (hq + 2 hkv) d] in the weights' dtype."""

@@ -3,8 +3,9 @@ model call to them (one StepMessage broadcast) before running its own shard.
 
 ``TPDriver.start`` order: TCPStore on 127.0.0.1 -> launch ranks 1..tp-1 ->
 wait until each says "up" (polling their liveness, so a worker that dies at
-import is an error, not a wait) -> join the groups -> build rank 0's shard
-(the builder's collectives, e.g. agreeing on cache slots, run on all ranks).
+import is an error, not a wait) -> join the groups -> build rank 0's shard with
+runner/build.py:build_rank, as every worker builds its own from the same
+RankConfig (its collectives, e.g. agreeing on cache slots, run on all ranks).
 
 Any failure in a collective marks the driver broken and raises
 EngineClosedError with what the workers reported (``error/<rank>`` in the
@@ -25,10 +26,14 @@ import torch.distributed as dist
 from swiftinfer_core.errors import EngineClosedError, SwiftInferError
 from swiftinfer_core.model.llama import ShardPlan
 from swiftinfer_core.parallel.groups import TPGroups, TPTimeouts
-from swiftinfer_core.parallel.launcher import WorkerLauncher, choose_launcher
+from swiftinfer_core.parallel.launcher import WorkerLauncher
 from swiftinfer_core.parallel.message import StepChannel, StepKind, StepMessage
+from swiftinfer_core.parallel.placement import choose_launcher
 from swiftinfer_core.parallel.watch import StepWatch
-from swiftinfer_core.parallel.worker import ShardBuilder, WorkerSpec
+from swiftinfer_core.parallel.worker import WorkerSpec
+from swiftinfer_core.runner.build import build_rank, rank_device
+from swiftinfer_core.runner.model_runner import ModelRunner
+from swiftinfer_core.runner.rank_config import RankConfig
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +57,7 @@ class TPDriver:
         self.store, self.launcher, self.timeouts, self.size = store, launcher, timeouts, size
         self.groups: TPGroups | None = None
         self.channel: StepChannel | None = None
-        self.local = None  # rank 0's runner (forward / capture_decode_graphs / graphs)
+        self.local: ModelRunner | None = None  # rank 0's runner
         self.graphs: _MirroredGraphs | None = None
         self.watch: StepWatch | None = None  # GPU only (see watch.py)
         self._broken: str | None = None
@@ -60,15 +65,17 @@ class TPDriver:
         self._lock = threading.Lock()  # one message (and its model call) at a time; close waits for it
 
     @classmethod
-    def start(cls, plans: list[ShardPlan], build: ShardBuilder, device: torch.device,
+    def start(cls, plans: list[ShardPlan], config: RankConfig,
               launcher: WorkerLauncher | None = None, timeouts: TPTimeouts | None = None) -> "TPDriver":
+        """Workers for ranks 1.. of ``plans``, then rank 0's own runner; ``config`` builds every rank."""
         size, timeouts = len(plans), timeouts or TPTimeouts()
+        device = rank_device(config.device_type)
         launcher = launcher or choose_launcher()
         store = dist.TCPStore("127.0.0.1", 0, size, True, timeout=TPTimeouts.td(timeouts.start_s), wait_for_workers=False)
         self = cls(store, launcher, timeouts, size)
         try:
             specs = [
-                WorkerSpec(rank=r, size=size, port=store.port, plan=plans[r], build=build, device_type=device.type,
+                WorkerSpec(rank=r, size=size, port=store.port, plan=plans[r], config=config,
                            cuda_index=launcher.cuda_index(r), cpu_threads=torch.get_num_threads(), timeouts=timeouts)
                 for r in range(1, size)
             ]
@@ -76,7 +83,7 @@ class TPDriver:
             self._wait_up(size)
             self.groups = TPGroups.connect(store, 0, size, device, timeouts)
             self.channel = StepChannel(self.groups.ctrl)
-            self.local = build(replace(plans[0], all_reduce=self.groups.all_reduce), self.groups)
+            self.local = build_rank(config, replace(plans[0], all_reduce=self.groups.all_reduce), self.groups)
             self.groups.barrier()  # every shard loaded (a worker that failed to load is an error here)
             if device.type == "cuda":
                 self.watch = StepWatch(launcher, timeouts.collective_s, self._abort)

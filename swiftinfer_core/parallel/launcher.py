@@ -1,13 +1,10 @@
-"""How worker ranks are started: child processes, or Ray actors in the replica's
-placement group. ``choose_launcher()`` picks by where we run: inside a Ray
-placement group (a Serve replica with ``placement_group_bundles``) -> Ray
-actors, one per bundle; anywhere else (CLI, tests) -> ``torch.multiprocessing``
-spawn children.
+"""How worker ranks are started (``WorkerLauncher``), and the default way:
+``torch.multiprocessing`` spawn children (``ProcessLauncher``). Ray actors in
+the replica's placement group: launch_ray.py; which of the two: placement.py.
 """
 
 from __future__ import annotations
 
-import sys
 from abc import ABC, abstractmethod
 
 import torch.multiprocessing as mp
@@ -60,21 +57,3 @@ class ProcessLauncher(WorkerLauncher):
     def cuda_index(self, rank: int) -> int:
         return rank  # rank r on local GPU r; rank 0 (this process) on GPU 0
 
-
-def current_placement_group():
-    """The Ray placement group this process runs in, or None (without importing or starting Ray)."""
-    ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
-        return None
-    from ray.util import get_current_placement_group
-
-    return get_current_placement_group()
-
-
-def choose_launcher() -> WorkerLauncher:
-    pg = current_placement_group()
-    if pg is None:
-        return ProcessLauncher()
-    from swiftinfer_core.parallel.launch_ray import RayLauncher
-
-    return RayLauncher(pg)

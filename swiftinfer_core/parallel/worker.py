@@ -1,8 +1,9 @@
 """A tensor-parallel worker (ranks 1..tp-1): join, build its shard, replay rank 0's steps.
 
 Runs in a child process (ProcessLauncher) or a Ray actor (RayLauncher); the
-same ``run_worker(spec)`` either way. The worker holds a local runner for its
-shard (the engine's ModelRunner: same forward and CUDA graphs as rank 0) and
+same ``run_worker(spec)`` either way. The worker builds its shard with
+runner/build.py:build_rank from rank 0's RankConfig (a ModelRunner: the same
+forward and CUDA graphs as rank 0) and
 runs, for every StepMessage, exactly the call rank 0 makes, so the all-reduces
 inside the forward pair up across ranks.
 
@@ -15,20 +16,17 @@ from __future__ import annotations
 import logging
 import traceback
 from dataclasses import dataclass, replace
-from typing import Any, Callable
-
 import torch
 import torch.distributed as dist
 
 from swiftinfer_core.model.llama import ShardPlan
 from swiftinfer_core.parallel.groups import TPGroups, TPTimeouts
 from swiftinfer_core.parallel.message import StepChannel, StepKind
+from swiftinfer_core.runner.build import build_rank
+from swiftinfer_core.runner.model_runner import ModelRunner
+from swiftinfer_core.runner.rank_config import RankConfig
 
 log = logging.getLogger(__name__)
-
-# (plan with all_reduce bound, groups) -> local runner: .forward(ids, slots, starts, q_lens, rows),
-# .capture_decode_graphs(max_batch), .graphs (after capture: .run(ids, slots, starts))
-ShardBuilder = Callable[[ShardPlan, TPGroups], Any]
 
 
 @dataclass(frozen=True)
@@ -37,21 +35,20 @@ class WorkerSpec:
     size: int
     port: int  # rank 0's TCPStore on 127.0.0.1
     plan: ShardPlan  # all_reduce unset (not picklable); bound in the worker
-    build: ShardBuilder  # picklable (a module-level class instance)
-    device_type: str  # "cpu" | "cuda"
-    cuda_index: int  # local CUDA device when device_type == "cuda"
+    config: RankConfig  # rank 0's, resolved once
+    cuda_index: int  # local CUDA device when config.device_type == "cuda"
     cpu_threads: int
     timeouts: TPTimeouts
 
 
 def worker_device(spec: WorkerSpec) -> torch.device:
-    if spec.device_type != "cuda":
+    if spec.config.device_type != "cuda":
         return torch.device("cpu")
     torch.cuda.set_device(spec.cuda_index)
     return torch.device("cuda", spec.cuda_index)
 
 
-def serve_steps(runner: Any, channel: StepChannel) -> int:
+def serve_steps(runner: ModelRunner, channel: StepChannel) -> int:
     """Replay steps until STOP; returns how many model calls ran."""
     n = 0
     while True:
@@ -76,7 +73,7 @@ def run_worker(spec: WorkerSpec) -> None:
         store = dist.TCPStore("127.0.0.1", spec.port, spec.size, False, timeout=TPTimeouts.td(spec.timeouts.start_s))
         store.set(f"up/{spec.rank}", "1")
         groups = TPGroups.connect(store, spec.rank, spec.size, device, spec.timeouts)
-        runner = spec.build(replace(spec.plan, all_reduce=groups.all_reduce), groups)
+        runner = build_rank(spec.config, replace(spec.plan, all_reduce=groups.all_reduce), groups)
         groups.barrier()  # "built": rank 0 returns from start() only when every shard loaded
         steps = serve_steps(runner, StepChannel(groups.ctrl))
         log.info("tensor-parallel rank %d stopped after %d steps", spec.rank, steps)

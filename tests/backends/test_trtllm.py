@@ -16,27 +16,28 @@ import pytest
 
 from swiftinfer_core.backends.trtllm import TrtllmEngine, check_gpus
 from swiftinfer_core.backends.trtllm_versions import (
-    SUPPORTED, SUPPORTED_TEXT, TrtllmUnavailableError, check_version, installed_version, load_api,
+    SUPPORTED, SUPPORTED_TEXT, TrtllmUnavailableError, check_version, installed_version, llmapi_llm, load_api,
+    tensorrt_engine_llm,
 )
 from swiftinfer_core.config import EngineConfig
 from swiftinfer_core.errors import InvalidRequestError
 
 
 @pytest.mark.parametrize(
-    "version, label, llm_module, can_abort",
+    "version, label, llm, can_abort",
     [
-        ("0.15.0", "0.15.0-0.18.x", "tensorrt_llm.llmapi", False),
-        ("0.18.2", "0.15.0-0.18.x", "tensorrt_llm.llmapi", False),
-        ("0.19.0", "0.19.0-0.21.x", "tensorrt_llm.llmapi", True),
-        ("0.20.0rc3", "0.19.0-0.21.x", "tensorrt_llm.llmapi", True),
-        ("0.21.0", "0.19.0-0.21.x", "tensorrt_llm.llmapi", True),
-        ("1.0.0rc0", "1.0.0rc0-1.0.0rc4", "tensorrt_llm._tensorrt_engine", True),
-        ("1.0.0rc4", "1.0.0rc0-1.0.0rc4", "tensorrt_llm._tensorrt_engine", True),
+        ("0.15.0", "0.15.0-0.18.x", llmapi_llm, False),
+        ("0.18.2", "0.15.0-0.18.x", llmapi_llm, False),
+        ("0.19.0", "0.19.0-0.21.x", llmapi_llm, True),
+        ("0.20.0rc3", "0.19.0-0.21.x", llmapi_llm, True),
+        ("0.21.0", "0.19.0-0.21.x", llmapi_llm, True),
+        ("1.0.0rc0", "1.0.0rc0-1.0.0rc4", tensorrt_engine_llm, True),
+        ("1.0.0rc4", "1.0.0rc0-1.0.0rc4", tensorrt_engine_llm, True),
     ],
 )
-def test_trtllm_supported_versions_map_to_their_api(version, label, llm_module, can_abort):
+def test_trtllm_supported_versions_map_to_their_api(version, label, llm, can_abort):
     g = check_version(version)
-    assert (g.label, g.llm.partition(":")[0], g.can_abort) == (label, llm_module, can_abort)
+    assert (g.label, g.llm, g.can_abort) == (label, llm, can_abort)
 
 
 @pytest.mark.parametrize(
@@ -67,7 +68,7 @@ def test_trtllm_supported_ranges_are_contiguous_and_ordered():
     for a, b in zip(SUPPORTED, SUPPORTED[1:]):
         assert a.end == b.first
     # the 1.0 line must never use tensorrt_llm.LLM, which is the PyTorch backend there (ignores sinks)
-    assert SUPPORTED[-1].llm == "tensorrt_llm._tensorrt_engine:LLM"
+    assert SUPPORTED[-1].llm is tensorrt_engine_llm
 
 
 def _not_installed(name: str) -> str:
@@ -145,7 +146,7 @@ def test_trtllm_gate_binds_llmapi_llm_before_1_0(monkeypatch):
 def test_trtllm_gate_reports_a_missing_module_clearly(monkeypatch):
     _install_fake_modules(monkeypatch, with_engine_module=False)
     monkeypatch.setitem(sys.modules, "tensorrt_llm._tensorrt_engine", None)  # import -> ImportError
-    with pytest.raises(TrtllmUnavailableError, match=r"tensorrt_llm\._tensorrt_engine:LLM cannot be loaded"):
+    with pytest.raises(TrtllmUnavailableError, match=r"LLM class cannot be loaded .*tensorrt_llm\._tensorrt_engine"):
         load_api(version_of=lambda _: "1.0.0rc1")
 
 

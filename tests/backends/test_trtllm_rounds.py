@@ -16,8 +16,8 @@ from swiftinfer_core.backends.trtllm import TrtllmEngine
 from swiftinfer_core.backends.trtllm_versions import SUPPORTED, TrtllmApi
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.config import EngineConfig, SamplingParams
-from swiftinfer_core.engine.chat_format import ChatFormat
-from swiftinfer_core.engine.session import Session
+from swiftinfer_core.conversation.chat_format import ChatFormat
+from swiftinfer_core.conversation.stream import Conversation
 
 EOS = 2  # SmolLM2's <|im_end|>
 
@@ -33,7 +33,7 @@ def _after(fmt):
 
 def test_trtllm_rounds_compose_to_the_chat_template(fmt):
     """Untrimmed, round 2's prompt is exactly the template rendering of the whole conversation."""
-    s = Session("c", StreamLayout(4, 4000))
+    s = Conversation("c", StreamLayout(4, 4000))
     round1 = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
     new1 = fmt.first_round(round1)
     assert round_prompt(s, new1) == new1
@@ -52,7 +52,7 @@ def test_trtllm_rounds_trim_to_sinks_and_window(fmt):
     StreamLayout says the native cache holds after feeding everything so far."""
     rng = random.Random(0)
     layout = StreamLayout(3, 17)
-    s = Session("c", layout)
+    s = Conversation("c", layout)
     stream: list[int] = []  # every token fed, in order (pending included once fed)
     pending: list[int] = []
     for rnd in range(12):
@@ -76,10 +76,10 @@ def test_trtllm_rounds_trim_to_sinks_and_window(fmt):
 
 def test_trtllm_record_round_trip_gives_the_same_prompt(fmt):
     layout = StreamLayout(4, 30)
-    s = Session("c", layout)
+    s = Conversation("c", layout)
     for i in range(5):
         close_round(s, list(range(200 + 10 * i, 209 + 10 * i)), [7000 + i, 7100 + i, EOS], _after(fmt))
-    rebuilt = Session.from_record(s.record(), layout)  # what import_session does (e.g. after a replica died)
+    rebuilt = Conversation.from_record(s.record(), layout)  # what import_session does (e.g. after a replica died)
     new = fmt.next_round([{"role": "user", "content": "again"}])
     assert round_prompt(rebuilt, new) == round_prompt(s, new)
     assert rebuilt.record().rounds == 5 and rebuilt.recovered

@@ -151,7 +151,7 @@ def test_control_spellings_in_messages_do_not_forge_turns(api):
     from transformers import AutoTokenizer
 
     from deployments.directory import NAMESPACE
-    from swiftinfer_core.engine.chat_format import ChatFormat
+    from swiftinfer_core.conversation.chat_format import ChatFormat
     from swiftinfer_core.model.fetch import ensure_default_model
 
     client, prefix = api

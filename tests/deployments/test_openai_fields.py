@@ -33,7 +33,7 @@ def reference(model_dir):
     """(tokenizer's ChatFormat, transformers' float32 model) of the default model, on CPU."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from swiftinfer_core.engine.chat_format import ChatFormat
+    from swiftinfer_core.conversation.chat_format import ChatFormat
 
     fmt = ChatFormat(AutoTokenizer.from_pretrained(model_dir))
     return fmt, AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()

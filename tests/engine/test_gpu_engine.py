@@ -6,8 +6,8 @@ import torch
 from swiftinfer_core import SamplingParams
 from swiftinfer_core.config import EngineConfig
 from swiftinfer_core.engine.core import EngineCore
-from swiftinfer_core.engine.runner import ModelRunner
-from swiftinfer_core.model.setup import load_model
+from swiftinfer_core.runner.model_runner import ModelRunner
+from swiftinfer_core.engine.engine_model import build_engine_model
 
 pytestmark = pytest.mark.gpu
 ROUNDS = ["Tell me about the history of Paris.", "What about its famous museums?", "Summarise our chat in one line."]
@@ -44,7 +44,7 @@ def _top1(m, ids: list[int], chunk: int = 256) -> torch.Tensor:
 def test_bf16_top1_agrees_with_float32(shakespeare_ids):
     ids = shakespeare_ids[:3000]
     cfg = dict(device="cuda", sink_tokens=4, window=252, max_sessions=1)
-    f32 = _top1(load_model(EngineConfig(dtype="float32", **cfg)), ids)
-    bf16 = _top1(load_model(EngineConfig(dtype="bfloat16", **cfg)), ids)
+    f32 = _top1(build_engine_model(EngineConfig(dtype="float32", **cfg)), ids)
+    bf16 = _top1(build_engine_model(EngineConfig(dtype="bfloat16", **cfg)), ids)
     agree = (f32 == bf16).float().mean().item()
     assert agree >= 0.98, f"top-1 agreement {agree:.4f}"

@@ -90,7 +90,6 @@ def test_concurrent_streams_and_session_moves(child):
     assert child.export_session("p1") == record and not child.session_stats("p1").resident
     child.close_session("p5")
     assert child.import_kv(snap) and child.session_stats("p5").resident
-    assert child.count_tokens([{"role": "user", "content": "hi"}]) > 0
     child.check_health()
 
 

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from swiftinfer_core.config import EngineConfig
-from swiftinfer_core.engine.runner import ModelRunner
+from swiftinfer_core.runner.model_runner import ModelRunner
 from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.model.cpu_weights import QMAX, Int8Linear, quantize_int8, quantize_rows, transpose_linears
-from swiftinfer_core.model.setup import load_model
+from swiftinfer_core.engine.engine_model import build_engine_model
 
 
 def test_transpose_linears_keeps_shapes_and_outputs():
@@ -92,8 +92,8 @@ def test_int8_real_model_top1_and_perplexity_near_float32(base_model, shakespear
     perplexity within 0.3% of float32; here 600 tokens, with margin."""
     ids = shakespeare_ids[:601]
     cfg = dict(device="cpu", sink_tokens=4, window=124, max_sessions=1)
-    f_top, f_nll = _top1_and_nll(load_model(EngineConfig(**cfg)), ids)
-    q_top, q_nll = _top1_and_nll(load_model(EngineConfig(quantization="int8", **cfg)), ids)
+    f_top, f_nll = _top1_and_nll(build_engine_model(EngineConfig(**cfg)), ids)
+    q_top, q_nll = _top1_and_nll(build_engine_model(EngineConfig(quantization="int8", **cfg)), ids)
     agree = (f_top == q_top).float().mean().item()
     ppl_ratio = torch.exp(q_nll.mean() - f_nll.mean()).item()
     assert agree >= 0.93, f"top-1 agreement {agree:.4f}"
@@ -101,22 +101,29 @@ def test_int8_real_model_top1_and_perplexity_near_float32(base_model, shakespear
 
 
 def test_cpu_weight_format_sets_threads_layout_and_int8():
-    from swiftinfer_core.model.setup import cpu_weight_format
+    from swiftinfer_core.model.args import ModelArgs
+    from swiftinfer_core.runner.build import cpu_weight_format
+    from swiftinfer_core.runner.resolve import rank_config
+
+    args = ModelArgs(vocab_size=32, hidden_size=8, num_layers=1, num_heads=1, num_kv_heads=1, head_dim=8, intermediate_size=8, name="m")
+
+    def rank(**over):  # what an EngineConfig becomes for build_rank
+        return rank_config(EngineConfig(device="cpu", window=60, **over), None, args)
 
     with pytest.raises(InvalidRequestError):
         EngineConfig(cpu_threads=0)
     before = torch.get_num_threads()
     net = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4))
     try:
-        cpu_weight_format(net, EngineConfig(device="cpu", cpu_threads=1), torch.device("cpu"))
+        cpu_weight_format(net, rank(cpu_threads=1), torch.device("cpu"))
         assert torch.get_num_threads() == 1
         assert net[0].weight.t().is_contiguous() and not net[0].weight.is_contiguous()
     finally:
         torch.set_num_threads(before)
     plain = nn.Sequential(nn.Linear(8, 8))
-    cpu_weight_format(plain, EngineConfig(device="cpu", cpu_fast_path=False), torch.device("cpu"))
+    cpu_weight_format(plain, rank(cpu_fast_path=False), torch.device("cpu"))
     assert plain[0].weight.is_contiguous()  # the reference path keeps [out, in] storage
     q = nn.Sequential(nn.Linear(8, 8))  # not a Llama-family model: other families' blocks cast to weight.dtype
     with pytest.raises(InvalidRequestError, match="Llama family"):
-        cpu_weight_format(q, EngineConfig(device="cpu", quantization="int8"), torch.device("cpu"))
+        cpu_weight_format(q, rank(quantization="int8"), torch.device("cpu"))
     assert not isinstance(q[0], Int8Linear)

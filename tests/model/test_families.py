@@ -12,9 +12,9 @@ import torch
 from family_checkpoints import CASES, build
 from naive_streaming import NaiveStreamingAttention
 from swiftinfer_core.config import EngineConfig
-from swiftinfer_core.engine.make_runner import make_runner
-from swiftinfer_core.engine.runner import ModelRunner
-from swiftinfer_core.model.setup import load_model, relayout
+from swiftinfer_core.engine.engine_model import engine_runner
+from swiftinfer_core.runner.model_runner import ModelRunner
+from swiftinfer_core.engine.engine_model import build_engine_model, relayout
 
 IDS = [c.name for c in CASES]
 
@@ -24,7 +24,7 @@ def family(request, tmp_path_factory):
     case = request.param
     folder = tmp_path_factory.mktemp(case.name)
     hf = build(case, folder)
-    loaded = load_model(EngineConfig(model=str(folder), device="cpu", sink_tokens=4, window=60, max_sessions=2))
+    loaded = build_engine_model(EngineConfig(model=str(folder), device="cpu", sink_tokens=4, window=60, max_sessions=2))
     return case, folder, hf, loaded
 
 
@@ -83,9 +83,9 @@ def test_families_tensor_parallel_tp2_matches_tp1(family):
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # ranks share 2 cores
     try:
-        _, one = make_runner(cfg)
+        _, one = engine_runner(cfg)
         want = _probe(one)
-        _, two = make_runner(cfg.model_copy(update={"tp_size": 2}))
+        _, two = engine_runner(cfg.model_copy(update={"tp_size": 2}))
         try:
             got = _probe(two)
         finally:

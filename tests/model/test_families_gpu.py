@@ -10,8 +10,8 @@ import torch
 
 from family_checkpoints import CASES, build
 from swiftinfer_core.config import EngineConfig
-from swiftinfer_core.engine.runner import ModelRunner
-from swiftinfer_core.model.setup import load_model
+from swiftinfer_core.runner.model_runner import ModelRunner
+from swiftinfer_core.engine.engine_model import build_engine_model
 
 pytestmark = pytest.mark.gpu
 
@@ -24,7 +24,7 @@ def family(request, tmp_path_factory):
 
 
 def _runner(folder, device: str, dtype: str, sinks: int = 2, window: int = 8) -> ModelRunner:
-    m = load_model(EngineConfig(model=str(folder), device=device, dtype=dtype, sink_tokens=sinks, window=window, max_sessions=1,
+    m = build_engine_model(EngineConfig(model=str(folder), device=device, dtype=dtype, sink_tokens=sinks, window=window, max_sessions=1,
                                 attention="triton" if device == "cuda" else "torch"))
     return ModelRunner(m.model, m.pool, m.attn, m.device)
 

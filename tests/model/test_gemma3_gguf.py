@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from swiftinfer_core.config import EngineConfig, SamplingParams
-from swiftinfer_core.engine.runner import ModelRunner
-from swiftinfer_core.model.setup import load_model
+from swiftinfer_core.runner.model_runner import ModelRunner
+from swiftinfer_core.engine.engine_model import build_engine_model
 
 
 @pytest.fixture(scope="module")
 def gemma3_dir():
-    from swiftinfer_core.model.fetch import resolve_model
+    from swiftinfer_core.model.catalog import resolve_model
 
     return resolve_model("gemma3-270m")
 
@@ -25,7 +25,7 @@ def test_gemma3_270m_logits_match_transformers(gemma3_dir, shakespeare_text):
     0.036 (sdpa) off there, ours 0.09 (measured), all with the same top-1."""
     from transformers import AutoModelForCausalLM
 
-    m = load_model(EngineConfig(model=str(gemma3_dir), device="cpu", sink_tokens=4, window=1020, max_sessions=1))
+    m = build_engine_model(EngineConfig(model=str(gemma3_dir), device="cpu", sink_tokens=4, window=1020, max_sessions=1))
     assert m.args.family == "gemma3_text" and m.args.sliding_window == 512 and m.args.layer_types.count("full_attention") == 3
     start = shakespeare_text.find("ACT")
     ids = m.tokenizer(shakespeare_text[start : start + 4000], add_special_tokens=True).input_ids[:700]
@@ -55,18 +55,18 @@ def test_gemma3_270m_chats_past_its_window(gemma3_dir):
 
 def test_gemma3_270m_tensor_parallel_replicates_its_kv_head(gemma3_dir):
     """4 query heads, 1 KV head: at TP=2 each rank holds 2 query heads and the KV head (gloo)."""
-    from swiftinfer_core.engine.make_runner import make_runner
+    from swiftinfer_core.engine.engine_model import engine_runner
     from swiftinfer_core.parallel.plan import shard_plans
 
     cfg = EngineConfig(model=str(gemma3_dir), device="cpu", sink_tokens=4, window=28, max_sessions=1)
-    _, one = make_runner(cfg)
+    _, one = engine_runner(cfg)
     assert [(p.q_hi - p.q_lo, p.kv_lo, p.kv_hi) for p in shard_plans(one.model.args, 2)] == [(2, 0, 1), (2, 0, 1)]
     ids = list(range(1000, 1040))  # 40 tokens: past the 32-row cache
     want = [one.forward(ids, [0], [0], [40], None)] + [one.forward([2000 + i], [0], [40 + i], [1], None) for i in range(3)]
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        _, two = make_runner(cfg.model_copy(update={"tp_size": 2}))
+        _, two = engine_runner(cfg.model_copy(update={"tp_size": 2}))
         try:
             got = [two.forward(ids, [0], [0], [40], None)] + [two.forward([2000 + i], [0], [40 + i], [1], None) for i in range(3)]
         finally:

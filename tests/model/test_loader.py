@@ -6,8 +6,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2
 
 from swiftinfer_core import InvalidRequestError
 from swiftinfer_core.config import EngineConfig
-from swiftinfer_core.engine.runner import ModelRunner
-from swiftinfer_core.model.setup import load_model
+from swiftinfer_core.runner.model_runner import ModelRunner
+from swiftinfer_core.engine.engine_model import build_engine_model
 
 TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
@@ -24,7 +24,7 @@ def test_tiny_checkpoint_matches_transformers(tmp_path, config_cls, model_dir):
     hf.save_pretrained(tmp_path)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         (tmp_path / name).write_bytes((model_dir / name).read_bytes())
-    m = load_model(EngineConfig(model=str(tmp_path), device="cpu", sink_tokens=4, window=60, max_sessions=1))
+    m = build_engine_model(EngineConfig(model=str(tmp_path), device="cpu", sink_tokens=4, window=60, max_sessions=1))
     ids = torch.randint(0, 256, (40,))
     ours = ModelRunner(m.model, m.pool, m.attn, m.device).forward(ids.tolist(), [0], [0], [40], rows=None)
     with torch.no_grad():
@@ -34,7 +34,7 @@ def test_tiny_checkpoint_matches_transformers(tmp_path, config_cls, model_dir):
 
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(InvalidRequestError, match="config.json"):
-        load_model(EngineConfig(model=str(tmp_path / "nope"), device="cpu"))
+        build_engine_model(EngineConfig(model=str(tmp_path / "nope"), device="cpu"))
 
 
 def test_random_load_format_needs_only_config_and_tokenizer(tmp_path, model_dir):
@@ -45,8 +45,8 @@ def test_random_load_format_needs_only_config_and_tokenizer(tmp_path, model_dir)
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         (tmp_path / name).write_bytes((model_dir / name).read_bytes())
-    m = load_model(EngineConfig(model=str(tmp_path), device="cpu", window=28, max_sessions=1, load_format="random"))
+    m = build_engine_model(EngineConfig(model=str(tmp_path), device="cpu", window=28, max_sessions=1, load_format="random"))
     w = m.model.layers[1].wqkv.weight
     assert m.args.num_layers == 2 and 0.015 < w.std().item() < 0.025
     with pytest.raises(FileNotFoundError):  # the same folder without load_format=random has no weights
-        load_model(EngineConfig(model=str(tmp_path), device="cpu", window=28, max_sessions=1))
+        build_engine_model(EngineConfig(model=str(tmp_path), device="cpu", window=28, max_sessions=1))

@@ -13,7 +13,7 @@ from family_checkpoints import ROPE, _phi3_rope
 from swiftinfer_core import InvalidRequestError
 from swiftinfer_core.config import EngineConfig
 from swiftinfer_core.model.rope_scaling import ROPE_TYPES, RopeParams, rope_frequencies
-from swiftinfer_core.model.setup import load_model
+from swiftinfer_core.engine.engine_model import build_engine_model
 
 HEAD, MAXPOS = 16, 64
 CASES = {"default": {"rope_type": "default"}, **ROPE, "longrope": _phi3_rope(HEAD)}
@@ -42,4 +42,4 @@ def test_unsupported_rope_type_is_refused_at_load(tmp_path):
     cfg["rope_parameters"] = {"rope_type": "mrope", "rope_theta": 10000.0}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(InvalidRequestError, match="rope_type 'mrope' is not supported"):
-        load_model(EngineConfig(model=str(tmp_path), device="cpu", load_format="random"))
+        build_engine_model(EngineConfig(model=str(tmp_path), device="cpu", load_format="random"))

@@ -3,8 +3,8 @@
 import torch
 
 from swiftinfer_core.config import EngineConfig
-from swiftinfer_core.engine.runner import ModelRunner
-from swiftinfer_core.model.setup import relayout
+from swiftinfer_core.runner.model_runner import ModelRunner
+from swiftinfer_core.engine.engine_model import relayout
 
 
 def _runner(base_model, sinks, window, slots=2):

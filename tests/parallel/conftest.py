@@ -22,7 +22,7 @@ def reference(base_model):
     from tp_helpers import conversation, probe_logits, tp_config
 
     from swiftinfer_core.engine.core import EngineCore
-    from swiftinfer_core.model.setup import relayout
+    from swiftinfer_core.engine.engine_model import relayout
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)

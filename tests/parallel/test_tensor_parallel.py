@@ -22,11 +22,12 @@ import torch
 from swiftinfer_core import Engine, EngineClosedError, InvalidRequestError
 from swiftinfer_core.config import EngineConfig
 from swiftinfer_core.engine.core import EngineCore
-from swiftinfer_core.engine.make_runner import make_runner
+from swiftinfer_core.engine.engine_model import engine_runner
 from swiftinfer_core.model.loader import ModelArgs, read_args
 from swiftinfer_core.parallel.groups import TPTimeouts
-from swiftinfer_core.parallel.load import EngineShard
 from swiftinfer_core.parallel.plan import shard_plans
+from swiftinfer_core.runner.build import build_rank
+from swiftinfer_core.runner.resolve import rank_config
 from tp_helpers import PARAMS, PROBE, ROUNDS, SINKS, WINDOW, assert_probe_close, conversation, probe_logits, tp_config, worker_procs
 
 # ---- plans (no processes) ----
@@ -66,7 +67,7 @@ def test_tensor_parallel_invalid_sizes_raise_with_valid_sizes(model_dir):
 
 
 def test_tensor_parallel_checkpoint_reads_only_the_slice(model_dir):
-    from swiftinfer_core.parallel.weights import ShardedCheckpoint
+    from swiftinfer_core.runner.weights import ShardedCheckpoint
 
     ckpt = ShardedCheckpoint(model_dir)
     gate = ckpt["model.layers.0.mlp.gate_proj.weight"]
@@ -135,10 +136,11 @@ def test_tensor_parallel_replicated_kv_heads_match_tp1(tp, reference, model_dir)
     group): sliced safetensors loading + ShardPlans give TP=1's logits."""
     from dataclasses import replace
 
-    cfg = tp_config(tp).model_copy(update={"model": str(model_dir)})
+    args = read_args(model_dir)
+    cfg = rank_config(tp_config(tp), model_dir, args)
     summer = _ThreadSum(tp)
-    plans = shard_plans(read_args(model_dir), tp)
-    runners = [EngineShard(cfg)(replace(p, all_reduce=summer.bind(r)), SimpleNamespace(rank=r)) for r, p in enumerate(plans)]
+    plans = shard_plans(args, tp)
+    runners = [build_rank(cfg, replace(p, all_reduce=summer.bind(r)), SimpleNamespace(rank=r)) for r, p in enumerate(plans)]
     assert [r.pool.k[0].shape[1] for r in runners] == [1] * tp  # one (replicated) KV head per rank
     results: list = [None] * tp
 
@@ -205,7 +207,7 @@ def test_tensor_parallel_tp2_uneven_groups_engine_and_crash(reference):
 
 def test_tensor_parallel_hung_worker_times_out(model_dir):
     """A worker that stops answering (SIGSTOP) fails the step after the collective timeout."""
-    _, runner = make_runner(tp_config(2), timeouts=TPTimeouts(collective_s=5.0))
+    _, runner = engine_runner(tp_config(2), timeouts=TPTimeouts(collective_s=5.0))
     worker = worker_procs(runner)[1]
     try:
         runner.forward([5, 6, 7], [0], [0], [3], [2])  # works while the worker runs

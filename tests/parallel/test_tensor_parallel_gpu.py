@@ -28,11 +28,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _random_7b(layers: int = 4):
     if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))  # spawn children inherit sys.path: they unpickle bench.tp_random
-    from bench.tp_random import SHAPES, RandomShard
+        sys.path.insert(0, str(ROOT))
+    from bench.tp_random import SHAPES, random_rank
 
     args = replace(SHAPES["7b"], num_layers=layers, name="llama-7b-shape-4-layers")
-    return args, RandomShard(args, sinks=4, window=124, slots=4, dtype=torch.float32, seed=1)
+    return args, random_rank(args, sinks=4, window=124, slots=4, dtype=torch.float32, seed=1)
 
 
 def _prefill(runner, prompt: list[list[int]]) -> list[torch.Tensor]:
@@ -41,16 +41,16 @@ def _prefill(runner, prompt: list[list[int]]) -> list[torch.Tensor]:
 
 
 def test_tensor_parallel_nccl_tp2_matches_tp1_random_7b_shape():
-    from swiftinfer_core.model.llama import ShardPlan
     from swiftinfer_core.parallel.driver import TPDriver
     from swiftinfer_core.parallel.launcher import ProcessLauncher
     from swiftinfer_core.parallel.plan import shard_plans
+    from swiftinfer_core.runner.build import build_rank
 
     torch.backends.cuda.matmul.allow_tf32 = False
     args, build = _random_7b()
     torch.cuda.set_device(0)
-    ref = build(ShardPlan.single(args))
-    tp = TPDriver.start(shard_plans(args, 2), build, torch.device("cuda", 0), launcher=ProcessLauncher())
+    ref = build_rank(build)
+    tp = TPDriver.start(shard_plans(args, 2), build, launcher=ProcessLauncher())
     try:
         assert tp.local.pool.k[0].shape[1] == 16  # 32 KV heads, 16 per rank
         gen = torch.Generator().manual_seed(0)

@@ -16,16 +16,16 @@ def _rank0_class():
     """Defined in a function so cloudpickle ships it by value (Ray workers cannot import test modules)."""
 
     class _Rank0:
-        """Rank 0 as a Ray actor: the same make_runner call EngineCore makes."""
+        """Rank 0 as a Ray actor: the same engine_runner call EngineCore makes."""
 
         def probe(self, cfg_kwargs: dict):
             import torch
 
             from swiftinfer_core.config import EngineConfig
-            from swiftinfer_core.engine.make_runner import make_runner
+            from swiftinfer_core.engine.engine_model import engine_runner
 
             torch.set_num_threads(1)
-            _, runner = make_runner(EngineConfig(**cfg_kwargs))
+            _, runner = engine_runner(EngineConfig(**cfg_kwargs))
             try:
                 launcher = runner.driver.launcher
                 ids = list(range(300, 350))

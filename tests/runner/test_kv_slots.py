@@ -1,9 +1,9 @@
-"""KV pool sizing when engines share one GPU (model/setup.py shared_kv_budget)."""
+"""KV pool sizing when engines share one GPU (runner/kv_slots.py shared_kv_budget)."""
 
 import pytest
 
 from swiftinfer_core.errors import InvalidRequestError
-from swiftinfer_core.model.setup import shared_kv_budget
+from swiftinfer_core.runner.kv_slots import shared_kv_budget
 
 GIB = 1 << 30
 

@@ -1,49 +1,25 @@
-"""Runs one scheduled batch through the model and samples: ScheduledBatch in, token ids out."""
+"""Runs one scheduled batch through a ModelRunner and samples: ScheduledBatch in, token ids out.
+
+The runner (runner/model_runner.py, or parallel/tp_runner.py over several ranks)
+only computes logits; this is where the engine's batch meets it: which rows
+replay a decode graph, which run eagerly, prompt scores, penalties, sampling.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from swiftinfer_core.cache.pool import KVPool
-from swiftinfer_core.engine.cuda_graph import Capture, DecodeGraphs
 from swiftinfer_core.engine.penalties import RowAdjust
-from swiftinfer_core.engine.piecewise import PiecewiseGraphs
 from swiftinfer_core.engine.prompt_scores import rows_for, score
 from swiftinfer_core.engine.sampler import TokenLogprobs, sample_step
 from swiftinfer_core.engine.scheduler import ScheduledBatch, ScheduledSeq
 from swiftinfer_core.engine.session import TurnState
-from swiftinfer_core.kernels.attention import Attention
-from swiftinfer_core.kernels.batch import AttnBatch
-from swiftinfer_core.model.llama import Llama
+from swiftinfer_core.runner.model_runner import ModelRunner
 
 
-class ModelRunner:
-    def __init__(self, model: Llama, pool: KVPool, attn: Attention, device: torch.device, split_mixed: bool = False):
-        self.model, self.pool, self.attn, self.device = model, pool, attn, device
-        self.split_mixed = split_mixed  # mixed steps: decode graph + eager chunks (EngineConfig.split_mixed_steps)
-        self.graphs: DecodeGraphs | None = None
-        self.piecewise: PiecewiseGraphs | None = None
-
-    def capture_decode_graphs(self, max_batch: int, capture: Capture | None = None) -> None:
-        """Capture decode steps; later decode batches up to max_batch replay them.
-        ``capture``: CUDA graphs by default; cuda_graph.EagerCapture runs the same path on a CPU."""
-        self.graphs = DecodeGraphs(self.model, self.pool, self.attn, self.device, max_batch, capture)
-        self.graphs.capture()
-
-    def capture_piecewise_graphs(self, max_tokens: int, capture: Capture | None = None) -> None:
-        """Capture every non-attention piece of a step per token-count bucket up to
-        ``max_tokens`` (piecewise.py); later non-decode steps that fit replay them."""
-        self.piecewise = PiecewiseGraphs(self.model, self.pool, self.attn, self.device, max_tokens, capture)
-        self.piecewise.capture()
-
-    def forward(self, ids: list[int], slots: list[int], starts: list[int], q_lens: list[int], rows: list[int] | None) -> torch.Tensor:
-        """Packed forward over the cache; logits [R, vocab] for token rows ``rows`` (all if None)."""
-        batch = AttnBatch.build(slots, starts, q_lens, self.device)
-        row_t = None if rows is None else torch.tensor(rows, dtype=torch.long, device=self.device)
-        if self.piecewise is not None and self.piecewise.fits(len(ids)):
-            return self.piecewise.forward(ids, batch, row_t)
-        input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
-        return self.model(input_ids, self.attn, self.attn.prepare(batch), self.pool, row_t)
+class BatchRunner:
+    def __init__(self, runner: ModelRunner):
+        self.runner = runner
 
     def run(self, batch: ScheduledBatch) -> tuple[list[int | None], list[TokenLogprobs | None], dict[int, list[TokenLogprobs]]]:
         """Sampled token per sequence (None where a prefill chunk ends mid-input),
@@ -60,7 +36,7 @@ class ModelRunner:
         decode = [i for i, s in enumerate(seqs) if len(s.token_ids) == 1 and s.turn.state is TurnState.DECODE]
         taken = set(decode)
         rest = [i for i in range(len(seqs)) if i not in taken]
-        if self.graphs is not None and decode and self.graphs.fits(len(decode)) and (not rest or self.split_mixed):
+        if self.runner.graphs is not None and decode and self.runner.graphs.fits(len(decode)) and (not rest or self.runner.split_mixed):
             parts = [self._graph(seqs, decode)] + ([self._eager(seqs, rest)] if rest else [])
         else:
             parts = [self._eager(seqs, decode + rest)]
@@ -81,7 +57,7 @@ class ModelRunner:
     def _graph(self, seqs: list[ScheduledSeq], idx: list[int]) -> tuple[list[int], torch.Tensor, dict]:
         """(sampled sequence indices, logits [len(idx), V], no prompt scores) of decode rows, by graph replay."""
         picked = [seqs[i] for i in idx]
-        logits = self.graphs.run([s.token_ids[0] for s in picked], [s.turn.session.slot for s in picked], [s.start for s in picked])
+        logits = self.runner.graphs.run([s.token_ids[0] for s in picked], [s.turn.session.slot for s in picked], [s.start for s in picked])
         return idx, logits, {}
 
     def _eager(self, seqs: list[ScheduledSeq], idx) -> tuple[list[int], torch.Tensor | None, dict]:
@@ -102,7 +78,7 @@ class ModelRunner:
                 sampled.append(i)
         picked = [seqs[i] for i in idx]
         extra = [r for p in scored for r in p.rows]
-        logits = self.forward(ids, [s.turn.session.slot for s in picked], [s.start for s in picked],
+        logits = self.runner.forward(ids, [s.turn.session.slot for s in picked], [s.start for s in picked],
                               [len(s.token_ids) for s in picked], rows + extra)
         if not scored:
             return sampled, logits, {}

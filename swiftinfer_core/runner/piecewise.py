@@ -33,7 +33,7 @@ from typing import Callable
 import torch
 
 from swiftinfer_core.cache.pool import KVPool
-from swiftinfer_core.engine.cuda_graph import Capture, CudaCapture, ladder, padded_size
+from swiftinfer_core.runner.cuda_graph import Capture, CudaCapture, ladder, padded_size
 from swiftinfer_core.kernels.attention import Attention
 from swiftinfer_core.kernels.batch import AttnBatch
 from swiftinfer_core.model.llama import Llama

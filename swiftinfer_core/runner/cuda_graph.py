@@ -90,7 +90,8 @@ class StaticDecode:
         self.plan = attn.prepare(self.batch)  # holds the split-K workspace once the warm-up made it
         self.logits: torch.Tensor | None = None
 
-    def load(self, inputs: DecodeInputs) -> None:
+    def copy_in(self, inputs: DecodeInputs) -> None:
+        """The step's padded inputs into the graph's static buffers (one host-to-device copy)."""
         if len(inputs.ids) != self.size:
             raise ValueError(f"inputs padded to {len(inputs.ids)} rows, graph holds {self.size}")
         pin = self.ids.device.type == "cuda"
@@ -176,5 +177,5 @@ class DecodeGraphs:
     def run(self, ids: list[int], slots: list[int], starts: list[int]) -> torch.Tensor:
         """Logits [n, vocab] for n decoding sequences (a view of the graph's static output)."""
         size = padded_size(self.sizes, len(ids))
-        self.static[size].load(DecodeInputs.pad(ids, slots, starts, size))
+        self.static[size].copy_in(DecodeInputs.pad(ids, slots, starts, size))
         return self._replay[size]()[: len(ids)]

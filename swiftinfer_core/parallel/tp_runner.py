@@ -1,9 +1,9 @@
 """TPRunner: the engine's runner when ``tp_size > 1``; EngineCore uses it exactly
-like ModelRunner (``run`` -> sampling is inherited and happens on rank 0 only).
+like ModelRunner (engine/batch_runner.py samples on rank 0 only).
 
 Rank 0's model, pool and attention are the ones of its own shard; every model
 call goes through the TPDriver, which first broadcasts the step to the other
-ranks. Decode steps that ModelRunner.run sends to CUDA graphs go through
+ranks. Decode steps that the BatchRunner sends to CUDA graphs go through
 ``self.graphs`` — the driver's mirrored graphs — so every rank replays the same
 graph (with the same NCCL all-reduces inside) in the same step.
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from swiftinfer_core.engine.runner import ModelRunner
 from swiftinfer_core.parallel.driver import TPDriver
+from swiftinfer_core.runner.model_runner import ModelRunner
 
 
 class TPRunner(ModelRunner):

@@ -22,9 +22,9 @@ import pytest
 from swiftinfer_core import SamplingParams
 from swiftinfer_core.config import EngineConfig
 from swiftinfer_core.engine.core import EngineCore
-from swiftinfer_core.engine.cuda_graph import ladder
+from swiftinfer_core.runner.cuda_graph import ladder
 from swiftinfer_core.engine.engine import Engine
-from swiftinfer_core.model.setup import load_model, relayout
+from swiftinfer_core.engine.engine_model import build_engine_model, relayout
 
 pytestmark = pytest.mark.gpu
 SLOTS = 66  # ladder 1 .. 48, 64, 66: the sizes around the old fault, and a non-rung maximum
@@ -80,7 +80,7 @@ def test_graphs_equal_eager_at_every_ladder_size(case, shape_dir):
     model = str(shape_dir(**LLAMA2_7B)) if big else "default"
     base = dict(model=model, device="cuda", dtype=dtype, sink_tokens=4, window=124, max_sessions=SLOTS,
                 load_format="random" if big else "auto")
-    loaded = load_model(EngineConfig(**base))
+    loaded = build_engine_model(EngineConfig(**base))
     runs = []
     for graphs in (True, False):
         cfg = EngineConfig(**base, cuda_graphs=graphs)

@@ -3,7 +3,7 @@
 ``EagerCapture`` runs the graphs' exact path (static buffers, padded inputs,
 plan and split-K workspace made at warm-up) with the Triton kernels under the
 CPU interpreter, so the padding rows' slot/position values, the ladder and the
-buffer sizes are checked here; tests/engine/test_graph_ladder_gpu.py replays real
+buffer sizes are checked here; tests/runner/test_graph_ladder_gpu.py replays real
 CUDA graphs.
 """
 
@@ -26,8 +26,8 @@ from swiftinfer_core import SamplingParams  # noqa: E402
 from swiftinfer_core.config import EngineConfig  # noqa: E402
 from swiftinfer_core.engine.core import EngineCore  # noqa: E402
 from swiftinfer_core.engine.session import TurnState  # noqa: E402
-from swiftinfer_core.engine.cuda_graph import (  # noqa: E402
-    LADDER, PAD_SLOT, DecodeGraphs, DecodeInputs, EagerCapture, StaticDecode, ladder, padded_size,
+from swiftinfer_core.runner.cuda_graph import (  # noqa: E402
+    LADDER, PAD_SLOT, DecodeInputs, EagerCapture, StaticDecode, ladder, padded_size,
 )
 from swiftinfer_core.kernels.attention import TritonAttention  # noqa: E402
 
@@ -66,13 +66,13 @@ def test_a_smaller_step_after_a_larger_one_leaves_no_stale_rows():
 
     attn = TritonAttention(StreamLayout(4, 60), inv_freq(64, 10000.0), 0.125)
     st = StaticDecode(8, attn, torch.device("cpu"))
-    st.load(DecodeInputs.pad(list(range(1, 9)), list(range(8)), list(range(10, 18)), 8))
-    st.load(DecodeInputs.pad([42, 43], [5, 6], [70, 71], 8))
+    st.copy_in(DecodeInputs.pad(list(range(1, 9)), list(range(8)), list(range(10, 18)), 8))
+    st.copy_in(DecodeInputs.pad([42, 43], [5, 6], [70, 71], 8))
     assert st.ids.tolist() == [42, 43] + [0] * 6
     assert st.slots.tolist() == [5, 6] + [PAD_SLOT] * 6
     assert st.starts.tolist() == [70, 71] + [0] * 6
     with pytest.raises(ValueError):
-        st.load(DecodeInputs.pad([1], [0], [0], 4))
+        st.copy_in(DecodeInputs.pad([1], [0], [0], 4))
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_graph_path_equals_eager_at_every_ladder_size_and_boundary(tiny_dir):
     real_run = a.runner.graphs.run
     a.runner.graphs.run = lambda ids, slots, starts: graph_rows.append(len(ids)) or real_run(ids, slots, starts)
     mixed_steps = [0]
-    real_eager = a.runner._eager
+    real_eager = a.batches._eager
 
     def eager(seqs, idx):
         decode = [len(seqs[i].token_ids) == 1 and seqs[i].turn.state is TurnState.DECODE for i in idx]
@@ -149,7 +149,7 @@ def test_graph_path_equals_eager_at_every_ladder_size_and_boundary(tiny_dir):
             mixed_steps[0] += 1
         return real_eager(seqs, idx)
 
-    a.runner._eager = eager
+    a.batches._eager = eager
     rounds = [[f"s{i}" for i in range(n)] for n in (1, 3, 9, 10)] + [[f"s{i}" for i in range(10)] + ["y0", "y1"]]
     for k, sids in enumerate(rounds):
         for core in (a, b):
@@ -166,7 +166,7 @@ def test_piecewise_graphs_give_the_eager_tokens_and_pad_buckets(tiny_dir):
     static buffers and replay order as the CUDA graphs) give the greedy tokens of the
     plain forward, over rounds whose token counts land on and between buckets, a
     rebuild from the record, and a step too large for the buckets (plain forward)."""
-    from swiftinfer_core.engine.piecewise import PiecewiseGraphs
+    from swiftinfer_core.runner.piecewise import PiecewiseGraphs
 
     a, b = _core(tiny_dir, 10, graphs=True), _core(tiny_dir, 10, graphs=False)
     a.runner.capture_piecewise_graphs(64, EagerCapture())

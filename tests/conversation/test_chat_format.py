@@ -13,7 +13,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from swiftinfer_core.engine.chat_format import ChatFormat
+from swiftinfer_core.conversation.chat_format import ChatFormat
 from swiftinfer_core.errors import InvalidRequestError
 
 CORPUS = ["Hello there, how are you today?", "You are a helpful assistant.", "What is the capital of France?",

@@ -1,6 +1,6 @@
 """Incremental detokenisation never splits a UTF-8 character and holds back stop prefixes."""
 
-from swiftinfer_core.engine.detok import IncrementalDetokenizer
+from swiftinfer_core.conversation.detokenizer import IncrementalDetokenizer
 
 
 def test_streamed_text_equals_full_decode(base_model):

@@ -1,0 +1,139 @@
+"""``build_rank``: the one way a rank gets its model, KV pool, attention and runner.
+
+Used by the single-device engine (engine/engine_model.py), every tensor-parallel
+rank (parallel/driver.py on rank 0, parallel/worker.py on the others), the CPU
+path and the benches; what differs between them is only the RankConfig
+(runner/rank_config.py), the rank's ShardPlan and, on a tensor-parallel rank,
+its group (``ranks``), which makes the checkpoint read lazily per slice and the
+ranks agree on one slot count (rank 0's slot ids must exist on every rank).
+
+Order: model on the meta device in its dtype -> real (uninitialised) storage on
+the rank's device -> LM head to float32 (before the weights: it keeps the
+checkpoint's own precision) -> weights -> CPU formats (one device only) -> KV
+pool -> attention backend. No transformers import: a worker that needs no
+tokenizer saves seconds of start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from swiftinfer_core.cache.pool import KVPool
+from swiftinfer_core.errors import InvalidRequestError
+from swiftinfer_core.kernels.attention import Attention, TorchAttention, TritonAttention
+from swiftinfer_core.kernels.torch_decode import CpuAttention
+from swiftinfer_core.kernels.triton_shapes import check_triton_heads
+from swiftinfer_core.model import fused_decode
+from swiftinfer_core.model.cpu_weights import quantize_int8, transpose_linears
+from swiftinfer_core.model.families import build_model
+from swiftinfer_core.model.layers import ShardPlan, layer_specs
+from swiftinfer_core.model.llama import Llama
+from swiftinfer_core.model.loader import read_state_dict
+from swiftinfer_core.runner.kv_slots import num_slots
+from swiftinfer_core.runner.model_runner import ModelRunner
+from swiftinfer_core.runner.rank_config import RankConfig, Weights
+from swiftinfer_core.runner.weights import SeededCheckpoint, ShardedCheckpoint, fill_random
+
+log = logging.getLogger(__name__)
+
+
+class Ranks(Protocol):
+    """A tensor-parallel rank's view of its group (parallel/groups.py TPGroups)."""
+
+    rank: int
+
+    def min_int(self, value: int) -> int:
+        """The smallest ``value`` over all ranks."""
+
+
+def rank_device(device_type: str) -> torch.device:
+    """This process's device: a CUDA rank's current device (its launcher set it), else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else torch.device("cpu")
+
+
+def build_rank(cfg: RankConfig, plan: ShardPlan | None = None, ranks: Ranks | None = None) -> ModelRunner:
+    """This rank's runner. ``plan``: its heads and MLP rows (all of them when None),
+    ``all_reduce`` already bound; ``ranks``: its group on a tensor-parallel rank."""
+    device = rank_device(cfg.device_type)
+    plan = plan or ShardPlan.single(cfg.args)
+    with torch.device("meta"):
+        model = build_model(cfg.args, plan).to(cfg.dtype)  # dtype on meta: the real allocation is already bf16/fp16
+    model = model.to_empty(device=device)
+    if cfg.lm_head_fp32:
+        model.lm_head.float()  # before loading: keep the checkpoint's own precision
+    fill_weights(model, cfg, device, sharded=ranks is not None)
+    if ranks is None:
+        cpu_weight_format(model, cfg, device)  # int8 and the transposed CPU layout: one device only
+    model.eval()
+    kv_heads = plan.kv_hi - plan.kv_lo
+    slots = num_slots(cfg, device, kv_heads)
+    if ranks is not None and cfg.slots is None:
+        slots = ranks.min_int(slots)  # every rank's pool holds every slot id rank 0 hands out
+    pool = KVPool(cfg.layout, cfg.args.num_layers, slots, kv_heads, cfg.args.head_dim, cfg.dtype, device)
+    attn = make_attention(cfg, device, plan)
+    model.gemv_decode = cfg.gemv_decode and device.type == "cuda" and isinstance(attn, TritonAttention) and fused_decode.supports(model)
+    if ranks is None:
+        log.info("model %s on %s/%s: %d cache slots of %d+%d", cfg.name, device, cfg.dtype, slots, cfg.layout.sinks, cfg.layout.window)
+    else:
+        log.info("rank %d: heads [%d,%d) kv [%d,%d) mlp [%d,%d), %d cache slots on %s",
+                 ranks.rank, plan.q_lo, plan.q_hi, plan.kv_lo, plan.kv_hi, plan.i_lo, plan.i_hi, slots, device)
+    return ModelRunner(model, pool, attn, device, split_mixed=cfg.split_mixed)
+
+
+def fill_weights(model: nn.Module, cfg: RankConfig, device: torch.device, sharded: bool) -> None:
+    """The checkpoint's weights (``sharded``: read per slice), or random ones (runner/weights.py)."""
+    if cfg.weights is Weights.RANDOM:
+        fill_random(model, cfg.seed)
+    elif cfg.weights is Weights.SEEDED:
+        model.load_hf_state(SeededCheckpoint(cfg.args, cfg.seed, device))
+    else:
+        model.load_hf_state(ShardedCheckpoint(cfg.path) if sharded else read_state_dict(cfg.path))
+
+
+def make_attention(cfg: RankConfig, device: torch.device, plan: ShardPlan | None = None) -> Attention:
+    """The backend with every layer's spec (RoPE freqs and scale, local window, ALiBi
+    slopes of this rank's query heads, soft-cap) for this cache's capacity."""
+    args, layout = cfg.args, cfg.layout
+    plan = plan or ShardPlan.single(args)
+    if args.sliding_window and layout.window < args.sliding_window:
+        log.warning("window %d is shorter than %s's own sliding window %d: its local layers see only the cached window "
+                    "(cache/layout.py, local layers)", layout.window, args.name, args.sliding_window)
+    specs = [replace(s, freqs=s.freqs.to(device), alibi=None if s.alibi is None else s.alibi.to(device))
+             for s in layer_specs(args, layout.capacity, plan.q_lo, plan.q_hi)]
+    if cfg.attention == "triton":
+        try:  # checked here, at start-up, not at the first step's kernel call
+            check_triton_heads(args.head_dim, plan.q_hi - plan.q_lo, plan.kv_hi - plan.kv_lo)
+        except ValueError as exc:
+            raise InvalidRequestError(f"{args.name}: {exc}; use attention 'torch'") from None
+        return TritonAttention(layout, specs[0].freqs, specs[0].scale, specs)
+    if device.type == "cpu" and cfg.cpu_fast_path and plain_attention(specs):
+        return CpuAttention(layout, specs[0].freqs, specs[0].scale)  # reference semantics, lean one-token decode
+    return TorchAttention(layout, specs[0].freqs, specs[0].scale, specs)
+
+
+def plain_attention(specs: list) -> bool:
+    """Every layer attends the same plain way (one RoPE, one scale; no local window,
+    ALiBi or soft-cap): what CpuAttention's one-token path computes."""
+    first = specs[0]
+    return all(s.sliding_window == 0 and s.alibi is None and s.softcap == 0 and s.scale == first.scale
+               and torch.equal(s.freqs, first.freqs) for s in specs)
+
+
+def cpu_weight_format(model: nn.Module, cfg: RankConfig, device: torch.device) -> None:
+    """int8 weights (``cfg.int8``), float weights in the CPU's faster layout
+    (model/cpu_weights.py), and the CPU thread count."""
+    if cfg.int8:
+        if device.type != "cpu":
+            raise InvalidRequestError(f"quantization 'int8' runs on the CPU only, not on {device}")
+        if not isinstance(model, Llama):
+            raise InvalidRequestError(f"quantization 'int8' serves the Llama family only, not {type(model).__name__}")
+        quantize_int8(model, head=not cfg.lm_head_fp32)
+    if device.type == "cpu" and cfg.cpu_threads is not None:
+        torch.set_num_threads(cfg.cpu_threads)  # process-wide, the engine's step thread included
+    if device.type == "cpu" and cfg.cpu_fast_path:
+        transpose_linears(model)  # what int8 left in float: the head under lm_head_fp32

@@ -1,0 +1,53 @@
+"""What one rank needs to build its ModelRunner, as plain picklable values.
+
+``runner/resolve.py:rank_config`` fills it once from an EngineConfig on rank 0
+(model name -> folder, config.json -> ModelArgs, sinks/window -> StreamLayout,
+"auto" -> device and dtype); tensor-parallel workers receive it pickled and
+never resolve anything again. Benches write it directly. No pydantic here: the
+GPU image that runs the tensor-parallel bench and test has none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from swiftinfer_core.cache.layout import StreamLayout
+from swiftinfer_core.model.args import ModelArgs
+
+
+class Weights(str, Enum):
+    """Where the weights come from (runner/weights.py)."""
+
+    CHECKPOINT = "checkpoint"  # the safetensors of ``path`` (a TP rank reads only its slices)
+    RANDOM = "random"  # EngineConfig.load_format 'random': normal(0, 0.02) per rank's parameters
+    SEEDED = "seeded"  # one random Llama drawn per tensor name from ``seed``: the same model on every rank
+
+
+@dataclass(frozen=True)
+class RankConfig:
+    args: ModelArgs
+    layout: StreamLayout
+    device_type: Literal["cpu", "cuda"]  # a CUDA rank uses its current device (set by its launcher)
+    dtype: torch.dtype
+    weights: Weights = Weights.CHECKPOINT
+    path: Path | None = None  # checkpoint folder (also names the model in logs)
+    seed: int = 0  # RANDOM and SEEDED weights
+    attention: Literal["triton", "torch"] = "torch"  # resolved: no "auto"
+    slots: int | None = None  # KV cache slots; None: sized from free memory (GPU) or CPU_DEFAULT_SLOTS
+    lm_head_fp32: bool = False  # the LM head in float32 under bf16/fp16 weights
+    int8: bool = False  # weight-only int8 linears (CPU, one device); the head too unless lm_head_fp32
+    cpu_fast_path: bool = False  # CPU: transposed linears (one device) and CpuAttention where every layer is plain
+    cpu_threads: int | None = None  # torch threads of a one-device CPU engine (process-wide)
+    gemv_decode: bool = False  # GPU batch-1 decode through model/fused_decode.py where the model allows it
+    memory_share: float = 1.0  # EngineConfig.memory_share (runner/kv_slots.py)
+    gpu_memory_utilization: float = 0.85
+    split_mixed: bool = False  # EngineConfig.split_mixed_steps
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path is not None else self.args.name

@@ -1,0 +1,53 @@
+"""From an EngineConfig to a RankConfig, once, on rank 0: the only place that
+reads "auto" settings, model names and config.json (workers get the result).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from swiftinfer_core.cache.layout import StreamLayout
+from swiftinfer_core.config import AttentionBackend, Device, DType, EngineConfig, LoadFormat, Quantization
+from swiftinfer_core.errors import InvalidRequestError
+from swiftinfer_core.model.args import ModelArgs
+from swiftinfer_core.runner.rank_config import RankConfig, Weights
+
+_DTYPES = {DType.FLOAT32: torch.float32, DType.BFLOAT16: torch.bfloat16, DType.FLOAT16: torch.float16}
+
+
+def torch_device(cfg: EngineConfig) -> torch.device:
+    """The torch device ``cfg.device`` names ('auto': the current CUDA GPU if any, else the CPU)."""
+    if cfg.device is Device.CUDA or (cfg.device is Device.AUTO and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise InvalidRequestError("device 'cuda' requested but no CUDA GPU is visible")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def resolve_dtype(cfg: EngineConfig, device: torch.device) -> torch.dtype:
+    if cfg.dtype is DType.AUTO:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[cfg.dtype]
+
+
+def resolve_layout(cfg: EngineConfig, args: ModelArgs) -> StreamLayout:
+    window = cfg.window if cfg.window is not None else min(2048, args.max_position) - cfg.sink_tokens
+    if cfg.sink_tokens >= window:
+        raise InvalidRequestError(f"sink_tokens ({cfg.sink_tokens}) must be smaller than window ({window})")
+    return StreamLayout(cfg.sink_tokens, window)
+
+
+def rank_config(cfg: EngineConfig, path: Path, args: ModelArgs) -> RankConfig:
+    """Every rank's build settings for ``cfg`` over the checkpoint at ``path`` (already resolved)."""
+    device = torch_device(cfg)
+    triton = cfg.attention is AttentionBackend.TRITON or (cfg.attention is AttentionBackend.AUTO and device.type == "cuda")
+    return RankConfig(
+        args=args, layout=resolve_layout(cfg, args), device_type=device.type, dtype=resolve_dtype(cfg, device),
+        weights=Weights.RANDOM if cfg.load_format is LoadFormat.RANDOM else Weights.CHECKPOINT, path=path, seed=cfg.seed,
+        attention="triton" if triton else "torch", slots=cfg.max_sessions, lm_head_fp32=cfg.lm_head_fp32,
+        int8=cfg.quantization is Quantization.INT8, cpu_fast_path=cfg.cpu_fast_path, cpu_threads=cfg.cpu_threads,
+        gemv_decode=True, memory_share=cfg.memory_share, gpu_memory_utilization=cfg.gpu_memory_utilization,
+        split_mixed=cfg.split_mixed_steps,
+    )

@@ -1,0 +1,37 @@
+"""The Triton kernels' head-shape check: a clear ValueError for unsupported heads,
+raised when the attention is chosen (runner/build.py), not at the first step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from swiftinfer_core.cache.layout import StreamLayout
+from swiftinfer_core.errors import InvalidRequestError
+from swiftinfer_core.kernels.triton_shapes import MAX_HEAD_DIM, check_triton_heads, unsupported_heads
+from swiftinfer_core.model.args import ModelArgs
+from swiftinfer_core.runner.build import make_attention
+from swiftinfer_core.runner.rank_config import RankConfig
+
+
+@pytest.mark.parametrize("head_dim, hq, hkv", [(64, 9, 3), (128, 32, 8), (MAX_HEAD_DIM, 4, 4), (2, 1, 1)])
+def test_supported_heads_pass(head_dim, hq, hkv):
+    assert unsupported_heads(head_dim, hq, hkv) is None
+    check_triton_heads(head_dim, hq, hkv)
+
+
+@pytest.mark.parametrize("head_dim, hq, hkv, why", [
+    (MAX_HEAD_DIM + 2, 4, 4, "exceeds"), (65, 4, 4, "odd"), (64, 9, 2, "not a multiple"), (64, 4, 0, "not a multiple"),
+])
+def test_unsupported_heads_raise_a_value_error_naming_the_reason(head_dim, hq, hkv, why):
+    with pytest.raises(ValueError, match=why):
+        check_triton_heads(head_dim, hq, hkv)
+
+
+def test_choosing_triton_for_an_unsupported_model_fails_at_start_up():
+    args = ModelArgs(vocab_size=32, hidden_size=1024, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=512,
+                     intermediate_size=64, name="wide-heads")
+    cfg = RankConfig(args=args, layout=StreamLayout(4, 60), device_type="cpu", dtype=torch.float32, attention="triton")
+    with pytest.raises(InvalidRequestError, match=r"wide-heads: Triton attention cannot run this model: head_dim 512 exceeds.*'torch'"):
+        make_attention(cfg, torch.device("cpu"))
+    make_attention(RankConfig(args=args, layout=StreamLayout(4, 60), device_type="cpu", dtype=torch.float32), torch.device("cpu"))
