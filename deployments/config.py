@@ -34,7 +34,7 @@ class RouterKind(str, Enum):
 
 
 class LogBackend(str, Enum):
-    """Where the session log lives (deployments/session_log.py maps each to its class)."""
+    """Where the session log lives (deployments/sessions/session_log.py maps each to its class)."""
 
     SQLITE = "sqlite"  # one file on the directory actor's machine (single-node default)
     REDIS = "redis"  # a Redis server every node reaches (clusters)
@@ -170,7 +170,7 @@ class AppConfig(Strict):
     engine_process: bool = Field(True, description="Run the native engine's model steps in a child process of the replica (swiftinfer_core/engine/process.py). In the replica's own process the steps share one GIL with every stream's Ray work, which slowed steps 2.4x at 128 conversations on an H200 (bench/results/capacity_serve_7b_128.json). Ignored by other backends.")
     gil_switch_interval_ms: float = Field(5.0, gt=0, le=100, description="Python's thread switch interval in an LLM replica (Python's default: 5 ms). The engine's step thread and the replica's event loop (streams, Ray calls) share one GIL; a shorter interval hands the loop the GIL sooner while a step runs. Its effect on latency has not been measured in isolation.")
     stream_interval_ms: float = Field(50.0, ge=0, le=1000, description="Pacing of streamed chunks per turn: the first and last go at once, others wait at most this long and travel merged. 0: one chunk per token.")
-    stream_max_chunks_per_s: float = Field(1000.0, ge=0, le=1_000_000, description="Streamed chunks per second one LLM replica sends, spread over its open streams: each waits max(stream_interval_ms, open streams / this) between chunks (deployments/pacing.py). Every chunk is a Ray object per hop; 0: no budget, stream_interval_ms alone.")
+    stream_max_chunks_per_s: float = Field(1000.0, ge=0, le=1_000_000, description="Streamed chunks per second one LLM replica sends, spread over its open streams: each waits max(stream_interval_ms, open streams / this) between chunks (deployments/replica/pacing.py). Every chunk is a Ray object per hop; 0: no budget, stream_interval_ms alone.")
     stats_report_period_s: float = Field(2.0, gt=0, le=60, description="How often a replica pushes engine stats for /metrics and readiness.")
     session_log: SessionLogConfig = Field(default_factory=SessionLogConfig, description="Durable log of sessions and turns.")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request and replica limits.")

@@ -1,6 +1,6 @@
 """``swiftinfer keys add|list|revoke``: the API keys of a SwiftInfer Serve service.
 
-The key file belongs to the serving side (``deployments/api_keys.py``); it is
+The key file belongs to the serving side (``deployments/http/api_keys.py``); it is
 imported inside each command, so ``swiftinfer_core`` never imports
 ``deployments`` at module level. The file is ``--file``, else
 ``$SWIFTINFER_KEYS_FILE``, else ``~/.config/swiftinfer/keys.json``.
@@ -40,7 +40,7 @@ def _when(ts: float | None) -> str:
 
 
 def run(args) -> int:
-    from deployments.api_keys import KeyFileError, add_key, read_keys, revoke_key
+    from deployments.http.api_keys import KeyFileError, add_key, read_keys, revoke_key
 
     path = key_file(args.file)
     try:

@@ -36,7 +36,7 @@ from swiftinfer_core.model.setup import LoadedModel
 from swiftinfer_core.protocol import EngineStats, KVSnapshot, RawPrompt, SessionRecord, SessionStats, SessionView, StreamChunk, Usage
 
 log = logging.getLogger(__name__)
-_SESSION_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,256}$")  # 256: room for tenant-scoped ids (deployments/tenants.py)
+_SESSION_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,256}$")  # 256: room for tenant-scoped ids (deployments/sessions/tenants.py)
 
 
 def derive_seed(*parts: object) -> int:

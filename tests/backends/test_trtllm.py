@@ -151,7 +151,7 @@ def test_trtllm_gate_reports_a_missing_module_clearly(monkeypatch):
 
 def test_trtllm_engine_implements_the_protocol_and_is_wired_in_the_factory():
     from deployments.config import EngineBackend
-    from deployments.engine_factory import ENGINE_IMPLEMENTATIONS, _load, make_engine
+    from deployments.replica.engine_factory import ENGINE_IMPLEMENTATIONS, _load, make_engine
     from swiftinfer_core.protocol import EngineProtocol
 
     assert issubclass(TrtllmEngine, EngineProtocol)

@@ -1,7 +1,7 @@
 """bench/load.py reads the server's /metrics: gauges summed, phases per worst replica."""
 
 from bench.load import parse_gauges, server_peaks
-from deployments.metrics import ServiceMetrics
+from deployments.http.metrics import ServiceMetrics
 
 
 def _text(replicas: dict) -> str:
