@@ -25,7 +25,7 @@ from typing import AsyncIterator
 
 from deployments.http.errors import error_body
 from deployments.http.metrics import ServiceMetrics
-from deployments.replica.replica import TurnStart
+from deployments.messages import TurnStart
 from deployments.http.tokens import TextCodec
 from deployments.http.tool_calls import parse_call, tool_call
 from swiftinfer_core.protocol import StreamChunk, Usage

@@ -55,6 +55,7 @@ from deployments.sessions.directory import directory_handle, directory_spec
 from deployments.http.errors import ModelNotFoundError, ServiceStartingError, error_response, unwrap
 from deployments.sessions.history import HistoryView
 from deployments.http.metrics import ServiceMetrics
+from deployments.messages import ReplicaStats
 from deployments.http.openai_schema import SESSION_ID_PATTERN, ChatCompletionRequest
 from deployments.http.playground import Playground
 from deployments.http.request_limits import Deadline, read_body
@@ -110,7 +111,7 @@ class Ingress:
         return app
 
     # ---- readiness -------------------------------------------------------------------
-    async def _live_replicas(self) -> dict[str, dict]:
+    async def _live_replicas(self) -> dict[str, ReplicaStats]:
         # generous: a replica busy in a long step (or a starved host) reports late, not never
         return await self._directory.replica_stats.remote(max(10.0, 3 * self._cfg.stats_report_period_s + 1.0))
 
@@ -288,9 +289,8 @@ class Ingress:
             turns = await self._directory.turns.remote(sid, after, limit)
         except Exception as exc:
             return error_response(_as_client(exc, session_id), headers)
-        for t in turns:
-            t["session_id"] = session_id
-        return JSONResponse({"object": "list", "session_id": session_id, "data": turns}, headers=headers)
+        data = [{**t.to_dict(), "session_id": session_id} for t in turns]
+        return JSONResponse({"object": "list", "session_id": session_id, "data": data}, headers=headers)
 
     async def delete_session(self, session_id: str, request: Request) -> Response:
         headers = {"x-session-id": _echo(session_id), "x-replica-id": NO_REPLICA}

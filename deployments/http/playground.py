@@ -36,6 +36,7 @@ from fastapi.responses import JSONResponse
 
 from deployments.http.auth import tenant_of
 from deployments.config import AppConfig
+from deployments.messages import ReplicaStats
 from deployments.sessions.tenants import scoped
 
 log = logging.getLogger("ray.serve")
@@ -128,14 +129,14 @@ class Playground:
         view = await self._directory.cluster.remote(max_age, scope)
         replicas = []
         for rid, r in sorted(view["replicas"].items()):
-            s = r["stats"]
+            s: ReplicaStats = r["stats"]
             replicas.append({
                 "id": rid, "reported_s_ago": round(view["now"] - r["reported_at"], 1),
-                "slots": s.get("capacity"), "free_slots": s.get("free_slots"), "kv_use": s.get("kv_use"),
-                "resident": s.get("resident"), "sessions_in_memory": s.get("sessions"), "running": s.get("running"),
-                "waiting": s.get("waiting"), "draining": s.get("draining"), "tokens_generated": s.get("tokens_generated"),
+                "slots": s.capacity, "free_slots": s.free_slots, "kv_use": s.kv_use,
+                "resident": s.resident, "sessions_in_memory": s.sessions, "running": s.running,
+                "waiting": s.waiting, "draining": s.draining, "tokens_generated": s.tokens_generated,
                 "tokens_per_s": r["tokens_per_s"],
-                "turns": {k[len("turns_"):]: v for k, v in s.items() if k.startswith("turns_")},
+                "turns": {**{c.value: n for c, n in s.turns.items()}, "not_committed": s.turns_not_committed},
                 "conversations_owned": r["owned"],
                 "conversations": [{"id": c["id"][len(scope):], "turns": c["seq"], "moves": c["moves"], "busy": c["busy"],
                                    "idle_s": round(view["now"] - c["updated"], 1)} for c in r["sessions"]],

@@ -30,18 +30,10 @@ from __future__ import annotations
 import asyncio
 import pickle
 import time
-from enum import Enum
 
 from deployments.config import LimitsConfig
+from deployments.messages import CacheState, TurnGrant
 from swiftinfer_core.protocol import EngineProtocol, KVSnapshot, KVTransfer, SessionRecord, SessionView
-
-
-class CacheState(str, Enum):
-    WARM = "warm"  # this replica's cache continued the conversation
-    MIGRATED = "migrated"  # the KV arrived from a draining replica through the object store
-    REBUILT = "rebuilt"  # rebuilt here from the committed record
-    NEW = "new"  # first turn of the conversation
-    REPLAYED = "replayed"  # a retry of the last committed turn, answered from the log
 
 
 class NoKVTransfer:
@@ -83,11 +75,11 @@ class LocalSessions:
             del self._closing[sid]
             held.set()
 
-    async def sync(self, sid: str, grant: dict, view: SessionView) -> CacheState:
+    async def sync(self, sid: str, grant: TurnGrant, view: SessionView) -> CacheState:
         """Make the local copy equal the committed state in ``grant`` (from
         ``SessionDirectory.begin_turn``). ``view``: the engine's reading of ``sid``
         taken since the session became busy here."""
-        record, seq = grant["record"], grant["seq"]
+        record, seq = grant.record, grant.seq
         local = _as_local(view)
         self.seq[sid] = seq
         if record is None:
@@ -96,20 +88,20 @@ class LocalSessions:
             return CacheState.NEW
         if local is not None and local[0] == record:
             return CacheState.WARM if local[1] else CacheState.REBUILT
-        if grant["kv"]:
-            snap: KVSnapshot = pickle.loads(await grant["kv"][0])
-            if snap.record.to_dict() == record and await asyncio.to_thread(self._kv.import_kv, snap):
+        if grant.kv is not None:
+            snap: KVSnapshot = pickle.loads(await grant.kv)
+            if snap.record == record and await asyncio.to_thread(self._kv.import_kv, snap):
                 return CacheState.MIGRATED
-        await asyncio.to_thread(self._engine.import_session, SessionRecord.from_dict(record))
+        await asyncio.to_thread(self._engine.import_session, record)
         return CacheState.REBUILT
 
-    def _local(self, sid: str) -> tuple[dict, bool] | None:
+    def _local(self, sid: str) -> tuple[SessionRecord, bool] | None:
         return _as_local(self._engine.view(sid))  # one engine call: each waits for the step in progress
 
     def committed(self, sid: str, seq: int) -> None:
         self.seq[sid] = seq
 
-    async def restore(self, sid: str, record: dict | None) -> None:
+    async def restore(self, sid: str, record: SessionRecord | None) -> None:
         """Undo an uncommitted turn: back to ``record`` (None: forget the session).
         The caller holds ``sid`` (``hold``)."""
         local = await asyncio.to_thread(self._local, sid)
@@ -119,7 +111,7 @@ class LocalSessions:
         if record is None:
             await self.drop(sid)
         else:
-            await asyncio.to_thread(self._engine.import_session, SessionRecord.from_dict(record))
+            await asyncio.to_thread(self._engine.import_session, record)
 
     # ---- dropping copies -------------------------------------------------------
     async def close(self, sid: str) -> bool:
@@ -188,6 +180,6 @@ class LocalSessions:
         return out
 
 
-def _as_local(view: SessionView) -> tuple[dict, bool] | None:
-    """(record as a dict, resident) of the engine's copy, None when it holds none."""
-    return None if view.record is None else (view.record.to_dict(), view.resident)
+def _as_local(view: SessionView) -> tuple[SessionRecord, bool] | None:
+    """(record, resident) of the engine's copy, None when it holds none."""
+    return None if view.record is None else (view.record, view.resident)

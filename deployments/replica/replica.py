@@ -30,7 +30,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import AsyncIterator
 
 from ray import serve
@@ -40,9 +40,9 @@ from deployments.sessions.directory import directory_handle, directory_spec
 from deployments.replica.engine_factory import make_engine
 from deployments.http.errors import TurnNotCommittedError
 from deployments.sessions.history import chain
-from deployments.replica.local_sessions import CacheState, LocalSessions
+from deployments.messages import CacheState, CommittedTurn, ReplicaStats, TurnGrant, TurnPhase, TurnReplay, TurnStart
+from deployments.replica.local_sessions import LocalSessions
 from deployments.replica.pacing import ChunkBudget
-from deployments.sessions.session_log import LastTurn
 from deployments.sessions.tenants import check_tenant, scoped
 from deployments.replica.turn_timing import Stopwatch, TurnTimer
 from swiftinfer_core.config import SamplingParams
@@ -50,20 +50,9 @@ from swiftinfer_core.engine import faults
 from swiftinfer_core.engine.engine import Engine
 from swiftinfer_core.engine.process import ProcessEngine
 from swiftinfer_core.errors import CapacityError, EngineClosedError, SessionBusyError, SessionNotFoundError, StaleSessionError
-from swiftinfer_core.protocol import RawPrompt, SessionRecord, SessionView, StreamChunk, Usage
+from swiftinfer_core.protocol import RawPrompt, SessionStats, SessionView, StreamChunk, Usage
 
 log = logging.getLogger("ray.serve")
-
-
-@dataclass(frozen=True)
-class TurnStart:
-    """First item of ``chat_events``, sent once the engine produced its first chunk
-    (errors before that surface as exceptions, so the ingress can still answer
-    with a status code)."""
-
-    session_id: str
-    replica_id: str
-    cache: CacheState
 
 
 class LLMReplica:
@@ -75,11 +64,13 @@ class LLMReplica:
         if isinstance(self._engine, Engine):  # ProcessEngine warms its child before it is ready
             await asyncio.to_thread(self._engine.warm_up)
         self._local = LocalSessions(self._engine, self._cfg.limits)
-        self._warm_starts = isinstance(self._engine, (Engine, ProcessEngine))  # engines that check `expect`
+        self._warm_capable = isinstance(self._engine, (Engine, ProcessEngine))  # engines that check `expect`
         self._directory = directory_handle(directory_spec(self._cfg))
         self._busy: set[str] = set()  # sessions with a turn running here
         self._last_turn: dict[str, float] = {}  # session -> time of its last turn (autoscaling, eviction)
-        self._counts = {**{f"turns_{c.value}": 0 for c in CacheState}, "turns_not_committed": 0, "warm_starts": 0}
+        self._turns = dict.fromkeys(CacheState, 0)  # turns by how they found their cache
+        self._not_committed = 0
+        self._warm_starts = 0  # turns that started without reading the engine first
         self._timer = TurnTimer()
         self._pace = ChunkBudget(self._cfg.stream_interval_ms / 1000, self._cfg.stream_max_chunks_per_s)
         self._draining = False
@@ -103,42 +94,42 @@ class LLMReplica:
         if session_id in self._busy:
             raise SessionBusyError(f"session {session_id!r} already has a turn in flight")
         self._busy.add(session_id)  # before any other await: a second turn of this session gets 409
-        grant: dict | None = None
+        grant: TurnGrant | None = None
         done = False  # committed or replayed: nothing to roll back
         stream = None
         watch = Stopwatch(self._timer)
         try:
             # a copy committed or synced here before may start warm: the engine checks it as
             # it takes the turn, so no reading of the engine waits for a step first
-            warm = self._warm_starts and session_id in self._local.seq
+            warm = self._warm_capable and session_id in self._local.seq
             view = None if warm else await self._read_and_admit(session_id, watch)
-            grant = await self._directory.begin_turn.remote(session_id, self._id, turn_key)
-            watch.lap("lease")
-            if "replay" in grant:
+            answer: TurnGrant | TurnReplay = await self._directory.begin_turn.remote(session_id, self._id, turn_key)
+            watch.lap(TurnPhase.LEASE)
+            if isinstance(answer, TurnReplay):
                 done = True
-                self._counts["turns_replayed"] += 1
-                last = LastTurn.from_dict(grant["replay"])
+                self._turns[CacheState.REPLAYED] += 1
+                last = answer.last
                 yield TurnStart(session_id, self._id, CacheState.REPLAYED)
                 yield StreamChunk(last.text, [], last.entry.finish_reason, Usage(**last.usage))
                 return
+            grant = answer
             cache, chunk = CacheState.WARM, None
-            if warm and grant["record"] is not None and self._local.seq.get(session_id) == grant["seq"]:
-                expect = SessionRecord.from_dict(grant["record"])
-                stream = self._pace.paced(self._engine.chat(session_id, messages, params, expect=expect))
+            if warm and grant.record is not None and self._local.seq.get(session_id) == grant.seq:
+                stream = self._pace.paced(self._engine.chat(session_id, messages, params, expect=grant.record))
                 try:
                     chunk = await stream.__anext__()
-                    self._counts["warm_starts"] += 1
+                    self._warm_starts += 1
                 except StaleSessionError:  # evicted, slot lent, or changed: the full path below
                     await stream.aclose()
                     stream = None
             if chunk is None:
                 view = view or await self._read_and_admit(session_id, watch)
                 cache = await self._local.sync(session_id, grant, view)
-                watch.lap("sync")
+                watch.lap(TurnPhase.SYNC)
                 stream = self._pace.paced(self._engine.chat(session_id, messages, params))
                 chunk = await stream.__anext__()
-            watch.lap("first_token")
-            self._counts[f"turns_{cache.value}"] += 1
+            watch.lap(TurnPhase.FIRST_TOKEN)
+            self._turns[cache] += 1
             yield TurnStart(session_id, self._id, cache)
             text: list[str] = []
             while chunk.finish_reason is None:
@@ -149,8 +140,8 @@ class LLMReplica:
             reply = "".join(text)
             digest = chain(history_base, {"role": "assistant", "content": reply}) if history_base else None
             watch = Stopwatch(self._timer)
-            await self._commit(session_id, grant["seq"], digest, turn_key, reply, chunk)
-            watch.lap("commit")
+            await self._commit(session_id, grant.seq, digest, turn_key, reply, chunk)
+            watch.lap(TurnPhase.COMMIT)
             done = True
             yield replace(chunk, record=None)  # the record stays here
         finally:
@@ -181,7 +172,7 @@ class LLMReplica:
         replica changes its local copy (eviction and close skip or wait for it)."""
         view = await asyncio.to_thread(self._engine.view, session_id)
         self._admit(view)
-        watch.lap("admit")
+        watch.lap(TurnPhase.ADMIT)
         return view
 
     def _admit(self, view: SessionView) -> None:
@@ -192,21 +183,18 @@ class LLMReplica:
             raise CapacityError(f"all {st.total_slots} KV slots of replica {self._id} are busy")
 
     async def _commit(self, sid: str, seq: int, digest: str | None, turn_key: str | None, reply: str, last: StreamChunk) -> None:
-        snapshot = last.record or await asyncio.to_thread(self._engine.export_session, sid)  # backends without it
-        record = snapshot.to_dict()
-        u = last.usage
-        turn = {"turn_key": turn_key, "finish_reason": last.finish_reason, "prompt_tokens": u.prompt_tokens,
-                "completion_tokens": u.completion_tokens, "text": reply, "usage": u.to_dict()}
+        record = last.record or await asyncio.to_thread(self._engine.export_session, sid)  # backends without it
+        turn = CommittedTurn(turn_key, last.finish_reason, reply, last.usage)
         if not await self._directory.commit.remote(sid, self._id, seq, record, digest, turn):
-            self._counts["turns_not_committed"] += 1
+            self._not_committed += 1
             raise TurnNotCommittedError(f"session {sid!r} changed while this turn ran (deleted or moved); the turn was not recorded, retry it")
         self._local.committed(sid, seq + 1)
 
-    async def _end_uncommitted(self, sid: str, grant: dict | None) -> None:
+    async def _end_uncommitted(self, sid: str, grant: TurnGrant | None) -> None:
         """Roll the local copy back to the committed state and free the lease."""
         try:
             if grant is not None:
-                await self._local.restore(sid, grant["record"])
+                await self._local.restore(sid, grant.record)
         except Exception:  # never mask the turn's own error; drop the copy, the next turn rebuilds
             log.exception("could not roll back session %s", sid)
             try:
@@ -225,24 +213,20 @@ class LLMReplica:
     async def session_info(self, session_id: str) -> dict:
         await self._local.wait(session_id)  # a turn being rolled back: answer with the rolled-back copy
         entry = await self._directory.describe.remote(session_id)
-        if entry is None or (entry["record"] is None and entry["owner"] is None):
+        if entry is None or (entry.record is None and entry.owner is None):
             raise SessionNotFoundError(f"no session {session_id!r}")
-        local = await asyncio.to_thread(self._local_stats, session_id) if entry["owner"] == self._id else None
-        if local is not None:
-            info = local.to_dict()
-        else:  # no live cache anywhere (drained owner): describe the record
-            rec = entry["record"] or {}
-            info = {
-                "session_id": session_id, "tokens_seen": rec.get("tokens_seen", 0), "cache_fill": 0,
-                "capacity": self._cfg.engine.sink_tokens + (self._cfg.engine.window or 0),
-                "evictions": rec.get("tokens_seen", 0), "rounds": rec.get("rounds", 0),
-                "prefilled_tokens": rec.get("prefilled_tokens", 0), "generated_tokens": rec.get("generated_tokens", 0),
-                "recovered": entry["moves"] > 0, "resident": False,
-            }
-        info["replica"] = entry["owner"]
-        info["moves"] = entry["moves"]
-        info["seq"] = entry["seq"]  # turns committed to the log
-        return info
+        local = await asyncio.to_thread(self._local_stats, session_id) if entry.owner == self._id else None
+        if local is None:  # no live cache anywhere (drained owner): describe the record
+            rec = entry.record
+            local = SessionStats(
+                session_id, tokens_seen=rec.tokens_seen if rec else 0, cache_fill=0,
+                capacity=self._cfg.engine.sink_tokens + (self._cfg.engine.window or 0),
+                evictions=rec.tokens_seen if rec else 0, rounds=rec.rounds if rec else 0,
+                prefilled_tokens=rec.prefilled_tokens if rec else 0, generated_tokens=rec.generated_tokens if rec else 0,
+                recovered=entry.moves > 0, resident=False,
+            )
+        # the HTTP body of GET /v1/sessions/{id} (the ingress renames session_id)
+        return {**local.to_dict(), "replica": entry.owner, "moves": entry.moves, "seq": entry.seq}
 
     async def close_session(self, session_id: str) -> bool:
         if session_id in self._busy:
@@ -270,19 +254,20 @@ class LLMReplica:
         return self._id
 
     # ---- stats for routers, the autoscaler, and /metrics -------------------------------
-    async def _stats(self) -> dict:
+    async def _stats(self) -> ReplicaStats:
         st = await asyncio.to_thread(self._engine.stats)
         now = time.time()
         active = sum(1 for t in self._last_turn.values() if now - t <= self._cfg.scaling.active_window_s)
-        return {
-            "replica_id": self._id, "capacity": st.total_slots, "free_slots": st.free_slots,
-            "sessions": st.active_sessions, "resident": st.resident_sessions, "active_sessions": active + len(self._busy),
-            "running": st.running_requests, "waiting": st.waiting_requests, "evictions": st.evictions,
-            "tokens_generated": st.tokens_generated, "tokens_prefilled": st.tokens_prefilled,
-            "kv_use": st.resident_sessions / max(1, st.total_slots), "draining": self._draining,
-            "pid": os.getpid(), "idle_evicted": self._local.idle_evicted, "rolled_back": self._local.rolled_back,
-            **self._counts, **self._timer.summary(),
-        }
+        return ReplicaStats(
+            replica_id=self._id, capacity=st.total_slots, free_slots=st.free_slots,
+            sessions=st.active_sessions, resident=st.resident_sessions, active_sessions=active + len(self._busy),
+            running=st.running_requests, waiting=st.waiting_requests, evictions=st.evictions,
+            tokens_generated=st.tokens_generated, tokens_prefilled=st.tokens_prefilled,
+            kv_use=st.resident_sessions / max(1, st.total_slots), draining=self._draining,
+            pid=os.getpid(), idle_evicted=self._local.idle_evicted, rolled_back=self._local.rolled_back,
+            turns=dict(self._turns), turns_not_committed=self._not_committed, warm_starts=self._warm_starts,
+            phases=self._timer.summary(),
+        )
 
     def record_replica_metadata(self) -> dict:
         """Static facts routers read as ``replica.replica_metadata`` from the moment
@@ -290,11 +275,10 @@ class LLMReplica:
         return {"capacity": self._engine.stats().total_slots}
 
     async def record_routing_stats(self) -> dict:
-        return await self._stats()
+        return (await self._stats()).to_dict()  # Serve's contract: a dict (messages.RoutingStats reads it)
 
-    async def record_autoscaling_stats(self) -> dict:
-        s = await self._stats()
-        return {"active_sessions": float(s["active_sessions"]), "kv_use": float(s["kv_use"]), "sessions": float(s["sessions"])}
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        return (await self._stats()).autoscaling_metrics()
 
     async def _report(self) -> None:
         await self._directory.report.remote(self._id, await self._stats())

@@ -14,24 +14,23 @@ from __future__ import annotations
 import time
 from collections import deque
 
-PHASES = ("admit", "lease", "sync", "first_token", "commit")
+from deployments.messages import TurnPhase
 
 
 class TurnTimer:
     def __init__(self, keep: int = 2048):
-        self._samples = {p: deque(maxlen=keep) for p in PHASES}
+        self._samples = {p: deque(maxlen=keep) for p in TurnPhase}
 
-    def record(self, phase: str, seconds: float) -> None:
+    def record(self, phase: TurnPhase, seconds: float) -> None:
         self._samples[phase].append(seconds)
 
-    def summary(self) -> dict[str, float]:
-        """``phase_<name>_p50`` / ``_p99`` in seconds, for phases with samples."""
+    def summary(self) -> dict[TurnPhase, tuple[float, float]]:
+        """phase -> (p50, p99) in seconds, for phases with samples."""
         out = {}
         for phase, xs in self._samples.items():
             if xs:
                 s = sorted(xs)
-                out[f"phase_{phase}_p50"] = s[(len(s) - 1) // 2]
-                out[f"phase_{phase}_p99"] = s[min(len(s) - 1, round(0.99 * (len(s) - 1)))]
+                out[phase] = (s[(len(s) - 1) // 2], s[min(len(s) - 1, round(0.99 * (len(s) - 1)))])
         return out
 
 
@@ -41,7 +40,7 @@ class Stopwatch:
     def __init__(self, timer: TurnTimer):
         self._timer, self._last = timer, time.monotonic()
 
-    def lap(self, phase: str) -> None:
+    def lap(self, phase: TurnPhase) -> None:
         now = time.monotonic()
         self._timer.record(phase, now - self._last)
         self._last = now

@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 
 import ray
 
-from deployments.config import AppConfig, SessionLogConfig
+from deployments.config import AppConfig, LogBackend, SessionLogConfig
+from deployments.messages import CommittedTurn, ReplicaStats, SessionDescription, TurnGrant, TurnReplay
 from deployments.sessions.log_writer import BatchWriter
-from deployments.config import LogBackend
 from deployments.sessions.session_log import CommitOp, DeleteOp, LastTurn, LogConflictError, LogOp, LogUnavailableError
 from deployments.sessions.session_log import ReleaseOp, SessionState, TurnEntry, open_log
 from swiftinfer_core.errors import SessionBusyError
+from swiftinfer_core.protocol import SessionRecord
 
 NAMESPACE = "swiftinfer"
 MAX_EVENTS = 200  # recent events the cluster view can show
@@ -47,7 +48,7 @@ PLACEMENT: dict[LogBackend, dict] = {
 @dataclass
 class Entry:
     owner: str | None
-    record: dict | None = None
+    record: SessionRecord | None = None
     digest: str | None = None
     seq: int = 0  # committed turns
     last_turn: LastTurn | None = None
@@ -82,14 +83,14 @@ class SessionDirectory:
         self._entries: dict[str, Entry] = {}
         self._by_digest: dict[str, str] = {}  # history digest -> session id
         self._owned: dict[str, set[str]] = {}  # replica id -> session ids it owns
-        self._stats: dict[str, tuple[float, dict]] = {}  # replica id -> (time, stats)
+        self._stats: dict[str, tuple[float, ReplicaStats]] = {}  # replica id -> (time, stats)
         self._events: deque[dict] = deque(maxlen=MAX_EVENTS)  # recent moves and replica joins/leaves (cluster view)
         self._gone: set[str] = set()  # replicas already reported lost (one event each)
         self._prev_tokens: dict[str, tuple[float, int]] = {}  # replica id -> (time, tokens_generated) of its report before the last
         self._placements = 0  # place() calls: a warm turn makes none (routers remember owners)
         for st in self._log.load_all():
             entry = self._entries[st.session_id] = Entry(
-                owner=None, record=st.record, digest=st.digest, seq=st.seq, last_turn=st.last_turn,
+                owner=None, record=SessionRecord.from_dict(st.record), digest=st.digest, seq=st.seq, last_turn=st.last_turn,
                 created=st.created, updated=st.updated,
             )
             self._set_owner(st.session_id, entry, st.owner)
@@ -141,38 +142,38 @@ class SessionDirectory:
         reported = self._stats.get(entry.lease, (0.0, None))[0]
         return now - entry.lease_at < self._lease_timeout_s and now - max(reported, entry.lease_at) < self._lease_stale_s
 
-    def begin_turn(self, sid: str, rid: str, turn_key: str | None = None) -> dict:
-        """``rid`` is about to run a turn of ``sid``. Returns ``{"replay": ...}`` when
+    def begin_turn(self, sid: str, rid: str, turn_key: str | None = None) -> TurnGrant | TurnReplay:
+        """``rid`` is about to run a turn of ``sid``. A ``TurnReplay`` when
         ``turn_key`` is the session's last committed turn (answer it again, run
-        nothing), else takes the lease, makes ``rid`` the owner and returns
-        ``{"seq", "record", "kv"}``: the last committed state (record None for a
-        session never committed) and, once, a KV snapshot ref left by a drain."""
+        nothing), else takes the lease, makes ``rid`` the owner and returns a
+        ``TurnGrant``: the last committed state (record None for a session never
+        committed) and, once, a KV snapshot ref left by a drain."""
         now = time.time()
         entry = self._entries.get(sid)
         if entry is None:
             entry = self._entries[sid] = Entry(owner=None)
         if turn_key is not None and entry.last_turn is not None and entry.last_turn.entry.turn_key == turn_key:
-            return {"replay": entry.last_turn.to_dict(), "seq": entry.seq}
+            return TurnReplay(entry.seq, entry.last_turn)
         if entry.lease not in (None, rid) and self._lease_alive(entry, now):
             raise SessionBusyError(f"session {sid!r} has a turn in flight on another replica")
         entry.lease, entry.lease_at = rid, now
         self._set_owner(sid, entry, rid)
         kv, entry.kv = entry.kv, None
-        return {"seq": entry.seq, "record": entry.record, "kv": [kv[1]] if kv and kv[0] == entry.seq else None}
+        return TurnGrant(entry.seq, entry.record, kv[1] if kv and kv[0] == entry.seq else None)
 
-    async def commit(self, sid: str, rid: str, seq: int, record: dict, digest: str | None, turn: dict) -> bool:
-        """Durably append turn ``seq + 1`` (``turn``: TurnEntry fields but session,
-        seq and replica, plus ``text`` and ``usage``), then make it the session's
+    async def commit(self, sid: str, rid: str, seq: int, record: SessionRecord, digest: str | None, turn: CommittedTurn) -> bool:
+        """Durably append turn ``seq + 1`` with ``record`` as the session's new
         state. False when ``rid`` no longer holds the session at ``seq`` (deleted,
         taken over, or the log refused it): its copy is stale."""
         entry = self._entries.get(sid)
         if entry is None or entry.owner != rid or entry.lease != rid or entry.seq != seq:
             return False
         now = time.time()
-        t = TurnEntry(sid, seq + 1, turn["turn_key"], rid, turn["finish_reason"], turn["prompt_tokens"], turn["completion_tokens"], now)
-        last = LastTurn(t, turn["text"], turn["usage"])
-        try:
-            await self._write(CommitOp(SessionState(sid, seq + 1, record, rid, digest, last, entry.created, now), t))
+        u = turn.usage
+        t = TurnEntry(sid, seq + 1, turn.turn_key, rid, turn.finish_reason, u.prompt_tokens, u.completion_tokens, now)
+        last = LastTurn(t, turn.text, u.to_dict())
+        try:  # the log stores the record's dict form
+            await self._write(CommitOp(SessionState(sid, seq + 1, record.to_dict(), rid, digest, last, entry.created, now), t))
         except LogConflictError:
             return False
         finally:
@@ -247,16 +248,15 @@ class SessionDirectory:
         del self._entries[sid]
 
     # ---- reads -----------------------------------------------------------------
-    def describe(self, sid: str) -> dict | None:
+    def describe(self, sid: str) -> SessionDescription | None:
         entry = self._entries.get(sid)
         if entry is None:
             return None
-        return {"owner": entry.owner, "record": entry.record, "seq": entry.seq, "moves": entry.moves,
-                "created": entry.created, "updated": entry.updated}
+        return SessionDescription(entry.owner, entry.record, entry.seq, entry.moves, entry.created, entry.updated)
 
-    async def turns(self, sid: str, after_seq: int, limit: int) -> list[dict]:
+    async def turns(self, sid: str, after_seq: int, limit: int) -> list[TurnEntry]:
         """Committed turns of ``sid`` from the log itself (the exactly-once audit)."""
-        return [t.to_dict() for t in await asyncio.to_thread(self._log.turns, sid, after_seq, limit)]
+        return await asyncio.to_thread(self._log.turns, sid, after_seq, limit)
 
     def unowned(self, rid: str, sids: list[str]) -> list[str]:
         """Those of ``sids`` (copies ``rid`` holds) that are deleted or owned by
@@ -298,13 +298,13 @@ class SessionDirectory:
         return sid, False
 
     # ---- replica stats (metrics, readiness, leases) ----------------------------
-    def report(self, rid: str, stats: dict) -> None:
+    def report(self, rid: str, stats: ReplicaStats) -> None:
         if rid not in self._stats:
             self._event("replica_joined", replica=rid)
         self._gone.discard(rid)
         if rid in self._stats:  # the previous sample: the cluster view derives tokens/s from the two
             t, old = self._stats[rid]
-            self._prev_tokens[rid] = (t, int(old.get("tokens_generated") or 0))
+            self._prev_tokens[rid] = (t, old.tokens_generated)
         self._stats[rid] = (time.time(), stats)
 
     def _event(self, kind: str, **fields) -> None:
@@ -331,12 +331,12 @@ class SessionDirectory:
             rate = None
             if rid in self._prev_tokens and t > self._prev_tokens[rid][0]:
                 t0, n0 = self._prev_tokens[rid]
-                rate = max(0.0, (int(stats.get("tokens_generated") or 0) - n0) / (t - t0))
+                rate = max(0.0, (stats.tokens_generated - n0) / (t - t0))
             replicas[rid] = {"reported_at": t, "stats": stats, "tokens_per_s": rate, "owned": len(mine), "sessions": sessions}
         events = [e for e in self._events if "session" not in e or e["session"].startswith(scope)]
         return {"now": now, "replicas": replicas, "events": events}
 
-    def replica_stats(self, max_age_s: float) -> dict[str, dict]:
+    def replica_stats(self, max_age_s: float) -> dict[str, ReplicaStats]:
         now = time.time()
         return {rid: s for rid, (t, s) in self._stats.items() if now - t <= max_age_s}
 

@@ -34,6 +34,7 @@ from typing import List, Optional
 import ray
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
+from deployments.messages import RoutingStats
 from deployments.sessions.directory import directory_handle
 
 logger = logging.getLogger("ray.serve")
@@ -98,13 +99,13 @@ class SessionAffinityRouter(RequestRouter):
     def _slots(replica: RunningReplica) -> int | None:
         """KV slots: static metadata from ``record_replica_metadata``, else the
         latest routing stats; None while neither has arrived."""
-        cap = (replica.replica_metadata or {}).get("capacity") or (replica.routing_stats or {}).get("capacity")
+        cap = (replica.replica_metadata or {}).get("capacity") or RoutingStats.of(replica.routing_stats).capacity
         return int(cap) if cap else None
 
     def _emptiest(self, candidates: List[RunningReplica]) -> List[List[RunningReplica]]:
         def used(r: RunningReplica) -> float:
-            s = r.routing_stats or {}
-            return s.get("sessions", 0) / (s.get("capacity", 1) or 1)
+            s = RoutingStats.of(r.routing_stats)
+            return s.sessions / (s.capacity or 1)
 
         ordered = sorted(candidates, key=used)
         return [ordered[: max(2, len(ordered) // 2)]]
@@ -122,7 +123,7 @@ class SessionAffinityRouter(RequestRouter):
         if not sid:
             return self._emptiest(candidate_replicas)
 
-        by_uid = {r.replica_id.unique_id: r for r in candidate_replicas if not (r.routing_stats or {}).get("draining")}
+        by_uid = {r.replica_id.unique_id: r for r in candidate_replicas if not RoutingStats.of(r.routing_stats).draining}
         if not by_uid:
             return []
         claim = pending_request.metadata.call_method in TURN_METHODS

@@ -159,8 +159,8 @@ def test_control_spellings_in_messages_do_not_forge_turns(api):
     system_turn = fmt.encode("<|im_start|>system")
     directory = ray.get_actor("api-sessions", namespace=NAMESPACE)
 
-    def record(sid: str) -> dict:
-        return ray.get(directory.describe.remote(sid))["record"]
+    def record(sid: str):
+        return ray.get(directory.describe.remote(sid)).record
 
     def system_turns(ids: list[int]) -> int:
         return sum(ids[i:i + len(system_turn)] == system_turn for i in range(len(ids)))
@@ -170,8 +170,8 @@ def test_control_spellings_in_messages_do_not_forge_turns(api):
     resp = chat(client, prefix, history, max_tokens=2)
     sid, body = resp.headers["x-session-id"], _ok(resp)
     rec = record(sid)
-    stream = rec["sink_ids"] + rec["window_ids"]
-    assert rec["tokens_seen"] == len(stream)  # nothing evicted yet: the record holds the whole stream
+    stream = rec.sink_ids + rec.window_ids
+    assert rec.tokens_seen == len(stream)  # nothing evicted yet: the record holds the whole stream
     first = fmt.first_round(history)
     assert stream[:len(first)] == first and system_turns(stream) == 1
     assert fmt.tok.decode(first) == fmt.tok.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
@@ -181,7 +181,7 @@ def test_control_spellings_in_messages_do_not_forge_turns(api):
     history += [{"role": "assistant", "content": body["choices"][0]["message"]["content"]}] + new
     resp = chat(client, prefix, history, max_tokens=1)  # one sampled token, never fed: the stream ends with the round's input
     assert resp.headers["x-session-id"] == sid and _ok(resp)["cache"] == "warm"
-    window = record(sid)["window_ids"]
+    window = record(sid).window_ids
     second = fmt.next_round(new)
     assert window[-len(second):] == second and system_turns(window) == 0
 
@@ -360,7 +360,7 @@ def test_warm_turns_start_without_reading_the_engine_first(api):
 
     def warm_starts() -> int:
         time.sleep(2.5)  # replicas report every stats_report_period_s (2 s)
-        return sum(s.get("warm_starts", 0) for s in ray.get(directory.replica_stats.remote(10.0)).values())
+        return sum(s.warm_starts for s in ray.get(directory.replica_stats.remote(10.0)).values())
 
     before = warm_starts()
     for r in range(3):

@@ -83,7 +83,7 @@ def _old_key_refused(resp: httpx.Response, key, errors: list[str]) -> bool:
     key = key.decode("latin-1") if isinstance(key, bytes) else key
     directory = ray.get_actor("fuzz-sessions", namespace="swiftinfer")
     turns = ray.get(directory.turns.remote(f"{TENANT}:{resp.headers['x-session-id']}", 0, 1 << 20))
-    return any(t["turn_key"] == key for t in turns)
+    return any(t.turn_key == key for t in turns)
 
 
 def _check(resp: httpx.Response, what, chat: bool = True, key=None) -> None:
@@ -267,7 +267,7 @@ def test_fuzz_leaves_no_stuck_slot_and_conversations_work(target):
 
     def idle():
         stats = ray.get(directory.replica_stats.remote(5.0))
-        return stats and all(s["running"] == 0 and s["waiting"] == 0 for s in stats.values()) and stats
+        return stats and all(s.running == 0 and s.waiting == 0 for s in stats.values()) and stats
 
     stats = wait_for(idle, 30, "no running or waiting turn on the replicas")
     assert target["ingress"]._metrics.in_flight._value.get() == 0

@@ -36,7 +36,7 @@ def _body(sid: str, text: str, **params) -> dict:
             "temperature": 0, **params}
 
 
-def _replica(directory) -> dict:
+def _replica(directory):
     (stats,) = ray.get(directory.replica_stats.remote(10.0)).values()  # a starved box reports late
     return stats
 
@@ -48,7 +48,7 @@ def _turn_keys(client, sid: str) -> list[str]:
 def test_an_aborted_stream_frees_its_slot_at_once_and_is_rolled_back(api):
     client, directory = api
     assert client.post("/v1/chat/completions", json=_body("ab-1", "Hello."), headers={"Idempotency-Key": "ab-k1"}).status_code == 200
-    generated = _replica(directory)["tokens_generated"]
+    generated = _replica(directory).tokens_generated
     body = _body("ab-1", "Tell a very long story.", max_tokens=300, ignore_eos=True, stream=True)
     with client.stream("POST", "/v1/chat/completions", json=body, headers={"Idempotency-Key": "ab-k2"}) as resp:
         seen = 0
@@ -57,9 +57,9 @@ def test_an_aborted_stream_frees_its_slot_at_once_and_is_rolled_back(api):
             if seen >= 2:
                 break  # the client goes away mid-stream
     gone = time.time()
-    stats = wait_for(lambda: (s := _replica(directory))["running"] == 0 and s["waiting"] == 0 and s, 10, "the aborted turn to stop")
+    stats = wait_for(lambda: (s := _replica(directory)).running == 0 and s.waiting == 0 and s, 10, "the aborted turn to stop")
     assert time.time() - gone < 3.0, "the slot was held after the client left"
-    assert stats["tokens_generated"] - generated < 100, stats  # it stopped long before max_tokens
+    assert stats.tokens_generated - generated < 100, stats  # it stopped long before max_tokens
     info = client.get("/v1/sessions/ab-1").json()
     assert (info["rounds"], info["seq"]) == (1, 1), info  # the aborted turn is not part of the conversation
     resp = client.post("/v1/chat/completions", json=_body("ab-1", "Again."), headers={"Idempotency-Key": "ab-k3"})
@@ -105,7 +105,7 @@ def test_idle_and_excess_sessions_leave_memory_and_are_rebuilt(api):
     # ...then every idle one once the TTL passed: slots released, ids dropped.
     wait_for(lambda: _replica(directory)["sessions"] == 0, TTL_S + 10, "idle sessions to be evicted")
     stats = _replica(directory)
-    assert stats["resident"] == 0 and stats["free_slots"] == stats["capacity"] and stats["idle_evicted"] >= len(sids)
+    assert stats.resident == 0 and stats.free_slots == stats.capacity and stats.idle_evicted >= len(sids)
     for sid in sids:
         resp = client.post("/v1/chat/completions", json=_body(sid, "Back again."))
         assert resp.status_code == 200 and resp.json()["cache"] == "rebuilt", resp.text

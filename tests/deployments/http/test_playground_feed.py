@@ -17,6 +17,7 @@ from deployments.http.auth import KeyCheck
 from deployments.config import AppConfig
 from deployments.sessions.directory import directory_handle
 from deployments.http.playground import FILES, Playground
+from message_factories import committed_turn, replica_stats, session_record
 
 
 class _Remote:
@@ -36,7 +37,7 @@ class FakeDirectory:
             sessions = [{"id": f"{scope}chat-1", "seq": 3, "moves": 1, "busy": False, "updated": now - 2}]
             return {"now": now, "events": [{"t": now - 1, "kind": "moved", "session": f"{scope}chat-1", "src": "r0", "dst": "r1"}],
                     "replicas": {"r1": {"reported_at": now - 0.5, "tokens_per_s": 12.5, "owned": 1, "sessions": sessions,
-                                        "stats": {"capacity": 8, "free_slots": 7, "kv_use": 0.125, "tokens_generated": 99}}}}
+                                        "stats": replica_stats("r1", free_slots=7, kv_use=0.125, tokens_generated=99)}}}
 
         self.cluster = _Remote(cluster)
 
@@ -82,13 +83,13 @@ def test_playground_cluster_feed_from_the_directory(cluster, tmp_path):
             "lease_stale_s": 5.0, "lease_timeout_s": 30.0}
     d = directory_handle(spec)
     try:
-        ray.get(d.report.remote("A", {"tokens_generated": 100}))
-        ray.get(d.report.remote("B", {"tokens_generated": 0}))
+        ray.get(d.report.remote("A", replica_stats("A", tokens_generated=100)))
+        ray.get(d.report.remote("B", replica_stats("B", tokens_generated=0)))
         time.sleep(0.5)
-        ray.get(d.report.remote("A", {"tokens_generated": 150}))
+        ray.get(d.report.remote("A", replica_stats("A", tokens_generated=150)))
         for sid, rid in (("t1:x", "A"), ("t2:y", "B")):
             grant = ray.get(d.begin_turn.remote(sid, rid, None))
-            assert ray.get(d.commit.remote(sid, rid, grant["seq"], {"rounds": 1}, None, _turn()))
+            assert ray.get(d.commit.remote(sid, rid, grant.seq, session_record(sid, 1), None, _turn()))
         view = ray.get(d.cluster.remote(30.0, "t1:"))
         a, b = view["replicas"]["A"], view["replicas"]["B"]
         assert 50 / 1.0 < a["tokens_per_s"] <= 50 / 0.5 + 1e-6 and b["tokens_per_s"] is None  # B reported once
@@ -96,7 +97,7 @@ def test_playground_cluster_feed_from_the_directory(cluster, tmp_path):
         assert [e["kind"] for e in view["events"]] == ["replica_joined", "replica_joined"]
         ray.get(d.release.remote("A"))  # A drains; x lands on B at its next turn
         grant = ray.get(d.begin_turn.remote("t1:x", "B", None))
-        assert ray.get(d.commit.remote("t1:x", "B", grant["seq"], {"rounds": 2}, None, _turn()))
+        assert ray.get(d.commit.remote("t1:x", "B", grant.seq, session_record("t1:x", 2), None, _turn()))
         view = ray.get(d.cluster.remote(30.0, "t1:"))
         assert set(view["replicas"]) == {"B"}
         assert view["replicas"]["B"]["sessions"][0] | {"updated": 0} == {"id": "t1:x", "seq": 2, "moves": 1, "busy": False, "updated": 0}
@@ -110,6 +111,5 @@ def test_playground_cluster_feed_from_the_directory(cluster, tmp_path):
         ray.kill(d, no_restart=True)
 
 
-def _turn() -> dict:
-    return {"turn_key": None, "finish_reason": "stop", "prompt_tokens": 7, "completion_tokens": 3, "text": "r",
-            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "prefilled_tokens": 7, "cached_tokens": 0}}
+def _turn():
+    return committed_turn(None, "r")

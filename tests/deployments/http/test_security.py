@@ -144,7 +144,7 @@ def test_security_tenants_same_session_id_history_and_idempotency_key_are_separa
     carol = client.get("/v1/sessions/demo", headers=_auth(keys["carol"]))  # same tenant as alice: same conversation
     assert carol.status_code == 200 and carol.json()["tokens_seen"] == sa["tokens_seen"]
     d = _directory()
-    assert ray.get(d.describe.remote("acme:demo"))["seq"] == ray.get(d.describe.remote("beta:demo"))["seq"] == 1
+    assert ray.get(d.describe.remote("acme:demo")).seq == ray.get(d.describe.remote("beta:demo")).seq == 1
     assert ray.get(d.describe.remote("demo")) is None
 
     # one Idempotency-Key, one session id, two tenants: a replay only within the tenant
@@ -254,7 +254,7 @@ def test_security_delete_erases_the_session_log_rows_and_the_kv(sec):
     assert stored() == (1, 2, True)  # the check sees the session while it exists
     assert client.get(f"/v1/sessions/{sid}", headers=alice).json()["resident"] is True
     stats = ray.get(_directory().replica_stats.remote(10.0))
-    before = sum(s["resident"] for s in stats.values())
+    before = sum(s.resident for s in stats.values())
     resp = client.delete(f"/v1/sessions/{sid}", headers=alice)
     assert resp.status_code == 200 and resp.json() == {"id": sid, "object": "session.deleted", "deleted": True}
     assert stored() == (0, 0, False)  # no row, no turn, no byte of its id in the database or WAL files
@@ -264,7 +264,7 @@ def test_security_delete_erases_the_session_log_rows_and_the_kv(sec):
 
     def kv_freed():
         now = ray.get(_directory().replica_stats.remote(10.0))
-        return sum(s["resident"] for s in now.values()) == before - 1
+        return sum(s.resident for s in now.values()) == before - 1
 
     wait_for(kv_freed, 15, "the replica to report the session's KV slot freed")
 
@@ -279,7 +279,7 @@ def test_security_a_copy_the_delete_did_not_reach_leaves_its_replica(sec):
     directory = _directory()
 
     def resident() -> int:
-        return sum(s["resident"] for s in ray.get(directory.replica_stats.remote(10.0)).values())
+        return sum(s.resident for s in ray.get(directory.replica_stats.remote(10.0)).values())
 
     time.sleep(1.5)  # three stats reports: the count includes this session
     before = resident()

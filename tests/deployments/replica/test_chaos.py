@@ -47,7 +47,7 @@ def _kill_busiest_replica() -> str:
     owners = ray.get(_directory().owners.remote())
     stats = ray.get(_directory().replica_stats.remote(10.0))
     victim = max(stats, key=lambda rid: owners.get(rid, 0))
-    os.kill(stats[victim]["pid"], signal.SIGKILL)
+    os.kill(stats[victim].pid, signal.SIGKILL)
     return victim
 
 

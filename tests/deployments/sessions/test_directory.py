@@ -11,7 +11,9 @@ import uuid
 import pytest
 import ray
 
+from deployments.messages import TurnGrant, TurnReplay
 from deployments.sessions.directory import directory_handle
+from message_factories import committed_turn, replica_stats, session_record
 from swiftinfer_core.errors import SessionBusyError
 
 STALE_S = 1.0
@@ -45,15 +47,13 @@ def _restart(d) -> None:
         time.sleep(0.2)
 
 
-def _turn(key: str | None, text: str = "reply") -> dict:
-    return {"turn_key": key, "finish_reason": "stop", "prompt_tokens": 7, "completion_tokens": 3, "text": text,
-            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "prefilled_tokens": 7, "cached_tokens": 0}}
+_turn = committed_turn
 
 
 def _commit(d, sid: str, rid: str, key: str | None, digest: str | None = None) -> bool:
     grant = ray.get(d.begin_turn.remote(sid, rid, key))
-    record = {"session_id": sid, "rounds": grant["seq"] + 1, "window_ids": [1, 2, 3]}
-    return ray.get(d.commit.remote(sid, rid, grant["seq"], record, digest, _turn(key, f"reply {key}")))
+    record = session_record(sid, grant.seq + 1, (1, 2, 3))
+    return ray.get(d.commit.remote(sid, rid, grant.seq, record, digest, _turn(key, f"reply {key}")))
 
 
 def test_a_restarted_directory_reloads_every_committed_turn(directory):
@@ -62,27 +62,27 @@ def test_a_restarted_directory_reloads_every_committed_turn(directory):
     assert _commit(d, "s", "r1", "k1") and _commit(d, "s", "r1", "k2", digest="dg2")
     _restart(d)
     info = ray.get(d.describe.remote("s"))
-    assert (info["seq"], info["owner"], info["record"]["rounds"]) == (2, "r1", 2), info
+    assert (info.seq, info.owner, info.record.rounds) == (2, "r1", 2), info
     assert ray.get(d.log_stats.remote())["loaded_at_start"] == 1
-    assert [t["turn_key"] for t in ray.get(d.turns.remote("s", 0, 10))] == ["k1", "k2"]
+    assert [t.turn_key for t in ray.get(d.turns.remote("s", 0, 10))] == ["k1", "k2"]
     assert ray.get(d.resolve_history.remote("opening", "dg2")) == ("s", True)  # id-less clients find it again
     # A retry of the last turn, even on another replica, is answered from the log, not run again.
     replay = ray.get(d.begin_turn.remote("s", "r2", "k2"))
-    assert replay["seq"] == 2 and replay["replay"]["text"] == "reply k2"
-    assert ray.get(d.describe.remote("s"))["owner"] == "r1"
+    assert isinstance(replay, TurnReplay) and replay.seq == 2 and replay.last.text == "reply k2"
+    assert ray.get(d.describe.remote("s")).owner == "r1"
 
 
 def test_a_lease_keeps_turns_of_one_session_from_interleaving(directory):
     d = directory
-    ray.get(d.report.remote("r1", {}))
+    ray.get(d.report.remote("r1", replica_stats("r1")))
     grant = ray.get(d.begin_turn.remote("s", "r1", None))
     with pytest.raises(SessionBusyError):
         ray.get(d.begin_turn.remote("s", "r2", None))
-    record = {"session_id": "s", "rounds": 1}
+    record = session_record("s", 1)
     assert not ray.get(d.commit.remote("s", "r2", 0, record, None, _turn(None)))  # not its lease
     time.sleep(STALE_S + 0.5)  # r1 went quiet (no stats report): its lease is void
     stolen = ray.get(d.begin_turn.remote("s", "r2", None))
-    assert stolen["seq"] == grant["seq"] == 0
+    assert stolen.seq == grant.seq == 0
     assert not ray.get(d.commit.remote("s", "r1", 0, record, None, _turn(None)))  # r1's late commit is refused
     assert ray.get(d.commit.remote("s", "r2", 0, record, None, _turn(None)))
     assert not ray.get(d.commit.remote("s", "r2", 0, record, None, _turn(None)))  # the lease ended with the commit
@@ -107,11 +107,11 @@ def test_a_drained_owner_hands_its_kv_over_once(directory):
     assert ray.get(d.hold_kv.remote("m", "r1", 1, b"kv-bytes"))
     assert ray.get(d.release.remote("r1")) == 1
     grant = ray.get(d.begin_turn.remote("m", "r2", None))
-    assert grant["seq"] == 1 and ray.get(grant["kv"][0]) == b"kv-bytes"
+    assert isinstance(grant, TurnGrant) and grant.seq == 1 and ray.get(grant.kv) == b"kv-bytes"
     ray.get(d.end_turn.remote("m", "r2"))
-    assert ray.get(d.begin_turn.remote("m", "r2", None))["kv"] is None
+    assert ray.get(d.begin_turn.remote("m", "r2", None)).kv is None
     info = ray.get(d.describe.remote("m"))
-    assert info["owner"] == "r2" and info["moves"] == 1
+    assert info.owner == "r2" and info.moves == 1
 
 
 def test_a_log_outage_refuses_the_turn_with_503_and_loses_nothing(cluster, tmp_path):
@@ -129,11 +129,11 @@ def test_a_log_outage_refuses_the_turn_with_503_and_loses_nothing(cluster, tmp_p
         with pytest.raises(LogUnavailableError) as err:
             _commit(d, "o", "r1", "k2")
         assert classify(err.value).status == 503
-        assert ray.get(d.describe.remote("o"))["seq"] == 1  # not acknowledged, not applied
+        assert ray.get(d.describe.remote("o")).seq == 1  # not acknowledged, not applied
         server = RedisServer.start(tmp_path, port=server.port)  # same data directory: the AOF comes back
         assert _commit(d, "o", "r1", "k2")  # the lease was freed; the retry goes through
         _restart(d)
-        assert [t["turn_key"] for t in ray.get(d.turns.remote("o", 0, 10))] == ["k1", "k2"]
+        assert [t.turn_key for t in ray.get(d.turns.remote("o", 0, 10))] == ["k1", "k2"]
     finally:
         ray.kill(d, no_restart=True)
         server.stop()
