@@ -39,7 +39,8 @@ import torch
 
 from deployments.config import LogBackend, SessionLogConfig
 from deployments.sessions.log_writer import BatchWriter
-from deployments.sessions.session_log import CommitOp, LastTurn, SessionState, TurnEntry, open_log
+from deployments.sessions.log_backends import open_log
+from deployments.sessions.session_log import CommitOp, LastTurn, SessionState, TurnEntry
 from swiftinfer_core.config import EngineConfig, SamplingParams
 from swiftinfer_core.engine.engine import Engine
 

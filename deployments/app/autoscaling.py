@@ -58,7 +58,7 @@ class SessionAwarePolicy:
 def policy_config(target_ongoing_requests: float, target_active_sessions: float, target_kv_use: float) -> dict:
     """The ``autoscaling_config.policy`` entry for Serve."""
     return {
-        "policy_function": f"{__name__}:SessionAwarePolicy",
+        "policy_function": SessionAwarePolicy,  # Serve pickles the class it is given
         "policy_kwargs": {
             "target_ongoing_requests": target_ongoing_requests,
             "target_active_sessions": target_active_sessions,

@@ -7,7 +7,7 @@ form of ``AppConfig``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import ray
 from pydantic import ValidationError
@@ -22,22 +22,33 @@ from deployments.sessions.directory import directory_spec
 from deployments.app.exposure import check_exposure, resolve_keys_file, serve_http_host
 from deployments.http.ingress import Ingress
 from deployments.replica.replica import LLMReplica
+from deployments.sessions.router import SessionAffinityRouter
 from swiftinfer_core.config import Device
 
-# router kind -> (request_router_class import path, kwargs builder)
-ROUTERS: dict[RouterKind, tuple[str, Any]] = {
+def _consistent_hash_router() -> type:
+    from ray.serve.experimental.consistent_hash_router import ConsistentHashRouter
+
+    return ConsistentHashRouter
+
+
+def _power_of_two_router() -> type:
+    from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
+
+    return PowerOfTwoChoicesRequestRouter
+
+
+# router kind -> (request router class, its request_router_kwargs from the config); Ray's own
+# routers load only when picked (one is experimental)
+ROUTERS: dict[RouterKind, tuple[Callable[[], type], Callable[[AppConfig], dict]]] = {
     RouterKind.SESSION_AFFINITY: (
-        "deployments.sessions.router.SessionAffinityRouter",
+        lambda: SessionAffinityRouter,
         lambda cfg: {"directory": directory_spec(cfg), "owner_grace_s": cfg.owner_grace_s, "owner_cache_s": cfg.owner_cache_s},
     ),
     RouterKind.CONSISTENT_HASH: (
-        "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter",
+        _consistent_hash_router,
         lambda cfg: {"num_virtual_nodes": 100, "num_fallback_replicas": 0},  # strict: a fallback would split a session
     ),
-    RouterKind.POWER_OF_TWO: (
-        "ray.serve._private.request_router.pow_2_router.PowerOfTwoChoicesRequestRouter",
-        lambda cfg: {},
-    ),
+    RouterKind.POWER_OF_TWO: (_power_of_two_router, lambda cfg: {}),
 }
 
 
@@ -87,7 +98,7 @@ PLACEMENTS: dict[EngineBackend, Any] = {EngineBackend.NATIVE: _native_placement,
 
 def llm_deployment_options(cfg: AppConfig) -> dict:
     """Serve options of the LLM deployment: resources, router, scaling."""
-    router_path, router_kwargs = ROUTERS[cfg.router]
+    router_class, router_kwargs = ROUTERS[cfg.router]
     opts: dict[str, Any] = {
         "name": "LLMReplica",
         "max_ongoing_requests": cfg.ongoing_limit,
@@ -95,7 +106,7 @@ def llm_deployment_options(cfg: AppConfig) -> dict:
         "graceful_shutdown_timeout_s": cfg.graceful_shutdown_timeout_s,
         "graceful_shutdown_wait_loop_s": 0.5,
         "request_router_config": RequestRouterConfig(
-            request_router_class=router_path,
+            request_router_class=router_class(),
             request_router_kwargs=router_kwargs(cfg),
             request_routing_stats_period_s=cfg.routing_stats_period_s,
             request_routing_stats_timeout_s=max(10.0, 3 * cfg.routing_stats_period_s),

@@ -1,31 +1,40 @@
 """Engine factory: one ``EngineProtocol`` implementation per ``EngineBackend``.
 
-The table maps the enum to an import path, so a replica never branches on the
-backend and the heavy modules (torch, TensorRT-LLM) load only where used.
+Each backend maps to a small function that imports its engine class where it
+is called, so a replica never branches on the backend and the heavy modules
+(torch, TensorRT-LLM) load only in the replica that uses them.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Callable
 
 from deployments.config import EngineBackend
 from swiftinfer_core.config import Device, EngineConfig
 from swiftinfer_core.protocol import EngineProtocol
 
-# backend -> "module:attribute" of a callable EngineConfig -> EngineProtocol
-ENGINE_IMPLEMENTATIONS: dict[EngineBackend, str] = {
-    EngineBackend.NATIVE: "swiftinfer_core:Engine",
-    EngineBackend.TRTLLM: "swiftinfer_core.backends.trtllm:TrtllmEngine",
-}
 
-
-def _load(path: str) -> Callable[[EngineConfig], EngineProtocol]:
-    module_name, _, attr = path.partition(":")
+def native_engine(config: EngineConfig) -> EngineProtocol:
     try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise RuntimeError(f"engine implementation {path!r} is not available: {exc}") from exc
+        from swiftinfer_core.engine.engine import Engine
+    except ImportError as exc:
+        raise RuntimeError(f"engine implementation 'native' is not available: {exc}") from exc
+    return Engine(config)
+
+
+def trtllm_engine(config: EngineConfig) -> EngineProtocol:
+    try:
+        from swiftinfer_core.backends.trtllm import TrtllmEngine
+    except ImportError as exc:
+        raise RuntimeError(f"engine implementation 'trtllm' is not available: {exc}") from exc
+    return TrtllmEngine(config)
+
+
+# backend -> EngineConfig -> engine (in the replica's process)
+ENGINE_IMPLEMENTATIONS: dict[EngineBackend, Callable[[EngineConfig], EngineProtocol]] = {
+    EngineBackend.NATIVE: native_engine,
+    EngineBackend.TRTLLM: trtllm_engine,
+}
 
 
 def make_engine(backend: EngineBackend, config: EngineConfig, cpu_threads: int, own_process: bool = False) -> EngineProtocol:
@@ -41,7 +50,7 @@ def make_engine(backend: EngineBackend, config: EngineConfig, cpu_threads: int, 
         import torch
 
         torch.set_num_threads(cpu_threads)
-    engine = _load(ENGINE_IMPLEMENTATIONS[backend])(config)
+    engine = ENGINE_IMPLEMENTATIONS[backend](config)
     if not isinstance(engine, EngineProtocol):
         raise TypeError(f"{type(engine).__name__} does not implement EngineProtocol")
     return engine

@@ -31,7 +31,8 @@ from deployments.config import AppConfig, LogBackend, SessionLogConfig
 from deployments.messages import CommittedTurn, ReplicaStats, SessionDescription, TurnGrant, TurnReplay
 from deployments.sessions.log_writer import BatchWriter
 from deployments.sessions.session_log import CommitOp, DeleteOp, LastTurn, LogConflictError, LogOp, LogUnavailableError
-from deployments.sessions.session_log import ReleaseOp, SessionState, TurnEntry, open_log
+from deployments.sessions.log_backends import open_log
+from deployments.sessions.session_log import ReleaseOp, SessionState, TurnEntry
 from swiftinfer_core.errors import SessionBusyError
 from swiftinfer_core.protocol import SessionRecord
 

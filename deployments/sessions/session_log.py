@@ -7,8 +7,8 @@ refuses a turn whose ``seq`` is not the session's ``seq + 1`` or whose turn key
 was already committed, so a turn can be in it at most once, and a reader can
 check that it is in it at least once (no gap in ``seq``).
 
-Two implementations behind one protocol, picked by ``LogBackend``:
-``log_sqlite.SqliteSessionLog`` (one file, one machine) and
+Two implementations behind one protocol, picked by ``LogBackend``
+(log_backends.py): ``log_sqlite.SqliteSessionLog`` (one file, one machine) and
 ``log_redis.RedisSessionLog`` (a server every node reaches). Writes come in
 batches (``log_writer.BatchWriter``): one transaction per batch, one result per
 operation, so one refused operation never fails its neighbours.
@@ -16,12 +16,10 @@ operation, so one refused operation never fails its neighbours.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence, Union, runtime_checkable
 
-from deployments.config import LogBackend, SessionLogConfig
 
 
 class LogConflictError(Exception):
@@ -129,22 +127,5 @@ class SessionLog(Protocol):
     def close(self) -> None: ...
 
 
-# backend -> "module:class" of a SessionLog taking (config, namespace)
-LOG_IMPLEMENTATIONS: dict[LogBackend, str] = {
-    LogBackend.SQLITE: "deployments.sessions.log_sqlite:SqliteSessionLog",
-    LogBackend.REDIS: "deployments.sessions.log_redis:RedisSessionLog",
-}
-
-
 def default_sqlite_path(namespace: str) -> Path:
     return Path.home() / ".local" / "share" / "swiftinfer" / f"{namespace}.sqlite3"
-
-
-def open_log(config: SessionLogConfig, namespace: str) -> SessionLog:
-    """The log of ``config.backend``; ``namespace`` (the directory's name) keeps
-    applications sharing a file or a Redis server apart."""
-    module_name, _, cls_name = LOG_IMPLEMENTATIONS[config.backend].partition(":")
-    log = getattr(importlib.import_module(module_name), cls_name)(config, namespace)
-    if not isinstance(log, SessionLog):
-        raise TypeError(f"{cls_name} does not implement SessionLog")
-    return log

@@ -116,7 +116,7 @@ def test_gpu_replica_options_place_tensor_parallel_ranks_together():
             AppConfig.model_validate(bad)
     cpu = llm_deployment_options(AppConfig.model_validate({"engine": {"device": "cpu"}, "scaling": {"min_replicas": 1, "max_replicas": 3}}))
     assert cpu["ray_actor_options"]["num_gpus"] == 0
-    assert cpu["autoscaling_config"]["policy"]["policy_function"] == "deployments.app.autoscaling:SessionAwarePolicy"
+    assert cpu["autoscaling_config"]["policy"]["policy_function"] is SessionAwarePolicy
 
 
 def test_app_config_rejects_bad_values():

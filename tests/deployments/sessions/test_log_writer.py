@@ -10,7 +10,8 @@ import pytest
 
 from deployments.config import SessionLogConfig
 from deployments.sessions.log_writer import BatchWriter
-from deployments.sessions.session_log import LogConflictError, open_log
+from deployments.sessions.log_backends import open_log
+from deployments.sessions.session_log import LogConflictError
 
 from test_session_log import commit
 

@@ -19,8 +19,8 @@ from deployments.sessions.session_log import (
     SessionLog,
     SessionState,
     TurnEntry,
-    open_log,
 )
+from deployments.sessions.log_backends import open_log
 
 
 @pytest.fixture(params=[LogBackend.SQLITE, LogBackend.REDIS], ids=lambda b: b.value)
