@@ -33,23 +33,12 @@ import time
 
 from deployments.config import LimitsConfig
 from deployments.messages import CacheState, TurnGrant
-from swiftinfer_core.protocol import EngineProtocol, KVSnapshot, KVTransfer, SessionRecord, SessionView
-
-
-class NoKVTransfer:
-    """For engines without ``KVTransfer``: drains always rebuild."""
-
-    def export_kv(self, session_id: str) -> KVSnapshot | None:
-        return None
-
-    def import_kv(self, snapshot: KVSnapshot) -> bool:
-        return False
+from swiftinfer_core.protocol import EngineProtocol, KVSnapshot, SessionRecord, SessionView
 
 
 class LocalSessions:
     def __init__(self, engine: EngineProtocol, limits: LimitsConfig):
         self._engine = engine
-        self._kv: KVTransfer = engine if isinstance(engine, KVTransfer) else NoKVTransfer()
         self._limits = limits
         self._closing: dict[str, asyncio.Event] = {}  # sessions being closed or rolled back
         self.seq: dict[str, int] = {}  # committed turns of each local copy
@@ -90,7 +79,7 @@ class LocalSessions:
             return CacheState.WARM if local[1] else CacheState.REBUILT
         if grant.kv is not None:
             snap: KVSnapshot = pickle.loads(await grant.kv)
-            if snap.record == record and await asyncio.to_thread(self._kv.import_kv, snap):
+            if snap.record == record and await asyncio.to_thread(self._engine.import_kv, snap):
                 return CacheState.MIGRATED
         await asyncio.to_thread(self._engine.import_session, record)
         return CacheState.REBUILT
@@ -172,7 +161,7 @@ class LocalSessions:
         in ``sids`` order, while their sizes fit ``budget_bytes``."""
         out = []
         for sid in sids:
-            snap = await asyncio.to_thread(self._kv.export_kv, sid)
+            snap = await asyncio.to_thread(self._engine.export_kv, sid)
             if snap is None or snap.nbytes > budget_bytes or sid not in self.seq:
                 continue
             budget_bytes -= snap.nbytes

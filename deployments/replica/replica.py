@@ -47,8 +47,6 @@ from deployments.sessions.tenants import check_tenant, scoped
 from deployments.replica.turn_timing import Stopwatch, TurnTimer
 from swiftinfer_core.config import SamplingParams
 from swiftinfer_core.engine import faults
-from swiftinfer_core.engine.engine import Engine
-from swiftinfer_core.engine.process import ProcessEngine
 from swiftinfer_core.errors import CapacityError, EngineClosedError, SessionBusyError, SessionNotFoundError, StaleSessionError
 from swiftinfer_core.protocol import RawPrompt, SessionStats, SessionView, StreamChunk, Usage
 
@@ -61,10 +59,9 @@ class LLMReplica:
         sys.setswitchinterval(self._cfg.gil_switch_interval_ms / 1000)  # this process is the replica's own
         self._id = serve.get_replica_context().replica_id.unique_id
         self._engine = make_engine(self._cfg.backend, self._cfg.replica_engine, self._cfg.cpu_threads, self._cfg.engine_process)
-        if isinstance(self._engine, Engine):  # ProcessEngine warms its child before it is ready
-            await asyncio.to_thread(self._engine.warm_up)
+        await asyncio.to_thread(self._engine.warm_up)  # ProcessEngine warms its child before it is ready
         self._local = LocalSessions(self._engine, self._cfg.limits)
-        self._warm_capable = isinstance(self._engine, (Engine, ProcessEngine))  # engines that check `expect`
+        self._warm_capable = self._engine.checks_expect()
         self._directory = directory_handle(directory_spec(self._cfg))
         self._busy: set[str] = set()  # sessions with a turn running here
         self._last_turn: dict[str, float] = {}  # session -> time of its last turn (autoscaling, eviction)
@@ -238,17 +235,12 @@ class LLMReplica:
     def check_health(self) -> None:
         """Serve's periodic health check: a replica whose engine hit a device fault
         is replaced instead of failing every turn routed to it."""
-        check = getattr(self._engine, "check_health", None)
-        if check is not None:
-            check()
-
-    def ping(self) -> str:
-        return self._id
+        self._engine.check_health()
 
     def inject_device_fault(self) -> str:
         """Test-only: the engine's next step faults on the device (engine/faults.py).
         Refused unless this process runs with SWIFTINFER_FAULT_INJECTION=1."""
-        if not faults.enabled() or not isinstance(self._engine, (Engine, ProcessEngine)):
+        if not faults.enabled():
             raise PermissionError(f"fault injection is off (set {faults.ENV}=1 in the replica's environment)")
         self._engine.inject_device_fault()
         return self._id

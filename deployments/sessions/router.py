@@ -27,7 +27,6 @@ emptiest replicas.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import List, Optional
 
@@ -36,8 +35,6 @@ from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, R
 
 from deployments.messages import RoutingStats
 from deployments.sessions.directory import directory_handle
-
-logger = logging.getLogger("ray.serve")
 
 # Methods that create or advance a session: they may claim an owner.
 TURN_METHODS = frozenset({"chat", "chat_events"})

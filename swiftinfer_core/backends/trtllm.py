@@ -42,6 +42,7 @@ from swiftinfer_core.errors import (
 )
 from swiftinfer_core.model.fetch import resolve_model
 from swiftinfer_core.protocol import EngineStats, RawPrompt, SessionRecord, SessionStats, SessionView, StreamChunk, Usage
+from swiftinfer_core.protocol import EngineProtocol
 
 log = logging.getLogger(__name__)
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,256}$")  # the native engine's rule
@@ -63,7 +64,7 @@ def _visible_gpus() -> int:
     return torch.cuda.device_count()
 
 
-class TrtllmEngine:
+class TrtllmEngine(EngineProtocol):
     def __init__(
         self,
         config: EngineConfig | None = None,

@@ -34,7 +34,7 @@ ASK = [{"role": "user", "content": "What is the weather in Paris? Use the tool."
 @pytest.fixture(scope="module")
 def app(cluster):
     prefix = deploy("structured", app_config("structured-sessions", engine=ENGINE, scaling={"min_replicas": 1, "max_replicas": 1}))
-    from openai import AsyncOpenAI, OpenAI
+    from openai import OpenAI
 
     base = f"{cluster}{prefix}/v1"
     yield OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=300), base
