@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
-import re
 import time
 from dataclasses import replace
 
@@ -56,7 +55,7 @@ from deployments.http.errors import ModelNotFoundError, ServiceStartingError, er
 from deployments.sessions.history import HistoryView
 from deployments.http.metrics import ServiceMetrics
 from deployments.messages import ReplicaStats
-from deployments.http.openai_schema import SESSION_ID_PATTERN, ChatCompletionRequest
+from deployments.http.openai_schema import ChatCompletionRequest
 from deployments.http.playground import Playground
 from deployments.http.request_limits import Deadline, read_body
 from deployments.http.tenant_limits import TenantLimiter
@@ -66,8 +65,8 @@ from deployments.http.text_completion import TextTurn
 from deployments.http.tokens import CodecHolder
 from deployments.http.turn_plan import OneCallSessions, TurnPlan, explicit_sid, plan_completion
 from swiftinfer_core.errors import EngineClosedError, InvalidRequestError, SessionNotFoundError
+from swiftinfer_core.session_id import CLIENT_MAX, check_session_id, is_session_id
 
-_SESSION_ID = re.compile(SESSION_ID_PATTERN)
 NO_REPLICA = "none"
 READY_CACHE_S = 5.0  # a positive readiness answer is reused this long
 MAX_TURNS_PAGE = 1000
@@ -139,9 +138,7 @@ class Ingress:
 
     def _turn_key(self, request: Request) -> str | None:
         key = request.headers.get("idempotency-key")
-        if key is not None and not _SESSION_ID.match(key):
-            raise InvalidRequestError("Idempotency-Key must be 1-128 characters of [A-Za-z0-9_.:-]")
-        return key
+        return None if key is None else check_session_id(key, "Idempotency-Key", CLIENT_MAX)
 
     async def chat_completions(self, request: Request) -> Response:
         return await self._serve_turn(request, ChatCompletionRequest, self._plan_chat, Turn)
@@ -260,14 +257,9 @@ class Ingress:
             return error_response(exc, {})
 
     # ---- sessions --------------------------------------------------------------------
-    @staticmethod
-    def _check_sid(session_id: str) -> None:
-        if not _SESSION_ID.match(session_id):
-            raise InvalidRequestError("session id must be 1-128 characters of [A-Za-z0-9_.:-]")
-
     async def get_session(self, session_id: str, request: Request) -> Response:
         try:
-            self._check_sid(session_id)
+            check_session_id(session_id, "session_id", CLIENT_MAX)
             sid = scoped(tenant_of(request), session_id)
             info = await self._llm.options(session_id=sid).session_info.remote(sid)
         except Exception as exc:
@@ -281,7 +273,7 @@ class Ingress:
         """``?after=<seq>&limit=<n>``: committed turns with seq > after, from the log."""
         headers = {"x-session-id": _echo(session_id), "x-replica-id": NO_REPLICA}
         try:
-            self._check_sid(session_id)
+            check_session_id(session_id, "session_id", CLIENT_MAX)
             sid = scoped(tenant_of(request), session_id)
             after, limit = (_query_int(request, name, default, hi) for name, default, hi in (("after", 0, 1 << 62), ("limit", 100, MAX_TURNS_PAGE)))
             if await self._directory.describe.remote(sid) is None:
@@ -295,7 +287,7 @@ class Ingress:
     async def delete_session(self, session_id: str, request: Request) -> Response:
         headers = {"x-session-id": _echo(session_id), "x-replica-id": NO_REPLICA}
         try:
-            self._check_sid(session_id)
+            check_session_id(session_id, "session_id", CLIENT_MAX)
             sid = scoped(tenant_of(request), session_id)
             if not await self._llm.options(session_id=sid).close_session.remote(sid):
                 raise SessionNotFoundError(f"no session {session_id!r}")
@@ -342,7 +334,7 @@ def _unscoped(exc: BaseException, tenant: str | None, sid: str) -> BaseException
 def _echo(session_id: str) -> str:
     """A session id fit for a response header (an invalid one, possibly not even
     latin-1 encodable, is not echoed)."""
-    return session_id if _SESSION_ID.match(session_id) else ""
+    return session_id if is_session_id(session_id, CLIENT_MAX) else ""
 
 
 def server_info(cfg: AppConfig) -> dict:

@@ -32,8 +32,7 @@ from deployments.http.structured_schema import FunctionDef, ResponseFormat, Tool
 from deployments.http.tool_calls import assistant_text
 from swiftinfer_core.config import Grammar, SamplingParams
 from swiftinfer_core.errors import InvalidRequestError
-
-SESSION_ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"  # a client's id (the engine takes tenant-scoped ones, up to 256)
+from swiftinfer_core.session_id import PATTERN as SESSION_ID_PATTERN  # a client's id (swiftinfer_core/session_id.py)
 
 
 class _Strict(BaseModel):

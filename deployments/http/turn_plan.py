@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import uuid
 from dataclasses import dataclass, field
 
 from ray.serve.handle import DeploymentHandle
 
 from deployments.http.completions_schema import CompletionRequest
-from deployments.http.openai_schema import SESSION_ID_PATTERN
 from deployments.sessions.tenants import scoped
 from deployments.http.tokens import CodecHolder
 from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.protocol import RawPrompt
+from swiftinfer_core.session_id import CLIENT_MAX, check_session_id
 
-_SESSION_ID = re.compile(SESSION_ID_PATTERN)
 DROP_ATTEMPTS = 5
 log = logging.getLogger("ray.serve")
 
@@ -41,8 +39,8 @@ class TurnPlan:
 
 def explicit_sid(body_sid: str | None, header_sid: str | None) -> str | None:
     """The client's session id from the body or the X-Session-ID header (they must agree)."""
-    if header_sid is not None and not _SESSION_ID.match(header_sid):
-        raise InvalidRequestError("X-Session-ID must be 1-128 characters of [A-Za-z0-9_.:-]")
+    if header_sid is not None:
+        check_session_id(header_sid, "X-Session-ID", CLIENT_MAX)
     if body_sid and header_sid and body_sid != header_sid:
         raise InvalidRequestError("session_id in the body and X-Session-ID header differ")
     return body_sid or header_sid

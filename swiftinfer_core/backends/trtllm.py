@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from typing import AsyncIterator, Callable
 
 from swiftinfer_core.backends.reply import ReplyAssembler
@@ -43,9 +42,9 @@ from swiftinfer_core.errors import (
 from swiftinfer_core.model.fetch import resolve_model
 from swiftinfer_core.protocol import EngineStats, RawPrompt, SessionRecord, SessionStats, SessionView, StreamChunk, Usage
 from swiftinfer_core.protocol import EngineProtocol
+from swiftinfer_core.session_id import check_session_id
 
 log = logging.getLogger(__name__)
-SESSION_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,256}$")  # the native engine's rule
 
 
 def check_gpus(tp_size: int, visible: int) -> None:
@@ -107,8 +106,7 @@ class TrtllmEngine(EngineProtocol):
     def _begin(self, session_id: str, messages: list[dict], params: SamplingParams) -> tuple[Session, list[int]]:
         if self._closed:
             raise EngineClosedError("the engine is shut down")
-        if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
-            raise InvalidRequestError("session_id must be 1-256 characters of [A-Za-z0-9_.:-]")
+        check_session_id(session_id)
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError("params must be a SamplingParams")
         if isinstance(messages, RawPrompt):
