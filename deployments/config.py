@@ -14,7 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from swiftinfer_core.config import EngineConfig
 
 
-class Strict(BaseModel):
+class ConfigModel(BaseModel):
+    """A section of the deployer's config: unknown keys refused, frozen. Unlike
+    swiftinfer_core.config.StrictModel (engine and sampling settings, also built
+    from requests, whose errors are InvalidRequestError: HTTP 400), errors stay
+    pydantic's ValidationError, so ``app.builder.parse_config`` reports every bad
+    field of the whole file at once."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -47,7 +53,7 @@ class SqliteSync(str, Enum):
     NORMAL = "NORMAL"
 
 
-class SessionLogConfig(Strict):
+class SessionLogConfig(ConfigModel):
     """The durable log of sessions and turns the directory writes through."""
 
     backend: LogBackend = Field(LogBackend.SQLITE, description="Log implementation.")
@@ -76,7 +82,7 @@ class SessionLogConfig(Strict):
         return self
 
 
-class LimitsConfig(Strict):
+class LimitsConfig(ConfigModel):
     """Per-request and per-replica limits against overload and hostile clients."""
 
     max_body_bytes: int = Field(4 << 20, ge=1024, le=1 << 30, description="Largest request body; larger is 413 before it is buffered.")
@@ -88,7 +94,7 @@ class LimitsConfig(Strict):
     idle_ttl_s: float | None = Field(900.0, gt=0, le=1 << 24, description="A conversation idle this long leaves the replica's memory (slot released; the next turn rebuilds). None: never.")
 
 
-class TenantLimitsConfig(Strict):
+class TenantLimitsConfig(ConfigModel):
     """What one tenant (all its keys together) may use; past it, 429 with Retry-After.
     Counted per ingress replica (with N ingress replicas a tenant gets up to N times these)."""
 
@@ -99,7 +105,7 @@ class TenantLimitsConfig(Strict):
     token_burst: int = Field(4096, ge=1, le=1 << 30, description="Generated tokens a tenant may spend at once on a full bucket; at least max_tokens of one turn.")
 
 
-class AuthConfig(Strict):
+class AuthConfig(ConfigModel):
     """Who may call the API (README "Security"). Keys come from a file of hashed
     keys (``swiftinfer keys add``), never from this config."""
 
@@ -116,7 +122,7 @@ class AuthConfig(Strict):
         return self.keys_file is not None
 
 
-class ScalingConfig(Strict):
+class ScalingConfig(ConfigModel):
     """LLM replica count. ``min_replicas == max_replicas`` disables autoscaling."""
 
     min_replicas: int = Field(1, ge=0, le=512, description="Fewest LLM replicas.")
@@ -146,7 +152,7 @@ class ScalingConfig(Strict):
         return self.min_replicas == self.max_replicas
 
 
-class AppConfig(Strict):
+class AppConfig(ConfigModel):
     """The whole application: one ingress deployment in front of N LLM replicas."""
 
     model_id: str = Field("smollm2-135m-instruct", min_length=1, max_length=128, description="Name clients put in `model`; listed by GET /v1/models.")

@@ -22,7 +22,6 @@ from enum import Enum
 
 import ray
 
-from deployments.sessions.session_log import LastTurn
 from swiftinfer_core.protocol import SessionRecord, Usage
 
 
@@ -62,10 +61,12 @@ class TurnGrant:
 @dataclass(frozen=True)
 class TurnReplay:
     """``begin_turn``'s answer when the Idempotency-Key is the session's last
-    committed turn: send ``last`` again, run nothing."""
+    committed turn: send its reply again, run nothing."""
 
     seq: int
-    last: LastTurn
+    text: str
+    finish_reason: str
+    usage: Usage
 
 
 @dataclass(frozen=True)

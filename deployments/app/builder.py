@@ -52,7 +52,7 @@ ROUTERS: dict[RouterKind, tuple[Callable[[], type], Callable[[AppConfig], dict]]
 }
 
 
-def resolve_device(cfg: AppConfig) -> AppConfig:
+def with_cluster_device(cfg: AppConfig) -> AppConfig:
     """``device: auto`` becomes cuda when the cluster has GPUs, else cpu, so the
     replica's resource request and the engine agree."""
     if cfg.engine.device != Device.AUTO:
@@ -145,7 +145,7 @@ def build_deployments(cfg: AppConfig) -> tuple[Deployment, Deployment, dict]:
 
 def parse_config(args: dict | None) -> AppConfig:
     try:
-        return resolve_keys_file(resolve_device(AppConfig.model_validate(args or {})))
+        return resolve_keys_file(with_cluster_device(AppConfig.model_validate(args or {})))
     except ValidationError as exc:
         raise ValueError(f"invalid SwiftInfer Serve config:\n{exc}") from None
 

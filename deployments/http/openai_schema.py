@@ -35,11 +35,13 @@ from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.session_id import PATTERN as SESSION_ID_PATTERN  # a client's id (swiftinfer_core/session_id.py)
 
 
-class _Strict(BaseModel):
+class RequestModel(BaseModel):
+    """A JSON request body (or a part of one): strict types, unknown fields refused."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class ContentPart(_Strict):
+class ContentPart(RequestModel):
     type: str
     text: str | None = None
     image_url: Any = None
@@ -48,7 +50,7 @@ class ContentPart(_Strict):
     refusal: str | None = None
 
 
-class Message(_Strict):
+class Message(RequestModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
@@ -88,12 +90,12 @@ class Message(_Strict):
         return out
 
 
-class StreamOptions(_Strict):
+class StreamOptions(RequestModel):
     include_usage: bool = True
     include_obfuscation: bool | None = None
 
 
-class SamplingRequest(_Strict):
+class SamplingRequest(RequestModel):
     """The fields chat and text completions share, and their mapping to the engine's SamplingParams."""
 
     model: str = Field(min_length=1, max_length=256)

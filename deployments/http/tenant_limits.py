@@ -23,6 +23,7 @@ from typing import AsyncIterator
 
 from deployments.config import TenantLimitsConfig
 from deployments.http.errors import TenantLimitError
+from swiftinfer_core.protocol import StreamChunk
 
 DEFAULT = "<default>"  # the tenant of a service without keys
 
@@ -82,12 +83,11 @@ class Ticket:
             self.state.tokens.refill(time.monotonic())
             self.state.tokens.give(max(0, self.reserved - self.generated))
 
-    async def meter(self, events: AsyncIterator) -> AsyncIterator:
+    async def meter(self, events: AsyncIterator[StreamChunk]) -> AsyncIterator[StreamChunk]:
         """Pass a turn's chunks through, noting the generated tokens of its final one."""
         async for chunk in events:
-            usage = getattr(chunk, "usage", None)
-            if usage is not None:
-                self.generated = usage.completion_tokens
+            if isinstance(chunk, StreamChunk) and chunk.usage is not None:
+                self.generated = chunk.usage.completion_tokens
             yield chunk
 
 

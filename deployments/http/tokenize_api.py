@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pydantic import Field, ValidationError, model_validator
 
-from deployments.http.openai_schema import Message, _Strict, describe
+from deployments.http.openai_schema import Message, RequestModel, describe
 from deployments.http.tokens import TextCodec
 from swiftinfer_core.engine.chat_format import validate_messages
 from swiftinfer_core.errors import InvalidRequestError
@@ -24,7 +24,7 @@ from swiftinfer_core.errors import InvalidRequestError
 MAX_TOKENS_IN = 1 << 20
 
 
-class TokenizeRequest(_Strict):
+class TokenizeRequest(RequestModel):
     model: str | None = Field(None, min_length=1, max_length=256)
     prompt: str | None = None
     messages: list[Message] | None = Field(None, min_length=1, max_length=4096)
@@ -43,7 +43,7 @@ class TokenizeRequest(_Strict):
         return self
 
 
-class DetokenizeRequest(_Strict):
+class DetokenizeRequest(RequestModel):
     model: str | None = Field(None, min_length=1, max_length=256)
     tokens: list[int] = Field(max_length=MAX_TOKENS_IN)
 

@@ -48,7 +48,7 @@ from deployments.replica.turn_timing import Stopwatch, TurnTimer
 from swiftinfer_core.config import SamplingParams
 from swiftinfer_core.engine import faults
 from swiftinfer_core.errors import CapacityError, EngineClosedError, SessionBusyError, SessionNotFoundError, StaleSessionError
-from swiftinfer_core.protocol import RawPrompt, SessionStats, SessionView, StreamChunk, Usage
+from swiftinfer_core.protocol import RawPrompt, SessionStats, SessionView, StreamChunk
 
 log = logging.getLogger("ray.serve")
 
@@ -105,9 +105,8 @@ class LLMReplica:
             if isinstance(answer, TurnReplay):
                 done = True
                 self._turns[CacheState.REPLAYED] += 1
-                last = answer.last
                 yield TurnStart(session_id, self._id, CacheState.REPLAYED)
-                yield StreamChunk(last.text, [], last.entry.finish_reason, Usage(**last.usage))
+                yield StreamChunk(answer.text, [], answer.finish_reason, answer.usage)
                 return
             grant = answer
             cache, chunk = CacheState.WARM, None

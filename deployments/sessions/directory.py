@@ -34,7 +34,7 @@ from deployments.sessions.session_log import CommitOp, DeleteOp, LastTurn, LogCo
 from deployments.sessions.log_backends import open_log
 from deployments.sessions.session_log import ReleaseOp, SessionState, TurnEntry
 from swiftinfer_core.errors import SessionBusyError
-from swiftinfer_core.protocol import SessionRecord
+from swiftinfer_core.protocol import SessionRecord, Usage
 
 NAMESPACE = "swiftinfer"
 MAX_EVENTS = 200  # recent events the cluster view can show
@@ -154,7 +154,8 @@ class SessionDirectory:
         if entry is None:
             entry = self._entries[sid] = Entry(owner=None)
         if turn_key is not None and entry.last_turn is not None and entry.last_turn.entry.turn_key == turn_key:
-            return TurnReplay(entry.seq, entry.last_turn)
+            last = entry.last_turn
+            return TurnReplay(entry.seq, last.text, last.entry.finish_reason, Usage(**last.usage))
         if entry.lease not in (None, rid) and self._lease_alive(entry, now):
             raise SessionBusyError(f"session {sid!r} has a turn in flight on another replica")
         entry.lease, entry.lease_at = rid, now

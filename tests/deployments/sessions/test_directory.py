@@ -68,7 +68,7 @@ def test_a_restarted_directory_reloads_every_committed_turn(directory):
     assert ray.get(d.resolve_history.remote("opening", "dg2")) == ("s", True)  # id-less clients find it again
     # A retry of the last turn, even on another replica, is answered from the log, not run again.
     replay = ray.get(d.begin_turn.remote("s", "r2", "k2"))
-    assert isinstance(replay, TurnReplay) and replay.seq == 2 and replay.last.text == "reply k2"
+    assert isinstance(replay, TurnReplay) and replay.seq == 2 and replay.text == "reply k2"
     assert ray.get(d.describe.remote("s")).owner == "r1"
 
 
