@@ -13,7 +13,7 @@ global app):
   with the ingress's own copy of the tokenizer (tokens.py), which also names
   the tokens of ``logprobs``.
 - ``GET/DELETE /v1/sessions/{id}``, ``GET /v1/sessions/{id}/turns`` (the
-  session log's committed turns: the exactly-once audit), ``GET /v1/models``,
+  session log's committed turns: the exactly-once audit; session_routes.py), ``GET /v1/models``,
   ``GET /healthz``, ``GET /metrics``; ``/openapi.json`` publishes the request
   schema.
 - ``GET /`` (the browser playground), ``/cluster``, ``/plots``, ``/ui/...`` and
@@ -58,18 +58,17 @@ from deployments.messages import ReplicaStats
 from deployments.http.openai_schema import ChatCompletionRequest
 from deployments.http.playground import Playground
 from deployments.http.request_limits import Deadline, read_body
+from deployments.http.session_routes import NO_REPLICA, SessionRoutes
 from deployments.http.tenant_limits import TenantLimiter
 from deployments.sessions.tenants import client_id, history_seed, scoped
 from deployments.http.tokenize_api import DetokenizeRequest, TokenizeRequest, detokenize, parse, tokenize
 from deployments.http.text_completion import TextTurn
 from deployments.http.tokens import CodecHolder
 from deployments.http.turn_plan import OneCallSessions, TurnPlan, explicit_sid, plan_completion
-from swiftinfer_core.errors import EngineClosedError, InvalidRequestError, SessionNotFoundError
-from swiftinfer_core.session_id import CLIENT_MAX, check_session_id, is_session_id
+from swiftinfer_core.errors import EngineClosedError, InvalidRequestError
+from swiftinfer_core.session_id import CLIENT_MAX, check_session_id
 
-NO_REPLICA = "none"
 READY_CACHE_S = 5.0  # a positive readiness answer is reused this long
-MAX_TURNS_PAGE = 1000
 _UNAVAILABLE = (EngineClosedError, ActorDiedError, ActorUnavailableError)  # the turn never started: safe to send again
 
 
@@ -85,6 +84,7 @@ class Ingress:
         auth = self._cfg.auth  # keys and tenants: auth.py, tenants.py
         self._keys = KeyRing(auth.keys_file, auth.reload_period_s) if auth.keyed else None
         self._tenant_limits = TenantLimiter(auth.tenant_limits, auth.tenant_overrides)
+        self._sessions = SessionRoutes(llm, self._directory)
         self._playground = Playground(self._cfg, self._directory)  # GET /, /cluster, /v1/cluster: playground.py
         eng = self._cfg.engine
         self._codec = CodecHolder(eng.model, eng.allow_control_tokens_in_content, eng.max_turn_tokens)
@@ -98,9 +98,7 @@ class Ingress:
         app.add_api_route("/v1/completions", self.completions, methods=["POST"], openapi_extra={"requestBody": completion_body})
         app.add_api_route("/tokenize", self.tokenize, methods=["POST"])
         app.add_api_route("/detokenize", self.detokenize, methods=["POST"])
-        app.add_api_route("/v1/sessions/{session_id}/turns", self.session_turns, methods=["GET"])
-        app.add_api_route("/v1/sessions/{session_id}", self.get_session, methods=["GET"])
-        app.add_api_route("/v1/sessions/{session_id}", self.delete_session, methods=["DELETE"])
+        self._sessions.add_routes(app)  # /v1/sessions/...: session_routes.py
         app.add_api_route("/v1/models", self.models, methods=["GET"])
         app.add_api_route("/healthz", self.healthz, methods=["GET"])
         app.add_api_route("/metrics", self.metrics, methods=["GET"])
@@ -256,45 +254,6 @@ class Ingress:
         except Exception as exc:
             return error_response(exc, {})
 
-    # ---- sessions --------------------------------------------------------------------
-    async def get_session(self, session_id: str, request: Request) -> Response:
-        try:
-            check_session_id(session_id, "session_id", CLIENT_MAX)
-            sid = scoped(tenant_of(request), session_id)
-            info = await self._llm.options(session_id=sid).session_info.remote(sid)
-        except Exception as exc:
-            return error_response(_as_client(exc, session_id), {"x-session-id": _echo(session_id), "x-replica-id": NO_REPLICA})
-        info.pop("session_id", None)
-        info["id"] = session_id
-        info["object"] = "session"
-        return JSONResponse(info, headers={"x-session-id": _echo(session_id), "x-replica-id": info["replica"] or NO_REPLICA})
-
-    async def session_turns(self, session_id: str, request: Request) -> Response:
-        """``?after=<seq>&limit=<n>``: committed turns with seq > after, from the log."""
-        headers = {"x-session-id": _echo(session_id), "x-replica-id": NO_REPLICA}
-        try:
-            check_session_id(session_id, "session_id", CLIENT_MAX)
-            sid = scoped(tenant_of(request), session_id)
-            after, limit = (_query_int(request, name, default, hi) for name, default, hi in (("after", 0, 1 << 62), ("limit", 100, MAX_TURNS_PAGE)))
-            if await self._directory.describe.remote(sid) is None:
-                raise SessionNotFoundError(f"no session {session_id!r}")
-            turns = await self._directory.turns.remote(sid, after, limit)
-        except Exception as exc:
-            return error_response(_as_client(exc, session_id), headers)
-        data = [{**t.to_dict(), "session_id": session_id} for t in turns]
-        return JSONResponse({"object": "list", "session_id": session_id, "data": data}, headers=headers)
-
-    async def delete_session(self, session_id: str, request: Request) -> Response:
-        headers = {"x-session-id": _echo(session_id), "x-replica-id": NO_REPLICA}
-        try:
-            check_session_id(session_id, "session_id", CLIENT_MAX)
-            sid = scoped(tenant_of(request), session_id)
-            if not await self._llm.options(session_id=sid).close_session.remote(sid):
-                raise SessionNotFoundError(f"no session {session_id!r}")
-        except Exception as exc:
-            return error_response(_as_client(exc, session_id), headers)
-        return JSONResponse({"id": session_id, "object": "session.deleted", "deleted": True}, headers=headers)
-
     # ---- service ---------------------------------------------------------------------
     async def models(self) -> Response:
         card = {"id": self._cfg.model_id, "object": "model", "created": self._created, "owned_by": "swiftinfer",
@@ -312,12 +271,6 @@ class Ingress:
         return Response(self._metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-def _as_client(exc: BaseException, session_id: str) -> BaseException:
-    """A session-not-found error worded with the client's id, never the scoped one:
-    another tenant's id and an unknown id get the very same body."""
-    return SessionNotFoundError(f"no session {session_id!r}") if isinstance(unwrap(exc), SessionNotFoundError) else exc
-
-
 def _unscoped(exc: BaseException, tenant: str | None, sid: str) -> BaseException:
     """The replica's error with the client's id in its message instead of the scoped
     one (409 busy, not committed): clients never see ``<tenant>:<id>``."""
@@ -329,12 +282,6 @@ def _unscoped(exc: BaseException, tenant: str | None, sid: str) -> BaseException
         return type(inner)(str(inner).replace(repr(scoped_sid), repr(sid)))
     except Exception:  # an exception type that does not take one message: keep it as it is
         return exc
-
-
-def _echo(session_id: str) -> str:
-    """A session id fit for a response header (an invalid one, possibly not even
-    latin-1 encodable, is not echoed)."""
-    return session_id if is_session_id(session_id, CLIENT_MAX) else ""
 
 
 def server_info(cfg: AppConfig) -> dict:
@@ -351,15 +298,6 @@ def server_info(cfg: AppConfig) -> dict:
             "stream_interval_ms": cfg.stream_interval_ms, "stream_max_chunks_per_s": cfg.stream_max_chunks_per_s,
             "gil_switch_interval_ms": cfg.gil_switch_interval_ms,
             "idle_ttl_s": cfg.limits.idle_ttl_s, "max_ongoing_requests": cfg.ongoing_limit}
-
-
-def _query_int(request: Request, name: str, default: int, hi: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or int(raw) > hi:
-        raise InvalidRequestError(f"query parameter {name!r} must be an integer in [0, {hi}]")
-    return int(raw)
 
 
 def _openapi(app: FastAPI) -> dict:

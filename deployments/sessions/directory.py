@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 import ray
@@ -30,6 +29,7 @@ import ray
 from deployments.config import AppConfig, LogBackend, SessionLogConfig
 from deployments.messages import CommittedTurn, ReplicaStats, SessionDescription, TurnGrant, TurnReplay
 from deployments.sessions.log_writer import BatchWriter
+from deployments.sessions.replica_reports import ReplicaReports
 from deployments.sessions.session_log import CommitOp, DeleteOp, LastTurn, LogConflictError, LogOp, LogUnavailableError
 from deployments.sessions.log_backends import open_log
 from deployments.sessions.session_log import ReleaseOp, SessionState, TurnEntry
@@ -37,7 +37,6 @@ from swiftinfer_core.errors import SessionBusyError
 from swiftinfer_core.protocol import SessionRecord, Usage
 
 NAMESPACE = "swiftinfer"
-MAX_EVENTS = 200  # recent events the cluster view can show
 # Where the directory may run: a SQLite log is a file on one machine, so the
 # directory stays on the head node (a restart elsewhere would not find it).
 PLACEMENT: dict[LogBackend, dict] = {
@@ -84,10 +83,7 @@ class SessionDirectory:
         self._entries: dict[str, Entry] = {}
         self._by_digest: dict[str, str] = {}  # history digest -> session id
         self._owned: dict[str, set[str]] = {}  # replica id -> session ids it owns
-        self._stats: dict[str, tuple[float, ReplicaStats]] = {}  # replica id -> (time, stats)
-        self._events: deque[dict] = deque(maxlen=MAX_EVENTS)  # recent moves and replica joins/leaves (cluster view)
-        self._gone: set[str] = set()  # replicas already reported lost (one event each)
-        self._prev_tokens: dict[str, tuple[float, int]] = {}  # replica id -> (time, tokens_generated) of its report before the last
+        self._reports = ReplicaReports()  # replica stats and the cluster view's events
         self._placements = 0  # place() calls: a warm turn makes none (routers remember owners)
         for st in self._log.load_all():
             entry = self._entries[st.session_id] = Entry(
@@ -107,9 +103,9 @@ class SessionDirectory:
             self._owned.setdefault(owner, set()).add(sid)
             if entry.owner is not None and entry.owner != owner:
                 entry.moves += 1
-                self._event("moved", session=sid, src=entry.owner, dst=owner)
+                self._reports.event("moved", session=sid, src=entry.owner, dst=owner)
             elif entry.owner is None and entry.moves > 0 and entry.seq > 0:  # handed back by a drain, lands here
-                self._event("moved", session=sid, src=None, dst=owner)
+                self._reports.event("moved", session=sid, src=None, dst=owner)
         entry.owner = owner
 
     def place(self, sid: str, capacity: dict[str, int], departed: list[str], force: bool, claim: bool) -> str | None:
@@ -140,7 +136,7 @@ class SessionDirectory:
         return best
 
     def _lease_alive(self, entry: Entry, now: float) -> bool:
-        reported = self._stats.get(entry.lease, (0.0, None))[0]
+        reported = self._reports.reported_at(entry.lease)
         return now - entry.lease_at < self._lease_timeout_s and now - max(reported, entry.lease_at) < self._lease_stale_s
 
     def begin_turn(self, sid: str, rid: str, turn_key: str | None = None) -> TurnGrant | TurnReplay:
@@ -219,9 +215,8 @@ class SessionDirectory:
         for sid in sids:
             self._entries[sid].owner = None
             self._entries[sid].moves += 1  # its next turn runs elsewhere
-        self._stats.pop(rid, None)
-        self._prev_tokens.pop(rid, None)
-        self._event("replica_drained", replica=rid, sessions=len(sids))
+        self._reports.forget(rid)
+        self._reports.event("replica_drained", replica=rid, sessions=len(sids))
         committed = [sid for sid in sids if self._entries[sid].seq > 0]
         if committed:
             await self._write(ReleaseOp(committed))
@@ -301,16 +296,7 @@ class SessionDirectory:
 
     # ---- replica stats (metrics, readiness, leases) ----------------------------
     def report(self, rid: str, stats: ReplicaStats) -> None:
-        if rid not in self._stats:
-            self._event("replica_joined", replica=rid)
-        self._gone.discard(rid)
-        if rid in self._stats:  # the previous sample: the cluster view derives tokens/s from the two
-            t, old = self._stats[rid]
-            self._prev_tokens[rid] = (t, old.tokens_generated)
-        self._stats[rid] = (time.time(), stats)
-
-    def _event(self, kind: str, **fields) -> None:
-        self._events.append({"t": time.time(), "kind": kind, **fields})
+        self._reports.report(rid, stats)
 
     def cluster(self, max_age_s: float, scope: str = "", max_sessions: int = 200) -> dict:
         """The cluster view's data (deployments/http/playground.py): live replicas with
@@ -318,29 +304,18 @@ class SessionDirectory:
         the tenant's prefix; at most ``max_sessions`` each, newest first), and recent
         events. A replica silent past ``max_age_s`` is dropped and, once, logged lost."""
         now = time.time()
-        for rid, (t, _) in self._stats.items():
-            if now - t > max_age_s and rid not in self._gone:
-                self._gone.add(rid)
-                self._event("replica_lost", replica=rid)
         replicas = {}
-        for rid, (t, stats) in self._stats.items():
-            if now - t > max_age_s:
-                continue
+        for rid, t, stats, rate in self._reports.recent(now, max_age_s):
             mine = [(sid, self._entries[sid]) for sid in self._owned.get(rid, ()) if sid.startswith(scope) and sid in self._entries]
             mine.sort(key=lambda p: -p[1].updated)
             sessions = [{"id": sid, "seq": e.seq, "moves": e.moves, "busy": e.lease == rid, "updated": e.updated}
                         for sid, e in mine[:max_sessions]]
-            rate = None
-            if rid in self._prev_tokens and t > self._prev_tokens[rid][0]:
-                t0, n0 = self._prev_tokens[rid]
-                rate = max(0.0, (stats.tokens_generated - n0) / (t - t0))
             replicas[rid] = {"reported_at": t, "stats": stats, "tokens_per_s": rate, "owned": len(mine), "sessions": sessions}
-        events = [e for e in self._events if "session" not in e or e["session"].startswith(scope)]
+        events = [e for e in self._reports.events if "session" not in e or e["session"].startswith(scope)]
         return {"now": now, "replicas": replicas, "events": events}
 
     def replica_stats(self, max_age_s: float) -> dict[str, ReplicaStats]:
-        now = time.time()
-        return {rid: s for rid, (t, s) in self._stats.items() if now - t <= max_age_s}
+        return self._reports.live(max_age_s)
 
 
 def directory_handle(spec: dict) -> "ray.actor.ActorHandle":
