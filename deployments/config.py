@@ -40,7 +40,7 @@ class RouterKind(str, Enum):
 
 
 class LogBackend(str, Enum):
-    """Where the session log lives (deployments/sessions/session_log.py maps each to its class)."""
+    """Where the session log lives (deployments/sessions/log_backends.py maps each to its class)."""
 
     SQLITE = "sqlite"  # one file on the directory actor's machine (single-node default)
     REDIS = "redis"  # a Redis server every node reaches (clusters)
