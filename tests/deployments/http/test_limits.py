@@ -74,7 +74,7 @@ def test_a_turn_past_the_request_timeout_is_504_and_rolled_back(api):
     resp = client.post("/v1/chat/completions", json=_body("slow-1", "Write a novel.", max_tokens=400, ignore_eos=True))
     assert resp.status_code == 504 and resp.json()["error"]["code"] == "turn_timeout", resp.text
     assert LIMITS["request_timeout_s"] <= time.time() - t0 < LIMITS["request_timeout_s"] + 5
-    wait_for(lambda: _replica(directory)["running"] == 0, 10, "the timed-out turn to stop")
+    wait_for(lambda: _replica(directory).running == 0, 10, "the timed-out turn to stop")
     assert client.get("/v1/sessions/slow-1").json()["seq"] == 1
     assert client.post("/v1/chat/completions", json=_body("slow-1", "Short, please.")).status_code == 200
 
@@ -100,10 +100,10 @@ def test_idle_and_excess_sessions_leave_memory_and_are_rebuilt(api):
     with ThreadPoolExecutor(len(sids)) as pool:
         assert all(r.status_code == 200 for r in pool.map(lambda s: client.post("/v1/chat/completions", json=_body(s, "Hi.")), sids))
     # Beyond max_sessions_per_replica the least recently used leave first, before any TTL ran out...
-    held = wait_for(lambda: (n := _replica(directory)["sessions"]) <= CAP and n, TTL_S - 1, f"at most {CAP} sessions held")
+    held = wait_for(lambda: (n := _replica(directory).sessions) <= CAP and n, TTL_S - 1, f"at most {CAP} sessions held")
     assert held == CAP
     # ...then every idle one once the TTL passed: slots released, ids dropped.
-    wait_for(lambda: _replica(directory)["sessions"] == 0, TTL_S + 10, "idle sessions to be evicted")
+    wait_for(lambda: _replica(directory).sessions == 0, TTL_S + 10, "idle sessions to be evicted")
     stats = _replica(directory)
     assert stats.resident == 0 and stats.free_slots == stats.capacity and stats.idle_evicted >= len(sids)
     for sid in sids:
