@@ -6,8 +6,8 @@ TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 SERVE_CONFIG ?= serve_config.yaml
 export RAY_USAGE_STATS_ENABLED ?= 0
-# Serve's proxy answers 500 to non-UTF-8 session/request-id headers; this guard makes them 400 (deployments/proxy_guard.py).
-export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH ?= deployments.proxy_guard:proxy_middlewares
+# Serve's proxy answers 500 to non-UTF-8 session/request-id headers; this guard makes them 400 (deployments/http/proxy_guard.py).
+export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH ?= deployments.http.proxy_guard:proxy_middlewares
 
 .PHONY: install model serve chat test test-fast clean-venv
 

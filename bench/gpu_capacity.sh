@@ -19,7 +19,7 @@ want repro && step repro 100 python3 bench/engine_batches.py --model /tmp/r7b --
 want engine && step engine 200 python3 bench/engine_batches.py --model /tmp/r7b --sizes 64 128 --max-sessions 128 \
   --rounds 4 --words 24 --no-bare --name capacity_engine_7b --out "$OUT"
 if want serve; then
-  sed -e 's|^    import_path: deployments.app:build_app|    import_path: deployments.app:build_app\n    runtime_env: {env_vars: {SWIFTINFER_FAULT_INJECTION: "1"}}|' bench/serve_gpu7b.yaml > /tmp/serve.yaml
+  sed -e 's|^    import_path: deployments.app.builder:build_app|    import_path: deployments.app.builder:build_app\n    runtime_env: {env_vars: {SWIFTINFER_FAULT_INJECTION: "1"}}|' bench/serve_gpu7b.yaml > /tmp/serve.yaml
   serve run /tmp/serve.yaml > /tmp/serve.log 2>&1 &
   SERVE=$!
   for i in $(seq 1 120); do curl -sf 127.0.0.1:8000/healthz > /dev/null && break; sleep 2; done

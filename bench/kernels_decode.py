@@ -61,7 +61,7 @@ def bench_point(hq, hkv, D, sinks, window, B, configs, bw):
         per = t / L
         res.append({"block_n": bn, "num_warps": nw, "waves": waves, "stages": st, "fused_combine": fc, "splits": splits[0], "layers_in_graph": L,
                     "us": per * 1e6, "kv_bytes": layer_bytes, "gbps": layer_bytes / per / 1e9, "frac_copy_bw": layer_bytes / per / bw})
-    del caches
+    caches = None  # free the layers before the next point
     torch.cuda.empty_cache()
     return res
 

@@ -201,7 +201,7 @@ def server_peaks(samples: list[dict]) -> dict:
         return {}
     phases = sorted({k for r in samples for k in r if k.startswith("phase_")})
     return {"server_max": {g: max(r.get(g, 0.0) for r in samples) for g in SERVER_GAUGES},
-            # per-phase turn times on the replicas (deployments/turn_timing.py): the last
+            # per-phase turn times on the replicas (deployments/replica/turn_timing.py): the last
             # sample covers the replicas' most recent turns; max is the worst seen in the run
             "server_phases": {k: {"last": next(r[k] for r in reversed(samples) if k in r),
                                   "max": max(r[k] for r in samples if k in r)} for k in phases}}

@@ -106,7 +106,7 @@ def deploy(name: str, args: dict, replicas: int) -> None:
     from ray.serve.schema import ServeDeploySchema
 
     config = ServeDeploySchema.model_validate({"applications": [{
-        "name": name, "route_prefix": f"/{name}", "import_path": "deployments.app:build_app", "args": args,
+        "name": name, "route_prefix": f"/{name}", "import_path": "deployments.app.builder:build_app", "args": args,
         "deployments": [{"name": "LLMReplica", "num_replicas": replicas}],
     }]})
     _get_global_client().deploy_apps(config)

@@ -39,7 +39,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from deployments.app import build_app
+    from deployments.app.builder import build_app
 
     session_log = {"backend": "redis", "redis_url": a.log} if a.log else {"path": tempfile.mkstemp(suffix=".sqlite3")[1]}
     config = {

@@ -3,7 +3,7 @@
 The real engine (Engine: its own step thread, real model) serves ``--sessions``
 conversations at once for ``--rounds`` turns of ``--tokens`` generated tokens
 (ignore_eos). After every turn the replica's commit work runs exactly as in
-deployments/replica.py + directory.py: take the session record the engine put
+deployments/replica/replica.py + directory.py: take the session record the engine put
 on the final chunk, then ``await BatchWriter.submit(CommitOp)`` on the real log, before the
 next turn of that session starts. Modes: ``none`` (no log: the baseline),
 ``sqlite`` (WAL, synchronous=FULL: one fsync per batch) and ``redis`` (a real
@@ -38,8 +38,9 @@ import common  # noqa: F401  (repo root on sys.path)
 import torch
 
 from deployments.config import LogBackend, SessionLogConfig
-from deployments.log_writer import BatchWriter
-from deployments.session_log import CommitOp, LastTurn, SessionState, TurnEntry, open_log
+from deployments.sessions.log_writer import BatchWriter
+from deployments.sessions.log_backends import open_log
+from deployments.sessions.session_log import CommitOp, LastTurn, SessionState, TurnEntry
 from swiftinfer_core.config import EngineConfig, SamplingParams
 from swiftinfer_core.engine.engine import Engine
 

@@ -170,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    from deployments.api_keys import add_key
-    from deployments.app import build_app
+    from deployments.http.api_keys import add_key
+    from deployments.app.builder import build_app
 
     tmp = Path(tempfile.mkdtemp(prefix="fairness-"))
     keys = {t: add_key(tmp / "keys.json", f"tenant-{t}", f"tenant-{t}") for t in ("a", "b", "c")}

@@ -7,7 +7,7 @@
   head without GPUs, every GPU worker pod with exactly engine.tp_size GPUs, and a
   readiness probe GET /healthz on the Serve HTTP port.
 - Serve config: Ray Serve's own ServeDeploySchema (unknown top-level keys are
-  errors), then our AppConfig for every application built by deployments.app.
+  errors), then our AppConfig for every application built by deployments.app.builder.
 - `ray up` config: Ray's own cluster schema (ray/autoscaler/ray-schema.json, via
   ray's validate_config after its defaults are filled in), and a head without GPUs.
 
@@ -25,7 +25,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 SCHEMA = HERE / "schema" / "rayservice.schema.json"
-APP_IMPORT_PATH = "deployments.app:build_app"
+APP_IMPORT_PATH = "deployments.app.builder:build_app"
 GPU = "nvidia.com/gpu"
 
 

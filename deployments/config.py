@@ -14,7 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from swiftinfer_core.config import EngineConfig
 
 
-class Strict(BaseModel):
+class ConfigModel(BaseModel):
+    """A section of the deployer's config: unknown keys refused, frozen. Unlike
+    swiftinfer_core.config.StrictModel (engine and sampling settings, also built
+    from requests, whose errors are InvalidRequestError: HTTP 400), errors stay
+    pydantic's ValidationError, so ``app.builder.parse_config`` reports every bad
+    field of the whole file at once."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -34,7 +40,7 @@ class RouterKind(str, Enum):
 
 
 class LogBackend(str, Enum):
-    """Where the session log lives (deployments/session_log.py maps each to its class)."""
+    """Where the session log lives (deployments/sessions/log_backends.py maps each to its class)."""
 
     SQLITE = "sqlite"  # one file on the directory actor's machine (single-node default)
     REDIS = "redis"  # a Redis server every node reaches (clusters)
@@ -47,7 +53,7 @@ class SqliteSync(str, Enum):
     NORMAL = "NORMAL"
 
 
-class SessionLogConfig(Strict):
+class SessionLogConfig(ConfigModel):
     """The durable log of sessions and turns the directory writes through."""
 
     backend: LogBackend = Field(LogBackend.SQLITE, description="Log implementation.")
@@ -76,7 +82,7 @@ class SessionLogConfig(Strict):
         return self
 
 
-class LimitsConfig(Strict):
+class LimitsConfig(ConfigModel):
     """Per-request and per-replica limits against overload and hostile clients."""
 
     max_body_bytes: int = Field(4 << 20, ge=1024, le=1 << 30, description="Largest request body; larger is 413 before it is buffered.")
@@ -88,7 +94,7 @@ class LimitsConfig(Strict):
     idle_ttl_s: float | None = Field(900.0, gt=0, le=1 << 24, description="A conversation idle this long leaves the replica's memory (slot released; the next turn rebuilds). None: never.")
 
 
-class TenantLimitsConfig(Strict):
+class TenantLimitsConfig(ConfigModel):
     """What one tenant (all its keys together) may use; past it, 429 with Retry-After.
     Counted per ingress replica (with N ingress replicas a tenant gets up to N times these)."""
 
@@ -99,7 +105,7 @@ class TenantLimitsConfig(Strict):
     token_burst: int = Field(4096, ge=1, le=1 << 30, description="Generated tokens a tenant may spend at once on a full bucket; at least max_tokens of one turn.")
 
 
-class AuthConfig(Strict):
+class AuthConfig(ConfigModel):
     """Who may call the API (README "Security"). Keys come from a file of hashed
     keys (``swiftinfer keys add``), never from this config."""
 
@@ -116,7 +122,7 @@ class AuthConfig(Strict):
         return self.keys_file is not None
 
 
-class ScalingConfig(Strict):
+class ScalingConfig(ConfigModel):
     """LLM replica count. ``min_replicas == max_replicas`` disables autoscaling."""
 
     min_replicas: int = Field(1, ge=0, le=512, description="Fewest LLM replicas.")
@@ -146,7 +152,7 @@ class ScalingConfig(Strict):
         return self.min_replicas == self.max_replicas
 
 
-class AppConfig(Strict):
+class AppConfig(ConfigModel):
     """The whole application: one ingress deployment in front of N LLM replicas."""
 
     model_id: str = Field("smollm2-135m-instruct", min_length=1, max_length=128, description="Name clients put in `model`; listed by GET /v1/models.")
@@ -170,7 +176,7 @@ class AppConfig(Strict):
     engine_process: bool = Field(True, description="Run the native engine's model steps in a child process of the replica (swiftinfer_core/engine/process.py). In the replica's own process the steps share one GIL with every stream's Ray work, which slowed steps 2.4x at 128 conversations on an H200 (bench/results/capacity_serve_7b_128.json). Ignored by other backends.")
     gil_switch_interval_ms: float = Field(5.0, gt=0, le=100, description="Python's thread switch interval in an LLM replica (Python's default: 5 ms). The engine's step thread and the replica's event loop (streams, Ray calls) share one GIL; a shorter interval hands the loop the GIL sooner while a step runs. Its effect on latency has not been measured in isolation.")
     stream_interval_ms: float = Field(50.0, ge=0, le=1000, description="Pacing of streamed chunks per turn: the first and last go at once, others wait at most this long and travel merged. 0: one chunk per token.")
-    stream_max_chunks_per_s: float = Field(1000.0, ge=0, le=1_000_000, description="Streamed chunks per second one LLM replica sends, spread over its open streams: each waits max(stream_interval_ms, open streams / this) between chunks (deployments/pacing.py). Every chunk is a Ray object per hop; 0: no budget, stream_interval_ms alone.")
+    stream_max_chunks_per_s: float = Field(1000.0, ge=0, le=1_000_000, description="Streamed chunks per second one LLM replica sends, spread over its open streams: each waits max(stream_interval_ms, open streams / this) between chunks (deployments/replica/pacing.py). Every chunk is a Ray object per hop; 0: no budget, stream_interval_ms alone.")
     stats_report_period_s: float = Field(2.0, gt=0, le=60, description="How often a replica pushes engine stats for /metrics and readiness.")
     session_log: SessionLogConfig = Field(default_factory=SessionLogConfig, description="Durable log of sessions and turns.")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request and replica limits.")

@@ -154,6 +154,11 @@ class SessionView:
 
 @runtime_checkable
 class EngineProtocol(Protocol):
+    """What a replica calls. The required methods end in ``...``; the optional
+    capabilities below them have a default here, so an engine subclasses this
+    class (``class Engine(EngineProtocol)``) and overrides only what it has. The
+    replica calls every method unconditionally, never probes for one."""
+
     def chat(self, session_id: str, messages: "list[dict] | RawPrompt", params: SamplingParams) -> AsyncIterator[StreamChunk]:
         """Append ``messages`` (only the new ones) to the session, creating it if
         needed, and stream the assistant's reply. A backend without raw prompts
@@ -180,16 +185,30 @@ class EngineProtocol(Protocol):
 
     async def shutdown(self) -> None: ...
 
+    # ---- optional capabilities (defaults: the engine does not have it) ----
+    def checks_expect(self) -> bool:
+        """True when ``chat(..., expect=record)`` takes the turn only if the engine
+        holds exactly ``record`` in a cache slot, else raises StaleSessionError
+        and changes nothing: a replica's warm start without a reading first."""
+        return False
 
-@runtime_checkable
-class KVTransfer(Protocol):
-    """Optional engine capability: move a resident cache between engines."""
+    def warm_up(self) -> None:
+        """Compile or load what the first turn would otherwise wait for."""
+
+    def check_health(self) -> None:
+        """Raise when the engine can serve no more turns (a device fault), so Serve
+        replaces the replica."""
 
     def export_kv(self, session_id: str) -> KVSnapshot | None:
-        """The session's cache, or None when it holds no slot (or cannot be moved)."""
-        ...
+        """The session's cache, or None when it holds no slot (or cannot be moved):
+        a drain then leaves only the record and the next owner rebuilds."""
+        return None
 
     def import_kv(self, snapshot: KVSnapshot) -> bool:
         """Install a cache exported by a matching engine; False (nothing changed)
         when the fingerprint differs or no slot can be had: rebuild instead."""
-        ...
+        return False
+
+    def inject_device_fault(self) -> None:
+        """Test-only: the next step faults on the device (engine/faults.py)."""
+        raise PermissionError(f"{type(self).__name__} has no fault injection")

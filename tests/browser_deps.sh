@@ -1,5 +1,5 @@
 #!/bin/sh
-# The browser tests (tests/deployments/test_playground.py) drive Debian's chromium
+# The browser tests (tests/deployments/http/test_playground.py) drive Debian's chromium
 # through chromium-driver. As root (CI runs so on a clean Debian machine) install
 # what is missing; elsewhere say what to install. Never fails: without a browser
 # only those tests skip, and pytest -ra prints why.

@@ -100,8 +100,6 @@ def test_no_import_cycle(package):
     assert not found, "import cycles (each a set of modules that import each other):\n" + "\n".join(" <-> ".join(c) for c in found)
 
 
-@pytest.mark.xfail(strict=True, reason="swiftinfer_core/cli/keys.py imports deployments.api_keys inside run(): "
-                   "the `swiftinfer keys` command belongs to the serving side (open: move it there)")
 def test_core_never_imports_the_serving_layer():
     bad = []
     for name, path in modules().items():

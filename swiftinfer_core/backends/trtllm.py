@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from typing import AsyncIterator, Callable
 
 from swiftinfer_core.backends.reply import ReplyAssembler
@@ -42,9 +41,10 @@ from swiftinfer_core.errors import (
 )
 from swiftinfer_core.model.catalog import resolve_model
 from swiftinfer_core.protocol import EngineStats, RawPrompt, SessionRecord, SessionStats, SessionView, StreamChunk, Usage
+from swiftinfer_core.protocol import EngineProtocol
+from swiftinfer_core.session_id import check_session_id
 
 log = logging.getLogger(__name__)
-SESSION_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,256}$")  # the native engine's rule
 
 
 def check_gpus(tp_size: int, visible: int) -> None:
@@ -63,7 +63,7 @@ def _visible_gpus() -> int:
     return torch.cuda.device_count()
 
 
-class TrtllmEngine:
+class TrtllmEngine(EngineProtocol):
     def __init__(
         self,
         config: EngineConfig | None = None,
@@ -106,8 +106,7 @@ class TrtllmEngine:
     def _begin(self, session_id: str, messages: list[dict], params: SamplingParams) -> tuple[Conversation, list[int]]:
         if self._closed:
             raise EngineClosedError("the engine is shut down")
-        if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
-            raise InvalidRequestError("session_id must be 1-256 characters of [A-Za-z0-9_.:-]")
+        check_session_id(session_id)
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError("params must be a SamplingParams")
         if isinstance(messages, RawPrompt):

@@ -1,19 +1,27 @@
-"""``swiftinfer``: chat in a terminal, evaluate streaming perplexity, fetch a model, manage API keys."""
+"""``swiftinfer``: chat in a terminal, evaluate streaming perplexity, and fetch a model.
+
+The serving package adds its own commands (``deployments/cli.py``: ``keys``), so the
+core never imports the serving layer."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Iterable
 
-from swiftinfer_core.cli import chat, eval_ppl, keys
+from swiftinfer_core.cli import chat, eval_ppl
+
+AddParser = Callable[[argparse._SubParsersAction], None]
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, commands: Iterable[AddParser] = ()) -> int:
+    """Parse ``argv`` and run the command; ``commands`` add sub-parsers beyond the core's."""
     parser = argparse.ArgumentParser(prog="swiftinfer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     chat.add_parser(sub)
     eval_ppl.add_parser(sub)
-    keys.add_parser(sub)
+    for add_parser in commands:
+        add_parser(sub)
     fetch = sub.add_parser("fetch-model", help="fetch and convert a model once (the default one, or gemma3-270m); print its folder")
     fetch.add_argument("name", nargs="?", default="default", choices=["default", "gemma3-270m"])
     fetch.set_defaults(func=_fetch)

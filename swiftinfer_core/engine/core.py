@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import time
 from dataclasses import dataclass
 
@@ -33,11 +32,11 @@ from swiftinfer_core.errors import (
 )
 from swiftinfer_core.finish_reason import FinishReason
 from swiftinfer_core.kernels.attention import TritonAttention
+from swiftinfer_core.session_id import check_session_id
 from swiftinfer_core.protocol import EngineStats, KVSnapshot, RawPrompt, SessionRecord, SessionStats, SessionView, StreamChunk, Usage
 from swiftinfer_core.runner.piecewise import BUCKETS as PIECEWISE_BUCKETS
 
 log = logging.getLogger(__name__)
-_SESSION_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,256}$")  # 256: room for tenant-scoped ids (deployments/tenants.py)
 
 
 def derive_seed(*parts: object) -> int:
@@ -88,8 +87,7 @@ class EngineCore:
         engine holds the session in a cache slot with exactly that record (a
         replica's warm start: no separate reading of the engine first); else
         StaleSessionError and nothing changes."""
-        if not isinstance(session_id, str) or not _SESSION_ID.match(session_id):
-            raise InvalidRequestError("session_id must be 1-256 characters of [A-Za-z0-9_.:-]")
+        check_session_id(session_id)
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError("params must be a SamplingParams")
         raw = isinstance(messages, RawPrompt)

@@ -29,6 +29,7 @@ from swiftinfer_core.engine.core import EngineCore
 from swiftinfer_core.engine.session import Turn
 from swiftinfer_core.errors import EngineClosedError
 from swiftinfer_core.protocol import EngineStats, KVSnapshot, SessionRecord, SessionStats, SessionView, StreamChunk, merge_chunks
+from swiftinfer_core.protocol import EngineProtocol
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class _Submission:
     turn: Turn | None = None
 
 
-class Engine:
+class Engine(EngineProtocol):
     def __init__(self, config: EngineConfig | None = None, core: EngineCore | None = None):
         self.config = config or EngineConfig()
         self.core = core or EngineCore(self.config)
@@ -260,6 +261,9 @@ class Engine:
         then replaces the replica; its sessions are rebuilt from the log)."""
         if self._error is not None or not self._thread.is_alive():
             raise EngineClosedError(f"engine stopped: {self._error or 'step thread exited'}")
+
+    def checks_expect(self) -> bool:
+        return True  # chat(..., expect=) (EngineCore.add_turn)
 
     def warm_up(self) -> None:
         """Compile the kernels before the first real turn (EngineCore.warm_up)."""

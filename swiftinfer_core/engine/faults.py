@@ -5,7 +5,7 @@ Used by benches and tests that measure recovery from a device fault (the
 replica's engine closes, its health check fails, Serve replaces it, and its
 conversations continue from the session log). Nothing in the engine's config
 reaches it: a replica exposes it only when its process environment has
-``SWIFTINFER_FAULT_INJECTION=1`` (deployments/replica.py).
+``SWIFTINFER_FAULT_INJECTION=1`` (deployments/replica/replica.py).
 """
 
 from __future__ import annotations

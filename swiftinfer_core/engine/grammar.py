@@ -14,7 +14,7 @@ step that samples constrained rows:
 A step with no constrained row builds nothing and copies nothing. JSON is
 compiled compact (``", "`` and ``": "`` separators, no free whitespace): a small
 model at temperature 1 cannot wander off into endless blank lines, and the
-text of a reply is fixed by its values (deployments/tool_calls.py relies on it).
+text of a reply is fixed by its values (deployments/http/tool_calls.py relies on it).
 Strict mode: an object takes no property its schema does not allow, so a
 reply always validates against the schema as given.
 The grammar's end is the model's end token, so a constrained reply ends when

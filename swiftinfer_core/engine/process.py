@@ -28,12 +28,13 @@ from swiftinfer_core.engine.engine import deliver_to_loops, read_stream
 from swiftinfer_core.engine.ipc import AbortTurn, Call, EngineCall, Ready, Reply, StartTurn, StepEvents
 from swiftinfer_core.errors import EngineClosedError
 from swiftinfer_core.protocol import EngineStats, KVSnapshot, SessionRecord, SessionStats, SessionView, StreamChunk
+from swiftinfer_core.protocol import EngineProtocol
 
 log = logging.getLogger(__name__)
 JOIN_S = 10.0
 
 
-class ProcessEngine:
+class ProcessEngine(EngineProtocol):
     def __init__(self, config: EngineConfig, cpu_threads: int = 1):
         self.config = config
         ctx = mp.get_context("spawn")  # CUDA cannot be forked; nothing of the parent's state is needed
@@ -126,6 +127,9 @@ class ProcessEngine:
 
     def import_kv(self, snapshot: KVSnapshot) -> bool:
         return self._call(EngineCall.IMPORT_KV, snapshot)
+
+    def checks_expect(self) -> bool:
+        return True  # chat(..., expect=) (EngineCore.add_turn)
 
     def check_health(self, timeout: float = 60.0) -> None:
         """Raise EngineClosedError when the child is gone or its engine stopped."""

@@ -2,7 +2,7 @@
 
 The replica (rank 0) holds bundle 0; rank r is an actor pinned to bundle r
 with exactly that bundle's resources (``[{"CPU": c, "GPU": 1}] + [{"GPU": 1}] *
-(tp - 1)`` from deployments/app.py), so Ray gives it its own GPU as device 0.
+(tp - 1)`` from deployments/app/builder.py), so Ray gives it its own GPU as device 0.
 The group must be STRICT_PACK: the ranks talk over 127.0.0.1. Actors are owned
 by the replica, so they die with it (Ray fate-sharing) as well as on STOP.
 """

@@ -152,10 +152,10 @@ def test_trtllm_gate_reports_a_missing_module_clearly(monkeypatch):
 
 def test_trtllm_engine_implements_the_protocol_and_is_wired_in_the_factory():
     from deployments.config import EngineBackend
-    from deployments.engine_factory import ENGINE_IMPLEMENTATIONS, _load, make_engine
+    from deployments.replica.engine_factory import ENGINE_IMPLEMENTATIONS, make_engine, trtllm_engine
     from swiftinfer_core.protocol import EngineProtocol
 
     assert issubclass(TrtllmEngine, EngineProtocol)
-    assert _load(ENGINE_IMPLEMENTATIONS[EngineBackend.TRTLLM]) is TrtllmEngine
+    assert ENGINE_IMPLEMENTATIONS[EngineBackend.TRTLLM] is trtllm_engine
     with pytest.raises(InvalidRequestError, match="CUDA GPUs only"):  # the config switch reaches the adapter
         make_engine(EngineBackend.TRTLLM, EngineConfig(device="cpu"), cpu_threads=1)

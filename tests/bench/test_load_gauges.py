@@ -1,7 +1,14 @@
 """bench/load.py reads the server's /metrics: gauges summed, phases per worst replica."""
 
 from bench.load import parse_gauges, server_peaks
-from deployments.metrics import ServiceMetrics
+from deployments.http.metrics import ServiceMetrics
+from deployments.messages import CacheState, ReplicaStats, TurnPhase
+
+
+def replica_stats(rid: str, running: int, phases: dict) -> ReplicaStats:
+    return ReplicaStats(rid, capacity=8, free_slots=8, sessions=0, resident=0, active_sessions=0, running=running, waiting=0,
+                        evictions=0, tokens_generated=0, tokens_prefilled=0, kv_use=0.0, draining=False, pid=0, idle_evicted=0,
+                        rolled_back=0, turns=dict.fromkeys(CacheState, 0), turns_not_committed=0, warm_starts=0, phases=phases)
 
 
 def _text(replicas: dict) -> str:
@@ -11,11 +18,11 @@ def _text(replicas: dict) -> str:
 
 
 def test_gauges_sum_and_phases_take_the_worst_replica():
-    a = parse_gauges(_text({"r1": {"running": 3, "phase_first_token_p99": 0.5, "phase_first_token_p50": 0.1},
-                            "r2": {"running": 4, "phase_first_token_p99": 2.0, "phase_commit_p50": 0.01}}), 1.0)
+    a = parse_gauges(_text({"r1": replica_stats("r1", running=3, phases={TurnPhase.FIRST_TOKEN: (0.1, 0.5)}),
+                            "r2": replica_stats("r2", running=4, phases={TurnPhase.FIRST_TOKEN: (0.05, 2.0), TurnPhase.COMMIT: (0.01, 0.01)})}), 1.0)
     assert a["swiftinfer_running_requests"] == 7.0
     assert (a["phase_first_token_p99"], a["phase_first_token_p50"], a["phase_commit_p50"]) == (2.0, 0.1, 0.01)
-    b = parse_gauges(_text({"r1": {"running": 1, "phase_first_token_p99": 0.25}}), 2.0)
+    b = parse_gauges(_text({"r1": replica_stats("r1", running=1, phases={TurnPhase.FIRST_TOKEN: (0.25, 0.25)})}), 2.0)
     peaks = server_peaks([a, b])
     assert peaks["server_max"]["swiftinfer_running_requests"] == 7.0
     assert peaks["server_phases"]["phase_first_token_p99"] == {"last": 0.25, "max": 2.0}

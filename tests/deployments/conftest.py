@@ -26,7 +26,7 @@ def cluster():
     os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
     os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
     # Ray's proxy answers 500 to non-UTF-8 session/request-id headers; our guard makes that a 400.
-    os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "deployments.proxy_guard:proxy_middlewares")
+    os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "deployments.http.proxy_guard:proxy_middlewares")
     # Replicas started here expose the test-only fault injection (swiftinfer_core/engine/faults.py).
     os.environ["SWIFTINFER_FAULT_INJECTION"] = "1"
     import ray

@@ -30,7 +30,7 @@ def deploy(name: str, config: dict, wait: bool = True) -> str:
     """Deploy ``build_app(config)`` as app ``name`` at ``/name``; returns the route prefix."""
     from ray.serve.api import _run
 
-    from deployments.app import build_app
+    from deployments.app.builder import build_app
 
     _run(build_app(config), name=name, route_prefix=f"/{name}", _blocking=wait)
     return f"/{name}"

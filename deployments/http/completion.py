@@ -1,0 +1,164 @@
+"""OpenAI response bodies and the SSE stream of one turn.
+
+A turn arrives from the replica as ``TurnStart`` followed by ``StreamChunk``s;
+``Turn`` turns that into either one ``chat.completion`` body or a stream of
+``chat.completion.chunk`` events (``data: {...}`` lines, then ``data: [DONE]``).
+Usage rides on the final chunk (with ``finish_reason``), extended with
+``prefilled_tokens`` and ``cached_tokens`` so clients see what the cache saved.
+With ``logprobs`` each chunk carries the logprobs of its own tokens (the
+engine's per-token ``StreamChunk.logprobs``, named through ``codec``).
+
+A reply that must be a tool call (``tool_names`` set) is parsed into
+``tool_calls`` (tool_calls.py) with ``finish_reason: "tool_calls"``; streamed,
+its text is held back and the call goes out whole in one delta before the
+final chunk (a call cut short by ``max_tokens`` or a stop string goes out as
+text, with its own finish reason).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from deployments.http.errors import error_body
+from deployments.http.metrics import ServiceMetrics
+from deployments.messages import TurnStart
+from deployments.http.tokens import TextCodec
+from deployments.http.tool_calls import parse_call, tool_call
+from swiftinfer_core.protocol import StreamChunk, Usage
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def sse(obj: dict) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+def usage_body(u: Usage) -> dict:
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+        "prefilled_tokens": u.prefilled_tokens,
+        "cached_tokens": u.cached_tokens,
+    }
+
+
+@dataclass
+class Turn:
+    """One turn in flight: the replica's event stream after its ``TurnStart``."""
+
+    model: str
+    start: TurnStart
+    events: AsyncIterator  # remaining StreamChunks from the replica
+    metrics: ServiceMetrics
+    t0: float  # when the ingress received the request (perf_counter)
+    first_at: float  # when the TurnStart arrived, i.e. the first token exists
+    codec: TextCodec | None = None  # set when the request asked for logprobs
+    tool_names: list[str] | None = None  # the reply must be a call of one of these (structured_schema.py)
+    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex[:24]}")
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def _logprobs(self, chunks: list[StreamChunk]) -> dict | None:
+        if self.codec is None:
+            return None
+        return {"content": self.codec.chat_logprobs([lp for c in chunks for lp in (c.logprobs or [])]), "refusal": None}
+
+    def _meta(self) -> dict:
+        return {"session_id": self.start.session_id, "replica_id": self.start.replica_id, "cache": self.start.cache.value}
+
+    def _chunk(self, delta: dict, finish_reason: str | None = None, usage: Usage | None = None,
+               logprobs: dict | None = None) -> dict:
+        body = {
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
+        }
+        if usage is not None:
+            body["usage"] = usage_body(usage)
+            body.update(self._meta())
+        return body
+
+    def _observe(self, first_at: float, last: StreamChunk, end: float, stream: bool) -> None:
+        if last.usage is not None:
+            self.metrics.observe_turn(last.usage.to_dict(), self.start.cache.value, first_at - self.t0, end - first_at, stream)
+
+    async def _timed(self) -> AsyncIterator[tuple[StreamChunk, float]]:
+        """The remaining chunks with their arrival times; records the time per token."""
+        prev = self.first_at
+        async for chunk in self.events:
+            now = time.perf_counter()
+            if chunk.token_ids:
+                self.metrics.itl.observe((now - prev) / len(chunk.token_ids))
+                prev = now
+            yield chunk, now
+
+    async def _whole(self) -> list[StreamChunk]:
+        """Every remaining chunk, the final one last (its end is observed)."""
+        chunks = [c async for c in self.events]
+        if not chunks or chunks[-1].finish_reason is None:
+            raise RuntimeError("the replica's stream ended without a final chunk")
+        self._observe(self.first_at, chunks[-1], time.perf_counter(), stream=False)
+        return chunks
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """SSE events. The first chunk already exists (it produced TurnStart)."""
+        if self.tool_names:
+            async for event in self._stream_call():
+                yield event
+            return
+        first_at = self.first_at
+        yield sse(self._chunk({"role": "assistant", "content": ""}))
+        try:
+            async for chunk, now in self._timed():
+                if chunk.finish_reason is None:
+                    if chunk.text or chunk.logprobs:
+                        yield sse(self._chunk({"content": chunk.text}, logprobs=self._logprobs([chunk])))
+                    continue
+                delta = {"content": chunk.text} if chunk.text else {}
+                yield sse(self._chunk(delta, chunk.finish_reason, chunk.usage, self._logprobs([chunk])))
+                self._observe(first_at, chunk, now, stream=True)
+        except Exception as exc:  # headers are gone: report in-band, OpenAI style
+            yield sse(error_body(exc)[1])
+        yield SSE_DONE
+
+    async def _stream_call(self) -> AsyncIterator[bytes]:
+        """A tool call's stream: the role, then (at the end) the whole call, then the finish."""
+        yield sse(self._chunk({"role": "assistant", "content": None}))
+        chunks: list[StreamChunk] = []
+        try:
+            async for chunk, now in self._timed():
+                chunks.append(chunk)
+                if chunk.finish_reason is None:
+                    continue
+                text = "".join(c.text for c in chunks)
+                call = parse_call(text, self.tool_names)
+                if call is None:
+                    delta, reason = {"content": text}, chunk.finish_reason
+                else:
+                    delta, reason = {"tool_calls": [tool_call(*call, index=0)]}, "tool_calls"
+                yield sse(self._chunk(delta, logprobs=self._logprobs(chunks)))
+                yield sse(self._chunk({}, reason, chunk.usage))
+                self._observe(self.first_at, chunk, now, stream=True)
+        except Exception as exc:  # headers are gone: report in-band, OpenAI style
+            yield sse(error_body(exc)[1])
+        yield SSE_DONE
+
+    async def collect(self) -> dict:
+        """The whole reply as one ``chat.completion`` body."""
+        chunks = await self._whole()
+        last = chunks[-1]
+        text = "".join(c.text for c in chunks)
+        message, reason = {"role": "assistant", "content": text}, last.finish_reason
+        call = parse_call(text, self.tool_names) if self.tool_names else None
+        if call is not None:
+            message, reason = {"role": "assistant", "content": None, "tool_calls": [tool_call(*call)]}, "tool_calls"
+        return {
+            "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "message": message, "logprobs": self._logprobs(chunks), "finish_reason": reason}],
+            "usage": usage_body(last.usage),
+            **self._meta(),
+        }

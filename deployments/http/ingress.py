@@ -1,0 +1,314 @@
+"""HTTP ingress: the OpenAI-compatible API in front of the LLM replicas.
+
+Routes (FastAPI, built per replica by ``__serve_build_asgi_app__``, no module
+global app):
+
+- ``POST /v1/chat/completions``: a turn. Session by ``session_id`` in the body
+  or the ``X-Session-ID`` header (the client sends only new messages); without
+  one, the conversation is found by history digest (see ``history.py``) and
+  only the unseen suffix goes to the engine. The session id travels to the
+  LLM deployment's router as ``handle.options(session_id=...)``: Serve does not
+  forward it by itself on this second hop.
+- ``POST /tokenize``, ``POST /detokenize`` (vLLM's shapes, tokenize_api.py),
+  with the ingress's own copy of the tokenizer (tokens.py), which also names
+  the tokens of ``logprobs``.
+- ``GET/DELETE /v1/sessions/{id}``, ``GET /v1/sessions/{id}/turns`` (the
+  session log's committed turns: the exactly-once audit; session_routes.py), ``GET /v1/models``,
+  ``GET /healthz``, ``GET /metrics``; ``/openapi.json`` publishes the request
+  schema.
+- ``GET /`` (the browser playground), ``/cluster``, ``/plots``, ``/ui/...`` and
+  ``GET /v1/cluster``: ``playground.py``.
+
+A chat request may carry an ``Idempotency-Key`` header: a retry with the key of
+the session's last committed turn gets that turn's reply again (``"cache":
+"replayed"``) instead of a second turn. Bodies, turn times and ``max_tokens``
+are capped (``limits``, see ``request_limits.py``).
+
+Every chat and session response carries ``x-session-id`` and ``x-replica-id``.
+
+With API keys (``auth.keys_file``) every ``/v1`` route needs ``Authorization:
+Bearer <key>`` (``auth.py``); the key's tenant scopes every session id, history
+digest and idempotency key the request touches (``tenants.py``), and its limits
+apply (``tenant_limits.py``). Clients see only their own, unscoped ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import time
+from dataclasses import replace
+
+from fastapi import FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray.exceptions import ActorDiedError, ActorUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from deployments.http.api_keys import KeyRing
+from deployments.http.auth import KeyCheck, tenant_of
+from deployments.http.completion import Turn
+from deployments.http.completions_schema import CompletionRequest
+from deployments.config import AppConfig
+from deployments.sessions.directory import directory_handle, directory_spec
+from deployments.http.errors import ModelNotFoundError, ServiceStartingError, error_response, unwrap
+from deployments.sessions.history import HistoryView
+from deployments.http.metrics import ServiceMetrics
+from deployments.messages import ReplicaStats
+from deployments.http.openai_schema import ChatCompletionRequest
+from deployments.http.playground import Playground
+from deployments.http.request_limits import Deadline, read_body
+from deployments.http.session_routes import NO_REPLICA, SessionRoutes
+from deployments.http.tenant_limits import TenantLimiter
+from deployments.sessions.tenants import client_id, history_seed, scoped
+from deployments.http.tokenize_api import DetokenizeRequest, TokenizeRequest, detokenize, parse, tokenize
+from deployments.http.text_completion import TextTurn
+from deployments.http.tokens import CodecHolder
+from deployments.http.turn_plan import OneCallSessions, TurnPlan, explicit_sid, plan_completion
+from swiftinfer_core.errors import EngineClosedError, InvalidRequestError
+from swiftinfer_core.session_id import CLIENT_MAX, check_session_id
+
+READY_CACHE_S = 5.0  # a positive readiness answer is reused this long
+_UNAVAILABLE = (EngineClosedError, ActorDiedError, ActorUnavailableError)  # the turn never started: safe to send again
+
+
+class Ingress:
+    def __init__(self, llm: DeploymentHandle, config: dict):
+        self._cfg = AppConfig.model_validate(config)
+        self._llm = llm
+        self._directory = directory_handle(directory_spec(self._cfg))
+        self._metrics = ServiceMetrics()
+        self._ready_until = 0.0
+        self._created = int(time.time())
+        self._server_info = server_info(self._cfg)
+        auth = self._cfg.auth  # keys and tenants: auth.py, tenants.py
+        self._keys = KeyRing(auth.keys_file, auth.reload_period_s) if auth.keyed else None
+        self._tenant_limits = TenantLimiter(auth.tenant_limits, auth.tenant_overrides)
+        self._sessions = SessionRoutes(llm, self._directory)
+        self._playground = Playground(self._cfg, self._directory)  # GET /, /cluster, /v1/cluster: playground.py
+        eng = self._cfg.engine
+        self._codec = CodecHolder(eng.model, eng.allow_control_tokens_in_content, eng.max_turn_tokens)
+        self._one_call = OneCallSessions(llm)  # completions without a session id (turn_plan.py)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        app = FastAPI(title="SwiftInfer Serve", docs_url=None, redoc_url=None)
+        body = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}}}
+        app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"], openapi_extra={"requestBody": body})
+        completion_body = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CompletionRequest"}}}}
+        app.add_api_route("/v1/completions", self.completions, methods=["POST"], openapi_extra={"requestBody": completion_body})
+        app.add_api_route("/tokenize", self.tokenize, methods=["POST"])
+        app.add_api_route("/detokenize", self.detokenize, methods=["POST"])
+        self._sessions.add_routes(app)  # /v1/sessions/...: session_routes.py
+        app.add_api_route("/v1/models", self.models, methods=["GET"])
+        app.add_api_route("/healthz", self.healthz, methods=["GET"])
+        app.add_api_route("/metrics", self.metrics, methods=["GET"])
+        self._playground.add_routes(app)
+        app.openapi = lambda: _openapi(app)
+        app.add_middleware(KeyCheck, ring=self._keys, metrics_keyed=self._cfg.auth.metrics_require_key)
+        return app
+
+    # ---- readiness -------------------------------------------------------------------
+    async def _live_replicas(self) -> dict[str, ReplicaStats]:
+        # generous: a replica busy in a long step (or a starved host) reports late, not never
+        return await self._directory.replica_stats.remote(max(10.0, 3 * self._cfg.stats_report_period_s + 1.0))
+
+    async def _ensure_ready(self) -> None:
+        """503 until some LLM replica reports in. With ``min_replicas == 0`` the
+        request must go through, since it is what makes Serve start a replica."""
+        if self._cfg.scaling.min_replicas == 0 or time.monotonic() < self._ready_until:
+            return
+        if not await self._live_replicas():
+            raise ServiceStartingError("the model is loading; no LLM replica is ready yet")
+        self._ready_until = time.monotonic() + READY_CACHE_S
+
+    # ---- chat ------------------------------------------------------------------------
+    async def _resolve_session(self, req: ChatCompletionRequest, messages: list[dict], header_sid: str | None,
+                               tenant: str | None) -> tuple[str, list[dict], str | None]:
+        """``(scoped session id, messages for the engine, history digest base)``, all in ``tenant``'s namespace."""
+        explicit = explicit_sid(req.session_id, header_sid)
+        if explicit:
+            return scoped(tenant, explicit), messages, None
+        view = HistoryView.of(messages, history_seed(tenant))
+        if view.split == len(messages):
+            raise InvalidRequestError("the last message is the assistant's: nothing to answer")
+        sid, continues = await self._directory.resolve_history.remote(view.opening, view.prefix_digest, scoped(tenant, ""))
+        return sid, (messages[view.split :] if continues else messages), view.full_digest
+
+    def _turn_key(self, request: Request) -> str | None:
+        key = request.headers.get("idempotency-key")
+        return None if key is None else check_session_id(key, "Idempotency-Key", CLIENT_MAX)
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._serve_turn(request, ChatCompletionRequest, self._plan_chat, Turn)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._serve_turn(request, CompletionRequest, self._plan_completion, TextTurn)
+
+    async def _plan_chat(self, req: ChatCompletionRequest, request: Request, tenant: str | None) -> TurnPlan:
+        messages = req.engine_messages()
+        scoped_sid, new_messages, history_base = await self._resolve_session(req, messages, request.headers.get("x-session-id"), tenant)
+        calls = req.forced_calls()  # a reply that must be a call is rendered as tool_calls (completion.py)
+        return TurnPlan(scoped_sid, new_messages, history_base, render={"tool_names": [f.name for f in calls]} if calls else {})
+
+    async def _plan_completion(self, req: CompletionRequest, request: Request, tenant: str | None) -> TurnPlan:
+        return await plan_completion(req, request.headers.get("x-session-id"), tenant, self._codec)
+
+    async def _serve_turn(self, request: Request, schema, plan, render) -> Response:
+        """One turn of either API: parse ``schema``, check limits, ``plan`` the session
+        and engine input, stream the replica's events rendered by ``render``."""
+        t0 = time.perf_counter()
+        limits = self._cfg.limits
+        deadline = time.monotonic() + limits.request_timeout_s
+        sid, replica, gen, streaming, ticket, drop = "", NO_REPLICA, None, False, None, None
+        tenant = tenant_of(request)
+        self._metrics.in_flight.inc()
+        try:
+            req = schema.parse(await read_body(request, limits.max_body_bytes, limits.body_timeout_s))
+            if req.model != self._cfg.model_id:
+                raise ModelNotFoundError(f"the model {req.model!r} does not exist; this server serves {self._cfg.model_id!r}")
+            params = req.sampling(self._cfg.default_max_tokens)
+            if params.max_tokens > limits.max_output_tokens:
+                raise InvalidRequestError(f"max_tokens is {params.max_tokens}; this server allows at most {limits.max_output_tokens}")
+            turn_key = self._turn_key(request)
+            ticket = self._tenant_limits.acquire(tenant, params.max_tokens)  # 429 past the tenant's limits
+            await self._ensure_ready()
+            p = await plan(req, request, tenant)
+            sid = client_id(tenant, p.scoped_sid)
+            drop = p.scoped_sid if p.one_call else None
+            gen, events, start = await self._start_turn(p.scoped_sid, p.engine_input, params, p.history_base, turn_key, deadline)
+            replica = start.replica_id
+            codec = await self._codec.get() if params.logprobs else None
+            turn = render(self._cfg.model_id, replace(start, session_id=sid), ticket.meter(events), self._metrics, t0, time.perf_counter(),
+                          codec=codec, **p.render)
+            headers = {"x-session-id": sid, "x-replica-id": replica}
+            self._metrics.requests.labels(status="200").inc()
+            if req.stream:
+                streaming = True  # from here the stream's guard owns the in-flight count (and the one-call session)
+                return StreamingResponse(self._guard(turn.stream(), gen, ticket, drop), media_type="text/event-stream", headers=headers)
+            return JSONResponse(await turn.collect(), headers=headers)
+        except BaseException as exc:
+            if gen is not None:
+                gen.cancel()
+            if not isinstance(exc, Exception):  # cancellation (client gone): nothing to answer
+                raise
+            resp = error_response(_unscoped(exc, tenant, sid), {"x-session-id": sid, "x-replica-id": replica})
+            self._metrics.requests.labels(status=str(resp.status_code)).inc()
+            return resp
+        finally:
+            if not streaming:
+                self._metrics.in_flight.dec()
+                if ticket is not None:
+                    ticket.finish()
+                if drop is not None:
+                    self._one_call.drop_later(drop)
+
+    async def _start_turn(self, sid, messages, params, history_base, turn_key, deadline):
+        """(generator, deadline-bounded events, TurnStart). Before its first token a
+        turn has sent nothing and was rolled back, so when the replica's engine is
+        gone (device fault, replica died) it is sent again, with backoff, until a
+        healthy or replacement replica takes it or ``unavailable_retry_s`` passes."""
+        limits = self._cfg.limits
+        give_up = min(deadline, time.monotonic() + limits.unavailable_retry_s)
+        pause = 0.25
+        while True:
+            gen = self._llm.options(session_id=sid, stream=True).chat_events.remote(sid, messages, params, history_base, turn_key)
+            events = Deadline(gen, deadline, limits.request_timeout_s)
+            try:
+                return gen, events, await events.__anext__()  # the engine's errors surface here, before any header is sent
+            except _UNAVAILABLE:
+                gen.cancel()
+                if time.monotonic() + pause >= give_up:
+                    raise
+                self._metrics.turn_retries.inc()
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 2.0)
+
+    async def _guard(self, body, gen, ticket, drop: str | None = None):
+        """Ends the stream's in-flight count and tenant ticket; cancels the replica's
+        turn if the client leaves; deletes a one-call session (``drop``)."""
+        try:
+            async for part in body:
+                yield part
+        finally:
+            self._metrics.in_flight.dec()
+            ticket.finish()
+            gen.cancel()
+            if drop is not None:
+                self._one_call.drop_later(drop)
+
+    # ---- tokenizer -------------------------------------------------------------------
+    async def tokenize(self, request: Request) -> Response:
+        return await self._text_route(request, TokenizeRequest, lambda codec, req: tokenize(codec, req, self._cfg.engine.max_turn_tokens))
+
+    async def detokenize(self, request: Request) -> Response:
+        return await self._text_route(request, DetokenizeRequest, detokenize)
+
+    async def _text_route(self, request: Request, cls, handler) -> Response:
+        limits = self._cfg.limits
+        try:
+            req = parse(cls, await read_body(request, limits.max_body_bytes, limits.body_timeout_s))
+            if req.model is not None and req.model != self._cfg.model_id:
+                raise ModelNotFoundError(f"the model {req.model!r} does not exist; this server serves {self._cfg.model_id!r}")
+            codec = await self._codec.get()
+            return JSONResponse(await asyncio.to_thread(handler, codec, req))
+        except Exception as exc:
+            return error_response(exc, {})
+
+    # ---- service ---------------------------------------------------------------------
+    async def models(self) -> Response:
+        card = {"id": self._cfg.model_id, "object": "model", "created": self._created, "owned_by": "swiftinfer",
+                "swiftinfer": self._server_info}
+        return JSONResponse({"object": "list", "data": [card]})
+
+    async def healthz(self) -> Response:
+        live = await self._live_replicas()
+        body = {"status": "ok" if live else "starting", "replicas": len(live), "sessions": await self._directory.num_sessions.remote()}
+        return JSONResponse(body, status_code=200 if live else 503, headers={} if live else {"Retry-After": "5"})
+
+    async def metrics(self) -> Response:
+        live = await self._live_replicas()
+        self._metrics.set_pool(live, await self._directory.num_sessions.remote())
+        return Response(self._metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _unscoped(exc: BaseException, tenant: str | None, sid: str) -> BaseException:
+    """The replica's error with the client's id in its message instead of the scoped
+    one (409 busy, not committed): clients never see ``<tenant>:<id>``."""
+    inner = unwrap(exc)
+    scoped_sid = scoped(tenant, sid)
+    if tenant is None or not sid or repr(scoped_sid) not in str(inner):
+        return exc
+    try:
+        return type(inner)(str(inner).replace(repr(scoped_sid), repr(sid)))
+    except Exception:  # an exception type that does not take one message: keep it as it is
+        return exc
+
+
+def server_info(cfg: AppConfig) -> dict:
+    """What a benchmark records about the server it measured (GET /v1/models)."""
+    versions = {}
+    for dist in ("swiftinfer-serve", "ray", "torch"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {"backend": cfg.backend.value, "engine": cfg.engine.model_dump(mode="json"), "versions": versions,
+            "scaling": {"min_replicas": cfg.scaling.min_replicas, "max_replicas": cfg.scaling.max_replicas},
+            "session_log": cfg.session_log.backend.value, "ingress_replicas": cfg.ingress_replicas,
+            "stream_interval_ms": cfg.stream_interval_ms, "stream_max_chunks_per_s": cfg.stream_max_chunks_per_s,
+            "gil_switch_interval_ms": cfg.gil_switch_interval_ms,
+            "idle_ttl_s": cfg.limits.idle_ttl_s, "max_ongoing_requests": cfg.ongoing_limit}
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's schema plus the chat and completion request bodies (the routes read
+    raw bodies, so FastAPI cannot infer them)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version="1", routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (ChatCompletionRequest, CompletionRequest):
+            request = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(request.pop("$defs", {}))
+            components[model.__name__] = request
+        app.openapi_schema = schema
+    return app.openapi_schema

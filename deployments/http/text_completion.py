@@ -1,0 +1,81 @@
+"""``text_completion`` bodies and SSE events of one ``/v1/completions`` turn.
+
+The same replica stream as a chat turn (``completion.Turn``: timing, usage,
+metrics), rendered in OpenAI's legacy shape: ``choices[0].text``, no role
+chunk, and ``logprobs`` as four parallel lists per chunk (``tokens``,
+``token_logprobs``, ``top_logprobs`` as ``{token: logprob}`` maps, and
+``text_offset``: each token's character offset in the completion, counted on
+across a stream's chunks). With ``echo`` the prompt comes first: its text in
+the first event (or the body), and with logprobs its tokens too, the first one
+with ``null`` logprob and top logprobs when nothing precedes it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from deployments.http.completion import SSE_DONE, Turn, sse, usage_body
+from deployments.http.errors import error_body
+from swiftinfer_core.protocol import StreamChunk, Usage
+
+
+@dataclass
+class TextTurn(Turn):
+    id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex[:24]}")
+    echo_text: str | None = None  # with echo: the prompt's text, sent before the completion
+    echo_ids: list[int] | None = None  # with echo: the prompt's token ids
+    offset: int = 0  # characters of text covered by logprobs sent so far
+
+    def _legacy_logprobs(self, chunks: list[StreamChunk]) -> dict | None:
+        if self.codec is None:
+            return None
+        out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for c in chunks:
+            if c.prompt_logprobs is not None and self.echo_ids is not None:  # echo: the prompt's tokens first
+                for tok, lp in zip(self.echo_ids, c.prompt_logprobs):
+                    self._add(out, tok, lp)
+            for lp in c.logprobs or []:
+                self._add(out, lp.token, lp)
+        return out
+
+    def _add(self, out: dict, tok: int, lp) -> None:
+        """One token; ``lp`` None: a prompt token nothing before it predicts."""
+        text = self.codec.entry(tok, 0.0)["token"]
+        out["tokens"].append(text)
+        out["token_logprobs"].append(None if lp is None else lp.logprob)
+        out["top_logprobs"].append(None if lp is None else {self.codec.entry(t, v)["token"]: v for t, v in lp.top})
+        out["text_offset"].append(self.offset)
+        self.offset += len(text)
+
+    def _body(self, text: str, chunks: list[StreamChunk], finish_reason: str | None, usage: Usage | None) -> dict:
+        body = {
+            "id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "text": text, "logprobs": self._legacy_logprobs(chunks), "finish_reason": finish_reason}],
+        }
+        if usage is not None:
+            body["usage"] = usage_body(usage)
+            body.update(self._meta())
+        return body
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        first_at = self.first_at
+        echo = self.echo_text or ""  # goes out with the first event
+        try:
+            async for chunk, now in self._timed():
+                if chunk.finish_reason is None:
+                    if chunk.text or chunk.logprobs or echo:
+                        yield sse(self._body(echo + chunk.text, [chunk], None, None))
+                        echo = ""
+                    continue
+                yield sse(self._body(echo + chunk.text, [chunk], chunk.finish_reason, chunk.usage))
+                self._observe(first_at, chunk, now, stream=True)
+        except Exception as exc:  # headers are gone: report in-band, OpenAI style
+            yield sse(error_body(exc)[1])
+        yield SSE_DONE
+
+    async def collect(self) -> dict:
+        chunks = await self._whole()
+        last = chunks[-1]
+        return self._body((self.echo_text or "") + "".join(c.text for c in chunks), chunks, last.finish_reason, last.usage)

@@ -1,0 +1,86 @@
+"""Where a turn goes and what the engine gets: the plan of a chat or a text
+completion request, and the one-call sessions of completions without an id.
+
+A chat turn's plan comes from its session id or history digest (ingress.py).
+A completion's prompt is encoded here (text as plain text, token ids as they
+are) and goes to the engine as ``RawPrompt``; without a session id it runs on a
+fresh ``cmpl-<hex>`` session that is deleted once the turn is over (committed
+or rolled back), so stateless clients leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass, field
+
+from ray.serve.handle import DeploymentHandle
+
+from deployments.http.completions_schema import CompletionRequest
+from deployments.sessions.tenants import scoped
+from deployments.http.tokens import CodecHolder
+from swiftinfer_core.errors import InvalidRequestError
+from swiftinfer_core.protocol import RawPrompt
+from swiftinfer_core.session_id import CLIENT_MAX, check_session_id
+
+DROP_ATTEMPTS = 5
+log = logging.getLogger("ray.serve")
+
+
+@dataclass(frozen=True)
+class TurnPlan:
+    scoped_sid: str
+    engine_input: list[dict] | RawPrompt  # new chat messages, or a completion's token ids
+    history_base: str | None  # digest base for id-less chat clients
+    one_call: bool = False  # a completion without a session: deleted after the turn
+    render: dict = field(default_factory=dict)  # extra fields of the response renderer (a completion's echo)
+
+
+def explicit_sid(body_sid: str | None, header_sid: str | None) -> str | None:
+    """The client's session id from the body or the X-Session-ID header (they must agree)."""
+    if header_sid is not None:
+        check_session_id(header_sid, "X-Session-ID", CLIENT_MAX)
+    if body_sid and header_sid and body_sid != header_sid:
+        raise InvalidRequestError("session_id in the body and X-Session-ID header differ")
+    return body_sid or header_sid
+
+
+async def plan_completion(req: CompletionRequest, header_sid: str | None, tenant: str | None, codecs: CodecHolder) -> TurnPlan:
+    explicit = explicit_sid(req.session_id, header_sid)
+    ids = req.prompt_ids()
+    if ids is None:
+        codec = await codecs.get()
+        ids = await asyncio.to_thread(codec.prompt_ids, req.prompt_text())
+    sid = scoped(tenant, explicit or f"cmpl-{uuid.uuid4().hex}")
+    echo = {}
+    if req.echo:  # the prompt's own text when given as text, else its decoding
+        text = req.prompt_text()
+        if text is None:
+            text = (await codecs.get()).detokenize(ids)
+        echo = {"echo_text": text, "echo_ids": ids}
+    return TurnPlan(sid, RawPrompt(ids), None, one_call=not explicit, render=echo)
+
+
+class OneCallSessions:
+    """Deletes one-call sessions in the background once their turn is over."""
+
+    def __init__(self, llm: DeploymentHandle):
+        self._llm = llm
+        self._tasks: set[asyncio.Task] = set()
+
+    def drop_later(self, scoped_sid: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._drop(scoped_sid))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drop(self, scoped_sid: str) -> None:
+        for attempt in range(DROP_ATTEMPTS):  # a cancelled turn may still hold the session a moment
+            try:
+                await self._llm.options(session_id=scoped_sid).close_session.remote(scoped_sid)
+                return
+            except Exception:
+                if attempt == DROP_ATTEMPTS - 1:
+                    log.warning("could not delete the one-call session %s", scoped_sid, exc_info=True)
+                    return
+                await asyncio.sleep(0.5 * (attempt + 1))

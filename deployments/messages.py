@@ -1,0 +1,168 @@
+"""What crosses a Ray boundary between the serving roles, typed once.
+
+Both sides import these (Ray pickles them as they are): the replica and the
+session directory (turn grants, commits, session descriptions, stats), the
+replica and the ingress (``TurnStart``), the replica and the routers (routing
+stats). Dict forms exist only where a dict is the contract: the session log's
+stored rows (sessions/session_log.py), Ray Serve's routing and autoscaling
+stats (``ReplicaStats.to_dict``, ``autoscaling_metrics``) and HTTP bodies.
+
+The life of a turn in messages::
+
+    replica --begin_turn--> directory : TurnGrant | TurnReplay
+    replica --TurnStart, StreamChunk...--> ingress
+    replica --commit(SessionRecord, CommittedTurn)--> directory
+    replica --report(ReplicaStats)--> directory --replica_stats--> ingress (/metrics, readiness)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+import ray
+
+from swiftinfer_core.protocol import SessionRecord, Usage
+
+
+class CacheState(str, Enum):
+    """How a turn found its conversation's cache (its value is the API's ``cache`` field)."""
+
+    WARM = "warm"  # this replica's cache continued the conversation
+    MIGRATED = "migrated"  # the KV arrived from a draining replica through the object store
+    REBUILT = "rebuilt"  # rebuilt here from the committed record
+    NEW = "new"  # first turn of the conversation
+    REPLAYED = "replayed"  # a retry of the last committed turn, answered from the log
+
+
+class TurnPhase(str, Enum):
+    """The steps of a turn on its replica, timed by replica/turn_timing.py (the value
+    is the ``phase`` label of /metrics)."""
+
+    ADMIT = "admit"  # KV capacity check against the engine
+    LEASE = "lease"  # the directory's begin_turn
+    SYNC = "sync"  # local copy made equal to the committed record
+    FIRST_TOKEN = "first_token"  # engine queue, prefill, first decode
+    COMMIT = "commit"  # the session log write
+
+
+# ---- replica <-> directory: one turn ---------------------------------------------------
+@dataclass(frozen=True)
+class TurnGrant:
+    """``begin_turn``'s answer when the turn may run: the lease is the caller's.
+    ``record`` is the last committed state (None: never committed); ``kv``, once,
+    the pickled ``KVSnapshot`` a draining owner left at this ``seq``."""
+
+    seq: int  # committed turns
+    record: SessionRecord | None
+    kv: ray.ObjectRef | None = None
+
+
+@dataclass(frozen=True)
+class TurnReplay:
+    """``begin_turn``'s answer when the Idempotency-Key is the session's last
+    committed turn: send its reply again, run nothing."""
+
+    seq: int
+    text: str
+    finish_reason: str
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class CommittedTurn:
+    """The turn a replica commits with the session's new record."""
+
+    turn_key: str | None  # the client's Idempotency-Key
+    finish_reason: str
+    text: str  # the whole reply (answered again on a retry)
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class SessionDescription:
+    """What the directory knows of a session (``describe``)."""
+
+    owner: str | None  # replica holding the live cache; None after a drain
+    record: SessionRecord | None  # None: never committed
+    seq: int
+    moves: int  # owner changes after the first placement
+    created: float
+    updated: float
+
+
+# ---- replica -> ingress ----------------------------------------------------------------
+@dataclass(frozen=True)
+class TurnStart:
+    """First item of ``LLMReplica.chat_events``, sent once the engine produced its
+    first chunk (errors before that surface as exceptions, so the ingress can still
+    answer with a status code)."""
+
+    session_id: str
+    replica_id: str
+    cache: CacheState
+
+
+# ---- replica -> directory, routers, autoscaler, /metrics --------------------------------
+@dataclass(frozen=True)
+class ReplicaStats:
+    """One replica's report (every ``stats_report_period_s`` to the directory, and as
+    Ray Serve's routing stats)."""
+
+    replica_id: str
+    capacity: int  # KV slots
+    free_slots: int
+    sessions: int  # sessions the engine holds
+    resident: int  # sessions holding a slot
+    active_sessions: int  # with a turn inside the scaling window, or running
+    running: int
+    waiting: int
+    evictions: int  # tokens evicted from rolling windows
+    tokens_generated: int
+    tokens_prefilled: int
+    kv_use: float  # resident / capacity
+    draining: bool
+    pid: int
+    idle_evicted: int
+    rolled_back: int
+    turns: dict[CacheState, int]  # turns by how they found their cache
+    turns_not_committed: int
+    warm_starts: int  # turns that started without reading the engine first
+    phases: dict[TurnPhase, tuple[float, float]] = field(default_factory=dict)  # -> (p50, p99) seconds, phases with samples
+
+    def to_dict(self) -> dict:
+        """The flat form Ray Serve carries as routing stats (and the one /v1/cluster
+        and older tools read): ``turns_<cache>``, ``phase_<name>_p50``/``_p99``."""
+        out = {
+            "replica_id": self.replica_id, "capacity": self.capacity, "free_slots": self.free_slots,
+            "sessions": self.sessions, "resident": self.resident, "active_sessions": self.active_sessions,
+            "running": self.running, "waiting": self.waiting, "evictions": self.evictions,
+            "tokens_generated": self.tokens_generated, "tokens_prefilled": self.tokens_prefilled,
+            "kv_use": self.kv_use, "draining": self.draining, "pid": self.pid,
+            "idle_evicted": self.idle_evicted, "rolled_back": self.rolled_back,
+        }
+        out.update({f"turns_{c.value}": n for c, n in self.turns.items()})
+        out["turns_not_committed"] = self.turns_not_committed
+        out["warm_starts"] = self.warm_starts
+        for phase, (p50, p99) in self.phases.items():
+            out[f"phase_{phase.value}_p50"], out[f"phase_{phase.value}_p99"] = p50, p99
+        return out
+
+    def autoscaling_metrics(self) -> dict[str, float]:
+        """What ``record_autoscaling_stats`` gives Serve's autoscaler (app/autoscaling.py)."""
+        return {"active_sessions": float(self.active_sessions), "kv_use": float(self.kv_use), "sessions": float(self.sessions)}
+
+
+@dataclass(frozen=True)
+class RoutingStats:
+    """What the session-affinity router reads of a replica's routing stats (the
+    dict Serve passes on; empty until the first poll)."""
+
+    capacity: int | None
+    sessions: int
+    draining: bool
+
+    @classmethod
+    def of(cls, routing_stats: dict | None) -> "RoutingStats":
+        s = routing_stats or {}
+        return cls(s.get("capacity"), s.get("sessions", 0), bool(s.get("draining")))

@@ -1,0 +1,318 @@
+"""The LLM replica: one engine, its sessions, and their hand-off to the directory.
+
+A turn on this replica:
+1. ``directory.begin_turn`` takes the session's lease (a turn of it anywhere
+   else is refused with 409), makes this replica the owner and returns the last
+   committed state; with an ``Idempotency-Key`` equal to the last committed
+   turn's, the stored reply is sent again instead (nothing runs, nothing is
+   logged twice).
+2. ``LocalSessions.sync`` makes the engine's copy equal the committed record
+   (warm, KV migrated from a drained replica, or rebuilt from token ids).
+3. The engine streams the reply; token chunks go out paced (pacing.py): the
+   first at once, then at most one per ``stream_interval_ms`` or per the
+   replica's chunk budget shared by its open streams, whichever is longer.
+4. Before the final chunk leaves, the turn is committed through the directory
+   to the session log (batched with other sessions' commits). A turn that is
+   not committed (client gone, timeout, error, commit refused) is rolled back
+   to the committed record, so the log and every replica agree.
+
+On scale-down Serve waits for running turns, then calls ``__del__``: the replica
+stops taking turns, leaves the KV of its idle resident sessions in the object
+store (through the directory) and hands them back; the next turn of each goes
+to the best remaining replica, which imports that KV when its engine matches
+and rebuilds from the record otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from dataclasses import replace
+from typing import AsyncIterator
+
+from ray import serve
+
+from deployments.config import AppConfig
+from deployments.sessions.directory import directory_handle, directory_spec
+from deployments.replica.engine_factory import make_engine
+from deployments.http.errors import TurnNotCommittedError
+from deployments.sessions.history import chain
+from deployments.messages import CacheState, CommittedTurn, ReplicaStats, TurnGrant, TurnPhase, TurnReplay, TurnStart
+from deployments.replica.local_sessions import LocalSessions
+from deployments.replica.pacing import ChunkBudget
+from deployments.sessions.tenants import check_tenant, scoped
+from deployments.replica.turn_timing import Stopwatch, TurnTimer
+from swiftinfer_core.config import SamplingParams
+from swiftinfer_core.engine import faults
+from swiftinfer_core.errors import CapacityError, EngineClosedError, SessionBusyError, SessionNotFoundError, StaleSessionError
+from swiftinfer_core.protocol import RawPrompt, SessionStats, SessionView, StreamChunk
+
+log = logging.getLogger("ray.serve")
+
+
+class LLMReplica:
+    async def __init__(self, config: dict):
+        self._cfg = AppConfig.model_validate(config)
+        sys.setswitchinterval(self._cfg.gil_switch_interval_ms / 1000)  # this process is the replica's own
+        self._id = serve.get_replica_context().replica_id.unique_id
+        self._engine = make_engine(self._cfg.backend, self._cfg.replica_engine, self._cfg.cpu_threads, self._cfg.engine_process)
+        await asyncio.to_thread(self._engine.warm_up)  # ProcessEngine warms its child before it is ready
+        self._local = LocalSessions(self._engine, self._cfg.limits)
+        self._warm_capable = self._engine.checks_expect()
+        self._directory = directory_handle(directory_spec(self._cfg))
+        self._busy: set[str] = set()  # sessions with a turn running here
+        self._last_turn: dict[str, float] = {}  # session -> time of its last turn (autoscaling, eviction)
+        self._turns = dict.fromkeys(CacheState, 0)  # turns by how they found their cache
+        self._not_committed = 0
+        self._warm_starts = 0  # turns that started without reading the engine first
+        self._timer = TurnTimer()
+        self._pace = ChunkBudget(self._cfg.stream_interval_ms / 1000, self._cfg.stream_max_chunks_per_s)
+        self._draining = False
+        await self._report()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._report_loop()), loop.create_task(self._evict_loop())]
+
+    # ---- turns -----------------------------------------------------------------------
+    async def chat_events(
+        self, session_id: str, messages: list[dict] | RawPrompt, sampling: dict | SamplingParams,
+        history_base: str | None = None, turn_key: str | None = None,
+    ) -> AsyncIterator[TurnStart | StreamChunk]:
+        """Stream one turn: a ``TurnStart`` then ``StreamChunk``s. ``history_base``
+        (digest of every message the client sent) makes the committed record
+        findable by id-less clients once extended with our reply; ``turn_key``
+        (the client's Idempotency-Key) makes a retry of a committed turn a replay."""
+        params = sampling if isinstance(sampling, SamplingParams) else SamplingParams(**sampling)
+        if self._draining:
+            raise EngineClosedError("replica is draining")
+        await self._local.wait(session_id)
+        if session_id in self._busy:
+            raise SessionBusyError(f"session {session_id!r} already has a turn in flight")
+        self._busy.add(session_id)  # before any other await: a second turn of this session gets 409
+        grant: TurnGrant | None = None
+        done = False  # committed or replayed: nothing to roll back
+        stream = None
+        watch = Stopwatch(self._timer)
+        try:
+            # a copy committed or synced here before may start warm: the engine checks it as
+            # it takes the turn, so no reading of the engine waits for a step first
+            warm = self._warm_capable and session_id in self._local.seq
+            view = None if warm else await self._read_and_admit(session_id, watch)
+            answer: TurnGrant | TurnReplay = await self._directory.begin_turn.remote(session_id, self._id, turn_key)
+            watch.lap(TurnPhase.LEASE)
+            if isinstance(answer, TurnReplay):
+                done = True
+                self._turns[CacheState.REPLAYED] += 1
+                yield TurnStart(session_id, self._id, CacheState.REPLAYED)
+                yield StreamChunk(answer.text, [], answer.finish_reason, answer.usage)
+                return
+            grant = answer
+            cache, chunk = CacheState.WARM, None
+            if warm and grant.record is not None and self._local.seq.get(session_id) == grant.seq:
+                stream = self._pace.paced(self._engine.chat(session_id, messages, params, expect=grant.record))
+                try:
+                    chunk = await stream.__anext__()
+                    self._warm_starts += 1
+                except StaleSessionError:  # evicted, slot lent, or changed: the full path below
+                    await stream.aclose()
+                    stream = None
+            if chunk is None:
+                view = view or await self._read_and_admit(session_id, watch)
+                cache = await self._local.sync(session_id, grant, view)
+                watch.lap(TurnPhase.SYNC)
+                stream = self._pace.paced(self._engine.chat(session_id, messages, params))
+                chunk = await stream.__anext__()
+            watch.lap(TurnPhase.FIRST_TOKEN)
+            self._turns[cache] += 1
+            yield TurnStart(session_id, self._id, cache)
+            text: list[str] = []
+            while chunk.finish_reason is None:
+                text.append(chunk.text)
+                yield chunk
+                chunk = await stream.__anext__()
+            text.append(chunk.text)
+            reply = "".join(text)
+            digest = chain(history_base, {"role": "assistant", "content": reply}) if history_base else None
+            watch = Stopwatch(self._timer)
+            await self._commit(session_id, grant.seq, digest, turn_key, reply, chunk)
+            watch.lap(TurnPhase.COMMIT)
+            done = True
+            yield replace(chunk, record=None)  # the record stays here
+        finally:
+            held = None if done else self._local.hold(session_id)  # before any await: reads wait for the roll-back
+            if stream is not None:  # on cancel this aborts the engine turn
+                await stream.aclose()
+            try:
+                if not done:
+                    await asyncio.shield(self._end_uncommitted(session_id, grant))
+            finally:  # whatever the roll-back met, the session takes turns again
+                self._busy.discard(session_id)
+                self._local.release(session_id, held)
+                self._last_turn[session_id] = time.time()
+
+    async def chat(self, session_id: str, messages: list[dict], sampling: dict | SamplingParams,
+                   tenant: str | None = None) -> AsyncIterator[StreamChunk]:
+        """Handle API: ``handle.options(session_id=scoped(tenant, sid), stream=True).chat.remote(sid, messages,
+        sampling, tenant=tenant)``. ``tenant`` is required when the service has API keys (tenants.py);
+        the router option carries the scoped id so the owner is found."""
+        sid = scoped(check_tenant(tenant, self._cfg.auth.keyed), session_id)
+        async for item in self.chat_events(sid, messages, sampling):
+            if isinstance(item, StreamChunk):
+                yield item
+
+    async def _read_and_admit(self, session_id: str, watch: Stopwatch) -> SessionView:
+        """One engine reading (it waits for the step in progress) that serves
+        admission and the sync: while the session is busy here nothing else on this
+        replica changes its local copy (eviction and close skip or wait for it)."""
+        view = await asyncio.to_thread(self._engine.view, session_id)
+        self._admit(view)
+        watch.lap(TurnPhase.ADMIT)
+        return view
+
+    def _admit(self, view: SessionView) -> None:
+        """429 when every KV slot is taken by a turn in flight and this session
+        has none: the engine would only queue it behind them."""
+        st = view.engine
+        if not view.resident and st.running_requests + st.waiting_requests >= st.total_slots:
+            raise CapacityError(f"all {st.total_slots} KV slots of replica {self._id} are busy")
+
+    async def _commit(self, sid: str, seq: int, digest: str | None, turn_key: str | None, reply: str, last: StreamChunk) -> None:
+        record = last.record or await asyncio.to_thread(self._engine.export_session, sid)  # backends without it
+        turn = CommittedTurn(turn_key, last.finish_reason, reply, last.usage)
+        if not await self._directory.commit.remote(sid, self._id, seq, record, digest, turn):
+            self._not_committed += 1
+            raise TurnNotCommittedError(f"session {sid!r} changed while this turn ran (deleted or moved); the turn was not recorded, retry it")
+        self._local.committed(sid, seq + 1)
+
+    async def _end_uncommitted(self, sid: str, grant: TurnGrant | None) -> None:
+        """Roll the local copy back to the committed state and free the lease."""
+        try:
+            if grant is not None:
+                await self._local.restore(sid, grant.record)
+        except Exception:  # never mask the turn's own error; drop the copy, the next turn rebuilds
+            log.exception("could not roll back session %s", sid)
+            try:
+                await self._local.drop(sid)
+            except Exception:
+                log.exception("could not drop the local copy of session %s", sid)
+        try:
+            await self._directory.end_turn.remote(sid, self._id)
+        except Exception:  # a restarting directory forgets leases anyway
+            log.warning("could not end the turn of session %s at the directory", sid, exc_info=True)
+
+    def _local_stats(self, session_id: str):
+        return self._engine.session_stats(session_id) if self._engine.has_session(session_id) else None
+
+    # ---- session management ----------------------------------------------------------
+    async def session_info(self, session_id: str) -> dict:
+        await self._local.wait(session_id)  # a turn being rolled back: answer with the rolled-back copy
+        entry = await self._directory.describe.remote(session_id)
+        if entry is None or (entry.record is None and entry.owner is None):
+            raise SessionNotFoundError(f"no session {session_id!r}")
+        local = await asyncio.to_thread(self._local_stats, session_id) if entry.owner == self._id else None
+        if local is None:  # no live cache anywhere (drained owner): describe the record
+            rec = entry.record
+            local = SessionStats(
+                session_id, tokens_seen=rec.tokens_seen if rec else 0, cache_fill=0,
+                capacity=self._cfg.engine.sink_tokens + (self._cfg.engine.window or 0),
+                evictions=rec.tokens_seen if rec else 0, rounds=rec.rounds if rec else 0,
+                prefilled_tokens=rec.prefilled_tokens if rec else 0, generated_tokens=rec.generated_tokens if rec else 0,
+                recovered=entry.moves > 0, resident=False,
+            )
+        # the HTTP body of GET /v1/sessions/{id} (the ingress renames session_id)
+        return {**local.to_dict(), "replica": entry.owner, "moves": entry.moves, "seq": entry.seq}
+
+    async def close_session(self, session_id: str) -> bool:
+        if session_id in self._busy:
+            raise SessionBusyError(f"session {session_id!r} has a turn in flight")
+        local = await self._local.close(session_id)
+        self._last_turn.pop(session_id, None)
+        return await self._directory.delete.remote(session_id) or local
+
+    def check_health(self) -> None:
+        """Serve's periodic health check: a replica whose engine hit a device fault
+        is replaced instead of failing every turn routed to it."""
+        self._engine.check_health()
+
+    def inject_device_fault(self) -> str:
+        """Test-only: the engine's next step faults on the device (engine/faults.py).
+        Refused unless this process runs with SWIFTINFER_FAULT_INJECTION=1."""
+        if not faults.enabled():
+            raise PermissionError(f"fault injection is off (set {faults.ENV}=1 in the replica's environment)")
+        self._engine.inject_device_fault()
+        return self._id
+
+    # ---- stats for routers, the autoscaler, and /metrics -------------------------------
+    async def _stats(self) -> ReplicaStats:
+        st = await asyncio.to_thread(self._engine.stats)
+        now = time.time()
+        active = sum(1 for t in self._last_turn.values() if now - t <= self._cfg.scaling.active_window_s)
+        return ReplicaStats(
+            replica_id=self._id, capacity=st.total_slots, free_slots=st.free_slots,
+            sessions=st.active_sessions, resident=st.resident_sessions, active_sessions=active + len(self._busy),
+            running=st.running_requests, waiting=st.waiting_requests, evictions=st.evictions,
+            tokens_generated=st.tokens_generated, tokens_prefilled=st.tokens_prefilled,
+            kv_use=st.resident_sessions / max(1, st.total_slots), draining=self._draining,
+            pid=os.getpid(), idle_evicted=self._local.idle_evicted, rolled_back=self._local.rolled_back,
+            turns=dict(self._turns), turns_not_committed=self._not_committed, warm_starts=self._warm_starts,
+            phases=self._timer.summary(),
+        )
+
+    def record_replica_metadata(self) -> dict:
+        """Static facts routers read as ``replica.replica_metadata`` from the moment
+        the replica is ready (routing stats arrive only after the first poll)."""
+        return {"capacity": self._engine.stats().total_slots}
+
+    async def record_routing_stats(self) -> dict:
+        return (await self._stats()).to_dict()  # Serve's contract: a dict (messages.RoutingStats reads it)
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        return (await self._stats()).autoscaling_metrics()
+
+    async def _report(self) -> None:
+        await self._directory.report.remote(self._id, await self._stats())
+
+    async def _report_loop(self) -> None:
+        while not self._draining:
+            await asyncio.sleep(self._cfg.stats_report_period_s)
+            try:
+                await self._report()
+            except Exception:  # the directory restarting must not kill the replica
+                log.exception("stats report failed")
+
+    async def _evict_loop(self) -> None:
+        ttl = self._cfg.limits.idle_ttl_s
+        period = min(5.0, ttl / 4) if ttl is not None else 5.0
+        while not self._draining:
+            await asyncio.sleep(period)
+            try:
+                for sid in await self._local.evict_idle(self._last_turn, self._busy):
+                    self._last_turn.pop(sid, None)
+                for sid in await self._local.drop_unowned(self._directory, self._id, self._busy):  # deleted or moved
+                    self._last_turn.pop(sid, None)
+                held = set(await asyncio.to_thread(self._engine.session_ids)) | self._busy
+                horizon = time.time() - self._cfg.scaling.active_window_s
+                for sid in [s for s, t in self._last_turn.items() if s not in held and t < horizon]:
+                    del self._last_turn[sid]  # turns of sessions no longer here (failed first turns, moved away)
+            except Exception:
+                log.exception("idle session eviction failed")
+
+    # ---- drain on scale-down ---------------------------------------------------------
+    async def __del__(self):
+        """Serve calls this after running turns finished (or the grace period ran
+        out). Leave the KV of idle resident sessions (most recent first, within
+        ``kv_transfer_max_mb``) with the directory, then hand every session back;
+        the committed records are already in the log."""
+        self._draining = True
+        for task in self._tasks:
+            task.cancel()
+        held = await asyncio.to_thread(self._engine.session_ids)
+        idle = sorted((sid for sid in held if sid not in self._busy), key=lambda sid: -self._last_turn.get(sid, 0.0))
+        moved = 0
+        for sid, seq, blob in await self._local.snapshots(idle, self._cfg.kv_transfer_max_mb * (1 << 20)):
+            moved += bool(await self._directory.hold_kv.remote(sid, self._id, seq, blob))
+        released = await self._directory.release.remote(self._id)
+        log.info("replica %s drained: handed %d sessions back, %d with their KV", self._id, released, moved)
+        await self._engine.shutdown()

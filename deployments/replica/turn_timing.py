@@ -1,0 +1,46 @@
+"""Where a turn's time goes on its replica, phase by phase.
+
+A turn passes: ``admit`` (KV capacity check against the engine), ``lease``
+(the directory's ``begin_turn``), ``sync`` (local copy made equal to the
+committed record: warm, migrated or rebuilt), ``first_token`` (engine queue,
+prefill and the first decode) and, after the last token, ``commit`` (the
+session log write). The replica keeps the last ``keep`` durations of each and
+reports their p50/p99 with its stats, so /metrics shows which phase a slow
+time-to-first-token comes from.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from deployments.messages import TurnPhase
+
+
+class TurnTimer:
+    def __init__(self, keep: int = 2048):
+        self._samples = {p: deque(maxlen=keep) for p in TurnPhase}
+
+    def record(self, phase: TurnPhase, seconds: float) -> None:
+        self._samples[phase].append(seconds)
+
+    def summary(self) -> dict[TurnPhase, tuple[float, float]]:
+        """phase -> (p50, p99) in seconds, for phases with samples."""
+        out = {}
+        for phase, xs in self._samples.items():
+            if xs:
+                s = sorted(xs)
+                out[phase] = (s[(len(s) - 1) // 2], s[min(len(s) - 1, round(0.99 * (len(s) - 1)))])
+        return out
+
+
+class Stopwatch:
+    """Laps of one turn: ``lap(phase)`` records the time since the previous lap."""
+
+    def __init__(self, timer: TurnTimer):
+        self._timer, self._last = timer, time.monotonic()
+
+    def lap(self, phase: TurnPhase) -> None:
+        now = time.monotonic()
+        self._timer.record(phase, now - self._last)
+        self._last = now

@@ -1,0 +1,328 @@
+"""The session directory: who owns each conversation, and the record to rebuild it.
+
+One named, detached Ray actor per application, the single source of truth that
+routers, replicas and ingresses share. It writes through the session log
+(``session_log.py``) and, when it starts or restarts, reloads every session
+from it, so a killed directory, controller or whole application loses no
+committed turn.
+
+Per session (``Entry``): the owner (replica holding the live cache), the record
+and ``seq`` of the last committed turn, its reply (for idempotent retries), the
+history digest (id-less clients), a lease (the replica running a turn now: a
+second turn anywhere else is refused with 409) and, after a drain, the KV
+snapshot the old owner left in the object store.
+
+An async actor with one event loop: every method runs without interruption
+up to its first ``await``; only ``commit``, ``release``, ``delete`` and the log
+reads await, and they re-check what they change after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+
+import ray
+
+from deployments.config import AppConfig, LogBackend, SessionLogConfig
+from deployments.messages import CommittedTurn, ReplicaStats, SessionDescription, TurnGrant, TurnReplay
+from deployments.sessions.log_writer import BatchWriter
+from deployments.sessions.replica_reports import ReplicaReports
+from deployments.sessions.session_log import CommitOp, DeleteOp, LastTurn, LogConflictError, LogOp, LogUnavailableError
+from deployments.sessions.log_backends import open_log
+from deployments.sessions.session_log import ReleaseOp, SessionState, TurnEntry
+from swiftinfer_core.errors import SessionBusyError
+from swiftinfer_core.protocol import SessionRecord, Usage
+
+NAMESPACE = "swiftinfer"
+# Where the directory may run: a SQLite log is a file on one machine, so the
+# directory stays on the head node (a restart elsewhere would not find it).
+PLACEMENT: dict[LogBackend, dict] = {
+    LogBackend.SQLITE: {"resources": {"node:__internal_head__": 0.001}},
+    LogBackend.REDIS: {},
+}
+
+
+@dataclass
+class Entry:
+    owner: str | None
+    record: SessionRecord | None = None
+    digest: str | None = None
+    seq: int = 0  # committed turns
+    last_turn: LastTurn | None = None
+    lease: str | None = None  # replica running a turn of this session
+    lease_at: float = 0.0
+    kv: tuple[int, ray.ObjectRef] | None = None  # (seq, pickled KVSnapshot) left by a draining owner
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+    moves: int = 0  # owner changes after the first placement (rebuilds elsewhere)
+
+
+def directory_spec(cfg: AppConfig) -> dict:
+    """What every holder of a directory handle passes, so that whichever creates it
+    creates it the same way (routers get it through their kwargs)."""
+    return {
+        "name": cfg.directory_name,
+        "log": cfg.session_log.model_dump(mode="json"),
+        # a lease outlives its holder's silence this long (it reports every period)
+        "lease_stale_s": 3 * cfg.stats_report_period_s + 2.0,
+        "lease_timeout_s": cfg.limits.request_timeout_s + 30.0,
+    }
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class SessionDirectory:
+    def __init__(self, spec: dict) -> None:
+        log_cfg = SessionLogConfig.model_validate(spec["log"])
+        self._log = open_log(log_cfg, spec["name"])
+        self._writer = BatchWriter(self._log, log_cfg.max_batch)
+        self._lease_stale_s = float(spec["lease_stale_s"])
+        self._lease_timeout_s = float(spec["lease_timeout_s"])
+        self._entries: dict[str, Entry] = {}
+        self._by_digest: dict[str, str] = {}  # history digest -> session id
+        self._owned: dict[str, set[str]] = {}  # replica id -> session ids it owns
+        self._reports = ReplicaReports()  # replica stats and the cluster view's events
+        self._placements = 0  # place() calls: a warm turn makes none (routers remember owners)
+        for st in self._log.load_all():
+            entry = self._entries[st.session_id] = Entry(
+                owner=None, record=SessionRecord.from_dict(st.record), digest=st.digest, seq=st.seq, last_turn=st.last_turn,
+                created=st.created, updated=st.updated,
+            )
+            self._set_owner(st.session_id, entry, st.owner)
+            if st.digest is not None:
+                self._by_digest[st.digest] = st.session_id
+        self.loaded = len(self._entries)
+
+    # ---- ownership -------------------------------------------------------------
+    def _set_owner(self, sid: str, entry: Entry, owner: str | None) -> None:
+        if entry.owner is not None:
+            self._owned.get(entry.owner, set()).discard(sid)
+        if owner is not None:
+            self._owned.setdefault(owner, set()).add(sid)
+            if entry.owner is not None and entry.owner != owner:
+                entry.moves += 1
+                self._reports.event("moved", session=sid, src=entry.owner, dst=owner)
+            elif entry.owner is None and entry.moves > 0 and entry.seq > 0:  # handed back by a drain, lands here
+                self._reports.event("moved", session=sid, src=None, dst=owner)
+        entry.owner = owner
+
+    def place(self, sid: str, capacity: dict[str, int], departed: list[str], force: bool, claim: bool) -> str | None:
+        """Pick the replica for a request of ``sid`` among ``capacity``'s keys
+        (candidates -> KV slots). The live owner wins. An owner the caller has
+        never seen is returned as is (it may be joining) unless ``force``. Else,
+        when ``claim``, the candidate with the lowest owned/slots share becomes
+        the owner; without ``claim`` (reads, deletes) nothing changes and None
+        means "any replica"."""
+        self._placements += 1
+        entry = self._entries.get(sid)
+        if entry is not None and entry.owner is not None:
+            if entry.owner in capacity or (entry.owner not in departed and not force):
+                return entry.owner
+            if entry.lease == entry.owner and entry.owner in departed:
+                entry.lease = None  # its turn died with it
+        if not claim or not capacity:
+            return None
+
+        def load(rid: str) -> tuple[float, int, str]:
+            owned = len(self._owned.get(rid, ()))
+            return (owned / max(1, capacity[rid]), owned, rid)
+
+        best = min(capacity, key=load)
+        if entry is None:
+            entry = self._entries[sid] = Entry(owner=None)
+        self._set_owner(sid, entry, best)
+        return best
+
+    def _lease_alive(self, entry: Entry, now: float) -> bool:
+        reported = self._reports.reported_at(entry.lease)
+        return now - entry.lease_at < self._lease_timeout_s and now - max(reported, entry.lease_at) < self._lease_stale_s
+
+    def begin_turn(self, sid: str, rid: str, turn_key: str | None = None) -> TurnGrant | TurnReplay:
+        """``rid`` is about to run a turn of ``sid``. A ``TurnReplay`` when
+        ``turn_key`` is the session's last committed turn (answer it again, run
+        nothing), else takes the lease, makes ``rid`` the owner and returns a
+        ``TurnGrant``: the last committed state (record None for a session never
+        committed) and, once, a KV snapshot ref left by a drain."""
+        now = time.time()
+        entry = self._entries.get(sid)
+        if entry is None:
+            entry = self._entries[sid] = Entry(owner=None)
+        if turn_key is not None and entry.last_turn is not None and entry.last_turn.entry.turn_key == turn_key:
+            last = entry.last_turn
+            return TurnReplay(entry.seq, last.text, last.entry.finish_reason, Usage(**last.usage))
+        if entry.lease not in (None, rid) and self._lease_alive(entry, now):
+            raise SessionBusyError(f"session {sid!r} has a turn in flight on another replica")
+        entry.lease, entry.lease_at = rid, now
+        self._set_owner(sid, entry, rid)
+        kv, entry.kv = entry.kv, None
+        return TurnGrant(entry.seq, entry.record, kv[1] if kv and kv[0] == entry.seq else None)
+
+    async def commit(self, sid: str, rid: str, seq: int, record: SessionRecord, digest: str | None, turn: CommittedTurn) -> bool:
+        """Durably append turn ``seq + 1`` with ``record`` as the session's new
+        state. False when ``rid`` no longer holds the session at ``seq`` (deleted,
+        taken over, or the log refused it): its copy is stale."""
+        entry = self._entries.get(sid)
+        if entry is None or entry.owner != rid or entry.lease != rid or entry.seq != seq:
+            return False
+        now = time.time()
+        u = turn.usage
+        t = TurnEntry(sid, seq + 1, turn.turn_key, rid, turn.finish_reason, u.prompt_tokens, u.completion_tokens, now)
+        last = LastTurn(t, turn.text, u.to_dict())
+        try:  # the log stores the record's dict form
+            await self._write(CommitOp(SessionState(sid, seq + 1, record.to_dict(), rid, digest, last, entry.created, now), t))
+        except LogConflictError:
+            return False
+        finally:
+            if entry.lease == rid:
+                entry.lease = None
+        if self._entries.get(sid) is entry and entry.seq == seq:
+            entry.seq, entry.record, entry.last_turn, entry.updated = seq + 1, record, last, now
+            if entry.digest is not None:
+                self._by_digest.pop(entry.digest, None)
+            entry.digest = digest
+            if digest is not None:
+                self._by_digest[digest] = sid
+        return True
+
+    def end_turn(self, sid: str, rid: str) -> None:
+        """A turn of ``rid`` ended without a commit: free the lease, and forget a
+        session that never committed anything."""
+        entry = self._entries.get(sid)
+        if entry is None:
+            return
+        if entry.lease == rid:
+            entry.lease = None
+        if entry.seq == 0 and entry.owner == rid and entry.lease is None:
+            self._drop(sid, entry)
+
+    def hold_kv(self, sid: str, rid: str, seq: int, blob: bytes) -> bool:
+        """A draining owner's cache of ``sid`` at turn ``seq`` (a pickled
+        KVSnapshot): put in the object store, owned by this long-lived actor, for
+        the next owner's first turn."""
+        entry = self._entries.get(sid)
+        if entry is None or entry.owner != rid or entry.seq != seq or entry.lease is not None:
+            return False
+        entry.kv = (seq, ray.put(blob))
+        return True
+
+    async def release(self, rid: str) -> int:
+        """A draining replica hands its sessions back: no owner, so the next turn
+        of each goes to the best other replica (which imports the KV snapshot or
+        rebuilds from the record)."""
+        sids = [sid for sid in self._owned.pop(rid, set()) if self._entries[sid].owner == rid]
+        for sid in sids:
+            self._entries[sid].owner = None
+            self._entries[sid].moves += 1  # its next turn runs elsewhere
+        self._reports.forget(rid)
+        self._reports.event("replica_drained", replica=rid, sessions=len(sids))
+        committed = [sid for sid in sids if self._entries[sid].seq > 0]
+        if committed:
+            await self._write(ReleaseOp(committed))
+        return len(sids)
+
+    async def delete(self, sid: str) -> bool:
+        entry = self._entries.get(sid)
+        if entry is None:
+            return False
+        self._drop(sid, entry)
+        await self._write(DeleteOp(sid))
+        return True
+
+    async def _write(self, op: LogOp) -> None:
+        try:
+            await self._writer.submit(op)
+        except LogConflictError:
+            raise
+        except Exception as exc:
+            raise LogUnavailableError(f"the session log could not be written: {type(exc).__name__}: {exc}") from None
+
+    def _drop(self, sid: str, entry: Entry) -> None:
+        self._set_owner(sid, entry, None)
+        if entry.digest is not None:
+            self._by_digest.pop(entry.digest, None)
+        del self._entries[sid]
+
+    # ---- reads -----------------------------------------------------------------
+    def describe(self, sid: str) -> SessionDescription | None:
+        entry = self._entries.get(sid)
+        if entry is None:
+            return None
+        return SessionDescription(entry.owner, entry.record, entry.seq, entry.moves, entry.created, entry.updated)
+
+    async def turns(self, sid: str, after_seq: int, limit: int) -> list[TurnEntry]:
+        """Committed turns of ``sid`` from the log itself (the exactly-once audit)."""
+        return await asyncio.to_thread(self._log.turns, sid, after_seq, limit)
+
+    def unowned(self, rid: str, sids: list[str]) -> list[str]:
+        """Those of ``sids`` (copies ``rid`` holds) that are deleted or owned by
+        another replica; a session with no owner (handed back) may still come to ``rid``."""
+        out = []
+        for sid in sids:
+            entry = self._entries.get(sid)
+            if entry is None or entry.owner not in (None, rid):
+                out.append(sid)
+        return out
+
+    def owners(self) -> dict[str, int]:
+        """Replica id -> sessions it owns (balance metrics)."""
+        return {rid: len(s) for rid, s in self._owned.items() if s}
+
+    def num_sessions(self) -> int:
+        return len(self._entries)
+
+    def log_stats(self) -> dict:
+        return {**self._writer.stats.to_dict(), "loaded_at_start": self.loaded, "sessions": len(self._entries), "pid": os.getpid(),
+                "placements": self._placements}
+
+    # ---- id-less conversations -------------------------------------------------
+    def resolve_history(self, opening: str, prefix_digest: str | None, scope: str = "") -> tuple[str, bool]:
+        """``(session id, continues)``. Continues when ``prefix_digest`` is exactly
+        what a session has seen (digests are tenant-seeded: tenants.history_seed);
+        otherwise reserves a fresh id derived from the opening messages
+        (``<scope>conv-<opening>``, then ``-2``, ``-3``... on clashes; ``scope``
+        is the tenant's id prefix, tenants.scoped(tenant, ""))."""
+        if prefix_digest is not None:
+            sid = self._by_digest.get(prefix_digest)
+            if sid is not None and sid in self._entries and sid.startswith(scope):
+                return sid, True
+        sid, n = f"{scope}conv-{opening}", 1
+        while sid in self._entries:
+            n += 1
+            sid = f"{scope}conv-{opening}-{n}"
+        self._entries[sid] = Entry(owner=None)
+        return sid, False
+
+    # ---- replica stats (metrics, readiness, leases) ----------------------------
+    def report(self, rid: str, stats: ReplicaStats) -> None:
+        self._reports.report(rid, stats)
+
+    def cluster(self, max_age_s: float, scope: str = "", max_sessions: int = 200) -> dict:
+        """The cluster view's data (deployments/http/playground.py): live replicas with
+        their report time, stats, tokens/s between their last two reports, owned sessions (ids starting with ``scope``,
+        the tenant's prefix; at most ``max_sessions`` each, newest first), and recent
+        events. A replica silent past ``max_age_s`` is dropped and, once, logged lost."""
+        now = time.time()
+        replicas = {}
+        for rid, t, stats, rate in self._reports.recent(now, max_age_s):
+            mine = [(sid, self._entries[sid]) for sid in self._owned.get(rid, ()) if sid.startswith(scope) and sid in self._entries]
+            mine.sort(key=lambda p: -p[1].updated)
+            sessions = [{"id": sid, "seq": e.seq, "moves": e.moves, "busy": e.lease == rid, "updated": e.updated}
+                        for sid, e in mine[:max_sessions]]
+            replicas[rid] = {"reported_at": t, "stats": stats, "tokens_per_s": rate, "owned": len(mine), "sessions": sessions}
+        events = [e for e in self._reports.events if "session" not in e or e["session"].startswith(scope)]
+        return {"now": now, "replicas": replicas, "events": events}
+
+    def replica_stats(self, max_age_s: float) -> dict[str, ReplicaStats]:
+        return self._reports.live(max_age_s)
+
+
+def directory_handle(spec: dict) -> "ray.actor.ActorHandle":
+    """Get or create the application's directory (``spec`` from ``directory_spec``).
+    Detached, so it outlives any replica (a killed owner must not take the
+    records with it); restarted by Ray if it dies, reloading from the log."""
+    placement = PLACEMENT[SessionLogConfig.model_validate(spec["log"]).backend]
+    return SessionDirectory.options(
+        name=spec["name"], namespace=NAMESPACE, get_if_exists=True, lifetime="detached", **placement
+    ).remote(spec)

@@ -1,0 +1,237 @@
+"""Issue 18 on a real local Ray cluster, through the ``openai`` client: penalties,
+logit_bias, min_tokens and logprobs (streamed and not) against the model's own
+logits computed here; /v1/completions (text and token-id prompts, sessions,
+logprobs, echo with prompt logprobs, stop); /tokenize and /detokenize; and a 400 naming each field this
+server still refuses."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import httpx
+import pytest
+import torch
+from ray import serve
+
+from serve_helpers import MODEL_ID, app_config, deploy, wait_for
+
+USER = [{"role": "user", "content": "Name three colours."}]
+
+
+@pytest.fixture(scope="module")
+def app(cluster):
+    prefix = deploy("fields", app_config("fields-sessions", scaling={"min_replicas": 1, "max_replicas": 1}))
+    from openai import OpenAI
+
+    with httpx.Client(base_url=cluster, timeout=180) as http:
+        yield OpenAI(base_url=f"{cluster}{prefix}/v1", api_key="unused", max_retries=0), http, prefix
+    serve.delete("fields")
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir):
+    """(tokenizer's ChatFormat, transformers' float32 model) of the default model, on CPU."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from swiftinfer_core.conversation.chat_format import ChatFormat
+
+    fmt = ChatFormat(AutoTokenizer.from_pretrained(model_dir))
+    return fmt, AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+
+
+def greedy_reference(fmt, model, params, steps: int, ids: list[int] | None = None) -> list[tuple[int, torch.Tensor]]:
+    """(token, log-probabilities [V]) per step after ``ids`` (default: the USER
+    chat turn): greedy on the adjusted logits, penalties counting every token so
+    far (all of it fits in the test cache)."""
+    from swiftinfer_core.engine.penalties import RowAdjust, adjust
+
+    ids = list(fmt.first_round(USER) if ids is None else ids)
+    out = []
+    with torch.no_grad():
+        for _ in range(steps):
+            row = model(torch.tensor([ids])).logits[0, -1:].float()
+            lp = torch.log_softmax(adjust(row, [params], [RowAdjust(counts=Counter(ids))])[0].double(), -1)
+            tok = int(lp.argmax())
+            out.append((tok, lp))
+            ids.append(tok)
+    return out
+
+
+def token_bytes(fmt, tok: int) -> list[int]:
+    from deployments.http.tokens import TextCodec
+
+    return list(TextCodec(fmt.tok).token_bytes(tok))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_logprobs_with_penalties_equal_the_models_logits(app, reference, stream):
+    from swiftinfer_core.config import SamplingParams
+
+    oai, _, _ = app
+    fmt, model = reference
+    kw = dict(model=MODEL_ID, messages=USER, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3,
+              presence_penalty=0.6, frequency_penalty=0.4, extra_body={"repetition_penalty": 1.2, "session_id": f"lp-{stream}"})
+    if stream:
+        chunks = [c for c in oai.chat.completions.create(stream=True, **kw) if c.choices]
+        content = [e for c in chunks if c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    else:
+        choice = oai.chat.completions.create(**kw).choices[0]
+        content, text = choice.logprobs.content, choice.message.content
+    params = SamplingParams(presence_penalty=0.6, frequency_penalty=0.4, repetition_penalty=1.2)
+    ref = greedy_reference(fmt, model, params, len(content))
+    assert content and text == "".join(e.token for e in content)
+    for e, (tok, lp) in zip(content, ref):
+        assert e.bytes == token_bytes(fmt, tok), (e.token, fmt.tok.decode([tok]))
+        assert abs(e.logprob - float(lp[tok])) < 2e-3
+        top = torch.topk(lp, 3)
+        assert [t.bytes for t in e.top_logprobs] == [token_bytes(fmt, t) for t in top.indices.tolist()]
+        assert all(abs(t.logprob - float(v)) < 2e-3 for t, v in zip(e.top_logprobs, top.values.tolist()))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_logit_bias_and_min_tokens(app, reference, stream):
+    oai, _, _ = app
+    fmt, _ = reference
+    banana = fmt.tok.encode(" banana")[0]
+
+    def ask(messages=USER, **kw):
+        resp = oai.chat.completions.create(model=MODEL_ID, messages=messages, temperature=0, stream=stream,
+                                           stream_options={"include_usage": True} if stream else None, **kw)
+        if not stream:
+            return resp.choices[0].message.content, resp.choices[0].finish_reason, resp.usage.completion_tokens
+        chunks = list(resp)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        return text, chunks[-1].choices[0].finish_reason, chunks[-1].usage.completion_tokens
+
+    text, _, n = ask(max_tokens=4, logit_bias={str(banana): 100})
+    assert text == " banana" * 4 and n == 4
+    short = ask(max_tokens=40, messages=[{"role": "user", "content": "Reply with one word: yes or no?"}])
+    assert short[1] == "stop"
+    forced = ask(max_tokens=short[2] + 5, extra_body={"min_tokens": short[2] + 5},
+                 messages=[{"role": "user", "content": "Reply with one word: yes or no?"}])
+    assert forced[1] == "length" and forced[2] == short[2] + 5
+
+
+def test_refused_fields_are_named_in_a_400(app):
+    from openai import BadRequestError
+
+    oai, _, _ = app
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    cases = {
+        "n": dict(n=2),
+        "tools": dict(tools=[tool]),  # tool_choice auto, the default: this template has no tool syntax
+        "response_format": dict(response_format={"type": "json_schema"}),  # no schema
+        "top_logprobs": dict(top_logprobs=2),
+        "logit_bias": dict(logit_bias={"x1": 3}),
+        "min_tokens": dict(max_tokens=2, extra_body={"min_tokens": 3}),
+        "repetition_penalty": dict(extra_body={"repetition_penalty": 0.001}),
+        "frobnicate": dict(extra_body={"frobnicate": 1}),
+    }
+    for field, kw in cases.items():
+        with pytest.raises(BadRequestError) as err:
+            oai.chat.completions.create(model=MODEL_ID, messages=USER, **kw)
+        assert field in str(err.value), (field, str(err.value))
+    bad = oai.chat.completions.with_raw_response.create  # an out-of-vocabulary bias: the engine's 400
+    with pytest.raises(BadRequestError, match="vocabulary"):
+        bad(model=MODEL_ID, messages=USER, logit_bias={"99999999": 1}, extra_body={"session_id": "oov-1"})
+
+
+def test_tokenize_and_detokenize(app, reference):
+    _, http, prefix = app
+    fmt, _ = reference
+    text = "Hello <|im_end|> world, ça va?"
+    body = http.post(f"{prefix}/tokenize", json={"model": MODEL_ID, "prompt": text, "return_token_strs": True}).json()
+    assert body["tokens"] == fmt.encode_as_text(text) and body["count"] == len(body["tokens"])
+    assert body["token_strs"] == fmt.tok.convert_ids_to_tokens(body["tokens"]) and body["max_model_len"] > 0
+    assert http.post(f"{prefix}/detokenize", json={"tokens": body["tokens"]}).json() == {"prompt": text}
+    chat = http.post(f"{prefix}/tokenize", json={"messages": USER}).json()
+    assert chat["tokens"] == fmt.first_round(USER) and chat["token_strs"] is None
+    for path, bad in (("/tokenize", {"prompt": "a", "messages": USER}), ("/tokenize", {"prompt": 3}),
+                      ("/detokenize", {"tokens": [-1]}), ("/detokenize", {"tokens": [10**9]}), ("/tokenize", {"prompt": "a", "x": 1})):
+        resp = http.post(f"{prefix}{path}", json=bad)
+        assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_request_error", (path, bad, resp.text)
+    assert http.post(f"{prefix}/tokenize", json={"model": "gpt-4", "prompt": "a"}).status_code == 404
+
+
+def test_completions_text_and_token_prompts_with_logprobs(app, reference):
+    from swiftinfer_core.config import SamplingParams
+
+    oai, _, _ = app
+    fmt, model = reference
+    prompt = "The three primary colours are"
+    ids = fmt.encode_as_text(prompt)
+    ref = greedy_reference(fmt, model, SamplingParams(), 6, ids)
+    got = oai.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=6, temperature=0, logprobs=2, extra_body={"ignore_eos": True})
+    choice = got.choices[0]
+    assert got.object == "text_completion" and choice.finish_reason == "length" and got.usage.completion_tokens == 6
+    assert choice.text == fmt.tok.decode([t for t, _ in ref])
+    lp = choice.logprobs
+    assert lp.tokens == [fmt.tok.decode([t]) for t, _ in ref]
+    assert all(abs(a - float(b[t])) < 2e-3 for a, (t, b) in zip(lp.token_logprobs, ref))
+    assert [len(m) for m in lp.top_logprobs] == [2] * 6 and lp.text_offset[0] == 0
+    assert lp.text_offset == [sum(len(x) for x in lp.tokens[:i]) for i in range(6)]
+    # streamed, and from token ids: the same
+    chunks = list(oai.completions.create(model=MODEL_ID, prompt=ids, max_tokens=6, temperature=0, logprobs=2, stream=True,
+                                         extra_body={"ignore_eos": True}))
+    assert "".join(c.choices[0].text for c in chunks) == choice.text
+    assert [t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.tokens] == lp.tokens
+    assert chunks[-1].choices[0].finish_reason == "length" and chunks[-1].usage.completion_tokens == 6
+    stopped = oai.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=6, temperature=0, stop=[choice.text[3:6]])
+    assert stopped.choices[0].finish_reason == "stop" and choice.text.startswith(stopped.choices[0].text)
+
+
+def test_completions_on_a_session_continue_its_token_stream(app, reference):
+    from swiftinfer_core.config import SamplingParams
+
+    oai, http, prefix = app
+    fmt, model = reference
+    a, b = fmt.encode_as_text("Once upon a time"), fmt.encode_as_text(" Then")
+    kw = dict(model=MODEL_ID, max_tokens=5, temperature=0, extra_body={"session_id": "cmpl-s1", "ignore_eos": True})
+    first = oai.completions.create(prompt=a, **kw).choices[0].text
+    second = oai.completions.create(prompt=b, **kw).choices[0].text
+    out1 = [t for t, _ in greedy_reference(fmt, model, SamplingParams(), 5, a)]
+    out2 = [t for t, _ in greedy_reference(fmt, model, SamplingParams(), 5, a + out1 + b)]
+    assert (first, second) == (fmt.tok.decode(out1), fmt.tok.decode(out2))
+    assert http.get(f"{prefix}/v1/sessions/cmpl-s1").json()["rounds"] == 2
+    # without a session the call's own session is deleted afterwards
+    resp = oai.completions.with_raw_response.create(model=MODEL_ID, prompt="Hi", max_tokens=2)
+    sid = resp.headers["x-session-id"]
+    assert sid.startswith("cmpl-")
+    wait_for(lambda: http.get(f"{prefix}/v1/sessions/{sid}").status_code == 404, 30, "the one-call session's deletion")
+
+
+def test_completions_refuse_what_they_do_not_do(app):
+    from openai import BadRequestError
+
+    oai, _, _ = app
+    for field, kw in {"best_of": dict(best_of=2), "suffix": dict(suffix="x"), "n": dict(n=2),
+                      "prompt": dict(prompt=["a", "b"]), "logprobs": dict(logprobs=21)}.items():
+        with pytest.raises(BadRequestError) as err:
+            oai.completions.create(model=MODEL_ID, **{"prompt": "hi", **kw})
+        assert field in str(err.value), (field, str(err.value))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_completions_echo_scores_the_prompt(app, reference, stream):
+    oai, _, _ = app
+    fmt, model = reference
+    prompt = "Paris is the capital of France, and Rome is the capital of"
+    ids = fmt.encode_as_text(prompt)
+    with torch.no_grad():
+        ref = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+    resp = oai.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=3, temperature=0, logprobs=1, echo=True, stream=stream)
+    chunks = list(resp) if stream else [resp]
+    text = "".join(c.choices[0].text for c in chunks)
+    lp = [c.choices[0].logprobs for c in chunks if c.choices[0].logprobs]
+    tokens = [t for x in lp for t in x.tokens]
+    values = [v for x in lp for v in x.token_logprobs]
+    tops = [t for x in lp for t in x.top_logprobs]
+    assert text.startswith(prompt) and len(text) > len(prompt)
+    assert tokens[: len(ids)] == [fmt.tok.decode([t]) for t in ids] and len(tokens) == len(ids) + 3
+    assert values[0] is None and tops[0] is None
+    for i in range(1, len(ids)):
+        assert abs(values[i] - float(ref[i - 1, ids[i]])) < 2e-3, i
+        assert list(tops[i]) == [fmt.tok.decode([int(ref[i - 1].argmax())])], i
+    offsets = [o for x in lp for o in x.text_offset]
+    assert offsets == [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
