@@ -150,7 +150,8 @@ def main() -> int:
     ap.add_argument("--no-bare", action="store_true")
     ap.add_argument("--drop-workspaces", action="store_true", help="reproduce the pre-fix bug (see module doc)")
     ap.add_argument("--device", default="cuda", help="cpu: a smoke run of this script (float32, no graphs)")
-    ap.add_argument("--piecewise", action="store_true", help="piecewise CUDA graphs: mixed steps keep graphs around attention")
+    ap.add_argument("--piecewise", action=argparse.BooleanOptionalAction, default=True,
+                    help="piecewise CUDA graphs (the engine's default): mixed steps keep graphs around attention")
     ap.add_argument("--closed-loop", action="store_true", help="per N: conversations continue without waiting for each other (the load client's pattern); one row per N")
     ap.add_argument("--name", default="engine_batches")
     ap.add_argument("--out", default=None)

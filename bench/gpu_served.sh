@@ -7,14 +7,15 @@
 #     memory (stream_max_chunks_per_s: 0, owner_cache_s: 0), same process layout as step 2;
 #  4. the same stack with the steps in the replica's own process (engine_process: false);
 #  "split" (not by default): step 2 with split_mixed_steps (a mixed step as decode graph + eager chunks).
-#  "piece" (not by default): step 2 with piecewise_graphs (graphs around attention on mixed steps).
+#  "nopiece" (not by default): step 2 without piecewise graphs (piecewise_graphs: false; the
+#     engine's default is on since issue 20's follow-up, so steps 1-4 run with them).
 # Env: MODEL (config dir under .carry, default r7b), NAME (result prefix, default served_7b),
 #      SLOTS (KV slots, default 191: the most that fit at 7B, 4+1020), WINDOW (default 1020),
 #      SIZES (default "32 64 128 191"), BEFORE_SIZES (default: SIZES; empty skips step 3),
 #      THREAD_SIZES (default "64 128"; empty skips step 4), ROUNDS (turns per conversation, default 8),
 #      TOKEN_COUNTS (set: the load client asks for logprobs, so each chunk lists its tokens and the
 #      report has ITL per token; adds the logprob work to every served step, not to the engine's),
-#      ENGINE_ARGS (extra bench/engine_batches.py flags for step 1, e.g. --piecewise),
+#      ENGINE_ARGS (extra bench/engine_batches.py flags for step 1, e.g. --no-piecewise),
 #      PACE_MS (stream_interval_ms of the served runs, default 50: each stream's chunks are at most
 #      this often, so it sets the streamed objects per second through the ingress and the proxy).
 # carry [".whl", ".carry/$MODEL"]; everything lands in $OUT/results.tgz; a short table last.
@@ -70,7 +71,7 @@ profile_run() {  # a longer closed loop at N with py-spy (20 s, 50 Hz) on every 
 }
 want proc && serve_closed proc true "" "" $SIZES
 want split && serve_closed split true "" "\n        split_mixed_steps: true" ${SPLIT_SIZES:-$SIZES}
-want piece && serve_closed piece true "" "\n        piecewise_graphs: true" ${PIECE_SIZES:-$SIZES}
+want nopiece && serve_closed nopiece true "" "\n        piecewise_graphs: false" ${NOPIECE_SIZES:-$SIZES}
 want before && [ -n "$BEFORE_SIZES" ] && serve_closed before true "\n      stream_max_chunks_per_s: 0\n      owner_cache_s: 0" "" $BEFORE_SIZES
 want thread && [ -n "$THREAD_SIZES" ] && serve_closed thread false "" "" $THREAD_SIZES
 

@@ -34,7 +34,7 @@ from swiftinfer_core.finish_reason import FinishReason
 from swiftinfer_core.kernels.attention import TritonAttention
 from swiftinfer_core.session_id import check_session_id
 from swiftinfer_core.protocol import EngineStats, KVSnapshot, RawPrompt, SessionRecord, SessionStats, SessionView, StreamChunk, Usage
-from swiftinfer_core.runner.piecewise import BUCKETS as PIECEWISE_BUCKETS
+from swiftinfer_core.runner import piecewise
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ class EngineCore:
         self.grammars = Grammars(m.tokenizer, m.args.vocab_size, self.eos_ids)  # structured output, compiled on first use
         if cfg.cuda_graphs and m.device.type == "cuda" and isinstance(m.attn, TritonAttention):
             self.runner.capture_decode_graphs(min(m.pool.num_slots, cfg.max_batch_tokens))
-            if cfg.piecewise_graphs and cfg.tp_size == 1:
-                self.runner.capture_piecewise_graphs(min(PIECEWISE_BUCKETS[-1], cfg.max_batch_tokens))
+            if cfg.piecewise_graphs and cfg.tp_size == 1 and piecewise.supports(m.model):
+                self.runner.capture_piecewise_graphs(min(piecewise.BUCKETS[-1], cfg.max_batch_tokens))
         self.scheduler = Scheduler(cfg.max_batch_tokens, cfg.prefill_chunk, self._allocate_slot)
         self.sessions: dict[str, Session] = {}
         k0 = m.pool.k[0]

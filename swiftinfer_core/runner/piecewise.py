@@ -42,6 +42,12 @@ log = logging.getLogger(__name__)
 BUCKETS = (16, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 448, 512)
 
 
+def supports(model: object) -> bool:
+    """Piecewise graphs need a single-device model whose blocks split into
+    pre/attend/post: the Llama family (Llama, Mistral, Qwen2/3, Phi-3)."""
+    return isinstance(model, Llama) and model.shard.all_reduce is None
+
+
 class StaticTokens:
     """One bucket's buffers: ids [T], residual x [T, hidden] float32, qkv [T, (hq + 2 hkv) d]
     and attention output o [T, hq, d] in the weights' dtype."""

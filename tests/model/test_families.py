@@ -94,3 +94,13 @@ def test_families_tensor_parallel_tp2_matches_tp1(family):
         torch.set_num_threads(before)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_piecewise_graphs_support_the_llama_family_only(family):
+    """The engine captures piecewise graphs (on by default) where this says so;
+    the other families run mixed steps eagerly (tests/model/test_families_gpu.py)."""
+    from swiftinfer_core.runner import piecewise
+
+    case, _, _, loaded = family
+    llama_family = case.config in ("LlamaConfig", "Qwen3Config", "Phi3Config")
+    assert piecewise.supports(loaded.model) == llama_family, case.name

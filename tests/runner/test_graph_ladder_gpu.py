@@ -1,4 +1,5 @@
 """The real Engine at every decode-graph size and boundary, CUDA graphs on against off (issue 11).
+With graphs on, mixed and prefill steps also replay the piecewise graphs (on by default).
 
 Each case builds two engines over the same weights (graphs on, graphs off) and
 drives both through ``Engine.chat`` with the same rounds: new conversations,
@@ -87,6 +88,7 @@ def test_graphs_equal_eager_at_every_ladder_size(case, shape_dir):
         engine = Engine(core=EngineCore(cfg, loaded=relayout(loaded, cfg, SLOTS)))
         try:
             assert (engine.core.runner.graphs is not None) == graphs
+            assert (engine.core.runner.piecewise is not None) == graphs  # Llama family, one device
             if graphs:
                 assert engine.core.runner.graphs.sizes == ladder(SLOTS)
             runs.append(_run(engine))
