@@ -167,6 +167,8 @@ class TritonAttention(Attention):
             n = plan.n_decode
             return torch.cat([self.forward(plan.decode, q[:n], k_new[:n], v_new[:n], k_cache, v_cache, layer),
                               self.forward(plan.prefill, q[n:], k_new[n:], v_new[n:], k_cache, v_cache, layer)])
+        if k_new.stride() != v_new.stride():  # QK-norm (Qwen3, Gemma 3, MPT qk_ln): k is a new tensor, v a view of qkv
+            k_new, v_new = torch.stack([k_new, v_new])  # the kernels read both with one set of strides
         lay, spec = self.layout, self._spec(layer, q.device)
         freqs = spec.freqs
         if isinstance(plan, DecodePlan):

@@ -25,17 +25,21 @@ SCHEDULE = [  # per step: (slot, q_len) pairs
 ]
 
 
-def _qkv(T, hq, hkv, D, dev):
+def _qkv(T, hq, hkv, D, dev, qk_norm=False):
     qkv = torch.randn(T, (hq + 2 * hkv) * D, device=dev)  # strided views, as the model's fused projection
     q, k, v = qkv.split([hq * D, hkv * D, hkv * D], -1)
-    return q.view(T, hq, D), k.view(T, hkv, D), v.view(T, hkv, D)
+    q, k, v = q.view(T, hq, D), k.view(T, hkv, D), v.view(T, hkv, D)
+    if qk_norm:  # Qwen3 / Gemma 3 / MPT qk_ln: q and k are new (contiguous) tensors, v stays a view
+        q, k = q * 1.0, k * 1.0
+    return q, k, v
 
 
 def test_backends_registry():
     assert ATTENTION_BACKENDS["torch"] is TorchAttention and ATTENTION_BACKENDS["triton"] is TritonAttention
 
 
-def test_triton_backend_matches_torch_over_a_schedule(dev):
+@pytest.mark.parametrize("qk_norm", [False, True], ids=["views", "qk-norm"])
+def test_triton_backend_matches_torch_over_a_schedule(dev, qk_norm):
     seed = fresh_seed()
     layout = StreamLayout(4, 12)
     hq, hkv, D = 4, 2, 64
@@ -48,7 +52,7 @@ def test_triton_backend_matches_torch_over_a_schedule(dev):
         batch = AttnBatch.build(slots, [fed[s] for s in slots], lens, dev)
         outs = []
         for layer in range(2):
-            q, k, v = _qkv(sum(lens), hq, hkv, D, dev)
+            q, k, v = _qkv(sum(lens), hq, hkv, D, dev, qk_norm)
             o = [be.forward(be.prepare(batch), q, k, v, c[2 * layer], c[2 * layer + 1]) for be, c in zip(backends, caches)]
             outs.append(o)
         for o_ref, o_tri in outs:
