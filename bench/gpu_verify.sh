@@ -3,10 +3,12 @@
 # meant to keep behaviour (issue 20's refactor, piecewise graphs by default) keeps it.
 # Needs the default model converted under /tmp/swh by two earlier calls, back to back:
 #   1) carry [".carry/smol-a"]:  mkdir -p /tmp/stage && cp .carry/smol-a/* /tmp/stage/
-#   2) carry [".carry/smol-b", ".carry/pyd"]:  bash bench/gpu_verify.sh stage
+#   2) carry [".carry/smol-b", ".carry/pyd", ".carry/data"]:  bash bench/gpu_verify.sh stage
+#      (.carry/data/shakespeare.txt: the plays, for test_gpu_engine; the machine cannot fetch them)
 #   3) carry [".whl", ".carry/r7b"]:           bash bench/gpu_verify.sh
 # The engine point repeats served_7b_r8's engine row at N=128 (7B shape, random bf16,
-# 4+1020, 191 slots, 8 rounds, closed loop). Writes under $OUT; a short table last.
+# 4+1020, 191 slots, 8 rounds, closed loop). Env: STEPS, TESTS, MARK (default gpu; "gpu or not gpu"
+# also runs the kernel tests that take the device from their fixture). Writes under $OUT; a short table last.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 SWIFTINFER_HOME=/tmp/swh RAY_USAGE_STATS_ENABLED=0 NCCL_NVLS_ENABLE=0
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
@@ -15,15 +17,16 @@ if [ "${1:-}" = stage ]; then
   GGUF=/tmp/stage/SmolLM2-135M-Instruct.Q4_1.gguf
   cat /tmp/stage/part.aa .carry/smol-b/part.ab > "$GGUF" && sha256sum "$GGUF"
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .carry/smol-b/*.whl .carry/pyd/*.whl || exit 4
-  mkdir -p "$SWIFTINFER_HOME" && python3 -m swiftinfer_core.model.fetch "$GGUF" 2>&1 | grep -v "it/s" | tail -2
+  mkdir -p "$SWIFTINFER_HOME" && cp .carry/data/shakespeare.txt "$SWIFTINFER_HOME/"
+  python3 -m swiftinfer_core.model.fetch "$GGUF" 2>&1 | grep -v "it/s" | tail -2
   exit
 fi
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 4
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
 DEFAULT_STEPS="gpu_tests engine" TAIL=${TAIL:-12}
 source "$(dirname "${BASH_SOURCE[0]}")/gpu_steps.sh"
-want gpu_tests && step gpu_tests ${TESTS_S:-360} python3 -m pytest -q -m gpu -p no:cacheprovider --durations=12 -rs \
-  tests/runner tests/model/test_families_gpu.py tests/kernels tests/parallel/test_tensor_parallel_gpu.py tests/engine/test_gpu_engine.py
+TESTS=${TESTS:-tests/runner tests/model/test_families_gpu.py tests/kernels tests/parallel/test_tensor_parallel_gpu.py tests/engine/test_gpu_engine.py}
+want gpu_tests && step gpu_tests ${TESTS_S:-360} python3 -m pytest -q -m "${MARK:-gpu}" -p no:cacheprovider --durations=12 -rs $TESTS
 rm -rf /tmp/model && cp -r .carry/r7b /tmp/model
 want engine && step engine ${ENGINE_S:-180} python3 bench/engine_batches.py --model /tmp/model --sizes 128 --max-sessions 191 \
   --window 1020 --rounds 8 --words 24 --no-bare --closed-loop --name verify_engine_7b --out "$OUT"
