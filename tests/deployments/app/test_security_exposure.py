@@ -55,8 +55,10 @@ serve.shutdown(); ray.shutdown()
 
 @pytest.mark.timeout(300)
 def test_security_refuses_keyless_start_on_a_non_loopback_address(tmp_path):
-    """Its own Ray cluster with Serve's proxy on 0.0.0.0 (the shared one listens on 127.0.0.1)."""
-    proc = subprocess.run([sys.executable, "-c", REFUSAL], cwd=Path(__file__).resolve().parents[2], capture_output=True,
+    """Its own Ray cluster with Serve's proxy on 0.0.0.0 (the shared one listens on 127.0.0.1).
+    The child runs in the repository root, where ``deployments`` is the package (in tests/ it
+    would be the tests' folder of that name)."""
+    proc = subprocess.run([sys.executable, "-c", REFUSAL], cwd=Path(__file__).resolve().parents[3], capture_output=True,
                           text=True, timeout=280, env={**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "RAY_USAGE_STATS_ENABLED": "0"})
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     assert line is not None, proc.stdout[-2000:] + proc.stderr[-4000:]

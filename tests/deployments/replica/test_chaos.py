@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -27,11 +26,7 @@ from ray import serve
 
 from serve_helpers import app_config, deploy, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench.load import LoadSpec, Progress, run_load  # noqa: E402
+from bench.load import LoadSpec, Progress, run_load  # the repository root is on sys.path (pytest's pythonpath)
 
 APP, DIRECTORY = "chaos", "chaos-sessions"
 SESSIONS, ROUNDS = 8, 12
