@@ -112,7 +112,9 @@ def build(case: Case, folder: Path):
 
     torch.manual_seed(0)
     cfg = getattr(transformers, case.config)(**case.kwargs)
-    hf = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    # eager attention: the reference computes what the config says. transformers 5.17 ran Gemma 2 through
+    # SDPA, which drops attn_logit_softcapping (4e-3 off in logits on the GPU machine; 5.24 refuses SDPA for it)
+    hf = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="eager").eval()
     randomize(hf)
     hf.save_pretrained(folder)
     if case.patch is not None:
