@@ -1,7 +1,7 @@
 """OpenAI response bodies and the SSE stream of one turn.
 
 A turn arrives from the replica as ``TurnStart`` followed by ``StreamChunk``s;
-``Turn`` turns that into either one ``chat.completion`` body or a stream of
+``ChatResponse`` turns that into either one ``chat.completion`` body or a stream of
 ``chat.completion.chunk`` events (``data: {...}`` lines, then ``data: [DONE]``).
 Usage rides on the final chunk (with ``finish_reason``), extended with
 ``prefilled_tokens`` and ``cached_tokens`` so clients see what the cache saved.
@@ -49,7 +49,7 @@ def usage_body(u: Usage) -> dict:
 
 
 @dataclass
-class Turn:
+class ChatResponse:
     """One turn in flight: the replica's event stream after its ``TurnStart``."""
 
     model: str

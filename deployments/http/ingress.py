@@ -47,7 +47,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.http.api_keys import KeyRing
 from deployments.http.auth import KeyCheck, tenant_of
-from deployments.http.completion import Turn
+from deployments.http.completion import ChatResponse
 from deployments.http.completions_schema import CompletionRequest
 from deployments.config import AppConfig
 from deployments.sessions.directory import directory_handle, directory_spec
@@ -62,7 +62,7 @@ from deployments.http.session_routes import NO_REPLICA, SessionRoutes
 from deployments.http.tenant_limits import TenantLimiter
 from deployments.sessions.tenants import client_id, history_seed, scoped
 from deployments.http.tokenize_api import DetokenizeRequest, TokenizeRequest, detokenize, parse, tokenize
-from deployments.http.text_completion import TextTurn
+from deployments.http.text_completion import TextResponse
 from deployments.http.tokens import CodecHolder
 from deployments.http.turn_plan import OneCallSessions, TurnPlan, explicit_sid, plan_completion
 from swiftinfer_core.errors import EngineClosedError, InvalidRequestError
@@ -139,10 +139,10 @@ class Ingress:
         return None if key is None else check_session_id(key, "Idempotency-Key", CLIENT_MAX)
 
     async def chat_completions(self, request: Request) -> Response:
-        return await self._serve_turn(request, ChatCompletionRequest, self._plan_chat, Turn)
+        return await self._serve_turn(request, ChatCompletionRequest, self._plan_chat, ChatResponse)
 
     async def completions(self, request: Request) -> Response:
-        return await self._serve_turn(request, CompletionRequest, self._plan_completion, TextTurn)
+        return await self._serve_turn(request, CompletionRequest, self._plan_completion, TextResponse)
 
     async def _plan_chat(self, req: ChatCompletionRequest, request: Request, tenant: str | None) -> TurnPlan:
         messages = req.engine_messages()

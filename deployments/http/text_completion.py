@@ -1,6 +1,6 @@
 """``text_completion`` bodies and SSE events of one ``/v1/completions`` turn.
 
-The same replica stream as a chat turn (``completion.Turn``: timing, usage,
+The same replica stream as a chat turn (``completion.ChatResponse``: timing, usage,
 metrics), rendered in OpenAI's legacy shape: ``choices[0].text``, no role
 chunk, and ``logprobs`` as four parallel lists per chunk (``tokens``,
 ``token_logprobs``, ``top_logprobs`` as ``{token: logprob}`` maps, and
@@ -16,13 +16,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from deployments.http.completion import SSE_DONE, Turn, sse, usage_body
+from deployments.http.completion import SSE_DONE, ChatResponse, sse, usage_body
 from deployments.http.errors import error_body
 from swiftinfer_core.protocol import StreamChunk, Usage
 
 
 @dataclass
-class TextTurn(Turn):
+class TextResponse(ChatResponse):
     id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex[:24]}")
     echo_text: str | None = None  # with echo: the prompt's text, sent before the completion
     echo_ids: list[int] | None = None  # with echo: the prompt's token ids
