@@ -1,4 +1,5 @@
-"""``swiftinfer``: chat in a terminal, evaluate streaming perplexity, and fetch a model.
+"""``swiftinfer``: chat in a terminal, evaluate streaming perplexity, fetch a model,
+and (with the service installed) manage its API keys.
 
 The serving package adds its own commands (``deployments/cli.py``: ``keys``), so the
 core never imports the serving layer."""
@@ -16,7 +17,7 @@ AddParser = Callable[[argparse._SubParsersAction], None]
 
 def main(argv: list[str] | None = None, commands: Iterable[AddParser] = ()) -> int:
     """Parse ``argv`` and run the command; ``commands`` add sub-parsers beyond the core's."""
-    parser = argparse.ArgumentParser(prog="swiftinfer", description=__doc__)
+    parser = argparse.ArgumentParser(prog="swiftinfer", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     chat.add_parser(sub)
     eval_ppl.add_parser(sub)
