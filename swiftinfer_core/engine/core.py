@@ -223,9 +223,7 @@ class EngineCore:
 
     def close(self) -> None:
         """Free what the runner holds outside this process (tensor-parallel workers)."""
-        close = getattr(self.runner, "close", None)
-        if close is not None:
-            close()
+        self.runner.close()
 
     def warm_up(self) -> None:
         """Compile every kernel the first real turns would (Triton compiles on first

@@ -45,3 +45,6 @@ class ModelRunner:
             return self.piecewise.forward(ids, batch, row_t)
         input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
         return self.model(input_ids, self.attn, self.attn.prepare(batch), self.pool, row_t)
+
+    def close(self) -> None:
+        """Nothing is held outside this process (parallel/tp_runner.py's TPRunner stops its workers)."""
