@@ -163,12 +163,14 @@ class TritonAttention(Attention):
             plan.workspace = self._decode.decode_workspace(B, hq, hkv, D, plan.splits[0], q.device)
 
     def forward(self, plan, q, k_new, v_new, k_cache, v_cache, layer: int | None = None) -> torch.Tensor:
+        # QK-norm (Qwen3, Gemma 3, MPT qk_ln): k is a new tensor, v a view of qkv. The kernels read both with
+        # one set of strides, so the pair is packed, once per step (a mixed step's halves slice the packed pair).
+        if k_new.stride() != v_new.stride():
+            k_new, v_new = torch.stack([k_new, v_new])
         if isinstance(plan, MixedPlan):
             n = plan.n_decode
             return torch.cat([self.forward(plan.decode, q[:n], k_new[:n], v_new[:n], k_cache, v_cache, layer),
                               self.forward(plan.prefill, q[n:], k_new[n:], v_new[n:], k_cache, v_cache, layer)])
-        if k_new.stride() != v_new.stride():  # QK-norm (Qwen3, Gemma 3, MPT qk_ln): k is a new tensor, v a view of qkv
-            k_new, v_new = torch.stack([k_new, v_new])  # the kernels read both with one set of strides
         lay, spec = self.layout, self._spec(layer, q.device)
         freqs = spec.freqs
         if isinstance(plan, DecodePlan):
