@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from collections.abc import Callable, Iterable
 
 from swiftinfer_core.cli import chat, eval_ppl
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None, commands: Iterable[AddParser] = ()) -> i
         add_parser(sub)
     fetch = sub.add_parser("fetch-model", help="fetch and convert a model once (the default one, or gemma3-270m); print its folder")
     fetch.add_argument("name", nargs="?", default="default", choices=["default", "gemma3-270m"])
+    fetch.add_argument("--gguf", type=Path, help="convert this GGUF file (checked against the pinned SHA-256) instead of fetching it")
     fetch.set_defaults(func=_fetch)
     args = parser.parse_args(argv)
     return args.func(args) or 0
@@ -32,8 +34,13 @@ def main(argv: list[str] | None = None, commands: Iterable[AddParser] = ()) -> i
 
 def _fetch(args) -> int:
     from swiftinfer_core.model.catalog import resolve_model
+    from swiftinfer_core.model.fetch import ensure_default_model
+    from swiftinfer_core.model.gemma3_gguf import ensure_gemma3
 
-    print(resolve_model(args.name))
+    if args.gguf is None:
+        print(resolve_model(args.name))
+    else:
+        print(ensure_default_model(args.gguf) if args.name == "default" else ensure_gemma3(gguf=args.gguf))
     return 0
 
 

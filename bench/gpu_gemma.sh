@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Device calls: Gemma 3 270M (the second real model, issue 15) over a million tokens of
+# the plays on one H200, `eval-ppl` in its four modes. The machine reaches no package
+# index, so the pinned GGUF (253 MB) travels in five pieces of at most 55 MB (each call's
+# carry plus the 10 MB tree stays under the 64 MiB limit), in calls made back to back
+# while the machine stays warm (/tmp survives only that long):
+#   here, once:                   bash bench/gpu_gemma.sh split ~/path/gemma-3-270m-q4_k_m.gguf
+#   calls 1-4, carry [".carry/gem-N"]:                          bash bench/gpu_gemma.sh stage gem-N
+#   call 5, carry [".carry/gem-5", ".carry/pyd", ".carry/data"]: bash bench/gpu_gemma.sh
+# The last call joins the pieces, converts them with `fetch-model gemma3-270m --gguf` (the
+# SHA-256 pin is checked there) and runs eval-ppl. Env: TOKENS, PREFIX, STEPS.
+set -uo pipefail
+export PYTHONUNBUFFERED=1 SWIFTINFER_HOME=/tmp/swh
+export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
+case "${1:-run}" in
+  split)
+    rm -rf .carry/gem-[1-5] /tmp/gem-split && mkdir -p /tmp/gem-split
+    split -b 55000000 -d -a 1 "$2" /tmp/gem-split/piece.
+    for i in 0 1 2 3 4; do mkdir -p ".carry/gem-$((i + 1))" && mv "/tmp/gem-split/piece.$i" ".carry/gem-$((i + 1))/"; done
+    cp .carry/smol-b/gguf-*.whl .carry/gem-5/ && du -b .carry/gem-*; exit ;;
+  stage)
+    mkdir -p /tmp/stage && cp ".carry/$2"/piece.* /tmp/stage/ && ls -l /tmp/stage; exit ;;
+esac
+GGUF=/tmp/gemma-3-270m-q4_k_m.gguf
+cp .carry/gem-5/piece.4 /tmp/stage/ && cat /tmp/stage/piece.{0,1,2,3,4} > "$GGUF" || exit 3
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .carry/gem-5/*.whl .carry/pyd/*.whl || exit 4
+mkdir -p "$SWIFTINFER_HOME" && cp .carry/data/shakespeare.txt "$SWIFTINFER_HOME/"
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
+DEFAULT_STEPS="convert ppl" TAIL=${TAIL:-8}
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_steps.sh"
+want convert && step convert 240 python3 -m swiftinfer_core.cli.main fetch-model gemma3-270m --gguf "$GGUF"
+want ppl && step ppl 420 python3 -m swiftinfer_core.cli.main eval-ppl --model gemma3-270m --text "$SWIFTINFER_HOME/shakespeare.txt" \
+  --tokens "${TOKENS:-1000000}" --sinks 4 --window 1020 --modes streaming,dense,window,recompute --prefix-tokens "${PREFIX:-65536}" \
+  --recompute-sample 2000 --recompute-last 100000 --segment 100000 --device cuda --dtype float32 \
+  --json "$OUT/ppl_gemma3_1m.json" --plot "$OUT/ppl_gemma3_1m.png"
+echo; cat "$OUT/summary.txt"
