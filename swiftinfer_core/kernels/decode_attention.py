@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 
 from swiftinfer_core.kernels import rope_tl
-from swiftinfer_core.kernels.triton_shapes import check_triton_heads
+from swiftinfer_core.kernels.triton_shapes import check_triton_heads, fit_tiles, max_shared_memory
 
 
 @triton.jit
@@ -319,6 +319,8 @@ def decode_attention(
     assert k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1
     assert k_new.stride() == v_new.stride()
     group = hq // hkv
+    group_pad = max(16, triton.next_power_of_2(group))
+    block_n, stages = fit_tiles(padded(D), k_cache.element_size(), group_pad, block_n, stages, max_shared_memory(q.device))
     if splits is None:
         splits = decode_splits(B, hkv, cap, block_n, sm_count(q.device), waves)
     nsplit, split_len = splits
@@ -338,7 +340,7 @@ def decode_attention(
         q.stride(0), q.stride(1), k_new.stride(0), k_new.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), out.stride(0), out.stride(1),
         scale * LOG2E, sinks, window, split_len, sliding_window or 1 << 62, scale / softcap if softcap > 0 else 0.0, softcap * LOG2E,
-        HKV=hkv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HALF=D // 2,
+        HKV=hkv, GROUP=group, GROUP_PAD=group_pad, HALF=D // 2,
         HALF_PAD=padded(D) // 2, D_PAD=padded(D), HAS_CAP=softcap > 0, HAS_ALIBI=alibi is not None,
         BLOCK_N=block_n, FUSE_NEW=fuse_write, MMA=mma_dtype(q.dtype), STAGES=stages, FAST=not interpreting(),
         PREC=dot_precision(q.dtype), FUSED_COMBINE=fused_combine, SPLIT_PAD=split_pad,

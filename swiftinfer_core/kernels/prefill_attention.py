@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from swiftinfer_core.kernels import rope_tl
-from swiftinfer_core.kernels.triton_shapes import check_triton_heads
+from swiftinfer_core.kernels.triton_shapes import check_triton_heads, fit_tiles, max_shared_memory
 from swiftinfer_core.kernels.decode_attention import LOG2E, dot_precision, mma_dtype, padded, score
 
 
@@ -230,6 +230,7 @@ def prefill_attention(
     B = slots.shape[0]
     if T == 0 or B == 0:
         return out
+    block_n, stages = fit_tiles(padded(D), k_cache.element_size(), block_m, block_n, 3, max_shared_memory(q.device))
     _prefill_kernel[(triton.cdiv(max_q_len, block_m), B, hq)](
         q, k_new, v_new, k_cache, v_cache, out, slots, starts, cu_seqlens, freqs, alibi if alibi is not None else freqs,
         q.stride(0), q.stride(1), k_new.stride(0), k_new.stride(1),
@@ -237,6 +238,6 @@ def prefill_attention(
         scale * LOG2E, sinks, window, sliding_window or 1 << 62, scale / softcap if softcap > 0 else 0.0, softcap * LOG2E,
         GROUP=hq // hkv, HALF=D // 2, HALF_PAD=padded(D) // 2, D_PAD=padded(D), BLOCK_M=block_m, BLOCK_N=block_n,
         HAS_CAP=softcap > 0, HAS_ALIBI=alibi is not None,
-        MMA=mma_dtype(q.dtype), PREC=dot_precision(q.dtype), num_warps=num_warps,
+        MMA=mma_dtype(q.dtype), PREC=dot_precision(q.dtype), num_warps=num_warps, num_stages=stages,
     )
     return out

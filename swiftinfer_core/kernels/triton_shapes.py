@@ -31,3 +31,46 @@ def check_triton_heads(head_dim: int, q_heads: int, kv_heads: int) -> None:
     why = unsupported_heads(head_dim, q_heads, kv_heads)
     if why is not None:
         raise ValueError(f"Triton attention cannot run this model: {why}")
+
+
+def fit_tiles(d_pad: int, elem_bytes: int, q_rows: int, block_n: int, stages: int, smem_bytes: int | None) -> tuple[int, int]:
+    """(block_n, stages) whose tiles fit ``smem_bytes`` of shared memory (None: no limit,
+    the interpreter). Triton holds the query tile [q_rows, d_pad] and ``stages`` buffers of
+    the key and value tiles [block_n, d_pad]; prefill at 64 x 64 with head_dim 256 in float32
+    needs 448 KiB, an H200 block gets 227. Fewer stages first (down to 2), then narrower
+    key tiles, then no pipelining; the requested tiles stand wherever they fit."""
+    def need(bn: int, st: int) -> int:
+        return (q_rows + 2 * st * bn) * d_pad * elem_bytes
+
+    while smem_bytes is not None and need(block_n, stages) > smem_bytes:
+        if stages > 2:
+            stages -= 1
+        elif block_n > 16:
+            block_n //= 2
+        elif stages > 1:
+            stages -= 1
+        else:
+            break
+    return block_n, stages
+
+
+def max_shared_memory(device) -> int | None:
+    """Shared memory a block of a native Triton kernel may use on ``device``; None on the
+    CPU (the interpreter has no such limit)."""
+    import os
+
+    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+        return None
+    return _device_smem(device.index)
+
+
+_SMEM: dict[int | None, int] = {}
+
+
+def _device_smem(index: int | None) -> int:
+    if index not in _SMEM:
+        import torch
+        from triton.runtime import driver
+
+        _SMEM[index] = driver.active.utils.get_device_properties(torch.cuda.current_device() if index is None else index)["max_shared_mem"]
+    return _SMEM[index]

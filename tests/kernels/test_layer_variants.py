@@ -87,3 +87,36 @@ def test_prefill_variants_match_float64(name, D, rot, hq, hkv, sliding, cap, dty
                       layout.sinks, layout.window, out=out, block_m=16, block_n=16, sliding_window=sliding,
                       alibi=None if slopes is None else slopes.to(dev), softcap=cap)
     _check(out, ref, dtype, seed, name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("D", [128, 256])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+def test_default_tiles_fit_the_gpu(D, dtype):
+    """The kernels at their default tiles (what the engine launches) on every head size the
+    families use, float32 too: prefill at 64 x 64 with head_dim 256 in float32 asked for more
+    shared memory than an H200 has until the tiles were fitted (Gemma 3 270M in eval-ppl)."""
+    dev = torch.device("cuda")
+    seed = fresh_seed()
+    layout = StreamLayout(4, 124)
+    seqs = [(0, 70), (3, 130), (500, 64), (90, 1)]
+    starts, q_lens = [n for n, _ in seqs], [c for _, c in seqs]
+    slots = [2, 0, 3, 1]
+    hq, hkv = 4, 1
+    q, kn, vn, kc, vc = make_inputs(layout, slots, starts, q_lens, hq, hkv, D, dtype, dev, num_slots=4)
+    kfreqs, rfreqs, perm, _ = _setup(D, D, hq)
+    ref = naive_attention(q, kn, vn, kc, vc, slots, starts, q_lens, layout, rfreqs, D**-0.5, 0, None, 0.0)
+    batch = AttnBatch.build(slots, starts, q_lens, dev)
+    out = prefill_attention(q[..., perm].contiguous(), kn[..., perm].contiguous(), vn, kc[..., perm].contiguous(), vc,
+                            batch.slots, batch.starts, batch.cu_seqlens, max(q_lens), kfreqs.to(dev), D**-0.5,
+                            layout.sinks, layout.window)
+    _check(out, ref, dtype, seed, f"prefill D {D}")
+    B = 6
+    dstarts, dslots = [0, 7, 127, 128, 129, 10_000], [5, 0, 1, 2, 3, 4]
+    q, kn, vn, kc, vc = make_inputs(layout, dslots, dstarts, [1] * B, hq, hkv, D, dtype, dev, num_slots=B)
+    ref = naive_attention(q, kn, vn, kc, vc, dslots, dstarts, [1] * B, layout, rfreqs, D**-0.5, 0, None, 0.0)
+    batch = AttnBatch.build(dslots, dstarts, [1] * B, dev)
+    out = decode_attention(q[..., perm].contiguous(), kn[..., perm].contiguous(), vn, kc[..., perm].contiguous(), vc.clone(),
+                           batch.slots, batch.starts, kfreqs.to(dev), D**-0.5, layout.sinks, layout.window)
+    _check(out, ref, dtype, seed, f"decode D {D}")

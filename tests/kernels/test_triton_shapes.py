@@ -8,7 +8,7 @@ import torch
 
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.errors import InvalidRequestError
-from swiftinfer_core.kernels.triton_shapes import MAX_HEAD_DIM, check_triton_heads, unsupported_heads
+from swiftinfer_core.kernels.triton_shapes import MAX_HEAD_DIM, check_triton_heads, fit_tiles, max_shared_memory, unsupported_heads
 from swiftinfer_core.model.args import ModelArgs
 from swiftinfer_core.runner.build import make_attention
 from swiftinfer_core.runner.rank_config import RankConfig
@@ -35,3 +35,26 @@ def test_choosing_triton_for_an_unsupported_model_fails_at_start_up():
     with pytest.raises(InvalidRequestError, match=r"wide-heads: Triton attention cannot run this model: head_dim 512 exceeds.*'torch'"):
         make_attention(cfg, torch.device("cpu"))
     make_attention(RankConfig(args=args, layout=StreamLayout(4, 60), device_type="cpu", dtype=torch.float32), torch.device("cpu"))
+
+
+H200_SMEM = 232_448  # bytes a block may use (Triton's max_shared_mem on the H200)
+
+
+@pytest.mark.parametrize("d_pad, elem, q_rows, want", [
+    (128, 2, 64, (64, 3)),   # 7B prefill, bf16: (64 + 384) * 256 = 114,688 bytes, as requested
+    (256, 2, 64, (64, 3)),   # Gemma prefill, bf16: 229,376 bytes, just fits
+    (256, 4, 64, (32, 2)),   # Gemma prefill, float32: 458,752 (what the H200 refused) -> 196,608
+    (256, 4, 16, (32, 2)),   # Gemma decode, float32: 409,600 -> 147,456
+    (128, 4, 64, (64, 3)),   # 229,376: fits
+])
+def test_fit_tiles_shrinks_only_tiles_that_overflow_shared_memory(d_pad, elem, q_rows, want):
+    got = fit_tiles(d_pad, elem, q_rows, 64, 3, H200_SMEM)
+    assert got == want
+    bn, st = got
+    assert (q_rows + 2 * st * bn) * d_pad * elem <= H200_SMEM
+
+
+def test_fit_tiles_keeps_the_request_without_a_limit_and_stops_at_the_smallest_tile():
+    assert fit_tiles(256, 4, 64, 64, 3, None) == (64, 3)
+    assert fit_tiles(256, 4, 64, 64, 3, 1_000) == (16, 1)
+    assert max_shared_memory(torch.device("cpu")) is None
