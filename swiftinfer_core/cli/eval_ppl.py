@@ -6,6 +6,7 @@ import datetime
 import json
 import platform
 import sys
+import time
 from pathlib import Path
 
 
@@ -52,7 +53,7 @@ def run(args) -> int:
     segment = args.segment or max(1, args.tokens // 10)
     plan = EvalPlan(sinks=args.sinks, window=args.window, prefix_tokens=args.prefix_tokens, stride=args.recompute_stride,
                     sample=args.recompute_sample, last=args.recompute_last)
-    results = evaluate(m, cfg, ids, modes, plan)
+    results = evaluate(m, cfg, ids, modes, plan, progress=_reporter)
     rec = results.get(Mode.RECOMPUTE)
     sampled = set(rec.targets) if rec else None
     out = {
@@ -61,6 +62,7 @@ def run(args) -> int:
                 "ppl": r.ppl(),
                 "segments": [p for _, p in r.segments(segment)],
                 "segment_starts": [t for t, _ in r.segments(segment)],
+                "seconds": round(r.seconds, 2),
                 **({"ppl_on_recompute_targets": r.ppl(sampled)} if sampled else {}),
             }
             for mode, r in results.items()
@@ -82,6 +84,19 @@ def run(args) -> int:
     if args.plot:
         plot(out, args.plot)
     return 0
+
+
+def _reporter(mode):
+    """Prints a mode's progress to stderr about every tenth of the way, with its rate."""
+    t0, shown = time.perf_counter(), [-1]
+
+    def report(done: int, total: int) -> None:
+        if done * 10 // max(total, 1) > shown[0] or done == total:
+            shown[0] = done * 10 // max(total, 1)
+            dt = time.perf_counter() - t0
+            print(f"{mode.value}: {done}/{total} in {dt:.1f} s ({done / max(dt, 1e-9):.0f}/s)", file=sys.stderr, flush=True)
+
+    return report
 
 
 def plot(out: dict, path: Path) -> None:

@@ -14,6 +14,8 @@ model and cache, which equals feeding one token at a time (tested).
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -36,6 +38,7 @@ class Mode(str, Enum):
 class ModeResult:
     nll: list[float] = field(default_factory=list)  # per predicted token
     targets: list[int] = field(default_factory=list)  # index of each predicted token
+    seconds: float = 0.0  # wall time of the mode, model load excluded
 
     def ppl(self, only: set[int] | None = None) -> float:
         vals = [v for v, t in zip(self.nll, self.targets) if only is None or t in only]
@@ -58,7 +61,11 @@ def _nll(logits: torch.Tensor, targets: torch.Tensor) -> list[float]:
     return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none").tolist()
 
 
-def stream_nll(m: EngineModel, cfg: EngineConfig, ids: list[int], layout: StreamLayout, chunk: int = 512) -> ModeResult:
+Progress = Callable[[int, int], None]  # (tokens or targets scored so far, total)
+
+
+def stream_nll(m: EngineModel, cfg: EngineConfig, ids: list[int], layout: StreamLayout, chunk: int = 512,
+               progress: Progress | None = None) -> ModeResult:
     """Chunked prefill of the whole text through one cache slot; NLL of tokens 1..N-1."""
     run = _runner(m, cfg, layout, slots=1)
     res = ModeResult()
@@ -68,10 +75,13 @@ def stream_nll(m: EngineModel, cfg: EngineConfig, ids: list[int], layout: Stream
         tgt = torch.tensor(ids[lo + 1 : lo + 1 + len(part)], device=logits.device)
         res.nll.extend(_nll(logits, tgt))
         res.targets.extend(range(lo + 1, lo + 1 + len(part)))
+        if progress:
+            progress(len(res.nll), len(ids) - 1)
     return res
 
 
-def recompute_nll(m: EngineModel, cfg: EngineConfig, ids: list[int], size: int, targets: list[int], batch: int = 16) -> ModeResult:
+def recompute_nll(m: EngineModel, cfg: EngineConfig, ids: list[int], size: int, targets: list[int], batch: int = 16,
+                  progress: Progress | None = None) -> ModeResult:
     """For each target t, one fresh forward over ids[t-size:t]."""
     layout = StreamLayout(0, size)
     run = _runner(m, cfg, layout, slots=batch)
@@ -85,6 +95,8 @@ def recompute_nll(m: EngineModel, cfg: EngineConfig, ids: list[int], size: int, 
         logits = run.forward(flat, list(range(len(group))), [0] * len(group), lens, rows=rows)
         res.nll.extend(_nll(logits, torch.tensor([ids[t] for t in group], device=logits.device)))
         res.targets.extend(group)
+        if progress:
+            progress(len(res.nll), len(targets))
     return res
 
 
@@ -112,12 +124,19 @@ class EvalPlan:
         return sorted(pick.tolist())
 
 
-def evaluate(m: EngineModel, cfg: EngineConfig, ids: list[int], modes: list[Mode], plan: EvalPlan) -> dict[Mode, ModeResult]:
+def evaluate(m: EngineModel, cfg: EngineConfig, ids: list[int], modes: list[Mode], plan: EvalPlan,
+             progress: Callable[[Mode], Progress] | None = None) -> dict[Mode, ModeResult]:
+    """Each mode's NLLs; ``progress(mode)`` gives the callback that mode reports to."""
     short = ids[: plan.prefix_tokens] if plan.prefix_tokens else ids
     runs = {
-        Mode.DENSE: lambda: stream_nll(m, cfg, short, StreamLayout(0, len(short))),
-        Mode.WINDOW: lambda: stream_nll(m, cfg, short, StreamLayout(0, plan.sinks + plan.window)),
-        Mode.STREAMING: lambda: stream_nll(m, cfg, ids, StreamLayout(plan.sinks, plan.window)),
-        Mode.RECOMPUTE: lambda: recompute_nll(m, cfg, ids, plan.sinks + plan.window, plan.recompute_targets(len(ids))),
+        Mode.DENSE: lambda p: stream_nll(m, cfg, short, StreamLayout(0, len(short)), progress=p),
+        Mode.WINDOW: lambda p: stream_nll(m, cfg, short, StreamLayout(0, plan.sinks + plan.window), progress=p),
+        Mode.STREAMING: lambda p: stream_nll(m, cfg, ids, StreamLayout(plan.sinks, plan.window), progress=p),
+        Mode.RECOMPUTE: lambda p: recompute_nll(m, cfg, ids, plan.sinks + plan.window, plan.recompute_targets(len(ids)), progress=p),
     }
-    return {mode: runs[mode]() for mode in modes}
+    out = {}
+    for mode in modes:
+        t0 = time.perf_counter()
+        out[mode] = runs[mode](progress(mode) if progress else None)
+        out[mode].seconds = time.perf_counter() - t0
+    return out
