@@ -31,8 +31,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    import torch
-
     from swiftinfer_core.config import EngineConfig
     from swiftinfer_core.eval.ppl import EvalPlan, Mode, evaluate
     from swiftinfer_core.engine.engine_model import build_engine_model
@@ -53,10 +51,29 @@ def run(args) -> int:
     segment = args.segment or max(1, args.tokens // 10)
     plan = EvalPlan(sinks=args.sinks, window=args.window, prefix_tokens=args.prefix_tokens, stride=args.recompute_stride,
                     sample=args.recompute_sample, last=args.recompute_last)
-    results = evaluate(m, cfg, ids, modes, plan, progress=_reporter)
+    results: dict = {}
+    for mode in modes:  # one at a time: the JSON keeps each finished mode if a later one is cut short
+        results.update(evaluate(m, cfg, ids, [mode], plan, progress=_reporter))
+        out = _summary(args, m, results, segment, done=len(results) == len(modes))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(out, indent=2))
+    print(f"{'mode':<10} {'ppl':>10}  segments (every {segment} tokens)")
+    for name, r in out["modes"].items():
+        print(f"{name:<10} {r['ppl']:>10.3f}  " + " ".join(f"{x:.2f}" for x in r["segments"]))
+    if args.plot:
+        plot(out, args.plot)
+    return 0
+
+
+def _summary(args, m, results: dict, segment: int, done: bool) -> dict:
+    import torch
+
+    from swiftinfer_core.eval.ppl import Mode
+
     rec = results.get(Mode.RECOMPUTE)
     sampled = set(rec.targets) if rec else None
-    out = {
+    return {
         "modes": {
             mode.value: {
                 "ppl": r.ppl(),
@@ -67,6 +84,7 @@ def run(args) -> int:
             }
             for mode, r in results.items()
         },
+        "complete": done,
         "tokens": args.tokens, "sinks": args.sinks, "window": args.window, "segment": segment,
         "recompute_stride": args.recompute_stride, "recompute_sample": args.recompute_sample,
         "recompute_last": args.recompute_last, "prefix_tokens": args.prefix_tokens, "model": m.path.name, "text": args.text.name,
@@ -75,15 +93,6 @@ def run(args) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "swiftinfer " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("swiftinfer") else " ".join(sys.argv),
     }
-    print(f"{'mode':<10} {'ppl':>10}  segments (every {segment} tokens)")
-    for name, r in out["modes"].items():
-        print(f"{name:<10} {r['ppl']:>10.3f}  " + " ".join(f"{x:.2f}" for x in r["segments"]))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2))
-    if args.plot:
-        plot(out, args.plot)
-    return 0
 
 
 def _reporter(mode):

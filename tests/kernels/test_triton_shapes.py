@@ -41,17 +41,18 @@ H200_SMEM = 232_448  # bytes a block may use (Triton's max_shared_mem on the H20
 
 
 @pytest.mark.parametrize("d_pad, elem, q_rows, want", [
-    (128, 2, 64, (64, 3)),   # 7B prefill, bf16: (64 + 384) * 256 = 114,688 bytes, as requested
-    (256, 2, 64, (64, 3)),   # Gemma prefill, bf16: 229,376 bytes, just fits
-    (256, 4, 64, (32, 2)),   # Gemma prefill, float32: 458,752 (what the H200 refused) -> 196,608
-    (256, 4, 16, (32, 2)),   # Gemma decode, float32: 409,600 -> 147,456
-    (128, 4, 64, (64, 3)),   # 229,376: fits
+    (128, 2, 64, (64, 3)),   # 7B prefill, bf16: (128 + 384) * 128 * 2 = 131,072 bytes, as requested
+    (64, 4, 64, (64, 3)),    # the default model in float32: 131,072, as requested
+    (256, 2, 64, (64, 2)),   # Gemma prefill, bf16 (took 245,760 on the H200 at 3 stages): 196,608
+    (256, 4, 64, (16, 2)),   # Gemma prefill, float32 (took 458,752): 196,608
+    (256, 4, 16, (32, 2)),   # Gemma decode, float32: 163,840
+    (128, 4, 64, (64, 2)),   # 7B shapes in float32: 196,608
 ])
 def test_fit_tiles_shrinks_only_tiles_that_overflow_shared_memory(d_pad, elem, q_rows, want):
     got = fit_tiles(d_pad, elem, q_rows, 64, 3, H200_SMEM)
     assert got == want
     bn, st = got
-    assert (q_rows + 2 * st * bn) * d_pad * elem <= H200_SMEM
+    assert (2 * q_rows + 2 * st * bn) * d_pad * elem <= H200_SMEM
 
 
 def test_fit_tiles_keeps_the_request_without_a_limit_and_stops_at_the_smallest_tile():
