@@ -4,7 +4,8 @@
 # index, so the pinned GGUF (253 MB) travels in five pieces of at most 55 MB (each call's
 # carry plus the 10 MB tree stays under the 64 MiB limit), in calls made back to back
 # while the machine stays warm (/tmp survives only that long):
-#   here, once:                   bash bench/gpu_gemma.sh split ~/path/gemma-3-270m-q4_k_m.gguf
+#   here, once (after `swiftinfer fetch-model gemma3-270m`, whose tokenizer travels too):
+#                                 bash bench/gpu_gemma.sh split ~/path/gemma-3-270m-q4_k_m.gguf
 #   calls 1-4, carry [".carry/gem-N"]:                          bash bench/gpu_gemma.sh stage gem-N
 #   call 5, carry [".carry/gem-5", ".carry/pyd", ".carry/data"]: bash bench/gpu_gemma.sh
 # The last call joins the pieces, converts them with `fetch-model gemma3-270m --gguf` (the
@@ -17,7 +18,11 @@ case "${1:-run}" in
     rm -rf .carry/gem-[1-5] /tmp/gem-split && mkdir -p /tmp/gem-split
     split -b 55000000 -d -a 1 "$2" /tmp/gem-split/piece.
     for i in 0 1 2 3 4; do mkdir -p ".carry/gem-$((i + 1))" && mv "/tmp/gem-split/piece.$i" ".carry/gem-$((i + 1))/"; done
-    cp .carry/smol-b/gguf-*.whl .carry/gem-5/ && du -b .carry/gem-*; exit ;;
+    cp .carry/smol-b/gguf-*.whl .carry/gem-5/
+    # the tokenizer as converted here: the GPU machine's transformers (5.17) loses the GGUF's merges
+    tar cJf .carry/gem-5/tokenizer.tar.xz -C "${TOKENIZER_DIR:-$HOME/.cache/swiftinfer/models/gemma3-270m}" \
+      tokenizer.json tokenizer_config.json chat_template.jinja
+    du -b .carry/gem-*; exit ;;
   stage)
     mkdir -p /tmp/stage && cp ".carry/$2"/piece.* /tmp/stage/ && ls -l /tmp/stage; exit ;;
 esac
@@ -28,7 +33,8 @@ mkdir -p "$SWIFTINFER_HOME" && cp .carry/data/shakespeare.txt "$SWIFTINFER_HOME/
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
 DEFAULT_STEPS="convert ppl" TAIL=${TAIL:-8}
 source "$(dirname "${BASH_SOURCE[0]}")/gpu_steps.sh"
-want convert && step convert 240 python3 -m swiftinfer_core.cli.main fetch-model gemma3-270m --gguf "$GGUF"
+mkdir -p /tmp/gemtok && tar xJf .carry/gem-5/tokenizer.tar.xz -C /tmp/gemtok
+want convert && step convert 240 python3 -m swiftinfer_core.cli.main fetch-model gemma3-270m --gguf "$GGUF" --tokenizer /tmp/gemtok
 EVAL="python3 -m swiftinfer_core.cli.main eval-ppl --model gemma3-270m --text $SWIFTINFER_HOME/shakespeare.txt --sinks 4 --window 1020 --device cuda"
 # probe (not by default): 20k tokens in float32; the million-token run keeps float32 when its streaming rate
 # finishes a million tokens in about 3 minutes, else takes bf16 (DTYPE forces one)

