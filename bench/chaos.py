@@ -1,0 +1,254 @@
+"""Chaos under steady closed-loop load (issue 17), on CUDA replicas or on the CPU.
+
+    python bench/chaos.py --config bench/serve_gpu7b_shared.yaml --replicas 2 --sessions 48 --rounds 12 \\
+        --faults replica_sigkill,controller_kill,directory_kill,device_fault,app_restart --out bench/results --name chaos_gpu_7b
+
+Starts a local Ray cluster and Serve, deploys the config file's application (its ``args``
+through deployments.app.builder.build_app, replicas pinned to ``--replicas``), drives it with
+bench/load.py's client (every turn has an Idempotency-Key and is retried until acknowledged;
+all conversations start at once and send their next turn as soon as a reply ends), and applies
+each fault once an equal share of the turns has been acknowledged:
+
+- replica_sigkill: SIGKILL the process of the replica that owns the most sessions;
+- controller_kill: kill Serve's controller (Ray restarts it);
+- directory_kill: kill the session directory (Ray restarts it; it reloads from the session log);
+- device_fault: the next step of one replica's engine runs on an out-of-range cache slot
+  (swiftinfer_core/engine/faults.py: an illegal memory access on a GPU), so Serve must replace it;
+- app_restart: delete the application, kill its directory for good, deploy it again on the same log.
+
+Reported (JSON + PNG): per fault, when it hit, the conversations it affected (a turn in flight
+then, or retried across it) and the seconds until each of them was served again; the load's
+summary; the audit of every acknowledged turn against the session log (lost, duplicated).
+tests/deployments/replica/test_chaos.py runs the same on the CPU with the default model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `bench` and `deployments` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.load import LoadSpec, Progress, run_load
+from bench.load_client import TurnResult
+
+
+@dataclass
+class ChaosApp:
+    """The application under test: its Serve name, its build_app config, its directory's actor name."""
+
+    name: str
+    config: dict
+    route_prefix: str = "/"
+
+    @property
+    def directory(self) -> str:
+        from deployments.config import AppConfig
+
+        return AppConfig.model_validate(self.config).directory_name
+
+    def deploy(self) -> None:
+        from ray import serve
+
+        from deployments.app.builder import build_app
+
+        serve.run(build_app(self.config), name=self.name, route_prefix=self.route_prefix)
+
+
+def _directory_actor(app: ChaosApp):
+    import ray
+
+    from deployments.sessions.directory import NAMESPACE
+
+    return ray.get_actor(app.directory, namespace=NAMESPACE)
+
+
+def replica_sigkill(app: ChaosApp) -> str:
+    import ray
+
+    directory = _directory_actor(app)
+    owners = ray.get(directory.owners.remote())
+    stats = ray.get(directory.replica_stats.remote(10.0))
+    victim = max(stats, key=lambda rid: owners.get(rid, 0))
+    os.kill(stats[victim].pid, signal.SIGKILL)
+    return victim
+
+
+def controller_kill(app: ChaosApp) -> str:
+    import ray
+
+    ray.kill(ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve"), no_restart=False)
+    return "SERVE_CONTROLLER_ACTOR"
+
+
+def directory_kill(app: ChaosApp) -> str:
+    import ray
+
+    ray.kill(_directory_actor(app), no_restart=False)
+    return app.directory
+
+
+def device_fault(app: ChaosApp) -> str:
+    from ray import serve
+
+    return serve.get_deployment_handle("LLMReplica", app.name).inject_device_fault.remote().result(timeout_s=60)
+
+
+def app_restart(app: ChaosApp) -> str:
+    import ray
+    from ray import serve
+
+    serve.delete(app.name)  # replicas drain; sessions are handed back to the directory
+    ray.kill(_directory_actor(app), no_restart=True)  # all in memory is gone: only the log remains
+    app.deploy()  # a new directory reloads every session from the log
+    return app.name
+
+
+FAULTS: dict[str, Callable[[ChaosApp], str]] = {
+    f.__name__: f for f in (replica_sigkill, controller_kill, directory_kill, device_fault, app_restart)
+}
+
+
+@dataclass
+class FaultRecord:
+    fault: str
+    after_turns: int
+    at: float  # perf_counter when it was applied
+    took_s: float
+    detail: str
+    affected: dict[str, float] = field(default_factory=dict)  # session -> seconds until served again
+
+
+def affected_sessions(turns: list[TurnResult], at: float, until: float) -> dict[str, float]:
+    """Sessions whose turn was in flight at ``at`` or retried after it (before ``until``, the next
+    fault), each with the seconds from ``at`` until that turn's reply ended."""
+    out: dict[str, float] = {}
+    for t in turns:
+        if not t.ok or t.done <= at or t.scheduled >= until:
+            continue
+        if t.scheduled <= at or t.attempts > 1:
+            out[t.session_id] = max(out.get(t.session_id, 0.0), t.done - at)
+    return out
+
+
+def run_chaos(app: ChaosApp, spec: LoadSpec, faults: list[str], wait_s: float = 600.0) -> dict:
+    """Deployed ``app`` under ``spec``'s load; each fault after an equal share of the turns."""
+    progress, out = Progress(), {}
+    runner = threading.Thread(target=lambda: out.setdefault("result", asyncio.run(run_load(spec, progress))))
+    total = spec.sessions * spec.rounds
+    t0 = time.perf_counter()
+    runner.start()
+    records: list[FaultRecord] = []
+    for i, name in enumerate(faults):
+        threshold = total * (i + 1) // (len(faults) + 1)
+        while progress.turns_done < threshold and runner.is_alive():
+            time.sleep(0.1)
+        if not runner.is_alive():
+            break  # the load ended early (a failed conversation): the audit says why
+        at = time.perf_counter()
+        detail = FAULTS[name](app)
+        records.append(FaultRecord(name, progress.turns_done, at, time.perf_counter() - at, str(detail)))
+    runner.join(wait_s)
+    if runner.is_alive():
+        raise TimeoutError(f"the load did not finish within {wait_s} s of the last fault")
+    result = out["result"]
+    turns, t_start = result.pop("_turns"), result.pop("_t_start")
+    for rec, nxt in zip(records, records[1:] + [None]):
+        rec.affected = affected_sessions(turns, rec.at, nxt.at if nxt else float("inf"))
+    result["faults"] = [{
+        "fault": r.fault, "after_turns": r.after_turns, "at_s": round(r.at - t_start, 2), "took_s": round(r.took_s, 2),
+        "detail": r.detail, "affected_sessions": len(r.affected),
+        "all_served_again_s": round(max(r.affected.values()), 2) if r.affected else None,
+    } for r in records]
+    result["wall_s"] = round(time.perf_counter() - t0, 1)
+    result["_turns"], result["_t_start"] = turns, t_start
+    return result
+
+
+def plot(result: dict, turns: list[TurnResult], t_start: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    done = sorted(t.done - t_start for t in turns if t.ok)
+    ax.plot(done, range(1, len(done) + 1), color="black", lw=1.2, label="turns acknowledged")
+    for f in result["faults"]:
+        ax.axvline(f["at_s"], color="red", ls=":")
+        served = f["all_served_again_s"]
+        ax.annotate(f"{f['fault']}\n{f['affected_sessions']} affected, all back in {served} s", (f["at_s"], 0),
+                    rotation=90, fontsize=7, va="bottom", ha="right")
+    a = result["audit"]
+    ax.set_title(f"{result['meta'].get('name', 'chaos')}: {len(done)} turns, lost {a.get('lost')}, duplicated {a.get('duplicated')}",
+                 fontsize=9)
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("turns acknowledged")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import yaml
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True, type=Path, help="a Serve config file; its first application is deployed")
+    ap.add_argument("--replicas", type=int, default=2, help="LLM replicas, pinned (min = max)")
+    ap.add_argument("--sessions", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--faults", default=",".join(FAULTS))
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--name", default="chaos")
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args(argv)
+    faults = [f.strip() for f in a.faults.split(",") if f.strip()]
+    unknown = sorted(set(faults) - set(FAULTS))
+    if unknown:
+        ap.error(f"unknown faults {unknown}; choose from {sorted(FAULTS)}")
+    spec_app = yaml.safe_load(a.config.read_text())["applications"][0]
+    config = dict(spec_app["args"])
+    config["scaling"] = {**config.get("scaling", {}), "min_replicas": a.replicas, "max_replicas": a.replicas}
+
+    import ray
+    from ray import serve
+
+    from swiftinfer_core.engine import faults as fault_switch
+
+    os.environ[fault_switch.ENV] = "1"  # inherited by the replicas this cluster starts: device_fault needs it
+    ray.init(include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": a.port})
+    app = ChaosApp(spec_app.get("name", "swiftinfer"), config, spec_app.get("route_prefix", "/"))
+    app.deploy()
+    url = f"http://127.0.0.1:{a.port}{app.route_prefix.rstrip('/')}"
+    spec = LoadSpec(url, sessions=a.sessions, rounds=a.rounds, rate=1e6, max_tokens=a.max_tokens, retry_s=300.0,
+                    timeout_s=120.0, prefix=a.name, cleanup=False)
+    result = run_chaos(app, spec, faults)
+    turns, t_start = result.pop("_turns"), result.pop("_t_start")
+    result["meta"]["name"], result["meta"]["command"] = a.name, " ".join(sys.argv)
+    s, au = result["summary"], result["audit"]
+    print(f"turns ok {s['turns_ok']} failed {s['turns_failed']} retries {s['retries']}; audit lost {au['lost']} "
+          f"duplicated {au['duplicated']}; wall {result['wall_s']} s")
+    for f in result["faults"]:
+        print(f"{f['fault']:<16} at {f['at_s']:>7} s  affected {f['affected_sessions']:>3}  all served again in {f['all_served_again_s']} s")
+    if a.out:
+        a.out.mkdir(parents=True, exist_ok=True)
+        (a.out / f"{a.name}.json").write_text(json.dumps(result, indent=2, default=str))
+        plot(result, turns, t_start, a.out / f"{a.name}.png")
+    serve.shutdown()
+    ray.shutdown()
+    return 0 if s["turns_failed"] == 0 and au["lost"] == 0 and au["duplicated"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
