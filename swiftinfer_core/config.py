@@ -119,6 +119,7 @@ class SamplingParams(StrictModel):
     top_logprobs: int = Field(0, ge=0, le=20, description="Also return this many most likely tokens per position (needs logprobs).")
     prompt_logprobs: int | None = Field(None, ge=0, le=20, description="Score the input tokens too, with this many most likely tokens per position; None: off.")
     grammar: Grammar | None = Field(None, description="Constrain the reply to a grammar (structured output); None: free text.")
+    n: int = Field(1, ge=1, le=128, description="Choices to generate from one prefill of the input (engine/choices.py). On a session, choice 0 continues the conversation; the others are returned and discarded. Each choice needs its own cache slot while the turn runs.")
 
     @model_validator(mode="after")
     def _check(self) -> "SamplingParams":

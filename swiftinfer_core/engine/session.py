@@ -7,6 +7,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,6 +19,9 @@ from swiftinfer_core.engine.grammar import GrammarState
 from swiftinfer_core.engine.penalties import VisibleTokens
 from swiftinfer_core.engine.sampler import TokenLogprobs
 from swiftinfer_core.protocol import SessionRecord
+
+if TYPE_CHECKING:
+    from swiftinfer_core.engine.choices import Choices
 
 
 class Session(Conversation):
@@ -40,6 +44,15 @@ class Session(Conversation):
         self.sink_ids, self.window_ids = [], deque(maxlen=self.layout.window)
         self.slot, self.n = None, 0
         self.recovered = True
+
+    def fork(self, slot: int) -> "Session":
+        """A copy of this conversation's token stream whose cache is ``slot``
+        (the caller copied the rows there): another choice of the same turn.
+        Never registered as a session; it ends with its choice."""
+        s = Session(self.id, self.layout)
+        s.n, s.sink_ids, s.slot = self.n, list(self.sink_ids), slot
+        s.window_ids.extend(self.window_ids)
+        return s
 
     @classmethod
     def from_snapshot(cls, rec: SessionRecord, n: int, slot: int, layout: StreamLayout) -> "Session":
@@ -89,6 +102,15 @@ class Turn:
     prompt_logprobs: list[TokenLogprobs | None] = field(default_factory=list)  # to_feed[1:] scored (to_feed[0] too when None)
     prompt_scores_sent: bool = False
     grammar: GrammarState | None = None  # structured output (engine/grammar.py): this turn's matcher, dropped with it
+    index: int = 0  # choice index (SamplingParams.n); 0 is the session's own
+    choices: "Choices | None" = None  # the turn's choices when n > 1 (engine/choices.py), shared by all of them
+
+    @property
+    def feed_end(self) -> int:
+        """How much of ``to_feed`` may be fed now (a turn with choices stops before its last token until it forks)."""
+        if self.choices is not None and self.index == 0:
+            return self.choices.feed_end()
+        return len(self.to_feed)
 
     @property
     def next_token(self) -> int:
