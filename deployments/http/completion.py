@@ -13,6 +13,10 @@ A reply that must be a tool call (``tool_names`` set) is parsed into
 its text is held back and the call goes out whole in one delta before the
 final chunk (a call cut short by ``max_tokens`` or a stop string goes out as
 text, with its own finish reason).
+
+With ``n`` choices every event names its choice (``index``, from the engine's
+``StreamChunk.index``); each choice has its own finish reason, logprobs and
+call, and the usage (input once, outputs summed) rides on the turn's final chunk.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ class ChatResponse:
     first_at: float  # when the TurnStart arrived, i.e. the first token exists
     codec: TextCodec | None = None  # set when the request asked for logprobs
     tool_names: list[str] | None = None  # the reply must be a call of one of these (structured_schema.py)
+    n: int = 1  # choices (SamplingParams.n)
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex[:24]}")
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -72,10 +77,10 @@ class ChatResponse:
         return {"session_id": self.start.session_id, "replica_id": self.start.replica_id, "cache": self.start.cache.value}
 
     def _chunk(self, delta: dict, finish_reason: str | None = None, usage: Usage | None = None,
-               logprobs: dict | None = None) -> dict:
+               logprobs: dict | None = None, index: int = 0) -> dict:
         body = {
             "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
+            "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
         }
         if usage is not None:
             body["usage"] = usage_body(usage)
@@ -99,7 +104,7 @@ class ChatResponse:
     async def _whole(self) -> list[StreamChunk]:
         """Every remaining chunk, the final one last (its end is observed)."""
         chunks = [c async for c in self.events]
-        if not chunks or chunks[-1].finish_reason is None:
+        if not chunks or not chunks[-1].final:
             raise RuntimeError("the replica's stream ended without a final chunk")
         self._observe(self.first_at, chunks[-1], time.perf_counter(), stream=False)
         return chunks
@@ -111,26 +116,30 @@ class ChatResponse:
                 yield event
             return
         first_at = self.first_at
-        yield sse(self._chunk({"role": "assistant", "content": ""}))
+        for i in range(self.n):
+            yield sse(self._chunk({"role": "assistant", "content": ""}, index=i))
         try:
             async for chunk, now in self._timed():
                 if chunk.finish_reason is None:
                     if chunk.text or chunk.logprobs:
-                        yield sse(self._chunk({"content": chunk.text}, logprobs=self._logprobs([chunk])))
+                        yield sse(self._chunk({"content": chunk.text}, logprobs=self._logprobs([chunk]), index=chunk.index))
                     continue
                 delta = {"content": chunk.text} if chunk.text else {}
-                yield sse(self._chunk(delta, chunk.finish_reason, chunk.usage, self._logprobs([chunk])))
-                self._observe(first_at, chunk, now, stream=True)
+                yield sse(self._chunk(delta, chunk.finish_reason, chunk.usage, self._logprobs([chunk]), chunk.index))
+                if chunk.final:
+                    self._observe(first_at, chunk, now, stream=True)
         except Exception as exc:  # headers are gone: report in-band, OpenAI style
             yield sse(error_body(exc)[1])
         yield SSE_DONE
 
     async def _stream_call(self) -> AsyncIterator[bytes]:
-        """A tool call's stream: the role, then (at the end) the whole call, then the finish."""
-        yield sse(self._chunk({"role": "assistant", "content": None}))
-        chunks: list[StreamChunk] = []
+        """A tool call's stream: the role, then (at each choice's end) its whole call, then its finish."""
+        for i in range(self.n):
+            yield sse(self._chunk({"role": "assistant", "content": None}, index=i))
+        held: dict[int, list[StreamChunk]] = {}
         try:
             async for chunk, now in self._timed():
+                chunks = held.setdefault(chunk.index, [])
                 chunks.append(chunk)
                 if chunk.finish_reason is None:
                     continue
@@ -140,9 +149,10 @@ class ChatResponse:
                     delta, reason = {"content": text}, chunk.finish_reason
                 else:
                     delta, reason = {"tool_calls": [tool_call(*call, index=0)]}, "tool_calls"
-                yield sse(self._chunk(delta, logprobs=self._logprobs(chunks)))
-                yield sse(self._chunk({}, reason, chunk.usage))
-                self._observe(self.first_at, chunk, now, stream=True)
+                yield sse(self._chunk(delta, logprobs=self._logprobs(chunks), index=chunk.index))
+                yield sse(self._chunk({}, reason, chunk.usage, index=chunk.index))
+                if chunk.final:
+                    self._observe(self.first_at, chunk, now, stream=True)
         except Exception as exc:  # headers are gone: report in-band, OpenAI style
             yield sse(error_body(exc)[1])
         yield SSE_DONE
@@ -150,15 +160,25 @@ class ChatResponse:
     async def collect(self) -> dict:
         """The whole reply as one ``chat.completion`` body."""
         chunks = await self._whole()
-        last = chunks[-1]
+        return {
+            "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+            "choices": [self._choice(i, mine) for i, mine in sorted(per_choice(chunks).items())],
+            "usage": usage_body(chunks[-1].usage),
+            **self._meta(),
+        }
+
+    def _choice(self, index: int, chunks: list[StreamChunk]) -> dict:
         text = "".join(c.text for c in chunks)
-        message, reason = {"role": "assistant", "content": text}, last.finish_reason
+        message, reason = {"role": "assistant", "content": text}, chunks[-1].finish_reason
         call = parse_call(text, self.tool_names) if self.tool_names else None
         if call is not None:
             message, reason = {"role": "assistant", "content": None, "tool_calls": [tool_call(*call)]}, "tool_calls"
-        return {
-            "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "message": message, "logprobs": self._logprobs(chunks), "finish_reason": reason}],
-            "usage": usage_body(last.usage),
-            **self._meta(),
-        }
+        return {"index": index, "message": message, "logprobs": self._logprobs(chunks), "finish_reason": reason}
+
+
+def per_choice(chunks: list[StreamChunk]) -> dict[int, list[StreamChunk]]:
+    """A turn's chunks by choice index, each choice's in order."""
+    out: dict[int, list[StreamChunk]] = {}
+    for c in chunks:
+        out.setdefault(c.index, []).append(c)
+    return out

@@ -170,7 +170,7 @@ class Ingress:
             if params.max_tokens > limits.max_output_tokens:
                 raise InvalidRequestError(f"max_tokens is {params.max_tokens}; this server allows at most {limits.max_output_tokens}")
             turn_key = self._turn_key(request)
-            ticket = self._tenant_limits.acquire(tenant, params.max_tokens)  # 429 past the tenant's limits
+            ticket = self._tenant_limits.acquire(tenant, params.max_tokens * params.n)  # 429 past the tenant's limits; every choice generates
             await self._ensure_ready()
             p = await plan(req, request, tenant)
             sid = client_id(tenant, p.scoped_sid)
@@ -179,7 +179,7 @@ class Ingress:
             replica = start.replica_id
             codec = await self._codec.get() if params.logprobs else None
             turn = render(self._cfg.model_id, replace(start, session_id=sid), ticket.meter(events), self._metrics, t0, time.perf_counter(),
-                          codec=codec, **p.render)
+                          codec=codec, n=params.n, **p.render)
             headers = {"x-session-id": sid, "x-replica-id": replica}
             self._metrics.requests.labels(status="200").inc()
             if req.stream:

@@ -15,7 +15,11 @@ effect or is refused:
 - fields that only describe the request (``user``, ``metadata``, ``store``,
   ``service_tier``, ``parallel_tool_calls``: a reply holds at most one call,
   which either value allows) are accepted: there is nothing for them to change;
-- fields asking for something we cannot do (``n > 1``) get a 400 naming them.
+- ``n``: that many choices from one prefill (swiftinfer_core/engine/choices.py);
+  on a session choice 0 continues the conversation and the others are
+  returned, then discarded; more choices than the engine has cache slots is a
+  400 naming ``n``;
+- fields asking for something we cannot do get a 400 naming them.
 
 Names outside the OpenAI API are rejected like OpenAI does ("Unrecognized
 request argument"), except our extensions ``session_id``, ``top_k``,
@@ -120,7 +124,7 @@ class SamplingRequest(RequestModel):
 
     def unsupported(self) -> dict[str, bool]:
         """Field name -> whether this request asks for it in a way this server cannot do."""
-        return {"n": self.n not in (None, 1)}
+        return {}
 
     @model_validator(mode="after")
     def _supported(self) -> "SamplingRequest":
@@ -174,6 +178,7 @@ class SamplingRequest(RequestModel):
             top_logprobs=top_logprobs or 0,
             prompt_logprobs=prompt_logprobs,
             grammar=grammar,
+            n=self.n or 1,
         )
 
 

@@ -43,6 +43,7 @@ from deployments.sessions.history import chain
 from deployments.messages import CacheState, CommittedTurn, ReplicaStats, TurnGrant, TurnPhase, TurnReplay, TurnStart
 from deployments.replica.local_sessions import LocalSessions
 from deployments.replica.pacing import ChunkBudget
+from deployments.replica.replies import Replies
 from deployments.sessions.tenants import check_tenant, scoped
 from deployments.replica.turn_timing import Stopwatch, TurnTimer
 from swiftinfer_core.config import SamplingParams
@@ -106,7 +107,10 @@ class LLMReplica:
                 done = True
                 self._turns[CacheState.REPLAYED] += 1
                 yield TurnStart(session_id, self._id, CacheState.REPLAYED)
-                yield StreamChunk(answer.text, [], answer.finish_reason, answer.usage)
+                *others, own = Replies.replayed(answer.text, answer.finish_reason, answer.others)
+                for chunk in others:
+                    yield chunk
+                yield replace(own, usage=answer.usage)
                 return
             grant = answer
             cache, chunk = CacheState.WARM, None
@@ -127,16 +131,16 @@ class LLMReplica:
             watch.lap(TurnPhase.FIRST_TOKEN)
             self._turns[cache] += 1
             yield TurnStart(session_id, self._id, cache)
-            text: list[str] = []
-            while chunk.finish_reason is None:
-                text.append(chunk.text)
+            replies = Replies()  # per choice; choice 0 is the session's (replies.py)
+            while not chunk.final:
+                replies.add(chunk)
                 yield chunk
                 chunk = await stream.__anext__()
-            text.append(chunk.text)
-            reply = "".join(text)
+            replies.add(chunk)
+            reply = replies.text(0)
             digest = chain(history_base, {"role": "assistant", "content": reply}) if history_base else None
             watch = Stopwatch(self._timer)
-            await self._commit(session_id, grant.seq, digest, turn_key, reply, chunk)
+            await self._commit(session_id, grant.seq, digest, turn_key, replies, chunk)
             watch.lap(TurnPhase.COMMIT)
             done = True
             yield replace(chunk, record=None)  # the record stays here
@@ -178,9 +182,9 @@ class LLMReplica:
         if not view.resident and st.running_requests + st.waiting_requests >= st.total_slots:
             raise CapacityError(f"all {st.total_slots} KV slots of replica {self._id} are busy")
 
-    async def _commit(self, sid: str, seq: int, digest: str | None, turn_key: str | None, reply: str, last: StreamChunk) -> None:
+    async def _commit(self, sid: str, seq: int, digest: str | None, turn_key: str | None, replies: Replies, last: StreamChunk) -> None:
         record = last.record or await asyncio.to_thread(self._engine.export_session, sid)  # backends without it
-        turn = CommittedTurn(turn_key, last.finish_reason, reply, last.usage)
+        turn = CommittedTurn(turn_key, replies.finish[0], replies.text(0), last.usage, replies.others())
         if not await self._directory.commit.remote(sid, self._id, seq, record, digest, turn):
             self._not_committed += 1
             raise TurnNotCommittedError(f"session {sid!r} changed while this turn ran (deleted or moved); the turn was not recorded, retry it")
