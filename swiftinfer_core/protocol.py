@@ -35,6 +35,18 @@ class RawPrompt:
     token_ids: list[int]
 
 
+@dataclass(frozen=True)
+class ToolPrompt:
+    """Chat messages with the tools the chat template shows the model (OpenAI's
+    tool objects), passed where chat messages go (``EngineProtocol.chat``'s
+    ``messages``). Rendered in a conversation's first round only
+    (conversation/chat_format.py); a backend or template without a place for
+    tools refuses it with InvalidRequestError naming ``tools``."""
+
+    messages: list[dict]
+    tools: list[dict]
+
+
 @dataclass
 class StreamChunk:
     """One piece of a streamed reply, of choice ``index`` (``SamplingParams.n``).

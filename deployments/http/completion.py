@@ -8,11 +8,13 @@ Usage rides on the final chunk (with ``finish_reason``), extended with
 With ``logprobs`` each chunk carries the logprobs of its own tokens (the
 engine's per-token ``StreamChunk.logprobs``, named through ``codec``).
 
-A reply that must be a tool call (``tool_names`` set) is parsed into
-``tool_calls`` (tool_calls.py) with ``finish_reason: "tool_calls"``; streamed,
-its text is held back and the call goes out whole in one delta before the
-final chunk (a call cut short by ``max_tokens`` or a stop string goes out as
-text, with its own finish reason).
+A reply that may hold tool calls (``tools``: the request's ToolPlan,
+structured_schema.py) is parsed in the chat template's tool syntax
+(swiftinfer_core/conversation/tool_syntax.py) into ``tool_calls`` with
+``finish_reason: "tool_calls"``; streamed, its text is held back and goes out
+whole at the choice's end, as the calls (with any text before them as
+``content``) or as text when it holds no whole call (a call cut short by
+``max_tokens`` or a stop string goes out as text, with its own finish reason).
 
 With ``n`` choices every event names its choice (``index``, from the engine's
 ``StreamChunk.index``); each choice has its own finish reason, logprobs and
@@ -31,7 +33,8 @@ from deployments.http.errors import error_body
 from deployments.http.metrics import ServiceMetrics
 from deployments.messages import TurnStart
 from deployments.http.tokens import TextCodec
-from deployments.http.tool_calls import parse_call, tool_call
+from deployments.http.structured_schema import ToolPlan
+from deployments.http.tool_calls import tool_call
 from swiftinfer_core.protocol import StreamChunk, Usage
 
 SSE_DONE = b"data: [DONE]\n\n"
@@ -63,7 +66,7 @@ class ChatResponse:
     t0: float  # when the ingress received the request (perf_counter)
     first_at: float  # when the TurnStart arrived, i.e. the first token exists
     codec: TextCodec | None = None  # set when the request asked for logprobs
-    tool_names: list[str] | None = None  # the reply must be a call of one of these (structured_schema.py)
+    tools: ToolPlan | None = None  # the reply may be (or must be) calls of these tools (structured_schema.py)
     n: int = 1  # choices (SamplingParams.n)
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex[:24]}")
     created: int = field(default_factory=lambda: int(time.time()))
@@ -111,7 +114,7 @@ class ChatResponse:
 
     async def stream(self) -> AsyncIterator[bytes]:
         """SSE events. The first chunk already exists (it produced TurnStart)."""
-        if self.tool_names:
+        if self.tools is not None:
             async for event in self._stream_call():
                 yield event
             return
@@ -143,12 +146,7 @@ class ChatResponse:
                 chunks.append(chunk)
                 if chunk.finish_reason is None:
                     continue
-                text = "".join(c.text for c in chunks)
-                call = parse_call(text, self.tool_names)
-                if call is None:
-                    delta, reason = {"content": text}, chunk.finish_reason
-                else:
-                    delta, reason = {"tool_calls": [tool_call(*call, index=0)]}, "tool_calls"
+                delta, reason = self._reply("".join(c.text for c in chunks), chunk.finish_reason, streamed=True)
                 yield sse(self._chunk(delta, logprobs=self._logprobs(chunks), index=chunk.index))
                 yield sse(self._chunk({}, reason, chunk.usage, index=chunk.index))
                 if chunk.final:
@@ -168,12 +166,18 @@ class ChatResponse:
         }
 
     def _choice(self, index: int, chunks: list[StreamChunk]) -> dict:
-        text = "".join(c.text for c in chunks)
-        message, reason = {"role": "assistant", "content": text}, chunks[-1].finish_reason
-        call = parse_call(text, self.tool_names) if self.tool_names else None
-        if call is not None:
-            message, reason = {"role": "assistant", "content": None, "tool_calls": [tool_call(*call)]}, "tool_calls"
+        body, reason = self._reply("".join(c.text for c in chunks), chunks[-1].finish_reason, streamed=False)
+        message = {"role": "assistant", "content": None, **body}
         return {"index": index, "message": message, "logprobs": self._logprobs(chunks), "finish_reason": reason}
+
+    def _reply(self, text: str, reason: str, streamed: bool) -> tuple[dict, str]:
+        """(message fields or delta, finish reason) of one choice's whole text: its
+        tool calls when it holds them (tools asked), else the text."""
+        parsed = self.tools.syntax.parse(text, self.tools.names) if self.tools is not None else None
+        if parsed is None or not parsed.calls:
+            return {"content": text}, reason
+        calls = [tool_call(c.name, c.arguments, index=j if streamed else None) for j, c in enumerate(parsed.calls)]
+        return ({"content": parsed.content} if parsed.content is not None else {}) | {"tool_calls": calls}, "tool_calls"
 
 
 def per_choice(chunks: list[StreamChunk]) -> dict[int, list[StreamChunk]]:

@@ -67,6 +67,7 @@ class CompletionRequest(SamplingRequest):
             return None
         return list(p[0]) if isinstance(p[0], list) else list(p)
 
-    def sampling(self, default_max_tokens: int) -> SamplingParams:
+    def sampling(self, default_max_tokens: int, syntax: object = None) -> SamplingParams:
+        """``syntax`` (a chat template's tool syntax) has no part in a text completion."""
         return self.engine_params(self.max_tokens or default_max_tokens, self.logprobs,
                                   prompt_logprobs=self.logprobs if self.echo else None)

@@ -49,7 +49,7 @@ from deployments.replica.turn_timing import Stopwatch, TurnTimer
 from swiftinfer_core.config import SamplingParams
 from swiftinfer_core.engine import faults
 from swiftinfer_core.errors import CapacityError, EngineClosedError, SessionBusyError, SessionNotFoundError, StaleSessionError
-from swiftinfer_core.protocol import RawPrompt, SessionStats, SessionView, StreamChunk
+from swiftinfer_core.protocol import RawPrompt, SessionStats, SessionView, StreamChunk, ToolPrompt
 
 log = logging.getLogger("ray.serve")
 
@@ -78,7 +78,7 @@ class LLMReplica:
 
     # ---- turns -----------------------------------------------------------------------
     async def chat_events(
-        self, session_id: str, messages: list[dict] | RawPrompt, sampling: dict | SamplingParams,
+        self, session_id: str, messages: list[dict] | ToolPrompt | RawPrompt, sampling: dict | SamplingParams,
         history_base: str | None = None, turn_key: str | None = None,
     ) -> AsyncIterator[TurnStart | StreamChunk]:
         """Stream one turn: a ``TurnStart`` then ``StreamChunk``s. ``history_base``

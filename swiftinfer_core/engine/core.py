@@ -34,7 +34,7 @@ from swiftinfer_core.errors import (
 from swiftinfer_core.finish_reason import FinishReason
 from swiftinfer_core.kernels.attention import TritonAttention
 from swiftinfer_core.session_id import check_session_id
-from swiftinfer_core.protocol import EngineStats, KVSnapshot, RawPrompt, SessionRecord, SessionStats, SessionView, StreamChunk, Usage
+from swiftinfer_core.protocol import EngineStats, KVSnapshot, RawPrompt, ToolPrompt, SessionRecord, SessionStats, SessionView, StreamChunk, Usage
 from swiftinfer_core.runner import piecewise
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class EngineCore:
         self.batches = BatchRunner(self.runner)
         self.loaded = m
         self.layout, self.pool, self.tokenizer = m.layout, m.pool, m.tokenizer
-        self.format = ChatFormat(m.tokenizer, cfg.allow_control_tokens_in_content, cfg.max_turn_tokens)
+        self.format = ChatFormat(m.tokenizer, cfg.allow_control_tokens_in_content, cfg.max_turn_tokens, cfg.chat_template)
         self.eos_ids = set(m.args.eos_token_ids) | {m.tokenizer.eos_token_id} - {None}
         self.grammars = Grammars(m.tokenizer, m.args.vocab_size, self.eos_ids)  # structured output, compiled on first use
         if cfg.cuda_graphs and m.device.type == "cuda" and isinstance(m.attn, TritonAttention):
@@ -92,6 +92,9 @@ class EngineCore:
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError("params must be a SamplingParams")
         raw = isinstance(messages, RawPrompt)
+        tools = None
+        if isinstance(messages, ToolPrompt):  # tools the template shows (a conversation's first round)
+            tools, messages = messages.tools, messages.messages
         if raw:
             prompt = _raw_ids(messages)
         else:
@@ -103,7 +106,7 @@ class EngineCore:
             raise SessionBusyError(f"session {session_id!r} already has a turn in flight")
         if not raw:
             fresh = session is None or session.fresh
-            prompt = self.format.first_round(messages) if fresh else self.format.next_round(messages)
+            prompt = self.format.first_round(messages, tools) if fresh else self.format.next_round(messages)
         if len(prompt) > self.cfg.max_turn_tokens:
             raise PromptTooLongError(f"the new messages are {len(prompt)} tokens; the limit is {self.cfg.max_turn_tokens}")
         top, vocab = max(prompt, default=-1), self.loaded.args.vocab_size
