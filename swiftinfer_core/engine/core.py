@@ -24,6 +24,7 @@ from swiftinfer_core.engine.penalties import VisibleTokens, needs_counts
 from swiftinfer_core.engine.sampler import TokenLogprobs
 from swiftinfer_core.engine.scheduler import ScheduledBatch, Scheduler
 from swiftinfer_core.engine.session import Session, Turn, TurnState
+from swiftinfer_core.engine.slots import SlotKeeper
 from swiftinfer_core.errors import (
     InvalidRequestError,
     PromptTooLongError,
@@ -73,8 +74,9 @@ class EngineCore:
             self.runner.capture_decode_graphs(min(m.pool.num_slots, cfg.max_batch_tokens))
             if cfg.piecewise_graphs and cfg.tp_size == 1 and piecewise.supports(m.model):
                 self.runner.capture_piecewise_graphs(min(piecewise.BUCKETS[-1], cfg.max_batch_tokens))
-        self.scheduler = Scheduler(cfg.max_batch_tokens, cfg.prefill_chunk, self._admit, self._fork)
         self.sessions: dict[str, Session] = {}
+        self.slots = SlotKeeper(m.pool, self.sessions)
+        self.scheduler = Scheduler(cfg.max_batch_tokens, cfg.prefill_chunk, self.slots.admit, self._fork)
         k0 = m.pool.k[0]
         # Caches are interchangeable between engines with the same weights, dtype and layout.
         self.kv_fingerprint = f"{cfg.model}|{cfg.load_format.value}:{cfg.seed}|{m.args!r}|{k0.dtype}|{len(m.pool.k)}x{tuple(k0.shape[1:])}|{m.layout}"
@@ -215,7 +217,7 @@ class EngineCore:
             return False
         if old is not None:
             self.close_session(rec.session_id)
-        slot = self._take_slot(rec.session_id)
+        slot = self.slots.take(rec.session_id)
         if slot is None:
             return False
         self.pool.import_slot(slot, snap.k, snap.v)
@@ -281,24 +283,6 @@ class EngineCore:
             batch.seqs[i].turn.prompt_logprobs.extend(items)
         return self._postprocess(batch, sampled, logprobs)
 
-    def _admit(self, turn: Turn) -> bool:
-        """Give a waiting turn its session's slot and, with choices, the other
-        choices' slots, all at once or none (the waiting turn's own pending tokens
-        are already in its to_feed)."""
-        session, group = turn.session, turn.choices
-        need = (session.slot is None) + (group.extra_slots if group is not None else 0)
-        if need > 1:  # several: take none unless all can be had
-            idle = sum(1 for s in self.sessions.values() if s.slot is not None and s.turn is None)
-            if self.pool.slots.free + idle < need:
-                return False
-        if session.slot is None:
-            session.slot = self._take_slot(session.id)
-            if session.slot is None:
-                return False
-        if group is not None:
-            group.reserved = [self._take_slot(session.id) for _ in range(group.extra_slots)]
-        return True
-
     def _fork(self, turn: Turn) -> list[Turn]:
         """The turn's input is fed but for its last token: copy its cache into the
         reserved slots and start the other choices (engine/choices.py)."""
@@ -317,19 +301,6 @@ class EngineCore:
         self._sampling_extras(turn)
         session.turn = turn
         return turn
-
-    def _take_slot(self, for_session: str) -> int | None:
-        """A free slot, else the least recently used idle session's (it is rebuilt from ids)."""
-        slot = self.pool.slots.allocate()
-        if slot is None:
-            idle = [s for s in self.sessions.values() if s.slot is not None and s.turn is None]
-            if not idle:
-                return None
-            victim = min(idle, key=lambda s: s.last_used)
-            slot = victim.slot
-            victim.drop_cache()
-            log.info("session %s gave its cache slot %d to %s; it will be rebuilt", victim.id, slot, for_session)
-        return slot
 
     def _postprocess(self, batch: ScheduledBatch, sampled: list[int | None], logprobs: list[TokenLogprobs | None]) -> list[TurnEvent]:
         events = []
