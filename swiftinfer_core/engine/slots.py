@@ -40,7 +40,8 @@ class SlotKeeper:
         are already in its to_feed)."""
         session, group = turn.session, turn.choices
         need = (session.slot is None) + (group.extra_slots if group is not None else 0)
-        if need > 1 and self.pool.slots.free + len(self._idle()) < need:  # several: none unless all can be had
+        free = self.pool.slots.free
+        if need > free and need > free + len(self._idle()):  # all it needs, or none
             return False
         if session.slot is None:
             session.slot = self.take(session.id)

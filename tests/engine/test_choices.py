@@ -118,3 +118,17 @@ def test_aborting_the_turn_ends_every_choice_and_frees_their_slots(make_core):
     assert early.choices.reserved and not early.choices.forks and core.pool.slots.free == 0
     core.abort(early)
     assert core.pool.slots.free == 2 and not early.choices.forks and not core.scheduler.has_work
+
+
+def test_a_resident_session_with_choices_waits_for_its_extra_slot(make_core):
+    core = make_core(max_sessions=2)
+    run(core, "a", SamplingParams(max_tokens=2))  # resident and idle
+    busy = core.add_turn("b", USER, SamplingParams(max_tokens=8, ignore_eos=True))
+    core.step()
+    two = core.add_turn("a", [{"role": "user", "content": "More."}], SamplingParams(max_tokens=3, n=2))  # needs one slot more: none
+    core.step()
+    assert two.state is TurnState.WAITING and not two.choices.reserved and core.sessions["a"].slot is not None
+    while two.state is not TurnState.DONE:
+        core.step()
+    assert busy.state is TurnState.DONE and core.sessions["b"].slot is None  # b, idle by then, lent its slot
+    assert len(two.choices.forks) == 1 and core.pool.slots.free == 1
