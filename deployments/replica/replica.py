@@ -12,7 +12,9 @@ A turn on this replica:
    first at once, then at most one per ``stream_interval_ms`` or per the
    replica's chunk budget shared by its open streams, whichever is longer.
 4. Before the final chunk leaves, the turn is committed through the directory
-   to the session log (batched with other sessions' commits). A turn that is
+   to the session log (batched with other sessions' commits). With ``n``
+   choices, choice 0 is the session's reply; the others' texts are logged only
+   for a retry's replay (replies.py). A turn that is
    not committed (client gone, timeout, error, commit refused) is rolled back
    to the committed record, so the log and every replica agree.
 
