@@ -27,69 +27,29 @@ turn is reproducible.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
 
 from swiftinfer_core.cache.pool import KVPool, SlotAllocator
-from swiftinfer_core.protocol import Usage
-
-if TYPE_CHECKING:
-    from swiftinfer_core.engine.session import Session, Turn
+from swiftinfer_core.engine.session import Choices, Session, Turn
 
 
-@dataclass
-class Choices:
-    """The choices of one turn; ``main`` (choice 0) is the session's turn."""
+def fork_choices(group: Choices, pool: KVPool, make_turn: Callable[[Session, int, int], Turn]) -> list[Turn]:
+    """Copy the main session's cache into each reserved slot and start one turn
+    per copy: ``make_turn(session copy, index, seed)``, which feeds the input's
+    last token. Returns the new turns (for the scheduler's running list)."""
+    src = group.main.session
+    rows = src.layout.fill(src.n)
+    for i, slot in enumerate(group.reserved, start=1):
+        pool.copy_slot(src.slot, slot, rows)
+        group.forks.append(make_turn(src.fork(slot), i, group.seeds[i - 1]))
+    group.reserved = []
+    group.forked = True
+    group.live += len(group.forks)
+    return list(group.forks)
 
-    main: "Turn"
-    n: int
-    seeds: list[int]  # generator seeds of choices 1..n-1
-    reserved: list[int] = field(default_factory=list)  # slots taken at admission for choices 1..n-1, until the fork
-    forks: list["Turn"] = field(default_factory=list)  # choices 1..n-1, once forked
-    forked: bool = False
-    live: int = 1  # choices started and not finished
 
-    @property
-    def extra_slots(self) -> int:
-        return self.n - 1
-
-    def feed_end(self) -> int:
-        """How much of the main turn's input may be fed now: all but the last
-        token until the fork (every choice feeds that one itself)."""
-        end = len(self.main.to_feed)
-        return end if self.forked else end - 1
-
-    def fork_due(self) -> bool:
-        m = self.main
-        return not self.forked and not m.aborted and m.prefilled == len(m.to_feed) - 1
-
-    def fork(self, pool: KVPool, make_turn: Callable[["Session", int, int], "Turn"]) -> list["Turn"]:
-        """Copy the main session's cache into each reserved slot and start one
-        turn per copy: ``make_turn(session copy, index, seed)``, which feeds the
-        input's last token. Returns the new turns (for the scheduler's running list)."""
-        src = self.main.session
-        rows = src.layout.fill(src.n)
-        for i, slot in enumerate(self.reserved, start=1):
-            pool.copy_slot(src.slot, slot, rows)
-            self.forks.append(make_turn(src.fork(slot), i, self.seeds[i - 1]))
-        self.reserved = []
-        self.forked = True
-        self.live += len(self.forks)
-        return list(self.forks)
-
-    def release_reserved(self, slots: SlotAllocator) -> None:
-        """Give back the slots of choices that never forked (the turn ended first)."""
-        for slot in self.reserved:
-            slots.release(slot)
-        self.reserved = []
-
-    def finish_one(self) -> bool:
-        """One choice ended; True when it was the last."""
-        self.live -= 1
-        return self.live == 0
-
-    def usage(self) -> Usage:
-        """The input once, the outputs of every choice summed (as OpenAI counts n)."""
-        m = self.main
-        out = len(m.output_ids) + sum(len(t.output_ids) for t in self.forks)
-        return Usage(prompt_tokens=m.prompt_tokens, completion_tokens=out, prefilled_tokens=m.prefilled, cached_tokens=m.cached_tokens)
+def release_reserved(group: Choices, slots: SlotAllocator) -> None:
+    """Give back the slots of choices that never forked (the turn ended first)."""
+    for slot in group.reserved:
+        slots.release(slot)
+    group.reserved = []

@@ -15,7 +15,7 @@ import torch
 
 from swiftinfer_core.config import EngineConfig, SamplingParams
 from swiftinfer_core.engine.batch_runner import BatchRunner
-from swiftinfer_core.engine.choices import Choices
+from swiftinfer_core.engine.choices import fork_choices, release_reserved
 from swiftinfer_core.conversation.chat_format import ChatFormat, validate_messages
 from swiftinfer_core.conversation.detokenizer import IncrementalDetokenizer
 from swiftinfer_core.engine.engine_model import EngineModel, engine_runner
@@ -23,7 +23,7 @@ from swiftinfer_core.engine.grammar import Grammars
 from swiftinfer_core.engine.penalties import VisibleTokens, needs_counts
 from swiftinfer_core.engine.sampler import TokenLogprobs
 from swiftinfer_core.engine.scheduler import ScheduledBatch, Scheduler
-from swiftinfer_core.engine.session import Session, Turn, TurnState
+from swiftinfer_core.engine.session import Choices, Session, Turn, TurnState
 from swiftinfer_core.engine.slots import SlotKeeper
 from swiftinfer_core.errors import (
     InvalidRequestError,
@@ -162,7 +162,7 @@ class EngineCore:
         consistent: what was fed stays fed."""
         group = turn.choices
         if group is not None and turn.index == 0:
-            group.release_reserved(self.pool.slots)
+            release_reserved(group, self.pool.slots)
             for fork in group.forks:
                 self._abort_one(fork)
         self._abort_one(turn)
@@ -286,7 +286,7 @@ class EngineCore:
     def _fork(self, turn: Turn) -> list[Turn]:
         """The turn's input is fed but for its last token: copy its cache into the
         reserved slots and start the other choices (engine/choices.py)."""
-        return turn.choices.fork(self.pool, lambda session, index, seed: self._choice_turn(turn, session, index, seed))
+        return fork_choices(turn.choices, self.pool, lambda session, index, seed: self._choice_turn(turn, session, index, seed))
 
     def _choice_turn(self, main: Turn, session: Session, index: int, seed: int) -> Turn:
         """Choice ``index`` of ``main``'s turn on a fork of its session: it feeds the

@@ -7,7 +7,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,10 +17,7 @@ from swiftinfer_core.conversation.stream import Conversation
 from swiftinfer_core.engine.grammar import GrammarState
 from swiftinfer_core.engine.penalties import VisibleTokens
 from swiftinfer_core.engine.sampler import TokenLogprobs
-from swiftinfer_core.protocol import SessionRecord
-
-if TYPE_CHECKING:
-    from swiftinfer_core.engine.choices import Choices
+from swiftinfer_core.protocol import SessionRecord, Usage
 
 
 class Session(Conversation):
@@ -103,7 +99,7 @@ class Turn:
     prompt_scores_sent: bool = False
     grammar: GrammarState | None = None  # structured output (engine/grammar.py): this turn's matcher, dropped with it
     index: int = 0  # choice index (SamplingParams.n); 0 is the session's own
-    choices: "Choices | None" = None  # the turn's choices when n > 1 (engine/choices.py), shared by all of them
+    choices: Choices | None = None  # the turn's choices when n > 1 (engine/choices.py), shared by all of them
 
     @property
     def feed_end(self) -> int:
@@ -116,3 +112,42 @@ class Turn:
     def next_token(self) -> int:
         """The last sampled token, fed at the next decode step."""
         return self.output_ids[-1]
+
+
+@dataclass
+class Choices:
+    """The choices of one turn with ``n`` > 1 (engine/choices.py forks them);
+    ``main`` (choice 0) is the session's own turn. Shared by all its turns."""
+
+    main: Turn
+    n: int
+    seeds: list[int]  # generator seeds of choices 1..n-1
+    reserved: list[int] = field(default_factory=list)  # slots taken at admission for choices 1..n-1, until the fork
+    forks: list[Turn] = field(default_factory=list)  # choices 1..n-1, once forked
+    forked: bool = False
+    live: int = 1  # choices started and not finished
+
+    @property
+    def extra_slots(self) -> int:
+        return self.n - 1
+
+    def feed_end(self) -> int:
+        """How much of the main turn's input may be fed now: all but the last
+        token until the fork (every choice feeds that one itself)."""
+        end = len(self.main.to_feed)
+        return end if self.forked else end - 1
+
+    def fork_due(self) -> bool:
+        m = self.main
+        return not self.forked and not m.aborted and m.prefilled == len(m.to_feed) - 1
+
+    def finish_one(self) -> bool:
+        """One choice ended; True when it was the last."""
+        self.live -= 1
+        return self.live == 0
+
+    def usage(self) -> Usage:
+        """The input once, the outputs of every choice summed (as OpenAI counts n)."""
+        m = self.main
+        out = len(m.output_ids) + sum(len(t.output_ids) for t in self.forks)
+        return Usage(prompt_tokens=m.prompt_tokens, completion_tokens=out, prefilled_tokens=m.prefilled, cached_tokens=m.cached_tokens)
