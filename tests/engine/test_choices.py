@@ -132,3 +132,19 @@ def test_a_resident_session_with_choices_waits_for_its_extra_slot(make_core):
         core.step()
     assert busy.state is TurnState.DONE and core.sessions["b"].slot is None  # b, idle by then, lent its slot
     assert len(two.choices.forks) == 1 and core.pool.slots.free == 1
+
+
+def test_each_choice_stops_at_its_own_stop_string(make_core):
+    core = make_core(max_sessions=4)
+    chunks, turn = run(core, "s", SamplingParams(max_tokens=40, temperature=1.0, seed=21, n=3, stop=[" the"]))
+    texts = by_choice(chunks)
+    reasons = {c.index: c.finish_reason for c in chunks if c.finish_reason is not None}
+    by_string = 0
+    for i, t in enumerate([turn, *turn.choices.forks]):
+        full = core.tokenizer.decode(t.output_ids)
+        assert " the" not in texts[i]
+        if reasons[i] == "stop" and t.output_ids[-1] not in core.eos_ids:  # stopped by the string: cut right before it
+            assert full.startswith(texts[i]) and full[len(texts[i]):].startswith(" the")
+            by_string += 1
+    assert by_string >= 1
+    assert len({len(t.output_ids) for t in [turn, *turn.choices.forks]}) > 1  # they ended at different points

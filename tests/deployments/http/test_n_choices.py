@@ -120,10 +120,19 @@ def test_every_choice_is_its_own_tool_call(app, stream):
 
 def test_completions_with_n_and_echo(app):
     oai, _, _ = app
-    body = oai.completions.create(model=MODEL_ID, prompt="Once upon a time", n=2, max_tokens=6, temperature=1.0, seed=2, echo=True)
+    kw = dict(model=MODEL_ID, prompt="Once upon a time", n=2, max_tokens=6, temperature=1.0, seed=2, echo=True)
+    body = oai.completions.create(**kw)
     assert [c.index for c in body.choices] == [0, 1]
     assert all(c.text.startswith("Once upon a time") for c in body.choices) and body.choices[0].text != body.choices[1].text
     assert body.usage.completion_tokens <= 12
+    texts: dict[int, str] = {}
+    reasons: dict[int, str] = {}
+    for c in oai.completions.create(stream=True, **kw):  # streamed: each choice's events by index, the prompt once per choice
+        for ch in c.choices:
+            texts[ch.index] = texts.get(ch.index, "") + ch.text
+            if ch.finish_reason:
+                reasons[ch.index] = ch.finish_reason
+    assert texts == {c.index: c.text for c in body.choices} and reasons == {c.index: c.finish_reason for c in body.choices}
 
 
 def test_more_choices_than_cache_slots_is_a_400_naming_n(app):
