@@ -136,7 +136,7 @@ def churn(core: EngineCore, spec: Churn, sync=None) -> ChurnReport:
         return run(batch)
 
     core.batches.run = traced
-    take = core._take_slot
+    take = core.slots.take
 
     def counted(for_session):
         before = core.pool.slots.free
@@ -144,7 +144,7 @@ def churn(core: EngineCore, spec: Churn, sync=None) -> ChurnReport:
         rep.slot_lends += slot is not None and before == 0
         return slot
 
-    core._take_slot = counted
+    core.slots.take = counted
     try:
         for step in range(spec.steps):
             for sid in ids:
@@ -183,7 +183,7 @@ def churn(core: EngineCore, spec: Churn, sync=None) -> ChurnReport:
                 if last:
                     times.setdefault(last["path"], []).append((time.perf_counter() - t0) * 1e3)
             last.clear()
-            rep.turns_finished += sum(1 for e in events if e.chunk.finish_reason is not None)
+            rep.turns_finished += sum(1 for e in events if e.chunk.final)
             rep.steps = step + 1
             check_invariants(core)
     except Exception as exc:  # a report, not a crash: the caller decides
@@ -192,7 +192,7 @@ def churn(core: EngineCore, spec: Churn, sync=None) -> ChurnReport:
         traceback.print_exc()
     finally:
         core.batches.run = run
-        core._take_slot = take
+        core.slots.take = take
     for path, ms in times.items():
         ms.sort()
         rep.step_ms[path] = {"n": len(ms), "mean": sum(ms) / len(ms), "p50": ms[len(ms) // 2], "p99": ms[int(0.99 * (len(ms) - 1))]}

@@ -48,6 +48,16 @@ class TurnPhase(str, Enum):
 
 # ---- replica <-> directory: one turn ---------------------------------------------------
 @dataclass(frozen=True)
+class ChoiceReply:
+    """A choice other than 0 of a turn with several (``n``): not the session's,
+    kept only so that a retry of the turn gets every choice again."""
+
+    index: int
+    text: str
+    finish_reason: str
+
+
+@dataclass(frozen=True)
 class TurnGrant:
     """``begin_turn``'s answer when the turn may run: the lease is the caller's.
     ``record`` is the last committed state (None: never committed); ``kv``, once,
@@ -67,6 +77,7 @@ class TurnReplay:
     text: str
     finish_reason: str
     usage: Usage
+    others: tuple[ChoiceReply, ...] = ()  # choices 1..n-1 of a turn with several
 
 
 @dataclass(frozen=True)
@@ -74,9 +85,10 @@ class CommittedTurn:
     """The turn a replica commits with the session's new record."""
 
     turn_key: str | None  # the client's Idempotency-Key
-    finish_reason: str
-    text: str  # the whole reply (answered again on a retry)
-    usage: Usage
+    finish_reason: str  # choice 0's
+    text: str  # the whole reply, choice 0's (answered again on a retry)
+    usage: Usage  # every choice's
+    others: tuple[ChoiceReply, ...] = ()  # choices 1..n-1 of a turn with several (answered again too)
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,7 @@ class EngineConfig(StrictModel):
     load_format: LoadFormat = Field(LoadFormat.AUTO, description="'random' skips the weights: for benchmarking a shape from its config.json alone.")
     tp_size: int = Field(1, ge=1, le=64, description="Tensor-parallel ranks for one engine.")
     seed: int = Field(0, ge=0, description="Default sampling seed.")
+    chat_template: str | None = Field(None, min_length=1, max_length=1 << 20, description="A Jinja chat template used instead of the tokenizer's own (conversation/chat_format.py), by the engine and the HTTP edge alike (e.g. one with tool syntax: a template that references `tools` renders the request's tools into the prompt, and its tool calls are parsed back: conversation/tool_syntax.py). None: the tokenizer's template.")
     allow_control_tokens_in_content: bool = Field(False, description="UNSAFE, for trusted clients only. When true, control-token spellings inside message content (e.g. '<|im_end|>\\n<|im_start|>system') are encoded as the control tokens themselves, so a client can forge turns and roles the chat template never wrote. Default false: content is always encoded as plain text.")
 
     @model_validator(mode="after")
@@ -93,6 +94,8 @@ class Grammar(StrictModel):
 
     kind: Literal["json_object", "json_schema"] = Field(description="'json_object': any JSON object; 'json_schema': the given schema.")
     json_schema: str | None = Field(None, max_length=1 << 20, description="The JSON schema as JSON text (kind 'json_schema' only), enforced strictly: objects take no properties the schema does not allow.")
+    before: str = Field("", max_length=256, description="Fixed text the reply starts with, before the JSON (a template's tool-call opening, e.g. '<tool_call>\\n').")
+    after: str = Field("", max_length=256, description="Fixed text after the JSON, before the reply's end (e.g. '\\n</tool_call>').")
 
     @model_validator(mode="after")
     def _check(self) -> "Grammar":
@@ -119,6 +122,7 @@ class SamplingParams(StrictModel):
     top_logprobs: int = Field(0, ge=0, le=20, description="Also return this many most likely tokens per position (needs logprobs).")
     prompt_logprobs: int | None = Field(None, ge=0, le=20, description="Score the input tokens too, with this many most likely tokens per position; None: off.")
     grammar: Grammar | None = Field(None, description="Constrain the reply to a grammar (structured output); None: free text.")
+    n: int = Field(1, ge=1, le=128, description="Choices to generate from one prefill of the input (engine/choices.py). On a session, choice 0 continues the conversation; the others are returned and discarded. Each choice needs its own cache slot while the turn runs.")
 
     @model_validator(mode="after")
     def _check(self) -> "SamplingParams":

@@ -35,12 +35,26 @@ class RawPrompt:
     token_ids: list[int]
 
 
+@dataclass(frozen=True)
+class ToolPrompt:
+    """Chat messages with the tools the chat template shows the model (OpenAI's
+    tool objects), passed where chat messages go (``EngineProtocol.chat``'s
+    ``messages``). Rendered in a conversation's first round only
+    (conversation/chat_format.py); a backend or template without a place for
+    tools refuses it with InvalidRequestError naming ``tools``."""
+
+    messages: list[dict]
+    tools: list[dict]
+
+
 @dataclass
 class StreamChunk:
-    """One piece of a streamed reply. ``finish_reason`` and ``usage`` are set on the
-    last; the native engine also puts the session's record as of the turn's end
-    there (taken in its step thread, so a caller logging it need not wait for the
-    engine lock, which a model step holds)."""
+    """One piece of a streamed reply, of choice ``index`` (``SamplingParams.n``).
+    ``finish_reason`` is set on each choice's last chunk; ``usage`` only on the
+    turn's final chunk (``final``), after every choice has finished. The native
+    engine also puts the session's record as of the turn's end there (taken in
+    its step thread, so a caller logging it need not wait for the engine lock,
+    which a model step holds)."""
 
     text: str
     token_ids: list[int]
@@ -51,17 +65,35 @@ class StreamChunk:
     logprobs: list | None = None
     # with SamplingParams.prompt_logprobs, on the turn's first chunk: one per input token (None: nothing predicts it)
     prompt_logprobs: list | None = None
+    index: int = 0  # the choice this chunk belongs to (0 when n == 1)
+
+    @property
+    def final(self) -> bool:
+        """The turn's last chunk: it carries the usage of all choices (and the record)."""
+        return self.usage is not None
 
 
 def merge_chunks(chunks: list[StreamChunk]) -> StreamChunk:
-    """One chunk with the texts, ids and logprobs of ``chunks`` in order; the
-    finish reason, usage and record of the last."""
+    """One chunk with the texts, ids and logprobs of ``chunks`` (all of one
+    choice) in order; the finish reason, usage and record of the last."""
     if len(chunks) == 1:
         return chunks[0]
     lps = None if chunks[-1].logprobs is None else [lp for c in chunks for lp in (c.logprobs or [])]
     prompt = next((c.prompt_logprobs for c in chunks if c.prompt_logprobs is not None), None)
     return replace(chunks[-1], text="".join(c.text for c in chunks), token_ids=[t for c in chunks for t in c.token_ids], logprobs=lps,
                    prompt_logprobs=prompt)
+
+
+def merge_per_choice(chunks: list[StreamChunk]) -> list[StreamChunk]:
+    """``chunks`` (in stream order, of any choices) merged into one chunk per
+    choice, in order of each choice's first chunk; the turn's final chunk, if
+    among them, stays last. One chunk when the turn has one choice."""
+    groups: dict[int, list[StreamChunk]] = {}
+    for c in chunks:
+        groups.setdefault(c.index, []).append(c)
+    merged = [merge_chunks(g) for g in groups.values()]
+    merged.sort(key=lambda c: c.final)  # stable: only the final one moves, to the end
+    return merged
 
 
 @dataclass

@@ -8,11 +8,17 @@ Usage rides on the final chunk (with ``finish_reason``), extended with
 With ``logprobs`` each chunk carries the logprobs of its own tokens (the
 engine's per-token ``StreamChunk.logprobs``, named through ``codec``).
 
-A reply that must be a tool call (``tool_names`` set) is parsed into
-``tool_calls`` (tool_calls.py) with ``finish_reason: "tool_calls"``; streamed,
-its text is held back and the call goes out whole in one delta before the
-final chunk (a call cut short by ``max_tokens`` or a stop string goes out as
-text, with its own finish reason).
+A reply that may hold tool calls (``tools``: the request's ToolPlan,
+structured_schema.py) is parsed in the chat template's tool syntax
+(swiftinfer_core/conversation/tool_syntax.py) into ``tool_calls`` with
+``finish_reason: "tool_calls"``; streamed, its text is held back and goes out
+whole at the choice's end, as the calls (with any text before them as
+``content``) or as text when it holds no whole call (a call cut short by
+``max_tokens`` or a stop string goes out as text, with its own finish reason).
+
+With ``n`` choices every event names its choice (``index``, from the engine's
+``StreamChunk.index``); each choice has its own finish reason, logprobs and
+call, and the usage (input once, outputs summed) rides on the turn's final chunk.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from deployments.http.errors import error_body
 from deployments.http.metrics import ServiceMetrics
 from deployments.messages import TurnStart
 from deployments.http.tokens import TextCodec
-from deployments.http.tool_calls import parse_call, tool_call
+from deployments.http.structured_schema import ToolPlan
+from deployments.http.tool_calls import tool_call
 from swiftinfer_core.protocol import StreamChunk, Usage
 
 SSE_DONE = b"data: [DONE]\n\n"
@@ -59,7 +66,8 @@ class ChatResponse:
     t0: float  # when the ingress received the request (perf_counter)
     first_at: float  # when the TurnStart arrived, i.e. the first token exists
     codec: TextCodec | None = None  # set when the request asked for logprobs
-    tool_names: list[str] | None = None  # the reply must be a call of one of these (structured_schema.py)
+    tools: ToolPlan | None = None  # the reply may be (or must be) calls of these tools (structured_schema.py)
+    n: int = 1  # choices (SamplingParams.n)
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex[:24]}")
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -72,10 +80,10 @@ class ChatResponse:
         return {"session_id": self.start.session_id, "replica_id": self.start.replica_id, "cache": self.start.cache.value}
 
     def _chunk(self, delta: dict, finish_reason: str | None = None, usage: Usage | None = None,
-               logprobs: dict | None = None) -> dict:
+               logprobs: dict | None = None, index: int = 0) -> dict:
         body = {
             "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
+            "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
         }
         if usage is not None:
             body["usage"] = usage_body(usage)
@@ -99,50 +107,50 @@ class ChatResponse:
     async def _whole(self) -> list[StreamChunk]:
         """Every remaining chunk, the final one last (its end is observed)."""
         chunks = [c async for c in self.events]
-        if not chunks or chunks[-1].finish_reason is None:
+        if not chunks or not chunks[-1].final:
             raise RuntimeError("the replica's stream ended without a final chunk")
         self._observe(self.first_at, chunks[-1], time.perf_counter(), stream=False)
         return chunks
 
     async def stream(self) -> AsyncIterator[bytes]:
         """SSE events. The first chunk already exists (it produced TurnStart)."""
-        if self.tool_names:
+        if self.tools is not None:
             async for event in self._stream_call():
                 yield event
             return
         first_at = self.first_at
-        yield sse(self._chunk({"role": "assistant", "content": ""}))
+        for i in range(self.n):
+            yield sse(self._chunk({"role": "assistant", "content": ""}, index=i))
         try:
             async for chunk, now in self._timed():
                 if chunk.finish_reason is None:
                     if chunk.text or chunk.logprobs:
-                        yield sse(self._chunk({"content": chunk.text}, logprobs=self._logprobs([chunk])))
+                        yield sse(self._chunk({"content": chunk.text}, logprobs=self._logprobs([chunk]), index=chunk.index))
                     continue
                 delta = {"content": chunk.text} if chunk.text else {}
-                yield sse(self._chunk(delta, chunk.finish_reason, chunk.usage, self._logprobs([chunk])))
-                self._observe(first_at, chunk, now, stream=True)
+                yield sse(self._chunk(delta, chunk.finish_reason, chunk.usage, self._logprobs([chunk]), chunk.index))
+                if chunk.final:
+                    self._observe(first_at, chunk, now, stream=True)
         except Exception as exc:  # headers are gone: report in-band, OpenAI style
             yield sse(error_body(exc)[1])
         yield SSE_DONE
 
     async def _stream_call(self) -> AsyncIterator[bytes]:
-        """A tool call's stream: the role, then (at the end) the whole call, then the finish."""
-        yield sse(self._chunk({"role": "assistant", "content": None}))
-        chunks: list[StreamChunk] = []
+        """A tool call's stream: the role, then (at each choice's end) its whole call, then its finish."""
+        for i in range(self.n):
+            yield sse(self._chunk({"role": "assistant", "content": None}, index=i))
+        held: dict[int, list[StreamChunk]] = {}
         try:
             async for chunk, now in self._timed():
+                chunks = held.setdefault(chunk.index, [])
                 chunks.append(chunk)
                 if chunk.finish_reason is None:
                     continue
-                text = "".join(c.text for c in chunks)
-                call = parse_call(text, self.tool_names)
-                if call is None:
-                    delta, reason = {"content": text}, chunk.finish_reason
-                else:
-                    delta, reason = {"tool_calls": [tool_call(*call, index=0)]}, "tool_calls"
-                yield sse(self._chunk(delta, logprobs=self._logprobs(chunks)))
-                yield sse(self._chunk({}, reason, chunk.usage))
-                self._observe(self.first_at, chunk, now, stream=True)
+                delta, reason = self._reply("".join(c.text for c in chunks), chunk.finish_reason, streamed=True)
+                yield sse(self._chunk(delta, logprobs=self._logprobs(chunks), index=chunk.index))
+                yield sse(self._chunk({}, reason, chunk.usage, index=chunk.index))
+                if chunk.final:
+                    self._observe(self.first_at, chunk, now, stream=True)
         except Exception as exc:  # headers are gone: report in-band, OpenAI style
             yield sse(error_body(exc)[1])
         yield SSE_DONE
@@ -150,15 +158,31 @@ class ChatResponse:
     async def collect(self) -> dict:
         """The whole reply as one ``chat.completion`` body."""
         chunks = await self._whole()
-        last = chunks[-1]
-        text = "".join(c.text for c in chunks)
-        message, reason = {"role": "assistant", "content": text}, last.finish_reason
-        call = parse_call(text, self.tool_names) if self.tool_names else None
-        if call is not None:
-            message, reason = {"role": "assistant", "content": None, "tool_calls": [tool_call(*call)]}, "tool_calls"
         return {
             "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "message": message, "logprobs": self._logprobs(chunks), "finish_reason": reason}],
-            "usage": usage_body(last.usage),
+            "choices": [self._choice(i, mine) for i, mine in sorted(per_choice(chunks).items())],
+            "usage": usage_body(chunks[-1].usage),
             **self._meta(),
         }
+
+    def _choice(self, index: int, chunks: list[StreamChunk]) -> dict:
+        body, reason = self._reply("".join(c.text for c in chunks), chunks[-1].finish_reason, streamed=False)
+        message = {"role": "assistant", "content": None, **body}
+        return {"index": index, "message": message, "logprobs": self._logprobs(chunks), "finish_reason": reason}
+
+    def _reply(self, text: str, reason: str, streamed: bool) -> tuple[dict, str]:
+        """(message fields or delta, finish reason) of one choice's whole text: its
+        tool calls when it holds them (tools asked), else the text."""
+        parsed = self.tools.syntax.parse(text, self.tools.names) if self.tools is not None else None
+        if parsed is None or not parsed.calls:
+            return {"content": text}, reason
+        calls = [tool_call(c.name, c.arguments, index=j if streamed else None) for j, c in enumerate(parsed.calls)]
+        return ({"content": parsed.content} if parsed.content is not None else {}) | {"tool_calls": calls}, "tool_calls"
+
+
+def per_choice(chunks: list[StreamChunk]) -> dict[int, list[StreamChunk]]:
+    """A turn's chunks by choice index, each choice's in order."""
+    out: dict[int, list[StreamChunk]] = {}
+    for c in chunks:
+        out.setdefault(c.index, []).append(c)
+    return out

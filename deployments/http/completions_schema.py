@@ -11,8 +11,10 @@ token stream verbatim, and the reply stays in it for the next call.
 many most likely tokens (0..20). ``echo`` puts the prompt before the
 completion, and with ``logprobs`` scores its tokens too (the engine's prompt
 logprobs: swiftinfer_core/engine/prompt_scores.py; a prompt longer than the
-cache is scored with the rolling cache). Refused with a 400 naming them:
-``best_of > 1``, ``suffix``, ``n > 1``.
+cache is scored with the rolling cache). ``n`` choices share one prefill, as in
+chat; each choice's text starts with the prompt under ``echo``. Refused with a
+400 naming them: ``best_of > 1``, ``suffix``, ``n > 1`` together with ``echo``
+and ``logprobs`` (the prompt is scored once, for choice 0's stream only).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class CompletionRequest(SamplingRequest):
             "prompt (a batch of prompts)": batch,
             "best_of": self.best_of not in (None, 1),
             "suffix": bool(self.suffix),
+            "n (with echo and logprobs)": self.n not in (None, 1) and bool(self.echo) and self.logprobs is not None,
         }
 
     @model_validator(mode="after")
@@ -64,6 +67,7 @@ class CompletionRequest(SamplingRequest):
             return None
         return list(p[0]) if isinstance(p[0], list) else list(p)
 
-    def sampling(self, default_max_tokens: int) -> SamplingParams:
+    def sampling(self, default_max_tokens: int, syntax: object = None) -> SamplingParams:
+        """``syntax`` (a chat template's tool syntax) has no part in a text completion."""
         return self.engine_params(self.max_tokens or default_max_tokens, self.logprobs,
                                   prompt_logprobs=self.logprobs if self.echo else None)

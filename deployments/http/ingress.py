@@ -65,7 +65,9 @@ from deployments.http.tokenize_api import DetokenizeRequest, TokenizeRequest, de
 from deployments.http.text_completion import TextResponse
 from deployments.http.tokens import CodecHolder
 from deployments.http.turn_plan import OneCallSessions, TurnPlan, explicit_sid, plan_completion
+from swiftinfer_core.conversation.tool_syntax import ToolSyntax
 from swiftinfer_core.errors import EngineClosedError, InvalidRequestError
+from swiftinfer_core.protocol import ToolPrompt
 from swiftinfer_core.session_id import CLIENT_MAX, check_session_id
 
 READY_CACHE_S = 5.0  # a positive readiness answer is reused this long
@@ -87,7 +89,7 @@ class Ingress:
         self._sessions = SessionRoutes(llm, self._directory)
         self._playground = Playground(self._cfg, self._directory)  # GET /, /cluster, /v1/cluster: playground.py
         eng = self._cfg.engine
-        self._codec = CodecHolder(eng.model, eng.allow_control_tokens_in_content, eng.max_turn_tokens)
+        self._codec = CodecHolder(eng.model, eng.allow_control_tokens_in_content, eng.max_turn_tokens, eng.chat_template)
         self._one_call = OneCallSessions(llm)  # completions without a session id (turn_plan.py)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -145,10 +147,16 @@ class Ingress:
         return await self._serve_turn(request, CompletionRequest, self._plan_completion, TextResponse)
 
     async def _plan_chat(self, req: ChatCompletionRequest, request: Request, tenant: str | None) -> TurnPlan:
-        messages = req.engine_messages()
+        syntax = await self._tool_syntax(req)
+        messages = req.engine_messages(syntax)
         scoped_sid, new_messages, history_base = await self._resolve_session(req, messages, request.headers.get("x-session-id"), tenant)
-        calls = req.forced_calls()  # a reply that must be a call is rendered as tool_calls (completion.py)
-        return TurnPlan(scoped_sid, new_messages, history_base, render={"tool_names": [f.name for f in calls]} if calls else {})
+        tools = req.tool_plan(syntax)  # a reply that may be calls is rendered as tool_calls (completion.py)
+        shown = ToolPrompt(new_messages, tools.shown) if tools is not None and tools.shown else new_messages  # the template renders them
+        return TurnPlan(scoped_sid, shown, history_base, render={"tools": tools} if tools is not None else {})
+
+    async def _tool_syntax(self, req) -> ToolSyntax | None:
+        """The chat template's tool syntax, read only for requests that need it (tools, tool_calls)."""
+        return (await self._codec.get()).format.tool_syntax if req.needs_template() else None
 
     async def _plan_completion(self, req: CompletionRequest, request: Request, tenant: str | None) -> TurnPlan:
         return await plan_completion(req, request.headers.get("x-session-id"), tenant, self._codec)
@@ -166,11 +174,11 @@ class Ingress:
             req = schema.parse(await read_body(request, limits.max_body_bytes, limits.body_timeout_s))
             if req.model != self._cfg.model_id:
                 raise ModelNotFoundError(f"the model {req.model!r} does not exist; this server serves {self._cfg.model_id!r}")
-            params = req.sampling(self._cfg.default_max_tokens)
+            params = req.sampling(self._cfg.default_max_tokens, await self._tool_syntax(req))
             if params.max_tokens > limits.max_output_tokens:
                 raise InvalidRequestError(f"max_tokens is {params.max_tokens}; this server allows at most {limits.max_output_tokens}")
             turn_key = self._turn_key(request)
-            ticket = self._tenant_limits.acquire(tenant, params.max_tokens)  # 429 past the tenant's limits
+            ticket = self._tenant_limits.acquire(tenant, params.max_tokens * params.n)  # 429 past the tenant's limits; every choice generates
             await self._ensure_ready()
             p = await plan(req, request, tenant)
             sid = client_id(tenant, p.scoped_sid)
@@ -179,7 +187,7 @@ class Ingress:
             replica = start.replica_id
             codec = await self._codec.get() if params.logprobs else None
             turn = render(self._cfg.model_id, replace(start, session_id=sid), ticket.meter(events), self._metrics, t0, time.perf_counter(),
-                          codec=codec, **p.render)
+                          codec=codec, n=params.n, **p.render)
             headers = {"x-session-id": sid, "x-replica-id": replica}
             self._metrics.requests.labels(status="200").inc()
             if req.stream:

@@ -15,7 +15,11 @@ effect or is refused:
 - fields that only describe the request (``user``, ``metadata``, ``store``,
   ``service_tier``, ``parallel_tool_calls``: a reply holds at most one call,
   which either value allows) are accepted: there is nothing for them to change;
-- fields asking for something we cannot do (``n > 1``) get a 400 naming them.
+- ``n``: that many choices from one prefill (swiftinfer_core/engine/choices.py);
+  on a session choice 0 continues the conversation and the others are
+  returned, then discarded; more choices than the engine has cache slots is a
+  400 naming ``n``;
+- fields asking for something we cannot do get a 400 naming them.
 
 Names outside the OpenAI API are rejected like OpenAI does ("Unrecognized
 request argument"), except our extensions ``session_id``, ``top_k``,
@@ -28,9 +32,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from deployments.http.structured_schema import FunctionDef, ResponseFormat, Tool, ToolChoice, forced_tools, grammar_for
+from deployments.http.structured_schema import ResponseFormat, Tool, ToolChoice, ToolPlan, grammar_for, tool_plan
 from deployments.http.tool_calls import assistant_text
 from swiftinfer_core.config import Grammar, SamplingParams
+from swiftinfer_core.conversation.tool_syntax import JsonCall, ToolSyntax
 from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.session_id import PATTERN as SESSION_ID_PATTERN  # a client's id (swiftinfer_core/session_id.py)
 
@@ -60,9 +65,10 @@ class Message(RequestModel):
     function_call: dict | None = None
     audio: dict | None = None
 
-    def to_engine(self, index: int) -> dict:
+    def to_engine(self, index: int, syntax: ToolSyntax) -> dict:
         """``{"role", "content"}`` with text content; developer is the new name of system;
-        an assistant's ``tool_calls`` become the text the model wrote for them (tool_calls.py)."""
+        an assistant's ``tool_calls`` become the text the model wrote for them, in the
+        template's tool syntax (tool_calls.py)."""
         if self.function_call:
             raise InvalidRequestError(f"messages[{index}].function_call: unsupported (the deprecated form); send tool_calls")
         if self.tool_calls and self.role != "assistant":
@@ -78,7 +84,7 @@ class Message(RequestModel):
             content = self.content or ""
         if self.tool_calls:
             try:
-                content = assistant_text(content, self.tool_calls, f"messages[{index}]")
+                content = assistant_text(content, self.tool_calls, f"messages[{index}]", syntax)
             except ValueError as exc:
                 raise InvalidRequestError(str(exc)) from None
         if self.role != "assistant" and not content:
@@ -120,7 +126,7 @@ class SamplingRequest(RequestModel):
 
     def unsupported(self) -> dict[str, bool]:
         """Field name -> whether this request asks for it in a way this server cannot do."""
-        return {"n": self.n not in (None, 1)}
+        return {}
 
     @model_validator(mode="after")
     def _supported(self) -> "SamplingRequest":
@@ -138,6 +144,10 @@ class SamplingRequest(RequestModel):
             return cls.model_validate_json(body)
         except ValidationError as exc:
             raise InvalidRequestError(describe(exc)) from None
+
+    def needs_template(self) -> bool:
+        """Whether reading this request needs the chat template's tool syntax (ChatFormat.tool_syntax)."""
+        return False
 
     def bias(self) -> dict[int, float]:
         """``logit_bias`` with integer token ids (OpenAI sends them as JSON object keys)."""
@@ -174,6 +184,7 @@ class SamplingRequest(RequestModel):
             top_logprobs=top_logprobs or 0,
             prompt_logprobs=prompt_logprobs,
             grammar=grammar,
+            n=self.n or 1,
         )
 
 
@@ -198,18 +209,23 @@ class ChatCompletionRequest(SamplingRequest):
             raise ValueError("top_logprobs: needs logprobs set to true")
         return self
 
-    def engine_messages(self) -> list[dict]:
-        return [m.to_engine(i) for i, m in enumerate(self.messages)]
+    def needs_template(self) -> bool:
+        return bool(self.tools) or any(m.tool_calls for m in self.messages)
 
-    def forced_calls(self) -> list[FunctionDef]:
-        """The functions one of which the reply must call (empty: the reply is not a call)."""
-        return forced_tools(self.tools, self.tool_choice)
+    def engine_messages(self, syntax: ToolSyntax | None = None) -> list[dict]:
+        """The messages for the engine; ``syntax``: the template's tool syntax (None: it has none)."""
+        return [m.to_engine(i, syntax or JsonCall()) for i, m in enumerate(self.messages)]
 
-    def sampling(self, default_max_tokens: int) -> SamplingParams:
+    def tool_plan(self, syntax: ToolSyntax | None = None) -> ToolPlan | None:
+        """What the tools mean on a template with tool syntax ``syntax`` (None: it has none);
+        None: the reply is not a call."""
+        return tool_plan(self.tools, self.tool_choice, syntax)
+
+    def sampling(self, default_max_tokens: int, syntax: ToolSyntax | None = None) -> SamplingParams:
         """Engine sampling parameters (raises InvalidRequestError on bad bounds)."""
         return self.engine_params(self.max_completion_tokens or self.max_tokens or default_max_tokens,
                                   (self.top_logprobs or 0) if self.logprobs else None,
-                                  grammar=grammar_for(self.response_format, self.forced_calls()))
+                                  grammar=grammar_for(self.response_format, self.tool_plan(syntax)))
 
 
 def describe(exc: ValidationError) -> str:

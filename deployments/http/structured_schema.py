@@ -5,19 +5,28 @@ grammar (swiftinfer_core.config.Grammar) they ask the engine for.
   ``json_schema`` (the given schema, always enforced strictly: objects take no
   properties the schema does not allow, so every reply validates, whatever
   ``strict`` says).
-- ``tools`` with ``tool_choice``:
+- ``tools`` with ``tool_choice`` (``ToolPlan``), on a chat template with tool
+  syntax (one that renders ``tools``: EngineConfig.chat_template can supply
+  it; swiftinfer_core/conversation/tool_syntax.py):
 
-  - ``none``: no call (the tools are not shown to the model: see below);
+  - ``auto`` (OpenAI's default when tools are given): the tools are rendered
+    into the prompt by the template and the model chooses; its calls, written
+    in the template's syntax, are parsed into ``tool_calls``;
+  - ``required`` / a named function: as ``auto``, and the reply is constrained
+    to one call in the template's syntax (``<tool_call>\n{...}\n</tool_call>``);
+  - ``none``: no call; the tools are not shown.
+
+  On a template without tool syntax (the default model's, SmolLM2):
+
+  - ``none``: no call (the tools are not shown to the model: it has no place for them);
   - ``required``: the reply is one call of any of the tools;
   - a named function: one call of that function;
-  - ``auto`` (OpenAI's default when tools are given): refused with a 400. The
-    default model's chat template (SmolLM2) has no tool syntax, so the model
-    cannot choose between text and a call; the others are served by grammar.
+  - ``auto``: refused with a 400 naming ``tool_choice``: the model cannot
+    choose between text and a call it was never shown.
 
-  A call is constrained to ``{"name": "<tool>", "arguments": {...}}``, the name
-  a constant and the arguments the tool's ``parameters`` schema, and parsed
-  into ``tool_calls`` (deployments/http/tool_calls.py). Template-native tool syntax
-  (passing tools to a template that renders them) is not implemented.
+  A forced call is constrained to ``{"name": "<tool>", "arguments": {...}}``
+  (inside the template's tags, if it has any), the name a constant and the
+  arguments the tool's ``parameters`` schema, and parsed into ``tool_calls``.
 
 Schemas are checked with the grammar library here, so a schema it cannot
 enforce is a 400 before any turn starts.
@@ -26,11 +35,13 @@ enforce is a 400 before any turn starts.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from swiftinfer_core.config import Grammar
+from swiftinfer_core.conversation.tool_syntax import JsonCall, ToolSyntax
 from swiftinfer_core.engine.grammar import check_schema
 from swiftinfer_core.errors import InvalidRequestError
 
@@ -84,36 +95,56 @@ def call_schema(fn: FunctionDef) -> dict:
             "properties": {"name": {"const": fn.name}, "arguments": fn.parameters or NO_ARGUMENTS}}
 
 
-def forced_tools(tools: list[Tool] | None, choice: ToolChoice | None) -> list[FunctionDef]:
-    """The functions one of which the reply must call (empty: no call). Raises
-    InvalidRequestError for what cannot be served."""
+@dataclass(frozen=True)
+class ToolPlan:
+    """What a request's tools mean for its reply."""
+
+    syntax: ToolSyntax  # how calls are written (and constrained) and parsed back
+    names: list[str]  # the functions a reply's calls may name
+    forced: list[FunctionDef]  # the reply must call one of these (grammar); empty: the model chooses
+    shown: list[dict] | None  # the tools the template renders into the prompt; None: not shown
+
+
+def tool_plan(tools: list[Tool] | None, choice: ToolChoice | None, syntax: ToolSyntax | None) -> ToolPlan | None:
+    """The plan of ``tools`` / ``tool_choice`` on a template whose tool syntax is
+    ``syntax`` (None: the template has none). None: the reply is no call.
+    Raises InvalidRequestError for what cannot be served."""
     if not tools:
         if choice not in (None, "none", "auto"):
             raise InvalidRequestError("tool_choice: needs tools")
-        return []
+        return None
     names = [t.function.name for t in tools]
     if len(set(names)) != len(names):
         raise InvalidRequestError("tools: function names must be unique")
     if choice == "none":
-        return []
-    if choice in (None, "auto"):
+        return None
+    if choice in (None, "auto") and syntax is None:
         raise InvalidRequestError("tool_choice: 'auto' (the default with tools) is unsupported: this model's chat template has no "
                                   "tool syntax; send tool_choice 'required' or a named function (the reply is then a call)")
-    if choice == "required":
-        return [t.function for t in tools]
-    if choice.function.name not in names:
+    if choice in (None, "auto"):
+        forced = []
+    elif choice == "required":
+        forced = [t.function for t in tools]
+    elif choice.function.name not in names:
         raise InvalidRequestError(f"tool_choice: no tool named {choice.function.name!r}")
-    return [t.function for t in tools if t.function.name == choice.function.name]
+    else:
+        forced = [t.function for t in tools if t.function.name == choice.function.name]
+    shown = None if syntax is None else [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in tools]
+    return ToolPlan(syntax or JsonCall(), [f.name for f in forced] if forced else names, forced, shown)
 
 
-def grammar_for(response_format: ResponseFormat | None, calls: list[FunctionDef]) -> Grammar | None:
+def grammar_for(response_format: ResponseFormat | None, plan: ToolPlan | None) -> Grammar | None:
     """The engine grammar of a request (None: free text)."""
     fmt = None if response_format is None or response_format.type == "text" else response_format
-    if fmt is not None and calls:
-        raise InvalidRequestError("response_format: cannot be combined with a forced tool call (the reply is the call)")
-    if calls:
+    if fmt is not None and plan is not None:
+        raise InvalidRequestError("response_format: cannot be combined with tools unless tool_choice is 'none' (a reply may be a call)")
+    if plan is not None and plan.forced:
+        calls = plan.forced
         schema = call_schema(calls[0]) if len(calls) == 1 else {"anyOf": [call_schema(f) for f in calls]}
-        return _checked(json.dumps(schema), "tools")
+        g = _checked(json.dumps(schema), "tools")
+        return Grammar(kind=g.kind, json_schema=g.json_schema, before=plan.syntax.before, after=plan.syntax.after)
+    if plan is not None:
+        return None
     if fmt is None:
         return None
     if fmt.type == "json_object":

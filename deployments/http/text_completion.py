@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from deployments.http.completion import SSE_DONE, ChatResponse, sse, usage_body
+from deployments.http.completion import SSE_DONE, ChatResponse, per_choice, sse, usage_body
 from deployments.http.errors import error_body
 from swiftinfer_core.protocol import StreamChunk, Usage
 
@@ -26,7 +26,7 @@ class TextResponse(ChatResponse):
     id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex[:24]}")
     echo_text: str | None = None  # with echo: the prompt's text, sent before the completion
     echo_ids: list[int] | None = None  # with echo: the prompt's token ids
-    offset: int = 0  # characters of text covered by logprobs sent so far
+    offsets: dict[int, int] = field(default_factory=dict)  # per choice: characters of text covered by logprobs sent so far
 
     def _legacy_logprobs(self, chunks: list[StreamChunk]) -> dict | None:
         if self.codec is None:
@@ -35,25 +35,25 @@ class TextResponse(ChatResponse):
         for c in chunks:
             if c.prompt_logprobs is not None and self.echo_ids is not None:  # echo: the prompt's tokens first
                 for tok, lp in zip(self.echo_ids, c.prompt_logprobs):
-                    self._add(out, tok, lp)
+                    self._add(out, tok, lp, c.index)
             for lp in c.logprobs or []:
-                self._add(out, lp.token, lp)
+                self._add(out, lp.token, lp, c.index)
         return out
 
-    def _add(self, out: dict, tok: int, lp) -> None:
-        """One token; ``lp`` None: a prompt token nothing before it predicts."""
+    def _add(self, out: dict, tok: int, lp, index: int) -> None:
+        """One token of choice ``index``; ``lp`` None: a prompt token nothing before it predicts."""
         text = self.codec.entry(tok, 0.0)["token"]
         out["tokens"].append(text)
         out["token_logprobs"].append(None if lp is None else lp.logprob)
         out["top_logprobs"].append(None if lp is None else {self.codec.entry(t, v)["token"]: v for t, v in lp.top})
-        out["text_offset"].append(self.offset)
-        self.offset += len(text)
+        out["text_offset"].append(self.offsets.get(index, 0))
+        self.offsets[index] = self.offsets.get(index, 0) + len(text)
 
-    def _body(self, text: str, chunks: list[StreamChunk], finish_reason: str | None, usage: Usage | None) -> dict:
-        body = {
-            "id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "text": text, "logprobs": self._legacy_logprobs(chunks), "finish_reason": finish_reason}],
-        }
+    def _choice(self, index: int, text: str, chunks: list[StreamChunk], finish_reason: str | None) -> dict:
+        return {"index": index, "text": text, "logprobs": self._legacy_logprobs(chunks), "finish_reason": finish_reason}
+
+    def _body(self, choices: list[dict], usage: Usage | None) -> dict:
+        body = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model, "choices": choices}
         if usage is not None:
             body["usage"] = usage_body(usage)
             body.update(self._meta())
@@ -61,21 +61,23 @@ class TextResponse(ChatResponse):
 
     async def stream(self) -> AsyncIterator[bytes]:
         first_at = self.first_at
-        echo = self.echo_text or ""  # goes out with the first event
+        echoed: set[int] = set()  # choices whose first event (with the echoed prompt) went out
         try:
             async for chunk, now in self._timed():
-                if chunk.finish_reason is None:
-                    if chunk.text or chunk.logprobs or echo:
-                        yield sse(self._body(echo + chunk.text, [chunk], None, None))
-                        echo = ""
+                echo = "" if chunk.index in echoed else (self.echo_text or "")
+                if chunk.finish_reason is None and not (chunk.text or chunk.logprobs or echo):
                     continue
-                yield sse(self._body(echo + chunk.text, [chunk], chunk.finish_reason, chunk.usage))
-                self._observe(first_at, chunk, now, stream=True)
+                echoed.add(chunk.index)
+                choice = self._choice(chunk.index, echo + chunk.text, [chunk], chunk.finish_reason)
+                yield sse(self._body([choice], chunk.usage))
+                if chunk.final:
+                    self._observe(first_at, chunk, now, stream=True)
         except Exception as exc:  # headers are gone: report in-band, OpenAI style
             yield sse(error_body(exc)[1])
         yield SSE_DONE
 
     async def collect(self) -> dict:
         chunks = await self._whole()
-        last = chunks[-1]
-        return self._body((self.echo_text or "") + "".join(c.text for c in chunks), chunks, last.finish_reason, last.usage)
+        choices = [self._choice(i, (self.echo_text or "") + "".join(c.text for c in mine), mine, mine[-1].finish_reason)
+                   for i, mine in sorted(per_choice(chunks).items())]
+        return self._body(choices, chunks[-1].usage)

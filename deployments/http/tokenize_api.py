@@ -19,6 +19,7 @@ from pydantic import Field, ValidationError, model_validator
 from deployments.http.openai_schema import Message, RequestModel, describe
 from deployments.http.tokens import TextCodec
 from swiftinfer_core.conversation.chat_format import validate_messages
+from swiftinfer_core.conversation.tool_syntax import JsonCall
 from swiftinfer_core.errors import InvalidRequestError
 
 MAX_TOKENS_IN = 1 << 20
@@ -57,7 +58,8 @@ def parse(cls, body: bytes):
 
 def tokenize(codec: TextCodec, req: TokenizeRequest, max_model_len: int) -> dict:
     if req.messages is not None:
-        ids = codec.format.first_round(validate_messages([m.to_engine(i) for i, m in enumerate(req.messages)]))
+        syntax = codec.format.tool_syntax or JsonCall()  # an assistant's tool_calls as the template's syntax writes them
+        ids = codec.format.first_round(validate_messages([m.to_engine(i, syntax) for i, m in enumerate(req.messages)]))
     else:
         ids = codec.prompt_ids(req.prompt, req.add_special_tokens in (None, True))
     strs = codec.tok.convert_ids_to_tokens(ids) if req.return_token_strs else None  # the vocabulary's own pieces, as vLLM

@@ -42,19 +42,20 @@ _BYTES = _byte_alphabet()
 class TextCodec:
     """Tokenizer + chat template of the served model."""
 
-    def __init__(self, tokenizer, allow_control_tokens: bool = False, max_tokens: int | None = None):
+    def __init__(self, tokenizer, allow_control_tokens: bool = False, max_tokens: int | None = None, template: str | None = None):
         self.tok = tokenizer
-        self.format = ChatFormat(tokenizer, allow_control_tokens, max_tokens)
+        self.format = ChatFormat(tokenizer, allow_control_tokens, max_tokens, template)  # template: EngineConfig.chat_template
         self.vocab = len(tokenizer)
         self.token_bytes = lru_cache(maxsize=1 << 16)(self._token_bytes)
 
     @classmethod
-    def load(cls, model: str, allow_control_tokens: bool = False, max_tokens: int | None = None) -> "TextCodec":
+    def load(cls, model: str, allow_control_tokens: bool = False, max_tokens: int | None = None,
+             template: str | None = None) -> "TextCodec":
         from transformers import AutoTokenizer
 
         from swiftinfer_core.model.catalog import resolve_model
 
-        return cls(AutoTokenizer.from_pretrained(resolve_model(model)), allow_control_tokens, max_tokens)
+        return cls(AutoTokenizer.from_pretrained(resolve_model(model)), allow_control_tokens, max_tokens, template)
 
     def _token_bytes(self, token_id: int) -> bytes:
         piece = self.tok.convert_ids_to_tokens(token_id)
@@ -90,8 +91,8 @@ class TextCodec:
 class CodecHolder:
     """Loads the codec once, on first use, in a thread."""
 
-    def __init__(self, model: str, allow_control_tokens: bool, max_tokens: int):
-        self._args = (model, allow_control_tokens, max_tokens)
+    def __init__(self, model: str, allow_control_tokens: bool, max_tokens: int, template: str | None = None):
+        self._args = (model, allow_control_tokens, max_tokens, template)
         self._codec: TextCodec | None = None
         self._lock = asyncio.Lock()
 

@@ -21,7 +21,7 @@ from deployments.http.completions_schema import CompletionRequest
 from deployments.sessions.tenants import scoped
 from deployments.http.tokens import CodecHolder
 from swiftinfer_core.errors import InvalidRequestError
-from swiftinfer_core.protocol import RawPrompt
+from swiftinfer_core.protocol import RawPrompt, ToolPrompt
 from swiftinfer_core.session_id import CLIENT_MAX, check_session_id
 
 DROP_ATTEMPTS = 5
@@ -31,7 +31,7 @@ log = logging.getLogger("ray.serve")
 @dataclass(frozen=True)
 class TurnPlan:
     scoped_sid: str
-    engine_input: list[dict] | RawPrompt  # new chat messages, or a completion's token ids
+    engine_input: list[dict] | ToolPrompt | RawPrompt  # new chat messages (with the tools the template shows), or a completion's token ids
     history_base: str | None  # digest base for id-less chat clients
     one_call: bool = False  # a completion without a session: deleted after the turn
     render: dict = field(default_factory=dict)  # extra fields of the response renderer (a completion's echo)

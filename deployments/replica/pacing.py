@@ -15,7 +15,8 @@ first token and time per token. So the pace is set per replica, not per turn:
 - the first chunk goes out at once (TTFT is not delayed);
 - the final chunk (finish reason, usage) goes out at once, with whatever was held;
 - any other chunk waits at most the interval and travels merged with the
-  chunks that came meanwhile (text and token ids concatenated in order).
+  chunks that came meanwhile (text and token ids concatenated in order), one
+  merged chunk per choice when the turn has several (``SamplingParams.n``).
 
 With an interval of 0 the stream passes through unchanged.
 """
@@ -25,7 +26,7 @@ from __future__ import annotations
 import asyncio
 from typing import AsyncIterator
 
-from swiftinfer_core.protocol import StreamChunk, merge_chunks
+from swiftinfer_core.protocol import StreamChunk, merge_per_choice
 
 
 class ChunkBudget:
@@ -75,14 +76,16 @@ async def paced(stream: AsyncIterator[StreamChunk], pace: float | ChunkBudget) -
                     break
                 nxt = None
                 held.append(chunk)
-                if chunk.finish_reason is None and loop.time() - last < gap:
+                if not chunk.final and loop.time() - last < gap:
                     continue  # hold it: the interval since the last chunk has not passed
-            yield merge_chunks(held)
+            for merged in merge_per_choice(held):  # one per choice of the turn (SamplingParams.n)
+                yield merged
             held, last = [], loop.time()
-            if chunk.finish_reason is not None:
+            if chunk.final:
                 return
         if held:  # the stream ended without a final chunk
-            yield merge_chunks(held)
+            for merged in merge_per_choice(held):
+                yield merged
     finally:
         budget.open -= 1
         if nxt is not None and not nxt.done():

@@ -12,7 +12,9 @@ A turn on this replica:
    first at once, then at most one per ``stream_interval_ms`` or per the
    replica's chunk budget shared by its open streams, whichever is longer.
 4. Before the final chunk leaves, the turn is committed through the directory
-   to the session log (batched with other sessions' commits). A turn that is
+   to the session log (batched with other sessions' commits). With ``n``
+   choices, choice 0 is the session's reply; the others' texts are logged only
+   for a retry's replay (replies.py). A turn that is
    not committed (client gone, timeout, error, commit refused) is rolled back
    to the committed record, so the log and every replica agree.
 
@@ -43,12 +45,13 @@ from deployments.sessions.history import chain
 from deployments.messages import CacheState, CommittedTurn, ReplicaStats, TurnGrant, TurnPhase, TurnReplay, TurnStart
 from deployments.replica.local_sessions import LocalSessions
 from deployments.replica.pacing import ChunkBudget
+from deployments.replica.replies import Replies
 from deployments.sessions.tenants import check_tenant, scoped
 from deployments.replica.turn_timing import Stopwatch, TurnTimer
 from swiftinfer_core.config import SamplingParams
 from swiftinfer_core.engine import faults
 from swiftinfer_core.errors import CapacityError, EngineClosedError, SessionBusyError, SessionNotFoundError, StaleSessionError
-from swiftinfer_core.protocol import RawPrompt, SessionStats, SessionView, StreamChunk
+from swiftinfer_core.protocol import RawPrompt, SessionStats, SessionView, StreamChunk, ToolPrompt
 
 log = logging.getLogger("ray.serve")
 
@@ -77,7 +80,7 @@ class LLMReplica:
 
     # ---- turns -----------------------------------------------------------------------
     async def chat_events(
-        self, session_id: str, messages: list[dict] | RawPrompt, sampling: dict | SamplingParams,
+        self, session_id: str, messages: list[dict] | ToolPrompt | RawPrompt, sampling: dict | SamplingParams,
         history_base: str | None = None, turn_key: str | None = None,
     ) -> AsyncIterator[TurnStart | StreamChunk]:
         """Stream one turn: a ``TurnStart`` then ``StreamChunk``s. ``history_base``
@@ -106,7 +109,10 @@ class LLMReplica:
                 done = True
                 self._turns[CacheState.REPLAYED] += 1
                 yield TurnStart(session_id, self._id, CacheState.REPLAYED)
-                yield StreamChunk(answer.text, [], answer.finish_reason, answer.usage)
+                *others, own = Replies.replayed(answer.text, answer.finish_reason, answer.others)
+                for chunk in others:
+                    yield chunk
+                yield replace(own, usage=answer.usage)
                 return
             grant = answer
             cache, chunk = CacheState.WARM, None
@@ -127,16 +133,16 @@ class LLMReplica:
             watch.lap(TurnPhase.FIRST_TOKEN)
             self._turns[cache] += 1
             yield TurnStart(session_id, self._id, cache)
-            text: list[str] = []
-            while chunk.finish_reason is None:
-                text.append(chunk.text)
+            replies = Replies()  # per choice; choice 0 is the session's (replies.py)
+            while not chunk.final:
+                replies.add(chunk)
                 yield chunk
                 chunk = await stream.__anext__()
-            text.append(chunk.text)
-            reply = "".join(text)
+            replies.add(chunk)
+            reply = replies.text(0)
             digest = chain(history_base, {"role": "assistant", "content": reply}) if history_base else None
             watch = Stopwatch(self._timer)
-            await self._commit(session_id, grant.seq, digest, turn_key, reply, chunk)
+            await self._commit(session_id, grant.seq, digest, turn_key, replies, chunk)
             watch.lap(TurnPhase.COMMIT)
             done = True
             yield replace(chunk, record=None)  # the record stays here
@@ -178,9 +184,9 @@ class LLMReplica:
         if not view.resident and st.running_requests + st.waiting_requests >= st.total_slots:
             raise CapacityError(f"all {st.total_slots} KV slots of replica {self._id} are busy")
 
-    async def _commit(self, sid: str, seq: int, digest: str | None, turn_key: str | None, reply: str, last: StreamChunk) -> None:
+    async def _commit(self, sid: str, seq: int, digest: str | None, turn_key: str | None, replies: Replies, last: StreamChunk) -> None:
         record = last.record or await asyncio.to_thread(self._engine.export_session, sid)  # backends without it
-        turn = CommittedTurn(turn_key, last.finish_reason, reply, last.usage)
+        turn = CommittedTurn(turn_key, replies.finish[0], replies.text(0), last.usage, replies.others())
         if not await self._directory.commit.remote(sid, self._id, seq, record, digest, turn):
             self._not_committed += 1
             raise TurnNotCommittedError(f"session {sid!r} changed while this turn ran (deleted or moved); the turn was not recorded, retry it")

@@ -22,12 +22,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import ray
 
 from deployments.config import AppConfig, LogBackend, SessionLogConfig
-from deployments.messages import CommittedTurn, ReplicaStats, SessionDescription, TurnGrant, TurnReplay
+from deployments.messages import ChoiceReply, CommittedTurn, ReplicaStats, SessionDescription, TurnGrant, TurnReplay
 from deployments.sessions.log_writer import BatchWriter
 from deployments.sessions.replica_reports import ReplicaReports
 from deployments.sessions.session_log import CommitOp, DeleteOp, LastTurn, LogConflictError, LogOp, LogUnavailableError
@@ -151,7 +151,7 @@ class SessionDirectory:
             entry = self._entries[sid] = Entry(owner=None)
         if turn_key is not None and entry.last_turn is not None and entry.last_turn.entry.turn_key == turn_key:
             last = entry.last_turn
-            return TurnReplay(entry.seq, last.text, last.entry.finish_reason, Usage(**last.usage))
+            return TurnReplay(entry.seq, last.text, last.entry.finish_reason, Usage(**last.usage), tuple(ChoiceReply(**o) for o in last.others))
         if entry.lease not in (None, rid) and self._lease_alive(entry, now):
             raise SessionBusyError(f"session {sid!r} has a turn in flight on another replica")
         entry.lease, entry.lease_at = rid, now
@@ -169,7 +169,7 @@ class SessionDirectory:
         now = time.time()
         u = turn.usage
         t = TurnEntry(sid, seq + 1, turn.turn_key, rid, turn.finish_reason, u.prompt_tokens, u.completion_tokens, now)
-        last = LastTurn(t, turn.text, u.to_dict())
+        last = LastTurn(t, turn.text, u.to_dict(), [asdict(o) for o in turn.others])
         try:  # the log stores the record's dict form
             await self._write(CommitOp(SessionState(sid, seq + 1, record.to_dict(), rid, digest, last, entry.created, now), t))
         except LogConflictError:

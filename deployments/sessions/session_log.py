@@ -59,13 +59,14 @@ class LastTurn:
     entry: TurnEntry
     text: str
     usage: dict  # swiftinfer_core.protocol.Usage as a dict
+    others: list[dict] = field(default_factory=list)  # messages.ChoiceReply as dicts: choices 1..n-1 of a turn with several
 
     def to_dict(self) -> dict:
-        return {"entry": self.entry.to_dict(), "text": self.text, "usage": self.usage}
+        return {"entry": self.entry.to_dict(), "text": self.text, "usage": self.usage, "others": self.others}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LastTurn":
-        return cls(TurnEntry.from_dict(d["entry"]), d["text"], d["usage"])
+        return cls(TurnEntry.from_dict(d["entry"]), d["text"], d["usage"], d.get("others", []))  # rows from before n > 1 have none
 
 
 @dataclass

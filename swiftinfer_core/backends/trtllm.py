@@ -40,7 +40,7 @@ from swiftinfer_core.errors import (
     EngineClosedError, InvalidRequestError, PromptTooLongError, SessionBusyError, SessionNotFoundError,
 )
 from swiftinfer_core.model.catalog import resolve_model
-from swiftinfer_core.protocol import EngineStats, RawPrompt, SessionRecord, SessionStats, SessionView, StreamChunk, Usage
+from swiftinfer_core.protocol import EngineStats, RawPrompt, SessionRecord, SessionStats, SessionView, StreamChunk, ToolPrompt, Usage
 from swiftinfer_core.protocol import EngineProtocol
 from swiftinfer_core.session_id import check_session_id
 
@@ -83,7 +83,7 @@ class TrtllmEngine(EngineProtocol):
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(self.options.tokenizer or str(ckpt.path))
-        self.format = ChatFormat(tokenizer, self.config.allow_control_tokens_in_content, self.config.max_turn_tokens)
+        self.format = ChatFormat(tokenizer, self.config.allow_control_tokens_in_content, self.config.max_turn_tokens, self.config.chat_template)
         eos = ckpt.eos_ids or ((self.format.tok.eos_token_id,) if self.format.tok.eos_token_id is not None else ())
         self.eos_ids: tuple[int, ...] = tuple(eos)
         self.sessions: dict[str, Conversation] = {}
@@ -111,6 +111,8 @@ class TrtllmEngine(EngineProtocol):
             raise InvalidRequestError("params must be a SamplingParams")
         if isinstance(messages, RawPrompt):
             raise InvalidRequestError("prompt: token-id prompts (/v1/completions) are unsupported by the TensorRT-LLM backend")
+        if isinstance(messages, ToolPrompt):
+            raise InvalidRequestError("tools: tools shown through the chat template are unsupported by the TensorRT-LLM backend")
         messages = validate_messages(messages)
         if session_id in self._active:
             raise SessionBusyError(f"session {session_id!r} already has a turn in flight")

@@ -141,6 +141,7 @@ def sampling_kwargs(params: SamplingParams, max_tokens: int, eos_ids: tuple[int,
         ("repetition_penalty", params.repetition_penalty != 1.0), ("logit_bias", bool(params.logit_bias)),
         ("min_tokens", params.min_tokens > 0), ("logprobs", params.logprobs), ("prompt_logprobs", params.prompt_logprobs is not None),
         ("structured output (response_format, tools)", params.grammar is not None),
+        ("n", params.n > 1),  # one request per round; several choices would need the adapter to fork its resubmission
     ) if on]
     if refused:  # the adapter does not map them (yet): refused, never silently dropped
         raise InvalidRequestError(f"unsupported by the TensorRT-LLM backend: {', '.join(refused)}")

@@ -80,3 +80,11 @@ class KVPool:
         for layer in range(len(self.k)):
             self.k[layer][slot, :, :rows].copy_(k[layer])
             self.v[layer][slot, :, :rows].copy_(v[layer])
+
+    def copy_slot(self, src: int, dst: int, rows: int) -> None:
+        """Copy the first ``rows`` rows of slot ``src`` into ``dst`` on the pool's
+        device (every layer, K and V): ``import_slot(dst, *export_slot(src, rows))``
+        without the trip through host memory. A fork of a conversation's cache."""
+        for layer in range(len(self.k)):
+            self.k[layer][dst, :, :rows].copy_(self.k[layer][src, :, :rows])
+            self.v[layer][dst, :, :rows].copy_(self.v[layer][src, :, :rows])

@@ -19,18 +19,32 @@ the scheme of transformers' ``apply_chat_template(sanitize_control_tokens=True)`
 (5.20+; the tests check both agree), done here because the round delta needs the
 encoder on its own, and the project supports transformers 4.45+ (the TensorRT-LLM
 releases of the extra come with 4.x).
+
+Tools: a template that references ``tools`` (``EngineConfig.chat_template`` can
+supply one) renders the request's tools where it puts them, in the
+conversation's first round (their usual place is the system block at the top;
+later rounds find them in the cache, as long as the sinks and window hold
+them, and do not render them again). Its call syntax is read once from how it
+renders a probe call (conversation/tool_syntax.py). Tool definitions are client
+text too: one holding a control-token spelling is refused.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from functools import lru_cache
 
+from swiftinfer_core.conversation.tool_syntax import PROBE_NAME, ToolSyntax, syntax_of
 from swiftinfer_core.errors import InvalidRequestError, PromptTooLongError
 from swiftinfer_core.protocol import ROLES
 
 _PROBE_SYSTEM = [{"role": "system", "content": "\x00probe\x00"}]
 _PROBE_REPLY = "\x00reply\x00"
+_PROBE_TOOLS = [{"type": "function", "function": {"name": PROBE_NAME, "description": "probe",
+                                                  "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}}}}]
+_PROBE_CALL = [{"role": "user", "content": "probe"},
+               {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": PROBE_NAME, "arguments": {"x": 1}}}]}]
 # Markers come from plane 16 (private use), away from the icon fonts of plane 15;
 # the pair in use is one that no message of the call contains.
 _MARK_LO, _MARK_HI = 0x100000, 0x10FFFD
@@ -53,11 +67,13 @@ def validate_messages(messages: list[dict]) -> list[dict]:
     return out
 
 
-def control_tokens(tokenizer) -> dict[str, int]:
+def control_tokens(tokenizer, template: str | None = None) -> dict[str, int]:
     """Spelling -> id of the tokens only a template may write: the special
-    tokens, and added tokens the template itself spells (Qwen's ``<tool_call>``
-    is not flagged special). Other added tokens are ordinary vocabulary."""
-    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    tokens, and added tokens the template (``template``, else the tokenizer's)
+    itself spells (Qwen's ``<tool_call>`` is not flagged special). Other added
+    tokens are ordinary vocabulary."""
+    template = template if template is not None else tokenizer.chat_template
+    template = template if isinstance(template, str) else ""
     out = {t.content: i for i, t in tokenizer.added_tokens_decoder.items()
            if t.special or (t.content in template and not t.content.isspace())}
     for spelling in tokenizer.all_special_tokens:
@@ -74,16 +90,18 @@ def _cut_pattern(alternation: str, a: str, b: str) -> re.Pattern:
 
 
 class ChatFormat:
-    def __init__(self, tokenizer, allow_control_tokens: bool = False, max_tokens: int | None = None):
+    def __init__(self, tokenizer, allow_control_tokens: bool = False, max_tokens: int | None = None, template: str | None = None):
+        """``template``: a chat template used instead of the tokenizer's (EngineConfig.chat_template)."""
         self.tok = tokenizer
-        if not getattr(tokenizer, "chat_template", None):
+        self.template = template if template is not None else getattr(tokenizer, "chat_template", None)
+        if not self.template:
             raise ValueError("the tokenizer has no chat template")
         self.allow_control_tokens = allow_control_tokens
         # Each cut costs tokenizer calls; past max_tokens cuts the round is too long anyway (every piece
         # is at least one token), so it is refused before they are made.
         self.max_tokens = max_tokens
         self._as_text: dict[str, list[int]] = {}  # spelling -> its ids as text, mid-prompt
-        self.controls = control_tokens(tokenizer)
+        self.controls = control_tokens(tokenizer, self.template)
         self.control_ids = frozenset(self.controls.values())
         longest_first = sorted(self.controls, key=len, reverse=True)
         self._alternation = "|".join(map(re.escape, longest_first)) or "(?!)"  # (?!) matches nothing
@@ -95,9 +113,19 @@ class ChatFormat:
             raise ValueError("the chat template alters message content: cannot find the assistant turn's closing")
         self.closing_text = with_reply[len(self._base):].split(_PROBE_REPLY, 1)[1]
         self.closing_ids = self.encode(self.closing_text)
+        self.tool_syntax: ToolSyntax | None = self._probe_tools()  # None: the template shows no tools
 
-    def _render(self, messages: list[dict], gen: bool) -> str:
-        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+    def _probe_tools(self) -> ToolSyntax | None:
+        """The syntax this template writes tool calls in, if it renders tools at all."""
+        if not isinstance(self.template, str) or "tools" not in self.template:
+            return None
+        try:
+            return syntax_of(self._render(_PROBE_CALL, gen=False, tools=_PROBE_TOOLS))
+        except Exception:  # a template that cannot render the probe: no tools through it
+            return None
+
+    def _render(self, messages: list[dict], gen: bool, tools: list[dict] | None = None) -> str:
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen, chat_template=self.template, tools=tools)
 
     def encode(self, text: str) -> list[int]:
         """Trusted text (the template's own): control-token spellings become control tokens."""
@@ -116,9 +144,20 @@ class ChatFormat:
             raise InvalidRequestError(f"this model's tokenizer makes a control token of the plain text {text!r}")
         return ids
 
-    def first_round(self, messages: list[dict]) -> list[int]:
+    def first_round(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """The conversation's opening, with ``tools`` (OpenAI's tool objects) where the template shows them."""
         marks = self._marks(messages)
-        return self._encode(self._render(self._mark(messages, marks), gen=True), marks)
+        if tools:
+            self._check_tools(tools)
+        return self._encode(self._render(self._mark(messages, marks), gen=True, tools=tools or None), marks)
+
+    def _check_tools(self, tools: list[dict]) -> None:
+        if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+            raise InvalidRequestError("tools: must be a list of tool objects")
+        if self.tool_syntax is None:
+            raise InvalidRequestError("tools: this model's chat template has no place for tools")
+        if not self.allow_control_tokens and self._spelled.search(json.dumps(tools, ensure_ascii=False)):
+            raise InvalidRequestError("tools: a tool definition contains a control-token spelling of this model's tokenizer")
 
     def next_round(self, messages: list[dict]) -> list[int]:
         marks = self._marks(messages)

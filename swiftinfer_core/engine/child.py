@@ -46,7 +46,7 @@ class _PipeEngine(Engine):
         for turn, item in items:
             tid = turn.out.turn_id
             payload.append((tid, portable(item) if isinstance(item, BaseException) else item))
-            if isinstance(item, BaseException) or item.finish_reason is not None:
+            if isinstance(item, BaseException) or item.final:
                 self.turns.pop(tid, None)
         if payload:
             try:

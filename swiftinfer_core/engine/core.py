@@ -15,6 +15,7 @@ import torch
 
 from swiftinfer_core.config import EngineConfig, SamplingParams
 from swiftinfer_core.engine.batch_runner import BatchRunner
+from swiftinfer_core.engine.choices import fork_choices, release_reserved
 from swiftinfer_core.conversation.chat_format import ChatFormat, validate_messages
 from swiftinfer_core.conversation.detokenizer import IncrementalDetokenizer
 from swiftinfer_core.engine.engine_model import EngineModel, engine_runner
@@ -22,7 +23,8 @@ from swiftinfer_core.engine.grammar import Grammars
 from swiftinfer_core.engine.penalties import VisibleTokens, needs_counts
 from swiftinfer_core.engine.sampler import TokenLogprobs
 from swiftinfer_core.engine.scheduler import ScheduledBatch, Scheduler
-from swiftinfer_core.engine.session import Session, Turn, TurnState
+from swiftinfer_core.engine.session import Choices, Session, Turn, TurnState
+from swiftinfer_core.engine.slots import SlotKeeper
 from swiftinfer_core.errors import (
     InvalidRequestError,
     PromptTooLongError,
@@ -33,7 +35,7 @@ from swiftinfer_core.errors import (
 from swiftinfer_core.finish_reason import FinishReason
 from swiftinfer_core.kernels.attention import TritonAttention
 from swiftinfer_core.session_id import check_session_id
-from swiftinfer_core.protocol import EngineStats, KVSnapshot, RawPrompt, SessionRecord, SessionStats, SessionView, StreamChunk, Usage
+from swiftinfer_core.protocol import EngineStats, KVSnapshot, RawPrompt, ToolPrompt, SessionRecord, SessionStats, SessionView, StreamChunk, Usage
 from swiftinfer_core.runner import piecewise
 
 log = logging.getLogger(__name__)
@@ -65,15 +67,16 @@ class EngineCore:
         self.batches = BatchRunner(self.runner)
         self.loaded = m
         self.layout, self.pool, self.tokenizer = m.layout, m.pool, m.tokenizer
-        self.format = ChatFormat(m.tokenizer, cfg.allow_control_tokens_in_content, cfg.max_turn_tokens)
+        self.format = ChatFormat(m.tokenizer, cfg.allow_control_tokens_in_content, cfg.max_turn_tokens, cfg.chat_template)
         self.eos_ids = set(m.args.eos_token_ids) | {m.tokenizer.eos_token_id} - {None}
         self.grammars = Grammars(m.tokenizer, m.args.vocab_size, self.eos_ids)  # structured output, compiled on first use
         if cfg.cuda_graphs and m.device.type == "cuda" and isinstance(m.attn, TritonAttention):
             self.runner.capture_decode_graphs(min(m.pool.num_slots, cfg.max_batch_tokens))
             if cfg.piecewise_graphs and cfg.tp_size == 1 and piecewise.supports(m.model):
                 self.runner.capture_piecewise_graphs(min(piecewise.BUCKETS[-1], cfg.max_batch_tokens))
-        self.scheduler = Scheduler(cfg.max_batch_tokens, cfg.prefill_chunk, self._allocate_slot)
         self.sessions: dict[str, Session] = {}
+        self.slots = SlotKeeper(m.pool, self.sessions)
+        self.scheduler = Scheduler(cfg.max_batch_tokens, cfg.prefill_chunk, self.slots.admit, self._fork)
         k0 = m.pool.k[0]
         # Caches are interchangeable between engines with the same weights, dtype and layout.
         self.kv_fingerprint = f"{cfg.model}|{cfg.load_format.value}:{cfg.seed}|{m.args!r}|{k0.dtype}|{len(m.pool.k)}x{tuple(k0.shape[1:])}|{m.layout}"
@@ -91,6 +94,9 @@ class EngineCore:
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError("params must be a SamplingParams")
         raw = isinstance(messages, RawPrompt)
+        tools = None
+        if isinstance(messages, ToolPrompt):  # tools the template shows (a conversation's first round)
+            tools, messages = messages.tools, messages.messages
         if raw:
             prompt = _raw_ids(messages)
         else:
@@ -102,7 +108,7 @@ class EngineCore:
             raise SessionBusyError(f"session {session_id!r} already has a turn in flight")
         if not raw:
             fresh = session is None or session.fresh
-            prompt = self.format.first_round(messages) if fresh else self.format.next_round(messages)
+            prompt = self.format.first_round(messages, tools) if fresh else self.format.next_round(messages)
         if len(prompt) > self.cfg.max_turn_tokens:
             raise PromptTooLongError(f"the new messages are {len(prompt)} tokens; the limit is {self.cfg.max_turn_tokens}")
         top, vocab = max(prompt, default=-1), self.loaded.args.vocab_size
@@ -110,6 +116,7 @@ class EngineCore:
             raise InvalidRequestError(f"the messages encode to token id {top}, outside the model's vocabulary of {vocab}")
         if params.logit_bias and max(params.logit_bias) >= vocab:
             raise InvalidRequestError(f"logit_bias: token id {max(params.logit_bias)} is outside the model's vocabulary of {vocab}")
+        self._check_choices(params.n)
         grammar = self.grammars.start(params.grammar) if params.grammar is not None else None  # before any state changes
         if session is None:
             session = self.sessions[session_id] = Session(session_id, self.layout)
@@ -123,6 +130,9 @@ class EngineCore:
             cached_tokens=self.layout.fill(session.n), raw=raw, grammar=grammar,
         )
         self._sampling_extras(turn)
+        if params.n > 1:  # choice i > 0 draws from seed + i, or from (session seed, round, i): engine/choices.py
+            seeds = [params.seed + i if params.seed is not None else derive_seed(session.sampling_seed, session.rounds, i) for i in range(1, params.n)]
+            turn.choices = Choices(turn, params.n, seeds)
         if params.prompt_logprobs is not None and not session.pending:
             turn.prompt_logprobs.append(None)  # the input starts to_feed: nothing before it is scored
         session.pending = []
@@ -130,6 +140,13 @@ class EngineCore:
         session.last_used = time.monotonic()
         self.scheduler.add(turn)
         return turn
+
+    def _check_choices(self, n: int) -> None:
+        """A turn with ``n`` choices holds ``n`` cache slots at once (engine/choices.py)."""
+        if n > self.pool.num_slots:
+            raise InvalidRequestError(f"n: {n} choices need {n} cache slots at once; this engine has {self.pool.num_slots}")
+        if n > 1 and self.cfg.tp_size > 1:
+            raise InvalidRequestError("n: more than one choice is not supported with tensor parallelism (tp_size > 1)")
 
     def _sampling_extras(self, turn: Turn) -> None:
         """What the sampler needs besides the params (engine/penalties.py)."""
@@ -141,7 +158,16 @@ class EngineCore:
         turn.adjusts = turn.visible is not None or bool(turn.min_tokens_ban) or bool(p.logit_bias)
 
     def abort(self, turn: Turn) -> None:
-        """Stop a turn (client went away). The session stays consistent: what was fed stays fed."""
+        """Stop a turn (client went away), every choice of it. The session stays
+        consistent: what was fed stays fed."""
+        group = turn.choices
+        if group is not None and turn.index == 0:
+            release_reserved(group, self.pool.slots)
+            for fork in group.forks:
+                self._abort_one(fork)
+        self._abort_one(turn)
+
+    def _abort_one(self, turn: Turn) -> None:
         if turn.state is TurnState.DONE:
             return
         turn.aborted = True
@@ -191,7 +217,7 @@ class EngineCore:
             return False
         if old is not None:
             self.close_session(rec.session_id)
-        slot = self._take_slot(rec.session_id)
+        slot = self.slots.take(rec.session_id)
         if slot is None:
             return False
         self.pool.import_slot(slot, snap.k, snap.v)
@@ -257,24 +283,24 @@ class EngineCore:
             batch.seqs[i].turn.prompt_logprobs.extend(items)
         return self._postprocess(batch, sampled, logprobs)
 
-    def _allocate_slot(self, turn: Turn) -> int | None:
-        slot = self._take_slot(turn.session.id)
-        if slot is not None:  # the waiting turn's own pending tokens are already in its to_feed
-            turn.session.slot = slot
-        return slot
+    def _fork(self, turn: Turn) -> list[Turn]:
+        """The turn's input is fed but for its last token: copy its cache into the
+        reserved slots and start the other choices (engine/choices.py)."""
+        return fork_choices(turn.choices, self.pool, lambda session, index, seed: self._choice_turn(turn, session, index, seed))
 
-    def _take_slot(self, for_session: str) -> int | None:
-        """A free slot, else the least recently used idle session's (it is rebuilt from ids)."""
-        slot = self.pool.slots.allocate()
-        if slot is None:
-            idle = [s for s in self.sessions.values() if s.slot is not None and s.turn is None]
-            if not idle:
-                return None
-            victim = min(idle, key=lambda s: s.last_used)
-            slot = victim.slot
-            victim.drop_cache()
-            log.info("session %s gave its cache slot %d to %s; it will be rebuilt", victim.id, slot, for_session)
-        return slot
+    def _choice_turn(self, main: Turn, session: Session, index: int, seed: int) -> Turn:
+        """Choice ``index`` of ``main``'s turn on a fork of its session: it feeds the
+        input's last token, then samples on its own."""
+        p = main.params
+        turn = Turn(
+            session=session, params=p, to_feed=main.to_feed[-1:], prompt_tokens=0,
+            detok=IncrementalDetokenizer(self.tokenizer, p.stop), generator=torch.Generator().manual_seed(seed),
+            cached_tokens=main.cached_tokens, raw=main.raw, grammar=self.grammars.start(p.grammar) if p.grammar is not None else None,
+            out=main.out, loop=main.loop, state=TurnState.PREFILL, prompt_scores_sent=True, index=index, choices=main.choices,
+        )
+        self._sampling_extras(turn)
+        session.turn = turn
+        return turn
 
     def _postprocess(self, batch: ScheduledBatch, sampled: list[int | None], logprobs: list[TokenLogprobs | None]) -> list[TurnEvent]:
         events = []
@@ -303,7 +329,8 @@ class EngineCore:
                 reason = FinishReason.STOP
             if text:
                 ids, lps = self._unsent(turn)
-                events.append(TurnEvent(turn, StreamChunk(text=text, token_ids=ids, logprobs=lps, prompt_logprobs=self._prompt_scores(turn))))
+                events.append(TurnEvent(turn, StreamChunk(text=text, token_ids=ids, logprobs=lps, prompt_logprobs=self._prompt_scores(turn),
+                                                          index=turn.index)))
             if reason is not None:
                 events.append(self._finish(turn, reason))
         return events
@@ -325,19 +352,28 @@ class EngineCore:
         return None
 
     def _finish(self, turn: Turn, reason: FinishReason) -> TurnEvent:
-        """Close the turn: the last sampled token (never fed) and the template's
-        closing become the session's pending tokens for the next round."""
-        session = turn.session
+        """Close the turn (one choice of it): the last sampled token (never fed) and
+        the template's closing become the session's pending tokens for the next
+        round. Another choice's fork is dropped and its slot freed. The final
+        chunk (usage, record) goes out with the last choice to end."""
+        session, group = turn.session, turn.choices
         self.scheduler.remove(turn)
-        if turn.output_ids and turn.raw:  # a raw prompt's stream goes on as sampled, end token included
+        if turn.index > 0:  # a fork: nothing of it stays
+            self.pool.slots.release(session.slot)
+            session.slot, session.turn = None, None
+        elif turn.output_ids and turn.raw:  # a raw prompt's stream goes on as sampled, end token included
             session.pending = [turn.output_ids[-1]]
         elif turn.output_ids:
             session.pending = self.format.after_reply(turn.output_ids[-1], self.eos_ids)
         else:  # aborted before any output: the unfed input goes back to pending
             session.pending = turn.to_feed[turn.prefilled :]
-        session.rounds += 1
-        session.turn = None
-        session.last_used = time.monotonic()
+        if turn.index == 0:
+            session.rounds += 1
+        last = group is None or group.finish_one()
+        main = turn if group is None else group.main
+        if last:  # the session takes turns again once every choice has ended
+            main.session.turn = None
+            main.session.last_used = time.monotonic()
         turn.state = TurnState.DONE
         tail = turn.detok.flush()
         ids, lps = self._unsent(turn)
@@ -345,12 +381,15 @@ class EngineCore:
             ids.pop()  # the end token is no output
             if lps:
                 lps.pop()
-        usage = Usage(
-            prompt_tokens=turn.prompt_tokens, completion_tokens=len(turn.output_ids),
-            prefilled_tokens=turn.prefilled, cached_tokens=turn.cached_tokens,
-        )
-        return TurnEvent(turn, StreamChunk(text=tail, token_ids=ids, finish_reason=reason, usage=usage, record=session.record(),
-                                           logprobs=lps, prompt_logprobs=self._prompt_scores(turn)))
+        usage = record = None
+        if last:
+            usage = group.usage() if group is not None else Usage(
+                prompt_tokens=turn.prompt_tokens, completion_tokens=len(turn.output_ids),
+                prefilled_tokens=turn.prefilled, cached_tokens=turn.cached_tokens,
+            )
+            record = main.session.record()
+        return TurnEvent(turn, StreamChunk(text=tail, token_ids=ids, finish_reason=reason, usage=usage, record=record,
+                                           logprobs=lps, prompt_logprobs=self._prompt_scores(turn), index=turn.index))
 
     @staticmethod
     def _prompt_scores(turn: Turn) -> list | None:

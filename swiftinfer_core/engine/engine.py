@@ -28,7 +28,7 @@ from swiftinfer_core.config import EngineConfig, SamplingParams
 from swiftinfer_core.engine.core import EngineCore
 from swiftinfer_core.engine.session import Turn
 from swiftinfer_core.errors import EngineClosedError
-from swiftinfer_core.protocol import EngineStats, KVSnapshot, SessionRecord, SessionStats, SessionView, StreamChunk, merge_chunks
+from swiftinfer_core.protocol import EngineStats, KVSnapshot, SessionRecord, SessionStats, SessionView, StreamChunk, merge_per_choice
 from swiftinfer_core.protocol import EngineProtocol
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class Engine(EngineProtocol):
                 if isinstance(item, BaseException):
                     raise item
                 yield item
-                if item.finish_reason is not None:
+                if item.final:
                     return
         finally:
             self._post(lambda: self._abort(sub))
@@ -320,22 +320,24 @@ async def read_stream(queue: asyncio.Queue) -> AsyncIterator[StreamChunk]:
         item = await queue.get()
         if isinstance(item, BaseException):
             raise item
-        item, pending = coalesce(item, queue)
-        yield item
+        items, pending = coalesce(item, queue)
+        for chunk in items:
+            yield chunk
         if pending is not None:
             raise pending
-        if item.finish_reason is not None:
+        if items[-1].final:
             return
 
 
-def coalesce(item: StreamChunk, queue: asyncio.Queue) -> tuple[StreamChunk, BaseException | None]:
-    """Merge chunks already waiting behind ``item`` into one. A consumer that keeps
-    up sees one chunk per token; one that falls behind (a busy replica loop, a slow
-    stream) gets fewer, larger chunks instead of a growing backlog. Never waits."""
+def coalesce(item: StreamChunk, queue: asyncio.Queue) -> tuple[list[StreamChunk], BaseException | None]:
+    """Merge chunks already waiting behind ``item`` into one per choice (the
+    turn's final chunk last). A consumer that keeps up sees one chunk per token
+    and choice; one that falls behind (a busy replica loop, a slow stream) gets
+    fewer, larger chunks instead of a growing backlog. Never waits."""
     chunks = [item]
-    while chunks[-1].finish_reason is None and not queue.empty():
+    while not chunks[-1].final and not queue.empty():
         nxt = queue.get_nowait()
         if isinstance(nxt, BaseException):
-            return merge_chunks(chunks), nxt
+            return merge_per_choice(chunks), nxt
         chunks.append(nxt)
-    return merge_chunks(chunks), None
+    return merge_per_choice(chunks), None

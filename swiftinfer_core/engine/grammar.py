@@ -18,7 +18,9 @@ text of a reply is fixed by its values (deployments/http/tool_calls.py relies on
 Strict mode: an object takes no property its schema does not allow, so a
 reply always validates against the schema as given.
 The grammar's end is the model's end token, so a constrained reply ends when
-its JSON is complete. ``xgrammar`` is imported on first use only.
+its JSON is complete. ``Grammar.before`` / ``after`` put fixed text around the
+JSON (a chat template's tool-call tags: conversation/tool_syntax.py).
+``xgrammar`` is imported on first use only.
 """
 
 from __future__ import annotations
@@ -58,6 +60,17 @@ def check_schema(schema_text: str) -> None:
         raise InvalidRequestError(f"unsupported JSON schema: {str(exc).splitlines()[-1][:300]}") from None
 
 
+def wrapped(g: Grammar):
+    """The xgrammar grammar of ``before`` + the JSON + ``after``."""
+    xgr = _xgr()
+    parts = [xgr.Grammar.from_json_schema(_schema_text(g), **COMPACT)]
+    if g.before:
+        parts.insert(0, xgr.Grammar.from_ebnf(f"root ::= {json.dumps(g.before)}"))
+    if g.after:
+        parts.append(xgr.Grammar.from_ebnf(f"root ::= {json.dumps(g.after)}"))
+    return xgr.Grammar.concat(*parts)
+
+
 @dataclass
 class GrammarState:
     """One turn's matcher (``xgrammar.GrammarMatcher``)."""
@@ -91,7 +104,10 @@ class Grammars:
         """A fresh matcher for one turn (InvalidRequestError for a schema it cannot compile)."""
         compiler = self._get_compiler()
         try:
-            compiled = compiler.compile_json_schema(_schema_text(g), **COMPACT)
+            if g.before or g.after:
+                compiled = compiler.compile_grammar(wrapped(g))
+            else:
+                compiled = compiler.compile_json_schema(_schema_text(g), **COMPACT)
         except Exception as exc:
             raise InvalidRequestError(f"unsupported JSON schema: {str(exc).splitlines()[-1][:300]}") from None
         return GrammarState(_xgr().GrammarMatcher(compiled))

@@ -3,9 +3,11 @@
 Every step each decoding conversation gets its token (so a long prompt never
 stalls other conversations' streams); what is left of the budget goes to
 prefill chunks in arrival order, at most ``prefill_chunk`` tokens each.
-A turn is admitted only when its conversation holds a cache slot; when the
-pool is full, the least recently used idle conversation gives its slot up (it
-is rebuilt from its token ids on its next turn) or the turn waits.
+A turn is admitted only when its conversation holds a cache slot (a turn with
+``n`` choices: ``n`` slots at once, engine/choices.py); when the pool is full,
+the least recently used idle conversation gives its slot up (it is rebuilt
+from its token ids on its next turn) or the turn waits. A turn with choices
+prefills its input up to the last token, then forks into one row per choice.
 """
 
 from __future__ import annotations
@@ -39,10 +41,12 @@ class ScheduledBatch:
 
 
 class Scheduler:
-    def __init__(self, max_batch_tokens: int, prefill_chunk: int, allocate_slot: Callable[[Turn], int | None]):
+    def __init__(self, max_batch_tokens: int, prefill_chunk: int, admit: Callable[[Turn], bool],
+                 fork: Callable[[Turn], list[Turn]] | None = None):
         self.max_batch_tokens = max_batch_tokens
         self.prefill_chunk = prefill_chunk
-        self.allocate_slot = allocate_slot  # gives the turn's session a slot, or None if the pool is full
+        self.admit = admit  # gives the turn the slots it needs (its session's, its choices'); False if the pool cannot now
+        self.fork = fork  # a turn with choices at its fork point -> the other choices' turns (engine/choices.py)
         self.waiting: deque[Turn] = deque()
         self.running: list[Turn] = []
 
@@ -62,7 +66,7 @@ class Scheduler:
     def _admit(self) -> None:
         while self.waiting:
             turn = self.waiting[0]
-            if turn.session.slot is None and self.allocate_slot(turn) is None:
+            if not self.admit(turn):
                 return  # pool full: wait for a turn to finish (FIFO, no overtaking)
             self.waiting.popleft()
             turn.state = TurnState.PREFILL
@@ -70,6 +74,8 @@ class Scheduler:
 
     def schedule(self) -> ScheduledBatch:
         self._admit()
+        for turn in [t for t in self.running if t.choices is not None and t.index == 0 and t.choices.fork_due()]:
+            self.running.extend(self.fork(turn))
         batch, budget = ScheduledBatch(), self.max_batch_tokens
         for turn in self.running:
             if turn.state is TurnState.DECODE and budget > 0:
@@ -77,7 +83,9 @@ class Scheduler:
                 budget -= 1
         for turn in self.running:
             if turn.state is TurnState.PREFILL and budget > 0:
-                take = min(len(turn.to_feed) - turn.prefilled, self.prefill_chunk, budget)
+                take = min(turn.feed_end - turn.prefilled, self.prefill_chunk, budget)
+                if take <= 0:
+                    continue
                 ids = turn.to_feed[turn.prefilled : turn.prefilled + take]
                 last = turn.prefilled + take == len(turn.to_feed)
                 batch.seqs.append(ScheduledSeq(turn, turn.session.n, ids, sample=last))

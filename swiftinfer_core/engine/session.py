@@ -17,7 +17,7 @@ from swiftinfer_core.conversation.stream import Conversation
 from swiftinfer_core.engine.grammar import GrammarState
 from swiftinfer_core.engine.penalties import VisibleTokens
 from swiftinfer_core.engine.sampler import TokenLogprobs
-from swiftinfer_core.protocol import SessionRecord
+from swiftinfer_core.protocol import SessionRecord, Usage
 
 
 class Session(Conversation):
@@ -40,6 +40,15 @@ class Session(Conversation):
         self.sink_ids, self.window_ids = [], deque(maxlen=self.layout.window)
         self.slot, self.n = None, 0
         self.recovered = True
+
+    def fork(self, slot: int) -> "Session":
+        """A copy of this conversation's token stream whose cache is ``slot``
+        (the caller copied the rows there): another choice of the same turn.
+        Never registered as a session; it ends with its choice."""
+        s = Session(self.id, self.layout)
+        s.n, s.sink_ids, s.slot = self.n, list(self.sink_ids), slot
+        s.window_ids.extend(self.window_ids)
+        return s
 
     @classmethod
     def from_snapshot(cls, rec: SessionRecord, n: int, slot: int, layout: StreamLayout) -> "Session":
@@ -89,8 +98,56 @@ class Turn:
     prompt_logprobs: list[TokenLogprobs | None] = field(default_factory=list)  # to_feed[1:] scored (to_feed[0] too when None)
     prompt_scores_sent: bool = False
     grammar: GrammarState | None = None  # structured output (engine/grammar.py): this turn's matcher, dropped with it
+    index: int = 0  # choice index (SamplingParams.n); 0 is the session's own
+    choices: Choices | None = None  # the turn's choices when n > 1 (engine/choices.py), shared by all of them
+
+    @property
+    def feed_end(self) -> int:
+        """How much of ``to_feed`` may be fed now (a turn with choices stops before its last token until it forks)."""
+        if self.choices is not None and self.index == 0:
+            return self.choices.feed_end()
+        return len(self.to_feed)
 
     @property
     def next_token(self) -> int:
         """The last sampled token, fed at the next decode step."""
         return self.output_ids[-1]
+
+
+@dataclass
+class Choices:
+    """The choices of one turn with ``n`` > 1 (engine/choices.py forks them);
+    ``main`` (choice 0) is the session's own turn. Shared by all its turns."""
+
+    main: Turn
+    n: int
+    seeds: list[int]  # generator seeds of choices 1..n-1
+    reserved: list[int] = field(default_factory=list)  # slots taken at admission for choices 1..n-1, until the fork
+    forks: list[Turn] = field(default_factory=list)  # choices 1..n-1, once forked
+    forked: bool = False
+    live: int = 1  # choices started and not finished
+
+    @property
+    def extra_slots(self) -> int:
+        return self.n - 1
+
+    def feed_end(self) -> int:
+        """How much of the main turn's input may be fed now: all but the last
+        token until the fork (every choice feeds that one itself)."""
+        end = len(self.main.to_feed)
+        return end if self.forked else end - 1
+
+    def fork_due(self) -> bool:
+        m = self.main
+        return not self.forked and not m.aborted and m.prefilled == len(m.to_feed) - 1
+
+    def finish_one(self) -> bool:
+        """One choice ended; True when it was the last."""
+        self.live -= 1
+        return self.live == 0
+
+    def usage(self) -> Usage:
+        """The input once, the outputs of every choice summed (as OpenAI counts n)."""
+        m = self.main
+        out = len(m.output_ids) + sum(len(t.output_ids) for t in self.forks)
+        return Usage(prompt_tokens=m.prompt_tokens, completion_tokens=out, prefilled_tokens=m.prefilled, cached_tokens=m.cached_tokens)

@@ -150,7 +150,7 @@ def test_trtllm_options_are_validated():
 def test_trtllm_refuses_the_sampling_fields_it_does_not_map():
     from swiftinfer_core.errors import InvalidRequestError
 
-    for extra in ({"presence_penalty": 0.5}, {"repetition_penalty": 1.2}, {"logit_bias": {3: 1.0}}, {"min_tokens": 2}, {"logprobs": True}):
+    for extra in ({"presence_penalty": 0.5}, {"repetition_penalty": 1.2}, {"logit_bias": {3: 1.0}}, {"min_tokens": 2}, {"logprobs": True}, {"n": 2}):
         with pytest.raises(InvalidRequestError, match=next(iter(extra))):
             sampling_kwargs(SamplingParams(**extra), 8, (2,))
     assert sampling_kwargs(SamplingParams(presence_penalty=0.0), 8, (2,))["max_tokens"] == 8

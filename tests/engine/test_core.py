@@ -231,3 +231,32 @@ def _record(sid):
     from swiftinfer_core.protocol import SessionRecord
 
     return SessionRecord(sid, [1], [2], [], 2, 1)
+
+
+def test_tools_are_rendered_by_an_override_template_and_a_forced_call_uses_its_tags(make_core):
+    import json
+    from pathlib import Path
+
+    from swiftinfer_core.config import Grammar
+    from swiftinfer_core.conversation.tool_syntax import TaggedCalls
+    from swiftinfer_core.protocol import ToolPrompt
+
+    template = (Path(__file__).parents[1] / "conversation" / "chatml_tools.jinja").read_text()
+    core = make_core(chat_template=template)
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 12}}, "required": ["city"], "additionalProperties": False}}}
+    msgs = [{"role": "user", "content": "Weather in Paris?"}]
+    schema = {"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
+              "properties": {"name": {"const": "get_weather"}, "arguments": tool["function"]["parameters"]}}
+    syntax = core.format.tool_syntax
+    params = SamplingParams(max_tokens=40, grammar=Grammar(kind="json_schema", json_schema=json.dumps(schema), before=syntax.before, after=syntax.after))
+    turn = core.add_turn("t", ToolPrompt(msgs, [tool]), params)
+    assert turn.to_feed == core.format.first_round(msgs, [tool]) and json.dumps(tool) in core.tokenizer.decode(turn.to_feed)
+    chunks = []
+    while not chunks or not chunks[-1].final:
+        chunks.extend(ev.chunk for ev in core.step())
+    text = "".join(c.text for c in chunks)
+    (call,) = TaggedCalls().parse(text, ["get_weather"]).calls
+    assert syntax == TaggedCalls() and chunks[-1].finish_reason == "stop" and json.loads(call.arguments)["city"]
+    with pytest.raises(InvalidRequestError, match="^tools:"):
+        make_core().add_turn("u", ToolPrompt(msgs, [tool]), SamplingParams())

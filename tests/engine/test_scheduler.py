@@ -17,9 +17,10 @@ def turn(sid: str, n_input: int) -> Turn:
 def make(slots=2, budget=8, chunk=4):
     alloc = SlotAllocator(slots)
 
-    def allocate(t: Turn):
-        t.session.slot = alloc.allocate()
-        return t.session.slot
+    def allocate(t: Turn) -> bool:
+        if t.session.slot is None:
+            t.session.slot = alloc.allocate()
+        return t.session.slot is not None
 
     return Scheduler(budget, chunk, allocate), alloc
 

@@ -119,7 +119,7 @@ def test_refused_fields_are_named_in_a_400(app):
     oai, _, _ = app
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
     cases = {
-        "n": dict(n=2),
+        "n": dict(n=17),  # more choices than the engine's 16 cache slots
         "tools": dict(tools=[tool]),  # tool_choice auto, the default: this template has no tool syntax
         "response_format": dict(response_format={"type": "json_schema"}),  # no schema
         "top_logprobs": dict(top_logprobs=2),
@@ -205,7 +205,7 @@ def test_completions_refuse_what_they_do_not_do(app):
     from openai import BadRequestError
 
     oai, _, _ = app
-    for field, kw in {"best_of": dict(best_of=2), "suffix": dict(suffix="x"), "n": dict(n=2),
+    for field, kw in {"best_of": dict(best_of=2), "suffix": dict(suffix="x"), "n": dict(n=2, echo=True, logprobs=1),
                       "prompt": dict(prompt=["a", "b"]), "logprobs": dict(logprobs=21)}.items():
         with pytest.raises(BadRequestError) as err:
             oai.completions.create(model=MODEL_ID, **{"prompt": "hi", **kw})

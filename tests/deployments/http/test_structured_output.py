@@ -163,7 +163,7 @@ def test_refusals_name_the_field(app):
         "response_format.json_schema.schema": dict(response_format={"type": "json_schema", "json_schema": {
             "name": "x", "schema": {"type": "frobnicate"}}}),
         "min_tokens": dict(response_format={"type": "json_object"}, extra_body={"min_tokens": 3}),
-        "n": dict(n=2),
+        "n: 17 choices": dict(n=17),  # more than the engine's 16 cache slots
         "function_call": dict(messages=ASK + [{"role": "assistant", "function_call": {"name": "f", "arguments": "{}"}}]),
     }
     for field, kw in cases.items():

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from deployments.http.openai_schema import ChatCompletionRequest
+from swiftinfer_core.conversation.tool_syntax import JsonCall, TaggedCalls
 from swiftinfer_core.errors import InvalidRequestError
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
@@ -13,9 +14,13 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": 
          {"type": "function", "function": {"name": "get_time"}}]
 
 
-def grammar(**fields):
+def request(**fields) -> ChatCompletionRequest:
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}], **fields}
-    return ChatCompletionRequest.parse(json.dumps(body).encode()).sampling(8).grammar
+    return ChatCompletionRequest.parse(json.dumps(body).encode())
+
+
+def grammar(syntax=None, **fields):
+    return request(**fields).sampling(8, syntax).grammar
 
 
 def test_response_formats_map_to_grammars():
@@ -33,9 +38,23 @@ def test_forced_tool_calls_map_to_a_call_schema():
     assert [c["properties"]["name"]["const"] for c in required["anyOf"]] == ["get_weather", "get_time"]
     assert required["anyOf"][1]["properties"]["arguments"] == {"type": "object", "properties": {}}
     assert grammar(tools=TOOLS, tool_choice="none") is None  # no call; nothing else to constrain
-    req = ChatCompletionRequest.parse(json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}],
-                                                  "tools": TOOLS, "tool_choice": "required"}).encode())
-    assert [f.name for f in req.forced_calls()] == ["get_weather", "get_time"]
+    plan = request(tools=TOOLS, tool_choice="required").tool_plan()
+    assert [f.name for f in plan.forced] == plan.names == ["get_weather", "get_time"]
+    assert plan.syntax == JsonCall() and plan.shown is None  # this template has no place for tools
+    assert (named.get("before"), grammar(tools=TOOLS, tool_choice="required").before) == (None, "")
+
+
+def test_on_a_template_with_tool_syntax_tools_are_shown_and_auto_lets_the_model_choose():
+    auto = request(tools=TOOLS).tool_plan(TaggedCalls())
+    assert auto.forced == [] and auto.names == ["get_weather", "get_time"] and auto.syntax == TaggedCalls()
+    assert auto.shown == TOOLS  # as the client sent them, for the template to render
+    assert grammar(TaggedCalls(), tools=TOOLS) is None and grammar(TaggedCalls(), tools=TOOLS, tool_choice="auto") is None
+    forced = grammar(TaggedCalls(), tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    assert (forced.before, forced.after) == ("<tool_call>\n", "\n</tool_call>")  # the call inside the template's tags
+    assert json.loads(forced.json_schema)["properties"]["name"] == {"const": "get_weather"}
+    assert request(tools=TOOLS, tool_choice="none").tool_plan(TaggedCalls()) is None
+    with pytest.raises(InvalidRequestError, match="response_format: cannot be combined with tools"):
+        grammar(TaggedCalls(), tools=TOOLS, response_format={"type": "json_object"})
 
 
 @pytest.mark.parametrize("fields,word", [

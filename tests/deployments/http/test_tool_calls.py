@@ -1,33 +1,15 @@
-"""A tool call's text both ways (deployments/http/tool_calls.py), and an assistant
-message with tool_calls sent back becoming that text."""
+"""An assistant message with tool_calls sent back becoming the text the model
+wrote for them, in the template's tool syntax (deployments/http/tool_calls.py;
+the parsers themselves: tests/conversation/test_tool_syntax.py)."""
 
 import json
 
 import pytest
 
 from deployments.http.openai_schema import ChatCompletionRequest
-from deployments.http.tool_calls import assistant_text, call_text, parse_call
+from deployments.http.tool_calls import assistant_text
+from swiftinfer_core.conversation.tool_syntax import TaggedCalls
 from swiftinfer_core.errors import InvalidRequestError
-
-
-def test_a_call_parses_to_its_exact_argument_text_and_back():
-    args = '{"city": "Caf\\u00e9 \\"x\\"", "n": [1, 2.5e3]}'  # escapes kept as written, not re-dumped
-    text = '{"name": "get_weather", "arguments": ' + args + "}"
-    assert parse_call(text, ["get_weather"]) == ("get_weather", args)
-    assert call_text("get_weather", args) == text
-    assert parse_call('{"name": "f", "arguments": {}}') == ("f", "{}")
-
-
-@pytest.mark.parametrize("text", [
-    '{"name": "get_weather", "arguments": {"city": "Par',  # cut by max_tokens
-    '{"name": "other", "arguments": {}}',  # not one of the tools
-    '{"name":"get_weather","arguments":{}}',  # not the grammar's spacing: not what the model wrote under it
-    '{"name": "get_weather", "arguments": {}, "x": 1}',
-    '[{"name": "get_weather", "arguments": {}}]',
-    "plain words",
-])
-def test_anything_but_a_whole_call_stays_text(text):
-    assert parse_call(text, ["get_weather"]) is None
 
 
 def test_an_assistant_message_with_tool_calls_comes_back_as_the_text_the_model_wrote():
@@ -49,3 +31,12 @@ def test_an_assistant_message_with_tool_calls_comes_back_as_the_text_the_model_w
     body["messages"][0]["tool_calls"] = [call]
     with pytest.raises(InvalidRequestError, match="only assistant messages"):
         ChatCompletionRequest.parse(json.dumps(body).encode()).engine_messages()
+
+
+def test_on_a_tagged_template_the_calls_come_back_in_its_tags():
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    body = {"model": "m", "messages": [{"role": "user", "content": "weather?"},
+                                       {"role": "assistant", "content": "Let me look.", "tool_calls": [call, call]}]}
+    msgs = ChatCompletionRequest.parse(json.dumps(body).encode()).engine_messages(TaggedCalls())
+    one = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    assert msgs[1]["content"] == "Let me look.\n" + one + "\n" + one
