@@ -196,7 +196,8 @@ def churn(core: EngineCore, spec: Churn, sync=None) -> ChurnReport:
     for path, ms in times.items():
         ms.sort()
         rep.step_ms[path] = {"n": len(ms), "mean": sum(ms) / len(ms), "p50": ms[len(ms) // 2], "p99": ms[int(0.99 * (len(ms) - 1))]}
-    rep.tokens_generated, rep.tokens_prefilled = core.tokens_generated, core.tokens_prefilled
+    st = core.stats()
+    rep.tokens_generated, rep.tokens_prefilled = st.tokens_generated, st.tokens_prefilled
     return rep
 
 

@@ -54,14 +54,14 @@ def run_mode(core: EngineCore, sessions: int, share: float, extra: dict, steps: 
     core.step()  # one decode step of all rows before timing
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    before = core.tokens_generated
+    before = core.stats().tokens_generated
     t0 = time.perf_counter()
     for _ in range(steps):
         core.step()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    tokens = core.tokens_generated - before
+    tokens = core.stats().tokens_generated - before
     for i in range(sessions):
         core.close_session(f"{tag}-{i}")
     return {"tokens": tokens, "seconds": dt, "tok_s": tokens / dt, "step_ms": 1e3 * dt / steps}

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
 
 import torch
 
@@ -21,8 +20,8 @@ from swiftinfer_core.conversation.detokenizer import IncrementalDetokenizer
 from swiftinfer_core.engine.engine_model import EngineModel, engine_runner
 from swiftinfer_core.engine.grammar import Grammars
 from swiftinfer_core.engine.penalties import VisibleTokens, needs_counts
-from swiftinfer_core.engine.sampler import TokenLogprobs
-from swiftinfer_core.engine.scheduler import ScheduledBatch, Scheduler
+from swiftinfer_core.engine.postprocess import Postprocessor, TurnEvent
+from swiftinfer_core.engine.scheduler import Scheduler
 from swiftinfer_core.engine.session import Choices, Session, Turn, TurnState
 from swiftinfer_core.engine.slots import SlotKeeper
 from swiftinfer_core.errors import (
@@ -35,7 +34,7 @@ from swiftinfer_core.errors import (
 from swiftinfer_core.finish_reason import FinishReason
 from swiftinfer_core.kernels.attention import TritonAttention
 from swiftinfer_core.session_id import check_session_id
-from swiftinfer_core.protocol import EngineStats, KVSnapshot, RawPrompt, ToolPrompt, SessionRecord, SessionStats, SessionView, StreamChunk, Usage
+from swiftinfer_core.protocol import EngineStats, KVSnapshot, RawPrompt, ToolPrompt, SessionRecord, SessionStats, SessionView
 from swiftinfer_core.runner import piecewise
 
 log = logging.getLogger(__name__)
@@ -52,12 +51,6 @@ def _raw_ids(prompt: RawPrompt) -> list[int]:
     if not isinstance(ids, list) or not ids or not all(type(t) is int and t >= 0 for t in ids):
         raise InvalidRequestError("a raw prompt must be a non-empty list of token ids >= 0")
     return list(ids)
-
-
-@dataclass
-class TurnEvent:
-    turn: Turn
-    chunk: StreamChunk
 
 
 class EngineCore:
@@ -80,8 +73,7 @@ class EngineCore:
         k0 = m.pool.k[0]
         # Caches are interchangeable between engines with the same weights, dtype and layout.
         self.kv_fingerprint = f"{cfg.model}|{cfg.load_format.value}:{cfg.seed}|{m.args!r}|{k0.dtype}|{len(m.pool.k)}x{tuple(k0.shape[1:])}|{m.layout}"
-        self.tokens_generated = 0
-        self.tokens_prefilled = 0
+        self.post = Postprocessor(self.scheduler, m.pool, self.format, self.eos_ids)
 
     # ---- API (called under the engine lock) ----
 
@@ -172,7 +164,7 @@ class EngineCore:
             return
         turn.aborted = True
         self.scheduler.remove(turn)
-        self._finish(turn, FinishReason.ABORT)
+        self.post.finish(turn, FinishReason.ABORT)
 
     def session(self, session_id: str) -> Session:
         s = self.sessions.get(session_id)
@@ -243,7 +235,7 @@ class EngineCore:
             active_sessions=len(self.sessions), resident_sessions=resident,
             free_slots=self.pool.slots.free, total_slots=self.pool.num_slots,
             running_requests=len(self.scheduler.running), waiting_requests=len(self.scheduler.waiting),
-            tokens_generated=self.tokens_generated, tokens_prefilled=self.tokens_prefilled,
+            tokens_generated=self.post.tokens_generated, tokens_prefilled=self.post.tokens_prefilled,
             evictions=sum(s.stats().evictions for s in self.sessions.values()),
         )
 
@@ -257,7 +249,7 @@ class EngineCore:
         decoding while the other prefills, so a mixed step runs too. Leaves no
         session, slot or counter behind."""
         params = SamplingParams(max_tokens=4, ignore_eos=True)
-        counters = self.tokens_generated, self.tokens_prefilled
+        counters = self.post.tokens_generated, self.post.tokens_prefilled
         ids = ["__warmup_a__", "__warmup_b__"]
         try:
             first = self.add_turn(ids[0], [{"role": "user", "content": "warm up"}], params)
@@ -270,7 +262,7 @@ class EngineCore:
             for sid in ids:
                 if sid in self.sessions:
                     self.close_session(sid)
-            self.tokens_generated, self.tokens_prefilled = counters
+            self.post.tokens_generated, self.post.tokens_prefilled = counters
 
     # ---- the loop ----
 
@@ -281,7 +273,7 @@ class EngineCore:
         sampled, logprobs, scores = self.batches.run(batch)
         for i, items in scores.items():
             batch.seqs[i].turn.prompt_logprobs.extend(items)
-        return self._postprocess(batch, sampled, logprobs)
+        return self.post(batch, sampled, logprobs)
 
     def _fork(self, turn: Turn) -> list[Turn]:
         """The turn's input is fed but for its last token: copy its cache into the
@@ -301,100 +293,3 @@ class EngineCore:
         self._sampling_extras(turn)
         session.turn = turn
         return turn
-
-    def _postprocess(self, batch: ScheduledBatch, sampled: list[int | None], logprobs: list[TokenLogprobs | None]) -> list[TurnEvent]:
-        events = []
-        for seq, tok, lp in zip(batch.seqs, sampled, logprobs):
-            turn, session = seq.turn, seq.turn.session
-            session.fed(seq.token_ids)
-            if turn.state is TurnState.PREFILL:
-                turn.prefilled += len(seq.token_ids)
-                session.prefilled_tokens += len(seq.token_ids)
-                self.tokens_prefilled += len(seq.token_ids)
-            if tok is None:
-                continue
-            turn.state = TurnState.DECODE
-            if turn.first_token_at is None:
-                turn.first_token_at = time.monotonic()
-            turn.output_ids.append(tok)
-            if lp is not None:
-                turn.output_logprobs.append(lp)
-            session.generated_tokens += 1
-            self.tokens_generated += 1
-            reason = self._finish_reason(turn, tok)
-            if turn.grammar is not None and not turn.grammar.accept(tok) and reason is None:
-                reason = FinishReason.STOP  # cannot happen under the mask; if it did, the reply could not go on valid
-            text = "" if (reason is FinishReason.STOP and tok in self.eos_ids) else turn.detok.add(tok)
-            if turn.detok.stopped:
-                reason = FinishReason.STOP
-            if text:
-                ids, lps = self._unsent(turn)
-                events.append(TurnEvent(turn, StreamChunk(text=text, token_ids=ids, logprobs=lps, prompt_logprobs=self._prompt_scores(turn),
-                                                          index=turn.index)))
-            if reason is not None:
-                events.append(self._finish(turn, reason))
-        return events
-
-    def _unsent(self, turn: Turn) -> tuple[list[int], list[TokenLogprobs] | None]:
-        """Sampled ids (and their logprobs, when asked) not yet in a chunk: a token
-        whose text is an incomplete UTF-8 sequence goes out with the chunk that
-        completes it, so every id is sent once."""
-        ids = turn.output_ids[turn.sent :]
-        lps = turn.output_logprobs[turn.sent :] if turn.params.logprobs else None
-        turn.sent = len(turn.output_ids)
-        return ids, lps
-
-    def _finish_reason(self, turn: Turn, tok: int) -> FinishReason | None:
-        if tok in self.eos_ids and not turn.params.ignore_eos:
-            return FinishReason.STOP
-        if len(turn.output_ids) >= turn.params.max_tokens:
-            return FinishReason.LENGTH
-        return None
-
-    def _finish(self, turn: Turn, reason: FinishReason) -> TurnEvent:
-        """Close the turn (one choice of it): the last sampled token (never fed) and
-        the template's closing become the session's pending tokens for the next
-        round. Another choice's fork is dropped and its slot freed. The final
-        chunk (usage, record) goes out with the last choice to end."""
-        session, group = turn.session, turn.choices
-        self.scheduler.remove(turn)
-        if turn.index > 0:  # a fork: nothing of it stays
-            self.pool.slots.release(session.slot)
-            session.slot, session.turn = None, None
-        elif turn.output_ids and turn.raw:  # a raw prompt's stream goes on as sampled, end token included
-            session.pending = [turn.output_ids[-1]]
-        elif turn.output_ids:
-            session.pending = self.format.after_reply(turn.output_ids[-1], self.eos_ids)
-        else:  # aborted before any output: the unfed input goes back to pending
-            session.pending = turn.to_feed[turn.prefilled :]
-        if turn.index == 0:
-            session.rounds += 1
-        last = group is None or group.finish_one()
-        main = turn if group is None else group.main
-        if last:  # the session takes turns again once every choice has ended
-            main.session.turn = None
-            main.session.last_used = time.monotonic()
-        turn.state = TurnState.DONE
-        tail = turn.detok.flush()
-        ids, lps = self._unsent(turn)
-        if reason is FinishReason.STOP and ids and ids[-1] in self.eos_ids and not turn.params.ignore_eos:
-            ids.pop()  # the end token is no output
-            if lps:
-                lps.pop()
-        usage = record = None
-        if last:
-            usage = group.usage() if group is not None else Usage(
-                prompt_tokens=turn.prompt_tokens, completion_tokens=len(turn.output_ids),
-                prefilled_tokens=turn.prefilled, cached_tokens=turn.cached_tokens,
-            )
-            record = main.session.record()
-        return TurnEvent(turn, StreamChunk(text=tail, token_ids=ids, finish_reason=reason, usage=usage, record=record,
-                                           logprobs=lps, prompt_logprobs=self._prompt_scores(turn), index=turn.index))
-
-    @staticmethod
-    def _prompt_scores(turn: Turn) -> list | None:
-        """The input's logprobs, on the turn's first chunk only (prompt_scores.py)."""
-        if turn.params.prompt_logprobs is None or turn.prompt_scores_sent:
-            return None
-        turn.prompt_scores_sent = True
-        return turn.prompt_logprobs[-turn.prompt_tokens :] if turn.prompt_tokens else []

@@ -31,11 +31,11 @@ def by_choice(chunks) -> dict[int, str]:
 def test_greedy_choices_share_one_prefill_and_equal_a_single_choice(make_core):
     core = make_core(max_sessions=4)
     single, _ = run(core, "one", SamplingParams(max_tokens=12))
-    before = core.tokens_prefilled
+    before = core.stats().tokens_prefilled
     chunks, turn = run(core, "three", SamplingParams(max_tokens=12, n=3))
     prompt = len(core.format.first_round(USER))
     # the input once, then its last token once more per extra choice (each into its own copy)
-    assert core.tokens_prefilled - before == prompt + 2
+    assert core.stats().tokens_prefilled - before == prompt + 2
     texts = by_choice(chunks)
     assert texts == {0: by_choice(single)[0], 1: by_choice(single)[0], 2: by_choice(single)[0]}
     last = chunks[-1]

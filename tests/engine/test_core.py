@@ -28,17 +28,17 @@ def run_turn(core: EngineCore, sid: str, text: str, params=GREEDY, role="user"):
 
 def test_three_rounds_prefill_only_the_new_turns(make_core):
     core = make_core(window=60)
-    fed_before = core.tokens_prefilled
+    fed_before = core.stats().tokens_prefilled
     text1, last1 = run_turn(core, "a", "What is the capital of France?")
     first = core.format.first_round([{"role": "user", "content": "What is the capital of France?"}])
-    assert last1.usage.prefilled_tokens == len(first) == core.tokens_prefilled - fed_before
+    assert last1.usage.prefilled_tokens == len(first) == core.stats().tokens_prefilled - fed_before
     for msg in ("And of Italy?", "Name one river there."):
         pending = list(core.sessions["a"].pending)
-        before = core.tokens_prefilled
+        before = core.stats().tokens_prefilled
         _, last = run_turn(core, "a", msg)
         new = core.format.next_round([{"role": "user", "content": msg}])
         # exactly: the previous reply's last token + template closing, then the new turn; no history
-        assert core.tokens_prefilled - before == len(pending) + len(new) == last.usage.prefilled_tokens
+        assert core.stats().tokens_prefilled - before == len(pending) + len(new) == last.usage.prefilled_tokens
         assert last.usage.prompt_tokens == len(new)
         assert last.usage.cached_tokens > 0
     st = core.session_stats("a")

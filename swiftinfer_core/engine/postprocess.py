@@ -1,0 +1,129 @@
+"""A step's postprocessing: sampled tokens become the turns' stream chunks, and
+ending turns hand their session back (pending tokens for the next round, a
+fork's slot freed, the final chunk with usage and the session's record).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from swiftinfer_core.cache.pool import KVPool
+from swiftinfer_core.conversation.chat_format import ChatFormat
+from swiftinfer_core.engine.sampler import TokenLogprobs
+from swiftinfer_core.engine.scheduler import ScheduledBatch, Scheduler
+from swiftinfer_core.engine.session import Turn, TurnState
+from swiftinfer_core.finish_reason import FinishReason
+from swiftinfer_core.protocol import StreamChunk, Usage
+
+
+@dataclass
+class TurnEvent:
+    turn: Turn
+    chunk: StreamChunk
+
+
+class Postprocessor:
+    """Turns a step's sampled tokens into events; counts tokens generated and prefilled."""
+
+    def __init__(self, scheduler: Scheduler, pool: KVPool, format: ChatFormat, eos_ids: set[int]):
+        self.scheduler, self.pool, self.format, self.eos_ids = scheduler, pool, format, eos_ids
+        self.tokens_generated = 0
+        self.tokens_prefilled = 0
+
+    def __call__(self, batch: ScheduledBatch, sampled: list[int | None], logprobs: list[TokenLogprobs | None]) -> list[TurnEvent]:
+        events = []
+        for seq, tok, lp in zip(batch.seqs, sampled, logprobs):
+            turn, session = seq.turn, seq.turn.session
+            session.fed(seq.token_ids)
+            if turn.state is TurnState.PREFILL:
+                turn.prefilled += len(seq.token_ids)
+                session.prefilled_tokens += len(seq.token_ids)
+                self.tokens_prefilled += len(seq.token_ids)
+            if tok is None:
+                continue
+            turn.state = TurnState.DECODE
+            if turn.first_token_at is None:
+                turn.first_token_at = time.monotonic()
+            turn.output_ids.append(tok)
+            if lp is not None:
+                turn.output_logprobs.append(lp)
+            session.generated_tokens += 1
+            self.tokens_generated += 1
+            reason = self._finish_reason(turn, tok)
+            if turn.grammar is not None and not turn.grammar.accept(tok) and reason is None:
+                reason = FinishReason.STOP  # cannot happen under the mask; if it did, the reply could not go on valid
+            text = "" if (reason is FinishReason.STOP and tok in self.eos_ids) else turn.detok.add(tok)
+            if turn.detok.stopped:
+                reason = FinishReason.STOP
+            if text:
+                ids, lps = self._unsent(turn)
+                events.append(TurnEvent(turn, StreamChunk(text=text, token_ids=ids, logprobs=lps, prompt_logprobs=self._prompt_scores(turn),
+                                                          index=turn.index)))
+            if reason is not None:
+                events.append(self.finish(turn, reason))
+        return events
+
+    def _unsent(self, turn: Turn) -> tuple[list[int], list[TokenLogprobs] | None]:
+        """Sampled ids (and their logprobs, when asked) not yet in a chunk: a token
+        whose text is an incomplete UTF-8 sequence goes out with the chunk that
+        completes it, so every id is sent once."""
+        ids = turn.output_ids[turn.sent :]
+        lps = turn.output_logprobs[turn.sent :] if turn.params.logprobs else None
+        turn.sent = len(turn.output_ids)
+        return ids, lps
+
+    def _finish_reason(self, turn: Turn, tok: int) -> FinishReason | None:
+        if tok in self.eos_ids and not turn.params.ignore_eos:
+            return FinishReason.STOP
+        if len(turn.output_ids) >= turn.params.max_tokens:
+            return FinishReason.LENGTH
+        return None
+
+    def finish(self, turn: Turn, reason: FinishReason) -> TurnEvent:
+        """Close the turn (one choice of it): the last sampled token (never fed) and
+        the template's closing become the session's pending tokens for the next
+        round. Another choice's fork is dropped and its slot freed. The final
+        chunk (usage, record) goes out with the last choice to end."""
+        session, group = turn.session, turn.choices
+        self.scheduler.remove(turn)
+        if turn.index > 0:  # a fork: nothing of it stays
+            self.pool.slots.release(session.slot)
+            session.slot, session.turn = None, None
+        elif turn.output_ids and turn.raw:  # a raw prompt's stream goes on as sampled, end token included
+            session.pending = [turn.output_ids[-1]]
+        elif turn.output_ids:
+            session.pending = self.format.after_reply(turn.output_ids[-1], self.eos_ids)
+        else:  # aborted before any output: the unfed input goes back to pending
+            session.pending = turn.to_feed[turn.prefilled :]
+        if turn.index == 0:
+            session.rounds += 1
+        last = group is None or group.finish_one()
+        main = turn if group is None else group.main
+        if last:  # the session takes turns again once every choice has ended
+            main.session.turn = None
+            main.session.last_used = time.monotonic()
+        turn.state = TurnState.DONE
+        tail = turn.detok.flush()
+        ids, lps = self._unsent(turn)
+        if reason is FinishReason.STOP and ids and ids[-1] in self.eos_ids and not turn.params.ignore_eos:
+            ids.pop()  # the end token is no output
+            if lps:
+                lps.pop()
+        usage = record = None
+        if last:
+            usage = group.usage() if group is not None else Usage(
+                prompt_tokens=turn.prompt_tokens, completion_tokens=len(turn.output_ids),
+                prefilled_tokens=turn.prefilled, cached_tokens=turn.cached_tokens,
+            )
+            record = main.session.record()
+        return TurnEvent(turn, StreamChunk(text=tail, token_ids=ids, finish_reason=reason, usage=usage, record=record,
+                                           logprobs=lps, prompt_logprobs=self._prompt_scores(turn), index=turn.index))
+
+    @staticmethod
+    def _prompt_scores(turn: Turn) -> list | None:
+        """The input's logprobs, on the turn's first chunk only (prompt_scores.py)."""
+        if turn.params.prompt_logprobs is None or turn.prompt_scores_sent:
+            return None
+        turn.prompt_scores_sent = True
+        return turn.prompt_logprobs[-turn.prompt_tokens :] if turn.prompt_tokens else []
