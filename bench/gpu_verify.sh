@@ -7,7 +7,7 @@
 #      (.carry/data/shakespeare.txt: the plays, for test_gpu_engine; the machine cannot fetch them)
 #   3) carry [".whl", ".carry/r7b"]:           bash bench/gpu_verify.sh
 # The engine point repeats served_7b_r8's engine row at N=128 (7B shape, random bf16,
-# 4+1020, 191 slots, 8 rounds, closed loop). Env: STEPS, TESTS, MARK (default gpu; "gpu or not gpu"
+# 4+1020, 191 slots, 8 rounds, closed loop); step "structured" (STEPS=structured) is issue 18's bench. Env: STEPS, TESTS, MARK (default gpu; "gpu or not gpu"
 # also runs the kernel tests that take the device from their fixture). Writes under $OUT; a short table last.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 SWIFTINFER_HOME=/tmp/swh RAY_USAGE_STATS_ENABLED=0 NCCL_NVLS_ENABLE=0
@@ -30,5 +30,7 @@ want gpu_tests && step gpu_tests ${TESTS_S:-360} python3 -m pytest -q -m "${MARK
 rm -rf /tmp/model && cp -r .carry/r7b /tmp/model
 want engine && step engine ${ENGINE_S:-180} python3 bench/engine_batches.py --model /tmp/model --sizes 128 --max-sessions 191 \
   --window 1020 --rounds 8 --words 24 --no-bare --closed-loop --name verify_engine_7b --out "$OUT"
+# issue 18 (not by default): structured output and logprobs on batched decode, 64 sessions, 7B shape
+want structured && step structured ${STRUCT_S:-300} python3 bench/structured_output.py --random --model /tmp/model --sessions 64 --out "$OUT"
 (cd "$OUT" && tar czf logs.tgz *.log)
 echo; cat "$OUT/summary.txt"
