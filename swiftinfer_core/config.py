@@ -40,7 +40,19 @@ class DType(str, Enum):
 
 class Quantization(str, Enum):
     NONE = "none"  # the weights in ``dtype``
-    INT8 = "int8"  # weight-only int8, per output channel (CPU only): model/cpu_weights.py
+    INT8 = "int8"  # weight-only int8, per output channel: CPU model/cpu_weights.py, CUDA model/quant_linear.py
+    INT4 = "int4"  # weight-only int4, group scales: model/quant.py, model/quant_linear.py
+    FP8 = "fp8"  # refused: not implemented (see _MISSING)
+    GGUF = "gguf"  # refused: not implemented (see _MISSING)
+
+
+# What a named but unbuilt format lacks: EngineConfig refuses it with this reason.
+_MISSING = {
+    Quantization.FP8: "FP8 (e4m3) weights need an FP8 GEMV/GEMM (torch._scaled_mm or Triton) with per-channel scales, "
+                      "and this build has none",
+    Quantization.GGUF: "keeping GGUF's Q4_0/Q4_1/Q4_K/Q8_0 blocks compact needs kernels for those block formats, and this "
+                       "build has none (a GGUF model is expanded to float at fetch: model/fetch.py)",
+}
 
 
 class LoadFormat(str, Enum):
@@ -73,7 +85,8 @@ class EngineConfig(StrictModel):
     lm_head_fp32: bool = Field(True, description="Keep the LM head in float32 under bf16/fp16 weights: exact-er logits for sampling, at the cost of reading the head twice as many bytes per step.")
     cpu_fast_path: bool = Field(True, description="On the CPU: keep linear weights transposed in memory ([in, out] storage, the same [out, in] tensor to the model; MKL's matrix-vector product reads it ~1.4x faster) and decode one-token steps through kernels/torch_decode.py instead of the reference attention. False runs the plain reference path (side-by-side benchmarks, numerics checks). No effect on a GPU.")
     cpu_threads: int | None = Field(None, ge=1, le=1024, description="Torch intra-op threads when the model runs on the CPU (process-wide: torch.set_num_threads at load). None: torch's default, one per core. On a box shared with other busy processes one thread decoded 4-6x faster than two (bench/results/cpu_decode_profile.md).")
-    quantization: Quantization = Field(Quantization.NONE, description="Weight format. 'int8': symmetric per-output-channel int8 weights for every linear layer (the LM head too unless lm_head_fp32), multiplied by torch's _weight_int8pack_mm with bfloat16 activations and a float32 residual stream. CPU only, tp_size 1; embeddings and norms stay in dtype.")
+    quantization: Quantization = Field(Quantization.NONE, description="Weight format of every linear layer (the LM head too unless lm_head_fp32), quantized at load from the float checkpoint; Llama family, tp_size 1; embeddings and norms stay in dtype. 'int8': symmetric, one scale per output channel; on the CPU torch's _weight_int8pack_mm (bfloat16 activations, float32 residual stream), on CUDA the Triton kernels of kernels/quant_gemv.py (one row) and quant_gemm.py (batches) in dtype. 'int4': symmetric, one scale per quant_group inputs, two weights per byte (model/quant.py); CUDA: the same Triton kernels; CPU: torch's _weight_int4pack_mm_for_cpu. 'fp8' and 'gguf' are refused: not implemented.")
+    quant_group: int = Field(128, ge=32, le=1024, description="int4 only: consecutive inputs of a row that share one scale; a power of two. Smaller groups follow outliers more closely at more scale bytes (2 bytes per group).")
     load_format: LoadFormat = Field(LoadFormat.AUTO, description="'random' skips the weights: for benchmarking a shape from its config.json alone.")
     tp_size: int = Field(1, ge=1, le=64, description="Tensor-parallel ranks for one engine.")
     seed: int = Field(0, ge=0, description="Default sampling seed.")
@@ -81,11 +94,16 @@ class EngineConfig(StrictModel):
     allow_control_tokens_in_content: bool = Field(False, description="UNSAFE, for trusted clients only. When true, control-token spellings inside message content (e.g. '<|im_end|>\\n<|im_start|>system') are encoded as the control tokens themselves, so a client can forge turns and roles the chat template never wrote. Default false: content is always encoded as plain text.")
 
     @model_validator(mode="after")
-    def _check(self) -> "EngineConfig":
+    def _check(self) -> EngineConfig:
         if self.window is not None and self.sink_tokens >= self.window:
             raise ValueError(f"sink_tokens ({self.sink_tokens}) must be smaller than window ({self.window})")
-        if self.quantization is not Quantization.NONE and (self.device is Device.CUDA or self.tp_size > 1):
-            raise ValueError(f"quantization '{self.quantization.value}' runs on the CPU with tp_size 1 only")
+        q = self.quantization
+        if q in _MISSING:
+            raise ValueError(f"quantization '{q.value}' is not available: {_MISSING[q]}; use 'int8' or 'int4'")
+        if q is not Quantization.NONE and self.tp_size > 1:
+            raise ValueError(f"quantization '{q.value}' runs with tp_size 1 only (quantized layers are not sharded)")
+        if self.quant_group & (self.quant_group - 1):
+            raise ValueError(f"quant_group must be a power of two, got {self.quant_group}")
         return self
 
 
@@ -98,7 +116,7 @@ class Grammar(StrictModel):
     after: str = Field("", max_length=256, description="Fixed text after the JSON, before the reply's end (e.g. '\\n</tool_call>').")
 
     @model_validator(mode="after")
-    def _check(self) -> "Grammar":
+    def _check(self) -> Grammar:
         if (self.kind == "json_schema") != (self.json_schema is not None):
             raise ValueError("json_schema is required with kind 'json_schema' and only then")
         return self
@@ -125,7 +143,7 @@ class SamplingParams(StrictModel):
     n: int = Field(1, ge=1, le=128, description="Choices to generate from one prefill of the input (engine/choices.py). On a session, choice 0 continues the conversation; the others are returned and discarded. Each choice needs its own cache slot while the turn runs.")
 
     @model_validator(mode="after")
-    def _check(self) -> "SamplingParams":
+    def _check(self) -> SamplingParams:
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
         if any(not -100.0 <= v <= 100.0 for v in self.logit_bias.values()) or any(t < 0 for t in self.logit_bias):

@@ -34,10 +34,16 @@ from swiftinfer_core.model.families import build_model
 from swiftinfer_core.model.layers import ShardPlan, layer_specs
 from swiftinfer_core.model.llama import Llama
 from swiftinfer_core.model.loader import read_state_dict
+from swiftinfer_core.model.quant import QuantFormat
+from swiftinfer_core.model.quant_linear import cpu_int4_available, quantize_linears
 from swiftinfer_core.runner.kv_slots import num_slots
 from swiftinfer_core.runner.model_runner import ModelRunner
 from swiftinfer_core.runner.rank_config import RankConfig, Weights
-from swiftinfer_core.runner.weights import SeededCheckpoint, ShardedCheckpoint, fill_random
+from swiftinfer_core.runner.weights import (
+    SeededCheckpoint,
+    ShardedCheckpoint,
+    fill_random,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +65,8 @@ def rank_device(device_type: str) -> torch.device:
 def build_rank(cfg: RankConfig, plan: ShardPlan | None = None, ranks: Ranks | None = None) -> ModelRunner:
     """This rank's runner. ``plan``: its heads and MLP rows (all of them when None),
     ``all_reduce`` already bound; ``ranks``: its group on a tensor-parallel rank."""
+    if ranks is not None and cfg.quant is not None:
+        raise InvalidRequestError(f"quantization '{cfg.quant.value}' runs on one device only (quantized layers are not sharded)")
     device = rank_device(cfg.device_type)
     plan = plan or ShardPlan.single(cfg.args)
     with torch.device("meta"):
@@ -68,7 +76,7 @@ def build_rank(cfg: RankConfig, plan: ShardPlan | None = None, ranks: Ranks | No
         model.lm_head.float()  # before loading: keep the checkpoint's own precision
     fill_weights(model, cfg, device, sharded=ranks is not None)
     if ranks is None:
-        cpu_weight_format(model, cfg, device)  # int8 and the transposed CPU layout: one device only
+        cpu_weight_format(model, cfg, device)  # quantized weights and the transposed CPU layout: one device only
     model.eval()
     kv_heads = plan.kv_hi - plan.kv_lo
     slots = num_slots(cfg, device, kv_heads)
@@ -76,7 +84,8 @@ def build_rank(cfg: RankConfig, plan: ShardPlan | None = None, ranks: Ranks | No
         slots = ranks.min_int(slots)  # every rank's pool holds every slot id rank 0 hands out
     pool = KVPool(cfg.layout, cfg.args.num_layers, slots, kv_heads, cfg.args.head_dim, cfg.dtype, device)
     attn = make_attention(cfg, device, plan)
-    model.gemv_decode = cfg.gemv_decode and device.type == "cuda" and isinstance(attn, TritonAttention) and fused_decode.supports(model)
+    # the fused batch-1 chain reads float weights (model/fused_decode.py): not with quantized ones
+    model.gemv_decode = cfg.gemv_decode and cfg.quant is None and device.type == "cuda" and isinstance(attn, TritonAttention) and fused_decode.supports(model)
     if ranks is None:
         log.info("model %s on %s/%s: %d cache slots of %d+%d", cfg.name, device, cfg.dtype, slots, cfg.layout.sinks, cfg.layout.window)
     else:
@@ -125,15 +134,34 @@ def plain_attention(specs: list) -> bool:
 
 
 def cpu_weight_format(model: nn.Module, cfg: RankConfig, device: torch.device) -> None:
-    """int8 weights (``cfg.int8``), float weights in the CPU's faster layout
+    """Quantized weights (``cfg.quant``), float weights in the CPU's faster layout
     (model/cpu_weights.py), and the CPU thread count."""
-    if cfg.int8:
-        if device.type != "cpu":
-            raise InvalidRequestError(f"quantization 'int8' runs on the CPU only, not on {device}")
-        if not isinstance(model, Llama):
-            raise InvalidRequestError(f"quantization 'int8' serves the Llama family only, not {type(model).__name__}")
-        quantize_int8(model, head=not cfg.lm_head_fp32)
+    if cfg.quant is not None:
+        quantize_weights(model, cfg, device)
     if device.type == "cpu" and cfg.cpu_threads is not None:
         torch.set_num_threads(cfg.cpu_threads)  # process-wide, the engine's step thread included
     if device.type == "cpu" and cfg.cpu_fast_path:
         transpose_linears(model)  # what int8 left in float: the head under lm_head_fp32
+
+
+def quantize_weights(model: nn.Module, cfg: RankConfig, device: torch.device) -> None:
+    """int8 on the CPU: model/cpu_weights.py; int4 on the CPU and both on CUDA:
+    model/quant_linear.py. What the device cannot run is refused here, at load."""
+    name = cfg.quant.value
+    if not isinstance(model, Llama):
+        raise InvalidRequestError(f"quantization '{name}' serves the Llama family only, not {type(model).__name__}")
+    head = not cfg.lm_head_fp32
+    if device.type == "cpu" and cfg.quant is QuantFormat.INT8:
+        quantize_int8(model, head=head)
+        return
+    if device.type == "cpu" and not cpu_int4_available():
+        raise InvalidRequestError(f"quantization 'int4' on the CPU needs torch's _weight_int4pack_mm_for_cpu, "
+                                  f"which torch {torch.__version__} lacks")
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401  (the kernels of model/quant_linear.py)
+        except ImportError:
+            raise InvalidRequestError(f"quantization '{name}' on {device} needs triton, which is not installed") from None
+    elif device.type != "cpu":
+        raise InvalidRequestError(f"quantization '{name}' runs on the CPU or CUDA, not on {device}")
+    quantize_linears(model, cfg.quant, cfg.quant_group, head=head)

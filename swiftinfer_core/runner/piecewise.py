@@ -28,15 +28,15 @@ so tests check them against the plain forward.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from swiftinfer_core.cache.pool import KVPool
-from swiftinfer_core.runner.cuda_graph import Capture, CudaCapture, ladder, padded_size
 from swiftinfer_core.kernels.attention import Attention
 from swiftinfer_core.kernels.batch import AttnBatch
-from swiftinfer_core.model.llama import Llama
+from swiftinfer_core.model.llama import Llama, in_dtype
+from swiftinfer_core.runner.cuda_graph import Capture, CudaCapture, ladder, padded_size
 
 log = logging.getLogger(__name__)
 BUCKETS = (16, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 448, 512)
@@ -54,7 +54,7 @@ class StaticTokens:
 
     def __init__(self, size: int, model: Llama, device: torch.device):
         block = model.layers[0]
-        dt = block.wqkv.weight.dtype
+        dt = in_dtype(block.wqkv)  # quantized layers (model/quant_linear.py) have no .weight
         self.size = size
         self.ids = torch.zeros(size, dtype=torch.long, device=device)
         self.x = torch.zeros(size, model.args.hidden_size, dtype=torch.float32, device=device)

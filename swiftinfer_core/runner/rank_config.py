@@ -18,6 +18,7 @@ import torch
 
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.model.args import ModelArgs
+from swiftinfer_core.model.quant import QuantFormat
 
 
 class Weights(str, Enum):
@@ -40,7 +41,8 @@ class RankConfig:
     attention: Literal["triton", "torch"] = "torch"  # resolved: no "auto"
     slots: int | None = None  # KV cache slots; None: sized from free memory (GPU) or CPU_DEFAULT_SLOTS
     lm_head_fp32: bool = False  # the LM head in float32 under bf16/fp16 weights
-    int8: bool = False  # weight-only int8 linears (CPU, one device); the head too unless lm_head_fp32
+    quant: QuantFormat | None = None  # weight-only int8/int4 linears (one device); the head too unless lm_head_fp32
+    quant_group: int = 128  # int4 group size (model/quant.py)
     cpu_fast_path: bool = False  # CPU: transposed linears (one device) and CpuAttention where every layer is plain
     cpu_threads: int | None = None  # torch threads of a one-device CPU engine (process-wide)
     gemv_decode: bool = False  # GPU batch-1 decode through model/fused_decode.py where the model allows it

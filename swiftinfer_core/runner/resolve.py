@@ -9,11 +9,20 @@ from pathlib import Path
 import torch
 
 from swiftinfer_core.cache.layout import StreamLayout
-from swiftinfer_core.config import AttentionBackend, Device, DType, EngineConfig, LoadFormat, Quantization
+from swiftinfer_core.config import (
+    AttentionBackend,
+    Device,
+    DType,
+    EngineConfig,
+    LoadFormat,
+    Quantization,
+)
 from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.model.args import ModelArgs
+from swiftinfer_core.model.quant import QuantFormat
 from swiftinfer_core.runner.rank_config import RankConfig, Weights
 
+_QUANT = {Quantization.INT8: QuantFormat.INT8, Quantization.INT4: QuantFormat.INT4}  # NONE: float weights
 _DTYPES = {DType.FLOAT32: torch.float32, DType.BFLOAT16: torch.bfloat16, DType.FLOAT16: torch.float16}
 
 
@@ -47,7 +56,7 @@ def rank_config(cfg: EngineConfig, path: Path, args: ModelArgs) -> RankConfig:
         args=args, layout=resolve_layout(cfg, args), device_type=device.type, dtype=resolve_dtype(cfg, device),
         weights=Weights.RANDOM if cfg.load_format is LoadFormat.RANDOM else Weights.CHECKPOINT, path=path, seed=cfg.seed,
         attention="triton" if triton else "torch", slots=cfg.max_sessions, lm_head_fp32=cfg.lm_head_fp32,
-        int8=cfg.quantization is Quantization.INT8, cpu_fast_path=cfg.cpu_fast_path, cpu_threads=cfg.cpu_threads,
+        quant=_QUANT.get(cfg.quantization), quant_group=cfg.quant_group, cpu_fast_path=cfg.cpu_fast_path, cpu_threads=cfg.cpu_threads,
         gemv_decode=True, memory_share=cfg.memory_share, gpu_memory_utilization=cfg.gpu_memory_utilization,
         split_mixed=cfg.split_mixed_steps,
     )

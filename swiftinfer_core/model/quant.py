@@ -1,0 +1,117 @@
+"""Weight-only quantized formats for the GPU kernels (kernels/quant_gemv.py,
+kernels/quant_gemm.py) and the CPU int4 path: quantize at load, pack, dequantize.
+
+Both formats are symmetric (no zero points): w ~ q * scale.
+
+- INT8: q int8 [N, K] in -127..127, one scale per output row, scale [N] bfloat16.
+  The same numbers as the CPU int8 path (model/cpu_weights.quantize_rows, reused).
+- INT4: q in -7..7, one scale per group of ``group`` consecutive inputs of a row,
+  scale [N, Kp // group] bfloat16, Kp = K rounded up to a multiple of ``group``
+  (the padding is q = 0; the kernels mask x beyond K, so it is never read as data).
+  Stored offset-binary, nibble = q + 8 in 1..15, two per byte along K:
+  byte [n, j] = nibble(k=2j) | nibble(k=2j+1) << 4, packed uint8 [N, Kp // 2].
+
+Why symmetric: one multiply per weight in the kernel and no zero-point tensor; the
+group of 128 bounds how far one outlier stretches a scale. Asymmetric checkpoints
+(GPTQ/AWQ zero points) are not read. Offset 8 with zero points 0 is also the
+format of torch's CPU int4 op (``_weight_int4pack_mm_for_cpu``: w = (nibble - 8)
+* scale + zero), which model/quant_linear.py uses on the CPU. -8 (nibble 0) is
+left unused so that -q is representable, as int8 leaves -128.
+
+Scales are rounded to bfloat16 before q is chosen: q is then the nearest value
+for the scale the kernel multiplies by (round to nearest, |w - q*s| <= s/2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+
+from swiftinfer_core.model.cpu_weights import quantize_rows
+
+INT4_QMAX = 7
+INT4_OFFSET = 8  # nibble = q + 8
+
+
+class QuantFormat(str, Enum):
+    INT8 = "int8"  # per output channel
+    INT4 = "int4"  # per group of ``group`` inputs, two per byte
+
+
+@dataclass(frozen=True)
+class QuantizedWeight:
+    """One linear layer's quantized weight: qweight int8 [N, K] (INT8) or uint8
+    [N, Kp // 2] (INT4); scales bfloat16 [N] (INT8) or [N, Kp // group] (INT4)."""
+
+    fmt: QuantFormat
+    qweight: torch.Tensor
+    scales: torch.Tensor
+    out_features: int  # N
+    in_features: int  # K (before padding)
+    group: int  # INT4 group size; K for INT8 (one group per row)
+
+
+def check_group(group: int) -> None:
+    """A group the kernels can tile: a power of two in 32..1024 (the GEMM splits a
+    group into even/odd halves of >= 16 for tl.dot)."""
+    if not (32 <= group <= 1024 and group & (group - 1) == 0):
+        raise ValueError(f"int4 group size must be a power of two in 32..1024, got {group}")
+
+
+def quantize_int4(w: torch.Tensor, group: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [N, K] float -> (packed uint8 [N, Kp // 2], scales bfloat16 [N, Kp // group])."""
+    check_group(group)
+    n, k = w.shape
+    kp = -(-k // group) * group
+    wf = torch.nn.functional.pad(w.detach().float(), (0, kp - k)).view(n, kp // group, group)
+    amax = wf.abs().amax(dim=2)  # [N, G]
+    scale = (amax / INT4_QMAX).clamp(min=torch.finfo(torch.float32).tiny).to(torch.bfloat16)
+    q = torch.round(wf / scale.float()[..., None]).clamp_(-INT4_QMAX, INT4_QMAX).view(n, kp)
+    return pack_int4(q.to(torch.int8)), scale
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """q int8 [N, Kp] in -8..7 (Kp even) -> uint8 [N, Kp // 2], low nibble = even k."""
+    if q.shape[1] % 2:
+        raise ValueError(f"pack_int4 needs an even number of columns, got {q.shape[1]}")
+    nib = (q.to(torch.int16) + INT4_OFFSET).to(torch.uint8)
+    return (nib[:, 0::2] | (nib[:, 1::2] << 4)).contiguous()
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, Kp // 2] -> q int8 [N, Kp] in -8..7 (inverse of pack_int4)."""
+    lo = (packed & 0xF).to(torch.int8) - INT4_OFFSET
+    hi = (packed >> 4).to(torch.int8) - INT4_OFFSET
+    return torch.stack([lo, hi], dim=2).view(packed.shape[0], -1)
+
+
+def quantize(w: torch.Tensor, fmt: QuantFormat, group: int = 128) -> QuantizedWeight:
+    """w [N, K] float (any device) -> its QuantizedWeight on the same device."""
+    n, k = w.shape
+    if fmt is QuantFormat.INT8:
+        q, s = quantize_rows(w)
+        return QuantizedWeight(fmt, q, s, n, k, k)
+    q, s = quantize_int4(w, group)
+    return QuantizedWeight(fmt, q, s, n, k, group)
+
+
+def dequantize(qw: QuantizedWeight) -> torch.Tensor:
+    """[N, K] float32: the weight the kernels multiply by (padding dropped)."""
+    if qw.fmt is QuantFormat.INT8:
+        return qw.qweight.float() * qw.scales.float()[:, None]
+    q = unpack_int4(qw.qweight).float()  # [N, Kp]
+    s = qw.scales.float().repeat_interleave(qw.group, dim=1)  # [N, Kp]
+    return (q * s)[:, : qw.in_features]
+
+
+def weight_bytes(fmt: QuantFormat | None, n: int, k: int, group: int = 128, float_bytes: int = 2) -> int:
+    """Bytes one [N, K] weight occupies in ``fmt`` (None: float of ``float_bytes``),
+    scales included: what one batch-1 product must read (the roofline)."""
+    if fmt is None:
+        return n * k * float_bytes
+    if fmt is QuantFormat.INT8:
+        return n * k + n * 2
+    kp = -(-k // group) * group
+    return n * kp // 2 + n * (kp // group) * 2

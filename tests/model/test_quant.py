@@ -1,0 +1,82 @@
+"""model/quant.py: int4 packing and int8/int4 quantisation on tiny hand-made
+tensors with exact expected values, and round-trips on random ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from swiftinfer_core.model.quant import (
+    QuantFormat,
+    check_group,
+    dequantize,
+    pack_int4,
+    quantize,
+    quantize_int4,
+    unpack_int4,
+    weight_bytes,
+)
+
+
+def test_pack_int4_layout_is_low_nibble_first_offset_8():
+    q = torch.tensor([[-8, 7, 0, -1], [1, 2, -7, 3]], dtype=torch.int8)
+    # byte = (q[2j] + 8) | (q[2j+1] + 8) << 4
+    want = torch.tensor([[0x00 | 0xF0, 0x08 | 0x70], [0x09 | 0xA0, 0x01 | 0xB0]], dtype=torch.uint8)
+    packed = pack_int4(q)
+    assert packed.dtype == torch.uint8 and torch.equal(packed, want)
+    assert torch.equal(unpack_int4(packed), q)
+
+
+def test_pack_int4_round_trips_every_value():
+    q = torch.arange(-8, 8, dtype=torch.int8).repeat(3, 2)[:, torch.randperm(32)]  # [3, 32]
+    assert torch.equal(unpack_int4(pack_int4(q)), q)
+    with pytest.raises(ValueError, match="even"):
+        pack_int4(q[:, :31])
+
+
+def test_quantize_int4_exact_values_with_padding():
+    # one row, K = 40 with group 32: group 0 has amax 7 (scale 1), group 1 (8 real + 24 padding) amax 0.7 (scale 0.1)
+    w = torch.zeros(1, 40)
+    w[0, :4] = torch.tensor([7.0, -3.4, 0.6, -7.0])
+    w[0, 32:35] = torch.tensor([0.7, -0.35, 0.04])
+    packed, scales = quantize_int4(w, group=32)
+    assert packed.shape == (1, 32) and scales.shape == (1, 2)  # Kp = 64
+    assert scales[0, 0].item() == 1.0
+    assert scales[0, 1].item() == torch.tensor(0.1).bfloat16().item()  # rounded to bf16 first
+    q = unpack_int4(packed)[0]
+    assert q[:4].tolist() == [7, -3, 1, -7]
+    # 0.7 / 0.1000977 = 6.99, -0.35 / 0.1000977 = -3.497, 0.04 / 0.1000977 = 0.40
+    assert q[32:35].tolist() == [7, -3, 0]
+    assert q[4:32].abs().sum() == 0 and q[35:].abs().sum() == 0  # zeros and padding stay 0
+
+
+def test_quantize_int8_exact_values():
+    w = torch.tensor([[127.0, -63.4, 0.6, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    qw = quantize(w, QuantFormat.INT8)
+    assert qw.qweight.tolist() == [[127, -63, 1, 0], [0, 0, 0, 0]]  # an all-zero row: scale tiny, no NaN
+    assert qw.scales[0].item() == 1.0
+    assert torch.equal(dequantize(qw)[0], torch.tensor([127.0, -63.0, 1.0, 0.0]))
+
+
+@pytest.mark.parametrize("fmt,group", [(QuantFormat.INT8, 128), (QuantFormat.INT4, 32), (QuantFormat.INT4, 128)])
+def test_round_to_nearest_within_half_a_scale(fmt, group):
+    torch.manual_seed(0)
+    w = torch.randn(9, 150) * torch.logspace(-3, 1, 9)[:, None]  # rows of very different magnitude
+    qw = quantize(w, fmt, group)
+    deq = dequantize(qw)
+    assert deq.shape == w.shape
+    s = qw.scales.float()
+    s = s[:, None] if fmt is QuantFormat.INT8 else s.repeat_interleave(group, 1)[:, :150]
+    assert bool(((deq - w).abs() <= s / 2 * (1 + 1e-6)).all())
+    assert int(unpack_int4(qw.qweight).abs().max() if fmt is QuantFormat.INT4 else qw.qweight.abs().max()) <= (
+        7 if fmt is QuantFormat.INT4 else 127)
+
+
+def test_group_bounds_and_bytes():
+    for bad in (16, 48, 2048):
+        with pytest.raises(ValueError, match="power of two"):
+            check_group(bad)
+    check_group(128)
+    assert weight_bytes(None, 4096, 4096) == 4096 * 4096 * 2
+    assert weight_bytes(QuantFormat.INT8, 4096, 4096) == 4096 * 4096 + 4096 * 2
+    assert weight_bytes(QuantFormat.INT4, 10, 200, 128) == 10 * 256 // 2 + 10 * 2 * 2  # K padded to 256

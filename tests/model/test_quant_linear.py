@@ -1,0 +1,85 @@
+"""QuantLinear (model/quant_linear.py) and its wiring: the CPU int4 path against
+float64 of the dequantised weights, the config's refusals, and int4 on the real
+default model against float32 on teacher-forced text. GPU tests run the Triton
+path (bf16) on CUDA only."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from test_cpu_weights import _top1_and_nll  # the int8 test's teacher-forced scorer
+from torch import nn
+
+from swiftinfer_core.config import EngineConfig
+from swiftinfer_core.engine.engine_model import build_engine_model
+from swiftinfer_core.errors import InvalidRequestError
+from swiftinfer_core.model.quant import QuantFormat
+from swiftinfer_core.model.quant_linear import QuantLinear, quantize_linears
+
+
+@pytest.mark.parametrize("rows,bias", [(1, False), (7, True)])
+def test_cpu_int4_matches_float64_of_dequantised_weights(rows, bias):
+    torch.manual_seed(int.from_bytes(os.urandom(4), "little"))
+    lin = nn.Linear(200, 37, bias=bias)  # N not a multiple of 16, K not of the group: both padded
+    q4 = QuantLinear(lin, QuantFormat.INT4, 64)
+    x = torch.randn(rows, 200)
+    ref = x.bfloat16().double() @ q4.dequantized().double().t()  # the op's inputs exactly: bf16 x
+    if bias:
+        ref = ref + lin.bias.double()
+    got = q4(x)
+    assert got.dtype == torch.float32 and got.shape == (rows, 37)
+    # bf16 output rounding (2^-9) is the only error left
+    assert ((got.double() - ref).norm() / ref.norm()).item() < 4e-3
+    assert q4(x.view(1, rows, 200)).shape == (1, rows, 37)
+
+
+def test_quantize_linears_keeps_the_head_when_asked():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(64, 32)
+            self.lm_head = nn.Linear(64, 16)
+
+    m = M()
+    assert quantize_linears(m, QuantFormat.INT4, 32, head=False) == 1
+    assert isinstance(m.body, QuantLinear) and isinstance(m.lm_head, nn.Linear)
+    with pytest.raises(ValueError, match="CUDA only"):
+        QuantLinear(nn.Linear(64, 32), QuantFormat.INT8)  # CPU int8 is Int8Linear
+
+
+def test_config_accepts_int8_int4_and_refuses_what_is_missing():
+    assert EngineConfig(quantization="int4", device="cpu").quant_group == 128
+    EngineConfig(quantization="int4", device="cuda", quant_group=64)
+    with pytest.raises(InvalidRequestError, match="FP8 GEMV/GEMM"):
+        EngineConfig(quantization="fp8")
+    with pytest.raises(InvalidRequestError, match="Q4_0/Q4_1/Q4_K/Q8_0"):
+        EngineConfig(quantization="gguf")
+    with pytest.raises(InvalidRequestError, match="tp_size 1"):
+        EngineConfig(quantization="int4", tp_size=2)
+    with pytest.raises(InvalidRequestError, match="power of two"):
+        EngineConfig(quantization="int4", quant_group=96)
+    with pytest.raises(InvalidRequestError, match="quant_group"):
+        EngineConfig(quant_group=16)
+    with pytest.raises(InvalidRequestError):
+        EngineConfig(quantization="int3")
+
+
+def test_int4_real_model_top1_and_perplexity_near_float32(base_model, shakespeare_ids):
+    """int4 (group 128) on the CPU path over 600 teacher-forced tokens, 4+124 cache.
+    Measured (this test's setup, one run): top-1 agreement 0.542, perplexity ratio
+    1.61 (group 64: 0.545 / 1.53, group 32: 0.607 / 1.34). Round-to-nearest int4
+    costs this 135M model much more than int8 (0.96 / 1.003): the bounds sit
+    just outside the measurement, so a broken nibble, scale or padding (which
+    sends the ratio far above 2) fails, and the loss itself is on record."""
+    ids = shakespeare_ids[:601]
+    cfg = {"device": "cpu", "sink_tokens": 4, "window": 124, "max_sessions": 1}
+    f_top, f_nll = _top1_and_nll(build_engine_model(EngineConfig(**cfg)), ids)
+    m4 = build_engine_model(EngineConfig(quantization="int4", **cfg))
+    assert isinstance(m4.model.layers[0].wqkv, QuantLinear)
+    q_top, q_nll = _top1_and_nll(m4, ids)
+    agree = (f_top == q_top).float().mean().item()
+    ppl_ratio = torch.exp(q_nll.mean() - f_nll.mean()).item()
+    assert agree >= 0.45, f"top-1 agreement {agree:.4f}"
+    assert ppl_ratio < 1.85, f"perplexity ratio {ppl_ratio:.4f}"
