@@ -182,6 +182,6 @@ def test_piecewise_graphs_give_the_eager_tokens_and_pad_buckets(tiny_dir):
                 core.import_session(core.export_session("s0"))
         assert _turns(a, sids, max_tokens=4) == _turns(b, sids, max_tokens=4), f"round {k}"
     assert len(used) >= 2 and max(used) <= 64, used  # steps of over 64 tokens took the plain forward
-    assert a.tokens_prefilled == b.tokens_prefilled
+    assert a.stats().tokens_prefilled == b.stats().tokens_prefilled
     with pytest.raises(ValueError):
         PiecewiseGraphs(a.runner.model, a.runner.pool, a.runner.attn, a.runner.device, 0)
