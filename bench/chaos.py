@@ -12,12 +12,12 @@ each fault once an equal share of the turns has been acknowledged:
 - replica_sigkill: SIGKILL the process of the replica that owns the most sessions;
 - controller_kill: kill Serve's controller (Ray restarts it);
 - directory_kill: kill the session directory (Ray restarts it; it reloads from the session log);
-- device_fault: the next step of one replica's engine runs on an out-of-range cache slot
+- device_fault: the next step of the busiest replica's engine runs on an out-of-range cache slot
   (swiftinfer_core/engine/faults.py: an illegal memory access on a GPU), so Serve must replace it;
 - app_restart: delete the application, kill its directory for good, deploy it again on the same log.
 
-Reported (JSON + PNG): per fault, when it hit, the conversations it affected (a turn in flight
-then, or retried across it) and the seconds until each of them was served again; the load's
+Reported (JSON + PNG): per fault, when it hit, the turns in flight then, the conversations it
+affected (a turn retried across it) and the seconds until each of them was served again; the load's
 summary; the audit of every acknowledged turn against the session log (lost, duplicated).
 tests/deployments/replica/test_chaos.py runs the same on the CPU with the default model.
 """
@@ -73,38 +73,56 @@ def _directory_actor(app: ChaosApp):
     return ray.get_actor(app.directory, namespace=NAMESPACE)
 
 
-def replica_sigkill(app: ChaosApp) -> str:
+def _busiest_replica(app: ChaosApp):
+    """(replica id, its stats) of the live replica that owns the most sessions."""
     import ray
 
     directory = _directory_actor(app)
     owners = ray.get(directory.owners.remote())
     stats = ray.get(directory.replica_stats.remote(10.0))
     victim = max(stats, key=lambda rid: owners.get(rid, 0))
-    os.kill(stats[victim].pid, signal.SIGKILL)
+    return victim, stats[victim]
+
+
+def replica_sigkill(app: ChaosApp, sessions: list[str]) -> str:
+    victim, stats = _busiest_replica(app)
+    os.kill(stats.pid, signal.SIGKILL)
     return victim
 
 
-def controller_kill(app: ChaosApp) -> str:
+def controller_kill(app: ChaosApp, sessions: list[str]) -> str:
     import ray
 
     ray.kill(ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve"), no_restart=False)
     return "SERVE_CONTROLLER_ACTOR"
 
 
-def directory_kill(app: ChaosApp) -> str:
+def directory_kill(app: ChaosApp, sessions: list[str]) -> str:
     import ray
 
     ray.kill(_directory_actor(app), no_restart=False)
     return app.directory
 
 
-def device_fault(app: ChaosApp) -> str:
+def device_fault(app: ChaosApp, sessions: list[str]) -> str:
+    """Arm the busiest replica: the call is routed by one of its sessions (the session
+    router sends it to the owner), and a replica not named arms nothing."""
+    import ray
     from ray import serve
 
-    return serve.get_deployment_handle("LLMReplica", app.name).inject_device_fault.remote().result(timeout_s=60)
+    victim, _ = _busiest_replica(app)
+    directory = _directory_actor(app)
+    sid = next((s for s in sessions if (d := ray.get(directory.describe.remote(s))) and d.owner == victim), None)
+    if sid is None:
+        raise RuntimeError(f"no session of replica {victim} among {len(sessions)}")
+    handle = serve.get_deployment_handle("LLMReplica", app.name).options(session_id=sid)
+    armed = handle.inject_device_fault.remote(only=victim).result(timeout_s=60)
+    if armed != victim:
+        raise RuntimeError(f"the call for replica {victim} (session {sid}) reached {armed}")
+    return victim
 
 
-def app_restart(app: ChaosApp) -> str:
+def app_restart(app: ChaosApp, sessions: list[str]) -> str:
     import ray
     from ray import serve
 
@@ -114,7 +132,7 @@ def app_restart(app: ChaosApp) -> str:
     return app.name
 
 
-FAULTS: dict[str, Callable[[ChaosApp], str]] = {
+FAULTS: dict[str, Callable[[ChaosApp, list[str]], str]] = {  # (app, sessions seen so far) -> what was hit
     f.__name__: f for f in (replica_sigkill, controller_kill, directory_kill, device_fault, app_restart)
 }
 
@@ -130,15 +148,18 @@ class FaultRecord:
 
 
 def affected_sessions(turns: list[TurnResult], at: float, until: float) -> dict[str, float]:
-    """Sessions whose turn was in flight at ``at`` or retried after it (before ``until``, the next
-    fault), each with the seconds from ``at`` until that turn's reply ended."""
+    """Sessions whose turn in flight at ``at``, or started after it (before ``until``, the next
+    fault), needed more than one attempt; each with the seconds from ``at`` until that turn's
+    reply ended (the conversation served again)."""
     out: dict[str, float] = {}
     for t in turns:
-        if not t.ok or t.done <= at or t.scheduled >= until:
-            continue
-        if t.scheduled <= at or t.attempts > 1:
+        if t.ok and t.attempts > 1 and t.done > at and t.scheduled < until:
             out[t.session_id] = max(out.get(t.session_id, 0.0), t.done - at)
     return out
+
+
+def in_flight(turns: list[TurnResult], at: float) -> int:
+    return sum(1 for t in turns if t.scheduled <= at < (t.done if t.done else float("inf")))
 
 
 def run_chaos(app: ChaosApp, spec: LoadSpec, faults: list[str], wait_s: float = 600.0) -> dict:
@@ -156,7 +177,7 @@ def run_chaos(app: ChaosApp, spec: LoadSpec, faults: list[str], wait_s: float = 
         if not runner.is_alive():
             break  # the load ended early (a failed conversation): the audit says why
         at = time.perf_counter()
-        detail = FAULTS[name](app)
+        detail = FAULTS[name](app, sorted({t.session_id for t in list(progress.results)}))
         records.append(FaultRecord(name, progress.turns_done, at, time.perf_counter() - at, str(detail)))
     runner.join(wait_s)
     if runner.is_alive():
@@ -167,7 +188,7 @@ def run_chaos(app: ChaosApp, spec: LoadSpec, faults: list[str], wait_s: float = 
         rec.affected = affected_sessions(turns, rec.at, nxt.at if nxt else float("inf"))
     result["faults"] = [{
         "fault": r.fault, "after_turns": r.after_turns, "at_s": round(r.at - t_start, 2), "took_s": round(r.took_s, 2),
-        "detail": r.detail, "affected_sessions": len(r.affected),
+        "detail": r.detail, "turns_in_flight": in_flight(turns, r.at), "affected_sessions": len(r.affected),
         "all_served_again_s": round(max(r.affected.values()), 2) if r.affected else None,
     } for r in records]
     result["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -242,12 +242,15 @@ class LLMReplica:
         is replaced instead of failing every turn routed to it."""
         self._engine.check_health()
 
-    def inject_device_fault(self) -> str:
+    def inject_device_fault(self, only: str | None = None) -> str:
         """Test-only: the engine's next step faults on the device (engine/faults.py).
-        Refused unless this process runs with SWIFTINFER_FAULT_INJECTION=1."""
+        Refused unless this process runs with SWIFTINFER_FAULT_INJECTION=1. With
+        ``only``, a replica of another id arms nothing (a caller aiming at one
+        replica through a handle that picks any). Returns this replica's id."""
         if not faults.enabled():
             raise PermissionError(f"fault injection is off (set {faults.ENV}=1 in the replica's environment)")
-        self._engine.inject_device_fault()
+        if only is None or only == self._id:
+            self._engine.inject_device_fault()
         return self._id
 
     # ---- stats for routers, the autoscaler, and /metrics -------------------------------
