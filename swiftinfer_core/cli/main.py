@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from swiftinfer_core.cli import chat, eval_ppl
+from swiftinfer_core.model.catalog import FETCHED
 
 AddParser = Callable[[argparse._SubParsersAction], None]
 
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None, commands: Iterable[AddParser] = ()) -> i
     for add_parser in commands:
         add_parser(sub)
     fetch = sub.add_parser("fetch-model", help="fetch and convert a model once (the default one, or gemma3-270m); print its folder")
-    fetch.add_argument("name", nargs="?", default="default", choices=["default", "gemma3-270m"])
+    fetch.add_argument("name", nargs="?", default="default", choices=list(FETCHED))
     fetch.add_argument("--gguf", type=Path, help="convert this GGUF file (checked against the pinned SHA-256) instead of fetching it")
     fetch.add_argument("--tokenizer", type=Path, help="with --gguf: a folder holding this model's tokenizer converted elsewhere "
                        "(where the local transformers loses the GGUF tokenizer's merges)")
@@ -36,14 +37,8 @@ def main(argv: list[str] | None = None, commands: Iterable[AddParser] = ()) -> i
 
 def _fetch(args) -> int:
     from swiftinfer_core.model.catalog import resolve_model
-    from swiftinfer_core.model.fetch import ensure_default_model
-    from swiftinfer_core.model.gemma3_gguf import ensure_gemma3
 
-    if args.gguf is None:
-        print(resolve_model(args.name))
-    else:
-        ensure = ensure_default_model if args.name == "default" else ensure_gemma3
-        print(ensure(gguf=args.gguf, tokenizer=args.tokenizer))
+    print(resolve_model(args.name, gguf=args.gguf, tokenizer=args.tokenizer))
     return 0
 
 

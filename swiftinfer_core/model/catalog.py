@@ -13,13 +13,15 @@ from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.model import gemma3_gguf
 from swiftinfer_core.model.fetch import ensure_default_model
 
+FETCHED = {"default": ensure_default_model, gemma3_gguf.NAME: gemma3_gguf.ensure_gemma3}  # name -> fetch-and-convert
 
-def resolve_model(name: str) -> Path:
-    """'default' / 'gemma3-270m' -> the converted model; anything else must be a local folder."""
-    if name == "default":
-        return ensure_default_model()
-    if name == gemma3_gguf.NAME:
-        return gemma3_gguf.ensure_gemma3()
+
+def resolve_model(name: str, gguf: Path | None = None, tokenizer: Path | None = None) -> Path:
+    """'default' / 'gemma3-270m' -> the converted model (from ``gguf``, a pinned file given by
+    hand, and ``tokenizer``, one converted elsewhere, when the model is not there yet);
+    anything else must be a local folder."""
+    if name in FETCHED:
+        return FETCHED[name](gguf=gguf, tokenizer=tokenizer)
     path = Path(name).expanduser()
     if not (path / "config.json").exists():
         raise InvalidRequestError(f"model {name!r}: not 'default', not {gemma3_gguf.NAME!r} and not a folder with config.json (no model hub is used)")

@@ -61,6 +61,13 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def check_pin(path: Path, sha256: str) -> None:
+    """RuntimeError unless ``path``'s SHA-256 is the pinned ``sha256``."""
+    digest = _sha256(path)
+    if digest != sha256:
+        raise RuntimeError(f"{path}: sha256 {digest} does not match the pinned {sha256}")
+
+
 PROBE = "To be, or not to be: that is the question."
 
 
@@ -126,9 +133,7 @@ def ensure_default_model(gguf: Path | None = None, tokenizer: Path | None = None
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         src = gguf or _download_gguf(Path(tmp))
-        digest = _sha256(src)
-        if digest != GGUF_SHA256:
-            raise RuntimeError(f"{src}: sha256 {digest} does not match the pinned {GGUF_SHA256}")
+        check_pin(src, GGUF_SHA256)
         convert_gguf(src, folder, tokenizer=tokenizer)
     return folder
 

