@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from swiftinfer_core.kernels.decode_attention import dot_precision, mma_dtype
+from swiftinfer_core.kernels.quant_gemv import check_operands, int4_shape, int8_shape
 
 
 @triton.jit
@@ -82,8 +83,7 @@ def _block_m(m: int) -> int:
 def _launch(x, q, scales, out, n, k, ng, int4, block_n, block_k, num_warps, stages):
     if x.dim() != 2 or x.shape[1] != k or x.stride(1) != 1:
         raise ValueError(f"x must be [M, {k}] with contiguous rows, got {tuple(x.shape)}")
-    if not (q.is_contiguous() and scales.is_contiguous()) or q.device != x.device or scales.device != x.device:
-        raise ValueError("weights and scales must be contiguous and on x's device")
+    check_operands(x, q, scales)
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"activations must be float32, bfloat16 or float16, got {x.dtype}")
     m = x.shape[0]
@@ -101,18 +101,12 @@ def _launch(x, q, scales, out, n, k, ng, int4, block_n, block_k, num_warps, stag
 def gemm_int8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor | None = None,
               block_n: int = 64, block_k: int = 64, num_warps: int = 4, stages: int = 3) -> torch.Tensor:
     """x [M, K], q int8 [N, K], scales [N] -> y [M, N] in x's dtype."""
-    n, k = q.shape
-    if q.dtype != torch.int8 or scales.shape != (n,):
-        raise ValueError(f"int8 weights must be int8 [N, K] with scales [N]; got {q.dtype} {tuple(scales.shape)}")
+    n, k = int8_shape(q, scales)
     return _launch(x, q, scales, out, n, k, 1, False, block_n, block_k, num_warps, stages)
 
 
 def gemm_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: int, group: int,
               out: torch.Tensor | None = None, block_n: int = 64, num_warps: int = 4, stages: int = 3) -> torch.Tensor:
     """x [M, K], packed uint8 [N, Kp/2], scales [N, Kp/group] -> y [M, N] in x's dtype."""
-    n, half = packed.shape
-    ng = -(-k // group)
-    if packed.dtype != torch.uint8 or 2 * half != ng * group or scales.shape != (n, ng):
-        raise ValueError(f"int4 weights for K={k}, group {group}: uint8 [N, {ng * group // 2}] and scales [N, {ng}]; "
-                         f"got {packed.dtype} {tuple(packed.shape)} and {tuple(scales.shape)}")
+    n, ng = int4_shape(packed, scales, k, group)
     return _launch(x, packed, scales, out, n, k, ng, True, block_n, group, num_warps, stages)

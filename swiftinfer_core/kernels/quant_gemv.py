@@ -66,19 +66,39 @@ def _qgemv_kernel(
     tl.store(Y + rows, y.to(Y.dtype.element_ty), mask=rmask)
 
 
+def int8_shape(q: torch.Tensor, scales: torch.Tensor) -> tuple[int, int]:
+    """(N, K) of int8 weights q [N, K] with scales [N] (this kernel's and quant_gemm's); ValueError if not."""
+    n, k = q.shape
+    if q.dtype != torch.int8 or scales.shape != (n,):
+        raise ValueError(f"int8 weights must be int8 [N, K] with scales [N]; got {q.dtype} {tuple(scales.shape)}")
+    return n, k
+
+
+def int4_shape(packed: torch.Tensor, scales: torch.Tensor, k: int, group: int) -> tuple[int, int]:
+    """(N, groups) of int4 weights packed uint8 [N, Kp/2] with scales [N, Kp/group]; ValueError if not."""
+    n, half = packed.shape
+    ng = -(-k // group)
+    if packed.dtype != torch.uint8 or 2 * half != ng * group or scales.shape != (n, ng):
+        raise ValueError(f"int4 weights for K={k}, group {group}: uint8 [N, {ng * group // 2}] and scales [N, {ng}]; "
+                         f"got {packed.dtype} {tuple(packed.shape)} and {tuple(scales.shape)}")
+    return n, ng
+
+
+def check_operands(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> None:
+    if not (q.is_contiguous() and scales.is_contiguous()) or q.device != x.device or scales.device != x.device:
+        raise ValueError("weights and scales must be contiguous and on x's device")
+
+
 def _check(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, k: int) -> None:
     if x.dim() != 2 or x.shape[0] != 1 or x.shape[1] != k or not x.is_contiguous():
         raise ValueError(f"x must be a contiguous [1, {k}] tensor, got {tuple(x.shape)}")
-    if not (q.is_contiguous() and scales.is_contiguous()) or q.device != x.device or scales.device != x.device:
-        raise ValueError("weights and scales must be contiguous and on x's device")
+    check_operands(x, q, scales)
 
 
 def gemv_int8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor | None = None,
               block_n: int = 16, block_k: int = 256, num_warps: int = 4, stages: int = 3) -> torch.Tensor:
     """x [1, K], q int8 [N, K], scales [N] -> y [1, N] in x's dtype."""
-    n, k = q.shape
-    if q.dtype != torch.int8 or scales.shape != (n,):
-        raise ValueError(f"int8 weights must be int8 [N, K] with scales [N]; got {q.dtype} {tuple(scales.shape)}")
+    n, k = int8_shape(q, scales)
     _check(x, q, scales, k)
     out = torch.empty((1, n), dtype=x.dtype, device=x.device) if out is None else out
     _qgemv_kernel[(triton.cdiv(n, block_n),)](
@@ -90,11 +110,7 @@ def gemv_int8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch
 def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: int, group: int,
               out: torch.Tensor | None = None, block_n: int = 16, num_warps: int = 4, stages: int = 3) -> torch.Tensor:
     """x [1, K], packed uint8 [N, Kp/2], scales [N, Kp/group] -> y [1, N] in x's dtype."""
-    n, half = packed.shape
-    ng = -(-k // group)
-    if packed.dtype != torch.uint8 or 2 * half != ng * group or scales.shape != (n, ng):
-        raise ValueError(f"int4 weights for K={k}, group {group}: uint8 [N, {ng * group // 2}] and scales [N, {ng}]; "
-                         f"got {packed.dtype} {tuple(packed.shape)} and {tuple(scales.shape)}")
+    n, ng = int4_shape(packed, scales, k, group)
     _check(x, packed, scales, k)
     out = torch.empty((1, n), dtype=x.dtype, device=x.device) if out is None else out
     _qgemv_kernel[(triton.cdiv(n, block_n),)](
