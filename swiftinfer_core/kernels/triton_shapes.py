@@ -12,6 +12,9 @@ Importing this module does not import triton.
 
 from __future__ import annotations
 
+import functools
+import os
+
 MAX_HEAD_DIM = 256
 
 
@@ -58,20 +61,14 @@ def fit_tiles(d_pad: int, elem_bytes: int, q_rows: int, block_n: int, stages: in
 def max_shared_memory(device) -> int | None:
     """Shared memory a block of a native Triton kernel may use on ``device``; None on the
     CPU (the interpreter has no such limit)."""
-    import os
-
     if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         return None
     return _device_smem(device.index)
 
 
-_SMEM: dict[int | None, int] = {}
-
-
+@functools.cache
 def _device_smem(index: int | None) -> int:
-    if index not in _SMEM:
-        import torch
-        from triton.runtime import driver
+    import torch
+    from triton.runtime import driver
 
-        _SMEM[index] = driver.active.utils.get_device_properties(torch.cuda.current_device() if index is None else index)["max_shared_mem"]
-    return _SMEM[index]
+    return driver.active.utils.get_device_properties(torch.cuda.current_device() if index is None else index)["max_shared_mem"]
