@@ -23,14 +23,26 @@ owner gone or draining, memory expired) it asks the directory, one call,
 
 Requests without a session id (``__call__``-style or health probes) go to the
 emptiest replicas.
+
+``choose_replicas`` never raises. Ray Serve runs it inside a routing task that
+has already taken the request off its queue: an exception ends that task
+("Unexpected error in _fulfill_pending_requests") and the request is never
+assigned, so its caller waits until it gives up (issue 17: a 60 s hang when a
+``place`` call met the directory restarting). A directory that is restarting,
+dead or slower than ``place_timeout_s`` makes the request wait instead (no
+candidates this round, Serve backs off and calls again); a directory dead for
+good (killed, then created again by a redeploy) is looked up again by name.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from typing import List, Optional
 
 import ray
+from ray.exceptions import ActorDiedError, RayActorError
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
 from deployments.messages import RoutingStats
@@ -40,6 +52,11 @@ from deployments.sessions.directory import directory_handle
 TURN_METHODS = frozenset({"chat", "chat_events"})
 DEPARTED_MEMORY = 4096  # replica ids remembered as gone (bounded)
 OWNER_MEMORY = 1 << 16  # sessions whose owner a router remembers (bounded, oldest dropped first)
+# A place() call that failed this way means "no directory right now": wait and ask again.
+# RayActorError covers ActorUnavailableError (restarting) and ActorDiedError (gone);
+# TimeoutError is our own bound on the call (asyncio.wait_for).
+DIRECTORY_DOWN = (RayActorError, TimeoutError)
+log = logging.getLogger("ray.serve")
 
 
 def session_of(pending_request: PendingRequest) -> str:
@@ -57,11 +74,12 @@ def session_of(pending_request: PendingRequest) -> str:
 
 class SessionAffinityRouter(RequestRouter):
     def initialize_state(self, directory: dict | None = None, owner_grace_s: float = 3.0, owner_cache_s: float = 10.0,
-                         **_: object) -> None:
+                         place_timeout_s: float = 10.0, **_: object) -> None:
         if directory is None:
             raise ValueError("SessionAffinityRouter needs request_router_kwargs['directory'] (directory_spec)")
         self._directory_spec = directory
         self._owner_grace_s = float(owner_grace_s)
+        self._place_timeout_s = float(place_timeout_s)  # one place() call; past it the request waits and asks again
         self._owners = OwnerMemory(float(owner_cache_s))
         self._directory: Optional[ray.actor.ActorHandle] = None
         self._departed: dict[str, float] = {}  # replica unique id -> when it left this router's view
@@ -131,9 +149,16 @@ class SessionAffinityRouter(RequestRouter):
         slots = {uid: self._slots(r) for uid, r in by_uid.items()}
         known = [c for c in slots.values() if c]
         fallback = max(known) if known else 1  # a replica not yet reporting: assume its peers' size
-        owner = await self._directory_actor().place.remote(
-            sid, {uid: c or fallback for uid, c in slots.items()}, list(self._departed), force, claim
-        )
+        try:
+            owner = await asyncio.wait_for(
+                self._directory_actor().place.remote(sid, {uid: c or fallback for uid, c in slots.items()}, list(self._departed), force, claim),
+                self._place_timeout_s,
+            )
+        except DIRECTORY_DOWN as exc:  # raising here would strand the request (module docstring)
+            if isinstance(exc, ActorDiedError):
+                self._directory = None  # dead for good: the next call looks the name up again
+            log.warning("session %s waits for the session directory (%s: %s)", sid, type(exc).__name__, str(exc)[:200])
+            return []
         if owner is None:  # reads of an ownerless session: any replica answers from the record
             return [list(by_uid.values())]
         replica = by_uid.get(owner)
