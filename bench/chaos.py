@@ -148,12 +148,14 @@ class FaultRecord:
 
 
 def affected_sessions(turns: list[TurnResult], at: float, until: float) -> dict[str, float]:
-    """Sessions whose turn in flight at ``at``, or started after it (before ``until``, the next
-    fault), needed more than one attempt; each with the seconds from ``at`` until that turn's
-    reply ended (the conversation served again)."""
+    """Sessions whose turn needed more than one attempt and met the fault at ``at``: in flight
+    then, or started after it and done by ``until`` (the next fault; a turn started after ``at``
+    and still in flight at ``until`` met that fault and counts there only, else one slow turn
+    would show as every earlier fault's recovery time); each with the seconds from ``at``
+    until that turn's reply ended (the conversation served again)."""
     out: dict[str, float] = {}
     for t in turns:
-        if t.ok and t.attempts > 1 and t.done > at and t.scheduled < until:
+        if t.ok and t.attempts > 1 and t.done > at and t.scheduled < until and (t.scheduled <= at or t.done <= until):
             out[t.session_id] = max(out.get(t.session_id, 0.0), t.done - at)
     return out
 
@@ -190,6 +192,7 @@ def run_chaos(app: ChaosApp, spec: LoadSpec, faults: list[str], wait_s: float = 
         "fault": r.fault, "after_turns": r.after_turns, "at_s": round(r.at - t_start, 2), "took_s": round(r.took_s, 2),
         "detail": r.detail, "turns_in_flight": in_flight(turns, r.at), "affected_sessions": len(r.affected),
         "all_served_again_s": round(max(r.affected.values()), 2) if r.affected else None,
+        "served_again_s": sorted(round(v, 2) for v in r.affected.values()),  # one per affected session
     } for r in records]
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     result["_turns"], result["_t_start"] = turns, t_start
