@@ -18,9 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import ray
 from ray import serve
+from serve_helpers import MODEL_ID, app_config, deploy
 
 from deployments.sessions.directory import NAMESPACE
-from serve_helpers import MODEL_ID, app_config, deploy
 
 APP, DIRECTORY = "dirkill", "dirkill-sessions"
 SESSIONS = 6
