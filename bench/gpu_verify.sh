@@ -6,6 +6,8 @@
 #   2) carry [".carry/smol-b", ".carry/pyd", ".carry/data"]:  bash bench/gpu_verify.sh stage
 #      (.carry/data/shakespeare.txt: the plays, for test_gpu_engine; the machine cannot fetch them)
 #   3) carry [".whl", ".carry/r7b"]:           bash bench/gpu_verify.sh
+# Issue 18's bench alone (no converted model needed), carry [".carry/pyd", ".carry/xg", ".carry/r7b"]:
+#      WHEELS=.carry/pyd STEPS=structured bash bench/gpu_verify.sh
 # The engine point repeats served_7b_r8's engine row at N=128 (7B shape, random bf16,
 # 4+1020, 191 slots, 8 rounds, closed loop); step "structured" (STEPS=structured) is issue 18's bench. Env: STEPS, TESTS, MARK (default gpu; "gpu or not gpu"
 # also runs the kernel tests that take the device from their fixture). Writes under $OUT; a short table last.
@@ -21,7 +23,10 @@ if [ "${1:-}" = stage ]; then
   python3 -m swiftinfer_core.model.fetch "$GGUF" 2>&1 | grep -v "it/s" | tail -2
   exit
 fi
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 4
+# WHEELS: .whl (Ray and the rest) by default; the structured step needs only .carry/pyd plus
+# .carry/xg (xgrammar 0.2.9 and apache-tvm-ffi, cp312), which keeps its carry under the limit
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "${WHEELS:-.whl}"/*.whl \
+  $(ls .carry/xg/*.whl 2>/dev/null) || exit 4
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
 DEFAULT_STEPS="gpu_tests engine" TAIL=${TAIL:-12}
 source "$(dirname "${BASH_SOURCE[0]}")/gpu_steps.sh"
