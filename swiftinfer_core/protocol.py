@@ -241,6 +241,7 @@ class EngineProtocol(Protocol):
         when the fingerprint differs or no slot can be had: rebuild instead."""
         return False
 
-    def inject_device_fault(self) -> None:
-        """Test-only: the next step faults on the device (engine/faults.py)."""
+    def inject_device_fault(self, sticky: bool = False) -> None:
+        """Test-only: the next step faults on the device (engine/faults.py; ``sticky``:
+        a CPU engine stops as a GPU one does after a real fault)."""
         raise PermissionError(f"{type(self).__name__} has no fault injection")

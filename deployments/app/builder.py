@@ -105,6 +105,7 @@ def llm_deployment_options(cfg: AppConfig) -> dict:
         "max_queued_requests": cfg.max_queued_requests,
         "graceful_shutdown_timeout_s": cfg.graceful_shutdown_timeout_s,
         "graceful_shutdown_wait_loop_s": 0.5,
+        "health_check_period_s": cfg.health_check_period_s,
         "request_router_config": RequestRouterConfig(
             request_router_class=router_class(),
             request_router_kwargs=router_kwargs(cfg),

@@ -242,20 +242,32 @@ class LLMReplica:
         is replaced instead of failing every turn routed to it."""
         self._engine.check_health()
 
-    def inject_device_fault(self, only: str | None = None) -> str:
+    def inject_device_fault(self, only: str | None = None, sticky: bool = False) -> str:
         """Test-only: the engine's next step faults on the device (engine/faults.py).
         Refused unless this process runs with SWIFTINFER_FAULT_INJECTION=1. With
         ``only``, a replica of another id arms nothing (a caller aiming at one
-        replica through a handle that picks any). Returns this replica's id."""
+        replica through a handle that picks any). ``sticky``: a CPU engine stops as
+        a GPU one does after a real fault. Returns this replica's id."""
         if not faults.enabled():
             raise PermissionError(f"fault injection is off (set {faults.ENV}=1 in the replica's environment)")
         if only is None or only == self._id:
-            self._engine.inject_device_fault()
+            self._engine.inject_device_fault(sticky)
         return self._id
 
     # ---- stats for routers, the autoscaler, and /metrics -------------------------------
+    def _engine_stopped(self) -> bool:
+        try:
+            self._engine.check_health()
+        except EngineClosedError:
+            return True
+        return False
+
     async def _stats(self) -> ReplicaStats:
         st = await asyncio.to_thread(self._engine.stats)
+        # An engine stopped by a device fault reports as draining: routers send its
+        # sessions elsewhere within one routing-stats period (they are rebuilt from the
+        # log) instead of retrying here until Serve's health checks replace it.
+        stopped = await asyncio.to_thread(self._engine_stopped)
         now = time.time()
         active = sum(1 for t in self._last_turn.values() if now - t <= self._cfg.scaling.active_window_s)
         return ReplicaStats(
@@ -263,7 +275,7 @@ class LLMReplica:
             sessions=st.active_sessions, resident=st.resident_sessions, active_sessions=active + len(self._busy),
             running=st.running_requests, waiting=st.waiting_requests, evictions=st.evictions,
             tokens_generated=st.tokens_generated, tokens_prefilled=st.tokens_prefilled,
-            kv_use=st.resident_sessions / max(1, st.total_slots), draining=self._draining,
+            kv_use=st.resident_sessions / max(1, st.total_slots), draining=self._draining or stopped,
             pid=os.getpid(), idle_evicted=self._local.idle_evicted, rolled_back=self._local.rolled_back,
             turns=dict(self._turns), turns_not_committed=self._not_committed, warm_starts=self._warm_starts,
             phases=self._timer.summary(),

@@ -65,7 +65,7 @@ def _methods(engine: _PipeEngine) -> dict[EngineCall, object]:
         EngineCall.SESSION_IDS: core.session_ids, EngineCall.EXPORT_SESSION: core.export_session,
         EngineCall.IMPORT_SESSION: core.import_session, EngineCall.EXPORT_KV: core.export_kv,
         EngineCall.IMPORT_KV: core.import_kv,
-        EngineCall.INJECT_FAULT: lambda: faults.arm(core.batches),
+        EngineCall.INJECT_FAULT: lambda sticky=False: faults.arm(core.batches, sticky),
     }
 
 

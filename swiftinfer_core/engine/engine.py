@@ -270,11 +270,11 @@ class Engine(EngineProtocol):
         with self._api():
             self.core.warm_up()
 
-    def inject_device_fault(self) -> None:
+    def inject_device_fault(self, sticky: bool = False) -> None:
         """Test-only (engine/faults.py): the next step faults on the device."""
         from swiftinfer_core.engine import faults
 
-        faults.fault_next_step(self)
+        faults.fault_next_step(self, sticky)
 
     async def shutdown(self) -> None:
         self.close()
@@ -294,8 +294,11 @@ class Engine(EngineProtocol):
 
 def _poisons_device(exc: BaseException) -> bool:
     """A CUDA fault (illegal address, device-side assert) leaves the context unusable."""
+    from swiftinfer_core.engine.faults import StickyDeviceFault
+
     accel = getattr(torch, "AcceleratorError", None)
-    return (accel is not None and isinstance(exc, accel)) or "CUDA error" in str(exc) or "device-side assert" in str(exc)
+    return (isinstance(exc, StickyDeviceFault) or (accel is not None and isinstance(exc, accel))
+            or "CUDA error" in str(exc) or "device-side assert" in str(exc))
 
 
 def deliver_to_loops(items: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, object]]) -> None:

@@ -20,14 +20,20 @@ def enabled() -> bool:
     return os.environ.get(ENV) == "1"
 
 
-def fault_next_step(engine) -> None:
+class StickyDeviceFault(RuntimeError):
+    """What a CPU step raises when armed ``sticky``: the engine treats it as a CUDA
+    fault (its context unusable), so the replica's replacement path runs on a CPU too."""
+
+
+def fault_next_step(engine, sticky: bool = False) -> None:
     """Arm ``engine`` (a native Engine): its next step points one sequence at
-    BAD_SLOT. The engine is unusable afterwards, as after a real device fault."""
+    BAD_SLOT. On a GPU the engine is unusable afterwards (a real device fault);
+    on a CPU it raises an IndexError and lives on, unless ``sticky``."""
     with engine._api():  # between two steps, like every other call into the core
-        arm(engine.core.batches)
+        arm(engine.core.batches, sticky)
 
 
-def arm(batches) -> None:
+def arm(batches, sticky: bool = False) -> None:
     """Arm an EngineCore's ``batches`` (engine/batch_runner.py) directly (the caller holds the engine lock)."""
     real = batches.run
 
@@ -39,6 +45,10 @@ def arm(batches) -> None:
         slot, session.slot = session.slot, BAD_SLOT
         try:  # on a CPU the step raises an IndexError and nothing else is touched
             return real(batch)
+        except IndexError as exc:
+            if sticky:
+                raise StickyDeviceFault(f"injected device fault (slot {BAD_SLOT})") from exc
+            raise
         finally:
             session.slot = slot
 

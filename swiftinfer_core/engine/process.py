@@ -137,9 +137,9 @@ class ProcessEngine(EngineProtocol):
             raise self._closed_error()
         self._call(EngineCall.CHECK_HEALTH, timeout=timeout)
 
-    def inject_device_fault(self) -> None:
+    def inject_device_fault(self, sticky: bool = False) -> None:
         """Test-only (engine/faults.py): the child's next step faults."""
-        self._call(EngineCall.INJECT_FAULT)
+        self._call(EngineCall.INJECT_FAULT, sticky)
 
     async def shutdown(self) -> None:
         await asyncio.to_thread(self.close)

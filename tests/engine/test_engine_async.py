@@ -129,6 +129,32 @@ def test_a_device_fault_stops_the_engine_and_fails_health_but_other_errors_do_no
         eng.close()
 
 
+@pytest.mark.parametrize("sticky", [True, False])
+def test_injected_fault_stops_the_engine_only_when_sticky(make_core, sticky):
+    """engine/faults.py on a CPU: the armed step really indexes a slot far outside the
+    pool (an IndexError here); ``sticky`` stops the engine as a CUDA fault would."""
+    from swiftinfer_core.errors import EngineClosedError
+
+    eng = Engine(core=make_core())
+
+    async def turn(sid):
+        return [c async for c in eng.chat(sid, [{"role": "user", "content": "Hi"}], SamplingParams(max_tokens=3))]
+
+    try:
+        asyncio.run(turn("warm"))
+        eng.inject_device_fault(sticky=sticky)
+        with pytest.raises(EngineClosedError, match="engine step failed"):
+            asyncio.run(turn("a"))
+        if sticky:
+            with pytest.raises(EngineClosedError, match="injected device fault"):
+                eng.check_health()
+        else:
+            eng.check_health()
+            assert asyncio.run(turn("b"))[-1].finish_reason == "length"
+    finally:
+        eng.close()
+
+
 def test_starting_and_ending_turns_never_block_the_event_loop(make_core):
     """A replica's event loop carries every stream: starting or aborting a turn
     must not wait for the model step in progress (here each step takes 1 s)."""

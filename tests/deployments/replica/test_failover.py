@@ -5,6 +5,7 @@ the shared cluster."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -161,3 +162,35 @@ def test_a_turn_whose_engine_failed_before_its_first_token_is_sent_again(client)
     retries = [line for line in client.get(f"{prefix}/metrics").text.splitlines() if line.startswith("swiftinfer_turn_retries_total")]
     assert retries and float(retries[0].split()[-1]) >= 1, retries
     serve.delete("faulty")
+
+
+def test_a_stopped_engine_sends_its_sessions_to_a_live_replica(client):
+    """A device fault stops the engine (a CUDA fault leaves the context unusable; on
+    the CPU it is injected ``sticky`` to do the same). The replica then reports
+    itself draining, so routers place its sessions on the live replica within a
+    routing-stats period; they are rebuilt from the log. Serve's health checks
+    (here every 60 s, three failures) would take minutes to replace it."""
+    prefix = deploy("stopped", app_config("stopped-sessions", scaling={"min_replicas": 2, "max_replicas": 2},
+                                           health_check_period_s=60))
+    sids = [f"st-{i}" for i in range(6)]
+    owner = _rounds(client, prefix, sids, rounds=(0,))
+    victim = owner[sids[0]]
+    moved = [s for s in sids if owner[s] == victim]
+    stayed = [s for s in sids if owner[s] != victim]
+    assert moved and stayed, owner
+    handle = serve.get_deployment_handle("LLMReplica", "stopped").options(session_id=moved[0])
+    assert handle.inject_device_fault.remote(only=victim, sticky=True).result(timeout_s=60) == victim
+
+    t0 = time.monotonic()
+    first = _turn(client, prefix, moved[0], 1)  # its step faults and stops the engine; the ingress sends it again
+    took = time.monotonic() - t0
+    assert first.status_code == 200, first.text
+    assert first.headers["x-replica-id"] != victim and first.json()["cache"] == "rebuilt", first.json()
+    assert took < 30, took  # well inside the first of the three health checks
+    for sid in moved[1:] + stayed:
+        resp = _turn(client, prefix, sid, 1)
+        assert resp.status_code == 200, (sid, resp.text)
+        assert resp.headers["x-replica-id"] != victim, sid
+        assert client.get(f"{prefix}/v1/sessions/{sid}").json()["rounds"] == 2
+    assert _running_replicas("stopped").get("RUNNING", 0) >= 1
+    serve.delete("stopped")
