@@ -1,13 +1,14 @@
 """Chaos under steady closed-loop load (issue 17), on CUDA replicas or on the CPU.
 
-    python bench/chaos.py --config bench/serve_gpu7b_shared.yaml --replicas 2 --sessions 48 --rounds 12 \\
+    python bench/chaos.py --config bench/serve_gpu7b_shared.yaml --replicas 2 --sessions 48 --rounds 12 --settle-s 240 \\
         --faults replica_sigkill,controller_kill,directory_kill,device_fault,app_restart --out bench/results --name chaos_gpu_7b
 
 Starts a local Ray cluster and Serve, deploys the config file's application (its ``args``
 through deployments.app.builder.build_app, replicas pinned to ``--replicas``), drives it with
 bench/load.py's client (every turn has an Idempotency-Key and is retried until acknowledged;
 all conversations start at once and send their next turn as soon as a reply ends), and applies
-each fault once an equal share of the turns has been acknowledged:
+each fault once an equal share of the turns has been acknowledged (and, with ``--settle-s``,
+once every pinned replica runs again after the previous fault, so faults do not pile up):
 
 - replica_sigkill: SIGKILL the process of the replica that owns the most sessions;
 - controller_kill: kill Serve's controller (Ray restarts it);
@@ -116,7 +117,8 @@ def device_fault(app: ChaosApp, sessions: list[str]) -> str:
     if sid is None:
         raise RuntimeError(f"no session of replica {victim} among {len(sessions)}")
     handle = serve.get_deployment_handle("LLMReplica", app.name).options(session_id=sid)
-    armed = handle.inject_device_fault.remote(only=victim).result(timeout_s=60)
+    # sticky: on a CPU the engine stops as a GPU one does after the illegal access (on a GPU it is anyway)
+    armed = handle.inject_device_fault.remote(only=victim, sticky=True).result(timeout_s=60)
     if armed != victim:
         raise RuntimeError(f"the call for replica {victim} (session {sid}) reached {armed}")
     return victim
@@ -144,6 +146,7 @@ class FaultRecord:
     at: float  # perf_counter when it was applied
     took_s: float
     detail: str
+    settled_s: float | None  # waited for the replicas before it (None: gave up waiting)
     affected: dict[str, float] = field(default_factory=dict)  # session -> seconds until served again
 
 
@@ -164,8 +167,32 @@ def in_flight(turns: list[TurnResult], at: float) -> int:
     return sum(1 for t in turns if t.scheduled <= at < (t.done if t.done else float("inf")))
 
 
-def run_chaos(app: ChaosApp, spec: LoadSpec, faults: list[str], wait_s: float = 600.0) -> dict:
-    """Deployed ``app`` under ``spec``'s load; each fault after an equal share of the turns."""
+def replicas_running(app: ChaosApp, replicas: int) -> bool:
+    """The app is RUNNING with exactly ``replicas`` LLM replicas, all RUNNING."""
+    from ray import serve
+
+    st = serve.status().applications.get(app.name)
+    dep = st.deployments.get("LLMReplica") if st is not None else None
+    return dep is not None and str(st.status).endswith("RUNNING") and dict(dep.replica_states) == {"RUNNING": replicas}
+
+
+def settle(app: ChaosApp, replicas: int, limit_s: float) -> float | None:
+    """Seconds waited until ``replicas_running``; None when ``limit_s`` ran out."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < limit_s:
+        try:
+            if replicas_running(app, replicas):
+                return round(time.perf_counter() - t0, 2)
+        except Exception:  # the controller restarting: ask again
+            pass
+        time.sleep(0.5)
+    return None
+
+
+def run_chaos(app: ChaosApp, spec: LoadSpec, faults: list[str], wait_s: float = 600.0,
+              replicas: int = 2, settle_s: float = 0.0) -> dict:
+    """Deployed ``app`` under ``spec``'s load; each fault after an equal share of the turns
+    (and, with ``settle_s`` > 0, after ``replicas`` run again, waiting at most that long)."""
     progress, out = Progress(), {}
     runner = threading.Thread(target=lambda: out.setdefault("result", asyncio.run(run_load(spec, progress))))
     total = spec.sessions * spec.rounds
@@ -178,9 +205,12 @@ def run_chaos(app: ChaosApp, spec: LoadSpec, faults: list[str], wait_s: float = 
             time.sleep(0.1)
         if not runner.is_alive():
             break  # the load ended early (a failed conversation): the audit says why
+        settled = settle(app, replicas, settle_s) if settle_s > 0 else 0.0
+        if not runner.is_alive():
+            break
         at = time.perf_counter()
         detail = FAULTS[name](app, sorted({t.session_id for t in list(progress.results)}))
-        records.append(FaultRecord(name, progress.turns_done, at, time.perf_counter() - at, str(detail)))
+        records.append(FaultRecord(name, progress.turns_done, at, time.perf_counter() - at, str(detail), settled))
     runner.join(wait_s)
     if runner.is_alive():
         raise TimeoutError(f"the load did not finish within {wait_s} s of the last fault")
@@ -190,7 +220,7 @@ def run_chaos(app: ChaosApp, spec: LoadSpec, faults: list[str], wait_s: float = 
         rec.affected = affected_sessions(turns, rec.at, nxt.at if nxt else float("inf"))
     result["faults"] = [{
         "fault": r.fault, "after_turns": r.after_turns, "at_s": round(r.at - t_start, 2), "took_s": round(r.took_s, 2),
-        "detail": r.detail, "turns_in_flight": in_flight(turns, r.at), "affected_sessions": len(r.affected),
+        "detail": r.detail, "settled_s": r.settled_s, "turns_in_flight": in_flight(turns, r.at), "affected_sessions": len(r.affected),
         "all_served_again_s": round(max(r.affected.values()), 2) if r.affected else None,
         "served_again_s": sorted(round(v, 2) for v in r.affected.values()),  # one per affected session
     } for r in records]
@@ -232,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--faults", default=",".join(FAULTS))
+    ap.add_argument("--settle-s", type=float, default=0.0,
+                    help="before each fault wait (at most this long) until every pinned replica runs again")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--name", default="chaos")
     ap.add_argument("--out", type=Path, default=None)
@@ -257,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://127.0.0.1:{a.port}{app.route_prefix.rstrip('/')}"
     spec = LoadSpec(url, sessions=a.sessions, rounds=a.rounds, rate=1e6, max_tokens=a.max_tokens, retry_s=300.0,
                     timeout_s=120.0, prefix=a.name, cleanup=False)
-    result = run_chaos(app, spec, faults)
+    result = run_chaos(app, spec, faults, replicas=a.replicas, settle_s=a.settle_s)
     turns, t_start = result.pop("_turns"), result.pop("_t_start")
     result["meta"]["name"], result["meta"]["command"] = a.name, " ".join(sys.argv)
     s, au = result["summary"], result["audit"]

@@ -2,18 +2,21 @@
 # Device call (issue 17): 1-3 LLM replicas sharing one H200 (bench/serve_gpu7b_shared.yaml,
 # gpu_share 0.33), 7B shape, random bf16.
 #  ramp:  a closed-loop ramp through the autoscaler (bench/autoscale_ramp.py) up to about the
-#         capacity of 3 replicas and back down. PHASES (default "16:45 64:90 140:90 48:75 16:60").
+#         capacity of 3 replicas and back down. PHASES (default "16:40 64:80 140:80 48:100 16:100":
+#         the low phases outlast the policy's active window + look-back + down-scale delay).
 #  chaos: bench/chaos.py on 2 pinned replicas under closed-loop load: replica SIGKILL, controller
 #         kill, directory kill, device fault, app restart; every turn audited against the log.
-#         CHAOS_SESSIONS (default 48), CHAOS_ROUNDS (default 10).
+#         Each fault waits until both replicas run again (--settle-s 150), so the load must outlast
+#         the replacements: CHAOS_SESSIONS (default 48), CHAOS_ROUNDS (default 100).
 # Env: STEPS (default "ramp chaos"; each takes most of a 10-minute call: one per call), NAME (default autoscale_7b). carry [".whl", ".carry/r7b"];
-# logs and results in $OUT/results.tgz. Written without a GPU: not run yet (the chaos bench ran
-# on the CPU in tests/deployments/replica/test_chaos.py).
+# logs and results in $OUT/results.tgz. Both ran once on an H200 (2026-12-03, the ramp with the
+# earlier phases and windows, the chaos without --settle-s: bench/results/autoscale_7b.json,
+# chaos_gpu_7b.json); the settings here are not run yet.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 NCCL_NVLS_ENABLE=0
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 4
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
-PHASES=${PHASES:-16:45 64:90 140:90 48:75 16:60} NAME=${NAME:-autoscale_7b}
+PHASES=${PHASES:-16:40 64:80 140:80 48:100 16:100} NAME=${NAME:-autoscale_7b}
 rm -rf /tmp/model && cp -r .carry/r7b /tmp/model
 DEFAULT_STEPS="ramp chaos" TAIL=${TAIL:-12}
 source "$(dirname "${BASH_SOURCE[0]}")/gpu_steps.sh"
@@ -30,7 +33,7 @@ ramp() {
 }
 want ramp && { ramp > "$OUT/ramp.log" 2>&1; echo "ramp rc=$?" | tee -a "$OUT/summary.txt"; tail -12 "$OUT/ramp.log"; }
 want chaos && step chaos 500 python3 bench/chaos.py --config bench/serve_gpu7b_shared.yaml --replicas 2 \
-  --sessions "${CHAOS_SESSIONS:-48}" --rounds "${CHAOS_ROUNDS:-10}" --name chaos_gpu_7b --out "$OUT"
+  --sessions "${CHAOS_SESSIONS:-48}" --rounds "${CHAOS_ROUNDS:-100}" --settle-s 150 --name chaos_gpu_7b --out "$OUT"
 want chaos && { cp -r /tmp/ray/session_latest/logs "$OUT/ray_logs_chaos" 2>/dev/null; ray stop --force > /dev/null 2>&1; }
 (cd "$OUT" && tar czf results.tgz --remove-files $(ls | grep -v -E '^(summary.txt|results.tgz)$'))
 tail -12 "$OUT/summary.txt"
