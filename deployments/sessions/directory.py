@@ -162,9 +162,13 @@ class SessionDirectory:
     async def commit(self, sid: str, rid: str, seq: int, record: SessionRecord, digest: str | None, turn: CommittedTurn) -> bool:
         """Durably append turn ``seq + 1`` with ``record`` as the session's new
         state. False when ``rid`` no longer holds the session at ``seq`` (deleted,
-        taken over, or the log refused it): its copy is stale."""
+        taken over, or the log refused it): its copy is stale.
+
+        No lease at all (a directory restarted while the turn ran reloads owners,
+        not leases) is accepted from the owner at the same ``seq``: no other
+        replica can have begun a turn since, as that would have made it the owner."""
         entry = self._entries.get(sid)
-        if entry is None or entry.owner != rid or entry.lease != rid or entry.seq != seq:
+        if entry is None or entry.owner != rid or entry.lease not in (rid, None) or entry.seq != seq:
             return False
         now = time.time()
         u = turn.usage

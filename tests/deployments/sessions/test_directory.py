@@ -137,3 +137,24 @@ def test_a_log_outage_refuses_the_turn_with_503_and_loses_nothing(cluster, tmp_p
     finally:
         ray.kill(d, no_restart=True)
         server.stop()
+
+
+def test_a_turn_in_flight_across_a_directory_restart_still_commits_once(directory):
+    """The restarted directory reloads owners from the log but no leases: the owner's
+    turn that was running commits (no retry needed); a late commit of the same turn,
+    or one after another replica began a turn, is refused."""
+    d = directory
+    assert _commit(d, "s", "r1", "k1")
+    grant = ray.get(d.begin_turn.remote("s", "r1", "k2"))  # turn 2 runs on r1 ...
+    _restart(d)  # ... while the directory restarts
+    record = session_record("s", grant.seq + 1, (1, 2, 3))
+    assert ray.get(d.commit.remote("s", "r1", grant.seq, record, None, _turn("k2", "reply k2")))
+    assert not ray.get(d.commit.remote("s", "r1", grant.seq, record, None, _turn("k2", "reply k2")))  # once
+    assert [t.turn_key for t in ray.get(d.turns.remote("s", 0, 10))] == ["k1", "k2"]
+
+    grant3 = ray.get(d.begin_turn.remote("s", "r1", "k3"))  # turn 3 on r1; the directory restarts;
+    _restart(d)
+    ray.get(d.begin_turn.remote("s", "r2", "k3"))  # the client's retry begins on r2 first
+    late = session_record("s", grant3.seq + 1, (1, 2, 3))
+    assert not ray.get(d.commit.remote("s", "r1", grant3.seq, late, None, _turn("k3")))  # r1 no longer owns it
+    assert ray.get(d.describe.remote("s")).owner == "r2"
