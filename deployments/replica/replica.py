@@ -36,6 +36,7 @@ from dataclasses import replace
 from typing import AsyncIterator
 
 from ray import serve
+from ray.exceptions import RayActorError
 
 from deployments.config import AppConfig
 from deployments.sessions.directory import directory_handle, directory_spec
@@ -54,6 +55,7 @@ from swiftinfer_core.errors import CapacityError, EngineClosedError, SessionBusy
 from swiftinfer_core.protocol import RawPrompt, SessionStats, SessionView, StreamChunk, ToolPrompt
 
 log = logging.getLogger("ray.serve")
+COMMIT_RETRY_S = 10.0  # how long a finished turn's commit waits for a restarting directory
 
 
 class LLMReplica:
@@ -187,7 +189,19 @@ class LLMReplica:
     async def _commit(self, sid: str, seq: int, digest: str | None, turn_key: str | None, replies: Replies, last: StreamChunk) -> None:
         record = last.record or await asyncio.to_thread(self._engine.export_session, sid)  # backends without it
         turn = CommittedTurn(turn_key, replies.finish[0], replies.text(0), last.usage, replies.others())
-        if not await self._directory.commit.remote(sid, self._id, seq, record, digest, turn):
+        give_up = time.monotonic() + COMMIT_RETRY_S
+        while True:
+            try:
+                ok = await self._directory.commit.remote(sid, self._id, seq, record, digest, turn)
+                break
+            except RayActorError:
+                # The directory restarting (Ray brings it back from the log in ~1-2 s). Sending
+                # the commit again is safe: had the first one reached the log, its seq moved on
+                # and this one is refused (the client's retry then gets the turn replayed).
+                if time.monotonic() > give_up:
+                    raise
+                await asyncio.sleep(0.25)
+        if not ok:
             self._not_committed += 1
             raise TurnNotCommittedError(f"session {sid!r} changed while this turn ran (deleted or moved); the turn was not recorded, retry it")
         self._local.committed(sid, seq + 1)
