@@ -57,6 +57,7 @@ def rank_config(cfg: EngineConfig, path: Path, args: ModelArgs) -> RankConfig:
         weights=Weights.RANDOM if cfg.load_format is LoadFormat.RANDOM else Weights.CHECKPOINT, path=path, seed=cfg.seed,
         attention="triton" if triton else "torch", slots=cfg.max_sessions, lm_head_fp32=cfg.lm_head_fp32,
         quant=_QUANT.get(cfg.quantization), quant_group=cfg.quant_group, cpu_fast_path=cfg.cpu_fast_path, cpu_threads=cfg.cpu_threads,
+        cpu_native=cfg.cpu_native_kernels,
         gemv_decode=True, memory_share=cfg.memory_share, gpu_memory_utilization=cfg.gpu_memory_utilization,
         split_mixed=cfg.split_mixed_steps,
     )
