@@ -1,0 +1,83 @@
+"""model/cpu_decode.py on the real default model in int8: the C decode chain gives
+the logits and cache contents of the model's own forward over the same int8
+weights (torch attention, per-layer modules), before and after the ring wraps;
+the engine picks it where it should and not elsewhere. Skipped where no C
+compiler builds kernels/cpu_native.c."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from swiftinfer_core.config import EngineConfig
+from swiftinfer_core.engine.engine_model import build_engine_model
+from swiftinfer_core.kernels import cpu_native
+from swiftinfer_core.kernels.torch_decode import CpuAttention
+from swiftinfer_core.model.cpu_decode import CpuDecoder, supports
+from swiftinfer_core.model.cpu_weights import Int8Linear
+from swiftinfer_core.runner.model_runner import ModelRunner
+
+pytestmark = pytest.mark.skipif(cpu_native.load() is None, reason="no C compiler: cpu_native.c cannot be built here")
+
+
+@pytest.mark.parametrize("head_fp32", [False, True])
+def test_decode_chain_equals_the_model_forward(model_dir, shakespeare_ids, head_fp32):
+    m = build_engine_model(EngineConfig(device="cpu", quantization="int8", lm_head_fp32=head_fp32, sink_tokens=4,
+                                        window=28, max_sessions=2))
+    decoder = m.model.cpu_decode
+    assert isinstance(decoder, CpuDecoder) and isinstance(m.attn, CpuAttention) and m.attn.kernels is not None
+    assert isinstance(m.model.lm_head, Int8Linear) != head_fp32
+    run = ModelRunner(m.model, m.pool, m.attn, m.device)
+    ids = shakespeare_ids[:60]
+    for slot in (0, 1):
+        run.forward(ids[:20], [slot], [0], [20], None)  # the same prompt in both slots
+    for t in range(20, 60):  # past sinks + window = 32: the ring wraps
+        m.model.cpu_decode = decoder
+        got = run.forward([ids[t]], [0], [t], [1], None)
+        m.model.cpu_decode, kernels, m.attn.kernels = None, m.attn.kernels, None  # the model's own path, torch attention
+        try:
+            want = run.forward([ids[t]], [1], [t], [1], None)
+        finally:
+            m.attn.kernels = kernels
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3 * want.abs().max().item())
+        assert got.argmax() == want.argmax()
+    for k in m.pool.k + m.pool.v:
+        torch.testing.assert_close(k[0], k[1], rtol=1e-4, atol=1e-4)
+
+
+def test_batch_of_sequences_and_selected_rows(model_dir, shakespeare_ids):
+    """Two conversations decoding in one step equal each decoding alone; ``rows`` picks logits."""
+    m = build_engine_model(EngineConfig(device="cpu", quantization="int8", lm_head_fp32=False, window=60, max_sessions=4))
+    run = ModelRunner(m.model, m.pool, m.attn, m.device)
+    a, b = shakespeare_ids[:10], shakespeare_ids[100:117]
+    for slot, ids in ((0, a), (1, b), (2, a), (3, b)):
+        run.forward(ids[:-1], [slot], [0], [len(ids) - 1], None)
+    both = run.forward([a[-1], b[-1]], [0, 1], [9, 16], [1, 1], None)
+    alone = torch.cat([run.forward([a[-1]], [2], [9], [1], None), run.forward([b[-1]], [3], [16], [1], None)])
+    torch.testing.assert_close(both, alone, rtol=1e-5, atol=1e-4)
+    only_b = run.forward([b[0]], [1], [17], [1], [0])
+    assert only_b.shape == (1, m.args.vocab_size)
+
+
+def test_engine_picks_the_chain_only_where_it_applies(model_dir):
+    float32 = build_engine_model(EngineConfig(device="cpu", window=60, max_sessions=1))
+    assert float32.model.cpu_decode is None and float32.attn.kernels is not None  # native attention, float weights
+    off = build_engine_model(EngineConfig(device="cpu", quantization="int8", cpu_native_kernels=False, window=60, max_sessions=1))
+    assert off.model.cpu_decode is None and off.attn.kernels is None
+    assert all(lin.kernels is None for lin in off.model.modules() if isinstance(lin, Int8Linear))
+    ref = build_engine_model(EngineConfig(device="cpu", quantization="int8", cpu_fast_path=False, window=60, max_sessions=1))
+    assert ref.model.cpu_decode is None and not isinstance(ref.attn, CpuAttention)
+    assert not supports(off.model)  # int8 layers without kernels
+
+
+def test_native_int8_linear_matches_float64():
+    """Int8Linear through the C kernel: float32 activations, so only float32 sums remain."""
+    torch.manual_seed(3)
+    lin = nn.Linear(576, 960, bias=True)
+    q8 = Int8Linear(lin, cpu_native.load())
+    for rows in (1, 5, 8, 9):  # 9 rows: torch's bf16 product instead
+        x = torch.randn(rows, 576)
+        ref = x.double() @ q8.dequantized().double().t() + lin.bias.double()
+        tol = 1e-5 if rows <= Int8Linear.NATIVE_ROWS else 1e-2
+        torch.testing.assert_close(q8(x).double(), ref, rtol=tol, atol=tol * ref.abs().max().item())
