@@ -22,7 +22,7 @@ same function with less work:
   ``rope.rotate`` computes them, gathered once per step for all layers.
 - GQA without repeat_interleave: q [Hkv, group, D] against k [Hkv, F, D].
 - With ``kernels`` (kernels/cpu_native.py) and a float32 cache, each sequence's
-  attention is one C call (cpu_native.c si_attn_decode): the same steps with
+  attention is one C call (cpu_native_attn.c): the same steps with
   every key rotated on the fly as it is read, nothing materialised; ~20 torch
   ops per layer become one.
 

@@ -1,4 +1,4 @@
-"""The C decode kernels (kernels/cpu_native.c) against float64 references on fresh
+"""The C decode kernels (kernels/cpu_native_*.c) against float64 references on fresh
 random inputs: the int8 product with each prologue and epilogue, and the one-token
 attention (rotation, GQA, softmax, the cache write) at sizes that take both the
 vector and the scalar-tail code. Skipped where no C compiler builds them."""
@@ -11,7 +11,7 @@ import torch
 from swiftinfer_core.kernels import cpu_native
 
 KERNELS = cpu_native.load()
-pytestmark = pytest.mark.skipif(KERNELS is None, reason="no C compiler: cpu_native.c cannot be built here")
+pytestmark = pytest.mark.skipif(KERNELS is None, reason="no C compiler: the kernels cannot be built here")
 
 
 def _int8(n: int, k: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
