@@ -7,6 +7,19 @@ static inline __m256 widen(__m128i b) { /* the low 8 int8 of b -> 8 float32 */
 }
 #endif
 
+/* Rows ahead of the one being multiplied whose bytes are asked for early: 10.5 ->
+ * 9.5 ms for the default model's layers (one thread, weights cold in memory);
+ * 2 to 32 rows ahead measured alike. */
+enum { PREFETCH_ROWS = 4 };
+
+static inline void prefetch_row(const int8_t *row, int64_t K) {
+#ifdef __AVX2__
+    for (int64_t o = 0; o < K; o += 64) _mm_prefetch((const char *)row + o, _MM_HINT_T0);
+#else
+    (void)row, (void)K;
+#endif
+}
+
 /* x [K] . q [K] (int8), float32 accumulation, 32 weights per step in 4 chains.
  * One row at a time: reading 4 rows together measured slower (10 -> 16 ms per
  * token of the default model's layers, one thread). */
@@ -93,6 +106,7 @@ int gemv_rows(const float *x, int64_t M, int64_t K, int64_t x_stride, int mode, 
         int64_t n1 = (b + 1) * BLOCK < N ? (b + 1) * BLOCK : N;
         for (int64_t m = 0; m < M; m++) {
             for (int64_t n = b * BLOCK; n < n1; n++) {
+                if (m == 0 && n + PREFETCH_ROWS < N) prefetch_row(q + (n + PREFETCH_ROWS) * K, K);
                 float v = dot_i8(xb + m * K, q + n * K, K) * scale[n];
                 if (bias) v += bias[n];
                 if (residual) v += residual[m * N + n];
