@@ -6,6 +6,9 @@ compiler builds kernels/cpu_native_*.c."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -81,3 +84,31 @@ def test_native_int8_linear_matches_float64():
         ref = x.double() @ q8.dequantized().double().t() + lin.bias.double()
         tol = 1e-5 if rows <= Int8Linear.NATIVE_ROWS else 1e-2
         torch.testing.assert_close(q8(x).double(), ref, rtol=tol, atol=tol * ref.abs().max().item())
+
+
+def test_quantization_auto_is_int8_on_one_cpu_only(model_dir):
+    """'auto' (serve_config.yaml's choice) picks int8 with an int8 head for a float32
+    Llama on the CPU, and float weights on a GPU, in bf16, or for other families."""
+    import yaml
+
+    from swiftinfer_core.model.loader import read_args
+    from swiftinfer_core.model.quant import QuantFormat
+    from swiftinfer_core.runner.resolve import resolve_quant
+
+    args = read_args(model_dir)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    auto = EngineConfig(quantization="auto")
+    assert resolve_quant(auto, cpu, torch.float32, args) == (QuantFormat.INT8, False)
+    assert resolve_quant(EngineConfig(quantization="auto", lm_head_fp32=True), cpu, torch.float32, args) == (QuantFormat.INT8, True)
+    assert resolve_quant(auto, cuda, torch.bfloat16, args) == (None, True)
+    assert resolve_quant(auto, cpu, torch.bfloat16, args) == (None, True)
+    assert resolve_quant(EngineConfig(quantization="auto", tp_size=2), cpu, torch.float32, args) == (None, True)
+    gemma = replace(args, family="gemma3_text")
+    assert resolve_quant(auto, cpu, torch.float32, gemma) == (None, True)
+    assert resolve_quant(EngineConfig(), cpu, torch.float32, args) == (None, True)  # the library default: float32
+    assert resolve_quant(EngineConfig(quantization="int8"), cpu, torch.float32, args) == (QuantFormat.INT8, True)
+    serve = yaml.safe_load((Path(__file__).resolve().parents[2] / "serve_config.yaml").read_text())
+    engine = EngineConfig(**serve["applications"][0]["args"]["engine"])
+    assert engine.quantization.value == "auto"  # `make serve` on a machine without a GPU: int8
+    m = build_engine_model(EngineConfig(quantization="auto", device="cpu", window=60, max_sessions=1))
+    assert isinstance(m.model.cpu_decode, CpuDecoder) and isinstance(m.model.lm_head, Int8Linear)
