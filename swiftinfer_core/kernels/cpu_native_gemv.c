@@ -93,6 +93,41 @@ static void prologue(const float *x, int64_t K, int mode, const float *w, float 
  * x rows are x_stride floats apart (K, or 2K for silu_mul); q [N, K] int8 row-major.
  * y may be residual (the residual stream updated in place). Rows of q are split
  * over nthreads; each block of q rows is read once for all M input rows. */
+/* out[r] = x[r] [K] . q [K] for 4 input rows at once: each 16 weights are widened
+ * to float once and used 4 times. Decode batches (M = B sequences) and small
+ * prefill chunks: one row at a time re-widened every weight M times (8 rows cost
+ * 8x one row: 85 ms for the default model's layers). */
+static void dot4_i8(const float *x, int64_t xs, const int8_t *q, int64_t K, float *out) {
+    int64_t k = 0;
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#ifdef __AVX2__
+    __m256 a[8];
+    for (int i = 0; i < 8; i++) a[i] = _mm256_setzero_ps();
+    for (; k + 16 <= K; k += 16) {
+        __m128i b = _mm_loadu_si128((const __m128i *)(q + k));
+        __m256 w0 = widen(b), w1 = widen(_mm_srli_si128(b, 8));
+        for (int r = 0; r < 4; r++) {
+            a[2 * r] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * xs + k), w0, a[2 * r]);
+            a[2 * r + 1] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * xs + k + 8), w1, a[2 * r + 1]);
+        }
+    }
+    for (int r = 0; r < 4; r++) acc[r] = hsum(_mm256_add_ps(a[2 * r], a[2 * r + 1]));
+#endif
+    for (; k < K; k++)
+        for (int r = 0; r < 4; r++) acc[r] += x[r * xs + k] * (float)q[k];
+    for (int r = 0; r < 4; r++) out[r] = acc[r];
+}
+
+static inline void store(float v, int64_t m, int64_t n, int64_t N, const float *scale, const float *bias,
+                         const float *residual, float *y) {
+    v *= scale[n];
+    if (bias) v += bias[n];
+    if (residual) v += residual[m * N + n];
+    y[m * N + n] = v;
+}
+
+/* Blocks of 16 weight rows are split over nthreads; within a block each row is read
+ * from memory once (prefetched a few rows ahead) for all M input rows, 4 at a time. */
 int gemv_rows(const float *x, int64_t M, int64_t K, int64_t x_stride, int mode, const float *norm_w, float eps,
               const int8_t *q, const float *scale, const float *bias, int64_t N, const float *residual, float *y,
               int nthreads) {
@@ -100,18 +135,18 @@ int gemv_rows(const float *x, int64_t M, int64_t K, int64_t x_stride, int mode, 
     if (!xb) return -1;
     for (int64_t m = 0; m < M; m++) prologue(x + m * x_stride, K, mode, norm_w, eps, xb + m * K);
     const int64_t BLOCK = 16;
-    int64_t nblocks = (N + BLOCK - 1) / BLOCK;
+    int64_t nblocks = (N + BLOCK - 1) / BLOCK, M4 = M - M % 4;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
     for (int64_t b = 0; b < nblocks; b++) {
         int64_t n1 = (b + 1) * BLOCK < N ? (b + 1) * BLOCK : N;
-        for (int64_t m = 0; m < M; m++) {
-            for (int64_t n = b * BLOCK; n < n1; n++) {
-                if (m == 0 && n + PREFETCH_ROWS < N) prefetch_row(q + (n + PREFETCH_ROWS) * K, K);
-                float v = dot_i8(xb + m * K, q + n * K, K) * scale[n];
-                if (bias) v += bias[n];
-                if (residual) v += residual[m * N + n];
-                y[m * N + n] = v;
+        for (int64_t n = b * BLOCK; n < n1; n++) {
+            if (n + PREFETCH_ROWS < N) prefetch_row(q + (n + PREFETCH_ROWS) * K, K);
+            for (int64_t m = 0; m < M4; m += 4) {
+                float d[4];
+                dot4_i8(xb + m * K, K, q + n * K, K, d);
+                for (int r = 0; r < 4; r++) store(d[r], m + r, n, N, scale, bias, residual, y);
             }
+            for (int64_t m = M4; m < M; m++) store(dot_i8(xb + m * K, q + n * K, K), m, n, N, scale, bias, residual, y);
         }
     }
     free(xb);

@@ -19,7 +19,7 @@ def _int8(n: int, k: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tenso
     return q, torch.rand(n, generator=g) * 0.01 + 1e-4
 
 
-@pytest.mark.parametrize("m,n,k", [(1, 960, 576), (3, 37, 45), (8, 64, 1536)])
+@pytest.mark.parametrize("m,n,k", [(1, 960, 576), (3, 37, 45), (8, 64, 1536), (5, 50, 77)])
 @pytest.mark.parametrize("prologue", ["none", "rmsnorm", "silu_mul"])
 def test_gemv_matches_float64(m, n, k, prologue):
     g = torch.Generator().manual_seed(m * 1000 + n + k)

@@ -75,15 +75,18 @@ def test_engine_picks_the_chain_only_where_it_applies(model_dir):
 
 
 def test_native_int8_linear_matches_float64():
-    """Int8Linear through the C kernel: float32 activations, so only float32 sums remain."""
+    """Int8Linear with the C kernels: float32 activations in the C product (up to
+    NATIVE_ROWS rows) and in MKL's GEMM over the widened weight (more), so only
+    float32 sums remain."""
     torch.manual_seed(3)
     lin = nn.Linear(576, 960, bias=True)
     q8 = Int8Linear(lin, cpu_native.load())
-    for rows in (1, 5, 8, 9):  # 9 rows: torch's bf16 product instead
+    for rows in (1, 5, Int8Linear.NATIVE_ROWS, Int8Linear.NATIVE_ROWS + 1, 40):
         x = torch.randn(rows, 576)
         ref = x.double() @ q8.dequantized().double().t() + lin.bias.double()
-        tol = 1e-5 if rows <= Int8Linear.NATIVE_ROWS else 1e-2
-        torch.testing.assert_close(q8(x).double(), ref, rtol=tol, atol=tol * ref.abs().max().item())
+        torch.testing.assert_close(q8(x).double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    x3 = torch.randn(2, 3, 576)  # leading dims are kept
+    assert q8(x3).shape == (2, 3, 960) and q8(torch.randn(2, 20, 576)).shape == (2, 20, 960)
 
 
 def test_quantization_auto_is_int8_on_one_cpu_only(model_dir):
