@@ -111,17 +111,25 @@ def main() -> None:
     load0 = _loadavg()  # other processes on a shared machine: 1-minute load before and after
     engines = {v: Engine(EngineConfig(device="cpu", **VARIANTS[v])) for v in a.variants}
     runs: dict[tuple[str, int], list[dict]] = {(v, t): [] for v in a.variants for t in a.threads}
+    llama_runs: dict[int, list[dict]] = {t: [] for t in a.threads} if a.llama_python else {}
     for r in range(a.rounds + 1):  # round 0 warms each engine up and is not kept
         for (v, t), kept in runs.items():
             torch.set_num_threads(t)  # process-wide: the engine's step thread too
-            res = one_turn(engines[v], f"v{a.variants.index(v)}-{t}-{r}", a.tokens if r else 8, a.fill)
+            sid = f"v{a.variants.index(v)}-{t}-{r}"
+            res = one_turn(engines[v], sid, a.tokens if r else 8, a.fill)
+            engines[v].close_session(sid)
             res["load_1m"] = (_loadavg() or [None])[0]  # at the end of this turn
             if r:
                 kept.append(res)
-                print(f"round {r} {v:26s} {t} thr: {res['tok_s']:6.1f} tok/s  ttft {1e3 * res['ttft_s']:6.0f} ms", flush=True)
+                print(f"round {r} {v:34s} {t} thr: {res['tok_s']:6.1f} tok/s  ttft {1e3 * res['ttft_s']:6.0f} ms", flush=True)
+        for t, kept in llama_runs.items():  # in the same rounds, so the same load falls on it
+            if r:
+                kept.append(_llama_cpp(a, t))
     for eng in engines.values():
         eng.close()
-    llama = [_llama_cpp(a, t) for t in a.threads] if a.llama_python else []
+    llama = [{"variant": f"llama.cpp {Path(a.gguf).name}", "config": {"llama_cpp_python": kept[0]["llama_cpp_python"]},
+              "threads": t, "tok_s_median": statistics.median(x["tok_s"] for x in kept),
+              "ttft_s_median": statistics.median(x["ttft_s"] for x in kept), "rounds": kept} for t, kept in llama_runs.items()]
     out = {**header(), "cpu": _cpu_name(), "cpu_flags": _cpu_flags(), "tokens": a.tokens, "rounds": a.rounds, "fill": a.fill,
            "load_avg_start_end": [load0, _loadavg()], "results": [
         {"variant": v, "config": VARIANTS[v], "threads": t,
@@ -136,17 +144,18 @@ def main() -> None:
 
 
 def _llama_cpp(a, threads: int) -> dict:
-    """llama.cpp on the same prompt in its own venv, after the engines are closed (its
-    rounds are not interleaved with theirs)."""
+    """One llama.cpp round on the same prompt in its own venv and process (its own
+    8-token warm-up first, as the engines' round 0), between the engines' rounds."""
     import subprocess
 
     if not a.gguf:
         raise SystemExit("--llama-python needs --gguf")
     cmd = [a.llama_python, str(Path(__file__).with_name("llamacpp_decode.py")), "--gguf", a.gguf, "--prompt", PROMPT,
-           "--tokens", str(a.tokens), "--rounds", str(a.rounds), "--threads", str(threads)]
-    res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-    print(f"llama.cpp {threads} thr: {res['tok_s_median']:6.1f} tok/s  ttft {1e3 * res['ttft_s_median']:6.0f} ms", flush=True)
-    return {"variant": f"llama.cpp {Path(a.gguf).name}", "config": {"llama_cpp_python": res["llama_cpp_python"]}, **res}
+           "--tokens", str(a.tokens), "--rounds", "1", "--threads", str(threads)]
+    out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    res = {**out["rounds"][0], "llama_cpp_python": out["llama_cpp_python"], "load_1m": (_loadavg() or [None])[0]}
+    print(f"llama.cpp {threads} thr: {res['tok_s']:6.1f} tok/s  ttft {1e3 * res['ttft_s']:6.0f} ms", flush=True)
+    return res
 
 
 def _cpu_name() -> str:
