@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=3000)
     ap.add_argument("--chunk", type=int, default=256)
     ap.add_argument("--window", type=int, default=252)
+    ap.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS), help="float32 always runs first (the reference)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
@@ -70,7 +71,8 @@ def main() -> None:
     cfg = dict(device="cpu", sink_tokens=4, window=a.window, max_sessions=1)
     ref = None
     out = {**header(), "tokens": a.tokens, "chunk": a.chunk, "cache": f"4+{a.window}", "formats": {}}
-    for name, over in FORMATS.items():
+    for name in ["float32"] + [f for f in a.formats if f != "float32"]:
+        over = FORMATS[name]
         m = build_engine_model(EngineConfig(**cfg, **over))
         ids = m.tokenizer(text[: a.tokens * 8], add_special_tokens=False).input_ids[: a.tokens + 1]
         lg = logits_over(m, ids[:-1], a.chunk)

@@ -45,8 +45,9 @@ def test_decode_chain_equals_the_model_forward(model_dir, shakespeare_ids, head_
             m.attn.kernels = kernels
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3 * want.abs().max().item())
         assert got.argmax() == want.argmax()
-    for k in m.pool.k + m.pool.v:
-        torch.testing.assert_close(k[0], k[1], rtol=1e-4, atol=1e-4)
+    for k in m.pool.k + m.pool.v:  # 40 steps of slightly different sums (and so 16-bit roundings) in each slot
+        rel = float((k[0] - k[1]).norm() / k[1].norm())
+        assert rel < 1e-3, rel  # measured ~1e-4; a wrong weight or row gives O(1)
 
 
 def test_batch_of_sequences_and_selected_rows(model_dir, shakespeare_ids):
@@ -75,16 +76,19 @@ def test_engine_picks_the_chain_only_where_it_applies(model_dir):
 
 
 def test_native_int8_linear_matches_float64():
-    """Int8Linear with the C kernels: float32 activations in the C product (up to
-    NATIVE_ROWS rows) and in MKL's GEMM over the widened weight (more), so only
-    float32 sums remain."""
+    """Int8Linear with the C kernels: up to NATIVE_ROWS rows the C product (inputs
+    rounded to 16-bit fixed point per row: at most half a step, max|row| / 65534, per
+    input), beyond it MKL's float32 GEMM over the widened weight."""
     torch.manual_seed(3)
     lin = nn.Linear(576, 960, bias=True)
     q8 = Int8Linear(lin, cpu_native.load())
+    w = q8.dequantized().double()
     for rows in (1, 5, Int8Linear.NATIVE_ROWS, Int8Linear.NATIVE_ROWS + 1, 40):
         x = torch.randn(rows, 576)
-        ref = x.double() @ q8.dequantized().double().t() + lin.bias.double()
-        torch.testing.assert_close(q8(x).double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+        ref = x.double() @ w.t() + lin.bias.detach().double()
+        step = float(x.abs().max()) / 32767 if rows <= Int8Linear.NATIVE_ROWS else 0.0
+        tol = step / 2 * float(w.abs().sum(1).max()) + 1e-5 * float(ref.abs().max())
+        torch.testing.assert_close(q8(x).double(), ref, rtol=0, atol=tol)
     x3 = torch.randn(2, 3, 576)  # leading dims are kept
     assert q8(x3).shape == (2, 3, 960) and q8(torch.randn(2, 20, 576)).shape == (2, 20, 960)
 
