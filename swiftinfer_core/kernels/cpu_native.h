@@ -7,7 +7,7 @@
  * (_weight_int8pack_mm) wants bf16 activations, which AVX2 machines convert in
  * software (bench/results/cpu_decode_profile.md). Here one call does what many
  * ops did: cpu_native_gemv.c the RMSNorm or SiLU(gate)*up in front of an int8
- * product with float32 activations and the bias and residual add after it;
+ * product (inputs in 16-bit fixed point per row) and the bias and residual add after it;
  * cpu_native_attn.c one sequence's decode attention; cpu_native_layer.c a whole
  * Llama layer of a decode step.
  *

@@ -11,8 +11,9 @@ kernels/cpu_native_layer.c, which chains
 
 instead of ~45 torch ops. The same function as ``Llama.forward`` over the same
 int8 weights (float32 residual stream and norms, int8 weights times float32
-scales) up to the order of float32 sums, with float32 activations into the
-products where torch's int8 op takes bf16. Used for steps in which every
+scales) up to the order of float32 sums and the products' inputs, which are
+rounded to 16-bit fixed point per row (cpu_native_gemv.c; torch's int8 op
+rounds them to bf16, ~400x coarser for a row without outliers). Used for steps in which every
 sequence feeds one token (CpuAttention's CpuDecodePlan); prefill and mixed
 steps take the model's own forward.
 

@@ -48,13 +48,15 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class Int8Linear(nn.Module):
     """Weight-only int8 linear: x [..., in] float32 -> [..., out] float32.
 
-    With ``kernels`` (kernels/cpu_native.py), all in float32: y = x @ (q * scale)^T
-    by the C kernel for up to NATIVE_ROWS rows (decode batches), and beyond (prefill
-    chunks) as (x @ float(q)^T) * scale through MKL's GEMM on the weight widened for
-    the call. Without: y = bf16(x) @ (q * scale)^T by torch's ``_weight_int8pack_mm``.
-    On this project's AVX2 box (no AVX-512 BF16), one thread, the default model's
-    layers: 1 row 10 ms (C) against 20 (torch's op), 4 rows 20 against 32, 16 rows
-    ~80 (C or widened GEMM) against 95, 74 rows 220 (widened GEMM) against 380.
+    With ``kernels`` (kernels/cpu_native.py): y = x @ (q * scale)^T by the C kernel
+    for up to NATIVE_ROWS rows (decode batches; x rounded to 16-bit fixed point per
+    row, cpu_native_gemv.c), and beyond (prefill chunks) as (x @ float(q)^T) * scale
+    in float32 through MKL's GEMM on the weight widened for the call. Without:
+    y = bf16(x) @ (q * scale)^T by torch's ``_weight_int8pack_mm``. On this
+    project's AVX2 box (no AVX-512 BF16), one thread, the default model's layers
+    (float inputs to the C kernel then): 1 row 10 ms (C) against 20 (torch's op),
+    4 rows 20 against 32, 16 rows ~80 (C or widened GEMM) against 95, 74 rows 220
+    (widened GEMM) against 380; 16-bit inputs took the 1-row case to ~7 ms.
     Plus the float32 bias, if any. ``in_dtype`` tells the model what to feed it
     (model/llama.py): float32, as the residual stream."""
 
