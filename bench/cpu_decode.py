@@ -1,13 +1,16 @@
 """CPU decode speed of the default model through ``Engine.chat_sync``, before and
 after the CPU fast path, side by side in one run.
 
-    python bench/cpu_decode.py --tokens 100 --rounds 3 --json bench/results/cpu_decode.json \
+    python bench/cpu_decode.py --tokens 200 --rounds 3 --threads 1 2 --json bench/results/cpu_decode.json \
         --plot bench/results/cpu_decode.png
 
 Variants (each its own Engine, loaded once): the reference path as it was
-(``cpu_fast_path=False``: TorchAttention, [out, in] weights), the fast path in
-float32, and int8 weights with the LM head in float32 and in int8; each at the
-thread counts given. Rounds alternate between variants so that load from other
+(``cpu_fast_path=False``: TorchAttention, [out, in] weights); the fast path in
+torch ops (``cpu_native_kernels=False``: float32, and int8 weights with the LM
+head in float32 and in int8), as before the C kernels; and the same formats with
+the C kernels (kernels/cpu_native_*.c: attention only for float32 weights, a
+whole layer per call for int8; ``quantization: auto`` is int8 with an int8 head,
+serve_config.yaml's CPU default); each at the thread counts given. Rounds alternate between variants so that load from other
 processes on a shared machine falls on all of them alike; the medians are
 reported, with every round kept in the JSON.
 
@@ -39,9 +42,12 @@ from swiftinfer_core.protocol import RawPrompt  # noqa: E402
 
 VARIANTS = {  # name -> EngineConfig overrides
     "reference (before)": {"cpu_fast_path": False},
-    "fast float32": {},
-    "fast int8, head float32": {"quantization": "int8", "lm_head_fp32": True},
-    "fast int8, head int8": {"quantization": "int8", "lm_head_fp32": False},
+    "fast float32, torch ops": {"cpu_native_kernels": False},
+    "fast int8, head float32, torch ops": {"quantization": "int8", "lm_head_fp32": True, "cpu_native_kernels": False},
+    "fast int8, head int8, torch ops": {"quantization": "int8", "lm_head_fp32": False, "cpu_native_kernels": False},
+    "fast float32, C attention": {},
+    "int8 C kernels, head float32": {"quantization": "int8", "lm_head_fp32": True},
+    "int8 C kernels, head int8 (auto)": {"quantization": "auto"},
 }
 PROMPT = ("Write a short story about a lighthouse keeper who finds a message in a bottle on a stormy night. "
           "Describe the sea, the light, the keeper's old dog, and what the message says, in plain simple words.")
@@ -75,7 +81,7 @@ def plot(out: dict, path: Path) -> None:
 
     rows = out["results"]
     names = [f"{r['variant']}\n{r['threads']} thr" for r in rows]
-    fig, ax = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, ax = plt.subplots(1, 2, figsize=(14, 0.45 * len(rows) + 1.8))
     ax[0].barh(names, [r["tok_s_median"] for r in rows], color="tab:blue")
     ax[0].set_xlabel("decode tokens/s (median of rounds)")
     ax[1].barh(names, [1e3 * r["ttft_s_median"] for r in rows], color="tab:orange")
@@ -105,17 +111,26 @@ def main() -> None:
     load0 = _loadavg()  # other processes on a shared machine: 1-minute load before and after
     engines = {v: Engine(EngineConfig(device="cpu", **VARIANTS[v])) for v in a.variants}
     runs: dict[tuple[str, int], list[dict]] = {(v, t): [] for v in a.variants for t in a.threads}
+    llama_runs: dict[int, list[dict]] = {t: [] for t in a.threads} if a.llama_python else {}
     for r in range(a.rounds + 1):  # round 0 warms each engine up and is not kept
         for (v, t), kept in runs.items():
             torch.set_num_threads(t)  # process-wide: the engine's step thread too
-            res = one_turn(engines[v], f"v{a.variants.index(v)}-{t}-{r}", a.tokens if r else 8, a.fill)
+            sid = f"v{a.variants.index(v)}-{t}-{r}"
+            res = one_turn(engines[v], sid, a.tokens if r else 8, a.fill)
+            engines[v].close_session(sid)
+            res["load_1m"] = (_loadavg() or [None])[0]  # at the end of this turn
             if r:
                 kept.append(res)
-                print(f"round {r} {v:26s} {t} thr: {res['tok_s']:6.1f} tok/s  ttft {1e3 * res['ttft_s']:6.0f} ms", flush=True)
+                print(f"round {r} {v:34s} {t} thr: {res['tok_s']:6.1f} tok/s  ttft {1e3 * res['ttft_s']:6.0f} ms", flush=True)
+        for t, kept in llama_runs.items():  # in the same rounds, so the same load falls on it
+            if r:
+                kept.append(_llama_cpp(a, t))
     for eng in engines.values():
         eng.close()
-    llama = [_llama_cpp(a, t) for t in a.threads] if a.llama_python else []
-    out = {**header(), "cpu": _cpu_name(), "tokens": a.tokens, "rounds": a.rounds, "fill": a.fill,
+    llama = [{"variant": f"llama.cpp {Path(a.gguf).name}", "config": {"llama_cpp_python": kept[0]["llama_cpp_python"]},
+              "threads": t, "tok_s_median": statistics.median(x["tok_s"] for x in kept),
+              "ttft_s_median": statistics.median(x["ttft_s"] for x in kept), "rounds": kept} for t, kept in llama_runs.items()]
+    out = {**header(), "cpu": _cpu_name(), "cpu_flags": _cpu_flags(), "tokens": a.tokens, "rounds": a.rounds, "fill": a.fill,
            "load_avg_start_end": [load0, _loadavg()], "results": [
         {"variant": v, "config": VARIANTS[v], "threads": t,
          "tok_s_median": statistics.median(x["tok_s"] for x in kept),
@@ -129,17 +144,18 @@ def main() -> None:
 
 
 def _llama_cpp(a, threads: int) -> dict:
-    """llama.cpp on the same prompt in its own venv, after the engines are closed (its
-    rounds are not interleaved with theirs)."""
+    """One llama.cpp round on the same prompt in its own venv and process (its own
+    8-token warm-up first, as the engines' round 0), between the engines' rounds."""
     import subprocess
 
     if not a.gguf:
         raise SystemExit("--llama-python needs --gguf")
     cmd = [a.llama_python, str(Path(__file__).with_name("llamacpp_decode.py")), "--gguf", a.gguf, "--prompt", PROMPT,
-           "--tokens", str(a.tokens), "--rounds", str(a.rounds), "--threads", str(threads)]
-    res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-    print(f"llama.cpp {threads} thr: {res['tok_s_median']:6.1f} tok/s  ttft {1e3 * res['ttft_s_median']:6.0f} ms", flush=True)
-    return {"variant": f"llama.cpp {Path(a.gguf).name}", "config": {"llama_cpp_python": res["llama_cpp_python"]}, **res}
+           "--tokens", str(a.tokens), "--rounds", "1", "--threads", str(threads)]
+    out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    res = {**out["rounds"][0], "llama_cpp_python": out["llama_cpp_python"], "load_1m": (_loadavg() or [None])[0]}
+    print(f"llama.cpp {threads} thr: {res['tok_s']:6.1f} tok/s  ttft {1e3 * res['ttft_s']:6.0f} ms", flush=True)
+    return res
 
 
 def _cpu_name() -> str:
@@ -150,6 +166,17 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return "unknown"
+
+
+def _cpu_flags() -> list[str]:
+    """The vector extensions that decide which kernels are fast here (AVX2 only vs AVX-512/VNNI/BF16/AMX)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma")))
+    except OSError:
+        pass
+    return []
 
 
 def _loadavg() -> list[float] | None:

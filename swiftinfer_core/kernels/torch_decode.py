@@ -21,6 +21,10 @@ same function with less work:
   cos/sin come from one table over positions 0..cap-1 computed as
   ``rope.rotate`` computes them, gathered once per step for all layers.
 - GQA without repeat_interleave: q [Hkv, group, D] against k [Hkv, F, D].
+- With ``kernels`` (kernels/cpu_native.py) and a float32 cache, each sequence's
+  attention is one C call (cpu_native_attn.c): the same steps with
+  every key rotated on the fly as it is read, nothing materialised; ~20 torch
+  ops per layer become one.
 
 Prefill and mixed steps take the reference path unchanged.
 """
@@ -54,8 +58,9 @@ class CpuDecodePlan:
 class CpuAttention(TorchAttention):
     """TorchAttention with the one-token decode path described above."""
 
-    def __init__(self, layout, freqs, scale):
+    def __init__(self, layout, freqs, scale, kernels=None):
         super().__init__(layout, freqs, scale)
+        self.kernels = kernels  # cpu_native.NativeKernels, or None: torch ops
         # [capacity, D/2]: angles as rope.rotate forms them (float32 position * float32 freq)
         ang = torch.arange(layout.capacity, dtype=torch.float32)[:, None] * self.freqs.cpu()[None, :]
         self._cos = torch.cat([ang.cos(), ang.cos()], dim=-1)  # [capacity, D]
@@ -90,9 +95,14 @@ class CpuAttention(TorchAttention):
         B, hq, D = q.shape
         hkv, h = k_new.shape[1], D // 2  # h: rotate_half's shift
         out = torch.empty_like(q)
+        native = self.kernels is not None and q.dtype == k_cache.dtype == torch.float32
         for i, s in enumerate(plan.seqs):
             if s.slot < 0:  # a padding row (runner/cuda_graph.py): no cache, zero output
                 out[i] = 0
+                continue
+            if native:
+                self.kernels.attn_decode(q[i].contiguous(), k_new[i].contiguous(), v_new[i].contiguous(), k_cache[s.slot],
+                                         v_cache[s.slot], s.row, s.fill, s.cos, s.sin, s.q_cos, s.q_sin, self.scale, out[i])
                 continue
             k_cache[s.slot, :, s.row] = k_new[i]
             v_cache[s.slot, :, s.row] = v_new[i]

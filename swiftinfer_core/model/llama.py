@@ -14,6 +14,7 @@ from torch import nn
 
 from swiftinfer_core.cache.pool import KVPool
 from swiftinfer_core.kernels.attention import Attention
+from swiftinfer_core.kernels.torch_decode import CpuDecodePlan
 from swiftinfer_core.model.args import ModelArgs, common_args
 from swiftinfer_core.model.fused_decode import fused_decode
 from swiftinfer_core.model.layers import RMSNorm, ShardPlan, Weights, permute_heads, rotary_perm
@@ -87,12 +88,15 @@ class Llama(nn.Module):
         self.norm = RMSNorm(args.hidden_size, args.rms_eps)
         self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
         self.gemv_decode = False  # set by the loader on GPU: batch-1 steps take model/fused_decode.py
+        self.cpu_decode = None  # set by the loader on CPU (model/cpu_decode.CpuDecoder): one-token steps in C
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, attn: Attention, plan, pool: KVPool, rows: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids [T] -> logits [R, vocab] (float32) for the token rows ``rows`` (all if None)."""
         if self.gemv_decode and input_ids.shape[0] == 1:
             return fused_decode(self, input_ids, attn, plan, pool)
+        if self.cpu_decode is not None and isinstance(plan, CpuDecodePlan):
+            return self.cpu_decode(input_ids, attn, plan, pool, rows)
         # the residual stream stays float32 even for bf16 weights: with bf16 residuals
         # and logits, top-1 agreed with float32 on only ~97% of teacher-forced tokens
         x = self.embed(input_ids).float()

@@ -28,7 +28,8 @@ from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.kernels.attention import Attention, TorchAttention, TritonAttention
 from swiftinfer_core.kernels.torch_decode import CpuAttention
 from swiftinfer_core.kernels.triton_shapes import check_triton_heads
-from swiftinfer_core.model import fused_decode
+from swiftinfer_core.kernels import cpu_native
+from swiftinfer_core.model import cpu_decode, fused_decode
 from swiftinfer_core.model.cpu_weights import quantize_int8, transpose_linears
 from swiftinfer_core.model.families import build_model
 from swiftinfer_core.model.layers import ShardPlan, layer_specs
@@ -75,17 +76,20 @@ def build_rank(cfg: RankConfig, plan: ShardPlan | None = None, ranks: Ranks | No
     if cfg.lm_head_fp32:
         model.lm_head.float()  # before loading: keep the checkpoint's own precision
     fill_weights(model, cfg, device, sharded=ranks is not None)
+    kernels = native_kernels(cfg, device) if ranks is None else None
     if ranks is None:
-        cpu_weight_format(model, cfg, device)  # quantized weights and the transposed CPU layout: one device only
+        cpu_weight_format(model, cfg, device, kernels)  # quantized weights and the transposed CPU layout: one device only
     model.eval()
     kv_heads = plan.kv_hi - plan.kv_lo
     slots = num_slots(cfg, device, kv_heads)
     if ranks is not None and cfg.slots is None:
         slots = ranks.min_int(slots)  # every rank's pool holds every slot id rank 0 hands out
     pool = KVPool(cfg.layout, cfg.args.num_layers, slots, kv_heads, cfg.args.head_dim, cfg.dtype, device)
-    attn = make_attention(cfg, device, plan)
+    attn = make_attention(cfg, device, plan, kernels)
     # the fused batch-1 chain reads float weights (model/fused_decode.py): not with quantized ones
     model.gemv_decode = cfg.gemv_decode and cfg.quant is None and device.type == "cuda" and isinstance(attn, TritonAttention) and fused_decode.supports(model)
+    if kernels is not None and isinstance(attn, CpuAttention) and cpu_decode.supports(model):
+        model.cpu_decode = cpu_decode.CpuDecoder(model, kernels)  # one-token steps: int8 products in C
     if ranks is None:
         log.info("model %s on %s/%s: %d cache slots of %d+%d", cfg.name, device, cfg.dtype, slots, cfg.layout.sinks, cfg.layout.window)
     else:
@@ -104,9 +108,18 @@ def fill_weights(model: nn.Module, cfg: RankConfig, device: torch.device, sharde
         model.load_hf_state(ShardedCheckpoint(cfg.path) if sharded else read_state_dict(cfg.path))
 
 
-def make_attention(cfg: RankConfig, device: torch.device, plan: ShardPlan | None = None) -> Attention:
+def native_kernels(cfg: RankConfig, device: torch.device) -> cpu_native.NativeKernels | None:
+    """The C decode kernels for a one-device CPU engine that asks for them (None when
+    they cannot be built on this machine: the torch ops run, kernels/cpu_native.py logs why)."""
+    if device.type != "cpu" or not (cfg.cpu_fast_path and cfg.cpu_native):
+        return None
+    return cpu_native.load()
+
+
+def make_attention(cfg: RankConfig, device: torch.device, plan: ShardPlan | None = None, kernels=None) -> Attention:
     """The backend with every layer's spec (RoPE freqs and scale, local window, ALiBi
-    slopes of this rank's query heads, soft-cap) for this cache's capacity."""
+    slopes of this rank's query heads, soft-cap) for this cache's capacity; ``kernels``:
+    CpuAttention's C decode path (native_kernels)."""
     args, layout = cfg.args, cfg.layout
     plan = plan or ShardPlan.single(args)
     if args.sliding_window and layout.window < args.sliding_window:
@@ -121,7 +134,7 @@ def make_attention(cfg: RankConfig, device: torch.device, plan: ShardPlan | None
             raise InvalidRequestError(f"{args.name}: {exc}; use attention 'torch'") from None
         return TritonAttention(layout, specs[0].freqs, specs[0].scale, specs)
     if device.type == "cpu" and cfg.cpu_fast_path and plain_attention(specs):
-        return CpuAttention(layout, specs[0].freqs, specs[0].scale)  # reference semantics, lean one-token decode
+        return CpuAttention(layout, specs[0].freqs, specs[0].scale, kernels)  # reference semantics, lean one-token decode
     return TorchAttention(layout, specs[0].freqs, specs[0].scale, specs)
 
 
@@ -133,18 +146,19 @@ def plain_attention(specs: list) -> bool:
                and torch.equal(s.freqs, first.freqs) for s in specs)
 
 
-def cpu_weight_format(model: nn.Module, cfg: RankConfig, device: torch.device) -> None:
-    """Quantized weights (``cfg.quant``), float weights in the CPU's faster layout
-    (model/cpu_weights.py), and the CPU thread count."""
+def cpu_weight_format(model: nn.Module, cfg: RankConfig, device: torch.device, kernels=None) -> None:
+    """Quantized weights (``cfg.quant``; CPU int8 multiplies through ``kernels`` when
+    given), float weights in the CPU's faster layout (model/cpu_weights.py), and the
+    CPU thread count."""
     if cfg.quant is not None:
-        quantize_weights(model, cfg, device)
+        quantize_weights(model, cfg, device, kernels)
     if device.type == "cpu" and cfg.cpu_threads is not None:
         torch.set_num_threads(cfg.cpu_threads)  # process-wide, the engine's step thread included
     if device.type == "cpu" and cfg.cpu_fast_path:
         transpose_linears(model)  # what int8 left in float: the head under lm_head_fp32
 
 
-def quantize_weights(model: nn.Module, cfg: RankConfig, device: torch.device) -> None:
+def quantize_weights(model: nn.Module, cfg: RankConfig, device: torch.device, kernels=None) -> None:
     """int8 on the CPU: model/cpu_weights.py; int4 on the CPU and both on CUDA:
     model/quant_linear.py. What the device cannot run is refused here, at load."""
     name = cfg.quant.value
@@ -152,7 +166,7 @@ def quantize_weights(model: nn.Module, cfg: RankConfig, device: torch.device) ->
         raise InvalidRequestError(f"quantization '{name}' serves the Llama family only, not {type(model).__name__}")
     head = not cfg.lm_head_fp32
     if device.type == "cpu" and cfg.quant is QuantFormat.INT8:
-        quantize_int8(model, head=head)
+        quantize_int8(model, head=head, kernels=kernels)
         return
     if device.type == "cpu" and not cpu_int4_available():
         raise InvalidRequestError(f"quantization 'int4' on the CPU needs torch's _weight_int4pack_mm_for_cpu, "

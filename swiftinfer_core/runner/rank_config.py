@@ -45,6 +45,7 @@ class RankConfig:
     quant_group: int = 128  # int4 group size (model/quant.py)
     cpu_fast_path: bool = False  # CPU: transposed linears (one device) and CpuAttention where every layer is plain
     cpu_threads: int | None = None  # torch threads of a one-device CPU engine (process-wide)
+    cpu_native: bool = False  # with cpu_fast_path: the C decode kernels (kernels/cpu_native.py) where they build
     gemv_decode: bool = False  # GPU batch-1 decode through model/fused_decode.py where the model allows it
     memory_share: float = 1.0  # EngineConfig.memory_share (runner/kv_slots.py)
     gpu_memory_utilization: float = 0.85

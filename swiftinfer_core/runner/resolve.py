@@ -19,6 +19,8 @@ from swiftinfer_core.config import (
 )
 from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.model.args import ModelArgs
+from swiftinfer_core.model.families import family_of
+from swiftinfer_core.model.llama import Llama
 from swiftinfer_core.model.quant import QuantFormat
 from swiftinfer_core.runner.rank_config import RankConfig, Weights
 
@@ -48,15 +50,29 @@ def resolve_layout(cfg: EngineConfig, args: ModelArgs) -> StreamLayout:
     return StreamLayout(cfg.sink_tokens, window)
 
 
+def resolve_quant(cfg: EngineConfig, device: torch.device, dtype: torch.dtype, args: ModelArgs) -> tuple[QuantFormat | None, bool]:
+    """(weight format, LM head in float32). 'auto' is int8 with an int8 head where the CPU
+    int8 path runs (a Llama-family model in float32 on one CPU device; model/cpu_decode.py),
+    else float weights; lm_head_fp32 None means true except under that automatic int8."""
+    auto_int8 = (cfg.quantization is Quantization.AUTO and device.type == "cpu" and dtype == torch.float32
+                 and cfg.tp_size == 1 and family_of(args.family).model is Llama)
+    quant = QuantFormat.INT8 if auto_int8 else _QUANT.get(cfg.quantization)
+    head_fp32 = cfg.lm_head_fp32 if cfg.lm_head_fp32 is not None else not auto_int8
+    return quant, head_fp32
+
+
 def rank_config(cfg: EngineConfig, path: Path, args: ModelArgs) -> RankConfig:
     """Every rank's build settings for ``cfg`` over the checkpoint at ``path`` (already resolved)."""
     device = torch_device(cfg)
+    dtype = resolve_dtype(cfg, device)
+    quant, head_fp32 = resolve_quant(cfg, device, dtype, args)
     triton = cfg.attention is AttentionBackend.TRITON or (cfg.attention is AttentionBackend.AUTO and device.type == "cuda")
     return RankConfig(
-        args=args, layout=resolve_layout(cfg, args), device_type=device.type, dtype=resolve_dtype(cfg, device),
+        args=args, layout=resolve_layout(cfg, args), device_type=device.type, dtype=dtype,
         weights=Weights.RANDOM if cfg.load_format is LoadFormat.RANDOM else Weights.CHECKPOINT, path=path, seed=cfg.seed,
-        attention="triton" if triton else "torch", slots=cfg.max_sessions, lm_head_fp32=cfg.lm_head_fp32,
-        quant=_QUANT.get(cfg.quantization), quant_group=cfg.quant_group, cpu_fast_path=cfg.cpu_fast_path, cpu_threads=cfg.cpu_threads,
+        attention="triton" if triton else "torch", slots=cfg.max_sessions, lm_head_fp32=head_fp32,
+        quant=quant, quant_group=cfg.quant_group, cpu_fast_path=cfg.cpu_fast_path, cpu_threads=cfg.cpu_threads,
+        cpu_native=cfg.cpu_native_kernels,
         gemv_decode=True, memory_share=cfg.memory_share, gpu_memory_utilization=cfg.gpu_memory_utilization,
         split_mixed=cfg.split_mixed_steps,
     )

@@ -1,6 +1,7 @@
 """CpuAttention's one-token decode path against the reference (TorchAttention):
 same outputs and the same cache contents after the step, before and after the
-window wraps, with and without sinks, GQA, several sequences in one step."""
+window wraps, with and without sinks, GQA, several sequences in one step; in
+torch ops and through the C kernel (kernels/cpu_native.py) where it builds."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import torch
 
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.kernels.attention import TorchAttention
+from swiftinfer_core.kernels import cpu_native
 from swiftinfer_core.kernels.batch import AttnBatch
 from swiftinfer_core.kernels.rope import inv_freq
 from swiftinfer_core.kernels.torch_decode import CpuAttention, CpuDecodePlan
 
 HQ, HKV, D, SLOTS = 6, 2, 16, 3
+NATIVE = cpu_native.load()
+KERNELS = [None, pytest.param(NATIVE, id="native", marks=pytest.mark.skipif(NATIVE is None, reason="no C compiler"))]
 
 
 def _step(attn, layout, starts, slots, seed=0):
@@ -29,12 +33,13 @@ def _step(attn, layout, starts, slots, seed=0):
     return plan, out, k_cache, v_cache
 
 
-@pytest.mark.parametrize("sinks,window", [(4, 8), (0, 8), (2, 5)])
+@pytest.mark.parametrize("kernels", KERNELS)
+@pytest.mark.parametrize("sinks,window", [(4, 8), (0, 8), (2, 5), (4, 60)])
 @pytest.mark.parametrize("t", [0, 3, 9, 11, 12, 13, 30, 1001])
-def test_decode_equals_reference(sinks, window, t):
+def test_decode_equals_reference(sinks, window, t, kernels):
     layout = StreamLayout(sinks, window)
     freqs = inv_freq(D, 10000.0)
-    fast, ref = CpuAttention(layout, freqs, D**-0.5), TorchAttention(layout, freqs, D**-0.5)
+    fast, ref = CpuAttention(layout, freqs, D**-0.5, kernels), TorchAttention(layout, freqs, D**-0.5)
     starts, slots = [t, t + 7, max(0, t - 2)], [2, 0, 1]
     plan, out, kc, vc = _step(fast, layout, starts, slots)
     assert isinstance(plan, CpuDecodePlan)
@@ -59,7 +64,8 @@ def test_prefill_and_mixed_steps_take_the_reference_path():
     assert not isinstance(plan, CpuDecodePlan)
 
 
-def test_padding_rows_touch_no_cache():
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_padding_rows_touch_no_cache(kernels):
     """Slot -1 (a padded graph row) gets a zero output and writes nowhere."""
     layout = StreamLayout(4, 8)
     freqs = inv_freq(D, 10000.0)
@@ -68,7 +74,7 @@ def test_padding_rows_touch_no_cache():
     vc = torch.randn(SLOTS, HKV, layout.capacity, D, generator=g)
     q, kn, vn = torch.randn(2, HQ, D, generator=g), torch.randn(2, HKV, D, generator=g), torch.randn(2, HKV, D, generator=g)
     kc_ref, vc_ref = kc.clone(), vc.clone()
-    fast = CpuAttention(layout, freqs, D**-0.5)
+    fast = CpuAttention(layout, freqs, D**-0.5, kernels)
     out = fast.forward(fast.prepare(AttnBatch.build([1, -1], [3, 0], [1, 1], "cpu")), q, kn, vn, kc, vc)
     ref = TorchAttention(layout, freqs, D**-0.5)
     want = ref.forward(ref.prepare(AttnBatch.build([1], [3], [1], "cpu")), q[:1], kn[:1], vn[:1], kc_ref, vc_ref)
