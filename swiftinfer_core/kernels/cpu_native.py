@@ -189,7 +189,8 @@ def build(cache_dir: Path) -> Path:
 @functools.cache
 def load(cache_dir: Path | None = None) -> NativeKernels | None:
     """The kernels, built on first use in this process; None (logged) when they cannot be built."""
-    cache_dir = cache_dir or Path.home() / ".cache" / "swiftinfer" / "native"
+    # beside the models (model/fetch.py): $SWIFTINFER_HOME, else ~/.cache/swiftinfer
+    cache_dir = cache_dir or Path(os.environ.get("SWIFTINFER_HOME", Path.home() / ".cache" / "swiftinfer")) / "native"
     try:
         path = build(cache_dir)
         return NativeKernels(ctypes.CDLL(str(path)), path)

@@ -133,3 +133,15 @@ def test_gemv_sums_do_not_overflow_at_the_extremes():
     scale = torch.ones(3)
     want = x.double() @ q.double().t()
     torch.testing.assert_close(KERNELS.gemv_i8(x, q, scale).double(), want, rtol=1e-6, atol=0)
+
+
+def test_no_working_compiler_means_no_kernels_not_an_error(tmp_path, monkeypatch):
+    """A machine whose compiler fails (here `false`) or is missing gets None from load():
+    the engine keeps the torch ops (runner/build.py native_kernels)."""
+    monkeypatch.setenv("CC", "false")
+    with pytest.raises(RuntimeError, match="false failed"):
+        cpu_native.build(tmp_path)
+    assert cpu_native.load.__wrapped__(tmp_path) is None
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    assert cpu_native.load.__wrapped__(tmp_path) is None
+    assert not list(tmp_path.glob("*.so"))
