@@ -164,12 +164,17 @@ class SessionDirectory:
         state. False when ``rid`` no longer holds the session at ``seq`` (deleted,
         taken over, or the log refused it): its copy is stale.
 
-        No lease at all (a directory restarted while the turn ran reloads owners,
-        not leases) is accepted from the owner at the same ``seq``: no other
-        replica can have begun a turn since, as that would have made it the owner."""
+        No lease at all is accepted at the same ``seq``, and ``rid`` becomes the
+        owner: a directory restarted while the turn ran reloads the owners of the
+        last commits and no leases, so the turn's replica may not be the owner on
+        record (the session's first turn after a move). ``seq`` alone keeps one
+        turn per number: any other replica's turn at this ``seq`` would hold the
+        lease, and one that committed has moved ``seq`` on."""
         entry = self._entries.get(sid)
-        if entry is None or entry.owner != rid or entry.lease not in (rid, None) or entry.seq != seq:
+        if entry is None or entry.lease not in (rid, None) or entry.seq != seq:
             return False
+        if entry.owner != rid:
+            self._set_owner(sid, entry, rid)
         now = time.time()
         u = turn.usage
         t = TurnEntry(sid, seq + 1, turn.turn_key, rid, turn.finish_reason, u.prompt_tokens, u.completion_tokens, now)

@@ -140,9 +140,10 @@ def test_a_log_outage_refuses_the_turn_with_503_and_loses_nothing(cluster, tmp_p
 
 
 def test_a_turn_in_flight_across_a_directory_restart_still_commits_once(directory):
-    """The restarted directory reloads owners from the log but no leases: the owner's
-    turn that was running commits (no retry needed); a late commit of the same turn,
-    or one after another replica began a turn, is refused."""
+    """The restarted directory reloads the owners of the last commits but no leases: a
+    turn that was running commits (no retry needed), also on a replica that is not the
+    owner on record; a second commit of it, or one after another replica began a turn,
+    is refused."""
     d = directory
     assert _commit(d, "s", "r1", "k1")
     grant = ray.get(d.begin_turn.remote("s", "r1", "k2"))  # turn 2 runs on r1 ...
@@ -152,9 +153,16 @@ def test_a_turn_in_flight_across_a_directory_restart_still_commits_once(director
     assert not ray.get(d.commit.remote("s", "r1", grant.seq, record, None, _turn("k2", "reply k2")))  # once
     assert [t.turn_key for t in ray.get(d.turns.remote("s", 0, 10))] == ["k1", "k2"]
 
-    grant3 = ray.get(d.begin_turn.remote("s", "r1", "k3"))  # turn 3 on r1; the directory restarts;
+    grant3 = ray.get(d.begin_turn.remote("s", "r3", "k3"))  # turn 3 moved to r3 (owner on record: r1) ...
+    _restart(d)  # ... and the directory restarts before it commits
+    assert ray.get(d.describe.remote("s")).owner == "r1"
+    record3 = session_record("s", grant3.seq + 1, (1, 2, 3))
+    assert ray.get(d.commit.remote("s", "r3", grant3.seq, record3, None, _turn("k3", "reply k3")))
+    assert ray.get(d.describe.remote("s")).owner == "r3"
+
+    grant4 = ray.get(d.begin_turn.remote("s", "r3", "k4"))  # turn 4 on r3; the directory restarts;
     _restart(d)
-    ray.get(d.begin_turn.remote("s", "r2", "k3"))  # the client's retry begins on r2 first
-    late = session_record("s", grant3.seq + 1, (1, 2, 3))
-    assert not ray.get(d.commit.remote("s", "r1", grant3.seq, late, None, _turn("k3")))  # r1 no longer owns it
+    ray.get(d.begin_turn.remote("s", "r2", "k4"))  # the client's retry begins on r2 first
+    late = session_record("s", grant4.seq + 1, (1, 2, 3))
+    assert not ray.get(d.commit.remote("s", "r3", grant4.seq, late, None, _turn("k4")))  # r2 holds the lease
     assert ray.get(d.describe.remote("s")).owner == "r2"
