@@ -2,26 +2,37 @@
 # Device call (issue 17): 1-3 LLM replicas sharing one H200 (bench/serve_gpu7b_shared.yaml,
 # gpu_share 0.33), 7B shape, random bf16.
 #  ramp:  a closed-loop ramp through the autoscaler (bench/autoscale_ramp.py) up to about the
-#         capacity of 3 replicas and back down. PHASES (default "16:40 64:80 140:80 48:100 16:100":
+#         capacity of 3 replicas and back down. PHASES (default "16:30 64:70 140:70 48:100 16:100":
 #         the low phases outlast the policy's active window + look-back + down-scale delay).
 #  chaos: bench/chaos.py on 2 pinned replicas under closed-loop load: replica SIGKILL, controller
 #         kill, directory kill, device fault, app restart; every turn audited against the log.
 #         Each fault waits until both replicas run again (--settle-s 150), so the load must outlast
 #         the replacements: CHAOS_SESSIONS (default 48), CHAOS_ROUNDS (default 100).
 # Env: STEPS (default "ramp chaos"; each takes most of a 10-minute call: one per call), NAME (default autoscale_7b). carry [".whl", ".carry/r7b"];
+# MODEL=smol: the ramp on the real default model (bench/serve_gpu_smol_shared.yaml), after an earlier
+# call parked .carry/smol-a in /tmp/stage (see ../shared/device/stage-smollm2.sh); carry [".carry/smol-b"]
+# (plus ".whl" unless an earlier call of this warm machine installed it into /tmp/site);
 # logs and results in $OUT/results.tgz. Both ran once on an H200 (2026-12-03, the ramp with the
 # earlier phases and windows, the chaos without --settle-s: bench/results/autoscale_7b.json,
 # chaos_gpu_7b.json); the settings here are not run yet.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 NCCL_NVLS_ENABLE=0
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 4
-export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
-PHASES=${PHASES:-16:40 64:80 140:80 48:100 16:100} NAME=${NAME:-autoscale_7b}
-rm -rf /tmp/model && cp -r .carry/r7b /tmp/model
+if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 4; fi
+export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH SWIFTINFER_HOME=/tmp/swh
+PHASES=${PHASES:-16:30 64:70 140:70 48:100 16:100} NAME=${NAME:-autoscale_7b} CONFIG=bench/serve_gpu7b_shared.yaml
+if [ "${MODEL:-7b}" = smol ]; then
+  [ -f /tmp/stage/part.aa ] || { echo "no /tmp/stage/part.aa: park .carry/smol-a first"; exit 3; }
+  GGUF=/tmp/stage/SmolLM2-135M-Instruct.Q4_1.gguf CONFIG=bench/serve_gpu_smol_shared.yaml
+  cat /tmp/stage/part.aa .carry/smol-b/part.ab > "$GGUF"
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .carry/smol-b/*.whl || exit 4
+  python3 -m swiftinfer_core.model.fetch "$GGUF" 2>&1 | grep -v "it/s" | tail -2
+else
+  rm -rf /tmp/model && cp -r .carry/r7b /tmp/model
+fi
 DEFAULT_STEPS="ramp chaos" TAIL=${TAIL:-12}
 source "$(dirname "${BASH_SOURCE[0]}")/gpu_steps.sh"
 ramp() {
-  serve run bench/serve_gpu7b_shared.yaml > "$OUT/serve.log" 2>&1 &
+  serve run "$CONFIG" > "$OUT/serve.log" 2>&1 &
   local t=$SECONDS
   for i in $(seq 1 150); do curl -sf 127.0.0.1:8000/healthz > /dev/null && break; sleep 2; done
   echo "healthy after $((SECONDS - t))s" | tee -a "$OUT/summary.txt"
