@@ -22,7 +22,7 @@ from enum import Enum
 
 import ray
 
-from swiftinfer_core.protocol import SessionRecord, Usage
+from swiftinfer_core.protocol import SessionRecord, SessionStats, Usage
 
 
 class CacheState(str, Enum):
@@ -101,6 +101,17 @@ class SessionDescription:
     moves: int  # owner changes after the first placement
     created: float
     updated: float
+
+    def stats_without_cache(self, session_id: str, capacity: int) -> SessionStats:
+        """The session as its record describes it, when no replica holds its cache
+        (drained owner): nothing resident, every token seen counted as evicted."""
+        rec = self.record
+        seen = rec.tokens_seen if rec else 0
+        return SessionStats(
+            session_id, tokens_seen=seen, cache_fill=0, capacity=capacity, evictions=seen,
+            rounds=rec.rounds if rec else 0, prefilled_tokens=rec.prefilled_tokens if rec else 0,
+            generated_tokens=rec.generated_tokens if rec else 0, recovered=self.moves > 0, resident=False,
+        )
 
 
 # ---- replica -> ingress ----------------------------------------------------------------

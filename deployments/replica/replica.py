@@ -36,10 +36,11 @@ from dataclasses import replace
 from typing import AsyncIterator
 
 from ray import serve
-from ray.exceptions import RayActorError
 
 from deployments.config import AppConfig
 from deployments.sessions.directory import directory_handle, directory_spec
+from deployments.replica.commit import send_commit
+from deployments.replica.drain import drain
 from deployments.replica.engine_factory import make_engine
 from deployments.http.errors import TurnNotCommittedError
 from deployments.sessions.history import chain
@@ -52,10 +53,9 @@ from deployments.replica.turn_timing import Stopwatch, TurnTimer
 from swiftinfer_core.config import SamplingParams
 from swiftinfer_core.engine import faults
 from swiftinfer_core.errors import CapacityError, EngineClosedError, SessionBusyError, SessionNotFoundError, StaleSessionError
-from swiftinfer_core.protocol import RawPrompt, SessionStats, SessionView, StreamChunk, ToolPrompt
+from swiftinfer_core.protocol import RawPrompt, SessionView, StreamChunk, ToolPrompt
 
 log = logging.getLogger("ray.serve")
-COMMIT_RETRY_S = 10.0  # how long a finished turn's commit waits for a restarting directory
 
 
 class LLMReplica:
@@ -189,18 +189,7 @@ class LLMReplica:
     async def _commit(self, sid: str, seq: int, digest: str | None, turn_key: str | None, replies: Replies, last: StreamChunk) -> None:
         record = last.record or await asyncio.to_thread(self._engine.export_session, sid)  # backends without it
         turn = CommittedTurn(turn_key, replies.finish[0], replies.text(0), last.usage, replies.others())
-        give_up = time.monotonic() + COMMIT_RETRY_S
-        while True:
-            try:
-                ok = await self._directory.commit.remote(sid, self._id, seq, record, digest, turn)
-                break
-            except RayActorError:
-                # The directory restarting (Ray brings it back from the log in ~1-2 s). Sending
-                # the commit again is safe: had the first one reached the log, its seq moved on
-                # and this one is refused (the client's retry then gets the turn replayed).
-                if time.monotonic() > give_up:
-                    raise
-                await asyncio.sleep(0.25)
+        ok = await send_commit(self._directory, sid, self._id, seq, record, digest, turn)
         if not ok:
             self._not_committed += 1
             raise TurnNotCommittedError(f"session {sid!r} changed while this turn ran (deleted or moved); the turn was not recorded, retry it")
@@ -233,14 +222,7 @@ class LLMReplica:
             raise SessionNotFoundError(f"no session {session_id!r}")
         local = await asyncio.to_thread(self._local_stats, session_id) if entry.owner == self._id else None
         if local is None:  # no live cache anywhere (drained owner): describe the record
-            rec = entry.record
-            local = SessionStats(
-                session_id, tokens_seen=rec.tokens_seen if rec else 0, cache_fill=0,
-                capacity=self._cfg.engine.sink_tokens + (self._cfg.engine.window or 0),
-                evictions=rec.tokens_seen if rec else 0, rounds=rec.rounds if rec else 0,
-                prefilled_tokens=rec.prefilled_tokens if rec else 0, generated_tokens=rec.generated_tokens if rec else 0,
-                recovered=entry.moves > 0, resident=False,
-            )
+            local = entry.stats_without_cache(session_id, self._cfg.engine.sink_tokens + (self._cfg.engine.window or 0))
         # the HTTP body of GET /v1/sessions/{id} (the ingress renames session_id)
         return {**local.to_dict(), "replica": entry.owner, "moves": entry.moves, "seq": entry.seq}
 
@@ -337,17 +319,9 @@ class LLMReplica:
     # ---- drain on scale-down ---------------------------------------------------------
     async def __del__(self):
         """Serve calls this after running turns finished (or the grace period ran
-        out). Leave the KV of idle resident sessions (most recent first, within
-        ``kv_transfer_max_mb``) with the directory, then hand every session back;
-        the committed records are already in the log."""
+        out): stop taking turns, then drain (drain.py)."""
         self._draining = True
         for task in self._tasks:
             task.cancel()
-        held = await asyncio.to_thread(self._engine.session_ids)
-        idle = sorted((sid for sid in held if sid not in self._busy), key=lambda sid: -self._last_turn.get(sid, 0.0))
-        moved = 0
-        for sid, seq, blob in await self._local.snapshots(idle, self._cfg.kv_transfer_max_mb * (1 << 20)):
-            moved += bool(await self._directory.hold_kv.remote(sid, self._id, seq, blob))
-        released = await self._directory.release.remote(self._id)
-        log.info("replica %s drained: handed %d sessions back, %d with their KV", self._id, released, moved)
-        await self._engine.shutdown()
+        await drain(self._engine, self._local, self._directory, self._id, self._busy, self._last_turn,
+                    self._cfg.kv_transfer_max_mb * (1 << 20))
