@@ -145,7 +145,8 @@ class KVSnapshot:
     """A resident conversation's cache, for migration to an engine with the same
     ``fingerprint`` (model, dtype, cache layout). ``k``/``v`` hold the slot's rows
     in use, ``[layers, kv_heads, rows, head_dim]`` CPU tensors; ``n`` is the
-    stream index of the next token, which fixes where the ring continues."""
+    stream index of the next token, which fixes where the ring continues. An
+    FP8 cache's rows travel as cache/fp8.Fp8KV (e4m3 values and their scales)."""
 
     fingerprint: str
     record: SessionRecord
@@ -155,7 +156,7 @@ class KVSnapshot:
 
     @property
     def nbytes(self) -> int:
-        return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
+        return self.k.nbytes + self.v.nbytes
 
 
 @dataclass

@@ -25,6 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default="default")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"], help="KV cache storage (EngineConfig.kv_cache_dtype)")
     p.add_argument("--json", type=Path, help="write results here")
     p.add_argument("--plot", type=Path, help="write a PNG plot here")
     p.set_defaults(func=run)
@@ -42,7 +43,7 @@ def run(args) -> int:
     if args.tokens < 2 or args.recompute_stride < 1:
         raise SystemExit("--tokens must be >= 2 and --recompute-stride >= 1")
     cfg = EngineConfig(model=args.model, sink_tokens=args.sinks, window=args.window, max_sessions=1,
-                       device=args.device, dtype=args.dtype)
+                       device=args.device, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype)
     m = build_engine_model(cfg)
     ids = m.tokenizer(args.text.read_text(encoding="utf-8"), add_special_tokens=False).input_ids
     if len(ids) < args.tokens:
@@ -89,7 +90,7 @@ def _summary(args, m, results: dict, segment: int, done: bool) -> dict:
         "recompute_stride": args.recompute_stride, "recompute_sample": args.recompute_sample,
         "recompute_last": args.recompute_last, "prefix_tokens": args.prefix_tokens, "model": m.path.name, "text": args.text.name,
         "device": torch.cuda.get_device_name() if m.device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
-        "dtype": str(m.dtype).replace("torch.", ""), "torch": torch.__version__,
+        "dtype": str(m.dtype).replace("torch.", ""), "kv_cache_dtype": args.kv_cache_dtype, "torch": torch.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "swiftinfer " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("swiftinfer") else " ".join(sys.argv),
     }

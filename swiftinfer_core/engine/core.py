@@ -71,7 +71,8 @@ class EngineCore:
         self.slots = SlotKeeper(m.pool, self.sessions)
         self.scheduler = Scheduler(cfg.max_batch_tokens, cfg.prefill_chunk, self.slots.admit, self._fork)
         k0 = m.pool.k[0]
-        # Caches are interchangeable between engines with the same weights, dtype and layout.
+        # Caches are interchangeable between engines with the same weights, dtype, cache storage
+        # (k0.dtype: float8_e4m3fn for kv_cache_dtype 'fp8') and layout.
         self.kv_fingerprint = f"{cfg.model}|{cfg.load_format.value}:{cfg.seed}|{m.args!r}|{k0.dtype}|{len(m.pool.k)}x{tuple(k0.shape[1:])}|{m.layout}"
         self.post = Postprocessor(self.scheduler, m.pool, self.format, self.eos_ids)
 
@@ -197,9 +198,14 @@ class EngineCore:
         return KVSnapshot(self.kv_fingerprint, s.record(), s.n, k, v)
 
     def import_kv(self, snap: KVSnapshot) -> bool:
-        """Install a snapshot from a matching engine as the session's cache."""
+        """Install a snapshot from a matching engine as the session's cache (False:
+        the caller rebuilds the conversation from its record instead)."""
         rec = snap.record
         rows = self.layout.fill(snap.n)
+        if snap.k.dtype != self.pool.k[0].dtype:  # never re-quantised or widened: the other engine's numbers differ
+            log.info("session %s: KV snapshot stored in %s, this engine's cache in %s (kv_cache_dtype): rebuilding it",
+                     rec.session_id, snap.k.dtype, self.pool.k[0].dtype)
+            return False
         if snap.fingerprint != self.kv_fingerprint or self.cfg.tp_size > 1:
             return False
         if len(rec.sink_ids) + len(rec.window_ids) != rows or tuple(snap.k.shape[2:3]) != (rows,):

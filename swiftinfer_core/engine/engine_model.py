@@ -58,7 +58,7 @@ def relayout(m: EngineModel, cfg: EngineConfig, slots: int) -> EngineModel:
     """The same weights with a fresh KV pool and attention for ``cfg``'s sinks/window."""
     rc = rank_config(cfg, m.path, m.args)
     heads = m.model.shard.kv_hi - m.model.shard.kv_lo
-    pool = KVPool(rc.layout, m.args.num_layers, slots, heads, m.args.head_dim, m.dtype, m.device)
+    pool = KVPool(rc.layout, m.args.num_layers, slots, heads, m.args.head_dim, rc.kv_dtype or m.dtype, m.device)
     return replace(m, layout=rc.layout, pool=pool, attn=make_attention(rc, m.device, m.model.shard))
 
 

@@ -27,6 +27,11 @@ host work but two kernel launches. To replay a captured graph with new
 sequences, ``plan.refresh(batch)`` copies the new slots/starts into the same
 tensors (same batch size; slot -1 marks a padding row).
 
+A cache may be FP8 (cache/fp8.py): each layer's k_cache/v_cache is then an
+``Fp8KV`` (e4m3 rows + per-row scales) instead of a tensor. The torch paths index
+it like a tensor; TritonAttention hands data and scales to the kernels, which
+dequantise as they read.
+
 Importing this module does not import triton; TritonAttention does, when built.
 """
 
@@ -37,6 +42,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from swiftinfer_core.cache import fp8
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.kernels.batch import AttnBatch
 from swiftinfer_core.kernels.reference import LayerAttn, plan_step, streaming_attention_ref, write_cache_ref
@@ -173,6 +179,7 @@ class TritonAttention(Attention):
                               self.forward(plan.prefill, q[n:], k_new[n:], v_new[n:], k_cache, v_cache, layer)])
         lay, spec = self.layout, self._spec(layer, q.device)
         freqs = spec.freqs
+        (k_cache, ks), (v_cache, vs) = fp8.split(k_cache), fp8.split(v_cache)  # scales None unless FP8
         if isinstance(plan, DecodePlan):
             self._decode_workspace(plan, q, k_cache.shape[1])
             return self._decode.decode_attention(
@@ -180,14 +187,16 @@ class TritonAttention(Attention):
                 lay.sinks, lay.window, fuse_write=True, block_n=self.block_n,
                 num_warps=self.num_warps, stages=self.stages, splits=plan.splits, workspace=plan.workspace,
                 fused_combine=self.fused_combine, sliding_window=spec.sliding_window, alibi=spec.alibi, softcap=spec.softcap,
+                k_scale=ks, v_scale=vs,
             )
         b = plan.batch
         out = self._prefill.prefill_attention(
             q, k_new, v_new, k_cache, v_cache, b.slots, b.starts, b.cu_seqlens, plan.max_q_len,
             freqs, spec.scale, lay.sinks, lay.window,
-            sliding_window=spec.sliding_window, alibi=spec.alibi, softcap=spec.softcap,
+            sliding_window=spec.sliding_window, alibi=spec.alibi, softcap=spec.softcap, k_scale=ks, v_scale=vs,
         )
-        self._write.write_kv(k_new, v_new, k_cache, v_cache, plan.tok_seq, b.slots, b.starts, b.cu_seqlens, lay.sinks, lay.window)
+        self._write.write_kv(k_new, v_new, k_cache, v_cache, plan.tok_seq, b.slots, b.starts, b.cu_seqlens, lay.sinks, lay.window,
+                             k_scale=ks, v_scale=vs)
         return out
 
 

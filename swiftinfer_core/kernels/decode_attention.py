@@ -30,6 +30,11 @@ and write m = -inf, l = 0. A second kernel combines the splits. One program
 handles all ``G = Hq/Hkv`` query heads of its KV head, so each K/V tile is read
 once per group (GQA); the group is padded to 16 rows for tl.dot.
 A slot id < 0 marks a padding row (static batch in a graph): output zeros.
+
+FP8 caches (constexpr FP8; cache/fp8.py): e4m3 rows with a float32 scale per
+row and head in K_SCALE/V_SCALE [slots, Hkv, cap]. The scales are folded into
+the scores and the softmax weights (kernels/fp8_tl.py: exact for power-of-two
+scales), the new token is scored from k_new as computed and stored quantised.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
-from swiftinfer_core.kernels import rope_tl
+from swiftinfer_core.kernels import fp8_tl, rope_tl
 from swiftinfer_core.kernels.triton_shapes import check_triton_heads, fit_tiles, max_shared_memory
 
 
@@ -48,7 +53,7 @@ from swiftinfer_core.kernels.triton_shapes import check_triton_heads, fit_tiles,
 def _load_tile(k_base, v_base, j0, hi, ns, base, SINKS, WINDOW, sc_r, offs_n, offs_h, offs_d, HALF: tl.constexpr, D: tl.constexpr):
     """K halves [BLOCK_N, HALF_PAD] x2 and V [BLOCK_N, D_PAD] of logical keys j0 ..
     j0+BLOCK_N-1 (masked at hi: rows past it cost no memory traffic; padded head
-    dims read as 0), in the cache dtype."""
+    dims read as 0), in the cache dtype; their rows and validity [BLOCK_N]."""
     j = j0 + offs_n
     valid = j < hi
     r = base + (j - ns)
@@ -60,7 +65,7 @@ def _load_tile(k_base, v_base, j0, hi, ns, base, SINKS, WINDOW, sc_r, offs_n, of
     k1 = tl.load(kp, mask=kmask, other=0.0)
     k2 = tl.load(kp + HALF, mask=kmask, other=0.0)
     v = tl.load(v_base + row[:, None] * sc_r + offs_d[None, :], mask=valid[:, None] & (offs_d < D)[None, :], other=0.0)
-    return k1, k2, v
+    return k1, k2, v, row, valid
 
 
 @triton.jit
@@ -76,13 +81,13 @@ def score(dot, scale_log2, SCALE_CAP, CAP_LOG2, HAS_CAP: tl.constexpr):
 
 @triton.jit
 def _decode_split_kernel(
-    Q, K_NEW, V_NEW, K_CACHE, V_CACHE, SLOTS, STARTS, FREQS, SLOPES, ACC, ML, SEM, OUT,
-    sq_b, sq_h, sn_b, sn_h, sc_s, sc_h, sc_r, so_b, so_h,
+    Q, K_NEW, V_NEW, K_CACHE, V_CACHE, K_SCALE, V_SCALE, SLOTS, STARTS, FREQS, SLOPES, ACC, ML, SEM, OUT,
+    sq_b, sq_h, sn_b, sn_h, sc_s, sc_h, sc_r, ss_s, ss_h, so_b, so_h,
     scale_log2, SINKS, WINDOW, SPLIT_LEN, SLIDING, SCALE_CAP, CAP_LOG2,
     HKV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HALF: tl.constexpr,
     HALF_PAD: tl.constexpr, D_PAD: tl.constexpr, HAS_CAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
     BLOCK_N: tl.constexpr, FUSE_NEW: tl.constexpr, MMA: tl.constexpr, PREC: tl.constexpr,
-    STAGES: tl.constexpr, FAST: tl.constexpr, FUSED_COMBINE: tl.constexpr, SPLIT_PAD: tl.constexpr,
+    STAGES: tl.constexpr, FAST: tl.constexpr, FUSED_COMBINE: tl.constexpr, SPLIT_PAD: tl.constexpr, FP8: tl.constexpr,
 ):
     pid = tl.program_id(0)
     split = tl.program_id(1)
@@ -127,6 +132,8 @@ def _decode_split_kernel(
 
     k_base = K_CACHE + slot * sc_s + kvh * sc_h
     v_base = V_CACHE + slot * sc_s + kvh * sc_h
+    ks_base = K_SCALE + slot * ss_s + kvh * ss_h  # FP8 only: row scales
+    vs_base = V_SCALE + slot * ss_s + kvh * ss_h
     lo = split * SPLIT_LEN
     if FUSE_NEW:
         n_cached = fill - 1  # logical fill-1 is the new token, taken from k_new
@@ -137,7 +144,7 @@ def _decode_split_kernel(
     # STAGES-1 tiles in flight while one computes). Without it each program waits
     # a full memory latency per tile and decode reaches only ~45% of bandwidth.
     for j0 in tl.range(lo, hi, BLOCK_N, num_stages=STAGES):
-        k1, k2, v = _load_tile(k_base, v_base, j0, hi, ns, base, SINKS, WINDOW, sc_r, offs_n, offs_h, offs_d, HALF, 2 * HALF)
+        k1, k2, v, row, in_tile = _load_tile(k_base, v_base, j0, hi, ns, base, SINKS, WINDOW, sc_r, offs_n, offs_h, offs_d, HALF, 2 * HALF)
         j = j0 + offs_n
         u = tl.where(j < ns, j, ws + (j - ns))  # stream index of logical key j
         # a local (sliding-window) layer sees key u only while t - u < SLIDING (else 2**62)
@@ -147,6 +154,8 @@ def _decode_split_kernel(
         kr1, kr2 = rope_tl.rotate_tile(k1, k2, j0, f, ci, si, FAST)
         s = tl.dot(qr1, tl.trans(kr1.to(MMA)), input_precision=PREC)
         s += tl.dot(qr2, tl.trans(kr2.to(MMA)), input_precision=PREC)  # [G_PAD, BLOCK_N]
+        if FP8:
+            s = s * tl.load(ks_base + row, mask=in_tile, other=0.0)[None, :]
         s = score(s, scale_log2, SCALE_CAP, CAP_LOG2, HAS_CAP)
         if HAS_ALIBI:  # query at cache position fill-1, key j at j
             s -= slope[:, None] * (fill - 1 - j).to(tl.float32)[None, :]
@@ -156,6 +165,8 @@ def _decode_split_kernel(
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
+        if FP8:
+            p = p * tl.load(vs_base + row, mask=in_tile, other=0.0)[None, :]
         acc = acc * alpha[:, None] + tl.dot(p.to(MMA), v.to(MMA), input_precision=PREC)
         m_i = m_new
 
@@ -180,8 +191,13 @@ def _decode_split_kernel(
         # store the new token in its ring row (= the row of the evicted token)
         row_t = tl.where(t < SINKS, t, SINKS + (tl.maximum(t - SINKS, 0) % WINDOW))
         wmask = offs_d < tl.where(own, 2 * HALF, 0)
-        tl.store(k_base + row_t * sc_r + offs_d, tl.load(kn_ptr + offs_d, mask=dmask), mask=wmask)
-        tl.store(v_base + row_t * sc_r + offs_d, vn, mask=wmask)
+        if FP8:
+            kn = tl.load(kn_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)
+            fp8_tl.store_row(k_base + row_t * sc_r + offs_d, ks_base + row_t, kn, wmask, own)
+            fp8_tl.store_row(v_base + row_t * sc_r + offs_d, vs_base + row_t, vn.to(tl.float32), wmask, own)
+        else:
+            tl.store(k_base + row_t * sc_r + offs_d, tl.load(kn_ptr + offs_d, mask=dmask), mask=wmask)
+            tl.store(v_base + row_t * sc_r + offs_d, vn, mask=wmask)
 
     # partials: ACC [B, Hq, splits, D] (unnormalised), ML [B, Hq, splits, 2] (max, sum)
     part = (b * (HKV * GROUP) + qh) * nsplit + split  # [G_PAD]
@@ -300,9 +316,12 @@ def decode_attention(
     sliding_window: int = 0,
     alibi: torch.Tensor | None = None,
     softcap: float = 0.0,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """q [B, Hq, D], k_new/v_new [B, Hkv, D] (ignored unless fuse_write),
     caches [slots, Hkv, cap, D]; slots [B] int32, starts [B] int64 (= n).
+    k_scale/v_scale [slots, Hkv, cap] float32: the caches are e4m3 (cache/fp8.py).
     Returns out [B, Hq, D] in q's dtype. No host sync; shapes fix the grid.
 
     workspace: (acc [B,Hq,S,D] f32, ml [B,Hq,S,2] f32[, sem [B*Hkv] int32 zeros]).
@@ -318,9 +337,13 @@ def decode_attention(
     assert q.stride(-1) == 1 and k_new.stride(-1) == 1 and v_new.stride(-1) == 1
     assert k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1
     assert k_new.stride() == v_new.stride()
+    fp8 = k_scale is not None
+    assert not fp8 or (k_scale.stride() == v_scale.stride() and k_scale.stride(-1) == 1)
+    ks, vs = (k_scale, v_scale) if fp8 else (k_cache, v_cache)  # unused pointers without FP8
     group = hq // hkv
     group_pad = max(16, triton.next_power_of_2(group))
-    block_n, stages = fit_tiles(padded(D), k_cache.element_size(), group_pad, block_n, stages, max_shared_memory(q.device))
+    tile_bytes = max(k_cache.element_size(), q.element_size())  # fp8 tiles: sized as q's dtype (converted in registers)
+    block_n, stages = fit_tiles(padded(D), tile_bytes, group_pad, block_n, stages, max_shared_memory(q.device))
     if splits is None:
         splits = decode_splits(B, hkv, cap, block_n, sm_count(q.device), waves)
     nsplit, split_len = splits
@@ -335,15 +358,15 @@ def decode_attention(
     split_pad = max(2, triton.next_power_of_2(nsplit))
     assert acc.shape[-1] == padded(D)
     _decode_split_kernel[(B * hkv, nsplit)](
-        q, k_new, v_new, k_cache, v_cache, slots, starts, freqs, alibi if alibi is not None else freqs,
+        q, k_new, v_new, k_cache, v_cache, ks, vs, slots, starts, freqs, alibi if alibi is not None else freqs,
         acc, ml, sem if sem is not None else ml, out,
         q.stride(0), q.stride(1), k_new.stride(0), k_new.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), ks.stride(0), ks.stride(1), out.stride(0), out.stride(1),
         scale * LOG2E, sinks, window, split_len, sliding_window or 1 << 62, scale / softcap if softcap > 0 else 0.0, softcap * LOG2E,
         HKV=hkv, GROUP=group, GROUP_PAD=group_pad, HALF=D // 2,
         HALF_PAD=padded(D) // 2, D_PAD=padded(D), HAS_CAP=softcap > 0, HAS_ALIBI=alibi is not None,
         BLOCK_N=block_n, FUSE_NEW=fuse_write, MMA=mma_dtype(q.dtype), STAGES=stages, FAST=not interpreting(),
-        PREC=dot_precision(q.dtype), FUSED_COMBINE=fused_combine, SPLIT_PAD=split_pad,
+        PREC=dot_precision(q.dtype), FUSED_COMBINE=fused_combine, SPLIT_PAD=split_pad, FP8=fp8,
         num_warps=num_warps,
     )
     if not fused_combine:

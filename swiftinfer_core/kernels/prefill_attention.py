@@ -25,6 +25,11 @@ consecutive stream indices (so consecutive positions: rope_tl.rotate_tile):
 (t0, t1: first and last query of this program's BLOCK_M tile.) Grid:
 (query tiles of the longest sequence, B, Hq); a GQA head re-reads its KV tile
 per query head, which the L2 absorbs.
+
+FP8 caches (constexpr FP8; cache/fp8.py): ranges 1 and 2 read e4m3 rows and
+their scales (K_SCALE/V_SCALE [slots, Hkv, cap]), folded into the scores and the
+softmax weights as in decode (kernels/fp8_tl.py); ranges 3 and 4 are this step's
+tokens, attended as computed.
 """
 
 from __future__ import annotations
@@ -40,12 +45,16 @@ from swiftinfer_core.kernels.decode_attention import LOG2E, dot_precision, mma_d
 
 @triton.jit
 def _attend(acc, m_i, l_i, q1, q2, k1, k2, v, visible, dist, slope, scale_log2, SCALE_CAP, CAP_LOG2,
-            HAS_CAP: tl.constexpr, HAS_ALIBI: tl.constexpr, MMA: tl.constexpr, PREC: tl.constexpr):
+            HAS_CAP: tl.constexpr, HAS_ALIBI: tl.constexpr, MMA: tl.constexpr, PREC: tl.constexpr,
+            ks, vs, SCALED: tl.constexpr):
     """Online-softmax update with one key tile. q*: [BLOCK_M, HALF_PAD] (MMA dtype),
     k*: rotated [BLOCK_N, HALF_PAD] float32, v [BLOCK_N, D_PAD], visible [BLOCK_M, BLOCK_N],
-    dist [BLOCK_M, BLOCK_N] query pos - key pos (ALiBi), slope * log2(e) of this head."""
+    dist [BLOCK_M, BLOCK_N] query pos - key pos (ALiBi), slope * log2(e) of this head.
+    SCALED: k and v are e4m3 rows, ks/vs [BLOCK_N] their scales."""
     s = tl.dot(q1, tl.trans(k1.to(MMA)), input_precision=PREC)
     s += tl.dot(q2, tl.trans(k2.to(MMA)), input_precision=PREC)
+    if SCALED:
+        s = s * ks[None, :]
     s = score(s, scale_log2, SCALE_CAP, CAP_LOG2, HAS_CAP)
     if HAS_ALIBI:
         s -= slope * dist.to(tl.float32)
@@ -55,18 +64,29 @@ def _attend(acc, m_i, l_i, q1, q2, k1, k2, v, visible, dist, slope, scale_log2, 
     alpha = tl.exp2(m_i - m_safe)
     p = tl.exp2(s - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
+    if SCALED:
+        p = p * vs[None, :]
     acc = acc * alpha[:, None] + tl.dot(p.to(MMA), v.to(MMA), input_precision=PREC)
     return acc, m_new, l_i
 
 
 @triton.jit
+def _scales(ksc, vsc, row, valid, FP8: tl.constexpr):
+    """Row scales [BLOCK_N] of K and V (FP8), else placeholders _attend ignores."""
+    if FP8:
+        return tl.load(ksc + row, mask=valid, other=0.0), tl.load(vsc + row, mask=valid, other=0.0)
+    else:
+        return 1.0, 1.0
+
+
+@triton.jit
 def _prefill_kernel(
-    Q, K_NEW, V_NEW, K_CACHE, V_CACHE, OUT, SLOTS, STARTS, CU, FREQS, SLOPES,
-    sq_t, sq_h, sn_t, sn_h, sc_s, sc_h, sc_r, so_t, so_h,
+    Q, K_NEW, V_NEW, K_CACHE, V_CACHE, K_SCALE, V_SCALE, OUT, SLOTS, STARTS, CU, FREQS, SLOPES,
+    sq_t, sq_h, sn_t, sn_h, sc_s, sc_h, sc_r, ss_s, ss_h, so_t, so_h,
     scale_log2, SINKS, WINDOW, SLIDING, SCALE_CAP, CAP_LOG2,
     GROUP: tl.constexpr, HALF: tl.constexpr, HALF_PAD: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_CAP: tl.constexpr, HAS_ALIBI: tl.constexpr, MMA: tl.constexpr, PREC: tl.constexpr,
+    HAS_CAP: tl.constexpr, HAS_ALIBI: tl.constexpr, MMA: tl.constexpr, PREC: tl.constexpr, FP8: tl.constexpr,
 ):
     mt = tl.program_id(0)
     b = tl.program_id(1)
@@ -111,6 +131,8 @@ def _prefill_kernel(
     acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)
     kc = K_CACHE + slot * sc_s + kvh * sc_h
     vc = V_CACHE + slot * sc_s + kvh * sc_h
+    ksc = K_SCALE + slot * ss_s + kvh * ss_h  # FP8 only: row scales
+    vsc = V_SCALE + slot * ss_s + kvh * ss_h
     kn = K_NEW + r0 * sn_t + kvh * sn_h
     vn = V_NEW + r0 * sn_t + kvh * sn_h
 
@@ -126,8 +148,9 @@ def _prefill_kernel(
         k1, k2 = rope_tl.rotate_tile(k1, k2, k0, f, ci, si)
         vis = valid[None, :] & (t[:, None] - u[None, :] < reach)
         dist = pk[:, None] - u.to(tl.float32)[None, :]
+        ks, vs = _scales(ksc, vsc, u, valid, FP8)
         acc, m_i, l_i = _attend(acc, m_i, l_i, qs1, qs2, k1, k2, v, vis, dist, slope, scale_log2, SCALE_CAP, CAP_LOG2,
-                                HAS_CAP, HAS_ALIBI, MMA, PREC)
+                                HAS_CAP, HAS_ALIBI, MMA, PREC, ks, vs, FP8)
 
     # 2. cached window tokens still in reach of this query tile
     lo = tl.maximum(t0 - WINDOW + 1, SINKS)
@@ -150,8 +173,9 @@ def _prefill_kernel(
         vis = valid[None, :] & ((du + i)[None, :] >= offs_m[:, None] - WINDOW + 1)
         vis = vis & (offs_m[:, None] - (du + i)[None, :] < reach)
         dist = (offs_m[:, None] - (du + i)[None, :]).to(tl.float32)
+        ks, vs = _scales(ksc, vsc, row, valid, FP8)
         acc, m_i, l_i = _attend(acc, m_i, l_i, qw1, qw2, k1, k2, v, vis, dist, slope, scale_log2, SCALE_CAP, CAP_LOG2,
-                                HAS_CAP, HAS_ALIBI, MMA, PREC)
+                                HAS_CAP, HAS_ALIBI, MMA, PREC, ks, vs, FP8)
 
     # 3. this step's sink tokens (only while the stream is shorter than sinks)
     cnt = tl.maximum(tl.minimum(t1 + 1, SINKS) - n, 0).to(tl.int32)
@@ -166,7 +190,7 @@ def _prefill_kernel(
         vis = valid[None, :] & (i[None, :] <= offs_m[:, None]) & (offs_m[:, None] - i[None, :] < reach)
         dist = pk[:, None] - (n + i).to(tl.float32)[None, :]
         acc, m_i, l_i = _attend(acc, m_i, l_i, qs1, qs2, k1, k2, v, vis, dist, slope, scale_log2, SCALE_CAP, CAP_LOG2,
-                                HAS_CAP, HAS_ALIBI, MMA, PREC)
+                                HAS_CAP, HAS_ALIBI, MMA, PREC, 1.0, 1.0, False)
 
     # 4. this step's window tokens, causal and within the window
     lo = tl.maximum(tl.maximum(t0 - WINDOW + 1, SINKS), n)
@@ -186,7 +210,7 @@ def _prefill_kernel(
         vis = vis & (offs_m[:, None] - ku[None, :] < reach)
         dist = (offs_m[:, None] - ku[None, :]).to(tl.float32)
         acc, m_i, l_i = _attend(acc, m_i, l_i, qw1, qw2, k1, k2, v, vis, dist, slope, scale_log2, SCALE_CAP, CAP_LOG2,
-                                HAS_CAP, HAS_ALIBI, MMA, PREC)
+                                HAS_CAP, HAS_ALIBI, MMA, PREC, 1.0, 1.0, False)
 
     o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     o_ptr = OUT + (r0 + offs_m)[:, None] * so_t + h * so_h + offs_d[None, :]
@@ -215,10 +239,13 @@ def prefill_attention(
     sliding_window: int = 0,
     alibi: torch.Tensor | None = None,
     softcap: float = 0.0,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Streaming attention of a packed step over old cache + new K/V; returns
     out [T, Hq, D]. Does not write the cache (write_cache.write_kv does).
-    sliding_window / alibi [Hq] / softcap: as decode_attention (reference.LayerAttn)."""
+    sliding_window / alibi [Hq] / softcap: as decode_attention (reference.LayerAttn).
+    k_scale/v_scale [slots, Hkv, cap] float32: the caches are e4m3 (cache/fp8.py)."""
     T, hq, D = q.shape
     hkv, cap = k_cache.shape[1], k_cache.shape[2]
     check_triton_heads(D, hq, hkv)
@@ -230,14 +257,18 @@ def prefill_attention(
     B = slots.shape[0]
     if T == 0 or B == 0:
         return out
-    block_n, stages = fit_tiles(padded(D), k_cache.element_size(), block_m, block_n, 3, max_shared_memory(q.device))
+    fp8 = k_scale is not None
+    assert not fp8 or (k_scale.stride() == v_scale.stride() and k_scale.stride(-1) == 1)
+    ks, vs = (k_scale, v_scale) if fp8 else (k_cache, v_cache)  # unused pointers without FP8
+    tile_bytes = max(k_cache.element_size(), q.element_size())  # fp8 tiles: sized as q's dtype (converted in registers)
+    block_n, stages = fit_tiles(padded(D), tile_bytes, block_m, block_n, 3, max_shared_memory(q.device))
     _prefill_kernel[(triton.cdiv(max_q_len, block_m), B, hq)](
-        q, k_new, v_new, k_cache, v_cache, out, slots, starts, cu_seqlens, freqs, alibi if alibi is not None else freqs,
+        q, k_new, v_new, k_cache, v_cache, ks, vs, out, slots, starts, cu_seqlens, freqs, alibi if alibi is not None else freqs,
         q.stride(0), q.stride(1), k_new.stride(0), k_new.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), ks.stride(0), ks.stride(1), out.stride(0), out.stride(1),
         scale * LOG2E, sinks, window, sliding_window or 1 << 62, scale / softcap if softcap > 0 else 0.0, softcap * LOG2E,
         GROUP=hq // hkv, HALF=D // 2, HALF_PAD=padded(D) // 2, D_PAD=padded(D), BLOCK_M=block_m, BLOCK_N=block_n,
         HAS_CAP=softcap > 0, HAS_ALIBI=alibi is not None,
-        MMA=mma_dtype(q.dtype), PREC=dot_precision(q.dtype), num_warps=num_warps, num_stages=stages,
+        MMA=mma_dtype(q.dtype), PREC=dot_precision(q.dtype), FP8=fp8, num_warps=num_warps, num_stages=stages,
     )
     return out

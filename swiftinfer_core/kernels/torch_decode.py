@@ -26,6 +26,12 @@ same function with less work:
   every key rotated on the fly as it is read, nothing materialised; ~20 torch
   ops per layer become one.
 
+- FP8 caches (cache/fp8.Fp8KV): the new token is stored quantised, the filled
+  rows are read back dequantised (a float32 copy), and the new token's own row
+  in that copy is its K/V as computed, as the Triton decode kernel scores it
+  (from k_new) and as the reference does. The C kernel takes float32 caches
+  only, so FP8 runs the torch ops.
+
 Prefill and mixed steps take the reference path unchanged.
 """
 
@@ -35,6 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
+from swiftinfer_core.cache.fp8 import Fp8KV
 from swiftinfer_core.kernels.attention import TorchAttention
 from swiftinfer_core.kernels.batch import AttnBatch
 
@@ -106,8 +113,13 @@ class CpuAttention(TorchAttention):
                 continue
             k_cache[s.slot, :, s.row] = k_new[i]
             v_cache[s.slot, :, s.row] = v_new[i]
-            k = k_cache[s.slot, :, : s.fill].float()  # [Hkv, F, D], a view for float32 caches
-            v = v_cache[s.slot, :, : s.fill].float()
+            if isinstance(k_cache, Fp8KV):
+                k = k_cache[s.slot, :, : s.fill].dequantize()  # [Hkv, F, D] float32 copies
+                v = v_cache[s.slot, :, : s.fill].dequantize()
+                k[:, s.row], v[:, s.row] = k_new[i].float(), v_new[i].float()
+            else:
+                k = k_cache[s.slot, :, : s.fill].float()  # [Hkv, F, D], a view for float32 caches
+                v = v_cache[s.slot, :, : s.fill].float()
             k_rot = _rotate(k, s.cos, s.sin, h)  # [Hkv, F, D]
             qr = _rotate(q[i].float().view(hkv, hq // hkv, D), s.q_cos, s.q_sin, h)  # [Hkv, g, D]
             scores = torch.matmul(qr, k_rot.transpose(1, 2)) * self.scale  # [Hkv, g, F]

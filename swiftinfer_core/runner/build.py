@@ -84,18 +84,32 @@ def build_rank(cfg: RankConfig, plan: ShardPlan | None = None, ranks: Ranks | No
     slots = num_slots(cfg, device, kv_heads)
     if ranks is not None and cfg.slots is None:
         slots = ranks.min_int(slots)  # every rank's pool holds every slot id rank 0 hands out
-    pool = KVPool(cfg.layout, cfg.args.num_layers, slots, kv_heads, cfg.args.head_dim, cfg.dtype, device)
+    check_kv_dtype(cfg, device)
+    pool = KVPool(cfg.layout, cfg.args.num_layers, slots, kv_heads, cfg.args.head_dim, cfg.cache_dtype, device)
     attn = make_attention(cfg, device, plan, kernels)
     # the fused batch-1 chain reads float weights (model/fused_decode.py): not with quantized ones
     model.gemv_decode = cfg.gemv_decode and cfg.quant is None and device.type == "cuda" and isinstance(attn, TritonAttention) and fused_decode.supports(model)
-    if kernels is not None and isinstance(attn, CpuAttention) and cpu_decode.supports(model):
+    # the C layer reads and writes float32 caches (model/cpu_decode.py): an fp8 cache decodes through CpuAttention
+    if kernels is not None and isinstance(attn, CpuAttention) and cpu_decode.supports(model) and cfg.kv_dtype is None:
         model.cpu_decode = cpu_decode.CpuDecoder(model, kernels)  # one-token steps: int8 products in C
     if ranks is None:
-        log.info("model %s on %s/%s: %d cache slots of %d+%d", cfg.name, device, cfg.dtype, slots, cfg.layout.sinks, cfg.layout.window)
+        log.info("model %s on %s/%s: %d cache slots of %d+%d (%s)", cfg.name, device, cfg.dtype, slots, cfg.layout.sinks,
+                 cfg.layout.window, cfg.cache_dtype)
     else:
         log.info("rank %d: heads [%d,%d) kv [%d,%d) mlp [%d,%d), %d cache slots on %s",
                  ranks.rank, plan.q_lo, plan.q_hi, plan.kv_lo, plan.kv_hi, plan.i_lo, plan.i_hi, slots, device)
     return ModelRunner(model, pool, attn, device, split_mixed=cfg.split_mixed)
+
+
+def check_kv_dtype(cfg: RankConfig, device: torch.device) -> None:
+    """An fp8 cache under the Triton kernels needs e4m3 conversions in hardware:
+    compute capability 8.9+ (Ada, Hopper). The torch ops convert anywhere."""
+    if cfg.kv_dtype is None or device.type != "cuda" or cfg.attention != "triton":
+        return
+    cc = torch.cuda.get_device_capability(device)
+    if cc < (8, 9):
+        raise InvalidRequestError(f"kv_cache_dtype 'fp8' with Triton attention needs a GPU of compute capability 8.9 or "
+                                  f"newer; this one is {cc[0]}.{cc[1]}: use kv_cache_dtype 'auto'")
 
 
 def fill_weights(model: nn.Module, cfg: RankConfig, device: torch.device, sharded: bool) -> None:

@@ -1,6 +1,8 @@
 """How many KV cache slots (conversations resident at once) a rank's pool gets.
 
-A slot is ``layers x 2 x kv_heads x (sinks + window) x head_dim`` elements. With
+A slot is ``layers x 2 x kv_heads x (sinks + window)`` rows of ``head_dim``
+elements in the cache's storage dtype (fp8: plus a 4-byte scale per row,
+cache/fp8.py; so the same memory holds ~1.9x the slots of bf16). With
 ``slots`` unset: CPU_DEFAULT_SLOTS on a CPU; on a GPU as many as the free memory
 allows (``gpu_memory_utilization`` of it), or, when several engines share one
 GPU (``memory_share < 1``), as many as this engine's share leaves after its own
@@ -26,7 +28,7 @@ def num_slots(cfg: RankConfig, device: torch.device, kv_heads: int) -> int:
         return CPU_DEFAULT_SLOTS
     args = cfg.args
     free, total = torch.cuda.mem_get_info(device)
-    per_slot = KVPool.bytes_per_slot(cfg.layout, args.num_layers, kv_heads, args.head_dim, cfg.dtype)
+    per_slot = KVPool.bytes_per_slot(cfg.layout, args.num_layers, kv_heads, args.head_dim, cfg.cache_dtype)
     if cfg.memory_share < 1:
         budget = shared_kv_budget(free, total, torch.cuda.memory_reserved(device), cfg.memory_share, cfg.gpu_memory_utilization)
     else:

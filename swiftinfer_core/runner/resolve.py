@@ -8,12 +8,14 @@ from pathlib import Path
 
 import torch
 
+from swiftinfer_core.cache.fp8 import FP8
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.config import (
     AttentionBackend,
     Device,
     DType,
     EngineConfig,
+    KVCacheDType,
     LoadFormat,
     Quantization,
 )
@@ -74,5 +76,5 @@ def rank_config(cfg: EngineConfig, path: Path, args: ModelArgs) -> RankConfig:
         quant=quant, quant_group=cfg.quant_group, cpu_fast_path=cfg.cpu_fast_path, cpu_threads=cfg.cpu_threads,
         cpu_native=cfg.cpu_native_kernels,
         gemv_decode=True, memory_share=cfg.memory_share, gpu_memory_utilization=cfg.gpu_memory_utilization,
-        split_mixed=cfg.split_mixed_steps,
+        split_mixed=cfg.split_mixed_steps, kv_dtype=FP8 if cfg.kv_cache_dtype is KVCacheDType.FP8 else None,
     )
