@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from swiftinfer_core.cache.fp8 import Fp8KV
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.kernels.attention import TorchAttention
 from swiftinfer_core.kernels import cpu_native
@@ -55,6 +56,29 @@ def test_row_positions_follow_the_layout(t):
     attn = CpuAttention(layout, inv_freq(D, 10000.0), 1.0)
     want = {layout.row(u): p for p, u in enumerate(layout.attended(t))}
     assert attn.row_positions(t).tolist() == [want[r] for r in range(len(want))]
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+@pytest.mark.parametrize("sinks,window", [(4, 8), (0, 8)])
+@pytest.mark.parametrize("t", [0, 9, 12, 13, 1001])
+def test_decode_on_an_fp8_cache_equals_reference(sinks, window, t, kernels):
+    """FP8 caches (cache/fp8.py): the torch ops run (the C kernel takes float32 caches
+    only), the new token is attended as computed and stored quantised, as the reference."""
+    layout = StreamLayout(sinks, window)
+    freqs = inv_freq(D, 10000.0)
+    starts, slots = [t, t + 7, max(0, t - 2)], [2, 0, 1]
+    g = torch.Generator().manual_seed(t)
+    kc, vc = torch.randn(SLOTS, HKV, layout.capacity, D, generator=g), torch.randn(SLOTS, HKV, layout.capacity, D, generator=g)
+    q, kn, vn = (torch.randn(3, h, D, generator=g) for h in (HQ, HKV, HKV))
+    batch = AttnBatch.build(slots, starts, [1] * 3, "cpu")
+    runs = []
+    for attn in (CpuAttention(layout, freqs, D**-0.5, kernels), TorchAttention(layout, freqs, D**-0.5)):
+        k8, v8 = Fp8KV.quantize(kc), Fp8KV.quantize(vc)
+        runs.append((attn.forward(attn.prepare(batch), q, kn, vn, k8, v8), k8, v8))
+    (out, k8, v8), (want, k_ref, v_ref) = runs
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    for a, b in ((k8, k_ref), (v8, v_ref)):
+        assert torch.equal(a.data.view(torch.uint8), b.data.view(torch.uint8)) and torch.equal(a.scale, b.scale)
 
 
 def test_prefill_and_mixed_steps_take_the_reference_path():
