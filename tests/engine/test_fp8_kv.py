@@ -1,0 +1,99 @@
+"""The engine with kv_cache_dtype 'fp8' (cache/fp8.py) on the CPU.
+
+- Exactness, tiny random Llama: the CPU decode path (CpuAttention, torch ops), the
+  reference path (TorchAttention) and the Triton kernels (interpreter) serve the
+  same multi-round, multi-conversation schedule on fp8 caches and sample the same
+  tokens: they quantise alike and read the same dequantised values.
+- Quality, the real default model: teacher-forced over the plays through a 4+60
+  cache that wraps, top-1 agreement with the float32 cache >= 95%.
+- Migration: an fp8 snapshot carries its scales and continues exactly on another
+  fp8 engine; engines of another kv_cache_dtype refuse it (and the reverse), so the
+  replica rebuilds the conversation from its record instead.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from swiftinfer_core import SamplingParams
+from swiftinfer_core.cache.fp8 import FP8, Fp8KV
+from swiftinfer_core.config import EngineConfig
+from swiftinfer_core.engine.core import EngineCore
+from swiftinfer_core.engine.engine_model import relayout
+from swiftinfer_core.kernels.attention import TorchAttention, TritonAttention
+from swiftinfer_core.kernels.torch_decode import CpuAttention
+from swiftinfer_core.runner.model_runner import ModelRunner
+
+from test_core import run_turn
+
+def _chat(core: EngineCore, sids: list[str], max_tokens: int) -> dict[str, list[int]]:
+    """Two rounds of every conversation at once (prompts of different lengths: prefill
+    chunks share steps with other conversations' decodes); greedy ids per conversation."""
+    out = {sid: [] for sid in sids}
+    params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+    for text in ("river stone ", "and the mountains beyond the sea? "):
+        turns = {sid: core.add_turn(sid, [{"role": "user", "content": text * (1 + i)}], params) for i, sid in enumerate(sids)}
+        while any(t.session.turn is t for t in turns.values()):
+            core.step()
+        for sid, t in turns.items():
+            out[sid] += list(t.output_ids)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(shape_dir):
+    return shape_dir(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, head_dim=64)
+
+
+def test_every_attention_path_samples_the_same_tokens_on_an_fp8_cache(tiny_dir):
+    cfg = dict(model=str(tiny_dir), load_format="random", device="cpu", dtype="float32", kv_cache_dtype="fp8",
+               sink_tokens=4, window=28, max_sessions=3, cuda_graphs=False, max_batch_tokens=96, prefill_chunk=32, seed=5)
+    runs = {}
+    for name, over, cls in [("cpu decode", {}, CpuAttention), ("reference", {"cpu_fast_path": False}, TorchAttention),
+                            ("triton", {"attention": "triton"}, TritonAttention)]:
+        core = EngineCore(EngineConfig(**cfg, **over))
+        assert type(core.loaded.attn) is cls and isinstance(core.pool.k[0], Fp8KV)
+        runs[name] = _chat(core, ["a", "b", "c"], max_tokens=6)  # the interpreter's decode steps are slow
+        assert all(core.session_stats(s).evictions > 0 for s in "abc")  # every ring wrapped
+    assert runs["cpu decode"] == runs["reference"] == runs["triton"]
+
+
+def _teacher_forced(base_model, ids: list[int], kv: str, prefill: int = 32) -> torch.Tensor:
+    """[len(ids), vocab] logits: a 32-token prefill chunk, then one decode step per token."""
+    cfg = EngineConfig(device="cpu", sink_tokens=4, window=60, max_sessions=1, kv_cache_dtype=kv)
+    m = relayout(base_model, cfg, 1)
+    assert (m.pool.k[0].dtype == FP8) == (kv == "fp8")
+    run = ModelRunner(m.model, m.pool, m.attn, m.device)
+    out = [run.forward(ids[:prefill], [0], [0], [prefill], rows=None)]
+    out += [run.forward(ids[t : t + 1], [0], [t], [1], rows=None) for t in range(prefill, len(ids))]
+    return torch.cat(out)
+
+
+def test_fp8_cache_agrees_with_float32_on_the_real_model(base_model, shakespeare_ids):
+    ids = shakespeare_ids[:132]  # 100 decode steps through a 64-row cache
+    ref, got = _teacher_forced(base_model, ids, "auto"), _teacher_forced(base_model, ids, "fp8")
+    agree = (ref.argmax(-1) == got.argmax(-1)).float()
+    assert agree.mean() >= 0.95 and agree[32:].mean() >= 0.95, agree.mean()
+    assert torch.equal(ref[:32], got[:32])  # the first chunk attends only to itself: nothing read from the cache yet
+    nll = [torch.nn.functional.cross_entropy(x[:-1], torch.tensor(ids[1:])).item() for x in (ref, got)]
+    assert abs(nll[1] - nll[0]) < 0.01 * nll[0]  # perplexity within ~1%
+
+
+def test_multi_round_chat_and_fp8_snapshot_migration(make_core):
+    a, b, plain = make_core(kv_cache_dtype="fp8"), make_core(kv_cache_dtype="fp8"), make_core()
+    for text in ("Tell me about the sea.", "And about the mountains?", "Which do you prefer, and why?"):
+        reply, _ = run_turn(a, "m", text, SamplingParams(max_tokens=10))
+        assert reply.strip()
+    assert a.session_stats("m").evictions > 0  # the ring wrapped
+    snap = a.export_kv("m")
+    assert isinstance(snap.k, Fp8KV) and snap.k.shape[2] == 64 and snap.k.scale.shape == snap.k.shape[:3]
+    assert snap.nbytes == 2 * snap.k.data.numel() * (1 + 4 / snap.k.shape[3])
+    assert not plain.import_kv(snap) and "m" not in plain.sessions  # another kv_cache_dtype: rebuild instead
+    assert b.import_kv(snap)
+    ta, last_a = run_turn(a, "m", "Thanks. One more word?")
+    tb, last_b = run_turn(b, "m", "Thanks. One more word?")
+    assert ta == tb and last_b.usage.cached_tokens == 64 and a.export_session("m") == b.export_session("m")
+    run_turn(plain, "p", "Hello there.")
+    assert not a.import_kv(plain.export_kv("p")) and "p" not in a.sessions  # and the reverse
