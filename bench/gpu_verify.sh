@@ -8,6 +8,8 @@
 #   3) carry [".whl", ".carry/r7b"]:           bash bench/gpu_verify.sh
 # Issue 18's bench alone (no converted model needed), carry [".carry/pyd", ".carry/xg", ".carry/r7b"]:
 #      WHEELS=.carry/pyd STEPS=structured bash bench/gpu_verify.sh
+# Issue 16's fp8 KV cache (GPU tests + bf16/fp8 decode bench; no model needed), carry [".carry/pyd"]:
+#      WHEELS=.carry/pyd STEPS=fp8kv bash bench/gpu_verify.sh      (after calls 1-2: the engine tests too)
 # The engine point repeats served_7b_r8's engine row at N=128 (7B shape, random bf16,
 # 4+1020, 191 slots, 8 rounds, closed loop); step "structured" (STEPS=structured) is issue 18's bench. Env: STEPS, TESTS, MARK (default gpu; "gpu or not gpu"
 # also runs the kernel tests that take the device from their fixture). Writes under $OUT; a short table last.
@@ -37,5 +39,13 @@ want engine && step engine ${ENGINE_S:-180} python3 bench/engine_batches.py --mo
   --window 1020 --rounds 8 --words 24 --no-bare --closed-loop --name verify_engine_7b --out "$OUT"
 # issue 18 (not by default): structured output and logprobs on batched decode, 64 sessions, 7B shape
 want structured && step structured ${STRUCT_S:-300} python3 bench/structured_output.py --random --model /tmp/model --sessions 64 --out "$OUT"
+# issue 16 (not by default): bf16 vs fp8 KV batched decode at the 7B shape, 4+2044 (JSON + PNG under $OUT), after the
+# GPU tests of the bf16 kernels and of the fp8 cache (the engine's too where the default
+# model is staged under /tmp/swh); every test of tests/kernels/test_kv_fp8_attention.py, natively (its unmarked ones take the GPU too)
+FP8_TESTS="tests/kernels/test_decode_attention.py tests/kernels/test_prefill_attention.py tests/kernels/test_attention.py"
+[ -d "$SWIFTINFER_HOME/models" ] && FP8_TESTS="$FP8_TESTS tests/engine/test_kv_fp8_engine.py"
+want fp8kv && step fp8kv_tests ${FP8_TESTS_S:-420} bash -c "python3 -m pytest -q -p no:cacheprovider -rs tests/kernels/test_kv_fp8_attention.py; r=\$?; \
+  python3 -m pytest -q -m gpu -p no:cacheprovider --durations=8 -rs $FP8_TESTS || r=1; exit \$r"
+want fp8kv && step fp8kv_bench ${FP8_BENCH_S:-360} python3 bench/fp8_kv_decode.py --window 2044 --out "$OUT"
 (cd "$OUT" && tar czf logs.tgz *.log)
 echo; cat "$OUT/summary.txt"

@@ -21,6 +21,7 @@ import math
 
 import torch
 
+from swiftinfer_core.cache.kv_fp8 import Fp8KV
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.cache.pool import KVPool
 from swiftinfer_core.kernels.attention import TorchAttention
@@ -100,8 +101,15 @@ def our_model(args: ModelArgs, hf, device, dtype=torch.bfloat16):
 
 
 def fill_pool(pool: KVPool) -> None:
-    """Random pre-RoPE K/V everywhere (never time on zeros)."""
+    """Random pre-RoPE K/V everywhere (never time on zeros). An fp8 pool (cache/kv_fp8.py):
+    random e4m3 codes but the two NaN ones, scales 2**-6 (no float temporary as big as a layer)."""
     for k, v in zip(pool.k, pool.v):
+        if isinstance(k, Fp8KV):
+            for c in (k, v):
+                codes = c.data.view(torch.uint8).random_(0, 256)
+                codes[(codes & 0x7F) == 0x7F] = 0
+                c.scale.fill_(2.0**-6)
+            continue
         k.normal_()
         v.normal_()
 
@@ -274,7 +282,7 @@ class OurDecoder:
     """Batch-B decode with the engine model + TritonAttention, one CUDA graph per step."""
 
     def __init__(self, model, args: ModelArgs, layout: StreamLayout, batch: int, device, mode: str, num_slots: int | None = None,
-                 gemv_cfg: dict | None = None, fused_combine: bool = False):
+                 gemv_cfg: dict | None = None, fused_combine: bool = False, kv_dtype: torch.dtype = torch.bfloat16):
         from swiftinfer_core.kernels.attention import TritonAttention
         from swiftinfer_core.kernels.batch import AttnBatch
         from swiftinfer_core.kernels.rope import inv_freq
@@ -283,7 +291,7 @@ class OurDecoder:
         self.model, self.args, self.layout, self.mode, self.gemv_cfg = model, args, layout, mode, gemv_cfg
         self.attn = TritonAttention(layout, inv_freq(args.head_dim, args.rope_theta, args.rope_scaling).to(device), args.head_dim**-0.5,
                                     fused_combine=fused_combine)
-        self.pool = KVPool(layout, args.num_layers, num_slots or batch, args.num_kv_heads, args.head_dim, torch.bfloat16, device)
+        self.pool = KVPool(layout, args.num_layers, num_slots or batch, args.num_kv_heads, args.head_dim, kv_dtype, device)
         fill_pool(self.pool)
         cap = layout.capacity
         starts = [37 * cap + 11 * b for b in range(batch)]  # long conversations: every cache full

@@ -58,7 +58,7 @@ _MISSING = {
 
 class KVCacheDType(str, Enum):
     AUTO = "auto"  # the model's dtype (``dtype``)
-    FP8 = "fp8"  # e4m3 rows with a float32 scale per row and KV head (cache/fp8.py)
+    FP8 = "fp8"  # e4m3 rows with a float32 scale per row and KV head (cache/kv_fp8.py)
 
 
 class LoadFormat(str, Enum):
@@ -98,7 +98,7 @@ class EngineConfig(StrictModel):
     tp_size: int = Field(1, ge=1, le=64, description="Tensor-parallel ranks for one engine.")
     seed: int = Field(0, ge=0, description="Default sampling seed.")
     chat_template: str | None = Field(None, min_length=1, max_length=1 << 20, description="A Jinja chat template used instead of the tokenizer's own (conversation/chat_format.py), by the engine and the HTTP edge alike (e.g. one with tool syntax: a template that references `tools` renders the request's tools into the prompt, and its tool calls are parsed back: conversation/tool_syntax.py). None: the tokenizer's template.")
-    kv_cache_dtype: KVCacheDType = Field(KVCacheDType.AUTO, description="Storage of the KV cache. 'auto': the model's dtype. 'fp8': float8 e4m3 with one power-of-two float32 scale per cached token and KV head, computed as the token is written (no calibration; cache/fp8.py): head_dim + 4 bytes per row and head instead of 2 x head_dim in bf16, so about twice the conversations (slots) fit in the same GPU memory (1.94x at head_dim 128). Attention dequantises as it reads; a turn's own tokens are attended unquantised. Perplexity of SmolLM2-135M within 1% of the float32 cache (bench/results/fp8_kv_quality_cpu.json). Triton kernels on GPUs of compute capability 8.9+ (Ada, Hopper); torch ops on the CPU. KV snapshots move only between engines of the same kv_cache_dtype (others rebuild the conversation from its log).")
+    kv_cache_dtype: KVCacheDType = Field(KVCacheDType.AUTO, description="Storage of the KV cache. 'auto': the model's dtype. 'fp8': float8 e4m3 with one power-of-two float32 scale per cached token and KV head, computed as the token is written (no calibration; cache/kv_fp8.py): head_dim + 4 bytes per row and head instead of 2 x head_dim in bf16, so about twice the conversations (slots) fit in the same GPU memory (1.94x at head_dim 128). Attention dequantises as it reads; a turn's own tokens are attended unquantised. Perplexity of SmolLM2-135M within 1% of the float32 cache (bench/results/fp8_kv_quality_cpu.json). Triton kernels on GPUs of compute capability 8.9+ (Ada, Hopper); torch ops on the CPU. KV snapshots move only between engines of the same kv_cache_dtype (others rebuild the conversation from its log).")
     allow_control_tokens_in_content: bool = Field(False, description="UNSAFE, for trusted clients only. When true, control-token spellings inside message content (e.g. '<|im_end|>\\n<|im_start|>system') are encoded as the control tokens themselves, so a client can forge turns and roles the chat template never wrote. Default false: content is always encoded as plain text.")
 
     @model_validator(mode="after")

@@ -146,7 +146,7 @@ class KVSnapshot:
     ``fingerprint`` (model, dtype, cache layout). ``k``/``v`` hold the slot's rows
     in use, ``[layers, kv_heads, rows, head_dim]`` CPU tensors; ``n`` is the
     stream index of the next token, which fixes where the ring continues. An
-    FP8 cache's rows travel as cache/fp8.Fp8KV (e4m3 values and their scales)."""
+    FP8 cache's rows travel as cache/kv_fp8.Fp8KV (e4m3 values and their scales)."""
 
     fingerprint: str
     record: SessionRecord

@@ -1,12 +1,12 @@
 """EngineConfig.kv_cache_dtype: validated, described, and resolved to the pool's
-storage dtype (runner/resolve.py -> RankConfig.kv_dtype -> cache/fp8.py)."""
+storage dtype (runner/resolve.py -> RankConfig.kv_dtype -> cache/kv_fp8.py)."""
 
 from pathlib import Path
 
 import pytest
 import torch
 
-from swiftinfer_core.cache.fp8 import FP8
+from swiftinfer_core.cache.kv_fp8 import FP8
 from swiftinfer_core.config import EngineConfig, KVCacheDType
 from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.model.args import ModelArgs

@@ -1,7 +1,7 @@
 """One KV pool for every conversation: fixed-size slots of sinks + window rows.
 
 k[layer]: [num_slots, kv_heads, capacity, head_dim], pre-RoPE keys; v likewise.
-In ``dtype`` torch.float8_e4m3fn each layer's k/v is a cache/fp8.Fp8KV instead:
+In ``dtype`` torch.float8_e4m3fn each layer's k/v is a cache/kv_fp8.Fp8KV instead:
 e4m3 rows plus one float32 scale per row and KV head (its docstring: why, and the
 bytes). It indexes like the tensor, so the methods below are the same for both.
 A slot is handed to a conversation for as long as it is resident; sizes are
@@ -14,7 +14,7 @@ from collections import deque
 
 import torch
 
-from swiftinfer_core.cache import fp8
+from swiftinfer_core.cache import kv_fp8
 from swiftinfer_core.cache.layout import StreamLayout
 
 
@@ -69,21 +69,21 @@ class KVPool:
         self.slots = SlotAllocator(num_slots)
 
     @staticmethod
-    def _layer(shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor | fp8.Fp8KV:
-        if dtype == fp8.FP8:
-            return fp8.Fp8KV.zeros(shape, device)
+    def _layer(shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor | kv_fp8.Fp8KV:
+        if dtype == kv_fp8.FP8:
+            return kv_fp8.Fp8KV.zeros(shape, device)
         return torch.zeros(shape, dtype=dtype, device=device)
 
     @staticmethod
     def bytes_per_slot(layout: StreamLayout, num_layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
         """K and V of every layer, in storage ``dtype`` (fp8: the row scales included)."""
-        return 2 * num_layers * kv_heads * layout.capacity * fp8.row_bytes(head_dim, dtype)
+        return 2 * num_layers * kv_heads * layout.capacity * kv_fp8.row_bytes(head_dim, dtype)
 
     def export_slot(self, slot: int, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """[layers, kv_heads, rows, head_dim] copies of one slot's first ``rows``
         rows (all by default), for migration (fp8: an Fp8KV, the scales with them)."""
         r = self.layout.capacity if rows is None else rows
-        return fp8.stack([k[slot, :, :r] for k in self.k]).cpu(), fp8.stack([v[slot, :, :r] for v in self.v]).cpu()
+        return kv_fp8.stack([k[slot, :, :r] for k in self.k]).cpu(), kv_fp8.stack([v[slot, :, :r] for v in self.v]).cpu()
 
     def import_slot(self, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Copy exported rows back into the first ``k.shape[2]`` rows of ``slot``.

@@ -27,7 +27,7 @@ host work but two kernel launches. To replay a captured graph with new
 sequences, ``plan.refresh(batch)`` copies the new slots/starts into the same
 tensors (same batch size; slot -1 marks a padding row).
 
-A cache may be FP8 (cache/fp8.py): each layer's k_cache/v_cache is then an
+A cache may be FP8 (cache/kv_fp8.py): each layer's k_cache/v_cache is then an
 ``Fp8KV`` (e4m3 rows + per-row scales) instead of a tensor. The torch paths index
 it like a tensor; TritonAttention hands data and scales to the kernels, which
 dequantise as they read.
@@ -42,7 +42,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from swiftinfer_core.cache import fp8
+from swiftinfer_core.cache import kv_fp8
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.kernels.batch import AttnBatch
 from swiftinfer_core.kernels.reference import LayerAttn, plan_step, streaming_attention_ref, write_cache_ref
@@ -179,7 +179,7 @@ class TritonAttention(Attention):
                               self.forward(plan.prefill, q[n:], k_new[n:], v_new[n:], k_cache, v_cache, layer)])
         lay, spec = self.layout, self._spec(layer, q.device)
         freqs = spec.freqs
-        (k_cache, ks), (v_cache, vs) = fp8.split(k_cache), fp8.split(v_cache)  # scales None unless FP8
+        (k_cache, ks), (v_cache, vs) = kv_fp8.split(k_cache), kv_fp8.split(v_cache)  # scales None unless FP8
         if isinstance(plan, DecodePlan):
             self._decode_workspace(plan, q, k_cache.shape[1])
             return self._decode.decode_attention(

@@ -31,9 +31,9 @@ handles all ``G = Hq/Hkv`` query heads of its KV head, so each K/V tile is read
 once per group (GQA); the group is padded to 16 rows for tl.dot.
 A slot id < 0 marks a padding row (static batch in a graph): output zeros.
 
-FP8 caches (constexpr FP8; cache/fp8.py): e4m3 rows with a float32 scale per
+FP8 caches (constexpr FP8; cache/kv_fp8.py): e4m3 rows with a float32 scale per
 row and head in K_SCALE/V_SCALE [slots, Hkv, cap]. The scales are folded into
-the scores and the softmax weights (kernels/fp8_tl.py: exact for power-of-two
+the scores and the softmax weights (kernels/kv_fp8_tl.py: exact for power-of-two
 scales), the new token is scored from k_new as computed and stored quantised.
 """
 
@@ -45,7 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
-from swiftinfer_core.kernels import fp8_tl, rope_tl
+from swiftinfer_core.kernels import kv_fp8_tl, rope_tl
 from swiftinfer_core.kernels.triton_shapes import check_triton_heads, fit_tiles, max_shared_memory
 
 
@@ -193,8 +193,8 @@ def _decode_split_kernel(
         wmask = offs_d < tl.where(own, 2 * HALF, 0)
         if FP8:
             kn = tl.load(kn_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)
-            fp8_tl.store_row(k_base + row_t * sc_r + offs_d, ks_base + row_t, kn, wmask, own)
-            fp8_tl.store_row(v_base + row_t * sc_r + offs_d, vs_base + row_t, vn.to(tl.float32), wmask, own)
+            kv_fp8_tl.store_row(k_base + row_t * sc_r + offs_d, ks_base + row_t, kn, wmask, own)
+            kv_fp8_tl.store_row(v_base + row_t * sc_r + offs_d, vs_base + row_t, vn.to(tl.float32), wmask, own)
         else:
             tl.store(k_base + row_t * sc_r + offs_d, tl.load(kn_ptr + offs_d, mask=dmask), mask=wmask)
             tl.store(v_base + row_t * sc_r + offs_d, vn, mask=wmask)
@@ -321,7 +321,7 @@ def decode_attention(
 ) -> torch.Tensor:
     """q [B, Hq, D], k_new/v_new [B, Hkv, D] (ignored unless fuse_write),
     caches [slots, Hkv, cap, D]; slots [B] int32, starts [B] int64 (= n).
-    k_scale/v_scale [slots, Hkv, cap] float32: the caches are e4m3 (cache/fp8.py).
+    k_scale/v_scale [slots, Hkv, cap] float32: the caches are e4m3 (cache/kv_fp8.py).
     Returns out [B, Hq, D] in q's dtype. No host sync; shapes fix the grid.
 
     workspace: (acc [B,Hq,S,D] f32, ml [B,Hq,S,2] f32[, sem [B*Hkv] int32 zeros]).

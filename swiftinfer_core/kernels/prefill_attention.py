@@ -26,9 +26,9 @@ consecutive stream indices (so consecutive positions: rope_tl.rotate_tile):
 (query tiles of the longest sequence, B, Hq); a GQA head re-reads its KV tile
 per query head, which the L2 absorbs.
 
-FP8 caches (constexpr FP8; cache/fp8.py): ranges 1 and 2 read e4m3 rows and
+FP8 caches (constexpr FP8; cache/kv_fp8.py): ranges 1 and 2 read e4m3 rows and
 their scales (K_SCALE/V_SCALE [slots, Hkv, cap]), folded into the scores and the
-softmax weights as in decode (kernels/fp8_tl.py); ranges 3 and 4 are this step's
+softmax weights as in decode (kernels/kv_fp8_tl.py); ranges 3 and 4 are this step's
 tokens, attended as computed.
 """
 
@@ -245,7 +245,7 @@ def prefill_attention(
     """Streaming attention of a packed step over old cache + new K/V; returns
     out [T, Hq, D]. Does not write the cache (write_cache.write_kv does).
     sliding_window / alibi [Hq] / softcap: as decode_attention (reference.LayerAttn).
-    k_scale/v_scale [slots, Hkv, cap] float32: the caches are e4m3 (cache/fp8.py)."""
+    k_scale/v_scale [slots, Hkv, cap] float32: the caches are e4m3 (cache/kv_fp8.py)."""
     T, hq, D = q.shape
     hkv, cap = k_cache.shape[1], k_cache.shape[2]
     check_triton_heads(D, hq, hkv)

@@ -3,7 +3,7 @@ the CPU engine's attention. See ``cache/layout.py`` for the rules.
 
 Shapes: q [T, Hq, D], k_new/v_new [T, Hkv, D] (pre-RoPE, this step's tokens),
 k_cache/v_cache [slots, Hkv, capacity, D] (pre-RoPE, one layer), or FP8 caches
-(cache/fp8.Fp8KV): old rows are read dequantised, written rows quantised; this
+(cache/kv_fp8.Fp8KV): old rows are read dequantised, written rows quantised; this
 step's own tokens are attended as computed.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from swiftinfer_core.cache import fp8
+from swiftinfer_core.cache import kv_fp8
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.kernels.batch import AttnBatch
 from swiftinfer_core.kernels.rope import rotate
@@ -92,8 +92,8 @@ def streaming_attention_ref(
     for p in plans:
         sl = slice(p.r0, p.r0 + p.c)
         old = (p.slot, slice(None), p.rows)
-        k = torch.cat([fp8.read(k_cache, old, k_new.dtype).transpose(0, 1), k_new[sl]], dim=0)  # [K, Hkv, D]
-        v = torch.cat([fp8.read(v_cache, old, v_new.dtype).transpose(0, 1), v_new[sl]], dim=0)
+        k = torch.cat([kv_fp8.read(k_cache, old, k_new.dtype).transpose(0, 1), k_new[sl]], dim=0)  # [K, Hkv, D]
+        v = torch.cat([kv_fp8.read(v_cache, old, v_new.dtype).transpose(0, 1), v_new[sl]], dim=0)
         k_rot = rotate(k, p.k_pos, freqs).float().repeat_interleave(group, dim=1)  # [K, Hq, D]
         v = v.float().repeat_interleave(group, dim=1)
         q_win = rotate(q[sl], p.q_win_pos, freqs).float()

@@ -26,7 +26,7 @@ same function with less work:
   every key rotated on the fly as it is read, nothing materialised; ~20 torch
   ops per layer become one.
 
-- FP8 caches (cache/fp8.Fp8KV): the new token is stored quantised, the filled
+- FP8 caches (cache/kv_fp8.Fp8KV): the new token is stored quantised, the filled
   rows are read back dequantised (a float32 copy), and the new token's own row
   in that copy is its K/V as computed, as the Triton decode kernel scores it
   (from k_new) and as the reference does. The C kernel takes float32 caches
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
-from swiftinfer_core.cache.fp8 import Fp8KV
+from swiftinfer_core.cache.kv_fp8 import Fp8KV
 from swiftinfer_core.kernels.attention import TorchAttention
 from swiftinfer_core.kernels.batch import AttnBatch
 

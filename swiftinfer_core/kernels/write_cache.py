@@ -9,9 +9,9 @@ the token survives iff ``u < sinks`` or ``u >= max(sinks, n_b + c_b - window)``
 programs never collide: one program per token, all KV heads at once
 ([Hkv, D] tile). Run it after the step's attention has read the old rows.
 
-FP8 caches (cache/fp8.py; ``k_scale``/``v_scale`` [slots, Hkv, cap] float32
+FP8 caches (cache/kv_fp8.py; ``k_scale``/``v_scale`` [slots, Hkv, cap] float32
 given): each head's row is quantised here with its power-of-two scale
-(kernels/fp8_tl.py), bit-identical to ``Fp8KV.quantize``. FP8 is a constexpr:
+(kernels/kv_fp8_tl.py), bit-identical to ``Fp8KV.quantize``. FP8 is a constexpr:
 the other dtypes compile the same kernel as before.
 """
 
@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from swiftinfer_core.kernels import fp8_tl
+from swiftinfer_core.kernels import kv_fp8_tl
 
 
 @triton.jit
@@ -46,8 +46,8 @@ def _write_kv_kernel(
     src = tok * sn_t + offs_h[:, None] * sn_h + offs_d[None, :]
     dst = tl.maximum(slot, 0) * sc_s + offs_h[:, None] * sc_h + row * sc_r + offs_d[None, :]
     if FP8:  # [HKV_PAD, D_PAD] -> e4m3 rows and one scale per head
-        kq, ks = fp8_tl.quantize_rows(tl.load(K_NEW + src, mask=mask, other=0.0).to(tl.float32))
-        vq, vs = fp8_tl.quantize_rows(tl.load(V_NEW + src, mask=mask, other=0.0).to(tl.float32))
+        kq, ks = kv_fp8_tl.quantize_rows(tl.load(K_NEW + src, mask=mask, other=0.0).to(tl.float32))
+        vq, vs = kv_fp8_tl.quantize_rows(tl.load(V_NEW + src, mask=mask, other=0.0).to(tl.float32))
         tl.store(K_CACHE + dst, kq, mask=mask)
         tl.store(V_CACHE + dst, vq, mask=mask)
         sdst = tl.maximum(slot, 0) * ss_s + offs_h * ss_h + row
@@ -75,7 +75,7 @@ def write_kv(
 ) -> None:
     """k_new/v_new [T, Hkv, D]; tok_seq [T] int32 (sequence of each packed row);
     slots/starts/cu_seqlens as in AttnBatch. Writes in place, no host sync.
-    k_scale/v_scale [slots, Hkv, cap] float32: the caches are e4m3 (cache/fp8.py)."""
+    k_scale/v_scale [slots, Hkv, cap] float32: the caches are e4m3 (cache/kv_fp8.py)."""
     T, hkv, D = k_new.shape
     fp8 = k_scale is not None
     assert k_new.stride() == v_new.stride() and k_new.stride(-1) == 1

@@ -2,7 +2,7 @@
 
 A slot is ``layers x 2 x kv_heads x (sinks + window)`` rows of ``head_dim``
 elements in the cache's storage dtype (fp8: plus a 4-byte scale per row,
-cache/fp8.py; so the same memory holds ~1.9x the slots of bf16). With
+cache/kv_fp8.py; so the same memory holds ~1.9x the slots of bf16). With
 ``slots`` unset: CPU_DEFAULT_SLOTS on a CPU; on a GPU as many as the free memory
 allows (``gpu_memory_utilization`` of it), or, when several engines share one
 GPU (``memory_share < 1``), as many as this engine's share leaves after its own

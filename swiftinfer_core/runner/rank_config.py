@@ -50,7 +50,7 @@ class RankConfig:
     memory_share: float = 1.0  # EngineConfig.memory_share (runner/kv_slots.py)
     gpu_memory_utilization: float = 0.85
     split_mixed: bool = False  # EngineConfig.split_mixed_steps
-    kv_dtype: torch.dtype | None = None  # KV cache storage (torch.float8_e4m3fn: cache/fp8.py); None: ``dtype``
+    kv_dtype: torch.dtype | None = None  # KV cache storage (torch.float8_e4m3fn: cache/kv_fp8.py); None: ``dtype``
 
     @property
     def cache_dtype(self) -> torch.dtype:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from swiftinfer_core.cache.fp8 import FP8
+from swiftinfer_core.cache.kv_fp8 import FP8
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.config import (
     AttentionBackend,

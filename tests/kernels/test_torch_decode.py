@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from swiftinfer_core.cache.fp8 import Fp8KV
+from swiftinfer_core.cache.kv_fp8 import Fp8KV
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.kernels.attention import TorchAttention
 from swiftinfer_core.kernels import cpu_native
@@ -62,7 +62,7 @@ def test_row_positions_follow_the_layout(t):
 @pytest.mark.parametrize("sinks,window", [(4, 8), (0, 8)])
 @pytest.mark.parametrize("t", [0, 9, 12, 13, 1001])
 def test_decode_on_an_fp8_cache_equals_reference(sinks, window, t, kernels):
-    """FP8 caches (cache/fp8.py): the torch ops run (the C kernel takes float32 caches
+    """FP8 caches (cache/kv_fp8.py): the torch ops run (the C kernel takes float32 caches
     only), the new token is attended as computed and stored quantised, as the reference."""
     layout = StreamLayout(sinks, window)
     freqs = inv_freq(D, 10000.0)

@@ -31,7 +31,7 @@ def test_an_fp8_cache_fits_about_twice_the_slots_in_the_same_memory(monkeypatch)
     bytes per head, fp8 rows of 128 + a 4-byte scale: 1.94x the slots (runner/kv_slots.py)."""
     import torch
 
-    from swiftinfer_core.cache.fp8 import FP8
+    from swiftinfer_core.cache.kv_fp8 import FP8
     from swiftinfer_core.cache.layout import StreamLayout
     from swiftinfer_core.model.args import ModelArgs
     from swiftinfer_core.runner.kv_slots import MAX_DEFAULT_SLOTS, num_slots

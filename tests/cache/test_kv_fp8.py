@@ -1,4 +1,4 @@
-"""cache/fp8.py: the e4m3 storage's scales, its round-trip error bound, and the
+"""cache/kv_fp8.py: the e4m3 storage's scales, its round-trip error bound, and the
 pool over it (bytes per slot, export/import with the scales, copies)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from swiftinfer_core.cache.fp8 import E4M3_MAX, FP8, Fp8KV, pow2_scale
+from swiftinfer_core.cache.kv_fp8 import E4M3_MAX, FP8, Fp8KV, pow2_scale
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.cache.pool import KVPool
 

@@ -23,7 +23,7 @@ one bit of headroom at the top of the range, which e4m3's relative precision
 (3 mantissa bits, the same at every magnitude) does not feel; only values
 below ``2**-6 * s`` (under ~1e-4 of amax) fall into the coarser subnormals.
 Rounding is to nearest, ties to even (torch's ``.to(float8_e4m3fn)``; the
-Triton kernels round explicitly in kernels/fp8_tl.py). Error bound per value:
+Triton kernels round explicitly in kernels/kv_fp8_tl.py). Error bound per value:
 ``|x - q*s| <= 2**-4 * |x|`` for ``|x| >= 2**-6 * s``, else ``<= 2**-10 * s``.
 
 What is quantised: rows in the cache. A step's own tokens are attended from

@@ -1,4 +1,4 @@
-"""FP8 (e4m3) KV cache in the Triton kernels (cache/fp8.py, kernels/fp8_tl.py).
+"""FP8 (e4m3) KV cache in the Triton kernels (cache/kv_fp8.py, kernels/kv_fp8_tl.py).
 
 The write path is bit-identical to torch's quantisation (Fp8KV.quantize through
 reference.write_cache_ref); decode and prefill attention over an fp8 cache match
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from kernels_naive import TOL, fresh_seed, make_inputs, naive_attention, rel_err
-from swiftinfer_core.cache.fp8 import E4M3_MAX, FP8, Fp8KV
+from swiftinfer_core.cache.kv_fp8 import E4M3_MAX, FP8, Fp8KV
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.kernels.attention import TorchAttention, TritonAttention
 from swiftinfer_core.kernels.batch import AttnBatch

@@ -1,10 +1,10 @@
-"""Triton helpers for the FP8 (e4m3) KV cache; the format is cache/fp8.py's.
+"""Triton helpers for the FP8 (e4m3) KV cache; the format is cache/kv_fp8.py's.
 
 Write side (write_cache.py, the decode kernel's fused write): a row's float32
 values -> (e4m3 values, power-of-two float32 scale), bit-identical to
 ``Fp8KV.quantize`` in torch:
 
-- ``pow2_scale``: from amax's float32 bits, as cache/fp8.pow2_scale.
+- ``pow2_scale``: from amax's float32 bits, as cache/kv_fp8.pow2_scale.
 - ``round_e4m3``: round to the e4m3 grid in float32, explicitly, so that the
   conversion that follows is exact. Triton 3.9's CPU interpreter converts
   float32 -> float8e4nv wrongly when rounding carries into the exponent

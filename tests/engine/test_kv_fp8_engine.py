@@ -1,4 +1,4 @@
-"""The engine with kv_cache_dtype 'fp8' (cache/fp8.py) on the CPU.
+"""The engine with kv_cache_dtype 'fp8' (cache/kv_fp8.py) on the CPU.
 
 - Exactness, tiny random Llama: the CPU decode path (CpuAttention, torch ops), the
   reference path (TorchAttention) and the Triton kernels (interpreter) serve the
@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from swiftinfer_core import SamplingParams
-from swiftinfer_core.cache.fp8 import FP8, Fp8KV
+from swiftinfer_core.cache.kv_fp8 import FP8, Fp8KV
 from swiftinfer_core.config import EngineConfig
 from swiftinfer_core.engine.core import EngineCore
 from swiftinfer_core.engine.engine_model import relayout
@@ -97,3 +97,39 @@ def test_multi_round_chat_and_fp8_snapshot_migration(make_core):
     assert ta == tb and last_b.usage.cached_tokens == 64 and a.export_session("m") == b.export_session("m")
     run_turn(plain, "p", "Hello there.")
     assert not a.import_kv(plain.export_kv("p")) and "p" not in a.sessions  # and the reverse
+
+
+# ---- GPU: the Triton kernels inside the engine (CUDA graphs) on the real model
+
+
+def _teacher_forced_on(m, ids: list[int], prefill: int = 32) -> torch.Tensor:
+    run = ModelRunner(m.model, m.pool, m.attn, m.device)
+    out = [run.forward(ids[:prefill], [0], [0], [prefill], rows=None)]
+    out += [run.forward(ids[t : t + 1], [0], [t], [1], rows=None) for t in range(prefill, len(ids))]
+    return torch.cat(out).float().cpu()
+
+
+@pytest.mark.gpu
+def test_gpu_fp8_cache_matches_the_cpu_one_and_agrees_with_bf16(base_model, shakespeare_ids):
+    from swiftinfer_core.engine.engine_model import build_engine_model
+
+    ids = shakespeare_ids[:332]  # 300 decode steps through a 4+124 cache
+    cfg = dict(sink_tokens=4, window=124, max_sessions=1)
+    cpu = _teacher_forced_on(relayout(base_model, EngineConfig(device="cpu", kv_cache_dtype="fp8", **cfg), 1), ids)
+    gpu32 = _teacher_forced_on(build_engine_model(EngineConfig(device="cuda", dtype="float32", kv_cache_dtype="fp8", **cfg)), ids)
+    err = ((gpu32 - cpu).norm(dim=-1) / cpu.norm(dim=-1)).max().item()
+    assert err < 1e-3 and (gpu32.argmax(-1) == cpu.argmax(-1)).float().mean() >= 0.99, err  # same format, same numbers
+    bf16 = _teacher_forced_on(build_engine_model(EngineConfig(device="cuda", dtype="bfloat16", **cfg)), ids)
+    fp8 = _teacher_forced_on(build_engine_model(EngineConfig(device="cuda", dtype="bfloat16", kv_cache_dtype="fp8", **cfg)), ids)
+    assert (bf16.argmax(-1) == fp8.argmax(-1)).float().mean() >= 0.93
+
+
+@pytest.mark.gpu
+def test_gpu_engine_serves_multi_round_chats_on_an_fp8_cache():
+    core = EngineCore(EngineConfig(device="cuda", kv_cache_dtype="fp8", window=60, max_sessions=4))
+    assert core.runner.graphs is not None and isinstance(core.pool.k[0], Fp8KV)
+    for sid in ("a", "b"):
+        for text in ("Tell me about the sea.", "And about the mountains?", "Which do you prefer, and why?"):
+            reply, last = run_turn(core, sid, text, SamplingParams(max_tokens=24))
+            assert reply.strip() and last.finish_reason
+    assert core.session_stats("a").evictions > 0
