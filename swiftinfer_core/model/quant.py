@@ -8,8 +8,11 @@ Both formats are symmetric (no zero points): w ~ q * scale.
 - INT4: q in -7..7, one scale per group of ``group`` consecutive inputs of a row,
   scale [N, Kp // group] bfloat16, Kp = K rounded up to a multiple of ``group``
   (the padding is q = 0; the kernels mask x beyond K, so it is never read as data).
-  Stored offset-binary, nibble = q + 8 in 1..15, two per byte along K:
-  byte [n, j] = nibble(k=2j) | nibble(k=2j+1) << 4, packed uint8 [N, Kp // 2].
+  Stored offset-binary, nibble = q + 8 in 1..15, packed uint8 [N, Kp // 2] in
+  "nibble-planar" blocks of 32 columns (16 bytes = 4 little-endian int32 words):
+  within block b of a row, nibble i (bits 4i..4i+3) of word j holds column
+  k = 32 b + 4 i + j. In bytes: byte 4 j + t of the block holds k = 32 b + 8 t + j
+  (low nibble) and k = 32 b + 8 t + 4 + j (high nibble).
 
 Why symmetric: one multiply per weight in the kernel and no zero-point tensor; the
 group of 128 bounds how far one outlier stretches a scale. Asymmetric checkpoints
@@ -17,6 +20,13 @@ group of 128 bounds how far one outlier stretches a scale. Asymmetric checkpoint
 format of torch's CPU int4 op (``_weight_int4pack_mm_for_cpu``: w = (nibble - 8)
 * scale + zero), which model/quant_linear.py uses on the CPU. -8 (nibble 0) is
 left unused so that -q is representable, as int8 leaves -128.
+
+Why nibble-planar: the GPU kernels (kernels/quant_gemv.py, quant_gemm.py) load a
+row's packed bytes as contiguous 16-byte vectors of 4 words, and each of the 8
+nibble positions of those words then covers 4 consecutive columns, so x is read
+as 8 contiguous 4-element pieces per block (no stride-2 gathers), and the nibbles
+become floats with one mask-and-or each, in place (no shift for 4 of the 8).
+Blocks of 32 divide every group (>= 32), so a block never straddles two scales.
 
 Scales are rounded to bfloat16 before q is chosen: q is then the nearest value
 for the scale the kernel multiplies by (round to nearest, |w - q*s| <= s/2).
@@ -33,6 +43,7 @@ from swiftinfer_core.model.cpu_weights import quantize_rows
 
 INT4_QMAX = 7
 INT4_OFFSET = 8  # nibble = q + 8
+INT4_BLOCK = 32  # columns per nibble-planar block: 16 bytes, 4 int32 words
 
 
 class QuantFormat(str, Enum):
@@ -73,18 +84,22 @@ def quantize_int4(w: torch.Tensor, group: int = 128) -> tuple[torch.Tensor, torc
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
-    """q int8 [N, Kp] in -8..7 (Kp even) -> uint8 [N, Kp // 2], low nibble = even k."""
-    if q.shape[1] % 2:
-        raise ValueError(f"pack_int4 needs an even number of columns, got {q.shape[1]}")
-    nib = (q.to(torch.int16) + INT4_OFFSET).to(torch.uint8)
-    return (nib[:, 0::2] | (nib[:, 1::2] << 4)).contiguous()
+    """q int8 [N, Kp] in -8..7 (Kp a multiple of 32) -> uint8 [N, Kp // 2], nibble-planar."""
+    n, kp = q.shape
+    if kp % INT4_BLOCK:
+        raise ValueError(f"pack_int4 needs a multiple of {INT4_BLOCK} columns, got {kp}")
+    nib = (q.to(torch.int16) + INT4_OFFSET).to(torch.uint8).view(n, kp // INT4_BLOCK, 4, 2, 4)  # [N, B, t, lo/hi, j]
+    byte = nib[:, :, :, 0, :] | (nib[:, :, :, 1, :] << 4)  # [N, B, t, j]: k = 32b + 8t + j (+ 4 high)
+    return byte.transpose(2, 3).reshape(n, kp // 2).contiguous()  # byte 4j + t of the block
 
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     """uint8 [N, Kp // 2] -> q int8 [N, Kp] in -8..7 (inverse of pack_int4)."""
-    lo = (packed & 0xF).to(torch.int8) - INT4_OFFSET
-    hi = (packed >> 4).to(torch.int8) - INT4_OFFSET
-    return torch.stack([lo, hi], dim=2).view(packed.shape[0], -1)
+    n, half = packed.shape
+    byte = packed.view(n, half // 16, 4, 4).transpose(2, 3)  # [N, B, t, j]
+    lo = (byte & 0xF).to(torch.int8) - INT4_OFFSET
+    hi = (byte >> 4).to(torch.int8) - INT4_OFFSET
+    return torch.stack([lo, hi], dim=3).reshape(n, 2 * half)  # [N, B, t, lo/hi, j] -> k order
 
 
 def quantize(w: torch.Tensor, fmt: QuantFormat, group: int = 128) -> QuantizedWeight:

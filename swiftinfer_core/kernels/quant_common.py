@@ -1,0 +1,153 @@
+"""Shared pieces of the weight-only quantized kernels (kernels/quant_gemv.py,
+kernels/quant_gemm.py): operand checks, integer -> float conversion without the
+slow converter, and the split-K fix-up.
+
+Integer -> float. A GPU converts int -> float32 on a quarter-rate unit (16 per
+clock per SM on Hopper), which alone would cap a 4-bit GEMV below half of its
+bandwidth roofline. Instead the bits go straight into a float's mantissa:
+  int8   ((b & 0xFF) ^ 0x4B000080) as float32 = 2^23 + (q + 128); minus (2^23 + 128) = q
+  int4   the nibble at bits p..p+3 (4 <= p <= 16) or'ed with 0x3F800000 is
+         f = 1 + n 2^(p-23); fma(f, 2^(23-p), -(2^(23-p) + 8)) = n - 8 = q
+Both are exact (q is an integer the fma's single rounding leaves alone): one
+and/xor/or (one LOP3) plus one float op per weight. For the 8 nibbles of an int32
+word w: nibbles 1..4 are used in place, nibble 0 from w << 4 (at bits 4..7) and
+nibbles 5..7 from w >> 16 (at bits 4..15), so 2 shifts serve 8 weights.
+
+Split-K. When the output tiles alone give too few programs for the GPU, each
+tile's K range is cut into SPLIT parts (program axis 1). Each part stores its
+float32 partial tile into a workspace [SPLIT, M*N], then bumps the tile's arrival
+counter; the part that arrives last sums the SPLIT partials in a fixed order
+(deterministic), writes y in its dtype and resets the counter to 0. So one
+launch, no memset, no second kernel; the counters start at zero and end at zero
+(CUDA-graph safe). A barrier before the (single-thread, acq_rel, GPU-scope)
+counter atomic publishes every thread's partial, as cooperative groups' grid
+sync does; the last part reads the partials from L2 (.cg).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+INT8_MAGIC = tl.constexpr(0x4B000080)  # 2^23 as float32 bits, with the sign bit of the int8 flipped in
+INT8_BIAS = tl.constexpr(8388736.0)  # 2^23 + 128
+ONE_BITS = tl.constexpr(0x3F800000)  # 1.0f
+
+
+@triton.jit
+def int8_to_f32(b):
+    """int8 tensor -> the same integers as float32, exactly (see the module doc)."""
+    return ((b.to(tl.int32) & 0xFF) ^ INT8_MAGIC).to(tl.float32, bitcast=True) - INT8_BIAS
+
+
+@triton.jit
+def int4_nibble(w, w_lo, w_hi, I: tl.constexpr):
+    """q (float32, exact) of nibble I of the int32 words w. w_lo = w << 4 and
+    w_hi = w >> 16 are passed in so the two shifts are shared by all 8 nibbles."""
+    # (source, mask of the nibble's bits p..p+3, A = 2^(23-p)) per nibble
+    if I == 0:
+        f = ((w_lo & 0xF0) | ONE_BITS).to(tl.float32, bitcast=True)
+        A: tl.constexpr = 524288.0
+    elif I == 1:
+        f = ((w & 0xF0) | ONE_BITS).to(tl.float32, bitcast=True)
+        A: tl.constexpr = 524288.0
+    elif I == 2:
+        f = ((w & 0xF00) | ONE_BITS).to(tl.float32, bitcast=True)
+        A: tl.constexpr = 32768.0
+    elif I == 3:
+        f = ((w & 0xF000) | ONE_BITS).to(tl.float32, bitcast=True)
+        A: tl.constexpr = 2048.0
+    elif I == 4:
+        f = ((w & 0xF0000) | ONE_BITS).to(tl.float32, bitcast=True)
+        A: tl.constexpr = 128.0
+    elif I == 5:
+        f = ((w_hi & 0xF0) | ONE_BITS).to(tl.float32, bitcast=True)
+        A: tl.constexpr = 524288.0
+    elif I == 6:
+        f = ((w_hi & 0xF00) | ONE_BITS).to(tl.float32, bitcast=True)
+        A: tl.constexpr = 32768.0
+    else:
+        f = ((w_hi & 0xF000) | ONE_BITS).to(tl.float32, bitcast=True)
+        A: tl.constexpr = 2048.0
+    return tl.fma(f, A, -(A + 8.0))  # f = 1 + n / A  ->  n - 8
+
+
+@triton.jit
+def splitk_store(acc, Y, y_offs, WS, ws_offs, mask, CNT, tile, pid_k, SPLIT, MN):
+    """Store a program's float32 tile ``acc``: into y directly (SPLIT == 1) or via
+    the workspace and the last-arriving part (see the module doc). y_offs and
+    ws_offs: acc-shaped offsets into Y and into one [M*N] slice of WS."""
+    if SPLIT == 1:
+        tl.store(Y + y_offs, acc.to(Y.dtype.element_ty), mask=mask)
+    else:
+        tl.store(WS + pid_k * MN + ws_offs, acc, mask=mask)
+        tl.debug_barrier()  # every thread's partial is written before the arrival
+        arrived = tl.atomic_add(CNT + tile, 1, sem="acq_rel")
+        if arrived == SPLIT - 1:
+            tot = tl.load(WS + ws_offs, mask=mask, other=0.0, cache_modifier=".cg")
+            for s in range(1, SPLIT):
+                tot += tl.load(WS + s * MN + ws_offs, mask=mask, other=0.0, cache_modifier=".cg")
+            tl.store(Y + y_offs, tot.to(Y.dtype.element_ty), mask=mask)
+            tl.atomic_xchg(CNT + tile, 0)  # ready for the next launch
+
+
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+_KEEP: list[torch.Tensor] = []  # replaced counter buffers: graphs captured with them still use them
+_MIN_COUNTERS = 1 << 16
+
+
+def split_buffers(device: torch.device, split: int, m: int, n: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(workspace float32 [split, m*n], counters int32 [>= tiles], all zero) for a
+    split-K launch; both are 1-element dummies when split == 1.
+
+    The counters are shared by every launch on the device (each leaves them zero),
+    so split-K launches must not run concurrently on two streams. A first use
+    inside a CUDA-graph capture gets fresh zeros recorded in the graph (a memset
+    node) rather than a cached buffer whose zeroing the capture would not run."""
+    if split == 1:
+        dummy = torch.empty(1, dtype=torch.int32, device=device)
+        return dummy.view(torch.float32), dummy
+    ws = torch.empty((split, m * n), dtype=torch.float32, device=device)
+    cnt = _COUNTERS.get(device)
+    if cnt is None or cnt.numel() < tiles:
+        fresh = torch.zeros(max(tiles, _MIN_COUNTERS), dtype=torch.int32, device=device)
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return ws, fresh
+        if cnt is not None:
+            _KEEP.append(cnt)
+        _COUNTERS[device] = cnt = fresh
+    return ws, cnt
+
+
+def int8_shape(q: torch.Tensor, scales: torch.Tensor) -> tuple[int, int]:
+    """(N, K) of int8 weights q [N, K] with scales [N]; ValueError if not."""
+    n, k = q.shape
+    if q.dtype != torch.int8 or scales.shape != (n,):
+        raise ValueError(f"int8 weights must be int8 [N, K] with scales [N]; got {q.dtype} {tuple(scales.shape)}")
+    return n, k
+
+
+def int4_shape(packed: torch.Tensor, scales: torch.Tensor, k: int, group: int) -> tuple[int, int]:
+    """(N, groups) of int4 weights packed uint8 [N, Kp/2] with scales [N, Kp/group]; ValueError if not."""
+    n, half = packed.shape
+    ng = -(-k // group)
+    if packed.dtype != torch.uint8 or 2 * half != ng * group or scales.shape != (n, ng) or group % 32:
+        raise ValueError(f"int4 weights for K={k}, group {group}: uint8 [N, {ng * group // 2}] and scales [N, {ng}]; "
+                         f"got {packed.dtype} {tuple(packed.shape)} and {tuple(scales.shape)}")
+    return n, ng
+
+
+def check_operands(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> None:
+    if not (q.is_contiguous() and scales.is_contiguous()) or q.device != x.device or scales.device != x.device:
+        raise ValueError("weights and scales must be contiguous and on x's device")
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"activations must be float32, bfloat16 or float16, got {x.dtype}")
+
+
+def check_out(out: torch.Tensor | None, m: int, n: int, x: torch.Tensor) -> torch.Tensor:
+    if out is None:
+        return torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if out.shape != (m, n) or out.stride(1) != 1 or out.device != x.device:
+        raise ValueError(f"out must be [{m}, {n}] with contiguous rows on x's device, got {tuple(out.shape)}")
+    return out
