@@ -18,20 +18,27 @@ from swiftinfer_core.model.quant import (
 )
 
 
-def test_pack_int4_layout_is_low_nibble_first_offset_8():
-    q = torch.tensor([[-8, 7, 0, -1], [1, 2, -7, 3]], dtype=torch.int8)
-    # byte = (q[2j] + 8) | (q[2j+1] + 8) << 4
-    want = torch.tensor([[0x00 | 0xF0, 0x08 | 0x70], [0x09 | 0xA0, 0x01 | 0xB0]], dtype=torch.uint8)
+def test_pack_int4_layout_is_nibble_planar_offset_8():
+    # one row of 64 columns = two 32-column blocks of 4 little-endian int32 words:
+    # nibble i (bits 4i..4i+3) of word j of block b holds q[32 b + 4 i + j] + 8
+    q = (torch.arange(64) % 15 - 7).to(torch.int8)[None, :]  # -7..7 repeating
     packed = pack_int4(q)
-    assert packed.dtype == torch.uint8 and torch.equal(packed, want)
+    assert packed.dtype == torch.uint8 and packed.shape == (1, 32)
+    words = packed.view(torch.int32)[0].tolist()
+    for b in range(2):
+        for j in range(4):
+            want = sum((int(q[0, 32 * b + 4 * i + j]) + 8) << (4 * i) for i in range(8))
+            assert words[4 * b + j] & 0xFFFFFFFF == want
+    # the same in bytes: byte 4j + t of a block holds k = 8t + j (low) and 8t + 4 + j (high)
+    assert packed[0, 4 * 1 + 2].item() == (int(q[0, 17]) + 8) | (int(q[0, 21]) + 8) << 4
     assert torch.equal(unpack_int4(packed), q)
 
 
 def test_pack_int4_round_trips_every_value():
-    q = torch.arange(-8, 8, dtype=torch.int8).repeat(3, 2)[:, torch.randperm(32)]  # [3, 32]
+    q = torch.arange(-8, 8, dtype=torch.int8).repeat(3, 6)[:, torch.randperm(96)]  # [3, 96]
     assert torch.equal(unpack_int4(pack_int4(q)), q)
-    with pytest.raises(ValueError, match="even"):
-        pack_int4(q[:, :31])
+    with pytest.raises(ValueError, match="multiple of 32"):
+        pack_int4(q[:, :48])
 
 
 def test_quantize_int4_exact_values_with_padding():
