@@ -6,7 +6,7 @@ Integer -> float. A GPU converts int -> float32 on a quarter-rate unit (16 per
 clock per SM on Hopper), which alone would cap a 4-bit GEMV below half of its
 bandwidth roofline. Instead the bits go straight into a float's mantissa:
   int8   ((b & 0xFF) ^ 0x4B000080) as float32 = 2^23 + (q + 128); minus (2^23 + 128) = q
-  int4   the nibble at bits p..p+3 (4 <= p <= 16) or'ed with 0x3F800000 is
+  int4   the nibble at bits p..p+3 (4 <= p <= 16) alone with 0x3F800000's bits is
          f = 1 + n 2^(p-23); fma(f, 2^(23-p), -(2^(23-p) + 8)) = n - 8 = q
 Both are exact (q is an integer the fma's single rounding leaves alone): one
 and/xor/or (one LOP3) plus one float op per weight. For the 8 nibbles of an int32
@@ -33,6 +33,7 @@ import triton.language as tl
 INT8_MAGIC = tl.constexpr(0x4B000080)  # 2^23 as float32 bits, with the sign bit of the int8 flipped in
 INT8_BIAS = tl.constexpr(8388736.0)  # 2^23 + 128
 ONE_BITS = tl.constexpr(0x3F800000)  # 1.0f
+SIGNS = tl.constexpr(-2139062144)  # 0x80808080 as int32: the sign bit of each byte
 
 
 @triton.jit
@@ -42,33 +43,70 @@ def int8_to_f32(b):
 
 
 @triton.jit
-def int4_nibble(w, w_lo, w_hi, I: tl.constexpr):
-    """q (float32, exact) of nibble I of the int32 words w. w_lo = w << 4 and
-    w_hi = w >> 16 are passed in so the two shifts are shared by all 8 nibbles."""
-    # (source, mask of the nibble's bits p..p+3, A = 2^(23-p)) per nibble
+def int8_sources(w):
+    """int32 words w of 4 int8 each -> (u, u_hi) for int8_byte: the signs flipped
+    (byte = q + 128) and or'ed with 1.0f's bits, in place and shifted down by 16."""
+    t = w ^ SIGNS
+    return t | ONE_BITS, (t >> 16) | ONE_BITS
+
+
+@triton.jit
+def int8_byte(u, u_hi, B: tl.constexpr):
+    """q (float32, exact) of byte B of the words behind int8_sources' (u, u_hi):
+    f = 1 + (q + 128) 2^(p-23) for the byte at bits p = 0 or 8, then one fma."""
+    if B == 0:
+        f = (u & 0x3F8000FF).to(tl.float32, bitcast=True)
+        A: tl.constexpr = 8388608.0  # 2^23
+    elif B == 1:
+        f = (u & 0x3F80FF00).to(tl.float32, bitcast=True)
+        A: tl.constexpr = 32768.0  # 2^15
+    elif B == 2:
+        f = (u_hi & 0x3F8000FF).to(tl.float32, bitcast=True)
+        A: tl.constexpr = 8388608.0
+    else:
+        f = (u_hi & 0x3F80FF00).to(tl.float32, bitcast=True)
+        A: tl.constexpr = 32768.0
+    return tl.fma(f, A, -(A + 128.0))
+
+
+@triton.jit
+def int4_sources(w):
+    """The int32 words w -> (u, u_lo, u_hi) for int4_nibble: w, w << 4 and w >> 16,
+    each or'ed with 1.0f's bits. 5 integer ops per word, shared by its 8 nibbles."""
+    return w | ONE_BITS, (w << 4) | ONE_BITS, (w >> 16) | ONE_BITS
+
+
+@triton.jit
+def int4_nibble(u, u_lo, u_hi, I: tl.constexpr):
+    """q (float32, exact) of nibble I of the words behind int4_sources' (u, u_lo, u_hi).
+
+    One and with one immediate (the nibble's bits | 1.0f's bits, which the sources
+    already carry) gives f = 1 + n 2^(p-23); one fma gives n - 8. The mask and the
+    float's bits share the and's single immediate slot, so no constant has to sit
+    in (or be rematerialised into) a register per use."""
     if I == 0:
-        f = ((w_lo & 0xF0) | ONE_BITS).to(tl.float32, bitcast=True)
-        A: tl.constexpr = 524288.0
+        f = (u_lo & 0x3F8000F0).to(tl.float32, bitcast=True)
+        A: tl.constexpr = 524288.0  # 2^(23-4)
     elif I == 1:
-        f = ((w & 0xF0) | ONE_BITS).to(tl.float32, bitcast=True)
+        f = (u & 0x3F8000F0).to(tl.float32, bitcast=True)
         A: tl.constexpr = 524288.0
     elif I == 2:
-        f = ((w & 0xF00) | ONE_BITS).to(tl.float32, bitcast=True)
-        A: tl.constexpr = 32768.0
+        f = (u & 0x3F800F00).to(tl.float32, bitcast=True)
+        A: tl.constexpr = 32768.0  # 2^(23-8)
     elif I == 3:
-        f = ((w & 0xF000) | ONE_BITS).to(tl.float32, bitcast=True)
-        A: tl.constexpr = 2048.0
+        f = (u & 0x3F80F000).to(tl.float32, bitcast=True)
+        A: tl.constexpr = 2048.0  # 2^(23-12)
     elif I == 4:
-        f = ((w & 0xF0000) | ONE_BITS).to(tl.float32, bitcast=True)
-        A: tl.constexpr = 128.0
+        f = (u & 0x3F8F0000).to(tl.float32, bitcast=True)
+        A: tl.constexpr = 128.0  # 2^(23-16)
     elif I == 5:
-        f = ((w_hi & 0xF0) | ONE_BITS).to(tl.float32, bitcast=True)
+        f = (u_hi & 0x3F8000F0).to(tl.float32, bitcast=True)
         A: tl.constexpr = 524288.0
     elif I == 6:
-        f = ((w_hi & 0xF00) | ONE_BITS).to(tl.float32, bitcast=True)
+        f = (u_hi & 0x3F800F00).to(tl.float32, bitcast=True)
         A: tl.constexpr = 32768.0
     else:
-        f = ((w_hi & 0xF000) | ONE_BITS).to(tl.float32, bitcast=True)
+        f = (u_hi & 0x3F80F000).to(tl.float32, bitcast=True)
         A: tl.constexpr = 2048.0
     return tl.fma(f, A, -(A + 8.0))  # f = 1 + n / A  ->  n - 8
 
@@ -120,12 +158,13 @@ def split_buffers(device: torch.device, split: int, m: int, n: int, tiles: int) 
     return ws, cnt
 
 
-def int8_shape(q: torch.Tensor, scales: torch.Tensor) -> tuple[int, int]:
-    """(N, K) of int8 weights q [N, K] with scales [N]; ValueError if not."""
-    n, k = q.shape
-    if q.dtype != torch.int8 or scales.shape != (n,):
-        raise ValueError(f"int8 weights must be int8 [N, K] with scales [N]; got {q.dtype} {tuple(scales.shape)}")
-    return n, k
+def int8_shape(q: torch.Tensor, scales: torch.Tensor, k: int) -> int:
+    """N of int8 weights q [N, K16] (K rounded up to 16) with scales [N]; ValueError if not."""
+    n, k16 = q.shape
+    if q.dtype != torch.int8 or scales.shape != (n,) or k16 != -(-k // 16) * 16:
+        raise ValueError(f"int8 weights for K={k} must be int8 [N, {-(-k // 16) * 16}] with scales [N]; "
+                         f"got {q.dtype} {tuple(q.shape)} and {tuple(scales.shape)}")
+    return n
 
 
 def int4_shape(packed: torch.Tensor, scales: torch.Tensor, k: int, group: int) -> tuple[int, int]:

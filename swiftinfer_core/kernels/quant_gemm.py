@@ -10,18 +10,21 @@ a trip through shared memory; x^T, the small operand, is the one staged in share
 memory (and software-pipelined). The batch is the MMA's N side, so BLOCK_M can
 follow the batch (16..128) and a weight tile is read once per BLOCK_M rows.
 
-  int8  A = Q tile converted exactly to x's dtype (|q| <= 127 fits bf16/fp16);
-        acc += A @ x^T; at the end acc *= S[n] (float32, per row of W)
+  int8  A = Q tile (rows padded to 16 bytes) converted exactly to x's dtype
+        (|q| <= 127 fits bf16/fp16); acc += A @ x^T; at the end acc *= S[n]
   int4  the tile is BLOCK_K / 8 int32 words per row; nibble position i of every
         word is the column set {32 b + 4 i + j}: 8 dots of K = BLOCK_K / 8 each,
-        A_i = q_i * S[n, group] in float32, then rounded to x's dtype, against
-        the matching 8 gathers of x^T (4-column contiguous pieces).
+        A_i = q_i against the matching gather of x^T (4-column contiguous pieces).
+        When the step lies inside one group (BLOCK_K <= G, G = 128 in practice),
+        A_i = q_i exactly and the 8 dots' float32 sum is multiplied by the
+        step's scale per row; else A_i = q_i * S[n, group] in float32, rounded
+        to x's dtype (bf16: <= 2^-9 relative per weight, of the order of y's own
+        rounding; fp16: exact for ordinary scales; float32 "ieee" dots: exact).
 
-Rounding: int8 is exact up to float32 sums. For int4 the group scale varies
-inside a dot's K range, so it is folded into the 16-bit operand: bf16 rounds
-q * s (a 4-bit times an 8-bit significand) to 8 bits, a relative error <= 2^-9 per
-weight, of the order of y's own rounding to bf16 (fp16 keeps 11 bits: exact for
-ordinary scales; float32 activations use float32 "ieee" dots: exact).
+The dequantisation chain (and, or, bitcast, fma, cast) has a single tensor
+operand, so Triton loads the packed tile straight into the MMA operand layout
+and dequantises there: no shared-memory round trip per nibble (a per-element
+scale operand, the G < BLOCK_K path, costs one).
 Split-K (kernels/quant_common.py) covers small M x N at long K. Under the CPU
 interpreter every dot runs in float32 (its bf16 tl.dot is wrong, see
 kernels/decode_attention.py mma_dtype). Shapes alone fix the grid.
@@ -39,6 +42,7 @@ from swiftinfer_core.kernels.quant_common import (
     check_operands,
     check_out,
     int4_nibble,
+    int4_sources,
     int4_shape,
     int8_shape,
     int8_to_f32,
@@ -61,14 +65,14 @@ def _tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 
 @triton.jit
 def _gemm_int8_kernel(
-    X, Q, S, Y, WS, CNT, M, N, K, stride_xm, stride_ym, STEPS, SPLIT,
+    X, Q, S, Y, WS, CNT, M, N, K, K16, stride_xm, stride_ym, STEPS, SPLIT,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     MMA: tl.constexpr, PREC: tl.constexpr, STAGES: tl.constexpr,
 ):
     tile, pid_k, rm, rn = _tile(M, N, BLOCK_M, BLOCK_N)
     mmask, nmask = rm < M, rn < N
     x_cols = X + rm.to(tl.int64)[None, :] * stride_xm  # x^T: column m is x's row m
-    q_rows = Q + rn.to(tl.int64)[:, None] * K
+    q_rows = Q + rn.to(tl.int64)[:, None] * K16  # rows padded to 16 bytes
     k_start = pid_k * STEPS * BLOCK_K
     k_end = tl.minimum(k_start + STEPS * BLOCK_K, K)
     acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
@@ -91,6 +95,7 @@ def _gemm_int4_kernel(
 ):
     NBK: tl.constexpr = BLOCK_K // 32  # packed blocks per step
     W: tl.constexpr = 4 * NBK  # words per row per step = each nibble dot's K
+    ONE_GROUP: tl.constexpr = NBK <= BPG  # a step lies inside one group (the group is a multiple of the step)
     tile, pid_k, rm, rn = _tile(M, N, BLOCK_M, BLOCK_N)
     mmask, nmask = rm < M, rn < N
     n64 = rn.to(tl.int64)
@@ -104,15 +109,26 @@ def _gemm_int4_kernel(
         blk = b0 + cw // 4  # [W] packed block of each word
         bmask = blk < b_end
         w = tl.load(q_rows + b0 * 4 + cw[None, :], mask=nmask[:, None] & bmask[None, :], other=0)  # [BLOCK_N, W] int32
-        s = tl.load(S + n64[:, None] * NG + (blk // BPG)[None, :], mask=nmask[:, None] & bmask[None, :], other=0.0)
-        s = s.to(tl.float32)
-        w_lo = w << 4
-        w_hi = w >> 16
-        for i in tl.static_range(8):
-            kx = blk * 32 + 4 * i + cw % 4  # [W] columns of nibble i
-            xt = tl.load(x_cols + kx[:, None], mask=(bmask & (kx < K))[:, None] & mmask[None, :], other=0.0)  # [W, BLOCK_M]
-            a = (int4_nibble(w, w_lo, w_hi, i) * s).to(MMA)  # [BLOCK_N, W]
-            acc = tl.dot(a, xt.to(MMA), acc, input_precision=PREC)
+        u, u_lo, u_hi = int4_sources(w)
+        if ONE_GROUP:
+            # exact: q is exact in the 16-bit operand, the step's one scale per row
+            # multiplies the float32 partial product
+            part = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+            for i in tl.static_range(8):
+                kx = blk * 32 + 4 * i + cw % 4  # [W] columns of nibble i
+                xt = tl.load(x_cols + kx[:, None], mask=(bmask & (kx < K))[:, None] & mmask[None, :], other=0.0)
+                part = tl.dot(int4_nibble(u, u_lo, u_hi, i).to(MMA), xt.to(MMA), part, input_precision=PREC)
+            s = tl.load(S + n64 * NG + b0 // BPG, mask=nmask, other=0.0).to(tl.float32)  # [BLOCK_N]
+            acc += part * s[:, None]
+        else:
+            # the step spans groups: each weight carries its scale into the 16-bit operand
+            s = tl.load(S + n64[:, None] * NG + (blk // BPG)[None, :], mask=nmask[:, None] & bmask[None, :], other=0.0)
+            s = s.to(tl.float32)
+            for i in tl.static_range(8):
+                kx = blk * 32 + 4 * i + cw % 4
+                xt = tl.load(x_cols + kx[:, None], mask=(bmask & (kx < K))[:, None] & mmask[None, :], other=0.0)
+                a = (int4_nibble(u, u_lo, u_hi, i) * s).to(MMA)  # [BLOCK_N, W]
+                acc = tl.dot(a, xt.to(MMA), acc, input_precision=PREC)
     splitk_store(acc, Y, rm[None, :] * stride_ym + rn[:, None], WS, rm[None, :] * N + rn[:, None],
                  mmask[None, :] & nmask[:, None], CNT, tile, pid_k, SPLIT, M * N)
 
@@ -137,13 +153,14 @@ def _split(x: torch.Tensor, m: int, n: int, steps: int, cfg: dict):
 
 def gemm_int8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor | None = None,
               cfg: dict | None = None) -> torch.Tensor:
-    """x [M, K], q int8 [N, K], scales [N] -> y [M, N] in x's dtype. cfg: a
+    """x [M, K], q int8 [N, K16], scales [N] -> y [M, N] in x's dtype. cfg: a
     kernels/quant_configs.py config (default: the table's for this M and shape)."""
-    n, k = int8_shape(q, scales)
+    k = x.shape[-1]
+    n = int8_shape(q, scales, k)
     m, out, cfg = _prepare(x, q, scales, k, out, n, "int8", cfg)
     grid, split, per, ws, cnt = _split(x, m, n, triton.cdiv(k, cfg["block_k"]), cfg)
     _gemm_int8_kernel[grid](
-        x, q, scales, out, ws, cnt, m, n, k, x.stride(0), out.stride(0), per, split,
+        x, q, scales, out, ws, cnt, m, n, k, q.shape[1], x.stride(0), out.stride(0), per, split,
         BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_K=cfg["block_k"],
         MMA=mma_dtype(x.dtype), PREC=dot_precision(x.dtype), STAGES=cfg["stages"], num_warps=cfg["warps"],
     )

@@ -6,22 +6,26 @@ The weights are dequantised in registers and never written back; the products
 accumulate in float32; y is stored in out's dtype (x's: bf16, fp16 or fp32).
 
 Formats (model/quant.py packs them):
-  int8  Q int8 [N, K], S [N] (per row)        y = S * sum_k Q[n, k] * x[k]
+  int8  Q int8 [N, K16] read as int32 words, S [N] (per row); y = S * sum_k Q[n, k] x[k]
+        byte t of word j of 16-byte block b is column 16 b + 4 j + t
   int4  Q uint8 [N, Kp/2] read as int32 words [N, Kp/8], S [N, Kp/G]
         nibble-planar blocks of 32 columns: nibble i of word j of block b is
         column 32 b + 4 i + j; Kp is K rounded up to G, x beyond K reads as 0.
 
 Layout for bandwidth. Program (pid_n, pid_k) owns rows [pid_n * BLOCK_N, +BLOCK_N)
 and the pid_k-th part of K (split-K, kernels/quant_common.py, when N / BLOCK_N
-alone is too few programs for the GPU). Each K step loads a [BLOCK_N, NB, V] tile
-whose last axis is 16 contiguous bytes (V = 4 int32 words or 16 int8), so every
-thread issues 16-byte loads and owns whole packed blocks; NB blocks side by side
-make the step BLOCK_K = NB * 32 (int4) or NB * 16 (int8) columns wide. x is read
-contiguously (int4: 8 pieces of 4 columns per block, one per nibble position),
-converted once per thread and reused for all the rows the thread holds. The
-per-block sums over the last axis stay inside a thread; an int4 block's sum is
-multiplied by its group's scale (a block never straddles groups); the only
-cross-thread reduction is the final sum over the step axis.
+alone is too few programs for the GPU). Each K step loads a [BLOCK_N, NB, 4] tile
+of int32 words whose last axis is 16 contiguous bytes, so every thread issues
+16-byte loads and owns whole packed blocks; NB blocks side by side make the step
+BLOCK_K = NB * 32 (int4) or NB * 16 (int8) columns wide. The words are split into
+their 8 nibbles or 4 bytes by kernels/quant_common.py (one and + one fma each);
+each position is a [BLOCK_N, NB, 4] tensor multiplied by its x piece (int4: 4
+contiguous columns; int8: 4 columns at stride 4), loaded and converted once per
+thread and reused for all the rows the thread holds. The per-block sums over the
+last axis stay inside a thread; an int4 block's sum is multiplied by its group's
+scale (a block never straddles groups); the only cross-thread reduction is the
+final sum over the step axis. (Offline sm_90 builds of the default configs: the
+int4 loop is ~4.9 instructions per weight, int8 ~6; no shared memory in either.)
 Shapes alone fix the grid, so the launch is CUDA-graph capturable.
 """
 
@@ -37,9 +41,11 @@ from swiftinfer_core.kernels.quant_common import (
     check_operands,
     check_out,
     int4_nibble,
+    int4_sources,
     int4_shape,
     int8_shape,
-    int8_to_f32,
+    int8_byte,
+    int8_sources,
     split_buffers,
     splitk_store,
 )
@@ -66,13 +72,12 @@ def _gemv_int4_kernel(
         bmask = blk < b_end
         w = tl.load(q_rows + (blk * 4)[None, :, None] + j[None, None, :],
                     mask=rmask[:, None, None] & bmask[None, :, None], other=0)  # [BLOCK_N, NB, 4] int32
-        w_lo = w << 4
-        w_hi = w >> 16
+        u, u_lo, u_hi = int4_sources(w)
         part = tl.zeros([BLOCK_N, NB, 4], tl.float32)
         for i in tl.static_range(8):
             kx = blk[:, None] * 32 + 4 * i + j[None, :]  # [NB, 4] columns of nibble i
             xi = tl.load(X + kx, mask=bmask[:, None] & (kx < K), other=0.0).to(tl.float32)
-            part += int4_nibble(w, w_lo, w_hi, i) * xi[None, :, :]
+            part += int4_nibble(u, u_lo, u_hi, i) * xi[None, :, :]
         s = tl.load(S + r64[:, None] * NG + (blk // BPG)[None, :], mask=rmask[:, None] & bmask[None, :], other=0.0)
         acc += tl.sum(part, 2) * s.to(tl.float32)  # [BLOCK_N, NB]: one scale per block
     y = tl.sum(acc, 1)
@@ -81,7 +86,7 @@ def _gemv_int4_kernel(
 
 @triton.jit
 def _gemv_int8_kernel(
-    X, Q, S, Y, WS, CNT, N, K, STEPS, SPLIT,
+    X, Q, S, Y, WS, CNT, N, K, KB, STEPS, SPLIT,
     BLOCK_N: tl.constexpr, NB: tl.constexpr, STAGES: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -90,18 +95,23 @@ def _gemv_int8_kernel(
     rmask = rows < N
     r64 = rows.to(tl.int64)
     nb = tl.arange(0, NB)
-    t = tl.arange(0, 16)
-    q_rows = Q + r64[:, None, None] * K
-    KB = tl.cdiv(K, 16)
+    j = tl.arange(0, 4)
+    q_rows = Q + r64[:, None, None] * (KB * 4)  # KB blocks of 16 bytes = 4 words per row
     b_start = pid_k * STEPS * NB
     b_end = tl.minimum(b_start + STEPS * NB, KB)
     acc = tl.zeros([BLOCK_N, NB], tl.float32)
     for b0 in tl.range(b_start, b_end, NB, num_stages=STAGES):
-        kk = (b0 + nb)[:, None] * 16 + t[None, :]  # [NB, 16] columns
-        kmask = ((b0 + nb) < b_end)[:, None] & (kk < K)
-        w = tl.load(q_rows + kk[None, :, :], mask=rmask[:, None, None] & kmask[None, :, :], other=0)  # [BLOCK_N, NB, 16] int8
-        x = tl.load(X + kk, mask=kmask, other=0.0).to(tl.float32)
-        acc += tl.sum(int8_to_f32(w) * x[None, :, :], 2)
+        blk = b0 + nb
+        bmask = blk < b_end
+        w = tl.load(q_rows + (blk * 4)[None, :, None] + j[None, None, :],
+                    mask=rmask[:, None, None] & bmask[None, :, None], other=0)  # [BLOCK_N, NB, 4] int32
+        u, u_hi = int8_sources(w)
+        part = tl.zeros([BLOCK_N, NB, 4], tl.float32)
+        for b in tl.static_range(4):
+            kx = blk[:, None] * 16 + 4 * j[None, :] + b  # [NB, 4] columns of byte b
+            xb = tl.load(X + kx, mask=bmask[:, None] & (kx < K), other=0.0).to(tl.float32)
+            part += int8_byte(u, u_hi, b) * xb[None, :, :]
+        acc += tl.sum(part, 2)
     # one scale per row: applied once, after the row's sum
     y = tl.sum(acc, 1) * tl.load(S + rows, mask=rmask, other=0.0).to(tl.float32)
     splitk_store(y, Y, rows, WS, rows, rmask, CNT, pid_n, pid_k, SPLIT, N)
@@ -123,16 +133,18 @@ def _grid(x: torch.Tensor, n: int, block_n: int, steps: int, cfg: dict):
 
 def gemv_int8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor | None = None,
               cfg: dict | None = None) -> torch.Tensor:
-    """x [1, K], q int8 [N, K], scales [N] -> y [1, N] in x's dtype. cfg: a
+    """x [1, K], q int8 [N, K16], scales [N] -> y [1, N] in x's dtype. cfg: a
     kernels/quant_configs.py config (default: the table's for this shape)."""
-    n, k = int8_shape(q, scales)
+    k = x.shape[-1]
+    n = int8_shape(q, scales, k)
     _check(x, q, scales, k)
     out = check_out(out, 1, n, x)
     cfg = cfg or quant_configs.config("int8", 1, n, k)
     nb = cfg["block_k"] // 16
-    grid, split, per, ws, cnt = _grid(x, n, cfg["block_n"], triton.cdiv(triton.cdiv(k, 16), nb), cfg)
+    kb = q.shape[1] // 16
+    grid, split, per, ws, cnt = _grid(x, n, cfg["block_n"], triton.cdiv(kb, nb), cfg)
     _gemv_int8_kernel[grid](
-        x, q, scales, out, ws, cnt, n, k, per, split,
+        x, q.view(torch.int32), scales, out, ws, cnt, n, k, kb, per, split,
         BLOCK_N=cfg["block_n"], NB=nb, STAGES=cfg["stages"], num_warps=cfg["warps"],
     )
     return out

@@ -3,8 +3,10 @@ kernels/quant_gemm.py) and the CPU int4 path: quantize at load, pack, dequantize
 
 Both formats are symmetric (no zero points): w ~ q * scale.
 
-- INT8: q int8 [N, K] in -127..127, one scale per output row, scale [N] bfloat16.
-  The same numbers as the CPU int8 path (model/cpu_weights.quantize_rows, reused).
+- INT8: q int8 [N, K16] in -127..127, one scale per output row, scale [N] bfloat16.
+  The same numbers as the CPU int8 path (model/cpu_weights.quantize_rows, reused);
+  K16 is K rounded up to 16 with q = 0 columns, so the GPU kernels read every row
+  as whole 16-byte vectors (4 int32 words); the CPU int8 path keeps its own [N, K].
 - INT4: q in -7..7, one scale per group of ``group`` consecutive inputs of a row,
   scale [N, Kp // group] bfloat16, Kp = K rounded up to a multiple of ``group``
   (the padding is q = 0; the kernels mask x beyond K, so it is never read as data).
@@ -44,6 +46,7 @@ from swiftinfer_core.model.cpu_weights import quantize_rows
 INT4_QMAX = 7
 INT4_OFFSET = 8  # nibble = q + 8
 INT4_BLOCK = 32  # columns per nibble-planar block: 16 bytes, 4 int32 words
+INT8_BLOCK = 16  # int8 rows are padded to whole 16-byte vectors
 
 
 class QuantFormat(str, Enum):
@@ -53,7 +56,7 @@ class QuantFormat(str, Enum):
 
 @dataclass(frozen=True)
 class QuantizedWeight:
-    """One linear layer's quantized weight: qweight int8 [N, K] (INT8) or uint8
+    """One linear layer's quantized weight: qweight int8 [N, K16] (INT8) or uint8
     [N, Kp // 2] (INT4); scales bfloat16 [N] (INT8) or [N, Kp // group] (INT4)."""
 
     fmt: QuantFormat
@@ -107,6 +110,7 @@ def quantize(w: torch.Tensor, fmt: QuantFormat, group: int = 128) -> QuantizedWe
     n, k = w.shape
     if fmt is QuantFormat.INT8:
         q, s = quantize_rows(w)
+        q = torch.nn.functional.pad(q, (0, -k % INT8_BLOCK)).contiguous()  # [N, K16]
         return QuantizedWeight(fmt, q, s, n, k, k)
     q, s = quantize_int4(w, group)
     return QuantizedWeight(fmt, q, s, n, k, group)
@@ -115,7 +119,7 @@ def quantize(w: torch.Tensor, fmt: QuantFormat, group: int = 128) -> QuantizedWe
 def dequantize(qw: QuantizedWeight) -> torch.Tensor:
     """[N, K] float32: the weight the kernels multiply by (padding dropped)."""
     if qw.fmt is QuantFormat.INT8:
-        return qw.qweight.float() * qw.scales.float()[:, None]
+        return qw.qweight[:, : qw.in_features].float() * qw.scales.float()[:, None]
     q = unpack_int4(qw.qweight).float()  # [N, Kp]
     s = qw.scales.float().repeat_interleave(qw.group, dim=1)  # [N, Kp]
     return (q * s)[:, : qw.in_features]
@@ -127,6 +131,6 @@ def weight_bytes(fmt: QuantFormat | None, n: int, k: int, group: int = 128, floa
     if fmt is None:
         return n * k * float_bytes
     if fmt is QuantFormat.INT8:
-        return n * k + n * 2
+        return n * (-(-k // INT8_BLOCK) * INT8_BLOCK) + n * 2
     kp = -(-k // group) * group
     return n * kp // 2 + n * (kp // group) * 2

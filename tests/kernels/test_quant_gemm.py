@@ -35,12 +35,14 @@ def _run(qw, x, dev, waves=0, **kw):
 @pytest.mark.parametrize("waves", [0, 1000])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m", [1, 3, 17])  # 17: two row tiles of 16
-@pytest.mark.parametrize("fmt", list(QuantFormat))
-def test_gemm_matches_float64(fmt, m, dtype, waves, dev):
+# int4 group 32: a 128-column step spans 4 groups (scales folded into the operand);
+# group 128: one group per step (scale on the float32 partial); int8 ignores it
+@pytest.mark.parametrize("fmt,group", [(QuantFormat.INT8, 0), (QuantFormat.INT4, 32), (QuantFormat.INT4, 128)])
+def test_gemm_matches_float64(fmt, group, m, dtype, waves, dev):
     seed = fresh_seed()
-    n, k = 37, 300  # neither a multiple of the blocks; int4 pads K to 320 (group 32): 3 steps of 128
+    n, k = 37, 300  # neither a multiple of the blocks; int4 pads K to 320 or 384: 3 steps of 128
     w = torch.randn(n, k) * torch.logspace(-2, 0, k)[None, :]
-    qw = quantize(w, fmt, 32)
+    qw = quantize(w, fmt, group or 128)
     x = torch.randn(m, k).to(dtype)
     want = x.double() @ dequantize(qw).double().t()
     y = _run(qw, x.to(dev), dev, waves)

@@ -60,7 +60,8 @@ def test_quantize_int4_exact_values_with_padding():
 def test_quantize_int8_exact_values():
     w = torch.tensor([[127.0, -63.4, 0.6, 0.0], [0.0, 0.0, 0.0, 0.0]])
     qw = quantize(w, QuantFormat.INT8)
-    assert qw.qweight.tolist() == [[127, -63, 1, 0], [0, 0, 0, 0]]  # an all-zero row: scale tiny, no NaN
+    # an all-zero row: scale tiny, no NaN; rows padded with q = 0 to 16 columns (whole 16-byte vectors)
+    assert qw.qweight.tolist() == [[127, -63, 1] + [0] * 13, [0] * 16]
     assert qw.scales[0].item() == 1.0
     assert torch.equal(dequantize(qw)[0], torch.tensor([127.0, -63.0, 1.0, 0.0]))
 
@@ -86,4 +87,5 @@ def test_group_bounds_and_bytes():
     check_group(128)
     assert weight_bytes(None, 4096, 4096) == 4096 * 4096 * 2
     assert weight_bytes(QuantFormat.INT8, 4096, 4096) == 4096 * 4096 + 4096 * 2
+    assert weight_bytes(QuantFormat.INT8, 10, 200) == 10 * 208 + 10 * 2  # K padded to 208
     assert weight_bytes(QuantFormat.INT4, 10, 200, 128) == 10 * 256 // 2 + 10 * 2 * 2  # K padded to 256
