@@ -4,14 +4,14 @@ slow converter, and the split-K fix-up.
 
 Integer -> float. A GPU converts int -> float32 on a quarter-rate unit (16 per
 clock per SM on Hopper), which alone would cap a 4-bit GEMV below half of its
-bandwidth roofline. Instead the bits go straight into a float's mantissa:
-  int8   ((b & 0xFF) ^ 0x4B000080) as float32 = 2^23 + (q + 128); minus (2^23 + 128) = q
-  int4   the nibble at bits p..p+3 (4 <= p <= 16) alone with 0x3F800000's bits is
-         f = 1 + n 2^(p-23); fma(f, 2^(23-p), -(2^(23-p) + 8)) = n - 8 = q
-Both are exact (q is an integer the fma's single rounding leaves alone): one
-and/xor/or (one LOP3) plus one float op per weight. For the 8 nibbles of an int32
-word w: nibbles 1..4 are used in place, nibble 0 from w << 4 (at bits 4..7) and
-nibbles 5..7 from w >> 16 (at bits 4..15), so 2 shifts serve 8 weights.
+bandwidth roofline. Instead the bits go straight into a float's mantissa: a
+field of the int32 word at bits p.. and'ed out together with 1.0f's bits is
+f = 1 + v 2^(p-23), and fma(f, 2^(23-p), -(2^(23-p) + offset)) = v - offset = q
+  int4   nibble v = q + 8 at p = 4..16; nibble 0 from w << 4, nibbles 5..7 from w >> 16
+  int8   byte v = q + 128 (sign bits flipped) at p = 0 or 8; bytes 2, 3 from w >> 16
+Exact (q is an integer the fma's single rounding leaves alone), and cheap: the or
+with 1.0f's bits (and the shifts) are done once per word, then each weight costs
+one and with a single immediate (field mask | 1.0f's bits) and one fma.
 
 Split-K. When the output tiles alone give too few programs for the GPU, each
 tile's K range is cut into SPLIT parts (program axis 1). Each part stores its
@@ -30,16 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-INT8_MAGIC = tl.constexpr(0x4B000080)  # 2^23 as float32 bits, with the sign bit of the int8 flipped in
-INT8_BIAS = tl.constexpr(8388736.0)  # 2^23 + 128
 ONE_BITS = tl.constexpr(0x3F800000)  # 1.0f
 SIGNS = tl.constexpr(-2139062144)  # 0x80808080 as int32: the sign bit of each byte
-
-
-@triton.jit
-def int8_to_f32(b):
-    """int8 tensor -> the same integers as float32, exactly (see the module doc)."""
-    return ((b.to(tl.int32) & 0xFF) ^ INT8_MAGIC).to(tl.float32, bitcast=True) - INT8_BIAS
 
 
 @triton.jit

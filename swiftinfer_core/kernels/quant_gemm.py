@@ -10,8 +10,10 @@ a trip through shared memory; x^T, the small operand, is the one staged in share
 memory (and software-pipelined). The batch is the MMA's N side, so BLOCK_M can
 follow the batch (16..128) and a weight tile is read once per BLOCK_M rows.
 
-  int8  A = Q tile (rows padded to 16 bytes) converted exactly to x's dtype
-        (|q| <= 127 fits bf16/fp16); acc += A @ x^T; at the end acc *= S[n]
+  int8  the tile is BLOCK_K / 4 int32 words per row; byte position t of every
+        word is the column set {16 b + 4 t + j}: 4 dots of K = BLOCK_K / 4, each
+        A_t = q_t exactly in x's dtype (|q| <= 127 fits bf16/fp16) against its
+        gather of x^T; at the end acc *= S[n] (float32, per row of W)
   int4  the tile is BLOCK_K / 8 int32 words per row; nibble position i of every
         word is the column set {32 b + 4 i + j}: 8 dots of K = BLOCK_K / 8 each,
         A_i = q_i against the matching gather of x^T (4-column contiguous pieces).
@@ -45,7 +47,8 @@ from swiftinfer_core.kernels.quant_common import (
     int4_sources,
     int4_shape,
     int8_shape,
-    int8_to_f32,
+    int8_byte,
+    int8_sources,
     split_buffers,
     splitk_store,
 )
@@ -65,23 +68,29 @@ def _tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 
 @triton.jit
 def _gemm_int8_kernel(
-    X, Q, S, Y, WS, CNT, M, N, K, K16, stride_xm, stride_ym, STEPS, SPLIT,
+    X, Q, S, Y, WS, CNT, M, N, K, KB, stride_xm, stride_ym, STEPS, SPLIT,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     MMA: tl.constexpr, PREC: tl.constexpr, STAGES: tl.constexpr,
 ):
+    NBK: tl.constexpr = BLOCK_K // 16  # 16-byte blocks per step
+    W: tl.constexpr = 4 * NBK  # words per row per step = each byte dot's K
     tile, pid_k, rm, rn = _tile(M, N, BLOCK_M, BLOCK_N)
     mmask, nmask = rm < M, rn < N
     x_cols = X + rm.to(tl.int64)[None, :] * stride_xm  # x^T: column m is x's row m
-    q_rows = Q + rn.to(tl.int64)[:, None] * K16  # rows padded to 16 bytes
-    k_start = pid_k * STEPS * BLOCK_K
-    k_end = tl.minimum(k_start + STEPS * BLOCK_K, K)
+    q_rows = Q + rn.to(tl.int64)[:, None] * (KB * 4)
+    cw = tl.arange(0, W)
+    b_start = pid_k * STEPS * NBK
+    b_end = tl.minimum(b_start + STEPS * NBK, KB)
     acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
-    for k0 in tl.range(k_start, k_end, BLOCK_K, num_stages=STAGES):
-        kk = k0 + tl.arange(0, BLOCK_K)
-        kmask = kk < k_end
-        w = tl.load(q_rows + kk[None, :], mask=nmask[:, None] & kmask[None, :], other=0)  # [BLOCK_N, BLOCK_K] int8
-        xt = tl.load(x_cols + kk[:, None], mask=kmask[:, None] & mmask[None, :], other=0.0)  # [BLOCK_K, BLOCK_M]
-        acc = tl.dot(int8_to_f32(w).to(MMA), xt.to(MMA), acc, input_precision=PREC)
+    for b0 in tl.range(b_start, b_end, NBK, num_stages=STAGES):
+        blk = b0 + cw // 4  # [W] 16-byte block of each word
+        bmask = blk < b_end
+        w = tl.load(q_rows + b0 * 4 + cw[None, :], mask=nmask[:, None] & bmask[None, :], other=0)  # [BLOCK_N, W] int32
+        u, u_hi = int8_sources(w)
+        for t in tl.static_range(4):
+            kx = blk * 16 + 4 * t + cw % 4  # [W] columns of byte t
+            xt = tl.load(x_cols + kx[:, None], mask=(bmask & (kx < K))[:, None] & mmask[None, :], other=0.0)  # [W, BLOCK_M]
+            acc = tl.dot(int8_byte(u, u_hi, t).to(MMA), xt.to(MMA), acc, input_precision=PREC)
     acc = acc * tl.load(S + rn, mask=nmask, other=0.0).to(tl.float32)[:, None]
     splitk_store(acc, Y, rm[None, :] * stride_ym + rn[:, None], WS, rm[None, :] * N + rn[:, None],
                  mmask[None, :] & nmask[:, None], CNT, tile, pid_k, SPLIT, M * N)
@@ -158,9 +167,12 @@ def gemm_int8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch
     k = x.shape[-1]
     n = int8_shape(q, scales, k)
     m, out, cfg = _prepare(x, q, scales, k, out, n, "int8", cfg)
-    grid, split, per, ws, cnt = _split(x, m, n, triton.cdiv(k, cfg["block_k"]), cfg)
+    if cfg["block_k"] % 64:
+        raise ValueError(f"int8 GEMM block_k must be a multiple of 64 (4 dots of >= 16), got {cfg['block_k']}")
+    kb = q.shape[1] // 16
+    grid, split, per, ws, cnt = _split(x, m, n, triton.cdiv(kb, cfg["block_k"] // 16), cfg)
     _gemm_int8_kernel[grid](
-        x, q, scales, out, ws, cnt, m, n, k, q.shape[1], x.stride(0), out.stride(0), per, split,
+        x, q.view(torch.int32), scales, out, ws, cnt, m, n, k, kb, x.stride(0), out.stride(0), per, split,
         BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_K=cfg["block_k"],
         MMA=mma_dtype(x.dtype), PREC=dot_precision(x.dtype), STAGES=cfg["stages"], num_warps=cfg["warps"],
     )

@@ -7,7 +7,7 @@ accumulate in float32; y is stored in out's dtype (x's: bf16, fp16 or fp32).
 
 Formats (model/quant.py packs them):
   int8  Q int8 [N, K16] read as int32 words, S [N] (per row); y = S * sum_k Q[n, k] x[k]
-        byte t of word j of 16-byte block b is column 16 b + 4 j + t
+        byte-planar blocks of 16 columns: byte t of word j of block b is column 16 b + 4 t + j
   int4  Q uint8 [N, Kp/2] read as int32 words [N, Kp/8], S [N, Kp/G]
         nibble-planar blocks of 32 columns: nibble i of word j of block b is
         column 32 b + 4 i + j; Kp is K rounded up to G, x beyond K reads as 0.
@@ -19,9 +19,9 @@ of int32 words whose last axis is 16 contiguous bytes, so every thread issues
 16-byte loads and owns whole packed blocks; NB blocks side by side make the step
 BLOCK_K = NB * 32 (int4) or NB * 16 (int8) columns wide. The words are split into
 their 8 nibbles or 4 bytes by kernels/quant_common.py (one and + one fma each);
-each position is a [BLOCK_N, NB, 4] tensor multiplied by its x piece (int4: 4
-contiguous columns; int8: 4 columns at stride 4), loaded and converted once per
-thread and reused for all the rows the thread holds. The per-block sums over the
+each position is a [BLOCK_N, NB, 4] tensor multiplied by its x piece (4
+contiguous columns, an 8-byte load), loaded and converted once per thread and
+reused for all the rows the thread holds. The per-block sums over the
 last axis stay inside a thread; an int4 block's sum is multiplied by its group's
 scale (a block never straddles groups); the only cross-thread reduction is the
 final sum over the step axis. (Offline sm_90 builds of the default configs: the
@@ -108,7 +108,7 @@ def _gemv_int8_kernel(
         u, u_hi = int8_sources(w)
         part = tl.zeros([BLOCK_N, NB, 4], tl.float32)
         for b in tl.static_range(4):
-            kx = blk[:, None] * 16 + 4 * j[None, :] + b  # [NB, 4] columns of byte b
+            kx = blk[:, None] * 16 + 4 * b + j[None, :]  # [NB, 4] columns of byte b
             xb = tl.load(X + kx, mask=bmask[:, None] & (kx < K), other=0.0).to(tl.float32)
             part += int8_byte(u, u_hi, b) * xb[None, :, :]
         acc += tl.sum(part, 2)

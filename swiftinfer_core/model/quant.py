@@ -4,9 +4,10 @@ kernels/quant_gemm.py) and the CPU int4 path: quantize at load, pack, dequantize
 Both formats are symmetric (no zero points): w ~ q * scale.
 
 - INT8: q int8 [N, K16] in -127..127, one scale per output row, scale [N] bfloat16.
-  The same numbers as the CPU int8 path (model/cpu_weights.quantize_rows, reused);
-  K16 is K rounded up to 16 with q = 0 columns, so the GPU kernels read every row
-  as whole 16-byte vectors (4 int32 words); the CPU int8 path keeps its own [N, K].
+  The same numbers as the CPU int8 path (model/cpu_weights.quantize_rows, reused),
+  stored for the GPU kernels: K16 is K rounded up to 16 (q = 0 columns), and each
+  16-byte block is "byte-planar", 4 little-endian int32 words where byte t of word
+  j holds column 16 b + 4 t + j (pack_int8). The CPU int8 path keeps its own [N, K].
 - INT4: q in -7..7, one scale per group of ``group`` consecutive inputs of a row,
   scale [N, Kp // group] bfloat16, Kp = K rounded up to a multiple of ``group``
   (the padding is q = 0; the kernels mask x beyond K, so it is never read as data).
@@ -46,7 +47,7 @@ from swiftinfer_core.model.cpu_weights import quantize_rows
 INT4_QMAX = 7
 INT4_OFFSET = 8  # nibble = q + 8
 INT4_BLOCK = 32  # columns per nibble-planar block: 16 bytes, 4 int32 words
-INT8_BLOCK = 16  # int8 rows are padded to whole 16-byte vectors
+INT8_BLOCK = 16  # int8 rows: whole byte-planar 16-byte blocks
 
 
 class QuantFormat(str, Enum):
@@ -105,12 +106,26 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack([lo, hi], dim=3).reshape(n, 2 * half)  # [N, B, t, lo/hi, j] -> k order
 
 
+def pack_int8(q: torch.Tensor) -> torch.Tensor:
+    """q int8 [N, K16] (K16 a multiple of 16) -> the byte-planar int8 [N, K16]."""
+    n, k16 = q.shape
+    if k16 % INT8_BLOCK:
+        raise ValueError(f"pack_int8 needs a multiple of {INT8_BLOCK} columns, got {k16}")
+    return q.view(n, k16 // 16, 4, 4).transpose(2, 3).reshape(n, k16).contiguous()  # [N, B, t, j] -> [N, B, j, t]
+
+
+def unpack_int8(packed: torch.Tensor) -> torch.Tensor:
+    """Byte-planar int8 [N, K16] -> q int8 [N, K16] in column order (inverse of pack_int8)."""
+    n, k16 = packed.shape
+    return packed.view(n, k16 // 16, 4, 4).transpose(2, 3).reshape(n, k16)
+
+
 def quantize(w: torch.Tensor, fmt: QuantFormat, group: int = 128) -> QuantizedWeight:
     """w [N, K] float (any device) -> its QuantizedWeight on the same device."""
     n, k = w.shape
     if fmt is QuantFormat.INT8:
         q, s = quantize_rows(w)
-        q = torch.nn.functional.pad(q, (0, -k % INT8_BLOCK)).contiguous()  # [N, K16]
+        q = pack_int8(torch.nn.functional.pad(q, (0, -k % INT8_BLOCK)))  # [N, K16]
         return QuantizedWeight(fmt, q, s, n, k, k)
     q, s = quantize_int4(w, group)
     return QuantizedWeight(fmt, q, s, n, k, group)
@@ -119,7 +134,7 @@ def quantize(w: torch.Tensor, fmt: QuantFormat, group: int = 128) -> QuantizedWe
 def dequantize(qw: QuantizedWeight) -> torch.Tensor:
     """[N, K] float32: the weight the kernels multiply by (padding dropped)."""
     if qw.fmt is QuantFormat.INT8:
-        return qw.qweight[:, : qw.in_features].float() * qw.scales.float()[:, None]
+        return unpack_int8(qw.qweight)[:, : qw.in_features].float() * qw.scales.float()[:, None]
     q = unpack_int4(qw.qweight).float()  # [N, Kp]
     s = qw.scales.float().repeat_interleave(qw.group, dim=1)  # [N, Kp]
     return (q * s)[:, : qw.in_features]

@@ -29,7 +29,13 @@ def test_every_default_is_a_complete_config():
             assert set(cfg) == keys, (fmt, b)
             assert cfg["block_k"] % (32 if fmt == "int4" else 16) == 0
             if b > 1:
-                assert cfg["block_m"] >= 16 and (fmt == "int8" or cfg["block_k"] % 128 == 0)
+                assert cfg["block_m"] >= 16 and cfg["block_k"] % (128 if fmt == "int4" else 64) == 0
+
+
+def test_sweep_candidates_fit_the_kernels():
+    for fmt in ("int4", "int8"):
+        assert all(bk % (32 if fmt == "int4" else 16) == 0 for _, bk, _ in qc.GEMV_CANDIDATES[fmt])
+        assert all(bk % (128 if fmt == "int4" else 64) == 0 for _, bk, _, _ in qc.GEMM_CANDIDATES[fmt])
 
 
 def test_pick_split_reaches_the_waves_without_empty_parts():

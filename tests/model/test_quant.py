@@ -11,9 +11,11 @@ from swiftinfer_core.model.quant import (
     check_group,
     dequantize,
     pack_int4,
+    pack_int8,
     quantize,
     quantize_int4,
     unpack_int4,
+    unpack_int8,
     weight_bytes,
 )
 
@@ -41,6 +43,21 @@ def test_pack_int4_round_trips_every_value():
         pack_int4(q[:, :48])
 
 
+def test_pack_int8_layout_is_byte_planar():
+    # 16 columns = 4 little-endian int32 words: byte t of word j holds q[4 t + j]
+    q = torch.arange(-8, 24, dtype=torch.int8).view(1, 32)
+    packed = pack_int8(q)
+    assert packed.dtype == torch.int8 and packed.shape == (1, 32)
+    words = packed.view(torch.int32)[0].tolist()
+    for b in range(2):
+        for j in range(4):
+            want = sum((int(q[0, 16 * b + 4 * t + j]) & 0xFF) << (8 * t) for t in range(4))
+            assert words[4 * b + j] & 0xFFFFFFFF == want
+    assert torch.equal(unpack_int8(packed), q)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        pack_int8(q[:, :24])
+
+
 def test_quantize_int4_exact_values_with_padding():
     # one row, K = 40 with group 32: group 0 has amax 7 (scale 1), group 1 (8 real + 24 padding) amax 0.7 (scale 0.1)
     w = torch.zeros(1, 40)
@@ -60,8 +77,8 @@ def test_quantize_int4_exact_values_with_padding():
 def test_quantize_int8_exact_values():
     w = torch.tensor([[127.0, -63.4, 0.6, 0.0], [0.0, 0.0, 0.0, 0.0]])
     qw = quantize(w, QuantFormat.INT8)
-    # an all-zero row: scale tiny, no NaN; rows padded with q = 0 to 16 columns (whole 16-byte vectors)
-    assert qw.qweight.tolist() == [[127, -63, 1] + [0] * 13, [0] * 16]
+    # an all-zero row: scale tiny, no NaN; rows padded with q = 0 to 16 columns (one byte-planar block)
+    assert unpack_int8(qw.qweight).tolist() == [[127, -63, 1] + [0] * 13, [0] * 16]
     assert qw.scales[0].item() == 1.0
     assert torch.equal(dequantize(qw)[0], torch.tensor([127.0, -63.0, 1.0, 0.0]))
 
@@ -76,7 +93,7 @@ def test_round_to_nearest_within_half_a_scale(fmt, group):
     s = qw.scales.float()
     s = s[:, None] if fmt is QuantFormat.INT8 else s.repeat_interleave(group, 1)[:, :150]
     assert bool(((deq - w).abs() <= s / 2 * (1 + 1e-6)).all())
-    assert int(unpack_int4(qw.qweight).abs().max() if fmt is QuantFormat.INT4 else qw.qweight.abs().max()) <= (
+    assert int(unpack_int4(qw.qweight).abs().max() if fmt is QuantFormat.INT4 else unpack_int8(qw.qweight).abs().max()) <= (
         7 if fmt is QuantFormat.INT4 else 127)
 
 
