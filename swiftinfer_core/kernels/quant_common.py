@@ -7,7 +7,7 @@ clock per SM on Hopper), which alone would cap a 4-bit GEMV below half of its
 bandwidth roofline. Instead the bits go straight into a float's mantissa: a
 field of the int32 word at bits p.. and'ed out together with 1.0f's bits is
 f = 1 + v 2^(p-23), and fma(f, 2^(23-p), -(2^(23-p) + offset)) = v - offset = q
-  int4   nibble v = q + 8 at p = 4..16; nibble 0 from w << 4, nibbles 5..7 from w >> 16
+  int4   nibble v = q + 8 at p = 0..16 in place; nibbles 5..7 from w >> 16 (at 4..12)
   int8   byte v = q + 128 (sign bits flipped) at p = 0 or 8; bytes 2, 3 from w >> 16
 Exact (q is an integer the fma's single rounding leaves alone), and cheap: the or
 with 1.0f's bits (and the shifts) are done once per word, then each weight costs
@@ -63,22 +63,22 @@ def int8_byte(u, u_hi, B: tl.constexpr):
 
 @triton.jit
 def int4_sources(w):
-    """The int32 words w -> (u, u_lo, u_hi) for int4_nibble: w, w << 4 and w >> 16,
-    each or'ed with 1.0f's bits. 5 integer ops per word, shared by its 8 nibbles."""
-    return w | ONE_BITS, (w << 4) | ONE_BITS, (w >> 16) | ONE_BITS
+    """The int32 words w -> (u, u_hi) for int4_nibble: w and w >> 16, each or'ed
+    with 1.0f's bits. 3 integer ops per word, shared by its 8 nibbles."""
+    return w | ONE_BITS, (w >> 16) | ONE_BITS
 
 
 @triton.jit
-def int4_nibble(u, u_lo, u_hi, I: tl.constexpr):
-    """q (float32, exact) of nibble I of the words behind int4_sources' (u, u_lo, u_hi).
+def int4_nibble(u, u_hi, I: tl.constexpr):
+    """q (float32, exact) of nibble I of the words behind int4_sources' (u, u_hi).
 
     One and with one immediate (the nibble's bits | 1.0f's bits, which the sources
     already carry) gives f = 1 + n 2^(p-23); one fma gives n - 8. The mask and the
     float's bits share the and's single immediate slot, so no constant has to sit
     in (or be rematerialised into) a register per use."""
     if I == 0:
-        f = (u_lo & 0x3F8000F0).to(tl.float32, bitcast=True)
-        A: tl.constexpr = 524288.0  # 2^(23-4)
+        f = (u & 0x3F80000F).to(tl.float32, bitcast=True)
+        A: tl.constexpr = 8388608.0  # 2^(23-0)
     elif I == 1:
         f = (u & 0x3F8000F0).to(tl.float32, bitcast=True)
         A: tl.constexpr = 524288.0

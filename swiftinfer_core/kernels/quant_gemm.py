@@ -118,7 +118,7 @@ def _gemm_int4_kernel(
         blk = b0 + cw // 4  # [W] packed block of each word
         bmask = blk < b_end
         w = tl.load(q_rows + b0 * 4 + cw[None, :], mask=nmask[:, None] & bmask[None, :], other=0)  # [BLOCK_N, W] int32
-        u, u_lo, u_hi = int4_sources(w)
+        u, u_hi = int4_sources(w)
         if ONE_GROUP:
             # exact: q is exact in the 16-bit operand, the step's one scale per row
             # multiplies the float32 partial product
@@ -126,7 +126,7 @@ def _gemm_int4_kernel(
             for i in tl.static_range(8):
                 kx = blk * 32 + 4 * i + cw % 4  # [W] columns of nibble i
                 xt = tl.load(x_cols + kx[:, None], mask=(bmask & (kx < K))[:, None] & mmask[None, :], other=0.0)
-                part = tl.dot(int4_nibble(u, u_lo, u_hi, i).to(MMA), xt.to(MMA), part, input_precision=PREC)
+                part = tl.dot(int4_nibble(u, u_hi, i).to(MMA), xt.to(MMA), part, input_precision=PREC)
             s = tl.load(S + n64 * NG + b0 // BPG, mask=nmask, other=0.0).to(tl.float32)  # [BLOCK_N]
             acc += part * s[:, None]
         else:
@@ -136,7 +136,7 @@ def _gemm_int4_kernel(
             for i in tl.static_range(8):
                 kx = blk * 32 + 4 * i + cw % 4
                 xt = tl.load(x_cols + kx[:, None], mask=(bmask & (kx < K))[:, None] & mmask[None, :], other=0.0)
-                a = (int4_nibble(u, u_lo, u_hi, i) * s).to(MMA)  # [BLOCK_N, W]
+                a = (int4_nibble(u, u_hi, i) * s).to(MMA)  # [BLOCK_N, W]
                 acc = tl.dot(a, xt.to(MMA), acc, input_precision=PREC)
     splitk_store(acc, Y, rm[None, :] * stride_ym + rn[:, None], WS, rm[None, :] * N + rn[:, None],
                  mmask[None, :] & nmask[:, None], CNT, tile, pid_k, SPLIT, M * N)

@@ -72,12 +72,14 @@ def _gemv_int4_kernel(
         bmask = blk < b_end
         w = tl.load(q_rows + (blk * 4)[None, :, None] + j[None, None, :],
                     mask=rmask[:, None, None] & bmask[None, :, None], other=0)  # [BLOCK_N, NB, 4] int32
-        u, u_lo, u_hi = int4_sources(w)
-        part = tl.zeros([BLOCK_N, NB, 4], tl.float32)
+        u, u_hi = int4_sources(w)
         for i in tl.static_range(8):
             kx = blk[:, None] * 32 + 4 * i + j[None, :]  # [NB, 4] columns of nibble i
             xi = tl.load(X + kx, mask=bmask[:, None] & (kx < K), other=0.0).to(tl.float32)
-            part += int4_nibble(u, u_lo, u_hi, i) * xi[None, :, :]
+            if i == 0:
+                part = int4_nibble(u, u_hi, i) * xi[None, :, :]  # [BLOCK_N, NB, 4]
+            else:
+                part += int4_nibble(u, u_hi, i) * xi[None, :, :]
         s = tl.load(S + r64[:, None] * NG + (blk // BPG)[None, :], mask=rmask[:, None] & bmask[None, :], other=0.0)
         acc += tl.sum(part, 2) * s.to(tl.float32)  # [BLOCK_N, NB]: one scale per block
     y = tl.sum(acc, 1)
@@ -106,11 +108,13 @@ def _gemv_int8_kernel(
         w = tl.load(q_rows + (blk * 4)[None, :, None] + j[None, None, :],
                     mask=rmask[:, None, None] & bmask[None, :, None], other=0)  # [BLOCK_N, NB, 4] int32
         u, u_hi = int8_sources(w)
-        part = tl.zeros([BLOCK_N, NB, 4], tl.float32)
         for b in tl.static_range(4):
             kx = blk[:, None] * 16 + 4 * b + j[None, :]  # [NB, 4] columns of byte b
             xb = tl.load(X + kx, mask=bmask[:, None] & (kx < K), other=0.0).to(tl.float32)
-            part += int8_byte(u, u_hi, b) * xb[None, :, :]
+            if b == 0:
+                part = int8_byte(u, u_hi, b) * xb[None, :, :]  # [BLOCK_N, NB, 4]
+            else:
+                part += int8_byte(u, u_hi, b) * xb[None, :, :]
         acc += tl.sum(part, 2)
     # one scale per row: applied once, after the row's sum
     y = tl.sum(acc, 1) * tl.load(S + rows, mask=rmask, other=0.0).to(tl.float32)
