@@ -129,25 +129,25 @@ _MIN_COUNTERS = 1 << 16
 
 def split_buffers(device: torch.device, split: int, m: int, n: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(workspace float32 [split, m*n], counters int32 [>= tiles], all zero) for a
-    split-K launch; both are 1-element dummies when split == 1.
+    split-K launch; with split == 1 the kernel touches neither, and both are the
+    counters (no allocation per call).
 
     The counters are shared by every launch on the device (each leaves them zero),
     so split-K launches must not run concurrently on two streams. A first use
     inside a CUDA-graph capture gets fresh zeros recorded in the graph (a memset
     node) rather than a cached buffer whose zeroing the capture would not run."""
-    if split == 1:
-        dummy = torch.empty(1, dtype=torch.int32, device=device)
-        return dummy.view(torch.float32), dummy
-    ws = torch.empty((split, m * n), dtype=torch.float32, device=device)
     cnt = _COUNTERS.get(device)
     if cnt is None or cnt.numel() < tiles:
         fresh = torch.zeros(max(tiles, _MIN_COUNTERS), dtype=torch.int32, device=device)
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return ws, fresh
-        if cnt is not None:
-            _KEEP.append(cnt)
-        _COUNTERS[device] = cnt = fresh
-    return ws, cnt
+            cnt = fresh
+        else:
+            if cnt is not None:
+                _KEEP.append(cnt)
+            _COUNTERS[device] = cnt = fresh
+    if split == 1:
+        return cnt.view(torch.float32), cnt
+    return torch.empty((split, m * n), dtype=torch.float32, device=device), cnt
 
 
 def int8_shape(q: torch.Tensor, scales: torch.Tensor, k: int) -> int:
