@@ -17,7 +17,7 @@ follow the batch (16..128) and a weight tile is read once per BLOCK_M rows.
   int4  the tile is BLOCK_K / 8 int32 words per row; nibble position i of every
         word is the column set {32 b + 4 i + j}: 8 dots of K = BLOCK_K / 8 each,
         A_i = q_i against the matching gather of x^T (4-column contiguous pieces).
-        When the step lies inside one group (BLOCK_K <= G, G = 128 in practice),
+        When every step lies inside one group (G a multiple of BLOCK_K; G = 128),
         A_i = q_i exactly and the 8 dots' float32 sum is multiplied by the
         step's scale per row; else A_i = q_i * S[n, group] in float32, rounded
         to x's dtype (bf16: <= 2^-9 relative per weight, of the order of y's own
@@ -104,7 +104,7 @@ def _gemm_int4_kernel(
 ):
     NBK: tl.constexpr = BLOCK_K // 32  # packed blocks per step
     W: tl.constexpr = 4 * NBK  # words per row per step = each nibble dot's K
-    ONE_GROUP: tl.constexpr = NBK <= BPG  # a step lies inside one group (the group is a multiple of the step)
+    ONE_GROUP: tl.constexpr = BPG % NBK == 0  # every step lies inside one group (steps start at multiples of NBK)
     tile, pid_k, rm, rn = _tile(M, N, BLOCK_M, BLOCK_N)
     mmask, nmask = rm < M, rn < N
     n64 = rn.to(tl.int64)
