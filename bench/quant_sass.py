@@ -25,14 +25,14 @@ os.environ.pop("TRITON_INTERPRET", None)  # before the kernels import: real comp
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
 
-from swiftinfer_core.kernels import quant_configs as qc  # noqa: E402
-from swiftinfer_core.kernels import quant_gemm as gm  # noqa: E402
-from swiftinfer_core.kernels import quant_gemv as gv  # noqa: E402
+from swiftinfer_core.kernels import quant_configs as qc
+from swiftinfer_core.kernels import quant_gemm as gm
+from swiftinfer_core.kernels import quant_gemv as gv
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 PTR = {"X": "*bf16", "S": "*bf16", "Y": "*bf16", "WS": "*fp32", "CNT": "*i32", "Q": "*i32"}
@@ -52,8 +52,8 @@ def loop_mix(kernel) -> tuple[str, list[str], str]:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
         f.flush()
-        sass = subprocess.run([BIN / "cuobjdump", "-sass", f.name], capture_output=True, text=True).stdout
-        res = subprocess.run([BIN / "cuobjdump", "-res-usage", f.name], capture_output=True, text=True).stdout
+        sass = subprocess.run([BIN / "cuobjdump", "-sass", f.name], capture_output=True, text=True, check=True).stdout
+        res = subprocess.run([BIN / "cuobjdump", "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
     ins = [(int(m[1], 16), m[3], m[4]) for m in
            re.finditer(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)([^;]*);", sass)]
     for addr, op, rest in ins:

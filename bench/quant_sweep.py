@@ -97,8 +97,8 @@ def sweep_point(fmt: str, batch: int, n: int, k: int, group: int, dev, smoke: bo
             if not err < 2e-2:
                 bad.append({"cfg": cfg, "rel_err": err})
                 continue
-            secs = time_launches([lambda q=q: product(fmt, x, q, out, cfg) for q in qws], smoke)
-        except Exception as e:  # noqa: BLE001 - a config that does not compile (resources) is skipped
+            secs = time_launches([lambda q=q, c=cfg: product(fmt, x, q, out, c) for q in qws], smoke)
+        except Exception as e:  # noqa: BLE001  (a config that does not compile, e.g. out of resources, is skipped)
             bad.append({"cfg": cfg, "error": f"{type(e).__name__}: {str(e)[:200]}"})
             continue
         rows.append({"cfg": cfg, "us": secs * 1e6, "GBps": nbytes / secs / 1e9})
