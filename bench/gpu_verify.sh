@@ -8,6 +8,11 @@
 #   3) carry [".whl", ".carry/r7b"]:           bash bench/gpu_verify.sh
 # Issue 18's bench alone (no converted model needed), carry [".carry/pyd", ".carry/xg", ".carry/r7b"]:
 #      WHEELS=.carry/pyd STEPS=structured bash bench/gpu_verify.sh
+# Issue 16's quantized kernels alone (no model), carry [".carry/pyd"]:
+#      WHEELS=.carry/pyd STEPS=quant bash bench/gpu_verify.sh
+#   = quant_tests (GPU tests of kernels/quant_*.py), quant_sweep (bench/quant_decode.py --sweep:
+#   $OUT/quant_configs.json, budget $SWEEP_BUDGET s), quant_bench (bench/quant_decode.py on
+#   $QUANT_CONFIGS, default the sweep's file when there is one); each is also a step name.
 # The engine point repeats served_7b_r8's engine row at N=128 (7B shape, random bf16,
 # 4+1020, 191 slots, 8 rounds, closed loop); step "structured" (STEPS=structured) is issue 18's bench. Env: STEPS, TESTS, MARK (default gpu; "gpu or not gpu"
 # also runs the kernel tests that take the device from their fixture). Writes under $OUT; a short table last.
@@ -37,5 +42,13 @@ want engine && step engine ${ENGINE_S:-180} python3 bench/engine_batches.py --mo
   --window 1020 --rounds 8 --words 24 --no-bare --closed-loop --name verify_engine_7b --out "$OUT"
 # issue 18 (not by default): structured output and logprobs on batched decode, 64 sessions, 7B shape
 want structured && step structured ${STRUCT_S:-300} python3 bench/structured_output.py --random --model /tmp/model --sessions 64 --out "$OUT"
+# issue 16 (not by default): quantized GEMV/GEMM tests, config sweep, decode-step bench on the swept configs
+wantq() { want quant || want "$1"; }
+wantq quant_tests && step quant_tests ${QTESTS_S:-240} python3 -m pytest -q -m gpu -p no:cacheprovider --durations=8 -rs \
+  --continue-on-collection-errors tests/kernels/test_quant_gemv.py tests/kernels/test_quant_gemm.py tests/model/test_quant_linear.py
+wantq quant_sweep && step quant_sweep ${SWEEP_S:-300} python3 bench/quant_decode.py --sweep --budget-s ${SWEEP_BUDGET:-200} --out "$OUT"
+QCFG=${QUANT_CONFIGS:-$OUT/quant_configs.json}
+[ -f "$QCFG" ] && export SWIFTINFER_QUANT_CONFIGS=$QCFG
+wantq quant_bench && step quant_bench ${QBENCH_S:-240} python3 bench/quant_decode.py --out "$OUT"
 (cd "$OUT" && tar czf logs.tgz *.log)
 echo; cat "$OUT/summary.txt"
