@@ -49,11 +49,9 @@ def test_quantize_linears_keeps_the_head_when_asked():
         QuantLinear(nn.Linear(64, 32), QuantFormat.INT8)  # CPU int8 is Int8Linear
 
 
-def test_config_accepts_int8_int4_and_refuses_what_is_missing():
+def test_config_accepts_int8_int4_and_refuses_what_is_missing():  # fp8: test_fp8_linear.py
     assert EngineConfig(quantization="int4", device="cpu").quant_group == 128
     EngineConfig(quantization="int4", device="cuda", quant_group=64)
-    with pytest.raises(InvalidRequestError, match="FP8 GEMV/GEMM"):
-        EngineConfig(quantization="fp8")
     with pytest.raises(InvalidRequestError, match="Q4_0/Q4_1/Q4_K/Q8_0"):
         EngineConfig(quantization="gguf")
     with pytest.raises(InvalidRequestError, match="tp_size 1"):
