@@ -22,6 +22,8 @@ tests/engine/test_gpu_engine.py's check), and its summation order.
 
     python bench/fp8_quality_cpu.py --tokens 6000 --windows 256 1020 \
         --json bench/results/fp8_quality_cpu_emulated.json
+    python bench/fp8_quality_cpu.py --tokens 3000 --windows 256 --sensitivity \
+        --json bench/results/fp8_quality_cpu_emulated_sensitivity.json
 """
 
 from __future__ import annotations
@@ -67,9 +69,10 @@ class EmulatedFp8Linear(nn.Module):
         return F.linear(x2, self.weight, self.bias).view(*x.shape[:-1], self.out_features)
 
 
-def emulate(model: nn.Module, quantize_x: bool, head: bool) -> int:
+def emulate(model: nn.Module, quantize_x: bool, head: bool, keep: tuple[str, ...] = ()) -> int:
+    """Every nn.Linear (the head when ``head``) to EmulatedFp8Linear, except those named in ``keep``."""
     targets = [(p, n, c) for p in model.modules() for n, c in p.named_children()
-               if isinstance(c, nn.Linear) and (head or n != "lm_head")]
+               if isinstance(c, nn.Linear) and (head or n != "lm_head") and n not in keep]
     for parent, name, child in targets:
         setattr(parent, name, EmulatedFp8Linear(child, quantize_x))
     return len(targets)
@@ -81,6 +84,8 @@ VARIANTS = {  # name -> (quantize_x, head), None: float32
     "fp8 weights + fp8 activations per row (emulated _scaled_mm path)": (True, False),
     "fp8 weights, head fp8 too (emulated)": (False, True),
 }
+# --sensitivity: which kind of layer costs most; each variant keeps one kind (model/llama.py Block) in float32
+SENSITIVITY = {f"fp8 weights except {kind} (float32)": (False, False, (kind,)) for kind in ("wqkv", "wo", "w13", "w2")}
 
 
 def main() -> None:
@@ -89,20 +94,24 @@ def main() -> None:
     ap.add_argument("--windows", type=int, nargs="+", default=[256, 1020])
     ap.add_argument("--sinks", type=int, default=4)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--sensitivity", action="store_true", help="fp8 weights with one layer kind kept in float32, each in turn")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
+    variants = {**VARIANTS, **SENSITIVITY} if a.sensitivity else VARIANTS
+    names = ["float32"] + ([v for v in a.variants if v != "float32"] if not a.sensitivity else
+                           ["fp8 weights (emulated)", *SENSITIVITY])
     text = build_corpus(models_home().parent / "shakespeare.txt").read_text(encoding="utf-8")
     text = text[text.find("ACT") :]  # skip the Gutenberg header: start at the first play's text
     out = {**header(), "note": "EMULATED on the CPU: fp8 weights (and activations) quantized and dequantized to float32 "
            "by model/fp8.py; the model runs in float32, not the GPU's FP8 kernels", "tokens": a.tokens,
            "mode": "streaming (StreamingLLM), chunked prefill of 512", "results": {}}
     ref: dict[int, float] = {}
-    for name in ["float32"] + [v for v in a.variants if v != "float32"]:
+    for name in names:
         cfg = EngineConfig(device="cpu", sink_tokens=a.sinks, window=max(a.windows), max_sessions=1)
         m = build_engine_model(cfg)
         ids = m.tokenizer(text[: a.tokens * 8], add_special_tokens=False).input_ids[: a.tokens]
-        if VARIANTS[name] is not None:
-            emulate(m.model, *VARIANTS[name])
+        if variants[name] is not None:
+            emulate(m.model, *variants[name])
         rows = {}
         for w in a.windows:
             t0 = time.perf_counter()

@@ -7,9 +7,17 @@ Each probe's logits are compared with (a) the same rank eager, (b) a float32
 model holding the fp8 rank's own dequantised weights (the format's exact
 numbers: what is left is bf16 activations, and e4m3 activations on the batched
 rows), and (c) the bf16 model the fp8 one was quantized from. Random weights give
-near-uniform logits, so top-1 is only asserted against (a) and (b); the bounds
-of (b) and (c) are ~3x what the CPU interpreter measured on this model
-(tests/runner/fp8_rank_estimate.md).
+near-uniform logits, so top-1 is printed, not asserted (the real model's top-1:
+tests/engine/test_gpu_engine.py). The bounds are ~3x what this probe measured on
+the CPU (torch attention in bf16, the GEMV under Triton's interpreter, _scaled_mm
+emulated in float64 over the same e4m3 operands), relative logit error:
+
+  probe               (b) float32 of its weights   (c) bf16
+  decode1 (GEMV)      0.028                        0.068
+  prefill0/1/2        0.061 / 0.066 / 0.062        0.090 / 0.095 / 0.089
+  decode3             0.063                        0.095
+
+A wrong scale, layout or graph replay gives errors near 1.
 """
 
 from __future__ import annotations
@@ -77,8 +85,8 @@ def test_fp8_rank_with_graphs_against_eager_float32_of_its_weights_and_bf16():
         e, r, b = _rel(got[key], eager[key]), _rel(got[key], want[key]), _rel(got[key], bf16[key])
         top_r = (got[key].argmax(-1) == want[key].argmax(-1)).float().mean().item()
         print(f"{key}: vs eager {e:.2e}, vs float32 of its weights {r:.2e} (top-1 {top_r:.2f}), vs bf16 {b:.2e}")
-        assert e < 1e-2, key  # graphs replay the eager kernels (a padded decode batch may pick another GEMM)
+        # graphs replay the eager kernels, but a padded batch or token bucket may pick another _scaled_mm kernel
+        assert e < 0.05, key
         # GEMV rows keep bf16 activations; prefill and the 3-row batch also round activations to e4m3
-        assert r < (0.03 if key == "decode1" else 0.08), key
-        assert top_r >= 0.9, key
-        assert b < 0.15, key  # the weights' own e4m3 rounding on top
+        assert r < (0.08 if key == "decode1" else 0.2), key
+        assert b < 0.3, key  # the weights' own e4m3 rounding on top
