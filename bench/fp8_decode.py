@@ -67,17 +67,23 @@ def fp8_product(how: str, w: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor)
     return gemm_fp8(x, q, s)
 
 
-def time_step(path: str, shapes, batch: int, dev, smoke: bool) -> float | None:
-    """Seconds of one step's products for ``batch`` rows (median); None where the path has no such batch."""
-    fmt, one, many = PATHS[path]
-    how = one if batch == 1 else many
-    if how is None or (smoke and how == "scaled_mm"):  # the CPU has no _scaled_mm
-        return None
+def make_weights(fmt: QuantFormat | None, shapes, dev) -> list:
+    """Every weight of one step, random, in ``fmt`` (None: bf16); built once per format, shared by its paths."""
     gen = torch.Generator(device=dev).manual_seed(0)
     ws = []
     for n, k in shapes:
         w = torch.randn(n, k, device=dev, dtype=torch.bfloat16, generator=gen) * 0.02
         ws.append(w if fmt is None else quantize_fp8(w) if fmt is QuantFormat.FP8 else quantize(w, fmt))
+    return ws
+
+
+def time_step(path: str, shapes, ws: list, batch: int, dev, smoke: bool) -> float | None:
+    """Seconds of one step's products for ``batch`` rows (median); None where the path has no such batch."""
+    fmt, one, many = PATHS[path]
+    how = one if batch == 1 else many
+    if how is None or (smoke and how == "scaled_mm"):  # the CPU has no _scaled_mm
+        return None
+    gen = torch.Generator(device=dev).manual_seed(1)
     xs = {k: torch.randn(batch, k, device=dev, dtype=torch.bfloat16, generator=gen) for _, k in shapes}
 
     def step():
@@ -115,11 +121,12 @@ def main() -> None:
     for name, a in shapes.items():
         ws = weight_shapes(a)
         params = sum(n * k for n, k in ws)
-        for path in args.paths:
-            fmt, _, many = PATHS[path]
+        for fmt in dict.fromkeys(PATHS[p][0] for p in args.paths):  # formats in order, each built once
+            weights = make_weights(fmt, ws, dev)
             nbytes = sum(weight_bytes(fmt, n, k) for n, k in ws)
-            for b in args.batches:
-                secs = time_step(path, ws, b, dev, args.smoke)
+            for path, b in [(p, b) for p in args.paths if PATHS[p][0] is fmt for b in args.batches]:
+                many = PATHS[path][2]
+                secs = time_step(path, ws, weights, b, dev, args.smoke)
                 if secs is None:
                     continue
                 roof = None
@@ -130,8 +137,9 @@ def main() -> None:
                              "ms_per_step": secs * 1e3, "tokens_per_s": b / secs,
                              "roofline_ms": None if roof is None else roof * 1e3,
                              "of_roofline": None if roof is None else roof / secs})
-                if dev.type == "cuda":
-                    torch.cuda.empty_cache()
+            del weights
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
     for r in rows:  # speed-up over bf16 at the same shape and batch
         base = next((x for x in rows if x["shape"] == r["shape"] and x["batch"] == r["batch"] and x["path"] == "bf16"), None)
         r["x_bf16"] = None if base is None else base["ms_per_step"] / r["ms_per_step"]

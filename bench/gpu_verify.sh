@@ -8,6 +8,11 @@
 #   3) carry [".whl", ".carry/r7b"]:           bash bench/gpu_verify.sh
 # Issue 18's bench alone (no converted model needed), carry [".carry/pyd", ".carry/xg", ".carry/r7b"]:
 #      WHEELS=.carry/pyd STEPS=structured bash bench/gpu_verify.sh
+# Issue 16's FP8 weights alone (no converted model needed), carry [".carry/pyd"]:
+#      WHEELS=.carry/pyd STEPS=fp8 bash bench/gpu_verify.sh
+#   step fp8_tests: every fp8 test natively (the interpreter's cases too) and the seeded-rank GPU test;
+#   step fp8_bench: bench/fp8_decode.py (bf16, int8, fp8 paths; JSON + PNG under $OUT). The real-model
+#   fp8 check (tests/engine/test_gpu_engine.py) runs in gpu_tests, after the two staging calls.
 # The engine point repeats served_7b_r8's engine row at N=128 (7B shape, random bf16,
 # 4+1020, 191 slots, 8 rounds, closed loop); step "structured" (STEPS=structured) is issue 18's bench. Env: STEPS, TESTS, MARK (default gpu; "gpu or not gpu"
 # also runs the kernel tests that take the device from their fixture). Writes under $OUT; a short table last.
@@ -37,5 +42,9 @@ want engine && step engine ${ENGINE_S:-180} python3 bench/engine_batches.py --mo
   --window 1020 --rounds 8 --words 24 --no-bare --closed-loop --name verify_engine_7b --out "$OUT"
 # issue 18 (not by default): structured output and logprobs on batched decode, 64 sessions, 7B shape
 want structured && step structured ${STRUCT_S:-300} python3 bench/structured_output.py --random --model /tmp/model --sessions 64 --out "$OUT"
+# issue 16 (not by default): FP8 weights
+FP8_TESTS="tests/kernels/test_fp8_gemv.py tests/kernels/test_fp8_gemm.py tests/kernels/test_fp8_scaled_mm.py tests/model/test_fp8.py tests/model/test_fp8_linear.py tests/runner/test_fp8_rank_gpu.py"
+want fp8 && step fp8_tests ${FP8_S:-300} python3 -m pytest -q -m "gpu or not gpu" -p no:cacheprovider -rs -s --durations=8 $FP8_TESTS
+want fp8 && step fp8_bench ${FP8_BENCH_S:-240} python3 bench/fp8_decode.py --out "$OUT"
 (cd "$OUT" && tar czf logs.tgz *.log)
 echo; cat "$OUT/summary.txt"

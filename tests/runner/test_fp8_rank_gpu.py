@@ -9,15 +9,18 @@ numbers: what is left is bf16 activations, and e4m3 activations on the batched
 rows), and (c) the bf16 model the fp8 one was quantized from. Random weights give
 near-uniform logits, so top-1 is printed, not asserted (the real model's top-1:
 tests/engine/test_gpu_engine.py). The bounds are ~3x what this probe measured on
-the CPU (torch attention in bf16, the GEMV under Triton's interpreter, _scaled_mm
-emulated in float64 over the same e4m3 operands), relative logit error:
+the CPU (bf16, Triton's attention and the GEMV under its interpreter, _scaled_mm
+emulated in float32 over the same e4m3 operands, graphs replaced by
+cuda_graph.EagerCapture), relative logit error:
 
-  probe               (b) float32 of its weights   (c) bf16
-  decode1 (GEMV)      0.028                        0.068
-  prefill0/1/2        0.061 / 0.066 / 0.062        0.090 / 0.095 / 0.089
-  decode3             0.063                        0.095
+  probe               (a) eager   (b) float32 of its weights   (c) bf16
+  decode1 (GEMV)      0           0.031                        0.069
+  prefill0/1/2        0           0.063 / 0.066 / 0.062        0.090 / 0.093 / 0.090
+  decode3             0.034       0.065                        0.092
 
-A wrong scale, layout or graph replay gives errors near 1.
+(decode3's graph pads 3 rows to 4: another float32 summation order in the
+product, which this random model's near-tied logits amplify to 3%.) A wrong
+scale, layout or graph replay gives errors near 1.
 """
 
 from __future__ import annotations
@@ -63,7 +66,6 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-@torch.inference_mode()
 def test_fp8_rank_with_graphs_against_eager_float32_of_its_weights_and_bf16():
     fp8 = _rank(torch.bfloat16, QuantFormat.FP8)
     layers = [m for m in fp8.model.modules() if isinstance(m, Fp8Linear)]
@@ -86,7 +88,7 @@ def test_fp8_rank_with_graphs_against_eager_float32_of_its_weights_and_bf16():
         top_r = (got[key].argmax(-1) == want[key].argmax(-1)).float().mean().item()
         print(f"{key}: vs eager {e:.2e}, vs float32 of its weights {r:.2e} (top-1 {top_r:.2f}), vs bf16 {b:.2e}")
         # graphs replay the eager kernels, but a padded batch or token bucket may pick another _scaled_mm kernel
-        assert e < 0.05, key
+        assert e < 0.1, key
         # GEMV rows keep bf16 activations; prefill and the 3-row batch also round activations to e4m3
         assert r < (0.08 if key == "decode1" else 0.2), key
         assert b < 0.3, key  # the weights' own e4m3 rounding on top
