@@ -46,6 +46,21 @@ def test_quantize_rows_reads_strided_rows(dev):
     _same_values(wide[:, 50:150], dev)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU runs the real op (below); compiled Triton takes no CPU tensors")
+def test_scaled_mm_fp8_call_on_torchs_cpu_op():
+    """The wrapper's call (q^T column-major, scales [M, 1] and [1, N], bf16 out) through torch's CPU
+    _scaled_mm, which takes row-wise scales in torch 2.13: the numbers of both quantized operands."""
+    seed = fresh_seed()
+    q, s = quantize_fp8(torch.randn(48, 96) * 0.1)
+    x = torch.randn(5, 96).bfloat16()
+    try:
+        y = scaled_mm_fp8(x, q, s)
+    except (RuntimeError, NotImplementedError) as exc:
+        pytest.skip(f"this torch's CPU _scaled_mm refuses row-wise scales: {exc}")
+    assert y.shape == (5, 48) and y.dtype == torch.bfloat16
+    assert rel_err(y, reference_linear(x, q, s, quantize_x=True)) < 5e-3, f"seed {seed}"
+
+
 def test_supported_needs_cuda_bf16_and_multiples_of_16():
     cpu = torch.device("cpu")
     assert not supported(torch.bfloat16, 4096, 4096, cpu)

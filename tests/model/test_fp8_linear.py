@@ -26,19 +26,20 @@ def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("rows,bias", [(1, False), (5, True)])
 def test_fp8_linear_matches_float64_of_its_weight(rows, bias):
-    """1 row: the GEMV; 5 rows: the Triton GEMM (the CPU has no _scaled_mm path)."""
+    """1 row: the GEMV; 5 rows: the Triton GEMM (float32: no _scaled_mm path). CPU: under the interpreter."""
     torch.manual_seed(int.from_bytes(os.urandom(4), "little"))
-    lin = nn.Linear(200, 37, bias=bias)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    lin = nn.Linear(200, 37, bias=bias, device=dev)
     f8 = Fp8Linear(lin)
     assert f8.batched == "triton" and f8.in_dtype == torch.float32 and not hasattr(f8, "weight")
-    x = torch.randn(rows, 200)
-    want = reference_linear(x, f8.qweight, f8.scales) + (lin.bias.double() if bias else 0)
+    x = torch.randn(rows, 200, device=dev)
+    want = (reference_linear(x, f8.qweight, f8.scales) + (lin.bias.double() if bias else 0)).cpu()
     got = f8(x)
     assert got.dtype == torch.float32 and got.shape == (rows, 37)
     assert _rel(got, want) < 1e-6  # float32 in, float32 sums, exact e4m3 operands
     assert f8(x.view(1, rows, 200)).shape == (1, rows, 37)
     # the quantization itself: the layer's weight is within e4m3's step of the float one
-    assert _rel(f8.dequantized(), lin.weight.detach().double()) < 2.0**-5
+    assert _rel(f8.dequantized(), lin.weight.detach().double().cpu()) < 2.0**-5
 
 
 def test_quantize_fp8_linears_keeps_the_head_when_asked():
