@@ -44,7 +44,7 @@ want engine && step engine ${ENGINE_S:-180} python3 bench/engine_batches.py --mo
 want structured && step structured ${STRUCT_S:-300} python3 bench/structured_output.py --random --model /tmp/model --sessions 64 --out "$OUT"
 # issue 16 (not by default): FP8 weights
 FP8_TESTS="tests/kernels/test_fp8_gemv.py tests/kernels/test_fp8_gemm.py tests/kernels/test_fp8_scaled_mm.py tests/model/test_fp8.py tests/model/test_fp8_linear.py tests/runner/test_fp8_rank_gpu.py"
-want fp8 && step fp8_tests ${FP8_S:-300} python3 -m pytest -q -m "gpu or not gpu" -p no:cacheprovider -rs -s --durations=8 $FP8_TESTS
-want fp8 && step fp8_bench ${FP8_BENCH_S:-240} python3 bench/fp8_decode.py --out "$OUT"
+want fp8 && step fp8_tests ${FP8_S:-240} python3 -m pytest -q -m "gpu or not gpu" -p no:cacheprovider -rs -s --durations=8 $FP8_TESTS
+want fp8 && step fp8_bench ${FP8_BENCH_S:-300} python3 bench/fp8_decode.py --out "$OUT"
 (cd "$OUT" && tar czf logs.tgz *.log)
 echo; cat "$OUT/summary.txt"
