@@ -13,6 +13,11 @@
 #   = quant_tests (GPU tests of kernels/quant_*.py), quant_sweep (bench/quant_decode.py --sweep:
 #   $OUT/quant_configs.json, budget $SWEEP_BUDGET s), quant_bench (bench/quant_decode.py on
 #   $QUANT_CONFIGS, default the sweep's file when there is one); each is also a step name.
+# Issue 16's FP8 weights alone (no converted model needed), carry [".carry/pyd"]:
+#      WHEELS=.carry/pyd STEPS=fp8 bash bench/gpu_verify.sh
+#   step fp8_tests: every fp8 test natively (the interpreter's cases too) and the seeded-rank GPU test;
+#   step fp8_bench: bench/fp8_decode.py (bf16, int8, fp8 paths; JSON + PNG under $OUT). The real-model
+#   fp8 check (tests/engine/test_gpu_engine.py) runs in gpu_tests, after the two staging calls.
 # The engine point repeats served_7b_r8's engine row at N=128 (7B shape, random bf16,
 # 4+1020, 191 slots, 8 rounds, closed loop); step "structured" (STEPS=structured) is issue 18's bench. Env: STEPS, TESTS, MARK (default gpu; "gpu or not gpu"
 # also runs the kernel tests that take the device from their fixture). Writes under $OUT; a short table last.
@@ -50,5 +55,9 @@ wantq quant_sweep && step quant_sweep ${SWEEP_S:-300} python3 bench/quant_decode
 QCFG=${QUANT_CONFIGS:-$OUT/quant_configs.json}
 [ -f "$QCFG" ] && export SWIFTINFER_QUANT_CONFIGS=$QCFG
 wantq quant_bench && step quant_bench ${QBENCH_S:-240} python3 bench/quant_decode.py --out "$OUT"
+# issue 16 (not by default): FP8 weights
+FP8_TESTS="tests/kernels/test_fp8_gemv.py tests/kernels/test_fp8_gemm.py tests/kernels/test_fp8_scaled_mm.py tests/model/test_fp8.py tests/model/test_fp8_linear.py tests/runner/test_fp8_rank_gpu.py"
+want fp8 && step fp8_tests ${FP8_S:-240} python3 -m pytest -q -m "gpu or not gpu" -p no:cacheprovider -rs -s --durations=8 $FP8_TESTS
+want fp8 && step fp8_bench ${FP8_BENCH_S:-300} python3 bench/fp8_decode.py --out "$OUT"
 (cd "$OUT" && tar czf logs.tgz *.log)
 echo; cat "$OUT/summary.txt"

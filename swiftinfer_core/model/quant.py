@@ -33,6 +33,9 @@ Blocks of 32 divide every group (>= 32), so a block never straddles two scales.
 
 Scales are rounded to bfloat16 before q is chosen: q is then the nearest value
 for the scale the kernel multiplies by (round to nearest, |w - q*s| <= s/2).
+
+- FP8: q float8_e4m3fn [N, K], one float32 scale per output row (model/fp8.py,
+  which also holds its kernels' reference math; model/fp8_linear.py runs it).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from enum import Enum
 import torch
 
 from swiftinfer_core.model.cpu_weights import quantize_rows
+from swiftinfer_core.model.fp8 import dequantize_fp8, quantize_fp8
 
 INT4_QMAX = 7
 INT4_OFFSET = 8  # nibble = q + 8
@@ -53,6 +57,7 @@ INT8_BLOCK = 16  # int8 rows: whole byte-planar 16-byte blocks
 class QuantFormat(str, Enum):
     INT8 = "int8"  # per output channel
     INT4 = "int4"  # per group of ``group`` inputs, two per byte
+    FP8 = "fp8"  # e4m3, per output channel (model/fp8.py)
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,9 @@ def quantize(w: torch.Tensor, fmt: QuantFormat, group: int = 128) -> QuantizedWe
         q, s = quantize_rows(w)
         q = pack_int8(torch.nn.functional.pad(q, (0, -k % INT8_BLOCK)))  # [N, K16]
         return QuantizedWeight(fmt, q, s, n, k, k)
+    if fmt is QuantFormat.FP8:
+        q, s = quantize_fp8(w)
+        return QuantizedWeight(fmt, q, s, n, k, k)
     q, s = quantize_int4(w, group)
     return QuantizedWeight(fmt, q, s, n, k, group)
 
@@ -135,6 +143,8 @@ def dequantize(qw: QuantizedWeight) -> torch.Tensor:
     """[N, K] float32: the weight the kernels multiply by (padding dropped)."""
     if qw.fmt is QuantFormat.INT8:
         return unpack_int8(qw.qweight)[:, : qw.in_features].float() * qw.scales.float()[:, None]
+    if qw.fmt is QuantFormat.FP8:
+        return dequantize_fp8(qw.qweight, qw.scales)
     q = unpack_int4(qw.qweight).float()  # [N, Kp]
     s = qw.scales.float().repeat_interleave(qw.group, dim=1)  # [N, Kp]
     return (q * s)[:, : qw.in_features]
@@ -147,5 +157,7 @@ def weight_bytes(fmt: QuantFormat | None, n: int, k: int, group: int = 128, floa
         return n * k * float_bytes
     if fmt is QuantFormat.INT8:
         return n * (-(-k // INT8_BLOCK) * INT8_BLOCK) + n * 2
+    if fmt is QuantFormat.FP8:
+        return n * k + n * 4
     kp = -(-k // group) * group
     return n * kp // 2 + n * (kp // group) * 2

@@ -24,7 +24,8 @@ from swiftinfer_core.model.llama import Llama
 from swiftinfer_core.model.quant import QuantFormat
 from swiftinfer_core.runner.rank_config import RankConfig, Weights
 
-_QUANT = {Quantization.INT8: QuantFormat.INT8, Quantization.INT4: QuantFormat.INT4}  # NONE: float weights
+_QUANT = {Quantization.INT8: QuantFormat.INT8, Quantization.INT4: QuantFormat.INT4,
+          Quantization.FP8: QuantFormat.FP8}  # NONE: float weights
 _DTYPES = {DType.FLOAT32: torch.float32, DType.BFLOAT16: torch.bfloat16, DType.FLOAT16: torch.float16}
 
 

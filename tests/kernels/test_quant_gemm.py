@@ -50,7 +50,7 @@ def test_gemm_matches_float64(fmt, group, m, dtype, waves, dev):
     assert rel_err(y, want) < TOL[dtype], f"seed {seed}"
 
 
-@pytest.mark.parametrize("fmt", list(QuantFormat))
+@pytest.mark.parametrize("fmt", [QuantFormat.INT8, QuantFormat.INT4])  # FP8: test_fp8_*.py
 def test_gemm_reads_strided_rows_and_writes_out(fmt, dev):
     """x rows with a stride (a slice of a wider activation) and a preallocated out."""
     seed = fresh_seed()
@@ -97,7 +97,7 @@ def _llama(fmt, m, n, k):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fmt", list(QuantFormat))
+@pytest.mark.parametrize("fmt", [QuantFormat.INT8, QuantFormat.INT4])
 @pytest.mark.parametrize("m", [2, 16, 32, 64, 128, 300])  # every bucket; 300: three 128-row tiles
 @pytest.mark.parametrize("n,k", [(12288, 4096), (4096, 11008), (28672, 4096)])  # 7B qkv/down, 8B gate-up
 def test_gemm_bf16_at_llama_shapes(fmt, m, n, k):
@@ -108,7 +108,7 @@ def test_gemm_bf16_at_llama_shapes(fmt, m, n, k):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fmt", list(QuantFormat))
+@pytest.mark.parametrize("fmt", [QuantFormat.INT8, QuantFormat.INT4])
 def test_gemm_candidates_all_match(fmt):
     """Every config the sweep may pick (bucket 32, each waves value) gives the right
     product, so a tuned table cannot install a broken one."""
@@ -126,7 +126,7 @@ def test_gemm_candidates_all_match(fmt):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fmt", list(QuantFormat))
+@pytest.mark.parametrize("fmt", [QuantFormat.INT8, QuantFormat.INT4])
 def test_gemm_split_k_is_deterministic_and_replays_in_a_cuda_graph(fmt):
     """Batch 32 at (4096, 11008) splits K under the default waves: repeated launches
     give identical bits, and a captured launch replays on new x in place."""
