@@ -2,12 +2,14 @@
 
     python bench/autoscale_ramp.py --url http://127.0.0.1:8000 --phases 16:60 48:90 144:120 48:90 16:60 [--out DIR]
 
-Each phase ``N:S`` keeps conversations 0..N-1 talking for S seconds, closed loop
-(each sends its next turn when its reply ends, no think time); conversations
-that stay from one phase to the next keep their sessions, so a scale-up shows
-new sessions placed on the new replica and a scale-down shows drained ones
-handed over (``cache`` of their next turn: ``migrated`` = exact KV imported,
-``recovered`` = rebuilt from the log). Every 2 s the service's ``/v1/cluster``
+Each phase ``N:S`` keeps N conversations talking for S seconds, closed loop
+(each sends its next turn when its reply ends, no think time). A growing phase
+adds new conversations to those of the phase before; a shrinking one keeps N of
+them spread evenly over their order of arrival (``talking``), so conversations
+placed on replicas added late stay too. Conversations that stay from one phase
+to the next keep their sessions, so a scale-up shows new sessions placed on the
+new replica and a scale-down shows drained ones handed over (``cache`` of their
+next turn: ``migrated`` = exact KV imported, ``rebuilt`` = from the log). Every 2 s the service's ``/v1/cluster``
 feed is sampled: live replicas, sessions each owns, tokens/s, and the
 directory's events (replica joined / lost, session moved) and Serve's
 deployment status changes (UPSCALING / DOWNSCALING: the policy's decisions).
@@ -40,6 +42,21 @@ from load_client import TurnResult, run_turn  # noqa: E402
 from load_report import audit, dist  # noqa: E402
 
 
+def talking(phases: list[tuple[int, float]]) -> list[set[int]]:
+    """Conversations talking in each phase: growing phases add the next new ids,
+    shrinking ones keep an even spread of the phase before's (sorted) ids."""
+    out: list[set[int]] = []
+    now: list[int] = []
+    fresh = 0
+    for n, _ in phases:
+        if n >= len(now):
+            now, fresh = now + list(range(fresh, fresh + n - len(now))), fresh + n - len(now)
+        else:
+            now = [now[j * len(now) // n] for j in range(n)]
+        out.append(set(now))
+    return out
+
+
 def parse_phases(items: list[str]) -> list[tuple[int, float]]:
     out = []
     for item in items:
@@ -58,11 +75,12 @@ async def run_ramp(url: str, phases: list[tuple[int, float]], max_tokens: int, p
         samples: list[dict] = []
         events: dict[tuple, dict] = {}
         done = asyncio.Event()
+        members = talking(phases)
 
         async def conversation(i: int) -> None:
             rng, prompts, r = random.Random(i), Prompts(prompt_words, random.Random(i)), 0
             while not done.is_set():
-                if i >= phases[now_phase[0]][0]:
+                if i not in members[now_phase[0]]:
                     await asyncio.sleep(0.2)
                     continue
                 sid = f"{run_id}-{i}"
@@ -89,7 +107,7 @@ async def run_ramp(url: str, phases: list[tuple[int, float]], max_tokens: int, p
                     pass  # a busy or restarting ingress: the next sample
                 await asyncio.sleep(sample_s)
 
-        tasks = [asyncio.create_task(conversation(i)) for i in range(max(n for n, _ in phases))] + [asyncio.create_task(sampler())]
+        tasks = [asyncio.create_task(conversation(i)) for i in sorted(set().union(*members))] + [asyncio.create_task(sampler())]
         bounds = []
         for k, (_, seconds) in enumerate(phases):
             now_phase[0] = k
@@ -101,7 +119,7 @@ async def run_ramp(url: str, phases: list[tuple[int, float]], max_tokens: int, p
         checked = await audit(client, [t for _, t in turns], cleanup=True)
     ordered = sorted(events.values(), key=lambda e: e.get("t", 0))
     return {"phases": summarize(phases, bounds, turns, t0), "samples": samples, "events": ordered,
-            "replica_start": first_tokens(samples, ordered), "audit": checked}
+            "replica_changes": replica_changes(samples), "replica_start": first_tokens(samples, ordered), "audit": checked}
 
 
 def summarize(phases, bounds, turns: list[tuple[int, TurnResult]], t0: float) -> list[dict]:
@@ -116,9 +134,22 @@ def summarize(phases, bounds, turns: list[tuple[int, TurnResult]], t0: float) ->
     return out
 
 
+def replica_changes(samples: list[dict]) -> list[dict]:
+    """Replicas joining or leaving the /v1/cluster feed, by sample time."""
+    out, before = [], None
+    for s in samples:
+        now = set(s["replicas"])
+        if before is not None and now != before:
+            out.append({"t_s": s["t_s"], "phase": s["phase"], "joined": sorted(now - before), "left": sorted(before - now), "live": len(now)})
+        before = now
+    return out
+
+
 def first_tokens(samples: list[dict], events: list[dict]) -> dict[str, dict]:
-    """Per replica: seconds from its first sample, and from the last UPSCALING decision
-    before it, to the first sample where it had generated tokens (None: never did)."""
+    """Per replica: seconds from the last UPSCALING decision before its first sample to
+    that sample (its start-up), and from each to the first sample where it had
+    generated tokens (None: never did; a replica that joins between phases waits for
+    new conversations, so this includes that wait)."""
     seen: dict[str, dict] = {}
     for s in samples:
         for rid, r in s["replicas"].items():
@@ -130,7 +161,8 @@ def first_tokens(samples: list[dict], events: list[dict]) -> dict[str, dict]:
     for rid, f in seen.items():
         decided = max((t for t in ups if t <= f["first_seen_wall"]), default=None)
         served = f["first_tokens_wall"]
-        out[rid] = {"report_to_tokens_s": None if served is None else served - f["first_seen_wall"],
+        out[rid] = {"decision_to_report_s": None if decided is None else f["first_seen_wall"] - decided,
+                    "report_to_tokens_s": None if served is None else served - f["first_seen_wall"],
                     "decision_to_tokens_s": None if served is None or decided is None else served - decided}
     return out
 
@@ -176,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     common.write_results(a.name, {"command": " ".join(sys.argv), **result}, a.out)
     plot(result, a.name, a.out)
     print(common.table(result["phases"], ["phase", "sessions", "turns_ok", "turns_failed", "tokens_per_s"]))
-    print("audit:", result["audit"], "replica first tokens (s after first report):", result["replica_start"])
+    print("audit:", result["audit"], "replica start:", result["replica_start"])
+    print("replicas joined/left:", [(round(c["t_s"]), c["joined"], c["left"]) for c in result["replica_changes"]])
     return 0
 
 

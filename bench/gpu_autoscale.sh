@@ -12,9 +12,10 @@
 # MODEL=smol: the ramp on the real default model (bench/serve_gpu_smol_shared.yaml), after an earlier
 # call parked .carry/smol-a in /tmp/stage (see ../shared/device/stage-smollm2.sh); carry [".carry/smol-b"]
 # (plus ".whl" unless an earlier call of this warm machine installed it into /tmp/site);
-# logs and results in $OUT/results.tgz. Both ran once on an H200 (2026-12-03, the ramp with the
-# earlier phases and windows, the chaos without --settle-s: bench/results/autoscale_7b.json,
-# chaos_gpu_7b.json); the settings here are not run yet.
+# logs and results in $OUT/results.tgz. Ran on an H200 (2026-12-03): the ramp three times
+# (autoscale_7b.json, autoscale_7b_r2.json, autoscale_smol.json: no scale-down in any, see the
+# README), the chaos once without --settle-s (chaos_gpu_7b.json). Not run yet: the ramp with the
+# derived request target and the spread shrinking phases, the chaos with --settle-s.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 NCCL_NVLS_ENABLE=0
 if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 4; fi
@@ -24,7 +25,9 @@ if [ "${MODEL:-7b}" = smol ]; then
   [ -f /tmp/stage/part.aa ] || { echo "no /tmp/stage/part.aa: park .carry/smol-a first"; exit 3; }
   GGUF=/tmp/stage/SmolLM2-135M-Instruct.Q4_1.gguf CONFIG=bench/serve_gpu_smol_shared.yaml
   cat /tmp/stage/part.aa .carry/smol-b/part.ab > "$GGUF"
-  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .carry/smol-b/*.whl || exit 4
+  # its own target: --upgrade into /tmp/site would replace that folder's bin/ (ray's serve) with gguf's
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/gguf-site .carry/smol-b/*.whl || exit 4
+  export PYTHONPATH=$PYTHONPATH:/tmp/gguf-site
   python3 -m swiftinfer_core.model.fetch "$GGUF" 2>&1 | grep -v "it/s" | tail -2
 else
   rm -rf /tmp/model && cp -r .carry/r7b /tmp/model

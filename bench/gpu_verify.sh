@@ -8,6 +8,16 @@
 #   3) carry [".whl", ".carry/r7b"]:           bash bench/gpu_verify.sh
 # Issue 18's bench alone (no converted model needed), carry [".carry/pyd", ".carry/xg", ".carry/r7b"]:
 #      WHEELS=.carry/pyd STEPS=structured bash bench/gpu_verify.sh
+# Issue 16's quantized kernels alone (no model), carry [".carry/pyd"]:
+#      WHEELS=.carry/pyd STEPS=quant bash bench/gpu_verify.sh
+#   = quant_tests (GPU tests of kernels/quant_*.py), quant_sweep (bench/quant_decode.py --sweep:
+#   $OUT/quant_configs.json, budget $SWEEP_BUDGET s), quant_bench (bench/quant_decode.py on
+#   $QUANT_CONFIGS, default the sweep's file when there is one); each is also a step name.
+# Issue 16's FP8 weights alone (no converted model needed), carry [".carry/pyd"]:
+#      WHEELS=.carry/pyd STEPS=fp8 bash bench/gpu_verify.sh
+#   step fp8_tests: every fp8 test natively (the interpreter's cases too) and the seeded-rank GPU test;
+#   step fp8_bench: bench/fp8_decode.py (bf16, int8, fp8 paths; JSON + PNG under $OUT). The real-model
+#   fp8 check (tests/engine/test_gpu_engine.py) runs in gpu_tests, after the two staging calls.
 # Issue 16's fp8 KV cache (GPU tests + bf16/fp8 decode bench; no model needed), carry [".carry/pyd"]:
 #      WHEELS=.carry/pyd STEPS=fp8kv bash bench/gpu_verify.sh      (after calls 1-2: the engine tests too)
 # The engine point repeats served_7b_r8's engine row at N=128 (7B shape, random bf16,
@@ -39,13 +49,25 @@ want engine && step engine ${ENGINE_S:-180} python3 bench/engine_batches.py --mo
   --window 1020 --rounds 8 --words 24 --no-bare --closed-loop --name verify_engine_7b --out "$OUT"
 # issue 18 (not by default): structured output and logprobs on batched decode, 64 sessions, 7B shape
 want structured && step structured ${STRUCT_S:-300} python3 bench/structured_output.py --random --model /tmp/model --sessions 64 --out "$OUT"
+# issue 16 (not by default): quantized GEMV/GEMM tests, config sweep, decode-step bench on the swept configs
+wantq() { want quant || want "$1"; }
+wantq quant_tests && step quant_tests ${QTESTS_S:-240} python3 -m pytest -q -m gpu -p no:cacheprovider --durations=8 -rs \
+  --continue-on-collection-errors tests/kernels/test_quant_gemv.py tests/kernels/test_quant_gemm.py tests/model/test_quant_linear.py
+wantq quant_sweep && step quant_sweep ${SWEEP_S:-300} python3 bench/quant_decode.py --sweep --budget-s ${SWEEP_BUDGET:-200} --out "$OUT"
+QCFG=${QUANT_CONFIGS:-$OUT/quant_configs.json}
+[ -f "$QCFG" ] && export SWIFTINFER_QUANT_CONFIGS=$QCFG
+wantq quant_bench && step quant_bench ${QBENCH_S:-240} python3 bench/quant_decode.py --out "$OUT"
+# issue 16 (not by default): FP8 weights
+FP8_TESTS="tests/kernels/test_fp8_gemv.py tests/kernels/test_fp8_gemm.py tests/kernels/test_fp8_scaled_mm.py tests/model/test_fp8.py tests/model/test_fp8_linear.py tests/runner/test_fp8_rank_gpu.py"
+want fp8 && step fp8_tests ${FP8_S:-240} python3 -m pytest -q -m "gpu or not gpu" -p no:cacheprovider -rs -s --durations=8 $FP8_TESTS
+want fp8 && step fp8_bench ${FP8_BENCH_S:-300} python3 bench/fp8_decode.py --out "$OUT"
 # issue 16 (not by default): bf16 vs fp8 KV batched decode at the 7B shape, 4+2044 (JSON + PNG under $OUT), after the
 # GPU tests of the bf16 kernels and of the fp8 cache (the engine's too where the default
 # model is staged under /tmp/swh); every test of tests/kernels/test_kv_fp8_attention.py, natively (its unmarked ones take the GPU too)
-FP8_TESTS="tests/kernels/test_decode_attention.py tests/kernels/test_prefill_attention.py tests/kernels/test_attention.py"
-[ -d "$SWIFTINFER_HOME/models" ] && FP8_TESTS="$FP8_TESTS tests/engine/test_kv_fp8_engine.py"
-want fp8kv && step fp8kv_tests ${FP8_TESTS_S:-420} bash -c "python3 -m pytest -q -p no:cacheprovider -rs tests/kernels/test_kv_fp8_attention.py; r=\$?; \
-  python3 -m pytest -q -m gpu -p no:cacheprovider --durations=8 -rs $FP8_TESTS || r=1; exit \$r"
-want fp8kv && step fp8kv_bench ${FP8_BENCH_S:-360} python3 bench/fp8_kv_decode.py --window 2044 --out "$OUT"
+KVFP8_TESTS="tests/kernels/test_decode_attention.py tests/kernels/test_prefill_attention.py tests/kernels/test_attention.py"
+[ -d "$SWIFTINFER_HOME/models" ] && KVFP8_TESTS="$KVFP8_TESTS tests/engine/test_kv_fp8_engine.py"
+want fp8kv && step fp8kv_tests ${KVFP8_TESTS_S:-420} bash -c "python3 -m pytest -q -p no:cacheprovider -rs tests/kernels/test_kv_fp8_attention.py; r=\$?; \
+  python3 -m pytest -q -m gpu -p no:cacheprovider --durations=8 -rs $KVFP8_TESTS || r=1; exit \$r"
+want fp8kv && step fp8kv_bench ${KVFP8_BENCH_S:-360} python3 bench/fp8_kv_decode.py --window 2044 --out "$OUT"
 (cd "$OUT" && tar czf logs.tgz *.log)
 echo; cat "$OUT/summary.txt"

@@ -15,6 +15,9 @@ weight_bytes (scales included) and bench/common.py's datasheet peaks.
     python bench/quant_decode.py                    # GPU: 7B and 8B shapes
     python bench/quant_decode.py --smoke --out /tmp # CPU: a tiny shape under
         Triton's interpreter, to check the script runs (its times mean nothing)
+    python bench/quant_decode.py --sweep --out DIR  # GPU: tune the kernels' configs
+        (bench/quant_sweep.py) into DIR/quant_configs.json; run the bench on them
+        with --configs DIR/quant_configs.json (or $SWIFTINFER_QUANT_CONFIGS)
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import common
 import torch
 import torch.nn.functional as F
 
+from swiftinfer_core.kernels import quant_configs
 from swiftinfer_core.kernels.quant_gemm import gemm_int4, gemm_int8
 from swiftinfer_core.kernels.quant_gemv import gemv_int4, gemv_int8
 from swiftinfer_core.model.quant import QuantFormat, quantize, weight_bytes
@@ -85,9 +89,15 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=128)
     ap.add_argument("--smoke", action="store_true", help="tiny shape on the CPU interpreter: checks the script only")
     ap.add_argument("--out", default=None, help="results folder (default bench/results)")
+    ap.add_argument("--configs", default=None, help="kernel configs JSON (a --sweep's quant_configs.json)")
+    ap.add_argument("--sweep", action="store_true", help="time the kernels' candidate configs instead (bench/quant_sweep.py)")
+    ap.add_argument("--sweep-batches", nargs="+", type=int, default=list(quant_configs.BUCKETS))
+    ap.add_argument("--budget-s", type=float, default=300.0, help="--sweep: stop starting new points after this long")
     args = ap.parse_args()
     if not args.smoke and not torch.cuda.is_available():
         raise SystemExit("quant_decode.py needs a CUDA GPU (or --smoke on the CPU)")
+    if args.configs:
+        quant_configs.load(args.configs)
     dev = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     peaks = common.device_peaks()
     shapes = {"smoke": SMOKE} if args.smoke else {}
@@ -95,6 +105,12 @@ def main() -> None:
         from bench.models import SHAPES
 
         shapes = {s: SHAPES[s] for s in args.shapes}
+    if args.sweep:
+        import quant_sweep
+
+        batches = [1, 16] if args.smoke else args.sweep_batches
+        quant_sweep.run({s: weight_shapes(a) for s, a in shapes.items()}, batches, args.group, args.budget_s, args.out, args.smoke)
+        return
     rows = []
     for name, a in shapes.items():
         ws = weight_shapes(a)
@@ -116,7 +132,8 @@ def main() -> None:
     name = "quant_decode_smoke" if args.smoke else "quant_decode"
     note = ("SMOKE RUN on the CPU under TRITON_INTERPRET: checks that the script runs; the times are the interpreter's "
             "and mean nothing about GPU speed" if args.smoke else "weight products of one decode step, CUDA graphs")
-    common.write_results(name, {"note": note, "group": args.group, "peaks": peaks, "rows": rows}, args.out)
+    tuned = args.configs or os.environ.get("SWIFTINFER_QUANT_CONFIGS") or "packaged/defaults"
+    common.write_results(name, {"note": note, "group": args.group, "configs": tuned, "peaks": peaks, "rows": rows}, args.out)
     plot(name, rows, args.out)
 
 

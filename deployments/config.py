@@ -128,7 +128,7 @@ class ScalingConfig(ConfigModel):
     min_replicas: int = Field(1, ge=0, le=512, description="Fewest LLM replicas.")
     max_replicas: int = Field(1, ge=1, le=512, description="Most LLM replicas.")
     initial_replicas: int | None = Field(None, ge=0, le=512, description="Replicas at deploy time (default: min_replicas).")
-    target_ongoing_requests: float = Field(4.0, gt=0, le=4096, description="Serve's request-based target per replica.")
+    target_ongoing_requests: float | None = Field(None, gt=0, le=4096, description="Turns in flight per replica that the request signal aims for. Default: target_kv_use x the replica's request limit (AppConfig.max_ongoing_requests, default its KV slots). A replica batches its turns in one engine, so Serve's generic 2-4 would ask for a replica per few conversations: under a closed loop it pinned a 7B ramp at max_replicas with 16 conversations left (bench/results/autoscale_7b.json, 2026-12-03).")
     target_active_sessions: float = Field(16.0, gt=0, le=1 << 16, description="Sessions with a turn inside `active_window_s` that one replica should hold.")
     target_kv_use: float = Field(0.8, gt=0, le=1.0, description="Share of KV slots in use per replica the autoscaler aims for.")
     active_window_s: float = Field(60.0, gt=0, le=86400, description="A session counts as active this long after its last turn.")
@@ -188,6 +188,11 @@ class AppConfig(ConfigModel):
     def ongoing_limit(self) -> int:
         """Serve's max_ongoing_requests for an LLM replica (see the field)."""
         return self.max_ongoing_requests or self.engine.max_sessions or 256
+
+    @property
+    def request_target(self) -> float:
+        """Ongoing turns per replica the autoscaler's request signal aims for (ScalingConfig.target_ongoing_requests)."""
+        return self.scaling.target_ongoing_requests or self.scaling.target_kv_use * self.ongoing_limit
 
     @property
     def uses_gpu(self) -> bool:

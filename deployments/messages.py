@@ -184,8 +184,14 @@ class RoutingStats:
     capacity: int | None
     sessions: int
     draining: bool
+    resident: int | None = None
+
+    @property
+    def oversubscribed(self) -> bool:
+        """More conversations than KV slots: some are rebuilt on their next turn anyway."""
+        return self.resident is not None and self.sessions > self.resident
 
     @classmethod
     def of(cls, routing_stats: dict | None) -> "RoutingStats":
         s = routing_stats or {}
-        return cls(s.get("capacity"), s.get("sessions", 0), bool(s.get("draining")))
+        return cls(s.get("capacity"), s.get("sessions", 0), bool(s.get("draining")), s.get("resident"))

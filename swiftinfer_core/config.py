@@ -43,14 +43,12 @@ class Quantization(str, Enum):
     NONE = "none"  # the weights in ``dtype``
     INT8 = "int8"  # weight-only int8, per output channel: CPU model/cpu_weights.py, CUDA model/quant_linear.py
     INT4 = "int4"  # weight-only int4, group scales: model/quant.py, model/quant_linear.py
-    FP8 = "fp8"  # refused: not implemented (see _MISSING)
+    FP8 = "fp8"  # e4m3 weights, per output channel, CUDA capability 8.9+: model/fp8.py, model/fp8_linear.py
     GGUF = "gguf"  # refused: not implemented (see _MISSING)
 
 
 # What a named but unbuilt format lacks: EngineConfig refuses it with this reason.
 _MISSING = {
-    Quantization.FP8: "FP8 (e4m3) weights need an FP8 GEMV/GEMM (torch._scaled_mm or Triton) with per-channel scales, "
-                      "and this build has none",
     Quantization.GGUF: "keeping GGUF's Q4_0/Q4_1/Q4_K/Q8_0 blocks compact needs kernels for those block formats, and this "
                        "build has none (a GGUF model is expanded to float at fetch: model/fetch.py)",
 }
@@ -92,7 +90,7 @@ class EngineConfig(StrictModel):
     cpu_fast_path: bool = Field(True, description="On the CPU: keep linear weights transposed in memory ([in, out] storage, the same [out, in] tensor to the model; MKL's matrix-vector product reads it ~1.4x faster) and decode one-token steps through kernels/torch_decode.py instead of the reference attention. False runs the plain reference path (side-by-side benchmarks, numerics checks). No effect on a GPU.")
     cpu_native_kernels: bool = Field(True, description="On the CPU with cpu_fast_path: compile kernels/cpu_native_*.c once per machine (the C compiler in $CC, gcc or cc; cached under ~/.cache/swiftinfer/native) and decode one-token steps through it: attention in one call per sequence and layer, and, with quantization 'int8', a whole layer per call (int8 products over inputs rounded to 16-bit fixed point per row, with the RMSNorm, SwiGLU and residual adds folded in: model/cpu_decode.py); prefill chunks of int8 weights go through MKL's float32 GEMM over the widened weight. Without a compiler the torch ops run instead (logged). False: torch ops only (side-by-side benchmarks).")
     cpu_threads: int | None = Field(None, ge=1, le=1024, description="Torch intra-op threads when the model runs on the CPU (process-wide: torch.set_num_threads at load). None: torch's default, one per core. On a box shared with other busy processes one thread decoded 4-6x faster than two (bench/results/cpu_decode_profile.md).")
-    quantization: Quantization = Field(Quantization.NONE, description="Weight format of every linear layer (the LM head too unless lm_head_fp32), quantized at load from the float checkpoint; Llama family, tp_size 1; embeddings and norms stay in dtype. 'auto' (serve_config.yaml's choice): 'int8' with an int8 LM head for a Llama-family model in float32 on one CPU (SmolLM2-135M: ~2.5x the float32 decode speed, perplexity within 0.2% of float32: README 'Decode speed on the CPU'), 'none' anywhere else (GPUs, other families, tensor parallelism, bf16). 'int8': symmetric, one scale per output channel; on the CPU torch's _weight_int8pack_mm (bfloat16 activations, float32 residual stream), on CUDA the Triton kernels of kernels/quant_gemv.py (one row) and quant_gemm.py (batches) in dtype. 'int4': symmetric, one scale per quant_group inputs, two weights per byte (model/quant.py); CUDA: the same Triton kernels; CPU: torch's _weight_int4pack_mm_for_cpu. 'fp8' and 'gguf' are refused: not implemented.")
+    quantization: Quantization = Field(Quantization.NONE, description="Weight format of every linear layer (the LM head too unless lm_head_fp32), quantized at load from the float checkpoint; Llama family, tp_size 1; embeddings and norms stay in dtype. 'auto' (serve_config.yaml's choice): 'int8' with an int8 LM head for a Llama-family model in float32 on one CPU (SmolLM2-135M: ~2.5x the float32 decode speed, perplexity within 0.2% of float32: README 'Decode speed on the CPU'), 'none' anywhere else (GPUs, other families, tensor parallelism, bf16). 'int8': symmetric, one scale per output channel; on the CPU torch's _weight_int8pack_mm (bfloat16 activations, float32 residual stream), on CUDA the Triton kernels of kernels/quant_gemv.py (one row) and quant_gemm.py (batches) in dtype. 'int4': symmetric, one scale per quant_group inputs, two weights per byte (model/quant.py); CUDA: the same Triton kernels; CPU: torch's _weight_int4pack_mm_for_cpu. 'fp8': e4m3 weights with one float32 scale per output channel (amax / 448; model/fp8.py), CUDA GPUs of compute capability 8.9 or newer only (Ada, Hopper; refused on the CPU and on older GPUs at start): one row (batch-1 decode) through the Triton GEMV of kernels/fp8_gemv.py (weight-only), more rows through torch._scaled_mm on FP8 tensor cores with the activations quantized to e4m3 per row on the fly (bf16 dtype; elsewhere the weight-only Triton GEMM of kernels/fp8_gemm.py). 'gguf' is refused: not implemented.")
     quant_group: int = Field(128, ge=32, le=1024, description="int4 only: consecutive inputs of a row that share one scale; a power of two. Smaller groups follow outliers more closely at more scale bytes (2 bytes per group).")
     load_format: LoadFormat = Field(LoadFormat.AUTO, description="'random' skips the weights: for benchmarking a shape from its config.json alone.")
     tp_size: int = Field(1, ge=1, le=64, description="Tensor-parallel ranks for one engine.")
@@ -108,6 +106,9 @@ class EngineConfig(StrictModel):
         q = self.quantization
         if q in _MISSING:
             raise ValueError(f"quantization '{q.value}' is not available: {_MISSING[q]}; use 'int8' or 'int4'")
+        if q is Quantization.FP8 and self.device is Device.CPU:
+            raise ValueError("quantization 'fp8' needs a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper), "
+                             "not the CPU; on the CPU use 'int8'")
         if q not in (Quantization.NONE, Quantization.AUTO) and self.tp_size > 1:
             raise ValueError(f"quantization '{q.value}' runs with tp_size 1 only (quantized layers are not sharded)")
         if self.quant_group & (self.quant_group - 1):

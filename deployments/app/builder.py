@@ -122,12 +122,12 @@ def llm_deployment_options(cfg: AppConfig) -> dict:
             "min_replicas": s.min_replicas,
             "max_replicas": s.max_replicas,
             "initial_replicas": s.initial_replicas,
-            "target_ongoing_requests": s.target_ongoing_requests,
+            "target_ongoing_requests": cfg.request_target,
             "upscale_delay_s": s.upscale_delay_s,
             "downscale_delay_s": s.downscale_delay_s,
             "look_back_period_s": s.look_back_period_s,
             "metrics_interval_s": s.metrics_interval_s,
-            "policy": policy_config(s.target_ongoing_requests, s.target_active_sessions, s.target_kv_use),
+            "policy": policy_config(cfg.request_target, s.target_active_sessions, s.target_kv_use),
         }
     return opts
 

@@ -18,6 +18,9 @@ without a commit:
 - ``snapshots``: pickled KV of idle resident sessions for a drain.
 - ``drop_unowned``: copies of sessions deleted elsewhere or owned by another
   replica leave the engine (erasure reaches every replica).
+- ``hand_back_slotless``: with more conversations than KV slots, those without a
+  slot are given back to the directory, so their next turn is placed by load (a
+  replica added by the autoscaler takes them) instead of waiting for a slot here.
 
 Closing a local copy, rolling a turn back and starting a turn of the same
 session exclude each other (``hold``/``wait``): a turn never starts on a copy
@@ -136,6 +139,22 @@ class LocalSessions:
             if sid not in busy and await self.close(sid):  # a turn started meanwhile: keep it
                 dropped.append(sid)
         return dropped
+
+    async def hand_back_slotless(self, directory, rid: str, busy: set[str]) -> list[str]:
+        """Give back to the directory (``disown``) the sessions this engine holds
+        without a KV slot, and drop their copies: each would be rebuilt from its
+        record here too. Nothing to do (one stats call) unless the engine holds
+        more sessions than slots. Returns their ids."""
+        st = await asyncio.to_thread(self._engine.stats)
+        if st.active_sessions <= st.resident_sessions:
+            return []
+        idle = [sid for sid in await asyncio.to_thread(self._engine.session_ids) if sid not in busy]
+        slotless = [sid for sid in idle if not (await asyncio.to_thread(self._engine.view, sid)).resident]
+        out = []
+        for sid in await directory.disown.remote(rid, slotless) if slotless else []:
+            if sid not in busy and await self.close(sid):  # a turn started meanwhile: it owns the session again
+                out.append(sid)
+        return out
 
     async def evict_idle(self, last_turn: dict[str, float], busy: set[str]) -> list[str]:
         """Close copies idle past the TTL, then the least recently used while the

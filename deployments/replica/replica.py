@@ -309,6 +309,8 @@ class LLMReplica:
                     self._last_turn.pop(sid, None)
                 for sid in await self._local.drop_unowned(self._directory, self._id, self._busy):  # deleted or moved
                     self._last_turn.pop(sid, None)
+                for sid in await self._local.hand_back_slotless(self._directory, self._id, self._busy):
+                    self._last_turn.pop(sid, None)
                 held = set(await asyncio.to_thread(self._engine.session_ids)) | self._busy
                 horizon = time.time() - self._cfg.scaling.active_window_s
                 for sid in [s for s, t in self._last_turn.items() if s not in held and t < horizon]:

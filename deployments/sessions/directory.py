@@ -231,6 +231,28 @@ class SessionDirectory:
             await self._write(ReleaseOp(committed))
         return len(sids)
 
+    async def disown(self, rid: str, sids: list[str]) -> list[str]:
+        """``rid`` gives back sessions it holds without a KV slot (more conversations
+        than slots): no owner, so the next placement puts each on the least-loaded
+        replica, which rebuilds it from the record as ``rid`` would have had to. A
+        session with a turn in flight, or owned by another replica, is kept. No more
+        are given back than other live replicas have free slots (none: nothing gained,
+        so nothing moves). Returns the sessions given back."""
+        room = sum(s.free_slots for r, s in self._reports.live(self._lease_stale_s).items() if r != rid and not s.draining)
+        out = []
+        for sid in sids:
+            entry = self._entries.get(sid)
+            if len(out) < room and entry is not None and entry.owner == rid and entry.lease is None:
+                self._set_owner(sid, entry, None)
+                entry.moves += 1  # like a drain's hand-back: its next turn is placed by load
+                out.append(sid)
+        if out:
+            self._reports.event("sessions_handed_back", replica=rid, sessions=len(out))
+        committed = [sid for sid in out if self._entries[sid].seq > 0]
+        if committed:
+            await self._write(ReleaseOp(committed))
+        return out
+
     async def delete(self, sid: str) -> bool:
         entry = self._entries.get(sid)
         if entry is None:

@@ -9,7 +9,9 @@ from the replicas' ``record_routing_stats``.
 
 A warm turn makes no remote call here: each router remembers the owners the
 directory named (``owner_cache_s``) and sends the session's next turns straight
-to that replica while it is alive and not draining. On a miss (new session,
+to that replica while it is alive, not draining and not holding more sessions
+than KV slots (such a replica gives the sessions without a slot back to the
+directory, local_sessions.py ``hand_back_slotless``, so they are placed by load). On a miss (new session,
 owner gone or draining, memory expired) it asks the directory, one call,
 ``place(session, candidates, departed)``:
 
@@ -143,7 +145,9 @@ class SessionAffinityRouter(RequestRouter):
             return []
         claim = pending_request.metadata.call_method in TURN_METHODS
         known_owner = self._owners.get(sid)
-        if claim and known_owner in by_uid:  # warm turn: no directory call
+        # warm turn: no directory call, unless the owner holds more sessions than slots (it
+        # gives those without one back to the directory, which then places them by load)
+        if claim and known_owner in by_uid and not RoutingStats.of(by_uid[known_owner].routing_stats).oversubscribed:
             return [[by_uid[known_owner]]]
         force = time.time() - pending_request.created_at > self._owner_grace_s
         slots = {uid: self._slots(r) for uid, r in by_uid.items()}

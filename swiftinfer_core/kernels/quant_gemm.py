@@ -1,23 +1,35 @@
 """Batched GEMM over weight-only quantized weights: y [M, N] = x [M, K] @ W^T, for
 M of 2 to a few hundred rows (decode batches, prefill chunks).
 
-Same formats as kernels/quant_gemv.py (model/quant.py packs them). Program
-(pid_m, pid_n) owns the tile y[BLOCK_M rows, BLOCK_N cols]: each K step loads
-the quantized tile of W^T [BLOCK_K, BLOCK_N], converts the integers to x's dtype
-in registers (exact: |q| <= 127 fits bf16's and fp16's 8+ mantissa bits) and
-feeds tl.dot with a float32 accumulator; scales are applied to float32 partial
-sums, never to the 16-bit operands:
+Same formats as kernels/quant_gemv.py (model/quant.py packs them). The product is
+computed transposed, y^T tile [BLOCK_N, BLOCK_M] = W tile [BLOCK_N, BLOCK_K] @
+x^T tile [BLOCK_K, BLOCK_M]: the dequantised weights are tl.dot's first operand,
+which the tensor-core MMAs (mma.sync, and Hopper's wgmma) take straight from
+registers, so a weight tile goes global -> registers -> dequantise -> MMA without
+a trip through shared memory; x^T, the small operand, is the one staged in shared
+memory (and software-pipelined). The batch is the MMA's N side, so BLOCK_M can
+follow the batch (16..128) and a weight tile is read once per BLOCK_M rows.
 
-  int8  acc += x_tile @ q_tile; at the end acc *= S[n]                (per column)
-  int4  one K step = one group G: part = x_even @ lo + x_odd @ hi    [BLOCK_M, BLOCK_N]
-        acc += part * S[n, g]; x_even/x_odd are x's even/odd columns,
-        lo/hi the low/high nibbles minus 8 (so no interleave is needed)
+  int8  the tile is BLOCK_K / 4 int32 words per row; byte position t of every
+        word is the column set {16 b + 4 t + j}: 4 dots of K = BLOCK_K / 4, each
+        A_t = q_t exactly in x's dtype (|q| <= 127 fits bf16/fp16) against its
+        gather of x^T; at the end acc *= S[n] (float32, per row of W)
+  int4  the tile is BLOCK_K / 8 int32 words per row; nibble position i of every
+        word is the column set {32 b + 4 i + j}: 8 dots of K = BLOCK_K / 8 each,
+        A_i = q_i against the matching gather of x^T (4-column contiguous pieces).
+        When every step lies inside one group (G a multiple of BLOCK_K; G = 128),
+        A_i = q_i exactly and the 8 dots' float32 sum is multiplied by the
+        step's scale per row; else A_i = q_i * S[n, group] in float32, rounded
+        to x's dtype (bf16: <= 2^-9 relative per weight, of the order of y's own
+        rounding; fp16: exact for ordinary scales; float32 "ieee" dots: exact).
 
-float32 activations use tl.dot's "ieee" precision (not TF32), so an fp32 model
-stays fp32. Under the CPU interpreter every dot runs in float32 (MMA): its bf16
-tl.dot is wrong (kernels/decode_attention.py mma_dtype); the integer operands and
-bf16/fp16 x are exact in float32, so the numbers are the GPU's. y is stored in
-x's dtype. Shapes alone fix the grid.
+The dequantisation chain (and, or, bitcast, fma, cast) has a single tensor
+operand, so Triton loads the packed tile straight into the MMA operand layout
+and dequantises there: no shared-memory round trip per nibble (a per-element
+scale operand, the G < BLOCK_K path, costs one).
+Split-K (kernels/quant_common.py) covers small M x N at long K. Under the CPU
+interpreter every dot runs in float32 (its bf16 tl.dot is wrong, see
+kernels/decode_attention.py mma_dtype). Shapes alone fix the grid.
 """
 
 from __future__ import annotations
@@ -26,87 +38,159 @@ import torch
 import triton
 import triton.language as tl
 
-from swiftinfer_core.kernels.decode_attention import dot_precision, mma_dtype
-from swiftinfer_core.kernels.quant_gemv import check_operands, int4_shape, int8_shape
+from swiftinfer_core.kernels import quant_configs
+from swiftinfer_core.kernels.decode_attention import dot_precision, mma_dtype, sm_count
+from swiftinfer_core.kernels.quant_common import (
+    check_operands,
+    check_out,
+    int4_nibble,
+    int4_shape,
+    int4_sources,
+    int8_byte,
+    int8_shape,
+    int8_sources,
+    split_buffers,
+    splitk_store,
+)
 
 
 @triton.jit
-def _qgemm_kernel(
-    X, Q, S, Y, M, N, K, NG, stride_xm, stride_ym,
-    INT4: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    MMA: tl.constexpr, PREC: tl.constexpr, STAGES: tl.constexpr,
-):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+def _tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(tile id, pid_k, rm, rn): tiles n-major so the programs sharing a weight tile run together."""
+    tile = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    pid_n = tile // tiles_m
+    pid_m = tile % tiles_m
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return tile, tl.program_id(1), rm, rn
+
+
+@triton.jit
+def _gemm_int8_kernel(
+    X, Q, S, Y, WS, CNT, M, N, K, KB, stride_xm, stride_ym, STEPS, SPLIT,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    MMA: tl.constexpr, PREC: tl.constexpr, STAGES: tl.constexpr,
+):
+    NBK: tl.constexpr = BLOCK_K // 16  # 16-byte blocks per step
+    W: tl.constexpr = 4 * NBK  # words per row per step = each byte dot's K
+    tile, pid_k, rm, rn = _tile(M, N, BLOCK_M, BLOCK_N)
     mmask, nmask = rm < M, rn < N
-    x_rows = X + rm.to(tl.int64)[:, None] * stride_xm
+    x_cols = X + rm.to(tl.int64)[None, :] * stride_xm  # x^T: column m is x's row m
+    q_rows = Q + rn.to(tl.int64)[:, None] * (KB * 4)
+    cw = tl.arange(0, W)
+    b_start = pid_k * STEPS * NBK
+    b_end = tl.minimum(b_start + STEPS * NBK, KB)
+    acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    for b0 in tl.range(b_start, b_end, NBK, num_stages=STAGES):
+        blk = b0 + cw // 4  # [W] 16-byte block of each word
+        bmask = blk < b_end
+        w = tl.load(q_rows + b0 * 4 + cw[None, :], mask=nmask[:, None] & bmask[None, :], other=0)  # [BLOCK_N, W] int32
+        u, u_hi = int8_sources(w)
+        for t in tl.static_range(4):
+            kx = blk * 16 + 4 * t + cw % 4  # [W] columns of byte t
+            xt = tl.load(x_cols + kx[:, None], mask=(bmask & (kx < K))[:, None] & mmask[None, :], other=0.0)  # [W, BLOCK_M]
+            acc = tl.dot(int8_byte(u, u_hi, t).to(MMA), xt.to(MMA), acc, input_precision=PREC)
+    acc = acc * tl.load(S + rn, mask=nmask, other=0.0).to(tl.float32)[:, None]
+    splitk_store(acc, Y, rm[None, :] * stride_ym + rn[:, None], WS, rm[None, :] * N + rn[:, None],
+                 mmask[None, :] & nmask[:, None], CNT, tile, pid_k, SPLIT, M * N)
+
+
+@triton.jit
+def _gemm_int4_kernel(
+    X, Q, S, Y, WS, CNT, M, N, K, KB, NG, stride_xm, stride_ym, STEPS, SPLIT,
+    BPG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    MMA: tl.constexpr, PREC: tl.constexpr, STAGES: tl.constexpr,
+):
+    NBK: tl.constexpr = BLOCK_K // 32  # packed blocks per step
+    W: tl.constexpr = 4 * NBK  # words per row per step = each nibble dot's K
+    ONE_GROUP: tl.constexpr = BPG % NBK == 0  # every step lies inside one group (steps start at multiples of NBK)
+    tile, pid_k, rm, rn = _tile(M, N, BLOCK_M, BLOCK_N)
+    mmask, nmask = rm < M, rn < N
     n64 = rn.to(tl.int64)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    if INT4:
-        HALF: tl.constexpr = BLOCK_K // 2
-        offs = tl.arange(0, HALF)
-        q_cols = Q + n64[None, :] * (NG * HALF)  # W^T tile: packed row n is column n
-        for g in tl.range(0, NG, num_stages=STAGES):
-            jj = g * HALF + offs  # byte columns of group g
-            ke = 2 * jj
-            xe = tl.load(x_rows + ke[None, :], mask=mmask[:, None] & (ke < K)[None, :], other=0.0).to(MMA)  # [BLOCK_M, HALF]
-            xo = tl.load(x_rows + ke[None, :] + 1, mask=mmask[:, None] & (ke + 1 < K)[None, :], other=0.0).to(MMA)
-            b = tl.load(q_cols + jj[:, None], mask=nmask[None, :], other=0)  # [HALF, BLOCK_N] uint8
-            # int -> float32 -> MMA: Triton 3.9's interpreter turns int -> bf16 into a bit cast
-            lo = ((b & 15).to(tl.float32) - 8.0).to(MMA)
-            hi = ((b >> 4).to(tl.float32) - 8.0).to(MMA)
-            part = tl.dot(xe, lo, input_precision=PREC)
-            part = tl.dot(xo, hi, part, input_precision=PREC)
-            s = tl.load(S + n64 * NG + g, mask=nmask, other=0.0).to(tl.float32)  # [BLOCK_N]
-            acc += part * s[None, :]
-    else:
-        offs = tl.arange(0, BLOCK_K)
-        q_cols = Q + n64[None, :] * K
-        for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
-            kk = k0 + offs
-            kmask = kk < K
-            x = tl.load(x_rows + kk[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0).to(MMA)  # [BLOCK_M, BLOCK_K]
-            w = tl.load(q_cols + kk[:, None], mask=kmask[:, None] & nmask[None, :], other=0)  # [BLOCK_K, BLOCK_N] int8
-            acc = tl.dot(x, w.to(tl.float32).to(MMA), acc, input_precision=PREC)  # via float32: as above
-        acc = acc * tl.load(S + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
-    y_ptr = Y + rm.to(tl.int64)[:, None] * stride_ym + rn[None, :]
-    tl.store(y_ptr, acc.to(Y.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
+    x_cols = X + rm.to(tl.int64)[None, :] * stride_xm
+    q_rows = Q + n64[:, None] * (KB * 4)
+    cw = tl.arange(0, W)
+    b_start = pid_k * STEPS * NBK
+    b_end = tl.minimum(b_start + STEPS * NBK, KB)
+    acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    for b0 in tl.range(b_start, b_end, NBK, num_stages=STAGES):
+        blk = b0 + cw // 4  # [W] packed block of each word
+        bmask = blk < b_end
+        w = tl.load(q_rows + b0 * 4 + cw[None, :], mask=nmask[:, None] & bmask[None, :], other=0)  # [BLOCK_N, W] int32
+        u, u_hi = int4_sources(w)
+        if ONE_GROUP:
+            # exact: q is exact in the 16-bit operand, the step's one scale per row
+            # multiplies the float32 partial product
+            part = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+            for i in tl.static_range(8):
+                kx = blk * 32 + 4 * i + cw % 4  # [W] columns of nibble i
+                xt = tl.load(x_cols + kx[:, None], mask=(bmask & (kx < K))[:, None] & mmask[None, :], other=0.0)
+                part = tl.dot(int4_nibble(u, u_hi, i).to(MMA), xt.to(MMA), part, input_precision=PREC)
+            s = tl.load(S + n64 * NG + b0 // BPG, mask=nmask, other=0.0).to(tl.float32)  # [BLOCK_N]
+            acc += part * s[:, None]
+        else:
+            # the step spans groups: each weight carries its scale into the 16-bit operand
+            s = tl.load(S + n64[:, None] * NG + (blk // BPG)[None, :], mask=nmask[:, None] & bmask[None, :], other=0.0)
+            s = s.to(tl.float32)
+            for i in tl.static_range(8):
+                kx = blk * 32 + 4 * i + cw % 4
+                xt = tl.load(x_cols + kx[:, None], mask=(bmask & (kx < K))[:, None] & mmask[None, :], other=0.0)
+                a = (int4_nibble(u, u_hi, i) * s).to(MMA)  # [BLOCK_N, W]
+                acc = tl.dot(a, xt.to(MMA), acc, input_precision=PREC)
+    splitk_store(acc, Y, rm[None, :] * stride_ym + rn[:, None], WS, rm[None, :] * N + rn[:, None],
+                 mmask[None, :] & nmask[:, None], CNT, tile, pid_k, SPLIT, M * N)
 
 
-def _block_m(m: int) -> int:
-    """Rows per tile: tl.dot needs >= 16; more rows reuse each weight tile more."""
-    return min(64, max(16, triton.next_power_of_2(m)))
-
-
-def _launch(x, q, scales, out, n, k, ng, int4, block_n, block_k, num_warps, stages):
+def _prepare(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, k: int, out, n: int, fmt: str, cfg):
     if x.dim() != 2 or x.shape[1] != k or x.stride(1) != 1:
         raise ValueError(f"x must be [M, {k}] with contiguous rows, got {tuple(x.shape)}")
     check_operands(x, q, scales)
-    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"activations must be float32, bfloat16 or float16, got {x.dtype}")
     m = x.shape[0]
-    out = torch.empty((m, n), dtype=x.dtype, device=x.device) if out is None else out
-    bm = _block_m(m)
-    grid = (triton.cdiv(m, bm), triton.cdiv(n, block_n))
-    _qgemm_kernel[grid](
-        x, q, scales, out, m, n, k, ng, x.stride(0), out.stride(0),
-        INT4=int4, BLOCK_M=bm, BLOCK_N=block_n, BLOCK_K=block_k,
-        MMA=mma_dtype(x.dtype), PREC=dot_precision(x.dtype), STAGES=stages, num_warps=num_warps,
+    out = check_out(out, m, n, x)
+    cfg = dict(cfg or quant_configs.config(fmt, m, n, k))
+    cfg.setdefault("block_m", min(128, max(16, triton.next_power_of_2(m))))
+    return m, out, cfg
+
+
+def _split(x: torch.Tensor, m: int, n: int, steps: int, cfg: dict):
+    tiles = triton.cdiv(m, cfg["block_m"]) * triton.cdiv(n, cfg["block_n"])
+    split, per = quant_configs.pick_split(tiles, steps, sm_count(x.device), cfg["waves"])
+    ws, cnt = split_buffers(x.device, split, m, n, tiles)
+    return (tiles, split), split, per, ws, cnt
+
+
+def gemm_int8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor | None = None,
+              cfg: dict | None = None) -> torch.Tensor:
+    """x [M, K], q int8 [N, K16], scales [N] -> y [M, N] in x's dtype. cfg: a
+    kernels/quant_configs.py config (default: the table's for this M and shape)."""
+    k = x.shape[-1]
+    n = int8_shape(q, scales, k)
+    m, out, cfg = _prepare(x, q, scales, k, out, n, "int8", cfg)
+    if cfg["block_k"] % 64:
+        raise ValueError(f"int8 GEMM block_k must be a multiple of 64 (4 dots of >= 16), got {cfg['block_k']}")
+    kb = q.shape[1] // 16
+    grid, split, per, ws, cnt = _split(x, m, n, triton.cdiv(kb, cfg["block_k"] // 16), cfg)
+    _gemm_int8_kernel[grid](
+        x, q.view(torch.int32), scales, out, ws, cnt, m, n, k, kb, x.stride(0), out.stride(0), per, split,
+        BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_K=cfg["block_k"],
+        MMA=mma_dtype(x.dtype), PREC=dot_precision(x.dtype), STAGES=cfg["stages"], num_warps=cfg["warps"],
     )
     return out
 
 
-def gemm_int8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor | None = None,
-              block_n: int = 64, block_k: int = 64, num_warps: int = 4, stages: int = 3) -> torch.Tensor:
-    """x [M, K], q int8 [N, K], scales [N] -> y [M, N] in x's dtype."""
-    n, k = int8_shape(q, scales)
-    return _launch(x, q, scales, out, n, k, 1, False, block_n, block_k, num_warps, stages)
-
-
 def gemm_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: int, group: int,
-              out: torch.Tensor | None = None, block_n: int = 64, num_warps: int = 4, stages: int = 3) -> torch.Tensor:
+              out: torch.Tensor | None = None, cfg: dict | None = None) -> torch.Tensor:
     """x [M, K], packed uint8 [N, Kp/2], scales [N, Kp/group] -> y [M, N] in x's dtype."""
     n, ng = int4_shape(packed, scales, k, group)
-    return _launch(x, packed, scales, out, n, k, ng, True, block_n, group, num_warps, stages)
+    m, out, cfg = _prepare(x, packed, scales, k, out, n, "int4", cfg)
+    if cfg["block_k"] % 128:
+        raise ValueError(f"int4 GEMM block_k must be a multiple of 128 (8 dots of >= 16), got {cfg['block_k']}")
+    kb = ng * group // 32
+    grid, split, per, ws, cnt = _split(x, m, n, triton.cdiv(kb, cfg["block_k"] // 32), cfg)
+    _gemm_int4_kernel[grid](
+        x, packed.view(torch.int32), scales, out, ws, cnt, m, n, k, kb, ng, x.stride(0), out.stride(0), per, split,
+        BPG=group // 32, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_K=cfg["block_k"],
+        MMA=mma_dtype(x.dtype), PREC=dot_precision(x.dtype), STAGES=cfg["stages"], num_warps=cfg["warps"],
+    )
+    return out

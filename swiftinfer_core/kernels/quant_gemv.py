@@ -3,19 +3,31 @@
 Batch-1 decode reads every weight once per token, so bytes are the time: int8
 halves bf16's bytes, int4 quarters them (plus ~1.6% of bf16 scales at group 128).
 The weights are dequantised in registers and never written back; the products
-accumulate in float32; y is stored in x's dtype (bf16, fp16 or fp32).
+accumulate in float32; y is stored in out's dtype (x's: bf16, fp16 or fp32).
 
 Formats (model/quant.py packs them):
-  int8  Q int8 [N, K], S [N] (per row)        y = S * sum_k Q[n, k] * x[k]
-  int4  Q uint8 [N, Kp/2], S [N, Kp/G]        w = (nibble - 8) * S[n, k // G]
-        byte [n, j] holds k = 2j (low nibble) and k = 2j + 1 (high nibble);
-        Kp is K rounded up to G, and x beyond K is masked to 0.
+  int8  Q int8 [N, K16] read as int32 words, S [N] (per row); y = S * sum_k Q[n, k] x[k]
+        byte-planar blocks of 16 columns: byte t of word j of block b is column 16 b + 4 t + j
+  int4  Q uint8 [N, Kp/2] read as int32 words [N, Kp/8], S [N, Kp/G]
+        nibble-planar blocks of 32 columns: nibble i of word j of block b is
+        column 32 b + 4 i + j; Kp is K rounded up to G, x beyond K reads as 0.
 
-Program p computes rows [p*BLOCK_N, (p+1)*BLOCK_N) like kernels/gemv.py, with
-acc [BLOCK_N, BLOCK_K] reduced once at the end. For int4 a K step is exactly one
-group (BLOCK_K = G): one scale per row per step, applied to the step's
-dequantised products; the even and odd inputs are loaded as two strided vectors
-(x is a few KB and stays in L1) instead of interleaving the nibbles.
+Layout for bandwidth. Program (pid_n, pid_k) owns rows [pid_n * BLOCK_N, +BLOCK_N)
+and the pid_k-th part of K (split-K, kernels/quant_common.py, when N / BLOCK_N
+alone is too few programs for the GPU). Each K step loads a [BLOCK_N, NB, 4] tile
+of int32 words whose last axis is 16 contiguous bytes, so every thread issues
+16-byte loads and owns whole packed blocks; NB blocks side by side make the step
+BLOCK_K = NB * 32 (int4) or NB * 16 (int8) columns wide. The words are split into
+their 8 nibbles or 4 bytes by kernels/quant_common.py (one and + one fma each);
+each position is a [BLOCK_N, NB, 4] tensor multiplied by its x piece (4
+contiguous columns, an 8-byte load), loaded and converted once per thread and
+reused for all the rows the thread holds. The per-block sums over the
+last axis stay inside a thread; an int4 block's sum is multiplied by its group's
+scale (a block never straddles groups); the only cross-thread reduction is the
+final sum over the step axis. (Offline sm_90 builds with 4 rows per thread: the
+int4 loop is ~4.6 instructions per weight, int8 ~5.7, no shared memory in either;
+at 4.6 the H200's issue rate caps int4 near 70% of its HBM roofline, so fewer
+instructions per weight, not wider loads, is what is left to gain.)
 Shapes alone fix the grid, so the launch is CUDA-graph capturable.
 """
 
@@ -25,68 +37,90 @@ import torch
 import triton
 import triton.language as tl
 
+from swiftinfer_core.kernels import quant_configs
+from swiftinfer_core.kernels.decode_attention import sm_count
+from swiftinfer_core.kernels.quant_common import (
+    check_operands,
+    check_out,
+    int4_nibble,
+    int4_shape,
+    int4_sources,
+    int8_byte,
+    int8_shape,
+    int8_sources,
+    split_buffers,
+    splitk_store,
+)
+
 
 @triton.jit
-def _qgemv_kernel(
-    X, Q, S, Y, N, K, NG,
-    INT4: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
+def _gemv_int4_kernel(
+    X, Q, S, Y, WS, CNT, N, K, KB, NG, STEPS, SPLIT,
+    BPG: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr, STAGES: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
     r64 = rows.to(tl.int64)
-    if INT4:
-        HALF: tl.constexpr = BLOCK_K // 2
-        offs = tl.arange(0, HALF)
-        acc = tl.zeros([BLOCK_N, HALF], tl.float32)
-        q_ptr = Q + r64[:, None] * (NG * HALF)  # packed row stride: Kp / 2 bytes
-        for g in tl.range(0, NG, num_stages=STAGES):
-            jj = g * HALF + offs  # byte columns of group g
-            b = tl.load(q_ptr + jj[None, :], mask=rmask[:, None], other=0)  # [BLOCK_N, HALF] uint8
-            lo = (b & 15).to(tl.float32) - 8.0  # k = 2j
-            hi = (b >> 4).to(tl.float32) - 8.0  # k = 2j + 1
-            ke = 2 * jj
-            xe = tl.load(X + ke, mask=ke < K, other=0.0).to(tl.float32)
-            xo = tl.load(X + ke + 1, mask=ke + 1 < K, other=0.0).to(tl.float32)
-            s = tl.load(S + r64 * NG + g, mask=rmask, other=0.0).to(tl.float32)  # [BLOCK_N]
-            acc += (lo * xe[None, :] + hi * xo[None, :]) * s[:, None]
-        y = tl.sum(acc, 1)
-    else:
-        offs = tl.arange(0, BLOCK_K)
-        acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-        q_ptr = Q + r64[:, None] * K
-        for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
-            kk = k0 + offs
-            kmask = kk < K
-            w = tl.load(q_ptr + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0)  # [BLOCK_N, BLOCK_K] int8
-            x = tl.load(X + kk, mask=kmask, other=0.0).to(tl.float32)
-            acc += w.to(tl.float32) * x[None, :]
-        # one scale per row: applied once, after the row's sum
-        y = tl.sum(acc, 1) * tl.load(S + rows, mask=rmask, other=0.0).to(tl.float32)
-    tl.store(Y + rows, y.to(Y.dtype.element_ty), mask=rmask)
+    nb = tl.arange(0, NB)
+    j = tl.arange(0, 4)
+    q_rows = Q + r64[:, None, None] * (KB * 4)  # KB blocks of 4 words per row
+    b_start = pid_k * STEPS * NB
+    b_end = tl.minimum(b_start + STEPS * NB, KB)
+    acc = tl.zeros([BLOCK_N, NB], tl.float32)
+    for b0 in tl.range(b_start, b_end, NB, num_stages=STAGES):
+        blk = b0 + nb  # [NB] packed blocks of this step
+        bmask = blk < b_end
+        w = tl.load(q_rows + (blk * 4)[None, :, None] + j[None, None, :],
+                    mask=rmask[:, None, None] & bmask[None, :, None], other=0)  # [BLOCK_N, NB, 4] int32
+        u, u_hi = int4_sources(w)
+        for i in tl.static_range(8):
+            kx = blk[:, None] * 32 + 4 * i + j[None, :]  # [NB, 4] columns of nibble i
+            xi = tl.load(X + kx, mask=bmask[:, None] & (kx < K), other=0.0).to(tl.float32)
+            if i == 0:
+                part = int4_nibble(u, u_hi, i) * xi[None, :, :]  # [BLOCK_N, NB, 4]
+            else:
+                part += int4_nibble(u, u_hi, i) * xi[None, :, :]
+        s = tl.load(S + r64[:, None] * NG + (blk // BPG)[None, :], mask=rmask[:, None] & bmask[None, :], other=0.0)
+        acc += tl.sum(part, 2) * s.to(tl.float32)  # [BLOCK_N, NB]: one scale per block
+    y = tl.sum(acc, 1)
+    splitk_store(y, Y, rows, WS, rows, rmask, CNT, pid_n, pid_k, SPLIT, N)
 
 
-def int8_shape(q: torch.Tensor, scales: torch.Tensor) -> tuple[int, int]:
-    """(N, K) of int8 weights q [N, K] with scales [N] (this kernel's and quant_gemm's); ValueError if not."""
-    n, k = q.shape
-    if q.dtype != torch.int8 or scales.shape != (n,):
-        raise ValueError(f"int8 weights must be int8 [N, K] with scales [N]; got {q.dtype} {tuple(scales.shape)}")
-    return n, k
-
-
-def int4_shape(packed: torch.Tensor, scales: torch.Tensor, k: int, group: int) -> tuple[int, int]:
-    """(N, groups) of int4 weights packed uint8 [N, Kp/2] with scales [N, Kp/group]; ValueError if not."""
-    n, half = packed.shape
-    ng = -(-k // group)
-    if packed.dtype != torch.uint8 or 2 * half != ng * group or scales.shape != (n, ng):
-        raise ValueError(f"int4 weights for K={k}, group {group}: uint8 [N, {ng * group // 2}] and scales [N, {ng}]; "
-                         f"got {packed.dtype} {tuple(packed.shape)} and {tuple(scales.shape)}")
-    return n, ng
-
-
-def check_operands(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> None:
-    if not (q.is_contiguous() and scales.is_contiguous()) or q.device != x.device or scales.device != x.device:
-        raise ValueError("weights and scales must be contiguous and on x's device")
+@triton.jit
+def _gemv_int8_kernel(
+    X, Q, S, Y, WS, CNT, N, K, KB, STEPS, SPLIT,
+    BLOCK_N: tl.constexpr, NB: tl.constexpr, STAGES: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    r64 = rows.to(tl.int64)
+    nb = tl.arange(0, NB)
+    j = tl.arange(0, 4)
+    q_rows = Q + r64[:, None, None] * (KB * 4)  # KB blocks of 16 bytes = 4 words per row
+    b_start = pid_k * STEPS * NB
+    b_end = tl.minimum(b_start + STEPS * NB, KB)
+    acc = tl.zeros([BLOCK_N, NB], tl.float32)
+    for b0 in tl.range(b_start, b_end, NB, num_stages=STAGES):
+        blk = b0 + nb
+        bmask = blk < b_end
+        w = tl.load(q_rows + (blk * 4)[None, :, None] + j[None, None, :],
+                    mask=rmask[:, None, None] & bmask[None, :, None], other=0)  # [BLOCK_N, NB, 4] int32
+        u, u_hi = int8_sources(w)
+        for b in tl.static_range(4):
+            kx = blk[:, None] * 16 + 4 * b + j[None, :]  # [NB, 4] columns of byte b
+            xb = tl.load(X + kx, mask=bmask[:, None] & (kx < K), other=0.0).to(tl.float32)
+            if b == 0:
+                part = int8_byte(u, u_hi, b) * xb[None, :, :]  # [BLOCK_N, NB, 4]
+            else:
+                part += int8_byte(u, u_hi, b) * xb[None, :, :]
+        acc += tl.sum(part, 2)
+    # one scale per row: applied once, after the row's sum
+    y = tl.sum(acc, 1) * tl.load(S + rows, mask=rmask, other=0.0).to(tl.float32)
+    splitk_store(y, Y, rows, WS, rows, rmask, CNT, pid_n, pid_k, SPLIT, N)
 
 
 def _check(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, k: int) -> None:
@@ -95,25 +129,45 @@ def _check(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, k: int) -> No
     check_operands(x, q, scales)
 
 
+def _grid(x: torch.Tensor, n: int, block_n: int, steps: int, cfg: dict):
+    """(grid, split, steps per split, workspace, counters) for n rows in blocks of block_n."""
+    tiles = triton.cdiv(n, block_n)
+    split, per = quant_configs.pick_split(tiles, steps, sm_count(x.device), cfg["waves"])
+    ws, cnt = split_buffers(x.device, split, 1, n, tiles)
+    return (tiles, split), split, per, ws, cnt
+
+
 def gemv_int8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor | None = None,
-              block_n: int = 16, block_k: int = 256, num_warps: int = 4, stages: int = 3) -> torch.Tensor:
-    """x [1, K], q int8 [N, K], scales [N] -> y [1, N] in x's dtype."""
-    n, k = int8_shape(q, scales)
+              cfg: dict | None = None) -> torch.Tensor:
+    """x [1, K], q int8 [N, K16], scales [N] -> y [1, N] in x's dtype. cfg: a
+    kernels/quant_configs.py config (default: the table's for this shape)."""
+    k = x.shape[-1]
+    n = int8_shape(q, scales, k)
     _check(x, q, scales, k)
-    out = torch.empty((1, n), dtype=x.dtype, device=x.device) if out is None else out
-    _qgemv_kernel[(triton.cdiv(n, block_n),)](
-        x, q, scales, out, n, k, 1, INT4=False, BLOCK_N=block_n, BLOCK_K=block_k, STAGES=stages, num_warps=num_warps,
+    out = check_out(out, 1, n, x)
+    cfg = cfg or quant_configs.config("int8", 1, n, k)
+    nb = cfg["block_k"] // 16
+    kb = q.shape[1] // 16
+    grid, split, per, ws, cnt = _grid(x, n, cfg["block_n"], triton.cdiv(kb, nb), cfg)
+    _gemv_int8_kernel[grid](
+        x, q.view(torch.int32), scales, out, ws, cnt, n, k, kb, per, split,
+        BLOCK_N=cfg["block_n"], NB=nb, STAGES=cfg["stages"], num_warps=cfg["warps"],
     )
     return out
 
 
 def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: int, group: int,
-              out: torch.Tensor | None = None, block_n: int = 16, num_warps: int = 4, stages: int = 3) -> torch.Tensor:
+              out: torch.Tensor | None = None, cfg: dict | None = None) -> torch.Tensor:
     """x [1, K], packed uint8 [N, Kp/2], scales [N, Kp/group] -> y [1, N] in x's dtype."""
     n, ng = int4_shape(packed, scales, k, group)
     _check(x, packed, scales, k)
-    out = torch.empty((1, n), dtype=x.dtype, device=x.device) if out is None else out
-    _qgemv_kernel[(triton.cdiv(n, block_n),)](
-        x, packed, scales, out, n, k, ng, INT4=True, BLOCK_N=block_n, BLOCK_K=group, STAGES=stages, num_warps=num_warps,
+    out = check_out(out, 1, n, x)
+    cfg = cfg or quant_configs.config("int4", 1, n, k)
+    nb = cfg["block_k"] // 32
+    kb = ng * group // 32  # packed blocks per row
+    grid, split, per, ws, cnt = _grid(x, n, cfg["block_n"], triton.cdiv(kb, nb), cfg)
+    _gemv_int4_kernel[grid](
+        x, packed.view(torch.int32), scales, out, ws, cnt, n, k, kb, ng, per, split,
+        BPG=group // 32, BLOCK_N=cfg["block_n"], NB=nb, STAGES=cfg["stages"], num_warps=cfg["warps"],
     )
     return out

@@ -48,7 +48,7 @@ class QuantLinear(nn.Module):
             raise ValueError("QuantLinear serves int8 on CUDA only; the CPU's int8 is model/cpu_weights.Int8Linear")
         self.in_dtype = torch.float32 if self.on_cpu else w.dtype
         qw = quantize(w, fmt, group)
-        self.register_buffer("qweight", qw.qweight)  # int8 [N, K] or uint8 [N, Kp/2]
+        self.register_buffer("qweight", qw.qweight)  # int8 [N, K16] or uint8 [N, Kp/2] (model/quant.py layouts)
         self.register_buffer("scales", qw.scales)  # bf16 [N] or [N, Kp/group]
         bias = linear.bias
         bias_dtype = torch.float32 if self.on_cpu else w.dtype

@@ -32,6 +32,8 @@ from swiftinfer_core.kernels import cpu_native
 from swiftinfer_core.model import cpu_decode, fused_decode
 from swiftinfer_core.model.cpu_weights import quantize_int8, transpose_linears
 from swiftinfer_core.model.families import build_model
+from swiftinfer_core.model.fp8 import fp8_unsupported
+from swiftinfer_core.model.fp8_linear import quantize_fp8_linears
 from swiftinfer_core.model.layers import ShardPlan, layer_specs
 from swiftinfer_core.model.llama import Llama
 from swiftinfer_core.model.loader import read_state_dict
@@ -174,11 +176,16 @@ def cpu_weight_format(model: nn.Module, cfg: RankConfig, device: torch.device, k
 
 def quantize_weights(model: nn.Module, cfg: RankConfig, device: torch.device, kernels=None) -> None:
     """int8 on the CPU: model/cpu_weights.py; int4 on the CPU and both on CUDA:
-    model/quant_linear.py. What the device cannot run is refused here, at load."""
+    model/quant_linear.py; fp8 on CUDA capability 8.9+: model/fp8_linear.py.
+    What the device cannot run is refused here, at load."""
     name = cfg.quant.value
     if not isinstance(model, Llama):
         raise InvalidRequestError(f"quantization '{name}' serves the Llama family only, not {type(model).__name__}")
     head = not cfg.lm_head_fp32
+    if cfg.quant is QuantFormat.FP8:
+        reason = fp8_unsupported(device)
+        if reason is not None:
+            raise InvalidRequestError(f"quantization 'fp8' {reason}")
     if device.type == "cpu" and cfg.quant is QuantFormat.INT8:
         quantize_int8(model, head=head, kernels=kernels)
         return
@@ -192,4 +199,7 @@ def quantize_weights(model: nn.Module, cfg: RankConfig, device: torch.device, ke
             raise InvalidRequestError(f"quantization '{name}' on {device} needs triton, which is not installed") from None
     elif device.type != "cpu":
         raise InvalidRequestError(f"quantization '{name}' runs on the CPU or CUDA, not on {device}")
+    if cfg.quant is QuantFormat.FP8:
+        quantize_fp8_linears(model, head=head)
+        return
     quantize_linears(model, cfg.quant, cfg.quant_group, head=head)

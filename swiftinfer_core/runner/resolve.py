@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from swiftinfer_core.cache.kv_fp8 import FP8
+from swiftinfer_core.cache import kv_fp8
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.config import (
     AttentionBackend,
@@ -26,7 +26,8 @@ from swiftinfer_core.model.llama import Llama
 from swiftinfer_core.model.quant import QuantFormat
 from swiftinfer_core.runner.rank_config import RankConfig, Weights
 
-_QUANT = {Quantization.INT8: QuantFormat.INT8, Quantization.INT4: QuantFormat.INT4}  # NONE: float weights
+_QUANT = {Quantization.INT8: QuantFormat.INT8, Quantization.INT4: QuantFormat.INT4,
+          Quantization.FP8: QuantFormat.FP8}  # NONE: float weights
 _DTYPES = {DType.FLOAT32: torch.float32, DType.BFLOAT16: torch.bfloat16, DType.FLOAT16: torch.float16}
 
 
@@ -76,5 +77,5 @@ def rank_config(cfg: EngineConfig, path: Path, args: ModelArgs) -> RankConfig:
         quant=quant, quant_group=cfg.quant_group, cpu_fast_path=cfg.cpu_fast_path, cpu_threads=cfg.cpu_threads,
         cpu_native=cfg.cpu_native_kernels,
         gemv_decode=True, memory_share=cfg.memory_share, gpu_memory_utilization=cfg.gpu_memory_utilization,
-        split_mixed=cfg.split_mixed_steps, kv_dtype=FP8 if cfg.kv_cache_dtype is KVCacheDType.FP8 else None,
+        split_mixed=cfg.split_mixed_steps, kv_dtype=kv_fp8.FP8 if cfg.kv_cache_dtype is KVCacheDType.FP8 else None,
     )

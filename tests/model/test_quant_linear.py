@@ -49,11 +49,9 @@ def test_quantize_linears_keeps_the_head_when_asked():
         QuantLinear(nn.Linear(64, 32), QuantFormat.INT8)  # CPU int8 is Int8Linear
 
 
-def test_config_accepts_int8_int4_and_refuses_what_is_missing():
+def test_config_accepts_int8_int4_and_refuses_what_is_missing():  # fp8: test_fp8_linear.py
     assert EngineConfig(quantization="int4", device="cpu").quant_group == 128
     EngineConfig(quantization="int4", device="cuda", quant_group=64)
-    with pytest.raises(InvalidRequestError, match="FP8 GEMV/GEMM"):
-        EngineConfig(quantization="fp8")
     with pytest.raises(InvalidRequestError, match="Q4_0/Q4_1/Q4_K/Q8_0"):
         EngineConfig(quantization="gguf")
     with pytest.raises(InvalidRequestError, match="tp_size 1"):
@@ -83,3 +81,20 @@ def test_int4_real_model_top1_and_perplexity_near_float32(base_model, shakespear
     ppl_ratio = torch.exp(q_nll.mean() - f_nll.mean()).item()
     assert agree >= 0.45, f"top-1 agreement {agree:.4f}"
     assert ppl_ratio < 1.85, f"perplexity ratio {ppl_ratio:.4f}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", [QuantFormat.INT8, QuantFormat.INT4])
+@pytest.mark.parametrize("rows", [1, 5, 40])  # the GEMV, and the GEMM in buckets 16 and 64
+def test_cuda_quant_linear_matches_float64(fmt, rows):
+    """QuantLinear's CUDA dispatch (bf16 in and out, bias added) against float64 of
+    its dequantised weights; N = 1000 is not a multiple of any tile."""
+    torch.manual_seed(int.from_bytes(os.urandom(4), "little"))
+    lin = nn.Linear(4096, 1000, bias=True).to("cuda", torch.bfloat16)
+    q = QuantLinear(lin, fmt, 128)
+    x = torch.randn(rows, 4096, device="cuda", dtype=torch.bfloat16)
+    ref = x.double() @ q.dequantized().double().t() + lin.bias.double()
+    got = q(x)
+    assert got.dtype == torch.bfloat16 and got.shape == (rows, 1000)
+    # bf16 output rounding (< 2^-8) plus int4's q * scale operand rounding (< 2^-9) at most
+    assert ((got.double() - ref).norm() / ref.norm()).item() < 8e-3

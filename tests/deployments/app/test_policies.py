@@ -44,6 +44,21 @@ def test_policy_never_shrinks_on_missing_replica_metrics():
     assert desired == 3 and state["last_demand"]["sessions"] == 0
 
 
+def test_request_target_defaults_to_the_replicas_slots_so_a_closed_loop_can_scale_down():
+    # 48 closed-loop conversations (48 turns in flight), all on one of 3 replicas of 50 slots
+    cfg = AppConfig.model_validate({"engine": {"device": "cpu", "max_sessions": 50},
+                                    "scaling": {"min_replicas": 1, "max_replicas": 3, "target_active_sessions": 40}})
+    auto = llm_deployment_options(cfg)["autoscaling_config"]
+    assert auto["target_ongoing_requests"] == 0.8 * 50
+    policy = SessionAwarePolicy(**auto["policy"]["policy_kwargs"])
+    closed_loop = _ctx(3, 48, {"active_sessions": [48, 0, 0], "kv_use": [0.96, 0.0, 0.0]})
+    assert policy(closed_loop)[0] == 2
+    # Serve's generic 4 turns per replica asks for 12 (capped at max_replicas: all 3 stayed in the 7B ramp of 2026-12-03)
+    assert SessionAwarePolicy(4, 40, 0.8)(closed_loop)[0] == 12
+    explicit = cfg.model_copy(update={"scaling": cfg.scaling.model_copy(update={"target_ongoing_requests": 6.0})})
+    assert llm_deployment_options(explicit)["autoscaling_config"]["target_ongoing_requests"] == 6.0
+
+
 def test_history_split_and_digests():
     msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
     view = HistoryView.of(msgs)

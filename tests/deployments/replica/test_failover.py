@@ -103,6 +103,34 @@ def test_scale_down_drains_sessions_without_losing_any(client):
     serve.delete("drain")
 
 
+def test_a_replica_with_more_sessions_than_slots_gives_the_slotless_to_a_new_replica(client):
+    # One replica of 2 slots holds 3 conversations (the first lost its slot to the third);
+    # the autoscaler adds a second. The first conversation's next turn goes there, rebuilt
+    # from its record, instead of waiting for a slot on the first replica; the others stay.
+    scaling = {"min_replicas": 1, "max_replicas": 2, "target_active_sessions": 2, "upscale_delay_s": 1,
+               "downscale_delay_s": 600, "look_back_period_s": 2, "metrics_interval_s": 0.5}
+    prefix = deploy("slots", app_config("slots-sessions", engine={**ENGINE, "max_sessions": 2}, scaling=scaling))
+    sids = ["sl-a", "sl-b", "sl-c"]
+    first = {}
+    for sid in sids:  # one at a time: "a" is the least recently used when "c" takes a slot
+        resp = _turn(client, prefix, sid, 0)
+        assert resp.status_code == 200, resp.text
+        first[sid] = resp.headers["x-replica-id"]
+    assert len(set(first.values())) == 1, first
+    wait_for(lambda: _running_replicas("slots") == {"RUNNING": 2}, 180, "the autoscaler to add a replica")
+    wait_for(lambda: client.get(f"{prefix}/healthz").json().get("replicas") == 2, 60, "both replicas to report")
+    wait_for(lambda: client.get(f"{prefix}/v1/sessions/sl-a").json()["replica"] is None, 30, "sl-a to be given back")
+    resp = _turn(client, prefix, "sl-a", 1)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-replica-id"] != first["sl-a"] and resp.json()["cache"] == "rebuilt", (resp.headers, resp.json())
+    for sid in ("sl-b", "sl-c"):  # they kept their slots: warm where they were
+        resp = _turn(client, prefix, sid, 1)
+        assert resp.status_code == 200 and resp.headers["x-replica-id"] == first[sid] and resp.json()["cache"] == "warm", resp.text
+    for sid in sids:
+        assert client.get(f"{prefix}/v1/sessions/{sid}").json()["rounds"] == 2
+    serve.delete("slots")
+
+
 def test_no_kv_capacity_is_429_with_retry_after(client):
     # more requests than KV slots reach the replica, which answers 429 itself (with the
     # default limit of one request per slot they would wait at the router instead)

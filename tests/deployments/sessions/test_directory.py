@@ -114,6 +114,29 @@ def test_a_drained_owner_hands_its_kv_over_once(directory):
     assert info.owner == "r2" and info.moves == 1
 
 
+def test_sessions_given_back_without_a_slot_are_placed_by_load_and_stay_given_back_across_a_restart(directory):
+    d = directory
+    for sid in ("a", "b", "c"):
+        assert ray.get(d.place.remote(sid, {"r1": 2}, [], False, True)) == "r1"
+        assert _commit(d, sid, "r1", f"k-{sid}")
+    ray.get(d.begin_turn.remote("c", "r1", None))  # c has a turn in flight: kept
+    assert ray.get(d.place.remote("x", {"r2": 2}, [], False, True)) == "r2"  # x is r2's: kept
+    assert ray.get(d.disown.remote("r1", ["a", "b", "c", "x", "nope"])) == []  # no other replica has a free slot
+    ray.get(d.report.remote("r2", replica_stats("r2", free_slots=1)))
+    ray.get(d.report.remote("r3", replica_stats("r3", free_slots=5, draining=True)))
+    assert ray.get(d.disown.remote("r1", ["a", "b", "c", "x", "nope"])) == ["a"]  # r2's one free slot
+    ray.get(d.report.remote("r2", replica_stats("r2", free_slots=3)))
+    assert ray.get(d.disown.remote("r1", ["a", "b", "c", "x", "nope"])) == ["b"]
+    assert ray.get(d.owners.remote()) == {"r1": 1, "r2": 1}
+    assert ray.get(d.describe.remote("a")).moves == 1  # in memory only: a restart counts from 0
+    _restart(d)
+    assert ray.get(d.describe.remote("a")).owner is None and ray.get(d.describe.remote("c")).owner == "r1"
+    # the next placement is by load: r2 (1 of 4 slots) beats r1 (1 of 2)
+    assert ray.get(d.place.remote("a", {"r1": 2, "r2": 4}, [], False, True)) == "r2"
+    info = ray.get(d.describe.remote("a"))
+    assert (info.owner, info.seq) == ("r2", 1)
+
+
 def test_a_log_outage_refuses_the_turn_with_503_and_loses_nothing(cluster, tmp_path):
     from deployments.http.errors import classify
     from deployments.sessions.session_log import LogUnavailableError

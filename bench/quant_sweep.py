@@ -1,0 +1,158 @@
+"""Tuning sweep of the quantized kernels (bench/quant_decode.py --sweep): for each
+format, batch bucket and weight shape, time every candidate config of
+kernels/quant_configs.py on the GPU and write the fastest in the format
+quant_configs.load reads, so one device call picks the table.
+
+Per (format, batch, shape [N, K]): one random bf16 weight is quantized, then
+copied until the copies exceed 3x the L2 (the product reads them in turn, so the
+weights stream from HBM as in a decode step); each candidate is first checked
+against the float32 product of the dequantised weight (a wrong one is recorded
+and never chosen), then timed as a CUDA graph of launches over all the copies
+(median of 5 replays, per launch). bf16 F.linear (cuBLAS) is timed the same way
+for reference. A bucket's "default" is the candidate with the least summed
+slowdown (time / that shape's best) over the swept shapes; unknown shapes use it.
+A time budget stops the sweep between points; what was measured is still written.
+
+    python bench/quant_decode.py --sweep --out DIR   # DIR/quant_configs.json (+ timings)
+    SWIFTINFER_QUANT_CONFIGS=DIR/quant_configs.json python bench/quant_decode.py
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import common
+import torch
+import torch.nn.functional as F
+
+from swiftinfer_core.kernels import quant_configs as qc
+from swiftinfer_core.kernels.quant_gemm import gemm_int4, gemm_int8
+from swiftinfer_core.kernels.quant_gemv import gemv_int4, gemv_int8
+from swiftinfer_core.model.quant import QuantFormat, dequantize, quantize
+
+ORDER = (1, 32, 128, 16, 64, 256)  # buckets by importance: the budget may stop the sweep early
+
+
+def candidates(fmt: str, batch: int) -> list[dict]:
+    """Every config tried for ``fmt`` at ``batch`` rows (the table's default included)."""
+    out = []
+    if batch == 1:
+        for bn, bk, warps in qc.GEMV_CANDIDATES[fmt]:
+            out += [dict(block_n=bn, block_k=bk, warps=warps, stages=st, waves=w) for st in (1, 3) for w in qc.WAVES]
+    else:
+        bm = min(128, max(16, qc.bucket(batch)))
+        for bn, bk, warps, st in qc.GEMM_CANDIDATES[fmt]:
+            out += [dict(block_m=bm, block_n=bn, block_k=bk, warps=warps, stages=st, waves=w) for w in qc.WAVES]
+    default = dict(qc.DEFAULTS[fmt][qc.bucket(batch)])
+    return out if default in out else [default, *out]
+
+
+def product(fmt: str, x: torch.Tensor, qw, out: torch.Tensor, cfg: dict):
+    if fmt == "int8":
+        return (gemv_int8 if x.shape[0] == 1 else gemm_int8)(x, qw.qweight, qw.scales, out=out, cfg=cfg)
+    f = gemv_int4 if x.shape[0] == 1 else gemm_int4
+    return f(x, qw.qweight, qw.scales, qw.in_features, qw.group, out=out, cfg=cfg)
+
+
+def time_launches(fns, smoke: bool) -> float:
+    """Seconds per call of the fns, run in turn: a CUDA graph of all of them (median of 5 replays)."""
+    if smoke:
+        return common.timed(lambda: [f() for f in fns], reps=1, warmup=0) / len(fns)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for f in fns:
+            f()
+    g.replay()
+    ts = []
+    for _ in range(5):
+        st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        st.record()
+        g.replay()
+        en.record()
+        en.synchronize()
+        ts.append(st.elapsed_time(en) / 1e3)
+    del g
+    return statistics.median(ts) / len(fns)
+
+
+def sweep_point(fmt: str, batch: int, n: int, k: int, group: int, dev, smoke: bool) -> dict:
+    """Timings of every candidate (and bf16) for one format, batch and shape."""
+    gen = torch.Generator(device=dev).manual_seed(n * 7 + k)
+    w = torch.randn(n, k, device=dev, dtype=torch.bfloat16, generator=gen) * 0.02
+    qw = quantize(w, QuantFormat(fmt), group)
+    x = torch.randn(batch, k, device=dev, dtype=torch.bfloat16, generator=gen)
+    want = (x.float() @ dequantize(qw).t()).double()
+    l2 = common.device_info().get("l2_mib", 0) * 2**20
+    nbytes = qw.qweight.numel() * qw.qweight.element_size() + qw.scales.numel() * 2
+    copies = 1 if smoke else int(min(32, max(2, 3 * l2 // nbytes + 1)))
+    qws = [qw] + [type(qw)(qw.fmt, qw.qweight.clone(), qw.scales.clone(), n, k, qw.group) for _ in range(copies - 1)]
+    out = torch.empty(batch, n, device=dev, dtype=torch.bfloat16)
+    rows, bad = [], []
+    for cfg in candidates(fmt, batch)[: 3 if smoke else None]:  # smoke: the script's path, not a tuning
+        try:
+            err = ((product(fmt, x, qw, out, cfg).double() - want).norm() / want.norm()).item()
+            if not err < 2e-2:
+                bad.append({"cfg": cfg, "rel_err": err})
+                continue
+            secs = time_launches([lambda q=q, c=cfg: product(fmt, x, q, out, c) for q in qws], smoke)
+        except Exception as e:  # noqa: BLE001  (a config that does not compile, e.g. out of resources, is skipped)
+            bad.append({"cfg": cfg, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+            continue
+        rows.append({"cfg": cfg, "us": secs * 1e6, "GBps": nbytes / secs / 1e9})
+    ws = [w] + [w.clone() for _ in range(copies * nbytes // (n * k * 2))]  # bf16 copies of as many bytes
+    bf16 = time_launches([lambda v=v: F.linear(x, v) for v in ws], smoke)
+    rows.sort(key=lambda r: r["us"])
+    return {"format": fmt, "batch": batch, "n": n, "k": k, "copies": copies, "bf16_us": bf16 * 1e6,
+            "best": rows[0] if rows else None, "rows": rows, "rejected": bad}
+
+
+def choose(points: list[dict]) -> dict:
+    """quant_configs JSON "configs": per format and bucket, the best per shape and a default."""
+    configs: dict = {}
+    for fmt in sorted({p["format"] for p in points}):
+        for b in sorted({p["batch"] for p in points if p["format"] == fmt}):
+            pts = [p for p in points if p["format"] == fmt and p["batch"] == b and p["best"]]
+            table = {f"{p['n']}x{p['k']}": p["best"]["cfg"] for p in pts}
+            slow: dict[str, list[float]] = {}
+            for p in pts:
+                for r in p["rows"]:
+                    slow.setdefault(json.dumps(r["cfg"], sort_keys=True), []).append(r["us"] / p["best"]["us"])
+            full = {c: sum(v) for c, v in slow.items() if len(v) == len(pts)}
+            if full:
+                table["default"] = json.loads(min(full, key=full.get))
+            configs.setdefault(fmt, {})[str(qc.bucket(b))] = table
+    return configs
+
+
+def run(shapes: dict[str, list[tuple[int, int]]], batches: list[int], group: int, budget_s: float, out: str | None,
+        smoke: bool) -> Path:
+    dev = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
+    uniq = sorted({s for ws in shapes.values() for s in ws})
+    order = [b for b in ORDER if b in batches] + [b for b in batches if b not in ORDER]
+    t0, points, skipped = time.perf_counter(), [], []
+    for b in order:
+        for fmt in ("int4", "int8"):
+            for n, k in uniq:
+                if time.perf_counter() - t0 > budget_s:
+                    skipped.append({"format": fmt, "batch": b, "n": n, "k": k})
+                    continue
+                p = sweep_point(fmt, b, n, k, group, dev, smoke)
+                points.append(p)
+                best = p["best"]
+                print(f"{fmt} b={b:<4} {n:>6}x{k:<6} bf16 {p['bf16_us']:8.1f} us  best {best and best['us']:8.1f} us "
+                      f"({best and p['bf16_us'] / best['us']:.2f}x bf16, {best and best['GBps']:.0f} GB/s) {best and best['cfg']}"
+                      f"  rejected {len(p['rejected'])}  [{time.perf_counter() - t0:.0f}s]", flush=True)
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+    configs = choose(points)
+    d = Path(out or common.RESULTS)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / "quant_configs.json"
+    path.write_text(json.dumps({**common.header(), "group": group, "configs": configs}, indent=1, default=str))
+    common.write_results("quant_sweep_smoke" if smoke else "quant_sweep",
+                         {"group": group, "skipped": skipped, "points": points, "configs": configs}, out)
+    print(f"wrote {path}" + (f"; budget reached, {len(skipped)} points skipped" if skipped else ""))
+    return path

@@ -1,0 +1,120 @@
+"""Batch-1 decode GEMV over FP8 (e4m3) weights: y [1, N] = x [1, K] @ W^T.
+
+W is q float8_e4m3fn [N, K] with one float32 scale per row (model/fp8.py):
+W[n, k] = q[n, k] * S[n]. One decode token reads every weight once, so bytes are
+the time: one byte a weight, half of bf16's.
+
+Program (pid_n, pid_k) owns rows [pid_n*BLOCK_N, +BLOCK_N) and the K chunk
+[pid_k*K_CHUNK, +K_CHUNK). Each K step loads a [BLOCK_N, BLOCK_K] tile of q, each
+row a contiguous run of BLOCK_K bytes (512 by default: 16 bytes per thread, one
+128-bit load, with 4 warps over 16 rows x 512), converts it to float32 in
+registers (exact: e4m3 is a subset of float32) and multiply-accumulates with x
+(bf16/fp16/fp32, read as float32) into acc [BLOCK_N, BLOCK_K]; acc is reduced
+once at the end and the row's scale applied to the row's sum (one multiply per
+row, not per weight).
+
+Split-K: a [576, 576] layer of the default model has 36 row blocks of 16, far
+fewer programs than an H200's 132 SMs, and most of the GPU would idle. Where
+row blocks are fewer than 2 x SMs, K is cut into SPLIT chunks (whole BLOCK_K
+steps each); every program stores its scaled partial sums to P float32
+[SPLIT, N] and a second kernel adds the SPLIT partials per row in a fixed order
+(deterministic: no atomics) and casts to y's dtype. SPLIT 1 stores y directly.
+
+Shapes alone fix the grid and SPLIT (the SM count is a device property, read on
+the host once), so the launch is CUDA-graph capturable and has no host syncs.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from swiftinfer_core.kernels.decode_attention import sm_count
+
+MAX_SPLIT = 16
+
+
+@triton.jit
+def _fp8_gemv_kernel(
+    X, Q, S, Y, P, N, K, K_CHUNK,
+    SPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    offs = tl.arange(0, BLOCK_K)
+    q_ptr = Q + rows.to(tl.int64)[:, None] * K  # row n starts at n * K bytes
+    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    k_lo = pid_k * K_CHUNK
+    k_hi = tl.minimum(k_lo + K_CHUNK, K)
+    for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
+        kk = k0 + offs
+        kmask = kk < k_hi
+        w = tl.load(q_ptr + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)  # [BLOCK_N, BLOCK_K] e4m3
+        x = tl.load(X + kk, mask=kmask, other=0.0).to(tl.float32)  # [BLOCK_K]
+        acc += w.to(tl.float32) * x[None, :]
+    y = tl.sum(acc, 1) * tl.load(S + rows, mask=rmask, other=0.0)  # [BLOCK_N] float32, scaled once per row
+    if SPLIT == 1:
+        tl.store(Y + rows, y.to(Y.dtype.element_ty), mask=rmask)
+    else:
+        tl.store(P + pid_k * N + rows, y, mask=rmask)
+
+
+@triton.jit
+def _sum_splits_kernel(P, Y, N, SPLIT: tl.constexpr, BLOCK: tl.constexpr):
+    """y[n] = sum over s of P[s, n], s in order, cast to Y's dtype."""
+    cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < N
+    acc = tl.zeros([BLOCK], tl.float32)
+    for s in tl.static_range(SPLIT):
+        acc += tl.load(P + s * N + cols, mask=mask, other=0.0)
+    tl.store(Y + cols, acc.to(Y.dtype.element_ty), mask=mask)
+
+
+def fp8_shape(q: torch.Tensor, scales: torch.Tensor) -> tuple[int, int]:
+    """(N, K) of FP8 weights q float8_e4m3fn [N, K] with float32 scales [N]; ValueError if not."""
+    if q.dim() != 2 or q.dtype != torch.float8_e4m3fn or scales.dtype != torch.float32 or scales.shape != (q.shape[0],):
+        raise ValueError(f"FP8 weights must be float8_e4m3fn [N, K] with float32 scales [N]; got {q.dtype} "
+                         f"{tuple(q.shape)} and {scales.dtype} {tuple(scales.shape)}")
+    if not (q.is_contiguous() and scales.is_contiguous()):
+        raise ValueError("FP8 weights and scales must be contiguous")
+    return q.shape[0], q.shape[1]
+
+
+def choose_split(n: int, k: int, device: torch.device, block_n: int, block_k: int) -> int:
+    """K chunks per row block: enough programs for 2 per SM where N alone gives fewer,
+    each chunk at least one BLOCK_K step. 1 off CUDA (the interpreter: no SMs to fill)."""
+    if device.type != "cuda":
+        return 1
+    blocks, target = triton.cdiv(n, block_n), 2 * sm_count(device)
+    if blocks >= target:
+        return 1
+    return max(1, min(MAX_SPLIT, triton.cdiv(target, blocks), triton.cdiv(k, block_k)))
+
+
+def gemv_fp8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor | None = None,
+             split_k: int | None = None, block_n: int = 16, block_k: int = 512, num_warps: int = 4,
+             stages: int = 3) -> torch.Tensor:
+    """x [1, K] (bf16, fp16 or fp32), q float8_e4m3fn [N, K], scales float32 [N] -> y [1, N] in x's dtype.
+    ``split_k``: K chunks per row block (None: choose_split)."""
+    n, k = fp8_shape(q, scales)
+    if x.dim() != 2 or x.shape != (1, k) or not x.is_contiguous():
+        raise ValueError(f"x must be a contiguous [1, {k}] tensor, got {tuple(x.shape)}")
+    if q.device != x.device or scales.device != x.device:
+        raise ValueError("FP8 weights and scales must be on x's device")
+    out = torch.empty((1, n), dtype=x.dtype, device=x.device) if out is None else out
+    split = choose_split(n, k, x.device, block_n, block_k) if split_k is None else split_k
+    # whole BLOCK_K steps per chunk; the last chunk may be shorter, and with rounding fewer chunks may suffice
+    k_chunk = triton.cdiv(triton.cdiv(k, block_k), split) * block_k
+    split = triton.cdiv(k, k_chunk)
+    part = out if split == 1 else torch.empty((split, n), dtype=torch.float32, device=x.device)
+    _fp8_gemv_kernel[(triton.cdiv(n, block_n), split)](
+        x, q, scales, out, part, n, k, k_chunk,
+        SPLIT=split, BLOCK_N=block_n, BLOCK_K=block_k, STAGES=stages, num_warps=num_warps,
+    )
+    if split > 1:
+        block = 1024
+        _sum_splits_kernel[(triton.cdiv(n, block),)](part, out, n, SPLIT=split, BLOCK=block, num_warps=4)
+    return out

@@ -1,0 +1,124 @@
+"""Batched FP8 products through torch._scaled_mm: y [M, N] = x [M, K] @ W^T in bf16.
+
+The first choice for M > 1 (model/fp8_linear.py): cuBLAS/CUTLASS FP8 tensor
+cores, tuned per shape, twice bf16's peak FLOP/s on Hopper, where this
+project's own Triton GEMMs stay far behind cuBLAS (README, quantised kernels).
+Both operands must be FP8, so x is quantized per row on the fly, as the weights
+are per channel (model/fp8.py):
+
+  xq float8_e4m3fn [M, K], sx float32 [M, 1]   sx[m] = amax(|x[m, :]|) / 448
+  y = _scaled_mm(xq, q^T, scale_a=sx, scale_b=S [1, N], out_dtype=bf16)
+    = (xq * sx) @ (q * S)^T, accumulated in float32
+
+q^T is the column-major view of the row-major q [N, K] that _scaled_mm wants for
+its second operand (no copy). Its conditions (torch 2.11): K and N multiples of
+16; row-wise scales write bf16 only (CUTLASS's f8f8bf16_rowwise; cuBLAS on
+sm90 takes more, not everywhere). ``supported`` checks them and probes the op
+once per device at load: where it fails, the Triton weight-only GEMM
+(kernels/fp8_gemm.py) runs instead, and the log says why.
+
+What it costs: x's rounding to e4m3 (each element within 2^-4 of itself, as
+the weights; perplexity of both at once: bench/results/fp8_quality_cpu_emulated.json).
+
+Row quantization is one Triton program per row: pass 1 takes the row's amax,
+pass 2 writes x / sx rounded to e4m3. The rounding is computed explicitly
+(_round_e4m3: nearest, ties to even, as torch's cast) and the exact result then
+cast, because Triton 3.9's CPU interpreter casts float32 to e4m3 wrongly where
+rounding carries into the exponent (31.98 -> 16 instead of 32), and the tests run
+this kernel there; on the GPU the cast of an exact value is exact too. Divisions
+use div_rn (IEEE), so sx and xq equal model/fp8.quantize_fp8's bit for bit
+(except -0 for +0). One launch per product, no host syncs: CUDA-graph capturable.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+import triton
+import triton.language as tl
+
+from swiftinfer_core.kernels.fp8_gemv import fp8_shape
+from swiftinfer_core.model.fp8 import E4M3_MAX, FP8_DTYPE, TINY
+
+log = logging.getLogger(__name__)
+MULTIPLE = 16  # _scaled_mm: K and N multiples of 16
+
+
+@triton.jit
+def _round_e4m3(t):
+    """t float32, |t| <= 448 -> the nearest e4m3 value (ties to even), as float32."""
+    e = (t.to(tl.int32, bitcast=True) >> 23) & 255  # biased exponent: floor(log2 |t|) + 127
+    e = tl.maximum(e, 127 - 6) - 3  # e4m3's step there, biased: 2^(E - 3), E >= -6 (subnormal step 2^-9)
+    step = (e << 23).to(tl.float32, bitcast=True)
+    inv = ((254 - e) << 23).to(tl.float32, bitcast=True)  # 1 / step, exact
+    # |t * inv| < 16; adding 1.5 * 2^23 leaves a float32 of step 1, so the add rounds to an integer (ties to even)
+    return ((t * inv + 12582912.0) - 12582912.0) * step
+
+
+@triton.jit
+def _quantize_rows_kernel(X, XQ, SX, K, stride_xm, FMAX: tl.constexpr, SMALLEST: tl.constexpr, BLOCK_K: tl.constexpr):
+    row = tl.program_id(0)
+    x_row = X + row.to(tl.int64) * stride_xm
+    q_row = XQ + row.to(tl.int64) * K
+    offs = tl.arange(0, BLOCK_K)
+    amax = tl.zeros([BLOCK_K], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + offs
+        amax = tl.maximum(amax, tl.abs(tl.load(x_row + kk, mask=kk < K, other=0.0).to(tl.float32)))
+    s = tl.maximum(tl.div_rn(tl.max(amax, 0), FMAX), SMALLEST)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + offs
+        v = tl.load(x_row + kk, mask=kk < K, other=0.0).to(tl.float32)
+        t = tl.minimum(tl.maximum(tl.div_rn(v, s), -FMAX), FMAX)
+        tl.store(q_row + kk, _round_e4m3(t).to(tl.float8e4nv), mask=kk < K)
+    tl.store(SX + row, s)
+
+
+def quantize_rows(x: torch.Tensor, block_k: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] (rows contiguous) -> (xq float8_e4m3fn [M, K], sx float32 [M, 1]): each row
+    over its own scale amax / 448, as model/fp8.quantize_fp8 does for weights."""
+    if x.dim() != 2 or x.stride(1) != 1:
+        raise ValueError(f"x must be [M, K] with contiguous rows, got {tuple(x.shape)}")
+    m, k = x.shape
+    xq = torch.empty((m, k), dtype=FP8_DTYPE, device=x.device)
+    sx = torch.empty((m, 1), dtype=torch.float32, device=x.device)
+    _quantize_rows_kernel[(m,)](x, xq, sx, k, x.stride(0), FMAX=E4M3_MAX, SMALLEST=TINY,
+                                BLOCK_K=min(block_k, triton.next_power_of_2(k)), num_warps=4)
+    return xq, sx
+
+
+def scaled_mm_fp8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, fast_accum: bool = False) -> torch.Tensor:
+    """x [M, K] bf16, q float8_e4m3fn [N, K], scales float32 [N] -> y [M, N] bf16 (see ``supported``).
+    ``fast_accum``: _scaled_mm's use_fast_accum (Hopper: no periodic float32 promotion; off by default)."""
+    n, k = fp8_shape(q, scales)
+    if x.dim() != 2 or x.shape[1] != k:
+        raise ValueError(f"x must be [M, {k}], got {tuple(x.shape)}")
+    xq, sx = quantize_rows(x)
+    return torch._scaled_mm(xq, q.t(), scale_a=sx, scale_b=scales.view(1, n), out_dtype=x.dtype,
+                            use_fast_accum=fast_accum)
+
+
+def supported(dtype: torch.dtype, n: int, k: int, device: torch.device) -> bool:
+    """Whether scaled_mm_fp8 runs an [N, K] weight for ``dtype`` activations on ``device``."""
+    return (device.type == "cuda" and dtype == torch.bfloat16 and n % MULTIPLE == 0 and k % MULTIPLE == 0
+            and _rowwise_works(device.index if device.index is not None else torch.cuda.current_device()))
+
+
+@functools.lru_cache(maxsize=None)
+def _rowwise_works(index: int) -> bool:
+    """One tiny row-wise _scaled_mm on device ``index``, at load (never inside a graph capture)."""
+    dev = torch.device("cuda", index)
+    try:
+        a = torch.ones(16, 32, device=dev).to(FP8_DTYPE)
+        y = torch._scaled_mm(a, a.t(), scale_a=torch.ones(16, 1, device=dev), scale_b=torch.ones(1, 16, device=dev),
+                             out_dtype=torch.bfloat16)
+        ok = bool((y == 32).all())
+    except (RuntimeError, ValueError, NotImplementedError, AttributeError, TypeError) as exc:
+        log.warning("torch._scaled_mm with row-wise scales fails on %s (%s): FP8 batches run the Triton GEMM "
+                    "(kernels/fp8_gemm.py)", dev, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return False
+    if not ok:
+        log.warning("torch._scaled_mm with row-wise scales gave wrong numbers on %s: FP8 batches run the Triton GEMM", dev)
+    return ok

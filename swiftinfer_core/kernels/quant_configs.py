@@ -1,0 +1,113 @@
+"""Launch configurations of the quantized kernels (kernels/quant_gemv.py for one
+row, kernels/quant_gemm.py for more): an explicit table per format and batch
+bucket, optionally refined per weight shape by a tuning file.
+
+A config is a dict:
+  block_n  weight rows (outputs) per program
+  block_k  input columns per K step (int4: a multiple of 32 = one packed block;
+           int8 GEMV: of 16 = one 16-byte vector; GEMM: >= 128 for int4's 8 dots of K/8 >= 16)
+  block_m  (GEMM only) batch rows per program: tl.dot's N side, >= 16
+  warps, stages   num_warps and the K loop's software-pipelining depth
+  waves    split-K target: cut K until programs >= waves * SMs (0: never split)
+
+Why a table and not triton.autotune: autotune re-times every config in every new
+process on its first call (a server start would stall for seconds per shape, and
+a first call inside a CUDA-graph capture cannot be timed at all), and it keys on
+exact sizes, so each batch size would retune. Here the choice is a dict lookup;
+``bench/quant_decode.py --sweep`` times the candidates on the GPU once and writes
+a file in this module's JSON format. Loaded at import, in order: the file named by
+$SWIFTINFER_QUANT_CONFIGS, else quant_configs.json beside this module (the tuned
+table committed for the H200), else only the defaults below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+BUCKETS = (1, 16, 32, 64, 128, 256)  # batch rows: 1 is the GEMV; larger M use the 256 bucket
+MAX_SPLIT = 32
+
+# Guesses from the H200's shape (132 SMs, 4.8 TB/s); the sweep replaces them.
+DEFAULTS: dict[str, dict[int, dict]] = {
+    "int4": {
+        1: dict(block_n=32, block_k=512, warps=4, stages=1, waves=4),
+        16: dict(block_m=16, block_n=64, block_k=128, warps=4, stages=3, waves=4),
+        32: dict(block_m=32, block_n=64, block_k=128, warps=4, stages=3, waves=4),
+        64: dict(block_m=64, block_n=64, block_k=128, warps=4, stages=3, waves=2),
+        128: dict(block_m=128, block_n=128, block_k=128, warps=8, stages=3, waves=1),
+        256: dict(block_m=128, block_n=128, block_k=128, warps=8, stages=3, waves=1),
+    },
+    "int8": {
+        1: dict(block_n=32, block_k=256, warps=4, stages=1, waves=4),
+        16: dict(block_m=16, block_n=64, block_k=128, warps=4, stages=3, waves=4),
+        32: dict(block_m=32, block_n=64, block_k=128, warps=4, stages=3, waves=4),
+        64: dict(block_m=64, block_n=64, block_k=128, warps=4, stages=3, waves=2),
+        128: dict(block_m=128, block_n=128, block_k=64, warps=8, stages=3, waves=1),
+        256: dict(block_m=128, block_n=128, block_k=64, warps=8, stages=3, waves=1),
+    },
+}
+
+# What ``--sweep`` tries (waves is a launch argument: no extra compile).
+GEMV_CANDIDATES = {
+    "int4": [(16, 512, 4), (32, 256, 4), (32, 512, 4), (32, 1024, 4), (32, 512, 8), (64, 512, 4), (64, 512, 8), (64, 1024, 8)],
+    "int8": [(16, 256, 4), (32, 128, 4), (32, 256, 4), (32, 512, 4), (32, 256, 8), (64, 256, 4), (64, 256, 8), (64, 512, 8)],
+}  # (block_n, block_k, warps), each with stages 1 and 3. Rows per thread = block_n / (warps *
+# 32 / (block_k / 32 or 16)): more rows amortise x's loads and conversions (offline sm_90 builds:
+# int4 4.6 instructions per weight at 4 rows, 4.2 at 8; int8 5.7 and 5.2) but cost registers
+GEMM_CANDIDATES = {
+    "int4": [(64, 128, 4, 3), (64, 256, 4, 2), (128, 128, 4, 3), (128, 128, 8, 3), (128, 256, 8, 2), (64, 128, 4, 4)],
+    "int8": [(64, 64, 4, 4), (64, 128, 4, 3), (128, 64, 4, 4), (128, 128, 8, 3), (128, 64, 8, 4), (64, 256, 4, 2)],
+}  # (block_n, block_k, warps, stages); block_m is the bucket, capped at 128
+WAVES = (0, 1, 2, 4, 8)
+
+_tuned: dict[str, dict[str, dict[str, dict]]] = {}  # fmt -> bucket -> ("default" | "NxK") -> config
+
+
+def bucket(m: int) -> int:
+    """The table's batch bucket for m rows: the smallest bucket >= m (256 beyond)."""
+    return next((b for b in BUCKETS if m <= b), BUCKETS[-1])
+
+
+def config(fmt: str, m: int, n: int, k: int) -> dict:
+    """The config for an [m, k] x [n, k]^T product in ``fmt`` ("int8"/"int4"):
+    the tuned one for this shape, else the tuned bucket default, else the table."""
+    b = bucket(m)
+    tuned = _tuned.get(fmt, {}).get(str(b), {})
+    return dict(tuned.get(f"{n}x{k}") or tuned.get("default") or DEFAULTS[fmt][b])
+
+
+def pick_split(tiles: int, steps: int, sms: int, waves: int) -> tuple[int, int]:
+    """(split, steps per split) for ``tiles`` output tiles whose K loop has
+    ``steps`` steps: the fewest parts giving >= waves * sms programs, no part empty."""
+    if waves <= 0 or steps <= 1:
+        return 1, max(steps, 1)
+    want = -(-waves * sms // tiles)
+    split = max(1, min(want, steps, MAX_SPLIT))
+    per = -(-steps // split)
+    return -(-steps // per), per
+
+
+def load(path: str | os.PathLike) -> None:
+    """Replace the tuned configs with those of a JSON file written by the sweep."""
+    data = json.loads(Path(path).read_text())
+    _tuned.clear()
+    _tuned.update(data["configs"])
+
+
+def reset() -> None:
+    """Forget tuned configs: the defaults only (tests)."""
+    _tuned.clear()
+
+
+def _load_at_import() -> None:
+    env = os.environ.get("SWIFTINFER_QUANT_CONFIGS")
+    packaged = Path(__file__).with_name("quant_configs.json")
+    if env:
+        load(env)
+    elif packaged.exists():
+        load(packaged)
+
+
+_load_at_import()

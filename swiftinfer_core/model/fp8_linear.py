@@ -1,0 +1,85 @@
+"""Fp8Linear: an nn.Linear replacement over FP8 (e4m3) weights with per-channel scales.
+
+The weight is quantized once, at load, from the layer's float weight
+(model/fp8.py: q float8_e4m3fn [N, K], scale float32 [N]); the float weight is
+dropped. Activations stay in the model's dtype (``in_dtype``, the replaced
+weight's dtype) and the output comes back in it. Which kernel multiplies
+depends on the rows, as for int8/int4 (model/quant_linear.py):
+
+  1 row (batch-1 decode)  kernels/fp8_gemv.py: weight-only, x unchanged
+  M > 1 rows              ``batched`` = "scaled_mm": kernels/fp8_scaled_mm.py,
+                          x quantized per row to e4m3, torch._scaled_mm on FP8
+                          tensor cores (bf16 activations, K and N multiples of 16,
+                          the op working on this device: checked at load);
+                          "triton": kernels/fp8_gemm.py, weight-only (the
+                          fallback where _scaled_mm cannot run, and the CPU
+                          interpreter of the tests)
+
+Every path has static shapes and no host syncs, so the engine's CUDA graphs
+capture it. The engine builds this on CUDA only (runner/build.py refuses other
+devices and GPUs before compute capability 8.9); on the CPU it runs under
+Triton's interpreter, for tests.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from swiftinfer_core.model.fp8 import dequantize_fp8, quantize_fp8
+
+BATCHED = ("scaled_mm", "triton")
+
+
+class Fp8Linear(nn.Module):
+    """FP8 weight linear: x [..., K] -> [..., N] in the replaced weight's dtype."""
+
+    def __init__(self, linear: nn.Linear, batched: str | None = None):
+        super().__init__()
+        w = linear.weight
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.in_dtype = w.dtype
+        q, scale = quantize_fp8(w)
+        self.register_buffer("qweight", q)  # float8_e4m3fn [N, K]
+        self.register_buffer("scales", scale)  # float32 [N]
+        bias = linear.bias
+        self.register_buffer("bias", None if bias is None else bias.detach().to(w.dtype).clone())
+        if batched is None:
+            from swiftinfer_core.kernels import fp8_scaled_mm  # needs triton
+
+            ok = fp8_scaled_mm.supported(w.dtype, self.out_features, self.in_features, w.device)
+            batched = "scaled_mm" if ok else "triton"
+        if batched not in BATCHED:
+            raise ValueError(f"batched must be one of {BATCHED}, got {batched!r}")
+        self.batched = batched
+
+    def dequantized(self) -> torch.Tensor:
+        """[N, K] float32: the weight this layer multiplies by."""
+        return dequantize_fp8(self.qweight, self.scales)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from swiftinfer_core.kernels import fp8_gemm, fp8_gemv, fp8_scaled_mm  # need triton
+
+        x2 = x.reshape(-1, self.in_features).contiguous()  # [M, K]
+        if x2.shape[0] == 1:
+            y = fp8_gemv.gemv_fp8(x2, self.qweight, self.scales)
+        elif self.batched == "scaled_mm":
+            y = fp8_scaled_mm.scaled_mm_fp8(x2, self.qweight, self.scales)
+        else:
+            y = fp8_gemm.gemm_fp8(x2, self.qweight, self.scales)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, fp8 e4m3, batched={self.batched}"
+
+
+def quantize_fp8_linears(model: nn.Module, head: bool, batched: str | None = None) -> int:
+    """Replace the decoder's nn.Linear layers (and ``lm_head`` when ``head``) with
+    Fp8Linear, in place; returns how many were replaced."""
+    targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+               if isinstance(child, nn.Linear) and (head or name != "lm_head")]
+    for parent, name, child in targets:
+        setattr(parent, name, Fp8Linear(child, batched))
+    return len(targets)

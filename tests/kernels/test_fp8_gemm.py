@@ -1,0 +1,51 @@
+"""fp8_gemm.py (the weight-only Triton GEMM, the batched fallback) against float64
+products of the dequantised weights, on fresh random inputs each run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernels_naive import fresh_seed, rel_err
+
+from swiftinfer_core.kernels.fp8_gemm import gemm_fp8
+from swiftinfer_core.model.fp8 import quantize_fp8, reference_linear
+
+TOL = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 5e-3}  # exact operands: the output's rounding
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("m", [1, 3, 17])
+def test_gemm_fp8_matches_float64(m, dtype, dev):
+    seed = fresh_seed()
+    n, k = 37, 101  # neither a multiple of the blocks
+    q, s = quantize_fp8(torch.randn(n, k) * torch.logspace(-3, 0, k)[None, :])
+    x = torch.randn(m, k).to(dtype)
+    y = gemm_fp8(x.to(dev), q.to(dev), s.to(dev), block_n=16, block_k=32)
+    assert y.shape == (m, n) and y.dtype == dtype
+    assert rel_err(y, reference_linear(x, q, s)) < TOL[dtype], f"seed {seed}"
+
+
+def test_gemm_fp8_reads_strided_rows_writes_out_and_refuses_bad_inputs(dev):
+    seed = fresh_seed()
+    q, s = (t.to(dev) for t in quantize_fp8(torch.randn(20, 64)))
+    wide = torch.randn(5, 104, device=dev)
+    x = wide[:, 8:72]  # row stride 104: a slice of a wider activation
+    out = torch.full((5, 20), float("nan"), device=dev)
+    y = gemm_fp8(x, q, s, out=out, block_n=16, block_k=32)
+    assert y.data_ptr() == out.data_ptr()
+    assert rel_err(out, reference_linear(x.cpu(), q.cpu(), s.cpu())) < TOL[torch.float32], f"seed {seed}"
+    with pytest.raises(ValueError, match=r"\[M, 64\]"):
+        gemm_fp8(torch.randn(3, 63, device=dev), q, s)
+    with pytest.raises(ValueError, match="float32, bfloat16 or float16"):
+        gemm_fp8(torch.randn(3, 64, device=dev).double(), q, s)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [2, 32, 300])
+@pytest.mark.parametrize("n,k", [(12288, 4096), (4096, 11008), (1000, 520)])  # 7B qkv/down; N, K not multiples of 16
+def test_gemm_fp8_bf16_at_llama_shapes(m, n, k):
+    seed = fresh_seed()
+    dev = torch.device("cuda")
+    q, s = quantize_fp8(torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02)
+    x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+    assert rel_err(gemm_fp8(x, q, s), reference_linear(x, q, s)) < TOL[torch.bfloat16], f"seed {seed}"

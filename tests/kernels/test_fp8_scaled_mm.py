@@ -1,0 +1,101 @@
+"""fp8_scaled_mm.py: the per-row activation quantization kernel against
+model/fp8.quantize_fp8 (value for value, under the interpreter too), and on a
+GPU the _scaled_mm product against float64 of both dequantised operands."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernels_naive import fresh_seed, rel_err
+
+from swiftinfer_core.kernels.fp8_scaled_mm import quantize_rows, scaled_mm_fp8, supported
+from swiftinfer_core.model.fp8 import quantize_fp8, reference_linear
+
+
+def _same_values(x: torch.Tensor, dev) -> None:
+    xq, sx = quantize_rows(x.to(dev), block_k=64)
+    rq, rs = quantize_fp8(x)
+    assert xq.dtype == torch.float8_e4m3fn and sx.shape == (x.shape[0], 1)
+    assert torch.equal(sx.cpu()[:, 0], rs)
+    assert torch.equal(xq.cpu().float(), rq.float())  # -0 and +0 compare equal: the kernel may drop a zero's sign
+
+
+def test_quantize_rows_rounds_as_torch_at_ties_and_binade_edges(dev):
+    """Row 0 has amax 448 (scale 1): 17 and -17 are ties (-> 16, even), 19 -> 20 (even), 31.98 rounds up
+    into the next binade (32; the interpreter's own cast gets this wrong), 2^-10 is a subnormal tie (-> 0),
+    3 * 2^-10 one too (-> 2^-8); row 1 is zeros; row 2 is tiny."""
+    x = torch.zeros(3, 100)
+    x[0, :10] = torch.tensor([448.0, 17.0, -17.0, 19.0, 31.98, 2.0**-10, 3 * 2.0**-10, 447.0, 1e-30, -0.3])
+    x[2] = torch.linspace(-1e-30, 1e-30, 100)
+    _same_values(x, dev)
+    xq, _ = quantize_rows(x.to(dev))
+    assert xq[0, :8].cpu().float().tolist() == [448.0, 16.0, -16.0, 20.0, 32.0, 0.0, 2.0**-8, 448.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_quantize_rows_matches_torch_on_random_rows(dtype, dev):
+    fresh_seed()
+    x = (torch.randn(9, 333) * torch.logspace(-4, 3, 9)[:, None]).to(dtype)  # K not a multiple of the block
+    x[4, 17] *= 1000  # an outlier pushes most of its row into e4m3's subnormals
+    _same_values(x, dev)
+
+
+def test_quantize_rows_reads_strided_rows(dev):
+    fresh_seed()
+    wide = torch.randn(4, 200)
+    _same_values(wide[:, 50:150], dev)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU runs the real op (below); compiled Triton takes no CPU tensors")
+def test_scaled_mm_fp8_call_on_torchs_cpu_op():
+    """The wrapper's call (q^T column-major, scales [M, 1] and [1, N], bf16 out) through torch's CPU
+    _scaled_mm, which takes row-wise scales in torch 2.13: the numbers of both quantized operands."""
+    seed = fresh_seed()
+    q, s = quantize_fp8(torch.randn(48, 96) * 0.1)
+    x = torch.randn(5, 96).bfloat16()
+    try:
+        y = scaled_mm_fp8(x, q, s)
+    except (RuntimeError, NotImplementedError) as exc:
+        pytest.skip(f"this torch's CPU _scaled_mm refuses row-wise scales: {exc}")
+    assert y.shape == (5, 48) and y.dtype == torch.bfloat16
+    assert rel_err(y, reference_linear(x, q, s, quantize_x=True)) < 5e-3, f"seed {seed}"
+
+
+def test_supported_needs_cuda_bf16_and_multiples_of_16():
+    cpu = torch.device("cpu")
+    assert not supported(torch.bfloat16, 4096, 4096, cpu)
+    if torch.cuda.is_available():
+        dev = torch.device("cuda")
+        assert not supported(torch.float16, 4096, 4096, dev) and not supported(torch.bfloat16, 4096, 4100, dev)
+        assert not supported(torch.bfloat16, 1000, 4096, dev)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [2, 32, 300])
+@pytest.mark.parametrize("n,k", [(12288, 4096), (4096, 11008), (960, 576), (49152, 576)])  # 7B; default model's qkv, head
+def test_scaled_mm_fp8_matches_float64_of_both_quantized_operands(m, n, k):
+    seed = fresh_seed()
+    dev = torch.device("cuda")
+    assert supported(torch.bfloat16, n, k, dev)  # H100/H200, torch 2.11: row-wise scales work
+    q, s = quantize_fp8(torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02)
+    x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+    y = scaled_mm_fp8(x, q, s)
+    assert y.shape == (m, n) and y.dtype == torch.bfloat16
+    # the same FP8 operands the op multiplies: float32 accumulation and the bf16 output are what is left
+    assert rel_err(y, reference_linear(x, q, s, quantize_x=True)) < 5e-3, f"seed {seed}"
+    # against bf16 x (the weight-only product): e4m3 activations cost a few percent, not more
+    assert rel_err(y, reference_linear(x, q, s)) < 0.05, f"seed {seed}"
+
+
+@pytest.mark.gpu
+def test_scaled_mm_fp8_replays_in_a_cuda_graph():
+    dev = torch.device("cuda")
+    q, s = quantize_fp8(torch.randn(1024, 2048, device=dev))
+    x = torch.randn(48, 2048, device=dev, dtype=torch.bfloat16)
+    scaled_mm_fp8(x, q, s)  # compile and pick the cuBLAS/CUTLASS kernel outside the capture
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = scaled_mm_fp8(x, q, s)
+    x.copy_(torch.randn_like(x))
+    g.replay()
+    assert rel_err(out, reference_linear(x, q, s, quantize_x=True)) < 5e-3

@@ -1,0 +1,65 @@
+"""kernels/quant_configs.py: batch buckets, the lookup order (shape, bucket
+default, table), the split-K choice, and loading a tuning file like the sweep's."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from swiftinfer_core.kernels import quant_configs as qc
+
+
+@pytest.fixture
+def defaults_only():
+    qc.reset()
+    yield
+    qc.reset()
+
+
+def test_buckets_round_up_and_cap():
+    assert [qc.bucket(m) for m in (1, 2, 16, 17, 32, 33, 100, 128, 129, 256, 4096)] == [1, 16, 16, 32, 32, 64, 128, 128, 256, 256, 256]
+
+
+def test_every_default_is_a_complete_config():
+    for fmt, table in qc.DEFAULTS.items():
+        assert sorted(table) == list(qc.BUCKETS)
+        for b, cfg in table.items():
+            keys = {"block_n", "block_k", "warps", "stages", "waves"} | ({"block_m"} if b > 1 else set())
+            assert set(cfg) == keys, (fmt, b)
+            assert cfg["block_k"] % (32 if fmt == "int4" else 16) == 0
+            if b > 1:
+                assert cfg["block_m"] >= 16 and cfg["block_k"] % (128 if fmt == "int4" else 64) == 0
+
+
+def test_sweep_candidates_fit_the_kernels():
+    for fmt in ("int4", "int8"):
+        assert all(bk % (32 if fmt == "int4" else 16) == 0 for _, bk, _ in qc.GEMV_CANDIDATES[fmt])
+        assert all(bk % (128 if fmt == "int4" else 64) == 0 for _, bk, _, _ in qc.GEMM_CANDIDATES[fmt])
+
+
+def test_pick_split_reaches_the_waves_without_empty_parts():
+    # 128 row blocks, 43 K steps, 132 SMs, 4 waves: ceil(528 / 128) = 5 parts of ceil(43 / 5) = 9 steps
+    assert qc.pick_split(128, 43, 132, 4) == (5, 9)
+    assert qc.pick_split(1000, 8, 132, 4) == (1, 8)  # enough tiles already
+    assert qc.pick_split(4, 3, 132, 8) == (3, 1)  # no more parts than steps
+    assert qc.pick_split(128, 43, 132, 0) == (1, 43)  # waves 0: never split
+    for tiles, steps, waves in [(7, 100, 4), (1, 1000, 8), (33, 17, 2)]:
+        split, per = qc.pick_split(tiles, steps, 132, waves)
+        assert split <= qc.MAX_SPLIT and (split - 1) * per < steps <= split * per  # every part has a step
+
+
+def test_lookup_order_shape_then_bucket_default_then_table(tmp_path, defaults_only):
+    assert qc.config("int4", 1, 4096, 4096) == qc.DEFAULTS["int4"][1]
+    shape_cfg = dict(qc.DEFAULTS["int4"][1], block_n=64)
+    bucket_cfg = dict(qc.DEFAULTS["int4"][32], waves=8)
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps({"configs": {"int4": {"1": {"4096x4096": shape_cfg}, "32": {"default": bucket_cfg}}}}))
+    qc.load(path)
+    assert qc.config("int4", 1, 4096, 4096) == shape_cfg
+    assert qc.config("int4", 1, 4096, 11008) == qc.DEFAULTS["int4"][1]  # no entry for this shape or bucket
+    assert qc.config("int4", 20, 4096, 4096) == bucket_cfg  # bucket 32's tuned default
+    assert qc.config("int8", 20, 4096, 4096) == qc.DEFAULTS["int8"][32]
+    got = qc.config("int4", 1, 4096, 4096)
+    got["block_n"] = 1  # a copy: the table is not changed through it
+    assert qc.config("int4", 1, 4096, 4096) == shape_cfg

@@ -1,0 +1,115 @@
+"""Fp8Linear (model/fp8_linear.py) and the 'fp8' wiring: the layer's paths against
+float64 of its dequantised weight (CPU: Triton's interpreter), the config's and
+the engine start's refusals. GPU tests run the layer on CUDA (GEMV and
+_scaled_mm paths)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from swiftinfer_core.config import EngineConfig
+from swiftinfer_core.errors import InvalidRequestError
+from swiftinfer_core.model.fp8 import reference_linear
+from swiftinfer_core.model.fp8_linear import Fp8Linear, quantize_fp8_linears
+from swiftinfer_core.model.quant import QuantFormat
+from swiftinfer_core.runner.build import quantize_weights
+from swiftinfer_core.runner.rank_config import RankConfig
+
+
+def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.double().cpu() - want).norm() / want.norm()).item()
+
+
+@pytest.mark.parametrize("rows,bias", [(1, False), (5, True)])
+def test_fp8_linear_matches_float64_of_its_weight(rows, bias):
+    """1 row: the GEMV; 5 rows: the Triton GEMM (float32: no _scaled_mm path). CPU: under the interpreter."""
+    torch.manual_seed(int.from_bytes(os.urandom(4), "little"))
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    lin = nn.Linear(200, 37, bias=bias, device=dev)
+    f8 = Fp8Linear(lin)
+    assert f8.batched == "triton" and f8.in_dtype == torch.float32 and not hasattr(f8, "weight")
+    x = torch.randn(rows, 200, device=dev)
+    want = (reference_linear(x, f8.qweight, f8.scales) + (lin.bias.double() if bias else 0)).cpu()
+    got = f8(x)
+    assert got.dtype == torch.float32 and got.shape == (rows, 37)
+    assert _rel(got, want) < 1e-6  # float32 in, float32 sums, exact e4m3 operands
+    assert f8(x.view(1, rows, 200)).shape == (1, rows, 37)
+    # the quantization itself: the layer's weight is within e4m3's step of the float one
+    assert _rel(f8.dequantized(), lin.weight.detach().double().cpu()) < 2.0**-5
+
+
+def test_quantize_fp8_linears_keeps_the_head_when_asked():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(64, 32)
+            self.lm_head = nn.Linear(64, 16)
+
+    m = M()
+    assert quantize_fp8_linears(m, head=False) == 1
+    assert isinstance(m.body, Fp8Linear) and isinstance(m.lm_head, nn.Linear)
+    with pytest.raises(ValueError, match="batched"):
+        Fp8Linear(nn.Linear(64, 32), batched="cublas")
+
+
+def test_config_accepts_fp8_on_gpus_and_refuses_the_rest():
+    assert EngineConfig(quantization="fp8").quantization.value == "fp8"  # device auto: checked at start
+    EngineConfig(quantization="fp8", device="cuda", lm_head_fp32=False)
+    with pytest.raises(InvalidRequestError, match="CUDA GPU of compute capability 8.9.*use 'int8'"):
+        EngineConfig(quantization="fp8", device="cpu")
+    with pytest.raises(InvalidRequestError, match="tp_size 1"):
+        EngineConfig(quantization="fp8", device="cuda", tp_size=2)
+
+
+def _rank(**over) -> RankConfig:
+    from swiftinfer_core.cache.layout import StreamLayout
+    from swiftinfer_core.model.args import ModelArgs
+
+    args = ModelArgs(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16, intermediate_size=48)
+    return RankConfig(args=args, layout=StreamLayout(0, 8), device_type="cpu", dtype=torch.float32, quant=QuantFormat.FP8, **over)
+
+
+def test_engine_start_refuses_fp8_where_the_device_cannot_run_it(monkeypatch):
+    from swiftinfer_core.model.llama import Llama
+    from swiftinfer_core.model.layers import ShardPlan
+
+    cfg = _rank()
+    model = Llama(cfg.args, ShardPlan.single(cfg.args))
+    with pytest.raises(InvalidRequestError, match="quantization 'fp8' needs a CUDA GPU.*not cpu"):
+        quantize_weights(model, cfg, torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA GeForce RTX 3090")
+    with pytest.raises(InvalidRequestError, match="8.9 or newer.*RTX 3090 is 8.6"):
+        quantize_weights(model, cfg, torch.device("cuda", 0))
+    assert isinstance(model.layers[0].wqkv, nn.Linear)  # refused before any layer was replaced
+    with pytest.raises(InvalidRequestError, match="Llama family only"):
+        quantize_weights(nn.Sequential(nn.Linear(4, 4)), cfg, torch.device("cuda", 0))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal of a machine without a GPU")
+def test_engine_with_device_auto_and_no_gpu_refuses_fp8_at_start(model_dir):
+    from swiftinfer_core.engine.engine_model import build_engine_model
+
+    with pytest.raises(InvalidRequestError, match="quantization 'fp8' needs a CUDA GPU"):
+        build_engine_model(EngineConfig(quantization="fp8", window=60, max_sessions=1))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,k,dtype,path", [(960, 576, torch.bfloat16, "scaled_mm"), (1000, 576, torch.bfloat16, "triton"),
+                                            (960, 576, torch.float16, "triton")])
+def test_fp8_linear_on_cuda_picks_its_batched_path(n, k, dtype, path):
+    """bf16 with K and N multiples of 16: _scaled_mm; N = 1000 or fp16: the Triton GEMM. Every path
+    within bf16/fp16 rounding (plus e4m3 activations on _scaled_mm) of float64."""
+    torch.manual_seed(int.from_bytes(os.urandom(4), "little"))
+    lin = nn.Linear(k, n, bias=True, device="cuda", dtype=dtype)
+    f8 = Fp8Linear(lin)
+    assert f8.batched == path
+    for rows in (1, 7, 64):
+        x = torch.randn(rows, k, device="cuda", dtype=dtype)
+        qx = path == "scaled_mm" and rows > 1
+        want = reference_linear(x, f8.qweight, f8.scales, quantize_x=qx) + lin.bias.double()
+        assert _rel(f8(x), want.cpu()) < 5e-3, (rows, path)
