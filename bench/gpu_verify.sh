@@ -20,6 +20,8 @@
 #   fp8 check (tests/engine/test_gpu_engine.py) runs in gpu_tests, after the two staging calls.
 # Issue 16's fp8 KV cache (GPU tests + bf16/fp8 decode bench; no model needed), carry [".carry/pyd"]:
 #      WHEELS=.carry/pyd STEPS=fp8kv bash bench/gpu_verify.sh      (after calls 1-2: the engine tests too)
+#   = fp8kv_tests (test_kv_fp8_attention.py natively, the bf16 kernels' GPU tests, test_kv_fp8_engine.py where the
+#   model is staged) then fp8kv_bench (bench/fp8_kv_decode.py: bf16 vs fp8 KV, 7B shape, 4+2044); each is a step name
 # The engine point repeats served_7b_r8's engine row at N=128 (7B shape, random bf16,
 # 4+1020, 191 slots, 8 rounds, closed loop); step "structured" (STEPS=structured) is issue 18's bench. Env: STEPS, TESTS, MARK (default gpu; "gpu or not gpu"
 # also runs the kernel tests that take the device from their fixture). Writes under $OUT; a short table last.
@@ -66,8 +68,9 @@ want fp8 && step fp8_bench ${FP8_BENCH_S:-300} python3 bench/fp8_decode.py --out
 # model is staged under /tmp/swh); every test of tests/kernels/test_kv_fp8_attention.py, natively (its unmarked ones take the GPU too)
 KVFP8_TESTS="tests/kernels/test_decode_attention.py tests/kernels/test_prefill_attention.py tests/kernels/test_attention.py"
 [ -d "$SWIFTINFER_HOME/models" ] && KVFP8_TESTS="$KVFP8_TESTS tests/engine/test_kv_fp8_engine.py"
-want fp8kv && step fp8kv_tests ${KVFP8_TESTS_S:-420} bash -c "python3 -m pytest -q -p no:cacheprovider -rs tests/kernels/test_kv_fp8_attention.py; r=\$?; \
+wantk() { want fp8kv || want "$1"; }  # each of the two is also a step name (one call may not hold both: 600 s)
+wantk fp8kv_tests && step fp8kv_tests ${KVFP8_TESTS_S:-300} bash -c "python3 -m pytest -q -p no:cacheprovider -rs tests/kernels/test_kv_fp8_attention.py; r=\$?; \
   python3 -m pytest -q -m gpu -p no:cacheprovider --durations=8 -rs $KVFP8_TESTS || r=1; exit \$r"
-want fp8kv && step fp8kv_bench ${KVFP8_BENCH_S:-360} python3 bench/fp8_kv_decode.py --window 2044 --out "$OUT"
+wantk fp8kv_bench && step fp8kv_bench ${KVFP8_BENCH_S:-420} python3 bench/fp8_kv_decode.py --window 2044 --out "$OUT"
 (cd "$OUT" && tar czf logs.tgz *.log)
 echo; cat "$OUT/summary.txt"
