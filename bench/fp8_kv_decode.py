@@ -109,7 +109,7 @@ def plot(rows: list[dict], fit: dict, a) -> None:
             ax.axvline(fit[name], color=color, ls=":", label=f"{name}: {fit[name]} conversations fit")
     for ax in (ax1, ax2):
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("concurrent conversations (full 4+%d caches)" % a.window)
+        ax.set_xlabel(f"concurrent conversations (full 4+{a.window} caches)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     ax1.set_ylabel("tokens/s (aggregate)")

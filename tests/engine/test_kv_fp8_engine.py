@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_core import run_turn
 
 from swiftinfer_core import SamplingParams
 from swiftinfer_core.cache.kv_fp8 import FP8, Fp8KV
@@ -25,7 +26,6 @@ from swiftinfer_core.kernels.attention import TorchAttention, TritonAttention
 from swiftinfer_core.kernels.torch_decode import CpuAttention
 from swiftinfer_core.runner.model_runner import ModelRunner
 
-from test_core import run_turn
 
 def _chat(core: EngineCore, sids: list[str], max_tokens: int) -> dict[str, list[int]]:
     """Two rounds of every conversation at once (prompts of different lengths: prefill
@@ -94,7 +94,7 @@ def test_multi_round_chat_and_fp8_snapshot_migration(make_core):
     assert snap.nbytes == 2 * snap.k.data.numel() * (1 + 4 / snap.k.shape[3])
     assert not plain.import_kv(snap) and "m" not in plain.sessions  # another kv_cache_dtype: rebuild instead
     assert b.import_kv(snap)
-    ta, last_a = run_turn(a, "m", "Thanks. One more word?")
+    ta, _ = run_turn(a, "m", "Thanks. One more word?")
     tb, last_b = run_turn(b, "m", "Thanks. One more word?")
     assert ta == tb and last_b.usage.cached_tokens == 64 and a.export_session("m") == b.export_session("m")
     run_turn(plain, "p", "Hello there.")

@@ -13,15 +13,24 @@ import random
 
 import pytest
 import torch
-
 from kernels_naive import TOL, fresh_seed, make_inputs, naive_attention, rel_err
+
 from swiftinfer_core.cache.kv_fp8 import E4M3_MAX, FP8, Fp8KV
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.kernels.attention import TorchAttention, TritonAttention
 from swiftinfer_core.kernels.batch import AttnBatch
-from swiftinfer_core.kernels.decode_attention import decode_attention, decode_splits, decode_workspace, sm_count
+from swiftinfer_core.kernels.decode_attention import (
+    decode_attention,
+    decode_splits,
+    decode_workspace,
+    sm_count,
+)
 from swiftinfer_core.kernels.prefill_attention import prefill_attention
-from swiftinfer_core.kernels.reference import plan_step, streaming_attention_ref, write_cache_ref
+from swiftinfer_core.kernels.reference import (
+    plan_step,
+    streaming_attention_ref,
+    write_cache_ref,
+)
 from swiftinfer_core.kernels.rope import inv_freq
 from swiftinfer_core.kernels.write_cache import write_kv
 
