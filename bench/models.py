@@ -102,12 +102,12 @@ def our_model(args: ModelArgs, hf, device, dtype=torch.bfloat16):
 
 def fill_pool(pool: KVPool) -> None:
     """Random pre-RoPE K/V everywhere (never time on zeros). An fp8 pool (cache/kv_fp8.py):
-    random e4m3 codes but the two NaN ones, scales 2**-6 (no float temporary as big as a layer)."""
+    random positive e4m3 codes 0..126 (0x7F is NaN), scales 2**-6; in place, no temporary
+    as big as a layer."""
     for k, v in zip(pool.k, pool.v):
         if isinstance(k, Fp8KV):
             for c in (k, v):
-                codes = c.data.view(torch.uint8).random_(0, 256)
-                codes[(codes & 0x7F) == 0x7F] = 0
+                c.data.view(torch.uint8).random_(0, 127)
                 c.scale.fill_(2.0**-6)
             continue
         k.normal_()
