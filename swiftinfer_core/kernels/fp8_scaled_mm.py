@@ -26,8 +26,9 @@ pass 2 writes x / sx rounded to e4m3. The rounding is computed explicitly
 cast, because Triton 3.9's CPU interpreter casts float32 to e4m3 wrongly where
 rounding carries into the exponent (31.98 -> 16 instead of 32), and the tests run
 this kernel there; on the GPU the cast of an exact value is exact too. Divisions
-use div_rn (IEEE), so sx and xq equal model/fp8.quantize_fp8's bit for bit
-(except -0 for +0). One launch per product, no host syncs: CUDA-graph capturable.
+use div_rn (IEEE), so sx and xq equal model/fp8.quantize_fp8's on the CPU bit for
+bit (except -0 for +0); on CUDA torch divides by a scalar through its reciprocal,
+an ulp off in some rows' scales (bench/results/fp8_scaled_mm_rows.json). One launch per product, no host syncs: CUDA-graph capturable.
 """
 
 from __future__ import annotations
