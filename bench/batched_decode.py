@@ -13,9 +13,7 @@ B = 1, 8, 32, 128 (where it fits) and the most sequences whose caches fit.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,20 +41,10 @@ def build_model(args, dev, dtype=torch.bfloat16):
 def measure(model, args, layout, B, dev, variant: str, steps: int) -> dict:
     mode, _, fc = variant.partition("+")
     dec = models.OurDecoder(model, args, layout, B, dev, mode, fused_combine=fc == "fc")
-    dec.capture()
-    for _ in range(3):
-        dec.step()
-    ts = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        dec.step()
-        ts.append(time.perf_counter() - t0)
+    r = models.time_steps(dec, steps, B)
     del dec
     torch.cuda.empty_cache()
-    ts.sort()
-    p50 = statistics.median(ts)
-    p99 = ts[min(len(ts) - 1, round(0.99 * (len(ts) - 1)))]
-    return {"itl_p50_ms": p50 * 1e3, "itl_p99_ms": p99 * 1e3, "tok_s": B / statistics.mean(ts)}
+    return r
 
 
 def main():

@@ -1,10 +1,11 @@
 """FP8 (e4m3) weights against bf16 and int8: the weight products of one decode step.
 
 bench/quant_decode.py's measurement with FP8 beside it (its weight_shapes and
-product() are reused unchanged for bf16 and int8): every layer's four weights
-(qkv, o, gate-up, down; distinct per layer, so no weight stays in L2) and the LM
-head, random, quantized by model/fp8.py; one decode step's products for B rows
-captured in a CUDA graph (B = 1: ms/token; B > 1: tokens/s at B sessions).
+product() are reused unchanged for bf16 and int8, its plot() with a line per
+path): every layer's four weights (qkv, o, gate-up, down; distinct per layer, so
+no weight stays in L2) and the LM head, random, quantized by model/fp8.py; one
+decode step's products for B rows captured in a CUDA graph (B = 1: ms/token;
+B > 1: tokens/s at B sessions).
 Rows per path:
 
   bf16           F.linear (cuBLAS)
@@ -38,7 +39,7 @@ if "--smoke" in sys.argv:  # before any kernel import: @triton.jit reads it
     os.environ.setdefault("TRITON_INTERPRET", "1")
 import common
 import torch
-from quant_decode import SMOKE, product, weight_shapes
+from quant_decode import SMOKE, plot, product, weight_shapes
 
 from swiftinfer_core.kernels.fp8_gemm import gemm_fp8
 from swiftinfer_core.kernels.fp8_gemv import gemv_fp8
@@ -150,25 +151,7 @@ def main() -> None:
             "and mean nothing about GPU speed" if args.smoke else "weight products of one decode step, CUDA graphs")
     common.write_results(name, {"note": note, "paths": {k: [v[0] and v[0].value, v[1], v[2]] for k, v in PATHS.items()},
                                 "peaks": peaks, "rows": rows}, args.out)
-    plot(name, rows, args.out)
-
-
-def plot(name: str, rows: list[dict], out: str | None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    shapes = sorted({r["shape"] for r in rows})
-    fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4), squeeze=False)
-    for ax, s in zip(axes[0], shapes):
-        for path in PATHS:
-            pts = [r for r in rows if r["shape"] == s and r["path"] == path]
-            if pts:
-                ax.plot([r["batch"] for r in pts], [r["tokens_per_s"] for r in pts], "o-", label=path)
-        ax.set(title=s, xlabel="sessions (rows per step)", ylabel="tokens/s (weight products only)", xscale="log", yscale="log")
-        ax.legend(fontsize=7)
-    common.save_plot(name, fig, out)
+    plot(name, rows, args.out, "path", list(PATHS), roofline=False)
 
 
 if __name__ == "__main__":

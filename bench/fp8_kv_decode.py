@@ -15,9 +15,7 @@ each dtype's most that fit (bf16's maximum runs in fp8 too: equal batches).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,19 +33,10 @@ KV = {"bf16": torch.bfloat16, "fp8": FP8}
 
 def measure(model, args, layout, B: int, dev, kv_dtype, steps: int) -> dict:
     dec = models.OurDecoder(model, args, layout, B, dev, "engine", kv_dtype=kv_dtype)
-    dec.capture()
-    for _ in range(3):
-        dec.step()
-    ts = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        dec.step()
-        ts.append(time.perf_counter() - t0)
+    r = models.time_steps(dec, steps, B)
     del dec
     torch.cuda.empty_cache()
-    ts.sort()
-    return {"itl_p50_ms": statistics.median(ts) * 1e3, "itl_p99_ms": ts[min(len(ts) - 1, round(0.99 * (len(ts) - 1)))] * 1e3,
-            "tok_s": B / statistics.mean(ts)}
+    return r
 
 
 def main():

@@ -18,6 +18,8 @@ decode step, and the two baselines.
 from __future__ import annotations
 
 import math
+import statistics
+import time
 
 import torch
 
@@ -336,6 +338,24 @@ class OurDecoder:
         e.record()
         e.synchronize()
         return s.elapsed_time(e) / 1e3 / n
+
+
+def time_steps(decoder: OurDecoder, steps: int, batch: int, warmup: int = 3) -> dict:
+    """Captures ``decoder``'s graph, runs ``warmup`` steps, then times ``steps`` steps
+    on the host clock, each ending with the tokens on the host (step() syncs): the
+    wall time between consecutive tokens a server sees. Returns ITL p50/p99 in ms and
+    aggregate tokens/s (``batch`` tokens a step over the mean step time)."""
+    decoder.capture()
+    for _ in range(warmup):
+        decoder.step()
+    ts = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        decoder.step()
+        ts.append(time.perf_counter() - t0)
+    ts.sort()
+    p99 = ts[min(len(ts) - 1, round(0.99 * (len(ts) - 1)))]
+    return {"itl_p50_ms": statistics.median(ts) * 1e3, "itl_p99_ms": p99 * 1e3, "tok_s": batch / statistics.mean(ts)}
 
 
 @torch.inference_mode()

@@ -134,10 +134,14 @@ def main() -> None:
             "and mean nothing about GPU speed" if args.smoke else "weight products of one decode step, CUDA graphs")
     tuned = args.configs or os.environ.get("SWIFTINFER_QUANT_CONFIGS") or "packaged/defaults"
     common.write_results(name, {"note": note, "group": args.group, "configs": tuned, "peaks": peaks, "rows": rows}, args.out)
-    plot(name, rows, args.out)
+    plot(name, rows, args.out, "format", [f.value if f else "bf16" for f in FORMATS], roofline=True)
 
 
-def plot(name: str, rows: list[dict], out: str | None) -> None:
+def plot(name: str, rows: list[dict], out: str | None, key: str, series: list[str], roofline: bool) -> Path:
+    """tokens/s against batch, one panel per shape, one line per ``series`` value of
+    ``rows[i][key]`` (in that order; values with no rows in a panel are skipped), plus
+    each line's roofline where ``roofline`` and the rows carry one. Shared with
+    bench/fp8_decode.py (key "path")."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,14 +150,16 @@ def plot(name: str, rows: list[dict], out: str | None) -> None:
     shapes = sorted({r["shape"] for r in rows})
     fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4), squeeze=False)
     for ax, s in zip(axes[0], shapes):
-        for fmt in ("bf16", "int8", "int4"):
-            pts = [r for r in rows if r["shape"] == s and r["format"] == fmt]
-            ax.plot([r["batch"] for r in pts], [r["tokens_per_s"] for r in pts], "o-", label=fmt)
-            if pts and pts[0]["roofline_ms"]:
-                ax.plot([r["batch"] for r in pts], [r["batch"] / r["roofline_ms"] * 1e3 for r in pts], ":", label=f"{fmt} roofline")
+        for v in series:
+            pts = [r for r in rows if r["shape"] == s and r[key] == v]
+            if not pts:
+                continue
+            ax.plot([r["batch"] for r in pts], [r["tokens_per_s"] for r in pts], "o-", label=v)
+            if roofline and pts[0]["roofline_ms"]:
+                ax.plot([r["batch"] for r in pts], [r["batch"] / r["roofline_ms"] * 1e3 for r in pts], ":", label=f"{v} roofline")
         ax.set(title=s, xlabel="sessions (rows per step)", ylabel="tokens/s (weight products only)", xscale="log", yscale="log")
         ax.legend(fontsize=7)
-    common.save_plot(name, fig, out)
+    return common.save_plot(name, fig, out)
 
 
 if __name__ == "__main__":
