@@ -26,11 +26,8 @@ import common
 import torch
 
 from swiftinfer_core.cache.kv_fp8 import Fp8KV
-from swiftinfer_core.kernels.decode_attention import (
-    decode_attention,
-    decode_splits,
-    decode_workspace,
-)
+from swiftinfer_core.kernels.decode_attention import decode_attention
+from swiftinfer_core.kernels.decode_splits import decode_splits, decode_workspace
 from swiftinfer_core.kernels.rope import inv_freq
 
 SHAPES = [("MHA 32/32x128", 32, 32, 128), ("GQA 32/8x128", 32, 8, 128)]

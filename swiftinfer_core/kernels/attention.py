@@ -130,9 +130,10 @@ class TritonAttention(Attention):
     def __init__(self, layout: StreamLayout, freqs: torch.Tensor, scale: float, layers: list[LayerAttn] | None = None, *,
                  block_n: int = 64, num_warps: int = 4, waves: int | None = None, stages: int = 3, fused_combine: bool = False):
         super().__init__(layout, freqs, scale, layers)
-        from swiftinfer_core.kernels import decode_attention, prefill_attention, write_cache  # needs triton
+        from swiftinfer_core.kernels import decode_attention, decode_splits, prefill_attention, triton_common, write_cache  # needs triton
 
         self._decode, self._prefill, self._write = decode_attention, prefill_attention, write_cache
+        self._splits, self._common = decode_splits, triton_common
         self.block_n, self.num_warps, self.waves, self.stages = block_n, num_warps, waves, stages
         self.fused_combine = fused_combine
         self._dev: dict[tuple[int | None, torch.device], LayerAttn] = {}
@@ -163,10 +164,10 @@ class TritonAttention(Attention):
     def _decode_workspace(self, plan: DecodePlan, q: torch.Tensor, hkv: int) -> None:
         B, hq, D = q.shape
         ws = plan.workspace
-        if ws is None or ws[0].shape[1] != hq or ws[0].shape[3] != self._decode.padded(D):
-            sms = self._decode.sm_count(q.device)
-            plan.splits = self._decode.decode_splits(B, hkv, self.layout.capacity, self.block_n, sms, self.waves)
-            plan.workspace = self._decode.decode_workspace(B, hq, hkv, D, plan.splits[0], q.device)
+        if ws is None or ws[0].shape[1] != hq or ws[0].shape[3] != self._common.padded(D):
+            sms = self._common.sm_count(q.device)
+            plan.splits = self._splits.decode_splits(B, hkv, self.layout.capacity, self.block_n, sms, self.waves)
+            plan.workspace = self._splits.decode_workspace(B, hq, hkv, D, plan.splits[0], q.device)
 
     def forward(self, plan, q, k_new, v_new, k_cache, v_cache, layer: int | None = None) -> torch.Tensor:
         # QK-norm (Qwen3, Gemma 3, MPT qk_ln): k is a new tensor, v a view of qkv. The kernels read both with

@@ -39,13 +39,13 @@ scales), the new token is scored from k_new as computed and stored quantised.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from swiftinfer_core.kernels import kv_fp8_tl, rope_tl
+from swiftinfer_core.kernels.decode_splits import decode_combine_kernel, decode_splits, decode_workspace
+from swiftinfer_core.kernels.triton_common import LOG2E, dot_precision, interpreting, mma_dtype, padded, score, sm_count
 from swiftinfer_core.kernels.triton_shapes import check_triton_heads, fit_tiles, max_shared_memory
 
 
@@ -66,17 +66,6 @@ def _load_tile(k_base, v_base, j0, hi, ns, base, SINKS, WINDOW, sc_r, offs_n, of
     k2 = tl.load(kp + HALF, mask=kmask, other=0.0)
     v = tl.load(v_base + row[:, None] * sc_r + offs_d[None, :], mask=valid[:, None] & (offs_d < D)[None, :], other=0.0)
     return k1, k2, v, row, valid
-
-
-@triton.jit
-def score(dot, scale_log2, SCALE_CAP, CAP_LOG2, HAS_CAP: tl.constexpr):
-    """Raw q.k -> log2-domain score; with HAS_CAP the soft-cap
-    cap * tanh(scale * q.k / cap) (tanh from exp: any backend, the interpreter too)."""
-    if HAS_CAP:
-        e = tl.exp(2.0 * dot * SCALE_CAP)
-        return CAP_LOG2 * (1.0 - 2.0 / (e + 1.0))
-    else:
-        return dot * scale_log2
 
 
 @triton.jit
@@ -230,67 +219,6 @@ def _decode_split_kernel(
             tl.atomic_xchg(SEM + pid, 0, sem="relaxed", scope="gpu")
 
 
-@triton.jit
-def _decode_combine_kernel(
-    ACC, ML, OUT, so_b, so_h, NSPLIT,
-    HQ: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, SPLIT_PAD: tl.constexpr,
-):
-    """One program per (b, query head): out = sum_s w_s acc_s / sum_s w_s l_s."""
-    pid = tl.program_id(0)
-    b = pid // HQ
-    h = pid % HQ
-    offs_s = tl.arange(0, SPLIT_PAD)
-    offs_d = tl.arange(0, D_PAD)  # ACC rows are D_PAD wide
-    smask = offs_s < NSPLIT
-    idx = pid * NSPLIT + offs_s
-    m = tl.load(ML + idx * 2, mask=smask, other=float("-inf"))
-    l = tl.load(ML + idx * 2 + 1, mask=smask, other=0.0)
-    m_max = tl.max(m, 0)
-    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
-    w = tl.exp2(m - m_max)  # 0 for empty splits
-    den = tl.sum(w * l, 0)
-    acc = tl.load(ACC + idx[:, None] * D_PAD + offs_d[None, :], mask=smask[:, None], other=0.0)
-    o = tl.sum(w[:, None] * acc, 0) / tl.where(den > 0, den, 1.0)  # padding rows -> 0
-    tl.store(OUT + b * so_b + h * so_h + offs_d, o.to(OUT.dtype.element_ty), mask=offs_d < D)
-
-
-_TL = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
-LOG2E = 1.4426950408889634
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def mma_dtype(dtype: torch.dtype):
-    """Operand type for tl.dot. The CPU interpreter (triton 3.9) computes bf16
-    tl.dot wrongly, so there every dot runs in float32."""
-    return tl.float32 if interpreting() else _TL[dtype]
-
-
-def dot_precision(dtype: torch.dtype) -> str:
-    """float32 caches get true float32 dots (not tf32); bf16/fp16 ignore it."""
-    return "ieee" if dtype == torch.float32 or interpreting() else "tf32"
-
-
-def sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 8
-
-
-def decode_splits(batch: int, kv_heads: int, capacity: int, block_n: int, sms: int, waves: int | None = None) -> tuple[int, int]:
-    """(splits, split_len) from shapes only: about ``waves`` programs per SM
-    (default 2 when batch * kv_heads alone cannot fill the chip, else 1: the
-    H200 sweep in bench/results/kernels_decode.json)."""
-    if waves is None:
-        waves = 2 if batch * kv_heads < sms else 1
-    tiles = triton.cdiv(capacity, block_n)
-    want = max(1, min(tiles, triton.cdiv(waves * sms, batch * kv_heads), 128))
-    per = triton.cdiv(tiles, want)
-    return triton.cdiv(tiles, per), per * block_n
-
-
 def decode_attention(
     q: torch.Tensor,
     k_new: torch.Tensor,
@@ -370,21 +298,7 @@ def decode_attention(
         num_warps=num_warps,
     )
     if not fused_combine:
-        _decode_combine_kernel[(B * hq,)](
+        decode_combine_kernel[(B * hq,)](
             acc, ml, out, out.stride(0), out.stride(1), nsplit, HQ=hq, D=D, D_PAD=padded(D), SPLIT_PAD=split_pad, num_warps=4,
         )
     return out
-
-
-def padded(D: int) -> int:
-    """Head dim as the kernels tile it: the next power of two (80, 96 -> 128), at least 32."""
-    return max(32, triton.next_power_of_2(D))
-
-
-def decode_workspace(B: int, hq: int, hkv: int, D: int, nsplit: int, device) -> tuple[torch.Tensor, ...]:
-    """Split partials (head dim padded) and the fused-combine counters (zeros; kernels leave them zero)."""
-    return (
-        torch.empty((B, hq, nsplit, padded(D)), dtype=torch.float32, device=device),
-        torch.empty((B, hq, nsplit, 2), dtype=torch.float32, device=device),
-        torch.zeros((B * hkv,), dtype=torch.int32, device=device),
-    )

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from swiftinfer_core.kernels.decode_attention import dot_precision, mma_dtype
+from swiftinfer_core.kernels.triton_common import dot_precision, mma_dtype
 from swiftinfer_core.kernels.fp8_gemv import fp8_shape
 
 

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from swiftinfer_core.kernels.decode_attention import sm_count
+from swiftinfer_core.kernels.triton_common import sm_count
 
 MAX_SPLIT = 16
 

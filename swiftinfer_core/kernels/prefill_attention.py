@@ -40,7 +40,7 @@ import triton.language as tl
 
 from swiftinfer_core.kernels import rope_tl
 from swiftinfer_core.kernels.triton_shapes import check_triton_heads, fit_tiles, max_shared_memory
-from swiftinfer_core.kernels.decode_attention import LOG2E, dot_precision, mma_dtype, padded, score
+from swiftinfer_core.kernels.triton_common import LOG2E, dot_precision, mma_dtype, padded, score
 
 
 @triton.jit

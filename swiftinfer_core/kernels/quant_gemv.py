@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from swiftinfer_core.kernels import quant_configs
-from swiftinfer_core.kernels.decode_attention import sm_count
+from swiftinfer_core.kernels.triton_common import sm_count
 from swiftinfer_core.kernels.quant_common import (
     check_operands,
     check_out,

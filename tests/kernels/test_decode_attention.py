@@ -12,7 +12,9 @@ import torch
 from kernels_naive import TOL, fresh_seed, make_inputs, naive_attention, rel_err
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.kernels.batch import AttnBatch
-from swiftinfer_core.kernels.decode_attention import decode_attention, decode_splits, decode_workspace, sm_count
+from swiftinfer_core.kernels.decode_attention import decode_attention
+from swiftinfer_core.kernels.decode_splits import decode_splits, decode_workspace
+from swiftinfer_core.kernels.triton_common import sm_count
 from swiftinfer_core.kernels.reference import plan_step, streaming_attention_ref, write_cache_ref
 from swiftinfer_core.kernels.rope import inv_freq
 from swiftinfer_core.kernels.write_cache import write_kv

@@ -19,13 +19,10 @@ from swiftinfer_core.cache.kv_fp8 import E4M3_MAX, FP8, Fp8KV
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.kernels.attention import TorchAttention, TritonAttention
 from swiftinfer_core.kernels.batch import AttnBatch
-from swiftinfer_core.kernels.decode_attention import (
-    decode_attention,
-    decode_splits,
-    decode_workspace,
-    sm_count,
-)
+from swiftinfer_core.kernels.decode_attention import decode_attention
+from swiftinfer_core.kernels.decode_splits import decode_splits, decode_workspace
 from swiftinfer_core.kernels.prefill_attention import prefill_attention
+from swiftinfer_core.kernels.triton_common import sm_count
 from swiftinfer_core.kernels.reference import (
     plan_step,
     streaming_attention_ref,

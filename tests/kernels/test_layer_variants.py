@@ -15,7 +15,9 @@ import torch
 from kernels_naive import TOL, fresh_seed, make_inputs, naive_attention, rel_err
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.kernels.batch import AttnBatch
-from swiftinfer_core.kernels.decode_attention import decode_attention, decode_splits, decode_workspace, sm_count
+from swiftinfer_core.kernels.decode_attention import decode_attention
+from swiftinfer_core.kernels.decode_splits import decode_splits, decode_workspace
+from swiftinfer_core.kernels.triton_common import sm_count
 from swiftinfer_core.kernels.prefill_attention import prefill_attention
 from swiftinfer_core.model.layers import alibi_slopes, rotary_perm
 from swiftinfer_core.model.rope_scaling import kernel_freqs

@@ -96,17 +96,17 @@ def test_each_graph_owns_the_workspace_its_warm_up_made(tiny_dir, monkeypatch):
     referenced only by a capture-loop local, so it was freed while the graphs
     kept writing into it. Every workspace made during capture must be owned by
     the StaticDecode of its size, sized for that batch."""
-    from swiftinfer_core.kernels import decode_attention
+    from swiftinfer_core.kernels import decode_splits
 
     made = []
-    real = decode_attention.decode_workspace
+    real = decode_splits.decode_workspace
 
     def recording(B, *a, **k):
         ws = real(B, *a, **k)
         made.append((B, ws))
         return ws
 
-    monkeypatch.setattr(decode_attention, "decode_workspace", recording)
+    monkeypatch.setattr(decode_splits, "decode_workspace", recording)
     core = _core(tiny_dir, 10, graphs=True)
     graphs = core.runner.graphs
     assert graphs.sizes == [1, 2, 4, 8, 10]
