@@ -3,7 +3,12 @@
 # gpu_share 0.33), 7B shape, random bf16.
 #  ramp:  a closed-loop ramp through the autoscaler (bench/autoscale_ramp.py) up to about the
 #         capacity of 3 replicas and back down. PHASES (default "16:30 64:70 140:70 48:100 16:100":
-#         the low phases outlast the policy's active window + look-back + down-scale delay).
+#         the low phases outlast the policy's active window + look-back + down-scale delay), then a
+#         return phase of RETURN_S seconds (default 40): every conversation takes one more turn, so
+#         the JSON's "handover" counts how those of drained replicas came back (migrated / rebuilt).
+#         Time in one 600 s call: ~15 s install + ~112 s serve start + 370 s phases + <= 40 s return
+#         + audit and plot + ~15 s of teardown; the ramp's timeout is what is left of 580 s when it
+#         starts (the summary says how much it had and needed).
 #  chaos: bench/chaos.py on 2 pinned replicas under closed-loop load: replica SIGKILL, controller
 #         kill, directory kill, device fault, app restart; every turn audited against the log.
 #         Each fault waits until both replicas run again (--settle-s 150), so the load must outlast
@@ -14,13 +19,15 @@
 # (plus ".whl" unless an earlier call of this warm machine installed it into /tmp/site);
 # logs and results in $OUT/results.tgz. Ran on an H200 (2026-12-03): the ramp three times
 # (autoscale_7b.json, autoscale_7b_r2.json, autoscale_smol.json: no scale-down in any, see the
-# README), the chaos once without --settle-s (chaos_gpu_7b.json). Not run yet: the ramp with the
-# derived request target and the spread shrinking phases, the chaos with --settle-s.
+# README), the chaos once without --settle-s (chaos_gpu_7b.json); then the ramp with the derived
+# request target and the spread shrinking phases (autoscale_7b_r3.json, autoscale_smol_r2.json:
+# 1 -> 3 -> 1, no KV handed over: idle TTL 30 s). Not run yet: the return phase with the configs'
+# TTL and KV budget of now, the chaos with --settle-s.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 NCCL_NVLS_ENABLE=0
 if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 4; fi
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH SWIFTINFER_HOME=/tmp/swh
-PHASES=${PHASES:-16:30 64:70 140:70 48:100 16:100} NAME=${NAME:-autoscale_7b} CONFIG=bench/serve_gpu7b_shared.yaml
+PHASES=${PHASES:-16:30 64:70 140:70 48:100 16:100} RETURN_S=${RETURN_S:-40} NAME=${NAME:-autoscale_7b} CONFIG=bench/serve_gpu7b_shared.yaml
 if [ "${MODEL:-7b}" = smol ]; then
   [ -f /tmp/stage/part.aa ] || { echo "no /tmp/stage/part.aa: park .carry/smol-a first"; exit 3; }
   GGUF=/tmp/stage/SmolLM2-135M-Instruct.Q4_1.gguf CONFIG=bench/serve_gpu_smol_shared.yaml
@@ -39,7 +46,12 @@ ramp() {
   local t=$SECONDS
   for i in $(seq 1 150); do curl -sf 127.0.0.1:8000/healthz > /dev/null && break; sleep 2; done
   echo "healthy after $((SECONDS - t))s" | tee -a "$OUT/summary.txt"
-  timeout 520 python3 bench/autoscale_ramp.py --url http://127.0.0.1:8000 --phases $PHASES --name "$NAME" --out "$OUT"
+  # seconds of phases + return, and ~30 s for the return's last turns, the audit and the plot
+  local need left=$((SECONDS < 570 ? 580 - SECONDS : 10))
+  need=$(python3 -c "import sys; print(round(sum(float(p.split(':')[1]) for p in sys.argv[2:]) + float(sys.argv[1]) + 30))" "$RETURN_S" $PHASES)
+  echo "ramp: ${left}s left of 580, needs ~${need}s" | tee -a "$OUT/summary.txt"
+  timeout "$left" python3 bench/autoscale_ramp.py --url http://127.0.0.1:8000 --phases $PHASES --return-s "$RETURN_S" \
+    --name "$NAME" --out "$OUT"
   local rc=$?
   cp -r /tmp/ray/session_latest/logs "$OUT/ray_logs_ramp" 2>/dev/null
   pkill -INT -f "serve run"; sleep 4; ray stop --force > /dev/null 2>&1

@@ -1,6 +1,15 @@
-"""The ramp's choice of talking conversations and its replica join/leave record."""
+"""The ramp's choice of talking conversations, its replica join/leave record and its return phase."""
 
-from bench.autoscale_ramp import parse_phases, replica_changes, talking
+import asyncio
+
+from bench.autoscale_ramp import (
+    handover_inputs,
+    parse_phases,
+    replica_changes,
+    return_phase,
+    talking,
+)
+from bench.load_client import TurnResult
 
 
 def test_shrinking_phases_keep_conversations_from_every_arrival_wave():
@@ -27,3 +36,42 @@ def test_replica_changes_lists_joins_and_leaves():
         {"t_s": 2.0, "phase": 1, "joined": ["b", "c"], "left": [], "live": 3},
         {"t_s": 6.0, "phase": 3, "joined": [], "left": ["b"], "live": 2},
     ]
+
+
+def test_return_phase_runs_one_turn_each_at_most_concurrency_at_once():
+    running, peak, order = [0], [0], []
+
+    async def turn(i):
+        running[0] += 1
+        peak[0] = max(peak[0], running[0])
+        order.append(i)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        running[0] -= 1
+        return f"turn {i}"
+
+    out = asyncio.run(return_phase(turn, list(range(10)), 3, 60.0))
+    assert out == {i: f"turn {i}" for i in range(10)} and order == list(range(10)) and peak[0] == 3
+
+
+def test_return_phase_starts_no_turn_after_its_seconds():
+    now = [0.0]
+
+    async def turn(i):
+        await asyncio.sleep(0)
+        now[0] += 1.0  # each turn takes one clock second
+        return i
+
+    out = asyncio.run(return_phase(turn, list(range(6)), 1, 2.5, clock=lambda: now[0]))
+    assert sorted(out) == [0, 1, 2]  # started at 0, 1, 2; the fourth would start at 3
+
+
+def test_handover_inputs_take_the_last_acknowledged_turn_of_the_phases():
+    def res(sid, replica, ok=True, scheduled=0.0, cache="warm"):
+        return TurnResult(sid, 0, sid, scheduled=scheduled, ok=ok, replica=replica, cache=cache)
+
+    turns = [(0, res("s1", "a")), (1, res("s1", "b")), (1, res("s1", "c", ok=False)), (0, res("s2", "a")),
+             (2, res("s2", "d", scheduled=5.0, cache="migrated"))]
+    last, due = handover_inputs(turns, 2, [turns[-1][1]], 1000.0)
+    assert last == {"s1": "b", "s2": "a"}
+    assert due == {"s2": {"ok": True, "cache": "migrated", "due_wall": 1005.0}}
