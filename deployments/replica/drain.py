@@ -12,12 +12,15 @@ log = logging.getLogger("ray.serve")
 
 async def drain(engine, local: LocalSessions, directory, replica_id: str, busy: set[str],
                 last_turn: dict[str, float], max_bytes: int) -> None:
-    """Leave the KV of idle resident sessions (most recent first, within
-    ``max_bytes``) with the directory, hand every session back, stop the engine.
+    """Leave the KV of idle resident sessions this replica still owns (most recent
+    first, within ``max_bytes``) with the directory, hand every session back, stop the engine.
     The committed records are already in the log, so a session whose KV does not
     fit is rebuilt from it by its next replica."""
     held = await asyncio.to_thread(engine.session_ids)
-    idle = sorted((sid for sid in held if sid not in busy), key=lambda sid: -last_turn.get(sid, 0.0))
+    idle = [sid for sid in held if sid not in busy]
+    # moved elsewhere or deleted: the directory would refuse their KV, which would only spend the budget
+    gone = set(await directory.unowned.remote(replica_id, idle)) if idle else set()
+    idle = sorted((sid for sid in idle if sid not in gone), key=lambda sid: -last_turn.get(sid, 0.0))
     moved = 0
     for sid, seq, blob in await local.snapshots(idle, max_bytes):
         moved += bool(await directory.hold_kv.remote(sid, replica_id, seq, blob))

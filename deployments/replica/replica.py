@@ -39,6 +39,7 @@ from ray import serve
 
 from deployments.config import AppConfig
 from deployments.sessions.directory import directory_handle, directory_spec
+from deployments.replica.activity import active_count
 from deployments.replica.commit import send_commit
 from deployments.replica.drain import drain
 from deployments.replica.engine_factory import make_engine
@@ -264,11 +265,10 @@ class LLMReplica:
         # sessions elsewhere within one routing-stats period (they are rebuilt from the
         # log) instead of retrying here until Serve's health checks replace it.
         stopped = await asyncio.to_thread(self._engine_stopped)
-        now = time.time()
-        active = sum(1 for t in self._last_turn.values() if now - t <= self._cfg.scaling.active_window_s)
+        active = active_count(self._last_turn, self._busy, time.time(), self._cfg.scaling.active_window_s)
         return ReplicaStats(
             replica_id=self._id, capacity=st.total_slots, free_slots=st.free_slots,
-            sessions=st.active_sessions, resident=st.resident_sessions, active_sessions=active + len(self._busy),
+            sessions=st.active_sessions, resident=st.resident_sessions, active_sessions=active,
             running=st.running_requests, waiting=st.waiting_requests, evictions=st.evictions,
             tokens_generated=st.tokens_generated, tokens_prefilled=st.tokens_prefilled,
             kv_use=st.resident_sessions / max(1, st.total_slots), draining=self._draining or stopped,
