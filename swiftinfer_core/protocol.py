@@ -232,6 +232,11 @@ class EngineProtocol(Protocol):
         """Raise when the engine can serve no more turns (a device fault), so Serve
         replaces the replica."""
 
+    def slotless_ids(self) -> list[str]:
+        """Sessions held without a KV slot (their next turn here rebuilds): one
+        engine call where the engine has one, else one reading per session."""
+        return [sid for sid in self.session_ids() if not self.view(sid).resident]
+
     def export_kv(self, session_id: str) -> KVSnapshot | None:
         """The session's cache, or None when it holds no slot (or cannot be moved):
         a drain then leaves only the record and the next owner rebuilds."""

@@ -148,8 +148,7 @@ class LocalSessions:
         st = await asyncio.to_thread(self._engine.stats)
         if st.active_sessions <= st.resident_sessions:
             return []
-        idle = [sid for sid in await asyncio.to_thread(self._engine.session_ids) if sid not in busy]
-        slotless = [sid for sid in idle if not (await asyncio.to_thread(self._engine.view, sid)).resident]
+        slotless = [sid for sid in await asyncio.to_thread(self._engine.slotless_ids) if sid not in busy]
         out = []
         for sid in await directory.disown.remote(rid, slotless) if slotless else []:
             if sid not in busy and await self.close(sid):  # a turn started meanwhile: it owns the session again

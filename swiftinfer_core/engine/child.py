@@ -62,7 +62,8 @@ def _methods(engine: _PipeEngine) -> dict[EngineCall, object]:
     return {
         EngineCall.STATS: core.stats, EngineCall.VIEW: core.view, EngineCall.SESSION_STATS: core.session_stats,
         EngineCall.HAS_SESSION: core.has_session, EngineCall.CLOSE_SESSION: core.close_session,
-        EngineCall.SESSION_IDS: core.session_ids, EngineCall.EXPORT_SESSION: core.export_session,
+        EngineCall.SESSION_IDS: core.session_ids, EngineCall.SLOTLESS_IDS: core.slotless_ids,
+        EngineCall.EXPORT_SESSION: core.export_session,
         EngineCall.IMPORT_SESSION: core.import_session, EngineCall.EXPORT_KV: core.export_kv,
         EngineCall.IMPORT_KV: core.import_kv,
         EngineCall.INJECT_FAULT: lambda sticky=False: faults.arm(core.batches, sticky),

@@ -228,6 +228,9 @@ class EngineCore:
     def session_ids(self) -> list[str]:
         return list(self.sessions)
 
+    def slotless_ids(self) -> list[str]:
+        return [sid for sid, s in self.sessions.items() if s.slot is None]
+
     def session_stats(self, session_id: str) -> SessionStats:
         return self.session(session_id).stats()
 

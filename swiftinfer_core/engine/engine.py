@@ -231,6 +231,10 @@ class Engine(EngineProtocol):
         with self._api():
             return self.core.session_ids()
 
+    def slotless_ids(self) -> list[str]:
+        with self._api():
+            return self.core.slotless_ids()
+
     def export_session(self, session_id: str) -> SessionRecord:
         with self._api():
             return self.core.export_session(session_id)

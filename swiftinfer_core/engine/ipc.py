@@ -26,6 +26,7 @@ class EngineCall(Enum):
     HAS_SESSION = "has_session"
     CLOSE_SESSION = "close_session"
     SESSION_IDS = "session_ids"
+    SLOTLESS_IDS = "slotless_ids"
     EXPORT_SESSION = "export_session"
     IMPORT_SESSION = "import_session"
     EXPORT_KV = "export_kv"

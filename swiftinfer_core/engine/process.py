@@ -116,6 +116,9 @@ class ProcessEngine(EngineProtocol):
     def session_ids(self) -> list[str]:
         return self._call(EngineCall.SESSION_IDS)
 
+    def slotless_ids(self) -> list[str]:
+        return self._call(EngineCall.SLOTLESS_IDS)
+
     def export_session(self, session_id: str) -> SessionRecord:
         return self._call(EngineCall.EXPORT_SESSION, session_id)
 

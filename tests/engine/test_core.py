@@ -260,3 +260,15 @@ def test_tools_are_rendered_by_an_override_template_and_a_forced_call_uses_its_t
     assert syntax == TaggedCalls() and chunks[-1].finish_reason == "stop" and json.loads(call.arguments)["city"]
     with pytest.raises(InvalidRequestError, match="^tools:"):
         make_core().add_turn("u", ToolPrompt(msgs, [tool]), SamplingParams())
+
+
+def test_slotless_ids_are_the_sessions_that_lost_their_slot(make_core):
+    from swiftinfer_core.protocol import EngineProtocol
+
+    core = make_core(max_sessions=2)
+    for sid in ("a", "b", "c"):  # one at a time: "a" is the least recently used when "c" needs a slot
+        core.add_turn(sid, [{"role": "user", "content": "hi"}], SamplingParams(max_tokens=2))
+        while core.scheduler.has_work:
+            core.step()
+    assert core.slotless_ids() == ["a"]
+    assert EngineProtocol.slotless_ids(core) == ["a"]  # the default for engines without their own: a view per session

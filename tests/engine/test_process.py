@@ -82,6 +82,9 @@ def test_concurrent_streams_and_session_moves(child):
     outs = asyncio.run(go())
     assert all(o[-1].finish_reason for o in outs)
     snap = child.export_kv("p5")  # 4 slots: the last four turns are resident
+    slotless = child.slotless_ids()  # one call, the same answer as a reading per session (other tests' sessions too)
+    assert sorted(slotless) == sorted(sid for sid in child.session_ids() if not child.session_stats(sid).resident)
+    assert sum(f"p{i}" in slotless for i in range(6)) >= 2  # six conversations, four slots
     assert snap is not None and snap.k.shape == snap.v.shape
     record = child.export_session("p1")
     child.close_session("p1")
