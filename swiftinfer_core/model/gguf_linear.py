@@ -14,6 +14,12 @@ product (torch.bmm over the G groups). The widened chunk is at most ROWS x K x 4
 bytes (512 KiB at K = 576), a temporary. Activations and results are float32
 (the residual stream's dtype: ``in_dtype``).
 
+With ``kernels`` (kernels/cpu_native.py, EngineConfig.cpu_native_kernels), up to
+NATIVE_ROWS rows of x (decode steps) of a Q8_0/Q4_0/Q4_1 weight go through the C
+kernel of kernels/cpu_native_gguf.c instead: the same per-group sums, one group
+widened at a time, rows of W over the torch threads. Q4_K and longer inputs
+(prefill chunks) take the torch ops.
+
 ``GGUFEmbedding``: token rows dequantised as they are gathered (bit for bit
 gguf's values). A tied LM head and embedding share one GGUFBlocks (stored once).
 """
@@ -43,10 +49,16 @@ class GGUFLinear(nn.Module):
 
     in_dtype = torch.float32
 
-    def __init__(self, blocks: GGUFBlocks, bias: torch.Tensor | None = None):
+    NATIVE_ROWS = 16
+
+    def __init__(self, blocks: GGUFBlocks, bias: torch.Tensor | None = None, kernels=None):
         super().__init__()
         self.out_features, self.in_features = blocks.shape
         _register(self, blocks)
+        from swiftinfer_core.kernels.cpu_native import GGUF_QTYPES
+
+        native = kernels is not None and blocks.qtype in GGUF_QTYPES and blocks.qs.device.type == "cpu"
+        self.kernels = kernels if native else None
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
 
     @property
@@ -62,7 +74,10 @@ class GGUFLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features).float()  # [M, K]
-        y = gguf_matmul(x2, self.blocks)
+        if self.kernels is not None and x2.shape[0] <= self.NATIVE_ROWS:
+            y = self.kernels.gemv_gguf(x2.contiguous(), self.qtype, self.qs, self.d, self.m)
+        else:
+            y = gguf_matmul(x2, self.blocks)
         if self.bias is not None:
             y = y + self.bias
         return y.view(*x.shape[:-1], self.out_features)

@@ -76,9 +76,10 @@ def _same(blocks: GGUFBlocks, weight: torch.Tensor, what: str, path: Path) -> No
                                   "(the folder must be the float conversion of this GGUF)")
 
 
-def load_gguf_blocks(model: nn.Module, path: Path, head: bool) -> int:
+def load_gguf_blocks(model: nn.Module, path: Path, head: bool, kernels=None) -> int:
     """Replace ``model``'s (a one-device Llama, float32, weights loaded) linears with the
-    GGUF's blocks in place (module doc); returns how many modules were replaced."""
+    GGUF's blocks in place (module doc); returns how many modules were replaced.
+    ``kernels``: kernels/cpu_native.py's, for GGUFLinear's decode rows."""
     from swiftinfer_core.model.llama import Llama
 
     if not isinstance(model, Llama):
@@ -106,7 +107,7 @@ def load_gguf_blocks(model: nn.Module, path: Path, head: bool) -> int:
         }
         for name, blocks in parts.items():
             _same(blocks, getattr(layer, name).weight, f"layer {i} {name}", path)
-            setattr(layer, name, GGUFLinear(blocks))
+            setattr(layer, name, GGUFLinear(blocks, kernels=kernels))
             replaced += 1
     emb_blocks = None
     if f.kind("token_embd.weight") in FORMATS:
@@ -119,6 +120,6 @@ def load_gguf_blocks(model: nn.Module, path: Path, head: bool) -> int:
         hb = f.blocks("output.weight") if untied else (emb_blocks or f.blocks("token_embd.weight"))
         if hb is not emb_blocks:
             _same(hb, model.lm_head.weight, "LM head", path)
-        model.lm_head = GGUFLinear(hb)
+        model.lm_head = GGUFLinear(hb, kernels=kernels)
         replaced += 1
     return replaced

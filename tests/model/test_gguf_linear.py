@@ -55,3 +55,26 @@ def test_compact_bytes_counts_shared_blocks_once():
     b = from_bytes("Q8_0", random_blocks("Q8_0", 64, 128, seed=2), 64, 128)
     mod = torch.nn.ModuleDict({"emb": GGUFEmbedding(b), "head": GGUFLinear(b)})
     assert compact_bytes(mod) == (64 * 128 // 32 * 34, 64 * 128 * 4)
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1"])
+@pytest.mark.parametrize("m,n,k", [(1, 37, 256), (5, 300, 1280), (16, 129, 96)])
+def test_native_kernel_matches_float64(qtype, m, n, k):
+    from swiftinfer_core.kernels import cpu_native
+
+    kernels = cpu_native.load()
+    if kernels is None:
+        pytest.skip("no C compiler: the torch path serves")
+    g = torch.Generator().manual_seed(m * 104729 + n * 17 + k)
+    raw = random_blocks(qtype, n, k, seed=int(torch.randint(0, 1 << 30, (1,), generator=g)))
+    lin = GGUFLinear(from_bytes(qtype, raw, n, k), kernels=kernels)
+    assert lin.kernels is kernels
+    x = torch.randn(m, k, generator=g)
+    got = lin(x)
+    want = reference(x, raw, qtype, n, k)
+    bound = (x.double().abs() @ lin.dequantized().double().abs().t()) * 1e-5 + 1e-6
+    assert ((got.double() - want).abs() <= bound).all(), float(((got.double() - want).abs() / bound).max())
+    # more rows than NATIVE_ROWS take the torch ops
+    x2 = torch.randn(GGUFLinear.NATIVE_ROWS + 1, k, generator=g)
+    assert ((lin(x2).double() - reference(x2, raw, qtype, n, k)).abs()
+            <= (x2.double().abs() @ lin.dequantized().double().abs().t()) * 1e-5 + 1e-6).all()

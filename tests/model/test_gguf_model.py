@@ -19,12 +19,16 @@ PROMPT = "The capital of France is Paris. The capital of Italy is"
 
 
 def _cfg(**kw) -> EngineConfig:
-    return EngineConfig(window=120, max_sessions=1, device="cpu", cpu_native_kernels=False, **kw)
+    return EngineConfig(**{"window": 120, "max_sessions": 1, "device": "cpu", **kw})
 
 
-@pytest.fixture(scope="module")
-def pair():
-    return build_engine_model(_cfg(quantization="gguf")), build_engine_model(_cfg())
+@pytest.fixture(scope="module", params=["torch ops", "C kernels"])
+def pair(request):
+    native = request.param == "C kernels"
+    g = build_engine_model(_cfg(quantization="gguf", cpu_native_kernels=native))
+    if native and g.model.layers[0].wqkv.kernels is None:
+        pytest.skip("no C compiler on this machine")
+    return g, build_engine_model(_cfg(cpu_native_kernels=native))
 
 
 def prefill_logits(m, ids: list[int]) -> torch.Tensor:
