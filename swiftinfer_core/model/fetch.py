@@ -136,8 +136,15 @@ def ensure_default_model(gguf: Path | None = None, tokenizer: Path | None = None
         src = gguf or _download_gguf(Path(tmp))
         check_pin(src, GGUF_SHA256)
         convert_gguf(src, folder, tokenizer=tokenizer)
-        shutil.copyfile(src, folder / GGUF_NAME)
+        _keep(src, folder / GGUF_NAME)
     return folder
+
+
+def _keep(src: Path, dest: Path) -> None:
+    """Copy ``src`` to ``dest`` atomically (a half-copied GGUF is never found as ``dest``)."""
+    part = dest.with_name(dest.name + ".partial")
+    shutil.copyfile(src, part)
+    part.rename(dest)
 
 
 def gguf_in(folder: Path) -> Path | None:
@@ -159,9 +166,7 @@ def ensure_default_gguf(gguf: Path | None = None) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         src = gguf or _download_gguf(Path(tmp))
         check_pin(src, GGUF_SHA256)
-        part = dest.with_name(dest.name + ".partial")
-        shutil.copyfile(src, part)
-        part.rename(dest)
+        _keep(src, dest)
     return dest
 
 

@@ -97,3 +97,30 @@ def test_refused():
         _cfg(quantization="gguf", load_format="random")
     with pytest.raises(InvalidRequestError, match="tp_size 1"):
         _cfg(quantization="gguf", tp_size=2)
+
+
+def test_a_folder_without_its_gguf_is_refused(model_dir, tmp_path):
+    """A Llama folder with no GGUF beside it (any float checkpoint) cannot run 'gguf'."""
+    import shutil
+
+    from swiftinfer_core.model.loader import read_args
+    from swiftinfer_core.runner.resolve import rank_config
+
+    shutil.copy(model_dir / "config.json", tmp_path / "config.json")
+    with pytest.raises(InvalidRequestError, match="needs the GGUF"):
+        rank_config(_cfg(quantization="gguf", model=str(tmp_path)), tmp_path, read_args(tmp_path))
+
+
+def test_a_gguf_that_is_not_the_folders_is_refused():
+    """The blocks must dequantise to the float weights loaded: a model with other weights is refused at load."""
+    from swiftinfer_core.model.families import build_model
+    from swiftinfer_core.model.fetch import ensure_default_gguf
+    from swiftinfer_core.model.gguf_load import load_gguf_blocks
+    from swiftinfer_core.model.loader import read_args
+    from swiftinfer_core.runner.weights import fill_random
+
+    path = ensure_default_gguf()
+    model = build_model(read_args(path.parent))
+    fill_random(model, 0)
+    with pytest.raises(InvalidRequestError, match="not the float weight"):
+        load_gguf_blocks(model, path, head=True)
