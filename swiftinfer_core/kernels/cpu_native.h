@@ -8,6 +8,7 @@
  * software (bench/results/cpu_decode_profile.md). Here one call does what many
  * ops did: cpu_native_gemv.c the RMSNorm or SiLU(gate)*up in front of an int8
  * product (inputs in 16-bit fixed point per row) and the bias and residual add after it;
+ * cpu_native_gguf.c the GGUF block products of quantization 'gguf';
  * cpu_native_attn.c one sequence's decode attention; cpu_native_layer.c a whole
  * Llama layer of a decode step.
  *

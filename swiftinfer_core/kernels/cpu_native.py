@@ -30,7 +30,7 @@ import torch
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
-SOURCES = [HERE / f"cpu_native_{part}.c" for part in ("gemv", "attn", "layer")]
+SOURCES = [HERE / f"cpu_native_{part}.c" for part in ("gemv", "attn", "layer", "gguf")]
 HEADER = HERE / "cpu_native.h"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 PROLOGUES = {"none": 0, "rmsnorm": 1, "silu_mul": 2}  # cpu_native.h PRO_*
@@ -41,7 +41,10 @@ _SIGNATURES = {
     "si_attn_decode": [_P, _I64, _I64, _I64, _P, _P, _I64, _P, _P, _I64, _I64, _P, _P, _P, _P, _F, _P, _I],
     "si_decode_layer": [_P, _I64, _I64, _F, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I64, _P, _P, _I64, _I64, _I64,
                         _P, _P, _I64, _P, _P, _P, _P, _P, _P, _P, _F, _I],
+    "si_gemv_gguf": [_P, _I64, _I64, _I, _P, _P, _P, _P, _I64, _I],
 }
+GGUF_QTYPES = {"Q8_0": 0, "Q4_0": 1, "Q4_1": 2}  # cpu_native_gguf.c; Q4_K stays on the torch ops
+GGUF_MAX_ROWS = 64
 
 
 def _check(rc: int) -> None:
@@ -90,6 +93,22 @@ class NativeKernels:
                             _ptr(scale, torch.float32, "scale"), _ptr(bias, torch.float32, "bias"), N,
                             _ptr(residual, torch.float32, "residual"), _ptr(y, torch.float32, "out"),
                             torch.get_num_threads()))
+        return y
+
+    def gemv_gguf(self, x: torch.Tensor, qtype: str, qs: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+        """x [M, K] float32 (M <= GGUF_MAX_ROWS) @ W^T -> [M, N] float32 for W [N, K] in GGUF blocks
+        (model/gguf_blocks.py layout: qs int8 [N, K] for Q8_0, uint8 [N, K/2] for Q4_0/Q4_1; d, m float16 [N, K/32])."""
+        M, K = x.shape
+        N = qs.shape[0]
+        code = GGUF_QTYPES[qtype]
+        if M > GGUF_MAX_ROWS or K % 32 or qs.shape[1] != (K if code == 0 else K // 2) or d.shape != (N, K // 32):
+            raise ValueError(f"gemv_gguf: x {tuple(x.shape)} does not fit {qtype} qs {tuple(qs.shape)} d {tuple(d.shape)}")
+        if (code == 2) != (m is not None) or (m is not None and m.shape != d.shape):
+            raise ValueError("gemv_gguf: m [N, K/32] goes with Q4_1 and only then")
+        y = torch.empty(M, N)
+        _check(self.lib.si_gemv_gguf(_ptr(x, torch.float32, "x"), M, K, code,
+                                     _ptr(qs, torch.int8 if code == 0 else torch.uint8, "qs"), _ptr(d, torch.float16, "d"),
+                                     _ptr(m, torch.float16, "m"), _ptr(y, torch.float32, "y"), N, torch.get_num_threads()))
         return y
 
     def attn_decode(self, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k_slot: torch.Tensor,

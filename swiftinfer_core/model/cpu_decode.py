@@ -35,7 +35,7 @@ def supports(model) -> bool:
     a = model.args
     if not getattr(model, "GEMV_DECODE", False) or model.shard.all_reduce is not None or a.qkv_bias or a.qk_norm:
         return False
-    if model.embed.weight.dtype != torch.float32:
+    if getattr(model.embed, "weight", None) is None or model.embed.weight.dtype != torch.float32:  # GGUFEmbedding: no
         return False
     return all(isinstance(getattr(layer, n), Int8Linear) and layer.attn_norm.weight.dtype == torch.float32
                for layer in model.layers for n in ("wqkv", "wo", "w13", "w2"))

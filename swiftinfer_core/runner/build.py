@@ -68,8 +68,9 @@ def rank_device(device_type: str) -> torch.device:
 def build_rank(cfg: RankConfig, plan: ShardPlan | None = None, ranks: Ranks | None = None) -> ModelRunner:
     """This rank's runner. ``plan``: its heads and MLP rows (all of them when None),
     ``all_reduce`` already bound; ``ranks``: its group on a tensor-parallel rank."""
-    if ranks is not None and cfg.quant is not None:
-        raise InvalidRequestError(f"quantization '{cfg.quant.value}' runs on one device only (quantized layers are not sharded)")
+    if ranks is not None and (cfg.quant is not None or cfg.gguf is not None):
+        name = cfg.quant.value if cfg.quant is not None else "gguf"
+        raise InvalidRequestError(f"quantization '{name}' runs on one device only (quantized layers are not sharded)")
     device = rank_device(cfg.device_type)
     plan = plan or ShardPlan.single(cfg.args)
     with torch.device("meta"):
@@ -79,6 +80,8 @@ def build_rank(cfg: RankConfig, plan: ShardPlan | None = None, ranks: Ranks | No
         model.lm_head.float()  # before loading: keep the checkpoint's own precision
     fill_weights(model, cfg, device, sharded=ranks is not None)
     kernels = native_kernels(cfg, device) if ranks is None else None
+    if cfg.gguf is not None:
+        gguf_weights(model, cfg, device, kernels)
     if ranks is None:
         cpu_weight_format(model, cfg, device, kernels)  # quantized weights and the transposed CPU layout: one device only
     model.eval()
@@ -122,6 +125,19 @@ def fill_weights(model: nn.Module, cfg: RankConfig, device: torch.device, sharde
         model.load_hf_state(SeededCheckpoint(cfg.args, cfg.seed, device))
     else:
         model.load_hf_state(ShardedCheckpoint(cfg.path) if sharded else read_state_dict(cfg.path))
+
+
+def gguf_weights(model: nn.Module, cfg: RankConfig, device: torch.device, kernels=None) -> None:
+    """quantization 'gguf': the GGUF's blocks replace the float linears (model/gguf_load.py),
+    decode rows through ``kernels``' GGUF products when given; CPU float32 only (runner/resolve.py refuses the rest first; checked again for benches)."""
+    if device.type != "cpu" or cfg.dtype != torch.float32 or cfg.quant is not None:
+        raise InvalidRequestError("quantization 'gguf' runs on the CPU in float32 only, and alone")
+    from swiftinfer_core.model.gguf_linear import compact_bytes
+    from swiftinfer_core.model.gguf_load import load_gguf_blocks
+
+    n = load_gguf_blocks(model, cfg.gguf, head=not cfg.lm_head_fp32, kernels=kernels)
+    compact, as_f32 = compact_bytes(model)
+    log.info("gguf: %d modules from %s, compact %.1f MiB (%.1f MiB as float32)", n, cfg.gguf.name, compact / 2**20, as_f32 / 2**20)
 
 
 def native_kernels(cfg: RankConfig, device: torch.device) -> cpu_native.NativeKernels | None:

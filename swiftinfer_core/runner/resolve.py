@@ -64,11 +64,41 @@ def resolve_quant(cfg: EngineConfig, device: torch.device, dtype: torch.dtype, a
     return quant, head_fp32
 
 
+def resolve_gguf(cfg: EngineConfig, path: Path, device: torch.device, dtype: torch.dtype, args: ModelArgs) -> Path | None:
+    """quantization 'gguf': the GGUF beside the model folder (the default model's is fetched
+    into its folder, pinned); what cannot run is refused here, before any weight is read."""
+    if cfg.quantization is not Quantization.GGUF:
+        return None
+    from swiftinfer_core.model import fetch
+
+    if device.type != "cpu":
+        raise InvalidRequestError(f"quantization 'gguf' runs on the CPU only (torch ops over the blocks; no {device.type} "
+                                  "kernels): set device 'cpu'")
+    if dtype != torch.float32:
+        raise InvalidRequestError("quantization 'gguf' runs in float32 (dtype 'auto' or 'float32')")
+    if cfg.tp_size != 1:
+        raise InvalidRequestError("quantization 'gguf' runs with tp_size 1 only")
+    if cfg.load_format is LoadFormat.RANDOM:
+        raise InvalidRequestError("quantization 'gguf' reads the GGUF's blocks: not with load_format 'random'")
+    if family_of(args.family).model is not Llama:
+        raise InvalidRequestError(f"quantization 'gguf' serves the Llama family only, not {args.family}")
+    gguf = fetch.gguf_in(path)
+    if gguf is None and path.resolve() == fetch.default_model_dir().resolve():
+        gguf = fetch.ensure_default_gguf()
+    if gguf is None:
+        raise InvalidRequestError(f"quantization 'gguf' needs the GGUF the model folder was converted from, in the folder "
+                                  f"(one *.gguf); {path} has none")
+    return gguf
+
+
 def rank_config(cfg: EngineConfig, path: Path, args: ModelArgs) -> RankConfig:
     """Every rank's build settings for ``cfg`` over the checkpoint at ``path`` (already resolved)."""
     device = torch_device(cfg)
     dtype = resolve_dtype(cfg, device)
     quant, head_fp32 = resolve_quant(cfg, device, dtype, args)
+    gguf = resolve_gguf(cfg, path, device, dtype, args)
+    if gguf is not None and cfg.lm_head_fp32 is None:
+        head_fp32 = False  # the head as the file stores it (the default model: Q8_0, tied to the embedding)
     triton = cfg.attention is AttentionBackend.TRITON or (cfg.attention is AttentionBackend.AUTO and device.type == "cuda")
     return RankConfig(
         args=args, layout=resolve_layout(cfg, args), device_type=device.type, dtype=dtype,
@@ -78,4 +108,5 @@ def rank_config(cfg: EngineConfig, path: Path, args: ModelArgs) -> RankConfig:
         cpu_native=cfg.cpu_native_kernels,
         gemv_decode=True, memory_share=cfg.memory_share, gpu_memory_utilization=cfg.gpu_memory_utilization,
         split_mixed=cfg.split_mixed_steps, kv_dtype=kv_fp8.FP8 if cfg.kv_cache_dtype is KVCacheDType.FP8 else None,
+        gguf=gguf,
     )

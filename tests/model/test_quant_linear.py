@@ -52,8 +52,9 @@ def test_quantize_linears_keeps_the_head_when_asked():
 def test_config_accepts_int8_int4_and_refuses_what_is_missing():  # fp8: test_fp8_linear.py
     assert EngineConfig(quantization="int4", device="cpu").quant_group == 128
     EngineConfig(quantization="int4", device="cuda", quant_group=64)
-    with pytest.raises(InvalidRequestError, match="Q4_0/Q4_1/Q4_K/Q8_0"):
-        EngineConfig(quantization="gguf")
+    EngineConfig(quantization="gguf", device="cpu")  # tests/model/test_gguf_model.py
+    with pytest.raises(InvalidRequestError, match="CPU in float32 only"):
+        EngineConfig(quantization="gguf", device="cuda")
     with pytest.raises(InvalidRequestError, match="tp_size 1"):
         EngineConfig(quantization="int4", tp_size=2)
     with pytest.raises(InvalidRequestError, match="power of two"):
