@@ -2,11 +2,12 @@
 # Device call (issue 17): 1-3 LLM replicas sharing one H200 (bench/serve_gpu7b_shared.yaml,
 # gpu_share 0.33), 7B shape, random bf16.
 #  ramp:  a closed-loop ramp through the autoscaler (bench/autoscale_ramp.py) up to about the
-#         capacity of 3 replicas and back down. PHASES (default "16:30 64:70 140:70 48:100 16:100":
-#         the low phases outlast the policy's active window + look-back + down-scale delay), then a
+#         capacity of 3 replicas and back down. PHASES (default "16:30 64:60 140:60 48:90 16:80":
+#         the low phases outlast the policy's active window 20 s + look-back 15 s + down-scale delay
+#         30 s; r3 ran "16:30 64:70 140:70 48:100 16:100", which with the return phase no longer fits), then a
 #         return phase of RETURN_S seconds (default 40): every conversation takes one more turn, so
 #         the JSON's "handover" counts how those of drained replicas came back (migrated / rebuilt).
-#         Time in one 600 s call: ~15 s install + ~112 s serve start + 370 s phases + <= 40 s return
+#         Time in one 600 s call: ~15 s install + ~112 s serve start + 320 s phases + <= 40 s return
 #         + audit and plot + ~15 s of teardown; the ramp's timeout is what is left of 580 s when it
 #         starts (the summary says how much it had and needed).
 #  chaos: bench/chaos.py on 2 pinned replicas under closed-loop load: replica SIGKILL, controller
@@ -27,7 +28,7 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 NCCL_NVLS_ENABLE=0
 if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 4; fi
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH SWIFTINFER_HOME=/tmp/swh
-PHASES=${PHASES:-16:30 64:70 140:70 48:100 16:100} RETURN_S=${RETURN_S:-40} NAME=${NAME:-autoscale_7b} CONFIG=bench/serve_gpu7b_shared.yaml
+PHASES=${PHASES:-16:30 64:60 140:60 48:90 16:80} RETURN_S=${RETURN_S:-40} NAME=${NAME:-autoscale_7b} CONFIG=bench/serve_gpu7b_shared.yaml
 if [ "${MODEL:-7b}" = smol ]; then
   [ -f /tmp/stage/part.aa ] || { echo "no /tmp/stage/part.aa: park .carry/smol-a first"; exit 3; }
   GGUF=/tmp/stage/SmolLM2-135M-Instruct.Q4_1.gguf CONFIG=bench/serve_gpu_smol_shared.yaml
