@@ -25,9 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
-from quant_sass import loop_mix  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+from quant_sass import build, loop_mix  # noqa: E402
 
 from swiftinfer_core.kernels import decode_attention as da  # noqa: E402
 
@@ -36,7 +34,7 @@ DIV16 = {"Q", "K_NEW", "V_NEW", "K_CACHE", "V_CACHE", "K_SCALE", "V_SCALE", "ACC
          "sc_s", "sc_h", "sc_r", "ss_s", "ss_h", "sq_b", "sq_h", "sn_b", "sn_h", "so_b", "so_h"}  # as at the 7B shape
 
 
-def build(fp8: bool, block_n: int, warps: int, stages: int, group: int = 1, hkv: int = 32):
+def build_decode(fp8: bool, block_n: int, warps: int, stages: int, group: int = 1, hkv: int = 32):
     """The split kernel at Llama-2-7B's heads (head_dim 128; group = Hq / Hkv)."""
     fn = da._decode_split_kernel
     cache = "*fp8e4nv" if fp8 else "*bf16"
@@ -46,11 +44,7 @@ def build(fp8: bool, block_n: int, warps: int, stages: int, group: int = 1, hkv:
     consts = dict(HKV=hkv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HALF=64, HALF_PAD=64, D_PAD=128,
                   HAS_CAP=False, HAS_ALIBI=False, BLOCK_N=block_n, FUSE_NEW=True, MMA=tl.bfloat16, PREC="tf32",
                   STAGES=stages, FAST=True, FUSED_COMBINE=False, SPLIT_PAD=2, FP8=fp8)
-    names = fn.arg_names
-    sig = {a: "constexpr" if a in consts else ptr.get(a, "fp32" if a in FLOATS else "i32") for a in names}
-    attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in names if a in DIV16}
-    src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(a),): v for a, v in consts.items()}, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+    return build(fn, consts, warps, stages, types={**ptr, **dict.fromkeys(FLOATS, "fp32")}, div16=DIV16)
 
 
 def main() -> None:
@@ -63,7 +57,7 @@ def main() -> None:
     args = ap.parse_args()
     counts = {}
     for fp8 in (False, True):
-        k = build(fp8, args.block_n, args.warps, args.stages, args.group, 32 // args.group)
+        k = build_decode(fp8, args.block_n, args.warps, args.stages, args.group, 32 // args.group)
         usage, ops, sass = loop_mix(k)
         name = "fp8" if fp8 else "bf16"
         counts[name] = len(ops)

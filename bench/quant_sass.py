@@ -39,10 +39,13 @@ PTR = {"X": "*bf16", "S": "*bf16", "Y": "*bf16", "WS": "*fp32", "CNT": "*i32", "
 DIV16 = {"X", "Q", "S", "Y", "WS", "CNT", "N", "K", "KB", "NG", "stride_xm", "stride_ym"}  # as at the 7B shapes
 
 
-def build(fn, consts: dict, warps: int, stages: int):
+def build(fn, consts: dict, warps: int, stages: int, types: dict | None = None, div16: set | None = None):
+    """An sm_90 build of ``fn``: ``types`` of the non-constexpr arguments (default PTR;
+    others i32), ``div16`` the arguments known to be multiples of 16 (default DIV16)."""
+    types, div16 = PTR if types is None else types, DIV16 if div16 is None else div16
     names = fn.arg_names
-    sig = {a: "constexpr" if a in consts else PTR.get(a, "i32") for a in names}
-    attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in names if a in DIV16}
+    sig = {a: "constexpr" if a in consts else types.get(a, "i32") for a in names}
+    attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in names if a in div16}
     src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(a),): v for a, v in consts.items()}, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
 

@@ -20,7 +20,6 @@ A time budget stops the sweep between points; what was measured is still written
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -58,24 +57,13 @@ def product(fmt: str, x: torch.Tensor, qw, out: torch.Tensor, cfg: dict):
 
 
 def time_launches(fns, smoke: bool) -> float:
-    """Seconds per call of the fns, run in turn: a CUDA graph of all of them (median of 5 replays)."""
+    """Seconds per call of the fns, run in turn: a CUDA graph of all of them (median of 5 replays,
+    after one warm-up run outside the capture and one replay)."""
     if smoke:
         return common.timed(lambda: [f() for f in fns], reps=1, warmup=0) / len(fns)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for f in fns:
-            f()
-    g.replay()
-    ts = []
-    for _ in range(5):
-        st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        st.record()
-        g.replay()
-        en.record()
-        en.synchronize()
-        ts.append(st.elapsed_time(en) / 1e3)
+    secs, g = common.time_graph(lambda: [f() for f in fns], reps=5, warmup=1)
     del g
-    return statistics.median(ts) / len(fns)
+    return secs / len(fns)
 
 
 def sweep_point(fmt: str, batch: int, n: int, k: int, group: int, dev, smoke: bool) -> dict:
