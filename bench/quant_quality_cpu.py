@@ -10,7 +10,7 @@ bench/fp8_quality_cpu.py does. The LM head (tied to the embedding) stays float32
 Calibration (activation statistics for the "aw" clip search and GPTQ): the input
 Hessians X^T X of every linear (model/calibrate.py) over ``--calib-tokens`` tokens
 taken from the middle of the plays, disjoint from the evaluated text, which starts
-at the first play's "ACT". "fp8 ... act e4m3" also rounds each activation row to
+at the first play's "ACT", the first ``--calib-skip`` (sink) tokens left out. "fp8 ... act e4m3" also rounds each activation row to
 e4m3 over its own scale before every product (the _scaled_mm path's numbers).
 
     python bench/quant_quality_cpu.py --tokens 3000 --windows 256 \
@@ -109,6 +109,9 @@ def main() -> None:
     ap.add_argument("--windows", type=int, nargs="+", default=[256])
     ap.add_argument("--sinks", type=int, default=4)
     ap.add_argument("--calib-tokens", type=int, default=2048)
+    ap.add_argument("--calib-skip", type=int, default=4, help="calibration tokens left out of the Hessians: the first (sink) "
+                    "tokens, whose massive activations would dominate them (model/calibrate.py)")
+    ap.add_argument("--hessian-cache", type=Path, default=None, help="keep the calibration Hessians in this file between runs")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
@@ -128,12 +131,19 @@ def main() -> None:
         pos[0] += len(chunk)
 
     t0 = time.perf_counter()
-    hs, rows = collect_hessians(m.model, run, [cal[i : i + 512] for i in range(0, len(cal), 512)])
+    key = (len(cal), a.calib_skip)
+    if a.hessian_cache and a.hessian_cache.exists() and torch.load(a.hessian_cache)["key"] == key:
+        hs, rows = (torch.load(a.hessian_cache)[x] for x in ("h", "rows"))
+    else:
+        hs, rows = collect_hessians(m.model, run, [cal[i : i + 512] for i in range(0, len(cal), 512)], skip_rows=a.calib_skip)
+        if a.hessian_cache:
+            torch.save({"key": key, "h": hs, "rows": rows}, a.hessian_cache)
     print(f"calibration: {len(cal)} tokens, {len(hs)} layers, {time.perf_counter() - t0:.1f} s", flush=True)
-    assert all(r == len(cal) for r in rows.values()), rows
+    assert all(r == len(cal) - a.calib_skip for r in rows.values()), rows
     originals = {n: lin.weight.detach().clone() for n, lin in linear_targets(m.model).items()}
     out = {**header(), "note": "EMULATED: weights quantized by each variant, dequantized to float32; the model runs in float32",
            "tokens": a.tokens, "calibration_tokens": len(cal), "calibration_text": "from the middle of the plays (disjoint)",
+           "calibration_skipped_first_tokens": a.calib_skip,
            "mode": "streaming (StreamingLLM), chunked prefill of 512", "lm_head": "float32 (tied embedding)", "results": {}}
     ref: dict[int, float] = {}
     for name in ["float32", *a.variants]:

@@ -5,6 +5,12 @@ forward pre-hooks while calibration text runs through the float model.
 The calibration text must be disjoint from any text the quantized model is then
 evaluated on (bench/quant_quality_cpu.py takes it from the middle of the plays,
 its evaluation from their start).
+
+``skip_rows``: the first rows each layer sees are left out. The default model's
+first token (StreamingLLM's first sink) carries "massive activations": its input
+to layers.11.w2 has 625x the median token's norm and is 100% of that H's trace
+(layers.28.w2: 77%), so with it H, and any rounding chosen from H, would serve
+that one token (computed once per conversation) and not the text after it.
 """
 
 from __future__ import annotations
@@ -25,18 +31,22 @@ class HessianCollector:
     """Context manager: while open, every input row of the hooked linears is added
     to that layer's H (float64 [K, K]) and counted."""
 
-    def __init__(self, layers: dict[str, nn.Module]):
-        self.layers = layers
+    def __init__(self, layers: dict[str, nn.Module], skip_rows: int = 0):
+        self.layers, self.skip_rows = layers, skip_rows
         self.h: dict[str, torch.Tensor] = {}
         self.rows: dict[str, int] = {}
         self._hooks: list = []
+        self._seen: dict[str, int] = {}
 
     def _hook(self, name: str) -> Callable:
         def pre(_mod: nn.Module, args: tuple) -> None:
             x = args[0].detach().reshape(-1, args[0].shape[-1]).double()  # [M, K]
             if name not in self.h:
                 self.h[name] = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)
-                self.rows[name] = 0
+                self.rows[name], self._seen[name] = 0, 0
+            skip = max(0, self.skip_rows - self._seen[name])
+            self._seen[name] += x.shape[0]
+            x = x[skip:]
             self.h[name] += x.t() @ x
             self.rows[name] += x.shape[0]
         return pre
@@ -52,10 +62,11 @@ class HessianCollector:
 
 
 def collect_hessians(model: nn.Module, run: Callable[[Iterable[int]], object], chunks: Iterable[list[int]],
-                     head: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+                     head: bool = False, skip_rows: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """Run ``run(chunk)`` (a forward of the model over one chunk of token ids) for each
-    chunk with hooks on the linears; returns (H by layer name, rows seen by layer name)."""
-    with HessianCollector(linear_targets(model, head)) as c, torch.no_grad():
+    chunk with hooks on the linears, the first ``skip_rows`` rows of each left out;
+    returns (H by layer name, rows added by layer name)."""
+    with HessianCollector(linear_targets(model, head), skip_rows) as c, torch.no_grad():
         for chunk in chunks:
             run(chunk)
     return c.h, c.rows

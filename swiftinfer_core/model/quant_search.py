@@ -86,12 +86,13 @@ def _gptq(w: torch.Tensor, h: torch.Tensor, quant_col, on_block=None, block: int
           order: torch.Tensor | None = None) -> torch.Tensor:
     """GPTQ over the columns of w [N, K] (in ``order`` if given): ``quant_col(j, col)``
     returns column j's dequantized values; ``on_block(i1, W[:, i1:i2])`` runs before a
-    block's first column (group scales). Returns the dequantized weight [N, K] float32."""
-    w = w.detach().double().clone()
+    block's first column (group scales). Float32 updates (H's factor in float64).
+    Returns the dequantized weight [N, K] float32."""
+    w = w.detach().float().clone()
     if order is not None:
         w, h = w[:, order], h[order][:, order]
     w[:, torch.diag(h) == 0] = 0
-    hinv = _hinv_chol(h, damp)
+    hinv = _hinv_chol(h, damp).float()
     k = w.shape[1]
     out = torch.zeros_like(w)
     for i1 in range(0, k, block):
@@ -134,7 +135,7 @@ def gptq_int4(w: torch.Tensor, h: torch.Tensor, group: int = 128, qmin: int = -I
         scales[:, g0 : g0 + wg.shape[1]] = _group_scales(wg, d, qmin, CLIP_GRID if search else (1.0,))
 
     def quant_col(j: int, col: torch.Tensor) -> torch.Tensor:
-        s = scales[:, j // group].double()
+        s = scales[:, j // group].float()
         q = torch.round(col / s).clamp_(qmin, INT4_QMAX)
         codes[:, j] = q.to(torch.int8)
         return q * s
@@ -149,11 +150,11 @@ def gptq_fp8(w: torch.Tensor, h: torch.Tensor, damp: float = 0.01, act_order: bo
     order of decreasing diag(H) (free here: the scale is per row)."""
     wf = w.detach().float()
     scale = (wf.abs().amax(dim=1) / E4M3_MAX).clamp_(min=TINY)  # [N]
-    sd = scale.double()
+    sd = scale
 
     def quant_col(j: int, col: torch.Tensor) -> torch.Tensor:
         q = (col / sd).clamp_(-E4M3_MAX, E4M3_MAX).float().to(FP8_DTYPE)
-        return q.double() * sd
+        return q.float() * sd
 
     order = torch.argsort(torch.diag(h), descending=True) if act_order else None
     deq = _gptq(wf, h, quant_col, damp=damp, order=order)

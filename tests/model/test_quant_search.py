@@ -121,3 +121,13 @@ def test_collect_hessians_is_x_transpose_x_per_linear():
         a = model[1](model[0](torch.cat(xs))).double()
     torch.testing.assert_close(hs["2"], a.t() @ a)
     assert not model[0]._forward_pre_hooks  # the hooks are removed afterwards
+
+
+def test_collect_hessians_skips_the_first_rows_across_chunks():
+    _seed()
+    model = nn.Sequential(nn.Linear(6, 4))
+    xs = [torch.randn(3, 6), torch.randn(5, 6)]
+    hs, rows = collect_hessians(model, lambda x: model(x), xs, skip_rows=4)  # all of chunk 1, one row of chunk 2
+    x = xs[1][1:].double()
+    assert rows == {"0": 4}
+    torch.testing.assert_close(hs["0"], x.t() @ x)
