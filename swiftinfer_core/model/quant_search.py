@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from swiftinfer_core.model.fp8 import E4M3_MAX, FP8_DTYPE, TINY
-from swiftinfer_core.model.quant import INT4_QMAX, check_group, pack_int4
+from swiftinfer_core.model.quant import INT4_QMAX, QuantFormat, QuantizedWeight, check_group, pack_int4
 
 CLIP_GRID = tuple(1.0 - 0.025 * i for i in range(21))  # 1.0 .. 0.5
 
@@ -160,3 +160,28 @@ def gptq_fp8(w: torch.Tensor, h: torch.Tensor, damp: float = 0.01, act_order: bo
     deq = _gptq(wf, h, quant_col, damp=damp, order=order)
     q = (deq / scale[:, None]).clamp_(-E4M3_MAX, E4M3_MAX).to(FP8_DTYPE)  # exact: deq is q * scale
     return q.contiguous(), scale
+
+
+def calibrated_weights(model: torch.nn.Module, hessians: dict[str, torch.Tensor], fmt: QuantFormat, group: int = 128,
+                       method: str = "gptq", qmin: int = -8) -> dict[str, QuantizedWeight]:
+    """Qualified layer name -> QuantizedWeight for every linear that has a Hessian
+    (model/calibrate.collect_hessians), for quantize_linears / quantize_fp8_linears'
+    ``weights``. int4: ``method`` "gptq" (GPTQ + activation-weighted clip search) or
+    "search" (the clip search alone); fp8: GPTQ (its scales are amax / 448 either way)."""
+    if method not in ("gptq", "search"):
+        raise ValueError(f"method must be 'gptq' or 'search', got {method!r}")
+    out = {}
+    for name, mod in model.named_modules():
+        if name not in hessians or not isinstance(mod, torch.nn.Linear):
+            continue
+        w, h = mod.weight.detach().float().cpu(), hessians[name]
+        n, k = w.shape
+        if fmt is QuantFormat.FP8:
+            q, s = gptq_fp8(w, h)
+            out[name] = QuantizedWeight(fmt, q, s, n, k, k)
+        elif fmt is QuantFormat.INT4:
+            p, s = gptq_int4(w, h, group, qmin) if method == "gptq" else int4_search_scales(w, group, torch.diag(h), qmin)
+            out[name] = QuantizedWeight(fmt, p, s, n, k, group)
+        else:
+            raise ValueError(f"calibrated weights are int4 or fp8, not {fmt.value} (int8 is within 0.2% rounded to nearest)")
+    return out
