@@ -34,12 +34,20 @@ BATCHED = ("scaled_mm", "triton")
 class Fp8Linear(nn.Module):
     """FP8 weight linear: x [..., K] -> [..., N] in the replaced weight's dtype."""
 
-    def __init__(self, linear: nn.Linear, batched: str | None = None):
+    def __init__(self, linear: nn.Linear, batched: str | None = None, qw=None):
+        """``qw``: a model/quant.QuantizedWeight of format FP8 already chosen for this
+        layer (model/quant_search.py's GPTQ rounding); None: round to nearest here."""
         super().__init__()
         w = linear.weight
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.in_dtype = w.dtype
-        q, scale = quantize_fp8(w)
+        if qw is None:
+            q, scale = quantize_fp8(w)
+        elif qw.fmt.value != "fp8" or tuple(qw.qweight.shape) != (self.out_features, self.in_features):
+            raise ValueError(f"precomputed weight {qw.fmt.value} {tuple(qw.qweight.shape)} does not fit this fp8 layer "
+                             f"[{self.out_features}, {self.in_features}]")
+        else:
+            q, scale = qw.qweight.to(w.device).contiguous(), qw.scales.to(w.device, torch.float32)
         self.register_buffer("qweight", q)  # float8_e4m3fn [N, K]
         self.register_buffer("scales", scale)  # float32 [N]
         bias = linear.bias
@@ -75,11 +83,14 @@ class Fp8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, fp8 e4m3, batched={self.batched}"
 
 
-def quantize_fp8_linears(model: nn.Module, head: bool, batched: str | None = None) -> int:
+def quantize_fp8_linears(model: nn.Module, head: bool, batched: str | None = None, weights: dict | None = None) -> int:
     """Replace the decoder's nn.Linear layers (and ``lm_head`` when ``head``) with
-    Fp8Linear, in place; returns how many were replaced."""
-    targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+    Fp8Linear, in place; returns how many were replaced. ``weights``: qualified name
+    -> precomputed QuantizedWeight (model/quant_search.calibrated_weights)."""
+    weights = weights or {}
+    targets = [(parent, f"{pname}.{name}" if pname else name, name, child)
+               for pname, parent in model.named_modules() for name, child in parent.named_children()
                if isinstance(child, nn.Linear) and (head or name != "lm_head")]
-    for parent, name, child in targets:
-        setattr(parent, name, Fp8Linear(child, batched))
+    for parent, qual, name, child in targets:
+        setattr(parent, name, Fp8Linear(child, batched, weights.get(qual)))
     return len(targets)

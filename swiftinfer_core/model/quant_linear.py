@@ -38,7 +38,9 @@ def cpu_int4_available() -> bool:
 class QuantLinear(nn.Module):
     """Weight-only quantized linear: x [..., K] -> [..., N] (see the module doc for dtypes)."""
 
-    def __init__(self, linear: nn.Linear, fmt: QuantFormat, group: int = 128):
+    def __init__(self, linear: nn.Linear, fmt: QuantFormat, group: int = 128, qw: QuantizedWeight | None = None):
+        """``qw``: this layer's weight already quantized (model/quant_search.py's
+        calibrated choices, same format); None: round-to-nearest here."""
         super().__init__()
         w = linear.weight
         self.fmt, self.group = fmt, group
@@ -47,7 +49,13 @@ class QuantLinear(nn.Module):
         if self.on_cpu and fmt is not QuantFormat.INT4:
             raise ValueError("QuantLinear serves int8 on CUDA only; the CPU's int8 is model/cpu_weights.Int8Linear")
         self.in_dtype = torch.float32 if self.on_cpu else w.dtype
-        qw = quantize(w, fmt, group)
+        if qw is None:
+            qw = quantize(w, fmt, group)
+        elif (qw.fmt, qw.out_features, qw.in_features, qw.group) != (fmt, self.out_features, self.in_features,
+                                                                      group if fmt is QuantFormat.INT4 else self.in_features):
+            raise ValueError(f"precomputed weight {qw.fmt.value} [{qw.out_features}, {qw.in_features}] group {qw.group} "
+                             f"does not fit this {fmt.value} layer [{self.out_features}, {self.in_features}]")
+        qw = QuantizedWeight(qw.fmt, qw.qweight.to(w.device), qw.scales.to(w.device), qw.out_features, qw.in_features, qw.group)
         self.register_buffer("qweight", qw.qweight)  # int8 [N, K16] or uint8 [N, Kp/2] (model/quant.py layouts)
         self.register_buffer("scales", qw.scales)  # bf16 [N] or [N, Kp/group]
         bias = linear.bias
@@ -100,11 +108,16 @@ class QuantLinear(nn.Module):
         return quant_gemm.gemm_int8(x2, self.qweight, self.scales)
 
 
-def quantize_linears(model: nn.Module, fmt: QuantFormat, group: int, head: bool) -> int:
+def quantize_linears(model: nn.Module, fmt: QuantFormat, group: int, head: bool,
+                     weights: dict[str, QuantizedWeight] | None = None) -> int:
     """Replace the decoder's nn.Linear layers (and ``lm_head`` when ``head``) with
-    QuantLinear, in place; returns how many were replaced."""
-    targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+    QuantLinear, in place; returns how many were replaced. ``weights``: qualified
+    name -> precomputed QuantizedWeight (model/quant_search.calibrated_weights);
+    layers it lacks are rounded to nearest."""
+    weights = weights or {}
+    targets = [(parent, f"{pname}.{name}" if pname else name, name, child)
+               for pname, parent in model.named_modules() for name, child in parent.named_children()
                if isinstance(child, nn.Linear) and (head or name != "lm_head")]
-    for parent, name, child in targets:
-        setattr(parent, name, QuantLinear(child, fmt, group))
+    for parent, qual, name, child in targets:
+        setattr(parent, name, QuantLinear(child, fmt, group, weights.get(qual)))
     return len(targets)

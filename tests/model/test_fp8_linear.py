@@ -113,3 +113,25 @@ def test_fp8_linear_on_cuda_picks_its_batched_path(n, k, dtype, path):
         qx = path == "scaled_mm" and rows > 1
         want = reference_linear(x, f8.qweight, f8.scales, quantize_x=qx) + lin.bias.double()
         assert _rel(f8(x), want.cpu()) < 5e-3, (rows, path)
+
+
+def test_fp8_linear_takes_precomputed_gptq_weights():
+    """quantize_fp8_linears(weights=...) with model/quant_search.py's GPTQ e4m3 weights
+    (CPU: the interpreter's GEMV and GEMM) against float64 of those weights."""
+    from swiftinfer_core.model.quant_search import calibrated_weights
+
+    torch.manual_seed(int.from_bytes(os.urandom(4), "little"))
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    model = nn.Sequential(nn.Linear(128, 48, bias=False))
+    x = torch.randn(512, 128) * torch.rand(128)
+    weights = calibrated_weights(model, {"0": x.double().t() @ x.double()}, QuantFormat.FP8)
+    model.to(dev)
+    assert quantize_fp8_linears(model, head=False, weights=weights) == 1
+    f8 = model[0]
+    assert torch.equal(f8.qweight.cpu().float(), weights["0"].qweight.float())
+    for rows in (1, 5):
+        xr = torch.randn(rows, 128, device=dev)
+        want = reference_linear(xr, weights["0"].qweight, weights["0"].scales).cpu()
+        assert _rel(f8(xr), want) < 1e-6
+    with pytest.raises(ValueError, match="does not fit"):
+        Fp8Linear(nn.Linear(64, 48), "triton", weights["0"])

@@ -99,3 +99,29 @@ def test_cuda_quant_linear_matches_float64(fmt, rows):
     assert got.dtype == torch.bfloat16 and got.shape == (rows, 1000)
     # bf16 output rounding (< 2^-8) plus int4's q * scale operand rounding (< 2^-9) at most
     assert ((got.double() - ref).norm() / ref.norm()).item() < 8e-3
+
+
+@pytest.mark.parametrize("rows", [1, 6])
+def test_cpu_int4_takes_precomputed_gptq_weights_with_code_minus_8(rows):
+    """quantize_linears(weights=...) with model/quant_search.py's GPTQ int4 (codes
+    -8..7: nibble 0 included) through torch's CPU int4 op, against float64 of the
+    precomputed weight; a layer missing from ``weights`` is rounded to nearest."""
+    from swiftinfer_core.model.quant import dequantize, quantize, unpack_int4
+    from swiftinfer_core.model.quant_search import calibrated_weights
+
+    torch.manual_seed(int.from_bytes(os.urandom(4), "little"))
+    model = nn.Sequential(nn.Linear(200, 37), nn.Linear(37, 24))
+    x = torch.randn(512, 200)
+    hs = {"0": x.double().t() @ x.double()}
+    weights = calibrated_weights(model, hs, QuantFormat.INT4, 64)
+    assert set(weights) == {"0"} and (unpack_int4(weights["0"].qweight) == -8).any()
+    ref1 = model[1].weight.detach().clone()
+    assert quantize_linears(model, QuantFormat.INT4, 64, head=False, weights=weights) == 2
+    q0, q1 = model[0], model[1]
+    assert torch.equal(q0.qweight, weights["0"].qweight) and torch.equal(q0.scales, weights["0"].scales)
+    torch.testing.assert_close(q1.dequantized(), dequantize(quantize(ref1, QuantFormat.INT4, 64)), rtol=0, atol=0)
+    xr = torch.randn(rows, 200)
+    want = xr.bfloat16().double() @ dequantize(weights["0"]).double().t() + q0.bias.double()
+    assert ((q0(xr).double() - want).norm() / want.norm()).item() < 4e-3
+    with pytest.raises(ValueError, match="does not fit"):
+        QuantLinear(nn.Linear(200, 37), QuantFormat.INT4, 128, weights["0"])  # group 64 weights, group 128 layer

@@ -1,0 +1,199 @@
+"""int4 / FP8 / int8 weight quality on the real default model, EMULATED on the CPU:
+StreamingLLM perplexity over the plays against float32, for several ways of
+choosing the quantized values in the SAME storage formats (model/quant.py,
+model/fp8.py; the choices: model/quant_search.py).
+
+Every decoder linear's weight is quantized as the variant says and dequantized to
+float32 in place; the model then runs in float32 through the engine's own cache
+and attention (eval/ppl.py, mode streaming, chunked prefill), as
+bench/fp8_quality_cpu.py does. The LM head (tied to the embedding) stays float32.
+Calibration (activation statistics for the "aw" clip search and GPTQ): the input
+Hessians X^T X of every linear (model/calibrate.py) over ``--calib-tokens`` tokens
+taken from the middle of the plays, disjoint from the evaluated text, which starts
+at the first play's "ACT", the first ``--calib-skip`` (sink) tokens left out. "fp8 ... act e4m3" also rounds each activation row to
+e4m3 over its own scale before every product (the _scaled_mm path's numbers).
+
+    python bench/quant_quality_cpu.py --tokens 3000 --windows 256 \
+        --json bench/results/quant_quality_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from bench.common import header, save_plot  # noqa: E402
+from bench.shakespeare import build_corpus  # noqa: E402
+from swiftinfer_core.config import EngineConfig  # noqa: E402
+from swiftinfer_core.engine.engine_model import build_engine_model  # noqa: E402
+from swiftinfer_core.eval.ppl import EvalPlan, Mode, evaluate  # noqa: E402
+from swiftinfer_core.model.calibrate import collect_hessians, linear_targets  # noqa: E402
+from swiftinfer_core.model.fetch import models_home  # noqa: E402
+from swiftinfer_core.model.fp8 import dequantize_fp8, quantize_fp8  # noqa: E402
+from swiftinfer_core.model.quant import QuantFormat, QuantizedWeight, dequantize, quantize  # noqa: E402
+from swiftinfer_core.model.quant_search import gptq_fp8, gptq_int4, int4_search_scales  # noqa: E402
+from swiftinfer_core.runner.model_runner import ModelRunner  # noqa: E402
+
+
+def _deq_int4(p, s, n, k, group) -> torch.Tensor:
+    return dequantize(QuantizedWeight(QuantFormat.INT4, p, s, n, k, group))
+
+
+def rtn(fmt: QuantFormat, group: int = 128):
+    return lambda w, h, name: dequantize(quantize(w, fmt, group))
+
+
+def search(group: int, aware: bool, qmin: int = -7):
+    return lambda w, h, name: _deq_int4(*int4_search_scales(w, group, torch.diag(h) if aware else None, qmin), *w.shape, group)
+
+
+def gptq4(group: int, srch: bool, qmin: int = -7):
+    return lambda w, h, name: _deq_int4(*gptq_int4(w, h, group, qmin, srch), *w.shape, group)
+
+
+def fp8_gptq(w, h, name):
+    return dequantize_fp8(*gptq_fp8(w, h))
+
+
+def with_int8(base, names: tuple[str, ...]):
+    """``base`` everywhere except the layers whose name ends with one of ``names``: int8 per row."""
+    int8 = rtn(QuantFormat.INT8)
+    return lambda w, h, name: (int8 if name.endswith(names) else base)(w, h, name)
+
+
+FIRST_LAST_W2 = ("layers.0.w2", "layers.29.w2")
+VARIANTS = {  # name -> (fn(w, h[, name]) -> dequantized weight, activations to e4m3)
+    "int8 per row (RTN)": (rtn(QuantFormat.INT8), False),
+    "int4 g128 RTN (current)": (rtn(QuantFormat.INT4, 128), False),
+    "int4 g128 clip search (MSE)": (search(128, False), False),
+    "int4 g128 clip search (act-weighted)": (search(128, True), False),
+    "int4 g128 clip search (act-weighted), -8 used": (search(128, True, -8), False),
+    "int4 g128 GPTQ": (gptq4(128, False), False),
+    "int4 g128 GPTQ + clip search": (gptq4(128, True), False),
+    "int4 g128 GPTQ + clip search, -8 used": (gptq4(128, True, -8), False),
+    "int4 g128 GPTQ + search, -8, w2 of layers 0/29 int8": (with_int8(gptq4(128, True, -8), FIRST_LAST_W2), False),
+    "int4 g32 RTN": (rtn(QuantFormat.INT4, 32), False),
+    "int4 g32 GPTQ + clip search, -8 used": (gptq4(32, True, -8), False),
+    "fp8 RTN (current)": (rtn(QuantFormat.FP8), False),
+    "fp8 GPTQ": (fp8_gptq, False),
+    "fp8 RTN, act e4m3": (rtn(QuantFormat.FP8), True),
+    "fp8 GPTQ, act e4m3": (fp8_gptq, True),
+}
+
+
+def _e4m3_rows(_mod, args):
+    return (dequantize_fp8(*quantize_fp8(args[0].reshape(-1, args[0].shape[-1]))).view(args[0].shape),)
+
+
+def apply(model, fn, hs: dict, originals: dict, act: bool) -> list:
+    hooks = []
+    for name, lin in linear_targets(model).items():
+        w = originals[name]
+        deq = fn(w, hs[name], name)
+        lin.weight.data = deq.to(w.dtype).contiguous()
+        if act:
+            hooks.append(lin.register_forward_pre_hook(_e4m3_rows))
+    return hooks
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=3000)
+    ap.add_argument("--windows", type=int, nargs="+", default=[256])
+    ap.add_argument("--sinks", type=int, default=4)
+    ap.add_argument("--calib-tokens", type=int, default=2048)
+    ap.add_argument("--calib-skip", type=int, default=0, help="calibration tokens left out of the Hessians: the first (sink) "
+                    "tokens, whose massive activations dominate them (model/calibrate.py; 0 measured better)")
+    ap.add_argument("--hessian-cache", type=Path, default=None, help="keep the calibration Hessians in this file between runs")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args()
+    corpus = build_corpus(models_home().parent / "shakespeare.txt").read_text(encoding="utf-8")
+    start = corpus.find("ACT")
+    text, calib_text = corpus[start:], corpus[len(corpus) // 2 :]
+    assert start + a.tokens * 8 < len(corpus) // 2, "evaluated text would overlap the calibration slice"
+    cfg = EngineConfig(device="cpu", sink_tokens=a.sinks, window=max(a.windows), max_sessions=1)
+    m = build_engine_model(cfg)
+    ids = m.tokenizer(text[: a.tokens * 8], add_special_tokens=False).input_ids[: a.tokens]
+    cal = m.tokenizer(calib_text[: a.calib_tokens * 8], add_special_tokens=False).input_ids[: a.calib_tokens]
+    runner = ModelRunner(m.model, m.pool, m.attn, m.device)
+    pos = [0]
+
+    def run(chunk):  # chunked prefill of the calibration text through the float model's own cache
+        runner.forward(chunk, [0], [pos[0]], [len(chunk)], rows=None)
+        pos[0] += len(chunk)
+
+    t0 = time.perf_counter()
+    key = (len(cal), a.calib_skip)
+    if a.hessian_cache and a.hessian_cache.exists() and torch.load(a.hessian_cache)["key"] == key:
+        hs, rows = (torch.load(a.hessian_cache)[x] for x in ("h", "rows"))
+    else:
+        hs, rows = collect_hessians(m.model, run, [cal[i : i + 512] for i in range(0, len(cal), 512)], skip_rows=a.calib_skip)
+        if a.hessian_cache:
+            torch.save({"key": key, "h": hs, "rows": rows}, a.hessian_cache)
+    print(f"calibration: {len(cal)} tokens, {len(hs)} layers, {time.perf_counter() - t0:.1f} s", flush=True)
+    assert all(r == len(cal) - a.calib_skip for r in rows.values()), rows
+    originals = {n: lin.weight.detach().clone() for n, lin in linear_targets(m.model).items()}
+    out = {**header(), "note": "EMULATED: weights quantized by each variant, dequantized to float32; the model runs in float32",
+           "tokens": a.tokens, "calibration_tokens": len(cal), "calibration_text": "from the middle of the plays (disjoint)",
+           "calibration_skipped_first_tokens": a.calib_skip,
+           "mode": "streaming (StreamingLLM), chunked prefill of 512", "lm_head": "float32 (tied embedding)", "results": {}}
+    ref: dict[int, float] = {}
+    for name in ["float32", *a.variants]:
+        hooks = []
+        t0 = time.perf_counter()
+        if name != "float32":
+            fn, act = VARIANTS[name]
+            hooks = apply(m.model, fn, hs, originals, act)
+        tq = time.perf_counter() - t0
+        rows_out = {}
+        for w in a.windows:
+            res = evaluate(m, cfg, ids, [Mode.STREAMING], EvalPlan(sinks=a.sinks, window=w))[Mode.STREAMING]
+            ppl = res.ppl()
+            ref.setdefault(w, ppl)
+            rows_out[f"{a.sinks}+{w}"] = {"ppl": ppl, "ratio_vs_float32": ppl / ref[w], "scored_tokens": len(res.nll)}
+            print(f"{name:<58} {a.sinks}+{w}: ppl {ppl:.4f} (x{ppl / ref[w]:.4f}) quantize {tq:.1f} s", flush=True)
+        rows_out["quantize_seconds"] = round(tq, 1)
+        out["results"][name] = rows_out
+        for hk in hooks:
+            hk.remove()
+        for n, lin in linear_targets(m.model).items():
+            lin.weight.data = originals[n]
+        if a.json:  # after every variant: a cut-short run keeps what finished
+            a.json.parent.mkdir(parents=True, exist_ok=True)
+            a.json.write_text(json.dumps(out, indent=1) + "\n")
+    if a.json:
+        plot(out, a.json.with_suffix(".png"))
+
+
+def plot(out: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in out["results"] if n != "float32"]
+    caches = [c for c in out["results"]["float32"] if "+" in c]
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(names) * len(caches) + 1.5))
+    for j, c in enumerate(caches):
+        vals = [out["results"][n].get(c, {}).get("ratio_vs_float32", float("nan")) for n in names]
+        ax.barh([i * len(caches) + j for i in range(len(names))], [v - 1 for v in vals], label=f"cache {c}")
+    ax.set_yticks([i * len(caches) for i in range(len(names))], names, fontsize=7)
+    ax.invert_yaxis()
+    for x, st in ((0.01, ":"), (0.03, "--")):
+        ax.axvline(x, color="gray", ls=st)
+    ax.set_xlabel("perplexity / float32 - 1 (targets: 1% fp8/int8, 3% int4)")
+    ax.set_title(f"SmolLM2-135M, plays, {out['tokens']} tokens, StreamingLLM, emulated on the CPU")
+    ax.legend(fontsize=7)
+    save_plot(path.stem, fig, str(path.parent))
+
+
+if __name__ == "__main__":
+    main()

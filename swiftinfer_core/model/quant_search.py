@@ -1,0 +1,187 @@
+"""Better choices inside the existing weight formats (model/quant.py, model/fp8.py):
+the same bytes, scales and code ranges the kernels read, chosen to lose less.
+
+- ``int4_search_scales``: per group, the scale is searched over clip ratios of the
+  round-to-nearest amax scale, minimising the group's squared error, optionally
+  weighted per input column by the activations' second moment (``h_diag``:
+  diag(X^T X) of calibration inputs), as llama.cpp's make_qx_quants and AWQ's clip
+  search do. ``qmin`` -8 also uses nibble 0 (offset-binary 0, which the format can
+  hold and the kernels decode as -8) where it helps a group.
+- ``gptq_int4`` / ``gptq_fp8``: GPTQ (Frantar et al. 2022) rounding: columns are
+  quantized in order and each one's rounding error is spread over the columns not
+  yet quantized through the inverse of the calibration Hessian H = X^T X, so the
+  layer's output error on those inputs, not the weight error, is minimised. The
+  int4 group scales are chosen when a group's first column is reached (from the
+  already-updated weights); FP8 keeps its per-row amax / 448 scale.
+
+Every function returns the formats' own tensors (packed uint8 + bf16 scales,
+or float8_e4m3fn + float32 scales), so QuantLinear / Fp8Linear and the kernels
+take them unchanged. model/calibrate.py collects the Hessians.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from swiftinfer_core.model.fp8 import E4M3_MAX, FP8_DTYPE, TINY
+from swiftinfer_core.model.quant import INT4_QMAX, QuantFormat, QuantizedWeight, check_group, pack_int4
+
+CLIP_GRID = tuple(1.0 - 0.025 * i for i in range(21))  # 1.0 .. 0.5
+
+
+def _round_int4(w: torch.Tensor, scale: torch.Tensor, qmin: int) -> torch.Tensor:
+    """w [..., g] over scale [...] (float32 of the bf16 scale) -> q in qmin..7 (float)."""
+    return torch.round(w / scale[..., None]).clamp_(qmin, INT4_QMAX)
+
+
+def _group_scales(wg: torch.Tensor, d: torch.Tensor | None, qmin: int, grid=CLIP_GRID) -> torch.Tensor:
+    """wg [N, G, g] -> bf16 scales [N, G] with the least (d-weighted) squared error
+    among the clip ratios of ``grid`` (and, with qmin -8, the negative extreme mapped to -8)."""
+    amax = wg.abs().amax(dim=2)  # [N, G]
+    cands = [amax * r / INT4_QMAX for r in grid]
+    if qmin < -INT4_QMAX:  # a group whose largest-magnitude weight is negative can map it to -8
+        neg = -wg.amin(dim=2)
+        cands += [torch.where(neg >= amax, neg * r / -qmin, amax * r / INT4_QMAX) for r in grid]
+    best_err, best = None, None
+    for c in cands:
+        s = c.clamp(min=TINY).to(torch.bfloat16)
+        sf = s.float()
+        e = (wg - _round_int4(wg, sf, qmin) * sf[..., None]) ** 2
+        err = (e * d).sum(dim=2) if d is not None else e.sum(dim=2)
+        if best is None:
+            best_err, best = err, s
+        else:
+            take = err < best_err
+            best_err, best = torch.where(take, err, best_err), torch.where(take, s, best)
+    return best
+
+
+def int4_search_scales(w: torch.Tensor, group: int = 128, h_diag: torch.Tensor | None = None,
+                       qmin: int = -INT4_QMAX, grid=CLIP_GRID) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [N, K] -> (packed uint8 [N, Kp // 2], scales bf16 [N, Kp // group]) as
+    model/quant.quantize_int4, with searched scales. ``h_diag`` [K]: per-column
+    error weights (calibration activations' second moments), None: plain MSE."""
+    check_group(group)
+    n, k = w.shape
+    kp = -(-k // group) * group
+    wg = torch.nn.functional.pad(w.detach().float(), (0, kp - k)).view(n, kp // group, group)
+    d = None
+    if h_diag is not None:
+        d = torch.nn.functional.pad(h_diag.float(), (0, kp - k)).view(1, kp // group, group)
+    scale = _group_scales(wg, d, qmin, grid)
+    q = _round_int4(wg, scale.float(), qmin).view(n, kp)
+    return pack_int4(q.to(torch.int8)), scale
+
+
+def _hinv_chol(h: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp * mean(diag H) I)^-1, float64 (GPTQ's Hinv)."""
+    h = h.double().clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    h += damp * torch.diag(h).mean() * torch.eye(h.shape[0], dtype=h.dtype)
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+
+
+def _gptq(w: torch.Tensor, h: torch.Tensor, quant_col, on_block=None, block: int = 128, damp: float = 0.01,
+          order: torch.Tensor | None = None) -> torch.Tensor:
+    """GPTQ over the columns of w [N, K] (in ``order`` if given): ``quant_col(j, col)``
+    returns column j's dequantized values; ``on_block(i1, W[:, i1:i2])`` runs before a
+    block's first column (group scales). Float32 updates (H's factor in float64).
+    Returns the dequantized weight [N, K] float32."""
+    w = w.detach().float().clone()
+    if order is not None:
+        w, h = w[:, order], h[order][:, order]
+    w[:, torch.diag(h) == 0] = 0
+    hinv = _hinv_chol(h, damp).float()
+    k = w.shape[1]
+    out = torch.zeros_like(w)
+    for i1 in range(0, k, block):
+        i2 = min(i1 + block, k)
+        w1, hi1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
+        err1 = torch.zeros_like(w1)
+        if on_block is not None:
+            on_block(i1, w1)
+        for i in range(i2 - i1):
+            q = quant_col(i1 + i, w1[:, i])
+            out[:, i1 + i] = q
+            e = (w1[:, i] - q) / hi1[i, i]
+            w1[:, i:] -= e[:, None] * hi1[i, i:][None, :]
+            err1[:, i] = e
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    if order is not None:
+        out = out[:, torch.argsort(order)]
+    return out.float()
+
+
+def gptq_int4(w: torch.Tensor, h: torch.Tensor, group: int = 128, qmin: int = -INT4_QMAX,
+              search: bool = True, damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [N, K], h [K, K] (X^T X of calibration inputs) -> (packed, scales) in
+    model/quant.py's int4 format, rounded by GPTQ; ``search``: each group's scale by
+    int4_search_scales' clip search (diag H weighted) on the updated weights."""
+    check_group(group)
+    n, k = w.shape
+    kp = -(-k // group) * group
+    wp = torch.nn.functional.pad(w.detach().float(), (0, kp - k))
+    hp = torch.zeros(kp, kp, dtype=torch.float64)
+    hp[:k, :k] = h.double()
+    hd = torch.diag(hp).float()
+    scales = torch.zeros(n, kp // group, dtype=torch.bfloat16)
+    codes = torch.zeros(n, kp, dtype=torch.int8)
+
+    def on_block(i1: int, w1: torch.Tensor) -> None:  # blocks are whole groups: choose their scales
+        g0 = i1 // group
+        wg = w1.float().view(n, -1, group)
+        d = hd[i1 : i1 + w1.shape[1]].view(1, -1, group) if search else None
+        scales[:, g0 : g0 + wg.shape[1]] = _group_scales(wg, d, qmin, CLIP_GRID if search else (1.0,))
+
+    def quant_col(j: int, col: torch.Tensor) -> torch.Tensor:
+        s = scales[:, j // group].float()
+        q = torch.round(col / s).clamp_(qmin, INT4_QMAX)
+        codes[:, j] = q.to(torch.int8)
+        return q * s
+
+    _gptq(wp, hp, quant_col, on_block, block=max(128, group), damp=damp)
+    return pack_int4(codes), scales
+
+
+def gptq_fp8(w: torch.Tensor, h: torch.Tensor, damp: float = 0.01, act_order: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [N, K], h [K, K] -> (q float8_e4m3fn [N, K], scale float32 [N]) in model/fp8.py's
+    format (the same amax / 448 scales), rounded by GPTQ; ``act_order``: columns in
+    order of decreasing diag(H) (free here: the scale is per row)."""
+    wf = w.detach().float()
+    scale = (wf.abs().amax(dim=1) / E4M3_MAX).clamp_(min=TINY)  # [N]
+    sd = scale
+
+    def quant_col(j: int, col: torch.Tensor) -> torch.Tensor:
+        q = (col / sd).clamp_(-E4M3_MAX, E4M3_MAX).float().to(FP8_DTYPE)
+        return q.float() * sd
+
+    order = torch.argsort(torch.diag(h), descending=True) if act_order else None
+    deq = _gptq(wf, h, quant_col, damp=damp, order=order)
+    q = (deq / scale[:, None]).clamp_(-E4M3_MAX, E4M3_MAX).to(FP8_DTYPE)  # exact: deq is q * scale
+    return q.contiguous(), scale
+
+
+def calibrated_weights(model: torch.nn.Module, hessians: dict[str, torch.Tensor], fmt: QuantFormat, group: int = 128,
+                       method: str = "gptq", qmin: int = -8) -> dict[str, QuantizedWeight]:
+    """Qualified layer name -> QuantizedWeight for every linear that has a Hessian
+    (model/calibrate.collect_hessians), for quantize_linears / quantize_fp8_linears'
+    ``weights``. int4: ``method`` "gptq" (GPTQ + activation-weighted clip search) or
+    "search" (the clip search alone); fp8: GPTQ (its scales are amax / 448 either way)."""
+    if method not in ("gptq", "search"):
+        raise ValueError(f"method must be 'gptq' or 'search', got {method!r}")
+    out = {}
+    for name, mod in model.named_modules():
+        if name not in hessians or not isinstance(mod, torch.nn.Linear):
+            continue
+        w, h = mod.weight.detach().float().cpu(), hessians[name]
+        n, k = w.shape
+        if fmt is QuantFormat.FP8:
+            q, s = gptq_fp8(w, h)
+            out[name] = QuantizedWeight(fmt, q, s, n, k, k)
+        elif fmt is QuantFormat.INT4:
+            p, s = gptq_int4(w, h, group, qmin) if method == "gptq" else int4_search_scales(w, group, torch.diag(h), qmin)
+            out[name] = QuantizedWeight(fmt, p, s, n, k, group)
+        else:
+            raise ValueError(f"calibrated weights are int4 or fp8, not {fmt.value} (int8 is within 0.2% rounded to nearest)")
+    return out

@@ -1,0 +1,133 @@
+"""model/quant_search.py and model/calibrate.py: the searched scales and GPTQ
+rounding stay inside the int4 / fp8 formats, never lose to round-to-nearest on
+the error they minimise, reduce to round-to-nearest where they should (H = I),
+and the Hessians are X^T X. Fresh random inputs each run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from swiftinfer_core.model.calibrate import collect_hessians, linear_targets
+from swiftinfer_core.model.fp8 import E4M3_MAX, FP8_DTYPE, dequantize_fp8, quantize_fp8
+from swiftinfer_core.model.quant import (
+    QuantFormat,
+    QuantizedWeight,
+    dequantize,
+    quantize,
+    quantize_int4,
+    unpack_int4,
+)
+from swiftinfer_core.model.quant_search import gptq_fp8, gptq_int4, int4_search_scales
+
+
+def _seed() -> int:
+    s = int(torch.randint(0, 2**31 - 1, (1,)).item())  # logged on failure: the inputs are fresh each run
+    torch.manual_seed(s)
+    return s
+
+
+def _deq4(packed, scales, n, k, group):
+    return dequantize(QuantizedWeight(QuantFormat.INT4, packed, scales, n, k, group))
+
+
+def _acts(m: int, k: int) -> torch.Tensor:
+    x = torch.randn(m, k) * torch.rand(k) * 3  # uneven input channels, a few outliers
+    x[:, torch.randperm(k)[:3]] *= 10
+    return x
+
+
+def _out_err(x, w, wq) -> float:
+    return ((x.double() @ (w.double() - wq.double()).t()) ** 2).sum().item()
+
+
+@pytest.mark.parametrize("group,qmin", [(32, -7), (128, -7), (128, -8)])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_search_scales_never_lose_to_round_to_nearest_per_group(group, qmin, weighted):
+    seed = _seed()
+    n, k = 24, 300  # K padded to a multiple of the group
+    w = torch.randn(n, k) * 0.05
+    w[:, 7] *= 8  # an outlier column: clipping pays off in most groups
+    d = torch.rand(k) * 4 if weighted else torch.ones(k)
+    packed, scales = int4_search_scales(w, group, d if weighted else None, qmin)
+    q = unpack_int4(packed)
+    assert scales.dtype == torch.bfloat16 and scales.shape == (n, -(-k // group))
+    assert q.min() >= qmin and q.max() <= 7 and (q[:, k:] == 0).all()
+    rp, rs = quantize_int4(w, group)
+    e_s = ((w - _deq4(packed, scales, n, k, group)) ** 2 * d)
+    e_r = ((w - _deq4(rp, rs, n, k, group)) ** 2 * d)
+    kp = scales.shape[1] * group
+    pad = lambda e: torch.nn.functional.pad(e, (0, kp - k)).view(n, -1, group).sum(2)  # noqa: E731
+    assert (pad(e_s) <= pad(e_r) * (1 + 1e-6)).all(), f"seed {seed}"
+    assert e_s.sum() < e_r.sum(), f"seed {seed}"
+    if qmin == -8:
+        assert (q == -8).any(), f"seed {seed}"  # the extra level is used where it helps
+
+
+def test_gptq_with_identity_hessian_is_round_to_nearest():
+    seed = _seed()
+    n, k = 16, 256
+    w = torch.randn(n, k)
+    h = torch.eye(k, dtype=torch.float64)  # no correlation between inputs: nothing to compensate
+    p, s = gptq_int4(w, h, 128, search=False)
+    rp, rs = quantize_int4(w, 128)
+    assert torch.equal(s, rs) and torch.equal(p, rp), f"seed {seed}"
+    q8, s8 = gptq_fp8(w, h)
+    r8, rs8 = quantize_fp8(w)
+    assert torch.equal(s8, rs8) and torch.equal(q8.float(), r8.float()), f"seed {seed}"
+
+
+@pytest.mark.parametrize("group", [32, 128])
+def test_gptq_int4_lowers_the_output_error_on_its_calibration_inputs(group):
+    seed = _seed()
+    n, k = 48, 320
+    x = _acts(1024, k)
+    w = torch.randn(n, k) * 0.05
+    h = x.double().t() @ x.double()
+    p, s = gptq_int4(w, h, group, qmin=-8)
+    q = unpack_int4(p)
+    assert p.dtype == torch.uint8 and s.dtype == torch.bfloat16 and q.min() >= -8 and q.max() <= 7
+    assert (q[:, k:] == 0).all()  # the padding stays q = 0
+    wq = _deq4(p, s, n, k, group)
+    rtn = dequantize(quantize(w, QuantFormat.INT4, group))
+    assert _out_err(x, w, wq) < 0.8 * _out_err(x, w, rtn), f"seed {seed}"
+
+
+def test_gptq_fp8_stays_in_the_format_and_lowers_the_output_error():
+    seed = _seed()
+    n, k = 40, 256
+    x = _acts(1024, k)
+    w = torch.randn(n, k) * 0.05
+    h = x.double().t() @ x.double()
+    q, scale = gptq_fp8(w, h)
+    assert q.dtype == FP8_DTYPE and scale.dtype == torch.float32
+    assert torch.equal(scale, quantize_fp8(w)[1])  # the same per-row amax / 448 scales
+    assert q.float().abs().max() <= E4M3_MAX and not torch.isnan(q.float()).any()
+    assert _out_err(x, w, dequantize_fp8(q, scale)) < _out_err(x, w, dequantize_fp8(*quantize_fp8(w))), f"seed {seed}"
+
+
+def test_collect_hessians_is_x_transpose_x_per_linear():
+    _seed()
+    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 5))
+    model.add_module("lm_head", nn.Linear(5, 3))
+    xs = [torch.randn(4, 8), torch.randn(7, 8)]
+    hs, rows = collect_hessians(model, lambda x: model(x), xs)
+    assert set(hs) == {"0", "2"} and set(linear_targets(model, head=True)) == {"0", "2", "lm_head"}
+    x = torch.cat(xs).double()
+    assert rows == {"0": 11, "2": 11}
+    torch.testing.assert_close(hs["0"], x.t() @ x)
+    with torch.no_grad():
+        a = model[1](model[0](torch.cat(xs))).double()
+    torch.testing.assert_close(hs["2"], a.t() @ a)
+    assert not model[0]._forward_pre_hooks  # the hooks are removed afterwards
+
+
+def test_collect_hessians_skips_the_first_rows_across_chunks():
+    _seed()
+    model = nn.Sequential(nn.Linear(6, 4))
+    xs = [torch.randn(3, 6), torch.randn(5, 6)]
+    hs, rows = collect_hessians(model, lambda x: model(x), xs, skip_rows=4)  # all of chunk 1, one row of chunk 2
+    x = xs[1][1:].double()
+    assert rows == {"0": 4}
+    torch.testing.assert_close(hs["0"], x.t() @ x)
