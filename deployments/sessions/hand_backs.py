@@ -71,7 +71,8 @@ class HandBacks:
         """How many of its sessions ``rid`` should hand over now (rebalance.moves_for)."""
         self._expire_transit()
         owned = {r: len(s) for r, s in self._owned.items()}
-        return moves_for(rid, owned, self._reports.live(self._lease_stale_s), self._transit.count(), self._rebalance)
+        live = self._reports.live(self._lease_stale_s)
+        return moves_for(rid, owned, live, self._rebalance, self._transit.handed_count(), self._transit.picked_count(rid))
 
     def rebalance_pick(self, rid: str, candidates: list[str]) -> list[str]:
         """The first ``rebalance_quota(rid)`` of ``candidates`` (``rid``'s sessions

@@ -8,17 +8,17 @@ their exact KV through the object store to whichever replica places them next.
 
 Fair share, over the live replicas that are not draining::
 
-    total   = sessions they own + sessions in transit between them
+    total   = sessions they own + sessions handed back and not yet placed
     fair[r] = total * slots[r] / sum(slots)
     over    = owned[rid] - fair[rid]            (moves only if over > slack)
     room    = sum over the others of min(max(0, fair[o] - owned[o]), free_slots[o])
-    k       = min(floor(over), floor(room) - in transit, max_sessions_per_period)
+    k       = min(floor(over), floor(room) - handed - picked, max_sessions_per_period)
 
-In transit counts both sessions handed back and not yet placed (they will land
-on the replicas with room: placement picks the lowest owned/slots share) and
-sessions picked but not yet handed back (another replica asking meanwhile must
-not move into the same room), so the moves trickle towards the fair share and
-never past it.
+Handed-back sessions will land on the replicas with room (placement picks the
+lowest owned/slots share); sessions other replicas picked but have not handed
+back yet (still owned by them) are about to: both fill the room, so another
+replica asking meanwhile does not move into it too. The moves trickle towards
+the fair share and never past it.
 """
 
 from __future__ import annotations
@@ -33,23 +33,25 @@ from deployments.messages import ReplicaStats
 PICK_TIMEOUT_S = 60.0  # a pick whose give_back never came (the replica died between) stops counting
 
 
-def moves_for(rid: str, owned: Mapping[str, int], stats: Mapping[str, ReplicaStats], in_transit: int, cfg: RebalanceConfig) -> int:
+def moves_for(rid: str, owned: Mapping[str, int], stats: Mapping[str, ReplicaStats], cfg: RebalanceConfig,
+              handed: int = 0, picked: int = 0) -> int:
     """Sessions ``rid`` should hand over now (module docstring). ``owned``: replica
-    -> sessions it owns; ``stats``: the live replicas' latest reports."""
+    -> sessions it owns; ``stats``: the live replicas' latest reports; ``handed``,
+    ``picked``: sessions in transit (``Transit``)."""
     if not cfg.enabled:
         return 0
     live = {r: s for r, s in stats.items() if not s.draining and s.capacity > 0}
     if rid not in live or len(live) < 2:
         return 0
     slots = sum(s.capacity for s in live.values())
-    total = sum(owned.get(r, 0) for r in live) + in_transit
+    total = sum(owned.get(r, 0) for r in live) + handed
     fair = {r: total * s.capacity / slots for r, s in live.items()}
     over = owned.get(rid, 0) - fair[rid]
     if over <= max(cfg.slack_sessions, cfg.slack_ratio * fair[rid]):
         return 0
     room = sum(min(max(0.0, fair[r] - owned.get(r, 0)), s.free_slots) for r, s in live.items() if r != rid)
     # 1e-9: shares like 140 * 1/3 must not lose a whole session to rounding
-    return max(0, min(math.floor(over + 1e-9), math.floor(room + 1e-9) - in_transit, cfg.max_sessions_per_period))
+    return max(0, min(math.floor(over + 1e-9), math.floor(room + 1e-9) - handed - picked, cfg.max_sessions_per_period))
 
 
 class Transit:
@@ -82,11 +84,15 @@ class Transit:
         hit = self._handed.pop(sid, None)
         return hit[0] if hit else None
 
-    def count(self) -> int:
+    def handed_count(self) -> int:
+        return len(self._handed)
+
+    def picked_count(self, other_than: str) -> int:
+        """Sessions picked by replicas other than ``other_than`` and not handed back yet."""
         now = time.time()
         for rid in [r for r, (_, t) in self._picked.items() if now - t > PICK_TIMEOUT_S]:
             del self._picked[rid]
-        return len(self._handed) + sum(n for n, _ in self._picked.values())
+        return sum(n for r, (n, _) in self._picked.items() if r != other_than)
 
     def expired(self) -> list[tuple[str, str]]:
         """``(session, old owner)`` in transit longer than ``hold_s``, removed."""

@@ -18,8 +18,8 @@ def _stats(**replicas: dict) -> dict:
     return {r: replica_stats(r, **f) for r, f in replicas.items()}
 
 
-def _moves(owned: dict[str, int], stats: dict, in_transit: int = 0, cfg: RebalanceConfig = CFG) -> dict[str, int]:
-    return {r: moves_for(r, owned, stats, in_transit, cfg) for r in stats}
+def _moves(owned: dict[str, int], stats: dict, handed: int = 0, picked: int = 0, cfg: RebalanceConfig = CFG) -> dict[str, int]:
+    return {r: moves_for(r, owned, stats, cfg, handed, picked) for r in stats}
 
 
 def test_a_new_replica_takes_half_of_an_equal_pair_and_only_the_full_one_moves():
@@ -31,10 +31,13 @@ def test_the_per_period_bound_and_sessions_in_transit():
     stats = _stats(A={}, B={})
     assert _moves({"A": 10}, stats, cfg=CFG.model_copy(update={"max_sessions_per_period": 4})) == {"A": 4, "B": 0}
     # 4 handed back, not yet placed: they still count in the total (fair 5) and fill B's room
-    assert _moves({"A": 6}, stats, in_transit=4) == {"A": 0, "B": 0}  # 1 over: within the slack
-    # 3 in transit of 12: fair 6, A is 3 over, B's room 6 minus the 3 on their way
-    assert _moves({"A": 9}, stats, in_transit=3) == {"A": 3, "B": 0}
-    assert _moves({"A": 11}, stats, in_transit=1) == {"A": 5, "B": 0}  # fair 6: 5 over, room 6 - 1
+    assert _moves({"A": 6}, stats, handed=4) == {"A": 0, "B": 0}  # 1 over: within the slack
+    # 3 handed back of 12: fair 6, A is 3 over, B's room 6 minus the 3 on their way
+    assert _moves({"A": 9}, stats, handed=3) == {"A": 3, "B": 0}
+    assert _moves({"A": 11}, stats, handed=1) == {"A": 5, "B": 0}  # fair 6: 5 over, room 6 - 1
+    # 3 picked by another replica, still owned there: not in the total twice, but they fill the room
+    assert _moves({"A": 10}, stats, picked=3) == {"A": 2, "B": 0}
+    assert _moves({"A": 10}, stats, handed=2, picked=3) == {"A": 1, "B": 0}  # 12: fair 6, A 4 over, room 6 - 2 - 3
 
 
 def test_slack_is_the_larger_of_sessions_and_ratio():
@@ -72,7 +75,7 @@ def test_draining_and_unknown_replicas_count_for_nothing():
     stats = _stats(A={}, B={}, C={"draining": True})
     assert _moves({"A": 10, "C": 50}, stats) == {"A": 5, "B": 0, "C": 0}
     assert _moves({"A": 10}, _stats(A={}, B={"capacity": 0, "free_slots": 0})) == {"A": 0, "B": 0}  # B: no slots
-    assert moves_for("X", {"X": 10}, _stats(A={}, B={}), 0, CFG) == 0  # X never reported (or went silent)
+    assert moves_for("X", {"X": 10}, _stats(A={}, B={}), CFG) == 0  # X never reported (or went silent)
     assert _moves({"A": 10}, _stats(A={})) == {"A": 0}  # alone
     assert _moves({"A": 10}, _stats(A={}, B={}), cfg=CFG.model_copy(update={"enabled": False})) == {"A": 0, "B": 0}
 
@@ -82,11 +85,12 @@ def test_transit_counts_picks_and_hand_backs_and_expires_them(monkeypatch):
     now = [1000.0]
     monkeypatch.setattr(time, "time", lambda: now[0])
     t.picked("A", 3)
-    assert t.count() == 3
+    assert (t.handed_count(), t.picked_count("B"), t.picked_count("A")) == (0, 3, 0)  # A's own pick is not in its way
     t.handed("A", ["s1", "s2"])  # one of the three picks could not be held: the pick is over
-    assert t.count() == 2 and t.source("s1") == "A"
+    assert (t.handed_count(), t.picked_count("B")) == (2, 0) and t.source("s1") == "A"
     t.picked("B", 1)
+    assert t.picked_count("A") == 1
     now[0] += rebalance.PICK_TIMEOUT_S + 1  # B died before its give_back
-    assert t.count() == 2
-    assert t.landed("s1") == "A" and t.landed("s1") is None and t.count() == 1
-    assert t.expired() == [("s2", "A")] and t.count() == 0  # 61 s > hold_s
+    assert t.picked_count("A") == 0
+    assert t.landed("s1") == "A" and t.landed("s1") is None and t.handed_count() == 1
+    assert t.expired() == [("s2", "A")] and t.handed_count() == 0  # 61 s > hold_s
