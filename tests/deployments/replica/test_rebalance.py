@@ -2,8 +2,8 @@
 default model on CPU (deployments/replica/rebalance.py, sessions/rebalance.py).
 
 Eight conversations in twin pairs (x_i, y_i: same messages, greedy) are placed on
-the only replica A; the autoscaler adds B. A owns 8 of 8 + 16 + 16... here 2 x 16
-slots: fair share 4, so A hands 4 over, the most recently used first: the y's
+the only replica A; the autoscaler adds B (16 KV slots each): fair share 4, so A
+hands 4 over, the most recently used first: the y's
 (each round runs every x before every y, one turn at a time, so every step runs
 alone and the output depends only on the conversation's state). Each y's next
 turn lands on B and imports its KV (``migrated``); its twin x, warm on A, is what
