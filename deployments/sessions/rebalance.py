@@ -74,10 +74,6 @@ class Transit:
         for sid in sids:
             self._handed[sid] = (rid, now)
 
-    def source(self, sid: str) -> str | None:
-        hit = self._handed.get(sid)
-        return hit[0] if hit else None
-
     def landed(self, sid: str) -> str | None:
         """``sid`` has an owner again (or is gone): no longer in transit. Returns
         the replica that handed it back, None if it was not in transit."""

@@ -28,9 +28,10 @@ asks the directory, one call, ``place(session, candidates, departed)``:
   rather than rebuild elsewhere when it is merely busy);
 - owner this router has never seen -> wait (``[]`` + backoff) up to ``owner_grace_s``:
   it is probably a replica still joining this router's view;
-- owner gone (seen leave, died) or none -> the directory atomically picks the
-  least-loaded candidate as new owner; that replica rebuilds the cache from the
-  session record on the turn (reported as ``recovered``).
+- owner gone (seen leave, died) or none (given back) -> the directory atomically
+  picks the least-loaded candidate as new owner; that replica imports the KV the
+  old owner left (a drain or a rebalance: ``migrated``) or rebuilds the cache from
+  the session record on the turn (``rebuilt``, reported as ``recovered``).
 
 Requests without a session id (``__call__``-style or health probes) go to the
 emptiest replicas.
