@@ -152,6 +152,19 @@ class ScalingConfig(ConfigModel):
         return self.min_replicas == self.max_replicas
 
 
+class RebalanceConfig(ConfigModel):
+    """Moving owned conversations, with their exact KV, from a replica above its fair
+    share to the others (a replica the autoscaler added otherwise takes only new ones).
+    Fair share: the sessions the live, non-draining replicas own (plus those on their
+    way between them) split in proportion to their KV slots (deployments/sessions/rebalance.py)."""
+
+    enabled: bool = Field(True, description="Replicas above their fair share hand sessions (between turns, with their KV left in the object store) back to the directory, so their next turn is placed by load and imports the KV exactly. false: owned sessions never move while their owner lives.")
+    slack_sessions: int = Field(2, ge=0, le=1 << 20, description="A replica moves sessions only when it owns more than its fair share plus this many (and plus `slack_ratio` of the share): hysteresis against moves for a session or two.")
+    slack_ratio: float = Field(0.1, ge=0, le=10, description="Slack as a share of the replica's fair share; the larger of the two slacks applies.")
+    max_sessions_per_period: int = Field(4, ge=1, le=4096, description="Most sessions one replica hands over per eviction period (about 5 s); the KV bytes per period are bounded by `kv_transfer_max_mb`. Moves trickle instead of all at once.")
+    hold_s: float = Field(300.0, gt=0, le=86400, description="How long the directory keeps a moved session's KV for its next turn; a session that takes no turn by then goes back to its old owner (which still holds its copy) and its KV leaves the object store.")
+
+
 class AppConfig(ConfigModel):
     """The whole application: one ingress deployment in front of N LLM replicas."""
 
@@ -182,7 +195,8 @@ class AppConfig(ConfigModel):
     session_log: SessionLogConfig = Field(default_factory=SessionLogConfig, description="Durable log of sessions and turns.")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request and replica limits.")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys, tenants and exposure rules.")
-    kv_transfer_max_mb: float = Field(1024.0, ge=0, le=1 << 24, description="KV bytes a draining replica may hand over through the object store (engines that match import it; others rebuild). 0: always rebuild.")
+    kv_transfer_max_mb: float = Field(1024.0, ge=0, le=1 << 24, description="KV bytes a draining replica may hand over through the object store (engines that match import it; others rebuild), and KV bytes a replica may hand over per eviction period when it rebalances. 0: always rebuild, and never rebalance.")
+    rebalance: RebalanceConfig = Field(default_factory=RebalanceConfig, description="Moving owned conversations to replicas below their fair share (e.g. one the autoscaler just added).")
 
     @property
     def ongoing_limit(self) -> int:

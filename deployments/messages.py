@@ -29,7 +29,7 @@ class CacheState(str, Enum):
     """How a turn found its conversation's cache (its value is the API's ``cache`` field)."""
 
     WARM = "warm"  # this replica's cache continued the conversation
-    MIGRATED = "migrated"  # the KV arrived from a draining replica through the object store
+    MIGRATED = "migrated"  # the KV arrived from a draining or rebalancing replica through the object store
     REBUILT = "rebuilt"  # rebuilt here from the committed record
     NEW = "new"  # first turn of the conversation
     REPLAYED = "replayed"  # a retry of the last committed turn, answered from the log
@@ -148,6 +148,7 @@ class ReplicaStats:
     pid: int
     idle_evicted: int
     rolled_back: int
+    rebalanced: int  # sessions handed to the directory, with their KV, to move to replicas below their fair share
     turns: dict[CacheState, int]  # turns by how they found their cache
     turns_not_committed: int
     warm_starts: int  # turns that started without reading the engine first
@@ -162,7 +163,7 @@ class ReplicaStats:
             "running": self.running, "waiting": self.waiting, "evictions": self.evictions,
             "tokens_generated": self.tokens_generated, "tokens_prefilled": self.tokens_prefilled,
             "kv_use": self.kv_use, "draining": self.draining, "pid": self.pid,
-            "idle_evicted": self.idle_evicted, "rolled_back": self.rolled_back,
+            "idle_evicted": self.idle_evicted, "rolled_back": self.rolled_back, "rebalanced": self.rebalanced,
         }
         out.update({f"turns_{c.value}": n for c, n in self.turns.items()})
         out["turns_not_committed"] = self.turns_not_committed
@@ -185,6 +186,7 @@ class RoutingStats:
     sessions: int
     draining: bool
     resident: int | None = None
+    rebalanced: int = 0  # grows when the replica hands sessions over: owners remembered before are stale
 
     @property
     def oversubscribed(self) -> bool:
@@ -194,4 +196,4 @@ class RoutingStats:
     @classmethod
     def of(cls, routing_stats: dict | None) -> "RoutingStats":
         s = routing_stats or {}
-        return cls(s.get("capacity"), s.get("sessions", 0), bool(s.get("draining")), s.get("resident"))
+        return cls(s.get("capacity"), s.get("sessions", 0), bool(s.get("draining")), s.get("resident"), s.get("rebalanced", 0))

@@ -15,7 +15,7 @@ without a commit:
 - ``evict_idle``: conversations idle past ``idle_ttl_s``, and the least recently
   used beyond ``max_sessions_per_replica``, leave the engine (slot and ids);
   their next turn rebuilds from the record.
-- ``snapshots``: pickled KV of idle resident sessions for a drain.
+- ``snapshots``: pickled KV of idle resident sessions for a drain or a rebalance.
 - ``drop_unowned``: copies of sessions deleted elsewhere or owned by another
   replica leave the engine (erasure reaches every replica).
 - ``hand_back_slotless``: with more conversations than KV slots, those without a

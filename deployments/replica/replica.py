@@ -23,6 +23,10 @@ stops taking turns, leaves the KV of its idle resident sessions in the object
 store (through the directory) and hands them back; the next turn of each goes
 to the best remaining replica, which imports that KV when its engine matches
 and rebuilds from the record otherwise.
+
+After a scale-up, a replica owning more than its fair share of the sessions hands
+some over the same way, a few per eviction period, while it keeps serving
+(rebalance.py): their KV left with the directory, their next turns placed by load.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from deployments.sessions.history import chain
 from deployments.messages import CacheState, CommittedTurn, ReplicaStats, TurnGrant, TurnPhase, TurnReplay, TurnStart
 from deployments.replica.local_sessions import LocalSessions
 from deployments.replica.pacing import ChunkBudget
+from deployments.replica.rebalance import rebalance_step
 from deployments.replica.replies import Replies
 from deployments.sessions.tenants import check_tenant, scoped
 from deployments.replica.turn_timing import Stopwatch, TurnTimer
@@ -74,6 +79,7 @@ class LLMReplica:
         self._turns = dict.fromkeys(CacheState, 0)  # turns by how they found their cache
         self._not_committed = 0
         self._warm_starts = 0  # turns that started without reading the engine first
+        self._rebalanced = 0  # sessions handed over to replicas below their fair share
         self._timer = TurnTimer()
         self._pace = ChunkBudget(self._cfg.stream_interval_ms / 1000, self._cfg.stream_max_chunks_per_s)
         self._draining = False
@@ -272,7 +278,7 @@ class LLMReplica:
             running=st.running_requests, waiting=st.waiting_requests, evictions=st.evictions,
             tokens_generated=st.tokens_generated, tokens_prefilled=st.tokens_prefilled,
             kv_use=st.resident_sessions / max(1, st.total_slots), draining=self._draining or stopped,
-            pid=os.getpid(), idle_evicted=self._local.idle_evicted, rolled_back=self._local.rolled_back,
+            pid=os.getpid(), idle_evicted=self._local.idle_evicted, rolled_back=self._local.rolled_back, rebalanced=self._rebalanced,
             turns=dict(self._turns), turns_not_committed=self._not_committed, warm_starts=self._warm_starts,
             phases=self._timer.summary(),
         )
@@ -311,6 +317,9 @@ class LLMReplica:
                     self._last_turn.pop(sid, None)
                 for sid in await self._local.hand_back_slotless(self._directory, self._id, self._busy):
                     self._last_turn.pop(sid, None)
+                if self._cfg.rebalance.enabled:  # copies stay (and their last turn) until owned elsewhere
+                    self._rebalanced += len(await rebalance_step(self._engine, self._local, self._directory, self._id, self._busy,
+                                                                 self._last_turn, int(self._cfg.kv_transfer_max_mb * (1 << 20))))
                 held = set(await asyncio.to_thread(self._engine.session_ids)) | self._busy
                 horizon = time.time() - self._cfg.scaling.active_window_s
                 for sid in [s for s, t in self._last_turn.items() if s not in held and t < horizon]:

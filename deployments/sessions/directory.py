@@ -9,8 +9,15 @@ committed turn.
 Per session (``Entry``): the owner (replica holding the live cache), the record
 and ``seq`` of the last committed turn, its reply (for idempotent retries), the
 history digest (id-less clients), a lease (the replica running a turn now: a
-second turn anywhere else is refused with 409) and, after a drain, the KV
-snapshot the old owner left in the object store.
+second turn anywhere else is refused with 409) and, after a drain or a
+rebalance, the KV snapshot the old owner left in the object store.
+
+Ownership is sticky: a session stays with its owner while the owner lives,
+except when the owner gives it back (hand_backs.py): drained on scale-down,
+held without a KV slot, or above its fair share after a scale-up (rebalance.py:
+each replica asks ``rebalance_pick`` every eviction period, leaves the picked
+sessions' KV with ``hold_kv`` and gives them back with ``give_back``; their next
+turns are placed by load and import the KV exactly).
 
 An async actor with one event loop: every method runs without interruption
 up to its first ``await``; only ``commit``, ``release``, ``delete`` and the log
@@ -26,13 +33,15 @@ from dataclasses import asdict, dataclass, field
 
 import ray
 
-from deployments.config import AppConfig, LogBackend, SessionLogConfig
+from deployments.config import AppConfig, LogBackend, RebalanceConfig, SessionLogConfig
 from deployments.messages import ChoiceReply, CommittedTurn, ReplicaStats, SessionDescription, TurnGrant, TurnReplay
+from deployments.sessions.hand_backs import HandBacks
 from deployments.sessions.log_writer import BatchWriter
+from deployments.sessions.rebalance import Transit
 from deployments.sessions.replica_reports import ReplicaReports
 from deployments.sessions.session_log import CommitOp, DeleteOp, LastTurn, LogConflictError, LogOp, LogUnavailableError
 from deployments.sessions.log_backends import open_log
-from deployments.sessions.session_log import ReleaseOp, SessionState, TurnEntry
+from deployments.sessions.session_log import SessionState, TurnEntry
 from swiftinfer_core.errors import SessionBusyError
 from swiftinfer_core.protocol import SessionRecord, Usage
 
@@ -54,10 +63,11 @@ class Entry:
     last_turn: LastTurn | None = None
     lease: str | None = None  # replica running a turn of this session
     lease_at: float = 0.0
-    kv: tuple[int, ray.ObjectRef] | None = None  # (seq, pickled KVSnapshot) left by a draining owner
+    kv: tuple[int, ray.ObjectRef] | None = None  # (seq, pickled KVSnapshot) left by a draining or rebalancing owner
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
     moves: int = 0  # owner changes after the first placement (rebuilds elsewhere)
+    handed: str | None = None  # why its owner gave it back ("drain", "slotless", "rebalance"), until it lands
 
 
 def directory_spec(cfg: AppConfig) -> dict:
@@ -69,11 +79,12 @@ def directory_spec(cfg: AppConfig) -> dict:
         # a lease outlives its holder's silence this long (it reports every period)
         "lease_stale_s": 3 * cfg.stats_report_period_s + 2.0,
         "lease_timeout_s": cfg.limits.request_timeout_s + 30.0,
+        "rebalance": cfg.rebalance.model_dump(mode="json") | {"enabled": cfg.rebalance.enabled and cfg.kv_transfer_max_mb > 0},
     }
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
-class SessionDirectory:
+class SessionDirectory(HandBacks):
     def __init__(self, spec: dict) -> None:
         log_cfg = SessionLogConfig.model_validate(spec["log"])
         self._log = open_log(log_cfg, spec["name"])
@@ -84,6 +95,8 @@ class SessionDirectory:
         self._by_digest: dict[str, str] = {}  # history digest -> session id
         self._owned: dict[str, set[str]] = {}  # replica id -> session ids it owns
         self._reports = ReplicaReports()  # replica stats and the cluster view's events
+        self._rebalance = RebalanceConfig.model_validate(spec.get("rebalance", {}))
+        self._transit = Transit(self._rebalance.hold_s)  # sessions a rebalance handed back, not yet placed
         self._placements = 0  # place() calls: a warm turn makes none (routers remember owners)
         for st in self._log.load_all():
             entry = self._entries[st.session_id] = Entry(
@@ -104,9 +117,19 @@ class SessionDirectory:
             if entry.owner is not None and entry.owner != owner:
                 entry.moves += 1
                 self._reports.event("moved", session=sid, src=entry.owner, dst=owner)
-            elif entry.owner is None and entry.moves > 0 and entry.seq > 0:  # handed back by a drain, lands here
-                self._reports.event("moved", session=sid, src=None, dst=owner)
+            elif entry.owner is None:
+                self._landed(sid, entry, owner)
         entry.owner = owner
+
+    def _landed(self, sid: str, entry: Entry, dst: str) -> None:
+        """An owner-less session gets ``dst`` as owner: report the move its hand-back began."""
+        src, reason, entry.handed = self._transit.landed(sid), entry.handed, None
+        if reason == "rebalance":  # moves counted here: back at its old owner (a router remembering it) is no move
+            if src != dst:
+                entry.moves += 1
+                self._reports.event("moved", session=sid, src=src, dst=dst, reason=reason)
+        elif entry.moves > 0 and entry.seq > 0:  # handed back by a drain or without a slot (reason unknown after a restart)
+            self._reports.event("moved", session=sid, src=None, dst=dst, **({"reason": reason} if reason else {}))
 
     def place(self, sid: str, capacity: dict[str, int], departed: list[str], force: bool, claim: bool) -> str | None:
         """Pick the replica for a request of ``sid`` among ``capacity``'s keys
@@ -207,51 +230,15 @@ class SessionDirectory:
             self._drop(sid, entry)
 
     def hold_kv(self, sid: str, rid: str, seq: int, blob: bytes) -> bool:
-        """A draining owner's cache of ``sid`` at turn ``seq`` (a pickled
-        KVSnapshot): put in the object store, owned by this long-lived actor, for
-        the next owner's first turn."""
+        """The owner's cache of ``sid`` at turn ``seq`` (a pickled KVSnapshot), left
+        by a drain or before a rebalance's ``give_back``: put in the object store,
+        owned by this long-lived actor, for the next owner's first turn. Refused
+        while a turn is in flight or once one committed past ``seq``."""
         entry = self._entries.get(sid)
         if entry is None or entry.owner != rid or entry.seq != seq or entry.lease is not None:
             return False
         entry.kv = (seq, ray.put(blob))
         return True
-
-    async def release(self, rid: str) -> int:
-        """A draining replica hands its sessions back: no owner, so the next turn
-        of each goes to the best other replica (which imports the KV snapshot or
-        rebuilds from the record)."""
-        sids = [sid for sid in self._owned.pop(rid, set()) if self._entries[sid].owner == rid]
-        for sid in sids:
-            self._entries[sid].owner = None
-            self._entries[sid].moves += 1  # its next turn runs elsewhere
-        self._reports.forget(rid)
-        self._reports.event("replica_drained", replica=rid, sessions=len(sids))
-        committed = [sid for sid in sids if self._entries[sid].seq > 0]
-        if committed:
-            await self._write(ReleaseOp(committed))
-        return len(sids)
-
-    async def disown(self, rid: str, sids: list[str]) -> list[str]:
-        """``rid`` gives back sessions it holds without a KV slot (more conversations
-        than slots): no owner, so the next placement puts each on the least-loaded
-        replica, which rebuilds it from the record as ``rid`` would have had to. A
-        session with a turn in flight, or owned by another replica, is kept. No more
-        are given back than other live replicas have free slots (none: nothing gained,
-        so nothing moves). Returns the sessions given back."""
-        room = sum(s.free_slots for r, s in self._reports.live(self._lease_stale_s).items() if r != rid and not s.draining)
-        out = []
-        for sid in sids:
-            entry = self._entries.get(sid)
-            if len(out) < room and entry is not None and entry.owner == rid and entry.lease is None:
-                self._set_owner(sid, entry, None)
-                entry.moves += 1  # like a drain's hand-back: its next turn is placed by load
-                out.append(sid)
-        if out:
-            self._reports.event("sessions_handed_back", replica=rid, sessions=len(out))
-        committed = [sid for sid in out if self._entries[sid].seq > 0]
-        if committed:
-            await self._write(ReleaseOp(committed))
-        return out
 
     async def delete(self, sid: str) -> bool:
         entry = self._entries.get(sid)
@@ -271,6 +258,7 @@ class SessionDirectory:
 
     def _drop(self, sid: str, entry: Entry) -> None:
         self._set_owner(sid, entry, None)
+        self._transit.landed(sid)
         if entry.digest is not None:
             self._by_digest.pop(entry.digest, None)
         del self._entries[sid]

@@ -7,21 +7,31 @@ HTTP proxy's, each ingress replica's, a driver's handle) decides the same way
 and a restarted router loses nothing. Capacity (KV slots per replica) comes
 from the replicas' ``record_routing_stats``.
 
+Stickiness is the directory's: a session keeps its owner until the owner gives
+it back (sessions/hand_backs.py: a drain; sessions without a KV slot; or, after a
+scale-up, sessions above the owner's fair share, which leave their KV behind so
+the next turn, placed by load, imports it exactly: sessions/rebalance.py).
+
 A warm turn makes no remote call here: each router remembers the owners the
 directory named (``owner_cache_s``) and sends the session's next turns straight
-to that replica while it is alive, not draining and not holding more sessions
+to that replica while it is alive, not draining, not holding more sessions
 than KV slots (such a replica gives the sessions without a slot back to the
-directory, local_sessions.py ``hand_back_slotless``, so they are placed by load). On a miss (new session,
-owner gone or draining, memory expired) it asks the directory, one call,
-``place(session, candidates, departed)``:
+directory, local_sessions.py ``hand_back_slotless``, so they are placed by load)
+and has handed no session over since (its routing stats' ``rebalanced`` count is
+the one seen when the owner was named; a rebalance makes every router ask the
+directory again once per session of that replica, so a moved one finds its new
+place within a routing-stats period; a turn sent to the old owner meanwhile runs
+warm there). On a miss (new session, owner gone or draining, memory expired) it
+asks the directory, one call, ``place(session, candidates, departed)``:
 
 - owner alive and known here      -> ``[[owner]]`` (strict stickiness: wait for it
   rather than rebuild elsewhere when it is merely busy);
 - owner this router has never seen -> wait (``[]`` + backoff) up to ``owner_grace_s``:
   it is probably a replica still joining this router's view;
-- owner gone (seen leave, died) or none -> the directory atomically picks the
-  least-loaded candidate as new owner; that replica rebuilds the cache from the
-  session record on the turn (reported as ``recovered``).
+- owner gone (seen leave, died) or none (given back) -> the directory atomically
+  picks the least-loaded candidate as new owner; that replica imports the KV the
+  old owner left (a drain or a rebalance: ``migrated``) or rebuilds the cache from
+  the session record on the turn (``rebuilt``, reported as ``recovered``).
 
 Requests without a session id (``__call__``-style or health probes) go to the
 emptiest replicas.
@@ -41,7 +51,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import ray
 from ray.exceptions import ActorDiedError, RayActorError
@@ -144,7 +154,7 @@ class SessionAffinityRouter(RequestRouter):
         if not by_uid:
             return []
         claim = pending_request.metadata.call_method in TURN_METHODS
-        known_owner = self._owners.get(sid)
+        known_owner = self._owners.get(sid, lambda uid: RoutingStats.of(by_uid[uid].routing_stats).rebalanced if uid in by_uid else None)
         # warm turn: no directory call, unless the owner holds more sessions than slots (it
         # gives those without one back to the directory, which then places them by load)
         if claim and known_owner in by_uid and not RoutingStats.of(by_uid[known_owner].routing_stats).oversubscribed:
@@ -169,32 +179,36 @@ class SessionAffinityRouter(RequestRouter):
         if replica is None:  # owner unknown here yet (joining): wait, then force a rebuild
             return []
         if claim:
-            self._owners.put(sid, owner)
+            self._owners.put(sid, owner, RoutingStats.of(replica.routing_stats).rebalanced)
         return [[replica]]
 
 
 class OwnerMemory:
     """session -> the owner the directory last named to this router, for ``ttl_s``
-    seconds (0: remember nothing). Bounded: the oldest entries go first."""
+    seconds (0: remember nothing), with the owner's ``rebalanced`` count at that
+    time (an owner that has handed sessions over since may have handed this one).
+    Bounded: the oldest entries go first."""
 
     def __init__(self, ttl_s: float, capacity: int = OWNER_MEMORY):
         self._ttl_s = ttl_s
         self._capacity = capacity
-        self._owners: dict[str, tuple[str, float]] = {}  # insertion order = age
+        self._owners: dict[str, tuple[str, float, int]] = {}  # -> (owner, expiry, epoch); insertion order = age
 
-    def get(self, sid: str) -> str | None:
+    def get(self, sid: str, epoch_of: Callable[[str], int | None] | None = None) -> str | None:
+        """The remembered owner; None when expired or, given ``epoch_of`` (owner ->
+        its ``rebalanced`` count now, None: unknown), when that count has changed."""
         hit = self._owners.get(sid)
         if hit is None:
             return None
-        if time.monotonic() >= hit[1]:
+        if time.monotonic() >= hit[1] or (epoch_of is not None and epoch_of(hit[0]) not in (None, hit[2])):
             del self._owners[sid]
             return None
         return hit[0]
 
-    def put(self, sid: str, owner: str) -> None:
+    def put(self, sid: str, owner: str, epoch: int = 0) -> None:
         if self._ttl_s <= 0:
             return
         self._owners.pop(sid, None)  # re-insert: newest last
-        self._owners[sid] = (owner, time.monotonic() + self._ttl_s)
+        self._owners[sid] = (owner, time.monotonic() + self._ttl_s, epoch)
         while len(self._owners) > self._capacity:
             self._owners.pop(next(iter(self._owners)))

@@ -65,14 +65,15 @@ function replicaCard(r, mine, events) {
       class: mine.has(c.id) ? "mine" : "", dataset: { session: c.id } },
       el("code", {}, c.id), ` ${c.turns} turn${c.turns === 1 ? "" : "s"}`,
       c.busy ? el("span", { class: "badge" }, "streaming") : "",
-      c.moves > 0 ? el("span", { class: "badge warn", title: "moved here after a drain or a lost replica" },
+      c.moves > 0 ? el("span", { class: "badge warn", title: "moved here after a drain, a rebalance or a lost replica" },
         landed.has(c.id) ? `landed here (moves ${c.moves})` : `moved ×${c.moves}`) : "",
       mine.has(c.id) ? el("span", { class: "badge mine" }, "yours") : ""))));
 }
 
 function describe(e) {
   switch (e.kind) {
-    case "moved": return `conversation ${e.session} moved ${e.src ? `from ${shortId(e.src)} ` : ""}to replica ${shortId(e.dst)}`;
+    case "moved": return `conversation ${e.session} moved ${e.src ? `from ${shortId(e.src)} ` : ""}to replica ${shortId(e.dst)}${e.reason ? ` (${e.reason})` : ""}`;
+    case "sessions_handed_back": return `replica ${shortId(e.replica)} handed back ${e.sessions} conversation(s) (${e.reason})`;
     case "replica_joined": return `replica ${shortId(e.replica)} joined`;
     case "replica_drained": return `replica ${shortId(e.replica)} drained, handing back ${e.sessions} conversation(s)`;
     case "replica_lost": return `replica ${shortId(e.replica)} stopped reporting (lost)`;

@@ -17,3 +17,16 @@ def test_ongoing_limit_defaults_to_the_kv_slots(given, slots, want):
 def test_ongoing_limit_is_bounded():
     with pytest.raises(ValidationError):
         AppConfig.model_validate({"max_ongoing_requests": 0})
+
+
+def test_rebalance_settings_are_bounded_and_off_without_a_kv_budget():
+    from deployments.config import RebalanceConfig
+    from deployments.sessions.directory import directory_spec
+
+    assert AppConfig().rebalance.enabled and directory_spec(AppConfig())["rebalance"]["enabled"]
+    for bad in ({"max_sessions_per_period": 0}, {"slack_sessions": -1}, {"hold_s": 0}, {"slack_ratio": 11}, {"typo": 1}):
+        with pytest.raises(ValidationError):
+            RebalanceConfig(**bad)
+    # no KV may travel: rebalancing would only ever rebuild, so the directory never asks for moves
+    assert not directory_spec(AppConfig(kv_transfer_max_mb=0))["rebalance"]["enabled"]
+    assert not directory_spec(AppConfig(rebalance={"enabled": False}))["rebalance"]["enabled"]
