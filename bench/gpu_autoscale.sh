@@ -22,8 +22,10 @@
 # (autoscale_7b.json, autoscale_7b_r2.json, autoscale_smol.json: no scale-down in any, see the
 # README), the chaos once without --settle-s (chaos_gpu_7b.json); then the ramp with the derived
 # request target and the spread shrinking phases (autoscale_7b_r3.json, autoscale_smol_r2.json:
-# 1 -> 3 -> 1, no KV handed over: idle TTL 30 s). Not run yet: the return phase with the configs'
-# TTL and KV budget of now, the chaos with --settle-s.
+# 1 -> 3 -> 1, no KV handed over: idle TTL 30 s); then with the return phase (autoscale_7b_r4.json:
+# 9 of 31 drained conversations migrated with their KV, 22 rebuilt; autoscale_smol_r3.json: the third
+# replica got no conversation, so none to hand over). Not run yet: the ramps with rebalancing on
+# scale-up (deployments/sessions/rebalance.py), the chaos with --settle-s.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 NCCL_NVLS_ENABLE=0
 if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 4; fi
