@@ -28,7 +28,10 @@
 # scale-up (deployments/sessions/rebalance.py), the chaos with --settle-s.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 NCCL_NVLS_ENABLE=0
-if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 4; fi
+# WHL: the wheels' folder (default .whl); .carry/whlmin is .whl without pytest, for when the
+# tree plus .whl pass the carry limit (64 MiB; they did at 13 + 51 MB + .carry/r7b's 3.5)
+WHL=${WHL:-.whl}
+if [ -d "$WHL" ]; then python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$WHL"/*.whl || exit 4; fi
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH SWIFTINFER_HOME=/tmp/swh
 PHASES=${PHASES:-16:30 64:60 140:60 48:90 16:80} RETURN_S=${RETURN_S:-40} NAME=${NAME:-autoscale_7b} CONFIG=bench/serve_gpu7b_shared.yaml
 if [ "${MODEL:-7b}" = smol ]; then
