@@ -61,8 +61,10 @@ def main() -> None:
         usage, ops, sass = loop_mix(k)
         name = "fp8" if fp8 else "bf16"
         counts[name] = len(ops)
-        top = ", ".join(f"{o} {n}" for o, n in Counter(ops).most_common(10))
-        print(f"{name:4s} {usage}  loop {len(ops)} instr per {args.block_n}-key tile  [{top}]")
+        c = Counter(ops)
+        top = ", ".join(f"{o} {n}" for o, n in c.most_common(10))
+        mem = f"LDS {c['LDS']} LDSM {c['LDSM']} STS {c['STS']} LDL/STL {c['LDL'] + c['STL']}"  # shared-memory reads, spills
+        print(f"{name:4s} {usage}  loop {len(ops)} instr per {args.block_n}-key tile  {mem}  [{top}]")
         if args.sass:
             Path(args.sass).mkdir(parents=True, exist_ok=True)
             (Path(args.sass) / f"decode_{name}.sass").write_text(sass)

@@ -143,9 +143,12 @@ def _decode_split_kernel(
         kr1, kr2 = rope_tl.rotate_tile(k1, k2, j0, f, ci, si, FAST)
         s = tl.dot(qr1, tl.trans(kr1.to(MMA)), input_precision=PREC)
         s += tl.dot(qr2, tl.trans(kr2.to(MMA)), input_precision=PREC)  # [G_PAD, BLOCK_N]
-        if FP8:
-            s = s * tl.load(ks_base + row, mask=in_tile, other=0.0)[None, :]
-        s = score(s, scale_log2, SCALE_CAP, CAP_LOG2, HAS_CAP)
+        if FP8 and not HAS_CAP:  # row scale and softmax scale in one multiply (exact: the row scale is 2**k)
+            s = s * (tl.load(ks_base + row, mask=in_tile, other=0.0) * scale_log2)[None, :]
+        elif FP8:
+            s = score(s * tl.load(ks_base + row, mask=in_tile, other=0.0)[None, :], scale_log2, SCALE_CAP, CAP_LOG2, HAS_CAP)
+        else:
+            s = score(s, scale_log2, SCALE_CAP, CAP_LOG2, HAS_CAP)
         if HAS_ALIBI:  # query at cache position fill-1, key j at j
             s -= slope[:, None] * (fill - 1 - j).to(tl.float32)[None, :]
         s = tl.where(valid[None, :], s, float("-inf"))
