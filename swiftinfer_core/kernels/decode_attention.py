@@ -44,16 +44,17 @@ import triton
 import triton.language as tl
 
 from swiftinfer_core.kernels import kv_fp8_tl, rope_tl
+from swiftinfer_core.kernels import kv_fp8_decode_tl as f16
 from swiftinfer_core.kernels.decode_splits import decode_combine_kernel, decode_splits, decode_workspace
 from swiftinfer_core.kernels.triton_common import LOG2E, dot_precision, interpreting, mma_dtype, padded, score, sm_count
 from swiftinfer_core.kernels.triton_shapes import check_triton_heads, fit_tiles, max_shared_memory
 
 
 @triton.jit
-def _load_tile(k_base, v_base, j0, hi, ns, base, SINKS, WINDOW, sc_r, offs_n, offs_h, offs_d, HALF: tl.constexpr, D: tl.constexpr):
-    """K halves [BLOCK_N, HALF_PAD] x2 and V [BLOCK_N, D_PAD] of logical keys j0 ..
-    j0+BLOCK_N-1 (masked at hi: rows past it cost no memory traffic; padded head
-    dims read as 0), in the cache dtype; their rows and validity [BLOCK_N]."""
+def _load_k(k_base, j0, hi, ns, base, SINKS, WINDOW, sc_r, offs_n, offs_h, HALF: tl.constexpr):
+    """K halves [BLOCK_N, HALF_PAD] x2 of logical keys j0 .. j0+BLOCK_N-1 (masked at
+    hi: rows past it cost no memory traffic; padded head dims read as 0), in the
+    cache dtype; their rows and validity [BLOCK_N]."""
     j = j0 + offs_n
     valid = j < hi
     r = base + (j - ns)
@@ -64,8 +65,16 @@ def _load_tile(k_base, v_base, j0, hi, ns, base, SINKS, WINDOW, sc_r, offs_n, of
     kp = k_base + row[:, None] * sc_r + offs_h[None, :]
     k1 = tl.load(kp, mask=kmask, other=0.0)
     k2 = tl.load(kp + HALF, mask=kmask, other=0.0)
-    v = tl.load(v_base + row[:, None] * sc_r + offs_d[None, :], mask=valid[:, None] & (offs_d < D)[None, :], other=0.0)
-    return k1, k2, v, row, valid
+    return k1, k2, row, valid
+
+
+@triton.jit
+def _op(x, FAST: tl.constexpr):
+    """A float16 tl.dot operand: as is on a GPU, float32 (exact) in the interpreter (its 16-bit dots are unreliable)."""
+    if FAST:
+        return x
+    else:
+        return x.to(tl.float32)
 
 
 @triton.jit
@@ -77,6 +86,7 @@ def _decode_split_kernel(
     HALF_PAD: tl.constexpr, D_PAD: tl.constexpr, HAS_CAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
     BLOCK_N: tl.constexpr, FUSE_NEW: tl.constexpr, MMA: tl.constexpr, PREC: tl.constexpr,
     STAGES: tl.constexpr, FAST: tl.constexpr, FUSED_COMBINE: tl.constexpr, SPLIT_PAD: tl.constexpr, FP8: tl.constexpr,
+    F16: tl.constexpr,
 ):
     pid = tl.program_id(0)
     split = tl.program_id(1)
@@ -111,9 +121,16 @@ def _decode_split_kernel(
         slope = tl.load(SLOPES + qh, mask=gmask, other=0.0) * 1.4426950408889634
     cq, sq = rope_tl.cos_sin((fill - 1).to(tl.float32), f, FAST)
     qr1, qr2 = rope_tl.rotate(q1, q2, cq[None, :], sq[None, :])
-    qr1 = qr1.to(MMA)
-    qr2 = qr2.to(MMA)
     ci, si = rope_tl.offset_table(f, BLOCK_N, FAST)  # [BLOCK_N, D/2]
+    if F16:  # e4m3 cache, 16-bit query: fp16 operands (kv_fp8_decode_tl.py); q's 2**k joins the K row scales
+        qr1, qr2, q_pow2 = f16.q_f16(qr1, qr2)
+        ci = ci.to(tl.float16)
+        si = si.to(tl.float16)
+        r_i = tl.full([], 2.0**-126, tl.float32)  # running max of the V row scales: acc in units of r_i * 2**-15
+    else:
+        qr1 = qr1.to(MMA)
+        qr2 = qr2.to(MMA)
+        q_pow2 = 1.0
 
     m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([GROUP_PAD], tl.float32)
@@ -133,20 +150,23 @@ def _decode_split_kernel(
     # STAGES-1 tiles in flight while one computes). Without it each program waits
     # a full memory latency per tile and decode reaches only ~45% of bandwidth.
     for j0 in tl.range(lo, hi, BLOCK_N, num_stages=STAGES):
-        k1, k2, v, row, in_tile = _load_tile(k_base, v_base, j0, hi, ns, base, SINKS, WINDOW, sc_r, offs_n, offs_h, offs_d, HALF, 2 * HALF)
+        k1, k2, row, in_tile = _load_k(k_base, j0, hi, ns, base, SINKS, WINDOW, sc_r, offs_n, offs_h, HALF)
         j = j0 + offs_n
         u = tl.where(j < ns, j, ws + (j - ns))  # stream index of logical key j
         # a local (sliding-window) layer sees key u only while t - u < SLIDING (else 2**62)
         valid = (j < hi) & (t - u < SLIDING)
-        k1 = k1.to(tl.float32)
-        k2 = k2.to(tl.float32)
-        kr1, kr2 = rope_tl.rotate_tile(k1, k2, j0, f, ci, si, FAST)
-        s = tl.dot(qr1, tl.trans(kr1.to(MMA)), input_precision=PREC)
-        s += tl.dot(qr2, tl.trans(kr2.to(MMA)), input_precision=PREC)  # [G_PAD, BLOCK_N]
-        if FP8 and not HAS_CAP:  # row scale and softmax scale in one multiply (exact: the row scale is 2**k)
-            s = s * (tl.load(ks_base + row, mask=in_tile, other=0.0) * scale_log2)[None, :]
+        if F16:
+            kr1, kr2 = f16.rotate_tile_f16(k1.to(tl.float16), k2.to(tl.float16), j0, f, ci, si, FAST)
+            s = tl.dot(_op(qr1, FAST), tl.trans(_op(kr1, FAST)), input_precision=PREC)
+            s += tl.dot(_op(qr2, FAST), tl.trans(_op(kr2, FAST)), input_precision=PREC)
+        else:
+            kr1, kr2 = rope_tl.rotate_tile(k1.to(tl.float32), k2.to(tl.float32), j0, f, ci, si, FAST)
+            s = tl.dot(qr1, tl.trans(kr1.to(MMA)), input_precision=PREC)
+            s += tl.dot(qr2, tl.trans(kr2.to(MMA)), input_precision=PREC)  # [G_PAD, BLOCK_N]
+        if FP8 and not HAS_CAP:  # row scale (and q's) with the softmax scale in one multiply per key (all 2**k: exact)
+            s = s * (tl.load(ks_base + row, mask=in_tile, other=0.0) * (q_pow2 * scale_log2))[None, :]
         elif FP8:
-            s = score(s * tl.load(ks_base + row, mask=in_tile, other=0.0)[None, :], scale_log2, SCALE_CAP, CAP_LOG2, HAS_CAP)
+            s = score(s * (tl.load(ks_base + row, mask=in_tile, other=0.0) * q_pow2)[None, :], scale_log2, SCALE_CAP, CAP_LOG2, HAS_CAP)
         else:
             s = score(s, scale_log2, SCALE_CAP, CAP_LOG2, HAS_CAP)
         if HAS_ALIBI:  # query at cache position fill-1, key j at j
@@ -157,10 +177,18 @@ def _decode_split_kernel(
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        if FP8:
-            p = p * tl.load(vs_base + row, mask=in_tile, other=0.0)[None, :]
-        acc = acc * alpha[:, None] + tl.dot(p.to(MMA), v.to(MMA), input_precision=PREC)
+        if F16:
+            w, r_ratio, r_i = f16.pv_weights(p, tl.load(vs_base + row, mask=in_tile, other=0.0), r_i)
+            v = f16.load_v(v_base, row, in_tile, sc_r, 2 * HALF, BLOCK_N, D_PAD, FAST)
+            acc = acc * (alpha * r_ratio)[:, None] + tl.dot(_op(w, FAST), _op(v, FAST), input_precision=PREC)
+        else:
+            v = tl.load(v_base + row[:, None] * sc_r + offs_d[None, :], mask=in_tile[:, None] & (offs_d < 2 * HALF)[None, :], other=0.0)
+            if FP8:
+                p = p * tl.load(vs_base + row, mask=in_tile, other=0.0)[None, :]
+            acc = acc * alpha[:, None] + tl.dot(p.to(MMA), v.to(MMA), input_precision=PREC)
         m_i = m_new
+    if F16:
+        acc = (acc * 2.0**-15) * r_i  # to plain units
 
     if FUSE_NEW:
         t_log = fill - 1
@@ -297,7 +325,7 @@ def decode_attention(
         HKV=hkv, GROUP=group, GROUP_PAD=group_pad, HALF=D // 2,
         HALF_PAD=padded(D) // 2, D_PAD=padded(D), HAS_CAP=softcap > 0, HAS_ALIBI=alibi is not None,
         BLOCK_N=block_n, FUSE_NEW=fuse_write, MMA=mma_dtype(q.dtype), STAGES=stages, FAST=not interpreting(),
-        PREC=dot_precision(q.dtype), FUSED_COMBINE=fused_combine, SPLIT_PAD=split_pad, FP8=fp8,
+        PREC=dot_precision(q.dtype), FUSED_COMBINE=fused_combine, SPLIT_PAD=split_pad, FP8=fp8, F16=fp8 and q.dtype != torch.float32,
         num_warps=num_warps,
     )
     if not fused_combine:
