@@ -77,22 +77,29 @@ def pv_weights(p, vs, r_i):
 
 
 @triton.jit
-def rotate_tile_f16(k1, k2, p0, f, ci, si, FAST: tl.constexpr):
-    """rope_tl.rotate_tile in fp16: key halves k1, k2 [BLOCK_N, HALF] float16 at
-    positions p0 + row, offset table ci, si [BLOCK_N, HALF] float16; f [HALF] float32."""
-    c0, s0 = rope_tl.cos_sin(tl.zeros_like(f) + p0, f, FAST)  # the tile's first row, float32
-    c0 = c0.to(tl.float16)[None, :]
-    s0 = s0.to(tl.float16)[None, :]
-    c = c0 * ci - s0 * si
-    s = s0 * ci + c0 * si
-    return k1 * c - k2 * s, k2 * c + k1 * s
+def tile_query(q1, q2, rel, f, FAST: tl.constexpr):
+    """The query halves q1, q2 [G, HALF] float32 (unrotated, from :func:`q_scaled`)
+    rotated by ``rel`` = query position - the tile's first key position, as float16.
+    With keys rotated only by their offset in the tile (:func:`rotate_keys`), the
+    score is q_rot(qpos) . k_rot(p0 + i) = R(qpos - p0) q . R(i) k: the tile's own
+    angle is applied to the G query rows instead of the BLOCK_N key rows."""
+    c, s = rope_tl.cos_sin(tl.zeros_like(f) + rel, f, FAST)
+    r1, r2 = rope_tl.rotate(q1, q2, c[None, :], s[None, :])
+    return r1.to(tl.float16), r2.to(tl.float16)
 
 
 @triton.jit
-def q_f16(q1, q2):
-    """Rotated query halves [G, HALF] float32 -> (q1, q2 float16 divided by 2**k, 2**k):
-    2**k <= max |q| < 2**(k+1), so the halves stay below 2 in fp16."""
+def rotate_keys(k1, k2, ci, si):
+    """Key halves k1, k2 [BLOCK_N, HALF] float16 (e4m3 values, <= 448) rotated by their
+    row's offset in the tile, table ci, si [BLOCK_N, HALF] float16 (rope_tl.offset_table)."""
+    return k1 * ci - k2 * si, k2 * ci + k1 * si
+
+
+@triton.jit
+def q_scaled(q1, q2):
+    """Query halves [G, HALF] float32 -> (q1, q2 divided by 2**k, 2**k): 2**k <= max |q|
+    < 2**(k+1), so any rotation of them stays below 3 in fp16."""
     amax = tl.maximum(tl.max(tl.max(tl.abs(q1), 1), 0), tl.max(tl.max(tl.abs(q2), 1), 0))
     e = tl.minimum(tl.maximum((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF, 1), 253)
     inv = ((254 - e) << 23).to(tl.float32, bitcast=True)
-    return (q1 * inv).to(tl.float16), (q2 * inv).to(tl.float16), (e << 23).to(tl.float32, bitcast=True)
+    return q1 * inv, q2 * inv, (e << 23).to(tl.float32, bitcast=True)
