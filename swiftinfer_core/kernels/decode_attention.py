@@ -123,7 +123,7 @@ def _decode_split_kernel(
     qr1, qr2 = rope_tl.rotate(q1, q2, cq[None, :], sq[None, :])
     ci, si = rope_tl.offset_table(f, BLOCK_N, FAST)  # [BLOCK_N, D/2]
     if F16:  # e4m3 cache, 16-bit query: fp16 operands (kv_fp8_decode_tl.py); q's 2**k joins the K row scales
-        q1s, q2s, q_pow2 = f16.q_scaled(q1, q2)
+        qt1, qt2, q_pow2, c_step, s_step = f16.query_at(q1, q2, (fill - 1 - split * SPLIT_LEN).to(tl.float32), f, BLOCK_N, FAST)
         ci = ci.to(tl.float16)
         si = si.to(tl.float16)
         r_i = tl.full([], 2.0**-126, tl.float32)  # running max of the V row scales: acc in units of r_i * 2**-15
@@ -156,10 +156,10 @@ def _decode_split_kernel(
         # a local (sliding-window) layer sees key u only while t - u < SLIDING (else 2**62)
         valid = (j < hi) & (t - u < SLIDING)
         if F16:
-            qt1, qt2 = f16.tile_query(q1s, q2s, (fill - 1 - j0).to(tl.float32), f, FAST)
             kr1, kr2 = f16.rotate_keys(k1.to(tl.float16), k2.to(tl.float16), ci, si)
-            s = tl.dot(_op(qt1, FAST), tl.trans(_op(kr1, FAST)), input_precision=PREC)
-            s += tl.dot(_op(qt2, FAST), tl.trans(_op(kr2, FAST)), input_precision=PREC)
+            s = tl.dot(_op(qt1.to(tl.float16), FAST), tl.trans(_op(kr1, FAST)), input_precision=PREC)
+            s += tl.dot(_op(qt2.to(tl.float16), FAST), tl.trans(_op(kr2, FAST)), input_precision=PREC)
+            qt1, qt2 = rope_tl.rotate(qt1, qt2, c_step, s_step)  # on to the next tile: BLOCK_N positions back
         else:
             kr1, kr2 = rope_tl.rotate_tile(k1.to(tl.float32), k2.to(tl.float32), j0, f, ci, si, FAST)
             s = tl.dot(qr1, tl.trans(kr1.to(MMA)), input_precision=PREC)

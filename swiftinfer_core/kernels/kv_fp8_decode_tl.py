@@ -77,15 +77,20 @@ def pv_weights(p, vs, r_i):
 
 
 @triton.jit
-def tile_query(q1, q2, rel, f, FAST: tl.constexpr):
-    """The query halves q1, q2 [G, HALF] float32 (unrotated, from :func:`q_scaled`)
-    rotated by ``rel`` = query position - the tile's first key position, as float16.
-    With keys rotated only by their offset in the tile (:func:`rotate_keys`), the
-    score is q_rot(qpos) . k_rot(p0 + i) = R(qpos - p0) q . R(i) k: the tile's own
-    angle is applied to the G query rows instead of the BLOCK_N key rows."""
+def query_at(q1, q2, rel, f, BLOCK_N: tl.constexpr, FAST: tl.constexpr):
+    """The query halves q1, q2 [G, HALF] float32 (unrotated) for the first tile: divided
+    by 2**k (:func:`q_scaled`) and rotated by ``rel`` = query position - the tile's
+    first key position; with 2**k and the step rotation to the next tile (by -BLOCK_N
+    positions, [1, HALF] cos and sin). With keys rotated only by their offset in the
+    tile (:func:`rotate_keys`), the score is q_rot(qpos) . k_rot(p0 + i) =
+    R(qpos - p0) q . R(i) k: the tile's own angle goes on the G query rows instead of
+    the BLOCK_N key rows, and from tile to tile by one float32 rotation (rounding
+    error ~2**-24 per tile, against fp16's 2**-11 for the operand)."""
+    q1, q2, pow2 = q_scaled(q1, q2)
     c, s = rope_tl.cos_sin(tl.zeros_like(f) + rel, f, FAST)
     r1, r2 = rope_tl.rotate(q1, q2, c[None, :], s[None, :])
-    return r1.to(tl.float16), r2.to(tl.float16)
+    cb, sb = rope_tl.cos_sin(tl.zeros_like(f) - BLOCK_N, f, FAST)
+    return r1, r2, pow2, cb[None, :], sb[None, :]
 
 
 @triton.jit

@@ -4,10 +4,13 @@ fp16's 65504 (q is divided by a power of two), V row scales 2**-12 .. 2**12 apar
 in one window (weights are taken relative to the running max of the V scales, acc
 rescaled as it grows), K rows of different scales, padded head dims (80 -> 128: V
 is read as int16 pairs), GQA, and the ring/sinks cases of test_kv_fp8_attention.
-Against float64 attention over the dequantised cache, to the kernel tests' TOL for
-the query dtype, for every token and head on its own (V scales 2**24 apart give
-heads of very different magnitudes; a wrong rescale shows as an O(1) error in the
-small ones, which the norm over all heads would hide). Interpreter on the CPU,
+Against float64 attention over the dequantised cache, for every token and head on
+its own (V scales 2**24 apart give heads of very different magnitudes; a wrong
+rescale shows as an O(1) error in the small ones, which the norm over all heads
+would hide), to 1e-2: with scores this spread the fp16 roundings (the rotation
+table, the rotated key, the weights; 2**-11 each) give up to ~4e-3 per head, where
+the bf16 kernels' tolerance is 2e-2 (kernels_naive.TOL). A split walking the whole
+cache checks the query's tile-to-tile rotation over many tiles. Interpreter on the CPU,
 native on a GPU (where the packed e4m3x2 conversion runs)."""
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import random
 
 import pytest
 import torch
-from kernels_naive import TOL, fresh_seed, make_inputs, naive_attention, rel_err
+from kernels_naive import fresh_seed, make_inputs, naive_attention, rel_err
 
 from swiftinfer_core.cache.kv_fp8 import Fp8KV
 from swiftinfer_core.cache.layout import StreamLayout
@@ -36,6 +39,7 @@ def _rows_times(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
 @pytest.mark.parametrize("sinks,window,hq,hkv,D,dtype", [
     (4, 28, 4, 2, 80, torch.bfloat16),
     (1, 27, 2, 2, 64, torch.float16),
+    (4, 124, 4, 1, 128, torch.bfloat16),  # 8 tiles in one split
 ])
 def test_decode_fp8_f16_path_at_wide_ranges(sinks, window, hq, hkv, D, dtype, dev):
     seed = fresh_seed()
@@ -58,7 +62,7 @@ def test_decode_fp8_f16_path_at_wide_ranges(sinks, window, hq, hkv, D, dtype, de
     want_k, want_v = kc8.clone(), vc8.clone()
     write_cache_ref(kn, vn, want_k, want_v, AttnBatch.build(slots, starts, [1] * B, "cpu"), layout)
     batch = AttnBatch.build(slots, starts, [1] * B, dev)
-    for splits in [None, (-(-cap // 16), 16)]:  # auto, and one 16-key tile per split
+    for splits in [None, (-(-cap // 16), 16), (1, -(-cap // 16) * 16)]:  # auto, one tile per split, one split
         sp = splits or decode_splits(B, hkv, cap, 16, sm_count(torch.device(dev)))
         k_run = Fp8KV(kc8.data.to(dev), kc8.scale.to(dev))
         v_run = Fp8KV(vc8.data.to(dev), vc8.scale.to(dev))
@@ -71,7 +75,7 @@ def test_decode_fp8_f16_path_at_wide_ranges(sinks, window, hq, hkv, D, dtype, de
         for b in range(B):
             for h in range(hq):
                 err = rel_err(out[b, h], ref[b, h])
-                assert err < TOL[dtype], f"seed {seed} splits {splits} b {b} h {h}: rel err {err:.2e}"
+                assert err < 1e-2, f"seed {seed} splits {splits} b {b} h {h}: rel err {err:.2e}"
         k_run, v_run = k_run.cpu(), v_run.cpu()
         assert torch.equal(k_run.data.view(torch.uint8), want_k.data.view(torch.uint8)) and torch.equal(k_run.scale, want_k.scale)
         assert torch.equal(v_run.data.view(torch.uint8), want_v.data.view(torch.uint8)) and torch.equal(v_run.scale, want_v.scale)
