@@ -35,6 +35,9 @@ FP8 caches (constexpr FP8; cache/kv_fp8.py): e4m3 rows with a float32 scale per
 row and head in K_SCALE/V_SCALE [slots, Hkv, cap]. The scales are folded into
 the scores and the softmax weights (kernels/kv_fp8_tl.py: exact for power-of-two
 scales), the new token is scored from k_new as computed and stored quantised.
+With a bf16/fp16 query (constexpr F16) the tiles run in float16 instead
+(kernels/kv_fp8_decode_tl.py: V converted in registers, the tile's RoPE angle on
+the query rows); a float32 query keeps the float32 path.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import triton.language as tl
 
 from swiftinfer_core.kernels import kv_fp8_tl, rope_tl
 from swiftinfer_core.kernels import kv_fp8_decode_tl as f16
-from swiftinfer_core.kernels.decode_splits import decode_combine_kernel, decode_splits, decode_workspace
+from swiftinfer_core.kernels.decode_splits import combine_group, decode_combine_kernel, decode_splits, decode_workspace
 from swiftinfer_core.kernels.triton_common import LOG2E, dot_precision, interpreting, mma_dtype, padded, score, sm_count
 from swiftinfer_core.kernels.triton_shapes import check_triton_heads, fit_tiles, max_shared_memory
 
@@ -66,15 +69,6 @@ def _load_k(k_base, j0, hi, ns, base, SINKS, WINDOW, sc_r, offs_n, offs_h, HALF:
     k1 = tl.load(kp, mask=kmask, other=0.0)
     k2 = tl.load(kp + HALF, mask=kmask, other=0.0)
     return k1, k2, row, valid
-
-
-@triton.jit
-def _op(x, FAST: tl.constexpr):
-    """A float16 tl.dot operand: as is on a GPU, float32 (exact) in the interpreter (its 16-bit dots are unreliable)."""
-    if FAST:
-        return x
-    else:
-        return x.to(tl.float32)
 
 
 @triton.jit
@@ -156,10 +150,7 @@ def _decode_split_kernel(
         # a local (sliding-window) layer sees key u only while t - u < SLIDING (else 2**62)
         valid = (j < hi) & (t - u < SLIDING)
         if F16:
-            kr1, kr2 = f16.rotate_keys(k1.to(tl.float16), k2.to(tl.float16), ci, si)
-            s = tl.dot(_op(qt1.to(tl.float16), FAST), tl.trans(_op(kr1, FAST)), input_precision=PREC)
-            s += tl.dot(_op(qt2.to(tl.float16), FAST), tl.trans(_op(kr2, FAST)), input_precision=PREC)
-            qt1, qt2 = rope_tl.rotate(qt1, qt2, c_step, s_step)  # on to the next tile: BLOCK_N positions back
+            s, qt1, qt2 = f16.scores(qt1, qt2, k1, k2, ci, si, c_step, s_step, PREC, FAST)
         else:
             kr1, kr2 = rope_tl.rotate_tile(k1.to(tl.float32), k2.to(tl.float32), j0, f, ci, si, FAST)
             s = tl.dot(qr1, tl.trans(kr1.to(MMA)), input_precision=PREC)
@@ -179,9 +170,8 @@ def _decode_split_kernel(
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         if F16:
-            w, r_ratio, r_i = f16.pv_weights(p, tl.load(vs_base + row, mask=in_tile, other=0.0), r_i)
-            v = f16.load_v(v_base, row, in_tile, sc_r, 2 * HALF, BLOCK_N, D_PAD, FAST)
-            acc = acc * (alpha * r_ratio)[:, None] + tl.dot(_op(w, FAST), _op(v, FAST), input_precision=PREC)
+            acc, r_i = f16.accumulate(acc, alpha, p, tl.load(vs_base + row, mask=in_tile, other=0.0), r_i, v_base, row, in_tile,
+                                      sc_r, 2 * HALF, BLOCK_N, D_PAD, PREC, FAST)
         else:
             v = tl.load(v_base + row[:, None] * sc_r + offs_d[None, :], mask=in_tile[:, None] & (offs_d < 2 * HALF)[None, :], other=0.0)
             if FP8:
@@ -227,28 +217,7 @@ def _decode_split_kernel(
     tl.store(ML + part * 2 + 1, l_i, mask=gmask)
 
     if FUSED_COMBINE:
-        # The last of this (b, kv head)'s split programs to finish combines, so no
-        # second launch: all threads' partial stores are ordered before one
-        # acq_rel ticket (bar.sync, then the atomic), and the winner reads the
-        # others' partials after its acquire, through L2 (.cg). It then resets
-        # the counter for the next launch (next layer / step / graph replay).
-        tl.debug_barrier()
-        ticket = tl.atomic_add(SEM + pid, 1, sem="acq_rel", scope="gpu")
-        if ticket == nsplit - 1:
-            offs_s = tl.arange(0, SPLIT_PAD)
-            smask = offs_s < nsplit
-            for g in tl.static_range(GROUP):
-                idx = (b * (HKV * GROUP) + kvh * GROUP + g) * nsplit + offs_s
-                m = tl.load(ML + idx * 2, mask=smask, other=float("-inf"), cache_modifier=".cg")
-                l = tl.load(ML + idx * 2 + 1, mask=smask, other=0.0, cache_modifier=".cg")
-                a = tl.load(ACC + idx[:, None] * D_PAD + offs_d[None, :], mask=smask[:, None], other=0.0, cache_modifier=".cg")
-                m_max = tl.max(m, 0)
-                m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
-                w = tl.exp2(m - m_max)
-                den = tl.sum(w * l, 0)
-                o = tl.sum(w[:, None] * a, 0) / tl.where(den > 0, den, 1.0)
-                tl.store(OUT + b * so_b + (kvh * GROUP + g) * so_h + offs_d, o.to(OUT.dtype.element_ty), mask=offs_d < 2 * HALF)
-            tl.atomic_xchg(SEM + pid, 0, sem="relaxed", scope="gpu")
+        combine_group(ACC, ML, SEM, OUT, pid, b, kvh, nsplit, so_b, so_h, HKV, GROUP, 2 * HALF, D_PAD, SPLIT_PAD)
 
 
 def decode_attention(

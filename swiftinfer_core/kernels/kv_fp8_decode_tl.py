@@ -108,3 +108,35 @@ def q_scaled(q1, q2):
     e = tl.minimum(tl.maximum((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF, 1), 253)
     inv = ((254 - e) << 23).to(tl.float32, bitcast=True)
     return q1 * inv, q2 * inv, (e << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _op(x, FAST: tl.constexpr):
+    """A float16 tl.dot operand: as is on a GPU; float32 (exact) in the interpreter,
+    whose 16-bit dots are unreliable (triton_common.mma_dtype)."""
+    if FAST:
+        return x
+    else:
+        return x.to(tl.float32)
+
+
+@triton.jit
+def scores(qt1, qt2, k1, k2, ci, si, c_step, s_step, PREC: tl.constexpr, FAST: tl.constexpr):
+    """One tile's raw scores [G, BLOCK_N] (times the K row scales and q's 2**k to be
+    applied) from e4m3 key halves k1, k2 [BLOCK_N, HALF], and the query halves for the
+    next tile (:func:`query_at`)."""
+    kr1, kr2 = rotate_keys(k1.to(tl.float16), k2.to(tl.float16), ci, si)
+    s = tl.dot(_op(qt1.to(tl.float16), FAST), tl.trans(_op(kr1, FAST)), input_precision=PREC)
+    s += tl.dot(_op(qt2.to(tl.float16), FAST), tl.trans(_op(kr2, FAST)), input_precision=PREC)
+    nq1, nq2 = rope_tl.rotate(qt1, qt2, c_step, s_step)  # BLOCK_N positions back
+    return s, nq1, nq2
+
+
+@triton.jit
+def accumulate(acc, alpha, p, vs, r_i, v_base, row, valid, sc_r, D: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr,
+               PREC: tl.constexpr, FAST: tl.constexpr):
+    """acc [G, D_PAD] (units of r_i * 2**-15) rescaled by the softmax's alpha [G] and
+    plus this tile's weights p [G, BLOCK_N] times its V rows (row scales vs) -> (acc, r_i)."""
+    w, r_ratio, r_new = pv_weights(p, vs, r_i)
+    v = load_v(v_base, row, valid, sc_r, D, BLOCK_N, D_PAD, FAST)
+    return acc * (alpha * r_ratio)[:, None] + tl.dot(_op(w, FAST), _op(v, FAST), input_precision=PREC), r_new
