@@ -36,12 +36,13 @@ def _rows_times(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     return x * torch.pow(2.0, torch.empty(x.shape[:-1] + (1,)).uniform_(lo, hi))
 
 
-@pytest.mark.parametrize("sinks,window,hq,hkv,D,dtype", [
-    (4, 28, 4, 2, 80, torch.bfloat16),
-    (1, 27, 2, 2, 64, torch.float16),
-    (4, 124, 4, 1, 128, torch.bfloat16),  # 8 tiles in one split
+@pytest.mark.parametrize("sinks,window,hq,hkv,D,dtype,variant", [
+    (4, 28, 4, 2, 80, torch.bfloat16, {}),
+    (1, 27, 2, 2, 64, torch.float16, {}),
+    (4, 124, 4, 1, 128, torch.bfloat16, {}),  # 8 tiles in one split
+    (4, 28, 4, 2, 64, torch.bfloat16, dict(sliding=9, softcap=3.0, alibi=True)),  # layer variants on the same path
 ])
-def test_decode_fp8_f16_path_at_wide_ranges(sinks, window, hq, hkv, D, dtype, dev):
+def test_decode_fp8_f16_path_at_wide_ranges(sinks, window, hq, hkv, D, dtype, variant, dev):
     seed = fresh_seed()
     layout = StreamLayout(sinks, window)
     cap = layout.capacity
@@ -57,8 +58,10 @@ def test_decode_fp8_f16_path_at_wide_ranges(sinks, window, hq, hkv, D, dtype, de
     kn = _rows_times(kn, -19 if dtype == torch.bfloat16 else -12, -15 if dtype == torch.bfloat16 else -8).to(dtype)
     vn = _rows_times(vn, -12, 12).to(dtype)
     freqs = inv_freq(D, 10000.0)
+    slopes = torch.rand(hq) * 0.3 if variant.get("alibi") else None
+    sliding, softcap = variant.get("sliding", 0), variant.get("softcap", 0.0)
     ref = naive_attention(q, kn, vn, kc8.dequantize(torch.float64), vc8.dequantize(torch.float64), slots, starts, [1] * B,
-                          layout, freqs, D**-0.5)
+                          layout, freqs, D**-0.5, sliding=sliding, slopes=slopes, softcap=softcap)
     want_k, want_v = kc8.clone(), vc8.clone()
     write_cache_ref(kn, vn, want_k, want_v, AttnBatch.build(slots, starts, [1] * B, "cpu"), layout)
     batch = AttnBatch.build(slots, starts, [1] * B, dev)
@@ -69,7 +72,8 @@ def test_decode_fp8_f16_path_at_wide_ranges(sinks, window, hq, hkv, D, dtype, de
         out = decode_attention(q.to(dev), kn.to(dev), vn.to(dev), k_run.data, v_run.data, batch.slots, batch.starts,
                                freqs.to(dev), D**-0.5, sinks, window, block_n=16, splits=sp,
                                workspace=decode_workspace(B, hq, hkv, D, sp[0], torch.device(dev)),
-                               k_scale=k_run.scale, v_scale=v_run.scale)
+                               k_scale=k_run.scale, v_scale=v_run.scale, sliding_window=sliding, softcap=softcap,
+                               alibi=slopes.to(dev) if slopes is not None else None)
         assert not out.isnan().any() and not out.isinf().any(), f"seed {seed}"
         # per (token, head): each output has its own magnitude (V scales 2**24 apart)
         for b in range(B):
