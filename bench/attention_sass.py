@@ -1,7 +1,9 @@
 """Offline sm_90 build of the decode attention kernel, no GPU needed: compile
 kernels/decode_attention.py's split kernel for Hopper with Triton's bundled ptxas,
-bf16 cache against FP8 cache, and count the SASS of its main loop (one K/V tile
-per iteration), registers and local-memory spills (STACK; LDL/STL in the loop).
+bf16 cache against FP8 cache (with a bf16 query, so the float16 tile path F16 of
+kernels/kv_fp8_decode_tl.py), and count the SASS of its main loop (one K/V tile
+per iteration), registers, shared-memory reads (LDS, LDSM) and local-memory spills
+(STACK; LDL/STL in the loop).
 
 Why: on the H200 the FP8 variant takes 457 us per layer against bf16's 307 us at
 32 conversations, 4+2044 (bench/results/kernels_decode_fp8.json), although it reads
