@@ -1,7 +1,9 @@
 """Offline sm_90 build of the decode attention kernel, no GPU needed: compile
 kernels/decode_attention.py's split kernel for Hopper with Triton's bundled ptxas,
-bf16 cache against FP8 cache, and count the SASS of its main loop (one K/V tile
-per iteration), registers and local-memory spills (STACK; LDL/STL in the loop).
+bf16 cache against FP8 cache (with a bf16 query, so the float16 tile path F16 of
+kernels/kv_fp8_decode_tl.py), and count the SASS of its main loop (one K/V tile
+per iteration), registers, shared-memory reads (LDS, LDSM) and local-memory spills
+(STACK; LDL/STL in the loop).
 
 Why: on the H200 the FP8 variant takes 457 us per layer against bf16's 307 us at
 32 conversations, 4+2044 (bench/results/kernels_decode_fp8.json), although it reads
@@ -43,7 +45,7 @@ def build_decode(fp8: bool, block_n: int, warps: int, stages: int, group: int = 
            "ML": "*fp32", "SEM": "*i32", "OUT": "*bf16"}
     consts = dict(HKV=hkv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HALF=64, HALF_PAD=64, D_PAD=128,
                   HAS_CAP=False, HAS_ALIBI=False, BLOCK_N=block_n, FUSE_NEW=True, MMA=tl.bfloat16, PREC="tf32",
-                  STAGES=stages, FAST=True, FUSED_COMBINE=False, SPLIT_PAD=2, FP8=fp8)
+                  STAGES=stages, FAST=True, FUSED_COMBINE=False, SPLIT_PAD=2, FP8=fp8, F16=fp8)
     return build(fn, consts, warps, stages, types={**ptr, **dict.fromkeys(FLOATS, "fp32")}, div16=DIV16)
 
 
@@ -61,8 +63,10 @@ def main() -> None:
         usage, ops, sass = loop_mix(k)
         name = "fp8" if fp8 else "bf16"
         counts[name] = len(ops)
-        top = ", ".join(f"{o} {n}" for o, n in Counter(ops).most_common(10))
-        print(f"{name:4s} {usage}  loop {len(ops)} instr per {args.block_n}-key tile  [{top}]")
+        c = Counter(ops)
+        top = ", ".join(f"{o} {n}" for o, n in c.most_common(10))
+        mem = f"LDS {c['LDS']} LDSM {c['LDSM']} STS {c['STS']} LDL/STL {c['LDL'] + c['STL']}"  # shared-memory reads, spills
+        print(f"{name:4s} {usage}  loop {len(ops)} instr per {args.block_n}-key tile  {mem}  [{top}]")
         if args.sass:
             Path(args.sass).mkdir(parents=True, exist_ok=True)
             (Path(args.sass) / f"decode_{name}.sass").write_text(sass)

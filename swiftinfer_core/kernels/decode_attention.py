@@ -35,6 +35,9 @@ FP8 caches (constexpr FP8; cache/kv_fp8.py): e4m3 rows with a float32 scale per
 row and head in K_SCALE/V_SCALE [slots, Hkv, cap]. The scales are folded into
 the scores and the softmax weights (kernels/kv_fp8_tl.py: exact for power-of-two
 scales), the new token is scored from k_new as computed and stored quantised.
+With a bf16/fp16 query (constexpr F16) the tiles run in float16 instead
+(kernels/kv_fp8_decode_tl.py: V converted in registers, the tile's RoPE angle on
+the query rows); a float32 query keeps the float32 path.
 """
 
 from __future__ import annotations
@@ -44,16 +47,17 @@ import triton
 import triton.language as tl
 
 from swiftinfer_core.kernels import kv_fp8_tl, rope_tl
-from swiftinfer_core.kernels.decode_splits import decode_combine_kernel, decode_splits, decode_workspace
+from swiftinfer_core.kernels import kv_fp8_decode_tl as f16
+from swiftinfer_core.kernels.decode_splits import combine_group, decode_combine_kernel, decode_splits, decode_workspace
 from swiftinfer_core.kernels.triton_common import LOG2E, dot_precision, interpreting, mma_dtype, padded, score, sm_count
 from swiftinfer_core.kernels.triton_shapes import check_triton_heads, fit_tiles, max_shared_memory
 
 
 @triton.jit
-def _load_tile(k_base, v_base, j0, hi, ns, base, SINKS, WINDOW, sc_r, offs_n, offs_h, offs_d, HALF: tl.constexpr, D: tl.constexpr):
-    """K halves [BLOCK_N, HALF_PAD] x2 and V [BLOCK_N, D_PAD] of logical keys j0 ..
-    j0+BLOCK_N-1 (masked at hi: rows past it cost no memory traffic; padded head
-    dims read as 0), in the cache dtype; their rows and validity [BLOCK_N]."""
+def _load_k(k_base, j0, hi, ns, base, SINKS, WINDOW, sc_r, offs_n, offs_h, HALF: tl.constexpr):
+    """K halves [BLOCK_N, HALF_PAD] x2 of logical keys j0 .. j0+BLOCK_N-1 (masked at
+    hi: rows past it cost no memory traffic; padded head dims read as 0), in the
+    cache dtype; their rows and validity [BLOCK_N]."""
     j = j0 + offs_n
     valid = j < hi
     r = base + (j - ns)
@@ -64,8 +68,7 @@ def _load_tile(k_base, v_base, j0, hi, ns, base, SINKS, WINDOW, sc_r, offs_n, of
     kp = k_base + row[:, None] * sc_r + offs_h[None, :]
     k1 = tl.load(kp, mask=kmask, other=0.0)
     k2 = tl.load(kp + HALF, mask=kmask, other=0.0)
-    v = tl.load(v_base + row[:, None] * sc_r + offs_d[None, :], mask=valid[:, None] & (offs_d < D)[None, :], other=0.0)
-    return k1, k2, v, row, valid
+    return k1, k2, row, valid
 
 
 @triton.jit
@@ -77,6 +80,7 @@ def _decode_split_kernel(
     HALF_PAD: tl.constexpr, D_PAD: tl.constexpr, HAS_CAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
     BLOCK_N: tl.constexpr, FUSE_NEW: tl.constexpr, MMA: tl.constexpr, PREC: tl.constexpr,
     STAGES: tl.constexpr, FAST: tl.constexpr, FUSED_COMBINE: tl.constexpr, SPLIT_PAD: tl.constexpr, FP8: tl.constexpr,
+    F16: tl.constexpr,
 ):
     pid = tl.program_id(0)
     split = tl.program_id(1)
@@ -111,9 +115,16 @@ def _decode_split_kernel(
         slope = tl.load(SLOPES + qh, mask=gmask, other=0.0) * 1.4426950408889634
     cq, sq = rope_tl.cos_sin((fill - 1).to(tl.float32), f, FAST)
     qr1, qr2 = rope_tl.rotate(q1, q2, cq[None, :], sq[None, :])
-    qr1 = qr1.to(MMA)
-    qr2 = qr2.to(MMA)
     ci, si = rope_tl.offset_table(f, BLOCK_N, FAST)  # [BLOCK_N, D/2]
+    if F16:  # e4m3 cache, 16-bit query: fp16 operands (kv_fp8_decode_tl.py); q's 2**k joins the K row scales
+        qt1, qt2, q_pow2, c_step, s_step = f16.query_at(q1, q2, (fill - 1 - split * SPLIT_LEN).to(tl.float32), f, BLOCK_N, FAST)
+        ci = ci.to(tl.float16)
+        si = si.to(tl.float16)
+        r_i = tl.full([], 2.0**-126, tl.float32)  # running max of the V row scales: acc in units of r_i * 2**-15
+    else:
+        qr1 = qr1.to(MMA)
+        qr2 = qr2.to(MMA)
+        q_pow2 = 1.0
 
     m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([GROUP_PAD], tl.float32)
@@ -133,19 +144,23 @@ def _decode_split_kernel(
     # STAGES-1 tiles in flight while one computes). Without it each program waits
     # a full memory latency per tile and decode reaches only ~45% of bandwidth.
     for j0 in tl.range(lo, hi, BLOCK_N, num_stages=STAGES):
-        k1, k2, v, row, in_tile = _load_tile(k_base, v_base, j0, hi, ns, base, SINKS, WINDOW, sc_r, offs_n, offs_h, offs_d, HALF, 2 * HALF)
+        k1, k2, row, in_tile = _load_k(k_base, j0, hi, ns, base, SINKS, WINDOW, sc_r, offs_n, offs_h, HALF)
         j = j0 + offs_n
         u = tl.where(j < ns, j, ws + (j - ns))  # stream index of logical key j
         # a local (sliding-window) layer sees key u only while t - u < SLIDING (else 2**62)
         valid = (j < hi) & (t - u < SLIDING)
-        k1 = k1.to(tl.float32)
-        k2 = k2.to(tl.float32)
-        kr1, kr2 = rope_tl.rotate_tile(k1, k2, j0, f, ci, si, FAST)
-        s = tl.dot(qr1, tl.trans(kr1.to(MMA)), input_precision=PREC)
-        s += tl.dot(qr2, tl.trans(kr2.to(MMA)), input_precision=PREC)  # [G_PAD, BLOCK_N]
-        if FP8:
-            s = s * tl.load(ks_base + row, mask=in_tile, other=0.0)[None, :]
-        s = score(s, scale_log2, SCALE_CAP, CAP_LOG2, HAS_CAP)
+        if F16:
+            s, qt1, qt2 = f16.scores(qt1, qt2, k1, k2, ci, si, c_step, s_step, PREC, FAST)
+        else:
+            kr1, kr2 = rope_tl.rotate_tile(k1.to(tl.float32), k2.to(tl.float32), j0, f, ci, si, FAST)
+            s = tl.dot(qr1, tl.trans(kr1.to(MMA)), input_precision=PREC)
+            s += tl.dot(qr2, tl.trans(kr2.to(MMA)), input_precision=PREC)  # [G_PAD, BLOCK_N]
+        if FP8 and not HAS_CAP:  # row scale (and q's) with the softmax scale in one multiply per key (all 2**k: exact)
+            s = s * (tl.load(ks_base + row, mask=in_tile, other=0.0) * (q_pow2 * scale_log2))[None, :]
+        elif FP8:
+            s = score(s * (tl.load(ks_base + row, mask=in_tile, other=0.0) * q_pow2)[None, :], scale_log2, SCALE_CAP, CAP_LOG2, HAS_CAP)
+        else:
+            s = score(s, scale_log2, SCALE_CAP, CAP_LOG2, HAS_CAP)
         if HAS_ALIBI:  # query at cache position fill-1, key j at j
             s -= slope[:, None] * (fill - 1 - j).to(tl.float32)[None, :]
         s = tl.where(valid[None, :], s, float("-inf"))
@@ -154,10 +169,17 @@ def _decode_split_kernel(
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        if FP8:
-            p = p * tl.load(vs_base + row, mask=in_tile, other=0.0)[None, :]
-        acc = acc * alpha[:, None] + tl.dot(p.to(MMA), v.to(MMA), input_precision=PREC)
+        if F16:
+            acc, r_i = f16.accumulate(acc, alpha, p, tl.load(vs_base + row, mask=in_tile, other=0.0), r_i, v_base, row, in_tile,
+                                      sc_r, 2 * HALF, BLOCK_N, D_PAD, PREC, FAST)
+        else:
+            v = tl.load(v_base + row[:, None] * sc_r + offs_d[None, :], mask=in_tile[:, None] & (offs_d < 2 * HALF)[None, :], other=0.0)
+            if FP8:
+                p = p * tl.load(vs_base + row, mask=in_tile, other=0.0)[None, :]
+            acc = acc * alpha[:, None] + tl.dot(p.to(MMA), v.to(MMA), input_precision=PREC)
         m_i = m_new
+    if F16:
+        acc = (acc * 2.0**-15) * r_i  # to plain units
 
     if FUSE_NEW:
         t_log = fill - 1
@@ -195,28 +217,7 @@ def _decode_split_kernel(
     tl.store(ML + part * 2 + 1, l_i, mask=gmask)
 
     if FUSED_COMBINE:
-        # The last of this (b, kv head)'s split programs to finish combines, so no
-        # second launch: all threads' partial stores are ordered before one
-        # acq_rel ticket (bar.sync, then the atomic), and the winner reads the
-        # others' partials after its acquire, through L2 (.cg). It then resets
-        # the counter for the next launch (next layer / step / graph replay).
-        tl.debug_barrier()
-        ticket = tl.atomic_add(SEM + pid, 1, sem="acq_rel", scope="gpu")
-        if ticket == nsplit - 1:
-            offs_s = tl.arange(0, SPLIT_PAD)
-            smask = offs_s < nsplit
-            for g in tl.static_range(GROUP):
-                idx = (b * (HKV * GROUP) + kvh * GROUP + g) * nsplit + offs_s
-                m = tl.load(ML + idx * 2, mask=smask, other=float("-inf"), cache_modifier=".cg")
-                l = tl.load(ML + idx * 2 + 1, mask=smask, other=0.0, cache_modifier=".cg")
-                a = tl.load(ACC + idx[:, None] * D_PAD + offs_d[None, :], mask=smask[:, None], other=0.0, cache_modifier=".cg")
-                m_max = tl.max(m, 0)
-                m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
-                w = tl.exp2(m - m_max)
-                den = tl.sum(w * l, 0)
-                o = tl.sum(w[:, None] * a, 0) / tl.where(den > 0, den, 1.0)
-                tl.store(OUT + b * so_b + (kvh * GROUP + g) * so_h + offs_d, o.to(OUT.dtype.element_ty), mask=offs_d < 2 * HALF)
-            tl.atomic_xchg(SEM + pid, 0, sem="relaxed", scope="gpu")
+        combine_group(ACC, ML, SEM, OUT, pid, b, kvh, nsplit, so_b, so_h, HKV, GROUP, 2 * HALF, D_PAD, SPLIT_PAD)
 
 
 def decode_attention(
@@ -294,7 +295,7 @@ def decode_attention(
         HKV=hkv, GROUP=group, GROUP_PAD=group_pad, HALF=D // 2,
         HALF_PAD=padded(D) // 2, D_PAD=padded(D), HAS_CAP=softcap > 0, HAS_ALIBI=alibi is not None,
         BLOCK_N=block_n, FUSE_NEW=fuse_write, MMA=mma_dtype(q.dtype), STAGES=stages, FAST=not interpreting(),
-        PREC=dot_precision(q.dtype), FUSED_COMBINE=fused_combine, SPLIT_PAD=split_pad, FP8=fp8,
+        PREC=dot_precision(q.dtype), FUSED_COMBINE=fused_combine, SPLIT_PAD=split_pad, FP8=fp8, F16=fp8 and q.dtype != torch.float32,
         num_warps=num_warps,
     )
     if not fused_combine:
