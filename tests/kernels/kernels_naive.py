@@ -98,3 +98,21 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+
+def check_deterministic_and_graph_replay(run, x: torch.Tensor, want_of, repeats: int, tol: float, seed: int) -> None:
+    """GPU split-K kernels: ``repeats`` launches of ``run()`` give identical bits (the
+    partials are summed in a fixed order: a race would show here), and a captured
+    ``run(out)`` replays on new ``x`` within ``tol`` of ``want_of(x)`` (float64)
+    with its counters back at zero."""
+    first = run()
+    for _ in range(repeats):
+        assert torch.equal(run(), first), f"seed {seed}"
+    out = torch.empty_like(first)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        run(out)
+    for _ in range(3):
+        x.copy_(torch.randn_like(x))
+        g.replay()
+        assert rel_err(out, want_of(x)) < tol, f"seed {seed}"

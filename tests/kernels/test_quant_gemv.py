@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernels_naive import fresh_seed, rel_err
+from kernels_naive import check_deterministic_and_graph_replay, fresh_seed, rel_err
 
 from swiftinfer_core.kernels import quant_common
 from swiftinfer_core.kernels.quant_gemv import gemv_int4, gemv_int8
@@ -123,18 +123,7 @@ def test_gemv_split_k_is_deterministic_and_replays_in_a_cuda_graph(fmt):
     a captured launch replays on new x with its counters back at zero."""
     seed = fresh_seed()
     qw, x, run = _llama(fmt, 4096, 11008)
-    first = run()
-    for _ in range(30):
-        assert torch.equal(run(), first), f"seed {seed}"
-    out = torch.empty_like(first)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        run(out)
-    for _ in range(3):
-        x.copy_(torch.randn_like(x))
-        g.replay()
-        want = x.double() @ dequantize(qw).double().t()
-        assert rel_err(out, want) < TOL[torch.bfloat16], f"seed {seed}"
+    check_deterministic_and_graph_replay(run, x, lambda x: x.double() @ dequantize(qw).double().t(), 30, TOL[torch.bfloat16], seed)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from body_and_head import BodyAndHead
 from swiftinfer_core.config import EngineConfig
 from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.model.fp8 import reference_linear
@@ -43,13 +44,7 @@ def test_fp8_linear_matches_float64_of_its_weight(rows, bias):
 
 
 def test_quantize_fp8_linears_keeps_the_head_when_asked():
-    class M(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body = nn.Linear(64, 32)
-            self.lm_head = nn.Linear(64, 16)
-
-    m = M()
+    m = BodyAndHead()
     assert quantize_fp8_linears(m, head=False) == 1
     assert isinstance(m.body, Fp8Linear) and isinstance(m.lm_head, nn.Linear)
     with pytest.raises(ValueError, match="batched"):

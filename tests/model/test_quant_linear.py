@@ -12,6 +12,7 @@ import torch
 from test_cpu_weights import _top1_and_nll  # the int8 test's teacher-forced scorer
 from torch import nn
 
+from body_and_head import BodyAndHead
 from swiftinfer_core.config import EngineConfig
 from swiftinfer_core.engine.engine_model import build_engine_model
 from swiftinfer_core.errors import InvalidRequestError
@@ -36,13 +37,7 @@ def test_cpu_int4_matches_float64_of_dequantised_weights(rows, bias):
 
 
 def test_quantize_linears_keeps_the_head_when_asked():
-    class M(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body = nn.Linear(64, 32)
-            self.lm_head = nn.Linear(64, 16)
-
-    m = M()
+    m = BodyAndHead()
     assert quantize_linears(m, QuantFormat.INT4, 32, head=False) == 1
     assert isinstance(m.body, QuantLinear) and isinstance(m.lm_head, nn.Linear)
     with pytest.raises(ValueError, match="CUDA only"):
