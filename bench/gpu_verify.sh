@@ -20,8 +20,9 @@
 #   fp8 check (tests/engine/test_gpu_engine.py) runs in gpu_tests, after the two staging calls.
 # Issue 16's fp8 KV cache (GPU tests + bf16/fp8 decode bench; no model needed), carry [".carry/pyd"]:
 #      WHEELS=.carry/pyd STEPS=fp8kv bash bench/gpu_verify.sh      (after calls 1-2: the engine tests too)
-#   = fp8kv_tests (test_kv_fp8_attention.py natively, the bf16 kernels' GPU tests, test_kv_fp8_engine.py where the
-#   model is staged) then fp8kv_bench (bench/fp8_kv_decode.py: bf16 vs fp8 KV, 7B shape, 4+2044); each is a step name
+#   = fp8kv_tests (test_kv_fp8_attention.py and test_kv_fp8_decode_f16.py natively, the bf16 kernels' GPU tests, test_kv_fp8_engine.py where the
+#   model is staged), fp8kv_kernel (bench/kernels_decode.py --kv both) then fp8kv_bench (bench/fp8_kv_decode.py: bf16 vs fp8 KV,
+#   7B shape, 4+2044); each is a step name
 # The engine point repeats served_7b_r8's engine row at N=128 (7B shape, random bf16,
 # 4+1020, 191 slots, 8 rounds, closed loop); step "structured" (STEPS=structured) is issue 18's bench. Env: STEPS, TESTS, MARK (default gpu; "gpu or not gpu"
 # also runs the kernel tests that take the device from their fixture). Writes under $OUT; a short table last.
@@ -69,8 +70,11 @@ want fp8 && step fp8_bench ${FP8_BENCH_S:-300} python3 bench/fp8_decode.py --out
 KVFP8_TESTS="tests/kernels/test_decode_attention.py tests/kernels/test_prefill_attention.py tests/kernels/test_attention.py"
 [ -d "$SWIFTINFER_HOME/models" ] && KVFP8_TESTS="$KVFP8_TESTS tests/engine/test_kv_fp8_engine.py"
 wantk() { want fp8kv || want "$1"; }  # each of the two is also a step name (one call may not hold both: 600 s)
-wantk fp8kv_tests && step fp8kv_tests ${KVFP8_TESTS_S:-300} bash -c "python3 -m pytest -q -p no:cacheprovider -rs tests/kernels/test_kv_fp8_attention.py; r=\$?; \
+wantk fp8kv_tests && step fp8kv_tests ${KVFP8_TESTS_S:-300} bash -c "python3 -m pytest -q -p no:cacheprovider -rs tests/kernels/test_kv_fp8_attention.py tests/kernels/test_kv_fp8_decode_f16.py; r=\$?; \
   python3 -m pytest -q -m gpu -p no:cacheprovider --durations=8 -rs $KVFP8_TESTS || r=1; exit \$r"
+# the decode kernel alone, bf16 against fp8 cache (the float16 fp8 tiles of kernels/kv_fp8_decode_tl.py; ~1 min)
+wantk fp8kv_kernel && step fp8kv_kernel ${KVFP8_KERNEL_S:-120} python3 bench/kernels_decode.py --kv both --windows 2044 \
+  --batches 32 128 --shapes 0 --name kernels_decode_fp8_f16 --out "$OUT"
 wantk fp8kv_bench && step fp8kv_bench ${KVFP8_BENCH_S:-420} python3 bench/fp8_kv_decode.py --window 2044 --out "$OUT"
 (cd "$OUT" && tar czf logs.tgz *.log)
 echo; cat "$OUT/summary.txt"
