@@ -18,9 +18,10 @@ async def drain(engine, local: LocalSessions, directory, replica_id: str, busy: 
     fit is rebuilt from it by its next replica."""
     held = await asyncio.to_thread(engine.session_ids)
     idle = [sid for sid in held if sid not in busy]
-    # moved elsewhere or deleted: the directory would refuse their KV, which would only spend the budget
-    gone = set(await directory.unowned.remote(replica_id, idle)) if idle else set()
-    idle = sorted((sid for sid in idle if sid not in gone), key=lambda sid: -last_turn.get(sid, 0.0))
+    # moved elsewhere, deleted or already given back (rebalanced with its KV held, or slotless):
+    # the directory would refuse their KV, which would only spend the budget
+    mine = set(await directory.owned.remote(replica_id, idle)) if idle else set()
+    idle = sorted((sid for sid in idle if sid in mine), key=lambda sid: -last_turn.get(sid, 0.0))
     moved = 0
     for sid, seq, blob in await local.snapshots(idle, max_bytes):
         moved += bool(await directory.hold_kv.remote(sid, replica_id, seq, blob))

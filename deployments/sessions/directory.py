@@ -284,6 +284,12 @@ class SessionDirectory(HandBacks):
                 out.append(sid)
         return out
 
+    def owned(self, rid: str, sids: list[str]) -> list[str]:
+        """Those of ``sids`` that ``rid`` owns now: a drain leaves KV only for these
+        (``hold_kv`` refuses the rest, among them sessions it already gave back)."""
+        mine = self._owned.get(rid, set())
+        return [sid for sid in sids if sid in mine]
+
     def owners(self) -> dict[str, int]:
         """Replica id -> sessions it owns (balance metrics)."""
         return {rid: len(s) for rid, s in self._owned.items() if s}

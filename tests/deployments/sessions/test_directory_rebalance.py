@@ -67,6 +67,8 @@ def test_sessions_above_the_fair_share_move_with_their_kv_and_turns_beginning_me
     assert ray.get(d.owners.remote()) == {"A": 9}
     assert ray.get(d.describe.remote("s1")).owner is None
     assert ray.get(d.unowned.remote("A", ["s1"])) == []  # A keeps its copy while s1 is in transit
+    # but a drain of A would not snapshot s1 again (its KV is already held)
+    assert ray.get(d.owned.remote("A", ["s0", "s1", "s2", "nope"])) == ["s0", "s2"]
     # s1 in transit counts: total 10, fair 5, A 4 over, B's room 5 - 1
     assert ray.get(d.rebalance_quota.remote("A")) == 3
     (ev,) = _events(d, "sessions_handed_back")
