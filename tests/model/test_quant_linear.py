@@ -102,13 +102,13 @@ def test_cpu_int4_takes_precomputed_gptq_weights_with_code_minus_8(rows):
     -8..7: nibble 0 included) through torch's CPU int4 op, against float64 of the
     precomputed weight; a layer missing from ``weights`` is rounded to nearest."""
     from swiftinfer_core.model.quant import dequantize, quantize, unpack_int4
-    from swiftinfer_core.model.quant_search import calibrated_weights
+    from swiftinfer_core.model.quant_search import Rounding, calibrated_weights
 
     torch.manual_seed(int.from_bytes(os.urandom(4), "little"))
     model = nn.Sequential(nn.Linear(200, 37), nn.Linear(37, 24))
     x = torch.randn(512, 200)
     hs = {"0": x.double().t() @ x.double()}
-    weights = calibrated_weights(model, hs, QuantFormat.INT4, 64)
+    weights = calibrated_weights(model, hs, QuantFormat.INT4, 64, Rounding.GPTQ)
     assert set(weights) == {"0"} and (unpack_int4(weights["0"].qweight) == -8).any()
     ref1 = model[1].weight.detach().clone()
     assert quantize_linears(model, QuantFormat.INT4, 64, head=False, weights=weights) == 2

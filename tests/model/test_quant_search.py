@@ -5,6 +5,8 @@ and the Hessians are X^T X. Fresh random inputs each run."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -131,3 +133,22 @@ def test_collect_hessians_skips_the_first_rows_across_chunks():
     x = xs[1][1:].double()
     assert rows == {"0": 4}
     torch.testing.assert_close(hs["0"], x.t() @ x)
+
+
+def test_calibrated_weights_takes_a_rounding_and_refuses_an_unknown_one():
+    """The default (the clip search) and a plain string name give the same weights;
+    an unknown name is a ValueError, not a silent fallback."""
+    from swiftinfer_core.model.quant import QuantFormat
+    from swiftinfer_core.model.quant_search import Rounding, calibrated_weights
+
+    torch.manual_seed(int.from_bytes(os.urandom(4), "little"))
+    model = torch.nn.Sequential(torch.nn.Linear(64, 16))
+    x = torch.randn(128, 64)
+    hs = {"0": x.double().t() @ x.double()}
+    default = calibrated_weights(model, hs, QuantFormat.INT4, 32)["0"]
+    named = calibrated_weights(model, hs, QuantFormat.INT4, 32, "search")["0"]
+    assert torch.equal(default.qweight, named.qweight) and torch.equal(default.scales, named.scales)
+    gptq = calibrated_weights(model, hs, QuantFormat.INT4, 32, Rounding.GPTQ)["0"]
+    assert gptq.qweight.shape == default.qweight.shape
+    with pytest.raises(ValueError):
+        calibrated_weights(model, hs, QuantFormat.INT4, 32, "rtn")
