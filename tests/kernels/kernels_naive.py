@@ -116,3 +116,16 @@ def check_deterministic_and_graph_replay(run, x: torch.Tensor, want_of, repeats:
         x.copy_(torch.randn_like(x))
         g.replay()
         assert rel_err(out, want_of(x)) < tol, f"seed {seed}"
+
+
+def int4_every_code(n: int, k: int, group: int):
+    """A QuantizedWeight [n, k] of random int4 codes -8..7 (nibble 0 included:
+    model/quant_search.py's qmin=-8 stores -8; the padding past k is 0) and random
+    bf16 group scales, packed directly (no quantizer in between)."""
+    from swiftinfer_core.model.quant import QuantFormat, QuantizedWeight, pack_int4
+
+    kp = -(-k // group) * group
+    q = torch.randint(-8, 8, (n, kp), dtype=torch.int8)
+    q[:, k:] = 0
+    s = (torch.rand(n, kp // group) + 0.05).to(torch.bfloat16)
+    return QuantizedWeight(QuantFormat.INT4, pack_int4(q), s, n, k, group)

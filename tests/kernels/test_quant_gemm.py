@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernels_naive import check_deterministic_and_graph_replay, fresh_seed, rel_err
+from kernels_naive import check_deterministic_and_graph_replay, fresh_seed, int4_every_code, rel_err
 
 from swiftinfer_core.kernels import quant_configs
 from swiftinfer_core.kernels.quant_gemm import gemm_int4, gemm_int8
-from swiftinfer_core.model.quant import QuantFormat, QuantizedWeight, dequantize, pack_int4, quantize, unpack_int4
+from swiftinfer_core.model.quant import QuantFormat, dequantize, quantize, unpack_int4
 
 # exact integer operands (int4: q * scale, exact in float32 and fp16), float32 sums:
 # the output's rounding to its dtype is what is left. On the GPU, bf16 also rounds
@@ -142,11 +142,7 @@ def test_gemm_int4_reads_every_code_including_minus_8(group, dtype, dev):
     bf16 group scales, packed directly, against float64."""
     seed = fresh_seed()
     n, k, m = 37, 300, 17
-    kp = -(-k // group) * group
-    q = torch.randint(-8, 8, (n, kp), dtype=torch.int8)
-    q[:, k:] = 0
-    s = (torch.rand(n, kp // group) + 0.05).to(torch.bfloat16)
-    qw = QuantizedWeight(QuantFormat.INT4, pack_int4(q), s, n, k, group)
+    qw = int4_every_code(n, k, group)
     assert (unpack_int4(qw.qweight) == -8).any()
     x = torch.randn(m, k).to(dtype)
     want = x.double() @ dequantize(qw).double().t()
