@@ -23,11 +23,12 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from swiftinfer_core.model.linear_slots import linear_slots
+
 
 def linear_targets(model: nn.Module, head: bool = False) -> dict[str, nn.Linear]:
     """Qualified name -> nn.Linear for every decoder linear (and the LM head when ``head``)."""
-    return {name: mod for name, mod in model.named_modules()
-            if isinstance(mod, nn.Linear) and (head or not name.endswith("lm_head"))}
+    return {slot.qualified: slot.linear for slot in linear_slots(model, head)}
 
 
 class HessianCollector:

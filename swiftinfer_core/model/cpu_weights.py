@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from swiftinfer_core.model.linear_slots import linear_slots
+
 QMAX = 127  # symmetric int8: -127..127 (-128 unused, so -q is representable)
 
 
@@ -103,9 +105,8 @@ def quantize_int8(model: nn.Module, head: bool, kernels=None) -> int:
     """Replace the decoder's nn.Linear layers (and ``lm_head`` when ``head``) with
     Int8Linear (multiplying through ``kernels`` when given), in place; returns how
     many were replaced. CPU tensors only."""
-    targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
-               if isinstance(child, nn.Linear) and (head or name != "lm_head")]
-    for parent, name, child in targets:
+    targets = linear_slots(model, head)
+    for parent, _, name, child in targets:
         if child.weight.device.type != "cpu":
             raise ValueError(f"int8 weights run on the CPU only; {name} is on {child.weight.device}")
         setattr(parent, name, Int8Linear(child, kernels))

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from swiftinfer_core.model.fp8 import dequantize_fp8, quantize_fp8
+from swiftinfer_core.model.linear_slots import linear_slots
 
 BATCHED = ("scaled_mm", "triton")
 
@@ -88,9 +89,7 @@ def quantize_fp8_linears(model: nn.Module, head: bool, batched: str | None = Non
     Fp8Linear, in place; returns how many were replaced. ``weights``: qualified name
     -> precomputed QuantizedWeight (model/quant_search.calibrated_weights)."""
     weights = weights or {}
-    targets = [(parent, f"{pname}.{name}" if pname else name, name, child)
-               for pname, parent in model.named_modules() for name, child in parent.named_children()
-               if isinstance(child, nn.Linear) and (head or name != "lm_head")]
+    targets = linear_slots(model, head)
     for parent, qual, name, child in targets:
         setattr(parent, name, Fp8Linear(child, batched, weights.get(qual)))
     return len(targets)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from swiftinfer_core.model.linear_slots import linear_slots
 from swiftinfer_core.model.quant import (
     INT4_OFFSET,
     QuantFormat,
@@ -115,9 +116,7 @@ def quantize_linears(model: nn.Module, fmt: QuantFormat, group: int, head: bool,
     name -> precomputed QuantizedWeight (model/quant_search.calibrated_weights);
     layers it lacks are rounded to nearest."""
     weights = weights or {}
-    targets = [(parent, f"{pname}.{name}" if pname else name, name, child)
-               for pname, parent in model.named_modules() for name, child in parent.named_children()
-               if isinstance(child, nn.Linear) and (head or name != "lm_head")]
+    targets = linear_slots(model, head)
     for parent, qual, name, child in targets:
         setattr(parent, name, QuantLinear(child, fmt, group, weights.get(qual)))
     return len(targets)
