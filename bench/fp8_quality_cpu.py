@@ -47,6 +47,7 @@ from swiftinfer_core.engine.engine_model import build_engine_model  # noqa: E402
 from swiftinfer_core.eval.ppl import EvalPlan, Mode, evaluate  # noqa: E402
 from swiftinfer_core.model.fetch import models_home  # noqa: E402
 from swiftinfer_core.model.fp8 import dequantize_fp8, quantize_fp8  # noqa: E402
+from swiftinfer_core.model.linear_slots import linear_slots  # noqa: E402
 
 
 class EmulatedFp8Linear(nn.Module):
@@ -71,9 +72,8 @@ class EmulatedFp8Linear(nn.Module):
 
 def emulate(model: nn.Module, quantize_x: bool, head: bool, keep: tuple[str, ...] = ()) -> int:
     """Every nn.Linear (the head when ``head``) to EmulatedFp8Linear, except those named in ``keep``."""
-    targets = [(p, n, c) for p in model.modules() for n, c in p.named_children()
-               if isinstance(c, nn.Linear) and (head or n != "lm_head") and n not in keep]
-    for parent, name, child in targets:
+    targets = [slot for slot in linear_slots(model, head) if slot.name not in keep]
+    for parent, _, name, child in targets:
         setattr(parent, name, EmulatedFp8Linear(child, quantize_x))
     return len(targets)
 
