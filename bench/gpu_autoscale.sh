@@ -24,8 +24,10 @@
 # request target and the spread shrinking phases (autoscale_7b_r3.json, autoscale_smol_r2.json:
 # 1 -> 3 -> 1, no KV handed over: idle TTL 30 s); then with the return phase (autoscale_7b_r4.json:
 # 9 of 31 drained conversations migrated with their KV, 22 rebuilt; autoscale_smol_r3.json: the third
-# replica got no conversation, so none to hand over). Not run yet: the ramps with rebalancing on
-# scale-up (deployments/sessions/rebalance.py), the chaos with --settle-s.
+# replica got no conversation, so none to hand over); then with rebalancing on scale-up
+# (autoscale_smol_r4.json: 20 conversations moved to the new replica with their KV, 68 migrated
+# after the drains; autoscale_7b_r5.json). Not run yet: the chaos with --settle-s, the 7B ramp
+# since routers tell the directory which replicas left (no rebalancing towards a stopping one).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 NCCL_NVLS_ENABLE=0
 # WHL: the wheels' folder (default .whl); .carry/whlmin is .whl without pytest, for when the

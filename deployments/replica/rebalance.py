@@ -28,8 +28,11 @@ The races, and why each ends well:
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from deployments.replica.local_sessions import LocalSessions
+
+log = logging.getLogger("ray.serve")
 
 
 async def rebalance_step(engine, local: LocalSessions, directory, rid: str, busy: set[str],
@@ -52,4 +55,6 @@ async def rebalance_step(engine, local: LocalSessions, directory, rid: str, busy
                 left.append(sid)
     finally:  # always: ends the pick's reservation at the directory, even with nothing left
         given = await directory.give_back.remote(rid, left)
+    if given:
+        log.info("replica %s rebalanced: handed %d of %d picked sessions over with their KV", rid, len(given), len(picked))
     return given

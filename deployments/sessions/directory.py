@@ -139,6 +139,8 @@ class SessionDirectory(HandBacks):
         the owner; without ``claim`` (reads, deletes) nothing changes and None
         means "any replica"."""
         self._placements += 1
+        if departed:
+            self._reports.departing(departed)
         entry = self._entries.get(sid)
         if entry is not None and entry.owner is not None:
             if entry.owner in capacity or (entry.owner not in departed and not force):
@@ -322,6 +324,12 @@ class SessionDirectory(HandBacks):
     # ---- replica stats (metrics, readiness, leases) ----------------------------
     def report(self, rid: str, stats: ReplicaStats) -> None:
         self._reports.report(rid, stats)
+
+    def departed(self, rids: list[str]) -> None:
+        """Routers saw ``rids`` leave Serve's routing table (router.py ``update_replicas``;
+        ``place`` carries the same list): no fair share, no room for hand-backs
+        (replica_reports.py ``routable``)."""
+        self._reports.departing(rids)
 
     def cluster(self, max_age_s: float, scope: str = "", max_sessions: int = 200) -> dict:
         """The cluster view's data (deployments/http/playground.py): live replicas with

@@ -50,7 +50,7 @@ class HandBacks:
         session with a turn in flight, or owned by another replica, is kept. No more
         are given back than other live replicas have free slots (none: nothing gained,
         so nothing moves). Returns the sessions given back."""
-        room = sum(s.free_slots for r, s in self._reports.live(self._lease_stale_s).items() if r != rid and not s.draining)
+        room = sum(s.free_slots for r, s in self._reports.routable(self._lease_stale_s).items() if r != rid and not s.draining)
         out = []
         for sid in sids:
             entry = self._entries.get(sid)
@@ -71,7 +71,7 @@ class HandBacks:
         """How many of its sessions ``rid`` should hand over now (rebalance.moves_for)."""
         self._expire_transit()
         owned = {r: len(s) for r, s in self._owned.items()}
-        live = self._reports.live(self._lease_stale_s)
+        live = self._reports.routable(self._lease_stale_s)
         return moves_for(rid, owned, live, self._rebalance, self._transit.handed_count(), self._transit.picked_count(rid))
 
     def rebalance_pick(self, rid: str, candidates: list[str]) -> list[str]:
@@ -114,7 +114,7 @@ class HandBacks:
         """Sessions in transit past ``hold_s`` (no turn since): their KV leaves the
         object store and they go back to their old owner if it is still live (it keeps
         its copy); otherwise they stay owner-less and are rebuilt where placed."""
-        live = self._reports.live(self._lease_stale_s)
+        live = self._reports.routable(self._lease_stale_s)
         for sid, src in self._transit.expired():
             entry = self._entries.get(sid)
             if entry is None or entry.owner is not None or entry.handed != "rebalance":

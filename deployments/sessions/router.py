@@ -111,6 +111,17 @@ class SessionAffinityRouter(RequestRouter):
         self._mark_departed(old - new)
         for uid in new:
             self._departed.pop(uid, None)
+        if old - new:
+            self._tell_departed(sorted(old - new))
+
+    def _tell_departed(self, uids: list[str]) -> None:
+        """Tell the directory at once (fire and forget): a scaled-down replica keeps reporting
+        until Serve calls its ``__del__``, and would meanwhile count in rebalancing's fair
+        shares. The next ``place`` carries the same list, so a call lost here costs little."""
+        try:
+            self._directory_actor().departed.remote(uids)
+        except Exception as exc:  # directory down or not created yet: never fail Serve's update
+            log.warning("could not tell the session directory that %s left (%s: %s)", uids, type(exc).__name__, str(exc)[:200])
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)

@@ -127,3 +127,26 @@ def test_switched_off_nothing_is_picked(cluster, tmp_path):
         assert ray.get(d.rebalance_pick.remote("A", [f"z{i}" for i in range(10)])) == []
     finally:
         ray.kill(d, no_restart=True)
+
+
+def test_a_replica_routers_saw_leave_gets_no_share_and_gives_no_room(directory):
+    """Serve stops routing to a scaled-down replica before it drains (its ``__del__`` comes
+    after its last turns), and until then it reports itself live and not draining. Its
+    sessions will come back to the survivors, so counting it would make them hand sessions
+    over only to take them back (seen on the GPU: 8 moves of 512 MiB KV at a drain)."""
+    d = directory
+    _place_on(d, "A", [f"a{i}" for i in range(8)])
+    _place_on(d, "B", [f"b{i}" for i in range(8)])
+    for rid in "ABC":
+        ray.get(d.report.remote(rid, replica_stats(rid, free_slots=0 if rid != "C" else 8)))
+    # 16 sessions over three replicas of 8 slots: fair 5.3 each, A and B 2.7 over, C has room
+    assert ray.get(d.rebalance_quota.remote("A")) == 2
+    ray.get(d.departed.remote(["C"]))  # a router saw C leave Serve's routing table
+    ray.get(d.report.remote("C", replica_stats("C", free_slots=8)))  # and C still reports
+    assert ray.get(d.rebalance_quota.remote("A")) == 0 and ray.get(d.rebalance_quota.remote("B")) == 0
+    assert ray.get(d.rebalance_pick.remote("A", [f"a{i}" for i in range(8)])) == []
+    # a place() call's departed list says the same (a router's fire-and-forget call may be lost)
+    ray.get(d.report.remote("D", replica_stats("D", free_slots=8)))
+    assert ray.get(d.rebalance_quota.remote("A")) == 2
+    assert ray.get(d.place.remote("new", {"A": 8, "B": 8}, ["D"], False, True)) in ("A", "B")
+    assert ray.get(d.rebalance_quota.remote("A")) == 0
