@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Build, on this machine, every ignored folder the device-call scripts carry (a fresh checkout has none):
+#   .whl            Ray Serve and pydantic/fastapi for the device image (../shared/device/ray-wheels.sh, ~53 MB)
+#   .carry/pyd      pydantic alone (steps that need no Ray: gpu_verify.sh with WHEELS=.carry/pyd)
+#   .carry/whlmin   .whl less what a Serve app never loads (virtualenv, distlib; ray/llm and ray/serve/llm
+#                   dropped from the ray wheel), so tree + whlmin + a shape folder fit one call's 64 MiB
+#   .carry/r7b      Llama-2-7B shape (config.json) beside the default model's tokenizer; vocabulary
+#                   49,152 (the tokenizer's) instead of 32,000, as every committed 7B run used
+#   .carry/r8b      Llama-3.1-8B shape (bench/shape_config.py)
+#   .carry/smol-a, .carry/smol-b   the default model's GGUF in two halves (../shared/device/stage-smollm2.sh)
+# Needs the converted default model (`make model`). Usage: bash bench/gpu_carry.sh   (from the repo root)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY=${PY:-.venv/bin/python}
+[ -d .whl ] || bash ../shared/device/ray-wheels.sh
+[ -d .carry/smol-a ] || bash ../shared/device/stage-smollm2.sh
+rm -rf .carry/pyd .carry/whlmin && mkdir -p .carry/pyd .carry/whlmin
+cp .whl/pydantic*.whl .whl/annotated_types*.whl .whl/typing_inspection*.whl .carry/pyd/
+for w in .whl/*.whl; do case "$(basename "$w")" in virtualenv-*|distlib-*|ray-*) ;; *) cp "$w" .carry/whlmin/ ;; esac; done
+tmp=$(mktemp -d) && trap 'rm -rf "$tmp"' EXIT
+ray=$(ls .whl/ray-*.whl) && (cd "$tmp" && unzip -q "$OLDPWD/$ray" && rm -rf ray/llm ray/serve/llm && zip -q -r -9 slim.whl .)
+mv "$tmp/slim.whl" ".carry/whlmin/$(basename "$ray")"
+model=$(PYTHONPATH=. $PY -c "from swiftinfer_core.model.fetch import default_model_dir; print(default_model_dir())")
+rm -rf .carry/r7b .carry/r8b
+PYTHONPATH=. $PY - "$model" <<'EOF'
+import sys
+from pathlib import Path
+from bench.shape_config import hf_config, make_config_dir, write_shape_config
+cfg = hf_config("llama2-7b") | {"vocab_size": 49152}  # the SmolLM2 tokenizer's ids
+make_config_dir(Path(sys.argv[1]), Path(".carry/r7b"), **cfg)
+write_shape_config("llama3.1-8b", Path(".carry/r8b"), Path(".carry/r7b"))
+EOF
+tree=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+echo "tracked tree $((tree >> 20)) MiB; whlmin + r7b + tree: $(( (tree + $(du -sb .carry/whlmin | cut -f1) + $(du -sb .carry/r7b | cut -f1)) >> 20 )) MiB of 64"
+du -sh .whl .carry/*
