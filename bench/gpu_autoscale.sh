@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# The carried folders (.whl, .carry/*) are ignored by git: on a fresh checkout `bash bench/gpu_carry.sh` builds them.
 # Device call (issue 17): 1-3 LLM replicas sharing one H200 (bench/serve_gpu7b_shared.yaml,
 # gpu_share 0.33), 7B shape, random bf16.
 #  ramp:  a closed-loop ramp through the autoscaler (bench/autoscale_ramp.py) up to about the

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# The carried folders (.whl, .carry/*) are ignored by git: on a fresh checkout `bash bench/gpu_carry.sh` builds them.
 # Device call (issue 12): the served path against the engine, side by side in one run, one H200.
 #  1. the engine alone (bench/engine_batches.py --closed-loop, public Engine API) at N conversations;
 #  2. the whole Serve stack over HTTP/SSE, closed loop, the same work, with the engine's steps

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# The carried folders (.whl, .carry/*) are ignored by git: on a fresh checkout `bash bench/gpu_carry.sh` builds them.
 # Device call: every GPU test and one engine capacity point, to check that a change
 # meant to keep behaviour (issue 20's refactor, piecewise graphs by default) keeps it.
 # Needs the default model converted under /tmp/swh by two earlier calls, back to back:
