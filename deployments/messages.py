@@ -61,7 +61,8 @@ class ChoiceReply:
 class TurnGrant:
     """``begin_turn``'s answer when the turn may run: the lease is the caller's.
     ``record`` is the last committed state (None: never committed); ``kv``, once,
-    the pickled ``KVSnapshot`` a draining owner left at this ``seq``."""
+    the object ref of the ``KVSnapshot`` (wire form, replica/kv_wire.py) a draining or
+    rebalancing owner left at this ``seq``."""
 
     seq: int  # committed turns
     record: SessionRecord | None

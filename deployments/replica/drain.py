@@ -23,8 +23,8 @@ async def drain(engine, local: LocalSessions, directory, replica_id: str, busy: 
     mine = set(await directory.owned.remote(replica_id, idle)) if idle else set()
     idle = sorted((sid for sid in idle if sid in mine), key=lambda sid: -last_turn.get(sid, 0.0))
     moved = 0
-    for sid, seq, blob in await local.snapshots(idle, max_bytes):
-        moved += bool(await directory.hold_kv.remote(sid, replica_id, seq, blob))
+    for sid, seq, ref in await local.snapshots(idle, max_bytes):
+        moved += bool(await directory.hold_kv.remote(sid, replica_id, seq, [ref]))
     released = await directory.release.remote(replica_id)
     log.info("replica %s drained: handed %d sessions back, %d with their KV", replica_id, released, moved)
     await engine.shutdown()

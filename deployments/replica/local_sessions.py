@@ -15,7 +15,8 @@ without a commit:
 - ``evict_idle``: conversations idle past ``idle_ttl_s``, and the least recently
   used beyond ``max_sessions_per_replica``, leave the engine (slot and ids);
   their next turn rebuilds from the record.
-- ``snapshots``: pickled KV of idle resident sessions for a drain or a rebalance.
+- ``snapshots``: KV of idle resident sessions, put in the object store for a drain
+  or a rebalance (kv_wire.py).
 - ``drop_unowned``: copies of sessions deleted elsewhere or owned by another
   replica leave the engine (erasure reaches every replica).
 - ``hand_back_slotless``: with more conversations than KV slots, those without a
@@ -31,11 +32,13 @@ turn) sees the copy rolled back, not the aborted turn.
 from __future__ import annotations
 
 import asyncio
-import pickle
 import time
+
+import ray
 
 from deployments.config import LimitsConfig
 from deployments.messages import CacheState, TurnGrant
+from deployments.replica import kv_wire
 from swiftinfer_core.protocol import EngineProtocol, KVSnapshot, SessionRecord, SessionView
 
 
@@ -81,7 +84,7 @@ class LocalSessions:
         if local is not None and local[0] == record:
             return CacheState.WARM if local[1] else CacheState.REBUILT
         if grant.kv is not None:
-            snap: KVSnapshot = pickle.loads(await grant.kv)
+            snap = await kv_wire.get(grant.kv)
             if snap.record == record and await asyncio.to_thread(self._engine.import_kv, snap):
                 return CacheState.MIGRATED
         await asyncio.to_thread(self._engine.import_session, record)
@@ -174,16 +177,16 @@ class LocalSessions:
         return evicted
 
     # ---- drain ----------------------------------------------------------------
-    async def snapshots(self, sids: list[str], budget_bytes: float) -> list[tuple[str, int, bytes]]:
-        """``(session, committed seq, pickled KVSnapshot)`` of resident idle sessions
-        in ``sids`` order, while their sizes fit ``budget_bytes``."""
+    async def snapshots(self, sids: list[str], budget_bytes: float) -> list[tuple[str, int, ray.ObjectRef]]:
+        """``(session, committed seq, object ref of its KVSnapshot in wire form)`` of
+        resident idle sessions in ``sids`` order, while their sizes fit ``budget_bytes``."""
         out = []
         for sid in sids:
             snap = await asyncio.to_thread(self._engine.export_kv, sid)
             if snap is None or snap.nbytes > budget_bytes or sid not in self.seq:
                 continue
             budget_bytes -= snap.nbytes
-            out.append((sid, self.seq[sid], pickle.dumps(snap, protocol=pickle.HIGHEST_PROTOCOL)))
+            out.append((sid, self.seq[sid], await kv_wire.put(snap)))
         return out
 
 

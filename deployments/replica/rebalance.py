@@ -4,7 +4,7 @@ the directory says it owns more than its fair share (sessions/rebalance.py).
 One step per eviction period (replica.py ``_evict_loop``)::
 
     directory.rebalance_pick(rid, idle sessions, most recent turn first) -> k of them
-    for each, within max_bytes:  export_kv -> directory.hold_kv(sid, rid, seq, blob)
+    for each, within max_bytes:  export_kv -> object store (kv_wire.py) -> directory.hold_kv(sid, rid, seq, [ref])
     directory.give_back(rid, those held)  -> owner None; the next turn is placed by load
 
 Only sessions between turns are offered (``busy`` excluded; the directory also
@@ -50,8 +50,8 @@ async def rebalance_step(engine, local: LocalSessions, directory, rid: str, busy
         return []
     left = []
     try:
-        for sid, seq, blob in await local.snapshots([sid for sid in picked if sid not in busy], max_bytes):
-            if sid not in busy and await directory.hold_kv.remote(sid, rid, seq, blob):
+        for sid, seq, ref in await local.snapshots([sid for sid in picked if sid not in busy], max_bytes):
+            if sid not in busy and await directory.hold_kv.remote(sid, rid, seq, [ref]):
                 left.append(sid)
     finally:  # always: ends the pick's reservation at the directory, even with nothing left
         given = await directory.give_back.remote(rid, left)

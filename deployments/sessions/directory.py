@@ -63,7 +63,7 @@ class Entry:
     last_turn: LastTurn | None = None
     lease: str | None = None  # replica running a turn of this session
     lease_at: float = 0.0
-    kv: tuple[int, ray.ObjectRef] | None = None  # (seq, pickled KVSnapshot) left by a draining or rebalancing owner
+    kv: tuple[int, ray.ObjectRef] | None = None  # (seq, ref of the wire-form KVSnapshot: replica/kv_wire.py) left by a draining or rebalancing owner
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
     moves: int = 0  # owner changes after the first placement (rebuilds elsewhere)
@@ -231,15 +231,24 @@ class SessionDirectory(HandBacks):
         if entry.seq == 0 and entry.owner == rid and entry.lease is None:
             self._drop(sid, entry)
 
-    def hold_kv(self, sid: str, rid: str, seq: int, blob: bytes) -> bool:
-        """The owner's cache of ``sid`` at turn ``seq`` (a pickled KVSnapshot), left
-        by a drain or before a rebalance's ``give_back``: put in the object store,
-        owned by this long-lived actor, for the next owner's first turn. Refused
-        while a turn is in flight or once one committed past ``seq``."""
-        entry = self._entries.get(sid)
-        if entry is None or entry.owner != rid or entry.seq != seq or entry.lease is not None:
+    async def hold_kv(self, sid: str, rid: str, seq: int, kv: list[ray.ObjectRef]) -> bool:
+        """The owner's cache of ``sid`` at turn ``seq``, left by a drain or before a
+        rebalance's ``give_back``: ``kv`` holds the ref (in a list, so Ray passes the ref,
+        not the object) of what the owner put in the object store; a copy owned by
+        this long-lived actor is kept for the next owner's first turn (replica/kv_wire.py).
+        Refused while a turn is in flight or once one committed past ``seq``, checked
+        again after the copy (a turn may begin meanwhile)."""
+        def holdable() -> bool:
+            entry = self._entries.get(sid)
+            return entry is not None and entry.owner == rid and entry.seq == seq and entry.lease is None
+
+        if not holdable():
             return False
-        entry.kv = (seq, ray.put(blob))
+        # read in place (zero-copy for the wire form's arrays), copied once off the event loop
+        ref = await asyncio.to_thread(ray.put, await kv[0])
+        if not holdable():
+            return False
+        self._entries[sid].kv = (seq, ref)
         return True
 
     async def delete(self, sid: str) -> bool:

@@ -102,9 +102,9 @@ def test_uncommitted_first_turns_are_forgotten_and_deletes_reach_the_log(directo
 def test_a_drained_owner_hands_its_kv_over_once(directory):
     d = directory
     assert _commit(d, "m", "r1", "k1")
-    assert not ray.get(d.hold_kv.remote("m", "r1", 0, b"stale"))  # not the committed turn
-    assert not ray.get(d.hold_kv.remote("m", "r9", 1, b"not the owner"))
-    assert ray.get(d.hold_kv.remote("m", "r1", 1, b"kv-bytes"))
+    assert not ray.get(d.hold_kv.remote("m", "r1", 0, [ray.put(b"stale")]))  # not the committed turn
+    assert not ray.get(d.hold_kv.remote("m", "r9", 1, [ray.put(b"not the owner")]))
+    assert ray.get(d.hold_kv.remote("m", "r1", 1, [ray.put(b"kv-bytes")]))
     assert ray.get(d.release.remote("r1")) == 1
     grant = ray.get(d.begin_turn.remote("m", "r2", None))
     assert isinstance(grant, TurnGrant) and grant.seq == 1 and ray.get(grant.kv) == b"kv-bytes"

@@ -57,9 +57,9 @@ def test_sessions_above_the_fair_share_move_with_their_kv_and_turns_beginning_me
     ray.get(d.begin_turn.remote("s0", "A", None))  # s0 has a turn in flight: never picked
     picked = ray.get(d.rebalance_pick.remote("A", sids + ["nope"]))
     assert picked == ["s1", "s2", "s3"]
-    assert not ray.get(d.hold_kv.remote("s0", "A", 1, b"busy"))  # leased: no KV taken
-    assert ray.get(d.hold_kv.remote("s1", "A", 1, b"kv-1"))
-    assert ray.get(d.hold_kv.remote("s2", "A", 1, b"kv-2"))
+    assert not ray.get(d.hold_kv.remote("s0", "A", 1, [ray.put(b"busy")]))  # leased: no KV taken
+    assert ray.get(d.hold_kv.remote("s1", "A", 1, [ray.put(b"kv-1")]))
+    assert ray.get(d.hold_kv.remote("s2", "A", 1, [ray.put(b"kv-2")]))
     # s3's KV did not fit the byte budget: not held. s2's turn begins after hold_kv: it takes the KV.
     assert isinstance(ray.get(d.begin_turn.remote("s2", "A", None)), TurnGrant)
     ray.get(d.end_turn.remote("s2", "A"))
@@ -89,7 +89,7 @@ def test_sessions_above_the_fair_share_move_with_their_kv_and_turns_beginning_me
 def test_a_turn_sent_back_to_the_old_owner_runs_there_and_the_held_kv_is_never_used_later(directory):
     d = directory
     _place_on(d, "A", ["x"])
-    assert ray.get(d.hold_kv.remote("x", "A", 1, b"kv-at-1"))
+    assert ray.get(d.hold_kv.remote("x", "A", 1, [ray.put(b"kv-at-1")]))
     assert ray.get(d.give_back.remote("A", ["x"])) == ["x"]  # no pick needed to give back
     assert ray.get(d.give_back.remote("A", ["x"])) == []  # not A's any more
     # a router remembering A sends the next turn there: A owns it again (no move) and commits turn 2
@@ -107,7 +107,7 @@ def test_a_session_handed_over_that_takes_no_turn_returns_to_its_old_owner(clust
     try:
         _place_on(d, "A", ["y"])
         ray.get(d.report.remote("A", replica_stats("A")))
-        assert ray.get(d.hold_kv.remote("y", "A", 1, b"kv"))
+        assert ray.get(d.hold_kv.remote("y", "A", 1, [ray.put(b"kv")]))
         assert ray.get(d.give_back.remote("A", ["y"])) == ["y"]
         time.sleep(0.7)
         assert ray.get(d.rebalance_quota.remote("A")) == 0  # its period's call expires the transit
