@@ -39,7 +39,7 @@ import ray
 from deployments.config import LimitsConfig
 from deployments.messages import CacheState, TurnGrant
 from deployments.replica import kv_wire
-from swiftinfer_core.protocol import EngineProtocol, KVSnapshot, SessionRecord, SessionView
+from swiftinfer_core.protocol import EngineProtocol, SessionRecord, SessionView
 
 
 class LocalSessions:

@@ -50,7 +50,7 @@ class HandBacks:
         session with a turn in flight, or owned by another replica, is kept. No more
         are given back than other live replicas have free slots (none: nothing gained,
         so nothing moves). Returns the sessions given back."""
-        room = sum(s.free_slots for r, s in self._reports.routable(self._lease_stale_s).items() if r != rid and not s.draining)
+        room = sum(s.free_slots for r, s in self._reports.routable(self._lease_stale_s).items() if r != rid)
         out = []
         for sid in sids:
             entry = self._entries.get(sid)
@@ -120,7 +120,7 @@ class HandBacks:
             if entry is None or entry.owner is not None or entry.handed != "rebalance":
                 continue
             entry.kv = None
-            if src in live and not live[src].draining:  # back where it was: not a move, no event
+            if src in live:  # back where it was: not a move, no event
                 entry.handed = None
                 self._owned.setdefault(src, set()).add(sid)
                 entry.owner = src

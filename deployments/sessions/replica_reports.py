@@ -25,9 +25,9 @@ class ReplicaReports:
         self._stats: dict[str, tuple[float, ReplicaStats]] = {}  # replica id -> (time, stats)
         self._prev_tokens: dict[str, tuple[float, int]] = {}  # replica id -> (time, tokens_generated) of the report before the last
         self._gone: set[str] = set()  # replicas already reported lost (one event each)
-        # replicas a router saw leave Serve's routing table -> when: scaled down (still reporting,
-        # not yet draining, through Serve's graceful shutdown until it calls __del__) or dead
-        self._departing: dict[str, float] = {}
+        # replicas a router saw leave Serve's routing table, oldest first (a dict as an ordered set):
+        # scaled down (still reporting, not yet draining, until Serve calls __del__) or dead
+        self._departing: dict[str, None] = {}
         self.events: deque[dict] = deque(maxlen=MAX_EVENTS)
 
     def event(self, kind: str, **fields) -> None:
@@ -59,17 +59,15 @@ class ReplicaReports:
         """Routers no longer route to ``rids`` (Serve stopped them). Replica ids are never
         reused, so they stay out of ``routable`` for good (the oldest forgotten past
         ``MAX_DEPARTING``)."""
-        now = time.time()
-        for rid in rids:
-            self._departing.setdefault(rid, now)
+        self._departing.update(dict.fromkeys(rids))
         while len(self._departing) > MAX_DEPARTING:
             self._departing.pop(next(iter(self._departing)))
 
     def routable(self, max_age_s: float) -> dict[str, ReplicaStats]:
-        """``live`` less the replicas routers saw leave: those that can still take sessions.
-        A scaled-down replica reports itself draining only once Serve calls its ``__del__``,
-        after its last turns; until then it would count for fair shares and free slots."""
-        return {rid: s for rid, s in self.live(max_age_s).items() if rid not in self._departing}
+        """``live`` less the replicas draining or that routers saw leave: those that can still
+        take sessions. A scaled-down replica reports itself draining only once Serve calls its
+        ``__del__``, after its last turns; until then it would count for fair shares and free slots."""
+        return {rid: s for rid, s in self.live(max_age_s).items() if rid not in self._departing and not s.draining}
 
     def recent(self, now: float, max_age_s: float) -> Iterator[tuple[str, float, ReplicaStats, float | None]]:
         """``(replica, reported at, stats, tokens/s or None)`` of replicas heard from

@@ -108,11 +108,12 @@ class SessionAffinityRouter(RequestRouter):
         old = {r.unique_id for r in self._replica_id_set}
         super().update_replicas(replicas)
         new = {r.unique_id for r in self._replica_id_set}
-        self._mark_departed(old - new)
+        gone = old - new
+        self._mark_departed(gone)
         for uid in new:
             self._departed.pop(uid, None)
-        if old - new:
-            self._tell_departed(sorted(old - new))
+        if gone:
+            self._tell_departed(sorted(gone))
 
     def _tell_departed(self, uids: list[str]) -> None:
         """Tell the directory at once (fire and forget): a scaled-down replica keeps reporting
