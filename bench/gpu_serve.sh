@@ -3,7 +3,8 @@
 # carry [".whl", ".carry/r7b"]; writes under $OUT; a short table last.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 NCCL_NVLS_ENABLE=0
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 4
+WHL=${WHL:-.whl}  # .carry/whlmin (bench/gpu_carry.sh) when .whl would not fit the carry beside a model
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$WHL"/*.whl || exit 4
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 cp -r .carry/r7b /tmp/r7b
 DURATION=${DURATION:-300} RATE=${RATE:-1.2} ROUNDS=${ROUNDS:-8} THINK=${THINK:-8} NAME=${NAME:-load_gpu_7b}

@@ -22,7 +22,8 @@
 # carry [".whl", ".carry/$MODEL"]; everything lands in $OUT/results.tgz; a short table last.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 NCCL_NVLS_ENABLE=0
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl || exit 4
+WHL=${WHL:-.whl}  # .carry/whlmin (bench/gpu_carry.sh) when .whl would not fit the carry beside a model
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$WHL"/*.whl || exit 4
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 MODEL=${MODEL:-r7b} NAME=${NAME:-served_7b} SLOTS=${SLOTS:-191} WINDOW=${WINDOW:-1020}
 SIZES=${SIZES:-32 64 128 191} THREAD_SIZES=${THREAD_SIZES-64 128} PACE_MS=${PACE_MS:-50}
