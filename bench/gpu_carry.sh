@@ -6,7 +6,9 @@
 #                   dropped from the ray wheel), so tree + whlmin + a shape folder fit one call's 64 MiB
 #   .carry/r7b      Llama-2-7B shape (config.json) beside the default model's tokenizer; vocabulary
 #                   49,152 (the tokenizer's) instead of 32,000, as every committed 7B run used
-#   .carry/r8b      Llama-3.1-8B shape (bench/shape_config.py)
+#   .carry/r8b      Llama-3.1-8B shape (bench/shape_config.py); its tokenizer.json gzipped (3.5 -> 0.6 MB) so that
+#                   tree + whlmin + r8b fit 64 MiB; gpu_served.sh unpacks it on the device
+#   .carry/r7bz     .carry/r7b with its tokenizer gzipped (gpu_served.sh MODEL=r7bz, gpu_serve.sh MODEL_DIR=.carry/r7bz)
 #   .carry/smol-a, .carry/smol-b   the default model's GGUF in two halves (../shared/device/stage-smollm2.sh)
 # Needs the converted default model (`make model`). Usage: bash bench/gpu_carry.sh   (from the repo root)
 set -euo pipefail
@@ -30,6 +32,8 @@ cfg = hf_config("llama2-7b") | {"vocab_size": 49152}  # the SmolLM2 tokenizer's 
 make_config_dir(Path(sys.argv[1]), Path(".carry/r7b"), **cfg)
 write_shape_config("llama3.1-8b", Path(".carry/r8b"), Path(".carry/r7b"))
 EOF
+gzip -9 .carry/r8b/tokenizer.json
+rm -rf .carry/r7bz && cp -r .carry/r7b .carry/r7bz && gzip -9 .carry/r7bz/tokenizer.json
 tree=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
 echo "tracked tree $((tree >> 20)) MiB; whlmin + r7b + tree: $(( (tree + $(du -sb .carry/whlmin | cut -f1) + $(du -sb .carry/r7b | cut -f1)) >> 20 )) MiB of 64"
 du -sh .whl .carry/*

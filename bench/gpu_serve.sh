@@ -6,7 +6,7 @@ export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 NCCL_NVLS_ENABLE=0
 WHL=${WHL:-.whl}  # .carry/whlmin (bench/gpu_carry.sh) when .whl would not fit the carry beside a model
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$WHL"/*.whl || exit 4
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
-cp -r .carry/r7b /tmp/r7b
+rm -rf /tmp/r7b && cp -r "${MODEL_DIR:-.carry/r7b}" /tmp/r7b && { [ ! -f /tmp/r7b/tokenizer.json.gz ] || gunzip /tmp/r7b/tokenizer.json.gz; }  # MODEL_DIR=.carry/r7bz: gzipped tokenizer (gpu_carry.sh)
 DURATION=${DURATION:-300} RATE=${RATE:-1.2} ROUNDS=${ROUNDS:-8} THINK=${THINK:-8} NAME=${NAME:-load_gpu_7b}
 T0=$SECONDS
 sed -e "s/ingress_replicas: 4/ingress_replicas: ${INGRESS:-4}/" -e "s/gil_switch_interval_ms: 0.5/gil_switch_interval_ms: ${GIL_MS:-0.5}/" -e "s/stream_interval_ms: 50/stream_interval_ms: ${PACE_MS:-50}/" \

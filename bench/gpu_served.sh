@@ -28,7 +28,7 @@ export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 MODEL=${MODEL:-r7b} NAME=${NAME:-served_7b} SLOTS=${SLOTS:-191} WINDOW=${WINDOW:-1020}
 SIZES=${SIZES:-32 64 128 191} THREAD_SIZES=${THREAD_SIZES-64 128} PACE_MS=${PACE_MS:-50}
 BEFORE_SIZES=${BEFORE_SIZES-$SIZES} ROUNDS=${ROUNDS:-8}
-rm -rf /tmp/model && cp -r ".carry/$MODEL" /tmp/model
+rm -rf /tmp/model && cp -r ".carry/$MODEL" /tmp/model && { [ ! -f /tmp/model/tokenizer.json.gz ] || gunzip /tmp/model/tokenizer.json.gz; }
 T0=$SECONDS
 DEFAULT_STEPS="engine proc before thread" TAIL=${TAIL:-4}
 source "$(dirname "${BASH_SOURCE[0]}")/gpu_steps.sh"

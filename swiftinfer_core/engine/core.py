@@ -255,16 +255,21 @@ class EngineCore:
     def warm_up(self) -> None:
         """Compile every kernel the first real turns would (Triton compiles on first
         use: seconds per kernel on a GPU) with two scratch conversations, one
-        decoding while the other prefills, so a mixed step runs too. Leaves no
-        session, slot or counter behind."""
+        decoding while the other prefills, so a mixed step runs too; the second
+        one samples with temperature and logprobs, ops a greedy turn never runs
+        (a GPU run whose clients asked for logprobs had its first 32 turns wait
+        ~7 s, served_8b_r1.json; the same stack without logprobs did not: this
+        path was the one difference; not yet re-run). Leaves no session, slot or
+        counter behind."""
         params = SamplingParams(max_tokens=4, ignore_eos=True)
+        sampled = SamplingParams(max_tokens=4, ignore_eos=True, temperature=0.8, top_p=0.9, seed=0, logprobs=True, top_logprobs=2)
         counters = self.post.tokens_generated, self.post.tokens_prefilled
         ids = ["__warmup_a__", "__warmup_b__"]
         try:
             first = self.add_turn(ids[0], [{"role": "user", "content": "warm up"}], params)
             while first.state is not TurnState.DECODE and first.session.turn is first:
                 self.step()
-            second = self.add_turn(ids[1], [{"role": "user", "content": "warm up " * 40}], params)
+            second = self.add_turn(ids[1], [{"role": "user", "content": "warm up " * 40}], sampled)
             while self.scheduler.has_work and (first.session.turn is first or second.session.turn is second):
                 self.step()
         finally:
