@@ -6,9 +6,10 @@
  * ops at load) each have one, so there are more OpenMP threads than the 2 cores
  * of the project's box, and libgomp then spins only ~100 iterations before a
  * worker sleeps in the kernel: every region paid a futex wake-up, and two threads
- * were no faster than one (130 MiB of int8 products, called from a second
- * thread: 16.1 ms with 2 threads against 9.0 ms from the main thread, ~120 sleeps
- * per pass; bench/results/cpu_decode_threads.json).
+ * were no faster than one (the default model's 121 int8 products per token,
+ * 134 MB, called from a second thread: 16.1 ms a pass with 2 threads against
+ * 9.0 ms from the main thread, with ~120 sleeps per pass; 8.3 ms here; the decode
+ * itself: bench/results/cpu_decode_threads.json).
  *
  * Here workers spin between jobs for SPIN_US (a step's jobs follow each other by
  * a few us; between steps Python samples for ~1 ms, after which they sleep on a

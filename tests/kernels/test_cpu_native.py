@@ -5,6 +5,8 @@ vector and the scalar-tail code. Skipped where no C compiler builds them."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -168,7 +170,7 @@ def test_gemv_is_the_same_on_any_number_of_threads(m, n, k):
     q, scale = _int8(n, k, g)
     x, res = torch.randn(m, k, generator=g) * 3, torch.randn(m, n, generator=g)
     norm_w = torch.rand(k, generator=g) + 0.5
-    call = lambda: KERNELS.gemv_i8(x, q, scale, None, "rmsnorm", norm_w, 1e-5, residual=res)  # noqa: E731
+    call = lambda: KERNELS.gemv_i8(x, q, scale, None, "rmsnorm", norm_w, 1e-5, residual=res)
     one = _at_threads(1, call)
     xd = x.double() * torch.rsqrt(x.double().pow(2).mean(-1, keepdim=True) + 1e-5) * norm_w.double()
     w = q.double() * scale.double()[:, None]
@@ -178,8 +180,6 @@ def test_gemv_is_the_same_on_any_number_of_threads(m, n, k):
     for t in (2, 3, 4):
         for _ in range(20):  # items land on different threads from call to call
             assert torch.equal(_at_threads(t, call), one), t
-    import threading
-
     outs: list[torch.Tensor] = []
     workers = [threading.Thread(target=lambda: outs.extend(_at_threads(2, call) for _ in range(50))) for _ in range(2)]
     for th in workers:
