@@ -96,13 +96,15 @@ def plot(out: dict, path: Path) -> None:
 
     rows = out["results"]
     names = [f"{r['library']}\n{r['threads']} thr" for r in rows]
-    fig, ax = plt.subplots(figsize=(9, 0.6 * len(rows) + 1.6))
+    fig, ax = plt.subplots(figsize=(11, 0.6 * len(rows) + 1.6))
     bars = ax.barh(names, [r["tok_s_median"] for r in rows], color=["tab:gray" if r["library"].startswith("before") else "tab:blue" for r in rows])
     for b, r in zip(bars, rows):
         ax.text(b.get_width(), b.get_y() + b.get_height() / 2, f" {r['tok_s_median']:.1f}", va="center")
     for ref in out.get("llama_cpp_reference", []):
-        ax.axvline(ref["tok_s_median"], ls="--", color="tab:red" if ref["threads"] == 2 else "tab:orange", lw=1)
-        ax.text(ref["tok_s_median"], -0.6, f"llama.cpp {ref['threads']} thr\n({ref['cpu']}, {ref['date'][:10]})", fontsize=7, ha="center")
+        ax.axvline(ref["tok_s_median"], ls="--", color="tab:red" if ref["threads"] == 2 else "tab:orange", lw=1,
+                   label=f"llama.cpp {ref['threads']} thr: {ref['tok_s_median']:.1f}\n({ref['cpu']}, {ref['date'][:10]})")
+    if out.get("llama_cpp_reference"):
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, title="earlier run, other CPU", title_fontsize=7)
     ax.invert_yaxis()
     ax.grid(axis="x", alpha=0.3)
     ax.set_xlabel(f"decode tokens/s, median of {out['kept_rounds']} undisturbed alternated rounds")
