@@ -73,6 +73,26 @@ def one_turn(eng: Engine, sid: str, tokens: int, fill: int = 0) -> dict:
     return {"ttft_s": first - t0, "tok_s": (n - 1) / (end - first), "tokens": n, "prompt_tokens": prompt_tokens}
 
 
+def on_step_thread(eng: Engine, fn):
+    """fn() run on the engine's step thread (between steps), its result returned.
+
+    The thread count must be set there: torch.set_num_threads sets the OpenMP count
+    of the calling thread only (and of threads it starts later), and torch fixes a
+    thread's count at its first parallel op, so a call on the main thread after the
+    step thread has run never reached it. Before this was done here, the first
+    round's count (1) stayed on every engine's step thread: the "2 threads" rows of
+    bench/results/cpu_decode*.json ran our engines with one thread (checked for
+    'auto': torch.get_num_threads() on the step thread read 1). llama.cpp's rows
+    are unaffected (its own process, its own thread count)."""
+    import threading
+
+    box, done = [], threading.Event()
+    eng._post(lambda: (box.append(fn()), done.set()))
+    if not done.wait(30):
+        raise RuntimeError("the engine's step thread did not take the command")
+    return box[0]
+
+
 def plot(out: dict, path: Path) -> None:
     import matplotlib
 
@@ -114,7 +134,7 @@ def main() -> None:
     llama_runs: dict[int, list[dict]] = {t: [] for t in a.threads} if a.llama_python else {}
     for r in range(a.rounds + 1):  # round 0 warms each engine up and is not kept
         for (v, t), kept in runs.items():
-            torch.set_num_threads(t)  # process-wide: the engine's step thread too
+            on_step_thread(engines[v], lambda t=t: torch.set_num_threads(t))  # see on_step_thread
             sid = f"v{a.variants.index(v)}-{t}-{r}"
             res = one_turn(engines[v], sid, a.tokens if r else 8, a.fill)
             engines[v].close_session(sid)

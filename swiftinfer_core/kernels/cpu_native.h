@@ -10,7 +10,8 @@
  * product (inputs in 16-bit fixed point per row) and the bias and residual add after it;
  * cpu_native_gguf.c the GGUF block products of quantization 'gguf';
  * cpu_native_attn.c one sequence's decode attention; cpu_native_layer.c a whole
- * Llama layer of a decode step.
+ * Llama layer of a decode step; cpu_native_pool.c the worker threads of the
+ * int8 products and the attention (the GGUF products use OpenMP).
  *
  * Tensors are float32 and contiguous unless said otherwise; sizes are int64.
  * Entry points (si_*) return 0, or -1 when scratch memory could not be had.
@@ -37,6 +38,12 @@ static inline float hsum(__m256 s) { /* the sum of the 8 lanes */
 #endif
 
 void exp_inplace(float *x, int64_t n);
+
+/* fn(ctx, i) for every 0 <= i < n, on up to nthreads threads (the caller's among
+ * them), returning when all are done; items may run in any order and on any of
+ * the threads. See cpu_native_pool.c. */
+typedef void (*si_task)(void *ctx, int64_t i);
+void pool_for(int64_t n, si_task fn, void *ctx, int nthreads);
 
 /* y[m, n] = prologue(x[m]) . q[n] * scale[n] (+ bias[n]) (+ residual[m, n]); see cpu_native_gemv.c */
 int gemv_rows(const float *x, int64_t M, int64_t K, int64_t x_stride, int mode, const float *norm_w, float eps,

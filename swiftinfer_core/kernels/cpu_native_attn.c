@@ -1,6 +1,7 @@
 /* One-token decode attention over a StreamingLLM cache slot (see cpu_native.h and
  * kernels/torch_decode.py, whose torch-op path computes the same). */
 #include "cpu_native.h"
+#include <stdatomic.h>
 
 /* x*cos + roll(x, D/2)*sin for one head row: (x1*c - x2*s, x2*c + x1*s) with the
  * signs folded into sin = (-s, s), as kernels/torch_decode.py's _rotate. */
@@ -77,38 +78,53 @@ static void weighted_sum(const float *p, const float *v, int64_t n, int64_t D, f
  * [Hkv, cap, D] (pre-RoPE keys). Writes the new K/V to row `row`, then attends
  * over rows 0..fill-1 with row j's key rotated by cos/sin [fill, D] and the query
  * by q_cos/q_sin [D]; query head i reads kv head i / (Hq / Hkv). out [Hq, D]. */
+typedef struct { /* attend_one's operands, shared by the threads of pool_for; an item is a kv head */
+    const float *q, *cosv, *sinv, *q_cos, *q_sin;
+    const float *k_slot, *v_slot;
+    float *out, scale;
+    int64_t G, D, cap, fill;
+    atomic_int failed;
+} AttnJob;
+
+static void attn_item(void *ctx, int64_t h) {
+    AttnJob *j = (AttnJob *)ctx;
+    int64_t G = j->G, D = j->D, fill = j->fill;
+    float *buf = (float *)malloc((size_t)(G * fill + G * D + 8 * D) * sizeof(float));
+    if (!buf) {
+        atomic_store(&j->failed, 1);
+        return;
+    }
+    float *sc = buf, *qr = buf + G * fill, *kr = qr + G * D;
+    for (int64_t g = 0; g < G; g++) rotate(j->q + (h * G + g) * D, j->q_cos, j->q_sin, D, qr + g * D);
+    const float *kh = j->k_slot + h * j->cap * D, *vh = j->v_slot + h * j->cap * D;
+    scores(kh, j->cosv, j->sinv, 0, fill, D, qr, G, j->scale, sc, fill, kr);
+    for (int64_t g = 0; g < G; g++) {
+        float *s = sc + g * fill, mx = -INFINITY, sum = 0.f;
+        for (int64_t t = 0; t < fill; t++) mx = s[t] > mx ? s[t] : mx;
+        for (int64_t t = 0; t < fill; t++) s[t] -= mx;
+        exp_inplace(s, fill);
+        for (int64_t t = 0; t < fill; t++) sum += s[t];
+        weighted_sum(s, vh, fill, D, 1.0f / sum, j->out + (h * G + g) * D);
+    }
+    free(buf);
+}
+
+/* One sequence's one-token attention in one layer (CpuAttention's decode path).
+ * q [Hq, D] pre-RoPE; k_new, v_new [Hkv, D]; k_slot, v_slot: the slot's cache
+ * [Hkv, cap, D] (pre-RoPE keys). Writes the new K/V to row `row`, then attends
+ * over rows 0..fill-1 with row j's key rotated by cos/sin [fill, D] and the query
+ * by q_cos/q_sin [D]; query head i reads kv head i / (Hq / Hkv). out [Hq, D].
+ * The kv heads are split over nthreads (cpu_native_pool.c). */
 int attend_one(const float *q, int64_t Hq, int64_t Hkv, int64_t D, float *k_slot, float *v_slot, int64_t cap,
                const float *k_new, const float *v_new, int64_t row, int64_t fill, const float *cosv,
                const float *sinv, const float *q_cos, const float *q_sin, float scale, float *out, int nthreads) {
-    int64_t G = Hq / Hkv;
-    int failed = 0;
     for (int64_t h = 0; h < Hkv; h++) {
         memcpy(k_slot + (h * cap + row) * D, k_new + h * D, (size_t)D * sizeof(float));
         memcpy(v_slot + (h * cap + row) * D, v_new + h * D, (size_t)D * sizeof(float));
     }
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t h = 0; h < Hkv; h++) {
-        float *buf = (float *)malloc((size_t)(G * fill + G * D + 8 * D) * sizeof(float));
-        if (!buf) {
-            failed = 1;
-            continue;
-        }
-        float *sc = buf, *qr = buf + G * fill, *kr = qr + G * D;
-        for (int64_t g = 0; g < G; g++) rotate(q + (h * G + g) * D, q_cos, q_sin, D, qr + g * D);
-        const float *kh = k_slot + h * cap * D, *vh = v_slot + h * cap * D;
-        scores(kh, cosv, sinv, 0, fill, D, qr, G, scale, sc, fill, kr);
-        for (int64_t g = 0; g < G; g++) {
-            float *s = sc + g * fill, mx = -INFINITY, sum = 0.f;
-            for (int64_t j = 0; j < fill; j++) mx = s[j] > mx ? s[j] : mx;
-            for (int64_t j = 0; j < fill; j++) s[j] -= mx;
-            exp_inplace(s, fill);
-            for (int64_t j = 0; j < fill; j++) sum += s[j];
-            float *o = out + (h * G + g) * D, inv = 1.0f / sum;
-            weighted_sum(s, vh, fill, D, inv, o);
-        }
-        free(buf);
-    }
-    return failed ? -1 : 0;
+    AttnJob job = {q, cosv, sinv, q_cos, q_sin, k_slot, v_slot, out, scale, Hq / Hkv, D, cap, fill, 0};
+    pool_for(Hkv, attn_item, &job, nthreads);
+    return atomic_load(&job.failed) ? -1 : 0;
 }
 
 int si_attn_decode(const float *q, int64_t Hq, int64_t Hkv, int64_t D, float *k_slot, float *v_slot, int64_t cap,

@@ -159,8 +159,34 @@ static inline void store(float v, int64_t m, int64_t n, int64_t N, const float *
     y[m * N + n] = v;
 }
 
-/* Blocks of 16 weight rows are split over nthreads; within a block each row is read
- * from memory once (prefetched a few rows ahead) for all M input rows, 4 at a time. */
+/* One product's operands, shared by the threads of pool_for; each item is `rows` weight rows. */
+typedef struct {
+    const int16_t *xq;
+    const float *sx, *scale, *bias, *residual;
+    const int8_t *q;
+    float *y;
+    int64_t M, K, N, rows;
+} GemvJob;
+
+/* Weight rows [i * rows, (i + 1) * rows): each read from memory once (prefetched a few
+ * rows ahead) for all M input rows, 4 at a time. */
+static void gemv_item(void *ctx, int64_t i) {
+    const GemvJob *j = (const GemvJob *)ctx;
+    int64_t K = j->K, N = j->N, M4 = j->M - j->M % 4, n1 = (i + 1) * j->rows < N ? (i + 1) * j->rows : N;
+    for (int64_t n = i * j->rows; n < n1; n++) {
+        if (n + PREFETCH_ROWS < N) prefetch_row(j->q + (n + PREFETCH_ROWS) * K, K);
+        for (int64_t m = 0; m < M4; m += 4) {
+            float d[4];
+            dot16x4(j->xq + m * K, K, j->q + n * K, K, d);
+            for (int r = 0; r < 4; r++) store(d[r] * j->sx[m + r], m + r, n, N, j->scale, j->bias, j->residual, j->y);
+        }
+        for (int64_t m = M4; m < j->M; m++)
+            store(dot16(j->xq + m * K, j->q + n * K, K) * j->sx[m], m, n, N, j->scale, j->bias, j->residual, j->y);
+    }
+}
+
+/* The prologue and the rounding of x run on the calling thread (M x K, small); the
+ * weight rows are split into items of 16 rows or more, ~8 per thread, over nthreads. */
 int gemv_rows(const float *x, int64_t M, int64_t K, int64_t x_stride, int mode, const float *norm_w, float eps,
               const int8_t *q, const float *scale, const float *bias, int64_t N, const float *residual, float *y,
               int nthreads) {
@@ -176,21 +202,9 @@ int gemv_rows(const float *x, int64_t M, int64_t K, int64_t x_stride, int mode, 
         prologue(x + m * x_stride, K, mode, norm_w, eps, xb + m * K);
         sx[m] = quantize_row16(xb + m * K, K, xq + m * K);
     }
-    const int64_t BLOCK = 16;
-    int64_t nblocks = (N + BLOCK - 1) / BLOCK, M4 = M - M % 4;
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t b = 0; b < nblocks; b++) {
-        int64_t n1 = (b + 1) * BLOCK < N ? (b + 1) * BLOCK : N;
-        for (int64_t n = b * BLOCK; n < n1; n++) {
-            if (n + PREFETCH_ROWS < N) prefetch_row(q + (n + PREFETCH_ROWS) * K, K);
-            for (int64_t m = 0; m < M4; m += 4) {
-                float d[4];
-                dot16x4(xq + m * K, K, q + n * K, K, d);
-                for (int r = 0; r < 4; r++) store(d[r] * sx[m + r], m + r, n, N, scale, bias, residual, y);
-            }
-            for (int64_t m = M4; m < M; m++) store(dot16(xq + m * K, q + n * K, K) * sx[m], m, n, N, scale, bias, residual, y);
-        }
-    }
+    int64_t per = nthreads > 1 ? N / (8 * (int64_t)nthreads) : N, rows = (per < 16 ? 16 : per + 15) / 16 * 16;
+    GemvJob job = {xq, sx, scale, bias, residual, q, y, M, K, N, rows};
+    pool_for((N + rows - 1) / rows, gemv_item, &job, nthreads);
     free(xb);
     free(xq);
     return 0;

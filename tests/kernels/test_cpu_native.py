@@ -5,6 +5,8 @@ vector and the scalar-tail code. Skipped where no C compiler builds them."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -145,3 +147,68 @@ def test_no_working_compiler_means_no_kernels_not_an_error(tmp_path, monkeypatch
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     assert cpu_native.load.__wrapped__(tmp_path) is None
     assert not list(tmp_path.glob("*.so"))
+
+
+def _at_threads(n: int, fn):
+    """fn() with the kernels' thread count (torch's, of the calling thread) at n."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 960, 576), (1, 4099, 576), (5, 333, 1536)])
+def test_gemv_is_the_same_on_any_number_of_threads(m, n, k):
+    """The worker pool (cpu_native_pool.c) splits the weight rows into items claimed
+    by whichever thread is free: every output must still be computed, once, exactly
+    as one thread computes it (bit for bit), and within the float64 bound of
+    test_gemv_matches_float64; also from two Python threads at once (the second
+    finds the pool busy and runs its items itself)."""
+    g = torch.Generator().manual_seed(n + k)
+    q, scale = _int8(n, k, g)
+    x, res = torch.randn(m, k, generator=g) * 3, torch.randn(m, n, generator=g)
+    norm_w = torch.rand(k, generator=g) + 0.5
+    call = lambda: KERNELS.gemv_i8(x, q, scale, None, "rmsnorm", norm_w, 1e-5, residual=res)
+    one = _at_threads(1, call)
+    xd = x.double() * torch.rsqrt(x.double().pow(2).mean(-1, keepdim=True) + 1e-5) * norm_w.double()
+    w = q.double() * scale.double()[:, None]
+    want = xd @ w.t() + res.double()
+    bound = (xd.abs().amax(dim=1, keepdim=True) / 32767 / 2 + 1e-6 * xd.abs()) @ w.abs().t() + 1e-6 * (xd.abs() @ w.abs().t() + res.double().abs())
+    assert bool(((one.double() - want).abs() <= bound).all())
+    for t in (2, 3, 4):
+        for _ in range(20):  # items land on different threads from call to call
+            assert torch.equal(_at_threads(t, call), one), t
+    outs: list[torch.Tensor] = []
+    workers = [threading.Thread(target=lambda: outs.extend(_at_threads(2, call) for _ in range(50))) for _ in range(2)]
+    for th in workers:
+        th.start()
+    for th in workers:
+        th.join()
+    assert len(outs) == 100 and all(torch.equal(o, one) for o in outs)
+
+
+def test_attention_is_the_same_on_any_number_of_threads():
+    """The kv heads spread over the pool's threads: the same output bit for bit as one
+    thread, and the float64 reference's within test_attention_matches_float64's tolerance."""
+    hq, hkv, d, fill, cap = 12, 4, 64, 300, 512
+    g = torch.Generator().manual_seed(11)
+    kc, vc = torch.randn(hkv, cap, d, generator=g), torch.randn(hkv, cap, d, generator=g)
+    q, kn, vn = torch.randn(hq, d, generator=g), torch.randn(hkv, d, generator=g), torch.randn(hkv, d, generator=g)
+    ang = torch.rand(fill, d // 2, generator=g, dtype=torch.float64) * 100
+    cos, sin = torch.cat([ang.cos(), ang.cos()], -1).float(), torch.cat([-ang.sin(), ang.sin()], -1).float()
+    ones, zeros = torch.ones(d), torch.zeros(d)
+
+    def call():
+        out = torch.empty(hq, d)
+        KERNELS.attn_decode(q, kn, vn, kc, vc, fill - 1, fill, cos, sin, ones, zeros, d**-0.5, out)
+        return out
+
+    one = _at_threads(1, call)
+    k64 = _rot64(kc[:, :fill].double(), cos.double(), sin.double())
+    p = torch.softmax(q.double().view(hkv, hq // hkv, d) @ k64.transpose(1, 2) * d**-0.5, dim=-1)
+    torch.testing.assert_close(one.double(), (p @ vc[:, :fill].double()).reshape(hq, d), rtol=1e-5, atol=2e-5)
+    for t in (2, 3, 4):
+        for _ in range(20):
+            assert torch.equal(_at_threads(t, call), one), t
