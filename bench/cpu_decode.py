@@ -147,7 +147,7 @@ def main() -> None:
                 kept.append(_llama_cpp(a, t))
     for eng in engines.values():
         eng.close()
-    llama = [{"variant": f"llama.cpp {Path(a.gguf).name}", "config": {"llama_cpp_python": kept[0]["llama_cpp_python"]},
+    llama = [{"variant": f"llama.cpp {Path(a.gguf).name}", "config": {"llama_cpp_python": kept[0]["llama_cpp_python"], "system_info": kept[0]["system_info"]},
               "threads": t, "tok_s_median": statistics.median(x["tok_s"] for x in kept),
               "ttft_s_median": statistics.median(x["ttft_s"] for x in kept), "rounds": kept} for t, kept in llama_runs.items()]
     out = {**header(), "cpu": _cpu_name(), "cpu_flags": _cpu_flags(), "tokens": a.tokens, "rounds": a.rounds, "fill": a.fill,
@@ -173,7 +173,7 @@ def _llama_cpp(a, threads: int) -> dict:
     cmd = [a.llama_python, str(Path(__file__).with_name("llamacpp_decode.py")), "--gguf", a.gguf, "--prompt", PROMPT,
            "--tokens", str(a.tokens), "--rounds", "1", "--threads", str(threads)]
     out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-    res = {**out["rounds"][0], "llama_cpp_python": out["llama_cpp_python"], "load_1m": (_loadavg() or [None])[0]}
+    res = {**out["rounds"][0], "llama_cpp_python": out["llama_cpp_python"], "system_info": out["system_info"], "load_1m": (_loadavg() or [None])[0]}
     print(f"llama.cpp {threads} thr: {res['tok_s']:6.1f} tok/s  ttft {1e3 * res['ttft_s']:6.0f} ms", flush=True)
     return res
 

@@ -52,7 +52,7 @@ def main() -> None:
     ids = llm.tokenize(text.encode(), add_bos=False, special=True)
     one_round(llm, ids, 8)  # warm-up, not kept
     rounds = [one_round(llm, ids, a.tokens) for _ in range(a.rounds)]
-    print(json.dumps({"llama_cpp_python": llama_cpp.__version__, "threads": a.threads, "gguf": a.gguf,
+    print(json.dumps({"llama_cpp_python": llama_cpp.__version__, "system_info": llama_cpp.llama_print_system_info().decode().strip(), "threads": a.threads, "gguf": a.gguf,
                       "tok_s_median": statistics.median(r["tok_s"] for r in rounds),
                       "ttft_s_median": statistics.median(r["ttft_s"] for r in rounds), "rounds": rounds}))
 
