@@ -12,7 +12,11 @@ the C kernels (kernels/cpu_native_*.c: attention only for float32 weights, a
 whole layer per call for int8; ``quantization: auto`` is int8 with an int8 head,
 serve_config.yaml's CPU default); each at the thread counts given. Rounds alternate between variants so that load from other
 processes on a shared machine falls on all of them alike; the medians are
-reported, with every round kept in the JSON.
+reported, with every round kept in the JSON. Each engine's step thread has its own
+OpenMP team, so with several variants in one process libgomp sees more threads than
+cores and sleeps between parallel regions: prefill (TTFT) at 2+ threads is then up to
+2x slower than in a served process, which holds one engine. Time one variant per run
+for TTFT at more than one thread (bench/results/cpu_decode_r4.json).
 
 Per measured turn: a fresh session, one user message of ~50 tokens (plus the
 chat template), ``max_tokens`` generated with ``ignore_eos``. TTFT is from the
@@ -93,6 +97,16 @@ def on_step_thread(eng: Engine, fn):
     return box[0]
 
 
+def set_threads(eng: Engine, t: int) -> None:
+    """On the step thread: the engine's own setting where it has one (engine/cpu_threads.py:
+    decode steps run torch on one thread, the C kernels on t), else torch's count."""
+    threads = getattr(eng.core, "cpu_threads", None)
+    if threads is not None:
+        threads.set(t)
+    else:
+        torch.set_num_threads(t)
+
+
 def plot(out: dict, path: Path) -> None:
     import matplotlib
 
@@ -134,7 +148,7 @@ def main() -> None:
     llama_runs: dict[int, list[dict]] = {t: [] for t in a.threads} if a.llama_python else {}
     for r in range(a.rounds + 1):  # round 0 warms each engine up and is not kept
         for (v, t), kept in runs.items():
-            on_step_thread(engines[v], lambda t=t: torch.set_num_threads(t))  # see on_step_thread
+            on_step_thread(engines[v], lambda t=t: set_threads(engines[v], t))  # see on_step_thread
             sid = f"v{a.variants.index(v)}-{t}-{r}"
             res = one_turn(engines[v], sid, a.tokens if r else 8, a.fill)
             engines[v].close_session(sid)

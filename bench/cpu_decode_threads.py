@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from bench.common import header  # noqa: E402
-from bench.cpu_decode import PROMPT, _cpu_flags, _cpu_name, _loadavg, on_step_thread  # noqa: E402
+from bench.cpu_decode import PROMPT, _cpu_flags, _cpu_name, _loadavg, on_step_thread, set_threads  # noqa: E402
 from swiftinfer_core.config import EngineConfig, SamplingParams  # noqa: E402
 from swiftinfer_core.engine.engine import Engine  # noqa: E402
 from swiftinfer_core.kernels import cpu_native  # noqa: E402
@@ -147,7 +147,7 @@ def main() -> None:
         turns = []
         for name, t in pairs:
             eng = engines[name]
-            seen = on_step_thread(eng, lambda t=t: (torch.set_num_threads(t), torch.get_num_threads())[1])
+            seen = on_step_thread(eng, lambda t=t: (set_threads(eng, t), t if getattr(eng.core, 'cpu_threads', None) else torch.get_num_threads())[1])
             if seen != t:
                 raise SystemExit(f"the step thread runs {seen} threads, not {t}")
             sid = f"l{list(libs).index(name)}-{t}-{r}"

@@ -15,6 +15,7 @@ import torch
 from swiftinfer_core.config import EngineConfig, SamplingParams
 from swiftinfer_core.engine.batch_runner import BatchRunner
 from swiftinfer_core.engine.choices import fork_choices, release_reserved
+from swiftinfer_core.engine.cpu_threads import StepThreads
 from swiftinfer_core.conversation.chat_format import ChatFormat, validate_messages
 from swiftinfer_core.conversation.detokenizer import IncrementalDetokenizer
 from swiftinfer_core.engine.engine_model import EngineModel, engine_runner
@@ -75,6 +76,8 @@ class EngineCore:
         # (k0.dtype: float8_e4m3fn for kv_cache_dtype 'fp8') and layout.
         self.kv_fingerprint = f"{cfg.model}|{cfg.load_format.value}:{cfg.seed}|{m.args!r}|{k0.dtype}|{len(m.pool.k)}x{tuple(k0.shape[1:])}|{m.layout}"
         self.post = Postprocessor(self.scheduler, m.pool, self.format, self.eos_ids)
+        decoder = getattr(m.model, "cpu_decode", None)  # set where the C decode kernels run (runner/build.py)
+        self.cpu_threads = StepThreads(decoder.kernels) if decoder is not None else None
 
     # ---- API (called under the engine lock) ----
 
@@ -284,6 +287,8 @@ class EngineCore:
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return []
+        if self.cpu_threads is not None:
+            self.cpu_threads.before_step(batch.is_decode)
         sampled, logprobs, scores = self.batches.run(batch)
         for i, items in scores.items():
             batch.seqs[i].turn.prompt_logprobs.extend(items)

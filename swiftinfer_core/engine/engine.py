@@ -28,6 +28,7 @@ from swiftinfer_core.config import EngineConfig, SamplingParams
 from swiftinfer_core.engine.core import EngineCore
 from swiftinfer_core.engine.session import Turn
 from swiftinfer_core.errors import EngineClosedError
+from swiftinfer_core.runner.resolve import torch_device
 from swiftinfer_core.protocol import EngineStats, KVSnapshot, SessionRecord, SessionStats, SessionView, StreamChunk, merge_per_choice
 from swiftinfer_core.protocol import EngineProtocol
 
@@ -50,7 +51,15 @@ class _Submission:
 class Engine(EngineProtocol):
     def __init__(self, config: EngineConfig | None = None, core: EngineCore | None = None):
         self.config = config or EngineConfig()
-        self.core = core or EngineCore(self.config)
+        # On a CPU the step thread builds the core and warms it up, so that every
+        # torch op of a CPU engine runs on that one thread: a second thread's OpenMP
+        # pool (the constructing thread's, from the ops of loading) makes libgomp
+        # count more threads than cores, and it then sleeps between parallel regions
+        # (default model, int8, 2 threads, 74-token prompt: first token 250 ms with
+        # the load on the caller's thread, 120 ms on the step thread).
+        build = threading.Event() if core is None and torch_device(self.config).type == "cpu" else None
+        self.core = core if core is not None or build is not None else EngineCore(self.config)
+        self._build_error: BaseException | None = None
         self._lock = threading.Lock()  # held by a step, or by one API call between steps
         self._gate = threading.Condition()
         self._callers = 0  # API calls waiting for the lock
@@ -58,8 +67,12 @@ class Engine(EngineProtocol):
         self._wake = threading.Event()
         self._closed = False
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._loop, name="swiftinfer-engine", daemon=True)
+        self._thread = threading.Thread(target=self._loop, args=(build,), name="swiftinfer-engine", daemon=True)
         self._thread.start()
+        if build is not None:
+            build.wait()
+            if self._build_error is not None:
+                raise self._build_error
 
     # ---- streaming ----
 
@@ -158,7 +171,15 @@ class Engine(EngineProtocol):
 
     # ---- the loop thread ----
 
-    def _loop(self) -> None:
+    def _loop(self, build: threading.Event | None = None) -> None:
+        if build is not None:
+            try:
+                self.core = EngineCore(self.config)
+            except BaseException as exc:  # bad config, missing model: __init__ raises it
+                self._build_error, self._closed = exc, True
+                return
+            finally:
+                build.set()
         try:
             self._run_steps()
         except BaseException as exc:  # a bug in the loop itself: fail every waiting caller, never strand one
@@ -270,9 +291,26 @@ class Engine(EngineProtocol):
         return True  # chat(..., expect=) (EngineCore.add_turn)
 
     def warm_up(self) -> None:
-        """Compile the kernels before the first real turn (EngineCore.warm_up)."""
-        with self._api():
-            self.core.warm_up()
+        """Compile the kernels before the first real turn (EngineCore.warm_up). On a
+        CPU it runs as a step-thread command (see __init__), waited for here."""
+        if torch_device(self.config).type != "cpu":
+            with self._api():
+                self.core.warm_up()
+            return
+        done, box = threading.Event(), []
+
+        def run() -> None:
+            try:
+                self.core.warm_up()
+            except BaseException as exc:  # raised in the caller below
+                box.append(exc)
+            finally:
+                done.set()
+
+        self._post(run)
+        done.wait()
+        if box:
+            raise box[0]
 
     def inject_device_fault(self, sticky: bool = False) -> None:
         """Test-only (engine/faults.py): the next step faults on the device."""

@@ -66,9 +66,13 @@ class NativeKernels:
 
     def __init__(self, lib: ctypes.CDLL, path: Path):
         self.lib, self.path = lib, path
+        self.threads: int | None = None  # worker threads of each call; None: torch.get_num_threads() (engine/cpu_threads.py)
         for name, args in _SIGNATURES.items():
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = args, ctypes.c_int
+
+    def _nthreads(self) -> int:
+        return self.threads or torch.get_num_threads()
 
     def gemv_i8(self, x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
                 prologue: str = "none", norm_w: torch.Tensor | None = None, eps: float = 0.0,
@@ -92,7 +96,7 @@ class NativeKernels:
                             _ptr(norm_w, torch.float32, "norm_w"), eps, _ptr(q, torch.int8, "q"),
                             _ptr(scale, torch.float32, "scale"), _ptr(bias, torch.float32, "bias"), N,
                             _ptr(residual, torch.float32, "residual"), _ptr(y, torch.float32, "out"),
-                            torch.get_num_threads()))
+                            self._nthreads()))
         return y
 
     def gemv_gguf(self, x: torch.Tensor, qtype: str, qs: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
@@ -108,7 +112,7 @@ class NativeKernels:
         y = torch.empty(M, N)
         _check(self.lib.si_gemv_gguf(_ptr(x, torch.float32, "x"), M, K, code,
                                      _ptr(qs, torch.int8 if code == 0 else torch.uint8, "qs"), _ptr(d, torch.float16, "d"),
-                                     _ptr(m, torch.float16, "m"), _ptr(y, torch.float32, "y"), N, torch.get_num_threads()))
+                                     _ptr(m, torch.float16, "m"), _ptr(y, torch.float32, "y"), N, self._nthreads()))
         return y
 
     def attn_decode(self, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k_slot: torch.Tensor,
@@ -128,7 +132,7 @@ class NativeKernels:
         _check(self.lib.si_attn_decode(_ptr(q, f32, "q"), hq, hkv, D, _ptr(k_slot, f32, "k_slot"), _ptr(v_slot, f32, "v_slot"), cap,
                                 _ptr(k_new, f32, "k_new"), _ptr(v_new, f32, "v_new"), row, fill,
                                 _ptr(cos, f32, "cos"), _ptr(sin, f32, "sin"), _ptr(q_cos, f32, "q_cos"),
-                                _ptr(q_sin, f32, "q_sin"), scale, _ptr(out, f32, "out"), torch.get_num_threads()))
+                                _ptr(q_sin, f32, "q_sin"), scale, _ptr(out, f32, "out"), self._nthreads()))
 
     def decode_layer(self, weights: tuple, h: torch.Tensor, k_layer: torch.Tensor, v_layer: torch.Tensor,
                      seqs: "SeqArrays", scale: float) -> None:
@@ -141,7 +145,7 @@ class NativeKernels:
             raise ValueError(f"decode_layer: h {tuple(h.shape)}, cache {tuple(k_layer.shape)}, {seqs.n} sequences")
         _check(self.lib.si_decode_layer(_ptr(h, torch.float32, "h"), B, hidden, *weights,
                                         _ptr(k_layer, torch.float32, "k_layer"), _ptr(v_layer, torch.float32, "v_layer"),
-                                        seqs.cap, *seqs.arrays, scale, torch.get_num_threads()))
+                                        seqs.cap, *seqs.arrays, scale, self._nthreads()))
 
 
 class SeqArrays:
