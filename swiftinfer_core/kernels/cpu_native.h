@@ -1,5 +1,5 @@
 /* Shared by the CPU decode kernels (cpu_native_*.c), which kernels/cpu_native.py
- * compiles together with the machine's C compiler (-O3 -march=native -fopenmp)
+ * compiles together with the machine's C compiler (-O3 -march=native -pthread)
  * into one library called through ctypes.
  *
  * Why C: a decode step of the default model on a 2-core box was half per-op
@@ -11,7 +11,7 @@
  * cpu_native_gguf.c the GGUF block products of quantization 'gguf';
  * cpu_native_attn.c one sequence's decode attention; cpu_native_layer.c a whole
  * Llama layer of a decode step; cpu_native_pool.c the worker threads of the
- * int8 products and the attention (the GGUF products use OpenMP).
+ * int8 and GGUF products and the attention.
  *
  * Tensors are float32 and contiguous unless said otherwise; sizes are int64.
  * Entry points (si_*) return 0, or -1 when scratch memory could not be had.

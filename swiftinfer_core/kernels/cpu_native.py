@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 SOURCES = [HERE / f"cpu_native_{part}.c" for part in ("gemv", "attn", "layer", "gguf", "pool")]
 HEADER = HERE / "cpu_native.h"
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-pthread", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-march=native", "-pthread", "-shared", "-fPIC"]
 PROLOGUES = {"none": 0, "rmsnorm": 1, "silu_mul": 2}  # cpu_native.h PRO_*
 
 _P, _I64, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float

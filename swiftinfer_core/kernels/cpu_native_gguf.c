@@ -11,7 +11,7 @@
  * vectors of 8 floats (nibbles masked apart), 4 FMAs with x give 8 lane sums that
  * are scaled by s into the row's 8 lane accumulators (one horizontal sum per row
  * and x row, not per group); o * sum(x_g) is added in scalar. Without: plain
- * loops. Rows of W are split over nthreads OpenMP threads; f16 through F16C
+ * loops. Blocks of 16 rows of W are split over nthreads pool threads (cpu_native_pool.c); f16 through F16C
  * where the machine has it. (Plain loops measured ~2 ns a weight on the
  * project's AVX2 box, one thread: GCC does not vectorise a float sum unasked.) */
 #include "cpu_native.h"
@@ -42,6 +42,97 @@ static inline float f16(uint16_t h) {
 
 enum { GG = 32, MAX_M = 64 };
 
+/* One product's operands, shared by the threads of pool_for (cpu_native_pool.c). */
+typedef struct {
+    const float *x, *xsum;
+    const uint8_t *qs;
+    const uint16_t *d, *mins;
+    float *y;
+    int64_t M, K, G, N, row_bytes;
+    int qtype;
+} GgufJob;
+
+enum { ROWS_PER_ITEM = 16 };
+
+/* y[:, n] for weight row n: each output is computed by one thread, whichever. */
+static void gguf_row(const GgufJob *j, int64_t n) {
+    const float *x = j->x, *xsum = j->xsum;
+    const uint16_t *d = j->d, *mins = j->mins;
+    const int64_t M = j->M, K = j->K, G = j->G, N = j->N;
+    const int qtype = j->qtype;
+    float *y = j->y;
+#if defined(__AVX2__) && defined(__FMA__)
+    __m256 acc[MAX_M];
+    float off[MAX_M];
+    for (int64_t m = 0; m < M; m++) acc[m] = _mm256_setzero_ps(), off[m] = 0.f;
+    const uint8_t *row = j->qs + n * j->row_bytes;
+    const __m128i mask = _mm_set1_epi8(0x0f);
+    for (int64_t g = 0; g < G; g++) {
+        __m256 w0, w1, w2, w3;
+        if (qtype == 0) {
+            const __m128i *q = (const __m128i *)(row + g * GG);
+            __m128i a = _mm_loadu_si128(q), b = _mm_loadu_si128(q + 1);
+            w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(a));
+            w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(a, 8)));
+            w2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+            w3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)));
+        } else {
+            __m128i b = _mm_loadu_si128((const __m128i *)(row + g * (GG / 2)));
+            __m128i lo = _mm_and_si128(b, mask), hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
+            w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));  /* inputs 0..7 */
+            w1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));  /* 8..15 */
+            w2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));  /* 16..23 */
+            w3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));  /* 24..31 */
+        }
+        const float s = f16(d[n * G + g]);
+        const float o = qtype == 0 ? 0.f : (qtype == 1 ? -8.f * s : f16(mins[n * G + g]));
+        const __m256 sv = _mm256_set1_ps(s);
+        for (int64_t m = 0; m < M; m++) {
+            const float *xg = x + m * K + g * GG;
+            __m256 p = _mm256_mul_ps(w0, _mm256_loadu_ps(xg));
+            p = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xg + 8), p);
+            p = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xg + 16), p);
+            p = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xg + 24), p);
+            acc[m] = _mm256_fmadd_ps(sv, p, acc[m]);
+            off[m] += o * xsum[m * G + g];
+        }
+    }
+    for (int64_t m = 0; m < M; m++) y[m * N + n] = hsum(acc[m]) + off[m];
+#else
+    float acc[MAX_M];
+    for (int64_t m = 0; m < M; m++) acc[m] = 0.f;
+    const uint8_t *row = j->qs + n * j->row_bytes;
+    for (int64_t g = 0; g < G; g++) {
+        float w[GG];
+        if (qtype == 0) {
+            const int8_t *q = (const int8_t *)row + g * GG;
+            for (int j = 0; j < GG; j++) w[j] = (float)q[j];
+        } else {
+            const uint8_t *q = row + g * (GG / 2);
+            for (int j = 0; j < GG / 2; j++) {
+                w[j] = (float)(q[j] & 0x0f);
+                w[j + GG / 2] = (float)(q[j] >> 4);
+            }
+        }
+        const float s = f16(d[n * G + g]);
+        const float o = qtype == 0 ? 0.f : (qtype == 1 ? -8.f * s : f16(mins[n * G + g]));
+        for (int64_t m = 0; m < M; m++) {
+            const float *xg = x + m * K + g * GG;
+            float dot = 0.f;
+            for (int j = 0; j < GG; j++) dot += w[j] * xg[j];
+            acc[m] += s * dot + o * xsum[m * G + g];
+        }
+    }
+    for (int64_t m = 0; m < M; m++) y[m * N + n] = acc[m];
+#endif
+}
+
+static void gguf_item(void *ctx, int64_t i) {
+    const GgufJob *j = (const GgufJob *)ctx;
+    const int64_t n1 = (i + 1) * ROWS_PER_ITEM < j->N ? (i + 1) * ROWS_PER_ITEM : j->N;
+    for (int64_t n = i * ROWS_PER_ITEM; n < n1; n++) gguf_row(j, n);
+}
+
 int si_gemv_gguf(const float *x, int64_t M, int64_t K, int qtype, const uint8_t *qs, const uint16_t *d,
                  const uint16_t *mins, float *y, int64_t N, int nthreads) {
     if (M > MAX_M || K % GG) return -1;
@@ -55,77 +146,9 @@ int si_gemv_gguf(const float *x, int64_t M, int64_t K, int qtype, const uint8_t 
             for (int j = 0; j < GG; j++) s += x[m * K + g * GG + j];
             xsum[m * G + g] = s;
         }
-    const int64_t row_bytes = qtype == 0 ? K : K / 2;
-#if defined(__AVX2__) && defined(__FMA__)
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t n = 0; n < N; n++) {
-        __m256 acc[MAX_M];
-        float off[MAX_M];
-        for (int64_t m = 0; m < M; m++) acc[m] = _mm256_setzero_ps(), off[m] = 0.f;
-        const uint8_t *row = qs + n * row_bytes;
-        const __m128i mask = _mm_set1_epi8(0x0f);
-        for (int64_t g = 0; g < G; g++) {
-            __m256 w0, w1, w2, w3;
-            if (qtype == 0) {
-                const __m128i *q = (const __m128i *)(row + g * GG);
-                __m128i a = _mm_loadu_si128(q), b = _mm_loadu_si128(q + 1);
-                w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(a));
-                w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(a, 8)));
-                w2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
-                w3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)));
-            } else {
-                __m128i b = _mm_loadu_si128((const __m128i *)(row + g * (GG / 2)));
-                __m128i lo = _mm_and_si128(b, mask), hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
-                w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));  /* inputs 0..7 */
-                w1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));  /* 8..15 */
-                w2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));  /* 16..23 */
-                w3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));  /* 24..31 */
-            }
-            const float s = f16(d[n * G + g]);
-            const float o = qtype == 0 ? 0.f : (qtype == 1 ? -8.f * s : f16(mins[n * G + g]));
-            const __m256 sv = _mm256_set1_ps(s);
-            for (int64_t m = 0; m < M; m++) {
-                const float *xg = x + m * K + g * GG;
-                __m256 p = _mm256_mul_ps(w0, _mm256_loadu_ps(xg));
-                p = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xg + 8), p);
-                p = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xg + 16), p);
-                p = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xg + 24), p);
-                acc[m] = _mm256_fmadd_ps(sv, p, acc[m]);
-                off[m] += o * xsum[m * G + g];
-            }
-        }
-        for (int64_t m = 0; m < M; m++) y[m * N + n] = hsum(acc[m]) + off[m];
-    }
-#else
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
-    for (int64_t n = 0; n < N; n++) {
-        float acc[MAX_M];
-        for (int64_t m = 0; m < M; m++) acc[m] = 0.f;
-        const uint8_t *row = qs + n * row_bytes;
-        for (int64_t g = 0; g < G; g++) {
-            float w[GG];
-            if (qtype == 0) {
-                const int8_t *q = (const int8_t *)row + g * GG;
-                for (int j = 0; j < GG; j++) w[j] = (float)q[j];
-            } else {
-                const uint8_t *q = row + g * (GG / 2);
-                for (int j = 0; j < GG / 2; j++) {
-                    w[j] = (float)(q[j] & 0x0f);
-                    w[j + GG / 2] = (float)(q[j] >> 4);
-                }
-            }
-            const float s = f16(d[n * G + g]);
-            const float o = qtype == 0 ? 0.f : (qtype == 1 ? -8.f * s : f16(mins[n * G + g]));
-            for (int64_t m = 0; m < M; m++) {
-                const float *xg = x + m * K + g * GG;
-                float dot = 0.f;
-                for (int j = 0; j < GG; j++) dot += w[j] * xg[j];
-                acc[m] += s * dot + o * xsum[m * G + g];
-            }
-        }
-        for (int64_t m = 0; m < M; m++) y[m * N + n] = acc[m];
-    }
-#endif
+    GgufJob job = {.x = x, .xsum = xsum, .qs = qs, .d = d, .mins = mins, .y = y, .M = M, .K = K, .G = G, .N = N,
+                   .row_bytes = qtype == 0 ? K : K / 2, .qtype = qtype};
+    pool_for((N + ROWS_PER_ITEM - 1) / ROWS_PER_ITEM, gguf_item, &job, nthreads);
     free(xsum);
     return 0;
 }

@@ -212,3 +212,30 @@ def test_attention_is_the_same_on_any_number_of_threads():
     for t in (2, 3, 4):
         for _ in range(20):
             assert torch.equal(_at_threads(t, call), one), t
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1"])
+def test_gguf_product_is_the_same_on_any_number_of_threads(qtype):
+    """The GGUF block product (cpu_native_gguf.c) on the worker pool: bit for bit one
+    thread's output at 2-4 threads, and the float64 product of the dequantised blocks."""
+    n, k, m = 1003, 576, 3
+    g = torch.Generator().manual_seed(len(qtype) + n)
+    if qtype == "Q8_0":
+        qs = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+        codes = qs.double()
+    else:
+        qs = torch.randint(0, 256, (n, k // 2), generator=g, dtype=torch.uint8)
+        lo, hi = (qs & 0x0F).double(), (qs >> 4).double()  # per 32-group: 16 low nibbles, then 16 high
+        codes = torch.cat([lo.view(n, -1, 16), hi.view(n, -1, 16)], -1).view(n, k)
+    d = (torch.rand(n, k // 32, generator=g) * 0.02 + 1e-3).half()
+    mins = (torch.randn(n, k // 32, generator=g) * 0.05).half() if qtype == "Q4_1" else None
+    x = torch.randn(m, k, generator=g)
+    call = lambda: KERNELS.gemv_gguf(x, qtype, qs, d, mins)
+    one = _at_threads(1, call)
+    scale = d.double().repeat_interleave(32, dim=1)
+    offset = {"Q8_0": 0.0, "Q4_0": -8.0 * scale, "Q4_1": mins.double().repeat_interleave(32, dim=1) if mins is not None else 0.0}[qtype]
+    w = codes * scale + offset
+    torch.testing.assert_close(one.double(), x.double() @ w.t(), rtol=1e-4, atol=1e-4)
+    for t in (2, 3, 4):
+        for _ in range(10):
+            assert torch.equal(_at_threads(t, call), one), t
