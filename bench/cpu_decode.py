@@ -88,23 +88,19 @@ def on_step_thread(eng: Engine, fn):
     bench/results/cpu_decode*.json ran our engines with one thread (checked for
     'auto': torch.get_num_threads() on the step thread read 1). llama.cpp's rows
     are unaffected (its own process, its own thread count)."""
-    import threading
-
-    box, done = [], threading.Event()
-    eng._post(lambda: (box.append(fn()), done.set()))
-    if not done.wait(30):
-        raise RuntimeError("the engine's step thread did not take the command")
-    return box[0]
+    return eng._on_step_thread(fn)
 
 
-def set_threads(eng: Engine, t: int) -> None:
+def set_threads(eng: Engine, t: int) -> int:
     """On the step thread: the engine's own setting where it has one (engine/cpu_threads.py:
-    decode steps run torch on one thread, the C kernels on t), else torch's count."""
+    decode steps run torch on one thread, the C kernels on t), else torch's count; returns
+    the count now in force."""
     threads = getattr(eng.core, "cpu_threads", None)
     if threads is not None:
         threads.set(t)
-    else:
-        torch.set_num_threads(t)
+        return threads.count
+    torch.set_num_threads(t)
+    return torch.get_num_threads()
 
 
 def plot(out: dict, path: Path) -> None:

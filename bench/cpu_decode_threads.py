@@ -11,10 +11,10 @@ temporary folder (the ctypes signatures must be the same). Same measured turn as
 bench/cpu_decode.py (fresh session, ~74-token prompt, ``max_tokens`` with
 ``ignore_eos``; tok/s after the first token).
 
-Threads: the kernels use torch.get_num_threads() of the thread that calls them,
-the engine's step thread. torch.set_num_threads sets only the calling thread's
-OpenMP count (and what threads it starts later inherit), so it is set here on the
-step thread itself (posted through the engine's inbox, read back the same way).
+Threads: set on the engine's step thread itself (bench/cpu_decode.py set_threads,
+posted through the engine's inbox): the engine's own setting where it has one
+(engine/cpu_threads.py), else torch.set_num_threads, which sets only the calling
+thread's OpenMP count (and what threads it starts later inherit).
 
 Rounds alternate between (library, threads) pairs. Load from other processes is
 measured per turn as the CPU time all other processes took during it
@@ -38,11 +38,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
 
 from bench.common import header  # noqa: E402
-from bench.cpu_decode import PROMPT, _cpu_flags, _cpu_name, _loadavg, on_step_thread, set_threads  # noqa: E402
-from swiftinfer_core.config import EngineConfig, SamplingParams  # noqa: E402
+from bench.cpu_decode import _cpu_flags, _cpu_name, _loadavg, on_step_thread, set_threads  # noqa: E402
+from bench.cpu_decode import one_turn as cpu_decode_turn  # noqa: E402
+from swiftinfer_core.config import EngineConfig  # noqa: E402
 from swiftinfer_core.engine.engine import Engine  # noqa: E402
 from swiftinfer_core.kernels import cpu_native  # noqa: E402
 
@@ -74,18 +74,13 @@ def cpu_busy_s() -> tuple[float, float]:
 
 
 def one_turn(eng: Engine, sid: str, tokens: int) -> dict:
-    params = SamplingParams(max_tokens=tokens, ignore_eos=True)
+    """bench/cpu_decode.py's measured turn, with the CPU others used meanwhile."""
     b0, s0 = cpu_busy_s()
     t0 = time.perf_counter()
-    first, n = None, 0
-    for chunk in eng.chat_sync(sid, [{"role": "user", "content": PROMPT}], params):
-        if first is None and chunk.token_ids:
-            first = time.perf_counter()
-        n += len(chunk.token_ids)
-    end = time.perf_counter()
+    res = cpu_decode_turn(eng, sid, tokens)
+    wall = time.perf_counter() - t0
     b1, s1 = cpu_busy_s()
-    return {"ttft_s": first - t0, "tok_s": (n - 1) / (end - first), "tokens": n,
-            "others_cpu_per_s": max(0.0, (b1 - b0) - (s1 - s0)) / (end - t0), "self_cpu_per_s": (s1 - s0) / (end - t0)}
+    return res | {"others_cpu_per_s": max(0.0, (b1 - b0) - (s1 - s0)) / wall, "self_cpu_per_s": (s1 - s0) / wall}
 
 
 def plot(out: dict, path: Path) -> None:
@@ -147,7 +142,7 @@ def main() -> None:
         turns = []
         for name, t in pairs:
             eng = engines[name]
-            seen = on_step_thread(eng, lambda t=t: (set_threads(eng, t), t if getattr(eng.core, 'cpu_threads', None) else torch.get_num_threads())[1])
+            seen = on_step_thread(eng, lambda t=t: set_threads(eng, t))
             if seen != t:
                 raise SystemExit(f"the step thread runs {seen} threads, not {t}")
             sid = f"l{list(libs).index(name)}-{t}-{r}"

@@ -19,9 +19,9 @@ from swiftinfer_core.kernels.cpu_native import NativeKernels
 
 
 class StepThreads:
-    def __init__(self, kernels: NativeKernels, count: int | None = None):
+    def __init__(self, kernels: NativeKernels):
         self.kernels = kernels
-        self.count = count or torch.get_num_threads()  # the step thread's count at build: EngineConfig / cpu_threads
+        self.count = torch.get_num_threads()  # the step thread's count at build: EngineConfig / cpu_threads
 
     def set(self, count: int) -> None:
         """Threads for later steps (call on the step thread, between steps)."""

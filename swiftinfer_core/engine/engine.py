@@ -57,8 +57,9 @@ class Engine(EngineProtocol):
         # count more threads than cores, and it then sleeps between parallel regions
         # (default model, int8, 2 threads, 74-token prompt: first token 250 ms with
         # the load on the caller's thread, 120 ms on the step thread).
-        build = threading.Event() if core is None and torch_device(self.config).type == "cpu" else None
-        self.core = core if core is not None or build is not None else EngineCore(self.config)
+        self._on_cpu = torch_device(self.config).type == "cpu"
+        self.core = core if core is not None or self._on_cpu else EngineCore(self.config)
+        build = threading.Event() if self.core is None else None
         self._build_error: BaseException | None = None
         self._lock = threading.Lock()  # held by a step, or by one API call between steps
         self._gate = threading.Condition()
@@ -292,25 +293,32 @@ class Engine(EngineProtocol):
 
     def warm_up(self) -> None:
         """Compile the kernels before the first real turn (EngineCore.warm_up). On a
-        CPU it runs as a step-thread command (see __init__), waited for here."""
-        if torch_device(self.config).type != "cpu":
+        CPU it runs on the step thread (see __init__)."""
+        if self._on_cpu:
+            self._on_step_thread(self.core.warm_up)
+        else:
             with self._api():
                 self.core.warm_up()
-            return
+
+    def _on_step_thread(self, fn: Callable[[], object]) -> object:
+        """fn() as an inbox command (run between steps, normally by the step thread),
+        waited for; its result returned, its exception raised here."""
         done, box = threading.Event(), []
 
         def run() -> None:
             try:
-                self.core.warm_up()
-            except BaseException as exc:  # raised in the caller below
-                box.append(exc)
+                box.append((True, fn()))
+            except BaseException as exc:
+                box.append((False, exc))
             finally:
                 done.set()
 
         self._post(run)
         done.wait()
-        if box:
-            raise box[0]
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
 
     def inject_device_fault(self, sticky: bool = False) -> None:
         """Test-only (engine/faults.py): the next step faults on the device."""
