@@ -1,13 +1,21 @@
 """Issue 6, bench 2: batched decode throughput and inter-token latency.
 
-Llama-2-7B shape, random bf16 weights, B concurrent sequences with full caches
+Llama-2-7B shape (``--shape``), random bf16 weights, B concurrent sequences with full caches
 (long conversations: every step reads the whole 4+W cache of every sequence),
 one CUDA graph per step, tokens handed to the host every step. For each B:
 aggregate tokens/s, ITL p50/p99 (wall time between consecutive steps), and the
 fraction of the roofline step time (weights once + B caches) / copy bandwidth.
 B = 1, 8, 32, 128 (where it fits) and the most sequences whose caches fit.
 
-    python3 bench/batched_decode.py [--windows 1020 2044] [--out DIR]
+``--breakdown`` (issue 12: why a step is not at its roofline): one eager step of the
+``engine`` variant under torch.profiler, its GPU kernel time split into decode
+attention (the split and combine kernels, against the KV bytes it reads), the
+weight products (GEMMs, against the weight bytes) and the rest (norms, RoPE-free
+elementwise work, cache writes, argmax), each with its bytes / time. The same
+kernels run inside the graph, so their sum is the graph step's GPU time less
+launch gaps.
+
+    python3 bench/batched_decode.py [--shape llama3.1-8b] [--windows 1020 2044] [--breakdown] [--out DIR]
 """
 
 from __future__ import annotations
@@ -47,8 +55,42 @@ def measure(model, args, layout, B, dev, variant: str, steps: int) -> dict:
     return r
 
 
+ATTENTION = ("_decode_split_kernel", "decode_combine_kernel")
+WEIGHTS = ("gemm", "gemv", "nvjet", "cutlass", "xmma", "sm90_", "cublas")
+
+
+def kernel_breakdown(model, args, layout, B, dev, reps: int = 3) -> dict:
+    """GPU kernel ms of one decode step of the ``engine`` variant by family (mean of ``reps`` eager steps)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    dec = models.OurDecoder(model, args, layout, B, dev, "engine")
+    dec._step()  # compile first
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            dec._step()
+        torch.cuda.synchronize()
+    del dec
+    torch.cuda.empty_cache()
+    fam = {"attention_ms": 0.0, "weights_ms": 0.0, "other_ms": 0.0}
+    top: list[tuple[float, str]] = []
+    for ev in prof.key_averages():
+        us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
+        if not us or ev.key.startswith("cuda"):  # runtime calls, not kernels
+            continue
+        name = ev.key.lower()
+        key = "attention_ms" if any(a.lower() in name for a in ATTENTION) else "weights_ms" if any(w in name for w in WEIGHTS) else "other_ms"
+        fam[key] += us / 1e3 / reps
+        top.append((us / 1e3 / reps, ev.key[:80]))
+    top.sort(reverse=True)
+    return {**fam, "kernel_ms": sum(fam.values()), "top_kernels": [{"ms": round(ms, 4), "name": n} for ms, n in top[:12]]}
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="llama2-7b", choices=sorted(models.SHAPES))
+    ap.add_argument("--name", default="batched_decode")
+    ap.add_argument("--breakdown", action="store_true", help="kernel time by family per (cache, B), engine variant")
     ap.add_argument("--windows", nargs="+", type=int, default=[1020, 2044])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32, 128])
     ap.add_argument("--steps", type=int, default=40)
@@ -59,7 +101,7 @@ def main():
     dev = torch.device("cuda")
     bw = common.copy_bandwidth()
     print(f"copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
-    args = models.model_args("llama2-7b")
+    args = models.model_args(a.shape)
     model = build_model(args, dev)
     w_bytes = models.weight_bytes_read(args)
     rows = []
@@ -76,10 +118,26 @@ def main():
                 r = measure(model, args, layout, B, dev, variant, a.steps)
                 r.update(cache=f"4+{window}", B=B, variant=variant, max_fit=B == max_fit,
                          roofline_step_ms=roof_s * 1e3, roofline_tok_s=B / roof_s, frac_roofline=roof_s * 1e3 / r["itl_p50_ms"])
+                if a.breakdown and variant == "engine":
+                    try:
+                        b = kernel_breakdown(model, args, layout, B, dev)
+                    except Exception as e:  # keep the timed row; say why the split is missing
+                        r["breakdown_error"] = repr(e)
+                        print(f"      breakdown failed: {e!r}", flush=True)
+                        b = None
+                    kv = B * per_seq
+                if a.breakdown and variant == "engine" and b is not None:
+                    r.update(b, attention_TBps=kv / (b["attention_ms"] * 1e-3) / 1e12 if b["attention_ms"] else None,
+                             weights_TBps=w_bytes / (b["weights_ms"] * 1e-3) / 1e12 if b["weights_ms"] else None,
+                             attention_roofline_ms=kv / bw * 1e3, weights_roofline_ms=w_bytes / bw * 1e3)
                 rows.append(r)
                 print(f"  B={B:4d} {variant:8s}: {r['tok_s']:9.1f} tok/s  ITL p50 {r['itl_p50_ms']:.2f} p99 {r['itl_p99_ms']:.2f} ms  "
                       f"{r['frac_roofline']:.2f} of roofline", flush=True)
-    common.write_results("batched_decode", {"copy_bw_Bps": bw, "model": "llama2-7b shape", "weight_bytes": w_bytes, "rows": rows}, a.out)
+                if "kernel_ms" in r:
+                    print(f"      kernels {r['kernel_ms']:.2f} ms: attention {r['attention_ms']:.2f} ms ({r['attention_TBps'] or 0:.2f} TB/s, "
+                          f"roofline {r['attention_roofline_ms']:.2f}), weights {r['weights_ms']:.2f} ms ({r['weights_TBps'] or 0:.2f} TB/s, "
+                          f"roofline {r['weights_roofline_ms']:.2f}), other {r['other_ms']:.2f} ms", flush=True)
+    common.write_results(a.name, {"copy_bw_Bps": bw, "model": f"{a.shape} shape", "weight_bytes": w_bytes, "rows": rows}, a.out)
 
     import matplotlib
 
@@ -101,10 +159,11 @@ def main():
         ax.legend(fontsize=7)
     ax1.set_ylabel("tokens/s (aggregate)")
     ax2.set_ylabel("inter-token latency, ms")
-    ax1.set_title(f"Llama-2-7B shape, bf16, {common.device_info().get('name')}")
-    common.save_plot("batched_decode", fig, a.out)
+    ax1.set_title(f"{a.shape} shape, bf16, {common.device_info().get('name')}")
+    common.save_plot(a.name, fig, a.out)
     print()
-    print(common.table(rows, ["cache", "B", "variant", "tok_s", "itl_p50_ms", "itl_p99_ms", "roofline_tok_s", "frac_roofline"]))
+    cols = ["cache", "B", "variant", "tok_s", "itl_p50_ms", "itl_p99_ms", "roofline_tok_s", "frac_roofline"]
+    print(common.table(rows, cols + (["attention_ms", "attention_roofline_ms", "weights_ms", "weights_roofline_ms", "other_ms"] if a.breakdown else [])))
 
 
 if __name__ == "__main__":

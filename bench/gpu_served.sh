@@ -17,6 +17,11 @@
 #      TOKEN_COUNTS (set: the load client asks for logprobs, so each chunk lists its tokens and the
 #      report has ITL per token; adds the logprob work to every served step, not to the engine's),
 #      ENGINE_ARGS (extra bench/engine_batches.py flags for step 1, e.g. --no-piecewise),
+#      PROFILE_N (set: after the proc runs, a 16-round closed loop at that N under py-spy, bench/served_7b_profile.md's
+#      recipe; the py-spy wheel from PROF_WHL, default .carry/prof, e.g. parked in /tmp by an earlier call when the
+#      carry is full),
+#      TRACE (set: the proc step's engine writes a step trace, engine/step_trace.py, summarised per N by
+#      bench/step_trace_report.py into ${NAME}_trace.json/png; costs a json.dumps per step),
 #      PACE_MS (stream_interval_ms of the served runs, default 50: each stream's chunks are at most
 #      this often, so it sets the streamed objects per second through the ingress and the proxy).
 # carry [".whl", ".carry/$MODEL"]; everything lands in $OUT/results.tgz; a short table last.
@@ -55,7 +60,7 @@ serve_closed() {  # serve_closed LABEL ENGINE_PROCESS EXTRA_YAML ENGINE_YAML SIZ
 }
 profile_run() {  # a longer closed loop at N with py-spy (20 s, 50 Hz) on every Serve process and top samples
   local n=$1
-  python3 -m pip install -q --no-index --no-deps --target /tmp/spy .carry/prof/*.whl
+  python3 -m pip install -q --no-index --no-deps --target /tmp/spy "${PROF_WHL:-.carry/prof}"/*.whl
   python3 bench/load.py --url http://127.0.0.1:8000 --sessions "$n" --rate 1000 --think-s 0 --rounds 16 --max-tokens 64 \
     --prompt-words 24 --timeout-s 120 --retry-s 60 --model llama2-7b-random --name "${NAME}_profile_$n" --out /tmp/prof_load > "$OUT/profile_load.log" 2>&1 &
   local load=$!
@@ -71,7 +76,11 @@ profile_run() {  # a longer closed loop at N with py-spy (20 s, 50 Hz) on every 
   tail -4 "$OUT/profile_load.log"
   tar czf "$OUT/prof.tgz" -C "$OUT" prof && rm -rf "$OUT/prof"
 }
-want proc && serve_closed proc true "" "" $SIZES
+want proc && serve_closed proc true "" "${TRACE:+\n        step_trace: \/tmp\/trace\/engine.jsonl}" $SIZES
+if [ -n "${TRACE:-}" ] && want proc; then
+  step trace_report 60 python3 bench/step_trace_report.py /tmp/trace/*.jsonl --name "${NAME}_trace" --out "$OUT" --labels $(printf 'N=%s ' $SIZES) ${PROFILE_N:+profiled_N=$PROFILE_N}
+  cp /tmp/trace/*.jsonl "$OUT/" 2>/dev/null
+fi
 want split && serve_closed split true "" "\n        split_mixed_steps: true" ${SPLIT_SIZES:-$SIZES}
 want nopiece && serve_closed nopiece true "" "\n        piecewise_graphs: false" ${NOPIECE_SIZES:-$SIZES}
 want before && [ -n "$BEFORE_SIZES" ] && serve_closed before true "\n      stream_max_chunks_per_s: 0\n      owner_cache_s: 0" "" $BEFORE_SIZES

@@ -11,6 +11,9 @@ KV pool, every path on the same inputs), median ms of ModelRunner's step paths:
 
 and for prefill alone (B = 0) eager against piecewise. The piecewise logits are
 checked against the eager ones (max abs difference of the chunk's last row).
+``*_host_ms``: how long the host takes to issue the step (the call returning,
+before any sync). Near the step's ms, the step waits on the host's launches, not
+on the GPU.
 
     python bench/mixed_step.py --model DIR [--decode 64 128 191] [--chunks 40 256] [--out DIR]
 """
@@ -18,7 +21,9 @@ checked against the eager ones (max abs difference of the chunk's last row).
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -70,16 +75,31 @@ def main() -> int:
                 r["decode_ms"] = 1e3 * common.time_eager(lambda: run.graphs.run(dec_ids, slots, starts), reps=a.reps)
                 r["split_ms"] = 1e3 * common.time_eager(split, reps=a.reps)
             r["eager_ms"] = 1e3 * common.time_eager(eager, reps=a.reps)
+            r["eager_host_ms"] = 1e3 * host_time(eager, a.reps)
             ref = eager()[-1].float()
             run.piecewise = pw
             r["piecewise_ms"] = 1e3 * common.time_eager(eager, reps=a.reps) if pw.fits(len(ids)) else None
+            r["piecewise_host_ms"] = 1e3 * host_time(eager, a.reps) if pw.fits(len(ids)) else None
             r["piecewise_max_abs_diff"] = (eager()[-1].float() - ref).abs().max().item() if pw.fits(len(ids)) else None
             rows.append(r)
             print(r, flush=True)
     common.write_results(a.name, {"command": " ".join(sys.argv), "model": a.model, "cache": f"4+{a.window}", "rows": rows}, a.out)
     plot(rows, a.name, a.out)
-    print(common.table(rows, ["decode_rows", "chunk", "decode_ms", "split_ms", "eager_ms", "piecewise_ms", "piecewise_max_abs_diff"]))
+    print(common.table(rows, ["decode_rows", "chunk", "decode_ms", "split_ms", "eager_ms", "eager_host_ms", "piecewise_ms",
+                              "piecewise_host_ms", "piecewise_max_abs_diff"]))
     return 0
+
+
+def host_time(fn, reps: int) -> float:
+    """Median seconds for ``fn`` to return (its work issued, not waited for), the GPU idle at each start."""
+    ts = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    torch.cuda.synchronize()
+    return statistics.median(ts)
 
 
 def plot(rows: list[dict], name: str, out: str | None) -> None:

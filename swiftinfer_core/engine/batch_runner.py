@@ -7,6 +7,8 @@ replay a decode graph, which run eagerly, prompt scores, penalties, sampling.
 
 from __future__ import annotations
 
+from enum import Enum
+
 import torch
 
 from swiftinfer_core.engine.penalties import RowAdjust
@@ -17,9 +19,19 @@ from swiftinfer_core.engine.session import TurnState
 from swiftinfer_core.runner.model_runner import ModelRunner
 
 
+class StepPath(str, Enum):
+    """How a step ran (the last one: ``BatchRunner.path``; engine/step_trace.py records it)."""
+
+    GRAPH = "graph"  # decode rows only, one CUDA graph replay
+    SPLIT = "split"  # decode graph + an eager pass for the chunks (split_mixed_steps)
+    PIECEWISE = "piecewise"  # graphs between attention calls (runner/piecewise.py)
+    EAGER = "eager"  # one eager forward (CPU, no graphs, or a step past the piecewise buckets)
+
+
 class BatchRunner:
     def __init__(self, runner: ModelRunner):
         self.runner = runner
+        self.path = StepPath.EAGER
 
     def run(self, batch: ScheduledBatch) -> tuple[list[int | None], list[TokenLogprobs | None], dict[int, list[TokenLogprobs]]]:
         """Sampled token per sequence (None where a prefill chunk ends mid-input),
@@ -33,13 +45,16 @@ class BatchRunner:
         so the step reads the weights once (a graph for the decode rows plus an
         eager pass for the chunks, ``split_mixed``, read them twice)."""
         seqs = batch.seqs
-        decode = [i for i, s in enumerate(seqs) if len(s.token_ids) == 1 and s.turn.state is TurnState.DECODE]
+        decode = [i for i, s in enumerate(seqs) if s.decode]
         taken = set(decode)
         rest = [i for i in range(len(seqs)) if i not in taken]
         if self.runner.graphs is not None and decode and self.runner.graphs.fits(len(decode)) and (not rest or self.runner.split_mixed):
             parts = [self._graph(seqs, decode)] + ([self._eager(seqs, rest)] if rest else [])
+            self.path = StepPath.SPLIT if rest else StepPath.GRAPH
         else:
             parts = [self._eager(seqs, decode + rest)]
+            pw = self.runner.piecewise
+            self.path = StepPath.PIECEWISE if pw is not None and pw.fits(batch.num_tokens) else StepPath.EAGER
         order = [i for idx, _, _ in parts for i in idx]
         logits = parts[0][1] if len(parts) == 1 else torch.cat([lg for _, lg, _ in parts])
         scores = {i: sc for _, _, part in parts for i, sc in part.items()}

@@ -25,6 +25,7 @@ from swiftinfer_core.engine.postprocess import Postprocessor, TurnEvent
 from swiftinfer_core.engine.scheduler import Scheduler
 from swiftinfer_core.engine.session import Choices, Session, Turn, TurnState
 from swiftinfer_core.engine.slots import SlotKeeper
+from swiftinfer_core.engine.step_trace import StepTrace
 from swiftinfer_core.errors import (
     InvalidRequestError,
     PromptTooLongError,
@@ -78,6 +79,7 @@ class EngineCore:
         self.post = Postprocessor(self.scheduler, m.pool, self.format, self.eos_ids)
         decoder = getattr(m.model, "cpu_decode", None)  # set where the C decode kernels run (runner/build.py)
         self.cpu_threads = StepThreads(decoder.kernels) if decoder is not None else None
+        self.trace = StepTrace(cfg.step_trace) if cfg.step_trace else None
 
     # ---- API (called under the engine lock) ----
 
@@ -167,6 +169,8 @@ class EngineCore:
         if turn.state is TurnState.DONE:
             return
         turn.aborted = True
+        if self.trace is not None:
+            self.trace.forget(turn)
         self.scheduler.remove(turn)
         self.post.finish(turn, FinishReason.ABORT)
 
@@ -253,6 +257,8 @@ class EngineCore:
 
     def close(self) -> None:
         """Free what the runner holds outside this process (tensor-parallel workers)."""
+        if self.trace is not None:
+            self.trace.flush()
         self.runner.close()
 
     def warm_up(self) -> None:
@@ -268,6 +274,7 @@ class EngineCore:
         sampled = SamplingParams(max_tokens=4, ignore_eos=True, temperature=0.8, top_p=0.9, seed=0, logprobs=True, top_logprobs=2)
         counters = self.post.tokens_generated, self.post.tokens_prefilled
         ids = ["__warmup_a__", "__warmup_b__"]
+        trace, self.trace = self.trace, None  # compile-time steps would only blur the trace
         try:
             first = self.add_turn(ids[0], [{"role": "user", "content": "warm up"}], params)
             while first.state is not TurnState.DECODE and first.session.turn is first:
@@ -280,19 +287,26 @@ class EngineCore:
                 if sid in self.sessions:
                     self.close_session(sid)
             self.post.tokens_generated, self.post.tokens_prefilled = counters
+            self.trace = trace
 
     # ---- the loop ----
 
     def step(self) -> list[TurnEvent]:
+        t_start = time.monotonic()
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return []
         if self.cpu_threads is not None:
             self.cpu_threads.before_step(batch.is_decode)
+        t_run = time.monotonic()
         sampled, logprobs, scores = self.batches.run(batch)
         for i, items in scores.items():
             batch.seqs[i].turn.prompt_logprobs.extend(items)
-        return self.post(batch, sampled, logprobs)
+        t_post = time.monotonic()
+        events = self.post(batch, sampled, logprobs)
+        if self.trace is not None:
+            self.trace.record(batch, self.batches.path, t_start, t_run, t_post, time.monotonic(), len(self.scheduler.waiting))
+        return events
 
     def _fork(self, turn: Turn) -> list[Turn]:
         """The turn's input is fed but for its last token: copy its cache into the

@@ -25,6 +25,7 @@ class ScheduledSeq:
     start: int  # stream index of token_ids[0] in the session's cache
     token_ids: list[int]
     sample: bool  # the model's last-row logits are needed (end of input, or decode)
+    decode: bool = False  # one generated token of a decoding turn (else a prefill chunk)
 
 
 @dataclass
@@ -37,7 +38,7 @@ class ScheduledBatch:
 
     @property
     def is_decode(self) -> bool:
-        return all(len(s.token_ids) == 1 and s.turn.state is TurnState.DECODE for s in self.seqs)
+        return all(s.decode for s in self.seqs)
 
 
 class Scheduler:
@@ -79,7 +80,7 @@ class Scheduler:
         batch, budget = ScheduledBatch(), self.max_batch_tokens
         for turn in self.running:
             if turn.state is TurnState.DECODE and budget > 0:
-                batch.seqs.append(ScheduledSeq(turn, turn.session.n, [turn.next_token], sample=True))
+                batch.seqs.append(ScheduledSeq(turn, turn.session.n, [turn.next_token], sample=True, decode=True))
                 budget -= 1
         for turn in self.running:
             if turn.state is TurnState.PREFILL and budget > 0:
