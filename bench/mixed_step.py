@@ -11,6 +11,9 @@ KV pool, every path on the same inputs), median ms of ModelRunner's step paths:
 
 and for prefill alone (B = 0) eager against piecewise. The piecewise logits are
 checked against the eager ones (max abs difference of the chunk's last row).
+``--profile``: the GPU kernels of one decode-graph step and one piecewise step per
+case under torch.profiler (the kernels inside graph replays included), summed by
+family: decode attention, prefill attention, weight products, the rest.
 ``*_host_ms``: how long the host takes to issue the step (the call returning,
 before any sync). Near the step's ms, the step waits on the host's launches, not
 on the GPU.
@@ -44,6 +47,7 @@ def main() -> int:
     ap.add_argument("--slots", type=int, default=192)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--name", default="mixed_step")
+    ap.add_argument("--profile", action="store_true", help="kernel time by family of the decode and piecewise steps")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     cfg = EngineConfig(model=a.model, load_format="random", device="cuda", dtype="bfloat16", sink_tokens=4,
@@ -81,13 +85,53 @@ def main() -> int:
             r["piecewise_ms"] = 1e3 * common.time_eager(eager, reps=a.reps) if pw.fits(len(ids)) else None
             r["piecewise_host_ms"] = 1e3 * host_time(eager, a.reps) if pw.fits(len(ids)) else None
             r["piecewise_max_abs_diff"] = (eager()[-1].float() - ref).abs().max().item() if pw.fits(len(ids)) else None
+            if a.profile:
+                if pw.fits(len(ids)):
+                    r["piecewise_kernels"] = kernel_families(eager)
+                if B:
+                    r["decode_kernels"] = kernel_families(lambda: run.graphs.run(dec_ids, slots, starts))
             rows.append(r)
             print(r, flush=True)
+    for r in rows:
+        for key in ("decode_kernels", "piecewise_kernels"):
+            if key in r:
+                k = r[key]
+                print(f"B={r['decode_rows']} +{r['chunk']} {key}: total {k['total']:.2f} ms = decode attn {k['decode_attention']:.2f}"
+                      f" + prefill attn {k['prefill_attention']:.2f} + weights {k['weights']:.2f} + other {k['other']:.2f}; top: "
+                      + "; ".join(f"{t['name'][:40]} {t['ms']:.2f}x{t['calls']}" for t in k["top"][:4]), flush=True)
     common.write_results(a.name, {"command": " ".join(sys.argv), "model": a.model, "cache": f"4+{a.window}", "rows": rows}, a.out)
     plot(rows, a.name, a.out)
     print(common.table(rows, ["decode_rows", "chunk", "decode_ms", "split_ms", "eager_ms", "eager_host_ms", "piecewise_ms",
                               "piecewise_host_ms", "piecewise_max_abs_diff"]))
     return 0
+
+
+FAMILIES = (("decode_attention", ("_decode_split_kernel", "decode_combine")), ("prefill_attention", ("prefill",)),
+            ("weights", ("gemm", "gemv", "nvjet", "cutlass", "xmma", "sm90_", "cublas")))
+
+
+def kernel_families(fn, reps: int = 3) -> dict:
+    """GPU ms per call of ``fn`` by kernel family, and its top kernels (torch.profiler, CUDA activity)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    out = {f: 0.0 for f, _ in FAMILIES} | {"other": 0.0}
+    top = []
+    for ev in prof.key_averages():
+        us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
+        if not us or ev.key.startswith("cuda"):
+            continue
+        name = ev.key.lower()
+        fam = next((f for f, keys in FAMILIES if any(k.lower() in name for k in keys)), "other")
+        out[fam] += us / 1e3 / reps
+        top.append({"ms": round(us / 1e3 / reps, 4), "calls": ev.count // reps, "name": ev.key[:90]})
+    top.sort(key=lambda t: -t["ms"])
+    return {k: round(v, 4) for k, v in out.items()} | {"total": round(sum(out.values()), 4), "top": top[:10]}
 
 
 def host_time(fn, reps: int) -> float:
