@@ -13,7 +13,11 @@ layout.py with shift = rope_shift(n + c - 1):
     window key u at u - shift,   query for window keys at t - shift
     sink key u   at u,           query for sink keys   at min(t, cap - 1)
 
-so every angle stays in [-chunk, cap). Keys come from four disjoint ranges,
+so every angle stays in [-chunk, cap). On a GPU the angles' sines and cosines come
+from the hardware unit after rope_tl's exact reduction (FAST, as in decode): with
+libdevice's ~100-instruction calls the three [BLOCK_M, D/2] / [BLOCK_N, D/2] tables
+of every program made a 40-token chunk's attention ~60 us a layer on an H200
+(bench/results/mixed_step_7b_r2.json). Keys come from four disjoint ranges,
 each with one query rotation and one source, walked in BLOCK_N tiles of
 consecutive stream indices (so consecutive positions: rope_tl.rotate_tile):
 
@@ -40,7 +44,7 @@ import triton.language as tl
 
 from swiftinfer_core.kernels import rope_tl
 from swiftinfer_core.kernels.triton_shapes import check_triton_heads, fit_tiles, max_shared_memory
-from swiftinfer_core.kernels.triton_common import LOG2E, dot_precision, mma_dtype, padded, score
+from swiftinfer_core.kernels.triton_common import LOG2E, dot_precision, interpreting, mma_dtype, padded, score
 
 
 @triton.jit
@@ -87,6 +91,7 @@ def _prefill_kernel(
     GROUP: tl.constexpr, HALF: tl.constexpr, HALF_PAD: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_CAP: tl.constexpr, HAS_ALIBI: tl.constexpr, MMA: tl.constexpr, PREC: tl.constexpr, FP8: tl.constexpr,
+    FAST: tl.constexpr,
 ):
     mt = tl.program_id(0)
     b = tl.program_id(1)
@@ -119,12 +124,12 @@ def _prefill_kernel(
     reach = SLIDING  # a local (sliding-window) layer sees key u only while t - u < it (else 2**62)
     pw = ((n - shift).to(tl.int32) + offs_m).to(tl.float32)  # t - shift
     pk = tl.minimum(n + offs_m, cap - 1).to(tl.float32)  # min(t, cap-1)
-    cw, sw = rope_tl.cos_sin(pw[:, None], f[None, :])
-    ck, sk = rope_tl.cos_sin(pk[:, None], f[None, :])
+    cw, sw = rope_tl.cos_sin(pw[:, None], f[None, :], FAST)
+    ck, sk = rope_tl.cos_sin(pk[:, None], f[None, :], FAST)
     qw1, qw2 = rope_tl.rotate(q1, q2, cw, sw)
     qs1, qs2 = rope_tl.rotate(q1, q2, ck, sk)
     qw1, qw2, qs1, qs2 = qw1.to(MMA), qw2.to(MMA), qs1.to(MMA), qs2.to(MMA)
-    ci, si = rope_tl.offset_table(f, BLOCK_N)
+    ci, si = rope_tl.offset_table(f, BLOCK_N, FAST)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -145,7 +150,7 @@ def _prefill_kernel(
         k1 = tl.load(kp, mask=valid[:, None] & hmask, other=0.0).to(tl.float32)
         k2 = tl.load(kp + HALF, mask=valid[:, None] & hmask, other=0.0).to(tl.float32)
         v = tl.load(vc + u[:, None] * sc_r + offs_d[None, :], mask=valid[:, None] & dmask, other=0.0)
-        k1, k2 = rope_tl.rotate_tile(k1, k2, k0, f, ci, si)
+        k1, k2 = rope_tl.rotate_tile(k1, k2, k0, f, ci, si, FAST)
         vis = valid[None, :] & (t[:, None] - u[None, :] < reach)
         dist = pk[:, None] - u.to(tl.float32)[None, :]
         ks, vs = _scales(ksc, vsc, u, valid, FP8)
@@ -168,7 +173,7 @@ def _prefill_kernel(
         k1 = tl.load(kp, mask=valid[:, None] & hmask, other=0.0).to(tl.float32)
         k2 = tl.load(kp + HALF, mask=valid[:, None] & hmask, other=0.0).to(tl.float32)
         v = tl.load(vc + row[:, None] * sc_r + offs_d[None, :], mask=valid[:, None] & dmask, other=0.0)
-        k1, k2 = rope_tl.rotate_tile(k1, k2, pos0 + k0, f, ci, si)
+        k1, k2 = rope_tl.rotate_tile(k1, k2, pos0 + k0, f, ci, si, FAST)
         # key u = n + du + i; query t = n + offs_m: distances need no stream index
         vis = valid[None, :] & ((du + i)[None, :] >= offs_m[:, None] - WINDOW + 1)
         vis = vis & (offs_m[:, None] - (du + i)[None, :] < reach)
@@ -186,7 +191,7 @@ def _prefill_kernel(
         k1 = tl.load(kp, mask=valid[:, None] & hmask, other=0.0).to(tl.float32)
         k2 = tl.load(kp + HALF, mask=valid[:, None] & hmask, other=0.0).to(tl.float32)
         v = tl.load(vn + i[:, None] * sn_t + offs_d[None, :], mask=valid[:, None] & dmask, other=0.0)
-        k1, k2 = rope_tl.rotate_tile(k1, k2, n.to(tl.int32) + k0, f, ci, si)
+        k1, k2 = rope_tl.rotate_tile(k1, k2, n.to(tl.int32) + k0, f, ci, si, FAST)
         vis = valid[None, :] & (i[None, :] <= offs_m[:, None]) & (offs_m[:, None] - i[None, :] < reach)
         dist = pk[:, None] - (n + i).to(tl.float32)[None, :]
         acc, m_i, l_i = _attend(acc, m_i, l_i, qs1, qs2, k1, k2, v, vis, dist, slope, scale_log2, SCALE_CAP, CAP_LOG2,
@@ -205,7 +210,7 @@ def _prefill_kernel(
         k1 = tl.load(kp, mask=valid[:, None] & hmask, other=0.0).to(tl.float32)
         k2 = tl.load(kp + HALF, mask=valid[:, None] & hmask, other=0.0).to(tl.float32)
         v = tl.load(vn + ku[:, None] * sn_t + offs_d[None, :], mask=valid[:, None] & dmask, other=0.0)
-        k1, k2 = rope_tl.rotate_tile(k1, k2, pos0 + k0, f, ci, si)
+        k1, k2 = rope_tl.rotate_tile(k1, k2, pos0 + k0, f, ci, si, FAST)
         vis = valid[None, :] & (ku[None, :] <= offs_m[:, None]) & (ku[None, :] >= offs_m[:, None] - WINDOW + 1)
         vis = vis & (offs_m[:, None] - ku[None, :] < reach)
         dist = (offs_m[:, None] - ku[None, :]).to(tl.float32)
@@ -269,6 +274,6 @@ def prefill_attention(
         scale * LOG2E, sinks, window, sliding_window or 1 << 62, scale / softcap if softcap > 0 else 0.0, softcap * LOG2E,
         GROUP=hq // hkv, HALF=D // 2, HALF_PAD=padded(D) // 2, D_PAD=padded(D), BLOCK_M=block_m, BLOCK_N=block_n,
         HAS_CAP=softcap > 0, HAS_ALIBI=alibi is not None,
-        MMA=mma_dtype(q.dtype), PREC=dot_precision(q.dtype), FP8=fp8, num_warps=num_warps, num_stages=stages,
+        MMA=mma_dtype(q.dtype), PREC=dot_precision(q.dtype), FP8=fp8, FAST=not interpreting(), num_warps=num_warps, num_stages=stages,
     )
     return out

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from swiftinfer_core.model.split_head import SplitHead
+
 
 def supports(model) -> bool:
     # the gemv chain is Llama's block exactly: no QKV bias, no QK-norm, nothing else
@@ -34,4 +36,8 @@ def fused_decode(model, ids: torch.Tensor, attn, plan, pool) -> torch.Tensor:
         gemv(o.reshape(1, hq * d).contiguous(), layer.wo.weight, "none", residual=h, out=h)
         gate_up = gemv(h, layer.w13.weight, "rmsnorm", layer.mlp_norm.weight, eps, out_dtype=dt)
         gemv(gate_up, layer.w2.weight, "silu_mul", residual=h, out=h)
-    return gemv(h, model.lm_head.weight, "rmsnorm", model.norm.weight, eps, out_dtype=torch.float32)
+    head = model.lm_head
+    if isinstance(head, SplitHead):  # W = hi + lo: two float32 GEMVs of the same normed h, same bytes as float32
+        hi = gemv(h, head.hi, "rmsnorm", model.norm.weight, eps, out_dtype=torch.float32)
+        return hi + gemv(h, head.lo, "rmsnorm", model.norm.weight, eps, out_dtype=torch.float32)
+    return gemv(h, head.weight, "rmsnorm", model.norm.weight, eps, out_dtype=torch.float32)

@@ -29,7 +29,7 @@ from swiftinfer_core.kernels.attention import Attention, TorchAttention, TritonA
 from swiftinfer_core.kernels.torch_decode import CpuAttention
 from swiftinfer_core.kernels.triton_shapes import check_triton_heads
 from swiftinfer_core.kernels import cpu_native
-from swiftinfer_core.model import cpu_decode, fused_decode
+from swiftinfer_core.model import cpu_decode, fused_decode, split_head
 from swiftinfer_core.model.cpu_weights import quantize_int8, transpose_linears
 from swiftinfer_core.model.families import build_model
 from swiftinfer_core.model.fp8 import fp8_unsupported
@@ -39,6 +39,7 @@ from swiftinfer_core.model.llama import Llama
 from swiftinfer_core.model.loader import read_state_dict
 from swiftinfer_core.model.quant import QuantFormat
 from swiftinfer_core.model.quant_linear import cpu_int4_available, quantize_linears
+from swiftinfer_core.model.split_head import SplitHead
 from swiftinfer_core.runner.kv_slots import num_slots
 from swiftinfer_core.runner.model_runner import ModelRunner
 from swiftinfer_core.runner.rank_config import RankConfig, Weights
@@ -84,6 +85,8 @@ def build_rank(cfg: RankConfig, plan: ShardPlan | None = None, ranks: Ranks | No
         gguf_weights(model, cfg, device, kernels)
     if ranks is None:
         cpu_weight_format(model, cfg, device, kernels)  # quantized weights and the transposed CPU layout: one device only
+        if wants_split_head(model, cfg, device):
+            model.lm_head = SplitHead(model.lm_head.weight)  # the float32 head on tensor cores (model/split_head.py)
     model.eval()
     kv_heads = plan.kv_hi - plan.kv_lo
     slots = num_slots(cfg, device, kv_heads)
@@ -104,6 +107,15 @@ def build_rank(cfg: RankConfig, plan: ShardPlan | None = None, ranks: Ranks | No
         log.info("rank %d: heads [%d,%d) kv [%d,%d) mlp [%d,%d), %d cache slots on %s",
                  ranks.rank, plan.q_lo, plan.q_hi, plan.kv_lo, plan.kv_hi, plan.i_lo, plan.i_hi, slots, device)
     return ModelRunner(model, pool, attn, device, split_mixed=cfg.split_mixed)
+
+
+def wants_split_head(model: nn.Module, cfg: RankConfig, device: torch.device) -> bool:
+    """lm_head_fp32 under 16-bit weights on a GPU with bfloat16 GEMMs, for heads that
+    Llama.head drives (it asks the head for its input dtype; other families read
+    ``lm_head.weight``). A float32 model keeps its plain float32 head."""
+    head = getattr(model, "lm_head", None)
+    return (cfg.lm_head_fp32 and cfg.dtype != torch.float32 and split_head.supported(device) and type(model).head is Llama.head
+            and isinstance(head, nn.Linear) and head.weight.dtype == torch.float32)
 
 
 def check_kv_dtype(cfg: RankConfig, device: torch.device) -> None:
