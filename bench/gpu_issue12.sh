@@ -22,7 +22,7 @@ want bd8 && step bd8 170 python3 bench/batched_decode.py --shape llama3.1-8b --b
 want mixed8 && step mixed8 120 python3 bench/mixed_step.py --model /tmp/r8b --decode 0 64 128 256 --chunks 40 256 --slots 257 \
   --profile --name "mixed_step_8b${SUFFIX:-}" --out "$OUT"
 want mixed7 && step mixed7 100 python3 bench/mixed_step.py --model /tmp/r7bz --decode 0 128 --chunks 40 --slots 192 \
-  --profile --name "mixed_step_7b_r2${SUFFIX:-}" --out "$OUT"
+  --profile --name "mixed_step_7b${SUFFIX:-_r2}" --out "$OUT"
 want fp8kv && step fp8kv 240 python3 bench/fp8_kv_decode.py --window 2044 --out "$OUT"
 (cd "$OUT" && tar czf results.tgz --remove-files $(ls | grep -v -E '^(summary.txt|results.tgz)$'))
 cat "$OUT/summary.txt"
