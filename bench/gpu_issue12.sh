@@ -7,10 +7,10 @@
 #            host's issue time per step (host-bound or GPU-bound) and the kernels of the decode-graph and
 #            piecewise steps by family (--profile);
 #  fp8kv     (issue 16) bench/fp8_kv_decode.py at 4+2044: the whole decode step with the FP8 cache against bf16.
-# carry [".carry/pyd", ".carry/r8b", ".carry/r7bz"]; results land in $OUT (a short table last).
+# carry [".carry/pyd", ".carry/r8b", ".carry/r7bz"] (WHL=.carry/whlmin installs that instead of .carry/pyd); results land in $OUT (a short table last).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .carry/pyd/*.whl || exit 4
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "${WHL:-.carry/pyd}"/*.whl || exit 4
 export PYTHONPATH=/tmp/site:$PWD
 for m in r8b r7bz; do rm -rf "/tmp/$m" && cp -r ".carry/$m" "/tmp/$m" && gunzip -f "/tmp/$m/tokenizer.json.gz"; done
 DEFAULT_STEPS="bd7 bd8 mixed8 mixed7 fp8kv" TAIL=${TAIL:-12}

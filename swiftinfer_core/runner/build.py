@@ -114,7 +114,7 @@ def wants_split_head(model: nn.Module, cfg: RankConfig, device: torch.device) ->
     Llama.head drives (it asks the head for its input dtype; other families read
     ``lm_head.weight``). A float32 model keeps its plain float32 head."""
     head = getattr(model, "lm_head", None)
-    return (cfg.lm_head_fp32 and cfg.dtype != torch.float32 and split_head.supported(device) and type(model).head is Llama.head
+    return (cfg.lm_head_fp32 and cfg.dtype != torch.float32 and split_head.supported(device) and getattr(type(model), "head", None) is Llama.head
             and isinstance(head, nn.Linear) and head.weight.dtype == torch.float32)
 
 
