@@ -15,7 +15,7 @@ waiting for the cap counts in ``ttft_from_due_s``, not in ``ttft_s``).
 Every turn carries an ``Idempotency-Key`` and is retried until acknowledged
 (see load_client.py). At the end the run is audited against the server's
 session log (GET /v1/sessions/{id} and /turns): lost and duplicated turns.
-Output: ``<out>/<name>.json`` (meta: date, command, client host and versions,
+Output: ``<out>/<name>.json`` (meta: date, command, client host, its GPUs and versions,
 the server's model card with its engine config; summary: TTFT/ITL p50/p99,
 tokens/s, error counts; audit) and ``<name>.png``.
 
@@ -32,6 +32,7 @@ import json
 import platform
 import random
 import shlex
+import subprocess
 import sys
 import time
 import uuid
@@ -234,8 +235,20 @@ def meta(spec: LoadSpec, card: dict, run_id: str) -> dict:
         "spec": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(spec).items()},
         "server": card,  # model card; `swiftinfer` holds the engine config and versions
         "client": {"host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-                   "httpx": httpx.__version__},
+                   "httpx": httpx.__version__, "gpus": host_gpus()},
     }
+
+
+def host_gpus() -> list[str]:
+    """This host's GPU names from nvidia-smi ([] without one). The device of the server
+    measured when the client runs beside it (bench/gpu_serve.sh, gpu_served.sh); the
+    server's own replicas may sit elsewhere in a cluster."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[LoadSpec, Path, str]:
