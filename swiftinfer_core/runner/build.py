@@ -87,6 +87,7 @@ def build_rank(cfg: RankConfig, plan: ShardPlan | None = None, ranks: Ranks | No
         cpu_weight_format(model, cfg, device, kernels)  # quantized weights and the transposed CPU layout: one device only
         if wants_split_head(model, cfg, device):
             model.lm_head = SplitHead(model.lm_head.weight)  # the float32 head on tensor cores (model/split_head.py)
+            torch.cuda.empty_cache()  # the float32 copy's memory back to the driver before the KV pool is sized from it
     model.eval()
     kv_heads = plan.kv_hi - plan.kv_lo
     slots = num_slots(cfg, device, kv_heads)
