@@ -1,0 +1,145 @@
+"""Issue 12: host CPU the Serve stack spends per streamed chunk, process by process,
+with Ray Serve's default threading against its lean flags, side by side.
+
+The GPU profiles (bench/results/served_8b_r3_prof.tgz) put the HTTP proxy at 141% CPU
+and four ingress replicas at ~72% each at 128 conversations, with Ray Serve's own
+thread hops (the proxy's router loop thread, the replicas' user-code loop thread)
+among the top frames. Ray 2.60 can run both on the main loop instead
+(RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0, RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0;
+with request-path logs buffered and none to stderr: the subset of
+RAY_SERVE_THROUGHPUT_OPTIMIZED that keeps the proxy; the full flag also turns
+direct ingress on, which needs HAProxy in front). This bench starts the app from a
+config once per variant (``serve run``), runs the same closed loop against it
+(bench/load.py), and reads each process's CPU seconds from /proc before and after:
+CPU ms per streamed chunk by role (proxy, ingress, LLM replica, engine child,
+directory). CPU time per chunk, not throughput, is the figure: on a small CPU box
+the engine takes most of the cores, but each process's work per chunk is its own.
+
+    python bench/serve_cpu_cost.py --config serve_config.yaml --sessions 8 --rounds 4 --max-tokens 48 --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from load import LoadSpec, run_load  # noqa: E402
+
+ROLES = {"proxy": "ProxyActor", "ingress": "Ingress", "llm_replica": "LLMReplica", "directory": "SessionDirectory",
+         "engine_child": "spawn_main"}
+LEAN = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+        "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000", "RAY_SERVE_LOG_TO_STDERR": "0"}
+VARIANTS = {"default": {}, "lean": LEAN}
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_role() -> dict[str, float]:
+    """CPU seconds (user + system) so far of every process whose command line names a role."""
+    out = dict.fromkeys(ROLES, 0.0)
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        for role, key in ROLES.items():
+            if key in args:
+                out[role] += (int(stat[11]) + int(stat[12])) / TICK  # utime, stime
+                break
+    return out
+
+
+def wait_healthy(url: str, timeout_s: float) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
+                if r.status == 200:
+                    return time.monotonic() - t0
+        except OSError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{url} not healthy after {timeout_s} s")
+
+
+def measure(variant: str, a) -> dict:
+    env = {**os.environ, **VARIANTS[variant]}
+    subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    log = open(Path(a.out or ".") / f"{a.name}_{variant}_serve.log", "w")
+    server = subprocess.Popen(["serve", "run", a.config], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        ready_s = wait_healthy(a.url, a.ready_timeout_s)
+        spec = LoadSpec(url=a.url, sessions=a.sessions, rounds=a.rounds, rate=1000.0, think_s=0.0, max_tokens=a.max_tokens,
+                        prompt_words=a.prompt_words, prefix=f"cpucost-{variant}")
+        asyncio.run(run_load(LoadSpec(**{**spec.__dict__, "sessions": 2, "rounds": 1, "prefix": f"warm-{variant}"})))
+        before = cpu_by_role()
+        t0 = time.monotonic()
+        result = asyncio.run(run_load(spec))
+        wall = time.monotonic() - t0
+        after = cpu_by_role()
+    finally:
+        server.send_signal(2)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        subprocess.run(["ray", "stop", "--force"], capture_output=True)
+        log.close()
+    s = result["summary"]
+    chunks = s["itl_s"]["n"] + s["turns_ok"]  # a chunk after each gap, and each turn's first
+    cpu = {r: after[r] - before[r] for r in ROLES}
+    return {"variant": variant, "env": VARIANTS[variant], "ready_s": ready_s, "wall_s": wall, "turns_ok": s["turns_ok"],
+            "turns_failed": s["turns_failed"], "chunks": chunks, "completion_tokens": s["completion_tokens"],
+            "tokens_per_s": s["tokens_per_s"], "ttft_warm_p50_s": s["ttft_warm_s"]["p50"], "audit": result.get("audit"),
+            "cpu_s": cpu, "cpu_ms_per_chunk": {r: 1e3 * v / max(1, chunks) for r, v in cpu.items()}}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default="serve_config.yaml")
+    ap.add_argument("--url", default="http://127.0.0.1:8000")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--sessions", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--prompt-words", type=int, default=16)
+    ap.add_argument("--ready-timeout-s", type=float, default=300.0)
+    ap.add_argument("--name", default="serve_cpu_cost")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    Path(a.out or ".").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for v in a.variants:
+        rows.append(measure(v, a))
+        r = rows[-1]
+        print(f"{v}: {r['turns_ok']} turns, {r['chunks']} chunks, {r['tokens_per_s']:.1f} tok/s; CPU ms per chunk "
+              + ", ".join(f"{k} {x:.2f}" for k, x in r["cpu_ms_per_chunk"].items()), flush=True)
+    common.write_results(a.name, {"config": a.config, "rows": rows}, a.out)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(rows)
+    for i, r in enumerate(rows):
+        ax.bar([j + i * width for j in range(len(ROLES))], list(r["cpu_ms_per_chunk"].values()), width=width, label=r["variant"])
+    ax.set_xticks([j + width * (len(rows) - 1) / 2 for j in range(len(ROLES))], list(ROLES))
+    ax.set_ylabel("CPU ms per streamed chunk")
+    ax.set_title(f"Serve stack CPU per chunk, {a.sessions} conversations closed loop ({os.cpu_count()} cores)")
+    ax.legend()
+    common.save_plot(a.name, fig, a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
