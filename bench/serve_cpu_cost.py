@@ -8,7 +8,8 @@ among the top frames. Ray 2.60 can run both on the main loop instead
 (RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0, RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0;
 with request-path logs buffered and none to stderr: the subset of
 RAY_SERVE_THROUGHPUT_OPTIMIZED that keeps the proxy; the full flag also turns
-direct ingress on, which needs HAProxy in front). This bench starts the app from a
+direct ingress on, which needs HAProxy in front; variant ``haproxy`` runs that:
+Serve's HAProxy ingress, no Python proxy). This bench starts the app from a
 config once per variant (``serve run``), runs the same closed loop against it
 (bench/load.py), and reads each process's CPU seconds from /proc before and after:
 CPU ms per streamed chunk by role (proxy, ingress, LLM replica, engine child,
@@ -33,11 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from load import LoadSpec, run_load  # noqa: E402
 
-ROLES = {"proxy": "ProxyActor", "ingress": "Ingress", "llm_replica": "LLMReplica", "directory": "SessionDirectory",
-         "engine_child": "spawn_main"}
+ROLES = {"proxy": "ProxyActor", "haproxy": "haproxy", "ingress": "Ingress", "llm_replica": "LLMReplica",
+         "directory": "SessionDirectory", "engine_child": "spawn_main"}
 LEAN = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
         "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000", "RAY_SERVE_LOG_TO_STDERR": "0"}
-VARIANTS = {"default": {}, "lean": LEAN}
+# Serve's HAProxy ingress: HAProxy on the HTTP port balances straight to the ingress replicas, each
+# serving HTTP itself (direct ingress); no Python proxy. Needs the haproxy binary on PATH.
+HAPROXY = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+VARIANTS = {"default": {}, "lean": LEAN, "haproxy": HAPROXY}
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -106,7 +110,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="serve_config.yaml")
     ap.add_argument("--url", default="http://127.0.0.1:8000")
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=["default", "lean"], choices=list(VARIANTS))
     ap.add_argument("--sessions", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=48)
