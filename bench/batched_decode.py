@@ -55,35 +55,17 @@ def measure(model, args, layout, B, dev, variant: str, steps: int) -> dict:
     return r
 
 
-ATTENTION = ("_decode_split_kernel", "decode_combine_kernel")
-WEIGHTS = ("gemm", "gemv", "nvjet", "cutlass", "xmma", "sm90_", "cublas")
+FAMILIES = (("attention", common.DECODE_ATTENTION_KERNELS), ("weights", common.WEIGHT_KERNELS))
 
 
-def kernel_breakdown(model, args, layout, B, dev, reps: int = 3) -> dict:
-    """GPU kernel ms of one decode step of the ``engine`` variant by family (mean of ``reps`` eager steps)."""
-    from torch.profiler import ProfilerActivity, profile
-
+def kernel_breakdown(model, args, layout, B, dev) -> dict:
+    """GPU kernel ms of one eager decode step of the ``engine`` variant by family."""
     dec = models.OurDecoder(model, args, layout, B, dev, "engine")
-    dec._step()  # compile first
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            dec._step()
-        torch.cuda.synchronize()
+    k = common.kernel_ms_by_family(dec._step, FAMILIES)
     del dec
     torch.cuda.empty_cache()
-    fam = {"attention_ms": 0.0, "weights_ms": 0.0, "other_ms": 0.0}
-    top: list[tuple[float, str]] = []
-    for ev in prof.key_averages():
-        us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
-        if not us or ev.key.startswith("cuda"):  # runtime calls, not kernels
-            continue
-        name = ev.key.lower()
-        key = "attention_ms" if any(a.lower() in name for a in ATTENTION) else "weights_ms" if any(w in name for w in WEIGHTS) else "other_ms"
-        fam[key] += us / 1e3 / reps
-        top.append((us / 1e3 / reps, ev.key[:80]))
-    top.sort(reverse=True)
-    return {**fam, "kernel_ms": sum(fam.values()), "top_kernels": [{"ms": round(ms, 4), "name": n} for ms, n in top[:12]]}
+    return {"attention_ms": k["attention"], "weights_ms": k["weights"], "other_ms": k["other"], "kernel_ms": k["total"],
+            "top_kernels": k["top"]}
 
 
 def main():
@@ -124,12 +106,11 @@ def main():
                     except Exception as e:  # keep the timed row; say why the split is missing
                         r["breakdown_error"] = repr(e)
                         print(f"      breakdown failed: {e!r}", flush=True)
-                        b = None
-                    kv = B * per_seq
-                if a.breakdown and variant == "engine" and b is not None:
-                    r.update(b, attention_TBps=kv / (b["attention_ms"] * 1e-3) / 1e12 if b["attention_ms"] else None,
-                             weights_TBps=w_bytes / (b["weights_ms"] * 1e-3) / 1e12 if b["weights_ms"] else None,
-                             attention_roofline_ms=kv / bw * 1e3, weights_roofline_ms=w_bytes / bw * 1e3)
+                    else:
+                        kv = B * per_seq
+                        r.update(b, attention_TBps=kv / (b["attention_ms"] * 1e-3) / 1e12 if b["attention_ms"] else None,
+                                 weights_TBps=w_bytes / (b["weights_ms"] * 1e-3) / 1e12 if b["weights_ms"] else None,
+                                 attention_roofline_ms=kv / bw * 1e3, weights_roofline_ms=w_bytes / bw * 1e3)
                 rows.append(r)
                 print(f"  B={B:4d} {variant:8s}: {r['tok_s']:9.1f} tok/s  ITL p50 {r['itl_p50_ms']:.2f} p99 {r['itl_p99_ms']:.2f} ms  "
                       f"{r['frac_roofline']:.2f} of roofline", flush=True)

@@ -127,6 +127,36 @@ def time_eager(fn, reps: int = 10, warmup: int = 2) -> float:
     return statistics.median(ts)
 
 
+WEIGHT_KERNELS = ("gemm", "gemv", "nvjet", "cutlass", "xmma", "sm90_", "cublas")  # cuBLAS / Triton weight products
+DECODE_ATTENTION_KERNELS = ("_decode_split_kernel", "decode_combine")
+
+
+def kernel_ms_by_family(fn, families: tuple[tuple[str, tuple[str, ...]], ...], reps: int = 3) -> dict:
+    """GPU ms per call of ``fn`` by kernel family (torch.profiler, CUDA activity; kernels
+    inside CUDA graph replays included): a kernel belongs to the first family one of
+    whose name pieces it contains, else to "other". Plus "total" and the top kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()  # compile and allocate outside the profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    out = {f: 0.0 for f, _ in families} | {"other": 0.0}
+    top = []
+    for ev in prof.key_averages():
+        us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
+        if not us or ev.key.startswith("cuda"):  # runtime calls, not kernels
+            continue
+        name = ev.key.lower()
+        fam = next((f for f, keys in families if any(k.lower() in name for k in keys)), "other")
+        out[fam] += us / 1e3 / reps
+        top.append({"ms": round(us / 1e3 / reps, 4), "calls": ev.count // reps, "name": ev.key[:90]})
+    top.sort(key=lambda t: -t["ms"])
+    return {k: round(v, 4) for k, v in out.items()} | {"total": round(sum(out.values()), 4), "top": top[:12]}
+
+
 def module_at(rev: str, path: str, name: str):
     """The repo's module ``path`` as of git revision ``rev``, imported as ``name``
     (a baseline measured side by side with the working tree's version)."""

@@ -87,9 +87,9 @@ def main() -> int:
             r["piecewise_max_abs_diff"] = (eager()[-1].float() - ref).abs().max().item() if pw.fits(len(ids)) else None
             if a.profile:
                 if pw.fits(len(ids)):
-                    r["piecewise_kernels"] = kernel_families(eager)
+                    r["piecewise_kernels"] = common.kernel_ms_by_family(eager, FAMILIES)
                 if B:
-                    r["decode_kernels"] = kernel_families(lambda: run.graphs.run(dec_ids, slots, starts))
+                    r["decode_kernels"] = common.kernel_ms_by_family(lambda: run.graphs.run(dec_ids, slots, starts), FAMILIES)
             rows.append(r)
             print(r, flush=True)
     for r in rows:
@@ -106,32 +106,8 @@ def main() -> int:
     return 0
 
 
-FAMILIES = (("decode_attention", ("_decode_split_kernel", "decode_combine")), ("prefill_attention", ("prefill",)),
-            ("weights", ("gemm", "gemv", "nvjet", "cutlass", "xmma", "sm90_", "cublas")))
-
-
-def kernel_families(fn, reps: int = 3) -> dict:
-    """GPU ms per call of ``fn`` by kernel family, and its top kernels (torch.profiler, CUDA activity)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            fn()
-        torch.cuda.synchronize()
-    out = {f: 0.0 for f, _ in FAMILIES} | {"other": 0.0}
-    top = []
-    for ev in prof.key_averages():
-        us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
-        if not us or ev.key.startswith("cuda"):
-            continue
-        name = ev.key.lower()
-        fam = next((f for f, keys in FAMILIES if any(k.lower() in name for k in keys)), "other")
-        out[fam] += us / 1e3 / reps
-        top.append({"ms": round(us / 1e3 / reps, 4), "calls": ev.count // reps, "name": ev.key[:90]})
-    top.sort(key=lambda t: -t["ms"])
-    return {k: round(v, 4) for k, v in out.items()} | {"total": round(sum(out.values()), 4), "top": top[:10]}
+FAMILIES = (("decode_attention", common.DECODE_ATTENTION_KERNELS), ("prefill_attention", ("prefill",)),
+            ("weights", common.WEIGHT_KERNELS))
 
 
 def host_time(fn, reps: int) -> float:
