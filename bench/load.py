@@ -12,6 +12,13 @@ sessions keep arriving at the same rate until the time is up, and those
 started finish their rounds. ``--concurrency`` caps turns in flight (time
 waiting for the cap counts in ``ttft_from_due_s``, not in ``ttft_s``).
 
+One Python process parsing hundreds of SSE streams can itself become the
+bottleneck, and its delays then read as the server's TTFT. ``--client-procs K``
+spreads the conversations over K processes (conversation i in process i mod K,
+the same arrival times); every process reports its CPU seconds and its event
+loop's lag (how late a 10 ms timer fires), summed up in ``summary["client"]``,
+so a run shows whether its client kept up.
+
 Every turn carries an ``Idempotency-Key`` and is retried until acknowledged
 (see load_client.py). At the end the run is audited against the server's
 session log (GET /v1/sessions/{id} and /turns): lost and duplicated turns.
@@ -27,8 +34,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
+import multiprocessing
 import platform
 import random
 import shlex
@@ -36,6 +45,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -71,6 +81,7 @@ class LoadSpec:
     metrics_every_s: float = 0.0  # > 0: sample the server's /metrics gauges this often
     partial: Path | None = None  # rewritten every 30 s with the summary so far
     token_counts: bool = False  # ask for logprobs: each chunk then names its tokens, for ITL per token
+    client_procs: int = 1  # client processes; conversation i runs in process i % client_procs
 
 
 @dataclass
@@ -110,45 +121,24 @@ async def run_load(spec: LoadSpec, progress: Progress | None = None) -> dict:
     progress = progress or Progress()
     rng = random.Random(spec.seed)
     run_id = uuid.uuid4().hex[:8]
-    prompts = Prompts(spec.prompt_words, rng)
-    cap = asyncio.Semaphore(spec.concurrency) if spec.concurrency else None
-    limits = httpx.Limits(max_connections=spec.concurrency or 1024, max_keepalive_connections=spec.concurrency or 1024)
-    timeout = httpx.Timeout(spec.timeout_s, connect=10.0)
-    async with httpx.AsyncClient(base_url=spec.url.rstrip("/"), timeout=timeout, limits=limits) as client:
+    plan = list(enumerate(arrivals(spec, rng)))
+    async with _client(spec) as client:
         card = (await client.get("/v1/models")).json()["data"][0]
         model = spec.model or card["id"]
-        t_start = time.perf_counter()
-
-        async def conversation(i: int, at: float) -> None:
-            await asyncio.sleep(max(0.0, t_start + at - time.perf_counter()))
-            sid = f"{spec.prefix}-{run_id}-{i}"
-            crng = random.Random(f"{spec.seed}-{i}")
-            for r in range(spec.rounds):
-                if r and spec.think_s > 0:
-                    await asyncio.sleep(crng.expovariate(1.0 / spec.think_s))
-                body = {"model": model, "session_id": sid, "stream": True, "max_tokens": spec.max_tokens, "temperature": 0,
-                        "ignore_eos": True, "messages": [{"role": "user", "content": prompts(r)}]}
-                if spec.token_counts:
-                    body["logprobs"] = True
-                res = TurnResult(sid, r, f"{sid}-r{r}", scheduled=time.perf_counter())
-                progress.results.append(res)
-                if cap is not None:
-                    async with cap:
-                        await run_turn(client, "/v1/chat/completions", body, res, spec.retry_s, crng)
-                else:
-                    await run_turn(client, "/v1/chat/completions", body, res, spec.retry_s, crng)
-                progress.attempt_errors += sum(res.errors.values())
-                if not res.ok:
-                    progress.turns_failed += 1
-                    return  # the conversation cannot go on without this turn
-                progress.turns_done += 1
-
         samples: list[dict] = []
+        t_start = time.perf_counter() + (_SPAWN_LEAD_S if spec.client_procs > 1 else 0.0)
         side = [asyncio.create_task(sample_metrics(client, spec.metrics_every_s, t_start, samples))] if spec.metrics_every_s > 0 else []
         if spec.partial is not None:
             side.append(asyncio.create_task(write_partial(spec, card, run_id, progress, t_start, samples)))
         try:
-            await asyncio.gather(*(conversation(i, at) for i, at in enumerate(arrivals(spec, rng))))
+            if spec.client_procs <= 1:
+                lag = LoopLag()
+                async with lag.running():
+                    cpu0 = time.process_time()
+                    await drive(spec, client, model, run_id, plan, t_start, prompts=Prompts(spec.prompt_words, rng), progress=progress)
+                clients = [lag.report(time.process_time() - cpu0)]
+            else:
+                clients = await _drive_in_processes(spec, model, run_id, plan, t_start, progress)
         finally:
             for task in side:
                 task.cancel()
@@ -156,13 +146,122 @@ async def run_load(spec: LoadSpec, progress: Progress | None = None) -> dict:
         turns = progress.results
         result = {
             "meta": meta(spec, card, run_id),
-            "summary": summarize(turns, t_start, t_end) | server_peaks(samples),
+            "summary": summarize(turns, t_start, t_end) | server_peaks(samples) | {"client": client_summary(clients, t_end - t_start)},
             "audit": await audit(client, turns, spec.cleanup) if spec.verify else {},
             "server_samples": samples,
         }
     result["_turns"] = turns
     result["_t_start"] = t_start
     return result
+
+
+_SPAWN_LEAD_S = 5.0  # worker processes start (spawn, import httpx) before the first arrival is due
+
+
+def _client(spec: LoadSpec) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=spec.concurrency or 1024, max_keepalive_connections=spec.concurrency or 1024)
+    return httpx.AsyncClient(base_url=spec.url.rstrip("/"), timeout=httpx.Timeout(spec.timeout_s, connect=10.0), limits=limits)
+
+
+async def drive(spec: LoadSpec, client: httpx.AsyncClient, model: str, run_id: str, plan: list[tuple[int, float]],
+                t_start: float, prompts: Prompts, progress: Progress) -> None:
+    """Run the conversations ``plan`` names ((index, arrival s after t_start)), each turn after the last."""
+    cap = asyncio.Semaphore(spec.concurrency) if spec.concurrency else None
+
+    async def conversation(i: int, at: float) -> None:
+        await asyncio.sleep(max(0.0, t_start + at - time.perf_counter()))
+        sid = f"{spec.prefix}-{run_id}-{i}"
+        crng = random.Random(f"{spec.seed}-{i}")
+        for r in range(spec.rounds):
+            if r and spec.think_s > 0:
+                await asyncio.sleep(crng.expovariate(1.0 / spec.think_s))
+            body = {"model": model, "session_id": sid, "stream": True, "max_tokens": spec.max_tokens, "temperature": 0,
+                    "ignore_eos": True, "messages": [{"role": "user", "content": prompts(r)}]}
+            if spec.token_counts:
+                body["logprobs"] = True
+            res = TurnResult(sid, r, f"{sid}-r{r}", scheduled=time.perf_counter())
+            progress.results.append(res)
+            if cap is not None:
+                async with cap:
+                    await run_turn(client, "/v1/chat/completions", body, res, spec.retry_s, crng)
+            else:
+                await run_turn(client, "/v1/chat/completions", body, res, spec.retry_s, crng)
+            progress.attempt_errors += sum(res.errors.values())
+            if not res.ok:
+                progress.turns_failed += 1
+                return  # the conversation cannot go on without this turn
+            progress.turns_done += 1
+
+    await asyncio.gather(*(conversation(i, at) for i, at in plan))
+
+
+async def _drive_in_processes(spec: LoadSpec, model: str, run_id: str, plan: list[tuple[int, float]], t_start: float,
+                              progress: Progress) -> list[dict]:
+    """``plan`` split over ``spec.client_procs`` spawned processes; their turns land in ``progress``
+    when each finishes (a concurrency cap applies per process)."""
+    k = spec.client_procs
+    loop = asyncio.get_running_loop()
+    with ProcessPoolExecutor(k, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = [loop.run_in_executor(pool, _worker, spec, model, run_id, plan[w::k], t_start, w) for w in range(k)]
+        reports = []
+        for job in asyncio.as_completed(jobs):
+            turns, report = await job
+            progress.results.extend(turns)
+            progress.turns_done += sum(t.ok for t in turns)
+            progress.turns_failed += sum(not t.ok for t in turns)
+            reports.append(report)
+    return reports
+
+
+def _worker(spec: LoadSpec, model: str, run_id: str, plan: list[tuple[int, float]], t_start: float, w: int) -> tuple[list, dict]:
+    async def run() -> tuple[list, dict]:
+        progress, lag = Progress(), LoopLag()
+        prompts = Prompts(spec.prompt_words, random.Random(f"{spec.seed}-w{w}"))
+        late_s = max(0.0, time.perf_counter() - t_start)  # > 0: this process started after the first arrival was due
+        async with _client(spec) as client, lag.running():
+            cpu0 = time.process_time()
+            await drive(spec, client, model, run_id, plan, t_start, prompts, progress)
+        return progress.results, lag.report(time.process_time() - cpu0) | {"late_s": round(late_s, 3)}
+
+    return asyncio.run(run())
+
+
+class LoopLag:
+    """How late a 10 ms timer fires on this event loop: the time any ready callback
+    (a streamed chunk, a new turn) waits for the loop, as seen from the client."""
+
+    TICK_S = 0.01
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+
+    @contextlib.asynccontextmanager
+    async def running(self):
+        task = asyncio.create_task(self._tick())
+        try:
+            yield self
+        finally:
+            task.cancel()
+
+    async def _tick(self) -> None:
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(self.TICK_S)
+            self.lags.append(time.perf_counter() - t - self.TICK_S)
+
+    def report(self, cpu_s: float) -> dict:
+        return {"cpu_s": round(cpu_s, 3), "loop_lag_s": dist(self.lags)}
+
+
+def client_summary(reports: list[dict], wall_s: float) -> dict:
+    """The client's own load: its processes' CPU (cores busy on average) and worst loop lag."""
+    lag = [r["loop_lag_s"] for r in reports]
+    return {"procs": len(reports), "cpu_s": [r["cpu_s"] for r in reports],
+            "busy_cores": round(sum(r["cpu_s"] for r in reports) / wall_s, 3) if wall_s > 0 else None,
+            "max_busy_fraction": round(max(r["cpu_s"] for r in reports) / wall_s, 3) if wall_s > 0 else None,
+            "loop_lag_p50_s": max((x["p50"] or 0.0 for x in lag), default=None),
+            "loop_lag_p99_s": max((x["p99"] or 0.0 for x in lag), default=None),
+            "late_s": max((r.get("late_s", 0.0) for r in reports), default=0.0)}
 
 
 SERVER_GAUGES = ("swiftinfer_running_requests", "swiftinfer_resident_sessions", "swiftinfer_active_sessions",
@@ -272,15 +371,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[LoadSpec, Path, str]:
     p.add_argument("--metrics-every-s", type=float, default=0.0, help="sample the server's /metrics gauges (0: off)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--name", default="load")
+    p.add_argument("--client-procs", type=int, default=1,
+                   help="client processes (conversation i in process i %% K); each reports its CPU and loop lag")
     p.add_argument("--token-counts", action="store_true",
                    help="request logprobs so every chunk lists its tokens: the report gains ITL per token (itl_token_s)")
     a = p.parse_args(argv)
-    for name in ("sessions", "rounds", "max_tokens", "prompt_words"):
+    for name in ("sessions", "rounds", "max_tokens", "prompt_words", "client_procs"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     spec = LoadSpec(a.url, a.sessions, a.rounds, a.duration_s, a.rate, a.concurrency, a.max_tokens, a.prompt_words,
                     a.think_s, a.model, a.seed, a.retry_s, a.timeout_s, a.prefix, not a.no_verify, not a.keep_sessions,
-                    a.metrics_every_s, Path(a.out) / f"{a.name}.partial.json", a.token_counts)
+                    a.metrics_every_s, Path(a.out) / f"{a.name}.partial.json", a.token_counts, a.client_procs)
     Path(a.out).mkdir(parents=True, exist_ok=True)
     return spec, Path(a.out), a.name
 
@@ -296,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     c = s["concurrency"]
     print(f"open sessions max/mean {c['open_sessions']['max']}/{c['open_sessions']['mean']:.1f}, turns in flight "
           f"max/mean {c['turns_in_flight']['max']}/{c['turns_in_flight']['mean']:.1f}, server max {s.get('server_max', {})}")
+    cl = s["client"]
+    print(f"client: {cl['procs']} process(es), {cl['busy_cores']} cores busy (busiest {cl['max_busy_fraction']}), "
+          f"loop lag p50/p99 {cl['loop_lag_p50_s']}/{cl['loop_lag_p99_s']} s")
     print(f"audit: {a}\nwrote {js} and {png}")
     spec.partial.unlink(missing_ok=True)
     return 0 if s["turns_failed"] == 0 and not a.get("lost") and not a.get("duplicated") else 1

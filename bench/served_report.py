@@ -30,7 +30,7 @@ def rows(run_dir: Path, name: str) -> tuple[list[dict], dict]:
     by_n = {r["N"]: r for r in engine["rows"] if r.get("mode") == "closed_loop"}
     out = []
     for path in sorted(run_dir.glob(f"{name}_*_*.json")):
-        m = re.fullmatch(rf"{re.escape(name)}_([a-z]+)_(\d+)", path.stem)
+        m = re.fullmatch(rf"{re.escape(name)}_([a-z0-9]+)_(\d+)", path.stem)
         if m is None:
             continue
         s = json.loads(path.read_text())
@@ -44,6 +44,9 @@ def rows(run_dir: Path, name: str) -> tuple[list[dict], dict]:
                "engine_tpot_p50_s": e.get("tpot_p50_s"), "turns_failed": summary["turns_failed"],
                "audit": {k: s["audit"].get(k) for k in ("lost", "duplicated", "out_of_order")} if s.get("audit") else None}
         row.update({f"phase_{p}_p50_s": samples[-1].get(f"phase_{p}_p50") for p in PHASES})
+        client = summary.get("client", {})  # load.py's own CPU and loop lag (absent before --client-procs)
+        row.update({"client_procs": client.get("procs"), "client_busy_cores": client.get("busy_cores"),
+                    "client_loop_lag_p99_s": client.get("loop_lag_p99_s")})
         out.append(row)
     measured = {k: engine.get(k) for k in ("date", "device", "versions", "model", "cache", "slots")}
     return sorted(out, key=lambda r: (r["run"], r["N"])), measured
@@ -85,7 +88,8 @@ def main() -> int:
     dev = (measured.get("device") or {}).get("name", "?")
     plot(table, a.name, f"{measured.get('model')}, cache {measured.get('cache')}, {measured.get('slots')} slots, {dev}, {measured.get('date')}", a.out)
     print(common.table(table, ["run", "N", "serve_tok_s", "engine_tok_s", "ratio", "serve_ttft_warm_p50_s", "engine_ttft_warm_p50_s",
-                               "serve_tpot_p50_s", "engine_tpot_p50_s", "phase_admit_p50_s", "phase_first_token_p50_s", "turns_failed"]))
+                               "serve_tpot_p50_s", "engine_tpot_p50_s", "phase_admit_p50_s", "phase_first_token_p50_s", "turns_failed",
+                               "client_busy_cores", "client_loop_lag_p99_s"]))
     return 0
 
 
