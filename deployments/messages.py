@@ -36,7 +36,7 @@ class CacheState(str, Enum):
 
 
 class TurnPhase(str, Enum):
-    """The steps of a turn on its replica, timed by replica/turn_timing.py (the value
+    """The steps of a turn on its replica, timed by deployments/turn_timing.py (the value
     is the ``phase`` label of /metrics)."""
 
     ADMIT = "admit"  # KV capacity check against the engine
@@ -44,6 +44,17 @@ class TurnPhase(str, Enum):
     SYNC = "sync"  # local copy made equal to the committed record
     FIRST_TOKEN = "first_token"  # engine queue, prefill, first decode
     COMMIT = "commit"  # the session log write
+
+
+class IngressPhase(str, Enum):
+    """A streamed turn's way to its first token as its ingress sees it (``phase`` label of
+    ``swiftinfer_ingress_phase_seconds``). ROUTE and RETURN compare two hosts' clocks; their
+    sum is exact."""
+
+    PREPARE = "prepare"  # request read, parsed and planned, up to the call to the LLM deployment
+    ROUTE = "route"  # the handle's routing and the call reaching the replica
+    REPLICA = "replica"  # on the replica until its TurnStart leaves (lease, sync, first token)
+    RETURN = "return"  # the TurnStart's way back to the ingress
 
 
 # ---- replica <-> directory: one turn ---------------------------------------------------
@@ -125,6 +136,10 @@ class TurnStart:
     session_id: str
     replica_id: str
     cache: CacheState
+    # wall clock (time.time()) of the replica taking the call and of this item leaving it: the
+    # ingress splits its wait for the first token into routing, replica and return (IngressPhase)
+    received_at: float = 0.0
+    sent_at: float = 0.0
 
 
 # ---- replica -> directory, routers, autoscaler, /metrics --------------------------------

@@ -54,7 +54,7 @@ from deployments.sessions.directory import directory_handle, directory_spec
 from deployments.http.errors import ModelNotFoundError, ServiceStartingError, error_response, unwrap
 from deployments.sessions.history import HistoryView
 from deployments.http.metrics import ServiceMetrics
-from deployments.messages import ReplicaStats
+from deployments.messages import IngressPhase, ReplicaStats, TurnStart
 from deployments.http.openai_schema import ChatCompletionRequest
 from deployments.http.playground import Playground
 from deployments.http.request_limits import Deadline, read_body
@@ -65,6 +65,7 @@ from deployments.http.tokenize_api import DetokenizeRequest, TokenizeRequest, de
 from deployments.http.text_completion import TextResponse
 from deployments.http.tokens import CodecHolder
 from deployments.http.turn_plan import OneCallSessions, TurnPlan, explicit_sid, plan_completion
+from deployments.turn_timing import TurnTimer
 from swiftinfer_core.conversation.tool_syntax import ToolSyntax
 from swiftinfer_core.errors import EngineClosedError, InvalidRequestError
 from swiftinfer_core.protocol import ToolPrompt
@@ -80,6 +81,7 @@ class Ingress:
         self._llm = llm
         self._directory = directory_handle(directory_spec(self._cfg))
         self._metrics = ServiceMetrics()
+        self._hops = TurnTimer(phases=IngressPhase)  # where a turn's first token goes, seen from here
         self._ready_until = 0.0
         self._created = int(time.time())
         self._server_info = server_info(self._cfg)
@@ -183,6 +185,7 @@ class Ingress:
             p = await plan(req, request, tenant)
             sid = client_id(tenant, p.scoped_sid)
             drop = p.scoped_sid if p.one_call else None
+            self._hops.record(IngressPhase.PREPARE, time.perf_counter() - t0)
             gen, events, start = await self._start_turn(p.scoped_sid, p.engine_input, params, p.history_base, turn_key, deadline)
             replica = start.replica_id
             codec = await self._codec.get() if params.logprobs else None
@@ -219,10 +222,13 @@ class Ingress:
         give_up = min(deadline, time.monotonic() + limits.unavailable_retry_s)
         pause = 0.25
         while True:
+            called = time.time()
             gen = self._llm.options(session_id=sid, stream=True).chat_events.remote(sid, messages, params, history_base, turn_key)
             events = Deadline(gen, deadline, limits.request_timeout_s)
             try:
-                return gen, events, await events.__anext__()  # the engine's errors surface here, before any header is sent
+                start = await events.__anext__()  # the engine's errors surface here, before any header is sent
+                self._record_hops(called, start)
+                return gen, events, start
             except _UNAVAILABLE:
                 gen.cancel()
                 if time.monotonic() + pause >= give_up:
@@ -230,6 +236,14 @@ class Ingress:
                 self._metrics.turn_retries.inc()
                 await asyncio.sleep(pause)
                 pause = min(2 * pause, 2.0)
+
+    def _record_hops(self, called: float, start: TurnStart) -> None:
+        """Routing, replica and return times of a turn's TurnStart (wall clocks: the
+        replica's stamps; a replica that sent none, e.g. a test double, adds nothing)."""
+        if start.received_at > 0:
+            self._hops.record(IngressPhase.ROUTE, start.received_at - called)
+            self._hops.record(IngressPhase.REPLICA, start.sent_at - start.received_at)
+            self._hops.record(IngressPhase.RETURN, time.time() - start.sent_at)
 
     async def _guard(self, body, gen, ticket, drop: str | None = None):
         """Ends the stream's in-flight count and tenant ticket; cancels the replica's
@@ -276,6 +290,7 @@ class Ingress:
     async def metrics(self) -> Response:
         live = await self._live_replicas()
         self._metrics.set_pool(live, await self._directory.num_sessions.remote())
+        self._metrics.set_ingress_phases(self._hops.summary())
         return Response(self._metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -51,8 +51,11 @@ class ServiceMetrics:
         self.in_flight = Gauge("swiftinfer_ingress_in_flight", "Chat requests in flight at this ingress.", registry=r)
         self.directory_sessions = Gauge("swiftinfer_sessions", "Conversations in the session directory.", registry=r)
         self.replicas = Gauge("swiftinfer_live_replicas", "LLM replicas reporting stats.", registry=r)
-        self.phases = Gauge("swiftinfer_turn_phase_seconds", "Recent per-phase turn time on a replica (deployments/replica/turn_timing.py).",
+        self.phases = Gauge("swiftinfer_turn_phase_seconds", "Recent per-phase turn time on a replica (deployments/turn_timing.py).",
                             ["replica", "phase", "quantile"], registry=r)
+        self.ingress_phases = Gauge("swiftinfer_ingress_phase_seconds",
+                                    "Recent per-phase time to a streamed turn's first token at this ingress (IngressPhase).",
+                                    ["phase", "quantile"], registry=r)
         self._per_replica = {
             name: (Gauge(name, help_, ["replica"], registry=r), value) for name, (help_, value) in _REPLICA_GAUGES.items()
         }
@@ -80,6 +83,13 @@ class ServiceMetrics:
                     self.phases.labels(replica=rid, phase=phase.value, quantile=q).set(float(value))
         self.replicas.set(len(replica_stats))
         self.directory_sessions.set(num_sessions)
+
+    def set_ingress_phases(self, summary: dict) -> None:
+        """``summary``: IngressPhase -> (p50, p99) of this ingress's recent turns (TurnTimer.summary)."""
+        self.ingress_phases.clear()
+        for phase, quantiles in summary.items():
+            for q, value in zip(("0.5", "0.99"), quantiles):
+                self.ingress_phases.labels(phase=phase.value, quantile=q).set(float(value))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -55,7 +55,7 @@ from deployments.replica.pacing import ChunkBudget
 from deployments.replica.rebalance import rebalance_step
 from deployments.replica.replies import Replies
 from deployments.sessions.tenants import check_tenant, scoped
-from deployments.replica.turn_timing import Stopwatch, TurnTimer
+from deployments.turn_timing import Stopwatch, TurnTimer
 from swiftinfer_core.config import SamplingParams
 from swiftinfer_core.engine import faults
 from swiftinfer_core.errors import CapacityError, EngineClosedError, SessionBusyError, SessionNotFoundError, StaleSessionError
@@ -96,6 +96,7 @@ class LLMReplica:
         (digest of every message the client sent) makes the committed record
         findable by id-less clients once extended with our reply; ``turn_key``
         (the client's Idempotency-Key) makes a retry of a committed turn a replay."""
+        received_at = time.time()
         params = sampling if isinstance(sampling, SamplingParams) else SamplingParams(**sampling)
         if self._draining:
             raise EngineClosedError("replica is draining")
@@ -117,7 +118,7 @@ class LLMReplica:
             if isinstance(answer, TurnReplay):
                 done = True
                 self._turns[CacheState.REPLAYED] += 1
-                yield TurnStart(session_id, self._id, CacheState.REPLAYED)
+                yield TurnStart(session_id, self._id, CacheState.REPLAYED, received_at, time.time())
                 *others, own = Replies.replayed(answer.text, answer.finish_reason, answer.others)
                 for chunk in others:
                     yield chunk
@@ -141,7 +142,7 @@ class LLMReplica:
                 chunk = await stream.__anext__()
             watch.lap(TurnPhase.FIRST_TOKEN)
             self._turns[cache] += 1
-            yield TurnStart(session_id, self._id, cache)
+            yield TurnStart(session_id, self._id, cache, received_at, time.time())
             replies = Replies()  # per choice; choice 0 is the session's (replies.py)
             while not chunk.final:
                 replies.add(chunk)

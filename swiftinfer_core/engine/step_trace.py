@@ -1,6 +1,6 @@
 """Where an engine's time goes, step by step and turn by turn (EngineConfig.step_trace).
 
-A served replica's ``first_token`` phase (deployments/replica/turn_timing.py) lumps
+A served replica's ``first_token`` phase (deployments/turn_timing.py) lumps
 together the engine's queue, the steps that prefill the turn and the trip back to
 the replica. This trace splits the engine's part: one JSON line per step (what it
 ran, which path, host time of schedule / run / postprocess) and one per turn at its

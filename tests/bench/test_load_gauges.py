@@ -27,3 +27,23 @@ def test_gauges_sum_and_phases_take_the_worst_replica():
     assert peaks["server_max"]["swiftinfer_running_requests"] == 7.0
     assert peaks["server_phases"]["phase_first_token_p99"] == {"last": 0.25, "max": 2.0}
     assert peaks["server_phases"]["phase_commit_p50"] == {"last": 0.01, "max": 0.01}
+
+
+def test_ingress_hops_are_read_beside_the_replica_phases():
+    from deployments.messages import IngressPhase
+    from deployments.turn_timing import TurnTimer
+
+    hops = TurnTimer(keep=10, phases=IngressPhase)
+    for x in (0.002, 0.004, 0.006):
+        hops.record(IngressPhase.ROUTE, x)
+    hops.record(IngressPhase.RETURN, 0.25)
+    m = ServiceMetrics()
+    m.set_pool({"r1": replica_stats("r1", running=1, phases={TurnPhase.FIRST_TOKEN: (0.125, 0.5)})}, 0)
+    m.set_ingress_phases(hops.summary())
+    row = parse_gauges(m.render().decode(), 1.0)
+    assert (row["ingress_route_p50"], row["ingress_route_p99"], row["ingress_return_p50"]) == (0.004, 0.006, 0.25)
+    assert "ingress_prepare_p50" not in row  # no samples, no gauge
+    assert row["phase_first_token_p50"] == 0.125
+    assert server_peaks([row])["server_phases"]["ingress_route_p50"] == {"last": 0.004, "max": 0.004}
+    m.set_ingress_phases({})
+    assert "ingress_phase_seconds{" not in m.render().decode()

@@ -348,6 +348,16 @@ def test_models_health_and_metrics(api):
         text = client.get(f"{prefix}/metrics").text
     phases = {ln.split('phase="')[1].split('"')[0] for ln in text.splitlines() if ln.startswith("swiftinfer_turn_phase_seconds{")}
     assert {"admit", "lease", "sync", "first_token", "commit"} <= phases, phases
+    # the one ingress's own view of the way to a first token: prepare, route, replica, return
+    hops = {}
+    for ln in text.splitlines():
+        if ln.startswith("swiftinfer_ingress_phase_seconds{") and 'quantile="0.5"' in ln:
+            hops[ln.split('phase="')[1].split('"')[0]] = float(ln.split()[-1])
+    assert set(hops) == {"prepare", "route", "replica", "return"}, hops
+    assert all(0 <= v < 60 for v in hops.values()), hops  # one host: the replica's clock is this ingress's
+    first_token = max(float(ln.split()[-1]) for ln in text.splitlines()
+                      if ln.startswith("swiftinfer_turn_phase_seconds{") and 'phase="first_token",quantile="0.5"' in ln)
+    assert hops["replica"] > 0 and first_token > 0
 
 
 def test_warm_turns_start_without_reading_the_engine_first(api):

@@ -1,7 +1,7 @@
 """Per-phase turn times: exact quantiles over the kept samples."""
 
 from deployments.messages import TurnPhase
-from deployments.replica.turn_timing import Stopwatch, TurnTimer
+from deployments.turn_timing import Stopwatch, TurnTimer
 from message_factories import replica_stats
 
 

@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from enum import Enum
 
 from deployments.messages import TurnPhase
 
 
 class TurnTimer:
-    def __init__(self, keep: int = 2048):
-        self._samples = {p: deque(maxlen=keep) for p in TurnPhase}
+    """The last ``keep`` durations of each phase of ``phases`` (an Enum)."""
 
-    def record(self, phase: TurnPhase, seconds: float) -> None:
+    def __init__(self, keep: int = 2048, phases: type[Enum] = TurnPhase):
+        self._samples = {p: deque(maxlen=keep) for p in phases}
+
+    def record(self, phase: Enum, seconds: float) -> None:
         self._samples[phase].append(seconds)
 
-    def summary(self) -> dict[TurnPhase, tuple[float, float]]:
+    def summary(self) -> dict[Enum, tuple[float, float]]:
         """phase -> (p50, p99) in seconds, for phases with samples."""
         out = {}
         for phase, xs in self._samples.items():
