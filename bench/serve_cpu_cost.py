@@ -96,7 +96,7 @@ def measure(variant: str, a) -> dict:
         except subprocess.TimeoutExpired:
             server.kill()
         subprocess.run(["ray", "stop", "--force"], capture_output=True)
-        subprocess.run(["pkill", "-f", "bin/haproxy"], capture_output=True)  # Serve's HAProxy can outlive a killed `serve run`
+        subprocess.run(["pkill", "-x", "haproxy"], capture_output=True)  # Serve's HAProxy can outlive a killed `serve run`
         log.close()
     s = result["summary"]
     chunks = s["itl_s"]["n"] + s["turns_ok"]  # a chunk after each gap, and each turn's first
