@@ -26,8 +26,10 @@ model: install
 
 # Starts a local Ray head (if none runs) and the Serve application on 127.0.0.1:8000
 # (serve_config.yaml; a network address needs API keys: README "Security"); Ctrl-C stops it.
+# HAPROXY=1: Serve's HAProxy ingress in place of its Python HTTP proxy (README "HAProxy in front").
+HAPROXY ?= $(or $(RAY_SERVE_ENABLE_HA_PROXY),0)
 serve: model
-	$(VENV)/bin/serve run $(SERVE_CONFIG)
+	RAY_SERVE_ENABLE_HA_PROXY=$(HAPROXY) $(VENV)/bin/serve run $(SERVE_CONFIG)
 
 chat: model
 	$(VENV)/bin/swiftinfer chat

@@ -38,6 +38,7 @@ import contextlib
 import datetime as dt
 import json
 import multiprocessing
+import os
 import platform
 import random
 import shlex
@@ -336,8 +337,22 @@ def meta(spec: LoadSpec, card: dict, run_id: str) -> dict:
         "spec": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(spec).items()},
         "server": card,  # model card; `swiftinfer` holds the engine config and versions
         "client": {"host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-                   "httpx": httpx.__version__, "gpus": host_gpus()},
+                   "httpx": httpx.__version__, "gpus": host_gpus(), "cpu": host_cpu()},
     }
+
+
+def host_cpu() -> dict:
+    """This host's CPU model and core count: lent GPU machines differ in host speed, and the
+    served stack's Python processes feel it where the engine does not."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"model": model or platform.processor(), "cores": os.cpu_count()}
 
 
 def host_gpus() -> list[str]:

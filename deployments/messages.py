@@ -22,7 +22,7 @@ from enum import Enum
 
 import ray
 
-from swiftinfer_core.protocol import SessionRecord, SessionStats, Usage
+from swiftinfer_core.protocol import SessionRecord, SessionStats, StreamChunk, Usage
 
 
 class CacheState(str, Enum):
@@ -131,7 +131,9 @@ class SessionDescription:
 class TurnStart:
     """First item of ``LLMReplica.chat_events``, sent once the engine produced its
     first chunk (errors before that surface as exceptions, so the ingress can still
-    answer with a status code)."""
+    answer with a status code). That chunk rides in it (``first``) unless it is the
+    turn's final one, which must wait for the commit: every streamed item costs the
+    replica Ray's per-item work and the ingress a hop's wait."""
 
     session_id: str
     replica_id: str
@@ -140,6 +142,7 @@ class TurnStart:
     # ingress splits its wait for the first token into routing, replica and return (IngressPhase)
     received_at: float = 0.0
     sent_at: float = 0.0
+    first: StreamChunk | None = None  # the turn's first chunk when it is not final; the stream goes on after it
 
 
 # ---- replica -> directory, routers, autoscaler, /metrics --------------------------------

@@ -99,7 +99,7 @@ class ChatResponse:
         prev = self.first_at
         async for chunk in self.events:
             now = time.perf_counter()
-            if chunk.token_ids:
+            if chunk.token_ids and chunk is not self.start.first:  # the first arrived with the TurnStart, at first_at
                 self.metrics.itl.observe((now - prev) / len(chunk.token_ids))
                 prev = now
             yield chunk, now
@@ -113,7 +113,7 @@ class ChatResponse:
         return chunks
 
     async def stream(self) -> AsyncIterator[bytes]:
-        """SSE events. The first chunk already exists (it produced TurnStart)."""
+        """SSE events. The first chunk already exists (it produced TurnStart, and usually rides in it)."""
         if self.tools is not None:
             async for event in self._stream_call():
                 yield event

@@ -187,6 +187,8 @@ class Ingress:
             drop = p.scoped_sid if p.one_call else None
             self._hops.record(IngressPhase.PREPARE, time.perf_counter() - t0)
             gen, events, start = await self._start_turn(p.scoped_sid, p.engine_input, params, p.history_base, turn_key, deadline)
+            if start.first is not None:
+                events = _after(start.first, events)
             replica = start.replica_id
             codec = await self._codec.get() if params.logprobs else None
             turn = render(self._cfg.model_id, replace(start, session_id=sid), ticket.meter(events), self._metrics, t0, time.perf_counter(),
@@ -292,6 +294,13 @@ class Ingress:
         self._metrics.set_pool(live, await self._directory.num_sessions.remote())
         self._metrics.set_ingress_phases(self._hops.summary())
         return Response(self._metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def _after(first, rest):
+    """``first``, then the items of ``rest``."""
+    yield first
+    async for item in rest:
+        yield item
 
 
 def _unscoped(exc: BaseException, tenant: str | None, sid: str) -> BaseException:

@@ -92,7 +92,7 @@ class LLMReplica:
         self, session_id: str, messages: list[dict] | ToolPrompt | RawPrompt, sampling: dict | SamplingParams,
         history_base: str | None = None, turn_key: str | None = None,
     ) -> AsyncIterator[TurnStart | StreamChunk]:
-        """Stream one turn: a ``TurnStart`` then ``StreamChunk``s. ``history_base``
+        """Stream one turn: a ``TurnStart`` (with the first chunk, unless final) then ``StreamChunk``s. ``history_base``
         (digest of every message the client sent) makes the committed record
         findable by id-less clients once extended with our reply; ``turn_key``
         (the client's Idempotency-Key) makes a retry of a committed turn a replay."""
@@ -142,8 +142,13 @@ class LLMReplica:
                 chunk = await stream.__anext__()
             watch.lap(TurnPhase.FIRST_TOKEN)
             self._turns[cache] += 1
-            yield TurnStart(session_id, self._id, cache, received_at, time.time())
             replies = Replies()  # per choice; choice 0 is the session's (replies.py)
+            if chunk.final:  # a one-chunk turn: its chunk waits for the commit below
+                yield TurnStart(session_id, self._id, cache, received_at, time.time())
+            else:
+                replies.add(chunk)
+                yield TurnStart(session_id, self._id, cache, received_at, time.time(), first=chunk)
+                chunk = await stream.__anext__()
             while not chunk.final:
                 replies.add(chunk)
                 yield chunk
@@ -177,6 +182,8 @@ class LLMReplica:
         async for item in self.chat_events(sid, messages, sampling):
             if isinstance(item, StreamChunk):
                 yield item
+            elif item.first is not None:
+                yield item.first
 
     async def _read_and_admit(self, session_id: str, watch: Stopwatch) -> SessionView:
         """One engine reading (it waits for the step in progress) that serves
