@@ -6,7 +6,9 @@ committed record: warm, migrated or rebuilt), ``first_token`` (engine queue,
 prefill and the first decode) and, after the last token, ``commit`` (the
 session log write). The replica keeps the last ``keep`` durations of each and
 reports their p50/p99 with its stats, so /metrics shows which phase a slow
-time-to-first-token comes from.
+time-to-first-token comes from. Each ingress keeps the same kind of record of
+its own view (``IngressPhase``: prepare, route, replica, return), which splits
+the time around the replica's phases.
 """
 
 from __future__ import annotations

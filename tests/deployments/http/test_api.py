@@ -245,6 +245,29 @@ def test_python_handle_streams_tokens(api):
     assert again[-1].usage.cached_tokens > 0
 
 
+def test_turn_start_carries_the_first_chunk(api):
+    """The first chunk travels in the TurnStart (one streamed item fewer per turn), unless
+    it is final: a one-token turn's only chunk comes after its commit, as before."""
+    from deployments.messages import TurnStart
+    from swiftinfer_core.protocol import StreamChunk
+
+    handle = serve.get_deployment_handle("LLMReplica", app_name="api")
+    messages = [{"role": "user", "content": "Count to five."}]
+    sampling = {"max_tokens": 8, "temperature": 0, "ignore_eos": True}
+    items = list(handle.options(session_id="first-1", stream=True).chat_events.remote("first-1", messages, sampling))
+    start, rest = items[0], items[1:]
+    assert isinstance(start, TurnStart) and isinstance(start.first, StreamChunk) and not start.first.final
+    assert rest and all(isinstance(c, StreamChunk) for c in rest) and rest[-1].final and not any(c.final for c in rest[:-1])
+    assert 0 < start.received_at <= start.sent_at
+    assert start.first.token_ids and sum(len(c.token_ids) for c in [start.first, *rest]) == rest[-1].usage.completion_tokens == 8
+    # the handle API's chunks are the same turn's: the first one included
+    same = list(handle.options(session_id="first-2", stream=True).chat.remote("first-2", messages, sampling))
+    assert "".join(c.text for c in same) == "".join(c.text for c in [start.first, *rest])
+    one = list(handle.options(session_id="first-3", stream=True).chat_events.remote("first-3", messages, {**sampling, "max_tokens": 1}))
+    assert isinstance(one[0], TurnStart) and one[0].first is None
+    assert len(one) == 2 and one[1].final and one[1].usage.completion_tokens == 1
+
+
 def test_bad_requests_are_400(api):
     client, prefix = api
     url = f"{prefix}/v1/chat/completions"
