@@ -39,11 +39,12 @@ class BatchRunner:
         of scored prefill chunks by sequence index (prompt_scores.py).
 
         A pure decode step replays its CUDA graph. A mixed step (with steady
-        arrivals, nearly every step admits a turn) is one eager forward with the
-        decode rows first: the attention plan sends them through the decode kernel
-        and the chunks through the prefill kernel (kernels/attention.py, MixedPlan),
-        so the step reads the weights once (a graph for the decode rows plus an
-        eager pass for the chunks, ``split_mixed``, read them twice)."""
+        arrivals, nearly every step admits a turn) is one forward with the decode
+        rows first, through the piecewise graphs where its token count fits them
+        (else eagerly): the attention plan sends the decode rows through the decode
+        kernel and the chunks through the prefill kernel (kernels/attention.py,
+        MixedPlan), so the step reads the weights once (a graph for the decode rows
+        plus an eager pass for the chunks, ``split_mixed``, read them twice)."""
         seqs = batch.seqs
         decode = [i for i, s in enumerate(seqs) if s.decode]
         taken = set(decode)
@@ -53,8 +54,7 @@ class BatchRunner:
             self.path = StepPath.SPLIT if rest else StepPath.GRAPH
         else:
             parts = [self._eager(seqs, decode + rest)]
-            pw = self.runner.piecewise
-            self.path = StepPath.PIECEWISE if pw is not None and pw.fits(batch.num_tokens) else StepPath.EAGER
+            self.path = StepPath.PIECEWISE if self.runner.runs_piecewise(batch.num_tokens) else StepPath.EAGER
         order = [i for idx, _, _ in parts for i in idx]
         logits = parts[0][1] if len(parts) == 1 else torch.cat([lg for _, lg, _ in parts])
         scores = {i: sc for _, _, part in parts for i, sc in part.items()}

@@ -37,11 +37,15 @@ class ModelRunner:
         self.piecewise = PiecewiseGraphs(self.model, self.pool, self.attn, self.device, max_tokens, capture)
         self.piecewise.capture()
 
+    def runs_piecewise(self, num_tokens: int) -> bool:
+        """Whether ``forward`` of ``num_tokens`` tokens replays the piecewise graphs (else one eager pass)."""
+        return self.piecewise is not None and self.piecewise.fits(num_tokens)
+
     def forward(self, ids: list[int], slots: list[int], starts: list[int], q_lens: list[int], rows: list[int] | None) -> torch.Tensor:
         """Packed forward over the cache; logits [R, vocab] for token rows ``rows`` (all if None)."""
         batch = AttnBatch.build(slots, starts, q_lens, self.device)
         row_t = None if rows is None else torch.tensor(rows, dtype=torch.long, device=self.device)
-        if self.piecewise is not None and self.piecewise.fits(len(ids)):
+        if self.runs_piecewise(len(ids)):
             return self.piecewise.forward(ids, batch, row_t)
         input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
         return self.model(input_ids, self.attn, self.attn.prepare(batch), self.pool, row_t)
