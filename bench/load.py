@@ -17,7 +17,7 @@ bottleneck, and its delays then read as the server's TTFT. ``--client-procs K``
 spreads the conversations over K processes (conversation i in process i mod K,
 the same arrival times); every process reports its CPU seconds and its event
 loop's lag (how late a 10 ms timer fires), summed up in ``summary["client"]``,
-so a run shows whether its client kept up.
+so a run shows whether its client kept up (load_drive.py).
 
 Every turn carries an ``Idempotency-Key`` and is retried until acknowledged
 (see load_client.py). At the end the run is audited against the server's
@@ -34,10 +34,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import json
-import multiprocessing
 import os
 import platform
 import random
@@ -46,8 +44,7 @@ import subprocess
 import sys
 import time
 import uuid
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `bench` importable
@@ -55,11 +52,8 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 import httpx  # noqa: E402
 
-from bench.load_client import TurnResult, run_turn  # noqa: E402
+from bench.load_drive import SPAWN_LEAD_S, Progress, Prompts, client_summary, drive_here, drive_in_processes, http_client  # noqa: E402
 from bench.load_report import audit, dist, summarize, timeline, write  # noqa: E402
-
-TEXT = Path(__file__).resolve().parent / "data" / "shakespeare.txt"
-
 
 @dataclass
 class LoadSpec:
@@ -85,27 +79,6 @@ class LoadSpec:
     client_procs: int = 1  # client processes; conversation i runs in process i % client_procs
 
 
-@dataclass
-class Progress:
-    """Read from another thread while a run goes on (tests use it to time faults)."""
-
-    turns_done: int = 0
-    turns_failed: int = 0
-    attempt_errors: int = 0
-    results: list[TurnResult] = field(default_factory=list)
-
-
-class Prompts:
-    def __init__(self, words: int, rng: random.Random):
-        text = TEXT.read_text(encoding="utf-8", errors="replace").split() if TEXT.exists() else []
-        self._words = [w for w in text if w.isalpha()] or ["river", "stone", "light", "garden", "letter", "winter"]
-        self._n, self._rng = words, rng
-
-    def __call__(self, round_: int) -> str:
-        i = self._rng.randrange(max(1, len(self._words) - self._n))
-        return f"Round {round_ + 1}. " + " ".join(self._words[i : i + self._n]) + ". Reply briefly."
-
-
 def arrivals(spec: LoadSpec, rng: random.Random) -> list[float]:
     rate = spec.rate or max(spec.sessions / 10.0, 1e-3)
     out, t = [], 0.0
@@ -123,23 +96,19 @@ async def run_load(spec: LoadSpec, progress: Progress | None = None) -> dict:
     rng = random.Random(spec.seed)
     run_id = uuid.uuid4().hex[:8]
     plan = list(enumerate(arrivals(spec, rng)))
-    async with _client(spec) as client:
+    async with http_client(spec) as client:
         card = (await client.get("/v1/models")).json()["data"][0]
         model = spec.model or card["id"]
         samples: list[dict] = []
-        t_start = time.perf_counter() + (_SPAWN_LEAD_S if spec.client_procs > 1 else 0.0)
+        t_start = time.perf_counter() + (SPAWN_LEAD_S if spec.client_procs > 1 else 0.0)
         side = [asyncio.create_task(sample_metrics(client, spec.metrics_every_s, t_start, samples))] if spec.metrics_every_s > 0 else []
         if spec.partial is not None:
             side.append(asyncio.create_task(write_partial(spec, card, run_id, progress, t_start, samples)))
         try:
             if spec.client_procs <= 1:
-                lag = LoopLag()
-                async with lag.running():
-                    cpu0 = time.process_time()
-                    await drive(spec, client, model, run_id, plan, t_start, prompts=Prompts(spec.prompt_words, rng), progress=progress)
-                clients = [lag.report(time.process_time() - cpu0)]
+                clients = [await drive_here(spec, client, model, run_id, plan, t_start, Prompts(spec.prompt_words, rng), progress)]
             else:
-                clients = await _drive_in_processes(spec, model, run_id, plan, t_start, progress)
+                clients = await drive_in_processes(spec, model, run_id, plan, t_start, progress)
         finally:
             for task in side:
                 task.cancel()
@@ -154,115 +123,6 @@ async def run_load(spec: LoadSpec, progress: Progress | None = None) -> dict:
     result["_turns"] = turns
     result["_t_start"] = t_start
     return result
-
-
-_SPAWN_LEAD_S = 5.0  # worker processes start (spawn, import httpx) before the first arrival is due
-
-
-def _client(spec: LoadSpec) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=spec.concurrency or 1024, max_keepalive_connections=spec.concurrency or 1024)
-    return httpx.AsyncClient(base_url=spec.url.rstrip("/"), timeout=httpx.Timeout(spec.timeout_s, connect=10.0), limits=limits)
-
-
-async def drive(spec: LoadSpec, client: httpx.AsyncClient, model: str, run_id: str, plan: list[tuple[int, float]],
-                t_start: float, prompts: Prompts, progress: Progress) -> None:
-    """Run the conversations ``plan`` names ((index, arrival s after t_start)), each turn after the last."""
-    cap = asyncio.Semaphore(spec.concurrency) if spec.concurrency else None
-
-    async def conversation(i: int, at: float) -> None:
-        await asyncio.sleep(max(0.0, t_start + at - time.perf_counter()))
-        sid = f"{spec.prefix}-{run_id}-{i}"
-        crng = random.Random(f"{spec.seed}-{i}")
-        for r in range(spec.rounds):
-            if r and spec.think_s > 0:
-                await asyncio.sleep(crng.expovariate(1.0 / spec.think_s))
-            body = {"model": model, "session_id": sid, "stream": True, "max_tokens": spec.max_tokens, "temperature": 0,
-                    "ignore_eos": True, "messages": [{"role": "user", "content": prompts(r)}]}
-            if spec.token_counts:
-                body["logprobs"] = True
-            res = TurnResult(sid, r, f"{sid}-r{r}", scheduled=time.perf_counter())
-            progress.results.append(res)
-            if cap is not None:
-                async with cap:
-                    await run_turn(client, "/v1/chat/completions", body, res, spec.retry_s, crng)
-            else:
-                await run_turn(client, "/v1/chat/completions", body, res, spec.retry_s, crng)
-            progress.attempt_errors += sum(res.errors.values())
-            if not res.ok:
-                progress.turns_failed += 1
-                return  # the conversation cannot go on without this turn
-            progress.turns_done += 1
-
-    await asyncio.gather(*(conversation(i, at) for i, at in plan))
-
-
-async def _drive_in_processes(spec: LoadSpec, model: str, run_id: str, plan: list[tuple[int, float]], t_start: float,
-                              progress: Progress) -> list[dict]:
-    """``plan`` split over ``spec.client_procs`` spawned processes; their turns land in ``progress``
-    when each finishes (a concurrency cap applies per process)."""
-    k = spec.client_procs
-    loop = asyncio.get_running_loop()
-    with ProcessPoolExecutor(k, mp_context=multiprocessing.get_context("spawn")) as pool:
-        jobs = [loop.run_in_executor(pool, _worker, spec, model, run_id, plan[w::k], t_start, w) for w in range(k)]
-        reports = []
-        for job in asyncio.as_completed(jobs):
-            turns, report = await job
-            progress.results.extend(turns)
-            progress.turns_done += sum(t.ok for t in turns)
-            progress.turns_failed += sum(not t.ok for t in turns)
-            reports.append(report)
-    return reports
-
-
-def _worker(spec: LoadSpec, model: str, run_id: str, plan: list[tuple[int, float]], t_start: float, w: int) -> tuple[list, dict]:
-    async def run() -> tuple[list, dict]:
-        progress, lag = Progress(), LoopLag()
-        prompts = Prompts(spec.prompt_words, random.Random(f"{spec.seed}-w{w}"))
-        late_s = max(0.0, time.perf_counter() - t_start)  # > 0: this process started after the first arrival was due
-        async with _client(spec) as client, lag.running():
-            cpu0 = time.process_time()
-            await drive(spec, client, model, run_id, plan, t_start, prompts, progress)
-        return progress.results, lag.report(time.process_time() - cpu0) | {"late_s": round(late_s, 3)}
-
-    return asyncio.run(run())
-
-
-class LoopLag:
-    """How late a 10 ms timer fires on this event loop: the time any ready callback
-    (a streamed chunk, a new turn) waits for the loop, as seen from the client."""
-
-    TICK_S = 0.01
-
-    def __init__(self) -> None:
-        self.lags: list[float] = []
-
-    @contextlib.asynccontextmanager
-    async def running(self):
-        task = asyncio.create_task(self._tick())
-        try:
-            yield self
-        finally:
-            task.cancel()
-
-    async def _tick(self) -> None:
-        while True:
-            t = time.perf_counter()
-            await asyncio.sleep(self.TICK_S)
-            self.lags.append(time.perf_counter() - t - self.TICK_S)
-
-    def report(self, cpu_s: float) -> dict:
-        return {"cpu_s": round(cpu_s, 3), "loop_lag_s": dist(self.lags)}
-
-
-def client_summary(reports: list[dict], wall_s: float) -> dict:
-    """The client's own load: its processes' CPU (cores busy on average) and worst loop lag."""
-    lag = [r["loop_lag_s"] for r in reports]
-    return {"procs": len(reports), "cpu_s": [r["cpu_s"] for r in reports],
-            "busy_cores": round(sum(r["cpu_s"] for r in reports) / wall_s, 3) if wall_s > 0 else None,
-            "max_busy_fraction": round(max(r["cpu_s"] for r in reports) / wall_s, 3) if wall_s > 0 else None,
-            "loop_lag_p50_s": max((x["p50"] or 0.0 for x in lag), default=None),
-            "loop_lag_p99_s": max((x["p99"] or 0.0 for x in lag), default=None),
-            "late_s": max((r.get("late_s", 0.0) for r in reports), default=0.0)}
 
 
 SERVER_GAUGES = ("swiftinfer_running_requests", "swiftinfer_resident_sessions", "swiftinfer_active_sessions",

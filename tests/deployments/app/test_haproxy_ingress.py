@@ -8,6 +8,7 @@ log's audit, and no HAProxy left after the app stops."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,7 +22,6 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-
 from serve_helpers import ENGINE, MODEL_ID, log_path
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -100,11 +100,13 @@ def behind_haproxy(tmp_path_factory):
         yield url, str(hap), proc
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)  # serve run's own shutdown: the app, then Ray
+            proc.send_signal(signal.SIGINT)  # serve run's own shutdown: the app, then its Ray cluster
             try:
-                proc.wait(timeout=60)
+                proc.wait(timeout=120)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                pass
+        with contextlib.suppress(ProcessLookupError):  # whatever of its cluster is left
+            os.killpg(proc.pid, signal.SIGKILL)
         for pid in _haproxies(str(hap)):  # never leave one holding the port
             os.kill(pid, signal.SIGKILL)
         log.close()
@@ -154,8 +156,8 @@ def test_caller_mistakes_are_json_4xx_through_haproxy(behind_haproxy):
 
 def test_stopping_the_app_leaves_no_haproxy(behind_haproxy):
     _, hap, proc = behind_haproxy
-    os.killpg(proc.pid, signal.SIGINT)
-    proc.wait(timeout=90)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C to `serve run` (not to its whole process group: Ray's own processes
+    proc.wait(timeout=120)           # must live until Serve has shut down)
     deadline = time.monotonic() + 30
     while _haproxies(hap) and time.monotonic() < deadline:
         time.sleep(0.5)
