@@ -26,6 +26,7 @@ from serve_helpers import ENGINE, MODEL_ID, log_path
 
 ROOT = Path(__file__).resolve().parents[3]
 SERVE = Path(sys.executable).with_name("serve")
+DEFAULT_SIGINT_EXEC = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
 
 
 def _free_port() -> int:
@@ -82,8 +83,10 @@ def behind_haproxy(tmp_path_factory):
            "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()), "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port())}
     env.pop("RAY_ADDRESS", None)
     log = open(tmp / "serve.log", "w")
-    proc = subprocess.Popen([str(SERVE), "run", "--address", "local", str(path)], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    # SIGINT back to its default first: a test run started in the background (`make test &`) has it ignored, and
+    # `serve run` then never sees the Ctrl-C that shuts it down
+    proc = subprocess.Popen([sys.executable, "-c", DEFAULT_SIGINT_EXEC, str(SERVE), "run", "--address", "local", str(path)],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 240
