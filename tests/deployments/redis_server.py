@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from serve_helpers import free_port
 
 
 def ensure_installed() -> None:
@@ -19,12 +20,6 @@ def ensure_installed() -> None:
     if subprocess.run(["apt-get", "install", "-y", "-q", "redis-server"], env=env, capture_output=True).returncode != 0:
         subprocess.run(["apt-get", "update", "-q"], env=env, check=True, capture_output=True)
         subprocess.run(["apt-get", "install", "-y", "-q", "redis-server"], env=env, check=True, capture_output=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -39,7 +34,7 @@ class RedisServer:
         import redis
 
         ensure_installed()
-        port = port or _free_port()
+        port = port or free_port()
         proc = subprocess.Popen(
             ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--save", "",
              "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no"],

