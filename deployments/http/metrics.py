@@ -78,18 +78,23 @@ class ServiceMetrics:
                 gauge.labels(replica=rid).set(float(value(stats)))
         self.phases.clear()
         for rid, stats in replica_stats.items():
-            for phase, quantiles in stats.phases.items():
-                for q, value in zip(("0.5", "0.99"), quantiles):
-                    self.phases.labels(replica=rid, phase=phase.value, quantile=q).set(float(value))
+            for phase, q, value in _quantiles(stats.phases):
+                self.phases.labels(replica=rid, phase=phase, quantile=q).set(value)
         self.replicas.set(len(replica_stats))
         self.directory_sessions.set(num_sessions)
 
     def set_ingress_phases(self, summary: dict) -> None:
         """``summary``: IngressPhase -> (p50, p99) of this ingress's recent turns (TurnTimer.summary)."""
         self.ingress_phases.clear()
-        for phase, quantiles in summary.items():
-            for q, value in zip(("0.5", "0.99"), quantiles):
-                self.ingress_phases.labels(phase=phase.value, quantile=q).set(float(value))
+        for phase, q, value in _quantiles(summary):
+            self.ingress_phases.labels(phase=phase, quantile=q).set(value)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _quantiles(summary: dict):
+    """(phase label, quantile label, seconds) of a TurnTimer.summary: phase -> (p50, p99)."""
+    for phase, quantiles in summary.items():
+        for q, value in zip(("0.5", "0.99"), quantiles):
+            yield phase.value, q, float(value)
