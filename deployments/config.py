@@ -39,6 +39,13 @@ class RouterKind(str, Enum):
     POWER_OF_TWO = "power_of_two"  # Serve's default router (baseline)
 
 
+class ReplicaTransport(str, Enum):
+    """How the ingress's calls to LLM replicas (turn streams, session reads) travel."""
+
+    GRPC = "grpc"  # Serve's by-value gRPC transport: one gRPC message per streamed chunk
+    RAY = "ray"  # Ray actor tasks and object refs (Serve's default): one Ray object report per streamed chunk
+
+
 class LogBackend(str, Enum):
     """Where the session log lives (deployments/sessions/log_backends.py maps each to its class)."""
 
@@ -173,6 +180,7 @@ class AppConfig(ConfigModel):
     engine: EngineConfig = Field(default_factory=EngineConfig, description="Engine settings (model path, sinks, window, slots, device, tp_size).")
     scaling: ScalingConfig = Field(default_factory=ScalingConfig, description="LLM replica count and autoscaling.")
     router: RouterKind = Field(RouterKind.SESSION_AFFINITY, description="Request router in front of the LLM replicas.")
+    replica_transport: ReplicaTransport = Field(ReplicaTransport.GRPC, description="How the ingress's calls to LLM replicas travel. grpc: Serve's by-value gRPC transport (handle option _by_reference=False), which cut the ingress's and the LLM replica's CPU per streamed chunk by about 30% against ray (bench/results/serve_cpu_cost_r3.json). ray: Serve's default actor calls. The directory's calls (KV handed over as object refs) always use ray.")
     gpu_share: float = Field(1.0, gt=0, le=1, description="Share of one GPU each LLM replica takes (Ray num_gpus). Below 1 several replicas share a device (0.5: two per GPU, 0.33: three); each engine then sizes its KV pool from its share of the device's memory (EngineConfig.memory_share), so they never overcommit it. Single-GPU native replicas only.")
     replica_cpus: float = Field(1.0, ge=0, le=256, description="Logical CPUs one LLM replica reserves.")
     replica_resources: dict[str, float] = Field(default_factory=dict, description="Extra Ray resources one LLM replica needs, e.g. {'accelerator_type:H200': 0.001}.")

@@ -49,7 +49,7 @@ from deployments.http.api_keys import KeyRing
 from deployments.http.auth import KeyCheck, tenant_of
 from deployments.http.completion import ChatResponse
 from deployments.http.completions_schema import CompletionRequest
-from deployments.config import AppConfig
+from deployments.config import AppConfig, ReplicaTransport
 from deployments.sessions.directory import directory_handle, directory_spec
 from deployments.http.errors import ModelNotFoundError, ServiceStartingError, error_response, unwrap
 from deployments.sessions.history import HistoryView
@@ -78,7 +78,7 @@ _UNAVAILABLE = (EngineClosedError, ActorDiedError, ActorUnavailableError)  # the
 class Ingress:
     def __init__(self, llm: DeploymentHandle, config: dict):
         self._cfg = AppConfig.model_validate(config)
-        self._llm = llm
+        self._llm = llm = llm.options(_by_reference=self._cfg.replica_transport is ReplicaTransport.RAY)
         self._directory = directory_handle(directory_spec(self._cfg))
         self._metrics = ServiceMetrics()
         self._hops = TurnTimer(phases=IngressPhase)  # where a turn's first token goes, seen from here
