@@ -53,6 +53,18 @@ def test_final_chunk_is_not_held():
     assert out[-1][0] < 0.5
 
 
+def test_held_text_leaves_with_the_first_token_after_the_interval():
+    async def stalls():  # two tokens, a 0.3 s stall (a long step), then the rest
+        for i, wait in enumerate((0.005, 0.005, 0.3, 0.005)):
+            await asyncio.sleep(wait)
+            last = i == 3
+            yield StreamChunk(f"t{i} ", [i], "stop" if last else None, Usage(1, 4, 1, 0) if last else None)
+
+    out = asyncio.run(collect(paced(stalls(), 0.05)))
+    assert [c.token_ids for _, c in out] == [[0], [1, 2], [3]]
+    assert out[1][0] > 0.25  # token 1 waited for token 2: no timer wakes the stream between tokens
+
+
 def test_closing_the_paced_stream_closes_the_engine_stream():
     closed: list = []
 
