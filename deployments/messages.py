@@ -170,7 +170,7 @@ class ReplicaStats:
     rebalanced: int  # sessions handed to the directory, with their KV, to move to replicas below their fair share
     turns: dict[CacheState, int]  # turns by how they found their cache
     turns_not_committed: int
-    warm_starts: int  # turns that started without reading the engine first
+    direct_starts: int  # turns that started without reading the engine first (warm, or new here)
     phases: dict[TurnPhase, tuple[float, float]] = field(default_factory=dict)  # -> (p50, p99) seconds, phases with samples
 
     def to_dict(self) -> dict:
@@ -186,7 +186,7 @@ class ReplicaStats:
         }
         out.update({f"turns_{c.value}": n for c, n in self.turns.items()})
         out["turns_not_committed"] = self.turns_not_committed
-        out["warm_starts"] = self.warm_starts
+        out["direct_starts"] = self.direct_starts
         for phase, (p50, p99) in self.phases.items():
             out[f"phase_{phase.value}_p50"], out[f"phase_{phase.value}_p99"] = p50, p99
         return out

@@ -113,6 +113,17 @@ class SessionStats:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Absent:
+    """``chat(..., expect=ABSENT)``: take the turn only if the engine holds no copy
+    of the session (a replica starting a new conversation without reading the
+    engine first); else StaleSessionError and nothing changes. A class, not an
+    identity sentinel: it crosses the pipe to an engine process by pickle."""
+
+
+ABSENT = Absent()
+
+
 @dataclass
 class SessionRecord:
     """Everything needed to rebuild a conversation's cache elsewhere: the token
@@ -221,8 +232,9 @@ class EngineProtocol(Protocol):
     # ---- optional capabilities (defaults: the engine does not have it) ----
     def checks_expect(self) -> bool:
         """True when ``chat(..., expect=record)`` takes the turn only if the engine
-        holds exactly ``record`` in a cache slot, else raises StaleSessionError
-        and changes nothing: a replica's warm start without a reading first."""
+        holds exactly ``record`` in a cache slot (``expect=ABSENT``: only if it
+        holds no copy of the session), else raises StaleSessionError and changes
+        nothing: a replica's warm or new start without a reading first."""
         return False
 
     def warm_up(self) -> None:

@@ -59,7 +59,7 @@ from deployments.turn_timing import Stopwatch, TurnTimer
 from swiftinfer_core.config import SamplingParams
 from swiftinfer_core.engine import faults
 from swiftinfer_core.errors import CapacityError, EngineClosedError, SessionBusyError, SessionNotFoundError, StaleSessionError
-from swiftinfer_core.protocol import RawPrompt, SessionView, StreamChunk, ToolPrompt
+from swiftinfer_core.protocol import ABSENT, RawPrompt, SessionView, StreamChunk, ToolPrompt
 
 log = logging.getLogger("ray.serve")
 
@@ -72,13 +72,14 @@ class LLMReplica:
         self._engine = make_engine(self._cfg.backend, self._cfg.replica_engine, self._cfg.cpu_threads, self._cfg.engine_process)
         await asyncio.to_thread(self._engine.warm_up)  # ProcessEngine warms its child before it is ready
         self._local = LocalSessions(self._engine, self._cfg.limits)
-        self._warm_capable = self._engine.checks_expect()
+        self._direct_capable = self._engine.checks_expect()
+        self._slots = self._engine.stats().total_slots
         self._directory = directory_handle(directory_spec(self._cfg))
         self._busy: set[str] = set()  # sessions with a turn running here
         self._last_turn: dict[str, float] = {}  # session -> time of its last turn (autoscaling, eviction)
         self._turns = dict.fromkeys(CacheState, 0)  # turns by how they found their cache
         self._not_committed = 0
-        self._warm_starts = 0  # turns that started without reading the engine first
+        self._direct_starts = 0  # turns that started without reading the engine first (warm, or new here)
         self._rebalanced = 0  # sessions handed over to replicas below their fair share
         self._timer = TurnTimer()
         self._pace = ChunkBudget(self._cfg.stream_interval_ms / 1000, self._cfg.stream_max_chunks_per_s)
@@ -109,10 +110,16 @@ class LLMReplica:
         stream = None
         watch = Stopwatch(self._timer)
         try:
-            # a copy committed or synced here before may start warm: the engine checks it as
-            # it takes the turn, so no reading of the engine waits for a step first
-            warm = self._warm_capable and session_id in self._local.seq
-            view = None if warm else await self._read_and_admit(session_id, watch)
+            # A copy committed or synced here before may start warm, and a session without a
+            # record may start new: the engine checks the condition as it takes the turn
+            # (expect=), so no reading of the engine waits for a step first. Other turns
+            # read it (admission, sync) after the lease. A turn without a copy here is
+            # admitted by this replica's count first (a warm one holds its slot already).
+            view = None
+            if not self._direct_capable:
+                view = await self._read_and_admit(session_id, watch)
+            elif session_id not in self._local.seq:
+                self._admit_count()
             answer: TurnGrant | TurnReplay = await self._directory.begin_turn.remote(session_id, self._id, turn_key)
             watch.lap(TurnPhase.LEASE)
             if isinstance(answer, TurnReplay):
@@ -126,14 +133,22 @@ class LLMReplica:
                 return
             grant = answer
             cache, chunk = CacheState.WARM, None
-            if warm and grant.record is not None and self._local.seq.get(session_id) == grant.seq:
-                stream = self._pace.paced(self._engine.chat(session_id, messages, params, expect=grant.record))
-                try:
-                    chunk = await stream.__anext__()
-                    self._warm_starts += 1
-                except StaleSessionError:  # evicted, slot lent, or changed: the full path below
-                    await stream.aclose()
-                    stream = None
+            if self._direct_capable:
+                if grant.record is None:
+                    cache, expect = CacheState.NEW, ABSENT
+                elif self._local.seq.get(session_id) == grant.seq:
+                    expect = grant.record
+                else:
+                    expect = None
+                if expect is not None:
+                    stream = self._pace.paced(self._engine.chat(session_id, messages, params, expect=expect))
+                    try:
+                        chunk = await stream.__anext__()
+                        self._direct_starts += 1
+                        self._local.committed(session_id, grant.seq)
+                    except StaleSessionError:  # evicted, slot lent, changed, or a leftover copy: the full path
+                        await stream.aclose()
+                        stream = None
             if chunk is None:
                 view = view or await self._read_and_admit(session_id, watch)
                 cache = await self._local.sync(session_id, grant, view)
@@ -193,6 +208,13 @@ class LLMReplica:
         self._admit(view)
         watch.lap(TurnPhase.ADMIT)
         return view
+
+    def _admit_count(self) -> None:
+        """429 when this replica has as many turns in flight as KV slots besides
+        this one (``_admit`` without reading the engine; a turn with ``n`` choices
+        counts once here, so the engine may still queue it)."""
+        if len(self._busy) - 1 >= self._slots:  # _busy holds this session already
+            raise CapacityError(f"all {self._slots} KV slots of replica {self._id} are busy")
 
     def _admit(self, view: SessionView) -> None:
         """429 when every KV slot is taken by a turn in flight and this session
@@ -287,7 +309,7 @@ class LLMReplica:
             tokens_generated=st.tokens_generated, tokens_prefilled=st.tokens_prefilled,
             kv_use=st.resident_sessions / max(1, st.total_slots), draining=self._draining or stopped,
             pid=os.getpid(), idle_evicted=self._local.idle_evicted, rolled_back=self._local.rolled_back, rebalanced=self._rebalanced,
-            turns=dict(self._turns), turns_not_committed=self._not_committed, warm_starts=self._warm_starts,
+            turns=dict(self._turns), turns_not_committed=self._not_committed, direct_starts=self._direct_starts,
             phases=self._timer.summary(),
         )
 

@@ -36,7 +36,7 @@ from swiftinfer_core.errors import (
 from swiftinfer_core.finish_reason import FinishReason
 from swiftinfer_core.kernels.attention import TritonAttention
 from swiftinfer_core.session_id import check_session_id
-from swiftinfer_core.protocol import EngineStats, KVSnapshot, RawPrompt, ToolPrompt, SessionRecord, SessionStats, SessionView
+from swiftinfer_core.protocol import Absent, EngineStats, KVSnapshot, RawPrompt, ToolPrompt, SessionRecord, SessionStats, SessionView
 from swiftinfer_core.runner import piecewise
 
 log = logging.getLogger(__name__)
@@ -83,10 +83,12 @@ class EngineCore:
 
     # ---- API (called under the engine lock) ----
 
-    def add_turn(self, session_id: str, messages: list[dict], params: SamplingParams, expect: SessionRecord | None = None) -> Turn:
+    def add_turn(self, session_id: str, messages: list[dict], params: SamplingParams,
+                 expect: SessionRecord | Absent | None = None) -> Turn:
         """Queue the next turn of ``session_id``. With ``expect``, only when this
         engine holds the session in a cache slot with exactly that record (a
-        replica's warm start: no separate reading of the engine first); else
+        replica's warm start: no separate reading of the engine first), or with
+        ``ABSENT`` only when it holds no copy of it (a new start); else
         StaleSessionError and nothing changes."""
         check_session_id(session_id)
         if not isinstance(params, SamplingParams):
@@ -100,7 +102,10 @@ class EngineCore:
         else:
             messages = validate_messages(messages)
         session = self.sessions.get(session_id)
-        if expect is not None and (session is None or session.slot is None or session.turn is not None or session.record() != expect):
+        if isinstance(expect, Absent):
+            if session is not None:
+                raise StaleSessionError(f"session {session_id!r} has a copy here; a new start expected none")
+        elif expect is not None and (session is None or session.slot is None or session.turn is not None or session.record() != expect):
             raise StaleSessionError(f"session {session_id!r} here is not the expected resident copy")
         if session is not None and session.turn is not None:
             raise SessionBusyError(f"session {session_id!r} already has a turn in flight")

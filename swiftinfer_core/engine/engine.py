@@ -29,7 +29,7 @@ from swiftinfer_core.engine.core import EngineCore
 from swiftinfer_core.engine.session import Turn
 from swiftinfer_core.errors import EngineClosedError
 from swiftinfer_core.runner.resolve import torch_device
-from swiftinfer_core.protocol import EngineStats, KVSnapshot, SessionRecord, SessionStats, SessionView, StreamChunk, merge_per_choice
+from swiftinfer_core.protocol import Absent, EngineStats, KVSnapshot, SessionRecord, SessionStats, SessionView, StreamChunk, merge_per_choice
 from swiftinfer_core.protocol import EngineProtocol
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class _Submission:
     params: SamplingParams
     out: object  # asyncio.Queue (with ``loop``) or queue.Queue
     loop: asyncio.AbstractEventLoop | None
-    expect: SessionRecord | None = None  # start only on this exact resident copy (EngineCore.add_turn)
+    expect: SessionRecord | Absent | None = None  # start only on this exact resident copy (EngineCore.add_turn)
     turn: Turn | None = None
 
 
@@ -78,10 +78,10 @@ class Engine(EngineProtocol):
     # ---- streaming ----
 
     async def chat(self, session_id: str, messages: list[dict], params: SamplingParams | None = None,
-                   expect: SessionRecord | None = None) -> AsyncIterator[StreamChunk]:
+                   expect: SessionRecord | Absent | None = None) -> AsyncIterator[StreamChunk]:
         """Append the new ``messages`` to the session and stream the reply. With
         ``expect`` the first read raises StaleSessionError unless the engine holds
-        exactly that record in a cache slot."""
+        exactly that record in a cache slot (``ABSENT``: unless it holds no copy)."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         sub = self._submit(_Submission(session_id, messages, params or SamplingParams(), queue, loop, expect))

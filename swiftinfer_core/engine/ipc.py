@@ -14,7 +14,7 @@ from enum import Enum
 
 from swiftinfer_core.config import SamplingParams
 from swiftinfer_core.errors import EngineClosedError
-from swiftinfer_core.protocol import SessionRecord, StreamChunk
+from swiftinfer_core.protocol import Absent, SessionRecord, StreamChunk
 
 
 class EngineCall(Enum):
@@ -41,7 +41,7 @@ class StartTurn:
     session_id: str
     messages: list[dict]
     params: SamplingParams
-    expect: SessionRecord | None = None  # EngineCore.add_turn's warm-start condition
+    expect: SessionRecord | Absent | None = None  # EngineCore.add_turn's warm- or new-start condition
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from swiftinfer_core.engine.child import run_child
 from swiftinfer_core.engine.engine import deliver_to_loops, read_stream
 from swiftinfer_core.engine.ipc import AbortTurn, Call, EngineCall, Ready, Reply, StartTurn, StepEvents
 from swiftinfer_core.errors import EngineClosedError
-from swiftinfer_core.protocol import EngineStats, KVSnapshot, SessionRecord, SessionStats, SessionView, StreamChunk
+from swiftinfer_core.protocol import Absent, EngineStats, KVSnapshot, SessionRecord, SessionStats, SessionView, StreamChunk
 from swiftinfer_core.protocol import EngineProtocol
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class ProcessEngine(EngineProtocol):
     # ---- streaming ----
 
     async def chat(self, session_id: str, messages: list[dict], params: SamplingParams | None = None,
-                   expect: SessionRecord | None = None) -> AsyncIterator[StreamChunk]:
+                   expect: SessionRecord | Absent | None = None) -> AsyncIterator[StreamChunk]:
         """As ``Engine.chat``: errors of the turn's start raise at the first read."""
         queue: asyncio.Queue = asyncio.Queue()
         tid = next(self._ids)

@@ -19,5 +19,5 @@ def replica_stats(rid: str = "r", **fields) -> ReplicaStats:
     """An idle replica's report, with ``fields`` replaced."""
     base = dict(replica_id=rid, capacity=8, free_slots=8, sessions=0, resident=0, active_sessions=0, running=0, waiting=0,
                 evictions=0, tokens_generated=0, tokens_prefilled=0, kv_use=0.0, draining=False, pid=0, idle_evicted=0,
-                rolled_back=0, rebalanced=0, turns=dict.fromkeys(CacheState, 0), turns_not_committed=0, warm_starts=0)
+                rolled_back=0, rebalanced=0, turns=dict.fromkeys(CacheState, 0), turns_not_committed=0, direct_starts=0)
     return ReplicaStats(**{**base, **fields})

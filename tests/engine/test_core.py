@@ -205,14 +205,7 @@ def test_a_turn_with_an_expected_record_starts_only_on_that_resident_copy(make_c
     from swiftinfer_core.errors import StaleSessionError
 
     core = make_core(max_sessions=1)
-    params = SamplingParams(max_tokens=3)
-
-    def run(sid, text, expect=None):
-        turn = core.add_turn(sid, [{"role": "user", "content": text}], params, expect=expect)
-        while core.scheduler.has_work:
-            core.step()
-        return turn
-
+    run = _turn_runner(core)
     with pytest.raises(StaleSessionError):  # unknown here
         run("a", "hi", expect=core.session("a").record() if "a" in core.sessions else _record("a"))
     run("a", "Name a fruit.")
@@ -225,6 +218,36 @@ def test_a_turn_with_an_expected_record_starts_only_on_that_resident_copy(make_c
     run("b", "Take the slot.")  # one slot: "a" gives it up (its ids stay)
     with pytest.raises(StaleSessionError):  # same record, not resident
         run("a", "Again.", expect=core.export_session("a"))
+
+
+def test_a_new_start_runs_only_where_the_engine_holds_no_copy(make_core):
+    import pickle
+
+    from swiftinfer_core.errors import StaleSessionError
+    from swiftinfer_core.protocol import ABSENT
+
+    core = make_core(max_sessions=2)
+    run = _turn_runner(core)
+    assert run("a", "Name a fruit.", expect=ABSENT).output_ids  # no copy: it runs as the first round
+    record = core.export_session("a")
+    with pytest.raises(StaleSessionError):  # a copy here (a leftover, for a new start): nothing changes
+        run("a", "Start over.", expect=pickle.loads(pickle.dumps(ABSENT)))  # as it arrives from a replica process
+    assert core.export_session("a") == record and not core.scheduler.has_work
+    core.close_session("a")
+    assert run("a", "Hello again.", expect=ABSENT).output_ids
+
+
+def _turn_runner(core):
+    """run(sid, text, expect=None): one 3-token turn of ``sid`` to its end; returns the Turn."""
+    params = SamplingParams(max_tokens=3)
+
+    def run(sid, text, expect=None):
+        turn = core.add_turn(sid, [{"role": "user", "content": text}], params, expect=expect)
+        while core.scheduler.has_work:
+            core.step()
+        return turn
+
+    return run
 
 
 def _record(sid):
