@@ -30,9 +30,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import yaml
-from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402

@@ -78,6 +78,7 @@ _UNAVAILABLE = (EngineClosedError, ActorDiedError, ActorUnavailableError)  # the
 class Ingress:
     def __init__(self, llm: DeploymentHandle, config: dict):
         self._cfg = AppConfig.model_validate(config)
+        # every call to the LLM replicas (turns here, session routes, one-call sessions) on the configured transport
         self._llm = llm = llm.options(_by_reference=self._cfg.replica_transport is ReplicaTransport.RAY)
         self._directory = directory_handle(directory_spec(self._cfg))
         self._metrics = ServiceMetrics()

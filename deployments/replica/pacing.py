@@ -1,8 +1,9 @@
 """Paced token streams: a replica's chunks per second stay within a budget.
 
-Every chunk a replica yields is one Ray object on the way to the ingress, and
-one ASGI message again on the way to the HTTP proxy; each costs the same Python
-work whether it holds one token or ten. At 128 turns decoding ~40 tokens/s each
+Every chunk a replica yields is one message on the way to the ingress (a gRPC
+message, or a Ray object with ``replica_transport: ray``), and one ASGI message
+again on the way to the HTTP proxy; each costs the same Python work whether it
+holds one token or ten. At 128 turns decoding ~40 tokens/s each
 a fixed 50 ms pace still makes ~2,500 items/s per hop; on an H200 at 7B shape
 the replica's Ray threads and the proxy were then above one core each
 (bench/results/served_7b_profile.md), and the backlog showed up as time to

@@ -44,7 +44,7 @@ class _Submission:
     params: SamplingParams
     out: object  # asyncio.Queue (with ``loop``) or queue.Queue
     loop: asyncio.AbstractEventLoop | None
-    expect: SessionRecord | Absent | None = None  # start only on this exact resident copy (EngineCore.add_turn)
+    expect: SessionRecord | Absent | None = None  # start only on this exact resident copy, or with none (EngineCore.add_turn)
     turn: Turn | None = None
 
 
