@@ -15,6 +15,8 @@
 #  "hapr" (not by default): "hap" with the ingress's calls to the LLM replica as Ray actor calls
 #     (replica_transport: ray; every other step runs the default, Serve's gRPC transport).
 #  "hapo" (not by default): "hap" with Serve's max_ongoing_requests at twice the KV slots (others: the slots).
+#  REPEAT (default 1): each served step starts its app that many times in a row, labels <step>, <step>2, ...
+#     (identical served runs on one machine differed by ~0.1 in ratio: README, "How much identical served runs differ").
 #  CLIENTS (default "1"): load-client process counts to run at each N (bench/load.py --client-procs; a count
 #     other than 1 adds "p<count>" to the run's label, e.g. happ4).
 #  "nopiece" (not by default): step 2 without piecewise graphs (piecewise_graphs: false; the
@@ -51,6 +53,13 @@ want engine && step engine 220 python3 bench/engine_batches.py --model /tmp/mode
   --window "$WINDOW" --rounds "$ROUNDS" --words 24 --no-bare --closed-loop --name "${NAME}_engine" --out "$OUT" ${ENGINE_ARGS:-}
 
 serve_closed() {  # serve_closed LABEL ENGINE_PROCESS EXTRA_YAML ENGINE_YAML SIZES...  (app / engine args, "\n      "-separated)
+  # REPEAT=k starts the app k times in a row, labels LABEL, LABEL2, ... (identical runs differ: README)
+  local label=$1; shift
+  for r in $(seq 1 "${REPEAT:-1}"); do
+    if [ "$r" = 1 ]; then serve_once "$label" "$@"; else serve_once "$label$r" "$@"; fi
+  done
+}
+serve_once() {  # one app: serve_closed's arguments, its label already numbered
   local label=$1 proc=$2 extra=$3 engine_extra=$4; shift 4
   sed -e "s|model: /tmp/r7b|model: /tmp/model|" -e "s/max_turn_tokens: 4096/max_turn_tokens: 4096$engine_extra/" -e "s/max_sessions: 128/max_sessions: $SLOTS/" -e "s/window: 1020/window: $WINDOW/" -e "s/stream_interval_ms: 50/stream_interval_ms: $PACE_MS/" -e "s/ingress_replicas: 4/ingress_replicas: ${INGRESS:-4}/" \
       -e "s/max_ongoing_requests: 128/max_ongoing_requests: ${ONGOING:-$SLOTS}\n      engine_process: $proc$extra/" bench/serve_gpu7b.yaml > /tmp/serve.yaml
