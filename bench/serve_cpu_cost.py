@@ -15,7 +15,11 @@ send the ingress's calls to the LLM replica over Serve's gRPC transport
 config once per variant (``serve run``), runs the same closed loop against it
 (bench/load.py), and reads each process's CPU seconds from /proc before and after:
 CPU ms per streamed chunk by role (proxy, ingress, LLM replica, engine child,
-directory). CPU time per chunk, not throughput, is the figure: on a small CPU box
+directory). Each variant first rests ``--idle-s`` seconds to read each process's
+background CPU rate (stats reports, health checks), which ``cpu_s_above_idle``
+takes out; with ``haproxy_grpc`` and ``haproxy_grpc_pace200`` (the same turns in
+fewer, larger chunks) the two runs split each role's CPU into per-turn and
+per-chunk parts (``turn_and_chunk_costs``). CPU time per chunk, not throughput, is the figure: on a small CPU box
 the engine takes most of the cores, but each process's work per chunk is its own.
 
     python bench/serve_cpu_cost.py --config serve_config.yaml --sessions 8 --rounds 4 --max-tokens 48 --out DIR
@@ -51,7 +55,9 @@ HAPROXY = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
 # AppConfig.replica_transport; the app's default).
 RAY_CALLS = {"replica_transport": "ray"}
 VARIANTS = {"default": ({}, RAY_CALLS), "lean": (LEAN, RAY_CALLS), "haproxy": (HAPROXY, RAY_CALLS),
-            "grpc": ({}, {}), "haproxy_grpc": (HAPROXY, {})}
+            "grpc": ({}, {}), "haproxy_grpc": (HAPROXY, {}),
+            # the same turns in fewer, larger chunks: with haproxy_grpc, splits the replica's CPU into per-turn and per-chunk parts
+            "haproxy_grpc_pace200": (HAPROXY, {"stream_interval_ms": 200})}
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -110,6 +116,9 @@ def measure(variant: str, a) -> dict:
         spec = LoadSpec(url=a.url, sessions=a.sessions, rounds=a.rounds, rate=1000.0, think_s=0.0, max_tokens=a.max_tokens,
                         prompt_words=a.prompt_words, prefix=f"cpucost-{variant}")
         asyncio.run(run_load(LoadSpec(**{**spec.__dict__, "sessions": 2, "rounds": 1, "prefix": f"warm-{variant}"})))
+        idle0 = cpu_by_role()  # the stack's own background (stats reports, health checks, eviction loops) at rest
+        time.sleep(a.idle_s)
+        idle = {r: (v - idle0[r]) / a.idle_s for r, v in cpu_by_role().items()}
         before = cpu_by_role()
         t0 = time.monotonic()
         result = asyncio.run(run_load(spec))
@@ -127,10 +136,27 @@ def measure(variant: str, a) -> dict:
     s = result["summary"]
     chunks = s["itl_s"]["n"] + s["turns_ok"]  # a chunk after each gap, and each turn's first
     cpu = {r: after[r] - before[r] for r in ROLES}
-    return {"variant": variant, "env": extra_env, "args": args, "ready_s": ready_s, "wall_s": wall, "turns_ok": s["turns_ok"],
+    return {"variant": variant, "env": extra_env, "args": args, "ready_s": ready_s, "wall_s": wall, "idle_cpu_per_s": idle,
+            "cpu_s_above_idle": {r: cpu[r] - idle[r] * wall for r in ROLES}, "turns_ok": s["turns_ok"],
             "turns_failed": s["turns_failed"], "chunks": chunks, "completion_tokens": s["completion_tokens"],
             "tokens_per_s": s["tokens_per_s"], "ttft_warm_p50_s": s["ttft_warm_s"]["p50"], "audit": result.get("audit"),
             "cpu_s": cpu, "cpu_ms_per_chunk": {r: 1e3 * v / max(1, chunks) for r, v in cpu.items()}}
+
+
+def turn_and_chunk_costs(rows: list[dict]) -> dict:
+    """With ``haproxy_grpc`` and ``haproxy_grpc_pace200`` both run (the same turns in two chunk
+    counts), each role's CPU above idle as ``per_turn_ms * turns + per_chunk_ms * chunks``
+    solved from the two; {} otherwise."""
+    by = {r["variant"]: r for r in rows}
+    a, b = by.get("haproxy_grpc"), by.get("haproxy_grpc_pace200")
+    if a is None or b is None or a["chunks"] == b["chunks"] or a["turns_ok"] != b["turns_ok"]:
+        return {}
+    out = {}
+    for role in ("ingress", "llm_replica", "directory"):
+        ca, cb = a["cpu_s_above_idle"][role], b["cpu_s_above_idle"][role]
+        per_chunk = (ca - cb) / (a["chunks"] - b["chunks"])
+        out[role] = {"per_chunk_ms": 1e3 * per_chunk, "per_turn_ms": 1e3 * (ca - per_chunk * a["chunks"]) / a["turns_ok"]}
+    return out
 
 
 def main() -> int:
@@ -143,6 +169,7 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--prompt-words", type=int, default=16)
     ap.add_argument("--ready-timeout-s", type=float, default=300.0)
+    ap.add_argument("--idle-s", type=float, default=10.0, help="seconds at rest before the load: each process's background CPU rate")
     ap.add_argument("--name", default="serve_cpu_cost")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -153,7 +180,10 @@ def main() -> int:
         r = rows[-1]
         print(f"{v}: {r['turns_ok']} turns, {r['chunks']} chunks, {r['tokens_per_s']:.1f} tok/s; CPU ms per chunk "
               + ", ".join(f"{k} {x:.2f}" for k, x in r["cpu_ms_per_chunk"].items()), flush=True)
-    common.write_results(a.name, {"config": a.config, "rows": rows}, a.out)
+    split = turn_and_chunk_costs(rows)
+    for role, c in split.items():
+        print(f"{role}: {c['per_turn_ms']:.2f} ms per turn + {c['per_chunk_ms']:.3f} ms per chunk (above idle)")
+    common.write_results(a.name, {"config": a.config, "rows": rows, "turn_and_chunk_costs": split}, a.out)
 
     import matplotlib
 
