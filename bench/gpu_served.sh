@@ -71,7 +71,7 @@ serve_once() {  # one app: serve_closed's arguments, its label already numbered
     local run=$label; [ "$c" = 1 ] || run="${label}p$c"
     # busy threads 4-7 s into the run (top's second frame) and the core each is on (identical runs
     # differ by ~0.1 in ratio: README, "How much identical served runs differ")
-    (sleep 4; top -H -b -d 3 -n 2 -w 250 | awk '/^top -/{n++} n==2' | head -50; ps -eLo pid,tid,psr,comm | awk '$3 != "" ') \
+    (sleep 4; top -H -b -d 3 -n 2 -w 250 | awk '/^top -/{n++} n==2' | head -50; ps -eLo pid,tid,psr,comm) \
       > "$OUT/threads_${run}_$n.txt" 2>&1 &
     step "${run}_$n" 150 python3 bench/load.py --url http://127.0.0.1:8000 --sessions "$n" --rate 1000 --think-s 0 --rounds "$ROUNDS" \
       --max-tokens 64 --prompt-words 24 --timeout-s 120 --retry-s 60 --metrics-every-s 2 --model llama2-7b-random \

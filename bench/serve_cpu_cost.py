@@ -118,8 +118,8 @@ def measure(variant: str, a) -> dict:
         asyncio.run(run_load(LoadSpec(**{**spec.__dict__, "sessions": 2, "rounds": 1, "prefix": f"warm-{variant}"})))
         idle0 = cpu_by_role()  # the stack's own background (stats reports, health checks, eviction loops) at rest
         time.sleep(a.idle_s)
-        idle = {r: (v - idle0[r]) / a.idle_s for r, v in cpu_by_role().items()}
-        before = cpu_by_role()
+        before = cpu_by_role()  # the end of the rest is the start of the load
+        idle = {r: (v - idle0[r]) / a.idle_s for r, v in before.items()}
         t0 = time.monotonic()
         result = asyncio.run(run_load(spec))
         wall = time.monotonic() - t0

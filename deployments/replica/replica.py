@@ -316,7 +316,7 @@ class LLMReplica:
     def record_replica_metadata(self) -> dict:
         """Static facts routers read as ``replica.replica_metadata`` from the moment
         the replica is ready (routing stats arrive only after the first poll)."""
-        return {"capacity": self._engine.stats().total_slots}
+        return {"capacity": self._slots}
 
     async def record_routing_stats(self) -> dict:
         return (await self._stats()).to_dict()  # Serve's contract: a dict (messages.RoutingStats reads it)
