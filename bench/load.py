@@ -141,20 +141,26 @@ async def sample_metrics(client: httpx.AsyncClient, every_s: float, t_start: flo
         await asyncio.sleep(every_s)
 
 
+# /metrics gauge -> (sample key prefix, the label naming the part timed)
+TIMED = {"swiftinfer_turn_phase_seconds": ("phase", "phase"), "swiftinfer_ingress_phase_seconds": ("ingress", "phase"),
+         "swiftinfer_replica_loop_seconds": ("loop", "leg")}
+
+
 def parse_gauges(text: str, t_s: float) -> dict:
     """One sample: SERVER_GAUGES summed over replicas, each turn phase's quantiles
-    (``phase_<name>_p50``/``_p99``, the worst replica's) and the answering ingress's
-    hops to a first token (``ingress_<name>_p50``/``_p99``: prepare, route, replica, return)."""
+    (``phase_<name>_p50``/``_p99``, the worst replica's), the answering ingress's
+    hops to a first token (``ingress_<name>_p50``/``_p99``: prepare, route, replica, return)
+    and the waits inside the replicas' loops (``loop_<leg>_p50``/``_p99``, the worst replica's)."""
     row = {"t_s": t_s}
     for line in text.splitlines():
         name = line.split("{", 1)[0].split(" ", 1)[0]
         if name in SERVER_GAUGES:
             row[name] = row.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
-        elif name in ("swiftinfer_turn_phase_seconds", "swiftinfer_ingress_phase_seconds"):
+        elif name in TIMED:
             labels = dict(kv.split("=", 1) for kv in line.split("{", 1)[1].split("}", 1)[0].split(","))
             q = labels["quantile"].strip('"').split(".", 1)[1].ljust(2, "0")  # "0.5" -> "50", "0.99" -> "99"
-            side = "phase" if name == "swiftinfer_turn_phase_seconds" else "ingress"
-            key = f"{side}_{labels['phase'].strip(chr(34))}_p{q}"
+            side, label = TIMED[name]
+            key = f"{side}_{labels[label].strip(chr(34))}_p{q}"
             row[key] = max(row.get(key, 0.0), float(line.rsplit(" ", 1)[1]))
     return row
 
@@ -162,7 +168,7 @@ def parse_gauges(text: str, t_s: float) -> dict:
 def server_peaks(samples: list[dict]) -> dict:
     if not samples:
         return {}
-    phases = sorted({k for r in samples for k in r if k.startswith(("phase_", "ingress_"))})
+    phases = sorted({k for r in samples for k in r if k.startswith(tuple(f"{side}_" for side, _ in TIMED.values()))})
     return {"server_max": {g: max(r.get(g, 0.0) for r in samples) for g in SERVER_GAUGES},
             # per-phase turn times on the replicas (deployments/turn_timing.py): the last
             # sample covers the replicas' most recent turns; max is the worst seen in the run

@@ -240,6 +240,11 @@ class EngineProtocol(Protocol):
     def warm_up(self) -> None:
         """Compile or load what the first turn would otherwise wait for."""
 
+    def handoff_times(self) -> dict:
+        """``engine.handoff.Handoff`` leg -> (p50, p99) seconds of a step's events on
+        their way to the waiting streams, where they cross a process (ProcessEngine)."""
+        return {}
+
     def check_health(self) -> None:
         """Raise when the engine can serve no more turns (a device fault), so Serve
         replaces the replica."""

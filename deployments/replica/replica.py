@@ -49,7 +49,7 @@ from deployments.replica.drain import drain
 from deployments.replica.engine_factory import make_engine
 from deployments.http.errors import TurnNotCommittedError
 from deployments.sessions.history import chain
-from deployments.messages import CacheState, CommittedTurn, ReplicaStats, TurnGrant, TurnPhase, TurnReplay, TurnStart
+from deployments.messages import CacheState, CommittedTurn, ReplicaLoop, ReplicaStats, TurnGrant, TurnPhase, TurnReplay, TurnStart
 from deployments.replica.local_sessions import LocalSessions
 from deployments.replica.pacing import ChunkBudget
 from deployments.replica.rebalance import rebalance_step
@@ -82,11 +82,12 @@ class LLMReplica:
         self._direct_starts = 0  # turns that started without reading the engine first (warm, or new here)
         self._rebalanced = 0  # sessions handed over to replicas below their fair share
         self._timer = TurnTimer()
+        self._lag = TurnTimer(phases=ReplicaLoop)  # LAG only; the engine times PIPE and WAKE
         self._pace = ChunkBudget(self._cfg.stream_interval_ms / 1000, self._cfg.stream_max_chunks_per_s)
         self._draining = False
         await self._report()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._report_loop()), loop.create_task(self._evict_loop())]
+        self._tasks = [loop.create_task(t) for t in (self._report_loop(), self._evict_loop(), self._lag_loop())]
 
     # ---- turns -----------------------------------------------------------------------
     async def chat_events(
@@ -310,8 +311,11 @@ class LLMReplica:
             kv_use=st.resident_sessions / max(1, st.total_slots), draining=self._draining or stopped,
             pid=os.getpid(), idle_evicted=self._local.idle_evicted, rolled_back=self._local.rolled_back, rebalanced=self._rebalanced,
             turns=dict(self._turns), turns_not_committed=self._not_committed, direct_starts=self._direct_starts,
-            phases=self._timer.summary(),
+            phases=self._timer.summary(), loop=self._loop_times(),
         )
+
+    def _loop_times(self) -> dict[ReplicaLoop, tuple[float, float]]:
+        return {**{ReplicaLoop(leg.value): v for leg, v in self._engine.handoff_times().items()}, **self._lag.summary()}
 
     def record_replica_metadata(self) -> dict:
         """Static facts routers read as ``replica.replica_metadata`` from the moment
@@ -334,6 +338,14 @@ class LLMReplica:
                 await self._report()
             except Exception:  # the directory restarting must not kill the replica
                 log.exception("stats report failed")
+
+    async def _lag_loop(self, period_s: float = 0.01) -> None:
+        """How late this loop wakes on a short timer: every stream, call and engine
+        hand-over of the replica waits behind the same loop."""
+        while not self._draining:
+            t = time.monotonic()
+            await asyncio.sleep(period_s)
+            self._lag.record(ReplicaLoop.LAG, max(0.0, time.monotonic() - t - period_s))
 
     async def _evict_loop(self) -> None:
         ttl = self._cfg.limits.idle_ttl_s

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
@@ -50,7 +51,7 @@ class _PipeEngine(Engine):
                 self.turns.pop(tid, None)
         if payload:
             try:
-                self.send(StepEvents(payload))
+                self.send(StepEvents(payload, time.monotonic()))
             except OSError:  # the parent is gone; nobody is left to tell
                 log.debug("dropped %d events: the parent's pipe is closed", len(payload))
 

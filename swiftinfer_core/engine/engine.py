@@ -351,18 +351,22 @@ def _poisons_device(exc: BaseException) -> bool:
             or "CUDA error" in str(exc) or "device-side assert" in str(exc))
 
 
-def deliver_to_loops(items: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, object]]) -> None:
+def deliver_to_loops(items: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, object]],
+                     on_wake: Callable[[], None] | None = None) -> None:
     """From a non-loop thread: put each item on its queue, with one cross-thread
-    wake-up per event loop (not one per item)."""
+    wake-up per event loop (not one per item). ``on_wake`` runs on each loop as
+    its items land (hand-off timing, engine/handoff.py)."""
     by_loop: dict[asyncio.AbstractEventLoop, list] = {}
     for loop, queue, item in items:
         by_loop.setdefault(loop, []).append((queue, item))
     for loop, batch in by_loop.items():
         if not loop.is_closed():
-            loop.call_soon_threadsafe(_put_all, batch)
+            loop.call_soon_threadsafe(_put_all, batch, on_wake)
 
 
-def _put_all(batch: list[tuple[asyncio.Queue, object]]) -> None:
+def _put_all(batch: list[tuple[asyncio.Queue, object]], on_wake: Callable[[], None] | None = None) -> None:
+    if on_wake is not None:
+        on_wake()
     for queue, item in batch:
         queue.put_nowait(item)
 

@@ -66,6 +66,7 @@ class Reply:
 @dataclass(frozen=True)
 class StepEvents:
     items: list[tuple[int, StreamChunk | BaseException]]  # (turn id, chunk or the error that ends it)
+    sent_at: float = 0.0  # the child's time.monotonic() as it sends them (engine/handoff.py)
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,14 @@ import itertools
 import logging
 import multiprocessing as mp
 import threading
+import time
 from concurrent.futures import Future
 from typing import AsyncIterator
 
 from swiftinfer_core.config import EngineConfig, SamplingParams
 from swiftinfer_core.engine.child import run_child
 from swiftinfer_core.engine.engine import deliver_to_loops, read_stream
+from swiftinfer_core.engine.handoff import Handoff, HandoffTimer
 from swiftinfer_core.engine.ipc import AbortTurn, Call, EngineCall, Ready, Reply, StartTurn, StepEvents
 from swiftinfer_core.errors import EngineClosedError
 from swiftinfer_core.protocol import Absent, EngineStats, KVSnapshot, SessionRecord, SessionStats, SessionView, StreamChunk
@@ -58,6 +60,7 @@ class ProcessEngine(EngineProtocol):
         self._streams: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._calls: dict[int, Future] = {}
         self._closed: BaseException | None = None
+        self._handoff = HandoffTimer()
         self._reader = threading.Thread(target=self._read, name="swiftinfer-engine-reader", daemon=True)
         self._reader.start()
         atexit.register(self.close)
@@ -134,6 +137,9 @@ class ProcessEngine(EngineProtocol):
     def checks_expect(self) -> bool:
         return True  # chat(..., expect=) (EngineCore.add_turn)
 
+    def handoff_times(self) -> dict[Handoff, tuple[float, float]]:
+        return self._handoff.summary()
+
     def check_health(self, timeout: float = 60.0) -> None:
         """Raise EngineClosedError when the child is gone or its engine stopped."""
         if self._closed is not None or not self._proc.is_alive():
@@ -183,7 +189,9 @@ class ProcessEngine(EngineProtocol):
             while True:
                 msg = self._up.recv()
                 if isinstance(msg, StepEvents):
-                    self._deliver(msg.items)
+                    got = time.monotonic()
+                    self._handoff.record(Handoff.PIPE, got - msg.sent_at)
+                    self._deliver(msg.items, got)
                 elif isinstance(msg, Reply):
                     fut = self._calls.pop(msg.call_id, None)
                     if fut is not None:
@@ -197,11 +205,13 @@ class ProcessEngine(EngineProtocol):
                 self._closed = EngineClosedError(f"the engine process exited (exit code {self._proc.exitcode})")
             self._fail_all(self._closed_error())
 
-    def _deliver(self, items: list[tuple[int, object]]) -> None:
+    def _deliver(self, items: list[tuple[int, object]], got: float | None = None) -> None:
         """One wake-up per event loop per step. A stream may end on its loop meanwhile:
-        one lookup per item, not a check then a read."""
+        one lookup per item, not a check then a read. ``got``: when the reader had
+        them (each loop's hand-over then times its wake-up)."""
         targets = [(self._streams.get(tid), item) for tid, item in items]
-        deliver_to_loops([(*t, item) for t, item in targets if t is not None])
+        woke = None if got is None else (lambda: self._handoff.since(Handoff.WAKE, got))
+        deliver_to_loops([(*t, item) for t, item in targets if t is not None], woke)
 
     def _fail_all(self, error: EngineClosedError) -> None:
         for cid in list(self._calls):

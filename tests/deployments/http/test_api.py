@@ -385,6 +385,14 @@ def test_models_health_and_metrics(api):
     first_token = max(float(ln.split()[-1]) for ln in text.splitlines()
                       if ln.startswith("swiftinfer_turn_phase_seconds{") and 'phase="first_token",quantile="0.5"' in ln)
     assert hops["replica"] > 0 and first_token > 0
+    # where a step's tokens wait inside the replica: its engine child's pipe, the wake-up of its
+    # loop (engine_process is on by default) and the loop's own lateness
+    legs = {}
+    for ln in text.splitlines():
+        if ln.startswith("swiftinfer_replica_loop_seconds{") and 'quantile="0.99"' in ln:
+            legs[ln.split('leg="')[1].split('"')[0]] = float(ln.split()[-1])
+    assert set(legs) == {"pipe", "wake", "lag"}, legs
+    assert all(0 <= v < 30 for v in legs.values()), legs
 
 
 def test_warm_and_new_turns_start_without_reading_the_engine_first(api):
