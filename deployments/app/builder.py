@@ -106,6 +106,8 @@ def llm_deployment_options(cfg: AppConfig) -> dict:
         "graceful_shutdown_timeout_s": cfg.graceful_shutdown_timeout_s,
         "graceful_shutdown_wait_loop_s": 0.5,
         "health_check_period_s": cfg.health_check_period_s,
+        # one line per call is the ingress's to write: here it repeats it on every turn's hot path
+        "logging_config": {"enable_access_log": False},
         "request_router_config": RequestRouterConfig(
             request_router_class=router_class(),
             request_router_kwargs=router_kwargs(cfg),
