@@ -159,14 +159,23 @@ def int8_shape(q: torch.Tensor, scales: torch.Tensor, k: int) -> int:
     return n
 
 
-def int4_shape(packed: torch.Tensor, scales: torch.Tensor, k: int, group: int) -> tuple[int, int]:
-    """(N, groups) of int4 weights packed uint8 [N, Kp/2] with scales [N, Kp/group]; ValueError if not."""
+def int4_shape(packed: torch.Tensor, scales: torch.Tensor, k: int, group: int,
+               mins: torch.Tensor | None = None) -> tuple[int, int]:
+    """(N, groups) of int4 weights packed uint8 [N, Kp/2] with scales [N, Kp/group]
+    (and, with zero points, mins of the scales' shape); ValueError if not."""
     n, half = packed.shape
     ng = -(-k // group)
     if packed.dtype != torch.uint8 or 2 * half != ng * group or scales.shape != (n, ng) or group % 32:
         raise ValueError(f"int4 weights for K={k}, group {group}: uint8 [N, {ng * group // 2}] and scales [N, {ng}]; "
                          f"got {packed.dtype} {tuple(packed.shape)} and {tuple(scales.shape)}")
+    if mins is not None and (mins.shape != (n, ng) or not mins.is_floating_point()):
+        raise ValueError(f"int4 zero-point mins must be float [N, {ng}] like the scales, got {mins.dtype} {tuple(mins.shape)}")
     return n, ng
+
+
+def int4_table(zero_point: bool) -> str:
+    """kernels/quant_configs.py's table for int4 weights with or without zero points."""
+    return "int4_zp" if zero_point else "int4"
 
 
 def check_operands(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> None:

@@ -61,6 +61,10 @@ GEMM_CANDIDATES = {
     "int8": [(64, 64, 4, 4), (64, 128, 4, 3), (128, 64, 4, 4), (128, 128, 8, 3), (128, 64, 8, 4), (64, 256, 4, 2)],
 }  # (block_n, block_k, warps, stages); block_m is the bucket, capped at 128
 WAVES = (0, 1, 2, 4, 8)
+# Formats without a table of their own: int4 with zero points (one more 2-byte load per
+# group and, in the GEMM, an fma instead of a multiply per weight) tiles as int4 until a
+# tuning file has an "int4_zp" section (the sweep does not time it yet).
+FALLBACK = {"int4_zp": "int4"}
 
 _tuned: dict[str, dict[str, dict[str, dict]]] = {}  # fmt -> bucket -> ("default" | "NxK") -> config
 
@@ -71,11 +75,16 @@ def bucket(m: int) -> int:
 
 
 def config(fmt: str, m: int, n: int, k: int) -> dict:
-    """The config for an [m, k] x [n, k]^T product in ``fmt`` ("int8"/"int4"):
-    the tuned one for this shape, else the tuned bucket default, else the table."""
+    """The config for an [m, k] x [n, k]^T product in ``fmt`` ("int8"/"int4"/"int4_zp"):
+    the tuned one for this shape, else the tuned bucket default (a FALLBACK format's
+    the same way), else the table."""
     b = bucket(m)
-    tuned = _tuned.get(fmt, {}).get(str(b), {})
-    return dict(tuned.get(f"{n}x{k}") or tuned.get("default") or DEFAULTS[fmt][b])
+    for f in (fmt, FALLBACK.get(fmt)):
+        tuned = _tuned.get(f, {}).get(str(b), {})
+        found = tuned.get(f"{n}x{k}") or tuned.get("default")
+        if found:
+            return dict(found)
+    return dict(DEFAULTS[FALLBACK.get(fmt, fmt)][b])
 
 
 def pick_split(tiles: int, steps: int, sms: int, waves: int) -> tuple[int, int]:

@@ -22,6 +22,13 @@ follow the batch (16..128) and a weight tile is read once per BLOCK_M rows.
         step's scale per row; else A_i = q_i * S[n, group] in float32, rounded
         to x's dtype (bf16: <= 2^-9 relative per weight, of the order of y's own
         rounding; fp16: exact for ordinary scales; float32 "ieee" dots: exact).
+        With zero points (ZP; MN float16 [N, Kp/G], w = nibble S + MN) every group
+        size takes the dequantising branch: A_i = fma(q_i, S, Z) with Z = MN + 8 S
+        (q = nibble - 8 as decoded for the symmetric format), one fma per weight
+        where the symmetric group-spanning branch has a multiply; at G >= BLOCK_K
+        the step's S and Z are one per row, broadcast along the row. (The exact
+        alternative, S (q . x) + Z sum(x), would need sum(x) over each step's
+        columns per batch row: a cross-thread reduction of the staged x^T tile.)
 
 The dequantisation chain (and, or, bitcast, fma, cast) has a single tensor
 operand, so Triton loads the packed tile straight into the MMA operand layout
@@ -46,6 +53,7 @@ from swiftinfer_core.kernels.quant_common import (
     int4_nibble,
     int4_shape,
     int4_sources,
+    int4_table,
     int8_byte,
     int8_shape,
     int8_sources,
@@ -98,9 +106,9 @@ def _gemm_int8_kernel(
 
 @triton.jit
 def _gemm_int4_kernel(
-    X, Q, S, Y, WS, CNT, M, N, K, KB, NG, stride_xm, stride_ym, STEPS, SPLIT,
+    X, Q, S, MN, Y, WS, CNT, M, N, K, KB, NG, stride_xm, stride_ym, STEPS, SPLIT,
     BPG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    MMA: tl.constexpr, PREC: tl.constexpr, STAGES: tl.constexpr,
+    MMA: tl.constexpr, PREC: tl.constexpr, STAGES: tl.constexpr, ZP: tl.constexpr,
 ):
     NBK: tl.constexpr = BLOCK_K // 32  # packed blocks per step
     W: tl.constexpr = 4 * NBK  # words per row per step = each nibble dot's K
@@ -119,7 +127,22 @@ def _gemm_int4_kernel(
         bmask = blk < b_end
         w = tl.load(q_rows + b0 * 4 + cw[None, :], mask=nmask[:, None] & bmask[None, :], other=0)  # [BLOCK_N, W] int32
         u, u_hi = int4_sources(w)
-        if ONE_GROUP:
+        if ZP:
+            # w = q * S + Z per weight, dequantised into the 16-bit operand
+            if ONE_GROUP:
+                g = n64[:, None] * NG + b0 // BPG  # [BLOCK_N, 1]: the step's group
+                gmask = nmask[:, None]
+            else:
+                g = n64[:, None] * NG + (blk // BPG)[None, :]  # [BLOCK_N, W]
+                gmask = nmask[:, None] & bmask[None, :]
+            s = tl.load(S + g, mask=gmask, other=0.0).to(tl.float32)
+            z = tl.fma(s, 8.0, tl.load(MN + g, mask=gmask, other=0.0).to(tl.float32))  # min + 8 scale
+            for i in tl.static_range(8):
+                kx = blk * 32 + 4 * i + cw % 4
+                xt = tl.load(x_cols + kx[:, None], mask=(bmask & (kx < K))[:, None] & mmask[None, :], other=0.0)
+                a = tl.fma(int4_nibble(u, u_hi, i), s, z).to(MMA)  # [BLOCK_N, W]
+                acc = tl.dot(a, xt.to(MMA), acc, input_precision=PREC)
+        elif ONE_GROUP:
             # exact: q is exact in the 16-bit operand, the step's one scale per row
             # multiplies the float32 partial product
             part = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
@@ -180,17 +203,22 @@ def gemm_int8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch
 
 
 def gemm_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: int, group: int,
-              out: torch.Tensor | None = None, cfg: dict | None = None) -> torch.Tensor:
-    """x [M, K], packed uint8 [N, Kp/2], scales [N, Kp/group] -> y [M, N] in x's dtype."""
-    n, ng = int4_shape(packed, scales, k, group)
-    m, out, cfg = _prepare(x, packed, scales, k, out, n, "int4", cfg)
+              out: torch.Tensor | None = None, cfg: dict | None = None, mins: torch.Tensor | None = None) -> torch.Tensor:
+    """x [M, K], packed uint8 [N, Kp/2], scales [N, Kp/group] -> y [M, N] in x's dtype.
+    ``mins`` [N, Kp/group]: the zero-point format (w = nibble * scale + min)."""
+    n, ng = int4_shape(packed, scales, k, group, mins)
+    zp = mins is not None
+    if zp:
+        check_operands(x, packed, mins)
+    m, out, cfg = _prepare(x, packed, scales, k, out, n, int4_table(zp), cfg)
     if cfg["block_k"] % 128:
         raise ValueError(f"int4 GEMM block_k must be a multiple of 128 (8 dots of >= 16), got {cfg['block_k']}")
     kb = ng * group // 32
     grid, split, per, ws, cnt = _split(x, m, n, triton.cdiv(kb, cfg["block_k"] // 32), cfg)
     _gemm_int4_kernel[grid](
-        x, packed.view(torch.int32), scales, out, ws, cnt, m, n, k, kb, ng, x.stride(0), out.stride(0), per, split,
-        BPG=group // 32, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_K=cfg["block_k"],
-        MMA=mma_dtype(x.dtype), PREC=dot_precision(x.dtype), STAGES=cfg["stages"], num_warps=cfg["warps"],
+        x, packed.view(torch.int32), scales, mins if zp else scales, out, ws, cnt, m, n, k, kb, ng, x.stride(0),
+        out.stride(0), per, split, BPG=group // 32, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"],
+        BLOCK_K=cfg["block_k"], MMA=mma_dtype(x.dtype), PREC=dot_precision(x.dtype), STAGES=cfg["stages"], ZP=zp,
+        num_warps=cfg["warps"],
     )
     return out

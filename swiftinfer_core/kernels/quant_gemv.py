@@ -11,6 +11,11 @@ Formats (model/quant.py packs them):
   int4  Q uint8 [N, Kp/2] read as int32 words [N, Kp/8], S [N, Kp/G]
         nibble-planar blocks of 32 columns: nibble i of word j of block b is
         column 32 b + 4 i + j; Kp is K rounded up to G, x beyond K reads as 0.
+        With zero points (ZP), also MN float16 [N, Kp/G] and w = nibble S + MN:
+        per block y += S (q . x_b) + Z sum(x_b), q = nibble - 8 as decoded for the
+        symmetric format and Z = MN + 8 S; sum(x_b) is summed from the x pieces
+        each thread already holds (shared by its rows), so a block costs one more
+        2-byte load and one fma per row, and a thread ~1/rows adds per x element.
 
 Layout for bandwidth. Program (pid_n, pid_k) owns rows [pid_n * BLOCK_N, +BLOCK_N)
 and the pid_k-th part of K (split-K, kernels/quant_common.py, when N / BLOCK_N
@@ -45,6 +50,7 @@ from swiftinfer_core.kernels.quant_common import (
     int4_nibble,
     int4_shape,
     int4_sources,
+    int4_table,
     int8_byte,
     int8_shape,
     int8_sources,
@@ -55,8 +61,8 @@ from swiftinfer_core.kernels.quant_common import (
 
 @triton.jit
 def _gemv_int4_kernel(
-    X, Q, S, Y, WS, CNT, N, K, KB, NG, STEPS, SPLIT,
-    BPG: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr, STAGES: tl.constexpr,
+    X, Q, S, MN, Y, WS, CNT, N, K, KB, NG, STEPS, SPLIT,
+    BPG: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr, STAGES: tl.constexpr, ZP: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -75,6 +81,7 @@ def _gemv_int4_kernel(
         w = tl.load(q_rows + (blk * 4)[None, :, None] + j[None, None, :],
                     mask=rmask[:, None, None] & bmask[None, :, None], other=0)  # [BLOCK_N, NB, 4] int32
         u, u_hi = int4_sources(w)
+        xsum = tl.zeros([NB], tl.float32)  # ZP: sum(x) per block (dead code otherwise)
         for i in tl.static_range(8):
             kx = blk[:, None] * 32 + 4 * i + j[None, :]  # [NB, 4] columns of nibble i
             xi = tl.load(X + kx, mask=bmask[:, None] & (kx < K), other=0.0).to(tl.float32)
@@ -82,8 +89,16 @@ def _gemv_int4_kernel(
                 part = int4_nibble(u, u_hi, i) * xi[None, :, :]  # [BLOCK_N, NB, 4]
             else:
                 part += int4_nibble(u, u_hi, i) * xi[None, :, :]
-        s = tl.load(S + r64[:, None] * NG + (blk // BPG)[None, :], mask=rmask[:, None] & bmask[None, :], other=0.0)
-        acc += tl.sum(part, 2) * s.to(tl.float32)  # [BLOCK_N, NB]: one scale per block
+            if ZP:
+                xsum += tl.sum(xi, 1)
+        gofs = r64[:, None] * NG + (blk // BPG)[None, :]  # [BLOCK_N, NB]: each block's group
+        gmask = rmask[:, None] & bmask[None, :]
+        s = tl.load(S + gofs, mask=gmask, other=0.0).to(tl.float32)
+        if ZP:
+            z = tl.fma(s, 8.0, tl.load(MN + gofs, mask=gmask, other=0.0).to(tl.float32))  # min + 8 scale
+            acc += tl.sum(part, 2) * s + z * xsum[None, :]
+        else:
+            acc += tl.sum(part, 2) * s  # [BLOCK_N, NB]: one scale per block
     y = tl.sum(acc, 1)
     splitk_store(y, Y, rows, WS, rows, rmask, CNT, pid_n, pid_k, SPLIT, N)
 
@@ -157,17 +172,21 @@ def gemv_int8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch
 
 
 def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: int, group: int,
-              out: torch.Tensor | None = None, cfg: dict | None = None) -> torch.Tensor:
-    """x [1, K], packed uint8 [N, Kp/2], scales [N, Kp/group] -> y [1, N] in x's dtype."""
-    n, ng = int4_shape(packed, scales, k, group)
+              out: torch.Tensor | None = None, cfg: dict | None = None, mins: torch.Tensor | None = None) -> torch.Tensor:
+    """x [1, K], packed uint8 [N, Kp/2], scales [N, Kp/group] -> y [1, N] in x's dtype.
+    ``mins`` [N, Kp/group]: the zero-point format (w = nibble * scale + min)."""
+    n, ng = int4_shape(packed, scales, k, group, mins)
     _check(x, packed, scales, k)
+    zp = mins is not None
+    if zp:
+        check_operands(x, packed, mins)
     out = check_out(out, 1, n, x)
-    cfg = cfg or quant_configs.config("int4", 1, n, k)
+    cfg = cfg or quant_configs.config(int4_table(zp), 1, n, k)
     nb = cfg["block_k"] // 32
     kb = ng * group // 32  # packed blocks per row
     grid, split, per, ws, cnt = _grid(x, n, cfg["block_n"], triton.cdiv(kb, nb), cfg)
     _gemv_int4_kernel[grid](
-        x, packed.view(torch.int32), scales, out, ws, cnt, n, k, kb, ng, per, split,
-        BPG=group // 32, BLOCK_N=cfg["block_n"], NB=nb, STAGES=cfg["stages"], num_warps=cfg["warps"],
+        x, packed.view(torch.int32), scales, mins if zp else scales, out, ws, cnt, n, k, kb, ng, per, split,
+        BPG=group // 32, BLOCK_N=cfg["block_n"], NB=nb, STAGES=cfg["stages"], ZP=zp, num_warps=cfg["warps"],
     )
     return out

@@ -1,7 +1,8 @@
 """Weight-only quantized formats for the GPU kernels (kernels/quant_gemv.py,
 kernels/quant_gemm.py) and the CPU int4 path: quantize at load, pack, dequantize.
 
-Both formats are symmetric (no zero points): w ~ q * scale.
+INT8 and INT4 are symmetric (no zero points): w ~ q * scale. INT4 also has an
+asymmetric variant (``zero_point``, below).
 
 - INT8: q int8 [N, K16] in -127..127, one scale per output row, scale [N] bfloat16.
   The same numbers as the CPU int8 path (model/cpu_weights.quantize_rows, reused),
@@ -18,11 +19,26 @@ Both formats are symmetric (no zero points): w ~ q * scale.
   (low nibble) and k = 32 b + 8 t + 4 + j (high nibble).
 
 Why symmetric: one multiply per weight in the kernel and no zero-point tensor; the
-group of 128 bounds how far one outlier stretches a scale. Asymmetric checkpoints
-(GPTQ/AWQ zero points) are not read. Offset 8 with zero points 0 is also the
-format of torch's CPU int4 op (``_weight_int4pack_mm_for_cpu``: w = (nibble - 8)
-* scale + zero), which model/quant_linear.py uses on the CPU. -8 (nibble 0) is
-left unused so that -q is representable, as int8 leaves -128.
+group of 128 bounds how far one outlier stretches a scale. Offset 8 with zero
+points 0 is also the format of torch's CPU int4 op (``_weight_int4pack_mm_for_cpu``:
+w = (nibble - 8) * scale + zero), which model/quant_linear.py uses on the CPU. -8
+(nibble 0) is left unused so that -q is representable, as int8 leaves -128.
+
+- INT4 with zero points (``zero_point=True``, EngineConfig.quant_zero_point): the
+  same packed nibbles, all of 0..15 used, and per group a float16 scale AND a
+  float16 min, ``mins`` [N, Kp // group] beside ``scales``: w = nibble * scale + min.
+  Quantized by min/max per group: scale = (max - min) / 15 and min, both rounded to
+  float16, then nibble = round((w - min) / scale) clamped to 0..15 (so |w - w'| <=
+  scale / 2 within the group's range). The padding past K is nibble 0 (the kernels
+  mask x there). This is GGUF's Q4_1 (blocks of 32, float16 d and m): with group 32
+  a model converted from a Q4_1 file, whose quantizer puts each block's min at code
+  0 and its max at code 15, gets the file's codes, scales and mins back
+  (tests/model/test_quant_zp_model.py measures how exactly). float16, not bf16, for
+  both: Q4_1's own dtype, and 11 mantissa bits, so re-quantizing a Q4_1 block does
+  not move its scale (weights beyond float16's range are refused). The kernels use
+  q = nibble - 8 (the symmetric decode, unchanged) and zero = min + 8 * scale, torch's
+  CPU convention; asymmetric checkpoints with their own zero points (GPTQ/AWQ) are
+  still not read: the zero point is computed here at load from the float weights.
 
 Why nibble-planar: the GPU kernels (kernels/quant_gemv.py, quant_gemm.py) load a
 row's packed bytes as contiguous 16-byte vectors of 4 words, and each of the 8
@@ -44,11 +60,13 @@ from dataclasses import dataclass
 from enum import Enum
 
 import torch
+import torch.nn.functional as F
 
 from swiftinfer_core.model.cpu_weights import quantize_rows
 from swiftinfer_core.model.fp8 import dequantize_fp8, quantize_fp8
 
 INT4_QMAX = 7
+INT4_LEVELS = 15  # with zero points: nibbles 0..15
 INT4_OFFSET = 8  # nibble = q + 8
 INT4_BLOCK = 32  # columns per nibble-planar block: 16 bytes, 4 int32 words
 INT8_BLOCK = 16  # int8 rows: whole byte-planar 16-byte blocks
@@ -63,7 +81,8 @@ class QuantFormat(str, Enum):
 @dataclass(frozen=True)
 class QuantizedWeight:
     """One linear layer's quantized weight: qweight int8 [N, K16] (INT8) or uint8
-    [N, Kp // 2] (INT4); scales bfloat16 [N] (INT8) or [N, Kp // group] (INT4)."""
+    [N, Kp // 2] (INT4); scales bfloat16 [N] (INT8) or [N, Kp // group] (INT4; float16
+    with zero points); mins float16 [N, Kp // group] for INT4 with zero points, else None."""
 
     fmt: QuantFormat
     qweight: torch.Tensor
@@ -71,6 +90,11 @@ class QuantizedWeight:
     out_features: int  # N
     in_features: int  # K (before padding)
     group: int  # INT4 group size; K for INT8 (one group per row)
+    mins: torch.Tensor | None = None  # INT4 with zero points: w = (q + 8) * scale + min
+
+    @property
+    def zero_point(self) -> bool:
+        return self.mins is not None
 
 
 def check_group(group: int) -> None:
@@ -90,6 +114,30 @@ def quantize_int4(w: torch.Tensor, group: int = 128) -> tuple[torch.Tensor, torc
     scale = (amax / INT4_QMAX).clamp(min=torch.finfo(torch.float32).tiny).to(torch.bfloat16)
     q = torch.round(wf / scale.float()[..., None]).clamp_(-INT4_QMAX, INT4_QMAX).view(n, kp)
     return pack_int4(q.to(torch.int8)), scale
+
+
+def quantize_int4_zp(w: torch.Tensor, group: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """w [N, K] float -> (packed uint8 [N, Kp // 2], scales float16 [N, Kp // group],
+    mins float16 [N, Kp // group]): min/max per group, round to nearest (module doc)."""
+    check_group(group)
+    n, k = w.shape
+    kp = -(-k // group) * group
+    wf = w.detach().float()
+    if not torch.isfinite(wf).all():
+        raise ValueError("asymmetric int4: the weight holds inf or NaN")
+    pad = (0, kp - k)
+    lo = F.pad(wf, pad, value=float("inf")).view(n, kp // group, group).amin(dim=2)  # [N, G]: padding left out
+    hi = F.pad(wf, pad, value=float("-inf")).view(n, kp // group, group).amax(dim=2)
+    mins = lo.to(torch.float16)
+    scales = ((hi - lo) / INT4_LEVELS).to(torch.float16)
+    if not (torch.isfinite(mins).all() and torch.isfinite(scales).all()):
+        raise ValueError("asymmetric int4 stores float16 scales and mins: this weight exceeds float16's range")
+    s = scales.float()[..., None]
+    wg = F.pad(wf, pad).view(n, kp // group, group)
+    nib = torch.where(s > 0, torch.round((wg - mins.float()[..., None]) / s.clamp(min=torch.finfo(torch.float32).tiny)),
+                      torch.zeros_like(wg)).clamp_(0, INT4_LEVELS).view(n, kp)
+    nib[:, k:] = 0  # padding: x is 0 there (the kernels mask it; the CPU path pads x with zeros)
+    return pack_int4((nib - INT4_OFFSET).to(torch.int8)), scales, mins
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
@@ -125,9 +173,15 @@ def unpack_int8(packed: torch.Tensor) -> torch.Tensor:
     return packed.view(n, k16 // 16, 4, 4).transpose(2, 3).reshape(n, k16)
 
 
-def quantize(w: torch.Tensor, fmt: QuantFormat, group: int = 128) -> QuantizedWeight:
-    """w [N, K] float (any device) -> its QuantizedWeight on the same device."""
+def quantize(w: torch.Tensor, fmt: QuantFormat, group: int = 128, zero_point: bool = False) -> QuantizedWeight:
+    """w [N, K] float (any device) -> its QuantizedWeight on the same device.
+    ``zero_point``: INT4 only, the asymmetric variant (module doc)."""
     n, k = w.shape
+    if zero_point:
+        if fmt is not QuantFormat.INT4:
+            raise ValueError(f"zero points exist for int4 only, not {fmt.value}")
+        p, s, m = quantize_int4_zp(w, group)
+        return QuantizedWeight(fmt, p, s, n, k, group, m)
     if fmt is QuantFormat.INT8:
         q, s = quantize_rows(w)
         q = pack_int8(torch.nn.functional.pad(q, (0, -k % INT8_BLOCK)))  # [N, K16]
@@ -147,12 +201,16 @@ def dequantize(qw: QuantizedWeight) -> torch.Tensor:
         return dequantize_fp8(qw.qweight, qw.scales)
     q = unpack_int4(qw.qweight).float()  # [N, Kp]
     s = qw.scales.float().repeat_interleave(qw.group, dim=1)  # [N, Kp]
+    if qw.mins is not None:  # nibble * scale + min, in float32 as GGUF's Q4_1 dequantisation
+        return ((q + INT4_OFFSET) * s + qw.mins.float().repeat_interleave(qw.group, dim=1))[:, : qw.in_features]
     return (q * s)[:, : qw.in_features]
 
 
-def weight_bytes(fmt: QuantFormat | None, n: int, k: int, group: int = 128, float_bytes: int = 2) -> int:
+def weight_bytes(fmt: QuantFormat | None, n: int, k: int, group: int = 128, float_bytes: int = 2,
+                 zero_point: bool = False) -> int:
     """Bytes one [N, K] weight occupies in ``fmt`` (None: float of ``float_bytes``),
-    scales included: what one batch-1 product must read (the roofline)."""
+    scales (and int4's mins with ``zero_point``) included: what one batch-1 product
+    must read (the roofline)."""
     if fmt is None:
         return n * k * float_bytes
     if fmt is QuantFormat.INT8:
@@ -160,4 +218,4 @@ def weight_bytes(fmt: QuantFormat | None, n: int, k: int, group: int = 128, floa
     if fmt is QuantFormat.FP8:
         return n * k + n * 4
     kp = -(-k // group) * group
-    return n * kp // 2 + n * (kp // group) * 2
+    return n * kp // 2 + n * (kp // group) * (4 if zero_point else 2)

@@ -231,4 +231,4 @@ def quantize_weights(model: nn.Module, cfg: RankConfig, device: torch.device, ke
     if cfg.quant is QuantFormat.FP8:
         quantize_fp8_linears(model, head=head)
         return
-    quantize_linears(model, cfg.quant, cfg.quant_group, head=head)
+    quantize_linears(model, cfg.quant, cfg.quant_group, head=head, zero_point=cfg.quant_zero_point)

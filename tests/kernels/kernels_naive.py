@@ -129,3 +129,17 @@ def int4_every_code(n: int, k: int, group: int):
     q[:, k:] = 0
     s = (torch.rand(n, kp // group) + 0.05).to(torch.bfloat16)
     return QuantizedWeight(QuantFormat.INT4, pack_int4(q), s, n, k, group)
+
+
+def int4_zp_every_code(n: int, k: int, group: int):
+    """A zero-point QuantizedWeight [n, k] (model/quant.py's asymmetric int4) of
+    random nibbles 0..15 (the padding past k is nibble 0) with random float16 group
+    scales and mins of either sign, packed directly (no quantizer in between)."""
+    from swiftinfer_core.model.quant import INT4_OFFSET, QuantFormat, QuantizedWeight, pack_int4
+
+    kp = -(-k // group) * group
+    nib = torch.randint(0, 16, (n, kp), dtype=torch.int8)
+    nib[:, k:] = 0
+    s = (torch.rand(n, kp // group) + 0.05).to(torch.float16)
+    mins = (4 * torch.rand(n, kp // group) - 2).to(torch.float16)
+    return QuantizedWeight(QuantFormat.INT4, pack_int4(nib - INT4_OFFSET), s, n, k, group, mins)

@@ -1,13 +1,13 @@
-"""quant_gemm.py (batched int8/int4 GEMM) against float64 products of the
-dequantised weights (model/quant.py), on fresh random inputs each run, with and
-without split-K; GPU-only cases at the Llama shapes and every batch bucket, split-K
-determinism and a CUDA-graph replay."""
+"""quant_gemm.py (batched int8/int4 GEMM, int4 with and without zero points) against
+float64 products of the dequantised weights (model/quant.py), on fresh random inputs
+each run, with and without split-K; GPU-only cases at the Llama shapes and every
+batch bucket, split-K determinism and a CUDA-graph replay."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from kernels_naive import check_deterministic_and_graph_replay, fresh_seed, int4_every_code, rel_err
+from kernels_naive import check_deterministic_and_graph_replay, fresh_seed, int4_every_code, int4_zp_every_code, rel_err
 
 from swiftinfer_core.kernels import quant_configs
 from swiftinfer_core.kernels.quant_gemm import gemm_int4, gemm_int8
@@ -29,7 +29,8 @@ def _run(qw, x, dev, waves=0, **kw):
     q, s = qw.qweight.to(dev), qw.scales.to(dev)
     if qw.fmt is QuantFormat.INT8:
         return gemm_int8(x, q, s, cfg=cfg, **kw)
-    return gemm_int4(x, q, s, qw.in_features, qw.group, cfg=cfg, **kw)
+    mins = None if qw.mins is None else qw.mins.to(dev)
+    return gemm_int4(x, q, s, qw.in_features, qw.group, cfg=cfg, mins=mins, **kw)
 
 
 @pytest.mark.parametrize("waves", [0, 1000])
@@ -43,6 +44,25 @@ def test_gemm_matches_float64(fmt, group, m, dtype, waves, dev):
     n, k = 37, 300  # neither a multiple of the blocks; int4 pads K to 320 or 384: 3 steps of 128; int8 to 304: 5 of 64
     w = torch.randn(n, k) * torch.logspace(-2, 0, k)[None, :]
     qw = quantize(w, fmt, group or 128)
+    x = torch.randn(m, k).to(dtype)
+    want = x.double() @ dequantize(qw).double().t()
+    y = _run(qw, x.to(dev), dev, waves)
+    assert y.shape == (m, n) and y.dtype == dtype
+    assert rel_err(y, want) < TOL[dtype], f"seed {seed}"
+
+
+# the zero-point operand A = q * scale + zero in float32 (exact to float32's rounding
+# before the dot; bf16 on the GPU rounds it as the symmetric group-spanning operand)
+@pytest.mark.parametrize("waves", [0, 1000])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [2, 17])
+# group 32: a step spans 4 groups; 128: one group per step (scale and zero per row);
+# K = 300 pads to 320 / 384; K = 128: one step
+@pytest.mark.parametrize("n,k,group", [(37, 300, 32), (37, 300, 128), (24, 128, 128)])
+def test_gemm_int4_zero_point_matches_float64(n, k, group, m, dtype, waves, dev):
+    seed = fresh_seed()
+    w = torch.randn(n, k) * torch.logspace(-2, 0, k)[None, :] + torch.rand(n, 1)  # rows off centre
+    qw = quantize(w, QuantFormat.INT4, group, zero_point=True)
     x = torch.randn(m, k).to(dtype)
     want = x.double() @ dequantize(qw).double().t()
     y = _run(qw, x.to(dev), dev, waves)
@@ -81,57 +101,61 @@ def test_gemm_default_configs_and_refusals(dev):
         gemm_int4(torch.randn(3, 256, device=dev), q, s, 400, 128)
     with pytest.raises(ValueError, match="multiple of 128"):
         gemm_int4(torch.randn(3, 256, device=dev), q, s, 256, 128, cfg=dict(CFG["int4"], block_k=64, waves=0))
+    with pytest.raises(ValueError, match="zero-point mins"):
+        gemm_int4(torch.randn(3, 256, device=dev), q, s, 256, 128, mins=s[:, :1].contiguous())
 
 
-def _llama(fmt, m, n, k):
+def _llama(fmt, m, n, k, zero_point=False, group=128):
     dev = torch.device("cuda")
-    qw = quantize(torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02, fmt, 128)
+    qw = quantize(torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02, fmt, group, zero_point)
     x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
 
-    def run(out=None):
+    def run(out=None, cfg=None):
         if fmt is QuantFormat.INT8:
-            return gemm_int8(x, qw.qweight, qw.scales, out=out)
-        return gemm_int4(x, qw.qweight, qw.scales, k, 128, out=out)
+            return gemm_int8(x, qw.qweight, qw.scales, out=out, cfg=cfg)
+        return gemm_int4(x, qw.qweight, qw.scales, k, group, out=out, cfg=cfg, mins=qw.mins)
 
     return qw, x, run
 
 
+# (format, zero points, group): int8, symmetric int4 and the zero-point variant at both group sizes
+FORMATS = [(QuantFormat.INT8, False, 128), (QuantFormat.INT4, False, 128), (QuantFormat.INT4, True, 128),
+           (QuantFormat.INT4, True, 32)]
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("fmt", [QuantFormat.INT8, QuantFormat.INT4])
+@pytest.mark.parametrize("fmt,zp,group", FORMATS)
 @pytest.mark.parametrize("m", [2, 16, 32, 64, 128, 300])  # every bucket; 300: three 128-row tiles
 @pytest.mark.parametrize("n,k", [(12288, 4096), (4096, 11008), (28672, 4096)])  # 7B qkv/down, 8B gate-up
-def test_gemm_bf16_at_llama_shapes(fmt, m, n, k):
+def test_gemm_bf16_at_llama_shapes(fmt, zp, group, m, n, k):
     seed = fresh_seed()
-    qw, x, run = _llama(fmt, m, n, k)
+    qw, x, run = _llama(fmt, m, n, k, zp, group)
     want = x.double() @ dequantize(qw).double().t()
     assert rel_err(run(), want) < TOL[torch.bfloat16], f"seed {seed}"
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fmt", [QuantFormat.INT8, QuantFormat.INT4])
-def test_gemm_candidates_all_match(fmt):
+@pytest.mark.parametrize("fmt,zp,group", FORMATS)
+def test_gemm_candidates_all_match(fmt, zp, group):
     """Every config the sweep may pick (bucket 32, each waves value) gives the right
-    product, so a tuned table cannot install a broken one."""
+    product, so a tuned table cannot install a broken one (the zero-point variant
+    runs on int4's table)."""
     seed = fresh_seed()
-    qw, x, _ = _llama(fmt, 32, 4096, 4096)
+    qw, x, run = _llama(fmt, 32, 4096, 4096, zp, group)
     want = x.double() @ dequantize(qw).double().t()
     for bn, bk, warps, stages in quant_configs.GEMM_CANDIDATES[fmt.value]:
         for waves in (0, 4):
             cfg = dict(block_m=32, block_n=bn, block_k=bk, warps=warps, stages=stages, waves=waves)
-            if fmt is QuantFormat.INT8:
-                y = gemm_int8(x, qw.qweight, qw.scales, cfg=cfg)
-            else:
-                y = gemm_int4(x, qw.qweight, qw.scales, 4096, 128, cfg=cfg)
-            assert rel_err(y, want) < TOL[torch.bfloat16], f"seed {seed} {cfg}"
+            assert rel_err(run(cfg=cfg), want) < TOL[torch.bfloat16], f"seed {seed} {cfg}"
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fmt", [QuantFormat.INT8, QuantFormat.INT4])
-def test_gemm_split_k_is_deterministic_and_replays_in_a_cuda_graph(fmt):
+@pytest.mark.parametrize("fmt,zp,group", FORMATS)
+def test_gemm_split_k_is_deterministic_and_replays_in_a_cuda_graph(fmt, zp, group):
     """Batch 32 at (4096, 11008) splits K under the default waves: repeated launches
     give identical bits, and a captured launch replays on new x in place."""
     seed = fresh_seed()
-    qw, x, run = _llama(fmt, 32, 4096, 11008)
+    qw, x, run = _llama(fmt, 32, 4096, 11008, zp, group)
     check_deterministic_and_graph_replay(run, x, lambda x: x.double() @ dequantize(qw).double().t(), 20, TOL[torch.bfloat16], seed)
 
 
@@ -144,6 +168,21 @@ def test_gemm_int4_reads_every_code_including_minus_8(group, dtype, dev):
     n, k, m = 37, 300, 17
     qw = int4_every_code(n, k, group)
     assert (unpack_int4(qw.qweight) == -8).any()
+    x = torch.randn(m, k).to(dtype)
+    want = x.double() @ dequantize(qw).double().t()
+    for waves in (0, 1000):
+        y = _run(qw, x.to(dev), dev, waves)
+        assert rel_err(y, want) < TOL[dtype], f"seed {seed} waves {waves}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("group", [32, 128])
+def test_gemm_int4_zero_point_reads_every_code_and_signed_mins(group, dtype, dev):
+    """Nibbles 0..15 with float16 scales and mins of either sign, packed directly
+    (no quantizer), against float64 of w = nibble * scale + min."""
+    seed = fresh_seed()
+    n, k, m = 37, 300, 17
+    qw = int4_zp_every_code(n, k, group)
     x = torch.randn(m, k).to(dtype)
     want = x.double() @ dequantize(qw).double().t()
     for waves in (0, 1000):

@@ -1,13 +1,13 @@
-"""quant_gemv.py (batch-1 int8/int4 GEMV) against float64 products of the
-dequantised weights (model/quant.py), on fresh random inputs each run, with and
-without split-K; GPU-only cases at the Llama shapes, split-K determinism and a
-CUDA-graph replay."""
+"""quant_gemv.py (batch-1 int8/int4 GEMV, int4 with and without zero points) against
+float64 products of the dequantised weights (model/quant.py), on fresh random inputs
+each run, with and without split-K; GPU-only cases at the Llama shapes, split-K
+determinism and a CUDA-graph replay."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from kernels_naive import check_deterministic_and_graph_replay, fresh_seed, int4_every_code, rel_err
+from kernels_naive import check_deterministic_and_graph_replay, fresh_seed, int4_every_code, int4_zp_every_code, rel_err
 
 from swiftinfer_core.kernels import quant_common
 from swiftinfer_core.kernels.quant_gemv import gemv_int4, gemv_int8
@@ -25,9 +25,11 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 CFG = {"int8": dict(block_n=16, block_k=32, warps=4, stages=1), "int4": dict(block_n=16, block_k=64, warps=4, stages=1)}
 
 
-def _case(fmt: QuantFormat, n: int, k: int, group: int, dtype: torch.dtype, dev):
+def _case(fmt: QuantFormat, n: int, k: int, group: int, dtype: torch.dtype, dev, zero_point: bool = False):
     w = torch.randn(n, k) * torch.logspace(-2, 0, k)[None, :]  # uneven columns: groups get different scales
-    qw = quantize(w, fmt, group)
+    if zero_point:
+        w = w + torch.rand(n, 1)  # rows off centre: the min term carries a large share of y
+    qw = quantize(w, fmt, group, zero_point)
     x = torch.randn(1, k).to(dtype)
     want = x.double() @ dequantize(qw).double().t()
     return qw, x.to(dev), want
@@ -38,7 +40,8 @@ def _gemv(qw, x, dev, waves, **kw):
     q, s = qw.qweight.to(dev), qw.scales.to(dev)
     if qw.fmt is QuantFormat.INT8:
         return gemv_int8(x, q, s, cfg=cfg, **kw)
-    return gemv_int4(x, q, s, qw.in_features, qw.group, cfg=cfg, **kw)
+    mins = None if qw.mins is None else qw.mins.to(dev)
+    return gemv_int4(x, q, s, qw.in_features, qw.group, cfg=cfg, mins=mins, **kw)
 
 
 @pytest.mark.parametrize("waves", [0, 1000])
@@ -59,6 +62,21 @@ def test_gemv_int8_matches_float64(n, k, dtype, waves, dev):
 def test_gemv_int4_matches_float64(n, k, group, dtype, waves, dev):
     seed = fresh_seed()
     qw, x, want = _case(QuantFormat.INT4, n, k, group, dtype, dev)
+    y = _gemv(qw, x, dev, waves)
+    assert y.shape == (1, n) and y.dtype == dtype
+    assert rel_err(y, want) < TOL[dtype], f"seed {seed}"
+
+
+@pytest.mark.parametrize("waves", [0, 1000])
+@pytest.mark.parametrize("dtype", DTYPES)
+# K padded to 128 (group 32) or 384 (group 128); K = one group of 128; 5 groups of 64 over 3 split parts
+@pytest.mark.parametrize("n,k,group", [(37, 101, 32), (24, 300, 128), (16, 128, 128), (40, 320, 64)])
+def test_gemv_int4_zero_point_matches_float64(n, k, group, dtype, waves, dev):
+    """w = nibble * scale + min (float16 scale and min per group): the min term
+    y += min * sum(x_group) on top of the symmetric decode, against float64."""
+    seed = fresh_seed()
+    qw, x, want = _case(QuantFormat.INT4, n, k, group, dtype, dev, zero_point=True)
+    assert qw.mins is not None and qw.scales.dtype == torch.float16
     y = _gemv(qw, x, dev, waves)
     assert y.shape == (1, n) and y.dtype == dtype
     assert rel_err(y, want) < TOL[dtype], f"seed {seed}"
@@ -90,39 +108,47 @@ def test_gemv_default_config_and_refuses_bad_shapes(dev):
     q8 = quantize(torch.randn(20, 96), QuantFormat.INT8)
     with pytest.raises(ValueError, match="int8 weights"):
         gemv_int8(x, q8.qweight.to(dev), q8.scales[:10].to(dev))
+    zp = quantize(torch.randn(20, 96), QuantFormat.INT4, 32, zero_point=True)
+    with pytest.raises(ValueError, match="zero-point mins"):
+        gemv_int4(x, zp.qweight.to(dev), zp.scales.to(dev), 96, 32, mins=zp.mins[:, :2].to(dev))
 
 
-def _llama(fmt, n, k):
+def _llama(fmt, n, k, zero_point=False, group=128):
     dev = torch.device("cuda")
-    qw = quantize(torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02, fmt, 128)
+    qw = quantize(torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02, fmt, group, zero_point)
     x = torch.randn(1, k, device=dev, dtype=torch.bfloat16)
 
     def run(out=None):
         if fmt is QuantFormat.INT8:
             return gemv_int8(x, qw.qweight, qw.scales, out=out)
-        return gemv_int4(x, qw.qweight, qw.scales, k, 128, out=out)
+        return gemv_int4(x, qw.qweight, qw.scales, k, group, out=out, mins=qw.mins)
 
     return qw, x, run
 
 
+# (format, zero points, group): int8, symmetric int4 and the zero-point variant at both group sizes
+FORMATS = [(QuantFormat.INT8, False, 128), (QuantFormat.INT4, False, 128), (QuantFormat.INT4, True, 128),
+           (QuantFormat.INT4, True, 32)]
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("fmt", [QuantFormat.INT8, QuantFormat.INT4])  # FP8: test_fp8_*.py
+@pytest.mark.parametrize("fmt,zp,group", FORMATS)  # FP8: test_fp8_*.py
 @pytest.mark.parametrize("n,k", [(12288, 4096), (4096, 11008), (4096, 14336), (128256, 4096)])  # 7B/8B layers, 8B head
-def test_gemv_bf16_at_llama_shapes(fmt, n, k):
+def test_gemv_bf16_at_llama_shapes(fmt, zp, group, n, k):
     seed = fresh_seed()
-    qw, x, run = _llama(fmt, n, k)
+    qw, x, run = _llama(fmt, n, k, zp, group)
     want = x.double() @ dequantize(qw).double().t()
     assert rel_err(run(), want) < TOL[torch.bfloat16], f"seed {seed}"
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fmt", [QuantFormat.INT8, QuantFormat.INT4])
-def test_gemv_split_k_is_deterministic_and_replays_in_a_cuda_graph(fmt):
+@pytest.mark.parametrize("fmt,zp,group", FORMATS)
+def test_gemv_split_k_is_deterministic_and_replays_in_a_cuda_graph(fmt, zp, group):
     """(4096, 11008) splits K under the default waves: 30 launches give identical
     bits (the partials are summed in a fixed order: a race would show here), and
     a captured launch replays on new x with its counters back at zero."""
     seed = fresh_seed()
-    qw, x, run = _llama(fmt, 4096, 11008)
+    qw, x, run = _llama(fmt, 4096, 11008, zp, group)
     check_deterministic_and_graph_replay(run, x, lambda x: x.double() @ dequantize(qw).double().t(), 30, TOL[torch.bfloat16], seed)
 
 
@@ -135,6 +161,21 @@ def test_gemv_int4_reads_every_code_including_minus_8(group, dtype, dev):
     n, k = 24, 300
     qw = int4_every_code(n, k, group)
     assert (unpack_int4(qw.qweight) == -8).any()
+    x = torch.randn(1, k).to(dtype)
+    want = x.double() @ dequantize(qw).double().t()
+    for waves in (0, 1000):
+        y = _gemv(qw, x.to(dev), dev, waves)
+        assert rel_err(y, want) < TOL[dtype], f"seed {seed} waves {waves}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("group", [32, 128])
+def test_gemv_int4_zero_point_reads_every_code_and_signed_mins(group, dtype, dev):
+    """Nibbles 0..15 with float16 scales and mins of either sign, packed directly
+    (no quantizer), against float64 of w = nibble * scale + min."""
+    seed = fresh_seed()
+    n, k = 24, 300
+    qw = int4_zp_every_code(n, k, group)
     x = torch.randn(1, k).to(dtype)
     want = x.double() @ dequantize(qw).double().t()
     for waves in (0, 1000):
