@@ -52,6 +52,9 @@ VARIANTS = {  # name -> EngineConfig overrides
     "fast float32, C attention": {},
     "int8 C kernels, head float32": {"quantization": "int8", "lm_head_fp32": True},
     "int8 C kernels, head int8 (auto)": {"quantization": "auto"},
+    # torch's _weight_int4pack_mm_for_cpu (bf16), head float32; C attention
+    "int4 g32, torch int4 op": {"quantization": "int4", "quant_group": 32},
+    "int4 g32 zero point, torch int4 op": {"quantization": "int4", "quant_group": 32, "quant_zero_point": True},
 }
 PROMPT = ("Write a short story about a lighthouse keeper who finds a message in a bottle on a stormy night. "
           "Describe the sea, the light, the keeper's old dog, and what the message says, in plain simple words.")

@@ -13,7 +13,11 @@
 #      WHEELS=.carry/pyd STEPS=quant bash bench/gpu_verify.sh
 #   = quant_tests (GPU tests of kernels/quant_*.py), quant_sweep (bench/quant_decode.py --sweep:
 #   $OUT/quant_configs.json, budget $SWEEP_BUDGET s), quant_bench (bench/quant_decode.py on
-#   $QUANT_CONFIGS, default the sweep's file when there is one); each is also a step name.
+#   $QUANT_CONFIGS, default the sweep's file when there is one; flags in $QBENCH_ARGS); each is also a step name.
+#   int4 with zero points alone (GPU tests, then zero-point vs symmetric int4 and bf16 at batch 1 and 32):
+#      WHEELS=.carry/pyd STEPS=quant_tests QTESTS_S=170 bash bench/gpu_verify.sh
+#      WHEELS=.carry/pyd STEPS=quant_bench QBENCH_S=170 QBENCH_ARGS="--formats bf16 int4 int4-zp --batches 1 32 \
+#        --shapes llama2-7b --name quant_decode_zp" bash bench/gpu_verify.sh
 # Issue 16's FP8 weights alone (no converted model needed), carry [".carry/pyd"]:
 #      WHEELS=.carry/pyd STEPS=fp8 bash bench/gpu_verify.sh
 #   step fp8_tests: every fp8 test natively (the interpreter's cases too) and the seeded-rank GPU test;
@@ -60,7 +64,8 @@ wantq quant_tests && step quant_tests ${QTESTS_S:-240} python3 -m pytest -q -m g
 wantq quant_sweep && step quant_sweep ${SWEEP_S:-300} python3 bench/quant_decode.py --sweep --budget-s ${SWEEP_BUDGET:-200} --out "$OUT"
 QCFG=${QUANT_CONFIGS:-$OUT/quant_configs.json}
 [ -f "$QCFG" ] && export SWIFTINFER_QUANT_CONFIGS=$QCFG
-wantq quant_bench && step quant_bench ${QBENCH_S:-240} python3 bench/quant_decode.py --out "$OUT"
+# QBENCH_ARGS: extra flags, e.g. "--formats bf16 int4 int4-zp --batches 1 32 --shapes llama2-7b --name quant_decode_zp"
+wantq quant_bench && step quant_bench ${QBENCH_S:-240} python3 bench/quant_decode.py ${QBENCH_ARGS:-} --out "$OUT"
 # issue 16 (not by default): FP8 weights
 FP8_TESTS="tests/kernels/test_fp8_gemv.py tests/kernels/test_fp8_gemm.py tests/kernels/test_fp8_scaled_mm.py tests/model/test_fp8.py tests/model/test_fp8_linear.py tests/runner/test_fp8_rank_gpu.py"
 want fp8 && step fp8_tests ${FP8_S:-240} python3 -m pytest -q -m "gpu or not gpu" -p no:cacheprovider -rs -s --durations=8 $FP8_TESTS

@@ -3,7 +3,8 @@
 For each shape (bench/models.py: Llama-2-7B, Llama-3.1-8B) it builds every
 layer's four weights (qkv, o, gate-up, down; distinct per layer, so no weight
 stays in L2) and the LM head with random values, in bf16 and quantized to int8
-(per row) and int4 (group 128) by model/quant.py, then times one decode step's
+(per row) and int4 (group 128; ``int4-zp``: with a float16 min per group,
+EngineConfig.quant_zero_point) by model/quant.py, then times one decode step's
 products for B rows (B = 1: batch-1 ms/token; B = 32, 128: tokens/s at that many
 sessions): bf16 through F.linear (cuBLAS), int8/int4 through
 kernels/quant_gemv.py (B = 1) and kernels/quant_gemm.py (B > 1), each step
@@ -13,6 +14,8 @@ max(bytes / HBM bandwidth, FLOPs / bf16 peak) with bytes from model/quant.py
 weight_bytes (scales included) and bench/common.py's datasheet peaks.
 
     python bench/quant_decode.py                    # GPU: 7B and 8B shapes
+    python bench/quant_decode.py --formats bf16 int4 int4-zp --batches 1 32 --shapes llama2-7b
+                                                    # GPU: zero-point int4 against symmetric and bf16
     python bench/quant_decode.py --smoke --out /tmp # CPU: a tiny shape under
         Triton's interpreter, to check the script runs (its times mean nothing)
     python bench/quant_decode.py --sweep --out DIR  # GPU: tune the kernels' configs
@@ -40,7 +43,12 @@ from swiftinfer_core.kernels.quant_gemm import gemm_int4, gemm_int8
 from swiftinfer_core.kernels.quant_gemv import gemv_int4, gemv_int8
 from swiftinfer_core.model.quant import QuantFormat, quantize, weight_bytes
 
-FORMATS = [None, QuantFormat.INT8, QuantFormat.INT4]  # None: bf16
+FORMATS = {  # label -> (format (None: bf16), zero points)
+    "bf16": (None, False),
+    "int8": (QuantFormat.INT8, False),
+    "int4": (QuantFormat.INT4, False),
+    "int4-zp": (QuantFormat.INT4, True),
+}
 SMOKE = {"hidden_size": 256, "intermediate_size": 384, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
          "head_dim": 64, "vocab_size": 1000}
 
@@ -54,22 +62,23 @@ def weight_shapes(a) -> list[tuple[int, int]]:
 
 
 def product(fmt: QuantFormat | None, w, x: torch.Tensor, group: int) -> torch.Tensor:
-    """x [B, K] @ w^T in x's dtype: w a bf16 tensor (fmt None) or a QuantizedWeight."""
+    """x [B, K] @ w^T in x's dtype: w a bf16 tensor (fmt None) or a QuantizedWeight
+    (int4 with zero points when it carries mins)."""
     if fmt is None:
         return F.linear(x, w)
     one = x.shape[0] == 1
     if fmt is QuantFormat.INT8:
         return (gemv_int8 if one else gemm_int8)(x, w.qweight, w.scales)
-    return (gemv_int4 if one else gemm_int4)(x, w.qweight, w.scales, w.in_features, group)
+    return (gemv_int4 if one else gemm_int4)(x, w.qweight, w.scales, w.in_features, group, mins=w.mins)
 
 
-def time_step(fmt, shapes, batch: int, dev, group: int, smoke: bool) -> float:
+def time_step(fmt, shapes, batch: int, dev, group: int, smoke: bool, zero_point: bool = False) -> float:
     """Seconds of one step's products for ``batch`` rows (median)."""
     gen = torch.Generator(device=dev).manual_seed(0)
     ws = []
     for n, k in shapes:
         w = torch.randn(n, k, device=dev, dtype=torch.bfloat16, generator=gen) * 0.02
-        ws.append(w if fmt is None else quantize(w, fmt, group))
+        ws.append(w if fmt is None else quantize(w, fmt, group, zero_point))
     xs = {k: torch.randn(batch, k, device=dev, dtype=torch.bfloat16, generator=gen) for _, k in shapes}
 
     def step():
@@ -87,8 +96,10 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=["llama2-7b", "llama3.1-8b"])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 32, 128])
     ap.add_argument("--group", type=int, default=128)
+    ap.add_argument("--formats", nargs="+", default=["bf16", "int8", "int4"], choices=list(FORMATS))
     ap.add_argument("--smoke", action="store_true", help="tiny shape on the CPU interpreter: checks the script only")
     ap.add_argument("--out", default=None, help="results folder (default bench/results)")
+    ap.add_argument("--name", default=None, help="results file stem (default quant_decode)")
     ap.add_argument("--configs", default=None, help="kernel configs JSON (a --sweep's quant_configs.json)")
     ap.add_argument("--sweep", action="store_true", help="time the kernels' candidate configs instead (bench/quant_sweep.py)")
     ap.add_argument("--sweep-batches", nargs="+", type=int, default=list(quant_configs.BUCKETS))
@@ -115,26 +126,27 @@ def main() -> None:
     for name, a in shapes.items():
         ws = weight_shapes(a)
         params = sum(n * k for n, k in ws)
-        for fmt in FORMATS:
-            nbytes = sum(weight_bytes(fmt, n, k, args.group) for n, k in ws)
+        for label in args.formats:
+            fmt, zp = FORMATS[label]
+            nbytes = sum(weight_bytes(fmt, n, k, args.group, zero_point=zp) for n, k in ws)
             for b in args.batches:
-                secs = time_step(fmt, ws, b, dev, args.group, args.smoke)
+                secs = time_step(fmt, ws, b, dev, args.group, args.smoke, zp)
                 roof = None
                 if peaks["hbm_Bps"]:
                     roof = max(nbytes / peaks["hbm_Bps"], 2 * params * b / peaks["bf16_dense_flops"])
-                rows.append({"shape": name, "format": fmt.value if fmt else "bf16", "batch": b, "weight_GB": nbytes / 1e9,
+                rows.append({"shape": name, "format": label, "batch": b, "weight_GB": nbytes / 1e9,
                              "ms_per_step": secs * 1e3, "tokens_per_s": b / secs,
                              "roofline_ms": None if roof is None else roof * 1e3,
                              "of_roofline": None if roof is None else roof / secs})
                 if dev.type == "cuda":
                     torch.cuda.empty_cache()
     print(common.table(rows, ["shape", "format", "batch", "weight_GB", "ms_per_step", "tokens_per_s", "roofline_ms", "of_roofline"]))
-    name = "quant_decode_smoke" if args.smoke else "quant_decode"
+    name = (args.name or "quant_decode") + ("_smoke" if args.smoke else "")
     note = ("SMOKE RUN on the CPU under TRITON_INTERPRET: checks that the script runs; the times are the interpreter's "
             "and mean nothing about GPU speed" if args.smoke else "weight products of one decode step, CUDA graphs")
     tuned = args.configs or os.environ.get("SWIFTINFER_QUANT_CONFIGS") or "packaged/defaults"
     common.write_results(name, {"note": note, "group": args.group, "configs": tuned, "peaks": peaks, "rows": rows}, args.out)
-    plot(name, rows, args.out, "format", [f.value if f else "bf16" for f in FORMATS], roofline=True)
+    plot(name, rows, args.out, "format", args.formats, roofline=True)
 
 
 def plot(name: str, rows: list[dict], out: str | None, key: str, series: list[str], roofline: bool) -> Path:

@@ -13,6 +13,13 @@ taken from the middle of the plays, disjoint from the evaluated text, which star
 at the first play's "ACT", the first ``--calib-skip`` (sink) tokens left out. "fp8 ... act e4m3" also rounds each activation row to
 e4m3 over its own scale before every product (the _scaled_mm path's numbers).
 
+The "zero point" variants are int4's asymmetric format (EngineConfig.quant_zero_point:
+float16 scale and min per group, min/max round to nearest; no calibration, so a run
+of round-to-nearest variants only skips the Hessians). The default model's float32
+weights are its GGUF's Q4_1 blocks dequantised, so "int4 g32 zero point" measures
+how exactly that format gives them back (each row records the share of weights
+changed and the largest change), not int4's cost on a float-trained checkpoint.
+
     python bench/quant_quality_cpu.py --tokens 3000 --windows 256 \
         --json bench/results/quant_quality_cpu.json
 """
@@ -46,8 +53,12 @@ def _deq_int4(p, s, n, k, group) -> torch.Tensor:
     return dequantize(QuantizedWeight(QuantFormat.INT4, p, s, n, k, group))
 
 
-def rtn(fmt: QuantFormat, group: int = 128):
-    return lambda w, h, name: dequantize(quantize(w, fmt, group))
+def rtn(fmt: QuantFormat, group: int = 128, zero_point: bool = False):
+    """Round to nearest at load, as the engine does (``zero_point``: int4's asymmetric
+    variant, min/max per group with float16 scale and min). Needs no calibration."""
+    fn = lambda w, h, name: dequantize(quantize(w, fmt, group, zero_point))  # noqa: E731
+    fn.calibrated = False
+    return fn
 
 
 def search(group: int, aware: bool, qmin: int = -7):
@@ -80,6 +91,8 @@ VARIANTS = {  # name -> (fn(w, h[, name]) -> dequantized weight, activations to 
     "int4 g128 GPTQ + clip search, -8 used": (gptq4(128, True, -8), False),
     "int4 g128 GPTQ + search, -8, w2 of layers 0/29 int8": (with_int8(gptq4(128, True, -8), FIRST_LAST_W2), False),
     "int4 g32 RTN": (rtn(QuantFormat.INT4, 32), False),
+    "int4 g32 zero point (min/max, f16 scale+min)": (rtn(QuantFormat.INT4, 32, zero_point=True), False),
+    "int4 g128 zero point (min/max, f16 scale+min)": (rtn(QuantFormat.INT4, 128, zero_point=True), False),
     "int4 g32 clip search (act-weighted), -8 used": (search(32, True, -8), False),
     "int4 g32 search, -8, w2 of layers 0/29 int8": (with_int8(search(32, True, -8), FIRST_LAST_W2), False),
     "int4 g32 search, -8, every w2 int8": (with_int8(search(32, True, -8), ("w2",)), False),
@@ -95,15 +108,19 @@ def _e4m3_rows(_mod, args):
     return (dequantize_fp8(*quantize_fp8(args[0].reshape(-1, args[0].shape[-1]))).view(args[0].shape),)
 
 
-def apply(model, fn, hs: dict, originals: dict, act: bool) -> list:
-    hooks = []
+def apply(model, fn, hs: dict, originals: dict, act: bool) -> tuple[list, dict]:
+    """Install ``fn``'s dequantized weights -> (activation hooks, how far the weights
+    moved: the share of weights changed and the largest change over all layers)."""
+    hooks, changed, total, most = [], 0, 0, 0.0
     for name, lin in linear_targets(model).items():
         w = originals[name]
-        deq = fn(w, hs[name], name)
-        lin.weight.data = deq.to(w.dtype).contiguous()
+        deq = fn(w, hs[name], name).to(w.dtype)
+        diff = (deq - w).abs()
+        changed, total, most = changed + int((diff > 0).sum()), total + w.numel(), max(most, float(diff.max()))
+        lin.weight.data = deq.contiguous()
         if act:
             hooks.append(lin.register_forward_pre_hook(_e4m3_rows))
-    return hooks
+    return hooks, {"weights_changed_share": changed / total, "max_abs_weight_change": most}
 
 
 def main() -> None:
@@ -135,28 +152,30 @@ def main() -> None:
 
     t0 = time.perf_counter()
     key = (len(cal), a.calib_skip)
-    if a.hessian_cache and a.hessian_cache.exists() and torch.load(a.hessian_cache)["key"] == key:
+    if all(getattr(VARIANTS[v][0], "calibrated", True) is False for v in a.variants):
+        hs, rows = {n: None for n in linear_targets(m.model)}, {}  # round to nearest only: no Hessians needed
+    elif a.hessian_cache and a.hessian_cache.exists() and torch.load(a.hessian_cache)["key"] == key:
         hs, rows = (torch.load(a.hessian_cache)[x] for x in ("h", "rows"))
     else:
         hs, rows = collect_hessians(m.model, run, [cal[i : i + 512] for i in range(0, len(cal), 512)], skip_rows=a.calib_skip)
         if a.hessian_cache:
             torch.save({"key": key, "h": hs, "rows": rows}, a.hessian_cache)
-    print(f"calibration: {len(cal)} tokens, {len(hs)} layers, {time.perf_counter() - t0:.1f} s", flush=True)
+    print(f"calibration: {len(cal) if rows else 0} tokens, {len(rows)} layers, {time.perf_counter() - t0:.1f} s", flush=True)
     assert all(r == len(cal) - a.calib_skip for r in rows.values()), rows
     originals = {n: lin.weight.detach().clone() for n, lin in linear_targets(m.model).items()}
     out = {**header(), "note": "EMULATED: weights quantized by each variant, dequantized to float32; the model runs in float32",
-           "tokens": a.tokens, "calibration_tokens": len(cal), "calibration_text": "from the middle of the plays (disjoint)",
+           "tokens": a.tokens, "calibration_tokens": len(cal) if rows else 0, "calibration_text": "from the middle of the plays (disjoint)",
            "calibration_skipped_first_tokens": a.calib_skip,
            "mode": "streaming (StreamingLLM), chunked prefill of 512", "lm_head": "float32 (tied embedding)", "results": {}}
     ref: dict[int, float] = {}
     for name in ["float32", *a.variants]:
-        hooks = []
+        hooks, moved = [], {}
         t0 = time.perf_counter()
         if name != "float32":
             fn, act = VARIANTS[name]
-            hooks = apply(m.model, fn, hs, originals, act)
+            hooks, moved = apply(m.model, fn, hs, originals, act)
         tq = time.perf_counter() - t0
-        rows_out = {}
+        rows_out = dict(moved)
         for w in a.windows:
             res = evaluate(m, cfg, ids, [Mode.STREAMING], EvalPlan(sinks=a.sinks, window=w))[Mode.STREAMING]
             ppl = res.ppl()
