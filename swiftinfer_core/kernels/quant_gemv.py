@@ -91,14 +91,15 @@ def _gemv_int4_kernel(
                 part += int4_nibble(u, u_hi, i) * xi[None, :, :]
             if ZP:
                 xsum += tl.sum(xi, 1)
-        gofs = r64[:, None] * NG + (blk // BPG)[None, :]  # [BLOCK_N, NB]: each block's group
-        gmask = rmask[:, None] & bmask[None, :]
-        s = tl.load(S + gofs, mask=gmask, other=0.0).to(tl.float32)
         if ZP:
+            gofs = r64[:, None] * NG + (blk // BPG)[None, :]  # [BLOCK_N, NB]: each block's group
+            gmask = rmask[:, None] & bmask[None, :]
+            s = tl.load(S + gofs, mask=gmask, other=0.0).to(tl.float32)
             z = tl.fma(s, 8.0, tl.load(MN + gofs, mask=gmask, other=0.0).to(tl.float32))  # min + 8 scale
             acc += tl.sum(part, 2) * s + z * xsum[None, :]
         else:
-            acc += tl.sum(part, 2) * s  # [BLOCK_N, NB]: one scale per block
+            s = tl.load(S + r64[:, None] * NG + (blk // BPG)[None, :], mask=rmask[:, None] & bmask[None, :], other=0.0)
+            acc += tl.sum(part, 2) * s.to(tl.float32)  # [BLOCK_N, NB]: one scale per block
     y = tl.sum(acc, 1)
     splitk_store(y, Y, rows, WS, rows, rmask, CNT, pid_n, pid_k, SPLIT, N)
 

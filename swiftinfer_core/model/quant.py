@@ -32,13 +32,16 @@ w = (nibble - 8) * scale + zero), which model/quant_linear.py uses on the CPU. -
   scale / 2 within the group's range). The padding past K is nibble 0 (the kernels
   mask x there). This is GGUF's Q4_1 (blocks of 32, float16 d and m): with group 32
   a model converted from a Q4_1 file, whose quantizer puts each block's min at code
-  0 and its max at code 15, gets the file's codes, scales and mins back
-  (tests/model/test_quant_zp_model.py measures how exactly). float16, not bf16, for
+  0 and its max at code 15, gets the file's codes, scales and mins back: the default
+  model's 210 decoder matrices bit for bit (tests/model/test_quant_zp_model.py;
+  fidelity to weights that were Q4_1 already, not int4's cost on float weights:
+  README "Zero points"). float16, not bf16, for
   both: Q4_1's own dtype, and 11 mantissa bits, so re-quantizing a Q4_1 block does
   not move its scale (weights beyond float16's range are refused). The kernels use
   q = nibble - 8 (the symmetric decode, unchanged) and zero = min + 8 * scale, torch's
-  CPU convention; asymmetric checkpoints with their own zero points (GPTQ/AWQ) are
-  still not read: the zero point is computed here at load from the float weights.
+  CPU convention (whose op rounds scale and zero to bf16: model/quant_linear.py);
+  asymmetric checkpoints with their own zero points (GPTQ/AWQ) are still not read:
+  the zero point is computed here at load from the float weights.
 
 Why nibble-planar: the GPU kernels (kernels/quant_gemv.py, quant_gemm.py) load a
 row's packed bytes as contiguous 16-byte vectors of 4 words, and each of the 8
@@ -47,8 +50,9 @@ as 8 contiguous 4-element pieces per block (no stride-2 gathers), and the nibble
 become floats with one mask-and-or each, in place (no shift for 4 of the 8).
 Blocks of 32 divide every group (>= 32), so a block never straddles two scales.
 
-Scales are rounded to bfloat16 before q is chosen: q is then the nearest value
-for the scale the kernel multiplies by (round to nearest, |w - q*s| <= s/2).
+Scales (bfloat16; zero points: float16 scale and min) are rounded before q is
+chosen: q is then the nearest value for the scale the kernel multiplies by (round
+to nearest, |w - q*s| <= s/2).
 
 - FP8: q float8_e4m3fn [N, K], one float32 scale per output row (model/fp8.py,
   which also holds its kernels' reference math; model/fp8_linear.py runs it).

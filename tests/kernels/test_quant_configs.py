@@ -63,3 +63,23 @@ def test_lookup_order_shape_then_bucket_default_then_table(tmp_path, defaults_on
     got = qc.config("int4", 1, 4096, 4096)
     got["block_n"] = 1  # a copy: the table is not changed through it
     assert qc.config("int4", 1, 4096, 4096) == shape_cfg
+
+
+def test_zero_point_int4_takes_int4s_table_until_it_has_its_own(tmp_path, defaults_only):
+    """"int4_zp" (int4 with zero points) has no defaults of its own: int4's table,
+    int4's tuned entries, and its own section once a tuning file has one."""
+    for b in qc.BUCKETS:
+        assert qc.config("int4_zp", b, 4096, 4096) == qc.DEFAULTS["int4"][b]
+    int4_cfg = dict(qc.DEFAULTS["int4"][1], block_n=64)
+    zp_cfg = dict(qc.DEFAULTS["int4"][1], block_n=16, waves=8)
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps({"configs": {"int4": {"1": {"4096x4096": int4_cfg}}}}))
+    qc.load(path)
+    assert qc.config("int4_zp", 1, 4096, 4096) == int4_cfg
+    path.write_text(json.dumps({"configs": {"int4": {"1": {"4096x4096": int4_cfg}},
+                                            "int4_zp": {"1": {"default": zp_cfg}}}}))
+    qc.load(path)
+    assert qc.config("int4_zp", 1, 4096, 4096) == zp_cfg  # its own bucket default before int4's shape entry
+    assert qc.config("int4", 1, 4096, 4096) == int4_cfg
+    with pytest.raises(KeyError):
+        qc.config("int3", 1, 4096, 4096)
