@@ -13,6 +13,8 @@
 #     wheel in HAP_WHL (default .carry/hap), or already unpacked at HAP_BIN (a park call's /tmp/hapsite).
 #  "hapi" (not by default): "hap" with HAPI_INGRESS ingress replicas (default 8; others 4) and HAPI_CLIENTS.
 #  "hapn" (not by default): "hap" with Ray's workers (the Serve replicas and the engine child) at nice 0, not Ray's 15.
+#  "happ" (STEP_ORDER only): "hap" with the engine child pinned alone to the last physical core (its hyperthreads)
+#     and every other process moved off that core, once the app is healthy (pin_engine).
 #  STEP_ORDER (set): run the served steps in this order instead of the fixed one, e.g. "hap hapn hap hapn"
 #     (each occurrence starts the app once; labels get 2, 3, ... on repeats), to alternate A/B on one machine.
 #  "hapr" (not by default): "hap" with the ingress's calls to the LLM replica as Ray actor calls
@@ -70,6 +72,7 @@ serve_once() {  # one app: serve_closed's arguments, its label already numbered
   local pid=$! t=$SECONDS
   for i in $(seq 1 150); do curl -sf 127.0.0.1:8000/healthz > /dev/null && break; sleep 2; done
   echo "$label healthy after $((SECONDS - t))s" | tee -a "$OUT/summary.txt"
+  [ -z "${PIN:-}" ] || pin_engine
   for n in "$@"; do for c in ${CLIENTS:-1}; do
     local run=$label; [ "$c" = 1 ] || run="${label}p$c"
     # busy threads 4-7 s into the run (top's second frame) and the core each is on (identical runs
@@ -88,6 +91,19 @@ serve_once() {  # one app: serve_closed's arguments, its label already numbered
   curl -s 127.0.0.1:8000/metrics > "$OUT/metrics_$label.txt"
   kill -INT $pid; sleep 4; kill -9 $pid 2>/dev/null; ray stop --force > /dev/null 2>&1
   pkill -x haproxy  # Serve's HAProxy outlives a killed `serve run` and would keep port 8000
+}
+pin_engine() {  # the engine child alone on the last physical core (all its hyperthreads); every other process off it
+  local child cpus=$(nproc) last sibs rest
+  child=$(pgrep -f "multiprocessing.spawn import spawn_main" | head -1)
+  last=$((cpus - 1)); sibs=$(cat /sys/devices/system/cpu/cpu$last/topology/thread_siblings_list)
+  rest=$(python3 -c 'import sys
+n, sib = int(sys.argv[1]), set()
+for part in sys.argv[2].split(","):
+    a, _, b = part.partition("-"); sib |= set(range(int(a), int(b or a) + 1))
+print(",".join(str(c) for c in range(n) if c not in sib))' "$cpus" "$sibs")
+  for p in $(ls /proc | grep -E '^[0-9]+$'); do [ "$p" = "$child" ] || taskset -a -p -c "$rest" "$p" > /dev/null 2>&1; done
+  taskset -a -p -c "$sibs" "$child" > /dev/null
+  echo "pinned the engine child ($child) to CPUs $sibs, every other process to $rest" | tee -a "$OUT/summary.txt"
 }
 profile_run() {  # a longer closed loop at N with py-spy (20 s, 50 Hz) on every Serve process and top samples
   local n=$1
@@ -125,8 +141,9 @@ if [ -n "${STEP_ORDER:-}" ]; then  # A/B alternated on one machine: each word st
     case $s in
       hap) SERVE_ENV=$HAP_ENV serve_once "$label" true "" "" ${HAP_SIZES:-$SIZES} ;;
       hapn) SERVE_ENV="$HAP_ENV $NICE0" serve_once "$label" true "" "" ${HAP_SIZES:-$SIZES} ;;
+      happ) SERVE_ENV=$HAP_ENV PIN=1 serve_once "$label" true "" "" ${HAP_SIZES:-$SIZES} ;;
       hapr) SERVE_ENV=$HAP_ENV serve_once "$label" true "\n      replica_transport: ray" "" ${HAP_SIZES:-$SIZES} ;;
-      *) echo "STEP_ORDER: '$s' is not one of hap, hapn, hapr" | tee -a "$OUT/summary.txt" ;;
+      *) echo "STEP_ORDER: '$s' is not one of hap, hapn, happ, hapr" | tee -a "$OUT/summary.txt" ;;
     esac
   done
 fi

@@ -143,14 +143,14 @@ async def sample_metrics(client: httpx.AsyncClient, every_s: float, t_start: flo
 
 # /metrics gauge -> (sample key prefix, the label naming the part timed)
 TIMED = {"swiftinfer_turn_phase_seconds": ("phase", "phase"), "swiftinfer_ingress_phase_seconds": ("ingress", "phase"),
-         "swiftinfer_replica_loop_seconds": ("loop", "leg")}
+         "swiftinfer_handoff_seconds": ("handoff", "leg")}
 
 
 def parse_gauges(text: str, t_s: float) -> dict:
     """One sample: SERVER_GAUGES summed over replicas, each turn phase's quantiles
     (``phase_<name>_p50``/``_p99``, the worst replica's), the answering ingress's
     hops to a first token (``ingress_<name>_p50``/``_p99``: prepare, route, replica, return)
-    and the waits inside the replicas' loops (``loop_<leg>_p50``/``_p99``, the worst replica's)."""
+    and the waits between the replicas and their engines (``handoff_<leg>_p50``/``_p99``, the worst replica's)."""
     row = {"t_s": t_s}
     for line in text.splitlines():
         name = line.split("{", 1)[0].split(" ", 1)[0]

@@ -23,7 +23,7 @@ import common  # noqa: E402
 
 PHASES = ("admit", "lease", "sync", "first_token", "commit")
 HOPS = ("prepare", "route", "replica", "return")  # deployments.messages.IngressPhase
-LOOP = ("pipe", "wake", "lag")  # deployments.messages.ReplicaLoop
+LEGS = ("start", "queue", "first", "pipe", "wake", "lag")  # deployments.messages.HandoffLeg
 
 
 def rows(run_dir: Path, name: str) -> tuple[list[dict], dict]:
@@ -47,7 +47,7 @@ def rows(run_dir: Path, name: str) -> tuple[list[dict], dict]:
                "audit": {k: s["audit"].get(k) for k in ("lost", "duplicated", "out_of_order")} if s.get("audit") else None}
         row.update({f"phase_{p}_p50_s": samples[-1].get(f"phase_{p}_p50") for p in PHASES})
         row.update({f"ingress_{p}_p50_s": samples[-1].get(f"ingress_{p}_p50") for p in HOPS})
-        row.update({f"loop_{leg}_{q}_s": samples[-1].get(f"loop_{leg}_{q}") for leg in LOOP for q in ("p50", "p99")})
+        row.update({f"handoff_{leg}_{q}_s": samples[-1].get(f"handoff_{leg}_{q}") for leg in LEGS for q in ("p50", "p99")})
         row.update(host_cpu(run_dir / f"vmstat_{m.group(1)}_{n}.txt"))
         client = summary.get("client", {})  # load.py's own CPU and loop lag (absent before --client-procs)
         row.update({"client_procs": client.get("procs"), "client_busy_cores": client.get("busy_cores"),
@@ -112,7 +112,7 @@ def main() -> int:
     plot(table, a.name, f"{measured.get('model')}, cache {measured.get('cache')}, {measured.get('slots')} slots, {dev}, {measured.get('date')}", a.out)
     print(common.table(table, ["run", "N", "serve_tok_s", "engine_tok_s", "ratio", "serve_ttft_warm_p50_s", "engine_ttft_warm_p50_s",
                                "serve_tpot_p50_s", "engine_tpot_p50_s", "phase_admit_p50_s", "phase_first_token_p50_s", "turns_failed",
-                               *(f"ingress_{p}_p50_s" for p in HOPS), *(f"loop_{leg}_p50_s" for leg in LOOP), "host_steal", "host_idle",
+                               *(f"ingress_{p}_p50_s" for p in HOPS), *(f"handoff_{leg}_p50_s" for leg in LEGS), "host_steal", "host_idle",
                                "client_busy_cores", "client_loop_lag_p99_s"]))
     return 0
 

@@ -46,13 +46,16 @@ class TurnPhase(str, Enum):
     COMMIT = "commit"  # the session log write
 
 
-class ReplicaLoop(str, Enum):
-    """Where a step's tokens wait inside their LLM replica before its streams see them
-    (``leg`` label of ``swiftinfer_replica_loop_seconds``; engine/handoff.py)."""
+class HandoffLeg(str, Enum):
+    """Where a turn's start and a step's tokens wait between an LLM replica and its engine
+    child (``leg`` label of ``swiftinfer_handoff_seconds``; swiftinfer_core/engine/handoff.py)."""
 
-    PIPE = "pipe"  # the engine child sent the step's events -> the replica's reader thread has them
+    START = "start"  # the replica sent a turn start -> the engine child's reader has it
+    QUEUE = "queue"  # -> the child's step thread takes it (the next step boundary)
+    FIRST = "first"  # -> its first token leaves the child's step (prefill and first decode)
+    PIPE = "pipe"  # the child sent a step's events -> the replica's reader thread has them
     WAKE = "wake"  # the reader thread -> the replica's event loop runs the hand-over
-    LAG = "lag"  # the event loop's lateness on a 10 ms timer: how busy the loop is
+    LAG = "lag"  # the replica's event loop's lateness on a 10 ms timer: how busy the loop is
 
 
 class IngressPhase(str, Enum):
@@ -181,7 +184,7 @@ class ReplicaStats:
     turns_not_committed: int
     direct_starts: int  # turns that started without reading the engine first (warm, or new here)
     phases: dict[TurnPhase, tuple[float, float]] = field(default_factory=dict)  # -> (p50, p99) seconds, phases with samples
-    loop: dict[ReplicaLoop, tuple[float, float]] = field(default_factory=dict)  # -> (p50, p99) seconds, legs with samples
+    handoff: dict[HandoffLeg, tuple[float, float]] = field(default_factory=dict)  # -> (p50, p99) seconds, legs with samples
 
     def to_dict(self) -> dict:
         """The flat form Ray Serve carries as routing stats (and the one /v1/cluster
@@ -199,8 +202,8 @@ class ReplicaStats:
         out["direct_starts"] = self.direct_starts
         for phase, (p50, p99) in self.phases.items():
             out[f"phase_{phase.value}_p50"], out[f"phase_{phase.value}_p99"] = p50, p99
-        for leg, (p50, p99) in self.loop.items():
-            out[f"loop_{leg.value}_p50"], out[f"loop_{leg.value}_p99"] = p50, p99
+        for leg, (p50, p99) in self.handoff.items():
+            out[f"handoff_{leg.value}_p50"], out[f"handoff_{leg.value}_p99"] = p50, p99
         return out
 
     def autoscaling_metrics(self) -> dict[str, float]:

@@ -53,9 +53,9 @@ class ServiceMetrics:
         self.replicas = Gauge("swiftinfer_live_replicas", "LLM replicas reporting stats.", registry=r)
         self.phases = Gauge("swiftinfer_turn_phase_seconds", "Recent per-phase turn time on a replica (deployments/turn_timing.py).",
                             ["replica", "phase", "quantile"], registry=r)
-        self.loop = Gauge("swiftinfer_replica_loop_seconds",
-                          "Recent wait of a step's tokens inside their LLM replica before its streams see them (ReplicaLoop).",
-                          ["replica", "leg", "quantile"], registry=r)
+        self.handoff = Gauge("swiftinfer_handoff_seconds",
+                             "Recent waits of turn starts and step tokens between an LLM replica and its engine child (HandoffLeg).",
+                             ["replica", "leg", "quantile"], registry=r)
         self.ingress_phases = Gauge("swiftinfer_ingress_phase_seconds",
                                     "Recent per-phase time to a streamed turn's first token at this ingress (IngressPhase).",
                                     ["phase", "quantile"], registry=r)
@@ -80,12 +80,12 @@ class ServiceMetrics:
             for rid, stats in replica_stats.items():
                 gauge.labels(replica=rid).set(float(value(stats)))
         self.phases.clear()
-        self.loop.clear()
+        self.handoff.clear()
         for rid, stats in replica_stats.items():
             for phase, q, value in _quantiles(stats.phases):
                 self.phases.labels(replica=rid, phase=phase, quantile=q).set(value)
-            for leg, q, value in _quantiles(stats.loop):
-                self.loop.labels(replica=rid, leg=leg, quantile=q).set(value)
+            for leg, q, value in _quantiles(stats.handoff):
+                self.handoff.labels(replica=rid, leg=leg, quantile=q).set(value)
         self.replicas.set(len(replica_stats))
         self.directory_sessions.set(num_sessions)
 

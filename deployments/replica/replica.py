@@ -49,7 +49,7 @@ from deployments.replica.drain import drain
 from deployments.replica.engine_factory import make_engine
 from deployments.http.errors import TurnNotCommittedError
 from deployments.sessions.history import chain
-from deployments.messages import CacheState, CommittedTurn, ReplicaLoop, ReplicaStats, TurnGrant, TurnPhase, TurnReplay, TurnStart
+from deployments.messages import CacheState, CommittedTurn, HandoffLeg, ReplicaStats, TurnGrant, TurnPhase, TurnReplay, TurnStart
 from deployments.replica.local_sessions import LocalSessions
 from deployments.replica.pacing import ChunkBudget
 from deployments.replica.rebalance import rebalance_step
@@ -82,7 +82,7 @@ class LLMReplica:
         self._direct_starts = 0  # turns that started without reading the engine first (warm, or new here)
         self._rebalanced = 0  # sessions handed over to replicas below their fair share
         self._timer = TurnTimer()
-        self._lag = TurnTimer(phases=ReplicaLoop)  # LAG only; the engine times PIPE and WAKE
+        self._lag = TurnTimer(phases=HandoffLeg)  # LAG only; the engine times the other legs
         self._pace = ChunkBudget(self._cfg.stream_interval_ms / 1000, self._cfg.stream_max_chunks_per_s)
         self._draining = False
         await self._report()
@@ -302,6 +302,7 @@ class LLMReplica:
         # sessions elsewhere within one routing-stats period (they are rebuilt from the
         # log) instead of retrying here until Serve's health checks replace it.
         stopped = await asyncio.to_thread(self._engine_stopped)
+        engine_legs = await asyncio.to_thread(self._engine.handoff_times)
         active = active_count(self._last_turn, self._busy, time.time(), self._cfg.scaling.active_window_s)
         return ReplicaStats(
             replica_id=self._id, capacity=st.total_slots, free_slots=st.free_slots,
@@ -311,11 +312,8 @@ class LLMReplica:
             kv_use=st.resident_sessions / max(1, st.total_slots), draining=self._draining or stopped,
             pid=os.getpid(), idle_evicted=self._local.idle_evicted, rolled_back=self._local.rolled_back, rebalanced=self._rebalanced,
             turns=dict(self._turns), turns_not_committed=self._not_committed, direct_starts=self._direct_starts,
-            phases=self._timer.summary(), loop=self._loop_times(),
+            phases=self._timer.summary(), handoff={**{HandoffLeg(leg.value): v for leg, v in engine_legs.items()}, **self._lag.summary()},
         )
-
-    def _loop_times(self) -> dict[ReplicaLoop, tuple[float, float]]:
-        return {**{ReplicaLoop(leg.value): v for leg, v in self._engine.handoff_times().items()}, **self._lag.summary()}
 
     def record_replica_metadata(self) -> dict:
         """Static facts routers read as ``replica.replica_metadata`` from the moment
@@ -345,7 +343,7 @@ class LLMReplica:
         while not self._draining:
             t = time.monotonic()
             await asyncio.sleep(period_s)
-            self._lag.record(ReplicaLoop.LAG, max(0.0, time.monotonic() - t - period_s))
+            self._lag.record(HandoffLeg.LAG, max(0.0, time.monotonic() - t - period_s))
 
     async def _evict_loop(self) -> None:
         ttl = self._cfg.limits.idle_ttl_s

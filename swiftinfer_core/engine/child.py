@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection
 from swiftinfer_core.config import EngineConfig
 from swiftinfer_core.engine import faults
 from swiftinfer_core.engine.engine import Engine, _Submission
+from swiftinfer_core.engine.handoff import Handoff, HandoffTimer
 from swiftinfer_core.engine.ipc import AbortTurn, Call, EngineCall, Ready, Reply, StartTurn, StepEvents, portable
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,28 @@ class _PipeEngine(Engine):
         self._events = events
         self._send_lock = threading.Lock()
         self.turns: dict[int, _Submission] = {}
+        self.handoff = HandoffTimer()  # START, QUEUE, FIRST (engine/handoff.py)
+        self._read_at: dict[int, float] = {}  # turn id -> when the reader had its start (until the step thread takes it)
+        self._taken_at: dict[int, float] = {}  # turn id -> when the step thread took it (until its first item)
         super().__init__(config)
+
+    def received(self, start: StartTurn) -> None:
+        now = time.monotonic()
+        self.handoff.record(Handoff.START, now - start.sent_at)
+        self._read_at[start.turn_id] = now
+
+    def _add(self, sub: _Submission) -> None:
+        now = time.monotonic()
+        read_at = self._read_at.pop(sub.out.turn_id, None)
+        if read_at is not None:
+            self.handoff.record(Handoff.QUEUE, now - read_at)
+            self._taken_at[sub.out.turn_id] = now
+        super()._add(sub)
+
+    def _abort(self, sub: _Submission) -> None:
+        self._read_at.pop(sub.out.turn_id, None)
+        self._taken_at.pop(sub.out.turn_id, None)
+        super()._abort(sub)
 
     def send(self, message: object) -> None:
         with self._send_lock:
@@ -44,8 +66,12 @@ class _PipeEngine(Engine):
 
     def _deliver_all(self, items: list) -> None:
         payload = []
+        now = time.monotonic()
         for turn, item in items:
             tid = turn.out.turn_id
+            taken_at = self._taken_at.pop(tid, None)
+            if taken_at is not None and not isinstance(item, BaseException):
+                self.handoff.record(Handoff.FIRST, now - taken_at)
             payload.append((tid, portable(item) if isinstance(item, BaseException) else item))
             if isinstance(item, BaseException) or item.final:
                 self.turns.pop(tid, None)
@@ -106,6 +132,7 @@ def run_child(config: EngineConfig, cpu_threads: int, commands: Connection, even
             except (EOFError, OSError):  # the parent is gone
                 break
             if isinstance(msg, StartTurn):
+                engine.received(msg)
                 sub = _Submission(msg.session_id, msg.messages, msg.params, _Remote(msg.turn_id), None, msg.expect)
                 engine.turns[msg.turn_id] = sub
                 try:
@@ -116,8 +143,8 @@ def run_child(config: EngineConfig, cpu_threads: int, commands: Connection, even
                 sub = engine.turns.pop(msg.turn_id, None)
                 if sub is not None:
                     engine._post(lambda sub=sub: engine._abort(sub))
-            elif isinstance(msg, Call) and msg.method is EngineCall.CHECK_HEALTH:
-                _answer(engine, {EngineCall.CHECK_HEALTH: engine.check_health}, msg)
+            elif isinstance(msg, Call) and msg.method in (EngineCall.CHECK_HEALTH, EngineCall.HANDOFF):
+                _answer(engine, {EngineCall.CHECK_HEALTH: engine.check_health, EngineCall.HANDOFF: engine.handoff.summary}, msg)
             elif isinstance(msg, Call):
                 # into the inbox with the starts: every call waiting at a step boundary is
                 # answered there at once, in the order posted (a start before a view is seen by it)

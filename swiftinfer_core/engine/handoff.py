@@ -1,13 +1,15 @@
-"""How long a step's events take to reach the streams that wait for them.
+"""Where a turn's start and a step's tokens wait between a replica and its engine child.
 
-A ``ProcessEngine`` step ends in the child; its ``StepEvents`` then cross the
-pipe to the parent's reader thread (``PIPE``: pickling, the pipe, unpickling,
-and the reader waiting for the GIL) and are handed to each event loop that
-has a stream of them (``WAKE``: from the reader's ``call_soon_threadsafe`` to
-the loop running the callback, i.e. how busy that loop is). Both legs are part
-of every streamed token's latency and of a turn's first token, and neither is
-in the engine's own step trace. Timestamps are ``time.monotonic()``, which on
-Linux is one clock for every process of the host.
+A ``ProcessEngine`` turn start crosses the command pipe to the child's reader
+(``START``), waits there for the step thread to take it at the next step
+boundary (``QUEUE``), and gets its first token from the steps that follow
+(``FIRST``: prefill and the first decode). Each step's ``StepEvents`` then cross
+the pipe back to the parent's reader thread (``PIPE``: pickling, the pipe,
+unpickling, and the reader waiting for the GIL) and are handed to each event
+loop with a stream of them (``WAKE``: from ``call_soon_threadsafe`` to the loop
+running the hand-over, i.e. how busy that loop is). A turn's first token waits
+for all five; a streamed token for the last two. Timestamps are
+``time.monotonic()``, which on Linux is one clock for every process of the host.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from enum import Enum
 
 
 class Handoff(str, Enum):
-    PIPE = "pipe"  # child sent the step's events -> the parent's reader has them
-    WAKE = "wake"  # reader hands them to an event loop -> that loop runs the hand-over
+    START = "start"  # the parent sent a turn start -> the child's reader has it (child side)
+    QUEUE = "queue"  # the child's reader -> the step thread takes the turn (child side)
+    FIRST = "first"  # taken -> its first token leaves the child's step (child side)
+    PIPE = "pipe"  # the child sent a step's events -> the parent's reader has them
+    WAKE = "wake"  # the reader hands them to an event loop -> that loop runs the hand-over
 
 
 def p50_p99(samples) -> tuple[float, float]:

@@ -32,6 +32,7 @@ class EngineCall(Enum):
     EXPORT_KV = "export_kv"
     IMPORT_KV = "import_kv"
     CHECK_HEALTH = "check_health"
+    HANDOFF = "handoff"  # the child's side of engine/handoff.py, answered by its reader (no step boundary)
     INJECT_FAULT = "inject_fault"  # test-only (engine/faults.py); the parent gates it
 
 
@@ -42,6 +43,7 @@ class StartTurn:
     messages: list[dict]
     params: SamplingParams
     expect: SessionRecord | Absent | None = None  # EngineCore.add_turn's warm- or new-start condition
+    sent_at: float = 0.0  # the parent's time.monotonic() as it sends it (engine/handoff.py)
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ class ProcessEngine(EngineProtocol):
         tid = next(self._ids)
         self._streams[tid] = (asyncio.get_running_loop(), queue)
         try:
-            self._send(StartTurn(tid, session_id, messages, params or SamplingParams(), expect))
+            self._send(StartTurn(tid, session_id, messages, params or SamplingParams(), expect, time.monotonic()))
             async for chunk in read_stream(queue):
                 yield chunk
         finally:  # consumer gone or done: the child drops (or aborts) the turn
@@ -138,7 +138,8 @@ class ProcessEngine(EngineProtocol):
         return True  # chat(..., expect=) (EngineCore.add_turn)
 
     def handoff_times(self) -> dict[Handoff, tuple[float, float]]:
-        return self._handoff.summary()
+        """Both sides' legs (blocking: one call the child's reader answers at once)."""
+        return {**self._call(EngineCall.HANDOFF), **self._handoff.summary()}
 
     def check_health(self, timeout: float = 60.0) -> None:
         """Raise EngineClosedError when the child is gone or its engine stopped."""

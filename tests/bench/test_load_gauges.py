@@ -2,14 +2,14 @@
 
 from bench.load import parse_gauges, server_peaks
 from deployments.http.metrics import ServiceMetrics
-from deployments.messages import CacheState, ReplicaLoop, ReplicaStats, TurnPhase
+from deployments.messages import CacheState, HandoffLeg, ReplicaStats, TurnPhase
 
 
-def replica_stats(rid: str, running: int, phases: dict, loop: dict | None = None) -> ReplicaStats:
+def replica_stats(rid: str, running: int, phases: dict, handoff: dict | None = None) -> ReplicaStats:
     return ReplicaStats(rid, capacity=8, free_slots=8, sessions=0, resident=0, active_sessions=0, running=running, waiting=0,
                         evictions=0, tokens_generated=0, tokens_prefilled=0, kv_use=0.0, draining=False, pid=0, idle_evicted=0,
                         rolled_back=0, rebalanced=0, turns=dict.fromkeys(CacheState, 0), turns_not_committed=0, direct_starts=0, phases=phases,
-                        loop=loop or {})
+                        handoff=handoff or {})
 
 
 def _text(replicas: dict) -> str:
@@ -50,11 +50,11 @@ def test_ingress_hops_are_read_beside_the_replica_phases():
     assert "ingress_phase_seconds{" not in m.render().decode()
 
 
-def test_replica_loop_legs_are_read_per_worst_replica():
+def test_handoff_legs_are_read_per_worst_replica():
     m = ServiceMetrics()
-    m.set_pool({"r1": replica_stats("r1", 1, {}, {ReplicaLoop.PIPE: (0.001, 0.004), ReplicaLoop.LAG: (0.002, 0.030)}),
-                "r2": replica_stats("r2", 1, {}, {ReplicaLoop.PIPE: (0.003, 0.005), ReplicaLoop.WAKE: (0.0005, 0.02)})}, 0)
+    m.set_pool({"r1": replica_stats("r1", 1, {}, {HandoffLeg.PIPE: (0.001, 0.004), HandoffLeg.LAG: (0.002, 0.030)}),
+                "r2": replica_stats("r2", 1, {}, {HandoffLeg.PIPE: (0.003, 0.005), HandoffLeg.WAKE: (0.0005, 0.02)})}, 0)
     row = parse_gauges(m.render().decode(), 1.0)
-    assert (row["loop_pipe_p50"], row["loop_pipe_p99"]) == (0.003, 0.005)
-    assert (row["loop_lag_p50"], row["loop_lag_p99"], row["loop_wake_p50"]) == (0.002, 0.030, 0.0005)
-    assert server_peaks([row])["server_phases"]["loop_lag_p99"] == {"last": 0.030, "max": 0.030}
+    assert (row["handoff_pipe_p50"], row["handoff_pipe_p99"]) == (0.003, 0.005)
+    assert (row["handoff_lag_p50"], row["handoff_lag_p99"], row["handoff_wake_p50"]) == (0.002, 0.030, 0.0005)
+    assert server_peaks([row])["server_phases"]["handoff_lag_p99"] == {"last": 0.030, "max": 0.030}

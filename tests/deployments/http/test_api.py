@@ -372,7 +372,7 @@ def test_models_health_and_metrics(api):
     phases = {ln.split('phase="')[1].split('"')[0] for ln in text.splitlines() if ln.startswith("swiftinfer_turn_phase_seconds{")}
     # admit and sync appear once a turn takes the full path (a copy rebuilt or migrated); warm
     # and new turns start without them
-    from deployments.messages import TurnPhase
+    from deployments.messages import HandoffLeg, TurnPhase
 
     assert {"lease", "first_token", "commit"} <= phases <= {p.value for p in TurnPhase}, phases
     # the one ingress's own view of the way to a first token: prepare, route, replica, return
@@ -385,13 +385,13 @@ def test_models_health_and_metrics(api):
     first_token = max(float(ln.split()[-1]) for ln in text.splitlines()
                       if ln.startswith("swiftinfer_turn_phase_seconds{") and 'phase="first_token",quantile="0.5"' in ln)
     assert hops["replica"] > 0 and first_token > 0
-    # where a step's tokens wait inside the replica: its engine child's pipe, the wake-up of its
-    # loop (engine_process is on by default) and the loop's own lateness
+    # where turn starts and step tokens wait between the replica and its engine child
+    # (engine_process is on by default), and the replica loop's own lateness
     legs = {}
     for ln in text.splitlines():
-        if ln.startswith("swiftinfer_replica_loop_seconds{") and 'quantile="0.99"' in ln:
+        if ln.startswith("swiftinfer_handoff_seconds{") and 'quantile="0.99"' in ln:
             legs[ln.split('leg="')[1].split('"')[0]] = float(ln.split()[-1])
-    assert set(legs) == {"pipe", "wake", "lag"}, legs
+    assert set(legs) == {leg.value for leg in HandoffLeg}, legs
     assert all(0 <= v < 30 for v in legs.values()), legs
 
 
