@@ -43,8 +43,12 @@ def test_decode_chain_equals_the_model_forward(model_dir, shakespeare_ids, head_
             want = run.forward([ids[t]], [1], [t], [1], None)
         finally:
             m.attn.kernels = kernels
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3 * want.abs().max().item())
-        assert got.argmax() == want.argmax()
+        tol = 1e-3 * want.abs().max().item()
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=tol)
+        # the same next token, unless the reference's own best two are closer than the paths' rounding
+        # (16-bit inputs in the C chain): then either is the reference's best within that tolerance
+        best = want[0, got.argmax()]
+        assert best >= want.max() - tol, f"step {t}: token {int(got.argmax())} is {float(want.max() - best):.4g} below the best"
     for k in m.pool.k + m.pool.v:  # 40 steps of slightly different sums (and so 16-bit roundings) in each slot
         rel = float((k[0] - k[1]).norm() / k[1].norm())
         assert rel < 1e-3, rel  # measured ~1e-4; a wrong weight or row gives O(1)
