@@ -13,8 +13,8 @@
 #     wheel in HAP_WHL (default .carry/hap), or already unpacked at HAP_BIN (a park call's /tmp/hapsite).
 #  "hapi" (not by default): "hap" with HAPI_INGRESS ingress replicas (default 8; others 4) and HAPI_CLIENTS.
 #  "hapn" (not by default): "hap" with Ray's workers (the Serve replicas and the engine child) at nice 0, not Ray's 15.
-#  "happ" (STEP_ORDER only): "hap" with the engine child pinned alone to the last physical core (its hyperthreads)
-#     and every other process moved off that core, once the app is healthy (pin_engine).
+#  "happ" (STEP_ORDER only): "hap" with the engine child pinned alone to the last physical core (its hyperthreads,
+#     or the last two CPUs without SMT) and every other process moved off them, once the app is healthy (pin_engine).
 #  STEP_ORDER (set): run the served steps in this order instead of the fixed one, e.g. "hap hapn hap hapn"
 #     (each occurrence starts the app once; labels get 2, 3, ... on repeats), to alternate A/B on one machine.
 #  "hapr" (not by default): "hap" with the ingress's calls to the LLM replica as Ray actor calls
@@ -92,10 +92,12 @@ serve_once() {  # one app: serve_closed's arguments, its label already numbered
   kill -INT $pid; sleep 4; kill -9 $pid 2>/dev/null; ray stop --force > /dev/null 2>&1
   pkill -x haproxy  # Serve's HAProxy outlives a killed `serve run` and would keep port 8000
 }
-pin_engine() {  # the engine child alone on the last physical core (all its hyperthreads); every other process off it
+pin_engine() {  # the engine child alone on the last physical core (all its hyperthreads; without SMT, as on the
+  # lent VM whose 16 CPUs are 16 cores, the last two CPUs: its step thread and its command reader); every other process off it
   local child cpus=$(nproc) last sibs rest
   child=$(pgrep -f "multiprocessing.spawn import spawn_main" | head -1)
   last=$((cpus - 1)); sibs=$(cat /sys/devices/system/cpu/cpu$last/topology/thread_siblings_list)
+  [[ $sibs == *[,-]* ]] || sibs="$((last - 1)),$last"
   rest=$(python3 -c 'import sys
 n, sib = int(sys.argv[1]), set()
 for part in sys.argv[2].split(","):
