@@ -57,12 +57,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/gpu_steps.sh"
 want engine && step engine 220 python3 bench/engine_batches.py --model /tmp/model --sizes $SIZES --max-sessions "$SLOTS" \
   --window "$WINDOW" --rounds "$ROUNDS" --words 24 --no-bare --closed-loop --name "${NAME}_engine" --out "$OUT" ${ENGINE_ARGS:-}
 
+repeats() {  # repeats LABEL: LABEL, LABEL2, ... up to REPEAT (default 1; identical runs differ: README)
+  local r; for r in $(seq 1 "${REPEAT:-1}"); do if [ "$r" = 1 ]; then echo "$1"; else echo "$1$r"; fi; done
+}
 serve_closed() {  # serve_closed LABEL ENGINE_PROCESS EXTRA_YAML ENGINE_YAML SIZES...  (app / engine args, "\n      "-separated)
-  # REPEAT=k starts the app k times in a row, labels LABEL, LABEL2, ... (identical runs differ: README)
-  local label=$1; shift
-  for r in $(seq 1 "${REPEAT:-1}"); do
-    if [ "$r" = 1 ]; then serve_once "$label" "$@"; else serve_once "$label$r" "$@"; fi
-  done
+  local label=$1 l; shift
+  for l in $(repeats "$label"); do serve_once "$l" "$@"; done
 }
 serve_once() {  # one app: serve_closed's arguments, its label already numbered
   local label=$1 proc=$2 extra=$3 engine_extra=$4; shift 4
@@ -135,25 +135,25 @@ if { want hap || want hapr || want hapn || [ -n "${STEP_ORDER:-}" ]; } && [ ! -x
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/hapsite "${HAP_WHL:-.carry/hap}"/*.whl
 fi
 HAP_ENV="RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_HAPROXY_BINARY_PATH=$HAP_BIN"
-NICE0="RAY_worker_niceness=0"
+hap_app() {  # hap_app STEP LABEL: one app of a HAProxy step (hap, hapn, happ, hapr)
+  case $1 in
+    hap) SERVE_ENV=$HAP_ENV serve_once "$2" true "" "" ${HAP_SIZES:-$SIZES} ;;
+    # Ray starts its workers (every Serve replica, and so the engine child) at nice 15, below the load client,
+    # HAProxy and Ray's own daemons; "hapn" runs them at nice 0 (RAY_worker_niceness, read by the raylet)
+    hapn) SERVE_ENV="$HAP_ENV RAY_worker_niceness=0" serve_once "$2" true "" "" ${HAP_SIZES:-$SIZES} ;;
+    happ) SERVE_ENV=$HAP_ENV PIN=1 serve_once "$2" true "" "" ${HAP_SIZES:-$SIZES} ;;
+    hapr) SERVE_ENV=$HAP_ENV serve_once "$2" true "\n      replica_transport: ray" "" ${HAP_SIZES:-$SIZES} ;;
+    *) echo "STEP_ORDER: '$1' is not one of hap, hapn, happ, hapr" | tee -a "$OUT/summary.txt" ;;
+  esac
+}
 if [ -n "${STEP_ORDER:-}" ]; then  # A/B alternated on one machine: each word starts its app once
   declare -A seen=()
   for s in $STEP_ORDER; do
     seen[$s]=$(( ${seen[$s]:-0} + 1 )); label=$s; [ "${seen[$s]}" = 1 ] || label="$s${seen[$s]}"
-    case $s in
-      hap) SERVE_ENV=$HAP_ENV serve_once "$label" true "" "" ${HAP_SIZES:-$SIZES} ;;
-      hapn) SERVE_ENV="$HAP_ENV $NICE0" serve_once "$label" true "" "" ${HAP_SIZES:-$SIZES} ;;
-      happ) SERVE_ENV=$HAP_ENV PIN=1 serve_once "$label" true "" "" ${HAP_SIZES:-$SIZES} ;;
-      hapr) SERVE_ENV=$HAP_ENV serve_once "$label" true "\n      replica_transport: ray" "" ${HAP_SIZES:-$SIZES} ;;
-      *) echo "STEP_ORDER: '$s' is not one of hap, hapn, happ, hapr" | tee -a "$OUT/summary.txt" ;;
-    esac
+    hap_app "$s" "$label"
   done
 fi
-want hap && SERVE_ENV=$HAP_ENV serve_closed hap true "" "" ${HAP_SIZES:-$SIZES}
-# Ray starts its workers (every Serve replica, and so the engine child) at nice 15, below the load client,
-# HAProxy and Ray's own daemons; "hapn" is "hap" with them at nice 0 (RAY_worker_niceness, read by the raylet)
-want hapn && SERVE_ENV="$HAP_ENV $NICE0" serve_closed hapn true "" "" ${HAP_SIZES:-$SIZES}
-want hapr && SERVE_ENV=$HAP_ENV serve_closed hapr true "\n      replica_transport: ray" "" ${HAP_SIZES:-$SIZES}
+for s in hap hapn hapr; do want $s && for l in $(repeats $s); do hap_app $s "$l"; done; done
 want hapi && SERVE_ENV=$HAP_ENV INGRESS=${HAPI_INGRESS:-8} CLIENTS=${HAPI_CLIENTS:-${CLIENTS:-1}} serve_closed hapi true "" "" ${HAP_SIZES:-$SIZES}
 want hapo && SERVE_ENV=$HAP_ENV ONGOING=$((2 * SLOTS)) serve_closed hapo true "" "" ${HAP_SIZES:-$SIZES}
 want split && serve_closed split true "" "\n        split_mixed_steps: true" ${SPLIT_SIZES:-$SIZES}

@@ -23,7 +23,7 @@ import common  # noqa: E402
 
 PHASES = ("admit", "lease", "sync", "first_token", "commit")
 HOPS = ("prepare", "route", "replica", "return")  # deployments.messages.IngressPhase
-LEGS = ("start", "queue", "first", "pipe", "wake", "lag")  # deployments.messages.HandoffLeg
+LEGS = ("start", "queue", "first", "pipe", "wake", "lag")  # swiftinfer_core.engine.handoff.Handoff
 
 
 def rows(run_dir: Path, name: str) -> tuple[list[dict], dict]:

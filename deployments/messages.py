@@ -22,6 +22,7 @@ from enum import Enum
 
 import ray
 
+from swiftinfer_core.engine.handoff import Handoff  # the ``leg`` label of swiftinfer_handoff_seconds
 from swiftinfer_core.protocol import SessionRecord, SessionStats, StreamChunk, Usage
 
 
@@ -44,18 +45,6 @@ class TurnPhase(str, Enum):
     SYNC = "sync"  # local copy made equal to the committed record
     FIRST_TOKEN = "first_token"  # engine queue, prefill, first decode
     COMMIT = "commit"  # the session log write
-
-
-class HandoffLeg(str, Enum):
-    """Where a turn's start and a step's tokens wait between an LLM replica and its engine
-    child (``leg`` label of ``swiftinfer_handoff_seconds``; swiftinfer_core/engine/handoff.py)."""
-
-    START = "start"  # the replica sent a turn start -> the engine child's reader has it
-    QUEUE = "queue"  # -> the child's step thread takes it (the next step boundary)
-    FIRST = "first"  # -> its first token leaves the child's step (prefill and first decode)
-    PIPE = "pipe"  # the child sent a step's events -> the replica's reader thread has them
-    WAKE = "wake"  # the reader thread -> the replica's event loop runs the hand-over
-    LAG = "lag"  # the replica's event loop's lateness on a 10 ms timer: how busy the loop is
 
 
 class IngressPhase(str, Enum):
@@ -184,7 +173,7 @@ class ReplicaStats:
     turns_not_committed: int
     direct_starts: int  # turns that started without reading the engine first (warm, or new here)
     phases: dict[TurnPhase, tuple[float, float]] = field(default_factory=dict)  # -> (p50, p99) seconds, phases with samples
-    handoff: dict[HandoffLeg, tuple[float, float]] = field(default_factory=dict)  # -> (p50, p99) seconds, legs with samples
+    handoff: dict[Handoff, tuple[float, float]] = field(default_factory=dict)  # leg -> (p50, p99) seconds, legs with samples
 
     def to_dict(self) -> dict:
         """The flat form Ray Serve carries as routing stats (and the one /v1/cluster

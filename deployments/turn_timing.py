@@ -14,29 +14,17 @@ the time around the replica's phases.
 from __future__ import annotations
 
 import time
-from collections import deque
 from enum import Enum
 
 from deployments.messages import TurnPhase
+from swiftinfer_core.recent_times import RecentTimes
 
 
-class TurnTimer:
-    """The last ``keep`` durations of each phase of ``phases`` (an Enum)."""
+class TurnTimer(RecentTimes):
+    """The last ``keep`` durations of each phase of ``phases`` (an Enum; a turn's by default)."""
 
     def __init__(self, keep: int = 2048, phases: type[Enum] = TurnPhase):
-        self._samples = {p: deque(maxlen=keep) for p in phases}
-
-    def record(self, phase: Enum, seconds: float) -> None:
-        self._samples[phase].append(seconds)
-
-    def summary(self) -> dict[Enum, tuple[float, float]]:
-        """phase -> (p50, p99) in seconds, for phases with samples."""
-        out = {}
-        for phase, xs in self._samples.items():
-            if xs:
-                s = sorted(xs)
-                out[phase] = (s[(len(s) - 1) // 2], s[min(len(s) - 1, round(0.99 * (len(s) - 1)))])
-        return out
+        super().__init__(phases, keep)
 
 
 class Stopwatch:

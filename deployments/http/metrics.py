@@ -54,7 +54,7 @@ class ServiceMetrics:
         self.phases = Gauge("swiftinfer_turn_phase_seconds", "Recent per-phase turn time on a replica (deployments/turn_timing.py).",
                             ["replica", "phase", "quantile"], registry=r)
         self.handoff = Gauge("swiftinfer_handoff_seconds",
-                             "Recent waits of turn starts and step tokens between an LLM replica and its engine child (HandoffLeg).",
+                             "Recent waits of turn starts and step tokens between an LLM replica and its engine child (engine/handoff.py's Handoff).",
                              ["replica", "leg", "quantile"], registry=r)
         self.ingress_phases = Gauge("swiftinfer_ingress_phase_seconds",
                                     "Recent per-phase time to a streamed turn's first token at this ingress (IngressPhase).",

@@ -49,7 +49,7 @@ from deployments.replica.drain import drain
 from deployments.replica.engine_factory import make_engine
 from deployments.http.errors import TurnNotCommittedError
 from deployments.sessions.history import chain
-from deployments.messages import CacheState, CommittedTurn, HandoffLeg, ReplicaStats, TurnGrant, TurnPhase, TurnReplay, TurnStart
+from deployments.messages import CacheState, CommittedTurn, ReplicaStats, TurnGrant, TurnPhase, TurnReplay, TurnStart
 from deployments.replica.local_sessions import LocalSessions
 from deployments.replica.pacing import ChunkBudget
 from deployments.replica.rebalance import rebalance_step
@@ -58,7 +58,9 @@ from deployments.sessions.tenants import check_tenant, scoped
 from deployments.turn_timing import Stopwatch, TurnTimer
 from swiftinfer_core.config import SamplingParams
 from swiftinfer_core.engine import faults
+from swiftinfer_core.engine.handoff import Handoff
 from swiftinfer_core.errors import CapacityError, EngineClosedError, SessionBusyError, SessionNotFoundError, StaleSessionError
+from swiftinfer_core.recent_times import RecentTimes
 from swiftinfer_core.protocol import ABSENT, RawPrompt, SessionView, StreamChunk, ToolPrompt
 
 log = logging.getLogger("ray.serve")
@@ -82,7 +84,7 @@ class LLMReplica:
         self._direct_starts = 0  # turns that started without reading the engine first (warm, or new here)
         self._rebalanced = 0  # sessions handed over to replicas below their fair share
         self._timer = TurnTimer()
-        self._lag = TurnTimer(phases=HandoffLeg)  # LAG only; the engine times the other legs
+        self._lag = RecentTimes(Handoff)  # LAG only; the engine times the other legs
         self._pace = ChunkBudget(self._cfg.stream_interval_ms / 1000, self._cfg.stream_max_chunks_per_s)
         self._draining = False
         await self._report()
@@ -312,7 +314,7 @@ class LLMReplica:
             kv_use=st.resident_sessions / max(1, st.total_slots), draining=self._draining or stopped,
             pid=os.getpid(), idle_evicted=self._local.idle_evicted, rolled_back=self._local.rolled_back, rebalanced=self._rebalanced,
             turns=dict(self._turns), turns_not_committed=self._not_committed, direct_starts=self._direct_starts,
-            phases=self._timer.summary(), handoff={**{HandoffLeg(leg.value): v for leg, v in engine_legs.items()}, **self._lag.summary()},
+            phases=self._timer.summary(), handoff={**engine_legs, **self._lag.summary()},
         )
 
     def record_replica_metadata(self) -> dict:
@@ -343,7 +345,7 @@ class LLMReplica:
         while not self._draining:
             t = time.monotonic()
             await asyncio.sleep(period_s)
-            self._lag.record(HandoffLeg.LAG, max(0.0, time.monotonic() - t - period_s))
+            self._lag.record(Handoff.LAG, max(0.0, time.monotonic() - t - period_s))
 
     async def _evict_loop(self) -> None:
         ttl = self._cfg.limits.idle_ttl_s

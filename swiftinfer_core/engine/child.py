@@ -19,7 +19,8 @@ from multiprocessing.connection import Connection
 from swiftinfer_core.config import EngineConfig
 from swiftinfer_core.engine import faults
 from swiftinfer_core.engine.engine import Engine, _Submission
-from swiftinfer_core.engine.handoff import Handoff, HandoffTimer
+from swiftinfer_core.engine.handoff import Handoff
+from swiftinfer_core.recent_times import RecentTimes
 from swiftinfer_core.engine.ipc import AbortTurn, Call, EngineCall, Ready, Reply, StartTurn, StepEvents, portable
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class _PipeEngine(Engine):
         self._events = events
         self._send_lock = threading.Lock()
         self.turns: dict[int, _Submission] = {}
-        self.handoff = HandoffTimer()  # START, QUEUE, FIRST (engine/handoff.py)
+        self.handoff = RecentTimes(Handoff)  # START, QUEUE, FIRST (engine/handoff.py)
         self._read_at: dict[int, float] = {}  # turn id -> when the reader had its start (until the step thread takes it)
         self._taken_at: dict[int, float] = {}  # turn id -> when the step thread took it (until its first item)
         super().__init__(config)

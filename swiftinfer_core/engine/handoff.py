@@ -10,12 +10,12 @@ loop with a stream of them (``WAKE``: from ``call_soon_threadsafe`` to the loop
 running the hand-over, i.e. how busy that loop is). A turn's first token waits
 for all five; a streamed token for the last two. Timestamps are
 ``time.monotonic()``, which on Linux is one clock for every process of the host.
+(``LAG``, the consuming loop's own lateness, is timed by that loop's owner: the
+replica.) The engine sides keep their samples in ``recent_times.RecentTimes(Handoff)``.
 """
 
 from __future__ import annotations
 
-import time
-from collections import deque
 from enum import Enum
 
 
@@ -25,27 +25,4 @@ class Handoff(str, Enum):
     FIRST = "first"  # taken -> its first token leaves the child's step (child side)
     PIPE = "pipe"  # the child sent a step's events -> the parent's reader has them
     WAKE = "wake"  # the reader hands them to an event loop -> that loop runs the hand-over
-
-
-def p50_p99(samples) -> tuple[float, float]:
-    """(p50, p99) of a non-empty collection of numbers (nearest rank)."""
-    s = sorted(samples)
-    return s[(len(s) - 1) // 2], s[min(len(s) - 1, round(0.99 * (len(s) - 1)))]
-
-
-class HandoffTimer:
-    """The last ``keep`` durations of each leg. ``record`` may run on any thread:
-    a deque's append is atomic."""
-
-    def __init__(self, keep: int = 2048):
-        self._samples = {leg: deque(maxlen=keep) for leg in Handoff}
-
-    def record(self, leg: Handoff, seconds: float) -> None:
-        self._samples[leg].append(seconds)
-
-    def since(self, leg: Handoff, start: float) -> None:
-        self._samples[leg].append(time.monotonic() - start)
-
-    def summary(self) -> dict[Handoff, tuple[float, float]]:
-        """leg -> (p50, p99) seconds, legs with samples."""
-        return {leg: p50_p99(list(xs)) for leg, xs in self._samples.items() if xs}
+    LAG = "lag"  # the parent's event loop wakes this late on a 10 ms timer (timed by the replica)

@@ -26,7 +26,8 @@ from typing import AsyncIterator
 from swiftinfer_core.config import EngineConfig, SamplingParams
 from swiftinfer_core.engine.child import run_child
 from swiftinfer_core.engine.engine import deliver_to_loops, read_stream
-from swiftinfer_core.engine.handoff import Handoff, HandoffTimer
+from swiftinfer_core.engine.handoff import Handoff
+from swiftinfer_core.recent_times import RecentTimes
 from swiftinfer_core.engine.ipc import AbortTurn, Call, EngineCall, Ready, Reply, StartTurn, StepEvents
 from swiftinfer_core.errors import EngineClosedError
 from swiftinfer_core.protocol import Absent, EngineStats, KVSnapshot, SessionRecord, SessionStats, SessionView, StreamChunk
@@ -60,7 +61,7 @@ class ProcessEngine(EngineProtocol):
         self._streams: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._calls: dict[int, Future] = {}
         self._closed: BaseException | None = None
-        self._handoff = HandoffTimer()
+        self._handoff = RecentTimes(Handoff)  # PIPE, WAKE
         self._reader = threading.Thread(target=self._read, name="swiftinfer-engine-reader", daemon=True)
         self._reader.start()
         atexit.register(self.close)

@@ -2,7 +2,8 @@
 
 from bench.load import parse_gauges, server_peaks
 from deployments.http.metrics import ServiceMetrics
-from deployments.messages import CacheState, HandoffLeg, ReplicaStats, TurnPhase
+from deployments.messages import CacheState, ReplicaStats, TurnPhase
+from swiftinfer_core.engine.handoff import Handoff
 
 
 def replica_stats(rid: str, running: int, phases: dict, handoff: dict | None = None) -> ReplicaStats:
@@ -52,8 +53,8 @@ def test_ingress_hops_are_read_beside_the_replica_phases():
 
 def test_handoff_legs_are_read_per_worst_replica():
     m = ServiceMetrics()
-    m.set_pool({"r1": replica_stats("r1", 1, {}, {HandoffLeg.PIPE: (0.001, 0.004), HandoffLeg.LAG: (0.002, 0.030)}),
-                "r2": replica_stats("r2", 1, {}, {HandoffLeg.PIPE: (0.003, 0.005), HandoffLeg.WAKE: (0.0005, 0.02)})}, 0)
+    m.set_pool({"r1": replica_stats("r1", 1, {}, {Handoff.PIPE: (0.001, 0.004), Handoff.LAG: (0.002, 0.030)}),
+                "r2": replica_stats("r2", 1, {}, {Handoff.PIPE: (0.003, 0.005), Handoff.WAKE: (0.0005, 0.02)})}, 0)
     row = parse_gauges(m.render().decode(), 1.0)
     assert (row["handoff_pipe_p50"], row["handoff_pipe_p99"]) == (0.003, 0.005)
     assert (row["handoff_lag_p50"], row["handoff_lag_p99"], row["handoff_wake_p50"]) == (0.002, 0.030, 0.0005)

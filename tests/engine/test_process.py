@@ -62,7 +62,7 @@ def test_step_events_hand_off_times_are_recorded(child):
 
     asyncio.run(_turn(child, "handoff", "Count to five.", max_tokens=6))
     times = child.handoff_times()
-    assert set(times) == set(Handoff)
+    assert set(times) == set(Handoff) - {Handoff.LAG}  # the loop's lag is its owner's (the replica) to time
     for p50, p99 in times.values():
         assert 0.0 <= p50 <= p99 < 1.0
     assert Engine.handoff_times(Engine.__new__(Engine)) == {}  # in-process: nothing crosses a process

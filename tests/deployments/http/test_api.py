@@ -372,7 +372,8 @@ def test_models_health_and_metrics(api):
     phases = {ln.split('phase="')[1].split('"')[0] for ln in text.splitlines() if ln.startswith("swiftinfer_turn_phase_seconds{")}
     # admit and sync appear once a turn takes the full path (a copy rebuilt or migrated); warm
     # and new turns start without them
-    from deployments.messages import HandoffLeg, TurnPhase
+    from deployments.messages import TurnPhase
+    from swiftinfer_core.engine.handoff import Handoff
 
     assert {"lease", "first_token", "commit"} <= phases <= {p.value for p in TurnPhase}, phases
     # the one ingress's own view of the way to a first token: prepare, route, replica, return
@@ -391,7 +392,7 @@ def test_models_health_and_metrics(api):
     for ln in text.splitlines():
         if ln.startswith("swiftinfer_handoff_seconds{") and 'quantile="0.99"' in ln:
             legs[ln.split('leg="')[1].split('"')[0]] = float(ln.split()[-1])
-    assert set(legs) == {leg.value for leg in HandoffLeg}, legs
+    assert set(legs) == {leg.value for leg in Handoff}, legs
     assert all(0 <= v < 30 for v in legs.values()), legs
 
 
