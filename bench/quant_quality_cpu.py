@@ -41,7 +41,7 @@ from bench.shakespeare import build_corpus  # noqa: E402
 from swiftinfer_core.config import EngineConfig  # noqa: E402
 from swiftinfer_core.engine.engine_model import build_engine_model  # noqa: E402
 from swiftinfer_core.eval.ppl import EvalPlan, Mode, evaluate  # noqa: E402
-from swiftinfer_core.model.calibrate import collect_hessians, linear_targets  # noqa: E402
+from swiftinfer_core.model.calibrate import collect_hessians, linear_targets, self_generated  # noqa: E402
 from swiftinfer_core.model.fetch import models_home  # noqa: E402
 from swiftinfer_core.model.fp8 import dequantize_fp8, quantize_fp8  # noqa: E402
 from swiftinfer_core.model.quant import QuantFormat, QuantizedWeight, dequantize, quantize  # noqa: E402
@@ -65,8 +65,8 @@ def search(group: int, aware: bool, qmin: int = -7):
     return lambda w, h, name: _deq_int4(*int4_search_scales(w, group, torch.diag(h) if aware else None, qmin), *w.shape, group)
 
 
-def gptq4(group: int, srch: bool, qmin: int = -7):
-    return lambda w, h, name: _deq_int4(*gptq_int4(w, h, group, qmin, srch), *w.shape, group)
+def gptq4(group: int, srch: bool, qmin: int = -7, act_order: bool = False):
+    return lambda w, h, name: _deq_int4(*gptq_int4(w, h, group, qmin, srch, act_order=act_order), *w.shape, group)
 
 
 def fp8_gptq(w, h, name):
@@ -90,6 +90,7 @@ VARIANTS = {  # name -> (fn(w, h[, name]) -> dequantized weight, activations to 
     "int4 g128 GPTQ + clip search": (gptq4(128, True), False),
     "int4 g128 GPTQ + clip search, -8 used": (gptq4(128, True, -8), False),
     "int4 g128 GPTQ + search, -8, w2 of layers 0/29 int8": (with_int8(gptq4(128, True, -8), FIRST_LAST_W2), False),
+    "int4 g128 GPTQ act-order + search, -8 used": (gptq4(128, True, -8, act_order=True), False),
     "int4 g32 RTN": (rtn(QuantFormat.INT4, 32), False),
     "int4 g32 zero point (min/max, f16 scale+min)": (rtn(QuantFormat.INT4, 32, zero_point=True), False),
     "int4 g128 zero point (min/max, f16 scale+min)": (rtn(QuantFormat.INT4, 128, zero_point=True), False),
@@ -97,6 +98,7 @@ VARIANTS = {  # name -> (fn(w, h[, name]) -> dequantized weight, activations to 
     "int4 g32 search, -8, w2 of layers 0/29 int8": (with_int8(search(32, True, -8), FIRST_LAST_W2), False),
     "int4 g32 search, -8, every w2 int8": (with_int8(search(32, True, -8), ("w2",)), False),
     "int4 g32 GPTQ + clip search, -8 used": (gptq4(32, True, -8), False),
+    "int4 g32 GPTQ act-order + search, -8 used": (gptq4(32, True, -8, act_order=True), False),
     "fp8 RTN (current)": (rtn(QuantFormat.FP8), False),
     "fp8 GPTQ": (fp8_gptq, False),
     "fp8 RTN, act e4m3": (rtn(QuantFormat.FP8), True),
@@ -131,7 +133,11 @@ def main() -> None:
     ap.add_argument("--calib-tokens", type=int, default=2048)
     ap.add_argument("--calib-skip", type=int, default=0, help="calibration tokens left out of the Hessians: the first (sink) "
                     "tokens, whose massive activations dominate them (model/calibrate.py; 0 measured better)")
+    ap.add_argument("--seed", type=int, default=0, help="the self-generated calibration's sampling seed")
     ap.add_argument("--hessian-cache", type=Path, default=None, help="keep the calibration Hessians in this file between runs")
+    ap.add_argument("--calib-source", choices=("plays", "self"), default="plays",
+                    help="plays: text from the middle of the plays; self: sequences the float model samples itself "
+                    "(model/calibrate.self_generated, 256 tokens each, as many as --calib-tokens needs)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
@@ -139,32 +145,46 @@ def main() -> None:
     start = corpus.find("ACT")
     text, calib_text = corpus[start:], corpus[len(corpus) // 2 :]
     assert start + a.tokens * 8 < len(corpus) // 2, "evaluated text would overlap the calibration slice"
-    cfg = EngineConfig(device="cpu", sink_tokens=a.sinks, window=max(a.windows), max_sessions=1)
+    seq = 256
+    n_seqs = -(-a.calib_tokens // seq)
+    cfg = EngineConfig(device="cpu", sink_tokens=a.sinks, window=max(a.windows + [seq]), max_sessions=n_seqs)
     m = build_engine_model(cfg)
     ids = m.tokenizer(text[: a.tokens * 8], add_special_tokens=False).input_ids[: a.tokens]
-    cal = m.tokenizer(calib_text[: a.calib_tokens * 8], add_special_tokens=False).input_ids[: a.calib_tokens]
     runner = ModelRunner(m.model, m.pool, m.attn, m.device)
     pos = [0]
+    if a.calib_source == "plays":
+        cal = m.tokenizer(calib_text[: a.calib_tokens * 8], add_special_tokens=False).input_ids[: a.calib_tokens]
+        chunks = [cal[i : i + 512] for i in range(0, len(cal), 512)]
 
-    def run(chunk):  # chunked prefill of the calibration text through the float model's own cache
-        runner.forward(chunk, [0], [pos[0]], [len(chunk)], rows=None)
-        pos[0] += len(chunk)
+        def run(chunk):  # chunked prefill of the calibration text through the float model's own cache
+            runner.forward(chunk, [0], [pos[0]], [len(chunk)], rows=None)
+            pos[0] += len(chunk)
+    else:
+        t0 = time.perf_counter()
+        chunks = self_generated(runner.forward, m.model.embed.num_embeddings, n_seqs, seq, seed=a.seed)
+        cal = [t for c in chunks for t in c]
+        print(f"self-generated calibration: {n_seqs} x {seq} tokens, {time.perf_counter() - t0:.1f} s; "
+              f"first: {m.tokenizer.decode(chunks[0][:40])!r}", flush=True)
+
+        def run(chunk):  # one generated sequence from its start, in slot 0
+            runner.forward(chunk, [0], [0], [len(chunk)], rows=None)
 
     t0 = time.perf_counter()
-    key = (len(cal), a.calib_skip)
+    key = (len(cal), a.calib_skip, a.calib_source, a.seed)
     if all(getattr(VARIANTS[v][0], "calibrated", True) is False for v in a.variants):
         hs, rows = {n: None for n in linear_targets(m.model)}, {}  # round to nearest only: no Hessians needed
     elif a.hessian_cache and a.hessian_cache.exists() and torch.load(a.hessian_cache)["key"] == key:
         hs, rows = (torch.load(a.hessian_cache)[x] for x in ("h", "rows"))
     else:
-        hs, rows = collect_hessians(m.model, run, [cal[i : i + 512] for i in range(0, len(cal), 512)], skip_rows=a.calib_skip)
+        hs, rows = collect_hessians(m.model, run, chunks, skip_rows=a.calib_skip)
         if a.hessian_cache:
             torch.save({"key": key, "h": hs, "rows": rows}, a.hessian_cache)
     print(f"calibration: {len(cal) if rows else 0} tokens, {len(rows)} layers, {time.perf_counter() - t0:.1f} s", flush=True)
     assert all(r == len(cal) - a.calib_skip for r in rows.values()), rows
     originals = {n: lin.weight.detach().clone() for n, lin in linear_targets(m.model).items()}
     out = {**header(), "note": "EMULATED: weights quantized by each variant, dequantized to float32; the model runs in float32",
-           "tokens": a.tokens, "calibration_tokens": len(cal) if rows else 0, "calibration_text": "from the middle of the plays (disjoint)",
+           "tokens": a.tokens, "calibration_tokens": len(cal) if rows else 0, "calibration_text": "from the middle of the plays (disjoint)" if a.calib_source == "plays" else
+           f"self-generated by the float model ({n_seqs} x {seq} tokens, random first token, temperature 1, seed {a.seed})",
            "calibration_skipped_first_tokens": a.calib_skip,
            "mode": "streaming (StreamingLLM), chunked prefill of 512", "lm_head": "float32 (tied embedding)", "results": {}}
     ref: dict[int, float] = {}

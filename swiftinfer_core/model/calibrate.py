@@ -1,6 +1,8 @@
 """Calibration statistics for model/quant_search.py: each linear layer's input
-Hessian H = sum over calibration tokens of x x^T (float64 [K, K]), collected with
-forward pre-hooks while calibration text runs through the float model.
+Hessian H = sum over calibration tokens of x x^T ([K, K], float64 unless asked
+otherwise), collected with forward pre-hooks while calibration text runs through
+the float model; or text the model writes itself (``self_generated``), which
+needs no corpus at load.
 
 The calibration text must be disjoint from any text the quantized model is then
 evaluated on (bench/quant_quality_cpu.py takes it from the middle of the plays,
@@ -35,8 +37,8 @@ class HessianCollector:
     """Context manager: while open, every input row of the hooked linears is added
     to that layer's H (float64 [K, K]) and counted."""
 
-    def __init__(self, layers: dict[str, nn.Module], skip_rows: int = 0):
-        self.layers, self.skip_rows = layers, skip_rows
+    def __init__(self, layers: dict[str, nn.Module], skip_rows: int = 0, dtype: torch.dtype = torch.float64):
+        self.layers, self.skip_rows, self.dtype = layers, skip_rows, dtype
         self.h: dict[str, torch.Tensor] = {}
         self.rows: dict[str, int] = {}
         self._hooks: list = []
@@ -44,9 +46,9 @@ class HessianCollector:
 
     def _hook(self, name: str) -> Callable:
         def pre(_mod: nn.Module, args: tuple) -> None:
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()  # [M, K]
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).to(self.dtype)  # [M, K]
             if name not in self.h:
-                self.h[name] = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)
+                self.h[name] = torch.zeros(x.shape[1], x.shape[1], dtype=self.dtype, device=x.device)
                 self.rows[name], self._seen[name] = 0, 0
             skip = max(0, self.skip_rows - self._seen[name])
             self._seen[name] += x.shape[0]
@@ -65,12 +67,34 @@ class HessianCollector:
         self._hooks = []
 
 
+def self_generated(forward: Callable[..., torch.Tensor], vocab: int, seqs: int, length: int,
+                   seed: int = 0) -> list[list[int]]:
+    """Calibration text the model writes itself, so quantizing needs no corpus: ``seqs``
+    sequences of ``length`` tokens, each from a uniformly random first token, then
+    sampled at temperature 1 (the data-free calibration of LLM-QAT, Liu et al. 2023).
+    ``forward(ids, slots, starts, q_lens, rows)`` is ModelRunner.forward over a pool
+    with ``seqs`` slots of at least ``length`` positions; one decode step per token
+    for all sequences together."""
+    g = torch.Generator().manual_seed(seed)
+    out = [[int(t)] for t in torch.randint(0, vocab, (seqs,), generator=g)]
+    slots = list(range(seqs))
+    with torch.no_grad():
+        for pos in range(length - 1):
+            logits = forward([s[-1] for s in out], slots, [pos] * seqs, [1] * seqs, None)  # [seqs, V]
+            probs = torch.softmax(logits.float().cpu(), dim=-1)
+            for s, t in zip(out, torch.multinomial(probs, 1, generator=g)[:, 0]):
+                s.append(int(t))
+    return out
+
+
 def collect_hessians(model: nn.Module, run: Callable[[Iterable[int]], object], chunks: Iterable[list[int]],
-                     head: bool = False, skip_rows: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+                     head: bool = False, skip_rows: int = 0, dtype: torch.dtype = torch.float64
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """Run ``run(chunk)`` (a forward of the model over one chunk of token ids) for each
     chunk with hooks on the linears, the first ``skip_rows`` rows of each left out;
-    returns (H by layer name, rows added by layer name)."""
-    with HessianCollector(linear_targets(model, head), skip_rows) as c, torch.no_grad():
+    returns (H by layer name, on the activations' device, in ``dtype``; rows added by
+    layer name)."""
+    with HessianCollector(linear_targets(model, head), skip_rows, dtype) as c, torch.no_grad():
         for chunk in chunks:
             run(chunk)
     return c.h, c.rows

@@ -12,7 +12,9 @@ the same bytes, scales and code ranges the kernels read, chosen to lose less.
   yet quantized through the inverse of the calibration Hessian H = X^T X, so the
   layer's output error on those inputs, not the weight error, is minimised. The
   int4 group scales are chosen when a group's first column is reached (from the
-  already-updated weights); FP8 keeps its per-row amax / 448 scale.
+  already-updated weights), or, in activation order (``act_order``: columns by
+  decreasing diag H, the best measured), all up front from the original weights;
+  FP8 keeps its per-row amax / 448 scale and always goes in activation order.
 
 Every function returns the formats' own tensors (packed uint8 + bf16 scales,
 or float8_e4m3fn + float32 scales), so QuantLinear / Fp8Linear and the kernels
@@ -80,7 +82,7 @@ def _hinv_chol(h: torch.Tensor, damp: float) -> torch.Tensor:
     h = h.double().clone()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
-    h += damp * torch.diag(h).mean() * torch.eye(h.shape[0], dtype=h.dtype)
+    h += damp * torch.diag(h).mean() * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
     return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
 
 
@@ -116,19 +118,36 @@ def _gptq(w: torch.Tensor, h: torch.Tensor, quant_col, on_block=None, block: int
 
 
 def gptq_int4(w: torch.Tensor, h: torch.Tensor, group: int = 128, qmin: int = -INT4_QMAX,
-              search: bool = True, damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+              search: bool = True, damp: float = 0.01, act_order: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """w [N, K], h [K, K] (X^T X of calibration inputs) -> (packed, scales) in
     model/quant.py's int4 format, rounded by GPTQ; ``search``: each group's scale by
-    int4_search_scales' clip search (diag H weighted) on the updated weights."""
+    int4_search_scales' clip search (diag H weighted) on the updated weights.
+    ``act_order``: columns in order of decreasing diag(H), with every group's scale
+    chosen up front from the original weights ("static groups"), since the format's
+    groups are runs of consecutive columns."""
     check_group(group)
     n, k = w.shape
     kp = -(-k // group) * group
     wp = torch.nn.functional.pad(w.detach().float(), (0, kp - k))
-    hp = torch.zeros(kp, kp, dtype=torch.float64)
+    hp = torch.zeros(kp, kp, dtype=torch.float64, device=w.device)
     hp[:k, :k] = h.double()
     hd = torch.diag(hp).float()
-    scales = torch.zeros(n, kp // group, dtype=torch.bfloat16)
-    codes = torch.zeros(n, kp, dtype=torch.int8)
+    codes = torch.zeros(n, kp, dtype=torch.int8, device=w.device)
+    if act_order:
+        d = hd.view(1, -1, group) if search else None
+        scales = _group_scales(wp.view(n, -1, group), d, qmin, CLIP_GRID if search else (1.0,))
+        order = torch.argsort(hd, descending=True)
+
+        def quant_perm(j: int, col: torch.Tensor) -> torch.Tensor:
+            c = int(order[j])
+            s = scales[:, c // group].float()
+            q = torch.round(col / s).clamp_(qmin, INT4_QMAX)
+            codes[:, c] = q.to(torch.int8)
+            return q * s
+
+        _gptq(wp, hp, quant_perm, None, block=128, damp=damp, order=order)
+        return pack_int4(codes), scales
+    scales = torch.zeros(n, kp // group, dtype=torch.bfloat16, device=w.device)
 
     def on_block(i1: int, w1: torch.Tensor) -> None:  # blocks are whole groups: choose their scales
         g0 = i1 // group
@@ -167,30 +186,33 @@ def gptq_fp8(w: torch.Tensor, h: torch.Tensor, damp: float = 0.01, act_order: bo
 class Rounding(Enum):
     """How calibrated int4 weights are chosen."""
 
-    GPTQ = "gptq"  # GPTQ rounding with the activation-weighted clip search of each group's scale
+    GPTQ = "gptq"  # GPTQ in activation order, static groups with the activation-weighted clip search
     SEARCH = "search"  # the clip search alone, rounded to nearest
 
 
 def calibrated_weights(model: torch.nn.Module, hessians: dict[str, torch.Tensor], fmt: QuantFormat, group: int = 128,
-                       method: Rounding = Rounding.SEARCH, qmin: int = -8) -> dict[str, QuantizedWeight]:
+                       method: Rounding = Rounding.GPTQ, qmin: int = -8) -> dict[str, QuantizedWeight]:
     """Qualified layer name -> QuantizedWeight for every linear that has a Hessian
     (model/calibrate.collect_hessians), for quantize_linears / quantize_fp8_linears'
-    ``weights``. int4: ``method`` picks the rounding (``Rounding``; the default is the
-    best measured, bench/results/quant_quality_cpu_calib_skip0.json: x1.215 of float32
-    perplexity against GPTQ alone's x1.642; GPTQ with the search was not measured);
-    fp8: GPTQ (its scales are amax / 448 either way)."""
+    ``weights``, computed on the weights' device. int4: ``method`` picks the rounding
+    (``Rounding``; GPTQ in activation order is the best measured: x1.097 of float32
+    perplexity at group 128 against x1.215 for the search alone and x1.551 rounded to
+    nearest, bench/results/quant_quality_cpu_gptq_*.json); fp8: GPTQ (its scales are
+    amax / 448 either way)."""
     method = Rounding(method)  # a plain "gptq" / "search" too; anything else: ValueError
     out = {}
     for name, mod in model.named_modules():
         if name not in hessians or not isinstance(mod, torch.nn.Linear):
             continue
-        w, h = mod.weight.detach().float().cpu(), hessians[name]
+        w = mod.weight.detach().float()
+        h = hessians[name].to(w.device)
         n, k = w.shape
         if fmt is QuantFormat.FP8:
             q, s = gptq_fp8(w, h)
             out[name] = QuantizedWeight(fmt, q, s, n, k, k)
         elif fmt is QuantFormat.INT4:
-            p, s = gptq_int4(w, h, group, qmin) if method is Rounding.GPTQ else int4_search_scales(w, group, torch.diag(h), qmin)
+            p, s = (gptq_int4(w, h, group, qmin, act_order=True) if method is Rounding.GPTQ
+                    else int4_search_scales(w, group, torch.diag(h), qmin))
             out[name] = QuantizedWeight(fmt, p, s, n, k, group)
         else:
             raise ValueError(f"calibrated weights are int4 or fp8, not {fmt.value} (int8 is within 0.2% rounded to nearest)")

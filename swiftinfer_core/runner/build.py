@@ -40,6 +40,7 @@ from swiftinfer_core.model.loader import read_state_dict
 from swiftinfer_core.model.quant import QuantFormat
 from swiftinfer_core.model.quant_linear import cpu_int4_available, quantize_linears
 from swiftinfer_core.model.split_head import SplitHead
+from swiftinfer_core.runner.calibration import gptq_weights
 from swiftinfer_core.runner.kv_slots import num_slots
 from swiftinfer_core.runner.model_runner import ModelRunner
 from swiftinfer_core.runner.rank_config import RankConfig, Weights
@@ -215,6 +216,9 @@ def quantize_weights(model: nn.Module, cfg: RankConfig, device: torch.device, ke
         reason = fp8_unsupported(device)
         if reason is not None:
             raise InvalidRequestError(f"quantization 'fp8' {reason}")
+    if cfg.calibration_tokens and (cfg.quant not in (QuantFormat.INT4, QuantFormat.FP8) or cfg.quant_zero_point):
+        raise InvalidRequestError(f"quant_rounding 'gptq' applies to symmetric int4 and to fp8, not to '{name}'"
+                                  f"{' with quant_zero_point' if cfg.quant_zero_point else ''}")
     if device.type == "cpu" and cfg.quant is QuantFormat.INT8:
         quantize_int8(model, head=head, kernels=kernels)
         return
@@ -228,7 +232,8 @@ def quantize_weights(model: nn.Module, cfg: RankConfig, device: torch.device, ke
             raise InvalidRequestError(f"quantization '{name}' on {device} needs triton, which is not installed") from None
     elif device.type != "cpu":
         raise InvalidRequestError(f"quantization '{name}' runs on the CPU or CUDA, not on {device}")
+    weights = gptq_weights(model, cfg, device, make_attention) if cfg.calibration_tokens else None
     if cfg.quant is QuantFormat.FP8:
-        quantize_fp8_linears(model, head=head)
+        quantize_fp8_linears(model, head=head, weights=weights)
         return
-    quantize_linears(model, cfg.quant, cfg.quant_group, head=head, zero_point=cfg.quant_zero_point)
+    quantize_linears(model, cfg.quant, cfg.quant_group, head=head, weights=weights, zero_point=cfg.quant_zero_point)

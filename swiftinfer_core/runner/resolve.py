@@ -18,6 +18,7 @@ from swiftinfer_core.config import (
     KVCacheDType,
     LoadFormat,
     Quantization,
+    QuantRounding,
 )
 from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.model.args import ModelArgs
@@ -105,6 +106,7 @@ def rank_config(cfg: EngineConfig, path: Path, args: ModelArgs) -> RankConfig:
         weights=Weights.RANDOM if cfg.load_format is LoadFormat.RANDOM else Weights.CHECKPOINT, path=path, seed=cfg.seed,
         attention="triton" if triton else "torch", slots=cfg.max_sessions, lm_head_fp32=head_fp32,
         quant=quant, quant_group=cfg.quant_group, quant_zero_point=cfg.quant_zero_point,
+        calibration_tokens=cfg.quant_calibration_tokens if cfg.quant_rounding is QuantRounding.GPTQ else 0,
         cpu_fast_path=cfg.cpu_fast_path, cpu_threads=cfg.cpu_threads,
         cpu_native=cfg.cpu_native_kernels,
         gemv_decode=True, memory_share=cfg.memory_share, gpu_memory_utilization=cfg.gpu_memory_utilization,

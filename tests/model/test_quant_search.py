@@ -67,12 +67,13 @@ def test_search_scales_never_lose_to_round_to_nearest_per_group(group, qmin, wei
         assert (q == -8).any(), f"seed {seed}"  # the extra level is used where it helps
 
 
-def test_gptq_with_identity_hessian_is_round_to_nearest():
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_with_identity_hessian_is_round_to_nearest(act_order):
     seed = _seed()
     n, k = 16, 256
     w = torch.randn(n, k)
     h = torch.eye(k, dtype=torch.float64)  # no correlation between inputs: nothing to compensate
-    p, s = gptq_int4(w, h, 128, search=False)
+    p, s = gptq_int4(w, h, 128, search=False, act_order=act_order)
     rp, rs = quantize_int4(w, 128)
     assert torch.equal(s, rs) and torch.equal(p, rp), f"seed {seed}"
     q8, s8 = gptq_fp8(w, h)
@@ -80,14 +81,15 @@ def test_gptq_with_identity_hessian_is_round_to_nearest():
     assert torch.equal(s8, rs8) and torch.equal(q8.float(), r8.float()), f"seed {seed}"
 
 
+@pytest.mark.parametrize("act_order", [False, True])
 @pytest.mark.parametrize("group", [32, 128])
-def test_gptq_int4_lowers_the_output_error_on_its_calibration_inputs(group):
+def test_gptq_int4_lowers_the_output_error_on_its_calibration_inputs(group, act_order):
     seed = _seed()
     n, k = 48, 320
     x = _acts(1024, k)
     w = torch.randn(n, k) * 0.05
     h = x.double().t() @ x.double()
-    p, s = gptq_int4(w, h, group, qmin=-8)
+    p, s = gptq_int4(w, h, group, qmin=-8, act_order=act_order)
     q = unpack_int4(p)
     assert p.dtype == torch.uint8 and s.dtype == torch.bfloat16 and q.min() >= -8 and q.max() <= 7
     assert (q[:, k:] == 0).all()  # the padding stays q = 0
@@ -136,8 +138,8 @@ def test_collect_hessians_skips_the_first_rows_across_chunks():
 
 
 def test_calibrated_weights_takes_a_rounding_and_refuses_an_unknown_one():
-    """The default (the clip search) and a plain string name give the same weights;
-    an unknown name is a ValueError, not a silent fallback."""
+    """The default (GPTQ) and a plain string name give the same weights; an unknown
+    name is a ValueError, not a silent fallback."""
     from swiftinfer_core.model.quant import QuantFormat
     from swiftinfer_core.model.quant_search import Rounding, calibrated_weights
 
@@ -146,9 +148,34 @@ def test_calibrated_weights_takes_a_rounding_and_refuses_an_unknown_one():
     x = torch.randn(128, 64)
     hs = {"0": x.double().t() @ x.double()}
     default = calibrated_weights(model, hs, QuantFormat.INT4, 32)["0"]
-    named = calibrated_weights(model, hs, QuantFormat.INT4, 32, "search")["0"]
+    named = calibrated_weights(model, hs, QuantFormat.INT4, 32, "gptq")["0"]
     assert torch.equal(default.qweight, named.qweight) and torch.equal(default.scales, named.scales)
-    gptq = calibrated_weights(model, hs, QuantFormat.INT4, 32, Rounding.GPTQ)["0"]
-    assert gptq.qweight.shape == default.qweight.shape
+    search = calibrated_weights(model, hs, QuantFormat.INT4, 32, Rounding.SEARCH)["0"]
+    assert search.qweight.shape == default.qweight.shape
     with pytest.raises(ValueError):
         calibrated_weights(model, hs, QuantFormat.INT4, 32, "rtn")
+
+
+def test_self_generated_feeds_each_sequence_its_own_last_token_at_its_position():
+    """A forward whose logits put all mass on (last token + position + slot) mod V
+    makes every sampled sequence that arithmetic run, so a wrong token, position or
+    slot per row shows; the first tokens are the seed's draws, the same each time."""
+    from swiftinfer_core.model.calibrate import self_generated
+
+    vocab, seqs, length, calls = 97, 3, 9, []
+
+    def forward(ids, slots, starts, q_lens, rows):
+        calls.append((list(slots), list(starts), list(q_lens), rows))
+        logits = torch.full((len(ids), vocab), -1e9)
+        for r, (t, s, p) in enumerate(zip(ids, slots, starts)):
+            logits[r, (t + p + s) % vocab] = 0.0
+        return logits
+
+    out = self_generated(forward, vocab, seqs, length, seed=5)
+    assert len(out) == seqs and all(len(s) == length for s in out)
+    for slot, s in enumerate(out):
+        for p in range(length - 1):
+            assert s[p + 1] == (s[p] + p + slot) % vocab
+    assert calls[0] == ([0, 1, 2], [0, 0, 0], [1, 1, 1], None) and calls[-1][1] == [length - 2] * seqs
+    assert [s[0] for s in self_generated(forward, vocab, seqs, length, seed=5)] == [s[0] for s in out]
+    assert [s[0] for s in self_generated(forward, vocab, seqs, length, seed=6)] != [s[0] for s in out]
