@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -40,6 +40,24 @@ from swiftinfer_core.runner.rank_config import RankConfig
 log = logging.getLogger(__name__)
 
 SEQ_LEN = 256  # tokens per self-generated sequence (the measured setting: 8 x 256 for 2,048)
+
+
+@dataclass(frozen=True)
+class CalibrationReport:
+    """What one calibrated load cost (logged; bench/gptq_load.py reads it from the log record)."""
+
+    fmt: str
+    tokens: int
+    generate_s: float  # sampling the calibration text
+    hessian_s: float  # its prefill with the Hessian hooks
+    round_s: float  # GPTQ over every decoder linear
+    hessian_bytes: int  # the Hessians held at once
+    layers: int
+
+    def __str__(self) -> str:
+        return (f"{self.fmt}: {self.tokens} self-generated tokens in {self.generate_s:.1f} s, Hessians "
+                f"{self.hessian_s:.1f} s ({self.hessian_bytes / 2**30:.2f} GiB), {self.layers} layers rounded in "
+                f"{self.round_s:.1f} s")
 
 
 def gptq_weights(model: nn.Module, cfg: RankConfig, device: torch.device, make_attention) -> dict[str, QuantizedWeight]:
@@ -65,9 +83,10 @@ def gptq_weights(model: nn.Module, cfg: RankConfig, device: torch.device, make_a
     hs, _ = collect_hessians(model, replay, [flat], dtype=dtype)
     t2 = time.perf_counter()
     weights = calibrated_weights(model, hs, cfg.quant, cfg.quant_group, Rounding.GPTQ)
+    report = CalibrationReport(cfg.quant.value, len(flat), t1 - t0, t2 - t1, time.perf_counter() - t2,
+                               sum(h.numel() * h.element_size() for h in hs.values()), len(weights))
     del hs
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    log.info("gptq %s: %d self-generated tokens (%d x %d) in %.1f s, Hessians %.1f s, %d layers rounded in %.1f s",
-             cfg.quant.value, len(flat), seqs, SEQ_LEN, t1 - t0, t2 - t1, len(weights), time.perf_counter() - t2)
+    log.info("gptq %s", report)
     return weights
