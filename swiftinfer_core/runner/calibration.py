@@ -81,6 +81,8 @@ def gptq_weights(model: nn.Module, cfg: RankConfig, device: torch.device, make_a
 
     dtype = torch.float64 if device.type == "cpu" else torch.float32  # float32 halves a 7B's 43 GiB
     hs, _ = collect_hessians(model, replay, [flat], dtype=dtype)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the Hessians' time is theirs, not GPTQ's
     t2 = time.perf_counter()
     weights = calibrated_weights(model, hs, cfg.quant, cfg.quant_group, Rounding.GPTQ)
     report = CalibrationReport(cfg.quant.value, len(flat), t1 - t0, t2 - t1, time.perf_counter() - t2,
