@@ -68,10 +68,11 @@ class HessianCollector:
 
 
 def self_generated(forward: Callable[..., torch.Tensor], vocab: int, seqs: int, length: int,
-                   seed: int = 0) -> list[list[int]]:
+                   seed: int = 0, top_p: float = 1.0) -> list[list[int]]:
     """Calibration text the model writes itself, so quantizing needs no corpus: ``seqs``
     sequences of ``length`` tokens, each from a uniformly random first token, then
-    sampled at temperature 1 (the data-free calibration of LLM-QAT, Liu et al. 2023).
+    sampled at temperature 1 (the data-free calibration of LLM-QAT, Liu et al. 2023),
+    from the ``top_p`` nucleus when below 1.
     ``forward(ids, slots, starts, q_lens, rows)`` is ModelRunner.forward over a pool
     with ``seqs`` slots of at least ``length`` positions; one decode step per token
     for all sequences together."""
@@ -82,6 +83,10 @@ def self_generated(forward: Callable[..., torch.Tensor], vocab: int, seqs: int, 
         for pos in range(length - 1):
             logits = forward([s[-1] for s in out], slots, [pos] * seqs, [1] * seqs, None)  # [seqs, V]
             probs = torch.softmax(logits.float().cpu(), dim=-1)
+            if top_p < 1.0:  # nucleus: drop the tail past top_p of the mass (the most likely token always stays)
+                sp, idx = probs.sort(dim=-1, descending=True)
+                sp[(sp.cumsum(-1) - sp) >= top_p] = 0.0
+                probs = torch.zeros_like(probs).scatter_(-1, idx, sp)
             for s, t in zip(out, torch.multinomial(probs, 1, generator=g)[:, 0]):
                 s.append(int(t))
     return out

@@ -11,9 +11,10 @@ activation order; int4: static groups with the activation-weighted clip search)
 on the weights' device -> the Hessians are freed (the temporary pool is a few MiB).
 
 Measured on the default model (emulated, 4,000 tokens of the plays at 4+256,
-bench/results/quant_quality_cpu_gptq_self.json): with 2,048 self-generated tokens
-fp8 weights moved from x1.025 to x1.001 of float32's perplexity, int4 group 128
-from x1.55 to x1.19. Memory at load: one [K, K] float32
+bench/results/quant_quality_cpu_gptq_self.json, _draws.json): with 2,048
+self-generated tokens fp8 weights moved from x1.025 to x1.000-1.014 of float32's
+perplexity depending on the sampled text (mean x1.009), int4 group 128 from x1.55
+to x1.15-1.19. Memory at load: one [K, K] float32
 Hessian per decoder linear on the device (float64 on the CPU): 4 per Llama layer,
 about 21 GiB for a 7B model (K = 4,096 x 3 and 11,008), freed before the KV pool
 is sized.
