@@ -70,6 +70,13 @@ wantq quant_bench && step quant_bench ${QBENCH_S:-240} python3 bench/quant_decod
 FP8_TESTS="tests/kernels/test_fp8_gemv.py tests/kernels/test_fp8_gemm.py tests/kernels/test_fp8_scaled_mm.py tests/model/test_fp8.py tests/model/test_fp8_linear.py tests/runner/test_fp8_rank_gpu.py"
 want fp8 && step fp8_tests ${FP8_S:-240} python3 -m pytest -q -m "gpu or not gpu" -p no:cacheprovider -rs -s --durations=8 $FP8_TESTS
 want fp8 && step fp8_bench ${FP8_BENCH_S:-300} python3 bench/fp8_decode.py --out "$OUT"
+# issue 16 (not by default): quant_rounding gptq at load: build time and memory on random 7B/8B weights (no model
+# needed, carry [".carry/pyd"]: WHEELS=.carry/pyd STEPS=gptq bash bench/gpu_verify.sh), then its real-model fp8 test
+# where the default model is staged (calls 1-2 above)
+want gptq && step gptq_load ${GPTQ_S:-420} python3 bench/gptq_load.py --shapes llama2-7b llama3.1-8b --formats fp8 int4 \
+  --json "$OUT/gptq_load.json"
+[ -d "$SWIFTINFER_HOME/models" ] && want gptq && step gptq_tests ${GPTQ_TESTS_S:-240} python3 -m pytest -q -m gpu -s \
+  -p no:cacheprovider -rs tests/runner/test_calibration_gpu.py
 # issue 16 (not by default): bf16 vs fp8 KV batched decode at the 7B shape, 4+2044 (JSON + PNG under $OUT), after the
 # GPU tests of the bf16 kernels and of the fp8 cache (the engine's too where the default
 # model is staged under /tmp/swh); every test of tests/kernels/test_kv_fp8_attention.py, natively (its unmarked ones take the GPU too)
