@@ -7,6 +7,7 @@ pydantic's error type, so callers need to know one exception only.
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -96,6 +97,7 @@ class EngineConfig(StrictModel):
     quant_group: int = Field(128, ge=32, le=1024, description="int4 only: consecutive inputs of a row that share one scale; a power of two. Smaller groups follow outliers more closely at more scale bytes (2 bytes per group).")
     quant_rounding: QuantRounding = Field(QuantRounding.NEAREST, description="How int4 (symmetric) and fp8 weights are chosen at load. 'nearest': each weight rounded to its format's nearest value. 'gptq': GPTQ (Frantar et al. 2022) in activation order, calibrated on quant_calibration_tokens tokens the float model samples itself at load (no corpus; runner/calibration.py): each layer's rounding error is spread over its not-yet-rounded inputs through the inverse of the calibration inputs' Hessian, so the layer's output, not its weight, stays close; int4 groups also get the activation-weighted clip search. Same formats and kernels, so the same speed; load takes longer (the default model in int4 on the 2-core CPU box: 70 s instead of a few) and holds one [K, K] float32 Hessian per linear on the GPU while it runs (~21 GiB for a 7B model). SmolLM2-135M, emulated, 4,000 tokens of the plays, StreamingLLM 4+256 / 4+1020, 2,048 self-generated tokens: fp8 perplexity x1.001 / x1.004 of float32 in one draw (nearest: x1.025 / x1.025; other seeds and settings x1.003-1.014 at 4+256, mean x1.009: bench/results/quant_quality_cpu_gptq_draws.json), x1.006 / x1.012 with the batched path's e4m3 activations (nearest: x1.029 / x1.031); int4 group 128 x1.19 / x1.18 (nearest: x1.55 / x1.57; other seeds x1.15-1.19) (bench/results/quant_quality_cpu_gptq_self.json).")
     quant_calibration_tokens: int = Field(2048, ge=256, le=16384, description="quant_rounding 'gptq': tokens the model generates to calibrate on, in sequences of 256 from random first tokens, sampled at temperature 1 with the engine's seed.")
+    quant_calibration_file: Path | None = Field(None, description="quant_rounding 'gptq': calibrate on the first quant_calibration_tokens tokens of this UTF-8 text file (text like what the deployment will serve) instead of text the model writes itself; read and tokenized at load, run as one text through a 4+256 StreamingLLM cache. Emulated on the default model, int4 group 128: x1.085 of float32 calibrated on 2,048 tokens of the plays and evaluated on other plays, against x1.15-1.19 self-generated; fp8 gained nothing measurable (bench/results/quant_quality_cpu_gptq_plays.json, _draws.json).")
     quant_zero_point: bool = Field(False, description="int4 only: the asymmetric variant, per group a float16 scale AND a float16 min (w = nibble * scale + min, nibbles 0..15), quantized at load by min/max per group; 2 more bytes per group than the symmetric format, whose bfloat16 scale and codes -7..7 stay the default (model/quant.py). With quant_group 32 it is GGUF's Q4_1: the default model's float32 checkpoint (its Q4_1 file dequantised) comes back bit-exact (every weight of its 210 decoder linears), so the emulated perplexity (3,000 tokens of the plays, StreamingLLM 4+256) is float32's (x1.000) against x1.291 for symmetric group 32; at group 128 x1.509 against x1.551 (bench/results/quant_quality_cpu_zp.json). That measures fidelity to a model already stored in Q4_1, not int4's cost on a float-trained checkpoint (not measured). CUDA: the Triton kernels with a min term; CPU: torch's _weight_int4pack_mm_for_cpu with zero = min + 8 * scale, where the op rounds scale and zero to bfloat16 (as it does x).")
     load_format: LoadFormat = Field(LoadFormat.AUTO, description="'random' skips the weights: for benchmarking a shape from its config.json alone.")
     tp_size: int = Field(1, ge=1, le=64, description="Tensor-parallel ranks for one engine.")
@@ -127,6 +129,8 @@ class EngineConfig(StrictModel):
         if self.quant_rounding is QuantRounding.GPTQ and (q not in (Quantization.INT4, Quantization.FP8) or self.quant_zero_point):
             raise ValueError(f"quant_rounding 'gptq' applies to quantization 'int4' (without quant_zero_point) and 'fp8', "
                              f"not '{q.value}'{' with quant_zero_point' if self.quant_zero_point else ''}")
+        if self.quant_calibration_file is not None and self.quant_rounding is not QuantRounding.GPTQ:
+            raise ValueError("quant_calibration_file is the calibration text of quant_rounding 'gptq'; set that too")
         if self.quant_group & (self.quant_group - 1):
             raise ValueError(f"quant_group must be a power of two, got {self.quant_group}")
         return self

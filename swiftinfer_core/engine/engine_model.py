@@ -22,6 +22,7 @@ from swiftinfer_core.model.catalog import resolve_model
 from swiftinfer_core.model.loader import read_args
 from swiftinfer_core.runner.build import build_rank, make_attention
 from swiftinfer_core.runner.model_runner import ModelRunner
+from swiftinfer_core.runner.calibration import calibration_text_ids
 from swiftinfer_core.runner.resolve import rank_config
 
 
@@ -49,8 +50,11 @@ def build_engine_model(cfg: EngineConfig) -> EngineModel:
     path = resolve_model(cfg.model)
     args = read_args(path)
     rc = rank_config(cfg, path, args)
+    tokenizer = _tokenizer(path)
+    if cfg.quant_calibration_file is not None and rc.calibration_tokens:
+        rc = replace(rc, calibration_ids=calibration_text_ids(tokenizer, cfg.quant_calibration_file, rc.calibration_tokens))
     r = build_rank(rc)
-    return EngineModel(args=args, model=r.model, tokenizer=_tokenizer(path), layout=rc.layout, pool=r.pool, attn=r.attn,
+    return EngineModel(args=args, model=r.model, tokenizer=tokenizer, layout=rc.layout, pool=r.pool, attn=r.attn,
                        device=r.device, dtype=rc.dtype, path=path)
 
 

@@ -25,12 +25,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.cache.pool import KVPool
+from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.kernels.attention import Attention
 from swiftinfer_core.model.calibrate import collect_hessians, self_generated
 from swiftinfer_core.model.quant import QuantizedWeight
@@ -48,22 +50,58 @@ class CalibrationReport:
     """What one calibrated load cost (logged; bench/gptq_load.py reads it from the log record)."""
 
     fmt: str
+    source: str  # "self-generated" or "file" (quant_calibration_file)
     tokens: int
-    generate_s: float  # sampling the calibration text
+    generate_s: float  # sampling the calibration text (0 for a file: tokenized before)
     hessian_s: float  # its prefill with the Hessian hooks
     round_s: float  # GPTQ over every decoder linear
     hessian_bytes: int  # the Hessians held at once
     layers: int
 
     def __str__(self) -> str:
-        return (f"{self.fmt}: {self.tokens} self-generated tokens in {self.generate_s:.1f} s, Hessians "
+        return (f"{self.fmt}: {self.tokens} {self.source} tokens in {self.generate_s:.1f} s, Hessians "
                 f"{self.hessian_s:.1f} s ({self.hessian_bytes / 2**30:.2f} GiB), {self.layers} layers rounded in "
                 f"{self.round_s:.1f} s")
 
 
+def _one_text(runner: ModelRunner):
+    """Chunks of one text, each after the last, through slot 0 (StreamingLLM positions)."""
+    pos = 0
+
+    def run(chunk: list[int]) -> None:
+        nonlocal pos
+        runner.forward(chunk, [0], [pos], [len(chunk)], rows=[0])
+        pos += len(chunk)
+    return run
+
+
+def _sampled(runner: ModelRunner, cfg: RankConfig, seqs: int):
+    """([the model's own sequences, concatenated]), and a replay that runs them
+    together, each from its start in its own slot."""
+    out = self_generated(runner.forward, cfg.args.vocab_size, seqs, SEQ_LEN, seed=cfg.seed)
+    slots = list(range(seqs))
+
+    def replay(ids: list[int]) -> None:
+        runner.forward(ids, slots, [0] * seqs, [SEQ_LEN] * seqs, rows=[0])
+    return [[t for seq in out for t in seq]], replay
+
+
+def calibration_text_ids(tokenizer, path: Path, tokens: int) -> tuple[int, ...]:
+    """The first ``tokens`` token ids of the UTF-8 text file ``path`` (quant_calibration_file);
+    a missing or unreadable file, or one shorter than SEQ_LEN tokens, is the caller's mistake."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"quant_calibration_file {path}: {exc}") from None
+    ids = tokenizer(text[: tokens * 16], add_special_tokens=False).input_ids[:tokens]  # ~4 characters a token
+    if len(ids) < SEQ_LEN:
+        raise InvalidRequestError(f"quant_calibration_file {path} holds {len(ids)} tokens; GPTQ needs at least {SEQ_LEN}")
+    return tuple(ids)
+
+
 def gptq_weights(model: nn.Module, cfg: RankConfig, device: torch.device, make_attention) -> dict[str, QuantizedWeight]:
     """Qualified linear name -> its GPTQ-rounded weight in ``cfg.quant``'s format, from
-    ``cfg.calibration_tokens`` self-generated tokens. ``make_attention(cfg, device)``:
+    ``cfg.calibration_ids`` (a file's text) or else ``cfg.calibration_tokens`` self-generated tokens. ``make_attention(cfg, device)``:
     the rank's backend builder (runner/build.py), given a layout that fits one sequence."""
     seqs = max(1, cfg.calibration_tokens // SEQ_LEN)
     layout = StreamLayout(sinks=cfg.layout.sinks, window=SEQ_LEN)
@@ -72,21 +110,19 @@ def gptq_weights(model: nn.Module, cfg: RankConfig, device: torch.device, make_a
     attn: Attention = make_attention(tmp, device)
     runner = ModelRunner(model, pool, attn, device)
     t0 = time.perf_counter()
-    chunks = self_generated(runner.forward, cfg.args.vocab_size, seqs, SEQ_LEN, seed=cfg.seed)
+    if cfg.calibration_ids is not None:  # quant_calibration_file: one text through slot 0's StreamingLLM cache
+        ids, source = list(cfg.calibration_ids), "file"
+        chunks, replay = [ids[i : i + SEQ_LEN] for i in range(0, len(ids), SEQ_LEN)], _one_text(runner)
+    else:
+        (chunks, replay), source = _sampled(runner, cfg, seqs), "self-generated"
     t1 = time.perf_counter()
-    slots = list(range(seqs))
-    flat = [t for c in chunks for t in c]
-
-    def replay(ids: list[int]) -> None:  # every sequence from its start, each in its own slot
-        runner.forward(ids, slots, [0] * seqs, [SEQ_LEN] * seqs, rows=[0])
-
     dtype = torch.float64 if device.type == "cpu" else torch.float32  # float32 halves a 7B's 43 GiB
-    hs, _ = collect_hessians(model, replay, [flat], dtype=dtype)
+    hs, _ = collect_hessians(model, replay, chunks, dtype=dtype)
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # the Hessians' time is theirs, not GPTQ's
     t2 = time.perf_counter()
     weights = calibrated_weights(model, hs, cfg.quant, cfg.quant_group, Rounding.GPTQ)
-    report = CalibrationReport(cfg.quant.value, len(flat), t1 - t0, t2 - t1, time.perf_counter() - t2,
+    report = CalibrationReport(cfg.quant.value, source, sum(map(len, chunks)), t1 - t0, t2 - t1, time.perf_counter() - t2,
                                sum(h.numel() * h.element_size() for h in hs.values()), len(weights))
     del hs
     if device.type == "cuda":

@@ -45,6 +45,7 @@ class RankConfig:
     quant_group: int = 128  # int4 group size (model/quant.py)
     quant_zero_point: bool = False  # int4 with a float16 min per group (model/quant.py)
     calibration_tokens: int = 0  # > 0: int4/fp8 rounded by GPTQ over this many self-generated tokens (runner/calibration.py)
+    calibration_ids: tuple[int, ...] | None = None  # GPTQ over these token ids (quant_calibration_file) instead
     cpu_fast_path: bool = False  # CPU: transposed linears (one device) and CpuAttention where every layer is plain
     cpu_threads: int | None = None  # torch threads of a one-device CPU engine (process-wide)
     cpu_native: bool = False  # with cpu_fast_path: the C decode kernels (kernels/cpu_native.py) where they build

@@ -14,6 +14,7 @@ from swiftinfer_core.engine.engine_model import build_engine_model
 from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.model.quant import dequantize, quantize
 from swiftinfer_core.model.quant_linear import QuantLinear
+from swiftinfer_core.runner.calibration import calibration_text_ids
 
 
 def test_config_takes_gptq_for_int4_and_fp8_only():
@@ -33,7 +34,25 @@ def test_config_takes_gptq_for_int4_and_fp8_only():
         EngineConfig(quantization="int4", quant_rounding="awq")
 
 
-def test_gptq_int4_on_the_real_model_beats_round_to_nearest(base_model, shakespeare_ids):
+def test_calibration_file_needs_gptq_and_enough_readable_text(base_model, tmp_path):
+    text = tmp_path / "domain.txt"
+    with pytest.raises(InvalidRequestError, match="set that too"):
+        EngineConfig(quantization="int4", quant_calibration_file=text)
+    tok = base_model.tokenizer
+    with pytest.raises(InvalidRequestError, match="domain.txt"):
+        calibration_text_ids(tok, text, 2048)  # missing
+    text.write_bytes(b"\xff\xfe not UTF-8 \xc3")
+    with pytest.raises(InvalidRequestError, match="domain.txt"):
+        calibration_text_ids(tok, text, 2048)
+    text.write_text("To be, or not to be. " * 20, encoding="utf-8")
+    with pytest.raises(InvalidRequestError, match="at least 256"):
+        calibration_text_ids(tok, text, 2048)
+    text.write_text("To be, or not to be. " * 400, encoding="utf-8")
+    ids = calibration_text_ids(tok, text, 300)
+    assert len(ids) == 300 and list(ids) == tok(text.read_text(), add_special_tokens=False).input_ids[:300]
+
+
+def test_gptq_int4_on_the_real_model_beats_round_to_nearest(base_model, shakespeare_ids, shakespeare_text, tmp_path):
     """600 teacher-forced tokens of the plays, 4+124 cache, group 128, 256
     self-generated calibration tokens (the smallest setting). Measured (this
     setup, one run): perplexity x1.41 of float32 against x1.60 rounded to nearest;
@@ -51,8 +70,14 @@ def test_gptq_int4_on_the_real_model_beats_round_to_nearest(base_model, shakespe
     assert not torch.equal(lq.qweight, lr.qweight)  # other codes, same format
     w = base_model.model.layers[5].w2.weight
     assert torch.equal(dequantize(quantize(w, lr.fmt, 128)), lr.dequantized())  # RTN is the float model's nearest
+    domain = tmp_path / "plays_middle.txt"  # disjoint from the scored text, which starts at the first play
+    domain.write_text(shakespeare_text[len(shakespeare_text) // 2 :][:20000], encoding="utf-8")
+    from_file = build_engine_model(EngineConfig(**cfg, quant_rounding="gptq", quant_calibration_tokens=256,
+                                                quant_calibration_file=domain))
     ratios = {}
-    for name, m in (("rtn", rtn), ("gptq", gptq)):
+    for name, m in (("rtn", rtn), ("gptq", gptq), ("gptq_file", from_file)):
         _, nll = _top1_and_nll(m, ids)
         ratios[name] = torch.exp(nll.mean() - f_nll.mean()).item()
+    print("perplexity / float32:", ratios)
     assert ratios["gptq"] < 1.5 and ratios["gptq"] < ratios["rtn"] - 0.1, ratios
+    assert ratios["gptq_file"] < ratios["rtn"] - 0.1, ratios
