@@ -55,11 +55,12 @@ def test_calibration_file_needs_gptq_and_enough_readable_text(base_model, tmp_pa
 def test_gptq_int4_on_the_real_model_beats_round_to_nearest(base_model, shakespeare_ids, shakespeare_text, tmp_path):
     """600 teacher-forced tokens of the plays, 4+124 cache, group 128, 256
     self-generated calibration tokens (the smallest setting). Measured (this
-    setup, one run): perplexity x1.41 of float32 against x1.60 rounded to nearest;
-    the bench's 2,048 tokens give x1.19 against x1.55 over 4,000 tokens
-    (bench/results/quant_quality_cpu_gptq_self.json). A GPTQ that ignored its
-    Hessian, or weights installed in the wrong layers, lands at or above
-    round-to-nearest."""
+    setup, one run): perplexity x1.41 of float32 against x1.60 rounded to nearest,
+    and x1.13 calibrated instead on 256 tokens from the middle of the plays
+    (quant_calibration_file); the bench's 2,048 self-generated tokens give x1.19
+    against x1.55 over 4,000 tokens (bench/results/quant_quality_cpu_gptq_self.json).
+    A GPTQ that ignored its Hessian, or weights installed in the wrong layers, lands
+    at or above round-to-nearest."""
     ids = shakespeare_ids[:601]
     cfg = {"device": "cpu", "sink_tokens": 4, "window": 124, "max_sessions": 1, "quantization": "int4"}
     f_top, f_nll = _top1_and_nll(build_engine_model(EngineConfig(**{**cfg, "quantization": "none"})), ids)
@@ -80,4 +81,4 @@ def test_gptq_int4_on_the_real_model_beats_round_to_nearest(base_model, shakespe
         ratios[name] = torch.exp(nll.mean() - f_nll.mean()).item()
     print("perplexity / float32:", ratios)
     assert ratios["gptq"] < 1.5 and ratios["gptq"] < ratios["rtn"] - 0.1, ratios
-    assert ratios["gptq_file"] < ratios["rtn"] - 0.1, ratios
+    assert ratios["gptq_file"] < 1.3 and ratios["gptq_file"] < ratios["rtn"] - 0.1, ratios
