@@ -90,10 +90,11 @@ def calibration_text_ids(tokenizer, path: Path, tokens: int) -> tuple[int, ...]:
     """The first ``tokens`` token ids of the UTF-8 text file ``path`` (quant_calibration_file);
     a missing or unreadable file, or one shorter than SEQ_LEN tokens, is the caller's mistake."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as f:
+            text = f.read(tokens * 16)  # ~4 characters a token: enough, without reading a large file whole
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"quant_calibration_file {path}: {exc}") from None
-    ids = tokenizer(text[: tokens * 16], add_special_tokens=False).input_ids[:tokens]  # ~4 characters a token
+    ids = tokenizer(text, add_special_tokens=False).input_ids[:tokens]
     if len(ids) < SEQ_LEN:
         raise InvalidRequestError(f"quant_calibration_file {path} holds {len(ids)} tokens; GPTQ needs at least {SEQ_LEN}")
     return tuple(ids)
