@@ -21,8 +21,8 @@ from swiftinfer_core.model.args import ModelArgs
 from swiftinfer_core.model.catalog import resolve_model
 from swiftinfer_core.model.loader import read_args
 from swiftinfer_core.runner.build import build_rank, make_attention
-from swiftinfer_core.runner.model_runner import ModelRunner
 from swiftinfer_core.runner.calibration import calibration_text_ids
+from swiftinfer_core.runner.model_runner import ModelRunner
 from swiftinfer_core.runner.resolve import rank_config
 
 

@@ -35,7 +35,7 @@ def linear_targets(model: nn.Module, head: bool = False) -> dict[str, nn.Linear]
 
 class HessianCollector:
     """Context manager: while open, every input row of the hooked linears is added
-    to that layer's H (float64 [K, K]) and counted."""
+    to that layer's H ([K, K] in ``dtype``, on the activations' device) and counted."""
 
     def __init__(self, layers: dict[str, nn.Module], skip_rows: int = 0, dtype: torch.dtype = torch.float64):
         self.layers, self.skip_rows, self.dtype = layers, skip_rows, dtype
