@@ -137,9 +137,10 @@ def gptq_int4(w: torch.Tensor, h: torch.Tensor, group: int = 128, qmin: int = -I
         d = hd.view(1, -1, group) if search else None
         scales = _group_scales(wp.view(n, -1, group), d, qmin, CLIP_GRID if search else (1.0,))
         order = torch.argsort(hd, descending=True)
+        cols = order.tolist()  # once: indexing the device tensor per column would sync per column
 
         def quant_perm(j: int, col: torch.Tensor) -> torch.Tensor:
-            c = int(order[j])
+            c = cols[j]
             s = scales[:, c // group].float()
             q = torch.round(col / s).clamp_(qmin, INT4_QMAX)
             codes[:, c] = q.to(torch.int8)
