@@ -80,7 +80,7 @@ def with_int8(base, names: tuple[str, ...]):
 
 
 FIRST_LAST_W2 = ("layers.0.w2", "layers.29.w2")
-VARIANTS = {  # name -> (fn(w, h[, name]) -> dequantized weight, activations to e4m3)
+VARIANTS = {  # name -> (fn(w, h, name) -> dequantized weight, activations to e4m3: True, False or the layer-name ends left out)
     "int8 per row (RTN)": (rtn(QuantFormat.INT8), False),
     "int4 g128 RTN (current)": (rtn(QuantFormat.INT4, 128), False),
     "int4 g128 clip search (MSE)": (search(128, False), False),
@@ -105,6 +105,7 @@ VARIANTS = {  # name -> (fn(w, h[, name]) -> dequantized weight, activations to 
     "fp8 GPTQ damp 1": (lambda w, h, name: fp8_gptq(w, h, name, damp=1.0), False),
     "fp8 RTN, act e4m3": (rtn(QuantFormat.FP8), True),
     "fp8 GPTQ, act e4m3": (fp8_gptq, True),
+    "fp8 GPTQ, act e4m3 except w2's input": (fp8_gptq, ("w2",)),
 }
 
 
@@ -112,7 +113,7 @@ def _e4m3_rows(_mod, args):
     return (dequantize_fp8(*quantize_fp8(args[0].reshape(-1, args[0].shape[-1]))).view(args[0].shape),)
 
 
-def apply(model, fn, hs: dict, originals: dict, act: bool) -> tuple[list, dict]:
+def apply(model, fn, hs: dict, originals: dict, act: bool | tuple[str, ...]) -> tuple[list, dict]:
     """Install ``fn``'s dequantized weights -> (activation hooks, how far the weights
     moved: the share of weights changed and the largest change over all layers)."""
     hooks, changed, total, most = [], 0, 0, 0.0
@@ -122,7 +123,7 @@ def apply(model, fn, hs: dict, originals: dict, act: bool) -> tuple[list, dict]:
         diff = (deq - w).abs()
         changed, total, most = changed + int((diff > 0).sum()), total + w.numel(), max(most, float(diff.max()))
         lin.weight.data = deq.contiguous()
-        if act:
+        if act is True or (act and not name.endswith(act)):  # a tuple: every layer but those names' ends
             hooks.append(lin.register_forward_pre_hook(_e4m3_rows))
     return hooks, {"weights_changed_share": changed / total, "max_abs_weight_change": most}
 
