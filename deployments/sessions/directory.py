@@ -70,6 +70,12 @@ class Entry:
     handed: str | None = None  # why its owner gave it back ("drain", "slotless", "rebalance"), until it lands
 
 
+def _landed(entry: Entry, rid: str, seq: int, turn_key: str | None) -> bool:
+    """Whether turn ``seq + 1`` on record is ``rid``'s turn with ``turn_key``."""
+    last = entry.last_turn
+    return entry.seq == seq + 1 and last is not None and last.entry.replica == rid and last.entry.turn_key == turn_key
+
+
 def directory_spec(cfg: AppConfig) -> dict:
     """What every holder of a directory handle passes, so that whichever creates it
     creates it the same way (routers get it through their kwargs)."""
@@ -194,8 +200,14 @@ class SessionDirectory(HandBacks):
         last commits and no leases, so the turn's replica may not be the owner on
         record (the session's first turn after a move). ``seq`` alone keeps one
         turn per number: any other replica's turn at this ``seq`` would hold the
-        lease, and one that committed has moved ``seq`` on."""
+        lease, and one that committed has moved ``seq`` on. The same commit sent
+        again (send_commit retries when a directory restart lost the reply to a
+        commit that had reached the log) is acknowledged, not logged twice: the
+        turn at ``seq + 1`` is ``rid``'s with this turn key, and ``rid`` runs one
+        turn of a session at a time."""
         entry = self._entries.get(sid)
+        if entry is not None and _landed(entry, rid, seq, turn.turn_key):
+            return True  # this very commit reached the log before a restart lost its reply: sent again, it is done
         if entry is None or entry.lease not in (rid, None) or entry.seq != seq:
             return False
         if entry.owner != rid:

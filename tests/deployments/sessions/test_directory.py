@@ -85,7 +85,9 @@ def test_a_lease_keeps_turns_of_one_session_from_interleaving(directory):
     assert stolen.seq == grant.seq == 0
     assert not ray.get(d.commit.remote("s", "r1", 0, record, None, _turn(None)))  # r1's late commit is refused
     assert ray.get(d.commit.remote("s", "r2", 0, record, None, _turn(None)))
-    assert not ray.get(d.commit.remote("s", "r2", 0, record, None, _turn(None)))  # the lease ended with the commit
+    assert ray.get(d.commit.remote("s", "r2", 0, record, None, _turn(None)))  # the same commit again: acknowledged ...
+    assert len(ray.get(d.turns.remote("s", 0, 10))) == 1  # ... not logged twice
+    assert ray.get(d.begin_turn.remote("s", "r1", None)).seq == 1  # the lease ended with the commit
 
 
 def test_uncommitted_first_turns_are_forgotten_and_deletes_reach_the_log(directory):
@@ -165,16 +167,20 @@ def test_a_log_outage_refuses_the_turn_with_503_and_loses_nothing(cluster, tmp_p
 def test_a_turn_in_flight_across_a_directory_restart_still_commits_once(directory):
     """The restarted directory reloads the owners of the last commits but no leases: a
     turn that was running commits (no retry needed), also on a replica that is not the
-    owner on record; a second commit of it, or one after another replica began a turn,
-    is refused."""
+    owner on record; the same commit sent again (its reply lost to a restart) is
+    acknowledged without a second log entry, while another turn's commit at that seq,
+    or one after another replica began a turn, is refused."""
     d = directory
     assert _commit(d, "s", "r1", "k1")
     grant = ray.get(d.begin_turn.remote("s", "r1", "k2"))  # turn 2 runs on r1 ...
     _restart(d)  # ... while the directory restarts
     record = session_record("s", grant.seq + 1, (1, 2, 3))
     assert ray.get(d.commit.remote("s", "r1", grant.seq, record, None, _turn("k2", "reply k2")))
-    assert not ray.get(d.commit.remote("s", "r1", grant.seq, record, None, _turn("k2", "reply k2")))  # once
-    assert [t.turn_key for t in ray.get(d.turns.remote("s", 0, 10))] == ["k1", "k2"]
+    _restart(d)  # the reply to that commit lost: the replica sends it again to the restarted directory
+    assert ray.get(d.commit.remote("s", "r1", grant.seq, record, None, _turn("k2", "reply k2")))  # acknowledged
+    assert not ray.get(d.commit.remote("s", "r2", grant.seq, record, None, _turn("k2", "reply k2")))  # not r2's
+    assert not ray.get(d.commit.remote("s", "r1", grant.seq, record, None, _turn("k9", "other")))  # not this turn
+    assert [t.turn_key for t in ray.get(d.turns.remote("s", 0, 10))] == ["k1", "k2"]  # logged once
 
     grant3 = ray.get(d.begin_turn.remote("s", "r3", "k3"))  # turn 3 moved to r3 (owner on record: r1) ...
     _restart(d)  # ... and the directory restarts before it commits
