@@ -46,6 +46,7 @@ from swiftinfer_core.model.fetch import models_home  # noqa: E402
 from swiftinfer_core.model.fp8 import dequantize_fp8, quantize_fp8  # noqa: E402
 from swiftinfer_core.model.quant import QuantFormat, QuantizedWeight, dequantize, quantize  # noqa: E402
 from swiftinfer_core.model.quant_search import gptq_fp8, gptq_int4, int4_search_scales  # noqa: E402
+from swiftinfer_core.runner.calibration import text_replay  # noqa: E402
 from swiftinfer_core.runner.model_runner import ModelRunner  # noqa: E402
 
 
@@ -158,25 +159,17 @@ def main() -> None:
     m = build_engine_model(cfg)
     ids = m.tokenizer(text[: a.tokens * 8], add_special_tokens=False).input_ids[: a.tokens]
     runner = ModelRunner(m.model, m.pool, m.attn, m.device)
-    pos = [0]
     if a.calib_source == "plays":
         cal = m.tokenizer(calib_text[: a.calib_tokens * 8], add_special_tokens=False).input_ids[: a.calib_tokens]
-        chunks = [cal[i : i + 512] for i in range(0, len(cal), 512)]
-
-        def run(chunk):  # chunked prefill of the calibration text through the float model's own cache
-            runner.forward(chunk, [0], [pos[0]], [len(chunk)], rows=None)
-            pos[0] += len(chunk)
+        chunks, run = [cal[i : i + 512] for i in range(0, len(cal), 512)], text_replay(runner)
     else:
         t0 = time.perf_counter()
         chunks = self_generated(runner.forward, m.model.embed.num_embeddings, n_seqs, seq, seed=a.seed, top_p=a.calib_top_p)
         cal = [t for c in chunks for t in c]
         print(f"self-generated calibration: {n_seqs} x {seq} tokens, {time.perf_counter() - t0:.1f} s; "
               f"first: {m.tokenizer.decode(chunks[0][:40])!r}", flush=True)
-
-        if a.calib_joined:
-            def run(chunk):  # the sequences one after another as one text, StreamingLLM cache of slot 0
-                runner.forward(chunk, [0], [pos[0]], [len(chunk)], rows=None)
-                pos[0] += len(chunk)
+        if a.calib_joined:  # the sequences one after another as one text
+            run = text_replay(runner)
         else:
             def run(chunk):  # one generated sequence from its start, in slot 0
                 runner.forward(chunk, [0], [0], [len(chunk)], rows=None)

@@ -133,36 +133,29 @@ def gptq_int4(w: torch.Tensor, h: torch.Tensor, group: int = 128, qmin: int = -I
     hp[:k, :k] = h.double()
     hd = torch.diag(hp).float()
     codes = torch.zeros(n, kp, dtype=torch.int8, device=w.device)
-    if act_order:
-        d = hd.view(1, -1, group) if search else None
-        scales = _group_scales(wp.view(n, -1, group), d, qmin, CLIP_GRID if search else (1.0,))
+    grid = CLIP_GRID if search else (1.0,)
+    if act_order:  # static groups: every scale now, from the original weights
+        scales = _group_scales(wp.view(n, -1, group), hd.view(1, -1, group) if search else None, qmin, grid)
         order = torch.argsort(hd, descending=True)
-        cols = order.tolist()  # once: indexing the device tensor per column would sync per column
+        cols, on_block, block = order.tolist(), None, 128  # a host list: a device index per column would sync
+    else:
+        scales = torch.zeros(n, kp // group, dtype=torch.bfloat16, device=w.device)
+        order, cols, block = None, range(kp), max(128, group)
 
-        def quant_perm(j: int, col: torch.Tensor) -> torch.Tensor:
-            c = cols[j]
-            s = scales[:, c // group].float()
-            q = torch.round(col / s).clamp_(qmin, INT4_QMAX)
-            codes[:, c] = q.to(torch.int8)
-            return q * s
+        def on_block(i1: int, w1: torch.Tensor) -> None:  # blocks are whole groups: choose their scales
+            g0 = i1 // group
+            wg = w1.float().view(n, -1, group)
+            d = hd[i1 : i1 + w1.shape[1]].view(1, -1, group) if search else None
+            scales[:, g0 : g0 + wg.shape[1]] = _group_scales(wg, d, qmin, grid)
 
-        _gptq(wp, hp, quant_perm, None, block=128, damp=damp, order=order)
-        return pack_int4(codes), scales
-    scales = torch.zeros(n, kp // group, dtype=torch.bfloat16, device=w.device)
-
-    def on_block(i1: int, w1: torch.Tensor) -> None:  # blocks are whole groups: choose their scales
-        g0 = i1 // group
-        wg = w1.float().view(n, -1, group)
-        d = hd[i1 : i1 + w1.shape[1]].view(1, -1, group) if search else None
-        scales[:, g0 : g0 + wg.shape[1]] = _group_scales(wg, d, qmin, CLIP_GRID if search else (1.0,))
-
-    def quant_col(j: int, col: torch.Tensor) -> torch.Tensor:
-        s = scales[:, j // group].float()
+    def quant_col(j: int, col: torch.Tensor) -> torch.Tensor:  # j-th column quantized: column cols[j] of w
+        c = cols[j]
+        s = scales[:, c // group].float()
         q = torch.round(col / s).clamp_(qmin, INT4_QMAX)
-        codes[:, j] = q.to(torch.int8)
+        codes[:, c] = q.to(torch.int8)
         return q * s
 
-    _gptq(wp, hp, quant_col, on_block, block=max(128, group), damp=damp)
+    _gptq(wp, hp, quant_col, on_block, block=block, damp=damp, order=order)
     return pack_int4(codes), scales
 
 

@@ -64,8 +64,9 @@ class CalibrationReport:
                 f"{self.round_s:.1f} s")
 
 
-def _one_text(runner: ModelRunner):
-    """Chunks of one text, each after the last, through slot 0 (StreamingLLM positions)."""
+def text_replay(runner: ModelRunner):
+    """A forward for chunks of one text, each after the last, through slot 0's
+    StreamingLLM cache (the calibration file here; the plays in bench/quant_quality_cpu.py)."""
     pos = 0
 
     def run(chunk: list[int]) -> None:
@@ -113,7 +114,7 @@ def gptq_weights(model: nn.Module, cfg: RankConfig, device: torch.device, make_a
     t0 = time.perf_counter()
     if cfg.calibration_ids is not None:  # quant_calibration_file: one text through slot 0's StreamingLLM cache
         ids, source = list(cfg.calibration_ids), "file"
-        chunks, replay = [ids[i : i + SEQ_LEN] for i in range(0, len(ids), SEQ_LEN)], _one_text(runner)
+        chunks, replay = [ids[i : i + SEQ_LEN] for i in range(0, len(ids), SEQ_LEN)], text_replay(runner)
     else:
         (chunks, replay), source = _sampled(runner, cfg, seqs), "self-generated"
     t1 = time.perf_counter()

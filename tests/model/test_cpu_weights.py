@@ -83,11 +83,12 @@ def test_int8_is_refused_with_tensor_parallelism():
 
 
 def _top1_and_nll(m, ids: list[int], chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced (top-1 ids, NLL per token) on the CPU, from float32 logits on the model's device."""
     run = ModelRunner(m.model, m.pool, m.attn, m.device)
-    lg = torch.cat([run.forward(ids[lo : lo + chunk], [0], [lo], [len(ids[lo : lo + chunk])], rows=None)
+    lg = torch.cat([run.forward(ids[lo : lo + chunk], [0], [lo], [len(ids[lo : lo + chunk])], rows=None).float()
                     for lo in range(0, len(ids) - 1, chunk)])[: len(ids) - 1]
-    nll = -torch.log_softmax(lg, -1).gather(1, torch.tensor(ids[1:])[:, None]).squeeze(1)
-    return lg.argmax(-1), nll
+    nll = -torch.log_softmax(lg, -1).gather(1, torch.tensor(ids[1:], device=lg.device)[:, None]).squeeze(1)
+    return lg.argmax(-1).cpu(), nll.cpu()
 
 
 def test_int8_real_model_top1_and_perplexity_near_float32(base_model, shakespeare_ids):

@@ -14,16 +14,9 @@ import torch
 from swiftinfer_core.config import EngineConfig
 from swiftinfer_core.engine.engine_model import build_engine_model
 from swiftinfer_core.model.fp8_linear import Fp8Linear
-from swiftinfer_core.runner.model_runner import ModelRunner
+from tests.model.test_cpu_weights import _top1_and_nll  # the int8 test's teacher-forced scorer
 
 pytestmark = pytest.mark.gpu
-
-
-def _nll(m, ids: list[int], chunk: int = 128) -> torch.Tensor:
-    run = ModelRunner(m.model, m.pool, m.attn, m.device)
-    lg = torch.cat([run.forward(ids[lo : lo + chunk], [0], [lo], [len(ids[lo : lo + chunk])], rows=None).float()
-                    for lo in range(0, len(ids) - 1, chunk)])[: len(ids) - 1]
-    return -torch.log_softmax(lg, -1).gather(1, torch.tensor(ids[1:], device=lg.device)[:, None]).squeeze(1).cpu()
 
 
 def test_gptq_fp8_on_the_real_model_beats_round_to_nearest(shakespeare_ids):
@@ -31,12 +24,12 @@ def test_gptq_fp8_on_the_real_model_beats_round_to_nearest(shakespeare_ids):
         pytest.skip("fp8 weights need compute capability 8.9+")
     ids = shakespeare_ids[:601]
     cfg = {"device": "cuda", "sink_tokens": 4, "window": 124, "max_sessions": 1, "dtype": "bfloat16"}
-    ref = _nll(build_engine_model(EngineConfig(**cfg)), ids)
+    _, ref = _top1_and_nll(build_engine_model(EngineConfig(**cfg)), ids)
     ratios = {}
     for name, extra in (("rtn", {}), ("gptq", {"quant_rounding": "gptq", "quant_calibration_tokens": 512})):
         m = build_engine_model(EngineConfig(**cfg, quantization="fp8", **extra))
         assert isinstance(m.model.layers[0].w2, Fp8Linear)
-        ratios[name] = torch.exp(_nll(m, ids).mean() - ref.mean()).item()
+        ratios[name] = torch.exp(_top1_and_nll(m, ids)[1].mean() - ref.mean()).item()
         del m
         torch.cuda.empty_cache()
     print("perplexity / bf16:", ratios)
