@@ -17,7 +17,7 @@
 #         the replacements: CHAOS_SESSIONS (default 48), CHAOS_ROUNDS (default 100).
 # Env: STEPS (default "ramp chaos"; each takes most of a 10-minute call: one per call), NAME (default autoscale_7b). carry [".whl", ".carry/r7b"];
 # MODEL=smol: the ramp on the real default model (bench/serve_gpu_smol_shared.yaml), after an earlier
-# call parked .carry/smol-a in /tmp/stage (see ../shared/device/stage-smollm2.sh); carry [".carry/smol-b"]
+# calls parked .carry/smol-1 and -2 in /tmp/stage (bench/gpu_stage.sh); carry [".carry/smol-3"]
 # (plus ".whl" unless an earlier call of this warm machine installed it into /tmp/site);
 # logs and results in $OUT/results.tgz. Ran on an H200 (2026-12-03): the ramp three times
 # (autoscale_7b.json, autoscale_7b_r2.json, autoscale_smol.json: no scale-down in any, see the
@@ -38,11 +38,9 @@ if [ -d "$WHL" ]; then python3 -m pip install -q --no-index --no-deps --no-compi
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH SWIFTINFER_HOME=/tmp/swh
 PHASES=${PHASES:-16:30 64:60 140:60 48:90 16:80} RETURN_S=${RETURN_S:-40} NAME=${NAME:-autoscale_7b} CONFIG=bench/serve_gpu7b_shared.yaml
 if [ "${MODEL:-7b}" = smol ]; then
-  [ -f /tmp/stage/part.aa ] || { echo "no /tmp/stage/part.aa: park .carry/smol-a first"; exit 3; }
-  GGUF=/tmp/stage/SmolLM2-135M-Instruct.Q4_1.gguf CONFIG=bench/serve_gpu_smol_shared.yaml
-  cat /tmp/stage/part.aa .carry/smol-b/part.ab > "$GGUF"
+  CONFIG=bench/serve_gpu_smol_shared.yaml
   # its own target: --upgrade into /tmp/site would replace that folder's bin/ (ray's serve) with gguf's
-  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/gguf-site .carry/smol-b/*.whl || exit 4
+  GGUF_SITE=/tmp/gguf-site && source "$(dirname "${BASH_SOURCE[0]}")/gpu_stage.sh" && join_gguf
   export PYTHONPATH=$PYTHONPATH:/tmp/gguf-site
   python3 -m swiftinfer_core.model.fetch "$GGUF" 2>&1 | grep -v "it/s" | tail -2
 else

@@ -2,12 +2,12 @@
 # Device call (issue 11): the real Engine at every batch size beside batched_decode,
 # and the bug reproduced: the code before the fix (.carry/old: cuda_graph.py and
 # runner.py of e94975e) and the fixed code with its workspaces dropped, each in its
-# own process. Also parks the first half of the default model for a following
-# gpu_session.sh call (see ../shared/device/stage-smollm2.sh).
-# carry [".carry/smol-a", ".carry/pyd", ".carry/r7b", ".carry/old"]; writes under $OUT; a short table last.
+# own process. Also parks the first part of the default model for the
+# gpu_session.sh calls (bench/gpu_stage.sh).
+# carry [".carry/smol-1", ".carry/pyd", ".carry/r7b", ".carry/old"]; writes under $OUT; a short table last.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
-mkdir -p /tmp/stage && cp .carry/smol-a/* /tmp/stage/
+bash bench/gpu_stage.sh
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .carry/pyd/*.whl || exit 4
 export PYTHONPATH=/tmp/site
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv

@@ -9,13 +9,20 @@
 #   .carry/r8b      Llama-3.1-8B shape (bench/shape_config.py); its tokenizer.json gzipped (3.5 -> 0.6 MB) so that
 #                   tree + whlmin + r8b fit 64 MiB; gpu_served.sh unpacks it on the device
 #   .carry/r7bz     .carry/r7b with its tokenizer gzipped (gpu_served.sh MODEL=r7bz, gpu_serve.sh MODEL_DIR=.carry/r7bz)
-#   .carry/smol-a, .carry/smol-b   the default model's GGUF in two halves (../shared/device/stage-smollm2.sh)
+#   .carry/smol-1..3   the default model's GGUF in three parts, the last with the gguf wheel (bench/gpu_stage.sh:
+#                   the tracked tree, 21 MB, plus one of ../shared/device/stage-smollm2.sh's two halves passes 64 MiB)
 # Needs the converted default model (`make model`). Usage: bash bench/gpu_carry.sh   (from the repo root)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PY:-.venv/bin/python}
 [ -d .whl ] || bash ../shared/device/ray-wheels.sh
-[ -d .carry/smol-a ] || bash ../shared/device/stage-smollm2.sh
+if [ ! -d .carry/smol-3 ]; then
+  [ -d .carry/smol-a ] || bash ../shared/device/stage-smollm2.sh
+  mkdir -p .carry/smol-1 .carry/smol-2 .carry/smol-3
+  cat .carry/smol-a/part.aa .carry/smol-b/part.ab | split -b 40000000 - .carry/smol-1/part.
+  mv .carry/smol-1/part.ab .carry/smol-2/ && mv .carry/smol-1/part.ac .carry/smol-b/gguf-*.whl .carry/smol-3/
+  rm -rf .carry/smol-a .carry/smol-b
+fi
 rm -rf .carry/pyd .carry/whlmin && mkdir -p .carry/pyd .carry/whlmin
 cp .whl/pydantic*.whl .whl/annotated_types*.whl .whl/typing_inspection*.whl .carry/pyd/
 for w in .whl/*.whl; do case "$(basename "$w")" in virtualenv-*|distlib-*|ray-*) ;; *) cp "$w" .carry/whlmin/ ;; esac; done

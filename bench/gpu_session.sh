@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
 # One device call that runs the real-model GPU checks and benches (STEPS picks them).
-# Needs, from two earlier calls (see ../shared/device/stage-smollm2.sh):
-#   /tmp/stage/part.aa parked, and carry [".carry/smol-b", ".carry/pyd", ".carry/data"].
+# Needs, from two earlier calls (bench/gpu_stage.sh): .carry/smol-1 and -2 parked, and
+#   carry [".carry/smol-3", ".carry/pyd", ".carry/data"].
 # Writes everything under $OUT; prints a short table last.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 SWIFTINFER_HOME=/tmp/swh
-GGUF=/tmp/stage/SmolLM2-135M-Instruct.Q4_1.gguf
-[ -f /tmp/stage/part.aa ] || { echo "no /tmp/stage/part.aa: park .carry/smol-a first"; exit 3; }
-cat /tmp/stage/part.aa .carry/smol-b/part.ab > "$GGUF"
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .carry/smol-b/*.whl .carry/pyd/*.whl || exit 4
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_stage.sh" && join_gguf
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .carry/pyd/*.whl || exit 4
 export PYTHONPATH=/tmp/site:$PWD
 mkdir -p "$SWIFTINFER_HOME" && cp .carry/data/shakespeare.txt "$SWIFTINFER_HOME/shakespeare.txt"
 python3 -m swiftinfer_core.model.fetch "$GGUF" 2>&1 | grep -v "it/s" | tail -2

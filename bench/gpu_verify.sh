@@ -2,9 +2,9 @@
 # The carried folders (.whl, .carry/*) are ignored by git: on a fresh checkout `bash bench/gpu_carry.sh` builds them.
 # Device call: every GPU test and one engine capacity point, to check that a change
 # meant to keep behaviour (issue 20's refactor, piecewise graphs by default) keeps it.
-# Needs the default model converted under /tmp/swh by two earlier calls, back to back:
-#   1) carry [".carry/smol-a"]:  mkdir -p /tmp/stage && cp .carry/smol-a/* /tmp/stage/
-#   2) carry [".carry/smol-b", ".carry/pyd", ".carry/data"]:  bash bench/gpu_verify.sh stage
+# Needs the default model converted under /tmp/swh by three earlier calls, back to back (bench/gpu_stage.sh):
+#   1-2) carry [".carry/smol-1"], then [".carry/smol-2"]:  bash bench/gpu_stage.sh
+#   3) carry [".carry/smol-3", ".carry/pyd", ".carry/data"]:  bash bench/gpu_verify.sh stage
 #      (.carry/data/shakespeare.txt: the plays, for test_gpu_engine; the machine cannot fetch them)
 #   3) carry [".whl", ".carry/r7b"]:           bash bench/gpu_verify.sh
 # Issue 18's bench alone (no converted model needed), carry [".carry/pyd", ".carry/xg", ".carry/r7b"]:
@@ -24,7 +24,7 @@
 #   step fp8_bench: bench/fp8_decode.py (bf16, int8, fp8 paths; JSON + PNG under $OUT). The real-model
 #   fp8 check (tests/engine/test_gpu_engine.py) runs in gpu_tests, after the two staging calls.
 # Issue 16's fp8 KV cache (GPU tests + bf16/fp8 decode bench; no model needed), carry [".carry/pyd"]:
-#      WHEELS=.carry/pyd STEPS=fp8kv bash bench/gpu_verify.sh      (after calls 1-2: the engine tests too)
+#      WHEELS=.carry/pyd STEPS=fp8kv bash bench/gpu_verify.sh      (after the stage calls: the engine tests too)
 #   = fp8kv_tests (test_kv_fp8_attention.py and test_kv_fp8_decode_f16.py natively, the bf16 kernels' GPU tests, test_kv_fp8_engine.py where the
 #   model is staged), fp8kv_kernel (bench/kernels_decode.py --kv both) then fp8kv_bench (bench/fp8_kv_decode.py: bf16 vs fp8 KV,
 #   7B shape, 4+2044); each is a step name
@@ -35,10 +35,8 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1 SWIFTINFER_HOME=/tmp/swh RAY_USAGE_STATS_ENABLED=0 NCCL_NVLS_ENABLE=0
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 if [ "${1:-}" = stage ]; then
-  [ -f /tmp/stage/part.aa ] || { echo "no /tmp/stage/part.aa: run call 1 first"; exit 3; }
-  GGUF=/tmp/stage/SmolLM2-135M-Instruct.Q4_1.gguf
-  cat /tmp/stage/part.aa .carry/smol-b/part.ab > "$GGUF" && sha256sum "$GGUF"
-  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .carry/smol-b/*.whl .carry/pyd/*.whl || exit 4
+  source "$(dirname "${BASH_SOURCE[0]}")/gpu_stage.sh" && join_gguf
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .carry/pyd/*.whl || exit 4
   mkdir -p "$SWIFTINFER_HOME" && cp .carry/data/shakespeare.txt "$SWIFTINFER_HOME/"
   python3 -m swiftinfer_core.model.fetch "$GGUF" 2>&1 | grep -v "it/s" | tail -2
   exit
@@ -72,8 +70,8 @@ want fp8 && step fp8_tests ${FP8_S:-240} python3 -m pytest -q -m "gpu or not gpu
 want fp8 && step fp8_bench ${FP8_BENCH_S:-300} python3 bench/fp8_decode.py --out "$OUT"
 # issue 16 (not by default): quant_rounding gptq at load: build time and memory on random 7B/8B weights (no model
 # needed, carry [".carry/pyd"]: WHEELS=.carry/pyd STEPS=gptq bash bench/gpu_verify.sh), then its real-model fp8 test
-# where the default model is staged (calls 1-2 above)
-want gptq && step gptq_load ${GPTQ_S:-420} python3 bench/gptq_load.py --shapes llama2-7b llama3.1-8b --formats fp8 int4 \
+# where the default model is staged (the stage calls above)
+want gptq && step gptq_load ${GPTQ_S:-420} python3 bench/gptq_load.py --shapes ${GPTQ_SHAPES:-llama2-7b llama3.1-8b} --formats fp8 int4 \
   --json "$OUT/gptq_load.json"
 [ -d "$SWIFTINFER_HOME/models" ] && want gptq && step gptq_tests ${GPTQ_TESTS_S:-240} python3 -m pytest -q -m gpu -s \
   -p no:cacheprovider -rs tests/runner/test_calibration_gpu.py
