@@ -7,7 +7,9 @@ KV pool, every path on the same inputs), median ms of ModelRunner's step paths:
 - ``decode``: the B decode rows alone, decode graph replay (the floor);
 - ``split``: decode graph for the B rows + an eager pass for the chunk (two weight reads);
 - ``eager``: one eager forward, decode rows first (MixedPlan);
-- ``piecewise``: the same forward with piecewise graphs (runner/piecewise.py);
+- ``piecewise``: the same forward with piecewise graphs (runner/piecewise.py), the decode
+  rows' attention replayed from its per-layer graphs;
+- ``pw_rows_eager``: the same, the decode rows' attention launched eagerly (before that change);
 
 and for prefill alone (B = 0) eager against piecewise. The piecewise logits are
 checked against the eager ones (max abs difference of the chunk's last row).
@@ -85,6 +87,11 @@ def main() -> int:
             r["piecewise_ms"] = 1e3 * common.time_eager(eager, reps=a.reps) if pw.fits(len(ids)) else None
             r["piecewise_host_ms"] = 1e3 * host_time(eager, a.reps) if pw.fits(len(ids)) else None
             r["piecewise_max_abs_diff"] = (eager()[-1].float() - ref).abs().max().item() if pw.fits(len(ids)) else None
+            if B and pw.fits(len(ids)):
+                pw.rows_in_graphs = False
+                r["pw_rows_eager_ms"] = 1e3 * common.time_eager(eager, reps=a.reps)
+                r["pw_rows_eager_host_ms"] = 1e3 * host_time(eager, a.reps)
+                pw.rows_in_graphs = True
             if a.profile:
                 if pw.fits(len(ids)):
                     r["piecewise_kernels"] = common.kernel_ms_by_family(eager, FAMILIES)
@@ -101,8 +108,8 @@ def main() -> int:
                       + "; ".join(f"{t['name'][:40]} {t['ms']:.2f}x{t['calls']}" for t in k["top"][:4]), flush=True)
     common.write_results(a.name, {"command": " ".join(sys.argv), "model": a.model, "cache": f"4+{a.window}", "rows": rows}, a.out)
     plot(rows, a.name, a.out)
-    print(common.table(rows, ["decode_rows", "chunk", "decode_ms", "split_ms", "eager_ms", "eager_host_ms", "piecewise_ms",
-                              "piecewise_host_ms", "piecewise_max_abs_diff"]))
+    print(common.table(rows, ["decode_rows", "chunk", "decode_ms", "split_ms", "eager_ms", "eager_host_ms", "pw_rows_eager_ms",
+                              "pw_rows_eager_host_ms", "piecewise_ms", "piecewise_host_ms", "piecewise_max_abs_diff"]))
     return 0
 
 
@@ -131,8 +138,9 @@ def plot(rows: list[dict], name: str, out: str | None) -> None:
     fig, ax = plt.subplots(figsize=(9, 4))
     labels = [f"B={r['decode_rows']}\n+{r['chunk']}" for r in rows]
     x = range(len(rows))
-    for k, (key, off) in enumerate((("decode_ms", -0.3), ("split_ms", -0.1), ("eager_ms", 0.1), ("piecewise_ms", 0.3))):
-        ax.bar([i + off for i in x], [r.get(key) or 0 for r in rows], width=0.2, label=key[:-3])
+    keys = ("decode_ms", "split_ms", "eager_ms", "pw_rows_eager_ms", "piecewise_ms")
+    for k, key in enumerate(keys):
+        ax.bar([i + 0.16 * (k - 2) for i in x], [r.get(key) or 0 for r in rows], width=0.16, label=key[:-3])
     ax.set_xticks(list(x), labels)
     ax.set_ylabel("ms per step")
     ax.set_title("one step with B decode rows and a prefill chunk (H200, random bf16)")

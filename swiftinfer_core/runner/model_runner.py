@@ -33,8 +33,9 @@ class ModelRunner:
 
     def capture_piecewise_graphs(self, max_tokens: int, capture: Capture | None = None) -> None:
         """Capture every non-attention piece of a step per token-count bucket up to
-        ``max_tokens`` (piecewise.py); later non-decode steps that fit replay them."""
-        self.piecewise = PiecewiseGraphs(self.model, self.pool, self.attn, self.device, max_tokens, capture)
+        ``max_tokens`` (piecewise.py); later non-decode steps that fit replay them. With decode
+        graphs captured first, a mixed step's decode rows replay their attention too."""
+        self.piecewise = PiecewiseGraphs(self.model, self.pool, self.attn, self.device, max_tokens, capture, self.graphs)
         self.piecewise.capture()
 
     def runs_piecewise(self, num_tokens: int) -> bool:

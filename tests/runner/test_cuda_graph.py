@@ -163,8 +163,8 @@ def test_graph_path_equals_eager_at_every_ladder_size_and_boundary(tiny_dir):
 
 def test_piecewise_graphs_give_the_eager_tokens_and_pad_buckets(tiny_dir):
     """Mixed and prefill steps through the piecewise pieces (EagerCapture: the same
-    static buffers and replay order as the CUDA graphs) give the greedy tokens of the
-    plain forward, over rounds whose token counts land on and between buckets, a
+    static buffers and replay order as the CUDA graphs; a mixed step's decode rows
+    through their recorded attention) give the greedy tokens of the plain forward, over rounds whose token counts land on and between buckets, a
     rebuild from the record, and a step too large for the buckets (plain forward)."""
     from swiftinfer_core.runner.piecewise import PiecewiseGraphs
 
@@ -172,9 +172,21 @@ def test_piecewise_graphs_give_the_eager_tokens_and_pad_buckets(tiny_dir):
     a.runner.capture_piecewise_graphs(64, EagerCapture())
     pw = a.runner.piecewise
     assert pw.sizes == [16, 32, 48, 64]
-    used = []
+    assert sorted(pw._rows) == a.runner.graphs.sizes == [1, 2, 4, 8, 10]  # decode rows' attention, per decode size
+    used, mixed, replayed = [], [], []
     real = pw.forward
-    pw.forward = lambda ids, batch, rows: used.append(len(ids)) or real(ids, batch, rows)
+
+    def forward(ids, batch, rows):
+        used.append(len(ids))
+        if not batch.is_decode and batch.leading_single_rows():
+            mixed.append(batch.leading_single_rows())
+        return real(ids, batch, rows)
+
+    def counted(m, fns):
+        return [lambda: replayed.append(m) or fns[0]()] + fns[1:]
+
+    pw.forward = forward
+    pw._rows = {m: counted(m, fns) for m, fns in pw._rows.items()}
     for k, n in enumerate((1, 3, 10)):
         sids = [f"s{i}" for i in range(n)]
         if k == 2:
@@ -182,6 +194,10 @@ def test_piecewise_graphs_give_the_eager_tokens_and_pad_buckets(tiny_dir):
                 core.import_session(core.export_session("s0"))
         assert _turns(a, sids, max_tokens=4) == _turns(b, sids, max_tokens=4), f"round {k}"
     assert len(used) >= 2 and max(used) <= 64, used  # steps of over 64 tokens took the plain forward
+    # every mixed step's decode rows replayed the smallest decode size that holds them; sizes off
+    # the ladder (padding rows that overlap the chunks' rows) among them
+    assert replayed == [padded_size(a.runner.graphs.sizes, n) for n in mixed], (mixed, replayed)
+    assert any(n not in a.runner.graphs.sizes for n in mixed), mixed
     assert a.stats().tokens_prefilled == b.stats().tokens_prefilled
     with pytest.raises(ValueError):
         PiecewiseGraphs(a.runner.model, a.runner.pool, a.runner.attn, a.runner.device, 0)
