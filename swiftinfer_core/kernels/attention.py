@@ -68,6 +68,11 @@ class Attention(ABC):
     def forward(self, plan, q, k_new, v_new, k_cache, v_cache, layer: int | None = None) -> torch.Tensor:
         """One layer: attention output [T, Hq, D]; stores the step's K/V in the cache."""
 
+    def mixed_split(self, plan) -> tuple[int, object]:
+        """(n, plan of the rest) where ``plan`` sends its first n rows through the decode kernel
+        (a mixed step); (0, plan) otherwise."""
+        return 0, plan
+
 
 @dataclass
 class TorchPlan:
@@ -154,6 +159,9 @@ class TritonAttention(Attention):
         if n:
             return MixedPlan(DecodePlan(batch.slots[:n], batch.starts[:n]), self._prefill_plan(batch.tail(n)), n)
         return self._prefill_plan(batch)
+
+    def mixed_split(self, plan) -> tuple[int, object]:
+        return (plan.n_decode, plan.prefill) if isinstance(plan, MixedPlan) else (0, plan)
 
     @staticmethod
     def _prefill_plan(batch: AttnBatch) -> PrefillPlan:

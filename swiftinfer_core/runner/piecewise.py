@@ -43,7 +43,7 @@ from collections.abc import Callable
 import torch
 
 from swiftinfer_core.cache.pool import KVPool
-from swiftinfer_core.kernels.attention import Attention, MixedPlan
+from swiftinfer_core.kernels.attention import Attention
 from swiftinfer_core.kernels.batch import AttnBatch
 from swiftinfer_core.model.llama import Llama, in_dtype
 from swiftinfer_core.runner.cuda_graph import PAD_SLOT, Capture, CudaCapture, DecodeGraphs, DecodeInputs, ladder, padded_size
@@ -158,9 +158,10 @@ class PiecewiseGraphs:
         st.ids[T:].zero_()
         plan = self.attn.prepare(batch)
         pieces, rows_attn, n = self._pieces[st.size], None, 0
-        if self.rows_in_graphs and isinstance(plan, MixedPlan) and self._rows and plan.n_decode <= max(self._rows):
-            n, m = plan.n_decode, padded_size(sorted(self._rows), plan.n_decode)
-            rows_attn, plan = self._rows[m], plan.prefill
+        n_dec, rest = self.attn.mixed_split(plan)
+        if self.rows_in_graphs and 0 < n_dec <= max(self._rows, default=0):
+            n, m = n_dec, padded_size(sorted(self._rows), n_dec)
+            rows_attn, plan = self._rows[m], rest
             self.decode.static[m].copy_in(DecodeInputs.pad([0] * n, batch.slots_list[:n], batch.starts_list[:n], m))
         for i, layer in enumerate(self.model.layers):
             pieces[i]()
