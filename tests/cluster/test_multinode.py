@@ -65,7 +65,9 @@ def multinode(tmp_path_factory):
     cluster.env["PATH"] = f"{BIN}{os.pathsep}{cluster.env.get('PATH', '')}"
     try:
         cluster.start_head(num_cpus=2)
-        _wait(lambda: len(_alive_nodes(cluster)) == 1, 90, "the head node")
+        # 240 s: in a fresh clone this is the suite's first Ray start, whose dashboard imports
+        # Ray's modules uncompiled (no .pyc yet); it once took over 90 s on the 2-core box
+        _wait(lambda: len(_alive_nodes(cluster)) == 1, 240, "the head node")
         for expected, (name, resources) in enumerate(WORKERS.items(), start=2):
             for _attempt in range(3):  # one at a time; `ray start` gives up when its startup RPC times out on a loaded box
                 launcher = cluster.add_worker(name, num_cpus=1, resources=resources)
