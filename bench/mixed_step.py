@@ -52,6 +52,8 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true", help="kernel time by family of the decode and piecewise steps")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
+    if a.slots <= max(a.decode):
+        ap.error(f"--slots {a.slots} must exceed the largest --decode ({max(a.decode)}): the chunk takes slot B")
     cfg = EngineConfig(model=a.model, load_format="random", device="cuda", dtype="bfloat16", sink_tokens=4,
                        window=a.window, max_sessions=a.slots, max_batch_tokens=1024)
     m = build_engine_model(cfg)
