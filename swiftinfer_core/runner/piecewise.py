@@ -95,6 +95,7 @@ class PiecewiseGraphs:
         self.static: dict[int, StaticTokens] = {}
         self._pieces: dict[int, list[Callable[[], torch.Tensor]]] = {}
         self._rows: dict[int, list[Callable[[], torch.Tensor]]] = {}  # decode size m -> per layer: attention of rows :m
+        self._row_sizes: list[int] = []  # those sizes m, ascending
         self.rows_in_graphs = True  # False: mixed steps' decode rows attend eagerly (bench/mixed_step.py's A/B)
 
     def _steps(self, st: StaticTokens) -> list[Callable[[], torch.Tensor]]:
@@ -137,7 +138,8 @@ class PiecewiseGraphs:
             st = whole.prefix(size)
             self._pieces[size] = [cap.capture(step)[1] for step in self._steps(st)]
             self.static[size] = st
-        for m in [] if self.decode is None else [m for m in self.decode.sizes if m <= whole.size]:
+        self._row_sizes = [] if self.decode is None else [m for m in self.decode.sizes if m <= whole.size]
+        for m in self._row_sizes:
             self.decode.static[m].slots.fill_(PAD_SLOT)  # warm-up and capture write no cache row
             self._rows[m] = [cap.capture(step)[1] for step in self._row_steps(m)]
         if self.device.type == "cuda":
@@ -159,8 +161,8 @@ class PiecewiseGraphs:
         plan = self.attn.prepare(batch)
         pieces, rows_attn, n = self._pieces[st.size], None, 0
         n_dec, rest = self.attn.mixed_split(plan)
-        if self.rows_in_graphs and 0 < n_dec <= max(self._rows, default=0):
-            n, m = n_dec, padded_size(sorted(self._rows), n_dec)
+        if self.rows_in_graphs and self._row_sizes and 0 < n_dec <= self._row_sizes[-1]:
+            n, m = n_dec, padded_size(self._row_sizes, n_dec)
             rows_attn, plan = self._rows[m], rest
             self.decode.static[m].copy_in(DecodeInputs.pad([0] * n, batch.slots_list[:n], batch.starts_list[:n], m))
         for i, layer in enumerate(self.model.layers):

@@ -164,15 +164,16 @@ def test_graph_path_equals_eager_at_every_ladder_size_and_boundary(tiny_dir):
 def test_piecewise_graphs_give_the_eager_tokens_and_pad_buckets(tiny_dir):
     """Mixed and prefill steps through the piecewise pieces (EagerCapture: the same
     static buffers and replay order as the CUDA graphs; a mixed step's decode rows
-    through their recorded attention) give the greedy tokens of the plain forward, over rounds whose token counts land on and between buckets, a
-    rebuild from the record, and a step too large for the buckets (plain forward)."""
+    through their recorded attention) give the greedy tokens of the plain forward,
+    over rounds whose token counts land on and between buckets, a rebuild from the
+    record, and a step too large for the buckets (plain forward)."""
     from swiftinfer_core.runner.piecewise import PiecewiseGraphs
 
     a, b = _core(tiny_dir, 10, graphs=True), _core(tiny_dir, 10, graphs=False)
     a.runner.capture_piecewise_graphs(64, EagerCapture())
     pw = a.runner.piecewise
     assert pw.sizes == [16, 32, 48, 64]
-    assert sorted(pw._rows) == a.runner.graphs.sizes == [1, 2, 4, 8, 10]  # decode rows' attention, per decode size
+    assert pw._row_sizes == sorted(pw._rows) == a.runner.graphs.sizes == [1, 2, 4, 8, 10]  # decode rows' attention, per decode size
     used, mixed, replayed = [], [], []
     real = pw.forward
 
