@@ -46,7 +46,7 @@ from swiftinfer_core.model.fetch import models_home  # noqa: E402
 from swiftinfer_core.model.fp8 import dequantize_fp8, quantize_fp8  # noqa: E402
 from swiftinfer_core.model.quant import QuantFormat, QuantizedWeight, dequantize, quantize  # noqa: E402
 from swiftinfer_core.model.quant_search import gptq_fp8, gptq_int4, int4_search_scales  # noqa: E402
-from swiftinfer_core.runner.calibration import text_replay  # noqa: E402
+from swiftinfer_core.runner.layerwise import Call, round_layerwise, text_calls  # noqa: E402
 from swiftinfer_core.runner.model_runner import ModelRunner  # noqa: E402
 
 
@@ -68,6 +68,14 @@ def search(group: int, aware: bool, qmin: int = -7):
 
 def gptq4(group: int, srch: bool, qmin: int = -7, act_order: bool = False):
     return lambda w, h, name: _deq_int4(*gptq_int4(w, h, group, qmin, srch, act_order=act_order), *w.shape, group)
+
+
+def sequential(fn):
+    """``fn`` calibrated layer by layer, each layer on the outputs of the layers already
+    rounded (runner/layerwise.py, sequential), instead of all on the float model's."""
+    seq = lambda w, h, name: fn(w, h, name)  # noqa: E731
+    seq.sequential = True
+    return seq
 
 
 def fp8_gptq(w, h, name, damp: float = 0.01):
@@ -92,6 +100,7 @@ VARIANTS = {  # name -> (fn(w, h, name) -> dequantized weight, activations to e4
     "int4 g128 GPTQ + clip search, -8 used": (gptq4(128, True, -8), False),
     "int4 g128 GPTQ + search, -8, w2 of layers 0/29 int8": (with_int8(gptq4(128, True, -8), FIRST_LAST_W2), False),
     "int4 g128 GPTQ act-order + search, -8 used": (gptq4(128, True, -8, act_order=True), False),
+    "int4 g128 GPTQ act-order + search, -8 used, sequential": (sequential(gptq4(128, True, -8, act_order=True)), False),
     "int4 g32 RTN": (rtn(QuantFormat.INT4, 32), False),
     "int4 g32 zero point (min/max, f16 scale+min)": (rtn(QuantFormat.INT4, 32, zero_point=True), False),
     "int4 g128 zero point (min/max, f16 scale+min)": (rtn(QuantFormat.INT4, 128, zero_point=True), False),
@@ -100,12 +109,15 @@ VARIANTS = {  # name -> (fn(w, h, name) -> dequantized weight, activations to e4
     "int4 g32 search, -8, every w2 int8": (with_int8(search(32, True, -8), ("w2",)), False),
     "int4 g32 GPTQ + clip search, -8 used": (gptq4(32, True, -8), False),
     "int4 g32 GPTQ act-order + search, -8 used": (gptq4(32, True, -8, act_order=True), False),
+    "int4 g32 GPTQ act-order + search, -8 used, sequential": (sequential(gptq4(32, True, -8, act_order=True)), False),
     "fp8 RTN (current)": (rtn(QuantFormat.FP8), False),
     "fp8 GPTQ": (fp8_gptq, False),
+    "fp8 GPTQ, sequential": (sequential(fp8_gptq), False),
     "fp8 GPTQ damp 0.1": (lambda w, h, name: fp8_gptq(w, h, name, damp=0.1), False),
     "fp8 GPTQ damp 1": (lambda w, h, name: fp8_gptq(w, h, name, damp=1.0), False),
     "fp8 RTN, act e4m3": (rtn(QuantFormat.FP8), True),
     "fp8 GPTQ, act e4m3": (fp8_gptq, True),
+    "fp8 GPTQ, act e4m3, sequential": (sequential(fp8_gptq), True),
     "fp8 GPTQ, act e4m3 except w2's input": (fp8_gptq, ("w2",)),
 }
 
@@ -114,13 +126,25 @@ def _e4m3_rows(_mod, args):
     return (dequantize_fp8(*quantize_fp8(args[0].reshape(-1, args[0].shape[-1]))).view(args[0].shape),)
 
 
-def apply(model, fn, hs: dict, originals: dict, act: bool | tuple[str, ...]) -> tuple[list, dict]:
-    """Install ``fn``'s dequantized weights -> (activation hooks, how far the weights
-    moved: the share of weights changed and the largest change over all layers)."""
+def layerwise(runner, calls: list[Call], fn) -> dict[str, torch.Tensor]:
+    """Qualified name -> ``fn``'s dequantized weight, calibrated sequentially layer by layer."""
+    out = {}
+
+    def round_linear(name, linear, h):
+        out[name] = fn(linear.weight.detach(), h, name)
+        return out[name]
+    round_layerwise(runner, calls, round_linear, sequential=True)
+    return out
+
+
+def apply(model, fn, hs: dict, originals: dict, act: bool | tuple[str, ...], rounded: dict | None = None) -> tuple[list, dict]:
+    """Install ``fn``'s dequantized weights (or those given in ``rounded``) -> (activation
+    hooks, how far the weights moved: the share of weights changed and the largest change
+    over all layers)."""
     hooks, changed, total, most = [], 0, 0, 0.0
     for name, lin in linear_targets(model).items():
         w = originals[name]
-        deq = fn(w, hs[name], name).to(w.dtype)
+        deq = (rounded[name] if rounded is not None else fn(w, hs[name], name)).to(w.dtype)
         diff = (deq - w).abs()
         changed, total, most = changed + int((diff > 0).sum()), total + w.numel(), max(most, float(diff.max()))
         lin.weight.data = deq.contiguous()
@@ -161,18 +185,16 @@ def main() -> None:
     runner = ModelRunner(m.model, m.pool, m.attn, m.device)
     if a.calib_source == "plays":
         cal = m.tokenizer(calib_text[: a.calib_tokens * 8], add_special_tokens=False).input_ids[: a.calib_tokens]
-        chunks, run = [cal[i : i + 512] for i in range(0, len(cal), 512)], text_replay(runner)
+        chunks = [cal[i : i + 512] for i in range(0, len(cal), 512)]
+        calls = text_calls(chunks)
     else:
         t0 = time.perf_counter()
         chunks = self_generated(runner.forward, m.model.embed.num_embeddings, n_seqs, seq, seed=a.seed, top_p=a.calib_top_p)
         cal = [t for c in chunks for t in c]
         print(f"self-generated calibration: {n_seqs} x {seq} tokens, {time.perf_counter() - t0:.1f} s; "
               f"first: {m.tokenizer.decode(chunks[0][:40])!r}", flush=True)
-        if a.calib_joined:  # the sequences one after another as one text
-            run = text_replay(runner)
-        else:
-            def run(chunk):  # one generated sequence from its start, in slot 0
-                runner.forward(chunk, [0], [0], [len(chunk)], rows=None)
+        # the sequences one after another as one text, or each from its start in slot 0
+        calls = text_calls(chunks) if a.calib_joined else [Call(c, [0], [0], [len(c)]) for c in chunks]
 
     t0 = time.perf_counter()
     key = (len(cal), a.calib_skip, a.calib_source, a.seed, a.calib_top_p, a.calib_joined, a.calib_seq_len)
@@ -181,7 +203,9 @@ def main() -> None:
     elif a.hessian_cache and a.hessian_cache.exists() and torch.load(a.hessian_cache)["key"] == key:
         hs, rows = (torch.load(a.hessian_cache)[x] for x in ("h", "rows"))
     else:
-        hs, rows = collect_hessians(m.model, run, chunks, skip_rows=a.calib_skip)
+        def run(c: Call) -> None:
+            runner.forward(c.ids, c.slots, c.starts, c.q_lens, rows=[0])
+        hs, rows = collect_hessians(m.model, run, calls, skip_rows=a.calib_skip)
         if a.hessian_cache:
             torch.save({"key": key, "h": hs, "rows": rows}, a.hessian_cache)
     print(f"calibration: {len(cal) if rows else 0} tokens, {len(rows)} layers, {time.perf_counter() - t0:.1f} s", flush=True)
@@ -199,7 +223,10 @@ def main() -> None:
         t0 = time.perf_counter()
         if name != "float32":
             fn, act = VARIANTS[name]
-            hooks, moved = apply(m.model, fn, hs, originals, act)
+            if getattr(fn, "sequential", False) and a.calib_skip:
+                raise SystemExit("sequential variants calibrate on every row (--calib-skip 0)")
+            rounded = layerwise(runner, calls, fn) if getattr(fn, "sequential", False) else None
+            hooks, moved = apply(m.model, fn, hs, originals, act, rounded)
         tq = time.perf_counter() - t0
         rows_out = dict(moved)
         for w in a.windows:

@@ -86,45 +86,72 @@ def _hinv_chol(h: torch.Tensor, damp: float) -> torch.Tensor:
     return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
 
 
-def _gptq(w: torch.Tensor, h: torch.Tensor, quant_col, on_block=None, block: int = 128, damp: float = 0.01,
-          order: torch.Tensor | None = None) -> torch.Tensor:
-    """GPTQ over the columns of w [N, K] (in ``order`` if given): ``quant_col(j, col)``
-    returns column j's dequantized values; ``on_block(i1, W[:, i1:i2])`` runs before a
-    block's first column (group scales). Float32 updates (H's factor in float64).
-    Returns the dequantized weight [N, K] float32."""
+def round_block(w1: torch.Tensor, hinv1: torch.Tensor, scale1: torch.Tensor, qmin: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """GPTQ's column loop over one block, in torch: w1 [N, B] float32 (updated in place),
+    hinv1 [B, B] (the block of Hinv's upper factor), scale1 [N, B] per weight (int4) or
+    [N] per row (fp8) -> (dequantized weights [N, B], scaled errors [N, B]). Each column is
+    rounded to int4 codes qmin..7 (``qmin`` given) or to e4m3 (None) over its scale, and its
+    error, over Hinv's diagonal, is taken off the block's later columns."""
+    deq, err = torch.zeros_like(w1), torch.zeros_like(w1)
+    for i in range(w1.shape[1]):
+        s = scale1[:, i] if scale1.dim() == 2 else scale1
+        col = w1[:, i] / s
+        q = (torch.round(col).clamp_(qmin, INT4_QMAX) if qmin is not None
+             else col.clamp_(-E4M3_MAX, E4M3_MAX).to(FP8_DTYPE).float()) * s
+        e = (w1[:, i] - q) / hinv1[i, i]
+        w1[:, i:] -= e[:, None] * hinv1[i, i:][None, :]
+        deq[:, i], err[:, i] = q, e
+    return deq, err
+
+
+def _block_rounder(w: torch.Tensor):
+    """round_block's contract on w's device: the Triton kernel on CUDA (one launch per
+    block, not ~6 per column), torch's column loop elsewhere."""
+    if w.is_cuda:
+        from swiftinfer_core.kernels.gptq_block import round_block as triton_round_block
+
+        return triton_round_block
+    return round_block
+
+
+def _gptq(w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, qmin: int | None, on_block=None, block: int = 128,
+          damp: float = 0.01, order: torch.Tensor | None = None, rounder=None) -> torch.Tensor:
+    """GPTQ over the columns of w [N, K] (in ``order`` if given). ``scale``: [N, K] per
+    weight, in w's own column order (int4; ``on_block(i1, W[:, i1:i2])`` may fill a block's
+    columns of it before they are rounded: group scales from the updated weights), or [N]
+    per row (fp8). Float32 updates (H's factor in float64); ``rounder``: round_block's
+    contract (default: by device). Returns the dequantized weight [N, K] float32."""
     w = w.detach().float().clone()
     if order is not None:
         w, h = w[:, order], h[order][:, order]
+        if scale.dim() == 2:
+            scale = scale[:, order]
     w[:, torch.diag(h) == 0] = 0
     hinv = _hinv_chol(h, damp).float()
+    rounder = rounder or _block_rounder(w)
     k = w.shape[1]
     out = torch.zeros_like(w)
     for i1 in range(0, k, block):
         i2 = min(i1 + block, k)
-        w1, hi1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
-        err1 = torch.zeros_like(w1)
+        w1 = w[:, i1:i2].contiguous()
         if on_block is not None:
             on_block(i1, w1)
-        for i in range(i2 - i1):
-            q = quant_col(i1 + i, w1[:, i])
-            out[:, i1 + i] = q
-            e = (w1[:, i] - q) / hi1[i, i]
-            w1[:, i:] -= e[:, None] * hi1[i, i:][None, :]
-            err1[:, i] = e
+        s1 = scale[:, i1:i2].contiguous() if scale.dim() == 2 else scale
+        out[:, i1:i2], err1 = rounder(w1, hinv[i1:i2, i1:i2].contiguous(), s1, qmin)
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
     if order is not None:
         out = out[:, torch.argsort(order)]
-    return out.float()
+    return out
 
 
 def gptq_int4(w: torch.Tensor, h: torch.Tensor, group: int = 128, qmin: int = -INT4_QMAX,
-              search: bool = True, damp: float = 0.01, act_order: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+              search: bool = True, damp: float = 0.01, act_order: bool = False, rounder=None) -> tuple[torch.Tensor, torch.Tensor]:
     """w [N, K], h [K, K] (X^T X of calibration inputs) -> (packed, scales) in
     model/quant.py's int4 format, rounded by GPTQ; ``search``: each group's scale by
     int4_search_scales' clip search (diag H weighted) on the updated weights.
     ``act_order``: columns in order of decreasing diag(H), with every group's scale
     chosen up front from the original weights ("static groups"), since the format's
-    groups are runs of consecutive columns."""
+    groups are runs of consecutive columns. ``rounder``: _gptq's."""
     check_group(group)
     n, k = w.shape
     kp = -(-k // group) * group
@@ -132,47 +159,35 @@ def gptq_int4(w: torch.Tensor, h: torch.Tensor, group: int = 128, qmin: int = -I
     hp = torch.zeros(kp, kp, dtype=torch.float64, device=w.device)
     hp[:k, :k] = h.double()
     hd = torch.diag(hp).float()
-    codes = torch.zeros(n, kp, dtype=torch.int8, device=w.device)
     grid = CLIP_GRID if search else (1.0,)
     if act_order:  # static groups: every scale now, from the original weights
         scales = _group_scales(wp.view(n, -1, group), hd.view(1, -1, group) if search else None, qmin, grid)
-        order = torch.argsort(hd, descending=True)
-        cols, on_block, block = order.tolist(), None, 128  # a host list: a device index per column would sync
+        per_weight, order, on_block, block = scales.float().repeat_interleave(group, dim=1), torch.argsort(hd, descending=True), None, 128
     else:
         scales = torch.zeros(n, kp // group, dtype=torch.bfloat16, device=w.device)
-        order, cols, block = None, range(kp), max(128, group)
+        per_weight, order, block = torch.ones(n, kp, device=w.device), None, max(128, group)
 
         def on_block(i1: int, w1: torch.Tensor) -> None:  # blocks are whole groups: choose their scales
             g0 = i1 // group
             wg = w1.float().view(n, -1, group)
             d = hd[i1 : i1 + w1.shape[1]].view(1, -1, group) if search else None
             scales[:, g0 : g0 + wg.shape[1]] = _group_scales(wg, d, qmin, grid)
+            per_weight[:, i1 : i1 + w1.shape[1]] = scales[:, g0 : g0 + wg.shape[1]].float().repeat_interleave(group, dim=1)
 
-    def quant_col(j: int, col: torch.Tensor) -> torch.Tensor:  # j-th column quantized: column cols[j] of w
-        c = cols[j]
-        s = scales[:, c // group].float()
-        q = torch.round(col / s).clamp_(qmin, INT4_QMAX)
-        codes[:, c] = q.to(torch.int8)
-        return q * s
-
-    _gptq(wp, hp, quant_col, on_block, block=block, damp=damp, order=order)
+    deq = _gptq(wp, hp, per_weight, qmin, on_block, block=block, damp=damp, order=order, rounder=rounder)
+    codes = torch.round(deq / scales.float().repeat_interleave(group, dim=1)).to(torch.int8)  # exact: deq is q * scale
     return pack_int4(codes), scales
 
 
-def gptq_fp8(w: torch.Tensor, h: torch.Tensor, damp: float = 0.01, act_order: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def gptq_fp8(w: torch.Tensor, h: torch.Tensor, damp: float = 0.01, act_order: bool = True,
+             rounder=None) -> tuple[torch.Tensor, torch.Tensor]:
     """w [N, K], h [K, K] -> (q float8_e4m3fn [N, K], scale float32 [N]) in model/fp8.py's
     format (the same amax / 448 scales), rounded by GPTQ; ``act_order``: columns in
-    order of decreasing diag(H) (free here: the scale is per row)."""
+    order of decreasing diag(H) (free here: the scale is per row). ``rounder``: _gptq's."""
     wf = w.detach().float()
     scale = (wf.abs().amax(dim=1) / E4M3_MAX).clamp_(min=TINY)  # [N]
-    sd = scale
-
-    def quant_col(j: int, col: torch.Tensor) -> torch.Tensor:
-        q = (col / sd).clamp_(-E4M3_MAX, E4M3_MAX).float().to(FP8_DTYPE)
-        return q.float() * sd
-
     order = torch.argsort(torch.diag(h), descending=True) if act_order else None
-    deq = _gptq(wf, h, quant_col, damp=damp, order=order)
+    deq = _gptq(wf, h, scale, None, damp=damp, order=order, rounder=rounder)
     q = (deq / scale[:, None]).clamp_(-E4M3_MAX, E4M3_MAX).to(FP8_DTYPE)  # exact: deq is q * scale
     return q.contiguous(), scale
 
@@ -184,31 +199,32 @@ class Rounding(Enum):
     SEARCH = "search"  # the clip search alone, rounded to nearest
 
 
+def calibrated_weight(w: torch.Tensor, h: torch.Tensor, fmt: QuantFormat, group: int = 128,
+                      method: Rounding = Rounding.GPTQ, qmin: int = -8) -> QuantizedWeight:
+    """One linear's weight w [N, K] with its input Hessian h [K, K] -> its QuantizedWeight,
+    on w's device. int4: ``method`` picks the rounding (``Rounding``; GPTQ in activation
+    order is the best measured: x1.10 of float32 perplexity at group 128 calibrated on
+    the plays, x1.19 on self-generated text, against x1.215 for the search alone and
+    x1.55 rounded to nearest, bench/results/quant_quality_cpu_gptq_*.json); fp8: GPTQ
+    (its scales are amax / 448 either way)."""
+    method = Rounding(method)  # a plain "gptq" / "search" too; anything else: ValueError
+    w, h = w.detach().float(), h.to(w.device)
+    n, k = w.shape
+    if fmt is QuantFormat.FP8:
+        q, s = gptq_fp8(w, h)
+        return QuantizedWeight(fmt, q, s, n, k, k)
+    if fmt is QuantFormat.INT4:
+        p, s = (gptq_int4(w, h, group, qmin, act_order=True) if method is Rounding.GPTQ
+                else int4_search_scales(w, group, torch.diag(h), qmin))
+        return QuantizedWeight(fmt, p, s, n, k, group)
+    raise ValueError(f"calibrated weights are int4 or fp8, not {fmt.value} (int8 is within 0.2% rounded to nearest)")
+
+
 def calibrated_weights(model: torch.nn.Module, hessians: dict[str, torch.Tensor], fmt: QuantFormat, group: int = 128,
                        method: Rounding = Rounding.GPTQ, qmin: int = -8) -> dict[str, QuantizedWeight]:
-    """Qualified layer name -> QuantizedWeight for every linear that has a Hessian
+    """Qualified layer name -> ``calibrated_weight`` for every linear that has a Hessian
     (model/calibrate.collect_hessians), for quantize_linears / quantize_fp8_linears'
-    ``weights``, computed on the weights' device. int4: ``method`` picks the rounding
-    (``Rounding``; GPTQ in activation order is the best measured: x1.10 of float32
-    perplexity at group 128 calibrated on the plays, x1.19 on self-generated text,
-    against x1.215 for the search alone and x1.55 rounded to nearest,
-    bench/results/quant_quality_cpu_gptq_*.json); fp8: GPTQ (its scales are amax / 448
-    either way)."""
-    method = Rounding(method)  # a plain "gptq" / "search" too; anything else: ValueError
-    out = {}
-    for name, mod in model.named_modules():
-        if name not in hessians or not isinstance(mod, torch.nn.Linear):
-            continue
-        w = mod.weight.detach().float()
-        h = hessians[name].to(w.device)
-        n, k = w.shape
-        if fmt is QuantFormat.FP8:
-            q, s = gptq_fp8(w, h)
-            out[name] = QuantizedWeight(fmt, q, s, n, k, k)
-        elif fmt is QuantFormat.INT4:
-            p, s = (gptq_int4(w, h, group, qmin, act_order=True) if method is Rounding.GPTQ
-                    else int4_search_scales(w, group, torch.diag(h), qmin))
-            out[name] = QuantizedWeight(fmt, p, s, n, k, group)
-        else:
-            raise ValueError(f"calibrated weights are int4 or fp8, not {fmt.value} (int8 is within 0.2% rounded to nearest)")
-    return out
+    ``weights``."""
+    method = Rounding(method)
+    return {name: calibrated_weight(mod.weight, hessians[name], fmt, group, method, qmin)
+            for name, mod in model.named_modules() if name in hessians and isinstance(mod, torch.nn.Linear)}

@@ -5,19 +5,17 @@ Order inside ``build_rank`` (after the float weights, before they are replaced):
 a temporary KV pool of ``seqs`` slots of 4 + SEQ_LEN rows (no eviction) and the
 rank's attention backend -> the float model samples ``seqs`` sequences of
 SEQ_LEN tokens from random first tokens (model/calibrate.self_generated) ->
-those sequences run again as prefill with hooks that add every linear's input
-Hessian X^T X -> model/quant_search.calibrated_weights rounds each layer (GPTQ in
-activation order; int4: static groups with the activation-weighted clip search)
-on the weights' device -> the Hessians are freed (the temporary pool is a few MiB).
+runner/layerwise.round_layerwise runs them through one decoder layer at a time with
+hooks that add each linear's input Hessian X^T X, rounds that layer
+(model/quant_search.calibrated_weight: GPTQ in activation order; int4: static groups
+with the activation-weighted clip search) on the weights' device, frees its Hessians,
+and feeds the next layer the outputs of the rounded layer (GPTQ's sequential order).
 
-Measured on the default model (emulated, 4,000 tokens of the plays at 4+256,
-bench/results/quant_quality_cpu_gptq_self.json, _draws.json): with 2,048
-self-generated tokens fp8 weights moved from x1.025 to x1.000-1.014 of float32's
-perplexity depending on the sampled text (mean x1.009), int4 group 128 from x1.55
-to x1.15-1.19. Memory at load: one [K, K] float32
-Hessian per decoder linear on the device (float64 on the CPU): 4 per Llama layer,
-30.5 GiB for the Llama-3.1-8B shape (K = 4,096 x 3 and 14,336; measured on an H200,
-bench/results/gptq_load_8b_gpu.json), freed before the KV pool is sized.
+Memory at load: one layer's [K, K] Hessians at a time (float32 on a GPU, float64 on
+the CPU): 4 per Llama layer, 1.0 GiB for the Llama-3.1-8B shape (K = 4,096 x 3 and
+14,336), where all 32 layers' at once took 30.5 GiB on an H200
+(bench/results/gptq_load_8b_gpu.json, before this order); plus the calibration
+text's residual stream, [tokens, hidden] float32 twice.
 """
 
 from __future__ import annotations
@@ -34,9 +32,10 @@ from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.cache.pool import KVPool
 from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.kernels.attention import Attention
-from swiftinfer_core.model.calibrate import collect_hessians, self_generated
-from swiftinfer_core.model.quant import QuantizedWeight
-from swiftinfer_core.model.quant_search import Rounding, calibrated_weights
+from swiftinfer_core.model.calibrate import self_generated
+from swiftinfer_core.model.quant import QuantizedWeight, dequantize
+from swiftinfer_core.model.quant_search import Rounding, calibrated_weight
+from swiftinfer_core.runner.layerwise import parallel_call, round_layerwise, text_calls
 from swiftinfer_core.runner.model_runner import ModelRunner
 from swiftinfer_core.runner.rank_config import RankConfig
 
@@ -53,38 +52,15 @@ class CalibrationReport:
     source: str  # "self-generated" or "file" (quant_calibration_file)
     tokens: int
     generate_s: float  # sampling the calibration text (0 for a file: tokenized before)
-    hessian_s: float  # its prefill with the Hessian hooks
-    round_s: float  # GPTQ over every decoder linear
-    hessian_bytes: int  # the Hessians held at once
-    layers: int
+    hessian_s: float  # the layer forwards with the Hessian hooks
+    round_s: float  # GPTQ over every decoder linear (and the layer forwards with rounded weights)
+    hessian_bytes: int  # the most Hessians held at once: one layer's
+    layers: int  # linears rounded
 
     def __str__(self) -> str:
         return (f"{self.fmt}: {self.tokens} {self.source} tokens in {self.generate_s:.1f} s, Hessians "
                 f"{self.hessian_s:.1f} s ({self.hessian_bytes / 2**30:.2f} GiB), {self.layers} layers rounded in "
                 f"{self.round_s:.1f} s")
-
-
-def text_replay(runner: ModelRunner):
-    """A forward for chunks of one text, each after the last, through slot 0's
-    StreamingLLM cache (the calibration file here; the plays in bench/quant_quality_cpu.py)."""
-    pos = 0
-
-    def run(chunk: list[int]) -> None:
-        nonlocal pos
-        runner.forward(chunk, [0], [pos], [len(chunk)], rows=[0])
-        pos += len(chunk)
-    return run
-
-
-def _sampled(runner: ModelRunner, cfg: RankConfig, seqs: int):
-    """([the model's own sequences, concatenated]), and a replay that runs them
-    together, each from its start in its own slot."""
-    out = self_generated(runner.forward, cfg.args.vocab_size, seqs, SEQ_LEN, seed=cfg.seed)
-    slots = list(range(seqs))
-
-    def replay(ids: list[int]) -> None:
-        runner.forward(ids, slots, [0] * seqs, [SEQ_LEN] * seqs, rows=[0])
-    return [[t for seq in out for t in seq]], replay
 
 
 def calibration_text_ids(tokenizer, path: Path, tokens: int) -> tuple[int, ...]:
@@ -101,10 +77,13 @@ def calibration_text_ids(tokenizer, path: Path, tokens: int) -> tuple[int, ...]:
     return tuple(ids)
 
 
-def gptq_weights(model: nn.Module, cfg: RankConfig, device: torch.device, make_attention) -> dict[str, QuantizedWeight]:
+def gptq_weights(model: nn.Module, cfg: RankConfig, device: torch.device, make_attention,
+                 sequential: bool = True) -> dict[str, QuantizedWeight]:
     """Qualified linear name -> its GPTQ-rounded weight in ``cfg.quant``'s format, from
-    ``cfg.calibration_ids`` (a file's text) or else ``cfg.calibration_tokens`` self-generated tokens. ``make_attention(cfg, device)``:
-    the rank's backend builder (runner/build.py), given a layout that fits one sequence."""
+    ``cfg.calibration_ids`` (a file's text) or else ``cfg.calibration_tokens`` self-generated
+    tokens, one layer at a time (runner/layerwise.py; ``sequential``: each layer calibrated
+    on the outputs of the layers already rounded). ``make_attention(cfg, device)``: the
+    rank's backend builder (runner/build.py), given a layout that fits one sequence."""
     seqs = max(1, cfg.calibration_tokens // SEQ_LEN)
     layout = StreamLayout(sinks=cfg.layout.sinks, window=SEQ_LEN)
     tmp = replace(cfg, layout=layout, kv_dtype=None)  # the float cache: calibration sees the float model's own keys
@@ -114,19 +93,21 @@ def gptq_weights(model: nn.Module, cfg: RankConfig, device: torch.device, make_a
     t0 = time.perf_counter()
     if cfg.calibration_ids is not None:  # quant_calibration_file: one text through slot 0's StreamingLLM cache
         ids, source = list(cfg.calibration_ids), "file"
-        chunks, replay = [ids[i : i + SEQ_LEN] for i in range(0, len(ids), SEQ_LEN)], text_replay(runner)
+        calls = text_calls([ids[i : i + SEQ_LEN] for i in range(0, len(ids), SEQ_LEN)])
     else:
-        (chunks, replay), source = _sampled(runner, cfg, seqs), "self-generated"
+        out = self_generated(runner.forward, cfg.args.vocab_size, seqs, SEQ_LEN, seed=cfg.seed)
+        calls, source = [parallel_call(out)], "self-generated"
     t1 = time.perf_counter()
-    dtype = torch.float64 if device.type == "cpu" else torch.float32  # float32 halves a 7B's 43 GiB
-    hs, _ = collect_hessians(model, replay, chunks, dtype=dtype)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # the Hessians' time is theirs, not GPTQ's
-    t2 = time.perf_counter()
-    weights = calibrated_weights(model, hs, cfg.quant, cfg.quant_group, Rounding.GPTQ)
-    report = CalibrationReport(cfg.quant.value, source, sum(map(len, chunks)), t1 - t0, t2 - t1, time.perf_counter() - t2,
-                               sum(h.numel() * h.element_size() for h in hs.values()), len(weights))
-    del hs
+    weights: dict[str, QuantizedWeight] = {}
+
+    def round_linear(name: str, linear: nn.Linear, h: torch.Tensor) -> torch.Tensor:
+        weights[name] = calibrated_weight(linear.weight, h, cfg.quant, cfg.quant_group, Rounding.GPTQ)
+        return dequantize(weights[name])
+
+    dtype = torch.float64 if device.type == "cpu" else torch.float32  # float32 halves the Hessians
+    lw = round_layerwise(runner, calls, round_linear, dtype, sequential)
+    report = CalibrationReport(cfg.quant.value, source, sum(len(c.ids) for c in calls), t1 - t0, lw.hessian_s,
+                               lw.round_s, lw.hessian_bytes, lw.layers)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     log.info("gptq %s", report)
