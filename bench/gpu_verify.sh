@@ -71,6 +71,10 @@ want fp8 && step fp8_bench ${FP8_BENCH_S:-300} python3 bench/fp8_decode.py --out
 # issue 16 (not by default): quant_rounding gptq at load: build time and memory on random 7B/8B weights (no model
 # needed, carry [".carry/pyd"]: WHEELS=.carry/pyd STEPS=gptq bash bench/gpu_verify.sh), then its real-model fp8 test
 # where the default model is staged (the stage calls above)
+# gptq_round: the torch column loop against the Triton block kernel per 8B linear, then the kernel's GPU tests
+want gptq_round && step gptq_round ${GPTQ_R_S:-300} python3 bench/gptq_round.py --json "$OUT/gptq_round.json"
+want gptq_round && step gptq_block_tests ${GPTQ_BT_S:-120} python3 -m pytest -q -m "gpu or not gpu" -p no:cacheprovider -rs \
+  tests/kernels/test_gptq_block.py
 want gptq && step gptq_load ${GPTQ_S:-420} python3 bench/gptq_load.py --shapes ${GPTQ_SHAPES:-llama2-7b llama3.1-8b} --formats fp8 int4 \
   --json "$OUT/gptq_load.json"
 [ -d "$SWIFTINFER_HOME/models" ] && want gptq && step gptq_tests ${GPTQ_TESTS_S:-240} python3 -m pytest -q -m gpu -s \

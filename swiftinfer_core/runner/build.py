@@ -31,6 +31,7 @@ from swiftinfer_core.kernels.triton_shapes import check_triton_heads
 from swiftinfer_core.kernels import cpu_native
 from swiftinfer_core.model import cpu_decode, fused_decode, split_head
 from swiftinfer_core.model.cpu_weights import quantize_int8, transpose_linears
+from swiftinfer_core.model.ct_checkpoint import Prequantized, PrequantizedCheckpoint
 from swiftinfer_core.model.families import build_model
 from swiftinfer_core.model.fp8 import fp8_unsupported
 from swiftinfer_core.model.fp8_linear import quantize_fp8_linears
@@ -80,12 +81,12 @@ def build_rank(cfg: RankConfig, plan: ShardPlan | None = None, ranks: Ranks | No
     model = model.to_empty(device=device)
     if cfg.lm_head_fp32:
         model.lm_head.float()  # before loading: keep the checkpoint's own precision
-    fill_weights(model, cfg, device, sharded=ranks is not None)
+    stored = fill_weights(model, cfg, device, sharded=ranks is not None)
     kernels = native_kernels(cfg, device) if ranks is None else None
     if cfg.gguf is not None:
         gguf_weights(model, cfg, device, kernels)
     if ranks is None:
-        cpu_weight_format(model, cfg, device, kernels)  # quantized weights and the transposed CPU layout: one device only
+        cpu_weight_format(model, cfg, device, kernels, stored)  # quantized weights and the transposed CPU layout: one device only
         if wants_split_head(model, cfg, device):
             model.lm_head = SplitHead(model.lm_head.weight)  # the float32 head on tensor cores (model/split_head.py)
             torch.cuda.empty_cache()  # the float32 copy's memory back to the driver before the KV pool is sized from it
@@ -131,14 +132,21 @@ def check_kv_dtype(cfg: RankConfig, device: torch.device) -> None:
                                   f"newer; this one is {cc[0]}.{cc[1]}: use kv_cache_dtype 'auto'")
 
 
-def fill_weights(model: nn.Module, cfg: RankConfig, device: torch.device, sharded: bool) -> None:
-    """The checkpoint's weights (``sharded``: read per slice), or random ones (runner/weights.py)."""
+def fill_weights(model: nn.Module, cfg: RankConfig, device: torch.device, sharded: bool) -> dict | None:
+    """The checkpoint's weights (``sharded``: read per slice), or random ones (runner/weights.py).
+    A checkpoint quantized already (``cfg.prequantized``) fills the float model with its
+    weights dequantized and returns its codes: qualified name -> QuantizedWeight."""
     if cfg.weights is Weights.RANDOM:
         fill_random(model, cfg.seed)
     elif cfg.weights is Weights.SEEDED:
         model.load_hf_state(SeededCheckpoint(cfg.args, cfg.seed, device))
+    elif cfg.prequantized:
+        state = PrequantizedCheckpoint(read_state_dict(cfg.path), Prequantized(cfg.quant, cfg.quant_group, cfg.quant_zero_point))
+        model.load_hf_state(state)
+        return state.quantized_weights(cfg.args)
     else:
         model.load_hf_state(ShardedCheckpoint(cfg.path) if sharded else read_state_dict(cfg.path))
+    return None
 
 
 def gguf_weights(model: nn.Module, cfg: RankConfig, device: torch.device, kernels=None) -> None:
@@ -192,21 +200,22 @@ def plain_attention(specs: list) -> bool:
                and torch.equal(s.freqs, first.freqs) for s in specs)
 
 
-def cpu_weight_format(model: nn.Module, cfg: RankConfig, device: torch.device, kernels=None) -> None:
+def cpu_weight_format(model: nn.Module, cfg: RankConfig, device: torch.device, kernels=None, stored: dict | None = None) -> None:
     """Quantized weights (``cfg.quant``; CPU int8 multiplies through ``kernels`` when
-    given), float weights in the CPU's faster layout (model/cpu_weights.py), and the
-    CPU thread count."""
+    given; ``stored``: a quantized checkpoint's own), float weights in the CPU's faster
+    layout (model/cpu_weights.py), and the CPU thread count."""
     if cfg.quant is not None:
-        quantize_weights(model, cfg, device, kernels)
+        quantize_weights(model, cfg, device, kernels, stored)
     if device.type == "cpu" and cfg.cpu_threads is not None:
         torch.set_num_threads(cfg.cpu_threads)  # process-wide, the engine's step thread included
     if device.type == "cpu" and cfg.cpu_fast_path:
         transpose_linears(model)  # what int8 left in float: the head under lm_head_fp32
 
 
-def quantize_weights(model: nn.Module, cfg: RankConfig, device: torch.device, kernels=None) -> None:
+def quantize_weights(model: nn.Module, cfg: RankConfig, device: torch.device, kernels=None, stored: dict | None = None) -> None:
     """int8 on the CPU: model/cpu_weights.py; int4 on the CPU and both on CUDA:
     model/quant_linear.py; fp8 on CUDA capability 8.9+: model/fp8_linear.py.
+    ``stored``: the layers' values from a quantized checkpoint (others: rounded here).
     What the device cannot run is refused here, at load."""
     name = cfg.quant.value
     if not isinstance(model, Llama):
@@ -232,7 +241,7 @@ def quantize_weights(model: nn.Module, cfg: RankConfig, device: torch.device, ke
             raise InvalidRequestError(f"quantization '{name}' on {device} needs triton, which is not installed") from None
     elif device.type != "cpu":
         raise InvalidRequestError(f"quantization '{name}' runs on the CPU or CUDA, not on {device}")
-    weights = gptq_weights(model, cfg, device, make_attention) if cfg.calibration_tokens else None
+    weights = stored if stored is not None else gptq_weights(model, cfg, device, make_attention) if cfg.calibration_tokens else None
     if cfg.quant is QuantFormat.FP8:
         quantize_fp8_linears(model, head=head, weights=weights)
         return

@@ -9,7 +9,12 @@ runner/layerwise.round_layerwise runs them through one decoder layer at a time w
 hooks that add each linear's input Hessian X^T X, rounds that layer
 (model/quant_search.calibrated_weight: GPTQ in activation order; int4: static groups
 with the activation-weighted clip search) on the weights' device, frees its Hessians,
-and feeds the next layer the outputs of the rounded layer (GPTQ's sequential order).
+and feeds the next layer the float layer's outputs: the Hessians are those of one pass
+over the whole float model, bit for bit. GPTQ's own order feeds it the rounded layer's
+outputs instead (``sequential``); on the default model that measured no better
+(bench/results/quant_quality_cpu_gptq_seq.json, one calibration draw, 4+256 / 4+1020:
+fp8 x1.0037 / x1.0054 against x1.0006 / x1.0037, int4 group 128 x1.189 / x1.199
+against x1.188 / x1.176), so the engine keeps the float inputs.
 
 Memory at load: one layer's [K, K] Hessians at a time (float32 on a GPU, float64 on
 the CPU): 4 per Llama layer, 1.0 GiB for the Llama-3.1-8B shape (K = 4,096 x 3 and
@@ -78,11 +83,12 @@ def calibration_text_ids(tokenizer, path: Path, tokens: int) -> tuple[int, ...]:
 
 
 def gptq_weights(model: nn.Module, cfg: RankConfig, device: torch.device, make_attention,
-                 sequential: bool = True) -> dict[str, QuantizedWeight]:
+                 sequential: bool = False) -> dict[str, QuantizedWeight]:
     """Qualified linear name -> its GPTQ-rounded weight in ``cfg.quant``'s format, from
     ``cfg.calibration_ids`` (a file's text) or else ``cfg.calibration_tokens`` self-generated
     tokens, one layer at a time (runner/layerwise.py; ``sequential``: each layer calibrated
-    on the outputs of the layers already rounded). ``make_attention(cfg, device)``: the
+    on the outputs of the layers already rounded, which measured no better: module doc).
+    ``make_attention(cfg, device)``: the
     rank's backend builder (runner/build.py), given a layout that fits one sequence."""
     seqs = max(1, cfg.calibration_tokens // SEQ_LEN)
     layout = StreamLayout(sinks=cfg.layout.sinks, window=SEQ_LEN)

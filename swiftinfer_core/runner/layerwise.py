@@ -1,5 +1,5 @@
 """GPTQ one decoder layer at a time: the calibration Hessians of one layer are held
-at once, not the whole model's (GPTQ's own sequential order, Frantar et al. 2022).
+at once, not the whole model's, as GPTQ's own implementation goes (Frantar et al. 2022).
 
 The calibration text is a list of ``Call`` (one packed forward each). Its input to
 layer 0 is captured once per call ([T, hidden] float32, kept on the device: 32 MiB
@@ -114,7 +114,7 @@ def _sync(device: torch.device) -> None:
 
 
 def round_layerwise(runner: ModelRunner, calls: list[Call], round_linear: RoundLinear,
-                    dtype: torch.dtype = torch.float64, sequential: bool = True) -> LayerwiseReport:
+                    dtype: torch.dtype = torch.float64, sequential: bool = False) -> LayerwiseReport:
     """Calls ``round_linear`` once for every decoder linear of ``runner.model``, layer by
     layer, with its input Hessian (``dtype``) over ``calls``; the model's weights are
     left as they were. ``runner``'s pool must hold every call's slots and positions."""

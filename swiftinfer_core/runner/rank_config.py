@@ -55,6 +55,7 @@ class RankConfig:
     split_mixed: bool = False  # EngineConfig.split_mixed_steps
     kv_dtype: torch.dtype | None = None  # KV cache storage (torch.float8_e4m3fn: cache/kv_fp8.py); None: ``dtype``
     gguf: Path | None = None  # quantization 'gguf': the GGUF whose blocks replace the linears (model/gguf_load.py)
+    prequantized: bool = False  # the checkpoint stores ``quant``'s codes and scales (model/ct_checkpoint.py)
 
     @property
     def cache_dtype(self) -> torch.dtype:

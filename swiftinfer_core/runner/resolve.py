@@ -22,6 +22,7 @@ from swiftinfer_core.config import (
 )
 from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.model.args import ModelArgs
+from swiftinfer_core.model.ct_checkpoint import Prequantized, read_prequantized
 from swiftinfer_core.model.families import family_of
 from swiftinfer_core.model.llama import Llama
 from swiftinfer_core.model.quant import QuantFormat
@@ -92,11 +93,37 @@ def resolve_gguf(cfg: EngineConfig, path: Path, device: torch.device, dtype: tor
     return gguf
 
 
+def resolve_prequantized(cfg: EngineConfig, path: Path, device: torch.device, args: ModelArgs) -> Prequantized | None:
+    """A checkpoint quantized already (model/ct_checkpoint.py) is served in its own format:
+    'quantization' may be 'none', 'auto' or that format; what cannot serve it is refused here."""
+    pre = read_prequantized(path) if cfg.load_format is not LoadFormat.RANDOM else None
+    if pre is None:
+        return None
+    name = pre.fmt.value
+    if cfg.quantization not in (Quantization.NONE, Quantization.AUTO, Quantization(name)):
+        raise InvalidRequestError(f"{path.name} is stored in {name} already; quantization '{cfg.quantization.value}' would "
+                                  f"round those values again: use 'none' or '{name}'")
+    if cfg.quant_rounding is QuantRounding.GPTQ:
+        raise InvalidRequestError(f"{path.name} is stored in {name} already: quant_rounding 'gptq' has no float weights to round")
+    if cfg.tp_size != 1:
+        raise InvalidRequestError(f"{path.name} is stored in {name}: quantized layers run on one device (tp_size 1)")
+    if family_of(args.family).model is not Llama:
+        raise InvalidRequestError(f"{path.name}: quantized checkpoints of the Llama family are served, not {args.family}")
+    if pre.fmt is QuantFormat.FP8 and device.type != "cuda":
+        raise InvalidRequestError(f"{path.name} is stored in fp8, which runs on CUDA GPUs of compute capability 8.9+ only")
+    return pre
+
+
 def rank_config(cfg: EngineConfig, path: Path, args: ModelArgs) -> RankConfig:
     """Every rank's build settings for ``cfg`` over the checkpoint at ``path`` (already resolved)."""
     device = torch_device(cfg)
     dtype = resolve_dtype(cfg, device)
     quant, head_fp32 = resolve_quant(cfg, device, dtype, args)
+    pre = resolve_prequantized(cfg, path, device, args)
+    group, zero_point = cfg.quant_group, cfg.quant_zero_point
+    if pre is not None:  # the checkpoint's format, whatever 'auto' would have picked
+        quant, group, zero_point = pre.fmt, pre.group or group, pre.zero_point
+        head_fp32 = cfg.lm_head_fp32 if cfg.lm_head_fp32 is not None else True
     gguf = resolve_gguf(cfg, path, device, dtype, args)
     if gguf is not None and cfg.lm_head_fp32 is None:
         head_fp32 = False  # the head as the file stores it (the default model: Q8_0, tied to the embedding)
@@ -105,7 +132,7 @@ def rank_config(cfg: EngineConfig, path: Path, args: ModelArgs) -> RankConfig:
         args=args, layout=resolve_layout(cfg, args), device_type=device.type, dtype=dtype,
         weights=Weights.RANDOM if cfg.load_format is LoadFormat.RANDOM else Weights.CHECKPOINT, path=path, seed=cfg.seed,
         attention="triton" if triton else "torch", slots=cfg.max_sessions, lm_head_fp32=head_fp32,
-        quant=quant, quant_group=cfg.quant_group, quant_zero_point=cfg.quant_zero_point,
+        quant=quant, quant_group=group, quant_zero_point=zero_point, prequantized=pre is not None,
         calibration_tokens=cfg.quant_calibration_tokens if cfg.quant_rounding is QuantRounding.GPTQ else 0,
         cpu_fast_path=cfg.cpu_fast_path, cpu_threads=cfg.cpu_threads,
         cpu_native=cfg.cpu_native_kernels,
