@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build, on this machine, every ignored folder the device-call scripts carry (a fresh checkout has none):
 #   .whl            Ray Serve and pydantic/fastapi for the device image (../shared/device/ray-wheels.sh, ~53 MB)
-#   .carry/pyd      pydantic alone (steps that need no Ray: gpu_verify.sh with WHEELS=.carry/pyd)
+#   .carry/pyd      pydantic and compressed-tensors (steps that need no Ray: gpu_verify.sh with WHEELS=.carry/pyd)
 #   .carry/whlmin   .whl less what a Serve app never loads (virtualenv, distlib; ray/llm and ray/serve/llm
 #                   dropped from the ray wheel), so tree + whlmin + a shape folder fit one call's 64 MiB
 #   .carry/r7b      Llama-2-7B shape (config.json) beside the default model's tokenizer; vocabulary
@@ -25,6 +25,8 @@ if [ ! -d .carry/smol-3 ]; then
 fi
 rm -rf .carry/pyd .carry/whlmin && mkdir -p .carry/pyd .carry/whlmin
 cp .whl/pydantic*.whl .whl/annotated_types*.whl .whl/typing_inspection*.whl .carry/pyd/
+# the writer of tests/model/test_ct_checkpoint.py's checkpoints (its fp8 GPU branch: gpu_verify.sh step ct_tests)
+$PY -m pip download -q --no-deps --only-binary=:all: "compressed-tensors==0.20.1" "loguru==0.7.3" -d .carry/pyd
 for w in .whl/*.whl; do case "$(basename "$w")" in virtualenv-*|distlib-*|ray-*) ;; *) cp "$w" .carry/whlmin/ ;; esac; done
 tmp=$(mktemp -d) && trap 'rm -rf "$tmp"' EXIT
 ray=$(ls .whl/ray-*.whl) && (cd "$tmp" && unzip -q "$OLDPWD/$ray" && rm -rf ray/llm ray/serve/llm && zip -q -r -9 slim.whl .)

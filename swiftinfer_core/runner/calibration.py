@@ -12,9 +12,9 @@ with the activation-weighted clip search) on the weights' device, frees its Hess
 and feeds the next layer the float layer's outputs: the Hessians are those of one pass
 over the whole float model, bit for bit. GPTQ's own order feeds it the rounded layer's
 outputs instead (``sequential``); on the default model that measured no better
-(bench/results/quant_quality_cpu_gptq_seq.json, one calibration draw, 4+256 / 4+1020:
-fp8 x1.0037 / x1.0054 against x1.0006 / x1.0037, int4 group 128 x1.189 / x1.199
-against x1.188 / x1.176), so the engine keeps the float inputs.
+(bench/results/quant_quality_cpu_gptq_seq*.json, three calibration seeds, 4+256: fp8
+mean x1.0068 of float32 against x1.0089, int4 group 128 x1.181 against x1.193, the
+order changing from seed to seed), so the engine keeps the float inputs.
 
 Memory at load: one layer's [K, K] Hessians at a time (float32 on a GPU, float64 on
 the CPU): 4 per Llama layer, 1.0 GiB for the Llama-3.1-8B shape (K = 4,096 x 3 and
