@@ -6,7 +6,8 @@ so one deployment serves either, picked by configuration.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+import copy
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, AsyncIterator, Protocol, runtime_checkable
 
 from swiftinfer_core.config import SamplingParams
@@ -124,6 +125,13 @@ class Absent:
 ABSENT = Absent()
 
 
+def _copied(value):
+    """A list of ints copied, a dict deep-copied (asdict's copy semantics), else the value."""
+    if isinstance(value, list):
+        return list(value)
+    return copy.deepcopy(value) if isinstance(value, dict) else value
+
+
 @dataclass
 class SessionRecord:
     """Everything needed to rebuild a conversation's cache elsewhere: the token
@@ -144,7 +152,9 @@ class SessionRecord:
     sampling_seed: int = 0  # a turn without a request seed samples with seed f(sampling_seed, rounds)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """asdict's result without its per-element walk over every token id (once per commit
+        on the directory, which serves every replica; ids are ints, so copying each list suffices)."""
+        return {f.name: _copied(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "SessionRecord":
