@@ -113,8 +113,8 @@ def read_prequantized(folder: Path) -> Prequantized | None:
         return Prequantized(QuantFormat.INT4, int(w["group_size"]), dt == torch.float16)
     if (w.get("type"), w.get("num_bits"), w.get("strategy")) not in (("float", 8, "channel"), ("float", 8, "tensor")):
         raise _refuse(folder, f"float weights {w}; e4m3 with channel or tensor scales are read")
-    if act is not None and (act.get("type"), act.get("num_bits"), act.get("dynamic")) != ("float", 8, True) \
-            and act.get("strategy") != "tensor":
+    e4m3_act = act is not None and (act.get("type"), act.get("num_bits")) == ("float", 8)
+    if act is not None and not (e4m3_act and (act.get("dynamic") is True or act.get("strategy") == "tensor")):
         raise _refuse(folder, f"activations {act}; dynamic e4m3 per token (or a static tensor scale, not used) are read")
     return Prequantized(QuantFormat.FP8, 0, False)
 

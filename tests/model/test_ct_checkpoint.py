@@ -199,6 +199,13 @@ def _variant(src: Path, dst: Path, edit) -> Path:
     return dst
 
 
+def _write_config_only(src: Path, dst: Path, group: dict, fmt: str) -> Path:
+    def edit(q):
+        q["config_groups"]["group_0"].update(group, format=fmt)
+        q["format"] = fmt
+    return _variant(src, dst, edit)
+
+
 def test_what_cannot_be_served_exactly_is_refused(int4_ckpt, tmp_path):
     path, _ = int4_ckpt
     w = lambda q: q["config_groups"]["group_0"]["weights"]  # noqa: E731
@@ -214,6 +221,11 @@ def test_what_cannot_be_served_exactly_is_refused(int4_ckpt, tmp_path):
     for i, (match, edit) in enumerate(cases.items()):
         with pytest.raises(InvalidRequestError, match=match):
             _engine(_variant(path, tmp_path / f"v{i}", edit))
+    fp8 = _write_config_only(path, tmp_path / "fp8-int8-act", {"weights": {"num_bits": 8, "type": "float", "symmetric": True,
+                             "strategy": "channel"}, "input_activations": {"num_bits": 8, "type": "int", "strategy": "tensor"}},
+                             "float-quantized")
+    with pytest.raises(InvalidRequestError, match="dynamic e4m3 per token"):
+        read_prequantized(fp8)
     for kw, match in (({"quantization": "int8"}, "round those values again"),
                       ({"quantization": "int4", "quant_rounding": "gptq"}, "no float weights to round")):
         with pytest.raises(InvalidRequestError, match=match):
