@@ -45,7 +45,7 @@ from swiftinfer_core.model.calibrate import collect_hessians, linear_targets, se
 from swiftinfer_core.model.fetch import models_home  # noqa: E402
 from swiftinfer_core.model.fp8 import dequantize_fp8, quantize_fp8  # noqa: E402
 from swiftinfer_core.model.quant import QuantFormat, QuantizedWeight, dequantize, quantize  # noqa: E402
-from swiftinfer_core.model.quant_search import gptq_fp8, gptq_int4, int4_search_scales  # noqa: E402
+from swiftinfer_core.model.quant_search import awq_scales, gptq_fp8, gptq_int4, int4_search_scales  # noqa: E402
 from swiftinfer_core.runner.layerwise import Call, round_layerwise, text_calls  # noqa: E402
 from swiftinfer_core.runner.model_runner import ModelRunner  # noqa: E402
 
@@ -68,6 +68,22 @@ def search(group: int, aware: bool, qmin: int = -7):
 
 def gptq4(group: int, srch: bool, qmin: int = -7, act_order: bool = False):
     return lambda w, h, name: _deq_int4(*gptq_int4(w, h, group, qmin, srch, act_order=act_order), *w.shape, group)
+
+
+FOLDABLE = ("wqkv", "w13", "w2")  # input scales fold into attn_norm, mlp_norm and w13's up rows; wo's would need v rows tied per KV head
+
+
+def awq(inner):
+    """``inner`` (fn(w, h, name)) on W diag(s) with H's inputs scaled by 1 / s (AWQ's input-channel
+    scales, model/quant_search.awq_scales), dequantized and scaled back: the weights a model
+    with 1 / s folded into the op before each foldable layer multiplies by (``wo`` as ``inner``)."""
+    def fn(w, h, name):
+        if not name.endswith(FOLDABLE):
+            return inner(w, h, name)
+        s = awq_scales(w, h, 128)
+        hs = h / (s.double()[:, None] * s.double()[None, :])
+        return inner(w.float() * s, hs, name) / s
+    return fn
 
 
 def sequential(fn):
@@ -101,6 +117,8 @@ VARIANTS = {  # name -> (fn(w, h, name) -> dequantized weight, activations to e4
     "int4 g128 GPTQ + search, -8, w2 of layers 0/29 int8": (with_int8(gptq4(128, True, -8), FIRST_LAST_W2), False),
     "int4 g128 GPTQ act-order + search, -8 used": (gptq4(128, True, -8, act_order=True), False),
     "int4 g128 GPTQ act-order + search, -8 used, sequential": (sequential(gptq4(128, True, -8, act_order=True)), False),
+    "int4 g128 AWQ scales, RTN": (awq(lambda w, h, name: rtn(QuantFormat.INT4, 128)(w, h, name)), False),
+    "int4 g128 AWQ scales + GPTQ act-order + search, -8 used": (awq(gptq4(128, True, -8, act_order=True)), False),
     "int4 g32 RTN": (rtn(QuantFormat.INT4, 32), False),
     "int4 g32 zero point (min/max, f16 scale+min)": (rtn(QuantFormat.INT4, 32, zero_point=True), False),
     "int4 g128 zero point (min/max, f16 scale+min)": (rtn(QuantFormat.INT4, 128, zero_point=True), False),

@@ -28,7 +28,7 @@ from enum import Enum
 import torch
 
 from swiftinfer_core.model.fp8 import E4M3_MAX, FP8_DTYPE, TINY
-from swiftinfer_core.model.quant import INT4_QMAX, QuantFormat, QuantizedWeight, check_group, pack_int4
+from swiftinfer_core.model.quant import INT4_QMAX, QuantFormat, QuantizedWeight, check_group, dequantize, pack_int4, quantize_int4
 
 CLIP_GRID = tuple(1.0 - 0.025 * i for i in range(21))  # 1.0 .. 0.5
 
@@ -190,6 +190,30 @@ def gptq_fp8(w: torch.Tensor, h: torch.Tensor, damp: float = 0.01, act_order: bo
     deq = _gptq(wf, h, scale, None, damp=damp, order=order, rounder=rounder)
     q = (deq / scale[:, None]).clamp_(-E4M3_MAX, E4M3_MAX).to(FP8_DTYPE)  # exact: deq is q * scale
     return q.contiguous(), scale
+
+
+AWQ_GRID = tuple(i / 20 for i in range(21))  # alpha 0 .. 1
+
+
+def awq_scales(w: torch.Tensor, h: torch.Tensor, group: int = 128, grid=AWQ_GRID) -> torch.Tensor:
+    """AWQ's input-channel scales (Lin et al. 2023), searched against the Hessian: s =
+    rms(x_j) ** alpha (rms from diag H), alpha on ``grid``, the one whose round-to-nearest
+    int4 of W diag(s), scaled back, gives the least output error tr(E H E^T) on the
+    calibration inputs. [K] float32, mean-normalised; alpha 0 (all ones) is among them, so
+    the result never loses to plain rounding on that error. Using s needs x / s at run
+    time: folded into the op before the layer (a norm's weight, the rows that produce its input)."""
+    wf, hd = w.detach().float(), h.double()
+    rms = torch.diag(hd).clamp(min=1e-12).sqrt().float()
+    best, best_s = None, torch.ones_like(rms)
+    for a in grid:
+        sc = rms ** a
+        sc = sc / sc.mean()
+        deq = dequantize(QuantizedWeight(QuantFormat.INT4, *quantize_int4(wf * sc, group), *wf.shape, group)) / sc
+        e = (wf - deq).double()
+        err = float(((e @ hd) * e).sum())
+        if best is None or err < best:
+            best, best_s = err, sc
+    return best_s
 
 
 class Rounding(Enum):

@@ -179,3 +179,22 @@ def test_self_generated_feeds_each_sequence_its_own_last_token_at_its_position()
     assert calls[0] == ([0, 1, 2], [0, 0, 0], [1, 1, 1], None) and calls[-1][1] == [length - 2] * seqs
     assert [s[0] for s in self_generated(forward, vocab, seqs, length, seed=5)] == [s[0] for s in out]
     assert [s[0] for s in self_generated(forward, vocab, seqs, length, seed=6)] != [s[0] for s in out]
+
+
+def test_awq_scales_never_lose_to_plain_rounding_on_the_output_error():
+    from swiftinfer_core.model.quant_search import awq_scales
+
+    seed = _seed()
+    n, k = 32, 256
+    w = torch.randn(n, k) * 0.05
+    x = _acts(400, k)
+    h = x.double().t() @ x.double()
+    s = awq_scales(w, h, 64)
+    assert s.shape == (k,) and abs(s.mean().item() - 1) < 1e-5 and (s > 0).all()
+
+    def err(scale):
+        deq = _deq4(*quantize_int4(w * scale, 64), n, k, 64) / scale
+        return _out_err(x, w, deq)
+    plain, scaled = err(torch.ones(k)), err(s)
+    assert scaled <= plain * (1 + 1e-9), (seed, scaled, plain)
+    assert scaled < plain * 0.95, (seed, scaled, plain)  # uneven channels with outliers: scaling pays
