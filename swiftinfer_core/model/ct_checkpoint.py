@@ -20,7 +20,8 @@ group over the Linear layers, the LM head left out or not:
 Refused, with the reason: other methods (gptq, awq, bitsandbytes, fp8 of other
 tools), asymmetric or 8-bit int weights, act-order groups (``actorder: group``, a
 ``weight_g_idx``), quantized activations other than dynamic e4m3 per token, several
-config groups, sparsity, transforms and KV cache schemes. Llama family only (as every
+config groups, sparsity and transforms. A KV cache scheme is not used: the cache is
+``kv_cache_dtype``'s (its fp8 takes a scale per token as it writes). Llama family only (as every
 weight format here); one device.
 
 ``PrequantizedCheckpoint`` is the mapping ``Llama.load_hf_state`` reads: a quantized
@@ -32,6 +33,7 @@ from any checkpoint; ``quantized_weights`` then gives the codes per fused layer
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,8 @@ from swiftinfer_core.model.args import ModelArgs
 from swiftinfer_core.model.fp8 import FP8_DTYPE
 from swiftinfer_core.model.layers import permute_heads, rotary_perm
 from swiftinfer_core.model.quant import INT4_OFFSET, QuantFormat, QuantizedWeight, check_group, dequantize, pack_int4
+
+log = logging.getLogger(__name__)
 
 # our fused layer -> the HF projections it stacks by rows (split names, or Phi-3's fused one)
 _FUSED = {"wqkv": (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.qkv_proj",)),
@@ -88,8 +92,10 @@ def read_prequantized(folder: Path) -> Prequantized | None:
     groups = qc.get("config_groups") or {}
     if len(groups) != 1:
         raise _refuse(folder, f"{len(groups)} config groups; one over the Linear layers is read")
-    if qc.get("sparsity_config") or qc.get("transform_config") or qc.get("kv_cache_scheme"):
-        raise _refuse(folder, "sparsity, transforms and KV cache schemes are not read")
+    if qc.get("sparsity_config") or qc.get("transform_config"):
+        raise _refuse(folder, "sparsity and transforms are not read")
+    if qc.get("kv_cache_scheme"):  # the cache is kv_cache_dtype's, whose fp8 scales are taken per token as written
+        log.info("%s: its kv_cache_scheme is not used (kv_cache_dtype sets the cache)", folder.name)
     (group,) = groups.values()
     fmt_name = group.get("format") or qc.get("format")
     w, act = group.get("weights") or {}, group.get("input_activations")

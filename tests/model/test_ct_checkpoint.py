@@ -221,6 +221,9 @@ def test_what_cannot_be_served_exactly_is_refused(int4_ckpt, tmp_path):
     for i, (match, edit) in enumerate(cases.items()):
         with pytest.raises(InvalidRequestError, match=match):
             _engine(_variant(path, tmp_path / f"v{i}", edit))
+    kv = _variant(path, tmp_path / "kv-scheme", lambda q: q.update(kv_cache_scheme={"num_bits": 8, "type": "float",
+                                                                                 "strategy": "tensor", "dynamic": False}))
+    assert read_prequantized(kv).fmt is QuantFormat.INT4  # served; its KV scales unused (kv_cache_dtype sets the cache)
     fp8 = _write_config_only(path, tmp_path / "fp8-int8-act", {"weights": {"num_bits": 8, "type": "float", "symmetric": True,
                              "strategy": "channel"}, "input_activations": {"num_bits": 8, "type": "int", "strategy": "tensor"}},
                              "float-quantized")
