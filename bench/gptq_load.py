@@ -18,6 +18,7 @@ import json
 import logging
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import torch  # noqa: E402
 from bench.common import header, save_plot  # noqa: E402
 from bench.models import model_args  # noqa: E402
 from swiftinfer_core.cache.layout import StreamLayout  # noqa: E402
+from swiftinfer_core.model import quant_search  # noqa: E402
 from swiftinfer_core.model.quant import QuantFormat  # noqa: E402
 from swiftinfer_core.runner.build import build_rank  # noqa: E402
 from swiftinfer_core.runner.calibration import CalibrationReport  # noqa: E402
@@ -43,6 +45,17 @@ class Reports(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.got += [a for a in (record.args or ()) if isinstance(a, CalibrationReport)]
+
+
+@contextmanager
+def torch_column_loop():
+    """GPTQ rounds through model/quant_search.round_block (torch) on every device while open."""
+    saved = quant_search._block_rounder
+    quant_search._block_rounder = lambda w: quant_search.round_block
+    try:
+        yield
+    finally:
+        quant_search._block_rounder = saved
 
 
 def build_once(cfg: RankConfig, reports: Reports) -> dict:
@@ -69,6 +82,8 @@ def main() -> None:
     ap.add_argument("--formats", nargs="+", default=["fp8", "int4"], choices=["fp8", "int4"])
     ap.add_argument("--tokens", type=int, default=2048, help="quant_calibration_tokens")
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--torch-loop", action="store_true", help="also build with torch's GPTQ column loop (the A/B of "
+                    "kernels/gptq_block.py; at the 8B shape in int4 that build took over 250 s)")
     ap.add_argument("--json", type=Path, default=Path("bench/results/gptq_load.json"))
     a = ap.parse_args()
     reports = Reports()
@@ -86,9 +101,13 @@ def main() -> None:
                               attention="torch" if device == "cpu" else "triton", slots=8, quant=QuantFormat(fmt))
             rows = {name: build_once(replace(base, calibration_tokens=t), reports)
                     for name, t in (("nearest", 0), ("gptq", a.tokens))}
+            if a.torch_loop:  # the same GPTQ with torch's column loop instead of the Triton block kernel
+                with torch_column_loop():
+                    rows["gptq_torch_loop"] = build_once(replace(base, calibration_tokens=a.tokens), reports)
             out["results"][f"{shape} {fmt}"] = rows
             print(f"{shape:<24} {fmt:<5} nearest {rows['nearest']['build_s']:7.1f} s   gptq {rows['gptq']['build_s']:7.1f} s  "
-                  f"{rows['gptq'].get('calibration')}  peak {rows['nearest']['peak_gib']} / {rows['gptq']['peak_gib']} GiB",
+                  + (f"torch loop {rows['gptq_torch_loop']['build_s']:7.1f} s  " if "gptq_torch_loop" in rows else "")
+                  + f"{rows['gptq'].get('calibration')}  peak {rows['nearest']['peak_gib']} / {rows['gptq']['peak_gib']} GiB",
                   flush=True)
             a.json.parent.mkdir(parents=True, exist_ok=True)
             a.json.write_text(json.dumps(out, indent=1) + "\n")
@@ -103,16 +122,18 @@ def plot(out: dict, path: Path) -> None:
 
     names = list(out["results"])
     parts = ("generate_s", "hessian_s", "round_s")
-    fig, ax = plt.subplots(figsize=(8, 0.6 * len(names) + 1.5))
+    fig, ax = plt.subplots(figsize=(8, 0.9 * len(names) + 1.5))
     for i, n in enumerate(names):
         r = out["results"][n]
-        ax.barh(2 * i, r["nearest"]["build_s"], color="gray", label="build, nearest" if i == 0 else None)
-        left = 0.0
-        for p, c in zip(parts, ("tab:blue", "tab:orange", "tab:green")):
-            v = r["gptq"].get("calibration", {}).get(p, 0.0)
-            ax.barh(2 * i + 1, v, left=left, color=c, label=f"gptq: {p[:-2]}" if i == 0 else None)
-            left += v
-    ax.set_yticks([2 * i + 0.5 for i in range(len(names))], names, fontsize=8)
+        ax.barh(3 * i, r["nearest"]["build_s"], color="gray", label="build, nearest" if i == 0 else None)
+        for j, (row, hatch) in enumerate((("gptq", None), ("gptq_torch_loop", "//"))):
+            left = 0.0
+            for p, c in zip(parts, ("tab:blue", "tab:orange", "tab:green")):
+                v = r.get(row, {}).get("calibration", {}).get(p, 0.0)
+                ax.barh(3 * i + 1 + j, v, left=left, color=c, hatch=hatch,
+                        label=f"{row}: {p[:-2]}" if i == 0 and (j == 0 or row in r) else None)
+                left += v
+    ax.set_yticks([3 * i + 1 for i in range(len(names))], names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("seconds at load")
     ax.set_title(f"quant_rounding gptq at load ({out['tokens']} calibration tokens), {out['device'].get('name')}")

@@ -75,8 +75,9 @@ want fp8 && step fp8_bench ${FP8_BENCH_S:-300} python3 bench/fp8_decode.py --out
 want gptq_round && step gptq_round ${GPTQ_R_S:-300} python3 bench/gptq_round.py --json "$OUT/gptq_round.json"
 want gptq_round && step gptq_block_tests ${GPTQ_BT_S:-120} python3 -m pytest -q -m "gpu or not gpu" -p no:cacheprovider -rs \
   tests/kernels/test_gptq_block.py
+# GPTQ_ARGS: e.g. "--torch-loop" (the same build with torch's column loop, side by side)
 want gptq && step gptq_load ${GPTQ_S:-420} python3 bench/gptq_load.py --shapes ${GPTQ_SHAPES:-llama2-7b llama3.1-8b} --formats fp8 int4 \
-  --json "$OUT/gptq_load.json"
+  ${GPTQ_ARGS:-} --json "$OUT/gptq_load.json"
 [ -d "$SWIFTINFER_HOME/models" ] && want gptq && step gptq_tests ${GPTQ_TESTS_S:-240} python3 -m pytest -q -m gpu -s \
   -p no:cacheprovider -rs tests/runner/test_calibration_gpu.py
 # compressed-tensors checkpoints (w4a16, FP8-dynamic) of the staged default model, the FP8 one built on the GPU
