@@ -80,10 +80,14 @@ def _scale_dtype(folder: Path) -> torch.dtype:
     raise _refuse(folder, "no *_proj.weight_scale tensor found")
 
 
-def read_prequantized(folder: Path) -> Prequantized | None:
-    """The checkpoint's own quantization, or None for a float checkpoint; whatever this
-    engine cannot serve exactly is refused here, before any weight is read."""
-    qc = json.loads((folder / "config.json").read_text()).get("quantization_config")
+def read_prequantized(folder: Path | None) -> Prequantized | None:
+    """The checkpoint's own quantization, or None for a float checkpoint (or no folder,
+    or one without config.json: nothing says it is quantized); whatever this engine
+    cannot serve exactly is refused here, before any weight is read."""
+    config = None if folder is None else folder / "config.json"
+    if config is None or not config.is_file():
+        return None
+    qc = json.loads(config.read_text()).get("quantization_config")
     if not qc:
         return None
     method = qc.get("quant_method")
