@@ -4,8 +4,9 @@ turns go through the same actor (deployments/sessions/directory.py): a lease
 log) before the final chunk. This drives a real directory actor on a local Ray
 cluster, closed loop, from ``--clients`` concurrent callers, each running its sessions'
 turns back to back (begin_turn -> commit with a record of ``--window`` token ids), and
-reports turns/s and the directory process's CPU per turn, per setting. No engine and
-no HTTP: the ceiling the directory alone puts on the whole service.
+reports turns/s and the directory process's CPU per turn, per setting, with a call per
+commit and with the replicas' batched commits (deployments/replica/commit.py), side by
+side. No engine and no HTTP: the ceiling the directory alone puts on the whole service.
 
     python bench/directory_capacity.py --json bench/results/directory_capacity.json
 """
@@ -27,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ray  # noqa: E402
 
 from bench.common import header, save_plot  # noqa: E402
-from deployments.messages import CommittedTurn  # noqa: E402
+from deployments.messages import Commit, CommittedTurn  # noqa: E402
+from deployments.replica.commit import CommitBatcher  # noqa: E402
 from deployments.sessions.directory import directory_handle  # noqa: E402
 from swiftinfer_core.protocol import SessionRecord, Usage  # noqa: E402
 
@@ -39,30 +41,44 @@ def _cpu_s(pid: int) -> float:
     return (int(stat[11]) + int(stat[12])) / TICK
 
 
-async def _client(d, rid: str, sessions: list[str], window: int, stop: float) -> int:
-    done, seqs = 0, dict.fromkeys(sessions, 0)
+REPLICAS = 4  # callers share these replica ids (and, batched, each replica's CommitBatcher)
+
+
+async def _client(d, rid: str, batcher: CommitBatcher | None, sessions: list[str], window: int, stop: float) -> int:
+    done = 0
     while time.monotonic() < stop:
         for sid in sessions:
             grant = await d.begin_turn.remote(sid, rid, None)
             seq = grant.seq
             record = SessionRecord(sid, [1, 2, 3, 4], list(range(window)), [7], 4 + window + seq, seq + 1)
             turn = CommittedTurn(None, "stop", "a reply", Usage(12, 24, 12, window))
-            if not await d.commit.remote(sid, rid, seq, record, None, turn):
+            if batcher is not None:
+                ok = await batcher.commit(Commit(sid, seq, record, None, turn))
+            else:
+                ok = await d.commit.remote(sid, rid, seq, record, None, turn)
+            if not ok:
                 raise RuntimeError(f"commit of {sid} at {seq} refused")
-            seqs[sid] = seq + 1
             done += 1
     return done
 
 
-async def _measure(d, pid: int, clients: int, window: int, seconds: float) -> dict:
+async def _measure(d, pid: int, clients: int, window: int, seconds: float, batched: bool) -> dict:
     sids = [[f"s{c}-{i}-{uuid.uuid4().hex[:6]}" for i in range(4)] for c in range(clients)]
-    await asyncio.gather(*(_client(d, f"r{c % 4}", s, window, time.monotonic() + 1.0) for c, s in enumerate(sids)))  # warm
+    batchers = [CommitBatcher(d, f"r{r}") if batched else None for r in range(REPLICAS)]
+
+    def callers(stop: float):
+        return [_client(d, f"r{c % REPLICAS}", batchers[c % REPLICAS], s, window, stop) for c, s in enumerate(sids)]
+    await asyncio.gather(*callers(time.monotonic() + 1.0))  # warm
+    calls0 = sum(b.calls for b in batchers if b is not None)
     c0, t0 = _cpu_s(pid), time.monotonic()
-    turns = await asyncio.gather(*(_client(d, f"r{c % 4}", s, window, t0 + seconds) for c, s in enumerate(sids)))
+    turns = await asyncio.gather(*callers(t0 + seconds))
     wall, cpu = time.monotonic() - t0, _cpu_s(pid) - c0
     n = sum(turns)
-    return {"clients": clients, "window": window, "turns": n, "wall_s": wall, "turns_per_s": n / wall,
-            "directory_cpu_ms_per_turn": 1e3 * cpu / max(1, n), "directory_cores": cpu / wall}
+    commit_calls = sum(b.calls for b in batchers if b is not None) - calls0 if batched else n
+    return {"commits": "batched (replica/commit.CommitBatcher)" if batched else "one call each (directory.commit)",
+            "clients": clients, "window": window, "turns": n, "wall_s": wall, "turns_per_s": n / wall,
+            "commits_per_call": n / max(1, commit_calls), "directory_cpu_ms_per_turn": 1e3 * cpu / max(1, n),
+            "directory_cores": cpu / wall}
 
 
 def main() -> None:
@@ -81,10 +97,12 @@ def main() -> None:
         out = {**header(), "log": "sqlite (the default backend), one file on this machine's disk", "rows": []}
         for w in a.windows:
             for c in a.clients:
-                row = asyncio.run(_measure(d, pid, c, w, a.seconds))
-                out["rows"].append(row)
-                print(f"window {w:5d} clients {c:4d}: {row['turns_per_s']:7.0f} turns/s, directory "
-                      f"{row['directory_cpu_ms_per_turn']:.2f} CPU ms per turn ({row['directory_cores']:.2f} cores)", flush=True)
+                for batched in (False, True):  # side by side, alternating
+                    row = asyncio.run(_measure(d, pid, c, w, a.seconds, batched))
+                    out["rows"].append(row)
+                    print(f"window {w:5d} clients {c:4d} {'batched' if batched else 'single ':7}: {row['turns_per_s']:7.0f} "
+                          f"turns/s, {row['commits_per_call']:.1f} commits per call, directory "
+                          f"{row['directory_cpu_ms_per_turn']:.2f} CPU ms per turn ({row['directory_cores']:.2f} cores)", flush=True)
         out["log_stats"] = ray.get(d.log_stats.remote())
         ray.kill(d, no_restart=True)
     a.json.parent.mkdir(parents=True, exist_ok=True)
@@ -97,8 +115,10 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for w in a.windows:
-        rows = [r for r in out["rows"] if r["window"] == w]
-        ax.plot([r["clients"] for r in rows], [r["turns_per_s"] for r in rows], marker="o", label=f"record of {w} window ids")
+        for batched, style in ((False, "--"), (True, "-")):
+            rows = [r for r in out["rows"] if r["window"] == w and r["commits"].startswith("batched") == batched]
+            ax.plot([r["clients"] for r in rows], [r["turns_per_s"] for r in rows], style, marker="o",
+                    label=f"{w} window ids, {'batched commits' if batched else 'a call per commit'}")
     ax.set_xscale("log")
     ax.set_xlabel("concurrent callers (closed loop)")
     ax.set_ylabel("warm turns/s (begin_turn + commit)")

@@ -11,7 +11,7 @@ The life of a turn in messages::
 
     replica --begin_turn--> directory : TurnGrant | TurnReplay
     replica --TurnStart, StreamChunk...--> ingress
-    replica --commit(SessionRecord, CommittedTurn)--> directory
+    replica --commit_many([Commit(SessionRecord, CommittedTurn), ...])--> directory : one answer each
     replica --report(ReplicaStats)--> directory --replica_stats--> ingress (/metrics, readiness)
 """
 
@@ -102,6 +102,18 @@ class CommittedTurn:
     text: str  # the whole reply, choice 0's (answered again on a retry)
     usage: Usage  # every choice's
     others: tuple[ChoiceReply, ...] = ()  # choices 1..n-1 of a turn with several (answered again too)
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One finished turn a replica sends the directory: session ``sid`` at ``seq`` becomes
+    ``record`` (directory.commit_many; replica/commit.py batches them)."""
+
+    sid: str
+    seq: int
+    record: SessionRecord
+    digest: str | None
+    turn: CommittedTurn
 
 
 @dataclass(frozen=True)

@@ -44,12 +44,12 @@ from ray import serve
 from deployments.config import AppConfig
 from deployments.sessions.directory import directory_handle, directory_spec
 from deployments.replica.activity import active_count
-from deployments.replica.commit import send_commit
+from deployments.replica.commit import CommitBatcher
 from deployments.replica.drain import drain
 from deployments.replica.engine_factory import make_engine
 from deployments.http.errors import TurnNotCommittedError
 from deployments.sessions.history import chain
-from deployments.messages import CacheState, CommittedTurn, ReplicaStats, TurnGrant, TurnPhase, TurnReplay, TurnStart
+from deployments.messages import CacheState, Commit, CommittedTurn, ReplicaStats, TurnGrant, TurnPhase, TurnReplay, TurnStart
 from deployments.replica.local_sessions import LocalSessions
 from deployments.replica.pacing import ChunkBudget
 from deployments.replica.rebalance import rebalance_step
@@ -77,6 +77,7 @@ class LLMReplica:
         self._direct_capable = self._engine.checks_expect()
         self._slots = self._engine.stats().total_slots
         self._directory = directory_handle(directory_spec(self._cfg))
+        self._commits = CommitBatcher(self._directory, self._id)
         self._busy: set[str] = set()  # sessions with a turn running here
         self._last_turn: dict[str, float] = {}  # session -> time of its last turn (autoscaling, eviction)
         self._turns = dict.fromkeys(CacheState, 0)  # turns by how they found their cache
@@ -229,7 +230,7 @@ class LLMReplica:
     async def _commit(self, sid: str, seq: int, digest: str | None, turn_key: str | None, replies: Replies, last: StreamChunk) -> None:
         record = last.record or await asyncio.to_thread(self._engine.export_session, sid)  # backends without it
         turn = CommittedTurn(turn_key, replies.finish[0], replies.text(0), last.usage, replies.others())
-        ok = await send_commit(self._directory, sid, self._id, seq, record, digest, turn)
+        ok = await self._commits.commit(Commit(sid, seq, record, digest, turn))
         if not ok:
             self._not_committed += 1
             raise TurnNotCommittedError(f"session {sid!r} changed while this turn ran (deleted or moved); the turn was not recorded, retry it")

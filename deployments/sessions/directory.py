@@ -232,6 +232,13 @@ class SessionDirectory(HandBacks):
                 self._by_digest[digest] = sid
         return True
 
+    async def commit_many(self, rid: str, commits: list) -> list:
+        """``commit`` for each of ``rid``'s commits (replica/commit.Commit), answered one by
+        one: True, False, or the exception that one's logging raised. One call for a
+        replica's batch; the log's own batching (log_writer.py) groups their writes."""
+        return list(await asyncio.gather(*(self.commit(c.sid, rid, c.seq, c.record, c.digest, c.turn) for c in commits),
+                                         return_exceptions=True))
+
     def end_turn(self, sid: str, rid: str) -> None:
         """A turn of ``rid`` ended without a commit: free the lease, and forget a
         session that never committed anything."""
