@@ -70,7 +70,9 @@ def test_block_matches_the_torch_loop(dev, n, nc, qmin):
     assert agree > 0.97, (seed, agree)
     ours, best = _objective(w, deq, hinv), _objective(w, ref64[0], hinv)
     assert ours <= best * 1.02 + 1e-12, (seed, ours, best)
-    assert torch.allclose(err.double(), ref64[1], rtol=1e-3, atol=1e-6) or agree < 1.0, seed
+    if agree == 1.0:  # the same roundings: the errors carried on differ by float32's rounding alone
+        rel = ((err.double() - ref64[1]).norm() / ref64[1].norm()).item()
+        assert rel < 1e-4, (seed, rel)
 
 
 @pytest.mark.parametrize("fmt", ["int4", "fp8"])

@@ -27,27 +27,38 @@ def directory(cluster, tmp_path):
     ray.kill(handle, no_restart=True)
 
 
-async def _turn(d, batcher: CommitBatcher, sid: str, rid: str, key: str, seq: int | None = None) -> bool:
+async def _turn(d, batcher: CommitBatcher, sid: str, rid: str, key: str) -> bool:
     grant = await d.begin_turn.remote(sid, rid, None)
-    at = grant.seq if seq is None else seq
-    return await batcher.commit(Commit(sid, at, session_record(sid, grant.seq + 1, (1, 2, 3)), None, committed_turn(key, f"reply {key}")))
+    return await batcher.commit(Commit(sid, grant.seq, session_record(sid, grant.seq + 1, (1, 2, 3)), None,
+                                       committed_turn(key, f"reply {key}")))
+
+
+async def _round(d, batcher: CommitBatcher, keys: dict[str, str], stale: frozenset = frozenset()) -> list:
+    """Leases for every session, then their commits all at once (``stale``: sent at a seq already past)."""
+    grants = await asyncio.gather(*(d.begin_turn.remote(sid, "r1", None) for sid in keys))
+    return await asyncio.gather(*(
+        batcher.commit(Commit(sid, g.seq - (sid in stale), session_record(sid, g.seq + 1, (1, 2, 3)), None,
+                              committed_turn(key, f"reply {key}")))
+        for (sid, key), g in zip(keys.items(), grants)))
 
 
 def test_concurrent_commits_share_calls_and_each_gets_its_own_answer(directory):
+    """24 sessions' commits of one round queued together leave in one call; the
+    commit at a stale seq is refused alone, the others of its call are logged."""
     d = directory
+    sids = [f"s{i}" for i in range(24)]
 
     async def run():
         b = CommitBatcher(d, "r1")
-        sids = [f"s{i}" for i in range(24)]
-        for rnd in range(3):
-            ok = await asyncio.gather(*(_turn(d, b, sid, "r1", f"{sid}-{rnd}") for sid in sids))
-            assert all(ok)
-        wrong = await asyncio.gather(_turn(d, b, "s0", "r1", "late", seq=1), *(_turn(d, b, sid, "r1", f"{sid}-3") for sid in sids[1:]))
-        return b.calls, wrong
+        answers = [await _round(d, b, {sid: f"{sid}-{r}" for sid in sids}) for r in range(3)]
+        last = await _round(d, b, {sid: f"{sid}-3" for sid in sids}, stale=frozenset({"s0"}))
+        await d.end_turn.remote("s0", "r1")
+        return b.calls, answers, last
 
-    calls, wrong = asyncio.run(run())
-    assert wrong[0] is False and all(wrong[1:])  # s0 at a stale seq: refused alone
-    assert calls < 3 * 24 + 24, calls  # batched: fewer calls than commits
+    calls, answers, last = asyncio.run(run())
+    assert all(all(a) for a in answers)
+    assert last[0] is False and all(last[1:])
+    assert calls == 4, calls  # one call per round of 24 commits
     for i in range(24):
         keys = [t.turn_key for t in ray.get(d.turns.remote(f"s{i}", 0, 10))]
         assert keys == [f"s{i}-{r}" for r in range(4 if i else 3)], keys
