@@ -142,10 +142,16 @@ class PrequantizedCheckpoint(Mapping):
 
     def __init__(self, state: dict[str, torch.Tensor], pre: Prequantized):
         self.state, self.pre = state, pre
+        self._layers: dict[str, QuantizedWeight | None] = {}  # read once: for the float fill, then for the codes
         self.names = {n.removesuffix("_packed") for n in state if not n.endswith(("_scale", "_shape", "_zero_point", "_g_idx"))}
 
     def layer(self, base: str) -> QuantizedWeight | None:
         """``base`` (e.g. model.layers.0.self_attn.q_proj) in the engine's format; None if stored float."""
+        if base not in self._layers:
+            self._layers[base] = self._read(base)
+        return self._layers[base]
+
+    def _read(self, base: str) -> QuantizedWeight | None:
         s = self.state.get(base + ".weight_scale")
         if s is None:
             return None

@@ -175,7 +175,7 @@ def gptq_int4(w: torch.Tensor, h: torch.Tensor, group: int = 128, qmin: int = -I
             per_weight[:, i1 : i1 + w1.shape[1]] = scales[:, g0 : g0 + wg.shape[1]].float().repeat_interleave(group, dim=1)
 
     deq = _gptq(wp, hp, per_weight, qmin, on_block, block=block, damp=damp, order=order, rounder=rounder)
-    codes = torch.round(deq / scales.float().repeat_interleave(group, dim=1)).to(torch.int8)  # exact: deq is q * scale
+    codes = torch.round(deq / per_weight).to(torch.int8)  # exact: deq is q * scale (per_weight: every column's, filled)
     return pack_int4(codes), scales
 
 

@@ -38,7 +38,7 @@ from swiftinfer_core.cache.pool import KVPool
 from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.kernels.attention import Attention
 from swiftinfer_core.model.calibrate import self_generated
-from swiftinfer_core.model.quant import QuantizedWeight, dequantize
+from swiftinfer_core.model.quant import QuantizedWeight
 from swiftinfer_core.model.quant_search import Rounding, calibrated_weight
 from swiftinfer_core.runner.layerwise import parallel_call, round_layerwise, text_calls
 from swiftinfer_core.runner.model_runner import ModelRunner
@@ -106,9 +106,9 @@ def gptq_weights(model: nn.Module, cfg: RankConfig, device: torch.device, make_a
     t1 = time.perf_counter()
     weights: dict[str, QuantizedWeight] = {}
 
-    def round_linear(name: str, linear: nn.Linear, h: torch.Tensor) -> torch.Tensor:
+    def round_linear(name: str, linear: nn.Linear, h: torch.Tensor) -> QuantizedWeight:
         weights[name] = calibrated_weight(linear.weight, h, cfg.quant, cfg.quant_group, Rounding.GPTQ)
-        return dequantize(weights[name])
+        return weights[name]
 
     dtype = torch.float64 if device.type == "cpu" else torch.float32  # float32 halves the Hessians
     lw = round_layerwise(runner, calls, round_linear, dtype, sequential)

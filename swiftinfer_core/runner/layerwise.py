@@ -29,11 +29,13 @@ from torch import nn
 
 from swiftinfer_core.kernels.batch import AttnBatch
 from swiftinfer_core.model.calibrate import HessianCollector, linear_targets
+from swiftinfer_core.model.quant import QuantizedWeight, dequantize
 from swiftinfer_core.runner.model_runner import ModelRunner
 
 # (qualified linear name, the float layer, its input Hessian [K, K]) -> the rounded weight,
-# dequantized [N, K] (float), which ``sequential`` swaps in to calibrate the next layer
-RoundLinear = Callable[[str, nn.Linear, torch.Tensor], torch.Tensor]
+# dequantized [N, K] (float) or as its QuantizedWeight (dequantized only when ``sequential``
+# swaps it in to calibrate the next layer)
+RoundLinear = Callable[[str, nn.Linear, torch.Tensor], torch.Tensor | QuantizedWeight]
 
 
 @dataclass(frozen=True)
@@ -96,12 +98,13 @@ def _layer(runner: ModelRunner, i: int, x: torch.Tensor, call: Call) -> torch.Te
 
 
 @contextmanager
-def _swapped(linears: dict[str, nn.Linear], weights: dict[str, torch.Tensor]) -> Iterator[None]:
-    """The linears compute with ``weights`` (cast to their dtype) inside the block."""
+def _swapped(linears: dict[str, nn.Linear], weights: dict) -> Iterator[None]:
+    """The linears compute with ``weights`` (tensors or QuantizedWeights, cast to their dtype) inside the block."""
     old = {n: lin.weight.data for n, lin in linears.items()}
     try:
         for n, lin in linears.items():
-            lin.weight.data = weights[n].to(old[n].dtype).contiguous()
+            w = weights[n] if isinstance(weights[n], torch.Tensor) else dequantize(weights[n])
+            lin.weight.data = w.to(old[n].dtype).contiguous()
         yield
     finally:
         for n, lin in linears.items():
