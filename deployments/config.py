@@ -46,6 +46,13 @@ class ReplicaTransport(str, Enum):
     RAY = "ray"  # Ray actor tasks and object refs (Serve's default): one Ray object report per streamed chunk
 
 
+class HttpFront(str, Enum):
+    """Who serves the HTTP API (deployments/app/direct.py)."""
+
+    INGRESS = "ingress"  # ingress replicas; each streamed chunk crosses one more process (replica -> ingress)
+    DIRECT = "direct"  # each LLM replica serves HTTP itself; HAProxy asks a route picker which one (needs HAProxy)
+
+
 class LogBackend(str, Enum):
     """Where the session log lives (deployments/sessions/log_backends.py maps each to its class)."""
 
@@ -194,7 +201,9 @@ class AppConfig(ConfigModel):
     owner_cache_s: float = Field(10.0, ge=0, le=3600, description="How long a router remembers a session's owner and sends its turns there without asking the directory (while that replica is alive and not draining). 0: ask the directory on every turn.")
     directory_name: str = Field("swiftinfer-sessions", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Named Ray actor holding session owners and records.")
     default_max_tokens: int = Field(256, ge=1, le=1 << 20, description="max_tokens when the request gives none.")
-    ingress_replicas: int = Field(1, ge=1, le=64, description="Ingress (HTTP/OpenAI) replicas.")
+    ingress_replicas: int = Field(1, ge=1, le=64, description="Ingress (HTTP/OpenAI) replicas (http_front: ingress).")
+    http_front: HttpFront = Field(HttpFront.INGRESS, description="ingress: ingress replicas serve HTTP and call the LLM replicas through Serve handles. direct: every LLM replica serves the HTTP API itself and HAProxy sends each request to the replica that a route picker names (the session's owner), so a turn's chunks leave the replica straight to HAProxy; needs RAY_SERVE_ENABLE_HA_PROXY=1 and RAY_SERVE_ENABLE_DIRECT_INGRESS=1 where Serve starts (`make serve FRONT=direct`).")
+    route_pickers: int = Field(1, ge=1, le=64, description="Route picker replicas HAProxy asks which LLM replica takes a request (http_front: direct).")
     engine_process: bool = Field(True, description="Run the native engine's model steps in a child process of the replica (swiftinfer_core/engine/process.py). In the replica's own process the steps share one GIL with every stream's Ray work, which slowed steps 2.4x at 128 conversations on an H200 (bench/results/capacity_serve_7b_128.json). Ignored by other backends.")
     gil_switch_interval_ms: float = Field(5.0, gt=0, le=100, description="Python's thread switch interval in an LLM replica (Python's default: 5 ms). The engine's step thread and the replica's event loop (streams, Ray calls) share one GIL; a shorter interval hands the loop the GIL sooner while a step runs. Its effect on latency has not been measured in isolation.")
     stream_interval_ms: float = Field(50.0, ge=0, le=1000, description="Pacing of streamed chunks per turn: the first and last go at once, others are held and leave merged with the first token that arrives once this long has passed. 0: one chunk per token.")

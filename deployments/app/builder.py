@@ -1,4 +1,5 @@
-"""Application builder: ``build_app(args)`` -> Ingress bound to the LLM deployment.
+"""Application builder: ``build_app(args)`` -> Ingress bound to the LLM deployment
+(``http_front: direct``: the LLM deployment as the ingress, with its route picker; app/direct.py).
 
 Used by ``serve_config.yaml`` (``import_path: deployments.app.builder:build_app``) and
 by tests and benchmarks (``serve.run(build_app({...}))``). ``args`` is the dict
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import os
+
 import ray
 from pydantic import ValidationError
 from ray import serve
@@ -17,7 +20,9 @@ from ray.serve.deployment import Deployment
 from ray.serve.config import RequestRouterConfig
 
 from deployments.app.autoscaling import policy_config
-from deployments.config import AppConfig, EngineBackend, RouterKind
+from deployments.app.direct import DirectReplica
+from deployments.app.route_picker import RoutePicker
+from deployments.config import AppConfig, EngineBackend, HttpFront, RouterKind
 from deployments.sessions.directory import directory_spec
 from deployments.app.exposure import check_exposure, resolve_keys_file, serve_http_host
 from deployments.http.ingress import Ingress
@@ -146,6 +151,26 @@ def build_deployments(cfg: AppConfig) -> tuple[Deployment, Deployment, dict]:
     return ingress, llm, payload
 
 
+DIRECT_ENV = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_ENABLE_DIRECT_INGRESS")
+
+
+def build_direct(cfg: AppConfig) -> Application:
+    """The LLM deployment serving HTTP itself, HAProxy asking the route picker which replica."""
+    missing = [name for name in DIRECT_ENV if os.environ.get(name) != "1"]
+    if missing:
+        raise ValueError(f"http_front: direct needs {' and '.join(f'{n}=1' for n in missing)} in the environment "
+                         "that starts Ray and Serve (`make serve FRONT=direct`); without them no replica serves HTTP")
+    payload = cfg.model_dump(mode="json")
+    opts = llm_deployment_options(cfg)
+    # HTTP requests count in Serve's limit beside handle calls forwarded to owners; the engine admits turns (429)
+    opts["max_ongoing_requests"] = 2 * cfg.ongoing_limit
+    llm = serve.deployment(serve.ingress()(DirectReplica)).options(**opts).bind(payload)
+    picker = serve.deployment(serve.ingress()(RoutePicker)).options(
+        name="RoutePicker", num_replicas=cfg.route_pickers, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024
+    )
+    return llm._with_ingress_request_router(picker.bind(llm, payload))  # Serve's (internal) hook, as Ray Serve LLM uses it
+
+
 def parse_config(args: dict | None) -> AppConfig:
     try:
         return resolve_keys_file(with_cluster_device(AppConfig.model_validate(args or {})))
@@ -156,5 +181,7 @@ def parse_config(args: dict | None) -> AppConfig:
 def build_app(args: dict | None = None) -> Application:
     cfg = parse_config(args)
     check_exposure(cfg, serve_http_host())  # no keyless service on a network address (exposure.py)
+    if cfg.http_front is HttpFront.DIRECT:
+        return build_direct(cfg)
     ingress, llm, payload = build_deployments(cfg)
     return ingress.bind(llm.bind(payload), payload)

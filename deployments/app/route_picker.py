@@ -1,0 +1,51 @@
+"""The route picker of ``http_front: direct``: HAProxy's ingress request router.
+
+For every request to the app, HAProxy's Lua action POSTs to ``/internal/route``
+here with the client's ``x-session-id`` header (not the body, not the path) and
+forwards the connection to the replica named in the answer
+(``{"host", "port", "replica_id"}``; any other status: HAProxy answers 503).
+The pick is the LLM deployment's own request router, run without dispatching
+(``choose_replica``), as a turn: the session affinity router names the owner, or
+places a new session by load, exactly as for the ingress front.
+
+A request without the header (session reads, ids only in the body, history
+digests) goes to the emptiest replicas, whose ingress code sends the turn on to
+the owner through the router (direct.py). With API keys the header is the
+client's unscoped id, and owners are kept by scoped ids: it is not used.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray.serve.handle import DeploymentHandle
+
+from deployments.config import AppConfig
+from swiftinfer_core.session_id import CLIENT_MAX, is_session_id
+
+
+class RoutePicker:
+    def __init__(self, llm: DeploymentHandle, config: dict):
+        self._keyed = AppConfig.model_validate(config).auth.keyed
+        llm._init()  # before options(): Serve initialises a handle once
+        self._llm = llm.options(method_name="chat_events")  # a turn: the router may claim an owner (router.TURN_METHODS)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+        app.add_api_route("/internal/route", self.route, methods=["POST"])
+        return app
+
+    async def route(self, request: Request) -> JSONResponse:
+        sid = request.headers.get("x-session-id")
+        handle = self._llm
+        if sid is not None and not self._keyed and is_session_id(sid, CLIENT_MAX):  # a bad id: the replica answers 400
+            handle = handle.options(session_id=sid)
+        try:
+            async with handle.choose_replica(_reserve=False) as picked:
+                replica = picked._replica  # Serve's RunningReplica (the same private field Ray Serve LLM's router reads)
+                if replica.backend_http_endpoint is None:
+                    return JSONResponse({"detail": f"replica {picked.replica_id} has no HTTP endpoint yet"}, status_code=503)
+                host, port = replica.backend_http_endpoint
+                return JSONResponse({"host": host, "port": port, "replica_id": replica.replica_id.to_full_id_str()})
+        except Exception as exc:  # HAProxy turns any non-200 into a 503 for the client
+            return JSONResponse({"detail": f"{type(exc).__name__}: {exc}"}, status_code=503)

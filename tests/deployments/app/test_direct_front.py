@@ -1,0 +1,95 @@
+"""``http_front: direct`` (app/direct.py, app/route_picker.py) on a fresh local Ray
+cluster behind HAProxy with Serve's direct ingress: two LLM replicas serve the HTTP
+API themselves, HAProxy asks the route picker which one takes each request.
+
+What a client relies on: every turn of a conversation named in ``x-session-id``
+runs on one replica, warm after the first, and conversations spread over both;
+a conversation named only in the body (the route picker cannot see it, so HAProxy
+lands its turns on either replica) still runs on its owner, warm; the session log
+holds each turn once; caller mistakes are JSON 4xx."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+from haproxy_helpers import haproxy_config, serve_behind_haproxy
+from serve_helpers import ENGINE, MODEL_ID, log_path
+
+pytestmark = pytest.mark.slow
+# HAProxy's Lua action that asks the route picker, with the picker's replica in its pool
+ROUTED = re.compile(r"local ROUTERS = \{\s*\[\"http-swiftinfer\"\] = \{ \{ host = ")
+
+
+@pytest.fixture(scope="module")
+def direct_app(tmp_path_factory):
+    args = {"model_id": MODEL_ID, "engine": dict(ENGINE), "directory_name": "direct-test", "http_front": "direct",
+            "default_max_tokens": 6, "replica_cpus": 0.5, "scaling": {"min_replicas": 2, "max_replicas": 2},
+            "session_log": {"path": log_path("direct-test")}}
+    # HAProxy load-balances over the replicas until the route picker runs: wait for it
+    with serve_behind_haproxy(tmp_path_factory.mktemp("direct"), args, {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"},
+                              ready=lambda hap: ROUTED.search(haproxy_config(hap)) is not None) as running:
+        yield running
+
+
+def _turn(url: str, sid: str, text: str, header: bool = True) -> tuple[httpx.Response, dict]:
+    body = {"model": MODEL_ID, "stream": True, "max_tokens": 6, "temperature": 0, "messages": [{"role": "user", "content": text}]}
+    if not header:
+        body["session_id"] = sid
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers={"x-session-id": sid} if header else {},
+                      timeout=120) as resp:
+        lines = [ln for ln in resp.iter_lines() if ln.startswith("data: ")]
+    assert resp.status_code == 200 and lines and lines[-1] == "data: [DONE]", (resp.status_code, lines)
+    return resp, json.loads(lines[-2][6:])
+
+
+def test_haproxy_asks_the_route_picker(direct_app):
+    _, hap, _ = direct_app
+    cfg = haproxy_config(Path(hap))
+    assert ROUTED.search(cfg) and "route_via_ingress_request_router" in cfg, cfg[-3000:]
+
+
+def test_a_conversation_stays_on_its_replica_warm_and_is_logged_once(direct_app):
+    url, _, _ = direct_app
+    owners = {}
+    for s in range(4):
+        sid = f"direct-{s}"
+        replicas, caches, generated = set(), [], []
+        for i in range(3):
+            resp, final = _turn(url, sid, f"Say a word, turn {i}.")
+            assert resp.headers["x-session-id"] == sid
+            replicas.add(resp.headers["x-replica-id"])
+            caches.append(final["cache"])
+            generated.append(final["usage"]["completion_tokens"])
+        assert len(replicas) == 1 and caches == ["new", "warm", "warm"], (sid, replicas, caches)
+        owners[sid] = replicas.pop()
+        turns = httpx.get(f"{url}/v1/sessions/{sid}/turns", timeout=30).json()["data"]
+        assert [(t["seq"], t["completion_tokens"]) for t in turns] == list(zip([1, 2, 3], generated))
+    assert len(set(owners.values())) == 2, owners  # new conversations are placed by load over both replicas
+    info = httpx.get(f"{url}/v1/sessions/direct-0", timeout=30).json()  # a read lands anywhere and reaches the owner
+    assert info["replica"] == owners["direct-0"]
+
+
+def test_a_conversation_named_only_in_the_body_runs_on_its_owner(direct_app):
+    url, _, _ = direct_app
+    replicas, caches = set(), []
+    for i in range(6):
+        resp, final = _turn(url, "direct-body", f"Count to {i}.", header=False)
+        replicas.add(resp.headers["x-replica-id"])
+        caches.append(final["cache"])
+    assert len(replicas) == 1 and caches == ["new"] + ["warm"] * 5, (replicas, caches)
+
+
+def test_caller_mistakes_are_json_4xx(direct_app):
+    url, _, _ = direct_app
+    bad = httpx.post(f"{url}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}, timeout=30)
+    assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error", bad.text
+    wrong = httpx.post(f"{url}/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "x"}]},
+                       headers={"x-session-id": "direct-x"}, timeout=30)
+    assert wrong.status_code == 404 and "nope" in wrong.json()["error"]["message"], wrong.text
+    odd = httpx.post(f"{url}/v1/chat/completions", json={"model": MODEL_ID}, headers={"x-session-id": "bad id!"}, timeout=30)
+    assert odd.status_code == 400, odd.text
+    assert httpx.get(f"{url}/v1/sessions/never-seen", timeout=30).status_code == 404
