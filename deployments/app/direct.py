@@ -11,10 +11,13 @@ SSE stream, and no chunk crosses a process boundary before HAProxy.
 
 The HTTP layer is the ingress's, unchanged (``Ingress`` with the replica in
 place of its handle): ``LocalFirst`` runs a turn here when the replica holds
-the session's copy or the route picker placed the request's ``x-session-id``
-here, and sends anything else (a session named only in the body or found by
-history digest, tenants' sessions, session reads, a draining replica's turns)
-through the deployment's own router to the owner, as the ingress would. A turn
+the session's copy or the route picker placed the request here by its
+``x-session-id`` (HAProxy then sets ``route_picker.ROUTED_HEADER``, which no
+client can: HAProxy drops client headers of that prefix), and sends anything
+else (a session named only in the body or found by history digest, tenants'
+sessions, session reads, a draining replica's turns, any turn HAProxy balanced
+by load before the picker registered) through the deployment's own router to
+the owner, as the ingress would. A turn
 run on a replica that is not the owner is still correct: the directory's
 ``begin_turn`` moves the session, which is then rebuilt from its record.
 """
@@ -31,12 +34,17 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from deployments.app.route_picker import ROUTED_HEADER
 from deployments.http.ingress import Ingress
 from deployments.replica.replica import LLMReplica
 from swiftinfer_core.errors import EngineClosedError
 
-# the request's x-session-id header: the id the route picker placed this request by
+# the session id the route picker placed this request by (None: HAProxy balanced it by load, e.g. before
+# the picker registered, or the request named no session in x-session-id)
 ROUTED_SESSION: contextvars.ContextVar[str | None] = contextvars.ContextVar("routed_session", default=None)
+
+
+_ROUTED = ROUTED_HEADER.encode()
 
 
 class RoutedSession:
@@ -48,7 +56,7 @@ class RoutedSession:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        sid = next((v.decode("latin-1") for k, v in scope["headers"] if k in (b"x-session-id", b"x_session_id")), None)
+        sid = next((v.decode("latin-1") for k, v in scope["headers"] if k == _ROUTED), None)
         token = ROUTED_SESSION.set(sid)
         try:
             await self.app(scope, receive, send)
@@ -105,8 +113,10 @@ class _Method:
 
     def remote(self, *args: Any, **kwargs: Any):
         r = self._replica
-        if self._name == "chat_events" and r.runs_here(self._options.get("session_id")):
-            return LocalStream(r.chat_events(*args, **kwargs), r.engine_closed)
+        if self._name == "chat_events":
+            if r.runs_here(self._options.get("session_id")):
+                return LocalStream(r.chat_events(*args, **kwargs), r.engine_closed)
+            r.forwarded()
         return getattr(r.peers().options(**self._options), self._name).remote(*args, **kwargs)
 
 
@@ -133,6 +143,9 @@ class DirectReplica(LLMReplica):
 
     def engine_closed(self) -> None:
         self._engine_closed = True
+
+    def forwarded(self) -> None:
+        self._forwarded += 1
 
     def peers(self) -> DeploymentHandle:
         if self._peers is None:

@@ -3,7 +3,9 @@
 For every request to the app, HAProxy's Lua action POSTs to ``/internal/route``
 here with the client's ``x-session-id`` header (not the body, not the path) and
 forwards the connection to the replica named in the answer
-(``{"host", "port", "replica_id"}``; any other status: HAProxy answers 503).
+(``{"host", "port", "replica_id"}``, and ``request_headers`` HAProxy sets on the
+request: ``ROUTED_HEADER`` when the pick was the session's; any other status:
+HAProxy answers 503).
 The pick is the LLM deployment's own request router, run without dispatching
 (``choose_replica``), as a turn: the session affinity router names the owner, or
 places a new session by load, exactly as for the ingress front.
@@ -23,6 +25,10 @@ from ray.serve.handle import DeploymentHandle
 from deployments.config import AppConfig
 from swiftinfer_core.session_id import CLIENT_MAX, is_session_id
 
+# Set by HAProxy from our answer, after it deleted any client header of Serve's router prefix (x-serve-router-):
+# the replica knows the request was placed by this session id, not merely load-balanced (direct.py).
+ROUTED_HEADER = "x-serve-router-swiftinfer-session"
+
 
 class RoutePicker:
     def __init__(self, llm: DeploymentHandle, config: dict):
@@ -37,15 +43,18 @@ class RoutePicker:
 
     async def route(self, request: Request) -> JSONResponse:
         sid = request.headers.get("x-session-id")
-        handle = self._llm
-        if sid is not None and not self._keyed and is_session_id(sid, CLIENT_MAX):  # a bad id: the replica answers 400
-            handle = handle.options(session_id=sid)
+        if sid is None or self._keyed or not is_session_id(sid, CLIENT_MAX):  # a bad id: the replica answers 400
+            sid = None
+        handle = self._llm if sid is None else self._llm.options(session_id=sid)
         try:
             async with handle.choose_replica(_reserve=False) as picked:
                 replica = picked._replica  # Serve's RunningReplica (the same private field Ray Serve LLM's router reads)
                 if replica.backend_http_endpoint is None:
                     return JSONResponse({"detail": f"replica {picked.replica_id} has no HTTP endpoint yet"}, status_code=503)
                 host, port = replica.backend_http_endpoint
-                return JSONResponse({"host": host, "port": port, "replica_id": replica.replica_id.to_full_id_str()})
+                answer = {"host": host, "port": port, "replica_id": replica.replica_id.to_full_id_str()}
+                if sid is not None:
+                    answer["request_headers"] = {ROUTED_HEADER: sid}
+                return JSONResponse(answer)
         except Exception as exc:  # HAProxy turns any non-200 into a 503 for the client
             return JSONResponse({"detail": f"{type(exc).__name__}: {exc}"}, status_code=503)

@@ -84,6 +84,7 @@ class LLMReplica:
         self._not_committed = 0
         self._direct_starts = 0  # turns that started without reading the engine first (warm, or new here)
         self._rebalanced = 0  # sessions handed over to replicas below their fair share
+        self._forwarded = 0  # HTTP turns sent on to another replica (http_front: direct, app/direct.py)
         self._timer = TurnTimer()
         self._lag = RecentTimes(Handoff)  # LAG only; the engine times the other legs
         self._pace = ChunkBudget(self._cfg.stream_interval_ms / 1000, self._cfg.stream_max_chunks_per_s)
@@ -315,6 +316,7 @@ class LLMReplica:
             kv_use=st.resident_sessions / max(1, st.total_slots), draining=self._draining or stopped,
             pid=os.getpid(), idle_evicted=self._local.idle_evicted, rolled_back=self._local.rolled_back, rebalanced=self._rebalanced,
             turns=dict(self._turns), turns_not_committed=self._not_committed, direct_starts=self._direct_starts,
+            forwarded_turns=self._forwarded,
             phases=self._timer.summary(), handoff={**engine_legs, **self._lag.summary()},
         )
 

@@ -21,3 +21,9 @@ def test_two_paces_of_the_same_turns_recover_both_costs():
 def test_no_split_without_both_runs_or_with_different_turns():
     assert turn_and_chunk_costs([_row("haproxy_grpc", 800)]) == {}
     assert turn_and_chunk_costs([_row("haproxy_grpc", 800), _row("haproxy_grpc_pace200", 300, turns=31)]) == {}
+
+
+def test_the_direct_front_pair_splits_the_same_way():
+    split = turn_and_chunk_costs([_row("direct", 800), _row("direct_pace200", 300), _row("haproxy_grpc", 700)], base="direct")
+    assert split["llm_replica"]["per_turn_ms"] == pytest.approx(12.0) and split["llm_replica"]["per_chunk_ms"] == pytest.approx(0.6)
+    assert turn_and_chunk_costs([_row("direct", 800)], base="direct") == {}

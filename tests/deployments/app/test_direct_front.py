@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -69,6 +70,8 @@ def test_a_conversation_stays_on_its_replica_warm_and_is_logged_once(direct_app)
         turns = httpx.get(f"{url}/v1/sessions/{sid}/turns", timeout=30).json()["data"]
         assert [(t["seq"], t["completion_tokens"]) for t in turns] == list(zip([1, 2, 3], generated))
     assert len(set(owners.values())) == 2, owners  # new conversations are placed by load over both replicas
+    time.sleep(2.5)  # a stats report (stats_report_period_s 2): turns routed by x-session-id ran where they landed
+    assert _forwarded(url) == 0
     info = httpx.get(f"{url}/v1/sessions/direct-0", timeout=30).json()  # a read lands anywhere and reaches the owner
     assert info["replica"] == owners["direct-0"]
 
@@ -81,6 +84,14 @@ def test_a_conversation_named_only_in_the_body_runs_on_its_owner(direct_app):
         replicas.add(resp.headers["x-replica-id"])
         caches.append(final["cache"])
     assert len(replicas) == 1 and caches == ["new"] + ["warm"] * 5, (replicas, caches)
+
+
+def _forwarded(url: str) -> float:
+    """``swiftinfer_forwarded_turns`` summed over the replicas (GET /metrics)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    values = re.findall(r"^swiftinfer_forwarded_turns(?:\{[^}]*\})? ([0-9.e+]+)$", text, re.M)
+    assert values, text[:2000]
+    return sum(float(v) for v in values)
 
 
 def test_caller_mistakes_are_json_4xx(direct_app):
