@@ -79,6 +79,7 @@ class TurnGrant:
     seq: int  # committed turns
     record: SessionRecord | None
     kv: ray.ObjectRef | None = None
+    leased: bool = True  # False: the replica's own last commit (LocalSessions.warm_grant), no directory call, no lease
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,7 @@ class ReplicaStats:
     turns_not_committed: int
     direct_starts: int  # turns that started without reading the engine first (warm, or new here)
     forwarded_turns: int = 0  # http_front: direct: HTTP turns this replica sent on to another replica through the router
+    unleased_starts: int = 0  # warm turns started from this replica's own last commit, without the directory
     phases: dict[TurnPhase, tuple[float, float]] = field(default_factory=dict)  # -> (p50, p99) seconds, phases with samples
     handoff: dict[Handoff, tuple[float, float]] = field(default_factory=dict)  # leg -> (p50, p99) seconds, legs with samples
 
@@ -203,6 +205,7 @@ class ReplicaStats:
         out["turns_not_committed"] = self.turns_not_committed
         out["direct_starts"] = self.direct_starts
         out["forwarded_turns"] = self.forwarded_turns
+        out["unleased_starts"] = self.unleased_starts
         for phase, (p50, p99) in self.phases.items():
             out[f"phase_{phase.value}_p50"], out[f"phase_{phase.value}_p99"] = p50, p99
         for leg, (p50, p99) in self.handoff.items():

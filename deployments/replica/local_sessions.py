@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 
 import ray
 
@@ -42,12 +43,22 @@ from deployments.replica import kv_wire
 from swiftinfer_core.protocol import EngineProtocol, SessionRecord, SessionView
 
 
+@dataclass(frozen=True)
+class OwnCommit:
+    """The last turn of a session that this replica committed itself."""
+
+    seq: int  # committed turns after it
+    record: SessionRecord
+    turn_key: str | None
+
+
 class LocalSessions:
     def __init__(self, engine: EngineProtocol, limits: LimitsConfig):
         self._engine = engine
         self._limits = limits
         self._closing: dict[str, asyncio.Event] = {}  # sessions being closed or rolled back
         self.seq: dict[str, int] = {}  # committed turns of each local copy
+        self._own: dict[str, OwnCommit] = {}  # sessions whose last commit was this replica's (warm_grant)
         self.idle_evicted = 0
         self.rolled_back = 0
 
@@ -77,6 +88,8 @@ class LocalSessions:
         record, seq = grant.record, grant.seq
         local = _as_local(view)
         self.seq[sid] = seq
+        if grant.leased and sid in self._own and self._own[sid].seq != seq:
+            del self._own[sid]  # committed elsewhere since
         if record is None:
             if local is not None:  # leftovers of a session deleted or never committed
                 await asyncio.to_thread(self._engine.close_session, sid)
@@ -93,8 +106,24 @@ class LocalSessions:
     def _local(self, sid: str) -> tuple[SessionRecord, bool] | None:
         return _as_local(self._engine.view(sid))  # one engine call: each waits for the step in progress
 
-    def committed(self, sid: str, seq: int) -> None:
+    def committed(self, sid: str, seq: int, own: OwnCommit | None = None) -> None:
+        """The copy is at ``seq`` committed turns; ``own``: this replica committed the last one."""
         self.seq[sid] = seq
+        if own is not None:
+            self._own[sid] = own
+
+    def warm_grant(self, sid: str, turn_key: str | None) -> TurnGrant | None:
+        """A grant without the directory: this replica committed the session's last turn
+        and its copy is still that turn's (a roll-back restores it). None otherwise, or
+        when ``turn_key`` is that turn's (a retry the directory answers as a replay)."""
+        own = self._own.get(sid)
+        if own is None or self.seq.get(sid) != own.seq or (turn_key is not None and turn_key == own.turn_key):
+            return None
+        return TurnGrant(own.seq, own.record, leased=False)
+
+    def forget_commit(self, sid: str) -> None:
+        """The next turn of ``sid`` asks the directory (a commit was refused: deleted or moved)."""
+        self._own.pop(sid, None)
 
     async def restore(self, sid: str, record: SessionRecord | None) -> None:
         """Undo an uncommitted turn: back to ``record`` (None: forget the session).
@@ -124,6 +153,7 @@ class LocalSessions:
             return await asyncio.to_thread(self._close, sid)
         finally:
             self.seq.pop(sid, None)
+            self._own.pop(sid, None)
 
     def _close(self, sid: str) -> bool:
         if not self._engine.has_session(sid):

@@ -55,6 +55,8 @@ async def rebalance_step(engine, local: LocalSessions, directory, rid: str, busy
                 left.append(sid)
     finally:  # always: ends the pick's reservation at the directory, even with nothing left
         given = await directory.give_back.remote(rid, left)
+        for sid in given:  # a turn sent here after the hand-back asks the directory (takes the session back)
+            local.forget_commit(sid)
     if given:
         log.info("replica %s rebalanced: handed %d of %d picked sessions over with their KV", rid, len(given), len(picked))
     return given

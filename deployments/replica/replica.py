@@ -5,7 +5,10 @@ A turn on this replica:
    else is refused with 409), makes this replica the owner and returns the last
    committed state; with an ``Idempotency-Key`` equal to the last committed
    turn's, the stored reply is sent again instead (nothing runs, nothing is
-   logged twice).
+   logged twice). A session whose last turn this replica committed, its copy
+   unchanged since, skips the call (``LocalSessions.warm_grant``; unless
+   ``lease_warm_turns``): the commit's sequence check alone keeps one turn per
+   number.
 2. ``LocalSessions.sync`` makes the engine's copy equal the committed record
    (warm, KV migrated from a drained replica, or rebuilt from token ids).
 3. The engine streams the reply; token chunks go out paced (pacing.py): the
@@ -50,7 +53,7 @@ from deployments.replica.engine_factory import make_engine
 from deployments.http.errors import TurnNotCommittedError
 from deployments.sessions.history import chain
 from deployments.messages import CacheState, Commit, CommittedTurn, ReplicaStats, TurnGrant, TurnPhase, TurnReplay, TurnStart
-from deployments.replica.local_sessions import LocalSessions
+from deployments.replica.local_sessions import LocalSessions, OwnCommit
 from deployments.replica.pacing import ChunkBudget
 from deployments.replica.rebalance import rebalance_step
 from deployments.replica.replies import Replies
@@ -85,6 +88,7 @@ class LLMReplica:
         self._direct_starts = 0  # turns that started without reading the engine first (warm, or new here)
         self._rebalanced = 0  # sessions handed over to replicas below their fair share
         self._forwarded = 0  # HTTP turns sent on to another replica (http_front: direct, app/direct.py)
+        self._unleased = 0  # turns started from this replica's own last commit, no directory call
         self._timer = TurnTimer()
         self._lag = RecentTimes(Handoff)  # LAG only; the engine times the other legs
         self._pace = ChunkBudget(self._cfg.stream_interval_ms / 1000, self._cfg.stream_max_chunks_per_s)
@@ -125,7 +129,12 @@ class LLMReplica:
                 view = await self._read_and_admit(session_id, watch)
             elif session_id not in self._local.seq:
                 self._admit_count()
-            answer: TurnGrant | TurnReplay = await self._directory.begin_turn.remote(session_id, self._id, turn_key)
+            # the replica's own last commit, copy unchanged: no directory call (AppConfig.lease_warm_turns)
+            answer = None if self._cfg.lease_warm_turns else self._local.warm_grant(session_id, turn_key)
+            if answer is None:
+                answer = await self._directory.begin_turn.remote(session_id, self._id, turn_key)
+            else:
+                self._unleased += 1
             watch.lap(TurnPhase.LEASE)
             if isinstance(answer, TurnReplay):
                 done = True
@@ -234,8 +243,9 @@ class LLMReplica:
         ok = await self._commits.commit(Commit(sid, seq, record, digest, turn))
         if not ok:
             self._not_committed += 1
+            self._local.forget_commit(sid)  # its next turn asks the directory
             raise TurnNotCommittedError(f"session {sid!r} changed while this turn ran (deleted or moved); the turn was not recorded, retry it")
-        self._local.committed(sid, seq + 1)
+        self._local.committed(sid, seq + 1, OwnCommit(seq + 1, record, turn_key))
 
     async def _end_uncommitted(self, sid: str, grant: TurnGrant | None) -> None:
         """Roll the local copy back to the committed state and free the lease."""
@@ -248,6 +258,8 @@ class LLMReplica:
                 await self._local.drop(sid)
             except Exception:
                 log.exception("could not drop the local copy of session %s", sid)
+        if grant is not None and not grant.leased:
+            return  # started from the replica's own commit: no lease to free
         try:
             await self._directory.end_turn.remote(sid, self._id)
         except Exception:  # a restarting directory forgets leases anyway
@@ -316,7 +328,7 @@ class LLMReplica:
             kv_use=st.resident_sessions / max(1, st.total_slots), draining=self._draining or stopped,
             pid=os.getpid(), idle_evicted=self._local.idle_evicted, rolled_back=self._local.rolled_back, rebalanced=self._rebalanced,
             turns=dict(self._turns), turns_not_committed=self._not_committed, direct_starts=self._direct_starts,
-            forwarded_turns=self._forwarded,
+            forwarded_turns=self._forwarded, unleased_starts=self._unleased,
             phases=self._timer.summary(), handoff={**engine_legs, **self._lag.summary()},
         )
 

@@ -396,6 +396,38 @@ def test_models_health_and_metrics(api):
     assert all(0 <= v < 30 for v in legs.values()), legs
 
 
+def test_warm_turns_start_without_the_directory_and_retries_still_replay(api):
+    """A turn of a conversation whose last turn this replica committed starts from that
+    commit, with no directory call (unleased_starts); a retry carrying the last turn's
+    Idempotency-Key still reaches the directory and is answered as a replay, not run
+    again; the log holds each turn once."""
+    import ray
+
+    client, prefix = api
+    directory = ray.get_actor("api-sessions", namespace="swiftinfer")
+
+    def unleased() -> int:
+        time.sleep(2.5)  # replicas report every stats_report_period_s (2 s)
+        return sum(s.unleased_starts for s in ray.get(directory.replica_stats.remote(10.0)).values())
+
+    def turn(r: int) -> dict:
+        body = {"model": MODEL_ID, "session_id": "no-lease", "max_tokens": 8, "temperature": 0,
+                "messages": [{"role": "user", "content": f"Unleased {r}: name a bird."}]}
+        return _ok(client.post(f"{prefix}/v1/chat/completions", json=body, headers={"Idempotency-Key": f"no-lease-{r}"}))
+
+    before = unleased()
+    replies = [turn(r) for r in range(3)]
+    assert [b["cache"] for b in replies] == ["new", "warm", "warm"]
+    assert unleased() - before == 2  # turns 2 and 3
+    again = turn(2)
+    assert again["cache"] == "replayed" and again["choices"][0]["message"] == replies[2]["choices"][0]["message"]
+    assert unleased() - before == 2
+    resp = client.get(f"{prefix}/v1/sessions/no-lease/turns")
+    assert resp.status_code == 200, resp.text
+    logged = resp.json()["data"]
+    assert [t["seq"] for t in logged] == [1, 2, 3]
+
+
 def test_warm_and_new_turns_start_without_reading_the_engine_first(api):
     """A conversation's later turns on the replica that committed its last one start
     with the committed record as the engine's condition, and a conversation without a
