@@ -19,6 +19,8 @@
 #   DEPLOY_TIMEOUT_S=1800                how long `deploy` waits for the application to run
 #   HAPROXY=1                            Serve's HAProxy ingress in place of its Python proxy (README "HAProxy in front");
 #                                        the same value on every machine, before `head` / `worker`
+#   FRONT=direct                         HAProxy plus Serve's direct ingress, for an app with `http_front: direct` (README
+#                                        "Each replica serves its own streams"; not yet run on more than one machine)
 set -euo pipefail
 
 RAY_PORT="${RAY_PORT:-6379}"
@@ -28,15 +30,18 @@ export RAY_USAGE_STATS_ENABLED="${RAY_USAGE_STATS_ENABLED:-0}"
 # Serve decodes a few header values as UTF-8 before the app runs (a 500 otherwise); in every proxy and,
 # behind HAProxy, every ingress replica's HTTP server this guard answers 400 (deployments/http/proxy_guard.py)
 export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH="${RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH:-deployments.http.proxy_guard:proxy_middlewares}"
-if [[ "${HAPROXY:-0}" == 1 ]]; then
+if [[ "${HAPROXY:-0}" == 1 || "${FRONT:-ingress}" == direct ]]; then
   export RAY_SERVE_ENABLE_HA_PROXY=1
+fi
+if [[ "${FRONT:-ingress}" == direct ]]; then
+  export RAY_SERVE_ENABLE_DIRECT_INGRESS=1
 fi
 if [[ -n "${RAY_AUTH_TOKEN:-}" ]]; then
   export RAY_AUTH_MODE=token
 fi
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '2,21p' "$0"; exit 2; }
+usage() { sed -n '2,23p' "$0"; exit 2; }
 
 cmd="${1:-}"
 shift || true
