@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
