@@ -21,6 +21,8 @@
 #     (replica_transport: ray; every other step runs the default, Serve's gRPC transport).
 #  "direct" (not by default; also a STEP_ORDER word): http_front: direct behind HAProxy with Serve's direct ingress
 #     (deployments/app/direct.py: each LLM replica serves its own HTTP streams, a route picker names the owner).
+#  "lease" (not by default): step 2 with lease_warm_turns: true (every turn takes the directory's lease first, as
+#     before warm turns started from the replica's own commit), to A/B against "proc".
 #  "hapo" (not by default): "hap" with Serve's max_ongoing_requests at twice the KV slots (others: the slots).
 #  REPEAT (default 1): each served step starts its app that many times in a row, labels <step>, <step>2, ...
 #     (identical served runs on one machine differed by ~0.1 in ratio: README, "How much identical served runs differ").
@@ -160,6 +162,7 @@ fi
 for s in hap hapn hapr direct; do want $s && for l in $(repeats $s); do hap_app $s "$l"; done; done
 want hapi && SERVE_ENV=$HAP_ENV INGRESS=${HAPI_INGRESS:-8} CLIENTS=${HAPI_CLIENTS:-${CLIENTS:-1}} serve_closed hapi true "" "" ${HAP_SIZES:-$SIZES}
 want hapo && SERVE_ENV=$HAP_ENV ONGOING=$((2 * SLOTS)) serve_closed hapo true "" "" ${HAP_SIZES:-$SIZES}
+want lease && serve_closed lease true "\n      lease_warm_turns: true" "" ${LEASE_SIZES:-$SIZES}
 want split && serve_closed split true "" "\n        split_mixed_steps: true" ${SPLIT_SIZES:-$SIZES}
 want nopiece && serve_closed nopiece true "" "\n        piecewise_graphs: false" ${NOPIECE_SIZES:-$SIZES}
 want before && [ -n "$BEFORE_SIZES" ] && serve_closed before true "\n      stream_max_chunks_per_s: 0\n      owner_cache_s: 0" "" $BEFORE_SIZES
