@@ -88,8 +88,8 @@ class LocalSessions:
         record, seq = grant.record, grant.seq
         local = _as_local(view)
         self.seq[sid] = seq
-        if grant.leased and sid in self._own and self._own[sid].seq != seq:
-            del self._own[sid]  # committed elsewhere since
+        if sid in self._own and self._own[sid].seq != seq:
+            del self._own[sid]  # committed elsewhere since (a grant from this replica's own commit has its seq)
         if record is None:
             if local is not None:  # leftovers of a session deleted or never committed
                 await asyncio.to_thread(self._engine.close_session, sid)
