@@ -18,7 +18,7 @@ once every pinned replica runs again after the previous fault, so faults do not 
 - app_restart: delete the application, kill its directory for good, deploy it again on the same log.
 
 Reported (JSON + PNG): per fault, when it hit, the turns in flight then, the conversations it
-affected (a turn retried across it) and the seconds until each of them was served again; the load's
+affected (a turn retried across it or served from a rebuilt cache) and the seconds until each of them was served again; the load's
 summary; the audit of every acknowledged turn against the session log (lost, duplicated).
 tests/deployments/replica/test_chaos.py runs the same on the CPU with the default model.
 """
@@ -59,14 +59,18 @@ class FaultRecord:
 
 
 def affected_sessions(turns: list[TurnResult], at: float, until: float) -> dict[str, float]:
-    """Sessions whose turn needed more than one attempt and met the fault at ``at``: in flight
-    then, or started after it and done by ``until`` (the next fault; a turn started after ``at``
-    and still in flight at ``until`` met that fault and counts there only, else one slow turn
-    would show as every earlier fault's recovery time); each with the seconds from ``at``
-    until that turn's reply ended (the conversation served again)."""
+    """Sessions a fault at ``at`` hit: a turn of theirs needed more than one attempt, or was
+    served from a cache rebuilt from the log (a lost replica's conversations: the ingress
+    resends a turn that had not started streaming, so the client sees one attempt, but the KV
+    is gone). The turn was in flight at ``at``, or started after it and done by ``until``
+    (the next fault; a turn started after ``at`` and still in flight at ``until`` met that
+    fault and counts there only, else one slow turn would show as every earlier fault's
+    recovery time). Each with the seconds from ``at`` until that turn's reply ended (the
+    conversation served again)."""
     out: dict[str, float] = {}
     for t in turns:
-        if t.ok and t.attempts > 1 and t.done > at and t.scheduled < until and (t.scheduled <= at or t.done <= until):
+        hit = t.attempts > 1 or t.cache == "rebuilt"
+        if t.ok and hit and t.done > at and t.scheduled < until and (t.scheduled <= at or t.done <= until):
             out[t.session_id] = max(out.get(t.session_id, 0.0), t.done - at)
     return out
 

@@ -46,21 +46,33 @@ def _directory_actor(app: ChaosApp):
     return ray.get_actor(app.directory, namespace=NAMESPACE)
 
 
-def _busiest_replica(app: ChaosApp):
-    """(replica id, its stats) of the live replica that owns the most sessions."""
+def _busiest_replica(app: ChaosApp, wait_s: float = 30.0):
+    """(replica id, its stats, sessions it owns, sessions owned in all) of the replica that owns
+    the most sessions. Its stats (the pid) come from its reports: a top owner that has not
+    reported in the last 10 s (a loaded 2-core box) is waited for, up to ``wait_s``, rather
+    than picking the busiest reporter, which may own nothing (the fault would then hit no turn)."""
     import ray
 
     directory = _directory_actor(app)
-    owners = ray.get(directory.owners.remote())
-    stats = ray.get(directory.replica_stats.remote(10.0))
-    victim = max(stats, key=lambda rid: owners.get(rid, 0))
-    return victim, stats[victim]
+    deadline = time.monotonic() + wait_s
+    while True:
+        owners = ray.get(directory.owners.remote())
+        stats = ray.get(directory.replica_stats.remote(10.0))
+        top = max(owners.values(), default=0)
+        live = [rid for rid in stats if owners.get(rid, 0) == top]
+        if live or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if not stats:
+        raise RuntimeError(f"no replica of {app.name} reported in 10 s (owners {owners})")
+    victim = live[0] if live else max(stats, key=lambda rid: owners.get(rid, 0))
+    return victim, stats[victim], owners.get(victim, 0), sum(owners.values())
 
 
 def replica_sigkill(app: ChaosApp, sessions: list[str]) -> str:
-    victim, stats = _busiest_replica(app)
+    victim, stats, owned, total = _busiest_replica(app)
     os.kill(stats.pid, signal.SIGKILL)
-    return victim
+    return f"{victim} (owned {owned} of {total} sessions)"
 
 
 def controller_kill(app: ChaosApp, sessions: list[str]) -> str:
@@ -83,7 +95,7 @@ def device_fault(app: ChaosApp, sessions: list[str]) -> str:
     import ray
     from ray import serve
 
-    victim, _ = _busiest_replica(app)
+    victim, _, owned, total = _busiest_replica(app)
     directory = _directory_actor(app)
     sid = next((s for s in sessions if (d := ray.get(directory.describe.remote(s))) and d.owner == victim), None)
     if sid is None:
@@ -93,7 +105,7 @@ def device_fault(app: ChaosApp, sessions: list[str]) -> str:
     armed = handle.inject_device_fault.remote(only=victim, sticky=True).result(timeout_s=60)
     if armed != victim:
         raise RuntimeError(f"the call for replica {victim} (session {sid}) reached {armed}")
-    return victim
+    return f"{victim} (owned {owned} of {total} sessions)"
 
 
 def app_restart(app: ChaosApp, sessions: list[str]) -> str:

@@ -5,8 +5,8 @@ from bench.chaos import affected_sessions
 from bench.load_client import TurnResult
 
 
-def turn(sid: str, scheduled: float, done: float, attempts: int = 2, ok: bool = True) -> TurnResult:
-    return TurnResult(sid, 0, f"{sid}-k", scheduled, ok=ok, attempts=attempts, sent=done - 1.0, done=done)
+def turn(sid: str, scheduled: float, done: float, attempts: int = 2, ok: bool = True, cache: str = "warm") -> TurnResult:
+    return TurnResult(sid, 0, f"{sid}-k", scheduled, ok=ok, attempts=attempts, sent=done - 1.0, done=done, cache=cache)
 
 
 def test_a_turn_started_between_faults_and_hit_by_the_next_counts_for_the_next_only():
@@ -31,3 +31,10 @@ def test_first_attempt_successes_failures_and_earlier_turns_are_not_affected():
         turn("max", 11.0, 13.0), turn("max", 14.0, 17.0),  # a session's slowest turn is its time
     ]
     assert affected_sessions(turns, 10.0, 20.0) == {"max": 7.0}
+
+
+def test_a_first_attempt_served_from_a_rebuilt_cache_counts():
+    # a lost replica's session whose turn the ingress resent before it streamed: one attempt, KV rebuilt
+    turns = [turn("lost", 11.0, 13.0, attempts=1, cache="rebuilt"), turn("kept", 11.0, 13.0, attempts=1),
+             turn("new", 11.0, 12.0, attempts=1, cache="new"), turn("later", 21.0, 22.0, attempts=1, cache="rebuilt")]
+    assert affected_sessions(turns, 10.0, 20.0) == {"lost": 3.0}
