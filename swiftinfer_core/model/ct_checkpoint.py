@@ -17,8 +17,10 @@ group over the Linear layers, the LM head left out or not:
   fly, which is the ``dynamic`` per-token scheme of "FP8-dynamic" checkpoints; a static
   ``input_scale`` is not used (per-row dynamic scales instead).
 
-Refused, with the reason: other methods (gptq, awq, bitsandbytes, fp8 of other
-tools), asymmetric or 8-bit int weights, act-order groups (``actorder: group``, a
+GPTQ and AWQ checkpoints (``quant_method`` gptq / awq) are read by
+model/gptq_checkpoint.py into the int4 zero-point format; this module dispatches to it.
+
+Refused, with the reason: other methods (bitsandbytes, fp8 of other tools), asymmetric or 8-bit int weights, act-order groups (``actorder: group``, a
 ``weight_g_idx``), quantized activations other than dynamic e4m3 per token, several
 config groups, sparsity and transforms. A KV cache scheme is not used: the cache is
 ``kv_cache_dtype``'s (its fp8 takes a scale per token as it writes). Llama family only (as every
@@ -43,6 +45,7 @@ import torch
 from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.model.args import ModelArgs
 from swiftinfer_core.model.fp8 import FP8_DTYPE
+from swiftinfer_core.model.gptq_checkpoint import PACKED, Layout, PackedConfig, read_packed_config, read_packed_layer
 from swiftinfer_core.model.layers import permute_heads, rotary_perm
 from swiftinfer_core.model.quant import INT4_OFFSET, QuantFormat, QuantizedWeight, check_group, dequantize, pack_int4
 
@@ -57,11 +60,12 @@ _FORMATS = {"pack-quantized": QuantFormat.INT4, "float-quantized": QuantFormat.F
 
 @dataclass(frozen=True)
 class Prequantized:
-    """A compressed-tensors checkpoint's weight format, as the engine's int4 / fp8."""
+    """A pre-quantized checkpoint's weight format, as the engine's int4 / fp8."""
 
     fmt: QuantFormat
     group: int  # int4 group size (fp8: 0)
     zero_point: bool  # int4 scales in float16: the zero-point format (module doc)
+    layout: Layout = Layout.COMPRESSED_TENSORS  # how the codes are stored
 
 
 def _refuse(folder: Path, why: str) -> InvalidRequestError:
@@ -91,8 +95,11 @@ def read_prequantized(folder: Path | None) -> Prequantized | None:
     if not qc:
         return None
     method = qc.get("quant_method")
+    if method in ("gptq", "awq"):  # always the zero-point format: float16 scales and a zero per group
+        packed = read_packed_config(qc, lambda why: _refuse(folder, why))
+        return Prequantized(QuantFormat.INT4, packed.group, True, packed.layout)
     if method != "compressed-tensors":
-        raise _refuse(folder, f"quant_method '{method}'; the compressed-tensors format is read (llm-compressor's)")
+        raise _refuse(folder, f"quant_method '{method}'; compressed-tensors (llm-compressor's), gptq and awq are read")
     groups = qc.get("config_groups") or {}
     if len(groups) != 1:
         raise _refuse(folder, f"{len(groups)} config groups; one over the Linear layers is read")
@@ -137,13 +144,18 @@ def _unpack_int32(packed: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class PrequantizedCheckpoint(Mapping):
-    """HF name -> tensor of a compressed-tensors checkpoint's state dict, quantized
+    """HF name -> tensor of a pre-quantized checkpoint's state dict, quantized
     ``*.weight`` dequantized to float32 (what Llama.load_hf_state reads)."""
 
     def __init__(self, state: dict[str, torch.Tensor], pre: Prequantized):
         self.state, self.pre = state, pre
         self._layers: dict[str, QuantizedWeight | None] = {}  # read once: for the float fill, then for the codes
-        self.names = {n.removesuffix("_packed") for n in state if not n.endswith(("_scale", "_shape", "_zero_point", "_g_idx"))}
+        self._packed = None if pre.layout is Layout.COMPRESSED_TENSORS else PackedConfig(pre.layout, pre.group)
+        if self._packed is None:
+            self.names = {n.removesuffix("_packed") for n in state if not n.endswith(("_scale", "_shape", "_zero_point", "_g_idx"))}
+        else:  # base.qweight -> base.weight; qzeros, scales, g_idx hidden
+            self.names = {n.removesuffix(".qweight") + ".weight" if n.endswith(".qweight") else n
+                          for n in state if not n.endswith(PACKED[1:])}
 
     def layer(self, base: str) -> QuantizedWeight | None:
         """``base`` (e.g. model.layers.0.self_attn.q_proj) in the engine's format; None if stored float."""
@@ -152,6 +164,8 @@ class PrequantizedCheckpoint(Mapping):
         return self._layers[base]
 
     def _read(self, base: str) -> QuantizedWeight | None:
+        if self._packed is not None:
+            return read_packed_layer(self.state, base, self._packed)
         s = self.state.get(base + ".weight_scale")
         if s is None:
             return None
@@ -177,8 +191,9 @@ class PrequantizedCheckpoint(Mapping):
         return QuantizedWeight(QuantFormat.INT4, packed, s.to(torch.bfloat16), n, k, g)
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        if name.endswith(".weight") and name + "_scale" in self.state:  # quantized: int4 packed, or e4m3 in place
-            return dequantize(self.layer(name.removesuffix(".weight")))
+        base = name.removesuffix(".weight")
+        if name.endswith(".weight") and (name + "_scale" in self.state or base + ".qweight" in self.state):
+            return dequantize(self.layer(base))  # quantized: int4 packed, or e4m3 in place
         return self.state[name]
 
     def __contains__(self, name: object) -> bool:

@@ -31,7 +31,7 @@ from swiftinfer_core.kernels.triton_shapes import check_triton_heads
 from swiftinfer_core.kernels import cpu_native
 from swiftinfer_core.model import cpu_decode, fused_decode, split_head
 from swiftinfer_core.model.cpu_weights import quantize_int8, transpose_linears
-from swiftinfer_core.model.ct_checkpoint import Prequantized, PrequantizedCheckpoint
+from swiftinfer_core.model.ct_checkpoint import PrequantizedCheckpoint, read_prequantized
 from swiftinfer_core.model.families import build_model
 from swiftinfer_core.model.fp8 import fp8_unsupported
 from swiftinfer_core.model.fp8_linear import quantize_fp8_linears
@@ -141,7 +141,7 @@ def fill_weights(model: nn.Module, cfg: RankConfig, device: torch.device, sharde
     elif cfg.weights is Weights.SEEDED:
         model.load_hf_state(SeededCheckpoint(cfg.args, cfg.seed, device))
     elif cfg.prequantized:
-        state = PrequantizedCheckpoint(read_state_dict(cfg.path), Prequantized(cfg.quant, cfg.quant_group, cfg.quant_zero_point))
+        state = PrequantizedCheckpoint(read_state_dict(cfg.path), read_prequantized(cfg.path))  # as resolve.py read it
         model.load_hf_state(state)
         return state.quantized_weights(cfg.args)
     else:

@@ -210,7 +210,7 @@ def test_what_cannot_be_served_exactly_is_refused(int4_ckpt, tmp_path):
     path, _ = int4_ckpt
     w = lambda q: q["config_groups"]["group_0"]["weights"]  # noqa: E731
     cases = {
-        "quant_method 'gptq'": lambda q: q.update(quant_method="gptq"),
+        "quant_method 'bitsandbytes'": lambda q: q.update(quant_method="bitsandbytes"),
         "symmetric 4-bit": lambda q: w(q).update(symmetric=False),
         "actorder 'group'": lambda q: w(q).update(actorder="group"),
         "int weights": lambda q: w(q).update(num_bits=8),
