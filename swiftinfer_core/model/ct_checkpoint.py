@@ -228,7 +228,8 @@ def _permute_rows(qw: QuantizedWeight, d: int, perm: torch.Tensor) -> QuantizedW
     if torch.equal(perm, torch.arange(d)):
         return qw
     pr = lambda t: None if t is None else permute_heads(t, d, perm)  # noqa: E731
-    return QuantizedWeight(qw.fmt, pr(qw.qweight), pr(qw.scales), qw.out_features, qw.in_features, qw.group, pr(qw.mins))
+    return QuantizedWeight(qw.fmt, pr(qw.qweight), pr(qw.scales), qw.out_features, qw.in_features, qw.group, pr(qw.mins),
+                           qw.in_perm)
 
 
 def _stack(parts: list[QuantizedWeight]) -> QuantizedWeight:
@@ -236,6 +237,10 @@ def _stack(parts: list[QuantizedWeight]) -> QuantizedWeight:
     if len(parts) == 1:
         return parts[0]
     first = parts[0]
+    perms = [p.in_perm for p in parts]
+    if any(p is not None for p in perms) and not all(p is not None and torch.equal(p, perms[0]) for p in perms):
+        raise InvalidRequestError("projections fused into one layer (q/k/v, gate/up) have different act-order column orders")
     cat = lambda ts: None if ts[0] is None else torch.cat(ts)  # noqa: E731
     return QuantizedWeight(first.fmt, cat([p.qweight for p in parts]), cat([p.scales for p in parts]),
-                           sum(p.out_features for p in parts), first.in_features, first.group, cat([p.mins for p in parts]))
+                           sum(p.out_features for p in parts), first.in_features, first.group, cat([p.mins for p in parts]),
+                           first.in_perm)

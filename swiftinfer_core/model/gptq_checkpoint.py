@@ -9,10 +9,13 @@ Both store per linear layer ``qweight`` (int32, 8 four-bit codes each), ``qzeros
   ``qzeros`` [K / group, N / 8], zero of output n at bits 4 (n % 8) of column n // 8.
   ``checkpoint_format: gptq`` (v1, what AutoGPTQ and most published checkpoints store)
   keeps z - 1, so z = nibble + 1 (1..16: a zero of 0 cannot be stored, and its 15 reads
-  as 16, as AutoGPTQ's and vLLM's kernels read it); ``gptq_v2`` keeps z. ``g_idx`` [K] must be
-  k // group: act-order checkpoints (``desc_act: true``) group scattered input columns,
-  which the kernels' contiguous groups cannot hold without permuting the activations,
-  and are refused.
+  as 16, as AutoGPTQ's and vLLM's kernels read it); ``gptq_v2`` keeps z. ``g_idx`` [K]
+  names each input's group: k // group, or, in act-order checkpoints (``desc_act: true``),
+  groups of scattered inputs. Those are stored with each group's inputs gathered
+  (columns sorted by group, stably) and the layer's ``in_perm`` that gathers x the same
+  way before the product (QuantLinear: one index_select per layer per step). Every
+  group must hold ``group`` inputs (the last fewer); fused projections must share
+  their order (q/k/v and gate/up see the same input, so GPTQ orders them alike).
 - AWQ ``version: gemm``: ``qweight`` [K, N / 8] and ``qzeros`` [K / group, N / 8], the
   8 outputs of a word interleaved: nibble i holds output 8 c + (0, 2, 4, 6, 1, 3, 5, 7)[i].
 
@@ -21,7 +24,8 @@ a power of two times the scale), otherwise within 2^-11 of |z * scale| (z has up
 significant bits beyond the scale's 11), far below one code step. Refused with the
 reason: other bit widths, per-channel groups (``group_size: -1``) or groups the kernels
 cannot tile, other AWQ versions (gemv, marlin), GPTQ's other formats (marlin, bitblas)
-and per-module overrides (``dynamic``), scales not in float16.
+and per-module overrides (``dynamic``), scales not in float16, act-order
+groups of other sizes.
 """
 
 from __future__ import annotations
@@ -74,8 +78,6 @@ def read_packed_config(qc: dict, refuse) -> PackedConfig:
     fmt = str(qc.get("format") or qc.get("checkpoint_format") or "gptq").lower()  # GPTQModel's precedence
     if fmt not in ("gptq", "gptq_v2"):
         raise refuse(f"gptq checkpoint_format '{fmt}'; 'gptq' (v1) and 'gptq_v2' are read")
-    if qc.get("desc_act"):
-        raise refuse("gptq desc_act (act-order: each group's input columns are scattered, a g_idx order) is not read")
     if qc.get("dynamic"):
         raise refuse("gptq per-module overrides ('dynamic') are not read")
     return PackedConfig(Layout(fmt), group)
@@ -96,7 +98,7 @@ def read_packed_layer(state: dict[str, torch.Tensor], base: str, cfg: PackedConf
     if scales.dtype != torch.float16:
         raise InvalidRequestError(f"{base}.scales is {scales.dtype}; float16 scales are read exactly")
     groups, n = scales.shape
-    words = _nibbles(state[base + ".qzeros"])  # [G, N / 8, 8]
+    words, perm = _nibbles(state[base + ".qzeros"]), None  # [G, N / 8, 8]
     if cfg.layout is Layout.AWQ:
         k = qweight.shape[0]
         codes = _nibbles(qweight)[..., AWQ_REVERSE].reshape(k, n)  # [K, N]
@@ -105,13 +107,26 @@ def read_packed_layer(state: dict[str, torch.Tensor], base: str, cfg: PackedConf
         k = qweight.shape[0] * 8
         codes = _nibbles(qweight).permute(0, 2, 1).reshape(k, n)  # row r, nibble i -> input 8r + i
         zeros = words.reshape(groups, n) + (1 if cfg.layout is Layout.GPTQ else 0)
-        g_idx = state.get(base + ".g_idx")
-        if g_idx is not None and not torch.equal(g_idx.long(), torch.arange(k) // g):
-            raise InvalidRequestError(f"{base}.g_idx is not input // {g} (an act-order column order), which is not read")
+        perm = _act_order(state.get(base + ".g_idx"), k, g, base)
+        if perm is not None:
+            codes = codes[perm]  # each group's inputs gathered
     if groups != -(-k // g) or zeros.shape != (groups, n):
         raise InvalidRequestError(f"{base}: {groups} groups of scales for {k} inputs in groups of {g}")
     kp = groups * g
     q = torch.nn.functional.pad(codes.t().to(torch.int8) - INT4_OFFSET, (0, kp - k))  # [N, Kp] in -8..7
     scale = scales.t().contiguous()  # [N, G] float16
     mins = (-(zeros.t().double()) * scale.double()).to(torch.float16)  # w = (q - z) s = nibble s + (-z s)
-    return QuantizedWeight(QuantFormat.INT4, pack_int4(q), scale, n, k, g, mins=mins)
+    return QuantizedWeight(QuantFormat.INT4, pack_int4(q), scale, n, k, g, mins=mins,
+                           in_perm=perm)
+
+
+def _act_order(g_idx: torch.Tensor | None, k: int, g: int, base: str) -> torch.Tensor | None:
+    """None when ``g_idx`` is absent or k // g; else the input order that makes each group
+    contiguous (stable sort by group), checked to give groups of ``g`` inputs in order."""
+    contiguous = torch.arange(k) // g
+    if g_idx is None or torch.equal(g_idx.long(), contiguous):
+        return None
+    perm = torch.argsort(g_idx.long(), stable=True)
+    if g_idx.numel() != k or not torch.equal(g_idx.long()[perm], contiguous):
+        raise InvalidRequestError(f"{base}.g_idx does not put {g} inputs in each group; act-order groups of the group size are read")
+    return perm

@@ -86,7 +86,9 @@ class QuantFormat(str, Enum):
 class QuantizedWeight:
     """One linear layer's quantized weight: qweight int8 [N, K16] (INT8) or uint8
     [N, Kp // 2] (INT4); scales bfloat16 [N] (INT8) or [N, Kp // group] (INT4; float16
-    with zero points); mins float16 [N, Kp // group] for INT4 with zero points, else None."""
+    with zero points); mins float16 [N, Kp // group] for INT4 with zero points, else None;
+    in_perm int64 [K] when the stored columns are the layer's inputs reordered (GPTQ's
+    act-order: each group's inputs gathered), so the layer computes W_stored @ x[in_perm]."""
 
     fmt: QuantFormat
     qweight: torch.Tensor
@@ -95,6 +97,7 @@ class QuantizedWeight:
     in_features: int  # K (before padding)
     group: int  # INT4 group size; K for INT8 (one group per row)
     mins: torch.Tensor | None = None  # INT4 with zero points: w = (q + 8) * scale + min
+    in_perm: torch.Tensor | None = None  # stored column j multiplies input in_perm[j]
 
     @property
     def zero_point(self) -> bool:
@@ -198,7 +201,17 @@ def quantize(w: torch.Tensor, fmt: QuantFormat, group: int = 128, zero_point: bo
 
 
 def dequantize(qw: QuantizedWeight) -> torch.Tensor:
-    """[N, K] float32: the weight the kernels multiply by (padding dropped)."""
+    """[N, K] float32: the weight the kernels multiply by (padding dropped), in the
+    layer's input order (an ``in_perm`` undone)."""
+    w = _dequantize_stored(qw)
+    if qw.in_perm is None:
+        return w
+    out = torch.empty_like(w)
+    out[:, qw.in_perm.to(w.device)] = w
+    return out
+
+
+def _dequantize_stored(qw: QuantizedWeight) -> torch.Tensor:
     if qw.fmt is QuantFormat.INT8:
         return unpack_int8(qw.qweight)[:, : qw.in_features].float() * qw.scales.float()[:, None]
     if qw.fmt is QuantFormat.FP8:

@@ -66,11 +66,13 @@ class QuantLinear(nn.Module):
                              f"zero point {qw.zero_point} does not fit this {fmt.value} layer "
                              f"[{self.out_features}, {self.in_features}] zero point {zero_point}")
         mins = None if qw.mins is None else qw.mins.to(w.device)
+        perm = None if qw.in_perm is None else qw.in_perm.to(w.device, torch.int64)
         qw = QuantizedWeight(qw.fmt, qw.qweight.to(w.device), qw.scales.to(w.device), qw.out_features, qw.in_features,
-                             qw.group, mins)
+                             qw.group, mins, perm)
         self.register_buffer("qweight", qw.qweight)  # int8 [N, K16] or uint8 [N, Kp/2] (model/quant.py layouts)
         self.register_buffer("scales", qw.scales)  # bf16 [N] or [N, Kp/group]; float16 with zero points
         self.register_buffer("mins", qw.mins)  # zero points: float16 [N, Kp/group]; else None
+        self.register_buffer("in_perm", qw.in_perm)  # int64 [K]: act-order checkpoints gather x first; else None
         bias = linear.bias
         bias_dtype = torch.float32 if self.on_cpu else w.dtype
         self.register_buffer("bias", None if bias is None else bias.detach().to(bias_dtype).clone())
@@ -90,7 +92,7 @@ class QuantLinear(nn.Module):
 
     def quantized(self) -> QuantizedWeight:
         return QuantizedWeight(self.fmt, self.qweight, self.scales, self.out_features, self.in_features,
-                               self.group if self.fmt is QuantFormat.INT4 else self.in_features, self.mins)
+                               self.group if self.fmt is QuantFormat.INT4 else self.in_features, self.mins, self.in_perm)
 
     def dequantized(self) -> torch.Tensor:
         """[N, K] float32: the weight this layer multiplies by."""
@@ -98,6 +100,8 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)  # [M, K]
+        if self.in_perm is not None:
+            x2 = x2.index_select(1, self.in_perm)  # the stored column order (static shape: graphs capture it)
         y = self._cpu(x2) if self.on_cpu else self._cuda(x2)  # [M, N]
         if self.bias is not None:
             y = y + self.bias

@@ -3,8 +3,10 @@ model in each tool's layout. The packers below follow the formats' definitions, 
 independently of the reader: AutoGPTQ's sequential nibbles along the input (v1 stores each
 zero minus one, v2 as is) and AutoAWQ's GEMM words along the output with its interleave.
 Codes and scales come from a round-to-nearest quantizer per group of 64 (asymmetric, as
-GPTQ's ``sym: false`` and AWQ, or symmetric with zero 8); the reference weight is
-(q - z) * scale in float64. The engine must multiply by that weight (float16 rounding of
+GPTQ's ``sym: false`` and AWQ, or symmetric with zero 8), over contiguous inputs or, as
+GPTQ's act-order (``desc_act``), over inputs scattered by a random order shared by the
+projections of one input (q/k/v, gate/up) and named by ``g_idx``; the reference weight
+is (q - z) * scale in float64. The engine must multiply by that weight (float16 rounding of
 -z * scale allowed: exact when symmetric), run it end to end, and refuse what it cannot
 serve exactly."""
 
@@ -62,26 +64,37 @@ def _pack_along(x: torch.Tensor, order=tuple(range(8))) -> torch.Tensor:
     return _int32(sum(blocks[:, :, order[i]] << (4 * i) for i in range(8))).contiguous()
 
 
-def _pack(q: torch.Tensor, z: torch.Tensor, s: torch.Tensor, layout: Layout) -> dict[str, torch.Tensor]:
+def _act_order(name: str, k: int) -> torch.Tensor:
+    """A random input order per layer input: the projections reading one input share it."""
+    layer, proj = int(name.split(".")[2]), name.split(".")[-2]
+    which = {"q_proj": 0, "k_proj": 0, "v_proj": 0, "o_proj": 1, "gate_proj": 2, "up_proj": 2, "down_proj": 3}[proj]
+    return torch.randperm(k, generator=torch.Generator().manual_seed(4 * layer + which))
+
+
+def _pack(q: torch.Tensor, z: torch.Tensor, s: torch.Tensor, layout: Layout, g_idx: torch.Tensor) -> dict[str, torch.Tensor]:
     if layout is Layout.AWQ:  # qweight [K, N / 8], qzeros [G, N / 8], interleaved
         return {"qweight": _pack_along(q.t(), AWQ_ORDER), "qzeros": _pack_along(z.t(), AWQ_ORDER), "scales": s.t().contiguous()}
     stored = z - 1 if layout is Layout.GPTQ else z
-    k = q.shape[1]
     return {"qweight": _pack_along(q).t().contiguous(),  # [K / 8, N]: nibble i of row r is input 8r + i
-            "qzeros": _pack_along(stored.t()), "scales": s.t().contiguous(),
-            "g_idx": (torch.arange(k) // GROUP).to(torch.int32)}
+            "qzeros": _pack_along(stored.t()), "scales": s.t().contiguous(), "g_idx": g_idx.to(torch.int32)}
 
 
-def _write(model_dir: Path, out: Path, layout: Layout, sym: bool = False) -> dict[str, torch.Tensor]:
+def _write(model_dir: Path, out: Path, layout: Layout, sym: bool = False, act_order: bool = False) -> dict[str, torch.Tensor]:
     """``out``: the default model in ``layout``; returns base name -> reference weight (float64)."""
     out.mkdir(parents=True)
     state, ref, tensors = read_state_dict(model_dir), {}, {}
     for name, t in state.items():
         base = name.removesuffix(".weight")
         if name.endswith("_proj.weight") and ".layers." in name:
-            q, z, s = _quantize(t.float(), sym, min_zero=1 if layout is Layout.GPTQ else 0)  # v1 cannot store zero 0
-            ref[base] = (q - z.repeat_interleave(GROUP, 1)).double() * s.double().repeat_interleave(GROUP, 1)
-            tensors |= {f"{base}.{k}": v for k, v in _pack(q, z, s, layout).items()}
+            k = t.shape[1]
+            order = _act_order(name, k) if act_order else torch.arange(k)  # input order j -> column order[j]
+            qo, z, s = _quantize(t.float()[:, order], sym, min_zero=1 if layout is Layout.GPTQ else 0)  # v1 cannot store zero 0
+            q, w, g_idx = torch.empty_like(qo), torch.empty(t.shape, dtype=torch.float64), torch.empty(k, dtype=torch.int64)
+            q[:, order] = qo
+            w[:, order] = (qo - z.repeat_interleave(GROUP, 1)).double() * s.double().repeat_interleave(GROUP, 1)
+            g_idx[order] = torch.arange(k) // GROUP
+            ref[base] = w
+            tensors |= {f"{base}.{k}": v for k, v in _pack(q, z, s, layout, g_idx).items()}
         else:
             tensors[name] = t.half().contiguous()
     from safetensors.torch import save_file
@@ -91,7 +104,7 @@ def _write(model_dir: Path, out: Path, layout: Layout, sym: bool = False) -> dic
     if layout is Layout.AWQ:
         cfg["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": GROUP, "zero_point": True, "version": "gemm"}
     else:
-        cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": GROUP, "desc_act": False, "sym": sym,
+        cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": GROUP, "desc_act": act_order, "sym": sym,
                                       "checkpoint_format": layout.value, "damp_percent": 0.01}
     (out / "config.json").write_text(json.dumps(cfg))
     for f in TOKENIZER:
@@ -110,14 +123,15 @@ def _expected(ref: dict[str, torch.Tensor], i: int, ours: str) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def gptq_ckpt(model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("gptq") / "smollm2-gptq-asym"
-    return out, _write(model_dir, out, Layout.GPTQ)
+    out = tmp_path_factory.mktemp("gptq") / "smollm2-gptq-asym-act-order"
+    return out, _write(model_dir, out, Layout.GPTQ, act_order=True)
 
 
-@pytest.mark.parametrize("layout,sym", [(Layout.GPTQ, False), (Layout.GPTQ, True), (Layout.GPTQ_V2, False), (Layout.AWQ, False)])
-def test_codes_and_zeros_read_as_the_layout_defines_them(model_dir, tmp_path, layout, sym):
-    path = tmp_path / f"ckpt-{layout.value}-{sym}"
-    ref = _write(model_dir, path, layout, sym)
+@pytest.mark.parametrize("layout,sym,act_order", [(Layout.GPTQ, False, False), (Layout.GPTQ, True, False), (Layout.GPTQ, True, True),
+                                                  (Layout.GPTQ_V2, False, False), (Layout.AWQ, False, False)])
+def test_codes_and_zeros_read_as_the_layout_defines_them(model_dir, tmp_path, layout, sym, act_order):
+    path = tmp_path / f"ckpt-{layout.value}-{sym}-{act_order}"
+    ref = _write(model_dir, path, layout, sym, act_order)
     pre = read_prequantized(path)
     assert (pre.fmt, pre.group, pre.zero_point, pre.layout) == (QuantFormat.INT4, GROUP, True, layout)
     ours = PrequantizedCheckpoint(read_state_dict(path), pre).quantized_weights(read_args(path))
@@ -126,6 +140,7 @@ def test_codes_and_zeros_read_as_the_layout_defines_them(model_dir, tmp_path, la
         for name in HF:
             qw, want = ours[f"layers.{i}.{name}"], _expected(ref, i, name)
             assert qw.scales.dtype == qw.mins.dtype == torch.float16 and qw.group == GROUP
+            assert (qw.in_perm is not None) == act_order
             got = dequantize(qw).double()
             if sym:  # min = -8 * scale: exact
                 assert torch.equal(got, want), (i, name)
@@ -137,11 +152,12 @@ def test_codes_and_zeros_read_as_the_layout_defines_them(model_dir, tmp_path, la
 
 def test_gptq_checkpoint_runs_end_to_end_close_to_its_float_twin(gptq_ckpt, tmp_path, shakespeare_ids):
     """The same weights as a float32 checkpoint against the int4 codes through torch's CPU
-    int4 op (activations, scales and zeros rounded to bf16): 600 teacher-forced tokens."""
+    int4 op (activations, scales and zeros rounded to bf16): 600 teacher-forced tokens.
+    Act-order: every layer gathers its input into the stored column order first."""
     path, ref = gptq_ckpt
     m = _engine(path)  # quantization 'none': the checkpoint's own format
     lin = m.model.layers[7].w13
-    assert isinstance(lin, QuantLinear) and lin.group == GROUP and lin.mins is not None
+    assert isinstance(lin, QuantLinear) and lin.group == GROUP and lin.mins is not None and lin.in_perm is not None
     assert (lin.dequantized().double() - _expected(ref, 7, "w13")).abs().max() < 1e-3
     assert not isinstance(m.model.lm_head, QuantLinear)  # stored float in the checkpoint
     twin = tmp_path / "float-twin"
@@ -182,7 +198,6 @@ def test_what_cannot_be_served_exactly_is_refused(gptq_ckpt, tmp_path):
         "4-bit is read": lambda q: q.update(bits=8),
         "group_size -1": lambda q: q.update(group_size=-1),
         "power of two": lambda q: q.update(group_size=48),
-        "desc_act": lambda q: q.update(desc_act=True),
         "checkpoint_format 'marlin'": lambda q: q.update(checkpoint_format="marlin"),
         "'dynamic'": lambda q: q.update(dynamic={"-:.*mlp.*": {}}),
         "awq version 'gemv'": lambda q: q.update(quant_method="awq", version="gemv"),
@@ -197,12 +212,18 @@ def test_what_cannot_be_served_exactly_is_refused(gptq_ckpt, tmp_path):
             _engine(path, **kw)
 
 
-def test_an_act_order_g_idx_is_refused_even_when_the_config_omits_desc_act(gptq_ckpt, tmp_path):
+def test_act_orders_the_kernels_cannot_hold_are_refused(gptq_ckpt):
     path, _ = gptq_ckpt
-    state = read_state_dict(path)
+    pre, args = read_prequantized(path), read_args(path)
+    uneven = read_state_dict(path)
     name = "model.layers.3.mlp.down_proj.g_idx"
-    k = state[name].numel()
-    state[name] = (torch.arange(k).flip(0) // GROUP).to(torch.int32)  # every group's columns elsewhere
-    pre = read_prequantized(path)
-    with pytest.raises(InvalidRequestError, match="act-order"):
-        PrequantizedCheckpoint(state, pre).quantized_weights(read_args(path))
+    g = uneven[name].clone()
+    g[g == 0], g[g == 1] = 1, 0  # relabelled: still groups of 64
+    g[:3] = 2  # now group 2 holds 67 inputs
+    uneven[name] = g
+    with pytest.raises(InvalidRequestError, match="64 inputs in each group"):
+        PrequantizedCheckpoint(uneven, pre).quantized_weights(args)
+    split = read_state_dict(path)
+    split["model.layers.5.self_attn.k_proj.g_idx"] = (torch.arange(576) // GROUP).to(torch.int32)  # k not ordered as q, v
+    with pytest.raises(InvalidRequestError, match="different act-order column orders"):
+        PrequantizedCheckpoint(split, pre).quantized_weights(args)
