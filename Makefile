@@ -29,12 +29,15 @@ model: install
 # HAPROXY=1: Serve's HAProxy ingress in place of its Python HTTP proxy (README "HAProxy in front").
 HAPROXY ?= $(or $(RAY_SERVE_ENABLE_HA_PROXY),0)
 # FRONT=direct: every LLM replica serves HTTP itself behind HAProxy (README "Each replica serves its own streams"):
-# the config with `http_front: direct` added to the app's args, and the two Serve flags that mode needs.
+# the config with `http_front: direct` added to the app's args, and the two Serve flags that mode needs; HAProxy
+# also shows the route picker each request body up to 64 KiB, so sessions named only in the body route directly.
 FRONT ?= ingress
+DIRECT_ENV = RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_ENABLE_DIRECT_INGRESS=1 RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY=1 \
+	RAY_SERVE_HAPROXY_INGRESS_REQUEST_ROUTER_BUFSIZE=65536
 serve: model
 ifeq ($(FRONT),direct)
 	sed 's/^\( *\)args: *$$/&\n\1  http_front: direct/' $(SERVE_CONFIG) > .serve_direct.yaml
-	RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_ENABLE_DIRECT_INGRESS=1 $(VENV)/bin/serve run .serve_direct.yaml
+	$(DIRECT_ENV) $(VENV)/bin/serve run .serve_direct.yaml
 else
 	RAY_SERVE_ENABLE_HA_PROXY=$(HAPROXY) $(VENV)/bin/serve run $(SERVE_CONFIG)
 endif

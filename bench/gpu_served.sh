@@ -148,7 +148,7 @@ hap_app() {  # hap_app STEP LABEL: one app of a HAProxy step (hap, hapn, happ, h
     hapn) SERVE_ENV="$HAP_ENV RAY_worker_niceness=0" serve_once "$2" true "" "" ${HAP_SIZES:-$SIZES} ;;
     happ) SERVE_ENV=$HAP_ENV PIN=1 serve_once "$2" true "" "" ${HAP_SIZES:-$SIZES} ;;
     hapr) SERVE_ENV=$HAP_ENV serve_once "$2" true "\n      replica_transport: ray" "" ${HAP_SIZES:-$SIZES} ;;
-    direct) SETTLE_S=15 SERVE_ENV="$HAP_ENV RAY_SERVE_ENABLE_DIRECT_INGRESS=1" serve_once "$2" true "\n      http_front: direct" "" ${HAP_SIZES:-$SIZES} ;;
+    direct) SETTLE_S=15 SERVE_ENV="$HAP_ENV RAY_SERVE_ENABLE_DIRECT_INGRESS=1 RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY=1 RAY_SERVE_HAPROXY_INGRESS_REQUEST_ROUTER_BUFSIZE=65536" serve_once "$2" true "\n      http_front: direct" "" ${HAP_SIZES:-$SIZES} ;;
     *) echo "STEP_ORDER: '$1' is not one of hap, hapn, happ, hapr, direct" | tee -a "$OUT/summary.txt" ;;
   esac
 }

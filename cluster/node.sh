@@ -35,6 +35,8 @@ if [[ "${HAPROXY:-0}" == 1 || "${FRONT:-ingress}" == direct ]]; then
 fi
 if [[ "${FRONT:-ingress}" == direct ]]; then
   export RAY_SERVE_ENABLE_DIRECT_INGRESS=1
+  # the route picker also reads a body's session_id (bodies up to 64 KiB; longer ones are forwarded one hop)
+  export RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY=1 RAY_SERVE_HAPROXY_INGRESS_REQUEST_ROUTER_BUFSIZE=65536
 fi
 if [[ -n "${RAY_AUTH_TOKEN:-}" ]]; then
   export RAY_AUTH_MODE=token

@@ -1,7 +1,9 @@
 """The route picker of ``http_front: direct``: HAProxy's ingress request router.
 
 For every request to the app, HAProxy's Lua action POSTs to ``/internal/route``
-here with the client's ``x-session-id`` header (not the body, not the path) and
+here with the client's ``x-session-id`` header (never the path or the API key) and,
+when Serve runs with ``RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY=1``, the
+request's body (cut at HAProxy's buffer size, then marked ``X-Body-Truncated``), and
 forwards the connection to the replica named in the answer
 (``{"host", "port", "replica_id"}``, and ``request_headers`` HAProxy sets on the
 request: ``ROUTED_HEADER`` when the pick was the session's; any other status:
@@ -10,13 +12,17 @@ The pick is the LLM deployment's own request router, run without dispatching
 (``choose_replica``), as a turn: the session affinity router names the owner, or
 places a new session by load, exactly as for the ingress front.
 
-A request without the header (session reads, ids only in the body, history
-digests) goes to the emptiest replicas, whose ingress code sends the turn on to
-the owner through the router (direct.py). With API keys the header is the
-client's unscoped id, and owners are kept by scoped ids: it is not used.
+Without the header, a chat or completion body's own ``session_id`` names the
+session, when the body came and is whole JSON of at most ``BODY_MAX`` bytes. A
+request naming no session either way (session reads, history digests) goes to
+the emptiest replicas, whose ingress code sends the turn on to the owner through
+the router (direct.py). With API keys the ids are the client's unscoped ones,
+and owners are kept by scoped ids: neither is used.
 """
 
 from __future__ import annotations
+
+import json
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -28,6 +34,19 @@ from swiftinfer_core.session_id import CLIENT_MAX, is_session_id
 # Set by HAProxy from our answer, after it deleted any client header of Serve's router prefix (x-serve-router-):
 # the replica knows the request was placed by this session id, not merely load-balanced (direct.py).
 ROUTED_HEADER = "x-serve-router-swiftinfer-session"
+BODY_MAX = 1 << 16  # a longer body (a whole history, an id-less conversation) is not parsed here: it is forwarded
+
+
+def body_session(body: bytes, truncated: bool) -> str | None:
+    """The top-level ``session_id`` of a JSON request body; None if absent, cut or too long."""
+    if truncated or not body or len(body) > BODY_MAX:
+        return None
+    try:
+        doc = json.loads(body)
+    except ValueError:  # a caller's malformed body: the replica answers its 400
+        return None
+    sid = doc.get("session_id") if isinstance(doc, dict) else None
+    return sid if isinstance(sid, str) else None
 
 
 class RoutePicker:
@@ -43,6 +62,8 @@ class RoutePicker:
 
     async def route(self, request: Request) -> JSONResponse:
         sid = request.headers.get("x-session-id")
+        if sid is None and not self._keyed:
+            sid = body_session(await request.body(), "x-body-truncated" in request.headers)
         if sid is None or self._keyed or not is_session_id(sid, CLIENT_MAX):  # a bad id: the replica answers 400
             sid = None
         handle = self._llm if sid is None else self._llm.options(session_id=sid)

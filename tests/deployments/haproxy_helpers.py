@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -45,6 +46,15 @@ def haproxies(tag: str) -> list[int]:
         if args and Path(args[0].decode(errors="replace")).name == "haproxy" and any(tag.encode() in a for a in args[1:]):
             pids.append(int(pid))
     return pids
+
+
+def forwarded_turns(url: str) -> float:
+    """``swiftinfer_forwarded_turns`` summed over the replicas (GET /metrics): ``http_front: direct``
+    turns a replica sent on to another through the router."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    values = re.findall(r"^swiftinfer_forwarded_turns(?:\{[^}]*\})? ([0-9.e+]+)$", text, re.M)
+    assert values, text[:2000]
+    return sum(float(v) for v in values)
 
 
 def haproxy_config(hap: Path) -> str:

@@ -4,9 +4,11 @@ API themselves, HAProxy asks the route picker which one takes each request.
 
 What a client relies on: every turn of a conversation named in ``x-session-id``
 runs on one replica, warm after the first, and conversations spread over both;
-a conversation named only in the body (the route picker cannot see it, so HAProxy
-lands its turns on either replica) still runs on its owner, warm; the session log
-holds each turn once; caller mistakes are JSON 4xx."""
+a conversation named only in the body (HAProxy shows the route picker the body, as
+``make serve FRONT=direct`` configures it) runs on its owner too, warm, with no hop
+between replicas; the session log holds each turn once; caller mistakes are JSON
+4xx. The forwarding path (a turn landing away from its owner) runs in
+test_direct_front_keys_drain.py, where the picker places nothing."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from haproxy_helpers import forwarded_turns as _forwarded
 from haproxy_helpers import haproxy_config, serve_behind_haproxy
 from serve_helpers import ENGINE, MODEL_ID, log_path
 
@@ -31,7 +34,9 @@ def direct_app(tmp_path_factory):
             "default_max_tokens": 6, "replica_cpus": 0.5, "scaling": {"min_replicas": 2, "max_replicas": 2},
             "session_log": {"path": log_path("direct-test")}}
     # HAProxy load-balances over the replicas until the route picker runs: wait for it
-    with serve_behind_haproxy(tmp_path_factory.mktemp("direct"), args, {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"},
+    env = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "1",
+           "RAY_SERVE_HAPROXY_INGRESS_REQUEST_ROUTER_BUFSIZE": "65536"}
+    with serve_behind_haproxy(tmp_path_factory.mktemp("direct"), args, env,
                               ready=lambda hap: ROUTED.search(haproxy_config(hap)) is not None) as running:
         yield running
 
@@ -84,14 +89,8 @@ def test_a_conversation_named_only_in_the_body_runs_on_its_owner(direct_app):
         replicas.add(resp.headers["x-replica-id"])
         caches.append(final["cache"])
     assert len(replicas) == 1 and caches == ["new"] + ["warm"] * 5, (replicas, caches)
-
-
-def _forwarded(url: str) -> float:
-    """``swiftinfer_forwarded_turns`` summed over the replicas (GET /metrics)."""
-    text = httpx.get(f"{url}/metrics", timeout=30).text
-    values = re.findall(r"^swiftinfer_forwarded_turns(?:\{[^}]*\})? ([0-9.e+]+)$", text, re.M)
-    assert values, text[:2000]
-    return sum(float(v) for v in values)
+    time.sleep(2.5)  # a stats report: the picker read the body's id, so no turn went through a second replica
+    assert _forwarded(url) == 0
 
 
 def test_caller_mistakes_are_json_4xx(direct_app):
