@@ -30,6 +30,7 @@ groups of other sizes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -57,7 +58,7 @@ class PackedConfig:
     group: int
 
 
-def read_packed_config(qc: dict, refuse) -> PackedConfig:
+def read_packed_config(qc: dict, refuse: Callable[[str], Exception]) -> PackedConfig:
     """``quantization_config`` of a gptq / awq checkpoint -> its layout and group size;
     ``refuse(why)`` builds the error for what cannot be served exactly."""
     method = qc.get("quant_method")
@@ -116,8 +117,7 @@ def read_packed_layer(state: dict[str, torch.Tensor], base: str, cfg: PackedConf
     q = torch.nn.functional.pad(codes.t().to(torch.int8) - INT4_OFFSET, (0, kp - k))  # [N, Kp] in -8..7
     scale = scales.t().contiguous()  # [N, G] float16
     mins = (-(zeros.t().double()) * scale.double()).to(torch.float16)  # w = (q - z) s = nibble s + (-z s)
-    return QuantizedWeight(QuantFormat.INT4, pack_int4(q), scale, n, k, g, mins=mins,
-                           in_perm=perm)
+    return QuantizedWeight(QuantFormat.INT4, pack_int4(q), scale, n, k, g, mins=mins, in_perm=perm)
 
 
 def _act_order(g_idx: torch.Tensor | None, k: int, g: int, base: str) -> torch.Tensor | None:
