@@ -33,8 +33,10 @@ def keyed_app(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("direct-keys")
     keys = {name: add_key(tmp / "keys.json", name, tenant) for name, tenant in TENANTS.items()}
+    # idle, the policy wants one replica: the delay covers HAProxy's start before the first test talks (6 active
+    # sessions then keep two), and the second test waits it out
     scaling = {"min_replicas": 1, "max_replicas": 2, "initial_replicas": 2, "target_active_sessions": 4, "active_window_s": 6,
-               "target_ongoing_requests": 8, "downscale_delay_s": 8, "upscale_delay_s": 600, "look_back_period_s": 2,
+               "target_ongoing_requests": 8, "downscale_delay_s": 30, "upscale_delay_s": 600, "look_back_period_s": 2,
                "metrics_interval_s": 0.5}
     args = {"model_id": MODEL_ID, "engine": dict(ENGINE), "directory_name": "direct-keys", "http_front": "direct",
             "default_max_tokens": 6, "replica_cpus": 0.5, "scaling": scaling, "stats_report_period_s": 0.5,
@@ -87,6 +89,7 @@ def _turns(url: str, key: str, sid: str) -> list[dict]:
 
 def test_keys_are_required_and_tenants_keep_their_own_conversations(keyed_app):
     url, keys = keyed_app
+    assert httpx.get(f"{url}/healthz", timeout=10).json().get("replicas") == 2  # not yet scaled down while idle
     missing = _turn(url, None, "chat-0", "hello")
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key", missing.text
     wrong = _turn(url, "sk-si-" + "x" * 43, "chat-0", "hello")
@@ -113,7 +116,7 @@ def test_scale_down_in_direct_mode_loses_no_conversation(keyed_app):
     url, keys = keyed_app
     before = {j: _turns(url, keys[j[0]], j[1]) for j in ((w, s) for w in keys for s in SESSIONS)}
     # nothing talks now: after active_window_s + downscale_delay_s the policy asks for one replica
-    _wait(lambda: httpx.get(f"{url}/healthz", timeout=10).json().get("replicas") == 1, 120, "the autoscaler to drain one replica")
+    _wait(lambda: httpx.get(f"{url}/healthz", timeout=10).json().get("replicas") == 1, 180, "the autoscaler to drain one replica")
     time.sleep(3)  # HAProxy's backends follow Serve's replica set
     finals = _round(url, keys, 3)
     for j, final in finals.items():
