@@ -157,6 +157,7 @@ class TurnStart:
     received_at: float = 0.0
     sent_at: float = 0.0
     first: StreamChunk | None = None  # the turn's first chunk when it is not final; the stream goes on after it
+    turn: int = 0  # this turn's number in its session (1: its first; a replay: the replayed turn's); 0: not told
 
 
 # ---- replica -> directory, routers, autoscaler, /metrics --------------------------------

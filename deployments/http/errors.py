@@ -41,6 +41,15 @@ class TurnNotCommittedError(Exception):
     rolled back and is not in the log (409: retry it)."""
 
 
+class PreviousResponseNotFoundError(SessionNotFoundError):
+    """``previous_response_id`` names a conversation this server does not hold (404)."""
+
+
+class StaleResponseError(Exception):
+    """``previous_response_id`` is not its conversation's latest response: a branch the
+    server's one linear cache per conversation cannot take (409)."""
+
+
 class BodyTooLargeError(Exception):
     """The request body exceeds ``limits.max_body_bytes`` (413)."""
 
@@ -83,7 +92,9 @@ ERROR_TABLE: tuple[tuple[type[BaseException], ErrorKind], ...] = (
     (ClientDisconnect, ErrorKind(400, "invalid_request_error", "client_disconnected")),  # nobody reads it; counted as 4xx
     (InvalidRequestError, ErrorKind(400, "invalid_request_error", None)),
     (ModelNotFoundError, ErrorKind(404, "invalid_request_error", "model_not_found")),
+    (PreviousResponseNotFoundError, ErrorKind(404, "invalid_request_error", "previous_response_not_found")),
     (SessionNotFoundError, ErrorKind(404, "invalid_request_error", "session_not_found")),
+    (StaleResponseError, ErrorKind(409, "invalid_request_error", "previous_response_not_latest")),
     (SessionBusyError, ErrorKind(409, "invalid_request_error", "session_busy")),
     (TurnNotCommittedError, ErrorKind(409, "invalid_request_error", "turn_not_committed")),
     (AuthenticationError, ErrorKind(401, "invalid_request_error", "invalid_api_key")),

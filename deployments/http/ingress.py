@@ -9,6 +9,8 @@ global app):
   only the unseen suffix goes to the engine. The session id travels to the
   LLM deployment's router as ``handle.options(session_id=...)``: Serve does not
   forward it by itself on this second hop.
+- ``POST /v1/responses``: a turn in OpenAI's Responses API, continued by
+  ``previous_response_id`` (responses_schema.py, responses.py).
 - ``POST /tokenize``, ``POST /detokenize`` (vLLM's shapes, tokenize_api.py),
   with the ingress's own copy of the tokenizer (tokens.py), which also names
   the tokens of ``logprobs``.
@@ -62,9 +64,11 @@ from deployments.http.session_routes import NO_REPLICA, SessionRoutes
 from deployments.http.tenant_limits import TenantLimiter
 from deployments.sessions.tenants import client_id, history_seed, scoped
 from deployments.http.tokenize_api import DetokenizeRequest, TokenizeRequest, detokenize, parse, tokenize
+from deployments.http.responses import ResponsesReply
+from deployments.http.responses_schema import ResponsesRequest
 from deployments.http.text_completion import TextResponse
 from deployments.http.tokens import CodecHolder
-from deployments.http.turn_plan import OneCallSessions, TurnPlan, explicit_sid, plan_completion
+from deployments.http.turn_plan import OneCallSessions, TurnPlan, explicit_sid, plan_completion, plan_response
 from deployments.turn_timing import TurnTimer
 from swiftinfer_core.conversation.tool_syntax import ToolSyntax
 from swiftinfer_core.errors import EngineClosedError, InvalidRequestError
@@ -101,6 +105,8 @@ class Ingress:
         app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"], openapi_extra={"requestBody": body})
         completion_body = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CompletionRequest"}}}}
         app.add_api_route("/v1/completions", self.completions, methods=["POST"], openapi_extra={"requestBody": completion_body})
+        responses_body = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ResponsesRequest"}}}}
+        app.add_api_route("/v1/responses", self.responses, methods=["POST"], openapi_extra={"requestBody": responses_body})
         app.add_api_route("/tokenize", self.tokenize, methods=["POST"])
         app.add_api_route("/detokenize", self.detokenize, methods=["POST"])
         self._sessions.add_routes(app)  # /v1/sessions/...: session_routes.py
@@ -148,6 +154,12 @@ class Ingress:
 
     async def completions(self, request: Request) -> Response:
         return await self._serve_turn(request, CompletionRequest, self._plan_completion, TextResponse)
+
+    async def responses(self, request: Request) -> Response:
+        return await self._serve_turn(request, ResponsesRequest, self._plan_response, ResponsesReply)
+
+    async def _plan_response(self, req: ResponsesRequest, request: Request, tenant: str | None) -> TurnPlan:
+        return await plan_response(req, tenant, self._directory, retry=self._turn_key(request) is not None)
 
     async def _plan_chat(self, req: ChatCompletionRequest, request: Request, tenant: str | None) -> TurnPlan:
         syntax = await self._tool_syntax(req)
@@ -339,7 +351,7 @@ def _openapi(app: FastAPI) -> dict:
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version="1", routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (ChatCompletionRequest, CompletionRequest):
+        for model in (ChatCompletionRequest, CompletionRequest, ResponsesRequest):
             request = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(request.pop("$defs", {}))
             components[model.__name__] = request

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from ray.serve.handle import DeploymentHandle
 
 from deployments.http.completions_schema import CompletionRequest
+from deployments.http.errors import PreviousResponseNotFoundError, StaleResponseError
+from deployments.http.responses_schema import ResponsesRequest, parse_response_id
 from deployments.sessions.tenants import scoped
 from deployments.http.tokens import CodecHolder
 from swiftinfer_core.errors import InvalidRequestError
@@ -60,6 +62,26 @@ async def plan_completion(req: CompletionRequest, header_sid: str | None, tenant
             text = (await codecs.get()).detokenize(ids)
         echo = {"echo_text": text, "echo_ids": ids}
     return TurnPlan(sid, RawPrompt(ids), None, one_call=not explicit, render=echo)
+
+
+async def plan_response(req: ResponsesRequest, tenant: str | None, directory, retry: bool) -> TurnPlan:
+    """A new conversation (a fresh ``conv-<hex>`` session; with ``store: false`` dropped after
+    the turn), or the next turn of the one ``previous_response_id`` names, which must be its
+    latest response (``retry``: an Idempotency-Key may repeat the turn that came after it,
+    which the replica then answers from the log)."""
+    if req.previous_response_id is None:
+        return TurnPlan(scoped(tenant, f"conv-{uuid.uuid4().hex}"), req.engine_messages(), None, one_call=not req.store,
+                        render={"request": req.echo()})
+    if not req.store:
+        raise InvalidRequestError("store: false with previous_response_id: a continued conversation is stored")
+    sid, turn = parse_response_id(req.previous_response_id)
+    desc = await directory.describe.remote(scoped(tenant, sid))
+    if desc is None:
+        raise PreviousResponseNotFoundError(f"previous_response_id: no response {req.previous_response_id!r}")
+    if desc.seq != turn and not (retry and desc.seq == turn + 1):
+        raise StaleResponseError(f"previous_response_id: {req.previous_response_id!r} is response {turn} of {desc.seq} in its "
+                                 "conversation; a conversation continues from its latest response only")
+    return TurnPlan(scoped(tenant, sid), req.engine_messages(), None, render={"request": req.echo()})
 
 
 class OneCallSessions:

@@ -139,7 +139,7 @@ class LLMReplica:
             if isinstance(answer, TurnReplay):
                 done = True
                 self._turns[CacheState.REPLAYED] += 1
-                yield TurnStart(session_id, self._id, CacheState.REPLAYED, received_at, time.time())
+                yield TurnStart(session_id, self._id, CacheState.REPLAYED, received_at, time.time(), turn=answer.seq)
                 *others, own = Replies.replayed(answer.text, answer.finish_reason, answer.others)
                 for chunk in others:
                     yield chunk
@@ -173,10 +173,10 @@ class LLMReplica:
             self._turns[cache] += 1
             replies = Replies()  # per choice; choice 0 is the session's (replies.py)
             if chunk.final:  # a one-chunk turn: its chunk waits for the commit below
-                yield TurnStart(session_id, self._id, cache, received_at, time.time())
+                yield TurnStart(session_id, self._id, cache, received_at, time.time(), turn=grant.seq + 1)
             else:
                 replies.add(chunk)
-                yield TurnStart(session_id, self._id, cache, received_at, time.time(), first=chunk)
+                yield TurnStart(session_id, self._id, cache, received_at, time.time(), first=chunk, turn=grant.seq + 1)
                 chunk = await stream.__anext__()
             while not chunk.final:
                 replies.add(chunk)
