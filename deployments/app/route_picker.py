@@ -12,8 +12,8 @@ The pick is the LLM deployment's own request router, run without dispatching
 (``choose_replica``), as a turn: the session affinity router names the owner, or
 places a new session by load, exactly as for the ingress front.
 
-Without the header, a chat or completion body's own ``session_id`` names the
-session, when the body came and is whole JSON of at most ``BODY_MAX`` bytes. A
+Without the header, a chat or completion body's own ``session_id`` (or the session a
+Responses API ``previous_response_id`` continues) names the session, when the body came and is whole JSON of at most ``BODY_MAX`` bytes. A
 request naming no session either way (session reads, history digests) goes to
 the emptiest replicas, whose ingress code sends the turn on to the owner through
 the router (direct.py). With API keys the ids are the client's unscoped ones,
@@ -29,6 +29,8 @@ from fastapi.responses import JSONResponse
 from ray.serve.handle import DeploymentHandle
 
 from deployments.config import AppConfig
+from deployments.http.responses_schema import parse_response_id
+from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.session_id import CLIENT_MAX, is_session_id
 
 # Set by HAProxy from our answer, after it deleted any client header of Serve's router prefix (x-serve-router-):
@@ -38,15 +40,25 @@ BODY_MAX = 1 << 16  # a longer body (a whole history, an id-less conversation) i
 
 
 def body_session(body: bytes, truncated: bool) -> str | None:
-    """The top-level ``session_id`` of a JSON request body; None if absent, cut or too long."""
+    """The session a JSON request body names at its top level: ``session_id``, or the one a
+    Responses API ``previous_response_id`` continues; None if neither, or the body is cut or too long."""
     if truncated or not body or len(body) > BODY_MAX:
         return None
     try:
         doc = json.loads(body)
     except ValueError:  # a caller's malformed body: the replica answers its 400
         return None
-    sid = doc.get("session_id") if isinstance(doc, dict) else None
-    return sid if isinstance(sid, str) else None
+    if not isinstance(doc, dict):
+        return None
+    sid, previous = doc.get("session_id"), doc.get("previous_response_id")
+    if isinstance(sid, str):
+        return sid
+    if isinstance(previous, str):
+        try:
+            return parse_response_id(previous)[0]
+        except InvalidRequestError:  # not one of ours: the replica answers its 400
+            return None
+    return None
 
 
 class RoutePicker:

@@ -93,6 +93,24 @@ def test_a_conversation_named_only_in_the_body_runs_on_its_owner(direct_app):
     assert _forwarded(url) == 0
 
 
+def test_a_responses_conversation_runs_on_its_owner(direct_app):
+    """``previous_response_id`` names the session: the picker reads it from the body."""
+    url, _, _ = direct_app
+    before, previous, replicas, caches = _forwarded(url), None, set(), []
+    for i in range(4):
+        body = {"model": MODEL_ID, "input": f"Count to {i}.", "max_output_tokens": 4, "temperature": 0}
+        if previous is not None:
+            body["previous_response_id"] = previous
+        resp = httpx.post(f"{url}/v1/responses", json=body, timeout=120)
+        assert resp.status_code == 200, resp.text
+        previous = resp.json()["id"]
+        replicas.add(resp.headers["x-replica-id"])
+        caches.append(resp.json()["cache"])
+    assert len(replicas) == 1 and caches == ["new", "warm", "warm", "warm"], (replicas, caches)
+    time.sleep(2.5)  # a stats report
+    assert _forwarded(url) - before <= 1  # the first (no session named yet) may land anywhere
+
+
 def test_caller_mistakes_are_json_4xx(direct_app):
     url, _, _ = direct_app
     bad = httpx.post(f"{url}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}, timeout=30)

@@ -31,3 +31,9 @@ def test_ids_elsewhere_in_the_body_or_not_strings_are_ignored():
     assert body_session(nested, truncated=False) is None
     assert body_session(_body(session_id=7), truncated=False) is None
     assert body_session(b'["session_id", "chat-7"]', truncated=False) is None
+
+
+def test_a_responses_continuation_names_its_session():
+    body = json.dumps({"model": "m", "input": "hi", "previous_response_id": "resp_conv-ab12.3"}).encode()
+    assert body_session(body, truncated=False) == "conv-ab12"
+    assert body_session(json.dumps({"input": "hi", "previous_response_id": "chatcmpl-1"}).encode(), truncated=False) is None
