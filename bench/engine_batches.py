@@ -153,6 +153,9 @@ def main() -> int:
     ap.add_argument("--piecewise", action=argparse.BooleanOptionalAction, default=True,
                     help="piecewise CUDA graphs (the engine's default): mixed steps keep graphs around attention")
     ap.add_argument("--closed-loop", action="store_true", help="per N: conversations continue without waiting for each other (the load client's pattern); one row per N")
+    ap.add_argument("--max-batch-tokens", type=int, default=None,
+                    help="the step's token budget (EngineConfig.max_batch_tokens; default its own): a burst of warm turns "
+                         "prefills in budget-sized steps, so it sets when the first of them gets a token")
     ap.add_argument("--name", default="engine_batches")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -161,7 +164,7 @@ def main() -> int:
     cfg = EngineConfig(model=a.model, load_format="random", device=a.device,
                        dtype="bfloat16" if a.device == "cuda" else "float32", sink_tokens=4,
                        window=a.window, max_sessions=a.max_sessions, max_turn_tokens=4096,
-                       piecewise_graphs=a.piecewise)
+                       piecewise_graphs=a.piecewise, **({"max_batch_tokens": a.max_batch_tokens} if a.max_batch_tokens else {}))
     t0 = time.perf_counter()
     engine = Engine(cfg)
     start_s = time.perf_counter() - t0
@@ -200,7 +203,7 @@ def main() -> int:
     engine.close()
     m = read_args(Path(a.model))
     shape = f"hidden {m.hidden_size}, {m.num_layers} layers, {m.num_heads}/{m.num_kv_heads} heads, vocab {m.vocab_size}, rope {(m.rope_scaling or {}).get('rope_type', 'default')}"
-    data = {"model": f"{Path(a.model).name}: {shape}, random bf16", "closed_loop": a.closed_loop, "cache": f"4+{a.window}", "slots": slots, "engine_start_s": start_s,
+    data = {"model": f"{Path(a.model).name}: {shape}, random bf16", "closed_loop": a.closed_loop, "cache": f"4+{a.window}", "slots": slots, "max_batch_tokens": cfg.max_batch_tokens, "engine_start_s": start_s,
             "graph_sizes": graph_sizes, "rounds": a.rounds, "tokens_per_turn": a.tokens, "drop_workspaces": a.drop_workspaces,
             "bare": {str(k): v for k, v in bare.items()}, "rows": rows}
     common.write_results(a.name, data, a.out)
