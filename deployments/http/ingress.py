@@ -199,7 +199,7 @@ class Ingress:
             sid = client_id(tenant, p.scoped_sid)
             drop = p.scoped_sid if p.one_call else None
             self._hops.record(IngressPhase.PREPARE, time.perf_counter() - t0)
-            gen, events, start = await self._start_turn(p.scoped_sid, p.engine_input, params, p.history_base, turn_key, deadline)
+            gen, events, start = await self._start_turn(p, params, turn_key, deadline)
             if start.first is not None:
                 events = _after(start.first, events)
             replica = start.replica_id
@@ -228,8 +228,8 @@ class Ingress:
                 if drop is not None:
                     self._one_call.drop_later(drop)
 
-    async def _start_turn(self, sid, messages, params, history_base, turn_key, deadline):
-        """(generator, deadline-bounded events, TurnStart). Before its first token a
+    async def _start_turn(self, p: TurnPlan, params, turn_key, deadline):
+        """(generator, deadline-bounded events, TurnStart) of plan ``p``. Before its first token a
         turn has sent nothing and was rolled back, so when the replica's engine is
         gone (device fault, replica died) it is sent again, with backoff, until a
         healthy or replacement replica takes it or ``unavailable_retry_s`` passes."""
@@ -238,7 +238,9 @@ class Ingress:
         pause = 0.25
         while True:
             called = time.time()
-            gen = self._llm.options(session_id=sid, stream=True).chat_events.remote(sid, messages, params, history_base, turn_key)
+            sid, extra = p.scoped_sid, {} if p.expect_turn is None else {"expect_turn": p.expect_turn}
+            gen = self._llm.options(session_id=sid, stream=True).chat_events.remote(sid, p.engine_input, params, p.history_base,
+                                                                                    turn_key, **extra)
             events = Deadline(gen, deadline, limits.request_timeout_s)
             try:
                 start = await events.__anext__()  # the engine's errors surface here, before any header is sent

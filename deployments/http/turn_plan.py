@@ -36,6 +36,7 @@ class TurnPlan:
     engine_input: list[dict] | ToolPrompt | RawPrompt  # new chat messages (with the tools the template shows), or a completion's token ids
     history_base: str | None  # digest base for id-less chat clients
     one_call: bool = False  # a completion without a session: deleted after the turn
+    expect_turn: int | None = None  # the turn's number must be this (a Responses continuation), else 409
     render: dict = field(default_factory=dict)  # extra fields of the response renderer (a completion's echo)
 
 
@@ -78,10 +79,10 @@ async def plan_response(req: ResponsesRequest, tenant: str | None, directory, re
     desc = await directory.describe.remote(scoped(tenant, sid))
     if desc is None:
         raise PreviousResponseNotFoundError(f"previous_response_id: no response {req.previous_response_id!r}")
-    if desc.seq != turn and not (retry and desc.seq == turn + 1):
+    if desc.seq != turn and not (retry and desc.seq == turn + 1):  # checked again as the turn starts (expect_turn)
         raise StaleResponseError(f"previous_response_id: {req.previous_response_id!r} is response {turn} of {desc.seq} in its "
                                  "conversation; a conversation continues from its latest response only")
-    return TurnPlan(scoped(tenant, sid), req.engine_messages(), None, render={"request": req.echo()})
+    return TurnPlan(scoped(tenant, sid), req.engine_messages(), None, expect_turn=turn + 1, render={"request": req.echo()})
 
 
 class OneCallSessions:

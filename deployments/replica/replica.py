@@ -100,12 +100,14 @@ class LLMReplica:
     # ---- turns -----------------------------------------------------------------------
     async def chat_events(
         self, session_id: str, messages: list[dict] | ToolPrompt | RawPrompt, sampling: dict | SamplingParams,
-        history_base: str | None = None, turn_key: str | None = None,
+        history_base: str | None = None, turn_key: str | None = None, expect_turn: int | None = None,
     ) -> AsyncIterator[TurnStart | StreamChunk]:
         """Stream one turn: a ``TurnStart`` (with the first chunk, unless final) then ``StreamChunk``s. ``history_base``
         (digest of every message the client sent) makes the committed record
         findable by id-less clients once extended with our reply; ``turn_key``
-        (the client's Idempotency-Key) makes a retry of a committed turn a replay."""
+        (the client's Idempotency-Key) makes a retry of a committed turn a replay;
+        ``expect_turn``: the turn must be the session's turn of that number (a 409
+        otherwise: the conversation moved on since the client saw it)."""
         received_at = time.time()
         params = sampling if isinstance(sampling, SamplingParams) else SamplingParams(**sampling)
         if self._draining:
@@ -146,6 +148,8 @@ class LLMReplica:
                 yield replace(own, usage=answer.usage)
                 return
             grant = answer
+            if expect_turn is not None and grant.seq + 1 != expect_turn:
+                raise SessionBusyError(f"session {session_id!r} is at turn {grant.seq}: this turn was sent as turn {expect_turn}")
             cache, chunk = CacheState.WARM, None
             if self._direct_capable:
                 if grant.record is None:

@@ -91,7 +91,13 @@ def test_a_retry_with_its_idempotency_key_is_answered_again(base, client):
     assert once["id"] == again["id"] == first.id[:-1] + "2", (once, again)
     assert again["cache"] == "replayed" and again["output"] == once["output"], again
     other = httpx.post(f"{base}/v1/responses", json=body, timeout=120)  # no key: a second branch from the first response
-    assert other.status_code == 409, other.text
+    assert other.status_code == 409 and other.json()["error"]["code"] == "previous_response_not_latest", other.text
+    # another key passes the arrival check (it may be a retry) but is not the committed turn's: the replica's
+    # own check of the turn number refuses it instead of running it as turn 3
+    late = httpx.post(f"{base}/v1/responses", json=body, headers={"idempotency-key": "resp-retry-2"}, timeout=120)
+    assert late.status_code == 409 and late.json()["error"]["code"] == "session_busy", late.text
+    turns = httpx.get(f"{base}/v1/sessions/{_session(first)}/turns", timeout=30).json()["data"]
+    assert [t["seq"] for t in turns] == [1, 2]
 
 
 def test_store_false_is_not_kept(client, base):
