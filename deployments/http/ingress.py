@@ -236,9 +236,9 @@ class Ingress:
         limits = self._cfg.limits
         give_up = min(deadline, time.monotonic() + limits.unavailable_retry_s)
         pause = 0.25
+        sid, extra = p.scoped_sid, {} if p.expect_turn is None else {"expect_turn": p.expect_turn}
         while True:
             called = time.time()
-            sid, extra = p.scoped_sid, {} if p.expect_turn is None else {"expect_turn": p.expect_turn}
             gen = self._llm.options(session_id=sid, stream=True).chat_events.remote(sid, p.engine_input, params, p.history_base,
                                                                                     turn_key, **extra)
             events = Deadline(gen, deadline, limits.request_timeout_s)

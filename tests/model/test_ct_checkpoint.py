@@ -6,13 +6,11 @@ refuse what it cannot serve exactly."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from tests.model.test_cpu_weights import _top1_and_nll
+from tests.model.prequantized_helpers import HF, agreement, copy_tokenizer, engine, expected, float_twin, variant
 
 from swiftinfer_core.config import EngineConfig
 from swiftinfer_core.engine.engine_model import build_engine_model
@@ -33,9 +31,6 @@ from compressed_tensors.quantization import (  # noqa: E402
 )
 from compressed_tensors.quantization.utils import calculate_qparams  # noqa: E402
 
-TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
-HF = {"wqkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "wo": ("self_attn.o_proj",),
-      "w13": ("mlp.gate_proj", "mlp.up_proj"), "w2": ("mlp.down_proj",)}
 
 
 def _write(model_dir: Path, out: Path, kind: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -63,9 +58,7 @@ def _write(model_dir: Path, out: Path, kind: str, dtype: torch.dtype) -> dict[st
     comp.compress_model(m)
     m.save_pretrained(out)
     comp.update_config(out)
-    for f in TOKENIZER:
-        if (model_dir / f).exists():
-            shutil.copy(model_dir / f, out / f)
+    copy_tokenizer(model_dir, out)
     return _library_dequantized(out, args)
 
 
@@ -94,24 +87,16 @@ def int4_ckpt(model_dir, tmp_path_factory):
     return out, _write(model_dir, out, "int4", torch.bfloat16)
 
 
-def _engine(path: Path, **kw):
-    return build_engine_model(EngineConfig(model=str(path), device="cpu", sink_tokens=4, window=124, max_sessions=1, **kw))
-
-
-def _expected(ref: dict[str, torch.Tensor], i: int, ours: str) -> torch.Tensor:
-    return torch.cat([ref[f"model.layers.{i}.{b}"] for b in HF[ours]])
-
-
 def test_int4_checkpoint_multiplies_by_the_librarys_weights(int4_ckpt):
     path, ref = int4_ckpt
     pre = read_prequantized(path)
     assert (pre.fmt, pre.group, pre.zero_point) == (QuantFormat.INT4, 64, False)
-    m = _engine(path)  # quantization 'none': the checkpoint's own format
+    m = engine(path)  # quantization 'none': the checkpoint's own format
     for i, layer in enumerate(m.model.layers):
         for ours in HF:
             lin = getattr(layer, ours)
             assert isinstance(lin, QuantLinear) and lin.group == 64 and lin.mins is None, (i, ours)
-            assert torch.equal(lin.dequantized(), _expected(ref, i, ours)), (i, ours)
+            assert torch.equal(lin.dequantized(), expected(ref, i, ours)), (i, ours)
     assert not isinstance(m.model.lm_head, QuantLinear)  # in the checkpoint's ignore list
 
 
@@ -120,23 +105,8 @@ def test_int4_checkpoint_runs_end_to_end_close_to_its_float_twin(int4_ckpt, tmp_
     int4 codes through torch's CPU int4 op, which rounds activations to bf16: 600
     teacher-forced tokens of the plays."""
     path, ref = int4_ckpt
-    twin = tmp_path / "float-twin"
-    twin.mkdir()
-    cfg = json.loads((path / "config.json").read_text())
-    cfg.pop("quantization_config")
-    (twin / "config.json").write_text(json.dumps(cfg))
-    state = {n: t for n, t in read_state_dict(path).items() if not n.endswith(("_packed", "_scale", "_shape"))}
-    state |= {n + ".weight": w.contiguous() for n, w in ref.items()}
-    from safetensors.torch import save_file
-
-    save_file(state, str(twin / "model.safetensors"))
-    for f in TOKENIZER:
-        if (path / f).exists():
-            shutil.copy(path / f, twin / f)
-    ids = shakespeare_ids[:601]
-    f_top, f_nll = _top1_and_nll(_engine(twin), ids)
-    q_top, q_nll = _top1_and_nll(_engine(path, quantization="int4"), ids)
-    agree, ratio = (f_top == q_top).float().mean().item(), torch.exp(q_nll.mean() - f_nll.mean()).item()
+    twin = float_twin(path, tmp_path / "float-twin", ref, packed=("_packed", "_scale", "_shape"))
+    agree, ratio = agreement(engine(path, quantization="int4"), engine(twin), shakespeare_ids[:601])
     print("int4 checkpoint vs float twin: top-1", agree, "ppl ratio", ratio)
     assert agree > 0.95 and abs(ratio - 1) < 0.02, (agree, ratio)
 
@@ -153,7 +123,7 @@ def test_float16_scales_take_the_zero_point_format_exactly(model_dir, tmp_path):
         for name in HF:
             qw = ours[f"layers.{i}.{name}"]
             assert qw.scales.dtype == qw.mins.dtype == torch.float16
-            assert torch.equal(dequantize(qw), _expected(ref, i, name)), (i, name)
+            assert torch.equal(dequantize(qw), expected(ref, i, name)), (i, name)
 
 
 def _engine_args(path: Path):
@@ -175,35 +145,24 @@ def test_fp8_checkpoint_reads_exactly_and_needs_a_gpu(model_dir, tmp_path):
         for name in HF:
             qw = ours[f"layers.{i}.{name}"]
             assert qw.qweight.dtype == torch.float8_e4m3fn and qw.scales.shape == (qw.out_features,)
-            assert torch.equal(dequantize(qw), _expected(ref, i, name)), (i, name)
+            assert torch.equal(dequantize(qw), expected(ref, i, name)), (i, name)
     if not torch.cuda.is_available():
         with pytest.raises(InvalidRequestError, match="stored in fp8"):
-            _engine(path)
+            engine(path)
         return
     cap = torch.cuda.get_device_capability()
     if cap < (8, 9):
         pytest.skip("fp8 needs compute capability 8.9+")
     m = build_engine_model(EngineConfig(model=str(path), device="cuda", window=124, max_sessions=1))
     lin = m.model.layers[3].w13
-    assert isinstance(lin, Fp8Linear) and torch.equal(lin.dequantized().cpu(), _expected(ref, 3, "w13"))
-
-
-def _variant(src: Path, dst: Path, edit) -> Path:
-    dst.mkdir()
-    for f in src.iterdir():
-        (dst / f.name).symlink_to(f)
-    cfg = json.loads((src / "config.json").read_text())
-    edit(cfg["quantization_config"])
-    (dst / "config.json").unlink()
-    (dst / "config.json").write_text(json.dumps(cfg))
-    return dst
+    assert isinstance(lin, Fp8Linear) and torch.equal(lin.dequantized().cpu(), expected(ref, 3, "w13"))
 
 
 def _write_config_only(src: Path, dst: Path, group: dict, fmt: str) -> Path:
     def edit(q):
         q["config_groups"]["group_0"].update(group, format=fmt)
         q["format"] = fmt
-    return _variant(src, dst, edit)
+    return variant(src, dst, edit)
 
 
 def test_what_cannot_be_served_exactly_is_refused(int4_ckpt, tmp_path):
@@ -220,8 +179,8 @@ def test_what_cannot_be_served_exactly_is_refused(int4_ckpt, tmp_path):
     }
     for i, (match, edit) in enumerate(cases.items()):
         with pytest.raises(InvalidRequestError, match=match):
-            _engine(_variant(path, tmp_path / f"v{i}", edit))
-    kv = _variant(path, tmp_path / "kv-scheme", lambda q: q.update(kv_cache_scheme={"num_bits": 8, "type": "float",
+            engine(variant(path, tmp_path / f"v{i}", edit))
+    kv = variant(path, tmp_path / "kv-scheme", lambda q: q.update(kv_cache_scheme={"num_bits": 8, "type": "float",
                                                                                  "strategy": "tensor", "dynamic": False}))
     assert read_prequantized(kv).fmt is QuantFormat.INT4  # served; its KV scales unused (kv_cache_dtype sets the cache)
     fp8 = _write_config_only(path, tmp_path / "fp8-int8-act", {"weights": {"num_bits": 8, "type": "float", "symmetric": True,
@@ -232,4 +191,4 @@ def test_what_cannot_be_served_exactly_is_refused(int4_ckpt, tmp_path):
     for kw, match in (({"quantization": "int8"}, "round those values again"),
                       ({"quantization": "int4", "quant_rounding": "gptq"}, "no float weights to round")):
         with pytest.raises(InvalidRequestError, match=match):
-            _engine(path, **kw)
+            engine(path, **kw)

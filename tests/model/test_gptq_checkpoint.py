@@ -13,26 +13,20 @@ serve exactly."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from tests.model.test_cpu_weights import _top1_and_nll
+from tests.model.prequantized_helpers import HF, agreement, copy_tokenizer, engine, expected, float_twin, variant
 
-from swiftinfer_core.config import EngineConfig
-from swiftinfer_core.engine.engine_model import build_engine_model
 from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.model.ct_checkpoint import PrequantizedCheckpoint, read_prequantized
-from swiftinfer_core.model.gptq_checkpoint import Layout
+from swiftinfer_core.model.gptq_checkpoint import PACKED, Layout
 from swiftinfer_core.model.loader import read_args, read_state_dict
 from swiftinfer_core.model.quant import QuantFormat, dequantize
 from swiftinfer_core.model.quant_linear import QuantLinear
 
 GROUP = 64
-TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
-HF = {"wqkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "wo": ("self_attn.o_proj",),
-      "w13": ("mlp.gate_proj", "mlp.up_proj"), "w2": ("mlp.down_proj",)}
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # AutoAWQ: nibble i of a word holds output 8c + AWQ_ORDER[i]
 
 
@@ -107,18 +101,8 @@ def _write(model_dir: Path, out: Path, layout: Layout, sym: bool = False, act_or
         cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": GROUP, "desc_act": act_order, "sym": sym,
                                       "checkpoint_format": layout.value, "damp_percent": 0.01}
     (out / "config.json").write_text(json.dumps(cfg))
-    for f in TOKENIZER:
-        if (model_dir / f).exists():
-            shutil.copy(model_dir / f, out / f)
+    copy_tokenizer(model_dir, out)
     return ref
-
-
-def _engine(path: Path, **kw):
-    return build_engine_model(EngineConfig(model=str(path), device="cpu", sink_tokens=4, window=124, max_sessions=1, **kw))
-
-
-def _expected(ref: dict[str, torch.Tensor], i: int, ours: str) -> torch.Tensor:
-    return torch.cat([ref[f"model.layers.{i}.{b}"] for b in HF[ours]])
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +122,7 @@ def test_codes_and_zeros_read_as_the_layout_defines_them(model_dir, tmp_path, la
     assert len(ours) == 4 * 30
     for i in (0, 13, 29):
         for name in HF:
-            qw, want = ours[f"layers.{i}.{name}"], _expected(ref, i, name)
+            qw, want = ours[f"layers.{i}.{name}"], expected(ref, i, name)
             assert qw.scales.dtype == qw.mins.dtype == torch.float16 and qw.group == GROUP
             assert (qw.in_perm is not None) == act_order
             got = dequantize(qw).double()
@@ -155,41 +139,15 @@ def test_gptq_checkpoint_runs_end_to_end_close_to_its_float_twin(gptq_ckpt, tmp_
     int4 op (activations, scales and zeros rounded to bf16): 600 teacher-forced tokens.
     Act-order: every layer gathers its input into the stored column order first."""
     path, ref = gptq_ckpt
-    m = _engine(path)  # quantization 'none': the checkpoint's own format
+    m = engine(path)  # quantization 'none': the checkpoint's own format
     lin = m.model.layers[7].w13
     assert isinstance(lin, QuantLinear) and lin.group == GROUP and lin.mins is not None and lin.in_perm is not None
-    assert (lin.dequantized().double() - _expected(ref, 7, "w13")).abs().max() < 1e-3
+    assert (lin.dequantized().double() - expected(ref, 7, "w13")).abs().max() < 1e-3
     assert not isinstance(m.model.lm_head, QuantLinear)  # stored float in the checkpoint
-    twin = tmp_path / "float-twin"
-    twin.mkdir()
-    cfg = json.loads((path / "config.json").read_text())
-    cfg.pop("quantization_config")
-    (twin / "config.json").write_text(json.dumps(cfg))
-    state = {n: t.float() for n, t in read_state_dict(path).items() if not n.endswith((".qweight", ".qzeros", ".scales", ".g_idx"))}
-    state |= {n + ".weight": w.float().contiguous() for n, w in ref.items()}
-    from safetensors.torch import save_file
-
-    save_file(state, str(twin / "model.safetensors"))
-    for f in TOKENIZER:
-        if (path / f).exists():
-            shutil.copy(path / f, twin / f)
-    ids = shakespeare_ids[:601]
-    f_top, f_nll = _top1_and_nll(_engine(twin), ids)
-    q_top, q_nll = _top1_and_nll(m, ids)
-    agree, ratio = (f_top == q_top).float().mean().item(), torch.exp(q_nll.mean() - f_nll.mean()).item()
+    twin = float_twin(path, tmp_path / "float-twin", ref, packed=PACKED)
+    agree, ratio = agreement(m, engine(twin), shakespeare_ids[:601])
     print("gptq checkpoint vs float twin: top-1", agree, "ppl ratio", ratio)
     assert agree > 0.95 and abs(ratio - 1) < 0.02, (agree, ratio)
-
-
-def _variant(src: Path, dst: Path, edit) -> Path:
-    dst.mkdir()
-    for f in src.iterdir():
-        (dst / f.name).symlink_to(f)
-    cfg = json.loads((src / "config.json").read_text())
-    edit(cfg["quantization_config"])
-    (dst / "config.json").unlink()
-    (dst / "config.json").write_text(json.dumps(cfg))
-    return dst
 
 
 def test_what_cannot_be_served_exactly_is_refused(gptq_ckpt, tmp_path):
@@ -205,11 +163,11 @@ def test_what_cannot_be_served_exactly_is_refused(gptq_ckpt, tmp_path):
     }
     for i, (match, edit) in enumerate(cases.items()):
         with pytest.raises(InvalidRequestError, match=match):
-            _engine(_variant(path, tmp_path / f"v{i}", edit))
+            engine(variant(path, tmp_path / f"v{i}", edit))
     for kw, match in (({"quantization": "int8"}, "round those values again"),
                       ({"quantization": "int4", "quant_rounding": "gptq"}, "no float weights to round")):
         with pytest.raises(InvalidRequestError, match=match):
-            _engine(path, **kw)
+            engine(path, **kw)
 
 
 def test_act_orders_the_kernels_cannot_hold_are_refused(gptq_ckpt):
