@@ -82,7 +82,7 @@ class TPDriver:
             launcher.start(specs)
             self._wait_up(size)
             self.groups = TPGroups.connect(store, 0, size, device, timeouts)
-            self.channel = StepChannel(self.groups.ctrl)
+            self.channel = StepChannel(self.groups.ctrl, TPTimeouts.td(timeouts.collective_s))
             self.local = build_rank(config, replace(plans[0], all_reduce=self.groups.all_reduce), self.groups)
             self.groups.barrier()  # every shard loaded (a worker that failed to load is an error here)
             if device.type == "cuda":
@@ -130,6 +130,8 @@ class TPDriver:
             try:
                 if self.watch is not None:
                     self.watch.begin()
+                else:
+                    self._check_workers()
                 self.channel.send(msg)
                 out = local_call()
                 if self.watch is not None:
@@ -141,6 +143,17 @@ class TPDriver:
             except Exception as exc:
                 self._broken = f"{exc}{self._diagnose()}"
                 raise EngineClosedError(f"tensor-parallel step failed: {self._broken}") from exc
+
+    def _check_workers(self) -> None:
+        """Without a watch (CPU): a worker known to be gone fails the step before any send.
+
+        gloo normally fails a send to a closed socket at once, but a CI run once
+        hung in rank 0's send to a SIGKILLed worker; asking the launcher costs a
+        waitpid per worker (a Ray ``wait`` with no timeout under Ray).
+        """
+        dead = self.launcher.failed()
+        if dead:
+            raise RuntimeError(f"worker(s) gone: {dead}")
 
     def _abort(self, reason: str) -> None:
         """From the watch thread: break the engine and unblock rank 0's NCCL kernels."""

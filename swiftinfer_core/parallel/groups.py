@@ -4,7 +4,8 @@ global default group (several engines may live in one process, e.g. tests).
 * ``ctrl``: gloo on CPU tensors, always. Carries the step message from rank 0
   and start-up agreements. Its timeout is the *idle* timeout: a worker waits
   on it between steps, so it must outlast any quiet period of the engine. A
-  dead peer is still seen at once: gloo fails on the closed socket.
+  dead peer is normally seen at once (gloo fails on the closed socket); rank 0
+  also bounds each of its sends by ``collective_s`` (message.py StepChannel).
 * ``model``: the all-reduces inside the forward (after wo and w2). gloo on CPU,
   NCCL on GPU (capturable in CUDA graphs). Timeout = ``collective_s``: a hung
   rank turns into an error on the others instead of a hang.

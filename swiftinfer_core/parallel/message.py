@@ -14,6 +14,7 @@ payload = ids [n_ids] ++ slots [n_seqs] ++ starts [n_seqs] ++ q_lens [n_seqs].
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -56,23 +57,34 @@ class StepMessage:
 
 
 class StepChannel:
-    """Broadcast of StepMessages from rank 0 over a gloo group (a ProcessGroupGloo backend)."""
+    """Broadcast of StepMessages from rank 0 over a gloo group (a ProcessGroupGloo backend).
 
-    def __init__(self, ctrl):
+    ``send_timeout``: how long rank 0 waits for one send. A worker's receive waits
+    for as long as the group's (idle) timeout, but rank 0's sends are a few KiB and
+    finish at once; one that does not (a peer gone without gloo seeing its socket
+    close, or one that stopped reading) is an error after ``send_timeout``.
+    """
+
+    def __init__(self, ctrl, send_timeout: datetime.timedelta | None = None):
         self.ctrl = ctrl
+        self.send_timeout = send_timeout
         self._first = torch.zeros(FIRST, dtype=torch.int64)
 
-    def _bcast(self, t: torch.Tensor) -> None:
-        self.ctrl.broadcast([t]).wait()  # root 0 (BroadcastOptions default)
+    def _bcast(self, t: torch.Tensor, timeout: datetime.timedelta | None = None) -> None:
+        work = self.ctrl.broadcast([t])  # root 0 (BroadcastOptions default)
+        if timeout is None:
+            work.wait()
+        else:
+            work.wait(timeout)  # raises RuntimeError on expiry
 
     def send(self, msg: StepMessage) -> None:
         words = msg.pack()
         self._first.zero_()
         k = min(FIRST, words.numel())
         self._first[:k] = words[:k]
-        self._bcast(self._first)
+        self._bcast(self._first, self.send_timeout)
         if words.numel() > FIRST:
-            self._bcast(words[FIRST:].contiguous())
+            self._bcast(words[FIRST:].contiguous(), self.send_timeout)
 
     def recv(self) -> StepMessage:
         self._bcast(self._first)

@@ -4,8 +4,9 @@ long aborts the NCCL communicator, so rank 0 gets an error instead of spinning.
 Why it is needed on GPU only: NCCL all-reduces replayed inside a CUDA graph are
 not seen by torch's NCCL watchdog (it tracks eager work), and a dead peer does
 not close anything NCCL kernels wait on — rank 0 would block forever in the
-host read of the logits. On CPU, gloo already fails on a closed socket and
-times out a hung peer (and gloo's abort does not unblock a pending op).
+host read of the logits. On CPU, gloo fails on a closed socket and times out
+a hung peer (and gloo's abort does not unblock a pending op); the driver asks
+the launcher before each step instead (driver.py ``_check_workers``).
 
 The driver brackets every model call with ``begin()`` / ``end()`` and
 synchronises the device inside the bracket (the sampler reads the logits right
