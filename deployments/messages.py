@@ -188,6 +188,8 @@ class ReplicaStats:
     direct_starts: int  # turns that started without reading the engine first (warm, or new here)
     forwarded_turns: int = 0  # http_front: direct: HTTP turns this replica sent on to another replica through the router
     unleased_starts: int = 0  # warm turns started from this replica's own last commit, without the directory
+    prefix_hits: int = 0  # turns whose empty cache started from a shared prompt prefix (engine/prefix_cache.py)
+    prefix_tokens: int = 0  # input tokens copied that way instead of computed
     phases: dict[TurnPhase, tuple[float, float]] = field(default_factory=dict)  # -> (p50, p99) seconds, phases with samples
     handoff: dict[Handoff, tuple[float, float]] = field(default_factory=dict)  # leg -> (p50, p99) seconds, legs with samples
 
@@ -207,6 +209,7 @@ class ReplicaStats:
         out["direct_starts"] = self.direct_starts
         out["forwarded_turns"] = self.forwarded_turns
         out["unleased_starts"] = self.unleased_starts
+        out["prefix_hits"], out["prefix_tokens"] = self.prefix_hits, self.prefix_tokens
         for phase, (p50, p99) in self.phases.items():
             out[f"phase_{phase.value}_p50"], out[f"phase_{phase.value}_p99"] = p50, p99
         for leg, (p50, p99) in self.handoff.items():

@@ -191,6 +191,8 @@ class EngineStats:
     tokens_generated: int
     tokens_prefilled: int
     evictions: int
+    prefix_hits: int = 0  # turns whose input started from a shared prefix's copied rows (engine/prefix_cache.py)
+    prefix_tokens: int = 0  # input tokens copied that way instead of computed
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -333,6 +333,7 @@ class LLMReplica:
             pid=os.getpid(), idle_evicted=self._local.idle_evicted, rolled_back=self._local.rolled_back, rebalanced=self._rebalanced,
             turns=dict(self._turns), turns_not_committed=self._not_committed, direct_starts=self._direct_starts,
             forwarded_turns=self._forwarded, unleased_starts=self._unleased,
+            prefix_hits=st.prefix_hits, prefix_tokens=st.prefix_tokens,
             phases=self._timer.summary(), handoff={**engine_legs, **self._lag.summary()},
         )
 

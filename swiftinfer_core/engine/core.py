@@ -22,6 +22,7 @@ from swiftinfer_core.engine.engine_model import EngineModel, engine_runner
 from swiftinfer_core.engine.grammar import Grammars
 from swiftinfer_core.engine.penalties import VisibleTokens, needs_counts
 from swiftinfer_core.engine.postprocess import Postprocessor, TurnEvent
+from swiftinfer_core.engine.prefix_cache import PrefixCache
 from swiftinfer_core.engine.scheduler import Scheduler
 from swiftinfer_core.engine.session import Choices, Session, Turn, TurnState
 from swiftinfer_core.engine.slots import SlotKeeper
@@ -70,13 +71,14 @@ class EngineCore:
             if cfg.piecewise_graphs and cfg.tp_size == 1 and piecewise.supports(m.model):
                 self.runner.capture_piecewise_graphs(min(piecewise.BUCKETS[-1], cfg.max_batch_tokens))
         self.sessions: dict[str, Session] = {}
-        self.slots = SlotKeeper(m.pool, self.sessions)
+        self.prefix = PrefixCache(m.pool, cfg.prefix_cache_slots, cfg.prefix_cache_min_tokens) if cfg.prefix_cache_slots else None
+        self.slots = SlotKeeper(m.pool, self.sessions, self.prefix)
         self.scheduler = Scheduler(cfg.max_batch_tokens, cfg.prefill_chunk, self.slots.admit, self._fork)
         k0 = m.pool.k[0]
         # Caches are interchangeable between engines with the same weights, dtype, cache storage
         # (k0.dtype: float8_e4m3fn for kv_cache_dtype 'fp8') and layout.
         self.kv_fingerprint = f"{cfg.model}|{cfg.load_format.value}:{cfg.seed}|{m.args!r}|{k0.dtype}|{len(m.pool.k)}x{tuple(k0.shape[1:])}|{m.layout}"
-        self.post = Postprocessor(self.scheduler, m.pool, self.format, self.eos_ids)
+        self.post = Postprocessor(self.scheduler, m.pool, self.format, self.eos_ids, self.prefix.offer if self.prefix else None)
         decoder = getattr(m.model, "cpu_decode", None)  # set where the C decode kernels run (runner/build.py)
         self.cpu_threads = StepThreads(decoder.kernels) if decoder is not None else None
         self.trace = StepTrace(cfg.step_trace) if cfg.step_trace else None
@@ -254,10 +256,11 @@ class EngineCore:
         resident = sum(1 for s in self.sessions.values() if s.slot is not None)
         return EngineStats(
             active_sessions=len(self.sessions), resident_sessions=resident,
-            free_slots=self.pool.slots.free, total_slots=self.pool.num_slots,
+            free_slots=self.slots.free, total_slots=self.pool.num_slots,
             running_requests=len(self.scheduler.running), waiting_requests=len(self.scheduler.waiting),
             tokens_generated=self.post.tokens_generated, tokens_prefilled=self.post.tokens_prefilled,
             evictions=sum(s.stats().evictions for s in self.sessions.values()),
+            prefix_hits=self.prefix.hits if self.prefix else 0, prefix_tokens=self.prefix.tokens if self.prefix else 0,
         )
 
     def close(self) -> None:
@@ -273,8 +276,8 @@ class EngineCore:
         one samples with temperature and logprobs, ops a greedy turn never runs
         (a GPU run whose clients asked for logprobs had its first 32 turns wait
         ~7 s, served_8b_r1.json; the same stack without logprobs did not: this
-        path was the one difference; not yet re-run). Leaves no session, slot or
-        counter behind."""
+        path was the one difference; not yet re-run). Leaves no session, slot,
+        counter or prefix template behind."""
         params = SamplingParams(max_tokens=4, ignore_eos=True)
         sampled = SamplingParams(max_tokens=4, ignore_eos=True, temperature=0.8, top_p=0.9, seed=0, logprobs=True, top_logprobs=2)
         counters = self.post.tokens_generated, self.post.tokens_prefilled
@@ -291,6 +294,8 @@ class EngineCore:
             for sid in ids:
                 if sid in self.sessions:
                     self.close_session(sid)
+            if self.prefix is not None:
+                self.prefix.clear()
             self.post.tokens_generated, self.post.tokens_prefilled = counters
             self.trace = trace
 

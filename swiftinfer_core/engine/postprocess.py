@@ -6,6 +6,7 @@ fork's slot freed, the final chunk with usage and the session's record).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from swiftinfer_core.cache.pool import KVPool
@@ -26,8 +27,10 @@ class TurnEvent:
 class Postprocessor:
     """Turns a step's sampled tokens into events; counts tokens generated and prefilled."""
 
-    def __init__(self, scheduler: Scheduler, pool: KVPool, format: ChatFormat, eos_ids: set[int]):
+    def __init__(self, scheduler: Scheduler, pool: KVPool, format: ChatFormat, eos_ids: set[int],
+                 on_prefilled: Callable[[Turn], object] | None = None):
         self.scheduler, self.pool, self.format, self.eos_ids = scheduler, pool, format, eos_ids
+        self.on_prefilled = on_prefilled  # a turn's input is all fed (its first token just sampled): the prefix cache's offer
         self.tokens_generated = 0
         self.tokens_prefilled = 0
 
@@ -42,6 +45,8 @@ class Postprocessor:
                 self.tokens_prefilled += len(seq.token_ids)
             if tok is None:
                 continue
+            if turn.state is TurnState.PREFILL and self.on_prefilled is not None:
+                self.on_prefilled(turn)
             turn.state = TurnState.DECODE
             if turn.first_token_at is None:
                 turn.first_token_at = time.monotonic()
@@ -114,7 +119,7 @@ class Postprocessor:
         if last:
             usage = group.usage() if group is not None else Usage(
                 prompt_tokens=turn.prompt_tokens, completion_tokens=len(turn.output_ids),
-                prefilled_tokens=turn.prefilled, cached_tokens=turn.cached_tokens,
+                prefilled_tokens=turn.prefilled - turn.reused, cached_tokens=turn.cached_tokens,
             )
             record = main.session.record()
         return TurnEvent(turn, StreamChunk(text=tail, token_ids=ids, finish_reason=reason, usage=usage, record=record,

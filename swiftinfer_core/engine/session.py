@@ -84,7 +84,8 @@ class Turn:
     state: TurnState = TurnState.WAITING
     output_ids: list[int] = field(default_factory=list)
     sent: int = 0  # output_ids[:sent] went out in chunks (a token whose text is not complete yet waits)
-    prefilled: int = 0
+    prefilled: int = 0  # to_feed[:prefilled] is in the cache (computed, or copied: ``reused``)
+    reused: int = 0  # of those, tokens whose rows came from the prefix cache (engine/prefix_cache.py)
     cached_tokens: int = 0
     raw: bool = False  # input given as token ids (protocol.RawPrompt): no chat template after the reply
     aborted: bool = False
@@ -150,4 +151,4 @@ class Choices:
         """The input once, the outputs of every choice summed (as OpenAI counts n)."""
         m = self.main
         out = len(m.output_ids) + sum(len(t.output_ids) for t in self.forks)
-        return Usage(prompt_tokens=m.prompt_tokens, completion_tokens=out, prefilled_tokens=m.prefilled, cached_tokens=m.cached_tokens)
+        return Usage(prompt_tokens=m.prompt_tokens, completion_tokens=out, prefilled_tokens=m.prefilled - m.reused, cached_tokens=m.cached_tokens)

@@ -1,0 +1,139 @@
+"""Prompt prefixes shared between conversations: a new conversation whose input
+starts like an earlier one's (the same system prompt, tools, few-shot examples)
+gets those tokens' cache rows copied instead of computed.
+
+Why a copy is exact here: a conversation's first ``capacity`` tokens sit in rows
+0..capacity-1 of its slot in stream order (cache/layout.py), keys before RoPE, at
+the same in-cache positions in every conversation; and token ``u``'s K and V
+depend only on tokens 0..u (causal). So while nothing is evicted, rows 0..m-1 of
+any slot fed ``ids`` from stream index 0 are the rows of every stream starting
+with ``ids[:m]``, whatever follows. (Bit-for-bit only up to the summation order
+of the chunk that computed them: another chunking of the same tokens rounds
+differently in the last bits, as a rebuilt conversation's cache already does.)
+
+Templates live in cache slots that are free anyway: one is stored only into a
+free slot (or over the least recently used template). When a conversation needs
+a slot and none is free, templates and idle conversations give theirs up in one
+least-recently-used order (engine/slots.py): a system prompt that every new
+conversation starts with stays; a template nobody matched goes before a
+conversation's cache. A conversation that takes a template's slot and shares
+its prefix keeps those rows where they are (no copy).
+
+A template is a conversation's whole input at the end of its first prefill
+(stream index 0 .. n-1, n <= capacity), stored when at least ``min_tokens`` of it
+are not yet held by another template. A turn whose session has an empty cache
+(new, or rebuilt after losing its slot) takes the longest common prefix with
+any template, at least ``min_tokens`` long and leaving its last input token to
+run (its logits start the reply). Turns that score their input
+(``prompt_logprobs``) always compute it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from swiftinfer_core.cache.pool import KVPool
+from swiftinfer_core.engine.session import Turn
+
+
+@dataclass
+class Template:
+    slot: int
+    ids: list[int]  # stream 0 .. len-1, whose rows the slot holds
+    last_used: float
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class PrefixCache:
+    def __init__(self, pool: KVPool, max_templates: int, min_tokens: int):
+        self.pool, self.max_templates, self.min_tokens = pool, max_templates, min_tokens
+        self.templates: list[Template] = []
+        self.hits = 0  # turns that started from a template
+        self.tokens = 0  # input tokens copied instead of computed
+
+    @property
+    def slots_held(self) -> int:
+        return len(self.templates)
+
+    def coldest(self) -> Template | None:
+        return min(self.templates, key=lambda t: t.last_used, default=None)
+
+    def remove(self, t: Template) -> int:
+        """Give up template ``t``; its slot (still allocated) now belongs to the caller."""
+        self.templates.remove(t)
+        return t.slot
+
+    def clear(self) -> None:
+        """Drop every template (their slots back to the free list) and the counters."""
+        for t in self.templates:
+            self.pool.slots.release(t.slot)
+        self.templates = []
+        self.hits = self.tokens = 0
+
+    def _best(self, ids: list[int]) -> tuple[Template | None, int]:
+        best, m = None, 0
+        for t in self.templates:
+            k = common_prefix(t.ids, ids)
+            if k > m:
+                best, m = t, k
+        return best, m
+
+    def apply(self, turn: Turn, in_place: Template | None = None) -> int:
+        """At admission, before the turn's first chunk: start the turn's (empty)
+        slot from the longest prefix its input shares with a template, copied, or
+        left where it is when ``in_place`` (the template whose slot the session just
+        took) shares as much; returns the tokens reused."""
+        s = turn.session
+        if s.n != 0 or turn.prefilled != 0 or turn.params.prompt_logprobs is not None:
+            return 0
+        t, m = self._best(turn.to_feed)
+        own = common_prefix(in_place.ids, turn.to_feed) if in_place is not None else 0
+        if own >= m:
+            t, m = in_place, own
+        m = min(m, len(turn.to_feed) - 1)
+        if t is None or m < self.min_tokens:
+            return 0
+        if t is not in_place:
+            self.pool.copy_slot(t.slot, s.slot, m)
+        s.fed(turn.to_feed[:m])
+        turn.prefilled = turn.reused = m
+        turn.cached_tokens = m
+        t.last_used = time.monotonic()
+        self.hits += 1
+        self.tokens += m
+        return m
+
+    def offer(self, turn: Turn) -> bool:
+        """At the end of a turn's prefill (its first token sampled, nothing more fed):
+        keep its input as a template when it is the whole stream so far, fits the
+        cache and adds ``min_tokens`` or more to what templates hold."""
+        s = turn.session
+        n = s.n
+        if turn.index != 0 or n != len(turn.to_feed) or n > s.layout.capacity or n < self.min_tokens:
+            return False
+        ids = turn.to_feed[:n]
+        covered, m = self._best(ids)
+        if m >= n - self.min_tokens + 1:
+            if covered is not None:
+                covered.last_used = time.monotonic()
+            return False
+        if covered is not None and m == len(covered.ids):  # it extends a template: overwrite that one
+            slot = covered.slot
+            self.templates.remove(covered)
+        elif len(self.templates) < self.max_templates and self.pool.slots.free:
+            slot = self.pool.slots.allocate()
+        elif self.templates:
+            slot = self.remove(self.coldest())
+        else:
+            return False
+        self.pool.copy_slot(s.slot, slot, n)
+        self.templates.append(Template(slot, ids, time.monotonic()))
+        return True
