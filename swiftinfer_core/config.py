@@ -83,7 +83,7 @@ class EngineConfig(StrictModel):
     attention: AttentionBackend = Field(AttentionBackend.AUTO, description="Attention implementation.")
     max_batch_tokens: int = Field(2048, ge=16, le=1 << 16, description="Token budget of one scheduler step (prefill chunks plus decodes).")
     prefill_chunk: int = Field(512, ge=1, le=1 << 16, description="Largest prefill chunk of one conversation in one step.")
-    prefix_cache_slots: int = Field(0, ge=0, le=256, description="Prompt prefixes shared between conversations (engine/prefix_cache.py): up to this many cache slots hold the input of recent conversations' first turns (the first sinks + window tokens at most), and a conversation whose cache is empty (new, or rebuilt after losing its slot) copies the rows of the longest prefix its input shares with one of them (a common system prompt, tools, few-shot examples) instead of computing them; usage reports them as cached_tokens. Only free slots are used: a conversation that needs a slot takes a template's before any other conversation gives its cache up. 0: off. tp_size 1 only.")
+    prefix_cache_slots: int = Field(0, ge=0, le=256, description="Prompt prefixes shared between conversations (engine/prefix_cache.py): up to this many cache slots hold the input of recent conversations' first turns (the first sinks + window tokens at most), and a conversation whose cache is empty (new, or rebuilt after losing its slot) copies the rows of the longest prefix its input shares with one of them (a common system prompt, tools, few-shot examples) instead of computing them; usage reports them as cached_tokens. Only free slots are used: a conversation that needs a slot takes a template's before any other conversation gives its cache up. 0: off.")
     prefix_cache_min_tokens: int = Field(64, ge=1, le=1 << 20, description="Shortest shared prefix worth copying, and the least a new template must add to what the templates hold.")
     max_turn_tokens: int = Field(32768, ge=1, le=1 << 22, description="Longest new input accepted in one call, in tokens.")
     cuda_graphs: bool = Field(True, description="Capture decode steps in CUDA graphs (GPU only).")
@@ -126,8 +126,6 @@ class EngineConfig(StrictModel):
                              "not the CPU; on the CPU use 'int8'")
         if q not in (Quantization.NONE, Quantization.AUTO) and self.tp_size > 1:
             raise ValueError(f"quantization '{q.value}' runs with tp_size 1 only (quantized layers are not sharded)")
-        if self.prefix_cache_slots and self.tp_size > 1:
-            raise ValueError("prefix_cache_slots works with tp_size 1 only (the row copy is not mirrored to the other ranks); set it to 0")
         if self.quant_zero_point and q is not Quantization.INT4:
             raise ValueError(f"quant_zero_point applies to quantization 'int4' only, not '{q.value}'")
         if self.quant_rounding is QuantRounding.GPTQ and (q not in (Quantization.INT4, Quantization.FP8) or self.quant_zero_point):

@@ -6,7 +6,8 @@ FIFO admission; a turn needing more slots than the engine has is refused when
 it is added). The turn's input is prefilled once, into the session's slot, up
 to its last token. Then the slot is forked: its rows in use (sinks + window
 ring, exactly as they are, ``KVPool.copy_slot``) are copied into each reserved
-slot, each with a copy of the session's token stream (``Session.fork``). From
+slot, each with a copy of the session's token stream (``Session.fork``); on
+every rank of a tensor-parallel engine (``runner.copy_slot``). From
 there every choice is an ordinary row of the batch: each feeds the input's
 last token into its own slot and samples its first token from its own logits,
 then decodes with its own generator, detokeniser, stop strings, penalties,
@@ -29,18 +30,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from swiftinfer_core.cache.pool import KVPool, SlotAllocator
+from swiftinfer_core.cache.pool import SlotAllocator
 from swiftinfer_core.engine.session import Choices, Session, Turn
 
 
-def fork_choices(group: Choices, pool: KVPool, make_turn: Callable[[Session, int, int], Turn]) -> list[Turn]:
+def fork_choices(group: Choices, copy_slot: Callable[[int, int, int], None], make_turn: Callable[[Session, int, int], Turn]) -> list[Turn]:
     """Copy the main session's cache into each reserved slot and start one turn
     per copy: ``make_turn(session copy, index, seed)``, which feeds the input's
     last token. Returns the new turns (for the scheduler's running list)."""
     src = group.main.session
     rows = src.layout.fill(src.n)
     for i, slot in enumerate(group.reserved, start=1):
-        pool.copy_slot(src.slot, slot, rows)
+        copy_slot(src.slot, slot, rows)
         group.forks.append(make_turn(src.fork(slot), i, group.seeds[i - 1]))
     group.reserved = []
     group.forked = True

@@ -71,7 +71,7 @@ class EngineCore:
             if cfg.piecewise_graphs and cfg.tp_size == 1 and piecewise.supports(m.model):
                 self.runner.capture_piecewise_graphs(min(piecewise.BUCKETS[-1], cfg.max_batch_tokens))
         self.sessions: dict[str, Session] = {}
-        self.prefix = PrefixCache(m.pool, cfg.prefix_cache_slots, cfg.prefix_cache_min_tokens) if cfg.prefix_cache_slots else None
+        self.prefix = PrefixCache(m.pool.slots, self.runner.copy_slot, cfg.prefix_cache_slots, cfg.prefix_cache_min_tokens) if cfg.prefix_cache_slots else None
         self.slots = SlotKeeper(m.pool, self.sessions, self.prefix)
         self.scheduler = Scheduler(cfg.max_batch_tokens, cfg.prefill_chunk, self.slots.admit, self._fork)
         k0 = m.pool.k[0]
@@ -150,8 +150,6 @@ class EngineCore:
         """A turn with ``n`` choices holds ``n`` cache slots at once (engine/choices.py)."""
         if n > self.pool.num_slots:
             raise InvalidRequestError(f"n: {n} choices need {n} cache slots at once; this engine has {self.pool.num_slots}")
-        if n > 1 and self.cfg.tp_size > 1:
-            raise InvalidRequestError("n: more than one choice is not supported with tensor parallelism (tp_size > 1)")
 
     def _sampling_extras(self, turn: Turn) -> None:
         """What the sampler needs besides the params (engine/penalties.py)."""
@@ -321,7 +319,7 @@ class EngineCore:
     def _fork(self, turn: Turn) -> list[Turn]:
         """The turn's input is fed but for its last token: copy its cache into the
         reserved slots and start the other choices (engine/choices.py)."""
-        return fork_choices(turn.choices, self.pool, lambda session, index, seed: self._choice_turn(turn, session, index, seed))
+        return fork_choices(turn.choices, self.runner.copy_slot, lambda session, index, seed: self._choice_turn(turn, session, index, seed))
 
     def _choice_turn(self, main: Turn, session: Session, index: int, seed: int) -> Turn:
         """Choice ``index`` of ``main``'s turn on a fork of its session: it feeds the

@@ -33,7 +33,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from swiftinfer_core.cache.pool import KVPool
+from collections.abc import Callable
+
+from swiftinfer_core.cache.pool import SlotAllocator
 from swiftinfer_core.engine.session import Turn
 
 
@@ -53,8 +55,9 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class PrefixCache:
-    def __init__(self, pool: KVPool, max_templates: int, min_tokens: int):
-        self.pool, self.max_templates, self.min_tokens = pool, max_templates, min_tokens
+    def __init__(self, slots: SlotAllocator, copy_slot: Callable[[int, int, int], None], max_templates: int, min_tokens: int):
+        self.slots, self.copy_slot = slots, copy_slot  # copy_slot(src, dst, rows): the runner's, on every rank
+        self.max_templates, self.min_tokens = max_templates, min_tokens
         self.templates: list[Template] = []
         self.hits = 0  # turns that started from a template
         self.tokens = 0  # input tokens copied instead of computed
@@ -74,7 +77,7 @@ class PrefixCache:
     def clear(self) -> None:
         """Drop every template (their slots back to the free list) and the counters."""
         for t in self.templates:
-            self.pool.slots.release(t.slot)
+            self.slots.release(t.slot)
         self.templates = []
         self.hits = self.tokens = 0
 
@@ -102,7 +105,7 @@ class PrefixCache:
         if t is None or m < self.min_tokens:
             return 0
         if t is not in_place:
-            self.pool.copy_slot(t.slot, s.slot, m)
+            self.copy_slot(t.slot, s.slot, m)
         s.fed(turn.to_feed[:m])
         turn.prefilled = turn.reused = m
         turn.cached_tokens = m
@@ -128,12 +131,12 @@ class PrefixCache:
         if covered is not None and m == len(covered.ids):  # it extends a template: overwrite that one
             slot = covered.slot
             self.templates.remove(covered)
-        elif len(self.templates) < self.max_templates and self.pool.slots.free:
-            slot = self.pool.slots.allocate()
+        elif len(self.templates) < self.max_templates and self.slots.free:
+            slot = self.slots.allocate()
         elif self.templates:
             slot = self.remove(self.coldest())
         else:
             return False
-        self.pool.copy_slot(s.slot, slot, n)
+        self.copy_slot(s.slot, slot, n)
         self.templates.append(Template(slot, ids, time.monotonic()))
         return True

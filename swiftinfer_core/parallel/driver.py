@@ -169,6 +169,11 @@ class TPDriver:
         msg = StepMessage(StepKind.FORWARD, ids, slots, starts, q_lens)
         return self._call(msg, lambda: self.local.forward(ids, slots, starts, q_lens, rows))
 
+    def copy_slot(self, src: int, dst: int, rows: int) -> None:
+        """Every rank copies the rows of its own KV heads."""
+        msg = StepMessage(StepKind.COPY, slots=[src, dst], starts=[0, 0], q_lens=[0, 0], arg=rows)
+        self._call(msg, lambda: self.local.copy_slot(src, dst, rows))
+
     def capture_decode_graphs(self, max_batch: int) -> None:
         """Every rank captures the same ladder at once (the graphs contain the NCCL all-reduces)."""
         self._call(StepMessage(StepKind.CAPTURE, arg=max_batch), lambda: self.local.capture_decode_graphs(max_batch))

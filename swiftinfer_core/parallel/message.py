@@ -29,6 +29,7 @@ class StepKind(IntEnum):
     GRAPH = 2  # runner.graphs.run(ids, slots, starts): a decode step replayed from a CUDA graph
     CAPTURE = 3  # runner.capture_decode_graphs(arg)
     STOP = 4  # leave the loop, free the groups
+    COPY = 5  # runner.copy_slot(slots[0], slots[1], arg): a fork of n choices, a shared prompt prefix
 
 
 @dataclass(frozen=True)

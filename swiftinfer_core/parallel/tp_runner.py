@@ -34,6 +34,9 @@ class TPRunner(ModelRunner):
     def forward(self, ids: list[int], slots: list[int], starts: list[int], q_lens: list[int], rows: list[int] | None) -> torch.Tensor:
         return self.driver.forward(ids, slots, starts, q_lens, rows)
 
+    def copy_slot(self, src: int, dst: int, rows: int) -> None:
+        self.driver.copy_slot(src, dst, rows)
+
     def capture_decode_graphs(self, max_batch: int) -> None:
         self.driver.capture_decode_graphs(max_batch)
         self.graphs = self.driver.graphs

@@ -61,6 +61,8 @@ def serve_steps(runner: ModelRunner, channel: StepChannel) -> int:
             runner.graphs.run(msg.ids, msg.slots, msg.starts)
         elif msg.kind is StepKind.CAPTURE:
             runner.capture_decode_graphs(msg.arg)
+        elif msg.kind is StepKind.COPY:
+            runner.copy_slot(msg.slots[0], msg.slots[1], msg.arg)
         n += 1
 
 

@@ -51,5 +51,9 @@ class ModelRunner:
         input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
         return self.model(input_ids, self.attn, self.attn.prepare(batch), self.pool, row_t)
 
+    def copy_slot(self, src: int, dst: int, rows: int) -> None:
+        """The first ``rows`` cache rows of slot ``src`` into ``dst`` (cache/pool.py KVPool.copy_slot)."""
+        self.pool.copy_slot(src, dst, rows)
+
     def close(self) -> None:
         """Nothing is held outside this process (parallel/tp_runner.py's TPRunner stops its workers)."""

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from swiftinfer_core import SamplingParams
-from swiftinfer_core.config import EngineConfig
 from swiftinfer_core.engine.prefix_cache import common_prefix
 from swiftinfer_core.protocol import RawPrompt
 
@@ -142,8 +141,3 @@ def test_warm_up_leaves_no_template(prefix_core):
     core = prefix_core(prefix_cache_min_tokens=8)
     core.warm_up()
     assert core.prefix.templates == [] and core.stats().free_slots == 4 and core.stats().prefix_hits == 0
-
-
-def test_prefix_cache_with_tensor_parallelism_is_refused():
-    with pytest.raises(ValueError, match="prefix_cache_slots works with tp_size 1 only"):
-        EngineConfig(prefix_cache_slots=2, tp_size=2)

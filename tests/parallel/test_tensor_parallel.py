@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from swiftinfer_core import Engine, EngineClosedError, InvalidRequestError
-from swiftinfer_core.config import EngineConfig
+from swiftinfer_core.config import EngineConfig, SamplingParams
 from swiftinfer_core.engine.core import EngineCore
 from swiftinfer_core.engine.engine_model import engine_runner
 from swiftinfer_core.model.loader import ModelArgs, read_args
@@ -203,6 +203,34 @@ def test_tensor_parallel_tp2_uneven_groups_engine_and_crash(reference):
         t0 = time.monotonic()
         engine.close()
     assert time.monotonic() - t0 < 30
+
+
+def _outputs(core, sid: str, text: str, params: SamplingParams):
+    """(the main turn, every choice's output ids) of one whole turn, stepping the core."""
+    turn = core.add_turn(sid, [{"role": "user", "content": text}], params)
+    while turn.session.turn is not None:
+        core.step()
+    forks = turn.choices.forks if turn.choices is not None else []
+    return turn, [turn.output_ids] + [f.output_ids for f in forks]
+
+
+def test_tensor_parallel_copies_cache_rows_on_every_rank(model_dir):
+    """A shared prompt prefix (engine/prefix_cache.py) and n choices (engine/choices.py) copy
+    cache rows between slots; over TP=2 each rank copies its own KV heads' rows (StepKind.COPY),
+    so the replies are TP=1's. Without the copy on the worker its heads would read stale rows."""
+    over = dict(prefix_cache_slots=2, prefix_cache_min_tokens=16, max_sessions=4)
+    params = SamplingParams(max_tokens=8, ignore_eos=True, n=2)
+    got = {}
+    for tp in (1, 2):
+        core = EngineCore(tp_config(tp, **over))
+        try:
+            _outputs(core, "a", "Hi.", PARAMS)  # its input (the template's default system prompt first) becomes a template
+            turn, outs = _outputs(core, "b", "Hello there, friend.", params)
+            assert turn.reused >= 16 and core.stats().prefix_hits == 1
+            got[tp] = outs
+        finally:
+            core.close()
+    assert got[2] == got[1] and got[1][0] == got[1][1]  # greedy: both choices are the single reply
 
 
 def test_tensor_parallel_hung_worker_times_out(model_dir):
