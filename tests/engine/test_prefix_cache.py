@@ -141,3 +141,17 @@ def test_warm_up_leaves_no_template(prefix_core):
     core = prefix_core(prefix_cache_min_tokens=8)
     core.warm_up()
     assert core.prefix.templates == [] and core.stats().free_slots == 4 and core.stats().prefix_hits == 0
+
+
+def test_fp8_cache_rows_and_scales_are_copied_together(prefix_core, make_core):
+    """kv_cache_dtype fp8 (cache/kv_fp8.py): a row's e4m3 codes travel with their scales."""
+    core, ref = prefix_core(kv_cache_dtype="fp8"), make_core(window=200, kv_cache_dtype="fp8")
+    _, _, m = shared(core)
+    run(core, "a", ask("Which novel suits a rainy day?"))
+    _, _, turn = run(core, "b", ask("Do you sell maps?"))
+    _, _, want = run(ref, "b", ask("Do you sell maps?"))
+    assert turn.reused == m and turn.output_ids == want.output_ids
+    [tpl] = core.prefix.templates
+    for cache in (core.pool.k[3], core.pool.v[3]):  # bit for bit the template's codes and scales
+        got, src = cache[turn.session.slot, :, :m], cache[tpl.slot, :, :m]
+        assert torch.equal(got.data.view(torch.uint8), src.data.view(torch.uint8)) and torch.equal(got.scale, src.scale)
