@@ -155,3 +155,15 @@ def test_fp8_cache_rows_and_scales_are_copied_together(prefix_core, make_core):
     for cache in (core.pool.k[3], core.pool.v[3]):  # bit for bit the template's codes and scales
         got, src = cache[turn.session.slot, :, :m], cache[tpl.slot, :, :m]
         assert torch.equal(got.data.view(torch.uint8), src.data.view(torch.uint8)) and torch.equal(got.scale, src.scale)
+
+
+def test_common_prefix_at_every_length():
+    import random
+
+    rng = random.Random()
+    for _ in range(200):
+        a = [rng.randrange(5) for _ in range(rng.randrange(0, 300))]
+        cut = rng.randrange(0, len(a) + 1)
+        b = a[:cut] + [rng.randrange(5, 9) for _ in range(rng.randrange(0, 50))]
+        want = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        assert common_prefix(a, b) == want == cut
