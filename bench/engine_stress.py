@@ -84,8 +84,11 @@ def check_invariants(core: EngineCore) -> None:
         raise AssertionError(f"two sessions share a slot: {sorted(slots)}")
     if any(not 0 <= x < pool.num_slots for x in slots):
         raise AssertionError(f"slot out of range: {slots}")
-    if pool.slots.free + len(resident) != pool.num_slots:
-        raise AssertionError(f"free {pool.slots.free} + resident {len(resident)} != {pool.num_slots}")
+    templates = [t.slot for t in core.prefix.templates] if core.prefix is not None else []
+    if set(templates) & set(slots) or len(set(templates)) != len(templates):
+        raise AssertionError(f"a prefix template's slot is in use twice: templates {templates}, sessions {sorted(slots)}")
+    if pool.slots.free + len(resident) + len(templates) != pool.num_slots:
+        raise AssertionError(f"free {pool.slots.free} + resident {len(resident)} + templates {len(templates)} != {pool.num_slots}")
     for s in core.sessions.values():
         if len(s.sink_ids) + len(s.window_ids) != lay.fill(s.n):
             raise AssertionError(f"{s.id}: ids {len(s.sink_ids)}+{len(s.window_ids)} vs fill({s.n})")
@@ -136,15 +139,7 @@ def churn(core: EngineCore, spec: Churn, sync=None) -> ChurnReport:
         return run(batch)
 
     core.batches.run = traced
-    take = core.slots.take
-
-    def counted(for_session):
-        before = core.pool.slots.free
-        slot = take(for_session)
-        rep.slot_lends += slot is not None and before == 0
-        return slot
-
-    core.slots.take = counted
+    lends0 = core.slots.lends
     try:
         for step in range(spec.steps):
             for sid in ids:
@@ -192,7 +187,7 @@ def churn(core: EngineCore, spec: Churn, sync=None) -> ChurnReport:
         traceback.print_exc()
     finally:
         core.batches.run = run
-        core.slots.take = take
+        rep.slot_lends = core.slots.lends - lends0
     for path, ms in times.items():
         ms.sort()
         rep.step_ms[path] = {"n": len(ms), "mean": sum(ms) / len(ms), "p50": ms[len(ms) // 2], "p99": ms[int(0.99 * (len(ms) - 1))]}

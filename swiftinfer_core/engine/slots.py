@@ -21,6 +21,7 @@ class SlotKeeper:
         self.pool = pool
         self.sessions = sessions  # the engine's registered sessions (shared, not copied)
         self.prefix = prefix  # its templates' slots are given up like idle conversations' (least recently used first)
+        self.lends = 0  # slots an idle conversation gave up to another (it is rebuilt on its next turn)
 
     @property
     def free(self) -> int:
@@ -49,6 +50,7 @@ class SlotKeeper:
             return None, None
         slot = victim.slot
         victim.drop_cache()
+        self.lends += 1
         log.info("session %s gave its cache slot %d to %s; it will be rebuilt", victim.id, slot, for_session)
         return slot, None
 

@@ -12,3 +12,15 @@ def test_churn_keeps_slots_ids_and_turns_consistent(make_core):
     # the run did exercise what it is for
     assert rep.slot_lends > 0 and rep.wrapped_prefills > 0 and rep.max_chunk == 40
     assert rep.rebuilds > 0 and rep.handovers > 0 and rep.aborts > 0 and rep.turns_finished > 20
+
+
+def test_churn_with_shared_prefixes_keeps_the_same_invariants(make_core):
+    """The same churn with prefix templates (engine/prefix_cache.py) in free slots, which the
+    churn's conversations take back in LRU order; a new or rebuilt conversation that finds one
+    starts from its rows (the chat template's default system prompt, 24 tokens)."""
+    core = make_core(window=60, max_sessions=5, max_batch_tokens=96, prefill_chunk=40, prefix_cache_slots=2, prefix_cache_min_tokens=8)
+    rep = churn(core, Churn(sessions=8, steps=160, max_prompt=30, max_tokens=10, p_turn=0.3, p_rebuild=0.1, p_handover=0.1, seed=1))
+    assert rep.failure == "", (rep.failure, rep.failed_batch)
+    assert rep.steps == 160 and rep.turns_finished > 20 and rep.slot_lends > 0
+    st = core.stats()
+    assert st.prefix_hits >= 2 and st.prefix_tokens >= 8 * st.prefix_hits
