@@ -70,6 +70,14 @@ def prompt(i: int, r: int, words: int) -> str:
     return " ".join(WORDS[(i * 7 + r * 3 + k) % len(WORDS)] for k in range(words + (i % 5)))
 
 
+def messages(i: int, r: int, a) -> list[dict]:
+    """Round r of conversation i: its user message, after the shared system message (``--system-words``) in round 0."""
+    user = [{"role": "user", "content": prompt(i, r, a.words)}]
+    if r > 0 or not a.system_words:
+        return user
+    return [{"role": "system", "content": " ".join(WORDS[(k * 5) % len(WORDS)] for k in range(a.system_words))}] + user
+
+
 async def one_round(engine: Engine, n: int, r: int, tag: str, a) -> dict:
     params = SamplingParams(max_tokens=a.tokens, ignore_eos=True)
     t0 = time.perf_counter()
@@ -116,7 +124,7 @@ async def closed_loop(engine: Engine, n: int, tag: str, a) -> dict:
             sent = time.perf_counter()
             first, toks = None, 0
             try:
-                async for c in engine.chat(f"{tag}-{i}", [{"role": "user", "content": prompt(i, r, a.words)}], params):
+                async for c in engine.chat(f"{tag}-{i}", messages(i, r, a), params):
                     first = first or time.perf_counter()
                     toks += len(c.token_ids)
                 done = time.perf_counter()
@@ -156,6 +164,8 @@ def main() -> int:
     ap.add_argument("--max-batch-tokens", type=int, default=None,
                     help="the step's token budget (EngineConfig.max_batch_tokens; default its own): a burst of warm turns "
                          "prefills in budget-sized steps, so it sets when the first of them gets a token")
+    ap.add_argument("--system-words", type=int, default=0, help="closed loop: a system message of this many words, the same in every conversation's first round")
+    ap.add_argument("--prefix-cache-slots", type=int, default=0, help="EngineConfig.prefix_cache_slots (shared prompt prefixes; 0: off)")
     ap.add_argument("--name", default="engine_batches")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -164,7 +174,8 @@ def main() -> int:
     cfg = EngineConfig(model=a.model, load_format="random", device=a.device,
                        dtype="bfloat16" if a.device == "cuda" else "float32", sink_tokens=4,
                        window=a.window, max_sessions=a.max_sessions, max_turn_tokens=4096,
-                       piecewise_graphs=a.piecewise, **({"max_batch_tokens": a.max_batch_tokens} if a.max_batch_tokens else {}))
+                       piecewise_graphs=a.piecewise, prefix_cache_slots=a.prefix_cache_slots,
+                       **({"max_batch_tokens": a.max_batch_tokens} if a.max_batch_tokens else {}))
     t0 = time.perf_counter()
     engine = Engine(cfg)
     start_s = time.perf_counter() - t0
@@ -200,10 +211,12 @@ def main() -> int:
         for i in range(n):  # free the slots for the next size
             if engine.has_session(f"n{n}-{i}"):
                 engine.close_session(f"n{n}-{i}")
+    final_stats = engine.stats().to_dict()  # prefix_hits / prefix_tokens among them
     engine.close()
     m = read_args(Path(a.model))
     shape = f"hidden {m.hidden_size}, {m.num_layers} layers, {m.num_heads}/{m.num_kv_heads} heads, vocab {m.vocab_size}, rope {(m.rope_scaling or {}).get('rope_type', 'default')}"
-    data = {"model": f"{Path(a.model).name}: {shape}, random bf16", "closed_loop": a.closed_loop, "cache": f"4+{a.window}", "slots": slots, "max_batch_tokens": cfg.max_batch_tokens, "engine_start_s": start_s,
+    data = {"model": f"{Path(a.model).name}: {shape}, random bf16", "closed_loop": a.closed_loop,
+            "system_words": a.system_words, "prefix_cache_slots": a.prefix_cache_slots, "engine_stats": final_stats, "cache": f"4+{a.window}", "slots": slots, "max_batch_tokens": cfg.max_batch_tokens, "engine_start_s": start_s,
             "graph_sizes": graph_sizes, "rounds": a.rounds, "tokens_per_turn": a.tokens, "drop_workspaces": a.drop_workspaces,
             "bare": {str(k): v for k, v in bare.items()}, "rows": rows}
     common.write_results(a.name, data, a.out)
