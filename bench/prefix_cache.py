@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--random", action="store_true", help="load_format random (a shape's speed, not its text)")
+    ap.add_argument("--quantization", default="none", help="EngineConfig.quantization ('auto': int8 on the CPU, as serve_config.yaml)")
     ap.add_argument("--window", type=int, default=1020)
     ap.add_argument("--lengths", type=int, nargs="+", default=[256, 900])
     ap.add_argument("--conversations", type=int, default=8)
@@ -90,7 +91,7 @@ def main() -> None:
     a = ap.parse_args()
     k = a.conversations
     base = dict(model=a.model, device=a.device, dtype=a.dtype, window=a.window, max_sessions=4 * k + 4,
-                load_format="random" if a.random else "auto", prefill_chunk=2048, max_batch_tokens=4096)
+                load_format="random" if a.random else "auto", prefill_chunk=2048, max_batch_tokens=4096, quantization=a.quantization)
     cfg_off = EngineConfig(**base)
     cfg_on = EngineConfig(**base, prefix_cache_slots=4)
     loaded = build_engine_model(cfg_off)
