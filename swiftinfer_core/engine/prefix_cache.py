@@ -31,9 +31,8 @@ run (its logits start the reply). Turns that score their input
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from swiftinfer_core.cache.pool import SlotAllocator
 from swiftinfer_core.engine.session import Turn
@@ -127,13 +126,12 @@ class PrefixCache:
             return False
         ids = turn.to_feed[:n]
         covered, m = self._best(ids)
-        if m >= n - self.min_tokens + 1:
+        if n - m < self.min_tokens:  # adds too little to what a template holds already
             if covered is not None:
                 covered.last_used = time.monotonic()
             return False
         if covered is not None and m == len(covered.ids):  # it extends a template: overwrite that one
-            slot = covered.slot
-            self.templates.remove(covered)
+            slot = self.remove(covered)
         elif len(self.templates) < self.max_templates and self.slots.free:
             slot = self.slots.allocate()
         elif self.templates:
