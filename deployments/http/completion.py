@@ -71,6 +71,12 @@ class ChatResponse:
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex[:24]}")
     created: int = field(default_factory=lambda: int(time.time()))
 
+    @classmethod
+    def combine(cls, turns: list["ChatResponse"]) -> "ChatResponse":
+        """The response of a request that ran ``turns`` (several only for a batch of text prompts)."""
+        (turn,) = turns
+        return turn
+
     def _logprobs(self, chunks: list[StreamChunk]) -> dict | None:
         if self.codec is None:
             return None

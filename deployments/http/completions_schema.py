@@ -1,11 +1,14 @@
 """``POST /v1/completions`` request schema (OpenAI's legacy text completions).
 
-``prompt`` is a string or a list of token ids (a one-element list of either is
-taken as that prompt; batches of prompts are refused like ``n > 1``). A string
-is encoded as plain text, as message content is (control-token spellings stay
-text); token ids go to the engine as they are (``protocol.RawPrompt``). No chat
-template is applied. With ``session_id`` the prompt continues that session's
-token stream verbatim, and the reply stays in it for the next call.
+``prompt`` is a string, a list of token ids, or a batch: a list of strings or
+of token-id lists (up to ``MAX_PROMPTS``; a one-element batch is that prompt).
+A string is encoded as plain text, as message content is (control-token
+spellings stay text); token ids go to the engine as they are
+(``protocol.RawPrompt``). No chat template is applied. With ``session_id`` the
+prompt continues that session's token stream verbatim, and the reply stays in it
+for the next call; a batch runs each prompt as its own turn on its own one-call
+session (turn_plan.py), so it takes no ``session_id``. Its choices are numbered
+``prompt * n + j``, as OpenAI numbers them.
 
 ``logprobs`` is OpenAI's legacy integer: the sampled token's logprob plus that
 many most likely tokens (0..20). ``echo`` puts the prompt before the
@@ -25,6 +28,7 @@ from deployments.http.openai_schema import SamplingRequest
 from swiftinfer_core.config import SamplingParams
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for text completions
+MAX_PROMPTS = 128  # prompts in one batch: each is a turn of its own, run concurrently
 
 
 class CompletionRequest(SamplingRequest):
@@ -36,36 +40,35 @@ class CompletionRequest(SamplingRequest):
     suffix: str | None = None
 
     def unsupported(self) -> dict[str, bool]:
-        p = self.prompt
-        batch = isinstance(p, list) and len(p) > 1 and not all(isinstance(x, int) for x in p)
         return {
             **super().unsupported(),
-            "prompt (a batch of prompts)": batch,
             "best_of": self.best_of not in (None, 1),
             "suffix": bool(self.suffix),
             "n (with echo and logprobs)": self.n not in (None, 1) and bool(self.echo) and self.logprobs is not None,
         }
 
     @model_validator(mode="after")
-    def _prompt_ids(self) -> "CompletionRequest":
-        ids = self.prompt_ids()
-        if ids is not None and any(t < 0 for t in ids):
-            raise ValueError("prompt: token ids must be >= 0")
-        if isinstance(self.prompt, list) and not self.prompt[0] and self.prompt[0] != 0:
-            raise ValueError("prompt: must not be empty")
+    def _prompts(self) -> "CompletionRequest":
+        prompts = self.prompts()
+        if len(prompts) > MAX_PROMPTS:
+            raise ValueError(f"prompt: a batch holds at most {MAX_PROMPTS} prompts, got {len(prompts)}")
+        for i, p in enumerate(prompts):
+            where = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
+            if not p:
+                raise ValueError(f"{where}: must not be empty")
+            if isinstance(p, list) and any(t < 0 for t in p):
+                raise ValueError(f"{where}: token ids must be >= 0")
         return self
 
-    def prompt_text(self) -> str | None:
-        """The prompt when given as text."""
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt of the request, as text or as token ids (one unless it is a batch)."""
         p = self.prompt
-        return p if isinstance(p, str) else (p[0] if isinstance(p[0], str) else None)
+        if isinstance(p, str) or all(isinstance(x, int) for x in p):
+            return [p]
+        return list(p)
 
-    def prompt_ids(self) -> list[int] | None:
-        """The prompt when given as token ids."""
-        p = self.prompt
-        if isinstance(p, str) or isinstance(p[0], str):
-            return None
-        return list(p[0]) if isinstance(p[0], list) else list(p)
+    def turns(self) -> int:
+        return len(self.prompts())
 
     def sampling(self, default_max_tokens: int, syntax: object = None) -> SamplingParams:
         """``syntax`` (a chat template's tool syntax) has no part in a text completion."""

@@ -60,6 +60,7 @@ from deployments.messages import IngressPhase, ReplicaStats, TurnStart
 from deployments.http.openai_schema import ChatCompletionRequest
 from deployments.http.playground import Playground
 from deployments.http.request_limits import Deadline, read_body
+from deployments.http.request_context import own_request_id
 from deployments.http.session_routes import NO_REPLICA, SessionRoutes
 from deployments.http.tenant_limits import TenantLimiter
 from deployments.sessions.tenants import client_id, history_seed, scoped
@@ -158,31 +159,32 @@ class Ingress:
     async def responses(self, request: Request) -> Response:
         return await self._serve_turn(request, ResponsesRequest, self._plan_response, ResponsesReply)
 
-    async def _plan_response(self, req: ResponsesRequest, request: Request, tenant: str | None) -> TurnPlan:
-        return await plan_response(req, tenant, self._directory, retry=self._turn_key(request) is not None)
+    async def _plan_response(self, req: ResponsesRequest, request: Request, tenant: str | None) -> list[TurnPlan]:
+        return [await plan_response(req, tenant, self._directory, retry=self._turn_key(request) is not None)]
 
-    async def _plan_chat(self, req: ChatCompletionRequest, request: Request, tenant: str | None) -> TurnPlan:
+    async def _plan_chat(self, req: ChatCompletionRequest, request: Request, tenant: str | None) -> list[TurnPlan]:
         syntax = await self._tool_syntax(req)
         messages = req.engine_messages(syntax)
         scoped_sid, new_messages, history_base = await self._resolve_session(req, messages, request.headers.get("x-session-id"), tenant)
         tools = req.tool_plan(syntax)  # a reply that may be calls is rendered as tool_calls (completion.py)
         shown = ToolPrompt(new_messages, tools.shown) if tools is not None and tools.shown else new_messages  # the template renders them
-        return TurnPlan(scoped_sid, shown, history_base, render={"tools": tools} if tools is not None else {})
+        return [TurnPlan(scoped_sid, shown, history_base, render={"tools": tools} if tools is not None else {})]
 
     async def _tool_syntax(self, req) -> ToolSyntax | None:
         """The chat template's tool syntax, read only for requests that need it (tools, tool_calls)."""
         return (await self._codec.get()).format.tool_syntax if req.needs_template() else None
 
-    async def _plan_completion(self, req: CompletionRequest, request: Request, tenant: str | None) -> TurnPlan:
+    async def _plan_completion(self, req: CompletionRequest, request: Request, tenant: str | None) -> list[TurnPlan]:
         return await plan_completion(req, request.headers.get("x-session-id"), tenant, self._codec)
 
     async def _serve_turn(self, request: Request, schema, plan, render) -> Response:
-        """One turn of either API: parse ``schema``, check limits, ``plan`` the session
-        and engine input, stream the replica's events rendered by ``render``."""
+        """One request of either API: parse ``schema``, check limits, ``plan`` its turns
+        (sessions and engine inputs: one, or one per prompt of a completion batch),
+        stream the replicas' events rendered by ``render``."""
         t0 = time.perf_counter()
         limits = self._cfg.limits
         deadline = time.monotonic() + limits.request_timeout_s
-        sid, replica, gen, streaming, ticket, drop = "", NO_REPLICA, None, False, None, None
+        sids, replicas, gens, streaming, ticket, drops = [], [], [], False, None, []
         tenant = tenant_of(request)
         self._metrics.in_flight.inc()
         try:
@@ -193,31 +195,35 @@ class Ingress:
             if params.max_tokens > limits.max_output_tokens:
                 raise InvalidRequestError(f"max_tokens is {params.max_tokens}; this server allows at most {limits.max_output_tokens}")
             turn_key = self._turn_key(request)
-            ticket = self._tenant_limits.acquire(tenant, params.max_tokens * params.n)  # 429 past the tenant's limits; every choice generates
+            # 429 past the tenant's limits; every choice of every prompt generates
+            ticket = self._tenant_limits.acquire(tenant, params.max_tokens * params.n * req.turns(), req.turns())
             await self._ensure_ready()
-            p = await plan(req, request, tenant)
-            sid = client_id(tenant, p.scoped_sid)
-            drop = p.scoped_sid if p.one_call else None
+            plans = await plan(req, request, tenant)
+            sids = [client_id(tenant, p.scoped_sid) for p in plans]
+            drops = [p.scoped_sid for p in plans if p.one_call]
             self._hops.record(IngressPhase.PREPARE, time.perf_counter() - t0)
-            gen, events, start = await self._start_turn(p, params, turn_key, deadline)
-            if start.first is not None:
-                events = _after(start.first, events)
-            replica = start.replica_id
+            started = await self._start_turns(plans, params, turn_key, deadline)
+            gens = [gen for gen, _, _ in started]
+            replicas = [start.replica_id for _, _, start in started]
             codec = await self._codec.get() if params.logprobs else None
-            turn = render(self._cfg.model_id, replace(start, session_id=sid), ticket.meter(events), self._metrics, t0, time.perf_counter(),
-                          codec=codec, n=params.n, **p.render)
-            headers = {"x-session-id": sid, "x-replica-id": replica}
+            first_at = time.perf_counter()
+            turn = render.combine([
+                render(self._cfg.model_id, replace(start, session_id=sid), ticket.meter(events), self._metrics, t0, first_at,
+                       codec=codec, n=params.n, **p.render)
+                for p, sid, (_, events, start) in zip(plans, sids, started)])
+            headers = {"x-session-id": ",".join(sids), "x-replica-id": ",".join(replicas)}
             self._metrics.requests.labels(status="200").inc()
             if req.stream:
-                streaming = True  # from here the stream's guard owns the in-flight count (and the one-call session)
-                return StreamingResponse(self._guard(turn.stream(), gen, ticket, drop), media_type="text/event-stream", headers=headers)
+                streaming = True  # from here the stream's guard owns the in-flight count (and the one-call sessions)
+                return StreamingResponse(self._guard(turn.stream(), gens, ticket, drops), media_type="text/event-stream", headers=headers)
             return JSONResponse(await turn.collect(), headers=headers)
         except BaseException as exc:
-            if gen is not None:
+            for gen in gens:
                 gen.cancel()
             if not isinstance(exc, Exception):  # cancellation (client gone): nothing to answer
                 raise
-            resp = error_response(_unscoped(exc, tenant, sid), {"x-session-id": sid, "x-replica-id": replica})
+            headers = {"x-session-id": ",".join(sids), "x-replica-id": ",".join(replicas) or NO_REPLICA}
+            resp = error_response(_unscoped(exc, tenant, sids), headers)
             self._metrics.requests.labels(status=str(resp.status_code)).inc()
             return resp
         finally:
@@ -225,8 +231,26 @@ class Ingress:
                 self._metrics.in_flight.dec()
                 if ticket is not None:
                     ticket.finish()
-                if drop is not None:
-                    self._one_call.drop_later(drop)
+                for sid in drops:
+                    self._one_call.drop_later(sid)
+
+    async def _start_turns(self, plans: list[TurnPlan], params, turn_key, deadline) -> list[tuple]:
+        """``_start_turn`` of every plan, concurrently; when one fails, the others are cancelled."""
+        if len(plans) == 1:
+            return [await self._start_turn(plans[0], params, turn_key, deadline)]
+
+        async def own_request(p: TurnPlan):
+            own_request_id()  # in this task's copy of the context only
+            return await self._start_turn(p, params, turn_key, deadline)
+
+        results = await asyncio.gather(*(own_request(p) for p in plans), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            for r in results:
+                if not isinstance(r, BaseException):
+                    r[0].cancel()
+            raise failed[0]
+        return results
 
     async def _start_turn(self, p: TurnPlan, params, turn_key, deadline):
         """(generator, deadline-bounded events, TurnStart) of plan ``p``. Before its first token a
@@ -244,8 +268,6 @@ class Ingress:
             events = Deadline(gen, deadline, limits.request_timeout_s)
             try:
                 start = await events.__anext__()  # the engine's errors surface here, before any header is sent
-                self._record_hops(called, start)
-                return gen, events, start
             except _UNAVAILABLE:
                 gen.cancel()
                 if time.monotonic() + pause >= give_up:
@@ -253,6 +275,12 @@ class Ingress:
                 self._metrics.turn_retries.inc()
                 await asyncio.sleep(pause)
                 pause = min(2 * pause, 2.0)
+                continue
+            except BaseException:  # its error, or the client left while it started: the turn goes no further
+                gen.cancel()
+                raise
+            self._record_hops(called, start)
+            return gen, (events if start.first is None else _after(start.first, events)), start
 
     def _record_hops(self, called: float, start: TurnStart) -> None:
         """Routing, replica and return times of a turn's TurnStart (wall clocks: the
@@ -262,18 +290,19 @@ class Ingress:
             self._hops.record(IngressPhase.REPLICA, start.sent_at - start.received_at)
             self._hops.record(IngressPhase.RETURN, time.time() - start.sent_at)
 
-    async def _guard(self, body, gen, ticket, drop: str | None = None):
-        """Ends the stream's in-flight count and tenant ticket; cancels the replica's
-        turn if the client leaves; deletes a one-call session (``drop``)."""
+    async def _guard(self, body, gens, ticket, drops: list[str]):
+        """Ends the stream's in-flight count and tenant ticket; cancels the replicas'
+        turns if the client leaves; deletes one-call sessions (``drops``)."""
         try:
             async for part in body:
                 yield part
         finally:
             self._metrics.in_flight.dec()
             ticket.finish()
-            gen.cancel()
-            if drop is not None:
-                self._one_call.drop_later(drop)
+            for gen in gens:
+                gen.cancel()
+            for sid in drops:
+                self._one_call.drop_later(sid)
 
     # ---- tokenizer -------------------------------------------------------------------
     async def tokenize(self, request: Request) -> Response:
@@ -318,15 +347,18 @@ async def _after(first, rest):
         yield item
 
 
-def _unscoped(exc: BaseException, tenant: str | None, sid: str) -> BaseException:
-    """The replica's error with the client's id in its message instead of the scoped
-    one (409 busy, not committed): clients never see ``<tenant>:<id>``."""
+def _unscoped(exc: BaseException, tenant: str | None, sids: list[str]) -> BaseException:
+    """The replica's error with the client's ids in its message instead of the scoped
+    ones (409 busy, not committed): clients never see ``<tenant>:<id>``."""
     inner = unwrap(exc)
-    scoped_sid = scoped(tenant, sid)
-    if tenant is None or not sid or repr(scoped_sid) not in str(inner):
+    text = str(inner)
+    if tenant is not None:
+        for sid in sids:
+            text = text.replace(repr(scoped(tenant, sid)), repr(sid))
+    if text == str(inner):
         return exc
     try:
-        return type(inner)(str(inner).replace(repr(scoped_sid), repr(sid)))
+        return type(inner)(text)
     except Exception:  # an exception type that does not take one message: keep it as it is
         return exc
 

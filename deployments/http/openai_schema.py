@@ -145,6 +145,10 @@ class SamplingRequest(RequestModel):
         except ValidationError as exc:
             raise InvalidRequestError(describe(exc)) from None
 
+    def turns(self) -> int:
+        """Turns the request runs (a batch of completion prompts runs one per prompt)."""
+        return 1
+
     def needs_template(self) -> bool:
         """Whether reading this request needs the chat template's tool syntax (ChatFormat.tool_syntax)."""
         return False

@@ -1,7 +1,8 @@
 """Per-tenant limits at the ingress: concurrent conversations and two token buckets.
 
 Before a turn reaches any replica the ingress asks ``TenantLimiter.acquire``:
-- running turns of the tenant < ``max_conversations``;
+- running turns of the tenant < ``max_conversations`` (a batch of completion
+  prompts runs one turn per prompt, and needs room for all of them);
 - the request bucket holds one request (refill ``requests_per_s``, size ``request_burst``);
 - the token bucket holds the turn's ``max_tokens`` (refill ``tokens_per_s``, size
   ``token_burst``); the part a turn did not generate goes back when it ends.
@@ -23,6 +24,7 @@ from typing import AsyncIterator
 
 from deployments.config import TenantLimitsConfig
 from deployments.http.errors import TenantLimitError
+from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.protocol import StreamChunk
 
 DEFAULT = "<default>"  # the tenant of a service without keys
@@ -71,6 +73,7 @@ class Ticket:
 
     state: TenantState
     reserved: int
+    turns: int = 1  # running turns it holds
     generated: int | None = None
     done: bool = False
 
@@ -78,16 +81,17 @@ class Ticket:
         if self.done:
             return
         self.done = True
-        self.state.running -= 1
+        self.state.running -= self.turns
         if self.generated is not None:
             self.state.tokens.refill(time.monotonic())
             self.state.tokens.give(max(0, self.reserved - self.generated))
 
     async def meter(self, events: AsyncIterator[StreamChunk]) -> AsyncIterator[StreamChunk]:
-        """Pass a turn's chunks through, noting the generated tokens of its final one."""
+        """Pass a turn's chunks through, adding the generated tokens of its final one
+        (a ticket of a batch of prompts meters each prompt's turn)."""
         async for chunk in events:
             if isinstance(chunk, StreamChunk) and chunk.usage is not None:
-                self.generated = chunk.usage.completion_tokens
+                self.generated = (self.generated or 0) + chunk.usage.completion_tokens
             yield chunk
 
 
@@ -108,11 +112,16 @@ class TenantLimiter:
             st = self._tenants[name] = TenantState(Bucket(c.requests_per_s, c.request_burst), Bucket(c.tokens_per_s, c.token_burst))
         return st
 
-    def acquire(self, tenant: str | None, max_tokens: int) -> Ticket:
+    def acquire(self, tenant: str | None, max_tokens: int, turns: int = 1) -> Ticket:
+        """``max_tokens``: what the request's ``turns`` may generate together."""
         st = self._state(tenant)
         c, now = self.limits(tenant), time.monotonic()
-        if c.max_conversations is not None and st.running >= c.max_conversations:
-            raise TenantLimitError(f"this key's tenant has {st.running} conversations running, its limit; retry when one ends", 1.0)
+        if c.max_conversations is not None and turns > c.max_conversations:
+            raise InvalidRequestError(f"prompt: a batch of {turns} prompts runs {turns} conversations at once; "
+                                      f"this key's tenant may run {c.max_conversations}")
+        if c.max_conversations is not None and st.running + turns > c.max_conversations:
+            raise TenantLimitError(f"this key's tenant has {st.running} conversations running and may run "
+                                   f"{c.max_conversations}; retry when one ends", 1.0)
         st.requests.refill(now)
         st.tokens.refill(now)
         need = min(max_tokens, c.token_burst)  # a turn larger than the bucket waits for a full one
@@ -121,5 +130,5 @@ class TenantLimiter:
             raise TenantLimitError(f"this key's tenant is over its request or token rate; retry in {wait:.2f} s", wait)
         st.requests.take(1)
         st.tokens.take(need)
-        st.running += 1
-        return Ticket(st, need)
+        st.running += turns
+        return Ticket(st, need, turns)

@@ -19,6 +19,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.http.completions_schema import CompletionRequest
 from deployments.http.errors import PreviousResponseNotFoundError, StaleResponseError
+from deployments.http.request_context import own_request_id
 from deployments.http.responses_schema import ResponsesRequest, parse_response_id
 from deployments.sessions.tenants import scoped
 from deployments.http.tokens import CodecHolder
@@ -37,7 +38,7 @@ class TurnPlan:
     history_base: str | None  # digest base for id-less chat clients
     one_call: bool = False  # a completion without a session: deleted after the turn
     expect_turn: int | None = None  # the turn's number must be this (a Responses continuation), else 409
-    render: dict = field(default_factory=dict)  # extra fields of the response renderer (a completion's echo)
+    render: dict = field(default_factory=dict)  # extra fields of the response renderer (a completion's echo, its place in a batch)
 
 
 def explicit_sid(body_sid: str | None, header_sid: str | None) -> str | None:
@@ -49,20 +50,26 @@ def explicit_sid(body_sid: str | None, header_sid: str | None) -> str | None:
     return body_sid or header_sid
 
 
-async def plan_completion(req: CompletionRequest, header_sid: str | None, tenant: str | None, codecs: CodecHolder) -> TurnPlan:
+async def plan_completion(req: CompletionRequest, header_sid: str | None, tenant: str | None, codecs: CodecHolder) -> list[TurnPlan]:
+    """One plan per prompt: on the client's session, or (without one, and always for a
+    batch) on a one-call session each."""
     explicit = explicit_sid(req.session_id, header_sid)
-    ids = req.prompt_ids()
-    if ids is None:
-        codec = await codecs.get()
-        ids = await asyncio.to_thread(codec.prompt_ids, req.prompt_text())
-    sid = scoped(tenant, explicit or f"cmpl-{uuid.uuid4().hex}")
-    echo = {}
-    if req.echo:  # the prompt's own text when given as text, else its decoding
-        text = req.prompt_text()
-        if text is None:
-            text = (await codecs.get()).detokenize(ids)
-        echo = {"echo_text": text, "echo_ids": ids}
-    return TurnPlan(sid, RawPrompt(ids), None, one_call=not explicit, render=echo)
+    prompts = req.prompts()
+    if explicit and len(prompts) > 1:
+        raise InvalidRequestError("session_id: a batch of prompts runs each prompt on a session of its own; "
+                                  "send one prompt to continue a session")
+    texts = [p for p in prompts if isinstance(p, str)]
+    codec = await codecs.get() if texts or req.echo else None
+    encoded = iter(await asyncio.to_thread(lambda: [codec.prompt_ids(t) for t in texts]) if texts else [])
+    plans = []
+    for p in prompts:
+        ids = next(encoded) if isinstance(p, str) else list(p)
+        render = {"index_base": len(plans) * (req.n or 1), "batched": True} if len(prompts) > 1 else {}
+        if req.echo:  # the prompt's own text when given as text, else its decoding
+            render |= {"echo_text": p if isinstance(p, str) else codec.detokenize(ids), "echo_ids": ids}
+        sid = scoped(tenant, explicit or f"cmpl-{uuid.uuid4().hex}")
+        plans.append(TurnPlan(sid, RawPrompt(ids), None, one_call=not explicit, render=render))
+    return plans
 
 
 async def plan_response(req: ResponsesRequest, tenant: str | None, directory, retry: bool) -> TurnPlan:
@@ -98,6 +105,7 @@ class OneCallSessions:
         task.add_done_callback(self._tasks.discard)
 
     async def _drop(self, scoped_sid: str) -> None:
+        own_request_id()  # several drops of one request's sessions may be pending at once
         for attempt in range(DROP_ATTEMPTS):  # a cancelled turn may still hold the session a moment
             try:
                 await self._llm.options(session_id=scoped_sid).close_session.remote(scoped_sid)

@@ -101,7 +101,7 @@ def test_request_parsing_maps_sampling_fields_for_chat_and_completions():
         with pytest.raises(InvalidRequestError, match=word):
             ChatCompletionRequest.parse(b'{"model":"m","messages":[{"role":"user","content":"x"}],' + body + b"}")
     c = CompletionRequest.parse(b'{"model":"m","prompt":[[5,6]],"logprobs":0,"presence_penalty":1}')
-    assert c.prompt_ids() == [5, 6] and c.prompt_text() is None
+    assert c.prompts() == [[5, 6]] and c.turns() == 1
     p = c.sampling(256)
     assert (p.max_tokens, p.logprobs, p.top_logprobs, p.presence_penalty) == (16, True, 0, 1.0)
     assert CompletionRequest.parse(b'{"model":"m","prompt":"hey"}').sampling(256).logprobs is False
@@ -110,6 +110,15 @@ def test_request_parsing_maps_sampling_fields_for_chat_and_completions():
     assert CompletionRequest.parse(b'{"model":"m","prompt":"x","echo":true}').sampling(256).prompt_logprobs is None
     with pytest.raises(InvalidRequestError, match="suffix"):
         CompletionRequest.parse(b'{"model":"m","prompt":"x","suffix":"y"}')
+    # batches: a list of texts or of token-id lists is one prompt each; a flat id list is one prompt
+    assert CompletionRequest.parse(b'{"model":"m","prompt":["a","b","c"]}').prompts() == ["a", "b", "c"]
+    assert CompletionRequest.parse(b'{"model":"m","prompt":[[1],[2,3]]}').turns() == 2
+    assert CompletionRequest.parse(b'{"model":"m","prompt":[1,2,3]}').prompts() == [[1, 2, 3]]
+    for body, word in ((b'["a",""]', r"prompt\[1\]: must not be empty"), (b'[[1],[]]', r"prompt\[1\]: must not be empty"),
+                       (b'[[1],[-2]]', r"prompt\[1\]: token ids must be >= 0"), (b'[-1]', "prompt: token ids must be >= 0"),
+                       (b'[' + b','.join([b'"a"'] * 129) + b']', "at most 128 prompts"), (b'[1,"a"]', "prompt")):
+        with pytest.raises(InvalidRequestError, match=word):
+            CompletionRequest.parse(b'{"model":"m","prompt":' + body + b"}")
 
 
 def test_gpu_replica_options_place_tensor_parallel_ranks_together():

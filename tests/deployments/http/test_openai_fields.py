@@ -1,8 +1,8 @@
 """Issue 18 on a real local Ray cluster, through the ``openai`` client: penalties,
 logit_bias, min_tokens and logprobs (streamed and not) against the model's own
 logits computed here; /v1/completions (text and token-id prompts, sessions,
-logprobs, echo with prompt logprobs, stop); /tokenize and /detokenize; and a 400 naming each field this
-server still refuses."""
+logprobs, echo with prompt logprobs, stop, batches of prompts); /tokenize and /detokenize; and a 400
+naming each field this server still refuses."""
 
 from __future__ import annotations
 
@@ -206,10 +206,49 @@ def test_completions_refuse_what_they_do_not_do(app):
 
     oai, _, _ = app
     for field, kw in {"best_of": dict(best_of=2), "suffix": dict(suffix="x"), "n": dict(n=2, echo=True, logprobs=1),
-                      "prompt": dict(prompt=["a", "b"]), "logprobs": dict(logprobs=21)}.items():
+                      "logprobs": dict(logprobs=21)}.items():
         with pytest.raises(BadRequestError) as err:
             oai.completions.create(model=MODEL_ID, **{"prompt": "hi", **kw})
         assert field in str(err.value), (field, str(err.value))
+
+
+def test_completions_batch_of_prompts(app, reference):
+    """Each prompt of a batch is a turn of its own on a one-call session; choices are
+    numbered prompt * n + j; usage is summed; streamed, the usage comes last, alone."""
+    from openai import BadRequestError
+
+    from swiftinfer_core.config import SamplingParams
+
+    oai, http, prefix = app
+    fmt, model = reference
+    prompts = ["The three primary colours are", "Once upon a time", "Paris is the capital of"]
+    ids = [fmt.encode_as_text(p) for p in prompts]
+    replies = [fmt.tok.decode([t for t, _ in greedy_reference(fmt, model, SamplingParams(), 4, i)]) for i in ids]
+    kw = dict(model=MODEL_ID, max_tokens=4, temperature=0, extra_body={"ignore_eos": True})
+    raw = oai.completions.with_raw_response.create(prompt=prompts, n=2, **kw)
+    body = raw.parse()
+    assert [c.index for c in body.choices] == list(range(6)) and {c.finish_reason for c in body.choices} == {"length"}
+    assert [c.text for c in body.choices] == [r for r in replies for _ in range(2)]
+    assert (body.usage.prompt_tokens, body.usage.completion_tokens) == (sum(map(len, ids)), 3 * 2 * 4)
+    sids = raw.headers["x-session-id"].split(",")
+    assert len(set(sids)) == 3 and all(s.startswith("cmpl-") for s in sids)
+    for sid in sids:
+        wait_for(lambda: http.get(f"{prefix}/v1/sessions/{sid}").status_code == 404, 30, "the one-call session's deletion")
+    # streamed, from token ids, with echo: each choice's events in order, the usage in a last event with no choices
+    chunks = list(oai.completions.create(prompt=ids, stream=True, echo=True, **kw))
+    texts: dict[int, str] = {}
+    for c in chunks[:-1]:
+        assert c.usage is None and len(c.choices) == 1 and c.id == chunks[0].id
+        texts[c.choices[0].index] = texts.get(c.choices[0].index, "") + c.choices[0].text
+    assert texts == {i: fmt.tok.decode(ids[i]) + replies[i] for i in range(3)}
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 12
+    # a batch cannot continue a session; one bad prompt fails the request, and no session is left
+    with pytest.raises(BadRequestError, match="session_id"):
+        oai.completions.create(model=MODEL_ID, prompt=["a", "b"], extra_body={"session_id": "batch-1"})
+    bad = http.post(f"{prefix}/v1/completions", json={"model": MODEL_ID, "prompt": [ids[0], [10**8]], "max_tokens": 2})
+    assert bad.status_code == 400 and "vocabulary" in bad.json()["error"]["message"], bad.text
+    for sid in bad.headers["x-session-id"].split(","):
+        wait_for(lambda: http.get(f"{prefix}/v1/sessions/{sid}").status_code == 404, 30, "the failed batch's sessions' deletion")
 
 
 @pytest.mark.parametrize("stream", [False, True])
