@@ -25,7 +25,7 @@
 #     before warm turns started from the replica's own commit), to A/B against "proc".
 #  "hapo" (not by default): "hap" with Serve's max_ongoing_requests at twice the KV slots (others: the slots).
 #  REPEAT (default 1): each served step starts its app that many times in a row, labels <step>, <step>2, ...
-#     (identical served runs on one machine differed by ~0.1 in ratio: README, "How much identical served runs differ").
+#     (identical served runs on one machine differed by ~0.1 in ratio: docs/performance.md, "How much identical served runs differ").
 #  CLIENTS (default "1"): load-client process counts to run at each N (bench/load.py --client-procs; a count
 #     other than 1 adds "p<count>" to the run's label, e.g. happ4).
 #  "nopiece" (not by default): step 2 without piecewise graphs (piecewise_graphs: false; the
@@ -81,7 +81,7 @@ serve_once() {  # one app: serve_closed's arguments, its label already numbered
   for n in "$@"; do for c in ${CLIENTS:-1}; do
     local run=$label; [ "$c" = 1 ] || run="${label}p$c"
     # busy threads 4-7 s into the run (top's second frame) and the core each is on (identical runs
-    # differ by ~0.1 in ratio: README, "How much identical served runs differ")
+    # differ by ~0.1 in ratio: docs/performance.md, "How much identical served runs differ")
     (sleep 4; top -H -b -d 3 -n 2 -w 250 | awk '/^top -/{n++} n==2' | head -50; ps -eLo pid,tid,psr,ni,comm) \
       > "$OUT/threads_${run}_$n.txt" 2>&1 &
     # the host's CPU split every 2 s while the run lasts: us/sy/id/wa/st (st: time the VM's vCPUs waited for

@@ -2,7 +2,7 @@
 
 The first choice for M > 1 (model/fp8_linear.py): cuBLAS/CUTLASS FP8 tensor
 cores, tuned per shape, twice bf16's peak FLOP/s on Hopper, where this
-project's own Triton GEMMs stay far behind cuBLAS (README, quantised kernels).
+project's own Triton GEMMs stay far behind cuBLAS (docs/quantization.md, quantised kernels).
 Both operands must be FP8, so x is quantized per row on the fly, as the weights
 are per channel (model/fp8.py):
 

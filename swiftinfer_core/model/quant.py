@@ -35,7 +35,7 @@ w = (nibble - 8) * scale + zero), which model/quant_linear.py uses on the CPU. -
   0 and its max at code 15, gets the file's codes, scales and mins back: the default
   model's 210 decoder matrices bit for bit (tests/model/test_quant_zp_model.py;
   fidelity to weights that were Q4_1 already, not int4's cost on float weights:
-  README "Zero points"). float16, not bf16, for
+  docs/quantization.md "Zero points"). float16, not bf16, for
   both: Q4_1's own dtype, and 11 mantissa bits, so re-quantizing a Q4_1 block does
   not move its scale (weights beyond float16's range are refused). The kernels use
   q = nibble - 8 (the symmetric decode, unchanged) and zero = min + 8 * scale, torch's
