@@ -48,6 +48,7 @@ class Churn:
     p_close: float = 0.005
     p_rebuild: float = 0.02
     p_handover: float = 0.02
+    system_words: int = 0  # > 0: a new conversation's first turn starts with one shared system message this long
     seed: int = 0
 
 
@@ -140,6 +141,7 @@ def churn(core: EngineCore, spec: Churn, sync=None) -> ChurnReport:
 
     core.batches.run = traced
     lends0 = core.slots.lends
+    system = " ".join(WORDS[i % len(WORDS)] for i in range(spec.system_words))
     try:
         for step in range(spec.steps):
             for sid in ids:
@@ -169,7 +171,8 @@ def churn(core: EngineCore, spec: Churn, sync=None) -> ChurnReport:
                     words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, spec.max_prompt)))
                     params = SamplingParams(max_tokens=rng.randint(1, spec.max_tokens), ignore_eos=True,
                                             temperature=rng.choice([0.0, 0.8]), top_p=rng.choice([1.0, 0.9]))
-                    core.add_turn(sid, [{"role": "user", "content": words}], params)
+                    opening = [{"role": "system", "content": system}] if system and s is None else []
+                    core.add_turn(sid, opening + [{"role": "user", "content": words}], params)
                     rep.turns_started += 1
             t0 = time.perf_counter()
             events = core.step()

@@ -78,7 +78,8 @@ class EngineCore:
         # Caches are interchangeable between engines with the same weights, dtype, cache storage
         # (k0.dtype: float8_e4m3fn for kv_cache_dtype 'fp8') and layout.
         self.kv_fingerprint = f"{cfg.model}|{cfg.load_format.value}:{cfg.seed}|{m.args!r}|{k0.dtype}|{len(m.pool.k)}x{tuple(k0.shape[1:])}|{m.layout}"
-        self.post = Postprocessor(self.scheduler, m.pool, self.format, self.eos_ids, self.prefix.offer if self.prefix else None)
+        self.post = Postprocessor(self.scheduler, m.pool, self.format, self.eos_ids, self.prefix.offer if self.prefix else None,
+                                  self.prefix.at_cut if self.prefix else None)
         decoder = getattr(m.model, "cpu_decode", None)  # set where the C decode kernels run (runner/build.py)
         self.cpu_threads = StepThreads(decoder.kernels) if decoder is not None else None
         self.trace = StepTrace(cfg.step_trace) if cfg.step_trace else None

@@ -28,9 +28,10 @@ class Postprocessor:
     """Turns a step's sampled tokens into events; counts tokens generated and prefilled."""
 
     def __init__(self, scheduler: Scheduler, pool: KVPool, format: ChatFormat, eos_ids: set[int],
-                 on_prefilled: Callable[[Turn], object] | None = None):
+                 on_prefilled: Callable[[Turn], object] | None = None, on_cut: Callable[[Turn], object] | None = None):
         self.scheduler, self.pool, self.format, self.eos_ids = scheduler, pool, format, eos_ids
         self.on_prefilled = on_prefilled  # a turn's input is all fed (its first token just sampled): the prefix cache's offer
+        self.on_cut = on_cut  # a turn's prefill reached its ``cut``: the prefix cache's at_cut
         self.tokens_generated = 0
         self.tokens_prefilled = 0
 
@@ -43,6 +44,8 @@ class Postprocessor:
                 turn.prefilled += len(seq.token_ids)
                 session.prefilled_tokens += len(seq.token_ids)
                 self.tokens_prefilled += len(seq.token_ids)
+                if turn.cut == turn.prefilled and self.on_cut is not None:
+                    self.on_cut(turn)
             if tok is None:
                 continue
             if turn.state is TurnState.PREFILL and self.on_prefilled is not None:

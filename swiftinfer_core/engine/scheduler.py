@@ -2,7 +2,8 @@
 
 Every step each decoding conversation gets its token (so a long prompt never
 stalls other conversations' streams); what is left of the budget goes to
-prefill chunks in arrival order, at most ``prefill_chunk`` tokens each.
+prefill chunks in arrival order, at most ``prefill_chunk`` tokens each (a chunk
+also ends at a turn's ``cut``, where the prefix cache copies the slot).
 A turn is admitted only when its conversation holds a cache slot (a turn with
 ``n`` choices: ``n`` slots at once, engine/choices.py); when the pool is full,
 the least recently used idle conversation gives its slot up (it is rebuilt
@@ -85,6 +86,8 @@ class Scheduler:
         for turn in self.running:
             if turn.state is TurnState.PREFILL and budget > 0:
                 take = min(turn.feed_end - turn.prefilled, self.prefill_chunk, budget)
+                if turn.cut is not None and turn.prefilled < turn.cut < turn.prefilled + take:
+                    take = turn.cut - turn.prefilled  # the prefix cache copies the slot there
                 if take <= 0:
                     continue
                 ids = turn.to_feed[turn.prefilled : turn.prefilled + take]

@@ -86,6 +86,7 @@ class Turn:
     sent: int = 0  # output_ids[:sent] went out in chunks (a token whose text is not complete yet waits)
     prefilled: int = 0  # to_feed[:prefilled] is in the cache (computed, or copied: ``reused``)
     reused: int = 0  # of those, tokens whose rows came from the prefix cache (engine/prefix_cache.py)
+    cut: int | None = None  # a prefill chunk ends here and the prefix cache keeps the slot's state (engine/prefix_cache.py)
     cached_tokens: int = 0
     raw: bool = False  # input given as token ids (protocol.RawPrompt): no chat template after the reply
     aborted: bool = False

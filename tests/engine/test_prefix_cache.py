@@ -167,3 +167,43 @@ def test_common_prefix_at_every_length():
         b = a[:cut] + [rng.randrange(5, 9) for _ in range(rng.randrange(0, 50))]
         want = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
         assert common_prefix(a, b) == want == cut
+
+
+LONG_SYSTEM = {"role": "system", "content": " ".join(
+    ["You are the help desk of a small bookshop in Lyon."] + [f"Rule {i}: answer briefly, never invent a price, suggest one book." for i in range(12)])}
+
+
+def long_ask(text: str) -> list[dict]:
+    return [LONG_SYSTEM, {"role": "user", "content": text}]
+
+
+def test_a_system_prompt_longer_than_the_cache_is_kept_whole_once_seen_twice(prefix_core, make_core):
+    """Inputs longer than the cache: the second one sharing a prefix with the first
+    cuts its prefill there and leaves the whole slot as a template; the third takes
+    every row of it and replies as if it had computed them."""
+    core = prefix_core(window=60, prefill_chunk=48)  # capacity 64
+    questions = ["Which novel suits a rainy day?", "Do you sell maps?", "Do you sell postcards?"]
+    inputs = [core.format.first_round(long_ask(q)) for q in questions]
+    b = common_prefix(inputs[0], inputs[1])
+    assert b == common_prefix(inputs[0], inputs[2]) and 64 < b < min(map(len, inputs))
+
+    _, _, turn_a = run(core, "a", long_ask(questions[0]))
+    assert turn_a.cut is None and core.prefix.templates == []  # nothing to share yet
+    _, _, turn_b = run(core, "b", long_ask(questions[1]))
+    assert turn_b.cut == b and turn_b.reused == 0
+    [tpl] = core.prefix.templates
+    assert tpl.wrapped and tpl.ids == inputs[1][:b] and tpl.slot == 2
+    assert tpl.usable(inputs[2]) == b and tpl.usable(inputs[2][: b - 1] + [0] * 9) == 0  # all of it or nothing
+
+    last_c, chunks_c, turn_c = run(core, "c", long_ask(questions[2]))
+    assert turn_c.reused == b and turn_c.cut is None  # held by the template already
+    assert last_c.usage.cached_tokens == b and last_c.usage.prefilled_tokens == len(inputs[2]) - b
+    assert (core.stats().prefix_hits, core.stats().prefix_tokens) == (1, b)
+
+    ref = make_core(window=60, prefill_chunk=48)  # no prefix cache: every row computed
+    for sid, question, turn in (("b", questions[1], turn_b), ("c", questions[2], turn_c)):
+        _, chunks_r, turn_r = run(ref, sid, long_ask(question))
+        assert turn.output_ids == turn_r.output_ids, sid
+    got = torch.tensor([[p.logprob for p in c.logprobs[0:1]] for c in chunks_c if c.logprobs])
+    want = torch.tensor([[p.logprob for p in c.logprobs[0:1]] for c in chunks_r if c.logprobs])
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
