@@ -44,7 +44,6 @@ from dataclasses import replace
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
-from ray.exceptions import ActorDiedError, ActorUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.http.api_keys import KeyRing
@@ -56,11 +55,10 @@ from deployments.sessions.directory import directory_handle, directory_spec
 from deployments.http.errors import ModelNotFoundError, ServiceStartingError, error_response, unwrap
 from deployments.sessions.history import HistoryView
 from deployments.http.metrics import ServiceMetrics
-from deployments.messages import IngressPhase, ReplicaStats, TurnStart
+from deployments.messages import IngressPhase, ReplicaStats
 from deployments.http.openai_schema import ChatCompletionRequest
 from deployments.http.playground import Playground
-from deployments.http.request_limits import Deadline, read_body
-from deployments.http.request_context import own_request_id
+from deployments.http.request_limits import read_body
 from deployments.http.session_routes import NO_REPLICA, SessionRoutes
 from deployments.http.tenant_limits import TenantLimiter
 from deployments.sessions.tenants import client_id, history_seed, scoped
@@ -70,14 +68,14 @@ from deployments.http.responses_schema import ResponsesRequest
 from deployments.http.text_completion import TextResponse
 from deployments.http.tokens import CodecHolder
 from deployments.http.turn_plan import OneCallSessions, TurnPlan, explicit_sid, plan_completion, plan_response
+from deployments.http.turn_start import TurnStarter
 from deployments.turn_timing import TurnTimer
 from swiftinfer_core.conversation.tool_syntax import ToolSyntax
-from swiftinfer_core.errors import EngineClosedError, InvalidRequestError
+from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.protocol import ToolPrompt
 from swiftinfer_core.session_id import CLIENT_MAX, check_session_id
 
 READY_CACHE_S = 5.0  # a positive readiness answer is reused this long
-_UNAVAILABLE = (EngineClosedError, ActorDiedError, ActorUnavailableError)  # the turn never started: safe to send again
 
 
 class Ingress:
@@ -99,6 +97,7 @@ class Ingress:
         eng = self._cfg.engine
         self._codec = CodecHolder(eng.model, eng.allow_control_tokens_in_content, eng.max_turn_tokens, eng.chat_template)
         self._one_call = OneCallSessions(llm)  # completions without a session id (turn_plan.py)
+        self._starter = TurnStarter(llm, self._cfg.limits, self._metrics, self._hops)  # turn_start.py
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = FastAPI(title="SwiftInfer Serve", docs_url=None, redoc_url=None)
@@ -202,7 +201,7 @@ class Ingress:
             sids = [client_id(tenant, p.scoped_sid) for p in plans]
             drops = [p.scoped_sid for p in plans if p.one_call]
             self._hops.record(IngressPhase.PREPARE, time.perf_counter() - t0)
-            started = await self._start_turns(plans, params, turn_key, deadline)
+            started = await self._starter.start_all(plans, params, turn_key, deadline)
             gens = [gen for gen, _, _ in started]
             replicas = [start.replica_id for _, _, start in started]
             codec = await self._codec.get() if params.logprobs else None
@@ -233,62 +232,6 @@ class Ingress:
                     ticket.finish()
                 for sid in drops:
                     self._one_call.drop_later(sid)
-
-    async def _start_turns(self, plans: list[TurnPlan], params, turn_key, deadline) -> list[tuple]:
-        """``_start_turn`` of every plan, concurrently; when one fails, the others are cancelled."""
-        if len(plans) == 1:
-            return [await self._start_turn(plans[0], params, turn_key, deadline)]
-
-        async def own_request(p: TurnPlan):
-            own_request_id()  # in this task's copy of the context only
-            return await self._start_turn(p, params, turn_key, deadline)
-
-        results = await asyncio.gather(*(own_request(p) for p in plans), return_exceptions=True)
-        failed = [r for r in results if isinstance(r, BaseException)]
-        if failed:
-            for r in results:
-                if not isinstance(r, BaseException):
-                    r[0].cancel()
-            raise failed[0]
-        return results
-
-    async def _start_turn(self, p: TurnPlan, params, turn_key, deadline):
-        """(generator, deadline-bounded events, TurnStart) of plan ``p``. Before its first token a
-        turn has sent nothing and was rolled back, so when the replica's engine is
-        gone (device fault, replica died) it is sent again, with backoff, until a
-        healthy or replacement replica takes it or ``unavailable_retry_s`` passes."""
-        limits = self._cfg.limits
-        give_up = min(deadline, time.monotonic() + limits.unavailable_retry_s)
-        pause = 0.25
-        sid, extra = p.scoped_sid, {} if p.expect_turn is None else {"expect_turn": p.expect_turn}
-        while True:
-            called = time.time()
-            gen = self._llm.options(session_id=sid, stream=True).chat_events.remote(sid, p.engine_input, params, p.history_base,
-                                                                                    turn_key, **extra)
-            events = Deadline(gen, deadline, limits.request_timeout_s)
-            try:
-                start = await events.__anext__()  # the engine's errors surface here, before any header is sent
-            except _UNAVAILABLE:
-                gen.cancel()
-                if time.monotonic() + pause >= give_up:
-                    raise
-                self._metrics.turn_retries.inc()
-                await asyncio.sleep(pause)
-                pause = min(2 * pause, 2.0)
-                continue
-            except BaseException:  # its error, or the client left while it started: the turn goes no further
-                gen.cancel()
-                raise
-            self._record_hops(called, start)
-            return gen, (events if start.first is None else _after(start.first, events)), start
-
-    def _record_hops(self, called: float, start: TurnStart) -> None:
-        """Routing, replica and return times of a turn's TurnStart (wall clocks: the
-        replica's stamps; a replica that sent none, e.g. a test double, adds nothing)."""
-        if start.received_at > 0:
-            self._hops.record(IngressPhase.ROUTE, start.received_at - called)
-            self._hops.record(IngressPhase.REPLICA, start.sent_at - start.received_at)
-            self._hops.record(IngressPhase.RETURN, time.time() - start.sent_at)
 
     async def _guard(self, body, gens, ticket, drops: list[str]):
         """Ends the stream's in-flight count and tenant ticket; cancels the replicas'
@@ -338,13 +281,6 @@ class Ingress:
         self._metrics.set_pool(live, await self._directory.num_sessions.remote())
         self._metrics.set_ingress_phases(self._hops.summary())
         return Response(self._metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
-
-
-async def _after(first, rest):
-    """``first``, then the items of ``rest``."""
-    yield first
-    async for item in rest:
-        yield item
 
 
 def _unscoped(exc: BaseException, tenant: str | None, sids: list[str]) -> BaseException:
