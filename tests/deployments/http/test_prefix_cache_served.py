@@ -63,3 +63,25 @@ def test_new_conversations_sharing_a_system_prompt_report_it_cached(app):
         time.sleep(1)
     values = {ln.split("{")[0]: float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith("swiftinfer_prefix_cache_")}
     assert values == {"swiftinfer_prefix_cache_hits": 1.0, "swiftinfer_prefix_cache_tokens": float(shared)}, values
+
+
+def test_a_system_prompt_longer_than_the_cache_is_cached_from_its_third_conversation(app):
+    """A system prompt longer than the cache (4+250 rows): the second conversation keeps
+    the slot where it parts from the first, and the third reuses all of it."""
+    http, prefix = app
+    rules = " ".join(f"Rule {i}: room {i} chimes at {i}." for i in range(30))
+    system = {"role": "system", "content": "You work at the front desk of a museum of clocks in Geneva. " + rules}
+    asks = [[system, {"role": "user", "content": q}] for q in ("Where is room 3?", "Is room 7 open?", "Does room 12 chime?")]
+    ids = [_tokens(http, prefix, m) for m in asks]
+    shared = next(i for i, (x, y) in enumerate(zip(ids[0], ids[1])) if x != y)
+    assert 254 < shared == next(i for i, (x, y) in enumerate(zip(ids[0], ids[2])) if x != y)
+
+    cached = []
+    for i, messages in enumerate(asks):
+        cache, u = _usage(chat(http, prefix, messages, f"long-{i}"))
+        assert cache == "new" and u["prompt_tokens"] == len(ids[i])
+        cached.append(u["prompt_tokens_details"]["cached_tokens"])
+        assert u["prefilled_tokens"] == len(ids[i]) - cached[-1]
+    assert cached == [0, 0, shared]
+    cache, u = _usage(chat(http, prefix, [{"role": "user", "content": "And room 4?"}], "long-2"))
+    assert cache == "warm"  # it goes on from the copied slot
