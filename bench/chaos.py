@@ -32,6 +32,7 @@ import os
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,7 +100,9 @@ def run_chaos(app: ChaosApp, spec: LoadSpec, faults: list[str], wait_s: float = 
         if not runner.is_alive():
             break
         at = time.perf_counter()
-        detail = FAULTS[name](app, sorted({t.session_id for t in list(progress.results)}))
+        rounds_done = Counter(t.session_id for t in list(progress.results) if t.ok)
+        left = sorted(sid for sid, n in rounds_done.items() if n < spec.rounds)  # a finished conversation cannot be hit
+        detail = FAULTS[name](app, left)
         records.append(FaultRecord(name, progress.turns_done, at, time.perf_counter() - at, str(detail), settled))
     runner.join(wait_s)
     if runner.is_alive():

@@ -46,17 +46,22 @@ def _directory_actor(app: ChaosApp):
     return ray.get_actor(app.directory, namespace=NAMESPACE)
 
 
-def _busiest_replica(app: ChaosApp, wait_s: float = 30.0):
-    """(replica id, its stats, sessions it owns, sessions owned in all) of the replica that owns
-    the most sessions. Its stats (the pid) come from its reports: a top owner that has not
-    reported in the last 10 s (a loaded 2-core box) is waited for, up to ``wait_s``, rather
-    than picking the busiest reporter, which may own nothing (the fault would then hit no turn)."""
+def _busiest_replica(app: ChaosApp, sessions: list[str], wait_s: float = 30.0):
+    """(replica id, its stats, ``sessions`` it owns, ``sessions`` owned in all) of the replica
+    that owns the most of ``sessions`` (the load's conversations with rounds left: one that
+    has finished cannot be hit). Its stats (the pid) come from its reports: a top owner that
+    has not reported in the last 10 s (a loaded 2-core box) is waited for, up to ``wait_s``,
+    rather than picking the busiest reporter, which may own nothing (the fault would then
+    hit no turn)."""
     import ray
 
     directory = _directory_actor(app)
     deadline = time.monotonic() + wait_s
     while True:
-        owners = ray.get(directory.owners.remote())
+        owners: dict[str, int] = {}
+        for d in ray.get([directory.describe.remote(sid) for sid in sessions]):
+            if d is not None and d.owner:
+                owners[d.owner] = owners.get(d.owner, 0) + 1
         stats = ray.get(directory.replica_stats.remote(10.0))
         top = max(owners.values(), default=0)
         live = [rid for rid in stats if owners.get(rid, 0) == top]
@@ -70,9 +75,9 @@ def _busiest_replica(app: ChaosApp, wait_s: float = 30.0):
 
 
 def replica_sigkill(app: ChaosApp, sessions: list[str]) -> str:
-    victim, stats, owned, total = _busiest_replica(app)
+    victim, stats, owned, total = _busiest_replica(app, sessions)
     os.kill(stats.pid, signal.SIGKILL)
-    return f"{victim} (owned {owned} of {total} sessions)"
+    return f"{victim} (owned {owned} of {total} sessions with rounds left)"
 
 
 def controller_kill(app: ChaosApp, sessions: list[str]) -> str:
@@ -95,7 +100,7 @@ def device_fault(app: ChaosApp, sessions: list[str]) -> str:
     import ray
     from ray import serve
 
-    victim, _, owned, total = _busiest_replica(app)
+    victim, _, owned, total = _busiest_replica(app, sessions)
     directory = _directory_actor(app)
     sid = next((s for s in sessions if (d := ray.get(directory.describe.remote(s))) and d.owner == victim), None)
     if sid is None:
@@ -105,7 +110,7 @@ def device_fault(app: ChaosApp, sessions: list[str]) -> str:
     armed = handle.inject_device_fault.remote(only=victim, sticky=True).result(timeout_s=60)
     if armed != victim:
         raise RuntimeError(f"the call for replica {victim} (session {sid}) reached {armed}")
-    return f"{victim} (owned {owned} of {total} sessions)"
+    return f"{victim} (owned {owned} of {total} sessions with rounds left)"
 
 
 def app_restart(app: ChaosApp, sessions: list[str]) -> str:
