@@ -47,37 +47,37 @@ def _directory_actor(app: ChaosApp):
 
 
 def _busiest_replica(app: ChaosApp, sessions: list[str], wait_s: float = 30.0):
-    """(replica id, its stats, ``sessions`` it owns, ``sessions`` owned in all) of the replica
-    that owns the most of ``sessions`` (the load's conversations with rounds left: one that
-    has finished cannot be hit). Its stats (the pid) come from its reports: a top owner that
-    has not reported in the last 10 s (a loaded 2-core box) is waited for, up to ``wait_s``,
-    rather than picking the busiest reporter, which may own nothing (the fault would then
-    hit no turn)."""
+    """(replica id, its stats, the ``sessions`` it owns, how many of ``sessions`` are owned in
+    all) of the replica that owns the most of ``sessions`` (the load's conversations with
+    rounds left: one that has finished cannot be hit). Its stats (the pid) come from its
+    reports: a top owner that has not reported in the last 10 s (a loaded 2-core box) is
+    waited for, up to ``wait_s``, rather than picking the busiest reporter, which may own
+    nothing (the fault would then hit no turn)."""
     import ray
 
     directory = _directory_actor(app)
     deadline = time.monotonic() + wait_s
     while True:
-        owners: dict[str, int] = {}
-        for d in ray.get([directory.describe.remote(sid) for sid in sessions]):
+        owned: dict[str, list[str]] = {}
+        for sid, d in zip(sessions, ray.get([directory.describe.remote(sid) for sid in sessions])):
             if d is not None and d.owner:
-                owners[d.owner] = owners.get(d.owner, 0) + 1
+                owned.setdefault(d.owner, []).append(sid)
         stats = ray.get(directory.replica_stats.remote(10.0))
-        top = max(owners.values(), default=0)
-        live = [rid for rid in stats if owners.get(rid, 0) == top]
+        top = max(map(len, owned.values()), default=0)
+        live = [rid for rid in stats if len(owned.get(rid, [])) == top]
         if live or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     if not stats:
-        raise RuntimeError(f"no replica of {app.name} reported in 10 s (owners {owners})")
-    victim = live[0] if live else max(stats, key=lambda rid: owners.get(rid, 0))
-    return victim, stats[victim], owners.get(victim, 0), sum(owners.values())
+        raise RuntimeError(f"no replica of {app.name} reported in 10 s (owners {owned})")
+    victim = live[0] if live else max(stats, key=lambda rid: len(owned.get(rid, [])))
+    return victim, stats[victim], owned.get(victim, []), sum(map(len, owned.values()))
 
 
 def replica_sigkill(app: ChaosApp, sessions: list[str]) -> str:
-    victim, stats, owned, total = _busiest_replica(app, sessions)
+    victim, stats, mine, total = _busiest_replica(app, sessions)
     os.kill(stats.pid, signal.SIGKILL)
-    return f"{victim} (owned {owned} of {total} sessions with rounds left)"
+    return f"{victim} (owned {len(mine)} of {total} sessions with rounds left)"
 
 
 def controller_kill(app: ChaosApp, sessions: list[str]) -> str:
@@ -97,20 +97,18 @@ def directory_kill(app: ChaosApp, sessions: list[str]) -> str:
 def device_fault(app: ChaosApp, sessions: list[str]) -> str:
     """Arm the busiest replica: the call is routed by one of its sessions (the session
     router sends it to the owner), and a replica not named arms nothing."""
-    import ray
     from ray import serve
 
-    victim, _, owned, total = _busiest_replica(app, sessions)
-    directory = _directory_actor(app)
-    sid = next((s for s in sessions if (d := ray.get(directory.describe.remote(s))) and d.owner == victim), None)
-    if sid is None:
+    victim, _, mine, total = _busiest_replica(app, sessions)
+    if not mine:
         raise RuntimeError(f"no session of replica {victim} among {len(sessions)}")
+    sid = mine[0]
     handle = serve.get_deployment_handle("LLMReplica", app.name).options(session_id=sid)
     # sticky: on a CPU the engine stops as a GPU one does after the illegal access (on a GPU it is anyway)
     armed = handle.inject_device_fault.remote(only=victim, sticky=True).result(timeout_s=60)
     if armed != victim:
         raise RuntimeError(f"the call for replica {victim} (session {sid}) reached {armed}")
-    return f"{victim} (owned {owned} of {total} sessions with rounds left)"
+    return f"{victim} (owned {len(mine)} of {total} sessions with rounds left)"
 
 
 def app_restart(app: ChaosApp, sessions: list[str]) -> str:

@@ -146,8 +146,7 @@ class PrefixCache:
         own = in_place.usable(turn.to_feed) if in_place is not None else 0
         if own >= m:
             t, m = in_place, own
-        if t is not None and not t.wrapped:
-            m = min(m, len(turn.to_feed) - 1)  # a wrapped template's m is below the input's length already
+        m = min(m, len(turn.to_feed) - 1)  # its last input token runs (a wrapped template's m is below it already)
         if t is None or m < self.min_tokens:
             return 0
         if t is not in_place:
