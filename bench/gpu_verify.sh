@@ -99,8 +99,10 @@ wantk fp8kv_kernel && step fp8kv_kernel ${KVFP8_KERNEL_S:-120} python3 bench/ker
 wantk fp8kv_bench && step fp8kv_bench ${KVFP8_BENCH_S:-420} python3 bench/fp8_kv_decode.py --window 2044 --out "$OUT"
 # shared prompt prefixes (not by default; carry [".carry/pyd", ".carry/r8b", ".carry/data"]: WHEELS=.carry/pyd STEPS=prefix):
 # new-conversation TTFT with a 900/1,900/4,000-token system prompt (the last longer than the cache), prefix cache off and on, Llama-3.1-8B shape, random bf16, 4+2044
-want prefix && mkdir -p "$SWIFTINFER_HOME" && cp .carry/data/shakespeare.txt "$SWIFTINFER_HOME/" && step prefix ${PREFIX_S:-300} \
-  python3 bench/prefix_cache.py --model .carry/r8b --device cuda --dtype bfloat16 --random --window 2044 --lengths 900 1900 4000 \
+# (.carry/r8b's tokenizer is gzipped to fit the carry: unpacked into /tmp/model8 first)
+want prefix && mkdir -p "$SWIFTINFER_HOME" && cp .carry/data/shakespeare.txt "$SWIFTINFER_HOME/" && rm -rf /tmp/model8 \
+  && cp -r .carry/r8b /tmp/model8 && { [ ! -f /tmp/model8/tokenizer.json.gz ] || gunzip /tmp/model8/tokenizer.json.gz; } \
+  && step prefix ${PREFIX_S:-300} python3 bench/prefix_cache.py --model /tmp/model8 --device cuda --dtype bfloat16 --random --window 2044 --lengths 900 1900 4000 \
   --conversations 16 --name prefix_cache_8b --out "$OUT"
 (cd "$OUT" && tar czf logs.tgz *.log)
 echo; cat "$OUT/summary.txt"
