@@ -33,7 +33,8 @@ from swiftinfer_core.cache.layout import StreamLayout  # noqa: E402
 
 
 def build_model(args, dev, dtype=torch.bfloat16):
-    """The engine's Llama at ``args``' shape, random weights (the modules' own init), in ``dtype``."""
+    """The engine's Llama at ``args``' shape, random weights (the modules' own init), in ``dtype``;
+    on GPU with its fused norms and SiLU*up (kernels/fused.py), as runner/build.py sets them."""
     from swiftinfer_core.model.llama import Llama
 
     prev = torch.get_default_dtype()
@@ -43,13 +44,20 @@ def build_model(args, dev, dtype=torch.bfloat16):
             m = Llama(args)
     finally:
         torch.set_default_dtype(prev)
+    m.fuse_elementwise(torch.device(dev).type == "cuda")
     return m.eval()
 
 
 def measure(model, args, layout, B, dev, variant: str, steps: int) -> dict:
+    """Variant: engine, unfused (engine with torch's norms and SiLU*up), fused (bench-only bf16 thin forward), gemv; '+fc': fused combine."""
     mode, _, fc = variant.partition("+")
-    dec = models.OurDecoder(model, args, layout, B, dev, mode, fused_combine=fc == "fc")
-    r = models.time_steps(dec, steps, B)
+    fused = model.fused
+    model.fuse_elementwise(fused and mode != "unfused")
+    try:
+        dec = models.OurDecoder(model, args, layout, B, dev, "engine" if mode == "unfused" else mode, fused_combine=fc == "fc")
+        r = models.time_steps(dec, steps, B)
+    finally:
+        model.fuse_elementwise(fused)
     del dec
     torch.cuda.empty_cache()
     return r
@@ -58,10 +66,15 @@ def measure(model, args, layout, B, dev, variant: str, steps: int) -> dict:
 FAMILIES = (("attention", common.DECODE_ATTENTION_KERNELS), ("weights", common.WEIGHT_KERNELS))
 
 
-def kernel_breakdown(model, args, layout, B, dev) -> dict:
-    """GPU kernel ms of one eager decode step of the ``engine`` variant by family."""
-    dec = models.OurDecoder(model, args, layout, B, dev, "engine")
-    k = common.kernel_ms_by_family(dec._step, FAMILIES)
+def kernel_breakdown(model, args, layout, B, dev, variant: str = "engine") -> dict:
+    """GPU kernel ms of one eager decode step of the ``engine`` (or ``unfused``) variant by family."""
+    fused = model.fused
+    model.fuse_elementwise(fused and variant != "unfused")
+    try:
+        dec = models.OurDecoder(model, args, layout, B, dev, "engine")
+        k = common.kernel_ms_by_family(dec._step, FAMILIES)
+    finally:
+        model.fuse_elementwise(fused)
     del dec
     torch.cuda.empty_cache()
     return {"attention_ms": k["attention"], "weights_ms": k["weights"], "other_ms": k["other"], "kernel_ms": k["total"],
@@ -77,7 +90,8 @@ def main():
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32, 128])
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--reserve-gib", type=float, default=8.0)
-    ap.add_argument("--variants", nargs="+", default=["engine", "fused", "fused+fc"])
+    ap.add_argument("--variants", nargs="+", default=["engine", "fused", "fused+fc"],
+                    help="engine, unfused (the engine before its fused norms), fused (bench-only bf16 forward), +fc: fused combine")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     dev = torch.device("cuda")
@@ -100,9 +114,9 @@ def main():
                 r = measure(model, args, layout, B, dev, variant, a.steps)
                 r.update(cache=f"4+{window}", B=B, variant=variant, max_fit=B == max_fit,
                          roofline_step_ms=roof_s * 1e3, roofline_tok_s=B / roof_s, frac_roofline=roof_s * 1e3 / r["itl_p50_ms"])
-                if a.breakdown and variant == "engine":
+                if a.breakdown and variant in ("engine", "unfused"):
                     try:
-                        b = kernel_breakdown(model, args, layout, B, dev)
+                        b = kernel_breakdown(model, args, layout, B, dev, variant)
                     except Exception as e:  # keep the timed row; say why the split is missing
                         r["breakdown_error"] = repr(e)
                         print(f"      breakdown failed: {e!r}", flush=True)

@@ -53,6 +53,15 @@ want gpu_tests && step gpu_tests ${TESTS_S:-360} python3 -m pytest -q -m "${MARK
 rm -rf /tmp/model && cp -r .carry/r7b /tmp/model
 want engine && step engine ${ENGINE_S:-180} python3 bench/engine_batches.py --model /tmp/model --sizes 128 --max-sessions 191 \
   --window 1020 --rounds 8 --words 24 --no-bare --closed-loop --name verify_engine_7b --out "$OUT"
+# issue 12 (not by default): batched decode with the fused norms and SiLU*up against the torch layers ("unfused"),
+# side by side, kernel time by family (8B then 7B shape; DECODE_SHAPES, DECODE_BATCHES); no model needed, carry [".carry/pyd"]
+for shape in ${DECODE_SHAPES:-llama3.1-8b llama2-7b}; do
+  want decode_ab && step "decode_ab_$shape" ${DECODE_S:-200} python3 bench/batched_decode.py --shape "$shape" --windows 1020 \
+    --batches ${DECODE_BATCHES:-1 64 128 256} --variants engine unfused --breakdown --name "batched_decode_fused_$shape" --out "$OUT"
+done
+# ... and one prefill chunk (40 to 2,048 tokens into an empty 4+1020 slot) with and without them, 8B shape
+want prefill_ab && step prefill_ab ${PREFILL_S:-150} python3 bench/prefill_speed.py --shapes llama3.1-8b --windows 1020 --cached 0 \
+  --chunks 40 256 1024 2048 --compare-unfused --no-attention --name prefill_fused_8b --out "$OUT"
 # issue 18 (not by default): structured output and logprobs on batched decode, 64 sessions, 7B shape
 want structured && step structured ${STRUCT_S:-300} python3 bench/structured_output.py --random --model /tmp/model --sessions 64 --out "$OUT"
 # issue 16 (not by default): quantized GEMV/GEMM tests, config sweep, decode-step bench on the swept configs

@@ -96,9 +96,10 @@ def our_model(args: ModelArgs, hf, device, dtype=torch.bfloat16):
     state = {k: v for k, v in hf.state_dict().items()}
     m.load_hf_state(state)
     m = m.to(dtype).eval()
-    # as the engine builds it (runner/build.py): fp32 LM head, fused-GEMV batch-1 decode on GPU
+    # as the engine builds it (runner/build.py): fp32 LM head, fused-GEMV batch-1 decode and fused norms on GPU
     m.lm_head.float()
     m.gemv_decode = torch.device(device).type == "cuda"
+    m.fuse_elementwise(torch.device(device).type == "cuda")
     return m
 
 

@@ -220,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--layers", type=int, default=None, help="fewer layers than the shape's (smoke runs)")
     ap.add_argument("--no-attention", action="store_true", help="skip timing the attention calls alone")
+    ap.add_argument("--compare-unfused", action="store_true",
+                    help="also time each chunk with torch's norms and SiLU*up (Llama.fuse_elementwise(False)), side by side")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--dtype", default=None, choices=["bfloat16", "float32"], help="default: bfloat16 on cuda, float32 on cpu (as the engine)")
     ap.add_argument("--name", default="prefill_speed")
@@ -263,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
             for c in cached[lay]:
                 for t in a.chunks:
                     r = measure(slot, c, t, a.reps, a.warmup, peaks, dtype, read_bytes, copy_bw, not a.no_attention)
+                    if a.compare_unfused and model.fused:
+                        model.fuse_elementwise(False)
+                        u = measure(slot, c, t, a.reps, a.warmup, peaks, dtype, read_bytes, copy_bw, False)
+                        model.fuse_elementwise(True)
+                        r.update(wall_ms_unfused=u["wall_ms"], fused_speedup=u["wall_ms"] / r["wall_ms"])
                     rows.append({"shape": shape, **r})
                     print(f"  {shape} {r['cache']} C={c:5d} T={t:5d}: {r['wall_ms']:9.2f} ms  {r['tok_s']:10.0f} tok/s  "
                           f"{r['tflops']:7.2f} TFLOP/s  peak frac {common._fmt(r['frac_bf16_peak'])}  "
@@ -290,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(rows, shapes, a.name, a.out, f"prefill, {str(dtype).removeprefix('torch.')}, {peaks['device']}")
     print()
     print(common.table(rows, ["shape", "cache", "cached", "chunk", "wall_ms", "tok_s", "tflops", "frac_bf16_peak",
-                              "attn_share", "wall_over_weight_read"]))
+                              "attn_share", "wall_over_weight_read"] + (["wall_ms_unfused", "fused_speedup"] if a.compare_unfused else [])))
     return 0
 
 

@@ -48,11 +48,16 @@ def _add_rmsnorm_kernel(X, R, W, Y, H, sx, sr, sy, sh, N, eps, HAS_RES: tl.const
     tl.store(Y + row * sy + offs, y.to(Y.dtype.element_ty), mask=mask)
 
 
-def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float, out: torch.Tensor | None = None, h_out: torch.Tensor | None = None):
-    """x, residual [M, N] -> (rmsnorm(x + residual) * weight, x + residual)."""
+def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float, out: torch.Tensor | None = None,
+                h_out: torch.Tensor | None = None, out_dtype: torch.dtype | None = None):
+    """x, residual [M, N] -> (rmsnorm(x + residual) * weight, x + residual).
+
+    h keeps x's dtype; y is ``out_dtype`` (default x's). The engine's batched path passes its
+    float32 residual stream as x, the bf16 projection as residual and out_dtype bf16:
+    exactly model/layers.RMSNorm's rounding (one rounding, of the product with the weight)."""
     M, N = x.shape
     assert x.stride(-1) == 1 and weight.is_contiguous()
-    y = out if out is not None else torch.empty_like(x)
+    y = out if out is not None else torch.empty((M, N), dtype=out_dtype or x.dtype, device=x.device)
     h = x if residual is None else (h_out if h_out is not None else torch.empty_like(x))
     r = residual if residual is not None else x
     _add_rmsnorm_kernel[(M,)](

@@ -14,6 +14,7 @@ from torch import nn
 
 from swiftinfer_core.cache.pool import KVPool
 from swiftinfer_core.kernels.attention import Attention
+from swiftinfer_core.kernels.fused import add_rmsnorm, silu_mul
 from swiftinfer_core.kernels.torch_decode import CpuDecodePlan
 from swiftinfer_core.model.args import ModelArgs, common_args
 from swiftinfer_core.model.fused_decode import fused_decode
@@ -48,6 +49,9 @@ class Block(nn.Module):
         inter = shard.i_hi - shard.i_lo
         self.w13 = nn.Linear(args.hidden_size, 2 * inter, bias=False)  # gate and up, fused
         self.w2 = nn.Linear(inter, args.hidden_size, bias=False)
+        # norms with their residual add, and SiLU(gate)*up, as one Triton kernel each (kernels/fused.py)
+        # instead of ~7 and 2 torch kernels: set by the loader on GPU (Llama.fuse_elementwise)
+        self.fused = False
 
     def forward(self, x, attn: Attention, plan, k_cache, v_cache, layer: int) -> torch.Tensor:
         """x: [T, hidden] float32 residual stream; matmuls run in the weights' dtype."""
@@ -57,7 +61,10 @@ class Block(nn.Module):
     # and run attention, whose launch shape follows the batch, between them.
     def pre(self, x: torch.Tensor) -> torch.Tensor:
         """[T, hidden] float32 -> qkv [T, (hq + 2 hkv) d] in the weights' dtype."""
-        return self.wqkv(self.attn_norm(x).to(in_dtype(self.wqkv)))
+        dt = in_dtype(self.wqkv)
+        if self.fused:
+            return self.wqkv(add_rmsnorm(x, None, self.attn_norm.weight, self.attn_norm.eps, out_dtype=dt)[0])
+        return self.wqkv(self.attn_norm(x).to(dt))
 
     def attend(self, qkv: torch.Tensor, attn: Attention, plan, k_cache, v_cache, layer: int) -> torch.Tensor:
         """qkv [T, ...] -> o [T, hq, d]; stores the step's K/V in the cache."""
@@ -71,7 +78,11 @@ class Block(nn.Module):
     def post(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         """Residual x [T, hidden] float32 and attention o [T, hq, d] -> the next layer's x."""
         T, dt = x.shape[0], in_dtype(self.wqkv)
-        h = x + self.shard.reduce(self.wo(o.reshape(T, self.hq * self.head_dim)))
+        attn_out = self.shard.reduce(self.wo(o.reshape(T, self.hq * self.head_dim)))
+        if self.fused:
+            y, h = add_rmsnorm(x, attn_out, self.mlp_norm.weight, self.mlp_norm.eps, out_dtype=dt)
+            return h + self.shard.reduce(self.w2(silu_mul(self.w13(y))))
+        h = x + attn_out
         gate, up = self.w13(self.mlp_norm(h).to(dt)).chunk(2, dim=-1)
         return h + self.shard.reduce(self.w2(F.silu(gate) * up))
 
@@ -88,7 +99,15 @@ class Llama(nn.Module):
         self.norm = RMSNorm(args.hidden_size, args.rms_eps)
         self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
         self.gemv_decode = False  # set by the loader on GPU: batch-1 steps take model/fused_decode.py
+        self.fused = False  # fuse_elementwise
         self.cpu_decode = None  # set by the loader on CPU (model/cpu_decode.CpuDecoder): one-token steps in C
+
+    def fuse_elementwise(self, on: bool) -> None:
+        """Every block's and the head's norms (with their residual adds) and SiLU*up through
+        kernels/fused.py (Triton: GPU, or the interpreter): same math, a few kernels per layer."""
+        self.fused = on
+        for layer in self.layers:
+            layer.fused = on
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, attn: Attention, plan, pool: KVPool, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -108,7 +127,10 @@ class Llama(nn.Module):
         """Last residual [T, hidden] -> logits [R, vocab] float32 of ``rows`` (all if None)."""
         if rows is not None:
             x = x.index_select(0, rows)
-        return self.lm_head(self.norm(x).to(in_dtype(self.lm_head))).float()
+        dt = in_dtype(self.lm_head)
+        if self.fused:
+            return self.lm_head(add_rmsnorm(x.contiguous(), None, self.norm.weight, self.norm.eps, out_dtype=dt)[0]).float()
+        return self.lm_head(self.norm(x).to(dt)).float()
 
     def load_hf_state(self, state) -> None:
         """Copy HF-named weights in, slicing this rank's shard and fusing qkv / gate-up."""

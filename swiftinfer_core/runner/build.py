@@ -100,6 +100,8 @@ def build_rank(cfg: RankConfig, plan: ShardPlan | None = None, ranks: Ranks | No
     attn = make_attention(cfg, device, plan, kernels)
     # the fused batch-1 chain reads float weights (model/fused_decode.py): not with quantized ones
     model.gemv_decode = cfg.gemv_decode and cfg.quant is None and device.type == "cuda" and isinstance(attn, TritonAttention) and fused_decode.supports(model)
+    if isinstance(model, Llama):
+        model.fuse_elementwise(cfg.fused_elementwise and device.type == "cuda")
     # the C layer reads and writes float32 caches (model/cpu_decode.py): an fp8 cache decodes through CpuAttention
     if kernels is not None and isinstance(attn, CpuAttention) and cpu_decode.supports(model) and cfg.kv_dtype is None:
         model.cpu_decode = cpu_decode.CpuDecoder(model, kernels)  # one-token steps: int8 products in C

@@ -50,6 +50,7 @@ class RankConfig:
     cpu_threads: int | None = None  # torch threads of a one-device CPU engine (process-wide)
     cpu_native: bool = False  # with cpu_fast_path: the C decode kernels (kernels/cpu_native.py) where they build
     gemv_decode: bool = False  # GPU batch-1 decode through model/fused_decode.py where the model allows it
+    fused_elementwise: bool = False  # GPU: Llama's norms, residual adds and SiLU*up as Triton kernels (Llama.fuse_elementwise)
     memory_share: float = 1.0  # EngineConfig.memory_share (runner/kv_slots.py)
     gpu_memory_utilization: float = 0.85
     split_mixed: bool = False  # EngineConfig.split_mixed_steps

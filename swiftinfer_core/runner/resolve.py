@@ -136,7 +136,7 @@ def rank_config(cfg: EngineConfig, path: Path, args: ModelArgs) -> RankConfig:
         calibration_tokens=cfg.quant_calibration_tokens if cfg.quant_rounding is QuantRounding.GPTQ else 0,
         cpu_fast_path=cfg.cpu_fast_path, cpu_threads=cfg.cpu_threads,
         cpu_native=cfg.cpu_native_kernels,
-        gemv_decode=True, memory_share=cfg.memory_share, gpu_memory_utilization=cfg.gpu_memory_utilization,
+        gemv_decode=True, fused_elementwise=True, memory_share=cfg.memory_share, gpu_memory_utilization=cfg.gpu_memory_utilization,
         split_mixed=cfg.split_mixed_steps, kv_dtype=kv_fp8.FP8 if cfg.kv_cache_dtype is KVCacheDType.FP8 else None,
         gguf=gguf,
     )

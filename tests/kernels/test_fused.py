@@ -40,3 +40,24 @@ def test_silu_mul(dtype, I, dev):
     silu_mul(gu.to(dev), out=out)
     assert rel_err(out, want) < TOL[dtype], f"seed {seed}"
     assert rel_err(out, silu_mul_ref(gu)) < TOL[dtype], f"seed {seed}"
+
+
+@pytest.mark.parametrize("N", [576, 4096])
+def test_add_rmsnorm_on_a_float32_stream_rounds_as_the_model_norm(N, dev):
+    """The engine's batched layers: float32 residual x, bf16 projection r, bf16 weight, bf16 out."""
+    from swiftinfer_core.model.layers import RMSNorm
+
+    seed = fresh_seed()
+    x, r = torch.randn(5, N) * 4, torch.randn(5, N).to(torch.bfloat16)
+    w = (torch.rand(N) + 0.5).to(torch.bfloat16)
+    h64 = x.double() + r.double()
+    want = h64 * torch.rsqrt(h64.pow(2).mean(-1, keepdim=True) + 1e-5) * w.double()
+    y, h = add_rmsnorm(x.to(dev), r.to(dev), w.to(dev), 1e-5, out_dtype=torch.bfloat16)
+    assert y.dtype == torch.bfloat16 and h.dtype == torch.float32
+    assert rel_err(h, h64) < 1e-6 and rel_err(y, want) < 1e-2, f"seed {seed}"
+    norm = RMSNorm(N, 1e-5).to(torch.bfloat16)
+    norm.weight.data.copy_(w)
+    model = norm(x + r).to(torch.bfloat16)  # llama.Block's torch path
+    # the same one rounding to bf16: at most one bf16 step apart where float32 sums differ in order
+    step = model.float().abs() * 2**-7
+    assert ((y.cpu().float() - model.float()).abs() <= step + 1e-30).all(), f"seed {seed}"
