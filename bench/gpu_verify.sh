@@ -62,6 +62,11 @@ done
 # ... and one prefill chunk (40 to 2,048 tokens into an empty 4+1020 slot) with and without them, 8B shape
 want prefill_ab && step prefill_ab ${PREFILL_S:-150} python3 bench/prefill_speed.py --shapes llama3.1-8b --windows 1020 --cached 0 \
   --chunks 40 256 1024 2048 --compare-unfused --no-attention --name prefill_fused_8b --out "$OUT"
+# ... and a 40-token warm turn on an idle 7B engine, and 128 decode rows + 40/256-token chunks, both ways (carry .carry/r7b)
+for v in fused unfused; do
+  want mixed_ab && step "mixed_ab_$v" ${MIXED_S:-120} python3 bench/mixed_step.py --model /tmp/model --decode 0 128 --chunks 40 256 \
+    $([ $v = unfused ] && echo --unfused) --name "mixed_step_7b_$v" --out "$OUT"
+done
 # issue 18 (not by default): structured output and logprobs on batched decode, 64 sessions, 7B shape
 want structured && step structured ${STRUCT_S:-300} python3 bench/structured_output.py --random --model /tmp/model --sessions 64 --out "$OUT"
 # issue 16 (not by default): quantized GEMV/GEMM tests, config sweep, decode-step bench on the swept configs

@@ -50,6 +50,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--name", default="mixed_step")
     ap.add_argument("--profile", action="store_true", help="kernel time by family of the decode and piecewise steps")
+    ap.add_argument("--unfused", action="store_true", help="torch's norms and SiLU*up (the engine before Llama.fuse_elementwise)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     if a.slots <= max(a.decode):
@@ -57,6 +58,8 @@ def main() -> int:
     cfg = EngineConfig(model=a.model, load_format="random", device="cuda", dtype="bfloat16", sink_tokens=4,
                        window=a.window, max_sessions=a.slots, max_batch_tokens=1024)
     m = build_engine_model(cfg)
+    if a.unfused:
+        m.model.fuse_elementwise(False)  # before the graphs capture the layers
     run = ModelRunner(m.model, m.pool, m.attn, m.device)
     run.capture_decode_graphs(max(a.decode + [1]))
     run.capture_piecewise_graphs(512)
@@ -108,7 +111,8 @@ def main() -> int:
                 print(f"B={r['decode_rows']} +{r['chunk']} {key}: total {k['total']:.2f} ms = decode attn {k['decode_attention']:.2f}"
                       f" + prefill attn {k['prefill_attention']:.2f} + weights {k['weights']:.2f} + other {k['other']:.2f}; top: "
                       + "; ".join(f"{t['name'][:40]} {t['ms']:.2f}x{t['calls']}" for t in k["top"][:4]), flush=True)
-    common.write_results(a.name, {"command": " ".join(sys.argv), "model": a.model, "cache": f"4+{a.window}", "rows": rows}, a.out)
+    common.write_results(a.name, {"command": " ".join(sys.argv), "model": a.model, "cache": f"4+{a.window}",
+                                 "fused_elementwise": m.model.fused, "rows": rows}, a.out)
     plot(rows, a.name, a.out)
     print(common.table(rows, ["decode_rows", "chunk", "decode_ms", "split_ms", "eager_ms", "eager_host_ms", "pw_rows_eager_ms",
                               "pw_rows_eager_host_ms", "piecewise_ms", "piecewise_host_ms", "piecewise_max_abs_diff"]))
