@@ -82,10 +82,11 @@ def tiny_dir(shape_dir):
                      num_key_value_heads=2, head_dim=64)
 
 
-def _core(tiny_dir, slots: int, graphs: bool) -> EngineCore:
+def _core(tiny_dir, slots: int, graphs: bool, fused: bool = False) -> EngineCore:
     cfg = EngineConfig(model=str(tiny_dir), load_format="random", device="cpu", attention="triton", dtype="float32",
                        sink_tokens=4, window=28, max_sessions=slots, cuda_graphs=False, max_batch_tokens=96, prefill_chunk=32)
     core = EngineCore(cfg)
+    core.runner.model.fuse_elementwise(fused)  # as runner/build.py sets it on a GPU; before any capture
     if graphs:
         core.runner.capture_decode_graphs(slots, EagerCapture())
     return core
@@ -202,3 +203,16 @@ def test_piecewise_graphs_give_the_eager_tokens_and_pad_buckets(tiny_dir):
     assert a.stats().tokens_prefilled == b.stats().tokens_prefilled
     with pytest.raises(ValueError):
         PiecewiseGraphs(a.runner.model, a.runner.pool, a.runner.attn, a.runner.device, 0)
+
+
+def test_fused_layers_through_decode_and_piecewise_graphs_give_the_eager_tokens(tiny_dir):
+    """The GPU engine's layers (norms, residual adds and SiLU*up as kernels/fused.py's
+    kernels, Llama.fuse_elementwise) replayed through the decode graphs and the
+    piecewise pieces give the greedy tokens of the plain torch layers, eagerly."""
+    a, b = _core(tiny_dir, 6, graphs=True, fused=True), _core(tiny_dir, 6, graphs=False)
+    a.runner.capture_piecewise_graphs(64, EagerCapture())
+    assert a.runner.model.fused and not b.runner.model.fused
+    for k, n in enumerate((2, 6, 6)):
+        sids = [f"s{i}" for i in range(n)]
+        assert _turns(a, sids, max_tokens=5) == _turns(b, sids, max_tokens=5), f"round {k}"
+    assert a.session_stats("s0").evictions > 0
