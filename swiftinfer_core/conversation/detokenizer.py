@@ -7,10 +7,24 @@ the start of a stop string.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
+
+def text_decoder(tokenizer) -> Callable[[list[int]], str]:
+    """ids -> text, special tokens skipped. The tokenizers library's own decode where
+    transformers' wrapper would add nothing to it (no clean-up of spaces): the same
+    text for ~1/4 of the call's cost, and every sampled token takes two calls (a
+    128-row step's postprocessing was ~60% decoding, ~half of that the wrapper)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and getattr(tokenizer, "clean_up_tokenization_spaces", True) is False:
+        return partial(backend.decode, skip_special_tokens=True)
+    return partial(tokenizer.decode, skip_special_tokens=True)
+
 
 class IncrementalDetokenizer:
     def __init__(self, tokenizer, stop: list[str]):
-        self.tok = tokenizer
+        self.decode = text_decoder(tokenizer)
         self.ids: list[int] = []
         self.text = ""  # decoded, stable text so far
         self.emitted = 0  # chars of self.text already returned
@@ -23,8 +37,8 @@ class IncrementalDetokenizer:
     def add(self, token_id: int) -> str:
         """Feed one token; return newly stable text (may be empty)."""
         self.ids.append(token_id)
-        before = self.tok.decode(self.ids[self._prefix : self._read], skip_special_tokens=True)
-        now = self.tok.decode(self.ids[self._prefix :], skip_special_tokens=True)
+        before = self.decode(self.ids[self._prefix : self._read])
+        now = self.decode(self.ids[self._prefix :])
         if len(now) > len(before) and not now.endswith("\ufffd"):
             self.text += now[len(before) :]
             self._prefix, self._read = self._read, len(self.ids)
