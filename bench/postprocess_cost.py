@@ -1,6 +1,8 @@
 """Issue 12: host time of one engine step's postprocessing (engine/postprocess.py) at N
 decode rows, with the detokenizer calling transformers' decode wrapper against the
-tokenizers library directly (conversation/detokenizer.text_decoder), side by side.
+tokenizers library directly (conversation/detokenizer.text_decoder), side by side;
+and the sampler's per-row uniform draws of a step, one ``torch.rand`` call per row
+against engine/sampler.Uniforms' blocks (``uniforms_*``).
 
 On the GPU a step's postprocessing is serial with the device (served_8b_r3_trace: 1.36
 ms of a 13.1 ms graph step at 118 rows), so its host time is step time. The model here
@@ -22,12 +24,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import torch  # noqa: E402
 
 from bench.shape_config import make_config_dir  # noqa: E402
 from swiftinfer_core import SamplingParams  # noqa: E402
 from swiftinfer_core.config import EngineConfig  # noqa: E402
 from swiftinfer_core.conversation import detokenizer  # noqa: E402
 from swiftinfer_core.engine.core import EngineCore  # noqa: E402
+from swiftinfer_core.engine.sampler import Uniforms, _uniform  # noqa: E402
 from swiftinfer_core.model.fetch import default_model_dir  # noqa: E402
 
 WAYS = ("wrapper", "direct")
@@ -55,6 +59,21 @@ def post_ms(core: EngineCore, n: int, tokens: int, round_: int) -> list[float]:
     finally:
         core.post = real
     return times[2:]  # the prefill steps first
+
+
+def uniforms_ms(n: int, steps: int = 200) -> dict[str, float]:
+    """p50 ms of drawing one uniform for each of ``n`` seeded turns, both ways."""
+    out = {}
+    for way in ("one_call_each", "blocks"):
+        gens = [torch.Generator().manual_seed(i) for i in range(n)]
+        draws = gens if way == "one_call_each" else [Uniforms(g) for g in gens]
+        times = []
+        for _ in range(steps):
+            t = time.perf_counter()
+            [_uniform(d) for d in draws]
+            times.append((time.perf_counter() - t) * 1e3)
+        out[f"uniforms_{way}_ms_p50"] = statistics.median(times)
+    return out
 
 
 def main() -> int:
@@ -87,6 +106,7 @@ def main() -> int:
             row[f"{way}_ms_p50"] = p50
             row[f"{way}_us_per_row"] = p50 / n * 1e3
         row["speedup"] = row["wrapper_ms_p50"] / row["direct_ms_p50"]
+        row.update(uniforms_ms(n))
         rows.append(row)
         print(row, flush=True)
         core.close()
@@ -106,7 +126,8 @@ def main() -> int:
     ax.grid(alpha=0.3)
     ax.legend()
     common.save_plot(a.name, fig, a.out)
-    print(common.table(rows, ["N", "wrapper_ms_p50", "direct_ms_p50", "wrapper_us_per_row", "direct_us_per_row", "speedup"]))
+    print(common.table(rows, ["N", "wrapper_ms_p50", "direct_ms_p50", "wrapper_us_per_row", "direct_us_per_row", "speedup",
+                              "uniforms_one_call_each_ms_p50", "uniforms_blocks_ms_p50"]))
     return 0
 
 

@@ -23,6 +23,7 @@ from swiftinfer_core.engine.grammar import Grammars
 from swiftinfer_core.engine.penalties import VisibleTokens, needs_counts
 from swiftinfer_core.engine.postprocess import Postprocessor, TurnEvent
 from swiftinfer_core.engine.prefix_cache import PrefixCache
+from swiftinfer_core.engine.sampler import Uniforms
 from swiftinfer_core.engine.scheduler import Scheduler
 from swiftinfer_core.engine.session import Choices, Session, Turn, TurnState
 from swiftinfer_core.engine.slots import SlotKeeper
@@ -132,7 +133,7 @@ class EngineCore:
         gen = torch.Generator().manual_seed(seed)
         turn = Turn(
             session=session, params=params, to_feed=session.pending + prompt, prompt_tokens=len(prompt),
-            detok=IncrementalDetokenizer(self.tokenizer, params.stop), generator=gen,
+            detok=IncrementalDetokenizer(self.tokenizer, params.stop), generator=Uniforms(gen),
             cached_tokens=self.layout.fill(session.n), raw=raw, grammar=grammar,
         )
         self._sampling_extras(turn)
@@ -328,7 +329,7 @@ class EngineCore:
         p = main.params
         turn = Turn(
             session=session, params=p, to_feed=main.to_feed[-1:], prompt_tokens=0,
-            detok=IncrementalDetokenizer(self.tokenizer, p.stop), generator=torch.Generator().manual_seed(seed),
+            detok=IncrementalDetokenizer(self.tokenizer, p.stop), generator=Uniforms(torch.Generator().manual_seed(seed)),
             cached_tokens=main.cached_tokens, raw=main.raw, grammar=self.grammars.start(p.grammar) if p.grammar is not None else None,
             out=main.out, loop=main.loop, state=TurnState.PREFILL, prompt_scores_sent=True, index=index, choices=main.choices,
         )

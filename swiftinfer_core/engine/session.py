@@ -8,7 +8,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 
-import torch
 
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.config import SamplingParams
@@ -16,7 +15,7 @@ from swiftinfer_core.conversation.detokenizer import IncrementalDetokenizer
 from swiftinfer_core.conversation.stream import Conversation
 from swiftinfer_core.engine.grammar import GrammarState
 from swiftinfer_core.engine.penalties import VisibleTokens
-from swiftinfer_core.engine.sampler import TokenLogprobs
+from swiftinfer_core.engine.sampler import TokenLogprobs, Uniforms
 from swiftinfer_core.protocol import SessionRecord, Usage
 
 
@@ -78,7 +77,7 @@ class Turn:
     to_feed: list[int]  # input tokens not yet run through the model
     prompt_tokens: int
     detok: IncrementalDetokenizer
-    generator: torch.Generator | None
+    generator: Uniforms | None  # the turn's seeded draws (engine/sampler.py)
     out: asyncio.Queue | None = None
     loop: asyncio.AbstractEventLoop | None = None
     state: TurnState = TurnState.WAITING

@@ -86,3 +86,15 @@ def test_degenerate_temperatures_fall_back_to_the_argmax():
     picks = sample(logits, params, [torch.Generator().manual_seed(i) for i in range(3)])
     assert picks[:2] == logits.argmax(-1).tolist()[:2]
     assert 0 <= picks[2] < 100
+
+
+def test_uniforms_in_blocks_are_the_generators_one_by_one_draws():
+    """Turns draw their uniforms 64 at a time (sampler.Uniforms): the same numbers in the
+    same order as one torch.rand call per draw, across block boundaries."""
+    from swiftinfer_core.engine.sampler import Uniforms, _uniform
+
+    seed = torch.seed()
+    one_by_one = torch.Generator().manual_seed(seed)
+    want = [float(torch.rand((), dtype=torch.float64, generator=one_by_one)) for _ in range(3 * Uniforms.BLOCK + 5)]
+    blocks = Uniforms(torch.Generator().manual_seed(seed))
+    assert [_uniform(blocks) for _ in want] == want, f"seed {seed}"
