@@ -166,6 +166,8 @@ def main() -> int:
                          "prefills in budget-sized steps, so it sets when the first of them gets a token")
     ap.add_argument("--system-words", type=int, default=0, help="closed loop: a system message of this many words, the same in every conversation's first round")
     ap.add_argument("--prefix-cache-slots", type=int, default=0, help="EngineConfig.prefix_cache_slots (shared prompt prefixes; 0: off)")
+    ap.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=True,
+                    help="EngineConfig.overlap_postprocessing (the engine's default): a step's streamed text is made while the GPU runs the next")
     ap.add_argument("--name", default="engine_batches")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -174,7 +176,7 @@ def main() -> int:
     cfg = EngineConfig(model=a.model, load_format="random", device=a.device,
                        dtype="bfloat16" if a.device == "cuda" else "float32", sink_tokens=4,
                        window=a.window, max_sessions=a.max_sessions, max_turn_tokens=4096,
-                       piecewise_graphs=a.piecewise, prefix_cache_slots=a.prefix_cache_slots,
+                       piecewise_graphs=a.piecewise, prefix_cache_slots=a.prefix_cache_slots, overlap_postprocessing=a.overlap,
                        **({"max_batch_tokens": a.max_batch_tokens} if a.max_batch_tokens else {}))
     t0 = time.perf_counter()
     engine = Engine(cfg)

@@ -117,7 +117,7 @@ def churn(core: EngineCore, spec: Churn, sync=None) -> ChurnReport:
     cap, sinks = core.layout.capacity, core.layout.sinks
     last: dict = {}  # the batch of the step in progress
     times: dict[str, list[float]] = {}
-    run = core.batches.run
+    run = core.batches.launch
 
     def traced(batch):
         last.clear()
@@ -139,7 +139,7 @@ def churn(core: EngineCore, spec: Churn, sync=None) -> ChurnReport:
         rep.mixed_steps += last["path"] == "graph+eager"
         return run(batch)
 
-    core.batches.run = traced
+    core.batches.launch = traced
     lends0 = core.slots.lends
     system = " ".join(WORDS[i % len(WORDS)] for i in range(spec.system_words))
     try:
@@ -189,7 +189,7 @@ def churn(core: EngineCore, spec: Churn, sync=None) -> ChurnReport:
         rep.failed_batch = dict(last)
         traceback.print_exc()
     finally:
-        core.batches.run = run
+        core.batches.launch = run
         rep.slot_lends = core.slots.lends - lends0
     for path, ms in times.items():
         ms.sort()

@@ -67,6 +67,12 @@ for v in fused unfused; do
   want mixed_ab && step "mixed_ab_$v" ${MIXED_S:-120} python3 bench/mixed_step.py --model /tmp/model --decode 0 128 --chunks 40 256 \
     $([ $v = unfused ] && echo --unfused) --name "mixed_step_7b_$v" --out "$OUT"
 done
+# ... and the engine alone at 128 conversations (8B shape, closed loop) with its postprocessing overlapped and not (carry .carry/r8b)
+for v in overlap no-overlap; do
+  want overlap_ab && rm -rf /tmp/model8 && cp -r .carry/r8b /tmp/model8 && gunzip -f /tmp/model8/tokenizer.json.gz 2>/dev/null; \
+  want overlap_ab && step "overlap_ab_$v" ${OVERLAP_S:-150} python3 bench/engine_batches.py --model /tmp/model8 --sizes 128 --max-sessions 256 \
+    --window 1020 --rounds 4 --words 24 --no-bare --closed-loop --$v --name "engine_8b_$v" --out "$OUT"
+done
 # issue 18 (not by default): structured output and logprobs on batched decode, 64 sessions, 7B shape
 want structured && step structured ${STRUCT_S:-300} python3 bench/structured_output.py --random --model /tmp/model --sessions 64 --out "$OUT"
 # issue 16 (not by default): quantized GEMV/GEMM tests, config sweep, decode-step bench on the swept configs

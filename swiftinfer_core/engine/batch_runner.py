@@ -7,13 +7,14 @@ replay a decode graph, which run eagerly, prompt scores, penalties, sampling.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 
 import torch
 
 from swiftinfer_core.engine.penalties import RowAdjust
 from swiftinfer_core.engine.prompt_scores import rows_for, score
-from swiftinfer_core.engine.sampler import TokenLogprobs, sample_step
+from swiftinfer_core.engine.sampler import Drawn, TokenLogprobs, sample_launch
 from swiftinfer_core.engine.scheduler import ScheduledBatch, ScheduledSeq
 from swiftinfer_core.engine.session import TurnState
 from swiftinfer_core.runner.model_runner import ModelRunner
@@ -28,6 +29,25 @@ class StepPath(str, Enum):
     EAGER = "eager"  # one eager forward (CPU, no graphs, or a step past the piecewise buckets)
 
 
+@dataclass
+class LaunchedStep:
+    """A step whose draws may still be on the device (``BatchRunner.launch``)."""
+
+    seqs: int
+    order: list[int]  # sequence index of each sampled row
+    drawn: Drawn | None
+    scores: dict[int, list[TokenLogprobs]]  # read already (a step with scored prefill chunks syncs early)
+
+    def wait(self) -> tuple[list[int | None], list[TokenLogprobs | None], dict[int, list[TokenLogprobs]]]:
+        out: list[int | None] = [None] * self.seqs
+        lps: list[TokenLogprobs | None] = [None] * self.seqs
+        if self.drawn is not None:
+            toks, probs = self.drawn.read()
+            for i, tok, lp in zip(self.order, toks, probs):
+                out[i], lps[i] = tok, lp
+        return out, lps, self.scores
+
+
 class BatchRunner:
     def __init__(self, runner: ModelRunner):
         self.runner = runner
@@ -36,7 +56,11 @@ class BatchRunner:
     def run(self, batch: ScheduledBatch) -> tuple[list[int | None], list[TokenLogprobs | None], dict[int, list[TokenLogprobs]]]:
         """Sampled token per sequence (None where a prefill chunk ends mid-input),
         its logprobs where the turn asked for them, and the input tokens' logprobs
-        of scored prefill chunks by sequence index (prompt_scores.py).
+        of scored prefill chunks by sequence index (prompt_scores.py)."""
+        return self.launch(batch).wait()
+
+    def launch(self, batch: ScheduledBatch) -> "LaunchedStep":
+        """``run``'s work queued on the device; ``wait`` reads its results back.
 
         A pure decode step replays its CUDA graph. A mixed step (with steady
         arrivals, nearly every step admits a turn) is one forward with the decode
@@ -58,16 +82,13 @@ class BatchRunner:
         order = [i for idx, _, _ in parts for i in idx]
         logits = parts[0][1] if len(parts) == 1 else torch.cat([lg for _, lg, _ in parts])
         scores = {i: sc for _, _, part in parts for i, sc in part.items()}
-        out: list[int | None] = [None] * len(seqs)
-        lps: list[TokenLogprobs | None] = [None] * len(seqs)
+        drawn = None
         if order:
             turns = [seqs[i].turn for i in order]
             rows = adjust_rows([seqs[i] for i in order])
             grammars = [t.grammar for t in turns] if any(t.grammar is not None for t in turns) else None
-            toks, probs = sample_step(logits, [t.params for t in turns], [t.generator for t in turns], rows, grammars)
-            for i, tok, lp in zip(order, toks, probs):
-                out[i], lps[i] = tok, lp
-        return out, lps, scores
+            drawn = sample_launch(logits, [t.params for t in turns], [t.generator for t in turns], rows, grammars)
+        return LaunchedStep(len(seqs), order, drawn, scores)
 
     def _graph(self, seqs: list[ScheduledSeq], idx: list[int]) -> tuple[list[int], torch.Tensor, dict]:
         """(sampled sequence indices, logits [len(idx), V], no prompt scores) of decode rows, by graph replay."""

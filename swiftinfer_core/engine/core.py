@@ -84,6 +84,8 @@ class EngineCore:
         decoder = getattr(m.model, "cpu_decode", None)  # set where the C decode kernels run (runner/build.py)
         self.cpu_threads = StepThreads(decoder.kernels) if decoder is not None else None
         self.trace = StepTrace(cfg.step_trace) if cfg.step_trace else None
+        # the host's postprocessing overlaps the device's next step only where the device runs asynchronously
+        self.overlap = cfg.overlap_postprocessing and m.device.type == "cuda"
 
     # ---- API (called under the engine lock) ----
 
@@ -305,18 +307,25 @@ class EngineCore:
         t_start = time.monotonic()
         batch = self.scheduler.schedule()
         if not batch.seqs:
-            return []
+            return self.post.emit_deferred()
         if self.cpu_threads is not None:
             self.cpu_threads.before_step(batch.is_decode)
         t_run = time.monotonic()
-        sampled, logprobs, scores = self.batches.run(batch)
+        launched = self.batches.launch(batch)
+        early = self.post.emit_deferred()  # the last step's text while the device runs this one
+        sampled, logprobs, scores = launched.wait()
         for i, items in scores.items():
             batch.seqs[i].turn.prompt_logprobs.extend(items)
         t_post = time.monotonic()
-        events = self.post(batch, sampled, logprobs)
+        events = self.post(batch, sampled, logprobs, defer=self.overlap)
         if self.trace is not None:
             self.trace.record(batch, self.batches.path, t_start, t_run, t_post, time.monotonic(), len(self.scheduler.waiting))
-        return events
+        return early + events
+
+    @property
+    def has_work(self) -> bool:
+        """Turns to step, or a step's text still to emit."""
+        return self.scheduler.has_work or bool(self.post.deferred)
 
     def _fork(self, turn: Turn) -> list[Turn]:
         """The turn's input is fed but for its last token: copy its cache into the

@@ -201,7 +201,7 @@ class Engine(EngineProtocol):
                 self._gate.wait_for(lambda: not self._callers, timeout=0.05)
             with self._lock:
                 self._apply_inbox()
-                if not self.core.scheduler.has_work:
+                if not self.core.has_work:
                     self._wake.clear()
                     if self._inbox:  # posted after the drain: its _post may have set wake before our clear
                         self._wake.set()

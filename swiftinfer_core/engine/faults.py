@@ -35,10 +35,10 @@ def fault_next_step(engine, sticky: bool = False) -> None:
 
 def arm(batches, sticky: bool = False) -> None:
     """Arm an EngineCore's ``batches`` (engine/batch_runner.py) directly (the caller holds the engine lock)."""
-    real = batches.run
+    real = batches.launch
 
     def faulty(batch):
-        batches.run = real
+        batches.launch = real
         if not batch.seqs:
             return real(batch)
         session = batch.seqs[0].turn.session
@@ -52,4 +52,4 @@ def arm(batches, sticky: bool = False) -> None:
         finally:
             session.slot = slot
 
-    batches.run = faulty
+    batches.launch = faulty

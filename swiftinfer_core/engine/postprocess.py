@@ -34,9 +34,16 @@ class Postprocessor:
         self.on_cut = on_cut  # a turn's prefill reached its ``cut``: the prefix cache's at_cut
         self.tokens_generated = 0
         self.tokens_prefilled = 0
+        self.deferred: list[tuple[Turn, int]] = []  # (turn, token) whose text waits for ``emit_deferred``
 
-    def __call__(self, batch: ScheduledBatch, sampled: list[int | None], logprobs: list[TokenLogprobs | None]) -> list[TurnEvent]:
-        events = []
+    def __call__(self, batch: ScheduledBatch, sampled: list[int | None], logprobs: list[TokenLogprobs | None],
+                 defer: bool = False) -> list[TurnEvent]:
+        """The step's events. With ``defer``, a token that cannot end its turn by its text
+        (no stop strings; not the end token or the last of max_tokens) only advances the
+        turn here: its text and chunk come from the next ``emit_deferred``, which the
+        engine runs while the device computes the next step (core.EngineCore.step).
+        A turn's first token is never deferred, so the first chunk is as early as before."""
+        events = self.emit_deferred() if self.deferred else []  # a turn's text stays in order whoever calls
         for seq, tok, lp in zip(batch.seqs, sampled, logprobs):
             turn, session = seq.turn, seq.turn.session
             session.fed(seq.token_ids)
@@ -61,6 +68,9 @@ class Postprocessor:
             reason = self._finish_reason(turn, tok)
             if turn.grammar is not None and not turn.grammar.accept(tok) and reason is None:
                 reason = FinishReason.STOP  # cannot happen under the mask; if it did, the reply could not go on valid
+            if defer and reason is None and not turn.detok.stop and len(turn.output_ids) > 1:  # never the first token: TTFT
+                self.deferred.append((turn, tok))
+                continue
             text = "" if (reason is FinishReason.STOP and tok in self.eos_ids) else turn.detok.add(tok)
             if turn.detok.stopped:
                 reason = FinishReason.STOP
@@ -70,6 +80,21 @@ class Postprocessor:
                                                           index=turn.index)))
             if reason is not None:
                 events.append(self.finish(turn, reason))
+        return events
+
+    def emit_deferred(self) -> list[TurnEvent]:
+        """The deferred tokens' text, as ``__call__`` would have made it, in order. A turn
+        finished since (aborted: its stream is closed) is skipped."""
+        events = []
+        for turn, tok in self.deferred:
+            if turn.state is TurnState.DONE:
+                continue
+            text = turn.detok.add(tok)
+            if text:
+                ids, lps = self._unsent(turn)
+                events.append(TurnEvent(turn, StreamChunk(text=text, token_ids=ids, logprobs=lps, prompt_logprobs=self._prompt_scores(turn),
+                                                          index=turn.index)))
+        self.deferred.clear()
         return events
 
     def _unsent(self, turn: Turn) -> tuple[list[int], list[TokenLogprobs] | None]:
@@ -112,7 +137,10 @@ class Postprocessor:
             main.session.turn = None
             main.session.last_used = time.monotonic()
         turn.state = TurnState.DONE
-        tail = turn.detok.flush()
+        late = [tok for t, tok in self.deferred if t is turn]  # an abort between a deferral and its emit
+        if late:
+            self.deferred = [(t, tok) for t, tok in self.deferred if t is not turn]
+        tail = "".join(turn.detok.add(tok) for tok in late) + turn.detok.flush()
         ids, lps = self._unsent(turn)
         if reason is FinishReason.STOP and ids and ids[-1] in self.eos_ids and not turn.params.ignore_eos:
             ids.pop()  # the end token is no output

@@ -47,18 +47,46 @@ class TokenLogprobs:
     top: list[tuple[int, float]]  # (token id, log-probability)
 
 
-def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
+def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[Uniforms | torch.Generator | None],
            extras: list[RowAdjust | None] | None = None) -> list[int]:
-    """logits [R, V] float32 -> one token id per row."""
     return sample_step(logits, params, generators, extras)[0]
 
 
 def sample_step(logits: torch.Tensor, params: list[SamplingParams], generators: list[Uniforms | torch.Generator | None],
                 extras: list[RowAdjust | None] | None = None, grammars: list[GrammarState | None] | None = None
                 ) -> tuple[list[int], list[TokenLogprobs | None]]:
-    """logits [R, V] float32 -> (token id per row, its TokenLogprobs where asked, else None).
-    ``extras``: per row, what penalties.adjust needs (None: no row needs anything);
-    ``grammars``: per row, its structured-output state (None: no row is constrained)."""
+    """logits [R, V] float32 -> (token id per row, its TokenLogprobs where asked, else None)."""
+    return sample_launch(logits, params, generators, extras, grammars).read()
+
+
+@dataclass
+class Drawn:
+    """A step's draws still on the device; ``read`` is the step's one copy to the host
+    (and its sync), so a caller can do host work while the device finishes."""
+
+    flat: torch.Tensor  # the ids [R] alone, or [R ids | L chosen logprobs | L*k top logprobs | L*k top ids] float64
+    want: list[int]  # rows with logprobs
+    tops: list[int]  # their top_logprobs
+
+    def read(self) -> tuple[list[int], list[TokenLogprobs | None]]:
+        flat = self.flat.tolist()
+        if not self.want:
+            return flat, [None] * len(flat)
+        R, L, k = len(flat) - len(self.want) * (1 + 2 * max(self.tops)), len(self.want), max(self.tops)
+        ids = [int(x) for x in flat[:R]]
+        res: list[TokenLogprobs | None] = [None] * R
+        for j, i in enumerate(self.want):
+            base_v, base_i = R + L + j * k, R + L + L * k + j * k
+            top = [(int(flat[base_i + m]), flat[base_v + m]) for m in range(self.tops[j])]
+            res[i] = TokenLogprobs(ids[i], flat[R + j], top)
+        return ids, res
+
+
+def sample_launch(logits: torch.Tensor, params: list[SamplingParams], generators: list[Uniforms | torch.Generator | None],
+                  extras: list[RowAdjust | None] | None = None, grammars: list[GrammarState | None] | None = None) -> Drawn:
+    """``sample_step``'s device work, queued: ``extras``: per row, what penalties.adjust
+    needs (None: no row needs anything); ``grammars``: per row, its structured-output
+    state (None: no row is constrained)."""
     given = logits
     if extras is not None:
         logits = adjust(logits, params, extras)
@@ -81,8 +109,9 @@ def sample_step(logits: torch.Tensor, params: list[SamplingParams], generators: 
         out[idx] = draw(logits.index_select(0, idx), temp, top_p, u, count, out[idx])
     want = [i for i, p in enumerate(params) if p.logprobs]
     if not want:
-        return out.tolist(), [None] * len(params)
-    return _with_logprobs(logits, out, want, [params[i].top_logprobs for i in want])
+        return Drawn(out, [], [])
+    tops = [params[i].top_logprobs for i in want]
+    return Drawn(_with_logprobs(logits, out, want, max(tops)), want, tops)
 
 
 def finite_logprobs(lp: torch.Tensor) -> torch.Tensor:
@@ -90,12 +119,10 @@ def finite_logprobs(lp: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(lp.double(), nan=LOGPROB_FLOOR, neginf=LOGPROB_FLOOR, posinf=0.0)
 
 
-def _with_logprobs(logits: torch.Tensor, out: torch.Tensor, want: list[int], tops: list[int]
-                   ) -> tuple[list[int], list[TokenLogprobs | None]]:
-    """Tokens and the logprobs of rows ``want``, read back in one copy:
-    [R ids | L chosen logprobs | L*k top logprobs | L*k top ids] as float64
-    (token ids are exact in float64)."""
-    R, L, k = out.shape[0], len(want), max(tops)
+def _with_logprobs(logits: torch.Tensor, out: torch.Tensor, want: list[int], k: int) -> torch.Tensor:
+    """The ids and the logprobs of rows ``want`` packed for one copy (``Drawn.read``):
+    [R ids | L chosen logprobs | L*k top logprobs | L*k top ids] as float64 (token ids
+    are exact in float64)."""
     idx = torch.tensor(want, dtype=torch.long, device=logits.device)
     lp = torch.log_softmax(logits.index_select(0, idx).float(), dim=-1)  # [L, V]
     chosen = lp.gather(1, out.index_select(0, idx)[:, None])  # [L, 1]
@@ -103,14 +130,7 @@ def _with_logprobs(logits: torch.Tensor, out: torch.Tensor, want: list[int], top
     if k:
         top_v, top_i = lp.topk(k, dim=-1)  # [L, k], most likely first
         parts += [finite_logprobs(top_v).flatten(), top_i.double().flatten()]
-    flat = torch.cat(parts).tolist()
-    ids = [int(x) for x in flat[:R]]
-    res: list[TokenLogprobs | None] = [None] * R
-    for j, i in enumerate(want):
-        base_v, base_i = R + L + j * k, R + L + L * k + j * k
-        top = [(int(flat[base_i + m]), flat[base_v + m]) for m in range(tops[j])]
-        res[i] = TokenLogprobs(ids[i], flat[R + j], top)
-    return ids, res
+    return torch.cat(parts)
 
 
 def candidates(p: SamplingParams, vocab: int) -> int:

@@ -19,13 +19,13 @@ pytestmark = pytest.mark.skipif(cpu_native.load() is None, reason="no C compiler
 def _counts_per_step(core: EngineCore) -> list[tuple[bool, int, int]]:
     """(decode-only, torch threads, C kernel threads) of every step of one turn."""
     seen = []
-    run = core.batches.run
+    run = core.batches.launch
 
     def spy(batch):
         seen.append((batch.is_decode, torch.get_num_threads(), core.cpu_threads.kernels.threads))
         return run(batch)
 
-    core.batches.run = spy
+    core.batches.launch = spy
     core.add_turn("a", [{"role": "user", "content": "Tell me about the sea."}], SamplingParams(max_tokens=4, ignore_eos=True))
     while core.scheduler.has_work:
         core.step()

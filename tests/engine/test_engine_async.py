@@ -103,13 +103,13 @@ def test_a_device_fault_stops_the_engine_and_fails_health_but_other_errors_do_no
     from swiftinfer_core.errors import EngineClosedError
 
     eng = Engine(core=make_core())
-    run = eng.core.batches.run
+    run = eng.core.batches.launch
 
     def faulty(batch):  # fault injection: the next step fails as a device fault would
-        eng.core.batches.run = run
+        eng.core.batches.launch = run
         raise RuntimeError(fault)
 
-    eng.core.batches.run = faulty
+    eng.core.batches.launch = faulty
 
     async def turn(sid):
         return [c async for c in eng.chat(sid, [{"role": "user", "content": "Hi"}], SamplingParams(max_tokens=3))]
@@ -161,13 +161,13 @@ def test_starting_and_ending_turns_never_block_the_event_loop(make_core):
     import time
 
     eng = Engine(core=make_core())
-    run = eng.core.batches.run
+    run = eng.core.batches.launch
 
     def slow(batch):
         time.sleep(1.0)
         return run(batch)
 
-    eng.core.batches.run = slow
+    eng.core.batches.launch = slow
     msgs = [{"role": "user", "content": "Count to twenty."}]
 
     async def go():
