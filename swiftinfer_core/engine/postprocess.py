@@ -42,7 +42,7 @@ class Postprocessor:
         (no stop strings; not the end token or the last of max_tokens) only advances the
         turn here: its text and chunk come from the next ``emit_deferred``, which the
         engine runs while the device computes the next step (core.EngineCore.step).
-        A turn's first token is never deferred, so the first chunk is as early as before."""
+        A turn's text is deferred only once a chunk of it was sent, so the first text is as early as before."""
         events = self.emit_deferred() if self.deferred else []  # a turn's text stays in order whoever calls
         for seq, tok, lp in zip(batch.seqs, sampled, logprobs):
             turn, session = seq.turn, seq.turn.session
@@ -68,7 +68,7 @@ class Postprocessor:
             reason = self._finish_reason(turn, tok)
             if turn.grammar is not None and not turn.grammar.accept(tok) and reason is None:
                 reason = FinishReason.STOP  # cannot happen under the mask; if it did, the reply could not go on valid
-            if defer and reason is None and not turn.detok.stop and len(turn.output_ids) > 1:  # never the first token: TTFT
+            if defer and reason is None and not turn.detok.stop and turn.sent:  # the first text is never deferred: TTFT
                 self.deferred.append((turn, tok))
                 continue
             text = "" if (reason is FinishReason.STOP and tok in self.eos_ids) else turn.detok.add(tok)

@@ -1,5 +1,5 @@
 """Postprocessing one step behind (EngineCore.overlap, on by default on a GPU): the same
-chunks, each turn's in order, the first token and every turn's end in their own step.
+chunks, each turn's in order, the first text and every turn's end in their own step.
 
 The overlap only pays where the device runs asynchronously; its bookkeeping is the
 same on any device, so these tests turn it on for the CPU engine."""
