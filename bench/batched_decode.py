@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,16 +49,23 @@ def build_model(args, dev, dtype=torch.bfloat16):
     return m.eval()
 
 
+@contextmanager
+def layers_for(model, variant: str):
+    """The model's layers as ``variant`` runs them: torch's norms and SiLU*up for 'unfused', else as built."""
+    fused = model.fused
+    model.fuse_elementwise(fused and variant != "unfused")
+    try:
+        yield
+    finally:
+        model.fuse_elementwise(fused)
+
+
 def measure(model, args, layout, B, dev, variant: str, steps: int) -> dict:
     """Variant: engine, unfused (engine with torch's norms and SiLU*up), fused (bench-only bf16 thin forward), gemv; '+fc': fused combine."""
     mode, _, fc = variant.partition("+")
-    fused = model.fused
-    model.fuse_elementwise(fused and mode != "unfused")
-    try:
+    with layers_for(model, mode):
         dec = models.OurDecoder(model, args, layout, B, dev, "engine" if mode == "unfused" else mode, fused_combine=fc == "fc")
         r = models.time_steps(dec, steps, B)
-    finally:
-        model.fuse_elementwise(fused)
     del dec
     torch.cuda.empty_cache()
     return r
@@ -68,13 +76,9 @@ FAMILIES = (("attention", common.DECODE_ATTENTION_KERNELS), ("weights", common.W
 
 def kernel_breakdown(model, args, layout, B, dev, variant: str = "engine") -> dict:
     """GPU kernel ms of one eager decode step of the ``engine`` (or ``unfused``) variant by family."""
-    fused = model.fused
-    model.fuse_elementwise(fused and variant != "unfused")
-    try:
+    with layers_for(model, variant):
         dec = models.OurDecoder(model, args, layout, B, dev, "engine")
         k = common.kernel_ms_by_family(dec._step, FAMILIES)
-    finally:
-        model.fuse_elementwise(fused)
     del dec
     torch.cuda.empty_cache()
     return {"attention_ms": k["attention"], "weights_ms": k["weights"], "other_ms": k["other"], "kernel_ms": k["total"],

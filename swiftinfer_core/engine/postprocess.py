@@ -75,9 +75,7 @@ class Postprocessor:
             if turn.detok.stopped:
                 reason = FinishReason.STOP
             if text:
-                ids, lps = self._unsent(turn)
-                events.append(TurnEvent(turn, StreamChunk(text=text, token_ids=ids, logprobs=lps, prompt_logprobs=self._prompt_scores(turn),
-                                                          index=turn.index)))
+                events.append(self._text_event(turn, text))
             if reason is not None:
                 events.append(self.finish(turn, reason))
         return events
@@ -91,11 +89,14 @@ class Postprocessor:
                 continue
             text = turn.detok.add(tok)
             if text:
-                ids, lps = self._unsent(turn)
-                events.append(TurnEvent(turn, StreamChunk(text=text, token_ids=ids, logprobs=lps, prompt_logprobs=self._prompt_scores(turn),
-                                                          index=turn.index)))
+                events.append(self._text_event(turn, text))
         self.deferred.clear()
         return events
+
+    def _text_event(self, turn: Turn, text: str) -> TurnEvent:
+        """A mid-reply chunk: ``text`` with the ids (and logprobs) not yet sent."""
+        ids, lps = self._unsent(turn)
+        return TurnEvent(turn, StreamChunk(text=text, token_ids=ids, logprobs=lps, prompt_logprobs=self._prompt_scores(turn), index=turn.index))
 
     def _unsent(self, turn: Turn) -> tuple[list[int], list[TokenLogprobs] | None]:
         """Sampled ids (and their logprobs, when asked) not yet in a chunk: a token

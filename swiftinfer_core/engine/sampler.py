@@ -72,7 +72,8 @@ class Drawn:
         flat = self.flat.tolist()
         if not self.want:
             return flat, [None] * len(flat)
-        R, L, k = len(flat) - len(self.want) * (1 + 2 * max(self.tops)), len(self.want), max(self.tops)
+        L, k = len(self.want), max(self.tops)
+        R = len(flat) - L * (1 + 2 * k)  # the layout _with_logprobs packs
         ids = [int(x) for x in flat[:R]]
         res: list[TokenLogprobs | None] = [None] * R
         for j, i in enumerate(self.want):

@@ -8,7 +8,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 
-
 from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.config import SamplingParams
 from swiftinfer_core.conversation.detokenizer import IncrementalDetokenizer
