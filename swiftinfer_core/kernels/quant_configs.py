@@ -9,6 +9,8 @@ A config is a dict:
   block_m  (GEMM only) batch rows per program: tl.dot's N side, >= 16
   warps, stages   num_warps and the K loop's software-pipelining depth
   waves    split-K target: cut K until programs >= waves * SMs (0: never split)
+  math     (int4 GEMV only, optional) "f32" (missing = "f32") or "h2": the packed-half-pair
+           kernel of kernels/quant_gemv_h2.py (symmetric int4; zero points stay on "f32")
 
 Why a table and not triton.autotune: autotune re-times every config in every new
 process on its first call (a server start would stall for seconds per shape, and
@@ -61,6 +63,7 @@ GEMM_CANDIDATES = {
     "int8": [(64, 64, 4, 4), (64, 128, 4, 3), (128, 64, 4, 4), (128, 128, 8, 3), (128, 64, 8, 4), (64, 256, 4, 2)],
 }  # (block_n, block_k, warps, stages); block_m is the bucket, capped at 128
 WAVES = (0, 1, 2, 4, 8)
+GEMV_MATHS = {"int4": ("f32", "h2"), "int8": ("f32",)}  # the sweep tries each GEMV candidate in each
 # Formats without a table of their own: int4 with zero points (one more 2-byte load per
 # group and, in the GEMM, an fma instead of a multiply per weight) tiles as int4 until a
 # tuning file has an "int4_zp" section (the sweep does not time it yet).

@@ -34,6 +34,11 @@ int4 loop is ~4.6 instructions per weight, int8 ~5.7, no shared memory in either
 at 4.6 the H200's issue rate caps int4 near 70% of its HBM roofline, so fewer
 instructions per weight, not wider loads, is what is left to gain.)
 Shapes alone fix the grid, so the launch is CUDA-graph capturable.
+
+Math. A config's "math" picks the symmetric int4 path: "f32" (default, above) or
+"h2" (kernels/quant_gemv_h2.py: two weights per instruction on packed half pairs,
+fp16 products of power-of-two-scaled x blocks). The zero-point format always takes
+the f32 path (h2 has no zero points yet).
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ import triton
 import triton.language as tl
 
 from swiftinfer_core.kernels import quant_configs
-from swiftinfer_core.kernels.triton_common import sm_count
+from swiftinfer_core.kernels.quant_gemv_h2 import gemv_int4_h2_kernel
+from swiftinfer_core.kernels.triton_common import interpreting, sm_count
 from swiftinfer_core.kernels.quant_common import (
     check_operands,
     check_out,
@@ -175,7 +181,8 @@ def gemv_int8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch
 def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: int, group: int,
               out: torch.Tensor | None = None, cfg: dict | None = None, mins: torch.Tensor | None = None) -> torch.Tensor:
     """x [1, K], packed uint8 [N, Kp/2], scales [N, Kp/group] -> y [1, N] in x's dtype.
-    ``mins`` [N, Kp/group]: the zero-point format (w = nibble * scale + min)."""
+    ``mins`` [N, Kp/group]: the zero-point format (w = nibble * scale + min).
+    cfg["math"] "h2" (symmetric format only): the packed-half-pair kernel."""
     n, ng = int4_shape(packed, scales, k, group, mins)
     _check(x, packed, scales, k)
     zp = mins is not None
@@ -186,6 +193,16 @@ def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: in
     nb = cfg["block_k"] // 32
     kb = ng * group // 32  # packed blocks per row
     grid, split, per, ws, cnt = _grid(x, n, cfg["block_n"], triton.cdiv(kb, nb), cfg)
+    math = cfg.get("math", "f32")
+    if math not in ("f32", "h2"):
+        raise ValueError(f'int4 GEMV config "math" must be "f32" or "h2", got {math!r}')
+    if math == "h2" and not zp:
+        gemv_int4_h2_kernel[grid](
+            x, packed.view(torch.int32), scales, out, ws, cnt, n, k, kb, ng, per, split,
+            BPG=group // 32, BLOCK_N=cfg["block_n"], NB=nb, STAGES=cfg["stages"], FAST=not interpreting(),
+            num_warps=cfg["warps"],
+        )
+        return out
     _gemv_int4_kernel[grid](
         x, packed.view(torch.int32), scales, mins if zp else scales, out, ws, cnt, n, k, kb, ng, per, split,
         BPG=group // 32, BLOCK_N=cfg["block_n"], NB=nb, STAGES=cfg["stages"], ZP=zp, num_warps=cfg["warps"],
