@@ -39,9 +39,9 @@ bound element by element). Typical errors are random-walk, ~u sqrt(16) per block
 FAST (a GPU build): the per-word decode + multiply-add as one inline-PTX block on
 .b32 registers (so Triton cannot unpack the pairs into scalars), x pairs packed
 with one cvt.rn.f16x2.f32 each. FAST=False (the CPU interpreter, which cannot run
-inline asm): the same values from plain Triton ops, every fp16 rounding done as a
-float32 operation rounded to fp16 (the same result as the fused fp16 op except for
-rare double roundings), in the same order (words j = 0..3, then pairs i = 0..3).
+inline asm): the same values from plain Triton ops, each fp16 fma done exactly in
+float64 and rounded once to fp16 (bit for bit the fused op), in the same order
+(words j = 0..3, then pairs i = 0..3), so both paths give the same block sums.
 Non-finite x and |x| >= 2**127 are outside this path's range; x blocks with
 max |x| < 2**-126 (float32 subnormal) contribute 0.
 """
@@ -116,8 +116,17 @@ def _amax4(a, b, c, d):
 
 @triton.jit
 def _f16(v):
-    """float32 -> the nearest fp16 value, as float32 (the interpreter's stand-in for one fp16 rounding)."""
-    return v.to(tl.float16).to(tl.float32)
+    """float64 -> the nearest fp16 value, as float64 (the interpreter's stand-in for one fp16 rounding)."""
+    return v.to(tl.float16).to(tl.float64)
+
+
+@triton.jit
+def _fma16(w, SHIFT: tl.constexpr, x, down, acc):
+    """One fp16 fma of the interpreter's path: (nibble at SHIFT of w - 8) * fp16(x 2**-e) + acc,
+    rounded once to fp16. In float64 the product (4 x 11 bits) and the sum (exponents
+    2**-24..2**8) are exact, so this is fma.rn.f16x2's single rounding, bit for bit."""
+    q = (((w >> SHIFT) & 15) - 8).to(tl.float64)
+    return _f16(q * _f16((x * down).to(tl.float64)) + acc)
 
 
 @triton.jit
@@ -134,17 +143,16 @@ def _word_asm(w, x0, x1, x2, x3, x4, x5, x6, x7, down, h):
 
 @triton.jit
 def _word_ref(w, x0, x1, x2, x3, x4, x5, x6, x7, down, lo, hi):
-    """FAST=False twin of _word_asm with the f16x2 accumulator as two float32 halves (lo, hi)
-    holding fp16 values: the same products in the same order, rounded to fp16 after every
-    fma as fma.rn.f16x2 does."""
-    lo = _f16(((w & 15) - 8).to(tl.float32) * _f16(x0 * down) + lo)
-    hi = _f16((((w >> 16) & 15) - 8).to(tl.float32) * _f16(x4 * down) + hi)
-    lo = _f16((((w >> 4) & 15) - 8).to(tl.float32) * _f16(x1 * down) + lo)
-    hi = _f16((((w >> 20) & 15) - 8).to(tl.float32) * _f16(x5 * down) + hi)
-    lo = _f16((((w >> 8) & 15) - 8).to(tl.float32) * _f16(x2 * down) + lo)
-    hi = _f16((((w >> 24) & 15) - 8).to(tl.float32) * _f16(x6 * down) + hi)
-    lo = _f16((((w >> 12) & 15) - 8).to(tl.float32) * _f16(x3 * down) + lo)
-    hi = _f16((((w >> 28) & 15) - 8).to(tl.float32) * _f16(x7 * down) + hi)
+    """FAST=False twin of _word_asm with the f16x2 accumulator as two float64 halves (lo, hi)
+    holding fp16 values: the same products in the same order and the same roundings."""
+    lo = _fma16(w, 0, x0, down, lo)
+    hi = _fma16(w, 16, x4, down, hi)
+    lo = _fma16(w, 4, x1, down, lo)
+    hi = _fma16(w, 20, x5, down, hi)
+    lo = _fma16(w, 8, x2, down, lo)
+    hi = _fma16(w, 24, x6, down, hi)
+    lo = _fma16(w, 12, x3, down, lo)
+    hi = _fma16(w, 28, x7, down, hi)
     return lo, hi
 
 
@@ -193,12 +201,12 @@ def gemv_int4_h2_kernel(
             h = _word_asm(w3, x0d, x1d, x2d, x3d, x4d, x5d, x6d, x7d, down, h)
             blk_sum = _halves_sum(h)  # [BLOCK_N, NB] float32
         else:
-            lo = tl.zeros([BLOCK_N, NB], tl.float32)
+            lo = tl.zeros([BLOCK_N, NB], tl.float64)
             lo, hi = _word_ref(w0, x0a, x1a, x2a, x3a, x4a, x5a, x6a, x7a, down, lo, lo)
             lo, hi = _word_ref(w1, x0b, x1b, x2b, x3b, x4b, x5b, x6b, x7b, down, lo, hi)
             lo, hi = _word_ref(w2, x0c, x1c, x2c, x3c, x4c, x5c, x6c, x7c, down, lo, hi)
             lo, hi = _word_ref(w3, x0d, x1d, x2d, x3d, x4d, x5d, x6d, x7d, down, lo, hi)
-            blk_sum = lo + hi
+            blk_sum = lo.to(tl.float32) + hi.to(tl.float32)  # as _halves_sum: exact converts, one float32 add
         s = tl.load(S + r64[:, None] * NG + (blk // BPG)[None, :], mask=rmask[:, None] & bmask[None, :], other=0.0)
         acc = tl.fma(blk_sum, s.to(tl.float32) * up, acc)  # [BLOCK_N, NB]: one scale per block
     y = tl.sum(acc, 1)
