@@ -4,7 +4,9 @@ bundled ptxas, then count the SASS instructions of the main K loop (the first
 backward branch) per weight a thread handles. The GEMV is issue-bound on the
 H200 (4.8 TB/s of int4 is ~9.6e12 weights/s; 132 SMs issue ~3.3e13 instructions/s),
 so instructions per weight bound its share of the roofline; registers and
-shared-memory round trips (LDS/STS in the loop) show up here too.
+shared-memory round trips (LDS/STS in the loop) show up here too. The int4 GEMV
+is built with both maths (config "math": "f32" and "h2", kernels/quant_gemv_h2.py,
+its inline PTX on), at the table's config and at twice its rows per program.
 
     python bench/quant_sass.py                # the table's default configs
     python bench/quant_sass.py --sass DIR     # and keep each kernel's SASS in DIR
@@ -33,9 +35,10 @@ from triton.compiler import ASTSource
 from swiftinfer_core.kernels import quant_configs as qc
 from swiftinfer_core.kernels import quant_gemm as gm
 from swiftinfer_core.kernels import quant_gemv as gv
+from swiftinfer_core.kernels import quant_gemv_h2 as h2
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-PTR = {"X": "*bf16", "S": "*bf16", "Y": "*bf16", "WS": "*fp32", "CNT": "*i32", "Q": "*i32"}
+PTR = {"X": "*bf16", "S": "*bf16", "MN": "*bf16", "Y": "*bf16", "WS": "*fp32", "CNT": "*i32", "Q": "*i32"}
 DIV16 = {"X", "Q", "S", "Y", "WS", "CNT", "N", "K", "KB", "NG", "stride_xm", "stride_ym"}  # as at the 7B shapes
 
 
@@ -67,6 +70,21 @@ def loop_mix(kernel) -> tuple[str, list[str], str]:
     return "?", [], sass
 
 
+def gemv_builds(fmt: str, c: dict) -> list[tuple[str, object, dict, int, float]]:
+    """(label, kernel, constexprs, warps, weights per thread per loop trip) of the batch-1
+    kernels for config c: int8's; int4's f32 and h2 maths at c and at 2x block_n."""
+    if fmt == "int8":
+        return [("int8 b=1  ", gv._gemv_int8_kernel, dict(BLOCK_N=c["block_n"], NB=c["block_k"] // 16, STAGES=c["stages"]),
+                 c["warps"], c["block_n"] * c["block_k"] / (32 * c["warps"]))]
+    out = []
+    for bn in (c["block_n"], 2 * c["block_n"]):
+        base = dict(BLOCK_N=bn, NB=c["block_k"] // 32, STAGES=c["stages"], BPG=4)  # group 128
+        weights = bn * c["block_k"] / (32 * c["warps"])
+        out.append((f"int4 b=1 f32 n{bn:<3}", gv._gemv_int4_kernel, dict(base, ZP=False), c["warps"], weights))
+        out.append((f"int4 b=1 h2  n{bn:<3}", h2.gemv_int4_h2_kernel, dict(base, FAST=True), c["warps"], weights))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sass", default=None, help="folder to keep each kernel's SASS in")
@@ -76,23 +94,21 @@ def main() -> None:
         for b in qc.BUCKETS:
             c = qc.DEFAULTS[fmt][b]
             if b == 1:
-                per_block = 32 if fmt == "int4" else 16
-                consts = dict(BLOCK_N=c["block_n"], NB=c["block_k"] // per_block, STAGES=c["stages"])
-                fn = gv._gemv_int4_kernel if fmt == "int4" else gv._gemv_int8_kernel
-                weights = c["block_n"] * c["block_k"] / (32 * c["warps"])
+                builds = gemv_builds(fmt, c)
             else:
                 consts = dict(BLOCK_M=c["block_m"], BLOCK_N=c["block_n"], BLOCK_K=c["block_k"], STAGES=c["stages"], **mma)
+                if fmt == "int4":
+                    consts.update(BPG=4, ZP=False)  # group 128, symmetric
                 fn = gm._gemm_int4_kernel if fmt == "int4" else gm._gemm_int8_kernel
-                weights = c["block_n"] * c["block_k"] / (32 * c["warps"])
-            if fmt == "int4":
-                consts["BPG"] = 4  # group 128
-            k = build(fn, consts, c["warps"], c["stages"])
-            usage, ops, sass = loop_mix(k)
-            top = ", ".join(f"{o} {n}" for o, n in Counter(ops).most_common(8))
-            print(f"{fmt} b={b:<3} {usage}  loop {len(ops)} instr = {len(ops) / weights:.2f}/weight  [{top}]")
-            if args.sass:
-                Path(args.sass).mkdir(parents=True, exist_ok=True)
-                (Path(args.sass) / f"{fmt}_b{b}.sass").write_text(sass)
+                builds = [(f"{fmt} b={b:<3}", fn, consts, c["warps"], c["block_n"] * c["block_k"] / (32 * c["warps"]))]
+            for label, fn, consts, warps, weights in builds:
+                k = build(fn, consts, warps, c["stages"])
+                usage, ops, sass = loop_mix(k)
+                top = ", ".join(f"{o} {n}" for o, n in Counter(ops).most_common(8))
+                print(f"{label:<20} {usage}  loop {len(ops)} instr = {len(ops) / weights:.2f}/weight  [{top}]", flush=True)
+                if args.sass:
+                    Path(args.sass).mkdir(parents=True, exist_ok=True)
+                    (Path(args.sass) / f"{label.replace(' ', '_').replace('=', '').strip('_')}.sass").write_text(sass)
 
 
 if __name__ == "__main__":
