@@ -52,6 +52,10 @@ on pairs as above and no shared memory in the loop. What is left beyond the 13 p
 word is mostly the x side (bf16 -> float32, the block max, the scaling and the pair
 converts: ~120 instructions per thread and block, shared by the thread's rows), so
 more rows per thread pay off more than in the f32 math.
+
+Measured (one H100 80GB, bench/quant_h2_ab.py, docs/quantization.md): slower than the
+f32 math, 0.88-0.92x per Llama shape at 4 rows per thread and 0.61-0.75x at 8, so
+the table keeps "f32"; fewer instructions per weight was not what bound the GEMV.
 """
 
 from __future__ import annotations
