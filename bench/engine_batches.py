@@ -36,6 +36,7 @@ import common  # noqa: E402
 import torch  # noqa: E402
 
 from bench.load_report import pct  # noqa: E402
+from bench.turn_lengths import turn_tokens  # noqa: E402
 from swiftinfer_core import SamplingParams  # noqa: E402
 from swiftinfer_core.config import EngineConfig  # noqa: E402
 from swiftinfer_core.engine.engine import Engine  # noqa: E402
@@ -116,11 +117,12 @@ async def one_round(engine: Engine, n: int, r: int, tag: str, a) -> dict:
 async def closed_loop(engine: Engine, n: int, tag: str, a) -> dict:
     """The load client's work without the service: N conversations, each sending
     its next message as soon as its reply ended (no think time), ``--rounds`` turns."""
-    params = SamplingParams(max_tokens=a.tokens, ignore_eos=True)
     turns: list[dict] = []
 
     async def conversation(i: int):
         for r in range(a.rounds):
+            want = turn_tokens(a.tokens, a.tokens_hi, i, r)  # the load client's draw for (i, r)
+            params = SamplingParams(max_tokens=want, ignore_eos=True)
             sent = time.perf_counter()
             first, toks = None, 0
             try:
@@ -128,7 +130,7 @@ async def closed_loop(engine: Engine, n: int, tag: str, a) -> dict:
                     first = first or time.perf_counter()
                     toks += len(c.token_ids)
                 done = time.perf_counter()
-                turns.append({"ok": toks == a.tokens, "round": r, "ttft": first - sent, "toks": toks,
+                turns.append({"ok": toks == want, "round": r, "ttft": first - sent, "toks": toks,
                               "tpot": (done - first) / max(1, toks - 1)})
             except Exception as exc:  # noqa: BLE001 - counted and reported
                 turns.append({"ok": False, "round": r, "error": repr(exc)[:300], "toks": toks})
@@ -153,6 +155,8 @@ def main() -> int:
     ap.add_argument("--max-sessions", type=int, default=None, help="default: sized from free memory; always run as a size too")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--tokens-hi", type=int, default=None,
+                    help="--closed-loop: each turn's reply length drawn in [--tokens, this] per (conversation, round), as load.py --max-tokens-hi draws it (bench/turn_lengths.py); default: every turn --tokens")
     ap.add_argument("--words", type=int, default=120, help="words per message (+0..4)")
     ap.add_argument("--bare-steps", type=int, default=30)
     ap.add_argument("--no-bare", action="store_true")
@@ -219,7 +223,7 @@ def main() -> int:
     shape = f"hidden {m.hidden_size}, {m.num_layers} layers, {m.num_heads}/{m.num_kv_heads} heads, vocab {m.vocab_size}, rope {(m.rope_scaling or {}).get('rope_type', 'default')}"
     data = {"model": f"{Path(a.model).name}: {shape}, random bf16", "closed_loop": a.closed_loop,
             "system_words": a.system_words, "prefix_cache_slots": a.prefix_cache_slots, "engine_stats": final_stats, "cache": f"4+{a.window}", "slots": slots, "max_batch_tokens": cfg.max_batch_tokens, "engine_start_s": start_s,
-            "graph_sizes": graph_sizes, "rounds": a.rounds, "tokens_per_turn": a.tokens, "drop_workspaces": a.drop_workspaces,
+            "graph_sizes": graph_sizes, "rounds": a.rounds, "tokens_per_turn": a.tokens, "tokens_per_turn_hi": a.tokens_hi, "drop_workspaces": a.drop_workspaces,
             "bare": {str(k): v for k, v in bare.items()}, "rows": rows}
     common.write_results(a.name, data, a.out)
     if a.closed_loop:

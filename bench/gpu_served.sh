@@ -34,6 +34,9 @@
 #      SLOTS (KV slots, default 191: the most that fit at 7B, 4+1020), WINDOW (default 1020),
 #      SITE (set, e.g. .carry/site: unpack gpu_carry.sh's installed site, HAProxy included, instead of pip-installing
 #      WHL; tree + site + r8b fit one call, so hap/direct need no park call),
+#      TOKENS_HI (set, e.g. 128: each turn's reply length drawn in [64, TOKENS_HI] per conversation and round,
+#      the same in the engine's loop and the load client's, bench/turn_lengths.py; unset: every reply 64 tokens, so a
+#      round's turns end together and their next turns prefill in one burst),
 #      SIZES (default "32 64 128 191"), BEFORE_SIZES (default: SIZES; empty skips step 3),
 #      THREAD_SIZES (default "64 128"; empty skips step 4), ROUNDS (turns per conversation, default 8),
 #      TOKEN_COUNTS (set: the load client asks for logprobs, so each chunk lists its tokens and the
@@ -66,7 +69,8 @@ DEFAULT_STEPS="engine proc before thread" TAIL=${TAIL:-4}
 source "$(dirname "${BASH_SOURCE[0]}")/gpu_steps.sh"
 
 want engine && step engine 220 python3 bench/engine_batches.py --model /tmp/model --sizes $SIZES --max-sessions "$SLOTS" \
-  --window "$WINDOW" --rounds "$ROUNDS" --words 24 --no-bare --closed-loop --name "${NAME}_engine" --out "$OUT" ${ENGINE_ARGS:-}
+  --window "$WINDOW" --rounds "$ROUNDS" --words 24 --no-bare --closed-loop --name "${NAME}_engine" --out "$OUT" ${ENGINE_ARGS:-} \
+  ${TOKENS_HI:+--tokens-hi $TOKENS_HI}
 
 repeats() {  # repeats LABEL: LABEL, LABEL2, ... up to REPEAT (default 1; identical runs differ: README)
   local r; for r in $(seq 1 "${REPEAT:-1}"); do if [ "$r" = 1 ]; then echo "$1"; else echo "$1$r"; fi; done
@@ -96,7 +100,8 @@ serve_once() {  # one app: serve_closed's arguments, its label already numbered
     (timeout 150 vmstat -n 2 > "$OUT/vmstat_${run}_$n.txt" 2>&1) & local vm=$!
     step "${run}_$n" 150 python3 bench/load.py --url http://127.0.0.1:8000 --sessions "$n" --rate 1000 --think-s 0 --rounds "$ROUNDS" \
       --max-tokens 64 --prompt-words 24 --timeout-s 120 --retry-s 60 --metrics-every-s 2 --model llama2-7b-random \
-      --name "${NAME}_${run}_$n" --out "$OUT" --client-procs "$c" ${TOKEN_COUNTS:+--token-counts}
+      --name "${NAME}_${run}_$n" --out "$OUT" --client-procs "$c" ${TOKEN_COUNTS:+--token-counts} \
+      ${TOKENS_HI:+--max-tokens-hi $TOKENS_HI}
     kill $vm 2>/dev/null
   done; done
   if [ -n "${PROFILE_N:-}" ] && [ "$label" = proc ]; then profile_run "$PROFILE_N"; fi

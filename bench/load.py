@@ -77,6 +77,7 @@ class LoadSpec:
     partial: Path | None = None  # rewritten every 30 s with the summary so far
     token_counts: bool = False  # ask for logprobs: each chunk then names its tokens, for ITL per token
     client_procs: int = 1  # client processes; conversation i runs in process i % client_procs
+    max_tokens_hi: int | None = None  # each turn's max_tokens drawn in [max_tokens, this] (bench/turn_lengths.py)
 
 
 def arrivals(spec: LoadSpec, rng: random.Random) -> list[float]:
@@ -242,6 +243,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[LoadSpec, Path, str]:
     p.add_argument("--rate", type=float, default=None, help="session arrivals per second (default sessions/10)")
     p.add_argument("--concurrency", type=int, default=None, help="most turns in flight")
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--max-tokens-hi", type=int, default=None,
+                   help="each turn's max_tokens drawn in [--max-tokens, this] per (conversation, round), as engine_batches.py --tokens-hi draws them (bench/turn_lengths.py); default: every turn --max-tokens")
     p.add_argument("--prompt-words", type=int, default=24)
     p.add_argument("--think-s", type=float, default=0.0)
     p.add_argument("--model", default=None)
@@ -262,9 +265,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[LoadSpec, Path, str]:
     for name in ("sessions", "rounds", "max_tokens", "prompt_words", "client_procs"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if a.max_tokens_hi is not None and a.max_tokens_hi < a.max_tokens:
+        p.error("--max-tokens-hi must be >= --max-tokens")
     spec = LoadSpec(a.url, a.sessions, a.rounds, a.duration_s, a.rate, a.concurrency, a.max_tokens, a.prompt_words,
                     a.think_s, a.model, a.seed, a.retry_s, a.timeout_s, a.prefix, not a.no_verify, not a.keep_sessions,
-                    a.metrics_every_s, Path(a.out) / f"{a.name}.partial.json", a.token_counts, a.client_procs)
+                    a.metrics_every_s, Path(a.out) / f"{a.name}.partial.json", a.token_counts, a.client_procs,
+                    a.max_tokens_hi)
     Path(a.out).mkdir(parents=True, exist_ok=True)
     return spec, Path(a.out), a.name
 

@@ -20,6 +20,7 @@ import httpx
 
 from bench.load_client import TurnResult, run_turn
 from bench.load_report import dist
+from bench.turn_lengths import turn_tokens
 
 if TYPE_CHECKING:
     from bench.load import LoadSpec
@@ -68,7 +69,7 @@ async def drive(spec: LoadSpec, client: httpx.AsyncClient, model: str, run_id: s
         for r in range(spec.rounds):
             if r and spec.think_s > 0:
                 await asyncio.sleep(crng.expovariate(1.0 / spec.think_s))
-            body = {"model": model, "session_id": sid, "stream": True, "max_tokens": spec.max_tokens, "temperature": 0,
+            body = {"model": model, "session_id": sid, "stream": True, "max_tokens": turn_tokens(spec.max_tokens, spec.max_tokens_hi, i, r), "temperature": 0,
                     "ignore_eos": True, "messages": [{"role": "user", "content": prompts(r)}]}
             if spec.token_counts:
                 body["logprobs"] = True
