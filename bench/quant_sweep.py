@@ -12,8 +12,9 @@ and never chosen), then timed as a CUDA graph of launches over all the copies
 for reference. A bucket's "default" is the candidate with the least summed
 slowdown (time / that shape's best) over the swept shapes; unknown shapes use it.
 A time budget stops the sweep between points; what was measured is still written.
-The int4 GEMV's candidates come in both maths (kernels/quant_configs.py GEMV_MATHS):
-a chosen config carries "math": "h2" only where the h2 kernel was the faster.
+The GEMV candidates come in each math of kernels/quant_configs.py GEMV_MATHS (int4's
+"h2" is left out since it measured slower; put it back there to sweep it): a chosen
+config carries "math": "h2" only where the h2 kernel was the faster.
 
     python bench/quant_decode.py --sweep --out DIR   # DIR/quant_configs.json (+ timings)
     SWIFTINFER_QUANT_CONFIGS=DIR/quant_configs.json python bench/quant_decode.py
@@ -40,7 +41,7 @@ ORDER = (1, 32, 128, 16, 64, 256)  # buckets by importance: the budget may stop 
 def candidates(fmt: str, batch: int) -> list[dict]:
     """Every config tried for ``fmt`` at ``batch`` rows (the table's default included)."""
     out = []
-    if batch == 1:  # each tile in each math (int4: "f32" and "h2"; "f32" configs carry no "math" key)
+    if batch == 1:  # each tile in each math of GEMV_MATHS ("f32" configs carry no "math" key)
         for math in qc.GEMV_MATHS[fmt]:
             extra = {} if math == "f32" else {"math": math}
             for bn, bk, warps in qc.GEMV_CANDIDATES[fmt]:

@@ -63,7 +63,10 @@ GEMM_CANDIDATES = {
     "int8": [(64, 64, 4, 4), (64, 128, 4, 3), (128, 64, 4, 4), (128, 128, 8, 3), (128, 64, 8, 4), (64, 256, 4, 2)],
 }  # (block_n, block_k, warps, stages); block_m is the bucket, capped at 128
 WAVES = (0, 1, 2, 4, 8)
-GEMV_MATHS = {"int4": ("f32", "h2"), "int8": ("f32",)}  # the sweep tries each GEMV candidate in each
+# The sweep tries each GEMV candidate in each math listed here. "h2" (kernels/quant_gemv_h2.py)
+# measured 0.88-0.92x of "f32" per Llama shape on an H100 (bench/quant_h2_ab.py), so the
+# sweep leaves it out (halving its batch-1 points); add it back to try it on another card.
+GEMV_MATHS = {"int4": ("f32",), "int8": ("f32",)}
 # Formats without a table of their own: int4 with zero points (one more 2-byte load per
 # group and, in the GEMM, an fma instead of a multiply per weight) tiles as int4 until a
 # tuning file has an "int4_zp" section (the sweep does not time it yet).
