@@ -16,7 +16,7 @@ from body_and_head import BodyAndHead
 from swiftinfer_core.config import EngineConfig
 from swiftinfer_core.engine.engine_model import build_engine_model
 from swiftinfer_core.errors import InvalidRequestError
-from swiftinfer_core.model.quant import QuantFormat
+from swiftinfer_core.model.quant import QuantFormat, unpack_int4
 from swiftinfer_core.model.quant_linear import QuantLinear, quantize_linears
 
 
@@ -39,22 +39,43 @@ def test_cpu_int4_matches_float64_of_dequantised_weights(rows, bias):
 @pytest.mark.parametrize("rows,group", [(1, 32), (7, 64)])
 def test_cpu_int4_zero_point_matches_float64_of_dequantised_weights(rows, group):
     """The zero-point format through torch's CPU op (zero = min + 8 scale), rows off
-    centre so the zero carries a real share of y. The op rounds x, scale and zero to
-    bf16 and its output to bf16: measured 2.0-2.7e-3 relative over 5 seeds (against
-    < 4e-3 with the output rounding alone for the symmetric format); a dropped or
-    wrong zero is off by far more."""
+    centre so the zero carries a real share of y. The op takes x, scale and zero in bf16
+    (unit roundoff u = 2^-8), sums in float32 and rounds its output to bf16. Element by
+    element: against float64 of the op's own bf16 scales and zeros, only the output
+    rounding and the float32 sum are left; against the stored float16 ones each element
+    may also move by the bf16 rounding of its scales and zeros, sum_k |x_k| (|q| |ds| +
+    |dz|). A dropped or wrong zero is off by far more than either bound."""
     torch.manual_seed(int.from_bytes(os.urandom(4), "little"))
     lin = nn.Linear(200, 37, bias=True)
     with torch.no_grad():
         lin.weight += 0.2 * torch.rand(37, 1)
     q4 = QuantLinear(lin, QuantFormat.INT4, group, zero_point=True)
     assert q4.mins is not None and q4.scales.dtype == q4.mins.dtype == torch.float16
-    assert q4.quantized().zero_point
+    qw = q4.quantized()
+    assert qw.zero_point
     x = torch.randn(rows, 200)
-    ref = x.bfloat16().double() @ q4.dequantized().double().t() + lin.bias.double()
-    got = q4(x)
-    assert got.dtype == torch.float32 and got.shape == (rows, 37)
-    assert ((got.double() - ref).norm() / ref.norm()).item() < 6e-3
+    xb = x.bfloat16().double()
+    got = q4(x).double()
+    assert got.dtype == torch.float64 and got.shape == (rows, 37)
+    u = 2.0**-8
+
+    q = unpack_int4(qw.qweight).double()[:, :200]  # [N, K] nibble - 8
+    sz = q4.cpu_scales_zeros.double()[:, :37]  # [G, N, 2] the op's bf16 scale and zero
+    s_op = sz[..., 0].t().repeat_interleave(group, 1)[:, :200]
+    z_op = sz[..., 1].t().repeat_interleave(group, 1)[:, :200]
+    w_op = q * s_op + z_op
+    mm_op = xb @ w_op.t()  # the op's product, rounded to bf16 before the bias is added in float32
+    ref_op = mm_op + lin.bias.double()
+    acc = 256 * 2.0**-24 * (xb.abs() @ w_op.abs().t() + lin.bias.double().abs())  # float32 sums of <= 201 terms
+    rounding = u * (mm_op.abs() + acc) + acc
+    assert ((got - ref_op).abs() <= rounding).all()
+
+    ref = xb @ q4.dequantized().double().t() + lin.bias.double()
+    s16 = q4.scales.double().repeat_interleave(group, 1)[:, :200]
+    z16 = s16 * 8 + q4.mins.double().repeat_interleave(group, 1)[:, :200]
+    assert ((s_op - s16).abs() <= u * s16.abs()).all() and ((z_op - z16).abs() <= u * z16.abs()).all()
+    moved = xb.abs() @ (q.abs() * (s_op - s16).abs() + (z_op - z16).abs()).t()  # [rows, N]
+    assert ((got - ref).abs() <= moved + rounding).all()
 
 
 def test_zero_point_layer_refuses_a_symmetric_precomputed_weight():
