@@ -31,8 +31,9 @@ last axis stay inside a thread; an int4 block's sum is multiplied by its group's
 scale (a block never straddles groups); the only cross-thread reduction is the
 final sum over the step axis. (Offline sm_90 builds with 4 rows per thread: the
 int4 loop is ~4.6 instructions per weight, int8 ~5.7, no shared memory in either;
-at 4.6 the H200's issue rate caps int4 near 70% of its HBM roofline, so fewer
-instructions per weight, not wider loads, is what is left to gain.)
+at 4.6 the H200's issue rate caps int4 near 70% of its HBM roofline. The h2 math
+below cut that to 3.5 and measured slower on an H100 (docs/quantization.md), so the
+instruction count is not what holds int4 at ~0.3 of its roofline.)
 Shapes alone fix the grid, so the launch is CUDA-graph capturable.
 
 Math. A config's "math" picks the symmetric int4 path: "f32" (default, above) or
