@@ -104,6 +104,25 @@ def int4_nibble(u, u_hi, I: tl.constexpr):
 
 
 @triton.jit
+def gemv_tile(Q, N, KB, STEPS, BLOCK_N: tl.constexpr, NB: tl.constexpr):
+    """A batch-1 GEMV program's share (grid: row tiles x split-K parts): its rows [BLOCK_N]
+    and their mask, the rows' packed-block pointers (KB blocks of 4 int32 words per row)
+    and its part's block range [b_start, b_end) (STEPS steps of NB blocks)."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    q_rows = Q + rows.to(tl.int64)[:, None, None] * (KB * 4)  # [BLOCK_N, 1, 1]
+    b_start = tl.program_id(1) * STEPS * NB
+    return rows, rows < N, q_rows, b_start, tl.minimum(b_start + STEPS * NB, KB)
+
+
+@triton.jit
+def load_block_words(q_rows, rmask, blk, bmask):
+    """The 4 int32 words (16 contiguous bytes) of packed blocks blk [NB] of every row of
+    gemv_tile's q_rows -> [BLOCK_N, NB, 4]; 0 outside rmask / bmask."""
+    return tl.load(q_rows + (blk * 4)[None, :, None] + tl.arange(0, 4)[None, None, :],
+                   mask=rmask[:, None, None] & bmask[None, :, None], other=0)
+
+
+@triton.jit
 def splitk_store(acc, Y, y_offs, WS, ws_offs, mask, CNT, tile, pid_k, SPLIT, MN):
     """Store a program's float32 tile ``acc``: into y directly (SPLIT == 1) or via
     the workspace and the last-arriving part (see the module doc). y_offs and

@@ -54,6 +54,7 @@ from swiftinfer_core.kernels.triton_common import interpreting, sm_count
 from swiftinfer_core.kernels.quant_common import (
     check_operands,
     check_out,
+    gemv_tile,
     int4_nibble,
     int4_shape,
     int4_sources,
@@ -61,6 +62,7 @@ from swiftinfer_core.kernels.quant_common import (
     int8_byte,
     int8_shape,
     int8_sources,
+    load_block_words,
     split_buffers,
     splitk_store,
 )
@@ -71,22 +73,15 @@ def _gemv_int4_kernel(
     X, Q, S, MN, Y, WS, CNT, N, K, KB, NG, STEPS, SPLIT,
     BPG: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr, STAGES: tl.constexpr, ZP: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rmask = rows < N
+    rows, rmask, q_rows, b_start, b_end = gemv_tile(Q, N, KB, STEPS, BLOCK_N, NB)
     r64 = rows.to(tl.int64)
     nb = tl.arange(0, NB)
     j = tl.arange(0, 4)
-    q_rows = Q + r64[:, None, None] * (KB * 4)  # KB blocks of 4 words per row
-    b_start = pid_k * STEPS * NB
-    b_end = tl.minimum(b_start + STEPS * NB, KB)
     acc = tl.zeros([BLOCK_N, NB], tl.float32)
     for b0 in tl.range(b_start, b_end, NB, num_stages=STAGES):
         blk = b0 + nb  # [NB] packed blocks of this step
         bmask = blk < b_end
-        w = tl.load(q_rows + (blk * 4)[None, :, None] + j[None, None, :],
-                    mask=rmask[:, None, None] & bmask[None, :, None], other=0)  # [BLOCK_N, NB, 4] int32
+        w = load_block_words(q_rows, rmask, blk, bmask)  # [BLOCK_N, NB, 4] int32
         u, u_hi = int4_sources(w)
         xsum = tl.zeros([NB], tl.float32)  # ZP: sum(x) per block (dead code otherwise)
         for i in tl.static_range(8):
@@ -108,7 +103,7 @@ def _gemv_int4_kernel(
             s = tl.load(S + r64[:, None] * NG + (blk // BPG)[None, :], mask=rmask[:, None] & bmask[None, :], other=0.0)
             acc += tl.sum(part, 2) * s.to(tl.float32)  # [BLOCK_N, NB]: one scale per block
     y = tl.sum(acc, 1)
-    splitk_store(y, Y, rows, WS, rows, rmask, CNT, pid_n, pid_k, SPLIT, N)
+    splitk_store(y, Y, rows, WS, rows, rmask, CNT, tl.program_id(0), tl.program_id(1), SPLIT, N)
 
 
 @triton.jit
@@ -116,22 +111,14 @@ def _gemv_int8_kernel(
     X, Q, S, Y, WS, CNT, N, K, KB, STEPS, SPLIT,
     BLOCK_N: tl.constexpr, NB: tl.constexpr, STAGES: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rmask = rows < N
-    r64 = rows.to(tl.int64)
+    rows, rmask, q_rows, b_start, b_end = gemv_tile(Q, N, KB, STEPS, BLOCK_N, NB)  # KB blocks of 16 bytes per row
     nb = tl.arange(0, NB)
     j = tl.arange(0, 4)
-    q_rows = Q + r64[:, None, None] * (KB * 4)  # KB blocks of 16 bytes = 4 words per row
-    b_start = pid_k * STEPS * NB
-    b_end = tl.minimum(b_start + STEPS * NB, KB)
     acc = tl.zeros([BLOCK_N, NB], tl.float32)
     for b0 in tl.range(b_start, b_end, NB, num_stages=STAGES):
         blk = b0 + nb
         bmask = blk < b_end
-        w = tl.load(q_rows + (blk * 4)[None, :, None] + j[None, None, :],
-                    mask=rmask[:, None, None] & bmask[None, :, None], other=0)  # [BLOCK_N, NB, 4] int32
+        w = load_block_words(q_rows, rmask, blk, bmask)  # [BLOCK_N, NB, 4] int32
         u, u_hi = int8_sources(w)
         for b in tl.static_range(4):
             kx = blk[:, None] * 16 + 4 * b + j[None, :]  # [NB, 4] columns of byte b
@@ -143,7 +130,7 @@ def _gemv_int8_kernel(
         acc += tl.sum(part, 2)
     # one scale per row: applied once, after the row's sum
     y = tl.sum(acc, 1) * tl.load(S + rows, mask=rmask, other=0.0).to(tl.float32)
-    splitk_store(y, Y, rows, WS, rows, rmask, CNT, pid_n, pid_k, SPLIT, N)
+    splitk_store(y, Y, rows, WS, rows, rmask, CNT, tl.program_id(0), tl.program_id(1), SPLIT, N)
 
 
 def _check(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, k: int) -> None:

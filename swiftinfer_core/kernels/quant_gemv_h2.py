@@ -63,7 +63,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from swiftinfer_core.kernels.quant_common import splitk_store
+from swiftinfer_core.kernels.quant_common import gemv_tile, load_block_words, splitk_store
 
 _WORD_ASM = tl.constexpr("""{
 .reg .b32 t, q0, q1, q2, q3, k, m, a, z;
@@ -173,22 +173,14 @@ def gemv_int4_h2_kernel(
     X, Q, S, Y, WS, CNT, N, K, KB, NG, STEPS, SPLIT,
     BPG: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr, STAGES: tl.constexpr, FAST: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rmask = rows < N
+    rows, rmask, q_rows, b_start, b_end = gemv_tile(Q, N, KB, STEPS, BLOCK_N, NB)
     r64 = rows.to(tl.int64)
     nb = tl.arange(0, NB)
-    j = tl.arange(0, 4)
-    q_rows = Q + r64[:, None, None] * (KB * 4)  # KB blocks of 4 words per row
-    b_start = pid_k * STEPS * NB
-    b_end = tl.minimum(b_start + STEPS * NB, KB)
     acc = tl.zeros([BLOCK_N, NB], tl.float32)
     for b0 in tl.range(b_start, b_end, NB, num_stages=STAGES):
         blk = b0 + nb  # [NB] packed blocks of this step
         bmask = blk < b_end
-        w = tl.load(q_rows + (blk * 4)[None, :, None] + j[None, None, :],
-                    mask=rmask[:, None, None] & bmask[None, :, None], other=0)  # [BLOCK_N, NB, 4] int32
+        w = load_block_words(q_rows, rmask, blk, bmask)  # [BLOCK_N, NB, 4] int32
         w0, w1, w2, w3 = _split4(w)  # [BLOCK_N, NB]: word j of each block
         # x[32 b + 4 i + j] as x{i}{a,b,c,d} for j = 0..3: [1, NB] float32 each
         x0a, x0b, x0c, x0d = _x_piece(X, blk, bmask, K, 0)
@@ -222,4 +214,4 @@ def gemv_int4_h2_kernel(
         s = tl.load(S + r64[:, None] * NG + (blk // BPG)[None, :], mask=rmask[:, None] & bmask[None, :], other=0.0)
         acc = tl.fma(blk_sum, s.to(tl.float32) * up, acc)  # [BLOCK_N, NB]: one scale per block
     y = tl.sum(acc, 1)
-    splitk_store(y, Y, rows, WS, rows, rmask, CNT, pid_n, pid_k, SPLIT, N)
+    splitk_store(y, Y, rows, WS, rows, rmask, CNT, tl.program_id(0), tl.program_id(1), SPLIT, N)
