@@ -33,7 +33,11 @@ from swiftinfer_core.kernels.rope import inv_freq
 SHAPES = [("MHA 32/32x128", 32, 32, 128), ("GQA 32/8x128", 32, 8, 128)]
 WINDOWS = [252, 508, 1020, 2044, 4092]
 BATCHES = [1, 8, 32, 128]
-DEFAULT = (64, 4, None, 3, False)  # block_n, num_warps, waves (None: auto), stages, fused combine: TritonAttention's
+# register caps swept: at 4 warps 168 allows 3 programs per SM and 128 four (65,536 registers per SM), against 2 at
+# the uncapped 212-255; ptxas spills below what the kernel wants (bench/attention_sass.py: fp8 16 / 68 spill
+# instructions per tile at 168 / 128). Tests whether the fp8 path is bound by latency at 8 warps per SM.
+REG_CAPS = (168, 128)
+DEFAULT = (64, 4, None, 3, False, None)  # block_n, num_warps, waves (None: auto), stages, fused combine, maxnreg: TritonAttention's
 
 
 def layer_cache(B, hkv, cap, D, kv, dev):
@@ -59,7 +63,7 @@ def bench_point(hq, hkv, D, sinks, window, B, configs, bw, kv="bf16"):
     starts = torch.tensor([10 * cap + 7 * b for b in range(B)], dtype=torch.int64, device=dev)  # all full
     freqs = inv_freq(D, 10000.0).to(dev)
     res = []
-    for bn, nw, waves, st, fc in configs:
+    for bn, nw, waves, st, fc, mr in configs:
         splits = decode_splits(B, hkv, cap, bn, torch.cuda.get_device_properties(0).multi_processor_count, waves)
         ws = decode_workspace(B, hq, hkv, D, splits[0], dev)
 
@@ -67,12 +71,13 @@ def bench_point(hq, hkv, D, sinks, window, B, configs, bw, kv="bf16"):
             for k, v, ks, vs in caches:
                 decode_attention(q, kn, vn, k, v, slots, starts, freqs, D**-0.5, sinks, window, out=out,
                                  block_n=bn, num_warps=nw, stages=st, splits=splits, workspace=ws, fused_combine=fc,
-                                 k_scale=ks, v_scale=vs)
+                                 k_scale=ks, v_scale=vs, maxnreg=mr)
 
         t, g = common.time_graph(fn, reps=7)
         del g
         per = t / L
-        res.append({"kv": kv, "block_n": bn, "num_warps": nw, "waves": waves, "stages": st, "fused_combine": fc, "splits": splits[0], "layers_in_graph": L,
+        res.append({"kv": kv, "block_n": bn, "num_warps": nw, "waves": waves, "stages": st, "fused_combine": fc, "maxnreg": mr,
+                    "splits": splits[0], "layers_in_graph": L,
                     "us": per * 1e6, "kv_bytes": layer_bytes, "gbps": layer_bytes / per / 1e9, "frac_copy_bw": layer_bytes / per / bw})
     caches = None  # free the layers before the next point
     torch.cuda.empty_cache()
@@ -97,12 +102,14 @@ def main():
     print(f"copy bandwidth (read+write): {bw / 1e9:.0f} GB/s", flush=True)
     configs = [DEFAULT]
     if args.sweep and args.kv == "bf16":
-        configs += [(64, 4, None, 3, True)]
+        configs += [(64, 4, None, 3, True, None)]
         kinds = [(32, 4, 3), (64, 4, 3), (64, 4, 4), (128, 8, 3)]
-        configs += [(bn, nw, wv, st, fc) for bn, nw, st in kinds for wv in (1, 2, 4) for fc in (False, True)]
+        configs += [(bn, nw, wv, st, fc, None) for bn, nw, st in kinds for wv in (1, 2, 4) for fc in (False, True)]
+        configs += [(64, 4, None, 3, False, mr) for mr in REG_CAPS]
     elif args.sweep:  # with fp8: e4m3 tiles are half the bytes, so wider tiles and deeper pipelines fit; fewer points
-        configs += [(bn, nw, wv, st, False) for bn, nw, wv, st in [(32, 4, None, 3), (64, 4, None, 4), (64, 4, None, 5), (64, 8, None, 3),
+        configs += [(bn, nw, wv, st, False, None) for bn, nw, wv, st in [(32, 4, None, 3), (64, 4, None, 4), (64, 4, None, 5), (64, 8, None, 3),
                     (128, 4, None, 3), (128, 4, None, 4), (128, 8, None, 3), (256, 8, None, 3), (64, 4, 2, 3), (64, 4, 4, 3)]]
+        configs += [(bn, 4, None, 3, False, mr) for bn in (64, 128) for mr in REG_CAPS]
     rows = []
     for name, hq, hkv, D in shapes:
         for window in args.windows:
@@ -116,7 +123,7 @@ def main():
                     row = {"shape": name, "kv": kv, "cache": f"4+{window}", "B": B, "default": res[0], "best": best, "all": res}
                     rows.append(row)
                     print(f"{name} {kv} 4+{window} B={B}: default {res[0]['us']:.1f} us {res[0]['frac_copy_bw']:.2f} of copy bw; "
-                      f"best {best['us']:.1f} us {best['frac_copy_bw']:.2f} (bn {best['block_n']} w {best['num_warps']} waves {best['waves']} st {best['stages']} fc {best['fused_combine']})", flush=True)
+                      f"best {best['us']:.1f} us {best['frac_copy_bw']:.2f} (bn {best['block_n']} w {best['num_warps']} waves {best['waves']} st {best['stages']} fc {best['fused_combine']} maxnreg {best['maxnreg']})", flush=True)
     common.write_results(args.name, {"copy_bw_Bps": bw, "default_config": DEFAULT, "rows": rows}, args.out)
 
     import matplotlib
@@ -141,11 +148,11 @@ def main():
     axes[0][0].legend()
     common.save_plot(args.name, fig, args.out)
 
-    print("\nshape           kv    cache     B    us(def)  frac(def)  us(def+fc)  frac(best) best(bn,w,waves,st,fc)")
+    print("\nshape           kv    cache     B    us(def)  frac(def)  us(def+fc)  frac(best) best(bn,w,waves,st,fc,maxnreg)")
     for r in rows:
         d, b = r["default"], r["best"]
         print(f"{r['shape']:15s} {r['kv']:4s} {r['cache']:>8s} {r['B']:4d} {d['us']:9.1f} {d['frac_copy_bw']:9.2f} {r['all'][1]['us'] if len(r['all']) > 1 else float('nan'):10.1f} "
-              f"{b['frac_copy_bw']:10.2f} {b['us']:8.1f} ({b['block_n']},{b['num_warps']},{b['waves']},{b['stages']},{int(b['fused_combine'])})")
+              f"{b['frac_copy_bw']:10.2f} {b['us']:8.1f} ({b['block_n']},{b['num_warps']},{b['waves']},{b['stages']},{int(b['fused_combine'])},{b['maxnreg']})")
 
 
 if __name__ == "__main__":

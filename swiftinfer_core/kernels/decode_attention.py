@@ -247,6 +247,7 @@ def decode_attention(
     softcap: float = 0.0,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    maxnreg: int | None = None,
 ) -> torch.Tensor:
     """q [B, Hq, D], k_new/v_new [B, Hkv, D] (ignored unless fuse_write),
     caches [slots, Hkv, cap, D]; slots [B] int32, starts [B] int64 (= n).
@@ -258,7 +259,9 @@ def decode_attention(
     instead of two; needs sem, which it leaves zeroed).
     sliding_window > 0: a local layer (key u seen only while t - u < it);
     alibi [Hq] float32 slopes (score -= slope * cache distance); softcap > 0:
-    score = softcap * tanh(score / softcap). See reference.LayerAttn."""
+    score = softcap * tanh(score / softcap). See reference.LayerAttn.
+    maxnreg: registers per thread cap for the split kernel (ptxas may spill below it),
+    to trade spills for more programs per SM (bench/kernels_decode.py --sweep)."""
     B, hq, D = q.shape
     hkv, cap = k_cache.shape[1], k_cache.shape[2]
     check_triton_heads(D, hq, hkv)
@@ -296,7 +299,7 @@ def decode_attention(
         HALF_PAD=padded(D) // 2, D_PAD=padded(D), HAS_CAP=softcap > 0, HAS_ALIBI=alibi is not None,
         BLOCK_N=block_n, FUSE_NEW=fuse_write, MMA=mma_dtype(q.dtype), STAGES=stages, FAST=not interpreting(),
         PREC=dot_precision(q.dtype), FUSED_COMBINE=fused_combine, SPLIT_PAD=split_pad, FP8=fp8, F16=fp8 and q.dtype != torch.float32,
-        num_warps=num_warps,
+        num_warps=num_warps, maxnreg=maxnreg,
     )
     if not fused_combine:
         decode_combine_kernel[(B * hq,)](

@@ -109,7 +109,8 @@ def _ref64(q, kn, vn, kc, vc, batch, layout, freqs, scale):
 @pytest.mark.parametrize("window", [252, 508, 1020, 2044, 4092])
 @pytest.mark.parametrize("hkv", [32, 8])
 @pytest.mark.parametrize("fused_combine", [False, True])
-def test_decode_gpu_7b_shapes(window, hkv, fused_combine):
+@pytest.mark.parametrize("maxnreg", [None, 128])  # 128: ptxas spills (bench/kernels_decode.py --sweep times it)
+def test_decode_gpu_7b_shapes(window, hkv, fused_combine, maxnreg):
     seed = fresh_seed()
     dev = torch.device("cuda")
     layout = StreamLayout(4, window)
@@ -131,7 +132,7 @@ def test_decode_gpu_7b_shapes(window, hkv, fused_combine):
     splits = decode_splits(B, hkv, cap, 64, sm_count(dev))
     ws = decode_workspace(B, 32, hkv, 128, splits[0], dev)
     decode_attention(q, kn, vn, kc, vc, batch.slots, batch.starts, freqs, 128**-0.5, 4, window, out=out,
-                     splits=splits, workspace=ws, fused_combine=fused_combine)
+                     splits=splits, workspace=ws, fused_combine=fused_combine, maxnreg=maxnreg)
     torch.cuda.synchronize()
     assert torch.all(ws[2] == 0)
     assert not out.isnan().any()

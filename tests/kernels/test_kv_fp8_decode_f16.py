@@ -41,6 +41,7 @@ def _rows_times(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     (1, 27, 2, 2, 64, torch.float16, {}),
     (4, 124, 4, 1, 128, torch.bfloat16, {}),  # 8 tiles in one split
     (4, 28, 4, 2, 64, torch.bfloat16, dict(sliding=9, softcap=3.0, alibi=True)),  # layer variants on the same path
+    (4, 124, 4, 1, 128, torch.bfloat16, dict(maxnreg=128)),  # registers capped: spilled code on a GPU (ignored by the interpreter)
 ])
 def test_decode_fp8_f16_path_at_wide_ranges(sinks, window, hq, hkv, D, dtype, variant, dev):
     seed = fresh_seed()
@@ -73,7 +74,7 @@ def test_decode_fp8_f16_path_at_wide_ranges(sinks, window, hq, hkv, D, dtype, va
                                freqs.to(dev), D**-0.5, sinks, window, block_n=16, splits=sp,
                                workspace=decode_workspace(B, hq, hkv, D, sp[0], torch.device(dev)),
                                k_scale=k_run.scale, v_scale=v_run.scale, sliding_window=sliding, softcap=softcap,
-                               alibi=slopes.to(dev) if slopes is not None else None)
+                               alibi=slopes.to(dev) if slopes is not None else None, maxnreg=variant.get("maxnreg"))
         assert not out.isnan().any() and not out.isinf().any(), f"seed {seed}"
         # per (token, head): each output has its own magnitude (V scales 2**24 apart)
         for b in range(B):
