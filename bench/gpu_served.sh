@@ -39,8 +39,8 @@
 #      round's turns end together and their next turns prefill in one burst),
 #      SIZES (default "32 64 128 191"), BEFORE_SIZES (default: SIZES; empty skips step 3),
 #      THREAD_SIZES (default "64 128"; empty skips step 4), ROUNDS (turns per conversation, default 8),
-#      TOKEN_COUNTS (set: the load client asks for logprobs, so each chunk lists its tokens and the
-#      report has ITL per token; adds the logprob work to every served step, not to the engine's),
+#      TOKEN_COUNTS (set: the load client asks for stream_options.continuous_usage_stats, so each chunk's usage
+#      tells its token count and the report has ITL per token; no logprob work is added to the served steps),
 #      ENGINE_ARGS (extra bench/engine_batches.py flags for step 1, e.g. --no-piecewise),
 #      PROFILE_N (set: after the proc runs, a 16-round closed loop at that N under py-spy, bench/served_7b_profile.md's
 #      recipe; the py-spy wheel from PROF_WHL, default .carry/prof, e.g. parked in /tmp by an earlier call when the

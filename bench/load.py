@@ -75,7 +75,7 @@ class LoadSpec:
     cleanup: bool = True
     metrics_every_s: float = 0.0  # > 0: sample the server's /metrics gauges this often
     partial: Path | None = None  # rewritten every 30 s with the summary so far
-    token_counts: bool = False  # ask for logprobs: each chunk then names its tokens, for ITL per token
+    token_counts: bool = False  # ask for continuous usage stats: each chunk then tells its token count, for ITL per token
     client_procs: int = 1  # client processes; conversation i runs in process i % client_procs
     max_tokens_hi: int | None = None  # each turn's max_tokens drawn in [max_tokens, this] (bench/turn_lengths.py)
 
@@ -260,7 +260,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[LoadSpec, Path, str]:
     p.add_argument("--client-procs", type=int, default=1,
                    help="client processes (conversation i in process i %% K); each reports its CPU and loop lag")
     p.add_argument("--token-counts", action="store_true",
-                   help="request logprobs so every chunk lists its tokens: the report gains ITL per token (itl_token_s)")
+                   help="request stream_options.continuous_usage_stats so every chunk's usage tells its token count (no "
+                        "logprob work added to the served steps): the report gains ITL per token (itl_token_s)")
     a = p.parse_args(argv)
     for name in ("sessions", "rounds", "max_tokens", "prompt_words", "client_procs"):
         if getattr(a, name) < 1:

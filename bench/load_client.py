@@ -37,7 +37,7 @@ class TurnResult:
     first_token: float | None = None
     done: float = 0.0
     gaps: list[float] = field(default_factory=list)  # between streamed content chunks
-    token_gaps: list[float] = field(default_factory=list)  # per token after the first, when chunks list their tokens (logprobs)
+    token_gaps: list[float] = field(default_factory=list)  # per token after the first, when chunks tell their token counts
     completion_tokens: int = 0
     prompt_tokens: int = 0
     cache: str = ""
@@ -78,14 +78,49 @@ def _status_failure(resp: httpx.Response, body: bytes) -> AttemptFailed:
     return AttemptFailed(f"http_{resp.status_code}_{code}", retry, _retry_after(resp))
 
 
+@dataclass
+class TokenClock:
+    """The gaps between a stream's content chunks, and per token: a chunk of k tokens after a
+    gap g gives k entries of g / k; the tokens of the first chunk, k - 1 zeros (no wait of their
+    own). A chunk's k is the rise of ``usage.completion_tokens`` since the last content chunk
+    (stream_options.continuous_usage_stats), else the tokens its logprobs list; a chunk
+    telling neither adds no per-token entries."""
+
+    first: float | None = None
+    prev: float = 0.0
+    counted: int = 0  # completion tokens told by the usage of the content chunks so far
+    gaps: list[float] = field(default_factory=list)
+    token_gaps: list[float] = field(default_factory=list)
+
+    def tokens(self, event: dict, choice: dict) -> int | None:
+        """Tokens of a content chunk (None: it does not tell)."""
+        usage = event.get("usage")
+        if usage is not None and usage.get("completion_tokens") is not None:
+            k, self.counted = usage["completion_tokens"] - self.counted, usage["completion_tokens"]
+            return k
+        listed = (choice.get("logprobs") or {}).get("content")
+        return len(listed) if listed else None
+
+    def content(self, now: float, event: dict, choice: dict) -> None:
+        """A content chunk arrived at ``now``."""
+        k = self.tokens(event, choice)
+        if self.first is None:
+            self.first = now
+            if k is not None and k > 1:
+                self.token_gaps.extend([0.0] * (k - 1))
+        else:
+            self.gaps.append(now - self.prev)
+            if k:
+                self.token_gaps.extend([(now - self.prev) / k] * k)
+        self.prev = now
+
+
 async def _attempt(client: httpx.AsyncClient, url: str, body: dict, key: str, res: TurnResult) -> None:
     headers = {"Idempotency-Key": key, "accept": "text/event-stream"}
     if body.get("session_id"):  # as in the body; a router in front (http_front: direct's route picker) sees only headers
         headers["x-session-id"] = body["session_id"]
     sent = time.perf_counter()
-    first = prev = None
-    gaps: list[float] = []
-    token_gaps: list[float] = []  # a chunk of k tokens after a gap g: k entries of g / k
+    clock = TokenClock()
     final = None
     async with client.stream("POST", url, json=body, headers=headers) as resp:
         if resp.status_code != 200:
@@ -102,23 +137,14 @@ async def _attempt(client: httpx.AsyncClient, url: str, body: dict, key: str, re
             choice = event["choices"][0]
             now = time.perf_counter()
             if choice["delta"].get("content"):
-                listed = (choice.get("logprobs") or {}).get("content")
-                if first is None:
-                    first = now
-                    if listed and len(listed) > 1:  # tokens that came with the first: no wait of their own
-                        token_gaps.extend([0.0] * (len(listed) - 1))
-                else:
-                    gaps.append(now - prev)
-                    if listed:
-                        token_gaps.extend([(now - prev) / len(listed)] * len(listed))
-                prev = now
+                clock.content(now, event, choice)
             if choice.get("finish_reason") is not None:
                 final = event
     if final is None:
         raise AttemptFailed("stream_incomplete", True)
     usage = final.get("usage") or {}
-    res.sent, res.first_token, res.done, res.gaps = sent, first or time.perf_counter(), time.perf_counter(), gaps
-    res.token_gaps = token_gaps
+    res.sent, res.first_token, res.done, res.gaps = sent, clock.first or time.perf_counter(), time.perf_counter(), clock.gaps
+    res.token_gaps = clock.token_gaps
     res.completion_tokens = usage.get("completion_tokens", 0)
     res.prompt_tokens = usage.get("prompt_tokens", 0)
     res.cache, res.replica = final.get("cache", ""), final.get("replica_id", "")

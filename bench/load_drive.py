@@ -71,8 +71,8 @@ async def drive(spec: LoadSpec, client: httpx.AsyncClient, model: str, run_id: s
                 await asyncio.sleep(crng.expovariate(1.0 / spec.think_s))
             body = {"model": model, "session_id": sid, "stream": True, "max_tokens": turn_tokens(spec.max_tokens, spec.max_tokens_hi, i, r), "temperature": 0,
                     "ignore_eos": True, "messages": [{"role": "user", "content": prompts(r)}]}
-            if spec.token_counts:
-                body["logprobs"] = True
+            if spec.token_counts:  # each chunk's usage tells the tokens so far (TokenClock), with no logprob work
+                body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
             res = TurnResult(sid, r, f"{sid}-r{r}", scheduled=time.perf_counter())
             progress.results.append(res)
             if cap is not None:

@@ -158,6 +158,9 @@ class TurnStart:
     sent_at: float = 0.0
     first: StreamChunk | None = None  # the turn's first chunk when it is not final; the stream goes on after it
     turn: int = 0  # this turn's number in its session (1: its first; a replay: the replayed turn's); 0: not told
+    # the turn's input tokens (Usage.prompt_tokens), known from the engine's first chunk (StreamChunk.prompt_tokens)
+    # before the final one: a stream's running usage (stream_options.continuous_usage_stats); None: not told
+    prompt_tokens: int | None = None
 
 
 # ---- replica -> directory, routers, autoscaler, /metrics --------------------------------

@@ -67,6 +67,9 @@ class StreamChunk:
     # with SamplingParams.prompt_logprobs, on the turn's first chunk: one per input token (None: nothing predicts it)
     prompt_logprobs: list | None = None
     index: int = 0  # the choice this chunk belongs to (0 when n == 1)
+    # the turn's input tokens (Usage.prompt_tokens), on each choice's first chunk, so the replica can tell them
+    # before the final chunk (TurnStart.prompt_tokens); None on the others, and from a backend that does not say
+    prompt_tokens: int | None = None
 
     @property
     def final(self) -> bool:
@@ -76,13 +79,15 @@ class StreamChunk:
 
 def merge_chunks(chunks: list[StreamChunk]) -> StreamChunk:
     """One chunk with the texts, ids and logprobs of ``chunks`` (all of one
-    choice) in order; the finish reason, usage and record of the last."""
+    choice) in order; the finish reason, usage and record of the last (the
+    prompt logprobs and token count of the first that has them)."""
     if len(chunks) == 1:
         return chunks[0]
     lps = None if chunks[-1].logprobs is None else [lp for c in chunks for lp in (c.logprobs or [])]
     prompt = next((c.prompt_logprobs for c in chunks if c.prompt_logprobs is not None), None)
+    prompt_tokens = next((c.prompt_tokens for c in chunks if c.prompt_tokens is not None), None)
     return replace(chunks[-1], text="".join(c.text for c in chunks), token_ids=[t for c in chunks for t in c.token_ids], logprobs=lps,
-                   prompt_logprobs=prompt)
+                   prompt_logprobs=prompt, prompt_tokens=prompt_tokens)
 
 
 def merge_per_choice(chunks: list[StreamChunk]) -> list[StreamChunk]:

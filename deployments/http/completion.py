@@ -19,6 +19,17 @@ whole at the choice's end, as the calls (with any text before them as
 With ``n`` choices every event names its choice (``index``, from the engine's
 ``StreamChunk.index``); each choice has its own finish reason, logprobs and
 call, and the usage (input once, outputs summed) rides on the turn's final chunk.
+
+With vLLM's ``stream_options.continuous_usage_stats`` (and ``include_usage``)
+every chunk before the final one (the role chunks too, as in vLLM) carries the
+usage so far as well, in vLLM's shape (``prompt_tokens``, ``completion_tokens``,
+``total_tokens``; the input's count comes with the TurnStart): the completion
+tokens are those streamed so far, counting the chunk's own
+(``StreamChunk.token_ids``) and summed over the choices (vLLM counts each
+choice's own; the sum rises along the stream to the final chunk's total). An
+end token is no streamed token, so the final chunk's count can be one more than
+the last content chunk's; a replay streams text without ids, so its counts stay
+0 until the final chunk.
 """
 
 from __future__ import annotations
@@ -68,6 +79,8 @@ class ChatResponse:
     codec: TextCodec | None = None  # set when the request asked for logprobs
     tools: ToolPlan | None = None  # the reply may be (or must be) calls of these tools (structured_schema.py)
     n: int = 1  # choices (SamplingParams.n)
+    continuous_usage: bool = False  # every chunk carries the usage so far (SamplingRequest.continuous_usage)
+    streamed: int = 0  # completion tokens of every choice received so far
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex[:24]}")
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -94,17 +107,29 @@ class ChatResponse:
         if usage is not None:
             body["usage"] = usage_body(usage)
             body.update(self._meta())
+        elif self.continuous_usage:
+            body["usage"] = self._usage_so_far()
         return body
+
+    def _usage_so_far(self, last: Usage | None = None) -> dict:
+        """The running usage (continuous_usage_stats): the turn's input tokens and the completion
+        tokens streamed so far, over all choices; ``last``: a finished turn's, in that shape."""
+        if last is not None:
+            prompt, out = last.prompt_tokens, last.completion_tokens
+        else:  # None: a backend that does not tell it (both here do, StreamChunk.prompt_tokens)
+            prompt, out = self.start.prompt_tokens or 0, self.streamed
+        return {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
 
     def _observe(self, first_at: float, last: StreamChunk, end: float, stream: bool) -> None:
         if last.usage is not None:
             self.metrics.observe_turn(last.usage.to_dict(), self.start.cache.value, first_at - self.t0, end - first_at, stream)
 
     async def _timed(self) -> AsyncIterator[tuple[StreamChunk, float]]:
-        """The remaining chunks with their arrival times; records the time per token."""
+        """The remaining chunks with their arrival times; records the time per token and counts the tokens."""
         prev = self.first_at
         async for chunk in self.events:
             now = time.perf_counter()
+            self.streamed += len(chunk.token_ids)
             if chunk.token_ids and chunk is not self.start.first:  # the first arrived with the TurnStart, at first_at
                 self.metrics.itl.observe((now - prev) / len(chunk.token_ids))
                 prev = now

@@ -208,7 +208,7 @@ class Ingress:
             first_at = time.perf_counter()
             turn = render.combine([
                 render(self._cfg.model_id, replace(start, session_id=sid), ticket.meter(events), self._metrics, t0, first_at,
-                       codec=codec, n=params.n, **p.render)
+                       codec=codec, n=params.n, continuous_usage=req.continuous_usage(), **p.render)
                 for p, sid, (_, events, start) in zip(plans, sids, started)])
             headers = {"x-session-id": ",".join(sids), "x-replica-id": ",".join(replicas)}
             self._metrics.requests.labels(status="200").inc()

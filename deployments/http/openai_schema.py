@@ -23,7 +23,10 @@ effect or is refused:
 
 Names outside the OpenAI API are rejected like OpenAI does ("Unrecognized
 request argument"), except our extensions ``session_id``, ``top_k``,
-``ignore_eos``, ``repetition_penalty`` and ``min_tokens``.
+``ignore_eos``, ``repetition_penalty`` and ``min_tokens``, and vLLM's
+``stream_options.continuous_usage_stats`` (completion.py: the running usage on
+every streamed chunk; asked without ``stream`` it is a 400, as vLLM refuses any
+``stream_options`` then).
 """
 
 from __future__ import annotations
@@ -99,6 +102,7 @@ class Message(RequestModel):
 class StreamOptions(RequestModel):
     include_usage: bool = True
     include_obfuscation: bool | None = None
+    continuous_usage_stats: bool | None = None  # vLLM's extension: usage on every chunk, with include_usage (vLLM's rule)
 
 
 class SamplingRequest(RequestModel):
@@ -135,6 +139,8 @@ class SamplingRequest(RequestModel):
             raise ValueError(f"unsupported by this server: {', '.join(bad)}")
         if isinstance(self.stop, list) and len(self.stop) > 16:
             raise ValueError("stop: at most 16 strings")
+        if self.stream_options is not None and self.stream_options.continuous_usage_stats and not self.stream:
+            raise ValueError("stream_options.continuous_usage_stats: needs stream set to true")  # vLLM refuses it too
         self.bias()  # token ids and ranges checked here, so the error is a 400 at parse time
         return self
 
@@ -148,6 +154,12 @@ class SamplingRequest(RequestModel):
     def turns(self) -> int:
         """Turns the request runs (a batch of completion prompts runs one per prompt)."""
         return 1
+
+    def continuous_usage(self) -> bool:
+        """Whether every streamed chunk carries the usage so far (vLLM's ``continuous_usage_stats``,
+        on only with ``include_usage``, as in vLLM)."""
+        o = self.stream_options
+        return self.stream and o is not None and bool(o.include_usage and o.continuous_usage_stats)
 
     def needs_template(self) -> bool:
         """Whether reading this request needs the chat template's tool syntax (ChatFormat.tool_syntax)."""

@@ -103,6 +103,7 @@ class ResponsesRequest(SamplingRequest):
             # chat-completion fields with a Responses name, or none here
             "max_tokens": self.max_tokens is not None, "n": self.n not in (None, 1), "session_id": self.session_id is not None,
             "logit_bias": bool(self.logit_bias),
+            "stream_options.continuous_usage_stats": bool(self.stream_options and self.stream_options.continuous_usage_stats),
         }
 
     def engine_messages(self) -> list[dict]:

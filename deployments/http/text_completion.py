@@ -13,7 +13,9 @@ A batch of prompts (``TextBatch``) is one TextResponse per prompt, its choices
 numbered from ``prompt * n``. Streamed, their events go out as they come, and
 the usage summed over the prompts goes out once, in a last event with no
 choices (the shape of OpenAI's ``stream_options.include_usage``); an error in
-one prompt's stream is an error event, and the others go on.
+one prompt's stream is an error event, and the others go on. With
+``continuous_usage_stats`` (completion.py) every event carries its own prompt's
+usage so far.
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ class TextResponse(ChatResponse):
         if usage is not None and not self.batched:
             body["usage"] = usage_body(usage)
             body.update(self._meta())
+        elif self.continuous_usage:  # in a batch: this prompt's (as vLLM); the summed usage still comes last
+            body["usage"] = self._usage_so_far(usage)
         return body
 
     async def bodies(self) -> AsyncIterator[dict]:

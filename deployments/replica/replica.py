@@ -141,7 +141,8 @@ class LLMReplica:
             if isinstance(answer, TurnReplay):
                 done = True
                 self._turns[CacheState.REPLAYED] += 1
-                yield TurnStart(session_id, self._id, CacheState.REPLAYED, received_at, time.time(), turn=answer.seq)
+                yield TurnStart(session_id, self._id, CacheState.REPLAYED, received_at, time.time(), turn=answer.seq,
+                                prompt_tokens=answer.usage.prompt_tokens)
                 *others, own = Replies.replayed(answer.text, answer.finish_reason, answer.others)
                 for chunk in others:
                     yield chunk
@@ -176,11 +177,13 @@ class LLMReplica:
             watch.lap(TurnPhase.FIRST_TOKEN)
             self._turns[cache] += 1
             replies = Replies()  # per choice; choice 0 is the session's (replies.py)
+            prompt_tokens = chunk.usage.prompt_tokens if chunk.final else chunk.prompt_tokens
             if chunk.final:  # a one-chunk turn: its chunk waits for the commit below
-                yield TurnStart(session_id, self._id, cache, received_at, time.time(), turn=grant.seq + 1)
+                yield TurnStart(session_id, self._id, cache, received_at, time.time(), turn=grant.seq + 1, prompt_tokens=prompt_tokens)
             else:
                 replies.add(chunk)
-                yield TurnStart(session_id, self._id, cache, received_at, time.time(), first=chunk, turn=grant.seq + 1)
+                yield TurnStart(session_id, self._id, cache, received_at, time.time(), first=chunk, turn=grant.seq + 1,
+                                prompt_tokens=prompt_tokens)
                 chunk = await stream.__anext__()
             while not chunk.final:
                 replies.add(chunk)

@@ -18,8 +18,10 @@ from swiftinfer_core.protocol import StreamChunk, Usage
 
 
 class ReplyAssembler:
-    def __init__(self, tokenizer, params: SamplingParams, eos_ids: Sequence[int], max_tokens: int):
+    def __init__(self, tokenizer, params: SamplingParams, eos_ids: Sequence[int], max_tokens: int, prompt_tokens: int | None = None):
         self.params = params
+        self.prompt_tokens = prompt_tokens  # the turn's input tokens, told on the first chunk (StreamChunk.prompt_tokens)
+        self.told = False  # a chunk went out
         self.eos_ids = frozenset(eos_ids)
         self.max_tokens = min(max_tokens, params.max_tokens)
         self.detok = IncrementalDetokenizer(tokenizer, params.stop)
@@ -46,8 +48,13 @@ class ReplyAssembler:
             elif len(self.output_ids) >= self.max_tokens:
                 self.reason = FinishReason.LENGTH
             if text:
-                chunks.append(StreamChunk(text=text, token_ids=[tok]))
+                chunks.append(StreamChunk(text=text, token_ids=[tok], prompt_tokens=self._prompt_count()))
         return chunks
+
+    def _prompt_count(self) -> int | None:
+        """``prompt_tokens`` on the first chunk, None after."""
+        first, self.told = not self.told, True
+        return self.prompt_tokens if first else None
 
     def end_reason(self, engine_finished: bool) -> FinishReason:
         """Why the reply ended: ours if we decided, else the engine's end (which,
@@ -59,4 +66,4 @@ class ReplyAssembler:
         return FinishReason.STOP if engine_finished else FinishReason.ABORT
 
     def final(self, reason: FinishReason, usage: Usage) -> StreamChunk:
-        return StreamChunk(text=self.detok.flush(), token_ids=[], finish_reason=reason, usage=usage)
+        return StreamChunk(text=self.detok.flush(), token_ids=[], finish_reason=reason, usage=usage, prompt_tokens=self._prompt_count())

@@ -136,7 +136,7 @@ class TrtllmEngine(EngineProtocol):
         params = params or SamplingParams()
         session, new_ids = self._begin(session_id, messages, params)
         prompt = round_prompt(session, new_ids)
-        reply = ReplyAssembler(self.format.tok, params, self.eos_ids, self.limits.reply_budget(len(prompt), params.max_tokens))
+        reply = ReplyAssembler(self.format.tok, params, self.eos_ids, self.limits.reply_budget(len(prompt), params.max_tokens), len(new_ids))
         request = self._llm.generate_async(prompt, sampling_params=self._sampling(params, reply.max_tokens), streaming=True)
         self._active[session_id] = request
         session.prefilled_tokens += len(prompt)

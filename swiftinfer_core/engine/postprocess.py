@@ -95,8 +95,10 @@ class Postprocessor:
 
     def _text_event(self, turn: Turn, text: str) -> TurnEvent:
         """A mid-reply chunk: ``text`` with the ids (and logprobs) not yet sent."""
+        prompt_tokens = self._prompt_count(turn)
         ids, lps = self._unsent(turn)
-        return TurnEvent(turn, StreamChunk(text=text, token_ids=ids, logprobs=lps, prompt_logprobs=self._prompt_scores(turn), index=turn.index))
+        return TurnEvent(turn, StreamChunk(text=text, token_ids=ids, logprobs=lps, prompt_logprobs=self._prompt_scores(turn), index=turn.index,
+                                           prompt_tokens=prompt_tokens))
 
     def _unsent(self, turn: Turn) -> tuple[list[int], list[TokenLogprobs] | None]:
         """Sampled ids (and their logprobs, when asked) not yet in a chunk: a token
@@ -142,6 +144,7 @@ class Postprocessor:
         if late:
             self.deferred = [(t, tok) for t, tok in self.deferred if t is not turn]
         tail = "".join(turn.detok.add(tok) for tok in late) + turn.detok.flush()
+        prompt_tokens = self._prompt_count(turn)
         ids, lps = self._unsent(turn)
         if reason is FinishReason.STOP and ids and ids[-1] in self.eos_ids and not turn.params.ignore_eos:
             ids.pop()  # the end token is no output
@@ -155,7 +158,16 @@ class Postprocessor:
             )
             record = main.session.record()
         return TurnEvent(turn, StreamChunk(text=tail, token_ids=ids, finish_reason=reason, usage=usage, record=record,
-                                           logprobs=lps, prompt_logprobs=self._prompt_scores(turn), index=turn.index))
+                                           logprobs=lps, prompt_logprobs=self._prompt_scores(turn), index=turn.index,
+                                           prompt_tokens=prompt_tokens))
+
+    @staticmethod
+    def _prompt_count(turn: Turn) -> int | None:
+        """The turn's input tokens on a choice's first chunk (none of its ids sent yet: call
+        before ``_unsent``), None after; a fork counts none of its own, so its main turn's."""
+        if turn.sent:
+            return None
+        return (turn.choices.main if turn.choices is not None else turn).prompt_tokens
 
     @staticmethod
     def _prompt_scores(turn: Turn) -> list | None:

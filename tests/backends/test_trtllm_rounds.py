@@ -94,10 +94,11 @@ def _feed(reply: ReplyAssembler, ids: list[int]) -> list:
 
 def test_trtllm_reply_text_matches_decode_and_stops_at_eos(fmt):
     ids = fmt.encode("The sky is blue, and the grass is green.")
-    reply = ReplyAssembler(fmt.tok, SamplingParams(max_tokens=100), (EOS,), 100)
+    reply = ReplyAssembler(fmt.tok, SamplingParams(max_tokens=100), (EOS,), 100, prompt_tokens=17)
     chunks = _feed(reply, ids + [EOS, 500, 501])
     assert reply.reason == "stop" and reply.output_ids == ids + [EOS]
     assert "".join(c.text for c in chunks) + reply.detok.flush() == fmt.tok.decode(ids)
+    assert [c.prompt_tokens for c in chunks] == [17] + [None] * (len(chunks) - 1)  # told on the first chunk only
 
 
 def test_trtllm_reply_length_and_ignore_eos(fmt):

@@ -1,4 +1,6 @@
-"""The load report's concurrency timeline, on hand-made turn records."""
+"""The load report's concurrency timeline, on hand-made turn records; the load client's per-token gaps, on hand-made events."""
+
+import pytest
 
 from bench.load_client import TurnResult
 from bench.load_report import summarize, timeline
@@ -35,3 +37,23 @@ def test_itl_per_token_spreads_each_chunk_gap_over_its_tokens():
     s = summarize([a, b], 0.0, 1.0)
     assert s["itl_token_s"]["n"] == 4 and s["itl_token_s"]["p50"] == 0.05
     assert s["itl_s"]["n"] == 2  # the per-chunk gaps stay as they were
+
+
+def test_token_clock_takes_each_chunks_tokens_from_the_running_usage_or_the_listed_logprobs():
+    from bench.load_client import TokenClock
+
+    def chunk(usage: int | None = None, listed: int | None = None) -> tuple[dict, dict]:
+        choice = {"delta": {"content": "x"}, "logprobs": None if listed is None else {"content": [{}] * listed}}
+        event = {"choices": [choice]} | ({} if usage is None else {"usage": {"prompt_tokens": 7, "completion_tokens": usage}})
+        return event, choice
+
+    clock = TokenClock()  # continuous_usage_stats: the rise of completion_tokens since the last content chunk
+    for now, (event, choice) in ((1.0, chunk(usage=2)), (1.1, chunk(usage=4)), (1.12, chunk(usage=5)), (1.2, chunk(usage=5))):
+        clock.content(now, event, choice)
+    assert clock.first == 1.0 and clock.counted == 5
+    assert clock.gaps == pytest.approx([0.1, 0.02, 0.08])
+    assert clock.token_gaps == pytest.approx([0.0, 0.05, 0.05, 0.02])  # the last chunk brought no token: no entry
+    listed = TokenClock()  # a server without continuous usage: the tokens each chunk's logprobs list, as before
+    for now, (event, choice) in ((1.0, chunk(listed=3)), (1.3, chunk(listed=2)), (1.4, chunk())):
+        listed.content(now, event, choice)
+    assert listed.token_gaps == pytest.approx([0.0, 0.0, 0.15, 0.15]) and listed.gaps == pytest.approx([0.3, 0.1])

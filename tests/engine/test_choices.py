@@ -44,6 +44,10 @@ def test_greedy_choices_share_one_prefill_and_equal_a_single_choice(make_core):
     outs = [turn.output_ids] + [f.output_ids for f in turn.choices.forks]
     assert last.usage.prompt_tokens == prompt and last.usage.completion_tokens == sum(map(len, outs))
     assert last.usage.prefilled_tokens == prompt
+    # each choice's first chunk tells the input's tokens (a fork its main turn's), before the final chunk does
+    firsts = {c.index: c for c in reversed(chunks)}
+    assert {i: c.prompt_tokens for i, c in firsts.items()} == {0: prompt, 1: prompt, 2: prompt}
+    assert all(c.prompt_tokens is None for c in chunks if firsts[c.index] is not c)
     assert core.pool.slots.free == 4 - 2  # the two sessions keep theirs; the forks' slots are back
 
 

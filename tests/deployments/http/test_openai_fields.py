@@ -1,11 +1,14 @@
 """Issue 18 on a real local Ray cluster, through the ``openai`` client: penalties,
 logit_bias, min_tokens and logprobs (streamed and not) against the model's own
 logits computed here; /v1/completions (text and token-id prompts, sessions,
-logprobs, echo with prompt logprobs, stop, batches of prompts); /tokenize and /detokenize; and a 400
-naming each field this server still refuses."""
+logprobs, echo with prompt logprobs, stop, batches of prompts); /tokenize and /detokenize; vLLM's
+``stream_options.continuous_usage_stats`` on both APIs (and the load client's token counts from it);
+and a 400 naming each field this server still refuses."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections import Counter
 
 import httpx
@@ -274,3 +277,115 @@ def test_completions_echo_scores_the_prompt(app, reference, stream):
         assert list(tops[i]) == [fmt.tok.decode([int(ref[i - 1].argmax())])], i
     offsets = [o for x in lp for o in x.text_offset]
     assert offsets == [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+
+
+CONTINUOUS = {"include_usage": True, "continuous_usage_stats": True}
+
+
+def sse_events(http: httpx.Client, url: str, body: dict) -> list[dict]:
+    """The ``data:`` events of a streamed request, ``[DONE]`` left out (it must come last)."""
+    with http.stream("POST", url, json=body) as resp:
+        assert resp.status_code == 200, resp.read()
+        data = [line[6:] for line in resp.iter_lines() if line.startswith("data: ")]
+    assert data[-1] == "[DONE]"
+    return [json.loads(d) for d in data[:-1]]
+
+
+def check_running_usage(events: list[dict], text_of) -> dict:
+    """Every event of a continuous-usage stream carries usage; the content events' completion
+    tokens rise strictly and end at the final usage's, with the final's prompt tokens throughout.
+    Returns the final usage (the one event with the full usage body)."""
+    (final,) = [e["usage"] for e in events if "usage" in e and "cached_tokens" in e["usage"]]
+    assert all("usage" in e for e in events)
+    content = [e["usage"] for e in events if e["choices"] and text_of(e["choices"][0])]
+    assert content and all(set(u) == {"prompt_tokens", "completion_tokens", "total_tokens"} or u is final for u in content)
+    counts = [u["completion_tokens"] for u in content]
+    assert all(a < b for a, b in zip(counts, counts[1:])), counts
+    assert counts[0] >= 1 and counts[-1] == final["completion_tokens"], (counts, final)
+    assert {u["prompt_tokens"] for u in content} == {final["prompt_tokens"]}
+    assert all(u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"] for u in content)
+    return final
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_chat_stream_continuous_usage(app, reference, n):
+    """With continuous_usage_stats every chunk carries the usage so far (choices summed for n > 1);
+    without it the chunks are as before: usage on the final one only."""
+    _, http, prefix = app
+    fmt, _ = reference
+    url = f"{prefix}/v1/chat/completions"
+    body = dict(model=MODEL_ID, messages=USER, max_tokens=10, temperature=0, ignore_eos=True, n=n, stream=True)
+    events = sse_events(http, url, {**body, "stream_options": CONTINUOUS})
+    final = check_running_usage(events, lambda c: c["delta"].get("content"))
+    assert final["completion_tokens"] == 10 * n and final["prompt_tokens"] == len(fmt.first_round(USER))
+    roles = [e for e in events if "role" in e["choices"][0]["delta"]]
+    assert len(roles) == n and all(e["usage"]["completion_tokens"] == 0 for e in roles)  # as vLLM's role chunk
+    plain = sse_events(http, url, {**body, "stream_options": {"include_usage": True}})
+    assert [e for e in plain if "usage" in e] == [plain[-1]] and plain[-1]["usage"]["completion_tokens"] == 10 * n
+
+    def texts(evs):
+        return ["".join(e["choices"][0]["delta"].get("content") or "" for e in evs if e["choices"][0]["index"] == i) for i in range(n)]
+    assert texts(plain) == texts(events)
+    # vLLM's rule: the running usage only with include_usage
+    off = sse_events(http, url, {**body, "stream_options": {"include_usage": False, "continuous_usage_stats": True}})
+    assert [e for e in off if "usage" in e] == [off[-1]]
+
+
+def test_completions_stream_continuous_usage(app, reference):
+    """Text completions: the running usage counts the prompt's tokens; in a batch each event
+    carries its own prompt's usage so far, and the summed usage still comes last, alone."""
+    _, http, prefix = app
+    fmt, _ = reference
+    url = f"{prefix}/v1/completions"
+    prompts = ["The three primary colours are", "Once upon a time"]
+    ids = [fmt.encode_as_text(p) for p in prompts]
+    body = dict(model=MODEL_ID, max_tokens=6, temperature=0, ignore_eos=True, stream=True, stream_options=CONTINUOUS)
+    final = check_running_usage(sse_events(http, url, {**body, "prompt": prompts[0]}), lambda c: c["text"])
+    assert (final["prompt_tokens"], final["completion_tokens"]) == (len(ids[0]), 6)
+    plain = sse_events(http, url, {**body, "prompt": prompts[0], "stream_options": {"include_usage": True}})
+    assert [e for e in plain if "usage" in e] == [plain[-1]]
+    events = sse_events(http, url, {**body, "prompt": ids})
+    *parts, total = events
+    assert total["choices"] == [] and total["usage"]["completion_tokens"] == 12
+    for i in range(2):
+        mine = [e["usage"] for e in parts if e["choices"][0]["index"] == i]
+        counts = [u["completion_tokens"] for u in mine]
+        assert {u["prompt_tokens"] for u in mine} == {len(ids[i])}
+        assert all(a <= b for a, b in zip(counts, counts[1:])) and counts[-1] == 6, counts
+
+
+def test_continuous_usage_needs_stream(app):
+    """As vLLM (which refuses any stream_options without stream): a 400 naming the field."""
+    _, http, prefix = app
+    for path, extra in (("/v1/chat/completions", {"messages": USER}), ("/v1/completions", {"prompt": "Hi"})):
+        for stream in (False, None):
+            body = {"model": MODEL_ID, "max_tokens": 2, "stream_options": CONTINUOUS, **extra}
+            if stream is not None:
+                body["stream"] = stream
+            resp = http.post(f"{prefix}{path}", json=body)
+            assert resp.status_code == 400, (path, resp.text)
+            err = resp.json()["error"]
+            assert err["type"] == "invalid_request_error" and "continuous_usage_stats" in err["message"], err
+    ok = http.post(f"{prefix}/v1/chat/completions", json={"model": MODEL_ID, "max_tokens": 2, "messages": USER,
+                                                         "stream_options": {"continuous_usage_stats": False}})
+    assert ok.status_code == 200, ok.text
+
+
+def test_load_client_counts_tokens_from_continuous_usage(app, cluster):
+    """bench/load_client.py's per-token gaps (``--token-counts``) from the usage of a real stream:
+    every token after the first gets one entry, with no logprobs asked."""
+    from bench.load_client import TurnResult, _attempt
+
+    _, _, prefix = app
+    body = {"model": MODEL_ID, "stream": True, "max_tokens": 12, "temperature": 0, "ignore_eos": True, "messages": USER,
+            "stream_options": CONTINUOUS}
+
+    async def go() -> TurnResult:
+        res = TurnResult("", 0, "load-usage-1", scheduled=0.0)
+        async with httpx.AsyncClient(base_url=cluster, timeout=120) as client:
+            await _attempt(client, f"{prefix}/v1/chat/completions", body, res.key, res)
+        return res
+
+    res = asyncio.run(go())
+    assert res.completion_tokens == 12 and len(res.token_gaps) == 11 and res.gaps
+    assert all(g >= 0 for g in res.token_gaps)

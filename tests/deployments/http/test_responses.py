@@ -124,6 +124,7 @@ def test_store_false_is_not_kept(client, base):
     ({"extra_body": {"max_tokens": 5}}, "max_tokens"),
     ({"extra_body": {"frobnicate": 1}}, "frobnicate"),
     ({"max_output_tokens": 0}, "max_output_tokens"),
+    ({"stream": True, "extra_body": {"stream_options": {"continuous_usage_stats": True}}}, "continuous_usage_stats"),  # chat's, vLLM's
 ])
 def test_what_this_server_cannot_do_is_a_400_naming_it(client, kwargs, named):
     with pytest.raises(openai.BadRequestError, match=named):

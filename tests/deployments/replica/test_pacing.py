@@ -85,8 +85,9 @@ def test_engine_errors_propagate():
 
 def test_merge_keeps_the_last_chunks_finish_and_usage():
     u = Usage(1, 2, 1, 0)
-    m = merge_chunks([StreamChunk("a", [1]), StreamChunk("b", [2], "stop", u)])
+    m = merge_chunks([StreamChunk("a", [1], prompt_tokens=5), StreamChunk("b", [2], "stop", u)])
     assert (m.text, m.token_ids, m.finish_reason, m.usage) == ("ab", [1, 2], "stop", u)
+    assert m.prompt_tokens == 5  # the first chunk's input count (TurnStart.prompt_tokens) survives the merge
 
 
 def test_budget_spreads_the_replica_rate_over_open_streams():
