@@ -129,6 +129,12 @@ class MixedPlan:
     n_decode: int
 
 
+# Decode tiles over an FP8 cache with a bf16/fp16 query (the float16 tile path): 128 keys, 4 stages. On one H100
+# at 4+2044 (bench/results/kernels_decode_fp8_regs.json) they took 0.74-0.80x the time of the bf16 cache's 64-key
+# default at 32 and 128 conversations, MHA and GQA, where fp8 at the bf16 default took 0.96-1.10x.
+FP8_DECODE_TILES = (128, 4)  # (block_n, stages)
+
+
 class TritonAttention(Attention):
     """Triton kernels: decode_attention.py (write fused), prefill_attention.py + write_cache.py."""
 
@@ -169,12 +175,16 @@ class TritonAttention(Attention):
         tok_seq = torch.tensor(seq, dtype=torch.int32, device=batch.slots.device)
         return PrefillPlan(batch, tok_seq, max(batch.q_lens_list, default=0))
 
-    def _decode_workspace(self, plan: DecodePlan, q: torch.Tensor, hkv: int) -> None:
+    def _decode_tiles(self, q: torch.Tensor, fp8: bool) -> tuple[int, int]:
+        """(block_n, stages) of the decode kernel for this query dtype and cache."""
+        return FP8_DECODE_TILES if fp8 and q.dtype != torch.float32 else (self.block_n, self.stages)
+
+    def _decode_workspace(self, plan: DecodePlan, q: torch.Tensor, hkv: int, block_n: int) -> None:
         B, hq, D = q.shape
         ws = plan.workspace
         if ws is None or ws[0].shape[1] != hq or ws[0].shape[3] != self._common.padded(D):
             sms = self._common.sm_count(q.device)
-            plan.splits = self._splits.decode_splits(B, hkv, self.layout.capacity, self.block_n, sms, self.waves)
+            plan.splits = self._splits.decode_splits(B, hkv, self.layout.capacity, block_n, sms, self.waves)
             plan.workspace = self._splits.decode_workspace(B, hq, hkv, D, plan.splits[0], q.device)
 
     def forward(self, plan, q, k_new, v_new, k_cache, v_cache, layer: int | None = None) -> torch.Tensor:
@@ -190,11 +200,12 @@ class TritonAttention(Attention):
         freqs = spec.freqs
         (k_cache, ks), (v_cache, vs) = kv_fp8.split(k_cache), kv_fp8.split(v_cache)  # scales None unless FP8
         if isinstance(plan, DecodePlan):
-            self._decode_workspace(plan, q, k_cache.shape[1])
+            block_n, stages = self._decode_tiles(q, ks is not None)
+            self._decode_workspace(plan, q, k_cache.shape[1], block_n)
             return self._decode.decode_attention(
                 q, k_new, v_new, k_cache, v_cache, plan.slots, plan.starts, freqs, spec.scale,
-                lay.sinks, lay.window, fuse_write=True, block_n=self.block_n,
-                num_warps=self.num_warps, stages=self.stages, splits=plan.splits, workspace=plan.workspace,
+                lay.sinks, lay.window, fuse_write=True, block_n=block_n,
+                num_warps=self.num_warps, stages=stages, splits=plan.splits, workspace=plan.workspace,
                 fused_combine=self.fused_combine, sliding_window=spec.sliding_window, alibi=spec.alibi, softcap=spec.softcap,
                 k_scale=ks, v_scale=vs,
             )

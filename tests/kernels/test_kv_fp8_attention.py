@@ -17,7 +17,7 @@ from kernels_naive import TOL, fresh_seed, make_inputs, naive_attention, rel_err
 
 from swiftinfer_core.cache.kv_fp8 import E4M3_MAX, FP8, Fp8KV
 from swiftinfer_core.cache.layout import StreamLayout
-from swiftinfer_core.kernels.attention import TorchAttention, TritonAttention
+from swiftinfer_core.kernels.attention import FP8_DECODE_TILES, TorchAttention, TritonAttention
 from swiftinfer_core.kernels.batch import AttnBatch
 from swiftinfer_core.kernels.decode_attention import decode_attention
 from swiftinfer_core.kernels.decode_splits import decode_splits, decode_workspace
@@ -191,6 +191,32 @@ def test_triton_backend_matches_torch_on_an_fp8_cache(dev):
             assert _same(a.cpu(), b.cpu()), f"seed {seed} step {step}"
         for s, c in step:
             fed[s] += c
+
+
+def test_triton_backend_decodes_a_bf16_query_over_fp8_in_its_fp8_tiles(dev):
+    """The backend's default decode over an FP8 cache with a bf16 query runs FP8_DECODE_TILES (128-key tiles, its
+    splits in whole tiles) and agrees with float64 attention over the dequantised cache, caches bit-identical to
+    the torch path's writes; a float32 query keeps the backend's own tiles."""
+    seed = fresh_seed()
+    layout = StreamLayout(4, 300)  # 304 rows: three 128-key tiles, the last one partial
+    hq, hkv, D = 4, 2, 64
+    freqs = inv_freq(D, 10000.0).to(dev)
+    tri, ref = TritonAttention(layout, freqs, D**-0.5), TorchAttention(layout, freqs, D**-0.5)
+    assert tri._decode_tiles(torch.empty(0, dtype=torch.bfloat16), fp8=True) == FP8_DECODE_TILES
+    assert tri._decode_tiles(torch.empty(0, dtype=torch.float32), fp8=True) == (tri.block_n, tri.stages)
+    caches = [[Fp8KV.quantize(_spread(torch.randn(3, hkv, layout.capacity, D, device=dev))) for _ in range(2)] for _ in range(2)]
+    caches[1] = [c.clone() for c in caches[0]]
+    starts = [5, 303, 1000]  # inside the window, exactly full less one, wrapped
+    batch = AttnBatch.build([2, 0, 1], starts, [1] * 3, dev)
+    q = torch.randn(3, hq, D, device=dev).to(torch.bfloat16)
+    k, v = _spread(torch.randn(3, hkv, D, device=dev)).to(torch.bfloat16), torch.randn(3, hkv, D, device=dev).to(torch.bfloat16)
+    want = ref.forward(ref.prepare(batch), q.double(), k.double(), v.double(), *caches[1])
+    plan = tri.prepare(batch)
+    out = tri.forward(plan, q, k, v, *caches[0])
+    assert plan.splits[1] % FP8_DECODE_TILES[0] == 0
+    assert rel_err(out.double(), want) < 1e-2, f"seed {seed}"
+    for a, b in zip(*caches):
+        assert _same(a.cpu(), b.cpu()), f"seed {seed}"
 
 
 # ---- GPU only: bf16 at Llama-2-7B shapes (32 query heads x 128), fp8 caches 4+252 .. 4+4092
