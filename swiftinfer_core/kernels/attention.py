@@ -130,8 +130,8 @@ class MixedPlan:
 
 
 # Decode tiles over an FP8 cache with a bf16/fp16 query (the float16 tile path): 128 keys, 4 stages. On one H100
-# at 4+2044 (bench/results/kernels_decode_fp8_regs.json) they took 0.74-0.80x the time of the bf16 cache's 64-key
-# default at 32 and 128 conversations, MHA and GQA, where fp8 at the bf16 default took 0.96-1.10x.
+# at 4+2044 (bench/results/kernels_decode_fp8_regs.json), 32 and 128 conversations, MHA and GQA, fp8's best point
+# (128-key tiles) took 0.72-0.85x the time of the bf16 cache's 64-key default, where fp8 at that default took 0.92-1.10x.
 FP8_DECODE_TILES = (128, 4)  # (block_n, stages)
 
 
