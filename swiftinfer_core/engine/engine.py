@@ -26,10 +26,11 @@ import torch
 
 from swiftinfer_core.config import EngineConfig, SamplingParams
 from swiftinfer_core.engine.core import EngineCore
+from swiftinfer_core.engine.delivery import deliver_to_loops, read_stream
 from swiftinfer_core.engine.session import Turn
 from swiftinfer_core.errors import EngineClosedError
 from swiftinfer_core.runner.resolve import torch_device
-from swiftinfer_core.protocol import Absent, EngineStats, KVSnapshot, SessionRecord, SessionStats, SessionView, StreamChunk, merge_per_choice
+from swiftinfer_core.protocol import Absent, EngineStats, KVSnapshot, SessionRecord, SessionStats, SessionView, StreamChunk
 from swiftinfer_core.protocol import EngineProtocol
 
 log = logging.getLogger(__name__)
@@ -349,52 +350,3 @@ def _poisons_device(exc: BaseException) -> bool:
     accel = getattr(torch, "AcceleratorError", None)
     return (isinstance(exc, StickyDeviceFault) or (accel is not None and isinstance(exc, accel))
             or "CUDA error" in str(exc) or "device-side assert" in str(exc))
-
-
-def deliver_to_loops(items: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, object]],
-                     on_wake: Callable[[], None] | None = None) -> None:
-    """From a non-loop thread: put each item on its queue, with one cross-thread
-    wake-up per event loop (not one per item). ``on_wake`` runs on each loop as
-    its items land (hand-off timing, engine/handoff.py)."""
-    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-    for loop, queue, item in items:
-        by_loop.setdefault(loop, []).append((queue, item))
-    for loop, batch in by_loop.items():
-        if not loop.is_closed():
-            loop.call_soon_threadsafe(_put_all, batch, on_wake)
-
-
-def _put_all(batch: list[tuple[asyncio.Queue, object]], on_wake: Callable[[], None] | None = None) -> None:
-    if on_wake is not None:
-        on_wake()
-    for queue, item in batch:
-        queue.put_nowait(item)
-
-
-async def read_stream(queue: asyncio.Queue) -> AsyncIterator[StreamChunk]:
-    """A turn's chunks from its queue until the final one; an error item raises."""
-    while True:
-        item = await queue.get()
-        if isinstance(item, BaseException):
-            raise item
-        items, pending = coalesce(item, queue)
-        for chunk in items:
-            yield chunk
-        if pending is not None:
-            raise pending
-        if items[-1].final:
-            return
-
-
-def coalesce(item: StreamChunk, queue: asyncio.Queue) -> tuple[list[StreamChunk], BaseException | None]:
-    """Merge chunks already waiting behind ``item`` into one per choice (the
-    turn's final chunk last). A consumer that keeps up sees one chunk per token
-    and choice; one that falls behind (a busy replica loop, a slow stream) gets
-    fewer, larger chunks instead of a growing backlog. Never waits."""
-    chunks = [item]
-    while not chunks[-1].final and not queue.empty():
-        nxt = queue.get_nowait()
-        if isinstance(nxt, BaseException):
-            return merge_per_choice(chunks), nxt
-        chunks.append(nxt)
-    return merge_per_choice(chunks), None

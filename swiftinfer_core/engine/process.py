@@ -25,7 +25,7 @@ from typing import AsyncIterator
 
 from swiftinfer_core.config import EngineConfig, SamplingParams
 from swiftinfer_core.engine.child import run_child
-from swiftinfer_core.engine.engine import deliver_to_loops, read_stream
+from swiftinfer_core.engine.delivery import deliver_to_loops, read_stream
 from swiftinfer_core.engine.handoff import Handoff
 from swiftinfer_core.recent_times import RecentTimes
 from swiftinfer_core.engine.ipc import AbortTurn, Call, EngineCall, Ready, Reply, StartTurn, StepEvents
