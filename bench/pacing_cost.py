@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from deployments.replica import pacing  # noqa: E402
-from swiftinfer_core.engine.engine import _put_all, read_stream  # noqa: E402
+from swiftinfer_core.engine.delivery import _put_all, read_stream  # noqa: E402
 from swiftinfer_core.protocol import StreamChunk, Usage  # noqa: E402
 
 
