@@ -36,8 +36,9 @@ row and head in K_SCALE/V_SCALE [slots, Hkv, cap]. The scales are folded into
 the scores and the softmax weights (kernels/kv_fp8_tl.py: exact for power-of-two
 scales), the new token is scored from k_new as computed and stored quantised.
 With a bf16/fp16 query (constexpr F16) the tiles run in float16 instead
-(kernels/kv_fp8_decode_tl.py: V converted in registers, the tile's RoPE angle on
-the query rows); a float32 query keeps the float32 path.
+(kernels/kv_fp8_decode_tl.py: V converted in registers as int32 words, the tile's
+RoPE angle on the query rows); a float32 query, or a head_dim not a multiple of 4,
+keeps the float32 path.
 """
 
 from __future__ import annotations
@@ -129,6 +130,11 @@ def _decode_split_kernel(
     m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, D_PAD], tl.float32)
+    if F16:  # V as four strided tiles (kv_fp8_decode_tl.load_v): four accumulators, dims 4c + j
+        a0 = tl.zeros([GROUP_PAD, D_PAD // 4], tl.float32)
+        a1 = tl.zeros([GROUP_PAD, D_PAD // 4], tl.float32)
+        a2 = tl.zeros([GROUP_PAD, D_PAD // 4], tl.float32)
+        a3 = tl.zeros([GROUP_PAD, D_PAD // 4], tl.float32)
 
     k_base = K_CACHE + slot * sc_s + kvh * sc_h
     v_base = V_CACHE + slot * sc_s + kvh * sc_h
@@ -170,8 +176,8 @@ def _decode_split_kernel(
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         if F16:
-            acc, r_i = f16.accumulate(acc, alpha, p, tl.load(vs_base + row, mask=in_tile, other=0.0), r_i, v_base, row, in_tile,
-                                      sc_r, 2 * HALF, BLOCK_N, D_PAD, PREC, FAST)
+            a0, a1, a2, a3, r_i = f16.accumulate(a0, a1, a2, a3, alpha, p, tl.load(vs_base + row, mask=in_tile, other=0.0), r_i,
+                                                 v_base, row, in_tile, sc_r, 2 * HALF, D_PAD, PREC, FAST)
         else:
             v = tl.load(v_base + row[:, None] * sc_r + offs_d[None, :], mask=in_tile[:, None] & (offs_d < 2 * HALF)[None, :], other=0.0)
             if FP8:
@@ -179,7 +185,7 @@ def _decode_split_kernel(
             acc = acc * alpha[:, None] + tl.dot(p.to(MMA), v.to(MMA), input_precision=PREC)
         m_i = m_new
     if F16:
-        acc = (acc * 2.0**-15) * r_i  # to plain units
+        acc = (f16.interleave(a0, a1, a2, a3, GROUP_PAD, D_PAD) * 2.0**-15) * r_i  # to plain units
 
     if FUSE_NEW:
         t_log = fill - 1
@@ -298,7 +304,8 @@ def decode_attention(
         HKV=hkv, GROUP=group, GROUP_PAD=group_pad, HALF=D // 2,
         HALF_PAD=padded(D) // 2, D_PAD=padded(D), HAS_CAP=softcap > 0, HAS_ALIBI=alibi is not None,
         BLOCK_N=block_n, FUSE_NEW=fuse_write, MMA=mma_dtype(q.dtype), STAGES=stages, FAST=not interpreting(),
-        PREC=dot_precision(q.dtype), FUSED_COMBINE=fused_combine, SPLIT_PAD=split_pad, FP8=fp8, F16=fp8 and q.dtype != torch.float32,
+        PREC=dot_precision(q.dtype), FUSED_COMBINE=fused_combine, SPLIT_PAD=split_pad, FP8=fp8,
+        F16=fp8 and q.dtype != torch.float32 and D % 4 == 0,
         num_warps=num_warps, maxnreg=maxnreg,
     )
     if not fused_combine:

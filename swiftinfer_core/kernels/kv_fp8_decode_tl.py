@@ -7,12 +7,19 @@ one f16 -> bf16 per value and e4m3 -> float32 one more per value. The offline sm
 build (bench/attention_sass.py) counted those conversions, and V's byte-wise operand
 reads, as most of the FP8 loop's extra instructions over bf16.
 
-- :func:`load_v`: V [BLOCK_N keys, D] as float16. tl.dot(p, v) wants V with keys along
-  the MMA's K dim, but cache rows are D-contiguous; Triton reads an 8-bit operand in
-  that orientation from shared memory one byte at a time (117 LDS per 64-key tile).
-  Loading int16 words (two e4m3 neighbours along D) and converting each word, then
-  joining the halves, makes the tile a float16 register tensor that Triton hands to
-  the MMA through shared memory with ldmatrix.trans, as it does for K.
+- :func:`load_v`: V [BLOCK_N keys, D] as four float16 tiles [BLOCK_N, D/4], tile j holding
+  the dims 4c + j. tl.dot(p, v) wants V with keys along the MMA's K dim, but cache rows
+  are D-contiguous; Triton reads an 8-bit operand in that orientation from shared
+  memory one byte at a time (117 LDS per 64-key tile). So V is loaded as int32 words
+  (four e4m3 neighbours along D), each converted by two packed conversions, and the
+  four strided tiles go to four dots [G, D/4] (:func:`accumulate`), re-interleaved
+  once after the loop (:func:`interleave`). Loaded as int16 pairs and joined (the
+  previous form), Triton gave each thread 32 contiguous bytes in two 16-byte copies
+  per row, so every L2 sector of V was requested twice, and the unswizzled buffer
+  conflicted on banks: Nsight Compute on an H100 counted 33% excess L2 sectors and
+  37% excess shared wavefronts in the loop (bench/results/ncu_attn_h100.txt). Int32
+  words of 16 bytes per thread are contiguous across a warp. Needs D % 4 == 0
+  (every Llama-family head size); decode_attention.py takes the float32 path otherwise.
 - :func:`pv_weights`: the V row scales s_v = 2**k go into the weights, p * s_v, as in
   the float32 path, but p * s_v can leave fp16's range (k is anything from -126 up).
   So the weights are taken relative to R, the running max of the V scales seen:
@@ -54,15 +61,37 @@ def _cvt_pairs(w, FAST: tl.constexpr):
 
 
 @triton.jit
-def load_v(v_base, row, valid, sc_r, D: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, FAST: tl.constexpr):
+def _cvt_quads(w, FAST: tl.constexpr):
+    """w int32 [...]: four e4m3 values, byte i (from the lowest address) the i-th ->
+    four float16 [...], exact."""
+    if FAST:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b16 l, h; .reg .b32 x, y; mov.b32 {l, h}, $4; cvt.rn.f16x2.e4m3x2 x, l; cvt.rn.f16x2.e4m3x2 y, h; "
+            "mov.b32 {$0, $1}, x; mov.b32 {$2, $3}, y; }", "=h,=h,=h,=h,r", [w],
+            dtype=(tl.float16, tl.float16, tl.float16, tl.float16), is_pure=True, pack=1)
+    else:
+        b0 = (w & 0xFF).to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(tl.float16)
+        b1 = ((w >> 8) & 0xFF).to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(tl.float16)
+        b2 = ((w >> 16) & 0xFF).to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(tl.float16)
+        b3 = ((w >> 24) & 0xFF).to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(tl.float16)
+        return b0, b1, b2, b3
+
+
+@triton.jit
+def load_v(v_base, row, valid, sc_r, D: tl.constexpr, D_PAD: tl.constexpr, FAST: tl.constexpr):
     """V rows ``row`` [BLOCK_N] of an e4m3 cache (v_base: the head's first byte, rows
-    sc_r bytes apart, sc_r even) -> [BLOCK_N, D_PAD] float16; invalid rows and
-    padding dims read as 0."""
-    offs_w = tl.arange(0, D_PAD // 2)
-    words = v_base.to(tl.pointer_type(tl.int16)) + row[:, None] * (sc_r // 2) + offs_w[None, :]
-    w = tl.load(words, mask=valid[:, None] & (offs_w < D // 2)[None, :], other=0)  # [BLOCK_N, D_PAD/2]
-    lo, hi = _cvt_pairs(w, FAST)
-    return tl.join(lo, hi).reshape(BLOCK_N, D_PAD)  # element 2i from lo[i], 2i+1 from hi[i]
+    sc_r bytes apart, sc_r and D multiples of 4) -> four float16 [BLOCK_N, D_PAD/4],
+    the j-th holding dims 4c + j; invalid rows and padding dims read as 0."""
+    offs_w = tl.arange(0, D_PAD // 4)
+    words = v_base.to(tl.pointer_type(tl.int32)) + row[:, None] * (sc_r // 4) + offs_w[None, :]
+    w = tl.load(words, mask=valid[:, None] & (offs_w < D // 4)[None, :], other=0)  # [BLOCK_N, D_PAD/4]
+    return _cvt_quads(w, FAST)
+
+
+@triton.jit
+def interleave(a0, a1, a2, a3, G: tl.constexpr, D_PAD: tl.constexpr):
+    """Four [G, D_PAD/4] accumulators, the j-th of dims 4c + j -> [G, D_PAD]."""
+    return tl.join(tl.join(a0, a2), tl.join(a1, a3)).reshape(G, D_PAD)  # [G, c, k, m] = a_(2k+m)
 
 
 @triton.jit
@@ -133,10 +162,17 @@ def scores(qt1, qt2, k1, k2, ci, si, c_step, s_step, PREC: tl.constexpr, FAST: t
 
 
 @triton.jit
-def accumulate(acc, alpha, p, vs, r_i, v_base, row, valid, sc_r, D: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr,
+def accumulate(a0, a1, a2, a3, alpha, p, vs, r_i, v_base, row, valid, sc_r, D: tl.constexpr, D_PAD: tl.constexpr,
                PREC: tl.constexpr, FAST: tl.constexpr):
-    """acc [G, D_PAD] (units of r_i * 2**-15) rescaled by the softmax's alpha [G] and
-    plus this tile's weights p [G, BLOCK_N] times its V rows (row scales vs) -> (acc, r_i)."""
+    """The four accumulators [G, D_PAD/4] (dims 4c + j; units of r_i * 2**-15) rescaled by
+    the softmax's alpha [G] and plus this tile's weights p [G, BLOCK_N] times its V rows
+    (row scales vs) -> (a0, a1, a2, a3, r_i)."""
     w, r_ratio, r_new = pv_weights(p, vs, r_i)
-    v = load_v(v_base, row, valid, sc_r, D, BLOCK_N, D_PAD, FAST)
-    return acc * (alpha * r_ratio)[:, None] + tl.dot(_op(w, FAST), _op(v, FAST), input_precision=PREC), r_new
+    v0, v1, v2, v3 = load_v(v_base, row, valid, sc_r, D, D_PAD, FAST)
+    c = (alpha * r_ratio)[:, None]
+    w = _op(w, FAST)
+    a0 = a0 * c + tl.dot(w, _op(v0, FAST), input_precision=PREC)
+    a1 = a1 * c + tl.dot(w, _op(v1, FAST), input_precision=PREC)
+    a2 = a2 * c + tl.dot(w, _op(v2, FAST), input_precision=PREC)
+    a3 = a3 * c + tl.dot(w, _op(v3, FAST), input_precision=PREC)
+    return a0, a1, a2, a3, r_new

@@ -3,7 +3,7 @@ a bf16/fp16 query over e4m3 rows) at the ranges it rescales for: queries beyond
 fp16's 65504 (q is divided by a power of two), V row scales 2**-12 .. 2**12 apart
 in one window (weights are taken relative to the running max of the V scales, acc
 rescaled as it grows), K rows of different scales, padded head dims (80 -> 128: V
-is read as int16 pairs), GQA, and the ring/sinks cases of test_kv_fp8_attention.
+is read as int32 words, four strided tiles), GQA, and the ring/sinks cases of test_kv_fp8_attention.
 Against float64 attention over the dequantised cache, for every token and head on
 its own (V scales 2**24 apart give heads of very different magnitudes; a wrong
 rescale shows as an O(1) error in the small ones, which the norm over all heads
@@ -42,6 +42,8 @@ def _rows_times(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     (4, 124, 4, 1, 128, torch.bfloat16, {}),  # 8 tiles in one split
     (4, 28, 4, 2, 64, torch.bfloat16, dict(sliding=9, softcap=3.0, alibi=True)),  # layer variants on the same path
     (4, 124, 4, 1, 128, torch.bfloat16, dict(maxnreg=128)),  # registers capped: spilled code on a GPU (ignored by the interpreter)
+    (4, 28, 4, 2, 68, torch.bfloat16, {}),  # 68 -> 128 padded, 17 words of V per row
+    (2, 14, 2, 1, 66, torch.bfloat16, dict(tol=3e-2)),  # head_dim % 4 == 2: the float32 path (bf16 operands; bf16's rounding)
 ])
 def test_decode_fp8_f16_path_at_wide_ranges(sinks, window, hq, hkv, D, dtype, variant, dev):
     seed = fresh_seed()
@@ -80,7 +82,7 @@ def test_decode_fp8_f16_path_at_wide_ranges(sinks, window, hq, hkv, D, dtype, va
         for b in range(B):
             for h in range(hq):
                 err = rel_err(out[b, h], ref[b, h])
-                assert err < 1e-2, f"seed {seed} splits {splits} b {b} h {h}: rel err {err:.2e}"
+                assert err < variant.get("tol", 1e-2), f"seed {seed} splits {splits} b {b} h {h}: rel err {err:.2e}"
         k_run, v_run = k_run.cpu(), v_run.cpu()
         assert torch.equal(k_run.data.view(torch.uint8), want_k.data.view(torch.uint8)) and torch.equal(k_run.scale, want_k.scale)
         assert torch.equal(v_run.data.view(torch.uint8), want_v.data.view(torch.uint8)) and torch.equal(v_run.scale, want_v.scale)
