@@ -38,12 +38,13 @@ from swiftinfer_core.kernels.quant_gemv_mma import gemv_int4_mma
 from swiftinfer_core.model.quant import QuantFormat, dequantize, quantize, weight_bytes
 
 GROUP = 128
-# tensor-core tiles tried per shape: (block_n, warps, stages, waves)
-MMA_TILES = [(64, 4, 3, 4), (128, 4, 3, 4), (128, 4, 4, 4), (128, 8, 3, 4), (256, 8, 3, 4), (128, 4, 3, 8), (64, 4, 4, 8)]
+# tensor-core tiles tried per shape: (block_n, warps, stages, waves, prefetch_x)
+MMA_TILES = [(64, 4, 3, 4, True), (128, 4, 3, 4, True), (128, 4, 3, 4, False), (128, 4, 4, 4, True), (128, 8, 3, 4, True),
+             (256, 8, 3, 4, True), (128, 4, 3, 8, True), (64, 4, 4, 8, True), (64, 4, 2, 8, True)]
 
 
 def mma_cfg(t: tuple) -> dict:
-    return dict(block_n=t[0], block_k=128, warps=t[1], stages=t[2], waves=t[3])
+    return dict(block_n=t[0], block_k=128, warps=t[1], stages=t[2], waves=t[3], prefetch_x=t[4])
 
 
 def shape_point(n: int, k: int, dev, smoke: bool) -> dict:

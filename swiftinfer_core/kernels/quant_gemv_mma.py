@@ -105,7 +105,7 @@ def _x_offsets():
 def _gemv_int4_mma_kernel(
     X, Q, S, Y, WS, CNT, N, K, KB, NG, STEPS, SPLIT,
     BPG: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr, MMA: tl.constexpr, PREC: tl.constexpr,
-    FAST: tl.constexpr,
+    FAST: tl.constexpr, PREFETCH_X: tl.constexpr,
 ):
     NBK: tl.constexpr = 4  # STEP_BLOCKS
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -118,13 +118,19 @@ def _gemv_int4_mma_kernel(
     b_start = tl.program_id(1) * STEPS * NBK
     b_end = tl.minimum(b_start + STEPS * NBK, KB)
     acc = tl.zeros([BLOCK_N, 16], tl.float32)
+    kx = b_start * 32 + x_off
+    xv = tl.load(X + kx, mask=(kx < K) & (kx < b_end * 32), other=0.0)  # [128]: the first step's x
     for b0 in tl.range(b_start, b_end, NBK, num_stages=STAGES):
         bmask = b0 + cw // 4 < b_end
         w = tl.load(q_rows + b0 * 4 + cw[None, :], mask=nmask[:, None] & bmask[None, :], other=0)  # [BLOCK_N, 16] int32
         q0, q1, q2, q3, q4, q5, q6, q7 = _nibbles(w, MMA, FAST)
-        kx = b0 * 32 + x_off
-        xv = tl.load(X + kx, mask=(kx < K) & (kx < b_end * 32), other=0.0)  # [128]
         xt = tl.where(col[None, :] == 0, xv[:, None], 0.0).to(MMA)  # [128, 16]: x in the padded batch's column 0
+        if PREFETCH_X:  # the next step's x, loaded a step ahead (the pipeliner stages only the weights)
+            kx = (b0 + NBK) * 32 + x_off
+            xv = tl.load(X + kx, mask=(kx < K) & (kx < b_end * 32), other=0.0)
+        else:
+            kx = b0 * 32 + x_off
+            xt = tl.where(col[None, :] == 0, tl.load(X + kx, mask=(kx < K) & (kx < b_end * 32), other=0.0)[:, None], 0.0).to(MMA)
         part = tl.dot(_step_operand(q0, q1, q2, q3, q4, q5, q6, q7, BLOCK_N), xt, input_precision=PREC)
         s = tl.load(S + n64 * NG + b0 // BPG, mask=nmask, other=0.0).to(tl.float32)  # the step's group scale per row
         acc += part * s[:, None]
@@ -135,8 +141,9 @@ def _gemv_int4_mma_kernel(
 def gemv_int4_mma(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: int, group: int,
                   out: torch.Tensor | None = None, cfg: dict | None = None) -> torch.Tensor:
     """x [1, K] bf16/fp16, packed uint8 [N, Kp/2], scales [N, Kp/group] (group a multiple
-    of 128) -> y [1, N] in x's dtype. cfg: block_n, warps, stages, waves (default: the
-    table's "int4_mma" batch-1 entry)."""
+    of 128) -> y [1, N] in x's dtype. cfg: block_n, warps, stages, waves, optional
+    prefetch_x (default True: x loaded a step ahead) (default: the table's "int4_mma"
+    batch-1 entry)."""
     n, ng = int4_shape(packed, scales, k, group)
     if x.dim() != 2 or x.shape[0] != 1 or x.shape[1] != k or not x.is_contiguous():
         raise ValueError(f"x must be a contiguous [1, {k}] tensor, got {tuple(x.shape)}")
@@ -152,6 +159,6 @@ def gemv_int4_mma(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k
     _gemv_int4_mma_kernel[(tiles, split)](
         x, packed.view(torch.int32), scales, out, ws, cnt, n, k, kb, ng, per, split,
         BPG=group // 32, BLOCK_N=cfg["block_n"], STAGES=cfg["stages"], MMA=mma_dtype(x.dtype),
-        PREC=dot_precision(x.dtype), FAST=not interpreting(), num_warps=cfg["warps"],
+        PREC=dot_precision(x.dtype), FAST=not interpreting(), PREFETCH_X=cfg.get("prefetch_x", True), num_warps=cfg["warps"],
     )
     return out
