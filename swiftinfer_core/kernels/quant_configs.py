@@ -41,8 +41,6 @@ DEFAULTS: dict[str, dict[int, dict]] = {
         128: dict(block_m=128, block_n=128, block_k=128, warps=8, stages=3, waves=1),
         256: dict(block_m=128, block_n=128, block_k=128, warps=8, stages=3, waves=1),
     },
-    # kernels/quant_gemv_mma.py: batch 1 only (K steps of 128 columns fixed; block_k unused)
-    "int4_mma": {1: dict(block_n=64, block_k=128, warps=4, stages=3, waves=4)},
     "int8": {
         1: dict(block_n=32, block_k=256, warps=4, stages=1, waves=4),
         16: dict(block_m=16, block_n=64, block_k=128, warps=4, stages=3, waves=4),
