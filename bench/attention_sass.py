@@ -44,7 +44,7 @@ def build_decode(fp8: bool, block_n: int, warps: int, stages: int, group: int = 
            "V_SCALE": "*fp32", "SLOTS": "*i32", "STARTS": "*i64", "FREQS": "*fp32", "SLOPES": "*fp32", "ACC": "*fp32",
            "ML": "*fp32", "SEM": "*i32", "OUT": "*bf16"}
     consts = dict(HKV=hkv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HALF=64, HALF_PAD=64, D_PAD=128,
-                  HAS_CAP=False, HAS_ALIBI=False, BLOCK_N=block_n, FUSE_NEW=True, MMA=tl.bfloat16, PREC="tf32",
+                  HAS_CAP=False, HAS_ALIBI=False, HAS_SLIDING=False, BLOCK_N=block_n, FUSE_NEW=True, MMA=tl.bfloat16, PREC="tf32",
                   STAGES=stages, FAST=True, FUSED_COMBINE=False, SPLIT_PAD=2, FP8=fp8, F16=fp8)
     return build(fn, consts, warps, stages, types={**ptr, **dict.fromkeys(FLOATS, "fp32")}, div16=DIV16)
 

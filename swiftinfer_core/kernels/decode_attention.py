@@ -61,10 +61,9 @@ def _load_k(k_base, j0, hi, ns, base, SINKS, WINDOW, sc_r, offs_n, offs_h, HALF:
     cache dtype; their rows and validity [BLOCK_N]."""
     j = j0 + offs_n
     valid = j < hi
-    r = base + (j - ns)
+    r = (base + j0 - ns) + offs_n  # ring offset: < 2 * WINDOW (rows past hi are masked, never read)
     r = tl.where(r >= WINDOW, r - WINDOW, r)
     row = tl.where(j < ns, j, SINKS + r)
-    row = tl.where(valid, row, 0)
     kmask = valid[:, None] & (offs_h < HALF)[None, :]
     kp = k_base + row[:, None] * sc_r + offs_h[None, :]
     k1 = tl.load(kp, mask=kmask, other=0.0)
@@ -78,7 +77,7 @@ def _decode_split_kernel(
     sq_b, sq_h, sn_b, sn_h, sc_s, sc_h, sc_r, ss_s, ss_h, so_b, so_h,
     scale_log2, SINKS, WINDOW, SPLIT_LEN, SLIDING, SCALE_CAP, CAP_LOG2,
     HKV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HALF: tl.constexpr,
-    HALF_PAD: tl.constexpr, D_PAD: tl.constexpr, HAS_CAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    HALF_PAD: tl.constexpr, D_PAD: tl.constexpr, HAS_CAP: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_SLIDING: tl.constexpr,
     BLOCK_N: tl.constexpr, FUSE_NEW: tl.constexpr, MMA: tl.constexpr, PREC: tl.constexpr,
     STAGES: tl.constexpr, FAST: tl.constexpr, FUSED_COMBINE: tl.constexpr, SPLIT_PAD: tl.constexpr, FP8: tl.constexpr,
     F16: tl.constexpr,
@@ -152,9 +151,11 @@ def _decode_split_kernel(
     for j0 in tl.range(lo, hi, BLOCK_N, num_stages=STAGES):
         k1, k2, row, in_tile = _load_k(k_base, j0, hi, ns, base, SINKS, WINDOW, sc_r, offs_n, offs_h, HALF)
         j = j0 + offs_n
-        u = tl.where(j < ns, j, ws + (j - ns))  # stream index of logical key j
-        # a local (sliding-window) layer sees key u only while t - u < SLIDING (else 2**62)
-        valid = (j < hi) & (t - u < SLIDING)
+        if HAS_SLIDING:  # a local (sliding-window) layer sees key u (its stream index) only while t - u < SLIDING
+            u = tl.where(j < ns, j, ws + (j - ns))
+            valid = (j < hi) & (t - u < SLIDING)
+        else:
+            valid = j < hi
         if F16:
             s, qt1, qt2 = f16.scores(qt1, qt2, k1, k2, ci, si, c_step, s_step, PREC, FAST)
         else:
@@ -302,7 +303,7 @@ def decode_attention(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), ks.stride(0), ks.stride(1), out.stride(0), out.stride(1),
         scale * LOG2E, sinks, window, split_len, sliding_window or 1 << 62, scale / softcap if softcap > 0 else 0.0, softcap * LOG2E,
         HKV=hkv, GROUP=group, GROUP_PAD=group_pad, HALF=D // 2,
-        HALF_PAD=padded(D) // 2, D_PAD=padded(D), HAS_CAP=softcap > 0, HAS_ALIBI=alibi is not None,
+        HALF_PAD=padded(D) // 2, D_PAD=padded(D), HAS_CAP=softcap > 0, HAS_ALIBI=alibi is not None, HAS_SLIDING=sliding_window > 0,
         BLOCK_N=block_n, FUSE_NEW=fuse_write, MMA=mma_dtype(q.dtype), STAGES=stages, FAST=not interpreting(),
         PREC=dot_precision(q.dtype), FUSED_COMBINE=fused_combine, SPLIT_PAD=split_pad, FP8=fp8,
         F16=fp8 and q.dtype != torch.float32 and D % 4 == 0,
