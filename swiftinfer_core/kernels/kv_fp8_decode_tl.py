@@ -47,20 +47,6 @@ from swiftinfer_core.kernels import rope_tl
 
 
 @triton.jit
-def _cvt_pairs(w, FAST: tl.constexpr):
-    """w int16 [...]: two e4m3 values, the lower-addressed one in the low byte ->
-    (lo, hi) float16 [...], exact."""
-    if FAST:
-        lo, hi = tl.inline_asm_elementwise(
-            "{ .reg .b32 t; cvt.rn.f16x2.e4m3x2 t, $2; mov.b32 {$0, $1}, t; }", "=h,=h,h", [w],
-            dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
-    else:
-        lo = (w & 0xFF).to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(tl.float16)
-        hi = ((w >> 8) & 0xFF).to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(tl.float16)
-    return lo, hi
-
-
-@triton.jit
 def _cvt_quads(w, FAST: tl.constexpr):
     """w int32 [...]: four e4m3 values, byte i (from the lowest address) the i-th ->
     four float16 [...], exact."""
