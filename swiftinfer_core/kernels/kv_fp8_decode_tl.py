@@ -49,12 +49,17 @@ from swiftinfer_core.kernels import rope_tl
 @triton.jit
 def _cvt_quads(w, FAST: tl.constexpr):
     """w int32 [...]: four e4m3 values, byte i (from the lowest address) the i-th ->
-    four float16 [...], exact."""
+    four float16 [...], exact. On a GPU two elements go to each conversion: in the MMA
+    operand layout V's words reach a thread in pairs of neighbouring keys (k, k + 1),
+    which is the pair one operand register holds, so the bytes are paired across the
+    two words first (two prmt) and each packed conversion writes an operand register
+    as is (no repacking of converted halves)."""
     if FAST:
         return tl.inline_asm_elementwise(
-            "{ .reg .b16 l, h; .reg .b32 x, y; mov.b32 {l, h}, $4; cvt.rn.f16x2.e4m3x2 x, l; cvt.rn.f16x2.e4m3x2 y, h; "
-            "mov.b32 {$0, $1}, x; mov.b32 {$2, $3}, y; }", "=h,=h,=h,=h,r", [w],
-            dtype=(tl.float16, tl.float16, tl.float16, tl.float16), is_pure=True, pack=1)
+            "{ .reg .b32 a, b; .reg .b16 al, ah, bl, bh; prmt.b32 a, $4, $5, 0x5140; prmt.b32 b, $4, $5, 0x7362; "
+            "mov.b32 {al, ah}, a; mov.b32 {bl, bh}, b; cvt.rn.f16x2.e4m3x2 $0, al; cvt.rn.f16x2.e4m3x2 $1, ah; "
+            "cvt.rn.f16x2.e4m3x2 $2, bl; cvt.rn.f16x2.e4m3x2 $3, bh; }", "=r,=r,=r,=r,r,r", [w],
+            dtype=(tl.float16, tl.float16, tl.float16, tl.float16), is_pure=True, pack=2)
     else:
         b0 = (w & 0xFF).to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(tl.float16)
         b1 = ((w >> 8) & 0xFF).to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(tl.float16)
