@@ -21,6 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
@@ -30,20 +31,16 @@ GEMV_SHAPES = ((12288, 4096), (4096, 4096), (22016, 4096), (4096, 11008))  # 7B 
 
 
 def attn(launches: int) -> None:
-    from swiftinfer_core.cache.kv_fp8 import Fp8KV
-    from swiftinfer_core.kernels.attention import FP8_DECODE_TILES
+    from kernels_decode import DEFAULT, FP8_DEFAULT, layer_cache
+
     from swiftinfer_core.kernels.decode_attention import decode_attention
     from swiftinfer_core.kernels.rope import inv_freq
 
     dev, cap = "cuda", SINKS + WINDOW
     for name, hq, hkv, d in ATTN_SHAPES:
         for kv in ("bf16", "fp8"):
-            block_n, stages = FP8_DECODE_TILES if kv == "fp8" else (64, 3)
-            k, v = (torch.randn(BATCH, hkv, cap, d, device=dev, dtype=torch.bfloat16) for _ in range(2))
-            scales = {}
-            if kv == "fp8":
-                fk, fv = Fp8KV.quantize(k), Fp8KV.quantize(v)
-                k, v, scales = fk.data, fv.data, {"k_scale": fk.scale, "v_scale": fv.scale}
+            block_n, _, _, stages, _, _ = FP8_DEFAULT if kv == "fp8" else DEFAULT  # the engine's tiles
+            k, v, ks, vs = layer_cache(BATCH, hkv, cap, d, kv, dev)
             q = torch.randn(BATCH, hq, d, device=dev, dtype=torch.bfloat16)
             kn, vn = (torch.randn(BATCH, hkv, d, device=dev, dtype=torch.bfloat16) for _ in range(2))
             slots = torch.arange(BATCH, dtype=torch.int32, device=dev)
@@ -51,7 +48,7 @@ def attn(launches: int) -> None:
             freqs = inv_freq(d, 10000.0).to(dev)
             for _ in range(launches):
                 decode_attention(q, kn, vn, k, v, slots, starts, freqs, d**-0.5, SINKS, WINDOW,
-                                 block_n=block_n, stages=stages, **scales)
+                                 block_n=block_n, stages=stages, k_scale=ks, v_scale=vs)
             torch.cuda.synchronize()
             print(f"attn {name} {kv}: block_n {block_n} stages {stages}, {launches} launches", flush=True)
 

@@ -176,8 +176,8 @@ class TritonAttention(Attention):
         return PrefillPlan(batch, tok_seq, max(batch.q_lens_list, default=0))
 
     def _decode_tiles(self, q: torch.Tensor, fp8: bool) -> tuple[int, int]:
-        """(block_n, stages) of the decode kernel for this query dtype and cache."""
-        return FP8_DECODE_TILES if fp8 and q.dtype != torch.float32 else (self.block_n, self.stages)
+        """(block_n, stages) of the decode kernel: FP8_DECODE_TILES where it runs its float16 tiles."""
+        return FP8_DECODE_TILES if self._decode.f16_tiles(q.dtype, fp8, q.shape[-1]) else (self.block_n, self.stages)
 
     def _decode_workspace(self, plan: DecodePlan, q: torch.Tensor, hkv: int, block_n: int) -> None:
         B, hq, D = q.shape

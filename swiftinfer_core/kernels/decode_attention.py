@@ -128,12 +128,13 @@ def _decode_split_kernel(
 
     m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([GROUP_PAD], tl.float32)
-    acc = tl.zeros([GROUP_PAD, D_PAD], tl.float32)
     if F16:  # V as four strided tiles (kv_fp8_decode_tl.load_v): four accumulators, dims 4c + j
         a0 = tl.zeros([GROUP_PAD, D_PAD // 4], tl.float32)
         a1 = tl.zeros([GROUP_PAD, D_PAD // 4], tl.float32)
         a2 = tl.zeros([GROUP_PAD, D_PAD // 4], tl.float32)
         a3 = tl.zeros([GROUP_PAD, D_PAD // 4], tl.float32)
+    else:
+        acc = tl.zeros([GROUP_PAD, D_PAD], tl.float32)
 
     k_base = K_CACHE + slot * sc_s + kvh * sc_h
     v_base = V_CACHE + slot * sc_s + kvh * sc_h
@@ -227,6 +228,12 @@ def _decode_split_kernel(
         combine_group(ACC, ML, SEM, OUT, pid, b, kvh, nsplit, so_b, so_h, HKV, GROUP, 2 * HALF, D_PAD, SPLIT_PAD)
 
 
+def f16_tiles(q_dtype: torch.dtype, fp8: bool, head_dim: int) -> bool:
+    """Whether the kernel runs its float16 tiles (kernels/kv_fp8_decode_tl.py): an FP8
+    cache read with a bf16/fp16 query, head_dim a multiple of 4 (V's int32 words)."""
+    return fp8 and q_dtype != torch.float32 and head_dim % 4 == 0
+
+
 def decode_attention(
     q: torch.Tensor,
     k_new: torch.Tensor,
@@ -306,7 +313,7 @@ def decode_attention(
         HALF_PAD=padded(D) // 2, D_PAD=padded(D), HAS_CAP=softcap > 0, HAS_ALIBI=alibi is not None, HAS_SLIDING=sliding_window > 0,
         BLOCK_N=block_n, FUSE_NEW=fuse_write, MMA=mma_dtype(q.dtype), STAGES=stages, FAST=not interpreting(),
         PREC=dot_precision(q.dtype), FUSED_COMBINE=fused_combine, SPLIT_PAD=split_pad, FP8=fp8,
-        F16=fp8 and q.dtype != torch.float32 and D % 4 == 0,
+        F16=f16_tiles(q.dtype, fp8, D),
         num_warps=num_warps, maxnreg=maxnreg,
     )
     if not fused_combine:

@@ -196,14 +196,17 @@ def test_triton_backend_matches_torch_on_an_fp8_cache(dev):
 def test_triton_backend_decodes_a_bf16_query_over_fp8_in_its_fp8_tiles(dev):
     """The backend's default decode over an FP8 cache with a bf16 query runs FP8_DECODE_TILES (128-key tiles, its
     splits in whole tiles) and agrees with float64 attention over the dequantised cache, caches bit-identical to
-    the torch path's writes; a float32 query keeps the backend's own tiles."""
+    the torch path's writes; a float32 query, or a head_dim not a multiple of 4 (the float32 path), keeps the
+    backend's own tiles."""
     seed = fresh_seed()
     layout = StreamLayout(4, 300)  # 304 rows: three 128-key tiles, the last one partial
     hq, hkv, D = 4, 2, 64
     freqs = inv_freq(D, 10000.0).to(dev)
     tri, ref = TritonAttention(layout, freqs, D**-0.5), TorchAttention(layout, freqs, D**-0.5)
-    assert tri._decode_tiles(torch.empty(0, dtype=torch.bfloat16), fp8=True) == FP8_DECODE_TILES
-    assert tri._decode_tiles(torch.empty(0, dtype=torch.float32), fp8=True) == (tri.block_n, tri.stages)
+    assert tri._decode_tiles(torch.empty(1, hq, D, dtype=torch.bfloat16), fp8=True) == FP8_DECODE_TILES
+    assert tri._decode_tiles(torch.empty(1, hq, D, dtype=torch.float32), fp8=True) == (tri.block_n, tri.stages)
+    assert tri._decode_tiles(torch.empty(1, hq, 66, dtype=torch.bfloat16), fp8=True) == (tri.block_n, tri.stages)
+    assert tri._decode_tiles(torch.empty(1, hq, D, dtype=torch.bfloat16), fp8=False) == (tri.block_n, tri.stages)
     caches = [[Fp8KV.quantize(_spread(torch.randn(3, hkv, layout.capacity, D, device=dev))) for _ in range(2)] for _ in range(2)]
     caches[1] = [c.clone() for c in caches[0]]
     starts = [5, 303, 1000]  # inside the window, exactly full less one, wrapped
