@@ -104,6 +104,7 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="time the kernels' candidate configs instead (bench/quant_sweep.py)")
     ap.add_argument("--sweep-batches", nargs="+", type=int, default=list(quant_configs.BUCKETS))
     ap.add_argument("--budget-s", type=float, default=300.0, help="--sweep: stop starting new points after this long")
+    ap.add_argument("--sweep-formats", nargs="+", default=["int4", "int8"], choices=["int4", "int8"])
     args = ap.parse_args()
     if not args.smoke and not torch.cuda.is_available():
         raise SystemExit("quant_decode.py needs a CUDA GPU (or --smoke on the CPU)")
@@ -120,7 +121,8 @@ def main() -> None:
         import quant_sweep
 
         batches = [1, 16] if args.smoke else args.sweep_batches
-        quant_sweep.run({s: weight_shapes(a) for s, a in shapes.items()}, batches, args.group, args.budget_s, args.out, args.smoke)
+        quant_sweep.run({s: weight_shapes(a) for s, a in shapes.items()}, batches, args.group, args.budget_s, args.out,
+                        args.smoke, args.sweep_formats)
         return
     rows = []
     for name, a in shapes.items():

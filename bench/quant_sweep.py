@@ -46,6 +46,9 @@ def candidates(fmt: str, batch: int) -> list[dict]:
             extra = {} if math == "f32" else {"math": math}
             for bn, bk, warps in qc.GEMV_CANDIDATES[fmt]:
                 out += [dict(block_n=bn, block_k=bk, warps=warps, stages=st, waves=w, **extra) for st in (1, 3) for w in qc.WAVES]
+                if math == "f32":
+                    out += [dict(block_n=bn, block_k=bk, warps=warps, stages=1, waves=w, prefetch=pf)
+                            for pf in qc.GEMV_PREFETCH[fmt] for w in qc.WAVES]
     else:
         bm = min(128, max(16, qc.bucket(batch)))
         for bn, bk, warps, st in qc.GEMM_CANDIDATES[fmt]:
@@ -120,14 +123,23 @@ def choose(points: list[dict]) -> dict:
     return configs
 
 
+def by_prefetch(p: dict) -> dict[int, dict]:
+    """A point's fastest row per GEMV prefetch depth (0: configs without the key), so one
+    sweep compares the depths side by side on one device."""
+    best: dict[int, dict] = {}
+    for r in p["rows"]:  # sorted fastest first
+        best.setdefault(r["cfg"].get("prefetch", 0), r)
+    return dict(sorted(best.items()))
+
+
 def run(shapes: dict[str, list[tuple[int, int]]], batches: list[int], group: int, budget_s: float, out: str | None,
-        smoke: bool) -> Path:
+        smoke: bool, formats: tuple[str, ...] = ("int4", "int8")) -> Path:
     dev = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
     uniq = sorted({s for ws in shapes.values() for s in ws})
     order = [b for b in ORDER if b in batches] + [b for b in batches if b not in ORDER]
     t0, points, skipped = time.perf_counter(), [], []
     for b in order:
-        for fmt in ("int4", "int8"):
+        for fmt in formats:
             for n, k in uniq:
                 if time.perf_counter() - t0 > budget_s:
                     skipped.append({"format": fmt, "batch": b, "n": n, "k": k})
@@ -138,6 +150,10 @@ def run(shapes: dict[str, list[tuple[int, int]]], batches: list[int], group: int
                 print(f"{fmt} b={b:<4} {n:>6}x{k:<6} bf16 {p['bf16_us']:8.1f} us  best {best and best['us']:8.1f} us "
                       f"({best and p['bf16_us'] / best['us']:.2f}x bf16, {best and best['GBps']:.0f} GB/s) {best and best['cfg']}"
                       f"  rejected {len(p['rejected'])}  [{time.perf_counter() - t0:.0f}s]", flush=True)
+                depths = by_prefetch(p)
+                if len(depths) > 1:
+                    p["best_by_prefetch"] = {str(d): r for d, r in depths.items()}
+                    print("    best by prefetch: " + ", ".join(f"{d}: {r['us']:.1f} us" for d, r in depths.items()), flush=True)
                 if dev.type == "cuda":
                     torch.cuda.empty_cache()
     configs = choose(points)
