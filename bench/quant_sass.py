@@ -6,7 +6,7 @@ H200 (4.8 TB/s of int4 is ~9.6e12 weights/s; 132 SMs issue ~3.3e13 instructions/
 so instructions per weight bound its share of the roofline; registers and
 shared-memory round trips (LDS/STS in the loop) show up here too. The int4 GEMV
 is built with both maths (config "math": "f32" and "h2", kernels/quant_gemv_h2.py,
-its inline PTX on; f32 at each register prefetch depth), at the table's config and at
+its inline PTX on; f32 in each variant of GEMV_VARIANTS), at the table's config and at
 twice its rows per program.
 
     python bench/quant_sass.py                # the table's default configs
@@ -81,9 +81,9 @@ def gemv_builds(fmt: str, c: dict) -> list[tuple[str, object, dict, int, float]]
     for bn in (c["block_n"], 2 * c["block_n"]):
         base = dict(BLOCK_N=bn, NB=c["block_k"] // 32, STAGES=c["stages"], BPG=4)  # group 128
         weights = bn * c["block_k"] / (32 * c["warps"])
-        for pf in (0, *qc.GEMV_PREFETCH["int4"]):  # the register prefetch depths the sweep tries
-            out.append((f"int4 b=1 f32 n{bn:<3} pf{pf}", gv._gemv_int4_kernel, dict(base, ZP=False, PREFETCH=pf),
-                        c["warps"], weights))
+        for v in ({}, *qc.GEMV_VARIANTS["int4"]):  # the variants the sweep tries
+            consts = dict(base, ZP=False, PREFETCH=v.get("prefetch", 0), CG=v.get("l2_only", False))
+            out.append((f"int4 b=1 f32 n{bn:<3} {v}", gv._gemv_int4_kernel, consts, c["warps"], weights))
         out.append((f"int4 b=1 h2  n{bn:<3}", h2.gemv_int4_h2_kernel, dict(base, FAST=True), c["warps"], weights))
     return out
 

@@ -47,8 +47,8 @@ def candidates(fmt: str, batch: int) -> list[dict]:
             for bn, bk, warps in qc.GEMV_CANDIDATES[fmt]:
                 out += [dict(block_n=bn, block_k=bk, warps=warps, stages=st, waves=w, **extra) for st in (1, 3) for w in qc.WAVES]
                 if math == "f32":
-                    out += [dict(block_n=bn, block_k=bk, warps=warps, stages=1, waves=w, prefetch=pf)
-                            for pf in qc.GEMV_PREFETCH[fmt] for w in qc.WAVES]
+                    out += [dict(block_n=bn, block_k=bk, warps=warps, stages=1, waves=w, **v)
+                            for v in qc.GEMV_VARIANTS[fmt] for w in qc.WAVES]
     else:
         bm = min(128, max(16, qc.bucket(batch)))
         for bn, bk, warps, st in qc.GEMM_CANDIDATES[fmt]:
@@ -123,12 +123,16 @@ def choose(points: list[dict]) -> dict:
     return configs
 
 
-def by_prefetch(p: dict) -> dict[int, dict]:
-    """A point's fastest row per GEMV prefetch depth (0: configs without the key), so one
-    sweep compares the depths side by side on one device."""
-    best: dict[int, dict] = {}
+def variant(cfg: dict) -> str:
+    """A GEMV config's kernel variant (kernels/quant_configs.py GEMV_VARIANTS), e.g. "pf1+l2"."""
+    return f"pf{cfg.get('prefetch', 0)}" + ("+l2" if cfg.get("l2_only") else "")
+
+
+def by_variant(p: dict) -> dict[str, dict]:
+    """A point's fastest row per GEMV kernel variant, so one sweep compares them side by side."""
+    best: dict[str, dict] = {}
     for r in p["rows"]:  # sorted fastest first
-        best.setdefault(r["cfg"].get("prefetch", 0), r)
+        best.setdefault(variant(r["cfg"]), r)
     return dict(sorted(best.items()))
 
 
@@ -150,10 +154,10 @@ def run(shapes: dict[str, list[tuple[int, int]]], batches: list[int], group: int
                 print(f"{fmt} b={b:<4} {n:>6}x{k:<6} bf16 {p['bf16_us']:8.1f} us  best {best and best['us']:8.1f} us "
                       f"({best and p['bf16_us'] / best['us']:.2f}x bf16, {best and best['GBps']:.0f} GB/s) {best and best['cfg']}"
                       f"  rejected {len(p['rejected'])}  [{time.perf_counter() - t0:.0f}s]", flush=True)
-                depths = by_prefetch(p)
-                if len(depths) > 1:
-                    p["best_by_prefetch"] = {str(d): r for d, r in depths.items()}
-                    print("    best by prefetch: " + ", ".join(f"{d}: {r['us']:.1f} us" for d, r in depths.items()), flush=True)
+                variants = by_variant(p)
+                if len(variants) > 1:
+                    p["best_by_variant"] = variants
+                    print("    best by variant: " + ", ".join(f"{v} {r['us']:.1f} us" for v, r in variants.items()), flush=True)
                 if dev.type == "cuda":
                     torch.cuda.empty_cache()
     configs = choose(points)

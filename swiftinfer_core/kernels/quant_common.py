@@ -115,11 +115,15 @@ def gemv_tile(Q, N, KB, STEPS, BLOCK_N: tl.constexpr, NB: tl.constexpr):
 
 
 @triton.jit
-def load_block_words(q_rows, rmask, blk, bmask):
+def load_block_words(q_rows, rmask, blk, bmask, CG: tl.constexpr = False):
     """The 4 int32 words (16 contiguous bytes) of packed blocks blk [NB] of every row of
-    gemv_tile's q_rows -> [BLOCK_N, NB, 4]; 0 outside rmask / bmask."""
-    return tl.load(q_rows + (blk * 4)[None, :, None] + tl.arange(0, 4)[None, None, :],
-                   mask=rmask[:, None, None] & bmask[None, :, None], other=0)
+    gemv_tile's q_rows -> [BLOCK_N, NB, 4]; 0 outside rmask / bmask. CG: cached in L2
+    only (.cg), so the words, each read once, leave L1 to the x pieces every step rereads."""
+    ptrs = q_rows + (blk * 4)[None, :, None] + tl.arange(0, 4)[None, None, :]
+    mask = rmask[:, None, None] & bmask[None, :, None]
+    if CG:
+        return tl.load(ptrs, mask=mask, other=0, cache_modifier=".cg")
+    return tl.load(ptrs, mask=mask, other=0)
 
 
 @triton.jit

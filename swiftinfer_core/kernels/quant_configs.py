@@ -13,6 +13,7 @@ A config is a dict:
            kernel of kernels/quant_gemv_h2.py (symmetric int4; zero points stay on "f32")
   prefetch (int4 "f32" GEMV only, optional, missing = 0) 0, 1 or 2: how many K steps ahead
            each thread loads its weight words into registers, so more bytes are in flight
+  l2_only  (int4 "f32" GEMV only, optional, missing = false) the weight words bypass L1 (.cg)
 
 Why a table and not triton.autotune: autotune re-times every config in every new
 process on its first call (a server start would stall for seconds per shape, and
@@ -69,9 +70,11 @@ WAVES = (0, 1, 2, 4, 8)
 # measured 0.88-0.92x of "f32" per Llama shape on an H100 (bench/quant_h2_ab.py), so the
 # sweep leaves it out (halving its batch-1 points); add it back to try it on another card.
 GEMV_MATHS = {"int4": ("f32",), "int8": ("f32",)}
-# Register prefetch depths the sweep tries for the int4 "f32" GEMV (each at stages 1 only:
-# Triton's own pipelining and the register prefetch are alternatives, not stacked).
-GEMV_PREFETCH = {"int4": (1, 2), "int8": ()}
+# What the sweep adds to each int4 "f32" GEMV tile (at stages 1 only: Triton's own pipelining
+# and the register prefetch are alternatives, not stacked): more weight bytes in flight per
+# thread, and weight words that leave L1 to x's pieces.
+GEMV_VARIANTS = {"int4": (dict(prefetch=1), dict(prefetch=2), dict(l2_only=True), dict(prefetch=1, l2_only=True)),
+                 "int8": ()}
 # Formats without a table of their own: int4 with zero points (one more 2-byte load per
 # group and, in the GEMM, an fma instead of a multiply per weight) tiles as int4 until a
 # tuning file has an "int4_zp" section (the sweep does not time it yet).

@@ -72,7 +72,7 @@ from swiftinfer_core.kernels.quant_common import (
 def _gemv_int4_kernel(
     X, Q, S, MN, Y, WS, CNT, N, K, KB, NG, STEPS, SPLIT,
     BPG: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr, STAGES: tl.constexpr, ZP: tl.constexpr,
-    PREFETCH: tl.constexpr,
+    PREFETCH: tl.constexpr, CG: tl.constexpr,
 ):
     rows, rmask, q_rows, b_start, b_end = gemv_tile(Q, N, KB, STEPS, BLOCK_N, NB)
     r64 = rows.to(tl.int64)
@@ -80,21 +80,21 @@ def _gemv_int4_kernel(
     j = tl.arange(0, 4)
     acc = tl.zeros([BLOCK_N, NB], tl.float32)
     if PREFETCH >= 1:  # the next steps' words ride in registers: PREFETCH more loads in flight per thread
-        w1 = load_block_words(q_rows, rmask, b_start + nb, b_start + nb < b_end)
+        w1 = load_block_words(q_rows, rmask, b_start + nb, b_start + nb < b_end, CG)
     if PREFETCH >= 2:
-        w2 = load_block_words(q_rows, rmask, b_start + NB + nb, b_start + NB + nb < b_end)
+        w2 = load_block_words(q_rows, rmask, b_start + NB + nb, b_start + NB + nb < b_end, CG)
     for b0 in tl.range(b_start, b_end, NB, num_stages=STAGES):
         blk = b0 + nb  # [NB] packed blocks of this step
         bmask = blk < b_end
         if PREFETCH == 0:
-            w = load_block_words(q_rows, rmask, blk, bmask)  # [BLOCK_N, NB, 4] int32
+            w = load_block_words(q_rows, rmask, blk, bmask, CG)  # [BLOCK_N, NB, 4] int32
         elif PREFETCH == 1:
             w = w1
-            w1 = load_block_words(q_rows, rmask, blk + NB, blk + NB < b_end)
+            w1 = load_block_words(q_rows, rmask, blk + NB, blk + NB < b_end, CG)
         else:
             w = w1
             w1 = w2
-            w2 = load_block_words(q_rows, rmask, blk + 2 * NB, blk + 2 * NB < b_end)
+            w2 = load_block_words(q_rows, rmask, blk + 2 * NB, blk + 2 * NB < b_end, CG)
         u, u_hi = int4_sources(w)
         xsum = tl.zeros([NB], tl.float32)  # ZP: sum(x) per block (dead code otherwise)
         for i in tl.static_range(8):
@@ -197,9 +197,9 @@ def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: in
     math = cfg.get("math", "f32")
     if math not in ("f32", "h2"):
         raise ValueError(f'int4 GEMV config "math" must be "f32" or "h2", got {math!r}')
-    prefetch = cfg.get("prefetch", 0)
-    if prefetch not in (0, 1, 2):
-        raise ValueError(f'int4 GEMV config "prefetch" must be 0, 1 or 2, got {prefetch!r}')
+    prefetch, cg = cfg.get("prefetch", 0), cfg.get("l2_only", False)
+    if prefetch not in (0, 1, 2) or not isinstance(cg, bool):
+        raise ValueError(f'int4 GEMV config "prefetch" must be 0, 1 or 2 and "l2_only" a bool, got {prefetch!r}, {cg!r}')
     if math == "h2" and not zp:
         gemv_int4_h2_kernel[grid](
             x, packed.view(torch.int32), scales, out, ws, cnt, n, k, kb, ng, per, split,
@@ -209,7 +209,7 @@ def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: in
         return out
     _gemv_int4_kernel[grid](
         x, packed.view(torch.int32), scales, mins if zp else scales, out, ws, cnt, n, k, kb, ng, per, split,
-        BPG=group // 32, BLOCK_N=cfg["block_n"], NB=nb, STAGES=cfg["stages"], ZP=zp, PREFETCH=prefetch,
+        BPG=group // 32, BLOCK_N=cfg["block_n"], NB=nb, STAGES=cfg["stages"], ZP=zp, PREFETCH=prefetch, CG=cg,
         num_warps=cfg["warps"],
     )
     return out

@@ -82,18 +82,18 @@ def test_gemv_int4_zero_point_matches_float64(n, k, group, dtype, waves, dev):
     assert rel_err(y, want) < TOL[dtype], f"seed {seed}"
 
 
-@pytest.mark.parametrize("prefetch", [1, 2])
+@pytest.mark.parametrize("prefetch,l2_only", [(1, False), (2, False), (0, True), (1, True)])
 @pytest.mark.parametrize("zero_point", [False, True])
 # 7 K steps of 64 per row block: one program's 7 steps (waves 0); split parts of 3, 3 and 1
 # steps (waves 1 on the CPU's 8 programs per wave; a GPU splits finer); 7 one-step parts
 # (1000), whose prefetches all fall past their part's end, masked
 @pytest.mark.parametrize("waves", [0, 1, 1000])
-def test_gemv_int4_register_prefetch_matches_float64(prefetch, zero_point, waves, dev):
-    """cfg "prefetch": each thread loads its words 1 or 2 K steps ahead; the loads past
-    a part's last step are masked and the result is the same product."""
+def test_gemv_int4_variants_match_float64(prefetch, l2_only, zero_point, waves, dev):
+    """cfg "prefetch": each thread loads its words 1 or 2 K steps ahead (the loads past
+    a part's last step are masked); "l2_only": the words skip L1. The same product."""
     seed = fresh_seed()
     qw, x, want = _case(QuantFormat.INT4, 37, 420, 32, torch.float32, dev, zero_point)
-    cfg = dict(CFG["int4"], waves=waves, prefetch=prefetch)
+    cfg = dict(CFG["int4"], waves=waves, prefetch=prefetch, l2_only=l2_only)
     mins = None if qw.mins is None else qw.mins.to(dev)
     y = gemv_int4(x, qw.qweight.to(dev), qw.scales.to(dev), 420, 32, cfg=cfg, mins=mins)
     assert rel_err(y, want) < TOL[torch.float32], f"seed {seed}"
