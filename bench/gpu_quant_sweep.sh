@@ -4,7 +4,7 @@
 # new table against the committed one, side by side on one GPU. carry [".carry/pyd"].
 #   SHAPES (default "llama2-7b llama3.1-8b")   BUDGET_S (sweep budget, default 300)
 # $OUT: sw/quant_configs.json (the committed table with int4's batch-1 section from the sweep),
-# quant_sweep.json, quant_decode_{table,tuned}.json/png, the kernels' native test log; a table last.
+# sw/quant_sweep.json, quant_decode_{table,tuned}.json/png, logs.tgz (the logs, merged.json); a table last.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .carry/pyd/*.whl || exit 4
@@ -30,3 +30,6 @@ for t in table tuned; do
     --name "quant_decode_$t" --out "$OUT" > "$OUT/decode_$t.log" 2>&1
   echo "== $t rc=$?"; grep -E "^ *(shape|llama)" "$OUT/decode_$t.log"
 done
+# at most 8 files come back from a call: the logs and the merged table go in one tarball
+(cd "$OUT" && tar czf logs.tgz --remove-files ./*.log merged.json)
+ls -R "$OUT"
