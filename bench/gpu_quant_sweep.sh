@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Device call: tune the batch-1 int4 GEMV (its register prefetch depths among the candidates,
-# kernels/quant_configs.py GEMV_PREFETCH) and time one decode step's weight products on the
+# Device call: tune the batch-1 int4 GEMV (its kernel variants among the candidates,
+# kernels/quant_configs.py GEMV_VARIANTS) and time one decode step's weight products on the
 # new table against the committed one, side by side on one GPU. carry [".carry/pyd"].
 #   SHAPES (default "llama2-7b llama3.1-8b")   BUDGET_S (sweep budget, default 300)
-# $OUT: sw/quant_configs.json (the committed table with int4's batch-1 section from the sweep),
-# sw/quant_sweep.json, quant_decode_{table,tuned}.json/png, logs.tgz (the logs, merged.json); a table last.
+# $OUT: sw/quant_configs.json (the sweep's table: int4 batch 1 only), sw/quant_sweep.json,
+# quant_decode_{table,tuned}.json/png (the committed table; it with the swept section in place),
+# logs.tgz (the logs and that merged table, merged.json); a table last.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .carry/pyd/*.whl || exit 4
