@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-import common
-
-import quant_sweep
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
+import quant_sweep  # noqa: E402
 
 
 def points(path: Path) -> tuple[list[dict], dict]:
@@ -24,6 +26,27 @@ def points(path: Path) -> tuple[list[dict], dict]:
     if isinstance(data, list):
         return data, {}
     return data["points"], {k: data.get(k) for k in ("date", "command", "device")}
+
+
+def variant_rows(pts: list[dict], source: str) -> list[dict]:
+    """One row per (sweep point, variant): that variant's fastest config and time."""
+    return [{"shape": f"{p['n']}x{p['k']}", "source": source, "variant": v, "us": r["us"], "bf16_us": p["bf16_us"],
+             "cfg": r["cfg"]} for p in pts for v, r in quant_sweep.by_variant(p).items()]
+
+
+def summarize(rows: list[dict], layer_shapes: list[str]) -> tuple[list[dict], dict]:
+    """(the rows of each shape's last source: a later sweep re-times a shape an earlier one had,
+    one layer's sums: the plain kernel ("pf0") against the fastest variant per shape, and bf16;
+    {} unless every layer shape was timed)."""
+    last = {r["shape"]: r["source"] for r in rows}
+    cur = [r for r in rows if r["source"] == last[r["shape"]]]
+    if not all(s in last for s in layer_shapes):
+        return cur, {}
+    plain = sum(r["us"] for r in cur if r["shape"] in layer_shapes and r["variant"] == "pf0")
+    best = sum(min(r["us"] for r in cur if r["shape"] == s) for s in layer_shapes)
+    bf16 = sum(next(r["bf16_us"] for r in cur if r["shape"] == s) for s in layer_shapes)
+    return cur, {"shapes": layer_shapes, "plain_us": plain, "best_variant_us": best, "bf16_us": bf16,
+                 "plain_x_bf16": bf16 / plain, "best_x_bf16": bf16 / best}
 
 
 def main() -> None:
@@ -38,20 +61,8 @@ def main() -> None:
     for src in a.sources:
         pts, head = points(src)
         sources.append({"file": src.name, **head})
-        for p in pts:
-            for v, r in quant_sweep.by_variant(p).items():
-                rows.append({"shape": f"{p['n']}x{p['k']}", "source": src.name, "variant": v, "us": r["us"],
-                             "bf16_us": p["bf16_us"], "cfg": r["cfg"]})
-    # per shape the last source's timings (a later sweep re-times a shape an earlier one had)
-    last = {r["shape"]: r["source"] for r in rows}
-    cur = [r for r in rows if r["source"] == last[r["shape"]]]
-    layer = {}
-    if all(s in last for s in a.layer):
-        plain = sum(r["us"] for r in cur if r["shape"] in a.layer and r["variant"] == "pf0")
-        best = sum(min(r["us"] for r in cur if r["shape"] == s) for s in a.layer)
-        bf16 = sum(next(r["bf16_us"] for r in cur if r["shape"] == s) for s in a.layer)
-        layer = {"shapes": a.layer, "plain_us": plain, "best_variant_us": best, "bf16_us": bf16,
-                 "plain_x_bf16": bf16 / plain, "best_x_bf16": bf16 / best}
+        rows += variant_rows(pts, src.name)
+    cur, layer = summarize(rows, a.layer)
     print(common.table(rows, ["shape", "source", "variant", "us", "bf16_us"]))
     print(layer)
     common.write_results(a.name, {"sources": sources, "rows": rows, "layer": layer}, a.out)
