@@ -3,6 +3,9 @@
 # kernels/quant_configs.py GEMV_VARIANTS) and time one decode step's weight products on the
 # new table against the committed one, side by side on one GPU. carry [".carry/pyd"].
 #   SHAPES (default "llama2-7b llama3.1-8b")   BUDGET_S (sweep budget, default 300)
+# Timing seen on an H100 (session 27): the first shape of each K compiles every candidate and
+# variant (~48 kernels), 102 s for K=4096 and 74 s for K=11008; shapes of a K already seen take
+# ~5 s. So a budget under ~250 s stops after the first shapes (the budget is checked between shapes).
 # $OUT: sw/quant_configs.json (the sweep's table: int4 batch 1 only), sw/quant_sweep.json,
 # quant_decode_{table,tuned}.json/png (the committed table; it with the swept section in place),
 # logs.tgz (the logs and that merged table, merged.json); a table last.
