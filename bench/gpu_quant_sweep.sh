@@ -19,7 +19,7 @@ timeout 200 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_quant_ge
 echo "native tests rc=$?: $(tail -1 "$OUT/quant_gemv_pytest.log")"
 timeout $(( ${BUDGET_S:-300} + 120 )) python3 bench/quant_decode.py --sweep --sweep-batches 1 --sweep-formats int4 \
   --shapes $SHAPES --budget-s "${BUDGET_S:-300}" --out "$OUT/sw" > "$OUT/sweep.log" 2>&1
-echo "sweep rc=$?"; grep -E "^int4|best by prefetch" "$OUT/sweep.log"
+echo "sweep rc=$?"; grep -E "^int4|best by variant" "$OUT/sweep.log"
 # the committed table with the swept batch-1 int4 section in place of its own
 python3 - "$OUT/sw/quant_configs.json" swiftinfer_core/kernels/quant_configs.json "$OUT/merged.json" <<'PY'
 import json, sys

@@ -124,8 +124,11 @@ def choose(points: list[dict]) -> dict:
 
 
 def variant(cfg: dict) -> str:
-    """A GEMV config's kernel variant (kernels/quant_configs.py GEMV_VARIANTS), e.g. "pf1+l2"."""
-    return f"pf{cfg.get('prefetch', 0)}" + ("+l2" if cfg.get("l2_only") else "")
+    """A GEMV config's kernel variant (kernels/quant_configs.py GEMV_VARIANTS), e.g. "pf1+l2";
+    a math other than f32 leads the label ("h2 pf0")."""
+    prefetch, l2_only = qc.gemv_variant(cfg)
+    math = cfg.get("math", "f32")
+    return ("" if math == "f32" else f"{math} ") + f"pf{prefetch}" + ("+l2" if l2_only else "")
 
 
 def by_variant(p: dict) -> dict[str, dict]:

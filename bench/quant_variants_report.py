@@ -79,9 +79,9 @@ def plot(name: str, rows: list[dict], out: str | None) -> Path:
     variants = sorted({r["variant"] for r in rows})
     fig, ax = plt.subplots(figsize=(8, 4))
     w = 0.8 / len(variants)
+    base = {r["shape"]: r["us"] for r in rows if r["variant"] == "pf0"}
     for i, v in enumerate(variants):
         xs = [j + i * w for j, s in enumerate(shapes)]
-        base = {r["shape"]: r["us"] for r in rows if r["variant"] == "pf0"}
         ax.bar(xs, [next(r["us"] for r in rows if r["shape"] == s and r["variant"] == v) / base[s] for s in shapes], w, label=v)
     ax.axhline(1.0, color="k", lw=0.6)
     ax.set_xticks([j + 0.4 - w / 2 for j in range(len(shapes))], shapes)

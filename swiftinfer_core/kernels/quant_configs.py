@@ -101,6 +101,15 @@ def config(fmt: str, m: int, n: int, k: int) -> dict:
     return dict(DEFAULTS[FALLBACK.get(fmt, fmt)][b])
 
 
+def gemv_variant(cfg: dict) -> tuple[int, bool]:
+    """(prefetch, l2_only) of an int4 GEMV config, missing keys at their defaults (0, False);
+    ValueError if either is not one the kernel has."""
+    prefetch, l2_only = cfg.get("prefetch", 0), cfg.get("l2_only", False)
+    if prefetch not in (0, 1, 2) or not isinstance(l2_only, bool):
+        raise ValueError(f'int4 GEMV config "prefetch" must be 0, 1 or 2 and "l2_only" a bool, got {prefetch!r}, {l2_only!r}')
+    return prefetch, l2_only
+
+
 def pick_split(tiles: int, steps: int, sms: int, waves: int) -> tuple[int, int]:
     """(split, steps per split) for ``tiles`` output tiles whose K loop has
     ``steps`` steps: the fewest parts giving >= waves * sms programs, no part empty."""

@@ -197,9 +197,7 @@ def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: in
     math = cfg.get("math", "f32")
     if math not in ("f32", "h2"):
         raise ValueError(f'int4 GEMV config "math" must be "f32" or "h2", got {math!r}')
-    prefetch, cg = cfg.get("prefetch", 0), cfg.get("l2_only", False)
-    if prefetch not in (0, 1, 2) or not isinstance(cg, bool):
-        raise ValueError(f'int4 GEMV config "prefetch" must be 0, 1 or 2 and "l2_only" a bool, got {prefetch!r}, {cg!r}')
+    prefetch, cg = quant_configs.gemv_variant(cfg)
     if math == "h2" and not zp:
         gemv_int4_h2_kernel[grid](
             x, packed.view(torch.int32), scales, out, ws, cnt, n, k, kb, ng, per, split,

@@ -22,3 +22,5 @@ def test_fastest_per_variant_and_layer_sums():
     assert {r["source"] for r in cur} == {"b"}  # b re-timed 8x8
     assert layer["plain_us"] == 40.0 and layer["best_variant_us"] == 34.0 and layer["bf16_us"] == 60.0
     assert summarize(rows, ["8x8", "32x8"])[1] == {}  # a layer shape never timed
+    h2 = variant_rows([_point(8, 8, 20.0, [({"math": "h2"}, 8.0), ({}, 10.0)])], "c")
+    assert [(r["variant"], r["us"]) for r in h2] == [("h2 pf0", 8.0), ("pf0", 10.0)]  # another math is its own variant

@@ -83,3 +83,11 @@ def test_zero_point_int4_takes_int4s_table_until_it_has_its_own(tmp_path, defaul
     assert qc.config("int4", 1, 4096, 4096) == int4_cfg
     with pytest.raises(KeyError):
         qc.config("int3", 1, 4096, 4096)
+
+
+def test_gemv_variant_defaults_and_refusals():
+    assert qc.gemv_variant(qc.DEFAULTS["int4"][1]) == (0, False)  # no keys: the plain kernel
+    assert [qc.gemv_variant(v) for v in qc.GEMV_VARIANTS["int4"]] == [(1, False), (2, False), (0, True), (1, True)]
+    for bad in ({"prefetch": 3}, {"prefetch": -1}, {"l2_only": 1}):
+        with pytest.raises(ValueError, match="prefetch"):
+            qc.gemv_variant(bad)

@@ -35,8 +35,8 @@ def _case(fmt: QuantFormat, n: int, k: int, group: int, dtype: torch.dtype, dev,
     return qw, x.to(dev), want
 
 
-def _gemv(qw, x, dev, waves, **kw):
-    cfg = dict(CFG[qw.fmt.value], waves=waves)
+def _gemv(qw, x, dev, waves, extra: dict | None = None, **kw):
+    cfg = dict(CFG[qw.fmt.value], waves=waves, **(extra or {}))
     q, s = qw.qweight.to(dev), qw.scales.to(dev)
     if qw.fmt is QuantFormat.INT8:
         return gemv_int8(x, q, s, cfg=cfg, **kw)
@@ -93,12 +93,10 @@ def test_gemv_int4_variants_match_float64(prefetch, l2_only, zero_point, waves, 
     a part's last step are masked); "l2_only": the words skip L1. The same product."""
     seed = fresh_seed()
     qw, x, want = _case(QuantFormat.INT4, 37, 420, 32, torch.float32, dev, zero_point)
-    cfg = dict(CFG["int4"], waves=waves, prefetch=prefetch, l2_only=l2_only)
-    mins = None if qw.mins is None else qw.mins.to(dev)
-    y = gemv_int4(x, qw.qweight.to(dev), qw.scales.to(dev), 420, 32, cfg=cfg, mins=mins)
+    y = _gemv(qw, x, dev, waves, dict(prefetch=prefetch, l2_only=l2_only))
     assert rel_err(y, want) < TOL[torch.float32], f"seed {seed}"
     with pytest.raises(ValueError, match="prefetch"):
-        gemv_int4(x, qw.qweight.to(dev), qw.scales.to(dev), 420, 32, cfg=dict(cfg, prefetch=3), mins=mins)
+        _gemv(qw, x, dev, waves, dict(prefetch=3, l2_only=l2_only))
 
 
 @pytest.mark.parametrize("fmt", [QuantFormat.INT8, QuantFormat.INT4])
