@@ -14,6 +14,9 @@ A config is a dict:
   prefetch (int4 "f32" GEMV only, optional, missing = 0) 0, 1 or 2: how many K steps ahead
            each thread loads its weight words into registers, so more bytes are in flight
   l2_only  (int4 "f32" GEMV only, optional, missing = false) the weight words bypass L1 (.cg)
+  x_resident (int4 "f32" GEMV only, optional, missing = false) kernels/quant_gemv_xres.py: a
+           program loads x for one K chunk (block_k columns) once and walks rows, block_n
+           per step; waves then sets the rows per program (prefetch 0 or 1 applies, l2_only not)
 
 Why a table and not triton.autotune: autotune re-times every config in every new
 process on its first call (a server start would stall for seconds per shape, and
@@ -108,6 +111,15 @@ def gemv_variant(cfg: dict) -> tuple[int, bool]:
     if prefetch not in (0, 1, 2) or not isinstance(l2_only, bool):
         raise ValueError(f'int4 GEMV config "prefetch" must be 0, 1 or 2 and "l2_only" a bool, got {prefetch!r}, {l2_only!r}')
     return prefetch, l2_only
+
+
+def x_resident(cfg: dict) -> bool:
+    """Whether an int4 GEMV config runs kernels/quant_gemv_xres.py (missing = False);
+    ValueError unless a bool."""
+    flag = cfg.get("x_resident", False)
+    if not isinstance(flag, bool):
+        raise ValueError(f'int4 GEMV config "x_resident" must be a bool, got {flag!r}')
+    return flag
 
 
 def pick_split(tiles: int, steps: int, sms: int, waves: int) -> tuple[int, int]:

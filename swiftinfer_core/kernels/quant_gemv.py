@@ -50,6 +50,7 @@ import triton.language as tl
 
 from swiftinfer_core.kernels import quant_configs
 from swiftinfer_core.kernels.quant_gemv_h2 import gemv_int4_h2_kernel
+from swiftinfer_core.kernels.quant_gemv_xres import gemv_int4_xres
 from swiftinfer_core.kernels.triton_common import interpreting, sm_count
 from swiftinfer_core.kernels.quant_common import (
     check_operands,
@@ -183,7 +184,8 @@ def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: in
               out: torch.Tensor | None = None, cfg: dict | None = None, mins: torch.Tensor | None = None) -> torch.Tensor:
     """x [1, K], packed uint8 [N, Kp/2], scales [N, Kp/group] -> y [1, N] in x's dtype.
     ``mins`` [N, Kp/group]: the zero-point format (w = nibble * scale + min).
-    cfg["math"] "h2" (symmetric format only): the packed-half-pair kernel."""
+    cfg["math"] "h2" (symmetric format only): the packed-half-pair kernel; cfg["x_resident"]:
+    kernels/quant_gemv_xres.py (x loaded once per K chunk, rows walked)."""
     n, ng = int4_shape(packed, scales, k, group, mins)
     _check(x, packed, scales, k)
     zp = mins is not None
@@ -198,6 +200,10 @@ def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: in
     if math not in ("f32", "h2"):
         raise ValueError(f'int4 GEMV config "math" must be "f32" or "h2", got {math!r}')
     prefetch, cg = quant_configs.gemv_variant(cfg)
+    if quant_configs.x_resident(cfg):
+        if math != "f32" or cg:
+            raise ValueError('the x_resident int4 GEMV has the "f32" math only and no "l2_only"')
+        return gemv_int4_xres(x, packed.view(torch.int32), scales, mins, out, n, k, group, cfg, prefetch)
     if math == "h2" and not zp:
         gemv_int4_h2_kernel[grid](
             x, packed.view(torch.int32), scales, out, ws, cnt, n, k, kb, ng, per, split,
