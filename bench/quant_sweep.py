@@ -14,7 +14,8 @@ slowdown (time / that shape's best) over the swept shapes; unknown shapes use it
 A time budget stops the sweep between points; what was measured is still written.
 The GEMV candidates come in each math of kernels/quant_configs.py GEMV_MATHS (int4's
 "h2" is left out since it measured slower; put it back there to sweep it): a chosen
-config carries "math": "h2" only where the h2 kernel was the faster.
+config carries "math": "h2" only where the h2 kernel was the faster. int4's also come as
+the x-resident kernel (GEMV_XRES, "x_resident": true; its variant label leads with "xres").
 
     python bench/quant_decode.py --sweep --out DIR   # DIR/quant_configs.json (+ timings)
     SWIFTINFER_QUANT_CONFIGS=DIR/quant_configs.json python bench/quant_decode.py
@@ -49,6 +50,8 @@ def candidates(fmt: str, batch: int) -> list[dict]:
                 if math == "f32":
                     out += [dict(block_n=bn, block_k=bk, warps=warps, stages=1, waves=w, **v)
                             for v in qc.GEMV_VARIANTS[fmt] for w in qc.WAVES]
+        out += [dict(block_n=bn, block_k=bk, warps=warps, stages=1, waves=w, x_resident=True, prefetch=pf)
+                for bn, bk, warps in qc.GEMV_XRES[fmt] for pf in (0, 1) for w in qc.WAVES]
     else:
         bm = min(128, max(16, qc.bucket(batch)))
         for bn, bk, warps, st in qc.GEMM_CANDIDATES[fmt]:
@@ -74,8 +77,8 @@ def time_launches(fns, smoke: bool) -> float:
     return secs / len(fns)
 
 
-def sweep_point(fmt: str, batch: int, n: int, k: int, group: int, dev, smoke: bool) -> dict:
-    """Timings of every candidate (and bf16) for one format, batch and shape."""
+def sweep_point(fmt: str, batch: int, n: int, k: int, group: int, dev, smoke: bool, cands: list[dict] | None = None) -> dict:
+    """Timings of every candidate (``cands``, default candidates()) and bf16 for one format, batch and shape."""
     gen = torch.Generator(device=dev).manual_seed(n * 7 + k)
     w = torch.randn(n, k, device=dev, dtype=torch.bfloat16, generator=gen) * 0.02
     qw = quantize(w, QuantFormat(fmt), group)
@@ -87,7 +90,7 @@ def sweep_point(fmt: str, batch: int, n: int, k: int, group: int, dev, smoke: bo
     qws = [qw] + [type(qw)(qw.fmt, qw.qweight.clone(), qw.scales.clone(), n, k, qw.group) for _ in range(copies - 1)]
     out = torch.empty(batch, n, device=dev, dtype=torch.bfloat16)
     rows, bad = [], []
-    for cfg in candidates(fmt, batch)[: 3 if smoke else None]:  # smoke: the script's path, not a tuning
+    for cfg in (cands or candidates(fmt, batch))[: 3 if smoke else None]:  # smoke: the script's path, not a tuning
         try:
             err = ((product(fmt, x, qw, out, cfg).double() - want).norm() / want.norm()).item()
             if not err < 2e-2:
@@ -128,7 +131,8 @@ def variant(cfg: dict) -> str:
     a math other than f32 leads the label ("h2 pf0")."""
     prefetch, l2_only = qc.gemv_variant(cfg)
     math = cfg.get("math", "f32")
-    return ("" if math == "f32" else f"{math} ") + f"pf{prefetch}" + ("+l2" if l2_only else "")
+    lead = ("" if math == "f32" else f"{math} ") + ("xres " if qc.x_resident(cfg) else "")
+    return lead + f"pf{prefetch}" + ("+l2" if l2_only else "")
 
 
 def by_variant(p: dict) -> dict[str, dict]:

@@ -1,0 +1,129 @@
+"""int4 batch-1 GEMV: the x-resident kernel (kernels/quant_gemv_xres.py) against the
+default one (kernels/quant_gemv.py), side by side in one process on one GPU.
+
+Per weight shape of one decode step (bench/quant_decode.py weight_shapes: each layer's
+qkv, o, gate-up, down and the head), bench/quant_sweep.py sweep_point times, over copies
+larger than 3x the L2: the default kernel at the packaged table's config and at that
+config with register prefetch 1, every x-resident candidate (kernels/quant_configs.py
+GEMV_XRES, prefetch 0 and 1, each waves), and bf16 (cuBLAS). Then the whole step's
+weight products (every layer's weights distinct, one CUDA graph; quant_decode.time_step)
+with bf16, int4 on the default kernel's faster config per shape, and int4 on the fastest
+config of either kernel per shape: the batch-1 ms per token that issue 16's 2.5x is about.
+
+    python bench/quant_xres_ab.py --shapes llama2-7b llama3.1-8b --name quant_xres_ab_h100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
+import quant_decode  # noqa: E402
+import quant_sweep  # noqa: E402
+import torch  # noqa: E402
+
+from swiftinfer_core.kernels import quant_configs as qc  # noqa: E402
+from swiftinfer_core.model.quant import QuantFormat  # noqa: E402
+
+GROUP = 128
+
+
+def candidates(n: int, k: int) -> list[dict]:
+    base = qc.config("int4", 1, n, k)
+    xres = [dict(block_n=bn, block_k=bk, warps=w, stages=1, waves=wv, x_resident=True, prefetch=pf)
+            for bn, bk, w in qc.GEMV_XRES["int4"] for pf in (0, 1) for wv in qc.WAVES]
+    return [base, dict(base, prefetch=1, stages=1)] + xres
+
+
+def best(p: dict, xres: bool | None) -> dict | None:
+    """The point's fastest row of one kernel (None: either)."""
+    rows = [r for r in p["rows"] if xres is None or qc.x_resident(r["cfg"]) == xres]
+    return rows[0] if rows else None  # rows are sorted fastest first
+
+
+def step_ms(shapes: list[tuple[int, int]], table: Path | None, dev) -> float:
+    """ms of one step's weight products: bf16 (table None) or int4 on a quant_configs JSON file."""
+    if table is None:
+        return quant_decode.time_step(None, shapes, 1, dev, GROUP, False) * 1e3
+    qc.load(table)
+    return quant_decode.time_step(QuantFormat.INT4, shapes, 1, dev, GROUP, False) * 1e3
+
+
+def write_table(path: Path, cfgs: dict[str, dict]) -> Path:
+    """A quant_configs JSON with ``cfgs`` ({"NxK": cfg}) as int4's batch-1 table."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**common.header(), "group": GROUP, "configs": {"int4": {"1": cfgs}}}, indent=1, default=str))
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", nargs="+", default=["llama2-7b", "llama3.1-8b"])
+    ap.add_argument("--name", default="quant_xres_ab")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--budget-s", type=float, default=400.0, help="stop starting new shapes after this long")
+    a = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("quant_xres_ab.py needs a CUDA GPU")
+    from bench.models import SHAPES
+
+    dev = torch.device("cuda")
+    t0, points, rows = time.perf_counter(), {}, []
+    for name in a.shapes:
+        for n, k in dict.fromkeys(quant_decode.weight_shapes(SHAPES[name])):
+            if (n, k) in points or time.perf_counter() - t0 > a.budget_s:
+                continue
+            p = quant_sweep.sweep_point("int4", 1, n, k, GROUP, dev, False, cands=candidates(n, k))
+            points[(n, k)] = p
+            d, x = best(p, False), best(p, True)
+            rows.append({"shape": f"{n}x{k}", "bf16_us": p["bf16_us"], "default_us": d and d["us"], "xres_us": x and x["us"],
+                         "xres_x_default": d and x and d["us"] / x["us"], "default_cfg": d and d["cfg"],
+                         "xres_cfg": x and x["cfg"], "rejected": len(p["rejected"])})
+            print(f"{n:>6}x{k:<6} bf16 {p['bf16_us']:7.1f} us  default {d and d['us']:7.1f}  xres {x and x['us']:7.1f}  "
+                  f"{x and x['cfg']}  rejected {len(p['rejected'])}  [{time.perf_counter() - t0:.0f}s]", flush=True)
+            torch.cuda.empty_cache()
+    steps = []
+    for name in a.shapes:
+        shapes = quant_decode.weight_shapes(SHAPES[name])
+        if not all(s in points for s in shapes):
+            continue
+        tables = {kind: {f"{n}x{k}": best(points[(n, k)], kind)["cfg"] for n, k in set(shapes)} for kind in (False, None)}
+        folder = Path(a.out or common.RESULTS)
+        bf16 = step_ms(shapes, None, dev)
+        dflt = step_ms(shapes, write_table(folder / f"{a.name}_{name}_default_table.json", tables[False]), dev)
+        either = step_ms(shapes, write_table(folder / f"{a.name}_{name}_best_table.json", tables[None]), dev)
+        steps.append({"shape": name, "bf16_ms": bf16, "int4_default_ms": dflt, "int4_best_ms": either,
+                      "default_x_bf16": bf16 / dflt, "best_x_bf16": bf16 / either, "best_table": tables[None]})
+        torch.cuda.empty_cache()
+    print(common.table(rows, ["shape", "bf16_us", "default_us", "xres_us", "xres_x_default"]))
+    print(common.table(steps, ["shape", "bf16_ms", "int4_default_ms", "int4_best_ms", "default_x_bf16", "best_x_bf16"]))
+    common.write_results(a.name, {"group": GROUP, "rows": rows, "steps": steps,
+                                  "points": [{**p, "rows": p["rows"][:12]} for p in points.values()]}, a.out)
+    plot(a.name, rows, a.out)
+
+
+def plot(name: str, rows: list[dict], out: str | None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    xs = range(len(rows))
+    for i, (key, label) in enumerate((("bf16_us", "bf16 (cuBLAS)"), ("default_us", "int4 default kernel"),
+                                      ("xres_us", "int4 x-resident"))):
+        ax.bar([x + i * 0.27 for x in xs], [r[key] or 0 for r in rows], 0.27, label=label)
+    ax.set_xticks([x + 0.27 for x in xs], [r["shape"] for r in rows], fontsize=7)
+    ax.set(ylabel="us per product (fastest config each)", title="batch-1 GEMV, int4 group 128 (lower is faster)")
+    ax.legend(fontsize=7)
+    return common.save_plot(name, fig, out)
+
+
+if __name__ == "__main__":
+    main()
