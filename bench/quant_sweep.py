@@ -50,14 +50,20 @@ def candidates(fmt: str, batch: int) -> list[dict]:
                 if math == "f32":
                     out += [dict(block_n=bn, block_k=bk, warps=warps, stages=1, waves=w, **v)
                             for v in qc.GEMV_VARIANTS[fmt] for w in qc.WAVES]
-        out += [dict(block_n=bn, block_k=bk, warps=warps, stages=1, waves=w, x_resident=True, prefetch=pf)
-                for bn, bk, warps in qc.GEMV_XRES[fmt] for pf in (0, 1) for w in qc.WAVES]
+        out += xres_candidates(fmt)
     else:
         bm = min(128, max(16, qc.bucket(batch)))
         for bn, bk, warps, st in qc.GEMM_CANDIDATES[fmt]:
             out += [dict(block_m=bm, block_n=bn, block_k=bk, warps=warps, stages=st, waves=w) for w in qc.WAVES]
     default = dict(qc.DEFAULTS[fmt][qc.bucket(batch)])
     return out if default in out else [default, *out]
+
+
+def xres_candidates(fmt: str) -> list[dict]:
+    """The x-resident GEMV's configs (kernels/quant_configs.py GEMV_XRES, XRES_MATHS, XRES_WAVES)."""
+    return [dict(block_n=bn, block_k=bk, warps=warps, stages=1, waves=w, x_resident=True, prefetch=pf,
+                 **({} if math == "f32" else {"math": math}))
+            for bn, bk, warps in qc.GEMV_XRES[fmt] for math in qc.XRES_MATHS for pf in (0, 1) for w in qc.XRES_WAVES]
 
 
 def product(fmt: str, x: torch.Tensor, qw, out: torch.Tensor, cfg: dict):

@@ -4,8 +4,10 @@ default one (kernels/quant_gemv.py), side by side in one process on one GPU.
 Per weight shape of one decode step (bench/quant_decode.py weight_shapes: each layer's
 qkv, o, gate-up, down and the head), bench/quant_sweep.py sweep_point times, over copies
 larger than 3x the L2: the default kernel at the packaged table's config and at that
-config with register prefetch 1, every x-resident candidate (kernels/quant_configs.py
-GEMV_XRES, prefetch 0 and 1, each waves), and bf16 (cuBLAS). Then the whole step's
+config with register prefetch 1, every x-resident candidate (bench/quant_sweep.py
+xres_candidates: kernels/quant_configs.py GEMV_XRES tiles in the f32 and h2 maths, prefetch
+0 and 1, XRES_WAVES), and bf16 (cuBLAS). Rows and steps also report the fastest x-resident
+config of each math. Then the whole step's
 weight products (every layer's weights distinct, one CUDA graph; quant_decode.time_step)
 with bf16, int4 on the default kernel's faster config per shape, and int4 on the fastest
 config of either kernel per shape: the batch-1 ms per token that issue 16's 2.5x is about.
@@ -36,15 +38,20 @@ GROUP = 128
 
 def candidates(n: int, k: int) -> list[dict]:
     base = qc.config("int4", 1, n, k)
-    xres = [dict(block_n=bn, block_k=bk, warps=w, stages=1, waves=wv, x_resident=True, prefetch=pf)
-            for bn, bk, w in qc.GEMV_XRES["int4"] for pf in (0, 1) for wv in qc.WAVES]
-    return [base, dict(base, prefetch=1, stages=1)] + xres
+    return [base, dict(base, prefetch=1, stages=1)] + quant_sweep.xres_candidates("int4")
 
 
-def best(p: dict, xres: bool | None) -> dict | None:
-    """The point's fastest row of one kernel (None: either)."""
-    rows = [r for r in p["rows"] if xres is None or qc.x_resident(r["cfg"]) == xres]
-    return rows[0] if rows else None  # rows are sorted fastest first
+KINDS = ("default", "xres f32", "xres h2")
+
+
+def kind(cfg: dict) -> str:
+    """Which kernel and math a GEMV config runs: one of KINDS."""
+    return f"xres {cfg.get('math', 'f32')}" if qc.x_resident(cfg) else "default"
+
+
+def best(p: dict, of: tuple[str, ...]) -> dict | None:
+    """The point's fastest row among the kinds ``of``."""
+    return next((r for r in p["rows"] if kind(r["cfg"]) in of), None)  # rows are sorted fastest first
 
 
 def step_ms(shapes: list[tuple[int, int]], table: Path | None, dev) -> float:
@@ -81,27 +88,30 @@ def main() -> None:
                 continue
             p = quant_sweep.sweep_point("int4", 1, n, k, GROUP, dev, False, cands=candidates(n, k))
             points[(n, k)] = p
-            d, x = best(p, False), best(p, True)
-            rows.append({"shape": f"{n}x{k}", "bf16_us": p["bf16_us"], "default_us": d and d["us"], "xres_us": x and x["us"],
-                         "xres_x_default": d and x and d["us"] / x["us"], "default_cfg": d and d["cfg"],
-                         "xres_cfg": x and x["cfg"], "rejected": len(p["rejected"])})
-            print(f"{n:>6}x{k:<6} bf16 {p['bf16_us']:7.1f} us  default {d and d['us']:7.1f}  xres {x and x['us']:7.1f}  "
-                  f"{x and x['cfg']}  rejected {len(p['rejected'])}  [{time.perf_counter() - t0:.0f}s]", flush=True)
+            b = {kd: best(p, (kd,)) for kd in KINDS}
+            us = {kd: b[kd] and b[kd]["us"] for kd in KINDS}
+            x = best(p, KINDS[1:])
+            rows.append({"shape": f"{n}x{k}", "bf16_us": p["bf16_us"], "default_us": us["default"],
+                         "xres_f32_us": us["xres f32"], "xres_h2_us": us["xres h2"],
+                         "xres_x_default": us["default"] and x and us["default"] / x["us"],
+                         "cfgs": {kd: b[kd] and b[kd]["cfg"] for kd in KINDS}, "rejected": p["rejected"][:4]})
+            print(f"{n:>6}x{k:<6} bf16 {p['bf16_us']:7.1f} us  " + "  ".join(f"{kd} {v and round(v, 1)}" for kd, v in us.items())
+                  + f"  best xres {x and x['cfg']}  rejected {len(p['rejected'])}  [{time.perf_counter() - t0:.0f}s]", flush=True)
             torch.cuda.empty_cache()
     steps = []
     for name in a.shapes:
         shapes = quant_decode.weight_shapes(SHAPES[name])
         if not all(s in points for s in shapes):
             continue
-        tables = {kind: {f"{n}x{k}": best(points[(n, k)], kind)["cfg"] for n, k in set(shapes)} for kind in (False, None)}
+        tables = {of: {f"{n}x{k}": best(points[(n, k)], of)["cfg"] for n, k in set(shapes)} for of in (KINDS[:1], KINDS)}
         folder = Path(a.out or common.RESULTS)
         bf16 = step_ms(shapes, None, dev)
-        dflt = step_ms(shapes, write_table(folder / f"{a.name}_{name}_default_table.json", tables[False]), dev)
-        either = step_ms(shapes, write_table(folder / f"{a.name}_{name}_best_table.json", tables[None]), dev)
+        dflt = step_ms(shapes, write_table(folder / f"{a.name}_{name}_default_table.json", tables[KINDS[:1]]), dev)
+        either = step_ms(shapes, write_table(folder / f"{a.name}_{name}_best_table.json", tables[KINDS]), dev)
         steps.append({"shape": name, "bf16_ms": bf16, "int4_default_ms": dflt, "int4_best_ms": either,
-                      "default_x_bf16": bf16 / dflt, "best_x_bf16": bf16 / either, "best_table": tables[None]})
+                      "default_x_bf16": bf16 / dflt, "best_x_bf16": bf16 / either, "best_table": tables[KINDS]})
         torch.cuda.empty_cache()
-    print(common.table(rows, ["shape", "bf16_us", "default_us", "xres_us", "xres_x_default"]))
+    print(common.table(rows, ["shape", "bf16_us", "default_us", "xres_f32_us", "xres_h2_us", "xres_x_default"]))
     print(common.table(steps, ["shape", "bf16_ms", "int4_default_ms", "int4_best_ms", "default_x_bf16", "best_x_bf16"]))
     common.write_results(a.name, {"group": GROUP, "rows": rows, "steps": steps,
                                   "points": [{**p, "rows": p["rows"][:12]} for p in points.values()]}, a.out)
@@ -116,10 +126,11 @@ def plot(name: str, rows: list[dict], out: str | None) -> Path:
 
     fig, ax = plt.subplots(figsize=(9, 4))
     xs = range(len(rows))
-    for i, (key, label) in enumerate((("bf16_us", "bf16 (cuBLAS)"), ("default_us", "int4 default kernel"),
-                                      ("xres_us", "int4 x-resident"))):
-        ax.bar([x + i * 0.27 for x in xs], [r[key] or 0 for r in rows], 0.27, label=label)
-    ax.set_xticks([x + 0.27 for x in xs], [r["shape"] for r in rows], fontsize=7)
+    series = (("bf16_us", "bf16 (cuBLAS)"), ("default_us", "int4 default kernel"), ("xres_f32_us", "int4 x-resident f32"),
+              ("xres_h2_us", "int4 x-resident h2"))
+    for i, (key, label) in enumerate(series):
+        ax.bar([x + i * 0.2 for x in xs], [r[key] or 0 for r in rows], 0.2, label=label)
+    ax.set_xticks([x + 0.3 for x in xs], [r["shape"] for r in rows], fontsize=7)
     ax.set(ylabel="us per product (fastest config each)", title="batch-1 GEMV, int4 group 128 (lower is faster)")
     ax.legend(fontsize=7)
     return common.save_plot(name, fig, out)

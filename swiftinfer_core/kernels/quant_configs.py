@@ -79,10 +79,13 @@ GEMV_MATHS = {"int4": ("f32",), "int8": ("f32",)}
 GEMV_VARIANTS = {"int4": (dict(prefetch=1), dict(prefetch=2), dict(l2_only=True), dict(prefetch=1, l2_only=True)),
                  "int8": ()}
 # The x-resident int4 GEMV's tiles (kernels/quant_gemv_xres.py; block_n rows per step, block_k
-# columns per program's K chunk, warps), each at prefetch 0 and 1, stages 1: 32 lanes across
-# the chunk's blocks at block_k 1024, so x costs 32 registers per thread there.
-GEMV_XRES = {"int4": [(8, 1024, 4), (16, 1024, 4), (16, 512, 4), (32, 1024, 4), (16, 2048, 4), (8, 1024, 2),
-                      (16, 1024, 8), (32, 512, 4)], "int8": []}
+# columns per program's K chunk, warps), each in both maths, at prefetch 0 and 1, stages 1, and
+# XRES_WAVES (its programs are light on registers: offline sm_90, 56-80 at block_n 16). At
+# block_k 1024 the 32 lanes of a warp span the chunk, so x costs 32 float32 registers per
+# thread in the f32 math and 16 f16x2 pairs in h2.
+GEMV_XRES = {"int4": [(8, 1024, 4), (16, 1024, 4), (16, 512, 4), (32, 1024, 4), (16, 2048, 4), (16, 1024, 8)], "int8": []}
+XRES_MATHS = ("f32", "h2")
+XRES_WAVES = (1, 2, 4, 8, 16)
 # Formats without a table of their own: int4 with zero points (one more 2-byte load per
 # group and, in the GEMM, an fma instead of a multiply per weight) tiles as int4 until a
 # tuning file has an "int4_zp" section (the sweep does not time it yet).

@@ -201,9 +201,9 @@ def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: in
         raise ValueError(f'int4 GEMV config "math" must be "f32" or "h2", got {math!r}')
     prefetch, cg = quant_configs.gemv_variant(cfg)
     if quant_configs.x_resident(cfg):
-        if math != "f32" or cg:
-            raise ValueError('the x_resident int4 GEMV has the "f32" math only and no "l2_only"')
-        return gemv_int4_xres(x, packed.view(torch.int32), scales, mins, out, n, k, group, cfg, prefetch)
+        if cg:
+            raise ValueError('the x_resident int4 GEMV has no "l2_only"')
+        return gemv_int4_xres(x, packed.view(torch.int32), scales, mins, out, n, k, group, cfg, prefetch, math)
     if math == "h2" and not zp:
         gemv_int4_h2_kernel[grid](
             x, packed.view(torch.int32), scales, out, ws, cnt, n, k, kb, ng, per, split,

@@ -89,7 +89,7 @@ mov.b32 $0, a;
 
 
 @triton.jit
-def _split4(t):
+def split4(t):
     """t [A, B, 4] -> t[..., 0], t[..., 1], t[..., 2], t[..., 3] ([A, B] each; in-thread)."""
     even, odd = tl.split(tl.reshape(t, (t.shape[0], t.shape[1], 2, 2)))
     t0, t2 = tl.split(even)
@@ -98,14 +98,14 @@ def _split4(t):
 
 
 @triton.jit
-def _pair(lo, hi):
+def pair(lo, hi):
     """float32 lo, hi (fp16 range) -> int32 words of the f16x2 pair (lo in the low half), rn."""
     return tl.inline_asm_elementwise("cvt.rn.f16x2.f32 $0, $2, $1;", "=r,r,r", [lo, hi],
                                      dtype=tl.int32, is_pure=True, pack=1)
 
 
 @triton.jit
-def _halves_sum(acc):
+def halves_sum(acc):
     """int32 words of f16x2 pairs -> float32 lo + hi."""
     return tl.inline_asm_elementwise(
         "{ .reg .f16 l, h; .reg .f32 fl, fh; mov.b32 {l, h}, $1; cvt.f32.f16 fl, l; cvt.f32.f16 fh, h; "
@@ -113,17 +113,27 @@ def _halves_sum(acc):
 
 
 @triton.jit
-def _x_piece(X, blk, bmask, K, I: tl.constexpr):
+def x_pieces(X, blk, bmask, K, I: tl.constexpr):
     """x at columns 32 b + 4 I + j of the blocks blk [NB], as 4 float32 [1, NB] tensors (j = 0..3).
     Loaded 3-D like the weight tile and split at once, so that Triton gives x the tile's
     layout (each thread holds its blocks' columns): no layout conversion in the loop."""
     kx = blk[None, :, None] * 32 + 4 * I + tl.arange(0, 4)[None, None, :]  # [1, NB, 4]
-    return _split4(tl.load(X + kx, mask=bmask[None, :, None] & (kx < K), other=0.0).to(tl.float32))
+    return split4(tl.load(X + kx, mask=bmask[None, :, None] & (kx < K), other=0.0).to(tl.float32))
 
 
 @triton.jit
 def _amax4(a, b, c, d):
     return tl.maximum(tl.maximum(tl.abs(a), tl.abs(b)), tl.maximum(tl.abs(c), tl.abs(d)))
+
+
+@triton.jit
+def amax32(x0a, x0b, x0c, x0d, x1a, x1b, x1c, x1d, x2a, x2b, x2c, x2d, x3a, x3b, x3c, x3d,
+           x4a, x4b, x4c, x4d, x5a, x5b, x5c, x5d, x6a, x6b, x6c, x6d, x7a, x7b, x7c, x7d):
+    """max |x| over a block's 32 columns, given as x_pieces' 8 x 4 pieces."""
+    return tl.maximum(tl.maximum(tl.maximum(_amax4(x0a, x0b, x0c, x0d), _amax4(x1a, x1b, x1c, x1d)),
+                                 tl.maximum(_amax4(x2a, x2b, x2c, x2d), _amax4(x3a, x3b, x3c, x3d))),
+                      tl.maximum(tl.maximum(_amax4(x4a, x4b, x4c, x4d), _amax4(x5a, x5b, x5c, x5d)),
+                                 tl.maximum(_amax4(x6a, x6b, x6c, x6d), _amax4(x7a, x7b, x7c, x7d))))
 
 
 @triton.jit
@@ -142,19 +152,38 @@ def _fma16(w, SHIFT: tl.constexpr, x, down, acc):
 
 
 @triton.jit
-def _word_asm(w, x0, x1, x2, x3, x4, x5, x6, x7, down, h):
-    """FAST: word w [BN, NB] int32 of each row's block, x of its nibbles 0..7 [1, NB] (float32,
-    unscaled), down [1, NB] = 2**-e, h [BN, NB] the f16x2 accumulator -> the new h."""
-    p0 = _pair(x0 * down, x4 * down)  # x pair of nibble pair (0, 4): one cvt.rn.f16x2.f32
-    p1 = _pair(x1 * down, x5 * down)
-    p2 = _pair(x2 * down, x6 * down)
-    p3 = _pair(x3 * down, x7 * down)
+def x_pairs(x0, x1, x2, x3, x4, x5, x6, x7, down):
+    """x of nibbles 0..7 of one word position (float32, unscaled), down = 2**-e -> the 4 f16x2
+    x pairs of nibble pairs (i, i + 4) that word_pairs takes: one cvt.rn.f16x2.f32 each."""
+    return pair(x0 * down, x4 * down), pair(x1 * down, x5 * down), pair(x2 * down, x6 * down), pair(x3 * down, x7 * down)
+
+
+@triton.jit
+def word_pairs(w, p0, p1, p2, p3, h):
+    """FAST: word w [BN, NB] int32 of each row's block, its x pairs (x_pairs), h [BN, NB]
+    the f16x2 accumulator -> the new h (13 instructions per word of 8 weights)."""
     return tl.inline_asm_elementwise(_WORD_ASM, "=r,r,r,r,r,r,r", [w, p0, p1, p2, p3, h],
                                      dtype=tl.int32, is_pure=True, pack=1)
 
 
 @triton.jit
-def _word_ref(w, x0, x1, x2, x3, x4, x5, x6, x7, down, lo, hi):
+def block_exponents(m):
+    """max |x| of each 32-column block -> (down, up) = (2**-e, 2**e) with max |x| 2**-e in [1, 2)
+    (e from the max's float32 exponent bits; up is 0 for an all-zero block)."""
+    ebits = m.to(tl.int32, bitcast=True) & 0x7F800000
+    return ((254 << 23) - ebits).to(tl.float32, bitcast=True), ebits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _word_asm(w, x0, x1, x2, x3, x4, x5, x6, x7, down, h):
+    """FAST: word w [BN, NB] int32 of each row's block, x of its nibbles 0..7 [1, NB] (float32,
+    unscaled), down [1, NB] = 2**-e, h [BN, NB] the f16x2 accumulator -> the new h."""
+    p0, p1, p2, p3 = x_pairs(x0, x1, x2, x3, x4, x5, x6, x7, down)
+    return word_pairs(w, p0, p1, p2, p3, h)
+
+
+@triton.jit
+def word_ref(w, x0, x1, x2, x3, x4, x5, x6, x7, down, lo, hi):
     """FAST=False twin of _word_asm with the f16x2 accumulator as two float64 halves (lo, hi)
     holding fp16 values: the same products in the same order and the same roundings."""
     lo = _fma16(w, 0, x0, down, lo)
@@ -181,36 +210,32 @@ def gemv_int4_h2_kernel(
         blk = b0 + nb  # [NB] packed blocks of this step
         bmask = blk < b_end
         w = load_block_words(q_rows, rmask, blk, bmask)  # [BLOCK_N, NB, 4] int32
-        w0, w1, w2, w3 = _split4(w)  # [BLOCK_N, NB]: word j of each block
+        w0, w1, w2, w3 = split4(w)  # [BLOCK_N, NB]: word j of each block
         # x[32 b + 4 i + j] as x{i}{a,b,c,d} for j = 0..3: [1, NB] float32 each
-        x0a, x0b, x0c, x0d = _x_piece(X, blk, bmask, K, 0)
-        x1a, x1b, x1c, x1d = _x_piece(X, blk, bmask, K, 1)
-        x2a, x2b, x2c, x2d = _x_piece(X, blk, bmask, K, 2)
-        x3a, x3b, x3c, x3d = _x_piece(X, blk, bmask, K, 3)
-        x4a, x4b, x4c, x4d = _x_piece(X, blk, bmask, K, 4)
-        x5a, x5b, x5c, x5d = _x_piece(X, blk, bmask, K, 5)
-        x6a, x6b, x6c, x6d = _x_piece(X, blk, bmask, K, 6)
-        x7a, x7b, x7c, x7d = _x_piece(X, blk, bmask, K, 7)
-        m = tl.maximum(tl.maximum(tl.maximum(_amax4(x0a, x0b, x0c, x0d), _amax4(x1a, x1b, x1c, x1d)),
-                                  tl.maximum(_amax4(x2a, x2b, x2c, x2d), _amax4(x3a, x3b, x3c, x3d))),
-                       tl.maximum(tl.maximum(_amax4(x4a, x4b, x4c, x4d), _amax4(x5a, x5b, x5c, x5d)),
-                                  tl.maximum(_amax4(x6a, x6b, x6c, x6d), _amax4(x7a, x7b, x7c, x7d))))
-        ebits = m.to(tl.int32, bitcast=True) & 0x7F800000  # [1, NB] 2**e: the block max's exponent
-        down = ((254 << 23) - ebits).to(tl.float32, bitcast=True)  # 2**-e: max |x| 2**-e in [1, 2)
-        up = ebits.to(tl.float32, bitcast=True)  # 2**e (0 for an all-zero block)
+        x0a, x0b, x0c, x0d = x_pieces(X, blk, bmask, K, 0)
+        x1a, x1b, x1c, x1d = x_pieces(X, blk, bmask, K, 1)
+        x2a, x2b, x2c, x2d = x_pieces(X, blk, bmask, K, 2)
+        x3a, x3b, x3c, x3d = x_pieces(X, blk, bmask, K, 3)
+        x4a, x4b, x4c, x4d = x_pieces(X, blk, bmask, K, 4)
+        x5a, x5b, x5c, x5d = x_pieces(X, blk, bmask, K, 5)
+        x6a, x6b, x6c, x6d = x_pieces(X, blk, bmask, K, 6)
+        x7a, x7b, x7c, x7d = x_pieces(X, blk, bmask, K, 7)
+        m = amax32(x0a, x0b, x0c, x0d, x1a, x1b, x1c, x1d, x2a, x2b, x2c, x2d, x3a, x3b, x3c, x3d,
+                   x4a, x4b, x4c, x4d, x5a, x5b, x5c, x5d, x6a, x6b, x6c, x6d, x7a, x7b, x7c, x7d)
+        down, up = block_exponents(m)  # [1, NB] 2**-e, 2**e: max |x| 2**-e in [1, 2)
         if FAST:  # the 4 words chained into one f16x2 accumulator per row and block
             h = _word_asm(w0, x0a, x1a, x2a, x3a, x4a, x5a, x6a, x7a, down, tl.zeros([BLOCK_N, NB], tl.int32))
             h = _word_asm(w1, x0b, x1b, x2b, x3b, x4b, x5b, x6b, x7b, down, h)
             h = _word_asm(w2, x0c, x1c, x2c, x3c, x4c, x5c, x6c, x7c, down, h)
             h = _word_asm(w3, x0d, x1d, x2d, x3d, x4d, x5d, x6d, x7d, down, h)
-            blk_sum = _halves_sum(h)  # [BLOCK_N, NB] float32
+            blk_sum = halves_sum(h)  # [BLOCK_N, NB] float32
         else:
             lo = tl.zeros([BLOCK_N, NB], tl.float64)
-            lo, hi = _word_ref(w0, x0a, x1a, x2a, x3a, x4a, x5a, x6a, x7a, down, lo, lo)
-            lo, hi = _word_ref(w1, x0b, x1b, x2b, x3b, x4b, x5b, x6b, x7b, down, lo, hi)
-            lo, hi = _word_ref(w2, x0c, x1c, x2c, x3c, x4c, x5c, x6c, x7c, down, lo, hi)
-            lo, hi = _word_ref(w3, x0d, x1d, x2d, x3d, x4d, x5d, x6d, x7d, down, lo, hi)
-            blk_sum = lo.to(tl.float32) + hi.to(tl.float32)  # as _halves_sum: exact converts, one float32 add
+            lo, hi = word_ref(w0, x0a, x1a, x2a, x3a, x4a, x5a, x6a, x7a, down, lo, lo)
+            lo, hi = word_ref(w1, x0b, x1b, x2b, x3b, x4b, x5b, x6b, x7b, down, lo, hi)
+            lo, hi = word_ref(w2, x0c, x1c, x2c, x3c, x4c, x5c, x6c, x7c, down, lo, hi)
+            lo, hi = word_ref(w3, x0d, x1d, x2d, x3d, x4d, x5d, x6d, x7d, down, lo, hi)
+            blk_sum = lo.to(tl.float32) + hi.to(tl.float32)  # as halves_sum: exact converts, one float32 add
         s = tl.load(S + r64[:, None] * NG + (blk // BPG)[None, :], mask=rmask[:, None] & bmask[None, :], other=0.0)
         acc = tl.fma(blk_sum, s.to(tl.float32) * up, acc)  # [BLOCK_N, NB]: one scale per block
     y = tl.sum(acc, 1)

@@ -1,7 +1,8 @@
 """quant_gemv_xres.py (the int4 GEMV that holds x in registers and walks rows, config
 "x_resident": true) against float64 products of the dequantised weights, on fresh
 random inputs: with and without zero points, split over K chunks or not, rows per
-program from one step to many, full and ragged tiles, register prefetch; the
+program from one step to many, full and ragged tiles, register prefetch; its "h2" math
+within the fp16 bound of test_quant_gemv_h2.py and equal to that file's emulation; the
 grid's row ranges exactly; GPU-only cases at the Llama shapes, determinism and a
 CUDA-graph replay."""
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from kernels_naive import check_deterministic_and_graph_replay, fresh_seed, int4_every_code, int4_zp_every_code, rel_err
+from test_quant_gemv_h2 import OUT_U, _h2_bound, _h2_emulate, _x_with_large_columns
 
 from swiftinfer_core.kernels import quant_common
 from swiftinfer_core.kernels.quant_gemv import gemv_int4
@@ -29,8 +31,8 @@ def _case(n: int, k: int, group: int, dtype: torch.dtype, dev, zero_point: bool 
     return qw, x.to(dev), x.double() @ dequantize(qw).double().t()
 
 
-def _gemv(qw, x, dev, block_n=8, block_k=64, waves=0, prefetch=0, **kw):
-    cfg = dict(block_n=block_n, block_k=block_k, warps=4, stages=1, waves=waves, x_resident=True, prefetch=prefetch)
+def _gemv(qw, x, dev, block_n=8, block_k=64, waves=0, prefetch=0, math="f32", **kw):
+    cfg = dict(block_n=block_n, block_k=block_k, warps=4, stages=1, waves=waves, x_resident=True, prefetch=prefetch, math=math)
     mins = None if qw.mins is None else qw.mins.to(dev)
     return gemv_int4(x, qw.qweight.to(dev), qw.scales.to(dev), qw.in_features, qw.group, cfg=cfg, mins=mins, **kw)
 
@@ -81,8 +83,8 @@ def test_gemv_xres_leaves_its_counters_at_zero_and_refuses_other_options(dev):
         _gemv(qw, x, dev, prefetch=2)
     q, s = qw.qweight.to(dev), qw.scales.to(dev)
     base = dict(block_n=8, block_k=64, warps=4, stages=1, waves=0, x_resident=True)
-    with pytest.raises(ValueError, match="f32"):
-        gemv_int4(x, q, s, 256, 32, cfg=dict(base, math="h2"))
+    with pytest.raises(ValueError, match="math"):
+        gemv_int4(x, q, s, 256, 32, cfg=dict(base, math="f16"))
     with pytest.raises(ValueError, match="l2_only"):
         gemv_int4(x, q, s, 256, 32, cfg=dict(base, l2_only=True))
     with pytest.raises(ValueError, match="x_resident"):
@@ -103,11 +105,50 @@ def test_gemv_xres_reads_every_code(zero_point, dtype, dev):
         assert rel_err(_gemv(qw, x.to(dev), dev, waves=waves), want) < TOL[dtype], f"seed {seed} waves {waves}"
 
 
-def _llama(n, k, zero_point, prefetch, block_k=1024):
+@pytest.mark.parametrize("large", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k,group,block_k", [(37, 101, 32, 64), (40, 320, 64, 128), (64, 256, 128, 256)])
+def test_gemv_xres_h2_within_its_fp16_bound(n, k, group, block_k, dtype, large, dev):
+    """math "h2": element by element within the h2 path's derived bound against float64,
+    x with +-3e4 columns and a tiny block where ``large``, split over chunks or not."""
+    seed = fresh_seed()
+    qw, _, _ = _case(n, k, group, dtype, dev)
+    x = _x_with_large_columns(k, dtype, large)
+    want = x.double() @ dequantize(qw).double().t()
+    bound = _h2_bound(qw, x, want)
+    for waves, prefetch in ((0, 0), (1, 1), (1000, 0)):
+        err = (_gemv(qw, x.to(dev), dev, block_k=block_k, waves=waves, prefetch=prefetch, math="h2").double().cpu() - want).abs()
+        assert (err <= bound).all(), f"seed {seed} waves {waves}: worst err/bound {(err / bound).max():.3g}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemv_xres_h2_matches_its_fp16_emulation(dtype, dev):
+    """Every code, large columns: the block sums are the emulated pairs, order and roundings;
+    what is left is float32 summation and y's rounding (as in test_quant_gemv_h2.py)."""
+    seed = fresh_seed()
+    qw = int4_every_code(37, 300, 32)
+    x = _x_with_large_columns(300, dtype, True)
+    emu, mag = _h2_emulate(qw, x)
+    err = (_gemv(qw, x.to(dev), dev, waves=1, math="h2").double().cpu() - emu).abs()
+    core = (300 / 32 + 8) * 2.0**-24 * mag
+    assert (err <= core + OUT_U[dtype] * (emu.abs() + core)).all(), f"seed {seed}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemv_xres_h2_zero_point(dtype, dev):
+    """Zero points on the h2 math: the min term (min + 8 scale) sum(x) is float32, the nibble
+    part fp16 as above; against float64 within fp16's rounding over 16-product chains."""
+    seed = fresh_seed()
+    qw, x, want = _case(40, 320, 64, dtype, dev, zero_point=True)
+    for waves in (0, 1000):
+        assert rel_err(_gemv(qw, x, dev, block_k=128, waves=waves, math="h2"), want) < 4e-3 + TOL[dtype], f"seed {seed}"
+
+
+def _llama(n, k, zero_point, prefetch, block_k=1024, math="f32"):
     dev = torch.device("cuda")
     qw = quantize(torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02, QuantFormat.INT4, 128, zero_point)
     x = torch.randn(1, k, device=dev, dtype=torch.bfloat16)
-    cfg = dict(block_n=16, block_k=block_k, warps=4, stages=1, waves=2, x_resident=True, prefetch=prefetch)
+    cfg = dict(block_n=16, block_k=block_k, warps=4, stages=1, waves=2, x_resident=True, prefetch=prefetch, math=math)
 
     def run(out=None):
         return gemv_int4(x, qw.qweight, qw.scales, k, 128, out=out, cfg=cfg, mins=qw.mins)
@@ -131,4 +172,16 @@ def test_gemv_xres_is_deterministic_and_replays_in_a_cuda_graph(zero_point):
     identical bits, and a captured launch replays on new x with its counters back at zero."""
     seed = fresh_seed()
     qw, x, run = _llama(4096, 11008, zero_point, 0)
+    check_deterministic_and_graph_replay(run, x, lambda x: x.double() @ dequantize(qw).double().t(), 30, TOL[torch.bfloat16], seed)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,k", [(12288, 4096), (4096, 11008), (128256, 4096)])
+def test_gemv_xres_h2_at_llama_shapes_and_is_deterministic(n, k):
+    """math "h2" at the 7B/8B shapes within its bound; 30 launches identical, a graph replay."""
+    seed = fresh_seed()
+    qw, x, run = _llama(n, k, False, 1, math="h2")
+    want = x.double() @ dequantize(qw).double().t()
+    err = (run().double() - want).abs().cpu()
+    assert (err <= _h2_bound(qw, x, want.cpu())).all(), f"seed {seed}"
     check_deterministic_and_graph_replay(run, x, lambda x: x.double() @ dequantize(qw).double().t(), 30, TOL[torch.bfloat16], seed)
