@@ -27,14 +27,15 @@ reads await, and they re-check what they change after it.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import ray
 
 from deployments.config import AppConfig, LogBackend, RebalanceConfig, SessionLogConfig
-from deployments.messages import ChoiceReply, CommittedTurn, ReplicaStats, SessionDescription, TurnGrant, TurnReplay
+from deployments.messages import ChoiceReply, CommittedTurn, TurnGrant, TurnReplay
+from deployments.sessions.directory_reads import DirectoryReads
+from deployments.sessions.entry import Entry, turn_landed
 from deployments.sessions.hand_backs import HandBacks
 from deployments.sessions.log_writer import BatchWriter
 from deployments.sessions.rebalance import Transit
@@ -54,28 +55,6 @@ PLACEMENT: dict[LogBackend, dict] = {
 }
 
 
-@dataclass
-class Entry:
-    owner: str | None
-    record: SessionRecord | None = None
-    digest: str | None = None
-    seq: int = 0  # committed turns
-    last_turn: LastTurn | None = None
-    lease: str | None = None  # replica running a turn of this session
-    lease_at: float = 0.0
-    kv: tuple[int, ray.ObjectRef] | None = None  # (seq, ref of the wire-form KVSnapshot: replica/kv_wire.py) left by a draining or rebalancing owner
-    created: float = field(default_factory=time.time)
-    updated: float = field(default_factory=time.time)
-    moves: int = 0  # owner changes after the first placement (rebuilds elsewhere)
-    handed: str | None = None  # why its owner gave it back ("drain", "slotless", "rebalance"), until it lands
-
-
-def _landed(entry: Entry, rid: str, seq: int, turn_key: str | None) -> bool:
-    """Whether turn ``seq + 1`` on record is ``rid``'s turn with ``turn_key``."""
-    last = entry.last_turn
-    return entry.seq == seq + 1 and last is not None and last.entry.replica == rid and last.entry.turn_key == turn_key
-
-
 def directory_spec(cfg: AppConfig) -> dict:
     """What every holder of a directory handle passes, so that whichever creates it
     creates it the same way (routers get it through their kwargs)."""
@@ -90,7 +69,7 @@ def directory_spec(cfg: AppConfig) -> dict:
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
-class SessionDirectory(HandBacks):
+class SessionDirectory(HandBacks, DirectoryReads):
     def __init__(self, spec: dict) -> None:
         log_cfg = SessionLogConfig.model_validate(spec["log"])
         self._log = open_log(log_cfg, spec["name"])
@@ -206,7 +185,7 @@ class SessionDirectory(HandBacks):
         turn at ``seq + 1`` is ``rid``'s with this turn key, and ``rid`` runs one
         turn of a session at a time."""
         entry = self._entries.get(sid)
-        if entry is not None and _landed(entry, rid, seq, turn.turn_key):
+        if entry is not None and turn_landed(entry, rid, seq, turn.turn_key):
             return True  # this very commit reached the log before a restart lost its reply: sent again, it is done
         if entry is None or entry.lease not in (rid, None) or entry.seq != seq:
             return False
@@ -250,26 +229,6 @@ class SessionDirectory(HandBacks):
         if entry.seq == 0 and entry.owner == rid and entry.lease is None:
             self._drop(sid, entry)
 
-    async def hold_kv(self, sid: str, rid: str, seq: int, kv: list[ray.ObjectRef]) -> bool:
-        """The owner's cache of ``sid`` at turn ``seq``, left by a drain or before a
-        rebalance's ``give_back``: ``kv`` holds the ref (in a list, so Ray passes the ref,
-        not the object) of what the owner put in the object store; a copy owned by
-        this long-lived actor is kept for the next owner's first turn (replica/kv_wire.py).
-        Refused while a turn is in flight or once one committed past ``seq``, checked
-        again after the copy (a turn may begin meanwhile)."""
-        def holdable() -> bool:
-            entry = self._entries.get(sid)
-            return entry is not None and entry.owner == rid and entry.seq == seq and entry.lease is None
-
-        if not holdable():
-            return False
-        # read in place (zero-copy for the wire form's arrays), copied once off the event loop
-        ref = await asyncio.to_thread(ray.put, await kv[0])
-        if not holdable():
-            return False
-        self._entries[sid].kv = (seq, ref)
-        return True
-
     async def delete(self, sid: str) -> bool:
         entry = self._entries.get(sid)
         if entry is None:
@@ -293,44 +252,6 @@ class SessionDirectory(HandBacks):
             self._by_digest.pop(entry.digest, None)
         del self._entries[sid]
 
-    # ---- reads -----------------------------------------------------------------
-    def describe(self, sid: str) -> SessionDescription | None:
-        entry = self._entries.get(sid)
-        if entry is None:
-            return None
-        return SessionDescription(entry.owner, entry.record, entry.seq, entry.moves, entry.created, entry.updated)
-
-    async def turns(self, sid: str, after_seq: int, limit: int) -> list[TurnEntry]:
-        """Committed turns of ``sid`` from the log itself (the exactly-once audit)."""
-        return await asyncio.to_thread(self._log.turns, sid, after_seq, limit)
-
-    def unowned(self, rid: str, sids: list[str]) -> list[str]:
-        """Those of ``sids`` (copies ``rid`` holds) that are deleted or owned by
-        another replica; a session with no owner (handed back) may still come to ``rid``."""
-        out = []
-        for sid in sids:
-            entry = self._entries.get(sid)
-            if entry is None or entry.owner not in (None, rid):
-                out.append(sid)
-        return out
-
-    def owned(self, rid: str, sids: list[str]) -> list[str]:
-        """Those of ``sids`` that ``rid`` owns now: a drain leaves KV only for these
-        (``hold_kv`` refuses the rest, among them sessions it already gave back)."""
-        mine = self._owned.get(rid, set())
-        return [sid for sid in sids if sid in mine]
-
-    def owners(self) -> dict[str, int]:
-        """Replica id -> sessions it owns (balance metrics)."""
-        return {rid: len(s) for rid, s in self._owned.items() if s}
-
-    def num_sessions(self) -> int:
-        return len(self._entries)
-
-    def log_stats(self) -> dict:
-        return {**self._writer.stats.to_dict(), "loaded_at_start": self.loaded, "sessions": len(self._entries), "pid": os.getpid(),
-                "placements": self._placements}
-
     # ---- id-less conversations -------------------------------------------------
     def resolve_history(self, opening: str, prefix_digest: str | None, scope: str = "") -> tuple[str, bool]:
         """``(session id, continues)``. Continues when ``prefix_digest`` is exactly
@@ -348,35 +269,6 @@ class SessionDirectory(HandBacks):
             sid = f"{scope}conv-{opening}-{n}"
         self._entries[sid] = Entry(owner=None)
         return sid, False
-
-    # ---- replica stats (metrics, readiness, leases) ----------------------------
-    def report(self, rid: str, stats: ReplicaStats) -> None:
-        self._reports.report(rid, stats)
-
-    def departed(self, rids: list[str]) -> None:
-        """Routers saw ``rids`` leave Serve's routing table (router.py ``update_replicas``;
-        ``place`` carries the same list): no fair share, no room for hand-backs
-        (replica_reports.py ``routable``)."""
-        self._reports.departing(rids)
-
-    def cluster(self, max_age_s: float, scope: str = "", max_sessions: int = 200) -> dict:
-        """The cluster view's data (deployments/http/playground.py): live replicas with
-        their report time, stats, tokens/s between their last two reports, owned sessions (ids starting with ``scope``,
-        the tenant's prefix; at most ``max_sessions`` each, newest first), and recent
-        events. A replica silent past ``max_age_s`` is dropped and, once, logged lost."""
-        now = time.time()
-        replicas = {}
-        for rid, t, stats, rate in self._reports.recent(now, max_age_s):
-            mine = [(sid, self._entries[sid]) for sid in self._owned.get(rid, ()) if sid.startswith(scope) and sid in self._entries]
-            mine.sort(key=lambda p: -p[1].updated)
-            sessions = [{"id": sid, "seq": e.seq, "moves": e.moves, "busy": e.lease == rid, "updated": e.updated}
-                        for sid, e in mine[:max_sessions]]
-            replicas[rid] = {"reported_at": t, "stats": stats, "tokens_per_s": rate, "owned": len(mine), "sessions": sessions}
-        events = [e for e in self._reports.events if "session" not in e or e["session"].startswith(scope)]
-        return {"now": now, "replicas": replicas, "events": events}
-
-    def replica_stats(self, max_age_s: float) -> dict[str, ReplicaStats]:
-        return self._reports.live(max_age_s)
 
 
 def directory_handle(spec: dict) -> "ray.actor.ActorHandle":

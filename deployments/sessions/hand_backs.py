@@ -15,17 +15,44 @@ the same event loop, the same state (``_entries``, ``_owned``, ``_reports``,
   Not logged: a restarted directory puts them back with their old owner, which keeps
   its copy until another replica owns the session (``unowned``).
 
+Before a drain's or a rebalance's hand-back the owner leaves the session's KV
+here (``hold_kv``), for the next owner's first turn.
+
 Every hand-back sets the owner to None; the next ``place``/``begin_turn``/``commit``
 names the new owner (directory.py ``_landed`` reports the move).
 """
 
 from __future__ import annotations
 
+import asyncio
+
+import ray
+
 from deployments.sessions.rebalance import moves_for
 from deployments.sessions.session_log import ReleaseOp
 
 
 class HandBacks:
+    async def hold_kv(self, sid: str, rid: str, seq: int, kv: list[ray.ObjectRef]) -> bool:
+        """The owner's cache of ``sid`` at turn ``seq``, left by a drain or before a
+        rebalance's ``give_back``: ``kv`` holds the ref (in a list, so Ray passes the ref,
+        not the object) of what the owner put in the object store; a copy owned by
+        this long-lived actor is kept for the next owner's first turn (replica/kv_wire.py).
+        Refused while a turn is in flight or once one committed past ``seq``, checked
+        again after the copy (a turn may begin meanwhile)."""
+        def holdable() -> bool:
+            entry = self._entries.get(sid)
+            return entry is not None and entry.owner == rid and entry.seq == seq and entry.lease is None
+
+        if not holdable():
+            return False
+        # read in place (zero-copy for the wire form's arrays), copied once off the event loop
+        ref = await asyncio.to_thread(ray.put, await kv[0])
+        if not holdable():
+            return False
+        self._entries[sid].kv = (seq, ref)
+        return True
+
     async def release(self, rid: str) -> int:
         """A draining replica hands its sessions back: no owner, so the next turn
         of each goes to the best other replica (which imports the KV snapshot or
