@@ -2,8 +2,8 @@
 
 The step loop runs in a background thread so the event loop of the caller (a
 Serve replica, the CLI) stays free; chunks reach each caller's async generator
-through its own asyncio queue. Every API call takes the same lock as a step,
-so the core is never touched by two threads at once.
+through its own asyncio queue. Every API call takes the same lock as a step
+(core_calls.py), so the core is never touched by two threads at once.
 
 Starting and aborting a turn never wait for that lock: they go into an inbox
 that the step thread applies before its next step (and any locked API call
@@ -18,7 +18,6 @@ import asyncio
 import logging
 import threading
 from collections import deque
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Iterator
 
@@ -26,11 +25,12 @@ import torch
 
 from swiftinfer_core.config import EngineConfig, SamplingParams
 from swiftinfer_core.engine.core import EngineCore
+from swiftinfer_core.engine.core_calls import CoreCalls
 from swiftinfer_core.engine.delivery import deliver_to_loops, read_stream
 from swiftinfer_core.engine.session import Turn
 from swiftinfer_core.errors import EngineClosedError
 from swiftinfer_core.runner.resolve import torch_device
-from swiftinfer_core.protocol import Absent, EngineStats, KVSnapshot, SessionRecord, SessionStats, SessionView, StreamChunk
+from swiftinfer_core.protocol import Absent, SessionRecord, StreamChunk
 from swiftinfer_core.protocol import EngineProtocol
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class _Submission:
     turn: Turn | None = None
 
 
-class Engine(EngineProtocol):
+class Engine(CoreCalls, EngineProtocol):
     def __init__(self, config: EngineConfig | None = None, core: EngineCore | None = None):
         self.config = config or EngineConfig()
         # On a CPU the step thread builds the core and warms it up, so that every
@@ -150,27 +150,6 @@ class Engine(EngineProtocol):
         if sub.turn is not None:
             self.core.abort(sub.turn)
 
-    @contextmanager
-    def _api(self):
-        """The core, between two steps. With a plain lock the step thread takes
-        it back right after each step (it does not sleep in between), so a caller
-        could wait several steps; here the step thread lets queued callers in
-        first, and a call waits for at most the step in progress."""
-        with self._gate:
-            self._callers += 1
-        try:
-            self._lock.acquire()
-        finally:
-            with self._gate:
-                self._callers -= 1
-                if not self._callers:
-                    self._gate.notify_all()
-        try:
-            self._apply_inbox()
-            yield
-        finally:
-            self._lock.release()
-
     # ---- the loop thread ----
 
     def _loop(self, build: threading.Event | None = None) -> None:
@@ -236,52 +215,7 @@ class Engine(EngineProtocol):
             self.core.abort(turn)
         self._deliver_all([(turn, error) for turn in turns])
 
-    # ---- sessions and stats ----
-
-    def session_stats(self, session_id: str) -> SessionStats:
-        with self._api():
-            return self.core.session_stats(session_id)
-
-    def has_session(self, session_id: str) -> bool:
-        with self._api():
-            return self.core.has_session(session_id)
-
-    def close_session(self, session_id: str) -> None:
-        with self._api():
-            self.core.close_session(session_id)
-
-    def session_ids(self) -> list[str]:
-        with self._api():
-            return self.core.session_ids()
-
-    def slotless_ids(self) -> list[str]:
-        with self._api():
-            return self.core.slotless_ids()
-
-    def export_session(self, session_id: str) -> SessionRecord:
-        with self._api():
-            return self.core.export_session(session_id)
-
-    def import_session(self, record: SessionRecord) -> None:
-        with self._api():
-            self.core.import_session(record)
-
-    def export_kv(self, session_id: str) -> KVSnapshot | None:
-        with self._api():
-            return self.core.export_kv(session_id)
-
-    def import_kv(self, snapshot: KVSnapshot) -> bool:
-        with self._api():
-            return self.core.import_kv(snapshot)
-
-    def stats(self) -> EngineStats:
-        """Exact (taken between steps): admission decisions are made from it."""
-        with self._api():
-            return self.core.stats()
-
-    def view(self, session_id: str) -> SessionView:
-        with self._api():
-            return self.core.view(session_id)
+    # ---- health, warm-up, shutdown ----
 
     def check_health(self) -> None:
         """Raise EngineClosedError once a device fault has stopped the engine (Serve
@@ -300,26 +234,6 @@ class Engine(EngineProtocol):
         else:
             with self._api():
                 self.core.warm_up()
-
-    def _on_step_thread(self, fn: Callable[[], object]) -> object:
-        """fn() as an inbox command (run between steps, normally by the step thread),
-        waited for; its result returned, its exception raised here."""
-        done, box = threading.Event(), []
-
-        def run() -> None:
-            try:
-                box.append((True, fn()))
-            except BaseException as exc:
-                box.append((False, exc))
-            finally:
-                done.set()
-
-        self._post(run)
-        done.wait()
-        ok, value = box[0]
-        if not ok:
-            raise value
-        return value
 
     def inject_device_fault(self, sticky: bool = False) -> None:
         """Test-only (engine/faults.py): the next step faults on the device."""
