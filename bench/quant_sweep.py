@@ -62,8 +62,9 @@ def candidates(fmt: str, batch: int) -> list[dict]:
 def xres_candidates(fmt: str) -> list[dict]:
     """The x-resident GEMV's configs (kernels/quant_configs.py GEMV_XRES, XRES_MATHS, XRES_WAVES)."""
     return [dict(block_n=bn, block_k=bk, warps=warps, stages=1, waves=w, x_resident=True, prefetch=pf,
-                 **({} if math == "f32" else {"math": math}))
-            for bn, bk, warps in qc.GEMV_XRES[fmt] for math in qc.XRES_MATHS for pf in (0, 1) for w in qc.XRES_WAVES]
+                 **({} if math == "f32" else {"math": math}), **({"pdl": True} if pdl else {}))
+            for bn, bk, warps in qc.GEMV_XRES[fmt] for math in qc.XRES_MATHS for pf in (0, 1) for w in qc.XRES_WAVES
+            for pdl in qc.XRES_PDL]
 
 
 def product(fmt: str, x: torch.Tensor, qw, out: torch.Tensor, cfg: dict):
@@ -138,7 +139,7 @@ def variant(cfg: dict) -> str:
     prefetch, l2_only = qc.gemv_variant(cfg)
     math = cfg.get("math", "f32")
     lead = ("" if math == "f32" else f"{math} ") + ("xres " if qc.x_resident(cfg) else "")
-    return lead + f"pf{prefetch}" + ("+l2" if l2_only else "")
+    return lead + f"pf{prefetch}" + ("+l2" if l2_only else "") + ("+pdl" if qc.pdl(cfg) else "")
 
 
 def by_variant(p: dict) -> dict[str, dict]:

@@ -3,14 +3,14 @@ default one (kernels/quant_gemv.py), side by side in one process on one GPU.
 
 Per weight shape of one decode step (bench/quant_decode.py weight_shapes: each layer's
 qkv, o, gate-up, down and the head), bench/quant_sweep.py sweep_point times, over copies
-larger than 3x the L2: the default kernel at the packaged table's config and at that
-config with register prefetch 1, every x-resident candidate (bench/quant_sweep.py
-xres_candidates: kernels/quant_configs.py GEMV_XRES tiles in the f32 and h2 maths, prefetch
-0 and 1, XRES_WAVES), and bf16 (cuBLAS). Rows and steps also report the fastest x-resident
-config of each math. Then the whole step's
-weight products (every layer's weights distinct, one CUDA graph; quant_decode.time_step)
-with bf16, int4 on the default kernel's faster config per shape, and int4 on the fastest
-config of either kernel per shape: the batch-1 ms per token that issue 16's 2.5x is about.
+larger than 3x the L2 and as a CUDA graph of back-to-back launches: the default kernel at the
+packaged table's config and with register prefetch 1; the x-resident kernel in both maths at
+the tiles and waves that led a first H100 run of the full candidate list (block_k 1024, prefetch
+1; quant_xres_ab_7b_h100.json); each of those with and without programmatic dependent launch
+(config "pdl"); and bf16 (cuBLAS). Then the whole step's weight products (every layer's
+weights distinct, one CUDA graph; quant_decode.time_step) with bf16 and int4 on three tables:
+the default kernel's fastest config per shape, the same with "pdl" allowed, and the fastest
+of every kind: the batch-1 ms per token that issue 16's 2.5x is about.
 
     python bench/quant_xres_ab.py --shapes llama2-7b llama3.1-8b --name quant_xres_ab_h100
 """
@@ -38,15 +38,22 @@ GROUP = 128
 
 def candidates(n: int, k: int) -> list[dict]:
     base = qc.config("int4", 1, n, k)
-    return [base, dict(base, prefetch=1, stages=1)] + quant_sweep.xres_candidates("int4")
+    pf1 = dict(base, prefetch=1, stages=1)
+    xres = [dict(block_n=bn, block_k=1024, warps=w, stages=1, waves=wv, x_resident=True, prefetch=1, math=math, pdl=pdl)
+            for bn, w in ((4, 2), (4, 4), (8, 4), (16, 4)) for math in qc.XRES_MATHS for wv in (8, 16) for pdl in (False, True)]
+    return [base, dict(base, pdl=True), pf1, dict(pf1, pdl=True)] + xres
 
 
-KINDS = ("default", "xres f32", "xres h2")
+KINDS = ("default", "xres f32", "xres h2", "default pdl", "xres f32 pdl", "xres h2 pdl")
+
+
+TABLES = {"default": KINDS[:1], "default_pdl": ("default", "default pdl"), "all": KINDS}  # whole-step tables
 
 
 def kind(cfg: dict) -> str:
-    """Which kernel and math a GEMV config runs: one of KINDS."""
-    return f"xres {cfg.get('math', 'f32')}" if qc.x_resident(cfg) else "default"
+    """Which kernel, math and launch a GEMV config runs: one of KINDS."""
+    name = f"xres {cfg.get('math', 'f32')}" if qc.x_resident(cfg) else "default"
+    return name + (" pdl" if qc.pdl(cfg) else "")
 
 
 def best(p: dict, of: tuple[str, ...]) -> dict | None:
@@ -90,29 +97,28 @@ def main() -> None:
             points[(n, k)] = p
             b = {kd: best(p, (kd,)) for kd in KINDS}
             us = {kd: b[kd] and b[kd]["us"] for kd in KINDS}
-            x = best(p, KINDS[1:])
-            rows.append({"shape": f"{n}x{k}", "bf16_us": p["bf16_us"], "default_us": us["default"],
-                         "xres_f32_us": us["xres f32"], "xres_h2_us": us["xres h2"],
-                         "xres_x_default": us["default"] and x and us["default"] / x["us"],
+            top = best(p, KINDS)
+            rows.append({"shape": f"{n}x{k}", "bf16_us": p["bf16_us"], **{f"{kd}_us": v for kd, v in us.items()},
+                         "best_x_default": us["default"] and top and us["default"] / top["us"], "best_kind": top and kind(top["cfg"]),
                          "cfgs": {kd: b[kd] and b[kd]["cfg"] for kd in KINDS}, "rejected": p["rejected"][:4]})
             print(f"{n:>6}x{k:<6} bf16 {p['bf16_us']:7.1f} us  " + "  ".join(f"{kd} {v and round(v, 1)}" for kd, v in us.items())
-                  + f"  best xres {x and x['cfg']}  rejected {len(p['rejected'])}  [{time.perf_counter() - t0:.0f}s]", flush=True)
+                  + f"  best {top and top['cfg']}  rejected {len(p['rejected'])}  [{time.perf_counter() - t0:.0f}s]", flush=True)
             torch.cuda.empty_cache()
     steps = []
     for name in a.shapes:
         shapes = quant_decode.weight_shapes(SHAPES[name])
         if not all(s in points for s in shapes):
             continue
-        tables = {of: {f"{n}x{k}": best(points[(n, k)], of)["cfg"] for n, k in set(shapes)} for of in (KINDS[:1], KINDS)}
         folder = Path(a.out or common.RESULTS)
-        bf16 = step_ms(shapes, None, dev)
-        dflt = step_ms(shapes, write_table(folder / f"{a.name}_{name}_default_table.json", tables[KINDS[:1]]), dev)
-        either = step_ms(shapes, write_table(folder / f"{a.name}_{name}_best_table.json", tables[KINDS]), dev)
-        steps.append({"shape": name, "bf16_ms": bf16, "int4_default_ms": dflt, "int4_best_ms": either,
-                      "default_x_bf16": bf16 / dflt, "best_x_bf16": bf16 / either, "best_table": tables[KINDS]})
+        step = {"shape": name, "bf16_ms": step_ms(shapes, None, dev)}
+        for label, of in TABLES.items():  # each table: the fastest config per shape among those kinds
+            cfgs = {f"{n}x{k}": best(points[(n, k)], of)["cfg"] for n, k in set(shapes)}
+            ms = step_ms(shapes, write_table(folder / f"{a.name}_{name}_{label}_table.json", cfgs), dev)
+            step.update({f"int4_{label}_ms": ms, f"{label}_x_bf16": step["bf16_ms"] / ms})
+        steps.append(step)
         torch.cuda.empty_cache()
-    print(common.table(rows, ["shape", "bf16_us", "default_us", "xres_f32_us", "xres_h2_us", "xres_x_default"]))
-    print(common.table(steps, ["shape", "bf16_ms", "int4_default_ms", "int4_best_ms", "default_x_bf16", "best_x_bf16"]))
+    print(common.table(rows, ["shape", "bf16_us"] + [f"{kd}_us" for kd in KINDS] + ["best_x_default"]))
+    print(common.table(steps, ["shape", "bf16_ms"] + [f"int4_{t}_ms" for t in TABLES] + [f"{t}_x_bf16" for t in TABLES]))
     common.write_results(a.name, {"group": GROUP, "rows": rows, "steps": steps,
                                   "points": [{**p, "rows": p["rows"][:12]} for p in points.values()]}, a.out)
     plot(a.name, rows, a.out)
@@ -126,11 +132,11 @@ def plot(name: str, rows: list[dict], out: str | None) -> Path:
 
     fig, ax = plt.subplots(figsize=(9, 4))
     xs = range(len(rows))
-    series = (("bf16_us", "bf16 (cuBLAS)"), ("default_us", "int4 default kernel"), ("xres_f32_us", "int4 x-resident f32"),
-              ("xres_h2_us", "int4 x-resident h2"))
+    series = [("bf16_us", "bf16 (cuBLAS)")] + [(f"{kd}_us", f"int4 {kd}") for kd in KINDS]
+    wd = 0.8 / len(series)
     for i, (key, label) in enumerate(series):
-        ax.bar([x + i * 0.2 for x in xs], [r[key] or 0 for r in rows], 0.2, label=label)
-    ax.set_xticks([x + 0.3 for x in xs], [r["shape"] for r in rows], fontsize=7)
+        ax.bar([x + i * wd for x in xs], [r[key] or 0 for r in rows], wd, label=label)
+    ax.set_xticks([x + 0.4 - wd / 2 for x in xs], [r["shape"] for r in rows], fontsize=7)
     ax.set(ylabel="us per product (fastest config each)", title="batch-1 GEMV, int4 group 128 (lower is faster)")
     ax.legend(fontsize=7)
     return common.save_plot(name, fig, out)

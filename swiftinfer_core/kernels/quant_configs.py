@@ -17,6 +17,11 @@ A config is a dict:
   x_resident (int4 "f32" GEMV only, optional, missing = false) kernels/quant_gemv_xres.py: a
            program loads x for one K chunk (block_k columns) once and walks rows, block_n
            per step; waves then sets the rows per program (prefetch 0 or 1 applies, l2_only not)
+  pdl      (int4 "f32" GEMV and x_resident, optional, missing = false) launch with programmatic
+           dependent launch (Hopper): the kernel lets the next one start at once, and loads its
+           first weight words before it waits for the previous kernel (griddepcontrol.wait)
+           and reads x, so a chain of GEMVs overlaps one's launch and weight ramp with the
+           other's tail. Needs compute capability 9.0+; ignored under the interpreter
 
 Why a table and not triton.autotune: autotune re-times every config in every new
 process on its first call (a server start would stall for seconds per shape, and
@@ -76,8 +81,8 @@ GEMV_MATHS = {"int4": ("f32",), "int8": ("f32",)}
 # What the sweep adds to each int4 "f32" GEMV tile (at stages 1 only: Triton's own pipelining
 # and the register prefetch are alternatives, not stacked): more weight bytes in flight per
 # thread, and weight words that leave L1 to x's pieces.
-GEMV_VARIANTS = {"int4": (dict(prefetch=1), dict(prefetch=2), dict(l2_only=True), dict(prefetch=1, l2_only=True)),
-                 "int8": ()}
+GEMV_VARIANTS = {"int4": (dict(prefetch=1), dict(prefetch=2), dict(l2_only=True), dict(prefetch=1, l2_only=True),
+                          dict(prefetch=1, pdl=True)), "int8": ()}
 # The x-resident int4 GEMV's tiles (kernels/quant_gemv_xres.py; block_n rows per step, block_k
 # columns per program's K chunk, warps), each in both maths, at prefetch 0 and 1, stages 1, and
 # XRES_WAVES (its programs are light on registers: offline sm_90, 56-80 at block_n 16). At
@@ -86,6 +91,7 @@ GEMV_VARIANTS = {"int4": (dict(prefetch=1), dict(prefetch=2), dict(l2_only=True)
 GEMV_XRES = {"int4": [(8, 1024, 4), (16, 1024, 4), (16, 512, 4), (32, 1024, 4), (16, 2048, 4), (16, 1024, 8)], "int8": []}
 XRES_MATHS = ("f32", "h2")
 XRES_WAVES = (1, 2, 4, 8, 16)
+XRES_PDL = (False, True)  # each x-resident config without and with programmatic dependent launch
 # Formats without a table of their own: int4 with zero points (one more 2-byte load per
 # group and, in the GEMM, an fma instead of a multiply per weight) tiles as int4 until a
 # tuning file has an "int4_zp" section (the sweep does not time it yet).
@@ -127,6 +133,15 @@ def x_resident(cfg: dict) -> bool:
     flag = cfg.get("x_resident", False)
     if not isinstance(flag, bool):
         raise ValueError(f'int4 GEMV config "x_resident" must be a bool, got {flag!r}')
+    return flag
+
+
+def pdl(cfg: dict) -> bool:
+    """Whether a GEMV config launches with programmatic dependent launch (missing = False);
+    ValueError unless a bool."""
+    flag = cfg.get("pdl", False)
+    if not isinstance(flag, bool):
+        raise ValueError(f'GEMV config "pdl" must be a bool, got {flag!r}')
     return flag
 
 

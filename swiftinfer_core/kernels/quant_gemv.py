@@ -73,8 +73,10 @@ from swiftinfer_core.kernels.quant_common import (
 def _gemv_int4_kernel(
     X, Q, S, MN, Y, WS, CNT, N, K, KB, NG, STEPS, SPLIT,
     BPG: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr, STAGES: tl.constexpr, ZP: tl.constexpr,
-    PREFETCH: tl.constexpr, CG: tl.constexpr,
+    PREFETCH: tl.constexpr, CG: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:  # programmatic dependent launch: the next kernel may start its own weight loads now
+        tl.extra.cuda.gdc_launch_dependents()
     rows, rmask, q_rows, b_start, b_end = gemv_tile(Q, N, KB, STEPS, BLOCK_N, NB)
     r64 = rows.to(tl.int64)
     nb = tl.arange(0, NB)
@@ -84,6 +86,8 @@ def _gemv_int4_kernel(
         w1 = load_block_words(q_rows, rmask, b_start + nb, b_start + nb < b_end, CG)
     if PREFETCH >= 2:
         w2 = load_block_words(q_rows, rmask, b_start + NB + nb, b_start + NB + nb < b_end, CG)
+    if PDL:  # x, the workspace and the counters belong to the previous kernel until it completes
+        tl.extra.cuda.gdc_wait()
     for b0 in tl.range(b_start, b_end, NB, num_stages=STAGES):
         blk = b0 + nb  # [NB] packed blocks of this step
         bmask = blk < b_end
@@ -200,11 +204,16 @@ def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: in
     if math not in ("f32", "h2"):
         raise ValueError(f'int4 GEMV config "math" must be "f32" or "h2", got {math!r}')
     prefetch, cg = quant_configs.gemv_variant(cfg)
+    pdl = quant_configs.pdl(cfg) and not interpreting()  # the interpreter runs launches one after another anyway
+    if pdl and torch.cuda.get_device_capability(x.device)[0] < 9:
+        raise ValueError('GEMV config "pdl" needs compute capability 9.0+ (programmatic dependent launch)')
     if quant_configs.x_resident(cfg):
         if cg:
             raise ValueError('the x_resident int4 GEMV has no "l2_only"')
-        return gemv_int4_xres(x, packed.view(torch.int32), scales, mins, out, n, k, group, cfg, prefetch, math)
+        return gemv_int4_xres(x, packed.view(torch.int32), scales, mins, out, n, k, group, cfg, prefetch, math, pdl)
     if math == "h2" and not zp:
+        if pdl:
+            raise ValueError('the "h2" int4 GEMV has no "pdl" (its x_resident kernel has)')
         gemv_int4_h2_kernel[grid](
             x, packed.view(torch.int32), scales, out, ws, cnt, n, k, kb, ng, per, split,
             BPG=group // 32, BLOCK_N=cfg["block_n"], NB=nb, STAGES=cfg["stages"], FAST=not interpreting(),
@@ -214,6 +223,6 @@ def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: in
     _gemv_int4_kernel[grid](
         x, packed.view(torch.int32), scales, mins if zp else scales, out, ws, cnt, n, k, kb, ng, per, split,
         BPG=group // 32, BLOCK_N=cfg["block_n"], NB=nb, STAGES=cfg["stages"], ZP=zp, PREFETCH=prefetch, CG=cg,
-        num_warps=cfg["warps"],
+        PDL=pdl, num_warps=cfg["warps"], **({"launch_pdl": True} if pdl else {}),
     )
     return out

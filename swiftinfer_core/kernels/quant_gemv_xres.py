@@ -50,12 +50,26 @@ def gemv_int4_xres_kernel(
     X, Q, S, MN, Y, WS, CNT, N, K, KB, NG, ROWS, SPLIT, ONE,
     BPG: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr, STAGES: tl.constexpr, ZP: tl.constexpr,
     PREFETCH: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
-    H2: tl.constexpr, FAST: tl.constexpr,
+    H2: tl.constexpr, FAST: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:  # programmatic dependent launch: the next kernel may start its own weight loads now
+        tl.extra.cuda.gdc_launch_dependents()
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     blk = pid_k * NB + tl.arange(0, NB)  # [NB] packed blocks of this K chunk
     bmask = blk < KB
+    r_start = pid_n * ROWS
+    r_end = tl.minimum(r_start + ROWS, N)
+    rows = r_start + tl.arange(0, BLOCK_N)
+    # pointers walk down the rows: one 64-bit add per pointer and step, no per-row index math
+    q_ptrs = Q + rows.to(tl.int64)[:, None, None] * (KB * 4) + (blk * 4)[None, :, None] + tl.arange(0, 4)[None, None, :]
+    s_ptrs = rows.to(tl.int64)[:, None] * NG + (blk // BPG)[None, :]  # [BLOCK_N, NB] each block's group
+    q_step = BLOCK_N * KB * 4
+    s_step = BLOCK_N * NG
+    if PREFETCH:  # the next step's words ride in registers: one more load per row in flight
+        nxt = _words(q_ptrs, rows < r_end, bmask, False, EVEN_K)
+    if PDL:  # x, the workspace and the counters belong to the previous kernel until it completes
+        tl.extra.cuda.gdc_wait()
     if H2:  # x as 8 x 4 pieces [1, NB] (h2.x_pieces: nibble i, word j), scaled per block by 2**-e
         x0a, x0b, x0c, x0d = h2.x_pieces(X, blk, bmask, K, 0)
         x1a, x1b, x1c, x1d = h2.x_pieces(X, blk, bmask, K, 1)
@@ -88,16 +102,6 @@ def gemv_int4_xres_kernel(
         x7 = _x_piece(X, kx, K, bmask, 7)
         if ZP:  # sum(x) per block, for the min term (once, not per row)
             xsum = tl.sum(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7, 2)  # [1, NB]
-    r_start = pid_n * ROWS
-    r_end = tl.minimum(r_start + ROWS, N)
-    rows = r_start + tl.arange(0, BLOCK_N)
-    # pointers walk down the rows: one 64-bit add per pointer and step, no per-row index math
-    q_ptrs = Q + rows.to(tl.int64)[:, None, None] * (KB * 4) + (blk * 4)[None, :, None] + tl.arange(0, 4)[None, None, :]
-    s_ptrs = rows.to(tl.int64)[:, None] * NG + (blk // BPG)[None, :]  # [BLOCK_N, NB] each block's group
-    q_step = BLOCK_N * KB * 4
-    s_step = BLOCK_N * NG
-    if PREFETCH:  # the next step's words ride in registers: one more load per row in flight
-        nxt = _words(q_ptrs, rows < r_end, bmask, False, EVEN_K)
     for r0 in tl.range(r_start, r_end, BLOCK_N, num_stages=STAGES):
         rmask = rows < r_end
         if PREFETCH:
@@ -184,10 +188,12 @@ def row_ranges(n: int, block_n: int, split: int, sms: int, waves: int) -> tuple[
 
 
 def gemv_int4_xres(x: torch.Tensor, q32: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None,
-                   out: torch.Tensor, n: int, k: int, group: int, cfg: dict, prefetch: int, math: str) -> torch.Tensor:
+                   out: torch.Tensor, n: int, k: int, group: int, cfg: dict, prefetch: int, math: str,
+                   pdl: bool = False) -> torch.Tensor:
     """Launch on checked operands (kernels/quant_gemv.py gemv_int4): x [1, K], q32 the packed
     weight viewed as int32 [N, Kp/8], scales (and mins) [N, Kp/group], out [1, N]; math "f32" or
-    "h2" (kernels/quant_gemv_h2.py's packed-half products, its error bound)."""
+    "h2" (kernels/quant_gemv_h2.py's packed-half products, its error bound); pdl: programmatic
+    dependent launch (kernels/quant_configs.py "pdl")."""
     if prefetch not in (0, 1):
         raise ValueError(f'the x_resident int4 GEMV takes "prefetch" 0 or 1, got {prefetch!r}')
     nb = cfg["block_k"] // 32
@@ -201,6 +207,6 @@ def gemv_int4_xres(x: torch.Tensor, q32: torch.Tensor, scales: torch.Tensor, min
         x, q32, scales, scales if mins is None else mins, out, ws, cnt, n, k, kb, ng, rows, split, ONE_BITS,
         BPG=group // 32, BLOCK_N=cfg["block_n"], NB=nb, STAGES=cfg["stages"], ZP=mins is not None,
         PREFETCH=prefetch, SPLIT_K=split > 1, EVEN_N=even_n, EVEN_K=even_k,
-        H2=math == "h2", FAST=not interpreting(), num_warps=cfg["warps"],
+        H2=math == "h2", FAST=not interpreting(), PDL=pdl, num_warps=cfg["warps"], **({"launch_pdl": True} if pdl else {}),
     )
     return out

@@ -9,12 +9,14 @@ from swiftinfer_core.kernels import quant_configs as qc
 
 def test_candidates_and_kinds():
     c = candidates(12288, 4096)
-    assert c[0] == qc.config("int4", 1, 12288, 4096) and c[1] == dict(c[0], prefetch=1, stages=1)
-    xres = c[2:]
-    assert len(xres) == len(qc.GEMV_XRES["int4"]) * len(qc.XRES_MATHS) * 2 * len(qc.XRES_WAVES)
-    assert all(qc.x_resident(x) for x in xres) and [kind(x) for x in c[:2]] == ["default", "default"]
-    assert {kind(x) for x in xres} == {"xres f32", "xres h2"}
-    assert variant(xres[0]) == "xres pf0" and variant(dict(xres[0], math="h2", prefetch=1)) == "h2 xres pf1"
+    base = qc.config("int4", 1, 12288, 4096)
+    assert c[:4] == [base, dict(base, pdl=True), dict(base, prefetch=1, stages=1), dict(base, prefetch=1, stages=1, pdl=True)]
+    assert [kind(x) for x in c[:4]] == ["default", "default pdl", "default", "default pdl"]
+    xres = c[4:]
+    assert len(xres) == 4 * len(qc.XRES_MATHS) * 2 * 2 and all(qc.x_resident(x) for x in xres)
+    assert {kind(x) for x in xres} == {"xres f32", "xres h2", "xres f32 pdl", "xres h2 pdl"}
+    assert variant(xres[0]) == "xres pf1" and variant(xres[1]) == "xres pf1+pdl"
+    assert variant(dict(xres[0], math="h2")) == "h2 xres pf1"
 
 
 def test_best_of_kinds():

@@ -87,7 +87,12 @@ def test_zero_point_int4_takes_int4s_table_until_it_has_its_own(tmp_path, defaul
 
 def test_gemv_variant_defaults_and_refusals():
     assert qc.gemv_variant(qc.DEFAULTS["int4"][1]) == (0, False)  # no keys: the plain kernel
-    assert [qc.gemv_variant(v) for v in qc.GEMV_VARIANTS["int4"]] == [(1, False), (2, False), (0, True), (1, True)]
+    assert [qc.gemv_variant(v) for v in qc.GEMV_VARIANTS["int4"]] == [(1, False), (2, False), (0, True), (1, True), (1, False)]
+    assert [qc.pdl(v) for v in qc.GEMV_VARIANTS["int4"]] == [False] * 4 + [True]
     for bad in ({"prefetch": 3}, {"prefetch": -1}, {"l2_only": 1}):
         with pytest.raises(ValueError, match="prefetch"):
             qc.gemv_variant(bad)
+    assert not qc.pdl({}) and not qc.x_resident({}) and qc.x_resident({"x_resident": True})
+    for flag in ("pdl", "x_resident"):
+        with pytest.raises(ValueError, match=flag):
+            getattr(qc, flag)({flag: 1})

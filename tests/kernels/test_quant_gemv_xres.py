@@ -185,3 +185,49 @@ def test_gemv_xres_h2_at_llama_shapes_and_is_deterministic(n, k):
     err = (run().double() - want).abs().cpu()
     assert (err <= _h2_bound(qw, x, want.cpu())).all(), f"seed {seed}"
     check_deterministic_and_graph_replay(run, x, lambda x: x.double() @ dequantize(qw).double().t(), 30, TOL[torch.bfloat16], seed)
+
+
+PDL_CFGS = [dict(block_n=16, block_k=512, warps=4, stages=1, waves=2, prefetch=1, pdl=True),  # the default kernel
+            dict(block_n=4, block_k=1024, warps=4, stages=1, waves=16, x_resident=True, prefetch=1, math="h2", pdl=True),
+            dict(block_n=8, block_k=1024, warps=4, stages=1, waves=8, x_resident=True, prefetch=1, pdl=True)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cfg", PDL_CFGS, ids=["default", "xres-h2", "xres-f32"])
+def test_gemv_pdl_chain_waits_for_the_previous_output(cfg):
+    """"pdl": a chain of GEMVs, each reading the previous one's output (NaN until written),
+    eager and replayed in a CUDA graph 20 times: every output is its own input's product
+    (the wait before x), split-K counters back at zero (the wait before the workspace)."""
+    seed = fresh_seed()
+    dev = torch.device("cuda")
+    ws = [quantize(torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02, QuantFormat.INT4, 128)
+          for n, k in ((11008, 4096), (4096, 11008), (12288, 4096))]
+    x = torch.randn(1, 4096, device=dev, dtype=torch.bfloat16)
+    outs = [torch.empty(1, w.out_features, device=dev, dtype=torch.bfloat16) for w in ws]
+
+    def chain():
+        for o in outs:
+            o.fill_(float("nan"))
+        src = x
+        for w, o in zip(ws, outs):
+            src = gemv_int4(src, w.qweight, w.scales, w.in_features, 128, out=o, cfg=cfg)
+
+    def check(tag):
+        src = x
+        for w, o in zip(ws, outs):
+            want = src.double() @ dequantize(w).double().t()
+            assert rel_err(o, want) < TOL[torch.bfloat16], f"seed {seed} {tag}"
+            src = o
+        assert all(int(c.abs().sum()) == 0 for c in quant_common._COUNTERS.values())
+
+    chain()
+    torch.cuda.synchronize()
+    check("eager")
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        chain()
+    for i in range(20):
+        x.copy_(torch.randn_like(x))
+        g.replay()
+        torch.cuda.synchronize()
+        check(f"replay {i}")
