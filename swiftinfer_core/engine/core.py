@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
 
 import torch
@@ -20,6 +19,7 @@ from swiftinfer_core.conversation.chat_format import ChatFormat, validate_messag
 from swiftinfer_core.conversation.detokenizer import IncrementalDetokenizer
 from swiftinfer_core.engine.engine_model import EngineModel, engine_runner
 from swiftinfer_core.engine.grammar import Grammars
+from swiftinfer_core.engine.kv_transfer import SessionTransfer, kv_fingerprint
 from swiftinfer_core.engine.penalties import VisibleTokens, needs_counts
 from swiftinfer_core.engine.postprocess import Postprocessor, TurnEvent
 from swiftinfer_core.engine.prefix_cache import PrefixCache
@@ -28,6 +28,7 @@ from swiftinfer_core.engine.scheduler import Scheduler
 from swiftinfer_core.engine.session import Choices, Session, Turn, TurnState
 from swiftinfer_core.engine.slots import SlotKeeper
 from swiftinfer_core.engine.step_trace import StepTrace
+from swiftinfer_core.engine.warm_up import warm_up_core
 from swiftinfer_core.errors import (
     InvalidRequestError,
     PromptTooLongError,
@@ -38,10 +39,8 @@ from swiftinfer_core.errors import (
 from swiftinfer_core.finish_reason import FinishReason
 from swiftinfer_core.kernels.attention import TritonAttention
 from swiftinfer_core.session_id import check_session_id
-from swiftinfer_core.protocol import Absent, EngineStats, KVSnapshot, RawPrompt, ToolPrompt, SessionRecord, SessionStats, SessionView
+from swiftinfer_core.protocol import Absent, EngineStats, RawPrompt, ToolPrompt, SessionRecord, SessionStats, SessionView
 from swiftinfer_core.runner import piecewise
-
-log = logging.getLogger(__name__)
 
 
 def derive_seed(*parts: object) -> int:
@@ -57,7 +56,7 @@ def _raw_ids(prompt: RawPrompt) -> list[int]:
     return list(ids)
 
 
-class EngineCore:
+class EngineCore(SessionTransfer):
     def __init__(self, cfg: EngineConfig, loaded: EngineModel | None = None):
         self.cfg = cfg
         m, self.runner = engine_runner(cfg, loaded)  # ModelRunner, or TPRunner when cfg.tp_size > 1
@@ -75,10 +74,7 @@ class EngineCore:
         self.prefix = PrefixCache(m.pool.slots, self.runner.copy_slot, cfg.prefix_cache_slots, cfg.prefix_cache_min_tokens) if cfg.prefix_cache_slots else None
         self.slots = SlotKeeper(m.pool, self.sessions, self.prefix)
         self.scheduler = Scheduler(cfg.max_batch_tokens, cfg.prefill_chunk, self.slots.admit, self._fork)
-        k0 = m.pool.k[0]
-        # Caches are interchangeable between engines with the same weights, dtype, cache storage
-        # (k0.dtype: float8_e4m3fn for kv_cache_dtype 'fp8') and layout.
-        self.kv_fingerprint = f"{cfg.model}|{cfg.load_format.value}:{cfg.seed}|{m.args!r}|{k0.dtype}|{len(m.pool.k)}x{tuple(k0.shape[1:])}|{m.layout}"
+        self.kv_fingerprint = kv_fingerprint(cfg, m)  # which engines may take this one's caches (kv_transfer.py)
         self.post = Postprocessor(self.scheduler, m.pool, self.format, self.eos_ids, self.prefix.offer if self.prefix else None,
                                   self.prefix.at_cut if self.prefix else None)
         decoder = getattr(m.model, "cpu_decode", None)  # set where the C decode kernels run (runner/build.py)
@@ -197,47 +193,6 @@ class EngineCore:
             self.pool.slots.release(s.slot)
         del self.sessions[session_id]
 
-    def export_session(self, session_id: str) -> SessionRecord:
-        return self.session(session_id).record()
-
-    def import_session(self, record: SessionRecord) -> None:
-        if record.session_id in self.sessions:
-            self.close_session(record.session_id)
-        self.sessions[record.session_id] = Session.from_record(record, self.layout)
-
-    def export_kv(self, session_id: str) -> KVSnapshot | None:
-        """The rows in use of an idle resident session's slot (single-rank engines only)."""
-        s = self.session(session_id)
-        if s.slot is None or s.turn is not None or self.cfg.tp_size > 1:
-            return None
-        k, v = self.pool.export_slot(s.slot, rows=self.layout.fill(s.n))
-        return KVSnapshot(self.kv_fingerprint, s.record(), s.n, k, v)
-
-    def import_kv(self, snap: KVSnapshot) -> bool:
-        """Install a snapshot from a matching engine as the session's cache (False:
-        the caller rebuilds the conversation from its record instead)."""
-        rec = snap.record
-        rows = self.layout.fill(snap.n)
-        if snap.k.dtype != self.pool.k[0].dtype:  # never re-quantised or widened: the other engine's numbers differ
-            log.info("session %s: KV snapshot stored in %s, this engine's cache in %s (kv_cache_dtype): rebuilding it",
-                     rec.session_id, snap.k.dtype, self.pool.k[0].dtype)
-            return False
-        if snap.fingerprint != self.kv_fingerprint or self.cfg.tp_size > 1:
-            return False
-        if len(rec.sink_ids) + len(rec.window_ids) != rows or tuple(snap.k.shape[2:3]) != (rows,):
-            return False
-        old = self.sessions.get(rec.session_id)
-        if old is not None and old.turn is not None:
-            return False
-        if old is not None:
-            self.close_session(rec.session_id)
-        slot = self.slots.take(rec.session_id)
-        if slot is None:
-            return False
-        self.pool.import_slot(slot, snap.k, snap.v)
-        self.sessions[rec.session_id] = Session.from_snapshot(rec, snap.n, slot, self.layout)
-        return True
-
     def has_session(self, session_id: str) -> bool:
         return session_id in self.sessions
 
@@ -272,34 +227,9 @@ class EngineCore:
         self.runner.close()
 
     def warm_up(self) -> None:
-        """Compile every kernel the first real turns would (Triton compiles on first
-        use: seconds per kernel on a GPU) with two scratch conversations, one
-        decoding while the other prefills, so a mixed step runs too; the second
-        one samples with temperature and logprobs, ops a greedy turn never runs
-        (a GPU run whose clients asked for logprobs had its first 32 turns wait
-        ~7 s, served_8b_r1.json; the same stack without logprobs did not: this
-        path was the one difference; not yet re-run). Leaves no session, slot,
-        counter or prefix template behind."""
-        params = SamplingParams(max_tokens=4, ignore_eos=True)
-        sampled = SamplingParams(max_tokens=4, ignore_eos=True, temperature=0.8, top_p=0.9, seed=0, logprobs=True, top_logprobs=2)
-        counters = self.post.tokens_generated, self.post.tokens_prefilled
-        ids = ["__warmup_a__", "__warmup_b__"]
-        trace, self.trace = self.trace, None  # compile-time steps would only blur the trace
-        try:
-            first = self.add_turn(ids[0], [{"role": "user", "content": "warm up"}], params)
-            while first.state is not TurnState.DECODE and first.session.turn is first:
-                self.step()
-            second = self.add_turn(ids[1], [{"role": "user", "content": "warm up " * 40}], sampled)
-            while self.scheduler.has_work and (first.session.turn is first or second.session.turn is second):
-                self.step()
-        finally:
-            for sid in ids:
-                if sid in self.sessions:
-                    self.close_session(sid)
-            if self.prefix is not None:
-                self.prefix.clear()
-            self.post.tokens_generated, self.post.tokens_prefilled = counters
-            self.trace = trace
+        """Compile every kernel the first real turns would, leaving no session, slot,
+        counter or prefix template behind (warm_up.py)."""
+        warm_up_core(self)
 
     # ---- the loop ----
 
