@@ -17,7 +17,7 @@ global app):
 - ``GET/DELETE /v1/sessions/{id}``, ``GET /v1/sessions/{id}/turns`` (the
   session log's committed turns: the exactly-once audit; session_routes.py), ``GET /v1/models``,
   ``GET /healthz``, ``GET /metrics``; ``/openapi.json`` publishes the request
-  schema.
+  schema (service_info.py).
 - ``GET /`` (the browser playground), ``/cluster``, ``/plots``, ``/ui/...`` and
   ``GET /v1/cluster``: ``playground.py``.
 
@@ -37,12 +37,10 @@ apply (``tenant_limits.py``). Clients see only their own, unscoped ids.
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
 import time
 from dataclasses import replace
 
 from fastapi import FastAPI, Request, Response
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray.serve.handle import DeploymentHandle
 
@@ -65,6 +63,7 @@ from deployments.sessions.tenants import client_id, history_seed, scoped
 from deployments.http.tokenize_api import DetokenizeRequest, TokenizeRequest, detokenize, parse, tokenize
 from deployments.http.responses import ResponsesReply
 from deployments.http.responses_schema import ResponsesRequest
+from deployments.http.service_info import openapi_schema, request_body, server_info
 from deployments.http.text_completion import TextResponse
 from deployments.http.tokens import CodecHolder
 from deployments.http.turn_plan import OneCallSessions, TurnPlan, explicit_sid, plan_completion, plan_response
@@ -101,12 +100,10 @@ class Ingress:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = FastAPI(title="SwiftInfer Serve", docs_url=None, redoc_url=None)
-        body = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}}}
-        app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"], openapi_extra={"requestBody": body})
-        completion_body = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CompletionRequest"}}}}
-        app.add_api_route("/v1/completions", self.completions, methods=["POST"], openapi_extra={"requestBody": completion_body})
-        responses_body = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ResponsesRequest"}}}}
-        app.add_api_route("/v1/responses", self.responses, methods=["POST"], openapi_extra={"requestBody": responses_body})
+        app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"],
+                          openapi_extra={"requestBody": request_body(ChatCompletionRequest)})
+        app.add_api_route("/v1/completions", self.completions, methods=["POST"], openapi_extra={"requestBody": request_body(CompletionRequest)})
+        app.add_api_route("/v1/responses", self.responses, methods=["POST"], openapi_extra={"requestBody": request_body(ResponsesRequest)})
         app.add_api_route("/tokenize", self.tokenize, methods=["POST"])
         app.add_api_route("/detokenize", self.detokenize, methods=["POST"])
         self._sessions.add_routes(app)  # /v1/sessions/...: session_routes.py
@@ -114,7 +111,7 @@ class Ingress:
         app.add_api_route("/healthz", self.healthz, methods=["GET"])
         app.add_api_route("/metrics", self.metrics, methods=["GET"])
         self._playground.add_routes(app)
-        app.openapi = lambda: _openapi(app)
+        app.openapi = lambda: openapi_schema(app)
         app.add_middleware(KeyCheck, ring=self._keys, metrics_keyed=self._cfg.auth.metrics_require_key)
         return app
 
@@ -297,33 +294,3 @@ def _unscoped(exc: BaseException, tenant: str | None, sids: list[str]) -> BaseEx
         return type(inner)(text)
     except Exception:  # an exception type that does not take one message: keep it as it is
         return exc
-
-
-def server_info(cfg: AppConfig) -> dict:
-    """What a benchmark records about the server it measured (GET /v1/models)."""
-    versions = {}
-    for dist in ("swiftinfer-serve", "ray", "torch"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = None
-    return {"backend": cfg.backend.value, "engine": cfg.engine.model_dump(mode="json"), "versions": versions,
-            "scaling": {"min_replicas": cfg.scaling.min_replicas, "max_replicas": cfg.scaling.max_replicas},
-            "session_log": cfg.session_log.backend.value, "ingress_replicas": cfg.ingress_replicas,
-            "stream_interval_ms": cfg.stream_interval_ms, "stream_max_chunks_per_s": cfg.stream_max_chunks_per_s,
-            "gil_switch_interval_ms": cfg.gil_switch_interval_ms,
-            "idle_ttl_s": cfg.limits.idle_ttl_s, "max_ongoing_requests": cfg.ongoing_limit}
-
-
-def _openapi(app: FastAPI) -> dict:
-    """FastAPI's schema plus the chat and completion request bodies (the routes read
-    raw bodies, so FastAPI cannot infer them)."""
-    if app.openapi_schema is None:
-        schema = get_openapi(title=app.title, version="1", routes=app.routes)
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (ChatCompletionRequest, CompletionRequest, ResponsesRequest):
-            request = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(request.pop("$defs", {}))
-            components[model.__name__] = request
-        app.openapi_schema = schema
-    return app.openapi_schema
