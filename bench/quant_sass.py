@@ -83,7 +83,7 @@ def gemv_builds(fmt: str, c: dict) -> list[tuple[str, object, dict, int, float]]
         weights = bn * c["block_k"] / (32 * c["warps"])
         for v in ({}, *qc.GEMV_VARIANTS["int4"]):  # the variants the sweep tries
             prefetch, l2_only = qc.gemv_variant(v)
-            consts = dict(base, ZP=False, PREFETCH=prefetch, CG=l2_only, PDL=qc.pdl(v))
+            consts = dict(base, ZP=False, PREFETCH=prefetch, CG=l2_only, PDL=qc.pdl(v), L2PF=False)
             out.append((f"int4 b=1 f32 n{bn:<3} {v}", gv._gemv_int4_kernel, consts, c["warps"], weights))
         out.append((f"int4 b=1 h2  n{bn:<3}", h2.gemv_int4_h2_kernel, dict(base, FAST=True), c["warps"], weights))
     return out

@@ -4,10 +4,12 @@ default one (kernels/quant_gemv.py), side by side in one process on one GPU.
 Per weight shape of one decode step (bench/quant_decode.py weight_shapes: each layer's
 qkv, o, gate-up, down and the head), bench/quant_sweep.py sweep_point times, over copies
 larger than 3x the L2 and as a CUDA graph of back-to-back launches: the default kernel at the
-packaged table's config and with register prefetch 1; the x-resident kernel in both maths at
+packaged table's config and with register prefetch 1; the x-resident kernel's h2 math at
 the tiles and waves that led a first H100 run of the full candidate list (block_k 1024, prefetch
-1; quant_xres_ab_7b_h100.json); each of those with and without programmatic dependent launch
-(config "pdl"); and bf16 (cuBLAS). Then the whole step's weight products (every layer's
+1; quant_xres_ab_7b_h100.json, where f32 was slower everywhere); each of those plain, with
+programmatic dependent launch, and with that plus an L2 prefetch of the program's weights
+(configs "pdl", "l2_prefetch"); bf16 (cuBLAS); and, as the floor a read of this many bytes
+costs here, cuBLAS's bf16 GEMV over a weight of the int4 weight's bytes ([bytes / 2K, K]). Then the whole step's weight products (every layer's
 weights distinct, one CUDA graph; quant_decode.time_step) with bf16 and int4 on three tables:
 the default kernel's fastest config per shape, the same with "pdl" allowed, and the fastest
 of every kind: the batch-1 ms per token that issue 16's 2.5x is about.
@@ -39,26 +41,36 @@ GROUP = 128
 def candidates(n: int, k: int) -> list[dict]:
     base = qc.config("int4", 1, n, k)
     pf1 = dict(base, prefetch=1, stages=1)
-    xres = [dict(block_n=bn, block_k=1024, warps=w, stages=1, waves=wv, x_resident=True, prefetch=1, math=math, pdl=pdl)
-            for bn, w in ((4, 2), (4, 4), (8, 4), (16, 4)) for math in qc.XRES_MATHS for wv in (8, 16) for pdl in (False, True)]
-    return [base, dict(base, pdl=True), pf1, dict(pf1, pdl=True)] + xres
+    launch = ({}, {"pdl": True}, {"pdl": True, "l2_prefetch": True})
+    xres = [dict(block_n=bn, block_k=1024, warps=w, stages=1, waves=wv, x_resident=True, prefetch=1, math="h2", **how)
+            for bn, w in ((4, 2), (4, 4), (8, 4)) for wv in (8, 16) for how in launch]
+    return [dict(c, **how) for c in (base, pf1) for how in launch] + xres
 
 
-KINDS = ("default", "xres f32", "xres h2", "default pdl", "xres f32 pdl", "xres h2 pdl")
-
-
-TABLES = {"default": KINDS[:1], "default_pdl": ("default", "default pdl"), "all": KINDS}  # whole-step tables
+KINDS = ("default", "default pdl", "default pdl l2pf", "xres h2", "xres h2 pdl", "xres h2 pdl l2pf")
+TABLES = {"default": KINDS[:1], "default_pdl": KINDS[:3], "all": KINDS}  # whole-step tables
 
 
 def kind(cfg: dict) -> str:
-    """Which kernel, math and launch a GEMV config runs: one of KINDS."""
+    """Which kernel, math and launch a GEMV config runs: one of KINDS (or "xres f32 ...")."""
     name = f"xres {cfg.get('math', 'f32')}" if qc.x_resident(cfg) else "default"
-    return name + (" pdl" if qc.pdl(cfg) else "")
+    return name + (" pdl" if qc.pdl(cfg) else "") + (" l2pf" if qc.l2_prefetch(cfg) else "")
 
 
 def best(p: dict, of: tuple[str, ...]) -> dict | None:
     """The point's fastest row among the kinds ``of``."""
     return next((r for r in p["rows"] if kind(r["cfg"]) in of), None)  # rows are sorted fastest first
+
+
+def same_bytes_us(n: int, k: int, dev) -> float:
+    """us per launch of cuBLAS's bf16 GEMV over a [rows, k] weight holding the int4 weight's bytes
+    (n k / 2 plus scales), over copies larger than 3x the L2 like the sweep's points."""
+    nbytes = n * k // 2 + n * (k // GROUP) * 2
+    rows = max(1, nbytes // (2 * k))
+    l2 = common.device_info().get("l2_mib", 0) * 2**20
+    ws = [torch.randn(rows, k, device=dev, dtype=torch.bfloat16) for _ in range(int(min(32, max(2, 3 * l2 // nbytes + 1))))]
+    x = torch.randn(1, k, device=dev, dtype=torch.bfloat16)
+    return quant_sweep.time_launches([lambda w=w: torch.nn.functional.linear(x, w) for w in ws], False) * 1e6
 
 
 def step_ms(shapes: list[tuple[int, int]], table: Path | None, dev) -> float:
@@ -98,10 +110,12 @@ def main() -> None:
             b = {kd: best(p, (kd,)) for kd in KINDS}
             us = {kd: b[kd] and b[kd]["us"] for kd in KINDS}
             top = best(p, KINDS)
-            rows.append({"shape": f"{n}x{k}", "bf16_us": p["bf16_us"], **{f"{kd}_us": v for kd, v in us.items()},
+            floor = same_bytes_us(n, k, dev)
+            rows.append({"shape": f"{n}x{k}", "bf16_us": p["bf16_us"], "same_bytes_bf16_us": floor,
+                         "best_of_floor": top and floor / top["us"], **{f"{kd}_us": v for kd, v in us.items()},
                          "best_x_default": us["default"] and top and us["default"] / top["us"], "best_kind": top and kind(top["cfg"]),
                          "cfgs": {kd: b[kd] and b[kd]["cfg"] for kd in KINDS}, "rejected": p["rejected"][:4]})
-            print(f"{n:>6}x{k:<6} bf16 {p['bf16_us']:7.1f} us  " + "  ".join(f"{kd} {v and round(v, 1)}" for kd, v in us.items())
+            print(f"{n:>6}x{k:<6} bf16 {p['bf16_us']:7.1f} us  same-bytes bf16 {floor:6.1f}  " + "  ".join(f"{kd} {v and round(v, 1)}" for kd, v in us.items())
                   + f"  best {top and top['cfg']}  rejected {len(p['rejected'])}  [{time.perf_counter() - t0:.0f}s]", flush=True)
             torch.cuda.empty_cache()
     steps = []
@@ -117,7 +131,8 @@ def main() -> None:
             step.update({f"int4_{label}_ms": ms, f"{label}_x_bf16": step["bf16_ms"] / ms})
         steps.append(step)
         torch.cuda.empty_cache()
-    print(common.table(rows, ["shape", "bf16_us"] + [f"{kd}_us" for kd in KINDS] + ["best_x_default"]))
+    print(common.table(rows, ["shape", "bf16_us", "same_bytes_bf16_us"] + [f"{kd}_us" for kd in KINDS]
+                       + ["best_x_default", "best_of_floor"]))
     print(common.table(steps, ["shape", "bf16_ms"] + [f"int4_{t}_ms" for t in TABLES] + [f"{t}_x_bf16" for t in TABLES]))
     common.write_results(a.name, {"group": GROUP, "rows": rows, "steps": steps,
                                   "points": [{**p, "rows": p["rows"][:12]} for p in points.values()]}, a.out)
@@ -132,7 +147,8 @@ def plot(name: str, rows: list[dict], out: str | None) -> Path:
 
     fig, ax = plt.subplots(figsize=(9, 4))
     xs = range(len(rows))
-    series = [("bf16_us", "bf16 (cuBLAS)")] + [(f"{kd}_us", f"int4 {kd}") for kd in KINDS]
+    series = [("bf16_us", "bf16 (cuBLAS)"), ("same_bytes_bf16_us", "bf16 GEMV of int4's bytes")] + \
+        [(f"{kd}_us", f"int4 {kd}") for kd in KINDS]
     wd = 0.8 / len(series)
     for i, (key, label) in enumerate(series):
         ax.bar([x + i * wd for x in xs], [r[key] or 0 for r in rows], wd, label=label)

@@ -115,6 +115,19 @@ def gemv_tile(Q, N, KB, STEPS, BLOCK_N: tl.constexpr, NB: tl.constexpr):
 
 
 @triton.jit
+def prefetch_l2(Q, rows, N, blk, KB):
+    """Ask L2 for the lines holding packed blocks blk [NB] of rows [BLOCK_N] (clamped into the
+    weight, so every address is valid; one prefetch per 4 blocks = 64 bytes) without waiting:
+    a kernel that may not read its input yet (programmatic dependent launch) can still start
+    its weight stream while the previous kernel drains."""
+    r = tl.minimum(rows, N - 1).to(tl.int64)
+    b = tl.minimum(blk, KB - 1)
+    ptrs = Q + r[:, None] * (KB * 4) + (b * 4)[None, :]
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                              is_pure=False, pack=1)
+
+
+@triton.jit
 def load_block_words(q_rows, rmask, blk, bmask, CG: tl.constexpr = False):
     """The 4 int32 words (16 contiguous bytes) of packed blocks blk [NB] of every row of
     gemv_tile's q_rows -> [BLOCK_N, NB, 4]; 0 outside rmask / bmask. CG: cached in L2

@@ -22,6 +22,8 @@ A config is a dict:
            first weight words before it waits for the previous kernel (griddepcontrol.wait)
            and reads x, so a chain of GEMVs overlaps one's launch and weight ramp with the
            other's tail. Needs compute capability 9.0+; ignored under the interpreter
+  l2_prefetch (int4 "f32" GEMV and x_resident, optional, missing = false) each program first asks
+           L2 for its whole weight range (prefetch.global.L2), before the wait of "pdl"
 
 Why a table and not triton.autotune: autotune re-times every config in every new
 process on its first call (a server start would stall for seconds per shape, and
@@ -130,19 +132,25 @@ def gemv_variant(cfg: dict) -> tuple[int, bool]:
 def x_resident(cfg: dict) -> bool:
     """Whether an int4 GEMV config runs kernels/quant_gemv_xres.py (missing = False);
     ValueError unless a bool."""
-    flag = cfg.get("x_resident", False)
+    return _flag(cfg, "x_resident")
+
+
+def _flag(cfg: dict, key: str) -> bool:
+    flag = cfg.get(key, False)
     if not isinstance(flag, bool):
-        raise ValueError(f'int4 GEMV config "x_resident" must be a bool, got {flag!r}')
+        raise ValueError(f'GEMV config "{key}" must be a bool, got {flag!r}')
     return flag
 
 
 def pdl(cfg: dict) -> bool:
     """Whether a GEMV config launches with programmatic dependent launch (missing = False);
     ValueError unless a bool."""
-    flag = cfg.get("pdl", False)
-    if not isinstance(flag, bool):
-        raise ValueError(f'GEMV config "pdl" must be a bool, got {flag!r}')
-    return flag
+    return _flag(cfg, "pdl")
+
+
+def l2_prefetch(cfg: dict) -> bool:
+    """Whether a GEMV config's programs prefetch their weight range into L2 first (missing = False)."""
+    return _flag(cfg, "l2_prefetch")
 
 
 def pick_split(tiles: int, steps: int, sms: int, waves: int) -> tuple[int, int]:

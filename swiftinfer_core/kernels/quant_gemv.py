@@ -64,6 +64,7 @@ from swiftinfer_core.kernels.quant_common import (
     int8_shape,
     int8_sources,
     load_block_words,
+    prefetch_l2,
     split_buffers,
     splitk_store,
 )
@@ -73,7 +74,7 @@ from swiftinfer_core.kernels.quant_common import (
 def _gemv_int4_kernel(
     X, Q, S, MN, Y, WS, CNT, N, K, KB, NG, STEPS, SPLIT,
     BPG: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr, STAGES: tl.constexpr, ZP: tl.constexpr,
-    PREFETCH: tl.constexpr, CG: tl.constexpr, PDL: tl.constexpr,
+    PREFETCH: tl.constexpr, CG: tl.constexpr, PDL: tl.constexpr, L2PF: tl.constexpr,
 ):
     if PDL:  # programmatic dependent launch: the next kernel may start its own weight loads now
         tl.extra.cuda.gdc_launch_dependents()
@@ -86,6 +87,9 @@ def _gemv_int4_kernel(
         w1 = load_block_words(q_rows, rmask, b_start + nb, b_start + nb < b_end, CG)
     if PREFETCH >= 2:
         w2 = load_block_words(q_rows, rmask, b_start + NB + nb, b_start + NB + nb < b_end, CG)
+    if L2PF:  # the program's whole weight range on its way to L2 before the wait
+        for b0 in range(b_start, b_end, NB):
+            prefetch_l2(Q, rows, N, b0 + 4 * tl.arange(0, NB // 4), KB)
     if PDL:  # x, the workspace and the counters belong to the previous kernel until it completes
         tl.extra.cuda.gdc_wait()
     for b0 in tl.range(b_start, b_end, NB, num_stages=STAGES):
@@ -205,15 +209,18 @@ def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: in
         raise ValueError(f'int4 GEMV config "math" must be "f32" or "h2", got {math!r}')
     prefetch, cg = quant_configs.gemv_variant(cfg)
     pdl = quant_configs.pdl(cfg) and not interpreting()  # the interpreter runs launches one after another anyway
+    l2pf = quant_configs.l2_prefetch(cfg) and not interpreting()  # inline PTX: GPU builds only
     if pdl and torch.cuda.get_device_capability(x.device)[0] < 9:
         raise ValueError('GEMV config "pdl" needs compute capability 9.0+ (programmatic dependent launch)')
     if quant_configs.x_resident(cfg):
         if cg:
             raise ValueError('the x_resident int4 GEMV has no "l2_only"')
-        return gemv_int4_xres(x, packed.view(torch.int32), scales, mins, out, n, k, group, cfg, prefetch, math, pdl)
+        return gemv_int4_xres(x, packed.view(torch.int32), scales, mins, out, n, k, group, cfg, prefetch, math, pdl, l2pf)
     if math == "h2" and not zp:
         if pdl:
             raise ValueError('the "h2" int4 GEMV has no "pdl" (its x_resident kernel has)')
+        if l2pf:
+            raise ValueError('the "h2" int4 GEMV has no "l2_prefetch" (its x_resident kernel has)')
         gemv_int4_h2_kernel[grid](
             x, packed.view(torch.int32), scales, out, ws, cnt, n, k, kb, ng, per, split,
             BPG=group // 32, BLOCK_N=cfg["block_n"], NB=nb, STAGES=cfg["stages"], FAST=not interpreting(),
@@ -223,6 +230,6 @@ def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: in
     _gemv_int4_kernel[grid](
         x, packed.view(torch.int32), scales, mins if zp else scales, out, ws, cnt, n, k, kb, ng, per, split,
         BPG=group // 32, BLOCK_N=cfg["block_n"], NB=nb, STAGES=cfg["stages"], ZP=zp, PREFETCH=prefetch, CG=cg,
-        PDL=pdl, num_warps=cfg["warps"], **({"launch_pdl": True} if pdl else {}),
+        PDL=pdl, L2PF=l2pf, num_warps=cfg["warps"], **({"launch_pdl": True} if pdl else {}),
     )
     return out

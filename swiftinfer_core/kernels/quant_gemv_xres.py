@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from swiftinfer_core.kernels import quant_gemv_h2 as h2
-from swiftinfer_core.kernels.quant_common import int4_nibble, split_buffers
+from swiftinfer_core.kernels.quant_common import int4_nibble, prefetch_l2, split_buffers
 from swiftinfer_core.kernels.triton_common import interpreting, sm_count
 
 ONE_BITS = 0x3F800000  # 1.0f
@@ -50,7 +50,7 @@ def gemv_int4_xres_kernel(
     X, Q, S, MN, Y, WS, CNT, N, K, KB, NG, ROWS, SPLIT, ONE,
     BPG: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr, STAGES: tl.constexpr, ZP: tl.constexpr,
     PREFETCH: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
-    H2: tl.constexpr, FAST: tl.constexpr, PDL: tl.constexpr,
+    H2: tl.constexpr, FAST: tl.constexpr, PDL: tl.constexpr, L2PF: tl.constexpr,
 ):
     if PDL:  # programmatic dependent launch: the next kernel may start its own weight loads now
         tl.extra.cuda.gdc_launch_dependents()
@@ -68,6 +68,9 @@ def gemv_int4_xres_kernel(
     s_step = BLOCK_N * NG
     if PREFETCH:  # the next step's words ride in registers: one more load per row in flight
         nxt = _words(q_ptrs, rows < r_end, bmask, False, EVEN_K)
+    if L2PF:  # the program's whole weight range on its way to L2 before the wait
+        for r0 in range(r_start, r_end, BLOCK_N):
+            prefetch_l2(Q, r0 + tl.arange(0, BLOCK_N), N, pid_k * NB + 4 * tl.arange(0, NB // 4), KB)
     if PDL:  # x, the workspace and the counters belong to the previous kernel until it completes
         tl.extra.cuda.gdc_wait()
     if H2:  # x as 8 x 4 pieces [1, NB] (h2.x_pieces: nibble i, word j), scaled per block by 2**-e
@@ -189,7 +192,7 @@ def row_ranges(n: int, block_n: int, split: int, sms: int, waves: int) -> tuple[
 
 def gemv_int4_xres(x: torch.Tensor, q32: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None,
                    out: torch.Tensor, n: int, k: int, group: int, cfg: dict, prefetch: int, math: str,
-                   pdl: bool = False) -> torch.Tensor:
+                   pdl: bool = False, l2_prefetch: bool = False) -> torch.Tensor:
     """Launch on checked operands (kernels/quant_gemv.py gemv_int4): x [1, K], q32 the packed
     weight viewed as int32 [N, Kp/8], scales (and mins) [N, Kp/group], out [1, N]; math "f32" or
     "h2" (kernels/quant_gemv_h2.py's packed-half products, its error bound); pdl: programmatic
@@ -207,6 +210,6 @@ def gemv_int4_xres(x: torch.Tensor, q32: torch.Tensor, scales: torch.Tensor, min
         x, q32, scales, scales if mins is None else mins, out, ws, cnt, n, k, kb, ng, rows, split, ONE_BITS,
         BPG=group // 32, BLOCK_N=cfg["block_n"], NB=nb, STAGES=cfg["stages"], ZP=mins is not None,
         PREFETCH=prefetch, SPLIT_K=split > 1, EVEN_N=even_n, EVEN_K=even_k,
-        H2=math == "h2", FAST=not interpreting(), PDL=pdl, num_warps=cfg["warps"], **({"launch_pdl": True} if pdl else {}),
+        H2=math == "h2", FAST=not interpreting(), PDL=pdl, L2PF=l2_prefetch, num_warps=cfg["warps"], **({"launch_pdl": True} if pdl else {}),
     )
     return out

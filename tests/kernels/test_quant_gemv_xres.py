@@ -187,15 +187,16 @@ def test_gemv_xres_h2_at_llama_shapes_and_is_deterministic(n, k):
     check_deterministic_and_graph_replay(run, x, lambda x: x.double() @ dequantize(qw).double().t(), 30, TOL[torch.bfloat16], seed)
 
 
-PDL_CFGS = [dict(block_n=16, block_k=512, warps=4, stages=1, waves=2, prefetch=1, pdl=True),  # the default kernel
-            dict(block_n=4, block_k=1024, warps=4, stages=1, waves=16, x_resident=True, prefetch=1, math="h2", pdl=True),
+_DEFAULT = dict(block_n=16, block_k=512, warps=4, stages=1, waves=2, prefetch=1, pdl=True)  # the default kernel
+_XRES_H2 = dict(block_n=4, block_k=1024, warps=4, stages=1, waves=16, x_resident=True, prefetch=1, math="h2", pdl=True)
+PDL_CFGS = [_DEFAULT, dict(_DEFAULT, l2_prefetch=True), _XRES_H2, dict(_XRES_H2, l2_prefetch=True),
             dict(block_n=8, block_k=1024, warps=4, stages=1, waves=8, x_resident=True, prefetch=1, pdl=True)]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("cfg", PDL_CFGS, ids=["default", "xres-h2", "xres-f32"])
+@pytest.mark.parametrize("cfg", PDL_CFGS, ids=["default", "default-l2pf", "xres-h2", "xres-h2-l2pf", "xres-f32"])
 def test_gemv_pdl_chain_waits_for_the_previous_output(cfg):
-    """"pdl": a chain of GEMVs, each reading the previous one's output (NaN until written),
+    """"pdl" (and "l2_prefetch"): a chain of GEMVs, each reading the previous one's output (NaN until written),
     eager and replayed in a CUDA graph 20 times: every output is its own input's product
     (the wait before x), split-K counters back at zero (the wait before the workspace)."""
     seed = fresh_seed()
