@@ -24,6 +24,7 @@ from swiftinfer_core.engine.core import EngineCore
 from swiftinfer_core.engine.engine_model import relayout
 from swiftinfer_core.kernels.attention import TorchAttention, TritonAttention
 from swiftinfer_core.kernels.torch_decode import CpuAttention
+from swiftinfer_core.kernels.triton_common import interpreting
 from swiftinfer_core.runner.model_runner import ModelRunner
 
 
@@ -51,13 +52,15 @@ def test_every_attention_path_samples_the_same_tokens_on_an_fp8_cache(tiny_dir):
     cfg = dict(model=str(tiny_dir), load_format="random", device="cpu", dtype="float32", kv_cache_dtype="fp8",
                sink_tokens=4, window=28, max_sessions=3, cuda_graphs=False, max_batch_tokens=96, prefill_chunk=32, seed=5)
     runs = {}
-    for name, over, cls in [("cpu decode", {}, CpuAttention), ("reference", {"cpu_fast_path": False}, TorchAttention),
-                            ("triton", {"attention": "triton"}, TritonAttention)]:
+    paths = [("cpu decode", {}, CpuAttention), ("reference", {"cpu_fast_path": False}, TorchAttention)]
+    if interpreting():  # Triton on CPU tensors needs the interpreter, which a machine with a GPU leaves off
+        paths.append(("triton", {"attention": "triton"}, TritonAttention))
+    for name, over, cls in paths:
         core = EngineCore(EngineConfig(**cfg, **over))
         assert type(core.loaded.attn) is cls and isinstance(core.pool.k[0], Fp8KV)
         runs[name] = _chat(core, ["a", "b", "c"], max_tokens=6)  # the interpreter's decode steps are slow
         assert all(core.session_stats(s).evictions > 0 for s in "abc")  # every ring wrapped
-    assert runs["cpu decode"] == runs["reference"] == runs["triton"]
+    assert all(r == runs["reference"] for r in runs.values())
 
 
 def _teacher_forced(base_model, ids: list[int], kv: str, prefill: int = 32) -> torch.Tensor:
@@ -111,20 +114,36 @@ def _teacher_forced_on(m, ids: list[int], prefill: int = 32) -> torch.Tensor:
     return torch.cat(out).float().cpu()
 
 
+def _nll(logits: torch.Tensor, ids: list[int], first: int) -> float:
+    return torch.nn.functional.cross_entropy(logits[first:-1], torch.tensor(ids[first + 1:])).item()
+
+
 @pytest.mark.gpu
-def test_gpu_fp8_cache_matches_the_cpu_one_and_agrees_with_bf16(base_model, shakespeare_ids):
+def test_gpu_fp8_cache_matches_the_cpu_one_then_keeps_float32_quality(base_model, shakespeare_ids):
+    """The same format on both devices: the prefill chunk and the first decode steps agree to
+    float rounding. After that the two runs part: a float32 difference of ~1e-6 now and then
+    lands a value on the other side of an e4m3 rounding, a 6% step in that value, and the
+    next layers' inputs then differ by more, so more values flip (an H100 run: logits 2e-6
+    apart for the first decode step, 2e-2 after 170 steps, with or without a ring wrap; the
+    CPU's two fp8 paths part the same way, 1.6e-3 on average over 28 steps). So past the
+    first steps each run is held to what the format promises instead: the float32 cache's
+    greedy tokens and perplexity, as the CPU quality test above holds the CPU path."""
     from swiftinfer_core.engine.engine_model import build_engine_model
 
     ids = shakespeare_ids[:332]  # 300 decode steps through a 4+124 cache
     cfg = dict(sink_tokens=4, window=124, max_sessions=1)
     cpu = _teacher_forced_on(relayout(base_model, EngineConfig(device="cpu", kv_cache_dtype="fp8", **cfg), 1), ids)
     gpu32 = _teacher_forced_on(build_engine_model(EngineConfig(device="cuda", dtype="float32", kv_cache_dtype="fp8", **cfg)), ids)
-    # the same format and function: only float rounding differs, which may flip an e4m3 rounding now and then
+    ref32 = _teacher_forced_on(build_engine_model(EngineConfig(device="cuda", dtype="float32", **cfg)), ids)
     err = (gpu32 - cpu).norm(dim=-1) / cpu.norm(dim=-1)
-    assert err.mean() < 1e-3 and err.max() < 2e-2 and (gpu32.argmax(-1) == cpu.argmax(-1)).float().mean() >= 0.98, err.max()
+    assert err[:34].max() < 1e-4, err[:34].max()  # the chunk and the first two decode steps
+    for got in (gpu32, cpu):
+        assert (got[32:].argmax(-1) == ref32[32:].argmax(-1)).float().mean() >= 0.93
+        assert abs(_nll(got, ids, 32) - _nll(ref32, ids, 32)) < 0.01 * _nll(ref32, ids, 32)
     bf16 = _teacher_forced_on(build_engine_model(EngineConfig(device="cuda", dtype="bfloat16", **cfg)), ids)
     fp8 = _teacher_forced_on(build_engine_model(EngineConfig(device="cuda", dtype="bfloat16", kv_cache_dtype="fp8", **cfg)), ids)
-    assert (bf16.argmax(-1) == fp8.argmax(-1)).float().mean() >= 0.93
+    assert (bf16[32:].argmax(-1) == fp8[32:].argmax(-1)).float().mean() >= 0.93
+    assert abs(_nll(fp8, ids, 32) - _nll(bf16, ids, 32)) < 0.01 * _nll(bf16, ids, 32)
 
 
 @pytest.mark.gpu
