@@ -201,9 +201,6 @@ def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: in
         check_operands(x, packed, mins)
     out = check_out(out, 1, n, x)
     cfg = cfg or quant_configs.config(int4_table(zp), 1, n, k)
-    nb = cfg["block_k"] // 32
-    kb = ng * group // 32  # packed blocks per row
-    grid, split, per, ws, cnt = _grid(x, n, cfg["block_n"], triton.cdiv(kb, nb), cfg)
     math = cfg.get("math", "f32")
     if math not in ("f32", "h2"):
         raise ValueError(f'int4 GEMV config "math" must be "f32" or "h2", got {math!r}')
@@ -216,6 +213,9 @@ def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: in
         if cg:
             raise ValueError('the x_resident int4 GEMV has no "l2_only"')
         return gemv_int4_xres(x, packed.view(torch.int32), scales, mins, out, n, k, group, cfg, prefetch, math, pdl, l2pf)
+    nb = cfg["block_k"] // 32
+    kb = ng * group // 32  # packed blocks per row
+    grid, split, per, ws, cnt = _grid(x, n, cfg["block_n"], triton.cdiv(kb, nb), cfg)
     if math == "h2" and not zp:
         if pdl:
             raise ValueError('the "h2" int4 GEMV has no "pdl" (its x_resident kernel has)')
