@@ -61,10 +61,9 @@ def candidates(fmt: str, batch: int) -> list[dict]:
 
 def xres_candidates(fmt: str) -> list[dict]:
     """The x-resident GEMV's configs (kernels/quant_configs.py GEMV_XRES, XRES_MATHS, XRES_WAVES)."""
-    return [dict(block_n=bn, block_k=bk, warps=warps, stages=1, waves=w, x_resident=True, prefetch=pf,
-                 **({} if math == "f32" else {"math": math}), **({"pdl": True} if pdl else {}))
-            for bn, bk, warps in qc.GEMV_XRES[fmt] for math in qc.XRES_MATHS for pf in (0, 1) for w in qc.XRES_WAVES
-            for pdl in qc.XRES_PDL]
+    return [dict(block_n=bn, block_k=bk, warps=warps, stages=1, waves=w, x_resident=True, prefetch=1,
+                 **({} if math == "f32" else {"math": math}))
+            for bn, bk, warps in qc.GEMV_XRES[fmt] for math in qc.XRES_MATHS for w in qc.XRES_WAVES]
 
 
 def product(fmt: str, x: torch.Tensor, qw, out: torch.Tensor, cfg: dict):

@@ -85,15 +85,15 @@ GEMV_MATHS = {"int4": ("f32",), "int8": ("f32",)}
 # thread, and weight words that leave L1 to x's pieces.
 GEMV_VARIANTS = {"int4": (dict(prefetch=1), dict(prefetch=2), dict(l2_only=True), dict(prefetch=1, l2_only=True),
                           dict(prefetch=1, pdl=True)), "int8": ()}
-# The x-resident int4 GEMV's tiles (kernels/quant_gemv_xres.py; block_n rows per step, block_k
-# columns per program's K chunk, warps), each in both maths, at prefetch 0 and 1, stages 1, and
-# XRES_WAVES (its programs are light on registers: offline sm_90, 56-80 at block_n 16). At
-# block_k 1024 the 32 lanes of a warp span the chunk, so x costs 32 float32 registers per
-# thread in the f32 math and 16 f16x2 pairs in h2.
-GEMV_XRES = {"int4": [(8, 1024, 4), (16, 1024, 4), (16, 512, 4), (32, 1024, 4), (16, 2048, 4), (16, 1024, 8)], "int8": []}
-XRES_MATHS = ("f32", "h2")
-XRES_WAVES = (1, 2, 4, 8, 16)
-XRES_PDL = (False, True)  # each x-resident config without and with programmatic dependent launch
+# The x-resident int4 GEMV's configs the sweep adds (kernels/quant_gemv_xres.py; block_n rows per
+# step, block_k columns per program's K chunk, warps), each in XRES_MATHS at XRES_WAVES, prefetch
+# 1, stages 1. Only the leaders of session 28's H100 runs (bench/quant_xres_ab.py): h2 at 4-8 rows
+# per step and waves 8-16. Every x-resident config was slower than the default kernel there
+# (f32 0.72-0.78x, h2 0.89-0.95x), so the full grid (f32, block_k 512-2048, waves 1-16, pdl)
+# is left to that bench instead of costing every sweep ~200 compiles.
+GEMV_XRES = {"int4": [(4, 1024, 2), (4, 1024, 4), (8, 1024, 4)], "int8": []}
+XRES_MATHS = ("h2",)
+XRES_WAVES = (8, 16)
 # Formats without a table of their own: int4 with zero points (one more 2-byte load per
 # group and, in the GEMM, an fma instead of a multiply per weight) tiles as int4 until a
 # tuning file has an "int4_zp" section (the sweep does not time it yet).
