@@ -21,7 +21,7 @@ A config is a dict:
            dependent launch (Hopper): the kernel lets the next one start at once, and loads its
            first weight words before it waits for the previous kernel (griddepcontrol.wait)
            and reads x, so a chain of GEMVs overlaps one's launch and weight ramp with the
-           other's tail. Needs compute capability 9.0+; ignored under the interpreter
+           other's tail. Ignored before compute capability 9.0 and under the interpreter
   l2_prefetch (int4 "f32" GEMV and x_resident, optional, missing = false) each program first asks
            L2 for its whole weight range (prefetch.global.L2), before the wait of "pdl"
 

@@ -205,10 +205,10 @@ def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: in
     if math not in ("f32", "h2"):
         raise ValueError(f'int4 GEMV config "math" must be "f32" or "h2", got {math!r}')
     prefetch, cg = quant_configs.gemv_variant(cfg)
-    pdl = quant_configs.pdl(cfg) and not interpreting()  # the interpreter runs launches one after another anyway
+    # pdl is a launch hint: off under the interpreter (launches run one after another anyway) and
+    # before Hopper (no griddepcontrol), so a table tuned on one GPU still runs on another
+    pdl = quant_configs.pdl(cfg) and not interpreting() and torch.cuda.get_device_capability(x.device)[0] >= 9
     l2pf = quant_configs.l2_prefetch(cfg) and not interpreting()  # inline PTX: GPU builds only
-    if pdl and torch.cuda.get_device_capability(x.device)[0] < 9:
-        raise ValueError('GEMV config "pdl" needs compute capability 9.0+ (programmatic dependent launch)')
     if quant_configs.x_resident(cfg):
         if cg:
             raise ValueError('the x_resident int4 GEMV has no "l2_only"')
