@@ -37,20 +37,16 @@ def fit(mb: list[float], us: list[float]) -> dict:
     return {"fixed_us": my - slope * mx, "GBps": 1e3 / slope}
 
 
-def copies(nbytes: int) -> int:
-    l2 = common.device_info().get("l2_mib", 0) * 2**20
-    return int(min(32, max(2, 3 * l2 // nbytes + 1)))
-
-
 def point(n: int, dev) -> dict:
     """us per launch of each kind at an [n, K] weight, and the bytes each reads."""
     x = torch.randn(1, K, device=dev, dtype=torch.bfloat16)
     qw = quantize(torch.randn(n, K, device=dev, dtype=torch.bfloat16) * 0.02, QuantFormat.INT4, GROUP)
     q_bytes = qw.qweight.numel() + qw.scales.numel() * 2
-    qs = [qw] + [type(qw)(qw.fmt, qw.qweight.clone(), qw.scales.clone(), n, K, GROUP) for _ in range(copies(q_bytes) - 1)]
+    qs = [qw] + [type(qw)(qw.fmt, qw.qweight.clone(), qw.scales.clone(), n, K, GROUP)
+                 for _ in range(quant_sweep.streaming_copies(q_bytes) - 1)]
     int4 = quant_sweep.time_launches([lambda q=q: gemv_int4(x, q.qweight, q.scales, K, GROUP) for q in qs], False)
     del qs
-    ws = [torch.randn(n, K, device=dev, dtype=torch.bfloat16) for _ in range(copies(n * K * 2))]
+    ws = [torch.randn(n, K, device=dev, dtype=torch.bfloat16) for _ in range(quant_sweep.streaming_copies(n * K * 2))]
     bf16 = quant_sweep.time_launches([lambda w=w: torch.nn.functional.linear(x, w) for w in ws], False)
     out = torch.empty(1, device=dev)
     read = quant_sweep.time_launches([lambda w=w: torch.sum(w.view(-1), dim=(0,), out=out[0]) for w in ws], False)

@@ -73,6 +73,13 @@ def product(fmt: str, x: torch.Tensor, qw, out: torch.Tensor, cfg: dict):
     return f(x, qw.qweight, qw.scales, qw.in_features, qw.group, out=out, cfg=cfg)
 
 
+def streaming_copies(nbytes: int) -> int:
+    """How many copies of an nbytes weight a timing reads in turn so that together they exceed
+    3x the L2 (2 to 32): each launch then streams its weight from HBM, as in a decode step."""
+    l2 = common.device_info().get("l2_mib", 0) * 2**20
+    return int(min(32, max(2, 3 * l2 // nbytes + 1)))
+
+
 def time_launches(fns, smoke: bool) -> float:
     """Seconds per call of the fns, run in turn: a CUDA graph of all of them (median of 5 replays,
     after one warm-up run outside the capture and one replay)."""
@@ -90,9 +97,8 @@ def sweep_point(fmt: str, batch: int, n: int, k: int, group: int, dev, smoke: bo
     qw = quantize(w, QuantFormat(fmt), group)
     x = torch.randn(batch, k, device=dev, dtype=torch.bfloat16, generator=gen)
     want = (x.float() @ dequantize(qw).t()).double()
-    l2 = common.device_info().get("l2_mib", 0) * 2**20
     nbytes = qw.qweight.numel() * qw.qweight.element_size() + qw.scales.numel() * 2
-    copies = 1 if smoke else int(min(32, max(2, 3 * l2 // nbytes + 1)))
+    copies = 1 if smoke else streaming_copies(nbytes)
     qws = [qw] + [type(qw)(qw.fmt, qw.qweight.clone(), qw.scales.clone(), n, k, qw.group) for _ in range(copies - 1)]
     out = torch.empty(batch, n, device=dev, dtype=torch.bfloat16)
     rows, bad = [], []

@@ -67,8 +67,7 @@ def same_bytes_us(n: int, k: int, dev) -> float:
     (n k / 2 plus scales), over copies larger than 3x the L2 like the sweep's points."""
     nbytes = n * k // 2 + n * (k // GROUP) * 2
     rows = max(1, nbytes // (2 * k))
-    l2 = common.device_info().get("l2_mib", 0) * 2**20
-    ws = [torch.randn(rows, k, device=dev, dtype=torch.bfloat16) for _ in range(int(min(32, max(2, 3 * l2 // nbytes + 1))))]
+    ws = [torch.randn(rows, k, device=dev, dtype=torch.bfloat16) for _ in range(quant_sweep.streaming_copies(nbytes))]
     x = torch.randn(1, k, device=dev, dtype=torch.bfloat16)
     return quant_sweep.time_launches([lambda w=w: torch.nn.functional.linear(x, w) for w in ws], False) * 1e6
 

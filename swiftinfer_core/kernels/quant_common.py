@@ -148,14 +148,30 @@ def splitk_store(acc, Y, y_offs, WS, ws_offs, mask, CNT, tile, pid_k, SPLIT, MN)
         tl.store(Y + y_offs, acc.to(Y.dtype.element_ty), mask=mask)
     else:
         tl.store(WS + pid_k * MN + ws_offs, acc, mask=mask)
-        tl.debug_barrier()  # every thread's partial is written before the arrival
-        arrived = tl.atomic_add(CNT + tile, 1, sem="acq_rel")
-        if arrived == SPLIT - 1:
-            tot = tl.load(WS + ws_offs, mask=mask, other=0.0, cache_modifier=".cg")
-            for s in range(1, SPLIT):
-                tot += tl.load(WS + s * MN + ws_offs, mask=mask, other=0.0, cache_modifier=".cg")
-            tl.store(Y + y_offs, tot.to(Y.dtype.element_ty), mask=mask)
-            tl.atomic_xchg(CNT + tile, 0)  # ready for the next launch
+        if splitk_arrive(CNT, tile, SPLIT):
+            splitk_sum(Y, y_offs, WS, ws_offs, mask, SPLIT, MN)
+            splitk_release(CNT, tile)
+
+
+@triton.jit
+def splitk_arrive(CNT, tile, SPLIT):
+    """After a part has stored its partials: count its arrival at ``tile``; True for the last part."""
+    tl.debug_barrier()  # every thread's partial is written before the arrival
+    return tl.atomic_add(CNT + tile, 1, sem="acq_rel") == SPLIT - 1
+
+
+@triton.jit
+def splitk_sum(Y, y_offs, WS, ws_offs, mask, SPLIT, MN):
+    """The last part: y = the SPLIT partials at ws_offs summed in order, stored in Y's dtype."""
+    tot = tl.load(WS + ws_offs, mask=mask, other=0.0, cache_modifier=".cg")
+    for s in range(1, SPLIT):
+        tot += tl.load(WS + s * MN + ws_offs, mask=mask, other=0.0, cache_modifier=".cg")
+    tl.store(Y + y_offs, tot.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def splitk_release(CNT, tile):
+    tl.atomic_xchg(CNT + tile, 0)  # ready for the next launch
 
 
 _COUNTERS: dict[torch.device, torch.Tensor] = {}

@@ -129,17 +129,17 @@ def gemv_variant(cfg: dict) -> tuple[int, bool]:
     return prefetch, l2_only
 
 
-def x_resident(cfg: dict) -> bool:
-    """Whether an int4 GEMV config runs kernels/quant_gemv_xres.py (missing = False);
-    ValueError unless a bool."""
-    return _flag(cfg, "x_resident")
-
-
 def _flag(cfg: dict, key: str) -> bool:
     flag = cfg.get(key, False)
     if not isinstance(flag, bool):
         raise ValueError(f'GEMV config "{key}" must be a bool, got {flag!r}')
     return flag
+
+
+def x_resident(cfg: dict) -> bool:
+    """Whether an int4 GEMV config runs kernels/quant_gemv_xres.py (missing = False);
+    ValueError unless a bool."""
+    return _flag(cfg, "x_resident")
 
 
 def pdl(cfg: dict) -> bool:

@@ -32,7 +32,14 @@ import triton
 import triton.language as tl
 
 from swiftinfer_core.kernels import quant_gemv_h2 as h2
-from swiftinfer_core.kernels.quant_common import int4_nibble, prefetch_l2, split_buffers
+from swiftinfer_core.kernels.quant_common import (
+    int4_nibble,
+    prefetch_l2,
+    split_buffers,
+    splitk_arrive,
+    splitk_release,
+    splitk_sum,
+)
 from swiftinfer_core.kernels.triton_common import interpreting, sm_count
 
 ONE_BITS = 0x3F800000  # 1.0f
@@ -140,15 +147,9 @@ def gemv_int4_xres_kernel(
             part = tl.fma(int4_nibble(u, u_hi, 6), x6, part)
             part = tl.fma(int4_nibble(u, u_hi, 7), x7, part)
             blk_sum = tl.sum(part, 2)  # [BLOCK_N, NB]
-        if EVEN_N and EVEN_K:
-            s = tl.load(S + s_ptrs).to(tl.float32)
-        else:
-            s = tl.load(S + s_ptrs, mask=rmask[:, None] & bmask[None, :], other=0.0).to(tl.float32)
+        s = _group_vals(S + s_ptrs, rmask, bmask, EVEN_N and EVEN_K)
         if ZP:
-            if EVEN_N and EVEN_K:
-                mn = tl.load(MN + s_ptrs).to(tl.float32)
-            else:
-                mn = tl.load(MN + s_ptrs, mask=rmask[:, None] & bmask[None, :], other=0.0).to(tl.float32)
+            mn = _group_vals(MN + s_ptrs, rmask, bmask, EVEN_N and EVEN_K)
             y = tl.sum(blk_sum * s + tl.fma(s, 8.0, mn) * xsum, 1)  # min + 8 scale times sum(x)
         else:
             y = tl.sum(blk_sum * s, 1)  # [BLOCK_N]: across the lanes sharing a row
@@ -160,17 +161,11 @@ def gemv_int4_xres_kernel(
         q_ptrs += q_step
         s_ptrs += s_step
     if SPLIT_K:
-        tl.debug_barrier()  # every thread's partials are written before the arrival
-        arrived = tl.atomic_add(CNT + pid_n, 1, sem="acq_rel")
-        if arrived == SPLIT - 1:
+        if splitk_arrive(CNT, pid_n, SPLIT):  # the last chunk to arrive sums the range, step by step
             for r0 in range(r_start, r_end, BLOCK_N):
                 rows = r0 + tl.arange(0, BLOCK_N)
-                rmask = rows < r_end
-                tot = tl.load(WS + rows, mask=rmask, other=0.0, cache_modifier=".cg")
-                for p in range(1, SPLIT):
-                    tot += tl.load(WS + p * N + rows, mask=rmask, other=0.0, cache_modifier=".cg")
-                tl.store(Y + rows, tot.to(Y.dtype.element_ty), mask=rmask)
-            tl.atomic_xchg(CNT + pid_n, 0)  # ready for the next launch
+                splitk_sum(Y, rows, WS, rows, rows < r_end, SPLIT, N)
+            splitk_release(CNT, pid_n)
 
 
 @triton.jit
@@ -179,6 +174,14 @@ def _words(q_ptrs, rmask, bmask, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr):
     if EVEN_N and EVEN_K:
         return tl.load(q_ptrs)
     return tl.load(q_ptrs, mask=rmask[:, None, None] & bmask[None, :, None], other=0)
+
+
+@triton.jit
+def _group_vals(ptrs, rmask, bmask, EVEN: tl.constexpr):
+    """One step's scales (or mins) [BLOCK_N, NB] as float32; masked only where the shapes need it."""
+    if EVEN:
+        return tl.load(ptrs).to(tl.float32)
+    return tl.load(ptrs, mask=rmask[:, None] & bmask[None, :], other=0.0).to(tl.float32)
 
 
 def row_ranges(n: int, block_n: int, split: int, sms: int, waves: int) -> tuple[int, int]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 from kernels_naive import check_deterministic_and_graph_replay, fresh_seed, int4_every_code, int4_zp_every_code, rel_err
+from test_quant_gemv import DTYPES, TOL
+from test_quant_gemv import _case as quant_gemv_case
 from test_quant_gemv_h2 import OUT_U, _h2_bound, _h2_emulate, _x_with_large_columns
 
 from swiftinfer_core.kernels import quant_common
@@ -18,17 +20,9 @@ from swiftinfer_core.kernels.quant_gemv import gemv_int4
 from swiftinfer_core.kernels.quant_gemv_xres import row_ranges
 from swiftinfer_core.model.quant import QuantFormat, dequantize, quantize, unpack_int4
 
-TOL = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}  # as test_quant_gemv.py (its note)
-DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-
 
 def _case(n: int, k: int, group: int, dtype: torch.dtype, dev, zero_point: bool = False):
-    w = torch.randn(n, k) * torch.logspace(-2, 0, k)[None, :]  # uneven columns: groups get different scales
-    if zero_point:
-        w = w + torch.rand(n, 1)
-    qw = quantize(w, QuantFormat.INT4, group, zero_point)
-    x = torch.randn(1, k).to(dtype)
-    return qw, x.to(dev), x.double() @ dequantize(qw).double().t()
+    return quant_gemv_case(QuantFormat.INT4, n, k, group, dtype, dev, zero_point)
 
 
 def _gemv(qw, x, dev, block_n=8, block_k=64, waves=0, prefetch=0, math="f32", **kw):
