@@ -24,6 +24,9 @@ A config is a dict:
            other's tail. Ignored before compute capability 9.0 and under the interpreter
   l2_prefetch (int4 "f32" GEMV and x_resident, optional, missing = false) each program first asks
            L2 for its whole weight range (prefetch.global.L2), before the wait of "pdl"
+  joined   (int4 GEMM only, optional, missing = false) kernels/quant_gemm_joined.py: the 8 nibble
+           tiles of a K step joined into one operand against x permuted once per call, one dot of
+           K = block_k per step (block_k a multiple of 32) instead of 8 dots of block_k / 8
 
 Why a table and not triton.autotune: autotune re-times every config in every new
 process on its first call (a server start would stall for seconds per shape, and
@@ -75,6 +78,11 @@ GEMM_CANDIDATES = {
     "int4": [(64, 128, 4, 3), (64, 256, 4, 2), (128, 128, 4, 3), (128, 128, 8, 3), (128, 256, 8, 2), (64, 128, 4, 4)],
     "int8": [(64, 64, 4, 4), (64, 128, 4, 3), (128, 64, 4, 4), (128, 128, 8, 3), (128, 64, 8, 4), (64, 256, 4, 2)],
 }  # (block_n, block_k, warps, stages); block_m is the bucket, capped at 128
+# The joined-operand int4 GEMM's tiles (kernels/quant_gemm_joined.py; block_n, block_k, warps,
+# stages; block_m is the bucket): one dot of K = block_k per step, so block_k 32-256 all feed
+# the MMA whole.
+GEMM_JOINED = {"int4": [(64, 64, 4, 3), (64, 128, 4, 3), (128, 64, 4, 4), (128, 64, 8, 4), (128, 128, 8, 3),
+                        (128, 128, 4, 3), (64, 256, 4, 2), (128, 256, 8, 2)], "int8": []}
 WAVES = (0, 1, 2, 4, 8)
 # The sweep tries each GEMV candidate in each math listed here. "h2" (kernels/quant_gemv_h2.py)
 # measured 0.88-0.92x of "f32" per Llama shape on an H100 (bench/quant_h2_ab.py), so the
@@ -146,6 +154,11 @@ def pdl(cfg: dict) -> bool:
     """Whether a GEMV config launches with programmatic dependent launch (missing = False);
     ValueError unless a bool."""
     return _flag(cfg, "pdl")
+
+
+def joined(cfg: dict) -> bool:
+    """Whether an int4 GEMM config runs kernels/quant_gemm_joined.py (missing = False)."""
+    return _flag(cfg, "joined")
 
 
 def l2_prefetch(cfg: dict) -> bool:

@@ -45,7 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
-from swiftinfer_core.kernels import quant_configs
+from swiftinfer_core.kernels import quant_configs, quant_gemm_joined
 from swiftinfer_core.kernels.triton_common import dot_precision, mma_dtype, sm_count
 from swiftinfer_core.kernels.quant_common import (
     check_operands,
@@ -211,10 +211,16 @@ def gemm_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: in
     if zp:
         check_operands(x, packed, mins)
     m, out, cfg = _prepare(x, packed, scales, k, out, n, int4_table(zp), cfg)
-    if cfg["block_k"] % 128:
-        raise ValueError(f"int4 GEMM block_k must be a multiple of 128 (8 dots of >= 16), got {cfg['block_k']}")
+    joined = quant_configs.joined(cfg)
+    if cfg["block_k"] % (32 if joined else 128):
+        raise ValueError(f"int4 GEMM block_k must be a multiple of {32 if joined else 128} "
+                         f"({'whole packed blocks' if joined else '8 dots of >= 16'}), got {cfg['block_k']}")
     kb = ng * group // 32
     grid, split, per, ws, cnt = _split(x, m, n, triton.cdiv(kb, cfg["block_k"] // 32), cfg)
+    if joined:
+        quant_gemm_joined.launch(x, packed.view(torch.int32), scales, mins, out, ws, cnt, grid, per, split, kb, ng, group,
+                                 cfg, mma_dtype(x.dtype), dot_precision(x.dtype))
+        return out
     _gemm_int4_kernel[grid](
         x, packed.view(torch.int32), scales, mins if zp else scales, out, ws, cnt, m, n, k, kb, ng, x.stride(0),
         out.stride(0), per, split, BPG=group // 32, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"],
