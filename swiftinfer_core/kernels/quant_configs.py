@@ -24,9 +24,9 @@ A config is a dict:
            other's tail. Ignored before compute capability 9.0 and under the interpreter
   l2_prefetch (int4 "f32" GEMV and x_resident, optional, missing = false) each program first asks
            L2 for its whole weight range (prefetch.global.L2), before the wait of "pdl"
-  joined   (int4 GEMM only, optional, missing = false) kernels/quant_gemm_joined.py: the 8 nibble
-           tiles of a K step joined into one operand against x permuted once per call, one dot of
-           K = block_k per step (block_k a multiple of 32) instead of 8 dots of block_k / 8
+  joined   (GEMM only, optional, missing = false) kernels/quant_gemm_joined.py: a K step's 8 nibble
+           (int4) or 4 byte (int8) tiles joined into one operand against x permuted once per call,
+           one dot of K = block_k per step (a multiple of 32 / 16) instead of 8 / 4 smaller dots
 
 Why a table and not triton.autotune: autotune re-times every config in every new
 process on its first call (a server start would stall for seconds per shape, and
@@ -82,7 +82,8 @@ GEMM_CANDIDATES = {
 # stages; block_m is the bucket): one dot of K = block_k per step, so block_k 32-256 all feed
 # the MMA whole.
 GEMM_JOINED = {"int4": [(64, 64, 4, 3), (64, 128, 4, 3), (128, 64, 4, 4), (128, 64, 8, 4), (128, 128, 8, 3),
-                        (128, 128, 4, 3), (64, 256, 4, 2), (128, 256, 8, 2)], "int8": []}
+                        (128, 128, 4, 3), (64, 256, 4, 2), (128, 256, 8, 2)],
+               "int8": [(64, 64, 4, 4), (64, 128, 4, 3), (128, 64, 4, 4), (128, 64, 8, 4), (128, 128, 8, 3)]}
 WAVES = (0, 1, 2, 4, 8)
 # The sweep tries each GEMV candidate in each math listed here. "h2" (kernels/quant_gemv_h2.py)
 # measured 0.88-0.92x of "f32" per Llama shape on an H100 (bench/quant_h2_ab.py), so the
@@ -157,7 +158,7 @@ def pdl(cfg: dict) -> bool:
 
 
 def joined(cfg: dict) -> bool:
-    """Whether an int4 GEMM config runs kernels/quant_gemm_joined.py (missing = False)."""
+    """Whether a GEMM config runs kernels/quant_gemm_joined.py (missing = False)."""
     return _flag(cfg, "joined")
 
 

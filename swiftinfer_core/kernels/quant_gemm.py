@@ -190,10 +190,16 @@ def gemm_int8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch
     k = x.shape[-1]
     n = int8_shape(q, scales, k)
     m, out, cfg = _prepare(x, q, scales, k, out, n, "int8", cfg)
-    if cfg["block_k"] % 64:
-        raise ValueError(f"int8 GEMM block_k must be a multiple of 64 (4 dots of >= 16), got {cfg['block_k']}")
+    joined = quant_configs.joined(cfg)
+    if cfg["block_k"] % (16 if joined else 64):
+        raise ValueError(f"int8 GEMM block_k must be a multiple of {16 if joined else 64} "
+                         f"({'whole 16-byte blocks' if joined else '4 dots of >= 16'}), got {cfg['block_k']}")
     kb = q.shape[1] // 16
     grid, split, per, ws, cnt = _split(x, m, n, triton.cdiv(kb, cfg["block_k"] // 16), cfg)
+    if joined:
+        quant_gemm_joined.launch_int8(x, q.view(torch.int32), scales, out, ws, cnt, grid, per, split, kb, cfg,
+                                      mma_dtype(x.dtype), dot_precision(x.dtype))
+        return out
     _gemm_int8_kernel[grid](
         x, q.view(torch.int32), scales, out, ws, cnt, m, n, k, kb, x.stride(0), out.stride(0), per, split,
         BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_K=cfg["block_k"],

@@ -1,4 +1,4 @@
-"""The int4 GEMM with one dequantised operand per K step (quant_configs key ``joined``).
+"""The int4 and int8 GEMMs with one dequantised operand per K step (quant_configs key ``joined``).
 
 kernels/quant_gemm.py multiplies a K step of BLOCK_K columns as 8 dots, one per nibble
 position, each of K = BLOCK_K / 8 against x^T gathered in 4-column pieces (the packing is
@@ -17,6 +17,10 @@ So x_perm[:, 32 b0 + p] = x[:, that column]; steps start at multiples of BLOCK_K
 which makes the permutation the same in every BLOCK_K chunk (:func:`permutation`). Positions
 whose column is past K (the packing's padding) read any column and are masked in the kernel.
 
+int8 the same way: its 4 byte tiles (byte t of word j of a 16-column block is column 4t + j)
+joined as join(join(b0, b1), join(b2, b3)), so operand column p = 4c + r is byte
+t = 2(r & 1) + (r >> 1) of word c (:func:`column_of_int8`), and the row scale multiplies the end.
+
 Scales as in quant_gemm.py: a step inside one group (symmetric) multiplies the float32 partial
 by the row's scale; a step spanning groups scales each weight in the operand; zero points give
 q * S + (min + 8 S) per weight. Cost: one index_select over x [M, K] per call, which next to
@@ -31,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from swiftinfer_core.kernels.quant_common import int4_nibble, int4_sources, splitk_store
+from swiftinfer_core.kernels.quant_common import int4_nibble, int4_sources, int8_byte, int8_sources, splitk_store
 
 
 @triton.jit
@@ -41,6 +45,14 @@ def column_of(p, b0):
     i = 4 * (r & 1) + (r & 2) + (r >> 2)
     c = p // 8
     return (b0 + c // 4) * 32 + 4 * i + c % 4
+
+
+@triton.jit
+def column_of_int8(p, b0):
+    """Input column of joined int8 operand column ``p`` of the step at 16-byte block b0."""
+    r = p % 4
+    c = p // 4
+    return (b0 + c // 4) * 16 + 4 * (2 * (r & 1) + (r >> 1)) + c % 4
 
 
 @triton.jit
@@ -126,26 +138,78 @@ def _gemm_int4_joined_kernel(
                  mmask[None, :] & nmask[:, None], CNT, tile, pid_k, SPLIT, M * N)
 
 
-def _column_of(p: torch.Tensor) -> torch.Tensor:
-    """column_of for b0 = 0, on the host (p int64)."""
+@triton.jit
+def _gemm_int8_joined_kernel(
+    XP, Q, S, Y, WS, CNT, M, N, K, KB, stride_xm, stride_ym, STEPS, SPLIT,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    MMA: tl.constexpr, PREC: tl.constexpr, STAGES: tl.constexpr,
+):
+    NBK: tl.constexpr = BLOCK_K // 16  # 16-byte blocks per step
+    W: tl.constexpr = 4 * NBK  # words per row per step
+    tile = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    rm = (tile % tiles_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = (tile // tiles_m) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mmask, nmask = rm < M, rn < N
+    x_cols = XP + rm.to(tl.int64)[None, :] * stride_xm
+    q_rows = Q + rn.to(tl.int64)[:, None] * (KB * 4)
+    cw = tl.arange(0, W)
+    p = tl.arange(0, BLOCK_K)
+    b_start = pid_k * STEPS * NBK
+    b_end = tl.minimum(b_start + STEPS * NBK, KB)
+    acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    for b0 in tl.range(b_start, b_end, NBK, num_stages=STAGES):
+        bmask = (b0 + cw // 4) < b_end
+        w = tl.load(q_rows + b0 * 4 + cw[None, :], mask=nmask[:, None] & bmask[None, :], other=0)  # [BLOCK_N, W] int32
+        kmask = ((b0 + p // 16) < b_end) & (column_of_int8(p, b0) < K)
+        xt = tl.load(x_cols + (b0 * 16 + p)[:, None], mask=kmask[:, None] & mmask[None, :], other=0.0)  # [BLOCK_K, BLOCK_M]
+        u, u_hi = int8_sources(w)
+        lo = tl.join(int8_byte(u, u_hi, 0), int8_byte(u, u_hi, 1))
+        hi = tl.join(int8_byte(u, u_hi, 2), int8_byte(u, u_hi, 3))
+        a = tl.join(lo, hi).reshape(BLOCK_N, BLOCK_K).to(MMA)  # q exact in the 16-bit operand
+        acc = tl.dot(a, xt.to(MMA), acc, input_precision=PREC)
+    acc = acc * tl.load(S + rn, mask=nmask, other=0.0).to(tl.float32)[:, None]
+    splitk_store(acc, Y, rm[None, :] * stride_ym + rn[:, None], WS, rm[None, :] * N + rn[:, None],
+                 mmask[None, :] & nmask[:, None], CNT, tile, pid_k, SPLIT, M * N)
+
+
+def _column_of(p: torch.Tensor, int8: bool = False) -> torch.Tensor:
+    """column_of (int8: column_of_int8) for b0 = 0, on the host (p int64)."""
+    if int8:
+        r, c = p % 4, p // 4
+        return (c // 4) * 16 + 4 * (2 * (r & 1) + (r >> 1)) + c % 4
     r, c = p % 8, p // 8
     return (c // 4) * 32 + 4 * (4 * (r & 1) + (r & 2) + (r >> 2)) + c % 4
 
 
 @functools.lru_cache(maxsize=64)
-def permutation(k: int, kb: int, block_k: int, device: torch.device) -> torch.Tensor:
-    """Indices [ceil(kb / (block_k / 32)) * block_k] into x's K columns: x_perm = x.index_select(1, perm).
-    Columns past K (padding) point at column K - 1; the kernel masks them."""
-    steps = triton.cdiv(kb, block_k // 32)
+def permutation(k: int, kb: int, block_k: int, device: torch.device, int8: bool = False) -> torch.Tensor:
+    """Indices [ceil(kb / (block_k / block)) * block_k] into x's K columns, for kb packed blocks of
+    32 columns (int4) or 16 (int8): x_perm = x.index_select(1, perm). Columns past K (padding)
+    point at column K - 1; the kernel masks them."""
+    steps = triton.cdiv(kb, block_k // (16 if int8 else 32))
     p = torch.arange(block_k, dtype=torch.int64, device=device)  # built on the device: no copy inside a graph capture
-    cols = (torch.arange(steps, dtype=torch.int64, device=device)[:, None] * block_k + _column_of(p)[None, :]).reshape(-1)
-    return cols.clamp(max=k - 1)
+    cols = torch.arange(steps, dtype=torch.int64, device=device)[:, None] * block_k + _column_of(p, int8)[None, :]
+    return cols.reshape(-1).clamp(max=k - 1)
+
+
+def launch_int8(x: torch.Tensor, q32: torch.Tensor, scales: torch.Tensor, out: torch.Tensor, ws: torch.Tensor,
+                cnt: torch.Tensor, grid: tuple[int, int], per: int, split: int, kb: int, cfg: dict, mma, prec: str) -> None:
+    """Permute x and run the int8 kernel (arguments as kernels/quant_gemm.gemm_int8 prepares them)."""
+    m, k = x.shape
+    xp = x.index_select(1, permutation(k, kb, cfg["block_k"], x.device, int8=True))
+    _gemm_int8_joined_kernel[grid](
+        xp, q32, scales, out, ws, cnt, m, out.shape[1], k, kb, xp.stride(0), out.stride(0), per, split,
+        BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_K=cfg["block_k"], MMA=mma, PREC=prec,
+        STAGES=cfg["stages"], num_warps=cfg["warps"],
+    )
 
 
 def launch(x: torch.Tensor, q32: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, out: torch.Tensor,
            ws: torch.Tensor, cnt: torch.Tensor, grid: tuple[int, int], per: int, split: int, kb: int, ng: int,
            group: int, cfg: dict, mma, prec: str) -> None:
-    """Permute x and run the kernel (arguments as kernels/quant_gemm.gemm_int4 prepares them)."""
+    """Permute x and run the int4 kernel (arguments as kernels/quant_gemm.gemm_int4 prepares them)."""
     m, k = x.shape
     xp = x.index_select(1, permutation(k, kb, cfg["block_k"], x.device))
     _gemm_int4_joined_kernel[grid](

@@ -1,5 +1,5 @@
-"""quant_gemm_joined.py (int4 GEMM, the 8 nibble tiles joined into one operand against x
-permuted into their order) against float64 products of the dequantised weights, on fresh
+"""quant_gemm_joined.py (int4 and int8 GEMMs, a step's nibble or byte tiles joined into one
+operand against x permuted into their order) against float64 products of the dequantised weights, on fresh
 random inputs: symmetric and zero points, steps inside one group and spanning groups, K past
 the packing's padding, split-K; GPU cases at Llama shapes, each candidate the sweep may
 pick, split-K determinism and a CUDA-graph replay."""
@@ -12,7 +12,7 @@ from kernels_naive import check_deterministic_and_graph_replay, fresh_seed, int4
 from test_quant_gemm import DTYPES, TOL
 
 from swiftinfer_core.kernels import quant_configs
-from swiftinfer_core.kernels.quant_gemm import gemm_int4
+from swiftinfer_core.kernels.quant_gemm import gemm_int4, gemm_int8
 from swiftinfer_core.kernels.quant_gemm_joined import _column_of, permutation
 from swiftinfer_core.model.quant import QuantFormat, dequantize, quantize
 
@@ -25,8 +25,11 @@ def _check(qw, m: int, dtype, dev, block_k: int, seed: int) -> None:
     x = torch.randn(m, qw.in_features).to(dtype)
     want = x.double() @ dequantize(qw).double().t()
     for waves in (0, 1000):  # 1000: split K down to one step per part
-        y = gemm_int4(x.to(dev), qw.qweight.to(dev), qw.scales.to(dev), qw.in_features, qw.group,
-                      cfg=_cfg(block_k, waves), mins=None if qw.mins is None else qw.mins.to(dev))
+        if qw.fmt is QuantFormat.INT8:
+            y = gemm_int8(x.to(dev), qw.qweight.to(dev), qw.scales.to(dev), cfg=_cfg(block_k, waves))
+        else:
+            y = gemm_int4(x.to(dev), qw.qweight.to(dev), qw.scales.to(dev), qw.in_features, qw.group,
+                          cfg=_cfg(block_k, waves), mins=None if qw.mins is None else qw.mins.to(dev))
         assert y.shape == (m, qw.out_features) and y.dtype == dtype
         assert rel_err(y, want) < TOL[dtype], f"seed {seed} block_k {block_k} waves {waves}"
 
@@ -35,8 +38,9 @@ def test_permutation_visits_every_column_of_each_step_once():
     """The joined order is a permutation of each step's 32 * NBK columns (the kernel and the
     host compute it by the same formula; the products below check that formula is the packing's)."""
     for block_k in (32, 64, 128, 256):
-        cols = _column_of(torch.arange(block_k))
-        assert sorted(cols.tolist()) == list(range(block_k))
+        for int8 in (False, True):
+            cols = _column_of(torch.arange(block_k), int8)
+            assert sorted(cols.tolist()) == list(range(block_k))
     perm = permutation(300, 10, 128, torch.device("cpu"))  # K 300 packed as 10 blocks: 3 steps of 4 blocks
     assert perm.shape == (384,) and perm.max().item() == 299
     assert sorted(set(perm.tolist())) == list(range(300))
@@ -51,6 +55,15 @@ def test_joined_matches_float64(group, block_k, m, dtype, dev):
     seed = fresh_seed()
     n, k = 37, 300
     qw = quantize(torch.randn(n, k) * torch.logspace(-2, 0, k)[None, :], QuantFormat.INT4, group)
+    _check(qw, m, dtype, dev, block_k, seed)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [2, 17])
+@pytest.mark.parametrize("block_k", [16, 64, 128])  # K = 300 pads to 304: 19 blocks of 16
+def test_joined_int8_matches_float64(block_k, m, dtype, dev):
+    seed = fresh_seed()
+    qw = quantize(torch.randn(37, 300) * torch.logspace(-2, 0, 300)[None, :], QuantFormat.INT8, 128)
     _check(qw, m, dtype, dev, block_k, seed)
 
 
@@ -78,26 +91,35 @@ def test_joined_refusals(dev):
         gemm_int4(x, qw.qweight.to(dev), qw.scales.to(dev), 256, 128, cfg=_cfg(48, 0))
     with pytest.raises(ValueError, match='"joined" must be a bool'):
         gemm_int4(x, qw.qweight.to(dev), qw.scales.to(dev), 256, 128, cfg=_cfg(64, 0) | {"joined": 1})
+    q8 = quantize(torch.randn(20, 256), QuantFormat.INT8, 128)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        gemm_int8(x, q8.qweight.to(dev), q8.scales.to(dev), cfg=_cfg(24, 0))
 
 
-def _llama(m, n, k, zero_point=False, group=128):
+def _llama(m, n, k, zero_point=False, group=128, fmt=QuantFormat.INT4):
     dev = torch.device("cuda")
-    qw = quantize(torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02, QuantFormat.INT4, group, zero_point)
+    qw = quantize(torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02, fmt, group, zero_point)
     x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
 
     def run(out=None, cfg=None):
+        if fmt is QuantFormat.INT8:
+            return gemm_int8(x, qw.qweight, qw.scales, out=out, cfg=cfg)
         return gemm_int4(x, qw.qweight, qw.scales, k, group, out=out, cfg=cfg, mins=qw.mins)
 
     return qw, x, run
 
 
+GPU_FORMATS = [(QuantFormat.INT4, False, 128), (QuantFormat.INT4, True, 128), (QuantFormat.INT4, True, 32),
+               (QuantFormat.INT8, False, 128)]
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("zp,group", [(False, 128), (True, 128), (True, 32)])
+@pytest.mark.parametrize("fmt,zp,group", GPU_FORMATS)
 @pytest.mark.parametrize("m", [2, 32, 128, 300])
 @pytest.mark.parametrize("n,k", [(12288, 4096), (4096, 11008), (28672, 4096)])  # 7B qkv/down, 8B gate-up
-def test_joined_bf16_at_llama_shapes(zp, group, m, n, k):
+def test_joined_bf16_at_llama_shapes(fmt, zp, group, m, n, k):
     seed = fresh_seed()
-    qw, x, run = _llama(m, n, k, zp, group)
+    qw, x, run = _llama(m, n, k, zp, group, fmt)
     want = x.double() @ dequantize(qw).double().t()
     cfg = dict(block_m=min(128, max(16, 1 << (m - 1).bit_length())), block_n=128, block_k=128, warps=8, stages=3,
                waves=1, joined=True)
@@ -105,22 +127,23 @@ def test_joined_bf16_at_llama_shapes(zp, group, m, n, k):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("zp,group", [(False, 128), (True, 32)])
-def test_joined_candidates_all_match(zp, group):
+@pytest.mark.parametrize("fmt,zp,group", [(QuantFormat.INT4, False, 128), (QuantFormat.INT4, True, 32), (QuantFormat.INT8, False, 128)])
+def test_joined_candidates_all_match(fmt, zp, group):
     """Every joined config the sweep may pick, at bucket 32 and each waves value."""
     seed = fresh_seed()
-    qw, x, run = _llama(32, 4096, 4096, zp, group)
+    qw, x, run = _llama(32, 4096, 4096, zp, group, fmt)
     want = x.double() @ dequantize(qw).double().t()
-    for bn, bk, warps, stages in quant_configs.GEMM_JOINED["int4"]:
+    for bn, bk, warps, stages in quant_configs.GEMM_JOINED[fmt.value]:
         for waves in (0, 4):
             cfg = dict(block_m=32, block_n=bn, block_k=bk, warps=warps, stages=stages, waves=waves, joined=True)
             assert rel_err(run(cfg=cfg), want) < TOL[torch.bfloat16], f"seed {seed} {cfg}"
 
 
 @pytest.mark.gpu
-def test_joined_split_k_is_deterministic_and_replays_in_a_cuda_graph():
+@pytest.mark.parametrize("fmt", [QuantFormat.INT4, QuantFormat.INT8])
+def test_joined_split_k_is_deterministic_and_replays_in_a_cuda_graph(fmt):
     seed = fresh_seed()
-    qw, x, run = _llama(32, 4096, 11008)
+    qw, x, run = _llama(32, 4096, 11008, fmt=fmt)
     cfg = dict(block_m=32, block_n=64, block_k=128, warps=4, stages=3, waves=4, joined=True)
     check_deterministic_and_graph_replay(lambda out=None: run(out, cfg), x, lambda x: x.double() @ dequantize(qw).double().t(),
                                          20, TOL[torch.bfloat16], seed)
