@@ -17,7 +17,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 echo "native tests rc=$?: $(tail -1 "$OUT/gemm_joined_pytest.log" 2>/dev/null)"
 timeout $(( ${BUDGET_S:-180} + 120 )) python3 bench/quant_decode.py --sweep --sweep-batches ${BATCHES:-32 128 16 256} \
   --sweep-formats ${FORMATS:-int4 int8} --shapes $SHAPES --budget-s "${BUDGET_S:-180}" --out "$OUT/sw" > "$OUT/sweep.log" 2>&1
-echo "sweep rc=$?"; grep -E "^int4|best by variant" "$OUT/sweep.log"
+echo "sweep rc=$?"; grep -E "^int|best by variant" "$OUT/sweep.log"
 # the committed table with the swept int4 GEMM sections in place of its own
 python3 - "$OUT/sw/quant_configs.json" swiftinfer_core/kernels/quant_configs.json "$OUT/merged.json" <<'PY'
 import json, sys
