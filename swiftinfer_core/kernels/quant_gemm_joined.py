@@ -183,11 +183,18 @@ def _column_of(p: torch.Tensor, int8: bool = False) -> torch.Tensor:
     return (c // 4) * 32 + 4 * (4 * (r & 1) + (r & 2) + (r >> 2)) + c % 4
 
 
-@functools.lru_cache(maxsize=64)
 def permutation(k: int, kb: int, block_k: int, device: torch.device, int8: bool = False) -> torch.Tensor:
     """Indices [ceil(kb / (block_k / block)) * block_k] into x's K columns, for kb packed blocks of
     32 columns (int4) or 16 (int8): x_perm = x.index_select(1, perm). Columns past K (padding)
-    point at column K - 1; the kernel masks them."""
+    point at column K - 1; the kernel masks them. Cached, except inside a CUDA-graph capture,
+    where the kernels that build it only run at replay: there it is built in the graph."""
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return _permutation.__wrapped__(k, kb, block_k, device, int8)
+    return _permutation(k, kb, block_k, device, int8)
+
+
+@functools.lru_cache(maxsize=64)
+def _permutation(k: int, kb: int, block_k: int, device: torch.device, int8: bool) -> torch.Tensor:
     steps = triton.cdiv(kb, block_k // (16 if int8 else 32))
     p = torch.arange(block_k, dtype=torch.int64, device=device)  # built on the device: no copy inside a graph capture
     cols = torch.arange(steps, dtype=torch.int64, device=device)[:, None] * block_k + _column_of(p, int8)[None, :]
