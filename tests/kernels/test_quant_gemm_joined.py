@@ -147,3 +147,22 @@ def test_joined_split_k_is_deterministic_and_replays_in_a_cuda_graph(fmt):
     cfg = dict(block_m=32, block_n=64, block_k=128, warps=4, stages=3, waves=4, joined=True)
     check_deterministic_and_graph_replay(lambda out=None: run(out, cfg), x, lambda x: x.double() @ dequantize(qw).double().t(),
                                          20, TOL[torch.bfloat16], seed)
+
+
+@pytest.mark.gpu
+def test_joined_first_call_inside_a_graph_capture_then_eager():
+    """A shape first met inside a CUDA-graph capture: its x permutation is built in the graph (not
+    cached unbuilt), so the replay and a later eager call both give the right product."""
+    seed = fresh_seed()
+    cfg = dict(block_m=16, block_n=64, block_k=128, warps=4, stages=3, waves=0, joined=True)
+    _, _, warm = _llama(4, 256, 4096)
+    warm(cfg=cfg)  # compiles the kernel outside the capture (K is a runtime argument)
+    qw, x, run = _llama(4, 256, 4096 + 32 * 7)  # a K no earlier call used
+    want = x.double() @ dequantize(qw).double().t()
+    out = torch.full((4, 256), float("nan"), device="cuda", dtype=torch.bfloat16)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        run(out, cfg)
+    g.replay()
+    assert rel_err(out, want) < TOL[torch.bfloat16], f"seed {seed}"
+    assert rel_err(run(cfg=cfg), want) < TOL[torch.bfloat16], f"seed {seed}"
