@@ -57,6 +57,8 @@ def candidates(fmt: str, batch: int) -> list[dict]:
             out += [dict(block_m=bm, block_n=bn, block_k=bk, warps=warps, stages=st, waves=w) for w in qc.WAVES]
         for bn, bk, warps, st in qc.GEMM_JOINED[fmt]:
             out += [dict(block_m=bm, block_n=bn, block_k=bk, warps=warps, stages=st, waves=w, joined=True) for w in qc.WAVES]
+        if batch >= 64:
+            out += [dict(block_m=bm, block_n=64, block_k=128, warps=4, stages=3, waves=0, dequant_mib=mib) for mib in qc.DEQUANT_MIB]
     default = dict(qc.DEFAULTS[fmt][qc.bucket(batch)])
     return out if default in out else [default, *out]
 
@@ -144,7 +146,7 @@ def variant(cfg: dict) -> str:
     """A config's kernel variant: a GEMV's (kernels/quant_configs.py GEMV_VARIANTS), e.g. "pf1+l2",
     a math other than f32 leading the label ("h2 pf0"); a GEMM's "gemm" or "joined"."""
     if "block_m" in cfg:
-        return "joined" if qc.joined(cfg) else "gemm"
+        return "dequant" if qc.dequant_mib(cfg) else "joined" if qc.joined(cfg) else "gemm"
     prefetch, l2_only = qc.gemv_variant(cfg)
     math = cfg.get("math", "f32")
     lead = ("" if math == "f32" else f"{math} ") + ("xres " if qc.x_resident(cfg) else "")

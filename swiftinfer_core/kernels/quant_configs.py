@@ -24,6 +24,9 @@ A config is a dict:
            other's tail. Ignored before compute capability 9.0 and under the interpreter
   l2_prefetch (int4 "f32" GEMV and x_resident, optional, missing = false) each program first asks
            L2 for its whole weight range (prefetch.global.L2), before the wait of "pdl"
+  dequant_mib (GEMM only, optional, missing = 0) > 0: kernels/quant_dequant.py, the weight dequantised
+           that many MiB of rows at a time into x's dtype, each chunk multiplied by cuBLAS (torch.mm);
+           the tile keys are then unused
   joined   (GEMM only, optional, missing = false) kernels/quant_gemm_joined.py: a K step's 8 nibble
            (int4) or 4 byte (int8) tiles joined into one operand against x permuted once per call,
            one dot of K = block_k per step (a multiple of 32 / 16) instead of 8 / 4 smaller dots
@@ -81,6 +84,10 @@ GEMM_CANDIDATES = {
 # The joined-operand int4 GEMM's tiles (kernels/quant_gemm_joined.py; block_n, block_k, warps,
 # stages; block_m is the bucket): one dot of K = block_k per step, so block_k 32-256 all feed
 # the MMA whole.
+# The dequantise-then-cuBLAS path's chunk sizes the sweep tries at 64 rows and more, in MiB. The
+# H100's L2 is 50 MiB and the H200's 60, so chunks of 8-32 MiB are read back from L2; 1024 takes
+# a Llama-7B/8B weight whole (at most 224 MiB in bf16).
+DEQUANT_MIB = (8, 16, 32, 1024)
 GEMM_JOINED = {"int4": [(64, 64, 4, 3), (64, 128, 4, 3), (128, 64, 4, 4), (128, 64, 8, 4), (128, 128, 8, 3),
                         (128, 128, 4, 3), (64, 256, 4, 2), (128, 256, 8, 2)],
                "int8": [(64, 64, 4, 4), (64, 128, 4, 3), (128, 64, 4, 4), (128, 64, 8, 4), (128, 128, 8, 3)]}
@@ -155,6 +162,15 @@ def pdl(cfg: dict) -> bool:
     """Whether a GEMV config launches with programmatic dependent launch (missing = False);
     ValueError unless a bool."""
     return _flag(cfg, "pdl")
+
+
+def dequant_mib(cfg: dict) -> int:
+    """An int4/int8 GEMM config's "dequant_mib" (missing = 0: the fused kernels); > 0: the product goes
+    through kernels/quant_dequant.py in chunks of that many MiB. ValueError if not an int >= 0."""
+    mib = cfg.get("dequant_mib", 0)
+    if not isinstance(mib, int) or isinstance(mib, bool) or mib < 0:
+        raise ValueError(f'GEMM config "dequant_mib" must be an int >= 0, got {mib!r}')
+    return mib
 
 
 def joined(cfg: dict) -> bool:

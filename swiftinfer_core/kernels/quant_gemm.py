@@ -45,7 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
-from swiftinfer_core.kernels import quant_configs, quant_gemm_joined
+from swiftinfer_core.kernels import quant_configs, quant_dequant, quant_gemm_joined
 from swiftinfer_core.kernels.triton_common import dot_precision, mma_dtype, sm_count
 from swiftinfer_core.kernels.quant_common import (
     check_operands,
@@ -190,6 +190,8 @@ def gemm_int8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch
     k = x.shape[-1]
     n = int8_shape(q, scales, k)
     m, out, cfg = _prepare(x, q, scales, k, out, n, "int8", cfg)
+    if mib := quant_configs.dequant_mib(cfg):
+        return quant_dequant.matmul("int8", x, q.view(torch.int32), scales, None, k, 0, out, mib)
     joined = quant_configs.joined(cfg)
     if cfg["block_k"] % (16 if joined else 64):
         raise ValueError(f"int8 GEMM block_k must be a multiple of {16 if joined else 64} "
@@ -217,6 +219,8 @@ def gemm_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: in
     if zp:
         check_operands(x, packed, mins)
     m, out, cfg = _prepare(x, packed, scales, k, out, n, int4_table(zp), cfg)
+    if mib := quant_configs.dequant_mib(cfg):
+        return quant_dequant.matmul("int4", x, packed.view(torch.int32), scales, mins, k, group, out, mib)
     joined = quant_configs.joined(cfg)
     if cfg["block_k"] % (32 if joined else 128):
         raise ValueError(f"int4 GEMM block_k must be a multiple of {32 if joined else 128} "

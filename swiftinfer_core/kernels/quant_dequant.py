@@ -1,0 +1,103 @@
+"""Batched int4/int8 products through dequantised chunks and cuBLAS (quant_configs key ``dequant_mib``).
+
+From ~128 rows on, the fused GEMMs of kernels/quant_gemm.py run the tensor cores far below
+cuBLAS (one H100, Llama-2-7B shapes: 0.36-0.43x of bf16 at 128 rows, 0.29x of the whole step at
+1,024; bench/results/quant_gemm_dequant_h100.json has the numbers and this path beside them).
+Here the weight is dequantised, ``dequant_mib`` MiB of rows at a time, into a scratch buffer in
+x's dtype, and each chunk multiplies through torch.mm (cuBLAS): y[:, rows] = x @ W[rows]^T.
+A chunk that fits L2 is read back by the product from L2, so HBM sees about the packed bytes
+plus x and y, and the product runs at cuBLAS's rate. Weights are the formats of model/quant.py:
+
+  int4  nibble-planar: nibble i of word j of a 32-column block is column 4i + j; q = nibble - 8,
+        w = q * S[n, group] (with zero points w = nibble * S + MN = q * S + (MN + 8 S))
+  int8  byte-planar: byte t of word j of a 16-column block is column 4t + j; w = q * S[n]
+
+The dequantised values are the fused kernels' operands (float32 q * S, rounded once to x's
+dtype), so the two paths agree to that rounding; the sums are cuBLAS's.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from swiftinfer_core.kernels.quant_common import int4_nibble, int4_sources, int8_byte, int8_sources
+
+ROWS = 32  # weight rows per program
+BLOCKS = 4  # packed blocks per program (int4: 128 columns; int8: 64)
+
+
+@triton.jit
+def _dequant_int4_kernel(Q, S, MN, OUT, N, K, KB, NG, BPG: tl.constexpr, ROWS: tl.constexpr, BLOCKS: tl.constexpr,
+                         ZP: tl.constexpr):
+    W: tl.constexpr = 4 * BLOCKS
+    rn = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cw = tl.arange(0, W)
+    blk = tl.program_id(1) * BLOCKS + cw // 4
+    nmask, bmask = rn < N, blk < KB
+    n64 = rn.to(tl.int64)
+    mask = nmask[:, None] & bmask[None, :]
+    u, u_hi = int4_sources(tl.load(Q + n64[:, None] * (KB * 4) + (blk * 4 + cw % 4)[None, :], mask=mask, other=0))
+    g = n64[:, None] * NG + (blk // BPG)[None, :]
+    s = tl.load(S + g, mask=mask, other=0.0).to(tl.float32)
+    z = s
+    if ZP:
+        z = tl.fma(s, 8.0, tl.load(MN + g, mask=mask, other=0.0).to(tl.float32))
+    for i in tl.static_range(8):
+        q = int4_nibble(u, u_hi, i)
+        w = tl.fma(q, s, z) if ZP else q * s
+        col = blk * 32 + 4 * i + cw % 4
+        tl.store(OUT + n64[:, None] * K + col[None, :], w.to(OUT.dtype.element_ty), mask=nmask[:, None] & (col < K)[None, :])
+
+
+@triton.jit
+def _dequant_int8_kernel(Q, S, OUT, N, K, KB, ROWS: tl.constexpr, BLOCKS: tl.constexpr):
+    W: tl.constexpr = 4 * BLOCKS
+    rn = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cw = tl.arange(0, W)
+    blk = tl.program_id(1) * BLOCKS + cw // 4
+    nmask, bmask = rn < N, blk < KB
+    n64 = rn.to(tl.int64)
+    u, u_hi = int8_sources(tl.load(Q + n64[:, None] * (KB * 4) + (blk * 4 + cw % 4)[None, :],
+                                   mask=nmask[:, None] & bmask[None, :], other=0))
+    s = tl.load(S + rn, mask=nmask, other=0.0).to(tl.float32)[:, None]
+    for t in tl.static_range(4):
+        col = blk * 16 + 4 * t + cw % 4
+        w = int8_byte(u, u_hi, t) * s
+        tl.store(OUT + n64[:, None] * K + col[None, :], w.to(OUT.dtype.element_ty), mask=nmask[:, None] & (col < K)[None, :])
+
+
+def dequantize_rows(fmt: str, q32: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, k: int, group: int,
+                    lo: int, hi: int, out: torch.Tensor) -> torch.Tensor:
+    """Weight rows [lo, hi) of int4 ("int4": q32 [N, Kp/8] int32 words, scales [N, Kp/group]) or
+    int8 ("int8": q32 [N, K16/4], scales [N]) dequantised into out[: hi - lo] ([>= hi - lo, k])."""
+    rows = hi - lo
+    dst = out[:rows]
+    kb = q32.shape[1] // 4
+    grid = (triton.cdiv(rows, ROWS), triton.cdiv(kb, BLOCKS))
+    if fmt == "int8":
+        _dequant_int8_kernel[grid](q32[lo:hi], scales[lo:hi], dst, rows, k, kb, ROWS=ROWS, BLOCKS=BLOCKS)
+    else:
+        s = scales[lo:hi]
+        _dequant_int4_kernel[grid](q32[lo:hi], s, s if mins is None else mins[lo:hi], dst, rows, k, kb, scales.shape[1],
+                                   BPG=group // 32, ROWS=ROWS, BLOCKS=BLOCKS, ZP=mins is not None)
+    return dst
+
+
+def chunk_rows(n: int, k: int, elem: int, mib: int) -> int:
+    """Rows per dequantised chunk: ``mib`` MiB of [rows, k] in elem-byte values, a multiple of 64, at most n."""
+    return min(n, max(64, (mib * 2**20 // (k * elem)) // 64 * 64))
+
+
+def matmul(fmt: str, x: torch.Tensor, q32: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, k: int,
+           group: int, out: torch.Tensor, mib: int) -> torch.Tensor:
+    """out [M, N] = x [M, k] @ W^T, W dequantised ``mib`` MiB of rows at a time into one scratch buffer."""
+    n = out.shape[1]
+    step = chunk_rows(n, k, x.element_size(), mib)
+    scratch = torch.empty(step, k, dtype=x.dtype, device=x.device)
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        w = dequantize_rows(fmt, q32, scales, mins, k, group, lo, hi, scratch)
+        torch.mm(x, w.t(), out=out[:, lo:hi])
+    return out
