@@ -55,8 +55,6 @@ def candidates(fmt: str, batch: int) -> list[dict]:
         bm = min(128, max(16, qc.bucket(batch)))
         for bn, bk, warps, st in qc.GEMM_CANDIDATES[fmt]:
             out += [dict(block_m=bm, block_n=bn, block_k=bk, warps=warps, stages=st, waves=w) for w in qc.WAVES]
-        for bn, bk, warps, st in qc.GEMM_JOINED[fmt]:
-            out += [dict(block_m=bm, block_n=bn, block_k=bk, warps=warps, stages=st, waves=w, joined=True) for w in qc.WAVES]
         if batch >= 64:
             out += [dict(block_m=bm, block_n=64, block_k=128, warps=4, stages=3, waves=0, dequant_mib=mib) for mib in qc.DEQUANT_MIB]
     default = dict(qc.DEFAULTS[fmt][qc.bucket(batch)])
@@ -144,9 +142,9 @@ def choose(points: list[dict]) -> dict:
 
 def variant(cfg: dict) -> str:
     """A config's kernel variant: a GEMV's (kernels/quant_configs.py GEMV_VARIANTS), e.g. "pf1+l2",
-    a math other than f32 leading the label ("h2 pf0"); a GEMM's "gemm" or "joined"."""
+    a math other than f32 leading the label ("h2 pf0"); a GEMM's "gemm" or "dequant"."""
     if "block_m" in cfg:
-        return "dequant" if qc.dequant_mib(cfg) else "joined" if qc.joined(cfg) else "gemm"
+        return "dequant" if qc.dequant_mib(cfg) else "gemm"
     prefetch, l2_only = qc.gemv_variant(cfg)
     math = cfg.get("math", "f32")
     lead = ("" if math == "f32" else f"{math} ") + ("xres " if qc.x_resident(cfg) else "")

@@ -27,9 +27,6 @@ A config is a dict:
   dequant_mib (GEMM only, optional, missing = 0) > 0: kernels/quant_dequant.py, the weight dequantised
            that many MiB of rows at a time into x's dtype, each chunk multiplied by cuBLAS (torch.mm);
            the tile keys are then unused
-  joined   (GEMM only, optional, missing = false) kernels/quant_gemm_joined.py: a K step's 8 nibble
-           (int4) or 4 byte (int8) tiles joined into one operand against x permuted once per call,
-           one dot of K = block_k per step (a multiple of 32 / 16) instead of 8 / 4 smaller dots
 
 Why a table and not triton.autotune: autotune re-times every config in every new
 process on its first call (a server start would stall for seconds per shape, and
@@ -81,16 +78,10 @@ GEMM_CANDIDATES = {
     "int4": [(64, 128, 4, 3), (64, 256, 4, 2), (128, 128, 4, 3), (128, 128, 8, 3), (128, 256, 8, 2), (64, 128, 4, 4)],
     "int8": [(64, 64, 4, 4), (64, 128, 4, 3), (128, 64, 4, 4), (128, 128, 8, 3), (128, 64, 8, 4), (64, 256, 4, 2)],
 }  # (block_n, block_k, warps, stages); block_m is the bucket, capped at 128
-# The joined-operand int4 GEMM's tiles (kernels/quant_gemm_joined.py; block_n, block_k, warps,
-# stages; block_m is the bucket): one dot of K = block_k per step, so block_k 32-256 all feed
-# the MMA whole.
 # The dequantise-then-cuBLAS path's chunk sizes the sweep tries at 64 rows and more, in MiB. The
 # H100's L2 is 50 MiB and the H200's 60, so chunks of 8-32 MiB are read back from L2; 1024 takes
 # a Llama-7B/8B weight whole (at most 224 MiB in bf16).
 DEQUANT_MIB = (8, 16, 32, 1024)
-GEMM_JOINED = {"int4": [(64, 64, 4, 3), (64, 128, 4, 3), (128, 64, 4, 4), (128, 64, 8, 4), (128, 128, 8, 3),
-                        (128, 128, 4, 3), (64, 256, 4, 2), (128, 256, 8, 2)],
-               "int8": [(64, 64, 4, 4), (64, 128, 4, 3), (128, 64, 4, 4), (128, 64, 8, 4), (128, 128, 8, 3)]}
 WAVES = (0, 1, 2, 4, 8)
 # The sweep tries each GEMV candidate in each math listed here. "h2" (kernels/quant_gemv_h2.py)
 # measured 0.88-0.92x of "f32" per Llama shape on an H100 (bench/quant_h2_ab.py), so the
@@ -171,11 +162,6 @@ def dequant_mib(cfg: dict) -> int:
     if not isinstance(mib, int) or isinstance(mib, bool) or mib < 0:
         raise ValueError(f'GEMM config "dequant_mib" must be an int >= 0, got {mib!r}')
     return mib
-
-
-def joined(cfg: dict) -> bool:
-    """Whether a GEMM config runs kernels/quant_gemm_joined.py (missing = False)."""
-    return _flag(cfg, "joined")
 
 
 def l2_prefetch(cfg: dict) -> bool:

@@ -45,7 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
-from swiftinfer_core.kernels import quant_configs, quant_dequant, quant_gemm_joined
+from swiftinfer_core.kernels import quant_configs, quant_dequant
 from swiftinfer_core.kernels.triton_common import dot_precision, mma_dtype, sm_count
 from swiftinfer_core.kernels.quant_common import (
     check_operands,
@@ -192,16 +192,10 @@ def gemm_int8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch
     m, out, cfg = _prepare(x, q, scales, k, out, n, "int8", cfg)
     if mib := quant_configs.dequant_mib(cfg):
         return quant_dequant.matmul("int8", x, q.view(torch.int32), scales, None, k, 0, out, mib)
-    joined = quant_configs.joined(cfg)
-    if cfg["block_k"] % (16 if joined else 64):
-        raise ValueError(f"int8 GEMM block_k must be a multiple of {16 if joined else 64} "
-                         f"({'whole 16-byte blocks' if joined else '4 dots of >= 16'}), got {cfg['block_k']}")
+    if cfg["block_k"] % 64:
+        raise ValueError(f"int8 GEMM block_k must be a multiple of 64 (4 dots of >= 16), got {cfg['block_k']}")
     kb = q.shape[1] // 16
     grid, split, per, ws, cnt = _split(x, m, n, triton.cdiv(kb, cfg["block_k"] // 16), cfg)
-    if joined:
-        quant_gemm_joined.launch_int8(x, q.view(torch.int32), scales, out, ws, cnt, grid, per, split, kb, cfg,
-                                      mma_dtype(x.dtype), dot_precision(x.dtype))
-        return out
     _gemm_int8_kernel[grid](
         x, q.view(torch.int32), scales, out, ws, cnt, m, n, k, kb, x.stride(0), out.stride(0), per, split,
         BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_K=cfg["block_k"],
@@ -221,16 +215,10 @@ def gemm_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: in
     m, out, cfg = _prepare(x, packed, scales, k, out, n, int4_table(zp), cfg)
     if mib := quant_configs.dequant_mib(cfg):
         return quant_dequant.matmul("int4", x, packed.view(torch.int32), scales, mins, k, group, out, mib)
-    joined = quant_configs.joined(cfg)
-    if cfg["block_k"] % (32 if joined else 128):
-        raise ValueError(f"int4 GEMM block_k must be a multiple of {32 if joined else 128} "
-                         f"({'whole packed blocks' if joined else '8 dots of >= 16'}), got {cfg['block_k']}")
+    if cfg["block_k"] % 128:
+        raise ValueError(f"int4 GEMM block_k must be a multiple of 128 (8 dots of >= 16), got {cfg['block_k']}")
     kb = ng * group // 32
     grid, split, per, ws, cnt = _split(x, m, n, triton.cdiv(kb, cfg["block_k"] // 32), cfg)
-    if joined:
-        quant_gemm_joined.launch(x, packed.view(torch.int32), scales, mins, out, ws, cnt, grid, per, split, kb, ng, group,
-                                 cfg, mma_dtype(x.dtype), dot_precision(x.dtype))
-        return out
     _gemm_int4_kernel[grid](
         x, packed.view(torch.int32), scales, mins if zp else scales, out, ws, cnt, m, n, k, kb, ng, x.stride(0),
         out.stride(0), per, split, BPG=group // 32, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"],
