@@ -4,7 +4,7 @@
 # for the GEMM buckets, then time one decode step's weight products on the new table against the
 # committed one, side by side on one GPU. carry [".carry/pyd"].
 #   SHAPES (default "llama2-7b")  FORMATS (swept, default "int4 int8")  BATCHES (sweep buckets, default "32 128 16 256")
-#   SKIP_TESTS (set: no native tests first)  DECODE_BATCHES (default "16 32 128 1024")  BUDGET_S (sweep budget, default 180)
+#   SKIP_TESTS (set: no native tests first)  TESTS (the native test files)  DECODE_BATCHES (default "16 32 128 1024")  BUDGET_S (sweep budget, default 180)
 # $OUT: sw/quant_configs.json (the sweep's GEMM sections), sw/quant_sweep.json,
 # quant_decode_gemm_{table,tuned}.json/png, logs.tgz (logs, merged.json); a table last.
 set -uo pipefail
@@ -13,7 +13,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .
 export PYTHONPATH=/tmp/site:$PWD
 SHAPES=${SHAPES:-llama2-7b}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-[ -z "${SKIP_TESTS:-}" ] && timeout 100 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_quant_dequant.py tests/kernels/test_quant_gemm.py > "$OUT/gemm_pytest.log" 2>&1
+[ -z "${SKIP_TESTS:-}" ] && timeout 100 python3 -m pytest -q -p no:cacheprovider ${TESTS:-tests/kernels/test_quant_dequant.py tests/kernels/test_quant_gemm.py} > "$OUT/gemm_pytest.log" 2>&1
 echo "native tests rc=$?: $(tail -1 "$OUT/gemm_pytest.log" 2>/dev/null)"
 timeout $(( ${BUDGET_S:-180} + 120 )) python3 bench/quant_decode.py --sweep --sweep-batches ${BATCHES:-32 128 16 256} \
   --sweep-formats ${FORMATS:-int4 int8} --shapes $SHAPES --budget-s "${BUDGET_S:-180}" --out "$OUT/sw" > "$OUT/sweep.log" 2>&1
