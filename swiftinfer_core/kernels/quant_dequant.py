@@ -1,8 +1,11 @@
 """Batched int4/int8 products through dequantised chunks and cuBLAS (quant_configs key ``dequant_mib``).
 
 From ~128 rows on, the fused GEMMs of kernels/quant_gemm.py run the tensor cores far below
-cuBLAS (one H100, Llama-2-7B shapes: 0.36-0.43x of bf16 at 128 rows, 0.29x of the whole step at
-1,024; bench/results/quant_gemm_dequant_h100.json has the numbers and this path beside them).
+cuBLAS. On one H100 at Llama-2-7B shapes, int4 took 0.36-0.43x of bf16's time per weight at 128
+rows (bench/results/quant_gemm_joined_h100.json). The whole step's weight products at 1,024 rows
+took 66.7 ms in int4 and 40.1 in int8 against bf16's 19.2 (quant_decode_gemm_joined_h100_table.json).
+This path has not run on a GPU yet: its speed there is unmeasured, and the sweep
+(bench/quant_sweep.py, from 64 rows) times it beside the fused kernels.
 Here the weight is dequantised, ``dequant_mib`` MiB of rows at a time, into a scratch buffer in
 x's dtype, and each chunk multiplies through torch.mm (cuBLAS): y[:, rows] = x @ W[rows]^T.
 A chunk that fits L2 is read back by the product from L2, so HBM sees about the packed bytes
