@@ -17,7 +17,7 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
-    for _name in ("rope_tl", "kv_fp8_tl", "decode_attention", "prefill_attention", "write_cache", "fused", "attention", "quant_common", "quant_gemv_h2", "quant_gemv_xres", "quant_gemv", "quant_gemm", "gptq_block"):
+    for _name in ("rope_tl", "kv_fp8_tl", "decode_attention", "prefill_attention", "write_cache", "fused", "attention", "quant_common", "quant_gemv_h2", "quant_gemv_xres", "quant_gemv", "quant_dequant", "quant_gemm", "gptq_block"):
         _mod = sys.modules.get(f"swiftinfer_core.kernels.{_name}")
         if _mod is not None:
             importlib.reload(_mod)
