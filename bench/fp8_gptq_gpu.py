@@ -4,6 +4,14 @@ rows go through torch._scaled_mm with e4m3 activations), each against float32 an
 on the same GPU, in one run. GPTQ once per calibration seed (EngineConfig.seed).
 
     python bench/fp8_gptq_gpu.py --tokens 3000 --window 1020 --seeds 0 1 2 --out DIR
+    python bench/fp8_gptq_gpu.py --seeds 0 --torch-rounder --out DIR   # each seed also with torch's column loop
+
+``--torch-rounder``: every GPTQ seed runs a second time with GPTQ's column loop in torch
+(model/quant_search.round_block) instead of the Triton kernel a GPU uses (kernels/gptq_block.py).
+Why: emulated on the CPU over the same 3,000 tokens at 4+1020, GPTQ takes the e4m3-activation path
+from x1.034 to x1.0075 of float32 (bench/results/quant_quality_cpu_gpu_span.json), but on the H100's
+real path it did not move it (x1.019 nearest, x1.016 / x1.020 GPTQ); the Triton kernel has been
+checked against the torch loop under the interpreter, and no native run of its tests is on record.
 
 Written after the 600-token GPU test found no gain (tests/runner/test_calibration_gpu.py);
 not yet run (gpu_verify.sh step gptq_quality, after the stage calls).
@@ -24,6 +32,7 @@ import torch  # noqa: E402
 
 from swiftinfer_core.config import EngineConfig  # noqa: E402
 from swiftinfer_core.engine.engine_model import build_engine_model  # noqa: E402
+from swiftinfer_core.model import quant_search  # noqa: E402
 from tests.model.test_cpu_weights import _top1_and_nll  # noqa: E402  (the tests' teacher-forced scorer)
 
 
@@ -40,6 +49,7 @@ def main() -> int:
     ap.add_argument("--calib-tokens", type=int, default=2048)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--text", type=Path, default=Path(os.environ.get("SWIFTINFER_HOME", Path.home() / ".cache/swiftinfer")) / "shakespeare.txt")
+    ap.add_argument("--torch-rounder", action="store_true", help="each seed also with torch's column loop (module doc)")
     ap.add_argument("--name", default="fp8_gptq_gpu")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -48,9 +58,17 @@ def main() -> int:
                 "fp8 nearest": {"dtype": "bfloat16", "quantization": "fp8"}}
     variants |= {f"fp8 gptq seed {s}": {"dtype": "bfloat16", "quantization": "fp8", "quant_rounding": "gptq",
                                         "quant_calibration_tokens": a.calib_tokens, "seed": s} for s in a.seeds}
+    if a.torch_rounder:
+        variants |= {f"{n} (torch loop)": v for n, v in variants.items() if "gptq" in n}
     nll, top, ids = {}, {}, None
     for name, extra in variants.items():
-        m = build_engine_model(EngineConfig(**base, **extra))
+        rounder = quant_search._block_rounder
+        if name.endswith("(torch loop)"):  # this build's GPTQ rounds through torch's loop on the GPU too
+            quant_search._block_rounder = lambda w: quant_search.round_block
+        try:
+            m = build_engine_model(EngineConfig(**base, **extra))
+        finally:
+            quant_search._block_rounder = rounder
         ids = ids or plays_ids(m.tokenizer, a.text, a.tokens)
         top[name], nll[name] = _top1_and_nll(m, ids)
         del m
