@@ -13,8 +13,8 @@ from x1.034 to x1.0075 of float32 (bench/results/quant_quality_cpu_gpu_span.json
 real path it did not move it (x1.019 nearest, x1.016 / x1.020 GPTQ); the Triton kernel has been
 checked against the torch loop under the interpreter, and no native run of its tests is on record.
 
-Written after the 600-token GPU test found no gain (tests/runner/test_calibration_gpu.py);
-not yet run (gpu_verify.sh step gptq_quality, after the stage calls).
+Written after the 600-token GPU test found no gain (tests/runner/test_calibration_gpu.py); first
+run on an H100 in session 28 (bench/results/fp8_gptq_gpu_h100.json), after the stage calls.
 """
 
 from __future__ import annotations
