@@ -32,16 +32,24 @@ BLOCKS = 4  # packed blocks per program (int4: 128 columns; int8: 64)
 
 
 @triton.jit
+def _block_words(Q, N, KB, ROWS: tl.constexpr, BLOCKS: tl.constexpr):
+    """This program's ROWS weight rows and BLOCKS packed blocks (4 int32 words each, KB per row):
+    (rows as int64, their mask, word index cw [4 BLOCKS], each word's block, the [ROWS, 4 BLOCKS]
+    mask, the words with 0 outside it)."""
+    rn = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cw = tl.arange(0, 4 * BLOCKS)
+    blk = tl.program_id(1) * BLOCKS + cw // 4
+    nmask = rn < N
+    n64 = rn.to(tl.int64)
+    mask = nmask[:, None] & (blk < KB)[None, :]
+    return n64, nmask, cw, blk, mask, tl.load(Q + n64[:, None] * (KB * 4) + (blk * 4 + cw % 4)[None, :], mask=mask, other=0)
+
+
+@triton.jit
 def _dequant_int4_kernel(Q, S, MN, OUT, N, K, KB, NG, BPG: tl.constexpr, ROWS: tl.constexpr, BLOCKS: tl.constexpr,
                          ZP: tl.constexpr):
-    W: tl.constexpr = 4 * BLOCKS
-    rn = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    cw = tl.arange(0, W)
-    blk = tl.program_id(1) * BLOCKS + cw // 4
-    nmask, bmask = rn < N, blk < KB
-    n64 = rn.to(tl.int64)
-    mask = nmask[:, None] & bmask[None, :]
-    u, u_hi = int4_sources(tl.load(Q + n64[:, None] * (KB * 4) + (blk * 4 + cw % 4)[None, :], mask=mask, other=0))
+    n64, nmask, cw, blk, mask, words = _block_words(Q, N, KB, ROWS, BLOCKS)
+    u, u_hi = int4_sources(words)
     g = n64[:, None] * NG + (blk // BPG)[None, :]
     s = tl.load(S + g, mask=mask, other=0.0).to(tl.float32)
     z = s
@@ -56,15 +64,9 @@ def _dequant_int4_kernel(Q, S, MN, OUT, N, K, KB, NG, BPG: tl.constexpr, ROWS: t
 
 @triton.jit
 def _dequant_int8_kernel(Q, S, OUT, N, K, KB, ROWS: tl.constexpr, BLOCKS: tl.constexpr):
-    W: tl.constexpr = 4 * BLOCKS
-    rn = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    cw = tl.arange(0, W)
-    blk = tl.program_id(1) * BLOCKS + cw // 4
-    nmask, bmask = rn < N, blk < KB
-    n64 = rn.to(tl.int64)
-    u, u_hi = int8_sources(tl.load(Q + n64[:, None] * (KB * 4) + (blk * 4 + cw % 4)[None, :],
-                                   mask=nmask[:, None] & bmask[None, :], other=0))
-    s = tl.load(S + rn, mask=nmask, other=0.0).to(tl.float32)[:, None]
+    n64, nmask, cw, blk, mask, words = _block_words(Q, N, KB, ROWS, BLOCKS)
+    u, u_hi = int8_sources(words)
+    s = tl.load(S + n64, mask=nmask, other=0.0).to(tl.float32)[:, None]
     for t in tl.static_range(4):
         col = blk * 16 + 4 * t + cw % 4
         w = int8_byte(u, u_hi, t) * s
