@@ -7,7 +7,8 @@
 #   BATCHES / FORMATS (swept buckets and formats, default "1" / "int4")
 #   TESTS (native test files first, default tests/kernels/test_quant_gemv.py; SKIP_TESTS set: none)  TESTS_S (default 200)
 #   DECODE_FORMATS / DECODE_BATCHES (timed steps, default "bf16 int4" / "1")  DECODE_S (default 150)
-#   NAME (the step files' stem, default quant_decode)
+#   NAME (the step files' stem, default quant_decode)  SWEEP_ARGS (more quant_decode.py --sweep arguments,
+#   e.g. --sweep-dequant-only)
 # Timing seen on an H100 (session 27): the first shape of each K compiles every candidate and
 # variant (~48 kernels), 102 s for K=4096 and 74 s for K=11008; shapes of a K already seen take
 # ~5 s. So a budget under ~250 s stops after the first shapes (the budget is checked between shapes).
@@ -25,7 +26,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   ${TESTS:-tests/kernels/test_quant_gemv.py} > "$OUT/native_pytest.log" 2>&1
 echo "native tests rc=$?: $(tail -1 "$OUT/native_pytest.log" 2>/dev/null)"
 timeout $(( ${BUDGET_S:-300} + 120 )) python3 bench/quant_decode.py --sweep --sweep-batches ${BATCHES:-1} \
-  --sweep-formats ${FORMATS:-int4} --shapes $SHAPES --budget-s "${BUDGET_S:-300}" --out "$OUT/sw" > "$OUT/sweep.log" 2>&1
+  --sweep-formats ${FORMATS:-int4} --shapes $SHAPES --budget-s "${BUDGET_S:-300}" ${SWEEP_ARGS:-} --out "$OUT/sw" > "$OUT/sweep.log" 2>&1
 echo "sweep rc=$?"; grep -E "^int|best by variant" "$OUT/sweep.log"
 # the committed table with every swept section (format and bucket) in place of its own
 python3 - "$OUT/sw/quant_configs.json" swiftinfer_core/kernels/quant_configs.json "$OUT/merged.json" <<'PY'

@@ -105,6 +105,8 @@ def main() -> None:
     ap.add_argument("--sweep-batches", nargs="+", type=int, default=list(quant_configs.BUCKETS))
     ap.add_argument("--budget-s", type=float, default=300.0, help="--sweep: stop starting new points after this long")
     ap.add_argument("--sweep-formats", nargs="+", default=["int4", "int8"], choices=["int4", "int8"])
+    ap.add_argument("--sweep-dequant-only", action="store_true",
+                    help="--sweep: from 64 rows only the table's config and the dequantise-then-cuBLAS ones")
     args = ap.parse_args()
     if not args.smoke and not torch.cuda.is_available():
         raise SystemExit("quant_decode.py needs a CUDA GPU (or --smoke on the CPU)")
@@ -122,7 +124,7 @@ def main() -> None:
 
         batches = [1, 16] if args.smoke else args.sweep_batches
         quant_sweep.run({s: weight_shapes(a) for s, a in shapes.items()}, batches, args.group, args.budget_s, args.out,
-                        args.smoke, args.sweep_formats)
+                        args.smoke, args.sweep_formats, args.sweep_dequant_only)
         return
     rows = []
     for name, a in shapes.items():

@@ -39,8 +39,10 @@ from swiftinfer_core.model.quant import QuantFormat, dequantize, quantize
 ORDER = (1, 32, 128, 16, 64, 256)  # buckets by importance: the budget may stop the sweep early
 
 
-def candidates(fmt: str, batch: int) -> list[dict]:
-    """Every config tried for ``fmt`` at ``batch`` rows (the table's default included)."""
+def candidates(fmt: str, batch: int, dequant_only: bool = False) -> list[dict]:
+    """Every config tried for ``fmt`` at ``batch`` rows (the table's default included). ``dequant_only``:
+    from 64 rows, only the table's default and the dequantise-then-cuBLAS configs (no fused-GEMM
+    compiles, so a short device call measures that path against the table)."""
     out = []
     if batch == 1:  # each tile in each math of GEMV_MATHS ("f32" configs carry no "math" key)
         for math in qc.GEMV_MATHS[fmt]:
@@ -53,7 +55,7 @@ def candidates(fmt: str, batch: int) -> list[dict]:
         out += xres_candidates(fmt)
     else:
         bm = min(128, max(16, qc.bucket(batch)))
-        for bn, bk, warps, st in qc.GEMM_CANDIDATES[fmt]:
+        for bn, bk, warps, st in [] if dequant_only and batch >= 64 else qc.GEMM_CANDIDATES[fmt]:
             out += [dict(block_m=bm, block_n=bn, block_k=bk, warps=warps, stages=st, waves=w) for w in qc.WAVES]
         if batch >= 64:
             out += [dict(block_m=bm, block_n=64, block_k=128, warps=4, stages=3, waves=0, dequant_mib=mib) for mib in qc.DEQUANT_MIB]
@@ -160,7 +162,7 @@ def by_variant(p: dict) -> dict[str, dict]:
 
 
 def run(shapes: dict[str, list[tuple[int, int]]], batches: list[int], group: int, budget_s: float, out: str | None,
-        smoke: bool, formats: tuple[str, ...] = ("int4", "int8")) -> Path:
+        smoke: bool, formats: tuple[str, ...] = ("int4", "int8"), dequant_only: bool = False) -> Path:
     dev = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
     uniq = sorted({s for ws in shapes.values() for s in ws})
     order = [b for b in ORDER if b in batches] + [b for b in batches if b not in ORDER]
@@ -171,7 +173,7 @@ def run(shapes: dict[str, list[tuple[int, int]]], batches: list[int], group: int
                 if time.perf_counter() - t0 > budget_s:
                     skipped.append({"format": fmt, "batch": b, "n": n, "k": k})
                     continue
-                p = sweep_point(fmt, b, n, k, group, dev, smoke)
+                p = sweep_point(fmt, b, n, k, group, dev, smoke, candidates(fmt, b, dequant_only))
                 points.append(p)
                 best = p["best"]
                 print(f"{fmt} b={b:<4} {n:>6}x{k:<6} bf16 {p['bf16_us']:8.1f} us  best {best and best['us']:8.1f} us "

@@ -21,6 +21,14 @@ def test_dequant_candidates_from_64_rows():
         assert {quant_sweep.variant(c) for c in quant_sweep.candidates(fmt, 128)} == {"gemm", "dequant"}
 
 
+def test_dequant_only_keeps_the_table_config_and_the_dequant_ones():
+    for fmt in ("int4", "int8"):
+        only = quant_sweep.candidates(fmt, 128, dequant_only=True)
+        assert only[0] == qc.DEFAULTS[fmt][128] and not qc.dequant_mib(only[0])
+        assert sorted(c["dequant_mib"] for c in only[1:]) == sorted(qc.DEQUANT_MIB)
+        assert quant_sweep.candidates(fmt, 32, dequant_only=True) == quant_sweep.candidates(fmt, 32)
+
+
 def test_a_sweep_point_checks_and_times_the_dequant_candidates():
     cands = [c for c in quant_sweep.candidates("int4", 64) if qc.dequant_mib(c)][:2]
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # CPU: the interpreter (tests/conftest.py)
