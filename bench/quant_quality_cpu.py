@@ -219,7 +219,7 @@ def main() -> None:
         calls = text_calls(chunks) if a.calib_joined else [Call(c, [0], [0], [len(c)]) for c in chunks]
 
     t0 = time.perf_counter()
-    key = (len(cal), a.calib_skip, a.calib_source, a.seed, a.calib_top_p, a.calib_joined, a.calib_seq_len)
+    key = (len(cal), a.calib_skip, a.calib_source, a.seed, a.calib_top_p, a.calib_joined, a.calib_seq_len, a.dtype)
     if all(getattr(VARIANTS[v][0], "calibrated", True) is False for v in a.variants):
         hs, rows = {n: None for n in linear_targets(m.model)}, {}  # round to nearest only: no Hessians needed
     elif a.hessian_cache and a.hessian_cache.exists() and torch.load(a.hessian_cache)["key"] == key:

@@ -44,6 +44,7 @@ class RankConfig:
     quant: QuantFormat | None = None  # weight-only int8/int4 linears (one device); the head too unless lm_head_fp32
     quant_group: int = 128  # int4 group size (model/quant.py)
     quant_zero_point: bool = False  # int4 with a float16 min per group (model/quant.py)
+    fp8_activations: bool = True  # fp8: batched rows through _scaled_mm in e4m3 (False: the weight-only Triton GEMM)
     calibration_tokens: int = 0  # > 0: int4/fp8 rounded by GPTQ over this many self-generated tokens (runner/calibration.py)
     calibration_ids: tuple[int, ...] | None = None  # GPTQ over these token ids (quant_calibration_file) instead
     cpu_fast_path: bool = False  # CPU: transposed linears (one device) and CpuAttention where every layer is plain

@@ -130,3 +130,38 @@ def test_fp8_linear_takes_precomputed_gptq_weights():
         assert _rel(f8(xr), want) < 1e-6
     with pytest.raises(ValueError, match="does not fit"):
         Fp8Linear(nn.Linear(64, 48), "triton", weights["0"])
+
+
+def test_fp8_activations_off_takes_the_weight_only_gemm(monkeypatch):
+    """fp8_activations: fp8 only; False reaches quantize_fp8_linears as batched 'triton' (the
+    device check stubbed: the layers are built on the CPU, where both settings end on the
+    Triton GEMM, so the call's argument is what tells them apart; the GPU test below builds them)."""
+    from swiftinfer_core.model.layers import ShardPlan
+    from swiftinfer_core.model.llama import Llama
+    from swiftinfer_core.runner import build
+
+    assert EngineConfig(quantization="fp8", device="cuda").fp8_activations is True
+    with pytest.raises(InvalidRequestError, match="fp8_activations applies to quantization 'fp8' only, not 'int8'"):
+        EngineConfig(quantization="int8", device="cpu", fp8_activations=False)
+    monkeypatch.setattr(build, "fp8_unsupported", lambda device: None)
+    real, seen = build.quantize_fp8_linears, []
+    monkeypatch.setattr(build, "quantize_fp8_linears", lambda m, **kw: seen.append(kw["batched"]) or real(m, **kw))
+    for flag in (False, True):
+        cfg = _rank(fp8_activations=flag)
+        model = Llama(cfg.args, ShardPlan.single(cfg.args))
+        build.quantize_weights(model, cfg, torch.device("cpu"))
+        assert {mod.batched for mod in model.modules() if isinstance(mod, Fp8Linear)} == {"triton"}
+    assert seen == ["triton", None]
+
+
+@pytest.mark.gpu
+def test_fp8_activations_pick_the_batched_path_on_cuda():
+    from swiftinfer_core.model.layers import ShardPlan
+    from swiftinfer_core.model.llama import Llama
+    from swiftinfer_core.runner.build import quantize_weights
+
+    for flag, want in ((True, "scaled_mm"), (False, "triton")):
+        cfg = _rank(fp8_activations=flag)
+        model = Llama(cfg.args, ShardPlan.single(cfg.args)).to("cuda", torch.bfloat16)
+        quantize_weights(model, cfg, torch.device("cuda"))
+        assert {mod.batched for mod in model.modules() if isinstance(mod, Fp8Linear)} == {want}
