@@ -124,6 +124,9 @@ def rank_config(cfg: EngineConfig, path: Path, args: ModelArgs) -> RankConfig:
     if pre is not None:  # the checkpoint's format, whatever 'auto' would have picked
         quant, group, zero_point = pre.fmt, pre.group or group, pre.zero_point
         head_fp32 = cfg.lm_head_fp32 if cfg.lm_head_fp32 is not None else True
+    if not cfg.fp8_activations and quant is not QuantFormat.FP8:
+        raise InvalidRequestError(f"fp8_activations applies to fp8 weights; {path.name} is served "
+                                  f"{'in ' + quant.value if quant else 'unquantized'}")
     gguf = resolve_gguf(cfg, path, device, dtype, args)
     if gguf is not None and cfg.lm_head_fp32 is None:
         head_fp32 = False  # the head as the file stores it (the default model: Q8_0, tied to the embedding)

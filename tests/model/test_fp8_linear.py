@@ -165,3 +165,12 @@ def test_fp8_activations_pick_the_batched_path_on_cuda():
         model = Llama(cfg.args, ShardPlan.single(cfg.args)).to("cuda", torch.bfloat16)
         quantize_weights(model, cfg, torch.device("cuda"))
         assert {mod.batched for mod in model.modules() if isinstance(mod, Fp8Linear)} == {want}
+
+
+def test_fp8_activations_off_is_refused_at_load_for_weights_that_are_not_fp8(model_dir):
+    """'none' passes the config (an fp8 compressed-tensors checkpoint would be served in fp8);
+    the default model's float checkpoint is not, so the start refuses it."""
+    from swiftinfer_core.engine.engine_model import build_engine_model
+
+    with pytest.raises(InvalidRequestError, match="fp8_activations applies to fp8 weights;.*served unquantized"):
+        build_engine_model(EngineConfig(device="cpu", fp8_activations=False, window=60, max_sessions=1))
