@@ -14,6 +14,9 @@ Rows per path:
                  (B = 1, split-K where rows are few) / _scaled_mm with per-row e4m3
                  activations (B > 1, kernels/fp8_scaled_mm.py)
   fp8 triton     B > 1 through the weight-only Triton GEMM (kernels/fp8_gemm.py, the fallback)
+  fp8 dequant    B > 1 weight-only, the weight cast to bf16 16 MiB of rows at a time (L2-sized)
+                 and multiplied by cuBLAS (kernels/quant_dequant.py; Fp8Linear batched="dequant")
+  fp8 dequant whole  the same with each weight cast whole (1 GiB chunks: no L2 reuse)
   fp8 no-split   B = 1 with split-K off (what split-K buys on small layers)
 
 The roofline is max(bytes / HBM bandwidth, FLOPs / peak) with bytes from
@@ -41,10 +44,12 @@ import common
 import torch
 from quant_decode import SMOKE, plot, product, weight_shapes
 
+from swiftinfer_core.kernels import quant_dequant
 from swiftinfer_core.kernels.fp8_gemm import gemm_fp8
 from swiftinfer_core.kernels.fp8_gemv import gemv_fp8
 from swiftinfer_core.kernels.fp8_scaled_mm import scaled_mm_fp8
 from swiftinfer_core.model.fp8 import quantize_fp8
+from swiftinfer_core.model.fp8_linear import DEQUANT_MIB
 from swiftinfer_core.model.quant import QuantFormat, quantize, weight_bytes
 
 # name -> (weight format, how B = 1 runs, how B > 1 runs)
@@ -53,6 +58,8 @@ PATHS = {
     "int8": (QuantFormat.INT8, "quant", "quant"),
     "fp8": (QuantFormat.FP8, "gemv", "scaled_mm"),
     "fp8 triton": (QuantFormat.FP8, None, "triton"),
+    "fp8 dequant": (QuantFormat.FP8, None, "dequant"),
+    "fp8 dequant whole": (QuantFormat.FP8, None, "dequant-1024"),
     "fp8 no-split": (QuantFormat.FP8, "gemv-1", None),
 }
 
@@ -65,6 +72,10 @@ def fp8_product(how: str, w: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor)
         return gemv_fp8(x, q, s, split_k=1)
     if how == "scaled_mm":
         return scaled_mm_fp8(x, q, s)
+    if how.startswith("dequant"):
+        mib = int(how.partition("-")[2] or DEQUANT_MIB)
+        out = torch.empty(x.shape[0], q.shape[0], dtype=x.dtype, device=x.device)
+        return quant_dequant.matmul("fp8", x, q, s, None, q.shape[1], 0, out, mib)
     return gemm_fp8(x, q, s)
 
 

@@ -1,4 +1,4 @@
-"""Batched int4/int8 products through dequantised chunks and cuBLAS (quant_configs key ``dequant_mib``).
+"""Batched int4/int8/fp8 products through dequantised chunks and cuBLAS (quant_configs key ``dequant_mib``).
 
 From ~128 rows on, the fused GEMMs of kernels/quant_gemm.py run the tensor cores far below
 cuBLAS. On one H100 at Llama-2-7B shapes, int4 took 0.36-0.43x of bf16's time per weight at 128
@@ -14,6 +14,10 @@ plus x and y, and the product runs at cuBLAS's rate. Weights are the formats of 
   int4  nibble-planar: nibble i of word j of a 32-column block is column 4i + j; q = nibble - 8,
         w = q * S[n, group] (with zero points w = nibble * S + MN = q * S + (MN + 8 S))
   int8  byte-planar: byte t of word j of a 16-column block is column 4t + j; w = q * S[n]
+  fp8   float8_e4m3fn [N, K] as stored (model/fp8.py); w = q * S[n]. The weight-only batched
+        path of model/fp8_linear.py (``batched="dequant"``): x keeps its dtype, unlike _scaled_mm's
+        e4m3 rows, and cuBLAS does the sums where kernels/fp8_gemm.py ran at 0.46-0.65x of bf16's
+        time per step on an H200 (bench/results/fp8_decode.json, "fp8 triton"). Unmeasured on a GPU.
 
 The dequantised values are the fused kernels' operands (float32 q * S, rounded once to x's
 dtype), so the two paths agree to that rounding; the sums are cuBLAS's.
@@ -73,12 +77,32 @@ def _dequant_int8_kernel(Q, S, OUT, N, K, KB, ROWS: tl.constexpr, BLOCKS: tl.con
         tl.store(OUT + n64[:, None] * K + col[None, :], w.to(OUT.dtype.element_ty), mask=nmask[:, None] & (col < K)[None, :])
 
 
+@triton.jit
+def _dequant_fp8_kernel(Q, S, OUT, N, K, ROWS: tl.constexpr, COLS: tl.constexpr):
+    rn = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    col = tl.program_id(1) * COLS + tl.arange(0, COLS)
+    nmask = rn < N
+    n64 = rn.to(tl.int64)
+    mask = nmask[:, None] & (col < K)[None, :]
+    q = tl.load(Q + n64[:, None] * K + col[None, :], mask=mask, other=0.0).to(tl.float32)
+    s = tl.load(S + n64, mask=nmask, other=0.0)[:, None]
+    tl.store(OUT + n64[:, None] * K + col[None, :], (q * s).to(OUT.dtype.element_ty), mask=mask)
+
+
+FP8_COLS = 128  # e4m3 columns per program: 128 contiguous bytes per row
+
+
 def dequantize_rows(fmt: str, q32: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, k: int, group: int,
                     lo: int, hi: int, out: torch.Tensor) -> torch.Tensor:
-    """Weight rows [lo, hi) of int4 ("int4": q32 [N, Kp/8] int32 words, scales [N, Kp/group]) or
-    int8 ("int8": q32 [N, K16/4], scales [N]) dequantised into out[: hi - lo] ([>= hi - lo, k])."""
+    """Weight rows [lo, hi) of int4 ("int4": q32 [N, Kp/8] int32 words, scales [N, Kp/group]),
+    int8 ("int8": q32 [N, K16/4], scales [N]) or fp8 ("fp8": q32 is the float8_e4m3fn [N, k]
+    weight itself, scales [N]) dequantised into out[: hi - lo] ([>= hi - lo, k])."""
     rows = hi - lo
     dst = out[:rows]
+    if fmt == "fp8":
+        grid = (triton.cdiv(rows, ROWS), triton.cdiv(k, FP8_COLS))
+        _dequant_fp8_kernel[grid](q32[lo:hi], scales[lo:hi], dst, rows, k, ROWS=ROWS, COLS=FP8_COLS)
+        return dst
     kb = q32.shape[1] // 4
     grid = (triton.cdiv(rows, ROWS), triton.cdiv(kb, BLOCKS))
     if fmt == "int8":

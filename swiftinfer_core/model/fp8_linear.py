@@ -13,7 +13,10 @@ depends on the rows, as for int8/int4 (model/quant_linear.py):
                           the op working on this device: checked at load);
                           "triton": kernels/fp8_gemm.py, weight-only (the
                           fallback where _scaled_mm cannot run, and the CPU
-                          interpreter of the tests)
+                          interpreter of the tests); "dequant": weight-only,
+                          the weight cast to x's dtype DEQUANT_MIB MiB of rows
+                          at a time and multiplied by cuBLAS
+                          (kernels/quant_dequant.py; speed unmeasured)
 
 Every path has static shapes and no host syncs, so the engine's CUDA graphs
 capture it. The engine builds this on CUDA only (runner/build.py refuses other
@@ -29,7 +32,8 @@ from torch import nn
 from swiftinfer_core.model.fp8 import dequantize_fp8, quantize_fp8
 from swiftinfer_core.model.linear_slots import linear_slots
 
-BATCHED = ("scaled_mm", "triton")
+BATCHED = ("scaled_mm", "triton", "dequant")
+DEQUANT_MIB = 16  # one dequantised chunk: fits the L2 of an H100 (50 MB) and an H200 (60 MB) with room
 
 
 class Fp8Linear(nn.Module):
@@ -67,13 +71,16 @@ class Fp8Linear(nn.Module):
         return dequantize_fp8(self.qweight, self.scales)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from swiftinfer_core.kernels import fp8_gemm, fp8_gemv, fp8_scaled_mm  # need triton
+        from swiftinfer_core.kernels import fp8_gemm, fp8_gemv, fp8_scaled_mm, quant_dequant  # need triton
 
         x2 = x.reshape(-1, self.in_features).contiguous()  # [M, K]
         if x2.shape[0] == 1:
             y = fp8_gemv.gemv_fp8(x2, self.qweight, self.scales)
         elif self.batched == "scaled_mm":
             y = fp8_scaled_mm.scaled_mm_fp8(x2, self.qweight, self.scales)
+        elif self.batched == "dequant":
+            out = torch.empty(x2.shape[0], self.out_features, dtype=x2.dtype, device=x2.device)
+            y = quant_dequant.matmul("fp8", x2, self.qweight, self.scales, None, self.in_features, 0, out, DEQUANT_MIB)
         else:
             y = fp8_gemm.gemm_fp8(x2, self.qweight, self.scales)
         if self.bias is not None:

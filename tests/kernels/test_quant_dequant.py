@@ -1,6 +1,7 @@
-"""quant_dequant.py (int4/int8 weights dequantised in row chunks, each chunk through torch.mm)
-against model/quant.py's dequantize and float64 products, on fresh random inputs: symmetric int4
-at groups 32 and 128, zero points, int8, K past the packing's padding, one chunk and several."""
+"""quant_dequant.py (int4/int8/fp8 weights dequantised in row chunks, each chunk through torch.mm)
+against model/quant.py's and model/fp8.py's dequantised values and float64 products, on fresh
+random inputs: symmetric int4 at groups 32 and 128, zero points, int8, fp8, K past the packing's
+padding, one chunk and several."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from test_quant_gemm import DTYPES, TOL
 
 from swiftinfer_core.kernels import quant_dequant
 from swiftinfer_core.kernels.quant_gemm import gemm_int4, gemm_int8
+from swiftinfer_core.model.fp8 import quantize_fp8, reference_linear
 from swiftinfer_core.model.quant import QuantFormat, dequantize, quantize
 
 
@@ -66,6 +68,35 @@ def test_dequant_path_matches_float64(fmt, group, zp, mib, dtype, dev):
     assert rel_err(y, want) < TOL[dtype], f"seed {seed}"
 
 
+def test_fp8_rows_are_q_times_s_rounded_once(dev):
+    """fp8: rows [lo, hi) of a 150 x 300 e4m3 weight (K not a multiple of the 128-column programs):
+    float32 exactly q * S; in bf16, that product rounded once to nearest, at most 2^-8 of itself
+    (a GPU; the interpreter truncates, so there less than one bf16 step, 2^-7)."""
+    seed = fresh_seed()
+    q, s = quantize_fp8(torch.randn(150, 300) * torch.logspace(-3, 0, 300)[None, :])
+    want = q.float() * s[:, None]
+    for lo, hi in [(0, 150), (37, 101), (149, 150)]:
+        out = torch.full((hi - lo + 3, 300), float("nan"), device=dev)
+        got = quant_dequant.dequantize_rows("fp8", q.to(dev), s.to(dev), None, 300, 0, lo, hi, out).cpu()
+        assert got.shape == (hi - lo, 300) and torch.equal(got, want[lo:hi]), f"seed {seed} rows {lo}:{hi}"
+        out16 = torch.empty(hi - lo, 300, dtype=torch.bfloat16, device=dev)
+        got16 = quant_dequant.dequantize_rows("fp8", q.to(dev), s.to(dev), None, 300, 0, lo, hi, out16).cpu()
+        rel = ((got16.float() - want[lo:hi]).abs() / want[lo:hi].abs().clamp(min=1e-30)).max().item()
+        assert rel <= (2**-8 if dev.type == "cuda" else 2**-7), f"seed {seed} rows {lo}:{hi}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mib", [1, 64])
+def test_fp8_dequant_path_matches_float64(mib, dtype, dev):
+    seed = fresh_seed()
+    q, s = quantize_fp8(torch.randn(150, 300) * torch.logspace(-3, 0, 300)[None, :])
+    x = torch.randn(20, 300).to(dtype)
+    out = torch.full((20, 150), float("nan"), dtype=dtype, device=dev)
+    y = quant_dequant.matmul("fp8", x.to(dev), q.to(dev), s.to(dev), None, 300, 0, out, mib)
+    assert y.data_ptr() == out.data_ptr() and y.dtype == dtype
+    assert rel_err(y, reference_linear(x, q, s)) < TOL[dtype], f"seed {seed}"
+
+
 def test_chunk_rows():
     assert quant_dequant.chunk_rows(22016, 4096, 2, 16) == 2048  # 16 MiB of bf16 rows of 4,096
     assert quant_dequant.chunk_rows(4096, 11008, 2, 16) == 704  # 762 rounded down to 64s
@@ -102,3 +133,22 @@ def test_dequant_path_at_llama_shapes_and_in_a_cuda_graph(fmt, group, zp, mib):
     x.copy_(torch.randn_like(x))
     g.replay()
     assert rel_err(out, x.double() @ w.t()) < TOL[torch.bfloat16], f"seed {seed}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mib", [16, 1024])
+def test_fp8_dequant_path_at_a_llama_shape_and_in_a_cuda_graph(mib):
+    """7B gate-up (22016 x 4096) in e4m3 at 128 bf16 rows, eager and replayed from a CUDA graph on new x."""
+    seed = fresh_seed()
+    dev = torch.device("cuda")
+    q, s = quantize_fp8(torch.randn(22016, 4096, device=dev, dtype=torch.bfloat16) * 0.02)
+    x = torch.randn(128, 4096, device=dev, dtype=torch.bfloat16)
+    out = torch.empty(128, 22016, device=dev, dtype=torch.bfloat16)
+    quant_dequant.matmul("fp8", x, q, s, None, 4096, 0, out, mib)
+    assert rel_err(out, reference_linear(x, q, s)) < TOL[torch.bfloat16], f"seed {seed}"
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        quant_dequant.matmul("fp8", x, q, s, None, 4096, 0, out, mib)
+    x.copy_(torch.randn_like(x))
+    g.replay()
+    assert rel_err(out, reference_linear(x, q, s)) < TOL[torch.bfloat16], f"seed {seed}"

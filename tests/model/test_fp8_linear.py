@@ -43,6 +43,22 @@ def test_fp8_linear_matches_float64_of_its_weight(rows, bias):
     assert _rel(f8.dequantized(), lin.weight.detach().double().cpu()) < 2.0**-5
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fp8_linear_dequant_path_matches_float64_of_its_weight(dtype):
+    """batched='dequant': 6 rows through the weight cast to x's dtype and torch.mm; 1 row still the GEMV."""
+    torch.manual_seed(int.from_bytes(os.urandom(4), "little"))
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    lin = nn.Linear(200, 37, bias=True, device=dev, dtype=dtype)
+    f8 = Fp8Linear(lin, batched="dequant")
+    for rows in (6, 1):
+        x = torch.randn(rows, 200, device=dev, dtype=dtype)
+        want = (reference_linear(x, f8.qweight, f8.scales) + lin.bias.double()).cpu()
+        got = f8(x)
+        assert got.dtype == dtype and got.shape == (rows, 37)
+        # bf16: each weight and each output rounded once (at most 2^-8 each; the interpreter truncates: 2^-7)
+        assert _rel(got, want) < (1e-6 if dtype == torch.float32 else 2**-7)
+
+
 def test_quantize_fp8_linears_keeps_the_head_when_asked():
     m = BodyAndHead()
     assert quantize_fp8_linears(m, head=False) == 1
