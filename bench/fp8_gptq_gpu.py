@@ -5,6 +5,12 @@ on the same GPU, in one run. GPTQ once per calibration seed (EngineConfig.seed).
 
     python bench/fp8_gptq_gpu.py --tokens 3000 --window 1020 --seeds 0 1 2 --out DIR
     python bench/fp8_gptq_gpu.py --seeds 0 --torch-rounder --out DIR   # each seed also with torch's column loop
+    python bench/fp8_gptq_gpu.py --seeds 0 --weight-only --out DIR     # also fp8_activations: false
+
+``--weight-only``: nearest and each GPTQ seed also with ``fp8_activations: false``: the prefill
+chunks' rows keep bf16 activations (the weight-only batched path) instead of _scaled_mm's e4m3 rows.
+The bf16 CPU emulation puts GPTQ's weights alone at x1.008 of the bf16 model on this span
+(bench/results/quant_quality_cpu_gpu_span_bf16.json).
 
 ``--torch-rounder``: every GPTQ seed runs a second time with GPTQ's column loop in torch
 (model/quant_search.round_block) instead of the Triton kernel a GPU uses (kernels/gptq_block.py).
@@ -50,6 +56,7 @@ def main() -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--text", type=Path, default=Path(os.environ.get("SWIFTINFER_HOME", Path.home() / ".cache/swiftinfer")) / "shakespeare.txt")
     ap.add_argument("--torch-rounder", action="store_true", help="each seed also with torch's column loop (module doc)")
+    ap.add_argument("--weight-only", action="store_true", help="also each fp8 variant with fp8_activations: false")
     ap.add_argument("--name", default="fp8_gptq_gpu")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -60,6 +67,9 @@ def main() -> int:
                                         "quant_calibration_tokens": a.calib_tokens, "seed": s} for s in a.seeds}
     if a.torch_rounder:
         variants |= {f"{n} (torch loop)": v for n, v in variants.items() if "gptq" in n}
+    if a.weight_only:
+        variants |= {f"{n}, weight-only": v | {"fp8_activations": False} for n, v in variants.items()
+                     if n.startswith("fp8") and "torch loop" not in n}
     nll, top, ids = {}, {}, None
     for name, extra in variants.items():
         rounder = quant_search._block_rounder

@@ -103,8 +103,10 @@ want gptq && step gptq_load ${GPTQ_S:-420} python3 bench/gptq_load.py --shapes $
 # compressed-tensors checkpoints (w4a16, FP8-dynamic) of the staged default model, the FP8 one built on the GPU
 [ -d "$SWIFTINFER_HOME/models" ] && want ct_tests && step ct_tests ${CT_S:-240} python3 -m pytest -q -s -p no:cacheprovider -rs \
   tests/model/test_ct_checkpoint.py
-# fp8 nearest vs GPTQ on the GPU path over 3,000 tokens against float32 and bf16 (staged model; not by default)
-want gptq_quality && step gptq_quality ${GPTQ_Q_S:-300} python3 bench/fp8_gptq_gpu.py --tokens 3000 --window 1020 --seeds 0 1 --out "$OUT"
+# fp8 nearest vs GPTQ on the GPU path over 3,000 tokens against float32 and bf16 (staged model; not by default);
+# GPTQ_Q_ARGS replaces "--seeds 0 1", e.g. "--seeds 0 --weight-only" (fp8_activations: false beside each fp8 row)
+want gptq_quality && step gptq_quality ${GPTQ_Q_S:-300} python3 bench/fp8_gptq_gpu.py --tokens 3000 --window 1020 \
+  ${GPTQ_Q_ARGS:---seeds 0 1} --out "$OUT"
 # issue 16 (not by default): bf16 vs fp8 KV batched decode at the 7B shape, 4+2044 (JSON + PNG under $OUT), after the
 # GPU tests of the bf16 kernels and of the fp8 cache (the engine's too where the default
 # model is staged under /tmp/swh); every test of tests/kernels/test_kv_fp8_attention.py, natively (its unmarked ones take the GPU too)
