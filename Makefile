@@ -48,7 +48,7 @@ chat: model
 # browser_deps.sh: Chromium for the playground's browser tests (installed as root, else they skip)
 test: model
 	sh tests/browser_deps.sh
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=30
 
 test-fast: model
 	sh tests/browser_deps.sh
