@@ -13,7 +13,8 @@ Rows per path:
   fp8            the engine's choice (model/fp8_linear.py): kernels/fp8_gemv.py
                  (B = 1, split-K where rows are few) / _scaled_mm with per-row e4m3
                  activations (B > 1, kernels/fp8_scaled_mm.py)
-  fp8 triton     B > 1 through the weight-only Triton GEMM (kernels/fp8_gemm.py, the fallback)
+  fp8 triton     B > 1 through the weight-only Triton GEMM (kernels/fp8_gemm.py: split-K, int8's configs
+                 since session 31; before, one tile per program)
   fp8 dequant    B > 1 weight-only, the weight cast to bf16 16 MiB of rows at a time (L2-sized)
                  and multiplied by cuBLAS (kernels/quant_dequant.py; Fp8Linear batched="dequant")
   fp8 dequant whole  the same with each weight cast whole (1 GiB chunks: no L2 reuse)

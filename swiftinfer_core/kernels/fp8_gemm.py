@@ -1,22 +1,22 @@
 """Batched GEMM over FP8 (e4m3) weights, weight-only, in Triton: y [M, N] = x [M, K] @ W^T.
 
-The fallback of the batched FP8 path (model/fp8_linear.py). The first choice for
-M > 1 is torch._scaled_mm (kernels/fp8_scaled_mm.py: cuBLAS/CUTLASS FP8 tensor
-cores over per-row quantized activations); this kernel runs where that cannot:
-activations in fp16 or float32 (row-wise _scaled_mm writes bf16 only on every
-device), K or N not a multiple of 16, a torch or device whose _scaled_mm refuses
-row-wise scales, and the CPU interpreter (tests). It changes no activation: x
-stays in its dtype, so its numbers are the GEMV's (kernels/fp8_gemv.py) up to
-summation order, and it is the exact reference of the weight format.
+x stays in its dtype: the numbers are the GEMV's (kernels/fp8_gemv.py) up to summation
+order, the exact reference of the weight format. model/fp8_linear.py runs it for batches
+where torch._scaled_mm (e4m3 activations) is not wanted or cannot run: fp16/float32
+activations, K or N not a multiple of 16, ``fp8_activations: false``, the CPU interpreter.
 
-Program (pid_m, pid_n) owns y[BLOCK_M rows, BLOCK_N cols], as kernels/quant_gemm.py's
-int8 path: each K step loads the tile of W^T [BLOCK_K, BLOCK_N] (column n of the
-tile is row n of q, BLOCK_K contiguous bytes), converts e4m3 to x's dtype in
-registers (exact: e4m3 fits bf16, fp16 and float32) and feeds tl.dot with a
-float32 accumulator; the per-column scale multiplies the float32 sums at the end.
-float32 x uses tl.dot's "ieee" precision; under the CPU interpreter every dot runs
-in float32 (its bf16 tl.dot is wrong: kernels/decode_attention.py mma_dtype),
-exact for these operands. Shapes alone fix the grid.
+The layout is kernels/quant_gemm.py's int8 GEMM with plain e4m3 bytes in place of packed
+words. Program (tile, part) owns the transposed output tile y^T [BLOCK_N, BLOCK_M]: the
+weight tile [BLOCK_N, BLOCK_K] (BLOCK_K contiguous bytes per row) is tl.dot's first operand,
+converted e4m3 -> x's dtype in registers (exact: e4m3 fits bf16, fp16 and float32), x^T
+[BLOCK_K, BLOCK_M] the second, so a decode batch of 8-32 rows is the narrow side of the
+MMA. Split-K (kernels/quant_common.py) cuts K until the programs fill the SMs: at a
+batch's few output tiles the earlier one-tile-per-program kernel left most SMs idle (0.58-0.65x
+of bf16's time per decode step at 8-32 rows, H200, bench/results/fp8_decode.json "fp8 triton").
+The per-row scale multiplies each part's float32 sums. Configs: kernels/quant_configs.py's
+int8 table (the same byte per weight; the "fp8" format falls back to it). Under the CPU
+interpreter every dot runs in float32 (its bf16 tl.dot is wrong: kernels/decode_attention.py
+mma_dtype), exact for these operands. Shapes alone fix the grid.
 """
 
 from __future__ import annotations
@@ -25,58 +25,56 @@ import torch
 import triton
 import triton.language as tl
 
-from swiftinfer_core.kernels.triton_common import dot_precision, mma_dtype
+from swiftinfer_core.kernels import quant_configs
 from swiftinfer_core.kernels.fp8_gemv import fp8_shape
+from swiftinfer_core.kernels.quant_common import check_operands, check_out, gemm_split, gemm_tile, splitk_store
+from swiftinfer_core.kernels.triton_common import dot_precision, mma_dtype
 
 
 @triton.jit
 def _fp8_gemm_kernel(
-    X, Q, S, Y, M, N, K, stride_xm, stride_ym,
+    X, Q, S, Y, WS, CNT, M, N, K, stride_xm, stride_ym, STEPS, SPLIT,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     MMA: tl.constexpr, PREC: tl.constexpr, STAGES: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    tile, pid_k, rm, rn = gemm_tile(M, N, BLOCK_M, BLOCK_N)
     mmask, nmask = rm < M, rn < N
+    x_cols = X + rm.to(tl.int64)[None, :] * stride_xm  # x^T: column m is x's row m
+    q_rows = Q + rn.to(tl.int64)[:, None] * K
     offs = tl.arange(0, BLOCK_K)
-    x_rows = X + rm.to(tl.int64)[:, None] * stride_xm
-    q_cols = Q + rn.to(tl.int64)[None, :] * K  # W^T tile: row n of q is column n
-    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
+    k_start = pid_k * STEPS * BLOCK_K
+    k_end = tl.minimum(k_start + STEPS * BLOCK_K, K)
+    acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    for k0 in tl.range(k_start, k_end, BLOCK_K, num_stages=STAGES):
         kk = k0 + offs
-        kmask = kk < K
-        x = tl.load(x_rows + kk[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0).to(MMA)  # [BLOCK_M, BLOCK_K]
-        w = tl.load(q_cols + kk[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0)  # [BLOCK_K, BLOCK_N] e4m3
-        acc = tl.dot(x, w.to(tl.float32).to(MMA), acc, input_precision=PREC)
-    acc = acc * tl.load(S + rn, mask=nmask, other=0.0)[None, :]
-    y_ptr = Y + rm.to(tl.int64)[:, None] * stride_ym + rn[None, :]
-    tl.store(y_ptr, acc.to(Y.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
-
-
-def _block_m(m: int) -> int:
-    """Rows per tile: tl.dot needs >= 16; more rows reuse each weight tile more."""
-    return min(64, max(16, triton.next_power_of_2(m)))
+        kmask = kk < k_end
+        w = tl.load(q_rows + kk[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0)  # [BLOCK_N, BLOCK_K] e4m3
+        xt = tl.load(x_cols + kk[:, None], mask=kmask[:, None] & mmask[None, :], other=0.0)  # [BLOCK_K, BLOCK_M]
+        acc = tl.dot(w.to(tl.float32).to(MMA), xt.to(MMA), acc, input_precision=PREC)
+    acc = acc * tl.load(S + rn, mask=nmask, other=0.0)[:, None]
+    splitk_store(acc, Y, rm[None, :] * stride_ym + rn[:, None], WS, rm[None, :] * N + rn[:, None],
+                 mmask[None, :] & nmask[:, None], CNT, tile, pid_k, SPLIT, M * N)
 
 
 def gemm_fp8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor | None = None,
-             block_n: int = 64, block_k: int = 64, num_warps: int = 4, stages: int = 3) -> torch.Tensor:
+             cfg: dict | None = None) -> torch.Tensor:
     """x [M, K] (bf16, fp16 or fp32; rows contiguous), q float8_e4m3fn [N, K], scales float32 [N]
-    -> y [M, N] in x's dtype."""
+    -> y [M, N] in x's dtype. cfg: a kernels/quant_configs.py GEMM config (block_m, block_n,
+    block_k (a multiple of 16), warps, stages, waves); default: the table's for this M and shape."""
     n, k = fp8_shape(q, scales)
     if x.dim() != 2 or x.shape[1] != k or x.stride(1) != 1:
         raise ValueError(f"x must be [M, {k}] with contiguous rows, got {tuple(x.shape)}")
-    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"activations must be float32, bfloat16 or float16, got {x.dtype}")
-    if q.device != x.device or scales.device != x.device:
-        raise ValueError("FP8 weights and scales must be on x's device")
+    check_operands(x, q, scales)
     m = x.shape[0]
-    out = torch.empty((m, n), dtype=x.dtype, device=x.device) if out is None else out
-    bm = _block_m(m)
-    _fp8_gemm_kernel[(triton.cdiv(m, bm), triton.cdiv(n, block_n))](
-        x, q, scales, out, m, n, k, x.stride(0), out.stride(0),
-        BLOCK_M=bm, BLOCK_N=block_n, BLOCK_K=block_k,
-        MMA=mma_dtype(x.dtype), PREC=dot_precision(x.dtype), STAGES=stages, num_warps=num_warps,
+    out = check_out(out, m, n, x)
+    cfg = dict(cfg or quant_configs.config("fp8", m, n, k))
+    cfg.setdefault("block_m", min(128, max(16, triton.next_power_of_2(m))))
+    if cfg["block_k"] % 16:
+        raise ValueError(f"fp8 GEMM block_k must be a multiple of 16, got {cfg['block_k']}")
+    grid, split, per, ws, cnt = gemm_split(x, m, n, triton.cdiv(k, cfg["block_k"]), cfg)
+    _fp8_gemm_kernel[grid](
+        x, q, scales, out, ws, cnt, m, n, k, x.stride(0), out.stride(0), per, split,
+        BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_K=cfg["block_k"],
+        MMA=mma_dtype(x.dtype), PREC=dot_precision(x.dtype), STAGES=cfg["stages"], num_warps=cfg["warps"],
     )
     return out

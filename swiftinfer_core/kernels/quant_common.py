@@ -30,6 +30,9 @@ import torch
 import triton
 import triton.language as tl
 
+from swiftinfer_core.kernels import quant_configs
+from swiftinfer_core.kernels.triton_common import sm_count
+
 ONE_BITS = tl.constexpr(0x3F800000)  # 1.0f
 SIGNS = tl.constexpr(-2139062144)  # 0x80808080 as int32: the sign bit of each byte
 
@@ -101,6 +104,19 @@ def int4_nibble(u, u_hi, I: tl.constexpr):
         f = (u_hi & 0x3F80F000).to(tl.float32, bitcast=True)
         A: tl.constexpr = 2048.0
     return tl.fma(f, A, -(A + 8.0))  # f = 1 + n / A  ->  n - 8
+
+
+@triton.jit
+def gemm_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A batched GEMM program's (tile id, pid_k, rm, rn) (grid: output tiles x split-K parts):
+    tiles n-major, so the programs sharing a weight tile run together."""
+    tile = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    pid_n = tile // tiles_m
+    pid_m = tile % tiles_m
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return tile, tl.program_id(1), rm, rn
 
 
 @triton.jit
@@ -177,6 +193,15 @@ def splitk_release(CNT, tile):
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 _KEEP: list[torch.Tensor] = []  # replaced counter buffers: graphs captured with them still use them
 _MIN_COUNTERS = 1 << 16
+
+
+def gemm_split(x: torch.Tensor, m: int, n: int, steps: int, cfg: dict):
+    """A batched GEMM launch's (grid, split, steps per split, workspace, counters) for ``steps`` K
+    steps: cfg's tiles (block_m x block_n) cut along K until >= cfg["waves"] x SMs programs."""
+    tiles = triton.cdiv(m, cfg["block_m"]) * triton.cdiv(n, cfg["block_n"])
+    split, per = quant_configs.pick_split(tiles, steps, sm_count(x.device), cfg["waves"])
+    ws, cnt = split_buffers(x.device, split, m, n, tiles)
+    return (tiles, split), split, per, ws, cnt
 
 
 def split_buffers(device: torch.device, split: int, m: int, n: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:

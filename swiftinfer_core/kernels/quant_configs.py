@@ -103,8 +103,9 @@ XRES_MATHS = ("h2",)
 XRES_WAVES = (8, 16)
 # Formats without a table of their own: int4 with zero points (one more 2-byte load per
 # group and, in the GEMM, an fma instead of a multiply per weight) tiles as int4 until a
-# tuning file has an "int4_zp" section (the sweep does not time it yet).
-FALLBACK = {"int4_zp": "int4"}
+# tuning file has an "int4_zp" section (the sweep does not time it yet). fp8 (kernels/fp8_gemm.py,
+# the int8 GEMM's layout over plain e4m3 bytes: a byte per weight) tiles as int8.
+FALLBACK = {"int4_zp": "int4", "fp8": "int8"}
 
 _tuned: dict[str, dict[str, dict[str, dict]]] = {}  # fmt -> bucket -> ("default" | "NxK") -> config
 
@@ -115,7 +116,7 @@ def bucket(m: int) -> int:
 
 
 def config(fmt: str, m: int, n: int, k: int) -> dict:
-    """The config for an [m, k] x [n, k]^T product in ``fmt`` ("int8"/"int4"/"int4_zp"):
+    """The config for an [m, k] x [n, k]^T product in ``fmt`` ("int8"/"int4"/"int4_zp"/"fp8"):
     the tuned one for this shape, else the tuned bucket default (a FALLBACK format's
     the same way), else the table."""
     b = bucket(m)

@@ -46,10 +46,12 @@ import triton
 import triton.language as tl
 
 from swiftinfer_core.kernels import quant_configs, quant_dequant
-from swiftinfer_core.kernels.triton_common import dot_precision, mma_dtype, sm_count
+from swiftinfer_core.kernels.triton_common import dot_precision, mma_dtype
 from swiftinfer_core.kernels.quant_common import (
     check_operands,
     check_out,
+    gemm_split,
+    gemm_tile,
     int4_nibble,
     int4_shape,
     int4_sources,
@@ -57,21 +59,8 @@ from swiftinfer_core.kernels.quant_common import (
     int8_byte,
     int8_shape,
     int8_sources,
-    split_buffers,
     splitk_store,
 )
-
-
-@triton.jit
-def _tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """(tile id, pid_k, rm, rn): tiles n-major so the programs sharing a weight tile run together."""
-    tile = tl.program_id(0)
-    tiles_m = tl.cdiv(M, BLOCK_M)
-    pid_n = tile // tiles_m
-    pid_m = tile % tiles_m
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    return tile, tl.program_id(1), rm, rn
 
 
 @triton.jit
@@ -82,7 +71,7 @@ def _gemm_int8_kernel(
 ):
     NBK: tl.constexpr = BLOCK_K // 16  # 16-byte blocks per step
     W: tl.constexpr = 4 * NBK  # words per row per step = each byte dot's K
-    tile, pid_k, rm, rn = _tile(M, N, BLOCK_M, BLOCK_N)
+    tile, pid_k, rm, rn = gemm_tile(M, N, BLOCK_M, BLOCK_N)
     mmask, nmask = rm < M, rn < N
     x_cols = X + rm.to(tl.int64)[None, :] * stride_xm  # x^T: column m is x's row m
     q_rows = Q + rn.to(tl.int64)[:, None] * (KB * 4)
@@ -113,7 +102,7 @@ def _gemm_int4_kernel(
     NBK: tl.constexpr = BLOCK_K // 32  # packed blocks per step
     W: tl.constexpr = 4 * NBK  # words per row per step = each nibble dot's K
     ONE_GROUP: tl.constexpr = BPG % NBK == 0  # every step lies inside one group (steps start at multiples of NBK)
-    tile, pid_k, rm, rn = _tile(M, N, BLOCK_M, BLOCK_N)
+    tile, pid_k, rm, rn = gemm_tile(M, N, BLOCK_M, BLOCK_N)
     mmask, nmask = rm < M, rn < N
     n64 = rn.to(tl.int64)
     x_cols = X + rm.to(tl.int64)[None, :] * stride_xm
@@ -176,13 +165,6 @@ def _prepare(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, k: int, out
     return m, out, cfg
 
 
-def _split(x: torch.Tensor, m: int, n: int, steps: int, cfg: dict):
-    tiles = triton.cdiv(m, cfg["block_m"]) * triton.cdiv(n, cfg["block_n"])
-    split, per = quant_configs.pick_split(tiles, steps, sm_count(x.device), cfg["waves"])
-    ws, cnt = split_buffers(x.device, split, m, n, tiles)
-    return (tiles, split), split, per, ws, cnt
-
-
 def gemm_int8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor | None = None,
               cfg: dict | None = None) -> torch.Tensor:
     """x [M, K], q int8 [N, K16], scales [N] -> y [M, N] in x's dtype. cfg: a
@@ -195,7 +177,7 @@ def gemm_int8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch
     if cfg["block_k"] % 64:
         raise ValueError(f"int8 GEMM block_k must be a multiple of 64 (4 dots of >= 16), got {cfg['block_k']}")
     kb = q.shape[1] // 16
-    grid, split, per, ws, cnt = _split(x, m, n, triton.cdiv(kb, cfg["block_k"] // 16), cfg)
+    grid, split, per, ws, cnt = gemm_split(x, m, n, triton.cdiv(kb, cfg["block_k"] // 16), cfg)
     _gemm_int8_kernel[grid](
         x, q.view(torch.int32), scales, out, ws, cnt, m, n, k, kb, x.stride(0), out.stride(0), per, split,
         BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_K=cfg["block_k"],
@@ -218,7 +200,7 @@ def gemm_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: in
     if cfg["block_k"] % 128:
         raise ValueError(f"int4 GEMM block_k must be a multiple of 128 (8 dots of >= 16), got {cfg['block_k']}")
     kb = ng * group // 32
-    grid, split, per, ws, cnt = _split(x, m, n, triton.cdiv(kb, cfg["block_k"] // 32), cfg)
+    grid, split, per, ws, cnt = gemm_split(x, m, n, triton.cdiv(kb, cfg["block_k"] // 32), cfg)
     _gemm_int4_kernel[grid](
         x, packed.view(torch.int32), scales, mins if zp else scales, out, ws, cnt, m, n, k, kb, ng, x.stride(0),
         out.stride(0), per, split, BPG=group // 32, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"],
