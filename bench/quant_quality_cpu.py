@@ -205,31 +205,35 @@ def main() -> None:
     m = build_engine_model(cfg)
     ids = m.tokenizer(text[: a.tokens * 8], add_special_tokens=False).input_ids[: a.tokens]
     runner = ModelRunner(m.model, m.pool, m.attn, m.device)
+    key = (a.calib_tokens, a.calib_skip, a.calib_source, a.seed, a.calib_top_p, a.calib_joined, a.calib_seq_len, a.dtype)
+    cached = torch.load(a.hessian_cache) if a.hessian_cache and a.hessian_cache.exists() else None
+    cached = cached if cached and cached["key"] == key and "chunks" in cached else None
     if a.calib_source == "plays":
         cal = m.tokenizer(calib_text[: a.calib_tokens * 8], add_special_tokens=False).input_ids[: a.calib_tokens]
         chunks = [cal[i : i + 512] for i in range(0, len(cal), 512)]
         calls = text_calls(chunks)
     else:
         t0 = time.perf_counter()
-        chunks = self_generated(runner.forward, m.model.embed.num_embeddings, n_seqs, seq, seed=a.seed, top_p=a.calib_top_p)
+        # a cache hit keeps its sampled text too: sampling it again took ~6 min in bf16 on the CPU
+        chunks = cached["chunks"] if cached else self_generated(runner.forward, m.model.embed.num_embeddings, n_seqs, seq,
+                                                                 seed=a.seed, top_p=a.calib_top_p)
         cal = [t for c in chunks for t in c]
-        print(f"self-generated calibration: {n_seqs} x {seq} tokens, {time.perf_counter() - t0:.1f} s; "
-              f"first: {m.tokenizer.decode(chunks[0][:40])!r}", flush=True)
+        print(f"self-generated calibration{' (cached)' if cached else ''}: {n_seqs} x {seq} tokens, "
+              f"{time.perf_counter() - t0:.1f} s; first: {m.tokenizer.decode(chunks[0][:40])!r}", flush=True)
         # the sequences one after another as one text, or each from its start in slot 0
         calls = text_calls(chunks) if a.calib_joined else [Call(c, [0], [0], [len(c)]) for c in chunks]
 
     t0 = time.perf_counter()
-    key = (len(cal), a.calib_skip, a.calib_source, a.seed, a.calib_top_p, a.calib_joined, a.calib_seq_len, a.dtype)
     if all(getattr(VARIANTS[v][0], "calibrated", True) is False for v in a.variants):
         hs, rows = {n: None for n in linear_targets(m.model)}, {}  # round to nearest only: no Hessians needed
-    elif a.hessian_cache and a.hessian_cache.exists() and torch.load(a.hessian_cache)["key"] == key:
-        hs, rows = (torch.load(a.hessian_cache)[x] for x in ("h", "rows"))
+    elif cached:
+        hs, rows = cached["h"], cached["rows"]
     else:
         def run(c: Call) -> None:
             runner.forward(c.ids, c.slots, c.starts, c.q_lens, rows=[0])
         hs, rows = collect_hessians(m.model, run, calls, skip_rows=a.calib_skip)
         if a.hessian_cache:
-            torch.save({"key": key, "h": hs, "rows": rows}, a.hessian_cache)
+            torch.save({"key": key, "h": hs, "rows": rows, "chunks": chunks}, a.hessian_cache)
     print(f"calibration: {len(cal) if rows else 0} tokens, {len(rows)} layers, {time.perf_counter() - t0:.1f} s", flush=True)
     assert all(r == len(cal) - a.calib_skip for r in rows.values()), rows
     originals = {n: lin.weight.detach().clone() for n, lin in linear_targets(m.model).items()}
