@@ -142,5 +142,6 @@ def error_response(exc: BaseException, headers: dict[str, str] | None = None) ->
     kind, body = error_body(exc)
     h = dict(headers or {})
     if kind.retry_after_s is not None:  # an exception may know better (a token bucket's refill time)
-        h["Retry-After"] = str(max(kind.retry_after_s, math.ceil(getattr(unwrap(exc), "retry_after_s", 0))))
+        known = getattr(unwrap(exc), "retry_after_s", None)  # None where it has no opinion (Serve's BackPressureError)
+        h["Retry-After"] = str(max(kind.retry_after_s, math.ceil(known or 0)))
     return JSONResponse(body, status_code=kind.status, headers=h)

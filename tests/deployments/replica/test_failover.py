@@ -1,6 +1,6 @@
 """Failures and capacity: a killed replica, a scale-down drain, no KV capacity
-(429) and a deployment still starting (503). Each uses its own small app on
-the shared cluster."""
+(429), a full router queue (429) and a deployment still starting (503). Each
+uses its own small app on the shared cluster."""
 
 from __future__ import annotations
 
@@ -131,22 +131,23 @@ def test_a_replica_with_more_sessions_than_slots_gives_the_slotless_to_a_new_rep
     serve.delete("slots")
 
 
+def _hog(client, prefix, sid, started, done) -> None:
+    """A long streamed turn: ``started`` once its first event is read, its status in ``done``."""
+    body = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Tell a long story."}],
+            "max_tokens": 96, "temperature": 0, "stream": True, "session_id": sid}
+    with client.stream("POST", f"{prefix}/v1/chat/completions", json=body) as resp:
+        for line in resp.iter_lines():
+            if line:
+                started.set()
+        done["status"] = resp.status_code
+
+
 def test_no_kv_capacity_is_429_with_retry_after(client):
     # more requests than KV slots reach the replica, which answers 429 itself (with the
     # default limit of one request per slot they would wait at the router instead)
     prefix = deploy("tight", app_config("tight-sessions", engine={**ENGINE, "max_sessions": 1}, max_ongoing_requests=8))
     started, done = threading.Event(), {}
-
-    def long_turn():
-        body = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Tell a long story."}],
-                "max_tokens": 48, "temperature": 0, "stream": True, "session_id": "hog"}
-        with client.stream("POST", f"{prefix}/v1/chat/completions", json=body) as resp:
-            for line in resp.iter_lines():
-                if line:
-                    started.set()
-            done["status"] = resp.status_code
-
-    t = threading.Thread(target=long_turn)
+    t = threading.Thread(target=_hog, args=(client, prefix, "hog", started, done))
     t.start()
     assert started.wait(60)
     resp = _turn(client, prefix, "starved", 0)
@@ -156,6 +157,28 @@ def test_no_kv_capacity_is_429_with_retry_after(client):
     assert done["status"] == 200
     assert _turn(client, prefix, "starved", 0).status_code == 200  # the slot is free again
     serve.delete("tight")
+
+
+def test_full_router_queue_is_429_queue_full(client):
+    # one turn at a time on the replica and one more waiting at the router: while a long turn
+    # streams, of two new turns one waits and the other is refused at once
+    prefix = deploy("queue", app_config("queue-sessions", max_ongoing_requests=1, max_queued_requests=1))
+    started, done = threading.Event(), {}
+    t = threading.Thread(target=_hog, args=(client, prefix, "q-hog", started, done))
+    t.start()
+    assert started.wait(60)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {sid: pool.submit(_turn, client, prefix, sid, 0) for sid in ("q-a", "q-b")}
+        got = {sid: f.result() for sid, f in futures.items()}
+    t.join(120)
+    assert sorted(r.status_code for r in got.values()) == [200, 429], [r.text for r in got.values()]
+    sid = next(s for s, r in got.items() if r.status_code == 429)
+    assert got[sid].json()["error"]["code"] == "queue_full" and int(got[sid].headers["retry-after"]) >= 1
+    assert done["status"] == 200
+    # the refused turn left nothing behind, and runs once the queue has room
+    assert client.get(f"{prefix}/v1/sessions/{sid}").status_code == 404
+    assert _turn(client, prefix, sid, 0).status_code == 200
+    serve.delete("queue")
 
 
 def test_starting_deployment_is_503(client):
