@@ -25,9 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from swiftinfer_core.kernels import quant_configs
 from swiftinfer_core.kernels.fp8_gemv import fp8_shape
-from swiftinfer_core.kernels.quant_common import check_operands, check_out, gemm_split, gemm_tile, splitk_store
+from swiftinfer_core.kernels.quant_common import gemm_prepare, gemm_split, gemm_tile, splitk_store
 from swiftinfer_core.kernels.triton_common import dot_precision, mma_dtype
 
 
@@ -62,13 +61,7 @@ def gemm_fp8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch.
     -> y [M, N] in x's dtype. cfg: a kernels/quant_configs.py GEMM config (block_m, block_n,
     block_k (a multiple of 16), warps, stages, waves); default: the table's for this M and shape."""
     n, k = fp8_shape(q, scales)
-    if x.dim() != 2 or x.shape[1] != k or x.stride(1) != 1:
-        raise ValueError(f"x must be [M, {k}] with contiguous rows, got {tuple(x.shape)}")
-    check_operands(x, q, scales)
-    m = x.shape[0]
-    out = check_out(out, m, n, x)
-    cfg = dict(cfg or quant_configs.config("fp8", m, n, k))
-    cfg.setdefault("block_m", min(128, max(16, triton.next_power_of_2(m))))
+    m, out, cfg = gemm_prepare(x, q, scales, k, out, n, "fp8", cfg)
     if cfg["block_k"] % 16:
         raise ValueError(f"fp8 GEMM block_k must be a multiple of 16, got {cfg['block_k']}")
     grid, split, per, ws, cnt = gemm_split(x, m, n, triton.cdiv(k, cfg["block_k"]), cfg)

@@ -195,6 +195,19 @@ _KEEP: list[torch.Tensor] = []  # replaced counter buffers: graphs captured with
 _MIN_COUNTERS = 1 << 16
 
 
+def gemm_prepare(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, k: int, out, n: int, fmt: str, cfg):
+    """A batched GEMM's checked operands: (M, out [M, n], cfg with block_m), x [M, k] with contiguous
+    rows; cfg None: quant_configs' for ``fmt`` at this shape."""
+    if x.dim() != 2 or x.shape[1] != k or x.stride(1) != 1:
+        raise ValueError(f"x must be [M, {k}] with contiguous rows, got {tuple(x.shape)}")
+    check_operands(x, q, scales)
+    m = x.shape[0]
+    out = check_out(out, m, n, x)
+    cfg = dict(cfg or quant_configs.config(fmt, m, n, k))
+    cfg.setdefault("block_m", min(128, max(16, triton.next_power_of_2(m))))
+    return m, out, cfg
+
+
 def gemm_split(x: torch.Tensor, m: int, n: int, steps: int, cfg: dict):
     """A batched GEMM launch's (grid, split, steps per split, workspace, counters) for ``steps`` K
     steps: cfg's tiles (block_m x block_n) cut along K until >= cfg["waves"] x SMs programs."""

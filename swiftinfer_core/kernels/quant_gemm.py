@@ -49,7 +49,7 @@ from swiftinfer_core.kernels import quant_configs, quant_dequant
 from swiftinfer_core.kernels.triton_common import dot_precision, mma_dtype
 from swiftinfer_core.kernels.quant_common import (
     check_operands,
-    check_out,
+    gemm_prepare,
     gemm_split,
     gemm_tile,
     int4_nibble,
@@ -154,24 +154,13 @@ def _gemm_int4_kernel(
                  mmask[None, :] & nmask[:, None], CNT, tile, pid_k, SPLIT, M * N)
 
 
-def _prepare(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, k: int, out, n: int, fmt: str, cfg):
-    if x.dim() != 2 or x.shape[1] != k or x.stride(1) != 1:
-        raise ValueError(f"x must be [M, {k}] with contiguous rows, got {tuple(x.shape)}")
-    check_operands(x, q, scales)
-    m = x.shape[0]
-    out = check_out(out, m, n, x)
-    cfg = dict(cfg or quant_configs.config(fmt, m, n, k))
-    cfg.setdefault("block_m", min(128, max(16, triton.next_power_of_2(m))))
-    return m, out, cfg
-
-
 def gemm_int8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor | None = None,
               cfg: dict | None = None) -> torch.Tensor:
     """x [M, K], q int8 [N, K16], scales [N] -> y [M, N] in x's dtype. cfg: a
     kernels/quant_configs.py config (default: the table's for this M and shape)."""
     k = x.shape[-1]
     n = int8_shape(q, scales, k)
-    m, out, cfg = _prepare(x, q, scales, k, out, n, "int8", cfg)
+    m, out, cfg = gemm_prepare(x, q, scales, k, out, n, "int8", cfg)
     if mib := quant_configs.dequant_mib(cfg):
         return quant_dequant.matmul("int8", x, q.view(torch.int32), scales, None, k, 0, out, mib)
     if cfg["block_k"] % 64:
@@ -194,7 +183,7 @@ def gemm_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: in
     zp = mins is not None
     if zp:
         check_operands(x, packed, mins)
-    m, out, cfg = _prepare(x, packed, scales, k, out, n, int4_table(zp), cfg)
+    m, out, cfg = gemm_prepare(x, packed, scales, k, out, n, int4_table(zp), cfg)
     if mib := quant_configs.dequant_mib(cfg):
         return quant_dequant.matmul("int4", x, packed.view(torch.int32), scales, mins, k, group, out, mib)
     if cfg["block_k"] % 128:
