@@ -15,10 +15,10 @@ from swiftinfer_core.model.quant import QuantFormat, dequantize, quantize, unpac
 
 # The weights and x are exact inputs, the sums float32: what is left is the
 # output's rounding to its dtype (fp16: < 2^-11 relative per element).
-# bf16: 8e-3 bounds truncation, which is how the CPU interpreter casts float32 to
-# bf16 (< 2^-7 relative per element; measured mean ~3e-3 on these shapes, max 4.6e-3
-# over 60 seeds at N = 37); the GPU rounds to nearest (< 2^-8).
-TOL = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+# bf16: rounding to nearest, <= 2^-8 relative per element, ~2.3e-3 of the norm (the CPU
+# interpreter rounds as the GPU does: tests/conftest.py); 5e-3 leaves room for int4's bf16
+# operand on the GPU.
+TOL = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 5e-3}
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # small tiles so the tiny shapes span several programs and K steps; waves 0: one
 # program per row block, 1000: split K as finely as the steps allow
