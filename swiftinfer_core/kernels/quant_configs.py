@@ -44,7 +44,7 @@ import json
 import os
 from pathlib import Path
 
-BUCKETS = (1, 16, 32, 64, 128, 256)  # batch rows: 1 is the GEMV; larger M use the 256 bucket
+BUCKETS = (1, 16, 32, 64, 128, 256, 512)  # batch rows: 1 is the GEMV; larger M (prefill chunks) use 512
 MAX_SPLIT = 32
 
 # Guesses from the H200's shape (132 SMs, 4.8 TB/s); the sweep replaces them.
@@ -56,6 +56,7 @@ DEFAULTS: dict[str, dict[int, dict]] = {
         64: dict(block_m=64, block_n=64, block_k=128, warps=4, stages=3, waves=2),
         128: dict(block_m=128, block_n=128, block_k=128, warps=8, stages=3, waves=1),
         256: dict(block_m=128, block_n=128, block_k=128, warps=8, stages=3, waves=1),
+        512: dict(block_m=128, block_n=128, block_k=128, warps=8, stages=3, waves=1, dequant_mib=32),
     },
     "int8": {
         1: dict(block_n=32, block_k=256, warps=4, stages=1, waves=4),
@@ -64,8 +65,17 @@ DEFAULTS: dict[str, dict[int, dict]] = {
         64: dict(block_m=64, block_n=64, block_k=128, warps=4, stages=3, waves=2),
         128: dict(block_m=128, block_n=128, block_k=64, warps=8, stages=3, waves=1),
         256: dict(block_m=128, block_n=128, block_k=64, warps=8, stages=3, waves=1),
+        512: dict(block_m=128, block_n=128, block_k=64, warps=8, stages=3, waves=1, dequant_mib=1024),
     },
 }
+# Beyond 256 rows the weight is dequantised and cuBLAS multiplies (dequant_mib). Llama-2-7B's five
+# shapes on an H100 (bench/results/quant_sweep_dequant_h100.json, one run): at 1024 rows the fused
+# GEMM took 1.66-1.77x the dequantised path's time for int4 and 1.25-1.33x for int8 (the dequantised
+# path 0.41-0.45x of bf16's time for int4, 0.51-0.62x for int8); at 128 rows the GEMM was the faster,
+# 0.34-0.69x (int4) and 0.36-0.81x (int8) of the dequantised path's time. The crossover, ~300-400
+# rows if both scale linearly between, was not measured. The tile keys stay for fp8, which reads
+# int8's table (FALLBACK) and ignores dequant_mib: its own dequantised path was the slower at 512 rows
+# (0.48x of bf16 against the GEMM's 0.64x, bench/results/fp8_decode_splitk_h100.json).
 
 # What ``--sweep`` tries (waves is a launch argument: no extra compile).
 GEMV_CANDIDATES = {
@@ -111,7 +121,7 @@ _tuned: dict[str, dict[str, dict[str, dict]]] = {}  # fmt -> bucket -> ("default
 
 
 def bucket(m: int) -> int:
-    """The table's batch bucket for m rows: the smallest bucket >= m (256 beyond)."""
+    """The table's batch bucket for m rows: the smallest bucket >= m (512 beyond)."""
     return next((b for b in BUCKETS if m <= b), BUCKETS[-1])
 
 

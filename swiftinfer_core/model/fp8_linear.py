@@ -7,16 +7,18 @@ weight's dtype) and the output comes back in it. Which kernel multiplies
 depends on the rows, as for int8/int4 (model/quant_linear.py):
 
   1 row (batch-1 decode)  kernels/fp8_gemv.py: weight-only, x unchanged
-  M > 1 rows              ``batched`` = "scaled_mm": kernels/fp8_scaled_mm.py,
-                          x quantized per row to e4m3, torch._scaled_mm on FP8
-                          tensor cores (bf16 activations, K and N multiples of 16,
-                          the op working on this device: checked at load);
-                          "triton": kernels/fp8_gemm.py, weight-only (the
+  M > 1 rows              ``batched`` = "scaled_mm": from SCALED_MM_MIN_ROWS rows
+                          kernels/fp8_scaled_mm.py, x quantized per row to e4m3,
+                          torch._scaled_mm on FP8 tensor cores (bf16 activations,
+                          K and N multiples of 16, the op working on this device:
+                          checked at load); fewer rows take "triton"'s GEMM;
+                          "triton": kernels/fp8_gemm.py, split-K, weight-only (the
                           fallback where _scaled_mm cannot run, and the CPU
                           interpreter of the tests); "dequant": weight-only,
                           the weight cast to x's dtype DEQUANT_MIB MiB of rows
                           at a time and multiplied by cuBLAS
-                          (kernels/quant_dequant.py; speed unmeasured)
+                          (kernels/quant_dequant.py; 0.36-0.48x of bf16 on an H100,
+                          slower than "triton" at every batch measured)
 
 Every path has static shapes and no host syncs, so the engine's CUDA graphs
 capture it. The engine builds this on CUDA only (runner/build.py refuses other
@@ -34,6 +36,11 @@ from swiftinfer_core.model.linear_slots import linear_slots
 
 BATCHED = ("scaled_mm", "triton", "dequant")
 DEQUANT_MIB = 16  # one dequantised chunk: fits the L2 of an H100 (50 MB) and an H200 (60 MB) with room
+# Below this many rows "scaled_mm" layers take the split-K GEMM. Llama-2-7B and 3.1-8B shapes on an
+# H100 (bench/results/fp8_decode_crossover_h100.json, one run, step time against bf16's): the GEMM
+# 1.57-1.58x at 8 rows, 1.47-1.50x at 32, 1.25-1.38x at 64, 0.74-0.80x at 96; _scaled_mm 1.13-1.16x
+# at 8, 1.16-1.18x at 32, 1.19-1.23x at 64, 1.23-1.29x at 96, 1.27-1.30x at 128.
+SCALED_MM_MIN_ROWS = 65
 
 
 class Fp8Linear(nn.Module):
@@ -76,7 +83,7 @@ class Fp8Linear(nn.Module):
         x2 = x.reshape(-1, self.in_features).contiguous()  # [M, K]
         if x2.shape[0] == 1:
             y = fp8_gemv.gemv_fp8(x2, self.qweight, self.scales)
-        elif self.batched == "scaled_mm":
+        elif self.batched == "scaled_mm" and x2.shape[0] >= SCALED_MM_MIN_ROWS:
             y = fp8_scaled_mm.scaled_mm_fp8(x2, self.qweight, self.scales)
         elif self.batched == "dequant":
             out = torch.empty(x2.shape[0], self.out_features, dtype=x2.dtype, device=x2.device)

@@ -18,14 +18,14 @@ def defaults_only():
 
 
 def test_buckets_round_up_and_cap():
-    assert [qc.bucket(m) for m in (1, 2, 16, 17, 32, 33, 100, 128, 129, 256, 4096)] == [1, 16, 16, 32, 32, 64, 128, 128, 256, 256, 256]
+    assert [qc.bucket(m) for m in (1, 2, 16, 17, 32, 33, 100, 128, 129, 256, 257, 512, 4096)] == [1, 16, 16, 32, 32, 64, 128, 128, 256, 256, 512, 512, 512]
 
 
 def test_every_default_is_a_complete_config():
     for fmt, table in qc.DEFAULTS.items():
         assert sorted(table) == list(qc.BUCKETS)
         for b, cfg in table.items():
-            keys = {"block_n", "block_k", "warps", "stages", "waves"} | ({"block_m"} if b > 1 else set())
+            keys = {"block_n", "block_k", "warps", "stages", "waves"} | ({"block_m"} if b > 1 else set()) | ({"dequant_mib"} if b > 256 else set())
             assert set(cfg) == keys, (fmt, b)
             assert cfg["block_k"] % (32 if fmt == "int4" else 16) == 0
             if b > 1:
@@ -36,6 +36,13 @@ def test_sweep_candidates_fit_the_kernels():
     for fmt in ("int4", "int8"):
         assert all(bk % (32 if fmt == "int4" else 16) == 0 for _, bk, _ in qc.GEMV_CANDIDATES[fmt])
         assert all(bk % (128 if fmt == "int4" else 64) == 0 for _, bk, _, _ in qc.GEMM_CANDIDATES[fmt])
+
+
+def test_beyond_256_rows_int_formats_dequantise_and_fp8_keeps_the_fused_tiles(defaults_only):
+    for fmt, mib in (("int4", 32), ("int8", 1024), ("int4_zp", 32)):
+        assert [qc.dequant_mib(qc.config(fmt, m, 4096, 4096)) for m in (128, 256, 257, 2048)] == [0, 0, mib, mib], fmt
+    fp8 = qc.config("fp8", 2048, 4096, 4096)  # int8's entry; kernels/fp8_gemm.py reads only the tile keys
+    assert {k: fp8[k] for k in ("block_m", "block_n", "block_k")} == {"block_m": 128, "block_n": 128, "block_k": 64}
 
 
 def test_pick_split_reaches_the_waves_without_empty_parts():

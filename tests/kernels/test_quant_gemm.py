@@ -16,10 +16,10 @@ from swiftinfer_core.model.quant import QuantFormat, dequantize, quantize, unpac
 # exact integer operands (int4: q * scale, exact in float32 and fp16), float32 sums:
 # the output's rounding to its dtype is what is left. On the GPU, bf16 also rounds
 # int4's q * scale operand (2^-9 relative per weight, kernels/quant_gemm.py).
-# bf16: 8e-3 bounds truncation, which is how the CPU interpreter casts float32 to
-# bf16 (< 2^-7 relative per element; measured mean ~3e-3 on these shapes, max 4.6e-3
-# over 60 seeds at N = 37); the GPU rounds to nearest (< 2^-8).
-TOL = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+# bf16: rounding to nearest, <= 2^-8 relative per element, ~2.3e-3 of the norm (the CPU
+# interpreter rounds as the GPU does: tests/conftest.py); 5e-3 leaves room for int4's bf16
+# operand on the GPU.
+TOL = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 5e-3}
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 CFG = {"int8": dict(block_n=16, block_k=64, warps=4, stages=1), "int4": dict(block_n=16, block_k=128, warps=4, stages=1)}
 
@@ -93,6 +93,8 @@ def test_gemm_default_configs_and_refusals(dev):
     x = torch.randn(40, 256)
     want = x.double() @ dequantize(qw).double().t()
     assert rel_err(gemm_int4(x.to(dev), q, s, 256, 128), want) < TOL[torch.float32]  # bucket 64
+    x = torch.randn(300, 256)  # bucket 512: dequantised, then torch.mm
+    assert rel_err(gemm_int4(x.to(dev), q, s, 256, 128), x.double() @ dequantize(qw).double().t()) < TOL[torch.float32]
     with pytest.raises(ValueError, match=r"\[M, 256\]"):
         gemm_int4(torch.randn(3, 255, device=dev), q, s, 256, 128)
     with pytest.raises(ValueError, match="float32, bfloat16 or float16"):
@@ -125,7 +127,7 @@ FORMATS = [(QuantFormat.INT8, False, 128), (QuantFormat.INT4, False, 128), (Quan
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("fmt,zp,group", FORMATS)
-@pytest.mark.parametrize("m", [2, 16, 32, 64, 128, 300])  # every bucket; 300: three 128-row tiles
+@pytest.mark.parametrize("m", [2, 16, 32, 64, 128, 300])  # every bucket; 300: bucket 512, dequantised then cuBLAS
 @pytest.mark.parametrize("n,k", [(12288, 4096), (4096, 11008), (28672, 4096)])  # 7B qkv/down, 8B gate-up
 def test_gemm_bf16_at_llama_shapes(fmt, zp, group, m, n, k):
     seed = fresh_seed()

@@ -15,7 +15,7 @@ from body_and_head import BodyAndHead
 from swiftinfer_core.config import EngineConfig
 from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.model.fp8 import reference_linear
-from swiftinfer_core.model.fp8_linear import Fp8Linear, quantize_fp8_linears
+from swiftinfer_core.model.fp8_linear import SCALED_MM_MIN_ROWS, Fp8Linear, quantize_fp8_linears
 from swiftinfer_core.model.quant import QuantFormat
 from swiftinfer_core.runner.build import quantize_weights
 from swiftinfer_core.runner.rank_config import RankConfig
@@ -55,7 +55,7 @@ def test_fp8_linear_dequant_path_matches_float64_of_its_weight(dtype):
         want = (reference_linear(x, f8.qweight, f8.scales) + lin.bias.double()).cpu()
         got = f8(x)
         assert got.dtype == dtype and got.shape == (rows, 37)
-        # bf16: each weight and each output rounded once (at most 2^-8 each; the interpreter truncates: 2^-7)
+        # bf16: each weight and each output rounded once to nearest (at most 2^-8 each)
         assert _rel(got, want) < (1e-6 if dtype == torch.float32 else 2**-7)
 
 
@@ -113,17 +113,32 @@ def test_engine_with_device_auto_and_no_gpu_refuses_fp8_at_start(model_dir):
 @pytest.mark.parametrize("n,k,dtype,path", [(960, 576, torch.bfloat16, "scaled_mm"), (1000, 576, torch.bfloat16, "triton"),
                                             (960, 576, torch.float16, "triton")])
 def test_fp8_linear_on_cuda_picks_its_batched_path(n, k, dtype, path):
-    """bf16 with K and N multiples of 16: _scaled_mm; N = 1000 or fp16: the Triton GEMM. Every path
-    within bf16/fp16 rounding (plus e4m3 activations on _scaled_mm) of float64."""
+    """bf16 with K and N multiples of 16: _scaled_mm from SCALED_MM_MIN_ROWS rows, the Triton GEMM
+    below; N = 1000 or fp16: the Triton GEMM. Every path within bf16/fp16 rounding (plus e4m3
+    activations on _scaled_mm) of float64."""
     torch.manual_seed(int.from_bytes(os.urandom(4), "little"))
     lin = nn.Linear(k, n, bias=True, device="cuda", dtype=dtype)
     f8 = Fp8Linear(lin)
     assert f8.batched == path
-    for rows in (1, 7, 64):
+    for rows in (1, 7, SCALED_MM_MIN_ROWS - 1, SCALED_MM_MIN_ROWS, 200):
         x = torch.randn(rows, k, device="cuda", dtype=dtype)
-        qx = path == "scaled_mm" and rows > 1
+        qx = path == "scaled_mm" and rows >= SCALED_MM_MIN_ROWS
         want = reference_linear(x, f8.qweight, f8.scales, quantize_x=qx) + lin.bias.double()
         assert _rel(f8(x), want.cpu()) < 5e-3, (rows, path)
+
+
+def test_scaled_mm_layers_take_the_weight_only_gemm_below_the_row_threshold():
+    """batched "scaled_mm" (torch._scaled_mm runs on the CPU too): below SCALED_MM_MIN_ROWS rows x stays
+    bf16 (the split-K GEMM), from there it is quantized to e4m3 per row. e4m3's 3 mantissa bits put
+    the two ~2^-5 of the norm apart; each path is within bf16 rounding of its own float64 reference."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    torch.manual_seed(seed)
+    f8 = Fp8Linear(nn.Linear(128, 64, bias=False, dtype=torch.bfloat16), batched="scaled_mm")
+    for rows in (2, SCALED_MM_MIN_ROWS - 1, SCALED_MM_MIN_ROWS, SCALED_MM_MIN_ROWS + 30):
+        x = torch.randn(rows, 128, dtype=torch.bfloat16)
+        got, e4m3_x = f8(x), rows >= SCALED_MM_MIN_ROWS
+        assert _rel(got, reference_linear(x, f8.qweight, f8.scales, quantize_x=e4m3_x)) < 5e-3, (seed, rows)
+        assert _rel(got, reference_linear(x, f8.qweight, f8.scales, quantize_x=not e4m3_x)) > 1e-2, (seed, rows)
 
 
 def test_fp8_linear_takes_precomputed_gptq_weights():
