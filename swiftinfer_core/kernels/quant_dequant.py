@@ -4,8 +4,9 @@ From ~128 rows on, the fused GEMMs of kernels/quant_gemm.py run the tensor cores
 cuBLAS. On one H100 at Llama-2-7B shapes, int4 took 0.36-0.43x of bf16's time per weight at 128
 rows (bench/results/quant_gemm_joined_h100.json). The whole step's weight products at 1,024 rows
 took 66.7 ms in int4 and 40.1 in int8 against bf16's 19.2 (quant_decode_gemm_joined_h100_table.json).
-This path has not run on a GPU yet: its speed there is unmeasured, and the sweep
-(bench/quant_sweep.py, from 64 rows) times it beside the fused kernels.
+On one H100 at those shapes (bench/results/quant_sweep_dequant_h100.json) this path took 0.56-0.60x
+of the fused GEMM's time for int4 and 0.75-0.80x for int8 at 1,024 rows, but 1.5-2.9x (int4) and
+1.2-2.8x (int8) at 128 rows: the tables send products of more than 256 rows here.
 Here the weight is dequantised, ``dequant_mib`` MiB of rows at a time, into a scratch buffer in
 x's dtype, and each chunk multiplies through torch.mm (cuBLAS): y[:, rows] = x @ W[rows]^T.
 A chunk that fits L2 is read back by the product from L2, so HBM sees about the packed bytes
@@ -16,8 +17,9 @@ plus x and y, and the product runs at cuBLAS's rate. Weights are the formats of 
   int8  byte-planar: byte t of word j of a 16-column block is column 4t + j; w = q * S[n]
   fp8   float8_e4m3fn [N, K] as stored (model/fp8.py); w = q * S[n]. The weight-only batched
         path of model/fp8_linear.py (``batched="dequant"``): x keeps its dtype, unlike _scaled_mm's
-        e4m3 rows, and cuBLAS does the sums where kernels/fp8_gemm.py ran at 0.46-0.65x of bf16's
-        time per step on an H200 (bench/results/fp8_decode.json, "fp8 triton"). Unmeasured on a GPU.
+        e4m3 rows, and cuBLAS does the sums. On an H100 it was the slower (0.36-0.48x of bf16's
+        step time at 8-512 rows against the split-K GEMM's 0.64-1.59x;
+        bench/results/fp8_decode_splitk_h100.json), so nothing selects it.
 
 The dequantised values are the fused kernels' operands (float32 q * S, rounded once to x's
 dtype), so the two paths agree to that rounding; the sums are cuBLAS's.
