@@ -46,6 +46,7 @@ from swiftinfer_core.model.fetch import models_home  # noqa: E402
 from swiftinfer_core.model.fp8 import dequantize_fp8, quantize_fp8  # noqa: E402
 from swiftinfer_core.model.quant import QuantFormat, QuantizedWeight, dequantize, quantize  # noqa: E402
 from swiftinfer_core.model.quant_search import awq_scales, gptq_fp8, gptq_int4, int4_search_scales  # noqa: E402
+from swiftinfer_core.runner.calibration import smoothing  # noqa: E402
 from swiftinfer_core.runner.layerwise import Call, round_layerwise, text_calls  # noqa: E402
 from swiftinfer_core.runner.model_runner import ModelRunner  # noqa: E402
 
@@ -94,6 +95,15 @@ def sequential(fn):
     return seq
 
 
+def smoothed(fn, alpha: float):
+    """``fn`` on the model smoothed first, layer by layer as the engine's quant_smoothing does
+    (runner/calibration.smoothing, model/smooth.py: each layer's scales folded in from its
+    inputs' amaxes, its Hessians rescaled), calibrated on the float layers' outputs."""
+    sm = lambda w, h, name: fn(w, h, name)  # noqa: E731
+    sm.smooth = alpha
+    return sm
+
+
 def fp8_gptq(w, h, name, damp: float = 0.01):
     return dequantize_fp8(*gptq_fp8(w, h, damp=damp))
 
@@ -137,6 +147,9 @@ VARIANTS = {  # name -> (fn(w, h, name) -> dequantized weight, activations to e4
     "fp8 GPTQ, act e4m3": (fp8_gptq, True),
     "fp8 GPTQ, act e4m3, sequential": (sequential(fp8_gptq), True),
     "fp8 GPTQ, act e4m3 except w2's input": (fp8_gptq, ("w2",)),
+    "fp8 GPTQ, smoothed 0.5": (smoothed(fp8_gptq, 0.5), False),
+    "fp8 GPTQ, smoothed 0.5, act e4m3": (smoothed(fp8_gptq, 0.5), True),
+    "fp8 RTN, smoothed 0.5, act e4m3": (smoothed(lambda w, h, name: rtn(QuantFormat.FP8)(w, h, name), 0.5), True),
 }
 
 
@@ -146,13 +159,17 @@ def _e4m3_rows(_mod, args):
 
 
 def layerwise(runner, calls: list[Call], fn) -> dict[str, torch.Tensor]:
-    """Qualified name -> ``fn``'s dequantized weight, calibrated sequentially layer by layer."""
+    """Qualified name -> ``fn``'s dequantized weight, calibrated layer by layer: sequentially
+    (``sequential``), or on the float layers' outputs after smoothing each (``smoothed``),
+    which leaves the model smoothed."""
     out = {}
+    alpha = getattr(fn, "smooth", None)
 
     def round_linear(name, linear, h):
         out[name] = fn(linear.weight.detach(), h, name)
         return out[name]
-    round_layerwise(runner, calls, round_linear, sequential=True)
+    round_layerwise(runner, calls, round_linear, sequential=getattr(fn, "sequential", False),
+                    before_round=smoothing(runner.model, alpha) if alpha is not None else None)
     return out
 
 
@@ -237,6 +254,7 @@ def main() -> None:
     print(f"calibration: {len(cal) if rows else 0} tokens, {len(rows)} layers, {time.perf_counter() - t0:.1f} s", flush=True)
     assert all(r == len(cal) - a.calib_skip for r in rows.values()), rows
     originals = {n: lin.weight.detach().clone() for n, lin in linear_targets(m.model).items()}
+    norms = {n: p.detach().clone() for n, p in m.model.named_parameters() if "norm" in n}  # smoothing folds into these
     out = {**header(), "note": f"EMULATED: weights quantized by each variant, dequantized to float32 and installed in "
            f"{a.dtype}; the model runs in {a.dtype}", "reference": a.dtype,
            "tokens": a.tokens, "calibration_tokens": len(cal) if rows else 0, "calibration_text": "from the middle of the plays (disjoint)" if a.calib_source == "plays" else
@@ -250,9 +268,10 @@ def main() -> None:
         t0 = time.perf_counter()
         if name != a.dtype:
             fn, act = VARIANTS[name]
-            if getattr(fn, "sequential", False) and a.calib_skip:
-                raise SystemExit("sequential variants calibrate on every row (--calib-skip 0)")
-            rounded = layerwise(runner, calls, fn) if getattr(fn, "sequential", False) else None
+            layered = getattr(fn, "sequential", False) or getattr(fn, "smooth", None) is not None
+            if layered and a.calib_skip:
+                raise SystemExit("sequential and smoothed variants calibrate on every row (--calib-skip 0)")
+            rounded = layerwise(runner, calls, fn) if layered else None
             hooks, moved = apply(m.model, fn, hs, originals, act, rounded)
         tq = time.perf_counter() - t0
         rows_out = dict(moved)
@@ -268,6 +287,9 @@ def main() -> None:
             hk.remove()
         for n, lin in linear_targets(m.model).items():
             lin.weight.data = originals[n]
+        params = dict(m.model.named_parameters())
+        for n, p in norms.items():
+            params[n].data.copy_(p)
         if a.json:  # after every variant: a cut-short run keeps what finished
             a.json.parent.mkdir(parents=True, exist_ok=True)
             a.json.write_text(json.dumps(out, indent=1) + "\n")

@@ -23,8 +23,11 @@ log = logging.getLogger(__name__)
 def kv_fingerprint(cfg: EngineConfig, m: EngineModel) -> str:
     k0 = m.pool.k[0]
     # Caches are interchangeable between engines with the same weights, dtype, cache storage
-    # (k0.dtype: float8_e4m3fn for kv_cache_dtype 'fp8') and layout.
-    return f"{cfg.model}|{cfg.load_format.value}:{cfg.seed}|{m.args!r}|{k0.dtype}|{len(m.pool.k)}x{tuple(k0.shape[1:])}|{m.layout}"
+    # (k0.dtype: float8_e4m3fn for kv_cache_dtype 'fp8') and layout; quant_smoothing scales the
+    # cached values (model/smooth.py), so it is part of the weights here.
+    smooth = "" if cfg.quant_smoothing is None else f"|smooth {cfg.quant_smoothing}"
+    return (f"{cfg.model}|{cfg.load_format.value}:{cfg.seed}{smooth}|{m.args!r}|{k0.dtype}|{len(m.pool.k)}x{tuple(k0.shape[1:])}"
+            f"|{m.layout}")
 
 
 class SessionTransfer:

@@ -35,12 +35,14 @@ def linear_targets(model: nn.Module, head: bool = False) -> dict[str, nn.Linear]
 
 class HessianCollector:
     """Context manager: while open, every input row of the hooked linears is added
-    to that layer's H ([K, K] in ``dtype``, on the activations' device) and counted."""
+    to that layer's H ([K, K] in ``dtype``, on the activations' device) and counted,
+    and each input channel's largest magnitude kept (``amax`` [K] float32)."""
 
     def __init__(self, layers: dict[str, nn.Module], skip_rows: int = 0, dtype: torch.dtype = torch.float64):
         self.layers, self.skip_rows, self.dtype = layers, skip_rows, dtype
         self.h: dict[str, torch.Tensor] = {}
         self.rows: dict[str, int] = {}
+        self.amax: dict[str, torch.Tensor] = {}
         self._hooks: list = []
         self._seen: dict[str, int] = {}
 
@@ -50,10 +52,13 @@ class HessianCollector:
             if name not in self.h:
                 self.h[name] = torch.zeros(x.shape[1], x.shape[1], dtype=self.dtype, device=x.device)
                 self.rows[name], self._seen[name] = 0, 0
+                self.amax[name] = torch.zeros(x.shape[1], dtype=torch.float32, device=x.device)
             skip = max(0, self.skip_rows - self._seen[name])
             self._seen[name] += x.shape[0]
             x = x[skip:]
             self.h[name] += x.t() @ x
+            if x.shape[0]:
+                torch.maximum(self.amax[name], x.abs().amax(0).float(), out=self.amax[name])
             self.rows[name] += x.shape[0]
         return pre
 

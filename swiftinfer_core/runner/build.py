@@ -230,6 +230,9 @@ def quantize_weights(model: nn.Module, cfg: RankConfig, device: torch.device, ke
     if cfg.calibration_tokens and (cfg.quant not in (QuantFormat.INT4, QuantFormat.FP8) or cfg.quant_zero_point):
         raise InvalidRequestError(f"quant_rounding 'gptq' applies to symmetric int4 and to fp8, not to '{name}'"
                                   f"{' with quant_zero_point' if cfg.quant_zero_point else ''}")
+    if cfg.smoothing is not None and (cfg.quant is not QuantFormat.FP8 or not cfg.calibration_tokens or stored is not None):
+        raise InvalidRequestError(f"quant_smoothing applies to fp8 weights rounded here by quant_rounding 'gptq', not to "
+                                  f"{'a checkpoint stored quantized' if stored is not None else repr(name)}")
     if device.type == "cpu" and cfg.quant is QuantFormat.INT8:
         quantize_int8(model, head=head, kernels=kernels)
         return

@@ -9,7 +9,10 @@ runner/layerwise.round_layerwise runs them through one decoder layer at a time w
 hooks that add each linear's input Hessian X^T X, rounds that layer
 (model/quant_search.calibrated_weight: GPTQ in activation order; int4: static groups
 with the activation-weighted clip search) on the weights' device, frees its Hessians,
-and feeds the next layer the float layer's outputs: the Hessians are those of one pass
+and feeds the next layer the float layer's outputs (``quant_smoothing``: before a layer is
+rounded, model/smooth.py folds its scales in from the same pass's input amaxes and its
+Hessians are rescaled to match; the layer's function, and so the next layer's input, is
+unchanged): the Hessians are those of one pass
 over the whole float model, bit for bit. GPTQ's own order feeds it the rounded layer's
 outputs instead (``sequential``); on the default model that measured no better
 (bench/results/quant_quality_cpu_gptq_seq*.json, three calibration seeds, 4+256: fp8
@@ -37,10 +40,11 @@ from swiftinfer_core.cache.layout import StreamLayout
 from swiftinfer_core.cache.pool import KVPool
 from swiftinfer_core.errors import InvalidRequestError
 from swiftinfer_core.kernels.attention import Attention
-from swiftinfer_core.model.calibrate import self_generated
+from swiftinfer_core.model.calibrate import HessianCollector, self_generated
 from swiftinfer_core.model.quant import QuantizedWeight
 from swiftinfer_core.model.quant_search import Rounding, calibrated_weight
-from swiftinfer_core.runner.layerwise import parallel_call, round_layerwise, text_calls
+from swiftinfer_core.model.smooth import SMOOTHED, smooth_block
+from swiftinfer_core.runner.layerwise import BeforeRound, parallel_call, round_layerwise, text_calls
 from swiftinfer_core.runner.model_runner import ModelRunner
 from swiftinfer_core.runner.rank_config import RankConfig
 
@@ -82,6 +86,20 @@ def calibration_text_ids(tokenizer, path: Path, tokens: int) -> tuple[int, ...]:
     return tuple(ids)
 
 
+def smoothing(model: nn.Module, alpha: float) -> BeforeRound:
+    """quant_smoothing for round_layerwise: fold layer i's scales in (model/smooth.py) from its
+    inputs' amaxes; those inputs X become X / s, so each Hessian H -> diag(1/s) H diag(1/s)."""
+
+    def smooth_layer(i: int, col: HessianCollector) -> None:
+        names = {kind: f"layers.{i}.{kind}" for kind in SMOOTHED}
+        s = smooth_block(model.layers[i], {kind: col.amax[n] for kind, n in names.items()}, alpha)
+        with torch.inference_mode():  # the Hessians were made under it; in place: no second [K, K]
+            for kind, n in names.items():
+                inv = s[kind].reciprocal().to(col.h[n])
+                col.h[n].mul_(inv[:, None]).mul_(inv[None, :])
+    return smooth_layer
+
+
 def gptq_weights(model: nn.Module, cfg: RankConfig, device: torch.device, make_attention,
                  sequential: bool = False) -> dict[str, QuantizedWeight]:
     """Qualified linear name -> its GPTQ-rounded weight in ``cfg.quant``'s format, from
@@ -111,7 +129,8 @@ def gptq_weights(model: nn.Module, cfg: RankConfig, device: torch.device, make_a
         return weights[name]
 
     dtype = torch.float64 if device.type == "cpu" else torch.float32  # float32 halves the Hessians
-    lw = round_layerwise(runner, calls, round_linear, dtype, sequential)
+    smooth = smoothing(model, cfg.smoothing) if cfg.smoothing is not None else None
+    lw = round_layerwise(runner, calls, round_linear, dtype, sequential, smooth)
     report = CalibrationReport(cfg.quant.value, source, sum(len(c.ids) for c in calls), t1 - t0, lw.hessian_s,
                                lw.round_s, lw.hessian_bytes, lw.layers)
     if device.type == "cuda":

@@ -36,6 +36,9 @@ from swiftinfer_core.runner.model_runner import ModelRunner
 # dequantized [N, K] (float) or as its QuantizedWeight (dequantized only when ``sequential``
 # swaps it in to calibrate the next layer)
 RoundLinear = Callable[[str, nn.Linear, torch.Tensor], torch.Tensor | QuantizedWeight]
+# (layer index, its collector: Hessians and input amaxes) -> None: may change layer i in place, keeping
+# its function (runner/calibration.py's smoothing), and its Hessians to match, before it is rounded
+BeforeRound = Callable[[int, HessianCollector], None]
 
 
 @dataclass(frozen=True)
@@ -117,10 +120,12 @@ def _sync(device: torch.device) -> None:
 
 
 def round_layerwise(runner: ModelRunner, calls: list[Call], round_linear: RoundLinear,
-                    dtype: torch.dtype = torch.float64, sequential: bool = False) -> LayerwiseReport:
+                    dtype: torch.dtype = torch.float64, sequential: bool = False,
+                    before_round: BeforeRound | None = None) -> LayerwiseReport:
     """Calls ``round_linear`` once for every decoder linear of ``runner.model``, layer by
     layer, with its input Hessian (``dtype``) over ``calls``; the model's weights are
-    left as they were. ``runner``'s pool must hold every call's slots and positions."""
+    left as they were, but for what ``before_round`` does to each layer once its
+    Hessians are in. ``runner``'s pool must hold every call's slots and positions."""
     model, dev = runner.model, runner.device
     targets = linear_targets(model)
     with torch.inference_mode():
@@ -135,6 +140,8 @@ def round_layerwise(runner: ModelRunner, calls: list[Call], round_linear: RoundL
         _sync(dev)
         t1 = time.perf_counter()
         held = max(held, sum(h.numel() * h.element_size() for h in col.h.values()))
+        if before_round is not None:
+            before_round(i, col)
         with torch.no_grad():
             new = {n: round_linear(n, lin, col.h.pop(n)) for n, lin in mine.items()}
         rounded += len(new)

@@ -47,6 +47,7 @@ class RankConfig:
     fp8_activations: bool = True  # fp8: batched rows through _scaled_mm in e4m3 (False: the weight-only Triton GEMM)
     calibration_tokens: int = 0  # > 0: int4/fp8 rounded by GPTQ over this many self-generated tokens (runner/calibration.py)
     calibration_ids: tuple[int, ...] | None = None  # GPTQ over these token ids (quant_calibration_file) instead
+    smoothing: float | None = None  # with calibration: SmoothQuant alpha folded in before rounding (model/smooth.py)
     cpu_fast_path: bool = False  # CPU: transposed linears (one device) and CpuAttention where every layer is plain
     cpu_threads: int | None = None  # torch threads of a one-device CPU engine (process-wide)
     cpu_native: bool = False  # with cpu_fast_path: the C decode kernels (kernels/cpu_native.py) where they build

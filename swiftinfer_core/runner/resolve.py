@@ -138,6 +138,7 @@ def rank_config(cfg: EngineConfig, path: Path, args: ModelArgs) -> RankConfig:
         quant=quant, quant_group=group, quant_zero_point=zero_point, fp8_activations=cfg.fp8_activations,
         prequantized=pre is not None,
         calibration_tokens=cfg.quant_calibration_tokens if cfg.quant_rounding is QuantRounding.GPTQ else 0,
+        smoothing=cfg.quant_smoothing,
         cpu_fast_path=cfg.cpu_fast_path, cpu_threads=cfg.cpu_threads,
         cpu_native=cfg.cpu_native_kernels,
         gemv_decode=True, fused_elementwise=True, memory_share=cfg.memory_share, gpu_memory_utilization=cfg.gpu_memory_utilization,

@@ -71,3 +71,16 @@ def test_record_round_trip_keeps_the_sampling_state(make_core):
     first_a = run_turn(make_core(window=60), "same", "Pick a word.", SAMPLED)[0]
     first_c = run_turn(c, "same", "Pick a word.", SAMPLED)[0]
     assert first_a == first_c
+
+
+def test_engines_smoothed_differently_do_not_share_caches(make_core):
+    """quant_smoothing divides the cached values by its scales (model/smooth.py): the fingerprint
+    that gates import_kv names it, so those engines rebuild from the record instead."""
+    from swiftinfer_core.config import EngineConfig
+    from swiftinfer_core.engine.kv_transfer import kv_fingerprint
+
+    a = make_core(window=60)
+    fp8 = dict(quantization="fp8", device="cuda", quant_rounding="gptq")
+    prints = {kv_fingerprint(EngineConfig(**fp8, quant_smoothing=s), a.loaded) for s in (None, 0.5, 0.6)}
+    assert len(prints) == 3
+    assert kv_fingerprint(EngineConfig(**fp8), a.loaded) == kv_fingerprint(EngineConfig(**fp8), a.loaded)

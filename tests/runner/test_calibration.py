@@ -34,6 +34,42 @@ def test_config_takes_gptq_for_int4_and_fp8_only():
         EngineConfig(quantization="int4", quant_rounding="awq")
 
 
+def test_smoothing_is_for_fp8_rounded_by_gptq_and_within_its_bounds():
+    fp8 = dict(quantization="fp8", device="cuda")
+    assert EngineConfig(**fp8, quant_rounding="gptq", quant_smoothing=0.5).quant_smoothing == 0.5
+    assert EngineConfig().quant_smoothing is None
+    for over in ({"quant_rounding": "nearest"}, {"quantization": "int4", "device": "cpu", "quant_rounding": "gptq"},
+                 {"quantization": "none"}):
+        with pytest.raises(InvalidRequestError, match="quant_smoothing applies to quantization 'fp8' with quant_rounding 'gptq'"):
+            EngineConfig(**{**fp8, **over}, quant_smoothing=0.5)
+    for bad in (0.0, 1.0, -0.5):
+        with pytest.raises(InvalidRequestError, match="quant_smoothing"):
+            EngineConfig(**fp8, quant_rounding="gptq", quant_smoothing=bad)
+
+
+def test_load_refuses_smoothing_it_cannot_fold():
+    """A RankConfig built by hand (the config validator is not in its path): smoothing without GPTQ's
+    calibration pass, or on another format, or on weights a checkpoint stores quantized."""
+    from dataclasses import replace
+
+    from swiftinfer_core.cache.layout import StreamLayout
+    from swiftinfer_core.model.args import ModelArgs
+    from swiftinfer_core.model.layers import ShardPlan
+    from swiftinfer_core.model.llama import Llama
+    from swiftinfer_core.model.quant import QuantFormat
+    from swiftinfer_core.runner.build import quantize_weights
+    from swiftinfer_core.runner.rank_config import RankConfig
+
+    args = ModelArgs(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16, intermediate_size=48)
+    cfg = RankConfig(args=args, layout=StreamLayout(0, 8), device_type="cpu", dtype=torch.float32, quant=QuantFormat.INT4,
+                     calibration_tokens=256, smoothing=0.5)
+    model = Llama(args, ShardPlan.single(args))
+    with pytest.raises(InvalidRequestError, match="quant_smoothing applies to fp8 weights.*not to 'int4'"):
+        quantize_weights(model, cfg, torch.device("cpu"))
+    with pytest.raises(InvalidRequestError, match="quant_smoothing applies to fp8 weights.*a checkpoint stored quantized"):
+        quantize_weights(model, replace(cfg, quant=QuantFormat.INT4), torch.device("cpu"), stored={})
+
+
 def test_calibration_file_needs_gptq_and_enough_readable_text(base_model, tmp_path):
     text = tmp_path / "domain.txt"
     with pytest.raises(InvalidRequestError, match="set that too"):

@@ -76,3 +76,34 @@ def test_sequential_calibrates_each_layer_on_the_rounded_layers_outputs(base_mod
         rel = ((seen[name] - ref[name]).norm() / ref[name].norm()).item()
         assert rel > 1e-4, (name, rel)  # fed by int4 layers, not the float ones
     assert torch.equal(runner.model.layers[3].w2.weight, base_model.model.layers[3].w2.weight)
+
+
+def test_smoothing_before_rounding_keeps_the_model_and_gives_the_smoothed_models_hessians(base_model, shakespeare_ids):
+    """quant_smoothing (runner/calibration.smoothing, alpha 0.5) on the real model: each layer is
+    smoothed once its Hessians are in, the model's logits stay those of the float model, and the
+    rescaled Hessians handed to the rounding are the ones the smoothed model itself gives."""
+    import copy
+
+    from swiftinfer_core.runner.calibration import smoothing
+
+    ids = shakespeare_ids
+    cfg = EngineConfig(device="cpu", sink_tokens=4, window=124, max_sessions=1)
+    m = relayout(base_model, cfg, 1)
+    runner = ModelRunner(copy.deepcopy(m.model), m.pool, m.attn, m.device)  # smoothing changes weights in place
+    calls = text_calls([ids[:120], ids[120:240]])
+    probe = ids[300:360]
+    want = runner.forward(probe, [0], [0], [len(probe)], rows=None)
+    norm = runner.model.layers[7].mlp_norm.weight.clone()
+    seen: dict[str, torch.Tensor] = {}
+
+    def round_linear(name, linear, h):
+        seen[name] = h.clone()
+        return linear.weight
+    round_layerwise(runner, calls, round_linear, before_round=smoothing(runner.model, 0.5))
+    got = runner.forward(probe, [0], [0], [len(probe)], rows=None)
+    assert (got - want).abs().max().item() < 1e-4 * want.abs().max().item()
+    assert ((runner.model.layers[7].mlp_norm.weight - norm).abs() / norm.abs()).max().item() > 0.1  # smoothed
+    ref = _one_pass(runner, calls)  # the smoothed model's own Hessians
+    assert list(seen) == list(ref)
+    for name, h in ref.items():
+        assert ((seen[name] - h).norm() / h.norm()).item() < 1e-5, name
