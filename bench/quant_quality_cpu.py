@@ -286,7 +286,7 @@ def main() -> None:
         for hk in hooks:
             hk.remove()
         for n, lin in linear_targets(m.model).items():
-            lin.weight.data = originals[n]
+            lin.weight.data = originals[n].clone()  # a copy: smoothing scales the installed weights in place
         params = dict(m.model.named_parameters())
         for n, p in norms.items():
             params[n].data.copy_(p)
