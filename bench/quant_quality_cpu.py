@@ -149,6 +149,8 @@ VARIANTS = {  # name -> (fn(w, h, name) -> dequantized weight, activations to e4
     "fp8 GPTQ, act e4m3 except w2's input": (fp8_gptq, ("w2",)),
     "fp8 GPTQ, smoothed 0.5": (smoothed(fp8_gptq, 0.5), False),
     "fp8 GPTQ, smoothed 0.5, act e4m3": (smoothed(fp8_gptq, 0.5), True),
+    "fp8 GPTQ, smoothed 0.35, act e4m3": (smoothed(fp8_gptq, 0.35), True),
+    "fp8 GPTQ, smoothed 0.65, act e4m3": (smoothed(fp8_gptq, 0.65), True),
     "fp8 RTN, smoothed 0.5, act e4m3": (smoothed(lambda w, h, name: rtn(QuantFormat.FP8)(w, h, name), 0.5), True),
 }
 
