@@ -57,6 +57,7 @@ def main() -> int:
     ap.add_argument("--text", type=Path, default=Path(os.environ.get("SWIFTINFER_HOME", Path.home() / ".cache/swiftinfer")) / "shakespeare.txt")
     ap.add_argument("--torch-rounder", action="store_true", help="each seed also with torch's column loop (module doc)")
     ap.add_argument("--weight-only", action="store_true", help="also each fp8 variant with fp8_activations: false")
+    ap.add_argument("--smoothing", type=float, default=None, help="also each GPTQ seed with quant_smoothing at this alpha")
     ap.add_argument("--name", default="fp8_gptq_gpu")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -65,6 +66,8 @@ def main() -> int:
                 "fp8 nearest": {"dtype": "bfloat16", "quantization": "fp8"}}
     variants |= {f"fp8 gptq seed {s}": {"dtype": "bfloat16", "quantization": "fp8", "quant_rounding": "gptq",
                                         "quant_calibration_tokens": a.calib_tokens, "seed": s} for s in a.seeds}
+    if a.smoothing is not None:
+        variants |= {f"{n}, smoothed {a.smoothing}": v | {"quant_smoothing": a.smoothing} for n, v in variants.items() if "gptq" in n}
     if a.torch_rounder:
         variants |= {f"{n} (torch loop)": v for n, v in variants.items() if "gptq" in n}
     if a.weight_only:
