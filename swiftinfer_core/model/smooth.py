@@ -30,18 +30,21 @@ EPS = 1e-5  # floor of both amaxes: a channel never seen (or an all-zero column)
 SMOOTHED = ("wqkv", "wo", "w13", "w2")  # a Block's linears, each smoothed at its input
 
 
+def _migrate(ax: torch.Tensor, aw: torch.Tensor, alpha: float) -> torch.Tensor:
+    """s = amax_x^alpha / amax_w^(1 - alpha), both floored at EPS (float32)."""
+    return ax.float().clamp(min=EPS).pow(alpha) / aw.float().clamp(min=EPS).pow(1.0 - alpha)
+
+
 def scales(amax_x: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
     """Per input channel s [K] (float32) for a weight [N, K] whose input's amax per channel is ``amax_x`` [K]."""
-    ax = amax_x.float().clamp(min=EPS)
-    aw = weight.detach().float().abs().amax(0).clamp(min=EPS)
-    return ax.pow(alpha) / aw.pow(1.0 - alpha)
+    return _migrate(amax_x, weight.detach().abs().amax(0), alpha)
 
 
 def _group_scales(amax_o: torch.Tensor, wo: torch.Tensor, hq: int, hkv: int, d: int, alpha: float) -> torch.Tensor:
     """wo's input scales, one per (KV group, channel): [hkv, d] (see the module doc)."""
     ax = amax_o.float().view(hkv, hq // hkv, d).amax(1)
     aw = wo.detach().float().abs().amax(0).view(hkv, hq // hkv, d).amax(1)
-    return ax.clamp(min=EPS).pow(alpha) / aw.clamp(min=EPS).pow(1.0 - alpha)
+    return _migrate(ax, aw, alpha)
 
 
 @torch.no_grad()
