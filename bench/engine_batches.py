@@ -174,6 +174,8 @@ def main() -> int:
                     help="EngineConfig.overlap_postprocessing (the engine's default): a step's streamed text is made while the GPU runs the next")
     ap.add_argument("--name", default="engine_batches")
     ap.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"], help="EngineConfig.kv_cache_dtype")
+    ap.add_argument("--quantization", default="none", choices=["none", "fp8", "int8", "int4"],
+                    help="EngineConfig.quantization (the random weights quantized at load, rounded to nearest)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
 
@@ -182,7 +184,7 @@ def main() -> int:
                        dtype="bfloat16" if a.device == "cuda" else "float32", sink_tokens=4,
                        window=a.window, max_sessions=a.max_sessions, max_turn_tokens=4096,
                        piecewise_graphs=a.piecewise, prefix_cache_slots=a.prefix_cache_slots, overlap_postprocessing=a.overlap,
-                       kv_cache_dtype=a.kv_cache_dtype,
+                       kv_cache_dtype=a.kv_cache_dtype, quantization=a.quantization,
                        **({"max_batch_tokens": a.max_batch_tokens} if a.max_batch_tokens else {}))
     t0 = time.perf_counter()
     engine = Engine(cfg)

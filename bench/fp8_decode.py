@@ -11,8 +11,10 @@ Rows per path:
   bf16           F.linear (cuBLAS)
   int8           kernels/quant_gemv.py (B = 1) / quant_gemm.py (B > 1)
   fp8            the engine's choice (model/fp8_linear.py): kernels/fp8_gemv.py
-                 (B = 1, split-K where rows are few) / _scaled_mm with per-row e4m3
-                 activations (B > 1, kernels/fp8_scaled_mm.py)
+                 (B = 1, split-K where rows are few), the weight-only split-K GEMM below
+                 SCALED_MM_MIN_ROWS rows, _scaled_mm with per-row e4m3 activations from there
+                 (kernels/fp8_scaled_mm.py; "fp8" before session 33 was _scaled_mm at every B > 1)
+  fp8 scaled_mm  B > 1 always through _scaled_mm
   fp8 triton     B > 1 through the weight-only Triton GEMM (kernels/fp8_gemm.py: split-K, int8's configs
                  since session 31; before, one tile per program)
   fp8 dequant    B > 1 weight-only, the weight cast to bf16 16 MiB of rows at a time (L2-sized)
@@ -50,14 +52,15 @@ from swiftinfer_core.kernels.fp8_gemm import gemm_fp8
 from swiftinfer_core.kernels.fp8_gemv import gemv_fp8
 from swiftinfer_core.kernels.fp8_scaled_mm import scaled_mm_fp8
 from swiftinfer_core.model.fp8 import quantize_fp8
-from swiftinfer_core.model.fp8_linear import DEQUANT_MIB
+from swiftinfer_core.model.fp8_linear import DEQUANT_MIB, SCALED_MM_MIN_ROWS
 from swiftinfer_core.model.quant import QuantFormat, quantize, weight_bytes
 
 # name -> (weight format, how B = 1 runs, how B > 1 runs)
 PATHS = {
     "bf16": (None, "linear", "linear"),
     "int8": (QuantFormat.INT8, "quant", "quant"),
-    "fp8": (QuantFormat.FP8, "gemv", "scaled_mm"),
+    "fp8": (QuantFormat.FP8, "gemv", "engine"),
+    "fp8 scaled_mm": (QuantFormat.FP8, None, "scaled_mm"),
     "fp8 triton": (QuantFormat.FP8, None, "triton"),
     "fp8 dequant": (QuantFormat.FP8, None, "dequant"),
     "fp8 dequant whole": (QuantFormat.FP8, None, "dequant-1024"),
@@ -71,6 +74,8 @@ def fp8_product(how: str, w: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor)
         return gemv_fp8(x, q, s)
     if how == "gemv-1":
         return gemv_fp8(x, q, s, split_k=1)
+    if how == "engine":
+        how = "scaled_mm" if x.shape[0] >= SCALED_MM_MIN_ROWS else "triton"
     if how == "scaled_mm":
         return scaled_mm_fp8(x, q, s)
     if how.startswith("dequant"):
@@ -94,7 +99,7 @@ def time_step(path: str, shapes, ws: list, batch: int, dev, smoke: bool) -> floa
     """Seconds of one step's products for ``batch`` rows (median); None where the path has no such batch."""
     fmt, one, many = PATHS[path]
     how = one if batch == 1 else many
-    if how is None or (smoke and how == "scaled_mm"):  # the CPU has no _scaled_mm
+    if how is None or (smoke and (how == "scaled_mm" or (how == "engine" and batch >= SCALED_MM_MIN_ROWS))):  # no CPU _scaled_mm
         return None
     gen = torch.Generator(device=dev).manual_seed(1)
     xs = {k: torch.randn(batch, k, device=dev, dtype=torch.bfloat16, generator=gen) for _, k in shapes}
@@ -144,7 +149,8 @@ def main() -> None:
                     continue
                 roof = None
                 if peaks["hbm_Bps"]:
-                    flops_peak = peaks["bf16_dense_flops"] * (2 if b > 1 and many == "scaled_mm" else 1)
+                    e4m3 = many == "scaled_mm" or (many == "engine" and b >= SCALED_MM_MIN_ROWS)
+                    flops_peak = peaks["bf16_dense_flops"] * (2 if b > 1 and e4m3 else 1)
                     roof = max(nbytes / peaks["hbm_Bps"], 2 * params * b / flops_peak)
                 rows.append({"shape": name, "path": path, "batch": b, "weight_GB": nbytes / 1e9,
                              "ms_per_step": secs * 1e3, "tokens_per_s": b / secs,

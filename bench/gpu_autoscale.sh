@@ -17,7 +17,7 @@
 #         the replacements: CHAOS_SESSIONS (default 48), CHAOS_ROUNDS (default 100).
 # Env: STEPS (default "ramp chaos"; each takes most of a 10-minute call: one per call), NAME (default autoscale_7b). carry [".whl", ".carry/r7b"];
 # MODEL=smol: the ramp on the real default model (bench/serve_gpu_smol_shared.yaml), after an earlier
-# calls parked .carry/smol-1 and -2 in /tmp/stage (bench/gpu_stage.sh); carry [".carry/smol-3"]
+# calls parked .carry/smol-1 to -3 in /tmp/stage (bench/gpu_stage.sh); carry [".carry/smol-4"]
 # (plus ".whl" unless an earlier call of this warm machine installed it into /tmp/site);
 # logs and results in $OUT/results.tgz. Ran on an H200 (2026-12-03): the ramp three times
 # (autoscale_7b.json, autoscale_7b_r2.json, autoscale_smol.json: no scale-down in any, see the

@@ -15,18 +15,19 @@
 #                   (~33 MB against whlmin + hap's 47): tree + site + r8b fit one call, so a served run with the hap or
 #                   direct steps needs no park call (gpu_served.sh SITE=.carry/site)
 #   .carry/r7bz     .carry/r7b with its tokenizer gzipped (gpu_served.sh MODEL=r7bz, gpu_serve.sh MODEL_DIR=.carry/r7bz)
-#   .carry/smol-1..3   the default model's GGUF in three parts, the last with the gguf wheel (bench/gpu_stage.sh:
-#                   the tracked tree, 21 MB, plus one of ../shared/device/stage-smollm2.sh's two halves passes 64 MiB)
+#   .carry/smol-1..4   the default model's GGUF in four parts of 25 MB, the last with the gguf wheel (bench/gpu_stage.sh:
+#                   the tracked tree, 28 MiB in session 33, plus a 40 MB part passed 64 MiB)
 # Needs the converted default model (`make model`). Usage: bash bench/gpu_carry.sh   (from the repo root)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PY:-.venv/bin/python}
 [ -d .whl ] || bash ../shared/device/ray-wheels.sh
-if [ ! -d .carry/smol-3 ]; then
+if [ ! -d .carry/smol-4 ]; then
   [ -d .carry/smol-a ] || bash ../shared/device/stage-smollm2.sh
-  mkdir -p .carry/smol-1 .carry/smol-2 .carry/smol-3
-  cat .carry/smol-a/part.aa .carry/smol-b/part.ab | split -b 40000000 - .carry/smol-1/part.
-  mv .carry/smol-1/part.ab .carry/smol-2/ && mv .carry/smol-1/part.ac .carry/smol-b/gguf-*.whl .carry/smol-3/
+  mkdir -p .carry/smol-1 .carry/smol-2 .carry/smol-3 .carry/smol-4
+  cat .carry/smol-a/part.aa .carry/smol-b/part.ab | split -b 25000000 - .carry/smol-1/part.
+  mv .carry/smol-1/part.ab .carry/smol-2/ && mv .carry/smol-1/part.ac .carry/smol-3/
+  mv .carry/smol-1/part.ad .carry/smol-b/gguf-*.whl .carry/smol-4/
   rm -rf .carry/smol-a .carry/smol-b
 fi
 rm -rf .carry/pyd .carry/whlmin && mkdir -p .carry/pyd .carry/whlmin

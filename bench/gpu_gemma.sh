@@ -18,7 +18,7 @@ case "${1:-run}" in
     rm -rf .carry/gem-[1-5] /tmp/gem-split && mkdir -p /tmp/gem-split
     split -b 55000000 -d -a 1 "$2" /tmp/gem-split/piece.
     for i in 0 1 2 3 4; do mkdir -p ".carry/gem-$((i + 1))" && mv "/tmp/gem-split/piece.$i" ".carry/gem-$((i + 1))/"; done
-    cp .carry/smol-3/gguf-*.whl .carry/gem-5/
+    cp .carry/smol-4/gguf-*.whl .carry/gem-5/
     # the tokenizer as converted here: the GPU machine's transformers (5.17) loses the GGUF's merges
     tar cJf .carry/gem-5/tokenizer.tar.xz -C "${TOKENIZER_DIR:-$HOME/.cache/swiftinfer/models/gemma3-270m}" \
       tokenizer.json tokenizer_config.json chat_template.jinja

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call that runs the real-model GPU checks and benches (STEPS picks them).
-# Needs, from two earlier calls (bench/gpu_stage.sh): .carry/smol-1 and -2 parked, and
-#   carry [".carry/smol-3", ".carry/pyd", ".carry/data"].
+# Needs, from three earlier calls (bench/gpu_stage.sh): .carry/smol-1 to -3 parked, and
+#   carry [".carry/smol-4", ".carry/pyd", ".carry/data"].
 # Writes everything under $OUT; prints a short table last.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 SWIFTINFER_HOME=/tmp/swh

@@ -2,11 +2,11 @@
 # The carried folders (.whl, .carry/*) are ignored by git: on a fresh checkout `bash bench/gpu_carry.sh` builds them.
 # Device call: every GPU test and one engine capacity point, to check that a change
 # meant to keep behaviour (issue 20's refactor, piecewise graphs by default) keeps it.
-# Needs the default model converted under /tmp/swh by three earlier calls, back to back (bench/gpu_stage.sh):
-#   1-2) carry [".carry/smol-1"], then [".carry/smol-2"]:  bash bench/gpu_stage.sh
-#   3) carry [".carry/smol-3", ".carry/pyd", ".carry/data"]:  bash bench/gpu_verify.sh stage
+# Needs the default model converted under /tmp/swh by four earlier calls, back to back (bench/gpu_stage.sh):
+#   1-3) carry [".carry/smol-1"], then [".carry/smol-2"], then [".carry/smol-3"]:  bash bench/gpu_stage.sh
+#   4) carry [".carry/smol-4", ".carry/pyd", ".carry/data"]:  bash bench/gpu_verify.sh stage
 #      (.carry/data/shakespeare.txt: the plays, for test_gpu_engine; the machine cannot fetch them)
-#   3) carry [".whl", ".carry/r7b"]:           bash bench/gpu_verify.sh
+#   5) carry [".whl", ".carry/r7b"]:           bash bench/gpu_verify.sh
 # Issue 18's bench alone (no converted model needed), carry [".carry/pyd", ".carry/xg", ".carry/r7b"]:
 #      WHEELS=.carry/pyd STEPS=structured bash bench/gpu_verify.sh
 # Issue 16's quantized kernels alone (no model), carry [".carry/pyd"]:
@@ -22,7 +22,7 @@
 #      WHEELS=.carry/pyd STEPS=fp8 bash bench/gpu_verify.sh
 #   step fp8_tests: every fp8 test natively (the interpreter's cases too) and the seeded-rank GPU test;
 #   step fp8_bench: bench/fp8_decode.py (bf16, int8, fp8 paths; JSON + PNG under $OUT). The real-model
-#   fp8 check (tests/engine/test_gpu_engine.py) runs in gpu_tests, after the two staging calls.
+#   fp8 check (tests/engine/test_gpu_engine.py) runs in gpu_tests, after the staging calls.
 # Issue 16's fp8 KV cache (GPU tests + bf16/fp8 decode bench; no model needed), carry [".carry/pyd"]:
 #      WHEELS=.carry/pyd STEPS=fp8kv bash bench/gpu_verify.sh      (after the stage calls: the engine tests too)
 #   = fp8kv_tests (test_kv_fp8_attention.py and test_kv_fp8_decode_f16.py natively, the bf16 kernels' GPU tests, test_kv_fp8_engine.py where the

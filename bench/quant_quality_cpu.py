@@ -11,7 +11,8 @@ Calibration (activation statistics for the "aw" clip search and GPTQ): the input
 Hessians X^T X of every linear (model/calibrate.py) over ``--calib-tokens`` tokens
 taken from the middle of the plays, disjoint from the evaluated text, which starts
 at the first play's "ACT", the first ``--calib-skip`` (sink) tokens left out. "fp8 ... act e4m3" also rounds each activation row to
-e4m3 over its own scale before every product (the _scaled_mm path's numbers).
+e4m3 over its own scale before every product (the _scaled_mm path's numbers); "per N channels", each
+group of N channels of a row over its own scale.
 
 The "zero point" variants are int4's asymmetric format (EngineConfig.quant_zero_point:
 float16 scale and min per group, min/max round to nearest; no calibration, so a run
@@ -115,7 +116,8 @@ def with_int8(base, names: tuple[str, ...]):
 
 
 FIRST_LAST_W2 = ("layers.0.w2", "layers.29.w2")
-VARIANTS = {  # name -> (fn(w, h, name) -> dequantized weight, activations to e4m3: True, False or the layer-name ends left out)
+VARIANTS = {  # name -> (fn(w, h, name) -> dequantized weight, activations to e4m3: True (a scale per row), an int
+    # (a scale per that many channels of a row), False, or the layer-name ends left out)
     "int8 per row (RTN)": (rtn(QuantFormat.INT8), False),
     "int4 g128 RTN (current)": (rtn(QuantFormat.INT4, 128), False),
     "int4 g128 clip search (MSE)": (search(128, False), False),
@@ -152,12 +154,25 @@ VARIANTS = {  # name -> (fn(w, h, name) -> dequantized weight, activations to e4
     "fp8 GPTQ, smoothed 0.35, act e4m3": (smoothed(fp8_gptq, 0.35), True),
     "fp8 GPTQ, smoothed 0.65, act e4m3": (smoothed(fp8_gptq, 0.65), True),
     "fp8 RTN, smoothed 0.5, act e4m3": (smoothed(lambda w, h, name: rtn(QuantFormat.FP8)(w, h, name), 0.5), True),
+    "fp8 RTN, act e4m3 per 64 channels": (rtn(QuantFormat.FP8), 64),
+    "fp8 GPTQ, act e4m3 per 64 channels": (fp8_gptq, 64),
+    "fp8 GPTQ, act e4m3 per 32 channels": (fp8_gptq, 32),
 }
 
 
 def _e4m3_rows(_mod, args):
     x = args[0]
     return (dequantize_fp8(*quantize_fp8(x.reshape(-1, x.shape[-1]))).view(x.shape).to(x.dtype),)
+
+
+def _e4m3_groups(group: int):
+    """Each activation row rounded to e4m3 in groups of ``group`` channels, a scale per group
+    (fine-grained activation scales, as DeepSeek-V3's 1x128 tiles)."""
+    def hook(_mod, args):
+        x = args[0]
+        g = x.reshape(-1, group)  # [rows * K / group, group]
+        return (dequantize_fp8(*quantize_fp8(g)).view(x.shape).to(x.dtype),)
+    return hook
 
 
 def layerwise(runner, calls: list[Call], fn) -> dict[str, torch.Tensor]:
@@ -175,7 +190,7 @@ def layerwise(runner, calls: list[Call], fn) -> dict[str, torch.Tensor]:
     return out
 
 
-def apply(model, fn, hs: dict, originals: dict, act: bool | tuple[str, ...], rounded: dict | None = None) -> tuple[list, dict]:
+def apply(model, fn, hs: dict, originals: dict, act: bool | int | tuple[str, ...], rounded: dict | None = None) -> tuple[list, dict]:
     """Install ``fn``'s dequantized weights (or those given in ``rounded``) -> (activation
     hooks, how far the weights moved: the share of weights changed and the largest change
     over all layers)."""
@@ -186,7 +201,9 @@ def apply(model, fn, hs: dict, originals: dict, act: bool | tuple[str, ...], rou
         diff = (deq - w).abs()
         changed, total, most = changed + int((diff > 0).sum()), total + w.numel(), max(most, float(diff.max()))
         lin.weight.data = deq.contiguous()
-        if act is True or (act and not name.endswith(act)):  # a tuple: every layer but those names' ends
+        if isinstance(act, int) and not isinstance(act, bool):
+            hooks.append(lin.register_forward_pre_hook(_e4m3_groups(act)))
+        elif act is True or (act and not name.endswith(act)):  # a tuple: every layer but those names' ends
             hooks.append(lin.register_forward_pre_hook(_e4m3_rows))
     return hooks, {"weights_changed_share": changed / total, "max_abs_weight_change": most}
 
