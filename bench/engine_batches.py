@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import statistics
 import sys
 import time
@@ -149,7 +150,9 @@ async def closed_loop(engine: Engine, n: int, tag: str, a) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", required=True, help="config folder (config.json + tokenizer); weights are random")
+    ap.add_argument("--model", help="config folder (config.json + tokenizer); weights are random")
+    ap.add_argument("--replot", nargs="+", type=Path, default=None,
+                    help="closed-loop JSON files of earlier runs: one PNG (--name, --out) with a line per file, nothing run")
     ap.add_argument("--sizes", nargs="+", type=int, default=[1, 8, 32, 48, 49, 64, 96, 128])
     ap.add_argument("--window", type=int, default=1020)
     ap.add_argument("--max-sessions", type=int, default=None, help="default: sized from free memory; always run as a size too")
@@ -178,6 +181,12 @@ def main() -> int:
                     help="EngineConfig.quantization (the random weights quantized at load, rounded to nearest)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
+    if a.replot:
+        runs = {f.stem: json.loads(f.read_text()) for f in a.replot}
+        plot_closed({k: d["rows"] for k, d in runs.items()}, a.name, next(iter(runs.values()))["device"]["name"], a.out)
+        return 0
+    if not a.model:
+        ap.error("--model is required (or --replot)")
 
     bare = {} if a.no_bare or a.drop_workspaces else bare_decode(a.sizes, a.window, a.bare_steps, read_args(Path(a.model)).vocab_size)
     cfg = EngineConfig(model=a.model, load_format="random", device=a.device,
@@ -231,6 +240,8 @@ def main() -> int:
             "bare": {str(k): v for k, v in bare.items()}, "rows": rows}
     common.write_results(a.name, data, a.out)
     if a.closed_loop:
+        plot_closed({f"quantization {a.quantization}, KV {a.kv_cache_dtype}": rows}, a.name,
+                    str(common.device_info().get("name")), a.out)
         print(common.table(rows, ["N", "finished", "failed", "tok_s", "ttft_new_p50_s", "ttft_warm_p50_s", "ttft_warm_p99_s", "tpot_p50_s"]))
         return 1 if any(r["failed"] for r in rows) else 0
     if not a.drop_workspaces:
@@ -260,6 +271,27 @@ def plot(rows: list[dict], a) -> None:
     ax.legend(fontsize=8)
     ax.set_title(f"Llama-2-7B shape, bf16, 4+{a.window}, {common.device_info().get('name')}")
     common.save_plot(a.name, fig, a.out)
+
+
+def plot_closed(runs: dict[str, list[dict]], name: str, device: str, out) -> None:
+    """Closed loop: tokens/s and TPOT p50 against N, a line per run (label -> its rows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for label, rows in runs.items():
+        ax.plot([r["N"] for r in rows], [r["tok_s"] for r in rows], marker="o", label=label)
+        ax2.plot([r["N"] for r in rows], [1e3 * (r["tpot_p50_s"] or 0) for r in rows], marker="s", label=label)
+    ax.set_ylabel("tokens/s (closed loop, prefill included)")
+    ax2.set_ylabel("TPOT p50, ms")
+    for x in (ax, ax2):
+        x.set_xlabel("conversations (closed loop)")
+        x.grid(alpha=0.3)
+        x.legend(fontsize=7)
+    fig.suptitle(f"Engine alone, closed loop, {device}")
+    common.save_plot(name, fig, out)
 
 
 if __name__ == "__main__":

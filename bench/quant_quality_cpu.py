@@ -117,7 +117,7 @@ def with_int8(base, names: tuple[str, ...]):
 
 FIRST_LAST_W2 = ("layers.0.w2", "layers.29.w2")
 VARIANTS = {  # name -> (fn(w, h, name) -> dequantized weight, activations to e4m3: True (a scale per row), an int
-    # (a scale per that many channels of a row), False, or the layer-name ends left out)
+    # (a scale per that many channels of a row), "two terms" (_e4m3_two_terms), False, or the layer-name ends left out)
     "int8 per row (RTN)": (rtn(QuantFormat.INT8), False),
     "int4 g128 RTN (current)": (rtn(QuantFormat.INT4, 128), False),
     "int4 g128 clip search (MSE)": (search(128, False), False),
@@ -157,6 +157,8 @@ VARIANTS = {  # name -> (fn(w, h, name) -> dequantized weight, activations to e4
     "fp8 RTN, act e4m3 per 64 channels": (rtn(QuantFormat.FP8), 64),
     "fp8 GPTQ, act e4m3 per 64 channels": (fp8_gptq, 64),
     "fp8 GPTQ, act e4m3 per 32 channels": (fp8_gptq, 32),
+    "fp8 GPTQ, act e4m3 two terms": (fp8_gptq, "two terms"),
+    "fp8 RTN, act e4m3 two terms": (rtn(QuantFormat.FP8), "two terms"),
 }
 
 
@@ -175,6 +177,16 @@ def _e4m3_groups(group: int):
     return hook
 
 
+def _e4m3_two_terms(_mod, args):
+    """x ~ hi + lo, each rounded to e4m3 per row over its own scale (lo: what hi missed), so that two
+    e4m3 products (or one over the rows stacked) give x's product to ~2^-8 of x instead of e4m3's 2^-4."""
+    x = args[0]
+    x2 = x.reshape(-1, x.shape[-1]).float()
+    hi = dequantize_fp8(*quantize_fp8(x2))
+    lo = dequantize_fp8(*quantize_fp8(x2 - hi))
+    return ((hi + lo).view(x.shape).to(x.dtype),)
+
+
 def layerwise(runner, calls: list[Call], fn) -> dict[str, torch.Tensor]:
     """Qualified name -> ``fn``'s dequantized weight, calibrated layer by layer: sequentially
     (``sequential``), or on the float layers' outputs after smoothing each (``smoothed``),
@@ -190,7 +202,7 @@ def layerwise(runner, calls: list[Call], fn) -> dict[str, torch.Tensor]:
     return out
 
 
-def apply(model, fn, hs: dict, originals: dict, act: bool | int | tuple[str, ...], rounded: dict | None = None) -> tuple[list, dict]:
+def apply(model, fn, hs: dict, originals: dict, act: bool | int | str | tuple[str, ...], rounded: dict | None = None) -> tuple[list, dict]:
     """Install ``fn``'s dequantized weights (or those given in ``rounded``) -> (activation
     hooks, how far the weights moved: the share of weights changed and the largest change
     over all layers)."""
@@ -201,7 +213,9 @@ def apply(model, fn, hs: dict, originals: dict, act: bool | int | tuple[str, ...
         diff = (deq - w).abs()
         changed, total, most = changed + int((diff > 0).sum()), total + w.numel(), max(most, float(diff.max()))
         lin.weight.data = deq.contiguous()
-        if isinstance(act, int) and not isinstance(act, bool):
+        if act == "two terms":
+            hooks.append(lin.register_forward_pre_hook(_e4m3_two_terms))
+        elif isinstance(act, int) and not isinstance(act, bool):
             hooks.append(lin.register_forward_pre_hook(_e4m3_groups(act)))
         elif act is True or (act and not name.endswith(act)):  # a tuple: every layer but those names' ends
             hooks.append(lin.register_forward_pre_hook(_e4m3_rows))

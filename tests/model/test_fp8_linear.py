@@ -133,12 +133,13 @@ def test_scaled_mm_layers_take_the_weight_only_gemm_below_the_row_threshold():
     the two ~2^-5 of the norm apart; each path is within bf16 rounding of its own float64 reference."""
     seed = int.from_bytes(os.urandom(4), "little")
     torch.manual_seed(seed)
-    f8 = Fp8Linear(nn.Linear(128, 64, bias=False, dtype=torch.bfloat16), batched="scaled_mm")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # natively on a GPU machine, the interpreter here
+    f8 = Fp8Linear(nn.Linear(128, 64, bias=False, dtype=torch.bfloat16, device=dev), batched="scaled_mm")
     for rows in (2, SCALED_MM_MIN_ROWS - 1, SCALED_MM_MIN_ROWS, SCALED_MM_MIN_ROWS + 30):
-        x = torch.randn(rows, 128, dtype=torch.bfloat16)
-        got, e4m3_x = f8(x), rows >= SCALED_MM_MIN_ROWS
-        assert _rel(got, reference_linear(x, f8.qweight, f8.scales, quantize_x=e4m3_x)) < 5e-3, (seed, rows)
-        assert _rel(got, reference_linear(x, f8.qweight, f8.scales, quantize_x=not e4m3_x)) > 1e-2, (seed, rows)
+        x = torch.randn(rows, 128, dtype=torch.bfloat16, device=dev)
+        got, e4m3_x = f8(x).cpu(), rows >= SCALED_MM_MIN_ROWS
+        assert _rel(got, reference_linear(x, f8.qweight, f8.scales, quantize_x=e4m3_x).cpu()) < 5e-3, (seed, rows)
+        assert _rel(got, reference_linear(x, f8.qweight, f8.scales, quantize_x=not e4m3_x).cpu()) > 1e-2, (seed, rows)
 
 
 def test_fp8_linear_takes_precomputed_gptq_weights():
@@ -157,7 +158,7 @@ def test_fp8_linear_takes_precomputed_gptq_weights():
     assert torch.equal(f8.qweight.cpu().float(), weights["0"].qweight.float())
     for rows in (1, 5):
         xr = torch.randn(rows, 128, device=dev)
-        want = reference_linear(xr, weights["0"].qweight, weights["0"].scales).cpu()
+        want = reference_linear(xr.cpu(), weights["0"].qweight, weights["0"].scales)
         assert _rel(f8(xr), want) < 1e-6
     with pytest.raises(ValueError, match="does not fit"):
         Fp8Linear(nn.Linear(64, 48), "triton", weights["0"])
