@@ -179,6 +179,7 @@ def main() -> int:
     ap.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"], help="EngineConfig.kv_cache_dtype")
     ap.add_argument("--quantization", default="none", choices=["none", "fp8", "int8", "int4"],
                     help="EngineConfig.quantization (the random weights quantized at load, rounded to nearest)")
+    ap.add_argument("--fp8-activation-terms", type=int, default=1, choices=[1, 2], help="EngineConfig.fp8_activation_terms")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     if a.replot:
@@ -194,6 +195,7 @@ def main() -> int:
                        window=a.window, max_sessions=a.max_sessions, max_turn_tokens=4096,
                        piecewise_graphs=a.piecewise, prefix_cache_slots=a.prefix_cache_slots, overlap_postprocessing=a.overlap,
                        kv_cache_dtype=a.kv_cache_dtype, quantization=a.quantization,
+                       fp8_activation_terms=a.fp8_activation_terms,
                        **({"max_batch_tokens": a.max_batch_tokens} if a.max_batch_tokens else {}))
     t0 = time.perf_counter()
     engine = Engine(cfg)
@@ -240,7 +242,8 @@ def main() -> int:
             "bare": {str(k): v for k, v in bare.items()}, "rows": rows}
     common.write_results(a.name, data, a.out)
     if a.closed_loop:
-        plot_closed({f"quantization {a.quantization}, KV {a.kv_cache_dtype}": rows}, a.name,
+        terms = f", {a.fp8_activation_terms} e4m3 terms" if a.quantization == "fp8" else ""
+        plot_closed({f"quantization {a.quantization}{terms}, KV {a.kv_cache_dtype}": rows}, a.name,
                     str(common.device_info().get("name")), a.out)
         print(common.table(rows, ["N", "finished", "failed", "tok_s", "ttft_new_p50_s", "ttft_warm_p50_s", "ttft_warm_p99_s", "tpot_p50_s"]))
         return 1 if any(r["failed"] for r in rows) else 0

@@ -15,6 +15,8 @@ Rows per path:
                  SCALED_MM_MIN_ROWS rows, _scaled_mm with per-row e4m3 activations from there
                  (kernels/fp8_scaled_mm.py; "fp8" before session 33 was _scaled_mm at every B > 1)
   fp8 scaled_mm  B > 1 always through _scaled_mm
+  fp8 scaled_mm x2  B > 1: x as two e4m3 terms (hi and what it misses), one _scaled_mm over 2B rows,
+                 the halves added (scaled_mm_fp8 two_terms: activations to ~2^-8 instead of 2^-4)
   fp8 triton     B > 1 through the weight-only Triton GEMM (kernels/fp8_gemm.py: split-K, int8's configs
                  since session 31; before, one tile per program)
   fp8 dequant    B > 1 weight-only, the weight cast to bf16 16 MiB of rows at a time (L2-sized)
@@ -61,6 +63,7 @@ PATHS = {
     "int8": (QuantFormat.INT8, "quant", "quant"),
     "fp8": (QuantFormat.FP8, "gemv", "engine"),
     "fp8 scaled_mm": (QuantFormat.FP8, None, "scaled_mm"),
+    "fp8 scaled_mm x2": (QuantFormat.FP8, None, "scaled_mm2"),
     "fp8 triton": (QuantFormat.FP8, None, "triton"),
     "fp8 dequant": (QuantFormat.FP8, None, "dequant"),
     "fp8 dequant whole": (QuantFormat.FP8, None, "dequant-1024"),
@@ -78,6 +81,8 @@ def fp8_product(how: str, w: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor)
         how = "scaled_mm" if x.shape[0] >= SCALED_MM_MIN_ROWS else "triton"
     if how == "scaled_mm":
         return scaled_mm_fp8(x, q, s)
+    if how == "scaled_mm2":
+        return scaled_mm_fp8(x, q, s, two_terms=True)
     if how.startswith("dequant"):
         mib = int(how.partition("-")[2] or DEQUANT_MIB)
         out = torch.empty(x.shape[0], q.shape[0], dtype=x.dtype, device=x.device)
@@ -99,7 +104,7 @@ def time_step(path: str, shapes, ws: list, batch: int, dev, smoke: bool) -> floa
     """Seconds of one step's products for ``batch`` rows (median); None where the path has no such batch."""
     fmt, one, many = PATHS[path]
     how = one if batch == 1 else many
-    if how is None or (smoke and (how == "scaled_mm" or (how == "engine" and batch >= SCALED_MM_MIN_ROWS))):  # no CPU _scaled_mm
+    if how is None or (smoke and (how in ("scaled_mm", "scaled_mm2") or (how == "engine" and batch >= SCALED_MM_MIN_ROWS))):  # no CPU _scaled_mm
         return None
     gen = torch.Generator(device=dev).manual_seed(1)
     xs = {k: torch.randn(batch, k, device=dev, dtype=torch.bfloat16, generator=gen) for _, k in shapes}
@@ -149,9 +154,9 @@ def main() -> None:
                     continue
                 roof = None
                 if peaks["hbm_Bps"]:
-                    e4m3 = many == "scaled_mm" or (many == "engine" and b >= SCALED_MM_MIN_ROWS)
+                    e4m3 = many in ("scaled_mm", "scaled_mm2") or (many == "engine" and b >= SCALED_MM_MIN_ROWS)
                     flops_peak = peaks["bf16_dense_flops"] * (2 if b > 1 and e4m3 else 1)
-                    roof = max(nbytes / peaks["hbm_Bps"], 2 * params * b / flops_peak)
+                    roof = max(nbytes / peaks["hbm_Bps"], 2 * params * b * (2 if many == "scaled_mm2" else 1) / flops_peak)
                 rows.append({"shape": name, "path": path, "batch": b, "weight_GB": nbytes / 1e9,
                              "ms_per_step": secs * 1e3, "tokens_per_s": b / secs,
                              "roofline_ms": None if roof is None else roof * 1e3,

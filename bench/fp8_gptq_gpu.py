@@ -12,6 +12,9 @@ chunks' rows keep bf16 activations (the weight-only batched path) instead of _sc
 The bf16 CPU emulation puts GPTQ's weights alone at x1.008 of the bf16 model on this span
 (bench/results/quant_quality_cpu_gpu_span_bf16.json).
 
+``--two-terms``: each fp8 variant also with ``fp8_activation_terms: 2`` (every activation row of the
+_scaled_mm products as two e4m3 terms, kernels/fp8_scaled_mm.py).
+
 ``--torch-rounder``: every GPTQ seed runs a second time with GPTQ's column loop in torch
 (model/quant_search.round_block) instead of the Triton kernel a GPU uses (kernels/gptq_block.py).
 Why: emulated on the CPU over the same 3,000 tokens at 4+1020, GPTQ takes the e4m3-activation path
@@ -58,6 +61,7 @@ def main() -> int:
     ap.add_argument("--torch-rounder", action="store_true", help="each seed also with torch's column loop (module doc)")
     ap.add_argument("--weight-only", action="store_true", help="also each fp8 variant with fp8_activations: false")
     ap.add_argument("--smoothing", type=float, default=None, help="also each GPTQ seed with quant_smoothing at this alpha")
+    ap.add_argument("--two-terms", action="store_true", help="also each fp8 variant with fp8_activation_terms 2")
     ap.add_argument("--name", default="fp8_gptq_gpu")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -70,9 +74,11 @@ def main() -> int:
         variants |= {f"{n}, smoothed {a.smoothing}": v | {"quant_smoothing": a.smoothing} for n, v in variants.items() if "gptq" in n}
     if a.torch_rounder:
         variants |= {f"{n} (torch loop)": v for n, v in variants.items() if "gptq" in n}
+    fp8 = [n for n in variants if n.startswith("fp8") and "torch loop" not in n]
     if a.weight_only:
-        variants |= {f"{n}, weight-only": v | {"fp8_activations": False} for n, v in variants.items()
-                     if n.startswith("fp8") and "torch loop" not in n}
+        variants |= {f"{n}, weight-only": variants[n] | {"fp8_activations": False} for n in fp8}
+    if a.two_terms:
+        variants |= {f"{n}, two-term activations": variants[n] | {"fp8_activation_terms": 2} for n in fp8}
     nll, top, ids = {}, {}, None
     for name, extra in variants.items():
         rounder = quant_search._block_rounder

@@ -77,6 +77,40 @@ def _quantize_rows_kernel(X, XQ, SX, K, stride_xm, FMAX: tl.constexpr, SMALLEST:
     tl.store(SX + row, s)
 
 
+@triton.jit
+def _quantize_rows_two_kernel(X, XQ, SX, M, K, stride_xm, FMAX: tl.constexpr, SMALLEST: tl.constexpr,
+                              BLOCK_K: tl.constexpr):
+    """Row m of x -> XQ rows m (hi) and M + m (lo): hi = e4m3(x / s_hi), lo = e4m3(r / s_lo) with
+    r = x - hi * s_hi; each scale its row's amax / 448. Pass 1: amax(x); pass 2: amax(r); pass 3:
+    writes both (hi recomputed, the same bits)."""
+    row = tl.program_id(0)
+    x_row = X + row.to(tl.int64) * stride_xm
+    hi_row = XQ + row.to(tl.int64) * K
+    lo_row = XQ + (row + M).to(tl.int64) * K
+    offs = tl.arange(0, BLOCK_K)
+    amax = tl.zeros([BLOCK_K], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + offs
+        amax = tl.maximum(amax, tl.abs(tl.load(x_row + kk, mask=kk < K, other=0.0).to(tl.float32)))
+    s = tl.maximum(tl.div_rn(tl.max(amax, 0), FMAX), SMALLEST)
+    amax = tl.zeros([BLOCK_K], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + offs
+        v = tl.load(x_row + kk, mask=kk < K, other=0.0).to(tl.float32)
+        hi = _round_e4m3(tl.minimum(tl.maximum(tl.div_rn(v, s), -FMAX), FMAX))
+        amax = tl.maximum(amax, tl.abs(v - hi * s))
+    s_lo = tl.maximum(tl.div_rn(tl.max(amax, 0), FMAX), SMALLEST)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + offs
+        v = tl.load(x_row + kk, mask=kk < K, other=0.0).to(tl.float32)
+        hi = _round_e4m3(tl.minimum(tl.maximum(tl.div_rn(v, s), -FMAX), FMAX))
+        lo = _round_e4m3(tl.minimum(tl.maximum(tl.div_rn(v - hi * s, s_lo), -FMAX), FMAX))
+        tl.store(hi_row + kk, hi.to(tl.float8e4nv), mask=kk < K)
+        tl.store(lo_row + kk, lo.to(tl.float8e4nv), mask=kk < K)
+    tl.store(SX + row, s)
+    tl.store(SX + M + row, s_lo)
+
+
 def quantize_rows(x: torch.Tensor, block_k: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] (rows contiguous) -> (xq float8_e4m3fn [M, K], sx float32 [M, 1]): each row
     over its own scale amax / 448, as model/fp8.quantize_fp8 does for weights."""
@@ -90,15 +124,36 @@ def quantize_rows(x: torch.Tensor, block_k: int = 1024) -> tuple[torch.Tensor, t
     return xq, sx
 
 
-def scaled_mm_fp8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, fast_accum: bool = False) -> torch.Tensor:
+def quantize_rows_two(x: torch.Tensor, block_k: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] (rows contiguous) -> (xq float8_e4m3fn [2M, K], sx float32 [2M, 1]): rows 0..M-1 are
+    quantize_rows(x), rows M..2M-1 the same of what those miss (x - hi * s_hi), so that
+    hi * s_hi + lo * s_lo is x to ~2^-8 of each row's amax where hi alone is ~2^-4."""
+    if x.dim() != 2 or x.stride(1) != 1:
+        raise ValueError(f"x must be [M, K] with contiguous rows, got {tuple(x.shape)}")
+    m, k = x.shape
+    xq = torch.empty((2 * m, k), dtype=FP8_DTYPE, device=x.device)
+    sx = torch.empty((2 * m, 1), dtype=torch.float32, device=x.device)
+    _quantize_rows_two_kernel[(m,)](x, xq, sx, m, k, x.stride(0), FMAX=E4M3_MAX, SMALLEST=TINY,
+                                    BLOCK_K=min(block_k, triton.next_power_of_2(k)), num_warps=4)
+    return xq, sx
+
+
+def scaled_mm_fp8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, fast_accum: bool = False,
+                  two_terms: bool = False) -> torch.Tensor:
     """x [M, K] bf16, q float8_e4m3fn [N, K], scales float32 [N] -> y [M, N] bf16 (see ``supported``).
-    ``fast_accum``: _scaled_mm's use_fast_accum (Hopper: no periodic float32 promotion; off by default)."""
+    ``fast_accum``: _scaled_mm's use_fast_accum (Hopper: no periodic float32 promotion; off by default).
+    ``two_terms``: x as two e4m3 terms (quantize_rows_two), both through one _scaled_mm over 2M rows
+    (the weight read once), the halves added in x's dtype."""
     n, k = fp8_shape(q, scales)
     if x.dim() != 2 or x.shape[1] != k:
         raise ValueError(f"x must be [M, {k}], got {tuple(x.shape)}")
-    xq, sx = quantize_rows(x)
-    return torch._scaled_mm(xq, q.t(), scale_a=sx, scale_b=scales.view(1, n), out_dtype=x.dtype,
-                            use_fast_accum=fast_accum)
+    xq, sx = quantize_rows_two(x) if two_terms else quantize_rows(x)
+    y = torch._scaled_mm(xq, q.t(), scale_a=sx, scale_b=scales.view(1, n), out_dtype=x.dtype,
+                         use_fast_accum=fast_accum)
+    if two_terms:
+        m = x.shape[0]
+        return torch.add(y[:m], y[m:])
+    return y
 
 
 def supported(dtype: torch.dtype, n: int, k: int, device: torch.device) -> bool:

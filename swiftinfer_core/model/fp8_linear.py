@@ -8,7 +8,8 @@ depends on the rows, as for int8/int4 (model/quant_linear.py):
 
   1 row (batch-1 decode)  kernels/fp8_gemv.py: weight-only, x unchanged
   M > 1 rows              ``batched`` = "scaled_mm": from SCALED_MM_MIN_ROWS rows
-                          kernels/fp8_scaled_mm.py, x quantized per row to e4m3,
+                          kernels/fp8_scaled_mm.py, x quantized per row to e4m3
+                          (``act_terms`` 2: plus a second e4m3 row of the remainder),
                           torch._scaled_mm on FP8 tensor cores (bf16 activations,
                           K and N multiples of 16, the op working on this device:
                           checked at load); fewer rows take "triton"'s GEMM;
@@ -46,9 +47,11 @@ SCALED_MM_MIN_ROWS = 65
 class Fp8Linear(nn.Module):
     """FP8 weight linear: x [..., K] -> [..., N] in the replaced weight's dtype."""
 
-    def __init__(self, linear: nn.Linear, batched: str | None = None, qw=None):
+    def __init__(self, linear: nn.Linear, batched: str | None = None, qw=None, act_terms: int = 1):
         """``qw``: a model/quant.QuantizedWeight of format FP8 already chosen for this
-        layer (model/quant_search.py's GPTQ rounding); None: round to nearest here."""
+        layer (model/quant_search.py's GPTQ rounding); None: round to nearest here.
+        ``act_terms``: e4m3 terms per activation row on the _scaled_mm path (1 or 2,
+        kernels/fp8_scaled_mm.py two_terms)."""
         super().__init__()
         w = linear.weight
         self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -71,7 +74,9 @@ class Fp8Linear(nn.Module):
             batched = "scaled_mm" if ok else "triton"
         if batched not in BATCHED:
             raise ValueError(f"batched must be one of {BATCHED}, got {batched!r}")
-        self.batched = batched
+        if act_terms not in (1, 2):
+            raise ValueError(f"act_terms must be 1 or 2, got {act_terms!r}")
+        self.batched, self.act_terms = batched, act_terms
 
     def dequantized(self) -> torch.Tensor:
         """[N, K] float32: the weight this layer multiplies by."""
@@ -84,7 +89,7 @@ class Fp8Linear(nn.Module):
         if x2.shape[0] == 1:
             y = fp8_gemv.gemv_fp8(x2, self.qweight, self.scales)
         elif self.batched == "scaled_mm" and x2.shape[0] >= SCALED_MM_MIN_ROWS:
-            y = fp8_scaled_mm.scaled_mm_fp8(x2, self.qweight, self.scales)
+            y = fp8_scaled_mm.scaled_mm_fp8(x2, self.qweight, self.scales, two_terms=self.act_terms == 2)
         elif self.batched == "dequant":
             out = torch.empty(x2.shape[0], self.out_features, dtype=x2.dtype, device=x2.device)
             y = quant_dequant.matmul("fp8", x2, self.qweight, self.scales, None, self.in_features, 0, out, DEQUANT_MIB)
@@ -95,15 +100,17 @@ class Fp8Linear(nn.Module):
         return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, fp8 e4m3, batched={self.batched}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, fp8 e4m3, batched={self.batched}"
+                + (", two-term e4m3 activations" if self.act_terms == 2 else ""))
 
 
-def quantize_fp8_linears(model: nn.Module, head: bool, batched: str | None = None, weights: dict | None = None) -> int:
+def quantize_fp8_linears(model: nn.Module, head: bool, batched: str | None = None, weights: dict | None = None,
+                         act_terms: int = 1) -> int:
     """Replace the decoder's nn.Linear layers (and ``lm_head`` when ``head``) with
     Fp8Linear, in place; returns how many were replaced. ``weights``: qualified name
     -> precomputed QuantizedWeight (model/quant_search.calibrated_weights)."""
     weights = weights or {}
     targets = linear_slots(model, head)
     for parent, qual, name, child in targets:
-        setattr(parent, name, Fp8Linear(child, batched, weights.get(qual)))
+        setattr(parent, name, Fp8Linear(child, batched, weights.get(qual), act_terms))
     return len(targets)

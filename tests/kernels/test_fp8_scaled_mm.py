@@ -8,7 +8,7 @@ import pytest
 import torch
 from kernels_naive import fresh_seed, rel_err
 
-from swiftinfer_core.kernels.fp8_scaled_mm import quantize_rows, scaled_mm_fp8, supported
+from swiftinfer_core.kernels.fp8_scaled_mm import quantize_rows, quantize_rows_two, scaled_mm_fp8, supported
 from swiftinfer_core.model.fp8 import quantize_fp8, reference_linear
 
 
@@ -44,6 +44,51 @@ def test_quantize_rows_reads_strided_rows(dev):
     fresh_seed()
     wide = torch.randn(4, 200)
     _same_values(wide[:, 50:150], dev)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quantize_rows_two_is_the_rows_then_what_they_miss(dtype, dev):
+    """hi rows = quantize_rows' values and scales; lo rows = the e4m3 rounding of x - hi * s_hi over
+    its own amax; hi + lo gives x to e4m3's 2^-4 of the remainder (about 2^-8 of x) where hi alone
+    is off by 2^-4 of x. A zero row stays zero; an outlier row keeps most of itself in lo."""
+    seed = fresh_seed()
+    x = (torch.randn(6, 333) * torch.logspace(-3, 2, 6)[:, None]).to(dtype)
+    x[3] = 0
+    x[4, 17] *= 1000
+    xq, sx = quantize_rows_two(x.to(dev), block_k=64)
+    assert xq.shape == (12, 333) and sx.shape == (12, 1)
+    xq, sx = xq.cpu().float(), sx.cpu()[:, 0]
+    rq, rs = quantize_fp8(x)
+    assert torch.equal(sx[:6], rs) and torch.equal(xq[:6], rq.float())
+    hi = xq[:6] * sx[:6, None]
+    resid = x.float() - hi
+    lq, ls = quantize_fp8(resid)
+    if dev.type == "cpu":  # a GPU may fuse x - hi * s into one FMA: other bits in the remainder
+        assert torch.equal(sx[6:], ls) and torch.equal(xq[6:], lq.float()), f"seed {seed}"
+    recon = hi.double() + xq[6:].double() * sx[6:, None].double()
+    err = (recon - x.double()).abs()
+    bound = torch.maximum(resid.double().abs() * 2.0**-4, sx[6:, None].double() * 2.0**-10) * 1.01 + 1e-30
+    assert bool((err <= bound).all()), f"seed {seed}"
+    one = (hi.double() - x.double()).norm() / x.double().norm()
+    two = (recon - x.double()).norm() / x.double().norm()
+    assert two < one / 8, (float(one), float(two), seed)
+    assert not xq[9].any() and not xq[3].any()  # the zero row: zeros in both terms
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU runs the real op (below); compiled Triton takes no CPU tensors")
+def test_scaled_mm_fp8_two_terms_on_torchs_cpu_op():
+    """two_terms: one _scaled_mm over the stacked hi and lo rows, the halves added: within bf16
+    rounding of x's own (unquantized) product with the e4m3 weight, where one term is ~2^-5 off."""
+    seed = fresh_seed()
+    q, s = quantize_fp8(torch.randn(48, 96) * 0.1)
+    x = torch.randn(7, 96).bfloat16()
+    try:
+        y1, y2 = scaled_mm_fp8(x, q, s), scaled_mm_fp8(x, q, s, two_terms=True)
+    except (RuntimeError, NotImplementedError) as exc:
+        pytest.skip(f"this torch's CPU _scaled_mm refuses row-wise scales: {exc}")
+    assert y2.shape == (7, 48) and y2.dtype == torch.bfloat16
+    want = reference_linear(x, q, s)
+    assert rel_err(y2, want) < 5e-3 and rel_err(y1, want) > 4 * rel_err(y2, want), f"seed {seed}"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU runs the real op (below); compiled Triton takes no CPU tensors")
@@ -90,6 +135,20 @@ def test_scaled_mm_fp8_matches_float64_of_both_quantized_operands(m, n, k):
     assert rel_err(y, reference_linear(x, q, s, quantize_x=True)) < 5e-3, f"seed {seed}"
     # against bf16 x (the weight-only product): e4m3 activations cost a few percent, not more
     assert rel_err(y, reference_linear(x, q, s)) < 0.05, f"seed {seed}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [2, 80, 300])
+@pytest.mark.parametrize("n,k", [(12288, 4096), (4096, 11008), (960, 576)])
+def test_scaled_mm_fp8_two_terms_matches_float64_of_the_weight_only_product(m, n, k):
+    """two_terms on the GPU: within bf16 rounding of bf16 x times the e4m3 weight, in float64."""
+    seed = fresh_seed()
+    dev = torch.device("cuda")
+    q, s = quantize_fp8(torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02)
+    x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+    y1, y2 = scaled_mm_fp8(x, q, s), scaled_mm_fp8(x, q, s, two_terms=True)
+    want = reference_linear(x.cpu(), q.cpu(), s.cpu())
+    assert rel_err(y2.cpu(), want) < 5e-3 and rel_err(y1.cpu(), want) > 4 * rel_err(y2.cpu(), want), f"seed {seed}"
 
 
 @pytest.mark.gpu

@@ -204,5 +204,49 @@ def test_fp8_activations_off_is_refused_at_load_for_weights_that_are_not_fp8(mod
     the default model's float checkpoint is not, so the start refuses it."""
     from swiftinfer_core.engine.engine_model import build_engine_model
 
-    with pytest.raises(InvalidRequestError, match="fp8_activations applies to fp8 weights;.*served unquantized"):
+    with pytest.raises(InvalidRequestError, match="fp8_activations and fp8_activation_terms apply to fp8 weights;.*served unquantized"):
         build_engine_model(EngineConfig(device="cpu", fp8_activations=False, window=60, max_sessions=1))
+    with pytest.raises(InvalidRequestError, match="fp8_activation_terms apply to fp8 weights;.*served unquantized"):
+        build_engine_model(EngineConfig(device="cpu", fp8_activation_terms=2, window=60, max_sessions=1))
+
+
+def test_fp8_activation_terms_config_and_layers():
+    """fp8_activation_terms: 1 or 2, fp8 with fp8_activations true only; it reaches every Fp8Linear."""
+    from swiftinfer_core.model.layers import ShardPlan
+    from swiftinfer_core.model.llama import Llama
+    from swiftinfer_core.runner.build import quantize_fp8_linears
+
+    assert EngineConfig(quantization="fp8", device="cuda", fp8_activation_terms=2).fp8_activation_terms == 2
+    for bad in (0, 3):
+        with pytest.raises(ValueError, match="fp8_activation_terms"):
+            EngineConfig(quantization="fp8", device="cuda", fp8_activation_terms=bad)
+    with pytest.raises(ValueError, match="fp8_activation_terms applies to quantization 'fp8' with fp8_activations true, "
+                                         "not 'fp8' with fp8_activations false"):
+        EngineConfig(quantization="fp8", device="cuda", fp8_activations=False, fp8_activation_terms=2)
+    with pytest.raises(ValueError, match="not 'int8'"):
+        EngineConfig(quantization="int8", device="cpu", fp8_activation_terms=2)
+    cfg = _rank()
+    model = Llama(cfg.args, ShardPlan.single(cfg.args))
+    assert quantize_fp8_linears(model, head=False, batched="scaled_mm", act_terms=2) > 0
+    assert {mod.act_terms for mod in model.modules() if isinstance(mod, Fp8Linear)} == {2}
+    with pytest.raises(ValueError, match="act_terms must be 1 or 2"):
+        Fp8Linear(nn.Linear(32, 16), "triton", act_terms=3)
+
+
+def test_two_term_activations_give_the_weight_only_product():
+    """act_terms 2 on the _scaled_mm path (torch's CPU op here, the GPU's natively): from
+    SCALED_MM_MIN_ROWS rows the product is within bf16 rounding of bf16 x times the e4m3 weight,
+    where one term is ~2^-5 off it; below, both take the weight-only GEMM."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    torch.manual_seed(seed)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    lin = nn.Linear(128, 64, bias=True, dtype=torch.bfloat16, device=dev)
+    one, two = Fp8Linear(lin, batched="scaled_mm"), Fp8Linear(lin, batched="scaled_mm", act_terms=2)
+    for rows in (SCALED_MM_MIN_ROWS - 1, SCALED_MM_MIN_ROWS, 200):
+        x = torch.randn(rows, 128, dtype=torch.bfloat16, device=dev)
+        want = (reference_linear(x, two.qweight, two.scales) + lin.bias.double()).cpu()
+        assert _rel(two(x), want) < 5e-3, (seed, rows)
+        if rows >= SCALED_MM_MIN_ROWS:
+            assert _rel(one(x), want) > 4 * _rel(two(x), want), (seed, rows)
+        else:
+            assert torch.equal(one(x), two(x))
