@@ -19,6 +19,13 @@ once per device at load: where it fails, the Triton weight-only GEMM
 
 What it costs: x's rounding to e4m3 (each element within 2^-4 of itself, as
 the weights; perplexity of both at once: bench/results/fp8_quality_cpu_emulated.json).
+A finer scale does not help (e4m3 is a float: 3 mantissa bits at any scale); a
+second term does. ``two_terms`` (EngineConfig.fp8_activation_terms 2):
+
+  xq [2M, K] = [hi; lo], sx [2M, 1]   hi = e4m3(x / s_hi), lo = e4m3((x - hi s_hi) / s_lo)
+  y = Y[:M] + Y[M:],  Y = _scaled_mm(xq, q^T, sx, S)   (the weight read once, 2M rows)
+
+so x is carried to ~2^-8 of itself (bf16: 2^-9) for twice the tensor-core work.
 
 Row quantization is one Triton program per row: pass 1 takes the row's amax,
 pass 2 writes x / sx rounded to e4m3. The rounding is computed explicitly
