@@ -192,11 +192,12 @@ def test_fp8_activations_pick_the_batched_path_on_cuda():
     from swiftinfer_core.model.llama import Llama
     from swiftinfer_core.runner.build import quantize_weights
 
-    for flag, want in ((True, "scaled_mm"), (False, "triton")):
-        cfg = _rank(fp8_activations=flag)
+    for flag, terms, want in ((True, 1, "scaled_mm"), (True, 2, "scaled_mm"), (False, 1, "triton")):
+        cfg = _rank(fp8_activations=flag, fp8_activation_terms=terms)
         model = Llama(cfg.args, ShardPlan.single(cfg.args)).to("cuda", torch.bfloat16)
         quantize_weights(model, cfg, torch.device("cuda"))
-        assert {mod.batched for mod in model.modules() if isinstance(mod, Fp8Linear)} == {want}
+        layers = [mod for mod in model.modules() if isinstance(mod, Fp8Linear)]
+        assert {mod.batched for mod in layers} == {want} and {mod.act_terms for mod in layers} == {terms}
 
 
 def test_fp8_activations_off_is_refused_at_load_for_weights_that_are_not_fp8(model_dir):
