@@ -66,21 +66,33 @@ def _round_e4m3(t):
 
 
 @triton.jit
-def _quantize_rows_kernel(X, XQ, SX, K, stride_xm, FMAX: tl.constexpr, SMALLEST: tl.constexpr, BLOCK_K: tl.constexpr):
-    row = tl.program_id(0)
-    x_row = X + row.to(tl.int64) * stride_xm
-    q_row = XQ + row.to(tl.int64) * K
+def _to_e4m3(v, s, FMAX: tl.constexpr):
+    """v / s clamped to +-FMAX and rounded to e4m3, as float32."""
+    return _round_e4m3(tl.minimum(tl.maximum(tl.div_rn(v, s), -FMAX), FMAX))
+
+
+@triton.jit
+def _row_scale(x_row, K, FMAX: tl.constexpr, SMALLEST: tl.constexpr, BLOCK_K: tl.constexpr):
+    """amax(|row|) / FMAX (at least SMALLEST) over the row's K values."""
     offs = tl.arange(0, BLOCK_K)
     amax = tl.zeros([BLOCK_K], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + offs
         amax = tl.maximum(amax, tl.abs(tl.load(x_row + kk, mask=kk < K, other=0.0).to(tl.float32)))
-    s = tl.maximum(tl.div_rn(tl.max(amax, 0), FMAX), SMALLEST)
+    return tl.maximum(tl.div_rn(tl.max(amax, 0), FMAX), SMALLEST)
+
+
+@triton.jit
+def _quantize_rows_kernel(X, XQ, SX, K, stride_xm, FMAX: tl.constexpr, SMALLEST: tl.constexpr, BLOCK_K: tl.constexpr):
+    row = tl.program_id(0)
+    x_row = X + row.to(tl.int64) * stride_xm
+    q_row = XQ + row.to(tl.int64) * K
+    offs = tl.arange(0, BLOCK_K)
+    s = _row_scale(x_row, K, FMAX, SMALLEST, BLOCK_K)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + offs
         v = tl.load(x_row + kk, mask=kk < K, other=0.0).to(tl.float32)
-        t = tl.minimum(tl.maximum(tl.div_rn(v, s), -FMAX), FMAX)
-        tl.store(q_row + kk, _round_e4m3(t).to(tl.float8e4nv), mask=kk < K)
+        tl.store(q_row + kk, _to_e4m3(v, s, FMAX).to(tl.float8e4nv), mask=kk < K)
     tl.store(SX + row, s)
 
 
@@ -95,25 +107,19 @@ def _quantize_rows_two_kernel(X, XQ, SX, M, K, stride_xm, FMAX: tl.constexpr, SM
     hi_row = XQ + row.to(tl.int64) * K
     lo_row = XQ + (row + M).to(tl.int64) * K
     offs = tl.arange(0, BLOCK_K)
-    amax = tl.zeros([BLOCK_K], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        kk = k0 + offs
-        amax = tl.maximum(amax, tl.abs(tl.load(x_row + kk, mask=kk < K, other=0.0).to(tl.float32)))
-    s = tl.maximum(tl.div_rn(tl.max(amax, 0), FMAX), SMALLEST)
+    s = _row_scale(x_row, K, FMAX, SMALLEST, BLOCK_K)
     amax = tl.zeros([BLOCK_K], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + offs
         v = tl.load(x_row + kk, mask=kk < K, other=0.0).to(tl.float32)
-        hi = _round_e4m3(tl.minimum(tl.maximum(tl.div_rn(v, s), -FMAX), FMAX))
-        amax = tl.maximum(amax, tl.abs(v - hi * s))
+        amax = tl.maximum(amax, tl.abs(v - _to_e4m3(v, s, FMAX) * s))
     s_lo = tl.maximum(tl.div_rn(tl.max(amax, 0), FMAX), SMALLEST)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + offs
         v = tl.load(x_row + kk, mask=kk < K, other=0.0).to(tl.float32)
-        hi = _round_e4m3(tl.minimum(tl.maximum(tl.div_rn(v, s), -FMAX), FMAX))
-        lo = _round_e4m3(tl.minimum(tl.maximum(tl.div_rn(v - hi * s, s_lo), -FMAX), FMAX))
+        hi = _to_e4m3(v, s, FMAX)
         tl.store(hi_row + kk, hi.to(tl.float8e4nv), mask=kk < K)
-        tl.store(lo_row + kk, lo.to(tl.float8e4nv), mask=kk < K)
+        tl.store(lo_row + kk, _to_e4m3(v - hi * s, s_lo, FMAX).to(tl.float8e4nv), mask=kk < K)
     tl.store(SX + row, s)
     tl.store(SX + M + row, s_lo)
 
