@@ -71,14 +71,19 @@ PATHS = {
 }
 
 
+def resolved(how: str | None, rows: int) -> str | None:
+    """"engine" -> the path Fp8Linear takes for ``rows`` rows (model/fp8_linear.SCALED_MM_MIN_ROWS)."""
+    if how == "engine":
+        return "scaled_mm" if rows >= SCALED_MM_MIN_ROWS else "triton"
+    return how
+
+
 def fp8_product(how: str, w: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     q, s = w
     if how == "gemv":
         return gemv_fp8(x, q, s)
     if how == "gemv-1":
         return gemv_fp8(x, q, s, split_k=1)
-    if how == "engine":
-        how = "scaled_mm" if x.shape[0] >= SCALED_MM_MIN_ROWS else "triton"
     if how == "scaled_mm":
         return scaled_mm_fp8(x, q, s)
     if how == "scaled_mm2":
@@ -103,8 +108,8 @@ def make_weights(fmt: QuantFormat | None, shapes, dev) -> list:
 def time_step(path: str, shapes, ws: list, batch: int, dev, smoke: bool) -> float | None:
     """Seconds of one step's products for ``batch`` rows (median); None where the path has no such batch."""
     fmt, one, many = PATHS[path]
-    how = one if batch == 1 else many
-    if how is None or (smoke and (how in ("scaled_mm", "scaled_mm2") or (how == "engine" and batch >= SCALED_MM_MIN_ROWS))):  # no CPU _scaled_mm
+    how = resolved(one if batch == 1 else many, batch)
+    if how is None or (smoke and how in ("scaled_mm", "scaled_mm2")):  # the CPU has no _scaled_mm
         return None
     gen = torch.Generator(device=dev).manual_seed(1)
     xs = {k: torch.randn(batch, k, device=dev, dtype=torch.bfloat16, generator=gen) for _, k in shapes}
@@ -154,7 +159,7 @@ def main() -> None:
                     continue
                 roof = None
                 if peaks["hbm_Bps"]:
-                    e4m3 = many in ("scaled_mm", "scaled_mm2") or (many == "engine" and b >= SCALED_MM_MIN_ROWS)
+                    e4m3 = resolved(many, b) in ("scaled_mm", "scaled_mm2")
                     flops_peak = peaks["bf16_dense_flops"] * (2 if b > 1 and e4m3 else 1)
                     roof = max(nbytes / peaks["hbm_Bps"], 2 * params * b * (2 if many == "scaled_mm2" else 1) / flops_peak)
                 rows.append({"shape": name, "path": path, "batch": b, "weight_GB": nbytes / 1e9,
