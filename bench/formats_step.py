@@ -1,0 +1,183 @@
+"""Issue 16's benchmark matrix in one run: the engine's whole decode step for each weight
+format (bf16, fp8, int8, int4 group 128) with a bf16 or an FP8 KV cache, StreamingLLM 4+2044.
+
+Per shape (bench/models.py; Llama-2-7B and Llama-3.1-8B by default), per weight format: the
+engine's Llama with random bf16 weights (the modules' own init), its linears and LM head then
+replaced in place as ``quantization`` would (model/fp8_linear.py, model/quant_linear.py;
+rounded to nearest: speed does not depend on the values), so each format's products run the
+kernels the engine picks for that many rows. Per KV dtype: B conversations with full caches
+(every step reads all 4+2044 rows of each), one CUDA graph per step with attention, norms,
+RoPE, the head and argmax, tokens to the host every step (bench/models.OurDecoder, as
+bench/fp8_kv_decode.py). B: each of ``--batches`` that fits, and the most conversations
+that fit in the free memory less ``--reserve-gib`` with a bf16 cache and with this KV dtype
+(the issue's "conversations per GPU" and its "same N").
+
+Roofline of a step: (bytes of every weight but the embedding, as held by this format,
++ B full caches) / copy bandwidth. Results are rewritten after every point, so a run cut
+short keeps what it measured.
+
+    python3 bench/formats_step.py [--shapes llama2-7b] [--formats bf16 int4] [--batches 1 32 128] [--out DIR]
+    python3 bench/formats_step.py --replot bench/results/formats_step_h200.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+import models  # noqa: E402
+import torch  # noqa: E402
+
+from swiftinfer_core.cache.kv_fp8 import FP8  # noqa: E402
+from swiftinfer_core.cache.layout import StreamLayout  # noqa: E402
+from swiftinfer_core.cache.pool import KVPool  # noqa: E402
+from swiftinfer_core.model.quant import QuantFormat  # noqa: E402
+
+FORMATS = {"bf16": None, "fp8": QuantFormat.FP8, "int8": QuantFormat.INT8, "int4": QuantFormat.INT4}
+KV = {"bf16": torch.bfloat16, "fp8": FP8}
+GROUP = 128
+
+
+def build(args, fmt: QuantFormat | None, dev):
+    """The 7B/8B-shaped engine model in bf16 on ``dev``, its linears (head included) in ``fmt``."""
+    from batched_decode import build_model
+
+    from swiftinfer_core.model.fp8_linear import quantize_fp8_linears
+    from swiftinfer_core.model.quant_linear import quantize_linears
+
+    model = build_model(args, dev)
+    if fmt is QuantFormat.FP8:
+        quantize_fp8_linears(model, head=True)
+    elif fmt is not None:
+        quantize_linears(model, fmt, GROUP, head=True)
+    return model
+
+
+def weight_bytes(model) -> int:
+    """Bytes of every parameter and buffer a decode step reads: all but the embedding table
+    (one row per token), quantized codes and scales as this format holds them."""
+    skip = {id(t) for t in model.embed.parameters()} - {id(t) for t in model.lm_head.parameters()}  # a tied head is read whole
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()) if id(t) not in skip)
+
+
+def batches_for(wanted: list[int], fit_kv: int, fit_bf16: int) -> list[int]:
+    """``wanted`` where it fits, plus bf16's and this cache's most that fit (both at least 1)."""
+    return sorted({b for b in wanted if b <= fit_kv} | {max(1, min(fit_bf16, fit_kv)), max(1, fit_kv)})
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per shape and KV dtype, each format against bf16 weights with a bf16 cache at the same B:
+    tokens/s ratios (batch 1: the ms/token ratio), and conversations that fit against bf16/bf16's."""
+    base = {(r["shape"], r["B"]): r for r in rows if r["weights"] == "bf16" and r["kv"] == "bf16"}
+    fit0 = {r["shape"]: r["slots_fit"] for r in rows if r["weights"] == "bf16" and r["kv"] == "bf16"}
+    out = []
+    for r in rows:
+        b = base.get((r["shape"], r["B"]))
+        out.append({k: r[k] for k in ("shape", "weights", "kv", "B", "tok_s", "itl_p50_ms")}
+                   | {"x_bf16": None if b is None else r["tok_s"] / b["tok_s"],
+                      "fit_x_bf16": r["slots_fit"] / fit0[r["shape"]] if r["shape"] in fit0 else None})
+    return out
+
+
+def measure(model, args, layout, B: int, dev, kv_dtype, steps: int) -> dict:
+    dec = models.OurDecoder(model, args, layout, B, dev, "engine", kv_dtype=kv_dtype)
+    r = models.time_steps(dec, steps, B)
+    del dec
+    torch.cuda.empty_cache()
+    return r
+
+
+def run(a) -> None:
+    dev = torch.device("cuda")
+    bw = common.copy_bandwidth()
+    layout = StreamLayout(4, a.window)
+    rows: list[dict] = []
+    meta = {"copy_bw_Bps": bw, "cache": f"4+{a.window}", "group": GROUP, "reserve_gib": a.reserve_gib,
+            "note": "whole decode step in a CUDA graph, random weights, the LM head in the weights' format"}
+    for shape in a.shapes:
+        args = models.model_args(shape)
+        per_seq = {n: KVPool.bytes_per_slot(layout, args.num_layers, args.num_kv_heads, args.head_dim, dt) for n, dt in KV.items()}
+        for fname in a.formats:
+            model = build(args, FORMATS[fname], dev)
+            w_bytes = weight_bytes(model)
+            budget = torch.cuda.mem_get_info()[0] - a.reserve_gib * 2**30
+            fit = {n: int(budget // per_seq[n]) for n in KV}
+            print(f"{shape} {fname}: weights {w_bytes / 1e9:.2f} GB; fit " + ", ".join(f"{n} KV {fit[n]}" for n in KV), flush=True)
+            for kname in a.kv:
+                for B in batches_for(a.batches, fit[kname], fit["bf16"]):
+                    r = measure(model, args, layout, B, dev, KV[kname], a.steps)
+                    roof_s = (w_bytes + B * per_seq[kname]) / bw
+                    r.update(shape=shape, weights=fname, kv=kname, B=B, slots_fit=fit[kname], weight_bytes=w_bytes,
+                             kv_bytes_per_seq=per_seq[kname], roofline_tok_s=B / roof_s, frac_roofline=roof_s * 1e3 / r["itl_p50_ms"])
+                    rows.append(r)
+                    print(f"  {kname} KV B={B:4d}: {r['tok_s']:9.1f} tok/s  ITL p50 {r['itl_p50_ms']:.2f} ms  "
+                          f"{r['frac_roofline']:.2f} of roofline", flush=True)
+                    common.write_results(a.name, {**meta, "rows": rows, "summary": summarize(rows)}, a.out)
+            del model
+            torch.cuda.empty_cache()
+    plot(rows, common.device_info()["name"], a.name, a.out)
+    print()
+    print(common.table(summarize(rows), ["shape", "weights", "kv", "B", "tok_s", "itl_p50_ms", "x_bf16", "fit_x_bf16"]))
+
+
+def plot(rows: list[dict], device: str, name: str, out: str | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    fig, axes = plt.subplots(2, len(shapes), figsize=(6.5 * len(shapes), 8.5), squeeze=False)
+    for col, shape in enumerate(shapes):
+        top, bottom = axes[0][col], axes[1][col]
+        fmts = list(dict.fromkeys(r["weights"] for r in rows if r["shape"] == shape))
+        for i, fname in enumerate(fmts):
+            for kname, ls in (("bf16", "-"), ("fp8", "--")):
+                rs = [r for r in rows if r["shape"] == shape and r["weights"] == fname and r["kv"] == kname]
+                if rs:
+                    top.plot([r["B"] for r in rs], [r["tok_s"] for r in rs], ls=ls, marker="o", color=f"C{i}",
+                             label=f"{fname} weights, {kname} KV")
+            for j, kname in enumerate(("bf16", "fp8")):
+                one = [r for r in rows if r["shape"] == shape and r["weights"] == fname and r["kv"] == kname and r["B"] == 1]
+                if one:
+                    bottom.bar(i + 0.4 * j - 0.2, one[0]["itl_p50_ms"], width=0.38, color=f"C{i}", alpha=1.0 - 0.45 * j,
+                               label=f"{kname} KV" if i == 0 else None)
+        top.set_xscale("log", base=2)
+        top.set_xlabel("concurrent conversations (full caches)")
+        top.set_ylabel("tokens/s (aggregate)")
+        top.set_title(f"{shape}, whole decode step, {device}")
+        top.grid(alpha=0.3, which="both")
+        top.legend(fontsize=7)
+        bottom.set_xticks(range(len(fmts)), [f"{f} weights" for f in fmts])
+        bottom.set_ylabel("batch-1 ms per token (p50)")
+        bottom.grid(alpha=0.3, axis="y")
+        bottom.legend(fontsize=7, title="darker: bf16 KV, lighter: fp8 KV", title_fontsize=7)
+    common.save_plot(name, fig, out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", nargs="+", default=["llama2-7b", "llama3.1-8b"], choices=sorted(models.SHAPES))
+    ap.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS))
+    ap.add_argument("--kv", nargs="+", default=list(KV), choices=list(KV))
+    ap.add_argument("--window", type=int, default=2044)
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 32, 128])
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--reserve-gib", type=float, default=8.0)
+    ap.add_argument("--name", default="formats_step")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--replot", default=None, help="draw this JSON's rows again (no GPU)")
+    a = ap.parse_args()
+    if a.replot:
+        d = json.loads(Path(a.replot).read_text())
+        plot(d["rows"], d["device"].get("name", ""), Path(a.replot).stem, a.out)
+        return
+    run(a)
+
+
+if __name__ == "__main__":
+    main()
