@@ -17,6 +17,8 @@ Rows per path:
   fp8 scaled_mm  B > 1 always through _scaled_mm
   fp8 scaled_mm x2  B > 1: x as two e4m3 terms (hi and what it misses), one _scaled_mm over 2B rows,
                  the halves added (scaled_mm_fp8 two_terms: activations to ~2^-8 instead of 2^-4)
+  fp8 down x2    "fp8" with the down projections' input in two terms where _scaled_mm runs
+                 (fp8_down_activation_terms 2: one layer in four, the widest K)
   fp8 triton     B > 1 through the weight-only Triton GEMM (kernels/fp8_gemm.py: split-K, int8's configs
                  since session 31; before, one tile per program)
   fp8 dequant    B > 1 weight-only, the weight cast to bf16 16 MiB of rows at a time (L2-sized)
@@ -64,6 +66,7 @@ PATHS = {
     "fp8": (QuantFormat.FP8, "gemv", "engine"),
     "fp8 scaled_mm": (QuantFormat.FP8, None, "scaled_mm"),
     "fp8 scaled_mm x2": (QuantFormat.FP8, None, "scaled_mm2"),
+    "fp8 down x2": (QuantFormat.FP8, "gemv", "engine-down2"),
     "fp8 triton": (QuantFormat.FP8, None, "triton"),
     "fp8 dequant": (QuantFormat.FP8, None, "dequant"),
     "fp8 dequant whole": (QuantFormat.FP8, None, "dequant-1024"),
@@ -73,8 +76,8 @@ PATHS = {
 
 def resolved(how: str | None, rows: int) -> str | None:
     """"engine" -> the path Fp8Linear takes for ``rows`` rows (model/fp8_linear.SCALED_MM_MIN_ROWS)."""
-    if how == "engine":
-        return "scaled_mm" if rows >= SCALED_MM_MIN_ROWS else "triton"
+    if how in ("engine", "engine-down2"):
+        return ("scaled_mm" if how == "engine" else "scaled_mm-down2") if rows >= SCALED_MM_MIN_ROWS else "triton"
     return how
 
 
@@ -109,14 +112,16 @@ def time_step(path: str, shapes, ws: list, batch: int, dev, smoke: bool) -> floa
     """Seconds of one step's products for ``batch`` rows (median); None where the path has no such batch."""
     fmt, one, many = PATHS[path]
     how = resolved(one if batch == 1 else many, batch)
-    if how is None or (smoke and how in ("scaled_mm", "scaled_mm2")):  # the CPU has no _scaled_mm
+    if how is None or (smoke and how.startswith("scaled_mm")):  # the CPU has no _scaled_mm
         return None
     gen = torch.Generator(device=dev).manual_seed(1)
     xs = {k: torch.randn(batch, k, device=dev, dtype=torch.bfloat16, generator=gen) for _, k in shapes}
 
     def step():
-        for (_, k), w in zip(shapes, ws):
-            if fmt is QuantFormat.FP8:
+        for i, ((_, k), w) in enumerate(zip(shapes, ws)):
+            if how == "scaled_mm-down2":  # weight_shapes: qkv, o, gate-up, down per layer, then the head
+                fp8_product("scaled_mm2" if i % 4 == 3 and i < len(shapes) - 1 else "scaled_mm", w, xs[k])
+            elif fmt is QuantFormat.FP8:
                 fp8_product(how, w, xs[k])
             else:
                 product(fmt, w, xs[k], 128)
@@ -159,7 +164,7 @@ def main() -> None:
                     continue
                 roof = None
                 if peaks["hbm_Bps"]:
-                    e4m3 = resolved(many, b) in ("scaled_mm", "scaled_mm2")
+                    e4m3 = (resolved(many, b) or "").startswith("scaled_mm")  # the down-only second term: not in the FLOPs
                     flops_peak = peaks["bf16_dense_flops"] * (2 if b > 1 and e4m3 else 1)
                     roof = max(nbytes / peaks["hbm_Bps"], 2 * params * b * (2 if many == "scaled_mm2" else 1) / flops_peak)
                 rows.append({"shape": name, "path": path, "batch": b, "weight_GB": nbytes / 1e9,

@@ -15,6 +15,9 @@ The bf16 CPU emulation puts GPTQ's weights alone at x1.008 of the bf16 model on 
 ``--two-terms``: each fp8 variant also with ``fp8_activation_terms: 2`` (every activation row of the
 _scaled_mm products as two e4m3 terms, kernels/fp8_scaled_mm.py).
 
+``--down-two-terms``: each fp8 variant also with ``fp8_down_activation_terms: 2`` (two terms for the
+MLP down projections' input alone, one elsewhere).
+
 ``--torch-rounder``: every GPTQ seed runs a second time with GPTQ's column loop in torch
 (model/quant_search.round_block) instead of the Triton kernel a GPU uses (kernels/gptq_block.py).
 Why: emulated on the CPU over the same 3,000 tokens at 4+1020, GPTQ takes the e4m3-activation path
@@ -62,6 +65,7 @@ def main() -> int:
     ap.add_argument("--weight-only", action="store_true", help="also each fp8 variant with fp8_activations: false")
     ap.add_argument("--smoothing", type=float, default=None, help="also each GPTQ seed with quant_smoothing at this alpha")
     ap.add_argument("--two-terms", action="store_true", help="also each fp8 variant with fp8_activation_terms 2")
+    ap.add_argument("--down-two-terms", action="store_true", help="also each fp8 variant with fp8_down_activation_terms 2")
     ap.add_argument("--name", default="fp8_gptq_gpu")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -79,6 +83,8 @@ def main() -> int:
         variants |= {f"{n}, weight-only": variants[n] | {"fp8_activations": False} for n in fp8}
     if a.two_terms:
         variants |= {f"{n}, two-term activations": variants[n] | {"fp8_activation_terms": 2} for n in fp8}
+    if a.down_two_terms:
+        variants |= {f"{n}, two-term down input": variants[n] | {"fp8_down_activation_terms": 2} for n in fp8}
     nll, top, ids = {}, {}, None
     for name, extra in variants.items():
         rounder = quant_search._block_rounder

@@ -117,7 +117,8 @@ def with_int8(base, names: tuple[str, ...]):
 
 FIRST_LAST_W2 = ("layers.0.w2", "layers.29.w2")
 VARIANTS = {  # name -> (fn(w, h, name) -> dequantized weight, activations to e4m3: True (a scale per row), an int
-    # (a scale per that many channels of a row), "two terms" (_e4m3_two_terms), False, or the layer-name ends left out)
+    # (a scale per that many channels of a row), "two terms" (_e4m3_two_terms), "two terms on A,B" (two terms on the
+    # layers whose names end so, one elsewhere), False, or the layer-name ends left out)
     "int8 per row (RTN)": (rtn(QuantFormat.INT8), False),
     "int4 g128 RTN (current)": (rtn(QuantFormat.INT4, 128), False),
     "int4 g128 clip search (MSE)": (search(128, False), False),
@@ -159,6 +160,8 @@ VARIANTS = {  # name -> (fn(w, h, name) -> dequantized weight, activations to e4
     "fp8 GPTQ, act e4m3 per 32 channels": (fp8_gptq, 32),
     "fp8 GPTQ, act e4m3 two terms": (fp8_gptq, "two terms"),
     "fp8 RTN, act e4m3 two terms": (rtn(QuantFormat.FP8), "two terms"),
+    "fp8 GPTQ, act e4m3, w2's input two terms": (fp8_gptq, "two terms on w2"),
+    "fp8 RTN, act e4m3, w2's input two terms": (rtn(QuantFormat.FP8), "two terms on w2"),
 }
 
 
@@ -215,6 +218,9 @@ def apply(model, fn, hs: dict, originals: dict, act: bool | int | str | tuple[st
         lin.weight.data = deq.contiguous()
         if act == "two terms":
             hooks.append(lin.register_forward_pre_hook(_e4m3_two_terms))
+        elif isinstance(act, str) and act.startswith("two terms on "):
+            ends = tuple(act.removeprefix("two terms on ").split(","))
+            hooks.append(lin.register_forward_pre_hook(_e4m3_two_terms if name.endswith(ends) else _e4m3_rows))
         elif isinstance(act, int) and not isinstance(act, bool):
             hooks.append(lin.register_forward_pre_hook(_e4m3_groups(act)))
         elif act is True or (act and not name.endswith(act)):  # a tuple: every layer but those names' ends

@@ -104,13 +104,19 @@ class Fp8Linear(nn.Module):
                 + (", two-term e4m3 activations" if self.act_terms == 2 else ""))
 
 
+DOWN = "w2"  # the MLP down projection's attribute in model/llama.py: its input is the SwiGLU product
+
+
 def quantize_fp8_linears(model: nn.Module, head: bool, batched: str | None = None, weights: dict | None = None,
-                         act_terms: int = 1) -> int:
+                         act_terms: int = 1, down_terms: int | None = None) -> int:
     """Replace the decoder's nn.Linear layers (and ``lm_head`` when ``head``) with
     Fp8Linear, in place; returns how many were replaced. ``weights``: qualified name
-    -> precomputed QuantizedWeight (model/quant_search.calibrated_weights)."""
+    -> precomputed QuantizedWeight (model/quant_search.calibrated_weights). ``act_terms``:
+    e4m3 terms per activation row of every layer but the down projections, which take
+    ``down_terms`` (None: ``act_terms``)."""
     weights = weights or {}
     targets = linear_slots(model, head)
     for parent, qual, name, child in targets:
-        setattr(parent, name, Fp8Linear(child, batched, weights.get(qual), act_terms))
+        terms = down_terms if name == DOWN and down_terms is not None else act_terms
+        setattr(parent, name, Fp8Linear(child, batched, weights.get(qual), terms))
     return len(targets)

@@ -249,6 +249,6 @@ def quantize_weights(model: nn.Module, cfg: RankConfig, device: torch.device, ke
     weights = stored if stored is not None else gptq_weights(model, cfg, device, make_attention) if cfg.calibration_tokens else None
     if cfg.quant is QuantFormat.FP8:
         quantize_fp8_linears(model, head=head, batched=None if cfg.fp8_activations else "triton", weights=weights,
-                             act_terms=cfg.fp8_activation_terms)
+                             act_terms=cfg.fp8_activation_terms, down_terms=cfg.fp8_down_terms)
         return
     quantize_linears(model, cfg.quant, cfg.quant_group, head=head, weights=weights, zero_point=cfg.quant_zero_point)

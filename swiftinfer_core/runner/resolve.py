@@ -124,7 +124,8 @@ def rank_config(cfg: EngineConfig, path: Path, args: ModelArgs) -> RankConfig:
     if pre is not None:  # the checkpoint's format, whatever 'auto' would have picked
         quant, group, zero_point = pre.fmt, pre.group or group, pre.zero_point
         head_fp32 = cfg.lm_head_fp32 if cfg.lm_head_fp32 is not None else True
-    if (not cfg.fp8_activations or cfg.fp8_activation_terms != 1) and quant is not QuantFormat.FP8:
+    down_terms = cfg.fp8_down_activation_terms or cfg.fp8_activation_terms
+    if (not cfg.fp8_activations or cfg.fp8_activation_terms != 1 or down_terms != 1) and quant is not QuantFormat.FP8:
         raise InvalidRequestError(f"fp8_activations and fp8_activation_terms apply to fp8 weights; {path.name} is served "
                                   f"{'in ' + quant.value if quant else 'unquantized'}")
     gguf = resolve_gguf(cfg, path, device, dtype, args)
@@ -136,7 +137,7 @@ def rank_config(cfg: EngineConfig, path: Path, args: ModelArgs) -> RankConfig:
         weights=Weights.RANDOM if cfg.load_format is LoadFormat.RANDOM else Weights.CHECKPOINT, path=path, seed=cfg.seed,
         attention="triton" if triton else "torch", slots=cfg.max_sessions, lm_head_fp32=head_fp32,
         quant=quant, quant_group=group, quant_zero_point=zero_point, fp8_activations=cfg.fp8_activations,
-        fp8_activation_terms=cfg.fp8_activation_terms,
+        fp8_activation_terms=cfg.fp8_activation_terms, fp8_down_terms=down_terms,
         prequantized=pre is not None,
         calibration_tokens=cfg.quant_calibration_tokens if cfg.quant_rounding is QuantRounding.GPTQ else 0,
         smoothing=cfg.quant_smoothing,

@@ -251,3 +251,43 @@ def test_two_term_activations_give_the_weight_only_product():
             assert _rel(one(x), want) > 4 * _rel(two(x), want), (seed, rows)
         else:
             assert torch.equal(one(x), two(x))
+
+
+def test_fp8_down_activation_terms_reach_the_down_projections_alone():
+    """fp8_down_activation_terms: 1 or 2, fp8 with fp8_activations true only; resolved to the
+    w2 layers' act_terms (None: fp8_activation_terms), every other layer keeping its own."""
+    from swiftinfer_core.model.layers import ShardPlan
+    from swiftinfer_core.model.llama import Llama
+    from swiftinfer_core.runner.build import quantize_fp8_linears
+
+    for bad in (0, 3):
+        with pytest.raises(ValueError, match="fp8_down_activation_terms"):
+            EngineConfig(quantization="fp8", device="cuda", fp8_down_activation_terms=bad)
+    with pytest.raises(ValueError, match="fp8_down_activation_terms applies to quantization 'fp8' with fp8_activations true, "
+                                         "not 'fp8' with fp8_activations false"):
+        EngineConfig(quantization="fp8", device="cuda", fp8_activations=False, fp8_down_activation_terms=2)
+    with pytest.raises(ValueError, match="fp8_down_activation_terms applies.*not 'int4'"):
+        EngineConfig(quantization="int4", device="cpu", fp8_down_activation_terms=2)
+    cfg = _rank()
+    for act, down, want in ((1, 2, {"w2": 2, "wqkv": 1, "wo": 1, "w13": 1}), (2, 1, {"w2": 1, "wqkv": 2, "wo": 2, "w13": 2}),
+                            (2, None, {"w2": 2, "wqkv": 2, "wo": 2, "w13": 2})):
+        model = Llama(cfg.args, ShardPlan.single(cfg.args))
+        assert quantize_fp8_linears(model, head=True, batched="scaled_mm", act_terms=act, down_terms=down) > 0
+        got = {}
+        for name, mod in model.named_modules():
+            if isinstance(mod, Fp8Linear):
+                got.setdefault(name.rsplit(".", 1)[-1], set()).add(mod.act_terms)
+        assert got == {k: {v} for k, v in want.items()} | {"lm_head": {act}}
+
+
+def test_fp8_down_activation_terms_resolve_into_the_rank_config(model_dir):
+    from swiftinfer_core.model.loader import read_args
+    from swiftinfer_core.runner.resolve import rank_config
+
+    args = read_args(model_dir)
+    for extra, want in (({}, (1, 1)), ({"fp8_down_activation_terms": 2}, (1, 2)), ({"fp8_activation_terms": 2}, (2, 2)),
+                        ({"fp8_activation_terms": 2, "fp8_down_activation_terms": 1}, (2, 1))):
+        rc = rank_config(EngineConfig(quantization="fp8", **extra), model_dir, args)
+        assert (rc.fp8_activation_terms, rc.fp8_down_terms) == want
+    with pytest.raises(InvalidRequestError, match="fp8_activation_terms apply to fp8 weights;.*served unquantized"):
+        rank_config(EngineConfig(device="cpu", fp8_down_activation_terms=2), model_dir, args)
