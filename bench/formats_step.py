@@ -35,14 +35,17 @@ import torch  # noqa: E402
 from swiftinfer_core.cache.kv_fp8 import FP8  # noqa: E402
 from swiftinfer_core.cache.layout import StreamLayout  # noqa: E402
 from swiftinfer_core.cache.pool import KVPool  # noqa: E402
+from swiftinfer_core.model.fp8_linear import SCALED_MM_MIN_ROWS  # noqa: E402
 from swiftinfer_core.model.quant import QuantFormat  # noqa: E402
 
-FORMATS = {"bf16": None, "fp8": QuantFormat.FP8, "int8": QuantFormat.INT8, "int4": QuantFormat.INT4}
+# name -> (weight format, e4m3 terms of the down projections' input on the _scaled_mm path: fp8_down_activation_terms)
+FORMATS = {"bf16": (None, 1), "fp8": (QuantFormat.FP8, 1), "int8": (QuantFormat.INT8, 1), "int4": (QuantFormat.INT4, 1),
+           "fp8-down2": (QuantFormat.FP8, 2)}
 KV = {"bf16": torch.bfloat16, "fp8": FP8}
 GROUP = 128
 
 
-def build(args, fmt: QuantFormat | None, dev):
+def build(args, fmt: QuantFormat | None, dev, down_terms: int = 1):
     """The 7B/8B-shaped engine model in bf16 on ``dev``, its linears (head included) in ``fmt``."""
     from batched_decode import build_model
 
@@ -51,7 +54,7 @@ def build(args, fmt: QuantFormat | None, dev):
 
     model = build_model(args, dev)
     if fmt is QuantFormat.FP8:
-        quantize_fp8_linears(model, head=True)
+        quantize_fp8_linears(model, head=True, down_terms=down_terms)
     elif fmt is not None:
         quantize_linears(model, fmt, GROUP, head=True)
     return model
@@ -102,13 +105,15 @@ def run(a) -> None:
         args = models.model_args(shape)
         per_seq = {n: KVPool.bytes_per_slot(layout, args.num_layers, args.num_kv_heads, args.head_dim, dt) for n, dt in KV.items()}
         for fname in a.formats:
-            model = build(args, FORMATS[fname], dev)
+            model = build(args, FORMATS[fname][0], dev, FORMATS[fname][1])
             w_bytes = weight_bytes(model)
             budget = torch.cuda.mem_get_info()[0] - a.reserve_gib * 2**30
             fit = {n: int(budget // per_seq[n]) for n in KV}
             print(f"{shape} {fname}: weights {w_bytes / 1e9:.2f} GB; fit " + ", ".join(f"{n} KV {fit[n]}" for n in KV), flush=True)
             for kname in a.kv:
                 for B in batches_for(a.batches, fit[kname], fit["bf16"]):
+                    if FORMATS[fname][1] == 2 and B < SCALED_MM_MIN_ROWS:
+                        continue  # below _scaled_mm's rows the down projections run as in "fp8"
                     r = measure(model, args, layout, B, dev, KV[kname], a.steps)
                     roof_s = (w_bytes + B * per_seq[kname]) / bw
                     r.update(shape=shape, weights=fname, kv=kname, B=B, slots_fit=fit[kname], weight_bytes=w_bytes,
@@ -162,7 +167,7 @@ def plot(rows: list[dict], device: str, name: str, out: str | None) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", nargs="+", default=["llama2-7b", "llama3.1-8b"], choices=sorted(models.SHAPES))
-    ap.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS))
+    ap.add_argument("--formats", nargs="+", default=["bf16", "fp8", "int8", "int4"], choices=list(FORMATS))
     ap.add_argument("--kv", nargs="+", default=list(KV), choices=list(KV))
     ap.add_argument("--window", type=int, default=2044)
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 32, 128])

@@ -24,17 +24,19 @@ def test_batches_for_adds_both_fits_and_drops_what_does_not_fit():
 
 
 # int8's and int4's QuantLinear hold CUDA's layout on a GPU only (the CPU's: model/cpu_weights.py, torch's int4 pack)
-@pytest.mark.parametrize("fname", ["bf16", "fp8", pytest.param("int8", marks=pytest.mark.gpu), pytest.param("int4", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("fname", ["bf16", "fp8", "fp8-down2", pytest.param("int8", marks=pytest.mark.gpu), pytest.param("int4", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("tied", [False, True])
 def test_weight_bytes_are_each_formats_own(fname, tied):
     torch.manual_seed(0)
     args, dev = tiny(tied), torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dims = [(s.linear.out_features, s.linear.in_features) for s in linear_slots(build(args, None, dev), head=True)]
-    model = build(args, FORMATS[fname], dev)
+    model = build(args, FORMATS[fname][0], dev, FORMATS[fname][1])
     h, L = args.hidden_size, args.num_layers
     norms = (2 * L + 1) * h * 2  # bf16 RMSNorm weights, two per layer and the final one
-    want = sum(format_bytes(FORMATS[fname], n, k) for n, k in dims) + norms
+    want = sum(format_bytes(FORMATS[fname][0], n, k) for n, k in dims) + norms
     assert weight_bytes(model) == want
+    terms = {name.rsplit(".", 1)[-1]: mod.act_terms for name, mod in model.named_modules() if hasattr(mod, "act_terms")}
+    assert terms == ({"wqkv": 1, "wo": 1, "w13": 1, "w2": FORMATS[fname][1], "lm_head": 1} if fname.startswith("fp8") else {})
 
 
 def test_summarize_divides_by_bf16_weights_and_cache_at_the_same_batch():
