@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -124,43 +125,55 @@ def _quantize_rows_two_kernel(X, XQ, SX, M, K, stride_xm, FMAX: tl.constexpr, SM
     tl.store(SX + M + row, s_lo)
 
 
-def quantize_rows(x: torch.Tensor, block_k: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [M, K] (rows contiguous) -> (xq float8_e4m3fn [M, K], sx float32 [M, 1]): each row
-    over its own scale amax / 448, as model/fp8.quantize_fp8 does for weights."""
+@dataclass(frozen=True)
+class RowTile:
+    """How a row-quantization program walks its row: ``block_k`` values a step (a row of at
+    most that many is loaded once per pass, the later passes hitting L1), ``num_warps`` warps."""
+
+    block_k: int = 1024
+    num_warps: int = 4
+
+    def launch(self, k: int) -> dict:
+        return {"BLOCK_K": min(self.block_k, triton.next_power_of_2(k)), "num_warps": self.num_warps}
+
+
+def _rows(x: torch.Tensor) -> tuple[int, int]:
     if x.dim() != 2 or x.stride(1) != 1:
         raise ValueError(f"x must be [M, K] with contiguous rows, got {tuple(x.shape)}")
-    m, k = x.shape
+    return x.shape
+
+
+def quantize_rows(x: torch.Tensor, tile: RowTile = RowTile()) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] (rows contiguous) -> (xq float8_e4m3fn [M, K], sx float32 [M, 1]): each row
+    over its own scale amax / 448, as model/fp8.quantize_fp8 does for weights."""
+    m, k = _rows(x)
     xq = torch.empty((m, k), dtype=FP8_DTYPE, device=x.device)
     sx = torch.empty((m, 1), dtype=torch.float32, device=x.device)
-    _quantize_rows_kernel[(m,)](x, xq, sx, k, x.stride(0), FMAX=E4M3_MAX, SMALLEST=TINY,
-                                BLOCK_K=min(block_k, triton.next_power_of_2(k)), num_warps=4)
+    _quantize_rows_kernel[(m,)](x, xq, sx, k, x.stride(0), FMAX=E4M3_MAX, SMALLEST=TINY, **tile.launch(k))
     return xq, sx
 
 
-def quantize_rows_two(x: torch.Tensor, block_k: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_rows_two(x: torch.Tensor, tile: RowTile = RowTile()) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] (rows contiguous) -> (xq float8_e4m3fn [2M, K], sx float32 [2M, 1]): rows 0..M-1 are
     quantize_rows(x), rows M..2M-1 the same of what those miss (x - hi * s_hi), so that
     hi * s_hi + lo * s_lo is x to ~2^-8 of each row's amax where hi alone is ~2^-4."""
-    if x.dim() != 2 or x.stride(1) != 1:
-        raise ValueError(f"x must be [M, K] with contiguous rows, got {tuple(x.shape)}")
-    m, k = x.shape
+    m, k = _rows(x)
     xq = torch.empty((2 * m, k), dtype=FP8_DTYPE, device=x.device)
     sx = torch.empty((2 * m, 1), dtype=torch.float32, device=x.device)
-    _quantize_rows_two_kernel[(m,)](x, xq, sx, m, k, x.stride(0), FMAX=E4M3_MAX, SMALLEST=TINY,
-                                    BLOCK_K=min(block_k, triton.next_power_of_2(k)), num_warps=4)
+    _quantize_rows_two_kernel[(m,)](x, xq, sx, m, k, x.stride(0), FMAX=E4M3_MAX, SMALLEST=TINY, **tile.launch(k))
     return xq, sx
 
 
 def scaled_mm_fp8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, fast_accum: bool = False,
-                  two_terms: bool = False) -> torch.Tensor:
+                  two_terms: bool = False, tile: RowTile = RowTile()) -> torch.Tensor:
     """x [M, K] bf16, q float8_e4m3fn [N, K], scales float32 [N] -> y [M, N] bf16 (see ``supported``).
     ``fast_accum``: _scaled_mm's use_fast_accum (Hopper: no periodic float32 promotion; off by default).
     ``two_terms``: x as two e4m3 terms (quantize_rows_two), both through one _scaled_mm over 2M rows
-    (the weight read once), the halves added in x's dtype."""
+    (the weight read once), the halves added in x's dtype. ``tile``: the row quantization's."""
     n, k = fp8_shape(q, scales)
     if x.dim() != 2 or x.shape[1] != k:
         raise ValueError(f"x must be [M, {k}], got {tuple(x.shape)}")
-    xq, sx = quantize_rows_two(x) if two_terms else quantize_rows(x)
+    xq, sx = quantize_rows_two(x, tile) if two_terms else quantize_rows(x, tile)
     y = torch._scaled_mm(xq, q.t(), scale_a=sx, scale_b=scales.view(1, n), out_dtype=x.dtype,
                          use_fast_accum=fast_accum)
     if two_terms:

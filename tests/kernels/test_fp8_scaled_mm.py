@@ -8,16 +8,19 @@ import pytest
 import torch
 from kernels_naive import fresh_seed, rel_err
 
-from swiftinfer_core.kernels.fp8_scaled_mm import quantize_rows, quantize_rows_two, scaled_mm_fp8, supported
+from swiftinfer_core.kernels.fp8_scaled_mm import RowTile, quantize_rows, quantize_rows_two, scaled_mm_fp8, supported
+
+TILES = [RowTile(64, 4), RowTile(512, 8)]  # several steps a row; the whole row at once (rows here are 100-333 wide)
 from swiftinfer_core.model.fp8 import quantize_fp8, reference_linear
 
 
 def _same_values(x: torch.Tensor, dev) -> None:
-    xq, sx = quantize_rows(x.to(dev), block_k=64)
     rq, rs = quantize_fp8(x)
-    assert xq.dtype == torch.float8_e4m3fn and sx.shape == (x.shape[0], 1)
-    assert torch.equal(sx.cpu()[:, 0], rs)
-    assert torch.equal(xq.cpu().float(), rq.float())  # -0 and +0 compare equal: the kernel may drop a zero's sign
+    for tile in TILES:
+        xq, sx = quantize_rows(x.to(dev), tile)
+        assert xq.dtype == torch.float8_e4m3fn and sx.shape == (x.shape[0], 1)
+        assert torch.equal(sx.cpu()[:, 0], rs), tile
+        assert torch.equal(xq.cpu().float(), rq.float()), tile  # -0 and +0 compare equal: the kernel may drop a zero's sign
 
 
 def test_quantize_rows_rounds_as_torch_at_ties_and_binade_edges(dev):
@@ -46,8 +49,9 @@ def test_quantize_rows_reads_strided_rows(dev):
     _same_values(wide[:, 50:150], dev)
 
 
+@pytest.mark.parametrize("tile", TILES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_quantize_rows_two_is_the_rows_then_what_they_miss(dtype, dev):
+def test_quantize_rows_two_is_the_rows_then_what_they_miss(dtype, tile, dev):
     """hi rows = quantize_rows' values and scales; lo rows = the e4m3 rounding of x - hi * s_hi over
     its own amax; hi + lo gives x to e4m3's 2^-4 of the remainder (about 2^-8 of x) where hi alone
     is off by 2^-4 of x. A zero row stays zero; an outlier row keeps most of itself in lo."""
@@ -55,7 +59,7 @@ def test_quantize_rows_two_is_the_rows_then_what_they_miss(dtype, dev):
     x = (torch.randn(6, 333) * torch.logspace(-3, 2, 6)[:, None]).to(dtype)
     x[3] = 0
     x[4, 17] *= 1000
-    xq, sx = quantize_rows_two(x.to(dev), block_k=64)
+    xq, sx = quantize_rows_two(x.to(dev), tile)
     assert xq.shape == (12, 333) and sx.shape == (12, 1)
     xq, sx = xq.cpu().float(), sx.cpu()[:, 0]
     rq, rs = quantize_fp8(x)
