@@ -23,6 +23,7 @@ short keeps what it measured.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 from pathlib import Path
@@ -107,6 +108,8 @@ def run(a) -> None:
         for fname in a.formats:
             model = build(args, FORMATS[fname][0], dev, FORMATS[fname][1])
             w_bytes = weight_bytes(model)
+            gc.collect()
+            torch.cuda.empty_cache()  # the replaced bf16 weights' blocks back to the device before counting what fits
             budget = torch.cuda.mem_get_info()[0] - a.reserve_gib * 2**30
             fit = {n: int(budget // per_seq[n]) for n in KV}
             print(f"{shape} {fname}: weights {w_bytes / 1e9:.2f} GB; fit " + ", ".join(f"{n} KV {fit[n]}" for n in KV), flush=True)
@@ -123,6 +126,7 @@ def run(a) -> None:
                           f"{r['frac_roofline']:.2f} of roofline", flush=True)
                     common.write_results(a.name, {**meta, "rows": rows, "summary": summarize(rows)}, a.out)
             del model
+            gc.collect()
             torch.cuda.empty_cache()
     plot(rows, common.device_info()["name"], a.name, a.out)
     print()
