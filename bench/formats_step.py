@@ -144,6 +144,7 @@ def plot(rows: list[dict], device: str, name: str, out: str | None) -> None:
     for col, shape in enumerate(shapes):
         top, bottom = axes[0][col], axes[1][col]
         fmts = list(dict.fromkeys(r["weights"] for r in rows if r["shape"] == shape))
+        ones = [f for f in fmts if any(r["shape"] == shape and r["weights"] == f and r["B"] == 1 for r in rows)]
         for i, fname in enumerate(fmts):
             for kname, ls in (("bf16", "-"), ("fp8", "--")):
                 rs = [r for r in rows if r["shape"] == shape and r["weights"] == fname and r["kv"] == kname]
@@ -153,15 +154,15 @@ def plot(rows: list[dict], device: str, name: str, out: str | None) -> None:
             for j, kname in enumerate(("bf16", "fp8")):
                 one = [r for r in rows if r["shape"] == shape and r["weights"] == fname and r["kv"] == kname and r["B"] == 1]
                 if one:
-                    bottom.bar(i + 0.4 * j - 0.2, one[0]["itl_p50_ms"], width=0.38, color=f"C{i}", alpha=1.0 - 0.45 * j,
-                               label=f"{kname} KV" if i == 0 else None)
+                    bottom.bar(ones.index(fname) + 0.4 * j - 0.2, one[0]["itl_p50_ms"], width=0.38, color=f"C{i}",
+                               alpha=1.0 - 0.45 * j, label=f"{kname} KV" if i == 0 else None)
         top.set_xscale("log", base=2)
         top.set_xlabel("concurrent conversations (full caches)")
         top.set_ylabel("tokens/s (aggregate)")
         top.set_title(f"{shape}, whole decode step, {device}")
         top.grid(alpha=0.3, which="both")
         top.legend(fontsize=7)
-        bottom.set_xticks(range(len(fmts)), [f"{f} weights" for f in fmts])
+        bottom.set_xticks(range(len(ones)), [f"{f} weights" for f in ones])
         bottom.set_ylabel("batch-1 ms per token (p50)")
         bottom.grid(alpha=0.3, axis="y")
         bottom.legend(fontsize=7, title="darker: bf16 KV, lighter: fp8 KV", title_fontsize=7)

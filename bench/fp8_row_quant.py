@@ -6,7 +6,8 @@ bench) a 7B down projection's 11,008-wide row takes 11 dependent steps a pass, w
 programs of a decode batch leave most SMs idle. A wider step loads the row in one go, the next
 passes hitting L1. Per K of the Llama-2-7B / Llama-3.1-8B products and per row count, in CUDA
 graphs of 20 back-to-back launches: quantize_rows and quantize_rows_two alone per tile, then the
-whole product (scaled_mm_fp8, one and two terms) at the default tile and the fastest, beside
+whole product (scaled_mm_fp8, one and two terms) at the narrow tile (RowTile(), "default": the only one
+before this bench) and the fastest, beside
 bf16's F.linear of the same shape.
 
     python3 bench/fp8_row_quant.py [--rows 65 128 512 2048] [--out DIR]

@@ -137,6 +137,19 @@ class RowTile:
         return {"BLOCK_K": min(self.block_k, triton.next_power_of_2(k)), "num_warps": self.num_warps}
 
 
+# One H100, per product of the 7B / 8B shapes (bench/results/fp8_row_quant_h100.json): up to 128 rows a
+# program that loads its whole row at once (16 warps) takes the quantization of an 11,008-wide row from
+# 9.4 to 6.4 us (two terms: 31 to 17 us) and the product from 41.0 to 38.4 us; from 256 rows on it loses
+# (more programs than SMs, each holding its row in registers), and the narrow default is as fast as any.
+WIDE_ROWS = 128
+WIDE = RowTile(16384, 16)
+
+
+def row_tile(m: int) -> RowTile:
+    """The row quantization's tile for an M-row product."""
+    return WIDE if m <= WIDE_ROWS else RowTile()
+
+
 def _rows(x: torch.Tensor) -> tuple[int, int]:
     if x.dim() != 2 or x.stride(1) != 1:
         raise ValueError(f"x must be [M, K] with contiguous rows, got {tuple(x.shape)}")
@@ -165,14 +178,15 @@ def quantize_rows_two(x: torch.Tensor, tile: RowTile = RowTile()) -> tuple[torch
 
 
 def scaled_mm_fp8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, fast_accum: bool = False,
-                  two_terms: bool = False, tile: RowTile = RowTile()) -> torch.Tensor:
+                  two_terms: bool = False, tile: RowTile | None = None) -> torch.Tensor:
     """x [M, K] bf16, q float8_e4m3fn [N, K], scales float32 [N] -> y [M, N] bf16 (see ``supported``).
     ``fast_accum``: _scaled_mm's use_fast_accum (Hopper: no periodic float32 promotion; off by default).
     ``two_terms``: x as two e4m3 terms (quantize_rows_two), both through one _scaled_mm over 2M rows
-    (the weight read once), the halves added in x's dtype. ``tile``: the row quantization's."""
+    (the weight read once), the halves added in x's dtype. ``tile``: the row quantization's (None: row_tile(M))."""
     n, k = fp8_shape(q, scales)
     if x.dim() != 2 or x.shape[1] != k:
         raise ValueError(f"x must be [M, {k}], got {tuple(x.shape)}")
+    tile = tile or row_tile(x.shape[0])
     xq, sx = quantize_rows_two(x, tile) if two_terms else quantize_rows(x, tile)
     y = torch._scaled_mm(xq, q.t(), scale_a=sx, scale_b=scales.view(1, n), out_dtype=x.dtype,
                          use_fast_accum=fast_accum)

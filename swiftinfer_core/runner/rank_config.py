@@ -46,7 +46,7 @@ class RankConfig:
     quant_zero_point: bool = False  # int4 with a float16 min per group (model/quant.py)
     fp8_activations: bool = True  # fp8: batched rows through _scaled_mm in e4m3 (False: the weight-only Triton GEMM)
     fp8_activation_terms: int = 1  # fp8 through _scaled_mm: e4m3 terms per activation row (2: hi + what it misses)
-    fp8_down_terms: int = 1  # the same for the MLP down projection's input (w2)
+    fp8_down_terms: int | None = None  # the same for the MLP down projections' input (w2); None: fp8_activation_terms
     calibration_tokens: int = 0  # > 0: int4/fp8 rounded by GPTQ over this many self-generated tokens (runner/calibration.py)
     calibration_ids: tuple[int, ...] | None = None  # GPTQ over these token ids (quant_calibration_file) instead
     smoothing: float | None = None  # with calibration: SmoothQuant alpha folded in before rounding (model/smooth.py)

@@ -8,9 +8,14 @@ import pytest
 import torch
 from kernels_naive import fresh_seed, rel_err
 
-from swiftinfer_core.kernels.fp8_scaled_mm import RowTile, quantize_rows, quantize_rows_two, scaled_mm_fp8, supported
+from swiftinfer_core.kernels.fp8_scaled_mm import WIDE, RowTile, quantize_rows, quantize_rows_two, row_tile, scaled_mm_fp8, supported
 
-TILES = [RowTile(64, 4), RowTile(512, 8)]  # several steps a row; the whole row at once (rows here are 100-333 wide)
+TILES = [RowTile(64, 4), WIDE]  # several steps a row; the whole row at once (rows here are 100-333 wide)
+
+
+def test_row_tile_is_wide_up_to_128_rows():
+    assert row_tile(1) == row_tile(128) == WIDE and row_tile(129) == RowTile()
+    assert WIDE.launch(333) == {"BLOCK_K": 512, "num_warps": 16} and RowTile().launch(11008) == {"BLOCK_K": 1024, "num_warps": 4}
 from swiftinfer_core.model.fp8 import quantize_fp8, reference_linear
 
 
