@@ -1,5 +1,7 @@
 """Chunked streaming prefill equals feeding the same tokens one at a time (real model)."""
 
+import os
+
 import torch
 
 from swiftinfer_core.config import EngineConfig
@@ -14,7 +16,11 @@ def _runner(base_model, sinks, window, slots=2):
 
 
 def test_chunked_prefill_equals_token_by_token(base_model):
+    """float32 reduction order alone: relative error 1.1e-6 to 2.3e-6 over eight seeds run alone, once
+    1.7e-5 inside the full suite (a fresh CI clone); a wrong position, mask or eviction gives 1e-2 and more."""
     sinks, window = 4, 20
+    seed = int.from_bytes(os.urandom(4), "little")
+    torch.manual_seed(seed)
     ids = torch.randint(100, 40000, (70,)).tolist()  # far longer than sinks + window
     run = _runner(base_model, sinks, window)
     one = torch.cat([run.forward([tok], [0], [i], [1], rows=[0]) for i, tok in enumerate(ids)])
@@ -25,8 +31,8 @@ def test_chunked_prefill_equals_token_by_token(base_model):
             chunked.append(run.forward(part, [1], [lo], [len(part)], rows=None))
         chunked = torch.cat(chunked)
         rel = (chunked - one).norm() / one.norm()
-        assert rel < 1e-5, f"chunk {chunk}: relative error {rel:.2e}"
-        assert torch.equal(chunked.argmax(-1), one.argmax(-1))
+        assert rel < 1e-4, f"chunk {chunk}: relative error {rel:.2e} (seed {seed})"
+        assert torch.equal(chunked.argmax(-1), one.argmax(-1)), f"seed {seed}"
 
 
 def test_batched_sequences_do_not_interfere(base_model):
