@@ -47,7 +47,8 @@ GROUP = 128
 
 
 def build(args, fmt: QuantFormat | None, dev, down_terms: int = 1):
-    """The 7B/8B-shaped engine model in bf16 on ``dev``, its linears (head included) in ``fmt``."""
+    """The engine model of ``args``' shape in bf16 on ``dev`` (random weights), its linears (head included) in ``fmt``;
+    fp8: the down projections' input in ``down_terms`` e4m3 terms on the _scaled_mm path."""
     from batched_decode import build_model
 
     from swiftinfer_core.model.fp8_linear import quantize_fp8_linears
