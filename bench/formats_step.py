@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import models  # noqa: E402
 import torch  # noqa: E402
+from fp8_kv_decode import measure  # noqa: E402  (one engine step of B full caches, timed)
 
 from swiftinfer_core.cache.kv_fp8 import FP8  # noqa: E402
 from swiftinfer_core.cache.layout import StreamLayout  # noqa: E402
@@ -86,14 +87,6 @@ def summarize(rows: list[dict]) -> list[dict]:
                    | {"x_bf16": None if b is None else r["tok_s"] / b["tok_s"],
                       "fit_x_bf16": r["slots_fit"] / fit0[r["shape"]] if r["shape"] in fit0 else None})
     return out
-
-
-def measure(model, args, layout, B: int, dev, kv_dtype, steps: int) -> dict:
-    dec = models.OurDecoder(model, args, layout, B, dev, "engine", kv_dtype=kv_dtype)
-    r = models.time_steps(dec, steps, B)
-    del dec
-    torch.cuda.empty_cache()
-    return r
 
 
 def run(a) -> None:

@@ -133,12 +133,11 @@ class EngineConfig(StrictModel):
             raise ValueError(f"quantization '{q.value}' runs with tp_size 1 only (quantized layers are not sharded)")
         if not self.fp8_activations and q not in (Quantization.FP8, Quantization.NONE, Quantization.AUTO):
             raise ValueError(f"fp8_activations applies to quantization 'fp8' only, not '{q.value}'")
-        if self.fp8_activation_terms != 1 and (not self.fp8_activations or q not in (Quantization.FP8, Quantization.NONE, Quantization.AUTO)):
-            raise ValueError(f"fp8_activation_terms applies to quantization 'fp8' with fp8_activations true, not "
-                             f"'{q.value}' with fp8_activations {str(self.fp8_activations).lower()}")
-        if self.fp8_down_activation_terms is not None and (not self.fp8_activations or q not in (Quantization.FP8, Quantization.NONE, Quantization.AUTO)):
-            raise ValueError(f"fp8_down_activation_terms applies to quantization 'fp8' with fp8_activations true, not "
-                             f"'{q.value}' with fp8_activations {str(self.fp8_activations).lower()}")
+        for terms in ("fp8_activation_terms", "fp8_down_activation_terms"):  # set away from its default
+            if getattr(self, terms) != type(self).model_fields[terms].default and (
+                    not self.fp8_activations or q not in (Quantization.FP8, Quantization.NONE, Quantization.AUTO)):
+                raise ValueError(f"{terms} applies to quantization 'fp8' with fp8_activations true, not "
+                                 f"'{q.value}' with fp8_activations {str(self.fp8_activations).lower()}")
         if self.quant_smoothing is not None and (q is not Quantization.FP8 or self.quant_rounding is not QuantRounding.GPTQ):
             raise ValueError(f"quant_smoothing applies to quantization 'fp8' with quant_rounding 'gptq' (its calibration "
                              f"pass gives the activation statistics), not '{q.value}' with '{self.quant_rounding.value}'")

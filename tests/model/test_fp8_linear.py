@@ -211,21 +211,25 @@ def test_fp8_activations_off_is_refused_at_load_for_weights_that_are_not_fp8(mod
         build_engine_model(EngineConfig(device="cpu", fp8_activation_terms=2, window=60, max_sessions=1))
 
 
-def test_fp8_activation_terms_config_and_layers():
-    """fp8_activation_terms: 1 or 2, fp8 with fp8_activations true only; it reaches every Fp8Linear."""
+@pytest.mark.parametrize("field,other", [("fp8_activation_terms", "int8"), ("fp8_down_activation_terms", "int4")])
+def test_fp8_term_fields_are_1_or_2_with_fp8_and_e4m3_activations_only(field, other):
+    assert getattr(EngineConfig(quantization="fp8", device="cuda", **{field: 2}), field) == 2
+    for bad in (0, 3):
+        with pytest.raises(ValueError, match=field):
+            EngineConfig(quantization="fp8", device="cuda", **{field: bad})
+    with pytest.raises(ValueError, match=f"{field} applies to quantization 'fp8' with fp8_activations true, "
+                                         "not 'fp8' with fp8_activations false"):
+        EngineConfig(quantization="fp8", device="cuda", fp8_activations=False, **{field: 2})
+    with pytest.raises(ValueError, match=f"{field} applies.*not '{other}'"):
+        EngineConfig(quantization=other, device="cpu", **{field: 2})
+
+
+def test_fp8_activation_terms_reach_every_layer():
+    """fp8_activation_terms reaches every Fp8Linear."""
     from swiftinfer_core.model.layers import ShardPlan
     from swiftinfer_core.model.llama import Llama
     from swiftinfer_core.runner.build import quantize_fp8_linears
 
-    assert EngineConfig(quantization="fp8", device="cuda", fp8_activation_terms=2).fp8_activation_terms == 2
-    for bad in (0, 3):
-        with pytest.raises(ValueError, match="fp8_activation_terms"):
-            EngineConfig(quantization="fp8", device="cuda", fp8_activation_terms=bad)
-    with pytest.raises(ValueError, match="fp8_activation_terms applies to quantization 'fp8' with fp8_activations true, "
-                                         "not 'fp8' with fp8_activations false"):
-        EngineConfig(quantization="fp8", device="cuda", fp8_activations=False, fp8_activation_terms=2)
-    with pytest.raises(ValueError, match="not 'int8'"):
-        EngineConfig(quantization="int8", device="cpu", fp8_activation_terms=2)
     cfg = _rank()
     model = Llama(cfg.args, ShardPlan.single(cfg.args))
     assert quantize_fp8_linears(model, head=False, batched="scaled_mm", act_terms=2) > 0
@@ -254,20 +258,12 @@ def test_two_term_activations_give_the_weight_only_product():
 
 
 def test_fp8_down_activation_terms_reach_the_down_projections_alone():
-    """fp8_down_activation_terms: 1 or 2, fp8 with fp8_activations true only; resolved to the
-    w2 layers' act_terms (None: fp8_activation_terms), every other layer keeping its own."""
+    """fp8_down_activation_terms becomes the w2 layers' act_terms (None: fp8_activation_terms),
+    every other layer keeping its own."""
     from swiftinfer_core.model.layers import ShardPlan
     from swiftinfer_core.model.llama import Llama
     from swiftinfer_core.runner.build import quantize_fp8_linears
 
-    for bad in (0, 3):
-        with pytest.raises(ValueError, match="fp8_down_activation_terms"):
-            EngineConfig(quantization="fp8", device="cuda", fp8_down_activation_terms=bad)
-    with pytest.raises(ValueError, match="fp8_down_activation_terms applies to quantization 'fp8' with fp8_activations true, "
-                                         "not 'fp8' with fp8_activations false"):
-        EngineConfig(quantization="fp8", device="cuda", fp8_activations=False, fp8_down_activation_terms=2)
-    with pytest.raises(ValueError, match="fp8_down_activation_terms applies.*not 'int4'"):
-        EngineConfig(quantization="int4", device="cpu", fp8_down_activation_terms=2)
     cfg = _rank()
     for act, down, want in ((1, 2, {"w2": 2, "wqkv": 1, "wo": 1, "w13": 1}), (2, 1, {"w2": 1, "wqkv": 2, "wo": 2, "w13": 2}),
                             (2, None, {"w2": 2, "wqkv": 2, "wo": 2, "w13": 2})):
