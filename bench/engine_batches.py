@@ -236,7 +236,8 @@ def main() -> int:
     engine.close()
     m = read_args(Path(a.model))
     shape = f"hidden {m.hidden_size}, {m.num_layers} layers, {m.num_heads}/{m.num_kv_heads} heads, vocab {m.vocab_size}, rope {(m.rope_scaling or {}).get('rope_type', 'default')}"
-    data = {"model": f"{Path(a.model).name}: {shape}, random bf16", "closed_loop": a.closed_loop,
+    data = {"model": f"{Path(a.model).name}: {shape}, random bf16", "quantization": a.quantization,
+            "kv_cache_dtype": a.kv_cache_dtype, "closed_loop": a.closed_loop,
             "system_words": a.system_words, "prefix_cache_slots": a.prefix_cache_slots, "engine_stats": final_stats, "cache": f"4+{a.window}", "slots": slots, "max_batch_tokens": cfg.max_batch_tokens, "engine_start_s": start_s,
             "graph_sizes": graph_sizes, "rounds": a.rounds, "tokens_per_turn": a.tokens, "tokens_per_turn_hi": a.tokens_hi, "drop_workspaces": a.drop_workspaces,
             "bare": {str(k): v for k, v in bare.items()}, "rows": rows}

@@ -50,7 +50,9 @@
 #      PACE_MS (stream_interval_ms of the served runs, default 50: each stream's chunks are at most
 #      this often, so it sets the streamed objects per second through the ingress and the proxy),
 #      KV_DTYPE (set, e.g. fp8: EngineConfig.kv_cache_dtype of the engine step and of every served step;
-#      SLOTS then counts fp8 slots, about twice bf16's in the same memory).
+#      SLOTS then counts fp8 slots, about twice bf16's in the same memory),
+#      QUANT (set, e.g. fp8 or int4: EngineConfig.quantization of the engine step and of every served step, the
+#      random weights quantized at load; SLOTS=auto sizes the slots on the device from its free memory instead).
 # carry [".whl", ".carry/$MODEL"]; everything lands in $OUT/results.tgz; a short table last.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 NCCL_NVLS_ENABLE=0
@@ -70,10 +72,15 @@ T0=$SECONDS
 DEFAULT_STEPS="engine proc before thread" TAIL=${TAIL:-4}
 source "$(dirname "${BASH_SOURCE[0]}")/gpu_steps.sh"
 
-want engine && step engine 220 python3 bench/engine_batches.py --model /tmp/model --sizes $SIZES --max-sessions "$SLOTS" \
+MAXS=(--max-sessions "$SLOTS"); [ "$SLOTS" != auto ] || MAXS=()  # auto: the engine sizes its pool from free memory
+want engine && step engine 220 python3 bench/engine_batches.py --model /tmp/model --sizes $SIZES "${MAXS[@]}" \
   --window "$WINDOW" --rounds "$ROUNDS" --words 24 --no-bare --closed-loop --name "${NAME}_engine" --out "$OUT" ${ENGINE_ARGS:-} \
-  ${KV_DTYPE:+--kv-cache-dtype $KV_DTYPE} \
+  ${KV_DTYPE:+--kv-cache-dtype $KV_DTYPE} ${QUANT:+--quantization $QUANT} \
   ${TOKENS_HI:+--tokens-hi $TOKENS_HI}
+if [ "$SLOTS" = auto ]; then  # the served runs take the engine step's pool size, and run at it too
+  SLOTS=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["slots"])' "$OUT/${NAME}_engine.json") || exit 5
+  SIZES="$SIZES $SLOTS"; echo "slots: $SLOTS (the engine step's, sized from free memory)" | tee -a "$OUT/summary.txt"
+fi
 
 repeats() {  # repeats LABEL: LABEL, LABEL2, ... up to REPEAT (default 1; identical runs differ: README)
   local r; for r in $(seq 1 "${REPEAT:-1}"); do if [ "$r" = 1 ]; then echo "$1"; else echo "$1$r"; fi; done
@@ -83,7 +90,7 @@ serve_closed() {  # serve_closed LABEL ENGINE_PROCESS EXTRA_YAML ENGINE_YAML SIZ
   for l in $(repeats "$label"); do serve_once "$l" "$@"; done
 }
 serve_once() {  # one app: serve_closed's arguments, its label already numbered
-  local label=$1 proc=$2 extra=$3 engine_extra=$4${KV_DTYPE:+\\n        kv_cache_dtype: $KV_DTYPE}; shift 4
+  local label=$1 proc=$2 extra=$3 engine_extra=$4${KV_DTYPE:+\\n        kv_cache_dtype: $KV_DTYPE}${QUANT:+\\n        quantization: $QUANT}; shift 4
   sed -e "s|model: /tmp/r7b|model: /tmp/model|" -e "s/max_turn_tokens: 4096/max_turn_tokens: 4096$engine_extra/" -e "s/max_sessions: 128/max_sessions: $SLOTS/" -e "s/window: 1020/window: $WINDOW/" -e "s/stream_interval_ms: 50/stream_interval_ms: $PACE_MS/" -e "s/ingress_replicas: 4/ingress_replicas: ${INGRESS:-4}/" \
       -e "s/max_ongoing_requests: 128/max_ongoing_requests: ${ONGOING:-$SLOTS}\n      engine_process: $proc$extra/" bench/serve_gpu7b.yaml > /tmp/serve.yaml
   env ${SERVE_ENV:-} serve run /tmp/serve.yaml > "$OUT/serve_$label.log" 2>&1 &
