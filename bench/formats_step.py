@@ -5,7 +5,9 @@ Per shape (bench/models.py; Llama-2-7B and Llama-3.1-8B by default), per weight 
 engine's Llama with random bf16 weights (the modules' own init), its linears and LM head then
 replaced in place as ``quantization`` would (model/fp8_linear.py, model/quant_linear.py;
 rounded to nearest: speed does not depend on the values), so each format's products run the
-kernels the engine picks for that many rows. Per KV dtype: B conversations with full caches
+kernels the engine picks for that many rows; batch-1 steps take the engine's fused GEMV chain
+(model/fused_decode.py: the norms, SiLU*up and residual adds folded into the weight reads) where
+the engine would (``--chain``: "engine", "unfused" as before session 35, or both side by side). Per KV dtype: B conversations with full caches
 (every step reads all 4+2044 rows of each), one CUDA graph per step with attention, norms,
 RoPE, the head and argmax, tokens to the host every step (bench/models.OurDecoder, as
 bench/fp8_kv_decode.py). B: each of ``--batches`` that fits, and the most conversations
@@ -49,9 +51,11 @@ GROUP = 128
 
 def build(args, fmt: QuantFormat | None, dev, down_terms: int = 1):
     """The engine model of ``args``' shape in bf16 on ``dev`` (random weights), its linears (head included) in ``fmt``;
-    fp8: the down projections' input in ``down_terms`` e4m3 terms on the _scaled_mm path."""
+    fp8: the down projections' input in ``down_terms`` e4m3 terms on the _scaled_mm path. Batch-1 steps through
+    the fused GEMV chain where runner/build.py would take it (``model.gemv_decode``)."""
     from batched_decode import build_model
 
+    from swiftinfer_core.model import fused_decode
     from swiftinfer_core.model.fp8_linear import quantize_fp8_linears
     from swiftinfer_core.model.quant_linear import quantize_linears
 
@@ -60,7 +64,11 @@ def build(args, fmt: QuantFormat | None, dev, down_terms: int = 1):
         quantize_fp8_linears(model, head=True, down_terms=down_terms)
     elif fmt is not None:
         quantize_linears(model, fmt, GROUP, head=True)
+    model.gemv_decode = fused_decode.supports(model)
     return model
+
+
+CHAINS = {"engine": (True,), "unfused": (False,), "both": (True, False)}  # --chain -> batch-1 gemv_decode settings
 
 
 def weight_bytes(model) -> int:
@@ -78,12 +86,13 @@ def batches_for(wanted: list[int], fit_kv: int, fit_bf16: int) -> list[int]:
 def summarize(rows: list[dict]) -> list[dict]:
     """Per shape and KV dtype, each format against bf16 weights with a bf16 cache at the same B:
     tokens/s ratios (batch 1: the ms/token ratio), and conversations that fit against bf16/bf16's."""
-    base = {(r["shape"], r["B"]): r for r in rows if r["weights"] == "bf16" and r["kv"] == "bf16"}
+    chain = lambda r: r.get("gemv_chain", False)  # noqa: E731  (rows before session 35: unfused)
+    base = {(r["shape"], r["B"], chain(r)): r for r in rows if r["weights"] == "bf16" and r["kv"] == "bf16"}
     fit0 = {r["shape"]: r["slots_fit"] for r in rows if r["weights"] == "bf16" and r["kv"] == "bf16"}
     out = []
     for r in rows:
-        b = base.get((r["shape"], r["B"]))
-        out.append({k: r[k] for k in ("shape", "weights", "kv", "B", "tok_s", "itl_p50_ms")}
+        b = base.get((r["shape"], r["B"], chain(r)))
+        out.append({k: r.get(k) for k in ("shape", "weights", "kv", "B", "gemv_chain", "tok_s", "itl_p50_ms")}
                    | {"x_bf16": None if b is None else r["tok_s"] / b["tok_s"],
                       "fit_x_bf16": r["slots_fit"] / fit0[r["shape"]] if r["shape"] in fit0 else None})
     return out
@@ -107,24 +116,29 @@ def run(a) -> None:
             budget = torch.cuda.mem_get_info()[0] - a.reserve_gib * 2**30
             fit = {n: int(budget // per_seq[n]) for n in KV}
             print(f"{shape} {fname}: weights {w_bytes / 1e9:.2f} GB; fit " + ", ".join(f"{n} KV {fit[n]}" for n in KV), flush=True)
+            engine_chain = model.gemv_decode
             for kname in a.kv:
-                for B in batches_for(a.batches, fit[kname], fit["bf16"]):
+                for B in batches_for(a.batches, fit[kname], fit["bf16"]) if a.fit else [b for b in a.batches if b <= fit[kname]]:
                     if FORMATS[fname][1] == 2 and B < SCALED_MM_MIN_ROWS:
                         continue  # below _scaled_mm's rows the down projections run as in "fp8"
-                    r = measure(model, args, layout, B, dev, KV[kname], a.steps)
-                    roof_s = (w_bytes + B * per_seq[kname]) / bw
-                    r.update(shape=shape, weights=fname, kv=kname, B=B, slots_fit=fit[kname], weight_bytes=w_bytes,
-                             kv_bytes_per_seq=per_seq[kname], roofline_tok_s=B / roof_s, frac_roofline=roof_s * 1e3 / r["itl_p50_ms"])
-                    rows.append(r)
-                    print(f"  {kname} KV B={B:4d}: {r['tok_s']:9.1f} tok/s  ITL p50 {r['itl_p50_ms']:.2f} ms  "
-                          f"{r['frac_roofline']:.2f} of roofline", flush=True)
-                    common.write_results(a.name, {**meta, "rows": rows, "summary": summarize(rows)}, a.out)
+                    for on in CHAINS[a.chain] if B == 1 and engine_chain else (False,):
+                        model.gemv_decode = on
+                        r = measure(model, args, layout, B, dev, KV[kname], a.steps)
+                        roof_s = (w_bytes + B * per_seq[kname]) / bw
+                        r.update(shape=shape, weights=fname, kv=kname, B=B, gemv_chain=on and B == 1, slots_fit=fit[kname],
+                                 weight_bytes=w_bytes, kv_bytes_per_seq=per_seq[kname], roofline_tok_s=B / roof_s,
+                                 frac_roofline=roof_s * 1e3 / r["itl_p50_ms"])
+                        rows.append(r)
+                        print(f"  {kname} KV B={B:4d}{' chain' if on else ''}: {r['tok_s']:9.1f} tok/s  ITL p50 "
+                              f"{r['itl_p50_ms']:.2f} ms  {r['frac_roofline']:.2f} of roofline", flush=True)
+                        common.write_results(a.name, {**meta, "rows": rows, "summary": summarize(rows)}, a.out)
+                    model.gemv_decode = engine_chain
             del model
             gc.collect()
             torch.cuda.empty_cache()
     plot(rows, common.device_info()["name"], a.name, a.out)
     print()
-    print(common.table(summarize(rows), ["shape", "weights", "kv", "B", "tok_s", "itl_p50_ms", "x_bf16", "fit_x_bf16"]))
+    print(common.table(summarize(rows), ["shape", "weights", "kv", "B", "gemv_chain", "tok_s", "itl_p50_ms", "x_bf16", "fit_x_bf16"]))
 
 
 def plot(rows: list[dict], device: str, name: str, out: str | None) -> None:
@@ -172,6 +186,10 @@ def main() -> None:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 32, 128])
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--reserve-gib", type=float, default=8.0)
+    ap.add_argument("--chain", default="engine", choices=list(CHAINS),
+                    help="batch-1 steps: the engine's fused GEMV chain, the unfused layers, or both")
+    ap.add_argument("--fit", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run the most conversations that fit (bf16's and this cache's)")
     ap.add_argument("--name", default="formats_step")
     ap.add_argument("--out", default=None)
     ap.add_argument("--replot", default=None, help="draw this JSON's rows again (no GPU)")

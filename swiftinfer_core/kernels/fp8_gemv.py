@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from swiftinfer_core.kernels.gemv_fusion import NO_FUSION, Fusion, epilogue, full_sum_squares, pro_load
 from swiftinfer_core.kernels.triton_common import sm_count
 
 MAX_SPLIT = 16
@@ -37,8 +38,9 @@ MAX_SPLIT = 16
 
 @triton.jit
 def _fp8_gemv_kernel(
-    X, Q, S, Y, P, N, K, K_CHUNK,
+    X, Q, S, Y, P, NW, RES, eps, N, K, K_CHUNK,
     SPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
+    PRO: tl.constexpr, HAS_RES: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -47,29 +49,38 @@ def _fp8_gemv_kernel(
     offs = tl.arange(0, BLOCK_K)
     q_ptr = Q + rows.to(tl.int64)[:, None] * K  # row n starts at n * K bytes
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    ssv = tl.zeros([BLOCK_K], tl.float32)  # RMSNORM, one part: x^2 (kernels/gemv_fusion.py)
     k_lo = pid_k * K_CHUNK
     k_hi = tl.minimum(k_lo + K_CHUNK, K)
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
         kk = k0 + offs
         kmask = kk < k_hi
         w = tl.load(q_ptr + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)  # [BLOCK_N, BLOCK_K] e4m3
-        x = tl.load(X + kk, mask=kmask, other=0.0).to(tl.float32)  # [BLOCK_K]
+        x, xr = pro_load(X, NW, kk, kmask, K, PRO)  # [BLOCK_K] float32
+        if PRO == 1:
+            ssv += xr * xr
         acc += w.to(tl.float32) * x[None, :]
     y = tl.sum(acc, 1) * tl.load(S + rows, mask=rmask, other=0.0)  # [BLOCK_N] float32, scaled once per row
     if SPLIT == 1:
+        y = epilogue(y, rows, rmask, tl.sum(ssv, 0), K, eps, RES, PRO, HAS_RES)
         tl.store(Y + rows, y.to(Y.dtype.element_ty), mask=rmask)
     else:
         tl.store(P + pid_k * N + rows, y, mask=rmask)
 
 
 @triton.jit
-def _sum_splits_kernel(P, Y, N, SPLIT: tl.constexpr, BLOCK: tl.constexpr):
-    """y[n] = sum over s of P[s, n], s in order, cast to Y's dtype."""
+def _sum_splits_kernel(P, Y, X, RES, eps, N, K, SPLIT: tl.constexpr, BLOCK: tl.constexpr,
+                       PRO: tl.constexpr, HAS_RES: tl.constexpr):
+    """y[n] = sum over s of P[s, n], s in order, with the epilogue, cast to Y's dtype."""
     cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < N
     acc = tl.zeros([BLOCK], tl.float32)
     for s in tl.static_range(SPLIT):
         acc += tl.load(P + s * N + cols, mask=mask, other=0.0)
+    ss = 0.0
+    if PRO == 1:
+        ss = full_sum_squares(X, K)
+    acc = epilogue(acc, cols, mask, ss, K, eps, RES, PRO, HAS_RES)
     tl.store(Y + cols, acc.to(Y.dtype.element_ty), mask=mask)
 
 
@@ -96,12 +107,12 @@ def choose_split(n: int, k: int, device: torch.device, block_n: int, block_k: in
 
 def gemv_fp8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor | None = None,
              split_k: int | None = None, block_n: int = 16, block_k: int = 512, num_warps: int = 4,
-             stages: int = 3) -> torch.Tensor:
-    """x [1, K] (bf16, fp16 or fp32), q float8_e4m3fn [N, K], scales float32 [N] -> y [1, N] in x's dtype.
-    ``split_k``: K chunks per row block (None: choose_split)."""
+             stages: int = 3, fusion: Fusion = NO_FUSION) -> torch.Tensor:
+    """x [1, K] (bf16, fp16 or fp32), q float8_e4m3fn [N, K], scales float32 [N] -> y [1, N] in out's
+    dtype (default x's). ``split_k``: K chunks per row block (None: choose_split). ``fusion``: the norm,
+    SiLU*up and residual folded in (kernels/gemv_fusion.py; x [1, 2K] for SILU_MUL)."""
     n, k = fp8_shape(q, scales)
-    if x.dim() != 2 or x.shape != (1, k) or not x.is_contiguous():
-        raise ValueError(f"x must be a contiguous [1, {k}] tensor, got {tuple(x.shape)}")
+    fusion.check(x, n, k)
     if q.device != x.device or scales.device != x.device:
         raise ValueError("FP8 weights and scales must be on x's device")
     out = torch.empty((1, n), dtype=x.dtype, device=x.device) if out is None else out
@@ -110,11 +121,14 @@ def gemv_fp8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch.
     k_chunk = triton.cdiv(triton.cdiv(k, block_k), split) * block_k
     split = triton.cdiv(k, k_chunk)
     part = out if split == 1 else torch.empty((split, n), dtype=torch.float32, device=x.device)
+    nw, res, eps = fusion.args(x, out)
+    pro, has_res = int(fusion.prologue), fusion.residual is not None
     _fp8_gemv_kernel[(triton.cdiv(n, block_n), split)](
-        x, q, scales, out, part, n, k, k_chunk,
-        SPLIT=split, BLOCK_N=block_n, BLOCK_K=block_k, STAGES=stages, num_warps=num_warps,
+        x, q, scales, out, part, nw, res, eps, n, k, k_chunk,
+        SPLIT=split, BLOCK_N=block_n, BLOCK_K=block_k, STAGES=stages, PRO=pro, HAS_RES=has_res, num_warps=num_warps,
     )
     if split > 1:
         block = 1024
-        _sum_splits_kernel[(triton.cdiv(n, block),)](part, out, n, SPLIT=split, BLOCK=block, num_warps=4)
+        _sum_splits_kernel[(triton.cdiv(n, block),)](part, out, x, res, eps, n, k, SPLIT=split, BLOCK=block,
+                                                      PRO=pro, HAS_RES=has_res, num_warps=4)
     return out

@@ -66,15 +66,16 @@ from swiftinfer_core.kernels.quant_common import (
     load_block_words,
     prefetch_l2,
     split_buffers,
-    splitk_store,
 )
+from swiftinfer_core.kernels.gemv_fusion import NO_FUSION, Fusion, fused_store, pro_load
 
 
 @triton.jit
 def _gemv_int4_kernel(
-    X, Q, S, MN, Y, WS, CNT, N, K, KB, NG, STEPS, SPLIT,
+    X, Q, S, MN, Y, WS, CNT, NW, RES, eps, N, K, KB, NG, STEPS, SPLIT,
     BPG: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr, STAGES: tl.constexpr, ZP: tl.constexpr,
     PREFETCH: tl.constexpr, CG: tl.constexpr, PDL: tl.constexpr, L2PF: tl.constexpr,
+    PRO: tl.constexpr, HAS_RES: tl.constexpr,
 ):
     if PDL:  # programmatic dependent launch: the next kernel may start its own weight loads now
         tl.extra.cuda.gdc_launch_dependents()
@@ -83,6 +84,7 @@ def _gemv_int4_kernel(
     nb = tl.arange(0, NB)
     j = tl.arange(0, 4)
     acc = tl.zeros([BLOCK_N, NB], tl.float32)
+    ssv = tl.zeros([NB, 4], tl.float32)  # RMSNORM: this part's x^2 (kernels/gemv_fusion.py)
     if PREFETCH >= 1:  # the next steps' words ride in registers: PREFETCH more loads in flight per thread
         w1 = load_block_words(q_rows, rmask, b_start + nb, b_start + nb < b_end, CG)
     if PREFETCH >= 2:
@@ -108,7 +110,9 @@ def _gemv_int4_kernel(
         xsum = tl.zeros([NB], tl.float32)  # ZP: sum(x) per block (dead code otherwise)
         for i in tl.static_range(8):
             kx = blk[:, None] * 32 + 4 * i + j[None, :]  # [NB, 4] columns of nibble i
-            xi = tl.load(X + kx, mask=bmask[:, None] & (kx < K), other=0.0).to(tl.float32)
+            xi, xr = pro_load(X, NW, kx, bmask[:, None] & (kx < K), K, PRO)
+            if PRO == 1:
+                ssv += xr * xr
             if i == 0:
                 part = int4_nibble(u, u_hi, i) * xi[None, :, :]  # [BLOCK_N, NB, 4]
             else:
@@ -125,18 +129,20 @@ def _gemv_int4_kernel(
             s = tl.load(S + r64[:, None] * NG + (blk // BPG)[None, :], mask=rmask[:, None] & bmask[None, :], other=0.0)
             acc += tl.sum(part, 2) * s.to(tl.float32)  # [BLOCK_N, NB]: one scale per block
     y = tl.sum(acc, 1)
-    splitk_store(y, Y, rows, WS, rows, rmask, CNT, tl.program_id(0), tl.program_id(1), SPLIT, N)
+    fused_store(y, tl.sum(tl.sum(ssv, 1), 0), Y, rows, rmask, WS, CNT, tl.program_id(0), tl.program_id(1), SPLIT, N,
+                X, K, eps, RES, PRO, HAS_RES)
 
 
 @triton.jit
 def _gemv_int8_kernel(
-    X, Q, S, Y, WS, CNT, N, K, KB, STEPS, SPLIT,
-    BLOCK_N: tl.constexpr, NB: tl.constexpr, STAGES: tl.constexpr,
+    X, Q, S, Y, WS, CNT, NW, RES, eps, N, K, KB, STEPS, SPLIT,
+    BLOCK_N: tl.constexpr, NB: tl.constexpr, STAGES: tl.constexpr, PRO: tl.constexpr, HAS_RES: tl.constexpr,
 ):
     rows, rmask, q_rows, b_start, b_end = gemv_tile(Q, N, KB, STEPS, BLOCK_N, NB)  # KB blocks of 16 bytes per row
     nb = tl.arange(0, NB)
     j = tl.arange(0, 4)
     acc = tl.zeros([BLOCK_N, NB], tl.float32)
+    ssv = tl.zeros([NB, 4], tl.float32)
     for b0 in tl.range(b_start, b_end, NB, num_stages=STAGES):
         blk = b0 + nb
         bmask = blk < b_end
@@ -144,7 +150,9 @@ def _gemv_int8_kernel(
         u, u_hi = int8_sources(w)
         for b in tl.static_range(4):
             kx = blk[:, None] * 16 + 4 * b + j[None, :]  # [NB, 4] columns of byte b
-            xb = tl.load(X + kx, mask=bmask[:, None] & (kx < K), other=0.0).to(tl.float32)
+            xb, xr = pro_load(X, NW, kx, bmask[:, None] & (kx < K), K, PRO)
+            if PRO == 1:
+                ssv += xr * xr
             if b == 0:
                 part = int8_byte(u, u_hi, b) * xb[None, :, :]  # [BLOCK_N, NB, 4]
             else:
@@ -152,12 +160,12 @@ def _gemv_int8_kernel(
         acc += tl.sum(part, 2)
     # one scale per row: applied once, after the row's sum
     y = tl.sum(acc, 1) * tl.load(S + rows, mask=rmask, other=0.0).to(tl.float32)
-    splitk_store(y, Y, rows, WS, rows, rmask, CNT, tl.program_id(0), tl.program_id(1), SPLIT, N)
+    fused_store(y, tl.sum(tl.sum(ssv, 1), 0), Y, rows, rmask, WS, CNT, tl.program_id(0), tl.program_id(1), SPLIT, N,
+                X, K, eps, RES, PRO, HAS_RES)
 
 
-def _check(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, k: int) -> None:
-    if x.dim() != 2 or x.shape[0] != 1 or x.shape[1] != k or not x.is_contiguous():
-        raise ValueError(f"x must be a contiguous [1, {k}] tensor, got {tuple(x.shape)}")
+def _check(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, n: int, k: int, fusion: Fusion) -> None:
+    fusion.check(x, n, k)
     check_operands(x, q, scales)
 
 
@@ -170,37 +178,45 @@ def _grid(x: torch.Tensor, n: int, block_n: int, steps: int, cfg: dict):
 
 
 def gemv_int8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor | None = None,
-              cfg: dict | None = None) -> torch.Tensor:
-    """x [1, K], q int8 [N, K16], scales [N] -> y [1, N] in x's dtype. cfg: a
-    kernels/quant_configs.py config (default: the table's for this shape)."""
-    k = x.shape[-1]
+              cfg: dict | None = None, fusion: Fusion = NO_FUSION) -> torch.Tensor:
+    """x [1, K], q int8 [N, K16], scales [N] -> y [1, N] in out's dtype (default x's). cfg: a
+    kernels/quant_configs.py config (default: the table's for this shape). ``fusion``: the
+    norm, SiLU*up and residual folded in (kernels/gemv_fusion.py; x [1, 2K] for SILU_MUL)."""
+    k = x.shape[-1] // fusion.x_width(1)
     n = int8_shape(q, scales, k)
-    _check(x, q, scales, k)
+    _check(x, q, scales, n, k, fusion)
     out = check_out(out, 1, n, x)
     cfg = cfg or quant_configs.config("int8", 1, n, k)
     nb = cfg["block_k"] // 16
     kb = q.shape[1] // 16
     grid, split, per, ws, cnt = _grid(x, n, cfg["block_n"], triton.cdiv(kb, nb), cfg)
+    nw, res, eps = fusion.args(x, out)
     _gemv_int8_kernel[grid](
-        x, q.view(torch.int32), scales, out, ws, cnt, n, k, kb, per, split,
-        BLOCK_N=cfg["block_n"], NB=nb, STAGES=cfg["stages"], num_warps=cfg["warps"],
+        x, q.view(torch.int32), scales, out, ws, cnt, nw, res, eps, n, k, kb, per, split,
+        BLOCK_N=cfg["block_n"], NB=nb, STAGES=cfg["stages"], PRO=int(fusion.prologue),
+        HAS_RES=fusion.residual is not None, num_warps=cfg["warps"],
     )
     return out
 
 
 def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: int, group: int,
-              out: torch.Tensor | None = None, cfg: dict | None = None, mins: torch.Tensor | None = None) -> torch.Tensor:
-    """x [1, K], packed uint8 [N, Kp/2], scales [N, Kp/group] -> y [1, N] in x's dtype.
+              out: torch.Tensor | None = None, cfg: dict | None = None, mins: torch.Tensor | None = None,
+              fusion: Fusion = NO_FUSION) -> torch.Tensor:
+    """x [1, K], packed uint8 [N, Kp/2], scales [N, Kp/group] -> y [1, N] in out's dtype (default x's).
     ``mins`` [N, Kp/group]: the zero-point format (w = nibble * scale + min).
     cfg["math"] "h2" (symmetric format only): the packed-half-pair kernel; cfg["x_resident"]:
-    kernels/quant_gemv_xres.py (x loaded once per K chunk, rows walked)."""
+    kernels/quant_gemv_xres.py (x loaded once per K chunk, rows walked). ``fusion``: the norm,
+    SiLU*up and residual folded in (kernels/gemv_fusion.py; x [1, 2K] for SILU_MUL); only the
+    default kernel has them, so a fused launch takes it whatever cfg's math and x_resident say."""
     n, ng = int4_shape(packed, scales, k, group, mins)
-    _check(x, packed, scales, k)
+    _check(x, packed, scales, n, k, fusion)
     zp = mins is not None
     if zp:
         check_operands(x, packed, mins)
     out = check_out(out, 1, n, x)
     cfg = cfg or quant_configs.config(int4_table(zp), 1, n, k)
+    if fusion != NO_FUSION:
+        cfg = {**cfg, "math": "f32", "x_resident": False}
     math = cfg.get("math", "f32")
     if math not in ("f32", "h2"):
         raise ValueError(f'int4 GEMV config "math" must be "f32" or "h2", got {math!r}')
@@ -227,9 +243,11 @@ def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: in
             num_warps=cfg["warps"],
         )
         return out
+    nw, res, eps = fusion.args(x, out)
     _gemv_int4_kernel[grid](
-        x, packed.view(torch.int32), scales, mins if zp else scales, out, ws, cnt, n, k, kb, ng, per, split,
+        x, packed.view(torch.int32), scales, mins if zp else scales, out, ws, cnt, nw, res, eps, n, k, kb, ng, per, split,
         BPG=group // 32, BLOCK_N=cfg["block_n"], NB=nb, STAGES=cfg["stages"], ZP=zp, PREFETCH=prefetch, CG=cg,
-        PDL=pdl, L2PF=l2pf, num_warps=cfg["warps"], **({"launch_pdl": True} if pdl else {}),
+        PDL=pdl, L2PF=l2pf, PRO=int(fusion.prologue), HAS_RES=fusion.residual is not None, num_warps=cfg["warps"],
+        **({"launch_pdl": True} if pdl else {}),
     )
     return out

@@ -1,43 +1,86 @@
 """Batch-1 decode through fused GEMV kernels (GPU, Triton).
 
 At batch 1 every weight is read once per token, so the step is a chain of
-matrix-vector products. kernels/gemv.py reads each weight at close to copy
-bandwidth and folds the neighbours in: RMSNorm into the QKV and gate/up reads,
-SiLU(gate)*up into the down read, the residual adds into the O and down
-epilogues. Numerically it is the same function as ``Llama.forward`` (float32
-residual stream, float32 norms and accumulation); the attention call is the
-same backend call. Used only for single-device models without QKV bias.
+matrix-vector products. Each weight read folds its neighbours in: RMSNorm into
+the QKV and gate/up reads, SiLU(gate)*up into the down read, the residual adds
+into the O and down epilogues. Float weights read through kernels/gemv.py;
+fp8 and int8/int4 weights (model/fp8_linear.py, model/quant_linear.py) through
+their own GEMVs with the same folds (kernels/gemv_fusion.py). Numerically it is
+the same function as ``Llama.forward`` (float32 residual stream, float32 norms
+and accumulation); the attention call is the same backend call. Used only for
+single-device models without QKV bias.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
+from swiftinfer_core.model.fp8_linear import Fp8Linear
+from swiftinfer_core.model.quant import QuantFormat
+from swiftinfer_core.model.quant_linear import QuantLinear
 from swiftinfer_core.model.split_head import SplitHead
+
+
+def _foldable(linear: nn.Module) -> bool:
+    """A linear whose batch-1 GEMV takes the folds: no bias, no input gather."""
+    if isinstance(linear, Fp8Linear):
+        return linear.bias is None
+    if isinstance(linear, QuantLinear):
+        return linear.bias is None and linear.in_perm is None and not linear.on_cpu
+    return type(linear) is nn.Linear and linear.bias is None
 
 
 def supports(model) -> bool:
     # the gemv chain is Llama's block exactly: no QKV bias, no QK-norm, nothing else
-    return getattr(model, "GEMV_DECODE", False) and model.shard.all_reduce is None and not model.args.qkv_bias and not model.args.qk_norm
+    if not (getattr(model, "GEMV_DECODE", False) and model.shard.all_reduce is None and not model.args.qkv_bias
+            and not model.args.qk_norm):
+        return False
+    linears = [m for layer in model.layers for m in (layer.wqkv, layer.wo, layer.w13, layer.w2)]
+    return all(map(_foldable, linears)) and (isinstance(model.lm_head, SplitHead) or _foldable(model.lm_head))
+
+
+def linear_gemv(linear: nn.Module, x: torch.Tensor, fusion, out: torch.Tensor) -> torch.Tensor:
+    """out [1, N] = linear(prologue(x)) (+ residual): the layer's own batch-1 GEMV with ``fusion``
+    (kernels/gemv_fusion.Fusion) folded in."""
+    from swiftinfer_core.kernels import fp8_gemv, quant_gemv  # need triton
+    from swiftinfer_core.kernels.gemv import gemv
+
+    if isinstance(linear, Fp8Linear):
+        return fp8_gemv.gemv_fp8(x, linear.qweight, linear.scales, out=out, fusion=fusion)
+    if isinstance(linear, QuantLinear):
+        if linear.fmt is QuantFormat.INT8:
+            return quant_gemv.gemv_int8(x, linear.qweight, linear.scales, out=out, fusion=fusion)
+        return quant_gemv.gemv_int4(x, linear.qweight, linear.scales, linear.in_features, linear.group, out=out,
+                                    mins=linear.mins, fusion=fusion)
+    return gemv(x, linear.weight, fusion.prologue.name.lower(), fusion.norm_weight, fusion.eps,
+                residual=fusion.residual, out=out)
 
 
 @torch.inference_mode()
 def fused_decode(model, ids: torch.Tensor, attn, plan, pool) -> torch.Tensor:
     """ids [1] -> logits [1, vocab] float32; writes the token's K/V like the plain path."""
-    from swiftinfer_core.kernels.gemv import gemv  # needs triton
+    from swiftinfer_core.kernels.gemv_fusion import Fusion, Prologue
+    from swiftinfer_core.model.llama import in_dtype
 
-    eps = model.args.rms_eps
+    eps, dev = model.args.rms_eps, ids.device
+
+    def new(linear, dtype):
+        return torch.empty((1, linear.out_features), dtype=dtype, device=dev)
+
     h = model.embed(ids).float()  # [1, hidden] float32 residual, updated in place below
     for i, layer in enumerate(model.layers):
-        hq, hkv, d, dt = layer.hq, layer.hkv, layer.head_dim, layer.wqkv.weight.dtype
-        qkv = gemv(h, layer.wqkv.weight, "rmsnorm", layer.attn_norm.weight, eps, out_dtype=dt)
+        hq, hkv, d, dt = layer.hq, layer.hkv, layer.head_dim, in_dtype(layer.wqkv)
+        qkv = linear_gemv(layer.wqkv, h, Fusion(Prologue.RMSNORM, layer.attn_norm.weight, eps), new(layer.wqkv, dt))
         q, k, v = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
         o = attn.forward(plan, q.view(1, hq, d), k.view(1, hkv, d), v.view(1, hkv, d), pool.k[i], pool.v[i], i)
-        gemv(o.reshape(1, hq * d).contiguous(), layer.wo.weight, "none", residual=h, out=h)
-        gate_up = gemv(h, layer.w13.weight, "rmsnorm", layer.mlp_norm.weight, eps, out_dtype=dt)
-        gemv(gate_up, layer.w2.weight, "silu_mul", residual=h, out=h)
-    head = model.lm_head
+        linear_gemv(layer.wo, o.reshape(1, hq * d).contiguous(), Fusion(residual=h), h)
+        gate_up = linear_gemv(layer.w13, h, Fusion(Prologue.RMSNORM, layer.mlp_norm.weight, eps), new(layer.w13, dt))
+        linear_gemv(layer.w2, gate_up, Fusion(Prologue.SILU_MUL, residual=h), h)
+    head, normed = model.lm_head, Fusion(Prologue.RMSNORM, model.norm.weight, eps)
     if isinstance(head, SplitHead):  # W = hi + lo: two float32 GEMVs of the same normed h, same bytes as float32
+        from swiftinfer_core.kernels.gemv import gemv
+
         hi = gemv(h, head.hi, "rmsnorm", model.norm.weight, eps, out_dtype=torch.float32)
         return hi + gemv(h, head.lo, "rmsnorm", model.norm.weight, eps, out_dtype=torch.float32)
-    return gemv(h, head.weight, "rmsnorm", model.norm.weight, eps, out_dtype=torch.float32)
+    return linear_gemv(head, h, normed, new(head, torch.float32))
