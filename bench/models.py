@@ -30,6 +30,7 @@ from swiftinfer_core.kernels.attention import TorchAttention
 from swiftinfer_core.kernels.batch import AttnBatch
 from swiftinfer_core.kernels.fused import add_rmsnorm, silu_mul
 from swiftinfer_core.kernels.gemv import gemv
+from swiftinfer_core.kernels.gemv_fusion import Fusion, Prologue
 from swiftinfer_core.kernels.rope import inv_freq
 from swiftinfer_core.model.loader import ModelArgs
 
@@ -149,7 +150,8 @@ def weight_list(model) -> list[tuple[str, torch.Tensor]]:
     return out + [("lm_head", model.lm_head.weight)]
 
 
-_PROLOGUE = {"qkv": "rmsnorm", "o": "none", "w13": "rmsnorm", "w2": "silu_mul", "lm_head": "rmsnorm"}
+_PROLOGUE = {"qkv": Prologue.RMSNORM, "o": Prologue.NONE, "w13": Prologue.RMSNORM, "w2": Prologue.SILU_MUL,
+             "lm_head": Prologue.RMSNORM}
 
 
 @torch.inference_mode()
@@ -162,13 +164,14 @@ def gemv_decode_forward(model, ids, attn, plan, pool, cfg: dict | None = None) -
     for i, L in enumerate(model.layers):
         assert L.wqkv.bias is None
         hq, hkv, hd = L.hq, L.hkv, L.head_dim
-        qkv = gemv(h, L.wqkv.weight, "rmsnorm", L.attn_norm.weight, eps, **cfg.get("qkv", GEMV_DEFAULT))
+        qkv = gemv(h, L.wqkv.weight, Fusion(Prologue.RMSNORM, L.attn_norm.weight, eps), **cfg.get("qkv", GEMV_DEFAULT))
         q, k, v = qkv.split([hq * hd, hkv * hd, hkv * hd], dim=-1)
         o = attn.forward(plan, q.view(1, hq, hd), k.view(1, hkv, hd), v.view(1, hkv, hd), pool.k[i], pool.v[i])
-        gemv(o.view(1, hq * hd), L.wo.weight, "none", residual=h, out=h, **cfg.get("o", GEMV_DEFAULT))
-        gu = gemv(h, L.w13.weight, "rmsnorm", L.mlp_norm.weight, eps, **cfg.get("w13", GEMV_DEFAULT))
-        gemv(gu, L.w2.weight, "silu_mul", residual=h, out=h, **cfg.get("w2", GEMV_DEFAULT))
-    return gemv(h, model.lm_head.weight, "rmsnorm", model.norm.weight, eps, out_dtype=torch.float32, **cfg.get("lm_head", GEMV_DEFAULT))
+        gemv(o.view(1, hq * hd), L.wo.weight, Fusion(residual=h), out=h, **cfg.get("o", GEMV_DEFAULT))
+        gu = gemv(h, L.w13.weight, Fusion(Prologue.RMSNORM, L.mlp_norm.weight, eps), **cfg.get("w13", GEMV_DEFAULT))
+        gemv(gu, L.w2.weight, Fusion(Prologue.SILU_MUL, residual=h), out=h, **cfg.get("w2", GEMV_DEFAULT))
+    return gemv(h, model.lm_head.weight, Fusion(Prologue.RMSNORM, model.norm.weight, eps), out_dtype=torch.float32,
+                **cfg.get("lm_head", GEMV_DEFAULT))
 
 
 def tune_gemv(model, time_graph, configs) -> tuple[dict, list[dict]]:
@@ -182,11 +185,12 @@ def tune_gemv(model, time_graph, configs) -> tuple[dict, list[dict]]:
     best, rows = {}, []
     for kind, ws in kinds.items():
         N, K = ws[0].shape
-        kx = 2 * K if _PROLOGUE[kind] == "silu_mul" else K
+        kx = 2 * K if _PROLOGUE[kind] is Prologue.SILU_MUL else K
         x = torch.randn(1, kx, device=dev, dtype=ws[0].dtype)
         nw = torch.rand(K, device=dev, dtype=ws[0].dtype) + 0.5
         xl = torch.randn(1, K, device=dev, dtype=ws[0].dtype)
         nbytes = sum(w.numel() * w.element_size() for w in ws)
+        fusion = Fusion(_PROLOGUE[kind], nw if _PROLOGUE[kind] is Prologue.RMSNORM else None)
 
         def cublas():
             with torch.inference_mode():
@@ -199,7 +203,7 @@ def tune_gemv(model, time_graph, configs) -> tuple[dict, list[dict]]:
         for c in configs:
             def trit(c=c):
                 for w in ws:
-                    gemv(x, w, _PROLOGUE[kind], nw, **c)
+                    gemv(x, w, fusion, **c)
 
             t, g = time_graph(trit)
             rows.append({"kind": kind, "N": N, "K": K, "count": len(ws), "impl": "triton", **c, "us_each": t / len(ws) * 1e6, "GBps": nbytes / t / 1e9})

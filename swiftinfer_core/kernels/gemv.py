@@ -6,11 +6,11 @@ kernel launch each. Here each weight read carries its neighbours:
 
     y = W @ prologue(x)  (+ residual)
 
-    PRO 0: x as is                                   (o projection)
-    PRO 1: rmsnorm(x) * norm_weight                  (qkv, gate-up, lm_head)
-    PRO 2: silu(gu[:K]) * gu[K:]   (gu = [gate, up]) (down projection)
+    PRO (kernels/gemv_fusion.Prologue) NONE: x as is         (o projection)
+    RMSNORM: rmsnorm(x) * norm_weight                         (qkv, gate-up, lm_head)
+    SILU_MUL: silu(gu[:K]) * gu[K:]   (gu = [gate, up])       (down projection)
 
-For PRO 1 the sum of squares is accumulated in the same pass as the product and
+For RMSNORM the sum of squares is accumulated in the same pass as the product and
 applied at the end (y = inv_rms * W @ (x * nw)): one pass over x, no prologue
 latency. With a residual, ``y`` may be the residual tensor itself (in place):
 each program reads and writes only its own rows.
@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from swiftinfer_core.kernels.gemv_fusion import NO_FUSION, Fusion
 
 
 @triton.jit
@@ -62,30 +64,10 @@ def _gemv_kernel(
     tl.store(Y + rows, y.to(Y.dtype.element_ty), mask=rmask)
 
 
-def gemv_ref(x, weight, prologue: str = "none", norm_weight=None, eps: float = 1e-5, residual=None, out_dtype=None):
-    """Torch reference (float32 math): same contract as :func:`gemv`."""
-    xf = x.float()
-    if prologue == "rmsnorm":
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * norm_weight.float()
-    elif prologue == "silu_mul":
-        g, u = xf.chunk(2, dim=-1)
-        xf = torch.nn.functional.silu(g) * u
-    y = xf @ weight.float().t()
-    if residual is not None:
-        y = y + residual.float()
-    return y.to(out_dtype or x.dtype)
-
-
-_PRO = {"none": 0, "rmsnorm": 1, "silu_mul": 2}
-
-
 def gemv(
     x: torch.Tensor,
     weight: torch.Tensor,
-    prologue: str = "none",
-    norm_weight: torch.Tensor | None = None,
-    eps: float = 1e-5,
-    residual: torch.Tensor | None = None,
+    fusion: Fusion = NO_FUSION,
     out: torch.Tensor | None = None,
     out_dtype: torch.dtype | None = None,
     block_n: int = 8,
@@ -93,18 +75,19 @@ def gemv(
     num_warps: int = 4,
     stages: int = 3,
 ) -> torch.Tensor:
-    """x [1, K] (or [1, 2K] for silu_mul), weight [N, K] -> y [1, N].
-    ``out`` may be ``residual`` (in-place residual update)."""
+    """x [1, K] (or [1, 2K] for SILU_MUL), weight [N, K] -> y [1, N] in ``out``'s dtype (default
+    ``out_dtype``, else x's). ``fusion`` (kernels/gemv_fusion.py): what is folded in;
+    ``out`` may be its residual (in-place residual update)."""
     N, K = weight.shape
-    assert x.shape[0] == 1 and x.shape[-1] == (2 * K if prologue == "silu_mul" else K)
-    assert weight.is_contiguous() and x.is_contiguous()
+    fusion.check(x, N, K)
+    if not weight.is_contiguous() or weight.device != x.device:
+        raise ValueError("weight must be contiguous and on x's device")
     if out is None:
         out = torch.empty((1, N), dtype=out_dtype or x.dtype, device=x.device)
-    res = residual if residual is not None else out
-    nw = norm_weight if norm_weight is not None else weight
+    nw, res, eps = fusion.args(x, out)
     _gemv_kernel[(triton.cdiv(N, block_n),)](
         x, weight, out, res, nw, N, K, eps,
-        PRO=_PRO[prologue], HAS_RES=residual is not None, BLOCK_N=block_n, BLOCK_K=block_k, STAGES=stages,
+        PRO=int(fusion.prologue), HAS_RES=fusion.residual is not None, BLOCK_N=block_n, BLOCK_K=block_k, STAGES=stages,
         num_warps=num_warps,
     )
     return out

@@ -53,8 +53,7 @@ def linear_gemv(linear: nn.Module, x: torch.Tensor, fusion, out: torch.Tensor) -
             return quant_gemv.gemv_int8(x, linear.qweight, linear.scales, out=out, fusion=fusion)
         return quant_gemv.gemv_int4(x, linear.qweight, linear.scales, linear.in_features, linear.group, out=out,
                                     mins=linear.mins, fusion=fusion)
-    return gemv(x, linear.weight, fusion.prologue.name.lower(), fusion.norm_weight, fusion.eps,
-                residual=fusion.residual, out=out)
+    return gemv(x, linear.weight, fusion, out=out)
 
 
 @torch.inference_mode()
@@ -81,6 +80,5 @@ def fused_decode(model, ids: torch.Tensor, attn, plan, pool) -> torch.Tensor:
     if isinstance(head, SplitHead):  # W = hi + lo: two float32 GEMVs of the same normed h, same bytes as float32
         from swiftinfer_core.kernels.gemv import gemv
 
-        hi = gemv(h, head.hi, "rmsnorm", model.norm.weight, eps, out_dtype=torch.float32)
-        return hi + gemv(h, head.lo, "rmsnorm", model.norm.weight, eps, out_dtype=torch.float32)
+        return gemv(h, head.hi, normed, out_dtype=torch.float32) + gemv(h, head.lo, normed, out_dtype=torch.float32)
     return linear_gemv(head, h, normed, new(head, torch.float32))

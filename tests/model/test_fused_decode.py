@@ -2,32 +2,23 @@
 float weights and with fp8 / int8 / int4 weights (their GEMVs with the folds of
 kernels/gemv_fusion.py)."""
 
-import importlib
-import os
-import sys
-
 import pytest
 import torch
 from torch import nn
 
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"  # read when @triton.jit decorates: before the kernels import
-    for name in ("swiftinfer_core.kernels.gemv", "swiftinfer_core.kernels.gemv_fusion", "swiftinfer_core.kernels.fp8_gemv",
-                 "swiftinfer_core.kernels.quant_gemv", "swiftinfer_core.kernels.fp8_gemm", "swiftinfer_core.kernels.quant_gemm"):
-        if name in sys.modules:
-            importlib.reload(sys.modules[name])
-
-from swiftinfer_core.cache.layout import StreamLayout  # noqa: E402
-from swiftinfer_core.cache.pool import KVPool  # noqa: E402
-from swiftinfer_core.kernels.attention import TorchAttention  # noqa: E402
-from swiftinfer_core.kernels.batch import AttnBatch  # noqa: E402
-from swiftinfer_core.kernels.rope import inv_freq  # noqa: E402
-from swiftinfer_core.model import fused_decode  # noqa: E402
-from swiftinfer_core.model.fp8_linear import quantize_fp8_linears  # noqa: E402
-from swiftinfer_core.model.llama import Llama  # noqa: E402
-from swiftinfer_core.model.quant import QuantFormat  # noqa: E402
-from swiftinfer_core.model.quant_linear import QuantLinear, quantize_linears  # noqa: E402
-from swiftinfer_core.model.loader import ModelArgs  # noqa: E402
+# without a GPU the kernels run under Triton's interpreter: tests/conftest.py sets TRITON_INTERPRET
+# before any kernel imports (a reload here would give the kernels a second Fusion/Prologue class)
+from swiftinfer_core.cache.layout import StreamLayout
+from swiftinfer_core.cache.pool import KVPool
+from swiftinfer_core.kernels.attention import TorchAttention
+from swiftinfer_core.kernels.batch import AttnBatch
+from swiftinfer_core.kernels.rope import inv_freq
+from swiftinfer_core.model import fused_decode
+from swiftinfer_core.model.fp8_linear import quantize_fp8_linears
+from swiftinfer_core.model.llama import Llama
+from swiftinfer_core.model.quant import QuantFormat
+from swiftinfer_core.model.quant_linear import QuantLinear, quantize_linears
+from swiftinfer_core.model.loader import ModelArgs
 
 
 WEIGHTS = ["float", "fp8", "int8", "int4", "int4_zp"]
