@@ -98,8 +98,11 @@ def build_rank(cfg: RankConfig, plan: ShardPlan | None = None, ranks: Ranks | No
     check_kv_dtype(cfg, device)
     pool = KVPool(cfg.layout, cfg.args.num_layers, slots, kv_heads, cfg.args.head_dim, cfg.cache_dtype, device)
     attn = make_attention(cfg, device, plan, kernels)
-    # the fused batch-1 chain (model/fused_decode.py): float, fp8 and int8/int4 weights; supports() refuses the rest
-    model.gemv_decode = cfg.gemv_decode and device.type == "cuda" and isinstance(attn, TritonAttention) and fused_decode.supports(model)
+    # the fused batch-1 chain (model/fused_decode.py): float weights. supports() takes fp8 and int8/int4 too
+    # (kernels/gemv_fusion.py), but their folded GEMVs have run only under Triton's interpreter so far, not
+    # natively on a GPU: the engine leaves them out until they have (bench/formats_step.py --chain both).
+    model.gemv_decode = (cfg.gemv_decode and cfg.quant is None and device.type == "cuda" and isinstance(attn, TritonAttention)
+                         and fused_decode.supports(model))
     if isinstance(model, Llama):
         model.fuse_elementwise(cfg.fused_elementwise and device.type == "cuda")
     # the C layer reads and writes float32 caches (model/cpu_decode.py): an fp8 cache decodes through CpuAttention
