@@ -64,11 +64,17 @@ def build(args, fmt: QuantFormat | None, dev, down_terms: int = 1):
         quantize_fp8_linears(model, head=True, down_terms=down_terms)
     elif fmt is not None:
         quantize_linears(model, fmt, GROUP, head=True)
-    model.gemv_decode = fused_decode.supports(model)
+    # as runner/build.py: the chain for float weights only (the folded quantized GEMVs ran slower, session 35)
+    model.gemv_decode = fmt is None and fused_decode.supports(model)
     return model
 
 
-CHAINS = {"engine": (True,), "unfused": (False,), "both": (True, False)}  # --chain -> batch-1 gemv_decode settings
+def chains(model, choice: str) -> tuple[bool, ...]:
+    """Batch-1 gemv_decode settings to time for --chain ``choice``: the engine's, unfused, or both where the chain runs."""
+    from swiftinfer_core.model import fused_decode
+
+    return {"engine": (model.gemv_decode,), "unfused": (False,),
+            "both": (True, False) if fused_decode.supports(model) else (False,)}[choice]
 
 
 def weight_bytes(model) -> int:
@@ -121,7 +127,7 @@ def run(a) -> None:
                 for B in batches_for(a.batches, fit[kname], fit["bf16"]) if a.fit else [b for b in a.batches if b <= fit[kname]]:
                     if FORMATS[fname][1] == 2 and B < SCALED_MM_MIN_ROWS:
                         continue  # below _scaled_mm's rows the down projections run as in "fp8"
-                    for on in CHAINS[a.chain] if B == 1 and engine_chain else (False,):
+                    for on in chains(model, a.chain) if B == 1 else (False,):
                         model.gemv_decode = on
                         r = measure(model, args, layout, B, dev, KV[kname], a.steps)
                         roof_s = (w_bytes + B * per_seq[kname]) / bw
@@ -186,7 +192,7 @@ def main() -> None:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 32, 128])
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--reserve-gib", type=float, default=8.0)
-    ap.add_argument("--chain", default="engine", choices=list(CHAINS),
+    ap.add_argument("--chain", default="engine", choices=["engine", "unfused", "both"],
                     help="batch-1 steps: the engine's fused GEMV chain, the unfused layers, or both")
     ap.add_argument("--fit", action=argparse.BooleanOptionalAction, default=True,
                     help="also run the most conversations that fit (bf16's and this cache's)")

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from swiftinfer_core.model.fp8_linear import Fp8Linear
+from swiftinfer_core.model.layers import in_dtype
 from swiftinfer_core.model.quant import QuantFormat
 from swiftinfer_core.model.quant_linear import QuantLinear
 from swiftinfer_core.model.split_head import SplitHead
@@ -60,7 +61,6 @@ def linear_gemv(linear: nn.Module, x: torch.Tensor, fusion, out: torch.Tensor) -
 def fused_decode(model, ids: torch.Tensor, attn, plan, pool) -> torch.Tensor:
     """ids [1] -> logits [1, vocab] float32; writes the token's K/V like the plain path."""
     from swiftinfer_core.kernels.gemv_fusion import Fusion, Prologue
-    from swiftinfer_core.model.llama import in_dtype
 
     eps, dev = model.args.rms_eps, ids.device
 

@@ -40,6 +40,11 @@ class ShardPlan:
         return self.all_reduce(x) if self.all_reduce else x
 
 
+def in_dtype(linear: nn.Module) -> torch.dtype:
+    """The dtype a linear layer takes: its weight's, or its own ``in_dtype`` (quantized layers, model/cpu_weights.Int8Linear)."""
+    return getattr(linear, "in_dtype", None) or linear.weight.dtype
+
+
 class RMSNorm(nn.Module):
     """Llama's: normalise in float32, back to x's dtype, times the weight."""
 

@@ -18,19 +18,14 @@ from swiftinfer_core.kernels.fused import add_rmsnorm, silu_mul
 from swiftinfer_core.kernels.torch_decode import CpuDecodePlan
 from swiftinfer_core.model.args import ModelArgs, common_args
 from swiftinfer_core.model.fused_decode import fused_decode
-from swiftinfer_core.model.layers import RMSNorm, ShardPlan, Weights, permute_heads, rotary_perm
+from swiftinfer_core.model.layers import RMSNorm, ShardPlan, Weights, in_dtype, permute_heads, rotary_perm
 
-__all__ = ["Block", "Llama", "ShardPlan", "llama_args"]
+__all__ = ["Block", "Llama", "ShardPlan", "in_dtype", "llama_args"]
 
 
 def llama_args(cfg: dict, name: str) -> ModelArgs:
     kind = cfg.get("model_type", "llama")
     return common_args(cfg, name, qkv_bias=bool(cfg.get("attention_bias", kind == "qwen2")), qk_norm=kind == "qwen3")
-
-
-def in_dtype(linear: nn.Module) -> torch.dtype:
-    """The dtype a linear layer takes: its weight's, or its own ``in_dtype`` (model/cpu_weights.Int8Linear)."""
-    return getattr(linear, "in_dtype", None) or linear.weight.dtype
 
 
 class Block(nn.Module):
