@@ -93,11 +93,13 @@ def summarize(rows: list[dict]) -> list[dict]:
     """Per shape and KV dtype, each format against bf16 weights with a bf16 cache at the same B:
     tokens/s ratios (batch 1: the ms/token ratio), and conversations that fit against bf16/bf16's."""
     chain = lambda r: r.get("gemv_chain", False)  # noqa: E731  (rows before session 35: unfused)
-    base = {(r["shape"], r["B"], chain(r)): r for r in rows if r["weights"] == "bf16" and r["kv"] == "bf16"}
-    fit0 = {r["shape"]: r["slots_fit"] for r in rows if r["weights"] == "bf16" and r["kv"] == "bf16"}
+    ones = [r for r in rows if r["weights"] == "bf16" and r["kv"] == "bf16"]
+    # the same batch-1 chain setting where both ran (--chain both), else bf16 as the engine ran it
+    base = {(r["shape"], r["B"]): r for r in ones} | {(r["shape"], r["B"], chain(r)): r for r in ones}
+    fit0 = {r["shape"]: r["slots_fit"] for r in ones}
     out = []
     for r in rows:
-        b = base.get((r["shape"], r["B"], chain(r)))
+        b = base.get((r["shape"], r["B"], chain(r))) or base.get((r["shape"], r["B"]))
         out.append({k: r.get(k) for k in ("shape", "weights", "kv", "B", "gemv_chain", "tok_s", "itl_p50_ms")}
                    | {"x_bf16": None if b is None else r["tok_s"] / b["tok_s"],
                       "fit_x_bf16": r["slots_fit"] / fit0[r["shape"]] if r["shape"] in fit0 else None})
@@ -203,6 +205,8 @@ def main() -> None:
     if a.replot:
         d = json.loads(Path(a.replot).read_text())
         plot(d["rows"], d["device"].get("name", ""), Path(a.replot).stem, a.out)
+        print(common.table(summarize(d["rows"]), ["shape", "weights", "kv", "B", "gemv_chain", "tok_s", "itl_p50_ms",
+                                                  "x_bf16", "fit_x_bf16"]))
         return
     run(a)
 

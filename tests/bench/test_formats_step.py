@@ -51,3 +51,16 @@ def test_summarize_divides_by_bf16_weights_and_cache_at_the_same_batch():
     assert s[("int4", "fp8", 210)]["x_bf16"] is None  # bf16 never ran 210 conversations
     assert s[("int4", "fp8", 210)]["fit_x_bf16"] == pytest.approx(2.1)
     assert s[("bf16", "bf16", 1)]["x_bf16"] == 1.0
+
+
+def test_summarize_takes_the_same_batch1_chain_where_both_ran_else_bf16_as_the_engine_ran_it():
+    def row(w, B, tok_s, chain):
+        return dict(shape="s", weights=w, kv="bf16", B=B, tok_s=tok_s, itl_p50_ms=1e3 * B / tok_s, slots_fit=10,
+                    gemv_chain=chain)
+
+    rows = [row("bf16", 1, 240.0, True), row("bf16", 1, 200.0, False),  # --chain both
+            row("fp8", 1, 300.0, True), row("fp8", 1, 330.0, False)]
+    s = {(r["weights"], r["gemv_chain"]): r["x_bf16"] for r in summarize(rows)}
+    assert s[("fp8", True)] == pytest.approx(1.25) and s[("fp8", False)] == pytest.approx(1.65)
+    engine = [row("bf16", 1, 240.0, True), row("fp8", 1, 330.0, False)]  # --chain engine: quantized rows unfused
+    assert summarize(engine)[1]["x_bf16"] == pytest.approx(330 / 240)
