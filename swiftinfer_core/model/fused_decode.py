@@ -8,7 +8,10 @@ fp8 and int8/int4 weights (model/fp8_linear.py, model/quant_linear.py) through
 their own GEMVs with the same folds (kernels/gemv_fusion.py). Numerically it is
 the same function as ``Llama.forward`` (float32 residual stream, float32 norms
 and accumulation); the attention call is the same backend call. Used only for
-single-device models without QKV bias.
+single-device models without QKV bias. The engine (runner/build.py) runs it for
+float weights only: with the folds, the quantized GEMVs took longer than the
+launches they save (H200, docs/quantization.md, "The batch-1 chain for
+quantized weights"); bench/formats_step.py --chain both times them.
 """
 
 from __future__ import annotations
