@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from swiftinfer_core.kernels.gemv_fusion import NO_FUSION, Fusion, epilogue, full_sum_squares, pro_load
+from swiftinfer_core.kernels.gemv_fusion import NO_FUSION, Fusion, epilogue, pro_load, split_epilogue
 from swiftinfer_core.kernels.triton_common import sm_count
 
 MAX_SPLIT = 16
@@ -77,10 +77,7 @@ def _sum_splits_kernel(P, Y, X, RES, eps, N, K, SPLIT: tl.constexpr, BLOCK: tl.c
     acc = tl.zeros([BLOCK], tl.float32)
     for s in tl.static_range(SPLIT):
         acc += tl.load(P + s * N + cols, mask=mask, other=0.0)
-    ss = 0.0
-    if PRO == 1:
-        ss = full_sum_squares(X, K)
-    acc = epilogue(acc, cols, mask, ss, K, eps, RES, PRO, HAS_RES)
+    acc = split_epilogue(acc, cols, mask, X, K, eps, RES, PRO, HAS_RES)
     tl.store(Y + cols, acc.to(Y.dtype.element_ty), mask=mask)
 
 

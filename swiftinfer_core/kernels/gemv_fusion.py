@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from swiftinfer_core.kernels.quant_common import splitk_arrive, splitk_release
+
 SS_BLOCK = tl.constexpr(1024)  # x values per step of the full sum of squares
 
 
@@ -113,26 +115,31 @@ def epilogue(y, rows, rmask, ss, K, eps, RES, PRO: tl.constexpr, HAS_RES: tl.con
 
 
 @triton.jit
+def split_epilogue(tot, rows, rmask, X, K, eps, RES, PRO: tl.constexpr, HAS_RES: tl.constexpr):
+    """The epilogue of a split-K sum ``tot``: no part saw all of x, so x^2 is summed over all of it here."""
+    ss = 0.0
+    if PRO == 1:
+        ss = full_sum_squares(X, K)
+    return epilogue(tot, rows, rmask, ss, K, eps, RES, PRO, HAS_RES)
+
+
+@triton.jit
 def fused_store(y, ss, Y, rows, rmask, WS, CNT, tile, pid_k, SPLIT, N, X, K, eps, RES,
                 PRO: tl.constexpr, HAS_RES: tl.constexpr):
-    """kernels/quant_common.splitk_store with the epilogue: y [BLOCK_N] float32, this part's
-    product (unnormalised), ss this part's sum of x^2."""
+    """kernels/quant_common.splitk_store with the epilogue (its arrival and release protocol):
+    y [BLOCK_N] float32, this part's product (unnormalised), ss this part's sum of x^2."""
     if SPLIT == 1:
         y = epilogue(y, rows, rmask, ss, K, eps, RES, PRO, HAS_RES)
         tl.store(Y + rows, y.to(Y.dtype.element_ty), mask=rmask)
     else:
         tl.store(WS + pid_k * N + rows, y, mask=rmask)
-        tl.debug_barrier()  # every thread's partial is written before the arrival
-        if tl.atomic_add(CNT + tile, 1, sem="acq_rel") == SPLIT - 1:
+        if splitk_arrive(CNT, tile, SPLIT):
             tot = tl.load(WS + rows, mask=rmask, other=0.0, cache_modifier=".cg")
             for s in range(1, SPLIT):
                 tot += tl.load(WS + s * N + rows, mask=rmask, other=0.0, cache_modifier=".cg")
-            full = 0.0
-            if PRO == 1:
-                full = full_sum_squares(X, K)
-            tot = epilogue(tot, rows, rmask, full, K, eps, RES, PRO, HAS_RES)
+            tot = split_epilogue(tot, rows, rmask, X, K, eps, RES, PRO, HAS_RES)
             tl.store(Y + rows, tot.to(Y.dtype.element_ty), mask=rmask)
-            tl.atomic_xchg(CNT + tile, 0)  # ready for the next launch
+            splitk_release(CNT, tile)
 
 
 def fused_ref(x: torch.Tensor, weight: torch.Tensor, fusion: Fusion) -> torch.Tensor:
