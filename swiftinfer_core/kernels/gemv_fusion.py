@@ -50,6 +50,11 @@ class Fusion:
     eps: float = 1e-5
     residual: torch.Tensor | None = None
 
+    @property
+    def folds(self) -> bool:
+        """Whether anything is folded in (a prologue or a residual)."""
+        return self.prologue is not Prologue.NONE or self.residual is not None
+
     def x_width(self, k: int) -> int:
         """x's columns for a weight of K columns: [gate, up] for SILU_MUL."""
         return 2 * k if self.prologue is Prologue.SILU_MUL else k

@@ -215,7 +215,7 @@ def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: in
         check_operands(x, packed, mins)
     out = check_out(out, 1, n, x)
     cfg = cfg or quant_configs.config(int4_table(zp), 1, n, k)
-    if fusion != NO_FUSION:
+    if fusion.folds:  # dataclass equality would compare the tensors
         cfg = {**cfg, "math": "f32", "x_resident": False}
     math = cfg.get("math", "f32")
     if math not in ("f32", "h2"):
