@@ -124,23 +124,22 @@ def run(a) -> None:
             budget = torch.cuda.mem_get_info()[0] - a.reserve_gib * 2**30
             fit = {n: int(budget // per_seq[n]) for n in KV}
             print(f"{shape} {fname}: weights {w_bytes / 1e9:.2f} GB; fit " + ", ".join(f"{n} KV {fit[n]}" for n in KV), flush=True)
-            engine_chain = model.gemv_decode
+            batch1 = chains(model, a.chain)  # gemv_decode only matters for one-token steps
             for kname in a.kv:
                 for B in batches_for(a.batches, fit[kname], fit["bf16"]) if a.fit else [b for b in a.batches if b <= fit[kname]]:
                     if FORMATS[fname][1] == 2 and B < SCALED_MM_MIN_ROWS:
                         continue  # below _scaled_mm's rows the down projections run as in "fp8"
-                    for on in chains(model, a.chain) if B == 1 else (False,):
+                    for on in batch1 if B == 1 else (False,):
                         model.gemv_decode = on
                         r = measure(model, args, layout, B, dev, KV[kname], a.steps)
                         roof_s = (w_bytes + B * per_seq[kname]) / bw
-                        r.update(shape=shape, weights=fname, kv=kname, B=B, gemv_chain=on and B == 1, slots_fit=fit[kname],
+                        r.update(shape=shape, weights=fname, kv=kname, B=B, gemv_chain=on, slots_fit=fit[kname],
                                  weight_bytes=w_bytes, kv_bytes_per_seq=per_seq[kname], roofline_tok_s=B / roof_s,
                                  frac_roofline=roof_s * 1e3 / r["itl_p50_ms"])
                         rows.append(r)
                         print(f"  {kname} KV B={B:4d}{' chain' if on else ''}: {r['tok_s']:9.1f} tok/s  ITL p50 "
                               f"{r['itl_p50_ms']:.2f} ms  {r['frac_roofline']:.2f} of roofline", flush=True)
                         common.write_results(a.name, {**meta, "rows": rows, "summary": summarize(rows)}, a.out)
-                    model.gemv_decode = engine_chain
             del model
             gc.collect()
             torch.cuda.empty_cache()
