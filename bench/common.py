@@ -131,10 +131,11 @@ WEIGHT_KERNELS = ("gemm", "gemv", "nvjet", "cutlass", "xmma", "sm90_", "cublas")
 DECODE_ATTENTION_KERNELS = ("_decode_split_kernel", "decode_combine")
 
 
-def kernel_ms_by_family(fn, families: tuple[tuple[str, tuple[str, ...]], ...], reps: int = 3) -> dict:
+def kernel_ms_by_family(fn, families: tuple[tuple[str, tuple[str, ...]], ...], reps: int = 3, top: int = 12) -> dict:
     """GPU ms per call of ``fn`` by kernel family (torch.profiler, CUDA activity; kernels
     inside CUDA graph replays included): a kernel belongs to the first family one of
-    whose name pieces it contains, else to "other". Plus "total" and the top kernels."""
+    whose name pieces it contains, else to "other". Plus "total", the ``top`` kernels
+    by time and every kernel ("top_all"), each with its calls per call of ``fn``."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()  # compile and allocate outside the profile
@@ -144,7 +145,7 @@ def kernel_ms_by_family(fn, families: tuple[tuple[str, tuple[str, ...]], ...], r
             fn()
         torch.cuda.synchronize()
     out = {f: 0.0 for f, _ in families} | {"other": 0.0}
-    top = []
+    kernels = []
     for ev in prof.key_averages():
         us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
         if not us or ev.key.startswith("cuda"):  # runtime calls, not kernels
@@ -152,9 +153,10 @@ def kernel_ms_by_family(fn, families: tuple[tuple[str, tuple[str, ...]], ...], r
         name = ev.key.lower()
         fam = next((f for f, keys in families if any(k.lower() in name for k in keys)), "other")
         out[fam] += us / 1e3 / reps
-        top.append({"ms": round(us / 1e3 / reps, 4), "calls": ev.count // reps, "name": ev.key[:90]})
-    top.sort(key=lambda t: -t["ms"])
-    return {k: round(v, 4) for k, v in out.items()} | {"total": round(sum(out.values()), 4), "top": top[:12]}
+        kernels.append({"ms": round(us / 1e3 / reps, 4), "calls": ev.count // reps, "name": ev.key[:90]})
+    kernels.sort(key=lambda t: -t["ms"])
+    return {k: round(v, 4) for k, v in out.items()} | {"total": round(sum(out.values()), 4), "top": kernels[:top],
+                                                       "top_all": kernels}
 
 
 def module_at(rev: str, path: str, name: str):

@@ -17,8 +17,10 @@ Split-K: a [576, 576] layer of the default model has 36 row blocks of 16, far
 fewer programs than an H200's 132 SMs, and most of the GPU would idle. Where
 row blocks are fewer than 2 x SMs, K is cut into SPLIT chunks (whole BLOCK_K
 steps each); every program stores its scaled partial sums to P float32
-[SPLIT, N] and a second kernel adds the SPLIT partials per row in a fixed order
-(deterministic: no atomics) and casts to y's dtype. SPLIT 1 stores y directly.
+[SPLIT, N], and the SPLIT partials of a row are added in a fixed order
+(deterministic) and cast to y's dtype, either by a second kernel or, with
+``one_launch``, by the last part of the row tile to arrive (an atomic counter:
+kernels/quant_common.py splitk_arrive), saving a launch. SPLIT 1 stores y directly.
 
 Shapes alone fix the grid and SPLIT (the SM count is a device property, read on
 the host once), so the launch is CUDA-graph capturable and has no host syncs.
@@ -30,7 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
-from swiftinfer_core.kernels.gemv_fusion import NO_FUSION, Fusion, epilogue, pro_load, split_epilogue
+from swiftinfer_core.kernels.gemv_fusion import NO_FUSION, Fusion, fused_store, pro_load, split_epilogue
+from swiftinfer_core.kernels.quant_common import split_buffers
 from swiftinfer_core.kernels.triton_common import sm_count
 
 MAX_SPLIT = 16
@@ -38,9 +41,9 @@ MAX_SPLIT = 16
 
 @triton.jit
 def _fp8_gemv_kernel(
-    X, Q, S, Y, P, NW, RES, eps, N, K, K_CHUNK,
+    X, Q, S, Y, P, CNT, NW, RES, eps, N, K, K_CHUNK,
     SPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
-    PRO: tl.constexpr, HAS_RES: tl.constexpr,
+    PRO: tl.constexpr, HAS_RES: tl.constexpr, ONE_LAUNCH: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -61,9 +64,8 @@ def _fp8_gemv_kernel(
             ssv += xr * xr
         acc += w.to(tl.float32) * x[None, :]
     y = tl.sum(acc, 1) * tl.load(S + rows, mask=rmask, other=0.0)  # [BLOCK_N] float32, scaled once per row
-    if SPLIT == 1:
-        y = epilogue(y, rows, rmask, tl.sum(ssv, 0), K, eps, RES, PRO, HAS_RES)
-        tl.store(Y + rows, y.to(Y.dtype.element_ty), mask=rmask)
+    if SPLIT == 1 or ONE_LAUNCH:
+        fused_store(y, tl.sum(ssv, 0), Y, rows, rmask, P, CNT, pid_n, pid_k, SPLIT, N, X, K, eps, RES, PRO, HAS_RES)
     else:
         tl.store(P + pid_k * N + rows, y, mask=rmask)
 
@@ -104,10 +106,11 @@ def choose_split(n: int, k: int, device: torch.device, block_n: int, block_k: in
 
 def gemv_fp8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor | None = None,
              split_k: int | None = None, block_n: int = 16, block_k: int = 512, num_warps: int = 4,
-             stages: int = 3, fusion: Fusion = NO_FUSION) -> torch.Tensor:
+             stages: int = 3, fusion: Fusion = NO_FUSION, one_launch: bool = False) -> torch.Tensor:
     """x [1, K] (bf16, fp16 or fp32), q float8_e4m3fn [N, K], scales float32 [N] -> y [1, N] in out's
     dtype (default x's). ``split_k``: K chunks per row block (None: choose_split). ``fusion``: the norm,
-    SiLU*up and residual folded in (kernels/gemv_fusion.py; x [1, 2K] for SILU_MUL)."""
+    SiLU*up and residual folded in (kernels/gemv_fusion.py; x [1, 2K] for SILU_MUL). ``one_launch``: the
+    last part of a row tile sums the split-K partials (no second kernel)."""
     n, k = fp8_shape(q, scales)
     fusion.check(x, n, k)
     if q.device != x.device or scales.device != x.device:
@@ -117,14 +120,16 @@ def gemv_fp8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch.
     # whole BLOCK_K steps per chunk; the last chunk may be shorter, and with rounding fewer chunks may suffice
     k_chunk = triton.cdiv(triton.cdiv(k, block_k), split) * block_k
     split = triton.cdiv(k, k_chunk)
-    part = out if split == 1 else torch.empty((split, n), dtype=torch.float32, device=x.device)
+    tiles = triton.cdiv(n, block_n)
+    part, cnt = split_buffers(x.device, split, 1, n, tiles)
     nw, res, eps = fusion.args(x, out)
     pro, has_res = int(fusion.prologue), fusion.residual is not None
-    _fp8_gemv_kernel[(triton.cdiv(n, block_n), split)](
-        x, q, scales, out, part, nw, res, eps, n, k, k_chunk,
-        SPLIT=split, BLOCK_N=block_n, BLOCK_K=block_k, STAGES=stages, PRO=pro, HAS_RES=has_res, num_warps=num_warps,
+    _fp8_gemv_kernel[(tiles, split)](
+        x, q, scales, out, part, cnt, nw, res, eps, n, k, k_chunk,
+        SPLIT=split, BLOCK_N=block_n, BLOCK_K=block_k, STAGES=stages, PRO=pro, HAS_RES=has_res, ONE_LAUNCH=one_launch,
+        num_warps=num_warps,
     )
-    if split > 1:
+    if split > 1 and not one_launch:
         block = 1024
         _sum_splits_kernel[(triton.cdiv(n, block),)](part, out, x, res, eps, n, k, SPLIT=split, BLOCK=block,
                                                       PRO=pro, HAS_RES=has_res, num_warps=4)
