@@ -39,7 +39,9 @@ from swiftinfer_core.kernels import quant_gemv as gv
 from swiftinfer_core.kernels import quant_gemv_h2 as h2
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-PTR = {"X": "*bf16", "S": "*bf16", "MN": "*bf16", "Y": "*bf16", "WS": "*fp32", "CNT": "*i32", "Q": "*i32"}
+PTR = {"X": "*bf16", "S": "*bf16", "MN": "*bf16", "Y": "*bf16", "WS": "*fp32", "CNT": "*i32", "Q": "*i32",
+       "NW": "*bf16", "RES": "*fp32", "eps": "fp32", "SSI": "*fp32", "NWN": "*bf16", "XN": "*bf16", "SSO": "*fp32"}
+NO_FOLDS = dict(PRO=0, HAS_RES=False, HANDOFF=False)  # kernels/gemv_fusion.py: the plain product
 DIV16 = {"X", "Q", "S", "Y", "WS", "CNT", "N", "K", "KB", "NG", "stride_xm", "stride_ym"}  # as at the 7B shapes
 
 
@@ -75,7 +77,7 @@ def gemv_builds(fmt: str, c: dict) -> list[tuple[str, object, dict, int, float]]
     """(label, kernel, constexprs, warps, weights per thread per loop trip) of the batch-1
     kernels for config c: int8's; int4's f32 and h2 maths at c and at 2x block_n."""
     if fmt == "int8":
-        return [("int8 b=1  ", gv._gemv_int8_kernel, dict(BLOCK_N=c["block_n"], NB=c["block_k"] // 16, STAGES=c["stages"]),
+        return [("int8 b=1  ", gv._gemv_int8_kernel, dict(BLOCK_N=c["block_n"], NB=c["block_k"] // 16, STAGES=c["stages"], **NO_FOLDS),
                  c["warps"], c["block_n"] * c["block_k"] / (32 * c["warps"]))]
     out = []
     for bn in (c["block_n"], 2 * c["block_n"]):
@@ -83,7 +85,7 @@ def gemv_builds(fmt: str, c: dict) -> list[tuple[str, object, dict, int, float]]
         weights = bn * c["block_k"] / (32 * c["warps"])
         for v in ({}, *qc.GEMV_VARIANTS["int4"]):  # the variants the sweep tries
             prefetch, l2_only = qc.gemv_variant(v)
-            consts = dict(base, ZP=False, PREFETCH=prefetch, CG=l2_only, PDL=qc.pdl(v), L2PF=False)
+            consts = dict(base, ZP=False, PREFETCH=prefetch, CG=l2_only, PDL=qc.pdl(v), L2PF=False, **NO_FOLDS)
             out.append((f"int4 b=1 f32 n{bn:<3} {v}", gv._gemv_int4_kernel, consts, c["warps"], weights))
         out.append((f"int4 b=1 h2  n{bn:<3}", h2.gemv_int4_h2_kernel, dict(base, FAST=True), c["warps"], weights))
     return out

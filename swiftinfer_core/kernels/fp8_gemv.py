@@ -6,14 +6,15 @@ the time: one byte a weight, half of bf16's.
 
 Program (pid_n, pid_k) owns rows [pid_n*BLOCK_N, +BLOCK_N) and the K chunk
 [pid_k*K_CHUNK, +K_CHUNK). Each K step loads a [BLOCK_N, BLOCK_K] tile of q, each
-row a contiguous run of BLOCK_K bytes (512 by default: 16 bytes per thread, one
-128-bit load, with 4 warps over 16 rows x 512), converts it to float32 in
+row a contiguous run of BLOCK_K bytes (by default 8 rows x 512 bytes, 4 warps,
+4 pipelining stages: the fastest tile, or within 2% of it, at every 7B/8B layer
+shape on an H100, bench/results/fp8_gemv_sweep_h100.json), converts it to float32 in
 registers (exact: e4m3 is a subset of float32) and multiply-accumulates with x
 (bf16/fp16/fp32, read as float32) into acc [BLOCK_N, BLOCK_K]; acc is reduced
 once at the end and the row's scale applied to the row's sum (one multiply per
 row, not per weight).
 
-Split-K: a [576, 576] layer of the default model has 36 row blocks of 16, far
+Split-K: a [576, 576] layer of the default model has 72 row blocks of 8, far
 fewer programs than an H200's 132 SMs, and most of the GPU would idle. Where
 row blocks are fewer than 2 x SMs, K is cut into SPLIT chunks (whole BLOCK_K
 steps each); every program stores its scaled partial sums to P float32
@@ -21,6 +22,9 @@ steps each); every program stores its scaled partial sums to P float32
 (deterministic) and cast to y's dtype, either by a second kernel or, with
 ``one_launch``, by the last part of the row tile to arrive (an atomic counter:
 kernels/quant_common.py splitk_arrive), saving a launch. SPLIT 1 stores y directly.
+On the H100 sweep any split of the 7B/8B shapes (whose 8-row blocks fill the GPU)
+was slower than none, and one_launch slower than the second kernel, so neither
+is the default there.
 
 Shapes alone fix the grid and SPLIT (the SM count is a device property, read on
 the host once), so the launch is CUDA-graph capturable and has no host syncs.
@@ -37,13 +41,14 @@ from swiftinfer_core.kernels.quant_common import split_buffers
 from swiftinfer_core.kernels.triton_common import sm_count
 
 MAX_SPLIT = 16
+SUM_BLOCK = 1024  # rows per program of the split-K sum kernel
 
 
 @triton.jit
 def _fp8_gemv_kernel(
-    X, Q, S, Y, P, CNT, NW, RES, eps, N, K, K_CHUNK,
+    X, Q, S, Y, P, CNT, N, K, K_CHUNK, NW, RES, eps, SSI, NPARTS, NWN, XN, SSO,
     SPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
-    PRO: tl.constexpr, HAS_RES: tl.constexpr, ONE_LAUNCH: tl.constexpr,
+    PRO: tl.constexpr, HAS_RES: tl.constexpr, HANDOFF: tl.constexpr, ONE_LAUNCH: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -65,21 +70,24 @@ def _fp8_gemv_kernel(
         acc += w.to(tl.float32) * x[None, :]
     y = tl.sum(acc, 1) * tl.load(S + rows, mask=rmask, other=0.0)  # [BLOCK_N] float32, scaled once per row
     if SPLIT == 1 or ONE_LAUNCH:
-        fused_store(y, tl.sum(ssv, 0), Y, rows, rmask, P, CNT, pid_n, pid_k, SPLIT, N, X, K, eps, RES, PRO, HAS_RES)
+        fused_store(y, tl.sum(ssv, 0), Y, rows, rmask, P, CNT, pid_n, pid_k, SPLIT, N, X, K, eps, RES,
+                    SSI, NPARTS, NWN, XN, SSO, PRO, HAS_RES, HANDOFF)
     else:
         tl.store(P + pid_k * N + rows, y, mask=rmask)
 
 
 @triton.jit
-def _sum_splits_kernel(P, Y, X, RES, eps, N, K, SPLIT: tl.constexpr, BLOCK: tl.constexpr,
-                       PRO: tl.constexpr, HAS_RES: tl.constexpr):
-    """y[n] = sum over s of P[s, n], s in order, with the epilogue, cast to Y's dtype."""
-    cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+def _sum_splits_kernel(P, Y, X, N, K, NW, RES, eps, SSI, NPARTS, NWN, XN, SSO, SPLIT: tl.constexpr, BLOCK: tl.constexpr,
+                       PRO: tl.constexpr, HAS_RES: tl.constexpr, HANDOFF: tl.constexpr):
+    """y[n] = sum over s of P[s, n], s in order, with the epilogue (a handoff's partial sums per BLOCK rows),
+    cast to Y's dtype."""
+    pid = tl.program_id(0)
+    cols = pid * BLOCK + tl.arange(0, BLOCK)
     mask = cols < N
     acc = tl.zeros([BLOCK], tl.float32)
     for s in tl.static_range(SPLIT):
         acc += tl.load(P + s * N + cols, mask=mask, other=0.0)
-    acc = split_epilogue(acc, cols, mask, X, K, eps, RES, PRO, HAS_RES)
+    acc = split_epilogue(acc, cols, mask, X, K, eps, RES, SSI, NPARTS, NWN, XN, SSO, pid, PRO, HAS_RES, HANDOFF)
     tl.store(Y + cols, acc.to(Y.dtype.element_ty), mask=mask)
 
 
@@ -105,8 +113,8 @@ def choose_split(n: int, k: int, device: torch.device, block_n: int, block_k: in
 
 
 def gemv_fp8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch.Tensor | None = None,
-             split_k: int | None = None, block_n: int = 16, block_k: int = 512, num_warps: int = 4,
-             stages: int = 3, fusion: Fusion = NO_FUSION, one_launch: bool = False) -> torch.Tensor:
+             split_k: int | None = None, block_n: int = 8, block_k: int = 512, num_warps: int = 4,
+             stages: int = 4, fusion: Fusion = NO_FUSION, one_launch: bool = False) -> torch.Tensor:
     """x [1, K] (bf16, fp16 or fp32), q float8_e4m3fn [N, K], scales float32 [N] -> y [1, N] in out's
     dtype (default x's). ``split_k``: K chunks per row block (None: choose_split). ``fusion``: the norm,
     SiLU*up and residual folded in (kernels/gemv_fusion.py; x [1, 2K] for SILU_MUL). ``one_launch``: the
@@ -122,15 +130,14 @@ def gemv_fp8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch.
     split = triton.cdiv(k, k_chunk)
     tiles = triton.cdiv(n, block_n)
     part, cnt = split_buffers(x.device, split, 1, n, tiles)
-    nw, res, eps = fusion.args(x, out)
-    pro, has_res = int(fusion.prologue), fusion.residual is not None
+    args, flags = fusion.args(x, out), fusion.flags()
     _fp8_gemv_kernel[(tiles, split)](
-        x, q, scales, out, part, cnt, nw, res, eps, n, k, k_chunk,
-        SPLIT=split, BLOCK_N=block_n, BLOCK_K=block_k, STAGES=stages, PRO=pro, HAS_RES=has_res, ONE_LAUNCH=one_launch,
-        num_warps=num_warps,
+        x, q, scales, out, part, cnt, n, k, k_chunk, *args,
+        SPLIT=split, BLOCK_N=block_n, BLOCK_K=block_k, STAGES=stages, **flags, ONE_LAUNCH=one_launch, num_warps=num_warps,
     )
     if split > 1 and not one_launch:
-        block = 1024
-        _sum_splits_kernel[(triton.cdiv(n, block),)](part, out, x, res, eps, n, k, SPLIT=split, BLOCK=block,
-                                                      PRO=pro, HAS_RES=has_res, num_warps=4)
+        block = SUM_BLOCK
+        _sum_splits_kernel[(triton.cdiv(n, block),)](part, out, x, n, k, *args, SPLIT=split, BLOCK=block, **flags, num_warps=4)
+        tiles = triton.cdiv(n, block)
+    fusion.stored(tiles)
     return out

@@ -12,8 +12,9 @@ kernel launch each. Here each weight read carries its neighbours:
 
 For RMSNORM the sum of squares is accumulated in the same pass as the product and
 applied at the end (y = inv_rms * W @ (x * nw)): one pass over x, no prologue
-latency. With a residual, ``y`` may be the residual tensor itself (in place):
-each program reads and writes only its own rows.
+latency; NORMED takes x normed already by the GEMV before (a handoff,
+kernels/gemv_fusion.py). With a residual, ``y`` may be the residual tensor itself
+(in place): each program reads and writes only its own rows.
 
 W [N, K] row-major (nn.Linear layout). Program p computes rows
 [p*BLOCK_N, (p+1)*BLOCK_N), walking K in BLOCK_K chunks that Triton pipelines
@@ -27,13 +28,14 @@ import torch
 import triton
 import triton.language as tl
 
-from swiftinfer_core.kernels.gemv_fusion import NO_FUSION, Fusion
+from swiftinfer_core.kernels.gemv_fusion import NO_FUSION, Fusion, epilogue, pro_load
 
 
 @triton.jit
 def _gemv_kernel(
-    X, W, Y, RES, NW, N, K, eps,
-    PRO: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
+    X, W, Y, N, K, NW, RES, eps, SSI, NPARTS, NWN, XN, SSO,
+    PRO: tl.constexpr, HAS_RES: tl.constexpr, HANDOFF: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -46,21 +48,12 @@ def _gemv_kernel(
         kk = k0 + offs_k
         kmask = kk < K
         w = tl.load(w_ptr + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
-        if PRO == 2:
-            g = tl.load(X + kk, mask=kmask, other=0.0).to(tl.float32)
-            u = tl.load(X + K + kk, mask=kmask, other=0.0).to(tl.float32)
-            a = g / (1.0 + tl.exp(-g)) * u
-        else:
-            a = tl.load(X + kk, mask=kmask, other=0.0).to(tl.float32)
-            if PRO == 1:
-                ss += a * a
-                a = a * tl.load(NW + kk, mask=kmask, other=0.0).to(tl.float32)
+        a, xr = pro_load(X, NW, kk, kmask, K, PRO)
+        if PRO == 1:
+            ss += xr * xr
         acc += w.to(tl.float32) * a[None, :]
-    y = tl.sum(acc, 1)
-    if PRO == 1:
-        y = y * tl.rsqrt(tl.sum(ss, 0) / K + eps)
-    if HAS_RES:
-        y = y + tl.load(RES + rows, mask=rmask, other=0.0).to(tl.float32)
+    y = epilogue(tl.sum(acc, 1), rows, rmask, tl.sum(ss, 0), K, eps, RES, SSI, NPARTS, NWN, XN, SSO, pid,
+                 PRO, HAS_RES, HANDOFF)
     tl.store(Y + rows, y.to(Y.dtype.element_ty), mask=rmask)
 
 
@@ -84,10 +77,8 @@ def gemv(
         raise ValueError("weight must be contiguous and on x's device")
     if out is None:
         out = torch.empty((1, N), dtype=out_dtype or x.dtype, device=x.device)
-    nw, res, eps = fusion.args(x, out)
-    _gemv_kernel[(triton.cdiv(N, block_n),)](
-        x, weight, out, res, nw, N, K, eps,
-        PRO=int(fusion.prologue), HAS_RES=fusion.residual is not None, BLOCK_N=block_n, BLOCK_K=block_k, STAGES=stages,
-        num_warps=num_warps,
-    )
+    tiles = triton.cdiv(N, block_n)
+    _gemv_kernel[(tiles,)](x, weight, out, N, K, *fusion.args(x, out), **fusion.flags(), BLOCK_N=block_n, BLOCK_K=block_k,
+                           STAGES=stages, num_warps=num_warps)
+    fusion.stored(tiles)
     return out

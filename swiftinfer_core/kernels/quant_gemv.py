@@ -72,10 +72,10 @@ from swiftinfer_core.kernels.gemv_fusion import NO_FUSION, Fusion, fused_store, 
 
 @triton.jit
 def _gemv_int4_kernel(
-    X, Q, S, MN, Y, WS, CNT, NW, RES, eps, N, K, KB, NG, STEPS, SPLIT,
+    X, Q, S, MN, Y, WS, CNT, N, K, KB, NG, STEPS, SPLIT, NW, RES, eps, SSI, NPARTS, NWN, XN, SSO,
     BPG: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr, STAGES: tl.constexpr, ZP: tl.constexpr,
     PREFETCH: tl.constexpr, CG: tl.constexpr, PDL: tl.constexpr, L2PF: tl.constexpr,
-    PRO: tl.constexpr, HAS_RES: tl.constexpr,
+    PRO: tl.constexpr, HAS_RES: tl.constexpr, HANDOFF: tl.constexpr,
 ):
     if PDL:  # programmatic dependent launch: the next kernel may start its own weight loads now
         tl.extra.cuda.gdc_launch_dependents()
@@ -130,13 +130,14 @@ def _gemv_int4_kernel(
             acc += tl.sum(part, 2) * s.to(tl.float32)  # [BLOCK_N, NB]: one scale per block
     y = tl.sum(acc, 1)
     fused_store(y, tl.sum(tl.sum(ssv, 1), 0), Y, rows, rmask, WS, CNT, tl.program_id(0), tl.program_id(1), SPLIT, N,
-                X, K, eps, RES, PRO, HAS_RES)
+                X, K, eps, RES, SSI, NPARTS, NWN, XN, SSO, PRO, HAS_RES, HANDOFF)
 
 
 @triton.jit
 def _gemv_int8_kernel(
-    X, Q, S, Y, WS, CNT, NW, RES, eps, N, K, KB, STEPS, SPLIT,
-    BLOCK_N: tl.constexpr, NB: tl.constexpr, STAGES: tl.constexpr, PRO: tl.constexpr, HAS_RES: tl.constexpr,
+    X, Q, S, Y, WS, CNT, N, K, KB, STEPS, SPLIT, NW, RES, eps, SSI, NPARTS, NWN, XN, SSO,
+    BLOCK_N: tl.constexpr, NB: tl.constexpr, STAGES: tl.constexpr,
+    PRO: tl.constexpr, HAS_RES: tl.constexpr, HANDOFF: tl.constexpr,
 ):
     rows, rmask, q_rows, b_start, b_end = gemv_tile(Q, N, KB, STEPS, BLOCK_N, NB)  # KB blocks of 16 bytes per row
     nb = tl.arange(0, NB)
@@ -161,7 +162,7 @@ def _gemv_int8_kernel(
     # one scale per row: applied once, after the row's sum
     y = tl.sum(acc, 1) * tl.load(S + rows, mask=rmask, other=0.0).to(tl.float32)
     fused_store(y, tl.sum(tl.sum(ssv, 1), 0), Y, rows, rmask, WS, CNT, tl.program_id(0), tl.program_id(1), SPLIT, N,
-                X, K, eps, RES, PRO, HAS_RES)
+                X, K, eps, RES, SSI, NPARTS, NWN, XN, SSO, PRO, HAS_RES, HANDOFF)
 
 
 def _check(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, n: int, k: int, fusion: Fusion) -> None:
@@ -190,12 +191,11 @@ def gemv_int8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch
     nb = cfg["block_k"] // 16
     kb = q.shape[1] // 16
     grid, split, per, ws, cnt = _grid(x, n, cfg["block_n"], triton.cdiv(kb, nb), cfg)
-    nw, res, eps = fusion.args(x, out)
     _gemv_int8_kernel[grid](
-        x, q.view(torch.int32), scales, out, ws, cnt, nw, res, eps, n, k, kb, per, split,
-        BLOCK_N=cfg["block_n"], NB=nb, STAGES=cfg["stages"], PRO=int(fusion.prologue),
-        HAS_RES=fusion.residual is not None, num_warps=cfg["warps"],
+        x, q.view(torch.int32), scales, out, ws, cnt, n, k, kb, per, split, *fusion.args(x, out),
+        BLOCK_N=cfg["block_n"], NB=nb, STAGES=cfg["stages"], **fusion.flags(), num_warps=cfg["warps"],
     )
+    fusion.stored(grid[0])
     return out
 
 
@@ -243,11 +243,11 @@ def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, k: in
             num_warps=cfg["warps"],
         )
         return out
-    nw, res, eps = fusion.args(x, out)
     _gemv_int4_kernel[grid](
-        x, packed.view(torch.int32), scales, mins if zp else scales, out, ws, cnt, nw, res, eps, n, k, kb, ng, per, split,
-        BPG=group // 32, BLOCK_N=cfg["block_n"], NB=nb, STAGES=cfg["stages"], ZP=zp, PREFETCH=prefetch, CG=cg,
-        PDL=pdl, L2PF=l2pf, PRO=int(fusion.prologue), HAS_RES=fusion.residual is not None, num_warps=cfg["warps"],
+        x, packed.view(torch.int32), scales, mins if zp else scales, out, ws, cnt, n, k, kb, ng, per, split,
+        *fusion.args(x, out), BPG=group // 32, BLOCK_N=cfg["block_n"], NB=nb, STAGES=cfg["stages"], ZP=zp,
+        PREFETCH=prefetch, CG=cg, PDL=pdl, L2PF=l2pf, **fusion.flags(), num_warps=cfg["warps"],
         **({"launch_pdl": True} if pdl else {}),
     )
+    fusion.stored(grid[0])
     return out

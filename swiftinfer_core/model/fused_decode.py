@@ -62,26 +62,41 @@ def linear_gemv(linear: nn.Module, x: torch.Tensor, fusion, out: torch.Tensor) -
 
 @torch.inference_mode()
 def fused_decode(model, ids: torch.Tensor, attn, plan, pool) -> torch.Tensor:
-    """ids [1] -> logits [1, vocab] float32; writes the token's K/V like the plain path."""
-    from swiftinfer_core.kernels.gemv_fusion import Fusion, Prologue
+    """ids [1] -> logits [1, vocab] float32; writes the token's K/V like the plain path.
 
-    eps, dev = model.args.rms_eps, ids.device
+    Each norm is handed over (kernels/gemv_fusion.Handoff): the o and down GEMVs, which update the residual h,
+    also store the next weight's input h * norm_weight and the partial sums of h^2, so the qkv, gate-up and
+    head GEMVs read a normed x (Prologue.NORMED). Only layer 0's qkv, after the embedding, norms h itself."""
+    from swiftinfer_core.kernels.gemv_fusion import Fusion, Handoff, Prologue
+
+    eps, dev, layers, head = model.args.rms_eps, ids.device, model.layers, model.lm_head
 
     def new(linear, dtype):
         return torch.empty((1, linear.out_features), dtype=dtype, device=dev)
 
+    def normed(src: Handoff | None, norm: nn.Module) -> tuple[torch.Tensor, Fusion]:
+        """(x, fusion) of a weight read after ``norm``: from the handoff, else norming h in the read."""
+        if src is None:
+            return h, Fusion(Prologue.RMSNORM, norm.weight, eps)
+        return src.xn, Fusion(Prologue.NORMED, eps=eps, source=src)
+
     h = model.embed(ids).float()  # [1, hidden] float32 residual, updated in place below
-    for i, layer in enumerate(model.layers):
+    src = None
+    for i, layer in enumerate(layers):
         hq, hkv, d, dt = layer.hq, layer.hkv, layer.head_dim, in_dtype(layer.wqkv)
-        qkv = linear_gemv(layer.wqkv, h, Fusion(Prologue.RMSNORM, layer.attn_norm.weight, eps), new(layer.wqkv, dt))
+        qkv = linear_gemv(layer.wqkv, *normed(src, layer.attn_norm), new(layer.wqkv, dt))
         q, k, v = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
         o = attn.forward(plan, q.view(1, hq, d), k.view(1, hkv, d), v.view(1, hkv, d), pool.k[i], pool.v[i], i)
-        linear_gemv(layer.wo, o.reshape(1, hq * d).contiguous(), Fusion(residual=h), h)
-        gate_up = linear_gemv(layer.w13, h, Fusion(Prologue.RMSNORM, layer.mlp_norm.weight, eps), new(layer.w13, dt))
-        linear_gemv(layer.w2, gate_up, Fusion(Prologue.SILU_MUL, residual=h), h)
-    head, normed = model.lm_head, Fusion(Prologue.RMSNORM, model.norm.weight, eps)
+        mid = Handoff.new(layer.mlp_norm.weight, in_dtype(layer.w13))
+        linear_gemv(layer.wo, o.reshape(1, hq * d).contiguous(), Fusion(residual=h, handoff=mid), h)
+        gate_up = linear_gemv(layer.w13, *normed(mid, layer.mlp_norm), new(layer.w13, dt))
+        last = i + 1 == len(layers)
+        src = Handoff.new(model.norm.weight if last else layers[i + 1].attn_norm.weight,
+                          torch.float32 if last and isinstance(head, SplitHead) else in_dtype(head if last else layers[i + 1].wqkv))
+        linear_gemv(layer.w2, gate_up, Fusion(Prologue.SILU_MUL, residual=h, handoff=src), h)
+    x, fusion = normed(src, model.norm)
     if isinstance(head, SplitHead):  # W = hi + lo: two float32 GEMVs of the same normed h, same bytes as float32
         from swiftinfer_core.kernels.gemv import gemv
 
-        return gemv(h, head.hi, normed, out_dtype=torch.float32) + gemv(h, head.lo, normed, out_dtype=torch.float32)
-    return linear_gemv(head, h, normed, new(head, torch.float32))
+        return gemv(x, head.hi, fusion, out_dtype=torch.float32) + gemv(x, head.lo, fusion, out_dtype=torch.float32)
+    return linear_gemv(head, x, fusion, new(head, torch.float32))

@@ -12,7 +12,7 @@ from swiftinfer_core.kernels.gemv_fusion import Fusion, Prologue, fused_ref
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 
 
-@pytest.mark.parametrize("prologue", list(Prologue))
+@pytest.mark.parametrize("prologue", [Prologue.NONE, Prologue.RMSNORM, Prologue.SILU_MUL])  # NORMED: test_gemv_fusion
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gemv_matches_float64(prologue, dtype, dev):
     seed = fresh_seed()
