@@ -83,7 +83,7 @@ def plot(rows: list[dict], device: str, name: str, out: str | None) -> None:
 
     fams = [f for f, _ in FAMILIES] + ["other"]
     labels = [f"{r['shape']}\n{r['weights']}{' chain' if r['gemv_chain'] else ''}" for r in rows]
-    fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(rows)), 5))
+    fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(rows)) + 1.5, 5))
     bottom = [0.0] * len(rows)
     for i, f in enumerate(fams + ["gap"]):
         vals = [max(0.0, r["gap_ms"]) if f == "gap" else r["families"].get(f, 0.0) for r in rows]
@@ -94,7 +94,8 @@ def plot(rows: list[dict], device: str, name: str, out: str | None) -> None:
     ax.set_xticks(range(len(rows)), labels, fontsize=7)
     ax.set_ylabel("ms per batch-1 step")
     ax.set_title(f"batch-1 decode step by kernel family, {rows[0]['kv'] if rows else ''} KV 4+2044, {device}")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
     ax.grid(alpha=0.3, axis="y")
     common.save_plot(name, fig, out)
 

@@ -1,17 +1,17 @@
 """Batch-1 decode through fused GEMV kernels (GPU, Triton).
 
 At batch 1 every weight is read once per token, so the step is a chain of
-matrix-vector products. Each weight read folds its neighbours in: RMSNorm into
-the QKV and gate/up reads, SiLU(gate)*up into the down read, the residual adds
-into the O and down epilogues. Float weights read through kernels/gemv.py;
-fp8 and int8/int4 weights (model/fp8_linear.py, model/quant_linear.py) through
-their own GEMVs with the same folds (kernels/gemv_fusion.py). Numerically it is
-the same function as ``Llama.forward`` (float32 residual stream, float32 norms
-and accumulation); the attention call is the same backend call. Used only for
-single-device models without QKV bias. The engine (runner/build.py) runs it for
-float weights only: with the folds, the quantized GEMVs took longer than the
-launches they save (H200, docs/quantization.md, "The batch-1 chain for
-quantized weights"); bench/formats_step.py --chain both times them.
+matrix-vector products. Each weight read carries its neighbours: the o and
+down reads add the residual in their epilogues and hand the next norm over
+(they store h * norm_weight and the sums of h^2: kernels/gemv_fusion.Handoff),
+so the qkv, gate/up and head reads take an x normed already, and the down read
+applies SiLU(gate)*up to its input as it loads it. Float weights read through
+kernels/gemv.py; fp8 and int8/int4 weights (model/fp8_linear.py,
+model/quant_linear.py) through their own GEMVs with the same folds. Numerically
+it is the function ``Llama.forward`` computes (float32 residual stream, float32
+norms and accumulation, the normed x rounded to the weights' input dtype); the
+attention call is the same backend call. Used only for single-device models
+without QKV bias. runner/build.py says for which weights the engine runs it.
 """
 
 from __future__ import annotations
