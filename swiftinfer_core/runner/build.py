@@ -99,8 +99,9 @@ def build_rank(cfg: RankConfig, plan: ShardPlan | None = None, ranks: Ranks | No
     pool = KVPool(cfg.layout, cfg.args.num_layers, slots, kv_heads, cfg.args.head_dim, cfg.cache_dtype, device)
     attn = make_attention(cfg, device, plan, kernels)
     # the fused batch-1 chain (model/fused_decode.py): float weights. supports() takes fp8 and int8/int4 too
-    # (kernels/gemv_fusion.py), but their folded GEMVs have run only under Triton's interpreter so far, not
-    # natively on a GPU: the engine leaves them out until they have (bench/formats_step.py --chain both).
+    # (kernels/gemv_fusion.py); with session 35's RMSNorm folds their chain ran slower than their unfused step
+    # (H100 and H200, docs/quantization.md), and the chain with the norm handed over (session 36) has not been
+    # timed on a GPU yet: bench/gpu_batch1.sh times both (bench/formats_step.py --chain both).
     model.gemv_decode = (cfg.gemv_decode and cfg.quant is None and device.type == "cuda" and isinstance(attn, TritonAttention)
                          and fused_decode.supports(model))
     if isinstance(model, Llama):
