@@ -131,11 +131,11 @@ WEIGHT_KERNELS = ("gemm", "gemv", "nvjet", "cutlass", "xmma", "sm90_", "cublas")
 DECODE_ATTENTION_KERNELS = ("_decode_split_kernel", "decode_combine")
 
 
-def kernel_ms_by_family(fn, families: tuple[tuple[str, tuple[str, ...]], ...], reps: int = 3, top: int = 12) -> dict:
+def kernel_ms_by_family(fn, families: tuple[tuple[str, tuple[str, ...]], ...], reps: int = 3, top: int | None = 12) -> dict:
     """GPU ms per call of ``fn`` by kernel family (torch.profiler, CUDA activity; kernels
     inside CUDA graph replays included): a kernel belongs to the first family one of
-    whose name pieces it contains, else to "other". Plus "total", the ``top`` kernels
-    by time and every kernel ("top_all"), each with its calls per call of ``fn``."""
+    whose name pieces it contains, else to "other". Plus "total" and the ``top`` kernels
+    by time (None: every kernel), each with its calls per call of ``fn``."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()  # compile and allocate outside the profile
@@ -155,8 +155,7 @@ def kernel_ms_by_family(fn, families: tuple[tuple[str, tuple[str, ...]], ...], r
         out[fam] += us / 1e3 / reps
         kernels.append({"ms": round(us / 1e3 / reps, 4), "calls": ev.count // reps, "name": ev.key[:90]})
     kernels.sort(key=lambda t: -t["ms"])
-    return {k: round(v, 4) for k, v in out.items()} | {"total": round(sum(out.values()), 4), "top": kernels[:top],
-                                                       "top_all": kernels}
+    return {k: round(v, 4) for k, v in out.items()} | {"total": round(sum(out.values()), 4), "top": kernels[:top]}
 
 
 def module_at(rev: str, path: str, name: str):

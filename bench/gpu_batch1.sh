@@ -5,11 +5,9 @@
 #   STEPS="tests formats" bash bench/gpu_batch1.sh; then STEPS="profile sweep" (back to back, ~4 min each on an H100)
 # Env: STEPS (tests formats profile sweep), SHAPES, FORMATS, SWEEP_S (the sweep's budget, s), NAME (a results suffix)
 set -uo pipefail
-export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .carry/pyd/*.whl || exit 4
-nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
 DEFAULT_STEPS="tests formats profile sweep" TAIL=${TAIL:-40}
 source "$(dirname "${BASH_SOURCE[0]}")/gpu_steps.sh"
+pyd_setup
 SHAPES=${SHAPES:-llama2-7b llama3.1-8b} FORMATS=${FORMATS:-bf16 fp8 int8 int4} SUFFIX=${NAME:-}
 want tests && step chain_tests ${TESTS_S:-200} python3 -m pytest -q -m "gpu or not gpu" -p no:cacheprovider -rs \
   tests/kernels/test_gemv_fusion.py tests/kernels/test_gemv.py tests/kernels/test_fp8_gemv.py tests/model/test_fused_decode.py

@@ -4,11 +4,9 @@
 #   SHAPES=llama2-7b bash bench/gpu_formats.sh      (then SHAPES=llama3.1-8b STEPS=formats)
 # Env: STEPS (tests, rowquant, formats), SHAPES, FORMATS_S (the bench's time limit, s), FORMATS_ARGS (more flags).
 set -uo pipefail
-export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .carry/pyd/*.whl || exit 4
-nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
 DEFAULT_STEPS="tests rowquant formats" TAIL=${TAIL:-30}
 source "$(dirname "${BASH_SOURCE[0]}")/gpu_steps.sh"
+pyd_setup
 # -k: the tests that read the default model wait for the stage calls (bench/gpu_stage.sh)
 want tests && step fp8_tests ${TESTS_S:-150} python3 -m pytest -q -m "gpu or not gpu" -p no:cacheprovider -rs \
   -k "not refuses_fp8_at_start and not refused_at_load and not resolve_into" tests/kernels/test_fp8_scaled_mm.py tests/model/test_fp8_linear.py tests/bench/test_formats_step.py

@@ -42,8 +42,8 @@ FAMILIES = (
 def profile_step(dec: models.OurDecoder, reps: int) -> dict:
     """Device ms per step, kernel ms per step by family, launches per step and the gap, of a captured decoder."""
     step_ms = dec.device_time_per_step(reps) * 1e3
-    fam = common.kernel_ms_by_family(dec.graph.replay, FAMILIES, reps=reps, top=40)
-    launches = sum(t["calls"] for t in fam["top_all"])
+    fam = common.kernel_ms_by_family(dec.graph.replay, FAMILIES, reps=reps, top=None)
+    launches = sum(t["calls"] for t in fam["top"])
     return {"step_ms": step_ms, "kernel_ms": fam["total"], "gap_ms": step_ms - fam["total"], "launches": launches,
             "families": {f: fam[f] for f, _ in FAMILIES} | {"other": fam["other"]}, "top": fam["top"]}
 

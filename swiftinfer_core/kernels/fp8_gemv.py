@@ -136,8 +136,7 @@ def gemv_fp8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, out: torch.
         SPLIT=split, BLOCK_N=block_n, BLOCK_K=block_k, STAGES=stages, **flags, ONE_LAUNCH=one_launch, num_warps=num_warps,
     )
     if split > 1 and not one_launch:
-        block = SUM_BLOCK
-        _sum_splits_kernel[(triton.cdiv(n, block),)](part, out, x, n, k, *args, SPLIT=split, BLOCK=block, **flags, num_warps=4)
-        tiles = triton.cdiv(n, block)
+        tiles = triton.cdiv(n, SUM_BLOCK)  # the sum kernel's programs store y (and a handoff's parts)
+        _sum_splits_kernel[(tiles,)](part, out, x, n, k, *args, SPLIT=split, BLOCK=SUM_BLOCK, **flags, num_warps=4)
     fusion.stored(tiles)
     return out

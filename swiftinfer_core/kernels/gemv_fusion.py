@@ -41,7 +41,7 @@ import triton.language as tl
 
 from swiftinfer_core.kernels.quant_common import splitk_arrive, splitk_release
 
-SS_BLOCK = tl.constexpr(1024)  # x values per step of the full sum of squares
+SS_BLOCK = tl.constexpr(1024)  # values per step of vector_sum
 
 
 class Prologue(enum.IntEnum):
@@ -151,23 +151,16 @@ def pro_load(X, NW, kx, mask, K, PRO: tl.constexpr):
 
 
 @triton.jit
-def full_sum_squares(X, K):
-    """sum of x^2 over x[0:K], float32."""
+def vector_sum(X, n, SQUARE: tl.constexpr):
+    """sum of X[0:n] (SQUARE: of its squares), float32, in a fixed order: RMSNORM's x^2 under split-K,
+    NORMED's partial sums of a handoff."""
     offs = tl.arange(0, SS_BLOCK)
     acc = tl.zeros([SS_BLOCK], tl.float32)
-    for k0 in range(0, K, SS_BLOCK):
-        x = tl.load(X + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
-        acc += x * x
-    return tl.sum(acc, 0)
-
-
-@triton.jit
-def parts_sum(SSI, NPARTS):
-    """sum of SSI[0:NPARTS] (a handoff's partial sums of h^2), float32, in a fixed order."""
-    offs = tl.arange(0, SS_BLOCK)
-    acc = tl.zeros([SS_BLOCK], tl.float32)
-    for p0 in range(0, NPARTS, SS_BLOCK):
-        acc += tl.load(SSI + p0 + offs, mask=p0 + offs < NPARTS, other=0.0)
+    for i0 in range(0, n, SS_BLOCK):
+        v = tl.load(X + i0 + offs, mask=i0 + offs < n, other=0.0).to(tl.float32)
+        if SQUARE:
+            v = v * v
+        acc += v
     return tl.sum(acc, 0)
 
 
@@ -179,7 +172,7 @@ def epilogue(y, rows, rmask, ss, K, eps, RES, SSI, NPARTS, NWN, XN, SSO, tile,
     if PRO == 1:
         y = y * tl.rsqrt(ss / K + eps)
     if PRO == 3:
-        y = y * tl.rsqrt(parts_sum(SSI, NPARTS) / K + eps)
+        y = y * tl.rsqrt(vector_sum(SSI, NPARTS, False) / K + eps)
     if HAS_RES:
         y += tl.load(RES + rows, mask=rmask, other=0.0).to(tl.float32)
     if HANDOFF:
@@ -195,7 +188,7 @@ def split_epilogue(tot, rows, rmask, X, K, eps, RES, SSI, NPARTS, NWN, XN, SSO, 
     """The epilogue of a split-K sum ``tot``: no part saw all of x, so RMSNORM's x^2 is summed over all of it here."""
     ss = 0.0
     if PRO == 1:
-        ss = full_sum_squares(X, K)
+        ss = vector_sum(X, K, True)
     return epilogue(tot, rows, rmask, ss, K, eps, RES, SSI, NPARTS, NWN, XN, SSO, tile, PRO, HAS_RES, HANDOFF)
 
 

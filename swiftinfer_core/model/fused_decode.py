@@ -90,9 +90,9 @@ def fused_decode(model, ids: torch.Tensor, attn, plan, pool) -> torch.Tensor:
         mid = Handoff.new(layer.mlp_norm.weight, in_dtype(layer.w13))
         linear_gemv(layer.wo, o.reshape(1, hq * d).contiguous(), Fusion(residual=h, handoff=mid), h)
         gate_up = linear_gemv(layer.w13, *normed(mid, layer.mlp_norm), new(layer.w13, dt))
-        last = i + 1 == len(layers)
-        src = Handoff.new(model.norm.weight if last else layers[i + 1].attn_norm.weight,
-                          torch.float32 if last and isinstance(head, SplitHead) else in_dtype(head if last else layers[i + 1].wqkv))
+        # the next read after a norm: the next layer's qkv, else the head (a SplitHead reads float32)
+        norm, reader = (layers[i + 1].attn_norm, layers[i + 1].wqkv) if i + 1 < len(layers) else (model.norm, head)
+        src = Handoff.new(norm.weight, torch.float32 if isinstance(reader, SplitHead) else in_dtype(reader))
         linear_gemv(layer.w2, gate_up, Fusion(Prologue.SILU_MUL, residual=h, handoff=src), h)
     x, fusion = normed(src, model.norm)
     if isinstance(head, SplitHead):  # W = hi + lo: two float32 GEMVs of the same normed h, same bytes as float32
